@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import time
 
-import lsst.pex.config as pexConfig
-import lsst.pipe.base as pipeBase
+import lsst.pex.config as pexConfig  # noqa: N812
+import lsst.pipe.base as pipeBase  # noqa: N812
 import lsst.pipe.base.connectionTypes as cT
 
 __all__ = [
@@ -108,7 +108,7 @@ class SourceTask(pipeBase.PipelineTask):
     ConfigClass = SourceTaskConfig
     _DefaultName = "e2eSource"
 
-    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):  # noqa: N802, N803
         label = self.getName()
         key = _data_id_key(butlerQC.quantum.dataId)
         _append(self.config, label, key, "start")
@@ -168,7 +168,7 @@ class MiddleTask(pipeBase.PipelineTask):
     ConfigClass = MiddleTaskConfig
     _DefaultName = "e2eMiddle"
 
-    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):  # noqa: N802, N803
         label = self.getName()
         data_id = butlerQC.quantum.dataId
         key = _data_id_key(data_id)
@@ -219,7 +219,7 @@ class GatherTask(pipeBase.PipelineTask):
     ConfigClass = GatherTaskConfig
     _DefaultName = "e2eGather"
 
-    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):  # noqa: N802, N803
         label = self.getName()
         key = _data_id_key(butlerQC.quantum.dataId)
         _append(self.config, label, key, "start")

@@ -1,0 +1,125 @@
+"""Turn a generic job into the bash script that runs it.
+
+BPS writes command lines with three kinds of placeholders:
+``{name}`` (a value of the job's ``cmdvals``), ``<ENV:NAME>`` (an environment
+variable, read where the job runs) and ``<FILE:name>`` (the path of a file
+of the generic workflow). They may nest, so rendering repeats until the text
+stops changing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = (
+    "RenderError",
+    "export_lines",
+    "render",
+    "write_environment_file",
+)
+
+_CMDVAL = re.compile(r"(?<!\$)\{(\w+)\}")
+_ENV = re.compile(r"<ENV:(\w+)>")
+_FILE = re.compile(r"<FILE:([^>]+)>")
+_MAX_PASSES = 20
+
+
+class RenderError(ValueError):
+    """A placeholder in a job's command line cannot be resolved."""
+
+
+def render(
+    text: str,
+    cmdvals: Mapping[str, Any],
+    file_path: Callable[[str], str | None],
+    job_name: str,
+) -> str:
+    """Resolve every placeholder of ``text``.
+
+    Parameters
+    ----------
+    text : `str`
+        Command line or value with placeholders.
+    cmdvals : `~collections.abc.Mapping`
+        Values for ``{name}`` placeholders.
+    file_path : callable
+        Returns the path of a workflow file by name, or `None` if unknown.
+    job_name : `str`
+        Job name, for messages.
+
+    Returns
+    -------
+    text : `str`
+        Text with ``{name}`` and ``<FILE:...>`` replaced and ``<ENV:X>``
+        turned into ``${X}``.
+
+    Raises
+    ------
+    RenderError
+        If a placeholder has no value.
+    """
+
+    def cmdval(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in cmdvals:
+            raise RenderError(
+                f"job '{job_name}': placeholder '{{{key}}}' has no value: set '{key}' in the submit YAML"
+            )
+        value = cmdvals[key]
+        return "" if value is None else str(value)
+
+    def gwfile(match: re.Match) -> str:
+        name = match.group(1)
+        path = file_path(name)
+        if path is None:
+            raise RenderError(
+                f"job '{job_name}': '<FILE:{name}>' names no file of the workflow: check the job's arguments"
+            )
+        return path
+
+    for _ in range(_MAX_PASSES):
+        new = _FILE.sub(gwfile, _CMDVAL.sub(cmdval, text)) if ("{" in text or "<FILE:" in text) else text
+        if new == text:
+            break
+        text = new
+    else:
+        raise RenderError(f"job '{job_name}': placeholders still unresolved after {_MAX_PASSES} passes: {text}")
+    return _ENV.sub(r"${\1}", text) if "<ENV:" in text else text
+
+
+def _quote_for_export(value: str) -> str:
+    # Double quotes keep ${X} expansion, as BPS intends for <ENV:X>.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+
+
+def export_lines(environment: Mapping[str, str]) -> str:
+    """Return ``export`` statements for a job's environment, in order."""
+    return "\n".join(f"export {key}={_quote_for_export(str(value))}" for key, value in environment.items())
+
+
+def write_environment_file(path: str, environ: Mapping[str, str] | None = None) -> str:
+    """Write the current environment as a sourceable script, readable by the
+    user only (it may hold tokens).
+
+    Returns
+    -------
+    path : `str`
+        The file written.
+    """
+    environ = os.environ if environ is None else environ
+    skip = {"_", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "HOST"}
+    lines = [
+        f"export {key}={shlex.quote(value)}"
+        for key, value in sorted(environ.items())
+        if key not in skip and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) and not key.startswith("BASH_FUNC")
+    ]
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as stream:
+        stream.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+    return path

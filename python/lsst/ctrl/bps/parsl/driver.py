@@ -1,0 +1,597 @@
+"""Run a prepared workflow: walk the DAG, feed Parsl, record every transition.
+
+The driver keeps the DAG as integer arrays. A job is handed to Parsl as an
+app future once all its parents succeeded (the parents' futures are passed
+as its ``inputs``), so the walk is iterative and a chain of any depth works.
+Local executors with a capacity only get jobs that fit in their free cores
+and memory. Failures are retried per the job's policy, with more memory each
+time if the job asks for it; jobs below a failure are pruned; the final job
+runs once everything else ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .job import ParslJob
+from .runner import ATTEMPT_ENV, EXIT_MARKER, run_job
+from .site import SiteConfig
+from .state import (
+    DELETED,
+    ENDED,
+    FAILED,
+    PENDING,
+    PRUNED,
+    READY,
+    RUNNING,
+    SUCCEEDED,
+    UNREADY,
+    JobKind,
+    RunStore,
+)
+
+__all__ = ("Driver", "RunOutcome", "log_paths")
+
+_LOG = logging.getLogger(__name__)
+_HOST = socket.gethostname()
+
+
+def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
+    """Return the stdout and stderr files of one attempt of one job."""
+    base = os.path.join(submit_path, "logs", log_dir or "", f"{name}.{attempt}")
+    return base + ".out", base + ".err"
+
+
+@dataclass
+class RunOutcome:
+    """How a driver session ended."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    """Jobs per state (`WmsStates` values)."""
+    cancelled: bool = False
+    reason: str = ""
+
+    @property
+    def failed(self) -> int:
+        """Jobs that failed, were pruned or were deleted."""
+        return sum(self.counts.get(s, 0) for s in (FAILED, PRUNED, DELETED))
+
+
+class _Stop(Exception):
+    pass
+
+
+class Driver:
+    """Run the jobs of one submit directory until all have ended.
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's state database, open for writing.
+    site : `SiteConfig`
+        Site that builds the executors.
+    kind : `str`
+        ``submit`` or ``restart``.
+    progress_interval : `float`
+        Seconds between progress lines (0: none).
+    """
+
+    def __init__(self, store: RunStore, site: SiteConfig, kind: str = "submit", progress_interval: float = 30.0):
+        self.store = store
+        self.site = site
+        self.kind = kind
+        self.progress_interval = progress_interval
+        meta = store.meta()
+        self.submit_path: str = meta["submit_path"]
+        self.run_id: str = meta["run_id"]
+        site.submit_path = self.submit_path
+        self.running_dir = os.path.join(self.submit_path, "parsl", "running")
+        self.stop_reason: str | None = None
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._load()
+
+    # ---- set-up -----------------------------------------------------------
+
+    def _load(self) -> None:
+        rows = self.store.jobs()
+        n = len(rows)
+        self.rows = rows
+        self.envs = self.store.envs()
+        self.children: list[list[int]] = [[] for _ in range(n)]
+        self.parents: list[list[int]] = [[] for _ in range(n)]
+        for parent, child in self.store.edges():
+            self.children[parent].append(child)
+            self.parents[child].append(parent)
+        self.state = [UNREADY] * n
+        self.attempt = [0] * n
+        for job, state, attempt, *_ in self.store.statuses():
+            self.state[job] = state
+            self.attempt[job] = attempt
+        self.session_tries = [0] * n
+        self.retry_codes: list[frozenset[int]] = [
+            frozenset(json.loads(r.retry_unless_exit)) if r.retry_unless_exit else frozenset() for r in rows
+        ]
+
+    def _reset_for_run(self) -> None:
+        """Keep succeeded jobs; every other job (and the final jobs) runs.
+
+        A job left PENDING or RUNNING by a driver that died is first checked:
+        its leftover processes are killed, and if its shell logged exit
+        status 0 it counts as succeeded and is not run again.
+        """
+        if any(s in (PENDING, RUNNING) for s in self.state):
+            kill_running_jobs(self.running_dir, self.run_id)
+            for i, s in enumerate(self.state):
+                if s in (PENDING, RUNNING) and self.attempt[i] > 0:
+                    row = self.rows[i]
+                    _, stderr = log_paths(self.submit_path, row.log_dir, row.name, self.attempt[i])
+                    code = exit_status_from_log(stderr)
+                    if code is not None:
+                        state = SUCCEEDED if code == 0 else FAILED
+                        self.state[i] = state
+                        self.store.record_attempt(i, self.attempt[i], state, code, memory=row.request_memory)
+                        self.store.set_state(i, state, self.attempt[i], code)
+        for i, row in enumerate(self.rows):
+            if self.state[i] != SUCCEEDED or row.final or row.kind != JobKind.PAYLOAD:
+                if self.state[i] != UNREADY:
+                    self.store.set_state(i, UNREADY, self.attempt[i])
+                self.state[i] = UNREADY
+        self.store.flush()
+
+    def _blocking_parents(self, i: int) -> int:
+        if self.rows[i].kind == JobKind.TOLERANT_JOIN:
+            return sum(1 for p in self.parents[i] if self.state[p] not in ENDED)
+        return sum(1 for p in self.parents[i] if self.state[p] != SUCCEEDED)
+
+    # ---- main loop ----------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        """Run until every job ended or a stop was requested."""
+        from parsl.app.python import PythonApp
+        from parsl.dataflow.dflow import DataFlowKernel
+
+        self._reset_for_run()
+        os.makedirs(self.running_dir, exist_ok=True)
+        self.store.begin_session(self.kind, os.getpid(), _HOST)
+        self._install_signal_handlers()
+        self.prefix = self.site.get_command_prefix()
+        config = self.site.get_parsl_config()
+        self._setup_parsl_logging()
+        self.dfk = DataFlowKernel(config)
+        self.apps = {
+            label: PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label])
+            for label in self.dfk.executors
+            if label != "_parsl_internal"
+        }
+        self.capacity = {label: self.site.capacity(label) for label in self.apps}
+        self.free_cores = {k: c.cores for k, c in self.capacity.items() if c}
+        self.free_memory = {k: c.memory for k, c in self.capacity.items() if c}
+        self.blocked: dict[str, deque[int]] = {k: deque() for k in self.apps}
+        self.in_flight: dict[int, tuple[Any, str, int, int]] = {}
+        self.futures: dict[int, Any] = {}
+        self.waiting_children: dict[int, int] = {}
+        outcome = RunOutcome()
+        try:
+            for final in (False, True):
+                if self.stop_reason:
+                    break
+                self._run_phase(final)
+        except BaseException as exc:
+            self.stop_reason = self.stop_reason or f"driver error: {exc!r}"
+            self._stop_everything()
+            self.store.end_session("error")
+            raise
+        finally:
+            self._restore_signal_handlers()
+            try:
+                self.dfk.cleanup()
+            except Exception as exc:  # noqa: BLE001
+                _LOG.warning("Parsl cleanup failed: %s", exc)
+        if self.stop_reason:
+            self._stop_everything()
+            outcome.cancelled = True
+            outcome.reason = self.stop_reason
+        for s in self.state:
+            outcome.counts[s] = outcome.counts.get(s, 0) + 1
+        self.store.end_session("cancelled" if outcome.cancelled else ("failed" if outcome.failed else "succeeded"))
+        self.store.flush()
+        self._print_progress(force=True)
+        return outcome
+
+    def _run_phase(self, final: bool) -> None:
+        self.ready: deque[int] = deque()
+        members = [i for i, r in enumerate(self.rows) if bool(r.final) == final]
+        self.remaining = {}
+        for i in members:
+            if self.state[i] in ENDED:
+                continue
+            count = self._blocking_parents(i)
+            if count == 0 and not self._parent_failed(i):
+                self.ready.append(i)
+            elif self._parent_failed(i):
+                self._prune(i)
+            else:
+                self.remaining[i] = count
+        self._last_progress = time.monotonic()
+        while (self.ready or self.in_flight or any(self.blocked.values())) and not self.stop_reason:
+            self._dispatch()
+            if not self.in_flight and not self.ready:
+                if any(self.blocked.values()):
+                    raise RuntimeError("jobs are held back but nothing runs: capacity bookkeeping is broken")
+                break
+            try:
+                event = self._events.get(timeout=0.5)
+            except queue.Empty:
+                event = None
+            while event is not None:
+                self._complete(*event)
+                try:
+                    event = self._events.get_nowait()
+                except queue.Empty:
+                    event = None
+            self.store.flush()
+            self._print_progress()
+        self.store.flush()
+
+    def _parent_failed(self, i: int) -> bool:
+        if self.rows[i].kind == JobKind.TOLERANT_JOIN:
+            return False
+        return any(self.state[p] in (FAILED, PRUNED, DELETED) for p in self.parents[i])
+
+    # ---- dispatch -------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        ready = self.ready
+        while ready and not self.stop_reason:
+            i = ready.popleft()
+            kind = self.rows[i].kind
+            if kind != JobKind.PAYLOAD:
+                self._finish(i, SUCCEEDED)
+                continue
+            self._submit(i)
+
+    def _drain_blocked(self, label: str) -> None:
+        """Submit held-back jobs of an executor, in order, while they fit."""
+        blocked = self.blocked[label]
+        while blocked and not self.stop_reason:
+            i = blocked.popleft()
+            if not self._submit(i, held=True):
+                blocked.appendleft(i)
+                return
+
+    def _memory_for(self, i: int, tries: int) -> int | None:
+        row = self.rows[i]
+        memory = row.request_memory
+        if memory is None or not row.memory_multiplier or tries == 0:
+            return memory
+        scaled = int(memory * row.memory_multiplier**tries)
+        return min(scaled, row.request_memory_max) if row.request_memory_max else scaled
+
+    def _submit(self, i: int, held: bool = False) -> bool:
+        """Hand a job to Parsl; returns False if it was held back for lack
+        of room on its executor."""
+        row = self.rows[i]
+        tries = self.session_tries[i]
+        attempt = self.attempt[i] + 1
+        memory = self._memory_for(i, tries)
+        cpus = row.request_cpus or 1
+        pjob = ParslJob(
+            row.name, row.label, cpus, memory, row.request_disk, row.request_walltime, row.priority, attempt
+        )
+        label = self.site.select_executor(pjob)
+        if label not in self.apps:
+            raise RuntimeError(
+                f"site class {type(self.site).__name__}.select_executor returned '{label}' for job "
+                f"'{row.name}', which is not one of its executors {sorted(self.apps)}"
+            )
+        cap = self.capacity[label]
+        if cap is not None:
+            need_mem = min(memory or 0, cap.memory) if cap.memory else 0
+            if (not held and self.blocked[label]) or self.free_cores[label] < min(cpus, cap.cores) or (
+                cap.memory and self.free_memory[label] < need_mem
+            ):
+                if not held:
+                    self.blocked[label].append(i)
+                return False
+            self.free_cores[label] -= min(cpus, cap.cores)
+            if cap.memory:
+                self.free_memory[label] -= need_mem
+        self.attempt[i] = attempt
+        self.session_tries[i] = tries + 1
+        stdout, stderr = log_paths(self.submit_path, row.log_dir, row.name, attempt)
+        env = self.envs[row.env_id] if row.env_id is not None else ""
+        token = f"{self.run_id}/{i}/{attempt}"
+        pid_file = os.path.join(self.running_dir, f"{i}.{attempt}")
+        walltime = _walltime_seconds(row.request_walltime) if self._enforce_walltime(label) else None
+        inputs = [self.futures[p] for p in self.parents[i] if p in self.futures]
+        kwargs: dict[str, Any] = {"walltime": walltime, "inputs": inputs}
+        spec = self.site.resource_specification(pjob, label)
+        if spec:
+            kwargs["parsl_resource_specification"] = spec
+        submitted = time.time()
+        future = self.apps[label](token, self.prefix, env, row.command, stdout, stderr, pid_file, **kwargs)
+        if self.children[i] and i not in self.futures:
+            self.waiting_children[i] = len(self.children[i])
+        self.futures[i] = future
+        if tries == 0:
+            self._release_parent_futures(i)
+        self.in_flight[i] = (future, label, attempt, memory or 0)
+        self.state[i] = PENDING
+        self.store.set_state(i, PENDING, attempt, start=submitted)
+        future.add_done_callback(lambda f, i=i, attempt=attempt: self._events.put((i, attempt, f)))
+        return True
+
+    def _enforce_walltime(self, label: str) -> bool:
+        return self.capacity.get(label) is not None
+
+    # ---- completion -----------------------------------------------------------
+
+    def _complete(self, i: int, attempt: int, future: Any) -> None:
+        flight = self.in_flight.pop(i, None)
+        if flight is None or flight[2] != attempt:
+            return
+        _, label, _, memory = flight
+        cap = self.capacity[label]
+        if cap is not None:
+            self.free_cores[label] += min(self.rows[i].request_cpus or 1, cap.cores)
+            if cap.memory:
+                self.free_memory[label] += min(memory, cap.memory)
+            self._drain_blocked(label)
+        try:
+            code, sig, start, end, host, timed_out = future.result()
+        except Exception as exc:  # noqa: BLE001
+            _LOG.warning("job %s attempt %d: executor error %r", self.rows[i].name, attempt, exc)
+            code, sig, start, end, host, timed_out = -1, None, None, time.time(), None, False
+            _, stderr = log_paths(self.submit_path, self.rows[i].log_dir, self.rows[i].name, attempt)
+            _append(stderr, f"[bps-parsl] the executor lost this attempt: {exc!r}\n")
+        state = SUCCEEDED if code == 0 else FAILED
+        self.store.record_attempt(i, attempt, state, code, sig, memory or None, label, None, start, end, host)
+        if state == SUCCEEDED:
+            self.store.set_state(i, SUCCEEDED, attempt, 0, None, start, end, host)
+            self._finish(i, SUCCEEDED, record=False)
+            return
+        row = self.rows[i]
+        if (
+            not self.stop_reason
+            and not timed_out
+            and code not in self.retry_codes[i]
+            and self.session_tries[i] <= (row.retries or 0)
+        ):
+            self.state[i] = READY
+            self.store.set_state(i, READY, attempt, code, sig, start, end, host)
+            self.ready.append(i)
+            return
+        self.store.set_state(i, FAILED, attempt, code, sig, start, end, host)
+        self._finish(i, FAILED, record=False)
+
+    def _finish(self, i: int, state: int, record: bool = True) -> None:
+        """Mark a job ended and release or prune its children."""
+        self.state[i] = state
+        if record:
+            self.store.set_state(i, state, self.attempt[i])
+        failed = state != SUCCEEDED
+        for c in self.children[i]:
+            if self.state[c] in ENDED:
+                continue
+            tolerant = self.rows[c].kind == JobKind.TOLERANT_JOIN
+            if failed and not tolerant:
+                self._prune(c)
+                continue
+            left = self.remaining.get(c, 0) - 1
+            if left <= 0:
+                self.remaining.pop(c, None)
+                self.ready.append(c)
+            else:
+                self.remaining[c] = left
+        if self.rows[i].kind != JobKind.PAYLOAD:
+            self._release_parent_futures(i)
+
+    def _release_parent_futures(self, i: int) -> None:
+        """Drop parents' futures once no child of theirs still needs them."""
+        for p in self.parents[i]:
+            left = self.waiting_children.get(p)
+            if left is not None:
+                if left <= 1:
+                    del self.waiting_children[p]
+                    self.futures.pop(p, None)
+                else:
+                    self.waiting_children[p] = left - 1
+
+    def _prune(self, start: int) -> None:
+        stack = [start]
+        while stack:
+            i = stack.pop()
+            if self.state[i] in ENDED:
+                continue
+            self.state[i] = PRUNED
+            self.remaining.pop(i, None)
+            self.store.set_state(i, PRUNED, self.attempt[i])
+            self._release_parent_futures(i)
+            for c in self.children[i]:
+                if self.rows[c].kind == JobKind.TOLERANT_JOIN:
+                    left = self.remaining.get(c, 0) - 1
+                    if left <= 0 and self.state[c] not in ENDED:
+                        self.remaining.pop(c, None)
+                        self.ready.append(c)
+                    else:
+                        self.remaining[c] = left
+                else:
+                    stack.append(c)
+
+    # ---- stopping -------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop: no new job starts, running ones are killed."""
+        if not self.stop_reason:
+            self.stop_reason = reason
+
+    def _install_signal_handlers(self) -> None:
+        self._old_handlers: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self.request_stop(f"received {signal.Signals(signum).name}")
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[signum] = signal.signal(signum, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, old in self._old_handlers.items():
+            signal.signal(signum, old)
+
+    def _stop_everything(self) -> None:
+        """Kill running job processes, wait for their futures, mark the rest DELETED."""
+        kill_running_jobs(self.running_dir, self.run_id)
+        deadline = time.monotonic() + 30
+        while self.in_flight and time.monotonic() < deadline:
+            try:
+                i, attempt, future = self._events.get(timeout=0.5)
+            except queue.Empty:
+                kill_running_jobs(self.running_dir, self.run_id)
+                continue
+            flight = self.in_flight.pop(i, None)
+            if flight is None:
+                continue
+            try:
+                code, sig, start, end, host, _ = future.result()
+            except Exception:  # noqa: BLE001
+                code, sig, start, end, host = -1, None, None, time.time(), None
+            state = SUCCEEDED if code == 0 else DELETED
+            self.store.record_attempt(i, attempt, state, code, sig, flight[3] or None, flight[1], None, start, end,
+                                      host)
+            self.state[i] = state
+            self.store.set_state(i, state, attempt, code, sig, start, end, host)
+        for i, s in enumerate(self.state):
+            if s not in ENDED:
+                self.state[i] = DELETED
+                self.store.set_state(i, DELETED, self.attempt[i])
+        self.in_flight.clear()
+        self.store.flush()
+
+    # ---- output ---------------------------------------------------------------
+
+    def _setup_parsl_logging(self) -> None:
+        found, level = self.site.config.search(".parsl.log_level", opt={"default": "WARNING"})
+        logger = logging.getLogger("parsl")
+        logger.propagate = False
+        path = os.path.join(self.submit_path, "parsl", "parsl.log")
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        for old in list(logger.handlers):
+            if isinstance(old, logging.FileHandler):
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(str(level).upper() if found else "WARNING")
+
+    def _print_progress(self, force: bool = False) -> None:
+        if not self.progress_interval and not force:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < self.progress_interval:
+            return
+        self._last_progress = now
+        counts: dict[int, int] = {}
+        for s in self.state:
+            counts[s] = counts.get(s, 0) + 1
+        running = counts.get(PENDING, 0) + counts.get(RUNNING, 0)
+        print(
+            f"bps-parsl {self.run_id}: {counts.get(SUCCEEDED, 0)} succeeded, {running} running, "
+            f"{counts.get(FAILED, 0)} failed, {counts.get(PRUNED, 0)} pruned, "
+            f"{counts.get(DELETED, 0)} deleted, of {len(self.state)}",
+            file=sys.stdout,
+            flush=True,
+        )
+
+
+def _walltime_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value) * 60.0
+    except ValueError:
+        from .configuration import parse_walltime
+
+        return float(parse_walltime(value, "requestWalltime"))
+
+
+def _append(path: str, text: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as stream:
+            stream.write(text)
+    except OSError:
+        pass
+
+
+def kill_running_jobs(running_dir: str, run_id: str) -> int:
+    """Terminate the process groups of this run's jobs running on this host.
+
+    A process group is killed only if its leader carries this run's token in
+    its environment, so a reused pid is never hit. Returns how many groups
+    were signalled.
+    """
+    killed = 0
+    try:
+        names = os.listdir(running_dir)
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            with open(os.path.join(running_dir, name)) as stream:
+                host, pid_text, token = stream.read().split()
+        except (OSError, ValueError):
+            continue
+        if host != _HOST or not token.startswith(run_id + "/"):
+            continue
+        pid = int(pid_text)
+        if not _has_token(pid, token):
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            if sig == signal.SIGTERM:
+                time.sleep(0.2)
+        killed += 1
+    return killed
+
+
+def _has_token(pid: int, token: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            environ = stream.read()
+    except OSError:
+        return False
+    return f"{ATTEMPT_ENV}={token}".encode() in environ.split(b"\0")
+
+
+def exit_status_from_log(stderr: str) -> int | None:
+    """Exit status a job's shell appended to its stderr log, if any."""
+    try:
+        with open(stderr, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            size = stream.tell()
+            stream.seek(max(0, size - 4096))
+            tail = stream.read().decode(errors="replace")
+    except OSError:
+        return None
+    pos = tail.rfind(EXIT_MARKER)
+    if pos < 0:
+        return None
+    try:
+        return int(tail[pos + len(EXIT_MARKER) :].split()[0])
+    except (ValueError, IndexError):
+        return None

@@ -1,0 +1,126 @@
+"""The function every Parsl worker runs for a job attempt.
+
+It is imported by reference on workers, so it imports nothing heavy.
+The job runs under ``/bin/bash`` in a session of its own, so that cancel can
+terminate it with all its children. While it runs, a small file names its
+host and process group, so that cancel, and a restart after the driver was
+killed, can find it. Its exit status is also appended to its stderr log by
+the job's own shell, so a restart can tell that a job finished even when the
+driver died before recording it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+__all__ = ("EXIT_MARKER", "ATTEMPT_ENV", "run_job")
+
+EXIT_MARKER = "[bps-parsl] exit status "
+ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
+
+_HOST = socket.gethostname()
+
+
+def _script(prefix: str, env: str, command: str) -> str:
+    parts = [p for p in (prefix, env) if p]
+    parts.append(command)
+    # The EXIT trap also runs when the command calls `exit`.
+    trap = f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT"
+    return trap + "\n" + "\n".join(parts) + "\n"
+
+
+def run_job(
+    token: str,
+    prefix: str,
+    env: str,
+    command: str,
+    out_path: str,
+    err_path: str,
+    pid_file: str,
+    walltime: float | None = None,
+    inputs: list | None = None,
+) -> tuple[int, int | None, float, float, str, bool]:
+    """Run one attempt of one job.
+
+    Parameters
+    ----------
+    token : `str`
+        ``<run id>/<job id>/<attempt>``, put in the job's environment so that
+        its processes can be recognised later.
+    prefix, env, command : `str`
+        Site command prefix, job environment exports, job command line.
+    out_path, err_path : `str`
+        Log files (created with their directories).
+    pid_file : `str`
+        File naming this attempt's host and process group while it runs.
+    walltime : `float`, optional
+        Seconds after which the job is killed.
+    inputs : `list`, optional
+        Parent futures (Parsl resolves them before this runs).
+
+    Returns
+    -------
+    result : `tuple`
+        (exit code, signal or None, start time, end time, host, whether the
+        walltime killed it). A job killed by a signal has exit code
+        ``128 + signal``.
+    """
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    environ = dict(os.environ)
+    environ[ATTEMPT_ENV] = token
+    start = time.time()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            ["/bin/bash", "-c", _script(prefix, env, command)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=environ,
+            start_new_session=True,
+        )
+        try:
+            with open(pid_file, "w") as stream:
+                stream.write(f"{_HOST} {proc.pid} {token}\n")
+        except OSError:
+            pass
+        timed_out = False
+        try:
+            returncode = proc.wait(timeout=walltime)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc.pid)
+            returncode = proc.wait()
+        except BaseException:
+            _kill_group(proc.pid)
+            proc.wait()
+            raise
+        finally:
+            try:
+                os.unlink(pid_file)
+            except OSError:
+                pass
+    end = time.time()
+    sig = None
+    if returncode < 0:
+        sig = -returncode
+        returncode = 128 + sig
+    elif returncode > 128 and returncode < 128 + 65:
+        sig = returncode - 128
+    if timed_out:
+        with open(err_path, "a") as err_text:
+            err_text.write(f"[bps-parsl] killed after walltime of {walltime:.0f} s\n")
+    return returncode, sig, start, end, _HOST, timed_out
+
+
+def _kill_group(pgid: int) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        if sig == signal.SIGTERM:
+            time.sleep(0.5)

@@ -1,0 +1,255 @@
+"""Base class of site configurations: BPS configuration in, Parsl executors out."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import parsl.config
+from parsl.executors.base import ParslExecutor
+
+from lsst.ctrl.bps import BpsConfig
+from lsst.utils import doImport
+
+from .configuration import ConfigurationError, get_bps_config_value, get_positive, get_workflow_name
+
+if TYPE_CHECKING:
+    from parsl.monitoring import MonitoringHub
+
+    from .job import ParslJob
+
+__all__ = ("ExecutorCapacity", "SiteConfig")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorCapacity:
+    """What one executor can run at once, for executors the plugin schedules.
+
+    The driver never starts more jobs on such an executor than fit in
+    ``cores`` (by ``request_cpus``) and ``memory`` (by ``request_memory``).
+    Batch executors return no capacity: their scheduler does that job.
+    """
+
+    cores: int
+    """Cores available to jobs."""
+
+    memory: int | None = None
+    """Memory available to jobs, in MB (`None`: not limited)."""
+
+
+class SiteConfig(ABC):
+    """Configuration of a compute site: which Parsl executors run the jobs.
+
+    Subclasses implement `get_executors` and `select_executor`. The site's
+    settings come from ``site.<computeSite>`` in the BPS configuration.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        BPS configuration.
+    resource_list : `list`, optional
+        Accepted for compatibility; unused.
+    """
+
+    def __init__(self, config: BpsConfig, resource_list: list | None = None):
+        self.config = config
+        self.compute_site = get_bps_config_value(config, "computeSite", str, required=True)
+        self.site = self.get_site_subconfig(config)
+        self.where = f"site.{self.compute_site}"
+        self.resource_list = resource_list
+        self.submit_path: str | None = None
+        """Submit directory of the run; set by the driver before
+        `get_parsl_config` is called."""
+
+    @staticmethod
+    def get_site_subconfig(config: BpsConfig) -> BpsConfig:
+        """Return the ``site.<computeSite>`` section of the configuration.
+
+        Raises
+        ------
+        ConfigurationError
+            If ``computeSite`` is missing or names no section.
+        """
+        compute_site = get_bps_config_value(config, "computeSite", str, required=True)
+        found, site = config.search(f".site.{compute_site}", opt={"default": None})
+        if not found or site is None:
+            raise ConfigurationError(
+                f"no section 'site.{compute_site}' for computeSite '{compute_site}': add "
+                f"'site: {{{compute_site}: {{class: lsst.ctrl.bps.parsl.sites.Local}}}}' or change computeSite"
+            )
+        if not isinstance(site, BpsConfig | dict):
+            raise ConfigurationError(f"'site.{compute_site}' is {site!r}: it must be a mapping of site settings")
+        return site
+
+    @classmethod
+    def from_config(cls, config: BpsConfig) -> SiteConfig:
+        """Build the site configuration named by ``site.<computeSite>.class``.
+
+        Parameters
+        ----------
+        config : `lsst.ctrl.bps.BpsConfig`
+            BPS configuration.
+
+        Returns
+        -------
+        site : `SiteConfig`
+            The site configuration.
+
+        Raises
+        ------
+        ConfigurationError
+            If the class is missing, cannot be imported or is not a
+            `SiteConfig`.
+        """
+        site = cls.get_site_subconfig(config)
+        compute_site = config["computeSite"]
+        key = f"site.{compute_site}.class"
+        name = get_bps_config_value(site, "class", str, required=True, where=f"site.{compute_site}")
+        try:
+            site_class = doImport(name)
+        except (ImportError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"'{key}' is {name!r}, which cannot be imported ({exc}): use e.g. "
+                "lsst.ctrl.bps.parsl.sites.Local"
+            ) from None
+        if isinstance(site_class, ModuleType) or not (
+            isinstance(site_class, type) and issubclass(site_class, SiteConfig)
+        ):
+            raise ConfigurationError(
+                f"'{key}' is {name!r}, which is not a SiteConfig subclass: use e.g. "
+                "lsst.ctrl.bps.parsl.sites.Local"
+            )
+        return site_class(config)
+
+    def get(self, key: str, data_type: type | tuple[type, ...], default: Any = None, **kwargs: Any) -> Any:
+        """Typed lookup of a key of this site's section."""
+        return get_bps_config_value(self.site, key, data_type, default, where=self.where, **kwargs)
+
+    def get_positive(self, key: str, data_type: type, default: Any = None) -> Any:
+        """Typed lookup of a key that must be greater than zero."""
+        return get_positive(self.site, key, data_type, default, self.where)
+
+    @abstractmethod
+    def get_executors(self) -> list[ParslExecutor]:
+        """Build the Parsl executors of this site, each with a unique label."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def select_executor(self, job: ParslJob) -> str:
+        """Return the label of the executor that should run ``job``.
+
+        Called for every attempt: a retry that asks for more memory may go
+        to another executor.
+        """
+        raise NotImplementedError
+
+    def capacity(self, label: str) -> ExecutorCapacity | None:
+        """Return what the executor ``label`` can run at once.
+
+        `None` (the default) means the executor or its batch system decides;
+        local pools return their cores and memory so that the driver holds
+        back jobs that do not fit.
+        """
+        return None
+
+    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        """Return Parsl's ``parsl_resource_specification`` for a job, if the
+        executor ``label`` understands one."""
+        return None
+
+    def get_address(self) -> str:
+        """Return the address workers use to reach the submitting host."""
+        from parsl.addresses import address_by_hostname
+
+        return address_by_hostname()
+
+    def get_command_prefix(self) -> str:
+        """Return shell commands run before each job's command line.
+
+        ``commandPrefix`` (`str`) is used as is; ``environment`` (`bool`)
+        makes every job first source a copy of the submitting process's
+        environment, written once in the submit directory.
+        """
+        prefix = self.get("commandPrefix", str, "")
+        if self.get("environment", bool, False):
+            from .commands import write_environment_file
+
+            if self.submit_path is None:
+                raise RuntimeError("submit_path must be set before get_command_prefix")
+            env_file = write_environment_file(os.path.join(self.submit_path, "parsl", "environment.sh"))
+            prefix = f"{prefix}\nsource {env_file}" if prefix else f"source {env_file}"
+        return prefix
+
+    @property
+    def default_retries(self) -> int:
+        """Retries of a job that sets no ``numberOfRetries`` (key ``retries``)."""
+        retries = self.get("retries", int, 1)
+        if retries < 0:
+            raise ConfigurationError(f"'{self.where}.retries' is {retries}: it must be 0 or more")
+        return retries
+
+    def monitoring_filename(self) -> str | None:
+        """Path of the Parsl monitoring database, or `None` if monitoring is off."""
+        if not self.get("monitorEnable", bool, False):
+            return None
+        filename = self.get("monitorFilename", str, "monitoring.db")
+        if not os.path.isabs(filename) and self.submit_path:
+            filename = os.path.join(self.submit_path, "parsl", filename)
+        return filename
+
+    def get_monitor(self) -> MonitoringHub | None:
+        """Return a Parsl monitoring hub, if ``monitorEnable`` is true.
+
+        ``monitorInterval`` (seconds, default 30) sets how often resource
+        usage is sampled; ``monitorFilename`` (default ``monitoring.db``,
+        relative to ``<submit>/parsl``) names the SQLite database.
+        """
+        filename = self.monitoring_filename()
+        if filename is None:
+            return None
+        from parsl.monitoring import MonitoringHub
+
+        interval = self.get_positive("monitorInterval", float, 30.0)
+        os.makedirs(os.path.dirname(filename), exist_ok=True)
+        return MonitoringHub(
+            hub_address="127.0.0.1",
+            workflow_name=get_workflow_name(self.config),
+            resource_monitoring_interval=interval,
+            logging_endpoint=f"sqlite:///{filename}",
+        )
+
+    def get_parsl_config(self) -> parsl.config.Config:
+        """Return the Parsl configuration: executors, monitoring, run dir.
+
+        Retries are handled by the plugin (per job, with memory scaling), so
+        Parsl's own retries are 0.
+        """
+        run_dir = os.path.join(self.submit_path, "parsl", "runinfo") if self.submit_path else "runinfo"
+        return parsl.config.Config(
+            executors=self.get_executors(),
+            monitoring=self.get_monitor(),
+            retries=0,
+            run_dir=run_dir,
+            strategy_period=self.get_positive("strategyPeriod", float, 1.0),
+            initialize_logging=False,
+        )
+
+    def validate(self) -> None:
+        """Check this site's settings without starting anything.
+
+        Builds the executors (which checks their arguments) and the common
+        keys. Subclasses may add checks; raise `ConfigurationError`.
+        """
+        executors = self.get_executors()
+        labels = [ex.label for ex in executors]
+        if len(set(labels)) != len(labels):
+            raise ConfigurationError(f"'{self.where}': executor labels must be unique, got {labels}")
+        self.default_retries  # noqa: B018
+        self.get("commandPrefix", str, "")
+        self.get("environment", bool, False)
+        self.get("monitorEnable", bool, False)
+        self.get_positive("monitorInterval", float, 30.0)
+        self.get("monitorFilename", str, "monitoring.db")

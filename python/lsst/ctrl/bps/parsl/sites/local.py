@@ -1,0 +1,55 @@
+"""Run jobs on the submitting machine."""
+
+from __future__ import annotations
+
+import os
+
+from parsl.executors import ThreadPoolExecutor
+from parsl.executors.base import ParslExecutor
+
+from ..job import ParslJob
+from ..site import ExecutorCapacity, SiteConfig
+
+__all__ = ("Local",)
+
+
+def machine_memory_mb() -> int:
+    """Physical memory of this machine in MB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
+class Local(SiteConfig):
+    """Run every job on this machine, as many at once as its cores allow.
+
+    Keys of ``site.<computeSite>``:
+
+    - ``cores`` (`int`, default: the machine's usable cores): cores given
+      to jobs; a job takes ``request_cpus`` of them.
+    - ``memory`` (`int`, MB, default: the machine's memory): memory given
+      to jobs; a job takes ``request_memory`` of it.
+
+    Jobs start as soon as they are ready, with no scaling delay: the
+    executor is a pool of threads, each waiting on one job process.
+    """
+
+    label = "local"
+
+    @property
+    def cores(self) -> int:
+        """Cores given to jobs."""
+        default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return self.get_positive("cores", int, default or 1)
+
+    @property
+    def memory(self) -> int:
+        """Memory given to jobs, in MB."""
+        return self.get_positive("memory", int, machine_memory_mb())
+
+    def get_executors(self) -> list[ParslExecutor]:
+        return [ThreadPoolExecutor(label=self.label, max_threads=self.cores)]
+
+    def select_executor(self, job: ParslJob) -> str:
+        return self.label
+
+    def capacity(self, label: str) -> ExecutorCapacity | None:
+        return ExecutorCapacity(cores=self.cores, memory=self.memory)

@@ -1,0 +1,380 @@
+"""The run-state store: one SQLite database in the submit directory.
+
+It holds the prepared workflow (jobs, rendered command lines, dependencies,
+resources, retry policy) and every job transition, so that ``bps report``,
+``bps cancel`` and ``bps restart`` can work from any process and any current
+directory, during the run and after it.
+
+The database is in WAL mode: the driver writes, any number of readers read
+consistent snapshots without blocking it. A transition is committed in the
+driver's loop iteration that saw it, so a driver killed with SIGKILL loses
+at most the transitions of that iteration; restart reconciles those from the
+jobs' own logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lsst.ctrl.bps import WmsStates
+
+__all__ = (
+    "DB_NAME",
+    "FORMAT_VERSION",
+    "JobKind",
+    "RunStore",
+    "StateStoreError",
+)
+
+DB_NAME = "bps_parsl.sqlite3"
+FORMAT_VERSION = 1
+
+UNREADY = WmsStates.UNREADY.value
+READY = WmsStates.READY.value
+PENDING = WmsStates.PENDING.value
+RUNNING = WmsStates.RUNNING.value
+SUCCEEDED = WmsStates.SUCCEEDED.value
+FAILED = WmsStates.FAILED.value
+PRUNED = WmsStates.PRUNED.value
+DELETED = WmsStates.DELETED.value
+ENDED = frozenset({SUCCEEDED, FAILED, PRUNED, DELETED})
+
+
+class JobKind:
+    """What a node of the prepared workflow is."""
+
+    PAYLOAD = 0
+    """A job with a command line."""
+    NOOP = 1
+    """Ordering only: succeeds once its parents succeeded."""
+    JOIN = 2
+    """End of a blocking group: succeeds once all of the group succeeded."""
+    TOLERANT_JOIN = 3
+    """End of a non-blocking group: succeeds once all of the group ended."""
+
+    RUNNABLE = frozenset({PAYLOAD})
+
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE envs (id INTEGER PRIMARY KEY, script TEXT NOT NULL);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    final INTEGER NOT NULL,
+    command TEXT,
+    env_id INTEGER,
+    request_cpus INTEGER,
+    request_memory INTEGER,
+    request_memory_max INTEGER,
+    memory_multiplier REAL,
+    request_disk INTEGER,
+    request_walltime TEXT,
+    priority TEXT,
+    retries INTEGER,
+    retry_unless_exit TEXT,
+    log_dir TEXT,
+    tags TEXT
+);
+CREATE TABLE edges (parent INTEGER NOT NULL, child INTEGER NOT NULL);
+CREATE TABLE status (
+    job INTEGER PRIMARY KEY,
+    state INTEGER NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    signal INTEGER,
+    start REAL,
+    end REAL,
+    host TEXT
+);
+CREATE TABLE attempts (
+    job INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    session INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    exit_code INTEGER,
+    signal INTEGER,
+    memory INTEGER,
+    executor TEXT,
+    submitted REAL,
+    start REAL,
+    end REAL,
+    host TEXT,
+    PRIMARY KEY (job, attempt)
+);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    start REAL NOT NULL,
+    end REAL,
+    outcome TEXT
+);
+"""
+
+
+class StateStoreError(RuntimeError):
+    """The run-state database is missing, unreadable or damaged."""
+
+
+@dataclass(slots=True)
+class JobRow:
+    """One job of the prepared workflow, as stored."""
+
+    id: int
+    name: str
+    label: str
+    kind: int
+    final: bool
+    command: str | None
+    env_id: int | None
+    request_cpus: int | None
+    request_memory: int | None
+    request_memory_max: int | None
+    memory_multiplier: float | None
+    request_disk: int | None
+    request_walltime: str | None
+    priority: str | None
+    retries: int | None
+    retry_unless_exit: str | None
+    log_dir: str | None
+    tags: str | None
+
+
+def db_path(submit_path: str) -> str:
+    """Path of the run-state database of a submit directory."""
+    return os.path.join(submit_path, DB_NAME)
+
+
+class RunStore:
+    """Access to one run's state database.
+
+    Parameters
+    ----------
+    path : `str`
+        Database file.
+    readonly : `bool`
+        Open for reading only (report, status).
+    """
+
+    def __init__(self, path: str, readonly: bool = False):
+        self.path = path
+        self.readonly = readonly
+        self._pending_status: list[tuple] = []
+        self._pending_attempts: list[tuple] = []
+        self.session: int | None = None
+        if not os.path.exists(path):
+            raise StateStoreError(
+                f"{path}: no run-state database here: pass the submit directory that 'bps submit' printed"
+            )
+        if not os.access(path, os.R_OK):
+            raise StateStoreError(f"{path}: not readable by this user: check its permissions")
+        try:
+            if readonly:
+                self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            else:
+                self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA busy_timeout=10000")
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise StateStoreError(
+                f"{path}: not a readable run-state database ({exc}): the file is damaged; restore it from a "
+                "backup or submit the run again (nothing was re-run)"
+            ) from None
+        if version != FORMAT_VERSION or not {"meta", "jobs", "status", "attempts", "sessions"} <= tables:
+            raise StateStoreError(
+                f"{path}: run-state format {version} with tables {sorted(tables)} is not format "
+                f"{FORMAT_VERSION}: use the plugin version that wrote it, or submit the run again"
+            )
+
+    # ---- creation -------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str,
+        meta: dict[str, Any],
+        envs: Sequence[str],
+        jobs: Iterable[tuple],
+        edges: Iterable[tuple[int, int]],
+    ) -> RunStore:
+        """Write a new database for a prepared workflow.
+
+        Parameters
+        ----------
+        path : `str`
+            Database file to create; it must not exist.
+        meta : `dict`
+            Run-wide values (run name, operator, ...), stored as JSON.
+        envs : `~collections.abc.Sequence` [`str`]
+            Distinct environment scripts; ``jobs`` refer to them by index.
+        jobs : `~collections.abc.Iterable` [`tuple`]
+            Job rows in the column order of `JobRow`, ids in topological
+            order.
+        edges : `~collections.abc.Iterable` [`tuple` [`int`, `int`]]
+            (parent id, child id) pairs.
+        """
+        if os.path.exists(path):
+            raise StateStoreError(f"{path}: already exists: use 'bps restart' to resume this run")
+        tmp = path + ".tmp"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute("BEGIN")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))
+            conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(envs))
+            conn.executemany("INSERT INTO jobs VALUES (" + ",".join("?" * 18) + ")", jobs)
+            conn.executemany("INSERT INTO edges VALUES (?, ?)", edges)
+            conn.execute(f"INSERT INTO status (job, state) SELECT id, {UNREADY} FROM jobs")
+            conn.execute("CREATE INDEX edges_parent ON edges (parent)")
+            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        return cls(path)
+
+    # ---- reading --------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        """Run-wide values."""
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store one run-wide value."""
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def jobs(self) -> list[JobRow]:
+        """All jobs, by id."""
+        return [JobRow(*row) for row in self.conn.execute("SELECT * FROM jobs ORDER BY id")]
+
+    def edges(self) -> list[tuple[int, int]]:
+        """All (parent, child) pairs."""
+        return self.conn.execute("SELECT parent, child FROM edges").fetchall()
+
+    def envs(self) -> list[str]:
+        """Environment scripts, by id."""
+        return [row[0] for row in self.conn.execute("SELECT script FROM envs ORDER BY id")]
+
+    def statuses(self) -> list[tuple]:
+        """(job, state, attempt, exit_code, signal, start, end, host) of every job."""
+        return self.conn.execute("SELECT * FROM status ORDER BY job").fetchall()
+
+    def sessions(self) -> list[tuple]:
+        """(id, kind, pid, host, start, end, outcome) of every driver session."""
+        return self.conn.execute("SELECT * FROM sessions ORDER BY id").fetchall()
+
+    def attempts(self, job: int | None = None) -> list[tuple]:
+        """Attempt rows, of one job or all."""
+        if job is None:
+            return self.conn.execute("SELECT * FROM attempts ORDER BY job, attempt").fetchall()
+        return self.conn.execute("SELECT * FROM attempts WHERE job=? ORDER BY attempt", (job,)).fetchall()
+
+    def check_integrity(self) -> None:
+        """Raise `StateStoreError` if SQLite finds the file damaged."""
+        try:
+            result = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            result = str(exc)
+        if result != "ok":
+            raise StateStoreError(
+                f"{self.path}: the run-state database is damaged ({result}): restore it from a backup "
+                "or submit the run again (nothing was re-run)"
+            )
+
+    # ---- writing --------------------------------------------------------
+
+    def begin_session(self, kind: str, pid: int, host: str) -> int:
+        """Record that a driver started; returns the session id."""
+        cur = self.conn.execute(
+            "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)", (kind, pid, host, time.time())
+        )
+        self.session = cur.lastrowid
+        return self.session
+
+    def end_session(self, outcome: str) -> None:
+        """Record that this driver ended and how."""
+        self.flush()
+        self.conn.execute(
+            "UPDATE sessions SET end=?, outcome=? WHERE id=?", (time.time(), outcome, self.session)
+        )
+
+    def set_state(
+        self,
+        job: int,
+        state: int,
+        attempt: int = 0,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        host: str | None = None,
+    ) -> None:
+        """Queue a job's new current state; written at the next `flush`."""
+        self._pending_status.append((state, attempt, exit_code, signal, start, end, host, job))
+
+    def record_attempt(
+        self,
+        job: int,
+        attempt: int,
+        state: int,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        memory: int | None = None,
+        executor: str | None = None,
+        submitted: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        host: str | None = None,
+    ) -> None:
+        """Queue an attempt's row (insert or replace); written at `flush`."""
+        self._pending_attempts.append(
+            (job, attempt, self.session or 0, state, exit_code, signal, memory, executor, submitted, start, end,
+             host)
+        )
+
+    def flush(self) -> None:
+        """Commit every queued change in one transaction."""
+        if not self._pending_status and not self._pending_attempts:
+            return
+        status, self._pending_status = self._pending_status, []
+        attempts, self._pending_attempts = self._pending_attempts, []
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if status:
+                self.conn.executemany(
+                    "UPDATE status SET state=?, attempt=?, exit_code=?, signal=?, start=?, end=?, host=? "
+                    "WHERE job=?",
+                    status,
+                )
+            if attempts:
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", attempts
+                )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()

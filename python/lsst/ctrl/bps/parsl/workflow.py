@@ -1,0 +1,353 @@
+"""The prepared workflow: a generic workflow flattened, rendered and saved.
+
+`ParslWorkflow.from_generic_workflow` turns BPS's `GenericWorkflow` (jobs,
+no-op ordering nodes, nested job groups, a final job) into a flat list of
+nodes in topological order with integer edges, renders every command line,
+and writes it all to the run-state database (`state.RunStore`) in the submit
+directory. Everything later (submit, report, cancel, restart) reads that
+database only: no pickle, no `BpsConfig` search per job.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import string
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from lsst.ctrl.bps import (
+    BaseWmsWorkflow,
+    BpsConfig,
+    GenericWorkflow,
+    GenericWorkflowGroup,
+    GenericWorkflowJob,
+    GenericWorkflowNoopJob,
+)
+
+from .commands import export_lines, render
+from .configuration import ConfigurationError
+from .state import FORMAT_VERSION, JobKind, RunStore, db_path
+
+__all__ = ("ParslWorkflow",)
+
+
+class _Node:
+    __slots__ = ("name", "label", "kind", "job", "owner", "final", "children", "nparents")
+
+    def __init__(self, name: str, label: str, kind: int, job: Any, owner: GenericWorkflow, final: bool):
+        self.name = name
+        self.label = label
+        self.kind = kind
+        self.job = job
+        self.owner = owner
+        self.final = final
+        self.children: list[int] = []
+        self.nparents = 0
+
+
+class _Flattener:
+    """Flatten a generic workflow, expanding groups, without recursion."""
+
+    def __init__(self) -> None:
+        self.nodes: list[_Node] = []
+        self.index: dict[str, int] = {}
+
+    def _add(self, node: _Node) -> int:
+        if node.name in self.index:
+            raise ConfigurationError(f"job name '{node.name}' appears twice in the workflow")
+        self.index[node.name] = len(self.nodes)
+        self.nodes.append(node)
+        return self.index[node.name]
+
+    def _edge(self, parent: int, child: int) -> None:
+        self.nodes[parent].children.append(child)
+        self.nodes[child].nparents += 1
+
+    def add_workflow(self, top: GenericWorkflow, final: bool) -> None:
+        # entries[name]: the flat nodes an edge *into* node `name` must reach;
+        # exits[name]: the flat node an edge *out of* node `name` leaves from.
+        entries: dict[str, list[int]] = {}
+        exits: dict[str, int] = {}
+        # Pass 1: create nodes for every level; groups are visited after
+        # their parent level so their entries are known when edges are made.
+        pending: deque[GenericWorkflow] = deque([top])
+        levels: list[GenericWorkflow] = []
+        group_of_join: dict[str, GenericWorkflowGroup] = {}
+        while pending:
+            graph = pending.popleft()
+            levels.append(graph)
+            for name in graph:
+                item = graph.get_job(name)
+                if isinstance(item, GenericWorkflowGroup):
+                    kind = JobKind.JOIN if item.blocking else JobKind.TOLERANT_JOIN
+                    exits[name] = self._add(_Node(name, item.label, kind, None, graph, final))
+                    group_of_join[name] = item
+                    pending.append(item)
+                elif isinstance(item, GenericWorkflowNoopJob):
+                    exits[name] = self._add(_Node(name, item.label, JobKind.NOOP, None, graph, final))
+                    entries[name] = [exits[name]]
+                elif isinstance(item, GenericWorkflowJob):
+                    exits[name] = self._add(_Node(name, item.label, JobKind.PAYLOAD, item, graph, final))
+                    entries[name] = [exits[name]]
+                else:
+                    raise ConfigurationError(f"workflow node '{name}' has unsupported type {type(item).__name__}")
+        # Group entries: the entries of the group's source nodes, innermost
+        # groups first.
+        for graph in reversed(levels):
+            if isinstance(graph, GenericWorkflowGroup):
+                found: list[int] = []
+                for name in graph:
+                    if graph.in_degree(name) == 0:
+                        found.extend(entries[name])
+                entries[graph.name] = found
+        # Pass 2: edges. Every node of a group leads to the group's join.
+        for graph in levels:
+            for parent, child in graph.edges():
+                for entry in entries[child]:
+                    self._edge(exits[parent], entry)
+            if isinstance(graph, GenericWorkflowGroup):
+                join = exits[graph.name]
+                for name in graph:
+                    self._edge(exits[name], join)
+
+    def topological_order(self) -> list[int]:
+        """Kahn's algorithm over main nodes, then final nodes."""
+        remaining = [n.nparents for n in self.nodes]
+        order: list[int] = []
+        for final in (False, True):
+            ready = deque(i for i, n in enumerate(self.nodes) if n.final == final and remaining[i] == 0)
+            while ready:
+                i = ready.popleft()
+                order.append(i)
+                for c in self.nodes[i].children:
+                    remaining[c] -= 1
+                    if remaining[c] == 0:
+                        ready.append(c)
+        if len(order) != len(self.nodes):
+            stuck = [self.nodes[i].name for i, r in enumerate(remaining) if r > 0][:5]
+            raise ConfigurationError(f"the workflow has a dependency cycle through jobs {stuck}")
+        return order
+
+
+class _SubdirFormatter(string.Formatter):
+    def get_value(self, key: Any, args: Any, kwargs: Any) -> Any:
+        value = kwargs.get(key)
+        return "" if value is None else value
+
+
+def _subdir(template: str, label: str, tags: dict[str, Any], formatter: _SubdirFormatter) -> str:
+    text = formatter.vformat(template, (), {**tags, "label": label})
+    return "/".join(part for part in text.split("/") if part)
+
+
+def _file_lookup(graphs: list[GenericWorkflow]):
+    cache: dict[str, str | None] = {}
+
+    def lookup(name: str) -> str | None:
+        if name not in cache:
+            path = None
+            for graph in graphs:
+                try:
+                    gwfile = graph.get_file(name)
+                except KeyError:
+                    continue
+                path = str(gwfile.src_uri)
+                if path.startswith("file://"):
+                    path = path[len("file://") :]
+                break
+            cache[name] = path
+        return cache[name]
+
+    return lookup
+
+
+def _retry_unless_exit(value: Any) -> str | None:
+    if value is None:
+        return None
+    codes = [value] if isinstance(value, int) else list(value)
+    return json.dumps([int(c) for c in codes])
+
+
+class ParslWorkflow(BaseWmsWorkflow):
+    """A BPS workflow prepared to run with Parsl.
+
+    Parameters
+    ----------
+    name : `str`
+        Run name.
+    config : `lsst.ctrl.bps.BpsConfig` or `None`
+        BPS configuration (`None` when loaded back from a submit directory).
+    submit_path : `str`
+        Submit directory holding the run-state database.
+    run_id : `str`
+        Run id printed by ``bps submit``.
+    """
+
+    def __init__(self, name: str, config: BpsConfig | None, submit_path: str, run_id: str):
+        super().__init__(name, config)
+        self.submit_path = submit_path
+        self.run_id = run_id
+
+    @property
+    def db_path(self) -> str:
+        """The run-state database."""
+        return db_path(self.submit_path)
+
+    @classmethod
+    def from_generic_workflow(
+        cls,
+        config: BpsConfig,
+        generic_workflow: GenericWorkflow,
+        out_prefix: str,
+        service_class: str,
+    ) -> ParslWorkflow:
+        """Flatten, render and save a generic workflow in ``out_prefix``.
+
+        Parameters
+        ----------
+        config : `lsst.ctrl.bps.BpsConfig`
+            BPS configuration.
+        generic_workflow : `lsst.ctrl.bps.GenericWorkflow`
+            The workflow to run.
+        out_prefix : `str`
+            Submit directory.
+        service_class : `str`
+            Name of the service class, stored for report/restart.
+
+        Returns
+        -------
+        workflow : `ParslWorkflow`
+            The prepared workflow.
+
+        Raises
+        ------
+        ConfigurationError
+            If a command line cannot be rendered or the graph is not a DAG.
+        """
+        from .site import SiteConfig
+
+        submit_path = os.path.abspath(out_prefix)
+        site = SiteConfig.from_config(config)
+        site.validate()
+        default_retries = site.default_retries
+
+        flat = _Flattener()
+        flat.add_workflow(generic_workflow, final=False)
+        final = generic_workflow.get_final()
+        if isinstance(final, GenericWorkflowJob):
+            final_wf = GenericWorkflow(f"{generic_workflow.name}_final")
+            final_wf.add_job(final)
+            flat.add_workflow(final_wf, final=True)
+        elif isinstance(final, GenericWorkflow):
+            flat.add_workflow(final, final=True)
+        order = flat.topological_order()
+        new_id = {old: new for new, old in enumerate(order)}
+
+        found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
+        template = template if found and template else "{label}"
+        formatter = _SubdirFormatter()
+        envs: dict[str, int] = {}
+        lookups: dict[int, Any] = {}
+        rows = []
+        for new, old in enumerate(order):
+            node = flat.nodes[old]
+            job = node.job
+            if job is None:
+                rows.append((new, node.name, node.label, node.kind, int(node.final)) + (None,) * 13)
+                continue
+            owner_key = id(node.owner)
+            if owner_key not in lookups:
+                lookups[owner_key] = _file_lookup([node.owner, generic_workflow])
+            lookup = lookups[owner_key]
+            if job.executable is None:
+                raise ConfigurationError(f"job '{job.name}' has no executable: check the job's configuration")
+            parts = [job.executable.src_uri, job.arguments or ""]
+            command = render(" ".join(p for p in parts if p), job.cmdvals, lookup, job.name)
+            if job.pre_cmdline:
+                command = render(job.pre_cmdline, job.cmdvals, lookup, job.name) + "\n" + command
+            if job.post_cmdline:
+                command = command + "\n" + render(job.post_cmdline, job.cmdvals, lookup, job.name)
+            env_id = None
+            if job.environment:
+                rendered = {k: render(str(v), job.cmdvals, lookup, job.name) for k, v in job.environment.items()}
+                script = export_lines(rendered)
+                env_id = envs.setdefault(script, len(envs))
+            tags = job.tags
+            rows.append(
+                (
+                    new,
+                    job.name,
+                    job.label,
+                    JobKind.PAYLOAD,
+                    int(node.final),
+                    command,
+                    env_id,
+                    job.request_cpus,
+                    job.request_memory,
+                    job.request_memory_max,
+                    job.memory_multiplier,
+                    job.request_disk,
+                    None if job.request_walltime is None else str(job.request_walltime),
+                    None if job.priority is None else str(job.priority),
+                    default_retries if job.number_of_retries is None else int(job.number_of_retries),
+                    _retry_unless_exit(job.retry_unless_exit),
+                    _subdir(template, job.label, tags, formatter),
+                    json.dumps(tags, default=str) if tags else None,
+                )
+            )
+        edges = [(new_id[i], new_id[c]) for i, node in enumerate(flat.nodes) for c in node.children]
+
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+        meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)
+        os.makedirs(submit_path, exist_ok=True)
+        RunStore.create(db_path(submit_path), meta, list(envs), rows, edges).close()
+        return cls(generic_workflow.name, config, submit_path, run_id)
+
+    @classmethod
+    def load(cls, submit_path: str) -> ParslWorkflow:
+        """Return the workflow prepared in a submit directory."""
+        store = RunStore(db_path(os.path.abspath(submit_path)), readonly=True)
+        try:
+            meta = store.meta()
+        finally:
+            store.close()
+        return cls(meta["run_name"], None, meta["submit_path"], meta["run_id"])
+
+    def write(self, out_prefix: str) -> None:
+        """Nothing to do: `from_generic_workflow` already saved everything."""
+
+
+def _run_meta(
+    config: BpsConfig, name: str, run_id: str, submit_path: str, service_class: str
+) -> dict[str, Any]:
+    def value(key: str, default: Any = None) -> Any:
+        found, val = config.search(key, opt={"default": default})
+        return val if found else default
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "run_name": name,
+        "run_id": run_id,
+        "submit_path": submit_path,
+        "service_class": service_class,
+        "compute_site": value("computeSite"),
+        "operator": value("operator", getpass.getuser()),
+        "owner_uid": os.getuid(),
+        "project": value("project"),
+        "campaign": value("campaign"),
+        "payload": value("payloadName"),
+        "output_run": value("outputRun"),
+        "created": time.time(),
+        "config_file": os.path.join(submit_path, f"{name}_config.yaml"),
+    }
+
+
+def iter_names(store: RunStore) -> Iterator[str]:
+    """Names of all jobs of a stored workflow, by id."""
+    for (name,) in store.conn.execute("SELECT name FROM jobs ORDER BY id"):
+        yield name
