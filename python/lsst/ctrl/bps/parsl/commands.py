@@ -87,7 +87,9 @@ def render(
             break
         text = new
     else:
-        raise RenderError(f"job '{job_name}': placeholders still unresolved after {_MAX_PASSES} passes: {text}")
+        raise RenderError(
+            f"job '{job_name}': placeholders still unresolved after {_MAX_PASSES} passes: {text}"
+        )
     return _ENV.sub(r"${\1}", text) if "<ENV:" in text else text
 
 
@@ -115,7 +117,9 @@ def write_environment_file(path: str, environ: Mapping[str, str] | None = None) 
     lines = [
         f"export {key}={shlex.quote(value)}"
         for key, value in sorted(environ.items())
-        if key not in skip and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) and not key.startswith("BASH_FUNC")
+        if key not in skip
+        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)
+        and not key.startswith("BASH_FUNC")
     ]
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -68,10 +68,6 @@ class RunOutcome:
         return sum(self.counts.get(s, 0) for s in (FAILED, PRUNED, DELETED))
 
 
-class _Stop(Exception):
-    pass
-
-
 class Driver:
     """Run the jobs of one submit directory until all have ended.
 
@@ -87,7 +83,9 @@ class Driver:
         Seconds between progress lines (0: none).
     """
 
-    def __init__(self, store: RunStore, site: SiteConfig, kind: str = "submit", progress_interval: float = 30.0):
+    def __init__(
+        self, store: RunStore, site: SiteConfig, kind: str = "submit", progress_interval: float = 30.0
+    ):
         self.store = store
         self.site = site
         self.kind = kind
@@ -204,7 +202,9 @@ class Driver:
             outcome.reason = self.stop_reason
         for s in self.state:
             outcome.counts[s] = outcome.counts.get(s, 0) + 1
-        self.store.end_session("cancelled" if outcome.cancelled else ("failed" if outcome.failed else "succeeded"))
+        self.store.end_session(
+            "cancelled" if outcome.cancelled else ("failed" if outcome.failed else "succeeded")
+        )
         self.store.flush()
         self._print_progress(force=True)
         return outcome
@@ -298,8 +298,10 @@ class Driver:
         cap = self.capacity[label]
         if cap is not None:
             need_mem = min(memory or 0, cap.memory) if cap.memory else 0
-            if (not held and self.blocked[label]) or self.free_cores[label] < min(cpus, cap.cores) or (
-                cap.memory and self.free_memory[label] < need_mem
+            if (
+                (not held and self.blocked[label])
+                or self.free_cores[label] < min(cpus, cap.cores)
+                or (cap.memory and self.free_memory[label] < need_mem)
             ):
                 if not held:
                     self.blocked[label].append(i)
@@ -469,8 +471,9 @@ class Driver:
             except Exception:  # noqa: BLE001
                 code, sig, start, end, host = -1, None, None, time.time(), None
             state = SUCCEEDED if code == 0 else DELETED
-            self.store.record_attempt(i, attempt, state, code, sig, flight[3] or None, flight[1], None, start, end,
-                                      host)
+            self.store.record_attempt(
+                i, attempt, state, code, sig, flight[3] or None, flight[1], None, start, end, host
+            )
             self.state[i] = state
             self.store.set_state(i, state, attempt, code, sig, start, end, host)
         for i, s in enumerate(self.state):

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import parsl.config
-from parsl.executors.base import ParslExecutor
-
 from lsst.ctrl.bps import BpsConfig
 from lsst.utils import doImport
+
+import parsl.config
+from parsl.executors.base import ParslExecutor
 
 from .configuration import ConfigurationError, get_bps_config_value, get_positive, get_workflow_name
 
@@ -81,7 +81,9 @@ class SiteConfig(ABC):
                 f"'site: {{{compute_site}: {{class: lsst.ctrl.bps.parsl.sites.Local}}}}' or change computeSite"
             )
         if not isinstance(site, BpsConfig | dict):
-            raise ConfigurationError(f"'site.{compute_site}' is {site!r}: it must be a mapping of site settings")
+            raise ConfigurationError(
+                f"'site.{compute_site}' is {site!r}: it must be a mapping of site settings"
+            )
         return site
 
     @classmethod

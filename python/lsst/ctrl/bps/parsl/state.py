@@ -186,7 +186,9 @@ class RunStore:
                 self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA busy_timeout=10000")
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = {
+                row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
         except sqlite3.DatabaseError as exc:
             raise StateStoreError(
                 f"{path}: not a readable run-state database ({exc}): the file is damaged; restore it from a "
@@ -306,7 +308,8 @@ class RunStore:
     def begin_session(self, kind: str, pid: int, host: str) -> int:
         """Record that a driver started; returns the session id."""
         cur = self.conn.execute(
-            "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)", (kind, pid, host, time.time())
+            "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)",
+            (kind, pid, host, time.time()),
         )
         self.session = cur.lastrowid
         return self.session
@@ -348,8 +351,20 @@ class RunStore:
     ) -> None:
         """Queue an attempt's row (insert or replace); written at `flush`."""
         self._pending_attempts.append(
-            (job, attempt, self.session or 0, state, exit_code, signal, memory, executor, submitted, start, end,
-             host)
+            (
+                job,
+                attempt,
+                self.session or 0,
+                state,
+                exit_code,
+                signal,
+                memory,
+                executor,
+                submitted,
+                start,
+                end,
+                host,
+            )
         )
 
     def flush(self) -> None:

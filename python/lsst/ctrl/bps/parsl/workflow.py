@@ -95,7 +95,9 @@ class _Flattener:
                     exits[name] = self._add(_Node(name, item.label, JobKind.PAYLOAD, item, graph, final))
                     entries[name] = [exits[name]]
                 else:
-                    raise ConfigurationError(f"workflow node '{name}' has unsupported type {type(item).__name__}")
+                    raise ConfigurationError(
+                        f"workflow node '{name}' has unsupported type {type(item).__name__}"
+                    )
         # Group entries: the entries of the group's source nodes, innermost
         # groups first.
         for graph in reversed(levels):
@@ -274,7 +276,9 @@ class ParslWorkflow(BaseWmsWorkflow):
                 command = command + "\n" + render(job.post_cmdline, job.cmdvals, lookup, job.name)
             env_id = None
             if job.environment:
-                rendered = {k: render(str(v), job.cmdvals, lookup, job.name) for k, v in job.environment.items()}
+                rendered = {
+                    k: render(str(v), job.cmdvals, lookup, job.name) for k, v in job.environment.items()
+                }
                 script = export_lines(rendered)
                 env_id = envs.setdefault(script, len(envs))
             tags = job.tags
@@ -300,6 +304,7 @@ class ParslWorkflow(BaseWmsWorkflow):
                     json.dumps(tags, default=str) if tags else None,
                 )
             )
+        _check_jobs_fit(site, rows)
         edges = [(new_id[i], new_id[c]) for i, node in enumerate(flat.nodes) for c in node.children]
 
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
@@ -320,6 +325,45 @@ class ParslWorkflow(BaseWmsWorkflow):
 
     def write(self, out_prefix: str) -> None:
         """Nothing to do: `from_generic_workflow` already saved everything."""
+
+
+def _check_jobs_fit(site: Any, rows: list[tuple]) -> None:
+    """Every job must go to an existing executor that can ever hold it."""
+    from .job import ParslJob
+
+    labels = {executor.label for executor in site.get_executors()}
+    capacities = {label: site.capacity(label) for label in labels}
+    seen: set[tuple] = set()
+    for row in rows:
+        if row[3] != JobKind.PAYLOAD:
+            continue
+        key = (row[2], row[7], row[8], row[11], row[12])
+        if key in seen:
+            continue
+        seen.add(key)
+        cpus = row[7] or 1
+        job = ParslJob(row[1], row[2], cpus, row[8], row[11], row[12], row[13])
+        label = site.select_executor(job)
+        if label not in labels:
+            raise ConfigurationError(
+                f"site class {type(site).__name__}.select_executor returned '{label}' for job '{row[1]}', "
+                f"but the site's executors are {sorted(labels)}: fix the site class or its executor labels"
+            )
+        cap = capacities[label]
+        if cap is None:
+            continue
+        if cpus > cap.cores:
+            raise ConfigurationError(
+                f"job '{row[1]}' asks for {cpus} cores (requestCpus) but executor '{label}' of "
+                f"{site.where} has {cap.cores}: lower requestCpus for label '{row[2]}' or raise "
+                f"{site.where}.cores"
+            )
+        if cap.memory and row[8] and row[8] > cap.memory:
+            raise ConfigurationError(
+                f"job '{row[1]}' asks for {row[8]} MB (requestMemory) but executor '{label}' of "
+                f"{site.where} has {cap.memory} MB: lower requestMemory for label '{row[2]}' or raise "
+                f"{site.where}.memory"
+            )
 
 
 def _run_meta(

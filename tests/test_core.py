@@ -1,0 +1,282 @@
+"""Core behaviour on synthetic workflows, run on the real local Parsl site."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from lsst.ctrl.bps import (
+    GenericWorkflow,
+    GenericWorkflowFile,
+    GenericWorkflowGroup,
+    GenericWorkflowNoopJob,
+    WmsStates,
+)
+from synthetic import attempts, job, make_config, run, workflow
+
+S = WmsStates.SUCCEEDED.value
+F = WmsStates.FAILED.value
+P = WmsStates.PRUNED.value
+
+
+def order_of(path):
+    return path.read_text().split()
+
+
+def test_wide_workflow_all_succeed(tmp_path):
+    gw = workflow([job(f"w{i}", label="wide") for i in range(200)])
+    result = run(gw, tmp_path / "submit")
+    assert len(result) == 200
+    assert {row[0] for row in result.values()} == {S}
+    assert not (tmp_path / "runinfo").exists() and not os.path.exists("runinfo")
+    assert (tmp_path / "submit" / "parsl" / "runinfo").is_dir()
+    assert (tmp_path / "submit" / "logs" / "wide" / "w0.1.out").exists()
+
+
+def test_diamond_order(tmp_path):
+    log = tmp_path / "order"
+    jobs = [job(n, f"echo {n} >> {log}") for n in ("a", "b", "c", "d")]
+    gw = workflow(jobs, [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+    result = run(gw, tmp_path / "submit")
+    assert all(r[0] == S for r in result.values())
+    order = order_of(log)
+    assert order[0] == "a" and order[-1] == "d" and sorted(order[1:3]) == ["b", "c"]
+
+
+def test_failure_prunes_descendants_and_final_job_still_runs(tmp_path):
+    log = tmp_path / "order"
+    jobs = [
+        job("a", f"echo a >> {log}"),
+        job("b", "exit 7"),
+        job("c", f"echo c >> {log}"),
+        job("d", f"echo d >> {log}"),
+        job("e", f"echo e >> {log}"),
+    ]
+    gw = workflow(jobs, [("a", "b"), ("b", "c"), ("c", "d"), ("a", "e")])
+    gw.add_final(job("finalJob", f"echo final >> {log}"))
+    result = run(gw, tmp_path / "submit", expect_fail=True)
+    assert result["b"][0] == F and result["b"][2] == 7
+    assert result["c"][0] == P and result["d"][0] == P
+    assert result["e"][0] == S and result["finalJob"][0] == S
+    assert order_of(log)[-1] == "final" and "c" not in order_of(log)
+
+
+def test_final_job_runs_after_all_other_jobs(tmp_path):
+    log = tmp_path / "order"
+    jobs = [job(f"j{i}", f"sleep 0.{i}; echo j{i} >> {log}") for i in range(4)]
+    gw = workflow(jobs)
+    gw.add_final(job("finalJob", f"echo final >> {log}"))
+    result = run(gw, tmp_path / "submit")
+    assert result["finalJob"][0] == S
+    assert order_of(log)[-1] == "final" and len(order_of(log)) == 5
+
+
+def test_noop_nodes_only_order(tmp_path):
+    log = tmp_path / "order"
+    gw = workflow([job("a", f"echo a >> {log}"), job("b", f"echo b >> {log}")])
+    gw.add_node(GenericWorkflowNoopJob("noop1", "noop"))
+    gw.add_job_relationships("a", "noop1")
+    gw.add_job_relationships("noop1", "b")
+    result = run(gw, tmp_path / "submit")
+    assert result["noop1"][0] == S and result["noop1"][1] == 0  # never ran a process
+    assert order_of(log) == ["a", "b"]
+    assert not list((tmp_path / "submit" / "logs").rglob("noop1*"))
+
+
+def _grouped(tmp_path, blocking: bool, fail: bool):
+    """init -> group1 (g1a, g1b -> g1c) -> group2 (g2a) -> after."""
+    log = tmp_path / "order"
+    gw = GenericWorkflow("grouped")
+    gw.add_job(job("init", f"echo init >> {log}"))
+    g1 = GenericWorkflowGroup("group1", "group", blocking=blocking)
+    g1.add_job(job("g1a", f"echo g1a >> {log}"))
+    g1.add_job(job("g1b", "exit 5" if fail else f"echo g1b >> {log}"))
+    g1.add_job(job("g1c", f"echo g1c >> {log}"))
+    g1.add_job_relationships("g1b", "g1c")
+    g2 = GenericWorkflowGroup("group2", "group", blocking=blocking)
+    g2.add_job(job("g2a", f"echo g2a >> {log}"))
+    gw.add_node(g1)
+    gw.add_node(g2)
+    gw.add_job(job("after", f"echo after >> {log}"))
+    gw.add_edge("init", "group1")
+    gw.add_edge("group1", "group2")
+    gw.add_edge("group2", "after")
+    return gw, log
+
+
+def test_groups_expand_with_inner_dependencies(tmp_path):
+    gw, log = _grouped(tmp_path, blocking=True, fail=False)
+    result = run(gw, tmp_path / "submit")
+    assert all(r[0] == S for r in result.values())
+    order = order_of(log)
+    assert order[0] == "init" and order[-2:] == ["g2a", "after"]
+    assert order.index("g1b") < order.index("g1c")
+
+
+def test_blocking_group_holds_children_after_failure(tmp_path):
+    gw, log = _grouped(tmp_path, blocking=True, fail=True)
+    result = run(gw, tmp_path / "submit", expect_fail=True)
+    assert result["g1b"][0] == F and result["g1c"][0] == P
+    assert result["g1a"][0] == S
+    assert result["group1"][0] == P and result["g2a"][0] == P and result["after"][0] == P
+
+
+def test_non_blocking_group_lets_next_group_run(tmp_path):
+    gw, log = _grouped(tmp_path, blocking=False, fail=True)
+    result = run(gw, tmp_path / "submit", expect_fail=True)
+    assert result["g1b"][0] == F and result["g1c"][0] == P
+    assert result["g2a"][0] == S and result["after"][0] == S
+
+
+def test_retries_respect_retry_unless_exit_and_scale_memory(tmp_path):
+    counter = tmp_path / "count"
+    script = f"echo x >> {counter}; exit 3"
+    gw = workflow(
+        [
+            job(
+                "retried",
+                script,
+                number_of_retries=3,
+                retry_unless_exit=[1, 2],
+                request_memory=1000,
+                memory_multiplier=2.0,
+                request_memory_max=5000,
+            ),
+            job("not_retried", "exit 2", number_of_retries=3, retry_unless_exit=[1, 2]),
+            job(
+                "flaky",
+                f"test -e {tmp_path}/flag || {{ touch {tmp_path}/flag; exit 4; }}",
+                number_of_retries=2,
+            ),
+        ]
+    )
+    result = run(
+        gw,
+        tmp_path / "submit",
+        config=make_config(site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "memory": 20000}}),
+        expect_fail=True,
+    )
+    assert result["retried"][:3] == (F, 4, 3)
+    assert [a[6] for a in attempts(tmp_path / "submit", "retried")] == [1000, 2000, 4000, 5000]
+    assert result["not_retried"][:3] == (F, 1, 2)
+    assert result["flaky"][:2] == (S, 2)
+    logs = sorted(p.name for p in (tmp_path / "submit" / "logs").rglob("retried.*.err"))
+    assert logs == [f"retried.{i}.err" for i in (1, 2, 3, 4)]
+
+
+def test_site_retries_is_the_default_when_job_sets_none(tmp_path):
+    config = make_config(site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "retries": 2}})
+    j = job("x", "exit 9")
+    j.number_of_retries = None
+    result = run(workflow([j]), tmp_path / "submit", config=config, expect_fail=True)
+    assert result["x"][1] == 3
+
+
+def test_command_rendering_env_file_and_cmdvals(tmp_path, monkeypatch):
+    monkeypatch.setenv("BPS_TEST_VALUE", "from-env")
+    out = tmp_path / "out"
+    gw = GenericWorkflow("render")
+    gw.add_job(job("r", "unused"))
+    r = gw.get_job("r")
+    r.arguments = "-c 'echo {greeting} <ENV:BPS_TEST_VALUE> <FILE:qgraph> $JOB_VAR > " + str(out) + "'"
+    r.cmdvals = {"greeting": "{word}", "word": "hello"}
+    r.environment = {"JOB_VAR": "exported-<ENV:BPS_TEST_VALUE>"}
+    gw.add_job_inputs("r", [GenericWorkflowFile("qgraph", src_uri="/data/run.qgraph")])
+    result = run(gw, tmp_path / "submit")
+    assert result["r"][0] == S
+    assert out.read_text().split() == ["hello", "from-env", "/data/run.qgraph", "exported-from-env"]
+
+
+def test_unresolvable_placeholder_is_a_prepare_error(tmp_path):
+    from lsst.ctrl.bps.parsl import ParslService
+    from lsst.ctrl.bps.parsl.commands import RenderError
+
+    gw = workflow([job("r")])
+    gw.get_job("r").arguments = "run {missingKey}"
+    config = make_config()
+    with pytest.raises(RenderError, match=r"job 'r'.*\{missingKey\}"):
+        ParslService(config).prepare(config, gw, str(tmp_path / "submit"))
+    gw.get_job("r").arguments = "run <FILE:nope>"
+    with pytest.raises(RenderError, match=r"job 'r'.*<FILE:nope>"):
+        ParslService(config).prepare(config, gw, str(tmp_path / "submit2"))
+
+
+def test_site_command_prefix_runs_first(tmp_path):
+    out = tmp_path / "out"
+    config = make_config(
+        site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "commandPrefix": "export PREFIXED=yes"}}
+    )
+    result = run(workflow([job("p", f"echo $PREFIXED > {out}")]), tmp_path / "submit", config=config)
+    assert result["p"][0] == S and out.read_text().strip() == "yes"
+
+
+def test_site_environment_export(tmp_path, monkeypatch):
+    monkeypatch.setenv("BPS_EXPORTED_TOKEN", "secret")
+    out = tmp_path / "out"
+    config = make_config(site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "environment": True}})
+    result = run(
+        workflow([job("p", f"echo $BPS_EXPORTED_TOKEN > {out}")]), tmp_path / "submit", config=config
+    )
+    assert result["p"][0] == S and out.read_text().strip() == "secret"
+    env_file = tmp_path / "submit" / "parsl" / "environment.sh"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_job_killed_by_signal_is_recorded(tmp_path):
+    result = run(workflow([job("k", "kill -KILL $$")]), tmp_path / "submit", expect_fail=True)
+    state, attempt, code, signal = result["k"][:4]
+    assert state == F and signal == 9 and code == 137
+
+
+def test_state_is_readable_while_running(tmp_path):
+    import threading
+
+    from lsst.ctrl.bps.parsl.state import RunStore, db_path
+
+    gw = workflow([job(f"s{i}", "sleep 0.3", label="slow") for i in range(6)])
+    seen = []
+    submit = tmp_path / "submit"
+
+    def poll():
+        import time
+
+        while not (submit / "bps_parsl.sqlite3").exists():
+            time.sleep(0.05)
+        for _ in range(20):
+            store = RunStore(db_path(str(submit)), readonly=True)
+            seen.append({r[1] for r in store.statuses()})
+            store.close()
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    run(
+        gw,
+        submit,
+        config=make_config(site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}}),
+    )
+    thread.join()
+    assert any(WmsStates.PENDING.value in s for s in seen)
+
+
+def test_local_site_never_overlaps_two_core_jobs(tmp_path):
+    log = tmp_path / "spans"
+    script = f"echo start $(date +%s.%N) >> {log}; sleep 0.3; echo end $(date +%s.%N) >> {log}"
+    jobs = [job(f"big{i}", script, label="big", request_cpus=2) for i in range(3)]
+    config = make_config(site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}})
+    run(workflow(jobs), tmp_path / "submit", config=config)
+    events = [line.split() for line in log.read_text().splitlines()]
+    running = peak = 0
+    for kind, _ in sorted(events, key=lambda e: float(e[1])):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 1
+
+
+def test_job_larger_than_machine_is_a_prepare_error(tmp_path):
+    from lsst.ctrl.bps.parsl import ConfigurationError, ParslService
+
+    config = make_config(site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}})
+    gw = workflow([job("huge", request_cpus=64)])
+    with pytest.raises(ConfigurationError, match="huge.*64"):
+        ParslService(config).prepare(config, gw, str(tmp_path / "submit"))
