@@ -92,3 +92,101 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
             f"see 'bps report --id {submit_path}'"
         )
     return outcome
+
+
+def _owned(submit_path: str) -> None:
+    """Raise unless the calling user owns the run."""
+    from .state import StateStoreError
+
+    owner = os.stat(db_path(submit_path)).st_uid
+    if owner != os.getuid():
+        raise StateStoreError(
+            f"{submit_path}: the run belongs to uid {owner}, not to you: only its owner may act on it"
+        )
+
+
+def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
+    """Stop a run from any process: its driver stops and every job ends.
+
+    Returns
+    -------
+    cancelled : `bool`
+        True only if the driver exited, no job process is left and every
+        unfinished job is recorded DELETED.
+    message : `str`
+        What happened.
+    """
+    import signal
+    import time
+
+    from .driver import kill_running_jobs
+    from .state import DELETED, ENDED
+
+    _owned(submit_path)
+    pid = driver_alive(submit_path)
+    if pid is not None and pid > 0:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while driver_alive(submit_path) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if driver_alive(submit_path) is not None:
+            return False, f"the driver (pid {pid}) did not stop within {timeout:.0f} s; try again or kill it"
+    with driver_lock(submit_path):
+        store = RunStore(db_path(submit_path))
+        try:
+            run_id = store.meta()["run_id"]
+            left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
+            unfinished = [
+                (job, attempt) for job, state, attempt, *_ in store.statuses() if state not in ENDED
+            ]
+            for job, attempt in unfinished:
+                store.set_state(job, DELETED, attempt)
+            store.flush()
+        finally:
+            store.close()
+    if pid is None and not unfinished and not left:
+        return False, "the run had already ended; nothing to cancel"
+    what = f"driver pid {pid} stopped" if pid else "no driver was running"
+    return True, f"{what}; {len(unfinished)} unfinished job(s) marked DELETED"
+
+
+def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
+    """Start the driver of a run in the background, detached from the terminal.
+
+    Returns once the driver holds the run's lock.
+
+    Returns
+    -------
+    pid : `int`
+        The background driver's pid.
+    """
+    import subprocess
+    import sys
+    import time
+
+    log = os.path.join(submit_path, "parsl", "driver.log")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "ab") as stream:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lsst.ctrl.bps.parsl.detached", submit_path, kind],
+            stdin=subprocess.DEVNULL,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            with open(log, errors="replace") as stream:
+                tail = stream.read()[-2000:]
+            raise RuntimeError(
+                f"the background driver exited at once (code {proc.returncode}); {log}:\n{tail}"
+            )
+        if driver_alive(submit_path) == proc.pid:
+            return proc.pid
+        time.sleep(0.05)
+    raise RuntimeError(f"the background driver did not start within {wait:.0f} s: see {log}")

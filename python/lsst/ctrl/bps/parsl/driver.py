@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .job import ParslJob
-from .runner import ATTEMPT_ENV, EXIT_MARKER, run_job
+from .runner import ATTEMPT_ENV, EXIT_MARKER, GATES, ResourceGate, run_job
 from .site import SiteConfig
 from .state import (
     DELETED,
@@ -173,8 +173,12 @@ class Driver:
             if label != "_parsl_internal"
         }
         self.capacity = {label: self.site.capacity(label) for label in self.apps}
-        self.free_cores = {k: c.cores for k, c in self.capacity.items() if c}
-        self.free_memory = {k: c.memory for k, c in self.capacity.items() if c}
+        self.gates = {}
+        for label, cap in self.capacity.items():
+            if cap is not None:
+                self.gates[label] = f"{self.run_id}/{label}"
+                GATES[self.gates[label]] = ResourceGate(cap.cores, cap.memory)
+        self.queued = dict.fromkeys(self.apps, 0)
         self.blocked: dict[str, deque[int]] = {k: deque() for k in self.apps}
         self.in_flight: dict[int, tuple[Any, str, int, int]] = {}
         self.futures: dict[int, Any] = {}
@@ -185,6 +189,8 @@ class Driver:
                 if self.stop_reason:
                     break
                 self._run_phase(final)
+            if self.stop_reason:
+                self._stop_everything()
         except BaseException as exc:
             self.stop_reason = self.stop_reason or f"driver error: {exc!r}"
             self._stop_everything()
@@ -192,12 +198,13 @@ class Driver:
             raise
         finally:
             self._restore_signal_handlers()
+            for key in self.gates.values():
+                GATES.pop(key, None)
             try:
                 self.dfk.cleanup()
             except Exception as exc:  # noqa: BLE001
                 _LOG.warning("Parsl cleanup failed: %s", exc)
         if self.stop_reason:
-            self._stop_everything()
             outcome.cancelled = True
             outcome.reason = self.stop_reason
         for s in self.state:
@@ -297,18 +304,11 @@ class Driver:
             )
         cap = self.capacity[label]
         if cap is not None:
-            need_mem = min(memory or 0, cap.memory) if cap.memory else 0
-            if (
-                (not held and self.blocked[label])
-                or self.free_cores[label] < min(cpus, cap.cores)
-                or (cap.memory and self.free_memory[label] < need_mem)
-            ):
+            if (not held and self.blocked[label]) or self.queued[label] >= cap.queue_depth:
                 if not held:
                     self.blocked[label].append(i)
                 return False
-            self.free_cores[label] -= min(cpus, cap.cores)
-            if cap.memory:
-                self.free_memory[label] -= need_mem
+            self.queued[label] += 1
         self.attempt[i] = attempt
         self.session_tries[i] = tries + 1
         stdout, stderr = log_paths(self.submit_path, row.log_dir, row.name, attempt)
@@ -318,6 +318,8 @@ class Driver:
         walltime = _walltime_seconds(row.request_walltime) if self._enforce_walltime(label) else None
         inputs = [self.futures[p] for p in self.parents[i] if p in self.futures]
         kwargs: dict[str, Any] = {"walltime": walltime, "inputs": inputs}
+        if label in self.gates:
+            kwargs.update(gate=self.gates[label], cores=cpus, memory=memory or 0)
         spec = self.site.resource_specification(pjob, label)
         if spec:
             kwargs["parsl_resource_specification"] = spec
@@ -344,11 +346,8 @@ class Driver:
         if flight is None or flight[2] != attempt:
             return
         _, label, _, memory = flight
-        cap = self.capacity[label]
-        if cap is not None:
-            self.free_cores[label] += min(self.rows[i].request_cpus or 1, cap.cores)
-            if cap.memory:
-                self.free_memory[label] += min(memory, cap.memory)
+        if label in self.gates:
+            self.queued[label] -= 1
             self._drain_blocked(label)
         try:
             code, sig, start, end, host, timed_out = future.result()
@@ -455,6 +454,8 @@ class Driver:
 
     def _stop_everything(self) -> None:
         """Kill running job processes, wait for their futures, mark the rest DELETED."""
+        for key in getattr(self, "gates", {}).values():
+            GATES[key].close()
         kill_running_jobs(self.running_dir, self.run_id)
         deadline = time.monotonic() + 30
         while self.in_flight and time.monotonic() < deadline:

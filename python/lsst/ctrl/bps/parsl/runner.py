@@ -15,14 +15,76 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
-__all__ = ("EXIT_MARKER", "ATTEMPT_ENV", "run_job")
+__all__ = ("ATTEMPT_ENV", "EXIT_MARKER", "GateClosedError", "ResourceGate", "run_job")
 
 EXIT_MARKER = "[bps-parsl] exit status "
 ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
 
 _HOST = socket.gethostname()
+
+
+class GateClosedError(RuntimeError):
+    """The run is stopping: the job was not started."""
+
+
+class ResourceGate:
+    """Cores and memory of an in-process pool, taken by each job while it runs.
+
+    Worker threads wait here, so a finishing job hands its cores to the next
+    one without a round trip through the driver.
+
+    Parameters
+    ----------
+    cores : `int`
+        Cores jobs may use at once.
+    memory : `int` or `None`
+        Memory (MB) jobs may use at once; `None` for no limit.
+    """
+
+    def __init__(self, cores: int, memory: int | None):
+        self.cores = cores
+        self.memory = memory
+        self._free_cores = cores
+        self._free_memory = memory
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def acquire(self, cores: int, memory: int) -> tuple[int, int]:
+        """Wait until the job fits, take its share; returns what was taken."""
+        cores = min(cores, self.cores)
+        memory = min(memory, self.memory) if self.memory is not None else 0
+        with self._cond:
+            while not self._closed and (
+                self._free_cores < cores or (self._free_memory is not None and self._free_memory < memory)
+            ):
+                self._cond.wait()
+            if self._closed:
+                raise GateClosedError("run stopping")
+            self._free_cores -= cores
+            if self._free_memory is not None:
+                self._free_memory -= memory
+        return cores, memory
+
+    def release(self, taken: tuple[int, int]) -> None:
+        """Give back what `acquire` took."""
+        with self._cond:
+            self._free_cores += taken[0]
+            if self._free_memory is not None:
+                self._free_memory += taken[1]
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Make every waiting and future `acquire` raise `GateClosedError`."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+GATES: dict[str, ResourceGate] = {}
+"""Gates of in-process executors, by ``<run id>/<executor label>``."""
 
 
 def _script(prefix: str, env: str, command: str) -> str:
@@ -42,6 +104,9 @@ def run_job(
     err_path: str,
     pid_file: str,
     walltime: float | None = None,
+    gate: str | None = None,
+    cores: int = 1,
+    memory: int = 0,
     inputs: list | None = None,
 ) -> tuple[int, int | None, float, float, str, bool]:
     """Run one attempt of one job.
@@ -59,6 +124,11 @@ def run_job(
         File naming this attempt's host and process group while it runs.
     walltime : `float`, optional
         Seconds after which the job is killed.
+    gate : `str`, optional
+        Key of the `ResourceGate` in `GATES` to take ``cores`` and
+        ``memory`` from before starting (in-process executors only).
+    cores, memory : `int`
+        The job's share of the gate.
     inputs : `list`, optional
         Parent futures (Parsl resolves them before this runs).
 
@@ -69,6 +139,25 @@ def run_job(
         walltime killed it). A job killed by a signal has exit code
         ``128 + signal``.
     """
+    resource_gate = GATES.get(gate) if gate else None
+    taken = resource_gate.acquire(cores, memory) if resource_gate else None
+    try:
+        return _run(token, prefix, env, command, out_path, err_path, pid_file, walltime)
+    finally:
+        if taken is not None:
+            resource_gate.release(taken)
+
+
+def _run(
+    token: str,
+    prefix: str,
+    env: str,
+    command: str,
+    out_path: str,
+    err_path: str,
+    pid_file: str,
+    walltime: float | None,
+) -> tuple[int, int | None, float, float, str, bool]:
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     environ = dict(os.environ)
     environ[ATTEMPT_ENV] = token

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 
-from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow
+from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow, WmsRunReport, WmsStates
 from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, get_bps_config_value
+from .runindex import add_run, list_runs, resolve_run
 from .site import SiteConfig
+from .state import StateStoreError
 from .workflow import ParslWorkflow
 
 __all__ = ("ParslService", "RunFailedError")
@@ -56,6 +58,7 @@ class ParslService(BaseWmsService):
         site = SiteConfig.from_config(self.config)
         site.validate()
         _progress_interval(self.config)
+        _detach(self.config)
 
     def prepare(
         self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None = None
@@ -81,7 +84,13 @@ class ParslService(BaseWmsService):
         workflow = ParslWorkflow.from_generic_workflow(
             config, generic_workflow, out_prefix, f"{type(self).__module__}.{type(self).__name__}"
         )
-        _save_config(config, workflow.submit_path)
+        _save_config(config, os.path.join(workflow.submit_path, "parsl", "bps_config.yaml"))
+        # `bps restart` reads this file after a restart; `bps submit` writes
+        # it, other callers of prepare may not have.
+        bps_copy = os.path.join(workflow.submit_path, f"{workflow.name}_config.yaml")
+        if not os.path.exists(bps_copy):
+            _save_config(config, bps_copy)
+        add_run(workflow.run_id, workflow.submit_path, workflow.name)
         return workflow
 
     def submit(self, workflow: ParslWorkflow, **kwargs) -> ParslWorkflow:
@@ -93,11 +102,237 @@ class ParslService(BaseWmsService):
             If any job failed, was pruned or the run was cancelled; the
             final job has run by then (unless cancelled).
         """
-        from .control import run_driver
+        from .control import run_driver, start_detached
 
         config = kwargs.get("config") or workflow.config or self.config
+        if _detach(config):
+            pid = start_detached(workflow.submit_path, "submit")
+            print(
+                f"bps-parsl: driver running in the background (pid {pid}); log: "
+                f"{workflow.submit_path}/parsl/driver.log"
+            )
+            return workflow
+        print(f"bps-parsl: run {workflow.run_id} in {workflow.submit_path}", flush=True)
         run_driver(workflow.submit_path, config, kind="submit")
         return workflow
+
+    def restart(self, wms_workflow_id: str) -> tuple[str | None, str | None, str]:
+        """Resume a run from its state: succeeded jobs are not run again.
+
+        Parameters
+        ----------
+        wms_workflow_id : `str`
+            Submit directory or run id.
+
+        Returns
+        -------
+        wms_id, run_name, message : `tuple`
+            The run id and name (`None` if it could not restart) and a
+            message.
+        """
+        from .control import DriverBusyError, _owned, driver_alive, load_config, run_driver, start_detached
+
+        try:
+            submit_path = resolve_run(wms_workflow_id)
+            _owned(submit_path)
+            workflow = ParslWorkflow.load(submit_path)
+            if driver_alive(submit_path) is not None:
+                raise DriverBusyError(
+                    f"{submit_path}: its driver is still running: wait for it or 'bps cancel' it first"
+                )
+            config = load_config(submit_path)
+        except (StateStoreError, DriverBusyError, OSError) as exc:
+            return None, None, str(exc)
+        if _detach(config):
+            pid = start_detached(submit_path, "restart")
+            return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"
+        print(f"bps-parsl: restarting run {workflow.run_id} in {submit_path}", flush=True)
+        run_driver(submit_path, config, kind="restart")
+        return workflow.run_id, workflow.name, "restarted run completed"
+
+    def report(
+        self,
+        wms_workflow_id: str | None = None,
+        user: str | None = None,
+        hist: float = 0,
+        pass_thru: str | None = None,
+        is_global: bool = False,
+        return_exit_codes: bool = False,
+    ) -> tuple[list[WmsRunReport], str]:
+        """Report one run in detail, or list this user's runs.
+
+        Parameters
+        ----------
+        wms_workflow_id : `str`, optional
+            Submit directory or run id; without it, list runs that are
+            active or ended within ``hist`` days.
+        user : `str`, optional
+            Only runs of this operator.
+        hist : `float`
+            Days of history for the list.
+        pass_thru, is_global
+            Unused.
+        return_exit_codes : `bool`
+            Include non-zero exit codes per label.
+
+        Returns
+        -------
+        reports, message : `tuple`
+            Run reports and a message (empty if all went well).
+        """
+        import time
+
+        from .report import last_activity, run_report
+
+        if wms_workflow_id:
+            try:
+                submit_path = resolve_run(wms_workflow_id)
+                _check_owner(submit_path)
+                return [run_report(submit_path, True, return_exit_codes)], ""
+            except (StateStoreError, OSError) as exc:
+                return [], str(exc)
+        reports, problems = [], []
+        since = time.time() - (hist or 0) * 86400
+        for _, submit_path in list_runs():
+            try:
+                when, alive = last_activity(submit_path)
+                if not alive and when < since:
+                    continue
+                report = run_report(submit_path, False, return_exit_codes)
+            except (StateStoreError, OSError) as exc:
+                problems.append(str(exc))
+                continue
+            if user and report.operator != user:
+                continue
+            reports.append(report)
+        return reports, "\n".join(problems)
+
+    def get_status(
+        self, wms_workflow_id: str, hist: float = 1, is_global: bool = False
+    ) -> tuple[WmsStates, str]:
+        """Return the state of a run (fast: no per-job work).
+
+        Returns
+        -------
+        state, message : `tuple`
+            `WmsStates` of the run and a message.
+        """
+        from .report import run_state
+        from .state import RunStore, db_path
+
+        try:
+            submit_path = resolve_run(wms_workflow_id)
+            store = RunStore(db_path(submit_path), readonly=True)
+            try:
+                return run_state(store, submit_path)
+            finally:
+                store.close()
+        except (StateStoreError, OSError) as exc:
+            return WmsStates.UNKNOWN, str(exc)
+
+    def list_submitted_jobs(
+        self,
+        wms_id: str | None = None,
+        user: str | None = None,
+        require_bps: bool = True,
+        pass_thru: str | None = None,
+        is_global: bool = False,
+    ) -> list[str]:
+        """Ids of runs that `cancel` can act on: runs with a live driver or
+        unfinished jobs, of this user.
+
+        Returns
+        -------
+        ids : `list` [`str`]
+            Submit directories.
+        """
+        from .control import driver_alive
+
+        if wms_id:
+            try:
+                submit_path = resolve_run(wms_id)
+                _check_owner(submit_path)
+            except (StateStoreError, OSError):
+                return []
+            return [submit_path] if _cancellable(submit_path) else []
+        ids = []
+        for _, submit_path in list_runs():
+            try:
+                if driver_alive(submit_path) is not None and _operator_is(submit_path, user):
+                    ids.append(submit_path)
+            except (StateStoreError, OSError):
+                continue
+        return ids
+
+    def cancel(self, wms_id: str, pass_thru: str | None = None) -> tuple[bool, str]:
+        """Stop a run: no new job starts, running ones are killed, the rest
+        is recorded DELETED.
+
+        Returns
+        -------
+        cancelled, message : `tuple`
+            Whether all of that happened, and what happened.
+        """
+        from .control import cancel_run
+
+        try:
+            return cancel_run(resolve_run(wms_id))
+        except (StateStoreError, OSError) as exc:
+            return False, str(exc)
+
+    def ping(self, pass_thru: str | None = None) -> tuple[int, str]:
+        """Check that Parsl imports, the site builds its executors and the
+        scheduler answers.
+
+        Parameters
+        ----------
+        pass_thru : `str`, optional
+            A submit YAML whose site to check; default: the plugin's
+            default (local) site.
+
+        Returns
+        -------
+        status, message : `tuple`
+            0 and "" when all is well, else 1 and what is missing.
+        """
+        from .ping import ping_site
+
+        return ping_site(pass_thru, self.config)
+
+
+def _detach(config: BpsConfig) -> bool:
+    return get_bps_config_value(config, "parslDetach", bool, False)
+
+
+def _check_owner(submit_path: str) -> None:
+    from .control import _owned
+
+    _owned(submit_path)
+
+
+def _operator_is(submit_path: str, user: str | None) -> bool:
+    if not user:
+        return True
+    from .state import RunStore, db_path
+
+    store = RunStore(db_path(submit_path), readonly=True)
+    try:
+        return store.meta().get("operator") == user
+    finally:
+        store.close()
+
+
+def _cancellable(submit_path: str) -> bool:
+    from .control import driver_alive
+    from .state import ENDED, RunStore, db_path
+
+    if driver_alive(submit_path) is not None:
+        return True
+    store = RunStore(db_path(submit_path), readonly=True)
+    try:
+        return store.sessions() != [] and any(row[1] not in ENDED for row in store.statuses())
+    finally:
+        store.close()
 
 
 def _progress_interval(config: BpsConfig) -> float:
@@ -107,8 +342,7 @@ def _progress_interval(config: BpsConfig) -> float:
     return value
 
 
-def _save_config(config: BpsConfig, submit_path: str) -> None:
-    path = os.path.join(submit_path, "parsl", "bps_config.yaml")
+def _save_config(config: BpsConfig, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as stream:
         config.dump(stream)

@@ -26,11 +26,13 @@ __all__ = ("ExecutorCapacity", "SiteConfig")
 
 @dataclass(frozen=True, slots=True)
 class ExecutorCapacity:
-    """What one executor can run at once, for executors the plugin schedules.
+    """What one in-process executor can run at once.
 
-    The driver never starts more jobs on such an executor than fit in
-    ``cores`` (by ``request_cpus``) and ``memory`` (by ``request_memory``).
-    Batch executors return no capacity: their scheduler does that job.
+    Only for executors that run tasks in the driver's process (thread
+    pools): a job starts only when its ``request_cpus`` and
+    ``request_memory`` fit in what is free, and the driver keeps at most
+    `queue_depth` jobs in the executor. Batch executors return no capacity:
+    their scheduler does that job.
     """
 
     cores: int
@@ -38,6 +40,12 @@ class ExecutorCapacity:
 
     memory: int | None = None
     """Memory available to jobs, in MB (`None`: not limited)."""
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs handed to the executor at once: enough that a core never
+        waits for the driver, few enough that cancel is quick."""
+        return 2 * self.cores + 2
 
 
 class SiteConfig(ABC):

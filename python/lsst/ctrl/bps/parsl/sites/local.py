@@ -46,7 +46,8 @@ class Local(SiteConfig):
         return self.get_positive("memory", int, machine_memory_mb())
 
     def get_executors(self) -> list[ParslExecutor]:
-        return [ThreadPoolExecutor(label=self.label, max_threads=self.cores)]
+        depth = ExecutorCapacity(self.cores).queue_depth
+        return [ThreadPoolExecutor(label=self.label, max_threads=depth)]
 
     def select_executor(self, job: ParslJob) -> str:
         return self.label

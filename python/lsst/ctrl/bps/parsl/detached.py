@@ -1,0 +1,22 @@
+"""Entry point of a background driver: ``python -m lsst.ctrl.bps.parsl.detached <submit dir> <kind>``."""
+
+from __future__ import annotations
+
+import sys
+
+from .control import run_driver
+
+
+def main(argv: list[str]) -> int:
+    """Run the driver of a submit directory; exit non-zero if jobs failed."""
+    submit_path, kind = argv[1], argv[2]
+    try:
+        run_driver(submit_path, None, kind=kind)
+    except SystemExit as exc:
+        print(exc, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

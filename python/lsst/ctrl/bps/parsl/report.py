@@ -1,0 +1,141 @@
+"""Turn a run's state database into BPS run reports."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
+
+from .control import driver_alive
+from .state import PENDING, RUNNING, JobKind, RunStore, db_path
+
+__all__ = ("run_state", "run_report")
+
+_BY_VALUE = {state.value: state for state in WmsStates}
+_IN_FLIGHT = (PENDING, RUNNING, WmsStates.READY.value)
+
+
+def run_state(store: RunStore, submit_path: str) -> tuple[WmsStates, str]:
+    """State of a whole run and a one-line explanation."""
+    pid = driver_alive(submit_path)
+    if pid is not None:
+        return WmsStates.RUNNING, f"driver pid {pid} is running"
+    sessions = store.sessions()
+    if not sessions:
+        return WmsStates.UNREADY, "prepared, never submitted"
+    _, kind, pid, host, _, end, outcome = sessions[-1]
+    if end is None:
+        return WmsStates.FAILED, (
+            f"the driver (pid {pid} on {host}) died without recording an end: "
+            f"'bps restart --id {submit_path}' resumes the run"
+        )
+    state = {
+        "succeeded": WmsStates.SUCCEEDED,
+        "cancelled": WmsStates.DELETED,
+    }.get(outcome, WmsStates.FAILED)
+    return state, f"{kind} ended: {outcome}"
+
+
+def _running_jobs(submit_path: str) -> set[int]:
+    try:
+        names = os.listdir(os.path.join(submit_path, "parsl", "running"))
+    except OSError:
+        return set()
+    return {int(name.split(".", 1)[0]) for name in names if name.split(".", 1)[0].isdigit()}
+
+
+def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> WmsRunReport:
+    """Build the report of one run.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    detailed : `bool`
+        Include one `WmsJobReport` per job.
+    return_exit_codes : `bool`
+        Include non-zero exit codes per label.
+    """
+    store = RunStore(db_path(submit_path), readonly=True)
+    try:
+        # One read transaction: a consistent snapshot while the driver writes.
+        store.conn.execute("BEGIN")
+        meta = store.meta()
+        state, message = run_state(store, submit_path)
+        rows = store.conn.execute(
+            "SELECT j.id, j.name, j.label, s.state, s.exit_code FROM jobs j JOIN status s ON s.job = j.id "
+            f"WHERE j.kind = {JobKind.PAYLOAD} ORDER BY j.id"
+        ).fetchall()
+        store.conn.execute("COMMIT")
+    finally:
+        store.close()
+    alive = state == WmsStates.RUNNING
+    running = _running_jobs(submit_path) if alive else set()
+    counts: Counter = Counter()
+    by_label: dict[str, Counter] = {}
+    label_totals: dict[str, int] = {}
+    exit_codes: dict[str, list[int]] = {}
+    jobs = [] if detailed else None
+    for job_id, name, label, value, code in rows:
+        if value in _IN_FLIGHT and not alive:
+            job_state = WmsStates.UNKNOWN
+        elif value == PENDING and job_id in running:
+            job_state = WmsStates.RUNNING
+        else:
+            job_state = _BY_VALUE[value]
+        counts[job_state] += 1
+        by_label.setdefault(label, Counter())[job_state] += 1
+        label_totals[label] = label_totals.get(label, 0) + 1
+        if return_exit_codes and job_state == WmsStates.FAILED and code:
+            exit_codes.setdefault(label, []).append(code)
+        if jobs is not None:
+            jobs.append(
+                WmsJobReport(wms_id=f"{meta['run_id']}.{job_id}", name=name, label=label, state=job_state)
+            )
+
+    info = WmsSpecificInfo()
+    info.add_message("Run state: {run_message}", run_message=message)
+    info.add_message("Job logs: {logs}", logs=os.path.join(submit_path, "logs"))
+    info.add_message("Parsl log: {parsl_log}", parsl_log=os.path.join(submit_path, "parsl", "parsl.log"))
+    if meta.get("monitoring_db"):
+        info.add_message("Parsl monitoring database: {monitoring_db}", monitoring_db=meta["monitoring_db"])
+    report = WmsRunReport(
+        wms_id=meta["run_id"],
+        global_wms_id=meta["run_id"],
+        path=submit_path,
+        label=meta.get("payload") or "",
+        run=meta.get("output_run") or meta["run_name"],
+        project=meta.get("project") or "",
+        campaign=meta.get("campaign") or "",
+        payload=meta.get("payload") or "",
+        operator=meta.get("operator") or "",
+        run_summary=";".join(f"{label}:{n}" for label, n in label_totals.items()),
+        state=state,
+        jobs=jobs,
+        total_number_jobs=len(rows),
+        job_state_counts={s: counts.get(s, 0) for s in WmsStates},
+        job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in by_label.items()},
+        exit_code_summary={label: exit_codes.get(label, []) for label in label_totals}
+        if return_exit_codes
+        else None,
+        specific_info=info,
+    )
+    return report
+
+
+def last_activity(submit_path: str) -> tuple[float, bool]:
+    """(time of the run's last session end or start, whether a driver is alive)."""
+    if driver_alive(submit_path) is not None:
+        return time.time(), True
+    store = RunStore(db_path(submit_path), readonly=True)
+    try:
+        sessions = store.sessions()
+        meta_created = store.meta().get("created", 0.0)
+    finally:
+        store.close()
+    if not sessions:
+        return meta_created, False
+    _, _, _, _, start, end, _ = sessions[-1]
+    return (end or start), False

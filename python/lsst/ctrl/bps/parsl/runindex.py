@@ -1,0 +1,85 @@
+"""A small per-user index of runs, so that ``bps report`` can list them and
+ids printed by ``bps submit`` can be resolved to submit directories.
+
+One JSON file per run under ``$XDG_STATE_HOME/lsst-ctrl-bps-parsl/runs``
+(default ``~/.local/state/...``), readable by the user only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .state import DB_NAME, StateStoreError
+
+__all__ = ("add_run", "index_dir", "list_runs", "resolve_run")
+
+
+def index_dir() -> Path:
+    """Directory of the run index."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "lsst-ctrl-bps-parsl" / "runs"
+
+
+def add_run(run_id: str, submit_path: str, run_name: str) -> None:
+    """Record a new run in the index (best effort: a read-only home is not fatal)."""
+    directory = index_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        path = directory / f"{run_id}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            json.dump({"run_id": run_id, "submit_path": submit_path, "run_name": run_name}, stream)
+    except OSError:
+        pass
+
+
+def list_runs() -> list[tuple[str, str]]:
+    """(run id, submit directory) of every indexed run whose directory still exists."""
+    runs = []
+    try:
+        entries = list(index_dir().glob("*.json"))
+    except OSError:
+        return runs
+    for entry in entries:
+        try:
+            record = json.loads(entry.read_text())
+            run_id, submit_path = record["run_id"], record["submit_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if os.path.exists(os.path.join(submit_path, DB_NAME)):
+            runs.append((run_id, submit_path))
+    return sorted(runs)
+
+
+def resolve_run(wms_id: str) -> str:
+    """Submit directory of a run given by its directory or its run id.
+
+    Raises
+    ------
+    StateStoreError
+        If neither names a run.
+    """
+    candidate = os.path.abspath(os.path.expanduser(str(wms_id)))
+    if os.path.isdir(candidate):
+        if os.path.exists(os.path.join(candidate, DB_NAME)):
+            return candidate
+        raise StateStoreError(
+            f"{candidate}: not a submit directory of this plugin (no {DB_NAME}): pass the directory that "
+            "'bps submit' printed as 'Submit dir'"
+        )
+    record = index_dir() / f"{os.path.basename(str(wms_id))}.json"
+    if "/" not in str(wms_id) and record.exists():
+        try:
+            submit_path = json.loads(record.read_text())["submit_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            submit_path = None
+        if submit_path and os.path.exists(os.path.join(submit_path, DB_NAME)):
+            return submit_path
+        raise StateStoreError(f"run '{wms_id}': its submit directory {submit_path} no longer exists")
+    raise StateStoreError(
+        f"'{wms_id}' is neither a submit directory nor a known run id: pass the submit directory or the "
+        "'Run Id' that 'bps submit' printed"
+    )

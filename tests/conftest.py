@@ -1,0 +1,40 @@
+"""Shared pytest fixtures.
+
+Module-level imports are standard library only, so test modules that need
+no butler (e.g. the synthetic core tests) do not pay for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def e2e_repo_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Return ``make(n_detectors=5) -> Path``: a tiny e2e butler repo, made
+    once per session and size, then shared.
+
+    Tests sharing a repo must write to distinct output collections
+    (``output_run_suffix``) and use their own work directory (run log,
+    submit directory).  See ``tests/e2e_pipeline/README.md``.
+    """
+    from e2e_pipeline import repo as e2e
+
+    repos: dict[int, Path] = {}
+
+    def make(n_detectors: int = e2e.N_DETECTORS) -> Path:
+        if n_detectors not in repos:
+            root = tmp_path_factory.mktemp(f"e2e_repo_{n_detectors}")
+            repos[n_detectors] = e2e.make_repo(root, n_detectors=n_detectors)
+        return repos[n_detectors]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def e2e_repo(e2e_repo_factory: Callable[..., Path]) -> Path:
+    """The shared 5-detector e2e repo (11 quanta for the full pipeline)."""
+    return e2e_repo_factory()

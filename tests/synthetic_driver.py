@@ -1,0 +1,42 @@
+"""Prepare and submit a synthetic workflow in this process, like ``bps submit``.
+
+Usage: python synthetic_driver.py SUBMIT_DIR SPEC.json
+
+SPEC: {"jobs": [{"name", "script", "label"?, "retries"?}], "edges": [[p, c]],
+"final": script or null, "site": {...} or null, "detach": bool}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from lsst.ctrl.bps.parsl import ParslService
+from synthetic import job, make_config, workflow
+
+
+def main() -> int:
+    submit, spec_path = sys.argv[1], sys.argv[2]
+    with open(spec_path) as stream:
+        spec = json.load(stream)
+    jobs = [
+        job(j["name"], j["script"], label=j.get("label"), number_of_retries=j.get("retries", 0))
+        for j in spec["jobs"]
+    ]
+    gw = workflow(jobs, [tuple(e) for e in spec.get("edges", [])])
+    if spec.get("final"):
+        gw.add_final(job("finalJob", spec["final"]))
+    extra = {"parslDetach": bool(spec.get("detach")), "parslProgressInterval": spec.get("progress", 0)}
+    if spec.get("site"):
+        extra["site"] = {"local": spec["site"]}
+    config = make_config(extra)
+    service = ParslService(config)
+    service.run_submission_checks()
+    wf = service.prepare(config, gw, submit)
+    print(f"Run Id: {wf.run_id}", flush=True)
+    service.submit(wf)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Operating runs from another shell through the real ``bps`` command line:
+report, status, cancel, restart, ping, Ctrl-C and detached submit.
+
+Runs are synthetic workflows started by ``synthetic_driver.py`` in a separate
+process (as ``bps submit`` would run them); every operation goes through the
+``bps`` CLI in yet another process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lsst.ctrl.bps import WmsStates
+from synthetic import statuses
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+S, F, P, D = (WmsStates[n].value for n in ("SUCCEEDED", "FAILED", "PRUNED", "DELETED"))
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Environment of the driver and of the bps commands: a private run index."""
+    state_home = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
+    environ = dict(os.environ)
+    environ["XDG_STATE_HOME"] = str(state_home)
+    environ["BPS_WMS_SERVICE_CLASS"] = "lsst.ctrl.bps.parsl.ParslService"
+    environ["PATH"] = f"{BIN}:{environ.get('PATH', '')}"
+    environ["PYTHONPATH"] = f"{HERE}:{environ.get('PYTHONPATH', '')}"
+    return environ
+
+
+def start(tmp_path, env, spec, name="submit", cwd=None):
+    spec_path = tmp_path / f"{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    submit = tmp_path / name
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "synthetic_driver.py"), str(submit), str(spec_path)],
+        env=env,
+        cwd=cwd or tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, submit
+
+
+def bps(env, *args, cwd=None, check=True):
+    result = subprocess.run(
+        [str(BIN / "bps"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def started_jobs(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def processes_with(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def slow_spec(tmp_path, n=6, seconds=30, marker="bpsslowjob"):
+    log = tmp_path / "started"
+    return {
+        "jobs": [
+            {
+                "name": f"slow{i}",
+                "label": "slow",
+                "script": f"echo slow{i} >> {log}; exec -a {marker} sleep {seconds}",
+            }
+            for i in range(n)
+        ],
+        "site": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2},
+    }, log
+
+
+def test_report_during_and_after_run_with_exit_codes(tmp_path, env):
+    gate = tmp_path / "gate"
+    spec = {
+        "jobs": [
+            {"name": "a1", "label": "a", "script": "true"},
+            {"name": "a2", "label": "a", "script": "exit 3"},
+            {"name": "b1", "label": "b", "script": f"while [ ! -e {gate} ]; do sleep 0.1; done"},
+            {"name": "c1", "label": "c", "script": "true"},
+        ],
+        "edges": [["a2", "c1"]],
+        "final": "true",
+    }
+    proc, submit = start(tmp_path, env, spec)
+    wait_for(
+        lambda: (submit / "bps_parsl.sqlite3").exists() and statuses(submit)["a2"][0] == F, what="a2 failed"
+    )
+    during = bps(env, "report", "--id", str(submit)).stdout
+    assert "RUNNING" in during
+    gate.touch()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    after = bps(env, "report", "--id", str(submit), "--return-exit-codes").stdout
+    assert "FAILED" in after and "3" in after
+    from lsst.ctrl.bps.parsl import ParslService
+
+    reports, message = ParslService({}).report(str(submit), return_exit_codes=True)
+    (report,) = reports
+    assert report.state == WmsStates.FAILED and report.total_number_jobs == 5
+    assert report.job_summary["a"][WmsStates.FAILED] == 1 and report.job_summary["c"][WmsStates.PRUNED] == 1
+    assert report.exit_code_summary["a"] == [3]
+    assert report.path == str(submit) and report.operator == "tester"
+    assert {j.name for j in report.jobs} == {"a1", "a2", "b1", "c1", "finalJob"}
+    assert "logs" in str(report.specific_info)
+    # The printed run id works as well as the directory.
+    run_id = report.wms_id
+    assert ParslService({}).report(run_id)[0][0].path == str(submit)
+
+
+def test_report_list_and_hist_and_status(tmp_path, env):
+    proc, submit = start(tmp_path, env, {"jobs": [{"name": "x", "script": "true"}]})
+    assert proc.wait(timeout=120) == 0
+    listed = bps(env, "report", "--hist", "1").stdout
+    assert "SUCCEEDED" in listed
+    assert "SUCCEEDED" not in bps(env, "report").stdout  # finished, and no history asked
+    assert "SUCCEEDED" not in bps(env, "report", "--hist", "1", "--user", "somebody-else").stdout
+    status = bps(env, "status", "--id", str(submit), check=False)
+    assert status.returncode == WmsStates.SUCCEEDED.value, status.stdout + status.stderr
+    # A deleted submit directory is skipped, not an error.
+    import shutil
+
+    shutil.rmtree(submit)
+    assert bps(env, "report", "--hist", "1").returncode == 0
+
+
+def test_cancel_from_another_shell_stops_everything(tmp_path, env):
+    spec, log = slow_spec(tmp_path, marker="bpscancelme")
+    proc, submit = start(tmp_path, env, spec)
+    wait_for(lambda: len(started_jobs(log)) >= 2, what="two slow jobs started")
+    assert processes_with("bpscancelme")
+    result = bps(env, "cancel", "--id", str(submit))
+    assert "Successfully canceled" in result.stdout, result.stdout + result.stderr
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    n_started = len(started_jobs(log))
+    time.sleep(1.5)
+    assert len(started_jobs(log)) == n_started, "a job started after the cancel"
+    assert not processes_with("bpscancelme")
+    final = statuses(submit)
+    assert all(row[0] in (D, S) for row in final.values()) and any(row[0] == D for row in final.values())
+    report = bps(env, "report", "--id", str(submit)).stdout
+    assert "DELETED" in report
+
+
+def test_ctrl_c_on_blocking_submit(tmp_path, env):
+    spec, log = slow_spec(tmp_path, marker="bpsctrlcme")
+    proc, submit = start(tmp_path, env, spec)
+    wait_for(lambda: len(started_jobs(log)) >= 2, what="two slow jobs started")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not processes_with("bpsctrlcme")
+    assert all(row[0] in (D, S) for row in statuses(submit).values())
+
+
+def test_restart_after_failure_from_another_directory(tmp_path, env):
+    flag = tmp_path / "fixed"
+    runs = tmp_path / "runs"
+    spec = {
+        "jobs": [
+            {"name": "good", "label": "a", "script": f"echo good >> {runs}"},
+            {"name": "flaky", "label": "b", "script": f"echo flaky >> {runs}; test -e {flag}"},
+            {"name": "child", "label": "c", "script": f"echo child >> {runs}"},
+        ],
+        "edges": [["good", "flaky"], ["flaky", "child"]],
+        "final": f"echo final >> {runs}",
+    }
+    proc, submit = start(tmp_path, env, spec)
+    assert proc.wait(timeout=120) != 0
+    assert statuses(submit)["child"][0] == P
+    flag.touch()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env2 = dict(env, PWD=str(elsewhere))
+    result = bps(env2, "restart", "--id", str(submit), cwd=elsewhere)
+    assert result.returncode == 0, result.stdout + result.stderr
+    final = statuses(submit)
+    assert all(row[0] == S for row in final.values())
+    assert final["flaky"][1] == 2  # attempt numbers continue
+    assert runs.read_text().split().count("good") == 1  # not launched again
+    assert runs.read_text().split().count("final") == 2  # the final job runs again
+    assert not (elsewhere / "runinfo").exists()
+
+
+def test_restart_after_sigkill_of_the_driver(tmp_path, env):
+    runs = tmp_path / "runs"
+    spec = {
+        "jobs": [
+            {"name": f"j{i}", "label": "j", "script": f"echo j{i} >> {runs}; sleep 0.4"} for i in range(12)
+        ],
+        "site": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2},
+    }
+    proc, submit = start(tmp_path, env, spec)
+    wait_for(lambda: runs.exists() and len(runs.read_text().split()) >= 4, what="some jobs ran")
+    proc.kill()
+    proc.wait()
+    status = bps(env, "status", "--id", str(submit), check=False)
+    assert status.returncode == WmsStates.FAILED.value
+    assert "died" in bps(env, "report", "--id", str(submit)).stdout
+    result = bps(env, "restart", "--id", str(submit))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(row[0] == S for row in statuses(submit).values())
+    done = runs.read_text().split()
+    assert set(done) == {f"j{i}" for i in range(12)}
+
+
+def test_restart_refuses_while_driver_alive(tmp_path, env):
+    spec, log = slow_spec(tmp_path, n=2, seconds=20, marker="bpsbusyjob")
+    proc, submit = start(tmp_path, env, spec)
+    wait_for(lambda: len(started_jobs(log)) >= 1, what="a job started")
+    result = bps(env, "restart", "--id", str(submit), check=False)
+    assert "still running" in result.stdout + result.stderr
+    bps(env, "cancel", "--id", str(submit))
+    proc.wait(timeout=60)
+
+
+def test_ping_good_and_broken_site(tmp_path, env):
+    assert bps(env, "ping").returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "computeSite: nowhere\nsite:\n  nowhere:\n    class: lsst.ctrl.bps.parsl.sites.NoSuchSite\n"
+    )
+    result = bps(env, "ping", "--pass-thru", str(bad), check=False)
+    assert result.returncode != 0
+    assert "site.nowhere.class" in result.stdout + result.stderr
+
+
+def test_detached_submit_then_report_then_cancel(tmp_path, env):
+    spec, log = slow_spec(tmp_path, marker="bpsdetachedjob")
+    spec["detach"] = True
+    proc, submit = start(tmp_path, env, spec)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    wait_for(lambda: len(started_jobs(log)) >= 1, what="a detached job started")
+    assert "RUNNING" in bps(env, "report", "--id", str(submit)).stdout
+    status = bps(env, "status", "--id", str(submit), check=False)
+    assert status.returncode == WmsStates.RUNNING.value
+    assert "Successfully canceled" in bps(env, "cancel", "--id", str(submit)).stdout
+    assert not processes_with("bpsdetachedjob")
+    assert (submit / "parsl" / "driver.log").exists()
