@@ -38,3 +38,9 @@ def e2e_repo_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., 
 def e2e_repo(e2e_repo_factory: Callable[..., Path]) -> Path:
     """The shared 5-detector e2e repo (11 quanta for the full pipeline)."""
     return e2e_repo_factory()
+
+
+@pytest.fixture(autouse=True)
+def private_run_index(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test's run index out of the real ``~/.local/state``."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
