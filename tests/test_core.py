@@ -280,3 +280,23 @@ def test_job_larger_than_machine_is_a_prepare_error(tmp_path):
     gw = workflow([job("huge", request_cpus=64)])
     with pytest.raises(ConfigurationError, match="huge.*64"):
         ParslService(config).prepare(config, gw, str(tmp_path / "submit"))
+
+
+def test_parsl_monitoring_database_is_created_and_reported(tmp_path):
+    import sqlite3
+
+    from lsst.ctrl.bps.parsl import ParslService
+
+    config = make_config(
+        site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "monitorEnable": True, "monitorInterval": 1}}
+    )
+    submit = tmp_path / "submit"
+    result = run(workflow([job(f"m{i}", "sleep 0.2", label="mon") for i in range(3)]), submit, config=config)
+    assert all(r[0] == S for r in result.values())
+    db = submit / "parsl" / "monitoring.db"
+    assert db.exists()
+    with sqlite3.connect(db) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "task" in tables and conn.execute("SELECT count(*) FROM task").fetchone()[0] == 3
+    (report,), _ = ParslService({}).report(str(submit))
+    assert str(db) in str(report.specific_info)

@@ -165,6 +165,9 @@ class Driver:
         self._install_signal_handlers()
         self.prefix = self.site.get_command_prefix()
         config = self.site.get_parsl_config()
+        monitoring_db = self.site.monitoring_filename()
+        if monitoring_db:
+            self.store.set_meta("monitoring_db", monitoring_db)
         self._setup_parsl_logging()
         self.dfk = DataFlowKernel(config)
         self.apps = {

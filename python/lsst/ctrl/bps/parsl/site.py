@@ -225,7 +225,6 @@ class SiteConfig(ABC):
         interval = self.get_positive("monitorInterval", float, 30.0)
         os.makedirs(os.path.dirname(filename), exist_ok=True)
         return MonitoringHub(
-            hub_address="127.0.0.1",
             workflow_name=get_workflow_name(self.config),
             resource_monitoring_interval=interval,
             logging_endpoint=f"sqlite:///{filename}",
