@@ -288,7 +288,9 @@ def test_parsl_monitoring_database_is_created_and_reported(tmp_path):
     from lsst.ctrl.bps.parsl import ParslService
 
     config = make_config(
-        site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "monitorEnable": True, "monitorInterval": 1}}
+        site={
+            "local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "monitorEnable": True, "monitorInterval": 1}
+        }
     )
     submit = tmp_path / "submit"
     result = run(workflow([job(f"m{i}", "sleep 0.2", label="mon") for i in range(3)]), submit, config=config)
@@ -300,3 +302,11 @@ def test_parsl_monitoring_database_is_created_and_reported(tmp_path):
         assert "task" in tables and conn.execute("SELECT count(*) FROM task").fetchone()[0] == 3
     (report,), _ = ParslService({}).report(str(submit))
     assert str(db) in str(report.specific_info)
+
+
+def test_progress_lines_with_labels(tmp_path, capsys):
+    config = make_config(parslProgressInterval=0.2, parslProgressByLabel=True)
+    gw = workflow([job(f"p{i}", "sleep 0.3", label="prog") for i in range(4)])
+    run(gw, tmp_path / "submit", config=config)
+    out = capsys.readouterr().out
+    assert "4 succeeded" in out and "  prog: 4 succeeded" in out

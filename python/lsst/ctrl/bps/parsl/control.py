@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from lsst.ctrl.bps import BpsConfig
 
+from .configuration import get_bps_config_value
 from .driver import Driver, RunOutcome
 from .site import SiteConfig
 from .state import RunStore, db_path
@@ -80,7 +81,13 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     with driver_lock(submit_path):
         store = RunStore(db_path(submit_path))
         try:
-            driver = Driver(store, site, kind=kind, progress_interval=_progress_interval(config))
+            driver = Driver(
+                store,
+                site,
+                kind=kind,
+                progress_interval=_progress_interval(config),
+                progress_by_label=get_bps_config_value(config, "parslProgressByLabel", bool, False),
+            )
             outcome = driver.run()
         finally:
             store.close()

@@ -81,15 +81,23 @@ class Driver:
         ``submit`` or ``restart``.
     progress_interval : `float`
         Seconds between progress lines (0: none).
+    progress_by_label : `bool`
+        Follow each progress line with one line per label.
     """
 
     def __init__(
-        self, store: RunStore, site: SiteConfig, kind: str = "submit", progress_interval: float = 30.0
+        self,
+        store: RunStore,
+        site: SiteConfig,
+        kind: str = "submit",
+        progress_interval: float = 30.0,
+        progress_by_label: bool = False,
     ):
         self.store = store
         self.site = site
         self.kind = kind
         self.progress_interval = progress_interval
+        self.progress_by_label = progress_by_label
         meta = store.meta()
         self.submit_path: str = meta["submit_path"]
         self.run_id: str = meta["run_id"]
@@ -520,6 +528,19 @@ class Driver:
             file=sys.stdout,
             flush=True,
         )
+        if self.progress_by_label:
+            by_label: dict[str, dict[int, int]] = {}
+            for row, s in zip(self.rows, self.state, strict=True):
+                if row.kind == JobKind.PAYLOAD:
+                    counts = by_label.setdefault(row.label, {})
+                    counts[s] = counts.get(s, 0) + 1
+            for label, counts in by_label.items():
+                print(
+                    f"  {label}: {counts.get(SUCCEEDED, 0)} succeeded, "
+                    f"{counts.get(PENDING, 0) + counts.get(RUNNING, 0)} running, {counts.get(FAILED, 0)} failed, "
+                    f"{counts.get(PRUNED, 0)} pruned, of {sum(counts.values())}",
+                    flush=True,
+                )
 
 
 def _walltime_seconds(value: str | None) -> float | None:

@@ -59,6 +59,7 @@ class ParslService(BaseWmsService):
         site.validate()
         _progress_interval(self.config)
         _detach(self.config)
+        get_bps_config_value(self.config, "parslProgressByLabel", bool, False)
 
     def prepare(
         self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None = None

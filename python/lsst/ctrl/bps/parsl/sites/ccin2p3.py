@@ -1,0 +1,195 @@
+"""The CC-IN2P3 Slurm farm."""
+
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING, Any
+
+from ..configuration import ConfigurationError
+from .generic import BatchSite, build, htex_spec, normalize_walltime, plain
+
+if TYPE_CHECKING:
+    import parsl.config
+    from parsl.executors.base import ParslExecutor
+
+    from ..job import ParslJob
+
+__all__ = ("Ccin2p3",)
+
+SLOTS: dict[str, dict[str, Any]] = {
+    "small": {"memory": 4, "max_blocks": 3_000},
+    "medium": {"memory": 10, "max_blocks": 1_000},
+    "large": {"memory": 50, "max_blocks": 100},
+    "xlarge": {"memory": 150, "max_blocks": 10},
+}
+"""Slot sizes: memory per block (GB) and most blocks at once."""
+
+PARTITIONS: dict[str, dict[str, str]] = {
+    "x86_64": {"small": "lsst,htc", "medium": "lsst", "large": "lsst", "xlarge": "lsst"},
+    "aarch64": {"small": "htc_arm", "medium": "htc_arm", "large": "htc_arm", "xlarge": "htc_arm"},
+}
+"""Default partitions per CPU architecture of the submitting host (workers
+must share it)."""
+
+
+class Ccin2p3(BatchSite):
+    """CC-IN2P3's Slurm farm: four executors, ``small``, ``medium``,
+    ``large`` and ``xlarge``, each block one core with the slot's memory; a
+    job goes to the smallest slot whose memory holds its (scaled)
+    ``request_memory``, anything bigger than ``large`` to ``xlarge``.
+
+    Keys of ``site.<computeSite>`` (for all slots): ``account`` (default
+    ``lsst``), ``partition`` (default per architecture: ``lsst,htc`` for
+    small and ``lsst`` otherwise on x86_64, ``htc_arm`` on aarch64),
+    ``walltime`` (default ``72:00:00``), ``scheduler_options`` (list of
+    ``sbatch`` options, default ``[--licenses=sps]``), ``strategy`` (Parsl
+    scaling strategy, default ``htex_auto_scale``). Per slot, under
+    ``<slot>:``: ``memory`` (`int`, GB; defaults 4, 10, 50, 150),
+    ``max_blocks`` (defaults 3000, 1000, 100, 10), ``partition``,
+    ``walltime`` and ``scheduler_options`` (replaces the site's list).
+    The old ``run_dir`` key is ignored: Parsl's files go under the submit
+    directory.
+    """
+
+    DEFAULT_ACCOUNT = "lsst"
+    DEFAULT_WALLTIME = "72:00:00"
+    DEFAULT_SCHEDULER_OPTIONS = ("--licenses=sps",)
+
+    def _slot_value(self, slot: str, key: str) -> tuple[bool, Any]:
+        found, section = self.site.search(slot, opt={"default": None})
+        if not found or section is None:
+            return False, None
+        section = plain(section)
+        if not isinstance(section, dict):
+            raise ConfigurationError(
+                f"'{self.where}.{slot}' is {section!r}: it must be a mapping of slot settings"
+            )
+        unknown = set(section) - {"memory", "max_blocks", "partition", "walltime", "scheduler_options"}
+        if unknown:
+            raise ConfigurationError(
+                f"'{self.where}.{slot}.{sorted(unknown)[0]}' is not a slot setting: use memory, max_blocks, "
+                "partition, walltime or scheduler_options"
+            )
+        return key in section and section[key] is not None, section.get(key)
+
+    def _typed(self, slot: str, key: str, kind: type, default: Any) -> Any:
+        found, value = self._slot_value(slot, key)
+        if not found:
+            return default
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigurationError(
+                f"'{self.where}.{slot}.{key}' is {value!r} ({type(value).__name__}): it must be a {kind.__name__}"
+            )
+        return value
+
+    @staticmethod
+    def _options_list(value: Any, name: str) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigurationError(f"'{name}' is {value!r}: it must be a list of sbatch options")
+        return list(value)
+
+    def slot(self, slot: str) -> dict[str, Any]:
+        """Settings of one slot size, with the defaults applied."""
+        arch = platform.machine()
+        default_partition = self.get("partition", str, PARTITIONS.get(arch, {}).get(slot))
+        if default_partition is None and not self._slot_value(slot, "partition")[0]:
+            raise ConfigurationError(
+                f"this host's architecture {arch} has no default partition at CC-IN2P3: set "
+                f"'{self.where}.partition'"
+            )
+        found, raw = self.site.search("scheduler_options", opt={"default": None})
+        site_options = (
+            self._options_list(plain(raw), f"{self.where}.scheduler_options")
+            if found and raw is not None
+            else list(self.DEFAULT_SCHEDULER_OPTIONS)
+        )
+        found, raw = self._slot_value(slot, "scheduler_options")
+        options = self._options_list(raw, f"{self.where}.{slot}.scheduler_options") if found else site_options
+        memory = self._typed(slot, "memory", int, SLOTS[slot]["memory"])
+        max_blocks = self._typed(slot, "max_blocks", int, SLOTS[slot]["max_blocks"])
+        for key, value in (("memory", memory), ("max_blocks", max_blocks)):
+            if value <= 0:
+                raise ConfigurationError(f"'{self.where}.{slot}.{key}' is {value}: it must be greater than 0")
+        walltime = self._typed(slot, "walltime", str, None) or self.get(
+            "walltime", str, self.DEFAULT_WALLTIME
+        )
+        return {
+            "memory": memory,
+            "max_blocks": max_blocks,
+            "partition": self._typed(slot, "partition", str, default_partition),
+            "walltime": normalize_walltime(walltime, f"{self.where}.{slot}.walltime"),
+            "scheduler_options": options,
+        }
+
+    def _memory(self, label: str) -> int:
+        cache = getattr(self, "_memories", None)
+        if cache is None:
+            cache = self._memories = {name: self.slot(name)["memory"] for name in SLOTS}
+        return cache[label]
+
+    def get_executors(self) -> list[ParslExecutor]:
+        from parsl.executors import HighThroughputExecutor
+        from parsl.providers import SlurmProvider
+
+        account = self.get("account", str, self.DEFAULT_ACCOUNT)
+        executors = []
+        for label in SLOTS:
+            slot = self.slot(label)
+            provider = build(
+                SlurmProvider,
+                {
+                    "partition": slot["partition"],
+                    "account": account,
+                    "nodes_per_block": 1,
+                    "cores_per_node": 1,
+                    "mem_per_node": slot["memory"],
+                    "init_blocks": 0,
+                    "min_blocks": 0,
+                    "max_blocks": slot["max_blocks"],
+                    "walltime": slot["walltime"],
+                    "scheduler_options": "\n".join(f"#SBATCH {opt}" for opt in slot["scheduler_options"]),
+                    "worker_init": "ulimit -n hard && ulimit -u hard",
+                    "exclusive": False,
+                },
+                f"{self.where}.{label}",
+            )
+            executors.append(
+                build(
+                    HighThroughputExecutor,
+                    {
+                        "label": label,
+                        "provider": provider,
+                        "address": self.get_address(),
+                        "max_workers_per_node": 1,
+                        "poll_period": 1_000,
+                        "block_error_handler": False,
+                    },
+                    f"{self.where}.{label}",
+                )
+            )
+        return executors
+
+    def select_executor(self, job: ParslJob) -> str:
+        memory = (job.request_memory or 0) / 1024  # GB
+        for label in ("small", "medium", "large"):
+            if memory <= self._memory(label):
+                return label
+        return "xlarge"
+
+    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        return htex_spec(job)
+
+    def get_parsl_config(self) -> parsl.config.Config:
+        config = super().get_parsl_config()
+        config.strategy = self.get("strategy", str, "htex_auto_scale")
+        return config
+
+    def validate(self) -> None:
+        strategy = self.get("strategy", str, "htex_auto_scale")
+        if strategy not in ("simple", "htex_auto_scale", "none"):
+            raise ConfigurationError(
+                f"'{self.where}.strategy' is {strategy!r}: use htex_auto_scale, simple or none"
+            )
+        super().validate()

@@ -1,0 +1,55 @@
+"""NERSC's Cori KNL nodes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .slurm import TripleSlurm
+
+if TYPE_CHECKING:
+    from parsl.executors.base import ParslExecutor
+
+__all__ = ("CoriKnl",)
+
+Kwargs = dict[str, Any]
+
+
+class CoriKnl(TripleSlurm):
+    """NERSC's Cori, KNL nodes: `TripleSlurm` with Cori's defaults.
+
+    Defaults, all overridable by the `TripleSlurm` keys: 1 node per block,
+    constraint ``knl``, exclusive nodes, CVMFS module and license,
+    ``--time-min=2:00:00``, blocks only on demand (``init_blocks`` and
+    ``min_blocks`` 0, ``max_blocks`` 1, ``parallelism`` 0), ``cmd_timeout``
+    300 s, workers started by ``srun -K0 -k --slurmd-debug=verbose``,
+    heartbeats every 60 s (threshold 180 s).
+    """
+
+    def get_executors(
+        self,
+        small_options: Kwargs | None = None,
+        medium_options: Kwargs | None = None,
+        large_options: Kwargs | None = None,
+        **common_options: Any,
+    ) -> list[ParslExecutor]:
+        from parsl.launchers import SrunLauncher
+
+        defaults: Kwargs = {
+            "nodes": 1,
+            "constraint": "knl",
+            "exclusive": True,
+            "scheduler_options": "\n".join(
+                ("#SBATCH --module=cvmfs", "#SBATCH --licenses=cvmfs", "#SBATCH --time-min=2:00:00")
+            ),
+            "provider_options": {
+                "init_blocks": 0,
+                "min_blocks": 0,
+                "max_blocks": 1,
+                "parallelism": 0,
+                "cmd_timeout": 300,
+                "launcher": SrunLauncher(overrides="-K0 -k --slurmd-debug=verbose"),
+            },
+            "executor_options": {"worker_debug": False, "heartbeat_period": 60, "heartbeat_threshold": 180},
+        }
+        defaults.update(common_options)
+        return super().get_executors(small_options, medium_options, large_options, **defaults)

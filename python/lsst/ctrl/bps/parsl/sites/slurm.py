@@ -1,0 +1,314 @@
+"""Slurm clusters: one HighThroughputExecutor (`Slurm`) or three sized by
+memory (`TripleSlurm`), each feeding on blocks from a SlurmProvider."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from typing import TYPE_CHECKING, Any
+
+from ..configuration import ConfigurationError, get_workflow_name
+from .generic import BatchSite, build, build_launcher, check_options, htex_spec, normalize_walltime
+
+if TYPE_CHECKING:
+    from parsl.executors.base import ParslExecutor
+
+    from ..job import ParslJob
+
+__all__ = ("Slurm", "TripleSlurm", "environment_script")
+
+Kwargs = dict[str, Any]
+
+BLOCK_KEYS: tuple[tuple[str, type], ...] = (
+    ("init_blocks", int),
+    ("min_blocks", int),
+    ("max_blocks", int),
+    ("parallelism", float),
+    ("cmd_timeout", int),
+)
+"""Block-scaling keys every batch site reads (defaults: Parsl's provider's)."""
+
+_PROVIDER_RESERVED = {
+    "launcher": "use the site's 'launcher' and 'launcher_options' keys",
+}
+_EXECUTOR_RESERVED = {
+    "label": "the site names its executors",
+    "provider": "the site builds the provider from its keys",
+    "address": "use the site's 'address' key",
+}
+
+
+def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
+    """Provider options from the site's block-scaling keys, over ``defaults``."""
+    options = dict(defaults or {})
+    for key, kind in BLOCK_KEYS:
+        value = site.get(key, kind, None)
+        if value is None:
+            continue
+        if key != "parallelism" and (value < 0 or (key == "max_blocks" and value == 0)):
+            raise ConfigurationError(
+                f"'{site.where}.{key}' is {value!r}: it must be 0 or more (max_blocks: 1 or more)"
+            )
+        if key == "parallelism" and not 0 <= value <= 1:
+            raise ConfigurationError(f"'{site.where}.parallelism' is {value!r}: it must be between 0 and 1")
+        options[key] = value
+    return options
+
+
+def environment_script() -> str:
+    """Shell ``export`` lines that recreate this process's environment in a
+    block (the named clusters use it as ``worker_init``)."""
+    skip = {"_", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "HOST"}
+    return "\n".join(
+        f"export {key}={shlex.quote(value)}"
+        for key, value in sorted(os.environ.items())
+        if key not in skip
+        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)
+        and not key.startswith("BASH_FUNC")
+    )
+
+
+def merge_worker_init(*parts: str | None) -> str:
+    """Join ``worker_init`` snippets, skipping empty ones."""
+    return "\n".join(p for p in parts if p)
+
+
+def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
+    """Apply the site's ``provider_options``, ``launcher`` and
+    ``launcher_options`` keys on top of ``options``."""
+    found, raw = site.site.search("provider_options", opt={"default": None})
+    extra = check_options(cls, raw, f"{site.where}.provider_options", _PROVIDER_RESERVED) if found else {}
+    options.update(extra)
+    name = site.get("launcher", str, None)
+    launcher_options = site.site.search("launcher_options", opt={"default": None})[1]
+    if name:
+        options["launcher"] = build_launcher(name, launcher_options, site.where)
+    elif launcher_options:
+        raise ConfigurationError(
+            f"'{site.where}.launcher_options' is set without '{site.where}.launcher': name the launcher, "
+            "e.g. 'launcher: srun'"
+        )
+    return options
+
+
+def finish_executor_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
+    """Apply the site's ``executor_options`` key on top of ``options``."""
+    found, raw = site.site.search("executor_options", opt={"default": None})
+    if found and raw is not None:
+        options.update(check_options(cls, raw, f"{site.where}.executor_options", _EXECUTOR_RESERVED))
+    return options
+
+
+class Slurm(BatchSite):
+    """A Slurm cluster: a HighThroughputExecutor whose blocks are Slurm jobs.
+
+    Keys of ``site.<computeSite>`` (the old plugin's, then new ones):
+
+    - ``nodes`` (`int`, required): nodes per Slurm job (block).
+    - ``walltime`` (`str`, required): time limit of each Slurm job; quote it.
+    - ``cores_per_node`` (`int`): cores per node (default: what Slurm gives).
+    - ``mem_per_node`` (`int`, GB): memory per node (default: Slurm's).
+    - ``qos``, ``constraint``, ``account``, ``partition`` (`str`).
+    - ``singleton`` (`bool`, default false): one block of this workflow
+      runs at a time (``--dependency=singleton``); the others wait.
+    - ``exclusive`` (`bool`, default true, as Parsl): whole nodes.
+    - ``scheduler_options`` (`str`): ``#SBATCH`` lines added to the script.
+    - ``worker_init`` (`str`): shell lines run in the job before the workers.
+    - ``init_blocks``, ``min_blocks``, ``max_blocks``, ``parallelism``,
+      ``cmd_timeout``: block scaling (defaults: Parsl's, 1/0/1/1/10).
+    - ``launcher`` (`str`), ``launcher_options``, ``provider_options``,
+      ``executor_options`` (mappings): anything else, checked against the
+      Parsl classes.
+    - ``address`` (`str`): address the workers use to reach this host.
+
+    A job's ``priority`` reaches the executor (lower runs first); its cores,
+    memory and walltime do not: workers are sized per block.
+    """
+
+    label = "slurm"
+
+    def make_executor(
+        self,
+        label: str,
+        *,
+        nodes: int | None = None,
+        cores_per_node: int | None = None,
+        walltime: str | None = None,
+        mem_per_node: int | None = None,
+        mem_per_worker: float | None = None,
+        qos: str | None = None,
+        constraint: str | None = None,
+        singleton: bool = False,
+        exclusive: bool = True,
+        scheduler_options: str | None = None,
+        partition: str | None = None,
+        account: str | None = None,
+        provider_options: Kwargs | None = None,
+        executor_options: Kwargs | None = None,
+    ) -> ParslExecutor:
+        """Return a HighThroughputExecutor on a SlurmProvider.
+
+        The arguments are defaults: the site's keys of the same names win
+        (as in the old plugin), so subclasses set their cluster's values
+        here and users still override them in YAML.
+
+        Parameters
+        ----------
+        label : `str`
+            Executor label.
+        nodes, cores_per_node, walltime, mem_per_node, qos, constraint, \
+singleton, exclusive, scheduler_options, partition, account
+            Defaults of the keys of the same names.
+        mem_per_worker : `float`, optional
+            Memory per worker (GB): a node runs as many workers as fit.
+        provider_options : `dict`, optional
+            More `SlurmProvider` arguments (the site's block keys and
+            ``provider_options`` win).
+        executor_options : `dict`, optional
+            More `HighThroughputExecutor` arguments (the site's
+            ``executor_options`` win).
+
+        Returns
+        -------
+        executor : `parsl.executors.HighThroughputExecutor`
+            The executor.
+        """
+        from parsl.executors import HighThroughputExecutor
+        from parsl.providers import SlurmProvider
+
+        nodes = self.get("nodes", int, nodes, required=True)
+        if nodes <= 0:
+            raise ConfigurationError(f"'{self.where}.nodes' is {nodes}: it must be greater than 0")
+        cores_per_node = self.get_positive("cores_per_node", int, cores_per_node)
+        walltime = normalize_walltime(self._required_walltime(walltime), f"{self.where}.walltime")
+        mem_per_node = self.get_positive("mem_per_node", int, mem_per_node)
+        qos = self.get("qos", str, qos)
+        constraint = self.get("constraint", str, constraint)
+        singleton = self.get("singleton", bool, singleton)
+        exclusive = self.get("exclusive", bool, exclusive)
+        partition = self.get("partition", str, partition)
+        account = self.get("account", str, account)
+        scheduler_options = self.get("scheduler_options", str, scheduler_options)
+        worker_init = merge_worker_init(
+            (provider_options or {}).get("worker_init"), self.get("worker_init", str, None)
+        )
+
+        lines = [scheduler_options.rstrip("\n")] if scheduler_options else []
+        # Parsl names the script after its own job name; this names the Slurm
+        # job after the workflow, so that 'singleton' counts this workflow's
+        # blocks only.
+        job_name = re.sub(r"[^A-Za-z0-9_.+-]", "_", get_workflow_name(self.config))
+        lines.append(f"#SBATCH --job-name={job_name}")
+        if singleton:
+            lines.append("#SBATCH --dependency=singleton")
+
+        options: Kwargs = dict(provider_options or {})
+        options.update(
+            nodes_per_block=nodes,
+            cores_per_node=cores_per_node,
+            mem_per_node=mem_per_node,
+            walltime=walltime,
+            qos=qos,
+            constraint=constraint,
+            partition=partition,
+            account=account,
+            exclusive=exclusive,
+            scheduler_options="\n".join(lines),
+            worker_init=worker_init,
+        )
+        options = block_options(self, options)
+        options = finish_provider_options(self, SlurmProvider, options)
+        provider = build(SlurmProvider, options, self.where)
+
+        htex: Kwargs = dict(executor_options or {})
+        htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
+        htex = finish_executor_options(self, HighThroughputExecutor, htex)
+        return build(HighThroughputExecutor, htex, self.where)
+
+    def _required_walltime(self, default: str | None) -> Any:
+        found, value = self.site.search("walltime", opt={"default": None})
+        if found and value is not None:
+            return value
+        if default is None:
+            raise ConfigurationError(
+                f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
+            )
+        return default
+
+    def get_executors(self) -> list[ParslExecutor]:
+        return [self.make_executor(self.label)]
+
+    def select_executor(self, job: ParslJob) -> str:
+        return self.label
+
+    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        return htex_spec(job)
+
+
+class TripleSlurm(Slurm):
+    """Three Slurm executors, ``small``, ``medium`` and ``large``, whose
+    workers get more memory each; a job goes to the smallest whose worker
+    memory holds its (scaled) ``request_memory``, so a retry that asks for
+    more memory moves up. Jobs larger than ``medium_memory`` go to ``large``.
+
+    Keys: those of `Slurm` (``walltime`` becomes optional and, when set,
+    overrides the three below), plus ``small_memory``, ``medium_memory``,
+    ``large_memory`` (`float`, GB per worker; defaults 2, 4, 8) and
+    ``small_walltime``, ``medium_walltime``, ``large_walltime`` (`str`;
+    defaults 10, 10 and 40 hours).
+    """
+
+    labels = ("small", "medium", "large")
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.small_memory = self.get_positive("small_memory", float, 2.0)
+        self.medium_memory = self.get_positive("medium_memory", float, 4.0)
+        self.large_memory = self.get_positive("large_memory", float, 8.0)
+        self.small_walltime = self.get("small_walltime", str, "10:00:00")
+        self.medium_walltime = self.get("medium_walltime", str, "10:00:00")
+        self.large_walltime = self.get("large_walltime", str, "40:00:00")
+
+    def validate(self) -> None:
+        if not self.small_memory <= self.medium_memory <= self.large_memory:
+            raise ConfigurationError(
+                f"'{self.where}': small_memory ({self.small_memory}) <= medium_memory ({self.medium_memory}) "
+                f"<= large_memory ({self.large_memory}) must hold: reorder them"
+            )
+        for size in self.labels:
+            normalize_walltime(getattr(self, f"{size}_walltime"), f"{self.where}.{size}_walltime")
+        super().validate()
+
+    def get_executors(
+        self,
+        small_options: Kwargs | None = None,
+        medium_options: Kwargs | None = None,
+        large_options: Kwargs | None = None,
+        **common_options: Any,
+    ) -> list[ParslExecutor]:
+        """Build the three executors.
+
+        Parameters
+        ----------
+        small_options, medium_options, large_options : `dict`, optional
+            `Slurm.make_executor` arguments for one executor.
+        **common_options
+            `Slurm.make_executor` arguments for all three.
+        """
+        executors = []
+        for size, options in zip(self.labels, (small_options, medium_options, large_options), strict=True):
+            kwargs = dict(common_options)
+            kwargs.update(options or {})
+            kwargs.setdefault("walltime", getattr(self, f"{size}_walltime"))
+            kwargs.setdefault("mem_per_worker", getattr(self, f"{size}_memory"))
+            executors.append(self.make_executor(size, **kwargs))
+        return executors
+
+    def select_executor(self, job: ParslJob) -> str:
+        memory = (job.request_memory or 0) / 1024  # GB
+        if memory <= self.small_memory:
+            return "small"
+        if memory <= self.medium_memory:
+            return "medium"
+        return "large"

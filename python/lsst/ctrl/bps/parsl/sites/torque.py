@@ -1,0 +1,136 @@
+"""Torque (PBS) clusters: a HighThroughputExecutor on a TorqueProvider."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from parsl.providers import TorqueProvider
+
+from ..configuration import ConfigurationError, get_workflow_name
+from .generic import BatchSite, build, htex_spec, normalize_walltime
+from .slurm import block_options, finish_executor_options, finish_provider_options
+
+if TYPE_CHECKING:
+    from parsl.executors.base import ParslExecutor
+
+    from ..job import ParslJob
+
+__all__ = ("PbsTorqueProvider", "Torque")
+
+Kwargs = dict[str, Any]
+
+
+class PbsTorqueProvider(TorqueProvider):
+    """A TorqueProvider whose ``tasks_per_node`` is fixed when it is built.
+
+    Parsl's executors submit every block with one task per node; this
+    provider asks Torque for ``tasks_per_node`` processors per node instead
+    (``#PBS -l nodes=N:ppn=tasks_per_node``) and the launcher starts that
+    many worker pools.
+    """
+
+    def __init__(self, *args: Any, tasks_per_node: int = 1, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.tasks_per_node = tasks_per_node
+
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "parsl.torque") -> Any:
+        """Submit a block; ``tasks_per_node`` is replaced by the configured one."""
+        return super().submit(command=command, tasks_per_node=self.tasks_per_node, job_name=job_name)
+
+
+class Torque(BatchSite):
+    """A Torque cluster: a HighThroughputExecutor whose blocks are PBS jobs.
+
+    Keys of ``site.<computeSite>``:
+
+    - ``nodes`` (`int`, required): nodes per PBS job (block).
+    - ``walltime`` (`str`, required): time limit of each PBS job; quote it.
+    - ``tasks_per_node`` (`int`, default 1): processors per node; one worker
+      pool per processor, started by ``mpirun``.
+    - ``queue`` (`str`): queue to submit to (``qsub -q``).
+    - ``account`` (`str`): account to charge (``qsub -A``).
+    - ``scheduler_options`` (`str`): ``#PBS`` lines added to the script.
+    - ``worker_init`` (`str`): shell lines run before the workers start.
+    - block keys, ``launcher``/``launcher_options``, ``provider_options``,
+      ``executor_options`` and ``address``, as for `Slurm`.
+
+    A job's ``priority`` reaches the executor; its cores, memory and
+    walltime do not (workers are sized per block).
+    """
+
+    label = "torque"
+
+    def make_executor(
+        self,
+        label: str,
+        *,
+        queue: str | None = None,
+        nodes: int | None = None,
+        tasks_per_node: int | None = None,
+        walltime: str | None = None,
+        mem_per_worker: float | None = None,
+        scheduler_options: str | None = None,
+        worker_init: str | None = None,
+        provider_options: Kwargs | None = None,
+        executor_options: Kwargs | None = None,
+    ) -> ParslExecutor:
+        """Return a HighThroughputExecutor on a `PbsTorqueProvider`.
+
+        The arguments are defaults of the keys of the same names (the keys
+        win); ``provider_options`` and ``executor_options`` are more
+        arguments of the provider and of the executor.
+        """
+        from parsl.executors import HighThroughputExecutor
+        from parsl.launchers import MpiRunLauncher
+
+        nodes = self.get("nodes", int, nodes, required=True)
+        if nodes <= 0:
+            raise ConfigurationError(f"'{self.where}.nodes' is {nodes}: it must be greater than 0")
+        found, value = self.site.search("walltime", opt={"default": None})
+        if not (found and value is not None):
+            if walltime is None:
+                raise ConfigurationError(
+                    f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
+                )
+            value = walltime
+        walltime = normalize_walltime(value, f"{self.where}.walltime")
+        queue = self.get("queue", str, queue)
+        account = self.get("account", str, None)
+        tasks_per_node = self.get_positive("tasks_per_node", int, tasks_per_node) or 1
+        scheduler_options = self.get("scheduler_options", str, scheduler_options)
+        worker_init = self.get("worker_init", str, worker_init) or ""
+
+        lines = [scheduler_options.rstrip("\n")] if scheduler_options else []
+        lines.append(f"#PBS -N {get_workflow_name(self.config)}")
+        if queue:
+            lines.append(f"#PBS -q {queue}")
+
+        options: Kwargs = {
+            "launcher": MpiRunLauncher(overrides=f"--map-by core:{tasks_per_node}"),
+        }
+        options.update(provider_options or {})
+        options.update(
+            nodes_per_block=nodes,
+            queue=queue,
+            account=account,
+            walltime=walltime,
+            scheduler_options="\n".join(lines),
+            worker_init=worker_init,
+        )
+        options = block_options(self, options)
+        options = finish_provider_options(self, TorqueProvider, options)
+        provider = build(PbsTorqueProvider, {**options, "tasks_per_node": tasks_per_node}, self.where)
+        htex: Kwargs = {"max_workers_per_node": 1}
+        htex.update(executor_options or {})
+        htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
+        htex = finish_executor_options(self, HighThroughputExecutor, htex)
+        return build(HighThroughputExecutor, htex, self.where)
+
+    def get_executors(self) -> list[ParslExecutor]:
+        return [self.make_executor(self.label)]
+
+    def select_executor(self, job: ParslJob) -> str:
+        return self.label
+
+    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        return htex_spec(job)

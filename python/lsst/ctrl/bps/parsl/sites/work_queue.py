@@ -1,0 +1,122 @@
+"""Work Queue sites: a WorkQueueExecutor, which schedules each job by its
+own cores, memory, disk and walltime on the workers it starts.
+
+Work Queue comes from the ``ndcctools`` package (cctools), which is not a
+dependency of this plugin: this module imports without it and the site
+fails validation with a one-line message when it is missing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..configuration import ConfigurationError
+from .generic import BatchSite, build, require_work_queue, work_queue_spec
+
+if TYPE_CHECKING:
+    from parsl.executors.base import ParslExecutor
+
+    from ..job import ParslJob
+
+__all__ = ("LocalSrunWorkQueue", "WorkQueue")
+
+
+class WorkQueue(BatchSite):
+    """Base of the Work Queue sites; subclasses provide `get_provider`.
+
+    Keys of ``site.<computeSite>``:
+
+    - ``port`` (`int`, default 9000): port of the Work Queue manager.
+    - ``worker_options`` (`str`, default empty): options of the workers,
+      e.g. ``--memory=90000`` (MB the worker offers).
+    - ``wq_max_retries`` (`int`, default 1): attempts Work Queue itself
+      makes; null retries forever. The plugin retries failed jobs itself
+      (``numberOfRetries``), so leave it at 1.
+
+    Every job is sent with its ``request_cpus`` (cores), ``request_memory``
+    (MB, scaled on retries), ``request_disk`` (MB), ``request_walltime``
+    (as ``running_time_min``) and ``priority`` (higher runs first).
+    """
+
+    label = "work_queue"
+
+    def get_provider(self) -> Any:
+        """Return the Parsl provider that starts the workers."""
+        raise NotImplementedError
+
+    def make_executor(
+        self,
+        label: str,
+        provider: Any,
+        *,
+        port: int = 9000,
+        worker_options: str = "",
+        wq_max_retries: int = 1,
+    ) -> ParslExecutor:
+        """Return a WorkQueueExecutor on ``provider``; the keys ``port``,
+        ``worker_options`` and ``wq_max_retries`` override the arguments."""
+        require_work_queue(
+            f"{self.where}.class", "use lsst.ctrl.bps.parsl.sites.Local or lsst.ctrl.bps.parsl.sites.Slurm"
+        )
+        from parsl.executors import WorkQueueExecutor
+
+        port = self.get("port", int, port)
+        if not 0 <= port <= 65535:
+            raise ConfigurationError(f"'{self.where}.port' is {port}: it must be a TCP port, 0-65535")
+        worker_options = self.get("worker_options", str, worker_options)
+        found, max_retries = self.site.search("wq_max_retries", opt={"default": None})
+        if not found:
+            max_retries = wq_max_retries
+        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)):
+            raise ConfigurationError(
+                f"'{self.where}.wq_max_retries' is {max_retries!r}: it must be an integer, or null to retry forever"
+            )
+        return build(
+            WorkQueueExecutor,
+            {
+                "label": label,
+                "provider": provider,
+                "port": port,
+                "worker_options": worker_options,
+                "max_retries": max_retries,
+                "shared_fs": True,
+                "autolabel": False,
+            },
+            self.where,
+        )
+
+    def get_executors(self) -> list[ParslExecutor]:
+        return [self.make_executor(self.label, self.get_provider())]
+
+    def select_executor(self, job: ParslJob) -> str:
+        return self.label
+
+    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        return work_queue_spec(job)
+
+
+class LocalSrunWorkQueue(WorkQueue):
+    """Work Queue inside an allocation you already hold: a LocalProvider
+    starts the workers, with ``srun`` across the nodes when there are
+    several (on one node, e.g. a laptop, Slurm is not needed).
+
+    Keys: those of `WorkQueue`, plus ``nodes_per_block`` (`int`, default 1):
+    nodes of the allocation to use.
+    """
+
+    def get_provider(self) -> Any:
+        from parsl.launchers import SrunLauncher
+        from parsl.providers import LocalProvider
+
+        nodes = self.get_positive("nodes_per_block", int, 1)
+        options: dict[str, Any] = {
+            "nodes_per_block": nodes,
+            "init_blocks": 0,
+            "min_blocks": 0,
+            "max_blocks": 1,
+            "parallelism": 0,
+            "cmd_timeout": 300,
+        }
+        if nodes > 1:
+            options["launcher"] = SrunLauncher(overrides="-K0 -k --slurmd-debug=verbose")
+        return build(LocalProvider, options, self.where)
