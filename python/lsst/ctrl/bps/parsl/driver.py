@@ -45,6 +45,9 @@ __all__ = ("Driver", "RunOutcome", "log_paths")
 
 _LOG = logging.getLogger(__name__)
 _HOST = socket.gethostname()
+_FLUSH_INTERVAL = 0.05
+"""Seconds between commits of the state: transitions of that window are
+committed together (a restart recovers finished jobs from their logs)."""
 
 
 def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
@@ -241,15 +244,17 @@ class Driver:
                 self._prune(i)
             else:
                 self.remaining[i] = count
-        self._last_progress = time.monotonic()
+        self._last_progress = last_flush = time.monotonic()
         while (self.ready or self.in_flight or any(self.blocked.values())) and not self.stop_reason:
             self._dispatch()
             if not self.in_flight and not self.ready:
                 if any(self.blocked.values()):
                     raise RuntimeError("jobs are held back but nothing runs: capacity bookkeeping is broken")
                 break
+            now = time.monotonic()
+            wait = max(0.0, last_flush + _FLUSH_INTERVAL - now) if self.store.dirty else 0.5
             try:
-                event = self._events.get(timeout=0.5)
+                event = self._events.get(timeout=wait)
             except queue.Empty:
                 event = None
             while event is not None:
@@ -258,7 +263,10 @@ class Driver:
                     event = self._events.get_nowait()
                 except queue.Empty:
                     event = None
-            self.store.flush()
+            now = time.monotonic()
+            if now - last_flush >= _FLUSH_INTERVAL:
+                self.store.flush()
+                last_flush = now
             self._print_progress()
         self.store.flush()
 

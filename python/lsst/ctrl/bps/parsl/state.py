@@ -367,6 +367,11 @@ class RunStore:
             )
         )
 
+    @property
+    def dirty(self) -> bool:
+        """Whether changes wait for `flush`."""
+        return bool(self._pending_status or self._pending_attempts)
+
     def flush(self) -> None:
         """Commit every queued change in one transaction."""
         if not self._pending_status and not self._pending_attempts:

@@ -46,10 +46,9 @@ def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
         value = site.get(key, kind, None)
         if value is None:
             continue
-        if key != "parallelism" and (value < 0 or (key == "max_blocks" and value == 0)):
-            raise ConfigurationError(
-                f"'{site.where}.{key}' is {value!r}: it must be 0 or more (max_blocks: 1 or more)"
-            )
+        least = 1 if key in ("max_blocks", "cmd_timeout") else 0
+        if key != "parallelism" and value < least:
+            raise ConfigurationError(f"'{site.where}.{key}' is {value!r}: it must be {least} or more")
         if key == "parallelism" and not 0 <= value <= 1:
             raise ConfigurationError(f"'{site.where}.parallelism' is {value!r}: it must be between 0 and 1")
         options[key] = value
