@@ -310,3 +310,13 @@ def test_progress_lines_with_labels(tmp_path, capsys):
     run(gw, tmp_path / "submit", config=config)
     out = capsys.readouterr().out
     assert "4 succeeded" in out and "  prog: 4 succeeded" in out
+
+
+def test_select_executor_error_fails_only_that_job(tmp_path):
+    config = make_config(computeSite="picky", site={"picky": {"class": "picky_site.PickySite"}})
+    gw = workflow([job("ok"), job("refused"), job("after_refused")], [("refused", "after_refused")])
+    result = run(gw, tmp_path / "submit", config=config, expect_fail=True)
+    assert result["ok"][0] == S
+    assert result["refused"][0] == F and result["after_refused"][0] == P
+    err = next((tmp_path / "submit" / "logs").rglob("refused.1.err")).read_text()
+    assert "select_executor failed" in err and "no executor for you" in err

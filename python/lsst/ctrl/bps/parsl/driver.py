@@ -313,14 +313,25 @@ class Driver:
         memory = self._memory_for(i, tries)
         cpus = row.request_cpus or 1
         pjob = ParslJob(
-            row.name, row.label, cpus, memory, row.request_disk, row.request_walltime, row.priority, attempt
+            row.name,
+            row.label,
+            cpus,
+            memory,
+            row.request_disk,
+            row.request_walltime,
+            row.priority,
+            attempt,
+            final=bool(row.final),
         )
-        label = self.site.select_executor(pjob)
-        if label not in self.apps:
-            raise RuntimeError(
-                f"site class {type(self.site).__name__}.select_executor returned '{label}' for job "
-                f"'{row.name}', which is not one of its executors {sorted(self.apps)}"
-            )
+        try:
+            label = self.site.select_executor(pjob)
+            if label not in self.apps:
+                raise ValueError(
+                    f"it returned '{label}', which is not one of the executors {sorted(self.apps)}"
+                )
+        except Exception as exc:  # noqa: BLE001
+            self._reject(i, attempt, f"{type(self.site).__name__}.select_executor failed for this job: {exc}")
+            return True
         cap = self.capacity[label]
         if cap is not None:
             if (not held and self.blocked[label]) or self.queued[label] >= cap.queue_depth:
@@ -354,6 +365,18 @@ class Driver:
         self.store.set_state(i, PENDING, attempt, start=submitted)
         future.add_done_callback(lambda f, i=i, attempt=attempt: self._events.put((i, attempt, f)))
         return True
+
+    def _reject(self, i: int, attempt: int, reason: str) -> None:
+        """Fail an attempt that could not be handed to any executor."""
+        row = self.rows[i]
+        self.attempt[i] = attempt
+        _, stderr = log_paths(self.submit_path, row.log_dir, row.name, attempt)
+        _append(stderr, f"[bps-parsl] {reason}\n")
+        _LOG.warning("job %s: %s", row.name, reason)
+        now = time.time()
+        self.store.record_attempt(i, attempt, FAILED, -1, None, None, None, None, now, now, None)
+        self.store.set_state(i, FAILED, attempt, -1, None, now, now, None)
+        self._finish(i, FAILED, record=False)
 
     def _enforce_walltime(self, label: str) -> bool:
         return self.capacity.get(label) is not None

@@ -27,6 +27,8 @@ class ParslJob:
     priority: str | None = None
     attempt: int = 1
     tags: dict[str, Any] = field(default_factory=dict)
+    final: bool = False
+    """Whether this is the final job (it runs alone, after all others)."""
 
     @property
     def generic(self) -> ParslJob:

@@ -156,6 +156,14 @@ class SiteConfig(ABC):
         """
         raise NotImplementedError
 
+    def executor_labels(self) -> list[str]:
+        """Labels of this site's executors (built once per site object)."""
+        labels = getattr(self, "_executor_labels", None)
+        if labels is None:
+            labels = [executor.label for executor in self.get_executors()]
+            self._executor_labels = labels
+        return labels
+
     def capacity(self, label: str) -> ExecutorCapacity | None:
         """Return what the executor ``label`` can run at once.
 
@@ -252,8 +260,7 @@ class SiteConfig(ABC):
         Builds the executors (which checks their arguments) and the common
         keys. Subclasses may add checks; raise `ConfigurationError`.
         """
-        executors = self.get_executors()
-        labels = [ex.label for ex in executors]
+        labels = self.executor_labels()
         if len(set(labels)) != len(labels):
             raise ConfigurationError(f"'{self.where}': executor labels must be unique, got {labels}")
         self.default_retries  # noqa: B018

@@ -331,7 +331,7 @@ def _check_jobs_fit(site: Any, rows: list[tuple]) -> None:
     """Every job must go to an existing executor that can ever hold it."""
     from .job import ParslJob
 
-    labels = {executor.label for executor in site.get_executors()}
+    labels = set(site.executor_labels())
     capacities = {label: site.capacity(label) for label in labels}
     seen: set[tuple] = set()
     for row in rows:
@@ -342,7 +342,7 @@ def _check_jobs_fit(site: Any, rows: list[tuple]) -> None:
             continue
         seen.add(key)
         cpus = row[7] or 1
-        job = ParslJob(row[1], row[2], cpus, row[8], row[11], row[12], row[13])
+        job = ParslJob(row[1], row[2], cpus, row[8], row[11], row[12], row[13], final=bool(row[4]))
         label = site.select_executor(job)
         if label not in labels:
             raise ConfigurationError(

@@ -649,6 +649,9 @@ class Generic(BatchSite):
         if fitting:
             return fitting[0].label
         largest = max(candidates, key=lambda s: s.size)
+        if job.final:
+            # The final job runs alone after all others: give it the largest.
+            return largest.label
         if job.attempt > 1:
             # A retry whose memory was scaled beyond every executor: run it on
             # the largest rather than stop the whole run.
