@@ -320,3 +320,27 @@ def test_select_executor_error_fails_only_that_job(tmp_path):
     assert result["refused"][0] == F and result["after_refused"][0] == P
     err = next((tmp_path / "submit" / "logs").rglob("refused.1.err")).read_text()
     assert "select_executor failed" in err and "no executor for you" in err
+
+
+def test_job_over_its_walltime_is_killed_and_recorded(tmp_path):
+    j = job("slowpoke", "sleep 30", request_walltime="0.02")  # minutes: 1.2 s
+    result = run(workflow([j]), tmp_path / "submit", expect_fail=True)
+    state, attempt, code, signal = result["slowpoke"][:4]
+    assert state == F and signal == 15
+    err = next((tmp_path / "submit" / "logs").rglob("slowpoke.1.err")).read_text()
+    assert "killed after walltime" in err
+
+
+def test_job_shell_defaults_and_override(tmp_path):
+    out = tmp_path / "out"
+    # The job's own command is `bash -c ...`; its parent is the job shell.
+    script = f"readlink /proc/$PPID/exe > {out}"
+    run(workflow([job("sh_default", script)]), tmp_path / "s1")
+    sh = os.path.realpath("/bin/sh")
+    assert out.read_text().strip() == sh
+    bash_site = {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "commandPrefix": "shopt -s extglob"}}
+    run(workflow([job("bash_prefix", script)]), tmp_path / "s2", config=make_config(site=bash_site))
+    assert out.read_text().strip().endswith("bash")
+    forced = {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "jobShell": "/bin/bash"}}
+    run(workflow([job("forced", script)]), tmp_path / "s3", config=make_config(site=forced))
+    assert out.read_text().strip().endswith("bash")

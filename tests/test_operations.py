@@ -77,7 +77,7 @@ def started_jobs(log: Path) -> list[str]:
 
 
 def processes_with(marker: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-af", f"{marker}{os.getpid()}x"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 
@@ -88,7 +88,7 @@ def slow_spec(tmp_path, n=6, seconds=30, marker="bpsslowjob"):
             {
                 "name": f"slow{i}",
                 "label": "slow",
-                "script": f"echo slow{i} >> {log}; exec -a {marker} sleep {seconds}",
+                "script": f"echo slow{i} >> {log}; exec -a {marker}{os.getpid()}x sleep {seconds}",
             }
             for i in range(n)
         ],
@@ -102,19 +102,26 @@ def test_report_during_and_after_run_with_exit_codes(tmp_path, env):
         "jobs": [
             {"name": "a1", "label": "a", "script": "true"},
             {"name": "a2", "label": "a", "script": "exit 3"},
-            {"name": "b1", "label": "b", "script": f"while [ ! -e {gate} ]; do sleep 0.1; done"},
+            {
+                "name": "b1",
+                "label": "b",
+                "script": f"for i in $(seq 1200); do [ -e {gate} ] && break; sleep 0.1; done",
+            },
             {"name": "c1", "label": "c", "script": "true"},
         ],
         "edges": [["a2", "c1"]],
         "final": "true",
     }
     proc, submit = start(tmp_path, env, spec)
-    wait_for(
-        lambda: (submit / "bps_parsl.sqlite3").exists() and statuses(submit)["a2"][0] == F, what="a2 failed"
-    )
-    during = bps(env, "report", "--id", str(submit)).stdout
-    assert "RUNNING" in during
-    gate.touch()
+    try:
+        wait_for(
+            lambda: (submit / "bps_parsl.sqlite3").exists() and statuses(submit)["a2"][0] == F,
+            what="a2 failed",
+        )
+        during = bps(env, "report", "--id", str(submit)).stdout
+        assert "RUNNING" in during
+    finally:
+        gate.touch()
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out
     after = bps(env, "report", "--id", str(submit), "--return-exit-codes").stdout

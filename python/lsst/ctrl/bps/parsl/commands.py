@@ -9,6 +9,7 @@ stops changing.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -81,6 +82,17 @@ def render(
             )
         return path
 
+    # Fast path: one pass over a cached split of the text; the loop below
+    # handles nesting and reports what cannot be resolved.
+    parts = _split_cmdvals(text)
+    if len(parts) > 1:
+        try:
+            text = "".join(
+                part if n % 2 == 0 else ("" if cmdvals[part] is None else str(cmdvals[part]))
+                for n, part in enumerate(parts)
+            )
+        except KeyError:
+            pass
     for _ in range(_MAX_PASSES):
         new = _FILE.sub(gwfile, _CMDVAL.sub(cmdval, text)) if ("{" in text or "<FILE:" in text) else text
         if new == text:
@@ -91,6 +103,11 @@ def render(
             f"job '{job_name}': placeholders still unresolved after {_MAX_PASSES} passes: {text}"
         )
     return _ENV.sub(r"${\1}", text) if "<ENV:" in text else text
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_cmdvals(text: str) -> list[str]:
+    return _CMDVAL.split(text)
 
 
 def _quote_for_export(value: str) -> str:

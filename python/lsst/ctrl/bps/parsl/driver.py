@@ -11,6 +11,7 @@ runs once everything else ended.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from parsl.app.python import PythonApp
 
 from .job import ParslJob
 from .runner import ATTEMPT_ENV, EXIT_MARKER, GATES, ResourceGate, run_job
@@ -135,24 +138,49 @@ class Driver:
     def _reset_for_run(self) -> None:
         """Keep succeeded jobs; every other job (and the final jobs) runs.
 
-        A job left PENDING or RUNNING by a driver that died is first checked:
-        its leftover processes are killed, and if its shell logged exit
-        status 0 it counts as succeeded and is not run again.
+        What a driver that died may have left is settled first: leftover job
+        processes are killed, and every attempt that was launched (its log
+        exists, as `run_job` creates it before starting the job) but not
+        recorded is read from its log: if its shell logged exit status 0,
+        the job counts as succeeded and is not run again.
         """
-        if any(s in (PENDING, RUNNING) for s in self.state):
+        resumed = bool(self.store.sessions())
+        if resumed:
             kill_running_jobs(self.running_dir, self.run_id)
-            for i, s in enumerate(self.state):
-                if s in (PENDING, RUNNING) and self.attempt[i] > 0:
-                    row = self.rows[i]
-                    _, stderr = log_paths(self.submit_path, row.log_dir, row.name, self.attempt[i])
-                    code = exit_status_from_log(stderr)
-                    if code is not None:
-                        state = SUCCEEDED if code == 0 else FAILED
-                        self.state[i] = state
-                        self.store.record_attempt(i, self.attempt[i], state, code, memory=row.request_memory)
-                        self.store.set_state(i, state, self.attempt[i], code)
         for i, row in enumerate(self.rows):
-            if self.state[i] != SUCCEEDED or row.final or row.kind != JobKind.PAYLOAD:
+            if not resumed:
+                break
+            if self.state[i] == SUCCEEDED or row.kind != JobKind.PAYLOAD:
+                continue
+            attempt = self.attempt[i]
+            if self.state[i] not in (PENDING, RUNNING):
+                attempt += 1  # a launch the driver did not get to record
+            last = None
+            while attempt > 0:
+                _, stderr = log_paths(self.submit_path, row.log_dir, row.name, attempt)
+                if not os.path.exists(stderr):
+                    break
+                last = (attempt, stderr)
+                attempt += 1
+            if last is None:
+                continue
+            attempt, stderr = last
+            self.attempt[i] = attempt
+            code = exit_status_from_log(stderr)
+            state = SUCCEEDED if code == 0 else FAILED
+            self.store.record_attempt(i, attempt, state, code, memory=row.request_memory)
+            self.store.set_state(i, state, attempt, code)
+            self.state[i] = state
+        # The final job runs again when other jobs will run (their outputs need
+        # it), and of course when it did not succeed.
+        rerun_final = any(
+            self.state[i] != SUCCEEDED
+            for i, row in enumerate(self.rows)
+            if not row.final and row.kind == JobKind.PAYLOAD
+        )
+        for i, row in enumerate(self.rows):
+            again = row.final and rerun_final
+            if self.state[i] != SUCCEEDED or again or row.kind != JobKind.PAYLOAD:
                 if self.state[i] != UNREADY:
                     self.store.set_state(i, UNREADY, self.attempt[i])
                 self.state[i] = UNREADY
@@ -167,7 +195,6 @@ class Driver:
 
     def run(self) -> RunOutcome:
         """Run until every job ended or a stop was requested."""
-        from parsl.app.python import PythonApp
         from parsl.dataflow.dflow import DataFlowKernel
 
         self._reset_for_run()
@@ -175,18 +202,25 @@ class Driver:
         self.store.begin_session(self.kind, os.getpid(), _HOST)
         self._install_signal_handlers()
         self.prefix = self.site.get_command_prefix()
+        self.shell = self.site.job_shell
         config = self.site.get_parsl_config()
         monitoring_db = self.site.monitoring_filename()
         if monitoring_db:
             self.store.set_meta("monitoring_db", monitoring_db)
         self._setup_parsl_logging()
         self.dfk = DataFlowKernel(config)
-        self.apps = {
-            label: PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label])
-            for label in self.dfk.executors
-            if label != "_parsl_internal"
-        }
-        self.capacity = {label: self.site.capacity(label) for label in self.apps}
+        labels = [label for label in self.dfk.executors if label != "_parsl_internal"]
+        self.capacity = {label: self.site.capacity(label) for label in labels}
+        # In-process pools take jobs straight through Parsl's executor API:
+        # the data-flow kernel's per-task bookkeeping would cost more than
+        # the job's own process start. With monitoring on, every job goes
+        # through the kernel so that monitoring sees it.
+        self.apps = {}
+        for label in labels:
+            if self.capacity[label] is not None and config.monitoring is None:
+                self.apps[label] = functools.partial(self.dfk.executors[label].submit, run_job, {})
+            else:
+                self.apps[label] = PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label])
         self.gates = {}
         for label, cap in self.capacity.items():
             if cap is not None:
@@ -346,8 +380,9 @@ class Driver:
         token = f"{self.run_id}/{i}/{attempt}"
         pid_file = os.path.join(self.running_dir, f"{i}.{attempt}")
         walltime = _walltime_seconds(row.request_walltime) if self._enforce_walltime(label) else None
-        inputs = [self.futures[p] for p in self.parents[i] if p in self.futures]
-        kwargs: dict[str, Any] = {"walltime": walltime, "inputs": inputs}
+        kwargs: dict[str, Any] = {"time_limit": walltime, "shell": self.shell}
+        if isinstance(self.apps[label], PythonApp):
+            kwargs["inputs"] = [self.futures[p] for p in self.parents[i] if p in self.futures]
         if label in self.gates:
             kwargs.update(gate=self.gates[label], cores=cpus, memory=memory or 0)
         spec = self.site.resource_specification(pjob, label)
@@ -629,12 +664,13 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
 
 
 def _has_token(pid: int, token: str) -> bool:
+    """Whether process ``pid`` is the shell of the job attempt ``token``."""
     try:
-        with open(f"/proc/{pid}/environ", "rb") as stream:
-            environ = stream.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            cmdline = stream.read()
     except OSError:
         return False
-    return f"{ATTEMPT_ENV}={token}".encode() in environ.split(b"\0")
+    return f"{ATTEMPT_ENV}={token}\n".encode() in cmdline
 
 
 def exit_status_from_log(stderr: str) -> int | None:

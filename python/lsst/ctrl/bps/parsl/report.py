@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections import Counter
 
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
 from .control import driver_alive
-from .state import PENDING, RUNNING, JobKind, RunStore, db_path
+from .state import PENDING, RUNNING, JobKind, RunStore, db_path, store_error
 
 __all__ = ("run_state", "run_report")
 
@@ -64,10 +65,13 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         store.conn.execute("BEGIN")
         meta = store.meta()
         state, message = run_state(store, submit_path)
-        rows = store.conn.execute(
-            "SELECT j.id, j.name, j.label, s.state, s.exit_code FROM jobs j JOIN status s ON s.job = j.id "
-            f"WHERE j.kind = {JobKind.PAYLOAD} ORDER BY j.id"
-        ).fetchall()
+        try:
+            rows = store.conn.execute(
+                "SELECT j.id, j.name, j.label, s.state, s.exit_code FROM jobs j JOIN status s ON s.job = j.id "
+                f"WHERE j.kind = {JobKind.PAYLOAD} ORDER BY j.id"
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise store_error(store.path, exc) from None
         store.conn.execute("COMMIT")
     finally:
         store.close()

@@ -76,10 +76,28 @@ def resolve_run(wms_id: str) -> str:
             submit_path = json.loads(record.read_text())["submit_path"]
         except (OSError, ValueError, KeyError, TypeError):
             submit_path = None
-        if submit_path and os.path.exists(os.path.join(submit_path, DB_NAME)):
+        if isinstance(submit_path, str) and os.path.exists(os.path.join(submit_path, DB_NAME)):
+            _check_run_id(submit_path, str(wms_id), record)
             return submit_path
         raise StateStoreError(f"run '{wms_id}': its submit directory {submit_path} no longer exists")
     raise StateStoreError(
         f"'{wms_id}' is neither a submit directory nor a known run id: pass the submit directory or the "
         "'Run Id' that 'bps submit' printed"
     )
+
+
+def _check_run_id(submit_path: str, run_id: str, record: Path) -> None:
+    """The index record must point to the run it is named after: a record
+    edited to point elsewhere is refused."""
+    from .state import RunStore
+
+    store = RunStore(os.path.join(submit_path, DB_NAME), readonly=True)
+    try:
+        stored = store.meta().get("run_id")
+    finally:
+        store.close()
+    if stored != run_id:
+        raise StateStoreError(
+            f"run '{run_id}': its index record {record} points to {submit_path}, which holds run "
+            f"'{stored}': remove the record, or pass the submit directory"
+        )

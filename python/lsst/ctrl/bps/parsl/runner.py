@@ -1,7 +1,7 @@
 """The function every Parsl worker runs for a job attempt.
 
 It is imported by reference on workers, so it imports nothing heavy.
-The job runs under ``/bin/bash`` in a session of its own, so that cancel can
+The job runs under the site's shell in a session of its own, so that cancel can
 terminate it with all its children. While it runs, a small file names its
 host and process group, so that cancel, and a restart after the driver was
 killed, can find it. Its exit status is also appended to its stderr log by
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import deque
 
 __all__ = ("ATTEMPT_ENV", "EXIT_MARKER", "GateClosedError", "ResourceGate", "run_job")
 
@@ -50,49 +51,71 @@ class ResourceGate:
         self._free_cores = cores
         self._free_memory = memory
         self._closed = False
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: deque[list] = deque()
+
+    def _fits(self, cores: int, memory: int) -> bool:
+        return self._free_cores >= cores and (self._free_memory is None or self._free_memory >= memory)
+
+    def _take(self, cores: int, memory: int) -> None:
+        self._free_cores -= cores
+        if self._free_memory is not None:
+            self._free_memory -= memory
 
     def acquire(self, cores: int, memory: int) -> tuple[int, int]:
-        """Wait until the job fits, take its share; returns what was taken."""
+        """Wait until the job fits, take its share; returns what was taken.
+
+        Waiters are served first come, first served, so a large job is
+        not overtaken forever by small ones.
+        """
         cores = min(cores, self.cores)
         memory = min(memory, self.memory) if self.memory is not None else 0
-        with self._cond:
-            while not self._closed and (
-                self._free_cores < cores or (self._free_memory is not None and self._free_memory < memory)
-            ):
-                self._cond.wait()
+        with self._lock:
             if self._closed:
                 raise GateClosedError("run stopping")
-            self._free_cores -= cores
-            if self._free_memory is not None:
-                self._free_memory -= memory
+            if not self._waiters and self._fits(cores, memory):
+                self._take(cores, memory)
+                return cores, memory
+            # [cores, memory, event, granted]
+            waiter = [cores, memory, threading.Event(), False]
+            self._waiters.append(waiter)
+        waiter[2].wait()
+        if not waiter[3]:
+            raise GateClosedError("run stopping")
         return cores, memory
 
     def release(self, taken: tuple[int, int]) -> None:
-        """Give back what `acquire` took."""
-        with self._cond:
+        """Give back what `acquire` took and wake the waiters that now fit."""
+        with self._lock:
             self._free_cores += taken[0]
             if self._free_memory is not None:
                 self._free_memory += taken[1]
-            self._cond.notify_all()
+            while self._waiters and self._fits(self._waiters[0][0], self._waiters[0][1]):
+                waiter = self._waiters.popleft()
+                self._take(waiter[0], waiter[1])
+                waiter[3] = True
+                waiter[2].set()
 
     def close(self) -> None:
         """Make every waiting and future `acquire` raise `GateClosedError`."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            while self._waiters:
+                self._waiters.popleft()[2].set()
 
 
 GATES: dict[str, ResourceGate] = {}
 """Gates of in-process executors, by ``<run id>/<executor label>``."""
 
 
-def _script(prefix: str, env: str, command: str) -> str:
-    parts = [p for p in (prefix, env) if p]
-    parts.append(command)
+def _script(token: str, prefix: str, env: str, command: str) -> str:
+    # The token line also makes the shell recognisable by its command line.
+    parts = [f"export {ATTEMPT_ENV}={token}"]
     # The EXIT trap also runs when the command calls `exit`.
-    trap = f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT"
-    return trap + "\n" + "\n".join(parts) + "\n"
+    parts.append(f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT")
+    parts.extend(p for p in (prefix, env) if p)
+    parts.append(command)
+    return "\n".join(parts) + "\n"
 
 
 def run_job(
@@ -103,7 +126,8 @@ def run_job(
     out_path: str,
     err_path: str,
     pid_file: str,
-    walltime: float | None = None,
+    time_limit: float | None = None,
+    shell: str = "/bin/bash",
     gate: str | None = None,
     cores: int = 1,
     memory: int = 0,
@@ -114,16 +138,20 @@ def run_job(
     Parameters
     ----------
     token : `str`
-        ``<run id>/<job id>/<attempt>``, put in the job's environment so that
-        its processes can be recognised later.
+        ``<run id>/<job id>/<attempt>``, exported to the job and written in
+        its shell's command line, so that its processes can be recognised
+        later.
     prefix, env, command : `str`
         Site command prefix, job environment exports, job command line.
     out_path, err_path : `str`
         Log files (created with their directories).
     pid_file : `str`
         File naming this attempt's host and process group while it runs.
-    walltime : `float`, optional
-        Seconds after which the job is killed.
+    time_limit : `float`, optional
+        Seconds after which the job is killed (its ``request_walltime``;
+        not named ``walltime``, which Parsl would take for itself).
+    shell : `str`
+        Shell that runs the job's script.
     gate : `str`, optional
         Key of the `ResourceGate` in `GATES` to take ``cores`` and
         ``memory`` from before starting (in-process executors only).
@@ -142,7 +170,7 @@ def run_job(
     resource_gate = GATES.get(gate) if gate else None
     taken = resource_gate.acquire(cores, memory) if resource_gate else None
     try:
-        return _run(token, prefix, env, command, out_path, err_path, pid_file, walltime)
+        return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
     finally:
         if taken is not None:
             resource_gate.release(taken)
@@ -150,6 +178,7 @@ def run_job(
 
 def _run(
     token: str,
+    shell: str,
     prefix: str,
     env: str,
     command: str,
@@ -159,16 +188,13 @@ def _run(
     walltime: float | None,
 ) -> tuple[int, int | None, float, float, str, bool]:
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    environ = dict(os.environ)
-    environ[ATTEMPT_ENV] = token
     start = time.time()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            ["/bin/bash", "-c", _script(prefix, env, command)],
+            [shell, "-c", _script(token, prefix, env, command)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            env=environ,
             start_new_session=True,
         )
         try:

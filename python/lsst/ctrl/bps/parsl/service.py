@@ -59,6 +59,7 @@ class ParslService(BaseWmsService):
         site.validate()
         _progress_interval(self.config)
         _detach(self.config)
+        _check_submit_path(self.config)
         get_bps_config_value(self.config, "parslProgressByLabel", bool, False)
 
     def prepare(
@@ -82,15 +83,30 @@ class ParslService(BaseWmsService):
         """
         if out_prefix is None:
             raise ConfigurationError("prepare needs the submit directory (out_prefix)")
+        _check_executables(config, generic_workflow)
+        try:
+            os.makedirs(out_prefix, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"submit directory {os.path.abspath(out_prefix)}: cannot create it ({exc.strerror}): "
+                "set submitPath to a writable directory"
+            ) from None
         workflow = ParslWorkflow.from_generic_workflow(
             config, generic_workflow, out_prefix, f"{type(self).__module__}.{type(self).__name__}"
         )
-        _save_config(config, os.path.join(workflow.submit_path, "parsl", "bps_config.yaml"))
-        # `bps restart` reads this file after a restart; `bps submit` writes
-        # it, other callers of prepare may not have.
-        bps_copy = os.path.join(workflow.submit_path, f"{workflow.name}_config.yaml")
-        if not os.path.exists(bps_copy):
-            _save_config(config, bps_copy)
+        saved = os.path.join(workflow.submit_path, "parsl", "bps_config.yaml")
+        try:
+            _save_config(config, saved)
+            # `bps restart` reads this file after a restart; `bps submit`
+            # writes it, other callers of prepare may not have.
+            bps_copy = os.path.join(workflow.submit_path, f"{workflow.name}_config.yaml")
+            if not os.path.exists(bps_copy):
+                _save_config(config, bps_copy)
+        except OSError as exc:
+            raise StateStoreError(
+                f"{saved}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
+                f"permissions in {workflow.submit_path}, then submit again (no job ran)"
+            ) from None
         add_run(workflow.run_id, workflow.submit_path, workflow.name)
         return workflow
 
@@ -148,7 +164,11 @@ class ParslService(BaseWmsService):
             pid = start_detached(submit_path, "restart")
             return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"
         print(f"bps-parsl: restarting run {workflow.run_id} in {submit_path}", flush=True)
-        run_driver(submit_path, config, kind="restart")
+        try:
+            run_driver(submit_path, config, kind="restart")
+        except DriverBusyError as exc:
+            # Another restart took the lock since the check above.
+            return None, None, str(exc)
         return workflow.run_id, workflow.name, "restarted run completed"
 
     def report(
@@ -196,6 +216,8 @@ class ParslService(BaseWmsService):
         since = time.time() - (hist or 0) * 86400
         for _, submit_path in list_runs():
             try:
+                if not _is_owner(submit_path):
+                    continue
                 when, alive = last_activity(submit_path)
                 if not alive and when < since:
                     continue
@@ -223,6 +245,7 @@ class ParslService(BaseWmsService):
 
         try:
             submit_path = resolve_run(wms_workflow_id)
+            _check_owner(submit_path)
             store = RunStore(db_path(submit_path), readonly=True)
             try:
                 return run_state(store, submit_path)
@@ -259,7 +282,11 @@ class ParslService(BaseWmsService):
         ids = []
         for _, submit_path in list_runs():
             try:
-                if driver_alive(submit_path) is not None and _operator_is(submit_path, user):
+                if (
+                    _is_owner(submit_path)
+                    and driver_alive(submit_path) is not None
+                    and _operator_is(submit_path, user)
+                ):
                     ids.append(submit_path)
             except (StateStoreError, OSError):
                 continue
@@ -309,6 +336,60 @@ def _check_owner(submit_path: str) -> None:
     from .control import _owned
 
     _owned(submit_path)
+
+
+def _is_owner(submit_path: str) -> bool:
+    from .state import db_path
+
+    return os.stat(db_path(submit_path)).st_uid == os.getuid()
+
+
+def _check_submit_path(config: BpsConfig) -> None:
+    """The submit directory must be creatable: its nearest existing
+    ancestor is a writable directory."""
+    found, value = config.search("submitPath", opt={"replaceVars": False, "default": None})
+    if not found or not isinstance(value, str) or not value:
+        return
+    path = value.split("{", 1)[0]
+    if "{" in value:
+        path = os.path.dirname(path)
+    path = os.path.abspath(os.path.expanduser(path or "."))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigurationError(
+            f"'submitPath' is {value!r}, but {existing} is not a directory: set submitPath to a directory "
+            "you can write"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"'submitPath' is {value!r}, but {existing} is not writable by you: set submitPath to a "
+            "directory you can write"
+        )
+
+
+def _check_executables(config: BpsConfig, generic_workflow: GenericWorkflow) -> None:
+    """On a site whose executors all run jobs on this host, an absolute
+    executable path must exist and be executable here."""
+    site = SiteConfig.from_config(config)
+    if any(site.capacity(executor.label) is None for executor in site.get_executors()):
+        return  # jobs run elsewhere: the path may exist only there
+    executables = list(generic_workflow.get_executables(data=True, transfer_only=False))
+    final = generic_workflow.get_final()
+    if final is not None and getattr(final, "executable", None) is not None:
+        executables.append(final.executable)
+    for executable in executables:
+        path = str(executable.src_uri)
+        if path.startswith("file://"):
+            path = path[len("file://") :]
+        if not os.path.isabs(path) or "$" in path or "<" in path:
+            continue
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise ConfigurationError(
+                f"executable '{executable.name}' is {path}, which is not an executable file on this host "
+                f"({site.where} runs jobs here): fix the executable's path in the submit YAML"
+            )
 
 
 def _operator_is(submit_path: str, user: str | None) -> bool:

@@ -14,11 +14,12 @@ jobs' own logs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,43 @@ class StateStoreError(RuntimeError):
     """The run-state database is missing, unreadable or damaged."""
 
 
+def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
+    """A one-line `StateStoreError` for an SQLite error on ``path``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    directory = os.path.dirname(path) or "."
+    if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
+        if writing:
+            return StateStoreError(
+                f"{path}: cannot write the run-state database ({text}): the state up to the last "
+                f"completed step is kept; free space or fix permissions in {directory}, then "
+                f"'bps restart --id {directory}'"
+            )
+        return StateStoreError(
+            f"{path}: cannot read the run-state database ({text}): check the disk and permissions of "
+            f"{directory}"
+        )
+    return StateStoreError(
+        f"{path}: the run-state database is damaged ({text}): restore it from a backup or submit the "
+        "run again (nothing was re-run)"
+    )
+
+
+def _guarded(writing: bool = False):
+    """Turn SQLite errors of a `RunStore` method into `StateStoreError`."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                raise store_error(self.path, exc, writing) from None
+
+        return wrapper
+
+    return decorate
+
+
 @dataclass(slots=True)
 class JobRow:
     """One job of the prepared workflow, as stored."""
@@ -194,11 +232,26 @@ class RunStore:
                 f"{path}: not a readable run-state database ({exc}): the file is damaged; restore it from a "
                 "backup or submit the run again (nothing was re-run)"
             ) from None
+        if version == 0 and not tables:
+            self.conn.close()
+            raise StateStoreError(
+                f"{path}: the run-state database is empty (truncated?): restore it from a backup or submit "
+                "the run again (nothing was re-run)"
+            )
         if version != FORMAT_VERSION or not {"meta", "jobs", "status", "attempts", "sessions"} <= tables:
+            self.conn.close()
             raise StateStoreError(
                 f"{path}: run-state format {version} with tables {sorted(tables)} is not format "
                 f"{FORMAT_VERSION}: use the plugin version that wrote it, or submit the run again"
             )
+        if not readonly:
+            # A driver or cancel writes: check every page first, so a damaged
+            # file stops it here rather than half-way through a run.
+            try:
+                self.check_integrity()
+            except StateStoreError:
+                self.conn.close()
+                raise
 
     # ---- creation -------------------------------------------------------
 
@@ -207,7 +260,7 @@ class RunStore:
         cls,
         path: str,
         meta: dict[str, Any],
-        envs: Sequence[str],
+        envs: Iterable[str],
         jobs: Iterable[tuple],
         edges: Iterable[tuple[int, int]],
     ) -> RunStore:
@@ -230,8 +283,36 @@ class RunStore:
         if os.path.exists(path):
             raise StateStoreError(f"{path}: already exists: use 'bps restart' to resume this run")
         tmp = path + ".tmp"
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        try:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            cls._write_new(tmp, meta, envs, jobs, edges)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            # Never leave a half-written database behind, whatever stopped
+            # the writing (a bad job row, a full disk).
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, sqlite3.DatabaseError | OSError):
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                raise StateStoreError(
+                    f"{path}: cannot write the run-state database ({text}): free space or fix permissions "
+                    f"in {os.path.dirname(path)}, or set submitPath elsewhere, then submit again (no job ran)"
+                ) from None
+            raise
+        return cls(path)
+
+    @staticmethod
+    def _write_new(
+        tmp: str,
+        meta: dict[str, Any],
+        envs: Iterable[str],
+        jobs: Iterable[tuple],
+        edges: Iterable[tuple[int, int]],
+    ) -> None:
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=OFF")
@@ -241,8 +322,9 @@ class RunStore:
                 if statement.strip():
                     conn.execute(statement)
             conn.executemany("INSERT INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))
-            conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(envs))
             conn.executemany("INSERT INTO jobs VALUES (" + ",".join("?" * 18) + ")", jobs)
+            # After the jobs: `envs` may fill up while `jobs` is consumed.
+            conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(envs))
             conn.executemany("INSERT INTO edges VALUES (?, ?)", edges)
             conn.execute(f"INSERT INTO status (job, state) SELECT id, {UNREADY} FROM jobs")
             conn.execute("CREATE INDEX edges_parent ON edges (parent)")
@@ -251,40 +333,45 @@ class RunStore:
             conn.execute("PRAGMA journal_mode=WAL")
         finally:
             conn.close()
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-        return cls(path)
 
     # ---- reading --------------------------------------------------------
 
+    @_guarded()
     def meta(self) -> dict[str, Any]:
         """Run-wide values."""
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
 
+    @_guarded(writing=True)
     def set_meta(self, key: str, value: Any) -> None:
         """Store one run-wide value."""
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
+    @_guarded()
     def jobs(self) -> list[JobRow]:
         """All jobs, by id."""
         return [JobRow(*row) for row in self.conn.execute("SELECT * FROM jobs ORDER BY id")]
 
+    @_guarded()
     def edges(self) -> list[tuple[int, int]]:
         """All (parent, child) pairs."""
         return self.conn.execute("SELECT parent, child FROM edges").fetchall()
 
+    @_guarded()
     def envs(self) -> list[str]:
         """Environment scripts, by id."""
         return [row[0] for row in self.conn.execute("SELECT script FROM envs ORDER BY id")]
 
+    @_guarded()
     def statuses(self) -> list[tuple]:
         """(job, state, attempt, exit_code, signal, start, end, host) of every job."""
         return self.conn.execute("SELECT * FROM status ORDER BY job").fetchall()
 
+    @_guarded()
     def sessions(self) -> list[tuple]:
         """(id, kind, pid, host, start, end, outcome) of every driver session."""
         return self.conn.execute("SELECT * FROM sessions ORDER BY id").fetchall()
 
+    @_guarded()
     def attempts(self, job: int | None = None) -> list[tuple]:
         """Attempt rows, of one job or all."""
         if job is None:
@@ -305,6 +392,7 @@ class RunStore:
 
     # ---- writing --------------------------------------------------------
 
+    @_guarded(writing=True)
     def begin_session(self, kind: str, pid: int, host: str) -> int:
         """Record that a driver started; returns the session id."""
         cur = self.conn.execute(
@@ -314,6 +402,7 @@ class RunStore:
         self.session = cur.lastrowid
         return self.session
 
+    @_guarded(writing=True)
     def end_session(self, outcome: str) -> None:
         """Record that this driver ended and how."""
         self.flush()
@@ -378,8 +467,8 @@ class RunStore:
             return
         status, self._pending_status = self._pending_status, []
         attempts, self._pending_attempts = self._pending_attempts, []
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             if status:
                 self.conn.executemany(
                     "UPDATE status SET state=?, attempt=?, exit_code=?, signal=?, start=?, end=?, host=? "
@@ -391,8 +480,14 @@ class RunStore:
                     "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", attempts
                 )
             self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise store_error(self.path, exc, writing=True) from None
             raise
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ database only: no pickle, no `BpsConfig` search per job.
 
 from __future__ import annotations
 
+import gc
 import getpass
 import json
 import os
@@ -136,15 +137,23 @@ class _Flattener:
         return order
 
 
-class _SubdirFormatter(string.Formatter):
-    def get_value(self, key: Any, args: Any, kwargs: Any) -> Any:
-        value = kwargs.get(key)
-        return "" if value is None else value
+class _SubdirTemplate:
+    """``subDirTemplate`` parsed once; fields missing from a job's tags are
+    left out, and empty path components dropped."""
 
+    def __init__(self, template: str):
+        self.parts = list(string.Formatter().parse(template))
 
-def _subdir(template: str, label: str, tags: dict[str, Any], formatter: _SubdirFormatter) -> str:
-    text = formatter.vformat(template, (), {**tags, "label": label})
-    return "/".join(part for part in text.split("/") if part)
+    def __call__(self, label: str, tags: dict[str, Any]) -> str:
+        out = []
+        for literal, field, spec, _ in self.parts:
+            out.append(literal)
+            if field is None:
+                continue
+            value = label if field == "label" else tags.get(field)
+            if value is not None:
+                out.append(format(value, spec) if spec else str(value))
+        return "/".join(part for part in "".join(out).split("/") if part)
 
 
 def _file_lookup(graphs: list[GenericWorkflow]):
@@ -231,6 +240,20 @@ class ParslWorkflow(BaseWmsWorkflow):
         ConfigurationError
             If a command line cannot be rendered or the graph is not a DAG.
         """
+        # Prepare allocates an object or two per job on top of the generic
+        # workflow's own; collecting garbage meanwhile only rescans the heap.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return cls._prepare(config, generic_workflow, out_prefix, service_class)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    @classmethod
+    def _prepare(
+        cls, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str, service_class: str
+    ) -> ParslWorkflow:
         from .site import SiteConfig
 
         submit_path = os.path.abspath(out_prefix)
@@ -252,65 +275,69 @@ class ParslWorkflow(BaseWmsWorkflow):
 
         found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
         template = template if found and template else "{label}"
-        formatter = _SubdirFormatter()
+        subdir = _SubdirTemplate(template)
         envs: dict[str, int] = {}
         lookups: dict[int, Any] = {}
-        rows = []
-        for new, old in enumerate(order):
-            node = flat.nodes[old]
-            job = node.job
-            if job is None:
-                rows.append((new, node.name, node.label, node.kind, int(node.final)) + (None,) * 13)
-                continue
-            owner_key = id(node.owner)
-            if owner_key not in lookups:
-                lookups[owner_key] = _file_lookup([node.owner, generic_workflow])
-            lookup = lookups[owner_key]
-            if job.executable is None:
-                raise ConfigurationError(f"job '{job.name}' has no executable: check the job's configuration")
-            parts = [job.executable.src_uri, job.arguments or ""]
-            command = render(" ".join(p for p in parts if p), job.cmdvals, lookup, job.name)
-            if job.pre_cmdline:
-                command = render(job.pre_cmdline, job.cmdvals, lookup, job.name) + "\n" + command
-            if job.post_cmdline:
-                command = command + "\n" + render(job.post_cmdline, job.cmdvals, lookup, job.name)
-            env_id = None
-            if job.environment:
-                rendered = {
-                    k: render(str(v), job.cmdvals, lookup, job.name) for k, v in job.environment.items()
-                }
-                script = export_lines(rendered)
-                env_id = envs.setdefault(script, len(envs))
-            tags = job.tags
-            rows.append(
-                (
-                    new,
-                    job.name,
-                    job.label,
-                    JobKind.PAYLOAD,
-                    int(node.final),
-                    command,
-                    env_id,
-                    job.request_cpus,
-                    job.request_memory,
-                    job.request_memory_max,
-                    job.memory_multiplier,
-                    job.request_disk,
-                    None if job.request_walltime is None else str(job.request_walltime),
-                    None if job.priority is None else str(job.priority),
-                    default_retries if job.number_of_retries is None else int(job.number_of_retries),
-                    _retry_unless_exit(job.retry_unless_exit),
-                    _subdir(template, job.label, tags, formatter),
-                    json.dumps(tags, default=str) if tags else None,
+
+        def generate_rows() -> Iterator[tuple]:
+            for new, old in enumerate(order):
+                node = flat.nodes[old]
+                job = node.job
+                if job is None:
+                    yield (new, node.name, node.label, node.kind, int(node.final)) + (None,) * 13
+                    continue
+                owner_key = id(node.owner)
+                if owner_key not in lookups:
+                    lookups[owner_key] = _file_lookup([node.owner, generic_workflow])
+                lookup = lookups[owner_key]
+                if job.executable is None:
+                    raise ConfigurationError(
+                        f"job '{job.name}' has no executable: check the job's configuration"
+                    )
+                parts = [job.executable.src_uri, job.arguments or ""]
+                command = render(" ".join(p for p in parts if p), job.cmdvals, lookup, job.name)
+                if job.pre_cmdline:
+                    command = render(job.pre_cmdline, job.cmdvals, lookup, job.name) + "\n" + command
+                if job.post_cmdline:
+                    command = command + "\n" + render(job.post_cmdline, job.cmdvals, lookup, job.name)
+                env_id = None
+                if job.environment:
+                    rendered = {
+                        k: render(str(v), job.cmdvals, lookup, job.name) for k, v in job.environment.items()
+                    }
+                    script = export_lines(rendered)
+                    env_id = envs.setdefault(script, len(envs))
+                tags = job.tags
+                yield (
+                    (
+                        new,
+                        job.name,
+                        job.label,
+                        JobKind.PAYLOAD,
+                        int(node.final),
+                        command,
+                        env_id,
+                        job.request_cpus,
+                        job.request_memory,
+                        job.request_memory_max,
+                        job.memory_multiplier,
+                        job.request_disk,
+                        None if job.request_walltime is None else str(job.request_walltime),
+                        None if job.priority is None else str(job.priority),
+                        default_retries if job.number_of_retries is None else int(job.number_of_retries),
+                        _retry_unless_exit(job.retry_unless_exit),
+                        subdir(job.label, tags),
+                        json.dumps(tags, default=str) if tags else None,
+                    )
                 )
-            )
-        _check_jobs_fit(site, rows)
-        edges = [(new_id[i], new_id[c]) for i, node in enumerate(flat.nodes) for c in node.children]
+
+        rows = _checked_rows(site, generate_rows())
+        edges = ((new_id[i], new_id[c]) for i, node in enumerate(flat.nodes) for c in node.children)
 
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
         meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)
         os.makedirs(submit_path, exist_ok=True)
-        RunStore.create(db_path(submit_path), meta, list(envs), rows, edges).close()
+        RunStore.create(db_path(submit_path), meta, envs, rows, edges).close()
         return cls(generic_workflow.name, config, submit_path, run_id)
 
     @classmethod
@@ -327,20 +354,24 @@ class ParslWorkflow(BaseWmsWorkflow):
         """Nothing to do: `from_generic_workflow` already saved everything."""
 
 
-def _check_jobs_fit(site: Any, rows: list[tuple]) -> None:
-    """Every job must go to an existing executor that can ever hold it."""
+def _checked_rows(site: Any, rows: Iterator[tuple]) -> Iterator[tuple]:
+    """Pass rows on, checking that every job goes to an existing executor
+    that can ever hold it."""
     from .job import ParslJob
 
     labels = set(site.executor_labels())
     capacities = {label: site.capacity(label) for label in labels}
     seen: set[tuple] = set()
     for row in rows:
+        yield row
         if row[3] != JobKind.PAYLOAD:
             continue
         key = (row[2], row[7], row[8], row[11], row[12])
         if key in seen:
             continue
         seen.add(key)
+        if row[12] is not None:
+            _check_walltime(row[12], row[1], row[2])
         cpus = row[7] or 1
         job = ParslJob(row[1], row[2], cpus, row[8], row[11], row[12], row[13], final=bool(row[4]))
         label = site.select_executor(job)
@@ -367,6 +398,20 @@ def _check_jobs_fit(site: Any, rows: list[tuple]) -> None:
                 f"{site.where} has {cap.memory} MB: lower requestMemory for label '{row[2]}' or raise "
                 f"{site.where}.memory"
             )
+
+
+def _check_walltime(value: str, name: str, label: str) -> None:
+    """``requestWalltime`` must be a positive number of minutes or HH:MM:SS."""
+    from .configuration import parse_walltime
+
+    where = f"requestWalltime of job '{name}' (label '{label}')"
+    try:
+        minutes = float(value)
+    except ValueError:
+        parse_walltime(value, where)
+        return
+    if not minutes > 0 or minutes == float("inf"):
+        raise ConfigurationError(f"'{where}' is {value!r}: it must be a number of minutes greater than 0")
 
 
 def _run_meta(

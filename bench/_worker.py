@@ -1,0 +1,466 @@
+"""One benchmark measurement, run by ``bench/run.py`` in a fresh process.
+
+Usage: ``python bench/_worker.py '<json spec>'``. The spec names a
+measurement (``"measure"``) and its parameters; the result is printed as one
+line ``BENCH_RESULT <json>`` on stdout.
+
+Every workflow is described once, as a list of `Node` (name, label, data id,
+command line, parents), and turned either into a BPS ``GenericWorkflow`` for
+the plugin or handed as is to raw Parsl and to the subprocess floor, so all
+three run the same command lines with the same log files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor as PoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from parsl import bash_app
+
+SERVICE = "lsst.ctrl.bps.parsl.ParslService"
+CORES = len(os.sched_getaffinity(0))
+BUTLER = "/repo/butler.yaml"
+QGRAPH = "/submit/qg.qgraph"
+PRE_OPTS = "--long-log --log-level=VERBOSE"  # bps_defaults.yaml: defaultPreCmdOpts
+DETECTORS = 189  # science detectors of the LSST camera
+REALISTIC_LABELS = ("isr", "calibrateImage", "makeDirectWarp", "makePsfMatchedWarp", "selectDeepCoaddVisits")
+
+
+# ---- workflows ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Node:
+    """One job of a benchmark workflow."""
+
+    name: str
+    label: str
+    kind: str  # "init", "quantum" or "final"
+    visit: int | None = None
+    detector: int | None = None
+    node_id: str = ""
+    parents: list[int] = field(default_factory=list)
+
+    @property
+    def command(self) -> str:
+        """The command line BPS would render for this job (pipetask -> /bin/true)."""
+        if self.kind == "init":
+            return f"/bin/true {PRE_OPTS} pre-exec-init-qbb {BUTLER} {QGRAPH}"
+        if self.kind == "final":
+            return f"/bin/true {QGRAPH} {BUTLER}"
+        return f"/bin/true {PRE_OPTS} run-qbb {BUTLER} {QGRAPH} --qgraph-node-id {self.node_id}"
+
+    def log_base(self, submit: str) -> str:
+        """Log file stem, as the plugin lays it out (subDirTemplate: label/visit)."""
+        parts = [submit, "logs", self.label] + ([str(self.visit)] if self.visit is not None else [])
+        return os.path.join(*parts, f"{self.name}.1")
+
+
+def _quantum(label: str, i: int, parents: list[int]) -> Node:
+    visit, detector = 100000 + i // DETECTORS, i % DETECTORS
+    return Node(
+        f"{label}_{visit}_{detector}", label, "quantum", visit, detector, str(uuid.UUID(int=i + 1)), parents
+    )
+
+
+def dag_wide(n: int) -> list[Node]:
+    """``n`` independent quanta of one label."""
+    return [_quantum("isr", i, []) for i in range(n)]
+
+
+def dag_chain(n: int) -> list[Node]:
+    """A linear chain of ``n`` quanta."""
+    return [_quantum("step", i, [i - 1] if i else []) for i in range(n)]
+
+
+def dag_realistic(n: int) -> list[Node]:
+    """pipetaskInit; per data id a chain of 3-5 labels; a fan-in per visit
+    (``consolidateVisitSummary``, over its detectors' last jobs); finalJob.
+
+    About ``n`` jobs in all.
+    """
+    per_visit = 10  # detectors per visit
+    per_visit_jobs = sum(3 + d % 3 for d in range(per_visit)) + 1
+    visits = max(1, round((n - 2) / per_visit_jobs))
+    nodes = [Node("pipetaskInit", "pipetaskInit", "init")]
+    count = 0
+    for v in range(visits):
+        ends = []
+        for d in range(per_visit):
+            prev = 0
+            for label in REALISTIC_LABELS[: 3 + d % 3]:
+                node = _quantum(label, v * DETECTORS + d, [prev])
+                node.node_id = str(uuid.UUID(int=count + 1))
+                count += 1
+                nodes.append(node)
+                prev = len(nodes) - 1
+            ends.append(prev)
+        visit = 100000 + v
+        nodes.append(
+            Node(
+                f"consolidateVisitSummary_{visit}",
+                "consolidateVisitSummary",
+                "quantum",
+                visit,
+                None,
+                str(uuid.UUID(int=10**9 + v)),
+                ends,
+            )
+        )
+    nodes.append(Node("finalJob", "finalJob", "final"))
+    return nodes
+
+
+DAGS = {"wide": dag_wide, "chain": dag_chain, "realistic": dag_realistic}
+
+
+def generic_workflow(nodes: list[Node], name: str = "bench"):
+    """The BPS GenericWorkflow of a benchmark workflow, shaped like ctrl_bps's
+    transform makes it: cmdvals, a <FILE:runQgraphFile> input, bps default
+    resources and retry policy, data-id tags."""
+    from collections import Counter
+
+    from lsst.ctrl.bps import GenericWorkflow, GenericWorkflowExec, GenericWorkflowFile, GenericWorkflowJob
+
+    pipetask = GenericWorkflowExec("pipetask", "/bin/true", False)
+    qgraph = GenericWorkflowFile("runQgraphFile", src_uri=QGRAPH, wms_transfer=True, job_shared=True)
+    cmdvals_common = {"initPreCmdOpts": PRE_OPTS, "runPreCmdOpts": PRE_OPTS, "butlerConfig": BUTLER}
+    arguments = {
+        "init": "{initPreCmdOpts} pre-exec-init-qbb {butlerConfig} <FILE:runQgraphFile>",
+        "quantum": "{runPreCmdOpts} run-qbb {butlerConfig} <FILE:runQgraphFile> --qgraph-node-id {qgraphNodeId}",
+        "final": "<FILE:runQgraphFile> {butlerConfig}",
+    }
+    gw = GenericWorkflow(name)
+    gw.add_file(qgraph)
+    final = None
+    for node in nodes:
+        tags = {"visit": node.visit} if node.visit is not None else {}
+        if node.detector is not None:
+            tags["detector"] = node.detector
+        job = GenericWorkflowJob(
+            node.name,
+            node.label,
+            executable=pipetask,
+            arguments=arguments[node.kind],
+            cmdvals={**cmdvals_common, "qgraphNodeId": node.node_id},
+            tags=tags,
+            quanta_counts=Counter({node.label: 1}),
+            request_cpus=1,
+            request_memory=32768 if node.kind == "final" else 2048,
+            memory_multiplier=2.0,
+            number_of_retries=5,
+            retry_unless_exit=[2] if node.kind == "final" else [1, 2],
+        )
+        if node.kind == "final":
+            final = job
+            continue
+        gw.add_job(job, parent_names=[nodes[p].name for p in node.parents] or None)
+        gw.add_job_inputs(job.name, [qgraph])
+    if final is not None:
+        gw.add_final(final)
+        gw.add_job_inputs(final.name, [qgraph])
+    return gw
+
+
+def bps_config(workdir: str, site: dict | None = None):
+    """A BpsConfig as ``bps submit`` builds it; default: the local site."""
+    from lsst.ctrl.bps import BpsConfig
+    from lsst.ctrl.bps.bps_config import BPS_DEFAULTS, BPS_SEARCH_ORDER
+
+    values: dict[str, Any] = {
+        "wmsServiceClass": SERVICE,
+        "parslProgressInterval": 0,
+        "operator": "bench",
+        "computeSite": "local",
+        "site": {"local": site or {"class": "lsst.ctrl.bps.parsl.sites.Local"}},
+        "submitPath": os.path.join(workdir, "submit"),
+        "payloadName": "bench",
+    }
+    return BpsConfig(
+        values, search_order=BPS_SEARCH_ORDER, defaults=BPS_DEFAULTS, wms_service_class_fqn=SERVICE
+    )
+
+
+# ---- helpers --------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MB (Linux: ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tree_bytes(path: str) -> int:
+    """Total size of the files under ``path``."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def prepare(nodes: list[Node], submit: str, workdir: str, site: dict | None = None):
+    """Prepare ``nodes`` with the plugin; returns (service, workflow, seconds, peak RSS before)."""
+    from lsst.ctrl.bps.parsl import ParslService
+
+    gw = generic_workflow(nodes)
+    config = bps_config(workdir, site)
+    service = ParslService(config)
+    service.run_submission_checks()
+    rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    wf = service.prepare(config, gw, submit)
+    return service, wf, time.perf_counter() - t0, rss_before
+
+
+def attempt_summary(submit: str) -> dict[str, Any]:
+    """Succeeded attempts and the earliest job start, from the run's database."""
+    from lsst.ctrl.bps.parsl.state import SUCCEEDED, RunStore, db_path
+
+    store = RunStore(db_path(submit), readonly=True)
+    try:
+        rows = store.attempts()
+    finally:
+        store.close()
+    starts = [r[9] for r in rows if r[9] is not None]
+    ends = [r[10] for r in rows if r[10] is not None]
+    return {
+        "attempts": len(rows),
+        "succeeded": sum(1 for r in rows if r[3] == SUCCEEDED),
+        "first_start": min(starts) if starts else None,
+        "first_end": min(ends) if ends else None,
+    }
+
+
+# ---- measurements: the plugin -------------------------------------------------
+
+
+def measure_prepare(spec: dict) -> dict:
+    """Prepare time, peak RSS and bytes written for a workflow."""
+    nodes = DAGS[spec["dag"]](spec["n"])
+    submit = os.path.join(spec["workdir"], "submit")
+    _, _, seconds, rss_before = prepare(nodes, submit, spec["workdir"])
+    return {
+        "seconds": seconds,
+        "jobs": len(nodes),
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_prepare_mb": rss_before,
+        "bytes": tree_bytes(submit),
+    }
+
+
+def measure_submit(spec: dict) -> dict:
+    """Prepare (untimed here) then time ``ParslService.submit`` to the end."""
+    nodes = DAGS[spec["dag"]](spec["n"])
+    submit = os.path.join(spec["workdir"], "submit")
+    service, wf, prep_seconds, _ = prepare(nodes, submit, spec["workdir"], spec.get("site"))
+    t0 = time.time()
+    service.submit(wf)
+    wall = time.time() - t0
+    summary = attempt_summary(submit)
+    if summary["succeeded"] != len(nodes):
+        raise RuntimeError(f"{summary['succeeded']} of {len(nodes)} jobs succeeded")
+    return {
+        "seconds": wall,
+        "jobs": len(nodes),
+        "prepare_seconds": prep_seconds,
+        "first_job_seconds": summary["first_start"] - t0,
+        "first_end_seconds": summary["first_end"] - t0,
+        "submit_path": submit,
+    }
+
+
+def measure_make_finished(spec: dict) -> dict:
+    """Set-up, not timed: prepare a workflow and record every job as
+    succeeded through the plugin's own store API, as a driver would."""
+    from lsst.ctrl.bps.parsl.state import SUCCEEDED, JobKind, RunStore, db_path
+
+    nodes = DAGS[spec["dag"]](spec["n"])
+    submit = os.path.join(spec["workdir"], "submit")
+    prepare(nodes, submit, spec["workdir"])
+    host = socket.gethostname()
+    store = RunStore(db_path(submit))
+    try:
+        store.begin_session("submit", os.getpid(), host)
+        now = time.time()
+        for row in store.jobs():
+            if row.kind == JobKind.PAYLOAD:
+                store.record_attempt(
+                    row.id, 1, SUCCEEDED, 0, None, row.request_memory, "local", now, now, now, host
+                )
+                store.set_state(row.id, SUCCEEDED, 1, 0, None, now, now, host)
+            else:
+                store.set_state(row.id, SUCCEEDED, 0)
+        store.end_session("succeeded")
+        store.flush()
+    finally:
+        store.close()
+    return {"submit_path": submit, "jobs": len(nodes)}
+
+
+def measure_report(spec: dict) -> dict:
+    """Time ``ParslService({}).report(submit)`` (imports excluded)."""
+    from lsst.ctrl.bps.parsl import ParslService
+
+    service = ParslService({})
+    t0 = time.perf_counter()
+    reports, message = service.report(spec["submit_path"])
+    seconds = time.perf_counter() - t0
+    if not reports or message:
+        raise RuntimeError(f"report failed: {message!r}")
+    return {"seconds": seconds, "jobs": reports[0].total_number_jobs}
+
+
+def measure_report_cli(spec: dict) -> dict:
+    """Wall time of ``bps report --id <submit>`` as a user runs it."""
+    env = dict(os.environ, BPS_WMS_SERVICE_CLASS=SERVICE)
+    bps = os.path.join(os.path.dirname(sys.executable), "bps")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [bps, "report", "--id", spec["submit_path"]], env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"bps report exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return {"seconds": seconds, "output_lines": proc.stdout.count("\n")}
+
+
+def measure_restart(spec: dict) -> dict:
+    """Time ``ParslService({}).restart(submit)`` of a run whose jobs all succeeded."""
+    from lsst.ctrl.bps.parsl import ParslService
+
+    service = ParslService({})
+    t0 = time.perf_counter()
+    wms_id, _, message = service.restart(spec["submit_path"])
+    seconds = time.perf_counter() - t0
+    if wms_id is None:
+        raise RuntimeError(f"restart failed: {message}")
+    return {"seconds": seconds}
+
+
+# ---- measurements: the references --------------------------------------------
+
+
+@bash_app
+def run_command(command, inputs=(), stdout=None, stderr=None):
+    """The one module-level Parsl app every raw-Parsl job uses."""
+    return command
+
+
+def _raw_executor(kind: str, run_dir: str):
+    if kind == "threads":
+        from parsl.executors import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(label="threads", max_threads=CORES)
+    from htex_site import htex_executor
+
+    return htex_executor(CORES, os.path.join(run_dir, "worker_logs"))
+
+
+def measure_raw_parsl(spec: dict) -> dict:
+    """The same DAG with raw Parsl: one bash_app, parents' futures as inputs,
+    submitted in topological order; final job after everything else."""
+    import parsl
+    from parsl.config import Config
+
+    nodes = DAGS[spec["dag"]](spec["n"])
+    root = os.path.join(spec["workdir"], "raw")
+    config = Config(
+        executors=[_raw_executor(spec["executor"], root)],
+        retries=0,
+        run_dir=os.path.join(root, "runinfo"),
+        strategy_period=1.0,
+        initialize_logging=False,
+    )
+    first_end: list[float] = []
+
+    def note_end(_future: Any) -> None:
+        if not first_end:
+            first_end.append(time.time())
+
+    t0 = time.time()
+    dfk = parsl.load(config)
+    try:
+        futures: list[Any] = [None] * len(nodes)
+        final = []
+        for i, node in enumerate(nodes):
+            if node.kind == "final":
+                final.append(i)
+                continue
+            base = node.log_base(root)
+            futures[i] = run_command(
+                node.command,
+                inputs=[futures[p] for p in node.parents],
+                stdout=base + ".out",
+                stderr=base + ".err",
+            )
+            futures[i].add_done_callback(note_end)
+        for f in futures:
+            if f is not None:
+                f.result()
+        for i in final:
+            base = nodes[i].log_base(root)
+            run_command(nodes[i].command, stdout=base + ".out", stderr=base + ".err").result()
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+    return {"seconds": time.time() - t0, "jobs": len(nodes), "first_end_seconds": first_end[0] - t0}
+
+
+def measure_floor(spec: dict) -> dict:
+    """The same command lines run by ``/bin/sh -c`` (subprocess, shell=True),
+    ``CORES`` at a time, stdout/stderr to the same log files. Wide only."""
+    nodes = DAGS[spec["dag"]](spec["n"])
+    if any(node.parents for node in nodes):
+        raise ValueError("the floor runs independent jobs only")
+    root = os.path.join(spec["workdir"], "floor")
+
+    def run(node: Node) -> int:
+        base = node.log_base(root)
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
+            return subprocess.run(node.command, shell=True, stdout=out, stderr=err).returncode
+
+    t0 = time.time()
+    with PoolExecutor(max_workers=CORES) as pool:
+        codes = list(pool.map(run, nodes))
+    seconds = time.time() - t0
+    if any(codes):
+        raise RuntimeError(f"{sum(1 for c in codes if c)} commands failed")
+    return {"seconds": seconds, "jobs": len(nodes)}
+
+
+MEASURES = {
+    "prepare": measure_prepare,
+    "submit": measure_submit,
+    "make_finished": measure_make_finished,
+    "report": measure_report,
+    "report_cli": measure_report_cli,
+    "restart": measure_restart,
+    "raw_parsl": measure_raw_parsl,
+    "floor": measure_floor,
+}
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    os.makedirs(spec["workdir"], exist_ok=True)
+    result = MEASURES[spec["measure"]](spec)
+    result["peak_rss_mb_process"] = peak_rss_mb()
+    print("BENCH_RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
