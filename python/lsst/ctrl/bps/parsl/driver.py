@@ -533,6 +533,10 @@ class Driver:
         """Kill running job processes, wait for their futures, mark the rest DELETED."""
         for key in getattr(self, "gates", {}).values():
             GATES[key].close()
+        for label in getattr(self, "gates", {}):
+            stop_jobs = getattr(self.dfk.executors[label], "stop_jobs", None)
+            if stop_jobs is not None:
+                stop_jobs()
         kill_running_jobs(self.running_dir, self.run_id)
         deadline = time.monotonic() + 30
         while self.in_flight and time.monotonic() < deadline:

@@ -41,11 +41,14 @@ class ExecutorCapacity:
     memory: int | None = None
     """Memory available to jobs, in MB (`None`: not limited)."""
 
+    depth: int | None = None
+    """Jobs handed to the executor at once (default `2 * cores + 2`)."""
+
     @property
     def queue_depth(self) -> int:
         """Jobs handed to the executor at once: enough that a core never
         waits for the driver, few enough that cancel is quick."""
-        return 2 * self.cores + 2
+        return self.depth if self.depth is not None else 2 * self.cores + 2
 
 
 class SiteConfig(ABC):

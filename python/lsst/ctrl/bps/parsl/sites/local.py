@@ -8,6 +8,7 @@ from parsl.executors import ThreadPoolExecutor
 from parsl.executors.base import ParslExecutor
 
 from ..job import ParslJob
+from ..jobpool import JobPoolExecutor
 from ..site import ExecutorCapacity, SiteConfig
 
 __all__ = ("Local",)
@@ -29,7 +30,10 @@ class Local(SiteConfig):
       to jobs; a job takes ``request_memory`` of it.
 
     Jobs start as soon as they are ready, with no scaling delay: the
-    executor is a pool of threads, each waiting on one job process.
+    executor (`JobPoolExecutor`) hands them to a small spawner process that
+    starts each one when its cores and memory fit. With ``monitorEnable``
+    the executor is a Parsl thread pool instead, so that monitoring sees
+    every task.
     """
 
     label = "local"
@@ -46,11 +50,17 @@ class Local(SiteConfig):
         return self.get_positive("memory", int, machine_memory_mb())
 
     def get_executors(self) -> list[ParslExecutor]:
-        depth = ExecutorCapacity(self.cores).queue_depth
-        return [ThreadPoolExecutor(label=self.label, max_threads=depth)]
+        if self.get("monitorEnable", bool, False):
+            # Parsl monitoring wraps each task's function: run them in threads.
+            depth = ExecutorCapacity(self.cores).queue_depth
+            return [ThreadPoolExecutor(label=self.label, max_threads=depth)]
+        return [JobPoolExecutor(label=self.label, cores=self.cores, memory=self.memory)]
 
     def select_executor(self, job: ParslJob) -> str:
         return self.label
 
     def capacity(self, label: str) -> ExecutorCapacity | None:
-        return ExecutorCapacity(cores=self.cores, memory=self.memory)
+        # The job pool queues jobs in its spawner, which starts them as cores
+        # free up; a deep queue keeps it from waiting on the driver.
+        depth = None if self.get("monitorEnable", bool, False) else 32 * self.cores
+        return ExecutorCapacity(cores=self.cores, memory=self.memory, depth=depth)
