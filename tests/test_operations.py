@@ -17,25 +17,16 @@ import time
 from pathlib import Path
 
 import pytest
+from cli import HERE, bps, cli_environment, wait_for
 from lsst.ctrl.bps import WmsStates
 from synthetic import statuses
 
-HERE = Path(__file__).parent
-BIN = Path(sys.executable).parent
 S, F, P, D = (WmsStates[n].value for n in ("SUCCEEDED", "FAILED", "PRUNED", "DELETED"))
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """Environment of the driver and of the bps commands: a private run index."""
-    state_home = tmp_path / "state"
-    monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
-    environ = dict(os.environ)
-    environ["XDG_STATE_HOME"] = str(state_home)
-    environ["BPS_WMS_SERVICE_CLASS"] = "lsst.ctrl.bps.parsl.ParslService"
-    environ["PATH"] = f"{BIN}:{environ.get('PATH', '')}"
-    environ["PYTHONPATH"] = f"{HERE}:{environ.get('PYTHONPATH', '')}"
-    return environ
+    return cli_environment(tmp_path, monkeypatch)
 
 
 def start(tmp_path, env, spec, name="submit", cwd=None):
@@ -51,25 +42,6 @@ def start(tmp_path, env, spec, name="submit", cwd=None):
         text=True,
     )
     return proc, submit
-
-
-def bps(env, *args, cwd=None, check=True):
-    result = subprocess.run(
-        [str(BIN / "bps"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def started_jobs(log: Path) -> list[str]:

@@ -30,12 +30,12 @@ import pytest
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
+from cli import BIN, bps, cli_environment, wait_for  # noqa: E402
 from lsst.ctrl.bps import WmsStates  # noqa: E402
 from lsst.ctrl.bps.parsl.site import SiteConfig  # noqa: E402
 from lsst.ctrl.bps.parsl.state import RunStore, db_path  # noqa: E402
 from synthetic import attempts, job, make_config, statuses, workflow  # noqa: E402
 
-BIN = Path(sys.executable).parent
 S, F, D, P = (WmsStates[n].value for n in ("SUCCEEDED", "FAILED", "DELETED", "PRUNED"))
 LOCAL2 = {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}
 IS_ROOT = os.geteuid() == 0
@@ -139,16 +139,7 @@ def _inject_kill_after_launch(name: str, ok_log: str) -> None:
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """Environment of drivers and bps commands: private run index, the
-    venv's bin on PATH (HTEX workers), this directory on PYTHONPATH."""
-    state_home = tmp_path / "state"
-    monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
-    environ = dict(os.environ)
-    environ["XDG_STATE_HOME"] = str(state_home)
-    environ["BPS_WMS_SERVICE_CLASS"] = "lsst.ctrl.bps.parsl.ParslService"
-    environ["PATH"] = f"{BIN}:{environ.get('PATH', '')}"
-    environ["PYTHONPATH"] = f"{HERE}:{environ.get('PYTHONPATH', '')}"
-    return environ
+    return cli_environment(tmp_path, monkeypatch)
 
 
 def start(tmp_path, env, spec, name="submit", submit=None):
@@ -166,32 +157,10 @@ def start(tmp_path, env, spec, name="submit", submit=None):
     return proc, submit
 
 
-def bps(env, *args, check=True, timeout=300):
-    result = subprocess.run(
-        [str(BIN / "bps"), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"bps {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result
-
-
 def bps_background(env, *args):
     return subprocess.Popen(
         [str(BIN / "bps"), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-
-
-def wait_for(predicate, timeout=120.0, what="condition", proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"process ended ({proc.returncode}) before {what}:\n{out[-3000:]}")
-        time.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def lines(path: Path) -> list[str]:
