@@ -344,3 +344,17 @@ def test_job_shell_defaults_and_override(tmp_path):
     forced = {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "jobShell": "/bin/bash"}}
     run(workflow([job("forced", script)]), tmp_path / "s3", config=make_config(site=forced))
     assert out.read_text().strip().endswith("bash")
+
+
+def test_local_site_holds_back_jobs_whose_memory_does_not_fit(tmp_path):
+    log = tmp_path / "spans"
+    script = f"echo start $(date +%s.%N) >> {log}; sleep 0.3; echo end $(date +%s.%N) >> {log}"
+    jobs = [job(f"fat{i}", script, label="fat", request_memory=2000) for i in range(3)]
+    site = {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2, "memory": 3000}}
+    run(workflow(jobs), tmp_path / "submit", config=make_config(site=site))
+    events = [line.split() for line in log.read_text().splitlines()]
+    running = peak = 0
+    for kind, _ in sorted(events, key=lambda e: float(e[1])):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 1  # two 2000 MB jobs never run at once in 3000 MB
