@@ -227,6 +227,7 @@ class Driver:
                 self.gates[label] = f"{self.run_id}/{label}"
                 GATES[self.gates[label]] = ResourceGate(cap.cores, cap.memory)
         self.queued = dict.fromkeys(self.apps, 0)
+        self.chosen: dict[int, str] = {}
         self.blocked: dict[str, deque[int]] = {k: deque() for k in self.apps}
         self.in_flight: dict[int, tuple[Any, str, int, int]] = {}
         self.futures: dict[int, Any] = {}
@@ -357,18 +358,24 @@ class Driver:
             attempt,
             final=bool(row.final),
         )
-        try:
-            label = self.site.select_executor(pjob)
-            if label not in self.apps:
-                raise ValueError(
-                    f"it returned '{label}', which is not one of the executors {sorted(self.apps)}"
+        # A held-back job keeps the executor chosen for this attempt.
+        label = self.chosen.pop(i, None) if held else None
+        if label is None:
+            try:
+                label = self.site.select_executor(pjob)
+                if label not in self.apps:
+                    raise ValueError(
+                        f"it returned '{label}', which is not one of the executors {sorted(self.apps)}"
+                    )
+            except Exception as exc:  # noqa: BLE001
+                self._reject(
+                    i, attempt, f"{type(self.site).__name__}.select_executor failed for this job: {exc}"
                 )
-        except Exception as exc:  # noqa: BLE001
-            self._reject(i, attempt, f"{type(self.site).__name__}.select_executor failed for this job: {exc}")
-            return True
+                return True
         cap = self.capacity[label]
         if cap is not None:
             if (not held and self.blocked[label]) or self.queued[label] >= cap.queue_depth:
+                self.chosen[i] = label
                 if not held:
                     self.blocked[label].append(i)
                 return False

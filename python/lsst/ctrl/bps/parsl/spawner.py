@@ -40,6 +40,7 @@ class Spawner:
         self.running: dict[int, dict] = {}
         self.out = out
         self.stopping = False
+        self.made_dirs: set[str] = set()
 
     def _share(self, job: dict) -> tuple[int, int]:
         cores = min(int(job.get("cores") or 1), self.cores)
@@ -81,7 +82,10 @@ class Spawner:
                 self.reply(job, 127, None, None)
 
     def _spawn(self, job: dict) -> None:
-        os.makedirs(os.path.dirname(job["out"]), exist_ok=True)
+        directory = os.path.dirname(job["out"])
+        if directory not in self.made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self.made_dirs.add(directory)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         out_fd = os.open(job["out"], flags, 0o644)
         try:
