@@ -41,6 +41,8 @@ class Spawner:
         self.out = out
         self.stopping = False
         self.made_dirs: set[str] = set()
+        # Encoded once: posix_spawn would convert os.environ for every job.
+        self.environ = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
 
     def _share(self, job: dict) -> tuple[int, int]:
         cores = min(int(job.get("cores") or 1), self.cores)
@@ -98,7 +100,7 @@ class Spawner:
             pid = os.posix_spawn(
                 job["shell"],
                 [job["shell"], "-c", job["script"]],
-                os.environ,
+                self.environ,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, out_fd, 1),
