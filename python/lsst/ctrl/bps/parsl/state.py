@@ -59,8 +59,6 @@ class JobKind:
     TOLERANT_JOIN = 3
     """End of a non-blocking group: succeeds once all of the group ended."""
 
-    RUNNABLE = frozenset({PAYLOAD})
-
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

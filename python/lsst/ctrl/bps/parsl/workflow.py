@@ -437,9 +437,3 @@ def _run_meta(
         "created": time.time(),
         "config_file": os.path.join(submit_path, f"{name}_config.yaml"),
     }
-
-
-def iter_names(store: RunStore) -> Iterator[str]:
-    """Names of all jobs of a stored workflow, by id."""
-    for (name,) in store.conn.execute("SELECT name FROM jobs ORDER BY id"):
-        yield name
