@@ -265,9 +265,11 @@ def measure_submit(spec: dict) -> dict:
     nodes = DAGS[spec["dag"]](spec["n"])
     submit = os.path.join(spec["workdir"], "submit")
     service, wf, prep_seconds, _ = prepare(nodes, submit, spec["workdir"], spec.get("site"))
+    poller = _start_report_poller(submit, spec["workdir"]) if spec.get("poll_report") else None
     t0 = time.time()
     service.submit(wf)
     wall = time.time() - t0
+    polls = _stop_report_poller(poller, spec["workdir"]) if poller else None
     summary = attempt_summary(submit)
     if summary["succeeded"] != len(nodes):
         raise RuntimeError(f"{summary['succeeded']} of {len(nodes)} jobs succeeded")
@@ -278,7 +280,43 @@ def measure_submit(spec: dict) -> dict:
         "first_job_seconds": summary["first_start"] - t0,
         "first_end_seconds": summary["first_end"] - t0,
         "submit_path": submit,
+        **({"report_polls": polls[0], "report_failures": polls[1]} if polls else {}),
     }
+
+
+_POLLER = """
+import os, sys, time
+from lsst.ctrl.bps.parsl import ParslService
+submit, stop = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+polls = failures = 0
+while not os.path.exists(stop):
+    if os.path.exists(os.path.join(submit, "bps_parsl.sqlite3")):
+        reports, message = ParslService({}).report(submit)
+        polls += 1
+        failures += 0 if reports and not message else 1
+    time.sleep(1.0)
+print(polls, failures)
+"""
+
+
+def _start_report_poller(submit: str, workdir: str) -> subprocess.Popen:
+    """Another process asking for ``report`` every second, as a user would."""
+    poller = subprocess.Popen(
+        [sys.executable, "-c", _POLLER, submit, os.path.join(workdir, "stop_poller")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    # Its imports are paid before the timed submit: only the polling counts.
+    assert poller.stdout.readline().strip() == "ready"
+    return poller
+
+
+def _stop_report_poller(poller: subprocess.Popen, workdir: str) -> tuple[int, int]:
+    open(os.path.join(workdir, "stop_poller"), "w").close()
+    out, _ = poller.communicate(timeout=60)
+    polls, failures = (int(x) for x in out.split())
+    return polls, failures
 
 
 def measure_make_finished(spec: dict) -> dict:

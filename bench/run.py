@@ -236,6 +236,21 @@ class Bench:
         self.add(f"wide {k} jobs/s, local", n / ours["seconds"], n / floor["seconds"], "floor: sh -c")
         self.add(f"wide {k}: first job start after submit (s)", ours["first_job_seconds"], max_value=2.0)
 
+    def bench_report_polling(self) -> None:
+        """A wide submit while another process asks for ``report`` every second."""
+        n = self.sizes.wide
+        k = _fmt_n(n)
+        base = self.results.get("wide") or self.record("wide", self.median("submit", dag="wide", n=n))
+        polled = self.record("wide_polled", self.median("submit", dag="wide", n=n, poll_report=True))
+        self.add(
+            f"wide {k} submit while report polls every 1 s (s)",
+            polled["seconds"],
+            base["seconds"],
+            "same, no polling",
+            max_ratio=1.05,
+        )
+        self.add(f"wide {k}: report polls that failed", polled["report_failures"], max_value=0)
+
     def bench_htex(self) -> None:
         """Wide submit on a local HighThroughputExecutor: ours vs raw Parsl."""
         n = self.sizes.wide
@@ -336,6 +351,7 @@ MEASUREMENTS: dict[str, Callable[[Bench], None]] = {
     "prepare": Bench.bench_prepare,
     "prepare_chain": Bench.bench_prepare_chain,
     "wide": Bench.bench_wide,
+    "report_polling": Bench.bench_report_polling,
     "htex": Bench.bench_htex,
     "chain": Bench.bench_chain,
     "realistic": Bench.bench_realistic,
