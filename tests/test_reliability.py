@@ -85,32 +85,15 @@ def main() -> int:
     kills itself with SIGKILL when it is about to record that job's launch,
     once the job has already succeeded (as it may when the driver is slow).
     """
+    from synthetic_driver import prepare_and_submit
+
     submit, spec_path = sys.argv[1], sys.argv[2]
     spec = json.loads(Path(spec_path).read_text())
-    jobs = [
-        job(
-            j["name"],
-            j["script"],
-            label=j.get("label"),
-            number_of_retries=j.get("retries", 0),
-            request_walltime=j.get("walltime"),
-        )
-        for j in spec["jobs"]
-    ]
-    gw = workflow(jobs, [tuple(e) for e in spec.get("edges", [])])
-    if spec.get("final"):
-        gw.add_final(job("finalJob", spec["final"]))
-    extra = {"parslProgressInterval": 0, "site": {"local": spec.get("site") or LOCAL2}}
-    config = make_config(extra)
     if spec.get("kill_after_launch"):
         _inject_kill_after_launch(spec["kill_after_launch"], spec["ok_log"])
-    from lsst.ctrl.bps.parsl import ParslService
-
-    service = ParslService(config)
-    service.run_submission_checks()
-    wf = service.prepare(config, gw, submit)
-    print(f"Run Id: {wf.run_id}", flush=True)
-    service.submit(wf)
+    prepare_and_submit(
+        submit, spec, {"parslProgressInterval": 0, "site": {"local": spec.get("site") or LOCAL2}}
+    )
     return 0
 
 
