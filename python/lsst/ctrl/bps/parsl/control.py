@@ -126,7 +126,7 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
     import signal
     import time
 
-    from .driver import kill_running_jobs
+    from .running import kill_running_jobs
     from .state import DELETED, ENDED
 
     _owned(submit_path)

@@ -28,7 +28,8 @@ from typing import Any
 from parsl.app.python import PythonApp
 
 from .job import ParslJob
-from .runner import ATTEMPT_ENV, EXIT_MARKER, GATES, ResourceGate, run_job
+from .runner import EXIT_MARKER, GATES, ResourceGate, run_job
+from .running import kill_running_jobs
 from .site import SiteConfig
 from .state import (
     DELETED,
@@ -216,9 +217,16 @@ class Driver:
         # the job's own process start. With monitoring on, every job goes
         # through the kernel so that monitoring sees it.
         self.apps = {}
+        self.direct: set[str] = set()
         for label in labels:
+            executor = self.dfk.executors[label]
             if self.capacity[label] is not None and config.monitoring is None:
-                self.apps[label] = functools.partial(self.dfk.executors[label].submit, run_job, {})
+                if hasattr(executor, "submit_attempt"):
+                    executor.on_results(self._events.put)
+                    self.apps[label] = executor.submit_attempt
+                    self.direct.add(label)
+                else:
+                    self.apps[label] = functools.partial(executor.submit, run_job, {})
             else:
                 self.apps[label] = PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label])
         self.gates = {}
@@ -229,7 +237,7 @@ class Driver:
         self.queued = dict.fromkeys(self.apps, 0)
         self.chosen: dict[int, str] = {}
         self.blocked: dict[str, deque[int]] = {k: deque() for k in self.apps}
-        self.in_flight: dict[int, tuple[Any, str, int, int]] = {}
+        self.in_flight: dict[int, tuple[str, int, int]] = {}  # job -> (label, attempt, memory)
         self.futures: dict[int, Any] = {}
         self.waiting_children: dict[int, int] = {}
         outcome = RunOutcome()
@@ -289,15 +297,16 @@ class Driver:
             now = time.monotonic()
             wait = max(0.0, last_flush + _FLUSH_INTERVAL - now) if self.store.dirty else 0.5
             try:
-                event = self._events.get(timeout=wait)
+                batch = self._events.get(timeout=wait)
             except queue.Empty:
-                event = None
-            while event is not None:
-                self._complete(*event)
+                batch = None
+            while batch is not None:
+                for key, outcome in batch:
+                    self._complete(key[0], key[1], outcome)
                 try:
-                    event = self._events.get_nowait()
+                    batch = self._events.get_nowait()
                 except queue.Empty:
-                    event = None
+                    batch = None
             now = time.monotonic()
             if now - last_flush >= _FLUSH_INTERVAL:
                 self.store.flush()
@@ -325,7 +334,8 @@ class Driver:
     def _drain_blocked(self, label: str) -> None:
         """Submit held-back jobs of an executor, in order, while they fit."""
         blocked = self.blocked[label]
-        while blocked and not self.stop_reason:
+        depth = self.capacity[label].queue_depth
+        while blocked and not self.stop_reason and self.queued[label] < depth:
             i = blocked.popleft()
             if not self._submit(i, held=True):
                 blocked.appendleft(i)
@@ -396,16 +406,20 @@ class Driver:
         if spec:
             kwargs["parsl_resource_specification"] = spec
         submitted = time.time()
-        future = self.apps[label](token, self.prefix, env, row.command, stdout, stderr, pid_file, **kwargs)
+        args = (token, self.prefix, env, row.command, stdout, stderr, pid_file)
+        self.in_flight[i] = (label, attempt, memory or 0)
+        self.state[i] = PENDING
+        self.store.set_state(i, PENDING, attempt, start=submitted)
+        if tries == 0:
+            self._release_parent_futures(i)
+        if label in self.direct:
+            self.apps[label]((i, attempt), *args, **kwargs)
+            return True
+        future = self.apps[label](*args, **kwargs)
         if self.children[i] and i not in self.futures:
             self.waiting_children[i] = len(self.children[i])
         self.futures[i] = future
-        if tries == 0:
-            self._release_parent_futures(i)
-        self.in_flight[i] = (future, label, attempt, memory or 0)
-        self.state[i] = PENDING
-        self.store.set_state(i, PENDING, attempt, start=submitted)
-        future.add_done_callback(lambda f, i=i, attempt=attempt: self._events.put((i, attempt, f)))
+        future.add_done_callback(lambda f, key=(i, attempt): self._events.put([(key, f)]))
         return True
 
     def _reject(self, i: int, attempt: int, reason: str) -> None:
@@ -425,16 +439,19 @@ class Driver:
 
     # ---- completion -----------------------------------------------------------
 
-    def _complete(self, i: int, attempt: int, future: Any) -> None:
-        flight = self.in_flight.pop(i, None)
-        if flight is None or flight[2] != attempt:
+    def _complete(self, i: int, attempt: int, outcome: Any) -> None:
+        """Record an ended attempt; ``outcome`` is its future, its result
+        tuple or the exception that lost it."""
+        flight = self.in_flight.get(i)
+        if flight is None or flight[1] != attempt:
             return
-        _, label, _, memory = flight
+        del self.in_flight[i]
+        label, _, memory = flight
         if label in self.gates:
             self.queued[label] -= 1
             self._drain_blocked(label)
         try:
-            code, sig, start, end, host, timed_out = future.result()
+            code, sig, start, end, host, timed_out = _result_of(outcome)
         except Exception as exc:  # noqa: BLE001
             _LOG.warning("job %s attempt %d: executor error %r", self.rows[i].name, attempt, exc)
             code, sig, start, end, host, timed_out = -1, None, None, time.time(), None, False
@@ -548,23 +565,25 @@ class Driver:
         deadline = time.monotonic() + 30
         while self.in_flight and time.monotonic() < deadline:
             try:
-                i, attempt, future = self._events.get(timeout=0.5)
+                batch = self._events.get(timeout=0.5)
             except queue.Empty:
                 kill_running_jobs(self.running_dir, self.run_id)
                 continue
-            flight = self.in_flight.pop(i, None)
-            if flight is None:
-                continue
-            try:
-                code, sig, start, end, host, _ = future.result()
-            except Exception:  # noqa: BLE001
-                code, sig, start, end, host = -1, None, None, time.time(), None
-            state = SUCCEEDED if code == 0 else DELETED
-            self.store.record_attempt(
-                i, attempt, state, code, sig, flight[3] or None, flight[1], None, start, end, host
-            )
-            self.state[i] = state
-            self.store.set_state(i, state, attempt, code, sig, start, end, host)
+            for (i, attempt), outcome in batch:
+                flight = self.in_flight.get(i)
+                if flight is None or flight[1] != attempt:
+                    continue
+                del self.in_flight[i]
+                try:
+                    code, sig, start, end, host, _ = _result_of(outcome)
+                except Exception:  # noqa: BLE001
+                    code, sig, start, end, host = -1, None, None, time.time(), None
+                state = SUCCEEDED if code == 0 else DELETED
+                self.store.record_attempt(
+                    i, attempt, state, code, sig, flight[2] or None, flight[0], None, start, end, host
+                )
+                self.state[i] = state
+                self.store.set_state(i, state, attempt, code, sig, start, end, host)
         for i, s in enumerate(self.state):
             if s not in ENDED:
                 self.state[i] = DELETED
@@ -620,6 +639,15 @@ class Driver:
                 )
 
 
+def _result_of(outcome: Any) -> tuple:
+    """The result tuple of an attempt from its future, tuple or exception."""
+    if isinstance(outcome, BaseException):
+        raise outcome
+    if isinstance(outcome, tuple):
+        return outcome
+    return outcome.result()
+
+
 def _walltime_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -638,50 +666,6 @@ def _append(path: str, text: str) -> None:
             stream.write(text)
     except OSError:
         pass
-
-
-def kill_running_jobs(running_dir: str, run_id: str) -> int:
-    """Terminate the process groups of this run's jobs running on this host.
-
-    A process group is killed only if its leader carries this run's token in
-    its environment, so a reused pid is never hit. Returns how many groups
-    were signalled.
-    """
-    killed = 0
-    try:
-        names = os.listdir(running_dir)
-    except OSError:
-        return 0
-    for name in names:
-        try:
-            with open(os.path.join(running_dir, name)) as stream:
-                host, pid_text, token = stream.read().split()
-        except (OSError, ValueError):
-            continue
-        if host != _HOST or not token.startswith(run_id + "/"):
-            continue
-        pid = int(pid_text)
-        if not _has_token(pid, token):
-            continue
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            if sig == signal.SIGTERM:
-                time.sleep(0.2)
-        killed += 1
-    return killed
-
-
-def _has_token(pid: int, token: str) -> bool:
-    """Whether process ``pid`` is the shell of the job attempt ``token``."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as stream:
-            cmdline = stream.read()
-    except OSError:
-        return False
-    return f"{ATTEMPT_ENV}={token}\n".encode() in cmdline
 
 
 def exit_status_from_log(stderr: str) -> int | None:

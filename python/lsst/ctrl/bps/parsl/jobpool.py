@@ -4,14 +4,21 @@ It runs the plugin's job attempts (`runner.run_job` calls) through a small
 spawner process (`spawner.py`) that starts each job when its cores and
 memory fit. Only `run_job` can be submitted: this executor exists to start
 job processes as fast as the machine allows, not to run Python functions.
+
+Besides Parsl's `submit` (one `Future` per job), the driver uses
+`submit_attempt`: ended jobs are then handed to one callback in batches, as
+the spawner reports them, without a future per job.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,7 +27,16 @@ from parsl.executors.base import ParslExecutor
 from . import spawner
 from .runner import _script, run_job
 
-__all__ = ("JobPoolExecutor",)
+__all__ = ("AttemptResult", "JobPoolExecutor")
+
+_HOST = socket.gethostname()
+
+AttemptResult = tuple[int, int | None, float | None, float, str, bool]
+"""(exit code, signal, start, end, host, timed out), as `runner.run_job` returns."""
+
+
+class NotStartedError(RuntimeError):
+    """The pool stopped before the job could start."""
 
 
 class JobPoolExecutor(ParslExecutor):
@@ -42,10 +58,13 @@ class JobPoolExecutor(ParslExecutor):
         self.cores = cores
         self.memory = memory
         self._proc: subprocess.Popen | None = None
-        self._futures: dict[int, Future] = {}
+        # Job id -> a Future (`submit`) or the key given to `submit_attempt`.
+        self._waiting: dict[int, Any] = {}
         self._next_id = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _waiting and _next_id
+        self._write_lock = threading.Lock()  # one writer on the spawner's stdin; never taken by the reader
         self._reader: threading.Thread | None = None
+        self._on_results: Callable[[list[tuple[Any, AttemptResult | BaseException]]], None] | None = None
 
     def start(self) -> None:
         """Start the spawner process and the thread reading its results."""
@@ -67,71 +86,108 @@ class JobPoolExecutor(ParslExecutor):
         self._reader = threading.Thread(target=self._read_results, name=f"JobPool-{self.label}", daemon=True)
         self._reader.start()
 
+    def on_results(self, callback: Callable[[list[tuple[Any, AttemptResult | BaseException]]], None]) -> None:
+        """Set the function that receives ``[(key, result or error), ...]``
+        for the jobs given to `submit_attempt`, from the reader thread."""
+        self._on_results = callback
+
     def submit(self, func: Any, resource_specification: dict[str, Any], *args: Any, **kwargs: Any) -> Future:
         """Queue one job attempt; ``func`` must be `runner.run_job`."""
         if func is not run_job:
             raise TypeError(
                 f"{type(self).__name__} runs only lsst.ctrl.bps.parsl.runner.run_job, not {func!r}"
             )
-        token, prefix, env, command, out_path, err_path, pid_file = args
         future: Future = Future()
-        with self._lock:
-            job_id = self._next_id
-            self._next_id += 1
-            self._futures[job_id] = future
+        self._queue(future, *args, **kwargs)
+        return future
+
+    def submit_attempt(self, key: Any, *args: Any, **kwargs: Any) -> None:
+        """Queue one job attempt (the arguments of `runner.run_job`); its
+        result goes to the `on_results` callback under ``key``."""
+        if self._on_results is None:
+            raise RuntimeError("call on_results() before submit_attempt()")
+        self._queue(key, *args, **kwargs)
+
+    def _queue(
+        self,
+        waiter: Any,
+        token: str,
+        prefix: str,
+        env: str,
+        command: str,
+        out_path: str,
+        err_path: str,
+        pid_file: str,
+        *,
+        shell: str = "/bin/bash",
+        cores: int = 1,
+        memory: int = 0,
+        time_limit: float | None = None,
+        **_: Any,
+    ) -> None:
         request = {
-            "id": job_id,
-            "shell": kwargs.get("shell", "/bin/bash"),
+            "shell": shell,
             "script": _script(token, prefix, env, command),
             "out": out_path,
             "err": err_path,
             "pid_file": pid_file,
             "token": token,
-            "cores": kwargs.get("cores", 1),
-            "memory": kwargs.get("memory", 0),
-            "time_limit": kwargs.get("time_limit"),
+            "cores": cores,
+            "memory": memory,
+            "time_limit": time_limit,
         }
-        self._send(request)
-        return future
-
-    def _send(self, request: dict[str, Any]) -> None:
         assert self._proc is not None and self._proc.stdin is not None
-        data = (json.dumps(request) + "\n").encode()
-        with self._lock:
-            self._proc.stdin.write(data)
+        with self._write_lock:
+            with self._lock:
+                request["id"] = job_id = self._next_id
+                self._next_id += 1
+                self._waiting[job_id] = waiter
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
 
     def _read_results(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            result = json.loads(line)
-            with self._lock:
-                future = self._futures.pop(result["id"], None)
-            if future is None:
-                continue
-            if not result["started"]:
-                future.set_exception(RuntimeError("the job was not started: the pool is stopping"))
-                continue
-            future.set_result(
-                (
-                    result["code"],
-                    result["signal"],
-                    result["start"],
-                    result["end"],
-                    result["host"],
-                    result["timed_out"],
-                )
-            )
+        fd = self._proc.stdout.fileno()
+        pending = b""
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            self._deliver([_parse(line) for line in lines])
         with self._lock:
-            left, self._futures = self._futures, {}
-        for future in left.values():
-            if not future.done():
-                future.set_exception(RuntimeError("the job pool's spawner exited"))
+            left, self._waiting = self._waiting, {}
+        lost = RuntimeError("the job pool's spawner exited")
+        self._hand_over([(waiter, lost) for waiter in left.values()])
+
+    def _deliver(self, parsed: list[tuple[int, AttemptResult | BaseException]]) -> None:
+        with self._lock:
+            found = [(self._waiting.pop(job_id, None), result) for job_id, result in parsed]
+        self._hand_over([(waiter, result) for waiter, result in found if waiter is not None])
+
+    def _hand_over(self, results: list[tuple[Any, AttemptResult | BaseException]]) -> None:
+        batch = []
+        for waiter, result in results:
+            if isinstance(waiter, Future):
+                if waiter.done():
+                    continue
+                if isinstance(result, BaseException):
+                    waiter.set_exception(result)
+                else:
+                    waiter.set_result(result)
+            else:
+                batch.append((waiter, result))
+        if batch and self._on_results is not None:
+            self._on_results(batch)
 
     def stop_jobs(self) -> None:
         """Fail queued jobs and terminate running ones; the pool stays up."""
         try:
-            self._send({"op": "stop"})
-        except (OSError, ValueError):
+            with self._write_lock:
+                self._proc.stdin.write(b'{"op": "stop"}\n')
+        except (AttributeError, OSError, ValueError):
             pass
 
     def shutdown(self) -> None:
@@ -154,3 +210,18 @@ class JobPoolExecutor(ParslExecutor):
     def monitor_resources(self) -> bool:
         """Parsl's resource monitoring cannot wrap these jobs."""
         return False
+
+
+def _parse(line: bytes) -> tuple[int, AttemptResult | BaseException]:
+    """Decode one spawner reply (see `spawner`)."""
+    job_id, code, sig, start, end, timed_out = line.split()
+    if start == b"-":
+        return int(job_id), NotStartedError("the job was not started: the pool is stopping")
+    return int(job_id), (
+        int(code),
+        None if sig == b"-" else int(sig),
+        float(start),
+        float(end),
+        _HOST,
+        timed_out == b"1",
+    )

@@ -10,6 +10,7 @@ from collections import Counter
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
 from .control import driver_alive
+from .running import running_job_ids
 from .state import PENDING, RUNNING, JobKind, RunStore, db_path, store_error
 
 __all__ = ("run_state", "run_report")
@@ -40,11 +41,7 @@ def run_state(store: RunStore, submit_path: str) -> tuple[WmsStates, str]:
 
 
 def _running_jobs(submit_path: str) -> set[int]:
-    try:
-        names = os.listdir(os.path.join(submit_path, "parsl", "running"))
-    except OSError:
-        return set()
-    return {int(name.split(".", 1)[0]) for name in names if name.split(".", 1)[0].isdigit()}
+    return running_job_ids(os.path.join(submit_path, "parsl", "running"))
 
 
 def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> WmsRunReport:

@@ -2,15 +2,21 @@
 
 ``python -S spawner.py CORES MEMORY`` (standard library only) reads job requests
 from stdin (one JSON object per line), starts each job when its cores and
-memory fit (first come, first served), and writes one JSON line per ended job
-to stdout. Starting processes from here rather than from threads of the
-driver keeps process start-up free of the driver's interpreter lock: this
-loop starts a job in well under a millisecond.
+memory fit (first come, first served), and writes one line per ended job to
+stdout: ``<id> <exit code> <signal|-> <start|-> <end> <timed out 0|1>``
+(start ``-``: the job was never started). Starting processes from here rather
+than from threads of the driver keeps process start-up free of the driver's
+interpreter lock: this loop starts a job in well under a millisecond.
 
 Requests: ``{"id", "shell", "script", "out", "err", "pid_file", "token",
 "cores", "memory", "time_limit"}`` to run a job; ``{"op": "stop"}`` to fail
 every queued job and kill every running one. End of input (the driver exited
 or died) does the same, then the spawner exits.
+
+Which jobs run is kept in a journal, ``spawner.<host>.<pid>`` in the directory
+of the jobs' ``pid_file`` (one ``+ <pid> <token>`` line when a job starts, one
+``- <pid>`` line when it ended): appending a line costs far less than
+creating and deleting a file per job. `read_journal` reads it back.
 """
 
 from __future__ import annotations
@@ -26,12 +32,99 @@ from collections import deque
 
 _HOST = socket.gethostname()
 _KILL_GRACE = 0.5
+JOURNAL_PREFIX = "spawner."
+_JOURNAL_COMPACT_BYTES = 1 << 20
+
+
+def journal_name(host: str, pid: int) -> str:
+    """File name of the journal of the spawner ``pid`` on ``host``."""
+    return f"{JOURNAL_PREFIX}{host}.{pid}"
+
+
+def read_journal(path: str) -> dict[int, str]:
+    """Return ``{pid: token}`` of the jobs a journal says are running."""
+    running: dict[int, str] = {}
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read().decode(errors="replace")
+    except OSError:
+        return running
+    for line in data.splitlines():
+        fields = line.split()
+        try:
+            if len(fields) == 3 and fields[0] == "+":
+                running[int(fields[1])] = fields[2]
+            elif len(fields) == 2 and fields[0] == "-":
+                running.pop(int(fields[1]), None)
+        except ValueError:
+            continue
+    return running
+
+
+class Journal:
+    """The append-only record of which jobs run, one per directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, journal_name(_HOST, os.getpid()))
+        self.running: dict[int, str] = {}
+        self.size = 0
+        self.fd = self._open(self.path)
+
+    @staticmethod
+    def _open(path: str) -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _write(self, text: str) -> None:
+        data = text.encode()
+        try:
+            os.write(self.fd, data)
+        except OSError:
+            return
+        self.size += len(data)
+
+    def started(self, pid: int, token: str) -> None:
+        """Record that job attempt ``token`` runs as process group ``pid``."""
+        self.running[pid] = token
+        self._write(f"+ {pid} {token}\n")
+
+    def ended(self, pid: int) -> None:
+        """Record that process group ``pid`` ended."""
+        self.running.pop(pid, None)
+        self._write(f"- {pid}\n")
+        if self.size > _JOURNAL_COMPACT_BYTES:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the journal with only the running jobs (atomically)."""
+        text = "".join(f"+ {pid} {token}\n" for pid, token in self.running.items())
+        tmp = self.path + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            new_fd = self._open(self.path)
+        except OSError:
+            return
+        os.close(self.fd)
+        self.fd = new_fd
+        self.size = len(text)
+
+    def close(self) -> None:
+        """Close and remove the journal."""
+        os.close(self.fd)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
 
 class Spawner:
     """Queue, start and reap jobs within a core and memory budget."""
 
-    def __init__(self, cores: int, memory: int | None, out) -> None:
+    def __init__(self, cores: int, memory: int | None, out: list[str]) -> None:
         self.cores = cores
         self.memory = memory
         self.free_cores = cores
@@ -41,6 +134,7 @@ class Spawner:
         self.out = out
         self.stopping = False
         self.made_dirs: set[str] = set()
+        self.journals: dict[str, Journal] = {}
         # Encoded once: posix_spawn would convert os.environ for every job.
         self.environ = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
 
@@ -56,17 +150,23 @@ class Spawner:
     def reply(
         self, job: dict, code: int, sig: int | None, start: float | None, timed_out: bool = False
     ) -> None:
-        result = {
-            "id": job["id"],
-            "code": code,
-            "signal": sig,
-            "start": start,
-            "end": time.time(),
-            "host": _HOST,
-            "timed_out": timed_out,
-            "started": start is not None,
-        }
-        self.out.write(json.dumps(result) + "\n")
+        self.out.append(
+            f"{job['id']} {code} {'-' if sig is None else sig} {'-' if start is None else repr(start)} "
+            f"{time.time()!r} {int(timed_out)}\n"
+        )
+
+    def journal(self, job: dict) -> Journal | None:
+        """The journal of the directory of the job's ``pid_file``."""
+        directory = os.path.dirname(job.get("pid_file") or "")
+        if not directory:
+            return None
+        journal = self.journals.get(directory)
+        if journal is None:
+            try:
+                journal = self.journals[directory] = Journal(directory)
+            except OSError:
+                return None
+        return journal
 
     def start_ready(self) -> None:
         while self.queue and not self.stopping and self._fits(self.queue[0]):
@@ -114,11 +214,9 @@ class Spawner:
         limit = job.get("time_limit")
         job["deadline"] = job["start"] + limit if limit else None
         self.running[pid] = job
-        try:
-            with open(job["pid_file"], "w") as stream:
-                stream.write(f"{_HOST} {pid} {job['token']}\n")
-        except OSError:
-            pass
+        journal = self.journal(job)
+        if journal is not None:
+            journal.started(pid, job["token"])
 
     def _give_back(self, job: dict) -> None:
         cores, memory = job.pop("taken", (0, 0))
@@ -145,10 +243,9 @@ class Spawner:
             job = self.running.pop(pid, None)
             if job is None:
                 continue
-            try:
-                os.unlink(job["pid_file"])
-            except OSError:
-                pass
+            journal = self.journal(job)
+            if journal is not None:
+                journal.ended(pid)
             self._give_back(job)
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
@@ -198,6 +295,24 @@ class Spawner:
             self.reap()
             time.sleep(0.01)
 
+    def flush(self) -> None:
+        """Write the replies gathered since the last flush in one go."""
+        if self.out:
+            data = "".join(self.out).encode()
+            self.out.clear()
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(1, view) :]
+            except OSError:
+                pass  # the driver is gone: nobody reads the replies
+
+    def close(self) -> None:
+        """Remove the journals (every job has ended)."""
+        for journal in self.journals.values():
+            journal.close()
+        self.journals.clear()
+
 
 def _signal_group(pgid: int, sig: int) -> None:
     try:
@@ -215,8 +330,7 @@ def main(argv: list[str]) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    out = os.fdopen(sys.stdout.fileno(), "w", buffering=1)
-    spawner = Spawner(cores, memory, out)
+    spawner = Spawner(cores, memory, [])
     stdin_fd = sys.stdin.fileno()
     buffer = b""
     open_input = True
@@ -242,6 +356,8 @@ def main(argv: list[str]) -> int:
                     spawner.queue.append(request)
         spawner.reap()
         spawner.start_ready()
+        spawner.flush()
+    spawner.close()
     return 0
 
 
