@@ -138,7 +138,19 @@ class Bench:
 
     def median(self, measure: str, **spec: Any) -> dict[str, Any]:
         """Median over ``--repeat`` fresh processes of every numeric field."""
-        runs = [self.worker(measure, **spec) for _ in range(self.repeat)]
+        return self._median_of([self.worker(measure, **spec) for _ in range(self.repeat)])
+
+    def interleaved(self, *measures: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Like `median` for several measurements compared with each other:
+        they run in turn (A B C, A B C, ...), so a machine that slows down
+        or speeds up during the benchmark affects each of them alike."""
+        runs: list[list[dict[str, Any]]] = [[] for _ in measures]
+        for _ in range(self.repeat):
+            for k, (measure, spec) in enumerate(measures):
+                runs[k].append(self.worker(measure, **spec))
+        return [self._median_of(r) for r in runs]
+
+    def _median_of(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
         out = dict(runs[-1])
         for key, value in runs[-1].items():
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -226,9 +238,14 @@ class Bench:
         """Wide submit on the default local site vs raw Parsl threads and the floor."""
         n = self.sizes.wide
         k = _fmt_n(n)
-        ours = self.record("wide", self.median("submit", dag="wide", n=n))
-        floor = self.record("wide_floor", self.median("floor", dag="wide", n=n))
-        raw = self.record("wide_raw_threads", self.median("raw_parsl", dag="wide", n=n, executor="threads"))
+        ours, floor, raw = self.interleaved(
+            ("submit", {"dag": "wide", "n": n}),
+            ("floor", {"dag": "wide", "n": n}),
+            ("raw_parsl", {"dag": "wide", "n": n, "executor": "threads"}),
+        )
+        self.record("wide", ours)
+        self.record("wide_floor", floor)
+        self.record("wide_raw_threads", raw)
         self.add(
             f"wide {k} submit, local (s)", ours["seconds"], floor["seconds"], "floor: sh -c", max_ratio=1.15
         )
@@ -240,8 +257,11 @@ class Bench:
         """A wide submit while another process asks for ``report`` every second."""
         n = self.sizes.wide
         k = _fmt_n(n)
-        base = self.results.get("wide") or self.record("wide", self.median("submit", dag="wide", n=n))
-        polled = self.record("wide_polled", self.median("submit", dag="wide", n=n, poll_report=True))
+        base, polled = self.interleaved(
+            ("submit", {"dag": "wide", "n": n}), ("submit", {"dag": "wide", "n": n, "poll_report": True})
+        )
+        self.record("wide_unpolled", base)
+        self.record("wide_polled", polled)
         self.add(
             f"wide {k} submit while report polls every 1 s (s)",
             polled["seconds"],
@@ -255,8 +275,12 @@ class Bench:
         """Wide submit on a local HighThroughputExecutor: ours vs raw Parsl."""
         n = self.sizes.wide
         site = {"class": "htex_site.BenchHtex"}
-        ours = self.record("htex", self.median("submit", dag="wide", n=n, site=site))
-        raw = self.record("htex_raw", self.median("raw_parsl", dag="wide", n=n, executor="htex"))
+        ours, raw = self.interleaved(
+            ("submit", {"dag": "wide", "n": n, "site": site}),
+            ("raw_parsl", {"dag": "wide", "n": n, "executor": "htex"}),
+        )
+        self.record("htex", ours)
+        self.record("htex_raw", raw)
         self.add(
             f"wide {_fmt_n(n)} submit, HTEX (s)",
             ours["seconds"],
@@ -274,8 +298,12 @@ class Bench:
     def bench_chain(self) -> None:
         """Cost per link of a linear chain: ours (local) vs raw Parsl threads."""
         d, raw_d = self.sizes.chain, self.sizes.raw_chain
-        ours = self.record("chain", self.median("submit", dag="chain", n=d))
-        raw = self.record("chain_raw", self.median("raw_parsl", dag="chain", n=raw_d, executor="threads"))
+        ours, raw = self.interleaved(
+            ("submit", {"dag": "chain", "n": d}),
+            ("raw_parsl", {"dag": "chain", "n": raw_d, "executor": "threads"}),
+        )
+        self.record("chain", ours)
+        self.record("chain_raw", raw)
         self.add(
             f"chain per link, ours {_fmt_n(d)} / raw {_fmt_n(raw_d)} deep (ms)",
             1000 * ours["seconds"] / d,
@@ -287,8 +315,12 @@ class Bench:
     def bench_realistic(self) -> None:
         """pipetaskInit, per-data-id chains of 3-5 labels, per-visit fan-in, finalJob."""
         n = self.sizes.realistic
-        ours = self.record("realistic", self.median("submit", dag="realistic", n=n))
-        raw = self.record("realistic_raw", self.median("raw_parsl", dag="realistic", n=n, executor="threads"))
+        ours, raw = self.interleaved(
+            ("submit", {"dag": "realistic", "n": n}),
+            ("raw_parsl", {"dag": "realistic", "n": n, "executor": "threads"}),
+        )
+        self.record("realistic", ours)
+        self.record("realistic_raw", raw)
         self.add(
             f"realistic {ours['jobs']} jobs submit, local (s)",
             ours["seconds"],

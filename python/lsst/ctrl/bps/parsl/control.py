@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,6 +81,9 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     site = SiteConfig.from_config(config)
     with driver_lock(submit_path):
         store = RunStore(db_path(submit_path))
+        # What the caller holds (the GenericWorkflow, the LSST stack) would
+        # otherwise be scanned by every full garbage collection of the run.
+        gc.freeze()
         try:
             driver = Driver(
                 store,
@@ -90,6 +94,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
             )
             outcome = driver.run()
         finally:
+            gc.unfreeze()
             store.close()
     if outcome.cancelled:
         raise RunFailedError(f"run {submit_path} stopped: {outcome.reason}")
