@@ -7,13 +7,16 @@ import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from lsst.ctrl.bps import BpsConfig
 
 from .configuration import get_bps_config_value
-from .driver import Driver, RunOutcome
 from .site import SiteConfig
 from .state import RunStore, db_path
+
+if TYPE_CHECKING:
+    from .driver import RunOutcome
 
 __all__ = ("DriverBusyError", "driver_lock", "load_config", "run_driver")
 
@@ -75,6 +78,7 @@ def load_config(submit_path: str) -> BpsConfig:
 
 def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutcome:
     """Run (or resume) a run in this process and raise if jobs failed."""
+    from .driver import Driver
     from .service import RunFailedError, _progress_interval
 
     config = config if config is not None else load_config(submit_path)

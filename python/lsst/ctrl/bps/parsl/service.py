@@ -373,7 +373,7 @@ def _check_executables(config: BpsConfig, generic_workflow: GenericWorkflow) -> 
     """On a site whose executors all run jobs on this host, an absolute
     executable path must exist and be executable here."""
     site = SiteConfig.from_config(config)
-    if any(site.capacity(executor.label) is None for executor in site.get_executors()):
+    if any(site.capacity(label) is None for label in site.executor_labels()):
         return  # jobs run elsewhere: the path may exist only there
     executables = list(generic_workflow.get_executables(data=True, transfer_only=False))
     final = generic_workflow.get_final()

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 from lsst.ctrl.bps import BpsConfig
 from lsst.utils import doImport
 
-import parsl.config
-from parsl.executors.base import ParslExecutor
-
 from .configuration import ConfigurationError, get_bps_config_value, get_positive, get_workflow_name
 
 if TYPE_CHECKING:
+    import parsl.config
+    from parsl.executors.base import ParslExecutor
     from parsl.monitoring import MonitoringHub
 
     from .job import ParslJob
@@ -263,6 +262,8 @@ class SiteConfig(ABC):
         Retries are handled by the plugin (per job, with memory scaling), so
         Parsl's own retries are 0.
         """
+        import parsl.config
+
         run_dir = os.path.join(self.submit_path, "parsl", "runinfo") if self.submit_path else "runinfo"
         return parsl.config.Config(
             executors=self.get_executors(),

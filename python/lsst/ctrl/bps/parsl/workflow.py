@@ -17,6 +17,8 @@ import os
 import secrets
 import string
 import time
+from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -37,68 +39,100 @@ from .state import FORMAT_VERSION, JobKind, RunStore, db_path
 __all__ = ("ParslWorkflow",)
 
 
-class _Node:
-    __slots__ = ("name", "label", "kind", "job", "owner", "final", "children", "nparents")
-
-    def __init__(self, name: str, label: str, kind: int, job: Any, owner: GenericWorkflow, final: bool):
-        self.name = name
-        self.label = label
-        self.kind = kind
-        self.job = job
-        self.owner = owner
-        self.final = final
-        self.children: list[int] = []
-        self.nparents = 0
+_NO_CHILDREN: tuple[int, ...] = ()
 
 
 class _Flattener:
-    """Flatten a generic workflow, expanding groups, without recursion."""
+    """Flatten a generic workflow, expanding groups, without recursion.
+
+    Node ``i`` is described by parallel arrays rather than an object per
+    node: a 100,000-job workflow then costs a few MB here.
+    """
 
     def __init__(self) -> None:
-        self.nodes: list[_Node] = []
-        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+        self.graphs: list[GenericWorkflow] = []
+        self.graph_of = array("i")  # index into `graphs` of the graph holding the node
+        self.kinds = bytearray()
+        self.finals = bytearray()
+        # Most jobs of a wide workflow have no children: they share one empty tuple.
+        self.children: list[list[int] | tuple[int, ...]] = []
+        self.nparents = array("i")
+        # Node ids sorted by name: finds a node by name with a binary search,
+        # at 4 bytes per node where a dict would take 60.
+        self.by_name = array("i")
 
-    def _add(self, node: _Node) -> int:
-        if node.name in self.index:
-            raise ConfigurationError(f"job name '{node.name}' appears twice in the workflow")
-        self.index[node.name] = len(self.nodes)
-        self.nodes.append(node)
-        return self.index[node.name]
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def item(self, i: int) -> Any:
+        """The generic workflow's job, no-op job or group of node ``i``."""
+        return self.graphs[self.graph_of[i]].get_job(self.names[i])
+
+    def _sort_names(self) -> None:
+        """(Re)build `by_name`; a name used twice is an error."""
+        names = self.names
+        self.by_name = array("i", sorted(range(len(names)), key=names.__getitem__))
+        by_name = self.by_name
+        for k in range(1, len(by_name)):
+            if names[by_name[k]] == names[by_name[k - 1]]:
+                raise ConfigurationError(f"job name '{names[by_name[k]]}' appears twice in the workflow")
+
+    def index(self, name: str) -> int:
+        """Id of the node called ``name``."""
+        return self.by_name[bisect_left(self.by_name, name, key=self.names.__getitem__)]
+
+    def _add(self, name: str, kind: int, graph_id: int, final: bool) -> None:
+        self.names.append(name)
+        self.graph_of.append(graph_id)
+        self.kinds.append(kind)
+        self.finals.append(final)
+        self.children.append(_NO_CHILDREN)
+        self.nparents.append(0)
 
     def _edge(self, parent: int, child: int) -> None:
-        self.nodes[parent].children.append(child)
-        self.nodes[child].nparents += 1
+        kids = self.children[parent]
+        if kids is _NO_CHILDREN:
+            self.children[parent] = [child]
+        else:
+            kids.append(child)
+        self.nparents[child] += 1
 
     def add_workflow(self, top: GenericWorkflow, final: bool) -> None:
-        # entries[name]: the flat nodes an edge *into* node `name` must reach;
-        # exits[name]: the flat node an edge *out of* node `name` leaves from.
-        entries: dict[str, list[int]] = {}
-        exits: dict[str, int] = {}
+        # An edge *out of* node `name` leaves from flat node index(name) (a
+        # group's: from its join); an edge *into* it reaches index(name), or
+        # for a group every node of group_entries[name].
+        index = self.index
+        group_entries: dict[str, list[int]] = {}
+
+        def entries(name: str) -> list[int]:
+            found = group_entries.get(name)
+            return [index(name)] if found is None else found
+
         # Pass 1: create nodes for every level; groups are visited after
         # their parent level so their entries are known when edges are made.
         pending: deque[GenericWorkflow] = deque([top])
         levels: list[GenericWorkflow] = []
-        group_of_join: dict[str, GenericWorkflowGroup] = {}
         while pending:
             graph = pending.popleft()
             levels.append(graph)
+            graph_id = len(self.graphs)
+            self.graphs.append(graph)
             for name in graph:
                 item = graph.get_job(name)
                 if isinstance(item, GenericWorkflowGroup):
-                    kind = JobKind.JOIN if item.blocking else JobKind.TOLERANT_JOIN
-                    exits[name] = self._add(_Node(name, item.label, kind, None, graph, final))
-                    group_of_join[name] = item
+                    self._add(name, JobKind.JOIN if item.blocking else JobKind.TOLERANT_JOIN, graph_id, final)
+                    group_entries[name] = []
                     pending.append(item)
                 elif isinstance(item, GenericWorkflowNoopJob):
-                    exits[name] = self._add(_Node(name, item.label, JobKind.NOOP, None, graph, final))
-                    entries[name] = [exits[name]]
+                    self._add(name, JobKind.NOOP, graph_id, final)
                 elif isinstance(item, GenericWorkflowJob):
-                    exits[name] = self._add(_Node(name, item.label, JobKind.PAYLOAD, item, graph, final))
-                    entries[name] = [exits[name]]
+                    self._add(name, JobKind.PAYLOAD, graph_id, final)
                 else:
                     raise ConfigurationError(
                         f"workflow node '{name}' has unsupported type {type(item).__name__}"
                     )
+        self._sort_names()
         # Group entries: the entries of the group's source nodes, innermost
         # groups first.
         for graph in reversed(levels):
@@ -106,33 +140,35 @@ class _Flattener:
                 found: list[int] = []
                 for name in graph:
                     if graph.in_degree(name) == 0:
-                        found.extend(entries[name])
-                entries[graph.name] = found
+                        found.extend(entries(name))
+                group_entries[graph.name] = found
         # Pass 2: edges. Every node of a group leads to the group's join.
         for graph in levels:
             for parent, child in graph.edges():
-                for entry in entries[child]:
-                    self._edge(exits[parent], entry)
+                for entry in entries(child):
+                    self._edge(index(parent), entry)
             if isinstance(graph, GenericWorkflowGroup):
-                join = exits[graph.name]
+                join = index(graph.name)
                 for name in graph:
-                    self._edge(exits[name], join)
+                    self._edge(index(name), join)
 
-    def topological_order(self) -> list[int]:
+    def topological_order(self) -> array:
         """Kahn's algorithm over main nodes, then final nodes."""
-        remaining = [n.nparents for n in self.nodes]
-        order: list[int] = []
+        remaining = array("i", self.nparents)
+        order = array("i")
         for final in (False, True):
-            ready = deque(i for i, n in enumerate(self.nodes) if n.final == final and remaining[i] == 0)
-            while ready:
-                i = ready.popleft()
-                order.append(i)
-                for c in self.nodes[i].children:
+            # `order` is also the queue: the nodes from `head` on are ready.
+            head = len(order)
+            order.extend(i for i, f in enumerate(self.finals) if f == final and remaining[i] == 0)
+            while head < len(order):
+                i = order[head]
+                head += 1
+                for c in self.children[i]:
                     remaining[c] -= 1
                     if remaining[c] == 0:
-                        ready.append(c)
-        if len(order) != len(self.nodes):
-            stuck = [self.nodes[i].name for i, r in enumerate(remaining) if r > 0][:5]
+                        order.append(c)
+        if len(order) != len(self):
+            stuck = [self.names[i] for i, r in enumerate(remaining) if r > 0][:5]
             raise ConfigurationError(f"the workflow has a dependency cycle through jobs {stuck}")
         return order
 
@@ -271,7 +307,9 @@ class ParslWorkflow(BaseWmsWorkflow):
         elif isinstance(final, GenericWorkflow):
             flat.add_workflow(final, final=True)
         order = flat.topological_order()
-        new_id = {old: new for new, old in enumerate(order)}
+        new_id = array("i", bytes(order.itemsize * len(order)))
+        for new, old in enumerate(order):
+            new_id[old] = new
 
         found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
         template = template if found and template else "{label}"
@@ -281,15 +319,15 @@ class ParslWorkflow(BaseWmsWorkflow):
 
         def generate_rows() -> Iterator[tuple]:
             for new, old in enumerate(order):
-                node = flat.nodes[old]
-                job = node.job
-                if job is None:
-                    yield (new, node.name, node.label, node.kind, int(node.final)) + (None,) * 13
+                job = flat.item(old)
+                kind = flat.kinds[old]
+                if kind != JobKind.PAYLOAD:
+                    yield (new, flat.names[old], job.label, kind, flat.finals[old]) + (None,) * 13
                     continue
-                owner_key = id(node.owner)
-                if owner_key not in lookups:
-                    lookups[owner_key] = _file_lookup([node.owner, generic_workflow])
-                lookup = lookups[owner_key]
+                graph_id = flat.graph_of[old]
+                if graph_id not in lookups:
+                    lookups[graph_id] = _file_lookup([flat.graphs[graph_id], generic_workflow])
+                lookup = lookups[graph_id]
                 if job.executable is None:
                     raise ConfigurationError(
                         f"job '{job.name}' has no executable: check the job's configuration"
@@ -314,7 +352,7 @@ class ParslWorkflow(BaseWmsWorkflow):
                         job.name,
                         job.label,
                         JobKind.PAYLOAD,
-                        int(node.final),
+                        flat.finals[old],
                         command,
                         env_id,
                         job.request_cpus,
@@ -332,7 +370,7 @@ class ParslWorkflow(BaseWmsWorkflow):
                 )
 
         rows = _checked_rows(site, generate_rows())
-        edges = ((new_id[i], new_id[c]) for i, node in enumerate(flat.nodes) for c in node.children)
+        edges = ((new_id[i], new_id[c]) for i, kids in enumerate(flat.children) for c in kids)
 
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
         meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)

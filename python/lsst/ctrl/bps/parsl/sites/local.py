@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from parsl.executors import ThreadPoolExecutor
-from parsl.executors.base import ParslExecutor
-
-from ..job import ParslJob
-from ..jobpool import JobPoolExecutor
 from ..site import ExecutorCapacity, SiteConfig
+
+if TYPE_CHECKING:
+    from parsl.executors.base import ParslExecutor
+
+    from ..job import ParslJob
 
 __all__ = ("Local",)
 
@@ -50,11 +51,23 @@ class Local(SiteConfig):
         return self.get_positive("memory", int, machine_memory_mb())
 
     def get_executors(self) -> list[ParslExecutor]:
+        # Parsl is imported only to run: preparing a workflow does not need it.
+        from parsl.executors import ThreadPoolExecutor
+
+        from ..jobpool import JobPoolExecutor
+
         if self.get("monitorEnable", bool, False):
             # Parsl monitoring wraps each task's function: run them in threads.
             depth = ExecutorCapacity(self.cores).queue_depth
             return [ThreadPoolExecutor(label=self.label, max_threads=depth)]
         return [JobPoolExecutor(label=self.label, cores=self.cores, memory=self.memory)]
+
+    def executor_labels(self) -> list[str]:
+        # Known without building the executor (which would import Parsl
+        # while a workflow is only being prepared).
+        self.cores  # noqa: B018
+        self.memory  # noqa: B018
+        return [self.label]
 
     def select_executor(self, job: ParslJob) -> str:
         return self.label
