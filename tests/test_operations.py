@@ -92,6 +92,11 @@ def test_report_during_and_after_run_with_exit_codes(tmp_path, env):
         )
         during = bps(env, "report", "--id", str(submit)).stdout
         assert "RUNNING" in during
+        from lsst.ctrl.bps.parsl import ParslService
+
+        # b1's process is in the local spawner's journal: the job, not just the run, runs.
+        (live,) = ParslService({}).report(str(submit))[0]
+        assert {j.name: j.state for j in live.jobs}["b1"] == WmsStates.RUNNING
     finally:
         gate.touch()
     out, _ = proc.communicate(timeout=120)

@@ -11,7 +11,9 @@ interpreter lock: this loop starts a job in well under a millisecond.
 Requests: ``{"id", "shell", "script", "out", "err", "pid_file", "token",
 "cores", "memory", "time_limit"}`` to run a job; ``{"op": "stop"}`` to fail
 every queued job and kill every running one. End of input (the driver exited
-or died) does the same, then the spawner exits.
+or died) drops the queued jobs but lets the running ones finish (their exit
+status still reaches their logs, where a restart finds it), then the spawner
+exits.
 
 Which jobs run is kept in a journal, ``spawner.<host>.<pid>`` in the directory
 of the jobs' ``pid_file`` (one ``+ <pid> <token>`` line when a job starts, one
@@ -278,11 +280,15 @@ class Spawner:
             soonest = deadline if soonest is None else min(soonest, deadline)
         return None if soonest is None else max(0.0, soonest - now)
 
-    def stop(self) -> None:
-        """Fail queued jobs, terminate running ones (SIGTERM, then SIGKILL)."""
+    def drop_queued(self) -> None:
+        """Start no more jobs: fail the queued ones."""
         self.stopping = True
         while self.queue:
             self.reply(self.queue.popleft(), -1, None, None)
+
+    def stop(self) -> None:
+        """Fail queued jobs, terminate running ones (SIGTERM, then SIGKILL)."""
+        self.drop_queued()
         for pid in self.running:
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + _KILL_GRACE
@@ -343,7 +349,7 @@ def main(argv: list[str]) -> int:
             data = os.read(stdin_fd, 1 << 16)
             if not data:
                 open_input = False
-                spawner.stop()
+                spawner.drop_queued()
             buffer += data
             *lines, buffer = buffer.split(b"\n")
             for line in lines:

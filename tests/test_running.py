@@ -1,0 +1,52 @@
+"""The record of running attempts: spawner journals and per-attempt files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from lsst.ctrl.bps.parsl import spawner
+from lsst.ctrl.bps.parsl.running import kill_running_jobs, running_attempts, running_job_ids
+
+
+def test_journal_records_starts_and_ends_and_compacts(tmp_path, monkeypatch):
+    monkeypatch.setattr(spawner, "_JOURNAL_COMPACT_BYTES", 200)
+    journal = spawner.Journal(str(tmp_path))
+    for pid in range(1000, 1040):
+        journal.started(pid, f"run/{pid}/1")
+    for pid in range(1000, 1038):
+        journal.ended(pid)
+    assert spawner.read_journal(journal.path) == {1038: "run/1038/1", 1039: "run/1039/1"}
+    # Compaction rewrote the file with only the running jobs, and appends continue.
+    assert os.path.getsize(journal.path) < 200
+    journal.started(7, "run/7/2")
+    assert set(spawner.read_journal(journal.path)) == {7, 1038, 1039}
+    journal.close()
+    assert not os.path.exists(journal.path)
+
+
+def test_running_job_ids_reads_journals_and_attempt_files(tmp_path):
+    journal = spawner.Journal(str(tmp_path))
+    journal.started(4242, "20261125T000000-abcdef/12/1")
+    (tmp_path / "5.2").write_text("somehost 99 20261125T000000-abcdef/5/2\n")
+    assert running_job_ids(str(tmp_path)) == {5, 12}
+    assert sorted(pid for _, pid, _ in running_attempts(str(tmp_path))) == [99, 4242]
+    journal.close()
+    assert running_job_ids(str(tmp_path)) == {5}
+
+
+def test_journal_of_a_dead_spawner_is_removed_and_no_stranger_is_killed(tmp_path):
+    # A process that is not a job of this run (its command line has no token).
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = tmp_path / spawner.journal_name(spawner._HOST, dead.pid)
+    path.write_text(f"+ {stranger.pid} run/1/1\n")
+    try:
+        assert kill_running_jobs(str(tmp_path), "run") == 0
+        assert stranger.poll() is None
+        assert not path.exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
