@@ -218,12 +218,14 @@ class Driver:
         # through the kernel so that monitoring sees it.
         self.apps = {}
         self.direct: set[str] = set()
+        self.send_queued: list[Any] = []  # executors whose requests wait for one write per pass
         for label in labels:
             executor = self.dfk.executors[label]
             if self.capacity[label] is not None and config.monitoring is None:
                 if hasattr(executor, "submit_attempt"):
                     executor.on_results(self._events.put)
                     self.apps[label] = executor.submit_attempt
+                    self.send_queued.append(executor.send_queued)
                     self.direct.add(label)
                 else:
                     self.apps[label] = functools.partial(executor.submit, run_job, {})
@@ -296,6 +298,8 @@ class Driver:
                 break
             now = time.monotonic()
             wait = max(0.0, last_flush + _FLUSH_INTERVAL - now) if self.store.dirty else 0.5
+            for send in self.send_queued:
+                send()
             try:
                 batch = self._events.get(timeout=wait)
             except queue.Empty:

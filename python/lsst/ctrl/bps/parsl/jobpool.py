@@ -63,6 +63,7 @@ class JobPoolExecutor(ParslExecutor):
         self._next_id = 0
         self._lock = threading.Lock()  # guards _waiting and _next_id
         self._write_lock = threading.Lock()  # one writer on the spawner's stdin; never taken by the reader
+        self._outbox: list[bytes] = []  # requests of `submit_attempt` not yet sent
         self._reader: threading.Thread | None = None
         self._on_results: Callable[[list[tuple[Any, AttemptResult | BaseException]]], None] | None = None
 
@@ -99,14 +100,28 @@ class JobPoolExecutor(ParslExecutor):
             )
         future: Future = Future()
         self._queue(future, *args, **kwargs)
+        self.send_queued()
         return future
 
     def submit_attempt(self, key: Any, *args: Any, **kwargs: Any) -> None:
         """Queue one job attempt (the arguments of `runner.run_job`); its
-        result goes to the `on_results` callback under ``key``."""
+        result goes to the `on_results` callback under ``key``.
+
+        The request is sent by the next `send_queued`, so that the jobs
+        handed over in one pass of the caller go to the spawner in one write.
+        """
         if self._on_results is None:
             raise RuntimeError("call on_results() before submit_attempt()")
         self._queue(key, *args, **kwargs)
+
+    def send_queued(self) -> None:
+        """Send the queued requests to the spawner."""
+        with self._write_lock:
+            if self._outbox:
+                data = b"".join(self._outbox)
+                self._outbox.clear()
+                assert self._proc is not None and self._proc.stdin is not None
+                self._proc.stdin.write(data)
 
     def _queue(
         self,
@@ -136,13 +151,12 @@ class JobPoolExecutor(ParslExecutor):
             "memory": memory,
             "time_limit": time_limit,
         }
-        assert self._proc is not None and self._proc.stdin is not None
         with self._write_lock:
             with self._lock:
                 request["id"] = job_id = self._next_id
                 self._next_id += 1
                 self._waiting[job_id] = waiter
-            self._proc.stdin.write((json.dumps(request) + "\n").encode())
+            self._outbox.append((json.dumps(request) + "\n").encode())
 
     def _read_results(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -186,7 +200,10 @@ class JobPoolExecutor(ParslExecutor):
         """Fail queued jobs and terminate running ones; the pool stays up."""
         try:
             with self._write_lock:
-                self._proc.stdin.write(b'{"op": "stop"}\n')
+                # Queued requests go first: the spawner fails them, so their results arrive.
+                data = b"".join(self._outbox) + b'{"op": "stop"}\n'
+                self._outbox.clear()
+                self._proc.stdin.write(data)
         except (AttributeError, OSError, ValueError):
             pass
 
