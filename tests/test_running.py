@@ -15,12 +15,15 @@ def test_journal_records_starts_and_ends_and_compacts(tmp_path, monkeypatch):
     journal = spawner.Journal(str(tmp_path))
     for pid in range(1000, 1040):
         journal.started(pid, f"run/{pid}/1")
+        journal.write()
     for pid in range(1000, 1038):
         journal.ended(pid)
+        journal.write()
     assert spawner.read_journal(journal.path) == {1038: "run/1038/1", 1039: "run/1039/1"}
     # Compaction rewrote the file with only the running jobs, and appends continue.
     assert os.path.getsize(journal.path) < 200
     journal.started(7, "run/7/2")
+    journal.write()
     assert set(spawner.read_journal(journal.path)) == {7, 1038, 1039}
     journal.close()
     assert not os.path.exists(journal.path)
@@ -29,6 +32,7 @@ def test_journal_records_starts_and_ends_and_compacts(tmp_path, monkeypatch):
 def test_running_job_ids_reads_journals_and_attempt_files(tmp_path):
     journal = spawner.Journal(str(tmp_path))
     journal.started(4242, "20261125T000000-abcdef/12/1")
+    journal.write()
     (tmp_path / "5.2").write_text("somehost 99 20261125T000000-abcdef/5/2\n")
     assert running_job_ids(str(tmp_path)) == {5, 12}
     assert sorted(pid for _, pid, _ in running_attempts(str(tmp_path))) == [99, 4242]

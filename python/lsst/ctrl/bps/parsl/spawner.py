@@ -36,6 +36,9 @@ _HOST = socket.gethostname()
 _KILL_GRACE = 0.5
 JOURNAL_PREFIX = "spawner."
 _JOURNAL_COMPACT_BYTES = 1 << 20
+_REPLY_DELAY = 0.02
+"""Seconds replies may wait to be sent together while jobs are still queued
+here (the driver has nothing to hand over that could start sooner)."""
 
 
 def journal_name(host: str, pid: int) -> str:
@@ -70,31 +73,36 @@ class Journal:
         self.path = os.path.join(directory, journal_name(_HOST, os.getpid()))
         self.running: dict[int, str] = {}
         self.size = 0
+        self.pending: list[str] = []
         self.fd = self._open(self.path)
 
     @staticmethod
     def _open(path: str) -> int:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
-    def _write(self, text: str) -> None:
-        data = text.encode()
+    def write(self) -> None:
+        """Append the lines recorded since the last write, in one go."""
+        if not self.pending:
+            return
+        data = "".join(self.pending).encode()
+        self.pending.clear()
         try:
             os.write(self.fd, data)
         except OSError:
             return
         self.size += len(data)
+        if self.size > _JOURNAL_COMPACT_BYTES:
+            self._compact()
 
     def started(self, pid: int, token: str) -> None:
         """Record that job attempt ``token`` runs as process group ``pid``."""
         self.running[pid] = token
-        self._write(f"+ {pid} {token}\n")
+        self.pending.append(f"+ {pid} {token}\n")
 
     def ended(self, pid: int) -> None:
         """Record that process group ``pid`` ended."""
         self.running.pop(pid, None)
-        self._write(f"- {pid}\n")
-        if self.size > _JOURNAL_COMPACT_BYTES:
-            self._compact()
+        self.pending.append(f"- {pid}\n")
 
     def _compact(self) -> None:
         """Rewrite the journal with only the running jobs (atomically)."""
@@ -115,7 +123,7 @@ class Journal:
         self.size = len(text)
 
     def close(self) -> None:
-        """Close and remove the journal."""
+        """Close and remove the journal (every job has ended)."""
         os.close(self.fd)
         try:
             os.unlink(self.path)
@@ -134,6 +142,7 @@ class Spawner:
         self.queue: deque[dict] = deque()
         self.running: dict[int, dict] = {}
         self.out = out
+        self.out_since = 0.0
         self.stopping = False
         self.made_dirs: set[str] = set()
         self.journals: dict[str, Journal] = {}
@@ -152,6 +161,8 @@ class Spawner:
     def reply(
         self, job: dict, code: int, sig: int | None, start: float | None, timed_out: bool = False
     ) -> None:
+        if not self.out:
+            self.out_since = time.monotonic()
         self.out.append(
             f"{job['id']} {code} {'-' if sig is None else sig} {'-' if start is None else repr(start)} "
             f"{time.time()!r} {int(timed_out)}\n"
@@ -190,29 +201,22 @@ class Spawner:
         if directory not in self.made_dirs:
             os.makedirs(directory, exist_ok=True)
             self.made_dirs.add(directory)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        out_fd = os.open(job["out"], flags, 0o644)
-        try:
-            err_fd = os.open(job["err"], flags, 0o644)
-        except OSError:
-            os.close(out_fd)
-            raise
-        try:
-            job["start"] = time.time()
-            pid = os.posix_spawn(
-                job["shell"],
-                [job["shell"], "-c", job["script"]],
-                self.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, err_fd, 2),
-                ],
-                setsid=True,
-            )
-        finally:
-            os.close(out_fd)
-            os.close(err_fd)
+        # The job's shell creates its own log files: creating files is the
+        # slowest step of a start, and this loop starts jobs one at a time.
+        # If they cannot be created, the shell says why on this process's
+        # stderr (the driver's) and the job fails with 127.
+        script = f"command exec >{_quote(job['out'])} 2>{_quote(job['err'])} || exit 127\n{job['script']}"
+        job["start"] = time.time()
+        pid = os.posix_spawn(
+            job["shell"],
+            [job["shell"], "-c", script],
+            self.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            ],
+            setsid=True,
+        )
         limit = job.get("time_limit")
         job["deadline"] = job["start"] + limit if limit else None
         self.running[pid] = job
@@ -301,6 +305,18 @@ class Spawner:
             self.reap()
             time.sleep(0.01)
 
+    def flush_due(self) -> float | None:
+        """Seconds until the gathered replies must be written (`None`: none
+        gathered). They go at once when no job is queued here, as the
+        driver may be waiting for them to hand over more (the next link of
+        a chain, say); otherwise they wait up to ``_REPLY_DELAY``, so that
+        a busy pool reports many ended jobs per write."""
+        if not self.out:
+            return None
+        if not self.queue or self.stopping:
+            return 0.0
+        return max(0.0, self.out_since + _REPLY_DELAY - time.monotonic())
+
     def flush(self) -> None:
         """Write the replies gathered since the last flush in one go."""
         if self.out:
@@ -318,6 +334,11 @@ class Spawner:
         for journal in self.journals.values():
             journal.close()
         self.journals.clear()
+
+
+def _quote(path: str) -> str:
+    """``path`` as one word for the shell."""
+    return "'" + path.replace("'", "'\\''") + "'"
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -342,6 +363,9 @@ def main(argv: list[str]) -> int:
     open_input = True
     while open_input or spawner.running:
         timeout = spawner.check_deadlines()
+        due = spawner.flush_due()
+        if due is not None:
+            timeout = due if timeout is None else min(timeout, due)
         readable, _, _ = select.select([stdin_fd, wake_r] if open_input else [wake_r], [], [], timeout)
         if wake_r in readable:
             os.read(wake_r, 4096)
@@ -362,7 +386,11 @@ def main(argv: list[str]) -> int:
                     spawner.queue.append(request)
         spawner.reap()
         spawner.start_ready()
-        spawner.flush()
+        for journal in spawner.journals.values():
+            journal.write()
+        if spawner.flush_due() == 0.0:
+            spawner.flush()
+    spawner.flush()
     spawner.close()
     return 0
 
