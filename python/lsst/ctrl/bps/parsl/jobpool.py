@@ -211,6 +211,9 @@ class JobPoolExecutor(ParslExecutor):
         """Stop every job and the spawner."""
         if self._proc is None:
             return
+        # Closing its input alone would let running jobs finish (that is for
+        # a driver that died); a shut-down pool stops them.
+        self.stop_jobs()
         try:
             self._proc.stdin.close()
         except OSError:
