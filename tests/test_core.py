@@ -358,3 +358,18 @@ def test_local_site_holds_back_jobs_whose_memory_does_not_fit(tmp_path):
         running += 1 if kind == "start" else -1
         peak = max(peak, running)
     assert peak == 1  # two 2000 MB jobs never run at once in 3000 MB
+
+
+def test_job_whose_log_cannot_be_created_fails_with_127_and_says_why(tmp_path, capfd):
+    """The job's shell creates its log files; if it cannot, the job fails
+    with exit status 127 (nothing ran) and the shell's reason reaches the
+    driver's stderr, while the other jobs run."""
+    submit = tmp_path / "submit"
+    (submit / "logs" / "broken" / "broken.1.err").mkdir(parents=True)  # a directory where the log goes
+    ran = tmp_path / "ran"
+    gw = workflow([job("broken", f"touch {ran}"), job("fine", "true")])
+    rows = run(gw, submit, expect_fail=True)
+    assert rows["broken"][0] == WmsStates.FAILED.value and rows["broken"][2] == 127, rows["broken"]
+    assert rows["fine"][0] == WmsStates.SUCCEEDED.value
+    assert not ran.exists()
+    assert "broken.1.err" in capfd.readouterr().err

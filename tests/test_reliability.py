@@ -317,6 +317,31 @@ def test_sigkill_between_launch_and_record_does_not_rerun_a_succeeded_job(tmp_pa
     assert Counter(lines(log)) == {"a ok": 1, "b ok": 1}
 
 
+def test_job_running_when_the_driver_dies_finishes_and_is_not_rerun(tmp_path, env):
+    """Promise 1: a local job that is running when its driver is SIGKILLed
+    runs to its end (the pool starts nothing new, but does not kill it), and
+    ``bps restart`` counts it as succeeded from its log instead of running it again."""
+    log = tmp_path / "ok.log"
+    started = tmp_path / "slow_started"
+    spec = {
+        "jobs": [
+            {"name": "slow", "script": f"touch {started}; sleep 2; echo slow ok >> {log}"},
+            {"name": "after", "script": f"echo after ok >> {log}"},
+        ],
+        "edges": [["slow", "after"]],
+        "site": LOCAL2,
+    }
+    proc, submit = start(tmp_path, env, spec)
+    wait_for(started.exists, what="the slow job", proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_for(lambda: "slow ok" in lines(log), what="the orphaned job to finish", timeout=30)
+    result = bps(env, "restart", "--id", str(submit))
+    if "Run Id:" not in result.stdout:
+        pytest.fail(result.stdout)
+    assert Counter(lines(log)) == {"slow ok": 1, "after ok": 1}
+
+
 # ---- 2. graceful stop -----------------------------------------------------------
 
 
