@@ -30,7 +30,7 @@ The module has no dependency outside the standard library.
 
 from __future__ import annotations
 
-__all__ = ["BASE_DIR", "LocalSlurm", "SlurmUnavailable"]
+__all__ = ["APT_PACKAGES", "BASE_DIR", "LocalSlurm", "SlurmUnavailable", "apt_install"]
 
 import logging
 import os
@@ -75,6 +75,28 @@ def _run(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def apt_install(packages: list[str]) -> None:
+    """Install Debian packages (``apt-get update`` then ``apt-get install``).
+
+    Raises
+    ------
+    SlurmUnavailable
+        If either command fails or times out; the message has apt's output.
+    """
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _LOG.info("Installing %s with apt-get", " ".join(packages))
+    for cmd, timeout in (
+        (["apt-get", "update"], 300),
+        (["apt-get", "install", "-y", "--no-install-recommends", *packages], 600),
+    ):
+        try:
+            res = _run(cmd, env=env, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise SlurmUnavailable(f"'{' '.join(cmd)}' timed out after {timeout} s") from None
+        if res.returncode != 0:
+            raise SlurmUnavailable(f"'{' '.join(cmd)}' failed ({res.returncode}): {res.stdout[-2000:]}")
 
 
 class LocalSlurm:
@@ -241,18 +263,7 @@ class LocalSlurm:
         return res.returncode == 0 and " is UP" in res.stdout
 
     def _apt_install(self) -> None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        _LOG.info("Installing %s with apt-get", " ".join(APT_PACKAGES))
-        for cmd, timeout in (
-            (["apt-get", "update"], 300),
-            (["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES], 600),
-        ):
-            try:
-                res = _run(cmd, env=env, timeout=timeout, check=False)
-            except subprocess.TimeoutExpired:
-                raise SlurmUnavailable(f"'{' '.join(cmd)}' timed out after {timeout} s") from None
-            if res.returncode != 0:
-                raise SlurmUnavailable(f"'{' '.join(cmd)}' failed ({res.returncode}): {res.stdout[-2000:]}")
+        apt_install(APT_PACKAGES)
         if not all(_which(p) for p in ("slurmctld", "slurmd", "sbatch", "munged")):
             raise SlurmUnavailable("apt-get install succeeded but Slurm programs are still missing")
 

@@ -115,7 +115,8 @@ def test_slurm_defaults_are_the_old_plugins():
     assert provider.cores_per_node is None and provider.mem_per_node is None
     # Parsl's own defaults, which the old plugin inherited.
     assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (1, 0, 1)
-    assert provider.exclusive is True and isinstance(provider.launcher, SingleNodeLauncher)
+    assert provider.exclusive is True and isinstance(provider.launcher, SrunLauncher)
+    assert provider.launcher.overrides == "-K0 -k --cpu-bind=none"
     assert "#SBATCH --job-name=bps.tester" in provider.scheduler_options
     assert "--dependency=singleton" not in provider.scheduler_options
     assert site.select_executor(pjob()) == "slurm"

@@ -171,6 +171,11 @@ class Ccin2p3(BatchSite):
             )
         return executors
 
+    def address_targets(self) -> list[str]:
+        from .address import slurm_node_addresses
+
+        return slurm_node_addresses(self.slot("small")["partition"])
+
     def select_executor(self, job: ParslJob) -> str:
         memory = (job.request_memory or 0) / 1024  # GB
         for label in ("small", "medium", "large"):

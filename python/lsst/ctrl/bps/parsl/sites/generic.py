@@ -96,11 +96,19 @@ def plain(value: Any) -> Any:
 
 
 def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: str) -> type:
-    """Return the Parsl class that ``name`` means in ``table``."""
-    if not isinstance(name, str) or name.lower() not in table:
+    """Return the Parsl class that ``name`` (a key of ``table`` or the
+    class's own name, any case) means in ``table``."""
+    by_class = {attr.lower(): (module, attr) for module, attr in table.values()}
+    key = name.lower() if isinstance(name, str) else None
+    entry = (table.get(key) or by_class.get(key)) if key else None
+    if entry is None:
         choices = ", ".join(sorted(table))
-        raise ConfigurationError(f"'{where}' is {name!r}, which is not a known {what}: use one of {choices}")
-    module, attr = table[name.lower()]
+        classes = ", ".join(sorted(attr for _, attr in set(table.values())))
+        raise ConfigurationError(
+            f"'{where}' is {name!r}, which is not a known {what}: use one of {choices} (or a class name: "
+            f"{classes})"
+        )
+    module, attr = entry
     return getattr(importlib.import_module(module), attr)
 
 
@@ -387,16 +395,47 @@ def htex_spec(job: ParslJob) -> dict[str, Any] | None:
 class BatchSite(SiteConfig):
     """Base of the sites whose workers run elsewhere and call back.
 
-    Key ``address`` (`str`): the address workers use to reach the
-    submitting host (default: the host name's address, as the old plugin).
+    Keys ``address`` (`str`): the address workers use to reach the
+    submitting host; ``interface`` (`str`): take it from this network
+    interface instead. Default: `default_address`.
     """
 
     def get_address(self) -> str:
         address = self.get("address", str, None)
-        return address if address else super().get_address()
+        interface = self.get("interface", str, None)
+        if address and interface:
+            raise ConfigurationError(
+                f"'{self.where}.address' and '{self.where}.interface' are both set: keep one"
+            )
+        if address:
+            return address
+        if interface:
+            from .address import interface_address
+
+            return interface_address(interface, self.where)
+        cached = getattr(self, "_default_address", None)
+        if cached is None:
+            cached = self.default_address()
+            self._default_address = cached
+        return cached
+
+    def default_address(self) -> str:
+        """The address workers reach this host at when neither ``address``
+        nor ``interface`` is set: the source address of the route to the
+        batch system's hosts (`address_targets`), else this host's first
+        address that is not loopback."""
+        from .address import choose_address
+
+        return choose_address(self.address_targets(), self.where)
+
+    def address_targets(self) -> list[str]:
+        """Hosts the workers run on, or the batch system's controller, as
+        far as this host can tell (default: none known)."""
+        return []
 
     def validate(self) -> None:
         self.get("address", str, None)
+        self.get("interface", str, None)
         super().validate()
 
 

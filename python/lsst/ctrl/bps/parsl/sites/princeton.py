@@ -21,7 +21,7 @@ class Tiger(Slurm):
     (``max_blocks`` 2, ``init_blocks``/``min_blocks`` 1), ``cmd_timeout``
     300 s, workers started by ``srun -K0 -k`` with the submitting
     environment exported. Workers reach the driver over the InfiniBand
-    interface (``ib*``/``op*``) unless ``address`` is set.
+    interface (``ib*``/``op*``) unless ``address`` or ``interface`` is set.
 
     Run from ``/scratch/gpfs``: the other file systems are slow on the nodes.
     """
@@ -51,10 +51,7 @@ class Tiger(Slurm):
             )
         ]
 
-    def get_address(self) -> str:
-        address = self.get("address", str, None)
-        if address:
-            return address
+    def default_address(self) -> str:
         from psutil import net_if_addrs
 
         from parsl.addresses import address_by_interface

@@ -82,6 +82,8 @@ def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
     name = site.get("launcher", str, None)
     launcher_options = site.site.search("launcher_options", opt={"default": None})[1]
     if name:
+        if name.lower() in SRUN_NAMES and launcher_options is None:
+            launcher_options = {"overrides": SRUN_OVERRIDES}
         options["launcher"] = build_launcher(name, launcher_options, site.where)
     elif launcher_options:
         raise ConfigurationError(
@@ -97,6 +99,22 @@ def finish_executor_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
     if found and raw is not None:
         options.update(check_options(cls, raw, f"{site.where}.executor_options", _EXECUTOR_RESERVED))
     return options
+
+
+SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
+"""``srun`` options of the default launcher: a worker pool that exits does
+not end the others (``-K0``), the job step survives a lost node (``-k``),
+and workers are not pinned to the cores of their task."""
+
+SRUN_NAMES = ("srun", "srunlauncher")
+"""Names of the ``launcher`` key that mean Parsl's ``SrunLauncher``."""
+
+
+def default_launcher() -> Any:
+    """The launcher of a Slurm block: one worker pool per node, by ``srun``."""
+    from parsl.launchers import SrunLauncher
+
+    return SrunLauncher(overrides=SRUN_OVERRIDES)
 
 
 class Slurm(BatchSite):
@@ -116,10 +134,15 @@ class Slurm(BatchSite):
     - ``worker_init`` (`str`): shell lines run in the job before the workers.
     - ``init_blocks``, ``min_blocks``, ``max_blocks``, ``parallelism``,
       ``cmd_timeout``: block scaling (defaults: Parsl's, 1/0/1/1/10).
-    - ``launcher`` (`str`), ``launcher_options``, ``provider_options``,
+    - ``launcher`` (`str`): how a block starts a worker pool on each of its
+      nodes (default ``SrunLauncher`` with ``-K0 -k --cpu-bind=none``;
+      e.g. ``MpiExecLauncher``, ``SingleNodeLauncher`` for the first node
+      only). ``launcher_options``, ``provider_options``,
       ``executor_options`` (mappings): anything else, checked against the
       Parsl classes.
-    - ``address`` (`str`): address the workers use to reach this host.
+    - ``address`` (`str`) or ``interface`` (`str`): the address the workers
+      use to reach this host, or the interface to take it from (default:
+      the source address of this host's route to the partition's nodes).
 
     A job's ``priority`` reaches the executor (lower runs first); its cores,
     memory and walltime do not: workers are sized per block.
@@ -203,6 +226,7 @@ singleton, exclusive, scheduler_options, partition, account
             lines.append("#SBATCH --dependency=singleton")
 
         options: Kwargs = dict(provider_options or {})
+        options.setdefault("launcher", default_launcher())
         options.update(
             nodes_per_block=nodes,
             cores_per_node=cores_per_node,
@@ -234,6 +258,11 @@ singleton, exclusive, scheduler_options, partition, account
                 f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
             )
         return default
+
+    def address_targets(self) -> list[str]:
+        from .address import slurm_node_addresses
+
+        return slurm_node_addresses(self.get("partition", str, None))
 
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label)]
