@@ -16,6 +16,8 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .files import write_private
+
 __all__ = (
     "RenderError",
     "export_lines",
@@ -24,7 +26,9 @@ __all__ = (
 )
 
 _CMDVAL = re.compile(r"(?<!\$)\{(\w+)\}")
-_ENV = re.compile(r"<ENV:(\w+)>")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_ENV = re.compile(rf"<ENV:({_NAME})>")
+_VALID_NAME = re.compile(_NAME)
 _FILE = re.compile(r"<FILE:([^>]+)>")
 _MAX_PASSES = 20
 
@@ -38,6 +42,7 @@ def render(
     cmdvals: Mapping[str, Any],
     file_path: Callable[[str], str | None],
     job_name: str,
+    expand_env: bool = True,
 ) -> str:
     """Resolve every placeholder of ``text``.
 
@@ -51,12 +56,15 @@ def render(
         Returns the path of a workflow file by name, or `None` if unknown.
     job_name : `str`
         Job name, for messages.
+    expand_env : `bool`
+        Turn ``<ENV:X>`` into ``${X}`` (for command lines); `False` keeps
+        it, for `export_lines`.
 
     Returns
     -------
     text : `str`
         Text with ``{name}`` and ``<FILE:...>`` replaced and ``<ENV:X>``
-        turned into ``${X}``.
+        turned into ``${X}`` (if ``expand_env``).
 
     Raises
     ------
@@ -102,7 +110,7 @@ def render(
         raise RenderError(
             f"job '{job_name}': placeholders still unresolved after {_MAX_PASSES} passes: {text}"
         )
-    return _ENV.sub(r"${\1}", text) if "<ENV:" in text else text
+    return _ENV.sub(r"${\1}", text) if expand_env and "<ENV:" in text else text
 
 
 @functools.lru_cache(maxsize=1024)
@@ -110,14 +118,41 @@ def _split_cmdvals(text: str) -> list[str]:
     return _CMDVAL.split(text)
 
 
-def _quote_for_export(value: str) -> str:
-    # Double quotes keep ${X} expansion, as BPS intends for <ENV:X>.
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+def _export_value(value: str) -> str:
+    """``value`` as one shell word: its text single-quoted, each ``<ENV:X>``
+    as ``"${X}"``, so that only those references are expanded."""
+    parts = _ENV.split(value)
+    words = [f'"${{{part}}}"' if n % 2 else shlex.quote(part) for n, part in enumerate(parts) if part]
+    return "".join(words) or "''"
 
 
-def export_lines(environment: Mapping[str, str]) -> str:
-    """Return ``export`` statements for a job's environment, in order."""
-    return "\n".join(f"export {key}={_quote_for_export(str(value))}" for key, value in environment.items())
+def export_lines(environment: Mapping[str, str], job_name: str = "") -> str:
+    """Return ``export`` statements for a job's environment, in order.
+
+    Values reach the job exactly as written, except that each ``<ENV:X>``
+    becomes the value of ``X`` where the job runs.
+
+    Raises
+    ------
+    RenderError
+        If a key is not a shell variable name or a value holds a NUL
+        character (which no process environment can carry).
+    """
+    lines = []
+    for key, value in environment.items():
+        if not isinstance(key, str) or not _VALID_NAME.fullmatch(key):
+            raise RenderError(
+                f"job {job_name!r}: environment key {key!r} is not a variable name (letters, digits and _, "
+                "not starting with a digit): rename it in the submit YAML's environment section"
+            )
+        text = str(value)
+        if "\0" in text:
+            raise RenderError(
+                f"job {job_name!r}: the value of environment key {key!r} holds a NUL character, which no "
+                "process environment can carry: remove it from the submit YAML"
+            )
+        lines.append(f"export {key}={_export_value(text)}")
+    return "\n".join(lines)
 
 
 def write_environment_file(path: str, environ: Mapping[str, str] | None = None) -> str:
@@ -134,13 +169,6 @@ def write_environment_file(path: str, environ: Mapping[str, str] | None = None) 
     lines = [
         f"export {key}={shlex.quote(value)}"
         for key, value in sorted(environ.items())
-        if key not in skip
-        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)
-        and not key.startswith("BASH_FUNC")
+        if key not in skip and _VALID_NAME.fullmatch(key) and not key.startswith("BASH_FUNC")
     ]
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as stream:
-        stream.write("\n".join(lines) + "\n")
-    os.chmod(path, 0o600)
-    return path
+    return write_private(path, "\n".join(lines) + "\n")

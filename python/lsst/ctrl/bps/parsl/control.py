@@ -183,9 +183,10 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     import sys
     import time
 
-    log = os.path.join(submit_path, "parsl", "driver.log")
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    with open(log, "ab") as stream:
+    from .files import open_private, private_dir
+
+    log = os.path.join(private_dir(os.path.join(submit_path, "parsl")), "driver.log")
+    with os.fdopen(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as stream:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lsst.ctrl.bps.parsl.detached", submit_path, kind],
             stdin=subprocess.DEVNULL,

@@ -27,6 +27,7 @@ from typing import Any
 
 from parsl.app.python import PythonApp
 
+from .files import safe_component, safe_subdir
 from .job import ParslJob
 from .runner import EXIT_MARKER, GATES, ResourceGate, run_job
 from .running import kill_running_jobs
@@ -55,8 +56,10 @@ committed together (a restart recovers finished jobs from their logs)."""
 
 
 def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
-    """Return the stdout and stderr files of one attempt of one job."""
-    base = os.path.join(submit_path, "logs", log_dir or "", f"{name}.{attempt}")
+    """Return the stdout and stderr files of one attempt of one job, always
+    under ``<submit>/logs`` whatever the job's name and log directory hold
+    (see `files.safe_component`)."""
+    base = os.path.join(submit_path, "logs", safe_subdir(log_dir), f"{safe_component(name)}.{attempt}")
     return base + ".out", base + ".err"
 
 

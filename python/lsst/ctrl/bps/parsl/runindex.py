@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from .files import write_private
 from .state import DB_NAME, StateStoreError
 
 __all__ = ("add_run", "index_dir", "list_runs", "resolve_run")
@@ -24,14 +25,9 @@ def index_dir() -> Path:
 
 def add_run(run_id: str, submit_path: str, run_name: str) -> None:
     """Record a new run in the index (best effort: a read-only home is not fatal)."""
-    directory = index_dir()
+    record = {"run_id": run_id, "submit_path": submit_path, "run_name": run_name}
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(directory, 0o700)
-        path = directory / f"{run_id}.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as stream:
-            json.dump({"run_id": run_id, "submit_path": submit_path, "run_name": run_name}, stream)
+        write_private(str(index_dir() / f"{run_id}.json"), json.dumps(record))
     except OSError:
         pass
 

@@ -9,6 +9,7 @@ from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow, WmsRunRepo
 from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, get_bps_config_value
+from .files import open_private, private_dir, safe_component
 from .runindex import add_run, list_runs, resolve_run
 from .site import SiteConfig
 from .state import StateStoreError
@@ -96,11 +97,16 @@ class ParslService(BaseWmsService):
         )
         saved = os.path.join(workflow.submit_path, "parsl", "bps_config.yaml")
         try:
+            # The configuration holds the jobs' environment values: private.
+            private_dir(os.path.dirname(saved))
             _save_config(config, saved)
             # `bps restart` reads this file after a restart; `bps submit`
-            # writes it, other callers of prepare may not have.
-            bps_copy = os.path.join(workflow.submit_path, f"{workflow.name}_config.yaml")
-            if not os.path.exists(bps_copy):
+            # writes it (with the umask's mode: tightened here), other
+            # callers of prepare may not have.
+            bps_copy = os.path.join(workflow.submit_path, f"{safe_component(workflow.name)}_config.yaml")
+            if os.path.exists(bps_copy):
+                os.chmod(bps_copy, 0o600)
+            else:
                 _save_config(config, bps_copy)
         except OSError as exc:
             raise StateStoreError(
@@ -425,6 +431,6 @@ def _progress_interval(config: BpsConfig) -> float:
 
 
 def _save_config(config: BpsConfig, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as stream:
+    """Write ``config`` as YAML to ``path``, mode 0600 (its directory must exist)."""
+    with os.fdopen(open_private(path), "w") as stream:
         config.dump(stream)

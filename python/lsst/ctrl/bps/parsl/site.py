@@ -195,12 +195,15 @@ class SiteConfig(ABC):
         """
         prefix = self.get("commandPrefix", str, "")
         if self.get("environment", bool, False):
+            import shlex
+
             from .commands import write_environment_file
 
             if self.submit_path is None:
                 raise RuntimeError("submit_path must be set before get_command_prefix")
             env_file = write_environment_file(os.path.join(self.submit_path, "parsl", "environment.sh"))
-            prefix = f"{prefix}\n. {env_file}" if prefix else f". {env_file}"
+            source = f". {shlex.quote(env_file)}"
+            prefix = f"{prefix}\n{source}" if prefix else source
         return prefix
 
     @property

@@ -34,6 +34,7 @@ from lsst.ctrl.bps import (
 
 from .commands import export_lines, render
 from .configuration import ConfigurationError
+from .files import safe_component, safe_subdir
 from .state import FORMAT_VERSION, JobKind, RunStore, db_path
 
 __all__ = ("ParslWorkflow",)
@@ -175,7 +176,8 @@ class _Flattener:
 
 class _SubdirTemplate:
     """``subDirTemplate`` parsed once; fields missing from a job's tags are
-    left out, and empty path components dropped."""
+    left out, empty path components dropped, and every component made safe
+    (`files.safe_subdir`: no ``..``, nothing absolute)."""
 
     def __init__(self, template: str):
         self.parts = list(string.Formatter().parse(template))
@@ -189,7 +191,7 @@ class _SubdirTemplate:
             value = label if field == "label" else tags.get(field)
             if value is not None:
                 out.append(format(value, spec) if spec else str(value))
-        return "/".join(part for part in "".join(out).split("/") if part)
+        return safe_subdir("".join(out))
 
 
 def _file_lookup(graphs: list[GenericWorkflow]):
@@ -338,12 +340,18 @@ class ParslWorkflow(BaseWmsWorkflow):
                     command = render(job.pre_cmdline, job.cmdvals, lookup, job.name) + "\n" + command
                 if job.post_cmdline:
                     command = command + "\n" + render(job.post_cmdline, job.cmdvals, lookup, job.name)
+                if "\0" in command:
+                    raise ConfigurationError(
+                        f"job {job.name!r}: its command line holds a NUL character, which no process can be "
+                        "given: remove it from the job's arguments"
+                    )
                 env_id = None
                 if job.environment:
                     rendered = {
-                        k: render(str(v), job.cmdvals, lookup, job.name) for k, v in job.environment.items()
+                        k: render(str(v), job.cmdvals, lookup, job.name, expand_env=False)
+                        for k, v in job.environment.items()
                     }
-                    script = export_lines(rendered)
+                    script = export_lines(rendered, job.name)
                     env_id = envs.setdefault(script, len(envs))
                 tags = job.tags
                 yield (
@@ -473,5 +481,5 @@ def _run_meta(
         "payload": value("payloadName"),
         "output_run": value("outputRun"),
         "created": time.time(),
-        "config_file": os.path.join(submit_path, f"{name}_config.yaml"),
+        "config_file": os.path.join(submit_path, f"{safe_component(name)}_config.yaml"),
     }

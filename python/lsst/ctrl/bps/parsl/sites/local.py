@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
+from ..configuration import ConfigurationError
 from ..site import ExecutorCapacity, SiteConfig
 
 if TYPE_CHECKING:
@@ -13,6 +15,22 @@ if TYPE_CHECKING:
     from ..job import ParslJob
 
 __all__ = ("Local",)
+
+_LOG = logging.getLogger(__name__)
+_WARNED: set[str] = set()
+"""Warnings already given by this process (prepare validates the site twice)."""
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        _LOG.warning("%s", message)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return count or 1
 
 
 def machine_memory_mb() -> int:
@@ -26,9 +44,14 @@ class Local(SiteConfig):
     Keys of ``site.<computeSite>``:
 
     - ``cores`` (`int`, default: the machine's usable cores): cores given
-      to jobs; a job takes ``request_cpus`` of them.
+      to jobs; a job takes ``request_cpus`` of them. More than the machine
+      has is allowed (jobs that mostly wait may share cores) with a warning.
     - ``memory`` (`int`, MB, default: the machine's memory): memory given
-      to jobs; a job takes ``request_memory`` of it.
+      to jobs; a job takes ``request_memory`` of it. More than the machine
+      has is refused: jobs would be started into swap and the OOM killer.
+
+    ``walltime`` is not a key of this site (a job's time limit is its own
+    ``requestWalltime``): it is ignored with a warning.
 
     Jobs start as soon as they are ready, with no scaling delay: the
     executor (`JobPoolExecutor`) hands them to a small spawner process that
@@ -42,13 +65,34 @@ class Local(SiteConfig):
     @property
     def cores(self) -> int:
         """Cores given to jobs."""
-        default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return self.get_positive("cores", int, default or 1)
+        return self.get_positive("cores", int, usable_cores())
 
     @property
     def memory(self) -> int:
-        """Memory given to jobs, in MB."""
-        return self.get_positive("memory", int, machine_memory_mb())
+        """Memory given to jobs, in MB; never more than the machine has."""
+        machine = machine_memory_mb()
+        memory = self.get_positive("memory", int, machine)
+        if memory > machine:
+            raise ConfigurationError(
+                f"'{self.where}.memory' is {memory} MB but this machine has {machine} MB: lower it, or leave "
+                "it unset to give jobs all of it"
+            )
+        return memory
+
+    def validate(self) -> None:
+        super().validate()
+        cores, usable = self.cores, usable_cores()
+        if cores > usable:
+            _warn_once(
+                f"'{self.where}.cores' is {cores} but this process may use {usable} cores: jobs will share "
+                "cores (lower it, or leave it unset, unless the jobs mostly wait)"
+            )
+        found, walltime = self.site.search("walltime", opt={"default": None})
+        if found and walltime is not None:
+            _warn_once(
+                f"'{self.where}.walltime' ({walltime!r}) is ignored by the Local site: a job's time limit is "
+                "its requestWalltime (minutes, or quoted HH:MM:SS); remove it"
+            )
 
     def get_executors(self) -> list[ParslExecutor]:
         # Parsl is imported only to run: preparing a workflow does not need it.

@@ -1,0 +1,123 @@
+"""Files the plugin writes: private files for secrets, safe names for paths.
+
+Standard library only, so that preparing a workflow (which never imports
+Parsl) and the driver share it.
+
+* `private_dir` / `open_private` / `write_private`: configuration and
+  environment values go to files of mode 0600 in directories of mode 0700,
+  whatever the umask and whatever mode an older file had.
+* `safe_component` / `safe_subdir`: job names, labels and ``subDirTemplate``
+  values become file and directory names that stay inside their parent
+  directory: no ``/``, no ``.`` or ``..``, no control characters, not too
+  long. A name that is already safe is kept as is; another one gets a safe
+  form plus a short hash of the original, so two different names never share
+  a file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+
+__all__ = (
+    "open_private",
+    "private_dir",
+    "safe_component",
+    "safe_subdir",
+    "write_private",
+)
+
+_MAX_COMPONENT_BYTES = 200
+"""Longest file-name component made from a name: file systems allow 255
+bytes, and attempt numbers and suffixes such as ``.12.out`` follow it."""
+
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\ud800-\udfff]")
+_SAFE_COMPONENT = re.compile(rf"[^\x00-\x1f\x7f/\ud800-\udfff]{{1,{_MAX_COMPONENT_BYTES}}}")
+
+
+def private_dir(path: str) -> str:
+    """Create directory ``path`` (and missing parents) and make it mode 0700.
+
+    Returns
+    -------
+    path : `str`
+        The directory.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
+    """Open ``path`` as a file of mode 0600 and return its descriptor.
+
+    The mode is set on the open descriptor before anything is written, so a
+    file that existed with a looser mode is tightened first, and the umask
+    does not matter.
+    """
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_private(path: str, text: str) -> str:
+    """Write ``text`` to ``path`` (mode 0600) in a directory of mode 0700.
+
+    Returns
+    -------
+    path : `str`
+        The file written.
+    """
+    private_dir(os.path.dirname(path) or ".")
+    with os.fdopen(open_private(path), "w") as stream:
+        stream.write(text)
+    return path
+
+
+def safe_component(name: str) -> str:
+    """Return ``name`` as one file-name component inside its directory.
+
+    ``name`` itself when it is safe (the usual case); otherwise its unsafe
+    characters replaced by ``_``, a lone ``.``/``..`` replaced by
+    underscores, shortened to fit, and ``~`` plus a hash of ``name``
+    appended.
+    """
+    if (
+        name not in (".", "..")
+        and _SAFE_COMPONENT.fullmatch(name)
+        and len(name.encode()) <= _MAX_COMPONENT_BYTES
+    ):
+        return name
+    return _made_safe(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _made_safe(name: str) -> str:
+    digest = hashlib.sha256(name.encode(errors="surrogatepass")).hexdigest()[:12]
+    cleaned = _UNSAFE_CHARS.sub("_", name)
+    if cleaned in ("", ".", ".."):
+        cleaned = "_" * len(cleaned)
+    room = _MAX_COMPONENT_BYTES - len(digest) - 1
+    encoded = cleaned.encode()
+    if len(encoded) > room:
+        cleaned = encoded[:room].decode(errors="ignore")
+    return f"{cleaned}~{digest}"
+
+
+@functools.lru_cache(maxsize=4096)
+def safe_subdir(subdir: str | None) -> str:
+    """Return a relative directory path made of safe components.
+
+    Empty and ``.`` segments are dropped (so a leading ``/`` does not make
+    the path absolute); every other segment goes through `safe_component`,
+    so ``..`` cannot climb out.
+    """
+    if not subdir:
+        return ""
+    return "/".join(safe_component(part) for part in subdir.split("/") if part not in ("", "."))
