@@ -29,9 +29,10 @@ from parsl.app.python import PythonApp
 
 from .files import safe_component, safe_subdir
 from .job import ParslJob
-from .runner import EXIT_MARKER, GATES, ResourceGate, run_job
+from .runner import GATES, NotStartedError, ResourceGate, run_job
 from .running import kill_running_jobs
 from .site import SiteConfig
+from .spawner import logged_exit_status
 from .state import (
     DELETED,
     ENDED,
@@ -457,6 +458,10 @@ class Driver:
         if label in self.gates:
             self.queued[label] -= 1
             self._drain_blocked(label)
+        not_started = _not_started(outcome)
+        if not_started is not None:
+            self._never_started(i, attempt, not_started)
+            return
         try:
             code, sig, start, end, host, timed_out = _result_of(outcome)
         except Exception as exc:  # noqa: BLE001
@@ -483,6 +488,27 @@ class Driver:
             return
         self.store.set_state(i, FAILED, attempt, code, sig, start, end, host)
         self._finish(i, FAILED, record=False)
+
+    def _never_started(self, i: int, attempt: int, error: NotStartedError) -> None:
+        """An attempt that never started is no attempt: its number is given
+        back. The pool only stops starting jobs when the run stops or the pool
+        was lost; the run stops then (the job is recorded DELETED, and a
+        restart runs it)."""
+        self.attempt[i] = attempt - 1
+        self.session_tries[i] -= 1
+        if self.stop_reason:
+            return
+        _, stderr = log_paths(self.submit_path, self.rows[i].log_dir, self.rows[i].name, attempt)
+        if os.path.exists(stderr):
+            # It did start (a pool that was lost cannot always tell): settle it from its log.
+            self.attempt[i] = attempt
+            self.session_tries[i] += 1
+            code = exit_status_from_log(stderr)
+            if code == 0:
+                self.store.record_attempt(i, attempt, SUCCEEDED, 0, None, None, None, None, None, None, None)
+                self.store.set_state(i, SUCCEEDED, attempt, 0)
+                self._finish(i, SUCCEEDED, record=False)
+        self.request_stop(str(error))
 
     def _finish(self, i: int, state: int, record: bool = True) -> None:
         """Mark a job ended and release or prune its children."""
@@ -581,10 +607,17 @@ class Driver:
                 if flight is None or flight[1] != attempt:
                     continue
                 del self.in_flight[i]
+                if _not_started(outcome) is not None:
+                    self.attempt[i] = attempt - 1  # never started: no attempt to record
+                    continue
                 try:
                     code, sig, start, end, host, _ = _result_of(outcome)
                 except Exception:  # noqa: BLE001
-                    code, sig, start, end, host = -1, None, None, time.time(), None
+                    # The executor lost it: if it ran to its end, its shell logged how.
+                    _, stderr = log_paths(self.submit_path, self.rows[i].log_dir, self.rows[i].name, attempt)
+                    logged = exit_status_from_log(stderr)
+                    code = -1 if logged is None else logged
+                    sig, start, end, host = None, None, time.time(), None
                 state = SUCCEEDED if code == 0 else DELETED
                 self.store.record_attempt(
                     i, attempt, state, code, sig, flight[2] or None, flight[0], None, start, end, host
@@ -655,6 +688,16 @@ def _result_of(outcome: Any) -> tuple:
     return outcome.result()
 
 
+def _not_started(outcome: Any) -> NotStartedError | None:
+    """The error saying an attempt never started, if ``outcome`` is one."""
+    if isinstance(outcome, NotStartedError):
+        return outcome
+    if isinstance(outcome, (BaseException, tuple)) or not outcome.done():
+        return None
+    error = outcome.exception()
+    return error if isinstance(error, NotStartedError) else None
+
+
 def _walltime_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -677,18 +720,4 @@ def _append(path: str, text: str) -> None:
 
 def exit_status_from_log(stderr: str) -> int | None:
     """Exit status a job's shell appended to its stderr log, if any."""
-    try:
-        with open(stderr, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            size = stream.tell()
-            stream.seek(max(0, size - 4096))
-            tail = stream.read().decode(errors="replace")
-    except OSError:
-        return None
-    pos = tail.rfind(EXIT_MARKER)
-    if pos < 0:
-        return None
-    try:
-        return int(tail[pos + len(EXIT_MARKER) :].split()[0])
-    except (ValueError, IndexError):
-        return None
+    return logged_exit_status(stderr)

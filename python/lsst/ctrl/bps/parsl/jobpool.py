@@ -8,16 +8,24 @@ job processes as fast as the machine allows, not to run Python functions.
 Besides Parsl's `submit` (one `Future` per job), the driver uses
 `submit_attempt`: ended jobs are then handed to one callback in batches, as
 the spawner reports them, without a future per job.
+
+If the spawner dies (killed, say), a new one takes over every request not yet
+answered: jobs that had started are followed to their end and never started
+again, the others are started by it. A spawner dying more than
+``_MAX_DEATHS`` times within ``_DEATH_WINDOW`` seconds is not replaced: the
+unanswered jobs then end with `PoolLostError` (they may not have started).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -25,18 +33,22 @@ from typing import Any
 from parsl.executors.base import ParslExecutor
 
 from . import spawner
-from .runner import _script, run_job
+from .runner import NotStartedError, _script, run_job
 
-__all__ = ("AttemptResult", "JobPoolExecutor")
+__all__ = ("AttemptResult", "JobPoolExecutor", "NotStartedError", "PoolLostError")
 
+_LOG = logging.getLogger(__name__)
 _HOST = socket.gethostname()
+_MAX_DEATHS = 3
+_DEATH_WINDOW = 60.0
 
 AttemptResult = tuple[int, int | None, float | None, float, str, bool]
 """(exit code, signal, start, end, host, timed out), as `runner.run_job` returns."""
 
 
-class NotStartedError(RuntimeError):
-    """The pool stopped before the job could start."""
+class PoolLostError(NotStartedError):
+    """The pool's spawner died and was not replaced: the run must stop (a
+    restart settles what ran from the jobs' logs)."""
 
 
 class JobPoolExecutor(ParslExecutor):
@@ -58,20 +70,30 @@ class JobPoolExecutor(ParslExecutor):
         self.cores = cores
         self.memory = memory
         self._proc: subprocess.Popen | None = None
-        # Job id -> a Future (`submit`) or the key given to `submit_attempt`.
-        self._waiting: dict[int, Any] = {}
+        # Job id -> (a Future (`submit`) or the key given to `submit_attempt`, its request).
+        self._waiting: dict[int, tuple[Any, dict]] = {}
         self._next_id = 0
         self._lock = threading.Lock()  # guards _waiting and _next_id
-        self._write_lock = threading.Lock()  # one writer on the spawner's stdin; never taken by the reader
+        # One writer on the spawner's stdin; the reader takes it only to replace a spawner that died.
+        self._write_lock = threading.Lock()
         self._outbox: list[bytes] = []  # requests of `submit_attempt` not yet sent
+        self._closing = False  # shutdown: the spawner's end of input is expected
+        self._stop_sent = False
+        self._lost: PoolLostError | None = None
+        self._deaths: list[float] = []
         self._reader: threading.Thread | None = None
         self._on_results: Callable[[list[tuple[Any, AttemptResult | BaseException]]], None] | None = None
 
     def start(self) -> None:
         """Start the spawner process and the thread reading its results."""
+        self._proc = self._start_spawner()
+        self._reader = threading.Thread(target=self._read_results, name=f"JobPool-{self.label}", daemon=True)
+        self._reader.start()
+
+    def _start_spawner(self) -> subprocess.Popen:
         # Run as a plain script without site-packages: a lean process starts
         # jobs markedly faster than one that imported the LSST stack.
-        self._proc = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-S",
@@ -84,8 +106,6 @@ class JobPoolExecutor(ParslExecutor):
             bufsize=0,
             start_new_session=True,
         )
-        self._reader = threading.Thread(target=self._read_results, name=f"JobPool-{self.label}", daemon=True)
-        self._reader.start()
 
     def on_results(self, callback: Callable[[list[tuple[Any, AttemptResult | BaseException]]], None]) -> None:
         """Set the function that receives ``[(key, result or error), ...]``
@@ -120,8 +140,15 @@ class JobPoolExecutor(ParslExecutor):
             if self._outbox:
                 data = b"".join(self._outbox)
                 self._outbox.clear()
-                assert self._proc is not None and self._proc.stdin is not None
-                self._proc.stdin.write(data)
+                self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Write to the spawner (holding the write lock). If it died, the
+        requests stay unanswered in ``_waiting``: its successor gets them."""
+        try:
+            self._proc.stdin.write(data)
+        except (AttributeError, OSError, ValueError):
+            pass
 
     def _queue(
         self,
@@ -155,12 +182,26 @@ class JobPoolExecutor(ParslExecutor):
             with self._lock:
                 request["id"] = job_id = self._next_id
                 self._next_id += 1
-                self._waiting[job_id] = waiter
-            self._outbox.append((json.dumps(request) + "\n").encode())
+                self._waiting[job_id] = (waiter, request)
+            if self._lost is None:
+                self._outbox.append((json.dumps(request) + "\n").encode())
+                return
+        self._deliver([(job_id, self._lost)])
 
     def _read_results(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
+        proc = self._proc
+        while proc is not None:
+            self._read_from(proc)
+            proc = self._take_over(proc)
+        with self._lock:
+            left, self._waiting = self._waiting, {}
+        error = self._lost or NotStartedError("the job was not started: the pool is shut down")
+        self._hand_over([(waiter, error) for waiter, _ in left.values()])
+
+    def _read_from(self, proc: subprocess.Popen) -> None:
+        """Deliver the replies of one spawner until it exits."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
         pending = b""
         while True:
             try:
@@ -168,18 +209,64 @@ class JobPoolExecutor(ParslExecutor):
             except OSError:
                 data = b""
             if not data:
-                break
+                return
             *lines, pending = (pending + data).split(b"\n")
             self._deliver([_parse(line) for line in lines])
-        with self._lock:
-            left, self._waiting = self._waiting, {}
-        lost = RuntimeError("the job pool's spawner exited")
-        self._hand_over([(waiter, lost) for waiter in left.values()])
+
+    def _take_over(self, dead: subprocess.Popen) -> subprocess.Popen | None:
+        """Replace a spawner whose output ended (`None`: none expected or
+        possible); the new one gets every unanswered request (see
+        `spawner.Spawner.resume`)."""
+        if self._closing:
+            return None
+        try:
+            code = dead.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            dead.kill()
+            code = dead.wait()
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < _DEATH_WINDOW] + [now]
+        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        with self._write_lock:
+            if self._closing:
+                return None
+            self._outbox.clear()  # every request in it is unanswered: the new spawner gets it below
+            with self._lock:
+                jobs = [request for _, (_, request) in sorted(self._waiting.items())]
+            if len(self._deaths) > _MAX_DEATHS:
+                self._lost = PoolLostError(
+                    f"the local job pool's spawner died {len(self._deaths)} times within "
+                    f"{_DEATH_WINDOW:.0f} s (last: pid {dead.pid}, {how}); stopping the run: "
+                    "'bps restart' runs what did not finish"
+                )
+                return None
+            try:
+                proc = self._start_spawner()
+            except OSError as exc:
+                self._lost = PoolLostError(
+                    f"the local job pool's spawner (pid {dead.pid}) died ({how}) and a new one could not "
+                    f"be started: {exc}; stopping the run: 'bps restart' runs what did not finish"
+                )
+                return None
+            self._proc = proc
+            resume = {"op": "resume", "spawner": dead.pid, "jobs": jobs}
+            self._write(
+                (json.dumps(resume) + "\n").encode() + (b'{"op": "stop"}\n' if self._stop_sent else b"")
+            )
+        _LOG.warning(
+            "the local job pool's spawner (pid %d) died (%s); a new one (pid %d) took over its %d "
+            "unfinished job(s)",
+            dead.pid,
+            how,
+            proc.pid,
+            len(jobs),
+        )
+        return proc
 
     def _deliver(self, parsed: list[tuple[int, AttemptResult | BaseException]]) -> None:
         with self._lock:
             found = [(self._waiting.pop(job_id, None), result) for job_id, result in parsed]
-        self._hand_over([(waiter, result) for waiter, result in found if waiter is not None])
+        self._hand_over([(entry[0], result) for entry, result in found if entry is not None])
 
     def _hand_over(self, results: list[tuple[Any, AttemptResult | BaseException]]) -> None:
         batch = []
@@ -198,14 +285,12 @@ class JobPoolExecutor(ParslExecutor):
 
     def stop_jobs(self) -> None:
         """Fail queued jobs and terminate running ones; the pool stays up."""
-        try:
-            with self._write_lock:
-                # Queued requests go first: the spawner fails them, so their results arrive.
-                data = b"".join(self._outbox) + b'{"op": "stop"}\n'
-                self._outbox.clear()
-                self._proc.stdin.write(data)
-        except (AttributeError, OSError, ValueError):
-            pass
+        with self._write_lock:
+            self._stop_sent = True
+            # Queued requests go first: the spawner fails them, so their results arrive.
+            data = b"".join(self._outbox) + b'{"op": "stop"}\n'
+            self._outbox.clear()
+            self._write(data)
 
     def shutdown(self) -> None:
         """Stop every job and the spawner."""
@@ -214,10 +299,12 @@ class JobPoolExecutor(ParslExecutor):
         # Closing its input alone would let running jobs finish (that is for
         # a driver that died); a shut-down pool stops them.
         self.stop_jobs()
-        try:
-            self._proc.stdin.close()
-        except OSError:
-            pass
+        with self._write_lock:
+            self._closing = True
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -240,7 +327,7 @@ def _parse(line: bytes) -> tuple[int, AttemptResult | BaseException]:
     return int(job_id), (
         int(code),
         None if sig == b"-" else int(sig),
-        float(start),
+        None if start == b"?" else float(start),
         float(end),
         _HOST,
         timed_out == b"1",

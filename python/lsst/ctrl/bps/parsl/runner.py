@@ -1,10 +1,11 @@
 """The function every Parsl worker runs for a job attempt.
 
 It is imported by reference on workers, so it imports nothing heavy.
-The job runs under the site's shell in a session of its own, so that cancel can
-terminate it with all its children. While it runs, a small file names its
-host and process group, so that cancel, and a restart after the driver was
-killed, can find it. Its exit status is also appended to its stderr log by
+The job starts as the local pool's spawner starts its jobs (`spawner.Launcher`:
+a session of its own, default signal dispositions), and a walltime kill stops
+every process carrying its token (`spawner.kill_attempts`). While it runs, a
+small file names its host and process group, so that report, cancel, and a
+restart after the driver was killed, can find it. Its exit status is also appended to its stderr log by
 the job's own shell, so a restart can tell that a job finished even when the
 driver died before recording it.
 """
@@ -12,23 +13,33 @@ driver died before recording it.
 from __future__ import annotations
 
 import os
-import signal
+import select
 import socket
-import subprocess
 import threading
 import time
 from collections import deque
 
-__all__ = ("ATTEMPT_ENV", "EXIT_MARKER", "GateClosedError", "ResourceGate", "run_job")
+from .spawner import (
+    ATTEMPT_ENV,
+    EXIT_MARKER,
+    Launcher,
+    append_note,
+    exit_code_of,
+    job_argv,
+    kill_attempts,
+)
 
-EXIT_MARKER = "[bps-parsl] exit status "
-ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
+__all__ = ("ATTEMPT_ENV", "EXIT_MARKER", "GateClosedError", "NotStartedError", "ResourceGate", "run_job")
 
 _HOST = socket.gethostname()
 
 
-class GateClosedError(RuntimeError):
-    """The run is stopping: the job was not started."""
+class NotStartedError(RuntimeError):
+    """The job attempt was not started (the run is stopping, or its pool was lost)."""
+
+
+GateClosedError = NotStartedError
+"""The run is stopping: an in-process pool's gate started no more jobs."""
 
 
 class ResourceGate:
@@ -187,55 +198,73 @@ def _run(
     pid_file: str,
     walltime: float | None,
 ) -> tuple[int, int | None, float, float, str, bool]:
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
     start = time.time()
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [shell, "-c", _script(token, prefix, env, command)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
+    pid = Launcher().spawn(job_argv(shell, out_path, err_path, _script(token, prefix, env, command)))
+    _write_pid_file(pid_file, f"{_HOST} {pid} {token}\n")
+    timed_out = False
+    try:
+        status = _wait(pid, walltime)
+        if status is None:
+            timed_out = True
+            kill_attempts((token,), groups=(pid,))
+            status = _wait(pid, None)
+    except BaseException:
+        kill_attempts((token,), groups=(pid,))
+        _wait(pid, None)
+        raise
+    finally:
         try:
-            with open(pid_file, "w") as stream:
-                stream.write(f"{_HOST} {proc.pid} {token}\n")
+            os.unlink(pid_file)
         except OSError:
             pass
-        timed_out = False
-        try:
-            returncode = proc.wait(timeout=walltime)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc.pid)
-            returncode = proc.wait()
-        except BaseException:
-            _kill_group(proc.pid)
-            proc.wait()
-            raise
-        finally:
-            try:
-                os.unlink(pid_file)
-            except OSError:
-                pass
     end = time.time()
-    sig = None
-    if returncode < 0:
-        sig = -returncode
-        returncode = 128 + sig
-    elif returncode > 128 and returncode < 128 + 65:
-        sig = returncode - 128
+    returncode, sig = exit_code_of(status)
     if timed_out:
-        with open(err_path, "a") as err_text:
-            err_text.write(f"[bps-parsl] killed after walltime of {walltime:.0f} s\n")
+        append_note(err_path, f"[bps-parsl] killed after walltime of {walltime:.0f} s\n")
     return returncode, sig, start, end, _HOST, timed_out
 
 
-def _kill_group(pgid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _write_pid_file(path: str, text: str) -> None:
+    """Write the running-attempt file, making its directory again if it vanished."""
+    for _ in range(2):
         try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
+            with open(path, "w") as stream:
+                stream.write(text)
             return
-        if sig == signal.SIGTERM:
-            time.sleep(0.5)
+        except FileNotFoundError:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError:
+                return
+        except OSError:
+            return
+
+
+def _wait(pid: int, timeout: float | None) -> int | None:
+    """Wait status of child ``pid``, or `None` if it still runs after ``timeout`` seconds."""
+    if timeout is not None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is not None:
+            try:
+                ready, _, _ = select.select([pidfd], [], [], timeout)
+            finally:
+                os.close(pidfd)
+            if not ready:
+                return None
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                found, status = os.waitpid(pid, os.WNOHANG)
+                if found:
+                    return status
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.05)
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue

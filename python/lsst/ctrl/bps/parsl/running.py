@@ -3,19 +3,17 @@
 Two sources, both in ``<submit>/parsl/running/``: a file per running attempt
 (``<job>.<attempt>``, holding ``<host> <pid> <token>``) written by
 `runner.run_job` on Parsl workers, and the journals of the local pool's
-spawners (``spawner.<host>.<pid>``, see `spawner`).
+spawners (``spawner.<host>.<pid>``, see `spawner`). Stopping a run does not
+need them: every process of a run carries its token (`spawner.kill_attempts`).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import time
 from collections.abc import Iterator
 
-from .runner import ATTEMPT_ENV
-from .spawner import JOURNAL_PREFIX, read_journal
+from .spawner import JOURNAL_PREFIX, kill_attempts, read_journal
 
 __all__ = ("kill_running_jobs", "running_attempts", "running_job_ids")
 
@@ -68,24 +66,15 @@ def running_job_ids(running_dir: str) -> set[int]:
 
 
 def kill_running_jobs(running_dir: str, run_id: str) -> int:
-    """Terminate the process groups of this run's jobs running on this host.
+    """Kill every process of this run on this host (`spawner.kill_attempts`
+    with the run's token prefix: job shells, their children, and whatever
+    left their process group or session), SIGTERM then SIGKILL.
 
-    A process group is killed only if its leader carries this run's token in
-    its command line, so a reused pid is never hit. Journals of spawners that
-    are gone are removed afterwards. Returns how many groups were signalled.
+    A process is signalled only if its own ``/proc`` entry carries this run's
+    token, so a reused pid is never hit. Journals of spawners that are gone
+    are removed afterwards. Returns how many processes were found.
     """
-    killed = 0
-    for host, pid, token in list(running_attempts(running_dir)):
-        if host != _HOST or not token.startswith(run_id + "/") or not _has_token(pid, token):
-            continue
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            if sig == signal.SIGTERM:
-                time.sleep(0.2)
-        killed += 1
+    killed = kill_attempts(run_prefix=run_id + "/")
     try:
         names = os.listdir(running_dir)
     except OSError:
@@ -107,13 +96,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _has_token(pid: int, token: str) -> bool:
-    """Whether process ``pid`` is the shell of the job attempt ``token``."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as stream:
-            cmdline = stream.read()
-    except OSError:
-        return False
-    return f"{ATTEMPT_ENV}={token}\n".encode() in cmdline
