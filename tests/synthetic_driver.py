@@ -12,6 +12,7 @@ import json
 import sys
 
 from lsst.ctrl.bps.parsl import ParslService
+from lsst.ctrl.bps.parsl.service import RunFailedError
 from synthetic import job, make_config, workflow
 
 
@@ -35,7 +36,12 @@ def prepare_and_submit(submit: str, spec: dict, extra: dict) -> None:
     service.run_submission_checks()
     wf = service.prepare(config, gw, submit)
     print(f"Run Id: {wf.run_id}", flush=True)
-    service.submit(wf)
+    try:
+        service.submit(wf)
+    except RunFailedError as exc:
+        # As ``bps submit`` does: one line, exit status 1.
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def main() -> int:

@@ -129,7 +129,10 @@ def test_failed_quantum_prunes_descendants_and_final_job_runs(e2e_repo, tmp_path
     suffix = "fail"
     submit_yaml = e2e.write_submit_yaml(tmp_path, e2e_repo, e2e.PIPELINE_FAIL, output_run_suffix=suffix)
     proc = bps_submit(tmp_path, submit_yaml)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
+    # A failed run is no SystemExit: ctrl_bps still prints its Run Id lines, then the reason.
+    assert "Run Id:" in proc.stdout and "did not succeed" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
 
     submit = submit_dir(tmp_path, suffix)
     jobs = read_state(submit)

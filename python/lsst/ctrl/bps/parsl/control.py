@@ -1,10 +1,18 @@
-"""Start a driver on a submit directory, holding the run's lock."""
+"""Start, stop and check the driver of a submit directory.
+
+A live driver holds the run's lock (``parsl/driver.lock``, a same-host guard
+against two drivers) and writes a heartbeat; every other process finds out
+about it, and reaches it, only through files (see `liveness`).
+"""
 
 from __future__ import annotations
 
 import fcntl
 import gc
 import os
+import signal
+import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -12,17 +20,34 @@ from typing import TYPE_CHECKING
 from lsst.ctrl.bps import BpsConfig
 
 from .configuration import get_bps_config_value
+from .liveness import (
+    HOST,
+    DriverMonitor,
+    DriverRecord,
+    driver_alive,
+    holds_store,
+    process_start,
+    write_cancel_request,
+)
 from .site import SiteConfig
-from .state import RunStore, db_path
+from .state import RunStore, StateStoreError, db_path
 
 if TYPE_CHECKING:
     from .driver import RunOutcome
 
-__all__ = ("DriverBusyError", "driver_lock", "load_config", "run_driver")
+__all__ = ("DriverBusyError", "checked_run", "driver_alive", "driver_lock", "load_config", "run_driver")
+
+_RESERVE_MIN = 1 << 20
+_RESERVE_MAX = 64 << 20
+_ACK_TIMEOUT = 10.0
+"""Seconds a driver has to answer a cancel request before `cancel_run`
+considers it unresponsive."""
+_LOCK_WAIT = 10.0
+"""Seconds `cancel_run` waits for the lock of a driver that just ended."""
 
 
 class DriverBusyError(RuntimeError):
-    """Another driver holds the run's lock."""
+    """Another driver is running this run."""
 
 
 def lock_path(submit_path: str) -> str:
@@ -30,43 +55,39 @@ def lock_path(submit_path: str) -> str:
     return os.path.join(submit_path, "parsl", "driver.lock")
 
 
+def _busy(submit_path: str, record: DriverRecord | None) -> DriverBusyError:
+    who = f" ({record.describe()})" if record is not None else ""
+    return DriverBusyError(
+        f"{submit_path}: a driver{who} is still running this run: wait for it or "
+        f"'bps cancel --id {submit_path}'"
+    )
+
+
 @contextmanager
-def driver_lock(submit_path: str) -> Iterator[None]:
-    """Hold the run's driver lock, or raise `DriverBusyError`."""
+def driver_lock(submit_path: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the run's driver lock, or raise `DriverBusyError`.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    wait : `float`
+        Seconds to keep trying while another process holds the lock.
+    """
     path = lock_path(submit_path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            raise DriverBusyError(
-                f"{submit_path}: a driver (pid {other or '?'}) is still running this run: wait for it or "
-                f"'bps cancel --id {submit_path}'"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _busy(submit_path, driver_alive(submit_path)) from None
+                time.sleep(0.1)
         yield
-    finally:
-        os.close(fd)
-
-
-def driver_alive(submit_path: str) -> int | None:
-    """Return the pid of the live driver of a run, or `None`."""
-    path = lock_path(submit_path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
     finally:
         os.close(fd)
 
@@ -76,8 +97,25 @@ def load_config(submit_path: str) -> BpsConfig:
     return BpsConfig(os.path.join(submit_path, "parsl", "bps_config.yaml"))
 
 
+def _reserve_size(store: RunStore) -> int:
+    """Space for the last commits of a run: grows with the store (its status
+    table is rewritten when a run stops)."""
+    return min(_RESERVE_MAX, _RESERVE_MIN + os.path.getsize(store.path) // 4)
+
+
 def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutcome:
-    """Run (or resume) a run in this process and raise if jobs failed."""
+    """Run (or resume) a run in this process and raise if jobs failed.
+
+    Raises
+    ------
+    RunFailedError
+        If a job did not succeed or the run stopped (cancelled, full disk,
+        store lost, Parsl could not start).
+    DriverBusyError
+        If another driver runs this run.
+    StateStoreError
+        If the store cannot be opened for writing.
+    """
     from .driver import Driver
     from .service import RunFailedError, _progress_interval
 
@@ -85,23 +123,35 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     site = SiteConfig.from_config(config)
     with driver_lock(submit_path):
         store = RunStore(db_path(submit_path))
-        # What the caller holds (the GenericWorkflow, the LSST stack) would
-        # otherwise be scanned by every full garbage collection of the run.
-        gc.freeze()
         try:
-            driver = Driver(
-                store,
-                site,
-                kind=kind,
-                progress_interval=_progress_interval(config),
-                progress_by_label=get_bps_config_value(config, "parslProgressByLabel", bool, False),
-            )
-            outcome = driver.run()
+            run_id = _check_meta(store, submit_path)
+            other = driver_alive(submit_path, run_id)
+            if other is not None and other.identity != (HOST, os.getpid(), process_start(os.getpid())):
+                raise _busy(submit_path, other)
+            store.keep_reserve(_reserve_size(store))
+            monitor = DriverMonitor(submit_path, run_id, store)
+            monitor.start()
+            # What the caller holds (the GenericWorkflow, the LSST stack) would
+            # otherwise be scanned by every full garbage collection of the run.
+            gc.freeze()
+            try:
+                driver = Driver(
+                    store,
+                    site,
+                    kind=kind,
+                    progress_interval=_progress_interval(config),
+                    progress_by_label=get_bps_config_value(config, "parslProgressByLabel", bool, False),
+                )
+                monitor.attach(driver.request_stop)
+                outcome = driver.run()
+            finally:
+                gc.unfreeze()
+                monitor.stop()
         finally:
-            gc.unfreeze()
             store.close()
     if outcome.cancelled:
-        raise RunFailedError(f"run {submit_path} stopped: {outcome.reason}")
+        reason = outcome.reason
+        raise RunFailedError(reason if submit_path in reason else f"run {submit_path} stopped: {reason}")
     if outcome.failed:
         raise RunFailedError(
             f"run {submit_path}: {outcome.failed} job(s) did not succeed (failed, pruned or deleted); "
@@ -112,8 +162,6 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
 
 def _owned(submit_path: str) -> None:
     """Raise unless the calling user owns the run."""
-    from .state import StateStoreError
-
     owner = os.stat(db_path(submit_path)).st_uid
     if owner != os.getuid():
         raise StateStoreError(
@@ -121,39 +169,115 @@ def _owned(submit_path: str) -> None:
         )
 
 
+def _same_directory(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_meta(store: RunStore, submit_path: str) -> str:
+    """The store must say it is the run of ``submit_path``; returns its run id."""
+    meta = store.meta()
+    recorded, run_id = meta.get("submit_path"), meta.get("run_id")
+    if (
+        not isinstance(recorded, str)
+        or not isinstance(run_id, str)
+        or not _same_directory(recorded, submit_path)
+    ):
+        store.check_integrity()  # a damaged store says so first
+        raise StateStoreError(
+            f"{store.path}: this database is the run in {recorded}, not in {submit_path} (a copied or moved "
+            f"submit directory?): act on {recorded}, or submit the run again"
+        )
+    return run_id
+
+
+def checked_run(submit_path: str) -> str:
+    """Check that a submit directory is a run its caller may act on
+    (cancel, restart) and return the run id.
+
+    Refused: a store owned by another user, a store or ``parsl/`` that is a
+    symbolic link or not a regular file/directory, a store that names
+    another submit directory (copied or moved).
+
+    Raises
+    ------
+    StateStoreError
+        With one line naming the path.
+    """
+    _owned(submit_path)
+    path = db_path(submit_path)
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise StateStoreError(
+            f"{path}: not a regular file (a symbolic link?): refused; use the submit directory that holds "
+            "the run's database itself"
+        )
+    parsl_dir = os.path.join(submit_path, "parsl")
+    if os.path.lexists(parsl_dir) and not stat.S_ISDIR(os.lstat(parsl_dir).st_mode):
+        raise StateStoreError(f"{parsl_dir}: not a directory (a symbolic link?): refused")
+    store = RunStore(path, readonly=True)
+    try:
+        return _check_meta(store, submit_path)
+    finally:
+        store.close()
+
+
+def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: bool = False) -> bool:
+    """Wait until the driver ``record`` describes has ended (or, with
+    ``ack``, at least says it is stopping); returns whether it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = driver_alive(submit_path, record.run_id)
+        if now is None or now.identity != record.identity or (ack and now.stopping):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
     """Stop a run from any process: its driver stops and every job ends.
+
+    The driver is asked through a cancel request in the submit directory.
+    Only a driver on this host that does not answer within `_ACK_TIMEOUT`
+    seconds and is proven to be this run's driver (its process has this
+    run's database open) gets a SIGTERM.
 
     Returns
     -------
     cancelled : `bool`
-        True only if the driver exited, no job process is left and every
-        unfinished job is recorded DELETED.
+        True only if the driver exited, no job process is left on this host
+        and every unfinished job is recorded DELETED.
     message : `str`
         What happened.
     """
-    import signal
-    import time
-
     from .running import kill_running_jobs
     from .state import DELETED, ENDED
 
-    _owned(submit_path)
-    pid = driver_alive(submit_path)
-    if pid is not None and pid > 0:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while driver_alive(submit_path) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if driver_alive(submit_path) is not None:
-            return False, f"the driver (pid {pid}) did not stop within {timeout:.0f} s; try again or kill it"
-    with driver_lock(submit_path):
+    run_id = checked_run(submit_path)
+    record = driver_alive(submit_path, run_id)
+    if record is not None:
+        write_cancel_request(submit_path, record)
+        if not _wait_for_end(submit_path, record, _ACK_TIMEOUT, ack=True):
+            if record.host != HOST or not holds_store(record.pid, submit_path):
+                return False, (
+                    f"the driver ({record.describe()}) did not answer the cancel request within "
+                    f"{_ACK_TIMEOUT:.0f} s; it stops when it reads the request: try again later"
+                )
+            try:
+                os.kill(record.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if not _wait_for_end(submit_path, record, timeout):
+            return False, f"the driver ({record.describe()}) did not stop within {timeout:.0f} s; try again"
+    with driver_lock(submit_path, wait=_LOCK_WAIT):
+        other = driver_alive(submit_path, run_id)
+        if other is not None:
+            raise _busy(submit_path, other)
         store = RunStore(db_path(submit_path))
         try:
-            run_id = store.meta()["run_id"]
             left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
             unfinished = [
                 (job, attempt) for job, state, attempt, *_ in store.statuses() if state not in ENDED
@@ -163,16 +287,16 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
             store.flush()
         finally:
             store.close()
-    if pid is None and not unfinished and not left:
+    if record is None and not unfinished and not left:
         return False, "the run had already ended; nothing to cancel"
-    what = f"driver pid {pid} stopped" if pid else "no driver was running"
+    what = f"driver {record.describe()} stopped" if record else "no driver was running"
     return True, f"{what}; {len(unfinished)} unfinished job(s) marked DELETED"
 
 
 def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     """Start the driver of a run in the background, detached from the terminal.
 
-    Returns once the driver holds the run's lock.
+    Returns once the driver's heartbeat names it.
 
     Returns
     -------
@@ -203,7 +327,8 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
             raise RuntimeError(
                 f"the background driver exited at once (code {proc.returncode}); {log}:\n{tail}"
             )
-        if driver_alive(submit_path) == proc.pid:
+        alive = driver_alive(submit_path)
+        if alive is not None and alive.host == HOST and alive.pid == proc.pid:
             return proc.pid
         time.sleep(0.05)
     raise RuntimeError(f"the background driver did not start within {wait:.0f} s: see {log}")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from .control import run_driver
+from .control import DriverBusyError, run_driver
+from .service import RunFailedError
+from .state import StateStoreError
 
 
 def main(argv: list[str]) -> int:
-    """Run the driver of a submit directory; exit non-zero if jobs failed."""
+    """Run the driver of a submit directory; exit non-zero (after one line
+    saying why) if jobs failed or the run could not go on."""
     submit_path, kind = argv[1], argv[2]
     try:
         run_driver(submit_path, None, kind=kind)
-    except SystemExit as exc:
+    except (RunFailedError, StateStoreError, DriverBusyError) as exc:
         print(exc, flush=True)
         return 1
     return 0

@@ -45,6 +45,8 @@ from .state import (
     UNREADY,
     JobKind,
     RunStore,
+    StateStoreError,
+    StoreLostError,
 )
 
 __all__ = ("Driver", "RunOutcome", "log_paths")
@@ -199,21 +201,37 @@ class Driver:
     # ---- main loop ----------------------------------------------------------
 
     def run(self) -> RunOutcome:
-        """Run until every job ended or a stop was requested."""
-        from parsl.dataflow.dflow import DataFlowKernel
+        """Run until every job ended or a stop was requested.
 
+        A run that cannot go on (Parsl does not start, the store cannot be
+        written or is no longer this run's, the disk is full) ends with
+        ``outcome.cancelled`` and a one-line ``outcome.reason``; whatever
+        was started is stopped and the signal handlers are restored.
+        """
         self._reset_for_run()
         os.makedirs(self.running_dir, exist_ok=True)
         self.store.begin_session(self.kind, os.getpid(), _HOST)
         self._install_signal_handlers()
-        self.prefix = self.site.get_command_prefix()
-        self.shell = self.site.job_shell
-        config = self.site.get_parsl_config()
-        monitoring_db = self.site.monitoring_filename()
-        if monitoring_db:
-            self.store.set_meta("monitoring_db", monitoring_db)
-        self._setup_parsl_logging()
-        self.dfk = DataFlowKernel(config)
+        try:
+            self.prefix = self.site.get_command_prefix()
+            self.shell = self.site.job_shell
+            config = self.site.get_parsl_config()
+            monitoring_db = self.site.monitoring_filename()
+            if monitoring_db:
+                self.store.set_meta("monitoring_db", monitoring_db)
+            self._setup_parsl_logging()
+            self.dfk = _start_parsl(config)
+        except BaseException as exc:
+            self._restore_signal_handlers()
+            self._end_session_quietly("error")
+            if not isinstance(exc, Exception):
+                raise
+            site = type(self.site).__name__
+            reason = f"Parsl could not start the executors of site {site}: {_one_line(exc)}"
+            outcome = RunOutcome(cancelled=True, reason=reason)
+            for s in self.state:
+                outcome.counts[s] = outcome.counts.get(s, 0) + 1
+            return outcome
         labels = [label for label in self.dfk.executors if label != "_parsl_internal"]
         self.capacity = {label: self.site.capacity(label) for label in labels}
         # In-process pools take jobs straight through Parsl's executor API:
@@ -247,6 +265,7 @@ class Driver:
         self.futures: dict[int, Any] = {}
         self.waiting_children: dict[int, int] = {}
         outcome = RunOutcome()
+        store_failed = False
         try:
             for final in (False, True):
                 if self.stop_reason:
@@ -254,10 +273,17 @@ class Driver:
                 self._run_phase(final)
             if self.stop_reason:
                 self._stop_everything()
+        except StateStoreError as exc:
+            # The store cannot take more, or is no longer this run's: stop
+            # every job and say why in one line.
+            store_failed = True
+            if isinstance(exc, StoreLostError) or not self.stop_reason:
+                self.stop_reason = str(exc)
+            self._stop_quietly()
         except BaseException as exc:
             self.stop_reason = self.stop_reason or f"driver error: {exc!r}"
-            self._stop_everything()
-            self.store.end_session("error")
+            self._stop_quietly()
+            self._end_session_quietly("error")
             raise
         finally:
             self._restore_signal_handlers()
@@ -272,10 +298,16 @@ class Driver:
             outcome.reason = self.stop_reason
         for s in self.state:
             outcome.counts[s] = outcome.counts.get(s, 0) + 1
-        self.store.end_session(
-            "cancelled" if outcome.cancelled else ("failed" if outcome.failed else "succeeded")
-        )
-        self.store.flush()
+        if store_failed or self.store.disk_full or self.store.lost:
+            ended = "error"
+        else:
+            ended = "cancelled" if outcome.cancelled else ("failed" if outcome.failed else "succeeded")
+        try:
+            self.store.end_session(ended)
+            self.store.flush()
+        except StateStoreError as exc:
+            outcome.cancelled = True
+            outcome.reason = outcome.reason or str(exc)
         self._print_progress(force=True)
         return outcome
 
@@ -319,6 +351,8 @@ class Driver:
             if now - last_flush >= _FLUSH_INTERVAL:
                 self.store.flush()
                 last_flush = now
+                if self.store.disk_full:
+                    self.request_stop(self.store.disk_full)
             self._print_progress()
         self.store.flush()
 
@@ -571,6 +605,19 @@ class Driver:
         if not self.stop_reason:
             self.stop_reason = reason
 
+    def _stop_quietly(self) -> None:
+        """`_stop_everything`, when the store may refuse the record of it."""
+        try:
+            self._stop_everything()
+        except StateStoreError as exc:
+            _LOG.warning("%s", exc)
+
+    def _end_session_quietly(self, outcome: str) -> None:
+        try:
+            self.store.end_session(outcome)
+        except StateStoreError as exc:
+            _LOG.warning("%s", exc)
+
     def _install_signal_handlers(self) -> None:
         self._old_handlers: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
@@ -677,6 +724,42 @@ class Driver:
                     f"{counts.get(PRUNED, 0)} pruned, of {sum(counts.values())}",
                     flush=True,
                 )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _start_parsl(config: Any) -> Any:
+    """Start Parsl's data-flow kernel; if that fails, stop what it had
+    started (executors, the status poller) before raising."""
+    from parsl.dataflow.dflow import DataFlowKernel
+
+    dfk = DataFlowKernel.__new__(DataFlowKernel)
+    try:
+        DataFlowKernel.__init__(dfk, config)
+    except BaseException:
+        steps = []
+        poller = getattr(dfk, "job_status_poller", None)
+        if poller is not None:
+            steps.append(poller.close)
+        steps.extend(executor.shutdown for executor in getattr(dfk, "executors", {}).values())
+        for name in ("memoizer", "usage_tracker"):
+            part = getattr(dfk, name, None)
+            if part is not None:
+                steps.append(part.close)
+        monitoring = getattr(dfk, "monitoring", None)
+        if monitoring is not None:
+            steps.append(monitoring.close)
+        if getattr(dfk, "_logging_unregister_callback", None) is not None:
+            steps.append(dfk._logging_unregister_callback)
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001
+                _LOG.warning("stopping what Parsl had started failed: %r", exc)
+        raise
+    return dfk
 
 
 def _result_of(outcome: Any) -> tuple:

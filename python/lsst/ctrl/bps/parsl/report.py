@@ -9,7 +9,7 @@ from collections import Counter
 
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
-from .control import driver_alive
+from .liveness import driver_alive
 from .running import running_job_ids
 from .state import PENDING, RUNNING, JobKind, RunStore, db_path, store_error
 
@@ -21,9 +21,11 @@ _IN_FLIGHT = (PENDING, RUNNING, WmsStates.READY.value)
 
 def run_state(store: RunStore, submit_path: str) -> tuple[WmsStates, str]:
     """State of a whole run and a one-line explanation."""
-    pid = driver_alive(submit_path)
-    if pid is not None:
-        return WmsStates.RUNNING, f"driver pid {pid} is running"
+    alive = driver_alive(submit_path)
+    if alive is not None:
+        if alive.stopping:
+            return WmsStates.RUNNING, f"driver {alive.describe()} is stopping: {alive.stopping}"
+        return WmsStates.RUNNING, f"driver {alive.describe()} is running"
     sessions = store.sessions()
     if not sessions:
         return WmsStates.UNREADY, "prepared, never submitted"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
-from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow, WmsRunReport, WmsStates
+from lsst.ctrl.bps import BaseWmsService, BpsConfig, BpsError, GenericWorkflow, WmsRunReport, WmsStates
 from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, get_bps_config_value
@@ -20,11 +21,33 @@ __all__ = ("ParslService", "RunFailedError")
 _LOG = logging.getLogger(__name__)
 
 
-class RunFailedError(SystemExit):
-    """Some jobs of the run did not succeed.
+class RunFailedError(BpsError):
+    """Some jobs of the run did not succeed, or the run stopped.
 
-    A `SystemExit`, so ``bps submit`` prints one line and exits non-zero.
+    An ordinary exception for Python callers. Under the ``bps`` command line
+    `ParslService.submit` and `ParslService.restart` do not raise it: they
+    print its one line, return as usual (so that ``bps`` prints its ``Run
+    Id`` lines) and make the command exit with status 1.
     """
+
+
+def _fail_bps_command(message: str) -> bool:
+    """Under ctrl_bps's ``bps`` command line, print ``message`` and make the
+    command exit with status 1 once it finished; returns whether it did."""
+    try:
+        import click
+    except ImportError:
+        return False
+    context = click.get_current_context(silent=True)
+    if context is None or not type(context.find_root().command).__module__.startswith("lsst.ctrl.bps."):
+        return False
+    print(message, file=sys.stderr, flush=True)
+
+    def exit_with_failure() -> None:
+        raise click.exceptions.Exit(1)
+
+    context.call_on_close(exit_with_failure)
+    return True
 
 
 class ParslService(BaseWmsService):
@@ -123,9 +146,10 @@ class ParslService(BaseWmsService):
         ------
         RunFailedError
             If any job failed, was pruned or the run was cancelled; the
-            final job has run by then (unless cancelled).
+            final job has run by then (unless cancelled). Under the ``bps``
+            command line it is printed instead and ``bps submit`` exits 1.
         """
-        from .control import run_driver, start_detached
+        from .control import DriverBusyError, run_driver, start_detached
 
         config = kwargs.get("config") or workflow.config or self.config
         if _detach(config):
@@ -136,7 +160,11 @@ class ParslService(BaseWmsService):
             )
             return workflow
         print(f"bps-parsl: run {workflow.run_id} in {workflow.submit_path}", flush=True)
-        run_driver(workflow.submit_path, config, kind="submit")
+        try:
+            run_driver(workflow.submit_path, config, kind="submit")
+        except (RunFailedError, StateStoreError, DriverBusyError) as exc:
+            if not _fail_bps_command(str(exc)):
+                raise
         return workflow
 
     def restart(self, wms_workflow_id: str) -> tuple[str | None, str | None, str]:
@@ -153,28 +181,37 @@ class ParslService(BaseWmsService):
             The run id and name (`None` if it could not restart) and a
             message.
         """
-        from .control import DriverBusyError, _owned, driver_alive, load_config, run_driver, start_detached
+        from .control import (
+            DriverBusyError,
+            checked_run,
+            driver_alive,
+            load_config,
+            run_driver,
+            start_detached,
+        )
 
         try:
             submit_path = resolve_run(wms_workflow_id)
-            _owned(submit_path)
+            run_id = checked_run(submit_path)
             workflow = ParslWorkflow.load(submit_path)
-            if driver_alive(submit_path) is not None:
+            alive = driver_alive(submit_path, run_id)
+            if alive is not None:
                 raise DriverBusyError(
-                    f"{submit_path}: its driver is still running: wait for it or 'bps cancel' it first"
+                    f"{submit_path}: its driver ({alive.describe()}) is still running: wait for it or "
+                    "'bps cancel' it first"
                 )
             config = load_config(submit_path)
-        except (StateStoreError, DriverBusyError, OSError) as exc:
-            return None, None, str(exc)
-        if _detach(config):
-            pid = start_detached(submit_path, "restart")
-            return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"
-        print(f"bps-parsl: restarting run {workflow.run_id} in {submit_path}", flush=True)
-        try:
+            if _detach(config):
+                pid = start_detached(submit_path, "restart")
+                return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"
+            print(f"bps-parsl: restarting run {workflow.run_id} in {submit_path}", flush=True)
             run_driver(submit_path, config, kind="restart")
-        except DriverBusyError as exc:
-            # Another restart took the lock since the check above.
-            return None, None, str(exc)
+        except RunFailedError as exc:
+            _fail_bps_command(str(exc))
+            return workflow.run_id, workflow.name, str(exc)
+        except (StateStoreError, DriverBusyError, OSError, RuntimeError) as exc:
+            # DriverBusyError also when another restart took the lock since the check above.
+            return None, None, " ".join(str(exc).split())
         return workflow.run_id, workflow.name, "restarted run completed"
 
     def report(
@@ -286,11 +323,11 @@ class ParslService(BaseWmsService):
                 return []
             return [submit_path] if _cancellable(submit_path) else []
         ids = []
-        for _, submit_path in list_runs():
+        for run_id, submit_path in list_runs():
             try:
                 if (
                     _is_owner(submit_path)
-                    and driver_alive(submit_path) is not None
+                    and driver_alive(submit_path, run_id) is not None
                     and _operator_is(submit_path, user)
                 ):
                     ids.append(submit_path)
@@ -307,11 +344,11 @@ class ParslService(BaseWmsService):
         cancelled, message : `tuple`
             Whether all of that happened, and what happened.
         """
-        from .control import cancel_run
+        from .control import DriverBusyError, cancel_run
 
         try:
             return cancel_run(resolve_run(wms_id))
-        except (StateStoreError, OSError) as exc:
+        except (StateStoreError, DriverBusyError, OSError) as exc:
             return False, str(exc)
 
     def ping(self, pass_thru: str | None = None) -> tuple[int, str]:

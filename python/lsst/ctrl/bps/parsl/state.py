@@ -14,10 +14,12 @@ jobs' own logs.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ __all__ = (
     "JobKind",
     "RunStore",
     "StateStoreError",
+    "StoreLostError",
+    "out_of_space_message",
 )
 
 DB_NAME = "bps_parsl.sqlite3"
@@ -125,6 +129,85 @@ class StateStoreError(RuntimeError):
     """The run-state database is missing, unreadable or damaged."""
 
 
+class StoreLostError(StateStoreError):
+    """The run-state database was deleted, truncated or replaced under an
+    open store: nothing more is written to it."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SQLITE_FULL = 13
+_SQLITE_IOERR = 10
+RESERVE_NAME = "space.reserve"
+"""File in ``<submit>/parsl/`` whose space a driver gives back to its store
+when the file system fills up, so that it can record how the run stopped."""
+
+
+def out_of_space_message(submit_path: str) -> str:
+    """The one line a driver stops with when its submit directory's disk is full."""
+    return (
+        f"{submit_path}: the file system of the submit directory is full: the run stopped after "
+        f"recording every job that ended; free space, then 'bps restart --id {submit_path}'"
+    )
+
+
+def _is_out_of_space(exc: BaseException) -> bool:
+    """Whether an SQLite or OS error means the disk (or quota) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)) or "full" in str(exc)
+
+
+class SpaceReserve:
+    """Disk space held for the run-state database of a running driver.
+
+    Parameters
+    ----------
+    path : `str`
+        The reserve file; created (mode 0600) with ``size`` bytes allocated.
+    size : `int`
+        Bytes to hold.
+
+    Notes
+    -----
+    Best effort: on a file system that is already full the reserve is
+    smaller or absent. Copy-on-write file systems may give the space back
+    late.
+    """
+
+    def __init__(self, path: str, size: int):
+        self.path = path
+        self.held = False
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return
+        try:
+            os.fchmod(fd, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                block = b"\0" * 65536
+                for _ in range(0, size, len(block)):
+                    os.write(fd, block)
+            self.held = True
+        except OSError:
+            self.held = os.fstat(fd).st_size > 0
+        finally:
+            os.close(fd)
+
+    def release(self) -> bool:
+        """Give the space back; returns whether there was any to give."""
+        held, self.held = self.held, False
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        return held
+
+
 def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
     """A one-line `StateStoreError` for an SQLite error on ``path``."""
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -214,6 +297,12 @@ class RunStore:
             )
         if not os.access(path, os.R_OK):
             raise StateStoreError(f"{path}: not readable by this user: check its permissions")
+        self.lost: str | None = None
+        self.disk_full: str | None = None
+        self.reserve: SpaceReserve | None = None
+        self._fd: int | None = None
+        if not readonly:
+            self._open_identity()
         try:
             if readonly:
                 self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -226,18 +315,19 @@ class RunStore:
                 row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise StateStoreError(
                 f"{path}: not a readable run-state database ({exc}): the file is damaged; restore it from a "
                 "backup or submit the run again (nothing was re-run)"
             ) from None
         if version == 0 and not tables:
-            self.conn.close()
+            self.close()
             raise StateStoreError(
                 f"{path}: the run-state database is empty (truncated?): restore it from a backup or submit "
                 "the run again (nothing was re-run)"
             )
         if version != FORMAT_VERSION or not {"meta", "jobs", "status", "attempts", "sessions"} <= tables:
-            self.conn.close()
+            self.close()
             raise StateStoreError(
                 f"{path}: run-state format {version} with tables {sorted(tables)} is not format "
                 f"{FORMAT_VERSION}: use the plugin version that wrote it, or submit the run again"
@@ -248,8 +338,73 @@ class RunStore:
             try:
                 self.check_integrity()
             except StateStoreError:
-                self.conn.close()
+                self.close()
                 raise
+
+    def _open_identity(self) -> None:
+        """Refuse a store that is not a regular file of this user, and keep
+        a descriptor of it to notice if the path stops naming it."""
+        path = self.path
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateStoreError(
+                    f"{path}: is a symbolic link, not the run's own database: refused; use the submit "
+                    "directory that holds the database itself"
+                ) from None
+            raise StateStoreError(f"{path}: cannot open the run-state database ({exc.strerror})") from None
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            os.close(self._fd)
+            self._fd = None
+            raise StateStoreError(
+                f"{path}: not a regular file owned by you (uid {info.st_uid}): refused; only the run's "
+                "owner may act on it"
+            )
+        self._identity = (info.st_dev, info.st_ino)
+        self._size = info.st_size
+
+    def check_identity(self) -> None:
+        """Raise `StoreLostError` if the store's path no longer names the
+        file this store opened, in the state it left it: the file was
+        deleted, replaced by another file, or truncated.
+
+        Once lost, the store writes nothing more.
+        """
+        if self.lost:
+            raise StoreLostError(self.lost)
+        if self._fd is None:
+            return
+        what = None
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError as exc:
+            what = f"made unreadable ({exc.strerror})"
+        else:
+            if (info.st_dev, info.st_ino) != self._identity:
+                what = "replaced by another file"
+            elif info.st_size < self._size or os.pread(self._fd, len(_SQLITE_HEADER), 0) != _SQLITE_HEADER:
+                what = "truncated or overwritten"
+            else:
+                self._size = info.st_size
+        if what is not None:
+            directory = os.path.dirname(self.path) or "."
+            self.lost = (
+                f"{self.path}: the run-state database was {what} while the run was running: the run "
+                "stopped and nothing more was recorded; restore the file and 'bps restart --id "
+                f"{directory}', or submit the run again"
+            )
+            raise StoreLostError(self.lost)
+
+    def keep_reserve(self, size: int) -> None:
+        """Hold ``size`` bytes next to the store for its last commits when
+        the file system fills up (see `SpaceReserve`)."""
+        directory = os.path.join(os.path.dirname(self.path), "parsl")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.reserve = SpaceReserve(os.path.join(directory, RESERVE_NAME), size)
 
     # ---- creation -------------------------------------------------------
 
@@ -404,6 +559,7 @@ class RunStore:
     def end_session(self, outcome: str) -> None:
         """Record that this driver ended and how."""
         self.flush()
+        self.check_identity()
         self.conn.execute(
             "UPDATE sessions SET end=?, outcome=? WHERE id=?", (time.time(), outcome, self.session)
         )
@@ -460,11 +616,35 @@ class RunStore:
         return bool(self._pending_status or self._pending_attempts)
 
     def flush(self) -> None:
-        """Commit every queued change in one transaction."""
+        """Commit every queued change in one transaction.
+
+        If the disk is full, the space of the reserve (`keep_reserve`) is
+        given back and the commit tried once more; `disk_full` then says
+        so, and the caller should stop. Changes that could not be committed
+        stay queued.
+
+        Raises
+        ------
+        StoreLostError
+            If the database file was deleted, replaced or truncated.
+        StateStoreError
+            If the commit failed.
+        """
         if not self._pending_status and not self._pending_attempts:
             return
-        status, self._pending_status = self._pending_status, []
-        attempts, self._pending_attempts = self._pending_attempts, []
+        self.check_identity()
+        try:
+            self._commit_pending()
+        except StateStoreError as exc:
+            if self.reserve is None or not _is_out_of_space(exc.__context__ or exc):
+                raise
+            if not self.reserve.release():
+                raise
+            self._commit_pending()
+            self.disk_full = out_of_space_message(os.path.dirname(self.path) or ".")
+
+    def _commit_pending(self) -> None:
+        status, attempts = self._pending_status, self._pending_attempts
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             if status:
@@ -478,6 +658,7 @@ class RunStore:
                     "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", attempts
                 )
             self.conn.execute("COMMIT")
+            self._pending_status, self._pending_attempts = [], []
         except BaseException as exc:
             if self.conn.in_transaction:
                 try:
@@ -489,5 +670,11 @@ class RunStore:
             raise
 
     def close(self) -> None:
-        """Close the connection."""
-        self.conn.close()
+        """Close the connection (and give back any reserved space)."""
+        if hasattr(self, "conn"):
+            self.conn.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.reserve is not None:
+            self.reserve.release()

@@ -1,0 +1,363 @@
+"""Whether a run's driver is alive, and how other processes reach it.
+
+Everything goes through two small files in ``<submit>/parsl/``, so that it
+works from any host that sees the submit directory and never depends on a
+lock or a signal:
+
+* ``driver.heartbeat``: written by the driver (atomically replaced, mode
+  0600) when it starts and every `HEARTBEAT_INTERVAL` seconds: run id, host,
+  pid, the process's start time, the time of writing, the interval, and why
+  it is stopping once it is. Removed when the driver ends.
+* ``cancel.request``: written by ``bps cancel``, naming the run and the
+  driver it is meant for; the driver polls for it every `POLL_INTERVAL`
+  seconds and stops.
+
+Readers only read: checking liveness never takes a lock a driver needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from .state import DB_NAME, StoreLostError, out_of_space_message
+
+if TYPE_CHECKING:
+    from .state import RunStore
+
+__all__ = (
+    "HEARTBEAT_INTERVAL",
+    "DriverMonitor",
+    "DriverRecord",
+    "driver_alive",
+    "holds_store",
+    "read_heartbeat",
+    "write_cancel_request",
+)
+
+HOST = socket.gethostname()
+HEARTBEAT_NAME = "driver.heartbeat"
+CANCEL_NAME = "cancel.request"
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between two heartbeats of a driver."""
+POLL_INTERVAL = 0.5
+"""Seconds between two checks of the driver (cancel request, store, disk)."""
+STALE_AFTER = 30.0
+"""Seconds after which the heartbeat of a driver on another host means it is
+gone (clocks of the hosts must agree better than this)."""
+FULL_BELOW = 64 * 1024
+"""Free bytes below which the submit directory's file system counts as full."""
+
+
+@dataclass(frozen=True)
+class DriverRecord:
+    """What a driver's heartbeat says about it."""
+
+    run_id: str
+    host: str
+    pid: int
+    started: int | None
+    """Start time of the process (clock ticks since boot), `None` if unknown."""
+    time: float
+    interval: float
+    stopping: str | None = None
+    """Why the driver is stopping, once it is."""
+
+    def describe(self) -> str:
+        """``pid N on HOST``."""
+        return f"pid {self.pid} on {self.host}"
+
+    @property
+    def identity(self) -> tuple[str, int, int | None]:
+        """What tells this driver process from any other."""
+        return self.host, self.pid, self.started
+
+
+def _parsl_dir(submit_path: str) -> str:
+    return os.path.join(submit_path, "parsl")
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of a process on this host (clock ticks since boot), or
+    `None` if there is no such process or no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            text = stream.read()
+    except OSError:
+        return None
+    try:
+        return int(text[text.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def _read_json(path: str) -> dict | None:
+    """A small JSON object from a regular file (no symlink followed), or `None`."""
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            time.sleep(0.01)  # e.g. ESTALE on a network file system while it is replaced
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+        try:
+            value = json.loads(data)
+        except ValueError:
+            time.sleep(0.01)
+            continue
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def _write_json(path: str, value: dict) -> None:
+    """Replace ``path`` atomically by a 0600 file holding ``value``."""
+    tmp = f"{path}.{HOST}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, json.dumps(value).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def read_heartbeat(submit_path: str) -> DriverRecord | None:
+    """The heartbeat of a run's driver as written, fresh or not, or `None`."""
+    value = _read_json(os.path.join(_parsl_dir(submit_path), HEARTBEAT_NAME))
+    if value is None:
+        return None
+    try:
+        record = DriverRecord(
+            run_id=str(value["run_id"]),
+            host=str(value["host"]),
+            pid=int(value["pid"]),
+            started=None if value.get("started") is None else int(value["started"]),
+            time=float(value["time"]),
+            interval=float(value["interval"]),
+            stopping=None if value.get("stopping") is None else str(value["stopping"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    return record if record.pid > 0 else None
+
+
+def _is_running(record: DriverRecord) -> bool:
+    """Whether the heartbeat's process, on this host, is still the one that wrote it."""
+    start = process_start(record.pid)
+    if start is not None:
+        return record.started is None or start == record.started
+    if os.path.isdir("/proc"):
+        return False  # no such process
+    try:  # no /proc: the pid exists, and the heartbeat must be fresh
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return time.time() - record.time <= max(STALE_AFTER, 5 * record.interval)
+
+
+def driver_alive(submit_path: str, run_id: str | None = None) -> DriverRecord | None:
+    """The live driver of a run, or `None`.
+
+    A driver on this host is alive while its process (same pid and start
+    time) runs; one on another host while its heartbeat is fresher than
+    `STALE_AFTER` seconds (or five intervals). Only reads files.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    run_id : `str`, optional
+        The run's id: a heartbeat of another run is ignored.
+    """
+    record = read_heartbeat(submit_path)
+    if record is None or (run_id is not None and record.run_id != run_id):
+        return None
+    if record.host == HOST:
+        return record if _is_running(record) else None
+    fresh = time.time() - record.time <= max(STALE_AFTER, 5 * record.interval)
+    return record if fresh else None
+
+
+def holds_store(pid: int, submit_path: str) -> bool:
+    """Whether process ``pid`` (on this host) has the run-state database of
+    ``submit_path`` open: the proof that it is this run's driver."""
+    try:
+        target = os.lstat(os.path.join(submit_path, DB_NAME))
+    except OSError:
+        return False
+    if not stat.S_ISREG(target.st_mode):
+        return False
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            info = os.stat(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+def write_cancel_request(submit_path: str, record: DriverRecord) -> None:
+    """Ask the driver ``record`` describes to stop."""
+    _write_json(
+        os.path.join(_parsl_dir(submit_path), CANCEL_NAME),
+        {
+            "run_id": record.run_id,
+            "target": list(record.identity),
+            "from": [HOST, os.getpid()],
+            "time": time.time(),
+        },
+    )
+
+
+class DriverMonitor:
+    """The running driver's side: heartbeat, cancel requests, and the checks
+    that stop it when its store or its disk fails.
+
+    A small thread wakes every `POLL_INTERVAL` seconds: it asks the driver to
+    stop (``request_stop(reason)``) when a cancel request names it, when the
+    run-state database was deleted, replaced or truncated, or when the
+    submit directory's file system is full; and it rewrites the heartbeat
+    every `HEARTBEAT_INTERVAL` seconds.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    run_id : `str`
+        The run's id.
+    store : `RunStore`
+        The run's store, open for writing.
+    interval : `float`
+        Seconds between heartbeats.
+    """
+
+    def __init__(self, submit_path: str, run_id: str, store: RunStore, interval: float = HEARTBEAT_INTERVAL):
+        self.submit_path = submit_path
+        self.run_id = run_id
+        self.store = store
+        self.interval = interval
+        self.started = process_start(os.getpid())
+        self.reason: str | None = None
+        self._request_stop: Callable[[str], None] | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bps-parsl-monitor", daemon=True)
+        self._heartbeat = os.path.join(_parsl_dir(submit_path), HEARTBEAT_NAME)
+        self._cancel = os.path.join(_parsl_dir(submit_path), CANCEL_NAME)
+        self._last_beat = 0.0
+
+    @property
+    def identity(self) -> list:
+        """This driver's (host, pid, start time)."""
+        return [HOST, os.getpid(), self.started]
+
+    def start(self) -> None:
+        """Forget old cancel requests, write the first heartbeat, start checking."""
+        _unlink(self._cancel)
+        self._beat()
+        self._thread.start()
+
+    def attach(self, request_stop: Callable[[str], None]) -> None:
+        """Tell the driver to stop through ``request_stop`` (now, if a reason came already)."""
+        self._request_stop = request_stop
+        if self.reason:
+            request_stop(self.reason)
+
+    def stop(self) -> None:
+        """Stop checking; remove the heartbeat and any cancel request meant for this driver."""
+        self._done.set()
+        self._thread.join()
+        if self._cancel_requested():
+            _unlink(self._cancel)
+        mine = read_heartbeat(self.submit_path)
+        if mine is not None and list(mine.identity) == self.identity:
+            _unlink(self._heartbeat)
+
+    def _beat(self) -> None:
+        record = DriverRecord(
+            self.run_id, HOST, os.getpid(), self.started, time.time(), self.interval, self.reason
+        )
+        try:
+            _write_json(self._heartbeat, asdict(record))
+        except OSError:
+            pass  # a full disk: readers on this host still see the process
+        self._last_beat = time.monotonic()
+
+    def _cancel_requested(self) -> str | None:
+        value = _read_json(self._cancel)
+        if value is None or value.get("run_id") != self.run_id or value.get("target") != self.identity:
+            return None
+        who = value.get("from")
+        where = f" from pid {who[1]} on {who[0]}" if isinstance(who, list) and len(who) == 2 else ""
+        return f"cancelled by 'bps cancel'{where}"
+
+    def _stop_with(self, reason: str) -> None:
+        if self.reason:
+            return
+        self.reason = reason
+        if self._request_stop is not None:
+            self._request_stop(reason)
+        self._beat()
+
+    def _disk_full(self) -> bool:
+        try:
+            info = os.statvfs(self.submit_path)
+        except OSError:
+            return False
+        # Some file systems report no sizes at all (f_blocks 0): never "full".
+        return info.f_blocks > 0 and info.f_bavail * info.f_frsize < FULL_BELOW
+
+    def check(self) -> None:
+        """One round of checks (the thread's work)."""
+        if not self.reason:
+            reason = self._cancel_requested()
+            if reason is None:
+                try:
+                    self.store.check_identity()
+                except StoreLostError as exc:
+                    reason = str(exc)
+            if reason is None and self._disk_full():
+                reason = self.store.disk_full = out_of_space_message(self.submit_path)
+            if reason is not None:
+                self._stop_with(reason)
+        if time.monotonic() - self._last_beat >= self.interval:
+            self._beat()
+
+    def _loop(self) -> None:
+        while not self._done.wait(POLL_INTERVAL):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001
+                continue  # a check must never end the heartbeat

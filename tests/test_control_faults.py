@@ -1,0 +1,422 @@
+"""Control and store faults (issue 11, items 4, 6, 7, 11, 12): no signal on
+trust, full disk, the store is the run, no race in liveness, failures are
+exceptions.
+
+Real drivers in subprocesses, real signals, real files and modes, the real
+``bps`` command line, a real tmpfs for the full disk (root only). Each test
+names the promise of ``doc/reliability.md`` ("Control and store faults") it
+proves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from parsl.executors import ThreadPoolExecutor
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from cli import bps, wait_for  # noqa: E402
+from lsst.ctrl.bps import WmsStates  # noqa: E402
+from lsst.ctrl.bps.parsl import ParslService, control  # noqa: E402
+from lsst.ctrl.bps.parsl.liveness import HOST, driver_alive, process_start  # noqa: E402
+from lsst.ctrl.bps.parsl.service import RunFailedError  # noqa: E402
+from lsst.ctrl.bps.parsl.site import SiteConfig  # noqa: E402
+from lsst.ctrl.bps.parsl.state import RunStore, db_path  # noqa: E402
+from synthetic import job, make_config, run, statuses, workflow  # noqa: E402
+from test_reliability import (  # noqa: E402
+    LOCAL2,
+    env,
+    lines,
+    mount_tmpfs,
+    run_id_of,
+    run_processes,
+    start,
+    store_opens_cleanly,
+)
+
+SHARED_FIXTURES = (env, mount_tmpfs)
+"""Fixtures of ``test_reliability`` these tests use by name."""
+
+S, F, D = (WmsStates[n].value for n in ("SUCCEEDED", "FAILED", "DELETED"))
+
+
+def sessions(submit: Path) -> list[tuple]:
+    store = RunStore(db_path(str(submit)), readonly=True)
+    try:
+        return store.sessions()
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def finished(tmp_path, env):
+    """A finished run with one failed job (so cancel and restart have work)."""
+    submit = tmp_path / "submit"
+    gw = workflow([job("good", "true"), job("bad", "exit 3")])
+    run(gw, submit, make_config(site={"local": LOCAL2}), expect_fail=True)
+    return submit
+
+
+_LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.fixture
+def victim(finished):
+    """A process of this user that no command of a run may signal: it holds
+    the run's ``parsl/driver.lock`` with its own pid in it, as a crafted lock
+    would name it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(finished / "parsl" / "driver.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "locked"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def forge_heartbeat(submit: Path, pid: int, run_id: str) -> None:
+    record = {
+        "run_id": run_id,
+        "host": HOST,
+        "pid": pid,
+        "started": process_start(pid),
+        "time": time.time() + 3600,
+        "interval": 2.0,
+        "stopping": None,
+    }
+    (submit / "parsl" / "driver.heartbeat").write_text(json.dumps(record))
+
+
+# ---- no signal on trust (item 4) ------------------------------------------------
+
+
+def test_crafted_lock_or_heartbeat_never_gets_a_process_signalled(finished, victim, monkeypatch):
+    """Control 1: a process of the user that is not the run's driver, named
+    by (and holding) ``parsl/driver.lock``, and then also by a heartbeat
+    (right host, right start time, fresh), makes ``cancel`` and ``restart``
+    refuse with one line; it never gets a signal."""
+    monkeypatch.setattr(control, "_ACK_TIMEOUT", 1.0)
+    monkeypatch.setattr(control, "_LOCK_WAIT", 1.0)
+    submit = finished
+    service = ParslService({})
+    ok, message = service.cancel(str(submit))
+    assert ok is False and "still running" in message and "\n" not in message, message
+    assert victim.poll() is None
+
+    forge_heartbeat(submit, victim.pid, run_id_of(submit))
+    assert driver_alive(str(submit)) is not None  # it does look alive
+    ok, message = service.cancel(str(submit))
+    assert ok is False and f"pid {victim.pid}" in message and "did not answer" in message, message
+    run_id, _, message = service.restart(str(submit))
+    assert run_id is None and "still running" in message, message
+    time.sleep(0.5)
+    assert victim.poll() is None, "the crafted pid got a signal"
+    assert len(sessions(submit)) == 1  # nothing ran
+
+
+def test_symlinked_or_copied_store_is_refused(finished, tmp_path, env):
+    """Control 2: a store that is a symbolic link, or a store copied from
+    another submit directory (its recorded submit path is not this one), is
+    refused by cancel and restart with one line; nothing runs."""
+    other = tmp_path / "linked"
+    (other / "parsl").mkdir(parents=True)
+    (other / "bps_parsl.sqlite3").symlink_to(finished / "bps_parsl.sqlite3")
+    copied = tmp_path / "copied"
+    shutil.copytree(finished, copied)
+    service = ParslService({})
+    for submit, words in ((other, "symbolic link"), (copied, f"not in {copied}")):
+        ok, message = service.cancel(str(submit))
+        assert ok is False and words in message and "\n" not in message, message
+        run_id, _, message = service.restart(str(submit))
+        assert run_id is None and words in message, message
+        result = bps(env, "restart", "--id", str(submit), check=False)
+        assert words in result.stdout and "Traceback" not in result.stdout + result.stderr, result.stdout
+    assert len(sessions(finished)) == 1 and len(sessions(copied)) == 1
+
+
+def test_cancel_goes_through_the_submit_directory(tmp_path, env):
+    """Control 3: ``bps cancel`` reaches the driver through the request file
+    in the submit directory (the driver says so, rather than "received
+    SIGTERM"); the session ends 'cancelled', no job process and no heartbeat
+    are left."""
+    marker = f"bpsrequestcancel{os.getpid()}x"
+    log = tmp_path / "started"
+    spec = {
+        "jobs": [
+            {"name": f"s{i}", "label": "s", "script": f"echo s{i} >> {log}; exec -a {marker} sleep 60"}
+            for i in range(4)
+        ],
+        "site": LOCAL2,
+    }
+    proc, submit = start(tmp_path, env, spec)
+    wait_for(lambda: len(lines(log)) >= 2, what="two jobs running", proc=proc)
+    result = bps(env, "cancel", "--id", str(submit))
+    assert "Successfully canceled" in result.stdout, result.stdout + result.stderr
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "cancelled by 'bps cancel'" in out and "SIGTERM" not in out, out
+    assert sessions(submit)[-1][6] == "cancelled"
+    assert not run_processes(run_id_of(submit))
+    assert not (submit / "parsl" / "driver.heartbeat").exists()
+
+
+# ---- the store is the run (item 7) ---------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "replaced"])
+def test_store_deleted_truncated_or_replaced_mid_run_stops_the_driver(tmp_path, env, how):
+    """Control 4: the run-state database deleted, truncated or replaced by
+    another file while the driver runs: the driver stops within seconds with
+    one line naming the file and what happened (no traceback, no success),
+    and no job process is left."""
+    marker = f"bpsstorelost{os.getpid()}x"
+    log = tmp_path / "started"
+    spec = {
+        "jobs": [
+            {"name": f"s{i}", "label": "s", "script": f"echo s{i} >> {log}; exec -a {marker} sleep 60"}
+            for i in range(4)
+        ],
+        "site": LOCAL2,
+    }
+    proc, submit = start(tmp_path, env, spec)
+    wait_for(lambda: len(lines(log)) >= 2, what="two jobs running", proc=proc)
+    run_id = run_id_of(submit)
+    db = submit / "bps_parsl.sqlite3"
+    if how == "deleted":
+        db.unlink()
+    elif how == "truncated":
+        os.truncate(db, 0)
+    else:
+        shutil.copy(db, tmp_path / "other.sqlite3")
+        os.replace(tmp_path / "other.sqlite3", db)
+    t0 = time.monotonic()
+    out, _ = proc.communicate(timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert proc.returncode != 0, out
+    words = {"deleted": "was deleted", "truncated": "truncated", "replaced": "replaced by another file"}[how]
+    problem = [line for line in out.splitlines() if words in line]
+    assert problem and str(db) in problem[-1] and "bps restart" in problem[-1], out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert not run_processes(run_id)
+
+
+# ---- failures are exceptions (item 12) ---------------------------------------------
+
+
+def test_run_failed_error_is_an_ordinary_exception(tmp_path):
+    """Control 5: ``RunFailedError`` is an `Exception` (not a `SystemExit`):
+    ``except Exception`` around ``submit`` catches a run with a failed job."""
+    assert issubclass(RunFailedError, Exception) and not issubclass(RunFailedError, SystemExit)
+    config = make_config(site={"local": LOCAL2})
+    service = ParslService(config)
+    wf = service.prepare(config, workflow([job("bad", "exit 3")]), str(tmp_path / "submit"))
+    caught = None
+    try:
+        service.submit(wf)
+    except Exception as exc:  # noqa: BLE001
+        caught = exc
+    assert isinstance(caught, RunFailedError) and "1 job(s) did not succeed" in str(caught)
+
+
+def test_restart_returns_its_contract_and_the_cli_exits_non_zero(finished, env):
+    """Control 6: ``restart()`` of a run whose job fails again returns (run
+    id, name, message) instead of raising; ``bps restart`` prints its ``Run
+    Id`` lines, the one-line failure, and exits 1."""
+    run_id, name, message = ParslService({}).restart(str(finished))
+    assert run_id == run_id_of(finished) and name and "did not succeed" in message, message
+    result = bps(env, "restart", "--id", str(finished), check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Run Id: {run_id}" in result.stdout and "did not succeed" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+class BrokenExecutor(ThreadPoolExecutor):
+    """A Parsl executor whose start fails, as one whose scheduler is unreachable."""
+
+    def start(self):
+        raise RuntimeError("cannot reach the scheduler")
+
+
+class BrokenStartSite(SiteConfig):
+    """A thread pool that starts, then an executor whose start fails."""
+
+    started: list = []
+
+    def get_executors(self):
+        good = ThreadPoolExecutor(label="good", max_threads=1)
+        BrokenStartSite.started.append(good)
+        return [good, BrokenExecutor(label="broken")]
+
+    def select_executor(self, job):
+        return "good"
+
+
+def test_parsl_failing_to_start_cleans_up(tmp_path):
+    """Control 7: when an executor's ``start()`` raises, ``submit`` raises
+    `RunFailedError` (caught by ``except Exception``) with one line, the
+    session is recorded ended ('error'), the driver's signal handlers are
+    restored and the executor that had started is shut down."""
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    config = make_config(site={"local": {"class": "test_control_faults.BrokenStartSite"}})
+    service = ParslService(config)
+    submit = tmp_path / "submit"
+    wf = service.prepare(config, workflow([job("a", "true")]), str(submit))
+    BrokenStartSite.started.clear()
+    with pytest.raises(Exception) as info:
+        service.submit(wf)
+    assert isinstance(info.value, RunFailedError)
+    message = str(info.value)
+    assert "Parsl could not start" in message and "cannot reach the scheduler" in message
+    assert "\n" not in message
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    (session,) = sessions(submit)
+    assert session[5] is not None and session[6] == "error"
+    good = BrokenStartSite.started[-1]
+    assert good.executor._shutdown, "the executor that started was not shut down"
+    assert not (submit / "parsl" / "driver.heartbeat").exists()
+
+
+# ---- no race in liveness (item 11) --------------------------------------------------
+
+_POLLER = """
+import sys
+from pathlib import Path
+from lsst.ctrl.bps.parsl import ParslService
+from lsst.ctrl.bps.parsl.liveness import driver_alive
+current, stop = Path(sys.argv[1]), Path(sys.argv[2])
+service = ParslService({})
+n = 0
+while not stop.exists():
+    try:
+        starting = current.read_text().split()
+    except OSError:
+        continue
+    for submit in starting:
+        driver_alive(submit)
+        service.report(submit)
+        service.get_status(submit)
+        n += 1
+print(n)
+"""
+
+
+def test_detached_starts_never_fail_while_report_polls(tmp_path, env):
+    """Control 8: 30 detached starts (two at a time), each while another
+    process runs ``driver_alive``, ``report`` and ``status`` on the starting
+    runs in a tight loop: every start succeeds and every run completes."""
+    current, stop = tmp_path / "current", tmp_path / "stop"
+    current.write_text("")
+    poller = subprocess.Popen(
+        [sys.executable, "-c", _POLLER, str(current), str(stop)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    config = make_config(site={"local": LOCAL2})
+    submits = [tmp_path / f"run{i}" for i in range(30)]
+    for submit in submits:
+        service = ParslService(config)
+        service.prepare(config, workflow([job("x", "true")]), str(submit))
+    starting: set[str] = set()
+    guard = threading.Lock()
+    failures: list[tuple[Path, str]] = []
+
+    def publish(add: str | None = None, remove: str | None = None) -> None:
+        with guard:
+            if add:
+                starting.add(add)
+            if remove:
+                starting.discard(remove)
+            tmp = tmp_path / "current.tmp"
+            tmp.write_text("\n".join(sorted(starting)))
+            os.replace(tmp, current)
+
+    def start_all(mine: list[Path]) -> None:
+        for submit in mine:
+            publish(add=str(submit))
+            try:
+                control.start_detached(str(submit), "submit")
+            except RuntimeError as exc:
+                failures.append((submit, str(exc)))
+            finally:
+                publish(remove=str(submit))
+
+    threads = [threading.Thread(target=start_all, args=(submits[k::2],)) for k in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.touch()
+        polls = int(poller.communicate(timeout=60)[0] or 0)
+    assert not failures, failures
+    assert polls > 30, polls
+    for submit in submits:
+        wait_for(lambda s=submit: driver_alive(str(s)) is None, timeout=120, what=f"driver of {submit}")
+        assert statuses(submit)["x"][0] == S, (submit / "parsl" / "driver.log").read_text()
+
+
+# ---- full disk (item 6) ----------------------------------------------------------------
+
+
+def test_full_disk_mid_run_then_restart_runs_no_succeeded_job_twice(tmp_path, env, mount_tmpfs):
+    """Control 9: the submit directory's file system fills up mid-run (a
+    filler file written from outside): the driver stops with one line saying
+    the disk is full and what to do (no traceback), having recorded every
+    job that ended; after the filler is removed, ``bps restart`` completes
+    the run and every job's success is logged exactly once."""
+    disk = mount_tmpfs("disk", "size=12m")
+    log = tmp_path / "ok.log"
+    n = 200
+    spec = {
+        "jobs": [
+            {"name": f"j{i}", "label": "j", "script": f"sleep 0.1; echo j{i} ok >> {log}"} for i in range(n)
+        ],
+        "edges": [[f"j{i - 10}", f"j{i}"] for i in range(10, n)],
+        "site": LOCAL2,
+    }
+    proc, submit = start(tmp_path, env, spec, submit=disk / "submit")
+    wait_for(lambda: len(lines(log)) >= 30, what="30 jobs", proc=proc)
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk}/filler", "bs=64k"], capture_output=True)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out[-3000:]
+    full = [line for line in out.splitlines() if "file system of the submit directory is full" in line]
+    assert full and "bps restart" in full[-1], out[-3000:]
+    assert not run_processes(run_id_of(submit))
+    (disk / "filler").unlink()
+    store_opens_cleanly(submit)
+    result = bps(env, "restart", "--id", str(submit))
+    assert "Run Id:" in result.stdout, result.stdout + result.stderr
+    assert all(row[0] == S for row in statuses(submit).values())
+    counts = Counter(line.split()[0] for line in lines(log))
+    assert set(counts) == {f"j{i}" for i in range(n)}
+    twice = {name: c for name, c in counts.items() if c > 1}
+    assert not twice, f"jobs that succeeded more than once: {twice}"
+
+
+def test_heartbeat_thread_does_not_outlive_the_run(tmp_path):
+    """Control 10: after a run in this process, no monitor thread is left
+    and the heartbeat and cancel-request files are gone."""
+    run(workflow([job("a", "true")]), tmp_path / "submit", make_config(site={"local": LOCAL2}))
+    assert not [t for t in threading.enumerate() if t.name == "bps-parsl-monitor"]
+    assert not (tmp_path / "submit" / "parsl" / "driver.heartbeat").exists()
+    assert not (tmp_path / "submit" / "parsl" / "cancel.request").exists()
