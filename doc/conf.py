@@ -12,7 +12,7 @@ project = "ctrl_bps_parsl"
 author = "Rubin Observatory Data Management"
 copyright = "2026 Association of Universities for Research in Astronomy, Inc. (AURA)"
 try:
-    release = metadata.version("ctrl-bps-parsl")
+    release = metadata.version("lsst-ctrl-bps-parsl")
 except metadata.PackageNotFoundError:
     release = "unknown"
 version = release

@@ -1,10 +1,13 @@
 """Turn a generic job into the bash script that runs it.
 
-BPS writes command lines with three kinds of placeholders:
+BPS writes command lines with four kinds of placeholders:
 ``{name}`` (a value of the job's ``cmdvals``), ``<ENV:NAME>`` (an environment
-variable, read where the job runs) and ``<FILE:name>`` (the path of a file
-of the generic workflow). They may nest, so rendering repeats until the text
-stops changing.
+variable, read where the job runs), ``<FILE:name>`` (the path of a file
+of the generic workflow) and ``<WMS:name>`` (a value the workflow system
+fills in for each attempt; ctrl_bps writes ``{wmsName}`` as ``<WMS:name>``).
+The first three may nest, so rendering repeats until the text stops
+changing; ``<WMS:...>`` stays in the rendered text and is filled in when an
+attempt is dispatched (`fill_wms`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from typing import Any
 from .files import write_private
 
 __all__ = (
+    "WMS_PLACEHOLDERS",
     "RenderError",
+    "environment_script",
     "export_lines",
+    "fill_wms",
     "render",
     "write_environment_file",
 )
@@ -30,7 +36,14 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _ENV = re.compile(rf"<ENV:({_NAME})>")
 _VALID_NAME = re.compile(_NAME)
 _FILE = re.compile(r"<FILE:([^>]+)>")
+_WMS_BRACES = re.compile(r"\{(wms[^}]+)\}")
+_WMS = re.compile(r"<WMS:([^>]*)>")
 _MAX_PASSES = 20
+
+WMS_PLACEHOLDERS = ("attemptNum",)
+"""Names of the ``<WMS:name>`` placeholders this plugin fills in:
+``attemptNum`` is the attempt's number, 0 for the first one (as HTCondor's
+``NumJobStarts``), counted across restarts of the run."""
 
 
 class RenderError(ValueError):
@@ -63,17 +76,21 @@ def render(
     Returns
     -------
     text : `str`
-        Text with ``{name}`` and ``<FILE:...>`` replaced and ``<ENV:X>``
-        turned into ``${X}`` (if ``expand_env``).
+        Text with ``{name}`` and ``<FILE:...>`` replaced, ``<ENV:X>``
+        turned into ``${X}`` (if ``expand_env``) and ``{wmsName}`` turned
+        into ``<WMS:name>``, as ctrl_bps (30.2026.4300 and later) does.
 
     Raises
     ------
     RenderError
-        If a placeholder has no value.
+        If a placeholder has no value, or names a ``<WMS:...>`` value this
+        plugin does not know.
     """
 
     def cmdval(match: re.Match) -> str:
         key = match.group(1)
+        if key.startswith("wms") and len(key) > 3:
+            return _wms_placeholder(match)
         if key not in cmdvals:
             raise RenderError(
                 f"job '{job_name}': placeholder '{{{key}}}' has no value: set '{key}' in the submit YAML"
@@ -90,6 +107,8 @@ def render(
             )
         return path
 
+    if "{wms" in text:
+        text = _WMS_BRACES.sub(_wms_placeholder, text)
     # Fast path: one pass over a cached split of the text; the loop below
     # handles nesting and reports what cannot be resolved.
     parts = _split_cmdvals(text)
@@ -110,7 +129,44 @@ def render(
         raise RenderError(
             f"job '{job_name}': placeholders still unresolved after {_MAX_PASSES} passes: {text}"
         )
+    if "<WMS:" in text:
+        _check_wms(text, job_name)
     return _ENV.sub(r"${\1}", text) if expand_env and "<ENV:" in text else text
+
+
+def _wms_placeholder(match: re.Match) -> str:
+    """``{wmsAttemptNum}`` -> ``<WMS:attemptNum>``, as ctrl_bps writes it."""
+    name = match.group(1)[3:]
+    return f"<WMS:{name[0].lower()}{name[1:]}>"
+
+
+def _check_wms(text: str, job_name: str) -> None:
+    for name in _WMS.findall(text):
+        if name not in WMS_PLACEHOLDERS:
+            known = ", ".join(f"<WMS:{known}>" for known in WMS_PLACEHOLDERS)
+            raise RenderError(
+                f"job '{job_name}': placeholder '<WMS:{name}>' is not one this plugin fills in ({known}): "
+                "remove it from the job's command or environment in the submit YAML"
+            )
+
+
+def fill_wms(text: str, attempt_num: int) -> str:
+    """Fill in the ``<WMS:...>`` placeholders of one attempt.
+
+    Parameters
+    ----------
+    text : `str`
+        Rendered command line or environment script (see `render`, which
+        has refused unknown names).
+    attempt_num : `int`
+        Number of the attempt, 0 for the first one.
+
+    Returns
+    -------
+    text : `str`
+        ``text`` with ``<WMS:attemptNum>`` replaced by ``attempt_num``.
+    """
+    return text.replace("<WMS:attemptNum>", str(attempt_num))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -120,7 +176,8 @@ def _split_cmdvals(text: str) -> list[str]:
 
 def _export_value(value: str) -> str:
     """``value`` as one shell word: its text single-quoted, each ``<ENV:X>``
-    as ``"${X}"``, so that only those references are expanded."""
+    as ``"${X}"``, so that only those references are expanded.
+    """
     parts = _ENV.split(value)
     words = [f'"${{{part}}}"' if n % 2 else shlex.quote(part) for n, part in enumerate(parts) if part]
     return "".join(words) or "''"
@@ -155,20 +212,42 @@ def export_lines(environment: Mapping[str, str], job_name: str = "") -> str:
     return "\n".join(lines)
 
 
+_NOT_EXPORTED = frozenset({"_", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "HOST", "DISPLAY"})
+
+
+def environment_script(environ: Mapping[str, str] | None = None) -> str:
+    """Return ``export`` statements that recreate an environment.
+
+    Parameters
+    ----------
+    environ : `~collections.abc.Mapping`, optional
+        Variables to export (default: this process's environment).
+
+    Returns
+    -------
+    script : `str`
+        One ``export NAME='value'`` line per variable, sorted, for any
+        POSIX shell. Variables that belong to the shell or the display
+        (``PWD``, ``SHLVL``, ``HOSTNAME``, ``DISPLAY``, ...), names that
+        are not shell variable names and exported bash functions are left
+        out.
+    """
+    environ = os.environ if environ is None else environ
+    lines = [
+        f"export {key}={shlex.quote(value)}\n"
+        for key, value in sorted(environ.items())
+        if key not in _NOT_EXPORTED and _VALID_NAME.fullmatch(key) and not key.startswith("BASH_FUNC")
+    ]
+    return "".join(lines)
+
+
 def write_environment_file(path: str, environ: Mapping[str, str] | None = None) -> str:
-    """Write the current environment as a sourceable script, readable by the
-    user only (it may hold tokens).
+    """Write `environment_script` to ``path``, readable by the user only (it
+    may hold tokens).
 
     Returns
     -------
     path : `str`
         The file written.
     """
-    environ = os.environ if environ is None else environ
-    skip = {"_", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "HOST"}
-    lines = [
-        f"export {key}={shlex.quote(value)}"
-        for key, value in sorted(environ.items())
-        if key not in skip and _VALID_NAME.fullmatch(key) and not key.startswith("BASH_FUNC")
-    ]
-    return write_private(path, "\n".join(lines) + "\n")
+    return write_private(path, environment_script(environ))

@@ -6,28 +6,46 @@ submit YAML stops ``bps submit`` before anything runs.
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast, overload
 
 from lsst.ctrl.bps import BpsConfig
 
 __all__ = (
     "ConfigurationError",
+    "ConfigurationTypeError",
+    "MissingConfigurationError",
     "get_bps_config_value",
+    "get_workflow_filename",
     "get_workflow_name",
     "parse_walltime",
+    "set_parsl_logging",
     "site_key",
 )
 
 T = TypeVar("T")
-
-_MISSING = object()
 
 
 class ConfigurationError(ValueError):
     """A BPS configuration value is missing or invalid.
 
     The message is a single line naming the key and the fix.
+    """
+
+
+class MissingConfigurationError(ConfigurationError, KeyError):
+    """A required BPS configuration value is missing (also a `KeyError`,
+    as the old plugin raised).
+    """
+
+    # KeyError would print the message quoted.
+    __str__ = BaseException.__str__
+
+
+class ConfigurationTypeError(ConfigurationError, RuntimeError):
+    """A BPS configuration value has the wrong type (also a
+    `RuntimeError`, as the old plugin raised).
     """
 
 
@@ -43,43 +61,88 @@ def _type_name(data_type: type | tuple[type, ...]) -> str:
     return data_type.__name__
 
 
+# The overloads and the ``dataType`` name are the old plugin's, so that site
+# code written against it type-checks and runs unchanged.
+@overload
 def get_bps_config_value(
     config: BpsConfig | dict,
     key: str,
-    data_type: type[T] | tuple[type, ...],
-    default: Any = _MISSING,
+    dataType: type[T],  # noqa: N803
+    default: T,
+    *,
+    where: str | None = None,
+) -> T: ...
+
+
+@overload
+def get_bps_config_value(
+    config: BpsConfig | dict,
+    key: str,
+    dataType: type[T],  # noqa: N803
+    default: T | None = None,
+    *,
+    required: Literal[True],
+    where: str | None = None,
+) -> T: ...
+
+
+@overload
+def get_bps_config_value(
+    config: BpsConfig | dict,
+    key: str,
+    dataType: type[T] | tuple[type, ...],  # noqa: N803
+    default: T | None = None,
     *,
     required: bool = False,
     where: str | None = None,
-) -> T:
+) -> T | None: ...
+
+
+def get_bps_config_value(
+    config: BpsConfig | dict,
+    key: str,
+    dataType: type[T] | tuple[type, ...],  # noqa: N803
+    default: T | None = None,
+    *,
+    required: bool = False,
+    where: str | None = None,
+) -> T | None:
     """Look up ``key`` in a BPS configuration and check its type.
 
     Parameters
     ----------
     config : `BpsConfig` or `dict`
         Configuration to search (a site sub-configuration, or the whole
-        BPS configuration).
+        BPS configuration); environment variables and ``{vars}`` in the
+        value are expanded.
     key : `str`
         Key to look up.
-    data_type : `type` or `tuple` [`type`]
+    dataType : `type` or `tuple` [`type`]
         Type(s) the value must have. An `int` is accepted where a `float` is
-        asked for.
+        asked for (and returned as a `float`).
     default : optional
-        Value used when the key is absent. `None` is a valid default.
+        Value returned when the key is absent or null; `None` means no
+        default.
     required : `bool`, optional
-        Raise if the key is absent (and no default is given).
+        The value (from the configuration or the default) may not be
+        `None`.
     where : `str`, optional
         Prefix for the key in messages, e.g. ``site.local``.
 
     Returns
     -------
     value
-        The configured value, or the default.
+        The configured value, else ``default``, else `None` (when not
+        ``required``).
 
     Raises
     ------
-    ConfigurationError
-        If the value is required and missing, or has the wrong type.
+    MissingConfigurationError
+        If the value is ``required`` and neither configured nor defaulted
+        (a `ConfigurationError` and a `KeyError`).
+    ConfigurationTypeError
+        If the value has the wrong type (a `ConfigurationError` and a
+        `RuntimeError`).
     """
     name = f"{where}.{key}" if where else key
     if isinstance(config, BpsConfig):
@@ -88,21 +151,19 @@ def get_bps_config_value(
     else:
         found, value = (key in config), config.get(key)
     if not found or value is None:
-        if default is not _MISSING and not (required and default is None):
-            return default
-        if required or default is _MISSING:
-            raise ConfigurationError(f"missing required key '{name}': add it to your submit YAML")
+        if default is None and required:
+            raise MissingConfigurationError(f"missing required key '{name}': add it to your submit YAML")
         return default
-    wanted = data_type if isinstance(data_type, tuple) else (data_type,)
+    wanted = dataType if isinstance(dataType, tuple) else (dataType,)
     if float in wanted and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if bool not in wanted and isinstance(value, bool):
-        raise ConfigurationError(f"'{name}' is {value!r} (a bool): it must be a {_type_name(data_type)}")
+        raise ConfigurationTypeError(f"'{name}' is {value!r} (a bool): it must be a {_type_name(dataType)}")
     if not isinstance(value, wanted):
-        raise ConfigurationError(
-            f"'{name}' is {value!r} ({type(value).__name__}): it must be a {_type_name(data_type)}"
+        raise ConfigurationTypeError(
+            f"'{name}' is {value!r} ({type(value).__name__}): it must be a {_type_name(dataType)}"
         )
-    return value
+    return cast(T, value)
 
 
 def get_positive(config: BpsConfig | dict, key: str, data_type: type, default: Any, where: str) -> Any:
@@ -114,11 +175,77 @@ def get_positive(config: BpsConfig | dict, key: str, data_type: type, default: A
 
 
 def get_workflow_name(config: BpsConfig) -> str:
-    """Name of the workflow for Parsl monitoring: ``<project>.<campaign>``."""
+    """Name of the workflow for Parsl monitoring and batch job names:
+    ``<project>.<campaign>``.
+
+    ``project`` defaults to ``bps``, ``campaign`` to ``operator`` (the user
+    name BPS sets).
+    """
     project = get_bps_config_value(config, "project", str, "bps")
     operator = get_bps_config_value(config, "operator", str, "unknown")
     campaign = get_bps_config_value(config, "campaign", str, operator)
     return f"{project}.{campaign}"
+
+
+def get_workflow_filename(out_prefix: str) -> str:
+    """Return the file in which a prepared workflow is kept.
+
+    Parameters
+    ----------
+    out_prefix : `str`
+        Submit directory.
+
+    Returns
+    -------
+    filename : `str`
+        The run-state database ``<out_prefix>/bps_parsl.sqlite3`` (the
+        old plugin kept a pickle; this plugin keeps the whole prepared
+        workflow and its state in that database).
+    """
+    from .state import db_path
+
+    return db_path(out_prefix)
+
+
+_LOG_LEVELS = ("CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG")
+
+
+def parsl_log_level(config: BpsConfig) -> int:
+    """Return the level of Parsl's log from ``parsl.log_level``.
+
+    Raises
+    ------
+    ConfigurationError
+        If the level is not a logging level name.
+    """
+    name = get_bps_config_value(config, ".parsl.log_level", str, "WARNING")
+    if name.upper() not in _LOG_LEVELS:
+        raise ConfigurationError(f"'parsl.log_level' is {name!r}: use one of {', '.join(_LOG_LEVELS)}")
+    return logging.getLevelNamesMapping()[name.upper()]
+
+
+def set_parsl_logging(config: BpsConfig) -> int:
+    """Set the level of Parsl's loggers from ``parsl.log_level``.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        BPS configuration; ``parsl.log_level`` (default ``WARNING``) is one
+        of ``CRITICAL``, ``FATAL``, ``ERROR``, ``WARNING``, ``WARN``,
+        ``INFO``, ``DEBUG``.
+
+    Returns
+    -------
+    level : `int`
+        The level given to the ``parsl`` logger and to those of its
+        children that had a level of their own.
+    """
+    level = parsl_log_level(config)
+    logging.getLogger("parsl").setLevel(level)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("parsl.") and isinstance(logger, logging.Logger) and logger.level:
+            logger.setLevel(level)
+    return level
 
 
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")

@@ -27,6 +27,7 @@ from typing import Any
 
 from parsl.app.python import PythonApp
 
+from .commands import fill_wms
 from .files import safe_component, safe_subdir
 from .job import ParslJob
 from .runner import GATES, NotStartedError, ResourceGate, run_job
@@ -399,17 +400,7 @@ class Driver:
         attempt = self.attempt[i] + 1
         memory = self._memory_for(i, tries)
         cpus = row.request_cpus or 1
-        pjob = ParslJob(
-            row.name,
-            row.label,
-            cpus,
-            memory,
-            row.request_disk,
-            row.request_walltime,
-            row.priority,
-            attempt,
-            final=bool(row.final),
-        )
+        pjob = ParslJob.from_row(row, attempt, memory, self.site.config, self.submit_path)
         # A held-back job keeps the executor chosen for this attempt.
         label = self.chosen.pop(i, None) if held else None
         if label is None:
@@ -448,7 +439,10 @@ class Driver:
         if spec:
             kwargs["parsl_resource_specification"] = spec
         submitted = time.time()
-        args = (token, self.prefix, env, row.command, stdout, stderr, pid_file)
+        command = row.command
+        if "<WMS:" in command or "<WMS:" in env:  # attemptNum counts from 0, as HTCondor's NumJobStarts
+            command, env = fill_wms(command, attempt - 1), fill_wms(env, attempt - 1)
+        args = (token, self.prefix, env, command, stdout, stderr, pid_file)
         self.in_flight[i] = (label, attempt, memory or 0)
         self.state[i] = PENDING
         self.store.set_state(i, PENDING, attempt, start=submitted)

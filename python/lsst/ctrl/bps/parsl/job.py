@@ -2,35 +2,313 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+import math
+from typing import TYPE_CHECKING, Any
 
-__all__ = ("ParslJob",)
+if TYPE_CHECKING:
+    from lsst.ctrl.bps import BpsConfig, GenericWorkflow
+
+    from .state import JobRow
+
+__all__ = ("RESOURCE_NAMES", "ParslJob", "get_file_paths")
+
+RESOURCE_NAMES = ("memory", "cores", "disk", "running_time_min", "priority")
+"""Keys of `ParslJob.get_resources`: the names Parsl's executors use in a
+``parsl_resource_specification`` (a site's ``resource_list`` picks some)."""
 
 
-@dataclass(slots=True)
+def get_file_paths(workflow: GenericWorkflow, name: str) -> dict[str, str]:
+    """Return the paths of a job's input files, by the files' names.
+
+    Parameters
+    ----------
+    workflow : `lsst.ctrl.bps.GenericWorkflow`
+        Workflow holding the job.
+    name : `str`
+        Name of the job.
+
+    Returns
+    -------
+    paths : `dict` [`str`, `str`]
+        ``src_uri`` of each input file of the job that has one.
+    """
+    files = workflow.get_job_inputs(name, data=True)
+    return {gwfile.name: gwfile.src_uri for gwfile in files if gwfile.src_uri is not None}
+
+
 class ParslJob:
-    """One attempt of one job, as handed to `SiteConfig.select_executor`.
+    """One job (one attempt of it, when the plugin runs it), as handed to
+    `SiteConfig.select_executor`.
 
     The resource attributes carry the names of
-    `lsst.ctrl.bps.GenericWorkflowJob`, so site code written against the
-    generic job (``job.generic.request_memory``) keeps working.
+    `lsst.ctrl.bps.GenericWorkflowJob`, and ``job.generic`` reads them too,
+    so site code written against the old plugin
+    (``job.generic.request_memory``) keeps working. When the plugin runs a
+    job, ``request_memory`` is what this attempt asks for (scaled by
+    ``memoryMultiplier`` on retries).
+
+    Parameters
+    ----------
+    generic : `lsst.ctrl.bps.GenericWorkflowJob`
+        The job (the old plugin's constructor).
+    config : `lsst.ctrl.bps.BpsConfig`, optional
+        BPS configuration.
+    file_paths : `dict` [`str`, `str`], optional
+        Paths of the job's input files by name (see `get_file_paths`).
     """
 
-    name: str
-    label: str
-    request_cpus: int = 1
-    request_memory: int | None = None
-    """Memory asked for by this attempt, in MB (after memory scaling)."""
-    request_disk: int | None = None
-    request_walltime: str | None = None
-    priority: str | None = None
-    attempt: int = 1
-    tags: dict[str, Any] = field(default_factory=dict)
-    final: bool = False
-    """Whether this is the final job (it runs alone, after all others)."""
+    __slots__ = (
+        "name",
+        "label",
+        "request_cpus",
+        "request_memory",
+        "request_disk",
+        "request_walltime",
+        "priority",
+        "attempt",
+        "final",
+        "config",
+        "file_paths",
+        "future",
+        "done",
+        "_generic",
+        "_tags",
+        "_logs",
+    )
+    file_paths: dict[str, str]
+    _logs: tuple[str, str | None] | None
+
+    def __init__(
+        self,
+        generic: Any,
+        config: BpsConfig | None = None,
+        file_paths: dict[str, str] | None = None,
+    ):
+        self._set(
+            generic.name,
+            generic.label,
+            generic.request_cpus or 1,
+            generic.request_memory,
+            generic.request_disk,
+            None if generic.request_walltime is None else str(generic.request_walltime),
+            None if generic.priority is None else str(generic.priority),
+            1,
+            False,
+            dict(generic.tags or {}),
+        )
+        self._generic = generic
+        self.config = config
+        self.file_paths = dict(file_paths or {})
+        if config is not None:
+            found, submit_path = config.search("submitPath", opt={"default": None})
+            if found and submit_path:
+                self._logs = (str(submit_path), _log_dir(config, self.label, self.tags))
+
+    def _set(
+        self,
+        name: str,
+        label: str,
+        request_cpus: int,
+        request_memory: int | None,
+        request_disk: int | None,
+        request_walltime: str | None,
+        priority: str | None,
+        attempt: int,
+        final: bool,
+        tags: dict[str, Any] | str | None,
+    ) -> None:
+        self.name = name
+        self.label = label
+        self.request_cpus = request_cpus
+        self.request_memory = request_memory
+        self.request_disk = request_disk
+        self.request_walltime = request_walltime
+        self.priority = priority
+        self.attempt = attempt
+        self.final = final
+        self._tags = tags
+        self._generic = None
+        self._logs = None
+        self.config = None
+        self.file_paths = {}
+        self.future = None
+        self.done = False
+
+    @classmethod
+    def for_attempt(
+        cls,
+        name: str,
+        label: str,
+        request_cpus: int = 1,
+        request_memory: int | None = None,
+        request_disk: int | None = None,
+        request_walltime: str | None = None,
+        priority: str | None = None,
+        attempt: int = 1,
+        *,
+        final: bool = False,
+        tags: dict[str, Any] | str | None = None,
+        config: BpsConfig | None = None,
+        submit_path: str | None = None,
+        log_dir: str | None = None,
+    ) -> ParslJob:
+        """Build the view of one attempt of a prepared job.
+
+        Parameters
+        ----------
+        name, label : `str`
+            Job name and label.
+        request_cpus, request_memory, request_disk : `int`
+            What this attempt asks for (memory and disk in MB).
+        request_walltime, priority : `str`, optional
+            As the generic job has them.
+        attempt : `int`
+            Attempt number, 1 for the first.
+        final : `bool`
+            Whether this is the final job (it runs alone, after all others).
+        tags : `dict` or `str`, optional
+            The job's tags, or their JSON text (decoded when first read).
+        config : `lsst.ctrl.bps.BpsConfig`, optional
+            BPS configuration of the run.
+        submit_path, log_dir : `str`, optional
+            Submit directory and the job's log sub-directory, for
+            ``stdout``/``stderr``.
+        """
+        job = cls.__new__(cls)
+        job._set(
+            name,
+            label,
+            request_cpus,
+            request_memory,
+            request_disk,
+            request_walltime,
+            priority,
+            attempt,
+            final,
+            tags,
+        )
+        job.config = config
+        if submit_path is not None:
+            job._logs = (submit_path, log_dir)
+        return job
+
+    @classmethod
+    def from_row(
+        cls, row: JobRow, attempt: int, request_memory: int | None, config: BpsConfig, submit_path: str
+    ) -> ParslJob:
+        """The view of attempt ``attempt`` of a stored job (what the driver
+        hands to `SiteConfig.select_executor`).
+        """
+        return cls.for_attempt(
+            row.name,
+            row.label,
+            row.request_cpus or 1,
+            request_memory,
+            row.request_disk,
+            row.request_walltime,
+            row.priority,
+            attempt,
+            final=bool(row.final),
+            tags=row.tags,
+            config=config,
+            submit_path=submit_path,
+            log_dir=row.log_dir,
+        )
 
     @property
-    def generic(self) -> ParslJob:
-        """This object, for code written against the old ``job.generic``."""
-        return self
+    def generic(self) -> Any:
+        """The generic job: the `~lsst.ctrl.bps.GenericWorkflowJob` given to
+        the constructor, else this object (same attribute names).
+        """
+        return self if self._generic is None else self._generic
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        """The job's BPS tags (``label``-independent values such as
+        ``visit`` or ``detector``), as ctrl_bps set them.
+        """
+        tags = self._tags
+        if tags is None:
+            tags = {}
+        elif isinstance(tags, str):
+            tags = json.loads(tags)
+        self._tags = tags
+        return tags
+
+    @property
+    def stdout(self) -> str | None:
+        """File of this attempt's standard output, if the run is known."""
+        return self._log_paths()[0]
+
+    @property
+    def stderr(self) -> str | None:
+        """File of this attempt's standard error, if the run is known."""
+        return self._log_paths()[1]
+
+    def _log_paths(self) -> tuple[str | None, str | None]:
+        if self._logs is None:
+            return None, None
+        from .driver import log_paths
+
+        return log_paths(self._logs[0], self._logs[1], self.name, self.attempt)
+
+    def get_resources(self) -> dict[str, Any]:
+        """Return what the job asks for, by Parsl's resource names.
+
+        Returns
+        -------
+        resources : `dict` [`str`, `~typing.Any`]
+            ``cores``, ``memory`` (MB), ``disk`` (MB), ``running_time_min``
+            (the walltime in whole minutes) and ``priority`` (a number);
+            a value the job does not set is `None`.
+        """
+        return {
+            "memory": self.request_memory or None,
+            "cores": self.request_cpus or 1,
+            "disk": self.request_disk or None,
+            "running_time_min": walltime_minutes(self.request_walltime),
+            "priority": priority_number(self.priority),
+        }
+
+    def __repr__(self) -> str:
+        return f"ParslJob({self.name!r}, label={self.label!r}, attempt={self.attempt})"
+
+
+def _log_dir(config: BpsConfig, label: str, tags: dict[str, Any]) -> str:
+    from .workflow import log_dir_template
+
+    return log_dir_template(config)(label, tags)
+
+
+def priority_number(value: Any) -> int | float | None:
+    """A BPS ``priority`` as a number, or `None` if unset or not a number."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(number) or math.isinf(number):
+        return None
+    return int(number) if number.is_integer() else number
+
+
+def walltime_minutes(value: Any) -> int | None:
+    """A BPS ``requestWalltime`` (minutes or ``HH:MM:SS``) in whole
+    minutes, at least 1, or `None` if unset or unreadable.
+    """
+    from .configuration import ConfigurationError, parse_walltime
+
+    if not value:
+        return None
+    try:
+        minutes = float(value)
+    except (TypeError, ValueError):
+        try:
+            minutes = parse_walltime(str(value), "requestWalltime") / 60
+        except ConfigurationError:
+            return None
+    if math.isnan(minutes) or math.isinf(minutes):
+        return None
+    return max(1, math.ceil(minutes))

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 from lsst.ctrl.bps import BpsConfig
 from lsst.utils import doImport
 
-from .configuration import ConfigurationError, get_bps_config_value, get_positive, get_workflow_name
+from .configuration import (
+    ConfigurationError,
+    get_bps_config_value,
+    get_positive,
+    get_workflow_name,
+    parsl_log_level,
+)
+from .job import RESOURCE_NAMES
 
 if TYPE_CHECKING:
     import parsl.config
@@ -46,7 +53,8 @@ class ExecutorCapacity:
     @property
     def queue_depth(self) -> int:
         """Jobs handed to the executor at once: enough that a core never
-        waits for the driver, few enough that cancel is quick."""
+        waits for the driver, few enough that cancel is quick.
+        """
         return self.depth if self.depth is not None else 2 * self.cores + 2
 
 
@@ -60,16 +68,22 @@ class SiteConfig(ABC):
     ----------
     config : `lsst.ctrl.bps.BpsConfig`
         BPS configuration.
-    resource_list : `list`, optional
-        Accepted for compatibility; unused.
+    resource_list : `list` [`str`], optional
+        Which of a job's requests go to the executor with each job, as its
+        ``parsl_resource_specification``: some of ``memory``, ``cores``,
+        ``disk``, ``running_time_min`` and ``priority`` (see
+        `ParslJob.get_resources`). `None` (the default) leaves it to the
+        site (`resource_specification`). `validate` refuses names that an
+        executor of the site does not take (an HTEX takes ``priority``
+        only; thread pools and the local job pool take none).
     """
 
-    def __init__(self, config: BpsConfig, resource_list: list | None = None):
+    def __init__(self, config: BpsConfig, resource_list: list[str] | None = None):
         self.config = config
         self.compute_site = get_bps_config_value(config, "computeSite", str, required=True)
         self.site = self.get_site_subconfig(config)
         self.where = f"site.{self.compute_site}"
-        self.resource_list = resource_list
+        self.resource_list = _checked_resource_list(resource_list, type(self).__name__)
         self.submit_path: str | None = None
         """Submit directory of the run; set by the driver before
         `get_parsl_config` is called."""
@@ -177,8 +191,33 @@ class SiteConfig(ABC):
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
         """Return Parsl's ``parsl_resource_specification`` for a job, if the
-        executor ``label`` understands one."""
-        return None
+        executor ``label`` understands one.
+
+        This implementation sends the job's values of the names in
+        ``resource_list`` (those the job sets), and nothing without one.
+        """
+        if not self.resource_list:
+            return None
+        resources = job.get_resources()
+        spec = {key: resources[key] for key in self.resource_list if resources[key] is not None}
+        return spec or None
+
+    def _check_resource_list(self) -> None:
+        """Every executor must take the names of ``resource_list``."""
+        if not self.resource_list:
+            return
+        for executor in self.get_executors():
+            accepted = _accepted_resources(executor)
+            if accepted is None:
+                continue
+            refused = [key for key in self.resource_list if key not in accepted]
+            if refused:
+                takes = ", ".join(sorted(accepted)) or "none"
+                raise ConfigurationError(
+                    f"site class {type(self).__name__} passes resource_list {self.resource_list}, but its "
+                    f"executor '{executor.label}' ({type(executor).__name__}) does not take {refused} "
+                    f"(it takes: {takes}): drop them from resource_list or use another executor"
+                )
 
     def get_address(self) -> str:
         """Return the address workers use to reach the submitting host."""
@@ -294,3 +333,36 @@ class SiteConfig(ABC):
         self.get("monitorEnable", bool, False)
         self.get_positive("monitorInterval", float, 30.0)
         self.get("monitorFilename", str, "monitoring.db")
+        parsl_log_level(self.config)
+        self._check_resource_list()
+
+
+def _checked_resource_list(resource_list: Any, site_class: str) -> list[str] | None:
+    if resource_list is None:
+        return None
+    if isinstance(resource_list, str) or not all(isinstance(key, str) for key in resource_list):
+        raise ConfigurationError(
+            f"site class {site_class} passes resource_list {resource_list!r}: it must be a list of names "
+            f"among {', '.join(RESOURCE_NAMES)}"
+        )
+    unknown = [key for key in resource_list if key not in RESOURCE_NAMES]
+    if unknown:
+        raise ConfigurationError(
+            f"site class {site_class} passes resource_list {list(resource_list)}: {unknown} are not job "
+            f"resources; use names among {', '.join(RESOURCE_NAMES)}"
+        )
+    return list(resource_list)
+
+
+def _accepted_resources(executor: Any) -> frozenset[str] | None:
+    """Resource names an executor takes in a task's resource specification;
+    `None` when not known (anything is passed on).
+    """
+    kind = type(executor).__name__
+    if kind in ("ThreadPoolExecutor", "JobPoolExecutor"):
+        return frozenset()
+    if kind == "HighThroughputExecutor" and not getattr(executor, "enable_mpi_mode", False):
+        return frozenset({"priority"})
+    if kind in ("WorkQueueExecutor", "TaskVineExecutor"):
+        return frozenset(RESOURCE_NAMES)
+    return None

@@ -177,7 +177,8 @@ class _Flattener:
 class _SubdirTemplate:
     """``subDirTemplate`` parsed once; fields missing from a job's tags are
     left out, empty path components dropped, and every component made safe
-    (`files.safe_subdir`: no ``..``, nothing absolute)."""
+    (`files.safe_subdir`: no ``..``, nothing absolute).
+    """
 
     def __init__(self, template: str):
         self.parts = list(string.Formatter().parse(template))
@@ -192,6 +193,14 @@ class _SubdirTemplate:
             if value is not None:
                 out.append(format(value, spec) if spec else str(value))
         return safe_subdir("".join(out))
+
+
+def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
+    """The job log sub-directory template of a run (``subDirTemplate``,
+    default ``{label}``): called with a job's label and tags.
+    """
+    found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
+    return _SubdirTemplate(template if found and template else "{label}")
 
 
 def _file_lookup(graphs: list[GenericWorkflow]):
@@ -246,6 +255,37 @@ class ParslWorkflow(BaseWmsWorkflow):
     def db_path(self) -> str:
         """The run-state database."""
         return db_path(self.submit_path)
+
+    @property
+    def path(self) -> str:
+        """The submit directory (the old plugin's name for it)."""
+        return self.submit_path
+
+    @property
+    def bps_config(self) -> BpsConfig | None:
+        """The BPS configuration (the old plugin's name for ``config``)."""
+        return self.config
+
+    @property
+    def site(self) -> Any:
+        """The run's `SiteConfig`, built from the BPS configuration (the
+        one saved in the submit directory when loaded from there).
+        """
+        site = self.__dict__.get("_site")
+        if site is None:
+            from .control import load_config
+            from .site import SiteConfig
+
+            config = self.config if self.config is not None else load_config(self.submit_path)
+            site = SiteConfig.from_config(config)
+            site.submit_path = self.submit_path
+            self.__dict__["_site"] = site
+        return site
+
+    @classmethod
+    def read(cls, out_prefix: str) -> ParslWorkflow:
+        """Return the workflow prepared in ``out_prefix`` (as `load`)."""
+        return cls.load(out_prefix)
 
     @classmethod
     def from_generic_workflow(
@@ -313,9 +353,7 @@ class ParslWorkflow(BaseWmsWorkflow):
         for new, old in enumerate(order):
             new_id[old] = new
 
-        found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
-        template = template if found and template else "{label}"
-        subdir = _SubdirTemplate(template)
+        subdir = log_dir_template(config)
         envs: dict[str, int] = {}
         lookups: dict[int, Any] = {}
 
@@ -402,7 +440,8 @@ class ParslWorkflow(BaseWmsWorkflow):
 
 def _checked_rows(site: Any, rows: Iterator[tuple]) -> Iterator[tuple]:
     """Pass rows on, checking that every job goes to an existing executor
-    that can ever hold it."""
+    that can ever hold it.
+    """
     from .job import ParslJob
 
     labels = set(site.executor_labels())
@@ -419,8 +458,16 @@ def _checked_rows(site: Any, rows: Iterator[tuple]) -> Iterator[tuple]:
         if row[12] is not None:
             _check_walltime(row[12], row[1], row[2])
         cpus = row[7] or 1
-        job = ParslJob(row[1], row[2], cpus, row[8], row[11], row[12], row[13], final=bool(row[4]))
-        label = site.select_executor(job)
+        job = ParslJob.for_attempt(
+            row[1], row[2], cpus, row[8], row[11], row[12], row[13], final=bool(row[4]), tags=row[17]
+        )
+        try:
+            label = site.select_executor(job)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"site class {type(site).__name__}.select_executor failed for job '{row[1]}' (label "
+                f"'{row[2]}'): {type(exc).__name__}: {exc}: fix the site class or the job's requests"
+            ) from None
         if label not in labels:
             raise ConfigurationError(
                 f"site class {type(site).__name__}.select_executor returned '{label}' for job '{row[1]}', "

@@ -58,7 +58,8 @@ def interface_address(interface: str, where: str) -> str:
 
 def route_source(target: str) -> str | None:
     """The address this host would send from to reach ``target`` (a host
-    name or address), or `None` if it cannot be resolved or routed."""
+    name or address), or `None` if it cannot be resolved or routed.
+    """
     try:
         infos = socket.getaddrinfo(target, 9, socket.AF_INET, socket.SOCK_DGRAM)
     except (OSError, UnicodeError):
@@ -92,7 +93,8 @@ def _slurm_conf_controllers() -> list[str]:
 def slurm_node_addresses(partition: str | None = None, limit: int = 4) -> list[str]:
     """Addresses of a few nodes of ``partition`` (default: the default
     partition) as Slurm reaches them, then its controllers'. Empty when no
-    Slurm answers here."""
+    Slurm answers here.
+    """
     cmd = ["sinfo", "-h", "-N", "-o", "%o"]
     if partition:
         cmd[1:1] = ["-p", partition.split(",")[0]]

@@ -184,6 +184,8 @@ class Ccin2p3(BatchSite):
         return "xlarge"
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        if self.resource_list is not None:
+            return super().resource_specification(job, label)
         return htex_spec(job)
 
     def get_parsl_config(self) -> parsl.config.Config:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from lsst.ctrl.bps import BpsConfig
 
 from ..configuration import ConfigurationError, parse_walltime
+from ..job import priority_number, walltime_minutes
 from ..site import ExecutorCapacity, SiteConfig
 
 if TYPE_CHECKING:
@@ -97,7 +98,8 @@ def plain(value: Any) -> Any:
 
 def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: str) -> type:
     """Return the Parsl class that ``name`` (a key of ``table`` or the
-    class's own name, any case) means in ``table``."""
+    class's own name, any case) means in ``table``.
+    """
     by_class = {attr.lower(): (module, attr) for module, attr in table.values()}
     key = name.lower() if isinstance(name, str) else None
     entry = (table.get(key) or by_class.get(key)) if key else None
@@ -304,7 +306,8 @@ def _wants_tuple(hint: Any) -> bool:
 
 def build(cls: type, options: dict[str, Any], where: str) -> Any:
     """Instantiate a Parsl class; its own errors become one-line
-    `ConfigurationError` naming ``where``."""
+    `ConfigurationError` naming ``where``.
+    """
     try:
         return cls(**options)
     except ConfigurationError:
@@ -340,54 +343,31 @@ def normalize_walltime(value: Any, name: str) -> str:
 
 def job_priority(job: ParslJob) -> int | float | None:
     """The job's BPS ``priority`` as a number, or `None`."""
-    value = job.priority
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if math.isnan(number) or math.isinf(number):
-        return None
-    return int(number) if number.is_integer() else number
+    return priority_number(job.priority)
 
 
 def job_walltime_minutes(job: ParslJob) -> int | None:
     """The job's BPS ``requestWalltime`` in whole minutes, or `None`."""
-    value = job.request_walltime
-    if not value:
-        return None
-    try:
-        minutes = float(value)
-    except (TypeError, ValueError):
-        try:
-            minutes = parse_walltime(str(value), "requestWalltime") / 60
-        except ConfigurationError:
-            return None
-    return max(1, math.ceil(minutes))
+    return walltime_minutes(job.request_walltime)
 
 
 def work_queue_spec(job: ParslJob) -> dict[str, Any]:
     """``parsl_resource_specification`` for a WorkQueueExecutor: cores,
     memory (MB) and disk (MB) always (Work Queue wants all three or none),
-    running_time_min and priority when the job sets them."""
-    spec: dict[str, Any] = {
-        "cores": job.request_cpus or 1,
-        "memory": job.request_memory or None,
-        "disk": job.request_disk or None,
+    running_time_min and priority when the job sets them.
+    """
+    resources = job.get_resources()
+    return {
+        key: value
+        for key, value in resources.items()
+        if value is not None or key in ("cores", "memory", "disk")
     }
-    minutes = job_walltime_minutes(job)
-    if minutes is not None:
-        spec["running_time_min"] = minutes
-    priority = job_priority(job)
-    if priority is not None:
-        spec["priority"] = priority
-    return spec
 
 
 def htex_spec(job: ParslJob) -> dict[str, Any] | None:
     """``parsl_resource_specification`` for a HighThroughputExecutor: only
-    ``priority`` (the interchange hands out lower values first)."""
+    ``priority`` (the interchange hands out lower values first).
+    """
     priority = job_priority(job)
     return None if priority is None else {"priority": priority}
 
@@ -423,14 +403,16 @@ class BatchSite(SiteConfig):
         """The address workers reach this host at when neither ``address``
         nor ``interface`` is set: the source address of the route to the
         batch system's hosts (`address_targets`), else this host's first
-        address that is not loopback."""
+        address that is not loopback.
+        """
         from .address import choose_address
 
         return choose_address(self.address_targets(), self.where)
 
     def address_targets(self) -> list[str]:
         """Hosts the workers run on, or the batch system's controller, as
-        far as this host can tell (default: none known)."""
+        far as this host can tell (default: none known).
+        """
         return []
 
     def validate(self) -> None:
@@ -728,6 +710,8 @@ class Generic(BatchSite):
         return ExecutorCapacity(cores=cores, memory=spec.memory or machine_memory_mb())
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        if self.resource_list is not None:
+            return super().resource_specification(job, label)
         kind = self._spec(label).kind
         if kind == "htex":
             return htex_spec(job)
@@ -738,7 +722,8 @@ class Generic(BatchSite):
 
 def require_work_queue(key: str, instead: str = "use an htex executor") -> None:
     """Raise a one-line `ConfigurationError` if Work Queue (``ndcctools``)
-    is not importable; ``instead`` says what to do otherwise."""
+    is not importable; ``instead`` says what to do otherwise.
+    """
     import importlib.util
 
     if importlib.util.find_spec("ndcctools") is None:

@@ -271,6 +271,8 @@ singleton, exclusive, scheduler_options, partition, account
         return self.label
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        if self.resource_list is not None:
+            return super().resource_specification(job, label)
         return htex_spec(job)
 
 

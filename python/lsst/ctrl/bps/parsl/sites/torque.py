@@ -133,4 +133,6 @@ class Torque(BatchSite):
         return self.label
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        if self.resource_list is not None:
+            return super().resource_specification(job, label)
         return htex_spec(job)

@@ -54,7 +54,8 @@ class WorkQueue(BatchSite):
         wq_max_retries: int = 1,
     ) -> ParslExecutor:
         """Return a WorkQueueExecutor on ``provider``; the keys ``port``,
-        ``worker_options`` and ``wq_max_retries`` override the arguments."""
+        ``worker_options`` and ``wq_max_retries`` override the arguments.
+        """
         require_work_queue(
             f"{self.where}.class", "use lsst.ctrl.bps.parsl.sites.Local or lsst.ctrl.bps.parsl.sites.Slurm"
         )
@@ -92,6 +93,8 @@ class WorkQueue(BatchSite):
         return self.label
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        if self.resource_list is not None:
+            return super().resource_specification(job, label)
         return work_queue_spec(job)
 
 
