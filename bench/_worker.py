@@ -288,7 +288,7 @@ def measure_submit(spec: dict) -> dict:
     poller = _start_report_poller(submit, spec["workdir"]) if spec.get("poll_report") else None
     # Imports are not timed: prepare no longer imports Parsl, so do it here.
     import lsst.ctrl.bps.parsl.driver  # noqa: F401
-    import lsst.ctrl.bps.parsl.jobpool  # noqa: F401
+    import lsst.ctrl.bps.parsl.localpool.executor  # noqa: F401
     import parsl.dataflow.dflow  # noqa: F401
     import parsl.executors  # noqa: F401
 

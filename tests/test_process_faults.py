@@ -24,8 +24,9 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from cli import bps, cli_environment, wait_for  # noqa: E402
-from lsst.ctrl.bps.parsl import spawner  # noqa: E402
+from lsst.ctrl.bps.parsl.localpool import spawner  # noqa: E402
 from lsst.ctrl.bps.parsl.runner import run_job  # noqa: E402
+from lsst_ctrl_bps_parsl_worker import processes  # noqa: E402
 from synthetic import attempts, statuses  # noqa: E402
 from test_reliability import LOCAL2, F, S, lines, run_id_of, run_processes, start  # noqa: E402
 
@@ -248,7 +249,7 @@ def test_walltime_kill_in_run_job_ends_processes_that_left_the_job_session(tmp_p
         )
         assert timed_out and flag.exists()
         wait_for(lambda: not sleepers(secs), timeout=10, what="every sleeper to end")
-        assert not spawner.attempt_processes((token,))
+        assert not processes.attempt_processes((token,))
     finally:
         kill_all(sleepers(secs))
 
@@ -261,7 +262,7 @@ def test_killer_never_signals_a_process_without_the_token(tmp_path):
     other = subprocess.Popen(["sleep", "30"], env={**os.environ, "BPS_PARSL_ATTEMPT": "otherrun/1/1"})
     mine = subprocess.Popen(["sleep", "30"], env={**os.environ, "BPS_PARSL_ATTEMPT": "myrun/1/1"})
     try:
-        assert spawner.kill_attempts(run_prefix="myrun/") == 1
+        assert processes.kill_attempts(run_prefix="myrun/") == 1
         assert mine.wait(timeout=5) == -signal.SIGTERM
         assert plain.poll() is None and other.poll() is None
     finally:

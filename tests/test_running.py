@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from lsst.ctrl.bps.parsl import spawner
+from lsst.ctrl.bps.parsl.localpool import spawner
 from lsst.ctrl.bps.parsl.running import kill_running_jobs, running_attempts, running_job_ids
 
 

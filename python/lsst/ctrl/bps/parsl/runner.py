@@ -1,42 +1,31 @@
-"""The function every Parsl worker runs for a job attempt.
+"""The function every Parsl executor runs for a job attempt: `run_job`.
 
-It is imported by reference on workers, so it imports nothing heavy.
-The job starts as the local pool's spawner starts its jobs (`spawner.Launcher`:
-a session of its own, default signal dispositions), and a walltime kill stops
-every process carrying its token (`spawner.kill_attempts`). While it runs, a
-small file names its host and process group, so that report, cancel, and a
-restart after the driver was killed, can find it. Its exit status is also appended to its stderr log by
-the job's own shell, so a restart can tell that a job finished even when the
-driver died before recording it.
+`run_job` lives in the top-level package ``lsst_ctrl_bps_parsl_worker``
+(standard library only), so that Parsl, which sends functions by reference,
+makes its workers import that package and nothing else: importing this
+module imports ``lsst.ctrl.bps`` (and the butler), about 1.5 s of CPU per
+worker. This name stays the public one.
+
+`ResourceGate` and `GATES` serve the driver's in-process thread pools only.
 """
 
 from __future__ import annotations
 
-import os
-import select
-import socket
 import threading
-import time
 from collections import deque
 
-from .spawner import (
-    ATTEMPT_ENV,
-    EXIT_MARKER,
-    Launcher,
-    append_note,
-    exit_code_of,
-    job_argv,
-    kill_attempts,
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError, job_script, run_job
+from lsst_ctrl_bps_parsl_worker.processes import ATTEMPT_ENV, EXIT_MARKER
+
+__all__ = (
+    "ATTEMPT_ENV",
+    "EXIT_MARKER",
+    "GateClosedError",
+    "NotStartedError",
+    "ResourceGate",
+    "job_script",
+    "run_job",
 )
-
-__all__ = ("ATTEMPT_ENV", "EXIT_MARKER", "GateClosedError", "NotStartedError", "ResourceGate", "run_job")
-
-_HOST = socket.gethostname()
-
-
-class NotStartedError(RuntimeError):
-    """The job attempt was not started (the run is stopping, or its pool was lost)."""
-
 
 GateClosedError = NotStartedError
 """The run is stopping: an in-process pool's gate started no more jobs."""
@@ -88,9 +77,10 @@ class ResourceGate:
                 self._take(cores, memory)
                 return cores, memory
             # [cores, memory, event, granted]
-            waiter = [cores, memory, threading.Event(), False]
+            event = threading.Event()
+            waiter = [cores, memory, event, False]
             self._waiters.append(waiter)
-        waiter[2].wait()
+        event.wait()
         if not waiter[3]:
             raise GateClosedError("run stopping")
         return cores, memory
@@ -117,154 +107,3 @@ class ResourceGate:
 
 GATES: dict[str, ResourceGate] = {}
 """Gates of in-process executors, by ``<run id>/<executor label>``."""
-
-
-def _script(token: str, prefix: str, env: str, command: str) -> str:
-    # The token line also makes the shell recognisable by its command line.
-    parts = [f"export {ATTEMPT_ENV}={token}"]
-    # The EXIT trap also runs when the command calls `exit`.
-    parts.append(f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT")
-    parts.extend(p for p in (prefix, env) if p)
-    parts.append(command)
-    return "\n".join(parts) + "\n"
-
-
-def run_job(
-    token: str,
-    prefix: str,
-    env: str,
-    command: str,
-    out_path: str,
-    err_path: str,
-    pid_file: str,
-    time_limit: float | None = None,
-    shell: str = "/bin/bash",
-    gate: str | None = None,
-    cores: int = 1,
-    memory: int = 0,
-    inputs: list | None = None,
-) -> tuple[int, int | None, float, float, str, bool]:
-    """Run one attempt of one job.
-
-    Parameters
-    ----------
-    token : `str`
-        ``<run id>/<job id>/<attempt>``, exported to the job and written in
-        its shell's command line, so that its processes can be recognised
-        later.
-    prefix, env, command : `str`
-        Site command prefix, job environment exports, job command line.
-    out_path, err_path : `str`
-        Log files (created with their directories).
-    pid_file : `str`
-        File naming this attempt's host and process group while it runs.
-    time_limit : `float`, optional
-        Seconds after which the job is killed (its ``request_walltime``;
-        not named ``walltime``, which Parsl would take for itself).
-    shell : `str`
-        Shell that runs the job's script.
-    gate : `str`, optional
-        Key of the `ResourceGate` in `GATES` to take ``cores`` and
-        ``memory`` from before starting (in-process executors only).
-    cores, memory : `int`
-        The job's share of the gate.
-    inputs : `list`, optional
-        Parent futures (Parsl resolves them before this runs).
-
-    Returns
-    -------
-    result : `tuple`
-        (exit code, signal or None, start time, end time, host, whether the
-        walltime killed it). A job killed by a signal has exit code
-        ``128 + signal``.
-    """
-    resource_gate = GATES.get(gate) if gate else None
-    taken = resource_gate.acquire(cores, memory) if resource_gate else None
-    try:
-        return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
-    finally:
-        if taken is not None:
-            resource_gate.release(taken)
-
-
-def _run(
-    token: str,
-    shell: str,
-    prefix: str,
-    env: str,
-    command: str,
-    out_path: str,
-    err_path: str,
-    pid_file: str,
-    walltime: float | None,
-) -> tuple[int, int | None, float, float, str, bool]:
-    start = time.time()
-    pid = Launcher().spawn(job_argv(shell, out_path, err_path, _script(token, prefix, env, command)))
-    _write_pid_file(pid_file, f"{_HOST} {pid} {token}\n")
-    timed_out = False
-    try:
-        status = _wait(pid, walltime)
-        if status is None:
-            timed_out = True
-            kill_attempts((token,), groups=(pid,))
-            status = _wait(pid, None)
-    except BaseException:
-        kill_attempts((token,), groups=(pid,))
-        _wait(pid, None)
-        raise
-    finally:
-        try:
-            os.unlink(pid_file)
-        except OSError:
-            pass
-    end = time.time()
-    returncode, sig = exit_code_of(status)
-    if timed_out:
-        append_note(err_path, f"[bps-parsl] killed after walltime of {walltime:.0f} s\n")
-    return returncode, sig, start, end, _HOST, timed_out
-
-
-def _write_pid_file(path: str, text: str) -> None:
-    """Write the running-attempt file, making its directory again if it vanished."""
-    for _ in range(2):
-        try:
-            with open(path, "w") as stream:
-                stream.write(text)
-            return
-        except FileNotFoundError:
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            except OSError:
-                return
-        except OSError:
-            return
-
-
-def _wait(pid: int, timeout: float | None) -> int | None:
-    """Wait status of child ``pid``, or `None` if it still runs after ``timeout`` seconds."""
-    if timeout is not None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            pidfd = None
-        if pidfd is not None:
-            try:
-                ready, _, _ = select.select([pidfd], [], [], timeout)
-            finally:
-                os.close(pidfd)
-            if not ready:
-                return None
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                found, status = os.waitpid(pid, os.WNOHANG)
-                if found:
-                    return status
-                if time.monotonic() >= deadline:
-                    return None
-                time.sleep(0.05)
-    while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except InterruptedError:
-            continue

@@ -3,8 +3,8 @@
 Two sources, both in ``<submit>/parsl/running/``: a file per running attempt
 (``<job>.<attempt>``, holding ``<host> <pid> <token>``) written by
 `runner.run_job` on Parsl workers, and the journals of the local pool's
-spawners (``spawner.<host>.<pid>``, see `spawner`). Stopping a run does not
-need them: every process of a run carries its token (`spawner.kill_attempts`).
+spawners (``spawner.<host>.<pid>``, see `localpool.spawner`). Stopping a run does
+not need them: every process of a run carries its token (`kill_attempts`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import os
 import socket
 from collections.abc import Iterator
 
-from .spawner import JOURNAL_PREFIX, kill_attempts, read_journal
+from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
+
+from .localpool.spawner import JOURNAL_PREFIX, read_journal
 
 __all__ = ("kill_running_jobs", "running_attempts", "running_job_ids")
 
@@ -66,7 +68,7 @@ def running_job_ids(running_dir: str) -> set[int]:
 
 
 def kill_running_jobs(running_dir: str, run_id: str) -> int:
-    """Kill every process of this run on this host (`spawner.kill_attempts`
+    """Kill every process of this run on this host (`kill_attempts`
     with the run's token prefix: job shells, their children, and whatever
     left their process group or session), SIGTERM then SIGKILL.
 

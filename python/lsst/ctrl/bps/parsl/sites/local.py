@@ -54,10 +54,10 @@ class Local(SiteConfig):
     ``requestWalltime``): it is ignored with a warning.
 
     Jobs start as soon as they are ready, with no scaling delay: the
-    executor (`JobPoolExecutor`) hands them to a small spawner process that
-    starts each one when its cores and memory fit. With ``monitorEnable``
-    the executor is a Parsl thread pool instead, so that monitoring sees
-    every task.
+    executor (`~lsst.ctrl.bps.parsl.localpool.LocalPoolExecutor`) hands them
+    to a small spawner process that starts each one when its cores and
+    memory fit. With ``monitorEnable`` it is the same executor: Parsl
+    monitoring records every task and try.
     """
 
     label = "local"
@@ -96,15 +96,9 @@ class Local(SiteConfig):
 
     def get_executors(self) -> list[ParslExecutor]:
         # Parsl is imported only to run: preparing a workflow does not need it.
-        from parsl.executors import ThreadPoolExecutor
+        from ..localpool import LocalPoolExecutor
 
-        from ..jobpool import JobPoolExecutor
-
-        if self.get("monitorEnable", bool, False):
-            # Parsl monitoring wraps each task's function: run them in threads.
-            depth = ExecutorCapacity(self.cores).queue_depth
-            return [ThreadPoolExecutor(label=self.label, max_threads=depth)]
-        return [JobPoolExecutor(label=self.label, cores=self.cores, memory=self.memory)]
+        return [LocalPoolExecutor(label=self.label, cores=self.cores, memory=self.memory)]
 
     def executor_labels(self) -> list[str]:
         # Known without building the executor (which would import Parsl

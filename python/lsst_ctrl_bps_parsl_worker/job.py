@@ -1,0 +1,199 @@
+"""`run_job`: what a Parsl worker runs for one job attempt.
+
+The job starts as the local pool's spawner starts its jobs
+(`processes.Launcher`: a session of its own, default signal dispositions),
+and a walltime kill stops every process carrying its token
+(`processes.kill_attempts`). While it runs, a small file names its host and
+process group, so that report, cancel, and a restart after the driver was
+killed, can find it. Its exit status is also appended to its stderr log by
+the job's own shell, so a restart can tell that a job finished even when the
+driver died before recording it.
+
+On the local pool (`lsst.ctrl.bps.parsl.localpool`) this function is not
+called: the pool's spawner starts the same script (`job_script`) itself.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .processes import ATTEMPT_ENV, EXIT_MARKER, Launcher, append_note, exit_code_of, job_argv, kill_attempts
+
+__all__ = ("NotStartedError", "job_script", "run_job")
+
+_HOST = socket.gethostname()
+
+
+class NotStartedError(RuntimeError):
+    """The job attempt was not started (the run is stopping, or its pool was lost)."""
+
+
+def job_script(token: str, prefix: str, env: str, command: str) -> str:
+    """The shell script of one job attempt: its token, the exit-status trap,
+    the site's command prefix, the job's environment exports, its command.
+    """
+    # The token line also makes the shell recognisable by its command line.
+    parts = [f"export {ATTEMPT_ENV}={token}"]
+    # The EXIT trap also runs when the command calls `exit`.
+    parts.append(f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT")
+    parts.extend(p for p in (prefix, env) if p)
+    parts.append(command)
+    return "\n".join(parts) + "\n"
+
+
+def run_job(
+    token: str,
+    prefix: str,
+    env: str,
+    command: str,
+    out_path: str,
+    err_path: str,
+    pid_file: str,
+    time_limit: float | None = None,
+    shell: str = "/bin/bash",
+    gate: str | None = None,
+    cores: int = 1,
+    memory: int = 0,
+    inputs: Sequence[Any] = (),
+    parsl_resource_specification: dict[str, Any] | None = None,
+) -> tuple[int, int | None, float, float, str, bool]:
+    """Run one attempt of one job.
+
+    Parameters
+    ----------
+    token : `str`
+        ``<run id>/<job id>/<attempt>``, exported to the job and written in
+        its shell's command line, so that its processes can be recognised
+        later.
+    prefix, env, command : `str`
+        Site command prefix, job environment exports, job command line.
+    out_path, err_path : `str`
+        Log files (created with their directories).
+    pid_file : `str`
+        File naming this attempt's host and process group while it runs.
+    time_limit : `float`, optional
+        Seconds after which the job is killed (its ``request_walltime``;
+        not named ``walltime``, which Parsl would take for itself).
+    shell : `str`
+        Shell that runs the job's script.
+    gate : `str`, optional
+        Key of the `lsst.ctrl.bps.parsl.runner.ResourceGate` to take
+        ``cores`` and ``memory`` from before starting (in-process thread
+        pools only).
+    cores, memory : `int`
+        The job's cores and memory (MB); the local pool takes them from its
+        budget when no ``parsl_resource_specification`` says otherwise.
+    inputs : `~collections.abc.Sequence`, optional
+        Parent futures (Parsl resolves them before this runs).
+    parsl_resource_specification : `dict`, optional
+        Parsl passes a task's resource specification on to its function;
+        not used here.
+
+    Returns
+    -------
+    result : `tuple`
+        (exit code, signal or None, start time, end time, host, whether the
+        walltime killed it). A job killed by a signal has exit code
+        ``128 + signal``.
+    """
+    if gate is None:
+        return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
+    # Only the driver's process has gates (the monitored thread pool).
+    from lsst.ctrl.bps.parsl.runner import GATES
+
+    resource_gate = GATES.get(gate)
+    taken = resource_gate.acquire(cores, memory) if resource_gate else None
+    try:
+        return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
+    finally:
+        if resource_gate is not None and taken is not None:
+            resource_gate.release(taken)
+
+
+def _run(
+    token: str,
+    shell: str,
+    prefix: str,
+    env: str,
+    command: str,
+    out_path: str,
+    err_path: str,
+    pid_file: str,
+    walltime: float | None,
+) -> tuple[int, int | None, float, float, str, bool]:
+    start = time.time()
+    pid = Launcher().spawn(job_argv(shell, out_path, err_path, job_script(token, prefix, env, command)))
+    _write_pid_file(pid_file, f"{_HOST} {pid} {token}\n")
+    timed_out = False
+    try:
+        status = _wait(pid, walltime)
+        if status is None:
+            timed_out = True
+            kill_attempts((token,), groups=(pid,))
+            status = _wait(pid, None)
+    except BaseException:
+        kill_attempts((token,), groups=(pid,))
+        _wait(pid, None)
+        raise
+    finally:
+        try:
+            os.unlink(pid_file)
+        except OSError:
+            pass
+    end = time.time()
+    assert status is not None  # waited without a timeout
+    returncode, sig = exit_code_of(status)
+    if timed_out:
+        append_note(err_path, f"[bps-parsl] killed after walltime of {walltime:.0f} s\n")
+    return returncode, sig, start, end, _HOST, timed_out
+
+
+def _write_pid_file(path: str, text: str) -> None:
+    """Write the running-attempt file, making its directory again if it vanished."""
+    for _ in range(2):
+        try:
+            with open(path, "w") as stream:
+                stream.write(text)
+            return
+        except FileNotFoundError:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError:
+                return
+        except OSError:
+            return
+
+
+def _wait(pid: int, timeout: float | None) -> int | None:
+    """Wait status of child ``pid``, or `None` if it still runs after ``timeout`` seconds."""
+    if timeout is not None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is not None:
+            try:
+                ready, _, _ = select.select([pidfd], [], [], timeout)
+            finally:
+                os.close(pidfd)
+            if not ready:
+                return None
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                found, status = os.waitpid(pid, os.WNOHANG)
+                if found:
+                    return status
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.05)
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue

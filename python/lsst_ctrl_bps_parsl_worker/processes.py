@@ -1,0 +1,375 @@
+"""Job processes: how they start, how they are found and stopped.
+
+Every job attempt starts through a `Launcher` (a session of its own, default
+signal dispositions, no blocked signal) and runs `job_argv`'s script, which
+creates the attempt's log files (and their directory, if it vanished) and
+exports ``BPS_PARSL_ATTEMPT=<run id>/<job>/<attempt>``. Every process a job
+starts inherits that token, so `kill_attempts` finds them all, also those that
+left the job's process group or session, by reading each process's own
+``/proc`` entry.
+
+Standard library only: the local pool's spawner (``python -S``) and Parsl
+workers import it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+__all__ = (
+    "ATTEMPT_ENV",
+    "EXIT_MARKER",
+    "KILL_GRACE",
+    "Launcher",
+    "append_note",
+    "attempt_processes",
+    "exit_code_of",
+    "job_argv",
+    "kill_attempts",
+    "live_shells",
+    "logged_exit_status",
+    "process_start_time",
+    "quote",
+    "shell_alive",
+    "signal_attempts",
+)
+
+ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
+EXIT_MARKER = "[bps-parsl] exit status "
+KILL_GRACE = 0.5
+"""Seconds between SIGTERM and SIGKILL when job processes are killed."""
+
+_EXPORT = f"export {ATTEMPT_ENV}=".encode()
+_NAMED_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+# ---- starting a job ---------------------------------------------------------------
+
+
+def quote(text: str) -> str:
+    """``text`` as one word for the shell."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
+    """The command line of a job attempt's shell.
+
+    The shell creates the log files itself (creating files is the slowest
+    step of a start, and the spawner starts jobs one at a time), and their
+    directory first if it does not exist (a log directory may be removed
+    while a run goes on). If they cannot be created, the shell says why on
+    its inherited stderr and exits with 127.
+    """
+    directory = quote(os.path.dirname(out) or ".")
+    redirect = f"command exec >{quote(out)} 2>{quote(err)}"
+    return [
+        shell,
+        "-c",
+        f"[ -d {directory} ] || mkdir -p {directory} 2>/dev/null; "
+        f"{redirect} || {{ mkdir -p {directory} && {redirect}; }} || exit 127\n{script}",
+    ]
+
+
+class Launcher:
+    """Starts job shells: each in a session of its own, with stdin and stdout
+    on ``/dev/null`` (`job_argv`'s script redirects them) and stderr
+    inherited, every signal at its default disposition and none blocked,
+    whatever the caller ignores or blocks.
+
+    With glibc the C library's ``posix_spawn`` is called directly: Python's
+    ``os.posix_spawn`` cannot name glibc's two internal signals (32 and 33),
+    which glibc then leaves ignored in the child. Elsewhere ``os.posix_spawn``
+    resets every other signal.
+
+    Parameters
+    ----------
+    environ : `~collections.abc.Mapping`, optional
+        The jobs' environment (converted once); this process's by default.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        self.environ = {os.fsencode(k): os.fsencode(v) for k, v in environ.items()}
+        self._glibc = _glibc_spawn()
+        if self._glibc is not None:
+            import ctypes
+
+            items = [k + b"=" + v for k, v in self.environ.items()]
+            self._envp = (ctypes.c_char_p * (len(items) + 1))(*items, None)
+
+    def spawn(self, argv: list[str]) -> int:
+        """Start ``argv`` (`job_argv`); return its pid, which the caller must reap."""
+        if self._glibc is not None:
+            return self._glibc(argv, self._envp)
+        return os.posix_spawn(
+            argv[0],
+            argv,
+            self.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            ],
+            setsid=True,
+            setsigdef=_NAMED_SIGNALS,
+            setsigmask=(),
+        )
+
+
+_GLIBC_SPAWN: list = []
+"""The glibc spawn function, once made (`None` in it: not glibc)."""
+
+
+def _glibc_spawn():
+    """A function ``(argv, envp) -> pid`` calling glibc's ``posix_spawn``
+    with every signal (glibc's own included) reset to its default and none
+    blocked, or `None` where the C library is not glibc.
+    """
+    if _GLIBC_SPAWN:
+        return _GLIBC_SPAWN[0]
+    spawn = None
+    try:
+        if os.confstr("CS_GNU_LIBC_VERSION"):
+            spawn = _make_glibc_spawn()
+    except (OSError, ValueError, AttributeError, ImportError):
+        spawn = None
+    _GLIBC_SPAWN.append(spawn)
+    return spawn
+
+
+def _make_glibc_spawn():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    # Opaque glibc structures (336 and 80 bytes on x86_64), with room to spare.
+    attr = ctypes.create_string_buffer(1024)
+    actions = ctypes.create_string_buffer(1024)
+    every_signal = ctypes.create_string_buffer(b"\xff" * 128, 128)  # a raw sigset_t: sigfillset omits 32, 33
+    no_signal = ctypes.create_string_buffer(128)
+    setsigdef, setsigmask, setsid = 0x04, 0x08, 0x80  # glibc's POSIX_SPAWN_* flags
+    steps = (
+        libc.posix_spawnattr_init(attr),
+        libc.posix_spawnattr_setsigdefault(attr, every_signal),
+        libc.posix_spawnattr_setsigmask(attr, no_signal),
+        libc.posix_spawnattr_setflags(attr, ctypes.c_short(setsigdef | setsigmask | setsid)),
+        libc.posix_spawn_file_actions_init(actions),
+        libc.posix_spawn_file_actions_addopen(actions, 0, os.devnull.encode(), os.O_RDONLY, 0),
+        libc.posix_spawn_file_actions_addopen(actions, 1, os.devnull.encode(), os.O_WRONLY, 0),
+    )
+    if any(steps):
+        return None
+    posix_spawn = libc.posix_spawn
+
+    def spawn(argv: list[str], envp: Any) -> int:
+        pid = ctypes.c_int()
+        args = [os.fsencode(arg) for arg in argv]
+        error = posix_spawn(
+            ctypes.byref(pid), args[0], actions, attr, (ctypes.c_char_p * (len(args) + 1))(*args, None), envp
+        )
+        if error:
+            raise OSError(error, os.strerror(error), argv[0])
+        return pid.value
+
+    spawn.keep = (libc, attr, actions, every_signal, no_signal)
+    return spawn
+
+
+def exit_code_of(status: int) -> tuple[int, int | None]:
+    """(exit code, signal) of a wait status; a signal ``s`` gives ``128 + s``,
+    as the shell reports it.
+    """
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return 128 + sig, sig
+    code = os.WEXITSTATUS(status)
+    return code, (code - 128 if 128 < code < 128 + 65 else None)
+
+
+def logged_exit_status(stderr: str) -> int | None:
+    """Exit status a job's shell appended to its stderr log, if any."""
+    try:
+        with open(stderr, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            size = stream.tell()
+            stream.seek(max(0, size - 4096))
+            tail = stream.read().decode(errors="replace")
+    except OSError:
+        return None
+    pos = tail.rfind(EXIT_MARKER)
+    if pos < 0:
+        return None
+    try:
+        return int(tail[pos + len(EXIT_MARKER) :].split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def append_note(path: str, text: str) -> None:
+    """Append ``text`` to a log file, making its directory again if it vanished."""
+    for _ in range(2):
+        try:
+            with open(path, "a") as stream:
+                stream.write(text)
+            return
+        except FileNotFoundError:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError:
+                return
+        except OSError:
+            return
+
+
+# ---- finding and stopping a job's processes -----------------------------------------
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read()
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    """Fields of ``/proc/<pid>/stat`` after the command name: state, ppid,
+    process group, session, ...
+    """
+    data = _read(f"/proc/{pid}/stat")
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def _my_processes() -> list[int]:
+    """Pids of this user's processes, other than this one."""
+    uid, me = os.getuid(), os.getpid()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def attempt_processes(tokens: Collection[str] = (), run_prefix: str | None = None) -> dict[int, int]:
+    """Return ``{pid: process group}`` of this user's live processes that
+    carry one of ``tokens`` (or a token starting with ``run_prefix``), read
+    from their own ``/proc`` entry: in their environment (every process a job
+    started) or, for a job's shell, in its command line.
+    """
+    exact = {f"{ATTEMPT_ENV}={token}".encode() for token in tokens}
+    shells = [_EXPORT + f"{token}\n".encode() for token in tokens]
+    env_prefix = f"{ATTEMPT_ENV}={run_prefix}".encode() if run_prefix else None
+    shell_prefix = _EXPORT + run_prefix.encode() if run_prefix else None
+    found: dict[int, int] = {}
+    if not exact and env_prefix is None:
+        return found
+    for pid in _my_processes():
+        try:
+            environ = _read(f"/proc/{pid}/environ")
+            carries = any(
+                item in exact or (env_prefix is not None and item.startswith(env_prefix))
+                for item in environ.split(b"\0")
+                if item.startswith(b"BPS_")
+            )
+            if not carries:
+                cmdline = _read(f"/proc/{pid}/cmdline")
+                if _EXPORT in cmdline:
+                    carries = any(shell in cmdline for shell in shells) or (
+                        shell_prefix is not None and shell_prefix in cmdline
+                    )
+            if carries:
+                found[pid] = int(_stat_fields(pid)[2])
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def signal_attempts(
+    sig: int, tokens: Collection[str] = (), run_prefix: str | None = None, groups: Collection[int] = ()
+) -> int:
+    """Send ``sig`` to the processes `attempt_processes` finds and to their
+    process groups, and to ``groups`` (process groups of the caller's own
+    children, not yet reaped). Returns how many processes were found.
+
+    A job runs in a session of its own, so every member of a group found
+    this way was started by the job, also one that dropped the token.
+    """
+    found = attempt_processes(tokens, run_prefix)
+    own_group = os.getpgrp()
+    for pgid in {*found.values(), *groups}:
+        if pgid > 1 and pgid != own_group:
+            _kill(os.killpg, pgid, sig)
+    for pid in found:
+        _kill(os.kill, pid, sig)
+    if sig == signal.SIGTERM:
+        # A stopped process acts on SIGTERM only once continued.
+        for pid in found:
+            _kill(os.kill, pid, signal.SIGCONT)
+    return len(found)
+
+
+def _kill(how: Callable[[int, int], None], target: int, sig: int) -> None:
+    try:
+        how(target, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_attempts(
+    tokens: Collection[str] = (),
+    run_prefix: str | None = None,
+    groups: Collection[int] = (),
+    grace: float = KILL_GRACE,
+) -> int:
+    """Stop every process of the given job attempts (or of a whole run):
+    SIGTERM, then, after up to ``grace`` seconds, SIGKILL to what is left.
+    See `signal_attempts`. Returns how many processes were found at first.
+    """
+    found = signal_attempts(signal.SIGTERM, tokens, run_prefix, groups)
+    if found or groups:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and attempt_processes(tokens, run_prefix):
+            time.sleep(0.05)
+        signal_attempts(signal.SIGKILL, tokens, run_prefix, groups)
+    return found
+
+
+def live_shells() -> dict[str, int]:
+    """``{token: pid}`` of the job shells (session leaders whose command line
+    exports a token) of this user that are alive.
+    """
+    shells: dict[str, int] = {}
+    for pid in _my_processes():
+        try:
+            cmdline = _read(f"/proc/{pid}/cmdline")
+            start = cmdline.find(_EXPORT)
+            if start < 0 or int(_stat_fields(pid)[3]) != pid:
+                continue
+        except (OSError, ValueError, IndexError):
+            continue
+        end = cmdline.find(b"\n", start)
+        if end > 0:
+            shells[cmdline[start + len(_EXPORT) : end].decode(errors="replace")] = pid
+    return shells
+
+
+def shell_alive(pid: int, token: str) -> bool:
+    """Whether process ``pid`` is still the shell of job attempt ``token``."""
+    try:
+        return _EXPORT + f"{token}\n".encode() in _read(f"/proc/{pid}/cmdline")
+    except OSError:
+        return False
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch)."""
+    try:
+        ticks = int(_stat_fields(pid)[19])
+        for line in _read("/proc/stat").splitlines():
+            if line.startswith(b"btime "):
+                return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
