@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from lsst.ctrl.bps import BpsConfig
+from lsst.ctrl.bps import BpsConfig, BpsError
 
-from .configuration import get_bps_config_value
+from .configuration import ConfigurationError, get_bps_config_value
 from .liveness import (
     HOST,
     DriverMonitor,
@@ -29,13 +29,23 @@ from .liveness import (
     process_start,
     write_cancel_request,
 )
+from .records import ENDED, JobState
 from .site import SiteConfig
 from .state import RunStore, StateStoreError, db_path
 
 if TYPE_CHECKING:
     from .driver import RunOutcome
 
-__all__ = ("DriverBusyError", "checked_run", "driver_alive", "driver_lock", "load_config", "run_driver")
+__all__ = (
+    "DriverBusyError",
+    "RunFailedError",
+    "checked_run",
+    "driver_alive",
+    "driver_lock",
+    "load_config",
+    "progress_interval",
+    "run_driver",
+)
 
 _RESERVE_MIN = 1 << 20
 _RESERVE_MAX = 64 << 20
@@ -48,6 +58,24 @@ _LOCK_WAIT = 10.0
 
 class DriverBusyError(RuntimeError):
     """Another driver is running this run."""
+
+
+class RunFailedError(BpsError):
+    """Some jobs of the run did not succeed, or the run stopped.
+
+    An ordinary exception for Python callers. Under the ``bps`` command line
+    `ParslService.submit` and `ParslService.restart` do not raise it: they
+    print its one line, return as usual (so that ``bps`` prints its ``Run
+    Id`` lines) and make the command exit with status 1.
+    """
+
+
+def progress_interval(config: BpsConfig) -> float:
+    """Seconds between a driver's progress lines (``parslProgressInterval``, 0: none)."""
+    value = get_bps_config_value(config, "parslProgressInterval", float, 30.0)
+    if value < 0:
+        raise ConfigurationError(f"'parslProgressInterval' is {value}: use 0 (off) or a number of seconds")
+    return value
 
 
 def lock_path(submit_path: str) -> str:
@@ -99,7 +127,8 @@ def load_config(submit_path: str) -> BpsConfig:
 
 def _reserve_size(store: RunStore) -> int:
     """Space for the last commits of a run: grows with the store (its status
-    table is rewritten when a run stops)."""
+    table is rewritten when a run stops).
+    """
     return min(_RESERVE_MAX, _RESERVE_MIN + os.path.getsize(store.path) // 4)
 
 
@@ -117,7 +146,6 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
         If the store cannot be opened for writing.
     """
     from .driver import Driver
-    from .service import RunFailedError, _progress_interval
 
     config = config if config is not None else load_config(submit_path)
     site = SiteConfig.from_config(config)
@@ -139,7 +167,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
                     store,
                     site,
                     kind=kind,
-                    progress_interval=_progress_interval(config),
+                    progress_interval=progress_interval(config),
                     progress_by_label=get_bps_config_value(config, "parslProgressByLabel", bool, False),
                 )
                 monitor.attach(driver.request_stop)
@@ -226,7 +254,8 @@ def checked_run(submit_path: str) -> str:
 
 def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: bool = False) -> bool:
     """Wait until the driver ``record`` describes has ended (or, with
-    ``ack``, at least says it is stopping); returns whether it did."""
+    ``ack``, at least says it is stopping); returns whether it did.
+    """
     deadline = time.monotonic() + timeout
     while True:
         now = driver_alive(submit_path, record.run_id)
@@ -254,7 +283,6 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
         What happened.
     """
     from .running import kill_running_jobs
-    from .state import DELETED, ENDED
 
     run_id = checked_run(submit_path)
     record = driver_alive(submit_path, run_id)
@@ -279,11 +307,9 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
         store = RunStore(db_path(submit_path))
         try:
             left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
-            unfinished = [
-                (job, attempt) for job, state, attempt, *_ in store.statuses() if state not in ENDED
-            ]
-            for job, attempt in unfinished:
-                store.set_state(job, DELETED, attempt)
+            unfinished = [row for row in store.statuses() if row.state not in ENDED]
+            for row in unfinished:
+                store.set_state(row.job, JobState.DELETED, row.attempt)
             store.flush()
         finally:
             store.close()

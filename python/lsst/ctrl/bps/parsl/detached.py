@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from .control import DriverBusyError, run_driver
-from .service import RunFailedError
+from .control import DriverBusyError, RunFailedError, run_driver
 from .state import StateStoreError
 
 
 def main(argv: list[str]) -> int:
     """Run the driver of a submit directory; exit non-zero (after one line
-    saying why) if jobs failed or the run could not go on."""
+    saying why) if jobs failed or the run could not go on.
+    """
     submit_path, kind = argv[1], argv[2]
     try:
         run_driver(submit_path, None, kind=kind)

@@ -249,7 +249,7 @@ class ParslJob:
     def _log_paths(self) -> tuple[str | None, str | None]:
         if self._logs is None:
             return None, None
-        from .driver import log_paths
+        from .attemptlogs import log_paths
 
         return log_paths(self._logs[0], self._logs[1], self.name, self.attempt)
 
@@ -276,7 +276,7 @@ class ParslJob:
 
 
 def _log_dir(config: BpsConfig, label: str, tags: dict[str, Any]) -> str:
-    from .workflow import log_dir_template
+    from .attemptlogs import log_dir_template
 
     return log_dir_template(config)(label, tags)
 

@@ -86,7 +86,8 @@ def _parsl_dir(submit_path: str) -> str:
 
 def process_start(pid: int) -> int | None:
     """Start time of a process on this host (clock ticks since boot), or
-    `None` if there is no such process or no ``/proc``."""
+    `None` if there is no such process or no ``/proc``.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stream:
             text = stream.read()
@@ -207,7 +208,8 @@ def driver_alive(submit_path: str, run_id: str | None = None) -> DriverRecord | 
 
 def holds_store(pid: int, submit_path: str) -> bool:
     """Whether process ``pid`` (on this host) has the run-state database of
-    ``submit_path`` open: the proof that it is this run's driver."""
+    ``submit_path`` open: the proof that it is this run's driver.
+    """
     try:
         target = os.lstat(os.path.join(submit_path, DB_NAME))
     except OSError:
@@ -280,7 +282,7 @@ class DriverMonitor:
 
     @property
     def identity(self) -> list:
-        """This driver's (host, pid, start time)."""
+        """(host, pid, start time) of the driver this monitor runs in."""
         return [HOST, os.getpid(), self.started]
 
     def start(self) -> None:

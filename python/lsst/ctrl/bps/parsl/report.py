@@ -10,18 +10,22 @@ from collections import Counter
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
 from .liveness import driver_alive
+from .records import JobKind, JobState
 from .running import running_job_ids
-from .state import PENDING, RUNNING, JobKind, RunStore, db_path, store_error
+from .state import RunStore, db_path, store_error
 
 __all__ = ("run_state", "run_report")
 
-_BY_VALUE = {state.value: state for state in WmsStates}
-_IN_FLIGHT = (PENDING, RUNNING, WmsStates.READY.value)
+_IN_FLIGHT = frozenset({JobState.PENDING, JobState.RUNNING, JobState.READY})
 
 
-def run_state(store: RunStore, submit_path: str) -> tuple[WmsStates, str]:
-    """State of a whole run and a one-line explanation."""
-    alive = driver_alive(submit_path)
+def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> tuple[WmsStates, str]:
+    """State of a whole run and a one-line explanation.
+
+    ``this_driver``: the caller is the run's driver (it holds the run's
+    lock), so the state follows its own session record.
+    """
+    alive = None if this_driver else driver_alive(submit_path)
     if alive is not None:
         if alive.stopping:
             return WmsStates.RUNNING, f"driver {alive.describe()} is stopping: {alive.stopping}"
@@ -29,21 +33,36 @@ def run_state(store: RunStore, submit_path: str) -> tuple[WmsStates, str]:
     sessions = store.sessions()
     if not sessions:
         return WmsStates.UNREADY, "prepared, never submitted"
-    _, kind, pid, host, _, end, outcome = sessions[-1]
-    if end is None:
+    last = sessions[-1]
+    if last.end is None and this_driver:
+        return WmsStates.RUNNING, f"driver pid {last.pid} is running"
+    if last.end is None:
         return WmsStates.FAILED, (
-            f"the driver (pid {pid} on {host}) died without recording an end: "
+            f"the driver (pid {last.pid} on {last.host}) died without recording an end: "
             f"'bps restart --id {submit_path}' resumes the run"
         )
     state = {
         "succeeded": WmsStates.SUCCEEDED,
         "cancelled": WmsStates.DELETED,
-    }.get(outcome, WmsStates.FAILED)
-    return state, f"{kind} ended: {outcome}"
+    }.get(last.outcome or "", WmsStates.FAILED)
+    return state, f"{last.kind} ended: {last.outcome}"
 
 
-def _running_jobs(submit_path: str) -> set[int]:
+def running_jobs(submit_path: str) -> set[int]:
+    """Ids of the jobs of a run with an attempt said to run now."""
     return running_job_ids(os.path.join(submit_path, "parsl", "running"))
+
+
+def job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsStates:
+    """The reported state of a job whose stored state is ``value``: in
+    flight without a live driver is UNKNOWN, PENDING with a running attempt
+    is RUNNING.
+    """
+    if value in _IN_FLIGHT and not alive:
+        return WmsStates.UNKNOWN
+    if value == JobState.PENDING and job_id in running:
+        return WmsStates.RUNNING
+    return WmsStates(value)
 
 
 def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> WmsRunReport:
@@ -75,27 +94,22 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     finally:
         store.close()
     alive = state == WmsStates.RUNNING
-    running = _running_jobs(submit_path) if alive else set()
+    running = running_jobs(submit_path) if alive else set()
     counts: Counter = Counter()
     by_label: dict[str, Counter] = {}
     label_totals: dict[str, int] = {}
     exit_codes: dict[str, list[int]] = {}
-    jobs = [] if detailed else None
+    jobs: list[WmsJobReport] | None = [] if detailed else None
     for job_id, name, label, value, code in rows:
-        if value in _IN_FLIGHT and not alive:
-            job_state = WmsStates.UNKNOWN
-        elif value == PENDING and job_id in running:
-            job_state = WmsStates.RUNNING
-        else:
-            job_state = _BY_VALUE[value]
-        counts[job_state] += 1
-        by_label.setdefault(label, Counter())[job_state] += 1
+        shown = job_state(value, job_id, alive, running)
+        counts[shown] += 1
+        by_label.setdefault(label, Counter())[shown] += 1
         label_totals[label] = label_totals.get(label, 0) + 1
-        if return_exit_codes and job_state == WmsStates.FAILED and code:
+        if return_exit_codes and shown == WmsStates.FAILED and code:
             exit_codes.setdefault(label, []).append(code)
         if jobs is not None:
             jobs.append(
-                WmsJobReport(wms_id=f"{meta['run_id']}.{job_id}", name=name, label=label, state=job_state)
+                WmsJobReport(wms_id=f"{meta['run_id']}.{job_id}", name=name, label=label, state=shown)
             )
 
     info = WmsSpecificInfo()
@@ -140,5 +154,4 @@ def last_activity(submit_path: str) -> tuple[float, bool]:
         store.close()
     if not sessions:
         return meta_created, False
-    _, _, _, _, start, end, _ = sessions[-1]
-    return (end or start), False
+    return (sessions[-1].end or sessions[-1].start), False

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
-from lsst.ctrl.bps import BaseWmsService, BpsConfig, BpsError, GenericWorkflow, WmsRunReport, WmsStates
+from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow, WmsRunReport, WmsStates
 from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, get_bps_config_value
+from .control import RunFailedError, progress_interval
 from .files import open_private, private_dir, safe_component
 from .runindex import add_run, list_runs, resolve_run
 from .site import SiteConfig
@@ -21,19 +23,10 @@ __all__ = ("ParslService", "RunFailedError")
 _LOG = logging.getLogger(__name__)
 
 
-class RunFailedError(BpsError):
-    """Some jobs of the run did not succeed, or the run stopped.
-
-    An ordinary exception for Python callers. Under the ``bps`` command line
-    `ParslService.submit` and `ParslService.restart` do not raise it: they
-    print its one line, return as usual (so that ``bps`` prints its ``Run
-    Id`` lines) and make the command exit with status 1.
-    """
-
-
 def _fail_bps_command(message: str) -> bool:
     """Under ctrl_bps's ``bps`` command line, print ``message`` and make the
-    command exit with status 1 once it finished; returns whether it did."""
+    command exit with status 1 once it finished; returns whether it did.
+    """
     try:
         import click
     except ImportError:
@@ -81,7 +74,7 @@ class ParslService(BaseWmsService):
         """
         site = SiteConfig.from_config(self.config)
         site.validate()
-        _progress_interval(self.config)
+        progress_interval(self.config)
         _detach(self.config)
         _check_submit_path(self.config)
         get_bps_config_value(self.config, "parslProgressByLabel", bool, False)
@@ -139,7 +132,7 @@ class ParslService(BaseWmsService):
         add_run(workflow.run_id, workflow.submit_path, workflow.name)
         return workflow
 
-    def submit(self, workflow: ParslWorkflow, **kwargs) -> ParslWorkflow:
+    def submit(self, workflow: ParslWorkflow, **kwargs: Any) -> ParslWorkflow:
         """Run the workflow until every job ended.
 
         Raises
@@ -389,7 +382,8 @@ def _is_owner(submit_path: str) -> bool:
 
 def _check_submit_path(config: BpsConfig) -> None:
     """The submit directory must be creatable: its nearest existing
-    ancestor is a writable directory."""
+    ancestor is a writable directory.
+    """
     found, value = config.search("submitPath", opt={"replaceVars": False, "default": None})
     if not found or not isinstance(value, str) or not value:
         return
@@ -414,14 +408,16 @@ def _check_submit_path(config: BpsConfig) -> None:
 
 def _check_executables(config: BpsConfig, generic_workflow: GenericWorkflow) -> None:
     """On a site whose executors all run jobs on this host, an absolute
-    executable path must exist and be executable here."""
+    executable path must exist and be executable here.
+    """
     site = SiteConfig.from_config(config)
     if any(site.capacity(label) is None for label in site.executor_labels()):
         return  # jobs run elsewhere: the path may exist only there
     executables = list(generic_workflow.get_executables(data=True, transfer_only=False))
     final = generic_workflow.get_final()
-    if final is not None and getattr(final, "executable", None) is not None:
-        executables.append(final.executable)
+    final_executable = getattr(final, "executable", None)
+    if final_executable is not None:
+        executables.append(final_executable)
     for executable in executables:
         path = str(executable.src_uri)
         if path.startswith("file://"):
@@ -455,16 +451,9 @@ def _cancellable(submit_path: str) -> bool:
         return True
     store = RunStore(db_path(submit_path), readonly=True)
     try:
-        return store.sessions() != [] and any(row[1] not in ENDED for row in store.statuses())
+        return store.sessions() != [] and any(row.state not in ENDED for row in store.statuses())
     finally:
         store.close()
-
-
-def _progress_interval(config: BpsConfig) -> float:
-    value = get_bps_config_value(config, "parslProgressInterval", float, 30.0)
-    if value < 0:
-        raise ConfigurationError(f"'parslProgressInterval' is {value}: use 0 (off) or a number of seconds")
-    return value
 
 
 def _save_config(config: BpsConfig, path: str) -> None:

@@ -32,13 +32,13 @@ __all__ = ("ExecutorCapacity", "SiteConfig")
 
 @dataclass(frozen=True, slots=True)
 class ExecutorCapacity:
-    """What one in-process executor can run at once.
+    """What one executor that runs jobs on this machine can run at once.
 
-    Only for executors that run tasks in the driver's process (thread
-    pools): a job starts only when its ``request_cpus`` and
-    ``request_memory`` fit in what is free, and the driver keeps at most
-    `queue_depth` jobs in the executor. Batch executors return no capacity:
-    their scheduler does that job.
+    `prepare` refuses a job that asks for more than its executor's capacity,
+    and only such executors enforce a job's ``request_walltime`` themselves.
+    Admission (a job starts once its ``request_cpus`` and
+    ``request_memory`` fit) is the executor's: the local pool's spawner.
+    Batch executors return no capacity: their scheduler does that job.
     """
 
     cores: int
@@ -48,14 +48,15 @@ class ExecutorCapacity:
     """Memory available to jobs, in MB (`None`: not limited)."""
 
     depth: int | None = None
-    """Jobs handed to the executor at once (default `2 * cores + 2`)."""
+    """Jobs a thread-pool executor runs at once (default: ``cores``)."""
 
     @property
     def queue_depth(self) -> int:
-        """Jobs handed to the executor at once: enough that a core never
-        waits for the driver, few enough that cancel is quick.
+        """Jobs a thread-pool executor runs at once (its ``max_threads``):
+        one per core. A thread pool has no memory admission; the local pool
+        (`lsst.ctrl.bps.parsl.localpool`) has.
         """
-        return self.depth if self.depth is not None else 2 * self.cores + 2
+        return self.depth if self.depth is not None else self.cores
 
 
 class SiteConfig(ABC):
@@ -75,7 +76,7 @@ class SiteConfig(ABC):
         `ParslJob.get_resources`). `None` (the default) leaves it to the
         site (`resource_specification`). `validate` refuses names that an
         executor of the site does not take (an HTEX takes ``priority``
-        only; thread pools and the local job pool take none).
+        only, the local pool ``cores`` and ``memory``, thread pools none).
     """
 
     def __init__(self, config: BpsConfig, resource_list: list[str] | None = None):
@@ -108,7 +109,7 @@ class SiteConfig(ABC):
             raise ConfigurationError(
                 f"'site.{compute_site}' is {site!r}: it must be a mapping of site settings"
             )
-        return site
+        return site if isinstance(site, BpsConfig) else BpsConfig(site)
 
     @classmethod
     def from_config(cls, config: BpsConfig) -> SiteConfig:
@@ -184,8 +185,8 @@ class SiteConfig(ABC):
         """Return what the executor ``label`` can run at once.
 
         `None` (the default) means the executor or its batch system decides;
-        local pools return their cores and memory so that the driver holds
-        back jobs that do not fit.
+        executors on this machine return their cores and memory, so that
+        `prepare` refuses a job that would never fit.
         """
         return None
 
@@ -359,8 +360,10 @@ def _accepted_resources(executor: Any) -> frozenset[str] | None:
     `None` when not known (anything is passed on).
     """
     kind = type(executor).__name__
-    if kind in ("ThreadPoolExecutor", "JobPoolExecutor"):
+    if kind == "ThreadPoolExecutor":
         return frozenset()
+    if kind in ("LocalPoolExecutor", "JobPoolExecutor"):
+        return frozenset({"cores", "memory"})
     if kind == "HighThroughputExecutor" and not getattr(executor, "enable_mpi_mode", False):
         return frozenset({"priority"})
     if kind in ("WorkQueueExecutor", "TaskVineExecutor"):

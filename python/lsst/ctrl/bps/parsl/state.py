@@ -21,47 +21,42 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from lsst.ctrl.bps import WmsStates
+from .diskspace import RESERVE_NAME, SpaceReserve, is_out_of_space, out_of_space_message
+from .records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
 
 __all__ = (
     "DB_NAME",
+    "ENDED",
     "FORMAT_VERSION",
+    "AttemptRow",
     "JobKind",
+    "JobRow",
+    "JobState",
     "RunStore",
+    "SessionRow",
     "StateStoreError",
+    "StatusRow",
     "StoreLostError",
     "out_of_space_message",
 )
 
+_T = TypeVar("_T")
+
 DB_NAME = "bps_parsl.sqlite3"
 FORMAT_VERSION = 1
 
-UNREADY = WmsStates.UNREADY.value
-READY = WmsStates.READY.value
-PENDING = WmsStates.PENDING.value
-RUNNING = WmsStates.RUNNING.value
-SUCCEEDED = WmsStates.SUCCEEDED.value
-FAILED = WmsStates.FAILED.value
-PRUNED = WmsStates.PRUNED.value
-DELETED = WmsStates.DELETED.value
-ENDED = frozenset({SUCCEEDED, FAILED, PRUNED, DELETED})
-
-
-class JobKind:
-    """What a node of the prepared workflow is."""
-
-    PAYLOAD = 0
-    """A job with a command line."""
-    NOOP = 1
-    """Ordering only: succeeds once its parents succeeded."""
-    JOIN = 2
-    """End of a blocking group: succeeds once all of the group succeeded."""
-    TOLERANT_JOIN = 3
-    """End of a non-blocking group: succeeds once all of the group ended."""
+UNREADY = JobState.UNREADY
+READY = JobState.READY
+PENDING = JobState.PENDING
+RUNNING = JobState.RUNNING
+SUCCEEDED = JobState.SUCCEEDED
+FAILED = JobState.FAILED
+PRUNED = JobState.PRUNED
+DELETED = JobState.DELETED
+# The names above are the `JobState` members, for modules that import them from here.
 
 
 _SCHEMA = """
@@ -131,81 +126,11 @@ class StateStoreError(RuntimeError):
 
 class StoreLostError(StateStoreError):
     """The run-state database was deleted, truncated or replaced under an
-    open store: nothing more is written to it."""
+    open store: nothing more is written to it.
+    """
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
-_SQLITE_FULL = 13
-_SQLITE_IOERR = 10
-RESERVE_NAME = "space.reserve"
-"""File in ``<submit>/parsl/`` whose space a driver gives back to its store
-when the file system fills up, so that it can record how the run stopped."""
-
-
-def out_of_space_message(submit_path: str) -> str:
-    """The one line a driver stops with when its submit directory's disk is full."""
-    return (
-        f"{submit_path}: the file system of the submit directory is full: the run stopped after "
-        f"recording every job that ended; free space, then 'bps restart --id {submit_path}'"
-    )
-
-
-def _is_out_of_space(exc: BaseException) -> bool:
-    """Whether an SQLite or OS error means the disk (or quota) is full."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (code is not None and code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)) or "full" in str(exc)
-
-
-class SpaceReserve:
-    """Disk space held for the run-state database of a running driver.
-
-    Parameters
-    ----------
-    path : `str`
-        The reserve file; created (mode 0600) with ``size`` bytes allocated.
-    size : `int`
-        Bytes to hold.
-
-    Notes
-    -----
-    Best effort: on a file system that is already full the reserve is
-    smaller or absent. Copy-on-write file systems may give the space back
-    late.
-    """
-
-    def __init__(self, path: str, size: int):
-        self.path = path
-        self.held = False
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return
-        try:
-            os.fchmod(fd, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, size)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                block = b"\0" * 65536
-                for _ in range(0, size, len(block)):
-                    os.write(fd, block)
-            self.held = True
-        except OSError:
-            self.held = os.fstat(fd).st_size > 0
-        finally:
-            os.close(fd)
-
-    def release(self) -> bool:
-        """Give the space back; returns whether there was any to give."""
-        held, self.held = self.held, False
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        return held
 
 
 def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
@@ -229,12 +154,12 @@ def store_error(path: str, exc: BaseException, writing: bool = False) -> StateSt
     )
 
 
-def _guarded(writing: bool = False):
+def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
     """Turn SQLite errors of a `RunStore` method into `StateStoreError`."""
 
-    def decorate(method):
+    def decorate(method: Callable[..., _T]) -> Callable[..., _T]:
         @functools.wraps(method)
-        def wrapper(self, *args, **kwargs):
+        def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> _T:
             try:
                 return method(self, *args, **kwargs)
             except sqlite3.DatabaseError as exc:
@@ -243,30 +168,6 @@ def _guarded(writing: bool = False):
         return wrapper
 
     return decorate
-
-
-@dataclass(slots=True)
-class JobRow:
-    """One job of the prepared workflow, as stored."""
-
-    id: int
-    name: str
-    label: str
-    kind: int
-    final: bool
-    command: str | None
-    env_id: int | None
-    request_cpus: int | None
-    request_memory: int | None
-    request_memory_max: int | None
-    memory_multiplier: float | None
-    request_disk: int | None
-    request_walltime: str | None
-    priority: str | None
-    retries: int | None
-    retry_unless_exit: str | None
-    log_dir: str | None
-    tags: str | None
 
 
 def db_path(submit_path: str) -> str:
@@ -343,7 +244,8 @@ class RunStore:
 
     def _open_identity(self) -> None:
         """Refuse a store that is not a regular file of this user, and keep
-        a descriptor of it to notice if the path stops naming it."""
+        a descriptor of it to notice if the path stops naming it.
+        """
         path = self.path
         try:
             self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -401,7 +303,8 @@ class RunStore:
 
     def keep_reserve(self, size: int) -> None:
         """Hold ``size`` bytes next to the store for its last commits when
-        the file system fills up (see `SpaceReserve`)."""
+        the file system fills up (see `SpaceReserve`).
+        """
         directory = os.path.join(os.path.dirname(self.path), "parsl")
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.reserve = SpaceReserve(os.path.join(directory, RESERVE_NAME), size)
@@ -515,21 +418,24 @@ class RunStore:
         return [row[0] for row in self.conn.execute("SELECT script FROM envs ORDER BY id")]
 
     @_guarded()
-    def statuses(self) -> list[tuple]:
-        """(job, state, attempt, exit_code, signal, start, end, host) of every job."""
-        return self.conn.execute("SELECT * FROM status ORDER BY job").fetchall()
+    def statuses(self) -> list[StatusRow]:
+        """The current state of every job, by job id."""
+        rows = self.conn.execute("SELECT * FROM status ORDER BY job")
+        return [StatusRow(job, JobState(state), *rest) for job, state, *rest in rows]
 
     @_guarded()
-    def sessions(self) -> list[tuple]:
-        """(id, kind, pid, host, start, end, outcome) of every driver session."""
-        return self.conn.execute("SELECT * FROM sessions ORDER BY id").fetchall()
+    def sessions(self) -> list[SessionRow]:
+        """Every driver session, oldest first."""
+        return [SessionRow._make(row) for row in self.conn.execute("SELECT * FROM sessions ORDER BY id")]
 
     @_guarded()
-    def attempts(self, job: int | None = None) -> list[tuple]:
-        """Attempt rows, of one job or all."""
+    def attempts(self, job: int | None = None) -> list[AttemptRow]:
+        """Ended attempts, of one job or all, by job and attempt number."""
         if job is None:
-            return self.conn.execute("SELECT * FROM attempts ORDER BY job, attempt").fetchall()
-        return self.conn.execute("SELECT * FROM attempts WHERE job=? ORDER BY attempt", (job,)).fetchall()
+            rows = self.conn.execute("SELECT * FROM attempts ORDER BY job, attempt")
+        else:
+            rows = self.conn.execute("SELECT * FROM attempts WHERE job=? ORDER BY attempt", (job,))
+        return [AttemptRow(j, a, session, JobState(state), *rest) for j, a, session, state, *rest in rows]
 
     def check_integrity(self) -> None:
         """Raise `StateStoreError` if SQLite finds the file damaged."""
@@ -552,8 +458,8 @@ class RunStore:
             "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)",
             (kind, pid, host, time.time()),
         )
-        self.session = cur.lastrowid
-        return self.session
+        self.session = session = int(cur.lastrowid or 0)
+        return session
 
     @_guarded(writing=True)
     def end_session(self, outcome: str) -> None:
@@ -636,7 +542,7 @@ class RunStore:
         try:
             self._commit_pending()
         except StateStoreError as exc:
-            if self.reserve is None or not _is_out_of_space(exc.__context__ or exc):
+            if self.reserve is None or not is_out_of_space(exc.__context__ or exc):
                 raise
             if not self.reserve.release():
                 raise

@@ -15,7 +15,6 @@ import getpass
 import json
 import os
 import secrets
-import string
 import time
 from array import array
 from bisect import bisect_left
@@ -32,9 +31,10 @@ from lsst.ctrl.bps import (
     GenericWorkflowNoopJob,
 )
 
+from .attemptlogs import log_dir_template
 from .commands import export_lines, render
 from .configuration import ConfigurationError
-from .files import safe_component, safe_subdir
+from .files import safe_component
 from .state import FORMAT_VERSION, JobKind, RunStore, db_path
 
 __all__ = ("ParslWorkflow",)
@@ -172,35 +172,6 @@ class _Flattener:
             stuck = [self.names[i] for i, r in enumerate(remaining) if r > 0][:5]
             raise ConfigurationError(f"the workflow has a dependency cycle through jobs {stuck}")
         return order
-
-
-class _SubdirTemplate:
-    """``subDirTemplate`` parsed once; fields missing from a job's tags are
-    left out, empty path components dropped, and every component made safe
-    (`files.safe_subdir`: no ``..``, nothing absolute).
-    """
-
-    def __init__(self, template: str):
-        self.parts = list(string.Formatter().parse(template))
-
-    def __call__(self, label: str, tags: dict[str, Any]) -> str:
-        out = []
-        for literal, field, spec, _ in self.parts:
-            out.append(literal)
-            if field is None:
-                continue
-            value = label if field == "label" else tags.get(field)
-            if value is not None:
-                out.append(format(value, spec) if spec else str(value))
-        return safe_subdir("".join(out))
-
-
-def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
-    """The job log sub-directory template of a run (``subDirTemplate``,
-    default ``{label}``): called with a job's label and tags.
-    """
-    found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
-    return _SubdirTemplate(template if found and template else "{label}")
 
 
 def _file_lookup(graphs: list[GenericWorkflow]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
 from ..site import ExecutorCapacity, SiteConfig
@@ -111,7 +111,22 @@ class Local(SiteConfig):
         return self.label
 
     def capacity(self, label: str) -> ExecutorCapacity | None:
-        # The job pool queues jobs in its spawner, which starts them as cores
-        # free up; a deep queue keeps it from waiting on the driver.
-        depth = None if self.get("monitorEnable", bool, False) else 32 * self.cores
-        return ExecutorCapacity(cores=self.cores, memory=self.memory, depth=depth)
+        # What the pool has: prepare refuses a job that can never fit.
+        return ExecutorCapacity(cores=self.cores, memory=self.memory)
+
+    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        """The job's cores and memory, which the pool's spawner takes from
+        its budget while the job runs.
+
+        A request larger than the pool (the final job's, which runs alone
+        after every other job) is given the whole pool.
+        """
+        if self.resource_list is not None:
+            return super().resource_specification(job, label)
+        budget = self.__dict__.get("_budget")
+        if budget is None:
+            budget = self.__dict__["_budget"] = (self.cores, self.memory)
+        spec: dict[str, Any] = {"cores": min(job.request_cpus or 1, budget[0])}
+        if job.request_memory:
+            spec["memory"] = min(job.request_memory, budget[1])
+        return spec

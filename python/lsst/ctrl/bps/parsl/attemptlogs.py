@@ -1,0 +1,65 @@
+"""Where each job attempt's logs are, and what its shell wrote there.
+
+Every attempt has its own ``<submit>/logs/<subdir>/<job>.<attempt>.out`` and
+``.err``; the job's shell appends ``[bps-parsl] exit status N`` to the
+latter, which lets a restart tell how an attempt ended when its driver died
+before recording it.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from typing import TYPE_CHECKING, Any
+
+from lsst_ctrl_bps_parsl_worker.processes import append_note, logged_exit_status
+
+from .files import safe_component, safe_subdir
+
+if TYPE_CHECKING:
+    from lsst.ctrl.bps import BpsConfig
+
+__all__ = ("append_note", "exit_status_from_log", "log_dir_template", "log_paths")
+
+
+def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
+    """Return the stdout and stderr files of one attempt of one job, always
+    under ``<submit>/logs`` whatever the job's name and log directory hold
+    (see `files.safe_component`).
+    """
+    base = os.path.join(submit_path, "logs", safe_subdir(log_dir), f"{safe_component(name)}.{attempt}")
+    return base + ".out", base + ".err"
+
+
+def exit_status_from_log(stderr: str) -> int | None:
+    """Exit status a job's shell appended to its stderr log, if any."""
+    return logged_exit_status(stderr)
+
+
+class _SubdirTemplate:
+    """``subDirTemplate`` parsed once; fields missing from a job's tags are
+    left out, empty path components dropped, and every component made safe
+    (`files.safe_subdir`: no ``..``, nothing absolute).
+    """
+
+    def __init__(self, template: str):
+        self.parts = list(string.Formatter().parse(template))
+
+    def __call__(self, label: str, tags: dict[str, Any]) -> str:
+        out = []
+        for literal, field, spec, _ in self.parts:
+            out.append(literal)
+            if field is None:
+                continue
+            value = label if field == "label" else tags.get(field)
+            if value is not None:
+                out.append(format(value, spec) if spec else str(value))
+        return safe_subdir("".join(out))
+
+
+def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
+    """The job log sub-directory template of a run (``subDirTemplate``,
+    default ``{label}``): called with a job's label and tags.
+    """
+    found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
+    return _SubdirTemplate(template if found and template else "{label}")

@@ -1,0 +1,166 @@
+"""The driver's one way to run a job attempt: an app future of Parsl's
+data-flow kernel.
+
+Every attempt on every executor, the local pool included, is a task of one
+module-level app (`runner.run_job` as a Parsl ``python_app``) submitted to
+the run's `~parsl.dataflow.dflow.DataFlowKernel`, with the futures of the
+job's parents as its ``inputs`` (so Parsl's task records and monitoring see
+the DAG) and the site's ``parsl_resource_specification`` for the attempt.
+Parsl's retries are 0 and nothing is memoized or checkpointed: retries are
+the plugin's (`retrypolicy`), and every attempt is a task of its own.
+
+Ended tasks come back to the driver's loop through one queue: each app
+future's done callback (run on a thread of Parsl's or of the executor's)
+puts ``(key, future)`` there, and `Dispatch.wait` takes everything queued
+in one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from collections.abc import Sequence
+from typing import Any
+
+from lsst.ctrl.bps import BpsConfig
+
+from .configuration import set_parsl_logging
+from .runner import run_job
+from .site import SiteConfig
+
+__all__ = ("Dispatch", "start_parsl")
+
+_LOG = logging.getLogger(__name__)
+
+
+class Dispatch:
+    """Parsl's data-flow kernel of one driver session, and the queue of
+    ended attempts.
+
+    Parameters
+    ----------
+    site : `SiteConfig`
+        The site that builds the executors (its ``submit_path`` set).
+    """
+
+    def __init__(self, site: SiteConfig):
+        self.site = site
+        self.dfk: Any = None
+        self.labels: list[str] = []
+        self._apps: dict[str, Any] = {}
+        self._ended: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        self._closed = False
+
+    def start(self) -> None:
+        """Build the site's Parsl configuration and start the kernel.
+
+        Raises whatever Parsl raises (what it had started is stopped).
+        """
+        from parsl.app.python import PythonApp
+
+        config = self.site.get_parsl_config()
+        setup_parsl_logging(self.site.config, self.site.submit_path or ".")
+        self.dfk = start_parsl(config)
+        self.labels = [label for label in self.dfk.executors if label != "_parsl_internal"]
+        self._apps = {
+            label: PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label]) for label in self.labels
+        }
+
+    def submit(
+        self,
+        key: Any,
+        label: str,
+        args: tuple,
+        kwargs: dict[str, Any],
+        inputs: Sequence[Any],
+        resource_specification: dict[str, Any] | None,
+    ) -> Any:
+        """Submit one attempt (`run_job`'s arguments) to executor ``label``;
+        returns its app future, whose end is queued under ``key``.
+        """
+        if resource_specification:
+            kwargs["parsl_resource_specification"] = resource_specification
+        future = self._apps[label](*args, inputs=list(inputs), **kwargs)
+        future.add_done_callback(lambda done: self._ended.put((key, done)))
+        return future
+
+    def wait(self, timeout: float) -> list[tuple[Any, Any]]:
+        """``(key, future)`` of every attempt that ended, waiting up to
+        ``timeout`` seconds for the first one.
+        """
+        try:
+            batch = [self._ended.get(timeout=timeout)] if timeout > 0 else [self._ended.get_nowait()]
+        except queue.Empty:
+            return []
+        get = self._ended.get_nowait
+        while True:
+            try:
+                batch.append(get())
+            except queue.Empty:
+                return batch
+
+    def shutdown(self) -> None:
+        """Shut down the kernel and its executors once (queued attempts end
+        as never started, running ones are stopped by their executors).
+        """
+        if self._closed or self.dfk is None:
+            return
+        self._closed = True
+        try:
+            self.dfk.cleanup()
+        except Exception as exc:  # noqa: BLE001
+            _LOG.warning("Parsl cleanup failed: %s", exc)
+
+
+def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
+    """Send Parsl's log to ``<submit>/parsl/parsl.log`` at the level of
+    ``parsl.log_level``, and nowhere else.
+
+    The kernel is built with ``initialize_logging=False``: Parsl's default
+    logging (DEBUG to a file) costs several times the kernel's own time per
+    task.
+    """
+    logger = logging.getLogger("parsl")
+    logger.propagate = False
+    handler = logging.FileHandler(os.path.join(submit_path, "parsl", "parsl.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for old in list(logger.handlers):
+        if isinstance(old, logging.FileHandler):
+            logger.removeHandler(old)
+            old.close()
+    logger.addHandler(handler)
+    set_parsl_logging(config)
+
+
+def start_parsl(config: Any) -> Any:
+    """Start Parsl's data-flow kernel; if that fails, stop what it had
+    started (executors, the status poller) before raising.
+    """
+    from parsl.dataflow.dflow import DataFlowKernel
+
+    dfk = DataFlowKernel.__new__(DataFlowKernel)
+    try:
+        DataFlowKernel.__init__(dfk, config)
+    except BaseException:
+        steps = []
+        poller = getattr(dfk, "job_status_poller", None)
+        if poller is not None:
+            steps.append(poller.close)
+        steps.extend(executor.shutdown for executor in getattr(dfk, "executors", {}).values())
+        for name in ("memoizer", "usage_tracker"):
+            part = getattr(dfk, name, None)
+            if part is not None:
+                steps.append(part.close)
+        monitoring = getattr(dfk, "monitoring", None)
+        if monitoring is not None:
+            steps.append(monitoring.close)
+        if getattr(dfk, "_logging_unregister_callback", None) is not None:
+            steps.append(dfk._logging_unregister_callback)
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001
+                _LOG.warning("stopping what Parsl had started failed: %r", exc)
+        raise
+    return dfk

@@ -1,0 +1,144 @@
+"""Recording a run's transitions in its store, and settling what a driver
+that died left behind.
+
+`Recorder` is the driver's one writer of the store's job state: every
+transition goes through it (queued, and committed by the driver's loop in
+one transaction per pass; see `RunStore.flush`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from .attemptlogs import append_note, exit_status_from_log, log_paths
+from .records import JobKind, JobRow, JobState
+from .state import RunStore
+
+__all__ = ("AttemptResult", "Recorder")
+
+_LOG = logging.getLogger(__name__)
+
+
+class AttemptResult(NamedTuple):
+    """How an attempt ended: what `runner.run_job` returns."""
+
+    exit_code: int
+    """Exit status (``128 + signal`` if a signal killed it; -1: the executor lost it)."""
+    signal: int | None
+    """Signal that killed it."""
+    start: float | None
+    """When it started (epoch seconds)."""
+    end: float | None
+    """When it ended."""
+    host: str | None
+    """Host it ran on."""
+    timed_out: bool
+    """Whether its walltime killed it."""
+
+
+class Recorder:
+    """Write a run's job transitions to its store.
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's store, open for writing.
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The run's jobs, by id.
+    submit_path : `str`
+        Submit directory (where the attempts' logs are).
+    """
+
+    def __init__(self, store: RunStore, rows: Sequence[JobRow], submit_path: str):
+        self.store = store
+        self.rows = rows
+        self.submit_path = submit_path
+
+    def stderr_of(self, job: int, attempt: int) -> str:
+        """The stderr log of an attempt."""
+        row = self.rows[job]
+        return log_paths(self.submit_path, row.log_dir, row.name, attempt)[1]
+
+    def note(self, job: int, attempt: int, text: str) -> None:
+        """Append a line of the plugin's to an attempt's stderr log."""
+        append_note(self.stderr_of(job, attempt), f"[bps-parsl] {text}\n")
+
+    def state(self, job: int, state: JobState, attempt: int) -> None:
+        """A job's new state, with nothing to say about an attempt."""
+        self.store.set_state(job, state, attempt)
+
+    def submitted(self, job: int, attempt: int, when: float) -> None:
+        """An attempt was handed to Parsl."""
+        self.store.set_state(job, JobState.PENDING, attempt, start=when)
+
+    def ended(
+        self,
+        job: int,
+        attempt: int,
+        attempt_state: JobState,
+        result: AttemptResult,
+        memory: int | None = None,
+        executor: str | None = None,
+        job_state: JobState | None = None,
+    ) -> None:
+        """An attempt ended in ``attempt_state``; the job is now in
+        ``job_state`` (by default the attempt's state; READY for a retry).
+        """
+        code, sig, start, end, host, _ = result
+        self.store.record_attempt(
+            job, attempt, attempt_state, code, sig, memory, executor, None, start, end, host
+        )
+        state = attempt_state if job_state is None else job_state
+        self.store.set_state(job, state, attempt, code, sig, start, end, host)
+
+    def rejected(self, job: int, attempt: int, reason: str, when: float) -> None:
+        """An attempt that no executor took failed at once."""
+        self.note(job, attempt, reason)
+        _LOG.warning("job %s: %s", self.rows[job].name, reason)
+        self.ended(job, attempt, JobState.FAILED, AttemptResult(-1, None, when, when, None, False))
+
+    def lost(self, job: int, attempt: int, error: BaseException, when: float) -> AttemptResult:
+        """The executor lost an attempt: say so in its log; returns the
+        result it is recorded with (exit status -1).
+        """
+        _LOG.warning("job %s attempt %d: executor error %r", self.rows[job].name, attempt, error)
+        self.note(job, attempt, f"the executor lost this attempt: {error!r}")
+        return AttemptResult(-1, None, None, when, None, False)
+
+    def settle_leftovers(self, state: list[JobState], attempts: list[int]) -> None:
+        """Settle the attempts a driver that died launched but did not record.
+
+        An attempt was launched when its stderr log exists (its shell
+        creates it first); if the shell logged exit status 0 the job counts
+        as succeeded, otherwise as failed. ``state`` and ``attempts`` (by
+        job id) are updated.
+        """
+        for i, row in enumerate(self.rows):
+            if state[i] == JobState.SUCCEEDED or row.kind != JobKind.PAYLOAD:
+                continue
+            attempt = attempts[i]
+            if state[i] not in (JobState.PENDING, JobState.RUNNING):
+                attempt += 1  # a launch the driver did not get to record
+            last = None
+            while attempt > 0:
+                stderr = self.stderr_of(i, attempt)
+                if not os.path.exists(stderr):
+                    break
+                last = (attempt, stderr)
+                attempt += 1
+            if last is None:
+                continue
+            attempt, stderr = last
+            attempts[i] = attempt
+            code = exit_status_from_log(stderr)
+            settled = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+            self.store.record_attempt(i, attempt, settled, code, memory=row.request_memory)
+            self.store.set_state(i, settled, attempt, code)
+            state[i] = settled
+
+    def flush(self) -> None:
+        """Commit what was recorded (see `RunStore.flush`)."""
+        self.store.flush()

@@ -1,0 +1,157 @@
+"""What the run-state store holds, as types: job states and kinds, and the
+rows of its ``jobs``, ``status``, ``attempts`` and ``sessions`` tables as
+named records.
+
+Standard library and ``lsst.ctrl.bps`` only, so that any module may import
+it (see `state` for the store itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+from lsst.ctrl.bps import WmsStates
+
+__all__ = ("ENDED", "AttemptRow", "JobKind", "JobRow", "JobState", "SessionRow", "StatusRow")
+
+
+class JobState(IntEnum):
+    """State of a job as the store records it: the `WmsStates` value of
+    that name, so that a stored value is what ``bps report`` shows.
+    """
+
+    UNREADY = WmsStates.UNREADY.value
+    """Waiting for its parents (or for the final phase)."""
+    READY = WmsStates.READY.value
+    """Its parents succeeded; it waits to be handed to Parsl (a failed
+    attempt that will be retried is READY too)."""
+    PENDING = WmsStates.PENDING.value
+    """An attempt was handed to Parsl and has not ended."""
+    RUNNING = WmsStates.RUNNING.value
+    """An attempt is running (a driver that died left it PENDING or
+    RUNNING: a restart settles it from its log)."""
+    SUCCEEDED = WmsStates.SUCCEEDED.value
+    """An attempt exited with status 0 (a no-op node: its parents succeeded)."""
+    FAILED = WmsStates.FAILED.value
+    """The last attempt failed and no retry is left (or allowed)."""
+    PRUNED = WmsStates.PRUNED.value
+    """Never run: an ancestor failed for good."""
+    DELETED = WmsStates.DELETED.value
+    """Not finished when the run was stopped (cancel, signal, lost store,
+    full disk); a restart runs it again."""
+
+    def wms_state(self) -> WmsStates:
+        """The `WmsStates` member of the same value."""
+        return WmsStates(self.value)
+
+
+ENDED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.PRUNED, JobState.DELETED})
+"""States a job leaves only through a restart."""
+
+
+class JobKind(IntEnum):
+    """What a node of the prepared workflow is."""
+
+    PAYLOAD = 0
+    """A job with a command line."""
+    NOOP = 1
+    """Ordering only: succeeds once its parents succeeded."""
+    JOIN = 2
+    """End of a blocking group: succeeds once all of the group succeeded."""
+    TOLERANT_JOIN = 3
+    """End of a non-blocking group: succeeds once all of the group ended."""
+
+
+@dataclass(slots=True)
+class JobRow:
+    """One job of the prepared workflow, as stored."""
+
+    id: int
+    name: str
+    label: str
+    kind: int
+    final: bool
+    command: str | None
+    env_id: int | None
+    request_cpus: int | None
+    request_memory: int | None
+    request_memory_max: int | None
+    memory_multiplier: float | None
+    request_disk: int | None
+    request_walltime: str | None
+    priority: str | None
+    retries: int | None
+    retry_unless_exit: str | None
+    log_dir: str | None
+    tags: str | None
+
+
+class StatusRow(NamedTuple):
+    """A job's current state (table ``status``)."""
+
+    job: int
+    """Job id."""
+    state: JobState
+    """Current state."""
+    attempt: int
+    """Number of its last attempt (0: none yet)."""
+    exit_code: int | None
+    """Exit status of the last attempt (``128 + signal`` if killed)."""
+    signal: int | None
+    """Signal that killed the last attempt."""
+    start: float | None
+    """When the last attempt was submitted or started (epoch seconds)."""
+    end: float | None
+    """When the last attempt ended."""
+    host: str | None
+    """Host of the last attempt."""
+
+
+class AttemptRow(NamedTuple):
+    """One ended attempt of a job (table ``attempts``)."""
+
+    job: int
+    """Job id."""
+    attempt: int
+    """Attempt number, from 1."""
+    session: int
+    """Driver session that ran it."""
+    state: JobState
+    """SUCCEEDED, FAILED or DELETED."""
+    exit_code: int | None
+    """Exit status (``128 + signal`` if killed; -1 if the executor lost it)."""
+    signal: int | None
+    """Signal that killed it."""
+    memory: int | None
+    """Memory (MB) it asked for."""
+    executor: str | None
+    """Label of the executor it ran on."""
+    submitted: float | None
+    """When it was handed to Parsl."""
+    start: float | None
+    """When it started."""
+    end: float | None
+    """When it ended."""
+    host: str | None
+    """Host it ran on."""
+
+
+class SessionRow(NamedTuple):
+    """One driver session (table ``sessions``)."""
+
+    id: int
+    """Session id, from 1."""
+    kind: str
+    """``submit`` or ``restart``."""
+    pid: int
+    """Process id of the driver."""
+    host: str
+    """Host of the driver."""
+    start: float
+    """When it started."""
+    end: float | None
+    """When it ended; `None` while it runs or if it died."""
+    outcome: str | None
+    """``succeeded``, ``failed``, ``cancelled`` or ``error``."""
