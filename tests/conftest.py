@@ -44,3 +44,29 @@ def e2e_repo(e2e_repo_factory: Callable[..., Path]) -> Path:
 def private_run_index(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test's run index out of the real ``~/.local/state``."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out ``long`` tests unless ``-m`` names that marker or the test
+    is named on the command line (``pytest -m long`` runs the long tier)."""
+    if "long" in (config.getoption("markexpr") or ""):
+        return
+    named = {arg for arg in config.args if "::" in arg}
+    kept, left_out = [], []
+    for item in items:
+        wanted = item.get_closest_marker("long") is None or any(item.nodeid.startswith(n) for n in named)
+        (kept if wanted else left_out).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+        config.stash[_LONG_LEFT_OUT] = len(left_out)
+
+
+_LONG_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Say how to run the long tests that were left out."""
+    left_out = config.stash.get(_LONG_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} long test(s) not run: run them with 'pytest -m long'")

@@ -240,6 +240,7 @@ def test_sigkill_during_prepare_leaves_no_half_written_store(tmp_path, env):
         assert not tmp_db.exists()
 
 
+@pytest.mark.long
 def test_sigkill_at_random_points_then_restart_runs_every_job_once(tmp_path, env):
     """Promise 1: a 1,000-job run whose driver is SIGKILLed during its first
     jobs, twice mid-run, late, and during the final job, then restarted with

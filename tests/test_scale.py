@@ -1,24 +1,75 @@
-"""Scale: a chain of depth 100,000 and a wide workflow, prepared and run for real.
+"""Scale: a chain of depth 100,000, prepared and walked without recursion.
 
 A chain this deep ends the old plugin with RecursionError near depth 490; here
-the DAG is flattened, ordered and walked without recursion.
+the DAG is flattened, ordered and walked without recursion. The default tier
+proves it with an executor that starts no process (the walk is what is
+tested, and a process per link would cost minutes) and runs a chain twice as
+deep as the old plugin's limit on real processes; the ``long`` tier runs the
+100,000 links on real processes.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import time
+from concurrent.futures import Future
+from typing import Any
 
+import pytest
 from lsst.ctrl.bps import GenericWorkflow, GenericWorkflowExec, GenericWorkflowJob, WmsStates
+from lsst.ctrl.bps.parsl.site import ExecutorCapacity, SiteConfig
+from parsl.executors.base import ParslExecutor
 from synthetic import make_config, run
 
 TRUE = GenericWorkflowExec("true", "/bin/true", False)
 DEPTH = int(os.environ.get("BPS_PARSL_TEST_CHAIN_DEPTH", "100000"))
+LOCAL2 = {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}}
 
 
-def test_chain_of_depth_100000_runs_in_order(tmp_path):
+class InstantExecutor(ParslExecutor):
+    """An executor that reports every job attempt succeeded at once (a done
+    future of `run_job`'s result), without starting a process."""
+
+    def __init__(self, label: str = "instant"):
+        super().__init__()
+        self.label = label
+        self._host = socket.gethostname()
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, func: Any, resource_specification: dict, *args: Any, **kwargs: Any) -> Any:
+        now = time.time()
+        future: Future = Future()
+        future.set_result((0, None, now, now, self._host, False))
+        return future
+
+    def shutdown(self) -> None:
+        pass
+
+    def monitor_resources(self) -> bool:
+        return False
+
+
+class InstantSite(SiteConfig):
+    """A site with one `InstantExecutor`."""
+
+    def get_executors(self) -> list[ParslExecutor]:
+        return [InstantExecutor()]
+
+    def select_executor(self, job: Any) -> str:
+        return "instant"
+
+    def capacity(self, label: str) -> ExecutorCapacity:
+        return ExecutorCapacity(cores=2)
+
+
+def _chain(depth: int) -> GenericWorkflow:
     gw = GenericWorkflow("chain")
     previous = None
-    for i in range(DEPTH):
+    for i in range(depth):
         job = GenericWorkflowJob(
             f"link{i}", "link", executable=TRUE, arguments="{n}", cmdvals={"n": i}, number_of_retries=0
         )
@@ -26,10 +77,35 @@ def test_chain_of_depth_100000_runs_in_order(tmp_path):
         if previous is not None:
             gw.add_job_relationships(previous, job.name)
         previous = job.name
-    config = make_config(site={"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}})
-    submit = tmp_path / "submit"
-    result = run(gw, submit, config=config)
-    assert len(result) == DEPTH
+    return gw
+
+
+def _check_in_order(result: dict[str, tuple], depth: int) -> None:
+    assert len(result) == depth
     assert all(row[0] == WmsStates.SUCCEEDED.value for row in result.values())
-    starts = [result[f"link{i}"][4] for i in range(0, DEPTH, max(1, DEPTH // 1000))]
+    starts = [result[f"link{i}"][4] for i in range(0, depth, max(1, depth // 1000))]
     assert starts == sorted(starts)
+
+
+def test_chain_of_depth_100000_is_walked_without_recursion(tmp_path):
+    """Prepare, order and walk a 100,000-deep chain with Python's default
+    recursion limit, through the driver's real loop and store, on an
+    executor that starts no process (mocked: a process per link is what the
+    ``long`` tier adds)."""
+    assert sys.getrecursionlimit() < 100_000
+    config = make_config(site={"local": {"class": "test_scale.InstantSite"}})
+    result = run(_chain(100_000), tmp_path / "submit", config=config)
+    _check_in_order(result, 100_000)
+
+
+def test_chain_deeper_than_the_old_limit_runs_in_order_on_real_processes(tmp_path):
+    """1,000 links (the old plugin died near 490) on the real local pool."""
+    result = run(_chain(1000), tmp_path / "submit", config=make_config(site=LOCAL2))
+    _check_in_order(result, 1000)
+
+
+@pytest.mark.long
+def test_chain_of_depth_100000_runs_in_order(tmp_path):
+    """The 100,000-deep chain on the real local pool: one process per link."""
+    result = run(_chain(DEPTH), tmp_path / "submit", config=make_config(site=LOCAL2))
+    _check_in_order(result, DEPTH)

@@ -28,6 +28,7 @@ from .attemptlogs import exit_status_from_log, log_paths
 from .commands import fill_wms
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
+from .page import PageWriter
 from .recorder import AttemptResult, Recorder
 from .records import ENDED, JobKind, JobState
 from .retrypolicy import ExecutorChoiceError, RetryPolicy
@@ -118,6 +119,7 @@ class Driver:
         self.policy = RetryPolicy(self.rows, site, self.submit_path)
         self.dispatch = Dispatch(site)
         self.in_flight: dict[int, _InFlight] = {}
+        self.page = PageWriter(self.submit_path)
 
     # ---- set-up -----------------------------------------------------------
 
@@ -219,6 +221,7 @@ class Driver:
             outcome.cancelled = True
             outcome.reason = outcome.reason or str(exc)
         self._print_progress(force=True)
+        self.page.update(final=True)
         return outcome
 
     def _counts(self) -> dict[int, int]:
@@ -245,6 +248,7 @@ class Driver:
                 if self.store.disk_full:
                     self.request_stop(self.store.disk_full)
             self._print_progress()
+            self.page.update()
         self.recorder.flush()
 
     # ---- dispatch -------------------------------------------------------------
