@@ -32,17 +32,29 @@ except ImportError:  # tests/ is not a package: imported via sys.path
     from multinode_slurm import MultiNodeSlurm, SlurmUnavailable
 
 
+_SHARED: dict[str, MultiNodeSlurm | str] = {}
+"""The session's one rig (or why it cannot start): every test module that
+imports the fixture gets its own fixture definition, and a second rig
+would wait for the first one's lock."""
+
+
 @pytest.fixture(scope="session")
 def multinode_rig():
     """Yield a started `MultiNodeSlurm`; skip if it cannot run here."""
-    rig = MultiNodeSlurm(n_nodes=int(os.environ.get("BPS_PARSL_MULTINODE_NODES", "4")))
-    try:
-        rig.start()
-    except SlurmUnavailable as exc:
-        pytest.skip(f"no multi-node Slurm: {exc}")
+    rig = _SHARED.get("rig")
+    if rig is None:
+        rig = MultiNodeSlurm(n_nodes=int(os.environ.get("BPS_PARSL_MULTINODE_NODES", "4")))
+        try:
+            rig.start()
+        except SlurmUnavailable as exc:
+            rig = f"no multi-node Slurm: {exc}"
+        _SHARED["rig"] = rig
+    if isinstance(rig, str):
+        pytest.skip(rig)
     try:
         yield rig
     finally:
+        # The first module's finalizer stops it, at the end of the session.
         rig.stop()
 
 

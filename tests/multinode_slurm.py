@@ -26,6 +26,11 @@ exactly those (daemons by pid, then whatever ``ip netns pids`` lists, then
 namespaces, veths, the bridge and the ``/etc/hosts`` lines), and `start()`
 first removes what an interrupted earlier session left behind.
 
+One rig runs on a machine at a time: `start()` takes an exclusive lock
+(`LOCK_PATH`, held until `stop()` or the process ends) and waits up to
+``BPS_PARSL_MULTINODE_WAIT`` seconds (default 120) for another session's
+rig to stop, else raises `SlurmUnavailable` naming its pid.
+
 Set ``BPS_PARSL_SLURM_INSTALL=0`` to forbid installing packages;
 ``BPS_PARSL_MULTINODE_SUBNET`` (e.g. ``10.214.0``) to move the rig to
 another ``/24``.
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 __all__ = ["MULTINODE_DIR", "MultiNodeSlurm", "SlurmUnavailable"]
 
+import fcntl
 import json
 import logging
 import os
@@ -57,6 +63,10 @@ _LOG = logging.getLogger(__name__)
 
 MULTINODE_DIR = Path(os.environ.get("BPS_PARSL_MULTINODE_DIR", "/tmp/bps-parsl-multinode"))
 """Directory holding the rig's slurm.conf, munge key, state, spool and logs."""
+
+LOCK_PATH = Path(os.environ.get("BPS_PARSL_MULTINODE_LOCK", "/tmp/bps-parsl-multinode.lock"))
+"""Lock held by the process whose rig is running (its pid inside): the
+bridge, namespaces and ports are one per machine."""
 
 PARTITION = "nodes"
 """The one partition, holding every compute node."""
@@ -144,6 +154,9 @@ class MultiNodeSlurm:
             for k in range(1, n_nodes + 1)
         ]
         self.login = Node(LOGIN_HOST, _LOGIN_NETNS, f"{self.subnet}.5", f"{_PREFIX}Lh", f"{_PREFIX}Ln")
+        self.lock_wait = float(os.environ.get("BPS_PARSL_MULTINODE_WAIT", "120"))
+        """Seconds `start` waits for another process's rig to stop."""
+        self._lock_fd: int | None = None
         self.timings: dict[str, float] = {}
         """Seconds spent in ``install``, ``start`` and ``stop``."""
         self.cores = 0
@@ -211,6 +224,7 @@ class MultiNodeSlurm:
             t0 = time.monotonic()
             apt_install([*APT_PACKAGES, "iproute2"])
             self.timings["install"] = time.monotonic() - t0
+        self._lock()
         self._cleanup_leftovers()
         t0 = time.monotonic()
         try:
@@ -236,6 +250,7 @@ class MultiNodeSlurm:
             self.state_path.unlink()
         except FileNotFoundError:
             pass
+        self._unlock()
         self.timings["stop"] = time.monotonic() - t0
 
     def __enter__(self) -> MultiNodeSlurm:
@@ -389,6 +404,34 @@ class MultiNodeSlurm:
         return False
 
     # ------------------------------------------------------------ helpers
+
+    def _lock(self) -> None:
+        """Take `LOCK_PATH`, waiting `lock_wait` seconds for another rig."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise SlurmUnavailable(
+                        f"another process (pid {holder}) runs the multi-node rig ({LOCK_PATH}); waited "
+                        f"{self.lock_wait:.0f} s (BPS_PARSL_MULTINODE_WAIT)"
+                    ) from None
+                time.sleep(1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _save_state(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)

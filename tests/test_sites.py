@@ -145,13 +145,15 @@ def test_slurm_every_key_reaches_the_sbatch_script(submitted):
         launcher="srun",
         launcher_options={"overrides": "-K0 -k"},
         provider_options={"gres": "gpu:1"},
-        executor_options={"max_workers_per_node": 8, "heartbeat_period": 60},
+        executor_options={"max_workers_per_node": 8},
+        heartbeat_period=60,
+        heartbeat_threshold=200,
         address="10.1.2.3",
     )
     (executor,) = site.get_executors()
     provider = executor.provider
     assert executor.address == "10.1.2.3" and executor.max_workers_per_node == 8
-    assert executor.heartbeat_period == 60
+    assert (executor.heartbeat_period, executor.heartbeat_threshold) == (60, 200)
     assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (0, 0, 4)
     assert provider.parallelism == 0.5 and provider.cmd_timeout == 60
     assert isinstance(provider.launcher, SrunLauncher) and provider.launcher.overrides == "-K0 -k"

@@ -6,7 +6,7 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
-from .generic import BatchSite, build, htex_spec, normalize_walltime, plain
+from .generic import BatchSite, build, htex_defaults, htex_spec, normalize_walltime, plain
 
 if TYPE_CHECKING:
     import parsl.config
@@ -131,7 +131,8 @@ class Ccin2p3(BatchSite):
 
     def get_executors(self) -> list[ParslExecutor]:
         from parsl.executors import HighThroughputExecutor
-        from parsl.providers import SlurmProvider
+
+        from .slurm_provider import SlurmProvider
 
         account = self.get("account", str, self.DEFAULT_ACCOUNT)
         executors = []
@@ -164,7 +165,7 @@ class Ccin2p3(BatchSite):
                         "address": self.get_address(),
                         "max_workers_per_node": 1,
                         "poll_period": 1_000,
-                        "block_error_handler": False,
+                        **htex_defaults(self, {"block_error_handler": False}),
                     },
                     f"{self.where}.{label}",
                 )

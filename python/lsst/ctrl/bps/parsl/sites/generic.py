@@ -48,7 +48,7 @@ __all__ = (
 _LOG = logging.getLogger(__name__)
 
 PROVIDERS: dict[str, tuple[str, str]] = {
-    "slurm": ("parsl.providers", "SlurmProvider"),
+    "slurm": ("lsst.ctrl.bps.parsl.sites.slurm_provider", "SlurmProvider"),
     "pbspro": ("parsl.providers", "PBSProProvider"),
     "torque": ("parsl.providers", "TorqueProvider"),
     "lsf": ("parsl.providers", "LSFProvider"),
@@ -58,7 +58,20 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "kubernetes": ("parsl.providers", "KubernetesProvider"),
     "local": ("parsl.providers", "LocalProvider"),
 }
-"""Provider names accepted by ``provider:`` and the Parsl class each means."""
+"""Provider names accepted by ``provider:`` and the Parsl class each means
+(``slurm``: the plugin's `~.slurm_provider.SlurmProvider`, which sees
+blocks lost to node failure or requeue)."""
+
+HEARTBEAT_PERIOD = 10
+"""Default of the ``heartbeat_period`` key (seconds): how often a worker
+pool and the HTEX interchange tell each other they are alive."""
+
+HEARTBEAT_THRESHOLD = 40
+"""Default of the ``heartbeat_threshold`` key (seconds): silence after which
+the interchange fails a worker pool's tasks with ``ManagerLost`` (a lost
+node is noticed 30-40 s after it dies) and a worker pool that hears nothing
+from the interchange exits."""
+
 
 LAUNCHERS: dict[str, tuple[str, str]] = {
     "single_node": ("parsl.launchers", "SingleNodeLauncher"),
@@ -364,6 +377,27 @@ def work_queue_spec(job: ParslJob) -> dict[str, Any]:
     }
 
 
+def heartbeat_reserved(where: str) -> dict[str, str]:
+    """``executor_options`` a site sets from its heartbeat keys, with how to set them."""
+    return {key: f"use '{where}.{key}'" for key in ("heartbeat_period", "heartbeat_threshold")}
+
+
+def htex_defaults(site: BatchSite, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """HighThroughputExecutor arguments every batch site sets: the
+    heartbeats (`BatchSite.heartbeat_options`, over the site class's
+    ``defaults``) and a block error handler that does not give up on the
+    executor for a block lost with its node or worker pool
+    (`~.slurm_provider.tolerate_lost_blocks`)."""
+    from .slurm_provider import tolerate_lost_blocks
+
+    defaults = defaults or {}
+    options: dict[str, Any] = site.heartbeat_options(
+        defaults.get("heartbeat_period"), defaults.get("heartbeat_threshold")
+    )
+    options["block_error_handler"] = defaults.get("block_error_handler", tolerate_lost_blocks)
+    return options
+
+
 def htex_spec(job: ParslJob) -> dict[str, Any] | None:
     """``parsl_resource_specification`` for a HighThroughputExecutor: only
     ``priority`` (the interchange hands out lower values first).
@@ -377,8 +411,36 @@ class BatchSite(SiteConfig):
 
     Keys ``address`` (`str`): the address workers use to reach the
     submitting host; ``interface`` (`str`): take it from this network
-    interface instead. Default: `default_address`.
+    interface instead. Default: `default_address`. ``heartbeat_period`` and
+    ``heartbeat_threshold`` (`int`, seconds; defaults `HEARTBEAT_PERIOD`,
+    `HEARTBEAT_THRESHOLD`): the heartbeats of its HighThroughputExecutors
+    (`heartbeat_options`).
     """
+
+    def heartbeat_options(self, period: int | None = None, threshold: int | None = None) -> dict[str, int]:
+        """HighThroughputExecutor arguments ``heartbeat_period`` and
+        ``heartbeat_threshold`` from the site's keys of the same names.
+
+        Parameters
+        ----------
+        period, threshold : `int`, optional
+            Defaults of the keys (a site class's own choice); default
+            `HEARTBEAT_PERIOD` and `HEARTBEAT_THRESHOLD`.
+
+        Raises
+        ------
+        ConfigurationError
+            If a key is not a whole number of seconds above 0, or the
+            threshold is not above the period.
+        """
+        period = self.get_positive("heartbeat_period", int, period or HEARTBEAT_PERIOD)
+        threshold = self.get_positive("heartbeat_threshold", int, threshold or HEARTBEAT_THRESHOLD)
+        if threshold <= period:
+            raise ConfigurationError(
+                f"'{self.where}.heartbeat_threshold' ({threshold}) must be greater than "
+                f"'{self.where}.heartbeat_period' ({period}): set it to a few periods, e.g. {4 * period}"
+            )
+        return {"heartbeat_period": period, "heartbeat_threshold": threshold}
 
     def get_address(self) -> str:
         address = self.get("address", str, None)
@@ -418,6 +480,7 @@ class BatchSite(SiteConfig):
     def validate(self) -> None:
         self.get("address", str, None)
         self.get("interface", str, None)
+        self.heartbeat_options()
         super().validate()
 
 
@@ -637,11 +700,15 @@ class Generic(BatchSite):
             "provider": f"use '{spec.where}.provider' and '{spec.where}.provider_options'",
             "address": f"use '{self.where}.address'",
         }
+        if spec.kind == "htex":
+            reserved.update(heartbeat_reserved(self.where))
         options = check_options(cls, section.get("executor_options"), where, reserved=reserved)
         provider = self._provider(spec)
         base: dict[str, Any] = {"label": spec.label, "provider": provider, "address": self.get_address()}
         if spec.kind == "work_queue":
             base.update(shared_fs=True, autolabel=False)
+        if spec.kind == "htex":
+            base.update(htex_defaults(self))
         base.update(options)
         return build(cls, base, where)
 

@@ -9,7 +9,16 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError, get_workflow_name
-from .generic import BatchSite, build, build_launcher, check_options, htex_spec, normalize_walltime
+from .generic import (
+    BatchSite,
+    build,
+    build_launcher,
+    check_options,
+    heartbeat_reserved,
+    htex_defaults,
+    htex_spec,
+    normalize_walltime,
+)
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -94,10 +103,14 @@ def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
 
 
 def finish_executor_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
-    """Apply the site's ``executor_options`` key on top of ``options``."""
+    """Apply the heartbeat keys and block error handler (`htex_defaults`,
+    over those in ``options``), then the site's ``executor_options`` key, on
+    top of ``options``."""
+    options.update(htex_defaults(site, options))
     found, raw = site.site.search("executor_options", opt={"default": None})
     if found and raw is not None:
-        options.update(check_options(cls, raw, f"{site.where}.executor_options", _EXECUTOR_RESERVED))
+        reserved = {**_EXECUTOR_RESERVED, **heartbeat_reserved(site.where)}
+        options.update(check_options(cls, raw, f"{site.where}.executor_options", reserved))
     return options
 
 
@@ -143,6 +156,14 @@ class Slurm(BatchSite):
     - ``address`` (`str`) or ``interface`` (`str`): the address the workers
       use to reach this host, or the interface to take it from (default:
       the source address of this host's route to the partition's nodes).
+    - ``heartbeat_period``, ``heartbeat_threshold`` (`int`, seconds,
+      default 10 and 40): a worker pool silent for the threshold (its node
+      lost) has its tasks failed with ``ManagerLost``.
+
+    Blocks come from the plugin's `~.slurm_provider.SlurmProvider`
+    (``provider_options`` also take its ``requeue`` and
+    ``status_polling_interval``): submitted with ``--no-requeue``, a block
+    that loses a node ends (NODE_FAIL) and a new one replaces it.
 
     A job's ``priority`` reaches the executor (lower runs first); its cores,
     memory and walltime do not: workers are sized per block.
@@ -197,7 +218,8 @@ singleton, exclusive, scheduler_options, partition, account
             The executor.
         """
         from parsl.executors import HighThroughputExecutor
-        from parsl.providers import SlurmProvider
+
+        from .slurm_provider import SlurmProvider
 
         nodes = self.get("nodes", int, nodes, required=True)
         if nodes <= 0:

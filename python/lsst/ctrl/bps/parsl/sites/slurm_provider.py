@@ -1,0 +1,271 @@
+"""A Parsl `SlurmProvider` that sees blocks lost to node failure or requeue.
+
+Parsl's own provider asks ``squeue`` (or ``sacct`` when accounting works)
+and reads a job ``squeue`` no longer lists as COMPLETED: a block whose node
+failed (``NODE_FAIL``) looks like one that ended normally, and a block that
+Slurm requeued after a node failure looks PENDING until it starts again,
+which may be never if too few nodes are left. This provider:
+
+* submits blocks with ``--no-requeue`` (unless ``requeue=True``): a block
+  that loses a node ends as ``NODE_FAIL`` and is replaced by a new block;
+* reads every Slurm state by its long name (``squeue --states=all``), and a
+  job ``squeue`` has forgotten from ``scontrol show job`` and then
+  ``sacct`` (where accounting works), so that NODE_FAIL, BOOT_FAIL,
+  PREEMPTED, TIMEOUT... are terminal states that are not COMPLETED;
+* cancels a block Slurm requeued (restart count above 0 and not running)
+  and reports it FAILED, so that Parsl's scaling starts a replacement;
+* polls every `status_polling_interval` seconds (default 15, Parsl's 60).
+
+Blocks lost this way (node failure, requeue) are listed in
+`SlurmProvider.lost_blocks`. `tolerate_lost_blocks`, the block error
+handler of every HighThroughputExecutor the sites build, does not count a
+block that had workers and then failed as a sign of a broken batch system.
+"""
+
+from __future__ import annotations
+
+__all__ = ("LOST_TO_NODE", "SLURM_STATES", "SlurmProvider", "tolerate_lost_blocks")
+
+import inspect
+import logging
+import typing
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from parsl.jobs.error_handlers import simple_error_handler
+from parsl.jobs.states import JobState, JobStatus
+from parsl.providers import SlurmProvider as ParslSlurmProvider
+from parsl.providers.slurm.slurm import sacct_translate_table
+
+if TYPE_CHECKING:
+    from parsl.executors.status_handling import BlockProviderExecutor
+
+_LOG = logging.getLogger(__name__)
+
+SLURM_STATES: dict[str, JobState] = {
+    "PENDING": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SUSPENDED": JobState.HELD,
+    "STOPPED": JobState.HELD,
+    "RESV_DEL_HOLD": JobState.HELD,
+    "COMPLETED": JobState.COMPLETED,
+    "CANCELLED": JobState.CANCELLED,
+    "FAILED": JobState.FAILED,
+    "NODE_FAIL": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "REVOKED": JobState.FAILED,
+    "SPECIAL_EXIT": JobState.FAILED,
+    # Ended by the batch system, as Parsl's own tables: not a sign that
+    # blocks cannot run (Parsl's error handler counts FAILED only).
+    "TIMEOUT": JobState.TIMEOUT,
+    "DEADLINE": JobState.TIMEOUT,
+    "PREEMPTED": JobState.TIMEOUT,
+    # Requeued: pending again; see SlurmProvider._read.
+    "REQUEUED": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.HELD,
+}
+"""Parsl state of each Slurm job state (long names, as ``squeue %T``,
+``scontrol`` and ``sacct`` print them)."""
+
+LOST_TO_NODE = ("NODE_FAIL",)
+"""Slurm states of a block lost with one of its nodes."""
+
+_STILL_ACTIVE = (JobState.PENDING, JobState.HELD)
+
+_HELD_BLOCKS: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+"""Blocks of each executor whose worker pools `tolerate_lost_blocks` held."""
+
+
+class SlurmProvider(ParslSlurmProvider):
+    """Parsl's `~parsl.providers.SlurmProvider`, reading block states so
+    that lost blocks are seen (see the module's documentation).
+
+    Parameters
+    ----------
+    requeue : `bool`, optional
+        Let Slurm requeue a block after a node failure (default: no,
+        ``#SBATCH --no-requeue``). A requeued block that is not running is
+        cancelled and reported FAILED either way.
+    status_polling_interval : `int`, optional
+        Seconds between two reads of the block states (default 15).
+    **kwargs
+        Arguments of Parsl's `~parsl.providers.SlurmProvider`.
+    """
+
+    def __init__(self, *args: Any, requeue: bool = False, status_polling_interval: int = 15, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if status_polling_interval <= 0:
+            raise ValueError(f"status_polling_interval is {status_polling_interval}: it must be above 0")
+        self.requeue = requeue
+        self._polling_interval = status_polling_interval
+        if not requeue:
+            self.scheduler_options += "#SBATCH --no-requeue\n"
+        self.accounting = self._translate_table is sacct_translate_table
+        """Whether ``sacct`` works here (Slurm accounting)."""
+        clusters = f" --clusters={self.clusters}" if self.clusters else ""
+        fields = "JobID:|,State:|,Reason:|,RestartCnt:"
+        self._queue_cmd = f"squeue{clusters} --noheader --states=all --Format='{fields}' --job {{0}}"
+        self.lost_blocks: dict[str, str] = {}
+        """Job ids of blocks lost with a node or to requeue, and why."""
+
+    @property
+    def status_polling_interval(self) -> int:
+        return self._polling_interval
+
+    def _status(self) -> None:
+        active = [str(job_id) for job_id, job in self.resources.items() if not job["status"].terminal]
+        if not active:
+            return
+        found: dict[str, tuple[str, int, str]] = {}
+        for batch in _batches(active, self.status_batch_size):
+            retcode, stdout, stderr = self.execute_wait(self._queue_cmd.format(",".join(batch)))
+            if retcode != 0 and not stdout.strip():
+                # squeue refuses the whole list when it knows none of them.
+                _LOG.debug("squeue failed (%s): %s", retcode, stderr.strip())
+            found.update(_parse_squeue(stdout))
+        for job_id in active:
+            record = found.get(job_id) or self._forgotten(job_id)
+            self.resources[job_id]["status"] = self._read(job_id, record)
+
+    def _forgotten(self, job_id: str) -> tuple[str, int, str] | None:
+        """State, restart count and reason of a job ``squeue`` did not list,
+        from ``scontrol`` (jobs ended less than ``MinJobAge`` ago) or
+        ``sacct``; `None` if Slurm no longer knows it."""
+        clusters = f" --clusters={self.clusters}" if self.clusters else ""
+        retcode, stdout, _ = self.execute_wait(f"scontrol{clusters} show job -o {job_id}")
+        if retcode == 0 and "JobState=" in stdout:
+            fields = dict(word.split("=", 1) for word in stdout.split() if "=" in word)
+            return fields["JobState"], _integer(fields.get("Restarts")), fields.get("Reason", "")
+        if self.accounting:
+            retcode, stdout, _ = self.execute_wait(
+                f"sacct{clusters} -X --noheader --parsable2 --format=JobID,State,Restart --job {job_id}"
+            )
+            for line in stdout.splitlines():
+                parts = line.split("|")
+                if retcode == 0 and len(parts) >= 2 and parts[0] == job_id:
+                    return parts[1].split()[0], _integer(parts[2] if len(parts) > 2 else None), ""
+        return None
+
+    def _read(self, job_id: str, record: tuple[str, int, str] | None) -> JobStatus:
+        """The Parsl status of a job from its Slurm state, restart count and
+        reason; a requeued block is cancelled here."""
+        paths = {
+            "stdout_path": self.resources[job_id]["job_stdout_path"],
+            "stderr_path": self.resources[job_id]["job_stderr_path"],
+        }
+        if record is None:
+            # Ended more than MinJobAge ago without accounting: how is unknown.
+            return JobStatus(
+                JobState.COMPLETED, message=f"Slurm job {job_id} no longer known to Slurm", **paths
+            )
+        slurm_state, restarts, reason = record
+        slurm_state = slurm_state.rstrip("+")
+        state = SLURM_STATES.get(slurm_state)
+        if state is None:
+            _LOG.warning("Slurm job %s is in state %s, which this plugin does not know", job_id, slurm_state)
+            return JobStatus(JobState.UNKNOWN, message=f"Slurm state {slurm_state}", **paths)
+        if state in _STILL_ACTIVE and (restarts > 0 or slurm_state.startswith("REQUEUE")):
+            why = (
+                f"Slurm requeued block job {job_id} ({slurm_state}, reason {reason or 'none'}, "
+                f"{restarts} restart(s)): cancelled so that a new block replaces it"
+            )
+            if job_id not in self.lost_blocks:
+                _LOG.warning("%s", why)
+                self.execute_wait(
+                    f"scancel{' --clusters=' + self.clusters if self.clusters else ''} {job_id}"
+                )
+                self.lost_blocks[job_id] = why
+            return JobStatus(JobState.FAILED, message=why, **paths)
+        if slurm_state in LOST_TO_NODE:
+            why = f"Slurm job {job_id} lost a node ({slurm_state}, reason {reason or 'none'})"
+            if job_id not in self.lost_blocks:
+                _LOG.warning("Block %s", why)
+                self.lost_blocks[job_id] = why
+            return JobStatus(state, message=why, **paths)
+        message = None if state in (JobState.PENDING, JobState.RUNNING) else f"Slurm state {slurm_state}"
+        return JobStatus(state, message=message, **paths)
+
+
+def _own_signature() -> None:
+    """Give `SlurmProvider.__init__` Parsl's parameters and hints plus its
+    own, so that options can be checked against it like any Parsl class."""
+    init: Any = SlurmProvider.__init__
+    parent = inspect.signature(ParslSlurmProvider.__init__)
+    own = inspect.signature(init).parameters
+    extra = [
+        own[name].replace(annotation=hint)
+        for name, hint in (("requeue", bool), ("status_polling_interval", int))
+    ]
+    init.__signature__ = parent.replace(parameters=[*parent.parameters.values(), *extra])
+    init.__annotations__ = {
+        **typing.get_type_hints(ParslSlurmProvider.__init__),
+        "requeue": bool,
+        "status_polling_interval": int,
+        "return": None,
+    }
+
+
+_own_signature()
+
+
+def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Block error handler of a HighThroughputExecutor: Parsl's
+    `~parsl.jobs.error_handlers.simple_error_handler` (the executor gives
+    up, failing every task, when every block failed) over the blocks that
+    never had workers connected.
+
+    HTEX reports a block that ended before any of its workers connected as
+    MISSING (bad ``worker_init``, unreachable address: blocks cannot run).
+    A block that ends FAILED had workers: it lost a node
+    (`SlurmProvider.lost_blocks`), a worker pool or its job; its tasks fail
+    with ``ManagerLost`` and a new block must be allowed to replace it.
+
+    The worker pools of a block that ended are also put on hold at once
+    (HTEX's own ``_hold_block``, as its scale-in does): Slurm killed those
+    on the nodes that survived, and the interchange would otherwise send
+    them new tasks until their heartbeats expire.
+    """
+    held = _HELD_BLOCKS.setdefault(executor, set())
+    hold = getattr(executor, "_hold_block", None)
+    for block, block_status in status.items():
+        if block_status.terminal and block_status.state != JobState.SCALED_IN and block not in held:
+            held.add(block)
+            if hold is not None:
+                try:
+                    hold(block)
+                except Exception as exc:  # noqa: BLE001 (the interchange may be gone; the heartbeat still works)
+                    _LOG.warning("Could not hold the worker pools of ended block %s: %s", block, exc)
+    lost = getattr(executor.provider, "lost_blocks", {})
+    kept = {
+        block: s
+        for block, s in status.items()
+        if s.state != JobState.FAILED and executor.blocks_to_job_id.get(block) not in lost
+    }
+    simple_error_handler(executor, kept)
+
+
+def _parse_squeue(stdout: str) -> Iterator[tuple[str, tuple[str, int, str]]]:
+    for line in stdout.splitlines():
+        parts = [part.strip() for part in line.split("|")]
+        if len(parts) == 4 and parts[0]:
+            yield parts[0], (parts[1], _integer(parts[3]), parts[2])
+
+
+def _integer(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + max(1, size)]
