@@ -183,11 +183,12 @@ def _export_value(value: str) -> str:
     return "".join(words) or "''"
 
 
-def export_lines(environment: Mapping[str, str], job_name: str = "") -> str:
+def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bool = False) -> str:
     """Return ``export`` statements for a job's environment, in order.
 
     Values reach the job exactly as written, except that each ``<ENV:X>``
-    becomes the value of ``X`` where the job runs.
+    becomes the value of ``X`` where the job runs (not with ``literal``:
+    then values are exported as they are, e.g. a process's environment).
 
     Raises
     ------
@@ -208,7 +209,7 @@ def export_lines(environment: Mapping[str, str], job_name: str = "") -> str:
                 f"job {job_name!r}: the value of environment key {key!r} holds a NUL character, which no "
                 "process environment can carry: remove it from the submit YAML"
             )
-        lines.append(f"export {key}={_export_value(text)}")
+        lines.append(f"export {key}={shlex.quote(text) if literal else _export_value(text)}")
     return "\n".join(lines)
 
 
@@ -233,12 +234,12 @@ def environment_script(environ: Mapping[str, str] | None = None) -> str:
         out.
     """
     environ = os.environ if environ is None else environ
-    lines = [
-        f"export {key}={shlex.quote(value)}\n"
+    kept = {
+        key: value
         for key, value in sorted(environ.items())
         if key not in _NOT_EXPORTED and _VALID_NAME.fullmatch(key) and not key.startswith("BASH_FUNC")
-    ]
-    return "".join(lines)
+    }
+    return export_lines(kept, literal=True) + "\n" if kept else ""
 
 
 def write_environment_file(path: str, environ: Mapping[str, str] | None = None) -> str:
