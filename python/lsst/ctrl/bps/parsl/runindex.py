@@ -1,3 +1,30 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
 """A small per-user index of runs, so that ``bps report`` can list them and
 ids printed by ``bps submit`` can be resolved to submit directories.
 
@@ -34,7 +61,7 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
 
 def list_runs() -> list[tuple[str, str]]:
     """(run id, submit directory) of every indexed run whose directory still exists."""
-    runs = []
+    runs: list[tuple[str, str]] = []
     try:
         entries = list(index_dir().glob("*.json"))
     except OSError:
@@ -84,7 +111,8 @@ def resolve_run(wms_id: str) -> str:
 
 def _check_run_id(submit_path: str, run_id: str, record: Path) -> None:
     """The index record must point to the run it is named after: a record
-    edited to point elsewhere is refused."""
+    edited to point elsewhere is refused.
+    """
     from .state import RunStore
 
     store = RunStore(os.path.join(submit_path, DB_NAME), readonly=True)

@@ -1,3 +1,30 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
 """The prepared workflow: a generic workflow flattened, rendered and saved.
 
 `ParslWorkflow.from_generic_workflow` turns BPS's `GenericWorkflow` (jobs,
@@ -19,7 +46,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lsst.ctrl.bps import (
@@ -96,6 +123,7 @@ class _Flattener:
         if kids is _NO_CHILDREN:
             self.children[parent] = [child]
         else:
+            assert isinstance(kids, list)
             kids.append(child)
         self.nparents[child] += 1
 
@@ -174,7 +202,7 @@ class _Flattener:
         return order
 
 
-def _file_lookup(graphs: list[GenericWorkflow]):
+def _file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
     cache: dict[str, str | None] = {}
 
     def lookup(name: str) -> str | None:

@@ -1,3 +1,30 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
 """A site built entirely from YAML: any Parsl provider, launcher and executor.
 
 Besides the `Generic` site, this module holds the pieces the batch sites
@@ -203,7 +230,8 @@ def _type_names(kinds: tuple[type, ...]) -> str:
         return "number"
     names = []
     for kind in kinds:
-        name = {list: "list", tuple: "list", dict: "mapping"}.get(kind, kind.__name__)
+        special: dict[type, str] = {list: "list", tuple: "list", dict: "mapping"}
+        name = special.get(kind, kind.__name__)
         if name not in names:
             names.append(name)
     return " or ".join(names) if names else "Python object"
@@ -247,7 +275,7 @@ def check_options(
     reserved = reserved or {}
     params = inspect.signature(cls).parameters
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
     except Exception:  # noqa: BLE001 (unresolvable annotations: fall back to defaults)
         hints = {}
     valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -387,7 +415,8 @@ def htex_defaults(site: BatchSite, defaults: dict[str, Any] | None = None) -> di
     heartbeats (`BatchSite.heartbeat_options`, over the site class's
     ``defaults``) and a block error handler that does not give up on the
     executor for a block lost with its node or worker pool
-    (`~.slurm_provider.tolerate_lost_blocks`)."""
+    (`~.slurm_provider.tolerate_lost_blocks`).
+    """
     from .slurm_provider import tolerate_lost_blocks
 
     defaults = defaults or {}
@@ -571,10 +600,10 @@ class Generic(BatchSite):
     @property
     def specs(self) -> list[ExecutorSpec]:
         """The executors, as configured (parsed and checked once)."""
-        cached = getattr(self, "_specs", None)
+        cached: list[ExecutorSpec] | None = getattr(self, "_specs", None)
         if cached is None:
             cached = self._parse()
-            self._specs = cached
+            self._specs: list[ExecutorSpec] | None = cached
         return cached
 
     def _parse(self) -> list[ExecutorSpec]:
@@ -690,7 +719,9 @@ class Generic(BatchSite):
                     "max_threads": f"the driver sizes it from '{spec.where}.cores'",
                 },
             )
-            depth = self.capacity(spec.label).queue_depth
+            capacity = self.capacity(spec.label)
+            assert capacity is not None, "a thread pool always has a capacity"
+            depth = capacity.queue_depth
             return build(ThreadPoolExecutor, {"label": spec.label, "max_threads": depth, **options}, where)
         if spec.kind == "work_queue":
             require_work_queue(spec.where + ".executor")

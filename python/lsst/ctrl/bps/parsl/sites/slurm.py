@@ -1,5 +1,33 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
 """Slurm clusters: one HighThroughputExecutor (`Slurm`) or three sized by
-memory (`TripleSlurm`), each feeding on blocks from a SlurmProvider."""
+memory (`TripleSlurm`), each feeding on blocks from a SlurmProvider.
+"""
 
 from __future__ import annotations
 
@@ -66,7 +94,8 @@ def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
 
 def environment_script() -> str:
     """Shell ``export`` lines that recreate this process's environment in a
-    block (the named clusters use it as ``worker_init``)."""
+    block (the named clusters use it as ``worker_init``).
+    """
     skip = {"_", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "HOST"}
     return "\n".join(
         f"export {key}={shlex.quote(value)}"
@@ -84,7 +113,8 @@ def merge_worker_init(*parts: str | None) -> str:
 
 def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
     """Apply the site's ``provider_options``, ``launcher`` and
-    ``launcher_options`` keys on top of ``options``."""
+    ``launcher_options`` keys on top of ``options``.
+    """
     found, raw = site.site.search("provider_options", opt={"default": None})
     extra = check_options(cls, raw, f"{site.where}.provider_options", _PROVIDER_RESERVED) if found else {}
     options.update(extra)
@@ -105,7 +135,8 @@ def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
 def finish_executor_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
     """Apply the heartbeat keys and block error handler (`htex_defaults`,
     over those in ``options``), then the site's ``executor_options`` key, on
-    top of ``options``."""
+    top of ``options``.
+    """
     options.update(htex_defaults(site, options))
     found, raw = site.site.search("executor_options", opt={"default": None})
     if found and raw is not None:

@@ -1,3 +1,30 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
 """A Parsl `SlurmProvider` that sees blocks lost to node failure or requeue.
 
 Parsl's own provider asks ``squeue`` (or ``sacct`` when accounting works)
@@ -138,7 +165,8 @@ class SlurmProvider(ParslSlurmProvider):
     def _forgotten(self, job_id: str) -> tuple[str, int, str] | None:
         """State, restart count and reason of a job ``squeue`` did not list,
         from ``scontrol`` (jobs ended less than ``MinJobAge`` ago) or
-        ``sacct``; `None` if Slurm no longer knows it."""
+        ``sacct``; `None` if Slurm no longer knows it.
+        """
         clusters = f" --clusters={self.clusters}" if self.clusters else ""
         retcode, stdout, _ = self.execute_wait(f"scontrol{clusters} show job -o {job_id}")
         if retcode == 0 and "JobState=" in stdout:
@@ -156,7 +184,8 @@ class SlurmProvider(ParslSlurmProvider):
 
     def _read(self, job_id: str, record: tuple[str, int, str] | None) -> JobStatus:
         """The Parsl status of a job from its Slurm state, restart count and
-        reason; a requeued block is cancelled here."""
+        reason; a requeued block is cancelled here.
+        """
         paths = {
             "stdout_path": self.resources[job_id]["job_stdout_path"],
             "stderr_path": self.resources[job_id]["job_stderr_path"],
@@ -196,7 +225,8 @@ class SlurmProvider(ParslSlurmProvider):
 
 def _own_signature() -> None:
     """Give `SlurmProvider.__init__` Parsl's parameters and hints plus its
-    own, so that options can be checked against it like any Parsl class."""
+    own, so that options can be checked against it like any Parsl class.
+    """
     init: Any = SlurmProvider.__init__
     parent = inspect.signature(ParslSlurmProvider.__init__)
     own = inspect.signature(init).parameters
