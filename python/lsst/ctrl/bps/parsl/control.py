@@ -93,8 +93,13 @@ class RunFailedError(BpsError):
     An ordinary exception for Python callers. Under the ``bps`` command line
     `ParslService.submit` and `ParslService.restart` do not raise it: they
     print its one line, return as usual (so that ``bps`` prints its ``Run
-    Id`` lines) and make the command exit with status 1.
+    Id`` lines) and make the command exit with ``exit_status``: 1, or the
+    status of a run a job's ``abortOnValue`` aborted.
     """
+
+    def __init__(self, message: str, exit_status: int = 1):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def progress_interval(config: BpsConfig) -> float:
@@ -206,7 +211,10 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
             store.close()
     if outcome.cancelled:
         reason = outcome.reason
-        raise RunFailedError(reason if submit_path in reason else f"run {submit_path} stopped: {reason}")
+        raise RunFailedError(
+            reason if submit_path in reason else f"run {submit_path} stopped: {reason}",
+            1 if outcome.abort_status is None else outcome.abort_status,
+        )
     if outcome.failed:
         raise RunFailedError(
             f"run {submit_path}: {outcome.failed} job(s) did not succeed (failed, pruned or deleted); "

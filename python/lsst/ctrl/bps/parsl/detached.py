@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         run_driver(submit_path, None, kind=kind)
     except (RunFailedError, StateStoreError, DriverBusyError) as exc:
         print(exc, flush=True)
-        return 1
+        return getattr(exc, "exit_status", 1) or 1
     return 0
 
 

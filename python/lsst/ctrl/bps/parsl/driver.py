@@ -55,6 +55,8 @@ from .attemptlogs import exit_status_from_log, log_paths
 from .commands import fill_wms
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
+from .jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route
+from .ordering import dispatch_order, in_flight_limit
 from .page import PageWriter
 from .recorder import AttemptResult, Recorder
 from .records import ENDED, JobKind, JobState
@@ -81,6 +83,8 @@ class RunOutcome:
     """Jobs per state (`JobState` values)."""
     cancelled: bool = False
     reason: str = ""
+    abort_status: int | None = None
+    """Status of a run a job's ``abortOnValue`` aborted (`None`: not aborted)."""
 
     @property
     def failed(self) -> int:
@@ -136,7 +140,11 @@ class Driver:
         self.rows = store.jobs()
         self.envs = store.envs()
         self.recorder = Recorder(store, self.rows, self.submit_path)
-        self.walk = GraphWalk(self.rows, store.edges(), self._pruned)
+        self.walk = GraphWalk(self.rows, store.edges(), self._pruned, dispatch_order(site.config) == "fifo")
+        self.gate = ConcurrencyGate(self.rows, concurrency_limits(site.config, site.compute_site))
+        self.in_flight_cap: int | None = None
+        self.abort: tuple[int, str] | None = None
+        """Status and reason of a run a job's ``abortOnValue`` aborted."""
         self.state = self.walk.state
         self.attempt = [0] * len(self.rows)
         for status in store.statuses():
@@ -209,6 +217,7 @@ class Driver:
         self.walltime_labels = {
             label for label in self.dispatch.labels if self.site.capacity(label) is not None
         }
+        self.in_flight_cap = in_flight_limit(self.site, self.dispatch.labels)
         outcome = RunOutcome()
         store_failed = False
         try:
@@ -216,6 +225,8 @@ class Driver:
                 if self.stop_reason:
                     break
                 self._run_phase(final)
+                if self.abort is not None and not final:
+                    self._abort_to_final_phase()
             if self.stop_reason:
                 self._stop_everything()
         except StateStoreError as exc:
@@ -236,6 +247,9 @@ class Driver:
         if self.stop_reason:
             outcome.cancelled = True
             outcome.reason = self.stop_reason
+        if self.abort is not None:
+            outcome.cancelled = True
+            outcome.abort_status, outcome.reason = self.abort
         outcome.counts = self._counts()
         if store_failed or self.store.disk_full or self.store.lost:
             ended = "error"
@@ -281,14 +295,22 @@ class Driver:
     # ---- dispatch -------------------------------------------------------------
 
     def _dispatch_ready(self) -> None:
+        """Hand ready jobs to Parsl, best first (`ordering`), while fewer
+        than ``in_flight_cap`` are in flight; a job whose concurrency limit
+        is full waits for a holder to end.
+        """
         ready = self.walk.ready
+        cap = self.in_flight_cap
         while ready and not self.stop_reason:
+            if cap is not None and len(self.in_flight) >= cap:
+                return
             i = ready.popleft()
             if self.rows[i].kind != JobKind.PAYLOAD:
                 self.recorder.state(i, JobState.SUCCEEDED, self.attempt[i])
                 self.walk.finish(i, JobState.SUCCEEDED)
                 continue
-            self._submit(i)
+            if self.gate.acquire(i):
+                self._submit(i)
 
     def _submit(self, i: int) -> None:
         """Hand the next attempt of a job to Parsl."""
@@ -300,9 +322,10 @@ class Driver:
         except ExecutorChoiceError as exc:
             self.attempt[i] = attempt
             self.recorder.rejected(i, attempt, str(exc), time.time())
+            self._release_limits(i)
             self.walk.finish(i, JobState.FAILED)
             return
-        label = nxt.label
+        label = route(row, self.dispatch.labels) or nxt.label
         self.attempt[i] = attempt
         self.session_tries[i] = tries + 1
         stdout, stderr = log_paths(self.submit_path, row.log_dir, row.name, attempt)
@@ -330,6 +353,7 @@ class Driver:
         if flight is None or flight.attempt != attempt:
             return
         del self.in_flight[i]
+        self._release_limits(i)
         error = future.exception()
         if isinstance(error, NotStartedError):
             self._never_started(i, attempt, error)
@@ -338,6 +362,10 @@ class Driver:
             result = self.recorder.lost(i, attempt, error, time.time())
         else:
             result = AttemptResult._make(future.result())
+        status = abort_status(self.rows[i], result.exit_code, result.signal)
+        if status is not None:
+            self._aborted_by(i, attempt, result, flight, status)
+            return
         if result.exit_code == 0:
             self.recorder.ended(i, attempt, JobState.SUCCEEDED, result, flight.memory, flight.label)
             self.walk.finish(i, JobState.SUCCEEDED)
@@ -376,6 +404,42 @@ class Driver:
                 )
                 self.walk.finish(i, JobState.SUCCEEDED)
         self.request_stop(str(error))
+
+    def _release_limits(self, i: int) -> None:
+        """A job gave back its concurrency limits: the jobs waiting for them are ready again."""
+        for waiting in self.gate.release(i):
+            self.walk.ready.append(waiting)
+
+    def _aborted_by(
+        self, i: int, attempt: int, result: AttemptResult, flight: _InFlight, status: int
+    ) -> None:
+        """Job ``i`` exited with its ``abortOnValue``: record it and stop the run."""
+        state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.FAILED
+        self.recorder.ended(i, attempt, state, result, flight.memory, flight.label)
+        self.state[i] = state
+        row = self.rows[i]
+        reason = (
+            f"job '{row.name}' (label '{row.label}') exited with {result.exit_code}, its abortOnValue: the run "
+            f"was aborted with status {status}; jobs not ended were stopped and recorded DELETED"
+        )
+        self.abort = (status, reason)
+        self.request_stop(reason)
+
+    def _abort_to_final_phase(self) -> None:
+        """After an abort in the main phase, stop every job and run the final
+        job, as DAGMan runs its FINAL node after an ``ABORT-DAG-ON``.
+        """
+        self._stop_everything()
+        finals = [i for i, row in enumerate(self.rows) if row.final]
+        if not finals or self.stop_reason != (self.abort[1] if self.abort else None):
+            return
+        for i in finals:
+            self.state[i] = JobState.UNREADY
+            self.recorder.state(i, JobState.UNREADY, self.attempt[i])
+        self.recorder.flush()
+        self.stop_reason = None
+        self.dispatch = Dispatch(self.site)
+        self.dispatch.start()
 
     def _pruned(self, i: int) -> None:
         self.recorder.state(i, JobState.PRUNED, self.attempt[i])

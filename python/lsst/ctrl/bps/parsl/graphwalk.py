@@ -38,10 +38,10 @@ ended, whatever the outcome).
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .ordering import ReadyQueue
 from .records import ENDED, JobKind, JobRow, JobState
 
 __all__ = ("GraphWalk",)
@@ -60,10 +60,17 @@ class GraphWalk:
         (parent, child) pairs.
     on_pruned : callable
         Called with the id of each node the walk prunes.
+    fifo : `bool`
+        Hand ready nodes out first come, first served, rather than by
+        priority and critical path (`ordering.ReadyQueue`).
     """
 
     def __init__(
-        self, rows: Sequence[JobRow], edges: Iterable[tuple[int, int]], on_pruned: Callable[[int], None]
+        self,
+        rows: Sequence[JobRow],
+        edges: Iterable[tuple[int, int]],
+        on_pruned: Callable[[int], None],
+        fifo: bool = False,
     ):
         n = len(rows)
         self.rows = rows
@@ -73,8 +80,8 @@ class GraphWalk:
             self.children[parent].append(child)
             self.parents[child].append(parent)
         self.state: list[JobState] = [JobState.UNREADY] * n
-        self.ready: deque[int] = deque()
-        """Nodes to hand out, in the order they became ready."""
+        self.ready = ReadyQueue(rows, self.children, fifo)
+        """Nodes to hand out: by priority, then critical path, then first come."""
         self.remaining: dict[int, int] = {}
         """Unfinished blocking parents of each waiting node."""
         self.futures: dict[int, Any] = {}

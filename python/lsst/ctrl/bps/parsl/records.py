@@ -113,6 +113,16 @@ class JobRow:
     retry_unless_exit: str | None
     log_dir: str | None
     tags: str | None
+    concurrency_limit: str | None = None
+    """BPS ``concurrencyLimit``: ``name[:units]`` entries, comma-separated."""
+    abort_on_value: int | None = None
+    """Exit status of this job that aborts the run (BPS ``abortOnValue``)."""
+    abort_return_value: int | None = None
+    """Status of a run this job aborted (BPS ``abortReturnValue``)."""
+    compute_site: str | None = None
+    """BPS ``computeSite`` of this job."""
+    queue: str | None = None
+    """BPS ``queue`` of this job."""
 
 
 class StatusRow(NamedTuple):

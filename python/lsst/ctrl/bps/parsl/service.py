@@ -50,9 +50,9 @@ __all__ = ("ParslService", "RunFailedError")
 _LOG = logging.getLogger(__name__)
 
 
-def _fail_bps_command(message: str) -> bool:
+def _fail_bps_command(message: str, exit_status: int = 1) -> bool:
     """Under ctrl_bps's ``bps`` command line, print ``message`` and make the
-    command exit with status 1 once it finished; returns whether it did.
+    command exit with ``exit_status`` once it finished; returns whether it did.
     """
     try:
         import click
@@ -64,7 +64,7 @@ def _fail_bps_command(message: str) -> bool:
     print(message, file=sys.stderr, flush=True)
 
     def exit_with_failure() -> None:
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(exit_status)
 
     context.call_on_close(exit_with_failure)
     return True
@@ -183,7 +183,7 @@ class ParslService(BaseWmsService):
         try:
             run_driver(workflow.submit_path, config, kind="submit")
         except (RunFailedError, StateStoreError, DriverBusyError) as exc:
-            if not _fail_bps_command(str(exc)):
+            if not _fail_bps_command(str(exc), getattr(exc, "exit_status", 1)):
                 raise
         return workflow
 
@@ -227,7 +227,7 @@ class ParslService(BaseWmsService):
             print(f"bps-parsl: restarting run {workflow.run_id} in {submit_path}", flush=True)
             run_driver(submit_path, config, kind="restart")
         except RunFailedError as exc:
-            _fail_bps_command(str(exc))
+            _fail_bps_command(str(exc), exc.exit_status)
             return workflow.run_id, workflow.name, str(exc)
         except (StateStoreError, DriverBusyError, OSError, RuntimeError) as exc:
             # DriverBusyError also when another restart took the lock since the check above.

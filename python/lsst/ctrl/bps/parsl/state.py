@@ -74,6 +74,10 @@ _T = TypeVar("_T")
 
 DB_NAME = "bps_parsl.sqlite3"
 FORMAT_VERSION = 1
+JOB_COLUMNS = 23
+"""Columns of table ``jobs`` (the fields of `JobRow`); stores written before
+the last five (``concurrency_limit`` ... ``queue``) were added read as `None`
+for them."""
 
 UNREADY = JobState.UNREADY
 READY = JobState.READY
@@ -107,7 +111,12 @@ CREATE TABLE jobs (
     retries INTEGER,
     retry_unless_exit TEXT,
     log_dir TEXT,
-    tags TEXT
+    tags TEXT,
+    concurrency_limit TEXT,
+    abort_on_value INTEGER,
+    abort_return_value INTEGER,
+    compute_site TEXT,
+    queue TEXT
 );
 CREATE TABLE edges (parent INTEGER NOT NULL, child INTEGER NOT NULL);
 CREATE TABLE status (
@@ -405,7 +414,7 @@ class RunStore:
                 if statement.strip():
                     conn.execute(statement)
             conn.executemany("INSERT INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))
-            conn.executemany("INSERT INTO jobs VALUES (" + ",".join("?" * 18) + ")", jobs)
+            conn.executemany("INSERT INTO jobs VALUES (" + ",".join("?" * JOB_COLUMNS) + ")", jobs)
             # After the jobs: `envs` may fill up while `jobs` is consumed.
             conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(envs))
             conn.executemany("INSERT INTO edges VALUES (?, ?)", edges)

@@ -62,6 +62,7 @@ from .attemptlogs import log_dir_template
 from .commands import export_lines, render
 from .configuration import ConfigurationError
 from .files import safe_component
+from .jobattrs import check_job_attributes
 from .state import FORMAT_VERSION, JobKind, RunStore, db_path
 
 __all__ = ("ParslWorkflow",)
@@ -223,6 +224,18 @@ def _file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
     return lookup
 
 
+def _job_attributes(job: GenericWorkflowJob) -> tuple:
+    """The jobs columns after ``tags``: what `jobattrs` enforces."""
+    limit = job.concurrency_limit
+    return (
+        None if limit is None or limit == "" else str(limit),
+        job.abort_on_value,
+        job.abort_return_value,
+        job.compute_site or None,
+        job.queue or None,
+    )
+
+
 def _retry_unless_exit(value: Any) -> str | None:
     if value is None:
         return None
@@ -361,7 +374,7 @@ class ParslWorkflow(BaseWmsWorkflow):
                 job = flat.item(old)
                 kind = flat.kinds[old]
                 if kind != JobKind.PAYLOAD:
-                    yield (new, flat.names[old], job.label, kind, flat.finals[old]) + (None,) * 13
+                    yield (new, flat.names[old], job.label, kind, flat.finals[old]) + (None,) * 18
                     continue
                 graph_id = flat.graph_of[old]
                 if graph_id not in lookups:
@@ -411,10 +424,13 @@ class ParslWorkflow(BaseWmsWorkflow):
                         _retry_unless_exit(job.retry_unless_exit),
                         subdir(job.label, tags),
                         json.dumps(tags, default=str) if tags else None,
+                        *_job_attributes(job),
                     )
                 )
 
-        rows = _checked_rows(site, generate_rows())
+        rows = check_job_attributes(
+            _checked_rows(site, generate_rows()), config, site.compute_site, site.executor_labels()
+        )
         edges = ((new_id[i], new_id[c]) for i, kids in enumerate(flat.children) for c in kids)
 
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"

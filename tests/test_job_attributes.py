@@ -1,0 +1,122 @@
+"""BPS job attributes the HTCondor plugin honours (issue 12 item 7):
+``concurrencyLimit``, ``abortOnValue``/``abortReturnValue``, ``computeSite``
+and ``queue``; real jobs on the local pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from lsst.ctrl.bps.parsl import ParslService
+from lsst.ctrl.bps.parsl.configuration import ConfigurationError
+from lsst.ctrl.bps.parsl.records import JobState
+from lsst.ctrl.bps.parsl.service import RunFailedError
+from lsst.ctrl.bps.parsl.state import RunStore, db_path
+from synthetic import job, make_config, run, workflow
+
+
+def _site(cores: int = 2, **extra) -> dict:
+    return {
+        "computeSite": "here",
+        "site": {"here": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": cores}},
+        **extra,
+    }
+
+
+def _attempts(submit) -> dict[str, list]:
+    store = RunStore(db_path(str(submit)), readonly=True)
+    try:
+        names = {row.id: row.name for row in store.jobs()}
+        found: dict[str, list] = {}
+        for attempt in store.attempts():
+            found.setdefault(names[attempt.job], []).append(attempt)
+        return found
+    finally:
+        store.close()
+
+
+def test_concurrency_limit_one_never_overlaps(tmp_path):
+    """Six 0.5 s jobs holding limit 'db' (1 unit) on 4 cores run one at a time;
+    two jobs without the limit run beside them.
+    """
+    jobs = [job(f"db{k}", "sleep 0.5", label="db", concurrency_limit="db") for k in range(6)]
+    jobs += [job(f"free{k}", "sleep 0.5", label="free") for k in range(2)]
+    config = make_config(_site(cores=4, concurrencyLimits={"db": 1}))
+    result = run(workflow(jobs), tmp_path / "submit", config)
+    assert all(row[0] == JobState.SUCCEEDED for row in result.values())
+    spans = sorted(
+        (a[0].start, a[0].end) for name, a in _attempts(tmp_path / "submit").items() if name.startswith("db")
+    )
+    assert len(spans) == 6
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 0.01, spans
+    free = [a[0].start for name, a in _attempts(tmp_path / "submit").items() if name.startswith("free")]
+    assert min(free) < spans[2][0], "jobs without the limit must not wait for it"
+
+
+def test_unknown_concurrency_limit_is_refused_at_prepare(tmp_path):
+    config = make_config(_site())
+    gw = workflow([job("a", concurrency_limit="nosuch:2")])
+    with pytest.raises(ConfigurationError, match=r"job 'a' .*concurrency limit 'nosuch'.*concurrencyLimits"):
+        ParslService(config).prepare(config, gw, str(tmp_path / "submit"))
+    assert not (tmp_path / "submit" / "bps_parsl.sqlite3").exists()
+
+
+def test_final_jobs_db_limit_is_known_by_default(tmp_path):
+    gw = workflow([job("a")])
+    gw.add_final(job("final", concurrency_limit="db_limit"))
+    result = run(gw, tmp_path / "submit", make_config(_site()))
+    assert result["final"][0] == JobState.SUCCEEDED
+
+
+def test_abort_value_stops_the_run_with_its_status_and_kills_running_jobs(tmp_path):
+    """'bad' exits 3 (its abortOnValue) while 'slow' runs: the run stops with
+    status 7, 'slow' is killed and DELETED, 'after' never runs (DELETED), and
+    the final job still runs, as DAGMan's FINAL node after ABORT-DAG-ON.
+    """
+    jobs = [
+        job("slow", "sleep 30"),
+        job("bad", "sleep 0.5; exit 3", abort_on_value=3, abort_return_value=7, number_of_retries=3),
+        job("after"),
+        job("other"),
+    ]
+    gw = workflow(jobs, [("bad", "after"), ("slow", "other")])
+    gw.add_final(job("final"))
+    config = make_config(_site())
+    service = ParslService(config)
+    wf = service.prepare(config, gw, str(tmp_path / "submit"))
+    began = time.monotonic()
+    with pytest.raises(RunFailedError, match=r"job 'bad' .*exited with 3.*aborted with status 7") as caught:
+        service.submit(wf)
+    assert time.monotonic() - began < 20, "the running job was not killed"
+    assert caught.value.exit_status == 7
+    store = RunStore(db_path(str(tmp_path / "submit")), readonly=True)
+    try:
+        names = {row.id: row.name for row in store.jobs()}
+        states = {names[s.job]: (s.state, s.attempt) for s in store.statuses()}
+    finally:
+        store.close()
+    assert states["bad"] == (JobState.FAILED, 1), "an abort value is not retried"
+    assert states["slow"][0] == JobState.DELETED
+    assert states["after"][0] == JobState.DELETED
+    assert states["other"][0] == JobState.DELETED
+    assert states["final"][0] == JobState.SUCCEEDED
+
+
+def test_compute_site_or_queue_naming_an_executor_routes_else_warns_once_per_label(tmp_path, caplog):
+    """A computeSite/queue naming this site's executor is used; others are
+    ignored with one warning per label (not per job).
+    """
+    jobs = [job(f"odd{k}", label="odd", compute_site="elsewhere", queue="big") for k in range(5)]
+    jobs += [job(f"same{k}", label="same", compute_site="here") for k in range(3)]
+    jobs += [job("routed", compute_site="local")]
+    with caplog.at_level(logging.WARNING, logger="lsst.ctrl.bps.parsl"):
+        result = run(workflow(jobs), tmp_path / "submit", make_config(_site()))
+    assert all(row[0] == JobState.SUCCEEDED for row in result.values())
+    lines = [r.getMessage() for r in caplog.records if "not an executor of site" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert any("label 'odd' ask for computeSite 'elsewhere'" in line for line in lines)
+    assert any("label 'odd' ask for queue 'big'" in line for line in lines)
+    assert _attempts(tmp_path / "submit")["routed"][0].executor == "local"
