@@ -188,16 +188,22 @@ def generic_workflow(nodes: Iterable[Node], name: str = "bench"):
 
 
 def bps_config(workdir: str, site: dict | None = None):
-    """A BpsConfig as ``bps submit`` builds it; default: the local site."""
+    """A BpsConfig as ``bps submit`` builds it; default: the local site
+    (its ``jobShell`` from ``BENCH_JOB_SHELL`` when that is set).
+    """
     from lsst.ctrl.bps import BpsConfig
     from lsst.ctrl.bps.bps_config import BPS_DEFAULTS, BPS_SEARCH_ORDER
 
+    if site is None:
+        site = {"class": "lsst.ctrl.bps.parsl.sites.Local"}
+        if os.environ.get("BENCH_JOB_SHELL"):
+            site["jobShell"] = os.environ["BENCH_JOB_SHELL"]
     values: dict[str, Any] = {
         "wmsServiceClass": SERVICE,
         "parslProgressInterval": 0,
         "operator": "bench",
         "computeSite": "local",
-        "site": {"local": site or {"class": "lsst.ctrl.bps.parsl.sites.Local"}},
+        "site": {"local": site},
         "submitPath": os.path.join(workdir, "submit"),
         "payloadName": "bench",
     }

@@ -225,6 +225,8 @@ class Driver:
                 if self.stop_reason:
                     break
                 self._run_phase(final)
+                while not final and not self.stop_reason and self.abort is None and self._join_added_jobs():
+                    self._run_phase(False)
                 if self.abort is not None and not final:
                     self._abort_to_final_phase()
             if self.stop_reason:
@@ -443,6 +445,32 @@ class Driver:
 
     def _pruned(self, i: int) -> None:
         self.recorder.state(i, JobState.PRUNED, self.attempt[i])
+
+    def _join_added_jobs(self) -> bool:
+        """Load the jobs added to the store since this session loaded it (a
+        batch submission's payload, see `batch`); whether there were any.
+
+        Called between main phases, when nothing is in flight: the walk and
+        the per-job tables are rebuilt over all jobs, keeping the states.
+        """
+        rows = self.store.jobs()
+        if len(rows) == len(self.rows):
+            return False
+        added = len(rows) - len(self.rows)
+        self.rows.extend(rows[len(self.rows) :])  # the recorder shares this list
+        self.envs = self.store.envs()
+        old_state = self.state
+        self.walk = GraphWalk(
+            self.rows, self.store.edges(), self._pruned, dispatch_order(self.site.config) == "fifo"
+        )
+        self.walk.state[: len(old_state)] = old_state
+        self.state = self.walk.state
+        self.gate = ConcurrencyGate(self.rows, concurrency_limits(self.site.config, self.site.compute_site))
+        self.attempt.extend([0] * added)
+        self.session_tries.extend([0] * added)
+        self.policy = RetryPolicy(self.rows, self.site, self.submit_path)
+        _LOG.info("%d jobs joined the run", added)
+        return True
 
     # ---- stopping -------------------------------------------------------------
 

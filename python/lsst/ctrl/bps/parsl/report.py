@@ -29,21 +29,44 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import time
 from collections import Counter
+from typing import Any
 
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
 from .liveness import driver_alive
 from .records import JobKind, JobState
 from .running import running_job_ids
-from .state import RunStore, db_path, store_error
+from .state import RunStore, StateStoreError, db_path, store_error
 
-__all__ = ("run_state", "run_report")
+__all__ = ("readable_run", "run_report", "run_state")
 
 _IN_FLIGHT = frozenset({JobState.PENDING, JobState.RUNNING, JobState.READY})
+_HAS_SITE = "site" in {f.name for f in dataclasses.fields(WmsRunReport)}
+"""`WmsRunReport.site` exists from lsst-ctrl-bps 30.2026.4300 on."""
+
+
+def readable_run(submit_path: str) -> None:
+    """Raise `StateStoreError` in one line unless this user may read the
+    run (another user's run is shown read-only when the file system lets
+    this user read its submit directory and run-state database).
+    """
+    path = db_path(submit_path)
+    if not os.access(submit_path, os.R_OK | os.X_OK) or (
+        os.path.exists(path) and not os.access(path, os.R_OK)
+    ):
+        try:
+            owner = f"uid {os.stat(submit_path).st_uid}"
+        except OSError:
+            owner = "another user"
+        raise StateStoreError(
+            f"{submit_path}: the run of {owner} is not readable by you: its owner may let you read it "
+            f"(chmod -R go+rX {submit_path})"
+        )
 
 
 def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> tuple[WmsStates, str]:
@@ -63,6 +86,12 @@ def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> t
     last = sessions[-1]
     if last.end is None and this_driver:
         return WmsStates.RUNNING, f"driver pid {last.pid} is running"
+    if last.end is None and not os.access(os.path.join(submit_path, "parsl"), os.R_OK | os.X_OK):
+        # Another user's run: the driver's heartbeat is private to its owner.
+        return WmsStates.UNKNOWN, (
+            f"the driver (pid {last.pid} on {last.host}) recorded no end; whether it still runs is "
+            f"only readable by the run's owner ({os.path.join(submit_path, 'parsl')})"
+        )
     if last.end is None:
         return WmsStates.FAILED, (
             f"the driver (pid {last.pid} on {last.host}) died without recording an end: "
@@ -145,6 +174,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     info.add_message("Parsl log: {parsl_log}", parsl_log=os.path.join(submit_path, "parsl", "parsl.log"))
     if meta.get("monitoring_db"):
         info.add_message("Parsl monitoring database: {monitoring_db}", monitoring_db=meta["monitoring_db"])
+    site: dict[str, Any] = {"site": meta.get("compute_site") or ""} if _HAS_SITE else {}
     report = WmsRunReport(
         wms_id=meta["run_id"],
         global_wms_id=meta["run_id"],
@@ -165,6 +195,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         if return_exit_codes
         else None,
         specific_info=info,
+        **site,
     )
     return report
 

@@ -41,12 +41,17 @@ from pathlib import Path
 from .files import write_private
 from .state import DB_NAME, StateStoreError
 
-__all__ = ("add_run", "index_dir", "list_runs", "resolve_run")
+__all__ = ("INDEX_SUBDIR", "add_run", "index_dir", "list_runs", "resolve_run")
+
+INDEX_SUBDIR = os.path.join(".local", "state", "lsst-ctrl-bps-parsl", "runs")
+"""The index under a home directory, where ``XDG_STATE_HOME`` is not set."""
 
 
 def index_dir() -> Path:
     """Directory of the run index."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME")
+    if not base:
+        return Path(os.path.expanduser("~")) / INDEX_SUBDIR
     return Path(base) / "lsst-ctrl-bps-parsl" / "runs"
 
 
@@ -59,11 +64,13 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
         pass
 
 
-def list_runs() -> list[tuple[str, str]]:
-    """(run id, submit directory) of every indexed run whose directory still exists."""
+def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
+    """(run id, submit directory) of every indexed run whose directory still
+    exists, in this user's index or in ``directory``.
+    """
     runs: list[tuple[str, str]] = []
     try:
-        entries = list(index_dir().glob("*.json"))
+        entries = list((directory or index_dir()).glob("*.json"))
     except OSError:
         return runs
     for entry in entries:

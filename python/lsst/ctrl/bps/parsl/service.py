@@ -171,6 +171,11 @@ class ParslService(BaseWmsService):
         """
         from .control import DriverBusyError, run_driver, start_detached
 
+        if workflow.payload is not None:
+            raise ConfigurationError(
+                f"{workflow.submit_path}: already holds run {workflow.run_id}: 'bps restart --id "
+                f"{workflow.submit_path}' resumes it; submit with another submitPath"
+            )
         config = kwargs.get("config") or workflow.config or self.config
         if _detach(config):
             pid = start_detached(workflow.submit_path, "submit")
@@ -251,7 +256,9 @@ class ParslService(BaseWmsService):
             Submit directory or run id; without it, list runs that are
             active or ended within ``hist`` days.
         user : `str`, optional
-            Only runs of this operator.
+            Only runs of this operator; another user's runs (found in
+            their run index) are shown read-only when the file system lets
+            this user read them.
         hist : `float`
             Days of history for the list.
         pass_thru, is_global
@@ -266,21 +273,23 @@ class ParslService(BaseWmsService):
         """
         import time
 
-        from .report import last_activity, run_report
+        from .report import last_activity, readable_run, run_report
 
         if wms_workflow_id:
             try:
                 submit_path = resolve_run(wms_workflow_id)
-                _check_owner(submit_path)
+                readable_run(submit_path)
                 return [run_report(submit_path, True, return_exit_codes)], ""
             except (StateStoreError, OSError) as exc:
                 return [], str(exc)
-        reports, problems = [], []
+        runs, problems = _runs_of(user)
+        reports = []
         since = time.time() - (hist or 0) * 86400
-        for _, submit_path in list_runs():
+        for submit_path in runs:
             try:
-                if not _is_owner(submit_path):
+                if not user and not _is_owner(submit_path):
                     continue
+                readable_run(submit_path)
                 when, alive = last_activity(submit_path)
                 if not alive and when < since:
                     continue
@@ -303,12 +312,12 @@ class ParslService(BaseWmsService):
         state, message : `tuple`
             `WmsStates` of the run and a message.
         """
-        from .report import run_state
+        from .report import readable_run, run_state
         from .state import RunStore, db_path
 
         try:
             submit_path = resolve_run(wms_workflow_id)
-            _check_owner(submit_path)
+            readable_run(submit_path)
             store = RunStore(db_path(submit_path), readonly=True)
             try:
                 return run_state(store, submit_path)
@@ -334,11 +343,12 @@ class ParslService(BaseWmsService):
             Submit directories.
         """
         from .control import driver_alive
+        from .report import readable_run
 
         if wms_id:
             try:
                 submit_path = resolve_run(wms_id)
-                _check_owner(submit_path)
+                readable_run(submit_path)  # another user's run: `cancel` says why it refuses
             except (StateStoreError, OSError):
                 return []
             return [submit_path] if _cancellable(submit_path) else []
@@ -395,10 +405,32 @@ def _detach(config: BpsConfig) -> bool:
     return get_bps_config_value(config, "parslDetach", bool, False)
 
 
-def _check_owner(submit_path: str) -> None:
-    from .control import _owned
+def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
+    """Submit directories to list for ``bps report [--user USER]``: this
+    user's index, and the index of ``USER`` when that is another user (in
+    their home, when they let this user read it); and the problems met.
+    """
+    import getpass
+    import pwd
+    from pathlib import Path
 
-    _owned(submit_path)
+    from .runindex import INDEX_SUBDIR
+
+    runs = [path for _, path in list_runs()]
+    problems: list[str] = []
+    if user and user != getpass.getuser():
+        try:
+            home = pwd.getpwnam(user).pw_dir
+        except KeyError:
+            return runs, [f"user '{user}' does not exist on this host: check --user"]
+        other_index = Path(home) / INDEX_SUBDIR
+        if not os.access(other_index, os.R_OK | os.X_OK):
+            problems.append(
+                f"{other_index}: the run index of user '{user}' is not readable by you: pass --id with the "
+                "run's submit directory, or ask them to let you read it"
+            )
+        runs.extend(path for _, path in list_runs(other_index) if path not in runs)
+    return runs, problems
 
 
 def _is_owner(submit_path: str) -> bool:

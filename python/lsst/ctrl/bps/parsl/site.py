@@ -277,12 +277,12 @@ class SiteConfig(ABC):
     def job_shell(self) -> str:
         """Shell that runs each job's script (key ``jobShell``).
 
-        Default: ``/bin/bash`` when the site has a ``commandPrefix`` (which
-        may use bash), else ``/bin/sh``: BPS command lines need only a POSIX
-        shell, and ``sh`` starts about twice as fast as ``bash``.
+        Default: ``/bin/bash``, as the old plugin's ``bash_app`` ran them
+        (command lines and ``commandPrefix`` may use ``[[ ]]``, arrays,
+        ``source``). ``/bin/sh`` is an opt-in for speed: it starts about
+        twice as fast, but on Debian it is dash, a POSIX shell only.
         """
-        default = "/bin/bash" if self.get("commandPrefix", str, "") else "/bin/sh"
-        shell = self.get("jobShell", str, default)
+        shell = self.get("jobShell", str, "/bin/bash")
         if not os.path.isabs(shell):
             raise ConfigurationError(
                 f"'{self.where}.jobShell' is {shell!r}: give an absolute path, e.g. /bin/bash"

@@ -58,6 +58,7 @@ from lsst.ctrl.bps import (
     GenericWorkflowNoopJob,
 )
 
+from . import batch
 from .attemptlogs import log_dir_template
 from .commands import export_lines, render
 from .configuration import ConfigurationError
@@ -262,6 +263,8 @@ class ParslWorkflow(BaseWmsWorkflow):
         super().__init__(name, config)
         self.submit_path = submit_path
         self.run_id = run_id
+        self.payload: batch.Payload | None = None
+        """Jobs that `add_to_parent_workflow` adds to a running run."""
 
     @property
     def db_path(self) -> str:
@@ -433,11 +436,40 @@ class ParslWorkflow(BaseWmsWorkflow):
         )
         edges = ((new_id[i], new_id[c]) for i, kids in enumerate(flat.children) for c in kids)
 
+        control = batch.control_run(submit_path)
+        if control is not None:
+            # `bps batch-prepare` of a running control run: `add_to_parent_workflow` adds these jobs.
+            workflow = cls(generic_workflow.name, config, submit_path, control["run_id"])
+            workflow.payload = batch.Payload(list(rows), list(edges), list(envs))
+            return workflow
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
         meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)
+        meta.update(batch.lazy_group_ids(generic_workflow, lambda name: new_id[flat.index(name)]))
         os.makedirs(submit_path, exist_ok=True)
         RunStore.create(db_path(submit_path), meta, envs, rows, edges).close()
         return cls(generic_workflow.name, config, submit_path, run_id)
+
+    def add_to_parent_workflow(self, config: BpsConfig) -> None:
+        """Add this payload workflow's jobs to the running run that prepared
+        it (``bpsBatchSubmission``; see `batch`).
+
+        Parameters
+        ----------
+        config : `lsst.ctrl.bps.BpsConfig`
+            BPS configuration of the payload.
+
+        Raises
+        ------
+        ConfigurationError
+            If this workflow was not prepared into a control run's submit
+            directory.
+        """
+        if self.payload is None:
+            raise ConfigurationError(
+                f"workflow {self.name}: not prepared by 'bps batch-prepare' into the submit directory of a "
+                "run submitted with 'bpsBatchSubmission: true', so it has no run to join"
+            )
+        batch.join_payload(self.submit_path, self.payload)
 
     @classmethod
     def load(cls, submit_path: str) -> ParslWorkflow:
