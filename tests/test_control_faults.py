@@ -69,27 +69,24 @@ def finished(tmp_path, env):
     return submit
 
 
-_LOCK_HOLDER = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, f"{os.getpid()}\\n".encode())
-print("locked", flush=True)
+_SLEEPER = """
+import sys, time
+print("started", flush=True)
 time.sleep(300)
 """
 
 
 @pytest.fixture
 def victim(finished):
-    """A process of this user that no command of a run may signal: it holds
-    the run's ``parsl/driver.lock`` with its own pid in it, as a crafted lock
-    would name it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _LOCK_HOLDER, str(finished / "parsl" / "driver.lock")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "locked"
+    """A process of this user that no command of a run may signal: it is
+    named by a crafted claim of the run (``parsl/driver.claim.<N+1>``, right
+    host and start time), as a forged claim would name it."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    parsl_dir = finished / "parsl"
+    number = max(int(p.name.rsplit(".", 1)[1]) for p in parsl_dir.glob("driver.claim.*")) + 1
+    claim = {"host": HOST, "pid": proc.pid, "started": process_start(proc.pid), "time": time.time()}
+    (parsl_dir / f"driver.claim.{number}").write_text(json.dumps(claim))
     yield proc
     proc.kill()
     proc.wait()
@@ -113,7 +110,7 @@ def forge_heartbeat(submit: Path, pid: int, run_id: str) -> None:
 
 def test_crafted_lock_or_heartbeat_never_gets_a_process_signalled(finished, victim, monkeypatch):
     """Control 1: a process of the user that is not the run's driver, named
-    by (and holding) ``parsl/driver.lock``, and then also by a heartbeat
+    by a crafted claim ``parsl/driver.claim.<N>``, and then also by a heartbeat
     (right host, right start time, fresh), makes ``cancel`` and ``restart``
     refuse with one line; it never gets a signal."""
     monkeypatch.setattr(control, "_ACK_TIMEOUT", 1.0)

@@ -239,8 +239,10 @@ def test_configuration_and_environment_files_are_private_under_umask_022(tmp_pat
         os.umask(old_umask)
     parsl_dir = submit / "parsl"
     assert _mode(parsl_dir) == 0o700
-    for name in ("bps_config.yaml", "environment.sh", "driver.log", "driver.lock"):
-        assert _mode(parsl_dir / name) == 0o600, name
+    claims = sorted(parsl_dir.glob("driver.claim.*"))
+    assert claims
+    for path in [*(parsl_dir / name for name in ("bps_config.yaml", "environment.sh", "driver.log")), *claims]:
+        assert _mode(path) == 0o600, path.name
     assert _mode(submit / "wf_config.yaml") == 0o600
     assert _mode(submit / "bps_parsl.sqlite3") == 0o600
     assert SECRET in (parsl_dir / "bps_config.yaml").read_text()

@@ -27,14 +27,14 @@
 
 """Start, stop and check the driver of a submit directory.
 
-A live driver holds the run's lock (``parsl/driver.lock``, a same-host guard
-against two drivers) and writes a heartbeat; every other process finds out
-about it, and reaches it, only through files (see `liveness`).
+A live driver holds the run's claim (``parsl/driver.claim.<N>``, created
+atomically on any file system, see `claim`) and writes a heartbeat; every
+other process finds out about it, and reaches it, only through files (see
+`liveness`): no lock, and no signal to a process on another host.
 """
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import os
 import signal
@@ -46,9 +46,12 @@ from typing import TYPE_CHECKING
 
 from lsst.ctrl.bps import BpsConfig, BpsError
 
+from .claim import ClaimBusyError, claim_run
 from .configuration import ConfigurationError, get_bps_config_value
 from .liveness import (
     HOST,
+    MIN_STALE_AFTER,
+    STALE_AFTER,
     DriverMonitor,
     DriverRecord,
     driver_alive,
@@ -68,7 +71,8 @@ __all__ = (
     "RunFailedError",
     "checked_run",
     "driver_alive",
-    "driver_lock",
+    "driver_claim",
+    "driver_stale_after",
     "load_config",
     "progress_interval",
     "run_driver",
@@ -80,7 +84,7 @@ _ACK_TIMEOUT = 10.0
 """Seconds a driver has to answer a cancel request before `cancel_run`
 considers it unresponsive."""
 _LOCK_WAIT = 10.0
-"""Seconds `cancel_run` waits for the lock of a driver that just ended."""
+"""Seconds `cancel_run` waits for the claim of a driver that just ended."""
 
 
 class DriverBusyError(RuntimeError):
@@ -110,13 +114,22 @@ def progress_interval(config: BpsConfig) -> float:
     return value
 
 
-def lock_path(submit_path: str) -> str:
-    """The lock file a live driver holds."""
-    return os.path.join(submit_path, "parsl", "driver.lock")
+def driver_stale_after(config: BpsConfig) -> float:
+    """Silence of a driver's heartbeat after which another host may take
+    over its run (``parslDriverStaleAfter``, seconds).
+    """
+    value = get_bps_config_value(config, "parslDriverStaleAfter", float, STALE_AFTER)
+    if value < MIN_STALE_AFTER:
+        raise ConfigurationError(
+            f"'parslDriverStaleAfter' is {value}: use at least {MIN_STALE_AFTER:g} seconds (default "
+            f"{STALE_AFTER:g}); longer than the longest pause of the shared file system"
+        )
+    return value
 
 
-def _busy(submit_path: str, record: DriverRecord | None) -> DriverBusyError:
-    who = f" ({record.describe()})" if record is not None else ""
+def _busy(submit_path: str, record: DriverRecord | ClaimBusyError | None) -> DriverBusyError:
+    holder = record.holder if isinstance(record, ClaimBusyError) else record
+    who = f" ({holder.describe()})" if holder is not None and holder.pid else ""
     return DriverBusyError(
         f"{submit_path}: a driver{who} is still running this run: wait for it or "
         f"'bps cancel --id {submit_path}'"
@@ -124,32 +137,27 @@ def _busy(submit_path: str, record: DriverRecord | None) -> DriverBusyError:
 
 
 @contextmanager
-def driver_lock(submit_path: str, wait: float = 0.0) -> Iterator[None]:
-    """Hold the run's driver lock, or raise `DriverBusyError`.
+def driver_claim(
+    submit_path: str, what: str, wait: float = 0.0, stale_after: float = STALE_AFTER
+) -> Iterator[None]:
+    """Hold the run's claim (see `claim.claim_run`), or raise `DriverBusyError`.
 
     Parameters
     ----------
     submit_path : `str`
         Submit directory.
+    what : `str`
+        What the holder does.
     wait : `float`
-        Seconds to keep trying while another process holds the lock.
+        Seconds to keep trying while a live process holds the run.
+    stale_after : `float`
+        Age after which a claim with no heartbeat counts as abandoned.
     """
-    path = lock_path(submit_path)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise _busy(submit_path, driver_alive(submit_path)) from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
+        with claim_run(submit_path, what, wait=wait, stale_after=stale_after):
+            yield
+    except ClaimBusyError as exc:
+        raise _busy(submit_path, exc) from None
 
 
 def load_config(submit_path: str) -> BpsConfig:
@@ -181,7 +189,8 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
 
     config = config if config is not None else load_config(submit_path)
     site = SiteConfig.from_config(config)
-    with driver_lock(submit_path):
+    stale_after = driver_stale_after(config)
+    with driver_claim(submit_path, kind, stale_after=stale_after):
         store = RunStore(db_path(submit_path))
         try:
             run_id = _check_meta(store, submit_path)
@@ -189,7 +198,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
             if other is not None and other.identity != (HOST, os.getpid(), process_start(os.getpid())):
                 raise _busy(submit_path, other)
             store.keep_reserve(_reserve_size(store))
-            monitor = DriverMonitor(submit_path, run_id, store)
+            monitor = DriverMonitor(submit_path, run_id, store, stale_after=stale_after)
             monitor.start()
             # What the caller holds (the GenericWorkflow, the LSST stack) would
             # otherwise be scanned by every full garbage collection of the run.
@@ -335,7 +344,7 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
                 pass
         if not _wait_for_end(submit_path, record, timeout):
             return False, f"the driver ({record.describe()}) did not stop within {timeout:.0f} s; try again"
-    with driver_lock(submit_path, wait=_LOCK_WAIT):
+    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT):
         other = driver_alive(submit_path, run_id)
         if other is not None:
             raise _busy(submit_path, other)

@@ -33,13 +33,20 @@ lock or a signal:
 
 * ``driver.heartbeat``: written by the driver (atomically replaced, mode
   0600) when it starts and every `HEARTBEAT_INTERVAL` seconds: run id, host,
-  pid, the process's start time, the time of writing, the interval, and why
-  it is stopping once it is. Removed when the driver ends.
+  pid, the process's start time, a counter of beats, the time of writing,
+  the interval, the silence after which it counts as gone, and why it is
+  stopping once it is. Removed when the driver ends.
 * ``cancel.request``: written by ``bps cancel``, naming the run and the
   driver it is meant for; the driver polls for it every `POLL_INTERVAL`
   seconds and stops.
 
-Readers only read: checking liveness never takes a lock a driver needs.
+A driver on this host is alive while its process runs. One on another host
+is alive while its heartbeat file is younger than its ``stale_after``,
+measured against the file system's own clock (the modification time of a
+probe file), never against this host's clock; taking over a run (`driver_alive`
+with ``confirm``) also watches the heartbeat for a few intervals and counts
+the driver alive if its counter moves. Readers only read (and create the
+probe): checking liveness never takes a lock a driver needs.
 """
 
 from __future__ import annotations
@@ -61,9 +68,11 @@ if TYPE_CHECKING:
 
 __all__ = (
     "HEARTBEAT_INTERVAL",
+    "STALE_AFTER",
     "DriverMonitor",
     "DriverRecord",
     "driver_alive",
+    "file_clock",
     "holds_store",
     "read_heartbeat",
     "write_cancel_request",
@@ -77,8 +86,10 @@ HEARTBEAT_INTERVAL = 2.0
 POLL_INTERVAL = 0.5
 """Seconds between two checks of the driver (cancel request, store, disk)."""
 STALE_AFTER = 30.0
-"""Seconds after which the heartbeat of a driver on another host means it is
-gone (clocks of the hosts must agree better than this)."""
+"""Default silence (seconds) of its heartbeat after which a driver on another
+host counts as gone (``parslDriverStaleAfter``)."""
+MIN_STALE_AFTER = 2.0
+"""The shortest ``parslDriverStaleAfter`` allowed."""
 FULL_BELOW = 64 * 1024
 """Free bytes below which the submit directory's file system counts as full."""
 
@@ -96,6 +107,12 @@ class DriverRecord:
     interval: float
     stopping: str | None = None
     """Why the driver is stopping, once it is."""
+    beat: int = 0
+    """How many heartbeats the driver wrote before this one."""
+    stale_after: float = STALE_AFTER
+    """Silence of the heartbeat after which the driver counts as gone."""
+    mtime: float | None = None
+    """Modification time of the heartbeat file, as read (not written)."""
 
     def describe(self) -> str:
         """``pid N on HOST``."""
@@ -128,6 +145,12 @@ def process_start(pid: int) -> int | None:
 
 def _read_json(path: str) -> dict | None:
     """A small JSON object from a regular file (no symlink followed), or `None`."""
+    found = _read_json_stat(path)
+    return None if found is None else found[0]
+
+
+def _read_json_stat(path: str) -> tuple[dict, os.stat_result] | None:
+    """A small JSON object from a regular file and the file's status, or `None`."""
     for _ in range(3):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -137,7 +160,8 @@ def _read_json(path: str) -> dict | None:
             time.sleep(0.01)  # e.g. ESTALE on a network file system while it is replaced
             continue
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 return None
             data = os.read(fd, 65536)
         finally:
@@ -147,8 +171,25 @@ def _read_json(path: str) -> dict | None:
         except ValueError:
             time.sleep(0.01)
             continue
-        return value if isinstance(value, dict) else None
+        return (value, info) if isinstance(value, dict) else None
     return None
+
+
+def file_clock(directory: str) -> float | None:
+    """The current time by the clock of the file system holding
+    ``directory`` (the modification time of a new probe file), or `None` if
+    no file can be created there.
+    """
+    probe = os.path.join(directory, f".clock.{HOST}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+        _unlink(probe)
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -176,9 +217,10 @@ def _unlink(path: str) -> None:
 
 def read_heartbeat(submit_path: str) -> DriverRecord | None:
     """The heartbeat of a run's driver as written, fresh or not, or `None`."""
-    value = _read_json(os.path.join(_parsl_dir(submit_path), HEARTBEAT_NAME))
-    if value is None:
+    found = _read_json_stat(os.path.join(_parsl_dir(submit_path), HEARTBEAT_NAME))
+    if found is None:
         return None
+    value, info = found
     try:
         record = DriverRecord(
             run_id=str(value["run_id"]),
@@ -188,13 +230,16 @@ def read_heartbeat(submit_path: str) -> DriverRecord | None:
             time=float(value["time"]),
             interval=float(value["interval"]),
             stopping=None if value.get("stopping") is None else str(value["stopping"]),
+            beat=int(value.get("beat", 0)),
+            stale_after=max(MIN_STALE_AFTER, float(value.get("stale_after", STALE_AFTER))),
+            mtime=info.st_mtime,
         )
     except (KeyError, TypeError, ValueError):
         return None
     return record if record.pid > 0 else None
 
 
-def _is_running(record: DriverRecord) -> bool:
+def _is_running(record: DriverRecord, submit_path: str) -> bool:
     """Whether the heartbeat's process, on this host, is still the one that wrote it."""
     start = process_start(record.pid)
     if start is not None:
@@ -207,15 +252,41 @@ def _is_running(record: DriverRecord) -> bool:
         return False
     except PermissionError:
         pass
-    return time.time() - record.time <= max(STALE_AFTER, 5 * record.interval)
+    return _fresh(record, submit_path)
 
 
-def driver_alive(submit_path: str, run_id: str | None = None) -> DriverRecord | None:
+def _fresh(record: DriverRecord, submit_path: str) -> bool:
+    """Whether the heartbeat file is younger than its ``stale_after`` by the
+    file system's clock (this host's clock if no probe file can be made).
+    """
+    now = file_clock(_parsl_dir(submit_path))
+    written = record.mtime if now is not None and record.mtime is not None else record.time
+    age = (now if now is not None else time.time()) - written
+    return age <= max(record.stale_after, 2 * record.interval)
+
+
+def _progress(submit_path: str, record: DriverRecord) -> DriverRecord | None:
+    """Watch a heartbeat that looks stale for two intervals and a second
+    (this host's monotonic clock only); the record that shows it moved on
+    (another beat, or another writer), or `None` if it did not.
+    """
+    deadline = time.monotonic() + min(record.stale_after, 2 * record.interval + 1.0)
+    while time.monotonic() < deadline:
+        time.sleep(min(0.2, record.interval / 4))
+        now = read_heartbeat(submit_path)
+        if now is None:
+            return None
+        if (now.beat, now.mtime, now.identity) != (record.beat, record.mtime, record.identity):
+            return now
+    return None
+
+
+def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = False) -> DriverRecord | None:
     """The live driver of a run, or `None`.
 
     A driver on this host is alive while its process (same pid and start
-    time) runs; one on another host while its heartbeat is fresher than
-    `STALE_AFTER` seconds (or five intervals). Only reads files.
+    time) runs; one on another host while its heartbeat file is younger
+    than the heartbeat's ``stale_after`` by the file system's clock.
 
     Parameters
     ----------
@@ -223,14 +294,24 @@ def driver_alive(submit_path: str, run_id: str | None = None) -> DriverRecord | 
         Submit directory.
     run_id : `str`, optional
         The run's id: a heartbeat of another run is ignored.
+    confirm : `bool`
+        Before calling a driver on another host gone, watch its heartbeat
+        for a few intervals: alive if it moves (for taking over a run; a
+        clock or a file attribute cache that lags cannot make a live driver
+        look dead).
     """
     record = read_heartbeat(submit_path)
     if record is None or (run_id is not None and record.run_id != run_id):
         return None
     if record.host == HOST:
-        return record if _is_running(record) else None
-    fresh = time.time() - record.time <= max(STALE_AFTER, 5 * record.interval)
-    return record if fresh else None
+        return record if _is_running(record, submit_path) else None
+    if _fresh(record, submit_path):
+        return record
+    if confirm:
+        moved = _progress(submit_path, record)
+        if moved is not None and (run_id is None or moved.run_id == run_id):
+            return moved
+    return None
 
 
 def holds_store(pid: int, submit_path: str) -> bool:
@@ -290,14 +371,26 @@ class DriverMonitor:
     store : `RunStore`
         The run's store, open for writing.
     interval : `float`
-        Seconds between heartbeats.
+        Seconds between heartbeats (at most a quarter of ``stale_after``).
+    stale_after : `float`
+        Silence of the heartbeat after which readers on other hosts may
+        count this driver as gone (written into the heartbeat).
     """
 
-    def __init__(self, submit_path: str, run_id: str, store: RunStore, interval: float = HEARTBEAT_INTERVAL):
+    def __init__(
+        self,
+        submit_path: str,
+        run_id: str,
+        store: RunStore,
+        interval: float = HEARTBEAT_INTERVAL,
+        stale_after: float = STALE_AFTER,
+    ):
         self.submit_path = submit_path
         self.run_id = run_id
         self.store = store
-        self.interval = interval
+        self.stale_after = max(MIN_STALE_AFTER, stale_after)
+        self.interval = min(interval, self.stale_after / 4)
+        self.beats = 0
         self.started = process_start(os.getpid())
         self.reason: str | None = None
         self._request_stop: Callable[[str], None] | None = None
@@ -336,10 +429,21 @@ class DriverMonitor:
 
     def _beat(self) -> None:
         record = DriverRecord(
-            self.run_id, HOST, os.getpid(), self.started, time.time(), self.interval, self.reason
+            self.run_id,
+            HOST,
+            os.getpid(),
+            self.started,
+            time.time(),
+            self.interval,
+            self.reason,
+            self.beats,
+            self.stale_after,
         )
+        self.beats += 1
+        value = asdict(record)
+        del value["mtime"]
         try:
-            _write_json(self._heartbeat, asdict(record))
+            _write_json(self._heartbeat, value)
         except OSError:
             pass  # a full disk: readers on this host still see the process
         self._last_beat = time.monotonic()

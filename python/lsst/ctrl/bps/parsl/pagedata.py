@@ -197,12 +197,10 @@ def read_run(submit_path: str, this_driver: bool) -> RunData:
     """Read everything the page shows from the store, in one transaction."""
     store = RunStore(db_path(submit_path), readonly=True)
     try:
-        store.conn.execute("BEGIN")
         try:
-            data = _read_snapshot(store, submit_path, this_driver)
+            data = store.read_snapshot(lambda: _read_snapshot(store, submit_path, this_driver))
         except sqlite3.DatabaseError as exc:
             raise store_error(store.path, exc) from None
-        store.conn.execute("COMMIT")
     finally:
         store.close()
     return data

@@ -135,18 +135,19 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     """
     store = RunStore(db_path(submit_path), readonly=True)
     try:
-        # One read transaction: a consistent snapshot while the driver writes.
-        store.conn.execute("BEGIN")
-        meta = store.meta()
-        state, message = run_state(store, submit_path)
-        try:
+
+        def snapshot() -> tuple:
             rows = store.conn.execute(
                 "SELECT j.id, j.name, j.label, s.state, s.exit_code FROM jobs j JOIN status s ON s.job = j.id "
                 f"WHERE j.kind = {JobKind.PAYLOAD} ORDER BY j.id"
             ).fetchall()
+            return (store.meta(), *run_state(store, submit_path), rows)
+
+        # One read transaction: a consistent snapshot while the driver writes, from any host.
+        try:
+            meta, state, message, rows = store.read_snapshot(snapshot)
         except sqlite3.DatabaseError as exc:
             raise store_error(store.path, exc) from None
-        store.conn.execute("COMMIT")
     finally:
         store.close()
     alive = state == WmsStates.RUNNING

@@ -38,7 +38,7 @@ from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow, WmsRunRepo
 from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, get_bps_config_value
-from .control import RunFailedError, progress_interval
+from .control import RunFailedError, driver_stale_after, progress_interval
 from .files import open_private, private_dir, safe_component
 from .runindex import add_run, list_runs, resolve_run
 from .site import SiteConfig
@@ -102,6 +102,7 @@ class ParslService(BaseWmsService):
         site = SiteConfig.from_config(self.config)
         site.validate()
         progress_interval(self.config)
+        driver_stale_after(self.config)
         _detach(self.config)
         _check_submit_path(self.config)
         get_bps_config_value(self.config, "parslProgressByLabel", bool, False)

@@ -32,11 +32,15 @@ resources, retry policy) and every job transition, so that ``bps report``,
 ``bps cancel`` and ``bps restart`` can work from any process and any current
 directory, during the run and after it.
 
-The database is in WAL mode: the driver writes, any number of readers read
-consistent snapshots without blocking it. A transition is committed in the
-driver's loop iteration that saw it, so a driver killed with SIGKILL loses
-at most the transitions of that iteration; restart reconciles those from the
-jobs' own logs.
+The database uses a rollback journal (``journal_mode=DELETE``), never WAL:
+WAL needs shared memory that does not work over a network file system. One
+writer (the driver, or ``bps cancel`` once the driver ended) commits; readers
+on any host read in short transactions and check the file's change counter
+and journal around each read, retrying with a bounded backoff while a commit
+is under way (doc/state.md). A transition is committed in the driver's loop
+iteration that saw it, so a driver killed with SIGKILL loses at most the
+transitions of that iteration; restart reconciles those from the jobs' own
+logs.
 """
 
 from __future__ import annotations
@@ -74,6 +78,14 @@ _T = TypeVar("_T")
 
 DB_NAME = "bps_parsl.sqlite3"
 FORMAT_VERSION = 1
+JOURNAL_MODE = "DELETE"
+"""SQLite journal mode of every store: a rollback journal, safe on network file systems."""
+READ_RETRY_SECONDS = 30.0
+"""How long a reader keeps retrying a read that a commit got in the way of."""
+_TORN_RETRY_SECONDS = 1.0
+"""How long a reader retries a read that found pages half-written (a damaged file fails after it)."""
+_CHANGE_COUNTER = 24
+"""Offset of the file change counter in an SQLite header (rollback-journal mode)."""
 JOB_COLUMNS = 23
 """Columns of table ``jobs`` (the fields of `JobRow`); stores written before
 the last five (``concurrency_limit`` ... ``queue``) were added read as `None`
@@ -190,13 +202,36 @@ def store_error(path: str, exc: BaseException, writing: bool = False) -> StateSt
     )
 
 
+def _retryable(exc: sqlite3.DatabaseError) -> bool:
+    """Whether a reader's error may come from a commit under way (another
+    host's, where file locks do not reach): busy, locked, a journal it must
+    not roll back, or a page read half-written.
+    """
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "malformed", "readonly", "read-only", "disk i/o"))
+
+
+def _busy(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "readonly", "read-only"))
+
+
+class _TornReadError(Exception):
+    """The file changed during a read: a commit of a writer the locks did not keep out."""
+
+
 def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
-    """Turn SQLite errors of a `RunStore` method into `StateStoreError`."""
+    """Turn SQLite errors of a `RunStore` method into `StateStoreError`; the
+    methods of a read-only store read in one checked transaction, retried
+    (see `RunStore.read_snapshot`).
+    """
 
     def decorate(method: Callable[..., _T]) -> Callable[..., _T]:
         @functools.wraps(method)
         def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> _T:
             try:
+                if self.readonly and not self.conn.in_transaction:
+                    return self.read_snapshot(functools.partial(method, self, *args, **kwargs))
                 return method(self, *args, **kwargs)
             except sqlite3.DatabaseError as exc:
                 raise store_error(self.path, exc, writing) from None
@@ -240,17 +275,27 @@ class RunStore:
         self._fd: int | None = None
         if not readonly:
             self._open_identity()
+        else:
+            try:
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise StateStoreError(
+                    f"{path}: cannot open the run-state database ({exc.strerror})"
+                ) from None
         try:
             if readonly:
-                self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+                self.conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+                )
+                self.conn.execute("PRAGMA busy_timeout=2000")
+                version, tables = self.read_snapshot(self._format)
             else:
                 self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA busy_timeout=10000")
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {
-                row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
+                self.conn.execute("PRAGMA busy_timeout=10000")
+                # Also turns the WAL of a store written by an older version into a rollback journal.
+                self.conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                version, tables = self._format()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StateStoreError(
@@ -277,6 +322,61 @@ class RunStore:
             except StateStoreError:
                 self.close()
                 raise
+
+    def _format(self) -> tuple[int, set[str]]:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return version, tables
+
+    def _file_version(self) -> tuple[bytes, bool]:
+        """The file's change counter and whether a rollback journal is there."""
+        assert self._fd is not None
+        return os.pread(self._fd, 4, _CHANGE_COUNTER), os.path.exists(self.path + "-journal")
+
+    def read_snapshot(self, read: Callable[[], _T]) -> _T:
+        """Run ``read`` (calls of this store's methods and queries of its
+        ``conn``) in one read transaction that saw no commit: a consistent
+        snapshot of the run, from any host.
+
+        The transaction's shared lock keeps a writer on this host (or on a
+        network file system whose locks work across hosts) from committing
+        during the read; where locks do not reach another host, the change
+        counter and the journal, checked after the lock is taken and again
+        at the end, tell that a commit ran meanwhile. Busy, locked or torn
+        reads are retried with a growing pause for `READ_RETRY_SECONDS`.
+        """
+        started = time.monotonic()
+        deadline = started + READ_RETRY_SECONDS
+        pause = 0.01
+        while True:
+            try:
+                self.conn.execute("BEGIN")
+                try:
+                    self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                    before = self._file_version()
+                    if before[1]:
+                        raise _TornReadError()
+                    value = read()
+                    if self._file_version() != before:
+                        raise _TornReadError()
+                finally:
+                    if self.conn.in_transaction:
+                        self.conn.execute("COMMIT")
+                return value
+            except (sqlite3.DatabaseError, _TornReadError) as exc:
+                if isinstance(exc, sqlite3.DatabaseError) and not _retryable(exc):
+                    raise
+                if isinstance(exc, sqlite3.DatabaseError) and not _busy(exc):
+                    # A page read half-written resolves within a commit; a damaged file never does.
+                    deadline = min(deadline, started + _TORN_RETRY_SECONDS)
+                if time.monotonic() + pause > deadline:
+                    if isinstance(exc, sqlite3.DatabaseError):
+                        raise
+                    raise sqlite3.OperationalError(
+                        f"the database kept changing during a read for {READ_RETRY_SECONDS:.0f} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def _open_identity(self) -> None:
         """Refuse a store that is not a regular file of this user, and keep
@@ -422,7 +522,7 @@ class RunStore:
             conn.execute("CREATE INDEX edges_parent ON edges (parent)")
             conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
             conn.execute("COMMIT")
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
         finally:
             conn.close()
 

@@ -1,0 +1,415 @@
+"""A run operated from any login node (issue 10, item 6).
+
+Without the rig (fast): two processes in two UTS namespaces (two hostnames,
+one file system) racing to claim a run, a claim taken over only once its
+remote holder's heartbeat stays still, a heartbeat whose clock lies but
+whose counter moves, and readers of the store while the driver commits.
+On the multi-node rig (marked ``slurm``): ``bps report/status/cancel/restart``
+run in the login namespace ``login2`` on runs driven from this host.
+Hostnames come from ``unshare --uts`` (root); where that cannot run the
+race runs on one hostname and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from cli import cli_environment  # noqa: E402
+from lsst.ctrl.bps.parsl.claim import ClaimBusyError, claim_run, current_claim  # noqa: E402
+from lsst.ctrl.bps.parsl.liveness import HOST, driver_alive  # noqa: E402
+from lsst.ctrl.bps.parsl.records import JobState  # noqa: E402
+from lsst.ctrl.bps.parsl.state import RunStore, db_path  # noqa: E402
+from synthetic import job, make_config, run, workflow  # noqa: E402
+
+try:
+    from .multinode_fixture import multinode_rig, multinode_slurm  # noqa: F401
+except ImportError:  # tests/ is not a package: imported via sys.path
+    from multinode_fixture import multinode_rig, multinode_slurm  # noqa: F401
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+LOCAL2 = {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}
+CAN_UNSHARE = os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+def on_host(host: str, argv: list[str]) -> list[str]:
+    """``argv`` run with hostname ``host`` (own UTS namespace) where possible."""
+    if not CAN_UNSHARE:
+        return argv
+    return ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh", *argv]
+
+
+@pytest.fixture
+def finished(tmp_path):
+    """A finished run of two jobs."""
+    submit = tmp_path / "submit"
+    run(workflow([job("a", "true"), job("b", "true")]), submit, make_config(site={"local": LOCAL2}))
+    return submit
+
+
+_RACER = """
+import json, os, sys, time
+from lsst.ctrl.bps.parsl.claim import ClaimBusyError, claim_run
+from lsst.ctrl.bps.parsl.liveness import HOST
+submit, at, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+while time.time() < at:
+    pass
+try:
+    with claim_run(submit, "race"):
+        won = time.time()
+        time.sleep(2.0)
+        with open(out, "a") as stream:
+            stream.write(json.dumps(["won", HOST, os.getpid(), [won, time.time()]]) + "\\n")
+except ClaimBusyError as exc:
+    with open(out, "a") as stream:
+        stream.write(json.dumps(["busy", HOST, os.getpid(), str(exc)]) + "\\n")
+"""
+
+
+def test_drivers_racing_on_two_hosts_at_the_same_instant_one_wins(finished, tmp_path):
+    """Six processes on two hostnames claim the run at the same instant:
+    never do two hold it at once, and the others are told who does
+    (``pid N on HOST``)."""
+    out = tmp_path / "race.jsonl"
+    at = time.time() + 5.0
+    procs = [
+        subprocess.Popen(
+            on_host(f"racer{k % 2}", [sys.executable, "-c", _RACER, str(finished), str(at), str(out)])
+        )
+        for k in range(6)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(results) == 6
+    held = sorted(r[3] for r in results if r[0] == "won")
+    assert held and all(a[1] <= b[0] for a, b in zip(held, held[1:], strict=False)), results
+    holders = {f"pid {r[2]} on {r[1]}" for r in results if r[0] == "won"}
+    assert any(r[0] == "busy" for r in results), results
+    assert all(r[3] in holders for r in results if r[0] == "busy"), results
+    if CAN_UNSHARE:
+        assert {r[1] for r in results} == {"racer0", "racer1"}
+
+
+def forge_remote_driver(submit: Path, stale_after: float, age: float) -> dict:
+    """A claim and a heartbeat of a driver on host ``elsewhere``, written ``age`` s ago."""
+    number, _ = current_claim(str(submit))
+    ident = {"host": "elsewhere", "pid": 4242, "started": 1}
+    claim = submit / "parsl" / f"driver.claim.{number + 1}"
+    claim.write_text(json.dumps({**ident, "time": time.time() - age, "what": "submit"}))
+    run_id = RunStore(db_path(str(submit)), readonly=True).meta()["run_id"]
+    beat = {
+        **ident,
+        "run_id": run_id,
+        "time": time.time() - age,
+        "interval": 0.5,
+        "stopping": None,
+        "beat": 7,
+        "stale_after": stale_after,
+    }
+    heartbeat = submit / "parsl" / "driver.heartbeat"
+    heartbeat.write_text(json.dumps(beat))
+    for path in (claim, heartbeat):
+        os.utime(path, (time.time() - age, time.time() - age))
+    return beat
+
+
+def test_remote_driver_is_alive_until_its_heartbeat_is_stale_then_taken_over(finished):
+    """A driver on another host with a fresh heartbeat holds the run; once
+    its heartbeat is older than its own ``stale_after`` (file system clock)
+    and stays still while watched, the run is taken over."""
+    forge_remote_driver(finished, stale_after=3.0, age=0.0)
+    assert driver_alive(str(finished)) is not None
+    with pytest.raises(ClaimBusyError, match="pid 4242 on elsewhere"):
+        with claim_run(str(finished), "restart"):
+            pass
+    time.sleep(3.5)
+    assert driver_alive(str(finished)) is None
+    started = time.monotonic()
+    with claim_run(str(finished), "restart") as mine:
+        assert mine.host == HOST
+    assert time.monotonic() - started < 10
+
+
+def test_a_heartbeat_that_moves_is_alive_whatever_its_clock_says(finished):
+    """A remote heartbeat whose time and file time are an hour old, but whose
+    counter moves every 0.5 s, keeps the run held: takeover watches progress,
+    it does not trust clocks."""
+    beat = forge_remote_driver(finished, stale_after=2.0, age=3600)
+    path = finished / "parsl" / "driver.heartbeat"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import json, os, sys, time\n"
+            "path, beat = sys.argv[1], json.loads(sys.argv[2])\n"
+            "for k in range(40):\n"
+            "    beat['beat'] += 1\n"
+            "    open(path + '.tmp', 'w').write(json.dumps(beat))\n"
+            "    os.utime(path + '.tmp', (time.time() - 3600, time.time() - 3600))\n"
+            "    os.replace(path + '.tmp', path)\n"
+            "    time.sleep(0.5)\n",
+            str(path),
+            json.dumps(beat),
+        ]
+    )
+    try:
+        time.sleep(0.3)
+        assert driver_alive(str(finished)) is None  # by its age alone it looks gone
+        assert driver_alive(str(finished), confirm=True) is not None
+        with pytest.raises(ClaimBusyError):
+            with claim_run(str(finished), "restart"):
+                pass
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+_WRITER = """
+import sys, time
+from lsst.ctrl.bps.parsl.state import RUNNING, RunStore
+store = RunStore(sys.argv[1])
+jobs = [row.job for row in store.statuses()]
+deadline = time.monotonic() + float(sys.argv[2])
+attempt = 0
+while time.monotonic() < deadline:
+    attempt += 1
+    for job in jobs:
+        store.set_state(job, RUNNING, attempt)
+    store.flush()
+print(attempt, flush=True)
+store.close()
+"""
+
+
+def test_readers_never_fail_or_see_half_a_commit_while_the_driver_commits(tmp_path):
+    """A writer commits every job's attempt number in one transaction, as
+    fast as it can, for 4 s; readers (store methods and a report) in a loop
+    meanwhile: no failure, every read sees one attempt number for all jobs."""
+    from lsst.ctrl.bps.parsl.report import run_report
+
+    submit = tmp_path / "submit"
+    run(workflow([job(f"j{i}", "true", label="j") for i in range(300)]), submit, make_config())
+    path = db_path(str(submit))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, path, "4"], stdout=subprocess.PIPE, text=True, cwd=str(HERE)
+    )
+    reads = 0
+    time.sleep(0.2)
+    while writer.poll() is None:
+        store = RunStore(path, readonly=True)
+        try:
+            rows = [row for row in store.statuses() if row.state == JobState.RUNNING]
+        finally:
+            store.close()
+        assert len({row.attempt for row in rows}) <= 1, sorted({row.attempt for row in rows})
+        run_report(str(submit), True, False)
+        reads += 1
+    commits = int(writer.stdout.read())
+    assert writer.returncode == 0
+    assert commits > 20 and reads > 10, (commits, reads)
+    assert not os.path.exists(path + "-wal")  # a rollback journal, not WAL
+
+
+# ---- on the multi-node rig, from the login namespace ----------------------------------
+
+_DRIVER = """
+import json, sys
+from synthetic_driver import prepare_and_submit
+submit, spec, extra = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+prepare_and_submit(submit, spec, extra)
+"""
+
+
+def start_driver(env: dict, submit: Path, jobs: list[dict], site: dict, stale_after: float = 30.0):
+    extra = {"site": {"local": site}, "parslProgressInterval": 0, "parslDriverStaleAfter": stale_after}
+    return subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, str(submit), json.dumps({"jobs": jobs}), json.dumps(extra)],
+        env=env,
+        cwd=str(submit.parent),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def login_bps(rig, env: dict, cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``bps ARGS`` on the login node ``login2``, with the test's environment."""
+    environ = " ".join(f"{k}={_quote(v)}" for k, v in env.items() if k in _PASSED)
+    return rig.run_on_login(
+        [
+            "sh",
+            "-c",
+            f'cd {_quote(str(cwd))} && exec env {environ} PWD={_quote(str(cwd))} "$@"',
+            "sh",
+            str(BIN / "bps"),
+            *args,
+        ],
+        timeout=timeout,
+    )
+
+
+_PASSED = ("PATH", "PYTHONPATH", "XDG_STATE_HOME", "BPS_WMS_SERVICE_CLASS", "SLURM_CONF", "HOME")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def wait_until(predicate, timeout: float, what: str, proc=None):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"driver ended ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout} s")
+        time.sleep(0.2)
+    return value
+
+
+def lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def run_left_in(rig, marker: str) -> dict[str, list[str]]:
+    """Processes of the run (its jobs, its worker pools) still in any node or the login namespace."""
+    found = {}
+    for node in [*rig.hosts, "login2"]:
+        left = [
+            cmd for cmd in rig.processes_in(node).values() if marker in cmd or "process_worker_pool" in cmd
+        ]
+        if left:
+            found[node] = left
+    return found
+
+
+@pytest.mark.slurm
+def test_report_status_cancel_of_a_two_node_run_from_login2_leave_nothing(
+    multinode_slurm, tmp_path, monkeypatch
+):
+    """A run on 2 nodes driven from this host: ``bps report`` and ``bps
+    status`` from login2 show it running with the driver's host; ``bps
+    cancel`` from login2 stops it through the submit directory (the driver
+    kills its jobs, its blocks end): ``squeue`` is empty and no process of
+    the run is left in any node or in login2."""
+    rig = multinode_slurm
+    env = cli_environment(tmp_path, monkeypatch)
+    env["SLURM_CONF"] = rig.env["SLURM_CONF"]
+    marker = f"bpsloginrun{os.getpid()}x"
+    log = tmp_path / "started"
+    jobs = [
+        {"name": f"s{i}", "label": "s", "script": f"hostname >> {log}; exec -a {marker} sleep 120"}
+        for i in range(4)
+    ]
+    site = {
+        "class": "lsst.ctrl.bps.parsl.sites.Slurm",
+        "nodes": 2,
+        "walltime": "00:05:00",
+        "partition": rig.partition,
+        "exclusive": False,
+        "max_blocks": 1,
+        "worker_init": f"export PATH={BIN}:$PATH",
+        "executor_options": {"max_workers_per_node": 1},
+    }
+    submit = tmp_path / "submit"
+    proc = start_driver(env, submit, jobs, site)
+    try:
+        wait_until(lambda: len(set(lines(log))) >= 2, 75, "jobs running on two nodes", proc)
+        report = login_bps(rig, env, tmp_path, "report", "--id", str(submit))
+        assert report.returncode == 0 and "RUNNING" in report.stdout, report.stdout + report.stderr
+        status = login_bps(rig, env, tmp_path, "status", "--id", str(submit))
+        assert "RUNNING" in status.stdout + status.stderr, status.stdout + status.stderr
+        cancel = login_bps(rig, env, tmp_path, "cancel", "--id", str(submit))
+        assert "Successfully canceled" in cancel.stdout, cancel.stdout + cancel.stderr
+        out, _ = proc.communicate(timeout=60)
+        assert "cancelled by 'bps cancel' from pid" in out and "on login2" in out, out[-3000:]
+        assert "SIGTERM" not in out
+        wait_until(lambda: not rig.squeue(), 30, "squeue empty")
+        wait_until(lambda: not run_left_in(rig, marker), 30, "no process of the run in any namespace")
+        assert not (submit / "parsl" / "driver.heartbeat").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slurm
+def test_restart_from_login2_refused_while_the_driver_lives_then_takes_over(
+    multinode_slurm, tmp_path, monkeypatch
+):
+    """``bps restart`` from login2 of a run whose driver (this host) lives is
+    refused naming it; after the driver is SIGKILLed (its job too), once its
+    heartbeat is stale (``parslDriverStaleAfter: 3``), the restart from
+    login2 runs the run to its end there, and the job killed with the driver
+    runs again."""
+    rig = multinode_slurm
+    env = cli_environment(tmp_path, monkeypatch)
+    marker = f"bpsloginrestart{os.getpid()}x"
+    flag, log = tmp_path / "ran-once", tmp_path / "started"
+    jobs = [
+        {
+            "name": "slow",
+            "script": f"hostname >> {log}; if [ -e {flag} ]; then exit 0; fi; touch {flag}; "
+            f"exec -a {marker} sleep 120",
+        },
+        {"name": "quick", "script": "true"},
+    ]
+    submit = tmp_path / "submit"
+    proc = start_driver(env, submit, jobs, LOCAL2, stale_after=3.0)
+    try:
+        wait_until(lambda: lines(log), 60, "the slow job running", proc)
+        refused = login_bps(rig, env, tmp_path, "restart", "--id", str(submit))
+        text = refused.stdout + refused.stderr
+        assert f"pid {proc.pid} on {HOST}" in text and "still running" in text, text
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for pid in _pids_with(marker):
+            os.kill(pid, signal.SIGKILL)
+        started = time.monotonic()
+        restarted = login_bps(rig, env, tmp_path, "restart", "--id", str(submit))
+        took = time.monotonic() - started
+        text = restarted.stdout + restarted.stderr
+        assert restarted.returncode == 0, text
+        store = RunStore(db_path(str(submit)), readonly=True)
+        try:
+            sessions, states = store.sessions(), {row.job: row.state for row in store.statuses()}
+        finally:
+            store.close()
+        assert [s.host for s in sessions] == [HOST, "login2"], sessions
+        assert set(states.values()) == {JobState.SUCCEEDED}, states
+        assert lines(log)[-1] == "login2"
+        print(f"\nrestart from login2 after a SIGKILLed driver: {took:.1f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in _pids_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids_with(marker: str) -> list[int]:
+    """Pids of this test's job processes (named by ``marker``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(marker.encode()):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
