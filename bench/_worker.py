@@ -483,19 +483,29 @@ def measure_raw_parsl(spec: dict) -> dict:
     return {"seconds": time.time() - t0, "jobs": len(nodes), "first_end_seconds": first_end[0] - t0}
 
 
+def plugin_job_shell(workdir: str, site: dict | None = None) -> str:
+    """The shell the plugin runs each job's script with on this site
+    (`SiteConfig.job_shell`), so that the floor runs the same one."""
+    from lsst.ctrl.bps.parsl.sites.local import Local
+
+    return Local(bps_config(workdir, site)).job_shell
+
+
 def measure_floor(spec: dict) -> dict:
-    """The same command lines run by ``/bin/sh -c`` (subprocess, shell=True),
-    ``CORES`` at a time, stdout/stderr to the same log files. Wide only."""
+    """The same command lines run by ``<shell> -c`` (subprocess), where
+    ``<shell>`` is the plugin's job shell on the local site, ``CORES`` at a
+    time, stdout/stderr to the same log files. Wide only."""
     nodes = DAGS[spec["dag"]](spec["n"])
     if any(node.parents for node in nodes):
         raise ValueError("the floor runs independent jobs only")
     root = os.path.join(spec["workdir"], "floor")
+    shell = plugin_job_shell(spec["workdir"])
 
     def run(node: Node) -> int:
         base = node.log_base(root)
         os.makedirs(os.path.dirname(base), exist_ok=True)
         with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
-            return subprocess.run(node.command, shell=True, stdout=out, stderr=err).returncode
+            return subprocess.run([shell, "-c", node.command], stdout=out, stderr=err).returncode
 
     t0 = time.time()
     with PoolExecutor(max_workers=CORES) as pool:
@@ -503,7 +513,7 @@ def measure_floor(spec: dict) -> dict:
     seconds = time.time() - t0
     if any(codes):
         raise RuntimeError(f"{sum(1 for c in codes if c)} commands failed")
-    return {"seconds": seconds, "jobs": len(nodes)}
+    return {"seconds": seconds, "jobs": len(nodes), "shell": shell}
 
 
 MEASURES = {

@@ -16,8 +16,8 @@ from pathlib import Path
 import parsl
 import pytest
 from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor, spawner
-from lsst.ctrl.bps.parsl.localpool.executor import _job_request
-from lsst.ctrl.bps.parsl.runner import run_job
+from lsst.ctrl.bps.parsl.localpool.wire import job_request, parse_reply
+from lsst.ctrl.bps.parsl.runner import NotStartedError, run_job
 from parsl import bash_app, python_app
 from parsl.config import Config
 from parsl.executors.errors import InvalidResourceSpecification
@@ -118,6 +118,23 @@ def test_protocol_end_of_input_lets_running_jobs_finish(tmp_path):
     assert replies[1][3] == "-"
 
 
+def test_reply_lines_decode_to_run_job_results():
+    """The executor's side of the protocol: a reply is what `run_job` returns
+    (``?``: start unknown), or `NotStartedError` for a job never started."""
+    number, result = parse_reply(b"7 137 9 1.5 2.5 1")
+    assert number == 7 and result[:4] == (137, 9, 1.5, 2.5) and result[5] is True
+    assert parse_reply(b"8 0 - ? 3.0 0")[1][:4] == (0, None, None, 3.0)
+    number, error = parse_reply(b"9 -1 - - 4.0 0")
+    assert number == 9 and isinstance(error, NotStartedError)
+    request = job_request("r/1/1", "", "", "true", "o", "e", "p", time_limit=5.0, shell="/bin/sh")
+    assert (request["cores"], request["memory"], request["time_limit"], request["shell"]) == (
+        1,
+        0,
+        5.0,
+        "/bin/sh",
+    )
+
+
 # ---- the executor under the DataFlowKernel --------------------------------------------
 
 
@@ -206,7 +223,7 @@ def test_run_job_takes_the_fast_path_and_returns_what_run_job_returns(dfk, tmp_p
     ).result(timeout=60)
     assert (code, sig, timed_out) == (4, None, False) and start <= end
     assert (tmp_path / "j.out").read_text() == "hi\n"
-    assert dfk.executors["pool"]._task_dir is None  # nothing went through a Python process
+    assert dfk.executors["pool"]._python.directory is None  # nothing went through a Python process
     inputs = [add(1, 1)]
     chained = app(*_job_args(tmp_path, "k", "true"), shell="/bin/sh", inputs=inputs)
     assert chained.result(timeout=60)[0] == 0
@@ -259,7 +276,7 @@ def test_resource_specification_is_validated_and_honoured(dfk, tmp_path):
 
 def test_job_request_mirrors_run_job_signature():
     """The fast path binds arguments exactly as `run_job` would."""
-    assert inspect.signature(_job_request).parameters.keys() == inspect.signature(run_job).parameters.keys()
+    assert inspect.signature(job_request).parameters.keys() == inspect.signature(run_job).parameters.keys()
 
 
 def test_shutdown_stops_running_tasks_and_fails_queued_ones(tmp_path):

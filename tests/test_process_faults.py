@@ -24,9 +24,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from cli import bps, cli_environment, wait_for  # noqa: E402
-from lsst.ctrl.bps.parsl.localpool import spawner  # noqa: E402
 from lsst.ctrl.bps.parsl.runner import run_job  # noqa: E402
-from lsst_ctrl_bps_parsl_worker import processes  # noqa: E402
+from lsst_ctrl_bps_parsl_worker import journal, processes  # noqa: E402
 from synthetic import attempts, statuses  # noqa: E402
 from test_reliability import LOCAL2, F, S, lines, run_id_of, run_processes, start  # noqa: E402
 
@@ -42,7 +41,7 @@ def spawner_pids(submit: Path) -> set[int]:
         names = os.listdir(submit / "parsl" / "running")
     except OSError:
         return set()
-    prefix = spawner.journal_name(spawner._HOST, 0)[:-1]
+    prefix = journal.journal_name(journal._HOST, 0)[:-1]
     return {int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()}
 
 

@@ -6,31 +6,31 @@ import os
 import subprocess
 import sys
 
-from lsst.ctrl.bps.parsl.localpool import spawner
 from lsst.ctrl.bps.parsl.running import kill_running_jobs, running_attempts, running_job_ids
+from lsst_ctrl_bps_parsl_worker import journal as spawner_journal
 
 
 def test_journal_records_starts_and_ends_and_compacts(tmp_path, monkeypatch):
-    monkeypatch.setattr(spawner, "_JOURNAL_COMPACT_BYTES", 200)
-    journal = spawner.Journal(str(tmp_path))
+    monkeypatch.setattr(spawner_journal, "_JOURNAL_COMPACT_BYTES", 200)
+    journal = spawner_journal.Journal(str(tmp_path))
     for pid in range(1000, 1040):
         journal.started(pid, f"run/{pid}/1")
         journal.write()
     for pid in range(1000, 1038):
         journal.ended(pid)
         journal.write()
-    assert spawner.read_journal(journal.path) == {1038: "run/1038/1", 1039: "run/1039/1"}
+    assert spawner_journal.read_journal(journal.path) == {1038: "run/1038/1", 1039: "run/1039/1"}
     # Compaction rewrote the file with only the running jobs, and appends continue.
     assert os.path.getsize(journal.path) < 200
     journal.started(7, "run/7/2")
     journal.write()
-    assert set(spawner.read_journal(journal.path)) == {7, 1038, 1039}
+    assert set(spawner_journal.read_journal(journal.path)) == {7, 1038, 1039}
     journal.close()
     assert not os.path.exists(journal.path)
 
 
 def test_running_job_ids_reads_journals_and_attempt_files(tmp_path):
-    journal = spawner.Journal(str(tmp_path))
+    journal = spawner_journal.Journal(str(tmp_path))
     journal.started(4242, "20261125T000000-abcdef/12/1")
     journal.write()
     (tmp_path / "5.2").write_text("somehost 99 20261125T000000-abcdef/5/2\n")
@@ -45,7 +45,7 @@ def test_journal_of_a_dead_spawner_is_removed_and_no_stranger_is_killed(tmp_path
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    path = tmp_path / spawner.journal_name(spawner._HOST, dead.pid)
+    path = tmp_path / spawner_journal.journal_name(spawner_journal._HOST, dead.pid)
     path.write_text(f"+ {stranger.pid} run/1/1\n")
     try:
         assert kill_running_jobs(str(tmp_path), "run") == 0

@@ -21,7 +21,7 @@ from lsst.ctrl.bps.parsl.configuration import ConfigurationError
 from lsst.ctrl.bps.parsl.job import ParslJob
 from lsst.ctrl.bps.parsl.site import SiteConfig
 from lsst.ctrl.bps.parsl.state import SUCCEEDED
-from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+from parsl.executors import HighThroughputExecutor
 from parsl.launchers import MpiRunLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers.cluster_provider import ClusterProvider
 from synthetic import attempts, job, make_config, run, workflow
@@ -606,14 +606,19 @@ def test_generic_local_provider_and_htex_options():
     assert site.resource_specification(pjob(priority="-2"), "node") == {"priority": -2}
 
 
-def test_generic_threads_executor_has_a_capacity():
+def test_generic_threads_executor_is_the_local_pool_with_its_budget():
+    """A ``threads`` executor admits jobs by cores and memory: it is the
+    local site's pool, sized by the section's cores and memory."""
+    from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor
+
     site = generic({"here": {"executor": "threads", "cores": 3, "memory": 5000}})
     (executor,) = site.get_executors()
-    assert isinstance(executor, ThreadPoolExecutor)
+    assert isinstance(executor, LocalPoolExecutor)
     capacity = site.capacity("here")
     assert (capacity.cores, capacity.memory) == (3, 5000)
-    assert executor.max_threads == capacity.queue_depth
-    assert site.resource_specification(pjob(), "here") is None
+    assert (executor.cores, executor.memory) == (3, 5000)
+    assert site.resource_specification(pjob(2000, cpus=2), "here") == {"cores": 2, "memory": 2000}
+    assert site.resource_specification(pjob(9000, cpus=8), "here") == {"cores": 3, "memory": 5000}
 
 
 def test_generic_choice_by_resources_and_labels():

@@ -83,9 +83,6 @@ def run_job(
     pid_file: str,
     time_limit: float | None = None,
     shell: str = "/bin/bash",
-    gate: str | None = None,
-    cores: int = 1,
-    memory: int = 0,
     inputs: Sequence[Any] = (),
     parsl_resource_specification: dict[str, Any] | None = None,
 ) -> tuple[int, int | None, float, float, str, bool]:
@@ -108,18 +105,12 @@ def run_job(
         not named ``walltime``, which Parsl would take for itself).
     shell : `str`
         Shell that runs the job's script.
-    gate : `str`, optional
-        Key of the `lsst.ctrl.bps.parsl.runner.ResourceGate` to take
-        ``cores`` and ``memory`` from before starting (in-process thread
-        pools only).
-    cores, memory : `int`
-        The job's cores and memory (MB); the local pool takes them from its
-        budget when no ``parsl_resource_specification`` says otherwise.
     inputs : `~collections.abc.Sequence`, optional
         Parent futures (Parsl resolves them before this runs).
     parsl_resource_specification : `dict`, optional
         Parsl passes a task's resource specification on to its function;
-        not used here.
+        not used here (the executor takes cores, memory and walltime from
+        it: the local pool, `lsst.ctrl.bps.parsl.localpool`).
 
     Returns
     -------
@@ -128,18 +119,7 @@ def run_job(
         walltime killed it). A job killed by a signal has exit code
         ``128 + signal``.
     """
-    if gate is None:
-        return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
-    # Only the driver's process has gates (the monitored thread pool).
-    from lsst.ctrl.bps.parsl.runner import GATES
-
-    resource_gate = GATES.get(gate)
-    taken = resource_gate.acquire(cores, memory) if resource_gate else None
-    try:
-        return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
-    finally:
-        if resource_gate is not None and taken is not None:
-            resource_gate.release(taken)
+    return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
 
 
 def _run(

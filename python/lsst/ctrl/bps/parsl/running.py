@@ -30,8 +30,9 @@
 Two sources, both in ``<submit>/parsl/running/``: a file per running attempt
 (``<job>.<attempt>``, holding ``<host> <pid> <token>``) written by
 `runner.run_job` on Parsl workers, and the journals of the local pool's
-spawners (``spawner.<host>.<pid>``, see `localpool.spawner`). Stopping a run does
-not need them: every process of a run carries its token (`kill_attempts`).
+spawners (``spawner.<host>.<pid>``, see `lsst_ctrl_bps_parsl_worker.journal`).
+Stopping a run does not need them: every process of a run carries its token
+(`kill_attempts`).
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ import os
 import socket
 from collections.abc import Iterator
 
+from lsst_ctrl_bps_parsl_worker.journal import JOURNAL_PREFIX, read_journal
 from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
-
-from .localpool.spawner import JOURNAL_PREFIX, read_journal
 
 __all__ = ("kill_running_jobs", "running_attempts", "running_job_ids")
 

@@ -103,7 +103,8 @@ class SiteConfig(ABC):
         `ParslJob.get_resources`). `None` (the default) leaves it to the
         site (`resource_specification`). `validate` refuses names that an
         executor of the site does not take (an HTEX takes ``priority``
-        only, the local pool ``cores`` and ``memory``, thread pools none).
+        only, the local pool ``cores``, ``memory`` and ``running_time_min``,
+        thread pools none).
     """
 
     def __init__(self, config: BpsConfig, resource_list: list[str] | None = None):
@@ -389,8 +390,10 @@ def _accepted_resources(executor: Any) -> frozenset[str] | None:
     kind = type(executor).__name__
     if kind == "ThreadPoolExecutor":
         return frozenset()
-    if kind in ("LocalPoolExecutor", "JobPoolExecutor"):
-        return frozenset({"cores", "memory"})
+    if kind == "LocalPoolExecutor":
+        from .localpool.executor import LocalPoolExecutor
+
+        return LocalPoolExecutor.RESOURCE_KEYS
     if kind == "HighThroughputExecutor" and not getattr(executor, "enable_mpi_mode", False):
         return frozenset({"priority"})
     if kind in ("WorkQueueExecutor", "TaskVineExecutor"):

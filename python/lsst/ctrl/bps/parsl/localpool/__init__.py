@@ -29,16 +29,18 @@
 
 `LocalPoolExecutor` (module `executor`) is a Parsl executor that runs every
 task as a process started by a small spawner process (module `spawner`,
-whose docstring documents the wire protocol), within a core and memory
-budget. Importing this package does not import Parsl: the spawner and the
-names below are loaded when first used.
+whose docstring documents the wire protocol; `wire` is the executor's side
+of it), within a core and memory budget. Python tasks (any function but
+`lsst.ctrl.bps.parsl.runner.run_job`) go through files to a fresh Python
+process (`tasks`, `pytask`). Importing this package does not import Parsl:
+the names below are loaded when first used.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ("JobPoolExecutor", "LocalPoolExecutor", "PoolLostError", "TaskProcessError")
+__all__ = ("LocalPoolExecutor", "PoolLostError", "TaskProcessError")
 
 
 def __getattr__(name: str) -> Any:

@@ -28,9 +28,10 @@
 """`LocalPoolExecutor`: the Parsl executor of the local site.
 
 Every task runs as a process that the pool's spawner (`spawner`, a small
-single-threaded process; its docstring documents the wire protocol) starts
-once the task's cores and memory fit in the pool's budget, first come first
-served. One admission control, one way to start and to kill processes:
+single-threaded process; its docstring documents the wire protocol, `wire`
+is this side of it) starts once the task's cores and memory fit in the
+pool's budget, first come first served. One admission control, one way to
+start and to kill processes:
 
 - a job attempt, i.e. `lsst.ctrl.bps.parsl.runner.run_job` (also as Parsl's
   ``python_app`` wraps it, and under Parsl monitoring's wrapper), is not
@@ -39,8 +40,8 @@ served. One admission control, one way to start and to kill processes:
   future gets what `run_job` would have returned;
 - any other function (a ``python_app``, a ``bash_app``: Parsl's own wrapper
   gives bash semantics) is serialized with Parsl's serializer to a private
-  file and run by a fresh Python process (`pytask`) under the same
-  admission; its future gets the function's return value or raises its
+  file and run by a fresh Python process (`pytask`, see `tasks`) under the
+  same admission; its future gets the function's return value or raises its
   exception.
 
 Tasks take their cores, memory (MB) and time limit from the task's
@@ -48,14 +49,9 @@ Tasks take their cores, memory (MB) and time limit from the task's
 ``running_time_min`` (minutes, the name Parsl's WorkQueue and TaskVine
 executors use) or ``walltime`` (seconds). Other keys are refused with
 Parsl's `~parsl.executors.errors.InvalidResourceSpecification`, as is a task
-asking for more cores or memory than the pool has. A `run_job` call
-without a specification uses its own ``cores``, ``memory`` and
-``time_limit`` arguments (a larger request is given the whole pool: the
-final job of a run).
-
-Besides Parsl's `submit`, the driver may use `submit_attempt` (results of
-job attempts handed to one callback in batches, without a future per job),
-`send_queued` and `stop_jobs`.
+asking for more cores or memory than the pool has. A task without a
+specification takes 1 core and no memory; a `run_job` call's own
+``time_limit`` applies when the specification sets none.
 
 If the spawner dies (killed, say), a new one takes over every request not yet
 answered: jobs that had started are followed to their end and never started
@@ -66,118 +62,42 @@ unanswered tasks then end with `PoolLostError` (they may not have started).
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import math
 import os
-import pickle
 import select
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from lsst_ctrl_bps_parsl_worker.job import NotStartedError, job_script, run_job
-from lsst_ctrl_bps_parsl_worker.processes import quote
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError
 
-from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
 from parsl.executors.base import ParslExecutor
 from parsl.executors.errors import InvalidResourceSpecification
-from parsl.monitoring.message_type import MessageType
 from parsl.monitoring.radios.multiprocessing import MultiprocessingQueueRadio
-from parsl.serialize import deserialize, pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from . import spawner
+from .tasks import PythonTasks, Task, TaskProcessError, is_run_job, report_try
+from .wire import STOP, AttemptResult, encode, job_request, parse_reply, resume_request
 
-__all__ = (
-    "AttemptResult",
-    "JobPoolExecutor",
-    "LocalPoolExecutor",
-    "NotStartedError",
-    "PoolLostError",
-    "TaskProcessError",
-)
+__all__ = ("LocalPoolExecutor", "NotStartedError", "PoolLostError", "TaskProcessError")
 
 _LOG = logging.getLogger(__name__)
 _HOST = socket.gethostname()
 _MAX_DEATHS = 3
 _DEATH_WINDOW = 60.0
-_PYTASK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytask.py")
-_WRAP_ERROR_CODE = wrap_error(run_job).__code__
-"""Code of the wrapper Parsl's ``python_app`` puts around its function."""
-
-AttemptResult = tuple[int, int | None, float | None, float, str, bool]
-"""(exit code, signal, start, end, host, timed out), as `run_job` returns."""
 
 
 class PoolLostError(NotStartedError):
     """The pool's spawner died and was not replaced: the run must stop (a
     restart settles what ran from the jobs' logs).
     """
-
-
-class TaskProcessError(RuntimeError):
-    """A Python task's process ended without a result (killed, or it crashed)."""
-
-
-def _job_request(
-    token: str,
-    prefix: str,
-    env: str,
-    command: str,
-    out_path: str,
-    err_path: str,
-    pid_file: str,
-    time_limit: float | None = None,
-    shell: str = "/bin/bash",
-    gate: str | None = None,
-    cores: int = 1,
-    memory: int = 0,
-    inputs: Sequence[Any] = (),
-    parsl_resource_specification: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The spawner request of a `run_job` call with these arguments (same
-    signature, so a call `run_job` would refuse is refused here).
-    """
-    return {
-        "shell": shell,
-        "script": job_script(token, prefix, env, command),
-        "out": out_path,
-        "err": err_path,
-        "pid_file": pid_file,
-        "token": token,
-        "cores": cores,
-        "memory": memory,
-        "time_limit": time_limit,
-    }
-
-
-def _is_run_job(func: Callable) -> bool:
-    """Whether ``func`` is `run_job`, bare or as ``python_app`` wraps it."""
-    return func is run_job or (
-        getattr(func, "__code__", None) is _WRAP_ERROR_CODE and getattr(func, "__wrapped__", None) is run_job
-    )
-
-
-class _Task:
-    """A task submitted through `LocalPoolExecutor.submit`: its future, and
-    for a Python task the base path of its files.
-    """
-
-    __slots__ = ("future", "files", "monitoring")
-
-    def __init__(self, future: Future, files: str | None, monitoring: tuple[int, int] | None):
-        self.future = future
-        self.files = files
-        self.monitoring = monitoring
 
 
 class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
@@ -216,14 +136,13 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         self.remote_monitoring_radio = MultiprocessingQueueRadio()
         self._proc: subprocess.Popen | None = None
         self._stdin_fd = -1
-        # Request id -> (a `_Task` or the key given to `submit_attempt`, its request).
-        self._waiting: dict[int, tuple[Any, dict]] = {}
+        # Request id -> (its task, its request).
+        self._waiting: dict[int, tuple[Task, dict]] = {}
         self._next_id = 0
         # Guards everything below and the spawner's stdin; held only for
         # non-blocking work, so a done callback of a future (run by the
         # reader thread) may submit more tasks.
         self._lock = threading.Lock()
-        self._outbox: list[bytes] = []  # requests of `submit_attempt` not yet sent
         self._pending = bytearray()  # bytes for the spawner's stdin, not yet written
         self._close_input = False  # shutdown: close the spawner's stdin once all is written
         self._closing = False  # shutdown: the spawner's end of output is expected
@@ -232,9 +151,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         self._deaths: list[float] = []
         self._wake_r, self._wake_w = -1, -1
         self._reader: threading.Thread | None = None
-        self._task_dir: str | None = None
-        self._token_prefix = f"localpool.{_HOST}.{os.getpid()}.{''.join(label.split())}/"
-        self._on_results: Callable[[list[tuple[Any, AttemptResult | BaseException]]], None] | None = None
+        self._python = PythonTasks(f"localpool.{_HOST}.{os.getpid()}.{''.join(label.split())}/", label)
 
     # ---- life cycle ----
 
@@ -274,10 +191,11 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         ones fail with `NotStartedError`), then Parsl's own shutdown.
         """
         if self._proc is not None:
-            # Closing its input alone would let running jobs finish (that is
-            # for a driver that died); a shut-down pool stops them.
-            self.stop_jobs()
             with self._lock:
+                # Closing its input alone would let running jobs finish (that
+                # is for a driver that died); a shut-down pool stops them.
+                self._stop_sent = True
+                self._pending += STOP
                 self._closing = True
                 self._close_input = True
                 self._flush_locked()
@@ -295,9 +213,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             self._proc = None
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
-        if self._task_dir is not None:
-            shutil.rmtree(self._task_dir, ignore_errors=True)
-            self._task_dir = None
+        self._python.close()
         super().shutdown()
 
     def monitor_resources(self) -> bool:
@@ -332,19 +248,24 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             monitoring = (kwargs.pop("_parsl_monitoring_task_id"), kwargs.pop("_parsl_monitoring_try_id"))
             func = func.__wrapped__
         future: Future = Future()
-        if _is_run_job(func):
-            request = _job_request(*args, **kwargs)
-            task = _Task(future, None, monitoring)
+        with self._lock:
+            number = self._next_id
+            self._next_id += 1
+        if is_run_job(func):
+            request = job_request(*args, **kwargs)
+            task = Task(future, None, monitoring)
         else:
-            request, task = self._python_task(func, args, kwargs, future, monitoring)
+            request, files = self._python.request(number, func, args, kwargs)
+            task = Task(future, files, monitoring)
         if cores is not None:
             request["cores"] = cores
         if memory is not None:
             request["memory"] = memory
         if time_limit is not None:
             request["time_limit"] = time_limit
-        future.parsl_executor_task_id = self._queue(task, request, request.get("id"))  # type: ignore[attr-defined]
-        self.send_queued()
+        request["id"] = number
+        future.parsl_executor_task_id = number  # type: ignore[attr-defined]
+        self._queue(task, request)
         return future
 
     def _resources(self, spec: dict[str, Any] | None) -> tuple[int | None, int | None, float | None]:
@@ -379,82 +300,20 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             time_limit = spec["running_time_min"] * 60.0
         return cores, memory, time_limit
 
-    def _python_task(
-        self, func: Callable, args: tuple, kwargs: dict, future: Future, monitoring: tuple[int, int] | None
-    ) -> tuple[dict[str, Any], _Task]:
-        """Write a Python task's file; return its spawner request."""
-        with self._lock:
-            if self._task_dir is None:
-                self._task_dir = tempfile.mkdtemp(prefix=f"parsl-localpool-{os.getpid()}-")
-            number = self._next_id
-            self._next_id += 1
-        base = os.path.join(self._task_dir, str(number))
-        with open(base + ".task", "wb") as stream:
-            pickle.dump((list(sys.path), pack_apply_message(func, args, kwargs)), stream)
-        script = f"exec {quote(sys.executable)} {quote(_PYTASK)} {quote(base + '.task')} {quote(base + '.result')}\n"
-        request = {
-            "shell": "/bin/sh",
-            "script": script,
-            "out": base + ".out",
-            "err": base + ".err",
-            "pid_file": base + ".pid",  # its directory holds the spawner's journal
-            "token": f"{self._token_prefix}{number}",
-            "cores": 1,
-            "memory": 0,
-            "time_limit": None,
-            "id": number,
-        }
-        return request, _Task(future, base, monitoring)
-
-    def on_results(self, callback: Callable[[list[tuple[Any, AttemptResult | BaseException]]], None]) -> None:
-        """Set the function that receives ``[(key, result or error), ...]``
-        for the jobs given to `submit_attempt`, from the reader thread.
+    def _queue(self, task: Task, request: dict[str, Any]) -> None:
+        """Send a numbered request to the spawner (or fail its task at once
+        if the pool is lost).
         """
-        self._on_results = callback
-
-    def submit_attempt(self, key: Any, *args: Any, **kwargs: Any) -> None:
-        """Queue one job attempt (the arguments of `run_job`); its result
-        goes to the `on_results` callback under ``key``.
-
-        The request is sent by the next `send_queued`, so that the jobs
-        handed over in one pass of the caller go to the spawner in one write.
-        """
-        if self._on_results is None:
-            raise RuntimeError("call on_results() before submit_attempt()")
-        self._queue(key, _job_request(*args, **kwargs))
-
-    def send_queued(self) -> None:
-        """Send the queued requests to the spawner."""
-        with self._lock:
-            if self._outbox:
-                self._pending += b"".join(self._outbox)
-                self._outbox.clear()
-                self._flush_locked()
-
-    def stop_jobs(self) -> None:
-        """Fail queued tasks and terminate running ones; the pool stays up."""
-        with self._lock:
-            self._stop_sent = True
-            # Queued requests go first: the spawner fails them, so their results arrive.
-            self._pending += b"".join(self._outbox) + b'{"op": "stop"}\n'
-            self._outbox.clear()
-            self._flush_locked()
-
-    def _queue(self, waiter: Any, request: dict[str, Any], number: int | None = None) -> int:
-        """Queue a request (numbered here unless ``number`` was taken already)."""
+        number = request["id"]
         with self._lock:
             if self._proc is None and self._lost is None:
                 raise RuntimeError(f"executor '{self.label}' is not started, or was shut down")
-            if number is None:
-                number = self._next_id
-                self._next_id += 1
-            request["id"] = number
-            self._waiting[number] = (waiter, request)
+            self._waiting[number] = (task, request)
             if self._lost is None:
-                self._outbox.append((json.dumps(request) + "\n").encode())
-                return number
+                self._pending += encode(request)
+                self._flush_locked()
+                return
         self._deliver([(number, self._lost)])
-        return number
 
     # ---- talking to the spawner ----
 
@@ -490,7 +349,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         with self._lock:
             left, self._waiting = self._waiting, {}
         error = self._lost or NotStartedError("the job was not started: the pool is shut down")
-        self._hand_over([(waiter, error) for waiter, _ in left.values()])
+        for task, _ in left.values():
+            self._finish(task, error)
 
     def _serve_one(self, proc: subprocess.Popen) -> None:
         """Read one spawner's replies until its output ends, and write the
@@ -519,7 +379,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
                 if not data:
                     return
                 *lines, pending = (pending + data).split(b"\n")
-                self._deliver([_parse(line) for line in lines])
+                self._deliver([parse_reply(line) for line in lines])
 
     def _take_over(self, dead: subprocess.Popen) -> subprocess.Popen | None:
         """Replace a spawner whose output ended (`None`: none expected or
@@ -540,7 +400,6 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             if self._closing:
                 return None
             # Every request not written, or written to the dead one, is unanswered: the new one gets it.
-            self._outbox.clear()
             self._pending.clear()
             jobs = [request for _, (_, request) in sorted(self._waiting.items())]
             if len(self._deaths) > _MAX_DEATHS:
@@ -563,10 +422,9 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             except OSError:
                 pass
             self._set_proc(proc)
-            resume = {"op": "resume", "spawner": dead.pid, "jobs": jobs}
-            self._pending += (json.dumps(resume) + "\n").encode()
+            self._pending += resume_request(dead.pid, jobs)
             if self._stop_sent:
-                self._pending += b'{"op": "stop"}\n'
+                self._pending += STOP
             self._flush_locked()
         _LOG.warning(
             "the local job pool's spawner (pid %d) died (%s); a new one (pid %d) took over its %d "
@@ -583,33 +441,18 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
     def _deliver(self, parsed: list[tuple[int, AttemptResult | BaseException]]) -> None:
         with self._lock:
             found = [(self._waiting.pop(number, None), result) for number, result in parsed]
-        self._hand_over([(entry[0], result) for entry, result in found if entry is not None])
+        for entry, result in found:
+            if entry is not None:
+                self._finish(entry[0], result)
 
-    def _hand_over(self, results: list[tuple[Any, AttemptResult | BaseException]]) -> None:
-        batch = []
-        for waiter, result in results:
-            if isinstance(waiter, _Task):
-                self._finish(waiter, result)
-            else:
-                batch.append((waiter, result))
-        if batch and self._on_results is not None:
-            self._on_results(batch)
-
-    def _finish(self, task: _Task, result: AttemptResult | BaseException) -> None:
+    def _finish(self, task: Task, result: AttemptResult | BaseException) -> None:
         """Set a task's future from its spawner reply."""
         if task.future.done():
             return
         if not isinstance(result, BaseException) and task.monitoring is not None:
-            self._report_try(task.monitoring, result)
+            report_try(self.monitoring_messages, self.run_id, task.monitoring, result)
         if task.files is not None:
-            try:
-                outcome = self._python_outcome(task.files, result)
-            finally:
-                for suffix in (".task", ".result", ".out", ".err"):
-                    try:
-                        os.unlink(task.files + suffix)
-                    except OSError:
-                        pass
+            outcome = self._python.outcome(task.files, result)
             if isinstance(outcome, BaseException):
                 task.future.set_exception(outcome)
             else:
@@ -618,75 +461,3 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             task.future.set_exception(result)
         else:
             task.future.set_result(result)
-
-    def _python_outcome(self, base: str, result: AttemptResult | BaseException) -> tuple[Any] | BaseException:
-        """(value,) a Python task returned, or the error its future raises."""
-        if isinstance(result, BaseException):
-            return result
-        code, sig, _, _, _, timed_out = result
-        if timed_out:
-            return AppTimeout(f"the task was killed after its walltime on executor '{self.label}'")
-        try:
-            with open(base + ".result", "rb") as stream:
-                ok, value = deserialize(stream.read())
-        except FileNotFoundError:
-            how = f"was killed by signal {sig}" if sig is not None else f"exited with status {code}"
-            try:
-                with open(base + ".err", "rb") as stream:
-                    stream.seek(max(0, os.fstat(stream.fileno()).st_size - 2000))
-                    tail = stream.read().decode(errors="replace").strip()
-            except OSError:
-                tail = ""
-            return TaskProcessError(
-                f"the task's process {how} without a result"
-                + (f"; its stderr ends with:\n{tail}" if tail else "")
-            )
-        except Exception as exc:  # noqa: BLE001 - a result this process cannot load
-            return TaskProcessError(f"the task's result could not be read: {exc!r}")
-        if ok:
-            return (value,)
-        return value.get_exception() if isinstance(value, RemoteExceptionWrapper) else value
-
-    def _report_try(self, ids: tuple[int, int], result: AttemptResult) -> None:
-        """Tell Parsl monitoring when a try ran (what its worker wrapper
-        reports on other executors).
-        """
-        queue = self.monitoring_messages
-        if queue is None:
-            return
-        _, _, start, end, host, _ = result
-        for first, when in ((True, start if start is not None else end), (False, end)):
-            queue.put(
-                (
-                    MessageType.WORKER_TASK_INFO,
-                    {
-                        "run_id": self.run_id,
-                        "try_id": ids[1],
-                        "task_id": ids[0],
-                        "hostname": host,
-                        "block_id": None,
-                        "first_msg": first,
-                        "last_msg": not first,
-                        "timestamp": datetime.datetime.fromtimestamp(when),
-                    },
-                )
-            )
-
-
-JobPoolExecutor = LocalPoolExecutor
-"""The name this executor had before it ran any Parsl app."""
-
-
-def _parse(line: bytes) -> tuple[int, AttemptResult | BaseException]:
-    """Decode one spawner reply (see `spawner`)."""
-    number, code, sig, start, end, timed_out = line.split()
-    if start == b"-":
-        return int(number), NotStartedError("the job was not started: the pool is stopping")
-    return int(number), (
-        int(code),
-        None if sig == b"-" else int(sig),
-        None if start == b"?" else float(start),
-        float(end),
-        _HOST,
-        timed_out == b"1",
-    )

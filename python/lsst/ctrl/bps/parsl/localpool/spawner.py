@@ -72,9 +72,8 @@ signal ``s`` has exit code ``128 + s``. While jobs are queued, replies may
 wait up to 20 ms to be written together.
 
 Which jobs run is kept in a journal, ``spawner.<host>.<pid>`` in the
-directory of the jobs' ``pid_file`` (one ``+ <pid> <token>`` line when a job
-starts, one ``- <pid>`` line when it ended): appending a line costs far less
-than creating and deleting a file per job. `read_journal` reads it back.
+directory of the jobs' ``pid_file``
+(`lsst_ctrl_bps_parsl_worker.journal`).
 """
 
 from __future__ import annotations
@@ -100,6 +99,7 @@ if __name__ == "__main__":
         ),
     )
 
+from lsst_ctrl_bps_parsl_worker.journal import Journal, journal_entries, journal_name  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     KILL_GRACE,
     Launcher,
@@ -114,133 +114,14 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     signal_attempts,
 )
 
-__all__ = ("JOURNAL_PREFIX", "Journal", "Spawner", "journal_name", "read_journal")
+__all__ = ("Spawner", "main")
 
-JOURNAL_PREFIX = "spawner."
 _HOST = socket.gethostname()
-_JOURNAL_COMPACT_BYTES = 1 << 20
 _REPLY_DELAY = 0.02
 """Seconds replies may wait to be sent together while jobs are still queued
 here (the driver has nothing to hand over that could start sooner)."""
 _ADOPTED_POLL = 0.1
 """Seconds between checks whether a job followed from a dead spawner ended."""
-
-
-# ---- the journal ----------------------------------------------------------------------
-
-
-def journal_name(host: str, pid: int) -> str:
-    """File name of the journal of the spawner ``pid`` on ``host``."""
-    return f"{JOURNAL_PREFIX}{host}.{pid}"
-
-
-def read_journal(path: str) -> dict[int, str]:
-    """Return ``{pid: token}`` of the jobs a journal says are running."""
-    return _read_journal(path)[0]
-
-
-def _read_journal(path: str) -> tuple[dict[int, str], set[str]]:
-    """``{pid: token}`` of the running jobs, and the tokens of every job the
-    journal says started.
-    """
-    running: dict[int, str] = {}
-    started: set[str] = set()
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read().decode(errors="replace")
-    except OSError:
-        return running, started
-    for line in data.splitlines():
-        fields = line.split()
-        try:
-            if len(fields) == 3 and fields[0] == "+":
-                running[int(fields[1])] = fields[2]
-                started.add(fields[2])
-            elif len(fields) == 2 and fields[0] == "-":
-                running.pop(int(fields[1]), None)
-        except ValueError:
-            continue
-    return running, started
-
-
-class Journal:
-    """The append-only record of which jobs run, one per directory.
-
-    If its file is removed (with its directory, say), the next write makes
-    them again, with every job that runs.
-    """
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.path = os.path.join(directory, journal_name(_HOST, os.getpid()))
-        self.running: dict[int, str] = {}
-        self.size = 0
-        self.pending: list[str] = []
-        os.makedirs(directory, exist_ok=True)
-        self.fd = self._open(self.path)
-
-    @staticmethod
-    def _open(path: str) -> int:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-
-    def write(self) -> None:
-        """Append the lines recorded since the last write, in one go."""
-        if not self.pending:
-            return
-        try:
-            vanished = os.fstat(self.fd).st_nlink == 0
-        except OSError:
-            vanished = True
-        if vanished:
-            self.pending.clear()
-            os.makedirs(self.directory, exist_ok=True)
-            self._compact()
-            return
-        data = "".join(self.pending).encode()
-        self.pending.clear()
-        try:
-            os.write(self.fd, data)
-        except OSError:
-            return
-        self.size += len(data)
-        if self.size > _JOURNAL_COMPACT_BYTES:
-            self._compact()
-
-    def started(self, pid: int, token: str) -> None:
-        """Record that job attempt ``token`` runs as process group ``pid``."""
-        self.running[pid] = token
-        self.pending.append(f"+ {pid} {token}\n")
-
-    def ended(self, pid: int) -> None:
-        """Record that process group ``pid`` ended."""
-        self.running.pop(pid, None)
-        self.pending.append(f"- {pid}\n")
-
-    def _compact(self) -> None:
-        """Rewrite the journal with only the running jobs (atomically)."""
-        text = "".join(f"+ {pid} {token}\n" for pid, token in self.running.items())
-        tmp = self.path + ".tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            new_fd = self._open(self.path)
-        except OSError:
-            return
-        os.close(self.fd)
-        self.fd = new_fd
-        self.size = len(text)
-
-    def close(self) -> None:
-        """Close and remove the journal (every job has ended)."""
-        os.close(self.fd)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
 
 
 # ---- the spawner ----------------------------------------------------------------------
@@ -380,7 +261,7 @@ class Spawner:
             if directory
         }
         for path in old_journals:
-            started |= _read_journal(path)[1]
+            started |= journal_entries(path)[1]
         for job in jobs:
             token = job["token"]
             pid = live.get(token)

@@ -51,6 +51,7 @@ from lsst.ctrl.bps import BpsConfig
 from ..configuration import ConfigurationError, parse_walltime
 from ..job import priority_number, walltime_minutes
 from ..site import ExecutorCapacity, SiteConfig
+from .local import local_pool_spec
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -116,10 +117,11 @@ LAUNCHERS: dict[str, tuple[str, str]] = {
 
 EXECUTORS: dict[str, tuple[str, str]] = {
     "htex": ("parsl.executors", "HighThroughputExecutor"),
-    "threads": ("parsl.executors", "ThreadPoolExecutor"),
+    "threads": ("lsst.ctrl.bps.parsl.localpool.executor", "LocalPoolExecutor"),
     "work_queue": ("parsl.executors", "WorkQueueExecutor"),
 }
-"""Executor kinds accepted by ``executor:`` and the Parsl class each means."""
+"""Executor kinds accepted by ``executor:`` and the Parsl class each means
+(``threads``: jobs on this machine, run by the local site's pool)."""
 
 
 # ---- helpers shared by the batch sites ------------------------------------------
@@ -525,8 +527,8 @@ _SECTION_KEYS = {
     "max_memory": "largest job memory (MB) this executor takes",
     "max_cpus": "largest job requestCpus this executor takes",
     "labels": "job labels sent only to this executor",
-    "cores": "threads only: cores given to jobs",
-    "memory": "threads only: memory (MB) given to jobs",
+    "cores": "threads only: cores jobs may use at once",
+    "memory": "threads only: memory (MB) jobs may use at once",
 }
 
 
@@ -588,8 +590,11 @@ class Generic(BatchSite):
     - ``max_memory`` (`int`, MB) and ``max_cpus`` (`int`): the largest job
       this executor takes (default: no limit).
     - ``labels`` (list of `str`): job labels that go only to this executor.
-    - ``cores``, ``memory`` (`int`): ``threads`` only, what the driver lets
-      its jobs use at once (default: this machine's).
+    - ``cores``, ``memory`` (`int`): ``threads`` only, what its jobs may
+      use at once (default: this machine's). A ``threads`` executor runs
+      jobs on this machine through the local site's pool
+      (`~lsst.ctrl.bps.parsl.localpool.LocalPoolExecutor`): a job starts
+      once its ``request_cpus`` and ``request_memory`` fit.
 
     A job goes to the smallest executor (by ``max_memory``, then
     ``max_cpus``, then order) that holds its memory and cores; executors
@@ -708,21 +713,22 @@ class Generic(BatchSite):
         section = spec.section
         where = f"{spec.where}.executor_options"
         if spec.kind == "threads":
-            from parsl.executors import ThreadPoolExecutor
+            from ..localpool import LocalPoolExecutor
 
             options = check_options(
-                ThreadPoolExecutor,
+                LocalPoolExecutor,
                 section.get("executor_options"),
                 where,
                 reserved={
                     "label": f"it is the section name under {self.where}.executors",
-                    "max_threads": f"the driver sizes it from '{spec.where}.cores'",
+                    "cores": f"use '{spec.where}.cores'",
+                    "memory": f"use '{spec.where}.memory'",
                 },
             )
             capacity = self.capacity(spec.label)
-            assert capacity is not None, "a thread pool always has a capacity"
-            depth = capacity.queue_depth
-            return build(ThreadPoolExecutor, {"label": spec.label, "max_threads": depth, **options}, where)
+            assert capacity is not None, "a threads executor always has a capacity"
+            budget = {"label": spec.label, "cores": capacity.cores, "memory": capacity.memory}
+            return build(LocalPoolExecutor, {**budget, **options}, where)
         if spec.kind == "work_queue":
             require_work_queue(spec.where + ".executor")
         cls = load_class(EXECUTORS, spec.kind, f"{spec.where}.executor", "executor kind")
@@ -815,7 +821,9 @@ class Generic(BatchSite):
             return htex_spec(job)
         if kind == "work_queue":
             return work_queue_spec(job)
-        return None
+        capacity = self.capacity(label)
+        assert capacity is not None, "a threads executor always has a capacity"
+        return local_pool_spec(job, capacity.cores, capacity.memory)
 
 
 def require_work_queue(key: str, instead: str = "use an htex executor") -> None:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from ..job import ParslJob
 
-__all__ = ("Local",)
+__all__ = ("Local", "local_pool_spec")
 
 _LOG = logging.getLogger(__name__)
 _WARNED: set[str] = set()
@@ -63,6 +63,20 @@ def usable_cores() -> int:
 def machine_memory_mb() -> int:
     """Physical memory of this machine in MB."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
+def local_pool_spec(job: ParslJob, cores: int, memory: int | None) -> dict[str, Any]:
+    """The resource specification of a job on a local pool of ``cores``
+    cores and ``memory`` MB: its cores and memory, which the pool's spawner
+    takes from its budget while the job runs.
+
+    A request larger than the pool (the final job's, which runs alone after
+    every other job) is given the whole pool.
+    """
+    spec: dict[str, Any] = {"cores": min(job.request_cpus or 1, cores)}
+    if job.request_memory:
+        spec["memory"] = job.request_memory if memory is None else min(job.request_memory, memory)
+    return spec
 
 
 class Local(SiteConfig):
@@ -142,18 +156,12 @@ class Local(SiteConfig):
         return ExecutorCapacity(cores=self.cores, memory=self.memory)
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        """The job's cores and memory, which the pool's spawner takes from
-        its budget while the job runs.
-
-        A request larger than the pool (the final job's, which runs alone
-        after every other job) is given the whole pool.
+        """The job's cores and memory (`local_pool_spec`), unless the site
+        has a ``resource_list``.
         """
         if self.resource_list is not None:
             return super().resource_specification(job, label)
         budget = self.__dict__.get("_budget")
         if budget is None:
             budget = self.__dict__["_budget"] = (self.cores, self.memory)
-        spec: dict[str, Any] = {"cores": min(job.request_cpus or 1, budget[0])}
-        if job.request_memory:
-            spec["memory"] = min(job.request_memory, budget[1])
-        return spec
+        return local_pool_spec(job, *budget)

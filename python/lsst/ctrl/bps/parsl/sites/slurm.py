@@ -31,11 +31,10 @@ memory (`TripleSlurm`), each feeding on blocks from a SlurmProvider.
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
 from typing import TYPE_CHECKING, Any
 
+from ..commands import environment_script
 from ..configuration import ConfigurationError, get_workflow_name
 from .generic import (
     BatchSite,
@@ -90,20 +89,6 @@ def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
             raise ConfigurationError(f"'{site.where}.parallelism' is {value!r}: it must be between 0 and 1")
         options[key] = value
     return options
-
-
-def environment_script() -> str:
-    """Shell ``export`` lines that recreate this process's environment in a
-    block (the named clusters use it as ``worker_init``).
-    """
-    skip = {"_", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "HOST"}
-    return "\n".join(
-        f"export {key}={shlex.quote(value)}"
-        for key, value in sorted(os.environ.items())
-        if key not in skip
-        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)
-        and not key.startswith("BASH_FUNC")
-    )
 
 
 def merge_worker_init(*parts: str | None) -> str:

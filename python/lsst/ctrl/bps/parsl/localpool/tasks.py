@@ -1,0 +1,202 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""What a `LocalPoolExecutor` task is besides its spawner request: its
+future, and for a Python task (any function but `run_job`) the files through
+which a fresh Python process (`pytask`) gets the function and gives back
+its outcome.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from lsst_ctrl_bps_parsl_worker.job import run_job
+from lsst_ctrl_bps_parsl_worker.processes import quote
+
+from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
+from parsl.monitoring.message_type import MessageType
+from parsl.serialize import deserialize, pack_apply_message
+
+from .wire import AttemptResult
+
+__all__ = ("PythonTasks", "Task", "TaskProcessError", "is_run_job", "report_try")
+
+_PYTASK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytask.py")
+_WRAP_ERROR_CODE = wrap_error(run_job).__code__
+"""Code of the wrapper Parsl's ``python_app`` puts around its function."""
+_SUFFIXES = (".task", ".result", ".out", ".err")
+
+
+class TaskProcessError(RuntimeError):
+    """A Python task's process ended without a result (killed, or it crashed)."""
+
+
+def is_run_job(func: Callable) -> bool:
+    """Whether ``func`` is `run_job`, bare or as ``python_app`` wraps it."""
+    return func is run_job or (
+        getattr(func, "__code__", None) is _WRAP_ERROR_CODE and getattr(func, "__wrapped__", None) is run_job
+    )
+
+
+class Task:
+    """A task submitted to the executor: its future, the base path of its
+    files (Python tasks only) and its monitoring ids (task, try), if any.
+    """
+
+    __slots__ = ("future", "files", "monitoring")
+
+    def __init__(self, future: Future, files: str | None, monitoring: tuple[int, int] | None):
+        self.future = future
+        self.files = files
+        self.monitoring = monitoring
+
+
+class PythonTasks:
+    """The files of one executor's Python tasks, in a private directory
+    made when the first one is submitted.
+
+    Parameters
+    ----------
+    token_prefix : `str`
+        Prefix of the tasks' attempt tokens (the number of the task follows).
+    label : `str`
+        The executor's label, for messages.
+    """
+
+    def __init__(self, token_prefix: str, label: str) -> None:
+        self.token_prefix = token_prefix
+        self.label = label
+        self.directory: str | None = None
+
+    def request(self, number: int, func: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, Any], str]:
+        """Write task ``number``'s file; return its spawner request and the
+        base path of its files.
+        """
+        if self.directory is None:
+            self.directory = tempfile.mkdtemp(prefix=f"parsl-localpool-{os.getpid()}-")
+        base = os.path.join(self.directory, str(number))
+        with open(base + ".task", "wb") as stream:
+            pickle.dump((list(sys.path), pack_apply_message(func, args, kwargs)), stream)
+        script = f"exec {quote(sys.executable)} {quote(_PYTASK)} {quote(base + '.task')} {quote(base + '.result')}\n"
+        request = {
+            "shell": "/bin/sh",
+            "script": script,
+            "out": base + ".out",
+            "err": base + ".err",
+            "pid_file": base + ".pid",  # its directory holds the spawner's journal
+            "token": f"{self.token_prefix}{number}",
+            "cores": 1,
+            "memory": 0,
+            "time_limit": None,
+        }
+        return request, base
+
+    def outcome(self, base: str, result: AttemptResult | BaseException) -> tuple[Any] | BaseException:
+        """(value,) the task at ``base`` returned, or the error its future
+        raises; its files are removed.
+        """
+        try:
+            return self._outcome(base, result)
+        finally:
+            for suffix in _SUFFIXES:
+                try:
+                    os.unlink(base + suffix)
+                except OSError:
+                    pass
+
+    def _outcome(self, base: str, result: AttemptResult | BaseException) -> tuple[Any] | BaseException:
+        if isinstance(result, BaseException):
+            return result
+        code, sig, _, _, _, timed_out = result
+        if timed_out:
+            return AppTimeout(f"the task was killed after its walltime on executor '{self.label}'")
+        try:
+            with open(base + ".result", "rb") as stream:
+                ok, value = deserialize(stream.read())
+        except FileNotFoundError:
+            how = f"was killed by signal {sig}" if sig is not None else f"exited with status {code}"
+            tail = _tail(base + ".err")
+            return TaskProcessError(
+                f"the task's process {how} without a result"
+                + (f"; its stderr ends with:\n{tail}" if tail else "")
+            )
+        except Exception as exc:  # noqa: BLE001 - a result this process cannot load
+            return TaskProcessError(f"the task's result could not be read: {exc!r}")
+        if ok:
+            return (value,)
+        return value.get_exception() if isinstance(value, RemoteExceptionWrapper) else value
+
+    def close(self) -> None:
+        """Remove the directory of the task files."""
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+
+def _tail(path: str, size: int = 2000) -> str:
+    """The last ``size`` bytes of a file, as text (empty if unreadable)."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(max(0, os.fstat(stream.fileno()).st_size - size))
+            return stream.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def report_try(queue: Any, run_id: str | None, ids: tuple[int, int], result: AttemptResult) -> None:
+    """Tell Parsl monitoring when a try ran (what its worker wrapper reports
+    on other executors): its start and its end, on ``queue`` (the
+    executor's ``monitoring_messages``; `None`: monitoring is off).
+    """
+    if queue is None:
+        return
+    _, _, start, end, host, _ = result
+    for first, when in ((True, start if start is not None else end), (False, end)):
+        queue.put(
+            (
+                MessageType.WORKER_TASK_INFO,
+                {
+                    "run_id": run_id,
+                    "try_id": ids[1],
+                    "task_id": ids[0],
+                    "hostname": host,
+                    "block_id": None,
+                    "first_msg": first,
+                    "last_msg": not first,
+                    "timestamp": datetime.datetime.fromtimestamp(when),
+                },
+            )
+        )

@@ -1,0 +1,109 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The executor's side of the spawner's wire protocol (documented in
+`lsst.ctrl.bps.parsl.localpool.spawner`): request lines out, reply lines in.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError, job_script
+
+__all__ = ("STOP", "AttemptResult", "encode", "job_request", "parse_reply", "resume_request")
+
+_HOST = socket.gethostname()
+
+AttemptResult = tuple[int, int | None, float | None, float, str, bool]
+"""(exit code, signal, start, end, host, timed out), as `run_job` returns."""
+
+STOP = b'{"op": "stop"}\n'
+"""The request that fails queued jobs and kills running ones."""
+
+
+def job_request(
+    token: str,
+    prefix: str,
+    env: str,
+    command: str,
+    out_path: str,
+    err_path: str,
+    pid_file: str,
+    time_limit: float | None = None,
+    shell: str = "/bin/bash",
+    inputs: Sequence[Any] = (),
+    parsl_resource_specification: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The spawner request of a `run_job` call with these arguments (same
+    signature, so a call `run_job` would refuse is refused here). It takes
+    1 core and no memory; the executor sets both from the task's resource
+    specification.
+    """
+    return {
+        "shell": shell,
+        "script": job_script(token, prefix, env, command),
+        "out": out_path,
+        "err": err_path,
+        "pid_file": pid_file,
+        "token": token,
+        "cores": 1,
+        "memory": 0,
+        "time_limit": time_limit,
+    }
+
+
+def encode(request: dict[str, Any]) -> bytes:
+    """One request line."""
+    return (json.dumps(request) + "\n").encode()
+
+
+def resume_request(dead_spawner: int, jobs: list[dict[str, Any]]) -> bytes:
+    """First line for a spawner taking over the unanswered ``jobs`` of the
+    spawner ``dead_spawner`` (pid) that died.
+    """
+    return encode({"op": "resume", "spawner": dead_spawner, "jobs": jobs})
+
+
+def parse_reply(line: bytes) -> tuple[int, AttemptResult | BaseException]:
+    """Decode one reply line: (request id, result or the error of a job
+    that never started).
+    """
+    number, code, sig, start, end, timed_out = line.split()
+    if start == b"-":
+        return int(number), NotStartedError("the job was not started: the pool is stopping")
+    return int(number), (
+        int(code),
+        None if sig == b"-" else int(sig),
+        None if start == b"?" else float(start),
+        float(end),
+        _HOST,
+        timed_out == b"1",
+    )

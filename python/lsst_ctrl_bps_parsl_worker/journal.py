@@ -1,0 +1,164 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The journal of a local-pool spawner: which of its jobs run.
+
+One file per spawner, ``spawner.<host>.<pid>`` in the directory of its jobs'
+``pid_file`` (the run's ``parsl/running``): one ``+ <pid> <token>`` line
+when a job starts, one ``- <pid>`` line when it ends. Appending a line costs
+far less than creating and deleting a file per job. The spawner writes it
+(`Journal`); report, cancel and a spawner taking over from a dead one read
+it (`read_journal`, `journal_entries`).
+
+Standard library only: the spawner (``python -S``) imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+__all__ = ("JOURNAL_PREFIX", "Journal", "journal_entries", "journal_name", "read_journal")
+
+JOURNAL_PREFIX = "spawner."
+_HOST = socket.gethostname()
+_JOURNAL_COMPACT_BYTES = 1 << 20
+"""Size above which the journal is rewritten with only the running jobs."""
+
+
+def journal_name(host: str, pid: int) -> str:
+    """File name of the journal of the spawner ``pid`` on ``host``."""
+    return f"{JOURNAL_PREFIX}{host}.{pid}"
+
+
+def read_journal(path: str) -> dict[int, str]:
+    """Return ``{pid: token}`` of the jobs a journal says are running."""
+    return journal_entries(path)[0]
+
+
+def journal_entries(path: str) -> tuple[dict[int, str], set[str]]:
+    """``{pid: token}`` of the running jobs, and the tokens of every job the
+    journal says started.
+    """
+    running: dict[int, str] = {}
+    started: set[str] = set()
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read().decode(errors="replace")
+    except OSError:
+        return running, started
+    for line in data.splitlines():
+        fields = line.split()
+        try:
+            if len(fields) == 3 and fields[0] == "+":
+                running[int(fields[1])] = fields[2]
+                started.add(fields[2])
+            elif len(fields) == 2 and fields[0] == "-":
+                running.pop(int(fields[1]), None)
+        except ValueError:
+            continue
+    return running, started
+
+
+class Journal:
+    """The append-only record of which jobs run, one per directory.
+
+    If its file is removed (with its directory, say), the next write makes
+    them again, with every job that runs.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, journal_name(_HOST, os.getpid()))
+        self.running: dict[int, str] = {}
+        self.size = 0
+        self.pending: list[str] = []
+        os.makedirs(directory, exist_ok=True)
+        self.fd = self._open(self.path)
+
+    @staticmethod
+    def _open(path: str) -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def write(self) -> None:
+        """Append the lines recorded since the last write, in one go."""
+        if not self.pending:
+            return
+        try:
+            vanished = os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            vanished = True
+        if vanished:
+            self.pending.clear()
+            os.makedirs(self.directory, exist_ok=True)
+            self._compact()
+            return
+        data = "".join(self.pending).encode()
+        self.pending.clear()
+        try:
+            os.write(self.fd, data)
+        except OSError:
+            return
+        self.size += len(data)
+        if self.size > _JOURNAL_COMPACT_BYTES:
+            self._compact()
+
+    def started(self, pid: int, token: str) -> None:
+        """Record that job attempt ``token`` runs as process group ``pid``."""
+        self.running[pid] = token
+        self.pending.append(f"+ {pid} {token}\n")
+
+    def ended(self, pid: int) -> None:
+        """Record that process group ``pid`` ended."""
+        self.running.pop(pid, None)
+        self.pending.append(f"- {pid}\n")
+
+    def _compact(self) -> None:
+        """Rewrite the journal with only the running jobs (atomically)."""
+        text = "".join(f"+ {pid} {token}\n" for pid, token in self.running.items())
+        tmp = self.path + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            new_fd = self._open(self.path)
+        except OSError:
+            return
+        os.close(self.fd)
+        self.fd = new_fd
+        self.size = len(text)
+
+    def close(self) -> None:
+        """Close and remove the journal (every job has ended)."""
+        os.close(self.fd)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
