@@ -49,6 +49,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .guard import orphan_guard
 from .processes import ATTEMPT_ENV, EXIT_MARKER, Launcher, append_note, exit_code_of, job_argv, kill_attempts
 
 __all__ = ("NotStartedError", "job_script", "run_job")
@@ -134,7 +135,12 @@ def _run(
     walltime: float | None,
 ) -> tuple[int, int | None, float, float, str, bool]:
     start = time.time()
+    guard = orphan_guard()
+    if guard is not None:
+        guard.starting(token)
     pid = Launcher().spawn(job_argv(shell, out_path, err_path, job_script(token, prefix, env, command)))
+    if guard is not None:
+        guard.started(token, pid)
     _write_pid_file(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:
@@ -148,6 +154,8 @@ def _run(
         _wait(pid, None)
         raise
     finally:
+        if guard is not None:
+            guard.ended(token)
         try:
             os.unlink(pid_file)
         except OSError:

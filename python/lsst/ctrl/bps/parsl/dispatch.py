@@ -52,7 +52,9 @@ from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
 
+from .blocks import BlockWatch
 from .configuration import set_parsl_logging
+from .losses import fail_if_interchange_lost, settle_seconds
 from .runner import run_job
 from .site import SiteConfig
 
@@ -78,6 +80,7 @@ class Dispatch:
         self._apps: dict[str, Any] = {}
         self._ended: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
         self._closed = False
+        self.blocks: BlockWatch | None = None
 
     def start(self) -> None:
         """Build the site's Parsl configuration and start the kernel.
@@ -93,6 +96,8 @@ class Dispatch:
         self._apps = {
             label: PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label]) for label in self.labels
         }
+        running_dir = os.path.join(self.site.submit_path or ".", "parsl", "running")
+        self.blocks = BlockWatch({label: self.dfk.executors[label] for label in self.labels}, running_dir)
 
     def submit(
         self,
@@ -102,15 +107,38 @@ class Dispatch:
         kwargs: dict[str, Any],
         inputs: Sequence[Any],
         resource_specification: dict[str, Any] | None,
+        walltime: float | None = None,
     ) -> Any:
         """Submit one attempt (`run_job`'s arguments) to executor ``label``;
         returns its app future, whose end is queued under ``key``.
+
+        ``walltime``: the job's ``requestWalltime`` (s); the executor's
+        blocks with less left take no new job first (`blocks.BlockWatch`).
         """
         if resource_specification:
             kwargs["parsl_resource_specification"] = resource_specification
+        watched = self.blocks is not None and self.blocks.before_submit(label, walltime)
         future = self._apps[label](*args, inputs=list(inputs), **kwargs)
         future.add_done_callback(lambda done: self._ended.put((key, done)))
+        if watched and self.blocks is not None and walltime:
+            self.blocks.track(key, label, walltime, future)
         return future
+
+    def tick(self) -> None:
+        """Once per pass of the driver's loop: fail the attempts of an
+        executor whose interchange died (`losses.fail_if_interchange_lost`),
+        and keep jobs off blocks too short for them (`blocks.BlockWatch`).
+        """
+        if self.dfk is None or self._closed:
+            return
+        for label in self.labels:
+            fail_if_interchange_lost(self.dfk.executors[label])
+        if self.blocks is not None:
+            self.blocks.tick()
+
+    def settle_seconds(self, label: str) -> float:
+        """Seconds the rerun of an attempt executor ``label`` lost waits (`losses.settle_seconds`)."""
+        return settle_seconds(self.dfk.executors.get(label) if self.dfk is not None else None)
 
     def wait(self, timeout: float) -> list[tuple[Any, Any]]:
         """``(key, future)`` of every attempt that ended, waiting up to

@@ -56,6 +56,7 @@ from .commands import fill_wms
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
 from .jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route
+from .losses import LostAttempts, infrastructure_cause, stops_run
 from .ordering import dispatch_order, in_flight_limit
 from .page import PageWriter
 from .recorder import AttemptResult, Recorder
@@ -152,6 +153,7 @@ class Driver:
             self.attempt[status.job] = status.attempt
         self.session_tries = [0] * len(self.rows)
         self.policy = RetryPolicy(self.rows, site, self.submit_path)
+        self.losses = LostAttempts(site.infrastructure_retries)
         self.dispatch = Dispatch(site)
         self.in_flight: dict[int, _InFlight] = {}
         self.page = PageWriter(self.submit_path)
@@ -277,11 +279,16 @@ class Driver:
         walk = self.walk
         walk.start_phase(final)
         self._last_progress = last_flush = time.monotonic()
-        while (walk.ready or self.in_flight) and not self.stop_reason:
+        while (walk.ready or self.in_flight or self.losses) and not self.stop_reason:
+            for i in self.losses.due(time.monotonic()):
+                walk.ready.append(i)
             self._dispatch_ready()
-            if not self.in_flight and not walk.ready:
+            if not self.in_flight and not walk.ready and not self.losses:
                 break
             wait = max(0.0, last_flush + _FLUSH_INTERVAL - time.monotonic()) if self.store.dirty else 0.5
+            if self.losses:
+                wait = min(wait, max(0.0, (self.losses.next_due() or 0.0) - time.monotonic()))
+            self.dispatch.tick()
             for (i, attempt), future in self.dispatch.wait(wait):
                 self._complete(i, attempt, future)
             now = time.monotonic()
@@ -344,7 +351,15 @@ class Driver:
         self.in_flight[i] = _InFlight(label, attempt, nxt.memory)
         self.state[i] = JobState.PENDING
         self.recorder.submitted(i, attempt, time.time())
-        future = self.dispatch.submit((i, attempt), label, args, kwargs, self.walk.parent_futures(i), spec)
+        future = self.dispatch.submit(
+            (i, attempt),
+            label,
+            args,
+            kwargs,
+            self.walk.parent_futures(i),
+            spec,
+            walltime=_walltime_seconds(row.request_walltime),
+        )
         self.walk.keep_future(i, future)
 
     # ---- completion -----------------------------------------------------------
@@ -359,6 +374,10 @@ class Driver:
         error = future.exception()
         if isinstance(error, NotStartedError):
             self._never_started(i, attempt, error)
+            return
+        cause = infrastructure_cause(error)
+        if error is not None and cause is not None:
+            self._lost(i, attempt, flight, error, cause)
             return
         if error is not None:
             result = self.recorder.lost(i, attempt, error, time.time())
@@ -385,6 +404,37 @@ class Driver:
         self.recorder.ended(i, attempt, JobState.FAILED, result, flight.memory, flight.label)
         self.walk.finish(i, JobState.FAILED)
 
+    def _lost(self, i: int, attempt: int, flight: _InFlight, error: BaseException, cause: str) -> None:
+        """The infrastructure lost an attempt (`losses`): record it as such;
+        the job runs again, once the lost attempt's processes are gone,
+        unless its ``infrastructureRetries`` are used up or the run stops.
+        The attempt is no try of the job's: its ``numberOfRetries`` and
+        memory stay as they were.
+        """
+        self.session_tries[i] -= 1
+        result = self.recorder.lost(i, attempt, error, time.time(), cause)
+        try:  # a lost worker did not remove its running-attempt file
+            os.unlink(os.path.join(self.running_dir, f"{i}.{attempt}"))
+        except OSError:
+            pass
+        if stops_run(error):
+            self.request_stop(f"executor {flight.label} can run nothing more: {cause}")
+        again = self.losses.lost(i)
+        if self.stop_reason or again:
+            # Stopping: the job is recorded DELETED with the others, and a restart runs it.
+            self.recorder.ended(
+                i, attempt, JobState.FAILED, result, flight.memory, flight.label, JobState.READY, cause
+            )
+            self.state[i] = JobState.READY
+            if not self.stop_reason:
+                self.losses.hold(i, time.monotonic() + self.dispatch.settle_seconds(flight.label))
+            return
+        self.recorder.note(
+            i, attempt, f"infrastructureRetries ({self.losses.budget}) used up: the job failed"
+        )
+        self.recorder.ended(i, attempt, JobState.FAILED, result, flight.memory, flight.label, lost=cause)
+        self.walk.finish(i, JobState.FAILED)
+
     def _never_started(self, i: int, attempt: int, error: NotStartedError) -> None:
         """An attempt that never started is no attempt: its number is given
         back. The pool only stops starting jobs when the run stops or the pool
@@ -405,6 +455,10 @@ class Driver:
                     i, attempt, JobState.SUCCEEDED, AttemptResult(0, None, None, None, None, False)
                 )
                 self.walk.finish(i, JobState.SUCCEEDED)
+            elif (cause := infrastructure_cause(error)) is not None:
+                # Started, then lost with its pool: an infrastructure loss (the job is recorded DELETED).
+                result = self.recorder.lost(i, attempt, error, time.time(), cause)
+                self.recorder.ended(i, attempt, JobState.DELETED, result, lost=cause)
         self.request_stop(str(error))
 
     def _release_limits(self, i: int) -> None:

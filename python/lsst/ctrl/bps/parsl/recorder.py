@@ -110,13 +110,15 @@ class Recorder:
         memory: int | None = None,
         executor: str | None = None,
         job_state: JobState | None = None,
+        lost: str | None = None,
     ) -> None:
         """An attempt ended in ``attempt_state``; the job is now in
         ``job_state`` (by default the attempt's state; READY for a retry).
+        ``lost``: how the infrastructure lost it (see `losses`).
         """
         code, sig, start, end, host, _ = result
         self.store.record_attempt(
-            job, attempt, attempt_state, code, sig, memory, executor, None, start, end, host
+            job, attempt, attempt_state, code, sig, memory, executor, None, start, end, host, lost
         )
         state = attempt_state if job_state is None else job_state
         self.store.set_state(job, state, attempt, code, sig, start, end, host)
@@ -127,12 +129,20 @@ class Recorder:
         _LOG.warning("job %s: %s", self.rows[job].name, reason)
         self.ended(job, attempt, JobState.FAILED, AttemptResult(-1, None, when, when, None, False))
 
-    def lost(self, job: int, attempt: int, error: BaseException, when: float) -> AttemptResult:
-        """The executor lost an attempt: say so in its log; returns the
-        result it is recorded with (exit status -1).
+    def lost(
+        self, job: int, attempt: int, error: BaseException, when: float, cause: str | None = None
+    ) -> AttemptResult:
+        """The executor lost an attempt (``cause``: the infrastructure did,
+        see `losses`): say so in its log; returns the result it is recorded
+        with (exit status -1).
         """
-        _LOG.warning("job %s attempt %d: executor error %r", self.rows[job].name, attempt, error)
-        self.note(job, attempt, f"the executor lost this attempt: {error!r}")
+        name = self.rows[job].name
+        if cause is None:
+            _LOG.warning("job %s attempt %d: executor error %r", name, attempt, error)
+            self.note(job, attempt, f"the executor lost this attempt: {error!r}")
+        else:
+            _LOG.warning("job %s attempt %d lost: %s", name, attempt, cause)
+            self.note(job, attempt, f"infrastructure loss, not counted as a job retry: {cause}")
         return AttemptResult(-1, None, None, when, None, False)
 
     def settle_leftovers(self, state: list[JobState], attempts: list[int]) -> None:

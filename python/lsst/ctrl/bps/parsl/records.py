@@ -173,6 +173,11 @@ class AttemptRow(NamedTuple):
     """When it ended."""
     host: str | None
     """Host it ran on."""
+    lost: str | None = None
+    """Why the infrastructure lost it (its worker, worker pool, node or
+    block, the interchange, the local pool's spawner); `None` if it ended by
+    itself. A lost attempt has exit status -1 and does not count against the
+    job's ``numberOfRetries``."""
 
 
 class SessionRow(NamedTuple):

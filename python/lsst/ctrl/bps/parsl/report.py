@@ -141,11 +141,11 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
                 "SELECT j.id, j.name, j.label, s.state, s.exit_code FROM jobs j JOIN status s ON s.job = j.id "
                 f"WHERE j.kind = {JobKind.PAYLOAD} ORDER BY j.id"
             ).fetchall()
-            return (store.meta(), *run_state(store, submit_path), rows)
+            return (store.meta(), *run_state(store, submit_path), rows, infrastructure_losses(store))
 
         # One read transaction: a consistent snapshot while the driver writes, from any host.
         try:
-            meta, state, message, rows = store.read_snapshot(snapshot)
+            meta, state, message, rows, losses = store.read_snapshot(snapshot)
         except sqlite3.DatabaseError as exc:
             raise store_error(store.path, exc) from None
     finally:
@@ -162,7 +162,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         counts[shown] += 1
         by_label.setdefault(label, Counter())[shown] += 1
         label_totals[label] = label_totals.get(label, 0) + 1
-        if return_exit_codes and shown == WmsStates.FAILED and code:
+        if return_exit_codes and shown == WmsStates.FAILED and code and code != -1:  # -1: no exit status
             exit_codes.setdefault(label, []).append(code)
         if jobs is not None:
             jobs.append(
@@ -175,6 +175,15 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     info.add_message("Parsl log: {parsl_log}", parsl_log=os.path.join(submit_path, "parsl", "parsl.log"))
     if meta.get("monitoring_db"):
         info.add_message("Parsl monitoring database: {monitoring_db}", monitoring_db=meta["monitoring_db"])
+    if losses:
+        lost, lost_jobs, last = losses
+        info.add_message(
+            "Infrastructure losses: {lost} attempts of {lost_jobs} jobs lost with their worker, node or block "
+            "(not counted as job retries); last: {last_loss}",
+            lost=lost,
+            lost_jobs=lost_jobs,
+            last_loss=last,
+        )
     site: dict[str, Any] = {"site": meta.get("compute_site") or ""} if _HAS_SITE else {}
     report = WmsRunReport(
         wms_id=meta["run_id"],
@@ -199,6 +208,24 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         **site,
     )
     return report
+
+
+def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
+    """(attempts the infrastructure lost, jobs they belong to, the last
+    one's cause) of a run, or `None` if none was lost (`losses`).
+    """
+    try:
+        found = store.conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT job), MAX(end) FROM attempts WHERE lost IS NOT NULL"
+        ).fetchone()
+    except sqlite3.OperationalError:  # a store written before losses were recorded
+        return None
+    if not found or not found[0]:
+        return None
+    (last,) = store.conn.execute(
+        "SELECT lost FROM attempts WHERE lost IS NOT NULL ORDER BY end DESC LIMIT 1"
+    ).fetchone()
+    return int(found[0]), int(found[1]), str(last)
 
 
 def last_activity(submit_path: str) -> tuple[float, bool]:

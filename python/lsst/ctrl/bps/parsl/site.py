@@ -298,6 +298,21 @@ class SiteConfig(ABC):
             raise ConfigurationError(f"'{self.where}.retries' is {retries}: it must be 0 or more")
         return retries
 
+    @property
+    def infrastructure_retries(self) -> int:
+        """Reruns of a job whose attempts the infrastructure lost (its worker,
+        node, block or pool), beyond its ``numberOfRetries`` (key
+        ``infrastructureRetries``, default `losses.INFRASTRUCTURE_RETRIES`).
+        """
+        from .losses import INFRASTRUCTURE_RETRIES
+
+        retries = self.get("infrastructureRetries", int, INFRASTRUCTURE_RETRIES)
+        if retries < 0:
+            raise ConfigurationError(
+                f"'{self.where}.infrastructureRetries' is {retries}: it must be 0 or more"
+            )
+        return retries
+
     def monitoring_filename(self) -> str | None:
         """Path of the Parsl monitoring database, or `None` if monitoring is off."""
         if not self.get("monitorEnable", bool, False):
@@ -335,13 +350,18 @@ class SiteConfig(ABC):
         """
         import parsl.config
 
+        from .blocks import MAX_IDLE_TIME, scaling_strategy
+
         run_dir = os.path.join(self.submit_path, "parsl", "runinfo") if self.submit_path else "runinfo"
+        executors = self.get_executors()
         return parsl.config.Config(
-            executors=self.get_executors(),
+            executors=executors,
             monitoring=self.get_monitor(),
             retries=0,
             run_dir=run_dir,
+            strategy=scaling_strategy(executors),
             strategy_period=self.get_positive("strategyPeriod", float, 1.0),
+            max_idletime=self.get_positive("maxIdleTime", float, MAX_IDLE_TIME),
             initialize_logging=False,
         )
 
@@ -355,6 +375,8 @@ class SiteConfig(ABC):
         if len(set(labels)) != len(labels):
             raise ConfigurationError(f"'{self.where}': executor labels must be unique, got {labels}")
         self.default_retries  # noqa: B018
+        self.infrastructure_retries  # noqa: B018
+        self.get_positive("maxIdleTime", float, 1.0)
         self.job_shell  # noqa: B018
         self.get("commandPrefix", str, "")
         self.get("environment", bool, False)

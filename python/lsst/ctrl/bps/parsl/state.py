@@ -154,6 +154,7 @@ CREATE TABLE attempts (
     start REAL,
     end REAL,
     host TEXT,
+    lost TEXT,
     PRIMARY KEY (job, attempt)
 );
 CREATE TABLE sessions (
@@ -319,9 +320,20 @@ class RunStore:
             # file stops it here rather than half-way through a run.
             try:
                 self.check_integrity()
+                self._add_lost_column()
             except StateStoreError:
                 self.close()
                 raise
+
+    @_guarded(writing=True)
+    def _add_lost_column(self) -> None:
+        """Give a store written before attempts recorded infrastructure
+        losses its ``attempts.lost`` column (readers of such a store read
+        `None` there).
+        """
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
+        if "lost" not in columns:
+            self.conn.execute("ALTER TABLE attempts ADD COLUMN lost TEXT")
 
     def _format(self) -> tuple[int, set[str]]:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -633,8 +645,13 @@ class RunStore:
         start: float | None = None,
         end: float | None = None,
         host: str | None = None,
+        lost: str | None = None,
     ) -> None:
-        """Queue an attempt's row (insert or replace); written at `flush`."""
+        """Queue an attempt's row (insert or replace); written at `flush`.
+
+        ``lost``: why the infrastructure lost the attempt (its worker, node,
+        block or pool), `None` for an attempt that ended by itself.
+        """
         self._pending_attempts.append(
             (
                 job,
@@ -649,6 +666,7 @@ class RunStore:
                 start,
                 end,
                 host,
+                lost,
             )
         )
 

@@ -1,0 +1,180 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""No orphans: a job dies with the worker, or the worker pool, that started it.
+
+A job runs in a session of its own (`processes.Launcher`), so nothing ends
+it when the Parsl worker that waits for it dies: killed alone (``WorkerLost``),
+with its worker pool (``ManagerLost``), or by a block's end. Left running,
+it would be an orphan that a rerun of the same job runs next to.
+
+`OrphanGuard` prevents that. The first job a worker process starts also
+starts one small watcher process (this file run as a script, ``python -S``,
+standard library only) that outlives the worker: the worker tells it, over
+a pipe, each job attempt's token before it starts the job, the job's pid
+once started, and when the job ended. The watcher kills (SIGTERM, then
+SIGKILL: `processes.kill_attempts`) every process of the attempts it was told
+about, also those that left the job's session, as soon as
+
+- the pipe reaches its end: the worker died (or exited), or
+- the worker's parent, the worker pool, exits (a pool's workers notice that
+  only between tasks),
+
+then exits itself once the worker is gone. It ignores SIGTERM, SIGINT and
+SIGHUP, so that a block's cancellation (SIGTERM to every process of the
+block, SIGKILL some seconds later) leaves it the time to act.
+
+Only a worker process whose main thread runs the job is guarded: jobs that
+a thread pool runs in the driver's own process are the driver's (they
+finish when it dies, as jobs of the local pool do).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from typing import IO
+
+__all__ = ("OrphanGuard", "orphan_guard")
+
+
+class OrphanGuard:
+    """The watcher of this worker process's jobs (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._pipe: IO[bytes] | None = None
+        self._proc: subprocess.Popen | None = None
+        self._failed = False
+
+    def _start(self) -> None:
+        pool = os.getppid()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-S", os.path.abspath(__file__), str(os.getpid()), str(pool)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+        )
+        self._pipe = self._proc.stdin
+
+    def _send(self, line: str) -> None:
+        if self._failed:
+            return
+        try:
+            if self._pipe is None or (self._proc is not None and self._proc.poll() is not None):
+                self._start()
+            assert self._pipe is not None
+            self._pipe.write(line.encode() + b"\n")
+            self._pipe.flush()
+        except OSError:
+            # No watcher (no process left to start, say): the job still runs, unguarded.
+            self._failed = True
+
+    def starting(self, token: str) -> None:
+        """Attempt ``token`` is about to start."""
+        self._send(f"+{token}")
+
+    def started(self, token: str, pid: int) -> None:
+        """Attempt ``token`` started as process (and group) ``pid``."""
+        self._send(f"={token} {pid}")
+
+    def ended(self, token: str) -> None:
+        """Attempt ``token`` ended (its processes were reaped)."""
+        self._send(f"-{token}")
+
+
+_GUARD: list[OrphanGuard] = []
+
+
+def orphan_guard() -> OrphanGuard | None:
+    """Return the `OrphanGuard` of this worker process, or `None` where jobs are not
+    guarded (a thread of the driver runs them, or the worker has no parent).
+    """
+    if threading.current_thread() is not threading.main_thread() or os.getppid() == 1:
+        return None
+    if not _GUARD:
+        _GUARD.append(OrphanGuard())
+    return _GUARD[0]
+
+
+def _watch(worker: int, pool: int) -> None:
+    """Run the watcher: read the worker's lines until the pipe ends or the
+    pool exits, then kill what runs.
+    """
+    from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    running: dict[str, int | None] = {}
+    pool_fd: int | None = None
+    pool_gone = False
+    try:
+        if pool > 1:
+            pool_fd = os.pidfd_open(pool)
+    except ProcessLookupError:
+        pool_gone = True  # it died while this watcher started
+    except OSError:
+        pool_fd = None
+    stdin = sys.stdin.fileno()
+    buffer = b""
+    while True:
+        watched = [stdin] + ([pool_fd] if pool_fd is not None and not pool_gone else [])
+        ready, _, _ = select.select(watched, [], [])
+        if pool_fd is not None and pool_fd in ready:
+            pool_gone = True
+        data = os.read(stdin, 65536) if stdin in ready else b""
+        ended = stdin in ready and not data
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            kind, rest = line[:1], line[1:]
+            if kind == "+":
+                running[rest] = None
+            elif kind == "=":
+                token, _, pid = rest.rpartition(" ")
+                running[token] = int(pid) if pid.isdigit() else None
+            elif kind == "-":
+                running.pop(rest, None)
+        if (ended or pool_gone) and running:
+            groups = [pid for pid in running.values() if pid]
+            kill_attempts(list(running), groups=groups)
+            # A job spawned but not yet exec'd carries no token: look once more.
+            kill_attempts(list(running), groups=groups)
+            running.clear()
+        if ended:
+            return
+
+
+if __name__ == "__main__":
+    # Run as a script (python -S): the package is found next to this file's directory.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _watch(int(sys.argv[1]), int(sys.argv[2]))
