@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import time
 from collections.abc import Sequence
@@ -61,14 +62,33 @@ class NotStartedError(RuntimeError):
     """The job attempt was not started (the run is stopping, or its pool was lost)."""
 
 
+_TRAPPED_SIGNALS = tuple(
+    (sig.name[3:], int(sig))
+    for sig in (
+        signal.SIGHUP,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGALRM,
+        signal.SIGTERM,
+        signal.SIGXCPU,
+    )
+)
+"""Signals that end a job's shell with exit status 128 + N."""
+
+
 def job_script(token: str, prefix: str, env: str, command: str) -> str:
     """The shell script of one job attempt: its token, the exit-status trap,
     the site's command prefix, the job's environment exports, its command.
     """
     # The token line also makes the shell recognisable by its command line.
     parts = [f"export {ATTEMPT_ENV}={token}"]
-    # The EXIT trap also runs when the command calls `exit`.
+    # The EXIT trap also runs when the command calls `exit`. A shell killed
+    # by a signal it does not trap runs the EXIT trap with the status of its
+    # last command (bash: 0), so each terminating signal exits 128 + N.
     parts.append(f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT")
+    parts.append(" ".join(f"trap 'exit {128 + num}' {name};" for name, num in _TRAPPED_SIGNALS))
     parts.extend(p for p in (prefix, env) if p)
     parts.append(command)
     return "\n".join(parts) + "\n"

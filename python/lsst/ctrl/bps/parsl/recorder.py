@@ -156,9 +156,10 @@ class Recorder:
         for i, row in enumerate(self.rows):
             if state[i] == JobState.SUCCEEDED or row.kind != JobKind.PAYLOAD:
                 continue
-            attempt = attempts[i]
-            if state[i] not in (JobState.PENDING, JobState.RUNNING):
-                attempt += 1  # a launch the driver did not get to record
+            recorded = attempts[i]
+            # The recorded attempt is read again too: a job the driver recorded
+            # as DELETED or lost may have ended by itself, and its log is the truth.
+            attempt = max(recorded, 1)
             last = None
             while attempt > 0:
                 stderr = self.stderr_of(i, attempt)
@@ -169,8 +170,10 @@ class Recorder:
             if last is None:
                 continue
             attempt, stderr = last
-            attempts[i] = attempt
             code = exit_status_from_log(stderr)
+            if attempt == recorded and code != 0 and state[i] not in (JobState.PENDING, JobState.RUNNING):
+                continue  # the store already knows how that attempt ended
+            attempts[i] = attempt
             settled = JobState.SUCCEEDED if code == 0 else JobState.FAILED
             self.store.record_attempt(i, attempt, settled, code, memory=row.request_memory)
             self.store.set_state(i, settled, attempt, code)
