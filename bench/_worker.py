@@ -239,7 +239,10 @@ def prepare(nodes: Iterable[Node], submit: str, workdir: str, site: dict | None 
     gw = generic_workflow(nodes)
     config = bps_config(workdir, site)
     service = ParslService(config)
-    service.run_submission_checks()
+    try:
+        service.run_submission_checks()
+    except NotImplementedError:  # the old plugin (bench/README.md: old_plugin) has none
+        pass
     rss_before = peak_rss_mb()
     t0 = time.perf_counter()
     wf = service.prepare(config, gw, submit)
@@ -516,6 +519,172 @@ def measure_floor(spec: dict) -> dict:
     return {"seconds": seconds, "jobs": len(nodes), "shell": shell}
 
 
+# ---- measurements: scale (issue 15) -----------------------------------------------
+
+
+def rss_now_mb() -> float:
+    """Resident set size of this process now, in MB."""
+    with open("/proc/self/status") as stream:
+        for line in stream:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak: Linux resets VmHWM to the current RSS on '5'."""
+    with open("/proc/self/clear_refs", "w") as stream:
+        stream.write("5")
+
+
+def peak_rss_since_reset_mb() -> float:
+    """The peak resident set size since `reset_peak_rss`, in MB."""
+    with open("/proc/self/status") as stream:
+        for line in stream:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure_prepare_added(spec: dict) -> dict:
+    """Prepare of a streamed (generator-built) workflow: wall and CPU time per
+    job, and what prepare adds to the process (its peak RSS during prepare
+    minus its RSS just before, the workflow already built). Runs under our
+    plugin or, with bench/run.py's ``--old-plugin-python``, the old one."""
+    import gc
+    import importlib.util
+
+    from lsst.ctrl.bps.parsl import ParslService
+
+    n = spec["n"]
+    gw = generic_workflow(STREAMS[spec["dag"]](n))
+    # The old plugin's local site needs its number of cores; ours takes the same key.
+    config = bps_config(spec["workdir"], {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": CORES})
+    service = ParslService(config)
+    try:
+        service.run_submission_checks()
+    except NotImplementedError:
+        pass
+    submit = os.path.join(spec["workdir"], "submit")
+    os.makedirs(submit, exist_ok=True)  # as bps does before prepare (the old plugin needs it)
+    gc.collect()
+    before = rss_now_mb()
+    reset_peak_rss()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    service.prepare(config, gw, submit)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {
+        "seconds": seconds,
+        "us_per_job": 1e6 * seconds / n,
+        "cpu_us_per_job": 1e6 * cpu / n,
+        "jobs": n,
+        "rss_before_mb": before,
+        "added_mb": peak_rss_since_reset_mb() - before,
+        "old_plugin": importlib.util.find_spec("lsst.ctrl.bps.parsl.state") is None,
+        "python": sys.executable,
+    }
+
+
+def measure_scale(spec: dict) -> dict:
+    """A wide run of cheap jobs: wall per job, and the driver's memory from
+    the moment its loop starts (rows loaded, DAG built) to its peak."""
+    import lsst.ctrl.bps.parsl.driver as driver_module
+
+    marks: dict[str, float] = {}
+    real_run = driver_module.Driver.run
+
+    def run(self: Any) -> Any:
+        marks["driver_start_mb"] = rss_now_mb()
+        reset_peak_rss()
+        try:
+            return real_run(self)
+        finally:
+            marks["driver_peak_mb"] = peak_rss_since_reset_mb()
+            marks["driver_tasks_left"] = float(len(getattr(self.dispatch.dfk, "tasks", {}) or {}))
+
+    driver_module.Driver.run = run  # type: ignore[method-assign]
+    result = measure_submit(spec)
+    n = result["jobs"]
+    grew = marks["driver_peak_mb"] - marks["driver_start_mb"]
+    result.update(marks)
+    result.update(
+        {
+            "us_per_job": 1e6 * result["seconds"] / n,
+            "driver_growth_kb_per_job": grew * 1024 / n,
+        }
+    )
+    return result
+
+
+def measure_report_rows(spec: dict) -> dict:
+    """``bps report --id`` as the CLI calls the plugin (``report`` of one run,
+    then ctrl_bps's summary), counting the SQLite rows the store handed out
+    (every row a cursor returned) and timing it."""
+    import sqlite3
+
+    from lsst.ctrl.bps.parsl import ParslService
+
+    counted = {"rows": 0}
+    real_connect = sqlite3.connect
+
+    class CountingCursor(sqlite3.Cursor):
+        def __next__(self) -> Any:
+            row = super().__next__()
+            counted["rows"] += 1
+            return row
+
+        def fetchall(self) -> list:
+            rows = super().fetchall()
+            counted["rows"] += len(rows)
+            return rows
+
+        def fetchone(self) -> Any:
+            row = super().fetchone()
+            counted["rows"] += row is not None
+            return row
+
+    class CountingConnection(sqlite3.Connection):
+        def cursor(self, factory: Any = CountingCursor) -> Any:  # type: ignore[override]
+            return super().cursor(factory)
+
+        def execute(self, *args: Any) -> Any:  # type: ignore[override]
+            return self.cursor().execute(*args)
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("factory", CountingConnection)
+        return real_connect(*args, **kwargs)
+
+    sqlite3.connect = connect  # type: ignore[assignment]
+    import contextlib
+
+    from lsst.ctrl.bps.drivers import report_driver
+
+    t0 = time.perf_counter()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        report_driver(wms_service=SERVICE, run_id=spec["submit_path"])
+    seconds = time.perf_counter() - t0
+    cli_rows = counted["rows"]
+    counted["rows"] = 0
+    reports, _ = ParslService({}).report(spec["submit_path"])
+    jobs = len(reports[0].jobs or [])
+    return {
+        "seconds": seconds,
+        "rows_read": cli_rows,
+        "rows_read_with_jobs": counted["rows"],
+        "jobs_listed": jobs,
+        "total_jobs": reports[0].total_number_jobs,
+    }
+
+
+def measure_restart_rerun(spec: dict) -> dict:
+    """`measure_restart`, also counting the attempts the restart ran (the
+    attempts table before and after)."""
+    before = attempt_summary(spec["submit_path"])["attempts"]
+    result = measure_restart(spec)
+    result["attempts_added"] = attempt_summary(spec["submit_path"])["attempts"] - before
+    return result
+
+
 MEASURES = {
     "prepare": measure_prepare,
     "submit": measure_submit,
@@ -525,6 +694,10 @@ MEASURES = {
     "restart": measure_restart,
     "raw_parsl": measure_raw_parsl,
     "floor": measure_floor,
+    "prepare_added": measure_prepare_added,
+    "scale": measure_scale,
+    "report_rows": measure_report_rows,
+    "restart_rerun": measure_restart_rerun,
 }
 
 

@@ -55,6 +55,9 @@ class Sizes:
     report: int = 100_000
     restart: int = 50_000
     scaling: tuple[int, ...] = (1_000, 10_000)
+    prepare_1m: int = 1_000_000
+    prepare_old: int = 100_000
+    scale: tuple[int, int] = (20_000, 200_000)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -68,6 +71,9 @@ class Sizes:
             report=2_000,
             restart=1_000,
             scaling=(100, 300),
+            prepare_1m=20_000,
+            prepare_old=2_000,
+            scale=(1_000, 10_000),
         )
 
 
@@ -112,13 +118,14 @@ class Bench:
 
     # ---- running workers ----------------------------------------------------
 
-    def worker(self, measure: str, **spec: Any) -> dict[str, Any]:
-        """Run one measurement in a fresh process; return its result."""
+    def worker(self, measure: str, python: str | None = None, **spec: Any) -> dict[str, Any]:
+        """Run one measurement in a fresh process (of ``python``, default this
+        interpreter); return its result."""
         workdir = os.path.join(self.root, f"{next(self._counter):03d}-{measure}")
         spec = {"measure": measure, "workdir": workdir, **spec}
         t0 = time.time()
         proc = subprocess.run(
-            [sys.executable, WORKER, json.dumps(spec)],
+            [python or sys.executable, WORKER, json.dumps(spec)],
             env=self.env,
             capture_output=True,
             text=True,
@@ -396,6 +403,75 @@ class Bench:
                 f"wide {_fmt_n(self.sizes.scaling[0])}",
             )
 
+    # ---- issue 15: a million jobs, and runs of 200k -----------------------------
+
+    def bench_prepare_1m(self) -> None:
+        """Prepare of a 1M-job wide workflow vs the old plugin's at 100k (per job)."""
+        n, n_old = self.sizes.prepare_1m, self.sizes.prepare_old
+        old_python = self.args.old_plugin_python
+        old = None
+        if old_python and os.path.exists(old_python):
+            old = self.record(
+                "prepare_old", self.median("prepare_added", python=old_python, dag="wide", n=n_old)
+            )
+        else:
+            self.log(f"  {self._group.name}: no old plugin at {old_python!r} (see bench/README.md)")
+        ours = self.record("prepare_1m", self.median("prepare_added", dag="wide", n=n))
+        k, k_old = _fmt_n(n), _fmt_n(n_old)
+        ref = f"old plugin at {k_old}"
+        self.add(
+            f"prepare wide {k}: wall per job (us)",
+            ours["us_per_job"],
+            old["us_per_job"] if old else None,
+            ref,
+            max_ratio=0.1,
+        )
+        self.add(
+            f"prepare wide {k}: CPU per job (us)",
+            ours["cpu_us_per_job"],
+            old["cpu_us_per_job"] if old else None,
+            ref,
+            max_ratio=0.1,
+        )
+        self.add(
+            f"prepare wide {k}: added to the process (MB)",
+            ours["added_mb"],
+            old["added_mb"] if old else None,
+            ref,
+            max_value=200.0,
+        )
+
+    def bench_scale_200k(self) -> None:
+        """Runs of cheap jobs at 20k and 200k; restart, report and 'bps report' of the 200k run."""
+        small_n, big_n = self.sizes.scale
+        small, big = self.interleaved(
+            ("scale", {"dag": "wide", "n": small_n}), ("scale", {"dag": "wide", "n": big_n})
+        )
+        self.record("scale_small", small)
+        self.record("scale_big", big)
+        ks, kb = _fmt_n(small_n), _fmt_n(big_n)
+        self.add(
+            f"wide {kb} run: wall per job (ms)",
+            big["us_per_job"] / 1000,
+            small["us_per_job"] / 1000,
+            f"wide {ks}",
+            max_ratio=1.15,
+        )
+        self.add(
+            f"wide {kb} run: driver memory growth (KB/job)", big["driver_growth_kb_per_job"], max_value=1.0
+        )
+        self.add(f"wide {kb} run: Parsl task records left", big["driver_tasks_left"], max_value=0)
+        submit = big["submit_path"]
+        restart = self.record("restart_big", self.median("restart_rerun", submit_path=submit))
+        self.add(f"restart finished {kb} (s)", restart["seconds"], max_value=4.0)
+        self.add(f"restart finished {kb}: attempts run again", restart["attempts_added"], max_value=0)
+        report = self.record("report_big", self.median("report", submit_path=submit))
+        self.add(f"report finished {kb}: ParslService.report (s)", report["seconds"], max_value=2.0)
+        rows = self.record("report_rows_big", self.median("report_rows", submit_path=submit))
+        self.add(f"'bps report --id' of {kb}: store rows read", rows["rows_read"], max_value=100)
+        self.add(f"'bps report --id' of {kb}: wall in-process (s)", rows["seconds"])
+        self.add(f"report of {kb} with its jobs listed: store rows read", rows["rows_read_with_jobs"])
+
 
 MEASUREMENTS: dict[str, Callable[[Bench], None]] = {
     "prepare": Bench.bench_prepare,
@@ -409,6 +485,8 @@ MEASUREMENTS: dict[str, Callable[[Bench], None]] = {
     "scaling": Bench.bench_scaling,
     "report": Bench.bench_report,
     "restart": Bench.bench_restart,
+    "prepare_1m": Bench.bench_prepare_1m,
+    "scale_200k": Bench.bench_scale_200k,
 }
 
 
@@ -474,6 +552,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"run only these measurements: {','.join(MEASUREMENTS)}",
     )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    parser.add_argument(
+        "--old-plugin-python",
+        default="/tmp/oldplugin/bin/python",
+        metavar="PATH",
+        help="Python of a venv with the old plugin, for prepare_1m (bench/README.md: the old plugin)",
+    )
     parser.add_argument("--workdir", help="where runs go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

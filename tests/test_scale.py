@@ -109,3 +109,44 @@ def test_chain_of_depth_100000_runs_in_order(tmp_path):
     """The 100,000-deep chain on the real local pool: one process per link."""
     result = run(_chain(DEPTH), tmp_path / "submit", config=make_config(site=LOCAL2))
     _check_in_order(result, DEPTH)
+
+
+def test_report_reads_the_store_summary_and_lists_jobs_only_when_asked(tmp_path):
+    """The per-label, per-state counts a report shows come from the summary
+    the store keeps (triggers on every state change, including a run with a
+    failure, its pruned job and a restart), equal to counting the jobs, and
+    the jobs themselves are read only when the report's job list is looked at."""
+    import sqlite3
+
+    from lsst.ctrl.bps.parsl import ParslService
+    from lsst.ctrl.bps.parsl.records import JobKind, JobState
+    from synthetic import job
+
+    gw = GenericWorkflow("summary")
+    for i in range(30):
+        gw.add_job(job(f"a{i}", "true", label="a"))
+    gw.add_job(job("bad1", "exit 3", label="bad"))
+    gw.add_job(job("below1", "true", label="below"), parent_names=["bad1"])
+    submit = tmp_path / "submit"
+    run(gw, submit, config=make_config(site=LOCAL2), expect_fail=True)
+    ParslService({}).restart(str(submit))
+
+    conn = sqlite3.connect(str(submit / "bps_parsl.sqlite3"))
+    counted = conn.execute(
+        "SELECT j.label, s.state, count(*) FROM jobs j JOIN status s ON s.job = j.id WHERE j.kind = ? "
+        "GROUP BY j.label, s.state",
+        (int(JobKind.PAYLOAD),),
+    ).fetchall()
+    kept = conn.execute("SELECT label, state, count FROM summary WHERE count > 0").fetchall()
+    conn.close()
+    assert sorted(kept) == sorted(counted)
+    assert (("bad", JobState.FAILED, 1) in kept) and ("below", JobState.PRUNED, 1) in kept
+
+    (report,), message = ParslService({}).report(str(submit), return_exit_codes=True)
+    assert not message
+    assert report.total_number_jobs == 32 and report.run_summary == "a:30;bad:1;below:1"
+    assert report.job_summary["a"][WmsStates.SUCCEEDED] == 30
+    assert report.job_summary["below"][WmsStates.PRUNED] == 1
+    assert report.exit_code_summary == {"a": [], "bad": [3], "below": []}
+    assert repr(report.jobs) == "JobReports(<not read yet>)"
+    assert len(report.jobs) == 32 and {j.name for j in report.jobs if j.state == WmsStates.FAILED} == {"bad1"}

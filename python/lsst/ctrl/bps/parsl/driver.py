@@ -507,11 +507,11 @@ class Driver:
         Called between main phases, when nothing is in flight: the walk and
         the per-job tables are rebuilt over all jobs, keeping the states.
         """
-        rows = self.store.jobs()
-        if len(rows) == len(self.rows):
+        rows = self.store.jobs(start=len(self.rows))
+        if not rows:
             return False
-        added = len(rows) - len(self.rows)
-        self.rows.extend(rows[len(self.rows) :])  # the recorder shares this list
+        added = len(rows)
+        self.rows.extend(rows)  # the recorder shares this list
         self.envs = self.store.envs()
         old_state = self.state
         self.walk = GraphWalk(

@@ -39,9 +39,10 @@ from typing import Any
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
 from .liveness import driver_alive
-from .records import JobKind, JobState
+from .records import JobState
 from .running import running_job_ids
 from .state import RunStore, StateStoreError, db_path, store_error
+from .summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 
 __all__ = ("readable_run", "run_report", "run_state")
 
@@ -137,37 +138,66 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     try:
 
         def snapshot() -> tuple:
-            rows = store.conn.execute(
-                "SELECT j.id, j.name, j.label, s.state, s.exit_code FROM jobs j JOIN status s ON s.job = j.id "
-                f"WHERE j.kind = {JobKind.PAYLOAD} ORDER BY j.id"
-            ).fetchall()
-            return (store.meta(), *run_state(store, submit_path), rows, infrastructure_losses(store))
+            # The per-label counts the store keeps (`summary`), not the jobs.
+            state, message = run_state(store, submit_path)
+            alive = state == WmsStates.RUNNING
+            running = running_jobs(submit_path) if alive else set()
+            labels, stored = label_counts(store.conn)
+            started = pending_labels(store.conn, running)
+            codes = failed_exit_codes(store.conn) if return_exit_codes else []
+            return (
+                store.meta(),
+                state,
+                message,
+                running,
+                labels,
+                stored,
+                started,
+                codes,
+                infrastructure_losses(store),
+            )
 
         # One read transaction: a consistent snapshot while the driver writes, from any host.
         try:
-            meta, state, message, rows, losses = store.read_snapshot(snapshot)
+            meta, state, message, running, labels, stored, started, codes, losses = store.read_snapshot(
+                snapshot
+            )
         except sqlite3.DatabaseError as exc:
             raise store_error(store.path, exc) from None
     finally:
         store.close()
     alive = state == WmsStates.RUNNING
-    running = running_jobs(submit_path) if alive else set()
     counts: Counter = Counter()
-    by_label: dict[str, Counter] = {}
-    label_totals: dict[str, int] = {}
+    by_label: dict[str, Counter] = {label: Counter() for label, _ in labels}
+    for label, states in stored.items():
+        for value, n in states.items():
+            by_label.setdefault(label, Counter())[job_state(value, -1, alive, set())] += n
+    for label in started:  # PENDING with an attempt said to run now
+        by_label[label][WmsStates.PENDING] -= 1
+        by_label[label][WmsStates.RUNNING] += 1
+    for label_counts_ in by_label.values():
+        counts.update(label_counts_)
+    label_totals = dict(labels)
     exit_codes: dict[str, list[int]] = {}
-    jobs: list[WmsJobReport] | None = [] if detailed else None
-    for job_id, name, label, value, code in rows:
-        shown = job_state(value, job_id, alive, running)
-        counts[shown] += 1
-        by_label.setdefault(label, Counter())[shown] += 1
-        label_totals[label] = label_totals.get(label, 0) + 1
-        if return_exit_codes and shown == WmsStates.FAILED and code and code != -1:  # -1: no exit status
+    for label, code in codes:
+        if code != -1:  # -1: no exit status
             exit_codes.setdefault(label, []).append(code)
-        if jobs is not None:
-            jobs.append(
-                WmsJobReport(wms_id=f"{meta['run_id']}.{job_id}", name=name, label=label, state=shown)
-            )
+    jobs = None
+    if detailed:
+        run_id = meta["run_id"]
+
+        def load() -> list[WmsJobReport]:
+            reader = RunStore(db_path(submit_path), readonly=True)
+            try:
+                return reader.read_snapshot(
+                    lambda: job_reports(
+                        reader, run_id, lambda value, i: job_state(value, i, alive, running), WmsJobReport
+                    )
+                )
+            finally:
+                reader.close()
+
+        jobs = JobReports(loader=load)
 
     info = WmsSpecificInfo()
     info.add_message("Run state: {run_message}", run_message=message)
@@ -198,7 +228,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         run_summary=";".join(f"{label}:{n}" for label, n in label_totals.items()),
         state=state,
         jobs=jobs,
-        total_number_jobs=len(rows),
+        total_number_jobs=sum(label_totals.values()),
         job_state_counts={s: counts.get(s, 0) for s in WmsStates},
         job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in by_label.items()},
         exit_code_summary={label: exit_codes.get(label, []) for label in label_totals}

@@ -99,9 +99,16 @@ class RetryPolicy:
         self.rows = rows
         self.site = site
         self.submit_path = submit_path
-        self.retry_codes: list[frozenset[int]] = [
-            frozenset(json.loads(r.retry_unless_exit)) if r.retry_unless_exit else frozenset() for r in rows
-        ]
+        parsed: dict[str | None, frozenset[int]] = {None: frozenset(), "": frozenset()}
+
+        def codes(text: str | None) -> frozenset[int]:
+            found = parsed.get(text)
+            if found is None:
+                found = parsed[text] = frozenset(json.loads(text or "[]"))
+            return found
+
+        # Parsed once per distinct text: the jobs of a label share theirs.
+        self.retry_codes: list[frozenset[int]] = [codes(r.retry_unless_exit) for r in rows]
 
     def memory_for(self, job: int, tries: int) -> int | None:
         """Memory (MB) of a job's attempt after ``tries`` attempts in this session."""

@@ -45,23 +45,33 @@ logs.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from .diskspace import RESERVE_NAME, SpaceReserve, is_out_of_space, out_of_space_message
+from .diskspace import SpaceReserve, is_out_of_space, out_of_space_message
 from .records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
+from .storefile import FileIdentity, StateStoreError, StoreLostError, store_error
+from .storeschema import (
+    CHANGE_COUNTER,
+    DB_NAME,
+    FORMAT_VERSION,
+    JOB_COLUMNS,
+    JOURNAL_MODE,
+    READ_RETRY_SECONDS,
+    TORN_RETRY_SECONDS,
+    create_store,
+)
 
 __all__ = (
     "DB_NAME",
     "ENDED",
     "FORMAT_VERSION",
+    "JOB_COLUMNS",
     "AttemptRow",
     "JobKind",
     "JobRow",
@@ -75,21 +85,9 @@ __all__ = (
 )
 
 _T = TypeVar("_T")
+_STATES = {int(state): state for state in JobState}
+"""`JobState` by value: a dict look-up, where ``JobState(value)`` costs a microsecond."""
 
-DB_NAME = "bps_parsl.sqlite3"
-FORMAT_VERSION = 1
-JOURNAL_MODE = "DELETE"
-"""SQLite journal mode of every store: a rollback journal, safe on network file systems."""
-READ_RETRY_SECONDS = 30.0
-"""How long a reader keeps retrying a read that a commit got in the way of."""
-_TORN_RETRY_SECONDS = 1.0
-"""How long a reader retries a read that found pages half-written (a damaged file fails after it)."""
-_CHANGE_COUNTER = 24
-"""Offset of the file change counter in an SQLite header (rollback-journal mode)."""
-JOB_COLUMNS = 23
-"""Columns of table ``jobs`` (the fields of `JobRow`); stores written before
-the last five (``concurrency_limit`` ... ``queue``) were added read as `None`
-for them."""
 
 UNREADY = JobState.UNREADY
 READY = JobState.READY
@@ -100,107 +98,6 @@ FAILED = JobState.FAILED
 PRUNED = JobState.PRUNED
 DELETED = JobState.DELETED
 # The names above are the `JobState` members, for modules that import them from here.
-
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE envs (id INTEGER PRIMARY KEY, script TEXT NOT NULL);
-CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    label TEXT NOT NULL,
-    kind INTEGER NOT NULL,
-    final INTEGER NOT NULL,
-    command TEXT,
-    env_id INTEGER,
-    request_cpus INTEGER,
-    request_memory INTEGER,
-    request_memory_max INTEGER,
-    memory_multiplier REAL,
-    request_disk INTEGER,
-    request_walltime TEXT,
-    priority TEXT,
-    retries INTEGER,
-    retry_unless_exit TEXT,
-    log_dir TEXT,
-    tags TEXT,
-    concurrency_limit TEXT,
-    abort_on_value INTEGER,
-    abort_return_value INTEGER,
-    compute_site TEXT,
-    queue TEXT
-);
-CREATE TABLE edges (parent INTEGER NOT NULL, child INTEGER NOT NULL);
-CREATE TABLE status (
-    job INTEGER PRIMARY KEY,
-    state INTEGER NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    exit_code INTEGER,
-    signal INTEGER,
-    start REAL,
-    end REAL,
-    host TEXT
-);
-CREATE TABLE attempts (
-    job INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    session INTEGER NOT NULL,
-    state INTEGER NOT NULL,
-    exit_code INTEGER,
-    signal INTEGER,
-    memory INTEGER,
-    executor TEXT,
-    submitted REAL,
-    start REAL,
-    end REAL,
-    host TEXT,
-    lost TEXT,
-    PRIMARY KEY (job, attempt)
-);
-CREATE TABLE sessions (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    host TEXT NOT NULL,
-    start REAL NOT NULL,
-    end REAL,
-    outcome TEXT
-);
-"""
-
-
-class StateStoreError(RuntimeError):
-    """The run-state database is missing, unreadable or damaged."""
-
-
-class StoreLostError(StateStoreError):
-    """The run-state database was deleted, truncated or replaced under an
-    open store: nothing more is written to it.
-    """
-
-
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
-    """A one-line `StateStoreError` for an SQLite error on ``path``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    directory = os.path.dirname(path) or "."
-    if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
-        if writing:
-            return StateStoreError(
-                f"{path}: cannot write the run-state database ({text}): the state up to the last "
-                f"completed step is kept; free space or fix permissions in {directory}, then "
-                f"'bps restart --id {directory}'"
-            )
-        return StateStoreError(
-            f"{path}: cannot read the run-state database ({text}): check the disk and permissions of "
-            f"{directory}"
-        )
-    return StateStoreError(
-        f"{path}: the run-state database is damaged ({text}): restore it from a backup or submit the "
-        "run again (nothing was re-run)"
-    )
 
 
 def _retryable(exc: sqlite3.DatabaseError) -> bool:
@@ -247,7 +144,7 @@ def db_path(submit_path: str) -> str:
     return os.path.join(submit_path, DB_NAME)
 
 
-class RunStore:
+class RunStore(FileIdentity):
     """Access to one run's state database.
 
     Parameters
@@ -343,7 +240,7 @@ class RunStore:
     def _file_version(self) -> tuple[bytes, bool]:
         """The file's change counter and whether a rollback journal is there."""
         assert self._fd is not None
-        return os.pread(self._fd, 4, _CHANGE_COUNTER), os.path.exists(self.path + "-journal")
+        return os.pread(self._fd, 4, CHANGE_COUNTER), os.path.exists(self.path + "-journal")
 
     def read_snapshot(self, read: Callable[[], _T]) -> _T:
         """Run ``read`` (calls of this store's methods and queries of its
@@ -380,7 +277,7 @@ class RunStore:
                     raise
                 if isinstance(exc, sqlite3.DatabaseError) and not _busy(exc):
                     # A page read half-written resolves within a commit; a damaged file never does.
-                    deadline = min(deadline, started + _TORN_RETRY_SECONDS)
+                    deadline = min(deadline, started + TORN_RETRY_SECONDS)
                 if time.monotonic() + pause > deadline:
                     if isinstance(exc, sqlite3.DatabaseError):
                         raise
@@ -389,73 +286,6 @@ class RunStore:
                     ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
-
-    def _open_identity(self) -> None:
-        """Refuse a store that is not a regular file of this user, and keep
-        a descriptor of it to notice if the path stops naming it.
-        """
-        path = self.path
-        try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise StateStoreError(
-                    f"{path}: is a symbolic link, not the run's own database: refused; use the submit "
-                    "directory that holds the database itself"
-                ) from None
-            raise StateStoreError(f"{path}: cannot open the run-state database ({exc.strerror})") from None
-        info = os.fstat(self._fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            os.close(self._fd)
-            self._fd = None
-            raise StateStoreError(
-                f"{path}: not a regular file owned by you (uid {info.st_uid}): refused; only the run's "
-                "owner may act on it"
-            )
-        self._identity = (info.st_dev, info.st_ino)
-        self._size = info.st_size
-
-    def check_identity(self) -> None:
-        """Raise `StoreLostError` if the store's path no longer names the
-        file this store opened, in the state it left it: the file was
-        deleted, replaced by another file, or truncated.
-
-        Once lost, the store writes nothing more.
-        """
-        if self.lost:
-            raise StoreLostError(self.lost)
-        if self._fd is None:
-            return
-        what = None
-        try:
-            info = os.lstat(self.path)
-        except FileNotFoundError:
-            what = "deleted"
-        except OSError as exc:
-            what = f"made unreadable ({exc.strerror})"
-        else:
-            if (info.st_dev, info.st_ino) != self._identity:
-                what = "replaced by another file"
-            elif info.st_size < self._size or os.pread(self._fd, len(_SQLITE_HEADER), 0) != _SQLITE_HEADER:
-                what = "truncated or overwritten"
-            else:
-                self._size = info.st_size
-        if what is not None:
-            directory = os.path.dirname(self.path) or "."
-            self.lost = (
-                f"{self.path}: the run-state database was {what} while the run was running: the run "
-                "stopped and nothing more was recorded; restore the file and 'bps restart --id "
-                f"{directory}', or submit the run again"
-            )
-            raise StoreLostError(self.lost)
-
-    def keep_reserve(self, size: int) -> None:
-        """Hold ``size`` bytes next to the store for its last commits when
-        the file system fills up (see `SpaceReserve`).
-        """
-        directory = os.path.join(os.path.dirname(self.path), "parsl")
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.reserve = SpaceReserve(os.path.join(directory, RESERVE_NAME), size)
 
     # ---- creation -------------------------------------------------------
 
@@ -468,75 +298,11 @@ class RunStore:
         jobs: Iterable[tuple],
         edges: Iterable[tuple[int, int]],
     ) -> RunStore:
-        """Write a new database for a prepared workflow.
-
-        Parameters
-        ----------
-        path : `str`
-            Database file to create; it must not exist.
-        meta : `dict`
-            Run-wide values (run name, operator, ...), stored as JSON.
-        envs : `~collections.abc.Sequence` [`str`]
-            Distinct environment scripts; ``jobs`` refer to them by index.
-        jobs : `~collections.abc.Iterable` [`tuple`]
-            Job rows in the column order of `JobRow`, ids in topological
-            order.
-        edges : `~collections.abc.Iterable` [`tuple` [`int`, `int`]]
-            (parent id, child id) pairs.
+        """Write a new database for a prepared workflow (`storeschema.create_store`)
+        and open it for writing.
         """
-        if os.path.exists(path):
-            raise StateStoreError(f"{path}: already exists: use 'bps restart' to resume this run")
-        tmp = path + ".tmp"
-        try:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            cls._write_new(tmp, meta, envs, jobs, edges)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException as exc:
-            # Never leave a half-written database behind, whatever stopped
-            # the writing (a bad job row, a full disk).
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(exc, sqlite3.DatabaseError | OSError):
-                text = " ".join(str(exc).split()) or type(exc).__name__
-                raise StateStoreError(
-                    f"{path}: cannot write the run-state database ({text}): free space or fix permissions "
-                    f"in {os.path.dirname(path)}, or set submitPath elsewhere, then submit again (no job ran)"
-                ) from None
-            raise
+        create_store(path, meta, envs, jobs, edges)
         return cls(path)
-
-    @staticmethod
-    def _write_new(
-        tmp: str,
-        meta: dict[str, Any],
-        envs: Iterable[str],
-        jobs: Iterable[tuple],
-        edges: Iterable[tuple[int, int]],
-    ) -> None:
-        conn = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=OFF")
-            conn.execute("PRAGMA synchronous=OFF")
-            conn.execute("BEGIN")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))
-            conn.executemany("INSERT INTO jobs VALUES (" + ",".join("?" * JOB_COLUMNS) + ")", jobs)
-            # After the jobs: `envs` may fill up while `jobs` is consumed.
-            conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(envs))
-            conn.executemany("INSERT INTO edges VALUES (?, ?)", edges)
-            conn.execute(f"INSERT INTO status (job, state) SELECT id, {UNREADY} FROM jobs")
-            conn.execute("CREATE INDEX edges_parent ON edges (parent)")
-            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
-            conn.execute("COMMIT")
-            conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
-        finally:
-            conn.close()
 
     # ---- reading --------------------------------------------------------
 
@@ -551,9 +317,10 @@ class RunStore:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     @_guarded()
-    def jobs(self) -> list[JobRow]:
-        """All jobs, by id."""
-        return [JobRow(*row) for row in self.conn.execute("SELECT * FROM jobs ORDER BY id")]
+    def jobs(self, start: int = 0) -> list[JobRow]:
+        """All jobs (or those from id ``start`` on), by id."""
+        rows = self.conn.execute("SELECT * FROM jobs WHERE id >= ? ORDER BY id", (start,))
+        return [JobRow(*row) for row in rows]
 
     @_guarded()
     def edges(self) -> list[tuple[int, int]]:
@@ -569,7 +336,8 @@ class RunStore:
     def statuses(self) -> list[StatusRow]:
         """The current state of every job, by job id."""
         rows = self.conn.execute("SELECT * FROM status ORDER BY job")
-        return [StatusRow(job, JobState(state), *rest) for job, state, *rest in rows]
+        states = _STATES
+        return [StatusRow(job, states[state], *rest) for job, state, *rest in rows]
 
     @_guarded()
     def sessions(self) -> list[SessionRow]:
@@ -715,7 +483,7 @@ class RunStore:
                 )
             if attempts:
                 self.conn.executemany(
-                    "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", attempts
+                    "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", attempts
                 )
             self.conn.execute("COMMIT")
             self._pending_status, self._pending_attempts = [], []

@@ -39,23 +39,19 @@ from __future__ import annotations
 
 import gc
 import getpass
-import json
 import os
 import secrets
 import time
 from array import array
-from bisect import bisect_left
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from operator import itemgetter
 from typing import Any
 
 from lsst.ctrl.bps import (
     BaseWmsWorkflow,
     BpsConfig,
     GenericWorkflow,
-    GenericWorkflowGroup,
     GenericWorkflowJob,
-    GenericWorkflowNoopJob,
 )
 
 from . import batch
@@ -63,166 +59,12 @@ from .attemptlogs import log_dir_template
 from .commands import export_lines, render
 from .configuration import ConfigurationError
 from .files import safe_component
+from .flatten import Flattener
 from .jobattrs import check_job_attributes
+from .jobrows import TAGS_JSON, PerValueCache, SubdirCache, Templates, file_lookup, retry_unless_exit
 from .state import FORMAT_VERSION, JobKind, RunStore, db_path
 
 __all__ = ("ParslWorkflow",)
-
-
-_NO_CHILDREN: tuple[int, ...] = ()
-
-
-class _Flattener:
-    """Flatten a generic workflow, expanding groups, without recursion.
-
-    Node ``i`` is described by parallel arrays rather than an object per
-    node: a 100,000-job workflow then costs a few MB here.
-    """
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.graphs: list[GenericWorkflow] = []
-        self.graph_of = array("i")  # index into `graphs` of the graph holding the node
-        self.kinds = bytearray()
-        self.finals = bytearray()
-        # Most jobs of a wide workflow have no children: they share one empty tuple.
-        self.children: list[list[int] | tuple[int, ...]] = []
-        self.nparents = array("i")
-        # Node ids sorted by name: finds a node by name with a binary search,
-        # at 4 bytes per node where a dict would take 60.
-        self.by_name = array("i")
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def item(self, i: int) -> Any:
-        """The generic workflow's job, no-op job or group of node ``i``."""
-        return self.graphs[self.graph_of[i]].get_job(self.names[i])
-
-    def _sort_names(self) -> None:
-        """(Re)build `by_name`; a name used twice is an error."""
-        names = self.names
-        self.by_name = array("i", sorted(range(len(names)), key=names.__getitem__))
-        by_name = self.by_name
-        for k in range(1, len(by_name)):
-            if names[by_name[k]] == names[by_name[k - 1]]:
-                raise ConfigurationError(f"job name '{names[by_name[k]]}' appears twice in the workflow")
-
-    def index(self, name: str) -> int:
-        """Id of the node called ``name``."""
-        return self.by_name[bisect_left(self.by_name, name, key=self.names.__getitem__)]
-
-    def _add(self, name: str, kind: int, graph_id: int, final: bool) -> None:
-        self.names.append(name)
-        self.graph_of.append(graph_id)
-        self.kinds.append(kind)
-        self.finals.append(final)
-        self.children.append(_NO_CHILDREN)
-        self.nparents.append(0)
-
-    def _edge(self, parent: int, child: int) -> None:
-        kids = self.children[parent]
-        if kids is _NO_CHILDREN:
-            self.children[parent] = [child]
-        else:
-            assert isinstance(kids, list)
-            kids.append(child)
-        self.nparents[child] += 1
-
-    def add_workflow(self, top: GenericWorkflow, final: bool) -> None:
-        # An edge *out of* node `name` leaves from flat node index(name) (a
-        # group's: from its join); an edge *into* it reaches index(name), or
-        # for a group every node of group_entries[name].
-        index = self.index
-        group_entries: dict[str, list[int]] = {}
-
-        def entries(name: str) -> list[int]:
-            found = group_entries.get(name)
-            return [index(name)] if found is None else found
-
-        # Pass 1: create nodes for every level; groups are visited after
-        # their parent level so their entries are known when edges are made.
-        pending: deque[GenericWorkflow] = deque([top])
-        levels: list[GenericWorkflow] = []
-        while pending:
-            graph = pending.popleft()
-            levels.append(graph)
-            graph_id = len(self.graphs)
-            self.graphs.append(graph)
-            for name in graph:
-                item = graph.get_job(name)
-                if isinstance(item, GenericWorkflowGroup):
-                    self._add(name, JobKind.JOIN if item.blocking else JobKind.TOLERANT_JOIN, graph_id, final)
-                    group_entries[name] = []
-                    pending.append(item)
-                elif isinstance(item, GenericWorkflowNoopJob):
-                    self._add(name, JobKind.NOOP, graph_id, final)
-                elif isinstance(item, GenericWorkflowJob):
-                    self._add(name, JobKind.PAYLOAD, graph_id, final)
-                else:
-                    raise ConfigurationError(
-                        f"workflow node '{name}' has unsupported type {type(item).__name__}"
-                    )
-        self._sort_names()
-        # Group entries: the entries of the group's source nodes, innermost
-        # groups first.
-        for graph in reversed(levels):
-            if isinstance(graph, GenericWorkflowGroup):
-                found: list[int] = []
-                for name in graph:
-                    if graph.in_degree(name) == 0:
-                        found.extend(entries(name))
-                group_entries[graph.name] = found
-        # Pass 2: edges. Every node of a group leads to the group's join.
-        for graph in levels:
-            for parent, child in graph.edges():
-                for entry in entries(child):
-                    self._edge(index(parent), entry)
-            if isinstance(graph, GenericWorkflowGroup):
-                join = index(graph.name)
-                for name in graph:
-                    self._edge(index(name), join)
-
-    def topological_order(self) -> array:
-        """Kahn's algorithm over main nodes, then final nodes."""
-        remaining = array("i", self.nparents)
-        order = array("i")
-        for final in (False, True):
-            # `order` is also the queue: the nodes from `head` on are ready.
-            head = len(order)
-            order.extend(i for i, f in enumerate(self.finals) if f == final and remaining[i] == 0)
-            while head < len(order):
-                i = order[head]
-                head += 1
-                for c in self.children[i]:
-                    remaining[c] -= 1
-                    if remaining[c] == 0:
-                        order.append(c)
-        if len(order) != len(self):
-            stuck = [self.names[i] for i, r in enumerate(remaining) if r > 0][:5]
-            raise ConfigurationError(f"the workflow has a dependency cycle through jobs {stuck}")
-        return order
-
-
-def _file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
-    cache: dict[str, str | None] = {}
-
-    def lookup(name: str) -> str | None:
-        if name not in cache:
-            path = None
-            for graph in graphs:
-                try:
-                    gwfile = graph.get_file(name)
-                except KeyError:
-                    continue
-                path = str(gwfile.src_uri)
-                if path.startswith("file://"):
-                    path = path[len("file://") :]
-                break
-            cache[name] = path
-        return cache[name]
-
-    return lookup
 
 
 def _job_attributes(job: GenericWorkflowJob) -> tuple:
@@ -235,13 +77,6 @@ def _job_attributes(job: GenericWorkflowJob) -> tuple:
         job.compute_site or None,
         job.queue or None,
     )
-
-
-def _retry_unless_exit(value: Any) -> str | None:
-    if value is None:
-        return None
-    codes = [value] if isinstance(value, int) else list(value)
-    return json.dumps([int(c) for c in codes])
 
 
 class ParslWorkflow(BaseWmsWorkflow):
@@ -354,7 +189,7 @@ class ParslWorkflow(BaseWmsWorkflow):
         site.validate()
         default_retries = site.default_retries
 
-        flat = _Flattener()
+        flat = Flattener()
         flat.add_workflow(generic_workflow, final=False)
         final = generic_workflow.get_final()
         if isinstance(final, GenericWorkflowJob):
@@ -368,31 +203,42 @@ class ParslWorkflow(BaseWmsWorkflow):
         for new, old in enumerate(order):
             new_id[old] = new
 
-        subdir = log_dir_template(config)
+        subdir = SubdirCache(log_dir_template(config))
+        retry_codes = PerValueCache(retry_unless_exit)
         envs: dict[str, int] = {}
-        lookups: dict[int, Any] = {}
+        templates: dict[int, Templates] = {}
+        names, items, kinds, finals, graph_of = flat.names, flat.items, flat.kinds, flat.finals, flat.graph_of
+        payload = int(JobKind.PAYLOAD)
 
         def generate_rows() -> Iterator[tuple]:
             for new, old in enumerate(order):
-                job = flat.item(old)
-                kind = flat.kinds[old]
-                if kind != JobKind.PAYLOAD:
-                    yield (new, flat.names[old], job.label, kind, flat.finals[old]) + (None,) * 18
+                job = items[old]
+                kind = kinds[old]
+                if kind != payload:
+                    yield (new, names[old], job.label, kind, finals[old]) + (None,) * 18
                     continue
-                graph_id = flat.graph_of[old]
-                if graph_id not in lookups:
-                    lookups[graph_id] = _file_lookup([flat.graphs[graph_id], generic_workflow])
-                lookup = lookups[graph_id]
+                graph_id = graph_of[old]
+                files = templates.get(graph_id)
+                if files is None:
+                    files = templates[graph_id] = Templates(
+                        file_lookup([flat.graphs[graph_id], generic_workflow])
+                    )
                 if job.executable is None:
                     raise ConfigurationError(
                         f"job '{job.name}' has no executable: check the job's configuration"
                     )
-                parts = [job.executable.src_uri, job.arguments or ""]
-                command = render(" ".join(p for p in parts if p), job.cmdvals, lookup, job.name)
+                cmdvals, lookup = job.cmdvals, files.lookup
+                command = render(
+                    files.command(job.executable.src_uri, job.arguments), cmdvals, lookup, job.name
+                )
                 if job.pre_cmdline:
-                    command = render(job.pre_cmdline, job.cmdvals, lookup, job.name) + "\n" + command
+                    command = (
+                        render(files.resolve(job.pre_cmdline), cmdvals, lookup, job.name) + "\n" + command
+                    )
                 if job.post_cmdline:
-                    command = command + "\n" + render(job.post_cmdline, job.cmdvals, lookup, job.name)
+                    command = (
+                        command + "\n" + render(files.resolve(job.post_cmdline), cmdvals, lookup, job.name)
+                    )
                 if "\0" in command:
                     raise ConfigurationError(
                         f"job {job.name!r}: its command line holds a NUL character, which no process can be "
@@ -401,19 +247,20 @@ class ParslWorkflow(BaseWmsWorkflow):
                 env_id = None
                 if job.environment:
                     rendered = {
-                        k: render(str(v), job.cmdvals, lookup, job.name, expand_env=False)
+                        k: render(str(v), cmdvals, lookup, job.name, expand_env=False)
                         for k, v in job.environment.items()
                     }
                     script = export_lines(rendered, job.name)
                     env_id = envs.setdefault(script, len(envs))
                 tags = job.tags
+                walltime = job.request_walltime
                 yield (
                     (
                         new,
                         job.name,
                         job.label,
-                        JobKind.PAYLOAD,
-                        flat.finals[old],
+                        payload,
+                        finals[old],
                         command,
                         env_id,
                         job.request_cpus,
@@ -421,12 +268,12 @@ class ParslWorkflow(BaseWmsWorkflow):
                         job.request_memory_max,
                         job.memory_multiplier,
                         job.request_disk,
-                        None if job.request_walltime is None else str(job.request_walltime),
+                        None if walltime is None else str(walltime),
                         None if job.priority is None else str(job.priority),
                         default_retries if job.number_of_retries is None else int(job.number_of_retries),
-                        _retry_unless_exit(job.retry_unless_exit),
+                        retry_codes(job.retry_unless_exit),
                         subdir(job.label, tags),
-                        json.dumps(tags, default=str) if tags else None,
+                        TAGS_JSON(tags) if tags else None,
                         *_job_attributes(job),
                     )
                 )
@@ -494,11 +341,13 @@ def _checked_rows(site: Any, rows: Iterator[tuple]) -> Iterator[tuple]:
     labels = set(site.executor_labels())
     capacities = {label: site.capacity(label) for label in labels}
     seen: set[tuple] = set()
+    request = itemgetter(2, 7, 8, 11, 12)  # label, cores, memory, disk, walltime
+    payload = int(JobKind.PAYLOAD)
     for row in rows:
         yield row
-        if row[3] != JobKind.PAYLOAD:
+        if row[3] != payload:
             continue
-        key = (row[2], row[7], row[8], row[11], row[12])
+        key = request(row)
         if key in seen:
             continue
         seen.add(key)

@@ -1,0 +1,153 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The run-state store's file: its errors, and checks that the path still
+names the file a writer opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+
+from .diskspace import RESERVE_NAME, SpaceReserve
+
+__all__ = ("FileIdentity", "StateStoreError", "StoreLostError", "store_error")
+
+
+class StateStoreError(RuntimeError):
+    """The run-state database is missing, unreadable or damaged."""
+
+
+class StoreLostError(StateStoreError):
+    """The run-state database was deleted, truncated or replaced under an
+    open store: nothing more is written to it.
+    """
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
+    """A one-line `StateStoreError` for an SQLite error on ``path``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    directory = os.path.dirname(path) or "."
+    if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
+        if writing:
+            return StateStoreError(
+                f"{path}: cannot write the run-state database ({text}): the state up to the last "
+                f"completed step is kept; free space or fix permissions in {directory}, then "
+                f"'bps restart --id {directory}'"
+            )
+        return StateStoreError(
+            f"{path}: cannot read the run-state database ({text}): check the disk and permissions of "
+            f"{directory}"
+        )
+    return StateStoreError(
+        f"{path}: the run-state database is damaged ({text}): restore it from a backup or submit the "
+        "run again (nothing was re-run)"
+    )
+
+
+class FileIdentity:
+    """What a writer of the store checks of its file (mixed into `RunStore`)."""
+
+    path: str
+    lost: str | None
+    reserve: SpaceReserve | None
+    _fd: int | None
+    _identity: tuple[int, int]
+    _size: int
+
+    def _open_identity(self) -> None:
+        """Refuse a store that is not a regular file of this user, and keep
+        a descriptor of it to notice if the path stops naming it.
+        """
+        path = self.path
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateStoreError(
+                    f"{path}: is a symbolic link, not the run's own database: refused; use the submit "
+                    "directory that holds the database itself"
+                ) from None
+            raise StateStoreError(f"{path}: cannot open the run-state database ({exc.strerror})") from None
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            os.close(self._fd)
+            self._fd = None
+            raise StateStoreError(
+                f"{path}: not a regular file owned by you (uid {info.st_uid}): refused; only the run's "
+                "owner may act on it"
+            )
+        self._identity = (info.st_dev, info.st_ino)
+        self._size = info.st_size
+
+    def check_identity(self) -> None:
+        """Raise `StoreLostError` if the store's path no longer names the
+        file this store opened, in the state it left it: the file was
+        deleted, replaced by another file, or truncated.
+
+        Once lost, the store writes nothing more.
+        """
+        if self.lost:
+            raise StoreLostError(self.lost)
+        if self._fd is None:
+            return
+        what = None
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError as exc:
+            what = f"made unreadable ({exc.strerror})"
+        else:
+            if (info.st_dev, info.st_ino) != self._identity:
+                what = "replaced by another file"
+            elif info.st_size < self._size or os.pread(self._fd, len(SQLITE_HEADER), 0) != SQLITE_HEADER:
+                what = "truncated or overwritten"
+            else:
+                self._size = info.st_size
+        if what is not None:
+            directory = os.path.dirname(self.path) or "."
+            self.lost = (
+                f"{self.path}: the run-state database was {what} while the run was running: the run "
+                "stopped and nothing more was recorded; restore the file and 'bps restart --id "
+                f"{directory}', or submit the run again"
+            )
+            raise StoreLostError(self.lost)
+
+    def keep_reserve(self, size: int) -> None:
+        """Hold ``size`` bytes next to the store for its last commits when
+        the file system fills up (see `SpaceReserve`).
+        """
+        directory = os.path.join(os.path.dirname(self.path), "parsl")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.reserve = SpaceReserve(os.path.join(directory, RESERVE_NAME), size)
