@@ -174,7 +174,7 @@ def _synthetic_store(submit: Path, n: int, failing_every: int = 50) -> None:
     submit.mkdir(parents=True)
     meta = {"run_id": "big", "run_name": "big", "submit_path": str(submit), "created": time.time() - 3600}
     jobs = [
-        (i, f"job{i}", f"label{i % 4}", 0, 0, "true", None, 1, 100, *[None] * 5, 1, *[None] * 3)
+        (i, f"job{i}", f"label{i % 4}", 0, 0, "true", None, 1, 100, *[None] * 5, 1, *[None] * 8)
         for i in range(n)
     ]
     store = RunStore.create(db_path(str(submit)), meta, [], jobs, [])
