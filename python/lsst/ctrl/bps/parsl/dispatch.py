@@ -162,6 +162,12 @@ class Dispatch:
         if self._closed or self.dfk is None:
             return
         self._closed = True
+        queue = getattr(getattr(self.dfk, "monitoring", None), "resource_msgs", None)
+        if queue is not None:
+            # Parsl's MonitoringHub.close terminates its database process if it does not exit in
+            # time (a loaded machine), then joins this queue's feeder thread, which then blocks for
+            # ever writing to a full pipe nobody reads: a 10k-job monitored run hung there.
+            queue.cancel_join_thread()
         try:
             self.dfk.cleanup()
         except Exception as exc:  # noqa: BLE001
