@@ -49,11 +49,13 @@ longer than the block walltime can never be placed safely: it is sent
 anyway, with a warning; other executors (local pool, thread pools, Work
 Queue) are not watched.
 
-Blocks with no work left go through Parsl's own scaling: `scaling_strategy`
-picks ``htex_auto_scale`` (idle blocks are released even while other
-blocks work, e.g. while only the final job runs) where every batch
-executor is an HTEX, and the site key ``maxIdleTime`` (default
-`MAX_IDLE_TIME`) says how long a block may stay idle.
+Blocks with no work left go through Parsl's own scaling (`scaling_strategy`:
+``simple``): once an executor has no task at all (e.g. while only the final
+job runs, on another executor) its blocks are released after the site key
+``maxIdleTime`` (default `MAX_IDLE_TIME`). Parsl's ``htex_auto_scale``,
+which would also release single idle blocks while others work, is not used:
+in Parsl 2026.10.26 its scale-in asked for 0 blocks cancels every idle block,
+also blocks still starting, so blocks are started and cancelled in a loop.
 """
 
 from __future__ import annotations
@@ -81,14 +83,10 @@ _PERIOD = 1.0
 
 
 def scaling_strategy(executors: Sequence[Any]) -> str:
-    """Parsl's scaling strategy for ``executors``: ``htex_auto_scale`` when
-    every executor with a provider is a HighThroughputExecutor (it releases
-    idle blocks one by one), else ``simple`` (blocks go once the executor
-    has no task at all).
+    """Parsl's scaling strategy for ``executors``: ``simple`` (an executor's
+    blocks go once it has had no task for ``maxIdleTime``; see the module's
+    docstring for why not ``htex_auto_scale``).
     """
-    batch = [e for e in executors if getattr(e, "provider", None) is not None]
-    if batch and all(type(e).__name__ == "HighThroughputExecutor" for e in batch):
-        return "htex_auto_scale"
     return "simple"
 
 
