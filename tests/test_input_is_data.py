@@ -241,7 +241,10 @@ def test_configuration_and_environment_files_are_private_under_umask_022(tmp_pat
     assert _mode(parsl_dir) == 0o700
     claims = sorted(parsl_dir.glob("driver.claim.*"))
     assert claims
-    for path in [*(parsl_dir / name for name in ("bps_config.yaml", "environment.sh", "driver.log")), *claims]:
+    for path in [
+        *(parsl_dir / name for name in ("bps_config.yaml", "environment.sh", "driver.log")),
+        *claims,
+    ]:
         assert _mode(path) == 0o600, path.name
     assert _mode(submit / "wf_config.yaml") == 0o600
     assert _mode(submit / "bps_parsl.sqlite3") == 0o600
