@@ -36,36 +36,39 @@ starts a job once its cores and memory fit). The parts it drives:
 - `retrypolicy`: whether a failed attempt runs again, with what memory, on
   which executor;
 - `recorder`: every transition written to the run's store;
-- `dispatch`: Parsl's data-flow kernel and the queue of ended attempts.
+- `dispatch`: Parsl's data-flow kernel and the queue of ended attempts;
+- `stopping`: the signals that stop a run, and recording how its attempts
+  in flight ended;
+- `progress`: the progress lines.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .attemptlogs import exit_status_from_log, log_paths
+from .attemptlogs import log_paths
 from .commands import fill_wms
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
 from .jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route
-from .losses import LostAttempts, infrastructure_cause, stops_run
+from .losses import LostAttempts, infrastructure_cause
+from .lostattempts import LostAttemptHandling
 from .ordering import dispatch_order, in_flight_limit
 from .page import PageWriter
+from .progress import ProgressLines, count_states
 from .recorder import AttemptResult, Recorder
-from .records import ENDED, JobKind, JobState
+from .records import JobKind, JobState
 from .retrypolicy import ExecutorChoiceError, RetryPolicy
 from .runner import NotStartedError
 from .running import kill_running_jobs
 from .site import SiteConfig
 from .state import RunStore, StateStoreError, StoreLostError
+from .stopping import InFlight, StopSignals, record_stopped
 
 __all__ = ("Driver", "RunOutcome")
 
@@ -93,16 +96,7 @@ class RunOutcome:
         return sum(self.counts.get(s, 0) for s in (JobState.FAILED, JobState.PRUNED, JobState.DELETED))
 
 
-@dataclass(slots=True)
-class _InFlight:
-    """An attempt handed to Parsl that has not ended."""
-
-    label: str
-    attempt: int
-    memory: int | None
-
-
-class Driver:
+class Driver(LostAttemptHandling):
     """Run the jobs of one submit directory until all have ended.
 
     Parameters
@@ -130,8 +124,6 @@ class Driver:
         self.store = store
         self.site = site
         self.kind = kind
-        self.progress_interval = progress_interval
-        self.progress_by_label = progress_by_label
         meta = store.meta()
         self.submit_path: str = meta["submit_path"]
         self.run_id: str = meta["run_id"]
@@ -139,24 +131,40 @@ class Driver:
         self.running_dir = os.path.join(self.submit_path, "parsl", "running")
         self.stop_reason: str | None = None
         self.rows = store.jobs()
-        self.envs = store.envs()
         self.recorder = Recorder(store, self.rows, self.submit_path)
-        self.walk = GraphWalk(self.rows, store.edges(), self._pruned, dispatch_order(site.config) == "fifo")
-        self.gate = ConcurrencyGate(self.rows, concurrency_limits(site.config, site.compute_site))
+        self.attempt: list[int] = []
+        self.session_tries: list[int] = []
+        self._build_tables()
         self.in_flight_cap: int | None = None
         self.abort: tuple[int, str] | None = None
         """Status and reason of a run a job's ``abortOnValue`` aborted."""
-        self.state = self.walk.state
-        self.attempt = [0] * len(self.rows)
         for status in store.statuses():
             self.state[status.job] = status.state
             self.attempt[status.job] = status.attempt
-        self.session_tries = [0] * len(self.rows)
-        self.policy = RetryPolicy(self.rows, site, self.submit_path)
         self.losses = LostAttempts(site.infrastructure_retries)
         self.dispatch = Dispatch(site)
-        self.in_flight: dict[int, _InFlight] = {}
+        self.in_flight: dict[int, InFlight] = {}
         self.page = PageWriter(self.submit_path)
+        self.progress = ProgressLines(self.run_id, progress_interval, progress_by_label)
+        self.signals = StopSignals(self.request_stop)
+
+    def _build_tables(self) -> None:
+        """Build the walk and the per-job tables over all of ``self.rows``,
+        keeping the states and attempt numbers of the jobs already known.
+        """
+        known = len(self.attempt)
+        added = len(self.rows) - known
+        old_state = self.walk.state if known else []
+        self.envs = self.store.envs()
+        self.walk = GraphWalk(
+            self.rows, self.store.edges(), self._pruned, dispatch_order(self.site.config) == "fifo"
+        )
+        self.walk.state[:known] = old_state
+        self.state = self.walk.state
+        self.gate = ConcurrencyGate(self.rows, concurrency_limits(self.site.config, self.site.compute_site))
+        self.attempt.extend([0] * added)
+        self.session_tries.extend([0] * added)
+        self.policy = RetryPolicy(self.rows, self.site, self.submit_path)
 
     # ---- set-up -----------------------------------------------------------
 
@@ -198,7 +206,7 @@ class Driver:
         self._reset_for_run()
         os.makedirs(self.running_dir, exist_ok=True)
         self.store.begin_session(self.kind, os.getpid(), _HOST)
-        self._install_signal_handlers()
+        self.signals.install()
         try:
             self.prefix = self.site.get_command_prefix()
             self.shell = self.site.job_shell
@@ -207,13 +215,13 @@ class Driver:
                 self.store.set_meta("monitoring_db", monitoring_db)
             self.dispatch.start()
         except BaseException as exc:
-            self._restore_signal_handlers()
+            self.signals.restore()
             self._end_session_quietly("error")
             if not isinstance(exc, Exception):
                 raise
             site = type(self.site).__name__
             reason = f"Parsl could not start the executors of site {site}: {_one_line(exc)}"
-            return RunOutcome(counts=self._counts(), cancelled=True, reason=reason)
+            return RunOutcome(counts=count_states(self.state), cancelled=True, reason=reason)
         # A job's walltime is enforced by `run_job` where jobs run on this
         # machine; batch executors have their own limits.
         self.walltime_labels = {
@@ -246,7 +254,7 @@ class Driver:
             self._end_session_quietly("error")
             raise
         finally:
-            self._restore_signal_handlers()
+            self.signals.restore()
             self.dispatch.shutdown()
         if self.stop_reason:
             outcome.cancelled = True
@@ -254,7 +262,7 @@ class Driver:
         if self.abort is not None:
             outcome.cancelled = True
             outcome.abort_status, outcome.reason = self.abort
-        outcome.counts = self._counts()
+        outcome.counts = count_states(self.state)
         if store_failed or self.store.disk_full or self.store.lost:
             ended = "error"
         else:
@@ -265,20 +273,15 @@ class Driver:
         except StateStoreError as exc:
             outcome.cancelled = True
             outcome.reason = outcome.reason or str(exc)
-        self._print_progress(force=True)
+        self.progress.print(self.rows, self.state, force=True)
         self.page.update(final=True)
         return outcome
-
-    def _counts(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for s in self.state:
-            counts[s] = counts.get(s, 0) + 1
-        return counts
 
     def _run_phase(self, final: bool) -> None:
         walk = self.walk
         walk.start_phase(final)
-        self._last_progress = last_flush = time.monotonic()
+        self.progress.restart()
+        last_flush = time.monotonic()
         while (walk.ready or self.in_flight or self.losses) and not self.stop_reason:
             for i in self.losses.due(time.monotonic()):
                 walk.ready.append(i)
@@ -297,7 +300,7 @@ class Driver:
                 last_flush = now
                 if self.store.disk_full:
                     self.request_stop(self.store.disk_full)
-            self._print_progress()
+            self.progress.print(self.rows, self.state)
             self.page.update()
         self.recorder.flush()
 
@@ -348,7 +351,7 @@ class Driver:
         args = (token, self.prefix, env, command, stdout, stderr, pid_file)
         kwargs: dict[str, Any] = {"time_limit": walltime, "shell": self.shell}
         spec = self.site.resource_specification(nxt.job, label)
-        self.in_flight[i] = _InFlight(label, attempt, nxt.memory)
+        self.in_flight[i] = InFlight(label, attempt, nxt.memory)
         self.state[i] = JobState.PENDING
         self.recorder.submitted(i, attempt, time.time())
         future = self.dispatch.submit(
@@ -404,71 +407,12 @@ class Driver:
         self.recorder.ended(i, attempt, JobState.FAILED, result, flight.memory, flight.label)
         self.walk.finish(i, JobState.FAILED)
 
-    def _lost(self, i: int, attempt: int, flight: _InFlight, error: BaseException, cause: str) -> None:
-        """The infrastructure lost an attempt (`losses`): record it as such;
-        the job runs again, once the lost attempt's processes are gone,
-        unless its ``infrastructureRetries`` are used up or the run stops.
-        The attempt is no try of the job's: its ``numberOfRetries`` and
-        memory stay as they were.
-        """
-        self.session_tries[i] -= 1
-        result = self.recorder.lost(i, attempt, error, time.time(), cause)
-        try:  # a lost worker did not remove its running-attempt file
-            os.unlink(os.path.join(self.running_dir, f"{i}.{attempt}"))
-        except OSError:
-            pass
-        if stops_run(error):
-            self.request_stop(f"executor {flight.label} can run nothing more: {cause}")
-        again = self.losses.lost(i)
-        if self.stop_reason or again:
-            # Stopping: the job is recorded DELETED with the others, and a restart runs it.
-            self.recorder.ended(
-                i, attempt, JobState.FAILED, result, flight.memory, flight.label, JobState.READY, cause
-            )
-            self.state[i] = JobState.READY
-            if not self.stop_reason:
-                self.losses.hold(i, time.monotonic() + self.dispatch.settle_seconds(flight.label))
-            return
-        self.recorder.note(
-            i, attempt, f"infrastructureRetries ({self.losses.budget}) used up: the job failed"
-        )
-        self.recorder.ended(i, attempt, JobState.FAILED, result, flight.memory, flight.label, lost=cause)
-        self.walk.finish(i, JobState.FAILED)
-
-    def _never_started(self, i: int, attempt: int, error: NotStartedError) -> None:
-        """An attempt that never started is no attempt: its number is given
-        back. The pool only stops starting jobs when the run stops or the pool
-        was lost; the run stops then (the job is recorded DELETED, and a
-        restart runs it).
-        """
-        self.attempt[i] = attempt - 1
-        self.session_tries[i] -= 1
-        if self.stop_reason:
-            return
-        stderr = self.recorder.stderr_of(i, attempt)
-        if os.path.exists(stderr):
-            # It did start (a pool that was lost cannot always tell): settle it from its log.
-            self.attempt[i] = attempt
-            self.session_tries[i] += 1
-            if exit_status_from_log(stderr) == 0:
-                self.recorder.ended(
-                    i, attempt, JobState.SUCCEEDED, AttemptResult(0, None, None, None, None, False)
-                )
-                self.walk.finish(i, JobState.SUCCEEDED)
-            elif (cause := infrastructure_cause(error)) is not None:
-                # Started, then lost with its pool: an infrastructure loss (the job is recorded DELETED).
-                result = self.recorder.lost(i, attempt, error, time.time(), cause)
-                self.recorder.ended(i, attempt, JobState.DELETED, result, lost=cause)
-        self.request_stop(str(error))
-
     def _release_limits(self, i: int) -> None:
         """A job gave back its concurrency limits: the jobs waiting for them are ready again."""
         for waiting in self.gate.release(i):
             self.walk.ready.append(waiting)
 
-    def _aborted_by(
-        self, i: int, attempt: int, result: AttemptResult, flight: _InFlight, status: int
-    ) -> None:
+    def _aborted_by(self, i: int, attempt: int, result: AttemptResult, flight: InFlight, status: int) -> None:
         """Job ``i`` exited with its ``abortOnValue``: record it and stop the run."""
         state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.FAILED
         self.recorder.ended(i, attempt, state, result, flight.memory, flight.label)
@@ -510,28 +454,12 @@ class Driver:
         rows = self.store.jobs(start=len(self.rows))
         if not rows:
             return False
-        added = len(rows)
         self.rows.extend(rows)  # the recorder shares this list
-        self.envs = self.store.envs()
-        old_state = self.state
-        self.walk = GraphWalk(
-            self.rows, self.store.edges(), self._pruned, dispatch_order(self.site.config) == "fifo"
-        )
-        self.walk.state[: len(old_state)] = old_state
-        self.state = self.walk.state
-        self.gate = ConcurrencyGate(self.rows, concurrency_limits(self.site.config, self.site.compute_site))
-        self.attempt.extend([0] * added)
-        self.session_tries.extend([0] * added)
-        self.policy = RetryPolicy(self.rows, self.site, self.submit_path)
-        _LOG.info("%d jobs joined the run", added)
+        self._build_tables()
+        _LOG.info("%d jobs joined the run", len(rows))
         return True
 
     # ---- stopping -------------------------------------------------------------
-
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop: no new job starts, running ones are killed."""
-        if not self.stop_reason:
-            self.stop_reason = reason
 
     def _stop_quietly(self) -> None:
         """`_stop_everything`, when the store may refuse the record of it."""
@@ -546,21 +474,6 @@ class Driver:
         except StateStoreError as exc:
             _LOG.warning("%s", exc)
 
-    def _install_signal_handlers(self) -> None:
-        self._old_handlers: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            self.request_stop(f"received {signal.Signals(signum).name}")
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[signum] = signal.signal(signum, handler)
-
-    def _restore_signal_handlers(self) -> None:
-        for signum, old in self._old_handlers.items():
-            signal.signal(signum, old)
-
     def _stop_everything(self) -> None:
         """Stop every attempt, record how those in flight ended, mark the
         rest DELETED.
@@ -573,71 +486,7 @@ class Driver:
         """
         self.dispatch.shutdown()
         kill_running_jobs(self.running_dir, self.run_id)
-        for (i, attempt), future in self.dispatch.wait(0):
-            self._stopped(i, attempt, future)
-        for i, flight in list(self.in_flight.items()):
-            self._stopped(i, flight.attempt, None)
-        for i, s in enumerate(self.state):
-            if s not in ENDED:
-                self.state[i] = JobState.DELETED
-                self.recorder.state(i, JobState.DELETED, self.attempt[i])
-        self.in_flight.clear()
-        self.recorder.flush()
-
-    def _stopped(self, i: int, attempt: int, future: Any) -> None:
-        """Record an attempt that ended while the run stops (``future``:
-        `None` if it did not end).
-        """
-        flight = self.in_flight.get(i)
-        if flight is None or flight.attempt != attempt:
-            return
-        del self.in_flight[i]
-        error = None if future is None else future.exception()
-        if isinstance(error, NotStartedError):
-            self.attempt[i] = attempt - 1  # never started: no attempt to record
-            return
-        if future is not None and error is None:
-            result = AttemptResult._make(future.result())
-        else:
-            # The executor lost it or was shut down first: if it ran to its end, its shell logged how.
-            logged = exit_status_from_log(self.recorder.stderr_of(i, attempt))
-            result = AttemptResult(-1 if logged is None else logged, None, None, time.time(), None, False)
-        state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.DELETED
-        self.recorder.ended(i, attempt, state, result, flight.memory, flight.label)
-        self.state[i] = state
-
-    # ---- output ---------------------------------------------------------------
-
-    def _print_progress(self, force: bool = False) -> None:
-        if not self.progress_interval and not force:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_progress < self.progress_interval:
-            return
-        self._last_progress = now
-        counts = self._counts()
-        running = counts.get(JobState.PENDING, 0) + counts.get(JobState.RUNNING, 0)
-        print(
-            f"bps-parsl {self.run_id}: {counts.get(JobState.SUCCEEDED, 0)} succeeded, {running} running, "
-            f"{counts.get(JobState.FAILED, 0)} failed, {counts.get(JobState.PRUNED, 0)} pruned, "
-            f"{counts.get(JobState.DELETED, 0)} deleted, of {len(self.state)}",
-            file=sys.stdout,
-            flush=True,
-        )
-        if self.progress_by_label:
-            by_label: dict[str, dict[int, int]] = {}
-            for row, s in zip(self.rows, self.state, strict=True):
-                if row.kind == JobKind.PAYLOAD:
-                    label_counts = by_label.setdefault(row.label, {})
-                    label_counts[s] = label_counts.get(s, 0) + 1
-            for label, label_counts in by_label.items():
-                in_flight = label_counts.get(JobState.PENDING, 0) + label_counts.get(JobState.RUNNING, 0)
-                print(
-                    f"  {label}: {label_counts.get(JobState.SUCCEEDED, 0)} succeeded, {in_flight} running, "
-                    f"{label_counts.get(JobState.FAILED, 0)} failed, "
-                    f"{label_counts.get(JobState.PRUNED, 0)} pruned, of {sum(label_counts.values())}",
-                    flush=True,
-                )
+        record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -43,6 +43,7 @@ from .files import open_private, private_dir, safe_component
 from .runindex import add_run, list_runs, resolve_run
 from .site import SiteConfig
 from .state import StateStoreError
+from .submitchecks import check_executables, check_submit_path
 from .workflow import ParslWorkflow
 
 __all__ = ("ParslService", "RunFailedError")
@@ -104,7 +105,7 @@ class ParslService(BaseWmsService):
         progress_interval(self.config)
         driver_stale_after(self.config)
         _detach(self.config)
-        _check_submit_path(self.config)
+        check_submit_path(self.config)
         get_bps_config_value(self.config, "parslProgressByLabel", bool, False)
 
     def prepare(
@@ -128,7 +129,7 @@ class ParslService(BaseWmsService):
         """
         if out_prefix is None:
             raise ConfigurationError("prepare needs the submit directory (out_prefix)")
-        _check_executables(config, generic_workflow)
+        check_executables(config, generic_workflow)
         try:
             os.makedirs(out_prefix, exist_ok=True)
         except OSError as exc:
@@ -438,57 +439,6 @@ def _is_owner(submit_path: str) -> bool:
     from .state import db_path
 
     return os.stat(db_path(submit_path)).st_uid == os.getuid()
-
-
-def _check_submit_path(config: BpsConfig) -> None:
-    """The submit directory must be creatable: its nearest existing
-    ancestor is a writable directory.
-    """
-    found, value = config.search("submitPath", opt={"replaceVars": False, "default": None})
-    if not found or not isinstance(value, str) or not value:
-        return
-    path = value.split("{", 1)[0]
-    if "{" in value:
-        path = os.path.dirname(path)
-    path = os.path.abspath(os.path.expanduser(path or "."))
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigurationError(
-            f"'submitPath' is {value!r}, but {existing} is not a directory: set submitPath to a directory "
-            "you can write"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigurationError(
-            f"'submitPath' is {value!r}, but {existing} is not writable by you: set submitPath to a "
-            "directory you can write"
-        )
-
-
-def _check_executables(config: BpsConfig, generic_workflow: GenericWorkflow) -> None:
-    """On a site whose executors all run jobs on this host, an absolute
-    executable path must exist and be executable here.
-    """
-    site = SiteConfig.from_config(config)
-    if any(site.capacity(label) is None for label in site.executor_labels()):
-        return  # jobs run elsewhere: the path may exist only there
-    executables = list(generic_workflow.get_executables(data=True, transfer_only=False))
-    final = generic_workflow.get_final()
-    final_executable = getattr(final, "executable", None)
-    if final_executable is not None:
-        executables.append(final_executable)
-    for executable in executables:
-        path = str(executable.src_uri)
-        if path.startswith("file://"):
-            path = path[len("file://") :]
-        if not os.path.isabs(path) or "$" in path or "<" in path:
-            continue
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            raise ConfigurationError(
-                f"executable '{executable.name}' is {path}, which is not an executable file on this host "
-                f"({site.where} runs jobs here): fix the executable's path in the submit YAML"
-            )
 
 
 def _operator_is(submit_path: str, user: str | None) -> bool:

@@ -33,7 +33,8 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
-from .generic import BatchSite, build, htex_defaults, htex_spec, normalize_walltime, plain
+from .batchsite import BatchSite, htex_defaults, htex_spec, normalize_walltime
+from .options import build, plain
 
 if TYPE_CHECKING:
     import parsl.config

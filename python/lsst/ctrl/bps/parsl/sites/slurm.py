@@ -36,16 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..commands import environment_script
 from ..configuration import ConfigurationError, get_workflow_name
-from .generic import (
-    BatchSite,
-    build,
-    build_launcher,
-    check_options,
-    heartbeat_reserved,
-    htex_defaults,
-    htex_spec,
-    normalize_walltime,
-)
+from .batchsite import BatchSite, heartbeat_reserved, htex_defaults, htex_spec, normalize_walltime
+from .options import build, build_launcher, check_options
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from parsl.providers import TorqueProvider
 
 from ..configuration import ConfigurationError, get_workflow_name
-from .generic import BatchSite, build, htex_spec, normalize_walltime
+from .batchsite import BatchSite, htex_spec, normalize_walltime
+from .options import build
 from .slurm import block_options, finish_executor_options, finish_provider_options
 
 if TYPE_CHECKING:

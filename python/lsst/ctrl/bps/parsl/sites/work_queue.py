@@ -38,7 +38,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
-from .generic import BatchSite, build, require_work_queue, work_queue_spec
+from .batchsite import BatchSite, require_work_queue, work_queue_spec
+from .options import build
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor

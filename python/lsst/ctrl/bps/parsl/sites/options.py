@@ -1,0 +1,332 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Parsl classes from YAML: the tables of provider, launcher and executor
+names, and checking keyword options against the signature of the Parsl
+class they are meant for, before anything is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from lsst.ctrl.bps import BpsConfig
+
+from ..configuration import ConfigurationError
+
+__all__ = (
+    "EXECUTORS",
+    "LAUNCHERS",
+    "PROVIDERS",
+    "build",
+    "build_launcher",
+    "check_options",
+    "load_class",
+    "plain",
+)
+
+PROVIDERS: dict[str, tuple[str, str]] = {
+    "slurm": ("lsst.ctrl.bps.parsl.sites.slurm_provider", "SlurmProvider"),
+    "pbspro": ("parsl.providers", "PBSProProvider"),
+    "torque": ("parsl.providers", "TorqueProvider"),
+    "lsf": ("parsl.providers", "LSFProvider"),
+    "condor": ("parsl.providers", "CondorProvider"),
+    "htcondor": ("parsl.providers", "CondorProvider"),
+    "gridengine": ("parsl.providers", "GridEngineProvider"),
+    "kubernetes": ("parsl.providers", "KubernetesProvider"),
+    "local": ("parsl.providers", "LocalProvider"),
+}
+"""Provider names accepted by ``provider:`` and the Parsl class each means
+(``slurm``: the plugin's `~.slurm_provider.SlurmProvider`, which sees
+blocks lost to node failure or requeue)."""
+
+LAUNCHERS: dict[str, tuple[str, str]] = {
+    "single_node": ("parsl.launchers", "SingleNodeLauncher"),
+    "simple": ("parsl.launchers", "SimpleLauncher"),
+    "srun": ("parsl.launchers", "SrunLauncher"),
+    "srun_mpi": ("parsl.launchers", "SrunMPILauncher"),
+    "mpiexec": ("parsl.launchers", "MpiExecLauncher"),
+    "mpirun": ("parsl.launchers", "MpiRunLauncher"),
+    "aprun": ("parsl.launchers", "AprunLauncher"),
+    "jsrun": ("parsl.launchers", "JsrunLauncher"),
+    "gnu_parallel": ("parsl.launchers", "GnuParallelLauncher"),
+    "wrapped": ("parsl.launchers", "WrappedLauncher"),
+}
+"""Launcher names accepted by ``launcher:`` and the Parsl class each means."""
+
+EXECUTORS: dict[str, tuple[str, str]] = {
+    "htex": ("parsl.executors", "HighThroughputExecutor"),
+    "threads": ("lsst.ctrl.bps.parsl.localpool.executor", "LocalPoolExecutor"),
+    "work_queue": ("parsl.executors", "WorkQueueExecutor"),
+}
+"""Executor kinds accepted by ``executor:`` and the Parsl class each means
+(``threads``: jobs on this machine, run by the local site's pool)."""
+
+
+def plain(value: Any) -> Any:
+    """Turn a BPS sub-configuration into plain dicts and lists."""
+    if isinstance(value, BpsConfig):
+        value = value.toDict()
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: str) -> type:
+    """Return the Parsl class that ``name`` (a key of ``table`` or the
+    class's own name, any case) means in ``table``.
+    """
+    by_class = {attr.lower(): (module, attr) for module, attr in table.values()}
+    key = name.lower() if isinstance(name, str) else None
+    entry = (table.get(key) or by_class.get(key)) if key else None
+    if entry is None:
+        choices = ", ".join(sorted(table))
+        classes = ", ".join(sorted(attr for _, attr in set(table.values())))
+        raise ConfigurationError(
+            f"'{where}' is {name!r}, which is not a known {what}: use one of {choices} (or a class name: "
+            f"{classes})"
+        )
+    module, attr = entry
+    return getattr(importlib.import_module(module), attr)
+
+
+_EMPTY = inspect.Parameter.empty
+_YAML_TYPES = (int, float, bool, str, list, tuple, dict)
+
+
+def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
+    """Python types a YAML value may have for a type hint.
+
+    Returns (types, None allowed, literal values) or `None` when anything
+    goes (``Any`` or a hint that cannot be checked).
+    """
+    if hint is Any or hint is _EMPTY:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        found: list[type] = []
+        allow_none = False
+        literals: list = []
+        for arg in typing.get_args(hint):
+            if arg is type(None):
+                allow_none = True
+                continue
+            sub = _hint_types(arg)
+            if sub is None:
+                return None
+            found.extend(sub[0])
+            allow_none = allow_none or sub[1]
+            literals.extend(sub[2] or ())
+        return tuple(found), allow_none, tuple(literals) or None
+    if origin is typing.Literal:
+        args = typing.get_args(hint)
+        return tuple({type(a) for a in args}), None in args, args
+    base = origin or hint
+    if base in (list, tuple, typing.Sequence) or (
+        isinstance(base, type) and base.__module__ == "collections.abc" and base.__name__ == "Sequence"
+    ):
+        return (list, tuple), False, None
+    if base in (dict, Mapping) or (
+        isinstance(base, type) and base.__module__ == "collections.abc" and base.__name__ == "Mapping"
+    ):
+        return (dict,), False, None
+    if base is float:
+        return (int, float), False, None
+    if base in (int, str, bool):
+        return (base,), False, None
+    if base is typing.Callable or (
+        isinstance(base, type) and base.__module__ == "collections.abc" and base.__name__ == "Callable"
+    ):
+        return (), False, None
+    if isinstance(base, type):
+        return (base,), False, None
+    return None
+
+
+def _default_types(default: Any) -> tuple[tuple[type, ...], bool, None] | None:
+    if default is _EMPTY or default is None:
+        return None
+    if isinstance(default, bool):
+        return (bool,), False, None
+    if isinstance(default, int):
+        return (int,), False, None
+    if isinstance(default, float):
+        return (int, float), False, None
+    if isinstance(default, str):
+        return (str,), False, None
+    if isinstance(default, list | tuple):
+        return (list, tuple), False, None
+    if isinstance(default, dict):
+        return (dict,), False, None
+    return (type(default),), False, None
+
+
+def _type_names(kinds: tuple[type, ...]) -> str:
+    if set(kinds) == {int, float}:
+        return "number"
+    names = []
+    for kind in kinds:
+        special: dict[type, str] = {list: "list", tuple: "list", dict: "mapping"}
+        name = special.get(kind, kind.__name__)
+        if name not in names:
+            names.append(name)
+    return " or ".join(names) if names else "Python object"
+
+
+def check_options(
+    cls: type, options: Any, where: str, reserved: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Check keyword arguments for a Parsl class against its signature.
+
+    Parameters
+    ----------
+    cls : `type`
+        Parsl class the options are for.
+    options : `dict`
+        Options from the YAML (a mapping; `None` means none).
+    where : `str`
+        Full name of the mapping, e.g. ``site.hpc.executors.small.provider_options``.
+    reserved : `dict` [`str`, `str`], optional
+        Options the site sets itself, with how to set them instead.
+
+    Returns
+    -------
+    options : `dict`
+        The options, ready for ``cls(**options)`` (YAML lists turned into
+        tuples where the class wants a tuple).
+
+    Raises
+    ------
+    ConfigurationError
+        For an option that is not a parameter of ``cls``, is reserved, or
+        has the wrong type.
+    """
+    if options is None:
+        return {}
+    options = plain(options)
+    if not isinstance(options, dict):
+        raise ConfigurationError(
+            f"'{where}' is {options!r}: it must be a mapping of {cls.__name__} options (name: value)"
+        )
+    reserved = reserved or {}
+    params = inspect.signature(cls).parameters
+    try:
+        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    except Exception:  # noqa: BLE001 (unresolvable annotations: fall back to defaults)
+        hints = {}
+    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    result: dict[str, Any] = {}
+    for key, value in options.items():
+        name = f"{where}.{key}"
+        if key in reserved:
+            raise ConfigurationError(f"'{name}' cannot be set here: {reserved[key]}")
+        if key not in valid:
+            choices = ", ".join(n for n in valid if n not in reserved)
+            raise ConfigurationError(
+                f"'{name}' is not an option of Parsl's {cls.__name__}: remove it or use one of {choices}"
+            )
+        param = params[key]
+        spec = _hint_types(hints.get(key, _EMPTY)) if key in hints else None
+        if spec is None and key not in hints:
+            spec = _default_types(param.default)
+        if spec is not None:
+            kinds, allow_none, literals = spec
+            allow_none = allow_none or param.default is None
+            if value is None:
+                if not allow_none:
+                    raise ConfigurationError(f"'{name}' is null: it must be a {_type_names(kinds)}")
+            elif literals is not None and value not in literals:
+                raise ConfigurationError(f"'{name}' is {value!r}: it must be one of {list(literals)}")
+            elif not kinds:
+                raise ConfigurationError(
+                    f"'{name}' needs a Python object, which YAML cannot express: remove it, or set it in "
+                    "a SiteConfig subclass"
+                )
+            elif (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+                if not any(k in _YAML_TYPES for k in kinds):
+                    raise ConfigurationError(
+                        f"'{name}' needs a {_type_names(kinds)} object, which YAML cannot express: remove "
+                        "it, or set it in a SiteConfig subclass"
+                    )
+                raise ConfigurationError(
+                    f"'{name}' is {value!r} ({type(value).__name__}): it must be a {_type_names(kinds)}"
+                )
+            if isinstance(value, list) and _wants_tuple(hints.get(key)):
+                value = tuple(value)
+        result[key] = value
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is _EMPTY
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in result
+        and n not in reserved
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"'{where}' lacks {', '.join(missing)}, required by Parsl's {cls.__name__}: add "
+            + ", ".join(f"'{where}.{n}'" for n in missing)
+        )
+    return result
+
+
+def _wants_tuple(hint: Any) -> bool:
+    if hint is None:
+        return False
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return True
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_wants_tuple(a) for a in typing.get_args(hint))
+    return False
+
+
+def build(cls: type, options: dict[str, Any], where: str) -> Any:
+    """Instantiate a Parsl class; its own errors become one-line
+    `ConfigurationError` naming ``where``.
+    """
+    try:
+        return cls(**options)
+    except ConfigurationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (Parsl raises many kinds)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigurationError(f"'{where}': Parsl's {cls.__name__} rejected the options: {text}") from None
+
+
+def build_launcher(name: Any, options: Any, where: str) -> Any:
+    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``)."""
+    cls = load_class(LAUNCHERS, name, f"{where}.launcher", "launcher")
+    checked = check_options(cls, options, f"{where}.launcher_options")
+    return build(cls, checked, f"{where}.launcher_options")
