@@ -144,6 +144,40 @@ def db_path(submit_path: str) -> str:
     return os.path.join(submit_path, DB_NAME)
 
 
+def roll_back_hot_journal(path: str) -> bool:
+    """Roll back what a writer that died mid-commit left in the store's
+    rollback journal, where this user may write the store.
+
+    A read-only connection cannot do it (SQLite then refuses every read), so
+    readers call this when a journal is there. Opening the store for writing
+    and reading from it is all it takes: SQLite rolls a hot journal back on
+    the first read, and leaves the journal of a live writer alone.
+
+    Returns
+    -------
+    rolled_back : `bool`
+        Whether a journal was there and is gone now.
+    """
+    journal = path + "-journal"
+    try:
+        if os.path.getsize(journal) == 0:
+            return False
+    except OSError:
+        return False
+    directory = os.path.dirname(path) or "."
+    if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
+        return False
+    try:
+        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return not os.path.exists(journal)
+
+
 class RunStore(FileIdentity):
     """Access to one run's state database.
 
@@ -182,6 +216,7 @@ class RunStore(FileIdentity):
                 ) from None
         try:
             if readonly:
+                roll_back_hot_journal(path)
                 self.conn = sqlite3.connect(
                     f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
                 )
@@ -238,9 +273,16 @@ class RunStore(FileIdentity):
         return version, tables
 
     def _file_version(self) -> tuple[bytes, bool]:
-        """The file's change counter and whether a rollback journal is there."""
+        """The file's change counter and whether a rollback journal with
+        content is there (a writer changes the file only once its journal
+        holds the pages it will change; an empty journal is not hot).
+        """
         assert self._fd is not None
-        return os.pread(self._fd, 4, CHANGE_COUNTER), os.path.exists(self.path + "-journal")
+        try:
+            journal = os.path.getsize(self.path + "-journal") > 0
+        except OSError:
+            journal = False
+        return os.pread(self._fd, 4, CHANGE_COUNTER), journal
 
     def read_snapshot(self, read: Callable[[], _T]) -> _T:
         """Run ``read`` (calls of this store's methods and queries of its
@@ -273,6 +315,8 @@ class RunStore(FileIdentity):
                         self.conn.execute("COMMIT")
                 return value
             except (sqlite3.DatabaseError, _TornReadError) as exc:
+                if self.readonly and roll_back_hot_journal(self.path):
+                    continue
                 if isinstance(exc, sqlite3.DatabaseError) and not _retryable(exc):
                     raise
                 if isinstance(exc, sqlite3.DatabaseError) and not _busy(exc):
