@@ -69,4 +69,5 @@ def multinode_slurm(multinode_rig, monkeypatch):
         pytest.fail(
             f"multi-node Slurm not idle: jobs {multinode_rig.squeue()}, nodes {multinode_rig.sinfo()}"
         )
+    multinode_rig.reap_leftovers()
     return multinode_rig

@@ -368,6 +368,22 @@ class MultiNodeSlurm:
         for node in self.nodes:
             self.revive_node(node.host)
 
+    def reap_leftovers(self) -> dict[int, str]:
+        """SIGKILL every process but ``slurmd`` left in the nodes by earlier
+        tests, and return them. Without cgroups (the rig uses
+        ``proctrack/linuxproc``) Slurm loses the processes of a block whose
+        parent died, as Parsl's worker processes after their pool was killed;
+        a real cluster's cgroup tracking ends them with the block."""
+        left: dict[int, str] = {}
+        for k in range(1, len(self.nodes) + 1):
+            for pid, cmd in self.job_processes_in(k).items():
+                left[pid] = cmd
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        return left
+
     def cancel_all(self) -> None:
         """Cancel every job of the rig."""
         self.slurm(["scancel", "--partition", PARTITION])

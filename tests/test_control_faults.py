@@ -317,6 +317,7 @@ print(n)
 """
 
 
+@pytest.mark.long
 def test_detached_starts_never_fail_while_report_polls(tmp_path, env):
     """Control 8: 30 detached starts (two at a time), each while another
     process runs ``driver_alive``, ``report`` and ``status`` on the starting

@@ -357,6 +357,7 @@ def token_processes_in(rig, k: int, run_id: str) -> dict[int, str]:
 
 
 @pytest.mark.slurm
+@pytest.mark.long
 def test_node_killed_mid_run_bps_submit_completes_without_payload_retries(
     multinode_slurm, e2e_repo, tmp_path
 ):
@@ -444,6 +445,7 @@ def test_node_killed_mid_run_bps_submit_completes_without_payload_retries(
 
 
 @pytest.mark.slurm
+@pytest.mark.long
 def test_worker_pool_killed_on_a_live_node_leaves_no_orphan(multinode_slurm, tmp_path, env):
     """Promise L5: the worker pool (``process_worker_pool.py``) of one node
     of a running block is SIGKILLed while a job runs there. No process of

@@ -380,6 +380,9 @@ def test_restart_from_login2_refused_while_the_driver_lives_then_takes_over(
         proc.wait()
         for pid in _pids_with(marker):
             os.kill(pid, signal.SIGKILL)
+        # The heartbeat must go stale first (by the file system's clock): until then
+        # login2 cannot tell a dead driver from a live one and refuses.
+        time.sleep(3.0 + 2.5)
         started = time.monotonic()
         restarted = login_bps(rig, env, tmp_path, "restart", "--id", str(submit))
         took = time.monotonic() - started

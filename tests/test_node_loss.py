@@ -110,6 +110,7 @@ def test_heartbeat_keys_reach_every_htex_site():
 
 
 @pytest.mark.slurm
+@pytest.mark.long
 def test_lost_node_fails_its_tasks_fast_and_a_new_block_replaces_its_block(
     multinode_slurm, tmp_path, monkeypatch
 ):
@@ -207,6 +208,7 @@ def test_lost_node_fails_its_tasks_fast_and_a_new_block_replaces_its_block(
 
 
 @pytest.mark.slurm
+@pytest.mark.long
 def test_requeued_block_is_cancelled_and_reported_failed(multinode_slurm, tmp_path):
     """With ``requeue: true`` Slurm requeues a block that lost a node; the
     provider cancels it and reports it FAILED instead of PENDING forever."""
