@@ -51,7 +51,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from .guard import orphan_guard
-from .processes import ATTEMPT_ENV, EXIT_MARKER, Launcher, append_note, exit_code_of, job_argv, kill_attempts
+from .processes import (
+    ATTEMPT_ENV,
+    EXIT_MARKER,
+    Launcher,
+    append_note,
+    exit_code_of,
+    job_argv,
+    kill_attempts,
+    write_text,
+)
 
 __all__ = ("NotStartedError", "job_script", "run_job")
 
@@ -161,7 +170,7 @@ def _run(
     pid = Launcher().spawn(job_argv(shell, out_path, err_path, job_script(token, prefix, env, command)))
     if guard is not None:
         guard.started(token, pid)
-    _write_pid_file(pid_file, f"{_HOST} {pid} {token}\n")
+    write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:
         status = _wait(pid, walltime)
@@ -186,22 +195,6 @@ def _run(
     if timed_out:
         append_note(err_path, f"[bps-parsl] killed after walltime of {walltime:.0f} s\n")
     return returncode, sig, start, end, _HOST, timed_out
-
-
-def _write_pid_file(path: str, text: str) -> None:
-    """Write the running-attempt file, making its directory again if it vanished."""
-    for _ in range(2):
-        try:
-            with open(path, "w") as stream:
-                stream.write(text)
-            return
-        except FileNotFoundError:
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            except OSError:
-                return
-        except OSError:
-            return
 
 
 def _wait(pid: int, timeout: float | None) -> int | None:

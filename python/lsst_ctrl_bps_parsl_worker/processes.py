@@ -53,6 +53,7 @@ __all__ = (
     "KILL_GRACE",
     "Launcher",
     "append_note",
+    "write_text",
     "attempt_processes",
     "exit_code_of",
     "job_argv",
@@ -235,9 +236,16 @@ def logged_exit_status(stderr: str) -> int | None:
 
 def append_note(path: str, text: str) -> None:
     """Append ``text`` to a log file, making its directory again if it vanished."""
+    write_text(path, text, "a")
+
+
+def write_text(path: str, text: str, mode: str = "w") -> None:
+    """Write (``mode`` "w") or append ("a") ``text`` to a file, making its
+    directory again if it vanished; errors are ignored (the file is a hint).
+    """
     for _ in range(2):
         try:
-            with open(path, "a") as stream:
+            with open(path, mode) as stream:
                 stream.write(text)
             return
         except FileNotFoundError:
