@@ -689,6 +689,7 @@ def test_two_restarts_at_once_second_is_refused(tmp_path, env):
     assert all(row[0] == S for row in statuses(submit).values())
 
 
+@pytest.mark.long
 def test_report_polled_during_a_large_run_never_fails(tmp_path, env):
     """Promise 5 (readers): ``bps report`` run from another process again
     one second after the previous one ended, and the report API from this
