@@ -144,6 +144,23 @@ def db_path(submit_path: str) -> str:
     return os.path.join(submit_path, DB_NAME)
 
 
+def journal_is_hot(path: str) -> bool:
+    """Whether the store at ``path`` has a rollback journal that a commit
+    under way or a writer that died mid-commit left with pages to restore.
+
+    With ``synchronous=FULL`` SQLite writes a journal's header with a zero
+    first byte and sets it only once the journal is synced, before the first
+    change to the database file; a journal that still starts with zero (its
+    writer died before that point) holds nothing to restore, and SQLite
+    itself leaves it in place until the next commit.
+    """
+    try:
+        with open(path + "-journal", "rb") as journal:
+            return journal.read(1) not in (b"", b"\0")
+    except OSError:
+        return False
+
+
 def roll_back_hot_journal(path: str) -> bool:
     """Roll back what a writer that died mid-commit left in the store's
     rollback journal, where this user may write the store.
@@ -158,11 +175,7 @@ def roll_back_hot_journal(path: str) -> bool:
     rolled_back : `bool`
         Whether a journal was there and is gone now.
     """
-    journal = path + "-journal"
-    try:
-        if os.path.getsize(journal) == 0:
-            return False
-    except OSError:
+    if not journal_is_hot(path):
         return False
     directory = os.path.dirname(path) or "."
     if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
@@ -175,7 +188,7 @@ def roll_back_hot_journal(path: str) -> bool:
             conn.close()
     except sqlite3.Error:
         return False
-    return not os.path.exists(journal)
+    return not journal_is_hot(path)
 
 
 class RunStore(FileIdentity):
@@ -273,16 +286,11 @@ class RunStore(FileIdentity):
         return version, tables
 
     def _file_version(self) -> tuple[bytes, bool]:
-        """The file's change counter and whether a rollback journal with
-        content is there (a writer changes the file only once its journal
-        holds the pages it will change; an empty journal is not hot).
+        """The file's change counter and whether a hot rollback journal is
+        there (a writer changes the file only once its journal is hot).
         """
         assert self._fd is not None
-        try:
-            journal = os.path.getsize(self.path + "-journal") > 0
-        except OSError:
-            journal = False
-        return os.pread(self._fd, 4, CHANGE_COUNTER), journal
+        return os.pread(self._fd, 4, CHANGE_COUNTER), journal_is_hot(self.path)
 
     def read_snapshot(self, read: Callable[[], _T]) -> _T:
         """Run ``read`` (calls of this store's methods and queries of its
