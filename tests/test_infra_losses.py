@@ -371,9 +371,9 @@ def token_processes_in(rig, k: int, run_id: str) -> dict[int, str]:
 def test_node_killed_mid_run_bps_submit_completes_without_payload_retries(
     multinode_slurm, e2e_repo, tmp_path
 ):
-    """Promise L4: a real ``bps submit`` of the e2e pipeline on 2-node blocks
-    (``middle`` quanta sleep 8 s); the node running a ``middle`` quantum is
-    killed (link down, every process). The run completes, every quantum's
+    """Promise L5: a real ``bps submit`` of the e2e pipeline on 2-node blocks
+    (``middle`` quanta sleep 8 s); the block's second node, running a
+    ``middle`` quantum, is killed (link down, every process). The run completes, every quantum's
     outputs exist and succeeded once, no attempt that failed was the job's
     own (every failed attempt is an infrastructure loss), and ``bps report``
     shows the losses."""
@@ -402,15 +402,22 @@ def test_node_killed_mid_run_bps_submit_completes_without_payload_retries(
     )
     try:
 
-        def middle_running() -> int | None:
+        def batch_host() -> int | None:
+            fields = rig.squeue("-t", "running", "-o", "%i %B")
+            return int(fields[0][1].removeprefix("node")) if len(fields) == 1 else None
+
+        def middle_running() -> tuple[int, int] | None:
+            first = batch_host()
             for label, _, pid, _, status in e2e.read_run_log(run_log):
                 if label == "middle" and status == "start":
                     for k in (1, 2, 3, 4):
-                        if pid in rig.pids_in(k):
-                            return k
+                        # The block's second node: losing it must not end the block.
+                        if first is not None and k != first and pid in rig.pids_in(k):
+                            return k, first
             return None
 
-        victim = wait_for(middle_running, timeout=150, what="a middle quantum running", proc=proc)
+        victim, first = wait_for(middle_running, timeout=150, what="a middle quantum running", proc=proc)
+        (block,) = [fields[0] for fields in rig.squeue("-t", "running")]
         killed_at = time.time()
         rig.kill_node(victim)
         out, _ = proc.communicate(timeout=240)
@@ -447,9 +454,16 @@ def test_node_killed_mid_run_bps_submit_completes_without_payload_retries(
     rerun_ends = [r.end for r in rows if r.job in reruns and r.attempt > reruns[r.job] and r.end]
     recovered = max(rerun_ends) - killed_at if rerun_ends else float("nan")
     print(
-        f"\nnode{victim} killed: {len(lost)} attempts lost, noticed {noticed:.1f} s after the kill "
-        f"(heartbeat threshold 8 s), their reruns done {recovered:.1f} s after it; run {elapsed:.1f} s"
+        f"\nnode{victim} killed (block {block} on node{first} and node{victim}): {len(lost)} attempts "
+        f"lost, noticed {noticed:.1f} s after the kill (heartbeat threshold 8 s), their reruns done "
+        f"{recovered:.1f} s after it (queued behind the jobs left on node{first}); run {elapsed:.1f} s"
     )
+    # The block kept its first node (--no-kill): only the lost node's job ran again, in the same
+    # block (no new block to wait for; its end waits for the jobs queued before it on the one
+    # node left).
+    assert len(lost) == 1, lost
+    (rerun,) = [r for r in rows if r.job in reruns and r.attempt > reruns[r.job]]
+    assert rerun.host == f"node{first}", rerun
     # The killed node stays down (the fixture revives it for the next test).
     wait_for(lambda: not rig.squeue(), timeout=30, what="no block of the run left")
 

@@ -128,7 +128,7 @@ def test_lost_node_fails_its_tasks_fast_and_a_new_block_replaces_its_block(
         os.pathsep.join(p for p in (os.path.dirname(__file__), os.environ.get("PYTHONPATH")) if p),
     )
     monkeypatch.chdir(tmp_path)
-    site = slurm_site(rig)
+    site = slurm_site(rig, no_kill=False)  # the path where a lost node ends its block
     (executor,) = site.get_executors()
     threshold = executor.heartbeat_threshold
     config = Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), strategy_period=0.5, retries=0)

@@ -119,7 +119,18 @@ def test_slurm_defaults_are_the_old_plugins():
     assert provider.launcher.overrides == "-K0 -k --cpu-bind=none"
     assert "#SBATCH --job-name=bps.tester" in provider.scheduler_options
     assert "--dependency=singleton" not in provider.scheduler_options
+    assert "--no-kill" not in provider.scheduler_options  # one node: nothing to keep
     assert site.select_executor(pjob()) == "slurm"
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [({"nodes": 2}, True), ({"nodes": 2, "no_kill": False}, False), ({"nodes": 1, "no_kill": True}, True)],
+)
+def test_slurm_blocks_of_several_nodes_survive_a_lost_node(keys, expected):
+    site = make_site(f"{SITES}.Slurm", **{**SLURM_MIN, **keys})
+    (executor,) = site.get_executors()
+    assert ("#SBATCH --no-kill" in executor.provider.scheduler_options) is expected
 
 
 def test_slurm_every_key_reaches_the_sbatch_script(submitted):

@@ -151,6 +151,11 @@ class Slurm(BatchSite):
     - ``singleton`` (`bool`, default false): one block of this workflow
       runs at a time (``--dependency=singleton``); the others wait.
     - ``exclusive`` (`bool`, default true, as Parsl): whole nodes.
+    - ``no_kill`` (`bool`, default true when ``nodes`` is above 1): a
+      block that loses a node keeps its other nodes (``#SBATCH
+      --no-kill``): their tasks go on, and only the lost node's tasks run
+      again, after the heartbeat threshold. A block that loses its first
+      node (where its batch script runs) still ends and is replaced.
     - ``scheduler_options`` (`str`): ``#SBATCH`` lines added to the script.
     - ``worker_init`` (`str`): shell lines run in the job before the workers.
     - ``init_blocks``, ``min_blocks``, ``max_blocks``, ``parallelism``,
@@ -171,7 +176,8 @@ class Slurm(BatchSite):
     Blocks come from the plugin's `~.slurm_provider.SlurmProvider`
     (``provider_options`` also take its ``requeue`` and
     ``status_polling_interval``): submitted with ``--no-requeue``, a block
-    that loses a node ends (NODE_FAIL) and a new one replaces it.
+    that ends because it lost a node (NODE_FAIL: with ``no_kill`` false, or
+    its first node) is replaced by a new one.
 
     A job's ``priority`` reaches the executor (lower runs first); its cores,
     memory and walltime do not: workers are sized per block.
@@ -192,6 +198,7 @@ class Slurm(BatchSite):
         constraint: str | None = None,
         singleton: bool = False,
         exclusive: bool = True,
+        no_kill: bool | None = None,
         scheduler_options: str | None = None,
         partition: str | None = None,
         account: str | None = None,
@@ -209,8 +216,9 @@ class Slurm(BatchSite):
         label : `str`
             Executor label.
         nodes, cores_per_node, walltime, mem_per_node, qos, constraint, \
-singleton, exclusive, scheduler_options, partition, account
-            Defaults of the keys of the same names.
+singleton, exclusive, no_kill, scheduler_options, partition, account
+            Defaults of the keys of the same names (``no_kill`` `None`: true
+            when ``nodes`` is above 1).
         mem_per_worker : `float`, optional
             Memory per worker (GB): a node runs as many workers as fit.
         provider_options : `dict`, optional
@@ -239,6 +247,7 @@ singleton, exclusive, scheduler_options, partition, account
         constraint = self.get("constraint", str, constraint)
         singleton = self.get("singleton", bool, singleton)
         exclusive = self.get("exclusive", bool, exclusive)
+        no_kill = self.get("no_kill", bool, nodes > 1 if no_kill is None else no_kill)
         partition = self.get("partition", str, partition)
         account = self.get("account", str, account)
         scheduler_options = self.get("scheduler_options", str, scheduler_options)
@@ -254,6 +263,8 @@ singleton, exclusive, scheduler_options, partition, account
         lines.append(f"#SBATCH --job-name={job_name}")
         if singleton:
             lines.append("#SBATCH --dependency=singleton")
+        if no_kill:
+            lines.append("#SBATCH --no-kill")
 
         options: Kwargs = dict(provider_options or {})
         options.setdefault("launcher", default_launcher())
