@@ -321,6 +321,70 @@ def test_job_is_kept_off_a_block_with_too_little_walltime_left(htex, tmp_path):
     assert not watch.before_submit("htex", 45.0)
 
 
+def test_idle_block_is_released_while_another_block_runs_the_last_job(tmp_path, monkeypatch):
+    """Promise W2: two blocks of a local HTEX (one worker each), one job left
+    running on one of them: the other block, idle for ``max_idle``, is put on
+    hold and cancelled (scaled in, not failed) while the job runs on. A job
+    waiting in the interchange keeps every block."""
+    import parsl
+    from lsst.ctrl.bps.parsl.blocks import BlockWatch
+    from lsst.ctrl.bps.parsl.runner import run_job
+    from parsl.app.python import PythonApp
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.jobs.states import JobState
+    from parsl.providers import LocalProvider
+
+    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.chdir(tmp_path)
+    executor = HighThroughputExecutor(
+        label="htex",
+        address="127.0.0.1",
+        max_workers_per_node=1,
+        provider=LocalProvider(init_blocks=2, min_blocks=0, max_blocks=2),
+    )
+    dfk = parsl.load(Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), strategy_period=0.5))
+    try:
+        app = PythonApp(run_job, data_flow_kernel=dfk, executors=["htex"])
+        watch = BlockWatch({"htex": executor}, str(tmp_path / "running"), max_idle=2.0)
+        wait_for(lambda: len(executor.connected_blocks()) == 2, 60, "two blocks connected")
+
+        def job(name: str, seconds: float):
+            return app(
+                f"idle{os.getpid()}/{name}/1",
+                "",
+                "",
+                f"sleep {seconds}; echo $PARSL_WORKER_BLOCK_ID > {tmp_path / name}",
+                str(tmp_path / f"{name}.out"),
+                str(tmp_path / f"{name}.err"),
+                str(tmp_path / f"{name}.pid"),
+                None,
+                "/bin/sh",
+            )
+
+        # Three jobs on two workers: one waits, so no block goes while it does.
+        first = [job("a", 3), job("b", 3), job("c", 9)]
+        released_while_waiting = set()
+        while not first[0].done() or not first[1].done():
+            watch.tick()
+            released_while_waiting |= watch.clocks["htex"].held
+            time.sleep(0.2)
+        assert not released_while_waiting
+        deadline = time.monotonic() + 20
+        while not first[2].done() and time.monotonic() < deadline:
+            watch.tick()
+            time.sleep(0.2)
+        assert [f.result(timeout=5)[0] for f in first] == [0, 0, 0]
+        last_block = (tmp_path / "c").read_text().strip()
+        other = ({"0", "1"} - {last_block}).pop()
+        states = {block: status.state for block, status in executor.status_facade.items()}
+        assert states[other] == JobState.SCALED_IN and states[last_block] == JobState.RUNNING, states
+        assert not executor.bad_state_is_set
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+
+
 def test_idle_blocks_are_released_by_parsl_scaling():
     """Promise W2: blocks of an executor with no task left are released by
     Parsl's ``simple`` scaling after ``maxIdleTime`` (default 30 s)."""

@@ -49,13 +49,17 @@ longer than the block walltime can never be placed safely: it is sent
 anyway, with a warning; other executors (local pool, thread pools, Work
 Queue) are not watched.
 
-Blocks with no work left go through Parsl's own scaling (`scaling_strategy`:
-``simple``): once an executor has no task at all (e.g. while only the final
-job runs, on another executor) its blocks are released after the site key
-``maxIdleTime`` (default `MAX_IDLE_TIME`). Parsl's ``htex_auto_scale``,
-which would also release single idle blocks while others work, is not used:
-in Parsl 2026.10.26 its scale-in asked for 0 blocks cancels every idle block,
-also blocks still starting, so blocks are started and cancelled in a loop.
+Blocks with no work left go after the site key ``maxIdleTime`` (default
+`MAX_IDLE_TIME`): once an executor has no task at all (e.g. while only the
+final job runs, on another executor) Parsl's own scaling (`scaling_strategy`:
+``simple``) releases its blocks; while some of its tasks still run and none
+waits in the interchange, `BlockWatch` puts every block whose worker pools
+have all been idle that long on hold and cancels it (never below the
+provider's ``min_blocks``), so the tail of a run keeps only the blocks that
+run its last jobs. Parsl's ``htex_auto_scale``, which also releases single
+idle blocks, is not used: in Parsl 2026.10.26 its scale-in asked for 0 blocks
+cancels every idle block, also blocks still starting, so blocks are started
+and cancelled in a loop.
 """
 
 from __future__ import annotations
@@ -106,9 +110,11 @@ def _block_walltime(executor: Any) -> float | None:
 
 
 class _Clock:
-    """The blocks of one executor and their remaining walltime."""
+    """The blocks of one executor and their remaining walltime (infinite
+    where the blocks' walltime is not known).
+    """
 
-    def __init__(self, executor: Any, walltime: float):
+    def __init__(self, executor: Any, walltime: float | None):
         self.executor = executor
         self.walltime = walltime
         self.seen: dict[str, float] = {}
@@ -127,6 +133,8 @@ class _Clock:
             self.seen.setdefault(block, now)
 
     def remaining(self, block: str, now: float) -> float:
+        if self.walltime is None:
+            return float("inf")
         return self.walltime - (now - self.seen.get(block, now))
 
     def _active_blocks(self) -> list[str]:
@@ -169,16 +177,7 @@ class _Clock:
                 if tasks.get(block, 0):
                     continue
                 self.held.discard(block)
-                job_id = executor.blocks_to_job_id.get(block)
-                if job_id is None:
-                    continue
-                from parsl.jobs.states import JobState, JobStatus
-
-                _LOG.info("executor %s: held block %s runs nothing: cancelled", executor.label, block)
-                executor.provider.cancel([job_id])
-                status = JobStatus(JobState.SCALED_IN, "too little walltime left")
-                executor._status[block] = status
-                executor._simulated_status[block] = status
+                self._cancel(block)
         if not waiting:
             return
         active = self._active_blocks()
@@ -187,6 +186,57 @@ class _Clock:
             _LOG.info("executor %s: no block has %.0f s of walltime left: one more", executor.label, need)
             executor.scale_out_facade(1)
             self.update(now)
+
+    def _cancel(self, block: str) -> None:
+        """Cancel a block that runs nothing; Parsl counts it scaled in, not failed."""
+        executor = self.executor
+        job_id = executor.blocks_to_job_id.get(block)
+        if job_id is None:
+            return
+        from parsl.jobs.states import JobState, JobStatus
+
+        _LOG.info("executor %s: block %s runs nothing and takes no new job: cancelled", executor.label, block)
+        executor.provider.cancel([job_id])
+        status = JobStatus(JobState.SCALED_IN, "released: it ran nothing")
+        executor._status[block] = status
+        executor._simulated_status[block] = status
+
+    def release_idle(self, max_idle: float) -> None:
+        """Hold and cancel the blocks whose worker pools have all run
+        nothing for ``max_idle`` seconds, while other blocks still run tasks
+        and none waits in the interchange (with no task at all, Parsl's own
+        scaling releases the blocks).
+        """
+        if not self._alive():
+            return
+        executor = self.executor
+        managers = self._command("MANAGERS")
+        running = sum(manager["tasks"] for manager in managers)
+        outstanding = executor.outstanding
+        if callable(outstanding):  # a method in Parsl 2026, a property before
+            outstanding = outstanding()
+        if running == 0 or outstanding > running:
+            return
+        idle: dict[str, bool] = {}
+        for manager in managers:
+            block = manager["block_id"]
+            quiet = manager["tasks"] == 0 and manager["idle_duration"] >= max_idle
+            idle[block] = idle.get(block, True) and quiet
+        active = self._active_blocks()
+        spare = len(active) - (executor.provider.min_blocks or 0)
+        for block in sorted(b for b in active if idle.get(b) and b not in self.held)[: max(spare, 0)]:
+            for manager in managers:
+                if manager["block_id"] == block:
+                    self._command(["HOLD_MANAGER", manager["manager"]])
+            self.held.add(block)
+            _LOG.info(
+                "executor %s: block %s ran nothing for %.0f s while its other blocks finish: released",
+                executor.label,
+                block,
+                max_idle,
+            )
+        # A task sent to a pool between the two questions keeps its block held until it ends.
+        self.release_held(False, 0.0, time.monotonic())
 
 
 class BlockWatch:
@@ -202,14 +252,23 @@ class BlockWatch:
         ``<job>.<attempt>`` (`lsst_ctrl_bps_parsl_worker.job.run_job`).
     margin : `float`
         `WALLTIME_MARGIN`.
+    max_idle : `float`
+        Seconds a block runs nothing before it is released while the
+        executor's other blocks work (the site key ``maxIdleTime``).
     """
 
-    def __init__(self, executors: Mapping[str, Any], running_dir: str, margin: float = WALLTIME_MARGIN):
+    def __init__(
+        self,
+        executors: Mapping[str, Any],
+        running_dir: str,
+        margin: float = WALLTIME_MARGIN,
+        max_idle: float = MAX_IDLE_TIME,
+    ):
         self.clocks: dict[str, _Clock] = {}
         for label, executor in executors.items():
-            walltime = _block_walltime(executor)
-            if walltime is not None:
-                self.clocks[label] = _Clock(executor, walltime)
+            if type(executor).__name__ == "HighThroughputExecutor" and getattr(executor, "provider", None):
+                self.clocks[label] = _Clock(executor, _block_walltime(executor))
+        self.max_idle = max_idle
         self.running_dir = running_dir
         self.margin = margin
         self.waiting: dict[Any, tuple[str, float, Any]] = {}
@@ -221,7 +280,7 @@ class BlockWatch:
         whether the attempt is to be watched (`track`).
         """
         clock = self.clocks.get(label)
-        if clock is None or not seconds:
+        if clock is None or clock.walltime is None or not seconds:
             return False
         need = seconds + self.margin
         if need > clock.walltime:
@@ -245,8 +304,8 @@ class BlockWatch:
 
     def tick(self) -> None:
         """Hold blocks that became too short for the waiting attempts, cancel
-        held blocks that run nothing, start a block where none fits (at most
-        once a second).
+        held blocks that run nothing, start a block where none fits, release
+        blocks idle while others work (at most once a second).
         """
         now = time.monotonic()
         if not self.clocks or now < self._next:
@@ -269,10 +328,11 @@ class BlockWatch:
                 self._guarded(clock.drain_short, need, now)
             if need is not None or clock.held:
                 self._guarded(clock.release_held, need is not None, need or 0.0, now)
+            self._guarded(clock.release_idle, self.max_idle)
 
     def _guarded(self, step: Any, *args: Any) -> None:
         try:
             step(*args)
         except Exception as exc:  # noqa: BLE001
             # The interchange went away meanwhile (`losses` notices) or did not answer in time.
-            _LOG.warning("walltime watch: %r", exc)
+            _LOG.warning("block watch: %r", exc)

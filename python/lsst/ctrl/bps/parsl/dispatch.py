@@ -97,7 +97,11 @@ class Dispatch:
             label: PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label]) for label in self.labels
         }
         running_dir = os.path.join(self.site.submit_path or ".", "parsl", "running")
-        self.blocks = BlockWatch({label: self.dfk.executors[label] for label in self.labels}, running_dir)
+        self.blocks = BlockWatch(
+            {label: self.dfk.executors[label] for label in self.labels},
+            running_dir,
+            max_idle=self.dfk.config.max_idletime,
+        )
 
     def submit(
         self,
