@@ -416,3 +416,186 @@ def _pids_with(marker: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+# ---- jobs a local pool on another host still runs (issue 10, items 5 and 6) ----------
+
+
+def bps_on(host: str, env: dict, cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``bps ARGS`` with hostname ``host`` (own UTS namespace, same processes and files)."""
+    return subprocess.run(
+        on_host(host, [str(BIN / "bps"), *args]),
+        env=env,
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def spawner_journals(submit: Path) -> list[Path]:
+    """The journals of the local pool's spawners of a run."""
+    return sorted((submit / "parsl" / "running").glob("spawner.*"))
+
+
+def run_snapshot(submit: Path) -> tuple[str, dict[str, bytes]]:
+    """What a refused restart must leave as it was: the store's rows and
+    every file of the run but the driver's own (claim, heartbeat, clock
+    probes, disk space reserve) and the database file."""
+    store = RunStore(db_path(str(submit)), readonly=True)
+    try:
+        rows = repr((store.statuses(), store.attempts(), store.sessions()))
+    finally:
+        store.close()
+    files = {}
+    for path in sorted(submit.rglob("*")):
+        name = path.name
+        if path.is_file() and not name.startswith(
+            ("driver.", ".clock.", "space.reserve", "bps_parsl.sqlite3")
+        ):
+            files[str(path.relative_to(submit))] = path.read_bytes()
+    return rows, files
+
+
+def job_states(submit: Path) -> dict[str, JobState]:
+    store = RunStore(db_path(str(submit)), readonly=True)
+    try:
+        names = {row.id: row.name for row in store.jobs()}
+        return {names[row.job]: row.state for row in store.statuses()}
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not CAN_UNSHARE, reason="needs root and unshare for a second hostname")
+def test_restart_from_login2_refused_while_a_local_job_of_the_dead_driver_runs_here(tmp_path, monkeypatch):
+    """The driver (this host, local site) is SIGKILLed while a job runs; its
+    local pool lets the job run on. Once the driver's heartbeat is stale,
+    ``bps restart`` from login2 (which cannot stop processes here) is refused
+    with one line naming the job, this host and the fix, and changes nothing
+    (store, logs, journal; the job still runs). Once the job has ended, the
+    restart from login2 is accepted and settles the job from its log: it is
+    not run again."""
+    env = cli_environment(tmp_path, monkeypatch)
+    log, release = tmp_path / "started", tmp_path / "release"
+    jobs = [
+        {"name": "slow", "script": f"hostname >> {log}; while [ ! -e {release} ]; do sleep 0.1; done"},
+        {"name": "quick", "script": "true"},
+    ]
+    submit = tmp_path / "submit"
+    proc = start_driver(env, submit, jobs, LOCAL2, stale_after=3.0)
+    try:
+        wait_until(lambda: lines(log), 60, "the slow job running", proc)
+        wait_until(lambda: job_states(submit).get("quick") == JobState.SUCCEEDED, 30, "quick done", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        journal = wait_until(lambda: spawner_journals(submit), 10, "the spawner's journal")[0]
+        assert f"spawner.{HOST}." in journal.name
+        time.sleep(3.0 + 1.0)  # the dead driver's heartbeat goes stale
+        before = run_snapshot(submit)
+        refused = bps_on("login2", env, tmp_path, "restart", "--id", str(submit))
+        text = refused.stdout + refused.stderr
+        assert (
+            f"job(s) slow of the driver that died still run on {HOST}" in text
+            and f"run 'bps restart' on {HOST}, which stops them, or wait until they end" in text
+        ), text
+        assert "Traceback" not in text, text
+        print(f"\nrefused from login2: {text.strip()}")
+        after = run_snapshot(submit)
+        assert after[0] == before[0]
+        changed = {k for k in before[1].keys() | after[1].keys() if before[1].get(k) != after[1].get(k)}
+        assert not changed, changed
+        assert not release.exists() and journal.exists()
+        time.sleep(1.5)
+        assert len(lines(log)) == 1 and journal.exists()  # the job runs on, untouched
+        release.touch()
+        wait_until(lambda: not spawner_journals(submit), 15, "the spawner to end with its job")
+        accepted = bps_on("login2", env, tmp_path, "restart", "--id", str(submit))
+        text = accepted.stdout + accepted.stderr
+        assert accepted.returncode == 0 and "Run Id:" in accepted.stdout, text
+        assert set(job_states(submit).values()) == {JobState.SUCCEEDED}
+        assert lines(log) == [HOST]  # not run again
+        store = RunStore(db_path(str(submit)), readonly=True)
+        try:
+            assert [s.host for s in store.sessions()] == [HOST, "login2"]
+        finally:
+            store.close()
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(not CAN_UNSHARE, reason="needs root and unshare for a second hostname")
+def test_restart_from_login2_takes_a_stale_spawner_journal_as_ended_and_reruns_its_job(tmp_path, monkeypatch):
+    """The driver, its local pool's spawner and the job are SIGKILLed; the
+    spawner's journal is left, listing the job. Once the journal is older
+    than ``parslDriverStaleAfter`` (3 s) and stays still, ``bps restart``
+    from login2 takes the job as ended (its log says why), reruns it once,
+    and removes the journal."""
+    env = cli_environment(tmp_path, monkeypatch)
+    marker = f"bpsstalejournal{os.getpid()}x"
+    flag, log = tmp_path / "ran-once", tmp_path / "started"
+    jobs = [
+        {
+            "name": "slow",
+            "script": f"hostname >> {log}; if [ -e {flag} ]; then exit 0; fi; touch {flag}; "
+            f"exec -a {marker} sleep 120",
+        },
+    ]
+    submit = tmp_path / "submit"
+    proc = start_driver(env, submit, jobs, LOCAL2, stale_after=3.0)
+    try:
+        wait_until(lambda: lines(log), 60, "the slow job running", proc)
+        journal = wait_until(lambda: spawner_journals(submit), 10, "the spawner's journal")[0]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        spawner = int(journal.name.rsplit(".", 1)[1])
+        try:
+            os.kill(spawner, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        # The job's shell and its child at once, as when the host is gone: no exit status logged.
+        shells = _pids_of_run(RunStore(db_path(str(submit)), readonly=True).meta()["run_id"])
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in shells:
+                os.kill(pid, sig)
+        wait_until(lambda: not _pids_with(marker), 10, "the job killed")
+        assert journal.exists() and "+ " in journal.read_text()
+        assert "exit status" not in next(submit.rglob("slow.1.err")).read_text()
+        time.sleep(3.0 + 1.0)  # the heartbeat and the journal go stale
+        started = time.monotonic()
+        restarted = bps_on("login2", env, tmp_path, "restart", "--id", str(submit))
+        took = time.monotonic() - started
+        text = restarted.stdout + restarted.stderr
+        assert restarted.returncode == 0 and "Run Id:" in restarted.stdout, text
+        assert job_states(submit) == {"slow": JobState.SUCCEEDED}
+        assert lines(log) == [HOST, "login2"]  # run again once, from login2
+        assert not journal.exists()
+        assert any("stopped refreshing its journal" in p.read_text() for p in submit.rglob("*slow*.err"))
+        print(f"\nrestart from login2 over a stale spawner journal: {took:.1f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in _pids_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids_of_run(run_id: str) -> list[int]:
+    """Pids of the processes of a run's job attempts: the job shell (its
+    command line exports ``BPS_PARSL_ATTEMPT``) and its children (in their
+    environment)."""
+    found = []
+    needle = f"BPS_PARSL_ATTEMPT={run_id}/".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = (
+                    Path(f"/proc/{entry}/cmdline").read_bytes() + Path(f"/proc/{entry}/environ").read_bytes()
+                )
+            except OSError:
+                continue
+            if needle in text:
+                found.append(int(entry))
+    return found

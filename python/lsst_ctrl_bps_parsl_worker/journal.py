@@ -31,8 +31,13 @@ One file per spawner, ``spawner.<host>.<pid>`` in the directory of its jobs'
 ``pid_file`` (the run's ``parsl/running``): one ``+ <pid> <token>`` line
 when a job starts, one ``- <pid>`` line when it ends. Appending a line costs
 far less than creating and deleting a file per job. The spawner writes it
-(`Journal`); report, cancel and a spawner taking over from a dead one read
-it (`read_journal`, `journal_entries`).
+(`Journal`); report, cancel, restart and a spawner taking over from a dead
+one read it (`read_journal`, `journal_entries`, `journal_snapshot`).
+
+While jobs run, the spawner also refreshes the journal's modification time
+every `JOURNAL_REFRESH` seconds (`Journal.touch`): a restart on another host,
+which cannot see the spawner's processes, tells a live spawner from a gone
+one by the journal's age (``running.spawners_elsewhere``).
 
 Standard library only: the spawner (``python -S``) imports it.
 """
@@ -42,9 +47,20 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ("JOURNAL_PREFIX", "Journal", "journal_entries", "journal_name", "read_journal")
+__all__ = (
+    "JOURNAL_PREFIX",
+    "JOURNAL_REFRESH",
+    "Journal",
+    "journal_entries",
+    "journal_name",
+    "journal_snapshot",
+    "read_journal",
+)
 
 JOURNAL_PREFIX = "spawner."
+JOURNAL_REFRESH = 1.0
+"""Seconds between two refreshes of a journal's modification time while its
+spawner has running jobs."""
 _HOST = socket.gethostname()
 _JOURNAL_COMPACT_BYTES = 1 << 20
 """Size above which the journal is rewritten with only the running jobs."""
@@ -64,13 +80,28 @@ def journal_entries(path: str) -> tuple[dict[int, str], set[str]]:
     """``{pid: token}`` of the running jobs, and the tokens of every job the
     journal says started.
     """
-    running: dict[int, str] = {}
-    started: set[str] = set()
+    found = journal_snapshot(path)
+    return ({}, set()) if found is None else found[:2]
+
+
+def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_result] | None:
+    """`journal_entries` and the file's status read through the same open
+    file (which, on NFS, revalidates the cached attributes), or `None` if
+    the journal cannot be read.
+    """
     try:
         with open(path, "rb") as stream:
+            info = os.fstat(stream.fileno())
             data = stream.read().decode(errors="replace")
     except OSError:
-        return running, started
+        return None
+    running, started = _parse(data)
+    return running, started, info
+
+
+def _parse(data: str) -> tuple[dict[int, str], set[str]]:
+    running: dict[int, str] = {}
+    started: set[str] = set()
     for line in data.splitlines():
         fields = line.split()
         try:
@@ -126,6 +157,19 @@ class Journal:
         self.size += len(data)
         if self.size > _JOURNAL_COMPACT_BYTES:
             self._compact()
+
+    def touch(self) -> None:
+        """Set the journal's modification time to now (the file system's
+        clock): its spawner is alive. Made again if it was removed.
+        """
+        try:
+            if os.fstat(self.fd).st_nlink == 0:
+                os.makedirs(self.directory, exist_ok=True)
+                self._compact()
+            else:
+                os.utime(self.fd)
+        except OSError:
+            pass
 
     def started(self, pid: int, token: str) -> None:
         """Record that job attempt ``token`` runs as process group ``pid``."""

@@ -65,7 +65,7 @@ from .recorder import AttemptResult, Recorder
 from .records import JobKind, JobState
 from .retrypolicy import ExecutorChoiceError, RetryPolicy
 from .runner import NotStartedError
-from .running import kill_running_jobs
+from .running import forget_journals, kill_running_jobs, spawners_elsewhere
 from .site import SiteConfig
 from .state import RunStore, StateStoreError, StoreLostError
 from .stopping import InFlight, StopSignals, record_stopped
@@ -173,11 +173,14 @@ class Driver(LostAttemptHandling):
 
         What a driver that died may have left is settled first: leftover job
         processes are killed, and every attempt that was launched but not
-        recorded is settled from its log (`Recorder.settle_leftovers`).
+        recorded is settled from its log (`Recorder.settle_leftovers`); but
+        first, jobs still running on another host refuse it (`spawners_elsewhere`).
         """
         if self.store.sessions():
+            stale = spawners_elsewhere(self.running_dir, self.site.config, self.recorder)
             kill_running_jobs(self.running_dir, self.run_id)
             self.recorder.settle_leftovers(self.state, self.attempt)
+            forget_journals(stale, self.recorder)
         # The final job runs again when other jobs will run (their outputs need
         # it), and of course when it did not succeed.
         rerun_final = any(

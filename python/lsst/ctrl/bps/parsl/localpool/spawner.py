@@ -73,7 +73,9 @@ wait up to 20 ms to be written together.
 
 Which jobs run is kept in a journal, ``spawner.<host>.<pid>`` in the
 directory of the jobs' ``pid_file``
-(`lsst_ctrl_bps_parsl_worker.journal`).
+(`lsst_ctrl_bps_parsl_worker.journal`); while jobs run, its modification
+time is refreshed every ``JOURNAL_REFRESH`` seconds, so that another host
+can tell this spawner is alive.
 """
 
 from __future__ import annotations
@@ -99,7 +101,12 @@ if __name__ == "__main__":
         ),
     )
 
-from lsst_ctrl_bps_parsl_worker.journal import Journal, journal_entries, journal_name  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.journal import (  # noqa: E402
+    JOURNAL_REFRESH,
+    Journal,
+    journal_entries,
+    journal_name,
+)
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     KILL_GRACE,
     Launcher,
@@ -146,6 +153,8 @@ class Spawner:
         self.out_since = 0.0
         self.stopping = False
         self.journals: dict[str, Journal] = {}
+        self.next_refresh = 0.0
+        """When (monotonic) the journals' modification time is next refreshed."""
         # The environment is converted once, not for every job.
         self.launcher = Launcher()
 
@@ -192,6 +201,20 @@ class Spawner:
             except OSError:
                 return None
         return journal
+
+    def refresh_journals(self) -> float | None:
+        """Refresh the journals' modification time if it is due (every
+        ``JOURNAL_REFRESH`` seconds while jobs run); seconds until the next
+        refresh, `None` when no job runs.
+        """
+        if not self.running and not self.adopted:
+            return None
+        now = time.monotonic()
+        if now >= self.next_refresh:
+            for journal in self.journals.values():
+                journal.touch()
+            self.next_refresh = now + JOURNAL_REFRESH
+        return self.next_refresh - now
 
     def start_ready(self) -> None:
         while self.queue and not self.stopping and self._fits(self.queue[0]):
@@ -423,6 +446,9 @@ def main(argv: list[str]) -> int:
             timeout = due if timeout is None else min(timeout, due)
         if spawner.adopted:
             timeout = _ADOPTED_POLL if timeout is None else min(timeout, _ADOPTED_POLL)
+        refresh = spawner.refresh_journals()
+        if refresh is not None:
+            timeout = refresh if timeout is None else min(timeout, refresh)
         readable, _, _ = select.select([stdin_fd, wake_r] if open_input else [wake_r], [], [], timeout)
         if wake_r in readable:
             os.read(wake_r, 4096)
