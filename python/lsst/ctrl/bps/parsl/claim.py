@@ -50,9 +50,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from .configuration import ConfigurationError, get_bps_config_value
 from .liveness import (
     HOST,
+    MIN_STALE_AFTER,
     STALE_AFTER,
     _read_json_stat,
     _unlink,
@@ -63,9 +66,29 @@ from .liveness import (
     read_heartbeat,
 )
 
-__all__ = ("Claim", "ClaimBusyError", "claim_run", "current_claim")
+if TYPE_CHECKING:
+    from lsst.ctrl.bps import BpsConfig
+
+__all__ = ("Claim", "ClaimBusyError", "DriverBusyError", "claim_run", "current_claim", "driver_stale_after")
 
 CLAIM_PREFIX = "driver.claim."
+
+
+class DriverBusyError(RuntimeError):
+    """Another driver is running this run."""
+
+
+def driver_stale_after(config: BpsConfig) -> float:
+    """Silence of a driver's heartbeat after which another host may take
+    over its run (``parslDriverStaleAfter``, seconds).
+    """
+    value = get_bps_config_value(config, "parslDriverStaleAfter", float, STALE_AFTER)
+    if value < MIN_STALE_AFTER:
+        raise ConfigurationError(
+            f"'parslDriverStaleAfter' is {value}: use at least {MIN_STALE_AFTER:g} seconds (default "
+            f"{STALE_AFTER:g}); longer than the longest pause of the shared file system"
+        )
+    return value
 
 
 class ClaimBusyError(RuntimeError):

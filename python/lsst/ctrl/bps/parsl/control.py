@@ -46,11 +46,10 @@ from typing import TYPE_CHECKING
 
 from lsst.ctrl.bps import BpsConfig, BpsError
 
-from .claim import ClaimBusyError, claim_run
+from .claim import ClaimBusyError, DriverBusyError, claim_run, driver_stale_after
 from .configuration import ConfigurationError, get_bps_config_value
 from .liveness import (
     HOST,
-    MIN_STALE_AFTER,
     STALE_AFTER,
     DriverMonitor,
     DriverRecord,
@@ -87,10 +86,6 @@ _LOCK_WAIT = 10.0
 """Seconds `cancel_run` waits for the claim of a driver that just ended."""
 
 
-class DriverBusyError(RuntimeError):
-    """Another driver is running this run."""
-
-
 class RunFailedError(BpsError):
     """Some jobs of the run did not succeed, or the run stopped.
 
@@ -111,19 +106,6 @@ def progress_interval(config: BpsConfig) -> float:
     value = get_bps_config_value(config, "parslProgressInterval", float, 30.0)
     if value < 0:
         raise ConfigurationError(f"'parslProgressInterval' is {value}: use 0 (off) or a number of seconds")
-    return value
-
-
-def driver_stale_after(config: BpsConfig) -> float:
-    """Silence of a driver's heartbeat after which another host may take
-    over its run (``parslDriverStaleAfter``, seconds).
-    """
-    value = get_bps_config_value(config, "parslDriverStaleAfter", float, STALE_AFTER)
-    if value < MIN_STALE_AFTER:
-        raise ConfigurationError(
-            f"'parslDriverStaleAfter' is {value}: use at least {MIN_STALE_AFTER:g} seconds (default "
-            f"{STALE_AFTER:g}); longer than the longest pause of the shared file system"
-        )
     return value
 
 

@@ -62,7 +62,7 @@ from lsst_ctrl_bps_parsl_worker.journal import (
 from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
 from .attemptlogs import exit_status_from_log
-from .control import DriverBusyError, driver_stale_after
+from .claim import DriverBusyError, driver_stale_after
 from .liveness import file_clock
 
 if TYPE_CHECKING:
