@@ -55,7 +55,17 @@ from typing import Any, TypeVar
 
 from .diskspace import SpaceReserve, is_out_of_space, out_of_space_message
 from .records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
-from .storefile import FileIdentity, StateStoreError, StoreLostError, store_error
+from .storefile import (
+    FileIdentity,
+    StateStoreError,
+    StoreLostError,
+    TornReadError,
+    busy,
+    journal_is_hot,
+    retryable,
+    roll_back_hot_journal,
+    store_error,
+)
 from .storeschema import (
     CHANGE_COUNTER,
     DB_NAME,
@@ -100,24 +110,6 @@ DELETED = JobState.DELETED
 # The names above are the `JobState` members, for modules that import them from here.
 
 
-def _retryable(exc: sqlite3.DatabaseError) -> bool:
-    """Whether a reader's error may come from a commit under way (another
-    host's, where file locks do not reach): busy, locked, a journal it must
-    not roll back, or a page read half-written.
-    """
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "busy", "malformed", "readonly", "read-only", "disk i/o"))
-
-
-def _busy(exc: sqlite3.DatabaseError) -> bool:
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "busy", "readonly", "read-only"))
-
-
-class _TornReadError(Exception):
-    """The file changed during a read: a commit of a writer the locks did not keep out."""
-
-
 def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
     """Turn SQLite errors of a `RunStore` method into `StateStoreError`; the
     methods of a read-only store read in one checked transaction, retried
@@ -142,53 +134,6 @@ def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..
 def db_path(submit_path: str) -> str:
     """Path of the run-state database of a submit directory."""
     return os.path.join(submit_path, DB_NAME)
-
-
-def journal_is_hot(path: str) -> bool:
-    """Whether the store at ``path`` has a rollback journal that a commit
-    under way or a writer that died mid-commit left with pages to restore.
-
-    With ``synchronous=FULL`` SQLite writes a journal's header with a zero
-    first byte and sets it only once the journal is synced, before the first
-    change to the database file; a journal that still starts with zero (its
-    writer died before that point) holds nothing to restore, and SQLite
-    itself leaves it in place until the next commit.
-    """
-    try:
-        with open(path + "-journal", "rb") as journal:
-            return journal.read(1) not in (b"", b"\0")
-    except OSError:
-        return False
-
-
-def roll_back_hot_journal(path: str) -> bool:
-    """Roll back what a writer that died mid-commit left in the store's
-    rollback journal, where this user may write the store.
-
-    A read-only connection cannot do it (SQLite then refuses every read), so
-    readers call this when a journal is there. Opening the store for writing
-    and reading from it is all it takes: SQLite rolls a hot journal back on
-    the first read, and leaves the journal of a live writer alone.
-
-    Returns
-    -------
-    rolled_back : `bool`
-        Whether a journal was there and is gone now.
-    """
-    if not journal_is_hot(path):
-        return False
-    directory = os.path.dirname(path) or "."
-    if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
-        return False
-    try:
-        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-    return not journal_is_hot(path)
 
 
 class RunStore(FileIdentity):
@@ -314,20 +259,20 @@ class RunStore(FileIdentity):
                     self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
                     before = self._file_version()
                     if before[1]:
-                        raise _TornReadError()
+                        raise TornReadError()
                     value = read()
                     if self._file_version() != before:
-                        raise _TornReadError()
+                        raise TornReadError()
                 finally:
                     if self.conn.in_transaction:
                         self.conn.execute("COMMIT")
                 return value
-            except (sqlite3.DatabaseError, _TornReadError) as exc:
+            except (sqlite3.DatabaseError, TornReadError) as exc:
                 if self.readonly and roll_back_hot_journal(self.path):
                     continue
-                if isinstance(exc, sqlite3.DatabaseError) and not _retryable(exc):
+                if isinstance(exc, sqlite3.DatabaseError) and not retryable(exc):
                     raise
-                if isinstance(exc, sqlite3.DatabaseError) and not _busy(exc):
+                if isinstance(exc, sqlite3.DatabaseError) and not busy(exc):
                     # A page read half-written resolves within a commit; a damaged file never does.
                     deadline = min(deadline, started + TORN_RETRY_SECONDS)
                 if time.monotonic() + pause > deadline:

@@ -25,8 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The run-state store's file: its errors, and checks that the path still
-names the file a writer opened.
+"""The run-state store's file: its errors, checks that the path still
+names the file a writer opened, and its rollback journal (hot or not, and
+rolling back what a writer that died left).
 """
 
 from __future__ import annotations
@@ -38,7 +39,17 @@ import stat
 
 from .diskspace import RESERVE_NAME, SpaceReserve
 
-__all__ = ("FileIdentity", "StateStoreError", "StoreLostError", "store_error")
+__all__ = (
+    "FileIdentity",
+    "StateStoreError",
+    "StoreLostError",
+    "TornReadError",
+    "busy",
+    "journal_is_hot",
+    "retryable",
+    "roll_back_hot_journal",
+    "store_error",
+)
 
 
 class StateStoreError(RuntimeError):
@@ -151,3 +162,69 @@ class FileIdentity:
         directory = os.path.join(os.path.dirname(self.path), "parsl")
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.reserve = SpaceReserve(os.path.join(directory, RESERVE_NAME), size)
+
+
+def retryable(exc: sqlite3.DatabaseError) -> bool:
+    """Whether a reader's error may come from a commit under way (another
+    host's, where file locks do not reach): busy, locked, a journal it must
+    not roll back, or a page read half-written.
+    """
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "malformed", "readonly", "read-only", "disk i/o"))
+
+
+def busy(exc: sqlite3.DatabaseError) -> bool:
+    """Whether a reader's error is another connection's lock (retried for long)."""
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "readonly", "read-only"))
+
+
+class TornReadError(Exception):
+    """The file changed during a read: a commit of a writer the locks did not keep out."""
+
+
+def journal_is_hot(path: str) -> bool:
+    """Whether the store at ``path`` has a rollback journal that a commit
+    under way or a writer that died mid-commit left with pages to restore.
+
+    With ``synchronous=FULL`` SQLite writes a journal's header with a zero
+    first byte and sets it only once the journal is synced, before the first
+    change to the database file; a journal that still starts with zero (its
+    writer died before that point) holds nothing to restore, and SQLite
+    itself leaves it in place until the next commit.
+    """
+    try:
+        with open(path + "-journal", "rb") as journal:
+            return journal.read(1) not in (b"", b"\0")
+    except OSError:
+        return False
+
+
+def roll_back_hot_journal(path: str) -> bool:
+    """Roll back what a writer that died mid-commit left in the store's
+    rollback journal, where this user may write the store.
+
+    A read-only connection cannot do it (SQLite then refuses every read), so
+    readers call this when a journal is there. Opening the store for writing
+    and reading from it is all it takes: SQLite rolls a hot journal back on
+    the first read, and leaves the journal of a live writer alone.
+
+    Returns
+    -------
+    rolled_back : `bool`
+        Whether a journal was there and is gone now.
+    """
+    if not journal_is_hot(path):
+        return False
+    directory = os.path.dirname(path) or "."
+    if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
+        return False
+    try:
+        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return not journal_is_hot(path)
