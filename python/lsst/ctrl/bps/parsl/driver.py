@@ -55,9 +55,10 @@ from .attemptlogs import log_paths
 from .commands import fill_wms
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
-from .jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route
+from .jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route, walltime_seconds
 from .losses import LostAttempts, infrastructure_cause
 from .lostattempts import LostAttemptHandling
+from .oneline import one_line
 from .ordering import dispatch_order, in_flight_limit
 from .page import PageWriter
 from .progress import ProgressLines, count_states
@@ -223,7 +224,7 @@ class Driver(LostAttemptHandling):
             if not isinstance(exc, Exception):
                 raise
             site = type(self.site).__name__
-            reason = f"Parsl could not start the executors of site {site}: {_one_line(exc)}"
+            reason = f"Parsl could not start the executors of site {site}: {one_line(exc)}"
             return RunOutcome(counts=count_states(self.state), cancelled=True, reason=reason)
         # A job's walltime is enforced by `run_job` where jobs run on this
         # machine; batch executors have their own limits.
@@ -350,7 +351,7 @@ class Driver(LostAttemptHandling):
             command, env = fill_wms(command, attempt - 1), fill_wms(env, attempt - 1)
         token = f"{self.run_id}/{i}/{attempt}"
         pid_file = os.path.join(self.running_dir, f"{i}.{attempt}")
-        walltime = _walltime_seconds(row.request_walltime) if label in self.walltime_labels else None
+        walltime = walltime_seconds(row.request_walltime) if label in self.walltime_labels else None
         args = (token, self.prefix, env, command, stdout, stderr, pid_file)
         kwargs: dict[str, Any] = {"time_limit": walltime, "shell": self.shell}
         spec = self.site.resource_specification(nxt.job, label)
@@ -364,7 +365,7 @@ class Driver(LostAttemptHandling):
             kwargs,
             self.walk.parent_futures(i),
             spec,
-            walltime=_walltime_seconds(row.request_walltime),
+            walltime=walltime_seconds(row.request_walltime),
         )
         self.walk.keep_future(i, future)
 
@@ -490,18 +491,3 @@ class Driver(LostAttemptHandling):
         self.dispatch.shutdown()
         kill_running_jobs(self.running_dir, self.run_id)
         record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _walltime_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value) * 60.0
-    except ValueError:
-        from .configuration import parse_walltime
-
-        return float(parse_walltime(value, "requestWalltime"))

@@ -65,6 +65,7 @@ __all__ = (
     "concurrency_limits",
     "parse_concurrency_limit",
     "route",
+    "walltime_seconds",
 )
 
 _LOG = logging.getLogger(__name__)
@@ -258,3 +259,17 @@ class ConcurrencyGate:
             self.held[name] -= units
         woken, self.waiting = self.waiting, []
         return woken
+
+
+def walltime_seconds(value: str | None) -> float | None:
+    """A job's ``requestWalltime`` in seconds (a bare number is minutes, as
+    in BPS; `None` where it is not set).
+    """
+    if not value:
+        return None
+    try:
+        return float(value) * 60.0
+    except ValueError:
+        from .configuration import parse_walltime
+
+        return float(parse_walltime(value, "requestWalltime"))

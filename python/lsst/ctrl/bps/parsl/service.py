@@ -40,6 +40,7 @@ from lsst.resources import ResourcePath
 from .configuration import ConfigurationError, get_bps_config_value
 from .control import RunFailedError, driver_stale_after, progress_interval
 from .files import open_private, private_dir, safe_component
+from .oneline import one_line
 from .runindex import add_run, list_runs, resolve_run
 from .site import SiteConfig
 from .state import StateStoreError
@@ -238,7 +239,7 @@ class ParslService(BaseWmsService):
             return workflow.run_id, workflow.name, str(exc)
         except (StateStoreError, DriverBusyError, OSError, RuntimeError) as exc:
             # DriverBusyError also when another restart took the lock since the check above.
-            return None, None, " ".join(str(exc).split())
+            return None, None, one_line(exc)
         return workflow.run_id, workflow.name, "restarted run completed"
 
     def report(

@@ -38,6 +38,7 @@ import sqlite3
 import stat
 
 from .diskspace import RESERVE_NAME, SpaceReserve
+from .oneline import one_line
 
 __all__ = (
     "FileIdentity",
@@ -67,7 +68,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
     """A one-line `StateStoreError` for an SQLite error on ``path``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc)
     directory = os.path.dirname(path) or "."
     if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
         if writing:

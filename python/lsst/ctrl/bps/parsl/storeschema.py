@@ -41,6 +41,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from .oneline import one_line
 from .records import JobKind, JobState
 from .storefile import StateStoreError
 from .summary import create_summary
@@ -180,7 +181,7 @@ def create_store(
         except OSError:
             pass
         if isinstance(exc, sqlite3.DatabaseError | OSError):
-            text = " ".join(str(exc).split()) or type(exc).__name__
+            text = one_line(exc)
             raise StateStoreError(
                 f"{path}: cannot write the run-state database ({text}): free space or fix permissions "
                 f"in {os.path.dirname(path)}, or set submitPath elsewhere, then submit again (no job ran)"

@@ -42,6 +42,7 @@ from typing import Any
 from lsst.ctrl.bps import BpsConfig
 
 from ..configuration import ConfigurationError
+from ..oneline import one_line
 
 __all__ = (
     "EXECUTORS",
@@ -321,7 +322,7 @@ def build(cls: type, options: dict[str, Any], where: str) -> Any:
     except ConfigurationError:
         raise
     except Exception as exc:  # noqa: BLE001 (Parsl raises many kinds)
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = one_line(exc)
         raise ConfigurationError(f"'{where}': Parsl's {cls.__name__} rejected the options: {text}") from None
 
 
