@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def slurm_settings(args: argparse.Namespace, partition: str) -> dict[str, Any]:
         "workers": args.workers,
         "partition": partition,
         "walltime": "01:00:00",
+        "exclusive": True,
         "worker_init": f"export PATH={VENV_BIN}:$PATH",
     }
 
@@ -58,7 +60,7 @@ def ours_site(settings: dict[str, Any]) -> dict[str, Any]:
         "nodes": settings["nodes"],
         "walltime": settings["walltime"],
         "partition": settings["partition"],
-        "exclusive": False,
+        "exclusive": settings["exclusive"],
         "init_blocks": settings["blocks"],
         "min_blocks": 0,
         "max_blocks": settings["blocks"],
@@ -89,7 +91,7 @@ def raw_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 init_blocks=settings["blocks"],
                 min_blocks=0,
                 max_blocks=settings["blocks"],
-                exclusive=False,
+                exclusive=settings["exclusive"],
                 walltime=settings["walltime"],
                 worker_init=settings["worker_init"],
                 launcher=default_launcher(),
@@ -100,6 +102,20 @@ def raw_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return _worker.measure_raw_parsl(spec)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of this machine spent busy since boot (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's ended children (a runner: its driver, interchange...)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class MultiNodeBench:
     """Runs the measurements on a started rig."""
 
@@ -107,6 +123,7 @@ class MultiNodeBench:
         self.args = args
         self.rig = rig
         self.root = args.workdir or tempfile.mkdtemp(prefix="bps_parsl_multinode_")
+        os.makedirs(self.root, exist_ok=True)
         self.env = dict(os.environ, **rig.env)
         self.env["PATH"] = VENV_BIN + os.pathsep + self.env.get("PATH", "")
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (BENCH_DIR, self.env.get("PYTHONPATH")) if p)
@@ -114,14 +131,18 @@ class MultiNodeBench:
         self.settings = slurm_settings(args, rig.partition)
         self.count = 0
 
-    def run(self, runner: str) -> dict[str, Any]:
-        """One measurement in a fresh process."""
+    def run(self, runner: str, jobs: int | None = None) -> dict[str, Any]:
+        """One measurement in a fresh process (``jobs``: default ``--jobs``)."""
         self.count += 1
         workdir = os.path.join(self.root, f"{self.count:02d}-{runner}")
-        spec: dict[str, Any] = {"workdir": workdir, "dag": "wide", "n": self.args.jobs}
+        spec: dict[str, Any] = {"workdir": workdir, "dag": "wide", "n": jobs or self.args.jobs}
         if runner == "ours":
             spec.update(measure="submit", site=ours_site(self.settings))
             argv = [sys.executable, os.path.join(BENCH_DIR, "_worker.py"), json.dumps(spec)]
+            if self.args.profile:
+                os.makedirs(self.args.profile, exist_ok=True)
+                stats = os.path.join(os.path.abspath(self.args.profile), f"{self.count:02d}-ours.prof")
+                argv[1:1] = ["-m", "cProfile", "-o", stats]
         else:
             spec.update(
                 measure="raw_parsl", executor="slurm", slurm=self.settings, address=self.rig.head_address
@@ -130,22 +151,33 @@ class MultiNodeBench:
         if not self.rig.wait_idle(60):
             raise RuntimeError(f"the rig is not idle before {runner}: {self.rig.squeue()}")
         t0 = time.time()
+        machine0, children0 = machine_busy_seconds(), children_cpu_seconds()
         proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, cwd=self.root)
+        machine_cpu, process_cpu = machine_busy_seconds() - machine0, children_cpu_seconds() - children0
         lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(
                 f"{runner} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
             )
         result = json.loads(lines[-1][len("BENCH_RESULT ") :])
+        result.update(
+            machine_cpu_seconds=machine_cpu, process_cpu_seconds=process_cpu, load=os.getloadavg()[0]
+        )
         print(
             f"  {runner}: {result['jobs']} jobs in {result['seconds']:.2f} s, first job ended after "
-            f"{result['first_end_seconds']:.2f} s (process {time.time() - t0:.1f} s)",
+            f"{result['first_end_seconds']:.2f} s (process {time.time() - t0:.1f} s; CPU: machine "
+            f"{machine_cpu:.1f} s, {runner}'s process and its children {process_cpu:.1f} s; load {result['load']:.2f})",
             flush=True,
         )
         return result
 
     def compare(self) -> dict[str, Any]:
         """Interleaved runs (ours, raw, ours, raw...); medians and ratio."""
+        if self.args.warmup:
+            # The first blocks after the rig started, and the first imports, are slower: not timed.
+            print(f"warm-up ({self.args.warmup} jobs each, not counted):", flush=True)
+            for runner in ("raw", "ours"):
+                self.run(runner, self.args.warmup)
         seconds: dict[str, list[float]] = {"ours": [], "raw": []}
         for k in range(self.args.repeat):
             for runner in ("ours", "raw") if k % 2 == 0 else ("raw", "ours"):
@@ -171,9 +203,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=2, help="nodes per block (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="workers per node (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved (default 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="jobs of an untimed first run of each (default 200; 0: none)"
+    )
     parser.add_argument("--json", help="write the result here")
     parser.add_argument("--workdir", help="work directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="run ours under cProfile (the driver's thread), stats in DIR"
+    )
     parser.add_argument("--raw-worker", metavar="SPEC", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

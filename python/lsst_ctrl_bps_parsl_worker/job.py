@@ -32,12 +32,16 @@ The job starts as the local pool's spawner starts its jobs
 and a walltime kill stops every process carrying its token
 (`processes.kill_attempts`). While it runs, a small file names its host and
 process group, so that report, cancel, and a restart after the driver was
-killed, can find it. Its exit status is also appended to its stderr log by
-the job's own shell, so a restart can tell that a job finished even when the
-driver died before recording it.
+killed, can find it. Its exit status (``128 + N`` for a signal N) is also
+appended to its stderr log, so a restart can tell that a job finished even
+when the driver died before recording it: here by `run_job` once it reaped
+the job (the job's shell has no trap, so bash runs a simple command in its
+own place instead of forking for it); a job killed with its worker (the
+orphan guard) logs none, and counts as not finished.
 
 On the local pool (`lsst.ctrl.bps.parsl.localpool`) this function is not
-called: the pool's spawner starts the same script (`job_script`) itself.
+called: the pool's spawner starts the script of `job_script` itself, with the
+shell's traps (the shell logs the exit status: the spawner may be gone).
 """
 
 from __future__ import annotations
@@ -54,11 +58,12 @@ from .guard import orphan_guard
 from .processes import (
     ATTEMPT_ENV,
     EXIT_MARKER,
-    Launcher,
     append_note,
+    current_launcher,
     exit_code_of,
     job_argv,
     kill_attempts,
+    log_exit_status,
     write_text,
 )
 
@@ -87,17 +92,22 @@ _TRAPPED_SIGNALS = tuple(
 """Signals that end a job's shell with exit status 128 + N."""
 
 
-def job_script(token: str, prefix: str, env: str, command: str) -> str:
+def job_script(token: str, prefix: str, env: str, command: str, shell_logs_exit: bool = True) -> str:
     """The shell script of one job attempt: its token, the exit-status trap,
     the site's command prefix, the job's environment exports, its command.
+
+    With ``shell_logs_exit`` false there is no trap: the caller logs the exit
+    status (`run_job`), and bash, which runs the last simple command of
+    ``bash -c`` in its own place when nothing is trapped, saves a fork per job.
     """
     # The token line also makes the shell recognisable by its command line.
     parts = [f"export {ATTEMPT_ENV}={token}"]
-    # The EXIT trap also runs when the command calls `exit`. A shell killed
-    # by a signal it does not trap runs the EXIT trap with the status of its
-    # last command (bash: 0), so each terminating signal exits 128 + N.
-    parts.append(f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT")
-    parts.append(" ".join(f"trap 'exit {128 + num}' {name};" for name, num in _TRAPPED_SIGNALS))
+    if shell_logs_exit:
+        # The EXIT trap also runs when the command calls `exit`. A shell killed
+        # by a signal it does not trap runs the EXIT trap with the status of its
+        # last command (bash: 0), so each terminating signal exits 128 + N.
+        parts.append(f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT")
+        parts.append(" ".join(f"trap 'exit {128 + num}' {name};" for name, num in _TRAPPED_SIGNALS))
     parts.extend(p for p in (prefix, env) if p)
     parts.append(command)
     return "\n".join(parts) + "\n"
@@ -167,7 +177,8 @@ def _run(
     guard = orphan_guard()
     if guard is not None:
         guard.starting(token)
-    pid = Launcher().spawn(job_argv(shell, out_path, err_path, job_script(token, prefix, env, command)))
+    script = job_script(token, prefix, env, command, shell_logs_exit=False)
+    pid = current_launcher().spawn(job_argv(shell, out_path, err_path, script))
     if guard is not None:
         guard.started(token, pid)
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
@@ -178,6 +189,9 @@ def _run(
             timed_out = True
             kill_attempts((token,), groups=(pid,))
             status = _wait(pid, None)
+        assert status is not None  # waited without a timeout
+        returncode, sig = exit_code_of(status)
+        log_exit_status(err_path, returncode)
     except BaseException:
         kill_attempts((token,), groups=(pid,))
         _wait(pid, None)
@@ -190,8 +204,6 @@ def _run(
         except OSError:
             pass
     end = time.time()
-    assert status is not None  # waited without a timeout
-    returncode, sig = exit_code_of(status)
     if timed_out:
         append_note(err_path, f"[bps-parsl] killed after walltime of {walltime:.0f} s\n")
     return returncode, sig, start, end, _HOST, timed_out
