@@ -41,7 +41,12 @@ which may be never if too few nodes are left. This provider:
   PREEMPTED, TIMEOUT... are terminal states that are not COMPLETED;
 * cancels a block Slurm requeued (restart count above 0 and not running)
   and reports it FAILED, so that Parsl's scaling starts a replacement;
-* polls every `status_polling_interval` seconds (default 15, Parsl's 60).
+* polls every `status_polling_interval` seconds (default 15, Parsl's 60);
+* makes ``$SLURM_JOB_NAME`` unique per block in the block's script (after
+  ``worker_init``): the sites name every block after the workflow, and
+  Parsl's srun launchers write the worker pools' command file as
+  ``cmd_$SLURM_JOB_NAME.sh`` in the shared script directory, so blocks
+  starting together ran one file, and every pool the same block id.
 
 Blocks lost this way (node failure, requeue) are listed in
 `SlurmProvider.lost_blocks`. `tolerate_lost_blocks`, the block error
@@ -146,6 +151,15 @@ class SlurmProvider(ParslSlurmProvider):
     @property
     def status_polling_interval(self) -> int:
         return self._polling_interval
+
+    def _write_submit_script(self, template: str, script_filename: str, job_name: str, configs: dict) -> bool:
+        # The sites name the Slurm job after the workflow (for 'singleton'), and Parsl's srun
+        # launchers write the worker pool's command to cmd_$SLURM_JOB_NAME.sh in the script
+        # directory: blocks starting together overwrote each other's and ran one block's pools.
+        worker_init = configs.get("worker_init") or ""
+        unique = 'SLURM_JOB_NAME="$SLURM_JOB_NAME.$SLURM_JOB_ID"  # one launcher command file per block'
+        configs = dict(configs, worker_init="\n".join(p for p in (worker_init.rstrip("\n"), unique) if p))
+        return super()._write_submit_script(template, script_filename, job_name, configs)
 
     def _status(self) -> None:
         active = [str(job_id) for job_id, job in self.resources.items() if not job["status"].terminal]
