@@ -32,21 +32,23 @@ it when the Parsl worker that waits for it dies: killed alone (``WorkerLost``),
 with its worker pool (``ManagerLost``), or by a block's end. Left running,
 it would be an orphan that a rerun of the same job runs next to.
 
-`OrphanGuard` prevents that. The first job a worker process starts also
-starts one small watcher process (this file run as a script, ``python -S``,
-standard library only) that outlives the worker: the worker tells it, over
-a pipe, each job attempt's token before it starts the job, the job's pid
-once started, and when the job ended. The watcher kills (SIGTERM, then
-SIGKILL: `processes.kill_attempts`) every process of the attempts it was told
-about, also those that left the job's session, as soon as
+`OrphanGuard` prevents that. Before its first job a worker process puts a
+mark of its own in its environment (`WORKER_ENV`: its pid and a nanosecond
+clock), which every job it starts, and every process those start, inherits;
+and it starts one small watcher process (this file run as a script,
+``python -S``, standard library only) that outlives the worker, holding the
+read end of a pipe the worker keeps open. The watcher kills (SIGTERM, then
+SIGKILL: `processes.kill_attempts`) every process of this user that carries
+the mark, also those that left their job's session, as soon as
 
 - the pipe reaches its end: the worker died (or exited), or
 - the worker's parent, the worker pool, exits (a pool's workers notice that
   only between tasks),
 
-then exits itself once the worker is gone. It ignores SIGTERM, SIGINT and
-SIGHUP, so that a block's cancellation (SIGTERM to every process of the
-block, SIGKILL some seconds later) leaves it the time to act.
+then exits itself once the worker is gone. Nothing passes per job: a job
+costs the guard nothing. The watcher ignores SIGTERM, SIGINT and SIGHUP, so
+that a block's cancellation (SIGTERM to every process of the block, SIGKILL
+some seconds later) leaves it the time to act.
 
 Only a worker process whose main thread runs the job is guarded: jobs that
 a thread pool runs in the driver's own process are the driver's (they
@@ -61,54 +63,47 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import IO
+import time
 
-__all__ = ("OrphanGuard", "orphan_guard")
+__all__ = ("WORKER_ENV", "OrphanGuard", "orphan_guard")
+
+WORKER_ENV = "BPS_PARSL_WORKER"
+"""Environment variable that marks every process a guarded worker's jobs start."""
 
 
 class OrphanGuard:
     """The watcher of this worker process's jobs (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self._pipe: IO[bytes] | None = None
+        self.mark = f"{os.getpid()}.{time.time_ns()}"
         self._proc: subprocess.Popen | None = None
         self._failed = False
 
-    def _start(self) -> None:
-        pool = os.getppid()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-S", os.path.abspath(__file__), str(os.getpid()), str(pool)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            close_fds=True,
-            start_new_session=True,
-        )
-        self._pipe = self._proc.stdin
-
-    def _send(self, line: str) -> None:
-        if self._failed:
+    def watch(self) -> None:
+        """Make sure the watcher runs before a job starts (started with the
+        first job, and again if it died).
+        """
+        if self._failed or (self._proc is not None and self._proc.poll() is None):
             return
+        os.environ[WORKER_ENV] = self.mark
         try:
-            if self._pipe is None or (self._proc is not None and self._proc.poll() is not None):
-                self._start()
-            assert self._pipe is not None
-            self._pipe.write(line.encode() + b"\n")
-            self._pipe.flush()
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-S",
+                    os.path.abspath(__file__),
+                    str(os.getpid()),
+                    str(os.getppid()),
+                    self.mark,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+            )
         except OSError:
-            # No watcher (no process left to start, say): the job still runs, unguarded.
+            # No watcher (no process left to start, say): the jobs still run, unguarded.
             self._failed = True
-
-    def starting(self, token: str) -> None:
-        """Attempt ``token`` is about to start."""
-        self._send(f"+{token}")
-
-    def started(self, token: str, pid: int) -> None:
-        """Attempt ``token`` started as process (and group) ``pid``."""
-        self._send(f"={token} {pid}")
-
-    def ended(self, token: str) -> None:
-        """Attempt ``token`` ended (its processes were reaped)."""
-        self._send(f"-{token}")
 
 
 _GUARD: list[OrphanGuard] = []
@@ -125,15 +120,14 @@ def orphan_guard() -> OrphanGuard | None:
     return _GUARD[0]
 
 
-def _watch(worker: int, pool: int) -> None:
-    """Run the watcher: read the worker's lines until the pipe ends or the
-    pool exits, then kill what runs.
+def _watch(worker: int, pool: int, mark: str) -> None:
+    """Run the watcher: wait until the worker's pipe ends or the pool exits,
+    then kill what carries the worker's mark.
     """
     from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    running: dict[str, int | None] = {}
     pool_fd: int | None = None
     pool_gone = False
     try:
@@ -144,37 +138,21 @@ def _watch(worker: int, pool: int) -> None:
     except OSError:
         pool_fd = None
     stdin = sys.stdin.fileno()
-    buffer = b""
+    marks = (f"{WORKER_ENV}={mark}",)
     while True:
         watched = [stdin] + ([pool_fd] if pool_fd is not None and not pool_gone else [])
         ready, _, _ = select.select(watched, [], [])
         if pool_fd is not None and pool_fd in ready:
             pool_gone = True
-        data = os.read(stdin, 65536) if stdin in ready else b""
-        ended = stdin in ready and not data
-        buffer += data
-        *lines, buffer = buffer.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace")
-            kind, rest = line[:1], line[1:]
-            if kind == "+":
-                running[rest] = None
-            elif kind == "=":
-                token, _, pid = rest.rpartition(" ")
-                running[token] = int(pid) if pid.isdigit() else None
-            elif kind == "-":
-                running.pop(rest, None)
-        if (ended or pool_gone) and running:
-            groups = [pid for pid in running.values() if pid]
-            kill_attempts(list(running), groups=groups)
-            # A job spawned but not yet exec'd carries no token: look once more.
-            kill_attempts(list(running), groups=groups)
-            running.clear()
-        if ended:
+            kill_attempts(marks=marks)
+        if stdin in ready and not os.read(stdin, 4096):
+            kill_attempts(marks=marks)
+            # A job spawned but not yet exec'd may not show the mark yet: look once more.
+            kill_attempts(marks=marks)
             return
 
 
 if __name__ == "__main__":
     # Run as a script (python -S): the package is found next to this file's directory.
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    _watch(int(sys.argv[1]), int(sys.argv[2]))
+    _watch(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -176,11 +176,9 @@ def _run(
     start = time.time()
     guard = orphan_guard()
     if guard is not None:
-        guard.starting(token)
+        guard.watch()
     script = job_script(token, prefix, env, command, shell_logs_exit=False)
     pid = current_launcher().spawn(job_argv(shell, out_path, err_path, script))
-    if guard is not None:
-        guard.started(token, pid)
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:
@@ -197,8 +195,6 @@ def _run(
         _wait(pid, None)
         raise
     finally:
-        if guard is not None:
-            guard.ended(token)
         try:
             os.unlink(pid_file)
         except OSError:

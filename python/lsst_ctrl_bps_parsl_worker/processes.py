@@ -322,13 +322,17 @@ def _my_processes() -> list[int]:
     return pids
 
 
-def attempt_processes(tokens: Collection[str] = (), run_prefix: str | None = None) -> dict[int, int]:
+def attempt_processes(
+    tokens: Collection[str] = (), run_prefix: str | None = None, marks: Collection[str] = ()
+) -> dict[int, int]:
     """Return ``{pid: process group}`` of this user's live processes that
     carry one of ``tokens`` (or a token starting with ``run_prefix``), read
     from their own ``/proc`` entry: in their environment (every process a job
-    started) or, for a job's shell, in its command line.
+    started) or, for a job's shell, in its command line; or whose environment
+    holds one of ``marks`` (``BPS_...=value`` items, e.g. a guarded worker's
+    `guard.WORKER_ENV`).
     """
-    exact = {f"{ATTEMPT_ENV}={token}".encode() for token in tokens}
+    exact = {f"{ATTEMPT_ENV}={token}".encode() for token in tokens} | {mark.encode() for mark in marks}
     shells = [_EXPORT + f"{token}\n".encode() for token in tokens]
     env_prefix = f"{ATTEMPT_ENV}={run_prefix}".encode() if run_prefix else None
     shell_prefix = _EXPORT + run_prefix.encode() if run_prefix else None
@@ -357,7 +361,11 @@ def attempt_processes(tokens: Collection[str] = (), run_prefix: str | None = Non
 
 
 def signal_attempts(
-    sig: int, tokens: Collection[str] = (), run_prefix: str | None = None, groups: Collection[int] = ()
+    sig: int,
+    tokens: Collection[str] = (),
+    run_prefix: str | None = None,
+    groups: Collection[int] = (),
+    marks: Collection[str] = (),
 ) -> int:
     """Send ``sig`` to the processes `attempt_processes` finds and to their
     process groups, and to ``groups`` (process groups of the caller's own
@@ -366,7 +374,7 @@ def signal_attempts(
     A job runs in a session of its own, so every member of a group found
     this way was started by the job, also one that dropped the token.
     """
-    found = attempt_processes(tokens, run_prefix)
+    found = attempt_processes(tokens, run_prefix, marks)
     own_group = os.getpgrp()
     for pgid in {*found.values(), *groups}:
         if pgid > 1 and pgid != own_group:
@@ -392,17 +400,19 @@ def kill_attempts(
     run_prefix: str | None = None,
     groups: Collection[int] = (),
     grace: float = KILL_GRACE,
+    marks: Collection[str] = (),
 ) -> int:
-    """Stop every process of the given job attempts (or of a whole run):
-    SIGTERM, then, after up to ``grace`` seconds, SIGKILL to what is left.
-    See `signal_attempts`. Returns how many processes were found at first.
+    """Stop every process of the given job attempts (or of a whole run, or
+    carrying one of ``marks``): SIGTERM, then, after up to ``grace`` seconds,
+    SIGKILL to what is left. See `signal_attempts`. Returns how many
+    processes were found at first.
     """
-    found = signal_attempts(signal.SIGTERM, tokens, run_prefix, groups)
+    found = signal_attempts(signal.SIGTERM, tokens, run_prefix, groups, marks)
     if found or groups:
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and attempt_processes(tokens, run_prefix):
+        while time.monotonic() < deadline and attempt_processes(tokens, run_prefix, marks):
             time.sleep(0.05)
-        signal_attempts(signal.SIGKILL, tokens, run_prefix, groups)
+        signal_attempts(signal.SIGKILL, tokens, run_prefix, groups, marks)
     return found
 
 
