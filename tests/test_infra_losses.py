@@ -112,10 +112,9 @@ def test_lost_attempt_budget_and_settle_delay():
 # ---- a local HTEX: the worker side kills jobs whose worker or pool died --------------
 
 
-@pytest.fixture
-def htex(tmp_path, monkeypatch):
-    """A loaded local HTEX (one pool, one worker, heartbeats 1/4 s) and its
-    `run_job` app."""
+def _local_htex(tmp_path, monkeypatch, init_blocks: int = 1, **options):
+    """Load a local HTEX (``init_blocks`` pools of one worker each); return it,
+    its `run_job` app and the kernel."""
     import parsl
     from lsst.ctrl.bps.parsl.runner import run_job
     from parsl.app.python import PythonApp
@@ -129,13 +128,22 @@ def htex(tmp_path, monkeypatch):
         label="htex",
         address="127.0.0.1",
         max_workers_per_node=1,
-        heartbeat_period=1,
-        heartbeat_threshold=4,
-        block_error_handler=False,
-        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=2),
+        provider=LocalProvider(init_blocks=init_blocks, min_blocks=0, max_blocks=2),
+        **options,
     )
     dfk = parsl.load(Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), strategy_period=0.5))
-    app = PythonApp(run_job, data_flow_kernel=dfk, executors=["htex"])
+    return executor, PythonApp(run_job, data_flow_kernel=dfk, executors=["htex"]), dfk
+
+
+@pytest.fixture
+def htex(tmp_path, monkeypatch):
+    """A loaded local HTEX (one pool, one worker, heartbeats 1/4 s) and its
+    `run_job` app."""
+    import parsl
+
+    executor, app, dfk = _local_htex(
+        tmp_path, monkeypatch, heartbeat_period=1, heartbeat_threshold=4, block_error_handler=False
+    )
     try:
         yield executor, app
     finally:
@@ -176,12 +184,14 @@ def test_job_dies_with_its_worker_or_pool_and_the_loss_is_infrastructure(htex, t
     worker = _parent(shell)
     pool = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert "process_worker_pool" in cmdline(pool), cmdline(pool)
+    pool_children = _children(pool)
     killed_at = time.monotonic()
     os.kill(pool if victim == "pool" else worker, signal.SIGKILL)
     wait_for(lambda: not attempt_processes([token]), 10, "the job's processes gone")
     gone_after = time.monotonic() - killed_at
     error = future.exception(timeout=60)
     reported_after = time.monotonic() - killed_at
+    _kill_parsl_orphans(pool_children)
     cause = infrastructure_cause(error)
     assert cause is not None, repr(error)
     assert ("ManagerLost" if victim == "pool" else "WorkerLost") in cause, cause
@@ -207,6 +217,7 @@ def test_lost_worker_pool_reruns_without_using_number_of_retries(tmp_path, env):
     and succeeds, its job processes are gone once the pool is, and
     ``bps report`` names the loss."""
     marker = f"bpslostjob{os.getpid()}"
+    pool_children: list[int] = []
     log, started = tmp_path / "ok.log", tmp_path / "started"
     jobs = [{"name": "a", "retries": 0, "script": _first_run_sleeps("a", started, log, marker)}]
     proc, submit = start(tmp_path, env, {"jobs": jobs, "site": {"class": "test_reliability.HtexSite"}})
@@ -215,6 +226,7 @@ def test_lost_worker_pool_reruns_without_using_number_of_retries(tmp_path, env):
         wait_for(lambda: _pids_named(marker), timeout=20, what="the job's sleep")
         pools = [p for p in _pids_named("process_worker_pool") if str(submit) in cmdline(p)]
         assert pools, "no worker pool of this run"
+        pool_children = _children(pools[0])
         os.kill(pools[0], signal.SIGKILL)
         wait_for(lambda: not _pids_named(marker), timeout=10, what="the lost job's processes gone")
         out, _ = proc.communicate(timeout=120)
@@ -222,6 +234,7 @@ def test_lost_worker_pool_reruns_without_using_number_of_retries(tmp_path, env):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        _kill_parsl_orphans(pool_children)
     assert proc.returncode == 0, out
     assert statuses(submit)["a"][0] == S
     first, second = attempts(submit, "a")
@@ -266,6 +279,19 @@ def test_interchange_death_is_noticed_and_stops_the_run(tmp_path, env):
 def _pids_named(text: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True).stdout
     return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the children of ``pid``."""
+    return [child for child in map(int, filter(str.isdigit, os.listdir("/proc"))) if _parent(child) == pid]
+
+
+def _kill_parsl_orphans(pids: list[int]) -> None:
+    """Kill what a killed worker pool left of Parsl's own processes (its
+    workers, its resource tracker: orphans now, waiting forever)."""
+    for pid in pids:
+        if _parent(pid) == 1 and "multiprocessing" in cmdline(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _is_child_of(pid: int, parent: int) -> bool:
@@ -328,24 +354,10 @@ def test_idle_block_is_released_while_another_block_runs_the_last_job(tmp_path, 
     waiting in the interchange keeps every block."""
     import parsl
     from lsst.ctrl.bps.parsl.blocks import BlockWatch
-    from lsst.ctrl.bps.parsl.runner import run_job
-    from parsl.app.python import PythonApp
-    from parsl.config import Config
-    from parsl.executors import HighThroughputExecutor
     from parsl.jobs.states import JobState
-    from parsl.providers import LocalProvider
 
-    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    monkeypatch.chdir(tmp_path)
-    executor = HighThroughputExecutor(
-        label="htex",
-        address="127.0.0.1",
-        max_workers_per_node=1,
-        provider=LocalProvider(init_blocks=2, min_blocks=0, max_blocks=2),
-    )
-    dfk = parsl.load(Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), strategy_period=0.5))
+    executor, app, dfk = _local_htex(tmp_path, monkeypatch, init_blocks=2)
     try:
-        app = PythonApp(run_job, data_flow_kernel=dfk, executors=["htex"])
         watch = BlockWatch({"htex": executor}, str(tmp_path / "running"), max_idle=2.0)
         wait_for(lambda: len(executor.connected_blocks()) == 2, 60, "two blocks connected")
 

@@ -398,11 +398,16 @@ def test_restart_from_login2_refused_while_the_driver_lives_then_takes_over(
         assert lines(log)[-1] == "login2"
         print(f"\nrestart from login2 after a SIGKILLed driver: {took:.1f} s")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for pid in _pids_with(marker):
-            os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(proc, marker)
+
+
+def _kill_leftovers(proc: subprocess.Popen, marker: str) -> None:
+    """Kill the driver's process group if it still runs, and this test's job processes."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in _pids_with(marker):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _pids_with(marker: str) -> list[int]:
@@ -575,11 +580,7 @@ def test_restart_from_login2_takes_a_stale_spawner_journal_as_ended_and_reruns_i
         assert any("stopped refreshing its journal" in p.read_text() for p in submit.rglob("*slow*.err"))
         print(f"\nrestart from login2 over a stale spawner journal: {took:.1f} s")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for pid in _pids_with(marker):
-            os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(proc, marker)
 
 
 def _pids_of_run(run_id: str) -> list[int]:

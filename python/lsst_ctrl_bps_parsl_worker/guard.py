@@ -70,6 +70,10 @@ __all__ = ("WORKER_ENV", "OrphanGuard", "orphan_guard")
 WORKER_ENV = "BPS_PARSL_WORKER"
 """Environment variable that marks every process a guarded worker's jobs start."""
 
+_ORPHAN_SWEEP = 0.5
+"""Seconds between two sweeps for marked processes once the pool is gone
+and the worker is not (it may still start a job it had received)."""
+
 
 class OrphanGuard:
     """The watcher of this worker process's jobs (see the module's docstring)."""
@@ -140,11 +144,13 @@ def _watch(worker: int, pool: int, mark: str) -> None:
     stdin = sys.stdin.fileno()
     marks = (f"{WORKER_ENV}={mark}",)
     while True:
+        if pool_gone:
+            # The worker lives on without its pool: whatever it starts is an orphan already.
+            kill_attempts(marks=marks)
         watched = [stdin] + ([pool_fd] if pool_fd is not None and not pool_gone else [])
-        ready, _, _ = select.select(watched, [], [])
+        ready, _, _ = select.select(watched, [], [], _ORPHAN_SWEEP if pool_gone else None)
         if pool_fd is not None and pool_fd in ready:
             pool_gone = True
-            kill_attempts(marks=marks)
         if stdin in ready and not os.read(stdin, 4096):
             kill_attempts(marks=marks)
             # A job spawned but not yet exec'd may not show the mark yet: look once more.
