@@ -199,6 +199,49 @@ def test_job_dies_with_its_worker_or_pool_and_the_loss_is_infrastructure(htex, t
     print(f"\n{victim} killed: job gone after {gone_after:.2f} s, {cause} after {reported_after:.1f} s")
 
 
+@pytest.mark.parametrize("pool_gone_at_start", [False, True], ids=["worker-ends", "pool-gone-first"])
+def test_guard_watcher_kills_every_marked_process(tmp_path, pool_gone_at_start):
+    """Promise L3, the watcher alone (this test plays the worker: it holds
+    the watcher's pipe). Processes carrying the worker's mark (one that left
+    its session too) die when the worker's pipe ends; if the pool is gone
+    before the watcher starts (it cannot watch it), a marked process started
+    afterwards, while the worker lives, dies within a sweep; unmarked
+    processes are left alone."""
+    from lsst_ctrl_bps_parsl_worker import guard
+
+    mark = f"{os.getpid()}.{time.time_ns()}"
+    marked_env = {**os.environ, guard.WORKER_ENV: mark}
+    pool = subprocess.Popen(["sleep", "60"])
+    if pool_gone_at_start:
+        pool.kill()
+        pool.wait()
+    bystander = subprocess.Popen(["sleep", "60"])
+    marked = [subprocess.Popen(["sleep", "60"], env=marked_env)]
+    watcher = subprocess.Popen(
+        [sys.executable, "-S", guard.__file__, str(os.getpid()), str(pool.pid), mark], stdin=subprocess.PIPE
+    )
+    try:
+        marked.append(subprocess.Popen(["setsid", "sleep", "60"], env=marked_env))
+        if pool_gone_at_start:
+            wait_for(
+                lambda: all(p.poll() is not None for p in marked), 10, "marked processes killed by a sweep"
+            )
+            assert watcher.poll() is None, "the watcher stays while its worker lives"
+        else:
+            time.sleep(1.0)
+            assert all(p.poll() is None for p in marked), "killed while the worker and its pool live"
+        assert watcher.stdin is not None
+        watcher.stdin.close()  # the worker ends
+        wait_for(lambda: all(p.poll() is not None for p in marked), 10, "marked processes killed")
+        assert watcher.wait(timeout=10) == 0
+        assert bystander.poll() is None, "an unmarked process was killed"
+    finally:
+        for proc in [pool, bystander, watcher, *marked]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 # ---- real drivers on a local HTEX -------------------------------------------------------
 
 
