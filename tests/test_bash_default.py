@@ -33,8 +33,8 @@ def test_bash_syntax_in_command_line_and_prefix_by_default(tmp_path):
 
 def test_sh_is_an_opt_in(tmp_path):
     out = tmp_path / "out"
-    # The job's own command is `bash -c ...`; its parent is the job shell.
-    probe = job("probe", f"readlink /proc/$PPID/exe > {out}")
+    # The job's shell runs the line before the command itself: `$$` is the shell.
+    probe = job("probe", "true", pre_cmdline=f"readlink /proc/$$/exe > {out}")
     run(workflow([probe]), tmp_path / "s1", config=make_config(site=local_site(jobShell="/bin/sh")))
     assert out.read_text().strip() == os.path.realpath("/bin/sh")
     run(workflow([probe]), tmp_path / "s2")

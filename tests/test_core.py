@@ -333,12 +333,13 @@ def test_job_over_its_walltime_is_killed_and_recorded(tmp_path):
 
 def test_job_shell_defaults_and_override(tmp_path):
     out = tmp_path / "out"
-    # The job's own command is `bash -c ...`; its parent is the job shell.
-    script = f"readlink /proc/$PPID/exe > {out}"
-    run(workflow([job("bash_default", script)]), tmp_path / "s1")
+    # The job's shell runs the line before the command itself: `$$` is the shell.
+    probe = f"readlink /proc/$$/exe > {out}"
+    run(workflow([job("bash_default", "true", pre_cmdline=probe)]), tmp_path / "s1")
     assert out.read_text().strip() == os.path.realpath("/bin/bash")
     opt_in = {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "jobShell": "/bin/sh"}}
-    run(workflow([job("sh_opt_in", script)]), tmp_path / "s2", config=make_config(site=opt_in))
+    sh_job = job("sh_opt_in", "true", pre_cmdline=probe)
+    run(workflow([sh_job]), tmp_path / "s2", config=make_config(site=opt_in))
     assert out.read_text().strip() == os.path.realpath("/bin/sh")
 
 

@@ -48,12 +48,20 @@ def _spawner(cores: int, memory: str = "none") -> subprocess.Popen:
     )
 
 
+def _replies(text: str) -> list[list[str]]:
+    """The reply lines of the spawner's output, split in fields (not its first
+    line, ``spawner <pid>``, nor its keeper's last, ``exit <code>``)."""
+    return [fields for fields in (line.split() for line in text.splitlines()) if len(fields) == 6]
+
+
 def _exchange(proc: subprocess.Popen, requests: list[dict]) -> dict[int, list[str]]:
     """Send requests, read one reply per request, then end the input."""
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("".join(json.dumps(r) + "\n" for r in requests))
     proc.stdin.flush()
-    replies = [proc.stdout.readline().split() for _ in requests]
+    replies: list[list[str]] = []
+    while len(replies) < len(requests):
+        replies += _replies(proc.stdout.readline())
     proc.stdin.close()
     assert proc.wait(timeout=30) == 0
     return {int(fields[0]): fields for fields in replies}
@@ -102,7 +110,7 @@ def test_protocol_stop_fails_queued_and_kills_running(tmp_path):
     time.sleep(0.3)
     proc.stdin.write('{"op": "stop"}\n')
     proc.stdin.close()
-    replies = {int(f[0]): f for f in (line.split() for line in proc.stdout.read().splitlines())}
+    replies = {int(f[0]): f for f in _replies(proc.stdout.read())}
     proc.wait(timeout=30)
     assert replies[1][3] == "-"
     assert replies[0][1:3] == ["143", "15"]
@@ -113,7 +121,7 @@ def test_protocol_end_of_input_lets_running_jobs_finish(tmp_path):
     proc = _spawner(1)
     lines = [json.dumps(_request(tmp_path, n, "sleep 0.3; echo done\n")) + "\n" for n in (0, 1)]
     out, _ = proc.communicate("".join(lines), timeout=30)
-    replies = {int(f[0]): f for f in (line.split() for line in out.splitlines())}
+    replies = {int(f[0]): f for f in _replies(out)}
     assert replies[0][1] == "0" and (tmp_path / "0.out").read_text() == "done\n"
     assert replies[1][3] == "-"
 

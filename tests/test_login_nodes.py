@@ -556,10 +556,14 @@ def test_restart_from_login2_takes_a_stale_spawner_journal_as_ended_and_reruns_i
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         spawner = int(journal.name.rsplit(".", 1)[1])
-        try:
-            os.kill(spawner, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # The spawner and its keeper (its parent, which would log the job's exit status).
+        stat = Path(f"/proc/{spawner}/stat").read_bytes()
+        keeper = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        for pid in (keeper, spawner):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         # The job's shell and its child at once, as when the host is gone: no exit status logged.
         shells = _pids_of_run(RunStore(db_path(str(submit)), readonly=True).meta()["run_id"])
         for sig in (signal.SIGSTOP, signal.SIGKILL):

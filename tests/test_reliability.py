@@ -386,7 +386,7 @@ def test_sigterm_or_sigint_stops_cleanly_and_restart_completes(tmp_path, env, si
     result = bps(env, "restart", "--id", str(submit))
     assert "Run Id:" in result.stdout, result.stdout
     assert all(row[0] == S for row in statuses(submit).values())
-    assert sorted(lines(log)) == sorted([f"g{i} ok" for i in range(6)] + ["finalJob ok"])
+    assert sorted(lines(log)) == sorted([f"g{i} ok" for i in range(6)] + ["finalJob ok"]), out
 
 
 # ---- 3. worker faults ------------------------------------------------------------

@@ -14,7 +14,7 @@ def test_journal_records_starts_and_ends_and_compacts(tmp_path, monkeypatch):
     monkeypatch.setattr(spawner_journal, "_JOURNAL_COMPACT_BYTES", 200)
     journal = spawner_journal.Journal(str(tmp_path))
     for pid in range(1000, 1040):
-        journal.started(pid, f"run/{pid}/1")
+        journal.started(pid, f"run/{pid}/1", f"/logs/{pid}.err")
         journal.write()
     for pid in range(1000, 1038):
         journal.ended(pid)
@@ -22,7 +22,7 @@ def test_journal_records_starts_and_ends_and_compacts(tmp_path, monkeypatch):
     assert spawner_journal.read_journal(journal.path) == {1038: "run/1038/1", 1039: "run/1039/1"}
     # Compaction rewrote the file with only the running jobs, and appends continue.
     assert os.path.getsize(journal.path) < 200
-    journal.started(7, "run/7/2")
+    journal.started(7, "run/7/2", "/logs/7.err")
     journal.write()
     assert set(spawner_journal.read_journal(journal.path)) == {7, 1038, 1039}
     journal.close()
@@ -31,7 +31,7 @@ def test_journal_records_starts_and_ends_and_compacts(tmp_path, monkeypatch):
 
 def test_running_job_ids_reads_journals_and_attempt_files(tmp_path):
     journal = spawner_journal.Journal(str(tmp_path))
-    journal.started(4242, "20261125T000000-abcdef/12/1")
+    journal.started(4242, "20261125T000000-abcdef/12/1", "/logs/12.1.err")
     journal.write()
     (tmp_path / "5.2").write_text("somehost 99 20261125T000000-abcdef/5/2\n")
     assert running_job_ids(str(tmp_path)) == {5, 12}

@@ -40,15 +40,14 @@ own place instead of forking for it); a job killed with its worker (the
 orphan guard) logs none, and counts as not finished.
 
 On the local pool (`lsst.ctrl.bps.parsl.localpool`) this function is not
-called: the pool's spawner starts the script of `job_script` itself, with the
-shell's traps (the shell logs the exit status: the spawner may be gone).
+called: the pool's spawner starts the script of `job_script` itself and logs
+the exit status as it reaps the job (or its keeper does, if the spawner died).
 """
 
 from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import time
 from collections.abc import Sequence
@@ -57,7 +56,6 @@ from typing import Any
 from .guard import orphan_guard
 from .processes import (
     ATTEMPT_ENV,
-    EXIT_MARKER,
     append_note,
     current_launcher,
     exit_code_of,
@@ -76,38 +74,17 @@ class NotStartedError(RuntimeError):
     """The job attempt was not started (the run is stopping, or its pool was lost)."""
 
 
-_TRAPPED_SIGNALS = tuple(
-    (sig.name[3:], int(sig))
-    for sig in (
-        signal.SIGHUP,
-        signal.SIGINT,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGALRM,
-        signal.SIGTERM,
-        signal.SIGXCPU,
-    )
-)
-"""Signals that end a job's shell with exit status 128 + N."""
+def job_script(token: str, prefix: str, env: str, command: str) -> str:
+    """The shell script of one job attempt: its token, the site's command
+    prefix, the job's environment exports, its command.
 
-
-def job_script(token: str, prefix: str, env: str, command: str, shell_logs_exit: bool = True) -> str:
-    """The shell script of one job attempt: its token, the exit-status trap,
-    the site's command prefix, the job's environment exports, its command.
-
-    With ``shell_logs_exit`` false there is no trap: the caller logs the exit
-    status (`run_job`), and bash, which runs the last simple command of
-    ``bash -c`` in its own place when nothing is trapped, saves a fork per job.
+    There is no trap: whoever reaps the job logs its exit status (`run_job`,
+    the local pool's spawner or its keeper), and bash, which runs the last
+    simple command of ``bash -c`` in its own place when nothing is trapped,
+    saves a fork per job.
     """
     # The token line also makes the shell recognisable by its command line.
     parts = [f"export {ATTEMPT_ENV}={token}"]
-    if shell_logs_exit:
-        # The EXIT trap also runs when the command calls `exit`. A shell killed
-        # by a signal it does not trap runs the EXIT trap with the status of its
-        # last command (bash: 0), so each terminating signal exits 128 + N.
-        parts.append(f"trap 'echo \"{EXIT_MARKER}$?\" >&2' EXIT")
-        parts.append(" ".join(f"trap 'exit {128 + num}' {name};" for name, num in _TRAPPED_SIGNALS))
     parts.extend(p for p in (prefix, env) if p)
     parts.append(command)
     return "\n".join(parts) + "\n"
@@ -177,7 +154,7 @@ def _run(
     guard = orphan_guard()
     if guard is not None:
         guard.watch()
-    script = job_script(token, prefix, env, command, shell_logs_exit=False)
+    script = job_script(token, prefix, env, command)
     pid = current_launcher().spawn(job_argv(shell, out_path, err_path, script))
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False

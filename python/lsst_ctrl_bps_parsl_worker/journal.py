@@ -28,11 +28,14 @@
 """The journal of a local-pool spawner: which of its jobs run.
 
 One file per spawner, ``spawner.<host>.<pid>`` in the directory of its jobs'
-``pid_file`` (the run's ``parsl/running``): one ``+ <pid> <token>`` line
-when a job starts, one ``- <pid>`` line when it ends. Appending a line costs
+``pid_file`` (the run's ``parsl/running``): one ``+ <pid> <token> <stderr log>`` line
+when a job starts (the log's path as a JSON string), one ``- <pid>`` line when
+it ends. Appending a line costs
 far less than creating and deleting a file per job. The spawner writes it
 (`Journal`); report, cancel, restart and a spawner taking over from a dead
-one read it (`read_journal`, `journal_entries`, `journal_snapshot`).
+one read it (`read_journal`, `journal_entries`, `journal_snapshot`), and so
+does the spawner's keeper when the spawner died (`journal_logs`: it logs the
+exit status of the jobs it reaps in their place).
 
 While jobs run, the spawner also refreshes the journal's modification time
 every `JOURNAL_REFRESH` seconds (`Journal.touch`): a restart on another host,
@@ -44,6 +47,7 @@ Standard library only: the spawner (``python -S``) imports it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -52,6 +56,7 @@ __all__ = (
     "JOURNAL_REFRESH",
     "Journal",
     "journal_entries",
+    "journal_logs",
     "journal_name",
     "journal_snapshot",
     "read_journal",
@@ -84,6 +89,18 @@ def journal_entries(path: str) -> tuple[dict[int, str], set[str]]:
     return ({}, set()) if found is None else found[:2]
 
 
+def journal_logs(path: str) -> dict[int, str]:
+    """``{pid: stderr log}`` of the jobs a journal says are running."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read().decode(errors="replace")
+    except OSError:
+        return {}
+    logs: dict[int, str] = {}
+    _parse(data, logs)
+    return logs
+
+
 def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_result] | None:
     """`journal_entries` and the file's status read through the same open
     file (which, on NFS, revalidates the cached attributes), or `None` if
@@ -99,19 +116,29 @@ def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_resul
     return running, started, info
 
 
-def _parse(data: str) -> tuple[dict[int, str], set[str]]:
+def _parse(data: str, logs: dict[int, str] | None = None) -> tuple[dict[int, str], set[str]]:
+    """Running jobs and started tokens; ``logs`` gets the running jobs' stderr logs."""
     running: dict[int, str] = {}
     started: set[str] = set()
     for line in data.splitlines():
-        fields = line.split()
+        fields = line.split(" ", 3)
         try:
-            if len(fields) == 3 and fields[0] == "+":
-                running[int(fields[1])] = fields[2]
+            if len(fields) >= 3 and fields[0] == "+":
+                pid = int(fields[1])
+                running[pid] = fields[2]
                 started.add(fields[2])
+                if logs is not None and len(fields) == 4:
+                    logs[pid] = json.loads(fields[3])
             elif len(fields) == 2 and fields[0] == "-":
-                running.pop(int(fields[1]), None)
+                pid = int(fields[1])
+                running.pop(pid, None)
+                if logs is not None:
+                    logs.pop(pid, None)
         except ValueError:
             continue
+    if logs is not None:
+        for pid in set(logs) - set(running):
+            del logs[pid]
     return running, started
 
 
@@ -125,7 +152,8 @@ class Journal:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.path = os.path.join(directory, journal_name(_HOST, os.getpid()))
-        self.running: dict[int, str] = {}
+        self.running: dict[int, tuple[str, str]] = {}
+        """{pid: (token, stderr log)} of the running jobs."""
         self.size = 0
         self.pending: list[str] = []
         os.makedirs(directory, exist_ok=True)
@@ -171,10 +199,16 @@ class Journal:
         except OSError:
             pass
 
-    def started(self, pid: int, token: str) -> None:
-        """Record that job attempt ``token`` runs as process group ``pid``."""
-        self.running[pid] = token
-        self.pending.append(f"+ {pid} {token}\n")
+    def started(self, pid: int, token: str, stderr: str) -> None:
+        """Record that job attempt ``token`` runs as process group ``pid``,
+        logging to ``stderr``.
+        """
+        self.running[pid] = (token, stderr)
+        self.pending.append(self._line(pid, token, stderr))
+
+    @staticmethod
+    def _line(pid: int, token: str, stderr: str) -> str:
+        return f"+ {pid} {token} {json.dumps(stderr)}\n"
 
     def ended(self, pid: int) -> None:
         """Record that process group ``pid`` ended."""
@@ -183,7 +217,7 @@ class Journal:
 
     def _compact(self) -> None:
         """Rewrite the journal with only the running jobs (atomically)."""
-        text = "".join(f"+ {pid} {token}\n" for pid, token in self.running.items())
+        text = "".join(self._line(pid, *job) for pid, job in self.running.items())
         tmp = self.path + ".tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

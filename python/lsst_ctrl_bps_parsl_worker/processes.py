@@ -59,13 +59,16 @@ __all__ = (
     "exit_code_of",
     "job_argv",
     "kill_attempts",
-    "live_shells",
+    "ended_child",
+    "job_alive",
+    "live_jobs",
     "log_exit_status",
     "logged_exit_status",
     "process_start_time",
     "quote",
-    "shell_alive",
+    "reap",
     "signal_attempts",
+    "zombie_exit_code",
 )
 
 ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
@@ -416,31 +419,96 @@ def kill_attempts(
     return found
 
 
-def live_shells() -> dict[str, int]:
-    """``{token: pid}`` of the job shells (session leaders whose command line
-    exports a token) of this user that are alive.
+def _token_of(pid: int) -> str | None:
+    """The token process ``pid`` carries: in its command line while it is a
+    job's shell (`job_argv`'s script exports it), in its environment once the
+    shell ran the job's command in its own place (or for any process the job
+    started); `None` for a process without one, or ended (a zombie has neither).
     """
-    shells: dict[str, int] = {}
-    for pid in _my_processes():
-        try:
-            cmdline = _read(f"/proc/{pid}/cmdline")
-            start = cmdline.find(_EXPORT)
-            if start < 0 or int(_stat_fields(pid)[3]) != pid:
-                continue
-        except (OSError, ValueError, IndexError):
-            continue
+    cmdline = _read(f"/proc/{pid}/cmdline")
+    start = cmdline.find(_EXPORT)
+    if start >= 0:
         end = cmdline.find(b"\n", start)
         if end > 0:
-            shells[cmdline[start + len(_EXPORT) : end].decode(errors="replace")] = pid
-    return shells
+            return cmdline[start + len(_EXPORT) : end].decode(errors="replace")
+    prefix = f"{ATTEMPT_ENV}=".encode()
+    for item in _read(f"/proc/{pid}/environ").split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix) :].decode(errors="replace")
+    return None
 
 
-def shell_alive(pid: int, token: str) -> bool:
-    """Whether process ``pid`` is still the shell of job attempt ``token``."""
+def live_jobs() -> dict[str, int]:
+    """``{token: pid}`` of this user's live job processes: the session leaders
+    that carry a token (`job_alive`).
+    """
+    jobs: dict[str, int] = {}
+    for pid in _my_processes():
+        try:
+            if int(_stat_fields(pid)[3]) != pid:
+                continue
+            token = _token_of(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        if token is not None:
+            jobs[token] = pid
+    return jobs
+
+
+def job_alive(pid: int, token: str) -> bool:
+    """Whether process ``pid`` is still the job of attempt ``token`` (its
+    shell, or the command the shell became), and has not ended.
+    """
     try:
-        return _EXPORT + f"{token}\n".encode() in _read(f"/proc/{pid}/cmdline")
+        return _token_of(pid) == token
     except OSError:
         return False
+
+
+def ended_child(block: bool = False) -> tuple[int, int, int | None] | None:
+    """``(pid, exit code, signal)`` of a child of this process that ended, left
+    unreaped (`reap` it once its exit status is logged: until then a process
+    that takes over, or reads ``/proc``, still sees it); `None` if none ended
+    (and ``block`` is false). A signal ``s`` gives exit code ``128 + s``.
+
+    Raises
+    ------
+    ChildProcessError
+        This process has no children.
+    """
+    flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, flags)
+        except InterruptedError:
+            continue
+        if info is None or info.si_pid == 0:
+            return None
+        if info.si_code == os.CLD_EXITED:
+            code = info.si_status
+            return info.si_pid, code, (code - 128 if 128 < code < 128 + 65 else None)
+        return info.si_pid, 128 + info.si_status, info.si_status
+
+
+def reap(pid: int) -> None:
+    """Reap child ``pid``, which has ended (`ended_child`)."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def zombie_exit_code(pid: int) -> int | None:
+    """Exit code (``128 + s`` for a signal ``s``) of process ``pid`` if it has
+    ended but its parent did not reap it yet (read from ``/proc``); else `None`.
+    """
+    try:
+        fields = _stat_fields(pid)
+        if fields[0] != b"Z" or len(fields) < 50:
+            return None
+        return exit_code_of(int(fields[49]))[0]
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def process_start_time(pid: int) -> float | None:

@@ -59,7 +59,7 @@ from lsst_ctrl_bps_parsl_worker.journal import (
     journal_snapshot,
     read_journal,
 )
-from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
+from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts, zombie_exit_code
 
 from .attemptlogs import exit_status_from_log
 from .claim import DriverBusyError, driver_stale_after
@@ -81,6 +81,8 @@ __all__ = (
 )
 
 _HOST = socket.gethostname()
+_UNREAPED_WAIT = 2.0
+"""Seconds `kill_running_jobs` waits for ended jobs of a live spawner to be reaped."""
 _NAMES_SHOWN = 3
 """Jobs a refused restart names before "and N more"."""
 
@@ -151,19 +153,30 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
 
     A process is signalled only if its own ``/proc`` entry carries this run's
     token, so a reused pid is never hit. Journals of spawners that are gone
-    are removed afterwards. Returns how many processes were found.
+    are removed afterwards; the jobs of live ones that ended are given up to
+    ``_UNREAPED_WAIT`` seconds to be reaped, so that their logs hold their
+    exit status. Returns how many processes were found.
     """
     killed = kill_attempts(run_prefix=run_id + "/")
     try:
         names = os.listdir(running_dir)
     except OSError:
         names = []
+    ended: set[int] = set()
     for name, host, pid in _journals(names):
-        if host == _HOST and not _alive(pid):
+        if host != _HOST:
+            continue
+        if _alive(pid):
+            ended |= set(read_journal(os.path.join(running_dir, name)))
+        else:
             try:
                 os.unlink(os.path.join(running_dir, name))
             except OSError:
                 pass
+    # A job of a live spawner that ended is reaped, its exit status logged, in a moment.
+    deadline = time.monotonic() + _UNREAPED_WAIT
+    while time.monotonic() < deadline and any(zombie_exit_code(pid) is not None for pid in ended):
+        time.sleep(0.01)
     return killed
 
 

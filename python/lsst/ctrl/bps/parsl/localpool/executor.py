@@ -135,6 +135,13 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         # Monitoring messages go from this process to Parsl's queue.
         self.remote_monitoring_radio = MultiprocessingQueueRadio()
         self._proc: subprocess.Popen | None = None
+        """The spawner's keeper (the process started; the spawner is its child)."""
+        self._spawner_pid = 0
+        """The spawner's pid (its first line says it)."""
+        self._spawner_exit: int | None = None
+        """The spawner's exit code (its keeper's last line says it)."""
+        self._keepers: list[subprocess.Popen] = []
+        """Keepers of spawners that died, which may still wait for jobs."""
         self._stdin_fd = -1
         # Request id -> (its task, its request).
         self._waiting: dict[int, tuple[Task, dict]] = {}
@@ -183,6 +190,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
     def _set_proc(self, proc: subprocess.Popen) -> None:
         assert proc.stdin is not None
         self._proc = proc
+        self._spawner_pid = 0
+        self._spawner_exit = None
         self._stdin_fd = proc.stdin.fileno()
         os.set_blocking(self._stdin_fd, False)
 
@@ -199,17 +208,15 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
                 self._closing = True
                 self._close_input = True
                 self._flush_locked()
-            deadline = time.monotonic() + 30
             if self._reader is not None:
                 self._reader.join(timeout=30)
-            proc = self._proc
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if self._reader is not None:
-                self._reader.join(timeout=5)
+            # The spawner ended (its output did); its keeper ends with the last
+            # process the jobs left behind, not waited for beyond a moment.
+            for keeper in (self._proc, *self._keepers):
+                try:
+                    keeper.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
             self._proc = None
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
@@ -379,7 +386,24 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
                 if not data:
                     return
                 *lines, pending = (pending + data).split(b"\n")
-                self._deliver([parse_reply(line) for line in lines])
+                self._deliver(self._replies(lines))
+
+    def _replies(self, lines: list[bytes]) -> list[tuple[int, AttemptResult | BaseException]]:
+        """Parse reply lines; the spawner's first line and its keeper's last
+        one are taken note of.
+        """
+        replies = []
+        for line in lines:
+            if line.startswith(b"spawner "):
+                self._spawner_pid = int(line.split()[1])
+            elif line.startswith(b"exit "):
+                self._spawner_exit = int(line.split()[1])
+            elif line:
+                try:
+                    replies.append(parse_reply(line))
+                except ValueError:
+                    _LOG.warning("ignored a garbled reply of the local job pool's spawner: %r", line)
+        return replies
 
     def _take_over(self, dead: subprocess.Popen) -> subprocess.Popen | None:
         """Replace a spawner whose output ended (`None`: none expected or
@@ -388,14 +412,14 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         """
         if self._closing:
             return None
-        try:
-            code = dead.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            dead.kill()
+        self._keepers.append(dead)  # it may keep jobs the dead spawner started: not waited for
+        code, dead_pid = self._spawner_exit, self._spawner_pid or dead.pid
+        if code is None:  # no keeper (see keeper.keep): the spawner was the process started
             code = dead.wait()
+            code = 128 - code if code < 0 else code
         now = time.monotonic()
         self._deaths = [t for t in self._deaths if now - t < _DEATH_WINDOW] + [now]
-        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        how = f"signal {code - 128}" if code > 128 else f"exit status {code}"
         with self._lock:
             if self._closing:
                 return None
@@ -405,7 +429,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             if len(self._deaths) > _MAX_DEATHS:
                 self._lost = PoolLostError(
                     f"the local job pool's spawner died {len(self._deaths)} times within "
-                    f"{_DEATH_WINDOW:.0f} s (last: pid {dead.pid}, {how}); stopping the run: "
+                    f"{_DEATH_WINDOW:.0f} s (last: pid {dead_pid}, {how}); stopping the run: "
                     "'bps restart' runs what did not finish"
                 )
                 return None
@@ -413,7 +437,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
                 proc = self._start_spawner()
             except OSError as exc:
                 self._lost = PoolLostError(
-                    f"the local job pool's spawner (pid {dead.pid}) died ({how}) and a new one could not "
+                    f"the local job pool's spawner (pid {dead_pid}) died ({how}) and a new one could not "
                     f"be started: {exc}; stopping the run: 'bps restart' runs what did not finish"
                 )
                 return None
@@ -422,14 +446,14 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             except OSError:
                 pass
             self._set_proc(proc)
-            self._pending += resume_request(dead.pid, jobs)
+            self._pending += resume_request(dead_pid, jobs)
             if self._stop_sent:
                 self._pending += STOP
             self._flush_locked()
         _LOG.warning(
             "the local job pool's spawner (pid %d) died (%s); a new one (pid %d) took over its %d "
             "unfinished job(s)",
-            dead.pid,
+            dead_pid,
             how,
             proc.pid,
             len(jobs),

@@ -33,10 +33,17 @@ CORES MEMORY`` (``MEMORY`` in MB, or ``none``). Starting processes from here
 rather than from threads of the driver keeps process start-up free of the
 driver's interpreter lock and of its large address space.
 
+The process started is the spawner's keeper (`lsst_ctrl_bps_parsl_worker.keeper`):
+it forks the spawner and outlives it, so that the exit status of jobs running
+when the spawner dies is still logged.
+
 Wire protocol
 -------------
 The executor writes requests to the spawner's stdin, one JSON object per
-line; the spawner writes one reply line per ended job to its stdout.
+line; the spawner writes one reply line per ended job to its stdout, after a
+first line ``spawner <pid>`` (its own pid, which names its journal). Once the
+spawner ended, its keeper adds ``exit <exit code>`` (``128 + s`` for a
+signal ``s``) on a line of its own, then the output ends.
 
 Requests:
 
@@ -44,7 +51,10 @@ Requests:
     Run ``script`` under ``shell`` (`processes.job_argv`: the shell creates
     ``out`` and ``err`` and sends its output there) once ``cores`` cores and
     ``memory`` MB fit in the budget, first come first served (a request
-    larger than the whole budget is given the whole budget). ``token`` (one
+    larger than the whole budget is given the whole budget). The shell runs
+    the script's last command in its own place; the spawner appends the
+    job's exit status to ``err`` (`processes.log_exit_status`) before it
+    reaps the job. ``token`` (one
     word) is exported to the job as ``BPS_PARSL_ATTEMPT``; ``time_limit``
     (seconds or ``null``) kills the job's processes after that long
     (SIGTERM, then SIGKILL `processes.KILL_GRACE` later). ``N`` is the
@@ -54,8 +64,9 @@ Requests:
 ``{"op": "resume", "spawner": PID, "jobs": [request, ...]}``
     First line of a spawner that replaces one that died (pid ``PID``): take
     over its unanswered requests. A job that had started is followed to its
-    end (its exit status is read from its stderr log) and never started
-    again; the others are queued.
+    end and never started again (its exit status is read from ``/proc``
+    while it is unreaped, else from its stderr log, where the dead spawner's
+    keeper logged it); the others are queued.
 
 End of input (the executor's process exited or died) drops the queued jobs
 but lets the running ones finish (their exit status still reaches their
@@ -107,18 +118,22 @@ from lsst_ctrl_bps_parsl_worker.journal import (  # noqa: E402
     journal_entries,
     journal_name,
 )
+from lsst_ctrl_bps_parsl_worker.keeper import keep  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     KILL_GRACE,
     Launcher,
     append_note,
-    exit_code_of,
+    ended_child,
+    job_alive,
     job_argv,
     kill_attempts,
-    live_shells,
+    live_jobs,
+    log_exit_status,
     logged_exit_status,
     process_start_time,
-    shell_alive,
+    reap,
     signal_attempts,
+    zombie_exit_code,
 )
 
 __all__ = ("Spawner", "main")
@@ -137,7 +152,7 @@ _ADOPTED_POLL = 0.1
 class Spawner:
     """Queue, start and reap jobs within a core and memory budget."""
 
-    def __init__(self, cores: int, memory: int | None, out: list[str]) -> None:
+    def __init__(self, cores: int, memory: int | None, out: list[str], dirs_fd: int = -1) -> None:
         self.cores = cores
         self.memory = memory
         self.free_cores = cores
@@ -153,6 +168,8 @@ class Spawner:
         self.out_since = 0.0
         self.stopping = False
         self.journals: dict[str, Journal] = {}
+        self.dirs_fd = dirs_fd
+        """Where each journal's directory is written for the keeper (-1: no keeper)."""
         self.next_refresh = 0.0
         """When (monotonic) the journals' modification time is next refreshed."""
         # The environment is converted once, not for every job.
@@ -200,6 +217,11 @@ class Spawner:
                 journal = self.journals[directory] = Journal(directory)
             except OSError:
                 return None
+            if self.dirs_fd >= 0:
+                try:
+                    os.write(self.dirs_fd, (json.dumps(directory) + "\n").encode())
+                except OSError:
+                    pass
         return journal
 
     def refresh_journals(self) -> float | None:
@@ -235,7 +257,9 @@ class Spawner:
         self.running[pid] = job
         journal = self.journal(job)
         if journal is not None:
-            journal.started(pid, job["token"])
+            # At once: the keeper logs the exit status of the jobs it names if this process dies.
+            journal.started(pid, job["token"], job["err"])
+            journal.write()
 
     def _give_back(self, job: dict) -> None:
         cores, memory = job.pop("taken", (0, 0))
@@ -254,44 +278,55 @@ class Spawner:
         self.reply(job, code, sig, start, timed_out)
 
     def reap(self) -> None:
+        """Log the exit status of each ended job in its stderr log, then reap
+        it (so that while it is not logged, the job is still there for the
+        keeper, should this process die) and answer it.
+        """
         while self.running:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                ended = ended_child()
             except ChildProcessError:
                 return
-            if pid == 0:
+            if ended is None:
                 return
+            pid, code, sig = ended
             job = self.running.pop(pid, None)
             if job is not None:
-                self._ended(pid, job, *exit_code_of(status), job["start"])
+                log_exit_status(job["err"], code)
+            reap(pid)
+            if job is not None:
+                self._ended(pid, job, code, sig, job["start"])
 
     # ---- jobs of a spawner that died ----
 
     def resume(self, dead_spawner: int, jobs: list[dict]) -> None:
         """Take over the requests a spawner that died had not answered.
 
-        A job it had started (its journal says so, its shell is alive, or
+        A job it had started (its journal says so, its process is alive, or
         its stderr log exists, which its shell creates first) is not started
-        again: a live one is followed until its shell exits, and an ended
-        one is answered at once; both with the exit status its shell
-        logged. Every other job is queued as if just sent.
+        again: a live one is followed until it ends, and an ended one is
+        answered at once (`_answer_from_log`). Every other job is queued as
+        if just sent.
         """
-        live = live_shells()
+        live = live_jobs()
         started: set[str] = set()
+        journaled: dict[str, int] = {}
         old_journals = {
             os.path.join(directory, journal_name(_HOST, dead_spawner))
             for directory in {os.path.dirname(job.get("pid_file") or "") for job in jobs}
             if directory
         }
         for path in old_journals:
-            started |= journal_entries(path)[1]
+            running, tokens = journal_entries(path)
+            started |= tokens
+            journaled.update((token, pid) for pid, token in running.items())
         for job in jobs:
             token = job["token"]
             pid = live.get(token)
             if pid is not None:
                 self._adopt(pid, job)
             elif token in started or os.path.exists(job["err"]):
-                self.reply(job, *self._answer_from_log(job), "?")
+                self.reply(job, *self._answer_from_log(job, journaled.get(token)), "?")
             else:
                 self.queue.append(job)
         for journal in self.journals.values():
@@ -311,17 +346,24 @@ class Spawner:
         self.adopted[pid] = job
         journal = self.journal(job)
         if journal is not None:
-            journal.started(pid, job["token"])
+            journal.started(pid, job["token"], job["err"])
 
     @staticmethod
-    def _answer_from_log(job: dict) -> tuple[int, int | None]:
-        """(exit code, signal) of a job that a spawner that died had started."""
-        code = logged_exit_status(job["err"])
+    def _answer_from_log(job: dict, pid: int | None) -> tuple[int, int | None]:
+        """(exit code, signal) of a job that a spawner that died had started:
+        read from ``/proc`` while the job (``pid``) ended unreaped, else from
+        its stderr log (where that spawner, or its keeper, logged it).
+        """
+        code = zombie_exit_code(pid) if pid is not None else None
+        if code is not None:
+            log_exit_status(job["err"], code)
+        else:
+            code = logged_exit_status(job["err"])
         if code is None:
             append_note(
                 job["err"],
-                "[bps-parsl] the job pool's spawner died while this job ran, and its shell logged no "
-                "exit status: counted as failed\n",
+                "[bps-parsl] the job pool's spawner died while this job ran, and neither it nor its "
+                "keeper logged an exit status: counted as failed\n",
             )
             code, sig = -1, None
         else:
@@ -329,11 +371,11 @@ class Spawner:
         return code, sig
 
     def poll_adopted(self) -> None:
-        """Answer the adopted jobs whose shell has exited."""
+        """Answer the adopted jobs that ended."""
         for pid, job in list(self.adopted.items()):
-            if not shell_alive(pid, job["token"]):
+            if not job_alive(pid, job["token"]):
                 del self.adopted[pid]
-                code, sig = self._answer_from_log(job)
+                code, sig = self._answer_from_log(job, pid)
                 self._ended(pid, job, code, sig, job["start"])
 
     # ---- time limits and stopping ----
@@ -426,8 +468,8 @@ class Spawner:
             self.queue.append(request)
 
 
-def main(argv: list[str]) -> int:
-    """Serve requests from stdin until end of input."""
+def main(argv: list[str], dirs_fd: int = -1) -> int:
+    """Serve requests from stdin until end of input (``dirs_fd``: see `keeper.keep`)."""
     cores = int(argv[1])
     memory = int(argv[2]) if argv[2] != "none" else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobs do not inherit it (`Launcher`)
@@ -435,7 +477,8 @@ def main(argv: list[str]) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    spawner = Spawner(cores, memory, [])
+    spawner = Spawner(cores, memory, [f"spawner {os.getpid()}\n"], dirs_fd)
+    spawner.flush()
     stdin_fd = sys.stdin.fileno()
     buffer = b""
     open_input = True
@@ -475,4 +518,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(keep(lambda dirs_fd: main(sys.argv, dirs_fd), _HOST))

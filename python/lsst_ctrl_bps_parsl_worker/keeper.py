@@ -1,0 +1,225 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+
+"""The keeper of a local-pool spawner: the spawner's parent, which outlives it.
+
+A job's shell runs the job's command in its own place (no fork, no trap), so
+the shell cannot log the job's exit status: the process that reaps the job
+does (`processes.log_exit_status`), before it reaps it. That is the spawner
+while it lives. The keeper is a ``PR_SET_CHILD_SUBREAPER`` process: when the
+spawner dies (killed, say), its running jobs become the keeper's children,
+and the keeper logs the exit status of each as it ends, in the stderr log the
+spawner's journal names (`journal.journal_logs`); a job the journal does not
+name (started just before the spawner died) is left unreaped for
+`HOLD_UNNAMED` seconds, so that the spawner that takes over reads its exit
+status from ``/proc`` (`processes.zombie_exit_code`). Either way a job that
+ran when its spawner died is not run again.
+
+The keeper holds nothing of the spawner's wire: it closes its standard input,
+and keeps its standard output only to add, once the spawner ended, the line
+``exit <exit code>`` (``128 + s`` for a signal ``s``) after the spawner's
+last reply, then closes it. It exits when it has no children left.
+
+Where ``PR_SET_CHILD_SUBREAPER`` is not available (not Linux) there is no
+keeper: the spawner runs in the process started, and a job whose spawner
+died counts as failed.
+
+Standard library only: the spawner (``python -S``) runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from .journal import journal_logs, journal_name
+from .processes import log_exit_status
+
+__all__ = ("HOLD_UNNAMED", "keep")
+
+HOLD_UNNAMED = 10.0
+"""Seconds an ended job that the journal does not name stays unreaped."""
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def keep(spawner_main: Callable[[int], int], host: str) -> int:
+    """Run ``spawner_main(dirs_fd)`` in a child process kept by this one;
+    return the exit status for this process.
+
+    ``dirs_fd`` is a pipe (``-1``: no keeper) on which the spawner writes,
+    one per line as a JSON string, each directory where it keeps a journal.
+    """
+    if not _become_subreaper():
+        return spawner_main(-1)
+    dirs_r, dirs_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        spawner = os.fork()
+    except OSError:
+        os.close(dirs_r)
+        os.close(dirs_w)
+        return spawner_main(-1)
+    if spawner == 0:
+        os.close(dirs_r)
+        try:
+            code = spawner_main(dirs_w)
+        finally:
+            sys.stdout.flush()
+        os._exit(code)
+    os.close(dirs_w)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    code = _await_spawner(spawner)
+    try:
+        os.write(1, f"\nexit {code}\n".encode())
+    except OSError:
+        pass  # nobody reads the wire any more
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    _keep_orphans(_read_dirs(dirs_r), journal_name(host, spawner))
+    return code
+
+
+def _await_spawner(spawner: int) -> int:
+    """Reap children until the spawner ends; its exit code. Until then, the
+    only other children are processes a job left behind when it ended.
+    """
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 255
+        if pid == spawner:
+            return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _read_dirs(fd: int) -> set[str]:
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    dirs = set()
+    for line in data.decode(errors="replace").splitlines():
+        try:
+            dirs.add(json.loads(line))
+        except ValueError:
+            continue
+    return dirs
+
+
+def _keep_orphans(dirs: set[str], journal: str) -> None:
+    """Log the exit status of each job the spawner left, as it ends; return
+    when no child is left.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logs: dict[int, str] = {}
+    for directory in dirs:
+        logs.update(journal_logs(os.path.join(directory, journal)))
+    held: dict[int, float] = {}
+    while True:
+        flags = os.WEXITED | os.WNOWAIT | (os.WNOHANG if held else 0)
+        try:
+            info = os.waitid(os.P_ALL, 0, flags)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == 0:
+            time.sleep(0.1)
+            continue
+        for pid in _ended_children():
+            if _settle(pid, logs, held):
+                held.pop(pid, None)
+        if held:
+            time.sleep(0.1)
+
+
+def _ended_children() -> list[int]:
+    """Pids of this process's children that ended and are not reaped."""
+    me = str(os.getpid()).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stream:
+                data = stream.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()
+        if fields[0] == b"Z" and fields[1] == me:
+            found.append(int(entry))
+    return found
+
+
+def _settle(pid: int, logs: dict[int, str], held: dict[int, float]) -> bool:
+    """Log the exit status of ended child ``pid`` if the journal named its
+    log, and reap it; or hold it (see `HOLD_UNNAMED`). Whether it was reaped.
+    """
+    stderr = logs.get(pid)
+    if stderr is None and time.monotonic() < held.setdefault(pid, time.monotonic() + HOLD_UNNAMED):
+        return False
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    if info is None:
+        return False
+    if stderr is not None:
+        code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+        log_exit_status(stderr, code)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    return True
