@@ -278,9 +278,10 @@ class Spawner:
         self.reply(job, code, sig, start, timed_out)
 
     def reap(self) -> None:
-        """Log the exit status of each ended job in its stderr log, then reap
-        it (so that while it is not logged, the job is still there for the
-        keeper, should this process die) and answer it.
+        """Answer each ended job (at once when nothing is queued: the driver
+        may be waiting for it to hand over more), then log its exit status in
+        its stderr log and reap it. Until it is reaped the job is there for
+        the keeper to log, should this process die in between.
         """
         while self.running:
             try:
@@ -292,10 +293,11 @@ class Spawner:
             pid, code, sig = ended
             job = self.running.pop(pid, None)
             if job is not None:
+                self._ended(pid, job, code, sig, job["start"])
+                if self.flush_due() == 0.0:
+                    self.flush()
                 log_exit_status(job["err"], code)
             reap(pid)
-            if job is not None:
-                self._ended(pid, job, code, sig, job["start"])
 
     # ---- jobs of a spawner that died ----
 
