@@ -59,6 +59,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 
 from .journal import journal_logs, journal_name
@@ -88,6 +89,7 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
     ``dirs_fd`` is a pipe (``-1``: no keeper) on which the spawner writes,
     one per line as a JSON string, each directory where it keeps a journal.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not _become_subreaper():
         return spawner_main(-1)
     dirs_r, dirs_w = os.pipe2(os.O_CLOEXEC)
@@ -99,11 +101,15 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
         return spawner_main(-1)
     if spawner == 0:
         os.close(dirs_r)
+        code = 1
         try:
             code = spawner_main(dirs_w)
+        except BaseException:
+            traceback.print_exc()
         finally:
             sys.stdout.flush()
-        os._exit(code)
+            sys.stderr.flush()
+            os._exit(code)
     os.close(dirs_w)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -161,7 +167,6 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
     """Log the exit status of each job the spawner left, as it ends; return
     when no child is left.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs: dict[int, str] = {}
     for directory in dirs:
         logs.update(journal_logs(os.path.join(directory, journal)))
@@ -174,10 +179,10 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
             continue
         except ChildProcessError:
             return
-        if info is None or info.si_pid == 0:
-            time.sleep(0.1)
-            continue
-        for pid in _ended_children():
+        ended = set(_ended_children())
+        if info is not None and info.si_pid:
+            ended.add(info.si_pid)
+        for pid in ended:
             if _settle(pid, logs, held):
                 held.pop(pid, None)
         if held:
