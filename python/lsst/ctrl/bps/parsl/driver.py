@@ -208,6 +208,8 @@ class Driver(LostAttemptHandling):
         was started is stopped and the signal handlers are restored.
         """
         self._reset_for_run()
+        if self.kind == "restart":  # said once the restart was not refused (jobs running elsewhere)
+            print(f"bps-parsl: restarting run {self.run_id} in {self.submit_path}", flush=True)
         os.makedirs(self.running_dir, exist_ok=True)
         self.store.begin_session(self.kind, os.getpid(), _HOST)
         self.signals.install()

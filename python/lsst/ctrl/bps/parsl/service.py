@@ -232,7 +232,6 @@ class ParslService(BaseWmsService):
             if _detach(config):
                 pid = start_detached(submit_path, "restart")
                 return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"
-            print(f"bps-parsl: restarting run {workflow.run_id} in {submit_path}", flush=True)
             run_driver(submit_path, config, kind="restart")
         except RunFailedError as exc:
             _fail_bps_command(str(exc), exc.exit_status)
