@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from lsst.ctrl.bps.parsl.localpool import spawner
+from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status, zombie_exit_code
 from lsst_ctrl_bps_parsl_worker.journal import journal_logs
-from lsst_ctrl_bps_parsl_worker.processes import logged_exit_status, zombie_exit_code
 
 
 def _request(tmp: Path, number: int, script: str) -> str:

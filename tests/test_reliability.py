@@ -85,8 +85,12 @@ def main() -> int:
     kills itself with SIGKILL when it is about to record that job's launch,
     once the job has already succeeded (as it may when the driver is slow).
     """
+    import faulthandler
+
     from synthetic_driver import prepare_and_submit
 
+    # A test that finds the driver stuck sends SIGUSR1: every thread's stack goes to the output.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     submit, spec_path = sys.argv[1], sys.argv[2]
     spec = json.loads(Path(spec_path).read_text())
     if spec.get("kill_after_launch"):
@@ -370,7 +374,11 @@ def test_sigterm_or_sigint_stops_cleanly_and_restart_completes(tmp_path, env, si
     wait_for(lambda: len(lines(started)) >= 2, what="two jobs running", proc=proc)
     run_id = run_id_of(submit)
     proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # the stacks of a driver that did not stop (faulthandler)
+        out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out
     assert not pids_with(marker) and not run_processes(run_id)
     store_opens_cleanly(submit)

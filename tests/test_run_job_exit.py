@@ -13,7 +13,7 @@ import os
 import stat
 
 from lsst.ctrl.bps.parsl.runner import run_job
-from lsst_ctrl_bps_parsl_worker.processes import logged_exit_status
+from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status
 
 
 def _run(tmp_path, name: str, command: str, shell: str = "/bin/bash") -> tuple[int, int | None, str]:

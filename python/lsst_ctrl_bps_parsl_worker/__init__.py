@@ -26,8 +26,10 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """The parts of ``lsst.ctrl.bps.parsl`` that run next to the jobs: the
-function Parsl workers run for a job attempt (`job.run_job`) and how job
-processes are started, found and stopped (`processes`).
+function Parsl workers run for a job attempt (`job.run_job`), how job
+processes are started, found and stopped (`processes`), how their exit status
+is read, logged and reaped (`exits`), and the local pool's journal and keeper
+(`journal`, `keeper`).
 
 A top-level package of its own, standard library only, so that a Parsl
 worker unpickling `job.run_job` imports this and nothing else (importing a

@@ -53,15 +53,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .exits import exit_code_of, log_exit_status
 from .guard import orphan_guard
 from .processes import (
     ATTEMPT_ENV,
     append_note,
     current_launcher,
-    exit_code_of,
     job_argv,
     kill_attempts,
-    log_exit_status,
     write_text,
 )
 

@@ -50,11 +50,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 __all__ = (
     "JOURNAL_PREFIX",
     "JOURNAL_REFRESH",
     "Journal",
+    "Journals",
     "journal_entries",
     "journal_logs",
     "journal_name",
@@ -240,3 +242,64 @@ class Journal:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+class Journals:
+    """The journals of one spawner: one per directory of its jobs' pid files,
+    made on first use.
+
+    Parameters
+    ----------
+    dirs_fd : `int`
+        Where the directory of each new journal is written, one JSON string
+        per line, for the spawner's keeper (``-1``: no keeper).
+    """
+
+    def __init__(self, dirs_fd: int = -1) -> None:
+        self.by_directory: dict[str, Journal] = {}
+        self.dirs_fd = dirs_fd
+        self.next_refresh = 0.0
+        """When (monotonic) the journals' modification time is next refreshed."""
+
+    def of(self, pid_file: str) -> Journal | None:
+        """The journal of the directory of ``pid_file`` (`None`: none can be made)."""
+        directory = os.path.dirname(pid_file)
+        if not directory:
+            return None
+        journal = self.by_directory.get(directory)
+        if journal is None:
+            try:
+                journal = self.by_directory[directory] = Journal(directory)
+            except OSError:
+                return None
+            if self.dirs_fd >= 0:
+                try:
+                    os.write(self.dirs_fd, (json.dumps(directory) + "\n").encode())
+                except OSError:
+                    pass
+        return journal
+
+    def write(self) -> None:
+        """Append every journal's pending lines."""
+        for journal in self.by_directory.values():
+            journal.write()
+
+    def refresh(self, busy: bool) -> float | None:
+        """While ``busy`` (jobs run), refresh the journals' modification time
+        every `JOURNAL_REFRESH` seconds; seconds until the next refresh, `None`
+        when not busy.
+        """
+        if not busy:
+            return None
+        now = time.monotonic()
+        if now >= self.next_refresh:
+            for journal in self.by_directory.values():
+                journal.touch()
+            self.next_refresh = now + JOURNAL_REFRESH
+        return self.next_refresh - now
+
+    def close(self) -> None:
+        """Close and remove every journal."""
+        for journal in self.by_directory.values():
+            journal.close()
+        self.by_directory.clear()

@@ -30,14 +30,14 @@
 
 A job's shell runs the job's command in its own place (no fork, no trap), so
 the shell cannot log the job's exit status: the process that reaps the job
-does (`processes.log_exit_status`), before it reaps it. That is the spawner
+does (`exits.log_exit_status`), before it reaps it. That is the spawner
 while it lives. The keeper is a ``PR_SET_CHILD_SUBREAPER`` process: when the
 spawner dies (killed, say), its running jobs become the keeper's children,
 and the keeper logs the exit status of each as it ends, in the stderr log the
 spawner's journal names (`journal.journal_logs`); a job the journal does not
 name (started just before the spawner died) is left unreaped for
 `HOLD_UNNAMED` seconds, so that the spawner that takes over reads its exit
-status from ``/proc`` (`processes.zombie_exit_code`). Either way a job that
+status from ``/proc`` (`exits.zombie_exit_code`). Either way a job that
 ran when its spawner died is not run again.
 
 The keeper holds nothing of the spawner's wire: it closes its standard input,
@@ -62,8 +62,8 @@ import time
 import traceback
 from collections.abc import Callable
 
+from .exits import log_exit_status
 from .journal import journal_logs, journal_name
-from .processes import log_exit_status
 
 __all__ = ("HOLD_UNNAMED", "keep")
 

@@ -49,30 +49,22 @@ from typing import Any
 
 __all__ = (
     "ATTEMPT_ENV",
-    "EXIT_MARKER",
     "KILL_GRACE",
     "Launcher",
     "append_note",
     "write_text",
     "attempt_processes",
     "current_launcher",
-    "exit_code_of",
     "job_argv",
     "kill_attempts",
-    "ended_child",
     "job_alive",
     "live_jobs",
-    "log_exit_status",
-    "logged_exit_status",
     "process_start_time",
     "quote",
-    "reap",
     "signal_attempts",
-    "zombie_exit_code",
 )
 
 ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
-EXIT_MARKER = "[bps-parsl] exit status "
 KILL_GRACE = 0.5
 """Seconds between SIGTERM and SIGKILL when job processes are killed."""
 
@@ -168,22 +160,6 @@ def current_launcher() -> Launcher:
     return launcher
 
 
-def log_exit_status(err_path: str, code: int) -> None:
-    """Append a job's exit status to its stderr log (`logged_exit_status`
-    reads it), only if that log exists; errors are ignored.
-    """
-    try:
-        fd = os.open(err_path, os.O_WRONLY | os.O_APPEND)
-    except OSError:
-        return
-    try:
-        os.write(fd, f"{EXIT_MARKER}{code}\n".encode())
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 _GLIBC_SPAWN: list = []
 """The glibc spawn function, once made (`None` in it: not glibc)."""
 
@@ -240,36 +216,6 @@ def _make_glibc_spawn():
 
     spawn.keep = (libc, attr, actions, every_signal, no_signal)
     return spawn
-
-
-def exit_code_of(status: int) -> tuple[int, int | None]:
-    """(exit code, signal) of a wait status; a signal ``s`` gives ``128 + s``,
-    as the shell reports it.
-    """
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return 128 + sig, sig
-    code = os.WEXITSTATUS(status)
-    return code, (code - 128 if 128 < code < 128 + 65 else None)
-
-
-def logged_exit_status(stderr: str) -> int | None:
-    """Exit status a job's shell appended to its stderr log, if any."""
-    try:
-        with open(stderr, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            size = stream.tell()
-            stream.seek(max(0, size - 4096))
-            tail = stream.read().decode(errors="replace")
-    except OSError:
-        return None
-    pos = tail.rfind(EXIT_MARKER)
-    if pos < 0:
-        return None
-    try:
-        return int(tail[pos + len(EXIT_MARKER) :].split()[0])
-    except (ValueError, IndexError):
-        return None
 
 
 def append_note(path: str, text: str) -> None:
@@ -463,52 +409,6 @@ def job_alive(pid: int, token: str) -> bool:
         return _token_of(pid) == token
     except OSError:
         return False
-
-
-def ended_child(block: bool = False) -> tuple[int, int, int | None] | None:
-    """``(pid, exit code, signal)`` of a child of this process that ended, left
-    unreaped (`reap` it once its exit status is logged: until then a process
-    that takes over, or reads ``/proc``, still sees it); `None` if none ended
-    (and ``block`` is false). A signal ``s`` gives exit code ``128 + s``.
-
-    Raises
-    ------
-    ChildProcessError
-        This process has no children.
-    """
-    flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, flags)
-        except InterruptedError:
-            continue
-        if info is None or info.si_pid == 0:
-            return None
-        if info.si_code == os.CLD_EXITED:
-            code = info.si_status
-            return info.si_pid, code, (code - 128 if 128 < code < 128 + 65 else None)
-        return info.si_pid, 128 + info.si_status, info.si_status
-
-
-def reap(pid: int) -> None:
-    """Reap child ``pid``, which has ended (`ended_child`)."""
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-
-
-def zombie_exit_code(pid: int) -> int | None:
-    """Exit code (``128 + s`` for a signal ``s``) of process ``pid`` if it has
-    ended but its parent did not reap it yet (read from ``/proc``); else `None`.
-    """
-    try:
-        fields = _stat_fields(pid)
-        if fields[0] != b"Z" or len(fields) < 50:
-            return None
-        return exit_code_of(int(fields[49]))[0]
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def process_start_time(pid: int) -> float | None:

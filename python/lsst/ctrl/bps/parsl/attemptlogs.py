@@ -39,7 +39,8 @@ import os
 import string
 from typing import TYPE_CHECKING, Any
 
-from lsst_ctrl_bps_parsl_worker.processes import append_note, logged_exit_status
+from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status
+from lsst_ctrl_bps_parsl_worker.processes import append_note
 
 from .files import safe_component, safe_subdir
 

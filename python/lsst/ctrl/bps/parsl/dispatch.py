@@ -78,7 +78,9 @@ class Dispatch:
         self.dfk: Any = None
         self.labels: list[str] = []
         self._apps: dict[str, Any] = {}
-        self._ended: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        # Not a SimpleQueue: its get(timeout) can block until the next put when a signal
+        # (the driver's SIGTERM/SIGINT) interrupts it near its deadline (CPython 3.11, 3.12).
+        self._ended: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self._closed = False
         self.blocks: BlockWatch | None = None
 

@@ -36,7 +36,8 @@ worker. This name stays the public one.
 
 from __future__ import annotations
 
+from lsst_ctrl_bps_parsl_worker.exits import EXIT_MARKER
 from lsst_ctrl_bps_parsl_worker.job import NotStartedError, job_script, run_job
-from lsst_ctrl_bps_parsl_worker.processes import ATTEMPT_ENV, EXIT_MARKER
+from lsst_ctrl_bps_parsl_worker.processes import ATTEMPT_ENV
 
 __all__ = ("ATTEMPT_ENV", "EXIT_MARKER", "NotStartedError", "job_script", "run_job")

@@ -53,13 +53,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lsst_ctrl_bps_parsl_worker.exits import zombie_exit_code
 from lsst_ctrl_bps_parsl_worker.journal import (
     JOURNAL_PREFIX,
     JOURNAL_REFRESH,
     journal_snapshot,
     read_journal,
 )
-from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts, zombie_exit_code
+from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
 from .attemptlogs import exit_status_from_log
 from .claim import DriverBusyError, driver_stale_after

@@ -53,7 +53,7 @@ Requests:
     ``memory`` MB fit in the budget, first come first served (a request
     larger than the whole budget is given the whole budget). The shell runs
     the script's last command in its own place; the spawner appends the
-    job's exit status to ``err`` (`processes.log_exit_status`) before it
+    job's exit status to ``err`` (`exits.log_exit_status`) before it
     reaps the job. ``token`` (one
     word) is exported to the job as ``BPS_PARSL_ATTEMPT``; ``time_limit``
     (seconds or ``null``) kills the job's processes after that long
@@ -112,9 +112,16 @@ if __name__ == "__main__":
         ),
     )
 
+from lsst_ctrl_bps_parsl_worker.exits import (  # noqa: E402
+    ended_child,
+    log_exit_status,
+    logged_exit_status,
+    reap,
+    zombie_exit_code,
+)
 from lsst_ctrl_bps_parsl_worker.journal import (  # noqa: E402
-    JOURNAL_REFRESH,
     Journal,
+    Journals,
     journal_entries,
     journal_name,
 )
@@ -123,17 +130,12 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     KILL_GRACE,
     Launcher,
     append_note,
-    ended_child,
     job_alive,
     job_argv,
     kill_attempts,
     live_jobs,
-    log_exit_status,
-    logged_exit_status,
     process_start_time,
-    reap,
     signal_attempts,
-    zombie_exit_code,
 )
 
 __all__ = ("Spawner", "main")
@@ -167,11 +169,7 @@ class Spawner:
         self.out = out
         self.out_since = 0.0
         self.stopping = False
-        self.journals: dict[str, Journal] = {}
-        self.dirs_fd = dirs_fd
-        """Where each journal's directory is written for the keeper (-1: no keeper)."""
-        self.next_refresh = 0.0
-        """When (monotonic) the journals' modification time is next refreshed."""
+        self.journals = Journals(dirs_fd)
         # The environment is converted once, not for every job.
         self.launcher = Launcher()
 
@@ -208,35 +206,11 @@ class Spawner:
 
     def journal(self, job: dict) -> Journal | None:
         """The journal of the directory of the job's ``pid_file``."""
-        directory = os.path.dirname(job.get("pid_file") or "")
-        if not directory:
-            return None
-        journal = self.journals.get(directory)
-        if journal is None:
-            try:
-                journal = self.journals[directory] = Journal(directory)
-            except OSError:
-                return None
-            if self.dirs_fd >= 0:
-                try:
-                    os.write(self.dirs_fd, (json.dumps(directory) + "\n").encode())
-                except OSError:
-                    pass
-        return journal
+        return self.journals.of(job.get("pid_file") or "")
 
     def refresh_journals(self) -> float | None:
-        """Refresh the journals' modification time if it is due (every
-        ``JOURNAL_REFRESH`` seconds while jobs run); seconds until the next
-        refresh, `None` when no job runs.
-        """
-        if not self.running and not self.adopted:
-            return None
-        now = time.monotonic()
-        if now >= self.next_refresh:
-            for journal in self.journals.values():
-                journal.touch()
-            self.next_refresh = now + JOURNAL_REFRESH
-        return self.next_refresh - now
+        """Seconds until the journals' next refresh (`Journals.refresh`), `None` when no job runs."""
+        return self.journals.refresh(bool(self.running or self.adopted))
 
     def start_ready(self) -> None:
         while self.queue and not self.stopping and self._fits(self.queue[0]):
@@ -331,8 +305,7 @@ class Spawner:
                 self.reply(job, *self._answer_from_log(job, journaled.get(token)), "?")
             else:
                 self.queue.append(job)
-        for journal in self.journals.values():
-            journal.write()
+        self.journals.write()
         for path in old_journals:
             try:
                 os.unlink(path)
@@ -453,9 +426,7 @@ class Spawner:
 
     def close(self) -> None:
         """Remove the journals (every job has ended)."""
-        for journal in self.journals.values():
-            journal.close()
-        self.journals.clear()
+        self.journals.close()
 
     def handle(self, request: dict) -> None:
         """Act on one request line."""
@@ -510,8 +481,7 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
         if spawner.adopted:
             spawner.poll_adopted()
         spawner.start_ready()
-        for journal in spawner.journals.values():
-            journal.write()
+        spawner.journals.write()
         if spawner.flush_due() == 0.0:
             spawner.flush()
     spawner.flush()
