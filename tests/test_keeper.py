@@ -16,22 +16,16 @@ from pathlib import Path
 from lsst.ctrl.bps.parsl.localpool import spawner
 from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status, zombie_exit_code
 from lsst_ctrl_bps_parsl_worker.journal import journal_logs
+from test_localpool import _request as pool_request
 
 
 def _request(tmp: Path, number: int, script: str) -> str:
+    """A bash job exporting its token, as `job.job_script` writes it."""
+    token = f"keeper-test/{number}/1"
     return json.dumps(
-        {
-            "id": number,
-            "shell": "/bin/bash",
-            "script": f"export BPS_PARSL_ATTEMPT=keeper-test/{number}/1\n{script}",
-            "out": str(tmp / f"{number}.out"),
-            "err": str(tmp / f"{number}.err"),
-            "pid_file": str(tmp / "running" / f"{number}.pid"),
-            "token": f"keeper-test/{number}/1",
-            "cores": 1,
-            "memory": 0,
-            "time_limit": None,
-        }
+        pool_request(
+            tmp, number, f"export BPS_PARSL_ATTEMPT={token}\n{script}", shell="/bin/bash", token=token
+        )
     )
 
 

@@ -54,3 +54,32 @@ def test_journal_of_a_dead_spawner_is_removed_and_no_stranger_is_killed(tmp_path
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_kill_running_jobs_waits_for_a_live_spawner_to_reap_an_ended_job(tmp_path):
+    """A job of a live spawner (this process stands for it: its journal names
+    this pid) that ended but is not reaped yet has no exit status in its log:
+    the restart's clean-up waits until the spawner reaped it (and so logged
+    it), here 0.5 s later, before the logs are read."""
+    import threading
+    import time
+
+    from lsst_ctrl_bps_parsl_worker.exits import zombie_exit_code
+
+    ended = subprocess.Popen(["true"])
+    while zombie_exit_code(ended.pid) is None:
+        time.sleep(0.01)
+    journal = spawner_journal.Journal(str(tmp_path))  # named after this (live) process
+    journal.started(ended.pid, "run/1/1", str(tmp_path / "1.1.err"))
+    journal.write()
+    reaper = threading.Timer(0.5, ended.wait)
+    started = time.monotonic()
+    reaper.start()
+    try:
+        kill_running_jobs(str(tmp_path), "run")
+        took = time.monotonic() - started
+    finally:
+        reaper.join()
+        journal.close()
+    assert 0.45 <= took < 2.0, took
+    assert zombie_exit_code(ended.pid) is None
