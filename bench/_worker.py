@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import socket
 import subprocess
 import sys
@@ -519,6 +520,31 @@ def measure_floor(spec: dict) -> dict:
     return {"seconds": seconds, "jobs": len(nodes), "shell": shell}
 
 
+def measure_floor_exec(spec: dict) -> dict:
+    """The same command lines split into words (`shlex.split`) and started
+    directly, without a shell, as the plugin starts plain command lines
+    (`lsst_ctrl_bps_parsl_worker.direct`), ``CORES`` at a time, stdout/stderr
+    to the same log files. Wide only."""
+    nodes = DAGS[spec["dag"]](spec["n"])
+    if any(node.parents for node in nodes):
+        raise ValueError("the floor runs independent jobs only")
+    root = os.path.join(spec["workdir"], "floor_exec")
+
+    def run(node: Node) -> int:
+        base = node.log_base(root)
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
+            return subprocess.run(shlex.split(node.command), stdout=out, stderr=err).returncode
+
+    t0 = time.time()
+    with PoolExecutor(max_workers=CORES) as pool:
+        codes = list(pool.map(run, nodes))
+    seconds = time.time() - t0
+    if any(codes):
+        raise RuntimeError(f"{sum(1 for c in codes if c)} commands failed")
+    return {"seconds": seconds, "jobs": len(nodes)}
+
+
 # ---- measurements: scale (issue 15) -----------------------------------------------
 
 
@@ -694,6 +720,7 @@ MEASURES = {
     "restart": measure_restart,
     "raw_parsl": measure_raw_parsl,
     "floor": measure_floor,
+    "floor_exec": measure_floor_exec,
     "prepare_added": measure_prepare_added,
     "scale": measure_scale,
     "report_rows": measure_report_rows,

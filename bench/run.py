@@ -245,16 +245,25 @@ class Bench:
         """Wide submit on the default local site vs raw Parsl threads and the floor."""
         n = self.sizes.wide
         k = _fmt_n(n)
-        ours, floor, raw = self.interleaved(
+        ours, floor, floor_exec, raw = self.interleaved(
             ("submit", {"dag": "wide", "n": n}),
             ("floor", {"dag": "wide", "n": n}),
+            ("floor_exec", {"dag": "wide", "n": n}),
             ("raw_parsl", {"dag": "wide", "n": n, "executor": "threads"}),
         )
         self.record("wide", ours)
         self.record("wide_floor", floor)
+        self.record("wide_floor_exec", floor_exec)
         self.record("wide_raw_threads", raw)
         floor_name = f"floor: {os.path.basename(floor['shell'])} -c"
         self.add(f"wide {k} submit, local (s)", ours["seconds"], floor["seconds"], floor_name, max_ratio=1.15)
+        self.add(
+            f"wide {k} submit, local (s)",
+            ours["seconds"],
+            floor_exec["seconds"],
+            "floor: exec, no shell",
+            max_ratio=1.15,
+        )
         self.add(
             f"wide {k} submit, local (s)", ours["seconds"], raw["seconds"], "raw Parsl threads", max_ratio=0.7
         )

@@ -20,13 +20,9 @@ from test_localpool import _request as pool_request
 
 
 def _request(tmp: Path, number: int, script: str) -> str:
-    """A bash job exporting its token, as `job.job_script` writes it."""
+    """A bash job (the spawner exports its token, `processes.job_script`)."""
     token = f"keeper-test/{number}/1"
-    return json.dumps(
-        pool_request(
-            tmp, number, f"export BPS_PARSL_ATTEMPT={token}\n{script}", shell="/bin/bash", token=token
-        )
-    )
+    return json.dumps(pool_request(tmp, number, script, shell="/bin/bash", token=token))
 
 
 def _start(tmp: Path, scripts: list[str]) -> tuple[subprocess.Popen, int]:

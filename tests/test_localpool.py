@@ -27,7 +27,7 @@ def _request(tmp: Path, number: int, script: str, **extra) -> dict:
     return {
         "id": number,
         "shell": "/bin/sh",
-        "script": script,
+        "command": script,
         "out": str(tmp / f"{number}.out"),
         "err": str(tmp / f"{number}.err"),
         "pid_file": str(tmp / "running" / f"{number}.pid"),

@@ -28,7 +28,8 @@
 """`run_job`: what a Parsl worker runs for one job attempt.
 
 The job starts as the local pool's spawner starts its jobs
-(`processes.Launcher`: a session of its own, default signal dispositions),
+(`processes.Launcher.spawn_job`: a session of its own, default signal
+dispositions, the program itself when the shell would only start it),
 and a walltime kill stops every process carrying its token
 (`processes.kill_attempts`). While it runs, a small file names its host and
 process group, so that report, cancel, and a restart after the driver was
@@ -40,7 +41,7 @@ own place instead of forking for it); a job killed with its worker (the
 orphan guard) logs none, and counts as not finished.
 
 On the local pool (`lsst.ctrl.bps.parsl.localpool`) this function is not
-called: the pool's spawner starts the script of `job_script` itself and logs
+called: the pool's spawner starts the job itself (the same way) and logs
 the exit status as it reaps the job (or its keeper does, if the spawner died).
 """
 
@@ -56,10 +57,9 @@ from typing import Any
 from .exits import exit_code_of, log_exit_status
 from .guard import orphan_guard
 from .processes import (
-    ATTEMPT_ENV,
     append_note,
     current_launcher,
-    job_argv,
+    job_script,
     kill_attempts,
     write_text,
 )
@@ -71,22 +71,6 @@ _HOST = socket.gethostname()
 
 class NotStartedError(RuntimeError):
     """The job attempt was not started (the run is stopping, or its pool was lost)."""
-
-
-def job_script(token: str, prefix: str, env: str, command: str) -> str:
-    """The shell script of one job attempt: its token, the site's command
-    prefix, the job's environment exports, its command.
-
-    There is no trap: whoever reaps the job logs its exit status (`run_job`,
-    the local pool's spawner or its keeper), and bash, which runs the last
-    simple command of ``bash -c`` in its own place when nothing is trapped,
-    saves a fork per job.
-    """
-    # The token line also makes the shell recognisable by its command line.
-    parts = [f"export {ATTEMPT_ENV}={token}"]
-    parts.extend(p for p in (prefix, env) if p)
-    parts.append(command)
-    return "\n".join(parts) + "\n"
 
 
 def run_job(
@@ -153,8 +137,7 @@ def _run(
     guard = orphan_guard()
     if guard is not None:
         guard.watch()
-    script = job_script(token, prefix, env, command)
-    pid = current_launcher().spawn(job_argv(shell, out_path, err_path, script))
+    pid = current_launcher().spawn_job(shell, token, prefix, env, command, out_path, err_path)
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:

@@ -27,11 +27,12 @@
 
 """Job processes: how they start, how they are found and stopped.
 
-Every job attempt starts through a `Launcher` (a session of its own, default
-signal dispositions, no blocked signal) and runs `job_argv`'s script, which
-creates the attempt's log files (and their directory, if it vanished) and
-exports ``BPS_PARSL_ATTEMPT=<run id>/<job>/<attempt>``. Every process a job
-starts inherits that token, so `kill_attempts` finds them all, also those that
+Every job attempt starts through `Launcher.spawn_job` (a session of its own,
+default signal dispositions, no blocked signal, ``BPS_PARSL_ATTEMPT=<run
+id>/<job>/<attempt>`` in its environment): either the program its shell
+would run (`direct`) with its log files opened for it, or `job_argv`'s
+script, which creates the log files (and their directory, if it vanished).
+Every process a job starts inherits that token, so `kill_attempts` finds them all, also those that
 left the job's process group or session, by reading each process's own
 ``/proc`` entry.
 
@@ -45,7 +46,8 @@ import os
 import signal
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+
+from .direct import direct_start, shell_environment, shell_kind
 
 __all__ = (
     "ATTEMPT_ENV",
@@ -56,6 +58,7 @@ __all__ = (
     "attempt_processes",
     "current_launcher",
     "job_argv",
+    "job_script",
     "kill_attempts",
     "job_alive",
     "live_jobs",
@@ -68,7 +71,7 @@ ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
 KILL_GRACE = 0.5
 """Seconds between SIGTERM and SIGKILL when job processes are killed."""
 
-_EXPORT = f"export {ATTEMPT_ENV}=".encode()
+_TOKEN_ITEM = f"{ATTEMPT_ENV}=".encode()
 _NAMED_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 # ---- starting a job ---------------------------------------------------------------
@@ -77,6 +80,21 @@ _NAMED_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIG
 def quote(text: str) -> str:
     """``text`` as one word for the shell."""
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def job_script(token: str, prefix: str, env: str, command: str) -> str:
+    """The shell script of one job attempt: its token, the site's command
+    prefix, the job's environment exports, its command.
+
+    There is no trap: whoever reaps the job logs its exit status (`run_job`,
+    the local pool's spawner or its keeper), and bash, which runs the last
+    simple command of ``bash -c`` in its own place when nothing is trapped,
+    saves a fork per job.
+    """
+    parts = [f"export {ATTEMPT_ENV}={token}"]
+    parts.extend(p for p in (prefix, env) if p)
+    parts.append(command)
+    return "\n".join(parts) + "\n"
 
 
 def job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
@@ -117,26 +135,60 @@ class Launcher:
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
-        self.environ = {os.fsencode(k): os.fsencode(v) for k, v in environ.items()}
+        self._base = {k: v for k, v in environ.items() if k != ATTEMPT_ENV}
+        self.environ = {os.fsencode(k): os.fsencode(v) for k, v in self._base.items()}
+        self._items = [k + b"=" + v for k, v in self.environ.items()]
+        self._shell_environ: dict[str, dict[str, str] | None] = {}
         self._glibc = _glibc_spawn()
-        if self._glibc is not None:
-            import ctypes
 
-            items = [k + b"=" + v for k, v in self.environ.items()]
-            self._envp = (ctypes.c_char_p * (len(items) + 1))(*items, None)
+    def spawn_job(
+        self, shell: str, token: str, prefix: str, env: str, command: str, out: str, err: str
+    ) -> int:
+        """Start a job attempt; return its pid, which the caller must reap.
 
-    def spawn(self, argv: list[str]) -> int:
-        """Start ``argv`` (`job_argv`); return its pid, which the caller must reap."""
+        The program the job's shell would run is started directly when its
+        script is plain (`direct.direct_start`), with ``out`` and ``err`` as
+        its stdout and stderr; otherwise, or if it cannot be started, the
+        shell runs `job_script` (`job_argv`). Either way the process carries
+        ``BPS_PARSL_ATTEMPT=<token>`` in its environment from its start.
+        """
+        kind = shell_kind(shell)
+        if kind is not None and shell not in self._shell_environ:
+            self._shell_environ[shell] = shell_environment(shell, self._base)
+        start = direct_start(kind, self._shell_environ.get(shell), ATTEMPT_ENV, token, prefix, env, command)
+        if start is not None:
+            argv, environ = start
+            items = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()]
+            files = ((1, out), (2, err))
+            try:
+                return self._spawn(argv, items, files)
+            except OSError:
+                pass  # the shell says why, or runs the file as a script
+        items = [*self._items, f"{ATTEMPT_ENV}={token}".encode()]
+        return self._spawn(job_argv(shell, out, err, job_script(token, prefix, env, command)), items, ())
+
+    def _spawn(self, argv: list[str], items: list[bytes], files: tuple[tuple[int, str], ...]) -> int:
+        """Start ``argv`` with environment ``items`` (``b"NAME=value"``),
+        stdin from ``/dev/null``, stdout to ``/dev/null`` unless ``files``
+        (``(fd, path)``, created or truncated) says otherwise.
+        """
         if self._glibc is not None:
-            return self._glibc(argv, self._envp)
+            return self._glibc(argv, items, files)
+        opened = dict(files)
+        write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        actions.append(
+            (os.POSIX_SPAWN_OPEN, 1, opened[1], write, 0o666)
+            if 1 in opened
+            else (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)
+        )
+        if 2 in opened:
+            actions.append((os.POSIX_SPAWN_OPEN, 2, opened[2], write, 0o666))
         return os.posix_spawn(
             argv[0],
             argv,
-            self.environ,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-            ],
+            dict(item.split(b"=", 1) for item in items),
+            file_actions=actions,
             setsid=True,
             setsigdef=_NAMED_SIGNALS,
             setsigmask=(),
@@ -187,7 +239,6 @@ def _make_glibc_spawn():
     libc = ctypes.CDLL(None, use_errno=True)
     # Opaque glibc structures (336 and 80 bytes on x86_64), with room to spare.
     attr = ctypes.create_string_buffer(1024)
-    actions = ctypes.create_string_buffer(1024)
     every_signal = ctypes.create_string_buffer(b"\xff" * 128, 128)  # a raw sigset_t: sigfillset omits 32, 33
     no_signal = ctypes.create_string_buffer(128)
     setsigdef, setsigmask, setsid = 0x04, 0x08, 0x80  # glibc's POSIX_SPAWN_* flags
@@ -196,25 +247,48 @@ def _make_glibc_spawn():
         libc.posix_spawnattr_setsigdefault(attr, every_signal),
         libc.posix_spawnattr_setsigmask(attr, no_signal),
         libc.posix_spawnattr_setflags(attr, ctypes.c_short(setsigdef | setsigmask | setsid)),
-        libc.posix_spawn_file_actions_init(actions),
-        libc.posix_spawn_file_actions_addopen(actions, 0, os.devnull.encode(), os.O_RDONLY, 0),
-        libc.posix_spawn_file_actions_addopen(actions, 1, os.devnull.encode(), os.O_WRONLY, 0),
     )
     if any(steps):
         return None
     posix_spawn = libc.posix_spawn
+    init_actions = libc.posix_spawn_file_actions_init
+    add_open = libc.posix_spawn_file_actions_addopen
+    destroy_actions = libc.posix_spawn_file_actions_destroy
+    devnull = os.devnull.encode()
+    write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
-    def spawn(argv: list[str], envp: Any) -> int:
+    def spawn(argv: list[str], items: list[bytes], files: tuple[tuple[int, str], ...]) -> int:
         pid = ctypes.c_int()
         args = [os.fsencode(arg) for arg in argv]
-        error = posix_spawn(
-            ctypes.byref(pid), args[0], actions, attr, (ctypes.c_char_p * (len(args) + 1))(*args, None), envp
-        )
+        actions = ctypes.create_string_buffer(1024)
+        if init_actions(actions):
+            raise OSError(ctypes.get_errno(), "posix_spawn_file_actions_init failed")
+        try:
+            opened = dict(files)
+            for fd in (0, 1, 2):
+                if fd in opened:
+                    error = add_open(actions, fd, os.fsencode(opened[fd]), write, 0o666)
+                elif fd < 2:
+                    error = add_open(actions, fd, devnull, os.O_WRONLY if fd else os.O_RDONLY, 0)
+                else:
+                    continue
+                if error:
+                    raise OSError(error, os.strerror(error))
+            error = posix_spawn(
+                ctypes.byref(pid),
+                args[0],
+                actions,
+                attr,
+                (ctypes.c_char_p * (len(args) + 1))(*args, None),
+                (ctypes.c_char_p * (len(items) + 1))(*items, None),
+            )
+        finally:
+            destroy_actions(actions)
         if error:
             raise OSError(error, os.strerror(error), argv[0])
         return pid.value
 
-    spawn.keep = (libc, attr, actions, every_signal, no_signal)
+    spawn.keep = (libc, attr, every_signal, no_signal)
     return spawn
 
 
@@ -276,15 +350,13 @@ def attempt_processes(
 ) -> dict[int, int]:
     """Return ``{pid: process group}`` of this user's live processes that
     carry one of ``tokens`` (or a token starting with ``run_prefix``), read
-    from their own ``/proc`` entry: in their environment (every process a job
-    started) or, for a job's shell, in its command line; or whose environment
-    holds one of ``marks`` (``BPS_...=value`` items, e.g. a guarded worker's
+    from their own ``/proc`` entry: in their environment (a job has it from
+    its start, `Launcher.spawn_job`, and every process it starts inherits
+    it); or whose environment holds one of ``marks`` (``BPS_...=value`` items, e.g. a guarded worker's
     `guard.WORKER_ENV`).
     """
     exact = {f"{ATTEMPT_ENV}={token}".encode() for token in tokens} | {mark.encode() for mark in marks}
-    shells = [_EXPORT + f"{token}\n".encode() for token in tokens]
     env_prefix = f"{ATTEMPT_ENV}={run_prefix}".encode() if run_prefix else None
-    shell_prefix = _EXPORT + run_prefix.encode() if run_prefix else None
     found: dict[int, int] = {}
     if not exact and env_prefix is None:
         return found
@@ -296,12 +368,6 @@ def attempt_processes(
                 for item in environ.split(b"\0")
                 if item.startswith(b"BPS_")
             )
-            if not carries:
-                cmdline = _read(f"/proc/{pid}/cmdline")
-                if _EXPORT in cmdline:
-                    carries = any(shell in cmdline for shell in shells) or (
-                        shell_prefix is not None and shell_prefix in cmdline
-                    )
             if carries:
                 found[pid] = int(_stat_fields(pid)[2])
         except (OSError, ValueError, IndexError):
@@ -366,18 +432,11 @@ def kill_attempts(
 
 
 def _token_of(pid: int) -> str | None:
-    """The token process ``pid`` carries: in its command line while it is a
-    job's shell (`job_argv`'s script exports it), in its environment once the
-    shell ran the job's command in its own place (or for any process the job
-    started); `None` for a process without one, or ended (a zombie has neither).
+    """The token process ``pid`` carries in its environment (every job
+    process has it from its start: `Launcher.spawn_job`); `None` for a
+    process without one, or ended (a zombie has none).
     """
-    cmdline = _read(f"/proc/{pid}/cmdline")
-    start = cmdline.find(_EXPORT)
-    if start >= 0:
-        end = cmdline.find(b"\n", start)
-        if end > 0:
-            return cmdline[start + len(_EXPORT) : end].decode(errors="replace")
-    prefix = f"{ATTEMPT_ENV}=".encode()
+    prefix = _TOKEN_ITEM
     for item in _read(f"/proc/{pid}/environ").split(b"\0"):
         if item.startswith(prefix):
             return item[len(prefix) :].decode(errors="replace")

@@ -47,13 +47,16 @@ signal ``s``) on a line of its own, then the output ends.
 
 Requests:
 
-``{"id": N, "shell", "script", "out", "err", "pid_file", "token", "cores", "memory", "time_limit"}``
-    Run ``script`` under ``shell`` (`processes.job_argv`: the shell creates
-    ``out`` and ``err`` and sends its output there) once ``cores`` cores and
-    ``memory`` MB fit in the budget, first come first served (a request
-    larger than the whole budget is given the whole budget). The shell runs
-    the script's last command in its own place; the spawner appends the
-    job's exit status to ``err`` (`exits.log_exit_status`) before it
+``{"id": N, "shell", "prefix", "env", "command", "out", "err", "pid_file", "token", "cores", "memory", "time_limit"}``
+    Start the job (`processes.Launcher.spawn_job`: the program its script
+    ``prefix``, ``env``, ``command`` would run under ``shell``, with ``out``
+    and ``err`` as its output, when the script is plain; otherwise the shell,
+    which creates ``out`` and ``err`` and runs the script's last command in
+    its own place) once ``cores`` cores and ``memory`` MB fit in the budget,
+    first come first served (a request larger than the whole budget is given
+    the whole budget). ``prefix`` and ``env`` may be left out (empty). The
+    spawner appends the job's exit status to ``err``
+    (`exits.log_exit_status`) before it
     reaps the job. ``token`` (one
     word) is exported to the job as ``BPS_PARSL_ATTEMPT``; ``time_limit``
     (seconds or ``null``) kills the job's processes after that long
@@ -131,7 +134,6 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     Launcher,
     append_note,
     job_alive,
-    job_argv,
     kill_attempts,
     live_jobs,
     process_start_time,
@@ -225,7 +227,15 @@ class Spawner:
 
     def _spawn(self, job: dict) -> None:
         job["start"] = time.time()
-        pid = self.launcher.spawn(job_argv(job["shell"], job["out"], job["err"], job["script"]))
+        pid = self.launcher.spawn_job(
+            job["shell"],
+            job["token"],
+            job.get("prefix", ""),
+            job.get("env", ""),
+            job["command"],
+            job["out"],
+            job["err"],
+        )
         limit = job.get("time_limit")
         job["deadline"] = job["start"] + limit if limit else None
         self.running[pid] = job

@@ -110,10 +110,12 @@ class PythonTasks:
         base = os.path.join(self.directory, str(number))
         with open(base + ".task", "wb") as stream:
             pickle.dump((list(sys.path), pack_apply_message(func, args, kwargs)), stream)
-        script = f"exec {quote(sys.executable)} {quote(_PYTASK)} {quote(base + '.task')} {quote(base + '.result')}\n"
+        command = " ".join(
+            quote(word) for word in (sys.executable, _PYTASK, base + ".task", base + ".result")
+        )
         request = {
             "shell": "/bin/sh",
-            "script": script,
+            "command": command,
             "out": base + ".out",
             "err": base + ".err",
             "pid_file": base + ".pid",  # its directory holds the spawner's journal

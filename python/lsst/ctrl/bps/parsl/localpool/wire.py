@@ -36,7 +36,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from lsst_ctrl_bps_parsl_worker.job import NotStartedError, job_script
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError
 
 __all__ = ("STOP", "AttemptResult", "encode", "job_request", "parse_reply", "resume_request")
 
@@ -69,7 +69,9 @@ def job_request(
     """
     return {
         "shell": shell,
-        "script": job_script(token, prefix, env, command),
+        "prefix": prefix,
+        "env": env,
+        "command": command,
         "out": out_path,
         "err": err_path,
         "pid_file": pid_file,
