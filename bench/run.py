@@ -262,7 +262,6 @@ class Bench:
             ours["seconds"],
             floor_exec["seconds"],
             "floor: exec, no shell",
-            max_ratio=1.15,
         )
         self.add(
             f"wide {k} submit, local (s)", ours["seconds"], raw["seconds"], "raw Parsl threads", max_ratio=0.7

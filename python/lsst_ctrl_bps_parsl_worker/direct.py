@@ -75,13 +75,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections import ChainMap
 from collections.abc import Mapping
 from functools import lru_cache
 
 __all__ = ("DirectStart", "direct_start", "shell_kind")
 
 DirectStart = tuple[list[str], dict[str, str]]
-"""(argv, environment) of a program started without its shell."""
+"""(argv, changes) of a program started without its shell: its arguments, and
+the variables set over the environment the shell passes on (`shell_environment`)."""
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:,+@%=-")
 _UNSAFE_UNQUOTED_VALUE = frozenset(" \t\n*?[\\")
@@ -348,15 +350,15 @@ def direct_start(
     ):
         return None
     words = statements[0]
-    environ = dict(shell_environ)
-    environ[token_name] = token
+    changes = {token_name: token}
+    environ = ChainMap(changes, shell_environ)
     for name, word in exports:
         if _special(name):
             return None
         value = _expand(word, environ)
         if value is None:
             return None
-        environ[name] = value
+        changes[name] = value
     first = words[0][0]
     if first and first[0][0] == _LIT and _ASSIGNMENT.match(first[0][1]):
         return None
@@ -370,5 +372,5 @@ def direct_start(
     if not argv or "/" not in argv[0]:
         return None
     if kind == "bash":
-        environ["_"] = argv[0]
-    return argv, environ
+        changes["_"] = argv[0]
+    return argv, changes

@@ -139,6 +139,7 @@ class Launcher:
         self.environ = {os.fsencode(k): os.fsencode(v) for k, v in self._base.items()}
         self._items = [k + b"=" + v for k, v in self.environ.items()]
         self._shell_environ: dict[str, dict[str, str] | None] = {}
+        self._shell_items: dict[str, dict[str, bytes]] = {}
         self._glibc = _glibc_spawn()
 
     def spawn_job(
@@ -154,11 +155,15 @@ class Launcher:
         """
         kind = shell_kind(shell)
         if kind is not None and shell not in self._shell_environ:
-            self._shell_environ[shell] = shell_environment(shell, self._base)
+            passed = shell_environment(shell, self._base)
+            self._shell_environ[shell] = passed
+            if passed is not None:
+                self._shell_items[shell] = {k: _item(k, v) for k, v in passed.items()}
         start = direct_start(kind, self._shell_environ.get(shell), ATTEMPT_ENV, token, prefix, env, command)
         if start is not None:
-            argv, environ = start
-            items = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()]
+            argv, changes = start
+            items = [item for name, item in self._shell_items[shell].items() if name not in changes]
+            items.extend(_item(k, v) for k, v in changes.items())
             files = ((1, out), (2, err))
             try:
                 return self._spawn(argv, items, files)
@@ -193,6 +198,10 @@ class Launcher:
             setsigdef=_NAMED_SIGNALS,
             setsigmask=(),
         )
+
+
+def _item(name: str, value: str) -> bytes:
+    return os.fsencode(name) + b"=" + os.fsencode(value)
 
 
 _LAUNCHER: list[tuple[dict | None, Launcher]] = []
