@@ -445,8 +445,15 @@ def measure_raw_parsl(spec: dict) -> dict:
 
     nodes = DAGS[spec["dag"]](spec["n"])
     root = os.path.join(spec["workdir"], "raw")
+    monitoring = None
+    if spec.get("monitoring"):
+        from parsl.monitoring import MonitoringHub
+
+        os.makedirs(root, exist_ok=True)
+        monitoring = MonitoringHub(logging_endpoint=f"sqlite:///{os.path.join(root, 'monitoring.db')}")
     config = Config(
         executors=[_raw_executor(spec["executor"], root)],
+        monitoring=monitoring,
         retries=0,
         run_dir=os.path.join(root, "runinfo"),
         strategy_period=1.0,

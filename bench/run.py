@@ -273,17 +273,35 @@ class Bench:
         """Wide submit on the local site with Parsl monitoring on vs off."""
         n = self.sizes.wide
         monitored = {"class": "lsst.ctrl.bps.parsl.sites.Local", "monitorEnable": True}
-        base, ours = self.interleaved(
-            ("submit", {"dag": "wide", "n": n}), ("submit", {"dag": "wide", "n": n, "site": monitored})
+        raw = {"dag": "wide", "n": n, "executor": "threads"}
+        base, ours, raw_base, raw_on = self.interleaved(
+            ("submit", {"dag": "wide", "n": n}),
+            ("submit", {"dag": "wide", "n": n, "site": monitored}),
+            ("raw_parsl", raw),
+            ("raw_parsl", {**raw, "monitoring": True}),
         )
         self.record("wide_monitoring_off", base)
         self.record("wide_monitoring_on", ours)
+        self.record("wide_raw_monitoring_off", raw_base)
+        self.record("wide_raw_monitoring_on", raw_on)
         self.add(
             f"wide {_fmt_n(n)} submit, local, monitoring on (s)",
             ours["seconds"],
             base["seconds"],
             "monitoring off",
             max_ratio=1.5,
+        )
+        self.add(
+            f"wide {_fmt_n(n)} raw Parsl threads, monitoring on (s)",
+            raw_on["seconds"],
+            raw_base["seconds"],
+            "monitoring off",
+        )
+        self.add(
+            f"wide {_fmt_n(n)}: monitoring's cost per task, ours / raw Parsl (ms)",
+            (ours["seconds"] - base["seconds"]) * 1000 / n,
+            (raw_on["seconds"] - raw_base["seconds"]) * 1000 / n,
+            "raw Parsl's",
         )
 
     def bench_report_polling(self) -> None:
