@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import ChainMap
 from collections.abc import Mapping
 from functools import lru_cache
 
@@ -242,14 +241,17 @@ def _statements(text: str) -> tuple[tuple[Word, ...], ...] | None:
     return tuple(statements)
 
 
-def _expand(word: Word, environ: Mapping[str, str]) -> str | None:
-    """The text of ``word``; `None` if the shell would split or glob it."""
+def _expand(word: Word, changes: Mapping[str, str], environ: Mapping[str, str]) -> str | None:
+    """The text of ``word`` where ``changes`` were set over ``environ``;
+    `None` if the shell would split or glob it, or expand a variable it does
+    not export.
+    """
     texts = []
     for kind, text in word[0]:
         if kind in (_LIT, _QUOTED_LIT):
             texts.append(text)
             continue
-        value = environ.get(text)
+        value = changes.get(text, environ.get(text))
         if value is None or _special(text):
             return None  # the shell may hold a variable it does not export (HOSTTYPE, ...)
         if kind == _BARE_VAR and not _UNSAFE_UNQUOTED_VALUE.isdisjoint(value):
@@ -351,11 +353,10 @@ def direct_start(
         return None
     words = statements[0]
     changes = {token_name: token}
-    environ = ChainMap(changes, shell_environ)
     for name, word in exports:
         if _special(name):
             return None
-        value = _expand(word, environ)
+        value = _expand(word, changes, shell_environ)
         if value is None:
             return None
         changes[name] = value
@@ -364,7 +365,7 @@ def direct_start(
         return None
     argv = []
     for word in words:
-        text = _expand(word, environ)
+        text = _expand(word, changes, shell_environ)
         if text is None:
             return None
         if text or word[1]:
