@@ -78,7 +78,7 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 
-__all__ = ("DirectStart", "direct_start", "shell_kind")
+__all__ = ("DirectStart", "direct_start", "shell_environment", "shell_kind")
 
 DirectStart = tuple[list[str], dict[str, str]]
 """(argv, changes) of a program started without its shell: its arguments, and

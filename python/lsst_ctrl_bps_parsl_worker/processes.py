@@ -117,10 +117,11 @@ def job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
 
 
 class Launcher:
-    """Starts job shells: each in a session of its own, with stdin and stdout
-    on ``/dev/null`` (`job_argv`'s script redirects them) and stderr
-    inherited, every signal at its default disposition and none blocked,
-    whatever the caller ignores or blocks.
+    """Starts job attempts (`spawn_job`): each in a session of its own, with
+    stdin on ``/dev/null``, stdout and stderr on its log files (opened here
+    for a program started directly, by `job_argv`'s script otherwise), every
+    signal at its default disposition and none blocked, whatever the caller
+    ignores or blocks.
 
     With glibc the C library's ``posix_spawn`` is called directly: Python's
     ``os.posix_spawn`` cannot name glibc's two internal signals (32 and 33),
@@ -136,8 +137,7 @@ class Launcher:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         self._base = {k: v for k, v in environ.items() if k != ATTEMPT_ENV}
-        self.environ = {os.fsencode(k): os.fsencode(v) for k, v in self._base.items()}
-        self._items = [k + b"=" + v for k, v in self.environ.items()]
+        self._items = [_item(k, v) for k, v in self._base.items()]
         self._shell_environ: dict[str, dict[str, str] | None] = {}
         self._shell_items: dict[str, dict[str, bytes]] = {}
         self._glibc = _glibc_spawn()

@@ -289,7 +289,7 @@ class Spawner:
         """Take over the requests a spawner that died had not answered.
 
         A job it had started (its journal says so, its process is alive, or
-        its stderr log exists, which its shell creates first) is not started
+        its stderr log exists, which is created as a job starts) is not started
         again: a live one is followed until it ends, and an ended one is
         answered at once (`_answer_from_log`). Every other job is queued as
         if just sent.
