@@ -106,3 +106,42 @@ def test_an_unreaped_process_exit_code_is_read_from_proc():
     child.wait()
     assert zombie_exit_code(child.pid) is None
     assert zombie_exit_code(os.getpid()) is None
+
+
+def test_the_keeper_names_the_job_its_spawner_died_starting(tmp_path: Path) -> None:
+    """A spawner killed after it started a job but before its journal said
+    so (the ``>`` line is there, the ``+`` line is not): the keeper finds the
+    job among its children by the token of the ``>`` line, so that the job's
+    exit status is still logged (tests/test_process_faults.py kills spawners
+    at random moments; this is the moment it once hit)."""
+    from lsst_ctrl_bps_parsl_worker import keeper
+    from lsst_ctrl_bps_parsl_worker.journal import Journal, journal_starting
+    from lsst_ctrl_bps_parsl_worker.processes import Launcher
+
+    journal = Journal(str(tmp_path / "running"))
+    journal.starting("keeper-test/a/1", str(tmp_path / "a.err"))
+    journal.started(12345, "keeper-test/b/1", str(tmp_path / "b.err"))
+    journal.starting("keeper-test/c/1", str(tmp_path / "c.err"))
+    journal.write()
+    starting = journal_starting(journal.path)
+    assert starting == {
+        "keeper-test/a/1": str(tmp_path / "a.err"),
+        "keeper-test/c/1": str(tmp_path / "c.err"),
+    }
+
+    launcher = Launcher()
+    job = launcher.spawn_job(
+        "/bin/sh", "keeper-test/c/1", "", "", "/bin/sleep 5", str(tmp_path / "c.out"), str(tmp_path / "c.err")
+    )
+    other = launcher.spawn_job(
+        "/bin/sh", "keeper-test/x/1", "", "", "/bin/sleep 5", str(tmp_path / "x.out"), str(tmp_path / "x.err")
+    )
+    try:
+        logs: dict[int, str] = {}
+        keeper._name_starting(logs, starting)
+        assert logs == {job: str(tmp_path / "c.err")}
+    finally:
+        for pid in (job, other):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    journal.close()

@@ -28,9 +28,11 @@
 """The journal of a local-pool spawner: which of its jobs run.
 
 One file per spawner, ``spawner.<host>.<pid>`` in the directory of its jobs'
-``pid_file`` (the run's ``parsl/running``): one ``+ <pid> <token> <stderr log>`` line
-when a job starts (the log's path as a JSON string), one ``- <pid>`` line when
-it ends. Appending a line costs
+``pid_file`` (the run's ``parsl/running``): one ``> <token> <stderr log>`` line
+just before a job is started (the log's path as a JSON string), one ``+ <pid>
+<token> <stderr log>`` line once it started, one ``- <pid>`` line when it
+ends. The ``>`` line lets the keeper name a job whose spawner died while
+starting it (`journal_starting`). Appending a line costs
 far less than creating and deleting a file per job. The spawner writes it
 (`Journal`); report, cancel, restart and a spawner taking over from a dead
 one read it (`read_journal`, `journal_entries`, `journal_snapshot`), and so
@@ -60,6 +62,7 @@ __all__ = (
     "journal_entries",
     "journal_logs",
     "journal_name",
+    "journal_starting",
     "journal_snapshot",
     "read_journal",
 )
@@ -101,6 +104,28 @@ def journal_logs(path: str) -> dict[int, str]:
     logs: dict[int, str] = {}
     _parse(data, logs)
     return logs
+
+
+def journal_starting(path: str) -> dict[str, str]:
+    """``{token: stderr log}`` of the job a journal says was being started
+    (a ``>`` line with no ``+`` line of the same token after it).
+    """
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read().decode(errors="replace")
+    except OSError:
+        return {}
+    starting: dict[str, str] = {}
+    for line in data.splitlines():
+        fields = line.split(" ", 3)
+        try:
+            if len(fields) == 3 and fields[0] == ">":
+                starting[fields[1]] = json.loads(fields[2])
+            elif len(fields) >= 3 and fields[0] == "+":
+                starting.pop(fields[2], None)
+        except ValueError:
+            continue
+    return starting
 
 
 def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_result] | None:
@@ -158,6 +183,8 @@ class Journal:
         """{pid: (token, stderr log)} of the running jobs."""
         self.size = 0
         self.pending: list[str] = []
+        self.being_started: tuple[str, str] | None = None
+        """(token, stderr log) of the job being started."""
         os.makedirs(directory, exist_ok=True)
         self.fd = self._open(self.path)
 
@@ -201,10 +228,23 @@ class Journal:
         except OSError:
             pass
 
+    def starting(self, token: str, stderr: str) -> None:
+        """Record, and write at once, that job attempt ``token`` is about to
+        start, logging to ``stderr``.
+        """
+        self.being_started = (token, stderr)
+        self.pending.append(self._starting_line(token, stderr))
+        self.write()
+
+    @staticmethod
+    def _starting_line(token: str, stderr: str) -> str:
+        return f"> {token} {json.dumps(stderr)}\n"
+
     def started(self, pid: int, token: str, stderr: str) -> None:
         """Record that job attempt ``token`` runs as process group ``pid``,
         logging to ``stderr``.
         """
+        self.being_started = None
         self.running[pid] = (token, stderr)
         self.pending.append(self._line(pid, token, stderr))
 
@@ -220,6 +260,8 @@ class Journal:
     def _compact(self) -> None:
         """Rewrite the journal with only the running jobs (atomically)."""
         text = "".join(self._line(pid, *job) for pid, job in self.running.items())
+        if self.being_started is not None:
+            text += self._starting_line(*self.being_started)
         tmp = self.path + ".tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -63,10 +63,13 @@ import traceback
 from collections.abc import Callable
 
 from .exits import log_exit_status
-from .journal import journal_logs, journal_name
+from .journal import journal_logs, journal_name, journal_starting
+from .processes import ATTEMPT_ENV
 
 __all__ = ("HOLD_UNNAMED", "keep")
 
+_EXEC_WAIT = 0.05
+"""Seconds for a job being started when the spawner died to reach its ``exec``."""
 HOLD_UNNAMED = 10.0
 """Seconds an ended job that the journal does not name stays unreaped."""
 _PR_SET_CHILD_SUBREAPER = 36
@@ -168,8 +171,14 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
     when no child is left.
     """
     logs: dict[int, str] = {}
+    starting: dict[str, str] = {}
     for directory in dirs:
         logs.update(journal_logs(os.path.join(directory, journal)))
+        starting.update(journal_starting(os.path.join(directory, journal)))
+    if starting:
+        _name_starting(logs, starting)
+        time.sleep(_EXEC_WAIT)  # a job started as the spawner died may not carry its token yet
+        _name_starting(logs, starting)
     held: dict[int, float] = {}
     while True:
         flags = os.WEXITED | os.WNOWAIT | (os.WNOHANG if held else 0)
@@ -187,6 +196,34 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
                 held.pop(pid, None)
         if held:
             time.sleep(0.1)
+
+
+def _name_starting(logs: dict[int, str], starting: dict[str, str]) -> None:
+    """Add to ``logs`` the job the spawner was starting when it died: a live
+    child of this process, leading its own session, whose environment
+    carries the token of the journal's ``>`` line (`journal_starting`).
+    """
+    me = str(os.getpid()).encode()
+    prefix = f"{ATTEMPT_ENV}=".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in logs:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stream:
+                data = stream.read()
+            fields = data[data.rindex(b")") + 2 :].split()
+            if fields[1] != me or fields[3] != entry.encode():
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as stream:
+                environ = stream.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(prefix):
+                stderr = starting.get(item[len(prefix) :].decode(errors="replace"))
+                if stderr is not None:
+                    logs[int(entry)] = stderr
+                break
 
 
 def _ended_children() -> list[int]:

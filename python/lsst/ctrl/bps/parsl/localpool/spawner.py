@@ -226,6 +226,10 @@ class Spawner:
                 self.reply(job, 127, None, None)
 
     def _spawn(self, job: dict) -> None:
+        journal = self.journal(job)
+        if journal is not None:
+            # Before the start: the keeper names the job if this process dies while starting it.
+            journal.starting(job["token"], job["err"])
         job["start"] = time.time()
         pid = self.launcher.spawn_job(
             job["shell"],
@@ -239,7 +243,6 @@ class Spawner:
         limit = job.get("time_limit")
         job["deadline"] = job["start"] + limit if limit else None
         self.running[pid] = job
-        journal = self.journal(job)
         if journal is not None:
             # At once: the keeper logs the exit status of the jobs it names if this process dies.
             journal.started(pid, job["token"], job["err"])
