@@ -506,25 +506,8 @@ def measure_floor(spec: dict) -> dict:
     """The same command lines run by ``<shell> -c`` (subprocess), where
     ``<shell>`` is the plugin's job shell on the local site, ``CORES`` at a
     time, stdout/stderr to the same log files. Wide only."""
-    nodes = DAGS[spec["dag"]](spec["n"])
-    if any(node.parents for node in nodes):
-        raise ValueError("the floor runs independent jobs only")
-    root = os.path.join(spec["workdir"], "floor")
     shell = plugin_job_shell(spec["workdir"])
-
-    def run(node: Node) -> int:
-        base = node.log_base(root)
-        os.makedirs(os.path.dirname(base), exist_ok=True)
-        with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
-            return subprocess.run([shell, "-c", node.command], stdout=out, stderr=err).returncode
-
-    t0 = time.time()
-    with PoolExecutor(max_workers=CORES) as pool:
-        codes = list(pool.map(run, nodes))
-    seconds = time.time() - t0
-    if any(codes):
-        raise RuntimeError(f"{sum(1 for c in codes if c)} commands failed")
-    return {"seconds": seconds, "jobs": len(nodes), "shell": shell}
+    return {**_run_floor(spec, "floor", lambda command: [shell, "-c", command]), "shell": shell}
 
 
 def measure_floor_exec(spec: dict) -> dict:
@@ -532,16 +515,21 @@ def measure_floor_exec(spec: dict) -> dict:
     directly, without a shell, as the plugin starts plain command lines
     (`lsst_ctrl_bps_parsl_worker.direct`), ``CORES`` at a time, stdout/stderr
     to the same log files. Wide only."""
+    return _run_floor(spec, "floor_exec", shlex.split)
+
+
+def _run_floor(spec: dict, name: str, argv_of: Any) -> dict:
+    """Run every job's ``argv_of(command)`` by `subprocess`, ``CORES`` at a time."""
     nodes = DAGS[spec["dag"]](spec["n"])
     if any(node.parents for node in nodes):
         raise ValueError("the floor runs independent jobs only")
-    root = os.path.join(spec["workdir"], "floor_exec")
+    root = os.path.join(spec["workdir"], name)
 
     def run(node: Node) -> int:
         base = node.log_base(root)
         os.makedirs(os.path.dirname(base), exist_ok=True)
         with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
-            return subprocess.run(shlex.split(node.command), stdout=out, stderr=err).returncode
+            return subprocess.run(argv_of(node.command), stdout=out, stderr=err).returncode
 
     t0 = time.time()
     with PoolExecutor(max_workers=CORES) as pool:

@@ -94,15 +94,19 @@ def journal_entries(path: str) -> tuple[dict[int, str], set[str]]:
     return ({}, set()) if found is None else found[:2]
 
 
-def journal_logs(path: str) -> dict[int, str]:
-    """``{pid: stderr log}`` of the jobs a journal says are running."""
+def _read_text(path: str) -> str:
+    """A journal's text; empty if it cannot be read."""
     try:
         with open(path, "rb") as stream:
-            data = stream.read().decode(errors="replace")
+            return stream.read().decode(errors="replace")
     except OSError:
-        return {}
+        return ""
+
+
+def journal_logs(path: str) -> dict[int, str]:
+    """``{pid: stderr log}`` of the jobs a journal says are running."""
     logs: dict[int, str] = {}
-    _parse(data, logs)
+    _parse(_read_text(path), logs)
     return logs
 
 
@@ -110,13 +114,8 @@ def journal_starting(path: str) -> dict[str, str]:
     """``{token: stderr log}`` of the job a journal says was being started
     (a ``>`` line with no ``+`` line of the same token after it).
     """
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read().decode(errors="replace")
-    except OSError:
-        return {}
     starting: dict[str, str] = {}
-    for line in data.splitlines():
+    for line in _read_text(path).splitlines():
         fields = line.split(" ", 3)
         try:
             if len(fields) == 3 and fields[0] == ">":
