@@ -252,7 +252,7 @@ def prepare(nodes: Iterable[Node], submit: str, workdir: str, site: dict | None 
 
 def attempt_summary(submit: str) -> dict[str, Any]:
     """Succeeded attempts and the earliest job start, from the run's database."""
-    from lsst.ctrl.bps.parsl.state import SUCCEEDED, RunStore, db_path
+    from lsst.ctrl.bps.parsl.store.runstore import SUCCEEDED, RunStore, db_path
 
     store = RunStore(db_path(submit), readonly=True)
     try:
@@ -297,8 +297,8 @@ def measure_submit(spec: dict) -> dict:
     service, wf, prep_seconds, _ = prepare(nodes, submit, spec["workdir"], spec.get("site"))
     poller = _start_report_poller(submit, spec["workdir"]) if spec.get("poll_report") else None
     # Imports are not timed: prepare no longer imports Parsl, so do it here.
-    import lsst.ctrl.bps.parsl.driver  # noqa: F401
     import lsst.ctrl.bps.parsl.localpool.executor  # noqa: F401
+    import lsst.ctrl.bps.parsl.run.driver  # noqa: F401
     import parsl.dataflow.dflow  # noqa: F401
     import parsl.executors  # noqa: F401
 
@@ -358,7 +358,7 @@ def _stop_report_poller(poller: subprocess.Popen, workdir: str) -> tuple[int, in
 def measure_make_finished(spec: dict) -> dict:
     """Set-up, not timed: prepare a workflow and record every job as
     succeeded through the plugin's own store API, as a driver would."""
-    from lsst.ctrl.bps.parsl.state import SUCCEEDED, JobKind, RunStore, db_path
+    from lsst.ctrl.bps.parsl.store.runstore import SUCCEEDED, JobKind, RunStore, db_path
 
     nodes = DAGS[spec["dag"]](spec["n"])
     submit = os.path.join(spec["workdir"], "submit")
@@ -601,7 +601,7 @@ def measure_prepare_added(spec: dict) -> dict:
         "jobs": n,
         "rss_before_mb": before,
         "added_mb": peak_rss_since_reset_mb() - before,
-        "old_plugin": importlib.util.find_spec("lsst.ctrl.bps.parsl.state") is None,
+        "old_plugin": importlib.util.find_spec("lsst.ctrl.bps.parsl.store.runstore") is None,
         "python": sys.executable,
     }
 
@@ -609,7 +609,7 @@ def measure_prepare_added(spec: dict) -> dict:
 def measure_scale(spec: dict) -> dict:
     """A wide run of cheap jobs: wall per job, and the driver's memory from
     the moment its loop starts (rows loaded, DAG built) to its peak."""
-    import lsst.ctrl.bps.parsl.driver as driver_module
+    import lsst.ctrl.bps.parsl.run.driver as driver_module
 
     marks: dict[str, float] = {}
     real_run = driver_module.Driver.run

@@ -27,7 +27,7 @@ import time
 
 import parsl
 from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor
-from lsst.ctrl.bps.parsl.runner import run_job
+from lsst.ctrl.bps.parsl.run.runner import run_job
 from parsl import python_app
 from parsl.config import Config
 

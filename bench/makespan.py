@@ -139,7 +139,7 @@ def run_once(order: str, args: argparse.Namespace, workdir: str) -> dict[str, An
     from lsst.ctrl.bps import BpsConfig
     from lsst.ctrl.bps.bps_config import BPS_DEFAULTS, BPS_SEARCH_ORDER
     from lsst.ctrl.bps.parsl import ParslService
-    from lsst.ctrl.bps.parsl.state import RunStore, db_path
+    from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path
 
     service_class = "lsst.ctrl.bps.parsl.ParslService"
     config = BpsConfig(

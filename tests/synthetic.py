@@ -8,7 +8,7 @@ from typing import Any
 
 from lsst.ctrl.bps import BpsConfig, GenericWorkflow, GenericWorkflowExec, GenericWorkflowJob
 from lsst.ctrl.bps.bps_config import BPS_DEFAULTS, BPS_SEARCH_ORDER
-from lsst.ctrl.bps.parsl.state import RunStore, db_path
+from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path
 
 SERVICE = "lsst.ctrl.bps.parsl.ParslService"
 BASH = GenericWorkflowExec("bash", "/bin/bash", False)

@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from lsst.ctrl.bps import GenericWorkflowExec, GenericWorkflowJob  # noqa: E402
 from lsst.ctrl.bps.parsl import ParslService  # noqa: E402
-from lsst.ctrl.bps.parsl.commands import RenderError  # noqa: E402
 from lsst.ctrl.bps.parsl.configuration import ConfigurationError  # noqa: E402
+from lsst.ctrl.bps.parsl.prepare.commands import RenderError  # noqa: E402
 from lsst.ctrl.bps.parsl.site import SiteConfig  # noqa: E402
-from lsst.ctrl.bps.parsl.state import StateStoreError  # noqa: E402
+from lsst.ctrl.bps.parsl.store.runstore import StateStoreError  # noqa: E402
 from synthetic import BASH, job, make_config, workflow  # noqa: E402
 
 LOCAL = "lsst.ctrl.bps.parsl.sites.Local"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from e2e_pipeline import repo as e2e
 from lsst.ctrl.bps import WmsStates
-from lsst.ctrl.bps.parsl.batch import JOINED, LAZY_GROUPS
-from lsst.ctrl.bps.parsl.state import DB_NAME, RunStore
+from lsst.ctrl.bps.parsl.prepare.batch import JOINED, LAZY_GROUPS
+from lsst.ctrl.bps.parsl.store.runstore import DB_NAME, RunStore
 
 try:
     from lsst.ctrl.bps import GenericWorkflowLazyGroup  # noqa: F401

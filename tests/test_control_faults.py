@@ -29,11 +29,12 @@ sys.path.insert(0, str(HERE))
 
 from cli import bps, wait_for  # noqa: E402
 from lsst.ctrl.bps import WmsStates  # noqa: E402
-from lsst.ctrl.bps.parsl import ParslService, control  # noqa: E402
-from lsst.ctrl.bps.parsl.liveness import HOST, driver_alive, process_start  # noqa: E402
+from lsst.ctrl.bps.parsl import ParslService  # noqa: E402
+from lsst.ctrl.bps.parsl.control.liveness import HOST, driver_alive, process_start  # noqa: E402
+from lsst.ctrl.bps.parsl.run import session as control  # noqa: E402
 from lsst.ctrl.bps.parsl.service import RunFailedError  # noqa: E402
 from lsst.ctrl.bps.parsl.site import SiteConfig  # noqa: E402
-from lsst.ctrl.bps.parsl.state import RunStore, db_path  # noqa: E402
+from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path  # noqa: E402
 from synthetic import job, make_config, run, statuses, workflow  # noqa: E402
 from test_reliability import (  # noqa: E402
     LOCAL2,
@@ -299,7 +300,7 @@ _POLLER = """
 import sys
 from pathlib import Path
 from lsst.ctrl.bps.parsl import ParslService
-from lsst.ctrl.bps.parsl.liveness import driver_alive
+from lsst.ctrl.bps.parsl.control.liveness import driver_alive
 current, stop = Path(sys.argv[1]), Path(sys.argv[2])
 service = ParslService({})
 n = 0

@@ -189,7 +189,7 @@ def test_command_rendering_env_file_and_cmdvals(tmp_path, monkeypatch):
 
 def test_unresolvable_placeholder_is_a_prepare_error(tmp_path):
     from lsst.ctrl.bps.parsl import ParslService
-    from lsst.ctrl.bps.parsl.commands import RenderError
+    from lsst.ctrl.bps.parsl.prepare.commands import RenderError
 
     gw = workflow([job("r")])
     gw.get_job("r").arguments = "run {missingKey}"
@@ -231,7 +231,7 @@ def test_job_killed_by_signal_is_recorded(tmp_path):
 def test_state_is_readable_while_running(tmp_path):
     import threading
 
-    from lsst.ctrl.bps.parsl.state import RunStore, db_path
+    from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path
 
     gw = workflow([job(f"s{i}", "sleep 0.3", label="slow") for i in range(6)])
     seen = []

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lsst.ctrl.bps.parsl.commands import export_lines
+from lsst.ctrl.bps.parsl.prepare.commands import export_lines
 from lsst_ctrl_bps_parsl_worker import direct
 from lsst_ctrl_bps_parsl_worker.processes import ATTEMPT_ENV, Launcher, job_argv, job_script
 

@@ -12,8 +12,8 @@ import threading
 import time
 
 from lsst.ctrl.bps import WmsStates
-from lsst.ctrl.bps.parsl.dispatch import Dispatch
-from lsst.ctrl.bps.parsl.state import RunStore, db_path
+from lsst.ctrl.bps.parsl.run.dispatch import Dispatch
+from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path
 from synthetic import job, make_config, run, workflow
 
 S = WmsStates.SUCCEEDED.value

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from e2e_pipeline import repo as e2e
 from lsst.ctrl.bps import WmsStates
-from lsst.ctrl.bps.parsl.state import DB_NAME, JobKind, RunStore
+from lsst.ctrl.bps.parsl.store.runstore import DB_NAME, JobKind, RunStore
 
 pytestmark = [
     pytest.mark.e2e,

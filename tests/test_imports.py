@@ -90,3 +90,92 @@ def test_each_module_imports_on_its_own():
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# The layers of the package, lowest first: a unit may import (at module level
+# or inside a function) only units of lower layers and its own. A top-level
+# module is a unit of its own; ``site.py`` and ``sites/`` are one unit (the
+# site base class and the sites built on it).
+LAYERS: list[set[str]] = [
+    {"records", "files", "oneline", "parslcompat"},
+    {"store", "localpool"},
+    {"configuration"},
+    {"prepare", "job"},
+    {"environment", "site"},
+    {"control"},
+    {"report"},
+    {"run"},
+    {"workflow"},
+    {"service", "version", ""},
+]
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")[4:]
+    if not parts:
+        return ""
+    return "site" if parts[0] == "sites" else parts[0]
+
+
+def test_imports_go_down_the_layers():
+    """No import, even lazily inside a function, goes up a layer: what a
+    lower layer needs from a higher one is passed down as a value.
+    """
+    rank = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+    modules = _modules()
+    units = {_unit(name) for name in modules}
+    assert units <= set(rank), f"units missing from LAYERS: {sorted(units - set(rank))}"
+    upward = [
+        f"{name} -> {target}"
+        for name, targets in _import_graph(modules).items()
+        for target in targets
+        if rank[_unit(target)] > rank[_unit(name)]
+        or (rank[_unit(target)] == rank[_unit(name)] and _unit(target) != _unit(name))
+    ]
+    assert not upward, "imports going up a layer:\n" + "\n".join(sorted(upward))
+
+
+def test_top_level_stays_small():
+    """The package's folders tell its parts: at most 12 modules sit directly
+    in ``lsst/ctrl/bps/parsl/`` (the drop-in import paths and the shared leaves).
+    """
+    top = sorted(path.name for path in ROOT.glob("*.py"))
+    assert len(top) <= 12, top
+
+
+def test_the_worker_package_needs_nothing_of_the_plugin():
+    """The worker-side package runs where the plugin may not be importable
+    (the spawner runs without site-packages): it imports only itself and the
+    standard library, Parsl aside.
+    """
+    worker = Path(__import__("lsst_ctrl_bps_parsl_worker").__file__).parent
+    offenders = []
+    for path in sorted(worker.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("lsst.")]
+    assert not offenders, offenders
+
+
+def test_design_doc_names_every_module():
+    """doc/design.md's module table has a row for every module (``sites/*.py``
+    stands for the site classes).
+    """
+    text = (Path(__file__).parents[1] / "doc" / "design.md").read_text()
+    worker = Path(__import__("lsst_ctrl_bps_parsl_worker").__file__).parent
+    paths = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py")]
+    paths += [f"lsst_ctrl_bps_parsl_worker/{p.name}" for p in worker.glob("*.py")]
+    missing = [
+        path
+        for path in sorted(paths)
+        if f"`{path}`" not in text
+        and not path.endswith("__init__.py")
+        and not (path.startswith("sites/") and "`sites/*.py`" in text)
+    ]
+    assert not missing, f"doc/design.md's module table lacks: {missing}"

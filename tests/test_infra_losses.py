@@ -25,7 +25,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from cli import bps, cli_environment, wait_for  # noqa: E402
-from lsst.ctrl.bps.parsl.losses import (  # noqa: E402
+from lsst.ctrl.bps.parsl.sites.losses import (  # noqa: E402
     InterchangeLostError,
     LostAttempts,
     infrastructure_cause,
@@ -116,7 +116,7 @@ def _local_htex(tmp_path, monkeypatch, init_blocks: int = 1, **options):
     """Load a local HTEX (``init_blocks`` pools of one worker each); return it,
     its `run_job` app and the kernel."""
     import parsl
-    from lsst.ctrl.bps.parsl.runner import run_job
+    from lsst.ctrl.bps.parsl.run.runner import run_job
     from parsl.app.python import PythonApp
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
@@ -353,7 +353,7 @@ def test_job_is_kept_off_a_block_with_too_little_walltime_left(htex, tmp_path):
     cancelled once it runs nothing, a fresh block is started and the job
     runs there. (A LocalProvider has no walltime: the test gives it one, and
     ages block 0 by moving its first-seen time back.)"""
-    from lsst.ctrl.bps.parsl.blocks import BlockWatch
+    from lsst.ctrl.bps.parsl.sites.blocks import BlockWatch
     from parsl.jobs.states import JobState
 
     executor, app = htex
@@ -396,7 +396,7 @@ def test_idle_block_is_released_while_another_block_runs_the_last_job(tmp_path, 
     hold and cancelled (scaled in, not failed) while the job runs on. A job
     waiting in the interchange keeps every block."""
     import parsl
-    from lsst.ctrl.bps.parsl.blocks import BlockWatch
+    from lsst.ctrl.bps.parsl.sites.blocks import BlockWatch
     from parsl.jobs.states import JobState
 
     executor, app, dfk = _local_htex(tmp_path, monkeypatch, init_blocks=2)
@@ -498,7 +498,7 @@ def test_node_killed_mid_run_bps_submit_completes_without_payload_retries(
     shows the losses."""
     import yaml
     from e2e_pipeline import repo as e2e
-    from lsst.ctrl.bps.parsl.state import DB_NAME, RunStore
+    from lsst.ctrl.bps.parsl.store.runstore import DB_NAME, RunStore
 
     rig = multinode_slurm
     pipeline = tmp_path / "pipeline.yaml"

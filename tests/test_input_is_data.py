@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from lsst.ctrl.bps.parsl import ParslService
 from lsst.ctrl.bps.parsl.configuration import ConfigurationError
-from lsst.ctrl.bps.parsl.state import SUCCEEDED, db_path
+from lsst.ctrl.bps.parsl.store.runstore import SUCCEEDED, db_path
 from synthetic import job, make_config, run, workflow
 
 LOCAL = "lsst.ctrl.bps.parsl.sites.Local"
@@ -229,7 +229,7 @@ def test_configuration_and_environment_files_are_private_under_umask_022(tmp_pat
         service.run_submission_checks()
         wf = service.prepare(config, gw, str(submit))
         service.submit(wf)
-        from lsst.ctrl.bps.parsl.control import driver_alive
+        from lsst.ctrl.bps.parsl.run.session import driver_alive
 
         deadline = time.monotonic() + 120
         while driver_alive(str(submit)) is not None and time.monotonic() < deadline:

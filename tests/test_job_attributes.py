@@ -13,7 +13,7 @@ from lsst.ctrl.bps.parsl import ParslService
 from lsst.ctrl.bps.parsl.configuration import ConfigurationError
 from lsst.ctrl.bps.parsl.records import JobState
 from lsst.ctrl.bps.parsl.service import RunFailedError
-from lsst.ctrl.bps.parsl.state import RunStore, db_path
+from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path
 from synthetic import job, make_config, run, workflow
 
 

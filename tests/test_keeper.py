@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from lsst.ctrl.bps.parsl.localpool import spawner
+from lsst_ctrl_bps_parsl_worker import spawner
 from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status, zombie_exit_code
 from lsst_ctrl_bps_parsl_worker.journal import journal_logs
 from test_localpool import _request as pool_request

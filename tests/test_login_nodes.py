@@ -26,10 +26,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from cli import cli_environment  # noqa: E402
-from lsst.ctrl.bps.parsl.claim import ClaimBusyError, claim_run, current_claim  # noqa: E402
-from lsst.ctrl.bps.parsl.liveness import HOST, driver_alive  # noqa: E402
+from lsst.ctrl.bps.parsl.control.claim import ClaimBusyError, claim_run, current_claim  # noqa: E402
+from lsst.ctrl.bps.parsl.control.liveness import HOST, driver_alive  # noqa: E402
 from lsst.ctrl.bps.parsl.records import JobState  # noqa: E402
-from lsst.ctrl.bps.parsl.state import RunStore, db_path  # noqa: E402
+from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path  # noqa: E402
 from synthetic import job, make_config, run, workflow  # noqa: E402
 
 try:
@@ -60,8 +60,8 @@ def finished(tmp_path):
 
 _RACER = """
 import json, os, sys, time
-from lsst.ctrl.bps.parsl.claim import ClaimBusyError, claim_run
-from lsst.ctrl.bps.parsl.liveness import HOST
+from lsst.ctrl.bps.parsl.control.claim import ClaimBusyError, claim_run
+from lsst.ctrl.bps.parsl.control.liveness import HOST
 submit, at, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 while time.time() < at:
     pass
@@ -178,7 +178,7 @@ def test_a_heartbeat_that_moves_is_alive_whatever_its_clock_says(finished):
 
 _WRITER = """
 import sys, time
-from lsst.ctrl.bps.parsl.state import RUNNING, RunStore
+from lsst.ctrl.bps.parsl.store.runstore import RUNNING, RunStore
 store = RunStore(sys.argv[1])
 jobs = [row.job for row in store.statuses()]
 deadline = time.monotonic() + float(sys.argv[2])
@@ -197,7 +197,7 @@ def test_readers_never_fail_or_see_half_a_commit_while_the_driver_commits(tmp_pa
     """A writer commits every job's attempt number in one transaction, as
     fast as it can, for 4 s; readers (store methods and a report) in a loop
     meanwhile: no failure, every read sees one attempt number for all jobs."""
-    from lsst.ctrl.bps.parsl.report import run_report
+    from lsst.ctrl.bps.parsl.report.reports import run_report
 
     submit = tmp_path / "submit"
     run(workflow([job(f"j{i}", "true", label="j") for i in range(300)]), submit, make_config())

@@ -155,7 +155,7 @@ def test_htex_srun_starts_a_worker_pool_on_every_node(multinode_slurm, tmp_path,
 
 def test_bps_submit_on_two_nodes(multinode_slurm, e2e_repo, tmp_path):
     from e2e_pipeline import repo as e2e
-    from lsst.ctrl.bps.parsl.state import DB_NAME, SUCCEEDED, RunStore
+    from lsst.ctrl.bps.parsl.store.runstore import DB_NAME, SUCCEEDED, RunStore
 
     rig = multinode_slurm
     suffix = "two_nodes"

@@ -4,14 +4,14 @@ job, then first come (issue 15 item 2); real jobs on a 1-core local pool.
 
 from __future__ import annotations
 
-from lsst.ctrl.bps.parsl.ordering import ReadyQueue, critical_paths
 from lsst.ctrl.bps.parsl.records import JobKind, JobRow, JobState
-from lsst.ctrl.bps.parsl.state import RunStore, db_path
+from lsst.ctrl.bps.parsl.run.ordering import ReadyQueue, critical_paths
+from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path
 from synthetic import job, make_config, run, workflow
 
 
 def _row(i: int, priority: str | None = None, walltime: str | None = None, kind: int = JobKind.PAYLOAD):
-    return JobRow(i, f"j{i}", "l", kind, False, None, None, *(None,) * 5, walltime, priority, *(None,) * 4)
+    return JobRow(i, f"j{i}", "l", kind, False, request_walltime=walltime, priority=priority)
 
 
 def test_critical_path_is_the_longest_chain_of_walltimes_below():

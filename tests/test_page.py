@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from lsst.ctrl.bps import WmsStates
-from lsst.ctrl.bps.parsl import page
-from lsst.ctrl.bps.parsl.state import FAILED, SUCCEEDED, RunStore, db_path
+from lsst.ctrl.bps.parsl.records import JobRow
+from lsst.ctrl.bps.parsl.report import page
+from lsst.ctrl.bps.parsl.store.runstore import FAILED, SUCCEEDED, RunStore, db_path
 from synthetic import job, make_config, run, workflow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -173,11 +174,11 @@ def _synthetic_store(submit: Path, n: int, failing_every: int = 50) -> None:
     into a real store (no jobs run: only the page's cost is measured)."""
     submit.mkdir(parents=True)
     meta = {"run_id": "big", "run_name": "big", "submit_path": str(submit), "created": time.time() - 3600}
-    jobs = [
-        (i, f"job{i}", f"label{i % 4}", 0, 0, "true", None, 1, 100, *[None] * 5, 1, *[None] * 8)
+    jobs = (
+        JobRow(i, f"job{i}", f"label{i % 4}", 0, False, "true", request_cpus=1, request_memory=100, retries=1)
         for i in range(n)
-    ]
-    store = RunStore.create(db_path(str(submit)), meta, [], jobs, [])
+    )
+    store = RunStore.create(db_path(str(submit)), meta, jobs, [])
     store.begin_session("submit", 1, "host0")
     t0 = time.time() - 3000
     for i in range(n):
@@ -239,7 +240,7 @@ def test_page_of_a_live_run_and_the_drivers_rewrites(tmp_path, monkeypatch):
     import sys
 
     from cli import cli_environment, wait_for
-    from lsst.ctrl.bps.parsl.report import running_jobs
+    from lsst.ctrl.bps.parsl.report.reports import running_jobs
 
     env = cli_environment(tmp_path, monkeypatch)
     submit = tmp_path / "submit"
@@ -296,7 +297,7 @@ def test_a_page_that_cannot_be_written_costs_one_warning(tmp_path, caplog):
     _synthetic_store(submit, 10)
     (submit / page.PAGE_NAME).mkdir()
     writer = page.PageWriter(str(submit), interval=0.0)
-    with caplog.at_level("WARNING", logger="lsst.ctrl.bps.parsl.page"):
+    with caplog.at_level("WARNING", logger="lsst.ctrl.bps.parsl.report.page"):
         writer.update(final=True)
         writer.update(final=True)
     assert [r.getMessage() for r in caplog.records if "run page" in r.getMessage()][0].startswith(

@@ -24,7 +24,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from cli import bps, cli_environment, wait_for  # noqa: E402
-from lsst.ctrl.bps.parsl.runner import run_job  # noqa: E402
+from lsst.ctrl.bps.parsl.run.runner import run_job  # noqa: E402
 from lsst_ctrl_bps_parsl_worker import journal, processes  # noqa: E402
 from synthetic import attempts, statuses  # noqa: E402
 from test_reliability import LOCAL2, F, S, lines, run_id_of, run_processes, start  # noqa: E402

@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 from cli import BIN, bps, cli_environment, wait_for  # noqa: E402
 from lsst.ctrl.bps import WmsStates  # noqa: E402
 from lsst.ctrl.bps.parsl.site import SiteConfig  # noqa: E402
-from lsst.ctrl.bps.parsl.state import RunStore, db_path  # noqa: E402
+from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path  # noqa: E402
 from synthetic import attempts, job, make_config, statuses, workflow  # noqa: E402
 
 S, F, D, P = (WmsStates[n].value for n in ("SUCCEEDED", "FAILED", "DELETED", "PRUNED"))
@@ -102,7 +102,7 @@ def main() -> int:
 
 
 def _inject_kill_after_launch(name: str, ok_log: str) -> None:
-    from lsst.ctrl.bps.parsl import state
+    from lsst.ctrl.bps.parsl.store import runstore as state
 
     original = state.RunStore.flush
 
@@ -551,7 +551,7 @@ def test_unwritable_submit_dir_is_refused_before_jobs_start(tmp_path, mount_tmpf
     line naming the directory; no store is written."""
     from lsst.ctrl.bps.parsl import ParslService
     from lsst.ctrl.bps.parsl.configuration import ConfigurationError
-    from lsst.ctrl.bps.parsl.state import StateStoreError
+    from lsst.ctrl.bps.parsl.store.runstore import StateStoreError
 
     ro = mount_tmpfs("ro", "ro,size=1m")
     config = make_config(submitPath=f"{ro}/submit/{{outputRun}}")
@@ -569,7 +569,7 @@ def test_full_disk_before_start_gives_clear_error(tmp_path, mount_tmpfs):
     with one line naming the store and what to do; nothing half-written is
     left."""
     from lsst.ctrl.bps.parsl import ParslService
-    from lsst.ctrl.bps.parsl.state import StateStoreError
+    from lsst.ctrl.bps.parsl.store.runstore import StateStoreError
 
     full = mount_tmpfs("full", "size=1m")
     subprocess.run(["dd", "if=/dev/zero", f"of={full}/filler", "bs=64k"], capture_output=True)

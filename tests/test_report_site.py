@@ -23,7 +23,7 @@ import lsst.ctrl.bps.parsl
 import pytest
 from lsst.ctrl.bps import WmsRunReport, WmsStates
 from lsst.ctrl.bps.parsl import ParslService
-from lsst.ctrl.bps.parsl.state import DB_NAME
+from lsst.ctrl.bps.parsl.store.runstore import DB_NAME
 from synthetic import job, make_config, run, workflow
 
 HAS_SITE = "site" in {f.name for f in dataclasses.fields(WmsRunReport)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 
-from lsst.ctrl.bps.parsl.runner import run_job
+from lsst.ctrl.bps.parsl.run.runner import run_job
 from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status
 
 

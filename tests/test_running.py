@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from lsst.ctrl.bps.parsl.running import kill_running_jobs, running_attempts, running_job_ids
+from lsst.ctrl.bps.parsl.control.running import kill_running_jobs, running_attempts, running_job_ids
 from lsst_ctrl_bps_parsl_worker import journal as spawner_journal
 
 

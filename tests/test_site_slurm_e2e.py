@@ -20,7 +20,7 @@ try:
 except ImportError:  # tests/ is not a package: imported via sys.path
     from slurm_fixture import local_slurm  # noqa: F401
 
-from lsst.ctrl.bps.parsl.state import DELETED, SUCCEEDED, RunStore
+from lsst.ctrl.bps.parsl.store.runstore import DELETED, SUCCEEDED, RunStore
 
 pytestmark = pytest.mark.slurm
 

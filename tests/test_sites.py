@@ -20,7 +20,7 @@ import pytest
 from lsst.ctrl.bps.parsl.configuration import ConfigurationError
 from lsst.ctrl.bps.parsl.job import ParslJob
 from lsst.ctrl.bps.parsl.site import SiteConfig
-from lsst.ctrl.bps.parsl.state import SUCCEEDED
+from lsst.ctrl.bps.parsl.store.runstore import SUCCEEDED
 from parsl.executors import HighThroughputExecutor
 from parsl.launchers import MpiRunLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers.cluster_provider import ClusterProvider

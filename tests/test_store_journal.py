@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from lsst.ctrl.bps.parsl.state import RunStore, journal_is_hot
+from lsst.ctrl.bps.parsl.store.runstore import RunStore, journal_is_hot
 
 WRITER = r"""
 import sqlite3, sys, time
@@ -37,7 +37,7 @@ time.sleep(60)
 
 def _store_with_dead_writer(tmp_path, cache_size: int) -> str:
     path = str(tmp_path / "bps_parsl.sqlite3")
-    RunStore.create(path, {"run_id": "original"}, [], [], []).close()
+    RunStore.create(path, {"run_id": "original"}, iter(()), []).close()
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, path, str(cache_size)], stdout=subprocess.PIPE, text=True
     )

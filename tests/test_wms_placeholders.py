@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 from lsst.ctrl.bps import GenericWorkflowJob, WmsStates
 from lsst.ctrl.bps.parsl import ParslService
-from lsst.ctrl.bps.parsl.commands import RenderError
+from lsst.ctrl.bps.parsl.prepare.commands import RenderError
 from synthetic import BASH, attempts, job, make_config, run, workflow
 
 S = WmsStates.SUCCEEDED.value

@@ -40,9 +40,11 @@ from typing import Any, Literal, TypeVar, cast, overload
 from lsst.ctrl.bps import BpsConfig
 
 __all__ = (
+    "DISPATCH_ORDERS",
     "ConfigurationError",
     "ConfigurationTypeError",
     "MissingConfigurationError",
+    "dispatch_order",
     "get_bps_config_value",
     "get_workflow_filename",
     "get_workflow_name",
@@ -229,7 +231,7 @@ def get_workflow_filename(out_prefix: str) -> str:
         old plugin kept a pickle; this plugin keeps the whole prepared
         workflow and its state in that database).
     """
-    from .state import db_path
+    from .store.runstore import db_path
 
     return db_path(out_prefix)
 
@@ -314,3 +316,23 @@ def parse_walltime(value: str | int | float, name: str) -> int:
     if minutes >= 60 or seconds >= 60:
         raise ConfigurationError(f"'{name}' is {value!r}: minutes and seconds must be below 60")
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+DISPATCH_ORDERS = ("priority", "fifo")
+"""Values of ``parslDispatchOrder``."""
+
+
+def dispatch_order(config: BpsConfig) -> str:
+    """The ``parslDispatchOrder`` of a BPS configuration (default ``priority``).
+
+    Raises
+    ------
+    ConfigurationError
+        If it is not one of `DISPATCH_ORDERS`.
+    """
+    order = get_bps_config_value(config, "parslDispatchOrder", str, "priority")
+    if order not in DISPATCH_ORDERS:
+        raise ConfigurationError(
+            f"'parslDispatchOrder' is {order!r}: use 'priority' (priority, then critical path) or 'fifo'"
+        )
+    return order

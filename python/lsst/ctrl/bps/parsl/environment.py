@@ -34,7 +34,7 @@ file written once per run.
 
 from __future__ import annotations
 
-from .commands import environment_script
+from .prepare.commands import environment_script
 
 __all__ = ("export_environment",)
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lsst.ctrl.bps import BpsConfig, GenericWorkflow
 
-    from .state import JobRow
+    from .store.runstore import JobRow
 
 __all__ = ("RESOURCE_NAMES", "ParslJob", "get_file_paths")
 
@@ -276,7 +276,7 @@ class ParslJob:
     def _log_paths(self) -> tuple[str | None, str | None]:
         if self._logs is None:
             return None, None
-        from .attemptlogs import log_paths
+        from .store.attemptlogs import log_paths
 
         return log_paths(self._logs[0], self._logs[1], self.name, self.attempt)
 
@@ -303,7 +303,7 @@ class ParslJob:
 
 
 def _log_dir(config: BpsConfig, label: str, tags: dict[str, Any]) -> str:
-    from .attemptlogs import log_dir_template
+    from .store.attemptlogs import log_dir_template
 
     return log_dir_template(config)(label, tags)
 

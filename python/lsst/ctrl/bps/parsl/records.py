@@ -35,13 +35,12 @@ it (see `state` for the store itself).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
 from lsst.ctrl.bps import WmsStates
 
-__all__ = ("ENDED", "AttemptRow", "JobKind", "JobRow", "JobState", "SessionRow", "StatusRow")
+__all__ = ("ENDED", "AttemptResult", "AttemptRow", "JobKind", "JobRow", "JobState", "SessionRow", "StatusRow")
 
 
 class JobState(IntEnum):
@@ -91,28 +90,29 @@ class JobKind(IntEnum):
     """End of a non-blocking group: succeeds once all of the group ended."""
 
 
-@dataclass(slots=True)
-class JobRow:
-    """One job of the prepared workflow, as stored."""
+class JobRow(NamedTuple):
+    """One job of the prepared workflow, as stored: from prepare to the
+    store and back, the columns of table ``jobs`` are its fields, in order.
+    """
 
     id: int
     name: str
     label: str
     kind: int
     final: bool
-    command: str | None
-    env_id: int | None
-    request_cpus: int | None
-    request_memory: int | None
-    request_memory_max: int | None
-    memory_multiplier: float | None
-    request_disk: int | None
-    request_walltime: str | None
-    priority: str | None
-    retries: int | None
-    retry_unless_exit: str | None
-    log_dir: str | None
-    tags: str | None
+    command: str | None = None
+    env_id: int | None = None
+    request_cpus: int | None = None
+    request_memory: int | None = None
+    request_memory_max: int | None = None
+    memory_multiplier: float | None = None
+    request_disk: int | None = None
+    request_walltime: str | None = None
+    priority: str | None = None
+    retries: int | None = None
+    retry_unless_exit: str | None = None
+    log_dir: str | None = None
+    tags: str | None = None
     concurrency_limit: str | None = None
     """BPS ``concurrencyLimit``: ``name[:units]`` entries, comma-separated."""
     abort_on_value: int | None = None
@@ -123,6 +123,25 @@ class JobRow:
     """BPS ``computeSite`` of this job."""
     queue: str | None = None
     """BPS ``queue`` of this job."""
+
+
+class AttemptResult(NamedTuple):
+    """How an attempt ended: what `~lsst.ctrl.bps.parsl.run.runner.run_job` returns
+    (a plain tuple on a Parsl worker), and what the local pool's futures give.
+    """
+
+    exit_code: int
+    """Exit status (``128 + signal`` if a signal killed it; -1: the executor lost it)."""
+    signal: int | None
+    """Signal that killed it."""
+    start: float | None
+    """When it started (epoch seconds)."""
+    end: float | None
+    """When it ended."""
+    host: str | None
+    """Host it ran on."""
+    timed_out: bool
+    """Whether its walltime killed it."""
 
 
 class StatusRow(NamedTuple):

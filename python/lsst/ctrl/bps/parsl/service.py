@@ -38,13 +38,13 @@ from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow, WmsRunRepo
 from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, get_bps_config_value
-from .control import RunFailedError, driver_stale_after, progress_interval
+from .control.submitchecks import check_executables, check_submit_path
 from .files import open_private, private_dir, safe_component
 from .oneline import one_line
-from .runindex import add_run, list_runs, resolve_run
+from .run.session import RunFailedError, driver_stale_after, progress_interval
 from .site import SiteConfig
-from .state import StateStoreError
-from .submitchecks import check_executables, check_submit_path
+from .store.runindex import add_run, list_runs, resolve_run
+from .store.runstore import StateStoreError
 from .workflow import ParslWorkflow
 
 __all__ = ("ParslService", "RunFailedError")
@@ -172,7 +172,7 @@ class ParslService(BaseWmsService):
             final job has run by then (unless cancelled). Under the ``bps``
             command line it is printed instead and ``bps submit`` exits 1.
         """
-        from .control import DriverBusyError, run_driver, start_detached
+        from .run.session import DriverBusyError, run_driver, start_detached
 
         if workflow.payload is not None:
             raise ConfigurationError(
@@ -209,7 +209,7 @@ class ParslService(BaseWmsService):
             The run id and name (`None` if it could not restart) and a
             message.
         """
-        from .control import (
+        from .run.session import (
             DriverBusyError,
             checked_run,
             driver_alive,
@@ -275,7 +275,7 @@ class ParslService(BaseWmsService):
         """
         import time
 
-        from .report import last_activity, readable_run, run_report
+        from .report.reports import last_activity, readable_run, run_report
 
         if wms_workflow_id:
             try:
@@ -314,8 +314,8 @@ class ParslService(BaseWmsService):
         state, message : `tuple`
             `WmsStates` of the run and a message.
         """
-        from .report import readable_run, run_state
-        from .state import RunStore, db_path
+        from .report.reports import readable_run, run_state
+        from .store.runstore import RunStore, db_path
 
         try:
             submit_path = resolve_run(wms_workflow_id)
@@ -344,8 +344,8 @@ class ParslService(BaseWmsService):
         ids : `list` [`str`]
             Submit directories.
         """
-        from .control import driver_alive
-        from .report import readable_run
+        from .report.reports import readable_run
+        from .run.session import driver_alive
 
         if wms_id:
             try:
@@ -376,7 +376,7 @@ class ParslService(BaseWmsService):
         cancelled, message : `tuple`
             Whether all of that happened, and what happened.
         """
-        from .control import DriverBusyError, cancel_run
+        from .run.session import DriverBusyError, cancel_run
 
         try:
             return cancel_run(resolve_run(wms_id))
@@ -398,7 +398,7 @@ class ParslService(BaseWmsService):
         status, message : `tuple`
             0 and "" when all is well, else 1 and what is missing.
         """
-        from .ping import ping_site
+        from .control.ping import ping_site
 
         return ping_site(pass_thru, self.config)
 
@@ -416,7 +416,7 @@ def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
     import pwd
     from pathlib import Path
 
-    from .runindex import INDEX_SUBDIR
+    from .store.runindex import INDEX_SUBDIR
 
     runs = [path for _, path in list_runs()]
     problems: list[str] = []
@@ -436,7 +436,7 @@ def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
 
 
 def _is_owner(submit_path: str) -> bool:
-    from .state import db_path
+    from .store.runstore import db_path
 
     return os.stat(db_path(submit_path)).st_uid == os.getuid()
 
@@ -444,7 +444,7 @@ def _is_owner(submit_path: str) -> bool:
 def _operator_is(submit_path: str, user: str | None) -> bool:
     if not user:
         return True
-    from .state import RunStore, db_path
+    from .store.runstore import RunStore, db_path
 
     store = RunStore(db_path(submit_path), readonly=True)
     try:
@@ -454,8 +454,8 @@ def _operator_is(submit_path: str, user: str | None) -> bool:
 
 
 def _cancellable(submit_path: str) -> bool:
-    from .control import driver_alive
-    from .state import ENDED, RunStore, db_path
+    from .run.session import driver_alive
+    from .store.runstore import ENDED, RunStore, db_path
 
     if driver_alive(submit_path) is not None:
         return True

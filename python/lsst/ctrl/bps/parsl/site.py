@@ -265,7 +265,7 @@ class SiteConfig(ABC):
         if self.get("environment", bool, False):
             import shlex
 
-            from .commands import write_environment_file
+            from .prepare.commands import write_environment_file
 
             if self.submit_path is None:
                 raise RuntimeError("submit_path must be set before get_command_prefix")
@@ -304,7 +304,7 @@ class SiteConfig(ABC):
         node, block or pool), beyond its ``numberOfRetries`` (key
         ``infrastructureRetries``, default `losses.INFRASTRUCTURE_RETRIES`).
         """
-        from .losses import INFRASTRUCTURE_RETRIES
+        from .sites.losses import INFRASTRUCTURE_RETRIES
 
         retries = self.get("infrastructureRetries", int, INFRASTRUCTURE_RETRIES)
         if retries < 0:
@@ -350,7 +350,7 @@ class SiteConfig(ABC):
         """
         import parsl.config
 
-        from .blocks import MAX_IDLE_TIME, scaling_strategy
+        from .sites.blocks import MAX_IDLE_TIME, scaling_strategy
 
         run_dir = os.path.join(self.submit_path, "parsl", "runinfo") if self.submit_path else "runinfo"
         executors = self.get_executors()

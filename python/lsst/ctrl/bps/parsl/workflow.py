@@ -43,8 +43,7 @@ import os
 import secrets
 import time
 from array import array
-from collections.abc import Iterator
-from operator import itemgetter
+from collections.abc import Callable, Generator
 from typing import Any
 
 from lsst.ctrl.bps import (
@@ -54,29 +53,38 @@ from lsst.ctrl.bps import (
     GenericWorkflowJob,
 )
 
-from . import batch
-from .attemptlogs import log_dir_template
-from .commands import export_lines, render
 from .configuration import ConfigurationError
 from .files import safe_component
-from .flatten import Flattener
-from .jobattrs import check_job_attributes
-from .jobrows import TAGS_JSON, PerValueCache, SubdirCache, Templates, file_lookup, retry_unless_exit
-from .state import FORMAT_VERSION, JobKind, RunStore, db_path
+from .prepare import batch
+from .prepare.commands import export_lines, render
+from .prepare.flatten import Flattener
+from .prepare.jobattrs import job_attribute_check
+from .prepare.jobrows import (
+    TAGS_JSON,
+    PerValueCache,
+    SubdirCache,
+    Templates,
+    drain,
+    file_lookup,
+    retry_unless_exit,
+)
+from .records import JobRow
+from .store.attemptlogs import log_dir_template
+from .store.runstore import FORMAT_VERSION, JobKind, RunStore, db_path
 
 __all__ = ("ParslWorkflow",)
 
 
-def _job_attributes(job: GenericWorkflowJob) -> tuple:
+def _job_attributes(job: GenericWorkflowJob) -> dict[str, Any]:
     """The jobs columns after ``tags``: what `jobattrs` enforces."""
     limit = job.concurrency_limit
-    return (
-        None if limit is None or limit == "" else str(limit),
-        job.abort_on_value,
-        job.abort_return_value,
-        job.compute_site or None,
-        job.queue or None,
-    )
+    return {
+        "concurrency_limit": None if limit is None or limit == "" else str(limit),
+        "abort_on_value": job.abort_on_value,
+        "abort_return_value": job.abort_return_value,
+        "compute_site": job.compute_site or None,
+        "queue": job.queue or None,
+    }
 
 
 class ParslWorkflow(BaseWmsWorkflow):
@@ -123,7 +131,7 @@ class ParslWorkflow(BaseWmsWorkflow):
         """
         site = self.__dict__.get("_site")
         if site is None:
-            from .control import load_config
+            from .run.session import load_config
             from .site import SiteConfig
 
             config = self.config if self.config is not None else load_config(self.submit_path)
@@ -205,17 +213,25 @@ class ParslWorkflow(BaseWmsWorkflow):
 
         subdir = SubdirCache(log_dir_template(config))
         retry_codes = PerValueCache(retry_unless_exit)
-        envs: dict[str, int] = {}
         templates: dict[int, Templates] = {}
         names, items, kinds, finals, graph_of = flat.names, flat.items, flat.kinds, flat.finals, flat.graph_of
         payload = int(JobKind.PAYLOAD)
 
-        def generate_rows() -> Iterator[tuple]:
+        checks = (
+            _resource_check(site),
+            job_attribute_check(config, site.compute_site, site.executor_labels()),
+        )
+
+        def generate_rows() -> Generator[JobRow, None, list[str]]:
+            """The job rows, checked; returns the distinct environment
+            scripts the rows' ``env_id`` index.
+            """
+            envs: dict[str, int] = {}
             for new, old in enumerate(order):
                 job = items[old]
                 kind = kinds[old]
                 if kind != payload:
-                    yield (new, names[old], job.label, kind, finals[old]) + (None,) * 18
+                    yield JobRow(new, names[old], job.label, kind, finals[old])
                     continue
                 graph_id = graph_of[old]
                 files = templates.get(graph_id)
@@ -254,46 +270,47 @@ class ParslWorkflow(BaseWmsWorkflow):
                     env_id = envs.setdefault(script, len(envs))
                 tags = job.tags
                 walltime = job.request_walltime
-                yield (
-                    (
-                        new,
-                        job.name,
-                        job.label,
-                        payload,
-                        finals[old],
-                        command,
-                        env_id,
-                        job.request_cpus,
-                        job.request_memory,
-                        job.request_memory_max,
-                        job.memory_multiplier,
-                        job.request_disk,
-                        None if walltime is None else str(walltime),
-                        None if job.priority is None else str(job.priority),
-                        default_retries if job.number_of_retries is None else int(job.number_of_retries),
-                        retry_codes(job.retry_unless_exit),
-                        subdir(job.label, tags),
-                        TAGS_JSON(tags) if tags else None,
-                        *_job_attributes(job),
-                    )
+                row = JobRow(
+                    id=new,
+                    name=job.name,
+                    label=job.label,
+                    kind=payload,
+                    final=finals[old],
+                    command=command,
+                    env_id=env_id,
+                    request_cpus=job.request_cpus,
+                    request_memory=job.request_memory,
+                    request_memory_max=job.request_memory_max,
+                    memory_multiplier=job.memory_multiplier,
+                    request_disk=job.request_disk,
+                    request_walltime=None if walltime is None else str(walltime),
+                    priority=None if job.priority is None else str(job.priority),
+                    retries=default_retries if job.number_of_retries is None else int(job.number_of_retries),
+                    retry_unless_exit=retry_codes(job.retry_unless_exit),
+                    log_dir=subdir(job.label, tags),
+                    tags=TAGS_JSON(tags) if tags else None,
+                    **_job_attributes(job),
                 )
+                for check in checks:
+                    check(row)
+                yield row
+            return list(envs)
 
-        rows = check_job_attributes(
-            _checked_rows(site, generate_rows()), config, site.compute_site, site.executor_labels()
-        )
+        rows = generate_rows()
         edges = ((new_id[i], new_id[c]) for i, kids in enumerate(flat.children) for c in kids)
 
         control = batch.control_run(submit_path)
         if control is not None:
             # `bps batch-prepare` of a running control run: `add_to_parent_workflow` adds these jobs.
             workflow = cls(generic_workflow.name, config, submit_path, control["run_id"])
-            workflow.payload = batch.Payload(list(rows), list(edges), list(envs))
+            jobs, envs = drain(rows)
+            workflow.payload = batch.Payload(jobs, list(edges), envs)
             return workflow
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
         meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)
         meta.update(batch.lazy_group_ids(generic_workflow, lambda name: new_id[flat.index(name)]))
         os.makedirs(submit_path, exist_ok=True)
-        RunStore.create(db_path(submit_path), meta, envs, rows, edges).close()
+        RunStore.create(db_path(submit_path), meta, rows, edges).close()
         return cls(generic_workflow.name, config, submit_path, run_id)
 
     def add_to_parent_workflow(self, config: BpsConfig) -> None:
@@ -332,61 +349,79 @@ class ParslWorkflow(BaseWmsWorkflow):
         """Nothing to do: `from_generic_workflow` already saved everything."""
 
 
-def _checked_rows(site: Any, rows: Iterator[tuple]) -> Iterator[tuple]:
-    """Pass rows on, checking that every job goes to an existing executor
-    that can ever hold it.
+def _resource_check(site: Any) -> Callable[[JobRow], None]:
+    """A check that a job goes to an existing executor that can ever hold it.
+
+    Parameters
+    ----------
+    site : `SiteConfig`
+        The run's site.
+
+    Returns
+    -------
+    check : `~collections.abc.Callable`
+        Called with every job row; raises `ConfigurationError` for a bad one.
     """
     from .job import ParslJob
 
     labels = set(site.executor_labels())
     capacities = {label: site.capacity(label) for label in labels}
     seen: set[tuple] = set()
-    request = itemgetter(2, 7, 8, 11, 12)  # label, cores, memory, disk, walltime
     payload = int(JobKind.PAYLOAD)
-    for row in rows:
-        yield row
-        if row[3] != payload:
-            continue
-        key = request(row)
+
+    def check(row: JobRow) -> None:
+        if row.kind != payload:
+            return
+        key = (row.label, row.request_cpus, row.request_memory, row.request_disk, row.request_walltime)
         if key in seen:
-            continue
+            return
         seen.add(key)
-        if row[12] is not None:
-            _check_walltime(row[12], row[1], row[2])
-        cpus = row[7] or 1
+        if row.request_walltime is not None:
+            _check_walltime(row.request_walltime, row.name, row.label)
+        cpus = row.request_cpus or 1
         job = ParslJob.for_attempt(
-            row[1], row[2], cpus, row[8], row[11], row[12], row[13], final=bool(row[4]), tags=row[17]
+            row.name,
+            row.label,
+            cpus,
+            row.request_memory,
+            row.request_disk,
+            row.request_walltime,
+            row.priority,
+            final=bool(row.final),
+            tags=row.tags,
         )
         try:
             label = site.select_executor(job)
         except Exception as exc:
             raise ConfigurationError(
-                f"site class {type(site).__name__}.select_executor failed for job '{row[1]}' (label "
-                f"'{row[2]}'): {type(exc).__name__}: {exc}: fix the site class or the job's requests"
+                f"site class {type(site).__name__}.select_executor failed for job '{row.name}' (label "
+                f"'{row.label}'): {type(exc).__name__}: {exc}: fix the site class or the job's requests"
             ) from None
         if label not in labels:
             raise ConfigurationError(
-                f"site class {type(site).__name__}.select_executor returned '{label}' for job '{row[1]}', "
+                f"site class {type(site).__name__}.select_executor returned '{label}' for job '{row.name}', "
                 f"but the site's executors are {sorted(labels)}: fix the site class or its executor labels"
             )
         cap = capacities[label]
         # The final job runs alone, after every other job ended, so it gets
         # the whole executor: its request (bps defaults: 16 cores, 32 GB) is
         # clamped to the capacity when it runs, never rejected.
-        if cap is None or row[4]:
-            continue
+        if cap is None or row.final:
+            return
         if cpus > cap.cores:
             raise ConfigurationError(
-                f"job '{row[1]}' asks for {cpus} cores (requestCpus) but executor '{label}' of "
-                f"{site.where} has {cap.cores}: lower requestCpus for label '{row[2]}' or raise "
+                f"job '{row.name}' asks for {cpus} cores (requestCpus) but executor '{label}' of "
+                f"{site.where} has {cap.cores}: lower requestCpus for label '{row.label}' or raise "
                 f"{site.where}.cores"
             )
-        if cap.memory and row[8] and row[8] > cap.memory:
+        if cap.memory and row.request_memory and row.request_memory > cap.memory:
             raise ConfigurationError(
-                f"job '{row[1]}' asks for {row[8]} MB (requestMemory) but executor '{label}' of "
-                f"{site.where} has {cap.memory} MB: lower requestMemory for label '{row[2]}' or raise "
+                f"job '{row.name}' asks for {row.request_memory} MB (requestMemory) but executor '{label}' of "
+                f"{site.where} has {cap.memory} MB: lower requestMemory for label '{row.label}' or raise "
                 f"{site.where}.memory"
             )
+
+    return check
 
 
 def _check_walltime(value: str, name: str, label: str) -> None:

@@ -31,7 +31,7 @@
 task as a process started by a small spawner process (module `spawner`,
 whose docstring documents the wire protocol; `wire` is the executor's side
 of it), within a core and memory budget. Python tasks (any function but
-`lsst.ctrl.bps.parsl.runner.run_job`) go through files to a fresh Python
+`lsst.ctrl.bps.parsl.run.runner.run_job`) go through files to a fresh Python
 process (`tasks`, `pytask`). Importing this package does not import Parsl:
 the names below are loaded when first used.
 """

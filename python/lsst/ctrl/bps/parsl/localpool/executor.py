@@ -33,7 +33,7 @@ is this side of it) starts once the task's cores and memory fit in the
 pool's budget, first come first served. One admission control, one way to
 start and to kill processes:
 
-- a job attempt, i.e. `lsst.ctrl.bps.parsl.runner.run_job` (also as Parsl's
+- a job attempt, i.e. `lsst.ctrl.bps.parsl.run.runner.run_job` (also as Parsl's
   ``python_app`` wraps it, and under Parsl monitoring's wrapper), is not
   called in Python: the spawner starts the job's shell script directly
   (`lsst_ctrl_bps_parsl_worker.processes.Launcher.spawn_job`: the program the
@@ -76,6 +76,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from lsst_ctrl_bps_parsl_worker import spawner
 from lsst_ctrl_bps_parsl_worker.job import NotStartedError
 
 from parsl.executors.base import ParslExecutor
@@ -83,9 +84,10 @@ from parsl.executors.errors import InvalidResourceSpecification
 from parsl.monitoring.radios.multiprocessing import MultiprocessingQueueRadio
 from parsl.utils import RepresentationMixin
 
-from . import spawner
+from ..parslcompat import unwrap_monitoring
+from ..records import AttemptResult
 from .tasks import PythonTasks, Task, TaskProcessError, is_run_job, report_try
-from .wire import STOP, AttemptResult, encode, job_request, parse_reply, resume_request
+from .wire import STOP, encode, job_request, parse_reply, resume_request
 
 __all__ = ("LocalPoolExecutor", "NotStartedError", "PoolLostError", "TaskProcessError")
 
@@ -249,12 +251,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             number, or more cores or memory than the pool has.
         """
         cores, memory, time_limit = self._resources(resource_specification)
-        monitoring = None
-        if "_parsl_monitoring_task_id" in kwargs and hasattr(func, "__wrapped__"):
-            # Parsl monitoring's wrapper: run what it wraps, report the try here.
-            kwargs = dict(kwargs)
-            monitoring = (kwargs.pop("_parsl_monitoring_task_id"), kwargs.pop("_parsl_monitoring_try_id"))
-            func = func.__wrapped__
+        # Parsl monitoring's wrapper: run what it wraps, report the try here.
+        func, kwargs, monitoring = unwrap_monitoring(func, kwargs)
         future: Future = Future()
         with self._lock:
             number = self._next_id

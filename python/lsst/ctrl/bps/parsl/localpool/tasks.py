@@ -39,22 +39,24 @@ import pickle
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+import lsst_ctrl_bps_parsl_worker
 from lsst_ctrl_bps_parsl_worker.job import run_job
 from lsst_ctrl_bps_parsl_worker.processes import quote
 
 from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
-from parsl.monitoring.message_type import MessageType
 from parsl.serialize import deserialize, pack_apply_message
 
-from .wire import AttemptResult
+from ..parslcompat import try_message_type
+from ..records import AttemptResult
 
 __all__ = ("PythonTasks", "Task", "TaskProcessError", "is_run_job", "report_try")
 
-_PYTASK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytask.py")
+_PYTASK = os.path.join(os.path.dirname(os.path.abspath(lsst_ctrl_bps_parsl_worker.__file__)), "pytask.py")
 _WRAP_ERROR_CODE = wrap_error(run_job).__code__
 """Code of the wrapper Parsl's ``python_app`` puts around its function."""
 _SUFFIXES = (".task", ".result", ".out", ".err")
@@ -185,11 +187,12 @@ def report_try(queue: Any, run_id: str | None, ids: tuple[int, int], result: Att
     """
     if queue is None:
         return
-    _, _, start, end, host, _ = result
-    for first, when in ((True, start if start is not None else end), (False, end)):
+    end = result.end if result.end is not None else time.time()
+    host = result.host
+    for first, when in ((True, result.start if result.start is not None else end), (False, end)):
         queue.put(
             (
-                MessageType.WORKER_TASK_INFO,
+                try_message_type(),
                 {
                     "run_id": run_id,
                     "try_id": ids[1],

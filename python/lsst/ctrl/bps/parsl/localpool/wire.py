@@ -26,7 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """The executor's side of the spawner's wire protocol (documented in
-`lsst.ctrl.bps.parsl.localpool.spawner`): request lines out, reply lines in.
+`lsst_ctrl_bps_parsl_worker.spawner`): request lines out, reply lines in.
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ from typing import Any
 
 from lsst_ctrl_bps_parsl_worker.job import NotStartedError
 
-__all__ = ("STOP", "AttemptResult", "encode", "job_request", "parse_reply", "resume_request")
+from ..records import AttemptResult
+
+__all__ = ("STOP", "encode", "job_request", "parse_reply", "resume_request")
 
 _HOST = socket.gethostname()
-
-AttemptResult = tuple[int, int | None, float | None, float, str, bool]
-"""(exit code, signal, start, end, host, timed out), as `run_job` returns."""
 
 STOP = b'{"op": "stop"}\n'
 """The request that fails queued jobs and kills running ones."""
@@ -101,7 +100,7 @@ def parse_reply(line: bytes) -> tuple[int, AttemptResult | BaseException]:
     number, code, sig, start, end, timed_out = line.split()
     if start == b"-":
         return int(number), NotStartedError("the job was not started: the pool is stopping")
-    return int(number), (
+    return int(number), AttemptResult(
         int(code),
         None if sig == b"-" else int(sig),
         None if start == b"?" else float(start),

@@ -34,8 +34,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..commands import environment_script
 from ..configuration import ConfigurationError, get_workflow_name
+from ..prepare.commands import environment_script
 from .batchsite import BatchSite, heartbeat_reserved, htex_defaults, htex_spec, normalize_walltime
 from .options import build, build_launcher, check_options
 

@@ -56,6 +56,8 @@ block that had workers and then failed as a sign of a broken batch system.
 
 from __future__ import annotations
 
+from ..parslcompat import hold_block
+
 __all__ = ("LOST_TO_NODE", "SLURM_STATES", "SlurmProvider", "tolerate_lost_blocks")
 
 import inspect
@@ -278,15 +280,13 @@ def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobS
     them new tasks until their heartbeats expire.
     """
     held = _HELD_BLOCKS.setdefault(executor, set())
-    hold = getattr(executor, "_hold_block", None)
     for block, block_status in status.items():
         if block_status.terminal and block_status.state != JobState.SCALED_IN and block not in held:
             held.add(block)
-            if hold is not None:
-                try:
-                    hold(block)
-                except Exception as exc:  # noqa: BLE001 (the interchange may be gone; the heartbeat still works)
-                    _LOG.warning("Could not hold the worker pools of ended block %s: %s", block, exc)
+            try:
+                hold_block(executor, block)
+            except Exception as exc:  # noqa: BLE001 (the interchange may be gone; the heartbeat still works)
+                _LOG.warning("Could not hold the worker pools of ended block %s: %s", block, exc)
     lost = getattr(executor.provider, "lost_blocks", {})
     kept = {
         block: s

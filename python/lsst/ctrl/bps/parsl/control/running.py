@@ -1,0 +1,318 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Which job attempts of a run are running now, and how to stop them.
+
+Two sources, both in ``<submit>/parsl/running/``: a file per running attempt
+(``<job>.<attempt>``, holding ``<host> <pid> <token>``) written by
+`runner.run_job` on Parsl workers, and the journals of the local pool's
+spawners (``spawner.<host>.<pid>``, see `lsst_ctrl_bps_parsl_worker.journal`).
+Stopping a run does not need them: every process of a run carries its token
+(`kill_attempts`).
+
+A restart kills what still runs on its own host (`kill_running_jobs`). It
+cannot reach another host's processes: a spawner there outlives its driver
+and lets its running jobs finish. `spawners_elsewhere` reads the journals of
+other hosts' spawners first: a fresh one (refreshed within the run's
+``parslDriverStaleAfter``, by the file system's clock) that lists attempts
+whose logs hold no exit status refuses the restart; a stale one (its spawner
+or host is gone) is taken as ended and removed once its attempts are settled
+(`forget_journals`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lsst_ctrl_bps_parsl_worker.exits import zombie_exit_code
+from lsst_ctrl_bps_parsl_worker.journal import (
+    JOURNAL_PREFIX,
+    JOURNAL_REFRESH,
+    journal_snapshot,
+    read_journal,
+)
+from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
+
+from ..store.attemptlogs import exit_status_from_log
+from .claim import DriverBusyError, driver_stale_after
+from .liveness import file_clock
+
+if TYPE_CHECKING:
+    from lsst.ctrl.bps import BpsConfig
+
+    from ..store.recorder import Recorder
+
+__all__ = (
+    "JobsRunElsewhereError",
+    "StaleJournal",
+    "forget_journals",
+    "kill_running_jobs",
+    "running_attempts",
+    "running_job_ids",
+    "spawners_elsewhere",
+)
+
+_HOST = socket.gethostname()
+_UNREAPED_WAIT = 2.0
+"""Seconds `kill_running_jobs` waits for ended jobs of a live spawner to be reaped."""
+_NAMES_SHOWN = 3
+"""Jobs a refused restart names before "and N more"."""
+
+
+class JobsRunElsewhereError(DriverBusyError):
+    """Jobs of the run still run under a live spawner on another host."""
+
+
+@dataclass(frozen=True)
+class StaleJournal:
+    """The journal of a spawner on another host that stopped refreshing it."""
+
+    path: str
+    host: str
+    attempts: list[tuple[int, int]]
+    """(job, attempt) of each attempt it says runs."""
+
+
+def _journals(names: list[str]) -> Iterator[tuple[str, str, int]]:
+    """(file name, host, spawner pid) of each journal among ``names``."""
+    for name in names:
+        if not name.startswith(JOURNAL_PREFIX) or name.endswith(".tmp"):
+            continue
+        host, _, pid = name[len(JOURNAL_PREFIX) :].rpartition(".")
+        if pid.isdigit():
+            yield name, host, int(pid)
+
+
+def running_attempts(running_dir: str) -> Iterator[tuple[str, int, str]]:
+    """Yield ``(host, process group, token)`` of each attempt said to run."""
+    try:
+        names = os.listdir(running_dir)
+    except OSError:
+        return
+    for name, host, _ in _journals(names):
+        for pid, token in read_journal(os.path.join(running_dir, name)).items():
+            yield host, pid, token
+    for name in names:
+        if name.startswith(JOURNAL_PREFIX):
+            continue
+        try:
+            with open(os.path.join(running_dir, name)) as stream:
+                host, pid_text, token = stream.read().split()
+            yield host, int(pid_text), token
+        except (OSError, ValueError):
+            continue
+
+
+def running_job_ids(running_dir: str) -> set[int]:
+    """Ids of the jobs with an attempt said to run."""
+    try:
+        names = os.listdir(running_dir)
+    except OSError:
+        return set()
+    ids = {int(name.split(".", 1)[0]) for name in names if name.split(".", 1)[0].isdigit()}
+    for name, _, _ in _journals(names):
+        for token in read_journal(os.path.join(running_dir, name)).values():
+            job = token.rsplit("/", 2)
+            if len(job) == 3 and job[1].isdigit():
+                ids.add(int(job[1]))
+    return ids
+
+
+def kill_running_jobs(running_dir: str, run_id: str) -> int:
+    """Kill every process of this run on this host (`kill_attempts`
+    with the run's token prefix: job shells, their children, and whatever
+    left their process group or session), SIGTERM then SIGKILL.
+
+    A process is signalled only if its own ``/proc`` entry carries this run's
+    token, so a reused pid is never hit. Journals of spawners that are gone
+    are removed afterwards; the jobs of live ones that ended are given up to
+    ``_UNREAPED_WAIT`` seconds to be reaped, so that their logs hold their
+    exit status. Returns how many processes were found.
+    """
+    killed = kill_attempts(run_prefix=run_id + "/")
+    try:
+        names = os.listdir(running_dir)
+    except OSError:
+        names = []
+    ended: set[int] = set()
+    for name, host, pid in _journals(names):
+        if host != _HOST:
+            continue
+        if _alive(pid):
+            ended |= set(read_journal(os.path.join(running_dir, name)))
+        else:
+            try:
+                os.unlink(os.path.join(running_dir, name))
+            except OSError:
+                pass
+    # A job of a live spawner that ended is reaped, its exit status logged, in a moment.
+    deadline = time.monotonic() + _UNREAPED_WAIT
+    while time.monotonic() < deadline and any(zombie_exit_code(pid) is not None for pid in ended):
+        time.sleep(0.01)
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _attempt_of(token: str, recorder: Recorder) -> tuple[int, int] | None:
+    """(job, attempt) of a token ``<run>/<job>/<attempt>`` of this run, or `None`."""
+    fields = token.rsplit("/", 2)
+    if len(fields) != 3 or not fields[1].isdigit() or not fields[2].isdigit():
+        return None
+    job, attempt = int(fields[1]), int(fields[2])
+    return (job, attempt) if job < len(recorder.rows) else None
+
+
+def _journal_age(info: os.stat_result, parsl_dir: str) -> float:
+    """Seconds since a journal was last written or refreshed, by the file
+    system's clock (this host's if no probe file can be made there).
+    """
+    now = file_clock(parsl_dir)
+    return (now if now is not None else time.time()) - info.st_mtime
+
+
+def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
+    """Watch a journal that looks stale for two refreshes and a second:
+    whether it is written or refreshed meanwhile (this host's monotonic
+    clock only, so a lagging clock or attribute cache cannot make a live
+    spawner look gone).
+    """
+    seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+    deadline = time.monotonic() + min(stale_after, 2 * JOURNAL_REFRESH + 1.0)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = journal_snapshot(path)
+        if found is None:
+            return False
+        now = found[2]
+        if (now.st_ino, now.st_size, now.st_mtime_ns) != seen:
+            return True
+    return False
+
+
+def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) -> list[StaleJournal]:
+    """Check the journals of local-pool spawners on other hosts before a
+    restart settles what a driver that died left.
+
+    Reads only (and creates the file-clock probe in ``parsl/``).
+
+    Parameters
+    ----------
+    running_dir : `str`
+        The run's ``parsl/running`` directory.
+    config : `lsst.ctrl.bps.BpsConfig`
+        The run's configuration: a journal older than its
+        ``parslDriverStaleAfter`` (file system clock) that stays still
+        while watched was left by a spawner that is gone.
+    recorder : `Recorder`
+        The run's recorder (job names and log paths).
+
+    Returns
+    -------
+    stale : `list` [`StaleJournal`]
+        Journals whose spawner is gone: their attempts count as ended.
+
+    Raises
+    ------
+    JobsRunElsewhereError
+        If a live spawner on another host still runs attempts whose logs
+        hold no exit status.
+    """
+    try:
+        names = os.listdir(running_dir)
+    except OSError:
+        return []
+    parsl_dir = os.path.dirname(running_dir)
+    stale_after = driver_stale_after(config)
+    stale: list[StaleJournal] = []
+    live: dict[str, list[tuple[int, int]]] = {}
+    for name, host, _ in _journals(names):
+        if host == _HOST:
+            continue
+        path = os.path.join(running_dir, name)
+        found = journal_snapshot(path)
+        if found is None:
+            continue
+        running, _, info = found
+        attempts = sorted(filter(None, (_attempt_of(token, recorder) for token in running.values())))
+        fresh = _journal_age(info, parsl_dir) <= max(stale_after, 2 * JOURNAL_REFRESH)
+        if not fresh and not _journal_moves(path, info, stale_after):
+            stale.append(StaleJournal(path, host, attempts))
+            continue
+        unended = [a for a in attempts if exit_status_from_log(recorder.stderr_of(*a)) is None]
+        if unended:
+            live.setdefault(host, []).extend(unended)
+    if live:
+        host = sorted(live)[0]
+        raise JobsRunElsewhereError(_refusal(recorder, host, live[host], len(live) - 1))
+    return stale
+
+
+def _refusal(recorder: Recorder, host: str, attempts: list[tuple[int, int]], other_hosts: int) -> str:
+    names = sorted({recorder.rows[job].name for job, _ in attempts})
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    if len(names) > _NAMES_SHOWN:
+        shown += f" and {len(names) - _NAMES_SHOWN} more"
+    elsewhere = f" (and jobs on {other_hosts} other host(s))" if other_hosts else ""
+    return (
+        f"{recorder.submit_path}: job(s) {shown} of the driver that died still run on {host}{elsewhere}, "
+        f"under its local job pool, which this host cannot stop: run 'bps restart' on {host}, which stops "
+        "them, or wait until they end"
+    )
+
+
+def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
+    """Remove the journals of spawners that are gone, once their attempts
+    are settled; an attempt whose log holds no exit status says why it was
+    taken as ended.
+    """
+    for journal in stale:
+        for job, attempt in journal.attempts:
+            stderr = recorder.stderr_of(job, attempt)
+            if os.path.exists(stderr) and exit_status_from_log(stderr) is None:
+                append_note(
+                    stderr,
+                    f"[bps-parsl] the local job pool on {journal.host} stopped refreshing its journal "
+                    "(its spawner or host is gone) while this attempt ran: taken as ended\n",
+                )
+        try:
+            os.unlink(journal.path)
+        except OSError:
+            pass

@@ -1,0 +1,218 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Batch submission (``bpsBatchSubmission: true``): the payload joins the
+run that prepared it.
+
+``bps submit`` then prepares a *control* workflow: a ``buildQuantumGraph``
+job and a lazy group (``preparePayloadWorkflow``) whose job runs ``bps
+batch-prepare``. That command prepares the payload workflow into the same
+submit directory and calls `ParslWorkflow.add_to_parent_workflow`, which
+appends the payload's jobs and edges to the running run's store, below the
+lazy group's node, in one transaction. The lazy group's node stays
+unfinished until its job has ended; the driver then loads the jobs added
+to the store (`Driver`), so the payload runs in the same run: same store,
+report, cancel and restart, and its final job after all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..configuration import ConfigurationError
+from ..records import JobRow
+from ..store.runstore import JobState, RunStore, StateStoreError, db_path
+
+__all__ = ("LAZY_GROUPS", "Payload", "control_run", "join_payload", "lazy_group_ids")
+
+LAZY_GROUPS = "batch_lazy_groups"
+"""Run metadata: ``{name: id}`` of the lazy groups of a control workflow."""
+_LOG = logging.getLogger(__name__)
+
+JOINED = "batch_joined"
+"""Run metadata: ids of the lazy groups whose payload joined the run."""
+
+
+@dataclass
+class Payload:
+    """A payload workflow prepared for a running control run (ids from 0)."""
+
+    rows: list[JobRow]
+    edges: list[tuple[int, int]]
+    envs: list[str] = field(default_factory=list)
+
+
+def lazy_group_ids(generic_workflow: Any, node_id: Any) -> dict[str, dict[str, int]]:
+    """Run metadata naming the lazy groups of a control workflow (empty when
+    there are none, or when this lsst-ctrl-bps has no lazy groups).
+
+    Parameters
+    ----------
+    generic_workflow : `lsst.ctrl.bps.GenericWorkflow`
+        The workflow being prepared.
+    node_id : callable
+        Stored id of the node of a name.
+    """
+    try:
+        from lsst.ctrl.bps import GenericWorkflowLazyGroup  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return {}
+    lazy = {
+        name: node_id(name)
+        for name in generic_workflow
+        if isinstance(generic_workflow.get_job(name), GenericWorkflowLazyGroup)
+    }
+    return {LAZY_GROUPS: lazy} if lazy else {}
+
+
+def control_run(submit_path: str) -> dict[str, Any] | None:
+    """The metadata of the control run in ``submit_path`` whose payload is
+    being prepared there, or `None` when the directory holds no control run.
+    """
+    path = db_path(submit_path)
+    if not os.path.exists(path):
+        return None
+    store = RunStore(path, readonly=True)
+    try:
+        meta = store.meta()
+    finally:
+        store.close()
+    return meta if meta.get(LAZY_GROUPS) else None
+
+
+def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
+    """Append a payload's jobs, environments and edges to the run in
+    ``submit_path``, below its lazy group, in one transaction.
+
+    A payload that already joined (a rerun of the lazy group's job, e.g.
+    after a restart) is not added again.
+
+    Returns
+    -------
+    group, added : `tuple` [`str`, `int`]
+        The lazy group the payload joined and the number of jobs added.
+
+    Raises
+    ------
+    ConfigurationError
+        If the run has no lazy group waiting for a payload, or job names
+        clash.
+    StateStoreError
+        If the store cannot be written.
+    """
+    path = db_path(submit_path)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+    except sqlite3.Error as exc:
+        raise StateStoreError(f"{path}: cannot open the run-state database ({exc})") from None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        groups: dict[str, int] = meta.get(LAZY_GROUPS) or {}
+        joined: list[int] = meta.get(JOINED) or []
+        waiting = {name: i for name, i in groups.items() if i not in joined}
+        if not waiting:
+            conn.execute("ROLLBACK")
+            if groups:
+                _LOG.info("the payload already joined run %s: not added again", meta.get("run_id"))
+                return next(iter(groups)), 0
+            raise ConfigurationError(
+                f"{path}: run {meta.get('run_id')} has no lazy group: only a run submitted with "
+                "'bpsBatchSubmission: true' takes a payload"
+            )
+        if len(waiting) > 1:
+            conn.execute("ROLLBACK")
+            raise ConfigurationError(
+                f"{path}: lazy groups {sorted(waiting)} all wait for a payload: this plugin joins one"
+            )
+        group, group_id = next(iter(waiting.items()))
+        offset = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM jobs").fetchone()[0]
+        env_ids = _add_envs(conn, payload.envs)
+        rows = [_shifted(row, offset, env_ids) for row in payload.rows]
+        if rows:
+            conn.executemany("INSERT INTO jobs VALUES (" + ",".join("?" * len(JobRow._fields)) + ")", rows)
+        conn.executemany(
+            "INSERT INTO edges VALUES (?, ?)", ((p + offset, c + offset) for p, c in payload.edges)
+        )
+        conn.executemany(
+            "INSERT INTO edges VALUES (?, ?)", ((group_id, i) for i in _entries(payload, offset))
+        )
+        conn.execute(
+            f"INSERT INTO status (job, state) SELECT id, {JobState.UNREADY} FROM jobs WHERE id >= ?",
+            (offset,),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (JOINED, json.dumps(sorted([*joined, group_id])))
+        )
+        conn.execute("COMMIT")
+        _LOG.info("%d payload jobs joined run %s below %s", len(rows), meta.get("run_id"), group)
+        return group, len(rows)
+    except sqlite3.IntegrityError as exc:
+        raise ConfigurationError(
+            f"{path}: the payload's jobs cannot join the run ({exc}): a payload job has the name of a "
+            "control job; rename that label"
+        ) from None
+    except sqlite3.Error as exc:
+        raise StateStoreError(f"{path}: cannot add the payload's jobs to the run ({exc})") from None
+    finally:
+        conn.close()
+
+
+def _add_envs(conn: sqlite3.Connection, envs: Iterable[str]) -> list[int]:
+    """Store the environment scripts the run does not have; their ids."""
+    known = {script: i for i, script in conn.execute("SELECT id, script FROM envs")}
+    next_id = max(known.values(), default=-1) + 1
+    ids = []
+    for script in envs:
+        if script not in known:
+            conn.execute("INSERT INTO envs VALUES (?, ?)", (next_id, script))
+            known[script] = next_id
+            next_id += 1
+        ids.append(known[script])
+    return ids
+
+
+def _shifted(row: JobRow, offset: int, env_ids: list[int]) -> JobRow:
+    """A payload job row with its id after the run's jobs and its
+    environment id in the run's numbering.
+    """
+    env_id = None if row.env_id is None else env_ids[row.env_id]
+    return row._replace(id=row.id + offset, env_id=env_id)
+
+
+def _entries(payload: Payload, offset: int) -> list[int]:
+    """Ids of the payload's jobs without parents, but for the final ones
+    (which run after all others anyway).
+    """
+    has_parent = {child for _, child in payload.edges}
+    return [row.id + offset for row in payload.rows if row.id not in has_parent and not row.final]

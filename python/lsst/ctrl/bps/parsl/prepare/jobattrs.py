@@ -1,0 +1,288 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""BPS job attributes that the HTCondor plugin honours, and this plugin too:
+``concurrencyLimit``, ``abortOnValue``/``abortReturnValue``, ``computeSite``
+and ``queue`` per job.
+
+- **Concurrency limits.** A job's ``concurrencyLimit`` names limits as
+  HTCondor does: ``name`` or ``name:units``, comma-separated (units: 1 by
+  default; names are case-insensitive). At most ``N`` units of a limit are
+  held by running jobs at once, across the run, where ``N`` comes from the
+  ``concurrencyLimits`` mapping (``site.<computeSite>`` first, then the top
+  level of the submit YAML), with `DEFAULT_LIMITS` underneath. A name
+  without an entry is refused at prepare (one line naming the job).
+- **Abort.** A job exiting with its ``abortOnValue`` stops the whole run, as
+  DAGMan's ``ABORT-DAG-ON``: running jobs are killed, the others are
+  recorded DELETED, the final job still runs (as DAGMan's FINAL node), and
+  the run ends with status ``abortReturnValue`` (default: that exit value).
+- **Compute site and queue.** A job's ``computeSite`` or ``queue`` that
+  names one of the site's executor labels sends the job there; any other
+  value (other than the run's own ``computeSite``) is ignored with one
+  warning per label at prepare.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lsst.ctrl.bps import BpsConfig
+
+from ..configuration import ConfigurationError, dispatch_order
+from ..records import JobRow
+
+__all__ = (
+    "DEFAULT_LIMITS",
+    "ConcurrencyGate",
+    "abort_status",
+    "job_attribute_check",
+    "concurrency_limits",
+    "parse_concurrency_limit",
+    "route",
+    "walltime_seconds",
+)
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_LIMITS: dict[str, float] = {"db_limit": 1}
+"""Limits known without configuration: ``db_limit``, which ctrl_bps's
+defaults give the final job."""
+
+
+def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], ...]:
+    """``name[:units], ...`` as ``((name, units), ...)``, names in lower case.
+
+    Raises
+    ------
+    ConfigurationError
+        If an entry is empty or its units are not a number greater than 0.
+    """
+    entries = []
+    for part in text.split(","):
+        name, _, units_text = part.strip().partition(":")
+        name = name.strip().lower()
+        try:
+            units = float(units_text) if units_text.strip() else 1.0
+        except ValueError:
+            units = -1.0
+        if not name or not units > 0 or units == float("inf"):
+            raise ConfigurationError(
+                f"concurrencyLimit {text!r} of {where}: write 'name' or 'name:units' (units > 0), "
+                "comma-separated"
+            )
+        entries.append((name, units))
+    return tuple(entries)
+
+
+def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str, float]:
+    """The run's limits: `DEFAULT_LIMITS`, then the top-level
+    ``concurrencyLimits``, then ``site.<computeSite>.concurrencyLimits``.
+
+    Raises
+    ------
+    ConfigurationError
+        If a mapping or one of its values is malformed.
+    """
+    limits = dict(DEFAULT_LIMITS)
+    keys = [".concurrencyLimits"]
+    if compute_site:
+        keys.append(f".site.{compute_site}.concurrencyLimits")
+    for key in keys:
+        found, table = config.search(key, opt={"default": None})
+        if not found or table is None:
+            continue
+        where = key.lstrip(".")
+        if not isinstance(table, BpsConfig | dict):
+            raise ConfigurationError(
+                f"'{where}' is {table!r}: give a mapping of limit name to a number, e.g. {{db_limit: 1}}"
+            )
+        for name, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(
+                    f"'{where}.{name}' is {value!r}: give the units that may be held at once, a number > 0"
+                )
+            limits[str(name).lower()] = float(value)
+    return limits
+
+
+def _int_or_none(value: Any, key: str, row: JobRow) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigurationError(
+            f"{key} of job '{row.name}' (label '{row.label}') is {value!r}: it must be an integer exit status"
+        )
+
+
+def job_attribute_check(
+    config: BpsConfig, compute_site: str | None, labels: Sequence[str]
+) -> Callable[[JobRow], None]:
+    """A check of each job row's concurrency limits and abort values
+    (`ConfigurationError`, one line naming the job) that also warns, once
+    per label, of a ``computeSite`` or ``queue`` that nothing here maps.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        BPS configuration (``concurrencyLimits``, ``parslDispatchOrder``).
+    compute_site : `str` or `None`
+        The run's ``computeSite``.
+    labels : `~collections.abc.Sequence` [`str`]
+        The site's executor labels.
+
+    Returns
+    -------
+    check : `~collections.abc.Callable`
+        Called with every job row; raises `ConfigurationError` for a bad one.
+    """
+    dispatch_order(config)  # a run-wide key, refused here rather than when the driver starts
+    limits = concurrency_limits(config, compute_site)
+    checked: set[str] = set()
+    warned: set[tuple[str, str]] = set()
+
+    def check(row: JobRow) -> None:
+        limit, site, queue = row.concurrency_limit, row.compute_site, row.queue
+        if limit is None and row.abort_on_value is None and row.abort_return_value is None and queue is None:
+            if site is None or site == compute_site:
+                return
+        if limit and limit not in checked:
+            where = f"job '{row.name}' (label '{row.label}')"
+            for name, units in parse_concurrency_limit(limit, where):
+                if name not in limits:
+                    raise ConfigurationError(
+                        f"{where} holds concurrency limit '{name}', which no 'concurrencyLimits' entry "
+                        f"defines: add e.g. 'concurrencyLimits: {{{name}: 1}}' to the submit YAML"
+                    )
+                if units > limits[name]:
+                    raise ConfigurationError(
+                        f"{where} holds {units:g} units of concurrency limit '{name}', which allows "
+                        f"{limits[name]:g}: raise 'concurrencyLimits.{name}' or lower the job's units"
+                    )
+            checked.add(limit)
+        _int_or_none(row.abort_on_value, "abortOnValue", row)
+        _int_or_none(row.abort_return_value, "abortReturnValue", row)
+        for key, value in (("computeSite", site), ("queue", queue)):
+            if not value or value in labels or (key == "computeSite" and value == compute_site):
+                continue
+            if (row.label, key) in warned:
+                continue
+            warned.add((row.label, key))
+            _LOG.warning(
+                "jobs of label '%s' ask for %s '%s', which is not an executor of site '%s' (executors: %s): "
+                "ignored; the site chooses their executor",
+                row.label,
+                key,
+                value,
+                compute_site,
+                ", ".join(labels),
+            )
+
+    return check
+
+
+def route(row: JobRow, labels: Sequence[str]) -> str | None:
+    """The executor a job's ``computeSite`` or ``queue`` names, if any."""
+    for value in (row.compute_site, row.queue):
+        if value and value in labels:
+            return value
+    return None
+
+
+def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:
+    """The run's status if an attempt's exit aborts the run, else `None`."""
+    if row.abort_on_value is None or signal is not None or exit_code != row.abort_on_value:
+        return None
+    return exit_code if row.abort_return_value is None else row.abort_return_value
+
+
+class ConcurrencyGate:
+    """The units of each concurrency limit held by running jobs, and the
+    ready jobs waiting for some.
+
+    Parameters
+    ----------
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The run's jobs, by id.
+    limits : `dict` [`str`, `float`]
+        Units of each limit (`concurrency_limits`).
+    """
+
+    def __init__(self, rows: Sequence[JobRow], limits: dict[str, float]):
+        self.limits = limits
+        self.held: dict[str, float] = dict.fromkeys(limits, 0.0)
+        parsed: dict[str, tuple[tuple[str, float], ...]] = {}
+        self.needs: dict[int, tuple[tuple[str, float], ...]] = {}
+        for row in rows:
+            if row.concurrency_limit:
+                if row.concurrency_limit not in parsed:
+                    parsed[row.concurrency_limit] = parse_concurrency_limit(
+                        row.concurrency_limit, f"job '{row.name}'"
+                    )
+                self.needs[row.id] = parsed[row.concurrency_limit]
+        self.waiting: list[int] = []
+        """Ready jobs that found a limit full, in the order they came."""
+        self._holding: set[int] = set()
+
+    def acquire(self, job: int) -> bool:
+        """Take a job's units; `False` (and the job waits) if a limit is full."""
+        needs = self.needs.get(job)
+        if not needs:
+            return True
+        for name, units in needs:
+            if self.held.get(name, 0.0) + units > self.limits.get(name, float("inf")) + 1e-9:
+                self.waiting.append(job)
+                return False
+        for name, units in needs:
+            self.held[name] = self.held.get(name, 0.0) + units
+        self._holding.add(job)
+        return True
+
+    def release(self, job: int) -> list[int]:
+        """Give back a job's units (once per acquire); returns the waiting
+        jobs, which the caller makes ready again.
+        """
+        if job not in self._holding:
+            return []
+        self._holding.discard(job)
+        for name, units in self.needs[job]:
+            self.held[name] -= units
+        woken, self.waiting = self.waiting, []
+        return woken
+
+
+def walltime_seconds(value: str | None) -> float | None:
+    """A job's ``requestWalltime`` in seconds (a bare number is minutes, as
+    in BPS; `None` where it is not set).
+    """
+    if not value:
+        return None
+    try:
+        return float(value) * 60.0
+    except ValueError:
+        from ..configuration import parse_walltime
+
+        return float(parse_walltime(value, "requestWalltime"))

@@ -1,0 +1,349 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+
+"""The run page's data: what `page` shows, read from the run's store in
+one read transaction, and the helpers that format it.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import signal
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from lsst.ctrl.bps import WmsStates
+
+from ..records import SessionRow
+from ..store.runstore import (
+    DELETED,
+    FAILED,
+    PENDING,
+    READY,
+    RUNNING,
+    SUCCEEDED,
+    JobKind,
+    RunStore,
+    db_path,
+    store_error,
+)
+from .reports import job_state, run_state, running_jobs
+
+__all__ = ("RunData", "read_run")
+
+MAX_DRAWN_ATTEMPTS = 5000
+"""Above this many attempts the timeline shows jobs running per host over
+time instead of one bar per attempt."""
+MAX_LISTED = 500
+"""Rows listed in the failure table and in the retry table each."""
+MAX_TAILS = 50
+"""Failures shown with the tail of their stderr log."""
+TAIL_BYTES = 4096
+TAIL_LINES = 30
+AGGREGATE_BINS = 300
+
+_IN_FLIGHT = (PENDING, RUNNING, READY)
+_STATE_ORDER = (
+    WmsStates.SUCCEEDED,
+    WmsStates.RUNNING,
+    WmsStates.PENDING,
+    WmsStates.READY,
+    WmsStates.UNREADY,
+    WmsStates.FAILED,
+    WmsStates.PRUNED,
+    WmsStates.DELETED,
+    WmsStates.UNKNOWN,
+    WmsStates.HELD,
+    WmsStates.MISFIT,
+)
+_ALWAYS_SHOWN = (WmsStates.SUCCEEDED, WmsStates.RUNNING, WmsStates.FAILED, WmsStates.PRUNED)
+_UNSAFE_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
+
+_STATE_COLOURS = {
+    WmsStates.SUCCEEDED: "#2e8b57",
+    WmsStates.RUNNING: "#1f77b4",
+    WmsStates.PENDING: "#9ecae1",
+    WmsStates.READY: "#f2c14e",
+    WmsStates.UNREADY: "#d9d9d9",
+    WmsStates.FAILED: "#d62728",
+    WmsStates.PRUNED: "#9467bd",
+    WmsStates.DELETED: "#555555",
+    WmsStates.UNKNOWN: "#ff7f0e",
+    WmsStates.HELD: "#8c564b",
+    WmsStates.MISFIT: "#e377c2",
+}
+
+_ATTEMPT_CLASSES = {
+    "ok": ("succeeded", _STATE_COLOURS[WmsStates.SUCCEEDED]),
+    "fail": ("failed", _STATE_COLOURS[WmsStates.FAILED]),
+    "retry": ("did not succeed, retried", "#f28e2b"),
+    "del": ("stopped (cancel, driver stop)", _STATE_COLOURS[WmsStates.DELETED]),
+    "run": ("running or queued now", _STATE_COLOURS[WmsStates.RUNNING]),
+}
+
+
+def _e(value: object) -> str:
+    """Escape any value for HTML text or a quoted attribute."""
+    return html.escape(_UNSAFE_CHARACTERS.sub("\ufffd", str(value)), quote=True)
+
+
+def _iso(stamp: float | None) -> str:
+    """A ``<time>`` element (UTC; the page's script shows it in local time)."""
+    if stamp is None:
+        return ""
+    text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    return f'<time datetime="{text}">{text.replace("T", " ").replace("Z", " UTC")}</time>'
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _how_it_ended(state: int, exit_code: int | None, sig: int | None) -> str:
+    """Why an attempt ended, in words."""
+    if sig:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by {name} (exit {exit_code})"
+    if state == DELETED:
+        return "stopped by a cancel or a driver stop"
+    if exit_code is None:
+        return "no exit status recorded (its driver stopped while it ran)"
+    if exit_code == -1:
+        return "not run, or lost by the executor (see its stderr)"
+    return f"exit code {exit_code}"
+
+
+def _is_infrastructure(state: int, exit_code: int | None) -> bool:
+    """Whether an attempt ended through no fault of the job itself."""
+    return state == DELETED or exit_code is None or exit_code == -1
+
+
+@dataclass
+class _Attempt:
+    job: int
+    attempt: int
+    state: int
+    exit_code: int | None
+    start: float
+    end: float | None
+    host: str
+    retried: bool = False
+
+
+@dataclass
+class RunData:
+    """What the page shows, read in one snapshot of the store."""
+
+    submit_path: str
+    meta: dict
+    state: WmsStates
+    message: str
+    sessions: list[SessionRow]
+    label_counts: dict[str, dict[WmsStates, int]]
+    names: dict[int, tuple[str, str, str | None]] = field(default_factory=dict)
+    failures: list[tuple] = field(default_factory=list)
+    failure_count: int = 0
+    retries: list[tuple] = field(default_factory=list)
+    retry_count: int = 0
+    infrastructure_count: int = 0
+    attempt_count: int = 0
+    attempts: list[_Attempt] = field(default_factory=list)
+    time_range: tuple[float, float] | None = None
+    occupancy: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    generated: float = 0.0
+
+
+def read_run(submit_path: str, this_driver: bool) -> RunData:
+    """Read everything the page shows from the store, in one transaction."""
+    store = RunStore(db_path(submit_path), readonly=True)
+    try:
+        try:
+            data = store.read_snapshot(lambda: _read_snapshot(store, submit_path, this_driver))
+        except sqlite3.DatabaseError as exc:
+            raise store_error(store.path, exc) from None
+    finally:
+        store.close()
+    return data
+
+
+def _read_snapshot(store: RunStore, submit_path: str, this_driver: bool) -> RunData:
+    conn = store.conn
+    now = time.time()
+    state, message = run_state(store, submit_path, this_driver=this_driver)
+    alive = state == WmsStates.RUNNING
+    running = running_jobs(submit_path) if alive else set()
+    label_counts: dict[str, dict[WmsStates, int]] = {}
+    for label, value, count in conn.execute(
+        "SELECT j.label, s.state, COUNT(*) FROM jobs j JOIN status s ON s.job = j.id "
+        f"WHERE j.kind = {JobKind.PAYLOAD} GROUP BY j.label, s.state ORDER BY MIN(j.id)"
+    ):
+        if value in _IN_FLIGHT:
+            continue  # counted one by one below
+        counts = label_counts.setdefault(label, {})
+        counts[job_state(value, -1, alive, running)] = count
+    in_flight = ",".join(str(v) for v in _IN_FLIGHT)
+    for job_id, label, value in conn.execute(
+        "SELECT j.id, j.label, s.state FROM jobs j JOIN status s ON s.job = j.id "
+        f"WHERE j.kind = {JobKind.PAYLOAD} AND s.state IN ({in_flight}) ORDER BY j.id"
+    ):
+        counts = label_counts.setdefault(label, {})
+        shown = job_state(value, job_id, alive, running)
+        counts[shown] = counts.get(shown, 0) + 1
+    data = RunData(
+        submit_path=submit_path,
+        meta=store.meta(),
+        state=state,
+        message=message,
+        sessions=store.sessions(),
+        label_counts=label_counts,
+        generated=now,
+    )
+    data.failure_count = conn.execute(
+        f"SELECT COUNT(*) FROM status s JOIN jobs j ON j.id = s.job WHERE s.state = {FAILED} "
+        f"AND j.kind = {JobKind.PAYLOAD}"
+    ).fetchone()[0]
+    data.failures = conn.execute(
+        "SELECT j.id, j.name, j.label, j.log_dir, s.attempt, s.exit_code, s.signal, s.start, s.end, s.host "
+        f"FROM status s JOIN jobs j ON j.id = s.job WHERE s.state = {FAILED} AND j.kind = {JobKind.PAYLOAD} "
+        "ORDER BY s.end IS NULL, s.end, j.id LIMIT ?",
+        (MAX_LISTED,),
+    ).fetchall()
+    # An attempt that did not succeed and is followed by another one: a
+    # retry, or a rerun by a restart after a loss.
+    retried = f"a.state != {SUCCEEDED} AND a.attempt < s.attempt"
+    data.retry_count, data.infrastructure_count = conn.execute(
+        f"SELECT COUNT(*), COALESCE(SUM(a.state = {DELETED} OR a.exit_code IS NULL OR a.exit_code = -1), 0) "
+        f"FROM attempts a JOIN status s ON s.job = a.job WHERE {retried}"
+    ).fetchone()
+    data.retries = conn.execute(
+        "SELECT a.job, j.name, j.label, j.log_dir, a.attempt, a.session, a.state, a.exit_code, a.signal, "
+        "a.executor, a.start, a.end, a.host FROM attempts a JOIN status s ON s.job = a.job "
+        f"JOIN jobs j ON j.id = a.job WHERE {retried} ORDER BY a.end IS NULL, a.end, a.job LIMIT ?",
+        (MAX_LISTED,),
+    ).fetchall()
+    count, first, last_start, last_end = conn.execute(
+        "SELECT COUNT(*), MIN(start), MAX(start), MAX(end) FROM attempts WHERE start IS NOT NULL"
+    ).fetchone()
+    flights = []
+    if alive:
+        flights = conn.execute(
+            "SELECT job, attempt, start FROM status WHERE state IN (?, ?) AND start IS NOT NULL",
+            (PENDING, RUNNING),
+        ).fetchall()
+    data.attempt_count = count + len(flights)
+    starts = [t for t in (first, *(f[2] for f in flights)) if t is not None]
+    if starts:
+        ends = [t for t in (last_start, last_end, now if flights else None) if t is not None]
+        data.time_range = (min(starts), max(max(ends), min(starts) + 1.0))
+    rows = conn.execute(
+        "SELECT a.job, a.attempt, a.state, a.exit_code, a.start, a.end, a.host, a.attempt < s.attempt "
+        "FROM attempts a JOIN status s ON s.job = a.job WHERE a.start IS NOT NULL"
+    )
+    if data.attempt_count <= MAX_DRAWN_ATTEMPTS:
+        data.attempts = [
+            _Attempt(
+                job, attempt, st, code, start, end if end is not None else start, host or "?", bool(again)
+            )
+            for job, attempt, st, code, start, end, host, again in rows
+        ]
+        data.attempts.extend(
+            _Attempt(job, attempt, RUNNING, None, start, None, "in flight") for job, attempt, start in flights
+        )
+        wanted = {a.job for a in data.attempts}
+    else:
+        assert data.time_range is not None
+        data.occupancy = _occupancy(rows, data.time_range)
+        wanted = set()
+    wanted.update(row[0] for row in data.failures)
+    if wanted:
+        if len(wanted) > 900:
+            found = conn.execute("SELECT id, name, label, log_dir FROM jobs")
+            data.names = {i: (name, label, log_dir) for i, name, label, log_dir in found if i in wanted}
+        else:
+            marks = ",".join("?" * len(wanted))
+            found = conn.execute(
+                f"SELECT id, name, label, log_dir FROM jobs WHERE id IN ({marks})", tuple(wanted)
+            )
+            data.names = {i: (name, label, log_dir) for i, name, label, log_dir in found}
+    return data
+
+
+def _occupancy(
+    rows: Iterable[tuple], time_range: tuple[float, float]
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Average number of attempts running per host in each time bin, as
+    (did not fail, failed) series.
+    """
+    t0, t1 = time_range
+    width = (t1 - t0) / AGGREGATE_BINS
+    series: dict[str, tuple[list[float], list[float], list[float], list[float]]] = {}
+    bins = AGGREGATE_BINS
+    for _, _, state, _, start, end, host, _ in rows:
+        key = host or "?"
+        if key not in series:
+            series[key] = ([0.0] * bins, [0.0] * (bins + 1), [0.0] * bins, [0.0] * (bins + 1))
+        part, whole = (
+            (series[key][2], series[key][3]) if state == FAILED else (series[key][0], series[key][1])
+        )
+        begin = (start - t0) / width
+        finish = ((end if end is not None else start) - t0) / width
+        first, last = min(int(begin), bins - 1), min(int(finish), bins - 1)
+        if first == last:
+            part[first] += finish - begin
+            continue
+        part[first] += first + 1 - begin
+        part[last] += finish - last
+        whole[first + 1] += 1.0
+        whole[last] -= 1.0
+    result = {}
+    for host, (ok_part, ok_whole, bad_part, bad_whole) in series.items():
+        done = []
+        for part, whole in ((ok_part, ok_whole), (bad_part, bad_whole)):
+            running = 0.0
+            values = []
+            for k in range(bins):
+                running += whole[k]
+                values.append(part[k] + running)
+            done.append(values)
+        result[host] = (done[0], done[1])
+    return result

@@ -1,0 +1,273 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Turn a run's state database into BPS run reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import time
+from collections import Counter
+from typing import Any
+
+from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
+
+from ..control.liveness import driver_alive
+from ..control.running import running_job_ids
+from ..records import JobState
+from ..store.runstore import RunStore, StateStoreError, db_path, store_error
+from ..store.summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
+
+__all__ = ("readable_run", "run_report", "run_state")
+
+_IN_FLIGHT = frozenset({JobState.PENDING, JobState.RUNNING, JobState.READY})
+_HAS_SITE = "site" in {f.name for f in dataclasses.fields(WmsRunReport)}
+"""`WmsRunReport.site` exists from lsst-ctrl-bps 30.2026.4300 on."""
+
+
+def readable_run(submit_path: str) -> None:
+    """Raise `StateStoreError` in one line unless this user may read the
+    run (another user's run is shown read-only when the file system lets
+    this user read its submit directory and run-state database).
+    """
+    path = db_path(submit_path)
+    if not os.access(submit_path, os.R_OK | os.X_OK) or (
+        os.path.exists(path) and not os.access(path, os.R_OK)
+    ):
+        try:
+            owner = f"uid {os.stat(submit_path).st_uid}"
+        except OSError:
+            owner = "another user"
+        raise StateStoreError(
+            f"{submit_path}: the run of {owner} is not readable by you: its owner may let you read it "
+            f"(chmod -R go+rX {submit_path})"
+        )
+
+
+def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> tuple[WmsStates, str]:
+    """State of a whole run and a one-line explanation.
+
+    ``this_driver``: the caller is the run's driver (it holds the run's
+    lock), so the state follows its own session record.
+    """
+    alive = None if this_driver else driver_alive(submit_path)
+    if alive is not None:
+        if alive.stopping:
+            return WmsStates.RUNNING, f"driver {alive.describe()} is stopping: {alive.stopping}"
+        return WmsStates.RUNNING, f"driver {alive.describe()} is running"
+    sessions = store.sessions()
+    if not sessions:
+        return WmsStates.UNREADY, "prepared, never submitted"
+    last = sessions[-1]
+    if last.end is None and this_driver:
+        return WmsStates.RUNNING, f"driver pid {last.pid} is running"
+    if last.end is None and not os.access(os.path.join(submit_path, "parsl"), os.R_OK | os.X_OK):
+        # Another user's run: the driver's heartbeat is private to its owner.
+        return WmsStates.UNKNOWN, (
+            f"the driver (pid {last.pid} on {last.host}) recorded no end; whether it still runs is "
+            f"only readable by the run's owner ({os.path.join(submit_path, 'parsl')})"
+        )
+    if last.end is None:
+        return WmsStates.FAILED, (
+            f"the driver (pid {last.pid} on {last.host}) died without recording an end: "
+            f"'bps restart --id {submit_path}' resumes the run"
+        )
+    state = {
+        "succeeded": WmsStates.SUCCEEDED,
+        "cancelled": WmsStates.DELETED,
+    }.get(last.outcome or "", WmsStates.FAILED)
+    return state, f"{last.kind} ended: {last.outcome}"
+
+
+def running_jobs(submit_path: str) -> set[int]:
+    """Ids of the jobs of a run with an attempt said to run now."""
+    return running_job_ids(os.path.join(submit_path, "parsl", "running"))
+
+
+def job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsStates:
+    """The reported state of a job whose stored state is ``value``: in
+    flight without a live driver is UNKNOWN, PENDING with a running attempt
+    is RUNNING.
+    """
+    if value in _IN_FLIGHT and not alive:
+        return WmsStates.UNKNOWN
+    if value == JobState.PENDING and job_id in running:
+        return WmsStates.RUNNING
+    return WmsStates(value)
+
+
+def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> WmsRunReport:
+    """Build the report of one run.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    detailed : `bool`
+        Include one `WmsJobReport` per job.
+    return_exit_codes : `bool`
+        Include non-zero exit codes per label.
+    """
+    store = RunStore(db_path(submit_path), readonly=True)
+    try:
+
+        def snapshot() -> tuple:
+            # The per-label counts the store keeps (`summary`), not the jobs.
+            state, message = run_state(store, submit_path)
+            alive = state == WmsStates.RUNNING
+            running = running_jobs(submit_path) if alive else set()
+            labels, stored = label_counts(store.conn)
+            started = pending_labels(store.conn, running)
+            codes = failed_exit_codes(store.conn) if return_exit_codes else []
+            return (
+                store.meta(),
+                state,
+                message,
+                running,
+                labels,
+                stored,
+                started,
+                codes,
+                infrastructure_losses(store),
+            )
+
+        # One read transaction: a consistent snapshot while the driver writes, from any host.
+        try:
+            meta, state, message, running, labels, stored, started, codes, losses = store.read_snapshot(
+                snapshot
+            )
+        except sqlite3.DatabaseError as exc:
+            raise store_error(store.path, exc) from None
+    finally:
+        store.close()
+    alive = state == WmsStates.RUNNING
+    counts: Counter = Counter()
+    by_label: dict[str, Counter] = {label: Counter() for label, _ in labels}
+    for label, states in stored.items():
+        for value, n in states.items():
+            by_label.setdefault(label, Counter())[job_state(value, -1, alive, set())] += n
+    for label in started:  # PENDING with an attempt said to run now
+        by_label[label][WmsStates.PENDING] -= 1
+        by_label[label][WmsStates.RUNNING] += 1
+    for label_counts_ in by_label.values():
+        counts.update(label_counts_)
+    label_totals = dict(labels)
+    exit_codes: dict[str, list[int]] = {}
+    for label, code in codes:
+        if code != -1:  # -1: no exit status
+            exit_codes.setdefault(label, []).append(code)
+    jobs = None
+    if detailed:
+        run_id = meta["run_id"]
+
+        def load() -> list[WmsJobReport]:
+            reader = RunStore(db_path(submit_path), readonly=True)
+            try:
+                return reader.read_snapshot(
+                    lambda: job_reports(
+                        reader, run_id, lambda value, i: job_state(value, i, alive, running), WmsJobReport
+                    )
+                )
+            finally:
+                reader.close()
+
+        jobs = JobReports(loader=load)
+
+    info = WmsSpecificInfo()
+    info.add_message("Run state: {run_message}", run_message=message)
+    info.add_message("Job logs: {logs}", logs=os.path.join(submit_path, "logs"))
+    info.add_message("Parsl log: {parsl_log}", parsl_log=os.path.join(submit_path, "parsl", "parsl.log"))
+    if meta.get("monitoring_db"):
+        info.add_message("Parsl monitoring database: {monitoring_db}", monitoring_db=meta["monitoring_db"])
+    if losses:
+        lost, lost_jobs, last = losses
+        info.add_message(
+            "Infrastructure losses: {lost} attempts of {lost_jobs} jobs lost with their worker, node or block "
+            "(not counted as job retries); last: {last_loss}",
+            lost=lost,
+            lost_jobs=lost_jobs,
+            last_loss=last,
+        )
+    site: dict[str, Any] = {"site": meta.get("compute_site") or ""} if _HAS_SITE else {}
+    report = WmsRunReport(
+        wms_id=meta["run_id"],
+        global_wms_id=meta["run_id"],
+        path=submit_path,
+        label=meta.get("payload") or "",
+        run=meta.get("output_run") or meta["run_name"],
+        project=meta.get("project") or "",
+        campaign=meta.get("campaign") or "",
+        payload=meta.get("payload") or "",
+        operator=meta.get("operator") or "",
+        run_summary=";".join(f"{label}:{n}" for label, n in label_totals.items()),
+        state=state,
+        jobs=jobs,
+        total_number_jobs=sum(label_totals.values()),
+        job_state_counts={s: counts.get(s, 0) for s in WmsStates},
+        job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in by_label.items()},
+        exit_code_summary={label: exit_codes.get(label, []) for label in label_totals}
+        if return_exit_codes
+        else None,
+        specific_info=info,
+        **site,
+    )
+    return report
+
+
+def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
+    """(attempts the infrastructure lost, jobs they belong to, the last
+    one's cause) of a run, or `None` if none was lost (`losses`).
+    """
+    try:
+        found = store.conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT job), MAX(end) FROM attempts WHERE lost IS NOT NULL"
+        ).fetchone()
+    except sqlite3.OperationalError:  # a store written before losses were recorded
+        return None
+    if not found or not found[0]:
+        return None
+    (last,) = store.conn.execute(
+        "SELECT lost FROM attempts WHERE lost IS NOT NULL ORDER BY end DESC LIMIT 1"
+    ).fetchone()
+    return int(found[0]), int(found[1]), str(last)
+
+
+def last_activity(submit_path: str) -> tuple[float, bool]:
+    """(time of the run's last session end or start, whether a driver is alive)."""
+    if driver_alive(submit_path) is not None:
+        return time.time(), True
+    store = RunStore(db_path(submit_path), readonly=True)
+    try:
+        sessions = store.sessions()
+        meta_created = store.meta().get("created", 0.0)
+    finally:
+        store.close()
+    if not sessions:
+        return meta_created, False
+    return (sessions[-1].end or sessions[-1].start), False

@@ -1,0 +1,208 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The driver's one way to run a job attempt: an app future of Parsl's
+data-flow kernel.
+
+Every attempt on every executor, the local pool included, is a task of one
+module-level app (`runner.run_job` as a Parsl ``python_app``) submitted to
+the run's `~parsl.dataflow.dflow.DataFlowKernel`, with the futures of the
+job's parents as its ``inputs`` (so Parsl's task records and monitoring see
+the DAG) and the site's ``parsl_resource_specification`` for the attempt.
+Parsl's retries are 0 and nothing is memoized or checkpointed: retries are
+the plugin's (`retrypolicy`), and every attempt is a task of its own.
+
+Ended tasks come back to the driver's loop through one queue: each app
+future's done callback (run on a thread of Parsl's or of the executor's)
+puts ``(key, future)`` there, and `Dispatch.wait` takes everything queued
+in one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from collections.abc import Sequence
+from typing import Any
+
+from lsst.ctrl.bps import BpsConfig
+
+from ..configuration import set_parsl_logging
+from ..parslcompat import start_kernel
+from ..site import SiteConfig
+from ..sites.blocks import BlockWatch
+from ..sites.losses import fail_if_interchange_lost, settle_seconds
+from .runner import run_job
+
+__all__ = ("Dispatch", "start_parsl")
+
+_LOG = logging.getLogger(__name__)
+
+
+class Dispatch:
+    """Parsl's data-flow kernel of one driver session, and the queue of
+    ended attempts.
+
+    Parameters
+    ----------
+    site : `SiteConfig`
+        The site that builds the executors (its ``submit_path`` set).
+    """
+
+    def __init__(self, site: SiteConfig):
+        self.site = site
+        self.dfk: Any = None
+        self.labels: list[str] = []
+        self._apps: dict[str, Any] = {}
+        # Not a SimpleQueue: its get(timeout) can block until the next put when a signal
+        # (the driver's SIGTERM/SIGINT) interrupts it near its deadline (CPython 3.11, 3.12).
+        self._ended: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self._closed = False
+        self.blocks: BlockWatch | None = None
+
+    def start(self) -> None:
+        """Build the site's Parsl configuration and start the kernel.
+
+        Raises whatever Parsl raises (what it had started is stopped).
+        """
+        from parsl.app.python import PythonApp
+
+        config = self.site.get_parsl_config()
+        setup_parsl_logging(self.site.config, self.site.submit_path or ".")
+        self.dfk = start_parsl(config)
+        self.labels = [label for label in self.dfk.executors if label != "_parsl_internal"]
+        self._apps = {
+            label: PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label]) for label in self.labels
+        }
+        running_dir = os.path.join(self.site.submit_path or ".", "parsl", "running")
+        self.blocks = BlockWatch(
+            {label: self.dfk.executors[label] for label in self.labels},
+            running_dir,
+            max_idle=self.dfk.config.max_idletime,
+        )
+
+    def submit(
+        self,
+        key: Any,
+        label: str,
+        args: tuple,
+        kwargs: dict[str, Any],
+        inputs: Sequence[Any],
+        resource_specification: dict[str, Any] | None,
+        walltime: float | None = None,
+    ) -> Any:
+        """Submit one attempt (`run_job`'s arguments) to executor ``label``;
+        returns its app future, whose end is queued under ``key``.
+
+        ``walltime``: the job's ``requestWalltime`` (s); the executor's
+        blocks with less left take no new job first (`blocks.BlockWatch`).
+        """
+        if resource_specification:
+            kwargs["parsl_resource_specification"] = resource_specification
+        watched = self.blocks is not None and self.blocks.before_submit(label, walltime)
+        future = self._apps[label](*args, inputs=list(inputs), **kwargs)
+        future.add_done_callback(lambda done: self._ended.put((key, done)))
+        if watched and self.blocks is not None and walltime:
+            self.blocks.track(key, label, walltime, future)
+        return future
+
+    def tick(self) -> None:
+        """Once per pass of the driver's loop: fail the attempts of an
+        executor whose interchange died (`losses.fail_if_interchange_lost`),
+        and keep jobs off blocks too short for them (`blocks.BlockWatch`).
+        """
+        if self.dfk is None or self._closed:
+            return
+        for label in self.labels:
+            fail_if_interchange_lost(self.dfk.executors[label])
+        if self.blocks is not None:
+            self.blocks.tick()
+
+    def settle_seconds(self, label: str) -> float:
+        """Seconds the rerun of an attempt executor ``label`` lost waits (`losses.settle_seconds`)."""
+        return settle_seconds(self.dfk.executors.get(label) if self.dfk is not None else None)
+
+    def wait(self, timeout: float) -> list[tuple[Any, Any]]:
+        """``(key, future)`` of every attempt that ended, waiting up to
+        ``timeout`` seconds for the first one.
+        """
+        try:
+            batch = [self._ended.get(timeout=timeout)] if timeout > 0 else [self._ended.get_nowait()]
+        except queue.Empty:
+            return []
+        get = self._ended.get_nowait
+        while True:
+            try:
+                batch.append(get())
+            except queue.Empty:
+                return batch
+
+    def shutdown(self) -> None:
+        """Shut down the kernel and its executors once (queued attempts end
+        as never started, running ones are stopped by their executors).
+        """
+        if self._closed or self.dfk is None:
+            return
+        self._closed = True
+        queue = getattr(getattr(self.dfk, "monitoring", None), "resource_msgs", None)
+        if queue is not None:
+            # Parsl's MonitoringHub.close terminates its database process if it does not exit in
+            # time (a loaded machine), then joins this queue's feeder thread, which then blocks for
+            # ever writing to a full pipe nobody reads: a 10k-job monitored run hung there.
+            queue.cancel_join_thread()
+        try:
+            self.dfk.cleanup()
+        except Exception as exc:  # noqa: BLE001
+            _LOG.warning("Parsl cleanup failed: %s", exc)
+
+
+def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
+    """Send Parsl's log to ``<submit>/parsl/parsl.log`` at the level of
+    ``parsl.log_level``, and nowhere else.
+
+    The kernel is built with ``initialize_logging=False``: Parsl's default
+    logging (DEBUG to a file) costs several times the kernel's own time per
+    task.
+    """
+    logger = logging.getLogger("parsl")
+    logger.propagate = False
+    handler = logging.FileHandler(os.path.join(submit_path, "parsl", "parsl.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for old in list(logger.handlers):
+        if isinstance(old, logging.FileHandler):
+            logger.removeHandler(old)
+            old.close()
+    logger.addHandler(handler)
+    set_parsl_logging(config)
+
+
+def start_parsl(config: Any) -> Any:
+    """Start Parsl's data-flow kernel; if that fails, stop what it had
+    started (executors, the status poller) before raising.
+    """
+    return start_kernel(config, lambda name, exc: _LOG.warning("stopping Parsl's %s failed: %r", name, exc))

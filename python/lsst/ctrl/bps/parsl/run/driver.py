@@ -1,0 +1,496 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Run a prepared workflow: walk the DAG, feed Parsl, record every transition.
+
+`Driver` is the loop of one driver session. It hands each ready job to
+Parsl as an app future (`dispatch`), with its parents' futures as
+``inputs``; Parsl's executors admit and run them (the local pool's spawner
+starts a job once its cores and memory fit). The parts it drives:
+
+- `graphwalk`: which jobs are ready, pruned, waiting;
+- `retrypolicy`: whether a failed attempt runs again, with what memory, on
+  which executor;
+- `recorder`: every transition written to the run's store;
+- `dispatch`: Parsl's data-flow kernel and the queue of ended attempts;
+- `stopping`: the signals that stop a run, and recording how its attempts
+  in flight ended;
+- `progress`: the progress lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..configuration import dispatch_order
+from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
+from ..oneline import one_line
+from ..prepare.commands import fill_wms
+from ..prepare.jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route, walltime_seconds
+from ..records import AttemptResult, JobKind, JobState
+from ..report.page import PageWriter
+from ..site import SiteConfig
+from ..sites.losses import LostAttempts, infrastructure_cause
+from ..store.attemptlogs import log_paths
+from ..store.recorder import Recorder
+from ..store.runstore import RunStore, StateStoreError, StoreLostError
+from .dispatch import Dispatch
+from .graphwalk import GraphWalk
+from .lostattempts import LostAttemptHandling
+from .ordering import in_flight_limit
+from .progress import ProgressLines, count_states
+from .retrypolicy import ExecutorChoiceError, RetryPolicy
+from .runner import NotStartedError
+from .stopping import InFlight, StopSignals, record_stopped
+
+__all__ = ("Driver", "RunOutcome")
+
+_LOG = logging.getLogger(__name__)
+_HOST = socket.gethostname()
+_FLUSH_INTERVAL = 0.05
+"""Seconds between commits of the state: transitions of that window are
+committed together (a restart recovers finished jobs from their logs)."""
+
+
+@dataclass
+class RunOutcome:
+    """How a driver session ended."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    """Jobs per state (`JobState` values)."""
+    cancelled: bool = False
+    reason: str = ""
+    abort_status: int | None = None
+    """Status of a run a job's ``abortOnValue`` aborted (`None`: not aborted)."""
+
+    @property
+    def failed(self) -> int:
+        """Jobs that failed, were pruned or were deleted."""
+        return sum(self.counts.get(s, 0) for s in (JobState.FAILED, JobState.PRUNED, JobState.DELETED))
+
+
+class Driver(LostAttemptHandling):
+    """Run the jobs of one submit directory until all have ended.
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's state database, open for writing.
+    site : `SiteConfig`
+        Site that builds the executors.
+    kind : `str`
+        ``submit`` or ``restart``.
+    progress_interval : `float`
+        Seconds between progress lines (0: none).
+    progress_by_label : `bool`
+        Follow each progress line with one line per label.
+    """
+
+    def __init__(
+        self,
+        store: RunStore,
+        site: SiteConfig,
+        kind: str = "submit",
+        progress_interval: float = 30.0,
+        progress_by_label: bool = False,
+    ):
+        self.store = store
+        self.site = site
+        self.kind = kind
+        meta = store.meta()
+        self.submit_path: str = meta["submit_path"]
+        self.run_id: str = meta["run_id"]
+        site.submit_path = self.submit_path
+        self.running_dir = os.path.join(self.submit_path, "parsl", "running")
+        self.stop_reason: str | None = None
+        self.rows = store.jobs()
+        self.recorder = Recorder(store, self.rows, self.submit_path)
+        self.attempt: list[int] = []
+        self.session_tries: list[int] = []
+        self._build_tables()
+        self.in_flight_cap: int | None = None
+        self.abort: tuple[int, str] | None = None
+        """Status and reason of a run a job's ``abortOnValue`` aborted."""
+        for status in store.statuses():
+            self.state[status.job] = status.state
+            self.attempt[status.job] = status.attempt
+        self.losses = LostAttempts(site.infrastructure_retries)
+        self.dispatch = Dispatch(site)
+        self.in_flight: dict[int, InFlight] = {}
+        self.page = PageWriter(self.submit_path)
+        self.progress = ProgressLines(self.run_id, progress_interval, progress_by_label)
+        self.signals = StopSignals(self.request_stop)
+
+    def _build_tables(self) -> None:
+        """Build the walk and the per-job tables over all of ``self.rows``,
+        keeping the states and attempt numbers of the jobs already known.
+        """
+        known = len(self.attempt)
+        added = len(self.rows) - known
+        old_state = self.walk.state if known else []
+        self.envs = self.store.envs()
+        self.walk = GraphWalk(
+            self.rows, self.store.edges(), self._pruned, dispatch_order(self.site.config) == "fifo"
+        )
+        self.walk.state[:known] = old_state
+        self.state = self.walk.state
+        self.gate = ConcurrencyGate(self.rows, concurrency_limits(self.site.config, self.site.compute_site))
+        self.attempt.extend([0] * added)
+        self.session_tries.extend([0] * added)
+        self.policy = RetryPolicy(self.rows, self.site, self.submit_path)
+
+    # ---- set-up -----------------------------------------------------------
+
+    def _reset_for_run(self) -> None:
+        """Keep succeeded jobs; every other job (and the final jobs) runs.
+
+        What a driver that died may have left is settled first: leftover job
+        processes are killed, and every attempt that was launched but not
+        recorded is settled from its log (`Recorder.settle_leftovers`); but
+        first, jobs still running on another host refuse it (`spawners_elsewhere`).
+        """
+        if self.store.sessions():
+            stale = spawners_elsewhere(self.running_dir, self.site.config, self.recorder)
+            kill_running_jobs(self.running_dir, self.run_id)
+            self.recorder.settle_leftovers(self.state, self.attempt)
+            forget_journals(stale, self.recorder)
+        # The final job runs again when other jobs will run (their outputs need
+        # it), and of course when it did not succeed.
+        rerun_final = any(
+            self.state[i] != JobState.SUCCEEDED
+            for i, row in enumerate(self.rows)
+            if not row.final and row.kind == JobKind.PAYLOAD
+        )
+        for i, row in enumerate(self.rows):
+            again = row.final and rerun_final
+            if self.state[i] != JobState.SUCCEEDED or again or row.kind != JobKind.PAYLOAD:
+                if self.state[i] != JobState.UNREADY:
+                    self.recorder.state(i, JobState.UNREADY, self.attempt[i])
+                self.state[i] = JobState.UNREADY
+        self.recorder.flush()
+
+    # ---- main loop ----------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        """Run until every job ended or a stop was requested.
+
+        A run that cannot go on (Parsl does not start, the store cannot be
+        written or is no longer this run's, the disk is full) ends with
+        ``outcome.cancelled`` and a one-line ``outcome.reason``; whatever
+        was started is stopped and the signal handlers are restored.
+        """
+        self._reset_for_run()
+        if self.kind == "restart":  # said once the restart was not refused (jobs running elsewhere)
+            print(f"bps-parsl: restarting run {self.run_id} in {self.submit_path}", flush=True)
+        os.makedirs(self.running_dir, exist_ok=True)
+        self.store.begin_session(self.kind, os.getpid(), _HOST)
+        self.signals.install()
+        try:
+            self.prefix = self.site.get_command_prefix()
+            self.shell = self.site.job_shell
+            monitoring_db = self.site.monitoring_filename()
+            if monitoring_db:
+                self.store.set_meta("monitoring_db", monitoring_db)
+            self.dispatch.start()
+        except BaseException as exc:
+            self.signals.restore()
+            self._end_session_quietly("error")
+            if not isinstance(exc, Exception):
+                raise
+            site = type(self.site).__name__
+            reason = f"Parsl could not start the executors of site {site}: {one_line(exc)}"
+            return RunOutcome(counts=count_states(self.state), cancelled=True, reason=reason)
+        # A job's walltime is enforced by `run_job` where jobs run on this
+        # machine; batch executors have their own limits.
+        self.walltime_labels = {
+            label for label in self.dispatch.labels if self.site.capacity(label) is not None
+        }
+        self.in_flight_cap = in_flight_limit(self.site, self.dispatch.labels)
+        outcome = RunOutcome()
+        store_failed = False
+        try:
+            for final in (False, True):
+                if self.stop_reason:
+                    break
+                self._run_phase(final)
+                while not final and not self.stop_reason and self.abort is None and self._join_added_jobs():
+                    self._run_phase(False)
+                if self.abort is not None and not final:
+                    self._abort_to_final_phase()
+            if self.stop_reason:
+                self._stop_everything()
+        except StateStoreError as exc:
+            # The store cannot take more, or is no longer this run's: stop
+            # every job and say why in one line.
+            store_failed = True
+            if isinstance(exc, StoreLostError) or not self.stop_reason:
+                self.stop_reason = str(exc)
+            self._stop_quietly()
+        except BaseException as exc:
+            self.stop_reason = self.stop_reason or f"driver error: {exc!r}"
+            self._stop_quietly()
+            self._end_session_quietly("error")
+            raise
+        finally:
+            self.signals.restore()
+            self.dispatch.shutdown()
+        if self.stop_reason:
+            outcome.cancelled = True
+            outcome.reason = self.stop_reason
+        if self.abort is not None:
+            outcome.cancelled = True
+            outcome.abort_status, outcome.reason = self.abort
+        outcome.counts = count_states(self.state)
+        if store_failed or self.store.disk_full or self.store.lost:
+            ended = "error"
+        else:
+            ended = "cancelled" if outcome.cancelled else ("failed" if outcome.failed else "succeeded")
+        try:
+            self.store.end_session(ended)
+            self.store.flush()
+        except StateStoreError as exc:
+            outcome.cancelled = True
+            outcome.reason = outcome.reason or str(exc)
+        self.progress.print(self.rows, self.state, force=True)
+        self.page.update(final=True)
+        return outcome
+
+    def _run_phase(self, final: bool) -> None:
+        walk = self.walk
+        walk.start_phase(final)
+        self.progress.restart()
+        last_flush = time.monotonic()
+        while (walk.ready or self.in_flight or self.losses) and not self.stop_reason:
+            for i in self.losses.due(time.monotonic()):
+                walk.ready.append(i)
+            self._dispatch_ready()
+            if not self.in_flight and not walk.ready and not self.losses:
+                break
+            wait = max(0.0, last_flush + _FLUSH_INTERVAL - time.monotonic()) if self.store.dirty else 0.5
+            if self.losses:
+                wait = min(wait, max(0.0, (self.losses.next_due() or 0.0) - time.monotonic()))
+            self.dispatch.tick()
+            for (i, attempt), future in self.dispatch.wait(wait):
+                self._complete(i, attempt, future)
+            now = time.monotonic()
+            if now - last_flush >= _FLUSH_INTERVAL:
+                self.recorder.flush()
+                last_flush = now
+                if self.store.disk_full:
+                    self.request_stop(self.store.disk_full)
+            self.progress.print(self.rows, self.state)
+            self.page.update()
+        self.recorder.flush()
+
+    # ---- dispatch -------------------------------------------------------------
+
+    def _dispatch_ready(self) -> None:
+        """Hand ready jobs to Parsl, best first (`ordering`), while fewer
+        than ``in_flight_cap`` are in flight; a job whose concurrency limit
+        is full waits for a holder to end.
+        """
+        ready = self.walk.ready
+        cap = self.in_flight_cap
+        while ready and not self.stop_reason:
+            if cap is not None and len(self.in_flight) >= cap:
+                return
+            i = ready.popleft()
+            if self.rows[i].kind != JobKind.PAYLOAD:
+                self.recorder.state(i, JobState.SUCCEEDED, self.attempt[i])
+                self.walk.finish(i, JobState.SUCCEEDED)
+                continue
+            if self.gate.acquire(i):
+                self._submit(i)
+
+    def _submit(self, i: int) -> None:
+        """Hand the next attempt of a job to Parsl."""
+        row = self.rows[i]
+        tries = self.session_tries[i]
+        attempt = self.attempt[i] + 1
+        try:
+            nxt = self.policy.next_attempt(i, attempt, tries, self.dispatch.labels)
+        except ExecutorChoiceError as exc:
+            self.attempt[i] = attempt
+            self.recorder.rejected(i, attempt, str(exc), time.time())
+            self._release_limits(i)
+            self.walk.finish(i, JobState.FAILED)
+            return
+        label = route(row, self.dispatch.labels) or nxt.label
+        self.attempt[i] = attempt
+        self.session_tries[i] = tries + 1
+        stdout, stderr = log_paths(self.submit_path, row.log_dir, row.name, attempt)
+        env = self.envs[row.env_id] if row.env_id is not None else ""
+        command = row.command or ""
+        if "<WMS:" in command or "<WMS:" in env:  # attemptNum counts from 0, as HTCondor's NumJobStarts
+            command, env = fill_wms(command, attempt - 1), fill_wms(env, attempt - 1)
+        token = f"{self.run_id}/{i}/{attempt}"
+        pid_file = os.path.join(self.running_dir, f"{i}.{attempt}")
+        walltime = walltime_seconds(row.request_walltime) if label in self.walltime_labels else None
+        args = (token, self.prefix, env, command, stdout, stderr, pid_file)
+        kwargs: dict[str, Any] = {"time_limit": walltime, "shell": self.shell}
+        spec = self.site.resource_specification(nxt.job, label)
+        self.in_flight[i] = InFlight(label, attempt, nxt.memory)
+        self.state[i] = JobState.PENDING
+        self.recorder.submitted(i, attempt, time.time())
+        future = self.dispatch.submit(
+            (i, attempt),
+            label,
+            args,
+            kwargs,
+            self.walk.parent_futures(i),
+            spec,
+            walltime=walltime_seconds(row.request_walltime),
+        )
+        self.walk.keep_future(i, future)
+
+    # ---- completion -----------------------------------------------------------
+
+    def _complete(self, i: int, attempt: int, future: Any) -> None:
+        """Record an ended attempt and decide what follows."""
+        flight = self.in_flight.get(i)
+        if flight is None or flight.attempt != attempt:
+            return
+        del self.in_flight[i]
+        self._release_limits(i)
+        error = future.exception()
+        if isinstance(error, NotStartedError):
+            self._never_started(i, attempt, error)
+            return
+        cause = infrastructure_cause(error)
+        if error is not None and cause is not None:
+            self._lost(i, attempt, flight, error, cause)
+            return
+        if error is not None:
+            result = self.recorder.lost(i, attempt, error, time.time())
+        else:
+            result = AttemptResult._make(future.result())
+        status = abort_status(self.rows[i], result.exit_code, result.signal)
+        if status is not None:
+            self._aborted_by(i, attempt, result, flight, status)
+            return
+        if result.exit_code == 0:
+            self.recorder.ended(i, attempt, JobState.SUCCEEDED, result, flight.memory, flight.label)
+            self.walk.finish(i, JobState.SUCCEEDED)
+            return
+        retry = self.policy.retry(
+            i, result.exit_code, result.timed_out, self.session_tries[i], bool(self.stop_reason)
+        )
+        if retry:
+            self.recorder.ended(
+                i, attempt, JobState.FAILED, result, flight.memory, flight.label, job_state=JobState.READY
+            )
+            self.state[i] = JobState.READY
+            self.walk.ready.append(i)
+            return
+        self.recorder.ended(i, attempt, JobState.FAILED, result, flight.memory, flight.label)
+        self.walk.finish(i, JobState.FAILED)
+
+    def _release_limits(self, i: int) -> None:
+        """A job gave back its concurrency limits: the jobs waiting for them are ready again."""
+        for waiting in self.gate.release(i):
+            self.walk.ready.append(waiting)
+
+    def _aborted_by(self, i: int, attempt: int, result: AttemptResult, flight: InFlight, status: int) -> None:
+        """Job ``i`` exited with its ``abortOnValue``: record it and stop the run."""
+        state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.FAILED
+        self.recorder.ended(i, attempt, state, result, flight.memory, flight.label)
+        self.state[i] = state
+        row = self.rows[i]
+        reason = (
+            f"job '{row.name}' (label '{row.label}') exited with {result.exit_code}, its abortOnValue: the run "
+            f"was aborted with status {status}; jobs not ended were stopped and recorded DELETED"
+        )
+        self.abort = (status, reason)
+        self.request_stop(reason)
+
+    def _abort_to_final_phase(self) -> None:
+        """After an abort in the main phase, stop every job and run the final
+        job, as DAGMan runs its FINAL node after an ``ABORT-DAG-ON``.
+        """
+        self._stop_everything()
+        finals = [i for i, row in enumerate(self.rows) if row.final]
+        if not finals or self.stop_reason != (self.abort[1] if self.abort else None):
+            return
+        for i in finals:
+            self.state[i] = JobState.UNREADY
+            self.recorder.state(i, JobState.UNREADY, self.attempt[i])
+        self.recorder.flush()
+        self.stop_reason = None
+        self.dispatch = Dispatch(self.site)
+        self.dispatch.start()
+
+    def _pruned(self, i: int) -> None:
+        self.recorder.state(i, JobState.PRUNED, self.attempt[i])
+
+    def _join_added_jobs(self) -> bool:
+        """Load the jobs added to the store since this session loaded it (a
+        batch submission's payload, see `batch`); whether there were any.
+
+        Called between main phases, when nothing is in flight: the walk and
+        the per-job tables are rebuilt over all jobs, keeping the states.
+        """
+        rows = self.store.jobs(start=len(self.rows))
+        if not rows:
+            return False
+        self.rows.extend(rows)  # the recorder shares this list
+        self._build_tables()
+        _LOG.info("%d jobs joined the run", len(rows))
+        return True
+
+    # ---- stopping -------------------------------------------------------------
+
+    def _stop_quietly(self) -> None:
+        """`_stop_everything`, when the store may refuse the record of it."""
+        try:
+            self._stop_everything()
+        except StateStoreError as exc:
+            _LOG.warning("%s", exc)
+
+    def _end_session_quietly(self, outcome: str) -> None:
+        try:
+            self.store.end_session(outcome)
+        except StateStoreError as exc:
+            _LOG.warning("%s", exc)
+
+    def _stop_everything(self) -> None:
+        """Stop every attempt, record how those in flight ended, mark the
+        rest DELETED.
+
+        Parsl is shut down first: its executors start nothing more and end
+        the futures they can (the local pool fails its queued attempts as
+        never started and stops its running ones). Whatever of this run
+        still runs on this host is then killed by its token, and an attempt
+        whose future did not end is settled from its log.
+        """
+        self.dispatch.shutdown()
+        kill_running_jobs(self.running_dir, self.run_id)
+        record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)

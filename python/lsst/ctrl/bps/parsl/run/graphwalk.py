@@ -1,0 +1,186 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The walk over a run's DAG: which jobs are ready, which are pruned, and
+which parents' futures are still needed.
+
+The DAG is kept as integer lists (node ids are in topological order). A
+node is *ready* once its parents succeeded (a non-blocking group's join:
+once they ended); a node below a failure is pruned. The walk is iterative,
+so a chain of any depth works, and it runs in two phases: every node but
+the final ones, then the final ones (which run after everything else
+ended, whatever the outcome).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..records import ENDED, JobKind, JobRow, JobState
+from .ordering import ReadyQueue
+
+__all__ = ("GraphWalk",)
+
+_FAILED = frozenset({JobState.FAILED, JobState.PRUNED, JobState.DELETED})
+
+
+class GraphWalk:
+    """The DAG of one run and the state of each node.
+
+    Parameters
+    ----------
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The nodes, by id.
+    edges : `~collections.abc.Iterable` [`tuple` [`int`, `int`]]
+        (parent, child) pairs.
+    on_pruned : callable
+        Called with the id of each node the walk prunes.
+    fifo : `bool`
+        Hand ready nodes out first come, first served, rather than by
+        priority and critical path (`ordering.ReadyQueue`).
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[JobRow],
+        edges: Iterable[tuple[int, int]],
+        on_pruned: Callable[[int], None],
+        fifo: bool = False,
+    ):
+        n = len(rows)
+        self.rows = rows
+        self.children: list[list[int]] = [[] for _ in range(n)]
+        self.parents: list[list[int]] = [[] for _ in range(n)]
+        for parent, child in edges:
+            self.children[parent].append(child)
+            self.parents[child].append(parent)
+        self.state: list[JobState] = [JobState.UNREADY] * n
+        self.ready = ReadyQueue(rows, self.children, fifo)
+        """Nodes to hand out: by priority, then critical path, then first come."""
+        self.remaining: dict[int, int] = {}
+        """Unfinished blocking parents of each waiting node."""
+        self.futures: dict[int, Any] = {}
+        """The future of each node's last attempt, while a child may still need it."""
+        self._waiting_children: dict[int, int] = {}
+        self._on_pruned = on_pruned
+
+    def _tolerant(self, i: int) -> bool:
+        return self.rows[i].kind == JobKind.TOLERANT_JOIN
+
+    def _blocking_parents(self, i: int) -> int:
+        if self._tolerant(i):
+            return sum(1 for p in self.parents[i] if self.state[p] not in ENDED)
+        return sum(1 for p in self.parents[i] if self.state[p] != JobState.SUCCEEDED)
+
+    def _parent_failed(self, i: int) -> bool:
+        return not self._tolerant(i) and any(self.state[p] in _FAILED for p in self.parents[i])
+
+    def start_phase(self, final: bool) -> None:
+        """Find the ready, waiting and pruned nodes of a phase (the final
+        nodes or all others) that has not ended.
+        """
+        self.ready.clear()
+        self.remaining = {}
+        for i, row in enumerate(self.rows):
+            if bool(row.final) != final or self.state[i] in ENDED:
+                continue
+            if self._parent_failed(i):
+                self.prune(i)
+                continue
+            count = self._blocking_parents(i)
+            if count == 0:
+                self.ready.append(i)
+            else:
+                self.remaining[i] = count
+
+    def finish(self, i: int, state: JobState) -> None:
+        """Mark a node ended and release or prune its children."""
+        self.state[i] = state
+        failed = state != JobState.SUCCEEDED
+        for c in self.children[i]:
+            if self.state[c] in ENDED:
+                continue
+            if failed and not self._tolerant(c):
+                self.prune(c)
+                continue
+            self._parent_ended(c)
+        self.release_parent_futures(i)
+
+    def _parent_ended(self, c: int) -> None:
+        left = self.remaining.get(c, 0) - 1
+        if left <= 0:
+            self.remaining.pop(c, None)
+            self.ready.append(c)
+        else:
+            self.remaining[c] = left
+
+    def prune(self, start: int) -> None:
+        """Prune a node and, transitively, its children (a non-blocking
+        group's join stops the pruning: one of its parents ended).
+        """
+        stack = [start]
+        while stack:
+            i = stack.pop()
+            if self.state[i] in ENDED:
+                continue
+            self.state[i] = JobState.PRUNED
+            self.remaining.pop(i, None)
+            self._on_pruned(i)
+            self.release_parent_futures(i)
+            for c in self.children[i]:
+                if not self._tolerant(c):
+                    stack.append(c)
+                elif self.state[c] not in ENDED:
+                    self._parent_ended(c)
+
+    # ---- parents' futures ----
+
+    def parent_futures(self, i: int) -> list[Any]:
+        """Futures of the parents of a node that Parsl can see."""
+        futures = self.futures
+        return [futures[p] for p in self.parents[i] if p in futures]
+
+    def keep_future(self, i: int, future: Any) -> None:
+        """Keep the future of a node's attempt for its children."""
+        if self.children[i] and i not in self.futures:
+            self._waiting_children[i] = len(self.children[i])
+        if self.children[i]:
+            self.futures[i] = future
+
+    def release_parent_futures(self, i: int) -> None:
+        """Node ``i`` ended (every attempt of it depended on its parents'
+        futures): drop those no other child needs.
+        """
+        for p in self.parents[i]:
+            left = self._waiting_children.get(p)
+            if left is not None:
+                if left <= 1:
+                    del self._waiting_children[p]
+                    self.futures.pop(p, None)
+                else:
+                    self._waiting_children[p] = left - 1

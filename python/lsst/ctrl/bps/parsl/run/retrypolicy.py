@@ -1,0 +1,154 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The plugin's retry policy: whether a failed attempt runs again, with how
+much memory, and on which executor.
+
+Parsl's own retries are 0 (`SiteConfig.get_parsl_config`): every attempt is a
+task of its own, and this is the one place that decides about the next one.
+
+- A failed attempt is retried unless the run is stopping, the walltime
+  killed it, its exit status is in the job's ``retry_unless_exit``, or its
+  ``retries`` (BPS ``numberOfRetries``, else the site's ``retries``) are
+  used up in this session.
+- Attempt *k* of a session (k = 0 first) asks for ``request_memory *
+  memory_multiplier**k``, at most ``request_memory_max``.
+- Every attempt asks the site's `SiteConfig.select_executor` again, so a
+  retry that asks for more memory may move to a larger executor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+
+from ..job import ParslJob
+from ..records import JobRow
+from ..site import SiteConfig
+
+__all__ = ("ExecutorChoiceError", "NextAttempt", "RetryPolicy")
+
+
+class ExecutorChoiceError(RuntimeError):
+    """No executor could be chosen for an attempt (the site's
+    `SiteConfig.select_executor` failed or named an unknown executor).
+    """
+
+
+class NextAttempt:
+    """What the next attempt of a job asks for and where it runs.
+
+    Parameters
+    ----------
+    job : `ParslJob`
+        The attempt as the site sees it.
+    label : `str`
+        Executor label.
+    """
+
+    __slots__ = ("job", "label")
+
+    def __init__(self, job: ParslJob, label: str):
+        self.job = job
+        self.label = label
+
+    @property
+    def memory(self) -> int | None:
+        """Memory (MB) the attempt asks for."""
+        return self.job.request_memory
+
+
+class RetryPolicy:
+    """The retry policy of the jobs of one run.
+
+    Parameters
+    ----------
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The run's jobs, by id.
+    site : `SiteConfig`
+        The site that chooses executors.
+    submit_path : `str`
+        Submit directory (for the `ParslJob` views).
+    """
+
+    def __init__(self, rows: Sequence[JobRow], site: SiteConfig, submit_path: str):
+        self.rows = rows
+        self.site = site
+        self.submit_path = submit_path
+        parsed: dict[str | None, frozenset[int]] = {None: frozenset(), "": frozenset()}
+
+        def codes(text: str | None) -> frozenset[int]:
+            found = parsed.get(text)
+            if found is None:
+                found = parsed[text] = frozenset(json.loads(text or "[]"))
+            return found
+
+        # Parsed once per distinct text: the jobs of a label share theirs.
+        self.retry_codes: list[frozenset[int]] = [codes(r.retry_unless_exit) for r in rows]
+
+    def memory_for(self, job: int, tries: int) -> int | None:
+        """Memory (MB) of a job's attempt after ``tries`` attempts in this session."""
+        row = self.rows[job]
+        memory = row.request_memory
+        if memory is None or not row.memory_multiplier or tries == 0:
+            return memory
+        scaled = int(memory * row.memory_multiplier**tries)
+        return min(scaled, row.request_memory_max) if row.request_memory_max else scaled
+
+    def next_attempt(self, job: int, attempt: int, tries: int, labels: Collection[str]) -> NextAttempt:
+        """The resources and executor of attempt number ``attempt`` of a job
+        that had ``tries`` attempts in this session.
+
+        Raises
+        ------
+        ExecutorChoiceError
+            If the site's ``select_executor`` fails or names an executor
+            that is not one of ``labels``.
+        """
+        row = self.rows[job]
+        pjob = ParslJob.from_row(
+            row, attempt, self.memory_for(job, tries), self.site.config, self.submit_path
+        )
+        site = type(self.site).__name__
+        try:
+            label = self.site.select_executor(pjob)
+        except Exception as exc:
+            raise ExecutorChoiceError(f"{site}.select_executor failed for this job: {exc}") from None
+        if label not in labels:
+            raise ExecutorChoiceError(
+                f"{site}.select_executor failed for this job: it returned '{label}', which is not one of "
+                f"the executors {sorted(labels)}"
+            )
+        return NextAttempt(pjob, label)
+
+    def retry(self, job: int, exit_code: int, timed_out: bool, tries: int, stopping: bool) -> bool:
+        """Whether a failed attempt runs again; ``tries`` counts the
+        attempts of this session, the failed one included.
+        """
+        if stopping or timed_out or exit_code in self.retry_codes[job]:
+            return False
+        return tries <= (self.rows[job].retries or 0)

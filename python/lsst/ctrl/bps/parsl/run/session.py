@@ -1,0 +1,386 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Start, stop and check the driver of a submit directory.
+
+A live driver holds the run's claim (``parsl/driver.claim.<N>``, created
+atomically on any file system, see `claim`) and writes a heartbeat; every
+other process finds out about it, and reaches it, only through files (see
+`liveness`): no lock, and no signal to a process on another host.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from lsst.ctrl.bps import BpsConfig, BpsError
+
+from ..configuration import ConfigurationError, get_bps_config_value
+from ..control.claim import ClaimBusyError, DriverBusyError, claim_run, driver_stale_after
+from ..control.liveness import (
+    HOST,
+    STALE_AFTER,
+    DriverMonitor,
+    DriverRecord,
+    driver_alive,
+    holds_store,
+    process_start,
+    write_cancel_request,
+)
+from ..records import ENDED, JobState
+from ..site import SiteConfig
+from ..store.runstore import RunStore, StateStoreError, db_path
+
+if TYPE_CHECKING:
+    from .driver import RunOutcome
+
+__all__ = (
+    "DriverBusyError",
+    "RunFailedError",
+    "checked_run",
+    "driver_alive",
+    "driver_claim",
+    "driver_stale_after",
+    "load_config",
+    "progress_interval",
+    "run_driver",
+)
+
+_RESERVE_MIN = 1 << 20
+_RESERVE_MAX = 64 << 20
+_ACK_TIMEOUT = 10.0
+"""Seconds a driver has to answer a cancel request before `cancel_run`
+considers it unresponsive."""
+_LOCK_WAIT = 10.0
+"""Seconds `cancel_run` waits for the claim of a driver that just ended."""
+
+
+class RunFailedError(BpsError):
+    """Some jobs of the run did not succeed, or the run stopped.
+
+    An ordinary exception for Python callers. Under the ``bps`` command line
+    `ParslService.submit` and `ParslService.restart` do not raise it: they
+    print its one line, return as usual (so that ``bps`` prints its ``Run
+    Id`` lines) and make the command exit with ``exit_status``: 1, or the
+    status of a run a job's ``abortOnValue`` aborted.
+    """
+
+    def __init__(self, message: str, exit_status: int = 1):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def progress_interval(config: BpsConfig) -> float:
+    """Seconds between a driver's progress lines (``parslProgressInterval``, 0: none)."""
+    value = get_bps_config_value(config, "parslProgressInterval", float, 30.0)
+    if value < 0:
+        raise ConfigurationError(f"'parslProgressInterval' is {value}: use 0 (off) or a number of seconds")
+    return value
+
+
+def _busy(submit_path: str, record: DriverRecord | ClaimBusyError | None) -> DriverBusyError:
+    holder = record.holder if isinstance(record, ClaimBusyError) else record
+    who = f" ({holder.describe()})" if holder is not None and holder.pid else ""
+    return DriverBusyError(
+        f"{submit_path}: a driver{who} is still running this run: wait for it or "
+        f"'bps cancel --id {submit_path}'"
+    )
+
+
+@contextmanager
+def driver_claim(
+    submit_path: str, what: str, wait: float = 0.0, stale_after: float = STALE_AFTER
+) -> Iterator[None]:
+    """Hold the run's claim (see `claim.claim_run`), or raise `DriverBusyError`.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    what : `str`
+        What the holder does.
+    wait : `float`
+        Seconds to keep trying while a live process holds the run.
+    stale_after : `float`
+        Age after which a claim with no heartbeat counts as abandoned.
+    """
+    try:
+        with claim_run(submit_path, what, wait=wait, stale_after=stale_after):
+            yield
+    except ClaimBusyError as exc:
+        raise _busy(submit_path, exc) from None
+
+
+def load_config(submit_path: str) -> BpsConfig:
+    """The BPS configuration saved at prepare time."""
+    return BpsConfig(os.path.join(submit_path, "parsl", "bps_config.yaml"))
+
+
+def _reserve_size(store: RunStore) -> int:
+    """Space for the last commits of a run: grows with the store (its status
+    table is rewritten when a run stops).
+    """
+    return min(_RESERVE_MAX, _RESERVE_MIN + os.path.getsize(store.path) // 4)
+
+
+def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutcome:
+    """Run (or resume) a run in this process and raise if jobs failed.
+
+    Raises
+    ------
+    RunFailedError
+        If a job did not succeed or the run stopped (cancelled, full disk,
+        store lost, Parsl could not start).
+    DriverBusyError
+        If another driver runs this run.
+    StateStoreError
+        If the store cannot be opened for writing.
+    """
+    from .driver import Driver
+
+    config = config if config is not None else load_config(submit_path)
+    site = SiteConfig.from_config(config)
+    stale_after = driver_stale_after(config)
+    with driver_claim(submit_path, kind, stale_after=stale_after):
+        store = RunStore(db_path(submit_path))
+        try:
+            run_id = _check_meta(store, submit_path)
+            other = driver_alive(submit_path, run_id)
+            if other is not None and other.identity != (HOST, os.getpid(), process_start(os.getpid())):
+                raise _busy(submit_path, other)
+            store.keep_reserve(_reserve_size(store))
+            monitor = DriverMonitor(submit_path, run_id, store, stale_after=stale_after)
+            monitor.start()
+            # What the caller holds (the GenericWorkflow, the LSST stack) would
+            # otherwise be scanned by every full garbage collection of the run.
+            gc.freeze()
+            try:
+                driver = Driver(
+                    store,
+                    site,
+                    kind=kind,
+                    progress_interval=progress_interval(config),
+                    progress_by_label=get_bps_config_value(config, "parslProgressByLabel", bool, False),
+                )
+                monitor.attach(driver.request_stop)
+                outcome = driver.run()
+            finally:
+                gc.unfreeze()
+                monitor.stop()
+        finally:
+            store.close()
+    if outcome.cancelled:
+        reason = outcome.reason
+        raise RunFailedError(
+            reason if submit_path in reason else f"run {submit_path} stopped: {reason}",
+            1 if outcome.abort_status is None else outcome.abort_status,
+        )
+    if outcome.failed:
+        raise RunFailedError(
+            f"run {submit_path}: {outcome.failed} job(s) did not succeed (failed, pruned or deleted); "
+            f"see 'bps report --id {submit_path}'"
+        )
+    return outcome
+
+
+def _owned(submit_path: str) -> None:
+    """Raise unless the calling user owns the run."""
+    owner = os.stat(db_path(submit_path)).st_uid
+    if owner != os.getuid():
+        raise StateStoreError(
+            f"{submit_path}: the run belongs to uid {owner}, not to you: only its owner may act on it"
+        )
+
+
+def _same_directory(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_meta(store: RunStore, submit_path: str) -> str:
+    """The store must say it is the run of ``submit_path``; returns its run id."""
+    meta = store.meta()
+    recorded, run_id = meta.get("submit_path"), meta.get("run_id")
+    if (
+        not isinstance(recorded, str)
+        or not isinstance(run_id, str)
+        or not _same_directory(recorded, submit_path)
+    ):
+        store.check_integrity()  # a damaged store says so first
+        raise StateStoreError(
+            f"{store.path}: this database is the run in {recorded}, not in {submit_path} (a copied or moved "
+            f"submit directory?): act on {recorded}, or submit the run again"
+        )
+    return run_id
+
+
+def checked_run(submit_path: str) -> str:
+    """Check that a submit directory is a run its caller may act on
+    (cancel, restart) and return the run id.
+
+    Refused: a store owned by another user, a store or ``parsl/`` that is a
+    symbolic link or not a regular file/directory, a store that names
+    another submit directory (copied or moved).
+
+    Raises
+    ------
+    StateStoreError
+        With one line naming the path.
+    """
+    _owned(submit_path)
+    path = db_path(submit_path)
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise StateStoreError(
+            f"{path}: not a regular file (a symbolic link?): refused; use the submit directory that holds "
+            "the run's database itself"
+        )
+    parsl_dir = os.path.join(submit_path, "parsl")
+    if os.path.lexists(parsl_dir) and not stat.S_ISDIR(os.lstat(parsl_dir).st_mode):
+        raise StateStoreError(f"{parsl_dir}: not a directory (a symbolic link?): refused")
+    store = RunStore(path, readonly=True)
+    try:
+        return _check_meta(store, submit_path)
+    finally:
+        store.close()
+
+
+def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: bool = False) -> bool:
+    """Wait until the driver ``record`` describes has ended (or, with
+    ``ack``, at least says it is stopping); returns whether it did.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        now = driver_alive(submit_path, record.run_id)
+        if now is None or now.identity != record.identity or (ack and now.stopping):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
+    """Stop a run from any process: its driver stops and every job ends.
+
+    The driver is asked through a cancel request in the submit directory.
+    Only a driver on this host that does not answer within `_ACK_TIMEOUT`
+    seconds and is proven to be this run's driver (its process has this
+    run's database open) gets a SIGTERM.
+
+    Returns
+    -------
+    cancelled : `bool`
+        True only if the driver exited, no job process is left on this host
+        and every unfinished job is recorded DELETED.
+    message : `str`
+        What happened.
+    """
+    from ..control.running import kill_running_jobs
+
+    run_id = checked_run(submit_path)
+    record = driver_alive(submit_path, run_id)
+    if record is not None:
+        write_cancel_request(submit_path, record)
+        if not _wait_for_end(submit_path, record, _ACK_TIMEOUT, ack=True):
+            if record.host != HOST or not holds_store(record.pid, submit_path):
+                return False, (
+                    f"the driver ({record.describe()}) did not answer the cancel request within "
+                    f"{_ACK_TIMEOUT:.0f} s; it stops when it reads the request: try again later"
+                )
+            try:
+                os.kill(record.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if not _wait_for_end(submit_path, record, timeout):
+            return False, f"the driver ({record.describe()}) did not stop within {timeout:.0f} s; try again"
+    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT):
+        other = driver_alive(submit_path, run_id)
+        if other is not None:
+            raise _busy(submit_path, other)
+        store = RunStore(db_path(submit_path))
+        try:
+            left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
+            unfinished = [row for row in store.statuses() if row.state not in ENDED]
+            for row in unfinished:
+                store.set_state(row.job, JobState.DELETED, row.attempt)
+            store.flush()
+        finally:
+            store.close()
+    if record is None and not unfinished and not left:
+        return False, "the run had already ended; nothing to cancel"
+    what = f"driver {record.describe()} stopped" if record else "no driver was running"
+    return True, f"{what}; {len(unfinished)} unfinished job(s) marked DELETED"
+
+
+def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
+    """Start the driver of a run in the background, detached from the terminal.
+
+    Returns once the driver's heartbeat names it.
+
+    Returns
+    -------
+    pid : `int`
+        The background driver's pid.
+    """
+    import subprocess
+    import sys
+    import time
+
+    from ..files import open_private, private_dir
+
+    log = os.path.join(private_dir(os.path.join(submit_path, "parsl")), "driver.log")
+    with os.fdopen(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as stream:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lsst.ctrl.bps.parsl.run.detached", submit_path, kind],
+            stdin=subprocess.DEVNULL,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            with open(log, errors="replace") as stream:
+                tail = stream.read()[-2000:]
+            raise RuntimeError(
+                f"the background driver exited at once (code {proc.returncode}); {log}:\n{tail}"
+            )
+        alive = driver_alive(submit_path)
+        if alive is not None and alive.host == HOST and alive.pid == proc.pid:
+            return proc.pid
+        time.sleep(0.05)
+    raise RuntimeError(f"the background driver did not start within {wait:.0f} s: see {log}")

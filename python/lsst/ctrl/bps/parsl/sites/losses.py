@@ -1,0 +1,196 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Infrastructure losses: job attempts lost with their worker, worker pool,
+node, block, interchange or local pool, told apart from the job's own
+failures.
+
+Parsl reports such a loss as an exception on the attempt's future, never as
+an exit status:
+
+- ``ManagerLost``: a worker pool fell silent for the executor's
+  ``heartbeat_threshold`` (its node died, its block ended by walltime,
+  preemption, node failure or cancel, or the pool was killed);
+- ``WorkerLost``: one worker process of a live pool died;
+- `InterchangeLostError` (through ``BadStateException``): the executor's
+  interchange process exited, which Parsl itself does not notice
+  (`fail_if_interchange_lost` makes it fail the executor's tasks);
+- ``BadStateException``: the executor gave up (its blocks never connected);
+- the local pool's ``PoolLostError``: its spawner died and was not replaced.
+
+A lost attempt is recorded with its cause (``attempts.lost``) and exit
+status -1, never as a payload failure: it does not consume the job's
+``numberOfRetries`` and does not raise its memory. `LostAttempts` holds the
+separate budget (site key ``infrastructureRetries``) and delays the rerun
+until the lost attempt's processes are gone (`settle_seconds`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from typing import Any
+
+from lsst_ctrl_bps_parsl_worker.processes import KILL_GRACE
+
+from ..parslcompat import interchange_exit_code
+
+__all__ = (
+    "INFRASTRUCTURE_RETRIES",
+    "InterchangeLostError",
+    "LostAttempts",
+    "fail_if_interchange_lost",
+    "infrastructure_cause",
+    "settle_seconds",
+    "stops_run",
+)
+
+_LOG = logging.getLogger(__name__)
+
+INFRASTRUCTURE_RETRIES = 3
+"""Default of the site key ``infrastructureRetries``: reruns of a job whose
+attempts the infrastructure lost, per driver session."""
+
+_SETTLE_EXTRA = 2.0
+"""Seconds, beyond the executor's heartbeat period and the kill grace, that a
+lost attempt's rerun waits for its processes to be killed by the worker side
+(`lsst_ctrl_bps_parsl_worker.guard`)."""
+
+
+class InterchangeLostError(RuntimeError):
+    """The interchange process of a HighThroughputExecutor exited: the
+    attempts it held are lost and the executor runs nothing more.
+    """
+
+
+def infrastructure_cause(error: BaseException | None) -> str | None:
+    """One line saying how the infrastructure lost an attempt, or `None` if
+    ``error`` is no such loss (no error, or an error of the job's own).
+    """
+    if error is None:
+        return None
+    from parsl.executors.errors import BadStateException
+    from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
+
+    from ..localpool.executor import PoolLostError
+
+    kind = type(error).__name__
+    if isinstance(error, ManagerLost):
+        return f"worker pool on host {error.hostname} lost (no heartbeat: its node, block or pool ended) [{kind}]"
+    if isinstance(error, WorkerLost):
+        return f"worker process {error.worker_id} on host {error.hostname} died [{kind}]"
+    if isinstance(error, InterchangeLostError):
+        return f"{error} [{kind}]"
+    if isinstance(error, BadStateException):
+        label = getattr(getattr(error, "executor", None), "label", "?")
+        return f"executor {label} failed: {' '.join(str(error.reason).split())} [{kind}]"
+    if isinstance(error, PoolLostError):
+        return f"local pool lost: {error} [{kind}]"
+    return None
+
+
+def stops_run(error: BaseException | None) -> bool:
+    """Whether ``error`` means that its executor can run nothing more (the
+    interchange or the local pool is gone, the executor gave up): the run
+    stops, and a restart resumes it.
+    """
+    from parsl.executors.errors import BadStateException
+
+    from ..localpool.executor import PoolLostError
+
+    return isinstance(error, InterchangeLostError | PoolLostError | BadStateException)
+
+
+def settle_seconds(executor: Any) -> float:
+    """Seconds the rerun of an attempt ``executor`` lost waits: the worker
+    side kills a lost attempt's processes when its worker or worker pool
+    dies, and a pool cut off from the interchange ends itself about one
+    heartbeat period after the interchange declared it lost.
+    """
+    return float(getattr(executor, "heartbeat_period", 0) or 0) + KILL_GRACE + _SETTLE_EXTRA
+
+
+def fail_if_interchange_lost(executor: Any) -> bool:
+    """If ``executor``'s interchange process exited, fail every task it holds
+    (and any later one) with `InterchangeLostError`; whether it did.
+    """
+    code = interchange_exit_code(executor)
+    if code is None:
+        return False
+    error = InterchangeLostError(
+        f"interchange of executor {executor.label} exited with status {code}: the attempts it held are lost"
+    )
+    _LOG.warning("%s", error)
+    executor.set_bad_state_and_fail_all(error)
+    return True
+
+
+class LostAttempts:
+    """Per job, the attempts the infrastructure lost in this driver session,
+    and the reruns waiting for a lost attempt's processes to be gone.
+
+    Parameters
+    ----------
+    budget : `int`
+        Reruns allowed per job after infrastructure losses (site key
+        ``infrastructureRetries``).
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.counts: dict[int, int] = {}
+        self._delayed: list[tuple[float, int]] = []
+
+    def lost(self, job: int) -> bool:
+        """Count a lost attempt of ``job``; whether it may run again."""
+        count = self.counts.get(job, 0) + 1
+        self.counts[job] = count
+        return count <= self.budget
+
+    def hold(self, job: int, until: float) -> None:
+        """Keep ``job``'s rerun back until ``until`` (`time.monotonic`)."""
+        heapq.heappush(self._delayed, (until, job))
+
+    def due(self, now: float) -> list[int]:
+        """The jobs whose rerun may go now, taken out of the waiting list."""
+        out = []
+        while self._delayed and self._delayed[0][0] <= now:
+            out.append(heapq.heappop(self._delayed)[1])
+        return out
+
+    def next_due(self) -> float | None:
+        """When the next held rerun may go (`None`: none waits)."""
+        return self._delayed[0][0] if self._delayed else None
+
+    def drop(self) -> list[int]:
+        """Forget every held rerun (the run stops); returns their jobs."""
+        jobs = [job for _, job in self._delayed]
+        self._delayed.clear()
+        return jobs
+
+    def __len__(self) -> int:
+        return len(self._delayed)

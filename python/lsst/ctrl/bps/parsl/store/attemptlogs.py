@@ -1,0 +1,93 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Where each job attempt's logs are, and what its shell wrote there.
+
+Every attempt has its own ``<submit>/logs/<subdir>/<job>.<attempt>.out`` and
+``.err``; the job's shell appends ``[bps-parsl] exit status N`` to the
+latter, which lets a restart tell how an attempt ended when its driver died
+before recording it.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from typing import TYPE_CHECKING, Any
+
+from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status
+from lsst_ctrl_bps_parsl_worker.processes import append_note
+
+from ..files import safe_component, safe_subdir
+
+if TYPE_CHECKING:
+    from lsst.ctrl.bps import BpsConfig
+
+__all__ = ("append_note", "exit_status_from_log", "log_dir_template", "log_paths")
+
+
+def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
+    """Return the stdout and stderr files of one attempt of one job, always
+    under ``<submit>/logs`` whatever the job's name and log directory hold
+    (see `files.safe_component`).
+    """
+    base = os.path.join(submit_path, "logs", safe_subdir(log_dir), f"{safe_component(name)}.{attempt}")
+    return base + ".out", base + ".err"
+
+
+def exit_status_from_log(stderr: str) -> int | None:
+    """Exit status a job's shell appended to its stderr log, if any."""
+    return logged_exit_status(stderr)
+
+
+class _SubdirTemplate:
+    """``subDirTemplate`` parsed once; fields missing from a job's tags are
+    left out, empty path components dropped, and every component made safe
+    (`files.safe_subdir`: no ``..``, nothing absolute).
+    """
+
+    def __init__(self, template: str):
+        self.parts = list(string.Formatter().parse(template))
+
+    def __call__(self, label: str, tags: dict[str, Any]) -> str:
+        out = []
+        for literal, field, spec, _ in self.parts:
+            out.append(literal)
+            if field is None:
+                continue
+            value = label if field == "label" else tags.get(field)
+            if value is not None:
+                out.append(format(value, spec) if spec else str(value))
+        return safe_subdir("".join(out))
+
+
+def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
+    """The job log sub-directory template of a run (``subDirTemplate``,
+    default ``{label}``): called with a job's label and tags.
+    """
+    found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
+    return _SubdirTemplate(template if found and template else "{label}")

@@ -1,0 +1,166 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Recording a run's transitions in its store, and settling what a driver
+that died left behind.
+
+`Recorder` is the driver's one writer of the store's job state: every
+transition goes through it (queued, and committed by the driver's loop in
+one transaction per pass; see `RunStore.flush`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from ..records import AttemptResult, JobKind, JobRow, JobState
+from .attemptlogs import append_note, exit_status_from_log, log_paths
+from .runstore import RunStore
+
+__all__ = ("Recorder",)
+
+_LOG = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Write a run's job transitions to its store.
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's store, open for writing.
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The run's jobs, by id.
+    submit_path : `str`
+        Submit directory (where the attempts' logs are).
+    """
+
+    def __init__(self, store: RunStore, rows: Sequence[JobRow], submit_path: str):
+        self.store = store
+        self.rows = rows
+        self.submit_path = submit_path
+
+    def stderr_of(self, job: int, attempt: int) -> str:
+        """The stderr log of an attempt."""
+        row = self.rows[job]
+        return log_paths(self.submit_path, row.log_dir, row.name, attempt)[1]
+
+    def note(self, job: int, attempt: int, text: str) -> None:
+        """Append a line of the plugin's to an attempt's stderr log."""
+        append_note(self.stderr_of(job, attempt), f"[bps-parsl] {text}\n")
+
+    def state(self, job: int, state: JobState, attempt: int) -> None:
+        """A job's new state, with nothing to say about an attempt."""
+        self.store.set_state(job, state, attempt)
+
+    def submitted(self, job: int, attempt: int, when: float) -> None:
+        """An attempt was handed to Parsl."""
+        self.store.set_state(job, JobState.PENDING, attempt, start=when)
+
+    def ended(
+        self,
+        job: int,
+        attempt: int,
+        attempt_state: JobState,
+        result: AttemptResult,
+        memory: int | None = None,
+        executor: str | None = None,
+        job_state: JobState | None = None,
+        lost: str | None = None,
+    ) -> None:
+        """An attempt ended in ``attempt_state``; the job is now in
+        ``job_state`` (by default the attempt's state; READY for a retry).
+        ``lost``: how the infrastructure lost it (see `losses`).
+        """
+        code, sig, start, end, host, _ = result
+        self.store.record_attempt(
+            job, attempt, attempt_state, code, sig, memory, executor, None, start, end, host, lost
+        )
+        state = attempt_state if job_state is None else job_state
+        self.store.set_state(job, state, attempt, code, sig, start, end, host)
+
+    def rejected(self, job: int, attempt: int, reason: str, when: float) -> None:
+        """An attempt that no executor took failed at once."""
+        self.note(job, attempt, reason)
+        _LOG.warning("job %s: %s", self.rows[job].name, reason)
+        self.ended(job, attempt, JobState.FAILED, AttemptResult(-1, None, when, when, None, False))
+
+    def lost(
+        self, job: int, attempt: int, error: BaseException, when: float, cause: str | None = None
+    ) -> AttemptResult:
+        """The executor lost an attempt (``cause``: the infrastructure did,
+        see `losses`): say so in its log; returns the result it is recorded
+        with (exit status -1).
+        """
+        name = self.rows[job].name
+        if cause is None:
+            _LOG.warning("job %s attempt %d: executor error %r", name, attempt, error)
+            self.note(job, attempt, f"the executor lost this attempt: {error!r}")
+        else:
+            _LOG.warning("job %s attempt %d lost: %s", name, attempt, cause)
+            self.note(job, attempt, f"infrastructure loss, not counted as a job retry: {cause}")
+        return AttemptResult(-1, None, None, when, None, False)
+
+    def settle_leftovers(self, state: list[JobState], attempts: list[int]) -> None:
+        """Settle the attempts a driver that died launched but did not record.
+
+        An attempt was launched when its stderr log exists (its shell
+        creates it first); if the shell logged exit status 0 the job counts
+        as succeeded, otherwise as failed. ``state`` and ``attempts`` (by
+        job id) are updated.
+        """
+        for i, row in enumerate(self.rows):
+            if state[i] == JobState.SUCCEEDED or row.kind != JobKind.PAYLOAD:
+                continue
+            recorded = attempts[i]
+            # The recorded attempt is read again too: a job the driver recorded
+            # as DELETED or lost may have ended by itself, and its log is the truth.
+            attempt = max(recorded, 1)
+            last = None
+            while attempt > 0:
+                stderr = self.stderr_of(i, attempt)
+                if not os.path.exists(stderr):
+                    break
+                last = (attempt, stderr)
+                attempt += 1
+            if last is None:
+                continue
+            attempt, stderr = last
+            code = exit_status_from_log(stderr)
+            if attempt == recorded and code != 0 and state[i] not in (JobState.PENDING, JobState.RUNNING):
+                continue  # the store already knows how that attempt ended
+            attempts[i] = attempt
+            settled = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+            self.store.record_attempt(i, attempt, settled, code, memory=row.request_memory)
+            self.store.set_state(i, settled, attempt, code)
+            state[i] = settled
+
+    def flush(self) -> None:
+        """Commit what was recorded (see `RunStore.flush`)."""
+        self.store.flush()

@@ -1,0 +1,504 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The run-state store: one SQLite database in the submit directory.
+
+It holds the prepared workflow (jobs, rendered command lines, dependencies,
+resources, retry policy) and every job transition, so that ``bps report``,
+``bps cancel`` and ``bps restart`` can work from any process and any current
+directory, during the run and after it.
+
+The database uses a rollback journal (``journal_mode=DELETE``), never WAL:
+WAL needs shared memory that does not work over a network file system. One
+writer (the driver, or ``bps cancel`` once the driver ended) commits; readers
+on any host read in short transactions and check the file's change counter
+and journal around each read, retrying with a bounded backoff while a commit
+is under way (doc/state.md). A transition is committed in the driver's loop
+iteration that saw it, so a driver killed with SIGKILL loses at most the
+transitions of that iteration; restart reconciles those from the jobs' own
+logs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, TypeVar
+
+from ..records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
+from .diskspace import SpaceReserve, is_out_of_space, out_of_space_message
+from .schema import (
+    CHANGE_COUNTER,
+    DB_NAME,
+    FORMAT_VERSION,
+    JOB_COLUMNS,
+    JOURNAL_MODE,
+    READ_RETRY_SECONDS,
+    TORN_RETRY_SECONDS,
+    create_store,
+)
+from .storefile import (
+    FileIdentity,
+    StateStoreError,
+    StoreLostError,
+    TornReadError,
+    busy,
+    journal_is_hot,
+    retryable,
+    roll_back_hot_journal,
+    store_error,
+)
+
+__all__ = (
+    "DB_NAME",
+    "ENDED",
+    "FORMAT_VERSION",
+    "JOB_COLUMNS",
+    "AttemptRow",
+    "JobKind",
+    "JobRow",
+    "JobState",
+    "RunStore",
+    "SessionRow",
+    "StateStoreError",
+    "StatusRow",
+    "StoreLostError",
+    "out_of_space_message",
+)
+
+_T = TypeVar("_T")
+_STATES = {int(state): state for state in JobState}
+"""`JobState` by value: a dict look-up, where ``JobState(value)`` costs a microsecond."""
+
+
+UNREADY = JobState.UNREADY
+READY = JobState.READY
+PENDING = JobState.PENDING
+RUNNING = JobState.RUNNING
+SUCCEEDED = JobState.SUCCEEDED
+FAILED = JobState.FAILED
+PRUNED = JobState.PRUNED
+DELETED = JobState.DELETED
+# The names above are the `JobState` members, for modules that import them from here.
+
+
+def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Turn SQLite errors of a `RunStore` method into `StateStoreError`; the
+    methods of a read-only store read in one checked transaction, retried
+    (see `RunStore.read_snapshot`).
+    """
+
+    def decorate(method: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(method)
+        def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> _T:
+            try:
+                if self.readonly and not self.conn.in_transaction:
+                    return self.read_snapshot(functools.partial(method, self, *args, **kwargs))
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                raise store_error(self.path, exc, writing) from None
+
+        return wrapper
+
+    return decorate
+
+
+def db_path(submit_path: str) -> str:
+    """Path of the run-state database of a submit directory."""
+    return os.path.join(submit_path, DB_NAME)
+
+
+class RunStore(FileIdentity):
+    """Access to one run's state database.
+
+    Parameters
+    ----------
+    path : `str`
+        Database file.
+    readonly : `bool`
+        Open for reading only (report, status).
+    """
+
+    def __init__(self, path: str, readonly: bool = False):
+        self.path = path
+        self.readonly = readonly
+        self._pending_status: list[tuple] = []
+        self._pending_attempts: list[tuple] = []
+        self.session: int | None = None
+        if not os.path.exists(path):
+            raise StateStoreError(
+                f"{path}: no run-state database here: pass the submit directory that 'bps submit' printed"
+            )
+        if not os.access(path, os.R_OK):
+            raise StateStoreError(f"{path}: not readable by this user: check its permissions")
+        self.lost: str | None = None
+        self.disk_full: str | None = None
+        self.reserve: SpaceReserve | None = None
+        self._fd: int | None = None
+        if not readonly:
+            self._open_identity()
+        else:
+            try:
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise StateStoreError(
+                    f"{path}: cannot open the run-state database ({exc.strerror})"
+                ) from None
+        try:
+            if readonly:
+                roll_back_hot_journal(path)
+                self.conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+                )
+                self.conn.execute("PRAGMA busy_timeout=2000")
+                version, tables = self.read_snapshot(self._format)
+            else:
+                self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self.conn.execute("PRAGMA busy_timeout=10000")
+                # Also turns the WAL of a store written by an older version into a rollback journal.
+                self.conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                version, tables = self._format()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StateStoreError(
+                f"{path}: not a readable run-state database ({exc}): the file is damaged; restore it from a "
+                "backup or submit the run again (nothing was re-run)"
+            ) from None
+        if version == 0 and not tables:
+            self.close()
+            raise StateStoreError(
+                f"{path}: the run-state database is empty (truncated?): restore it from a backup or submit "
+                "the run again (nothing was re-run)"
+            )
+        if version != FORMAT_VERSION or not {"meta", "jobs", "status", "attempts", "sessions"} <= tables:
+            self.close()
+            raise StateStoreError(
+                f"{path}: run-state format {version} with tables {sorted(tables)} is not format "
+                f"{FORMAT_VERSION}: use the plugin version that wrote it, or submit the run again"
+            )
+        if not readonly:
+            # A driver or cancel writes: check every page first, so a damaged
+            # file stops it here rather than half-way through a run.
+            try:
+                self.check_integrity()
+                self._add_lost_column()
+            except StateStoreError:
+                self.close()
+                raise
+
+    @_guarded(writing=True)
+    def _add_lost_column(self) -> None:
+        """Give a store written before attempts recorded infrastructure
+        losses its ``attempts.lost`` column (readers of such a store read
+        `None` there).
+        """
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
+        if "lost" not in columns:
+            self.conn.execute("ALTER TABLE attempts ADD COLUMN lost TEXT")
+
+    def _format(self) -> tuple[int, set[str]]:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return version, tables
+
+    def _file_version(self) -> tuple[bytes, bool]:
+        """The file's change counter and whether a hot rollback journal is
+        there (a writer changes the file only once its journal is hot).
+        """
+        assert self._fd is not None
+        return os.pread(self._fd, 4, CHANGE_COUNTER), journal_is_hot(self.path)
+
+    def read_snapshot(self, read: Callable[[], _T]) -> _T:
+        """Run ``read`` (calls of this store's methods and queries of its
+        ``conn``) in one read transaction that saw no commit: a consistent
+        snapshot of the run, from any host.
+
+        The transaction's shared lock keeps a writer on this host (or on a
+        network file system whose locks work across hosts) from committing
+        during the read; where locks do not reach another host, the change
+        counter and the journal, checked after the lock is taken and again
+        at the end, tell that a commit ran meanwhile. Busy, locked or torn
+        reads are retried with a growing pause for `READ_RETRY_SECONDS`.
+        """
+        started = time.monotonic()
+        deadline = started + READ_RETRY_SECONDS
+        pause = 0.01
+        while True:
+            try:
+                self.conn.execute("BEGIN")
+                try:
+                    self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                    before = self._file_version()
+                    if before[1]:
+                        raise TornReadError()
+                    value = read()
+                    if self._file_version() != before:
+                        raise TornReadError()
+                finally:
+                    if self.conn.in_transaction:
+                        self.conn.execute("COMMIT")
+                return value
+            except (sqlite3.DatabaseError, TornReadError) as exc:
+                if self.readonly and roll_back_hot_journal(self.path):
+                    continue
+                if isinstance(exc, sqlite3.DatabaseError) and not retryable(exc):
+                    raise
+                if isinstance(exc, sqlite3.DatabaseError) and not busy(exc):
+                    # A page read half-written resolves within a commit; a damaged file never does.
+                    deadline = min(deadline, started + TORN_RETRY_SECONDS)
+                if time.monotonic() + pause > deadline:
+                    if isinstance(exc, sqlite3.DatabaseError):
+                        raise
+                    raise sqlite3.OperationalError(
+                        f"the database kept changing during a read for {READ_RETRY_SECONDS:.0f} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
+    # ---- creation -------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str,
+        meta: dict[str, Any],
+        jobs: Generator[JobRow, None, list[str]],
+        edges: Iterable[tuple[int, int]],
+    ) -> RunStore:
+        """Write a new database for a prepared workflow (`storeschema.create_store`)
+        and open it for writing.
+        """
+        create_store(path, meta, jobs, edges)
+        return cls(path)
+
+    # ---- reading --------------------------------------------------------
+
+    @_guarded()
+    def meta(self) -> dict[str, Any]:
+        """Run-wide values."""
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    @_guarded(writing=True)
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store one run-wide value."""
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    @_guarded()
+    def jobs(self, start: int = 0) -> list[JobRow]:
+        """All jobs (or those from id ``start`` on), by id."""
+        rows = self.conn.execute("SELECT * FROM jobs WHERE id >= ? ORDER BY id", (start,))
+        return [JobRow._make(row) for row in rows]
+
+    @_guarded()
+    def edges(self) -> list[tuple[int, int]]:
+        """All (parent, child) pairs."""
+        return self.conn.execute("SELECT parent, child FROM edges").fetchall()
+
+    @_guarded()
+    def envs(self) -> list[str]:
+        """Environment scripts, by id."""
+        return [row[0] for row in self.conn.execute("SELECT script FROM envs ORDER BY id")]
+
+    @_guarded()
+    def statuses(self) -> list[StatusRow]:
+        """The current state of every job, by job id."""
+        rows = self.conn.execute("SELECT * FROM status ORDER BY job")
+        states = _STATES
+        return [StatusRow(job, states[state], *rest) for job, state, *rest in rows]
+
+    @_guarded()
+    def sessions(self) -> list[SessionRow]:
+        """Every driver session, oldest first."""
+        return [SessionRow._make(row) for row in self.conn.execute("SELECT * FROM sessions ORDER BY id")]
+
+    @_guarded()
+    def attempts(self, job: int | None = None) -> list[AttemptRow]:
+        """Ended attempts, of one job or all, by job and attempt number."""
+        if job is None:
+            rows = self.conn.execute("SELECT * FROM attempts ORDER BY job, attempt")
+        else:
+            rows = self.conn.execute("SELECT * FROM attempts WHERE job=? ORDER BY attempt", (job,))
+        return [AttemptRow(j, a, session, JobState(state), *rest) for j, a, session, state, *rest in rows]
+
+    def check_integrity(self) -> None:
+        """Raise `StateStoreError` if SQLite finds the file damaged."""
+        try:
+            result = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            result = str(exc)
+        if result != "ok":
+            raise StateStoreError(
+                f"{self.path}: the run-state database is damaged ({result}): restore it from a backup "
+                "or submit the run again (nothing was re-run)"
+            )
+
+    # ---- writing --------------------------------------------------------
+
+    @_guarded(writing=True)
+    def begin_session(self, kind: str, pid: int, host: str) -> int:
+        """Record that a driver started; returns the session id."""
+        cur = self.conn.execute(
+            "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)",
+            (kind, pid, host, time.time()),
+        )
+        self.session = session = int(cur.lastrowid or 0)
+        return session
+
+    @_guarded(writing=True)
+    def end_session(self, outcome: str) -> None:
+        """Record that this driver ended and how."""
+        self.flush()
+        self.check_identity()
+        self.conn.execute(
+            "UPDATE sessions SET end=?, outcome=? WHERE id=?", (time.time(), outcome, self.session)
+        )
+
+    def set_state(
+        self,
+        job: int,
+        state: int,
+        attempt: int = 0,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        host: str | None = None,
+    ) -> None:
+        """Queue a job's new current state; written at the next `flush`."""
+        self._pending_status.append((state, attempt, exit_code, signal, start, end, host, job))
+
+    def record_attempt(
+        self,
+        job: int,
+        attempt: int,
+        state: int,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        memory: int | None = None,
+        executor: str | None = None,
+        submitted: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        host: str | None = None,
+        lost: str | None = None,
+    ) -> None:
+        """Queue an attempt's row (insert or replace); written at `flush`.
+
+        ``lost``: why the infrastructure lost the attempt (its worker, node,
+        block or pool), `None` for an attempt that ended by itself.
+        """
+        self._pending_attempts.append(
+            (
+                job,
+                attempt,
+                self.session or 0,
+                state,
+                exit_code,
+                signal,
+                memory,
+                executor,
+                submitted,
+                start,
+                end,
+                host,
+                lost,
+            )
+        )
+
+    @property
+    def dirty(self) -> bool:
+        """Whether changes wait for `flush`."""
+        return bool(self._pending_status or self._pending_attempts)
+
+    def flush(self) -> None:
+        """Commit every queued change in one transaction.
+
+        If the disk is full, the space of the reserve (`keep_reserve`) is
+        given back and the commit tried once more; `disk_full` then says
+        so, and the caller should stop. Changes that could not be committed
+        stay queued.
+
+        Raises
+        ------
+        StoreLostError
+            If the database file was deleted, replaced or truncated.
+        StateStoreError
+            If the commit failed.
+        """
+        if not self._pending_status and not self._pending_attempts:
+            return
+        self.check_identity()
+        try:
+            self._commit_pending()
+        except StateStoreError as exc:
+            if self.reserve is None or not is_out_of_space(exc.__context__ or exc):
+                raise
+            if not self.reserve.release():
+                raise
+            self._commit_pending()
+            self.disk_full = out_of_space_message(os.path.dirname(self.path) or ".")
+
+    def _commit_pending(self) -> None:
+        status, attempts = self._pending_status, self._pending_attempts
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            if status:
+                self.conn.executemany(
+                    "UPDATE status SET state=?, attempt=?, exit_code=?, signal=?, start=?, end=?, host=? "
+                    "WHERE job=?",
+                    status,
+                )
+            if attempts:
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", attempts
+                )
+            self.conn.execute("COMMIT")
+            self._pending_status, self._pending_attempts = [], []
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise store_error(self.path, exc, writing=True) from None
+            raise
+
+    def close(self) -> None:
+        """Close the connection (and give back any reserved space)."""
+        if hasattr(self, "conn"):
+            self.conn.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.reserve is not None:
+            self.reserve.release()

@@ -1,0 +1,231 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The run-state store's file: its errors, checks that the path still
+names the file a writer opened, and its rollback journal (hot or not, and
+rolling back what a writer that died left).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+
+from ..oneline import one_line
+from .diskspace import RESERVE_NAME, SpaceReserve
+
+__all__ = (
+    "FileIdentity",
+    "StateStoreError",
+    "StoreLostError",
+    "TornReadError",
+    "busy",
+    "journal_is_hot",
+    "retryable",
+    "roll_back_hot_journal",
+    "store_error",
+)
+
+
+class StateStoreError(RuntimeError):
+    """The run-state database is missing, unreadable or damaged."""
+
+
+class StoreLostError(StateStoreError):
+    """The run-state database was deleted, truncated or replaced under an
+    open store: nothing more is written to it.
+    """
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
+    """A one-line `StateStoreError` for an SQLite error on ``path``."""
+    text = one_line(exc)
+    directory = os.path.dirname(path) or "."
+    if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
+        if writing:
+            return StateStoreError(
+                f"{path}: cannot write the run-state database ({text}): the state up to the last "
+                f"completed step is kept; free space or fix permissions in {directory}, then "
+                f"'bps restart --id {directory}'"
+            )
+        return StateStoreError(
+            f"{path}: cannot read the run-state database ({text}): check the disk and permissions of "
+            f"{directory}"
+        )
+    return StateStoreError(
+        f"{path}: the run-state database is damaged ({text}): restore it from a backup or submit the "
+        "run again (nothing was re-run)"
+    )
+
+
+class FileIdentity:
+    """What a writer of the store checks of its file (mixed into `RunStore`)."""
+
+    path: str
+    lost: str | None
+    reserve: SpaceReserve | None
+    _fd: int | None
+    _identity: tuple[int, int]
+    _size: int
+
+    def _open_identity(self) -> None:
+        """Refuse a store that is not a regular file of this user, and keep
+        a descriptor of it to notice if the path stops naming it.
+        """
+        path = self.path
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateStoreError(
+                    f"{path}: is a symbolic link, not the run's own database: refused; use the submit "
+                    "directory that holds the database itself"
+                ) from None
+            raise StateStoreError(f"{path}: cannot open the run-state database ({exc.strerror})") from None
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            os.close(self._fd)
+            self._fd = None
+            raise StateStoreError(
+                f"{path}: not a regular file owned by you (uid {info.st_uid}): refused; only the run's "
+                "owner may act on it"
+            )
+        self._identity = (info.st_dev, info.st_ino)
+        self._size = info.st_size
+
+    def check_identity(self) -> None:
+        """Raise `StoreLostError` if the store's path no longer names the
+        file this store opened, in the state it left it: the file was
+        deleted, replaced by another file, or truncated.
+
+        Once lost, the store writes nothing more.
+        """
+        if self.lost:
+            raise StoreLostError(self.lost)
+        if self._fd is None:
+            return
+        what = None
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError as exc:
+            what = f"made unreadable ({exc.strerror})"
+        else:
+            if (info.st_dev, info.st_ino) != self._identity:
+                what = "replaced by another file"
+            elif info.st_size < self._size or os.pread(self._fd, len(SQLITE_HEADER), 0) != SQLITE_HEADER:
+                what = "truncated or overwritten"
+            else:
+                self._size = info.st_size
+        if what is not None:
+            directory = os.path.dirname(self.path) or "."
+            self.lost = (
+                f"{self.path}: the run-state database was {what} while the run was running: the run "
+                "stopped and nothing more was recorded; restore the file and 'bps restart --id "
+                f"{directory}', or submit the run again"
+            )
+            raise StoreLostError(self.lost)
+
+    def keep_reserve(self, size: int) -> None:
+        """Hold ``size`` bytes next to the store for its last commits when
+        the file system fills up (see `SpaceReserve`).
+        """
+        directory = os.path.join(os.path.dirname(self.path), "parsl")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.reserve = SpaceReserve(os.path.join(directory, RESERVE_NAME), size)
+
+
+def retryable(exc: sqlite3.DatabaseError) -> bool:
+    """Whether a reader's error may come from a commit under way (another
+    host's, where file locks do not reach): busy, locked, a journal it must
+    not roll back, or a page read half-written.
+    """
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "malformed", "readonly", "read-only", "disk i/o"))
+
+
+def busy(exc: sqlite3.DatabaseError) -> bool:
+    """Whether a reader's error is another connection's lock (retried for long)."""
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "readonly", "read-only"))
+
+
+class TornReadError(Exception):
+    """The file changed during a read: a commit of a writer the locks did not keep out."""
+
+
+def journal_is_hot(path: str) -> bool:
+    """Whether the store at ``path`` has a rollback journal that a commit
+    under way or a writer that died mid-commit left with pages to restore.
+
+    With ``synchronous=FULL`` SQLite writes a journal's header with a zero
+    first byte and sets it only once the journal is synced, before the first
+    change to the database file; a journal that still starts with zero (its
+    writer died before that point) holds nothing to restore, and SQLite
+    itself leaves it in place until the next commit.
+    """
+    try:
+        with open(path + "-journal", "rb") as journal:
+            return journal.read(1) not in (b"", b"\0")
+    except OSError:
+        return False
+
+
+def roll_back_hot_journal(path: str) -> bool:
+    """Roll back what a writer that died mid-commit left in the store's
+    rollback journal, where this user may write the store.
+
+    A read-only connection cannot do it (SQLite then refuses every read), so
+    readers call this when a journal is there. Opening the store for writing
+    and reading from it is all it takes: SQLite rolls a hot journal back on
+    the first read, and leaves the journal of a live writer alone.
+
+    Returns
+    -------
+    rolled_back : `bool`
+        Whether a journal was there and is gone now.
+    """
+    if not journal_is_hot(path):
+        return False
+    directory = os.path.dirname(path) or "."
+    if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
+        return False
+    try:
+        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return not journal_is_hot(path)
