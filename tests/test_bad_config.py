@@ -210,3 +210,42 @@ def test_good_configuration_passes(tmp_path):
     service.run_submission_checks()
     service.prepare(config, workflow([job("j0", "true", request_walltime="00:10:00")]), str(tmp_path / "s"))
     assert (tmp_path / "s" / "bps_parsl.sqlite3").exists()
+
+
+def _doc_rows() -> dict[str, str]:
+    """doc/configuration.md's key table: key cell -> default cell."""
+    rows = {}
+    for line in (Path(__file__).parents[1] / "doc" / "configuration.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 4:
+            for key in cells[0].split(","):
+                for name in key.split(" / "):
+                    rows[name.strip().split(" ")[0].strip("`")] = cells[2]
+    return rows
+
+
+def _renderings(default) -> set[str]:
+    if isinstance(default, bool):
+        return {str(default).lower()}
+    if isinstance(default, float):
+        return {f"{default:g}", str(default)}
+    if default == "":
+        return {'`""`'}
+    return {str(default), f"`{default}`"}
+
+
+def test_every_plugin_key_has_one_default_and_the_doc_table_says_it():
+    """Each run-wide and site key is read through one table with one default
+    (configuration.RUN_KEYS / SITE_KEYS), and doc/configuration.md's row
+    for the key shows that default."""
+    from lsst.ctrl.bps.parsl.configuration import RUN_KEYS, SITE_KEYS
+
+    rows = _doc_rows()
+    wrong = []
+    for key in RUN_KEYS + SITE_KEYS:
+        name = key.name.lstrip(".") if key in RUN_KEYS else f"site.<name>.{key.name}"
+        cell = rows.get(name)
+        if cell is None or not any(cell.startswith(r) for r in _renderings(key.default)):
+            wrong.append(f"{name}: doc says {cell!r}, the code {key.default!r}")
+    assert not wrong, "\n".join(wrong)
+    assert len({key.name for key in RUN_KEYS + SITE_KEYS}) == len(RUN_KEYS + SITE_KEYS)

@@ -34,16 +34,26 @@ submit YAML stops ``bps submit`` before anything runs.
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, overload
 
 from lsst.ctrl.bps import BpsConfig
 
 __all__ = (
     "DISPATCH_ORDERS",
+    "RUN_KEYS",
+    "SITE_KEYS",
     "ConfigurationError",
     "ConfigurationTypeError",
+    "Key",
+    "MIN_STALE_AFTER",
     "MissingConfigurationError",
+    "RunSettings",
+    "SiteSettings",
+    "default_of",
     "dispatch_order",
     "get_bps_config_value",
     "get_workflow_filename",
@@ -242,14 +252,22 @@ _LOG_LEVELS = ("CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG")
 def parsl_log_level(config: BpsConfig) -> int:
     """Return the level of Parsl's log from ``parsl.log_level``.
 
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        BPS configuration.
+
+    Returns
+    -------
+    level : `int`
+        A `logging` level.
+
     Raises
     ------
     ConfigurationError
         If the level is not a logging level name.
     """
-    name = get_bps_config_value(config, ".parsl.log_level", str, "WARNING")
-    if name.upper() not in _LOG_LEVELS:
-        raise ConfigurationError(f"'parsl.log_level' is {name!r}: use one of {', '.join(_LOG_LEVELS)}")
+    name = _read(config, tuple(k for k in RUN_KEYS if k.field == "parsl_log_level"), None)["parsl_log_level"]
     return logging.getLevelNamesMapping()[name.upper()]
 
 
@@ -318,21 +336,246 @@ def parse_walltime(value: str | int | float, name: str) -> int:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+@dataclass(frozen=True)
+class Key:
+    """One plugin key: its name, type, the one default, and its check."""
+
+    name: str
+    """Name as written in the submit YAML (site keys: under ``site.<name>``)."""
+    field: str
+    """Field of `RunSettings` or `SiteSettings` that holds its value."""
+    kind: type
+    """Type of its value (a float key takes an int too)."""
+    default: Any
+    """Its value when not set: the only default of the key."""
+    check: Callable[[Any], str | None] | None = None
+    """Returns what is wrong with a value (the fix, for the error line), or `None`."""
+
+
+def _at_least(low: float, fix: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value >= low else fix
+
+
+def _above_zero(value: Any) -> str | None:
+    return None if value > 0 else "it must be greater than 0"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value in choices else "use " + " or ".join(repr(c) for c in choices)
+
+
+def _log_level(value: Any) -> str | None:
+    return None if value.upper() in _LOG_LEVELS else f"use one of {', '.join(_LOG_LEVELS)}"
+
+
+def _absolute(value: Any) -> str | None:
+    return None if os.path.isabs(value) else "give an absolute path, e.g. /bin/bash"
+
+
+MIN_STALE_AFTER = 2.0
+"""The shortest ``parslDriverStaleAfter`` (seconds): heartbeats come every second."""
+
 DISPATCH_ORDERS = ("priority", "fifo")
-"""Values of ``parslDispatchOrder``."""
+"""Values of ``parslDispatchOrder``: ``priority`` (priority, then critical path) or ``fifo``."""
+
+RUN_KEYS = (
+    Key("parslDetach", "detach", bool, False),
+    Key(
+        "parslProgressInterval",
+        "progress_interval",
+        float,
+        30.0,
+        _at_least(0, "use 0 (off) or a number of seconds"),
+    ),
+    Key("parslProgressByLabel", "progress_by_label", bool, False),
+    Key(
+        "parslDriverStaleAfter",
+        "driver_stale_after",
+        float,
+        30.0,
+        _at_least(
+            2, "use at least 2 seconds (default 30); longer than the longest pause of the shared file system"
+        ),
+    ),
+    Key("parslDispatchOrder", "dispatch_order", str, "priority", _one_of(*DISPATCH_ORDERS)),
+    Key(".parsl.log_level", "parsl_log_level", str, "WARNING", _log_level),
+)
+"""The plugin's run-wide keys (doc/configuration.md has a row for each)."""
+
+SITE_KEYS = (
+    Key("retries", "retries", int, 1, _at_least(0, "it must be 0 or more")),
+    Key("infrastructureRetries", "infrastructure_retries", int, 3, _at_least(0, "it must be 0 or more")),
+    Key("maxIdleTime", "max_idle_time", float, 30.0, _above_zero),
+    Key("strategyPeriod", "strategy_period", float, 1.0, _above_zero),
+    Key("jobShell", "job_shell", str, "/bin/bash", _absolute),
+    Key("commandPrefix", "command_prefix", str, ""),
+    Key("environment", "environment", bool, False),
+    Key("monitorEnable", "monitor_enable", bool, False),
+    Key("monitorInterval", "monitor_interval", float, 30.0, _above_zero),
+    Key("monitorFilename", "monitor_filename", str, "monitoring.db"),
+)
+"""The keys every site reads (doc/configuration.md has a row for each)."""
+
+
+def default_of(name: str) -> Any:
+    """The default of a plugin key (`RUN_KEYS`, `SITE_KEYS`): the one place it is set.
+
+    Parameters
+    ----------
+    name : `str`
+        The key's name.
+
+    Returns
+    -------
+    default : `typing.Any`
+        Its default value.
+    """
+    return next(key.default for key in RUN_KEYS + SITE_KEYS if key.name == name)
+
+
+def _read(config: BpsConfig | dict, keys: tuple[Key, ...], where: str | None) -> dict[str, Any]:
+    values = {}
+    for key in keys:
+        name = key.name if where is None else f"{where}.{key.name}"
+        kind: type | tuple[type, ...] = (float, int) if key.kind is float else key.kind
+        value = get_bps_config_value(config, key.name, kind, key.default, where=where)
+        if key.kind is float and value is not None:
+            value = float(value)
+        fix = key.check(value) if key.check is not None else None
+        if fix is not None:
+            raise ConfigurationError(f"'{name.lstrip('.')}' is {value!r}: {fix}")
+        values[key.field] = value
+    return values
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The plugin's run-wide keys (`RUN_KEYS`), read and checked once.
+
+    Parameters
+    ----------
+    detach : `bool`
+        ``parslDetach``.
+    progress_interval : `float`
+        ``parslProgressInterval`` (0: no progress lines).
+    progress_by_label : `bool`
+        ``parslProgressByLabel``.
+    driver_stale_after : `float`
+        ``parslDriverStaleAfter``.
+    dispatch_order : `str`
+        ``parslDispatchOrder``.
+    parsl_log_level : `str`
+        ``parsl.log_level``.
+    """
+
+    detach: bool
+    progress_interval: float
+    progress_by_label: bool
+    driver_stale_after: float
+    dispatch_order: str
+    parsl_log_level: str
+
+    @classmethod
+    def read(cls, config: BpsConfig) -> RunSettings:
+        """Read and check the run-wide keys.
+
+        Parameters
+        ----------
+        config : `lsst.ctrl.bps.BpsConfig`
+            BPS configuration.
+
+        Returns
+        -------
+        settings : `RunSettings`
+            Their values.
+
+        Raises
+        ------
+        ConfigurationError
+            One line naming the first bad key and the fix.
+        """
+        return cls(**_read(config, RUN_KEYS, None))
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """The keys every site reads (`SITE_KEYS`), read and checked once.
+
+    Parameters
+    ----------
+    retries : `int`
+        ``retries``: retries of a job that sets no ``numberOfRetries``.
+    infrastructure_retries : `int`
+        ``infrastructureRetries``.
+    max_idle_time : `float`
+        ``maxIdleTime``, seconds.
+    strategy_period : `float`
+        ``strategyPeriod``, seconds.
+    job_shell : `str`
+        ``jobShell``.
+    command_prefix : `str`
+        ``commandPrefix``.
+    environment : `bool`
+        ``environment``.
+    monitor_enable : `bool`
+        ``monitorEnable``.
+    monitor_interval : `float`
+        ``monitorInterval``, seconds.
+    monitor_filename : `str`
+        ``monitorFilename``.
+    """
+
+    retries: int
+    infrastructure_retries: int
+    max_idle_time: float
+    strategy_period: float
+    job_shell: str
+    command_prefix: str
+    environment: bool
+    monitor_enable: bool
+    monitor_interval: float
+    monitor_filename: str
+
+    @classmethod
+    def read(cls, site: BpsConfig | dict, where: str) -> SiteSettings:
+        """Read and check the keys of a site's section.
+
+        Parameters
+        ----------
+        site : `lsst.ctrl.bps.BpsConfig` or `dict`
+            The ``site.<name>`` section.
+        where : `str`
+            Its name in messages (``site.<name>``).
+
+        Returns
+        -------
+        settings : `SiteSettings`
+            Their values.
+
+        Raises
+        ------
+        ConfigurationError
+            One line naming the first bad key and the fix.
+        """
+        return cls(**_read(site, SITE_KEYS, where))
 
 
 def dispatch_order(config: BpsConfig) -> str:
     """The ``parslDispatchOrder`` of a BPS configuration (default ``priority``).
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        BPS configuration.
+
+    Returns
+    -------
+    order : `str`
+        One of `DISPATCH_ORDERS`.
 
     Raises
     ------
     ConfigurationError
         If it is not one of `DISPATCH_ORDERS`.
     """
-    order = get_bps_config_value(config, "parslDispatchOrder", str, "priority")
-    if order not in DISPATCH_ORDERS:
-        raise ConfigurationError(
-            f"'parslDispatchOrder' is {order!r}: use 'priority' (priority, then critical path) or 'fifo'"
-        )
-    return order
+    return RunSettings.read(config).dispatch_order

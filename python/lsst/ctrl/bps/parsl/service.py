@@ -37,11 +37,11 @@ from typing import Any
 from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow, WmsRunReport, WmsStates
 from lsst.resources import ResourcePath
 
-from .configuration import ConfigurationError, get_bps_config_value
+from .configuration import ConfigurationError, RunSettings
 from .control.submitchecks import check_executables, check_submit_path
 from .files import open_private, private_dir, safe_component
 from .oneline import one_line
-from .run.session import RunFailedError, driver_stale_after, progress_interval
+from .run.session import RunFailedError
 from .site import SiteConfig
 from .store.runindex import add_run, list_runs, resolve_run
 from .store.runstore import StateStoreError
@@ -103,11 +103,8 @@ class ParslService(BaseWmsService):
         """
         site = SiteConfig.from_config(self.config)
         site.validate()
-        progress_interval(self.config)
-        driver_stale_after(self.config)
-        _detach(self.config)
+        RunSettings.read(self.config)
         check_submit_path(self.config)
-        get_bps_config_value(self.config, "parslProgressByLabel", bool, False)
 
     def prepare(
         self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None = None
@@ -404,7 +401,7 @@ class ParslService(BaseWmsService):
 
 
 def _detach(config: BpsConfig) -> bool:
-    return get_bps_config_value(config, "parslDetach", bool, False)
+    return RunSettings.read(config).detach
 
 
 def _runs_of(user: str | None) -> tuple[list[str], list[str]]:

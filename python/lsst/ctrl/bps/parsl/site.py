@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -40,10 +41,11 @@ from lsst.utils import doImport
 
 from .configuration import (
     ConfigurationError,
+    RunSettings,
+    SiteSettings,
     get_bps_config_value,
     get_positive,
     get_workflow_name,
-    parsl_log_level,
 )
 from .job import RESOURCE_NAMES
 
@@ -179,6 +181,11 @@ class SiteConfig(ABC):
             )
         return site_class(config)
 
+    @functools.cached_property
+    def settings(self) -> SiteSettings:
+        """The keys every site reads (`SiteSettings`), read and checked once."""
+        return SiteSettings.read(self.site, self.where)
+
     def get(self, key: str, data_type: type | tuple[type, ...], default: Any = None, **kwargs: Any) -> Any:
         """Typed lookup of a key of this site's section."""
         return get_bps_config_value(self.site, key, data_type, default, where=self.where, **kwargs)
@@ -261,8 +268,8 @@ class SiteConfig(ABC):
         makes every job first source a copy of the submitting process's
         environment, written once in the submit directory.
         """
-        prefix = self.get("commandPrefix", str, "")
-        if self.get("environment", bool, False):
+        prefix = self.settings.command_prefix
+        if self.settings.environment:
             import shlex
 
             from .prepare.commands import write_environment_file
@@ -283,20 +290,12 @@ class SiteConfig(ABC):
         ``source``). ``/bin/sh`` is an opt-in for speed: it starts about
         twice as fast, but on Debian it is dash, a POSIX shell only.
         """
-        shell = self.get("jobShell", str, "/bin/bash")
-        if not os.path.isabs(shell):
-            raise ConfigurationError(
-                f"'{self.where}.jobShell' is {shell!r}: give an absolute path, e.g. /bin/bash"
-            )
-        return shell
+        return self.settings.job_shell
 
     @property
     def default_retries(self) -> int:
         """Retries of a job that sets no ``numberOfRetries`` (key ``retries``)."""
-        retries = self.get("retries", int, 1)
-        if retries < 0:
-            raise ConfigurationError(f"'{self.where}.retries' is {retries}: it must be 0 or more")
-        return retries
+        return self.settings.retries
 
     @property
     def infrastructure_retries(self) -> int:
@@ -304,20 +303,13 @@ class SiteConfig(ABC):
         node, block or pool), beyond its ``numberOfRetries`` (key
         ``infrastructureRetries``, default `losses.INFRASTRUCTURE_RETRIES`).
         """
-        from .sites.losses import INFRASTRUCTURE_RETRIES
-
-        retries = self.get("infrastructureRetries", int, INFRASTRUCTURE_RETRIES)
-        if retries < 0:
-            raise ConfigurationError(
-                f"'{self.where}.infrastructureRetries' is {retries}: it must be 0 or more"
-            )
-        return retries
+        return self.settings.infrastructure_retries
 
     def monitoring_filename(self) -> str | None:
         """Path of the Parsl monitoring database, or `None` if monitoring is off."""
-        if not self.get("monitorEnable", bool, False):
+        if not self.settings.monitor_enable:
             return None
-        filename = self.get("monitorFilename", str, "monitoring.db")
+        filename = self.settings.monitor_filename
         if not os.path.isabs(filename) and self.submit_path:
             filename = os.path.join(self.submit_path, "parsl", filename)
         return filename
@@ -334,7 +326,7 @@ class SiteConfig(ABC):
             return None
         from parsl.monitoring import MonitoringHub
 
-        interval = self.get_positive("monitorInterval", float, 30.0)
+        interval = self.settings.monitor_interval
         os.makedirs(os.path.dirname(filename), exist_ok=True)
         return MonitoringHub(
             workflow_name=get_workflow_name(self.config),
@@ -350,7 +342,7 @@ class SiteConfig(ABC):
         """
         import parsl.config
 
-        from .sites.blocks import MAX_IDLE_TIME, scaling_strategy
+        from .sites.blocks import scaling_strategy
 
         run_dir = os.path.join(self.submit_path, "parsl", "runinfo") if self.submit_path else "runinfo"
         executors = self.get_executors()
@@ -360,8 +352,8 @@ class SiteConfig(ABC):
             retries=0,
             run_dir=run_dir,
             strategy=scaling_strategy(executors),
-            strategy_period=self.get_positive("strategyPeriod", float, 1.0),
-            max_idletime=self.get_positive("maxIdleTime", float, MAX_IDLE_TIME),
+            strategy_period=self.settings.strategy_period,
+            max_idletime=self.settings.max_idle_time,
             initialize_logging=False,
         )
 
@@ -374,17 +366,8 @@ class SiteConfig(ABC):
         labels = self.executor_labels()
         if len(set(labels)) != len(labels):
             raise ConfigurationError(f"'{self.where}': executor labels must be unique, got {labels}")
-        self.default_retries  # noqa: B018
-        self.infrastructure_retries  # noqa: B018
-        self.get_positive("maxIdleTime", float, 1.0)
-        self.job_shell  # noqa: B018
-        self.get("commandPrefix", str, "")
-        self.get("environment", bool, False)
-        self.get_positive("strategyPeriod", float, 1.0)
-        self.get("monitorEnable", bool, False)
-        self.get_positive("monitorInterval", float, 30.0)
-        self.get("monitorFilename", str, "monitoring.db")
-        parsl_log_level(self.config)
+        self.settings  # noqa: B018
+        RunSettings.read(self.config)
         self._check_resource_list()
 
 

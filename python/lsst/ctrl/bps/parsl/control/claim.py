@@ -52,10 +52,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..configuration import ConfigurationError, get_bps_config_value
+from ..configuration import RunSettings
 from .liveness import (
     HOST,
-    MIN_STALE_AFTER,
     STALE_AFTER,
     _read_json_stat,
     _unlink,
@@ -80,15 +79,19 @@ class DriverBusyError(RuntimeError):
 
 def driver_stale_after(config: BpsConfig) -> float:
     """Silence of a driver's heartbeat after which another host may take
-    over its run (``parslDriverStaleAfter``, seconds).
+    over its run (``parslDriverStaleAfter``, seconds; `RunSettings`).
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        BPS configuration.
+
+    Returns
+    -------
+    seconds : `float`
+        The key's value.
     """
-    value = get_bps_config_value(config, "parslDriverStaleAfter", float, STALE_AFTER)
-    if value < MIN_STALE_AFTER:
-        raise ConfigurationError(
-            f"'parslDriverStaleAfter' is {value}: use at least {MIN_STALE_AFTER:g} seconds (default "
-            f"{STALE_AFTER:g}); longer than the longest pause of the shared file system"
-        )
-    return value
+    return RunSettings.read(config).driver_stale_after
 
 
 class ClaimBusyError(RuntimeError):

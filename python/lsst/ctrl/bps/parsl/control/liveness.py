@@ -61,6 +61,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from ..configuration import MIN_STALE_AFTER, default_of
 from ..store.runstore import DB_NAME, StoreLostError, out_of_space_message
 
 if TYPE_CHECKING:
@@ -85,11 +86,9 @@ HEARTBEAT_INTERVAL = 2.0
 """Seconds between two heartbeats of a driver."""
 POLL_INTERVAL = 0.5
 """Seconds between two checks of the driver (cancel request, store, disk)."""
-STALE_AFTER = 30.0
+STALE_AFTER: float = default_of("parslDriverStaleAfter")
 """Default silence (seconds) of its heartbeat after which a driver on another
 host counts as gone (``parslDriverStaleAfter``)."""
-MIN_STALE_AFTER = 2.0
-"""The shortest ``parslDriverStaleAfter`` allowed."""
 FULL_BELOW = 64 * 1024
 """Free bytes below which the submit directory's file system counts as full."""
 

@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..configuration import dispatch_order
+from ..configuration import RunSettings
 from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
 from ..oneline import one_line
 from ..prepare.commands import fill_wms
@@ -109,10 +109,9 @@ class Driver(LostAttemptHandling):
         Site that builds the executors.
     kind : `str`
         ``submit`` or ``restart``.
-    progress_interval : `float`
-        Seconds between progress lines (0: none).
-    progress_by_label : `bool`
-        Follow each progress line with one line per label.
+    settings : `RunSettings`, optional
+        The run's keys, read once by the caller (read from the site's
+        configuration if not given).
     """
 
     def __init__(
@@ -120,9 +119,9 @@ class Driver(LostAttemptHandling):
         store: RunStore,
         site: SiteConfig,
         kind: str = "submit",
-        progress_interval: float = 30.0,
-        progress_by_label: bool = False,
+        settings: RunSettings | None = None,
     ):
+        self.settings = settings if settings is not None else RunSettings.read(site.config)
         self.store = store
         self.site = site
         self.kind = kind
@@ -147,7 +146,9 @@ class Driver(LostAttemptHandling):
         self.dispatch = Dispatch(site)
         self.in_flight: dict[int, InFlight] = {}
         self.page = PageWriter(self.submit_path)
-        self.progress = ProgressLines(self.run_id, progress_interval, progress_by_label)
+        self.progress = ProgressLines(
+            self.run_id, self.settings.progress_interval, self.settings.progress_by_label
+        )
         self.signals = StopSignals(self.request_stop)
 
     def _build_tables(self) -> None:
@@ -159,7 +160,7 @@ class Driver(LostAttemptHandling):
         old_state = self.walk.state if known else []
         self.envs = self.store.envs()
         self.walk = GraphWalk(
-            self.rows, self.store.edges(), self._pruned, dispatch_order(self.site.config) == "fifo"
+            self.rows, self.store.edges(), self._pruned, self.settings.dispatch_order == "fifo"
         )
         self.walk.state[:known] = old_state
         self.state = self.walk.state

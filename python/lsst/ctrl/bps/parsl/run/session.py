@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING
 
 from lsst.ctrl.bps import BpsConfig, BpsError
 
-from ..configuration import ConfigurationError, get_bps_config_value
-from ..control.claim import ClaimBusyError, DriverBusyError, claim_run, driver_stale_after
+from ..configuration import RunSettings
+from ..control.claim import ClaimBusyError, DriverBusyError, claim_run
 from ..control.liveness import (
     HOST,
     STALE_AFTER,
@@ -71,9 +71,7 @@ __all__ = (
     "checked_run",
     "driver_alive",
     "driver_claim",
-    "driver_stale_after",
     "load_config",
-    "progress_interval",
     "run_driver",
 )
 
@@ -99,14 +97,6 @@ class RunFailedError(BpsError):
     def __init__(self, message: str, exit_status: int = 1):
         super().__init__(message)
         self.exit_status = exit_status
-
-
-def progress_interval(config: BpsConfig) -> float:
-    """Seconds between a driver's progress lines (``parslProgressInterval``, 0: none)."""
-    value = get_bps_config_value(config, "parslProgressInterval", float, 30.0)
-    if value < 0:
-        raise ConfigurationError(f"'parslProgressInterval' is {value}: use 0 (off) or a number of seconds")
-    return value
 
 
 def _busy(submit_path: str, record: DriverRecord | ClaimBusyError | None) -> DriverBusyError:
@@ -171,7 +161,8 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
 
     config = config if config is not None else load_config(submit_path)
     site = SiteConfig.from_config(config)
-    stale_after = driver_stale_after(config)
+    settings = RunSettings.read(config)
+    stale_after = settings.driver_stale_after
     with driver_claim(submit_path, kind, stale_after=stale_after):
         store = RunStore(db_path(submit_path))
         try:
@@ -190,8 +181,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
                     store,
                     site,
                     kind=kind,
-                    progress_interval=progress_interval(config),
-                    progress_by_label=get_bps_config_value(config, "parslProgressByLabel", bool, False),
+                    settings=settings,
                 )
                 monitor.attach(driver.request_stop)
                 outcome = driver.run()

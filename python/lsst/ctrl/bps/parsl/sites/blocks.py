@@ -70,13 +70,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..configuration import default_of
 from ..parslcompat import interchange_alive, interchange_command, mark_scaled_in, outstanding_tasks
 
 __all__ = ("MAX_IDLE_TIME", "WALLTIME_MARGIN", "BlockWatch", "scaling_strategy")
 
 _LOG = logging.getLogger(__name__)
 
-MAX_IDLE_TIME = 30.0
+MAX_IDLE_TIME: float = default_of("maxIdleTime")
 """Default of the site key ``maxIdleTime``: seconds a block with no task
 stays before Parsl releases it."""
 

@@ -57,6 +57,7 @@ from typing import Any
 
 from lsst_ctrl_bps_parsl_worker.processes import KILL_GRACE
 
+from ..configuration import default_of
 from ..parslcompat import interchange_exit_code
 
 __all__ = (
@@ -71,7 +72,7 @@ __all__ = (
 
 _LOG = logging.getLogger(__name__)
 
-INFRASTRUCTURE_RETRIES = 3
+INFRASTRUCTURE_RETRIES: int = default_of("infrastructureRetries")
 """Default of the site key ``infrastructureRetries``: reruns of a job whose
 attempts the infrastructure lost, per driver session."""
 
