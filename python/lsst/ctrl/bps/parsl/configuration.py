@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Any, ClassVar, Literal, Self, TypeVar, cast, overload
 
 from lsst.ctrl.bps import BpsConfig
 
@@ -54,13 +53,10 @@ __all__ = (
     "RunSettings",
     "SiteSettings",
     "default_of",
-    "dispatch_order",
     "get_bps_config_value",
     "get_workflow_filename",
     "get_workflow_name",
-    "parse_walltime",
     "set_parsl_logging",
-    "site_key",
 )
 
 T = TypeVar("T")
@@ -86,12 +82,6 @@ class ConfigurationTypeError(ConfigurationError, RuntimeError):
     """A BPS configuration value has the wrong type (also a
     `RuntimeError`, as the old plugin raised).
     """
-
-
-def site_key(config: BpsConfig, key: str) -> str:
-    """Return the full name of a site key, for messages."""
-    found, site = config.search("computeSite", opt={"default": None})
-    return f"site.{site}.{key}" if found and site else key
 
 
 def _type_name(data_type: type | tuple[type, ...]) -> str:
@@ -205,14 +195,6 @@ def get_bps_config_value(
     return cast(T, value)
 
 
-def get_positive(config: BpsConfig | dict, key: str, data_type: type, default: Any, where: str) -> Any:
-    """Like `get_bps_config_value`, but the value must be > 0 when set."""
-    value = get_bps_config_value(config, key, data_type, default, where=where)
-    if value is not None and value <= 0:
-        raise ConfigurationError(f"'{where}.{key}' is {value!r}: it must be greater than 0")
-    return value
-
-
 def get_workflow_name(config: BpsConfig) -> str:
     """Name of the workflow for Parsl monitoring and batch job names:
     ``<project>.<campaign>``.
@@ -295,81 +277,27 @@ def set_parsl_logging(config: BpsConfig) -> int:
     return level
 
 
-_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
-
-
-def parse_walltime(value: str | int | float, name: str) -> int:
-    """Convert a walltime to seconds.
-
-    Parameters
-    ----------
-    value : `str`, `int` or `float`
-        ``HH:MM:SS``, ``D-HH:MM:SS`` or a number of minutes.
-    name : `str`
-        Key name for messages.
-
-    Returns
-    -------
-    seconds : `int`
-        Walltime in seconds.
-
-    Raises
-    ------
-    ConfigurationError
-        If the value has another format.
-    """
-    if isinstance(value, bool):
-        raise ConfigurationError(f"'{name}' is {value!r}: use HH:MM:SS or a number of minutes")
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ConfigurationError(f"'{name}' is {value!r}: it must be greater than 0")
-        return int(value * 60)
-    text = str(value).strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return parse_walltime(float(text), name)
-    match = _WALLTIME.match(text)
-    if not match:
-        raise ConfigurationError(f"'{name}' is {value!r}: use HH:MM:SS, D-HH:MM:SS or a number of minutes")
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    if minutes >= 60 or seconds >= 60:
-        raise ConfigurationError(f"'{name}' is {value!r}: minutes and seconds must be below 60")
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-
-
 @dataclass(frozen=True)
 class Key:
-    """One plugin key: its name, type, the one default, and its check."""
+    """One plugin key: its ``name`` in the submit YAML (site keys: under
+    ``site.<name>``), the ``field`` of `RunSettings` or `SiteSettings` that
+    holds it, its ``kind`` (a float key takes an int too), its only
+    ``default``, and a ``check`` returning the fix for a bad value or `None`.
+    """
 
     name: str
-    """Name as written in the submit YAML (site keys: under ``site.<name>``)."""
     field: str
-    """Field of `RunSettings` or `SiteSettings` that holds its value."""
     kind: type
-    """Type of its value (a float key takes an int too)."""
     default: Any
-    """Its value when not set: the only default of the key."""
     check: Callable[[Any], str | None] | None = None
-    """Returns what is wrong with a value (the fix, for the error line), or `None`."""
 
 
 def _at_least(low: float, fix: str) -> Callable[[Any], str | None]:
     return lambda value: None if value >= low else fix
 
 
-def _above_zero(value: Any) -> str | None:
-    return None if value > 0 else "it must be greater than 0"
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda value: None if value in choices else "use " + " or ".join(repr(c) for c in choices)
-
-
-def _log_level(value: Any) -> str | None:
-    return None if value.upper() in _LOG_LEVELS else f"use one of {', '.join(_LOG_LEVELS)}"
-
-
-def _absolute(value: Any) -> str | None:
-    return None if os.path.isabs(value) else "give an absolute path, e.g. /bin/bash"
+_above_zero = _at_least(1e-300, "it must be greater than 0")
+_zero_or_more = _at_least(0, "it must be 0 or more")
 
 
 MIN_STALE_AFTER = 2.0
@@ -397,17 +325,37 @@ RUN_KEYS = (
             2, "use at least 2 seconds (default 30); longer than the longest pause of the shared file system"
         ),
     ),
-    Key("parslDispatchOrder", "dispatch_order", str, "priority", _one_of(*DISPATCH_ORDERS)),
-    Key(".parsl.log_level", "parsl_log_level", str, "WARNING", _log_level),
+    Key(
+        "parslDispatchOrder",
+        "dispatch_order",
+        str,
+        "priority",
+        lambda value: (
+            None if value in DISPATCH_ORDERS else "use 'priority' (priority, then critical path) or 'fifo'"
+        ),
+    ),
+    Key(
+        ".parsl.log_level",
+        "parsl_log_level",
+        str,
+        "WARNING",
+        lambda value: None if value.upper() in _LOG_LEVELS else f"use one of {', '.join(_LOG_LEVELS)}",
+    ),
 )
 """The plugin's run-wide keys (doc/configuration.md has a row for each)."""
 
 SITE_KEYS = (
-    Key("retries", "retries", int, 1, _at_least(0, "it must be 0 or more")),
-    Key("infrastructureRetries", "infrastructure_retries", int, 3, _at_least(0, "it must be 0 or more")),
+    Key("retries", "retries", int, 1, _zero_or_more),
+    Key("infrastructureRetries", "infrastructure_retries", int, 3, _zero_or_more),
     Key("maxIdleTime", "max_idle_time", float, 30.0, _above_zero),
     Key("strategyPeriod", "strategy_period", float, 1.0, _above_zero),
-    Key("jobShell", "job_shell", str, "/bin/bash", _absolute),
+    Key(
+        "jobShell",
+        "job_shell",
+        str,
+        "/bin/bash",
+        lambda value: None if os.path.isabs(value) else "give an absolute path, e.g. /bin/bash",
+    ),
     Key("commandPrefix", "command_prefix", str, ""),
     Key("environment", "environment", bool, False),
     Key("monitorEnable", "monitor_enable", bool, False),
@@ -448,8 +396,36 @@ def _read(config: BpsConfig | dict, keys: tuple[Key, ...], where: str | None) ->
     return values
 
 
+class _Settings:
+    KEYS: ClassVar[tuple[Key, ...]] = ()
+
+    @classmethod
+    def read(cls, config: BpsConfig | dict, where: str | None = None) -> Self:
+        """Read and check the keys of `RunSettings` (from the whole
+        configuration) or `SiteSettings` (from a site's section).
+
+        Parameters
+        ----------
+        config : `lsst.ctrl.bps.BpsConfig` or `dict`
+            The BPS configuration, or the ``site.<name>`` section.
+        where : `str`, optional
+            The section's name in messages (``site.<name>``).
+
+        Returns
+        -------
+        settings : `RunSettings` or `SiteSettings`
+            The values, one field per key.
+
+        Raises
+        ------
+        ConfigurationError
+            One line naming the first bad key and the fix.
+        """
+        return cls(**_read(config, cls.KEYS, where))
+
+
 @dataclass(frozen=True)
-class RunSettings:
+class RunSettings(_Settings):
     """The plugin's run-wide keys (`RUN_KEYS`), read and checked once.
 
     Parameters
@@ -474,31 +450,11 @@ class RunSettings:
     driver_stale_after: float
     dispatch_order: str
     parsl_log_level: str
-
-    @classmethod
-    def read(cls, config: BpsConfig) -> RunSettings:
-        """Read and check the run-wide keys.
-
-        Parameters
-        ----------
-        config : `lsst.ctrl.bps.BpsConfig`
-            BPS configuration.
-
-        Returns
-        -------
-        settings : `RunSettings`
-            Their values.
-
-        Raises
-        ------
-        ConfigurationError
-            One line naming the first bad key and the fix.
-        """
-        return cls(**_read(config, RUN_KEYS, None))
+    KEYS = RUN_KEYS
 
 
 @dataclass(frozen=True)
-class SiteSettings:
+class SiteSettings(_Settings):
     """The keys every site reads (`SITE_KEYS`), read and checked once.
 
     Parameters
@@ -535,47 +491,4 @@ class SiteSettings:
     monitor_enable: bool
     monitor_interval: float
     monitor_filename: str
-
-    @classmethod
-    def read(cls, site: BpsConfig | dict, where: str) -> SiteSettings:
-        """Read and check the keys of a site's section.
-
-        Parameters
-        ----------
-        site : `lsst.ctrl.bps.BpsConfig` or `dict`
-            The ``site.<name>`` section.
-        where : `str`
-            Its name in messages (``site.<name>``).
-
-        Returns
-        -------
-        settings : `SiteSettings`
-            Their values.
-
-        Raises
-        ------
-        ConfigurationError
-            One line naming the first bad key and the fix.
-        """
-        return cls(**_read(site, SITE_KEYS, where))
-
-
-def dispatch_order(config: BpsConfig) -> str:
-    """The ``parslDispatchOrder`` of a BPS configuration (default ``priority``).
-
-    Parameters
-    ----------
-    config : `lsst.ctrl.bps.BpsConfig`
-        BPS configuration.
-
-    Returns
-    -------
-    order : `str`
-        One of `DISPATCH_ORDERS`.
-
-    Raises
-    ------
-    ConfigurationError
-        If it is not one of `DISPATCH_ORDERS`.
-    """
-    return RunSettings.read(config).dispatch_order
+    KEYS = SITE_KEYS

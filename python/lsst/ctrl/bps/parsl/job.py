@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import TYPE_CHECKING, Any
+
+from .configuration import ConfigurationError
 
 if TYPE_CHECKING:
     from lsst.ctrl.bps import BpsConfig, GenericWorkflow
 
     from .store.runstore import JobRow
 
-__all__ = ("RESOURCE_NAMES", "ParslJob", "get_file_paths")
+__all__ = ("RESOURCE_NAMES", "ParslJob", "get_file_paths", "parse_walltime")
 
 RESOURCE_NAMES = ("memory", "cores", "disk", "running_time_min", "priority")
 """Keys of `ParslJob.get_resources`: the names Parsl's executors use in a
@@ -325,8 +328,6 @@ def walltime_minutes(value: Any) -> int | None:
     """A BPS ``requestWalltime`` (minutes or ``HH:MM:SS``) in whole
     minutes, at least 1, or `None` if unset or unreadable.
     """
-    from .configuration import ConfigurationError, parse_walltime
-
     if not value:
         return None
     try:
@@ -339,3 +340,44 @@ def walltime_minutes(value: Any) -> int | None:
     if math.isnan(minutes) or math.isinf(minutes):
         return None
     return max(1, math.ceil(minutes))
+
+
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
+
+
+def parse_walltime(value: str | int | float, name: str) -> int:
+    """Convert a walltime to seconds.
+
+    Parameters
+    ----------
+    value : `str`, `int` or `float`
+        ``HH:MM:SS``, ``D-HH:MM:SS`` or a number of minutes.
+    name : `str`
+        Key name for messages.
+
+    Returns
+    -------
+    seconds : `int`
+        Walltime in seconds.
+
+    Raises
+    ------
+    ConfigurationError
+        If the value has another format.
+    """
+    if isinstance(value, bool):
+        raise ConfigurationError(f"'{name}' is {value!r}: use HH:MM:SS or a number of minutes")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ConfigurationError(f"'{name}' is {value!r}: it must be greater than 0")
+        return int(value * 60)
+    text = str(value).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return parse_walltime(float(text), name)
+    match = _WALLTIME.match(text)
+    if not match:
+        raise ConfigurationError(f"'{name}' is {value!r}: use HH:MM:SS, D-HH:MM:SS or a number of minutes")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    if minutes >= 60 or seconds >= 60:
+        raise ConfigurationError(f"'{name}' is {value!r}: minutes and seconds must be below 60")
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds

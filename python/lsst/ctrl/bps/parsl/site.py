@@ -44,7 +44,6 @@ from .configuration import (
     RunSettings,
     SiteSettings,
     get_bps_config_value,
-    get_positive,
     get_workflow_name,
 )
 from .job import RESOURCE_NAMES
@@ -192,7 +191,10 @@ class SiteConfig(ABC):
 
     def get_positive(self, key: str, data_type: type, default: Any = None) -> Any:
         """Typed lookup of a key that must be greater than zero."""
-        return get_positive(self.site, key, data_type, default, self.where)
+        value = self.get(key, data_type, default)
+        if value is not None and value <= 0:
+            raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be greater than 0")
+        return value
 
     @abstractmethod
     def get_executors(self) -> list[ParslExecutor]:

@@ -426,7 +426,7 @@ def _resource_check(site: Any) -> Callable[[JobRow], None]:
 
 def _check_walltime(value: str, name: str, label: str) -> None:
     """``requestWalltime`` must be a positive number of minutes or HH:MM:SS."""
-    from .configuration import parse_walltime
+    from .job import parse_walltime
 
     where = f"requestWalltime of job '{name}' (label '{label}')"
     try:

@@ -54,7 +54,7 @@ from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
 
-from ..configuration import ConfigurationError, dispatch_order
+from ..configuration import ConfigurationError, RunSettings
 from ..records import JobRow
 
 __all__ = (
@@ -159,7 +159,7 @@ def job_attribute_check(
     check : `~collections.abc.Callable`
         Called with every job row; raises `ConfigurationError` for a bad one.
     """
-    dispatch_order(config)  # a run-wide key, refused here rather than when the driver starts
+    RunSettings.read(config)  # the run-wide keys, refused here rather than when the driver starts
     limits = concurrency_limits(config, compute_site)
     checked: set[str] = set()
     warned: set[tuple[str, str]] = set()
@@ -283,6 +283,6 @@ def walltime_seconds(value: str | None) -> float | None:
     try:
         return float(value) * 60.0
     except ValueError:
-        from ..configuration import parse_walltime
+        from ..job import parse_walltime
 
         return float(parse_walltime(value, "requestWalltime"))

@@ -78,7 +78,7 @@ def job_minutes(row: JobRow) -> float:
     try:
         minutes = float(value)
     except ValueError:
-        from ..configuration import parse_walltime
+        from ..job import parse_walltime
 
         try:
             minutes = parse_walltime(value, "requestWalltime") / 60.0

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..configuration import ConfigurationError, parse_walltime
-from ..job import priority_number, walltime_minutes
+from ..configuration import ConfigurationError
+from ..job import parse_walltime, priority_number, walltime_minutes
 from ..site import SiteConfig
 
 if TYPE_CHECKING:

@@ -104,7 +104,8 @@ def _block_walltime(executor: Any) -> float | None:
     value = getattr(getattr(executor, "provider", None), "walltime", None)
     if not value:
         return None
-    from ..configuration import ConfigurationError, parse_walltime
+    from ..configuration import ConfigurationError
+    from ..job import parse_walltime
 
     try:
         return float(parse_walltime(value, "walltime"))
