@@ -178,6 +178,16 @@ def safe_subdir(subdir: str | None) -> str:
     Empty and ``.`` segments are dropped (so a leading ``/`` does not make
     the path absolute); every other segment goes through `safe_component`,
     so ``..`` cannot climb out.
+
+    Parameters
+    ----------
+    subdir : `str` or `None`
+        A job's log sub-directory from the workflow.
+
+    Returns
+    -------
+    path : `str`
+        The relative path (empty for none).
     """
     if not subdir:
         return ""
