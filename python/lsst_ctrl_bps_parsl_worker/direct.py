@@ -144,6 +144,16 @@ def _special(name: str) -> bool:
 def shell_kind(shell: str) -> str | None:
     """``"bash"`` or ``"dash"`` for a shell whose ``-c`` behaviour
     `direct_start` reproduces, else `None`.
+
+    Parameters
+    ----------
+    shell : `str`
+        Path of the job's shell.
+
+    Returns
+    -------
+    kind : `str` or `None`
+        ``"bash"``, ``"dash"`` or `None`.
     """
     name = os.path.basename(shell)
     try:
