@@ -131,7 +131,7 @@ class SpaceReserve:
         Returns
         -------
         held : `bool`
-            Whether the reserve was held (its file existed) before this call.
+            Whether the space was held before this call.
         """
         held, self.held = self.held, False
         try:

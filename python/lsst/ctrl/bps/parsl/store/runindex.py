@@ -54,7 +54,7 @@ def index_dir() -> Path:
     -------
     directory : `pathlib.Path`
         ``$XDG_STATE_HOME/lsst-ctrl-bps-parsl/runs`` if that variable is set,
-        otherwise the default index directory in the home directory.
+        else ``~/.local/state/lsst-ctrl-bps-parsl/runs``.
     """
     base = os.environ.get("XDG_STATE_HOME")
     if not base:

@@ -404,7 +404,7 @@ class RunStore(FileIdentity):
         Returns
         -------
         scripts : `list` [`str`]
-            The environment scripts, indexed by the jobs' ``env`` column.
+            The environment scripts, indexed by the jobs' ``env_id``.
         """
         return [row[0] for row in self.conn.execute("SELECT script FROM envs ORDER BY id")]
 
