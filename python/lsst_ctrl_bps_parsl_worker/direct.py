@@ -144,6 +144,16 @@ def _special(name: str) -> bool:
 def shell_kind(shell: str) -> str | None:
     """``"bash"`` or ``"dash"`` for a shell whose ``-c`` behaviour
     `direct_start` reproduces, else `None`.
+
+    Parameters
+    ----------
+    shell : `str`
+        Path of the job's shell.
+
+    Returns
+    -------
+    kind : `str` or `None`
+        ``"bash"``, ``"dash"`` or `None`.
     """
     name = os.path.basename(shell)
     try:
@@ -290,6 +300,19 @@ def shell_environment(shell: str, environ: Mapping[str, str]) -> dict[str, str] 
     variable changes how the shell starts (`_STARTUP`), or when the shell
     does not answer plainly (an exit status, anything on its stderr, e.g. a
     warning about ``SHLVL`` or ``LC_ALL``).
+
+    Parameters
+    ----------
+    shell : `str`
+        Path of the shell.
+    environ : `~collections.abc.Mapping` [`str`, `str`]
+        Environment the shell starts with.
+
+    Returns
+    -------
+    environment : `dict` [`str`, `str`] or `None`
+        What the shell passes to a program it runs, or `None` when it cannot
+        be known plainly.
     """
     if not _STARTUP.isdisjoint(environ) or not os.access(_ENV_PROGRAM, os.X_OK):
         return None
@@ -339,6 +362,12 @@ def direct_start(
         The attempt's token variable and value, exported first.
     prefix, env, command : `str`
         The site's command prefix, the job's export lines, its command line.
+
+    Returns
+    -------
+    start : `tuple` or `None`
+        ``(argv, changes)``: the program's command line and the variables the
+        script sets or changes; `None` when the script is not plain.
     """
     if kind is None or shell_environ is None or prefix:
         return None

@@ -59,6 +59,13 @@ EXIT_MARKER = "[bps-parsl] exit status "
 def log_exit_status(err_path: str, code: int) -> None:
     """Append a job's exit status to its stderr log (`logged_exit_status`
     reads it), only if that log exists; errors are ignored.
+
+    Parameters
+    ----------
+    err_path : `str`
+        Path of the job's stderr log.
+    code : `int`
+        The job's exit status.
     """
     try:
         fd = os.open(err_path, os.O_WRONLY | os.O_APPEND)
@@ -75,6 +82,18 @@ def log_exit_status(err_path: str, code: int) -> None:
 def exit_code_of(status: int) -> tuple[int, int | None]:
     """(exit code, signal) of a wait status; a signal ``s`` gives ``128 + s``,
     as the shell reports it.
+
+    Parameters
+    ----------
+    status : `int`
+        A wait status (`os.waitpid`).
+
+    Returns
+    -------
+    code : `int`
+        The exit code, ``128 + s`` for a signal ``s``.
+    signal : `int` or `None`
+        The signal that ended the process (or that its exit code names), if any.
     """
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -84,7 +103,18 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
 
 
 def logged_exit_status(stderr: str) -> int | None:
-    """Exit status a job's shell appended to its stderr log, if any."""
+    """Exit status a job's shell appended to its stderr log, if any.
+
+    Parameters
+    ----------
+    stderr : `str`
+        Path of the job's stderr log.
+
+    Returns
+    -------
+    status : `int` or `None`
+        The logged exit status; `None` if the log is missing or has none.
+    """
     try:
         with open(stderr, "rb") as stream:
             stream.seek(0, os.SEEK_END)
@@ -108,6 +138,16 @@ def ended_child(block: bool = False) -> tuple[int, int, int | None] | None:
     that takes over, or reads ``/proc``, still sees it); `None` if none ended
     (and ``block`` is false). A signal ``s`` gives exit code ``128 + s``.
 
+    Parameters
+    ----------
+    block : `bool`, optional
+        Wait until a child ends.
+
+    Returns
+    -------
+    ended : `tuple` [`int`, `int`, `int` or `None`] or `None`
+        ``(pid, exit code, signal)`` of the ended child, or `None`.
+
     Raises
     ------
     ChildProcessError
@@ -128,7 +168,13 @@ def ended_child(block: bool = False) -> tuple[int, int, int | None] | None:
 
 
 def reap(pid: int) -> None:
-    """Reap child ``pid``, which has ended (`ended_child`)."""
+    """Reap child ``pid``, which has ended (`ended_child`).
+
+    Parameters
+    ----------
+    pid : `int`
+        Process id of the child.
+    """
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:
@@ -138,6 +184,16 @@ def reap(pid: int) -> None:
 def zombie_exit_code(pid: int) -> int | None:
     """Exit code (``128 + s`` for a signal ``s``) of process ``pid`` if it has
     ended but its parent did not reap it yet (read from ``/proc``); else `None`.
+
+    Parameters
+    ----------
+    pid : `int`
+        Process id.
+
+    Returns
+    -------
+    code : `int` or `None`
+        Its exit code, or `None` if it runs, was reaped or cannot be read.
     """
     try:
         data = _read_stat(pid)

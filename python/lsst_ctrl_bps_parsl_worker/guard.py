@@ -116,6 +116,11 @@ _GUARD: list[OrphanGuard] = []
 def orphan_guard() -> OrphanGuard | None:
     """Return the `OrphanGuard` of this worker process, or `None` where jobs are not
     guarded (a thread of the driver runs them, or the worker has no parent).
+
+    Returns
+    -------
+    guard : `OrphanGuard` or `None`
+        The process's one guard, made on the first call.
     """
     if threading.current_thread() is not threading.main_thread() or os.getppid() == 1:
         return None

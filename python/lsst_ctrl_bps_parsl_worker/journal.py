@@ -77,18 +77,54 @@ _JOURNAL_COMPACT_BYTES = 1 << 20
 
 
 def journal_name(host: str, pid: int) -> str:
-    """File name of the journal of the spawner ``pid`` on ``host``."""
+    """File name of the journal of the spawner ``pid`` on ``host``.
+
+    Parameters
+    ----------
+    host : `str`
+        Host name of the spawner.
+    pid : `int`
+        Process id of the spawner.
+
+    Returns
+    -------
+    name : `str`
+        The journal's file name (no directory).
+    """
     return f"{JOURNAL_PREFIX}{host}.{pid}"
 
 
 def read_journal(path: str) -> dict[int, str]:
-    """Return ``{pid: token}`` of the jobs a journal says are running."""
+    """Return ``{pid: token}`` of the jobs a journal says are running.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the journal.
+
+    Returns
+    -------
+    running : `dict` [`int`, `str`]
+        Token of each running job, by process id; empty if unreadable.
+    """
     return journal_entries(path)[0]
 
 
 def journal_entries(path: str) -> tuple[dict[int, str], set[str]]:
     """``{pid: token}`` of the running jobs, and the tokens of every job the
     journal says started.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the journal.
+
+    Returns
+    -------
+    running : `dict` [`int`, `str`]
+        Token of each running job, by process id.
+    started : `set` [`str`]
+        Token of every job that started, ended or not.
     """
     found = journal_snapshot(path)
     return ({}, set()) if found is None else found[:2]
@@ -104,7 +140,18 @@ def _read_text(path: str) -> str:
 
 
 def journal_logs(path: str) -> dict[int, str]:
-    """``{pid: stderr log}`` of the jobs a journal says are running."""
+    """``{pid: stderr log}`` of the jobs a journal says are running.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the journal.
+
+    Returns
+    -------
+    logs : `dict` [`int`, `str`]
+        Stderr log of each running job, by process id.
+    """
     logs: dict[int, str] = {}
     _parse(_read_text(path), logs)
     return logs
@@ -113,6 +160,16 @@ def journal_logs(path: str) -> dict[int, str]:
 def journal_starting(path: str) -> dict[str, str]:
     """``{token: stderr log}`` of the job a journal says was being started
     (a ``>`` line with no ``+`` line of the same token after it).
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the journal.
+
+    Returns
+    -------
+    starting : `dict` [`str`, `str`]
+        Stderr log of the job being started, by token (empty if none).
     """
     starting: dict[str, str] = {}
     for line in _read_text(path).splitlines():
@@ -131,6 +188,17 @@ def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_resul
     """`journal_entries` and the file's status read through the same open
     file (which, on NFS, revalidates the cached attributes), or `None` if
     the journal cannot be read.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the journal.
+
+    Returns
+    -------
+    snapshot : `tuple` or `None`
+        ``(running, started, stat)``: as `journal_entries`, and the file's
+        `os.stat_result`; `None` if unreadable.
     """
     try:
         with open(path, "rb") as stream:
@@ -173,6 +241,11 @@ class Journal:
 
     If its file is removed (with its directory, say), the next write makes
     them again, with every job that runs.
+
+    Parameters
+    ----------
+    directory : `str`
+        Directory of the journal (made if missing).
     """
 
     def __init__(self, directory: str) -> None:
@@ -230,6 +303,13 @@ class Journal:
     def starting(self, token: str, stderr: str) -> None:
         """Record, and write at once, that job attempt ``token`` is about to
         start, logging to ``stderr``.
+
+        Parameters
+        ----------
+        token : `str`
+            The attempt's token.
+        stderr : `str`
+            Path of its stderr log.
         """
         self.being_started = (token, stderr)
         self.pending.append(self._starting_line(token, stderr))
@@ -242,6 +322,15 @@ class Journal:
     def started(self, pid: int, token: str, stderr: str) -> None:
         """Record that job attempt ``token`` runs as process group ``pid``,
         logging to ``stderr``.
+
+        Parameters
+        ----------
+        pid : `int`
+            Process id (and group) of the job.
+        token : `str`
+            The attempt's token.
+        stderr : `str`
+            Path of its stderr log.
         """
         self.being_started = None
         self.running[pid] = (token, stderr)
@@ -252,7 +341,13 @@ class Journal:
         return f"+ {pid} {token} {json.dumps(stderr)}\n"
 
     def ended(self, pid: int) -> None:
-        """Record that process group ``pid`` ended."""
+        """Record that process group ``pid`` ended.
+
+        Parameters
+        ----------
+        pid : `int`
+            Process group of the job that ended.
+        """
         self.running.pop(pid, None)
         self.pending.append(f"- {pid}\n")
 
@@ -303,7 +398,18 @@ class Journals:
         """When (monotonic) the journals' modification time is next refreshed."""
 
     def of(self, pid_file: str) -> Journal | None:
-        """The journal of the directory of ``pid_file`` (`None`: none can be made)."""
+        """The journal of the directory of ``pid_file`` (`None`: none can be made).
+
+        Parameters
+        ----------
+        pid_file : `str`
+            Path of a job's pid file.
+
+        Returns
+        -------
+        journal : `Journal` or `None`
+            The journal of its directory (made on first use).
+        """
         directory = os.path.dirname(pid_file)
         if not directory:
             return None
@@ -329,6 +435,16 @@ class Journals:
         """While ``busy`` (jobs run), refresh the journals' modification time
         every `JOURNAL_REFRESH` seconds; seconds until the next refresh, `None`
         when not busy.
+
+        Parameters
+        ----------
+        busy : `bool`
+            Whether jobs run.
+
+        Returns
+        -------
+        seconds : `float` or `None`
+            Seconds until the next refresh, `None` when not busy.
         """
         if not busy:
             return None

@@ -91,6 +91,18 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
 
     ``dirs_fd`` is a pipe (``-1``: no keeper) on which the spawner writes,
     one per line as a JSON string, each directory where it keeps a journal.
+
+    Parameters
+    ----------
+    spawner_main : `~collections.abc.Callable` [[`int`], `int`]
+        The spawner's main function, called with ``dirs_fd``.
+    host : `str`
+        This host's name (journal names carry it).
+
+    Returns
+    -------
+    code : `int`
+        Exit status for this process: the spawner's.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not _become_subreaper():

@@ -78,7 +78,18 @@ _NAMED_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIG
 
 
 def quote(text: str) -> str:
-    """``text`` as one word for the shell."""
+    """``text`` as one word for the shell.
+
+    Parameters
+    ----------
+    text : `str`
+        Any text.
+
+    Returns
+    -------
+    word : `str`
+        ``text`` in single quotes.
+    """
     return "'" + text.replace("'", "'\\''") + "'"
 
 
@@ -90,6 +101,22 @@ def job_script(token: str, prefix: str, env: str, command: str) -> str:
     the local pool's spawner or its keeper), and bash, which runs the last
     simple command of ``bash -c`` in its own place when nothing is trapped,
     saves a fork per job.
+
+    Parameters
+    ----------
+    token : `str`
+        The attempt's token, exported as ``BPS_PARSL_ATTEMPT``.
+    prefix : `str`
+        The site's command prefix (may be empty).
+    env : `str`
+        The job's export lines (may be empty).
+    command : `str`
+        The job's command line.
+
+    Returns
+    -------
+    script : `str`
+        The script, one part per line.
     """
     parts = [f"export {ATTEMPT_ENV}={token}"]
     parts.extend(p for p in (prefix, env) if p)
@@ -105,6 +132,22 @@ def job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
     directory first if it does not exist (a log directory may be removed
     while a run goes on). If they cannot be created, the shell says why on
     its inherited stderr and exits with 127.
+
+    Parameters
+    ----------
+    shell : `str`
+        Path of the shell.
+    out : `str`
+        Path of the attempt's stdout log.
+    err : `str`
+        Path of the attempt's stderr log.
+    script : `str`
+        The attempt's `job_script`.
+
+    Returns
+    -------
+    argv : `list` [`str`]
+        ``[shell, "-c", ...]``.
     """
     directory = quote(os.path.dirname(out) or ".")
     redirect = f"command exec >{quote(out)} 2>{quote(err)}"
@@ -152,6 +195,28 @@ class Launcher:
         its stdout and stderr; otherwise, or if it cannot be started, the
         shell runs `job_script` (`job_argv`). Either way the process carries
         ``BPS_PARSL_ATTEMPT=<token>`` in its environment from its start.
+
+        Parameters
+        ----------
+        shell : `str`
+            Path of the job's shell.
+        token : `str`
+            The attempt's token.
+        prefix : `str`
+            The site's command prefix.
+        env : `str`
+            The job's export lines.
+        command : `str`
+            The job's command line.
+        out : `str`
+            Path of the attempt's stdout log.
+        err : `str`
+            Path of the attempt's stderr log.
+
+        Returns
+        -------
+        pid : `int`
+            Process id of the job, leader of its own session.
         """
         kind = shell_kind(shell)
         if kind is not None and shell not in self._shell_environ:
@@ -212,6 +277,11 @@ def current_launcher() -> Launcher:
     """A `Launcher` of this process's environment, made again only when the
     environment changed (converting it costs 0.2 ms per job with a batch
     job's hundred variables; a worker runs thousands of jobs).
+
+    Returns
+    -------
+    launcher : `Launcher`
+        The launcher for the current environment.
     """
     data = getattr(os.environ, "_data", None)  # CPython's encoded copy; elsewhere, a new one each time
     if _LAUNCHER and data is not None and _LAUNCHER[0][0] == data:
@@ -302,13 +372,30 @@ def _make_glibc_spawn():
 
 
 def append_note(path: str, text: str) -> None:
-    """Append ``text`` to a log file, making its directory again if it vanished."""
+    """Append ``text`` to a log file, making its directory again if it vanished.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the log file.
+    text : `str`
+        Text to append.
+    """
     write_text(path, text, "a")
 
 
 def write_text(path: str, text: str, mode: str = "w") -> None:
     """Write (``mode`` "w") or append ("a") ``text`` to a file, making its
     directory again if it vanished; errors are ignored (the file is a hint).
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the file.
+    text : `str`
+        Text to write.
+    mode : `str`, optional
+        ``"w"`` to replace the file, ``"a"`` to append.
     """
     for _ in range(2):
         try:
@@ -363,6 +450,20 @@ def attempt_processes(
     its start, `Launcher.spawn_job`, and every process it starts inherits
     it); or whose environment holds one of ``marks`` (``BPS_...=value`` items, e.g. a guarded worker's
     `guard.WORKER_ENV`).
+
+    Parameters
+    ----------
+    tokens : `~collections.abc.Collection` [`str`], optional
+        Tokens of the attempts.
+    run_prefix : `str`, optional
+        Prefix of every token of a run.
+    marks : `~collections.abc.Collection` [`str`], optional
+        Environment items (``NAME=value``) to look for.
+
+    Returns
+    -------
+    found : `dict` [`int`, `int`]
+        Process group of each matching process, by process id.
     """
     exact = {f"{ATTEMPT_ENV}={token}".encode() for token in tokens} | {mark.encode() for mark in marks}
     env_prefix = f"{ATTEMPT_ENV}={run_prefix}".encode() if run_prefix else None
@@ -397,6 +498,24 @@ def signal_attempts(
 
     A job runs in a session of its own, so every member of a group found
     this way was started by the job, also one that dropped the token.
+
+    Parameters
+    ----------
+    sig : `int`
+        Signal to send.
+    tokens : `~collections.abc.Collection` [`str`], optional
+        Tokens of the attempts.
+    run_prefix : `str`, optional
+        Prefix of every token of a run.
+    groups : `~collections.abc.Collection` [`int`], optional
+        Process groups to signal too.
+    marks : `~collections.abc.Collection` [`str`], optional
+        Environment items (``NAME=value``) to look for.
+
+    Returns
+    -------
+    count : `int`
+        Number of processes found.
     """
     found = attempt_processes(tokens, run_prefix, marks)
     own_group = os.getpgrp()
@@ -430,6 +549,24 @@ def kill_attempts(
     carrying one of ``marks``): SIGTERM, then, after up to ``grace`` seconds,
     SIGKILL to what is left. See `signal_attempts`. Returns how many
     processes were found at first.
+
+    Parameters
+    ----------
+    tokens : `~collections.abc.Collection` [`str`], optional
+        Tokens of the attempts.
+    run_prefix : `str`, optional
+        Prefix of every token of a run.
+    groups : `~collections.abc.Collection` [`int`], optional
+        Process groups to stop too.
+    grace : `float`, optional
+        Seconds between SIGTERM and SIGKILL.
+    marks : `~collections.abc.Collection` [`str`], optional
+        Environment items (``NAME=value``) to look for.
+
+    Returns
+    -------
+    count : `int`
+        Number of processes found at first.
     """
     found = signal_attempts(signal.SIGTERM, tokens, run_prefix, groups, marks)
     if found or groups:
@@ -455,6 +592,11 @@ def _token_of(pid: int) -> str | None:
 def live_jobs() -> dict[str, int]:
     """``{token: pid}`` of this user's live job processes: the session leaders
     that carry a token (`job_alive`).
+
+    Returns
+    -------
+    jobs : `dict` [`str`, `int`]
+        Process id of each live job, by token.
     """
     jobs: dict[str, int] = {}
     for pid in _my_processes():
@@ -472,6 +614,18 @@ def live_jobs() -> dict[str, int]:
 def job_alive(pid: int, token: str) -> bool:
     """Whether process ``pid`` is still the job of attempt ``token`` (its
     shell, or the command the shell became), and has not ended.
+
+    Parameters
+    ----------
+    pid : `int`
+        Process id.
+    token : `str`
+        The attempt's token.
+
+    Returns
+    -------
+    alive : `bool`
+        `True` if ``pid`` is that attempt's live job.
     """
     try:
         return _token_of(pid) == token
@@ -480,7 +634,18 @@ def job_alive(pid: int, token: str) -> bool:
 
 
 def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch)."""
+    """When process ``pid`` started (seconds since the epoch).
+
+    Parameters
+    ----------
+    pid : `int`
+        Process id.
+
+    Returns
+    -------
+    start : `float` or `None`
+        Its start time, `None` if it is gone or ``/proc`` cannot be read.
+    """
     try:
         ticks = int(_stat_fields(pid)[19])
         for line in _read("/proc/stat").splitlines():

@@ -43,7 +43,19 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    """Run the task of ``argv[1]``, write its outcome to ``argv[2]``."""
+    """Run the task of ``argv[1]``, write its outcome to ``argv[2]``.
+
+    Parameters
+    ----------
+    argv : `list` [`str`]
+        Command line: the script, the pickled task's path and the path to
+        write the outcome to.
+
+    Returns
+    -------
+    code : `int`
+        Exit status (0: the outcome, success or exception, was written).
+    """
     task_path, result_path = argv[1], argv[2]
     with open(task_path, "rb") as stream:
         path, message = pickle.load(stream)

@@ -147,7 +147,19 @@ _ADOPTED_POLL = 0.1
 
 
 class Spawner:
-    """Queue, start and reap jobs within a core and memory budget."""
+    """Queue, start and reap jobs within a core and memory budget.
+
+    Parameters
+    ----------
+    cores : `int`
+        Cores of the budget.
+    memory : `int` or `None`
+        Memory of the budget (MB); `None` for no limit.
+    out : `list` [`str`]
+        Reply lines waiting to be written; replies are appended.
+    dirs_fd : `int`, optional
+        Pipe to the keeper for the journals' directories (``-1``: no keeper).
+    """
 
     def __init__(self, cores: int, memory: int | None, out: list[str], dirs_fd: int = -1) -> None:
         self.cores = cores
@@ -191,7 +203,21 @@ class Spawner:
         start: float | str | None,
         timed_out: bool = False,
     ) -> None:
-        """Report an ended job; ``start`` `None`: never started, ``"?"``: unknown."""
+        """Report an ended job; ``start`` `None`: never started, ``"?"``: unknown.
+
+        Parameters
+        ----------
+        job : `dict`
+            The job's request.
+        code : `int`
+            Its exit status (-1: never started).
+        sig : `int` or `None`
+            The signal that ended it, if any.
+        start : `float`, `str` or `None`
+            Its start time.
+        timed_out : `bool`, optional
+            Whether it was killed for its walltime.
+        """
         if not self.out:
             self.out_since = time.monotonic()
         started = "-" if start is None else start if isinstance(start, str) else repr(start)
@@ -200,14 +226,32 @@ class Spawner:
         )
 
     def journal(self, job: dict) -> Journal | None:
-        """The journal of the directory of the job's ``pid_file``."""
+        """The journal of the directory of the job's ``pid_file``.
+
+        Parameters
+        ----------
+        job : `dict`
+            The job's request.
+
+        Returns
+        -------
+        journal : `Journal` or `None`
+            The journal, `None` if none can be made.
+        """
         return self.journals.of(job.get("pid_file") or "")
 
     def refresh_journals(self) -> float | None:
-        """Seconds until the journals' next refresh (`Journals.refresh`), `None` when no job runs."""
+        """Seconds until the journals' next refresh (`Journals.refresh`), `None` when no job runs.
+
+        Returns
+        -------
+        seconds : `float` or `None`
+            Seconds until the next refresh, `None` when no job runs.
+        """
         return self.journals.refresh(bool(self.running or self.adopted))
 
     def start_ready(self) -> None:
+        """Start the queued jobs, in order, while the next one fits the free budget."""
         while self.queue and not self.stopping and self._fits(self.queue[0]):
             job = self.queue.popleft()
             self._take(job)
@@ -289,6 +333,13 @@ class Spawner:
         again: a live one is followed until it ends, and an ended one is
         answered at once (`_answer_from_log`). Every other job is queued as
         if just sent.
+
+        Parameters
+        ----------
+        dead_spawner : `int`
+            Process id of the spawner that died.
+        jobs : `list` [`dict`]
+            Its unanswered requests.
         """
         live = live_jobs()
         started: set[str] = set()
@@ -362,7 +413,13 @@ class Spawner:
     # ---- time limits and stopping ----
 
     def check_deadlines(self) -> float | None:
-        """Kill jobs past their time limit; return seconds to the next deadline."""
+        """Kill jobs past their time limit; return seconds to the next deadline.
+
+        Returns
+        -------
+        seconds : `float` or `None`
+            Seconds to the next deadline or due SIGKILL, `None` if none.
+        """
         now = time.time()
         soonest = None
         if self.kills:
@@ -411,6 +468,11 @@ class Spawner:
         driver may be waiting for them to hand over more (the next link of
         a chain, say); otherwise they wait up to ``_REPLY_DELAY``, so that
         a busy pool reports many ended jobs per write.
+
+        Returns
+        -------
+        seconds : `float` or `None`
+            Seconds until the replies must be written, `None` when there are none.
         """
         if not self.out:
             return None
@@ -435,7 +497,13 @@ class Spawner:
         self.journals.close()
 
     def handle(self, request: dict) -> None:
-        """Act on one request line."""
+        """Act on one request line.
+
+        Parameters
+        ----------
+        request : `dict`
+            The decoded request (a job, ``stop`` or ``resume``).
+        """
         op = request.get("op")
         if op == "stop":
             self.stop()
@@ -448,7 +516,20 @@ class Spawner:
 
 
 def main(argv: list[str], dirs_fd: int = -1) -> int:
-    """Serve requests from stdin until end of input (``dirs_fd``: see `keeper.keep`)."""
+    """Serve requests from stdin until end of input (``dirs_fd``: see `keeper.keep`).
+
+    Parameters
+    ----------
+    argv : `list` [`str`]
+        Command line: the script, the cores and the memory (MB, or ``none``).
+    dirs_fd : `int`, optional
+        Pipe to the keeper for the journals' directories (``-1``: no keeper).
+
+    Returns
+    -------
+    code : `int`
+        Exit status.
+    """
     cores = int(argv[1])
     memory = int(argv[2]) if argv[2] != "none" else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobs do not inherit it (`Launcher`)

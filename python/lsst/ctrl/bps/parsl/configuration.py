@@ -201,6 +201,16 @@ def get_workflow_name(config: BpsConfig) -> str:
 
     ``project`` defaults to ``bps``, ``campaign`` to ``operator`` (the user
     name BPS sets).
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The run's configuration.
+
+    Returns
+    -------
+    name : `str`
+        ``<project>.<campaign>``.
     """
     project = get_bps_config_value(config, "project", str, "bps")
     operator = get_bps_config_value(config, "operator", str, "unknown")

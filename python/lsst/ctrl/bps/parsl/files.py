@@ -67,6 +67,11 @@ _SAFE_COMPONENT = re.compile(rf"[^\x00-\x1f\x7f/\ud800-\udfff]{{1,{_MAX_COMPONEN
 def private_dir(path: str) -> str:
     """Create directory ``path`` (and missing parents) and make it mode 0700.
 
+    Parameters
+    ----------
+    path : `str`
+        The directory.
+
     Returns
     -------
     path : `str`
@@ -83,6 +88,18 @@ def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) 
     The mode is set on the open descriptor before anything is written, so a
     file that existed with a looser mode is tightened first, and the umask
     does not matter.
+
+    Parameters
+    ----------
+    path : `str`
+        The file.
+    flags : `int`, optional
+        `os.open` flags (``O_CLOEXEC`` is added).
+
+    Returns
+    -------
+    fd : `int`
+        The open descriptor; the caller closes it.
     """
     fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
     try:
@@ -95,6 +112,13 @@ def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) 
 
 def write_private(path: str, text: str) -> str:
     """Write ``text`` to ``path`` (mode 0600) in a directory of mode 0700.
+
+    Parameters
+    ----------
+    path : `str`
+        The file.
+    text : `str`
+        What to write.
 
     Returns
     -------
@@ -114,6 +138,16 @@ def safe_component(name: str) -> str:
     characters replaced by ``_``, a lone ``.``/``..`` replaced by
     underscores, shortened to fit, and ``~`` plus a hash of ``name``
     appended.
+
+    Parameters
+    ----------
+    name : `str`
+        A job's name or other text from the workflow.
+
+    Returns
+    -------
+    component : `str`
+        A file-name component with no ``/`` and not ``.`` or ``..``.
     """
     if (
         name not in (".", "..")
@@ -144,6 +178,16 @@ def safe_subdir(subdir: str | None) -> str:
     Empty and ``.`` segments are dropped (so a leading ``/`` does not make
     the path absolute); every other segment goes through `safe_component`,
     so ``..`` cannot climb out.
+
+    Parameters
+    ----------
+    subdir : `str` or `None`
+        A job's log sub-directory from the workflow.
+
+    Returns
+    -------
+    path : `str`
+        The relative path (empty for none).
     """
     if not subdir:
         return ""

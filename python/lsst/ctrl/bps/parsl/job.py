@@ -229,6 +229,24 @@ class ParslJob:
     ) -> ParslJob:
         """The view of attempt ``attempt`` of a stored job (what the driver
         hands to `SiteConfig.select_executor`).
+
+        Parameters
+        ----------
+        row : `JobRow`
+            The stored job.
+        attempt : `int`
+            The attempt number.
+        request_memory : `int` or `None`
+            Memory the attempt asks for (MB, scaled for retries).
+        config : `lsst.ctrl.bps.BpsConfig`
+            The run's configuration.
+        submit_path : `str`
+            Submit directory.
+
+        Returns
+        -------
+        job : `ParslJob`
+            The job's view.
         """
         return cls.for_attempt(
             row.name,
@@ -312,7 +330,18 @@ def _log_dir(config: BpsConfig, label: str, tags: dict[str, Any]) -> str:
 
 
 def priority_number(value: Any) -> int | float | None:
-    """A BPS ``priority`` as a number, or `None` if unset or not a number."""
+    """A BPS ``priority`` as a number, or `None` if unset or not a number.
+
+    Parameters
+    ----------
+    value : `~typing.Any`
+        The job's ``priority``.
+
+    Returns
+    -------
+    priority : `int`, `float` or `None`
+        An `int` when the value is a whole number.
+    """
     if value is None or value == "":
         return None
     try:
@@ -327,6 +356,16 @@ def priority_number(value: Any) -> int | float | None:
 def walltime_minutes(value: Any) -> int | None:
     """A BPS ``requestWalltime`` (minutes or ``HH:MM:SS``) in whole
     minutes, at least 1, or `None` if unset or unreadable.
+
+    Parameters
+    ----------
+    value : `~typing.Any`
+        The job's ``requestWalltime``.
+
+    Returns
+    -------
+    minutes : `int` or `None`
+        The walltime, rounded up.
     """
     if not value:
         return None

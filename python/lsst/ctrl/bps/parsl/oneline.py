@@ -33,5 +33,16 @@ __all__ = ("one_line",)
 
 
 def one_line(exc: BaseException) -> str:
-    """The text of ``exc`` on one line (its type's name where it has no text)."""
+    """The text of ``exc`` on one line (its type's name where it has no text).
+
+    Parameters
+    ----------
+    exc : `BaseException`
+        The error.
+
+    Returns
+    -------
+    text : `str`
+        Its text, whitespace runs as one space.
+    """
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -69,7 +69,13 @@ class JobState(IntEnum):
     full disk); a restart runs it again."""
 
     def wms_state(self) -> WmsStates:
-        """The `WmsStates` member of the same value."""
+        """The `WmsStates` member of the same value.
+
+        Returns
+        -------
+        state : `lsst.ctrl.bps.WmsStates`
+            The BPS state.
+        """
         return WmsStates(self.value)
 
 

@@ -162,6 +162,19 @@ class ParslService(BaseWmsService):
     def submit(self, workflow: ParslWorkflow, **kwargs: Any) -> ParslWorkflow:
         """Run the workflow until every job ended.
 
+        Parameters
+        ----------
+        workflow : `ParslWorkflow`
+            The workflow `prepare` returned.
+        **kwargs : `~typing.Any`
+            BPS's other arguments; ``config`` (`lsst.ctrl.bps.BpsConfig`), if
+            given, is the run's configuration.
+
+        Returns
+        -------
+        workflow : `ParslWorkflow`
+            ``workflow``, run (or running in the background with ``detach``).
+
         Raises
         ------
         RunFailedError
@@ -306,6 +319,15 @@ class ParslService(BaseWmsService):
     ) -> tuple[WmsStates, str]:
         """Return the state of a run (fast: no per-job work).
 
+        Parameters
+        ----------
+        wms_workflow_id : `str`
+            Submit directory or run id.
+        hist : `float`, optional
+            Unused (BPS's interface: days of history to search).
+        is_global : `bool`, optional
+            Unused (BPS's interface: search every scheduler).
+
         Returns
         -------
         state, message : `tuple`
@@ -335,6 +357,20 @@ class ParslService(BaseWmsService):
     ) -> list[str]:
         """Ids of runs that `cancel` can act on: runs with a live driver or
         unfinished jobs, of this user.
+
+        Parameters
+        ----------
+        wms_id : `str`, optional
+            Submit directory or run id of one run; `None` lists every run of
+            this user's run index.
+        user : `str`, optional
+            Only runs whose ``operator`` is this user.
+        require_bps : `bool`, optional
+            Unused (every run of this plugin is a BPS run).
+        pass_thru : `str`, optional
+            Unused (BPS's interface).
+        is_global : `bool`, optional
+            Unused (BPS's interface).
 
         Returns
         -------
@@ -367,6 +403,13 @@ class ParslService(BaseWmsService):
     def cancel(self, wms_id: str, pass_thru: str | None = None) -> tuple[bool, str]:
         """Stop a run: no new job starts, running ones are killed, the rest
         is recorded DELETED.
+
+        Parameters
+        ----------
+        wms_id : `str`
+            Submit directory or run id.
+        pass_thru : `str`, optional
+            Unused (BPS's interface).
 
         Returns
         -------

@@ -122,6 +122,16 @@ class SiteConfig(ABC):
     def get_site_subconfig(config: BpsConfig) -> BpsConfig:
         """Return the ``site.<computeSite>`` section of the configuration.
 
+        Parameters
+        ----------
+        config : `lsst.ctrl.bps.BpsConfig`
+            The whole BPS configuration.
+
+        Returns
+        -------
+        site : `lsst.ctrl.bps.BpsConfig`
+            The site's section.
+
         Raises
         ------
         ConfigurationError
@@ -186,11 +196,53 @@ class SiteConfig(ABC):
         return SiteSettings.read(self.site, self.where)
 
     def get(self, key: str, data_type: type | tuple[type, ...], default: Any = None, **kwargs: Any) -> Any:
-        """Typed lookup of a key of this site's section."""
+        """Typed lookup of a key of this site's section.
+
+        Parameters
+        ----------
+        key : `str`
+            Key of the site's section.
+        data_type : `type` or `tuple` [`type`]
+            Type(s) the value must have.
+        default : `~typing.Any`, optional
+            Value when the key is absent or null.
+        **kwargs : `~typing.Any`
+            More arguments of `get_bps_config_value` (``required``).
+
+        Returns
+        -------
+        value : `~typing.Any`
+            The value, else ``default``.
+
+        Raises
+        ------
+        ConfigurationError
+            If the value has the wrong type, or is missing and required.
+        """
         return get_bps_config_value(self.site, key, data_type, default, where=self.where, **kwargs)
 
     def get_positive(self, key: str, data_type: type, default: Any = None) -> Any:
-        """Typed lookup of a key that must be greater than zero."""
+        """Typed lookup of a key that must be greater than zero.
+
+        Parameters
+        ----------
+        key : `str`
+            Key of the site's section.
+        data_type : `type`
+            Type the value must have.
+        default : `~typing.Any`, optional
+            Value when the key is absent or null.
+
+        Returns
+        -------
+        value : `~typing.Any`
+            The value, else ``default``.
+
+        Raises
+        ------
+        ConfigurationError
+            If the value has the wrong type or is not above zero.
+        """
         value = self.get(key, data_type, default)
         if value is not None and value <= 0:
             raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be greater than 0")
@@ -207,11 +259,27 @@ class SiteConfig(ABC):
 
         Called for every attempt: a retry that asks for more memory may go
         to another executor.
+
+        Parameters
+        ----------
+        job : `ParslJob`
+            The job's attempt.
+
+        Returns
+        -------
+        label : `str`
+            Label of one of the site's executors.
         """
         raise NotImplementedError
 
     def executor_labels(self) -> list[str]:
-        """Labels of this site's executors (built once per site object)."""
+        """Labels of this site's executors (built once per site object).
+
+        Returns
+        -------
+        labels : `list` [`str`]
+            The labels, in the order of `get_executors`.
+        """
         labels = getattr(self, "_executor_labels", None)
         if labels is None:
             labels = [executor.label for executor in self.get_executors()]
@@ -224,6 +292,16 @@ class SiteConfig(ABC):
         `None` (the default) means the executor or its batch system decides;
         executors on this machine return their cores and memory, so that
         `prepare` refuses a job that would never fit.
+
+        Parameters
+        ----------
+        label : `str`
+            Label of the executor.
+
+        Returns
+        -------
+        capacity : `ExecutorCapacity` or `None`
+            The executor's cores and memory.
         """
         return None
 
@@ -233,6 +311,18 @@ class SiteConfig(ABC):
 
         This implementation sends the job's values of the names in
         ``resource_list`` (those the job sets), and nothing without one.
+
+        Parameters
+        ----------
+        job : `ParslJob`
+            The job's attempt.
+        label : `str`
+            Label of the executor chosen for it.
+
+        Returns
+        -------
+        spec : `dict` [`str`, `~typing.Any`] or `None`
+            The resource specification; `None` sends none.
         """
         if not self.resource_list:
             return None
@@ -258,7 +348,13 @@ class SiteConfig(ABC):
                 )
 
     def get_address(self) -> str:
-        """Return the address workers use to reach the submitting host."""
+        """Return the address workers use to reach the submitting host.
+
+        Returns
+        -------
+        address : `str`
+            Address or host name.
+        """
         from parsl.addresses import address_by_hostname
 
         return address_by_hostname()
@@ -269,6 +365,11 @@ class SiteConfig(ABC):
         ``commandPrefix`` (`str`) is used as is; ``environment`` (`bool`)
         makes every job first source a copy of the submitting process's
         environment, written once in the submit directory.
+
+        Returns
+        -------
+        prefix : `str`
+            Shell lines (may be empty).
         """
         prefix = self.settings.command_prefix
         if self.settings.environment:
@@ -308,7 +409,14 @@ class SiteConfig(ABC):
         return self.settings.infrastructure_retries
 
     def monitoring_filename(self) -> str | None:
-        """Path of the Parsl monitoring database, or `None` if monitoring is off."""
+        """Path of the Parsl monitoring database, or `None` if monitoring is off.
+
+        Returns
+        -------
+        path : `str` or `None`
+            Absolute path, or relative to the current directory when no submit
+            directory is set.
+        """
         if not self.settings.monitor_enable:
             return None
         filename = self.settings.monitor_filename
@@ -322,6 +430,11 @@ class SiteConfig(ABC):
         ``monitorInterval`` (seconds, default 30) sets how often resource
         usage is sampled; ``monitorFilename`` (default ``monitoring.db``,
         relative to ``<submit>/parsl``) names the SQLite database.
+
+        Returns
+        -------
+        monitor : `parsl.monitoring.MonitoringHub` or `None`
+            The hub writing to `monitoring_filename`.
         """
         filename = self.monitoring_filename()
         if filename is None:
@@ -341,6 +454,11 @@ class SiteConfig(ABC):
 
         Retries are handled by the plugin (per job, with memory scaling), so
         Parsl's own retries are 0.
+
+        Returns
+        -------
+        config : `parsl.config.Config`
+            The configuration the driver starts Parsl with.
         """
         import parsl.config
 

@@ -142,7 +142,13 @@ class ParslWorkflow(BaseWmsWorkflow):
 
     @classmethod
     def read(cls, out_prefix: str) -> ParslWorkflow:
-        """Return the workflow prepared in ``out_prefix`` (as `load`)."""
+        """Return the workflow prepared in ``out_prefix`` (as `load`).
+
+        Parameters
+        ----------
+        out_prefix : `str`
+            Submit directory.
+        """
         return cls.load(out_prefix)
 
     @classmethod
@@ -337,7 +343,13 @@ class ParslWorkflow(BaseWmsWorkflow):
 
     @classmethod
     def load(cls, submit_path: str) -> ParslWorkflow:
-        """Return the workflow prepared in a submit directory."""
+        """Return the workflow prepared in a submit directory.
+
+        Parameters
+        ----------
+        submit_path : `str`
+            Submit directory.
+        """
         store = RunStore(db_path(os.path.abspath(submit_path)), readonly=True)
         try:
             meta = store.meta()
@@ -346,7 +358,13 @@ class ParslWorkflow(BaseWmsWorkflow):
         return cls(meta["run_name"], None, meta["submit_path"], meta["run_id"])
 
     def write(self, out_prefix: str) -> None:
-        """Nothing to do: `from_generic_workflow` already saved everything."""
+        """Nothing to do: `from_generic_workflow` already saved everything.
+
+        Parameters
+        ----------
+        out_prefix : `str`
+            Submit directory (unused).
+        """
 
 
 def _resource_check(site: Any) -> Callable[[JobRow], None]:

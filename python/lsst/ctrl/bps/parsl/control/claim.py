@@ -121,7 +121,13 @@ class Claim:
         return self.host, self.pid, self.started
 
     def describe(self) -> str:
-        """``pid N on HOST``."""
+        """``pid N on HOST``.
+
+        Returns
+        -------
+        text : `str`
+            The holder's process id and host, for messages.
+        """
         return f"pid {self.pid} on {self.host}"
 
 
@@ -160,6 +166,18 @@ def _read_claim(directory: str, number: int) -> Claim | None:
 def current_claim(submit_path: str) -> tuple[int, Claim | None]:
     """The highest claim number of a run and its claim (`None`: no claim
     yet, or one that cannot be read).
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+
+    Returns
+    -------
+    number : `int`
+        Highest claim number (0: none).
+    claim : `Claim` or `None`
+        That claim.
     """
     directory = _parsl_dir(submit_path)
     numbers = _numbers(directory)
@@ -175,6 +193,21 @@ def holder_alive(submit_path: str, claim: Claim, stale_after: float = STALE_AFTE
     names it and is not stale (confirmed by watching it), or, before its
     first heartbeat, the claim file is younger than ``stale_after`` by the
     file system's clock.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    claim : `Claim`
+        The claim read.
+    stale_after : `float`, optional
+        Age (seconds) after which a claim with no heartbeat, held on another
+        host, counts as gone.
+
+    Returns
+    -------
+    alive : `bool`
+        `True` if the holder still holds the run.
     """
     if claim.released:
         return False
@@ -231,6 +264,17 @@ def claim_run(
     stale_after : `float`
         Age of a claim with no heartbeat after which its holder on another
         host counts as gone.
+
+    Yields
+    ------
+    claim : `Claim`
+        This process's claim, held until the context ends.
+
+    Raises
+    ------
+    ClaimBusyError
+        If a live process holds the run (for longer than ``wait``), or this
+        process holds it already.
     """
     directory = _parsl_dir(submit_path)
     os.makedirs(directory, mode=0o700, exist_ok=True)

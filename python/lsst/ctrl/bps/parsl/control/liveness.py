@@ -114,7 +114,13 @@ class DriverRecord:
     """Modification time of the heartbeat file, as read (not written)."""
 
     def describe(self) -> str:
-        """``pid N on HOST``."""
+        """``pid N on HOST``.
+
+        Returns
+        -------
+        text : `str`
+            The driver's process id and host, for messages.
+        """
         return f"pid {self.pid} on {self.host}"
 
     @property
@@ -130,6 +136,16 @@ def _parsl_dir(submit_path: str) -> str:
 def process_start(pid: int) -> int | None:
     """Start time of a process on this host (clock ticks since boot), or
     `None` if there is no such process or no ``/proc``.
+
+    Parameters
+    ----------
+    pid : `int`
+        Process id.
+
+    Returns
+    -------
+    start : `int` or `None`
+        Its start time in clock ticks since boot.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stream:
@@ -178,6 +194,16 @@ def file_clock(directory: str) -> float | None:
     """The current time by the clock of the file system holding
     ``directory`` (the modification time of a new probe file), or `None` if
     no file can be created there.
+
+    Parameters
+    ----------
+    directory : `str`
+        A directory this user may write.
+
+    Returns
+    -------
+    now : `float` or `None`
+        Seconds since the epoch by the file system's clock.
     """
     probe = os.path.join(directory, f".clock.{HOST}.{os.getpid()}.{threading.get_ident()}")
     try:
@@ -215,7 +241,18 @@ def _unlink(path: str) -> None:
 
 
 def read_heartbeat(submit_path: str) -> DriverRecord | None:
-    """The heartbeat of a run's driver as written, fresh or not, or `None`."""
+    """The heartbeat of a run's driver as written, fresh or not, or `None`.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+
+    Returns
+    -------
+    record : `DriverRecord` or `None`
+        The heartbeat, `None` if missing or unreadable.
+    """
     found = _read_json_stat(os.path.join(_parsl_dir(submit_path), HEARTBEAT_NAME))
     if found is None:
         return None
@@ -298,6 +335,11 @@ def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = Fa
         for a few intervals: alive if it moves (for taking over a run; a
         clock or a file attribute cache that lags cannot make a live driver
         look dead).
+
+    Returns
+    -------
+    record : `DriverRecord` or `None`
+        The live driver's heartbeat.
     """
     record = read_heartbeat(submit_path)
     if record is None or (run_id is not None and record.run_id != run_id):
@@ -316,6 +358,18 @@ def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = Fa
 def holds_store(pid: int, submit_path: str) -> bool:
     """Whether process ``pid`` (on this host) has the run-state database of
     ``submit_path`` open: the proof that it is this run's driver.
+
+    Parameters
+    ----------
+    pid : `int`
+        Process id on this host.
+    submit_path : `str`
+        Submit directory.
+
+    Returns
+    -------
+    holds : `bool`
+        `True` if one of its open files is the run's database.
     """
     try:
         target = os.lstat(os.path.join(submit_path, DB_NAME))
@@ -339,7 +393,15 @@ def holds_store(pid: int, submit_path: str) -> bool:
 
 
 def write_cancel_request(submit_path: str, record: DriverRecord) -> None:
-    """Ask the driver ``record`` describes to stop."""
+    """Ask the driver ``record`` describes to stop.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    record : `DriverRecord`
+        The driver's heartbeat: the request names that driver.
+    """
     _write_json(
         os.path.join(_parsl_dir(submit_path), CANCEL_NAME),
         {
@@ -411,7 +473,13 @@ class DriverMonitor:
         self._thread.start()
 
     def attach(self, request_stop: Callable[[str], None]) -> None:
-        """Tell the driver to stop through ``request_stop`` (now, if a reason came already)."""
+        """Tell the driver to stop through ``request_stop`` (now, if a reason came already).
+
+        Parameters
+        ----------
+        request_stop : `~collections.abc.Callable` [[`str`], `None`]
+            The driver's stop request, called with the reason.
+        """
         self._request_stop = request_stop
         if self.reason:
             request_stop(self.reason)

@@ -60,6 +60,13 @@ def _load_config(pass_thru: str | None, config: BpsConfig | dict | None) -> BpsC
 def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[int, str]:
     """Check Parsl, the site class, its executors and its scheduler's commands.
 
+    Parameters
+    ----------
+    pass_thru : `str` or `None`
+        Path of a submit YAML, as given to ``bps ping``.
+    config : `lsst.ctrl.bps.BpsConfig`, `dict` or `None`
+        The configuration, if given instead of a file.
+
     Returns
     -------
     status, message : `tuple`

@@ -113,7 +113,18 @@ def _journals(names: list[str]) -> Iterator[tuple[str, str, int]]:
 
 
 def running_attempts(running_dir: str) -> Iterator[tuple[str, int, str]]:
-    """Yield ``(host, process group, token)`` of each attempt said to run."""
+    """Yield ``(host, process group, token)`` of each attempt said to run.
+
+    Parameters
+    ----------
+    running_dir : `str`
+        The run's directory of running-attempt records and journals.
+
+    Yields
+    ------
+    attempt : `tuple` [`str`, `int`, `str`]
+        ``(host, process group, token)``.
+    """
     try:
         names = os.listdir(running_dir)
     except OSError:
@@ -133,7 +144,18 @@ def running_attempts(running_dir: str) -> Iterator[tuple[str, int, str]]:
 
 
 def running_job_ids(running_dir: str) -> set[int]:
-    """Ids of the jobs with an attempt said to run."""
+    """Ids of the jobs with an attempt said to run.
+
+    Parameters
+    ----------
+    running_dir : `str`
+        The run's directory of running-attempt records and journals.
+
+    Returns
+    -------
+    ids : `set` [`int`]
+        Job ids.
+    """
     try:
         names = os.listdir(running_dir)
     except OSError:
@@ -157,6 +179,18 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
     are removed afterwards; the jobs of live ones that ended are given up to
     ``_UNREAPED_WAIT`` seconds to be reaped, so that their logs hold their
     exit status. Returns how many processes were found.
+
+    Parameters
+    ----------
+    running_dir : `str`
+        The run's directory of running-attempt records and journals.
+    run_id : `str`
+        The run's id (its tokens start with ``<run_id>/``).
+
+    Returns
+    -------
+    count : `int`
+        Number of processes found.
     """
     killed = kill_attempts(run_prefix=run_id + "/")
     try:
@@ -302,6 +336,13 @@ def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
     """Remove the journals of spawners that are gone, once their attempts
     are settled; an attempt whose log holds no exit status says why it was
     taken as ended.
+
+    Parameters
+    ----------
+    stale : `list` [`StaleJournal`]
+        The journals of spawners that are gone.
+    recorder : `Recorder`
+        The driver's recorder (gives the attempts' logs).
     """
     for journal in stale:
         for job, attempt in journal.attempts:

@@ -47,6 +47,16 @@ __all__ = ("check_executables", "check_submit_path")
 def check_submit_path(config: BpsConfig) -> None:
     """The submit directory must be creatable: its nearest existing
     ancestor is a writable directory.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The submit configuration.
+
+    Raises
+    ------
+    ConfigurationError
+        If the directory cannot be created by this user.
     """
     found, value = config.search("submitPath", opt={"replaceVars": False, "default": None})
     if not found or not isinstance(value, str) or not value:
@@ -73,6 +83,18 @@ def check_submit_path(config: BpsConfig) -> None:
 def check_executables(config: BpsConfig, generic_workflow: GenericWorkflow) -> None:
     """On a site whose executors all run jobs on this host, an absolute
     executable path must exist and be executable here.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The submit configuration.
+    generic_workflow : `lsst.ctrl.bps.GenericWorkflow`
+        The workflow to run.
+
+    Raises
+    ------
+    ConfigurationError
+        If an executable is missing or not executable.
     """
     site = SiteConfig.from_config(config)
     if any(site.capacity(label) is None for label in site.executor_labels()):

@@ -234,6 +234,11 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         function: the spawner starts the task's process directly. Parsl
         monitoring still records every task and try: this executor reports
         each try's start and end (``running``, ``running_ended``) itself.
+
+        Returns
+        -------
+        monitor : `bool`
+            Always `False`.
         """
         return False
 
@@ -243,6 +248,23 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         self, func: Callable, resource_specification: dict[str, Any], *args: Any, **kwargs: Any
     ) -> Future:
         """Queue one task; returns its future.
+
+        Parameters
+        ----------
+        func : `~collections.abc.Callable`
+            The task's function: `run_job` (run by the spawner as a job) or any
+            other (run in a Python process of its own).
+        resource_specification : `dict` [`str`, `~typing.Any`]
+            Parsl's resource specification of the task (`RESOURCE_KEYS`).
+        *args : `~typing.Any`
+            Positional arguments of ``func``.
+        **kwargs : `~typing.Any`
+            Keyword arguments of ``func``.
+
+        Returns
+        -------
+        future : `concurrent.futures.Future`
+            The task's future.
 
         Raises
         ------

@@ -67,7 +67,18 @@ class TaskProcessError(RuntimeError):
 
 
 def is_run_job(func: Callable) -> bool:
-    """Whether ``func`` is `run_job`, bare or as ``python_app`` wraps it."""
+    """Whether ``func`` is `run_job`, bare or as ``python_app`` wraps it.
+
+    Parameters
+    ----------
+    func : `~collections.abc.Callable`
+        A task's function.
+
+    Returns
+    -------
+    is_run_job : `bool`
+        `True` if the spawner can run it as a job.
+    """
     return func is run_job or (
         getattr(func, "__code__", None) is _WRAP_ERROR_CODE and getattr(func, "__wrapped__", None) is run_job
     )
@@ -76,6 +87,15 @@ def is_run_job(func: Callable) -> bool:
 class Task:
     """A task submitted to the executor: its future, the base path of its
     files (Python tasks only) and its monitoring ids (task, try), if any.
+
+    Parameters
+    ----------
+    future : `concurrent.futures.Future`
+        The task's future.
+    files : `str` or `None`
+        Base path of a Python task's files; `None` for a job.
+    monitoring : `tuple` [`int`, `int`] or `None`
+        Parsl monitoring's (task id, try id), `None` when monitoring is off.
     """
 
     __slots__ = ("future", "files", "monitoring")
@@ -106,6 +126,24 @@ class PythonTasks:
     def request(self, number: int, func: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, Any], str]:
         """Write task ``number``'s file; return its spawner request and the
         base path of its files.
+
+        Parameters
+        ----------
+        number : `int`
+            The task's id in the executor.
+        func : `~collections.abc.Callable`
+            The task's function.
+        args : `tuple`
+            Its positional arguments.
+        kwargs : `dict`
+            Its keyword arguments.
+
+        Returns
+        -------
+        request : `dict` [`str`, `~typing.Any`]
+            The spawner request that runs the task.
+        base : `str`
+            Base path of the task's files.
         """
         if self.directory is None:
             self.directory = tempfile.mkdtemp(prefix=f"parsl-localpool-{os.getpid()}-")
@@ -131,6 +169,18 @@ class PythonTasks:
     def outcome(self, base: str, result: AttemptResult | BaseException) -> tuple[Any] | BaseException:
         """(value,) the task at ``base`` returned, or the error its future
         raises; its files are removed.
+
+        Parameters
+        ----------
+        base : `str`
+            Base path of the task's files.
+        result : `AttemptResult` or `BaseException`
+            How the task's process ended, or why it never started.
+
+        Returns
+        -------
+        outcome : `tuple` or `BaseException`
+            ``(value,)`` the task returned, or the error to set on its future.
         """
         try:
             return self._outcome(base, result)
@@ -184,6 +234,17 @@ def report_try(queue: Any, run_id: str | None, ids: tuple[int, int], result: Att
     """Tell Parsl monitoring when a try ran (what its worker wrapper reports
     on other executors): its start and its end, on ``queue`` (the
     executor's ``monitoring_messages``; `None`: monitoring is off).
+
+    Parameters
+    ----------
+    queue : `~typing.Any`
+        The executor's ``monitoring_messages`` queue, or `None`.
+    run_id : `str` or `None`
+        Parsl's run id.
+    ids : `tuple` [`int`, `int`]
+        (task id, try id) of the try.
+    result : `AttemptResult`
+        How the try ended.
     """
     if queue is None:
         return

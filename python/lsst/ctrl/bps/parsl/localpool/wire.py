@@ -65,6 +65,36 @@ def job_request(
     signature, so a call `run_job` would refuse is refused here). It takes
     1 core and no memory; the executor sets both from the task's resource
     specification.
+
+    Parameters
+    ----------
+    token : `str`
+        The attempt's token.
+    prefix : `str`
+        The site's command prefix.
+    env : `str`
+        The job's export lines.
+    command : `str`
+        The job's command line.
+    out_path : `str`
+        Path of the attempt's stdout log.
+    err_path : `str`
+        Path of the attempt's stderr log.
+    pid_file : `str`
+        Path of the attempt's pid file (its directory holds the journal).
+    time_limit : `float`, optional
+        Seconds the job may run.
+    shell : `str`, optional
+        Path of the job's shell.
+    inputs : `~collections.abc.Sequence`, optional
+        Parents' futures (Parsl waits for them; not sent).
+    parsl_resource_specification : `dict` [`str`, `~typing.Any`], optional
+        Parsl's resource specification (read by the executor; not sent).
+
+    Returns
+    -------
+    request : `dict` [`str`, `~typing.Any`]
+        The request, without its id.
     """
     return {
         "shell": shell,
@@ -82,13 +112,36 @@ def job_request(
 
 
 def encode(request: dict[str, Any]) -> bytes:
-    """One request line."""
+    """One request line.
+
+    Parameters
+    ----------
+    request : `dict` [`str`, `~typing.Any`]
+        The request.
+
+    Returns
+    -------
+    line : `bytes`
+        The request as one JSON line.
+    """
     return (json.dumps(request) + "\n").encode()
 
 
 def resume_request(dead_spawner: int, jobs: list[dict[str, Any]]) -> bytes:
     """First line for a spawner taking over the unanswered ``jobs`` of the
     spawner ``dead_spawner`` (pid) that died.
+
+    Parameters
+    ----------
+    dead_spawner : `int`
+        Process id of the spawner that died.
+    jobs : `list` [`dict` [`str`, `~typing.Any`]]
+        Its unanswered requests.
+
+    Returns
+    -------
+    line : `bytes`
+        The request line.
     """
     return encode({"op": "resume", "spawner": dead_spawner, "jobs": jobs})
 
@@ -96,6 +149,18 @@ def resume_request(dead_spawner: int, jobs: list[dict[str, Any]]) -> bytes:
 def parse_reply(line: bytes) -> tuple[int, AttemptResult | BaseException]:
     """Decode one reply line: (request id, result or the error of a job
     that never started).
+
+    Parameters
+    ----------
+    line : `bytes`
+        One reply line of the spawner.
+
+    Returns
+    -------
+    number : `int`
+        Id of the request.
+    result : `AttemptResult` or `BaseException`
+        How the job ended, or `NotStartedError`.
     """
     number, code, sig, start, end, timed_out = line.split()
     if start == b"-":

@@ -82,6 +82,11 @@ def lazy_group_ids(generic_workflow: Any, node_id: Any) -> dict[str, dict[str, i
         The workflow being prepared.
     node_id : callable
         Stored id of the node of a name.
+
+    Returns
+    -------
+    meta : `dict` [`str`, `dict` [`str`, `int`]]
+        ``{LAZY_GROUPS: {group name: node id}}``, or empty.
     """
     try:
         from lsst.ctrl.bps import GenericWorkflowLazyGroup  # type: ignore[attr-defined,unused-ignore]
@@ -98,6 +103,16 @@ def lazy_group_ids(generic_workflow: Any, node_id: Any) -> dict[str, dict[str, i
 def control_run(submit_path: str) -> dict[str, Any] | None:
     """The metadata of the control run in ``submit_path`` whose payload is
     being prepared there, or `None` when the directory holds no control run.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory of the control run.
+
+    Returns
+    -------
+    meta : `dict` [`str`, `~typing.Any`] or `None`
+        The control run's run-wide values, or `None`.
     """
     path = db_path(submit_path)
     if not os.path.exists(path):
@@ -116,6 +131,13 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
 
     A payload that already joined (a rerun of the lazy group's job, e.g.
     after a restart) is not added again.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory of the control run.
+    payload : `Payload`
+        The prepared payload workflow.
 
     Returns
     -------

@@ -217,6 +217,20 @@ def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bo
     becomes the value of ``X`` where the job runs (not with ``literal``:
     then values are exported as they are, e.g. a process's environment).
 
+    Parameters
+    ----------
+    environment : `~collections.abc.Mapping` [`str`, `str`]
+        Variables to export, in order.
+    job_name : `str`, optional
+        Name of the job, for the error messages.
+    literal : `bool`, optional
+        Export the values as they are (no ``<ENV:X>`` expansion).
+
+    Returns
+    -------
+    lines : `str`
+        One ``export`` statement per line (no final newline).
+
     Raises
     ------
     RenderError
@@ -272,6 +286,13 @@ def environment_script(environ: Mapping[str, str] | None = None) -> str:
 def write_environment_file(path: str, environ: Mapping[str, str] | None = None) -> str:
     """Write `environment_script` to ``path``, readable by the user only (it
     may hold tokens).
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the file.
+    environ : `~collections.abc.Mapping` [`str`, `str`], optional
+        Environment to write; `None` means this process's.
 
     Returns
     -------

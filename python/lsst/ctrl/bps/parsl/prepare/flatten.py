@@ -80,7 +80,18 @@ class Flattener:
         return len(self.names)
 
     def item(self, i: int) -> Any:
-        """The generic workflow's job, no-op job or group of node ``i``."""
+        """The generic workflow's job, no-op job or group of node ``i``.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
+
+        Returns
+        -------
+        item : `~typing.Any`
+            The node's job, no-op job or group.
+        """
         return self.items[i]
 
     def _sort_names(self) -> None:
@@ -93,7 +104,18 @@ class Flattener:
                 raise ConfigurationError(f"job name '{names[by_name[k]]}' appears twice in the workflow")
 
     def index(self, name: str) -> int:
-        """Id of the node called ``name``."""
+        """Id of the node called ``name``.
+
+        Parameters
+        ----------
+        name : `str`
+            Node name.
+
+        Returns
+        -------
+        i : `int`
+            The node's id.
+        """
         return self.by_name[bisect_left(self.by_name, name, key=self.names.__getitem__)]
 
     def _edge(self, parent: int, child: int) -> None:
@@ -180,7 +202,18 @@ class Flattener:
                     self._edge(index(name), join)
 
     def topological_order(self) -> array:
-        """Kahn's algorithm over main nodes, then final nodes."""
+        """Kahn's algorithm over main nodes, then final nodes.
+
+        Returns
+        -------
+        order : `array.array`
+            Node ids, every parent before its children and the final nodes last.
+
+        Raises
+        ------
+        ConfigurationError
+            If the workflow has a dependency cycle.
+        """
         remaining = array("i", self.nparents)
         order = array("i")
         for final in (False, True):

@@ -78,6 +78,18 @@ defaults give the final job."""
 def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], ...]:
     """``name[:units], ...`` as ``((name, units), ...)``, names in lower case.
 
+    Parameters
+    ----------
+    text : `str`
+        A job's ``concurrencyLimit`` value.
+    where : `str`
+        The job it belongs to, for the error message.
+
+    Returns
+    -------
+    limits : `tuple` [`tuple` [`str`, `float`], ...]
+        (limit name, units) pairs; units default to 1.
+
     Raises
     ------
     ConfigurationError
@@ -103,6 +115,18 @@ def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], .
 def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str, float]:
     """The run's limits: `DEFAULT_LIMITS`, then the top-level
     ``concurrencyLimits``, then ``site.<computeSite>.concurrencyLimits``.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The run's configuration.
+    compute_site : `str` or `None`
+        The run's ``computeSite``.
+
+    Returns
+    -------
+    limits : `dict` [`str`, `float`]
+        Units each limit allows at once, by lower-case name.
 
     Raises
     ------
@@ -205,7 +229,20 @@ def job_attribute_check(
 
 
 def route(row: JobRow, labels: Sequence[str]) -> str | None:
-    """The executor a job's ``computeSite`` or ``queue`` names, if any."""
+    """The executor a job's ``computeSite`` or ``queue`` names, if any.
+
+    Parameters
+    ----------
+    row : `JobRow`
+        The job.
+    labels : `~collections.abc.Sequence` [`str`]
+        Labels of the site's executors.
+
+    Returns
+    -------
+    label : `str` or `None`
+        The executor's label, `None` if neither names one.
+    """
     for value in (row.compute_site, row.queue):
         if value and value in labels:
             return value
@@ -213,7 +250,23 @@ def route(row: JobRow, labels: Sequence[str]) -> str | None:
 
 
 def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:
-    """The run's status if an attempt's exit aborts the run, else `None`."""
+    """The run's status if an attempt's exit aborts the run, else `None`.
+
+    Parameters
+    ----------
+    row : `JobRow`
+        The job.
+    exit_code : `int`
+        The attempt's exit status.
+    signal : `int` or `None`
+        The signal that ended it, if any.
+
+    Returns
+    -------
+    status : `int` or `None`
+        The run's exit status (the job's ``abortReturnValue``, else the exit
+        code), or `None` if the run goes on.
+    """
     if row.abort_on_value is None or signal is not None or exit_code != row.abort_on_value:
         return None
     return exit_code if row.abort_return_value is None else row.abort_return_value
@@ -248,7 +301,18 @@ class ConcurrencyGate:
         self._holding: set[int] = set()
 
     def acquire(self, job: int) -> bool:
-        """Take a job's units; `False` (and the job waits) if a limit is full."""
+        """Take a job's units; `False` (and the job waits) if a limit is full.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+
+        Returns
+        -------
+        acquired : `bool`
+            `True` if the job may run now.
+        """
         needs = self.needs.get(job)
         if not needs:
             return True
@@ -264,6 +328,16 @@ class ConcurrencyGate:
     def release(self, job: int) -> list[int]:
         """Give back a job's units (once per acquire); returns the waiting
         jobs, which the caller makes ready again.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+
+        Returns
+        -------
+        woken : `list` [`int`]
+            Ids of the jobs that waited for units.
         """
         if job not in self._holding:
             return []
@@ -277,6 +351,16 @@ class ConcurrencyGate:
 def walltime_seconds(value: str | None) -> float | None:
     """A job's ``requestWalltime`` in seconds (a bare number is minutes, as
     in BPS; `None` where it is not set).
+
+    Parameters
+    ----------
+    value : `str` or `None`
+        The job's ``requestWalltime``.
+
+    Returns
+    -------
+    seconds : `float` or `None`
+        The walltime in seconds.
     """
     if not value:
         return None

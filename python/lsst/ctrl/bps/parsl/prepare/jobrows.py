@@ -85,6 +85,16 @@ def drain(rows: Generator[JobRow, None, list[str]]) -> tuple[list[JobRow], list[
 def file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
     """A function giving the path of a workflow file by name (the first of
     ``graphs`` that has it), or `None`; remembered per name.
+
+    Parameters
+    ----------
+    graphs : `list` [`lsst.ctrl.bps.GenericWorkflow`]
+        The workflows to look in, in order.
+
+    Returns
+    -------
+    lookup : `~collections.abc.Callable` [[`str`], `str` or `None`]
+        Gives a file's path (``file://`` removed) from its name.
     """
     cache: dict[str, str | None] = {}
 
@@ -107,7 +117,18 @@ def file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
 
 
 def retry_unless_exit(value: Any) -> str | None:
-    """A job's ``retryUnlessExit`` (a code or codes) as stored: a JSON list."""
+    """A job's ``retryUnlessExit`` (a code or codes) as stored: a JSON list.
+
+    Parameters
+    ----------
+    value : `int`, `list` [`int`] or `None`
+        The job's ``retryUnlessExit``.
+
+    Returns
+    -------
+    codes : `str` or `None`
+        The codes as a JSON list, `None` if not set.
+    """
     if value is None:
         return None
     codes = [value] if isinstance(value, int) else list(value)
@@ -144,6 +165,13 @@ class PerValueCache:
     million-job prepare cheap. Keyed by identity (the objects are held
     here, so an id is not reused while cached) and bounded, so a workflow
     with a new object per job costs no memory.
+
+    Parameters
+    ----------
+    function : `~collections.abc.Callable` [[`~typing.Any`], `~typing.Any`]
+        The conversion to remember.
+    size : `int`, optional
+        Number of values kept before the cache is emptied.
     """
 
     def __init__(self, function: Callable[[Any], Any], size: int = 64):
@@ -165,6 +193,11 @@ class PerValueCache:
 class SubdirCache:
     """A job's log sub-directory (`attemptlogs.log_dir_template`),
     computed once per distinct (label, values of the template's fields).
+
+    Parameters
+    ----------
+    template : `~typing.Any`
+        The run's `attemptlogs.log_dir_template`.
     """
 
     def __init__(self, template: Any):
@@ -195,6 +228,11 @@ class Templates:
 
     Placeholders whose name holds a ``{value}``, or that name no file, are
     left for `render`, which resolves or reports them as before.
+
+    Parameters
+    ----------
+    lookup : `~collections.abc.Callable` [[`str`], `str` or `None`]
+        Gives a file's path from its name (`file_lookup`).
     """
 
     def __init__(self, lookup: Callable[[str], str | None]):
@@ -208,7 +246,18 @@ class Templates:
         return match.group(0) if path is None else path
 
     def resolve(self, text: str) -> str:
-        """``text`` with its fixed ``<FILE:name>`` placeholders resolved."""
+        """``text`` with its fixed ``<FILE:name>`` placeholders resolved.
+
+        Parameters
+        ----------
+        text : `str`
+            A template.
+
+        Returns
+        -------
+        resolved : `str`
+            The template with the placeholders of known files replaced.
+        """
         found = self._resolved.get(text)
         if found is None:
             found = FILE_PLACEHOLDER.sub(self._file, text) if "<FILE:" in text else text
@@ -217,7 +266,20 @@ class Templates:
         return found
 
     def command(self, executable: str, arguments: str | None) -> str:
-        """The template of a job's command line: executable and arguments."""
+        """The template of a job's command line: executable and arguments.
+
+        Parameters
+        ----------
+        executable : `str`
+            The job's executable (a template).
+        arguments : `str` or `None`
+            Its arguments (a template).
+
+        Returns
+        -------
+        template : `str`
+            The command line template, fixed placeholders resolved.
+        """
         key = (executable, arguments)
         found = self._commands.get(key)
         if found is None:

@@ -117,7 +117,13 @@ class PageWriter:
         self._warned = False
 
     def update(self, final: bool = False) -> None:
-        """Write the page if it is due (or ``final``); never raises."""
+        """Write the page if it is due (or ``final``); never raises.
+
+        Parameters
+        ----------
+        final : `bool`, optional
+            Write now whatever the interval (the run's last page).
+        """
         started = time.monotonic()
         if not final and started < self._next:
             return

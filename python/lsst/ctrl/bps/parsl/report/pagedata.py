@@ -194,7 +194,25 @@ class RunData:
 
 
 def read_run(submit_path: str, this_driver: bool) -> RunData:
-    """Read everything the page shows from the store, in one transaction."""
+    """Read everything the page shows from the store, in one transaction.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    this_driver : `bool`
+        The caller is the run's driver (see `reports.run_state`).
+
+    Returns
+    -------
+    data : `RunData`
+        What the page shows.
+
+    Raises
+    ------
+    StateStoreError
+        If the store cannot be read.
+    """
     store = RunStore(db_path(submit_path), readonly=True)
     try:
         try:

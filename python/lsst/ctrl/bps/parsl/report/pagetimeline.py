@@ -110,7 +110,18 @@ def _legend(classes: Iterable[str]) -> str:
 
 
 def timeline(data: RunData) -> str:
-    """The timeline section of the page (SVG)."""
+    """The timeline section of the page (SVG).
+
+    Parameters
+    ----------
+    data : `RunData`
+        What the page shows.
+
+    Returns
+    -------
+    html : `str`
+        The section's HTML, with the SVG inline.
+    """
     title = "<h2>Timeline of job attempts</h2>"
     if data.time_range is None:
         return title + "<p class='muted' id='timeline'>No attempt has started yet.</p>"

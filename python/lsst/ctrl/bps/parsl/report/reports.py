@@ -55,6 +55,16 @@ def readable_run(submit_path: str) -> None:
     """Raise `StateStoreError` in one line unless this user may read the
     run (another user's run is shown read-only when the file system lets
     this user read its submit directory and run-state database).
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+
+    Raises
+    ------
+    StateStoreError
+        If this user cannot read the run, saying what its owner can do.
     """
     path = db_path(submit_path)
     if not os.access(submit_path, os.R_OK | os.X_OK) or (
@@ -75,6 +85,22 @@ def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> t
 
     ``this_driver``: the caller is the run's driver (it holds the run's
     lock), so the state follows its own session record.
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's store.
+    submit_path : `str`
+        Submit directory.
+    this_driver : `bool`, optional
+        The caller is the run's driver.
+
+    Returns
+    -------
+    state : `lsst.ctrl.bps.WmsStates`
+        The run's state.
+    message : `str`
+        Why, in one line.
     """
     alive = None if this_driver else driver_alive(submit_path)
     if alive is not None:
@@ -106,7 +132,18 @@ def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> t
 
 
 def running_jobs(submit_path: str) -> set[int]:
-    """Ids of the jobs of a run with an attempt said to run now."""
+    """Ids of the jobs of a run with an attempt said to run now.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+
+    Returns
+    -------
+    ids : `set` [`int`]
+        Job ids.
+    """
     return running_job_ids(os.path.join(submit_path, "parsl", "running"))
 
 
@@ -114,6 +151,22 @@ def job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsSta
     """The reported state of a job whose stored state is ``value``: in
     flight without a live driver is UNKNOWN, PENDING with a running attempt
     is RUNNING.
+
+    Parameters
+    ----------
+    value : `int`
+        The job's stored state (a `JobState` value).
+    job_id : `int`
+        Job id.
+    alive : `bool`
+        Whether the run's driver is alive.
+    running : `set` [`int`]
+        Ids of the jobs with an attempt said to run (`running_jobs`).
+
+    Returns
+    -------
+    state : `lsst.ctrl.bps.WmsStates`
+        The state to report.
     """
     if value in _IN_FLIGHT and not alive:
         return WmsStates.UNKNOWN
@@ -133,6 +186,11 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         Include one `WmsJobReport` per job.
     return_exit_codes : `bool`
         Include non-zero exit codes per label.
+
+    Returns
+    -------
+    report : `lsst.ctrl.bps.WmsRunReport`
+        The run's report.
     """
     store = RunStore(db_path(submit_path), readonly=True)
     try:
@@ -243,6 +301,16 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
 def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
     """(attempts the infrastructure lost, jobs they belong to, the last
     one's cause) of a run, or `None` if none was lost (`losses`).
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's store.
+
+    Returns
+    -------
+    losses : `tuple` [`int`, `int`, `str`] or `None`
+        Attempts lost, jobs they belong to and the last loss's cause.
     """
     try:
         found = store.conn.execute(
@@ -259,7 +327,20 @@ def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
 
 
 def last_activity(submit_path: str) -> tuple[float, bool]:
-    """(time of the run's last session end or start, whether a driver is alive)."""
+    """(time of the run's last session end or start, whether a driver is alive).
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+
+    Returns
+    -------
+    when : `float`
+        Seconds since the epoch (now, while a driver is alive).
+    alive : `bool`
+        Whether a driver is alive.
+    """
     if driver_alive(submit_path) is not None:
         return time.time(), True
     store = RunStore(db_path(submit_path), readonly=True)

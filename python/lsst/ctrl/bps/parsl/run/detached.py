@@ -38,6 +38,17 @@ from .session import DriverBusyError, RunFailedError, run_driver
 def main(argv: list[str]) -> int:
     """Run the driver of a submit directory; exit non-zero (after one line
     saying why) if jobs failed or the run could not go on.
+
+    Parameters
+    ----------
+    argv : `list` [`str`]
+        Command line: the module, the submit directory and the session kind
+        (``submit`` or ``restart``).
+
+    Returns
+    -------
+    code : `int`
+        Exit status: 0 if every job succeeded, else the run's status or 1.
     """
     submit_path, kind = argv[1], argv[2]
     try:

@@ -121,6 +121,28 @@ class Dispatch:
 
         ``walltime``: the job's ``requestWalltime`` (s); the executor's
         blocks with less left take no new job first (`blocks.BlockWatch`).
+
+        Parameters
+        ----------
+        key : `~typing.Any`
+            What the end of the attempt is queued under (see `wait`).
+        label : `str`
+            Label of the executor.
+        args : `tuple`
+            Positional arguments of `run_job`.
+        kwargs : `dict` [`str`, `~typing.Any`]
+            Keyword arguments of `run_job` (the resource specification is added).
+        inputs : `~collections.abc.Sequence`
+            Futures of the parents Parsl waits for.
+        resource_specification : `dict` [`str`, `~typing.Any`] or `None`
+            Parsl's resource specification of the attempt, if any.
+        walltime : `float`, optional
+            The job's ``requestWalltime`` in seconds.
+
+        Returns
+        -------
+        future : `~typing.Any`
+            Parsl's app future of the attempt.
         """
         if resource_specification:
             kwargs["parsl_resource_specification"] = resource_specification
@@ -144,12 +166,33 @@ class Dispatch:
             self.blocks.tick()
 
     def settle_seconds(self, label: str) -> float:
-        """Seconds the rerun of an attempt executor ``label`` lost waits (`losses.settle_seconds`)."""
+        """Seconds the rerun of an attempt executor ``label`` lost waits (`losses.settle_seconds`).
+
+        Parameters
+        ----------
+        label : `str`
+            Label of the executor.
+
+        Returns
+        -------
+        seconds : `float`
+            The pause before the rerun.
+        """
         return settle_seconds(self.dfk.executors.get(label) if self.dfk is not None else None)
 
     def wait(self, timeout: float) -> list[tuple[Any, Any]]:
         """``(key, future)`` of every attempt that ended, waiting up to
         ``timeout`` seconds for the first one.
+
+        Parameters
+        ----------
+        timeout : `float`
+            Seconds to wait for the first end (0: do not wait).
+
+        Returns
+        -------
+        ended : `list` [`tuple`]
+            ``(key, future)`` pairs; empty if none ended in time.
         """
         try:
             batch = [self._ended.get(timeout=timeout)] if timeout > 0 else [self._ended.get_nowait()]
@@ -188,6 +231,13 @@ def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
     The kernel is built with ``initialize_logging=False``: Parsl's default
     logging (DEBUG to a file) costs several times the kernel's own time per
     task.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The run's configuration.
+    submit_path : `str`
+        Submit directory.
     """
     logger = logging.getLogger("parsl")
     logger.propagate = False
@@ -204,5 +254,15 @@ def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
 def start_parsl(config: Any) -> Any:
     """Start Parsl's data-flow kernel; if that fails, stop what it had
     started (executors, the status poller) before raising.
+
+    Parameters
+    ----------
+    config : `parsl.config.Config`
+        Parsl's configuration of the run.
+
+    Returns
+    -------
+    dfk : `parsl.dataflow.dflow.DataFlowKernel`
+        The started kernel.
     """
     return start_kernel(config, lambda name, exc: _LOG.warning("stopping Parsl's %s failed: %r", name, exc))

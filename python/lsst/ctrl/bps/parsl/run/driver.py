@@ -208,6 +208,11 @@ class Driver(LostAttemptHandling):
         written or is no longer this run's, the disk is full) ends with
         ``outcome.cancelled`` and a one-line ``outcome.reason``; whatever
         was started is stopped and the signal handlers are restored.
+
+        Returns
+        -------
+        outcome : `RunOutcome`
+            Jobs per state and, for a run that stopped, why.
         """
         self._reset_for_run()
         if self.kind == "restart":  # said once the restart was not refused (jobs running elsewhere)

@@ -103,6 +103,11 @@ class GraphWalk:
     def start_phase(self, final: bool) -> None:
         """Find the ready, waiting and pruned nodes of a phase (the final
         nodes or all others) that has not ended.
+
+        Parameters
+        ----------
+        final : `bool`
+            `True` for the phase of the final nodes.
         """
         self.ready.clear()
         self.remaining = {}
@@ -119,7 +124,15 @@ class GraphWalk:
                 self.remaining[i] = count
 
     def finish(self, i: int, state: JobState) -> None:
-        """Mark a node ended and release or prune its children."""
+        """Mark a node ended and release or prune its children.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
+        state : `JobState`
+            The state it ended in.
+        """
         self.state[i] = state
         failed = state != JobState.SUCCEEDED
         for c in self.children[i]:
@@ -142,6 +155,11 @@ class GraphWalk:
     def prune(self, start: int) -> None:
         """Prune a node and, transitively, its children (a non-blocking
         group's join stops the pruning: one of its parents ended).
+
+        Parameters
+        ----------
+        start : `int`
+            Node id.
         """
         stack = [start]
         while stack:
@@ -161,12 +179,31 @@ class GraphWalk:
     # ---- parents' futures ----
 
     def parent_futures(self, i: int) -> list[Any]:
-        """Futures of the parents of a node that Parsl can see."""
+        """Futures of the parents of a node that Parsl can see.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
+
+        Returns
+        -------
+        futures : `list`
+            The parents' kept futures.
+        """
         futures = self.futures
         return [futures[p] for p in self.parents[i] if p in futures]
 
     def keep_future(self, i: int, future: Any) -> None:
-        """Keep the future of a node's attempt for its children."""
+        """Keep the future of a node's attempt for its children.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
+        future : `~typing.Any`
+            The future of its attempt.
+        """
         if self.children[i] and i not in self.futures:
             self._waiting_children[i] = len(self.children[i])
         if self.children[i]:
@@ -175,6 +212,11 @@ class GraphWalk:
     def release_parent_futures(self, i: int) -> None:
         """Node ``i`` ended (every attempt of it depended on its parents'
         futures): drop those no other child needs.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
         """
         for p in self.parents[i]:
             left = self._waiting_children.get(p)

@@ -62,7 +62,13 @@ class LostAttemptHandling:
     stop_reason: str | None
 
     def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop: no new job starts, running ones are killed."""
+        """Ask the loop to stop: no new job starts, running ones are killed.
+
+        Parameters
+        ----------
+        reason : `str`
+            Why; the first reason given is kept.
+        """
         if not self.stop_reason:
             self.stop_reason = reason
 

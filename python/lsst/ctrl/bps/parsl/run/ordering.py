@@ -69,6 +69,16 @@ is filled at once rather than after the driver's next pass."""
 def job_minutes(row: JobRow) -> float:
     """Expected duration of a node in minutes: its ``requestWalltime``, one
     unit (a minute) if unset, 0 for nodes that run no process.
+
+    Parameters
+    ----------
+    row : `JobRow`
+        The node.
+
+    Returns
+    -------
+    minutes : `float`
+        Its expected duration.
     """
     if row.kind != JobKind.PAYLOAD:
         return 0.0
@@ -94,6 +104,18 @@ def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) ->
     Node ids are in topological order, so one pass from the last id to the
     first sees every child before its parents: O(nodes + edges), no
     recursion.
+
+    Parameters
+    ----------
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The nodes, by id.
+    children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
+        Child ids of each node.
+
+    Returns
+    -------
+    paths : `array.array`
+        Minutes of work from each node to the end, by id.
     """
     n = len(rows)
     path = array("d", bytes(8 * n))
@@ -135,7 +157,13 @@ class ReadyQueue:
             self._path = array("d", (-p for p in critical_paths(rows, children)))
 
     def append(self, i: int) -> None:
-        """Add a ready node."""
+        """Add a ready node.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
+        """
         seq = next(self._count)
         if self._priority is None or self._path is None:
             heapq.heappush(self._heap, (0, 0, seq, i))
@@ -143,7 +171,14 @@ class ReadyQueue:
             heapq.heappush(self._heap, (self._priority[i], self._path[i], seq, i))
 
     def popleft(self) -> int:
-        """Remove and return the node to hand out next."""
+        """Remove and return the node to hand out next.
+
+        Returns
+        -------
+        i : `int`
+            Node id: highest priority first, then longest critical path, then
+            first added (first added only, for a queue that ignores priority).
+        """
         return heapq.heappop(self._heap)[3]
 
     def clear(self) -> None:
@@ -168,6 +203,18 @@ def in_flight_limit(site: SiteConfig, labels: Sequence[str]) -> int | None:
 
     An executor's slots are the jobs it runs at once on this machine
     (`SiteConfig.capacity`: the local pool's cores).
+
+    Parameters
+    ----------
+    site : `SiteConfig`
+        The run's site.
+    labels : `~collections.abc.Sequence` [`str`]
+        Labels of the executors in use.
+
+    Returns
+    -------
+    limit : `int` or `None`
+        The number of attempts, `None` for no limit.
     """
     total = 0
     for label in labels:

@@ -39,7 +39,18 @@ __all__ = ("ProgressLines", "count_states")
 
 
 def count_states(states: Sequence[int]) -> dict[int, int]:
-    """Jobs per state (`JobState` values)."""
+    """Jobs per state (`JobState` values).
+
+    Parameters
+    ----------
+    states : `~collections.abc.Sequence` [`int`]
+        State of each job.
+
+    Returns
+    -------
+    counts : `dict` [`int`, `int`]
+        Number of jobs by state.
+    """
     counts: dict[int, int] = {}
     for s in states:
         counts[s] = counts.get(s, 0) + 1
@@ -70,7 +81,17 @@ class ProgressLines:
         self.last = time.monotonic()
 
     def print(self, rows: Sequence[JobRow], states: Sequence[int], force: bool = False) -> None:
-        """Print the counts if an interval has passed since the last line, or ``force``."""
+        """Print the counts if an interval has passed since the last line, or ``force``.
+
+        Parameters
+        ----------
+        rows : `~collections.abc.Sequence` [`JobRow`]
+            The jobs, by id.
+        states : `~collections.abc.Sequence` [`int`]
+            State of each job, by id.
+        force : `bool`, optional
+            Print now whatever the interval.
+        """
         if not self.interval and not force:
             return
         now = time.monotonic()

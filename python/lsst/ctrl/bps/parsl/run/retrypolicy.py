@@ -111,7 +111,21 @@ class RetryPolicy:
         self.retry_codes: list[frozenset[int]] = [codes(r.retry_unless_exit) for r in rows]
 
     def memory_for(self, job: int, tries: int) -> int | None:
-        """Memory (MB) of a job's attempt after ``tries`` attempts in this session."""
+        """Memory (MB) of a job's attempt after ``tries`` attempts in this session.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        tries : `int`
+            Attempts of the job in this session so far.
+
+        Returns
+        -------
+        memory : `int` or `None`
+            The job's ``requestMemory`` times ``memoryMultiplier`` per try, at
+            most ``requestMemoryMax``; `None` if not set.
+        """
         row = self.rows[job]
         memory = row.request_memory
         if memory is None or not row.memory_multiplier or tries == 0:
@@ -122,6 +136,22 @@ class RetryPolicy:
     def next_attempt(self, job: int, attempt: int, tries: int, labels: Collection[str]) -> NextAttempt:
         """The resources and executor of attempt number ``attempt`` of a job
         that had ``tries`` attempts in this session.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Number of the attempt.
+        tries : `int`
+            Attempts of the job in this session so far.
+        labels : `~collections.abc.Collection` [`str`]
+            Labels of the executors in use.
+
+        Returns
+        -------
+        next : `NextAttempt`
+            The attempt's job view and executor label.
 
         Raises
         ------
@@ -148,6 +178,24 @@ class RetryPolicy:
     def retry(self, job: int, exit_code: int, timed_out: bool, tries: int, stopping: bool) -> bool:
         """Whether a failed attempt runs again; ``tries`` counts the
         attempts of this session, the failed one included.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        exit_code : `int`
+            Exit status of the failed attempt.
+        timed_out : `bool`
+            Whether it was killed for its walltime (never retried).
+        tries : `int`
+            Attempts of the job in this session.
+        stopping : `bool`
+            Whether the run is stopping (nothing is retried).
+
+        Returns
+        -------
+        retry : `bool`
+            `True` if the job runs again.
         """
         if stopping or timed_out or exit_code in self.retry_codes[job]:
             return False

@@ -124,6 +124,16 @@ def driver_claim(
         Seconds to keep trying while a live process holds the run.
     stale_after : `float`
         Age after which a claim with no heartbeat counts as abandoned.
+
+    Yields
+    ------
+    None
+        The claim is held while the context runs.
+
+    Raises
+    ------
+    DriverBusyError
+        If a live process holds the run.
     """
     try:
         with claim_run(submit_path, what, wait=wait, stale_after=stale_after):
@@ -133,7 +143,18 @@ def driver_claim(
 
 
 def load_config(submit_path: str) -> BpsConfig:
-    """The BPS configuration saved at prepare time."""
+    """The BPS configuration saved at prepare time.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+
+    Returns
+    -------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The configuration read from ``parsl/bps_config.yaml``.
+    """
     return BpsConfig(os.path.join(submit_path, "parsl", "bps_config.yaml"))
 
 
@@ -146,6 +167,20 @@ def _reserve_size(store: RunStore) -> int:
 
 def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutcome:
     """Run (or resume) a run in this process and raise if jobs failed.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    config : `lsst.ctrl.bps.BpsConfig` or `None`
+        The run's configuration; `None` reads the one saved at prepare time.
+    kind : `str`
+        ``submit`` or ``restart``.
+
+    Returns
+    -------
+    outcome : `RunOutcome`
+        How the session ended (every job succeeded).
 
     Raises
     ------
@@ -245,6 +280,16 @@ def checked_run(submit_path: str) -> str:
     symbolic link or not a regular file/directory, a store that names
     another submit directory (copied or moved).
 
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+
+    Returns
+    -------
+    run_id : `str`
+        The run's id.
+
     Raises
     ------
     StateStoreError
@@ -290,6 +335,13 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
     seconds and is proven to be this run's driver (its process has this
     run's database open) gets a SIGTERM.
 
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    timeout : `float`, optional
+        Seconds to wait for the driver to stop.
+
     Returns
     -------
     cancelled : `bool`
@@ -297,6 +349,13 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
         and every unfinished job is recorded DELETED.
     message : `str`
         What happened.
+
+    Raises
+    ------
+    StateStoreError
+        If the directory is not a run this user may act on.
+    DriverBusyError
+        If another process holds the run while its jobs are recorded.
     """
     from ..control.running import kill_running_jobs
 
@@ -340,10 +399,24 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
 
     Returns once the driver's heartbeat names it.
 
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    kind : `str`
+        ``submit`` or ``restart``.
+    wait : `float`, optional
+        Seconds to wait for the driver's first heartbeat.
+
     Returns
     -------
     pid : `int`
         The background driver's pid.
+
+    Raises
+    ------
+    RuntimeError
+        If the driver exits at once or does not beat within ``wait``.
     """
     import subprocess
     import sys

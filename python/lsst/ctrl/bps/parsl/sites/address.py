@@ -57,7 +57,13 @@ def _is_loopback(address: str) -> bool:
 
 
 def host_addresses() -> dict[str, list[str]]:
-    """IPv4 addresses of this host's interfaces that are up, by interface."""
+    """IPv4 addresses of this host's interfaces that are up, by interface.
+
+    Returns
+    -------
+    addresses : `dict` [`str`, `list` [`str`]]
+        IPv4 addresses by interface name.
+    """
     import psutil
 
     stats = psutil.net_if_stats()
@@ -72,7 +78,25 @@ def host_addresses() -> dict[str, list[str]]:
 
 
 def interface_address(interface: str, where: str) -> str:
-    """The first IPv4 address of ``interface`` (key ``<where>.interface``)."""
+    """The first IPv4 address of ``interface`` (key ``<where>.interface``).
+
+    Parameters
+    ----------
+    interface : `str`
+        Name of the network interface.
+    where : `str`
+        The site's key path, for the error message.
+
+    Returns
+    -------
+    address : `str`
+        The interface's first IPv4 address.
+
+    Raises
+    ------
+    ConfigurationError
+        If the interface is not up or has no IPv4 address.
+    """
     addresses = host_addresses()
     if interface not in addresses:
         choices = ", ".join(sorted(addresses)) or "none"
@@ -86,6 +110,16 @@ def interface_address(interface: str, where: str) -> str:
 def route_source(target: str) -> str | None:
     """The address this host would send from to reach ``target`` (a host
     name or address), or `None` if it cannot be resolved or routed.
+
+    Parameters
+    ----------
+    target : `str`
+        Host name or address.
+
+    Returns
+    -------
+    address : `str` or `None`
+        The local source address of the route.
     """
     try:
         infos = socket.getaddrinfo(target, 9, socket.AF_INET, socket.SOCK_DGRAM)
@@ -121,6 +155,18 @@ def slurm_node_addresses(partition: str | None = None, limit: int = 4) -> list[s
     """Addresses of a few nodes of ``partition`` (default: the default
     partition) as Slurm reaches them, then its controllers'. Empty when no
     Slurm answers here.
+
+    Parameters
+    ----------
+    partition : `str`, optional
+        Slurm partition (the first of a comma-separated list is used).
+    limit : `int`, optional
+        Most nodes to return.
+
+    Returns
+    -------
+    addresses : `list` [`str`]
+        Node addresses, then the controllers' (from ``slurm.conf``).
     """
     cmd = ["sinfo", "-h", "-N", "-o", "%o"]
     if partition:
@@ -147,6 +193,18 @@ def choose_address(targets: Iterable[str], where: str) -> str:
     real interface; when every target is this host (or none is known),
     this host's first address that is not loopback; loopback only when the
     targets are this host and it has no other address.
+
+    Parameters
+    ----------
+    targets : `~collections.abc.Iterable` [`str`]
+        Host names or addresses of the batch system's hosts.
+    where : `str`
+        The site's key path, for the error message.
+
+    Returns
+    -------
+    address : `str`
+        The address.
 
     Raises
     ------

@@ -72,6 +72,23 @@ def normalize_walltime(value: Any, name: str) -> str:
     Accepts ``HH:MM:SS``, ``D-HH:MM:SS`` and a number of minutes given as a
     string. A YAML integer is refused: unquoted ``1:00:00`` is read by YAML
     as 3600 (sexagesimal), which is almost never what was meant.
+
+    Parameters
+    ----------
+    value : `~typing.Any`
+        The key's value from the YAML.
+    name : `str`
+        Full name of the key, for the error message.
+
+    Returns
+    -------
+    walltime : `str`
+        The walltime as ``HH:MM:SS`` (hours may exceed 24).
+
+    Raises
+    ------
+    ConfigurationError
+        If the value is not a string or not a walltime.
     """
     if isinstance(value, bool) or not isinstance(value, str):
         raise ConfigurationError(
@@ -84,12 +101,34 @@ def normalize_walltime(value: Any, name: str) -> str:
 
 
 def job_priority(job: ParslJob) -> int | float | None:
-    """The job's BPS ``priority`` as a number, or `None`."""
+    """The job's BPS ``priority`` as a number, or `None`.
+
+    Parameters
+    ----------
+    job : `ParslJob`
+        The job.
+
+    Returns
+    -------
+    priority : `int`, `float` or `None`
+        The priority.
+    """
     return priority_number(job.priority)
 
 
 def job_walltime_minutes(job: ParslJob) -> int | None:
-    """The job's BPS ``requestWalltime`` in whole minutes, or `None`."""
+    """The job's BPS ``requestWalltime`` in whole minutes, or `None`.
+
+    Parameters
+    ----------
+    job : `ParslJob`
+        The job.
+
+    Returns
+    -------
+    minutes : `int` or `None`
+        The walltime, rounded up.
+    """
     return walltime_minutes(job.request_walltime)
 
 
@@ -97,6 +136,16 @@ def work_queue_spec(job: ParslJob) -> dict[str, Any]:
     """``parsl_resource_specification`` for a WorkQueueExecutor: cores,
     memory (MB) and disk (MB) always (Work Queue wants all three or none),
     running_time_min and priority when the job sets them.
+
+    Parameters
+    ----------
+    job : `ParslJob`
+        The job.
+
+    Returns
+    -------
+    spec : `dict` [`str`, `~typing.Any`]
+        The resource specification.
     """
     resources = job.get_resources()
     return {
@@ -107,7 +156,18 @@ def work_queue_spec(job: ParslJob) -> dict[str, Any]:
 
 
 def heartbeat_reserved(where: str) -> dict[str, str]:
-    """``executor_options`` a site sets from its heartbeat keys, with how to set them."""
+    """``executor_options`` a site sets from its heartbeat keys, with how to set them.
+
+    Parameters
+    ----------
+    where : `str`
+        The site's key path.
+
+    Returns
+    -------
+    reserved : `dict` [`str`, `str`]
+        What to set instead, by reserved option name.
+    """
     return {key: f"use '{where}.{key}'" for key in ("heartbeat_period", "heartbeat_threshold")}
 
 
@@ -117,6 +177,18 @@ def htex_defaults(site: BatchSite, defaults: dict[str, Any] | None = None) -> di
     ``defaults``) and a block error handler that does not give up on the
     executor for a block lost with its node or worker pool
     (`~.slurm_provider.tolerate_lost_blocks`).
+
+    Parameters
+    ----------
+    site : `BatchSite`
+        The site.
+    defaults : `dict` [`str`, `~typing.Any`], optional
+        The site class's own heartbeat defaults and block error handler.
+
+    Returns
+    -------
+    options : `dict` [`str`, `~typing.Any`]
+        Executor arguments.
     """
     from .slurm_provider import tolerate_lost_blocks
 
@@ -131,6 +203,16 @@ def htex_defaults(site: BatchSite, defaults: dict[str, Any] | None = None) -> di
 def htex_spec(job: ParslJob) -> dict[str, Any] | None:
     """``parsl_resource_specification`` for a HighThroughputExecutor: only
     ``priority`` (the interchange hands out lower values first).
+
+    Parameters
+    ----------
+    job : `ParslJob`
+        The job.
+
+    Returns
+    -------
+    spec : `dict` [`str`, `~typing.Any`] or `None`
+        The resource specification, `None` when the job has no priority.
     """
     priority = job_priority(job)
     return None if priority is None else {"priority": priority}
@@ -156,6 +238,11 @@ class BatchSite(SiteConfig):
         period, threshold : `int`, optional
             Defaults of the keys (a site class's own choice); default
             `HEARTBEAT_PERIOD` and `HEARTBEAT_THRESHOLD`.
+
+        Returns
+        -------
+        options : `dict` [`str`, `int`]
+            ``heartbeat_period`` and ``heartbeat_threshold`` in seconds.
 
         Raises
         ------
@@ -196,6 +283,11 @@ class BatchSite(SiteConfig):
         nor ``interface`` is set: the source address of the route to the
         batch system's hosts (`address_targets`), else this host's first
         address that is not loopback.
+
+        Returns
+        -------
+        address : `str`
+            The address.
         """
         from .address import choose_address
 
@@ -204,6 +296,11 @@ class BatchSite(SiteConfig):
     def address_targets(self) -> list[str]:
         """Hosts the workers run on, or the batch system's controller, as
         far as this host can tell (default: none known).
+
+        Returns
+        -------
+        targets : `list` [`str`]
+            Host names or addresses.
         """
         return []
 
@@ -217,6 +314,18 @@ class BatchSite(SiteConfig):
 def require_work_queue(key: str, instead: str = "use an htex executor") -> None:
     """Raise a one-line `ConfigurationError` if Work Queue (``ndcctools``)
     is not importable; ``instead`` says what to do otherwise.
+
+    Parameters
+    ----------
+    key : `str`
+        The key that asks for Work Queue, for the message.
+    instead : `str`, optional
+        The alternative the message offers.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``ndcctools`` is not installed.
     """
     import importlib.util
 

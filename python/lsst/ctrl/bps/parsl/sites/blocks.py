@@ -93,6 +93,16 @@ def scaling_strategy(executors: Sequence[Any]) -> str:
     """Parsl's scaling strategy for ``executors``: ``simple`` (an executor's
     blocks go once it has had no task for ``maxIdleTime``; see the module's
     docstring for why not ``htex_auto_scale``).
+
+    Parameters
+    ----------
+    executors : `~collections.abc.Sequence`
+        The site's executors.
+
+    Returns
+    -------
+    strategy : `str`
+        Always ``simple``.
     """
     return "simple"
 
@@ -274,6 +284,18 @@ class BlockWatch:
     def before_submit(self, label: str, seconds: float | None) -> bool:
         """Hold the blocks of ``label`` too short for a job of ``seconds``;
         whether the attempt is to be watched (`track`).
+
+        Parameters
+        ----------
+        label : `str`
+            Label of the executor.
+        seconds : `float` or `None`
+            The job's walltime in seconds.
+
+        Returns
+        -------
+        watch : `bool`
+            `True` if the attempt is to be tracked.
         """
         clock = self.clocks.get(label)
         if clock is None or clock.walltime is None or not seconds:
@@ -295,7 +317,19 @@ class BlockWatch:
         return True
 
     def track(self, key: Any, label: str, seconds: float, future: Any) -> None:
-        """Watch a submitted attempt until it runs or ends."""
+        """Watch a submitted attempt until it runs or ends.
+
+        Parameters
+        ----------
+        key : `~typing.Any`
+            The attempt's key in the driver.
+        label : `str`
+            Label of the executor.
+        seconds : `float`
+            The job's walltime in seconds.
+        future : `~typing.Any`
+            The attempt's future.
+        """
         self.waiting[key] = (label, seconds, future)
 
     def tick(self) -> None:

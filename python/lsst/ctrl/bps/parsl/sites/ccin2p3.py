@@ -119,7 +119,25 @@ class Ccin2p3(BatchSite):
         return list(value)
 
     def slot(self, slot: str) -> dict[str, Any]:
-        """Settings of one slot size, with the defaults applied."""
+        """Settings of one slot size, with the defaults applied.
+
+        Parameters
+        ----------
+        slot : `str`
+            ``small``, ``medium``, ``large`` or ``xlarge``.
+
+        Returns
+        -------
+        settings : `dict` [`str`, `~typing.Any`]
+            ``memory`` (GB), ``max_blocks``, ``partition``, ``walltime`` and
+            ``scheduler_options``.
+
+        Raises
+        ------
+        ConfigurationError
+            If a key is malformed or no partition is known for this host's
+            architecture.
+        """
         arch = platform.machine()
         default_partition = self.get("partition", str, PARTITIONS.get(arch, {}).get(slot))
         if default_partition is None and not self._slot_value(slot, "partition")[0]:

@@ -139,7 +139,18 @@ class ExecutorSpec:
         return (mem, cpus, self.order)
 
     def fits(self, job: ParslJob) -> bool:
-        """Whether the job's memory and cores are within this executor's limits."""
+        """Whether the job's memory and cores are within this executor's limits.
+
+        Parameters
+        ----------
+        job : `ParslJob`
+            The job.
+
+        Returns
+        -------
+        fits : `bool`
+            `True` if this executor may take it.
+        """
         if self.max_memory is not None and (job.request_memory or 0) > self.max_memory:
             return False
         return not (self.max_cpus is not None and (job.request_cpus or 1) > self.max_cpus)

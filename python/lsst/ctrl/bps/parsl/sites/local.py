@@ -55,13 +55,25 @@ def _warn_once(message: str) -> None:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on."""
+    """Cores this process may run on.
+
+    Returns
+    -------
+    cores : `int`
+        The number of cores (at least 1).
+    """
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return count or 1
 
 
 def machine_memory_mb() -> int:
-    """Physical memory of this machine in MB."""
+    """Physical memory of this machine in MB.
+
+    Returns
+    -------
+    memory : `int`
+        Physical memory in MB.
+    """
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
 
 
@@ -72,6 +84,20 @@ def local_pool_spec(job: ParslJob, cores: int, memory: int | None) -> dict[str, 
 
     A request larger than the pool (the final job's, which runs alone after
     every other job) is given the whole pool.
+
+    Parameters
+    ----------
+    job : `ParslJob`
+        The job.
+    cores : `int`
+        Cores of the pool.
+    memory : `int` or `None`
+        Memory of the pool (MB); `None` for no limit.
+
+    Returns
+    -------
+    spec : `dict` [`str`, `~typing.Any`]
+        ``cores``, and ``memory`` if the job asks for memory.
     """
     spec: dict[str, Any] = {"cores": min(job.request_cpus or 1, cores)}
     if job.request_memory:
@@ -158,6 +184,18 @@ class Local(SiteConfig):
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
         """The job's cores and memory (`local_pool_spec`), unless the site
         has a ``resource_list``.
+
+        Parameters
+        ----------
+        job : `ParslJob`
+            The job.
+        label : `str`
+            Label of the executor.
+
+        Returns
+        -------
+        spec : `dict` [`str`, `~typing.Any`] or `None`
+            The resource specification.
         """
         if self.resource_list is not None:
             return super().resource_specification(job, label)

@@ -91,6 +91,16 @@ class InterchangeLostError(RuntimeError):
 def infrastructure_cause(error: BaseException | None) -> str | None:
     """One line saying how the infrastructure lost an attempt, or `None` if
     ``error`` is no such loss (no error, or an error of the job's own).
+
+    Parameters
+    ----------
+    error : `BaseException` or `None`
+        The attempt's error.
+
+    Returns
+    -------
+    cause : `str` or `None`
+        The cause, naming the host or executor and the error's type.
     """
     if error is None:
         return None
@@ -118,6 +128,16 @@ def stops_run(error: BaseException | None) -> bool:
     """Whether ``error`` means that its executor can run nothing more (the
     interchange or the local pool is gone, the executor gave up): the run
     stops, and a restart resumes it.
+
+    Parameters
+    ----------
+    error : `BaseException` or `None`
+        The attempt's error.
+
+    Returns
+    -------
+    stops : `bool`
+        `True` if the run must stop.
     """
     from parsl.executors.errors import BadStateException
 
@@ -131,6 +151,16 @@ def settle_seconds(executor: Any) -> float:
     side kills a lost attempt's processes when its worker or worker pool
     dies, and a pool cut off from the interchange ends itself about one
     heartbeat period after the interchange declared it lost.
+
+    Parameters
+    ----------
+    executor : `~typing.Any`
+        The executor (its ``heartbeat_period`` is read if it has one).
+
+    Returns
+    -------
+    seconds : `float`
+        The pause.
     """
     return float(getattr(executor, "heartbeat_period", 0) or 0) + KILL_GRACE + _SETTLE_EXTRA
 
@@ -138,6 +168,16 @@ def settle_seconds(executor: Any) -> float:
 def fail_if_interchange_lost(executor: Any) -> bool:
     """If ``executor``'s interchange process exited, fail every task it holds
     (and any later one) with `InterchangeLostError`; whether it did.
+
+    Parameters
+    ----------
+    executor : `~typing.Any`
+        A HighThroughputExecutor.
+
+    Returns
+    -------
+    lost : `bool`
+        `True` if its interchange exited.
     """
     code = interchange_exit_code(executor)
     if code is None:
@@ -167,28 +207,70 @@ class LostAttempts:
         self._delayed: list[tuple[float, int]] = []
 
     def lost(self, job: int) -> bool:
-        """Count a lost attempt of ``job``; whether it may run again."""
+        """Count a lost attempt of ``job``; whether it may run again.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+
+        Returns
+        -------
+        again : `bool`
+            `True` while the job's losses are within the budget.
+        """
         count = self.counts.get(job, 0) + 1
         self.counts[job] = count
         return count <= self.budget
 
     def hold(self, job: int, until: float) -> None:
-        """Keep ``job``'s rerun back until ``until`` (`time.monotonic`)."""
+        """Keep ``job``'s rerun back until ``until`` (`time.monotonic`).
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        until : `float`
+            `time.monotonic` time from which it may run.
+        """
         heapq.heappush(self._delayed, (until, job))
 
     def due(self, now: float) -> list[int]:
-        """The jobs whose rerun may go now, taken out of the waiting list."""
+        """The jobs whose rerun may go now, taken out of the waiting list.
+
+        Parameters
+        ----------
+        now : `float`
+            The current `time.monotonic` time.
+
+        Returns
+        -------
+        jobs : `list` [`int`]
+            Job ids.
+        """
         out = []
         while self._delayed and self._delayed[0][0] <= now:
             out.append(heapq.heappop(self._delayed)[1])
         return out
 
     def next_due(self) -> float | None:
-        """When the next held rerun may go (`None`: none waits)."""
+        """When the next held rerun may go (`None`: none waits).
+
+        Returns
+        -------
+        when : `float` or `None`
+            `time.monotonic` time of the next rerun.
+        """
         return self._delayed[0][0] if self._delayed else None
 
     def drop(self) -> list[int]:
-        """Forget every held rerun (the run stops); returns their jobs."""
+        """Forget every held rerun (the run stops); returns their jobs.
+
+        Returns
+        -------
+        jobs : `list` [`int`]
+            Ids of the jobs that were held.
+        """
         jobs = [job for _, job in self._delayed]
         self._delayed.clear()
         return jobs

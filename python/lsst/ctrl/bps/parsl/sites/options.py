@@ -94,7 +94,19 @@ EXECUTORS: dict[str, tuple[str, str]] = {
 
 
 def plain(value: Any) -> Any:
-    """Turn a BPS sub-configuration into plain dicts and lists."""
+    """Turn a BPS sub-configuration into plain dicts and lists.
+
+    Parameters
+    ----------
+    value : `~typing.Any`
+        A value read from the configuration.
+
+    Returns
+    -------
+    value : `~typing.Any`
+        The same value with every `BpsConfig` and mapping a `dict` and every
+        sequence a `list`.
+    """
     if isinstance(value, BpsConfig):
         value = value.toDict()
     if isinstance(value, Mapping):
@@ -107,6 +119,27 @@ def plain(value: Any) -> Any:
 def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: str) -> type:
     """Return the Parsl class that ``name`` (a key of ``table`` or the
     class's own name, any case) means in ``table``.
+
+    Parameters
+    ----------
+    table : `dict` [`str`, `tuple` [`str`, `str`]]
+        (module, class name) by short name.
+    name : `~typing.Any`
+        The name from the YAML.
+    where : `str`
+        Full name of the key, for the error message.
+    what : `str`
+        What kind of class it is (``provider``, ``launcher``, ...).
+
+    Returns
+    -------
+    cls : `type`
+        The class.
+
+    Raises
+    ------
+    ConfigurationError
+        If the name is not in the table.
     """
     by_class = {attr.lower(): (module, attr) for module, attr in table.values()}
     key = name.lower() if isinstance(name, str) else None
@@ -316,6 +349,25 @@ def _wants_tuple(hint: Any) -> bool:
 def build(cls: type, options: dict[str, Any], where: str) -> Any:
     """Instantiate a Parsl class; its own errors become one-line
     `ConfigurationError` naming ``where``.
+
+    Parameters
+    ----------
+    cls : `type`
+        The Parsl class.
+    options : `dict` [`str`, `~typing.Any`]
+        Its keyword arguments.
+    where : `str`
+        Full name of the key the options come from.
+
+    Returns
+    -------
+    instance : `~typing.Any`
+        The new instance.
+
+    Raises
+    ------
+    ConfigurationError
+        If the class rejects the options.
     """
     try:
         return cls(**options)
@@ -327,7 +379,27 @@ def build(cls: type, options: dict[str, Any], where: str) -> Any:
 
 
 def build_launcher(name: Any, options: Any, where: str) -> Any:
-    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``)."""
+    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``).
+
+    Parameters
+    ----------
+    name : `~typing.Any`
+        The launcher's name from the YAML.
+    options : `~typing.Any`
+        The ``launcher_options`` mapping, or `None`.
+    where : `str`
+        The site's key path.
+
+    Returns
+    -------
+    launcher : `parsl.launchers.base.Launcher`
+        The launcher.
+
+    Raises
+    ------
+    ConfigurationError
+        If the name or an option is unknown, or Parsl rejects the options.
+    """
     cls = load_class(LAUNCHERS, name, f"{where}.launcher", "launcher")
     checked = check_options(cls, options, f"{where}.launcher_options")
     return build(cls, checked, f"{where}.launcher_options")

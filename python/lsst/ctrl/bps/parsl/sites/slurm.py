@@ -68,7 +68,25 @@ _EXECUTOR_RESERVED = {
 
 
 def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
-    """Provider options from the site's block-scaling keys, over ``defaults``."""
+    """Provider options from the site's block-scaling keys, over ``defaults``.
+
+    Parameters
+    ----------
+    site : `BatchSite`
+        The site.
+    defaults : `dict` [`str`, `~typing.Any`], optional
+        The site class's defaults.
+
+    Returns
+    -------
+    options : `dict` [`str`, `~typing.Any`]
+        Provider arguments.
+
+    Raises
+    ------
+    ConfigurationError
+        If a key is out of its range.
+    """
     options = dict(defaults or {})
     for key, kind in BLOCK_KEYS:
         value = site.get(key, kind, None)
@@ -84,13 +102,44 @@ def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
 
 
 def merge_worker_init(*parts: str | None) -> str:
-    """Join ``worker_init`` snippets, skipping empty ones."""
+    """Join ``worker_init`` snippets, skipping empty ones.
+
+    Parameters
+    ----------
+    *parts : `str` or `None`
+        Snippets, in order.
+
+    Returns
+    -------
+    worker_init : `str`
+        The snippets, one per line.
+    """
     return "\n".join(p for p in parts if p)
 
 
 def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
     """Apply the site's ``provider_options``, ``launcher`` and
     ``launcher_options`` keys on top of ``options``.
+
+    Parameters
+    ----------
+    site : `BatchSite`
+        The site.
+    cls : `type`
+        The provider class.
+    options : `dict` [`str`, `~typing.Any`]
+        Provider arguments so far; updated in place.
+
+    Returns
+    -------
+    options : `dict` [`str`, `~typing.Any`]
+        ``options``, updated.
+
+    Raises
+    ------
+    ConfigurationError
+        If an option is unknown or reserved, or ``launcher_options`` is set
+        without ``launcher``.
     """
     found, raw = site.site.search("provider_options", opt={"default": None})
     extra = check_options(cls, raw, f"{site.where}.provider_options", _PROVIDER_RESERVED) if found else {}
@@ -113,6 +162,20 @@ def finish_executor_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
     """Apply the heartbeat keys and block error handler (`htex_defaults`,
     over those in ``options``), then the site's ``executor_options`` key, on
     top of ``options``.
+
+    Parameters
+    ----------
+    site : `BatchSite`
+        The site.
+    cls : `type`
+        The executor class.
+    options : `dict` [`str`, `~typing.Any`]
+        Executor arguments so far; updated in place.
+
+    Returns
+    -------
+    options : `dict` [`str`, `~typing.Any`]
+        ``options``, updated.
     """
     options.update(htex_defaults(site, options))
     found, raw = site.site.search("executor_options", opt={"default": None})
@@ -132,7 +195,13 @@ SRUN_NAMES = ("srun", "srunlauncher")
 
 
 def default_launcher() -> Any:
-    """The launcher of a Slurm block: one worker pool per node, by ``srun``."""
+    """The launcher of a Slurm block: one worker pool per node, by ``srun``.
+
+    Returns
+    -------
+    launcher : `parsl.launchers.SrunLauncher`
+        The launcher.
+    """
     from parsl.launchers import SrunLauncher
 
     return SrunLauncher(overrides=SRUN_OVERRIDES)
@@ -328,6 +397,11 @@ class TripleSlurm(Slurm):
     ``large_memory`` (`float`, GB per worker; defaults 2, 4, 8) and
     ``small_walltime``, ``medium_walltime``, ``large_walltime`` (`str`;
     defaults 10, 10 and 40 hours).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Arguments of `SiteConfig`.
     """
 
     labels = ("small", "medium", "large")
@@ -366,6 +440,11 @@ class TripleSlurm(Slurm):
             `Slurm.make_executor` arguments for one executor.
         **common_options
             `Slurm.make_executor` arguments for all three.
+
+        Returns
+        -------
+        executors : `list` [`parsl.executors.base.ParslExecutor`]
+            The ``small``, ``medium`` and ``large`` executors.
         """
         executors = []
         for size, options in zip(self.labels, (small_options, medium_options, large_options), strict=True):

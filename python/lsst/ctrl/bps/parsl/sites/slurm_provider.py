@@ -130,7 +130,7 @@ class SlurmProvider(ParslSlurmProvider):
         cancelled and reported FAILED either way.
     status_polling_interval : `int`, optional
         Seconds between two reads of the block states (default 15).
-    **kwargs
+    *args, **kwargs
         Arguments of Parsl's `~parsl.providers.SlurmProvider`.
     """
 
@@ -278,6 +278,13 @@ def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobS
     (HTEX's own ``_hold_block``, as its scale-in does): Slurm killed those
     on the nodes that survived, and the interchange would otherwise send
     them new tasks until their heartbeats expire.
+
+    Parameters
+    ----------
+    executor : `parsl.executors.status_handling.BlockProviderExecutor`
+        The executor.
+    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
+        Status of each of its blocks.
     """
     held = _HELD_BLOCKS.setdefault(executor, set())
     for block, block_status in status.items():

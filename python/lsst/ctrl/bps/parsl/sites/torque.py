@@ -55,6 +55,13 @@ class PbsTorqueProvider(TorqueProvider):
     provider asks Torque for ``tasks_per_node`` processors per node instead
     (``#PBS -l nodes=N:ppn=tasks_per_node``) and the launcher starts that
     many worker pools.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Arguments of Parsl's `~parsl.providers.TorqueProvider`.
+    tasks_per_node : `int`, optional
+        Processors (and worker pools) per node.
     """
 
     def __init__(self, *args: Any, tasks_per_node: int = 1, **kwargs: Any):
@@ -62,7 +69,22 @@ class PbsTorqueProvider(TorqueProvider):
         self.tasks_per_node = tasks_per_node
 
     def submit(self, command: str, tasks_per_node: int, job_name: str = "parsl.torque") -> Any:
-        """Submit a block; ``tasks_per_node`` is replaced by the configured one."""
+        """Submit a block; ``tasks_per_node`` is replaced by the configured one.
+
+        Parameters
+        ----------
+        command : `str`
+            The command the block runs.
+        tasks_per_node : `int`
+            Ignored: the configured ``tasks_per_node`` is used.
+        job_name : `str`, optional
+            Name of the PBS job.
+
+        Returns
+        -------
+        job_id : `~typing.Any`
+            The block's job id, as Parsl's provider returns it.
+        """
         return super().submit(command=command, tasks_per_node=self.tasks_per_node, job_name=job_name)
 
 
@@ -107,6 +129,29 @@ class Torque(BatchSite):
         The arguments are defaults of the keys of the same names (the keys
         win); ``provider_options`` and ``executor_options`` are more
         arguments of the provider and of the executor.
+
+        Parameters
+        ----------
+        label : `str`
+            Executor label.
+        queue, nodes, tasks_per_node, walltime, scheduler_options, worker_init
+            Defaults of the keys of the same names.
+        mem_per_worker : `float`, optional
+            Memory per worker (GB).
+        provider_options : `dict`, optional
+            More `PbsTorqueProvider` arguments.
+        executor_options : `dict`, optional
+            More `HighThroughputExecutor` arguments.
+
+        Returns
+        -------
+        executor : `parsl.executors.HighThroughputExecutor`
+            The executor.
+
+        Raises
+        ------
+        ConfigurationError
+            If ``nodes`` or ``walltime`` is missing or malformed.
         """
         from parsl.executors import HighThroughputExecutor
         from parsl.launchers import MpiRunLauncher

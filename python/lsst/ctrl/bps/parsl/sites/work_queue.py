@@ -83,6 +83,29 @@ class WorkQueue(BatchSite):
     ) -> ParslExecutor:
         """Return a WorkQueueExecutor on ``provider``; the keys ``port``,
         ``worker_options`` and ``wq_max_retries`` override the arguments.
+
+        Parameters
+        ----------
+        label : `str`
+            Executor label.
+        provider : `~typing.Any`
+            Parsl provider that starts the workers.
+        port : `int`, optional
+            Default of the ``port`` key.
+        worker_options : `str`, optional
+            Default of the ``worker_options`` key.
+        wq_max_retries : `int`, optional
+            Default of the ``wq_max_retries`` key.
+
+        Returns
+        -------
+        executor : `parsl.executors.WorkQueueExecutor`
+            The executor.
+
+        Raises
+        ------
+        ConfigurationError
+            If Work Queue is not installed or a key is malformed.
         """
         require_work_queue(
             f"{self.where}.class", "use lsst.ctrl.bps.parsl.sites.Local or lsst.ctrl.bps.parsl.sites.Slurm"

@@ -54,13 +54,41 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
     """Return the stdout and stderr files of one attempt of one job, always
     under ``<submit>/logs`` whatever the job's name and log directory hold
     (see `files.safe_component`).
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory of the run.
+    log_dir : `str` or `None`
+        The job's log sub-directory (made safe; `None` for none).
+    name : `str`
+        The job's name.
+    attempt : `int`
+        Attempt number, from 1.
+
+    Returns
+    -------
+    stdout, stderr : `tuple` [`str`, `str`]
+        Paths of the attempt's stdout and stderr logs.
     """
     base = os.path.join(submit_path, "logs", safe_subdir(log_dir), f"{safe_component(name)}.{attempt}")
     return base + ".out", base + ".err"
 
 
 def exit_status_from_log(stderr: str) -> int | None:
-    """Exit status a job's shell appended to its stderr log, if any."""
+    """Exit status a job's shell appended to its stderr log, if any.
+
+    Parameters
+    ----------
+    stderr : `str`
+        Path of the attempt's stderr log.
+
+    Returns
+    -------
+    status : `int` or `None`
+        The exit status the shell logged, `None` when it logged none (the
+        attempt did not end, or its log is missing).
+    """
     return logged_exit_status(stderr)
 
 
@@ -88,6 +116,16 @@ class _SubdirTemplate:
 def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
     """The job log sub-directory template of a run (``subDirTemplate``,
     default ``{label}``): called with a job's label and tags.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The run's configuration.
+
+    Returns
+    -------
+    template : `_SubdirTemplate`
+        Callable giving a job's log sub-directory from its label and tags.
     """
     found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
     return _SubdirTemplate(template if found and template else "{label}")

@@ -48,7 +48,18 @@ when the file system fills up, so that it can record how the run stopped."""
 
 
 def out_of_space_message(submit_path: str) -> str:
-    """The one line a driver stops with when its submit directory's disk is full."""
+    """The one line a driver stops with when its submit directory's disk is full.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory of the run.
+
+    Returns
+    -------
+    message : `str`
+        The line, naming the directory and the restart command.
+    """
     return (
         f"{submit_path}: the file system of the submit directory is full: the run stopped after "
         f"recording every job that ended; free space, then 'bps restart --id {submit_path}'"
@@ -56,7 +67,18 @@ def out_of_space_message(submit_path: str) -> str:
 
 
 def is_out_of_space(exc: BaseException) -> bool:
-    """Whether an SQLite or OS error means the disk (or quota) is full."""
+    """Whether an SQLite or OS error means the disk (or quota) is full.
+
+    Parameters
+    ----------
+    exc : `BaseException`
+        The error raised by SQLite or the operating system.
+
+    Returns
+    -------
+    full : `bool`
+        `True` if it says the disk or the user's quota is full.
+    """
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     code = getattr(exc, "sqlite_errorcode", None)
@@ -104,7 +126,13 @@ class SpaceReserve:
             os.close(fd)
 
     def release(self) -> bool:
-        """Give the space back; returns whether there was any to give."""
+        """Give the space back; returns whether there was any to give.
+
+        Returns
+        -------
+        held : `bool`
+            Whether the space was held before this call.
+        """
         held, self.held = self.held, False
         try:
             os.unlink(self.path)

@@ -67,20 +67,63 @@ class Recorder:
         self.submit_path = submit_path
 
     def stderr_of(self, job: int, attempt: int) -> str:
-        """The stderr log of an attempt."""
+        """The stderr log of an attempt.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Attempt number.
+
+        Returns
+        -------
+        path : `str`
+            Path of the attempt's stderr log.
+        """
         row = self.rows[job]
         return log_paths(self.submit_path, row.log_dir, row.name, attempt)[1]
 
     def note(self, job: int, attempt: int, text: str) -> None:
-        """Append a line of the plugin's to an attempt's stderr log."""
+        """Append a line of the plugin's to an attempt's stderr log.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Attempt number.
+        text : `str`
+            The line to append, without the ``[bps-parsl]`` prefix.
+        """
         append_note(self.stderr_of(job, attempt), f"[bps-parsl] {text}\n")
 
     def state(self, job: int, state: JobState, attempt: int) -> None:
-        """A job's new state, with nothing to say about an attempt."""
+        """A job's new state, with nothing to say about an attempt.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        state : `JobState`
+            The job's new state.
+        attempt : `int`
+            The job's current attempt number.
+        """
         self.store.set_state(job, state, attempt)
 
     def submitted(self, job: int, attempt: int, when: float) -> None:
-        """An attempt was handed to Parsl."""
+        """An attempt was handed to Parsl.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Attempt number.
+        when : `float`
+            Time it was handed over (seconds since the epoch).
+        """
         self.store.set_state(job, JobState.PENDING, attempt, start=when)
 
     def ended(
@@ -97,6 +140,25 @@ class Recorder:
         """An attempt ended in ``attempt_state``; the job is now in
         ``job_state`` (by default the attempt's state; READY for a retry).
         ``lost``: how the infrastructure lost it (see `losses`).
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Attempt number.
+        attempt_state : `JobState`
+            How the attempt ended.
+        result : `AttemptResult`
+            Exit status, signal, start and end times and host of the attempt.
+        memory : `int`, optional
+            Memory requested for the attempt (MB), if known.
+        executor : `str`, optional
+            Label of the executor that ran it.
+        job_state : `JobState`, optional
+            The job's state afterwards; `None` means ``attempt_state``.
+        lost : `str`, optional
+            How the infrastructure lost the attempt; `None` if it ended by itself.
         """
         code, sig, start, end, host, _ = result
         self.store.record_attempt(
@@ -106,7 +168,19 @@ class Recorder:
         self.store.set_state(job, state, attempt, code, sig, start, end, host)
 
     def rejected(self, job: int, attempt: int, reason: str, when: float) -> None:
-        """An attempt that no executor took failed at once."""
+        """An attempt that no executor took failed at once.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Attempt number.
+        reason : `str`
+            Why no executor took it (written to the attempt's log and to the log).
+        when : `float`
+            Time of the rejection (seconds since the epoch).
+        """
         self.note(job, attempt, reason)
         _LOG.warning("job %s: %s", self.rows[job].name, reason)
         self.ended(job, attempt, JobState.FAILED, AttemptResult(-1, None, when, when, None, False))
@@ -117,6 +191,25 @@ class Recorder:
         """The executor lost an attempt (``cause``: the infrastructure did,
         see `losses`): say so in its log; returns the result it is recorded
         with (exit status -1).
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Attempt number.
+        error : `BaseException`
+            The executor's error.
+        when : `float`
+            Time the loss was seen (seconds since the epoch).
+        cause : `str`, optional
+            How the infrastructure lost it; `None` when the executor lost it
+            for another reason.
+
+        Returns
+        -------
+        result : `AttemptResult`
+            The result to record the attempt with (exit status -1, ended ``when``).
         """
         name = self.rows[job].name
         if cause is None:
@@ -134,6 +227,13 @@ class Recorder:
         creates it first); if the shell logged exit status 0 the job counts
         as succeeded, otherwise as failed. ``state`` and ``attempts`` (by
         job id) are updated.
+
+        Parameters
+        ----------
+        state : `list` [`JobState`]
+            Stored state of each job, by job id; updated in place.
+        attempts : `list` [`int`]
+            Stored attempt number of each job, by job id; updated in place.
         """
         for i, row in enumerate(self.rows):
             if state[i] == JobState.SUCCEEDED or row.kind != JobKind.PAYLOAD:

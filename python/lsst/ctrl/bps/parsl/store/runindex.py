@@ -48,7 +48,14 @@ INDEX_SUBDIR = os.path.join(".local", "state", "lsst-ctrl-bps-parsl", "runs")
 
 
 def index_dir() -> Path:
-    """Directory of the run index."""
+    """Directory of the run index.
+
+    Returns
+    -------
+    directory : `pathlib.Path`
+        ``$XDG_STATE_HOME/lsst-ctrl-bps-parsl/runs`` if that variable is set,
+        else ``~/.local/state/lsst-ctrl-bps-parsl/runs``.
+    """
     base = os.environ.get("XDG_STATE_HOME")
     if not base:
         return Path(os.path.expanduser("~")) / INDEX_SUBDIR
@@ -56,7 +63,17 @@ def index_dir() -> Path:
 
 
 def add_run(run_id: str, submit_path: str, run_name: str) -> None:
-    """Record a new run in the index (best effort: a read-only home is not fatal)."""
+    """Record a new run in the index (best effort: a read-only home is not fatal).
+
+    Parameters
+    ----------
+    run_id : `str`
+        The run's id.
+    submit_path : `str`
+        Submit directory of the run.
+    run_name : `str`
+        The run's name.
+    """
     record = {"run_id": run_id, "submit_path": submit_path, "run_name": run_name}
     try:
         write_private(str(index_dir() / f"{run_id}.json"), json.dumps(record))
@@ -67,6 +84,16 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
 def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
     """(run id, submit directory) of every indexed run whose directory still
     exists, in this user's index or in ``directory``.
+
+    Parameters
+    ----------
+    directory : `pathlib.Path`, optional
+        Index directory to read; `None` means this user's.
+
+    Returns
+    -------
+    runs : `list` [`tuple` [`str`, `str`]]
+        (run id, submit directory) pairs, sorted.
     """
     runs: list[tuple[str, str]] = []
     try:
@@ -86,6 +113,16 @@ def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
 
 def resolve_run(wms_id: str) -> str:
     """Submit directory of a run given by its directory or its run id.
+
+    Parameters
+    ----------
+    wms_id : `str`
+        A submit directory or a run id, as given to ``bps``.
+
+    Returns
+    -------
+    submit_path : `str`
+        Absolute submit directory of the run.
 
     Raises
     ------

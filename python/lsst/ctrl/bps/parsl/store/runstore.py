@@ -132,7 +132,18 @@ def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..
 
 
 def db_path(submit_path: str) -> str:
-    """Path of the run-state database of a submit directory."""
+    """Path of the run-state database of a submit directory.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory of the run.
+
+    Returns
+    -------
+    path : `str`
+        Path of its run-state database.
+    """
     return os.path.join(submit_path, DB_NAME)
 
 
@@ -248,6 +259,22 @@ class RunStore(FileIdentity):
         counter and the journal, checked after the lock is taken and again
         at the end, tell that a commit ran meanwhile. Busy, locked or torn
         reads are retried with a growing pause for `READ_RETRY_SECONDS`.
+
+        Parameters
+        ----------
+        read : `~collections.abc.Callable` [[], ``_T``]
+            Function reading the store; called again on a retry.
+
+        Returns
+        -------
+        value : ``_T``
+            What ``read`` returned in the transaction that saw no commit.
+
+        Raises
+        ------
+        StateStoreError
+            If the store cannot be read (damaged, missing or kept busy for longer
+            than the retry time).
         """
         started = time.monotonic()
         deadline = started + READ_RETRY_SECONDS
@@ -296,6 +323,22 @@ class RunStore(FileIdentity):
     ) -> RunStore:
         """Write a new database for a prepared workflow (`storeschema.create_store`)
         and open it for writing.
+
+        Parameters
+        ----------
+        path : `str`
+            Path of the new database.
+        meta : `dict` [`str`, `~typing.Any`]
+            Run-wide values.
+        jobs : `~collections.abc.Generator` [`JobRow`, `None`, `list` [`str`]]
+            The job rows, by id; returns the environment scripts.
+        edges : `~collections.abc.Iterable` [`tuple` [`int`, `int`]]
+            (parent, child) job id pairs.
+
+        Returns
+        -------
+        store : `RunStore`
+            The new store, open for writing.
         """
         create_store(path, meta, jobs, edges)
         return cls(path)
@@ -304,45 +347,105 @@ class RunStore(FileIdentity):
 
     @_guarded()
     def meta(self) -> dict[str, Any]:
-        """Run-wide values."""
+        """Run-wide values.
+
+        Returns
+        -------
+        meta : `dict` [`str`, `~typing.Any`]
+            Run-wide values by key.
+        """
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
 
     @_guarded(writing=True)
     def set_meta(self, key: str, value: Any) -> None:
-        """Store one run-wide value."""
+        """Store one run-wide value.
+
+        Parameters
+        ----------
+        key : `str`
+            Name of the value.
+        value : `~typing.Any`
+            The value (anything JSON can store).
+        """
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     @_guarded()
     def jobs(self, start: int = 0) -> list[JobRow]:
-        """All jobs (or those from id ``start`` on), by id."""
+        """All jobs (or those from id ``start`` on), by id.
+
+        Parameters
+        ----------
+        start : `int`, optional
+            First job id to return.
+
+        Returns
+        -------
+        jobs : `list` [`JobRow`]
+            The job rows, by id.
+        """
         rows = self.conn.execute("SELECT * FROM jobs WHERE id >= ? ORDER BY id", (start,))
         return [JobRow._make(row) for row in rows]
 
     @_guarded()
     def edges(self) -> list[tuple[int, int]]:
-        """All (parent, child) pairs."""
+        """All (parent, child) pairs.
+
+        Returns
+        -------
+        edges : `list` [`tuple` [`int`, `int`]]
+            (parent, child) job id pairs.
+        """
         return self.conn.execute("SELECT parent, child FROM edges").fetchall()
 
     @_guarded()
     def envs(self) -> list[str]:
-        """Environment scripts, by id."""
+        """Environment scripts, by id.
+
+        Returns
+        -------
+        scripts : `list` [`str`]
+            The environment scripts, indexed by the jobs' ``env_id``.
+        """
         return [row[0] for row in self.conn.execute("SELECT script FROM envs ORDER BY id")]
 
     @_guarded()
     def statuses(self) -> list[StatusRow]:
-        """The current state of every job, by job id."""
+        """The current state of every job, by job id.
+
+        Returns
+        -------
+        statuses : `list` [`StatusRow`]
+            One row per job, by job id.
+        """
         rows = self.conn.execute("SELECT * FROM status ORDER BY job")
         states = _STATES
         return [StatusRow(job, states[state], *rest) for job, state, *rest in rows]
 
     @_guarded()
     def sessions(self) -> list[SessionRow]:
-        """Every driver session, oldest first."""
+        """Every driver session, oldest first.
+
+        Returns
+        -------
+        sessions : `list` [`SessionRow`]
+            One row per driver session.
+        """
         return [SessionRow._make(row) for row in self.conn.execute("SELECT * FROM sessions ORDER BY id")]
 
     @_guarded()
     def attempts(self, job: int | None = None) -> list[AttemptRow]:
-        """Ended attempts, of one job or all, by job and attempt number."""
+        """Ended attempts, of one job or all, by job and attempt number.
+
+        Parameters
+        ----------
+        job : `int`, optional
+            Job id; `None` means every job.
+
+        Returns
+        -------
+        attempts : `list` [`AttemptRow`]
+            The ended attempts.
+        """
         if job is None:
             rows = self.conn.execute("SELECT * FROM attempts ORDER BY job, attempt")
         else:
@@ -365,7 +468,22 @@ class RunStore(FileIdentity):
 
     @_guarded(writing=True)
     def begin_session(self, kind: str, pid: int, host: str) -> int:
-        """Record that a driver started; returns the session id."""
+        """Record that a driver started; returns the session id.
+
+        Parameters
+        ----------
+        kind : `str`
+            What the driver does (e.g. submit or restart).
+        pid : `int`
+            The driver's process id.
+        host : `str`
+            The driver's host.
+
+        Returns
+        -------
+        session : `int`
+            Id of the new session.
+        """
         cur = self.conn.execute(
             "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)",
             (kind, pid, host, time.time()),
@@ -375,7 +493,13 @@ class RunStore(FileIdentity):
 
     @_guarded(writing=True)
     def end_session(self, outcome: str) -> None:
-        """Record that this driver ended and how."""
+        """Record that this driver ended and how.
+
+        Parameters
+        ----------
+        outcome : `str`
+            How the session ended.
+        """
         self.flush()
         self.check_identity()
         self.conn.execute(
@@ -393,7 +517,27 @@ class RunStore(FileIdentity):
         end: float | None = None,
         host: str | None = None,
     ) -> None:
-        """Queue a job's new current state; written at the next `flush`."""
+        """Queue a job's new current state; written at the next `flush`.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        state : `int`
+            The new state (a `JobState` value).
+        attempt : `int`, optional
+            The job's current attempt number.
+        exit_code : `int`, optional
+            Exit status of that attempt, if it ended.
+        signal : `int`, optional
+            Signal that ended it, if any.
+        start : `float`, optional
+            Start time of the attempt (seconds since the epoch).
+        end : `float`, optional
+            End time of the attempt (seconds since the epoch).
+        host : `str`, optional
+            Host the attempt ran on.
+        """
         self._pending_status.append((state, attempt, exit_code, signal, start, end, host, job))
 
     def record_attempt(
@@ -415,6 +559,33 @@ class RunStore(FileIdentity):
 
         ``lost``: why the infrastructure lost the attempt (its worker, node,
         block or pool), `None` for an attempt that ended by itself.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Attempt number.
+        state : `int`
+            How the attempt ended (a `JobState` value).
+        exit_code : `int`, optional
+            Its exit status.
+        signal : `int`, optional
+            Signal that ended it, if any.
+        memory : `int`, optional
+            Memory requested for it (MB).
+        executor : `str`, optional
+            Label of the executor that ran it.
+        submitted : `float`, optional
+            Time it was handed to Parsl (seconds since the epoch).
+        start : `float`, optional
+            Time it started.
+        end : `float`, optional
+            Time it ended.
+        host : `str`, optional
+            Host it ran on.
+        lost : `str`, optional
+            Why the infrastructure lost it.
         """
         self._pending_attempts.append(
             (

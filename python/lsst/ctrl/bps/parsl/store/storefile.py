@@ -67,7 +67,22 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
-    """A one-line `StateStoreError` for an SQLite error on ``path``."""
+    """A one-line `StateStoreError` for an SQLite error on ``path``.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the store.
+    exc : `BaseException`
+        The SQLite or OS error.
+    writing : `bool`, optional
+        Whether it happened while writing.
+
+    Returns
+    -------
+    error : `StateStoreError`
+        The error to raise, saying what to do.
+    """
     text = one_line(exc)
     directory = os.path.dirname(path) or "."
     if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
@@ -159,6 +174,11 @@ class FileIdentity:
     def keep_reserve(self, size: int) -> None:
         """Hold ``size`` bytes next to the store for its last commits when
         the file system fills up (see `SpaceReserve`).
+
+        Parameters
+        ----------
+        size : `int`
+            Bytes to hold.
         """
         directory = os.path.join(os.path.dirname(self.path), "parsl")
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -169,13 +189,34 @@ def retryable(exc: sqlite3.DatabaseError) -> bool:
     """Whether a reader's error may come from a commit under way (another
     host's, where file locks do not reach): busy, locked, a journal it must
     not roll back, or a page read half-written.
+
+    Parameters
+    ----------
+    exc : `sqlite3.DatabaseError`
+        The reader's error.
+
+    Returns
+    -------
+    retry : `bool`
+        `True` if reading again may succeed.
     """
     text = str(exc).lower()
     return any(word in text for word in ("locked", "busy", "malformed", "readonly", "read-only", "disk i/o"))
 
 
 def busy(exc: sqlite3.DatabaseError) -> bool:
-    """Whether a reader's error is another connection's lock (retried for long)."""
+    """Whether a reader's error is another connection's lock (retried for long).
+
+    Parameters
+    ----------
+    exc : `sqlite3.DatabaseError`
+        The reader's error.
+
+    Returns
+    -------
+    busy : `bool`
+        `True` if another connection holds a lock.
+    """
     text = str(exc).lower()
     return any(word in text for word in ("locked", "busy", "readonly", "read-only"))
 
@@ -193,6 +234,16 @@ def journal_is_hot(path: str) -> bool:
     change to the database file; a journal that still starts with zero (its
     writer died before that point) holds nothing to restore, and SQLite
     itself leaves it in place until the next commit.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the store.
+
+    Returns
+    -------
+    hot : `bool`
+        `True` if the journal holds pages to restore.
     """
     try:
         with open(path + "-journal", "rb") as journal:
@@ -209,6 +260,11 @@ def roll_back_hot_journal(path: str) -> bool:
     readers call this when a journal is there. Opening the store for writing
     and reading from it is all it takes: SQLite rolls a hot journal back on
     the first read, and leaves the journal of a live writer alone.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the store.
 
     Returns
     -------

@@ -91,6 +91,11 @@ _TRIGGERS = (
 def create_summary(conn: sqlite3.Connection) -> None:
     """Create and fill the summary tables of a new store whose ``status``
     rows are written, and the triggers that keep them up to date.
+
+    Parameters
+    ----------
+    conn : `sqlite3.Connection`
+        Connection to the new store.
     """
     for statement in _TABLES:
         conn.execute(statement)
@@ -109,6 +114,18 @@ def create_summary(conn: sqlite3.Connection) -> None:
 def label_counts(conn: sqlite3.Connection) -> tuple[list[tuple[str, int]], dict[str, dict[int, int]]]:
     """The payload labels in order with their number of jobs, and the
     number of payload jobs per label and stored state.
+
+    Parameters
+    ----------
+    conn : `sqlite3.Connection`
+        Connection to the store.
+
+    Returns
+    -------
+    labels : `list` [`tuple` [`str`, `int`]]
+        (label, number of jobs) in the order of the labels' first jobs.
+    counts : `dict` [`str`, `dict` [`int`, `int`]]
+        Number of jobs by label, then by state.
     """
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'summary'").fetchone():
         labels = conn.execute("SELECT label, jobs FROM labels WHERE jobs > 0 ORDER BY position").fetchall()
@@ -130,7 +147,20 @@ def label_counts(conn: sqlite3.Connection) -> tuple[list[tuple[str, int]], dict[
 
 
 def pending_labels(conn: sqlite3.Connection, ids: Iterable[int]) -> list[str]:
-    """Labels of the payload jobs among ``ids`` whose stored state is PENDING."""
+    """Labels of the payload jobs among ``ids`` whose stored state is PENDING.
+
+    Parameters
+    ----------
+    conn : `sqlite3.Connection`
+        Connection to the store.
+    ids : `~collections.abc.Iterable` [`int`]
+        Job ids to look at.
+
+    Returns
+    -------
+    labels : `list` [`str`]
+        Label of each such job (a label once per job).
+    """
     found: list[str] = []
     ids = list(ids)
     for start in range(0, len(ids), 500):
@@ -147,7 +177,18 @@ def pending_labels(conn: sqlite3.Connection, ids: Iterable[int]) -> list[str]:
 
 
 def failed_exit_codes(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-    """(label, exit status) of every failed payload job with a non-zero status."""
+    """(label, exit status) of every failed payload job with a non-zero status.
+
+    Parameters
+    ----------
+    conn : `sqlite3.Connection`
+        Connection to the store.
+
+    Returns
+    -------
+    codes : `list` [`tuple` [`str`, `int`]]
+        (label, exit status) pairs.
+    """
     return conn.execute(
         "SELECT j.label, s.exit_code FROM status s JOIN jobs j ON j.id = s.job "
         f"WHERE s.state = {int(JobState.FAILED)} AND j.kind = {_PAYLOAD} AND s.exit_code"
@@ -217,6 +258,22 @@ def job_reports(
 ) -> list[Any]:
     """Every payload job of a run as a report, by id (``shown(state, id)``
     gives the state to report).
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's store.
+    run_id : `str`
+        The run's id (the reports' ids are ``<run_id>.<job id>``).
+    shown : `~collections.abc.Callable` [[`int`, `int`], `~typing.Any`]
+        Gives the state to report from a stored state and job id.
+    report_type : `~collections.abc.Callable`
+        The report class (`lsst.ctrl.bps.WmsJobReport`).
+
+    Returns
+    -------
+    reports : `list`
+        One report per payload job.
     """
     rows = store.conn.execute(
         "SELECT j.id, j.name, j.label, s.state FROM jobs j JOIN status s ON s.job = j.id "
