@@ -202,14 +202,27 @@ def get_positive(config: BpsConfig | dict, key: str, data_type: type, default: A
 
 
 def get_workflow_name(config: BpsConfig) -> str:
-    """Name of the workflow for Parsl monitoring and batch job names:
-    ``<project>.<campaign>``.
+    """Name of the workflow for Parsl monitoring and batch job names, as
+    the old plugin (lsst-ctrl-bps-parsl 30.2026.4300) names it.
 
-    ``project`` defaults to ``bps``, ``campaign`` to ``operator`` (the user
-    name BPS sets).
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        BPS configuration.
+
+    Returns
+    -------
+    name : `str`
+        ``<project>.<campaign>`` when ``project`` is set (``campaign``
+        defaults to ``operator``); otherwise ``uniqProcName`` (which ``bps
+        submit`` sets before any plugin code runs; a configuration without
+        one, e.g. ``bps ping``'s, gives ``bps.<operator>``).
     """
-    project = get_bps_config_value(config, "project", str, "bps")
+    project = get_bps_config_value(config, "project", str, None)
     operator = get_bps_config_value(config, "operator", str, "unknown")
+    if project is None:
+        unique = get_bps_config_value(config, "uniqProcName", str, None)
+        return unique if unique else f"bps.{operator}"
     campaign = get_bps_config_value(config, "campaign", str, operator)
     return f"{project}.{campaign}"
 

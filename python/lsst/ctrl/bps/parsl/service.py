@@ -101,6 +101,9 @@ class ParslService(BaseWmsService):
         ConfigurationError
             With a one-line message naming the key and the fix.
         """
+        from .jobattrs import concurrency_limits
+        from .ordering import dispatch_order
+
         site = SiteConfig.from_config(self.config)
         site.validate()
         progress_interval(self.config)
@@ -108,6 +111,8 @@ class ParslService(BaseWmsService):
         _detach(self.config)
         check_submit_path(self.config)
         get_bps_config_value(self.config, "parslProgressByLabel", bool, False)
+        dispatch_order(self.config)
+        concurrency_limits(self.config, site.compute_site)
 
     def prepare(
         self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None = None

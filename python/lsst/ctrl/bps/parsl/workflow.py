@@ -187,7 +187,7 @@ class ParslWorkflow(BaseWmsWorkflow):
         submit_path = os.path.abspath(out_prefix)
         site = SiteConfig.from_config(config)
         site.validate()
-        default_retries = site.default_retries
+        site_retries, default_retries = site.site_retries, site.default_retries
 
         flat = Flattener()
         flat.add_workflow(generic_workflow, final=False)
@@ -270,7 +270,11 @@ class ParslWorkflow(BaseWmsWorkflow):
                         job.request_disk,
                         None if walltime is None else str(walltime),
                         None if job.priority is None else str(job.priority),
-                        default_retries if job.number_of_retries is None else int(job.number_of_retries),
+                        site_retries
+                        if site_retries is not None
+                        else default_retries
+                        if job.number_of_retries is None
+                        else int(job.number_of_retries),
                         retry_codes(job.retry_unless_exit),
                         subdir(job.label, tags),
                         TAGS_JSON(tags) if tags else None,

@@ -34,7 +34,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
-from ..site import ExecutorCapacity, SiteConfig
+from ..site import EXECUTOR_RESOURCES, ExecutorCapacity, SiteConfig
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -102,6 +102,7 @@ class Local(SiteConfig):
     """
 
     label = "local"
+    default_resource_list = EXECUTOR_RESOURCES["LocalPoolExecutor"]
 
     @property
     def cores(self) -> int:
@@ -159,7 +160,7 @@ class Local(SiteConfig):
         """The job's cores and memory (`local_pool_spec`), unless the site
         has a ``resource_list``.
         """
-        if self.resource_list is not None:
+        if self._resource_list is not None:
             return super().resource_specification(job, label)
         budget = self.__dict__.get("_budget")
         if budget is None:
