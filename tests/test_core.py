@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from lsst.ctrl.bps import (
@@ -370,3 +371,25 @@ def test_job_whose_log_cannot_be_created_fails_with_127_and_says_why(tmp_path, c
     assert rows["fine"][0] == WmsStates.SUCCEEDED.value
     assert not ran.exists()
     assert "broken.stderr" in capfd.readouterr().err
+
+
+PROGRESS = re.compile(r"^bps-parsl \S+: (\d+) succeeded, (\d+) running, (\d+) pending, (\d+) failed, ")
+
+
+def test_progress_lines_count_running_and_pending_apart(tmp_path, capsys):
+    """ "running" counts attempts that run (at most the pool's one core here),
+    "pending" those handed over that have not started; at the end, all
+    succeeded. ``parslProgressInterval: 0`` prints no progress line at all."""
+    site = {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 1}}
+    config = make_config(parslProgressInterval=0.05, site=site)
+    run(workflow([job(f"p{i}", "sleep 0.4", label="prog") for i in range(4)]), tmp_path / "a", config=config)
+    counts = [
+        tuple(map(int, m.groups())) for m in map(PROGRESS.match, capsys.readouterr().out.splitlines()) if m
+    ]
+    assert counts and counts[-1] == (4, 0, 0, 0), counts
+    assert all(running <= 1 for _, running, _, _ in counts), counts
+    assert any(pending for _, _, pending, _ in counts), counts
+
+    config = make_config(parslProgressInterval=0, site=site)
+    run(workflow([job("q", "sleep 0.2")]), tmp_path / "b", config=config)
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("bps-parsl 2")]

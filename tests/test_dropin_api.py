@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from lsst.ctrl.bps import GenericWorkflowFile, GenericWorkflowJob, WmsStates
@@ -416,3 +417,22 @@ def test_site_retries_win_over_number_of_retries(tmp_path, site_retries, number_
     failing.retry_unless_exit = None
     result = run(workflow([failing]), tmp_path / "submit", config, expect_fail=True)
     assert result["failing"][:2] == (WmsStates.FAILED.value, attempts_made)
+
+
+def test_version_sorts_after_the_old_plugin():
+    """``lsst.ctrl.bps.parsl.version.__version__`` is the installed
+    distribution's version, sorts after every release of the old plugin
+    (newest: 30.2026.4300) and follows doc/operations.md's rule (major 99)."""
+    import importlib.metadata
+
+    import lsst.ctrl.bps.parsl
+    from lsst.ctrl.bps.parsl.version import __version__
+    from packaging.version import Version
+
+    assert __version__ == lsst.ctrl.bps.parsl.__version__
+    assert importlib.metadata.version("lsst-ctrl-bps-parsl") == __version__
+    version = Version(__version__)
+    assert version.major == 99 and not version.is_prerelease and not version.local
+    for old in ("30.2026.4300", "30.2026.300", "30.0.0", "29.2.1", "31.2027.5200", "98.2090.5300"):
+        assert version > Version(old)
+    assert "major version is 99" in (Path(__file__).parents[1] / "doc" / "operations.md").read_text()

@@ -408,7 +408,7 @@ def test_tiger_without_infiniband_says_to_set_address():
     if any(name[:2] in ("ib", "op") for name in psutil.net_if_addrs()):
         pytest.skip("this host has an InfiniBand interface")
     site = make_site(f"{SITES}.princeton.Tiger", validate=False)
-    with pytest.raises(RuntimeError, match="set 'site.s.address'"):
+    with pytest.raises(ConfigurationError, match="set 'site.s.address'"):
         site.get_executors()
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from .files import write_private
@@ -176,18 +177,17 @@ def old_plugin_run(submit_path: str) -> str | None:
         return None
     where = _submitted_from(submit_path)
     cd = (
-        f"cd {where} (where its Parsl checkpoints are, in runinfo/ unless its site set run_dir)"
+        f"cd {shlex.quote(where)} (its Parsl checkpoints are in runinfo/ there, unless its site set run_dir)"
         if where
-        else (
-            "cd to the directory 'bps submit' ran in (its Parsl checkpoints are in runinfo/ there, unless its "
-            "site set run_dir)"
-        )
+        else "cd to the directory 'bps submit' ran in (its Parsl checkpoints are in runinfo/ there, unless its "
+        "site set run_dir)"
     )
     return (
         f"{submit_path} is a run of the old ctrl_bps_parsl plugin ({OLD_PLUGIN_FILE}, no {DB_NAME}), which "
-        "kept no job states this plugin can read: to resume it, in a separate environment with the old "
-        f"plugin (pip install 'lsst-ctrl-bps-parsl<=30.2026.4300' and the parsl it ran with), {cd} and run "
-        f"'bps restart --id {submit_path}'; its job logs are in {os.path.join(submit_path, 'logs')}"
+        "kept no job states this plugin can read; to resume it, in a separate environment with the old "
+        "plugin (pip install 'lsst-ctrl-bps-parsl<=30.2026.4300' and the parsl it ran with), "
+        f"{cd}, then run: bps restart --id {shlex.quote(submit_path)}; its job logs are in "
+        f"{os.path.join(submit_path, 'logs')}"
     )
 
 
