@@ -225,6 +225,8 @@ def _doc_rows() -> dict[str, str]:
 
 
 def _renderings(default) -> set[str]:
+    if default is None:  # no value: the row says what happens then
+        return {""}
     if isinstance(default, bool):
         return {str(default).lower()}
     if isinstance(default, float):
@@ -249,3 +251,67 @@ def test_every_plugin_key_has_one_default_and_the_doc_table_says_it():
             wrong.append(f"{name}: doc says {cell!r}, the code {key.default!r}")
     assert not wrong, "\n".join(wrong)
     assert len({key.name for key in RUN_KEYS + SITE_KEYS}) == len(RUN_KEYS + SITE_KEYS)
+
+
+PLUGIN_KEY_CASES = {
+    "parslDispatchOrder": ("random", "'parslDispatchOrder' is 'random'"),
+    "parslProgressInterval": (-1, "parslProgressInterval"),
+    "parslProgressByLabel": ("sometimes", "parslProgressByLabel"),
+    "parslDriverStaleAfter": (1, "parslDriverStaleAfter"),
+    "parslDetach": ("maybe", "parslDetach"),
+    "concurrencyLimits": ("lots", "'concurrencyLimits'"),
+    "parsl": ({"log_level": "LOUD"}, "'parsl.log_level' is 'LOUD'"),
+}
+"""A bad value of every key of the plugin's own (outside the site section)."""
+
+
+@pytest.mark.parametrize("key", sorted(PLUGIN_KEY_CASES))
+def test_every_plugin_key_is_checked_before_the_graph_is_built(key):
+    """``run_submission_checks`` alone (what bps calls before it builds the
+    quantum graph) refuses each plugin key's bad value in one line."""
+    value, expected = PLUGIN_KEY_CASES[key]
+    with pytest.raises(ConfigurationError) as info:
+        ParslService(make_config({key: value})).run_submission_checks()
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_plugin_key_table_is_complete():
+    """Every ``parsl...`` key the plugin's code reads has a case above."""
+    import re
+
+    source = Path(__file__).parents[1] / "python" / "lsst" / "ctrl" / "bps" / "parsl"
+    read = set()
+    for path in source.rglob("*.py"):
+        read.update(re.findall(r"\"(parsl[A-Z][A-Za-z]+)\"", path.read_text()))
+    assert read and read <= set(PLUGIN_KEY_CASES), read - set(PLUGIN_KEY_CASES)
+
+
+def test_site_errors_are_one_line_in_bps_submit_and_ping(tmp_path, monkeypatch):
+    """Through the real ``bps``: a bad plugin key and a site whose executors
+    cannot be built (Tiger's InfiniBand address on a host without one) stop
+    ``bps submit`` before the quantum graph with one line and no traceback;
+    ``bps ping`` says the same line."""
+    psutil = pytest.importorskip("psutil")
+    from cli import bps, cli_environment
+
+    env = cli_environment(tmp_path, monkeypatch)
+    no_infiniband = not any(name[:2] in ("ib", "op") for name in psutil.net_if_addrs())
+    cases = [("parslDispatchOrder: random\n", "Local", "'parslDispatchOrder' is 'random'")]
+    if no_infiniband:
+        cases.append(("", "princeton.Tiger", "no InfiniBand interface (ib*, op*) on this host"))
+    for extra, site_class, expected in cases:
+        submit_yaml = tmp_path / "submit.yaml"
+        submit_yaml.write_text(
+            f"{extra}computeSite: here\nsite:\n  here:\n    class: lsst.ctrl.bps.parsl.sites.{site_class}\n"
+            f"pipelineYaml: {tmp_path}/no-pipeline.yaml\nsubmitPath: {tmp_path}/submit\n"
+            f"payload:\n  payloadName: p\n  butlerConfig: {tmp_path}/no-repo\n  inCollection: a\n"
+        )
+        result = bps(env, "submit", str(submit_yaml), cwd=tmp_path, check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1 and "Traceback" not in output, output
+        assert [line for line in output.splitlines() if expected in line], output
+        assert not list((tmp_path / "submit").rglob("*.qgraph"))
+        if site_class != "Local":
+            pinged = bps(env, "ping", "--pass-thru", str(submit_yaml), cwd=tmp_path, check=False)
+            output = pinged.stdout + pinged.stderr
+            assert pinged.returncode != 0 and "Traceback" not in output and expected in output, output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from lsst.ctrl.bps import (
@@ -30,7 +31,7 @@ def test_wide_workflow_all_succeed(tmp_path):
     assert {row[0] for row in result.values()} == {S}
     assert not (tmp_path / "runinfo").exists() and not os.path.exists("runinfo")
     assert (tmp_path / "submit" / "parsl" / "runinfo").is_dir()
-    assert (tmp_path / "submit" / "logs" / "wide" / "w0.1.out").exists()
+    assert (tmp_path / "submit" / "logs" / "wide" / "w0.stdout").exists()
 
 
 def test_diamond_order(tmp_path):
@@ -160,8 +161,8 @@ def test_retries_respect_retry_unless_exit_and_scale_memory(tmp_path):
     assert [a[6] for a in attempts(tmp_path / "submit", "retried")] == [1000, 2000, 4000, 5000]
     assert result["not_retried"][:3] == (F, 1, 2)
     assert result["flaky"][:2] == (S, 2)
-    logs = sorted(p.name for p in (tmp_path / "submit" / "logs").rglob("retried.*.err"))
-    assert logs == [f"retried.{i}.err" for i in (1, 2, 3, 4)]
+    logs = sorted(p.name for p in (tmp_path / "submit" / "logs").rglob("retried.stderr*"))
+    assert logs == ["retried.stderr", "retried.stderr.2", "retried.stderr.3", "retried.stderr.4"]
 
 
 def test_site_retries_is_the_default_when_job_sets_none(tmp_path):
@@ -318,7 +319,7 @@ def test_select_executor_error_fails_only_that_job(tmp_path):
     result = run(gw, tmp_path / "submit", config=config, expect_fail=True)
     assert result["ok"][0] == S
     assert result["refused"][0] == F and result["after_refused"][0] == P
-    err = next((tmp_path / "submit" / "logs").rglob("refused.1.err")).read_text()
+    err = next((tmp_path / "submit" / "logs").rglob("refused.stderr")).read_text()
     assert "select_executor failed" in err and "no executor for you" in err
 
 
@@ -327,7 +328,7 @@ def test_job_over_its_walltime_is_killed_and_recorded(tmp_path):
     result = run(workflow([j]), tmp_path / "submit", expect_fail=True)
     state, attempt, code, signal = result["slowpoke"][:4]
     assert state == F and signal == 15
-    err = next((tmp_path / "submit" / "logs").rglob("slowpoke.1.err")).read_text()
+    err = next((tmp_path / "submit" / "logs").rglob("slowpoke.stderr")).read_text()
     assert "killed after walltime" in err
 
 
@@ -362,11 +363,33 @@ def test_job_whose_log_cannot_be_created_fails_with_127_and_says_why(tmp_path, c
     with exit status 127 (nothing ran) and the shell's reason reaches the
     driver's stderr, while the other jobs run."""
     submit = tmp_path / "submit"
-    (submit / "logs" / "broken" / "broken.1.err").mkdir(parents=True)  # a directory where the log goes
+    (submit / "logs" / "broken" / "broken.stderr").mkdir(parents=True)  # a directory where the log goes
     ran = tmp_path / "ran"
     gw = workflow([job("broken", f"touch {ran}"), job("fine", "true")])
     rows = run(gw, submit, expect_fail=True)
     assert rows["broken"][0] == WmsStates.FAILED.value and rows["broken"][2] == 127, rows["broken"]
     assert rows["fine"][0] == WmsStates.SUCCEEDED.value
     assert not ran.exists()
-    assert "broken.1.err" in capfd.readouterr().err
+    assert "broken.stderr" in capfd.readouterr().err
+
+
+PROGRESS = re.compile(r"^bps-parsl \S+: (\d+) succeeded, (\d+) running, (\d+) pending, (\d+) failed, ")
+
+
+def test_progress_lines_count_running_and_pending_apart(tmp_path, capsys):
+    """ "running" counts attempts that run (at most the pool's one core here),
+    "pending" those handed over that have not started; at the end, all
+    succeeded. ``parslProgressInterval: 0`` prints no progress line at all."""
+    site = {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 1}}
+    config = make_config(parslProgressInterval=0.05, site=site)
+    run(workflow([job(f"p{i}", "sleep 0.4", label="prog") for i in range(4)]), tmp_path / "a", config=config)
+    counts = [
+        tuple(map(int, m.groups())) for m in map(PROGRESS.match, capsys.readouterr().out.splitlines()) if m
+    ]
+    assert counts and counts[-1] == (4, 0, 0, 0), counts
+    assert all(running <= 1 for _, running, _, _ in counts), counts
+    assert any(pending for _, _, pending, _ in counts), counts
+
+    config = make_config(parslProgressInterval=0, site=site)
+    run(workflow([job("q", "sleep 0.2")]), tmp_path / "b", config=config)
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("bps-parsl 2")]

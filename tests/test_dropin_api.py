@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from lsst.ctrl.bps import GenericWorkflowFile, GenericWorkflowJob, WmsStates
@@ -152,6 +153,9 @@ def test_workflow_name_filename_and_parsl_logging(tmp_path):
     """``project.campaign``, the file holding the workflow, the level of Parsl's loggers."""
     config = make_config({"project": "proj", "campaign": "camp"})
     assert get_workflow_name(config) == "proj.camp"
+    assert get_workflow_name(make_config({"project": "proj", "operator": "someone"})) == "proj.someone"
+    # No project: uniqProcName, as the old plugin (30.2026.4300); bps submit always sets it.
+    assert get_workflow_name(make_config({"operator": "someone", "uniqProcName": "u_run_1"})) == "u_run_1"
     assert get_workflow_name(make_config({"operator": "someone"})) == "bps.someone"
     assert os.path.dirname(get_workflow_filename(str(tmp_path))) == str(tmp_path)
 
@@ -226,7 +230,8 @@ def test_parsl_job_old_constructor_and_attributes(tmp_path):
     assert job_.generic is gwjob and job_.name == "calib_9" and job_.config is config
     assert job_.file_paths == paths and job_.future is None and job_.done is False
     assert job_.tags == {"visit": 9} and job_.request_memory == 2048 and job_.request_cpus == 4
-    assert job_.stdout.startswith(str(tmp_path / "submit" / "logs")) and job_.stdout.endswith(".out")
+    assert job_.stdout == str(tmp_path / "submit" / "logs" / "calib" / "9" / "calib_9.stdout")
+    assert job_.stderr == str(tmp_path / "submit" / "logs" / "calib" / "9" / "calib_9.stderr")
     assert job_.get_resources()["memory"] == 2048
     site = SiteConfig.from_config(config)
     assert site.select_executor(job_) == "large"
@@ -248,3 +253,186 @@ def test_parsl_workflow_attributes(tmp_path):
         assert isinstance(wf.site, OldStyleSite) and wf.site.submit_path == str(submit)
     assert prepared.bps_config is config
     assert os.path.exists(get_workflow_filename(str(submit)))
+
+
+@pytest.mark.parametrize(
+    ("template", "tags", "subdir"),
+    [
+        # The old plugin's own unit tests (tests/test_job.py upstream).
+        ("{label}/{tract}/{patch}/{band}/{visit}/{exposure}", {"exposure": 903344}, "label1/903344"),
+        ("{label}/{tract}/{patch}/{band}/{visit}/{exposure}", None, "label1"),
+        ("", {"exposure": 903344}, ""),
+        # BPS's default template.
+        (None, {"visit": 12, "band": "r"}, "label1/r/12"),
+    ],
+)
+def test_parsl_job_log_names_are_the_old_plugins(tmp_path, template, tags, subdir):
+    """``<submitPath>/logs/<subDirTemplate expanded>/<job name>.stdout|.stderr``."""
+    values = {"submitPath": str(tmp_path)}
+    if template is not None:
+        values["subDirTemplate"] = template
+    gwjob = GenericWorkflowJob("job1", label="label1")
+    gwjob.tags = tags
+    job_ = ParslJob(gwjob, make_config(values), {})
+    base = (
+        os.path.join(tmp_path, "logs", subdir, "job1") if subdir else os.path.join(tmp_path, "logs", "job1")
+    )
+    assert (job_.stdout, job_.stderr) == (base + ".stdout", base + ".stderr")
+    # Later attempts add their number; the first keeps the old names.
+    view = ParslJob.for_attempt("job1", "label1", attempt=3, submit_path=str(tmp_path), log_dir=subdir)
+    assert (view.stdout, view.stderr) == (base + ".stdout.3", base + ".stderr.3")
+
+
+def test_first_attempt_logs_have_the_old_names_in_a_real_run(tmp_path):
+    """A run writes the first attempt's output to the old names, a retry's to
+    numbered ones; bps report and the run page point at those files."""
+    import re
+
+    from lsst.ctrl.bps.parsl.report.page import write_page
+
+    submit = tmp_path / "submit"
+    marker = tmp_path / "failed-once"
+    script = f"echo out-$0; echo err-$0 >&2; [ -e {marker} ] || {{ touch {marker}; exit 3; }}"
+    jobs = [
+        GenericWorkflowJob(
+            "calib_7",
+            "calib",
+            executable=BASH,
+            arguments=f"-c '{script}' calib_7",
+            tags={"visit": 7},
+            number_of_retries=1,
+        )
+    ]
+    config = make_config({"submitPath": str(submit), "subDirTemplate": "{label}/{visit}/{detector}"})
+    result = run(workflow(jobs), submit, config)
+    assert result["calib_7"][:2] == (S, 2)
+    logs = submit / "logs" / "calib" / "7"
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "calib_7.stderr",
+        "calib_7.stderr.2",
+        "calib_7.stdout",
+        "calib_7.stdout.2",
+    ]
+    assert (logs / "calib_7.stdout").read_text() == "out-calib_7\n"
+    assert (logs / "calib_7.stderr").read_text().startswith("err-calib_7\n")
+    (report,), _ = ParslService(config).report(str(submit))
+    assert f"Job logs: {submit / 'logs'}" in str(report.specific_info)
+    # The run page links the failed first attempt's stderr by its old name.
+    page = open(write_page(str(submit))).read()
+    assert "calib/7/calib_7.stderr" in page and not re.search(r"\.\d+\.(out|err)\b", page)
+
+
+def test_get_resources_as_the_old_plugin():
+    """cores, disk, memory (and walltime) always; priority only when set."""
+    unset = ParslJob.for_attempt("j", "l", 1, None, None, None, None).get_resources()
+    assert set(unset) == {"memory", "cores", "disk", "running_time_min"}
+    assert unset["memory"] is None and unset["disk"] is None and unset["running_time_min"] is None
+    gwjob = GenericWorkflowJob("j", "l", request_memory=2048, request_disk=10, priority=3)
+    gwjob.request_cpus = 2
+    assert ParslJob(gwjob).get_resources() == {
+        "memory": 2048,
+        "cores": 2,
+        "disk": 10,
+        "running_time_min": None,
+        "priority": 3,
+    }
+
+
+def test_site_resource_lists_are_the_old_plugins_table(monkeypatch):
+    """``SiteConfig.resource_list`` per executor type (the old plugin's
+    testSiteResourceLists), with the local pool's documented entry."""
+    import platform
+
+    from lsst.ctrl.bps.parsl.site import EXECUTOR_RESOURCES
+    from lsst.ctrl.bps.parsl.sites import Ccin2p3, Local, LocalSrunWorkQueue, Slurm, Torque, TripleSlurm
+    from synthetic import make_config as config_of
+
+    expected = {
+        "HighThroughputExecutor": {"priority"},
+        "WorkQueueExecutor": {"memory", "cores", "disk", "running_time_min", "priority"},
+        "LocalPoolExecutor": {"cores", "memory", "running_time_min"},
+    }
+    assert {kind: set(EXECUTOR_RESOURCES[kind]) for kind in expected} == expected
+    config = config_of(
+        {
+            "submitPath": ".",
+            "computeSite": "slurm",
+            "outputRun": "test_run",
+            "site": {"slurm": {"cores": 1, "nodes": 1, "walltime": "00:01:00", "address": "127.0.0.1"}},
+        }
+    )
+    classes = [Local, Slurm, TripleSlurm, Torque]
+    if platform.machine() in ("aarch64", "x86_64"):
+        classes.append(Ccin2p3)
+    try:
+        import ndcctools  # noqa: F401
+
+        classes.append(LocalSrunWorkQueue)
+    except ImportError:
+        pass
+    for site_class in classes:
+        site = site_class(config)
+        kind = type(site.get_executors()[0]).__name__
+        assert set(site.resource_list) == expected[kind], site_class
+    # A list given by the site class (or its caller) wins, as in the old plugin.
+    assert Slurm(config, resource_list=[]).resource_list == []
+
+
+@pytest.mark.parametrize("site_class", ["Slurm", "TripleSlurm"])
+def test_slurm_launcher_follows_nodes_as_the_old_plugin(site_class):
+    """SingleNodeLauncher for one node, SrunLauncher for more; ``launcher`` overrides."""
+    from lsst.ctrl.bps.parsl import sites
+    from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
+
+    def executors(**keys):
+        values = {"class": f"lsst.ctrl.bps.parsl.sites.{site_class}", "walltime": "00:01:00"}
+        values.update(address="127.0.0.1", **keys)
+        config = make_config({"computeSite": "slurm", "site": {"slurm": values}})
+        return getattr(sites, site_class)(config).get_executors()
+
+    for nodes in (1, 2, 3):
+        for executor in executors(nodes=nodes):
+            expected = SrunLauncher if nodes > 1 else SingleNodeLauncher
+            assert type(executor.provider.launcher) is expected, (nodes, executor.label)
+    for executor in executors(nodes=1, launcher="simple"):
+        assert type(executor.provider.launcher) is SimpleLauncher
+    for executor in executors(nodes=1, launcher="srun"):
+        assert type(executor.provider.launcher) is SrunLauncher
+
+
+@pytest.mark.parametrize(
+    ("site_retries", "number_of_retries", "attempts_made"),
+    [(0, 5, 1), (2, 5, 3), (None, 2, 3), (None, None, 2), (1, None, 2)],
+)
+def test_site_retries_win_over_number_of_retries(tmp_path, site_retries, number_of_retries, attempts_made):
+    """The site's ``retries`` (the old plugin's only control) sets the
+    attempts whatever BPS's default ``numberOfRetries: 5`` says; unset, the
+    job's ``numberOfRetries``; neither, 1 retry (the old default)."""
+    site = {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 1}
+    if site_retries is not None:
+        site["retries"] = site_retries
+    config = make_config({"site": {"local": site}})
+    failing = job("failing", "exit 3")
+    failing.number_of_retries = number_of_retries
+    failing.retry_unless_exit = None
+    result = run(workflow([failing]), tmp_path / "submit", config, expect_fail=True)
+    assert result["failing"][:2] == (WmsStates.FAILED.value, attempts_made)
+
+
+def test_version_sorts_after_the_old_plugin():
+    """``lsst.ctrl.bps.parsl.version.__version__`` is the installed
+    distribution's version, sorts after every release of the old plugin
+    (newest: 30.2026.4300) and follows doc/operations.md's rule (major 99)."""
+    import importlib.metadata
+
+    import lsst.ctrl.bps.parsl
+    from lsst.ctrl.bps.parsl.version import __version__
+    from packaging.version import Version
+
+    assert __version__ == lsst.ctrl.bps.parsl.__version__
+    assert importlib.metadata.version("lsst-ctrl-bps-parsl") == __version__
+    version = Version(__version__)
+    assert version.major == 99 and not version.is_prerelease and not version.local
+    for old in ("30.2026.4300", "30.2026.300", "30.0.0", "29.2.1", "31.2027.5200", "98.2090.5300"):
+        assert version > Version(old)
+    assert "major version is 99" in (Path(__file__).parents[1] / "doc" / "operations.md").read_text()

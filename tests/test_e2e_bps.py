@@ -86,8 +86,9 @@ def find(jobs: dict[str, dict], label: str, detector: int | None = None) -> list
 
 
 def log_files(submit: Path, job: dict, attempt: int) -> tuple[Path, Path]:
-    base = submit / "logs" / (job["row"].log_dir or "") / f"{job['row'].name}.{attempt}"
-    return base.with_name(base.name + ".out"), base.with_name(base.name + ".err")
+    base = submit / "logs" / (job["row"].log_dir or "") / job["row"].name
+    suffix = "" if attempt == 1 else f".{attempt}"
+    return base.with_name(f"{base.name}.stdout{suffix}"), base.with_name(f"{base.name}.stderr{suffix}")
 
 
 def detector_query(*detectors: int) -> dict:

@@ -32,7 +32,7 @@ def _site(**keys) -> dict:
 
 
 def _job_environment(submit: Path, label: str, name: str) -> dict[str, str]:
-    return json.loads((submit / "logs" / label / f"{name}.1.out").read_text())
+    return json.loads((submit / "logs" / label / f"{name}.stdout").read_text())
 
 
 # ---- 1. Environment is data ---------------------------------------------------
@@ -165,7 +165,7 @@ def test_names_labels_and_log_dirs_never_lead_outside_the_submit_dir(tmp_path, w
     submit = tmp_path / "a" / "b" / "c" / "submit"
     names = [n.format(outside=outside) for n in HOSTILE_NAMES]
     # Files the hostile names would have written to or truncated.
-    for target in ["x.1.out", "x.1.err", "b.1.out", "abs.1.out", "abs.1.err"]:
+    for target in ["x.stdout", "x.stderr", "b.stdout", "abs.stdout", "abs.stderr"]:
         for directory in (tmp_path, tmp_path / "a", outside):
             (directory / target).write_text("keep")
     before = _files_outside(tmp_path, submit)
@@ -190,7 +190,7 @@ def test_names_labels_and_log_dirs_never_lead_outside_the_submit_dir(tmp_path, w
         run_name = "../../../../x"
     result = run(workflow(jobs, name=run_name), submit, make_config(extra))
     assert {state for state, *_ in result.values()} == {SUCCEEDED}, result
-    outputs = sorted((submit / "logs").rglob("*.out"))
+    outputs = sorted((submit / "logs").rglob("*.stdout"))
     assert sorted(p.read_text() for p in outputs) == sorted(f"ran {n}\n" for n in range(len(names)))
     assert all(len(part.encode()) <= 255 for p in outputs for part in p.parts)
     assert _files_outside(tmp_path, submit) == before

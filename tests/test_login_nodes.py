@@ -571,7 +571,7 @@ def test_restart_from_login2_takes_a_stale_spawner_journal_as_ended_and_reruns_i
                 os.kill(pid, sig)
         wait_until(lambda: not _pids_with(marker), 10, "the job killed")
         assert journal.exists() and "+ " in journal.read_text()
-        assert "exit status" not in next(submit.rglob("slow.1.err")).read_text()
+        assert "exit status" not in next(submit.rglob("slow.stderr")).read_text()
         time.sleep(3.0 + 1.0)  # the heartbeat and the journal go stale
         started = time.monotonic()
         restarted = bps_on("login2", env, tmp_path, "restart", "--id", str(submit))
@@ -581,7 +581,7 @@ def test_restart_from_login2_takes_a_stale_spawner_journal_as_ended_and_reruns_i
         assert job_states(submit) == {"slow": JobState.SUCCEEDED}
         assert lines(log) == [HOST, "login2"]  # run again once, from login2
         assert not journal.exists()
-        assert any("stopped refreshing its journal" in p.read_text() for p in submit.rglob("*slow*.err"))
+        assert any("stopped refreshing its journal" in p.read_text() for p in submit.rglob("*slow*.stderr*"))
         print(f"\nrestart from login2 over a stale spawner journal: {took:.1f} s")
     finally:
         _kill_leftovers(proc, marker)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -249,3 +250,71 @@ def test_detached_submit_then_report_then_cancel(tmp_path, env):
     assert "Successfully canceled" in bps(env, "cancel", "--id", str(submit)).stdout
     assert not processes_with("bpsdetachedjob")
     assert (submit / "parsl" / "driver.log").exists()
+
+
+class _Trap:
+    """Stands for the old plugin's pickled ``ParslWorkflow``: unpickling it
+    creates a file, which proves the plugin never unpickles the file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def old_plugin_submit_dir(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A submit directory as the old plugin (lsst-ctrl-bps-parsl
+    30.2026.4300) and ctrl_bps left it after an interrupted run, without
+    installing the old plugin (doc/operations.md lists the layout):
+    ``parsl_workflow.pickle`` and the ctrl_bps files in the submit directory,
+    job logs under ``logs/``, Parsl's run directory with its checkpoint under
+    the directory ``bps submit`` ran in. Returns (submit dir, that
+    directory, the trap's marker file)."""
+    import pickle
+
+    import yaml
+
+    submitted_from = tmp_path / "where I ran bps submit"
+    submit = submitted_from / "submit" / "u" / "someone" / "run1"
+    (submit / "logs" / "calib" / "7").mkdir(parents=True)
+    marker = tmp_path / "unpickled"
+    (submit / "parsl_workflow.pickle").write_bytes(pickle.dumps(_Trap(marker)))
+    (submit / "u_someone_run1_config.yaml").write_text("computeSite: local\nuniqProcName: u_someone_run1\n")
+    (submit / "u_someone_run1.env.info.yaml").write_text(
+        yaml.dump({"PWD": str(submitted_from), "HOME": "/x"})
+    )
+    (submit / "u_someone_run1.qgraph").write_bytes(b"")
+    (submit / "logs" / "pipetaskInit.stdout").write_text("init\n")
+    (submit / "logs" / "calib" / "7" / "calib_7.stdout").write_text("calibrating\n")
+    checkpoint = submitted_from / "runinfo" / "000" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "tasks.pkl").write_bytes(pickle.dumps({"hash": "0" * 32, "exception": None, "result": 0}))
+    (submitted_from / "runinfo" / "000" / "parsl.log").write_text("")
+    return submit, submitted_from, marker
+
+
+def test_old_plugin_run_is_named_with_what_to_do(tmp_path, env):
+    """report, status and restart --id on a run of the old plugin say in one
+    line that it is one and how to resume it, and never unpickle its file."""
+    submit, submitted_from, marker = old_plugin_submit_dir(tmp_path)
+    for args in (
+        ["report", "--id", str(submit)],
+        ["status", "--id", str(submit)],
+        ["restart", "--id", str(submit)],
+    ):
+        result = bps(env, *args, cwd=tmp_path, check=False)
+        output = result.stdout + result.stderr
+        lines = [line for line in output.splitlines() if "old ctrl_bps_parsl plugin" in line]
+        assert len(lines) == 1, (args, output)
+        line = lines[0]
+        assert "not a submit directory" not in output, output
+        assert f"cd {shlex.quote(str(submitted_from))} " in line, line
+        assert f"then run: bps restart --id {shlex.quote(str(submit))};" in line, line
+        assert "lsst-ctrl-bps-parsl<=30.2026.4300" in line and f"{submit}/logs" in line, line
+    assert not marker.exists()
+    # Without ctrl_bps's environment file the line still says where to go.
+    (submit / "u_someone_run1.env.info.yaml").unlink()
+    result = bps(env, "report", "--id", str(submit), cwd=tmp_path, check=False)
+    assert "cd to the directory 'bps submit' ran in" in result.stdout + result.stderr
+    assert not marker.exists()

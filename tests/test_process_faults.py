@@ -221,7 +221,7 @@ def test_walltime_kill_ends_processes_that_left_the_job_session(tmp_path, env):
     try:
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode != 0, out
-        assert "killed after walltime" in (submit / "logs" / "escaper" / "escaper.1.err").read_text()
+        assert "killed after walltime" in (submit / "logs" / "escaper" / "escaper.stderr").read_text()
         wait_for(lambda: not sleepers(secs), timeout=10, what="every sleeper to end")
         assert not run_processes(run_id_of(submit))
     finally:
@@ -292,8 +292,8 @@ def test_local_pool_jobs_start_with_default_signal_dispositions(tmp_path, env):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     logs = submit / "logs" / "probe"
-    assert signal_masks((logs / "probe.1.out").read_text()) == {"SigIgn": 0, "SigBlk": 0}
-    assert "Broken pipe" not in (logs / "probe.1.err").read_text()
+    assert signal_masks((logs / "probe.stdout").read_text()) == {"SigIgn": 0, "SigBlk": 0}
+    assert "Broken pipe" not in (logs / "probe.stderr").read_text()
 
 
 def _run_probe_in_thread(tmp_path: Path, name: str, prepare=None) -> tuple[str, str]:
@@ -355,8 +355,8 @@ def test_log_and_running_directories_removed_mid_run(tmp_path, env):
     assert_each_once(log, names)
     for name in set(names) - before:
         assert f"{name} ok" in lines(log)
-        assert (submit / "logs" / "j" / f"{name}.1.out").exists(), name
-        assert "[bps-parsl] exit status 0" in (submit / "logs" / "j" / f"{name}.1.err").read_text()
+        assert (submit / "logs" / "j" / f"{name}.stdout").exists(), name
+        assert "[bps-parsl] exit status 0" in (submit / "logs" / "j" / f"{name}.stderr").read_text()
 
 
 def test_run_job_logs_into_a_directory_that_vanished(tmp_path):

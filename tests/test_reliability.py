@@ -511,7 +511,7 @@ def test_job_outliving_its_walltime_is_killed_and_recorded(tmp_path, env):
     assert final["quick"][0] == S
     assert final["slow"][0] == F and final["slow"][3] == signal.SIGTERM
     assert len(attempts(submit, "slow")) == 1
-    assert "killed after walltime" in (submit / "logs" / "slow" / "slow.1.err").read_text()
+    assert "killed after walltime" in (submit / "logs" / "slow" / "slow.stderr").read_text()
     assert not pids_with(marker)
 
 
@@ -660,7 +660,7 @@ def test_damaged_state_file_gives_error_naming_it_never_a_fresh_start(tmp_path, 
     reports, message = ParslService({}).report(str(submit))
     assert reports == [] and str(db) in message and "\n" not in message, message
     assert lines(log) == before, "jobs ran again"
-    assert not (submit / "logs" / "bad" / "bad.2.err").exists()
+    assert not (submit / "logs" / "bad" / "bad.stderr.2").exists()
 
 
 # ---- 5. concurrency ---------------------------------------------------------------

@@ -115,8 +115,7 @@ def test_slurm_defaults_are_the_old_plugins():
     assert provider.cores_per_node is None and provider.mem_per_node is None
     # Parsl's own defaults, which the old plugin inherited.
     assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (1, 0, 1)
-    assert provider.exclusive is True and isinstance(provider.launcher, SrunLauncher)
-    assert provider.launcher.overrides == "-K0 -k --cpu-bind=none"
+    assert provider.exclusive is True and isinstance(provider.launcher, SingleNodeLauncher)
     assert "#SBATCH --job-name=bps.tester" in provider.scheduler_options
     assert "--dependency=singleton" not in provider.scheduler_options
     assert "--no-kill" not in provider.scheduler_options  # one node: nothing to keep
@@ -409,7 +408,7 @@ def test_tiger_without_infiniband_says_to_set_address():
     if any(name[:2] in ("ib", "op") for name in psutil.net_if_addrs()):
         pytest.skip("this host has an InfiniBand interface")
     site = make_site(f"{SITES}.princeton.Tiger", validate=False)
-    with pytest.raises(RuntimeError, match="set 'site.s.address'"):
+    with pytest.raises(ConfigurationError, match="set 'site.s.address'"):
         site.get_executors()
 
 
@@ -834,3 +833,54 @@ def test_example_site_files_ship_and_validate(tmp_path):
                     site.validate()
                 continue
         site.validate()
+
+
+# ---- every key the old plugin's sites read ---------------------------------------------
+
+OLD_SITE_KEYS = {
+    # site.py (SiteConfig)
+    "class": "All", "commandPrefix": "All", "environment": "All", "monitorEnable": "All",
+    "monitorInterval": "All", "monitorFilename": "All", "retries": "All", "run_dir": "All",
+    # sites/slurm.py (Slurm, TripleSlurm)
+    "nodes": "S", "cores_per_node": "S", "walltime": "S", "mem_per_node": "S", "qos": "S",
+    "constraint": "S", "singleton": "S", "exclusive": "S", "account": "S", "scheduler_options": "S",
+    "small_memory": "T", "medium_memory": "T", "large_memory": "T", "small_walltime": "T",
+    "medium_walltime": "T", "large_walltime": "T",
+    # sites/local.py, princeton.py, slac.py, torque.py, work_queue.py, ccin2p3.py
+    "cores": "L", "max_blocks": "Ti", "cmd_timeout": "Ti", "queue": "Tq", "tasks_per_node": "Tq",
+    "worker_init": "Tq", "port": "WQ", "worker_options": "WQ", "wq_max_retries": "WQ",
+    "nodes_per_block": "WQ", "partition": "CC", "strategy": "CC", "<slot>.memory": "CC",
+    "<slot>.max_blocks": "CC", "<slot>.scheduler_options": "CC", "<slot>.partition": "CC",
+    "<slot>.walltime": "CC",
+}  # fmt: skip
+"""Every key of ``site.<computeSite>`` the old plugin (lsst-ctrl-bps-parsl
+30.2026.4300: site.py and sites/*.py) reads, with a site that reads it."""
+
+
+def test_every_old_site_key_is_documented_and_none_is_ignored():
+    """Each old key has a row in doc/sites.md's reference table that names a
+    site using it, and no row says a key is ignored (the keys' effects are
+    tested one by one in this file and in test_dropin_api.py)."""
+    rows = {}
+    for line in (Path(__file__).parents[1] / "doc" / "sites.md").read_text().splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for key in cells[0].split("`")[1::2]:
+                rows.setdefault(key, []).append(cells)
+    for key, site in OLD_SITE_KEYS.items():
+        assert key in rows, f"{key} has no row in doc/sites.md"
+        assert any(
+            site in cells[-1] or "All" in cells[-1] or "Slurm family" in cells[-1] for cells in rows[key]
+        ), key
+    assert "**Ignored**" not in (Path(__file__).parents[1] / "doc" / "sites.md").read_text()
+
+
+def test_run_dir_is_where_parsl_writes_its_run_information(tmp_path):
+    """``run_dir``, as the old plugin read it, places Parsl's run directory."""
+    site = {"class": f"{SITES}.Local", "cores": 1, "run_dir": "my_runinfo"}
+    result = run(workflow([job("a")]), tmp_path / "submit", make_config(site={"local": site}))
+    assert result["a"][0] == SUCCEEDED
+    assert (tmp_path / "submit" / "my_runinfo" / "000").is_dir()
+    assert not (tmp_path / "submit" / "parsl" / "runinfo").exists()
+    assert make_site(f"{SITES}.Local", run_dir="/abs/where").run_dir == "/abs/where"
+    assert "'site.s.run_dir'" in config_error(f"{SITES}.Local", run_dir=5)

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ParslService", "ParslWorkflow", "SiteConfig", "ParslJob", "ConfigurationError"]
+from .version import __version__
+
+__all__ = ["ParslService", "ParslWorkflow", "SiteConfig", "ParslJob", "ConfigurationError", "__version__"]
 
 _LAZY = {
     "ParslService": ".service",

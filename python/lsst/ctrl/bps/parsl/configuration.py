@@ -196,24 +196,27 @@ def get_bps_config_value(
 
 
 def get_workflow_name(config: BpsConfig) -> str:
-    """Name of the workflow for Parsl monitoring and batch job names:
-    ``<project>.<campaign>``.
-
-    ``project`` defaults to ``bps``, ``campaign`` to ``operator`` (the user
-    name BPS sets).
+    """Name of the workflow for Parsl monitoring and batch job names, as
+    the old plugin (lsst-ctrl-bps-parsl 30.2026.4300) names it.
 
     Parameters
     ----------
     config : `lsst.ctrl.bps.BpsConfig`
-        The run's configuration.
+        BPS configuration.
 
     Returns
     -------
     name : `str`
-        ``<project>.<campaign>``.
+        ``<project>.<campaign>`` when ``project`` is set (``campaign``
+        defaults to ``operator``); otherwise ``uniqProcName`` (which ``bps
+        submit`` sets before any plugin code runs; a configuration without
+        one, e.g. ``bps ping``'s, gives ``bps.<operator>``).
     """
-    project = get_bps_config_value(config, "project", str, "bps")
+    project = get_bps_config_value(config, "project", str, None)
     operator = get_bps_config_value(config, "operator", str, "unknown")
+    if project is None:
+        unique = get_bps_config_value(config, "uniqProcName", str, None)
+        return unique if unique else f"bps.{operator}"
     campaign = get_bps_config_value(config, "campaign", str, operator)
     return f"{project}.{campaign}"
 
@@ -355,7 +358,7 @@ RUN_KEYS = (
 """The plugin's run-wide keys (doc/configuration.md has a row for each)."""
 
 SITE_KEYS = (
-    Key("retries", "retries", int, 1, _zero_or_more),
+    Key("retries", "retries", int, None, _zero_or_more),
     Key("infrastructureRetries", "infrastructure_retries", int, 3, _zero_or_more),
     Key("maxIdleTime", "max_idle_time", float, 30.0, _above_zero),
     Key("strategyPeriod", "strategy_period", float, 1.0, _above_zero),
@@ -371,6 +374,7 @@ SITE_KEYS = (
     Key("monitorEnable", "monitor_enable", bool, False),
     Key("monitorInterval", "monitor_interval", float, 30.0, _above_zero),
     Key("monitorFilename", "monitor_filename", str, "monitoring.db"),
+    Key("run_dir", "run_dir", str, None),
 )
 """The keys every site reads (doc/configuration.md has a row for each)."""
 
@@ -399,7 +403,7 @@ def _read(config: BpsConfig | dict, keys: tuple[Key, ...], where: str | None) ->
         value = get_bps_config_value(config, key.name, kind, key.default, where=where)
         if key.kind is float and value is not None:
             value = float(value)
-        fix = key.check(value) if key.check is not None else None
+        fix = key.check(value) if key.check is not None and value is not None else None
         if fix is not None:
             raise ConfigurationError(f"'{name.lstrip('.')}' is {value!r}: {fix}")
         values[key.field] = value
@@ -469,8 +473,8 @@ class SiteSettings(_Settings):
 
     Parameters
     ----------
-    retries : `int`
-        ``retries``: retries of a job that sets no ``numberOfRetries``.
+    retries : `int` or `None`
+        ``retries``: retries of every job of the site, `None` when not set.
     infrastructure_retries : `int`
         ``infrastructureRetries``.
     max_idle_time : `float`
@@ -489,9 +493,11 @@ class SiteSettings(_Settings):
         ``monitorInterval``, seconds.
     monitor_filename : `str`
         ``monitorFilename``.
+    run_dir : `str` or `None`
+        ``run_dir``: Parsl's run directory, relative to the submit directory.
     """
 
-    retries: int
+    retries: int | None
     infrastructure_retries: int
     max_idle_time: float
     strategy_period: float
@@ -501,4 +507,5 @@ class SiteSettings(_Settings):
     monitor_enable: bool
     monitor_interval: float
     monitor_filename: str
+    run_dir: str | None
     KEYS = SITE_KEYS

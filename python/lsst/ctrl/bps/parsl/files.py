@@ -58,7 +58,7 @@ __all__ = (
 
 _MAX_COMPONENT_BYTES = 200
 """Longest file-name component made from a name: file systems allow 255
-bytes, and attempt numbers and suffixes such as ``.12.out`` follow it."""
+bytes, and suffixes such as ``.stdout.12`` follow it."""
 
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\ud800-\udfff]")
 _SAFE_COMPONENT = re.compile(rf"[^\x00-\x1f\x7f/\ud800-\udfff]{{1,{_MAX_COMPONENT_BYTES}}}")

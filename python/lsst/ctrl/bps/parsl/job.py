@@ -307,17 +307,22 @@ class ParslJob:
         Returns
         -------
         resources : `dict` [`str`, `~typing.Any`]
-            ``cores``, ``memory`` (MB), ``disk`` (MB), ``running_time_min``
-            (the walltime in whole minutes) and ``priority`` (a number);
-            a value the job does not set is `None`.
+            ``memory`` (MB), ``cores``, ``disk`` (MB) and
+            ``running_time_min`` (the walltime in whole minutes), always
+            (`None` when the job does not set one), and ``priority`` (a
+            number) only when the job sets one, as the old plugin (Parsl's
+            HighThroughputExecutor refuses ``priority=None``).
         """
-        return {
+        resources: dict[str, Any] = {
             "memory": self.request_memory or None,
             "cores": self.request_cpus or 1,
             "disk": self.request_disk or None,
             "running_time_min": walltime_minutes(self.request_walltime),
-            "priority": priority_number(self.priority),
         }
+        priority = priority_number(self.priority)
+        if priority is not None:
+            resources["priority"] = priority
+        return resources
 
     def __repr__(self) -> str:
         return f"ParslJob({self.name!r}, label={self.label!r}, attempt={self.attempt})"

@@ -52,9 +52,10 @@ __all__ = ("ParslService", "RunFailedError")
 _LOG = logging.getLogger(__name__)
 
 
-def _fail_bps_command(message: str, exit_status: int = 1) -> bool:
+def _fail_bps_command(message: str, exit_status: int = 1, now: bool = False) -> bool:
     """Under ctrl_bps's ``bps`` command line, print ``message`` and make the
-    command exit with ``exit_status`` once it finished; returns whether it did.
+    command exit with ``exit_status`` (no traceback) once it finished, or
+    at once if ``now``; returns whether it did.
     """
     try:
         import click
@@ -64,6 +65,8 @@ def _fail_bps_command(message: str, exit_status: int = 1) -> bool:
     if context is None or not type(context.find_root().command).__module__.startswith("lsst.ctrl.bps."):
         return False
     print(message, file=sys.stderr, flush=True)
+    if now:
+        raise click.exceptions.Exit(exit_status)
 
     def exit_with_failure() -> None:
         raise click.exceptions.Exit(exit_status)
@@ -94,17 +97,39 @@ class ParslService(BaseWmsService):
         return Config(self.defaults_uri)
 
     def run_submission_checks(self) -> None:
-        """Check the site configuration before the submit directory exists.
+        """Check every plugin key and the site (building its executors)
+        before the quantum graph is built and the submit directory exists.
+
+        Under the ``bps`` command line a failure is its one-line message and
+        exit status 1, with no traceback.
 
         Raises
         ------
         ConfigurationError
-            With a one-line message naming the key and the fix.
+            With a one-line message naming the key and the fix (also for an
+            error the site's own code raised while building its executors).
         """
+        try:
+            self._submission_checks()
+        except ConfigurationError as exc:
+            _fail_bps_command(str(exc), now=True)
+            raise
+
+    def _submission_checks(self) -> None:
+        from .prepare.jobattrs import concurrency_limits
+
         site = SiteConfig.from_config(self.config)
-        site.validate()
+        try:
+            site.validate()
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            raise ConfigurationError(
+                f"'{site.where}' ({type(site).__name__}) cannot build its executors: {one_line(exc)}"
+            ) from None
         RunSettings.read(self.config)
         check_submit_path(self.config)
+        concurrency_limits(self.config, site.compute_site)
 
     def prepare(
         self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None = None

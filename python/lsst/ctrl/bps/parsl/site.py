@@ -55,7 +55,22 @@ if TYPE_CHECKING:
 
     from .job import ParslJob
 
-__all__ = ("ExecutorCapacity", "SiteConfig")
+__all__ = ("EXECUTOR_RESOURCES", "ExecutorCapacity", "SiteConfig")
+
+EXECUTOR_RESOURCES: dict[str, tuple[str, ...]] = {
+    "HighThroughputExecutor": ("priority",),
+    "WorkQueueExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
+    "TaskVineExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
+    "LocalPoolExecutor": ("cores", "memory", "running_time_min"),
+    "ThreadPoolExecutor": (),
+}
+"""The job resources (`ParslJob.get_resources` names) each executor type
+takes in a task's ``parsl_resource_specification``: the old plugin's table
+(HighThroughputExecutor ``priority``; WorkQueueExecutor all five), plus this
+plugin's local pool (`~lsst.ctrl.bps.parsl.localpool.LocalPoolExecutor`,
+what the ``Local`` site runs: a job's cores and memory are taken from the
+pool's budget and its walltime is enforced) and Parsl's thread pool (none).
+A built-in site's ``resource_list`` is its executors' entry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +123,35 @@ class SiteConfig(ABC):
         thread pools none).
     """
 
+    default_resource_list: tuple[str, ...] | None = None
+    """``resource_list`` when the constructor is given none: a built-in
+    site's executors' entry of `EXECUTOR_RESOURCES` (`None`: nothing is
+    sent unless the site says so)."""
+
     def __init__(self, config: BpsConfig, resource_list: list[str] | None = None):
         self.config = config
         self.compute_site = get_bps_config_value(config, "computeSite", str, required=True)
         self.site = self.get_site_subconfig(config)
         self.where = f"site.{self.compute_site}"
-        self.resource_list = _checked_resource_list(resource_list, type(self).__name__)
+        self.resource_list = resource_list
         self.submit_path: str | None = None
         """Submit directory of the run; set by the driver before
         `get_parsl_config` is called."""
+
+    @property
+    def resource_list(self) -> list[str] | None:
+        """Names of the job resources sent to the executor with each job
+        (the old plugin's attribute): the list given to the constructor or
+        set by the site class, else `default_resource_list`.
+        """
+        if self._resource_list is not None:
+            return self._resource_list
+        default = type(self).default_resource_list
+        return None if default is None else list(default)
+
+    @resource_list.setter
+    def resource_list(self, value: list[str] | None) -> None:
+        self._resource_list = _checked_resource_list(value, type(self).__name__)
 
     @staticmethod
     def get_site_subconfig(config: BpsConfig) -> BpsConfig:
@@ -327,7 +362,7 @@ class SiteConfig(ABC):
         if not self.resource_list:
             return None
         resources = job.get_resources()
-        spec = {key: resources[key] for key in self.resource_list if resources[key] is not None}
+        spec = {key: resources[key] for key in self.resource_list if resources.get(key) is not None}
         return spec or None
 
     def _check_resource_list(self) -> None:
@@ -396,9 +431,21 @@ class SiteConfig(ABC):
         return self.settings.job_shell
 
     @property
-    def default_retries(self) -> int:
-        """Retries of a job that sets no ``numberOfRetries`` (key ``retries``)."""
+    def site_retries(self) -> int | None:
+        """Retries of every job of the site (key ``retries``, the old
+        plugin's only retry control), `None` when the site does not set it.
+
+        When set, it wins over every job's BPS ``numberOfRetries`` (whose
+        default, 5, reaches every job): ``retries: 0`` means one attempt,
+        ``retries: 2`` three, as with the old plugin. Unset, each job's
+        ``numberOfRetries`` applies (`default_retries` when it has none).
+        The prepared run keeps each job's retries.
+        """
         return self.settings.retries
+
+    default_retries = 1
+    """Retries of a job when neither the site's ``retries`` nor the job's
+    ``numberOfRetries`` is set (the old plugin's default)."""
 
     @property
     def infrastructure_retries(self) -> int:
@@ -407,6 +454,18 @@ class SiteConfig(ABC):
         ``infrastructureRetries``, default `losses.INFRASTRUCTURE_RETRIES`).
         """
         return self.settings.infrastructure_retries
+
+    @property
+    def run_dir(self) -> str:
+        """Parsl's run directory (key ``run_dir``, as the old plugin):
+        default ``<submit>/parsl/runinfo``; a relative path is taken from
+        the submit directory (a run may be restarted from any directory).
+        """
+        run_dir = self.settings.run_dir
+        base = self.submit_path or "."
+        if not run_dir:
+            return os.path.join(base, "parsl", "runinfo")
+        return os.path.join(base, os.path.expanduser(run_dir))
 
     def monitoring_filename(self) -> str | None:
         """Path of the Parsl monitoring database, or `None` if monitoring is off.
@@ -464,7 +523,7 @@ class SiteConfig(ABC):
 
         from .sites.blocks import scaling_strategy
 
-        run_dir = os.path.join(self.submit_path, "parsl", "runinfo") if self.submit_path else "runinfo"
+        run_dir = self.run_dir
         executors = self.get_executors()
         return parsl.config.Config(
             executors=executors,
@@ -513,14 +572,7 @@ def _accepted_resources(executor: Any) -> frozenset[str] | None:
     `None` when not known (anything is passed on).
     """
     kind = type(executor).__name__
-    if kind == "ThreadPoolExecutor":
-        return frozenset()
-    if kind == "LocalPoolExecutor":
-        from .localpool.executor import LocalPoolExecutor
-
-        return LocalPoolExecutor.RESOURCE_KEYS
-    if kind == "HighThroughputExecutor" and not getattr(executor, "enable_mpi_mode", False):
-        return frozenset({"priority"})
-    if kind in ("WorkQueueExecutor", "TaskVineExecutor"):
-        return frozenset(RESOURCE_NAMES)
-    return None
+    if kind == "HighThroughputExecutor" and getattr(executor, "enable_mpi_mode", False):
+        return None
+    accepted = EXECUTOR_RESOURCES.get(kind)
+    return None if accepted is None else frozenset(accepted)

@@ -201,7 +201,7 @@ class ParslWorkflow(BaseWmsWorkflow):
         submit_path = os.path.abspath(out_prefix)
         site = SiteConfig.from_config(config)
         site.validate()
-        default_retries = site.default_retries
+        site_retries, default_retries = site.site_retries, site.default_retries
 
         flat = Flattener()
         flat.add_workflow(generic_workflow, final=False)
@@ -291,7 +291,11 @@ class ParslWorkflow(BaseWmsWorkflow):
                     request_disk=job.request_disk,
                     request_walltime=None if walltime is None else str(walltime),
                     priority=None if job.priority is None else str(job.priority),
-                    retries=default_retries if job.number_of_retries is None else int(job.number_of_retries),
+                    retries=site_retries
+                    if site_retries is not None
+                    else default_retries
+                    if job.number_of_retries is None
+                    else int(job.number_of_retries),
                     retry_unless_exit=retry_codes(job.retry_unless_exit),
                     log_dir=subdir(job.label, tags),
                     tags=TAGS_JSON(tags) if tags else None,

@@ -84,8 +84,12 @@ def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[i
         site = SiteConfig.from_config(bps_config)
         site.validate()
         executors = site.get_executors()
-    except (ConfigurationError, OSError, ValueError, TypeError, KeyError) as exc:
+    except ConfigurationError as exc:
         return 1, str(exc)
+    except Exception as exc:  # the site's own code: one line, not a traceback
+        from .oneline import one_line
+
+        return 1, f"the site's executors cannot be built: {one_line(exc)}"
     for executor in executors:
         provider = getattr(executor, "provider", None)
         if provider is None:

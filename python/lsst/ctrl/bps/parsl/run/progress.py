@@ -81,7 +81,12 @@ class ProgressLines:
         self.last = time.monotonic()
 
     def print(self, rows: Sequence[JobRow], states: Sequence[int], force: bool = False) -> None:
-        """Print the counts if an interval has passed since the last line, or ``force``.
+        """Print the counts if an interval has passed since the last line, or
+        ``force`` (the session's last line); an interval of 0 prints none.
+
+        Counts are by stored state, as ``bps report`` shows them: "pending"
+        are attempts handed to Parsl that have not started, "running"
+        those that have.
 
         Parameters
         ----------
@@ -92,16 +97,16 @@ class ProgressLines:
         force : `bool`, optional
             Print now whatever the interval.
         """
-        if not self.interval and not force:
+        if not self.interval:
             return
         now = time.monotonic()
         if not force and now - self.last < self.interval:
             return
         self.last = now
         counts = count_states(states)
-        running = counts.get(JobState.PENDING, 0) + counts.get(JobState.RUNNING, 0)
         print(
-            f"bps-parsl {self.run_id}: {counts.get(JobState.SUCCEEDED, 0)} succeeded, {running} running, "
+            f"bps-parsl {self.run_id}: {counts.get(JobState.SUCCEEDED, 0)} succeeded, "
+            f"{counts.get(JobState.RUNNING, 0)} running, {counts.get(JobState.PENDING, 0)} pending, "
             f"{counts.get(JobState.FAILED, 0)} failed, {counts.get(JobState.PRUNED, 0)} pruned, "
             f"{counts.get(JobState.DELETED, 0)} deleted, of {len(states)}",
             file=sys.stdout,
@@ -114,9 +119,10 @@ class ProgressLines:
                     label_counts = by_label.setdefault(row.label, {})
                     label_counts[s] = label_counts.get(s, 0) + 1
             for label, label_counts in by_label.items():
-                in_flight = label_counts.get(JobState.PENDING, 0) + label_counts.get(JobState.RUNNING, 0)
                 print(
-                    f"  {label}: {label_counts.get(JobState.SUCCEEDED, 0)} succeeded, {in_flight} running, "
+                    f"  {label}: {label_counts.get(JobState.SUCCEEDED, 0)} succeeded, "
+                    f"{label_counts.get(JobState.RUNNING, 0)} running, "
+                    f"{label_counts.get(JobState.PENDING, 0)} pending, "
                     f"{label_counts.get(JobState.FAILED, 0)} failed, "
                     f"{label_counts.get(JobState.PRUNED, 0)} pruned, of {sum(label_counts.values())}",
                     flush=True,

@@ -33,6 +33,7 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
+from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite, htex_defaults, htex_spec, normalize_walltime
 from .options import build, plain
 
@@ -78,6 +79,8 @@ class Ccin2p3(BatchSite):
     The old ``run_dir`` key is ignored: Parsl's files go under the submit
     directory.
     """
+
+    default_resource_list = EXECUTOR_RESOURCES["HighThroughputExecutor"]
 
     DEFAULT_ACCOUNT = "lsst"
     DEFAULT_WALLTIME = "72:00:00"
@@ -231,7 +234,7 @@ class Ccin2p3(BatchSite):
         return "xlarge"
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self.resource_list is not None:
+        if self._resource_list is not None:
             return super().resource_specification(job, label)
         return htex_spec(job)
 

@@ -408,7 +408,7 @@ class Generic(BatchSite):
         return ExecutorCapacity(cores=cores, memory=spec.memory or machine_memory_mb())
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self.resource_list is not None:
+        if self._resource_list is not None:
             return super().resource_specification(job, label)
         kind = self._spec(label).kind
         if kind == "htex":

@@ -34,7 +34,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
-from ..site import ExecutorCapacity, SiteConfig
+from ..site import EXECUTOR_RESOURCES, ExecutorCapacity, SiteConfig
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -128,6 +128,7 @@ class Local(SiteConfig):
     """
 
     label = "local"
+    default_resource_list = EXECUTOR_RESOURCES["LocalPoolExecutor"]
 
     @property
     def cores(self) -> int:
@@ -197,7 +198,7 @@ class Local(SiteConfig):
         spec : `dict` [`str`, `~typing.Any`] or `None`
             The resource specification.
         """
-        if self.resource_list is not None:
+        if self._resource_list is not None:
             return super().resource_specification(job, label)
         budget = self.__dict__.get("_budget")
         if budget is None:

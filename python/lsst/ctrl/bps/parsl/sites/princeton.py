@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..configuration import ConfigurationError
 from .slurm import Slurm, environment_script
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Tiger(Slurm):
 
         interfaces = [name for name in net_if_addrs() if name[:2] in ("ib", "op")]
         if not interfaces:
-            raise RuntimeError(
+            raise ConfigurationError(
                 f"no InfiniBand interface (ib*, op*) on this host: set '{self.where}.address' to the "
                 "address the Tiger nodes can reach"
             )

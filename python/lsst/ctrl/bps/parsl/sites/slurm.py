@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError, get_workflow_name
 from ..prepare.commands import environment_script
+from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite, heartbeat_reserved, htex_defaults, htex_spec, normalize_walltime
 from .options import build, build_launcher, check_options
 
@@ -194,16 +195,26 @@ SRUN_NAMES = ("srun", "srunlauncher")
 """Names of the ``launcher`` key that mean Parsl's ``SrunLauncher``."""
 
 
-def default_launcher() -> Any:
-    """The launcher of a Slurm block: one worker pool per node, by ``srun``.
+def default_launcher(nodes: int = 2) -> Any:
+    """The launcher of a Slurm block of ``nodes`` nodes, as the old plugin
+    chose it: Parsl's ``SingleNodeLauncher`` (the worker pool started by the
+    batch script itself) for one node, else one worker pool per node, by
+    ``srun`` (`SRUN_OVERRIDES`).
+
+    Parameters
+    ----------
+    nodes : `int`, optional
+        Nodes of each block.
 
     Returns
     -------
-    launcher : `parsl.launchers.SrunLauncher`
+    launcher : `parsl.launchers.base.Launcher`
         The launcher.
     """
-    from parsl.launchers import SrunLauncher
+    from parsl.launchers import SingleNodeLauncher, SrunLauncher
 
+    if nodes <= 1:
+        return SingleNodeLauncher()
     return SrunLauncher(overrides=SRUN_OVERRIDES)
 
 
@@ -229,10 +240,10 @@ class Slurm(BatchSite):
     - ``worker_init`` (`str`): shell lines run in the job before the workers.
     - ``init_blocks``, ``min_blocks``, ``max_blocks``, ``parallelism``,
       ``cmd_timeout``: block scaling (defaults: Parsl's, 1/0/1/1/10).
-    - ``launcher`` (`str`): how a block starts a worker pool on each of its
-      nodes (default ``SrunLauncher`` with ``-K0 -k --cpu-bind=none``;
-      e.g. ``MpiExecLauncher``, ``SingleNodeLauncher`` for the first node
-      only). ``launcher_options``, ``provider_options``,
+    - ``launcher`` (`str`): how a block starts its worker pools (default,
+      as the old plugin: ``SingleNodeLauncher`` when ``nodes`` is 1, else
+      ``SrunLauncher`` with ``-K0 -k --cpu-bind=none``, one pool per node;
+      e.g. ``MpiExecLauncher``). ``launcher_options``, ``provider_options``,
       ``executor_options`` (mappings): anything else, checked against the
       Parsl classes.
     - ``address`` (`str`) or ``interface`` (`str`): the address the workers
@@ -253,6 +264,7 @@ class Slurm(BatchSite):
     """
 
     label = "slurm"
+    default_resource_list = EXECUTOR_RESOURCES["HighThroughputExecutor"]
 
     def make_executor(
         self,
@@ -336,7 +348,7 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
             lines.append("#SBATCH --no-kill")
 
         options: Kwargs = dict(provider_options or {})
-        options.setdefault("launcher", default_launcher())
+        options.setdefault("launcher", default_launcher(nodes))
         options.update(
             nodes_per_block=nodes,
             cores_per_node=cores_per_node,
@@ -381,7 +393,7 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         return self.label
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self.resource_list is not None:
+        if self._resource_list is not None:
             return super().resource_specification(job, label)
         return htex_spec(job)
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from parsl.providers import TorqueProvider
 
 from ..configuration import ConfigurationError, get_workflow_name
+from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite, htex_spec, normalize_walltime
 from .options import build
 from .slurm import block_options, finish_executor_options, finish_provider_options
@@ -109,6 +110,7 @@ class Torque(BatchSite):
     """
 
     label = "torque"
+    default_resource_list = EXECUTOR_RESOURCES["HighThroughputExecutor"]
 
     def make_executor(
         self,
@@ -206,6 +208,6 @@ class Torque(BatchSite):
         return self.label
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self.resource_list is not None:
+        if self._resource_list is not None:
             return super().resource_specification(job, label)
         return htex_spec(job)

@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
+from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite, require_work_queue, work_queue_spec
 from .options import build
 
@@ -67,6 +68,7 @@ class WorkQueue(BatchSite):
     """
 
     label = "work_queue"
+    default_resource_list = EXECUTOR_RESOURCES["WorkQueueExecutor"]
 
     def get_provider(self) -> Any:
         """Return the Parsl provider that starts the workers."""
@@ -144,7 +146,7 @@ class WorkQueue(BatchSite):
         return self.label
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self.resource_list is not None:
+        if self._resource_list is not None:
             return super().resource_specification(job, label)
         return work_queue_spec(job)
 

@@ -27,10 +27,12 @@
 
 """Where each job attempt's logs are, and what its shell wrote there.
 
-Every attempt has its own ``<submit>/logs/<subdir>/<job>.<attempt>.out`` and
-``.err``; the job's shell appends ``[bps-parsl] exit status N`` to the
-latter, which lets a restart tell how an attempt ended when its driver died
-before recording it.
+Every attempt has its own standard output and error files: the first
+attempt's are the old plugin's ``<submit>/logs/<subdir>/<job>.stdout`` and
+``.stderr``, attempt *n* > 1 adds its number (``<job>.stdout.<n>``,
+``<job>.stderr.<n>``), so no two attempts or jobs share a file. The job's
+shell appends ``[bps-parsl] exit status N`` to the stderr file, which lets a
+restart tell how an attempt ended when its driver died before recording it.
 """
 
 from __future__ import annotations
@@ -58,21 +60,24 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
     Parameters
     ----------
     submit_path : `str`
-        Submit directory of the run.
+        Submit directory.
     log_dir : `str` or `None`
-        The job's log sub-directory (made safe; `None` for none).
+        The job's log sub-directory (``subDirTemplate`` expanded).
     name : `str`
-        The job's name.
+        Job name.
     attempt : `int`
-        Attempt number, from 1.
+        Attempt number, 1 for the first.
 
     Returns
     -------
-    stdout, stderr : `tuple` [`str`, `str`]
-        Paths of the attempt's stdout and stderr logs.
+    stdout, stderr : `str`
+        ``<submit>/logs/<log_dir>/<name>.stdout`` and ``.stderr`` for the
+        first attempt (the old plugin's names); ``.stdout.<attempt>`` and
+        ``.stderr.<attempt>`` for later ones.
     """
-    base = os.path.join(submit_path, "logs", safe_subdir(log_dir), f"{safe_component(name)}.{attempt}")
-    return base + ".out", base + ".err"
+    base = os.path.join(submit_path, "logs", safe_subdir(log_dir), safe_component(name))
+    suffix = "" if attempt <= 1 else f".{attempt}"
+    return f"{base}.stdout{suffix}", f"{base}.stderr{suffix}"
 
 
 def exit_status_from_log(stderr: str) -> int | None:
@@ -114,8 +119,12 @@ class _SubdirTemplate:
 
 
 def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
-    """The job log sub-directory template of a run (``subDirTemplate``,
-    default ``{label}``): called with a job's label and tags.
+    """The job log sub-directory template of a run: called with a job's
+    label and tags.
+
+    ``subDirTemplate`` (also from the ``site.<computeSite>`` section, as
+    the old plugin read it); unset or empty, logs go straight into
+    ``<submit>/logs``.
 
     Parameters
     ----------
@@ -127,5 +136,9 @@ def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
     template : `_SubdirTemplate`
         Callable giving a job's log sub-directory from its label and tags.
     """
-    found, template = config.search("subDirTemplate", opt={"replaceVars": False, "default": "{label}"})
-    return _SubdirTemplate(template if found and template else "{label}")
+    found, site = config.search("computeSite", opt={"default": None})
+    opt: dict[str, Any] = {"replaceVars": False, "default": ""}
+    if found and site:
+        opt["curvals"] = {"curr_site": site}
+    found, template = config.search("subDirTemplate", opt=opt)
+    return _SubdirTemplate(template if found and isinstance(template, str) else "")

@@ -36,12 +36,25 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from ..files import write_private
 from .runstore import DB_NAME, StateStoreError
 
-__all__ = ("INDEX_SUBDIR", "add_run", "index_dir", "list_runs", "resolve_run")
+__all__ = (
+    "INDEX_SUBDIR",
+    "OLD_PLUGIN_FILE",
+    "add_run",
+    "index_dir",
+    "list_runs",
+    "old_plugin_run",
+    "resolve_run",
+)
+
+OLD_PLUGIN_FILE = "parsl_workflow.pickle"
+"""What the old plugin (lsst-ctrl-bps-parsl <= 30.2026.4300) wrote in a
+submit directory instead of this plugin's run-state database."""
 
 INDEX_SUBDIR = os.path.join(".local", "state", "lsst-ctrl-bps-parsl", "runs")
 """The index under a home directory, where ``XDG_STATE_HOME`` is not set."""
@@ -133,6 +146,9 @@ def resolve_run(wms_id: str) -> str:
     if os.path.isdir(candidate):
         if os.path.exists(os.path.join(candidate, DB_NAME)):
             return candidate
+        old = old_plugin_run(candidate)
+        if old is not None:
+            raise StateStoreError(old)
         raise StateStoreError(
             f"{candidate}: not a submit directory of this plugin (no {DB_NAME}): pass the directory that "
             "'bps submit' printed as 'Submit dir'"
@@ -169,3 +185,69 @@ def _check_run_id(submit_path: str, run_id: str, record: Path) -> None:
             f"run '{run_id}': its index record {record} points to {submit_path}, which holds run "
             f"'{stored}': remove the record, or pass the submit directory"
         )
+
+
+def old_plugin_run(submit_path: str) -> str | None:
+    """What to do with a submit directory the old plugin wrote, or `None`
+    if ``submit_path`` is not one (doc/operations.md, "Runs started with
+    the old plugin").
+
+    The old plugin kept its run in ``parsl_workflow.pickle`` (a pickle of
+    its own classes, which this plugin does not unpickle) and Parsl's
+    checkpoints in the Parsl run directory (``runinfo/`` under the directory
+    ``bps submit`` ran in, unless its site set ``run_dir``); it recorded no
+    job states, so only it can resume the run. The directory ``bps submit``
+    ran in is read from the ``*.env.info.yaml`` that ctrl_bps wrote there
+    (its ``PWD``), when it is there and readable.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        A submit directory without this plugin's run-state database.
+
+    Returns
+    -------
+    message : `str` or `None`
+        One line naming the run and the commands that resume it.
+    """
+    if not os.path.isfile(os.path.join(submit_path, OLD_PLUGIN_FILE)):
+        return None
+    where = _submitted_from(submit_path)
+    cd = (
+        f"cd {shlex.quote(where)} (its Parsl checkpoints are in runinfo/ there, unless its site set run_dir)"
+        if where
+        else "cd to the directory 'bps submit' ran in (its Parsl checkpoints are in runinfo/ there, unless its "
+        "site set run_dir)"
+    )
+    return (
+        f"{submit_path} is a run of the old ctrl_bps_parsl plugin ({OLD_PLUGIN_FILE}, no {DB_NAME}), which "
+        "kept no job states this plugin can read; to resume it, in a separate environment with the old "
+        "plugin (pip install 'lsst-ctrl-bps-parsl<=30.2026.4300' and the parsl it ran with), "
+        f"{cd}, then run: bps restart --id {shlex.quote(submit_path)}; its job logs are in "
+        f"{os.path.join(submit_path, 'logs')}"
+    )
+
+
+def _submitted_from(submit_path: str) -> str | None:
+    """``PWD`` of the ``bps submit`` that made ``submit_path``, from the
+    environment ctrl_bps saved there (``<uniqProcName>.env.info.yaml``).
+    """
+    import yaml
+
+    try:
+        names = sorted(n for n in os.listdir(submit_path) if n.endswith(".env.info.yaml"))
+    except OSError:
+        return None
+    for name in names:
+        path = os.path.join(submit_path, name)
+        try:
+            if os.path.getsize(path) > 16 * 1024 * 1024:
+                continue
+            with open(path, encoding="utf-8") as stream:
+                env = yaml.safe_load(stream)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        pwd = env.get("PWD") if isinstance(env, dict) else None
+        if isinstance(pwd, str) and os.path.isabs(pwd) and pwd.isprintable():
+            return pwd
+    return None
