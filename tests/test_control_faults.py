@@ -417,3 +417,45 @@ def test_heartbeat_thread_does_not_outlive_the_run(tmp_path):
     assert not [t for t in threading.enumerate() if t.name == "bps-parsl-monitor"]
     assert not (tmp_path / "submit" / "parsl" / "driver.heartbeat").exists()
     assert not (tmp_path / "submit" / "parsl" / "cancel.request").exists()
+
+
+# ---- every refusal exits non-zero (issue 20, item 8) ----------------------------
+
+
+def test_every_refused_restart_exits_non_zero(tmp_path, env, mount_tmpfs):
+    """Control 13: ``bps restart`` refused because the driver is alive, the
+    submit directory is read-only or the store is damaged prints ctrl_bps's
+    one ``Restart failed: ...`` line and exits 1, never 0 and never a
+    traceback."""
+    # Driver alive.
+    proc, submit = start(tmp_path, env, {"jobs": [{"name": "slow", "script": "sleep 60"}], "site": LOCAL2})
+    try:
+        wait_for(lambda: driver_alive(str(submit)), 60, "the driver", proc)
+        refused = bps(env, "restart", "--id", str(submit), check=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Restart failed:" in text and "still running" in text, text
+    assert "Traceback" not in text
+    # Read-only submit directory (a read-only file system: root ignores modes).
+    disk = mount_tmpfs("ro", "size=64m")
+    spec = {"jobs": [{"name": "bad", "script": "exit 3"}], "site": LOCAL2}
+    proc, finished = start(tmp_path, env, spec, submit=disk / "submit")  # no file left open here
+    proc.communicate(timeout=120)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    refused = bps(env, "restart", "--id", str(finished), check=False)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Restart failed:" in text and str(finished) in text, text
+    assert "Traceback" not in text
+    # Damaged store.
+    damaged = tmp_path / "damaged"
+    run(workflow([job("bad", "exit 3")]), damaged, make_config(site={"local": LOCAL2}), expect_fail=True)
+    path = Path(db_path(str(damaged)))
+    data = bytearray(path.read_bytes())
+    data[4096 : 4096 + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    refused = bps(env, "restart", "--id", str(damaged), check=False)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Restart failed:" in text and "damaged" in text, text
+    assert "Traceback" not in text

@@ -52,9 +52,10 @@ __all__ = ("ParslService", "RunFailedError")
 _LOG = logging.getLogger(__name__)
 
 
-def _fail_bps_command(message: str, exit_status: int = 1) -> bool:
-    """Under ctrl_bps's ``bps`` command line, print ``message`` and make the
-    command exit with ``exit_status`` once it finished; returns whether it did.
+def _fail_bps_command(message: str | None, exit_status: int = 1) -> bool:
+    """Under ctrl_bps's ``bps`` command line, print ``message`` (unless
+    `None`: ctrl_bps prints it) and make the command exit with
+    ``exit_status`` once it finished; returns whether it did.
     """
     try:
         import click
@@ -63,7 +64,8 @@ def _fail_bps_command(message: str, exit_status: int = 1) -> bool:
     context = click.get_current_context(silent=True)
     if context is None or not type(context.find_root().command).__module__.startswith("lsst.ctrl.bps."):
         return False
-    print(message, file=sys.stderr, flush=True)
+    if message is not None:
+        print(message, file=sys.stderr, flush=True)
 
     def exit_with_failure() -> None:
         raise click.exceptions.Exit(exit_status)
@@ -236,8 +238,10 @@ class ParslService(BaseWmsService):
         except RunFailedError as exc:
             _fail_bps_command(str(exc), exc.exit_status)
             return workflow.run_id, workflow.name, str(exc)
-        except (StateStoreError, DriverBusyError, OSError, RuntimeError) as exc:
+        except (StateStoreError, DriverBusyError, OSError, RuntimeError, ConfigurationError) as exc:
             # DriverBusyError also when another restart took the lock since the check above.
+            # A refusal: ctrl_bps prints "Restart failed: <message>"; the command exits 1.
+            _fail_bps_command(None)
             return None, None, one_line(exc)
         return workflow.run_id, workflow.name, "restarted run completed"
 
