@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 from lsst.ctrl.bps import BpsConfig, BpsError
 
-from .claim import ClaimBusyError, DriverBusyError, claim_run, driver_stale_after
+from .claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, claim_run, driver_stale_after
 from .configuration import ConfigurationError, get_bps_config_value
 from .liveness import (
     HOST,
@@ -121,7 +121,7 @@ def _busy(submit_path: str, record: DriverRecord | ClaimBusyError | None) -> Dri
 @contextmanager
 def driver_claim(
     submit_path: str, what: str, wait: float = 0.0, stale_after: float = STALE_AFTER
-) -> Iterator[None]:
+) -> Iterator[Claim]:
     """Hold the run's claim (see `claim.claim_run`), or raise `DriverBusyError`.
 
     Parameters
@@ -136,8 +136,8 @@ def driver_claim(
         Age after which a claim with no heartbeat counts as abandoned.
     """
     try:
-        with claim_run(submit_path, what, wait=wait, stale_after=stale_after):
-            yield
+        with claim_run(submit_path, what, wait=wait, stale_after=stale_after) as claim:
+            yield claim
     except ClaimBusyError as exc:
         raise _busy(submit_path, exc) from None
 
@@ -172,15 +172,18 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     config = config if config is not None else load_config(submit_path)
     site = SiteConfig.from_config(config)
     stale_after = driver_stale_after(config)
-    with driver_claim(submit_path, kind, stale_after=stale_after):
+    with driver_claim(submit_path, kind, stale_after=stale_after) as claim:
         store = RunStore(db_path(submit_path))
         try:
             run_id = _check_meta(store, submit_path)
             other = driver_alive(submit_path, run_id)
             if other is not None and other.identity != (HOST, os.getpid(), process_start(os.getpid())):
                 raise _busy(submit_path, other)
+            # From here on, a process that takes the run over (judging this one gone) fences it out.
+            store.take_fence(claim.number)
+            fence = ClaimFence(submit_path, claim.number)
             store.keep_reserve(_reserve_size(store))
-            monitor = DriverMonitor(submit_path, run_id, store, stale_after=stale_after)
+            monitor = DriverMonitor(submit_path, run_id, store, stale_after=stale_after, fence=fence)
             monitor.start()
             # What the caller holds (the GenericWorkflow, the LSST stack) would
             # otherwise be scanned by every full garbage collection of the run.
@@ -192,6 +195,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
                     kind=kind,
                     progress_interval=progress_interval(config),
                     progress_by_label=get_bps_config_value(config, "parslProgressByLabel", bool, False),
+                    fence=fence,
                 )
                 monitor.attach(driver.request_stop)
                 outcome = driver.run()
@@ -326,12 +330,13 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
                 pass
         if not _wait_for_end(submit_path, record, timeout):
             return False, f"the driver ({record.describe()}) did not stop within {timeout:.0f} s; try again"
-    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT):
+    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT) as claim:
         other = driver_alive(submit_path, run_id)
         if other is not None:
             raise _busy(submit_path, other)
         store = RunStore(db_path(submit_path))
         try:
+            store.take_fence(claim.number)
             left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
             unfinished = [row for row in store.statuses() if row.state not in ENDED]
             for row in unfinished:

@@ -51,7 +51,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
+
 from .attemptlogs import log_paths
+from .claim import ClaimFence
 from .commands import fill_wms
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
@@ -68,7 +71,7 @@ from .retrypolicy import ExecutorChoiceError, RetryPolicy
 from .runner import NotStartedError
 from .running import forget_journals, kill_running_jobs, spawners_elsewhere
 from .site import SiteConfig
-from .state import RunStore, StateStoreError, StoreLostError
+from .state import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from .stopping import InFlight, StopSignals, record_stopped
 
 __all__ = ("Driver", "RunOutcome")
@@ -112,6 +115,9 @@ class Driver(LostAttemptHandling):
         Seconds between progress lines (0: none).
     progress_by_label : `bool`
         Follow each progress line with one line per label.
+    fence : `ClaimFence`, optional
+        The run's claim this driver holds: checked before every dispatch
+        (the store checks it at every commit, `RunStore.take_fence`).
     """
 
     def __init__(
@@ -121,8 +127,10 @@ class Driver(LostAttemptHandling):
         kind: str = "submit",
         progress_interval: float = 30.0,
         progress_by_label: bool = False,
+        fence: ClaimFence | None = None,
     ):
         self.store = store
+        self.fence = fence
         self.site = site
         self.kind = kind
         meta = store.meta()
@@ -235,7 +243,7 @@ class Driver(LostAttemptHandling):
         }
         self.in_flight_cap = in_flight_limit(self.site, self.dispatch.labels)
         outcome = RunOutcome()
-        store_failed = False
+        store_failed = taken_over = False
         try:
             for final in (False, True):
                 if self.stop_reason:
@@ -247,6 +255,11 @@ class Driver(LostAttemptHandling):
                     self._abort_to_final_phase()
             if self.stop_reason:
                 self._stop_everything()
+        except RunTakenOverError as exc:
+            taken_over = True
+            lost = self.fence is not None and not self.fence.holds()
+            self.stop_reason = self.fence.lost if lost and self.fence is not None else str(exc)
+            self._stop_own_attempts()
         except StateStoreError as exc:
             # The store cannot take more, or is no longer this run's: stop
             # every job and say why in one line.
@@ -265,10 +278,12 @@ class Driver(LostAttemptHandling):
         if self.stop_reason:
             outcome.cancelled = True
             outcome.reason = self.stop_reason
-        if self.abort is not None:
+        if self.abort is not None and not taken_over:
             outcome.cancelled = True
             outcome.abort_status, outcome.reason = self.abort
         outcome.counts = count_states(self.state)
+        if taken_over:
+            return outcome  # the run is another driver's now: nothing more is written
         if store_failed or self.store.disk_full or self.store.lost:
             ended = "error"
         else:
@@ -330,8 +345,14 @@ class Driver(LostAttemptHandling):
             if self.gate.acquire(i):
                 self._submit(i)
 
+    def _check_fence(self) -> None:
+        """Raise `RunTakenOverError` if another process took the run over."""
+        if self.fence is not None and not self.fence.holds():
+            raise RunTakenOverError(self.fence.lost)
+
     def _submit(self, i: int) -> None:
-        """Hand the next attempt of a job to Parsl."""
+        """Hand the next attempt of a job to Parsl (if this driver still holds the run)."""
+        self._check_fence()
         row = self.rows[i]
         tries = self.session_tries[i]
         attempt = self.attempt[i] + 1
@@ -490,6 +511,17 @@ class Driver(LostAttemptHandling):
         still runs on this host is then killed by its token, and an attempt
         whose future did not end is settled from its log.
         """
+        self._check_fence()  # a driver that lost the run kills only its own attempts
         self.dispatch.shutdown()
         kill_running_jobs(self.running_dir, self.run_id)
         record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
+
+    def _stop_own_attempts(self) -> None:
+        """The run was taken over: stop Parsl and kill this driver's own
+        attempts in flight (by their tokens; never the run's other
+        processes, which may be the new driver's), recording nothing.
+        """
+        tokens = [f"{self.run_id}/{i}/{flight.attempt}" for i, flight in self.in_flight.items()]
+        self.dispatch.shutdown()
+        if tokens:
+            kill_attempts(tokens)

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING
 from .state import DB_NAME, StoreLostError, out_of_space_message
 
 if TYPE_CHECKING:
+    from .claim import ClaimFence
     from .state import RunStore
 
 __all__ = (
@@ -375,6 +376,10 @@ class DriverMonitor:
     stale_after : `float`
         Silence of the heartbeat after which readers on other hosts may
         count this driver as gone (written into the heartbeat).
+    fence : `ClaimFence`, optional
+        The run's claim the driver holds: once another process took the
+        run over, no heartbeat is written any more and the driver is asked
+        to stop.
     """
 
     def __init__(
@@ -384,7 +389,9 @@ class DriverMonitor:
         store: RunStore,
         interval: float = HEARTBEAT_INTERVAL,
         stale_after: float = STALE_AFTER,
+        fence: ClaimFence | None = None,
     ):
+        self.fence = fence
         self.submit_path = submit_path
         self.run_id = run_id
         self.store = store
@@ -428,6 +435,11 @@ class DriverMonitor:
             _unlink(self._heartbeat)
 
     def _beat(self) -> None:
+        if self.fence is not None and not self.fence.holds():
+            # The heartbeat is the new holder's now: never overwrite it.
+            if self._request_stop is not None and self.fence.lost:
+                self._request_stop(self.fence.lost)
+            return
         record = DriverRecord(
             self.run_id,
             HOST,
