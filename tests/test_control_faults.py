@@ -459,3 +459,96 @@ def test_every_refused_restart_exits_non_zero(tmp_path, env, mount_tmpfs):
     text = refused.stdout + refused.stderr
     assert refused.returncode == 1 and "Restart failed:" in text and "damaged" in text, text
     assert "Traceback" not in text
+
+
+# ---- bps cancel of a stopped driver ends the run, in a bound (issue 20, items 1, 12) ----
+
+
+def start_in_own_group(tmp_path: Path, env: dict, spec: dict) -> tuple[subprocess.Popen, Path]:
+    """A driver in a process group of its own, as a job of an interactive shell (Ctrl-Z stops the group)."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    submit = tmp_path / "submit"
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "test_reliability.py"), str(submit), str(spec_path)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+    )
+    return proc, submit
+
+
+def test_cancel_of_a_stopped_driver_continues_it_and_the_run_ends(tmp_path, env):
+    """Control 16: ``bps cancel`` of a driver stopped as Ctrl-Z stops ``bps
+    submit`` (SIGSTOP to its process group) continues it (SIGCONT to the
+    group), the driver reads the request and stops its jobs: cancel
+    succeeds well within its bound (10 s to answer + 60 s to end), the
+    driver exits 1, no job process is left and the jobs are DELETED."""
+    log = tmp_path / "started"
+    spec = {"jobs": [{"name": f"s{i}", "script": f"echo s{i} >> {log}; sleep 120"} for i in range(2)]}
+    proc, submit = start_in_own_group(tmp_path, env, {**spec, "site": LOCAL2})
+    try:
+        wait_for(lambda: len(lines(log)) == 2, 60, "both jobs running", proc)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        result = bps(env, "cancel", "--id", str(submit), check=False, timeout=120)
+        took = time.monotonic() - started
+        text = result.stdout + result.stderr
+        assert result.returncode == 0 and "Successfully canceled" in text, text
+        assert took < 30, took
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "cancelled by 'bps cancel'" in out, out
+        assert not run_processes(run_id_of(submit))
+        assert {row[0] for row in statuses(submit).values()} == {D}
+        print(f"\ncancel of a stopped driver: {took:.1f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_cancel_of_a_driver_that_never_runs_again_escalates_to_sigkill_and_sweeps(tmp_path, env, monkeypatch):
+    """Control 16: a driver that stays stopped whatever it is sent (a thread
+    stops it again every 5 ms) is continued, then sent SIGTERM after
+    ``_ACK_TIMEOUT``, then SIGKILL ``_STOP_TIMEOUT`` later (2 s and 3 s
+    here, 10 s and 60 s by default); cancel then kills the run's jobs by
+    token and records them DELETED: the run ends within the bound."""
+    monkeypatch.setattr(control, "_ACK_TIMEOUT", 2.0)
+    monkeypatch.setattr(control, "_STOP_TIMEOUT", 3.0)
+    log = tmp_path / "started"
+    spec = {"jobs": [{"name": f"s{i}", "script": f"echo s{i} >> {log}; sleep 120"} for i in range(2)]}
+    proc, submit = start_in_own_group(tmp_path, env, {**spec, "site": LOCAL2})
+    done = threading.Event()
+
+    def keep_stopped():
+        while not done.is_set() and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                return
+            time.sleep(0.005)
+
+    stopper = threading.Thread(target=keep_stopped, daemon=True)
+    try:
+        wait_for(lambda: len(lines(log)) == 2, 60, "both jobs running", proc)
+        run_id = run_id_of(submit)
+        stopper.start()
+        started = time.monotonic()
+        ok, message = ParslService({}).cancel(str(submit))
+        took = time.monotonic() - started
+        assert ok, message
+        assert "SIGKILL" in message and "2 unfinished job(s) marked DELETED" in message, message
+        assert took < 2 + 3 + 15, took
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        assert not run_processes(run_id)
+        assert {row[0] for row in statuses(submit).values()} == {D}
+        print(f"\ncancel of a driver that never runs: {took:.1f} s: {message}")
+    finally:
+        done.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

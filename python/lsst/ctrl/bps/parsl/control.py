@@ -82,6 +82,9 @@ _RESERVE_MAX = 64 << 20
 _ACK_TIMEOUT = 10.0
 """Seconds a driver has to answer a cancel request before `cancel_run`
 considers it unresponsive."""
+_STOP_TIMEOUT = 60.0
+"""Seconds a driver on this host has to end after it answered a cancel
+request (or got SIGTERM) before `cancel_run` kills it (SIGKILL)."""
 _LOCK_WAIT = 10.0
 """Seconds `cancel_run` waits for the claim of a driver that just ended."""
 
@@ -296,13 +299,48 @@ def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: b
         time.sleep(0.1)
 
 
-def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
-    """Stop a run from any process: its driver stops and every job ends.
+def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
+    """Send ``sig`` to a driver on this host (proven by the caller) and
+    SIGCONT to its process group (a stopped driver, e.g. Ctrl-Z on ``bps
+    submit``, acts on nothing until continued); whether it still ran.
+    """
+    if process_start(pid) is None or (started is not None and process_start(pid) != started):
+        return False
+    try:
+        group = os.getpgid(pid)
+        if sig != signal.SIGCONT:
+            os.kill(pid, sig)
+        if group > 1 and group != os.getpgrp():
+            os.killpg(group, signal.SIGCONT)
+        else:
+            os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, str]:
+    """Stop a run from any process: its driver stops and every job ends,
+    within a bound.
 
     The driver is asked through a cancel request in the submit directory.
-    Only a driver on this host that does not answer within `_ACK_TIMEOUT`
-    seconds and is proven to be this run's driver (its process has this
-    run's database open) gets a SIGTERM.
+    A driver on this host proven to be this run's (its process has this
+    run's database open) is also continued (SIGCONT to its process group:
+    a stopped driver reads nothing); one that does not answer within
+    `_ACK_TIMEOUT` seconds gets SIGTERM, and one that has not ended
+    `_STOP_TIMEOUT` seconds later gets SIGKILL. A driver on another host
+    that does not answer is waited for until its heartbeat is stale (its
+    ``parslDriverStaleAfter``): the run is then taken over (fenced: if the
+    driver resumes it writes nothing and stops its own jobs). Then every
+    process of the run on this host is killed by its token and every
+    unfinished job is recorded DELETED.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    timeout : `float`, optional
+        Seconds a driver that answered has to end (default `_STOP_TIMEOUT`).
 
     Returns
     -------
@@ -314,23 +352,40 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
     """
     from .running import kill_running_jobs
 
+    stop_timeout = _STOP_TIMEOUT if timeout is None else timeout
     run_id = checked_run(submit_path)
     record = driver_alive(submit_path, run_id)
+    how = ""
+    stale_after = STALE_AFTER
     if record is not None:
+        stale_after = record.stale_after
         write_cancel_request(submit_path, record)
+        local = record.host == HOST and holds_store(record.pid, submit_path)
+        if local:
+            _signal_driver(record.pid, record.started, signal.SIGCONT)
         if not _wait_for_end(submit_path, record, _ACK_TIMEOUT, ack=True):
-            if record.host != HOST or not holds_store(record.pid, submit_path):
+            if local:
+                _signal_driver(record.pid, record.started, signal.SIGTERM)
+                how = f" (no answer within {_ACK_TIMEOUT:.0f} s: SIGTERM)"
+            elif record.host == HOST:
                 return False, (
                     f"the driver ({record.describe()}) did not answer the cancel request within "
-                    f"{_ACK_TIMEOUT:.0f} s; it stops when it reads the request: try again later"
+                    f"{_ACK_TIMEOUT:.0f} s and its process does not hold this run's database: not signalled; "
+                    "it stops when it reads the request: try again later"
                 )
-            try:
-                os.kill(record.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if not _wait_for_end(submit_path, record, timeout):
-            return False, f"the driver ({record.describe()}) did not stop within {timeout:.0f} s; try again"
-    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT) as claim:
+            else:
+                # Another host: no signal reaches it. Silent past its stale_after, the run is taken over.
+                stop_timeout = record.stale_after + 2 * record.interval + 2.0
+        if not _wait_for_end(submit_path, record, stop_timeout):
+            if not local:
+                return False, (
+                    f"the driver ({record.describe()}) did not stop within {stop_timeout:.0f} s and its "
+                    "heartbeat still moves; try again"
+                )
+            if _signal_driver(record.pid, record.started, signal.SIGKILL):
+                how = f" (not ended {stop_timeout:.0f} s after the cancel request: SIGKILL)"
+                _wait_for_end(submit_path, record, 5.0)
+    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT, stale_after=stale_after) as claim:
         other = driver_alive(submit_path, run_id)
         if other is not None:
             raise _busy(submit_path, other)
@@ -346,7 +401,7 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
             store.close()
     if record is None and not unfinished and not left:
         return False, "the run had already ended; nothing to cancel"
-    what = f"driver {record.describe()} stopped" if record else "no driver was running"
+    what = f"driver {record.describe()} stopped{how}" if record else "no driver was running"
     return True, f"{what}; {len(unfinished)} unfinished job(s) marked DELETED"
 
 
