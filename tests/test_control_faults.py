@@ -552,3 +552,109 @@ def test_cancel_of_a_driver_that_never_runs_again_escalates_to_sigkill_and_sweep
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# ---- submit directories are created atomically and exclusively (issue 20, item 6) ----
+
+_SUBMITTER = """
+import json, os, signal, sys, time
+sys.path.insert(0, sys.argv[4])
+from lsst.ctrl.bps.parsl import control, storeschema, workflow
+from lsst.ctrl.bps.parsl.state import StateStoreError
+from synthetic_driver import prepare_and_submit
+submit, k, at, kill_after = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[5]
+if kill_after:  # SIGKILL this process right after one step of creating the run
+    module, name = kill_after.split(":")
+    target = {"control": control, "workflow": workflow, "storeschema": storeschema, "os": os}[module]
+    real = getattr(target, name)
+    def step(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(target, name, step)
+spec = {"jobs": [{"name": f"j{i}", "script": f"echo {k} >> {submit}.log"} for i in range(2)]}
+while time.time() < at:
+    pass
+try:
+    prepare_and_submit(submit, spec, {"racer": k, "site": {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}}})
+except StateStoreError as exc:
+    print(f"refused: {exc}", flush=True)
+    sys.exit(1)
+"""
+
+
+def submitter(submit: Path, k: int, at: float, env: dict, kill_after: str = "") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _SUBMITTER, str(submit), str(k), str(at), str(HERE), kill_after],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def indexed(submit: Path) -> list[str]:
+    from lsst.ctrl.bps.parsl.runindex import list_runs
+
+    return [run_id for run_id, path in list_runs() if path == str(submit)]
+
+
+def test_two_submits_into_one_new_directory_at_once_one_runs(tmp_path, env):
+    """Control 17: six submits into one new submit directory at the same
+    instant: exactly one runs (its jobs, its configuration, its one entry
+    in the run index), every other exits 1 with one line saying the
+    directory already holds a run; none of theirs is left behind."""
+    submit = tmp_path / "submit"
+    at = time.time() + 6.0
+    procs = [submitter(submit, k, at, env) for k in range(6)]
+    outs = [proc.communicate(timeout=180)[0] for proc in procs]
+    winners = [k for k, proc in enumerate(procs) if proc.returncode == 0]
+    assert len(winners) == 1, outs
+    for k, (proc, out) in enumerate(zip(procs, outs, strict=True)):
+        if k in winners:
+            continue
+        assert proc.returncode == 1 and out.count("\n") <= 2, out  # "Run Id" is never printed
+        assert "already holds a run" in out and "Traceback" not in out, out
+    winner = winners[0]
+    assert lines(Path(f"{submit}.log")) == [str(winner)] * 2
+    assert f"racer: {winner}" in (submit / "parsl" / "bps_config.yaml").read_text()
+    assert indexed(submit) == [run_id_of(submit)]
+    assert not list(submit.glob("*.tmp")) and not list((submit / "parsl").glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "control:save_pending_config",
+        "workflow:add_run",
+        "storeschema:_write_new",
+        "os:link",
+        "control:install_config",
+    ],
+)
+def test_submit_killed_at_any_step_of_creating_its_directory_leaves_it_usable(tmp_path, env, step):
+    """Control 17: a submit SIGKILLed right after each step of creating
+    its run (configuration written, run indexed, store written, store
+    linked in place, configuration in place) leaves either no run, and a
+    new submit into the directory runs, or a complete run in the run index
+    that ``bps restart`` runs to its end; never a traceback."""
+    submit = tmp_path / "submit"
+    proc = submitter(submit, 1, 0, env, kill_after=step)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == -signal.SIGKILL, out
+    if (submit / "bps_parsl.sqlite3").exists():
+        assert indexed(submit) == [run_id_of(submit)]
+        result = bps(env, "restart", "--id", str(submit), check=False)
+        text = result.stdout + result.stderr
+        assert result.returncode == 0 and "Run Id:" in result.stdout, text
+        winner = "1"
+    else:
+        again = submitter(submit, 2, 0, env)
+        out = again.communicate(timeout=120)[0]
+        assert again.returncode == 0, out
+        assert indexed(submit) == [run_id_of(submit)]
+        winner = "2"
+    assert all(row[0] == S for row in statuses(submit).values())
+    assert lines(Path(f"{submit}.log")) == [winner] * 2
+    assert (submit / "parsl" / "bps_config.yaml").exists()
+    assert "Traceback" not in text if winner == "1" else True

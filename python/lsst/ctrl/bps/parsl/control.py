@@ -145,9 +145,70 @@ def driver_claim(
         raise _busy(submit_path, exc) from None
 
 
+CONFIG_NAME = "bps_config.yaml"
+"""The run's BPS configuration, in ``<submit>/parsl/``."""
+
+
+def _pending_config(submit_path: str, run_id: str) -> str:
+    return os.path.join(submit_path, "parsl", f"{CONFIG_NAME}.{run_id}.tmp")
+
+
+def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str:
+    """Write the configuration of a run being created under a name of its
+    own (mode 0600); `install_config` puts it in place once the run's store
+    exists. Returns its path.
+    """
+    from .files import open_private, private_dir
+
+    private_dir(os.path.join(submit_path, "parsl"))
+    path = _pending_config(submit_path, run_id)
+    with os.fdopen(open_private(path), "w") as stream:
+        config.dump(stream)
+    return path
+
+
+def install_config(submit_path: str, run_id: str) -> None:
+    """Put the configuration of run ``run_id`` (which holds the submit
+    directory's store) in place, and remove what submits that lost the
+    directory to it, or were killed before their store existed, left.
+    """
+    from .runindex import remove_run
+
+    parsl_dir = os.path.join(submit_path, "parsl")
+    os.replace(_pending_config(submit_path, run_id), os.path.join(parsl_dir, CONFIG_NAME))
+    for name in os.listdir(parsl_dir):
+        if name.startswith(f"{CONFIG_NAME}.") and name.endswith(".tmp"):
+            # Its run was indexed before its store was to be linked: it never was.
+            remove_run(name[len(CONFIG_NAME) + 1 : -4], submit_path)
+            try:
+                os.unlink(os.path.join(parsl_dir, name))
+            except OSError:
+                pass
+
+
 def load_config(submit_path: str) -> BpsConfig:
-    """The BPS configuration saved at prepare time."""
-    return BpsConfig(os.path.join(submit_path, "parsl", "bps_config.yaml"))
+    """The BPS configuration saved at prepare time (put in place first if
+    the submit that created the run was killed before it did).
+
+    Raises
+    ------
+    StateStoreError
+        If the run has no configuration.
+    """
+    path = os.path.join(submit_path, "parsl", CONFIG_NAME)
+    if not os.path.exists(path):
+        store = RunStore(db_path(submit_path), readonly=True)
+        try:
+            run_id = store.meta().get("run_id")
+        finally:
+            store.close()
+        if isinstance(run_id, str) and os.path.exists(_pending_config(submit_path, run_id)):
+            install_config(submit_path, run_id)
+        else:
+            raise StateStoreError(
+                f"{path}: the run's configuration is missing: restore it, or submit the run again"
+            )
+    return BpsConfig(path)
 
 
 def _reserve_size(store: RunStore) -> int:

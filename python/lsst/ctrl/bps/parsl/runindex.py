@@ -41,7 +41,7 @@ from pathlib import Path
 from .files import write_private
 from .state import DB_NAME, StateStoreError
 
-__all__ = ("INDEX_SUBDIR", "add_run", "index_dir", "list_runs", "resolve_run")
+__all__ = ("INDEX_SUBDIR", "add_run", "index_dir", "list_runs", "remove_run", "resolve_run")
 
 INDEX_SUBDIR = os.path.join(".local", "state", "lsst-ctrl-bps-parsl", "runs")
 """The index under a home directory, where ``XDG_STATE_HOME`` is not set."""
@@ -61,6 +61,16 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
     try:
         write_private(str(index_dir() / f"{run_id}.json"), json.dumps(record))
     except OSError:
+        pass
+
+
+def remove_run(run_id: str, submit_path: str) -> None:
+    """Forget a run of ``submit_path`` that was never created (best effort)."""
+    record = index_dir() / f"{run_id}.json"
+    try:
+        if json.loads(record.read_text()).get("submit_path") == submit_path:
+            os.unlink(record)
+    except (OSError, ValueError, AttributeError):
         pass
 
 

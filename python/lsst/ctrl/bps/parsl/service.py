@@ -39,9 +39,9 @@ from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, get_bps_config_value
 from .control import RunFailedError, driver_stale_after, progress_interval
-from .files import open_private, private_dir, safe_component
+from .files import open_private, safe_component
 from .oneline import one_line
-from .runindex import add_run, list_runs, resolve_run
+from .runindex import list_runs, resolve_run
 from .site import SiteConfig
 from .state import StateStoreError
 from .submitchecks import check_executables, check_submit_path
@@ -72,6 +72,21 @@ def _fail_bps_command(message: str | None, exit_status: int = 1) -> bool:
 
     context.call_on_close(exit_with_failure)
     return True
+
+
+def _refuse_bps_command(exc: Exception) -> None:
+    """Under ctrl_bps's ``bps`` command line, print ``exc`` as its one line
+    and end the command with exit status 1 (no traceback); otherwise return.
+    """
+    try:
+        import click
+    except ImportError:
+        return
+    context = click.get_current_context(silent=True)
+    if context is None or not type(context.find_root().command).__module__.startswith("lsst.ctrl.bps."):
+        return
+    print(one_line(exc), file=sys.stderr, flush=True)
+    raise click.exceptions.Exit(1) from None
 
 
 class ParslService(BaseWmsService):
@@ -130,6 +145,15 @@ class ParslService(BaseWmsService):
         workflow : `ParslWorkflow`
             The prepared workflow; its state is in ``out_prefix``.
         """
+        try:
+            return self._prepare(config, generic_workflow, out_prefix)
+        except (ConfigurationError, StateStoreError) as exc:
+            _refuse_bps_command(exc)
+            raise
+
+    def _prepare(
+        self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None
+    ) -> ParslWorkflow:
         if out_prefix is None:
             raise ConfigurationError("prepare needs the submit directory (out_prefix)")
         check_executables(config, generic_workflow)
@@ -143,25 +167,20 @@ class ParslService(BaseWmsService):
         workflow = ParslWorkflow.from_generic_workflow(
             config, generic_workflow, out_prefix, f"{type(self).__module__}.{type(self).__name__}"
         )
-        saved = os.path.join(workflow.submit_path, "parsl", "bps_config.yaml")
+        # `bps restart` reads this file after a restart; `bps submit` writes
+        # it (with the umask's mode: tightened here), other callers of
+        # prepare may not have.
+        bps_copy = os.path.join(workflow.submit_path, f"{safe_component(workflow.name)}_config.yaml")
         try:
-            # The configuration holds the jobs' environment values: private.
-            private_dir(os.path.dirname(saved))
-            _save_config(config, saved)
-            # `bps restart` reads this file after a restart; `bps submit`
-            # writes it (with the umask's mode: tightened here), other
-            # callers of prepare may not have.
-            bps_copy = os.path.join(workflow.submit_path, f"{safe_component(workflow.name)}_config.yaml")
             if os.path.exists(bps_copy):
                 os.chmod(bps_copy, 0o600)
             else:
                 _save_config(config, bps_copy)
         except OSError as exc:
             raise StateStoreError(
-                f"{saved}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
+                f"{bps_copy}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
                 f"permissions in {workflow.submit_path}, then submit again (no job ran)"
             ) from None
-        add_run(workflow.run_id, workflow.submit_path, workflow.name)
         return workflow
 
     def submit(self, workflow: ParslWorkflow, **kwargs: Any) -> ParslWorkflow:
@@ -231,6 +250,11 @@ class ParslService(BaseWmsService):
                     "'bps cancel' it first"
                 )
             config = load_config(submit_path)
+            # ctrl_bps reads this copy after a restart; a submit killed while it created the run may not
+            # have written it.
+            bps_copy = os.path.join(submit_path, f"{safe_component(workflow.name)}_config.yaml")
+            if not os.path.exists(bps_copy):
+                _save_config(config, bps_copy)
             if _detach(config):
                 pid = start_detached(submit_path, "restart")
                 return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"

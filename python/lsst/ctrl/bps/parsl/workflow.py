@@ -43,7 +43,7 @@ import os
 import secrets
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any
 
@@ -62,7 +62,8 @@ from .files import safe_component
 from .flatten import Flattener
 from .jobattrs import check_job_attributes
 from .jobrows import TAGS_JSON, PerValueCache, SubdirCache, Templates, file_lookup, retry_unless_exit
-from .state import FORMAT_VERSION, JobKind, RunStore, db_path
+from .runindex import add_run, remove_run
+from .state import FORMAT_VERSION, JobKind, RunStore, StateStoreError, db_path
 
 __all__ = ("ParslWorkflow",)
 
@@ -293,7 +294,13 @@ class ParslWorkflow(BaseWmsWorkflow):
         meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)
         meta.update(batch.lazy_group_ids(generic_workflow, lambda name: new_id[flat.index(name)]))
         os.makedirs(submit_path, exist_ok=True)
-        RunStore.create(db_path(submit_path), meta, envs, rows, edges).close()
+        _create_run(
+            config,
+            submit_path,
+            run_id,
+            generic_workflow.name,
+            lambda: RunStore.create(db_path(submit_path), meta, envs, rows, edges).close(),
+        )
         return cls(generic_workflow.name, config, submit_path, run_id)
 
     def add_to_parent_workflow(self, config: BpsConfig) -> None:
@@ -330,6 +337,41 @@ class ParslWorkflow(BaseWmsWorkflow):
 
     def write(self, out_prefix: str) -> None:
         """Nothing to do: `from_generic_workflow` already saved everything."""
+
+
+def _create_run(
+    config: BpsConfig, submit_path: str, run_id: str, name: str, create_store: Callable[[], None]
+) -> None:
+    """Create a run in ``submit_path`` so that a process killed at any point
+    leaves either no run (a new submit may use the directory) or a complete
+    one (``bps restart`` runs it), listed in the run index.
+
+    The configuration is written under a name of the run's own, the run is
+    indexed, then the store is linked into place (exclusively: of two
+    submits into one directory at once one wins, the other gets one line);
+    only then does the configuration take its place (`control.load_config`
+    does that for a run whose submit was killed just before).
+    """
+    from .control import install_config, save_pending_config
+
+    try:
+        pending = save_pending_config(config, submit_path, run_id)
+    except OSError as exc:
+        raise StateStoreError(
+            f"{submit_path}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
+            f"permissions in {submit_path}, then submit again (no job ran)"
+        ) from None
+    add_run(run_id, submit_path, name)
+    try:
+        create_store()
+    except BaseException:
+        remove_run(run_id, submit_path)
+        try:
+            os.unlink(pending)
+        except OSError:
+            pass
+        raise
+    install_config(submit_path, run_id)
 
 
 def _checked_rows(site: Any, rows: Iterator[tuple]) -> Iterator[tuple]:
