@@ -658,3 +658,84 @@ def test_submit_killed_at_any_step_of_creating_its_directory_leaves_it_usable(tm
     assert lines(Path(f"{submit}.log")) == [winner] * 2
     assert (submit / "parsl" / "bps_config.yaml").exists()
     assert "Traceback" not in text if winner == "1" else True
+
+
+# ---- a stuck Parsl cannot keep a run from ending (issue 20, item 12) ----------------
+
+_BOUNDED_DRIVER = """
+import json, sys
+from lsst.ctrl.bps.parsl import dispatch, stopping
+dispatch.SHUTDOWN_TIMEOUT = 2.0
+stopping.STOP_BOUND = 3.0
+from synthetic_driver import prepare_and_submit
+prepare_and_submit(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]))
+"""
+
+
+def bounded_driver(tmp_path: Path, env: dict, jobs: list[dict], site: str) -> tuple[subprocess.Popen, Path]:
+    submit = tmp_path / "submit"
+    extra = {"site": {"local": {"class": f"stuck_site.{site}", "cores": 2}}}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BOUNDED_DRIVER, str(submit), json.dumps({"jobs": jobs}), json.dumps(extra)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+    )
+    return proc, submit
+
+
+def test_a_parsl_shutdown_that_never_ends_is_given_up_in_a_bound(tmp_path, env):
+    """Control 18: an executor whose shutdown never returns (as an HTEX
+    waiting for a dead interchange): the driver waits
+    ``dispatch.SHUTDOWN_TIMEOUT`` (2 s here, 60 s by default), says so, and
+    ends the run as usual (its job recorded, exit 0)."""
+    proc, submit = bounded_driver(tmp_path, env, [{"name": "a", "script": "true"}], "StuckShutdownSite")
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "Parsl's shutdown did not end within 2 s" in out and "Traceback" not in out, out
+    assert {row[0] for row in statuses(submit).values()} == {S}
+
+
+def test_a_driver_stuck_in_an_executor_ends_within_its_bound_after_sigterm(tmp_path, env):
+    """Control 18: the driver's loop stuck for ever in a call into its
+    executor (as in HTEX's ``connected_managers`` with a dead interchange)
+    ignores nothing: SIGTERM arms the stop watchdog, which, after
+    ``stopping.STOP_BOUND`` (3 s here, 180 s by default), kills the run's
+    jobs by token, prints one line and exits 1; ``bps restart`` then runs
+    the job again."""
+    flag, log = tmp_path / "stuck", tmp_path / "started"
+    env = dict(env, BPS_PARSL_TEST_STUCK=str(flag))
+    jobs = [{"name": "slow", "script": f"echo go >> {log}; [ -e {flag}.done ] || exec sleep 120"}]
+    proc, submit = bounded_driver(tmp_path, env, jobs, "StuckLoopSite")
+    try:
+        wait_for(lambda: lines(log), 60, "the job running", proc)
+        run_id = run_id_of(submit)
+        flag.touch()
+        time.sleep(1.5)  # the loop is stuck now
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, out
+    stuck = [line for line in out.splitlines() if "did not end within 3 s" in line]
+    assert len(stuck) == 1 and "received SIGTERM" in stuck[0] and "bps restart" in stuck[0], out
+    assert took < 3 + 15, took
+    assert not run_processes(run_id)
+    Path(f"{flag}.done").touch()
+    flag.unlink()
+    result = bps(env, "restart", "--id", str(submit), check=False)
+    assert result.returncode == 0 and "Run Id:" in result.stdout, result.stdout + result.stderr
+    assert {row[0] for row in statuses(submit).values()} == {S}
+    print(f"\nstuck driver ended {took:.1f} s after SIGTERM: {stuck[0]}")

@@ -262,7 +262,10 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
                     fence=fence,
                 )
                 monitor.attach(driver.request_stop)
-                outcome = driver.run()
+                try:
+                    outcome = driver.run()
+                finally:
+                    driver.watchdog.ended()
             finally:
                 gc.unfreeze()
                 monitor.stop()

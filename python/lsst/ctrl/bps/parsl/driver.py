@@ -72,7 +72,7 @@ from .runner import NotStartedError
 from .running import forget_journals, kill_running_jobs, spawners_elsewhere
 from .site import SiteConfig
 from .state import RunStore, RunTakenOverError, StateStoreError, StoreLostError
-from .stopping import InFlight, StopSignals, record_stopped
+from .stopping import InFlight, StopSignals, StopWatchdog, record_stopped
 
 __all__ = ("Driver", "RunOutcome")
 
@@ -156,6 +156,7 @@ class Driver(LostAttemptHandling):
         self.page = PageWriter(self.submit_path)
         self.progress = ProgressLines(self.run_id, progress_interval, progress_by_label)
         self.signals = StopSignals(self.request_stop)
+        self.watchdog = StopWatchdog(self.run_id, self.submit_path)
 
     def _build_tables(self) -> None:
         """Build the walk and the per-job tables over all of ``self.rows``,
@@ -283,6 +284,7 @@ class Driver(LostAttemptHandling):
             outcome.abort_status, outcome.reason = self.abort
         outcome.counts = count_states(self.state)
         if taken_over:
+            self.watchdog.ended()
             return outcome  # the run is another driver's now: nothing more is written
         if store_failed or self.store.disk_full or self.store.lost:
             ended = "error"
@@ -294,6 +296,7 @@ class Driver(LostAttemptHandling):
         except StateStoreError as exc:
             outcome.cancelled = True
             outcome.reason = outcome.reason or str(exc)
+        self.watchdog.ended()
         self.progress.print(self.rows, self.state, force=True)
         self.page.update(final=True)
         return outcome
@@ -344,6 +347,11 @@ class Driver(LostAttemptHandling):
                 continue
             if self.gate.acquire(i):
                 self._submit(i)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop; the driver then ends within `stopping.STOP_BOUND` seconds."""
+        super().request_stop(reason)
+        self.watchdog.arm(reason)
 
     def _check_fence(self) -> None:
         """Raise `RunTakenOverError` if another process took the run over."""
@@ -450,7 +458,8 @@ class Driver(LostAttemptHandling):
             f"was aborted with status {status}; jobs not ended were stopped and recorded DELETED"
         )
         self.abort = (status, reason)
-        self.request_stop(reason)
+        if not self.stop_reason:
+            self.stop_reason = reason  # not request_stop: the final job still runs, unbounded
 
     def _abort_to_final_phase(self) -> None:
         """After an abort in the main phase, stop every job and run the final
