@@ -166,16 +166,21 @@ def test_cancel_running_workflow(local_slurm, tmp_path, venv_path):
     assert SUCCEEDED not in states and DELETED in states, states
 
 
-def test_blocks_the_scheduler_refuses_end_the_run_in_a_bound(local_slurm, tmp_path, venv_path):
+@pytest.mark.parametrize("site_class", ["Slurm", "Ccin2p3"])
+def test_blocks_the_scheduler_refuses_end_the_run_in_a_bound(local_slurm, tmp_path, venv_path, site_class):
     """Issue 20, item 12: a site whose every block ``sbatch`` refuses (an
     invalid partition) gives up after 3 refusals in a row (Parsl would try
     again at every scaling tick, for ever): the run ends within a bound with
     one line naming the site, the provider and Slurm's own error; every job
-    is recorded DELETED and no Slurm job is left."""
+    is recorded DELETED and no Slurm job is left. Ccin2p3 (whose partitions
+    ``lsst,htc`` this Slurm does not have) never gives up on blocks that
+    failed, but does on blocks the scheduler refuses."""
     from lsst.ctrl.bps.parsl import ParslService
     from lsst.ctrl.bps.parsl.service import RunFailedError
 
     site = dict(slurm_site(local_slurm), partition="nosuchpartition")
+    if site_class == "Ccin2p3":
+        site = {"class": "lsst.ctrl.bps.parsl.sites.ccin2p3.Ccin2p3", "address": "127.0.0.1"}
     config = make_config(computeSite="slurm", site={"slurm": site})
     submit = tmp_path / "submit"
     service = ParslService(config)

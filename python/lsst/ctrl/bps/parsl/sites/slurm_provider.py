@@ -62,6 +62,7 @@ __all__ = (
     "SLURM_STATES",
     "BlockSubmitError",
     "SlurmProvider",
+    "give_up_if_blocks_refused",
     "tolerate_lost_blocks",
 )
 
@@ -321,6 +322,14 @@ def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobS
         if s.state != JobState.FAILED and executor.blocks_to_job_id.get(block) not in lost
     }
     simple_error_handler(executor, kept)
+
+
+def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Block error handler of an executor that never gives up on failed
+    blocks (e.g. Ccin2p3's), except when the scheduler refuses every block
+    it submits (`tolerate_lost_blocks`, first paragraph).
+    """
+    _refused_blocks(executor, status)
 
 
 def _refused_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> bool:
