@@ -418,3 +418,328 @@ def test_heartbeat_thread_does_not_outlive_the_run(tmp_path):
     assert not [t for t in threading.enumerate() if t.name == "bps-parsl-monitor"]
     assert not (tmp_path / "submit" / "parsl" / "driver.heartbeat").exists()
     assert not (tmp_path / "submit" / "parsl" / "cancel.request").exists()
+
+
+# ---- every refusal exits non-zero (issue 20, item 8) ----------------------------
+
+
+def test_every_refused_restart_exits_non_zero(tmp_path, env, mount_tmpfs):
+    """Control 13: ``bps restart`` refused because the driver is alive, the
+    submit directory is read-only or the store is damaged prints ctrl_bps's
+    one ``Restart failed: ...`` line and exits 1, never 0 and never a
+    traceback."""
+    # Driver alive.
+    proc, submit = start(tmp_path, env, {"jobs": [{"name": "slow", "script": "sleep 60"}], "site": LOCAL2})
+    try:
+        wait_for(lambda: driver_alive(str(submit)), 60, "the driver", proc)
+        refused = bps(env, "restart", "--id", str(submit), check=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Restart failed:" in text and "still running" in text, text
+    assert "Traceback" not in text
+    # Read-only submit directory (a read-only file system: root ignores modes).
+    disk = mount_tmpfs("ro", "size=64m")
+    spec = {"jobs": [{"name": "bad", "script": "exit 3"}], "site": LOCAL2}
+    proc, finished = start(tmp_path, env, spec, submit=disk / "submit")  # no file left open here
+    proc.communicate(timeout=120)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    refused = bps(env, "restart", "--id", str(finished), check=False)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Restart failed:" in text and str(finished) in text, text
+    assert "Traceback" not in text
+    # Damaged store.
+    damaged = tmp_path / "damaged"
+    run(workflow([job("bad", "exit 3")]), damaged, make_config(site={"local": LOCAL2}), expect_fail=True)
+    path = Path(db_path(str(damaged)))
+    data = bytearray(path.read_bytes())
+    data[4096 : 4096 + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    refused = bps(env, "restart", "--id", str(damaged), check=False)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Restart failed:" in text and "damaged" in text, text
+    assert "Traceback" not in text
+
+
+# ---- bps cancel of a stopped driver ends the run, in a bound (issue 20, items 1, 12) ----
+
+
+def start_in_own_group(tmp_path: Path, env: dict, spec: dict) -> tuple[subprocess.Popen, Path]:
+    """A driver in a process group of its own, as a job of an interactive shell (Ctrl-Z stops the group)."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    submit = tmp_path / "submit"
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "test_reliability.py"), str(submit), str(spec_path)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+    )
+    return proc, submit
+
+
+def test_cancel_of_a_stopped_driver_continues_it_and_the_run_ends(tmp_path, env):
+    """Control 16: ``bps cancel`` of a driver stopped as Ctrl-Z stops ``bps
+    submit`` (SIGSTOP to its process group) continues it (SIGCONT to the
+    group), the driver reads the request and stops its jobs: cancel
+    succeeds well within its bound (10 s to answer + 60 s to end), the
+    driver exits 1, no job process is left and the jobs are DELETED."""
+    log = tmp_path / "started"
+    spec = {"jobs": [{"name": f"s{i}", "script": f"echo s{i} >> {log}; sleep 120"} for i in range(2)]}
+    proc, submit = start_in_own_group(tmp_path, env, {**spec, "site": LOCAL2})
+    try:
+        wait_for(lambda: len(lines(log)) == 2, 60, "both jobs running", proc)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        result = bps(env, "cancel", "--id", str(submit), check=False, timeout=120)
+        took = time.monotonic() - started
+        text = result.stdout + result.stderr
+        assert result.returncode == 0 and "Successfully canceled" in text, text
+        assert took < 30, took
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "cancelled by 'bps cancel'" in out, out
+        assert not run_processes(run_id_of(submit))
+        assert {row[0] for row in statuses(submit).values()} == {D}
+        print(f"\ncancel of a stopped driver: {took:.1f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_cancel_of_a_driver_that_never_runs_again_escalates_to_sigkill_and_sweeps(tmp_path, env, monkeypatch):
+    """Control 16: a driver that stays stopped whatever it is sent (a thread
+    stops it again every 5 ms) is continued, then sent SIGTERM after
+    ``_ACK_TIMEOUT``, then SIGKILL ``_STOP_TIMEOUT`` later (2 s and 3 s
+    here, 10 s and 60 s by default); cancel then kills the run's jobs by
+    token and records them DELETED: the run ends within the bound."""
+    monkeypatch.setattr(control, "_ACK_TIMEOUT", 2.0)
+    monkeypatch.setattr(control, "_STOP_TIMEOUT", 3.0)
+    log = tmp_path / "started"
+    spec = {"jobs": [{"name": f"s{i}", "script": f"echo s{i} >> {log}; sleep 120"} for i in range(2)]}
+    proc, submit = start_in_own_group(tmp_path, env, {**spec, "site": LOCAL2})
+    done = threading.Event()
+
+    def keep_stopped():
+        while not done.is_set() and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                return
+            time.sleep(0.005)
+
+    stopper = threading.Thread(target=keep_stopped, daemon=True)
+    try:
+        wait_for(lambda: len(lines(log)) == 2, 60, "both jobs running", proc)
+        run_id = run_id_of(submit)
+        stopper.start()
+        started = time.monotonic()
+        ok, message = ParslService({}).cancel(str(submit))
+        took = time.monotonic() - started
+        assert ok, message
+        assert "SIGKILL" in message and "2 unfinished job(s) marked DELETED" in message, message
+        assert took < 2 + 3 + 15, took
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        assert not run_processes(run_id)
+        assert {row[0] for row in statuses(submit).values()} == {D}
+        print(f"\ncancel of a driver that never runs: {took:.1f} s: {message}")
+    finally:
+        done.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ---- submit directories are created atomically and exclusively (issue 20, item 6) ----
+
+_SUBMITTER = """
+import json, os, signal, sys, time
+sys.path.insert(0, sys.argv[4])
+from lsst.ctrl.bps.parsl import workflow
+from lsst.ctrl.bps.parsl.run import session as control
+from lsst.ctrl.bps.parsl.store import schema as storeschema
+from lsst.ctrl.bps.parsl.store.runstore import StateStoreError
+from synthetic_driver import prepare_and_submit
+submit, k, at, kill_after = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[5]
+if kill_after:  # SIGKILL this process right after one step of creating the run
+    module, name = kill_after.split(":")
+    target = {"control": control, "workflow": workflow, "storeschema": storeschema, "os": os}[module]
+    real = getattr(target, name)
+    def step(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(target, name, step)
+spec = {"jobs": [{"name": f"j{i}", "script": f"echo {k} >> {submit}.log"} for i in range(2)]}
+while time.time() < at:
+    pass
+try:
+    prepare_and_submit(submit, spec, {"racer": k, "site": {"local": {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 2}}})
+except StateStoreError as exc:
+    print(f"refused: {exc}", flush=True)
+    sys.exit(1)
+"""
+
+
+def submitter(submit: Path, k: int, at: float, env: dict, kill_after: str = "") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _SUBMITTER, str(submit), str(k), str(at), str(HERE), kill_after],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def indexed(submit: Path) -> list[str]:
+    from lsst.ctrl.bps.parsl.store.runindex import list_runs
+
+    return [run_id for run_id, path in list_runs() if path == str(submit)]
+
+
+def test_two_submits_into_one_new_directory_at_once_one_runs(tmp_path, env):
+    """Control 17: six submits into one new submit directory at the same
+    instant: exactly one runs (its jobs, its configuration, its one entry
+    in the run index), every other exits 1 with one line saying the
+    directory already holds a run; none of theirs is left behind."""
+    submit = tmp_path / "submit"
+    at = time.time() + 6.0
+    procs = [submitter(submit, k, at, env) for k in range(6)]
+    outs = [proc.communicate(timeout=180)[0] for proc in procs]
+    winners = [k for k, proc in enumerate(procs) if proc.returncode == 0]
+    assert len(winners) == 1, outs
+    for k, (proc, out) in enumerate(zip(procs, outs, strict=True)):
+        if k in winners:
+            continue
+        assert proc.returncode == 1 and out.count("\n") <= 2, out  # "Run Id" is never printed
+        assert "already holds a run" in out and "Traceback" not in out, out
+    winner = winners[0]
+    assert lines(Path(f"{submit}.log")) == [str(winner)] * 2
+    assert f"racer: {winner}" in (submit / "parsl" / "bps_config.yaml").read_text()
+    assert indexed(submit) == [run_id_of(submit)]
+    assert not list(submit.glob("*.tmp")) and not list((submit / "parsl").glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "control:save_pending_config",
+        "workflow:add_run",
+        "storeschema:_write_new",
+        "os:link",
+        "control:install_config",
+    ],
+)
+def test_submit_killed_at_any_step_of_creating_its_directory_leaves_it_usable(tmp_path, env, step):
+    """Control 17: a submit SIGKILLed right after each step of creating
+    its run (configuration written, run indexed, store written, store
+    linked in place, configuration in place) leaves either no run, and a
+    new submit into the directory runs, or a complete run in the run index
+    that ``bps restart`` runs to its end; never a traceback."""
+    submit = tmp_path / "submit"
+    proc = submitter(submit, 1, 0, env, kill_after=step)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == -signal.SIGKILL, out
+    if (submit / "bps_parsl.sqlite3").exists():
+        assert indexed(submit) == [run_id_of(submit)]
+        result = bps(env, "restart", "--id", str(submit), check=False)
+        text = result.stdout + result.stderr
+        assert result.returncode == 0 and "Run Id:" in result.stdout, text
+        winner = "1"
+    else:
+        again = submitter(submit, 2, 0, env)
+        out = again.communicate(timeout=120)[0]
+        assert again.returncode == 0, out
+        assert indexed(submit) == [run_id_of(submit)]
+        winner = "2"
+    assert all(row[0] == S for row in statuses(submit).values())
+    assert lines(Path(f"{submit}.log")) == [winner] * 2
+    assert (submit / "parsl" / "bps_config.yaml").exists()
+    assert "Traceback" not in text if winner == "1" else True
+
+
+# ---- a stuck Parsl cannot keep a run from ending (issue 20, item 12) ----------------
+
+_BOUNDED_DRIVER = """
+import json, sys
+from lsst.ctrl.bps.parsl.run import dispatch
+from lsst.ctrl.bps.parsl.run import stopping
+dispatch.SHUTDOWN_TIMEOUT = 2.0
+stopping.STOP_BOUND = 3.0
+from synthetic_driver import prepare_and_submit
+prepare_and_submit(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]))
+"""
+
+
+def bounded_driver(tmp_path: Path, env: dict, jobs: list[dict], site: str) -> tuple[subprocess.Popen, Path]:
+    submit = tmp_path / "submit"
+    extra = {"site": {"local": {"class": f"stuck_site.{site}", "cores": 2}}}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BOUNDED_DRIVER, str(submit), json.dumps({"jobs": jobs}), json.dumps(extra)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+    )
+    return proc, submit
+
+
+def test_a_parsl_shutdown_that_never_ends_is_given_up_in_a_bound(tmp_path, env):
+    """Control 18: an executor whose shutdown never returns (as an HTEX
+    waiting for a dead interchange): the driver waits
+    ``dispatch.SHUTDOWN_TIMEOUT`` (2 s here, 60 s by default), says so, and
+    ends the run as usual (its job recorded, exit 0)."""
+    proc, submit = bounded_driver(tmp_path, env, [{"name": "a", "script": "true"}], "StuckShutdownSite")
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "Parsl's shutdown did not end within 2 s" in out and "Traceback" not in out, out
+    assert {row[0] for row in statuses(submit).values()} == {S}
+
+
+def test_a_driver_stuck_in_an_executor_ends_within_its_bound_after_sigterm(tmp_path, env):
+    """Control 18: the driver's loop stuck for ever in a call into its
+    executor (as in HTEX's ``connected_managers`` with a dead interchange)
+    ignores nothing: SIGTERM arms the stop watchdog, which, after
+    ``stopping.STOP_BOUND`` (3 s here, 180 s by default), kills the run's
+    jobs by token, prints one line and exits 1; ``bps restart`` then runs
+    the job again."""
+    flag, log = tmp_path / "stuck", tmp_path / "started"
+    env = dict(env, BPS_PARSL_TEST_STUCK=str(flag))
+    jobs = [{"name": "slow", "script": f"echo go >> {log}; [ -e {flag}.done ] || exec sleep 120"}]
+    proc, submit = bounded_driver(tmp_path, env, jobs, "StuckLoopSite")
+    try:
+        wait_for(lambda: lines(log), 60, "the job running", proc)
+        run_id = run_id_of(submit)
+        flag.touch()
+        time.sleep(1.5)  # the loop is stuck now
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, out
+    stuck = [line for line in out.splitlines() if "did not end within 3 s" in line]
+    assert len(stuck) == 1 and "received SIGTERM" in stuck[0] and "bps restart" in stuck[0], out
+    assert took < 3 + 15, took
+    assert not run_processes(run_id)
+    Path(f"{flag}.done").touch()
+    flag.unlink()
+    result = bps(env, "restart", "--id", str(submit), check=False)
+    assert result.returncode == 0 and "Run Id:" in result.stdout, result.stdout + result.stderr
+    assert {row[0] for row in statuses(submit).values()} == {S}
+    print(f"\nstuck driver ended {took:.1f} s after SIGTERM: {stuck[0]}")

@@ -604,3 +604,118 @@ def _pids_of_run(run_id: str) -> list[int]:
             if needle in text:
                 found.append(int(entry))
     return found
+
+
+# ---- one driver per run, fenced (issue 20, item 1) ------------------------------------
+
+
+def store_rows(submit: Path) -> str:
+    store = RunStore(db_path(str(submit)), readonly=True)
+    try:
+        return repr((store.statuses(), store.attempts(), store.sessions()))
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not CAN_UNSHARE, reason="needs root and unshare for a second hostname")
+def test_a_frozen_driver_that_resumes_after_a_takeover_dispatches_and_records_nothing(tmp_path, monkeypatch):
+    """A driver on login1 runs a chain a -> b -> c -> d; it is frozen
+    (SIGSTOP of the driver process alone, as a hung NFS client or a paused
+    thread would be) while ``a`` runs. ``a`` ends meanwhile; once the
+    driver's heartbeat is stale (``parslDriverStaleAfter: 3``) ``bps
+    restart`` from login2 takes the run over and runs b, c, d. Then the
+    frozen driver resumes (SIGCONT): it notices the takeover before it
+    dispatches ``b`` or records anything (the store's rows are unchanged),
+    writes no heartbeat, and exits 1 with one line saying the run was taken
+    over. Every job ran exactly once."""
+    env = cli_environment(tmp_path, monkeypatch)
+    log = tmp_path / "started"
+    names = ["a", "b", "c", "d"]
+    jobs = [{"name": n, "script": f'echo "$(hostname) {n}" >> {log}; sleep 2'} for n in names]
+    edges = list(zip(names, names[1:], strict=False))
+    extra = {"site": {"local": LOCAL2}, "parslProgressInterval": 0, "parslDriverStaleAfter": 3.0}
+    submit = tmp_path / "submit"
+    proc = subprocess.Popen(
+        on_host(
+            "login1",
+            [
+                sys.executable,
+                "-c",
+                _DRIVER,
+                str(submit),
+                json.dumps({"jobs": jobs, "edges": edges}),
+                json.dumps(extra),
+            ],
+        ),
+        env=env,
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: lines(log), 60, "job a running", proc)
+        os.kill(proc.pid, signal.SIGSTOP)  # the driver alone; its local pool's jobs run on
+        wait_until(lambda: "exit status" in next(submit.rglob("a.stderr")).read_text(), 30, "a ended")
+        time.sleep(3.0 + 1.0)  # the frozen driver's heartbeat goes stale
+        restarted = bps_on("login2", env, tmp_path, "restart", "--id", str(submit), timeout=180)
+        text = restarted.stdout + restarted.stderr
+        assert restarted.returncode == 0 and "Run Id:" in restarted.stdout, text
+        assert set(job_states(submit).values()) == {JobState.SUCCEEDED}
+        before = store_rows(submit)
+        beat = (submit / "parsl" / "driver.heartbeat").exists()
+        resumed = time.monotonic()
+        os.kill(proc.pid, signal.SIGCONT)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - resumed
+        assert proc.returncode == 1, out
+        taken = [line for line in out.splitlines() if "taken over" in line]
+        assert len(taken) == 1 and "recorded nothing more" in taken[0], out
+        assert "Traceback" not in out, out
+        assert store_rows(submit) == before
+        assert (submit / "parsl" / "driver.heartbeat").exists() == beat  # none written by the old driver
+        started = [line.split() for line in lines(log)]
+        assert sorted(name for _, name in started) == names, started  # each job once
+        assert [host for host, name in started if name != "a"] == ["login2"] * 3, started
+        store = RunStore(db_path(str(submit)), readonly=True)
+        try:
+            assert [s.host for s in store.sessions()] == ["login1", "login2"]
+            succeeded = [(a.job, a.attempt) for a in store.attempts() if a.state == JobState.SUCCEEDED]
+        finally:
+            store.close()
+        assert len(succeeded) == len({job for job, _ in succeeded}) == 4, succeeded
+        print(f"\nfrozen driver resumed after a takeover: exited in {took:.1f} s: {taken[0]}")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_every_commit_of_a_writer_whose_claim_was_taken_over_is_refused(finished):
+    """The store's half of the fence: once a newer claim is the run's
+    (`RunStore.take_fence`), every write of the older holder (a state, a
+    session's end, a run-wide value) is refused inside its transaction with
+    `RunTakenOverError` and changes nothing; the older claim can never be
+    taken again."""
+    from lsst.ctrl.bps.parsl.store.runstore import RunTakenOverError
+
+    old, new = RunStore(db_path(str(finished))), RunStore(db_path(str(finished)))
+    try:
+        old.take_fence(5)
+        old.begin_session("submit", os.getpid(), HOST)
+        new.take_fence(6)
+        before = store_rows(finished)
+        old.set_state(0, JobState.DELETED, 9)
+        for write in (old.flush, lambda: old.end_session("failed"), lambda: old.set_meta("x", 1)):
+            with pytest.raises(RunTakenOverError, match="taken over"):
+                write()
+        assert store_rows(finished) == before
+        with pytest.raises(RunTakenOverError):
+            RunStore(db_path(str(finished))).take_fence(5)
+        new.set_state(0, JobState.DELETED, 9)
+        new.flush()
+    finally:
+        old.close()
+        new.close()

@@ -318,3 +318,44 @@ def test_old_plugin_run_is_named_with_what_to_do(tmp_path, env):
     result = bps(env, "report", "--id", str(submit), cwd=tmp_path, check=False)
     assert "cd to the directory 'bps submit' ran in" in result.stdout + result.stderr
     assert not marker.exists()
+
+
+_TORQUE_SITE = """computeSite: torque
+site:
+  torque:
+    class: lsst.ctrl.bps.parsl.sites.Torque
+    nodes: 1
+    walltime: "00:10:00"
+"""
+
+
+def _fake_command(directory: Path, name: str, script: str) -> None:
+    path = directory / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+def test_ping_checks_every_command_the_provider_runs_and_that_the_scheduler_answers(tmp_path, env):
+    """``bps ping`` of a Torque site: refused with one line naming ``qsub``
+    when it is not on PATH (Torque is not installable here, so ``qsub``,
+    ``qstat`` and ``qdel`` are small scripts on PATH: the only fakes); refused
+    naming the server's error when ``qstat -B`` fails; 0 once all three exist
+    and the server answers."""
+    site = tmp_path / "torque.yaml"
+    site.write_text(_TORQUE_SITE)
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    env = dict(env, PATH=f"{fake}:{env['PATH']}")
+    result = bps(env, "ping", "--pass-thru", str(site), check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "runs 'qsub', which is not on PATH" in text, text
+    assert "Traceback" not in text
+    _fake_command(fake, "qsub", "exit 0")
+    _fake_command(fake, "qdel", "exit 0")
+    _fake_command(fake, "qstat", 'echo "qstat: cannot connect to server pbs01 (errno=111)" >&2; exit 1')
+    result = bps(env, "ping", "--pass-thru", str(site), check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "'qstat -B' failed: qstat: cannot connect to server pbs01" in text, text
+    _fake_command(fake, "qstat", '[ "$1" = -B ] && echo "Server Max Queued"; exit 0')
+    result = bps(env, "ping", "--pass-thru", str(site), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -164,3 +164,65 @@ def test_cancel_running_workflow(local_slurm, tmp_path, venv_path):
     finally:
         store.close()
     assert SUCCEEDED not in states and DELETED in states, states
+
+
+@pytest.mark.parametrize("site_class", ["Slurm", "Ccin2p3"])
+def test_blocks_the_scheduler_refuses_end_the_run_in_a_bound(local_slurm, tmp_path, venv_path, site_class):
+    """Issue 20, item 12: a site whose every block ``sbatch`` refuses (an
+    invalid partition) gives up after 3 refusals in a row (Parsl would try
+    again at every scaling tick, for ever): the run ends within a bound with
+    one line naming the site, the provider and Slurm's own error; every job
+    is recorded DELETED and no Slurm job is left. Ccin2p3 (whose partitions
+    ``lsst,htc`` this Slurm does not have) never gives up on blocks that
+    failed, but does on blocks the scheduler refuses."""
+    from lsst.ctrl.bps.parsl import ParslService
+    from lsst.ctrl.bps.parsl.service import RunFailedError
+
+    site = dict(slurm_site(local_slurm), partition="nosuchpartition")
+    if site_class == "Ccin2p3":
+        site = {"class": "lsst.ctrl.bps.parsl.sites.ccin2p3.Ccin2p3", "address": "127.0.0.1"}
+    config = make_config(computeSite="slurm", site={"slurm": site})
+    submit = tmp_path / "submit"
+    service = ParslService(config)
+    wf = service.prepare(config, workflow([job("a", "true"), job("b", "true")]), str(submit))
+    started = time.monotonic()
+    with pytest.raises(RunFailedError) as info:
+        service.submit(wf)
+    took = time.monotonic() - started
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert "site.slurm" in message and "could not submit a block 3 times in a row" in message, message
+    assert "invalid partition" in message.lower(), message
+    assert took < 120, took
+    store = RunStore(str(submit / "bps_parsl.sqlite3"), readonly=True)
+    try:
+        states = {row[1] for row in store.statuses()}
+    finally:
+        store.close()
+    assert states == {DELETED}, states
+    assert wait_squeue_empty() == []
+    print(f"\nrefused blocks ended the run in {took:.1f} s: {message}")
+
+
+def test_ping_of_a_slurm_site_checks_its_commands_and_controller(
+    local_slurm, tmp_path, venv_path, monkeypatch
+):
+    """Issue 20, item 14: ``bps ping`` of sites.Slurm on the real Slurm is 0;
+    with ``SLURM_CONF`` naming a controller that does not answer, it is 1
+    with one line naming ``squeue`` and Slurm's error."""
+    from lsst.ctrl.bps.parsl.control.ping import ping_site
+
+    config = make_config(computeSite="slurm", site={"slurm": slurm_site(local_slurm)})
+    assert ping_site(None, config) == (0, "")
+    conf = Path(os.environ["SLURM_CONF"]).read_text()
+    dead = tmp_path / "slurm.conf"
+    dead.write_text(
+        "\n".join(
+            "SlurmctldPort=6" if line.startswith("SlurmctldPort") else line for line in conf.splitlines()
+        )
+        + ("\nSlurmctldPort=6\n" if "SlurmctldPort" not in conf else "\n")
+    )
+    monkeypatch.setenv("SLURM_CONF", str(dead))
+    status, message = ping_site(None, config)
+    assert status == 1 and "'squeue --noheader --user" in message and "\n" not in message, message
+    print(f"\nping with no controller: {message}")

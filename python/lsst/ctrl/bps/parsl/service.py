@@ -39,11 +39,11 @@ from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, RunSettings
 from .control.submitchecks import check_executables, check_submit_path
-from .files import open_private, private_dir, safe_component
+from .files import open_private, safe_component
 from .oneline import one_line
 from .run.session import RunFailedError
 from .site import SiteConfig
-from .store.runindex import add_run, list_runs, resolve_run
+from .store.runindex import list_runs, resolve_run
 from .store.runstore import StateStoreError
 from .workflow import ParslWorkflow
 
@@ -52,10 +52,11 @@ __all__ = ("ParslService", "RunFailedError")
 _LOG = logging.getLogger(__name__)
 
 
-def _fail_bps_command(message: str, exit_status: int = 1, now: bool = False) -> bool:
-    """Under ctrl_bps's ``bps`` command line, print ``message`` and make the
-    command exit with ``exit_status`` (no traceback) once it finished, or
-    at once if ``now``; returns whether it did.
+def _fail_bps_command(message: str | None, exit_status: int = 1, now: bool = False) -> bool:
+    """Under ctrl_bps's ``bps`` command line, print ``message`` (unless
+    `None`: ctrl_bps prints it) and make the command exit with
+    ``exit_status`` once it finished, or at once if ``now``; returns
+    whether it did.
     """
     try:
         import click
@@ -64,7 +65,8 @@ def _fail_bps_command(message: str, exit_status: int = 1, now: bool = False) -> 
     context = click.get_current_context(silent=True)
     if context is None or not type(context.find_root().command).__module__.startswith("lsst.ctrl.bps."):
         return False
-    print(message, file=sys.stderr, flush=True)
+    if message is not None:
+        print(message, file=sys.stderr, flush=True)
     if now:
         raise click.exceptions.Exit(exit_status)
 
@@ -73,6 +75,21 @@ def _fail_bps_command(message: str, exit_status: int = 1, now: bool = False) -> 
 
     context.call_on_close(exit_with_failure)
     return True
+
+
+def _refuse_bps_command(exc: Exception) -> None:
+    """Under ctrl_bps's ``bps`` command line, print ``exc`` as its one line
+    and end the command with exit status 1 (no traceback); otherwise return.
+    """
+    try:
+        import click
+    except ImportError:
+        return
+    context = click.get_current_context(silent=True)
+    if context is None or not type(context.find_root().command).__module__.startswith("lsst.ctrl.bps."):
+        return
+    print(one_line(exc), file=sys.stderr, flush=True)
+    raise click.exceptions.Exit(1) from None
 
 
 class ParslService(BaseWmsService):
@@ -150,6 +167,15 @@ class ParslService(BaseWmsService):
         workflow : `ParslWorkflow`
             The prepared workflow; its state is in ``out_prefix``.
         """
+        try:
+            return self._prepare(config, generic_workflow, out_prefix)
+        except (ConfigurationError, StateStoreError) as exc:
+            _refuse_bps_command(exc)
+            raise
+
+    def _prepare(
+        self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None
+    ) -> ParslWorkflow:
         if out_prefix is None:
             raise ConfigurationError("prepare needs the submit directory (out_prefix)")
         check_executables(config, generic_workflow)
@@ -163,25 +189,20 @@ class ParslService(BaseWmsService):
         workflow = ParslWorkflow.from_generic_workflow(
             config, generic_workflow, out_prefix, f"{type(self).__module__}.{type(self).__name__}"
         )
-        saved = os.path.join(workflow.submit_path, "parsl", "bps_config.yaml")
+        # `bps restart` reads this file after a restart; `bps submit` writes
+        # it (with the umask's mode: tightened here), other callers of
+        # prepare may not have.
+        bps_copy = os.path.join(workflow.submit_path, f"{safe_component(workflow.name)}_config.yaml")
         try:
-            # The configuration holds the jobs' environment values: private.
-            private_dir(os.path.dirname(saved))
-            _save_config(config, saved)
-            # `bps restart` reads this file after a restart; `bps submit`
-            # writes it (with the umask's mode: tightened here), other
-            # callers of prepare may not have.
-            bps_copy = os.path.join(workflow.submit_path, f"{safe_component(workflow.name)}_config.yaml")
             if os.path.exists(bps_copy):
                 os.chmod(bps_copy, 0o600)
             else:
                 _save_config(config, bps_copy)
         except OSError as exc:
             raise StateStoreError(
-                f"{saved}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
+                f"{bps_copy}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
                 f"permissions in {workflow.submit_path}, then submit again (no job ran)"
             ) from None
-        add_run(workflow.run_id, workflow.submit_path, workflow.name)
         return workflow
 
     def submit(self, workflow: ParslWorkflow, **kwargs: Any) -> ParslWorkflow:
@@ -264,6 +285,11 @@ class ParslService(BaseWmsService):
                     "'bps cancel' it first"
                 )
             config = load_config(submit_path)
+            # ctrl_bps reads this copy after a restart; a submit killed while it created the run may not
+            # have written it.
+            bps_copy = os.path.join(submit_path, f"{safe_component(workflow.name)}_config.yaml")
+            if not os.path.exists(bps_copy):
+                _save_config(config, bps_copy)
             if _detach(config):
                 pid = start_detached(submit_path, "restart")
                 return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"
@@ -271,8 +297,10 @@ class ParslService(BaseWmsService):
         except RunFailedError as exc:
             _fail_bps_command(str(exc), exc.exit_status)
             return workflow.run_id, workflow.name, str(exc)
-        except (StateStoreError, DriverBusyError, OSError, RuntimeError) as exc:
+        except (StateStoreError, DriverBusyError, OSError, RuntimeError, ConfigurationError) as exc:
             # DriverBusyError also when another restart took the lock since the check above.
+            # A refusal: ctrl_bps prints "Restart failed: <message>"; the command exits 1.
+            _fail_bps_command(None)
             return None, None, one_line(exc)
         return workflow.run_id, workflow.name, "restarted run completed"
 

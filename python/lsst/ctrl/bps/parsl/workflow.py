@@ -70,7 +70,8 @@ from .prepare.jobrows import (
 )
 from .records import JobRow
 from .store.attemptlogs import log_dir_template
-from .store.runstore import FORMAT_VERSION, JobKind, RunStore, db_path
+from .store.runindex import add_run, remove_run
+from .store.runstore import FORMAT_VERSION, JobKind, RunStore, StateStoreError, db_path
 
 __all__ = ("ParslWorkflow",)
 
@@ -320,7 +321,13 @@ class ParslWorkflow(BaseWmsWorkflow):
         meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)
         meta.update(batch.lazy_group_ids(generic_workflow, lambda name: new_id[flat.index(name)]))
         os.makedirs(submit_path, exist_ok=True)
-        RunStore.create(db_path(submit_path), meta, rows, edges).close()
+        _create_run(
+            config,
+            submit_path,
+            run_id,
+            generic_workflow.name,
+            lambda: RunStore.create(db_path(submit_path), meta, rows, edges).close(),
+        )
         return cls(generic_workflow.name, config, submit_path, run_id)
 
     def add_to_parent_workflow(self, config: BpsConfig) -> None:
@@ -369,6 +376,54 @@ class ParslWorkflow(BaseWmsWorkflow):
         out_prefix : `str`
             Submit directory (unused).
         """
+
+
+def _create_run(
+    config: BpsConfig, submit_path: str, run_id: str, name: str, create_store: Callable[[], None]
+) -> None:
+    """Create a run in ``submit_path`` so that a process killed at any point
+    leaves either no run (a new submit may use the directory) or a complete
+    one (``bps restart`` runs it), listed in the run index.
+
+    The configuration is written under a name of the run's own, the run is
+    indexed, then the store is linked into place (exclusively: of two
+    submits into one directory at once one wins, the other gets one line);
+    only then does the configuration take its place (`run.session.load_config`
+    does that for a run whose submit was killed just before).
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The run's configuration.
+    submit_path : `str`
+        Submit directory.
+    run_id : `str`
+        The new run's id.
+    name : `str`
+        The run's name (for the run index).
+    create_store : `~collections.abc.Callable`
+        Writes the run's store.
+    """
+    from .run.session import install_config, save_pending_config
+
+    try:
+        pending = save_pending_config(config, submit_path, run_id)
+    except OSError as exc:
+        raise StateStoreError(
+            f"{submit_path}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
+            f"permissions in {submit_path}, then submit again (no job ran)"
+        ) from None
+    add_run(run_id, submit_path, name)
+    try:
+        create_store()
+    except BaseException:
+        remove_run(run_id, submit_path)
+        try:
+            os.unlink(pending)
+        except OSError:
+            pass
+        raise
+    install_config(submit_path, run_id)
 
 
 def _resource_check(site: Any) -> Callable[[JobRow], None]:

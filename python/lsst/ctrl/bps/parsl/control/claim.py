@@ -68,7 +68,15 @@ from .liveness import (
 if TYPE_CHECKING:
     from lsst.ctrl.bps import BpsConfig
 
-__all__ = ("Claim", "ClaimBusyError", "DriverBusyError", "claim_run", "current_claim", "driver_stale_after")
+__all__ = (
+    "Claim",
+    "ClaimBusyError",
+    "ClaimFence",
+    "DriverBusyError",
+    "claim_run",
+    "current_claim",
+    "driver_stale_after",
+)
 
 CLAIM_PREFIX = "driver.claim."
 
@@ -307,6 +315,51 @@ def claim_run(
         if time.monotonic() >= deadline:
             raise ClaimBusyError(busy)
         time.sleep(0.1)
+
+
+class ClaimFence:
+    """A fast check that a holder's claim is still the run's, for a driver
+    to make before each dispatch and each heartbeat.
+
+    A newer holder creates claim ``N + 1`` and then removes every older
+    claim, so claim ``N`` is still the run's exactly while its file exists
+    and claim ``N + 1`` does not: two ``stat`` calls, no lock, no store read.
+    (Commits check the store's own copy of the claim, `RunStore.take_fence`.)
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    number : `int`
+        The number of the claim held.
+    """
+
+    def __init__(self, submit_path: str, number: int):
+        directory = _parsl_dir(submit_path)
+        self.number = number
+        self._mine = os.path.join(directory, f"{CLAIM_PREFIX}{number}")
+        self._next = os.path.join(directory, f"{CLAIM_PREFIX}{number + 1}")
+        self._directory = directory
+        self.lost: str | None = None
+        """Why the claim is lost, once a check found it lost (never cleared)."""
+
+    def holds(self) -> bool:
+        """Whether the claim is still the run's (once lost, lost for good).
+
+        Returns
+        -------
+        holds : `bool`
+            `False` once a newer holder took the run (`lost` says who).
+        """
+        if self.lost is None and (not os.path.lexists(self._mine) or os.path.lexists(self._next)):
+            number, newer = current_claim(os.path.dirname(self._directory))
+            who = f" by {newer.describe()} ('{newer.what}')" if newer is not None else ""
+            self.lost = (
+                f"{os.path.dirname(self._directory)}: the run was taken over{who}, claim {number}, while this "
+                f"driver (claim {self.number}) could not run (stopped or frozen longer than "
+                "parslDriverStaleAfter): it stopped its jobs and recorded nothing more"
+            )
+        return self.lost is None
 
 
 def _unreadable_for_long(directory: str, number: int, stale_after: float) -> bool:

@@ -59,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..configuration import MIN_STALE_AFTER, default_of
 from ..store.runstore import DB_NAME, StoreLostError, out_of_space_message
@@ -91,6 +91,32 @@ STALE_AFTER: float = default_of("parslDriverStaleAfter")
 host counts as gone (``parslDriverStaleAfter``)."""
 FULL_BELOW = 64 * 1024
 """Free bytes below which the submit directory's file system counts as full."""
+
+
+class Fence(Protocol):
+    """What a driver's monitor checks at each heartbeat: whether the run's
+    claim is still this driver's (`~.claim.ClaimFence`).
+
+    Parameters
+    ----------
+    *args : `typing.Any`
+        Unused: a protocol describes objects, it makes none.
+    **kwargs : `typing.Any`
+        Unused.
+    """
+
+    lost: str | None
+    """Why the claim is lost, once a check found it lost."""
+
+    def holds(self) -> bool:
+        """Whether the claim is still the run's.
+
+        Returns
+        -------
+        holds : `bool`
+            `False` once another holder took the run over.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -436,6 +462,10 @@ class DriverMonitor:
     stale_after : `float`
         Silence of the heartbeat after which readers on other hosts may
         count this driver as gone (written into the heartbeat).
+    fence : `Fence`, optional
+        The run's claim the driver holds: once another process took the
+        run over, no heartbeat is written any more and the driver is asked
+        to stop.
     """
 
     def __init__(
@@ -445,7 +475,9 @@ class DriverMonitor:
         store: RunStore,
         interval: float = HEARTBEAT_INTERVAL,
         stale_after: float = STALE_AFTER,
+        fence: Fence | None = None,
     ):
+        self.fence = fence
         self.submit_path = submit_path
         self.run_id = run_id
         self.store = store
@@ -495,6 +527,11 @@ class DriverMonitor:
             _unlink(self._heartbeat)
 
     def _beat(self) -> None:
+        if self.fence is not None and not self.fence.holds():
+            # The heartbeat is the new holder's now: never overwrite it.
+            if self._request_stop is not None and self.fence.lost:
+                self._request_stop(self.fence.lost)
+            return
         record = DriverRecord(
             self.run_id,
             HOST,

@@ -29,22 +29,30 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import subprocess
+from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
 
 __all__ = ("ping_site",)
 
-_SCHEDULER_COMMANDS = {
-    "SlurmProvider": ["sinfo", "--version"],
-    "PBSProProvider": ["qstat", "--version"],
-    "TorqueProvider": ["qstat", "--version"],
-    "LSFProvider": ["bjobs", "-V"],
-    "CondorProvider": ["condor_q", "-version"],
-    "GridEngineProvider": ["qstat", "-help"],
-    "KubernetesProvider": ["kubectl", "version", "--client"],
+_PROBE_TIMEOUT = 30.0
+"""Seconds a scheduler command has to answer."""
+
+_SCHEDULER_COMMANDS: dict[str, tuple[tuple[str, ...], list[str]]] = {
+    # Provider class: (the commands Parsl's provider runs, a probe that needs the scheduler to answer).
+    "SlurmProvider": (("sbatch", "squeue", "scancel"), ["squeue", "--noheader", "--user", "{user}"]),
+    "PBSProProvider": (("qsub", "qstat", "qdel"), ["qstat", "-B"]),
+    "TorqueProvider": (("qsub", "qstat", "qdel"), ["qstat", "-B"]),
+    "GridEngineProvider": (("qsub", "qstat", "qdel"), ["qstat"]),
+    "LSFProvider": (("bsub", "bjobs", "bkill"), ["bjobs", "-V"]),
+    "CondorProvider": (("condor_submit", "condor_q", "condor_rm"), ["condor_q", "-totals"]),
 }
+"""What `ping_site` checks for each Parsl provider (looked up along the
+provider's class hierarchy, so a site's subclass of ``SlurmProvider`` is
+checked as one)."""
 
 
 def _load_config(pass_thru: str | None, config: BpsConfig | dict | None) -> BpsConfig:
@@ -87,25 +95,55 @@ def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[i
     except ConfigurationError as exc:
         return 1, str(exc)
     except Exception as exc:  # the site's own code: one line, not a traceback
-        from .oneline import one_line
+        from ..oneline import one_line
 
         return 1, f"the site's executors cannot be built: {one_line(exc)}"
     for executor in executors:
-        provider = getattr(executor, "provider", None)
-        if provider is None:
-            continue
-        command = _SCHEDULER_COMMANDS.get(type(provider).__name__)
-        if command is None:
-            continue
-        if shutil.which(command[0]) is None:
-            return 1, f"executor '{executor.label}' needs '{command[0]}', which is not on PATH"
-        try:
-            subprocess.run(command, capture_output=True, timeout=30, check=True)
-        except (subprocess.SubprocessError, OSError) as exc:
-            return 1, f"executor '{executor.label}': '{' '.join(command)}' failed: {exc}"
-        if command[0] == "sinfo":
-            try:
-                subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30, check=True)
-            except (subprocess.SubprocessError, OSError):
-                return 1, f"executor '{executor.label}': 'sinfo -h' cannot reach slurmctld"
+        problem = _check_executor(executor)
+        if problem:
+            return 1, problem
     return 0, ""
+
+
+def _check_executor(executor: Any) -> str | None:
+    """What keeps ``executor`` from working on this host (one line), or `None`.
+
+    Every command its provider runs must be on ``PATH``, and the provider's
+    probe (a status query the scheduler must answer) must exit 0 within
+    `_PROBE_TIMEOUT` seconds; a HighThroughputExecutor's interchange must be
+    on ``PATH``.
+    """
+    label = getattr(executor, "label", "?")
+    launch = getattr(executor, "interchange_launch_cmd", None)
+    if isinstance(launch, list) and launch and shutil.which(launch[0]) is None:
+        return (
+            f"executor '{label}' starts '{launch[0]}', which is not on PATH: put the bin directory of the "
+            "Python environment that has parsl on PATH"
+        )
+    provider = getattr(executor, "provider", None)
+    if provider is None:
+        return None
+    kind = next((c.__name__ for c in type(provider).__mro__ if c.__name__ in _SCHEDULER_COMMANDS), None)
+    if kind is None:
+        return None
+    commands, probe = _SCHEDULER_COMMANDS[kind]
+    for command in commands:
+        if shutil.which(command) is None:
+            return (
+                f"executor '{label}' ({kind}) runs '{command}', which is not on PATH: run bps on a host with "
+                "the scheduler's commands, or put them on PATH"
+            )
+    argv = [word.format(user=getpass.getuser()) for word in probe]
+    shown = " ".join(argv)
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, errors="replace", timeout=_PROBE_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return f"executor '{label}' ({kind}): '{shown}' did not answer within {_PROBE_TIMEOUT:.0f} s"
+    except OSError as exc:
+        return f"executor '{label}' ({kind}): '{shown}' cannot run ({exc.strerror or exc})"
+    if result.returncode != 0:
+        said = " ".join((result.stderr or result.stdout).split())[:300] or f"exit status {result.returncode}"
+        return f"executor '{label}' ({kind}): '{shown}' failed: {said}"
+    return None

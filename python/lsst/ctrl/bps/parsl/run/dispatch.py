@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,10 @@ from .runner import run_job
 __all__ = ("Dispatch", "start_parsl")
 
 _LOG = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 60.0
+"""Seconds Parsl's shutdown (`Dispatch.shutdown`) may take before the driver
+goes on without it (its executors' interchanges are killed)."""
 
 
 class Dispatch:
@@ -207,7 +212,8 @@ class Dispatch:
 
     def shutdown(self) -> None:
         """Shut down the kernel and its executors once (queued attempts end
-        as never started, running ones are stopped by their executors).
+        as never started, running ones are stopped by their executors),
+        waiting at most `SHUTDOWN_TIMEOUT` seconds.
         """
         if self._closed or self.dfk is None:
             return
@@ -218,10 +224,31 @@ class Dispatch:
             # time (a loaded machine), then joins this queue's feeder thread, which then blocks for
             # ever writing to a full pipe nobody reads: a 10k-job monitored run hung there.
             queue.cancel_join_thread()
-        try:
-            self.dfk.cleanup()
-        except Exception as exc:  # noqa: BLE001
-            _LOG.warning("Parsl cleanup failed: %s", exc)
+        done = threading.Event()
+
+        def cleanup() -> None:
+            try:
+                self.dfk.cleanup()
+            except Exception as exc:  # noqa: BLE001
+                _LOG.warning("Parsl cleanup failed: %s", exc)
+            finally:
+                done.set()
+
+        # A thread of its own, so that a shutdown stuck in Parsl (an executor waiting for an
+        # interchange that died, for ever) cannot keep the driver from ending.
+        threading.Thread(target=cleanup, name="bps-parsl-shutdown", daemon=True).start()
+        if not done.wait(SHUTDOWN_TIMEOUT):
+            _LOG.warning(
+                "Parsl's shutdown did not end within %.0f s: going on without it (interchanges killed)",
+                SHUTDOWN_TIMEOUT,
+            )
+            for executor in self.dfk.executors.values():
+                proc = getattr(executor, "interchange_proc", None)
+                if proc is not None and hasattr(proc, "kill"):
+                    try:
+                        proc.kill()
+                    except OSError:
+                        pass
 
 
 def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:

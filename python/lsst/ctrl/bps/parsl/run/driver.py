@@ -51,7 +51,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
+
 from ..configuration import RunSettings
+from ..control.claim import ClaimFence
 from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
 from ..oneline import one_line
 from ..prepare.commands import fill_wms
@@ -62,7 +65,7 @@ from ..site import SiteConfig
 from ..sites.losses import LostAttempts, infrastructure_cause
 from ..store.attemptlogs import log_paths
 from ..store.recorder import Recorder
-from ..store.runstore import RunStore, StateStoreError, StoreLostError
+from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
 from .lostattempts import LostAttemptHandling
@@ -70,7 +73,7 @@ from .ordering import in_flight_limit
 from .progress import ProgressLines, count_states
 from .retrypolicy import ExecutorChoiceError, RetryPolicy
 from .runner import NotStartedError
-from .stopping import InFlight, StopSignals, record_stopped
+from .stopping import InFlight, StopSignals, StopWatchdog, record_stopped
 
 __all__ = ("Driver", "RunOutcome")
 
@@ -112,6 +115,9 @@ class Driver(LostAttemptHandling):
     settings : `RunSettings`, optional
         The run's keys, read once by the caller (read from the site's
         configuration if not given).
+    fence : `ClaimFence`, optional
+        The run's claim this driver holds: checked before every dispatch
+        (the store checks it at every commit, `RunStore.take_fence`).
     """
 
     def __init__(
@@ -120,9 +126,11 @@ class Driver(LostAttemptHandling):
         site: SiteConfig,
         kind: str = "submit",
         settings: RunSettings | None = None,
+        fence: ClaimFence | None = None,
     ):
         self.settings = settings if settings is not None else RunSettings.read(site.config)
         self.store = store
+        self.fence = fence
         self.site = site
         self.kind = kind
         meta = store.meta()
@@ -150,6 +158,7 @@ class Driver(LostAttemptHandling):
             self.run_id, self.settings.progress_interval, self.settings.progress_by_label
         )
         self.signals = StopSignals(self.request_stop)
+        self.watchdog = StopWatchdog(self.run_id, self.submit_path)
 
     def _build_tables(self) -> None:
         """Build the walk and the per-job tables over all of ``self.rows``,
@@ -242,7 +251,7 @@ class Driver(LostAttemptHandling):
         }
         self.in_flight_cap = in_flight_limit(self.site, self.dispatch.labels)
         outcome = RunOutcome()
-        store_failed = False
+        store_failed = taken_over = False
         try:
             for final in (False, True):
                 if self.stop_reason:
@@ -254,6 +263,11 @@ class Driver(LostAttemptHandling):
                     self._abort_to_final_phase()
             if self.stop_reason:
                 self._stop_everything()
+        except RunTakenOverError as exc:
+            taken_over = True
+            lost = self.fence is not None and not self.fence.holds()
+            self.stop_reason = self.fence.lost if lost and self.fence is not None else str(exc)
+            self._stop_own_attempts()
         except StateStoreError as exc:
             # The store cannot take more, or is no longer this run's: stop
             # every job and say why in one line.
@@ -272,10 +286,13 @@ class Driver(LostAttemptHandling):
         if self.stop_reason:
             outcome.cancelled = True
             outcome.reason = self.stop_reason
-        if self.abort is not None:
+        if self.abort is not None and not taken_over:
             outcome.cancelled = True
             outcome.abort_status, outcome.reason = self.abort
         outcome.counts = count_states(self.state)
+        if taken_over:
+            self.watchdog.ended()
+            return outcome  # the run is another driver's now: nothing more is written
         if store_failed or self.store.disk_full or self.store.lost:
             ended = "error"
         else:
@@ -286,6 +303,7 @@ class Driver(LostAttemptHandling):
         except StateStoreError as exc:
             outcome.cancelled = True
             outcome.reason = outcome.reason or str(exc)
+        self.watchdog.ended()
         self.progress.print(self.rows, self.state, force=True)
         self.page.update(final=True)
         return outcome
@@ -337,8 +355,25 @@ class Driver(LostAttemptHandling):
             if self.gate.acquire(i):
                 self._submit(i)
 
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop; the driver then ends within `stopping.STOP_BOUND` seconds.
+
+        Parameters
+        ----------
+        reason : `str`
+            Why, for the log and the session's outcome.
+        """
+        super().request_stop(reason)
+        self.watchdog.arm(reason)
+
+    def _check_fence(self) -> None:
+        """Raise `RunTakenOverError` if another process took the run over."""
+        if self.fence is not None and not self.fence.holds():
+            raise RunTakenOverError(self.fence.lost)
+
     def _submit(self, i: int) -> None:
-        """Hand the next attempt of a job to Parsl."""
+        """Hand the next attempt of a job to Parsl (if this driver still holds the run)."""
+        self._check_fence()
         row = self.rows[i]
         tries = self.session_tries[i]
         attempt = self.attempt[i] + 1
@@ -436,7 +471,8 @@ class Driver(LostAttemptHandling):
             f"was aborted with status {status}; jobs not ended were stopped and recorded DELETED"
         )
         self.abort = (status, reason)
-        self.request_stop(reason)
+        if not self.stop_reason:
+            self.stop_reason = reason  # not request_stop: the final job still runs, unbounded
 
     def _abort_to_final_phase(self) -> None:
         """After an abort in the main phase, stop every job and run the final
@@ -497,6 +533,17 @@ class Driver(LostAttemptHandling):
         still runs on this host is then killed by its token, and an attempt
         whose future did not end is settled from its log.
         """
+        self._check_fence()  # a driver that lost the run kills only its own attempts
         self.dispatch.shutdown()
         kill_running_jobs(self.running_dir, self.run_id)
         record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
+
+    def _stop_own_attempts(self) -> None:
+        """The run was taken over: stop Parsl and kill this driver's own
+        attempts in flight (by their tokens; never the run's other
+        processes, which may be the new driver's), recording nothing.
+        """
+        tokens = [f"{self.run_id}/{i}/{flight.attempt}" for i, flight in self.in_flight.items()]
+        self.dispatch.shutdown()
+        if tokens:
+            kill_attempts(tokens)

@@ -86,7 +86,8 @@ class LostAttemptHandling:
         except OSError:
             pass
         if stops_run(error):
-            self.request_stop(f"executor {flight.label} can run nothing more: {cause}")
+            where = getattr(getattr(self, "site", None), "where", "the site")
+            self.request_stop(f"{where}: executor {flight.label} can run nothing more: {cause}")
         again = self.losses.lost(i)
         if self.stop_reason or again:
             # Stopping: the job is recorded DELETED with the others, and a restart runs it.

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 from lsst.ctrl.bps import BpsConfig, BpsError
 
 from ..configuration import RunSettings
-from ..control.claim import ClaimBusyError, DriverBusyError, claim_run
+from ..control.claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, claim_run
 from ..control.liveness import (
     HOST,
     STALE_AFTER,
@@ -80,6 +80,9 @@ _RESERVE_MAX = 64 << 20
 _ACK_TIMEOUT = 10.0
 """Seconds a driver has to answer a cancel request before `cancel_run`
 considers it unresponsive."""
+_STOP_TIMEOUT = 60.0
+"""Seconds a driver on this host has to end after it answered a cancel
+request (or got SIGTERM) before `cancel_run` kills it (SIGKILL)."""
 _LOCK_WAIT = 10.0
 """Seconds `cancel_run` waits for the claim of a driver that just ended."""
 
@@ -111,7 +114,7 @@ def _busy(submit_path: str, record: DriverRecord | ClaimBusyError | None) -> Dri
 @contextmanager
 def driver_claim(
     submit_path: str, what: str, wait: float = 0.0, stale_after: float = STALE_AFTER
-) -> Iterator[None]:
+) -> Iterator[Claim]:
     """Hold the run's claim (see `claim.claim_run`), or raise `DriverBusyError`.
 
     Parameters
@@ -136,14 +139,77 @@ def driver_claim(
         If a live process holds the run.
     """
     try:
-        with claim_run(submit_path, what, wait=wait, stale_after=stale_after):
-            yield
+        with claim_run(submit_path, what, wait=wait, stale_after=stale_after) as claim:
+            yield claim
     except ClaimBusyError as exc:
         raise _busy(submit_path, exc) from None
 
 
+CONFIG_NAME = "bps_config.yaml"
+"""The run's BPS configuration, in ``<submit>/parsl/``."""
+
+
+def _pending_config(submit_path: str, run_id: str) -> str:
+    return os.path.join(submit_path, "parsl", f"{CONFIG_NAME}.{run_id}.tmp")
+
+
+def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str:
+    """Write the configuration of a run being created under a name of its
+    own (mode 0600); `install_config` puts it in place once the run's store
+    exists.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The run's configuration.
+    submit_path : `str`
+        Submit directory.
+    run_id : `str`
+        The run being created.
+
+    Returns
+    -------
+    path : `str`
+        Where it was written.
+    """
+    from ..files import open_private, private_dir
+
+    private_dir(os.path.join(submit_path, "parsl"))
+    path = _pending_config(submit_path, run_id)
+    with os.fdopen(open_private(path), "w") as stream:
+        config.dump(stream)
+    return path
+
+
+def install_config(submit_path: str, run_id: str) -> None:
+    """Put the configuration of run ``run_id`` (which holds the submit
+    directory's store) in place, and remove what submits that lost the
+    directory to it, or were killed before their store existed, left.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    run_id : `str`
+        The run whose store the directory holds.
+    """
+    from ..store.runindex import remove_run
+
+    parsl_dir = os.path.join(submit_path, "parsl")
+    os.replace(_pending_config(submit_path, run_id), os.path.join(parsl_dir, CONFIG_NAME))
+    for name in os.listdir(parsl_dir):
+        if name.startswith(f"{CONFIG_NAME}.") and name.endswith(".tmp"):
+            # Its run was indexed before its store was to be linked: it never was.
+            remove_run(name[len(CONFIG_NAME) + 1 : -4], submit_path)
+            try:
+                os.unlink(os.path.join(parsl_dir, name))
+            except OSError:
+                pass
+
+
 def load_config(submit_path: str) -> BpsConfig:
-    """The BPS configuration saved at prepare time.
+    """The BPS configuration saved at prepare time (put in place first if
+    the submit that created the run was killed before it did).
 
     Parameters
     ----------
@@ -154,8 +220,26 @@ def load_config(submit_path: str) -> BpsConfig:
     -------
     config : `lsst.ctrl.bps.BpsConfig`
         The configuration read from ``parsl/bps_config.yaml``.
+
+    Raises
+    ------
+    StateStoreError
+        If the run has no configuration.
     """
-    return BpsConfig(os.path.join(submit_path, "parsl", "bps_config.yaml"))
+    path = os.path.join(submit_path, "parsl", CONFIG_NAME)
+    if not os.path.exists(path):
+        store = RunStore(db_path(submit_path), readonly=True)
+        try:
+            run_id = store.meta().get("run_id")
+        finally:
+            store.close()
+        if isinstance(run_id, str) and os.path.exists(_pending_config(submit_path, run_id)):
+            install_config(submit_path, run_id)
+        else:
+            raise StateStoreError(
+                f"{path}: the run's configuration is missing: restore it, or submit the run again"
+            )
+    return BpsConfig(path)
 
 
 def _reserve_size(store: RunStore) -> int:
@@ -198,15 +282,18 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     site = SiteConfig.from_config(config)
     settings = RunSettings.read(config)
     stale_after = settings.driver_stale_after
-    with driver_claim(submit_path, kind, stale_after=stale_after):
+    with driver_claim(submit_path, kind, stale_after=stale_after) as claim:
         store = RunStore(db_path(submit_path))
         try:
             run_id = _check_meta(store, submit_path)
             other = driver_alive(submit_path, run_id)
             if other is not None and other.identity != (HOST, os.getpid(), process_start(os.getpid())):
                 raise _busy(submit_path, other)
+            # From here on, a process that takes the run over (judging this one gone) fences it out.
+            store.take_fence(claim.number)
+            fence = ClaimFence(submit_path, claim.number)
             store.keep_reserve(_reserve_size(store))
-            monitor = DriverMonitor(submit_path, run_id, store, stale_after=stale_after)
+            monitor = DriverMonitor(submit_path, run_id, store, stale_after=stale_after, fence=fence)
             monitor.start()
             # What the caller holds (the GenericWorkflow, the LSST stack) would
             # otherwise be scanned by every full garbage collection of the run.
@@ -217,9 +304,13 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
                     site,
                     kind=kind,
                     settings=settings,
+                    fence=fence,
                 )
                 monitor.attach(driver.request_stop)
-                outcome = driver.run()
+                try:
+                    outcome = driver.run()
+                finally:
+                    driver.watchdog.ended()
             finally:
                 gc.unfreeze()
                 monitor.stop()
@@ -327,20 +418,48 @@ def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: b
         time.sleep(0.1)
 
 
-def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
-    """Stop a run from any process: its driver stops and every job ends.
+def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
+    """Send ``sig`` to a driver on this host (proven by the caller) and
+    SIGCONT to its process group (a stopped driver, e.g. Ctrl-Z on ``bps
+    submit``, acts on nothing until continued); whether it still ran.
+    """
+    if process_start(pid) is None or (started is not None and process_start(pid) != started):
+        return False
+    try:
+        group = os.getpgid(pid)
+        if sig != signal.SIGCONT:
+            os.kill(pid, sig)
+        if group > 1 and group != os.getpgrp():
+            os.killpg(group, signal.SIGCONT)
+        else:
+            os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, str]:
+    """Stop a run from any process: its driver stops and every job ends,
+    within a bound.
 
     The driver is asked through a cancel request in the submit directory.
-    Only a driver on this host that does not answer within `_ACK_TIMEOUT`
-    seconds and is proven to be this run's driver (its process has this
-    run's database open) gets a SIGTERM.
+    A driver on this host proven to be this run's (its process has this
+    run's database open) is also continued (SIGCONT to its process group:
+    a stopped driver reads nothing); one that does not answer within
+    `_ACK_TIMEOUT` seconds gets SIGTERM, and one that has not ended
+    `_STOP_TIMEOUT` seconds later gets SIGKILL. A driver on another host
+    that does not answer is waited for until its heartbeat is stale (its
+    ``parslDriverStaleAfter``): the run is then taken over (fenced: if the
+    driver resumes it writes nothing and stops its own jobs). Then every
+    process of the run on this host is killed by its token and every
+    unfinished job is recorded DELETED.
 
     Parameters
     ----------
     submit_path : `str`
         Submit directory.
     timeout : `float`, optional
-        Seconds to wait for the driver to stop.
+        Seconds a driver that answered has to end (default `_STOP_TIMEOUT`).
 
     Returns
     -------
@@ -359,28 +478,50 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
     """
     from ..control.running import kill_running_jobs
 
+    stop_timeout = _STOP_TIMEOUT if timeout is None else timeout
+    # A stopped driver may hold the store's lock: continue it before the store is read.
+    early = driver_alive(submit_path)
+    if early is not None and early.host == HOST and holds_store(early.pid, submit_path):
+        _signal_driver(early.pid, early.started, signal.SIGCONT)
     run_id = checked_run(submit_path)
     record = driver_alive(submit_path, run_id)
+    how = ""
+    stale_after = STALE_AFTER
     if record is not None:
+        stale_after = record.stale_after
         write_cancel_request(submit_path, record)
+        local = record.host == HOST and holds_store(record.pid, submit_path)
+        if local:
+            _signal_driver(record.pid, record.started, signal.SIGCONT)
         if not _wait_for_end(submit_path, record, _ACK_TIMEOUT, ack=True):
-            if record.host != HOST or not holds_store(record.pid, submit_path):
+            if local:
+                _signal_driver(record.pid, record.started, signal.SIGTERM)
+                how = f" (no answer within {_ACK_TIMEOUT:.0f} s: SIGTERM)"
+            elif record.host == HOST:
                 return False, (
                     f"the driver ({record.describe()}) did not answer the cancel request within "
-                    f"{_ACK_TIMEOUT:.0f} s; it stops when it reads the request: try again later"
+                    f"{_ACK_TIMEOUT:.0f} s and its process does not hold this run's database: not signalled; "
+                    "it stops when it reads the request: try again later"
                 )
-            try:
-                os.kill(record.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if not _wait_for_end(submit_path, record, timeout):
-            return False, f"the driver ({record.describe()}) did not stop within {timeout:.0f} s; try again"
-    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT):
+            else:
+                # Another host: no signal reaches it. Silent past its stale_after, the run is taken over.
+                stop_timeout = record.stale_after + 2 * record.interval + 2.0
+        if not _wait_for_end(submit_path, record, stop_timeout):
+            if not local:
+                return False, (
+                    f"the driver ({record.describe()}) did not stop within {stop_timeout:.0f} s and its "
+                    "heartbeat still moves; try again"
+                )
+            if _signal_driver(record.pid, record.started, signal.SIGKILL):
+                how = f" (not ended {stop_timeout:.0f} s after the cancel request: SIGKILL)"
+                _wait_for_end(submit_path, record, 5.0)
+    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT, stale_after=stale_after) as claim:
         other = driver_alive(submit_path, run_id)
         if other is not None:
             raise _busy(submit_path, other)
         store = RunStore(db_path(submit_path))
         try:
+            store.take_fence(claim.number)
             left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
             unfinished = [row for row in store.statuses() if row.state not in ENDED]
             for row in unfinished:
@@ -390,7 +531,7 @@ def cancel_run(submit_path: str, timeout: float = 120.0) -> tuple[bool, str]:
             store.close()
     if record is None and not unfinished and not left:
         return False, "the run had already ended; nothing to cancel"
-    what = f"driver {record.describe()} stopped" if record else "no driver was running"
+    what = f"driver {record.describe()} stopped{how}" if record else "no driver was running"
     return True, f"{what}; {len(unfinished)} unfinished job(s) marked DELETED"
 
 

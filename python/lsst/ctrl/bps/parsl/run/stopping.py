@@ -31,7 +31,9 @@ the attempts in flight ended when it stops.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -43,7 +45,11 @@ from ..store.attemptlogs import exit_status_from_log
 from ..store.recorder import Recorder
 from .runner import NotStartedError
 
-__all__ = ("InFlight", "StopSignals", "record_stopped")
+__all__ = ("STOP_BOUND", "InFlight", "StopSignals", "StopWatchdog", "record_stopped")
+
+STOP_BOUND = 180.0
+"""Seconds a driver may take to end once it was asked to stop (cancel,
+SIGINT, SIGTERM, a lost executor...) before `StopWatchdog` ends it."""
 
 
 @dataclass(slots=True)
@@ -84,6 +90,64 @@ class StopSignals:
         """Put back the handlers `install` replaced."""
         for signum, old in self._old_handlers.items():
             signal.signal(signum, old)
+
+
+class StopWatchdog:
+    """Ends a driver that does not end within `STOP_BOUND` seconds of a stop
+    request (stuck in Parsl, in an executor, in a scheduler command): kills
+    the run's job processes on this host by their token, says so in one
+    line and exits the process with status 1. ``bps restart`` resumes the
+    run (the attempts that were killed are settled from their logs).
+
+    Parameters
+    ----------
+    run_id : `str`
+        The run's id (the prefix of its job tokens).
+    submit_path : `str`
+        Submit directory (for the message).
+    """
+
+    def __init__(self, run_id: str, submit_path: str):
+        self.run_id = run_id
+        self.submit_path = submit_path
+        self._ended = threading.Event()
+        self._armed = False
+
+    def arm(self, reason: str) -> None:
+        """Start counting (once) from a stop request.
+
+        Parameters
+        ----------
+        reason : `str`
+            The stop request's reason, for the line printed if the bound passes.
+        """
+        if self._armed or self._ended.is_set():
+            return
+        self._armed = True
+        threading.Thread(
+            target=self._watch, args=(reason,), name="bps-parsl-stop-watchdog", daemon=True
+        ).start()
+
+    def ended(self) -> None:
+        """The driver ended by itself: nothing to do."""
+        self._ended.set()
+
+    def _watch(self, reason: str) -> None:
+        if self._ended.wait(STOP_BOUND):
+            return
+        from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
+
+        try:
+            kill_attempts(run_prefix=self.run_id + "/")
+        finally:
+            print(
+                f"bps-parsl: run {self.submit_path}: the driver did not end within {STOP_BOUND:.0f} s of its "
+                f"stop ({reason}): it is stuck (in Parsl's shutdown or an executor); its jobs on this host were "
+                f"killed and it exits; 'bps restart --id {self.submit_path}' resumes the run",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(1)
 
 
 def record_stopped(

@@ -181,7 +181,7 @@ class Ccin2p3(BatchSite):
     def get_executors(self) -> list[ParslExecutor]:
         from parsl.executors import HighThroughputExecutor
 
-        from .slurm_provider import SlurmProvider
+        from .slurm_provider import SlurmProvider, give_up_if_blocks_refused
 
         account = self.get("account", str, self.DEFAULT_ACCOUNT)
         executors = []
@@ -214,7 +214,7 @@ class Ccin2p3(BatchSite):
                         "address": self.get_address(),
                         "max_workers_per_node": 1,
                         "poll_period": 1_000,
-                        **htex_defaults(self, {"block_error_handler": False}),
+                        **htex_defaults(self, {"block_error_handler": give_up_if_blocks_refused}),
                     },
                     f"{self.where}.{label}",
                 )

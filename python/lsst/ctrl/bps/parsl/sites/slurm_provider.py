@@ -58,7 +58,15 @@ from __future__ import annotations
 
 from ..parslcompat import hold_block
 
-__all__ = ("LOST_TO_NODE", "SLURM_STATES", "SlurmProvider", "tolerate_lost_blocks")
+__all__ = (
+    "BLOCK_SUBMIT_FAILURES",
+    "LOST_TO_NODE",
+    "SLURM_STATES",
+    "BlockSubmitError",
+    "SlurmProvider",
+    "give_up_if_blocks_refused",
+    "tolerate_lost_blocks",
+)
 
 import inspect
 import logging
@@ -108,6 +116,17 @@ SLURM_STATES: dict[str, JobState] = {
 }
 """Parsl state of each Slurm job state (long names, as ``squeue %T``,
 ``scontrol`` and ``sacct`` print them)."""
+
+BLOCK_SUBMIT_FAILURES = 3
+"""Block submissions in a row that the scheduler refused (``sbatch``,
+``qsub``... failed) after which an executor with no block pending or
+running gives up: its tasks fail and the run stops with the scheduler's
+error, instead of Parsl trying again for ever."""
+
+
+class BlockSubmitError(RuntimeError):
+    """The scheduler refused every block of an executor (`tolerate_lost_blocks`)."""
+
 
 LOST_TO_NODE = ("NODE_FAIL",)
 """Slurm states of a block lost with one of its nodes."""
@@ -274,6 +293,13 @@ def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobS
     (`SlurmProvider.lost_blocks`), a worker pool or its job; its tasks fail
     with ``ManagerLost`` and a new block must be allowed to replace it.
 
+    A block whose submission failed (the scheduler refused it: an invalid
+    partition or account, a command missing) is counted apart: once the
+    last `BLOCK_SUBMIT_FAILURES` blocks all failed to submit and no block
+    is pending or running, the executor gives up with `BlockSubmitError`
+    naming its provider and the scheduler's error (Parsl would otherwise
+    try again at every scaling tick, for ever).
+
     The worker pools of a block that ended are also put on hold at once
     (HTEX's own ``_hold_block``, as its scale-in does): Slurm killed those
     on the nodes that survived, and the interchange would otherwise send
@@ -294,6 +320,8 @@ def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobS
                 hold_block(executor, block)
             except Exception as exc:  # noqa: BLE001 (the interchange may be gone; the heartbeat still works)
                 _LOG.warning("Could not hold the worker pools of ended block %s: %s", block, exc)
+    if _refused_blocks(executor, status):
+        return
     lost = getattr(executor.provider, "lost_blocks", {})
     kept = {
         block: s
@@ -301,6 +329,46 @@ def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobS
         if s.state != JobState.FAILED and executor.blocks_to_job_id.get(block) not in lost
     }
     simple_error_handler(executor, kept)
+
+
+def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Block error handler of an executor that never gives up on failed
+    blocks (e.g. Ccin2p3's), except when the scheduler refuses every block
+    it submits (`tolerate_lost_blocks`, first paragraph).
+
+    Parameters
+    ----------
+    executor : `parsl.executors.status_handling.BlockProviderExecutor`
+        The executor.
+    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
+        Status of each of its blocks.
+    """
+    _refused_blocks(executor, status)
+
+
+def _refused_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> bool:
+    """Give the executor up (`BlockSubmitError`) if the scheduler refused its
+    last `BLOCK_SUBMIT_FAILURES` blocks and none is pending or running;
+    whether it did.
+    """
+    if any(s.state in (JobState.PENDING, JobState.RUNNING, JobState.HELD) for s in status.values()):
+        return False
+    recent = sorted(status, key=lambda block: int(block) if block.isdigit() else -1)[-BLOCK_SUBMIT_FAILURES:]
+    refused = [
+        block
+        for block in recent
+        if status[block].state == JobState.FAILED and block not in executor.blocks_to_job_id
+    ]
+    if len(recent) < BLOCK_SUBMIT_FAILURES or len(refused) < len(recent):
+        return False
+    said = " ".join(str(status[recent[-1]].message or "no error message").split())
+    provider = type(executor.provider).__name__
+    executor.set_bad_state_and_fail_all(
+        BlockSubmitError(
+            f"{provider} could not submit a block {BLOCK_SUBMIT_FAILURES} times in a row, giving up: {said}"
+        )
+    )
+    return True
 
 
 def _parse_squeue(stdout: str) -> Iterator[tuple[str, tuple[str, int, str]]]:

@@ -49,6 +49,7 @@ __all__ = (
     "index_dir",
     "list_runs",
     "old_plugin_run",
+    "remove_run",
     "resolve_run",
 )
 
@@ -91,6 +92,24 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
     try:
         write_private(str(index_dir() / f"{run_id}.json"), json.dumps(record))
     except OSError:
+        pass
+
+
+def remove_run(run_id: str, submit_path: str) -> None:
+    """Forget a run of ``submit_path`` that was never created (best effort).
+
+    Parameters
+    ----------
+    run_id : `str`
+        The run's id.
+    submit_path : `str`
+        Its submit directory (the record is removed only if it names it).
+    """
+    record = index_dir() / f"{run_id}.json"
+    try:
+        if json.loads(record.read_text()).get("submit_path") == submit_path:
+            os.unlink(record)
+    except (OSError, ValueError, AttributeError):
         pass
 
 

@@ -67,6 +67,7 @@ from .schema import (
 )
 from .storefile import (
     FileIdentity,
+    RunTakenOverError,
     StateStoreError,
     StoreLostError,
     TornReadError,
@@ -87,6 +88,7 @@ __all__ = (
     "JobRow",
     "JobState",
     "RunStore",
+    "RunTakenOverError",
     "SessionRow",
     "StateStoreError",
     "StatusRow",
@@ -164,6 +166,8 @@ class RunStore(FileIdentity):
         self._pending_status: list[tuple] = []
         self._pending_attempts: list[tuple] = []
         self.session: int | None = None
+        self.fence: int | None = None
+        """The claim this writer holds (`take_fence`): every commit checks it is still the run's."""
         if not os.path.exists(path):
             raise StateStoreError(
                 f"{path}: no run-state database here: pass the submit directory that 'bps submit' printed"
@@ -367,7 +371,7 @@ class RunStore(FileIdentity):
         value : `~typing.Any`
             The value (anything JSON can store).
         """
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self._write_fenced("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     @_guarded()
     def jobs(self, start: int = 0) -> list[JobRow]:
@@ -467,6 +471,65 @@ class RunStore(FileIdentity):
     # ---- writing --------------------------------------------------------
 
     @_guarded(writing=True)
+    def take_fence(self, claim: int) -> None:
+        """Make ``claim`` (the number of the claim this writer holds, see
+        `claim`) the run's: from now on every commit of this store checks,
+        inside its transaction, that the run's claim is still ``claim``, and
+        writes nothing (`RunTakenOverError`) once a newer holder took it.
+
+        Parameters
+        ----------
+        claim : `int`
+            Number of the claim this writer holds.
+
+        Raises
+        ------
+        RunTakenOverError
+            If a newer claim already holds the run.
+        """
+        self.fence = claim
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='claim'").fetchone()
+            if row is not None and json.loads(row[0]) > claim:
+                raise self._taken_over(json.loads(row[0]))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('claim', ?)", (json.dumps(claim),))
+            self.conn.execute("COMMIT")
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+
+    def _taken_over(self, claim: Any) -> RunTakenOverError:
+        return RunTakenOverError(
+            f"{self.path}: the run was taken over (claim {claim}, this process held claim {self.fence}) "
+            "while this process could not run (stopped or frozen longer than parslDriverStaleAfter): it "
+            "wrote nothing more"
+        )
+
+    def _check_fence(self) -> None:
+        """Inside a write transaction: raise `RunTakenOverError` unless this
+        writer's claim (`take_fence`) is still the run's.
+        """
+        if self.fence is None:
+            return
+        row = self.conn.execute("SELECT value FROM meta WHERE key='claim'").fetchone()
+        claim = None if row is None else json.loads(row[0])
+        if claim != self.fence:
+            raise self._taken_over(claim)
+
+    def _write_fenced(self, sql: str, values: tuple) -> sqlite3.Cursor:
+        """One statement in its own transaction, if this writer still holds the run."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._check_fence()
+            cur = self.conn.execute(sql, values)
+            self.conn.execute("COMMIT")
+            return cur
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+
+    @_guarded(writing=True)
     def begin_session(self, kind: str, pid: int, host: str) -> int:
         """Record that a driver started; returns the session id.
 
@@ -484,7 +547,7 @@ class RunStore(FileIdentity):
         session : `int`
             Id of the new session.
         """
-        cur = self.conn.execute(
+        cur = self._write_fenced(
             "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)",
             (kind, pid, host, time.time()),
         )
@@ -502,7 +565,7 @@ class RunStore(FileIdentity):
         """
         self.flush()
         self.check_identity()
-        self.conn.execute(
+        self._write_fenced(
             "UPDATE sessions SET end=?, outcome=? WHERE id=?", (time.time(), outcome, self.session)
         )
 
@@ -642,6 +705,7 @@ class RunStore(FileIdentity):
         status, attempts = self._pending_status, self._pending_attempts
         try:
             self.conn.execute("BEGIN IMMEDIATE")
+            self._check_fence()
             if status:
                 self.conn.executemany(
                     "UPDATE status SET state=?, attempt=?, exit_code=?, signal=?, start=?, end=?, host=? "

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import typing
 from collections.abc import Generator, Iterable, Iterator
@@ -158,21 +159,22 @@ def create_store(
         (parent id, child id) pairs.
     """
     if os.path.exists(path):
-        raise StateStoreError(f"{path}: already exists: use 'bps restart' to resume this run")
-    tmp = path + ".tmp"
+        raise _exists(path)
+    # A name of this process's own: two submits into one directory never share a file.
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
     try:
+        _remove_stale_tmp(path)
         if os.path.exists(tmp):
             os.unlink(tmp)
         _write_new(tmp, meta, jobs, edges)
         os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        # Never leave a half-written database behind, whatever stopped
-        # the writing (a bad job row, a full disk).
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+            # link() puts the complete file in place only if no store is there yet
+            # (atomic and exclusive, on network file systems too): one submit wins.
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _exists(path) from None
+    except BaseException as exc:
         if isinstance(exc, sqlite3.DatabaseError | OSError):
             text = one_line(exc)
             raise StateStoreError(
@@ -180,6 +182,41 @@ def create_store(
                 f"in {os.path.dirname(path)}, or set submitPath elsewhere, then submit again (no job ran)"
             ) from None
         raise
+    finally:
+        # Never leave a half-written database behind, whatever stopped the writing.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _exists(path: str) -> StateStoreError:
+    directory = os.path.dirname(path)
+    return StateStoreError(
+        f"{directory}: already holds a run (another 'bps submit' may have created it at the same time): "
+        f"'bps restart --id {directory}' resumes it; submit with another submitPath"
+    )
+
+
+def _remove_stale_tmp(path: str) -> None:
+    """Remove what a submit into this directory that was killed while writing the
+    store left (its private temporary file: this host, a process that is gone).
+    """
+    directory, name = os.path.split(path)
+    host = socket.gethostname()
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return
+    for other in names:
+        if not (other.startswith(f"{name}.{host}.") and other.endswith(".tmp")):
+            continue
+        pid = other[len(name) + len(host) + 2 : -4]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(directory, other))
+            except OSError:
+                pass
 
 
 def insert_jobs(conn: sqlite3.Connection, jobs: Generator[JobRow, None, list[str]]) -> list[str]:

@@ -42,6 +42,7 @@ from .diskspace import RESERVE_NAME, SpaceReserve
 
 __all__ = (
     "FileIdentity",
+    "RunTakenOverError",
     "StateStoreError",
     "StoreLostError",
     "TornReadError",
@@ -60,6 +61,12 @@ class StateStoreError(RuntimeError):
 class StoreLostError(StateStoreError):
     """The run-state database was deleted, truncated or replaced under an
     open store: nothing more is written to it.
+    """
+
+
+class RunTakenOverError(StoreLostError):
+    """Another process claimed the run (a restart or a cancel, which judged
+    this writer gone): this writer must write nothing more.
     """
 
 
