@@ -28,10 +28,14 @@
 
 """Exit statuses of job processes: read when they end, logged, reaped.
 
-Whoever reaps a job logs its exit status first (`log_exit_status`) in its
-stderr log, where a restart reads it (`logged_exit_status`): `job.run_job` on
-Parsl workers, the local pool's spawner, or the spawner's keeper if the
-spawner died (`keeper`). `ended_child` tells which child ended without reaping
+Whoever reaps a job records its exit status first (`log_exit_status`), where
+a restart reads it (`logged_exit_status`): `job.run_job` on Parsl workers, the
+local pool's spawner, or the spawner's keeper if the spawner died (`keeper`).
+The status is the operating system's (the wait status of the reaped process),
+and its record is a file of its own next to the job's stderr log
+(`exit_record`, mode 0600), which none of the job's file descriptors points
+to: nothing the job prints decides its status. A line for the reader of the
+log is appended to the log too, and never read back. `ended_child` tells which child ended without reaping
 it, so that until the status is logged the job is still there for the keeper,
 or for a spawner taking over (`zombie_exit_code`).
 
@@ -46,6 +50,7 @@ import os
 __all__ = (
     "EXIT_MARKER",
     "ended_child",
+    "exit_record",
     "exit_code_of",
     "log_exit_status",
     "logged_exit_status",
@@ -56,10 +61,35 @@ __all__ = (
 EXIT_MARKER = "[bps-parsl] exit status "
 
 
-def log_exit_status(err_path: str, code: int) -> None:
-    """Append a job's exit status to its stderr log (`logged_exit_status`
-    reads it), only if that log exists; errors are ignored.
+def exit_record(err_path: str) -> str:
+    """The file that records the exit status of the job attempt whose
+    stderr log is ``err_path``.
     """
+    return err_path + ".exit"
+
+
+def log_exit_status(err_path: str, code: int) -> None:
+    """Record a job's exit status (`logged_exit_status` reads it) in its
+    private record (`exit_record`), and say it in its stderr log if that
+    exists (for the reader only); errors are ignored.
+    """
+    try:
+        fd = os.open(exit_record(err_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:
+        try:
+            os.makedirs(os.path.dirname(err_path), exist_ok=True)
+            fd = os.open(exit_record(err_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError:
+            fd = -1
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            os.write(fd, f"{code}\n".encode())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     try:
         fd = os.open(err_path, os.O_WRONLY | os.O_APPEND)
     except OSError:
@@ -84,21 +114,18 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
 
 
 def logged_exit_status(stderr: str) -> int | None:
-    """Exit status a job's shell appended to its stderr log, if any."""
+    """Exit status recorded for the job attempt whose stderr log is
+    ``stderr`` (`log_exit_status`), if any. The log itself is never read:
+    what the job printed there decides nothing.
+    """
     try:
-        with open(stderr, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            size = stream.tell()
-            stream.seek(max(0, size - 4096))
-            tail = stream.read().decode(errors="replace")
+        with open(exit_record(stderr), "rb") as stream:
+            data = stream.read(64)
     except OSError:
         return None
-    pos = tail.rfind(EXIT_MARKER)
-    if pos < 0:
-        return None
     try:
-        return int(tail[pos + len(EXIT_MARKER) :].split()[0])
-    except (ValueError, IndexError):
+        return int(data.decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

@@ -49,6 +49,7 @@ from lsst_ctrl_bps_parsl_worker.processes import quote
 from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
 from parsl.monitoring.message_type import MessageType
 from parsl.serialize import deserialize, pack_apply_message
+from parsl.serialize.errors import SerializationError
 
 from .wire import AttemptResult
 
@@ -57,7 +58,7 @@ __all__ = ("PythonTasks", "Task", "TaskProcessError", "is_run_job", "report_try"
 _PYTASK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytask.py")
 _WRAP_ERROR_CODE = wrap_error(run_job).__code__
 """Code of the wrapper Parsl's ``python_app`` puts around its function."""
-_SUFFIXES = (".task", ".result", ".out", ".err")
+_SUFFIXES = (".task", ".result", ".out", ".err", ".err.exit")
 
 
 class TaskProcessError(RuntimeError):
@@ -104,12 +105,21 @@ class PythonTasks:
     def request(self, number: int, func: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, Any], str]:
         """Write task ``number``'s file; return its spawner request and the
         base path of its files.
+
+        Raises
+        ------
+        parsl.serialize.errors.SerializationError
+            ``func`` or an argument cannot be serialized.
         """
+        try:
+            message = pack_apply_message(func, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - Parsl's own executors say it this way
+            raise SerializationError(getattr(func, "__name__", repr(func))) from exc
         if self.directory is None:
             self.directory = tempfile.mkdtemp(prefix=f"parsl-localpool-{os.getpid()}-")
         base = os.path.join(self.directory, str(number))
         with open(base + ".task", "wb") as stream:
-            pickle.dump((list(sys.path), pack_apply_message(func, args, kwargs)), stream)
+            pickle.dump((list(sys.path), message), stream)
         command = " ".join(
             quote(word) for word in (sys.executable, _PYTASK, base + ".task", base + ".result")
         )

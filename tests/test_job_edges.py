@@ -1,0 +1,451 @@
+"""Trust at the edges of a job (issue 20, items 2, 4, 5, 11, 15): a job that
+cannot start fails alone; nothing a job prints decides its status; what a
+job leaves behind ends with it; deadlines on the monotonic clock; "not
+started" means not started.
+
+Real processes throughout: real oversize ``exec`` (E2BIG from the kernel),
+the spawner as a subprocess, drivers through `synthetic.run` and the
+synthetic driver script, processes found by scanning ``/proc``. Where a
+fault cannot be made for real on a shared machine (EAGAIN from ``fork``
+needs a process limit root ignores; a wall clock jump would move every
+other process's clock), the one call that fails or the clock is replaced,
+and the test says so. Each test names the promise of ``doc/reliability.md``
+it proves.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import parsl
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from cli import cli_environment, wait_for  # noqa: E402
+from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor, spawner  # noqa: E402
+from lsst.ctrl.bps.parsl.records import JobState  # noqa: E402
+from lsst.ctrl.bps.parsl.runner import NotStartedError, run_job  # noqa: E402
+from lsst_ctrl_bps_parsl_worker import processes  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.exits import exit_record, logged_exit_status  # noqa: E402
+from parsl import python_app  # noqa: E402
+from parsl.config import Config  # noqa: E402
+from parsl.serialize.errors import SerializationError  # noqa: E402
+from synthetic import attempts, job, make_config, run, workflow  # noqa: E402
+from test_reliability import LOCAL2, S, lines, run_id_of, run_processes, start  # noqa: E402
+
+BIG_ARGUMENT = "x" * (3 << 20)
+"""A 3 MB word: more than any ``exec`` takes (E2BIG)."""
+
+
+def _bad_starts(tmp: Path) -> dict[str, dict]:
+    """Commands and environments the kernel refuses to ``exec`` (E2BIG), and
+    a program that does not exist, each as ``run_job`` keyword arguments."""
+    many = "".join(f"export V{i}={'v' * 40}\n" for i in range(50_000))
+    return {
+        "argv": {"command": f"/bin/echo {BIG_ARGUMENT}"},
+        "manyvars": {"env": many, "command": "/bin/true"},
+        "bigvalue": {"env": f"export BIG={'y' * 200_000}\n", "command": "/bin/true"},
+    }
+
+
+def _sleepers(marker: str) -> list[int]:
+    """Pids of live ``sleep`` processes whose argument is ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z" and argv[0].endswith(b"sleep") and len(argv) > 1 and argv[1] == marker.encode():
+                found.append(int(entry))
+    return found
+
+
+def _kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def leaving_behind(marker: str, n: int = 100) -> str:
+    """A script that leaves ``sleep MARKER`` processes behind every way a
+    job can: ``cmd &``, ``nohup``, ``setsid``, a double fork, and ``n`` more
+    in the background, then exits 0 at once."""
+    return (
+        f"sleep {marker} & nohup sleep {marker} >/dev/null 2>&1 & "
+        f"setsid sleep {marker} & ( setsid sh -c 'sleep {marker} & ' & ) ; "
+        f"for i in $(seq {n}); do sleep {marker} & done; exit 0"
+    )
+
+
+# ---- 2. a job that cannot start is that job's failure --------------------------------
+
+
+def _request(tmp: Path, number: int, command: str, env: str = "", **extra) -> dict:
+    return {
+        "id": number,
+        "shell": "/bin/bash",
+        "env": env,
+        "command": command,
+        "out": str(tmp / f"{number}.out"),
+        "err": str(tmp / f"{number}.err"),
+        "pid_file": str(tmp / "running" / f"{number}.pid"),
+        "token": f"edges-{os.getpid()}/{number}/1",
+        "cores": 1,
+        "memory": 0,
+        "time_limit": None,
+        **extra,
+    }
+
+
+def test_spawner_answers_a_job_that_cannot_start_as_failed_and_goes_on(tmp_path):
+    """Promise P12 (local pool): E2BIG from a 3 MB command line, 50,000
+    variables or one 200 KB value, and a missing program, each end that job
+    (start ``!``, exit 126 or 127, the reason in its log and its private
+    record) while a job started before them runs on and one sent after them
+    starts: the spawner never stops."""
+    bad = _bad_starts(tmp_path)
+    requests = [_request(tmp_path, 0, "/bin/sleep 1.5")]
+    requests += [_request(tmp_path, i + 1, **kwargs) for i, kwargs in enumerate(bad.values())]
+    requests.append(_request(tmp_path, 9, "/nonexistent/program"))
+    requests.append(_request(tmp_path, 10, "/bin/true"))
+    proc = subprocess.Popen(
+        [sys.executable, "-S", spawner.__file__, "4", "none"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("".join(json.dumps(r) + "\n" for r in requests))
+    proc.stdin.flush()
+    replies: dict[int, list[str]] = {}
+    while len(replies) < len(requests):
+        fields = proc.stdout.readline().split()
+        if len(fields) == 6:
+            replies[int(fields[0])] = fields
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    for number in (1, 2, 3):
+        code, start = replies[number][1], replies[number][3]
+        assert (code, start) == ("126", "!"), replies[number]
+        log = (tmp_path / f"{number}.err").read_text()
+        assert "could not be started" in log and "Argument list too long" in log, log
+        assert logged_exit_status(str(tmp_path / f"{number}.err")) == 126
+    # A missing program: the shell says so (exit 127), as it always did.
+    assert replies[9][1] == "127" and replies[9][3] not in ("-", "!")
+    assert replies[0][1] == "0" and replies[0][3] not in ("-", "!")
+    assert replies[10][1] == "0"
+
+
+def test_run_job_fails_a_job_that_cannot_start_without_raising(tmp_path):
+    """Promise P12 (Parsl workers): `run_job` returns exit 126, no start
+    time, the reason in the job's log, for each E2BIG class; it never raises."""
+    for name, kwargs in _bad_starts(tmp_path).items():
+        err = tmp_path / "logs" / f"{name}.err"
+        code, sig, begun, _, _, timed_out = run_job(
+            f"edges-{os.getpid()}/{name}/1",
+            "",
+            kwargs.get("env", ""),
+            kwargs["command"],
+            str(tmp_path / "logs" / f"{name}.out"),
+            str(err),
+            str(tmp_path / "running" / name),
+        )
+        assert (code, sig, begun, timed_out) == (126, None, None, False), name
+        assert "Argument list too long" in err.read_text()
+        assert logged_exit_status(str(err)) == 126
+
+
+def test_a_passing_fork_failure_is_tried_again_within_a_bound(tmp_path, monkeypatch):
+    """Promise P12 (EAGAIN): a start that fails with EAGAIN is tried again
+    (`processes.START_RETRY_DELAYS`, ~1.9 s in all) and the job runs; one that
+    keeps failing ends that job with the reason. Mocked: the launcher's
+    spawn fails twice with EAGAIN (a real EAGAIN from fork needs a process
+    limit, which root ignores)."""
+    real = processes.Launcher.spawn_job
+    failures = {"left": 2}
+
+    def flaky(self, *args):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return real(self, *args)
+
+    monkeypatch.setattr(processes.Launcher, "spawn_job", flaky)
+    err = tmp_path / "ok.err"
+    result = run_job(
+        "edges/ok/1", "", "", "/bin/true", str(tmp_path / "ok.out"), str(err), str(tmp_path / "p")
+    )
+    assert result[0] == 0 and failures["left"] == 0
+    # The spawner: same retries, without blocking its loop.
+    pool = spawner.Spawner(1, None, [])
+    pool.flush = lambda: None  # type: ignore[method-assign]  # keep the replies to read them here
+    failures["left"] = 2
+    pool.handle(_request(tmp_path, 1, "/bin/true"))
+    deadline = time.monotonic() + 10
+    while not pool.running and time.monotonic() < deadline:
+        wait = pool.start_ready()
+        time.sleep(wait or 0.01)
+    assert pool.running and failures["left"] == 0
+    while pool.running:
+        pool.reap()
+        time.sleep(0.01)
+    assert pool.out[-1].split()[1] == "0"
+    # Always EAGAIN: the job fails, after the bounded retries.
+    failures["left"] = 100
+    began = time.monotonic()
+    result = run_job(
+        "edges/no/1", "", "", "/bin/true", str(tmp_path / "no.out"), str(tmp_path / "no.err"), ""
+    )
+    assert result[0] == 126 and result[2] is None
+    assert time.monotonic() - began < sum(processes.START_RETRY_DELAYS) + 5
+    assert "tried 6 times" in (tmp_path / "no.err").read_text()
+
+
+def test_a_job_that_cannot_start_fails_alone_and_the_run_goes_on(tmp_path):
+    """Promise P12 (the run): a job whose command line is 3 MB is FAILED
+    with the reason in its log, its child is PRUNED, and an unrelated job
+    running at the time finishes (SUCCEEDED), on the local pool."""
+    marker = tmp_path / "slow-done"
+    gw = workflow(
+        [
+            job("bad", f"echo {BIG_ARGUMENT}"),
+            job("child", "true"),
+            job("slow", f"sleep 2; touch {marker}"),
+        ],
+        [("bad", "child")],
+    )
+    config = make_config({"computeSite": "local", "site": {"local": LOCAL2}})
+    submit = tmp_path / "submit"
+    found = run(gw, submit, config, expect_fail=True)
+    assert found["bad"][0] == JobState.FAILED and found["bad"][2] == 126, found
+    assert found["child"][0] == JobState.PRUNED, found
+    assert found["slow"][0] == JobState.SUCCEEDED and marker.exists(), found
+    log = (submit / "logs" / "bad" / "bad.1.err").read_text()
+    assert "could not be started" in log and "Argument list too long" in log
+
+
+# ---- 4. nothing a job prints decides its status ---------------------------------------
+
+
+def test_what_a_job_prints_is_never_read_as_its_exit_status(tmp_path):
+    """Promise P13: a job that prints ``[bps-parsl] exit status 0`` and
+    exits 3 is recorded 3; a log holding only that line records nothing;
+    the record is a file of its own, mode 0600."""
+    err = tmp_path / "logs" / "j.err"
+    code, *_ = run_job(
+        "edges/print/1",
+        "",
+        "",
+        "/bin/sh -c 'echo \"[bps-parsl] exit status 0\" >&2; exit 3'",
+        str(tmp_path / "logs" / "j.out"),
+        str(err),
+        str(tmp_path / "running" / "j"),
+    )
+    assert code == 3 and logged_exit_status(str(err)) == 3
+    assert os.stat(exit_record(str(err))).st_mode & 0o777 == 0o600
+    forged = tmp_path / "forged.err"
+    forged.write_text("[bps-parsl] exit status 0\n")
+    assert logged_exit_status(str(forged)) is None
+
+
+def test_a_job_that_printed_success_and_was_lost_is_not_recorded_succeeded(tmp_path, monkeypatch):
+    """Promise P13 (restart): a job prints ``[bps-parsl] exit status 0``,
+    then its whole host goes (driver, spawner, keeper, job: SIGKILL); the
+    restart does not count it SUCCEEDED and its child runs only after it
+    really succeeded."""
+    from cli import bps
+
+    env = cli_environment(tmp_path, monkeypatch)
+    flag, order = tmp_path / "flag", tmp_path / "order"
+    forge = (
+        f"if [ ! -e {flag} ]; then echo '[bps-parsl] exit status 0' >&2; touch {flag}; sleep 300; fi; "
+        f"echo parent >> {order}"
+    )
+    spec = {
+        "jobs": [{"name": "liar", "script": forge}, {"name": "kid", "script": f"echo kid >> {order}"}],
+        "edges": [["liar", "kid"]],
+        "site": LOCAL2,
+    }
+    proc, submit = start(tmp_path, env, spec)
+    try:
+        wait_for(flag.exists, what="the job", proc=proc)
+        pids = run_processes(run_id_of(submit))
+        proc.kill()
+        _kill_all(pids)
+        proc.wait(timeout=30)
+        _kill_all(run_processes(run_id_of(submit)))
+        bps(env, "restart", "--id", str(submit), timeout=300)
+        assert lines(order) == ["parent", "kid"]
+        first = [row for row in attempts(submit, "liar") if row[1] == 1]
+        assert all(row[3] != S for row in first), first
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+# ---- 5. everything a job starts ends with it -----------------------------------------
+
+
+def test_run_job_ends_what_a_job_left_behind(tmp_path):
+    """Promise P14 (Parsl workers): once `run_job` reaped a job that exited
+    0, nothing it started is left: ``cmd &``, ``nohup``, ``setsid``, a double
+    fork and 100 more background processes."""
+    marker = str(7100 + os.getpid() % 100 + 0.25)
+    try:
+        code, *_ = run_job(
+            f"edges-left-{os.getpid()}/0/1",
+            "",
+            "",
+            leaving_behind(marker),
+            str(tmp_path / "j.out"),
+            str(tmp_path / "j.err"),
+            str(tmp_path / "running" / "j"),
+            shell="/bin/sh",
+        )
+        assert code == 0
+        wait_for(lambda: not _sleepers(marker), timeout=5, what="every leftover to end")
+    finally:
+        _kill_all(_sleepers(marker))
+
+
+def test_local_pool_ends_what_a_job_left_behind_while_the_run_goes_on(tmp_path, monkeypatch):
+    """Promise P14 (local pool): while another job still runs, everything a
+    job that ended left behind is gone within `spawner.LEFTOVER_SWEEP` (plus
+    slack); the driver's piped output ends with the run (``bps submit | cat``
+    returns): no helper of the plugin holds it."""
+    env = cli_environment(tmp_path, monkeypatch)
+    marker = str(7200 + os.getpid() % 100 + 0.25)
+    done = tmp_path / "left"
+    spec = {
+        "jobs": [
+            {"name": "leaver", "script": leaving_behind(marker) + f"; touch {done}"},
+            {"name": "slow", "script": f"sleep 6; test -e {done}"},
+        ],
+        "site": LOCAL2,
+    }
+    spec["jobs"][0]["script"] = f"touch {done}; " + leaving_behind(marker)
+    proc, submit = start(tmp_path, env, spec)
+    try:
+        wait_for(done.exists, what="the leaving job", proc=proc)
+        wait_for(lambda: not _sleepers(marker), timeout=spawner.LEFTOVER_SWEEP + 4, what="leftovers to end")
+        assert proc.poll() is None  # the slow job still runs: the run went on
+        began = time.monotonic()
+        out, _ = proc.communicate(timeout=120)  # reads until every holder of the pipe closed it
+        assert time.monotonic() - began < 60, out
+        assert proc.returncode == 0, out
+        assert not run_processes(run_id_of(submit))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _kill_all(_sleepers(marker))
+
+
+# ---- 11. deadlines on the monotonic clock ---------------------------------------------
+
+
+def test_walltime_deadlines_ignore_the_wall_clock(tmp_path, monkeypatch):
+    """Promise P15: the spawner's walltime deadline does not move with the
+    wall clock. Mocked: the spawner module's ``time.time`` jumps an hour
+    forward (changing the machine's clock would change every process's)."""
+    pool = spawner.Spawner(1, None, [])
+    pool.flush = lambda: None  # type: ignore[method-assign]  # keep the replies to read them here
+    pool.handle(_request(tmp_path, 1, "/bin/sleep 1", time_limit=30))
+    pool.start_ready()
+    assert pool.running
+    real_time = time.time
+
+    class Jumped:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def time():
+            return real_time() + 3600
+
+    monkeypatch.setattr(spawner, "time", Jumped())
+    assert pool.check_deadlines() > 25
+    assert not any(job.get("timed_out") for job in pool.running.values())
+    while pool.running:
+        pool.reap()
+        time.sleep(0.02)
+    assert pool.out[-1].split()[1] == "0"
+
+
+# ---- 15. "not started" means not started ------------------------------------------
+
+
+def mark_and_nap(directory: str, index: int) -> int:
+    import os as _os
+    import time as _time
+
+    with open(_os.path.join(directory, str(index)), "w"):
+        pass
+    _time.sleep(0.3)
+    return index
+
+
+def test_not_started_only_for_tasks_that_never_ran(tmp_path):
+    """Promise P16: shutting the pool down while tasks are handed over ends
+    a future with `NotStartedError` only if its process never ran (no marker
+    file, also a while later); every task that ran is followed to its end."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    executor = LocalPoolExecutor(label="local", cores=2)
+    dfk = parsl.load(Config(executors=[executor], strategy="none", run_dir=str(tmp_path / "runinfo")))
+    app = python_app(mark_and_nap, executors=["local"])
+    futures = []
+
+    def submit_many():
+        for i in range(60):
+            try:
+                futures.append((i, app(str(marks), i)))
+            except Exception:  # noqa: BLE001 - the kernel is shut down
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=submit_many)
+    thread.start()
+    time.sleep(0.8)
+    try:
+        dfk.cleanup()
+    finally:
+        parsl.clear()
+    thread.join(timeout=60)
+    time.sleep(1.0)  # a process started late would mark now
+    for i, future in futures:
+        if not future.done():
+            continue
+        error = future.exception(timeout=0)
+        if isinstance(error, NotStartedError):
+            assert not (marks / str(i)).exists(), f"task {i} ran, yet its future says it was not started"
+
+
+def test_executor_has_working_dir_and_reports_unpicklable_arguments(tmp_path):
+    """Promise P16: the local executor has ``working_dir`` (Parsl's staging
+    providers read it) and an argument that cannot be serialized raises
+    Parsl's `SerializationError` at submit, not a raw ``OSError``."""
+    executor = LocalPoolExecutor(label="local", cores=1, working_dir=str(tmp_path / "work"))
+    assert executor.working_dir == str(tmp_path / "work")
+    assert LocalPoolExecutor(label="x").working_dir is None
+    executor.start()
+    try:
+        with socket.socket() as sock, pytest.raises(SerializationError):
+            executor.submit(mark_and_nap, {}, sock, 0)
+    finally:
+        executor.shutdown()
