@@ -390,50 +390,84 @@ def test_walltime_deadlines_ignore_the_wall_clock(tmp_path, monkeypatch):
 # ---- 15. "not started" means not started ------------------------------------------
 
 
-def mark_and_nap(directory: str, index: int) -> int:
-    import os as _os
+def nap(seconds: float) -> float:
     import time as _time
 
-    with open(_os.path.join(directory, str(index)), "w"):
-        pass
-    _time.sleep(0.3)
-    return index
+    _time.sleep(seconds)
+    return seconds
 
 
-def test_not_started_only_for_tasks_that_never_ran(tmp_path):
-    """Promise P16: shutting the pool down while tasks are handed over ends
-    a future with `NotStartedError` only if its process never ran (no marker
-    file, also a while later); every task that ran is followed to its end."""
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    executor = LocalPoolExecutor(label="local", cores=2)
-    dfk = parsl.load(Config(executors=[executor], strategy="none", run_dir=str(tmp_path / "runinfo")))
-    app = python_app(mark_and_nap, executors=["local"])
-    futures = []
+_SITECUSTOMIZE = """
+import os, sys
+if sys.argv and sys.argv[0].endswith("pytask.py") and os.environ.get("EDGES_STARTED"):
+    open(os.path.join(os.environ["EDGES_STARTED"], os.path.basename(sys.argv[1])), "w").close()
+"""
+"""Makes every Python task's process say that it started, before it reads its task file."""
 
-    def submit_many():
-        for i in range(60):
-            try:
-                futures.append((i, app(str(marks), i)))
-            except Exception:  # noqa: BLE001 - the kernel is shut down
-                return
-            time.sleep(0.01)
 
-    thread = threading.Thread(target=submit_many)
-    thread.start()
-    time.sleep(0.8)
-    try:
-        dfk.cleanup()
-    finally:
-        parsl.clear()
-    thread.join(timeout=60)
-    time.sleep(1.0)  # a process started late would mark now
-    for i, future in futures:
-        if not future.done():
-            continue
-        error = future.exception(timeout=0)
-        if isinstance(error, NotStartedError):
-            assert not (marks / str(i)).exists(), f"task {i} ran, yet its future says it was not started"
+def test_not_started_only_for_tasks_that_never_ran(tmp_path, monkeypatch):
+    """Promise J5: shutting the kernel down while tasks are handed over (5
+    tasks of 0.5 s on 2 cores, the shutdown 0 to 0.4 s after the submits)
+    ends a future with `NotStartedError` only if no process of its task
+    started (each task's process says so as Python starts it, through a
+    ``sitecustomize``)."""
+    site, started = tmp_path / "site", tmp_path / "started"
+    site.mkdir()
+    started.mkdir()
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("EDGES_STARTED", str(started))
+    for trial in range(5):
+        for name in os.listdir(started):
+            os.unlink(started / name)
+        executor = LocalPoolExecutor(label="local", cores=2)
+        dfk = parsl.load(Config(executors=[executor], run_dir=str(tmp_path / f"runinfo{trial}")))
+        try:
+            app = python_app(nap, executors=["local"])
+            futures = [app(0.5) for _ in range(5)]
+            time.sleep(0.1 * trial)
+        finally:
+            dfk.cleanup()
+            parsl.clear()
+        time.sleep(1.0)  # a process started late would say so now
+        ran = {int(name.split(".")[0]) for name in os.listdir(started)}
+        for number, future in enumerate(futures):
+            error = future.exception(timeout=30)
+            if isinstance(error, NotStartedError):
+                assert number not in ran, f"trial {trial}: task {number} started, yet 'not started'"
+
+
+def test_a_spawner_dying_while_the_pool_shuts_down_is_replaced(tmp_path):
+    """Promise J5: the spawner is SIGKILLed while the pool shuts down, with a
+    job running that ignores SIGTERM (so the stop is still under way): a
+    new spawner follows the job to its end, and its future says how it
+    ended, not that it never started."""
+    flag = tmp_path / "flag"
+    executor = LocalPoolExecutor(label="local", cores=1)
+    executor.start()
+    future = executor.submit(
+        run_job,
+        {},
+        f"edges-{os.getpid()}/dying/1",
+        "",
+        "",
+        f"trap '' TERM; touch {flag}; sleep 30",
+        str(tmp_path / "j.out"),
+        str(tmp_path / "j.err"),
+        str(tmp_path / "running" / "j"),
+    )
+    wait_for(flag.exists, timeout=60, what="the job")
+    dead = executor._spawner_pid
+    stopping = threading.Thread(target=executor.shutdown)
+    stopping.start()
+    time.sleep(0.2)
+    os.kill(dead, signal.SIGKILL)
+    stopping.join(timeout=90)
+    assert not stopping.is_alive()
+    error = future.exception(timeout=30)
+    assert not isinstance(error, NotStartedError), error
+    code, sig = future.result()[:2]
+    assert code == 128 + signal.SIGKILL and sig == signal.SIGKILL, future.result()
 
 
 def test_executor_has_working_dir_and_reports_unpicklable_arguments(tmp_path):
@@ -446,6 +480,6 @@ def test_executor_has_working_dir_and_reports_unpicklable_arguments(tmp_path):
     executor.start()
     try:
         with socket.socket() as sock, pytest.raises(SerializationError):
-            executor.submit(mark_and_nap, {}, sock, 0)
+            executor.submit(nap, {}, sock)
     finally:
         executor.shutdown()

@@ -40,8 +40,9 @@ name (started just before the spawner died) is left unreaped for
 status from ``/proc`` (`exits.zombie_exit_code`). Either way a job that
 ran when its spawner died is not run again.
 
-The keeper holds nothing of the spawner's wire: it closes its standard input,
-and keeps its standard output only to add, once the spawner ended, the line
+The keeper holds nothing of the spawner's wire nor of the terminal: its
+standard input and error go to ``/dev/null``, and it keeps its standard
+output only to add, once the spawner ended, the line
 ``exit <exit code>`` (``128 + s`` for a signal ``s``) after the spawner's
 last reply, then closes it. It exits when it has no children left.
 
@@ -114,8 +115,9 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
             sys.stderr.flush()
             os._exit(code)
     os.close(dirs_w)
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
+    os.dup2(devnull, 2)  # it may outlive the run (jobs left behind): it holds no terminal open
     os.close(devnull)
     code = _await_spawner(spawner)
     try:

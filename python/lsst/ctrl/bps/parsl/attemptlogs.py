@@ -28,9 +28,10 @@
 """Where each job attempt's logs are, and what its shell wrote there.
 
 Every attempt has its own ``<submit>/logs/<subdir>/<job>.<attempt>.out`` and
-``.err``; the job's shell appends ``[bps-parsl] exit status N`` to the
-latter, which lets a restart tell how an attempt ended when its driver died
-before recording it.
+``.err``, and, once it ended, ``.err.exit``: its exit status, recorded by the
+process that reaped it (`lsst_ctrl_bps_parsl_worker.exits`), which lets a
+restart tell how an attempt ended when its driver died before recording it.
+What the job wrote in its logs is never read for that.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
 
 
 def exit_status_from_log(stderr: str) -> int | None:
-    """Exit status a job's shell appended to its stderr log, if any."""
+    """Exit status recorded for the attempt whose stderr log is ``stderr``
+    (never read from the log itself), if any.
+    """
     return logged_exit_status(stderr)
 
 

@@ -149,7 +149,7 @@ class Recorder:
         """Settle the attempts a driver that died launched but did not record.
 
         An attempt was launched when its stderr log exists (its shell
-        creates it first); if the shell logged exit status 0 the job counts
+        creates it first); if its recorded exit status is 0 the job counts
         as succeeded, otherwise as failed. ``state`` and ``attempts`` (by
         job id) are updated.
         """

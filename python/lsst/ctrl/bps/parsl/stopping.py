@@ -140,7 +140,7 @@ def _record_one(
     if future is not None and error is None:
         result = AttemptResult._make(future.result())
     else:
-        # The executor lost it or was shut down first: if it ran to its end, its shell logged how.
+        # The executor lost it or was shut down first: if it ran to its end, its reaper recorded how.
         logged = exit_status_from_log(recorder.stderr_of(i, number))
         result = AttemptResult(-1 if logged is None else logged, None, None, time.time(), None, False)
     ended_state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.DELETED
