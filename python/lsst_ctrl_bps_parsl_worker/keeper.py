@@ -44,7 +44,11 @@ The keeper holds nothing of the spawner's wire nor of the terminal: its
 standard input and error go to ``/dev/null``, and it keeps its standard
 output only to add, once the spawner ended, the line
 ``exit <exit code>`` (``128 + s`` for a signal ``s``) after the spawner's
-last reply, then closes it. It exits when it has no children left.
+last reply, then closes it. It exits when it has no children left. When the
+spawner exited by itself (status 0: no job of it runs any more), every
+child the keeper still has is a process some job left behind (re-parented to
+the keeper, also one that dropped its token and left its job's session):
+the keeper kills them (`LEFTOVER_WAIT`) before it exits.
 
 Where ``PR_SET_CHILD_SUBREAPER`` is not available (not Linux) there is no
 keeper: the spawner runs in the process started, and a job whose spawner
@@ -67,12 +71,14 @@ from .exits import log_exit_status
 from .journal import journal_logs, journal_name, journal_starting
 from .processes import ATTEMPT_ENV
 
-__all__ = ("HOLD_UNNAMED", "keep")
+__all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "keep")
 
 _EXEC_WAIT = 0.05
 """Seconds for a job being started when the spawner died to reach its ``exec``."""
 HOLD_UNNAMED = 10.0
 """Seconds an ended job that the journal does not name stays unreaped."""
+LEFTOVER_WAIT = 5.0
+"""Seconds at most spent killing what jobs left behind once the spawner exited by itself."""
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -127,6 +133,8 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
+    if code == 0:
+        _end_leftovers()
     _keep_orphans(_read_dirs(dirs_r), journal_name(host, spawner))
     return code
 
@@ -144,6 +152,37 @@ def _await_spawner(spawner: int) -> int:
             return 255
         if pid == spawner:
             return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _end_leftovers() -> None:
+    """The spawner exited by itself, so none of its jobs runs (it does not
+    exit while one does): every child left here is a process some job left
+    behind that was re-parented to this subreaper, also one that dropped
+    its token and left its job's session. SIGKILL each with its process
+    group, and again for what they leave in turn, for `LEFTOVER_WAIT`
+    seconds at most.
+    """
+    deadline = time.monotonic() + LEFTOVER_WAIT
+    while time.monotonic() < deadline:
+        children = _children()
+        if not children:
+            return
+        for pid, live in children:
+            if live:
+                for kill, target in ((os.killpg, pid), (os.kill, pid)):
+                    try:
+                        kill(target, signal.SIGKILL)
+                    except OSError:
+                        pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+        time.sleep(0.02)
 
 
 def _read_dirs(fd: int) -> set[str]:
@@ -230,6 +269,11 @@ def _name_starting(logs: dict[int, str], starting: dict[str, str]) -> None:
 
 def _ended_children() -> list[int]:
     """Pids of this process's children that ended and are not reaped."""
+    return [pid for pid, live in _children() if not live]
+
+
+def _children() -> list[tuple[int, bool]]:
+    """(pid, whether it is alive) of this process's children."""
     me = str(os.getpid()).encode()
     found = []
     for entry in os.listdir("/proc"):
@@ -241,8 +285,8 @@ def _ended_children() -> list[int]:
         except OSError:
             continue
         fields = data[data.rindex(b")") + 2 :].split()
-        if fields[0] == b"Z" and fields[1] == me:
-            found.append(int(entry))
+        if fields[1] == me:
+            found.append((int(entry), fields[0] != b"Z"))
     return found
 
 
