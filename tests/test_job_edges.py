@@ -238,6 +238,13 @@ def test_a_job_that_cannot_start_fails_alone_and_the_run_goes_on(tmp_path):
     assert found["slow"][0] == JobState.SUCCEEDED and marker.exists(), found
     log = (submit / "logs" / "bad" / "bad.1.err").read_text()
     assert "could not be started" in log and "Argument list too long" in log
+    from lsst.ctrl.bps.parsl import ParslService
+
+    reports, _ = ParslService(config).report(wms_workflow_id=str(submit))
+    said = str(reports[0].specific_info)
+    assert "could not be started: 1 attempts" in said and "'bad': [Errno 7] Argument list too long" in said, (
+        said
+    )
 
 
 # ---- 4. nothing a job prints decides its status ---------------------------------------
