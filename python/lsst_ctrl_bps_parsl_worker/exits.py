@@ -70,36 +70,38 @@ def exit_record(err_path: str) -> str:
 
 def log_exit_status(err_path: str, code: int) -> None:
     """Record a job's exit status (`logged_exit_status` reads it) in its
-    private record (`exit_record`), and say it in its stderr log if that
-    exists (for the reader only); errors are ignored.
+    private record (`exit_record`: created mode 0600, never through a
+    symbolic link), and say it in its stderr log if that exists (for the
+    reader only); errors are ignored.
     """
+    record, flags = exit_record(err_path), os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    if not _write(record, f"{code}\n", flags, 0o600) and _made_directory(err_path):
+        _write(record, f"{code}\n", flags, 0o600)
+    _write(err_path, f"{EXIT_MARKER}{code}\n", os.O_APPEND)
+
+
+def _write(path: str, text: str, flags: int, mode: int = 0o666) -> bool:
+    """Write ``text`` to ``path`` opened with ``flags``; whether it was written."""
     try:
-        fd = os.open(exit_record(err_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    except FileNotFoundError:
-        try:
-            os.makedirs(os.path.dirname(err_path), exist_ok=True)
-            fd = os.open(exit_record(err_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        except OSError:
-            fd = -1
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        try:
-            os.write(fd, f"{code}\n".encode())
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fd = os.open(path, os.O_WRONLY | flags, mode)
+    except (OSError, ValueError):
+        return False
     try:
-        fd = os.open(err_path, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, text.encode())
+        return True
     except OSError:
-        return
-    try:
-        os.write(fd, f"{EXIT_MARKER}{code}\n".encode())
-    except OSError:
-        pass
+        return False
     finally:
         os.close(fd)
+
+
+def _made_directory(path: str) -> bool:
+    """Make the directory of ``path`` (it vanished); whether it exists now."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def exit_code_of(status: int) -> tuple[int, int | None]:

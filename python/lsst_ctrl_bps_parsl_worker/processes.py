@@ -360,7 +360,7 @@ def write_text(path: str, text: str, mode: str = "w") -> None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             except OSError:
                 return
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path
             return
 
 
