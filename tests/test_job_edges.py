@@ -37,7 +37,7 @@ from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor, spawner  # noqa: E4
 from lsst.ctrl.bps.parsl.records import JobState  # noqa: E402
 from lsst.ctrl.bps.parsl.runner import NotStartedError, run_job  # noqa: E402
 from lsst_ctrl_bps_parsl_worker import processes  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.exits import exit_record, logged_exit_status  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.exits import EXITS_PREFIX, recorded_exits  # noqa: E402
 from parsl import python_app  # noqa: E402
 from parsl.config import Config  # noqa: E402
 from parsl.serialize.errors import SerializationError  # noqa: E402
@@ -145,7 +145,7 @@ def test_spawner_answers_a_job_that_cannot_start_as_failed_and_goes_on(tmp_path)
         assert (code, start) == ("126", "!"), replies[number]
         log = (tmp_path / f"{number}.err").read_text()
         assert "could not be started" in log and "Argument list too long" in log, log
-        assert logged_exit_status(str(tmp_path / f"{number}.err")) == 126
+        assert recorded_exits(str(tmp_path / "running"))[f"edges-{os.getpid()}/{number}/1"] == 126
     # A missing program: the shell says so (exit 127), as it always did.
     assert replies[9][1] == "127" and replies[9][3] not in ("-", "!")
     assert replies[0][1] == "0" and replies[0][3] not in ("-", "!")
@@ -168,7 +168,7 @@ def test_run_job_fails_a_job_that_cannot_start_without_raising(tmp_path):
         )
         assert (code, sig, begun, timed_out) == (126, None, None, False), name
         assert "Argument list too long" in err.read_text()
-        assert logged_exit_status(str(err)) == 126
+        assert recorded_exits(str(tmp_path / "running"))[f"edges-{os.getpid()}/{name}/1"] == 126
 
 
 def test_a_passing_fork_failure_is_tried_again_within_a_bound(tmp_path, monkeypatch):
@@ -252,9 +252,10 @@ def test_a_job_that_cannot_start_fails_alone_and_the_run_goes_on(tmp_path):
 
 def test_what_a_job_prints_is_never_read_as_its_exit_status(tmp_path):
     """Promise J2: a job that prints ``[bps-parsl] exit status 0`` and
-    exits 3 is recorded 3; a log holding only that line records nothing;
-    the record is a file of its own, mode 0600."""
-    err = tmp_path / "logs" / "j.err"
+    exits 3 is recorded 3; a log holding only that line, with no record,
+    records nothing; the record is private (mode 0600) and not a file the
+    job's output goes to."""
+    err, running = tmp_path / "logs" / "j.err", tmp_path / "running"
     code, *_ = run_job(
         "edges/print/1",
         "",
@@ -262,13 +263,14 @@ def test_what_a_job_prints_is_never_read_as_its_exit_status(tmp_path):
         "/bin/sh -c 'echo \"[bps-parsl] exit status 0\" >&2; exit 3'",
         str(tmp_path / "logs" / "j.out"),
         str(err),
-        str(tmp_path / "running" / "j"),
+        str(running / "j"),
     )
-    assert code == 3 and logged_exit_status(str(err)) == 3
-    assert os.stat(exit_record(str(err))).st_mode & 0o777 == 0o600
-    forged = tmp_path / "forged.err"
-    forged.write_text("[bps-parsl] exit status 0\n")
-    assert logged_exit_status(str(forged)) is None
+    assert code == 3 and recorded_exits(str(running)) == {"edges/print/1": 3}
+    assert "[bps-parsl] exit status 0" in err.read_text()  # what it printed is there, and changes nothing
+    records = [name for name in os.listdir(running) if name.startswith(EXITS_PREFIX)]
+    assert records and all(os.stat(running / name).st_mode & 0o777 == 0o600 for name in records)
+    (tmp_path / "logs" / "forged.err").write_text("[bps-parsl] exit status 0\n")
+    assert "edges/forged/1" not in recorded_exits(str(running))
 
 
 def test_a_job_that_printed_success_and_was_lost_is_not_recorded_succeeded(tmp_path, monkeypatch):

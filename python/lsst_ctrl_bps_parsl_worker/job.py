@@ -35,7 +35,7 @@ and a walltime kill stops every process carrying its token
 process group, so that report, cancel, and a restart after the driver was
 killed, can find it. Its exit status (``128 + N`` for a signal N), as the
 operating system gives it when `run_job` reaps the job, is recorded in a
-private file next to its stderr log (`exits.log_exit_status`), so a restart
+private record in the directory of its pid file (`exits.record_exit`), so a restart
 can tell that a job finished even when the driver died before recording it
 (the job's shell has no trap, so bash runs a simple command in its own
 place instead of forking for it); a job killed with its worker (the orphan
@@ -65,7 +65,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .exits import exit_code_of, log_exit_status
+from .exits import exit_code_of, log_exit_status, record_exit
 from .guard import orphan_guard
 from .processes import (
     START_RETRY_DELAYS,
@@ -165,7 +165,8 @@ def _run(
                 time.sleep(START_RETRY_DELAYS[tries])
                 tries += 1
                 continue
-            return start_failure(err_path, exc, tries), None, None, time.time(), _HOST, False
+            code = start_failure(err_path, exc, tries, pid_file, token)
+            return code, None, None, time.time(), _HOST, False
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:
@@ -173,6 +174,7 @@ def _run(
             timed_out = True
             kill_attempts((token,), groups=(pid,))
         returncode, sig = exit_code_of(_reap(pid))
+        record_exit(os.path.dirname(pid_file), token, returncode)
         log_exit_status(err_path, returncode)
         _end_leftovers(token)
     except BaseException:

@@ -30,11 +30,11 @@
 
 A job's shell runs the job's command in its own place (no fork, no trap), so
 the shell cannot log the job's exit status: the process that reaps the job
-does (`exits.log_exit_status`), before it reaps it. That is the spawner
+does (`exits.record_exit`), before it reaps it. That is the spawner
 while it lives. The keeper is a ``PR_SET_CHILD_SUBREAPER`` process: when the
 spawner dies (killed, say), its running jobs become the keeper's children,
-and the keeper logs the exit status of each as it ends, in the stderr log the
-spawner's journal names (`journal.journal_logs`); a job the journal does not
+and the keeper records the exit status of each as it ends, under the token
+the spawner's journal names (`journal.journal_logs`); a job the journal does not
 name (started just before the spawner died) is left unreaped for
 `HOLD_UNNAMED` seconds, so that the spawner that takes over reads its exit
 status from ``/proc`` (`exits.zombie_exit_code`). Either way a job that
@@ -67,8 +67,8 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .exits import log_exit_status
-from .journal import journal_logs, journal_name, journal_starting
+from .exits import log_exit_status, record_exit
+from .journal import journal_entries, journal_logs, journal_name, journal_starting
 from .processes import ATTEMPT_ENV
 
 __all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "keep")
@@ -80,6 +80,9 @@ HOLD_UNNAMED = 10.0
 LEFTOVER_WAIT = 5.0
 """Seconds at most spent killing what jobs left behind once the spawner exited by itself."""
 _PR_SET_CHILD_SUBREAPER = 36
+
+Named = tuple[str, str, str]
+"""(journal directory, token, stderr log) of a job the spawner's journal names."""
 
 
 def _become_subreaper() -> bool:
@@ -211,11 +214,16 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
     """Log the exit status of each job the spawner left, as it ends; return
     when no child is left.
     """
-    logs: dict[int, str] = {}
-    starting: dict[str, str] = {}
+    logs: dict[int, Named] = {}
+    starting: dict[str, Named] = {}
     for directory in dirs:
-        logs.update(journal_logs(os.path.join(directory, journal)))
-        starting.update(journal_starting(os.path.join(directory, journal)))
+        path = os.path.join(directory, journal)
+        tokens = journal_entries(path)[0]
+        for pid, stderr in journal_logs(path).items():
+            if pid in tokens:
+                logs[pid] = (directory, tokens[pid], stderr)
+        for token, stderr in journal_starting(path).items():
+            starting[token] = (directory, token, stderr)
     if starting:
         _name_starting(logs, starting)
         time.sleep(_EXEC_WAIT)  # a job started as the spawner died may not carry its token yet
@@ -239,7 +247,7 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
             time.sleep(0.1)
 
 
-def _name_starting(logs: dict[int, str], starting: dict[str, str]) -> None:
+def _name_starting(logs: dict[int, Named], starting: dict[str, Named]) -> None:
     """Add to ``logs`` the job the spawner was starting when it died: a live
     child of this process, leading its own session, whose environment
     carries the token of the journal's ``>`` line (`journal_starting`).
@@ -261,9 +269,9 @@ def _name_starting(logs: dict[int, str], starting: dict[str, str]) -> None:
             continue
         for item in environ.split(b"\0"):
             if item.startswith(prefix):
-                stderr = starting.get(item[len(prefix) :].decode(errors="replace"))
-                if stderr is not None:
-                    logs[int(entry)] = stderr
+                named = starting.get(item[len(prefix) :].decode(errors="replace"))
+                if named is not None:
+                    logs[int(entry)] = named
                 break
 
 
@@ -290,12 +298,12 @@ def _children() -> list[tuple[int, bool]]:
     return found
 
 
-def _settle(pid: int, logs: dict[int, str], held: dict[int, float]) -> bool:
-    """Log the exit status of ended child ``pid`` if the journal named its
-    log, and reap it; or hold it (see `HOLD_UNNAMED`). Whether it was reaped.
+def _settle(pid: int, logs: dict[int, Named], held: dict[int, float]) -> bool:
+    """Record the exit status of ended child ``pid`` if the journal named it,
+    and reap it; or hold it (see `HOLD_UNNAMED`). Whether it was reaped.
     """
-    stderr = logs.get(pid)
-    if stderr is None and time.monotonic() < held.setdefault(pid, time.monotonic() + HOLD_UNNAMED):
+    named = logs.get(pid)
+    if named is None and time.monotonic() < held.setdefault(pid, time.monotonic() + HOLD_UNNAMED):
         return False
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -303,8 +311,10 @@ def _settle(pid: int, logs: dict[int, str], held: dict[int, float]) -> bool:
         return True
     if info is None:
         return False
-    if stderr is not None:
+    if named is not None:
+        directory, token, stderr = named
         code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+        record_exit(directory, token, code)
         log_exit_status(stderr, code)
     try:
         os.waitpid(pid, 0)

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 
 from .direct import direct_start, shell_environment, shell_kind
-from .exits import log_exit_status
+from .exits import log_exit_status, record_exit
 
 __all__ = (
     "ATTEMPT_ENV",
@@ -317,10 +317,11 @@ def transient_start_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.EAGAIN, errno.ENOMEM)
 
 
-def start_failure(err: str, error: BaseException, retries: int = 0) -> int:
+def start_failure(err: str, error: BaseException, retries: int, pid_file: str, token: str) -> int:
     """Say in a job attempt's stderr log ``err`` why it could not be started
-    (``retries``: tries made again), record its exit status, and return it:
-    127 if the program or a directory is missing, else 126, as the shell's.
+    (``retries``: tries made again), record its exit status (`exits.record_exit`
+    in the directory of ``pid_file``, under ``token``), and return it: 127 if
+    the program or a directory is missing, else 126, as the shell's.
     """
     code = 127 if isinstance(error, FileNotFoundError) else 126
     reason = f"{type(error).__name__}: {error}" if not isinstance(error, OSError) else str(error)
@@ -328,6 +329,7 @@ def start_failure(err: str, error: BaseException, retries: int = 0) -> int:
         reason = reason[:500] + "..."
     again = f" (tried {retries + 1} times)" if retries else ""
     append_note(err, f"[bps-parsl] the job could not be started{again}: {reason}\n")
+    record_exit(os.path.dirname(pid_file), token, code)
     log_exit_status(err, code)
     return code
 

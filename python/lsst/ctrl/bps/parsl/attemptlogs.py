@@ -28,10 +28,9 @@
 """Where each job attempt's logs are, and what its shell wrote there.
 
 Every attempt has its own ``<submit>/logs/<subdir>/<job>.<attempt>.out`` and
-``.err``, and, once it ended, ``.err.exit``: its exit status, recorded by the
-process that reaped it (`lsst_ctrl_bps_parsl_worker.exits`), which lets a
-restart tell how an attempt ended when its driver died before recording it.
-What the job wrote in its logs is never read for that.
+``.err``. How an attempt ended, when its driver died before recording it, is
+read from the exit records of ``parsl/running`` (`Recorder.exit_status`),
+never from what the job wrote in its logs.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ import os
 import string
 from typing import TYPE_CHECKING, Any
 
-from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status
 from lsst_ctrl_bps_parsl_worker.processes import append_note
 
 from .files import safe_component, safe_subdir
@@ -48,7 +46,7 @@ from .files import safe_component, safe_subdir
 if TYPE_CHECKING:
     from lsst.ctrl.bps import BpsConfig
 
-__all__ = ("append_note", "exit_status_from_log", "log_dir_template", "log_paths")
+__all__ = ("append_note", "log_dir_template", "log_paths")
 
 
 def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
@@ -58,13 +56,6 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
     """
     base = os.path.join(submit_path, "logs", safe_subdir(log_dir), f"{safe_component(name)}.{attempt}")
     return base + ".out", base + ".err"
-
-
-def exit_status_from_log(stderr: str) -> int | None:
-    """Exit status recorded for the attempt whose stderr log is ``stderr``
-    (never read from the log itself), if any.
-    """
-    return logged_exit_status(stderr)
 
 
 class _SubdirTemplate:

@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lsst_ctrl_bps_parsl_worker.exits import zombie_exit_code
+from lsst_ctrl_bps_parsl_worker.exits import EXITS_PREFIX, zombie_exit_code
 from lsst_ctrl_bps_parsl_worker.journal import (
     JOURNAL_PREFIX,
     JOURNAL_REFRESH,
@@ -62,7 +62,6 @@ from lsst_ctrl_bps_parsl_worker.journal import (
 )
 from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
-from .attemptlogs import exit_status_from_log
 from .claim import DriverBusyError, driver_stale_after
 from .liveness import file_clock
 
@@ -122,7 +121,7 @@ def running_attempts(running_dir: str) -> Iterator[tuple[str, int, str]]:
         for pid, token in read_journal(os.path.join(running_dir, name)).items():
             yield host, pid, token
     for name in names:
-        if name.startswith(JOURNAL_PREFIX):
+        if name.startswith((JOURNAL_PREFIX, EXITS_PREFIX)):
             continue
         try:
             with open(os.path.join(running_dir, name)) as stream:
@@ -276,7 +275,8 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
         if not fresh and not _journal_moves(path, info, stale_after):
             stale.append(StaleJournal(path, host, attempts))
             continue
-        unended = [a for a in attempts if exit_status_from_log(recorder.stderr_of(*a)) is None]
+        exits = recorder.exit_statuses()
+        unended = [a for a in attempts if recorder.exit_status(*a, exits) is None]
         if unended:
             live.setdefault(host, []).extend(unended)
     if live:
@@ -303,10 +303,11 @@ def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
     are settled; an attempt whose log holds no exit status says why it was
     taken as ended.
     """
+    exits = recorder.exit_statuses()
     for journal in stale:
         for job, attempt in journal.attempts:
             stderr = recorder.stderr_of(job, attempt)
-            if os.path.exists(stderr) and exit_status_from_log(stderr) is None:
+            if os.path.exists(stderr) and recorder.exit_status(job, attempt, exits) is None:
                 append_note(
                     stderr,
                     f"[bps-parsl] the local job pool on {journal.host} stopped refreshing its journal "

@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .attemptlogs import exit_status_from_log
 from .recorder import AttemptResult, Recorder
 from .records import ENDED, JobState
 from .runner import NotStartedError
@@ -141,7 +140,7 @@ def _record_one(
         result = AttemptResult._make(future.result())
     else:
         # The executor lost it or was shut down first: if it ran to its end, its reaper recorded how.
-        logged = exit_status_from_log(recorder.stderr_of(i, number))
+        logged = recorder.exit_status(i, number)
         result = AttemptResult(-1 if logged is None else logged, None, None, time.time(), None, False)
     ended_state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.DELETED
     recorder.ended(i, number, ended_state, result, flight.memory, flight.label)

@@ -56,8 +56,8 @@ Requests:
     first come first served (a request larger than the whole budget is given
     the whole budget). ``prefix`` and ``env`` may be left out (empty). The
     spawner records the job's exit status, as the operating system gives it,
-    in ``err``'s private record (`exits.log_exit_status`) before it reaps the
-    job. ``token`` (one
+    in its private exit record in the directory of ``pid_file``
+    (`exits.record_exit`) before it reaps the job. ``token`` (one
     word) is exported to the job as ``BPS_PARSL_ATTEMPT``; ``time_limit``
     (seconds or ``null``, on the monotonic clock) kills the job's processes
     after that long (SIGTERM, then SIGKILL `processes.KILL_GRACE` later).
@@ -126,8 +126,9 @@ if __name__ == "__main__":
 from lsst_ctrl_bps_parsl_worker.exits import (  # noqa: E402
     ended_child,
     log_exit_status,
-    logged_exit_status,
     reap,
+    record_exit,
+    recorded_exits,
     zombie_exit_code,
 )
 from lsst_ctrl_bps_parsl_worker.journal import (  # noqa: E402
@@ -263,7 +264,8 @@ class Spawner:
                     self.queue.appendleft(job)
                     self.hold_until = time.monotonic() + START_RETRY_DELAYS[tries]
                     continue
-                self.reply(job, start_failure(job["err"], exc, tries), None, "!")
+                code = start_failure(job["err"], exc, tries, job.get("pid_file") or "", job["token"])
+                self.reply(job, code, None, "!")
         return None
 
     def _spawn(self, job: dict) -> None:
@@ -328,6 +330,7 @@ class Spawner:
                 self._ended(pid, job, code, sig, job["start"])
                 if self.flush_due() == 0.0:
                     self.flush()
+                record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code)
                 log_exit_status(job["err"], code)
             reap(pid)
 
@@ -386,13 +389,15 @@ class Spawner:
     def _answer_from_log(job: dict, pid: int | None) -> tuple[int, int | None]:
         """(exit code, signal) of a job that a spawner that died had started:
         read from ``/proc`` while the job (``pid``) ended unreaped, else from
-        its stderr log (where that spawner, or its keeper, logged it).
+        the exit records (where that spawner, or its keeper, recorded it).
         """
+        directory = os.path.dirname(job.get("pid_file") or "")
         code = zombie_exit_code(pid) if pid is not None else None
         if code is not None:
+            record_exit(directory, job["token"], code)
             log_exit_status(job["err"], code)
         else:
-            code = logged_exit_status(job["err"])
+            code = recorded_exits(directory).get(job["token"]) if directory else None
         if code is None:
             append_note(
                 job["err"],

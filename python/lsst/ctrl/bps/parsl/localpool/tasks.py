@@ -58,7 +58,7 @@ __all__ = ("PythonTasks", "Task", "TaskProcessError", "is_run_job", "report_try"
 _PYTASK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytask.py")
 _WRAP_ERROR_CODE = wrap_error(run_job).__code__
 """Code of the wrapper Parsl's ``python_app`` puts around its function."""
-_SUFFIXES = (".task", ".result", ".out", ".err", ".err.exit")
+_SUFFIXES = (".task", ".result", ".out", ".err")
 
 
 class TaskProcessError(RuntimeError):
