@@ -42,6 +42,7 @@ from parsl import python_app  # noqa: E402
 from parsl.config import Config  # noqa: E402
 from parsl.serialize.errors import SerializationError  # noqa: E402
 from synthetic import attempts, job, make_config, run, workflow  # noqa: E402
+from synthetic import statuses as statuses_of  # noqa: E402
 from test_reliability import LOCAL2, S, lines, run_id_of, run_processes, start  # noqa: E402
 
 BIG_ARGUMENT = "x" * (3 << 20)
@@ -245,6 +246,47 @@ def test_a_job_that_cannot_start_fails_alone_and_the_run_goes_on(tmp_path):
     assert "could not be started: 1 attempts" in said and "'bad': [Errno 7] Argument list too long" in said, (
         said
     )
+
+
+def test_on_htex_workers_a_job_that_cannot_start_fails_alone_and_leaves_nothing(tmp_path, monkeypatch):
+    """Promises J1 and J3 on real Parsl workers (HighThroughputExecutor,
+    LocalProvider): a job with a 3 MB command line is FAILED (126) and its
+    child PRUNED while the others succeed; what a job left behind (``cmd &``,
+    ``nohup``, ``setsid``, a double fork, 20 more) is gone once it ended,
+    while the run still goes on."""
+    env = cli_environment(tmp_path, monkeypatch)
+    marker = str(7400 + os.getpid() % 100 + 0.25)
+    done = tmp_path / "left"
+    spec = {
+        "jobs": [
+            {"name": "bad", "script": f"echo {BIG_ARGUMENT}"},
+            {"name": "kid", "script": "true"},
+            {"name": "leaver", "script": f"touch {done}; " + leaving_behind(marker, 20)},
+            {"name": "slow", "script": f"sleep 8; test -e {done}"},
+        ],
+        "edges": [["bad", "kid"]],
+        "site": {"class": "test_reliability.HtexSite"},
+    }
+    proc, submit = start(tmp_path, env, spec)
+    try:
+        wait_for(done.exists, timeout=180, what="the leaving job", proc=proc)
+        wait_for(lambda: not _sleepers(marker), timeout=10, what="leftovers to end")
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_all(_sleepers(marker))
+    assert proc.returncode != 0, out
+    found = {name: row[0] for name, row in statuses_of(submit).items()}
+    assert found == {
+        "bad": JobState.FAILED,
+        "kid": JobState.PRUNED,
+        "leaver": JobState.SUCCEEDED,
+        "slow": JobState.SUCCEEDED,
+    }, out
+    assert statuses_of(submit)["bad"][2] == 126
+    assert "Argument list too long" in (submit / "logs" / "bad" / "bad.1.err").read_text()
 
 
 # ---- 4. nothing a job prints decides its status ---------------------------------------
