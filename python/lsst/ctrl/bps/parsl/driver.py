@@ -77,7 +77,8 @@ _LOG = logging.getLogger(__name__)
 _HOST = socket.gethostname()
 _NO_CGROUP = (
     "no cgroup per job: processes a job leaves behind are ended through its process group and its "
-    "BPS_PARSL_ATTEMPT token; one that drops the token and leaves the group is not (doc/reliability.md, J3)"
+    "BPS_PARSL_ATTEMPT token; one that drops the token and leaves the group is ended only when the "
+    "local pool ends, and not at all on Parsl workers (doc/reliability.md, J3)"
 )
 """Said at run start: the promise J3 of doc/reliability.md that cannot be kept in full."""
 _FLUSH_INTERVAL = 0.05
