@@ -583,7 +583,7 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
     for _ in range(10):  # what the last jobs left behind (bounded: a process may not die at once)
         if spawner.sweep_leftovers(force=True) is None:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     spawner.close()
     return 0
 
