@@ -154,8 +154,8 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
     A process is signalled only if its own ``/proc`` entry carries this run's
     token, so a reused pid is never hit. Journals of spawners that are gone
     are removed afterwards; the jobs of live ones that ended are given up to
-    ``_UNREAPED_WAIT`` seconds to be reaped, so that their logs hold their
-    exit status. Returns how many processes were found.
+    ``_UNREAPED_WAIT`` seconds to be reaped, so that their exit status is
+    recorded. Returns how many processes were found.
     """
     killed = kill_attempts(run_prefix=run_id + "/")
     try:
@@ -173,7 +173,7 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
                 os.unlink(os.path.join(running_dir, name))
             except OSError:
                 pass
-    # A job of a live spawner that ended is reaped, its exit status logged, in a moment.
+    # A job of a live spawner that ended is reaped, its exit status recorded, in a moment.
     deadline = time.monotonic() + _UNREAPED_WAIT
     while time.monotonic() < deadline and any(zombie_exit_code(pid) is not None for pid in ended):
         time.sleep(0.01)
