@@ -39,7 +39,7 @@ cannot reach another host's processes: a spawner there outlives its driver
 and lets its running jobs finish. `spawners_elsewhere` reads the journals of
 other hosts' spawners first: a fresh one (refreshed within the run's
 ``parslDriverStaleAfter``, by the file system's clock) that lists attempts
-whose logs hold no exit status refuses the restart; a stale one (its spawner
+that have no recorded exit status refuses the restart; a stale one (its spawner
 or host is gone) is taken as ended and removed once its attempts are settled
 (`forget_journals`).
 """
@@ -252,7 +252,7 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
     ------
     JobsRunElsewhereError
         If a live spawner on another host still runs attempts whose logs
-        hold no exit status.
+        have no recorded exit status.
     """
     try:
         names = os.listdir(running_dir)
@@ -300,7 +300,7 @@ def _refusal(recorder: Recorder, host: str, attempts: list[tuple[int, int]], oth
 
 def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
     """Remove the journals of spawners that are gone, once their attempts
-    are settled; an attempt whose log holds no exit status says why it was
+    are settled; an attempt with no recorded exit status says why it was
     taken as ended.
     """
     exits = recorder.exit_statuses()
