@@ -251,7 +251,7 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
     Raises
     ------
     JobsRunElsewhereError
-        If a live spawner on another host still runs attempts whose logs
+        If a live spawner on another host still runs attempts that
         have no recorded exit status.
     """
     try:
