@@ -153,6 +153,38 @@ def test_spawner_answers_a_job_that_cannot_start_as_failed_and_goes_on(tmp_path)
     assert replies[10][1] == "0"
 
 
+def test_jobs_start_when_the_working_directory_is_gone(tmp_path):
+    """Promise J1 (a missing working directory): the pool's working
+    directory is removed before its jobs start; they start and succeed (a
+    job that needs it fails alone, with the shell's reason in its log)."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-S", spawner.__file__, "2", "none"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=gone,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().startswith("spawner ")
+    gone.rmdir()
+    requests = [_request(tmp_path, 1, "/bin/true"), _request(tmp_path, 2, "touch here")]
+    proc.stdin.write("".join(json.dumps(r) + "\n" for r in requests))
+    proc.stdin.flush()
+    replies: dict[int, list[str]] = {}
+    while len(replies) < 2:
+        fields = proc.stdout.readline().split()
+        if len(fields) == 6:
+            replies[int(fields[0])] = fields
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert replies[1][1] == "0" and replies[1][3] not in ("-", "!")
+    assert replies[2][1] != "0" and replies[2][3] not in ("-", "!")
+    assert "No such file or directory" in (tmp_path / "2.err").read_text()
+
+
 def test_run_job_fails_a_job_that_cannot_start_without_raising(tmp_path):
     """Promise J1 (Parsl workers): `run_job` returns exit 126, no start
     time, the reason in the job's log, for each E2BIG class; it never raises."""
