@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from lsst_ctrl_bps_parsl_worker import spawner
-from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status, zombie_exit_code
+from lsst_ctrl_bps_parsl_worker.exits import recorded_exits, zombie_exit_code
 from lsst_ctrl_bps_parsl_worker.journal import journal_logs
 from test_localpool import _request as pool_request
 
@@ -59,9 +59,9 @@ def _parent(pid: int) -> int:
 
 def test_the_keeper_logs_the_exit_status_of_jobs_whose_spawner_was_killed(tmp_path):
     """The spawner is SIGKILLed while three jobs run: they become the
-    keeper's children, and as each ends the keeper appends its exit status
-    (an exit code, a signal, a fake status the job printed itself) to its
-    stderr log, as the spawner would have; the keeper's last line is the
+    keeper's children, and as each ends the keeper records its exit status
+    (an exit code, a signal; a fake status the job printed itself changes
+    nothing), as the spawner would have; the keeper's last line is the
     spawner's exit code, and it exits once the jobs ended."""
     scripts = [
         "sleep 0.8; exit 3",
@@ -83,17 +83,19 @@ def test_the_keeper_logs_the_exit_status_of_jobs_whose_spawner_was_killed(tmp_pa
         except FileNotFoundError:
             pass  # ended already
     assert keeper.wait(timeout=10) == 128 + signal.SIGKILL
-    statuses = [logged_exit_status(str(tmp_path / f"{n}.err")) for n in range(3)]
+    exits = recorded_exits(str(tmp_path / "running"))
+    statuses = [exits.get(f"keeper-test/{n}/1") for n in range(3)]
     assert statuses == [3, 128 + signal.SIGTERM, 5]
 
 
 def test_the_spawner_logs_the_exit_status_after_what_the_job_printed(tmp_path):
-    """With the spawner alive, it logs each job's exit status after the job's
-    own output: a job printing a fake status does not change what is read."""
+    """With the spawner alive, it records each job's exit status: a job
+    printing a fake status does not change what is read."""
     keeper, _ = _start(tmp_path, ["echo '[bps-parsl] exit status 0' >&2; exit 4", "exit 0"])
     out, _ = keeper.communicate("", timeout=30)
     assert keeper.returncode == 0
-    assert [logged_exit_status(str(tmp_path / f"{n}.err")) for n in range(2)] == [4, 0]
+    exits = recorded_exits(str(tmp_path / "running"))
+    assert [exits.get(f"keeper-test/{n}/1") for n in range(2)] == [4, 0]
     assert out.split()[-2:] == ["exit", "0"]
 
 

@@ -13,7 +13,7 @@ import os
 import stat
 
 from lsst.ctrl.bps.parsl.run.runner import run_job
-from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status
+from lsst_ctrl_bps_parsl_worker.exits import recorded_exits
 
 
 def _run(tmp_path, name: str, command: str, shell: str = "/bin/bash") -> tuple[int, int | None, str]:
@@ -32,8 +32,9 @@ def _run(tmp_path, name: str, command: str, shell: str = "/bin/bash") -> tuple[i
 
 
 def test_exit_status_is_logged_for_exits_and_signals(tmp_path):
-    """Exit codes and deaths by signal (128 + N) are in the stderr log, as
-    the local pool's shells log them; the pid file is gone afterwards."""
+    """Exit codes and deaths by signal (128 + N) are recorded (the exit
+    records of the pid file's directory), as the local pool records them;
+    the pid file is gone afterwards."""
     for name, command, want in [
         ("ok", "/bin/true", (0, None)),
         ("three", "exit 3", (3, None)),
@@ -43,7 +44,7 @@ def test_exit_status_is_logged_for_exits_and_signals(tmp_path):
     ]:
         code, sig, log = _run(tmp_path, name, command)
         assert (code, sig) == want, name
-        assert logged_exit_status(str(tmp_path / "logs" / f"{name}.err")) == want[0], log
+        assert recorded_exits(str(tmp_path / "running"))[f"exit{os.getpid()}/{name}/1"] == want[0], log
         assert not (tmp_path / "running" / name).exists()
 
 

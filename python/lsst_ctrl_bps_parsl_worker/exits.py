@@ -26,14 +26,22 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""Exit statuses of job processes: read when they end, logged, reaped.
+"""Exit statuses of job processes: read when they end, recorded, reaped.
 
-Whoever reaps a job logs its exit status first (`log_exit_status`) in its
-stderr log, where a restart reads it (`logged_exit_status`): `job.run_job` on
-Parsl workers, the local pool's spawner, or the spawner's keeper if the
-spawner died (`keeper`). `ended_child` tells which child ended without reaping
-it, so that until the status is logged the job is still there for the keeper,
-or for a spawner taking over (`zombie_exit_code`).
+Whoever reaps a job records its exit status first (`record_exit`), where a
+restart reads it (`recorded_exits`): `job.run_job` on Parsl workers, the
+local pool's spawner, or the spawner's keeper if the spawner died (`keeper`).
+The status is the operating system's (the wait status of the reaped
+process). The record is private: an append-only file per recording process,
+``exits.<host>.<pid>`` (mode 0600) in the directory of the jobs' pid files
+(the run's ``parsl/running``), one ``<token> <exit code>`` line per job,
+which none of a job's file descriptors points to: nothing a job prints
+decides its status. A line for the reader is appended to the job's stderr
+log too (`log_exit_status`), and never read back.
+
+`ended_child` tells which child ended without reaping it, so that until the
+status is recorded the job is still there for the keeper, or for a spawner
+taking over (`zombie_exit_code`).
 
 Like the rest of this package it needs nothing beyond the standard library,
 as the spawner runs under ``python -S``.
@@ -42,23 +50,98 @@ as the spawner runs under ``python -S``.
 from __future__ import annotations
 
 import os
+import socket
 
 __all__ = (
+    "EXITS_PREFIX",
     "EXIT_MARKER",
     "ended_child",
     "exit_code_of",
     "log_exit_status",
-    "logged_exit_status",
+    "record_exit",
+    "recorded_exits",
     "reap",
     "zombie_exit_code",
 )
 
 EXIT_MARKER = "[bps-parsl] exit status "
+EXITS_PREFIX = "exits."
+"""Name prefix of the exit records, ``exits.<host>.<pid>``."""
+_HOST = socket.gethostname()
+_RECORDS: dict[str, tuple[int, int]] = {}
+"""(pid, fd) of this process's open exit record by directory: appended to,
+not opened per job (a process forked from this one opens its own)."""
+
+
+def record_exit(directory: str, token: str, code: int) -> None:
+    """Record that job attempt ``token`` exited with ``code`` (``128 + s``
+    for a signal ``s``), as the operating system said when it was reaped, in
+    this process's exit record in ``directory`` (made again if it was
+    removed); errors are ignored (the attempt then has no record, and counts
+    as not finished).
+    """
+    if not directory:
+        return
+    line = f"{token} {code}\n".encode()
+    for _ in range(2):
+        pid, fd = _RECORDS.get(directory, (0, -1))
+        try:
+            if pid != os.getpid() or os.fstat(fd).st_nlink == 0:
+                fd = _open_record(directory)
+            os.write(fd, line)
+            return
+        except (OSError, ValueError):
+            _forget(directory)
+
+
+def _open_record(directory: str) -> int:
+    _forget(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{EXITS_PREFIX}{_HOST}.{os.getpid()}")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    _RECORDS[directory] = (os.getpid(), fd)
+    return fd
+
+
+def _forget(directory: str) -> None:
+    pid, fd = _RECORDS.pop(directory, (0, -1))
+    if pid == os.getpid():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def recorded_exits(directory: str) -> dict[str, int]:
+    """``{token: exit code}`` of every job attempt whose exit status was
+    recorded in ``directory`` (`record_exit`), by any process on any host.
+    """
+    found: dict[str, int] = {}
+    try:
+        names = os.listdir(directory)
+    except (OSError, ValueError):
+        return found
+    for name in names:
+        if not name.startswith(EXITS_PREFIX):
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as stream:
+                data = stream.read().decode(errors="replace")
+        except OSError:
+            continue
+        for line in data.splitlines():
+            token, _, code = line.partition(" ")
+            try:
+                found[token] = int(code)
+            except ValueError:
+                continue
+    return found
 
 
 def log_exit_status(err_path: str, code: int) -> None:
-    """Append a job's exit status to its stderr log (`logged_exit_status`
-    reads it), only if that log exists; errors are ignored.
+    """Say a job's exit status in its stderr log, if that exists, for its
+    reader (never read back: `record_exit` keeps the status); errors are
+    ignored.
 
     Parameters
     ----------
@@ -69,7 +152,7 @@ def log_exit_status(err_path: str, code: int) -> None:
     """
     try:
         fd = os.open(err_path, os.O_WRONLY | os.O_APPEND)
-    except OSError:
+    except (OSError, ValueError):
         return
     try:
         os.write(fd, f"{EXIT_MARKER}{code}\n".encode())
@@ -100,36 +183,6 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
         return 128 + sig, sig
     code = os.WEXITSTATUS(status)
     return code, (code - 128 if 128 < code < 128 + 65 else None)
-
-
-def logged_exit_status(stderr: str) -> int | None:
-    """Exit status a job's shell appended to its stderr log, if any.
-
-    Parameters
-    ----------
-    stderr : `str`
-        Path of the job's stderr log.
-
-    Returns
-    -------
-    status : `int` or `None`
-        The logged exit status; `None` if the log is missing or has none.
-    """
-    try:
-        with open(stderr, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            size = stream.tell()
-            stream.seek(max(0, size - 4096))
-            tail = stream.read().decode(errors="replace")
-    except OSError:
-        return None
-    pos = tail.rfind(EXIT_MARKER)
-    if pos < 0:
-        return None
-    try:
-        return int(tail[pos + len(EXIT_MARKER) :].split()[0])
-    except (ValueError, IndexError):
-        return None
 
 
 def ended_child(block: bool = False) -> tuple[int, int, int | None] | None:

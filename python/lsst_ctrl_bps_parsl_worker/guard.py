@@ -102,6 +102,7 @@ class OrphanGuard:
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # it may outlive the worker: it holds no terminal open
                 close_fds=True,
                 start_new_session=True,
             )

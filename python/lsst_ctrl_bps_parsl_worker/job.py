@@ -33,34 +33,50 @@ dispositions, the program itself when the shell would only start it),
 and a walltime kill stops every process carrying its token
 (`processes.kill_attempts`). While it runs, a small file names its host and
 process group, so that report, cancel, and a restart after the driver was
-killed, can find it. Its exit status (``128 + N`` for a signal N) is also
-appended to its stderr log, so a restart can tell that a job finished even
-when the driver died before recording it: here by `run_job` once it reaped
-the job (the job's shell has no trap, so bash runs a simple command in its
-own place instead of forking for it); a job killed with its worker (the
-orphan guard) logs none, and counts as not finished.
+killed, can find it. Its exit status (``128 + N`` for a signal N), as the
+operating system gives it when `run_job` reaps the job, is recorded in a
+private record in the directory of its pid file (`exits.record_exit`), so a restart
+can tell that a job finished even when the driver died before recording it
+(the job's shell has no trap, so bash runs a simple command in its own
+place instead of forking for it); a job killed with its worker (the orphan
+guard) has none, and counts as not finished. Nothing the job prints is read.
+
+An error starting the job (an argument list or environment too large, a
+missing program or directory) is the attempt's failure, with exit status
+126 (127: something missing) and the reason in its stderr log; a start that
+fails for want of processes or memory (EAGAIN, ENOMEM) is tried again
+first, `processes.START_RETRY_DELAYS` apart. When the job's process ends,
+what it left in its process group is killed before it is reaped, then every
+other process carrying its token (``setsid``, double forks).
 
 On the local pool (`lsst.ctrl.bps.parsl.localpool`) this function is not
 called: the pool's spawner starts the job itself (the same way) and logs
-the exit status as it reaps the job (or its keeper does, if the spawner died).
+the exit status as it reaps the job (or its keeper does, if the spawner died),
+and ends what the job left behind the same way.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from .exits import exit_code_of, log_exit_status
+from .exits import exit_code_of, log_exit_status, record_exit
 from .guard import orphan_guard
 from .processes import (
+    START_RETRY_DELAYS,
     append_note,
     current_launcher,
+    end_group,
     job_script,
     kill_attempts,
+    signal_attempts,
+    start_failure,
+    transient_start_error,
     write_text,
 )
 
@@ -85,7 +101,7 @@ def run_job(
     shell: str = "/bin/bash",
     inputs: Sequence[Any] = (),
     parsl_resource_specification: dict[str, Any] | None = None,
-) -> tuple[int, int | None, float, float, str, bool]:
+) -> tuple[int, int | None, float | None, float, str, bool]:
     """Run one attempt of one job.
 
     Parameters
@@ -115,8 +131,9 @@ def run_job(
     Returns
     -------
     result : `tuple`
-        (exit code, signal or None, start time, end time, host, whether the
-        walltime killed it). A job killed by a signal has exit code
+        (exit code, signal or None, start time (`None`: it could not be
+        started), end time, host, whether the walltime killed it). A job
+        killed by a signal has exit code
         ``128 + signal``.
     """
     return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
@@ -132,26 +149,37 @@ def _run(
     err_path: str,
     pid_file: str,
     walltime: float | None,
-) -> tuple[int, int | None, float, float, str, bool]:
+) -> tuple[int, int | None, float | None, float, str, bool]:
     start = time.time()
     guard = orphan_guard()
     if guard is not None:
         guard.watch()
-    pid = current_launcher().spawn_job(shell, token, prefix, env, command, out_path, err_path)
+    launcher = current_launcher()
+    tries = 0
+    while True:
+        try:
+            pid = launcher.spawn_job(shell, token, prefix, env, command, out_path, err_path)
+            break
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's failure
+            if transient_start_error(exc) and tries < len(START_RETRY_DELAYS):
+                time.sleep(START_RETRY_DELAYS[tries])
+                tries += 1
+                continue
+            code = start_failure(err_path, exc, tries, pid_file, token)
+            return code, None, None, time.time(), _HOST, False
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:
-        status = _wait(pid, walltime)
-        if status is None:
+        if not _ended(pid, walltime):
             timed_out = True
             kill_attempts((token,), groups=(pid,))
-            status = _wait(pid, None)
-        assert status is not None  # waited without a timeout
-        returncode, sig = exit_code_of(status)
+        returncode, sig = exit_code_of(_reap(pid))
+        record_exit(os.path.dirname(pid_file), token, returncode)
         log_exit_status(err_path, returncode)
+        _end_leftovers(token)
     except BaseException:
         kill_attempts((token,), groups=(pid,))
-        _wait(pid, None)
+        _reap(pid)
         raise
     finally:
         try:
@@ -164,8 +192,11 @@ def _run(
     return returncode, sig, start, end, _HOST, timed_out
 
 
-def _wait(pid: int, timeout: float | None) -> int | None:
-    """Wait status of child ``pid``, or `None` if it still runs after ``timeout`` seconds."""
+def _ended(pid: int, timeout: float | None) -> bool:
+    """Whether child ``pid`` ended within ``timeout`` seconds (`None`: wait
+    until it does); it is left unreaped, so its pid still names its
+    process group (`_reap`).
+    """
     if timeout is not None:
         try:
             pidfd = os.pidfd_open(pid)
@@ -177,18 +208,42 @@ def _wait(pid: int, timeout: float | None) -> int | None:
             finally:
                 os.close(pidfd)
             if not ready:
-                return None
+                return False
         else:
             deadline = time.monotonic() + timeout
             while True:
-                found, status = os.waitpid(pid, os.WNOHANG)
-                if found:
-                    return status
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if info is not None and info.si_pid:
+                    return True
                 if time.monotonic() >= deadline:
-                    return None
+                    return False
                 time.sleep(0.05)
+    while True:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            return True
+        except InterruptedError:
+            continue
+
+
+def _reap(pid: int) -> int:
+    """End what child ``pid`` left in its process group (`processes.end_group`),
+    then reap it; its wait status.
+    """
+    end_group(pid)
     while True:
         try:
             return os.waitpid(pid, 0)[1]
         except InterruptedError:
             continue
+
+
+def _end_leftovers(token: str) -> None:
+    """SIGKILL what the ended attempt ``token`` left behind outside its
+    process group (``setsid``, double forks): every process carrying its
+    token, looked for again while some are found (they may fork meanwhile).
+    """
+    for _ in range(10):
+        if not signal_attempts(signal.SIGKILL, (token,)):
+            return
+        time.sleep(0.02)

@@ -30,20 +30,25 @@
 
 A job's shell runs the job's command in its own place (no fork, no trap), so
 the shell cannot log the job's exit status: the process that reaps the job
-does (`exits.log_exit_status`), before it reaps it. That is the spawner
+does (`exits.record_exit`), before it reaps it. That is the spawner
 while it lives. The keeper is a ``PR_SET_CHILD_SUBREAPER`` process: when the
 spawner dies (killed, say), its running jobs become the keeper's children,
-and the keeper logs the exit status of each as it ends, in the stderr log the
-spawner's journal names (`journal.journal_logs`); a job the journal does not
+and the keeper records the exit status of each as it ends, under the token
+the spawner's journal names (`journal.journal_logs`); a job the journal does not
 name (started just before the spawner died) is left unreaped for
 `HOLD_UNNAMED` seconds, so that the spawner that takes over reads its exit
 status from ``/proc`` (`exits.zombie_exit_code`). Either way a job that
 ran when its spawner died is not run again.
 
-The keeper holds nothing of the spawner's wire: it closes its standard input,
-and keeps its standard output only to add, once the spawner ended, the line
+The keeper holds nothing of the spawner's wire nor of the terminal: its
+standard input and error go to ``/dev/null``, and it keeps its standard
+output only to add, once the spawner ended, the line
 ``exit <exit code>`` (``128 + s`` for a signal ``s``) after the spawner's
-last reply, then closes it. It exits when it has no children left.
+last reply, then closes it. It exits when it has no children left. When the
+spawner exited by itself (status 0: no job of it runs any more), every
+child the keeper still has is a process some job left behind (re-parented to
+the keeper, also one that dropped its token and left its job's session):
+the keeper kills them (`LEFTOVER_WAIT`) before it exits.
 
 Where ``PR_SET_CHILD_SUBREAPER`` is not available (not Linux) there is no
 keeper: the spawner runs in the process started, and a job whose spawner
@@ -62,17 +67,22 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .exits import log_exit_status
-from .journal import journal_logs, journal_name, journal_starting
+from .exits import log_exit_status, record_exit
+from .journal import journal_entries, journal_logs, journal_name, journal_starting
 from .processes import ATTEMPT_ENV
 
-__all__ = ("HOLD_UNNAMED", "keep")
+__all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "keep")
 
 _EXEC_WAIT = 0.05
 """Seconds for a job being started when the spawner died to reach its ``exec``."""
 HOLD_UNNAMED = 10.0
 """Seconds an ended job that the journal does not name stays unreaped."""
+LEFTOVER_WAIT = 5.0
+"""Seconds at most spent killing what jobs left behind once the spawner exited by itself."""
 _PR_SET_CHILD_SUBREAPER = 36
+
+Named = tuple[str, str, str]
+"""(journal directory, token, stderr log) of a job the spawner's journal names."""
 
 
 def _become_subreaper() -> bool:
@@ -126,8 +136,9 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
             sys.stderr.flush()
             os._exit(code)
     os.close(dirs_w)
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
+    os.dup2(devnull, 2)  # it may outlive the run (jobs left behind): it holds no terminal open
     os.close(devnull)
     code = _await_spawner(spawner)
     try:
@@ -137,6 +148,8 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
+    if code == 0:
+        _end_leftovers()
     _keep_orphans(_read_dirs(dirs_r), journal_name(host, spawner))
     return code
 
@@ -154,6 +167,37 @@ def _await_spawner(spawner: int) -> int:
             return 255
         if pid == spawner:
             return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _end_leftovers() -> None:
+    """The spawner exited by itself, so none of its jobs runs (it does not
+    exit while one does): every child left here is a process some job left
+    behind that was re-parented to this subreaper, also one that dropped
+    its token and left its job's session. SIGKILL each with its process
+    group, and again for what they leave in turn, for `LEFTOVER_WAIT`
+    seconds at most.
+    """
+    deadline = time.monotonic() + LEFTOVER_WAIT
+    while time.monotonic() < deadline:
+        children = _children()
+        if not children:
+            return
+        for pid, live in children:
+            if live:
+                for kill, target in ((os.killpg, pid), (os.kill, pid)):
+                    try:
+                        kill(target, signal.SIGKILL)
+                    except OSError:
+                        pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+        time.sleep(0.02)
 
 
 def _read_dirs(fd: int) -> set[str]:
@@ -182,11 +226,16 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
     """Log the exit status of each job the spawner left, as it ends; return
     when no child is left.
     """
-    logs: dict[int, str] = {}
-    starting: dict[str, str] = {}
+    logs: dict[int, Named] = {}
+    starting: dict[str, Named] = {}
     for directory in dirs:
-        logs.update(journal_logs(os.path.join(directory, journal)))
-        starting.update(journal_starting(os.path.join(directory, journal)))
+        path = os.path.join(directory, journal)
+        tokens = journal_entries(path)[0]
+        for pid, stderr in journal_logs(path).items():
+            if pid in tokens:
+                logs[pid] = (directory, tokens[pid], stderr)
+        for token, stderr in journal_starting(path).items():
+            starting[token] = (directory, token, stderr)
     if starting:
         _name_starting(logs, starting)
         time.sleep(_EXEC_WAIT)  # a job started as the spawner died may not carry its token yet
@@ -210,7 +259,7 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
             time.sleep(0.1)
 
 
-def _name_starting(logs: dict[int, str], starting: dict[str, str]) -> None:
+def _name_starting(logs: dict[int, Named], starting: dict[str, Named]) -> None:
     """Add to ``logs`` the job the spawner was starting when it died: a live
     child of this process, leading its own session, whose environment
     carries the token of the journal's ``>`` line (`journal_starting`).
@@ -232,14 +281,19 @@ def _name_starting(logs: dict[int, str], starting: dict[str, str]) -> None:
             continue
         for item in environ.split(b"\0"):
             if item.startswith(prefix):
-                stderr = starting.get(item[len(prefix) :].decode(errors="replace"))
-                if stderr is not None:
-                    logs[int(entry)] = stderr
+                named = starting.get(item[len(prefix) :].decode(errors="replace"))
+                if named is not None:
+                    logs[int(entry)] = named
                 break
 
 
 def _ended_children() -> list[int]:
     """Pids of this process's children that ended and are not reaped."""
+    return [pid for pid, live in _children() if not live]
+
+
+def _children() -> list[tuple[int, bool]]:
+    """(pid, whether it is alive) of this process's children."""
     me = str(os.getpid()).encode()
     found = []
     for entry in os.listdir("/proc"):
@@ -251,17 +305,17 @@ def _ended_children() -> list[int]:
         except OSError:
             continue
         fields = data[data.rindex(b")") + 2 :].split()
-        if fields[0] == b"Z" and fields[1] == me:
-            found.append(int(entry))
+        if fields[1] == me:
+            found.append((int(entry), fields[0] != b"Z"))
     return found
 
 
-def _settle(pid: int, logs: dict[int, str], held: dict[int, float]) -> bool:
-    """Log the exit status of ended child ``pid`` if the journal named its
-    log, and reap it; or hold it (see `HOLD_UNNAMED`). Whether it was reaped.
+def _settle(pid: int, logs: dict[int, Named], held: dict[int, float]) -> bool:
+    """Record the exit status of ended child ``pid`` if the journal named it,
+    and reap it; or hold it (see `HOLD_UNNAMED`). Whether it was reaped.
     """
-    stderr = logs.get(pid)
-    if stderr is None and time.monotonic() < held.setdefault(pid, time.monotonic() + HOLD_UNNAMED):
+    named = logs.get(pid)
+    if named is None and time.monotonic() < held.setdefault(pid, time.monotonic() + HOLD_UNNAMED):
         return False
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -269,8 +323,10 @@ def _settle(pid: int, logs: dict[int, str], held: dict[int, float]) -> bool:
         return True
     if info is None:
         return False
-    if stderr is not None:
+    if named is not None:
+        directory, token, stderr = named
         code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+        record_exit(directory, token, code)
         log_exit_status(stderr, code)
     try:
         os.waitpid(pid, 0)

@@ -42,18 +42,24 @@ workers import it.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
 from collections.abc import Callable, Collection, Mapping
 
 from .direct import direct_start, shell_environment, shell_kind
+from .exits import log_exit_status, record_exit
 
 __all__ = (
     "ATTEMPT_ENV",
     "KILL_GRACE",
     "Launcher",
+    "START_RETRY_DELAYS",
     "append_note",
+    "end_group",
+    "start_failure",
+    "transient_start_error",
     "write_text",
     "attempt_processes",
     "current_launcher",
@@ -70,6 +76,9 @@ __all__ = (
 ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
 KILL_GRACE = 0.5
 """Seconds between SIGTERM and SIGKILL when job processes are killed."""
+START_RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+"""Seconds before each new try to start a job whose start failed for a
+passing lack of resources (`transient_start_error`): at most ~1.9 s in all."""
 
 _TOKEN_ITEM = f"{ATTEMPT_ENV}=".encode()
 _NAMED_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
@@ -371,6 +380,39 @@ def _make_glibc_spawn():
     return spawn
 
 
+def transient_start_error(error: BaseException) -> bool:
+    """Whether a job's start failed for a passing lack of resources (no
+    process or memory left for a moment: EAGAIN, ENOMEM), worth trying again.
+    """
+    return isinstance(error, OSError) and error.errno in (errno.EAGAIN, errno.ENOMEM)
+
+
+def start_failure(err: str, error: BaseException, retries: int, pid_file: str, token: str) -> int:
+    """Say in a job attempt's stderr log ``err`` why it could not be started
+    (``retries``: tries made again), record its exit status (`exits.record_exit`
+    in the directory of ``pid_file``, under ``token``), and return it: 127 if
+    the program or a directory is missing, else 126, as the shell's.
+    """
+    code = 127 if isinstance(error, FileNotFoundError) else 126
+    reason = f"{type(error).__name__}: {error}" if not isinstance(error, OSError) else str(error)
+    if len(reason) > 500:
+        reason = reason[:500] + "..."
+    again = f" (tried {retries + 1} times)" if retries else ""
+    append_note(err, f"[bps-parsl] the job could not be started{again}: {reason}\n")
+    record_exit(os.path.dirname(pid_file), token, code)
+    log_exit_status(err, code)
+    return code
+
+
+def end_group(pgid: int) -> None:
+    """SIGKILL what is left in a job's process group once its main process
+    ended (``pgid``: its pid, called before it is reaped, so the group
+    cannot be another's): ``cmd &``, ``nohup cmd &``.
+    """
+    if pgid > 1 and pgid != os.getpgrp():
+        _kill(os.killpg, pgid, signal.SIGKILL)
+
+
 def append_note(path: str, text: str) -> None:
     """Append ``text`` to a log file, making its directory again if it vanished.
 
@@ -407,7 +449,7 @@ def write_text(path: str, text: str, mode: str = "w") -> None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             except OSError:
                 return
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path
             return
 
 

@@ -55,12 +55,15 @@ Requests:
     its own place) once ``cores`` cores and ``memory`` MB fit in the budget,
     first come first served (a request larger than the whole budget is given
     the whole budget). ``prefix`` and ``env`` may be left out (empty). The
-    spawner appends the job's exit status to ``err``
-    (`exits.log_exit_status`) before it
-    reaps the job. ``token`` (one
+    spawner records the job's exit status, as the operating system gives it,
+    in its private exit record in the directory of ``pid_file``
+    (`exits.record_exit`) before it reaps the job. ``token`` (one
     word) is exported to the job as ``BPS_PARSL_ATTEMPT``; ``time_limit``
-    (seconds or ``null``) kills the job's processes after that long
-    (SIGTERM, then SIGKILL `processes.KILL_GRACE` later). ``N`` is the
+    (seconds or ``null``, on the monotonic clock) kills the job's processes
+    after that long (SIGTERM, then SIGKILL `processes.KILL_GRACE` later).
+    When the job's process ends, what is left in its process group is
+    killed at once, and what carries its token elsewhere (``setsid``,
+    double forks) at the next sweep, within `LEFTOVER_SWEEP` seconds. ``N`` is the
     executor's id of the request, unique within the executor.
 ``{"op": "stop"}``
     Fail every queued job and kill every running one.
@@ -79,9 +82,14 @@ Replies, one line per ended job::
 
     <id> <exit code> <signal|-> <start|-|?> <end> <timed out 0|1>
 
-``start`` is ``-`` when the job never started (stopped, or it could not be
-started), ``?`` when it started at a time nobody knows (a job followed
-after a spawner died); times are seconds since the epoch. A job killed by a
+``start`` is ``-`` when the job was not started because the pool stopped
+(and only then), ``!`` when it could not be started (an argument list or
+environment too large, a missing program: a failure of that job alone, whose
+reason is in its log and whose exit code is 126, or 127 for something
+missing; a start that fails for want of processes or memory, EAGAIN or
+ENOMEM, is tried again `processes.START_RETRY_DELAYS` later first), ``?``
+when it started at a time nobody knows (a job followed after a spawner
+died); times are seconds since the epoch. A job killed by a
 signal ``s`` has exit code ``128 + s``. While jobs are queued, replies may
 wait up to 20 ms to be written together.
 
@@ -111,8 +119,9 @@ if __name__ == "__main__":
 from lsst_ctrl_bps_parsl_worker.exits import (  # noqa: E402
     ended_child,
     log_exit_status,
-    logged_exit_status,
     reap,
+    record_exit,
+    recorded_exits,
     zombie_exit_code,
 )
 from lsst_ctrl_bps_parsl_worker.journal import (  # noqa: E402
@@ -124,13 +133,18 @@ from lsst_ctrl_bps_parsl_worker.journal import (  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.keeper import keep  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     KILL_GRACE,
+    START_RETRY_DELAYS,
     Launcher,
     append_note,
+    attempt_processes,
+    end_group,
     job_alive,
     kill_attempts,
     live_jobs,
     process_start_time,
     signal_attempts,
+    start_failure,
+    transient_start_error,
 )
 
 __all__ = ("Spawner", "main")
@@ -141,6 +155,11 @@ _REPLY_DELAY = 0.02
 here (the driver has nothing to hand over that could start sooner)."""
 _ADOPTED_POLL = 0.1
 """Seconds between checks whether a job followed from a dead spawner ended."""
+LEFTOVER_SWEEP = 1.0
+"""Seconds between two sweeps for processes that jobs which ended left
+behind outside their process group (`Spawner.sweep_leftovers`)."""
+_SWEEPS_PER_TOKEN = 2
+"""Sweeps that must find nothing of an ended job before it is forgotten."""
 
 
 # ---- the spawner ----------------------------------------------------------------------
@@ -172,7 +191,13 @@ class Spawner:
         """Jobs started by a spawner that died, by pid: not children of this
         process, so followed through ``/proc`` instead of reaped."""
         self.kills: list[tuple[float, str]] = []
-        """(when, token): SIGKILL still due to a job killed for its walltime."""
+        """(when, token): SIGKILL still due to a job killed for its walltime (monotonic clock)."""
+        self.ended_tokens: dict[str, int] = {}
+        """Tokens of jobs that ended, by the sweeps left before they are forgotten."""
+        self.next_sweep = 0.0
+        """When (monotonic) the next sweep for leftover processes may run."""
+        self.hold_until = 0.0
+        """No job is started before then (monotonic): a start failed for a passing lack of resources."""
         self.out = out
         self.out_since = 0.0
         self.stopping = False
@@ -250,17 +275,40 @@ class Spawner:
         """
         return self.journals.refresh(bool(self.running or self.adopted))
 
-    def start_ready(self) -> None:
-        """Start the queued jobs, in order, while the next one fits the free budget."""
+    def start_ready(self) -> float | None:
+        """Start the queued jobs that fit; seconds until a start that failed
+        for a passing reason (EAGAIN, ENOMEM) is tried again, if one is due.
+
+        Any other error starting a job (an argument list or environment too
+        large, a missing program or directory) is that job's failure alone:
+        its reason goes to its log (`processes.start_failure`) and it is
+        answered as ended (start ``!``); the other jobs go on.
+
+        Returns
+        -------
+        seconds : `float` or `None`
+            Seconds until a start that failed for a passing reason is tried
+            again, `None` if none is due.
+        """
         while self.queue and not self.stopping and self._fits(self.queue[0]):
+            wait = self.hold_until - time.monotonic()
+            if wait > 0:
+                return wait
             job = self.queue.popleft()
             self._take(job)
             try:
                 self._spawn(job)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's
                 self._give_back(job)
-                append_note(job["err"], f"[bps-parsl] could not start the job: {exc}\n")
-                self.reply(job, 127, None, None)
+                tries = job.get("start_tries", 0)
+                if transient_start_error(exc) and tries < len(START_RETRY_DELAYS):
+                    job["start_tries"] = tries + 1
+                    self.queue.appendleft(job)
+                    self.hold_until = time.monotonic() + START_RETRY_DELAYS[tries]
+                    continue
+                code = start_failure(job["err"], exc, tries, job.get("pid_file") or "", job["token"])
+                self.reply(job, code, None, "!")
+        return None
 
     def _spawn(self, job: dict) -> None:
         journal = self.journal(job)
@@ -268,6 +316,7 @@ class Spawner:
             # Before the start: the keeper names the job if this process dies while starting it.
             journal.starting(job["token"], job["err"])
         job["start"] = time.time()
+        started = time.monotonic()
         pid = self.launcher.spawn_job(
             job["shell"],
             job["token"],
@@ -278,7 +327,7 @@ class Spawner:
             job["err"],
         )
         limit = job.get("time_limit")
-        job["deadline"] = job["start"] + limit if limit else None
+        job["deadline"] = started + limit if limit else None
         self.running[pid] = job
         if journal is not None:
             # At once: the keeper logs the exit status of the jobs it names if this process dies.
@@ -292,6 +341,7 @@ class Spawner:
             self.free_memory += memory
 
     def _ended(self, pid: int, job: dict, code: int, sig: int | None, start: float | str) -> None:
+        self.ended_tokens[job["token"]] = _SWEEPS_PER_TOKEN
         journal = self.journal(job)
         if journal is not None:
             journal.ended(pid)
@@ -317,9 +367,12 @@ class Spawner:
             pid, code, sig = ended
             job = self.running.pop(pid, None)
             if job is not None:
+                # Unreaped, its pid still names its process group: end what it left there.
+                end_group(pid)
                 self._ended(pid, job, code, sig, job["start"])
                 if self.flush_due() == 0.0:
                     self.flush()
+                record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code)
                 log_exit_status(job["err"], code)
             reap(pid)
 
@@ -374,7 +427,8 @@ class Spawner:
         start = process_start_time(pid)
         job["start"] = start if start is not None else "?"
         limit = job.get("time_limit")
-        job["deadline"] = (start if start is not None else time.time()) + limit if limit else None
+        ran = time.time() - start if start is not None else 0.0
+        job["deadline"] = time.monotonic() + limit - ran if limit else None
         self.adopted[pid] = job
         journal = self.journal(job)
         if journal is not None:
@@ -384,13 +438,15 @@ class Spawner:
     def _answer_from_log(job: dict, pid: int | None) -> tuple[int, int | None]:
         """(exit code, signal) of a job that a spawner that died had started:
         read from ``/proc`` while the job (``pid``) ended unreaped, else from
-        its stderr log (where that spawner, or its keeper, logged it).
+        the exit records (where that spawner, or its keeper, recorded it).
         """
+        directory = os.path.dirname(job.get("pid_file") or "")
         code = zombie_exit_code(pid) if pid is not None else None
         if code is not None:
+            record_exit(directory, job["token"], code)
             log_exit_status(job["err"], code)
         else:
-            code = logged_exit_status(job["err"])
+            code = recorded_exits(directory).get(job["token"]) if directory else None
         if code is None:
             append_note(
                 job["err"],
@@ -420,7 +476,7 @@ class Spawner:
         seconds : `float` or `None`
             Seconds to the next deadline or due SIGKILL, `None` if none.
         """
-        now = time.time()
+        now = time.monotonic()
         soonest = None
         if self.kills:
             due = [token for when, token in self.kills if when <= now]
@@ -443,6 +499,36 @@ class Spawner:
                     self.kills.append((deadline, job["token"]))
                 soonest = deadline if soonest is None else min(soonest, deadline)
         return None if soonest is None else max(0.0, soonest - now)
+
+    def sweep_leftovers(self, force: bool = False) -> float | None:
+        """End the processes that jobs which ended left behind outside their
+        process group (``setsid``, double forks): every process of this user
+        carrying such a job's token (`processes.attempt_processes`). One scan
+        of ``/proc`` per `LEFTOVER_SWEEP` at most (``force``: now); seconds
+        until the next sweep is due, `None` if none is.
+        """
+        if not self.ended_tokens:
+            return None
+        now = time.monotonic()
+        if not force and now < self.next_sweep:
+            return self.next_sweep - now
+        self.next_sweep = now + LEFTOVER_SWEEP
+        found = attempt_processes(self.ended_tokens)
+        if found:
+            signal_attempts(signal.SIGKILL, groups=set(found.values()))
+            for pid in found:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        else:
+            # Nothing left this time: a token is forgotten after that many such sweeps.
+            for token, left in list(self.ended_tokens.items()):
+                if left <= 1:
+                    del self.ended_tokens[token]
+                else:
+                    self.ended_tokens[token] = left - 1
+        return LEFTOVER_SWEEP if self.ended_tokens else None
 
     def drop_queued(self) -> None:
         """Start no more jobs: fail the queued ones."""
@@ -542,11 +628,12 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
     stdin_fd = sys.stdin.fileno()
     buffer = b""
     open_input = True
+    held: float | None = None
     while open_input or spawner.running or spawner.adopted:
         timeout = spawner.check_deadlines()
-        due = spawner.flush_due()
-        if due is not None:
-            timeout = due if timeout is None else min(timeout, due)
+        for due in (spawner.flush_due(), spawner.sweep_leftovers(), held):
+            if due is not None:
+                timeout = due if timeout is None else min(timeout, due)
         if spawner.adopted:
             timeout = _ADOPTED_POLL if timeout is None else min(timeout, _ADOPTED_POLL)
         refresh = spawner.refresh_journals()
@@ -567,11 +654,15 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
         spawner.reap()
         if spawner.adopted:
             spawner.poll_adopted()
-        spawner.start_ready()
+        held = spawner.start_ready()
         spawner.journals.write()
         if spawner.flush_due() == 0.0:
             spawner.flush()
     spawner.flush()
+    for _ in range(10):  # what the last jobs left behind (bounded: a process may not die at once)
+        if spawner.sweep_leftovers(force=True) is None:
+            break
+        time.sleep(0.01)
     spawner.close()
     return 0
 

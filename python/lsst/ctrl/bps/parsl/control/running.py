@@ -39,7 +39,7 @@ cannot reach another host's processes: a spawner there outlives its driver
 and lets its running jobs finish. `spawners_elsewhere` reads the journals of
 other hosts' spawners first: a fresh one (refreshed within the run's
 ``parslDriverStaleAfter``, by the file system's clock) that lists attempts
-whose logs hold no exit status refuses the restart; a stale one (its spawner
+that have no recorded exit status refuses the restart; a stale one (its spawner
 or host is gone) is taken as ended and removed once its attempts are settled
 (`forget_journals`).
 """
@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lsst_ctrl_bps_parsl_worker.exits import zombie_exit_code
+from lsst_ctrl_bps_parsl_worker.exits import EXITS_PREFIX, zombie_exit_code
 from lsst_ctrl_bps_parsl_worker.journal import (
     JOURNAL_PREFIX,
     JOURNAL_REFRESH,
@@ -62,7 +62,6 @@ from lsst_ctrl_bps_parsl_worker.journal import (
 )
 from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
-from ..store.attemptlogs import exit_status_from_log
 from .claim import DriverBusyError, driver_stale_after
 from .liveness import file_clock
 
@@ -133,7 +132,7 @@ def running_attempts(running_dir: str) -> Iterator[tuple[str, int, str]]:
         for pid, token in read_journal(os.path.join(running_dir, name)).items():
             yield host, pid, token
     for name in names:
-        if name.startswith(JOURNAL_PREFIX):
+        if name.startswith((JOURNAL_PREFIX, EXITS_PREFIX)):
             continue
         try:
             with open(os.path.join(running_dir, name)) as stream:
@@ -177,8 +176,8 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
     A process is signalled only if its own ``/proc`` entry carries this run's
     token, so a reused pid is never hit. Journals of spawners that are gone
     are removed afterwards; the jobs of live ones that ended are given up to
-    ``_UNREAPED_WAIT`` seconds to be reaped, so that their logs hold their
-    exit status. Returns how many processes were found.
+    ``_UNREAPED_WAIT`` seconds to be reaped, so that their exit status is
+    recorded. Returns how many processes were found.
 
     Parameters
     ----------
@@ -208,7 +207,7 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
                 os.unlink(os.path.join(running_dir, name))
             except OSError:
                 pass
-    # A job of a live spawner that ended is reaped, its exit status logged, in a moment.
+    # A job of a live spawner that ended is reaped, its exit status recorded, in a moment.
     deadline = time.monotonic() + _UNREAPED_WAIT
     while time.monotonic() < deadline and any(zombie_exit_code(pid) is not None for pid in ended):
         time.sleep(0.01)
@@ -286,8 +285,8 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
     Raises
     ------
     JobsRunElsewhereError
-        If a live spawner on another host still runs attempts whose logs
-        hold no exit status.
+        If a live spawner on another host still runs attempts that
+        have no recorded exit status.
     """
     try:
         names = os.listdir(running_dir)
@@ -310,7 +309,8 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
         if not fresh and not _journal_moves(path, info, stale_after):
             stale.append(StaleJournal(path, host, attempts))
             continue
-        unended = [a for a in attempts if exit_status_from_log(recorder.stderr_of(*a)) is None]
+        exits = recorder.exit_statuses()
+        unended = [a for a in attempts if recorder.exit_status(*a, exits) is None]
         if unended:
             live.setdefault(host, []).extend(unended)
     if live:
@@ -334,7 +334,7 @@ def _refusal(recorder: Recorder, host: str, attempts: list[tuple[int, int]], oth
 
 def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
     """Remove the journals of spawners that are gone, once their attempts
-    are settled; an attempt whose log holds no exit status says why it was
+    are settled; an attempt with no recorded exit status says why it was
     taken as ended.
 
     Parameters
@@ -344,10 +344,11 @@ def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
     recorder : `Recorder`
         The driver's recorder (gives the attempts' logs).
     """
+    exits = recorder.exit_statuses()
     for journal in stale:
         for job, attempt in journal.attempts:
             stderr = recorder.stderr_of(job, attempt)
-            if os.path.exists(stderr) and exit_status_from_log(stderr) is None:
+            if os.path.exists(stderr) and recorder.exit_status(job, attempt, exits) is None:
                 append_note(
                     stderr,
                     f"[bps-parsl] the local job pool on {journal.host} stopped refreshing its journal "

@@ -118,6 +118,9 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         default 0); `None`: no limit.
     storage_access : `list`, optional
         Parsl staging providers (Parsl's default ones if `None`).
+    working_dir : `str`, optional
+        Where Parsl's staging providers put staged files (``working_dir`` of
+        Parsl's own executors); `None`: where each provider chooses.
     """
 
     RESOURCE_KEYS = frozenset({"cores", "memory", "running_time_min", "walltime"})
@@ -129,9 +132,11 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         cores: int = 1,
         memory: int | None = None,
         storage_access: list[Any] | None = None,
+        working_dir: str | None = None,
     ):
         super().__init__()
         self.label = label
+        self.working_dir = working_dir
         self.cores = cores
         self.memory = memory
         self.storage_access = storage_access
@@ -271,6 +276,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         parsl.executors.errors.InvalidResourceSpecification
             A key other than `RESOURCE_KEYS`, a value that is not a positive
             number, or more cores or memory than the pool has.
+        parsl.serialize.errors.SerializationError
+            The function or an argument of a Python task cannot be serialized.
         """
         cores, memory, time_limit = self._resources(resource_specification)
         # Parsl monitoring's wrapper: run what it wraps, report the try here.
@@ -430,20 +437,24 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         """Replace a spawner whose output ended (`None`: none expected or
         possible); the new one gets every unanswered request (see
         `spawner.Spawner.resume`).
+
+        A spawner that exited by itself (exit status 0) answered every job
+        it started (it does not exit while one runs): once the pool shuts
+        down, what it left unanswered never started. One that died while
+        the pool shut down is replaced all the same, so that a job it had
+        started is followed to its end, not taken as never started.
         """
-        if self._closing:
-            return None
-        self._keepers.append(dead)  # it may keep jobs the dead spawner started: not waited for
         code, dead_pid = self._spawner_exit, self._spawner_pid or dead.pid
         if code is None:  # no keeper (see keeper.keep): the spawner was the process started
             code = dead.wait()
             code = 128 - code if code < 0 else code
+        if self._closing and (code == 0 or not self._waiting):
+            return None
+        self._keepers.append(dead)  # it may keep jobs the dead spawner started: not waited for
         now = time.monotonic()
         self._deaths = [t for t in self._deaths if now - t < _DEATH_WINDOW] + [now]
         how = f"signal {code - 128}" if code > 128 else f"exit status {code}"
         with self._lock:
-            if self._closing:
-                return None
             # Every request not written, or written to the dead one, is unanswered: the new one gets it.
             self._pending.clear()
             jobs = [request for _, (_, request) in sorted(self._waiting.items())]

@@ -50,6 +50,7 @@ from lsst_ctrl_bps_parsl_worker.processes import quote
 
 from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
 from parsl.serialize import deserialize, pack_apply_message
+from parsl.serialize.errors import SerializationError
 
 from ..parslcompat import try_message_type
 from ..records import AttemptResult
@@ -144,12 +145,21 @@ class PythonTasks:
             The spawner request that runs the task.
         base : `str`
             Base path of the task's files.
+
+        Raises
+        ------
+        parsl.serialize.errors.SerializationError
+            ``func`` or an argument cannot be serialized.
         """
+        try:
+            message = pack_apply_message(func, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - Parsl's own executors say it this way
+            raise SerializationError(getattr(func, "__name__", repr(func))) from exc
         if self.directory is None:
             self.directory = tempfile.mkdtemp(prefix=f"parsl-localpool-{os.getpid()}-")
         base = os.path.join(self.directory, str(number))
         with open(base + ".task", "wb") as stream:
-            pickle.dump((list(sys.path), pack_apply_message(func, args, kwargs)), stream)
+            pickle.dump((list(sys.path), message), stream)
         command = " ".join(
             quote(word) for word in (sys.executable, _PYTASK, base + ".task", base + ".result")
         )

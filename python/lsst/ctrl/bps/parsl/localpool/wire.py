@@ -168,7 +168,7 @@ def parse_reply(line: bytes) -> tuple[int, AttemptResult | BaseException]:
     return int(number), AttemptResult(
         int(code),
         None if sig == b"-" else int(sig),
-        None if start == b"?" else float(start),
+        None if start in (b"?", b"!") else float(start),
         float(end),
         _HOST,
         timed_out == b"1",

@@ -41,6 +41,7 @@ from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 from ..control.liveness import driver_alive
 from ..control.running import running_job_ids
 from ..records import JobState
+from ..store.attemptlogs import log_paths
 from ..store.runstore import RunStore, StateStoreError, db_path, store_error
 from ..store.summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 
@@ -212,13 +213,13 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
                 stored,
                 started,
                 codes,
-                infrastructure_losses(store),
+                (infrastructure_losses(store), could_not_start(store)),
             )
 
         # One read transaction: a consistent snapshot while the driver writes, from any host.
         try:
-            meta, state, message, running, labels, stored, started, codes, losses = store.read_snapshot(
-                snapshot
+            meta, state, message, running, labels, stored, started, codes, (losses, unstarted) = (
+                store.read_snapshot(snapshot)
             )
         except sqlite3.DatabaseError as exc:
             raise store_error(store.path, exc) from None
@@ -263,6 +264,15 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     info.add_message("Parsl log: {parsl_log}", parsl_log=os.path.join(submit_path, "parsl", "parsl.log"))
     if meta.get("monitoring_db"):
         info.add_message("Parsl monitoring database: {monitoring_db}", monitoring_db=meta["monitoring_db"])
+    reason = start_failure_reason(submit_path, unstarted) if unstarted else None
+    if unstarted and reason:
+        info.add_message(
+            "Jobs that could not be started: {unstarted} attempts (exit code 126 or 127); last: job "
+            "'{unstarted_job}': {unstarted_reason}",
+            unstarted=unstarted[0],
+            unstarted_job=unstarted[1],
+            unstarted_reason=reason,
+        )
     if losses:
         lost, lost_jobs, last = losses
         info.add_message(
@@ -324,6 +334,47 @@ def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
         "SELECT lost FROM attempts WHERE lost IS NOT NULL ORDER BY end DESC LIMIT 1"
     ).fetchone()
     return int(found[0]), int(found[1]), str(last)
+
+
+def could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
+    """(attempts that could not be started, and the last one's job name,
+    log directory and attempt number), or `None` if none: attempts that
+    ended with exit code 126 or 127 without a start time, not lost.
+    """
+    try:
+        (count,) = store.conn.execute(
+            "SELECT COUNT(*) FROM attempts WHERE start IS NULL AND lost IS NULL AND exit_code IN (126, 127)"
+        ).fetchone()
+        if not count:
+            return None
+        name, log_dir, attempt = store.conn.execute(
+            "SELECT jobs.name, jobs.log_dir, attempts.attempt FROM attempts JOIN jobs ON jobs.id = attempts.job "
+            "WHERE start IS NULL AND lost IS NULL AND exit_code IN (126, 127) ORDER BY end DESC LIMIT 1"
+        ).fetchone()
+    except (sqlite3.OperationalError, TypeError, ValueError):
+        return None
+    return int(count), str(name), log_dir, int(attempt)
+
+
+def start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None, int]) -> str | None:
+    """Why the last attempt `could_not_start` names could not be started, as
+    its stderr log says (`None` if it does not say: then it is not such an
+    attempt); shown to the reader only, never read for a status.
+    """
+    _, name, log_dir, attempt = unstarted
+    marker = "[bps-parsl] the job could not be started"
+    try:
+        with open(log_paths(submit_path, log_dir, name, attempt)[1], "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(0, stream.tell() - 4096))
+            tail = stream.read().decode(errors="replace")
+    except OSError:
+        return None
+    pos = tail.rfind(marker)
+    if pos < 0:
+        return None
+    line = tail[pos + len(marker) :].split("\n", 1)[0].lstrip(": ")
+    return "".join(ch if ch.isprintable() else "?" for ch in line)[:300]
 
 
 def last_activity(submit_path: str) -> tuple[float, bool]:

@@ -79,6 +79,12 @@ __all__ = ("Driver", "RunOutcome")
 
 _LOG = logging.getLogger(__name__)
 _HOST = socket.gethostname()
+_NO_CGROUP = (
+    "no cgroup per job: processes a job leaves behind are ended through its process group and its "
+    "BPS_PARSL_ATTEMPT token; one that drops the token and leaves the group is ended only when the "
+    "local pool ends, and not at all on Parsl workers (doc/reliability.md, J3)"
+)
+"""Said at run start: the promise J3 of doc/reliability.md that cannot be kept in full."""
 _FLUSH_INTERVAL = 0.05
 """Seconds between commits of the state: transitions of that window are
 committed together (a restart recovers finished jobs from their logs)."""
@@ -228,6 +234,7 @@ class Driver(LostAttemptHandling):
             print(f"bps-parsl: restarting run {self.run_id} in {self.submit_path}", flush=True)
         os.makedirs(self.running_dir, exist_ok=True)
         self.store.begin_session(self.kind, os.getpid(), _HOST)
+        _LOG.info(_NO_CGROUP)
         self.signals.install()
         try:
             self.prefix = self.site.get_command_prefix()

@@ -36,7 +36,6 @@ import time
 
 from ..records import AttemptResult, JobState
 from ..sites.losses import LostAttempts, infrastructure_cause, stops_run
-from ..store.attemptlogs import exit_status_from_log
 from ..store.recorder import Recorder
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
@@ -116,10 +115,10 @@ class LostAttemptHandling:
             return
         stderr = self.recorder.stderr_of(i, attempt)
         if os.path.exists(stderr):
-            # It did start (a pool that was lost cannot always tell): settle it from its log.
+            # It did start (a pool that was lost cannot always tell): settle it from its exit record.
             self.attempt[i] = attempt
             self.session_tries[i] += 1
-            if exit_status_from_log(stderr) == 0:
+            if self.recorder.exit_status(i, attempt) == 0:
                 self.recorder.ended(
                     i, attempt, JobState.SUCCEEDED, AttemptResult(0, None, None, None, None, False)
                 )

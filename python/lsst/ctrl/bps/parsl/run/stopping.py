@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..records import ENDED, AttemptResult, JobState
-from ..store.attemptlogs import exit_status_from_log
 from ..store.recorder import Recorder
 from .runner import NotStartedError
 
@@ -171,10 +170,11 @@ def record_stopped(
     state, attempt : `list` [`int`]
         Per-job state and last attempt number, updated.
     """
+    exits: list[dict[str, int]] = []  # the exit records, read once if needed
     for (i, number), future in ended:
-        _record_one(i, number, future, in_flight, recorder, state, attempt)
+        _record_one(i, number, future, in_flight, recorder, state, attempt, exits)
     for i, flight in list(in_flight.items()):
-        _record_one(i, flight.attempt, None, in_flight, recorder, state, attempt)
+        _record_one(i, flight.attempt, None, in_flight, recorder, state, attempt, exits)
     for i, s in enumerate(state):
         if s not in ENDED:
             state[i] = JobState.DELETED
@@ -191,8 +191,11 @@ def _record_one(
     recorder: Recorder,
     state: list[JobState],
     attempt: list[int],
+    exits: list[dict[str, int]],
 ) -> None:
-    """Record attempt ``number`` of job ``i`` (``future``: `None` if it did not end)."""
+    """Record attempt ``number`` of job ``i`` (``future``: `None` if it did
+    not end; ``exits``: the exit records once read, `Recorder.exit_statuses`).
+    """
     flight = in_flight.get(i)
     if flight is None or flight.attempt != number:
         return
@@ -204,8 +207,10 @@ def _record_one(
     if future is not None and error is None:
         result = AttemptResult._make(future.result())
     else:
-        # The executor lost it or was shut down first: if it ran to its end, its shell logged how.
-        logged = exit_status_from_log(recorder.stderr_of(i, number))
+        # The executor lost it or was shut down first: if it ran to its end, its reaper recorded how.
+        if not exits:
+            exits.append(recorder.exit_statuses())
+        logged = recorder.exit_status(i, number, exits[0])
         result = AttemptResult(-1 if logged is None else logged, None, None, time.time(), None, False)
     ended_state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.DELETED
     recorder.ended(i, number, ended_state, result, flight.memory, flight.label)

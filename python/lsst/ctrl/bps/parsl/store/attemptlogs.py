@@ -30,9 +30,10 @@
 Every attempt has its own standard output and error files: the first
 attempt's are the old plugin's ``<submit>/logs/<subdir>/<job>.stdout`` and
 ``.stderr``, attempt *n* > 1 adds its number (``<job>.stdout.<n>``,
-``<job>.stderr.<n>``), so no two attempts or jobs share a file. The job's
-shell appends ``[bps-parsl] exit status N`` to the stderr file, which lets a
-restart tell how an attempt ended when its driver died before recording it.
+``<job>.stderr.<n>``), so no two attempts or jobs share a file. How an
+attempt ended, when its driver died before recording it, is read from the
+exit records of ``parsl/running`` (`Recorder.exit_status`), never from what
+the job wrote in its logs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import os
 import string
 from typing import TYPE_CHECKING, Any
 
-from lsst_ctrl_bps_parsl_worker.exits import logged_exit_status
 from lsst_ctrl_bps_parsl_worker.processes import append_note
 
 from ..files import safe_component, safe_subdir
@@ -49,7 +49,7 @@ from ..files import safe_component, safe_subdir
 if TYPE_CHECKING:
     from lsst.ctrl.bps import BpsConfig
 
-__all__ = ("append_note", "exit_status_from_log", "log_dir_template", "log_paths")
+__all__ = ("append_note", "log_dir_template", "log_paths")
 
 
 def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
@@ -78,23 +78,6 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
     base = os.path.join(submit_path, "logs", safe_subdir(log_dir), safe_component(name))
     suffix = "" if attempt <= 1 else f".{attempt}"
     return f"{base}.stdout{suffix}", f"{base}.stderr{suffix}"
-
-
-def exit_status_from_log(stderr: str) -> int | None:
-    """Exit status a job's shell appended to its stderr log, if any.
-
-    Parameters
-    ----------
-    stderr : `str`
-        Path of the attempt's stderr log.
-
-    Returns
-    -------
-    status : `int` or `None`
-        The exit status the shell logged, `None` when it logged none (the
-        attempt did not end, or its log is missing).
-    """
-    return logged_exit_status(stderr)
 
 
 class _SubdirTemplate:

@@ -39,8 +39,10 @@ import logging
 import os
 from collections.abc import Sequence
 
+from lsst_ctrl_bps_parsl_worker.exits import recorded_exits
+
 from ..records import AttemptResult, JobKind, JobRow, JobState
-from .attemptlogs import append_note, exit_status_from_log, log_paths
+from .attemptlogs import append_note, log_paths
 from .runstore import RunStore
 
 __all__ = ("Recorder",)
@@ -65,6 +67,23 @@ class Recorder:
         self.store = store
         self.rows = rows
         self.submit_path = submit_path
+        self._run_id: str | None = None
+
+    def exit_statuses(self) -> dict[str, int]:
+        """``{token: exit code}`` of every attempt whose exit status the
+        process that reaped it recorded (`exits.record_exit`), read now.
+        """
+        return recorded_exits(os.path.join(self.submit_path, "parsl", "running"))
+
+    def exit_status(self, job: int, attempt: int, exits: dict[str, int] | None = None) -> int | None:
+        """Exit status recorded for an attempt (`exit_statuses`, or the
+        ``exits`` already read), `None` if none: it did not end, or its
+        reaper was lost with it. What the job printed is never read.
+        """
+        if self._run_id is None:
+            self._run_id = str(self.store.meta()["run_id"])
+        found = self.exit_statuses() if exits is None else exits
+        return found.get(f"{self._run_id}/{job}/{attempt}")
 
     def stderr_of(self, job: int, attempt: int) -> str:
         """The stderr log of an attempt.
@@ -224,7 +243,7 @@ class Recorder:
         """Settle the attempts a driver that died launched but did not record.
 
         An attempt was launched when its stderr log exists (its shell
-        creates it first); if the shell logged exit status 0 the job counts
+        creates it first); if its recorded exit status is 0 the job counts
         as succeeded, otherwise as failed. ``state`` and ``attempts`` (by
         job id) are updated.
 
@@ -235,12 +254,13 @@ class Recorder:
         attempts : `list` [`int`]
             Stored attempt number of each job, by job id; updated in place.
         """
+        exits = self.exit_statuses()
         for i, row in enumerate(self.rows):
             if state[i] == JobState.SUCCEEDED or row.kind != JobKind.PAYLOAD:
                 continue
             recorded = attempts[i]
             # The recorded attempt is read again too: a job the driver recorded
-            # as DELETED or lost may have ended by itself, and its log is the truth.
+            # as DELETED or lost may have ended by itself, and its exit record is the truth.
             attempt = max(recorded, 1)
             last = None
             while attempt > 0:
@@ -252,7 +272,7 @@ class Recorder:
             if last is None:
                 continue
             attempt, stderr = last
-            code = exit_status_from_log(stderr)
+            code = self.exit_status(i, attempt, exits)
             if attempt == recorded and code != 0 and state[i] not in (JobState.PENDING, JobState.RUNNING):
                 continue  # the store already knows how that attempt ended
             attempts[i] = attempt
