@@ -53,6 +53,7 @@ from typing import Any
 
 from .attemptlogs import log_paths
 from .commands import fill_wms
+from .diskspace import draining_message
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
 from .jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route, walltime_seconds
@@ -137,6 +138,8 @@ class Driver(LostAttemptHandling):
         self.session_tries: list[int] = []
         self._build_tables()
         self.in_flight_cap: int | None = None
+        self.draining = False
+        """Whether the run drains (its disk is full, `_drained`)."""
         self.abort: tuple[int, str] | None = None
         """Status and reason of a run a job's ``abortOnValue`` aborted."""
         for status in store.statuses():
@@ -289,12 +292,15 @@ class Driver(LostAttemptHandling):
         self.progress.restart()
         last_flush = time.monotonic()
         while (walk.ready or self.in_flight or self.losses) and not self.stop_reason:
+            if self.store.disk_full and self._drained():
+                break
             for i in self.losses.due(time.monotonic()):
                 walk.ready.append(i)
             self._dispatch_ready()
             if not self.in_flight and not walk.ready and not self.losses:
                 break
-            wait = max(0.0, last_flush + _FLUSH_INTERVAL - time.monotonic()) if self.store.dirty else 0.5
+            next_flush = max(last_flush + _FLUSH_INTERVAL, self.store.retry_at)
+            wait = max(0.0, next_flush - time.monotonic()) if self.store.dirty else 0.5
             if self.losses:
                 wait = min(wait, max(0.0, (self.losses.next_due() or 0.0) - time.monotonic()))
             self.dispatch.tick()
@@ -302,10 +308,9 @@ class Driver(LostAttemptHandling):
                 self._complete(i, attempt, future)
             now = time.monotonic()
             if now - last_flush >= _FLUSH_INTERVAL:
-                self.recorder.flush()
+                # A reader's lock or a full disk leaves the changes queued: the run goes on.
+                self.recorder.flush(wait=False)
                 last_flush = now
-                if self.store.disk_full:
-                    self.request_stop(self.store.disk_full)
             self.progress.print(self.rows, self.state)
             self.page.update()
         self.recorder.flush()
@@ -319,7 +324,7 @@ class Driver(LostAttemptHandling):
         """
         ready = self.walk.ready
         cap = self.in_flight_cap
-        while ready and not self.stop_reason:
+        while ready and not self.stop_reason and not self.store.disk_full:
             if cap is not None and len(self.in_flight) >= cap:
                 return
             i = ready.popleft()
@@ -329,6 +334,19 @@ class Driver(LostAttemptHandling):
                 continue
             if self.gate.acquire(i):
                 self._submit(i)
+
+    def _drained(self) -> bool:
+        """The submit directory's disk is full (`RunStore.disk_full`): no new
+        job starts and the jobs running are left to end and be recorded;
+        whether none runs any more (the run then stops with the disk's line).
+        """
+        if not self.draining:
+            self.draining = True
+            print(draining_message(self.submit_path, len(self.in_flight)), flush=True)
+        if self.in_flight:
+            return False
+        self.request_stop(self.store.disk_full or "")
+        return True
 
     def _submit(self, i: int) -> None:
         """Hand the next attempt of a job to Parsl."""

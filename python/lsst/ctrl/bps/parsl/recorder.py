@@ -179,6 +179,6 @@ class Recorder:
             self.store.set_state(i, settled, attempt, code)
             state[i] = settled
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         """Commit what was recorded (see `RunStore.flush`)."""
-        self.store.flush()
+        self.store.flush(wait)

@@ -37,7 +37,10 @@ WAL needs shared memory that does not work over a network file system. One
 writer (the driver, or ``bps cancel`` once the driver ended) commits; readers
 on any host read in short transactions and check the file's change counter
 and journal around each read, retrying with a bounded backoff while a commit
-is under way (doc/state.md). A transition is committed in the driver's loop
+is under way (doc/state.md). A reader that holds its transaction open (a
+``sqlite3`` shell, a script) keeps a commit out for as long as it does: the
+driver then keeps its changes queued and tries again, logging the wait
+(`RunStore.flush`), and never stops the run for it. A transition is committed in the driver's loop
 iteration that saw it, so a driver killed with SIGKILL loses at most the
 transitions of that iteration; restart reconciles those from the jobs' own
 logs.
@@ -47,11 +50,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .diskspace import SpaceReserve, is_out_of_space, out_of_space_message
 from .records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
@@ -62,6 +66,7 @@ from .storefile import (
     TornReadError,
     busy,
     journal_is_hot,
+    locked,
     retryable,
     roll_back_hot_journal,
     store_error,
@@ -74,6 +79,7 @@ from .storeschema import (
     JOURNAL_MODE,
     READ_RETRY_SECONDS,
     TORN_RETRY_SECONDS,
+    WRITE_WAIT_SECONDS,
     create_store,
 )
 
@@ -94,7 +100,13 @@ __all__ = (
     "out_of_space_message",
 )
 
+_LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_LOCK_LOG_INTERVAL = 60.0
+"""Seconds between the log lines of a writer still waiting for a lock."""
+_LOCK_RETRY_PAUSE = 1.0
+"""Seconds before a commit left queued because of a lock (`RunStore.flush`
+with ``wait=False``) is tried again."""
 _STATES = {int(state): state for state in JobState}
 """`JobState` by value: a dict look-up, where ``JobState(value)`` costs a microsecond."""
 
@@ -120,11 +132,14 @@ def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..
         @functools.wraps(method)
         def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> _T:
             try:
-                if self.readonly and not self.conn.in_transaction:
-                    return self.read_snapshot(functools.partial(method, self, *args, **kwargs))
-                return method(self, *args, **kwargs)
+                call = functools.partial(method, self, *args, **kwargs)
+                if self.conn.in_transaction:
+                    return call()
+                if self.readonly:
+                    return self.read_snapshot(call)
+                return cast(_T, self._waiting(call, wait=True))
             except sqlite3.DatabaseError as exc:
-                raise store_error(self.path, exc, writing) from None
+                raise store_error(self.path, exc, writing, self._waited()) from None
 
         return wrapper
 
@@ -163,6 +178,10 @@ class RunStore(FileIdentity):
         self.disk_full: str | None = None
         self.reserve: SpaceReserve | None = None
         self._fd: int | None = None
+        self._locked_since: float | None = None
+        self._locked_said = 0.0
+        self.retry_at = 0.0
+        """`time.monotonic` before which `flush` without ``wait`` leaves the changes queued."""
         if not readonly:
             self._open_identity()
         else:
@@ -182,7 +201,8 @@ class RunStore(FileIdentity):
                 version, tables = self.read_snapshot(self._format)
             else:
                 self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                self.conn.execute("PRAGMA busy_timeout=10000")
+                # Short: a writer waits for locks in `_waiting`, which logs the wait.
+                self.conn.execute("PRAGMA busy_timeout=100")
                 # Also turns the WAL of a store written by an older version into a rollback journal.
                 self.conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
                 self.conn.execute("PRAGMA synchronous=FULL")
@@ -283,6 +303,56 @@ class RunStore(FileIdentity):
                     ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
+
+    def _waiting(self, write: Callable[[], _T], wait: bool) -> _T | None:
+        """Run ``write`` (statements or a transaction of this writer); while
+        another connection's lock keeps it out (a reader's open transaction,
+        another writer), log the wait and try again.
+
+        With ``wait``, tries again with a growing pause for up to
+        `WRITE_WAIT_SECONDS`, then raises the lock's error; without, returns
+        `None` at once (the caller keeps its changes for later).
+        """
+        pause = 0.05
+        while True:
+            try:
+                value = write()
+            except sqlite3.OperationalError as exc:
+                if not locked(exc):
+                    raise
+                now = time.monotonic()
+                if self._locked_since is None:
+                    self._locked_since = self._locked_said = now
+                    _LOG.warning(
+                        "%s: locked by another process (a reader holding a transaction open?): the run goes "
+                        "on and its records wait until the lock is released",
+                        self.path,
+                    )
+                elif now - self._locked_said >= _LOCK_LOG_INTERVAL:
+                    self._locked_said = now
+                    _LOG.warning(
+                        "%s: still locked by another process after %.0f s: the run's records wait",
+                        self.path,
+                        now - self._locked_since,
+                    )
+                if not wait:
+                    self.retry_at = now + _LOCK_RETRY_PAUSE
+                    return None
+                if now - self._locked_since >= WRITE_WAIT_SECONDS:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            if self._locked_since is not None:
+                _LOG.warning(
+                    "%s: the lock was released after %.0f s: records written", self.path, self._waited()
+                )
+                self._locked_since = None
+            return value
+
+    def _waited(self) -> float:
+        """Seconds this writer has been waiting for a lock (0 if it is not)."""
+        return 0.0 if self._locked_since is None else time.monotonic() - self._locked_since
 
     # ---- creation -------------------------------------------------------
 
@@ -440,13 +510,21 @@ class RunStore(FileIdentity):
         """Whether changes wait for `flush`."""
         return bool(self._pending_status or self._pending_attempts)
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         """Commit every queued change in one transaction.
 
-        If the disk is full, the space of the reserve (`keep_reserve`) is
-        given back and the commit tried once more; `disk_full` then says
-        so, and the caller should stop. Changes that could not be committed
-        stay queued.
+        Another process's lock (a reader holding a transaction open) is
+        waited for, with the wait logged (`_waiting`). If the disk is full,
+        `disk_full` says so and the caller should drain and stop.
+
+        Parameters
+        ----------
+        wait : `bool`
+            Whether the changes must be committed now: the lock is waited
+            for (up to `WRITE_WAIT_SECONDS`) and, if the disk is full, the
+            space of the reserve (`keep_reserve`) is given back and the
+            commit tried once more. Without, a lock or a full disk leaves
+            the changes queued for a later call (the driver's loop goes on).
 
         Raises
         ------
@@ -458,15 +536,23 @@ class RunStore(FileIdentity):
         if not self._pending_status and not self._pending_attempts:
             return
         self.check_identity()
+        if not wait and time.monotonic() < self.retry_at:
+            return
         try:
-            self._commit_pending()
-        except StateStoreError as exc:
-            if self.reserve is None or not is_out_of_space(exc.__context__ or exc):
-                raise
-            if not self.reserve.release():
-                raise
-            self._commit_pending()
-            self.disk_full = out_of_space_message(os.path.dirname(self.path) or ".")
+            try:
+                self._waiting(self._commit_pending, wait)
+            except sqlite3.DatabaseError as exc:
+                if not is_out_of_space(exc):
+                    raise
+                self.disk_full = self.disk_full or out_of_space_message(os.path.dirname(self.path) or ".")
+                if not wait:
+                    self.retry_at = time.monotonic() + _LOCK_RETRY_PAUSE
+                    return
+                if self.reserve is None or not self.reserve.release():
+                    raise
+                self._waiting(self._commit_pending, wait)
+        except sqlite3.DatabaseError as exc:
+            raise store_error(self.path, exc, writing=True, waited=self._waited()) from None
 
     def _commit_pending(self) -> None:
         status, attempts = self._pending_status, self._pending_attempts
@@ -484,14 +570,12 @@ class RunStore(FileIdentity):
                 )
             self.conn.execute("COMMIT")
             self._pending_status, self._pending_attempts = [], []
-        except BaseException as exc:
+        except BaseException:
             if self.conn.in_transaction:
                 try:
                     self.conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise store_error(self.path, exc, writing=True) from None
             raise
 
     def close(self) -> None:

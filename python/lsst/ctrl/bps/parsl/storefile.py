@@ -37,7 +37,7 @@ import os
 import sqlite3
 import stat
 
-from .diskspace import RESERVE_NAME, SpaceReserve
+from .diskspace import RESERVE_NAME, SpaceReserve, is_out_of_space
 from .oneline import one_line
 
 __all__ = (
@@ -47,6 +47,7 @@ __all__ = (
     "TornReadError",
     "busy",
     "journal_is_hot",
+    "locked",
     "retryable",
     "roll_back_hot_journal",
     "store_error",
@@ -66,16 +67,37 @@ class StoreLostError(StateStoreError):
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
-    """A one-line `StateStoreError` for an SQLite error on ``path``."""
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def locked(exc: BaseException) -> bool:
+    """Whether an SQLite error is another connection's lock (``SQLITE_BUSY``
+    or ``SQLITE_LOCKED``): a reader's open transaction, another writer.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def store_error(path: str, exc: BaseException, writing: bool = False, waited: float = 0.0) -> StateStoreError:
+    """A one-line `StateStoreError` for an SQLite error on ``path`` (``waited``:
+    seconds spent waiting for another connection's lock).
+    """
     text = one_line(exc)
     directory = os.path.dirname(path) or "."
+    if locked(exc):
+        return StateStoreError(
+            f"{path}: the run-state database stayed locked by another process for {waited:.0f} s ({text}): "
+            "a reader holds a transaction open (a sqlite3 shell, a script): end it"
+            + (f", then 'bps restart --id {directory}'" if writing else " and try again")
+        )
     if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
         if writing:
+            fix = "free space" if is_out_of_space(exc) else "fix the permissions or the disk"
             return StateStoreError(
                 f"{path}: cannot write the run-state database ({text}): the state up to the last "
-                f"completed step is kept; free space or fix permissions in {directory}, then "
-                f"'bps restart --id {directory}'"
+                f"completed step is kept; {fix} in {directory}, then 'bps restart --id {directory}'"
             )
         return StateStoreError(
             f"{path}: cannot read the run-state database ({text}): check the disk and permissions of "
