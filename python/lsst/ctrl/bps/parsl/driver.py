@@ -342,6 +342,7 @@ class Driver(LostAttemptHandling):
         """
         if not self.draining:
             self.draining = True
+            self.dispatch.drain()
             print(draining_message(self.submit_path, len(self.in_flight)), flush=True)
         if self.in_flight:
             return False

@@ -60,7 +60,7 @@ from .commands import export_lines, render
 from .configuration import ConfigurationError
 from .files import safe_component
 from .flatten import Flattener
-from .jobattrs import check_job_attributes
+from .jobattrs import check_job_attributes, check_job_values
 from .jobrows import TAGS_JSON, PerValueCache, SubdirCache, Templates, file_lookup, retry_unless_exit
 from .state import FORMAT_VERSION, JobKind, RunStore, db_path
 
@@ -210,6 +210,10 @@ class ParslWorkflow(BaseWmsWorkflow):
         names, items, kinds, finals, graph_of = flat.names, flat.items, flat.kinds, flat.finals, flat.graph_of
         payload = int(JobKind.PAYLOAD)
 
+        # Value tuples of the jobs whose values were checked (the jobs of a label share theirs).
+        checked: set[tuple] = set()
+        kept: list[Any] = []
+
         def generate_rows() -> Iterator[tuple]:
             for new, old in enumerate(order):
                 job = items[old]
@@ -223,6 +227,31 @@ class ParslWorkflow(BaseWmsWorkflow):
                     files = templates[graph_id] = Templates(
                         file_lookup([flat.graphs[graph_id], generic_workflow])
                     )
+                values = (
+                    job.label,
+                    job.request_cpus,
+                    job.request_memory,
+                    job.request_memory_max,
+                    job.memory_multiplier,
+                    job.request_disk,
+                    job.priority,
+                    job.number_of_retries,
+                    id(job.retry_unless_exit),
+                    job.abort_on_value,
+                    job.abort_return_value,
+                    job.concurrency_limit,
+                    job.compute_site,
+                    job.queue,
+                )
+                try:
+                    known = values in checked
+                except TypeError:  # an unhashable value: not one ctrl_bps gives
+                    known = False
+                if not known:
+                    check_job_values(job)
+                    if len(checked) < 65_536:
+                        checked.add(values)
+                        kept.append(job.retry_unless_exit)  # its id stays this object's
                 if job.executable is None:
                     raise ConfigurationError(
                         f"job '{job.name}' has no executable: check the job's configuration"

@@ -38,7 +38,7 @@ from typing import Any
 
 from lsst_ctrl_bps_parsl_worker.job import NotStartedError
 
-__all__ = ("STOP", "AttemptResult", "encode", "job_request", "parse_reply", "resume_request")
+__all__ = ("DRAIN", "STOP", "AttemptResult", "encode", "job_request", "parse_reply", "resume_request")
 
 _HOST = socket.gethostname()
 
@@ -47,6 +47,8 @@ AttemptResult = tuple[int, int | None, float | None, float, str, bool]
 
 STOP = b'{"op": "stop"}\n'
 """The request that fails queued jobs and kills running ones."""
+DRAIN = b'{"op": "drain"}\n'
+"""The request that fails queued jobs (and any later one) and lets running ones end."""
 
 
 def job_request(
