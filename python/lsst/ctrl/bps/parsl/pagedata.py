@@ -35,7 +35,6 @@ from __future__ import annotations
 import html
 import re
 import signal
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from .state import (
     db_path,
     store_error,
 )
+from .storefile import READ_ERRORS
 
 __all__ = ("RunData", "read_run")
 
@@ -199,7 +199,7 @@ def read_run(submit_path: str, this_driver: bool) -> RunData:
     try:
         try:
             data = store.read_snapshot(lambda: _read_snapshot(store, submit_path, this_driver))
-        except sqlite3.DatabaseError as exc:
+        except READ_ERRORS as exc:
             raise store_error(store.path, exc) from None
     finally:
         store.close()

@@ -42,6 +42,7 @@ from .liveness import driver_alive
 from .records import JobState
 from .running import running_job_ids
 from .state import RunStore, StateStoreError, db_path, store_error
+from .storefile import READ_ERRORS, damaged
 from .summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 
 __all__ = ("readable_run", "run_report", "run_state")
@@ -143,6 +144,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
             alive = state == WmsStates.RUNNING
             running = running_jobs(submit_path) if alive else set()
             labels, stored = label_counts(store.conn)
+            check_counts(store, labels, stored)
             started = pending_labels(store.conn, running)
             codes = failed_exit_codes(store.conn) if return_exit_codes else []
             return (
@@ -162,7 +164,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
             meta, state, message, running, labels, stored, started, codes, losses = store.read_snapshot(
                 snapshot
             )
-        except sqlite3.DatabaseError as exc:
+        except READ_ERRORS as exc:
             raise store_error(store.path, exc) from None
     finally:
         store.close()
@@ -188,14 +190,25 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
 
         def load() -> list[WmsJobReport]:
             reader = RunStore(db_path(submit_path), readonly=True)
+
+            def shown(value: int, i: int) -> WmsStates:
+                if value not in _STATE_VALUES:
+                    raise damaged(reader.path, f"job {i!r} has state {value!r}, which is no job state")
+                return job_state(value, i, alive, running)
+
             try:
-                return reader.read_snapshot(
-                    lambda: job_reports(
-                        reader, run_id, lambda value, i: job_state(value, i, alive, running), WmsJobReport
-                    )
-                )
+                found = reader.read_snapshot(lambda: job_reports(reader, run_id, shown, WmsJobReport))
+            except READ_ERRORS as exc:
+                raise store_error(reader.path, exc) from None
             finally:
                 reader.close()
+            # Jobs a batch joined since the counts were read may add to them, never take away.
+            per_label = Counter(job.label for job in found)
+            if any(per_label[label] < n for label, n in label_totals.items()):
+                raise damaged(
+                    reader.path, f"{len(found)} jobs read but {sum(label_totals.values())} counted by label"
+                )
+            return found
 
         jobs = JobReports(loader=load)
 
@@ -238,6 +251,39 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         **site,
     )
     return report
+
+
+_STATE_VALUES = frozenset(int(state) for state in JobState)
+
+
+def check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[str, dict[int, int]]) -> None:
+    """Raise `StateStoreError` (damaged) unless the per-label counts read
+    back are possible: known states, counts of each label adding up to its
+    number of jobs, no more jobs than the jobs table holds, and a status
+    row for its last job.
+    """
+    totals: dict[str, int] = {}
+    for label, jobs in labels:
+        if not isinstance(label, str) or not isinstance(jobs, int) or jobs < 0:
+            raise damaged(store.path, f"label {label!r} counts {jobs!r} jobs")
+        totals[label] = jobs
+    for label, states in stored.items():
+        for state, count in states.items():
+            if state not in _STATE_VALUES or not isinstance(count, int) or count < 0:
+                raise damaged(store.path, f"label {label!r} counts {count!r} jobs in state {state!r}")
+        if label not in totals or sum(states.values()) != totals[label]:
+            raise damaged(
+                store.path,
+                f"label {label!r} has {totals.get(label, 0)} jobs but {sum(states.values())} by state",
+            )
+    (last_job,) = store.conn.execute("SELECT max(id) FROM jobs").fetchone()
+    (last_status,) = store.conn.execute("SELECT max(job) FROM status").fetchone()
+    if last_job != last_status or not isinstance(last_job, int | None):
+        raise damaged(
+            store.path, f"the last job is {last_job!r} but the last status is of job {last_status!r}"
+        )
+    if sum(totals.values()) > (last_job + 1 if last_job is not None else 0):
+        raise damaged(store.path, f"{sum(totals.values())} jobs counted but {last_job!r} is the last job id")
 
 
 def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:

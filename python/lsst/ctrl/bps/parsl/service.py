@@ -52,9 +52,10 @@ __all__ = ("ParslService", "RunFailedError")
 _LOG = logging.getLogger(__name__)
 
 
-def _fail_bps_command(message: str, exit_status: int = 1) -> bool:
-    """Under ctrl_bps's ``bps`` command line, print ``message`` and make the
-    command exit with ``exit_status`` once it finished; returns whether it did.
+def _fail_bps_command(message: str, exit_status: int = 1, say: bool = True) -> bool:
+    """Under ctrl_bps's ``bps`` command line, print ``message`` (unless not
+    ``say``: ctrl_bps prints it) and make the command exit with
+    ``exit_status`` once it finished; returns whether it did.
     """
     try:
         import click
@@ -63,7 +64,8 @@ def _fail_bps_command(message: str, exit_status: int = 1) -> bool:
     context = click.get_current_context(silent=True)
     if context is None or not type(context.find_root().command).__module__.startswith("lsst.ctrl.bps."):
         return False
-    print(message, file=sys.stderr, flush=True)
+    if say:
+        print(message, file=sys.stderr, flush=True)
 
     def exit_with_failure() -> None:
         raise click.exceptions.Exit(exit_status)
@@ -283,6 +285,7 @@ class ParslService(BaseWmsService):
                 readable_run(submit_path)
                 return [run_report(submit_path, True, return_exit_codes)], ""
             except (StateStoreError, OSError) as exc:
+                _fail_bps_command(str(exc), say=False)  # ctrl_bps prints the message
                 return [], str(exc)
         runs, problems = _runs_of(user)
         reports = []
@@ -353,7 +356,10 @@ class ParslService(BaseWmsService):
                 readable_run(submit_path)  # another user's run: `cancel` says why it refuses
             except (StateStoreError, OSError):
                 return []
-            return [submit_path] if _cancellable(submit_path) else []
+            try:
+                return [submit_path] if _cancellable(submit_path) else []
+            except (StateStoreError, OSError):
+                return [submit_path]  # unreadable or damaged: `cancel` says so in one line
         ids = []
         for run_id, submit_path in list_runs():
             try:
@@ -381,6 +387,7 @@ class ParslService(BaseWmsService):
         try:
             return cancel_run(resolve_run(wms_id))
         except (StateStoreError, DriverBusyError, OSError) as exc:
+            _fail_bps_command(str(exc), say=False)  # ctrl_bps prints the message
             return False, str(exc)
 
     def ping(self, pass_thru: str | None = None) -> tuple[int, str]:

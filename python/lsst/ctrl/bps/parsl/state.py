@@ -58,13 +58,16 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from .diskspace import SpaceReserve, is_out_of_space, out_of_space_message
+from .oneline import one_line
 from .records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
 from .storefile import (
+    READ_ERRORS,
     FileIdentity,
     StateStoreError,
     StoreLostError,
     TornReadError,
     busy,
+    damaged,
     journal_is_hot,
     locked,
     retryable,
@@ -109,6 +112,7 @@ _LOCK_RETRY_PAUSE = 1.0
 with ``wait=False``) is tried again."""
 _STATES = {int(state): state for state in JobState}
 """`JobState` by value: a dict look-up, where ``JobState(value)`` costs a microsecond."""
+_KINDS = frozenset(int(kind) for kind in JobKind)
 
 
 UNREADY = JobState.UNREADY
@@ -138,7 +142,7 @@ def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..
                 if self.readonly:
                     return self.read_snapshot(call)
                 return cast(_T, self._waiting(call, wait=True))
-            except sqlite3.DatabaseError as exc:
+            except READ_ERRORS as exc:
                 raise store_error(self.path, exc, writing, self._waited()) from None
 
         return wrapper
@@ -207,10 +211,10 @@ class RunStore(FileIdentity):
                 self.conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
                 self.conn.execute("PRAGMA synchronous=FULL")
                 version, tables = self._format()
-        except sqlite3.DatabaseError as exc:
+        except READ_ERRORS as exc:
             self.close()
             raise StateStoreError(
-                f"{path}: not a readable run-state database ({exc}): the file is damaged; restore it from a "
+                f"{path}: not a readable run-state database ({one_line(exc)}): the file is damaged; restore it from a "
                 "backup or submit the run again (nothing was re-run)"
             ) from None
         if version == 0 and not tables:
@@ -375,19 +379,67 @@ class RunStore(FileIdentity):
 
     @_guarded()
     def meta(self) -> dict[str, Any]:
-        """Run-wide values."""
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+        """Run-wide values (checked: `StateStoreError` if one is not what it must be)."""
+        values = {}
+        for key, text in self.conn.execute("SELECT key, value FROM meta"):
+            try:
+                values[key] = json.loads(text)
+            except (TypeError, ValueError):
+                raise damaged(self.path, f"meta value {str(key)[:40]!r} is not JSON") from None
+        for key in ("run_id", "run_name", "submit_path"):
+            if key in values and not isinstance(values[key], str):
+                raise damaged(self.path, f"meta value {key!r} is {values[key]!r}, not a string")
+        return values
 
     @_guarded(writing=True)
     def set_meta(self, key: str, value: Any) -> None:
         """Store one run-wide value."""
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
+    def _select(self, table: str, columns: range, tail: str, args: tuple = ()) -> sqlite3.Cursor:
+        """``SELECT * FROM table tail``, checking that the table has a number
+        of ``columns`` this version reads (a damaged schema may have others).
+        """
+        cursor = self.conn.execute(f"SELECT * FROM {table} {tail}", args)
+        if len(cursor.description) not in columns:
+            raise damaged(self.path, f"table {table} has {len(cursor.description)} columns")
+        return cursor
+
     @_guarded()
     def jobs(self, start: int = 0) -> list[JobRow]:
         """All jobs (or those from id ``start`` on), by id."""
-        rows = self.conn.execute("SELECT * FROM jobs WHERE id >= ? ORDER BY id", (start,))
-        return [JobRow(*row) for row in rows]
+        cursor = self._select("jobs", range(18, JOB_COLUMNS + 1), "WHERE id >= ? ORDER BY id", (start,))
+        rows = [JobRow(*row) for row in cursor]
+        self._check_jobs(rows, start)
+        return rows
+
+    def _check_jobs(self, rows: list[JobRow], start: int) -> None:
+        """Raise `StateStoreError` (damaged) unless the jobs read back are
+        possible: ids from ``start`` without a gap, known kinds, text names
+        and labels, and (all jobs read) as many payload jobs per label as
+        table ``labels`` counts.
+        """
+        kinds = _KINDS
+        payload: dict[str, int] = {}
+        for expected, row in enumerate(rows, start):
+            if (
+                row.id != expected
+                or row.kind not in kinds
+                or not isinstance(row.name, str)
+                or not isinstance(row.label, str)
+            ):
+                raise damaged(
+                    self.path,
+                    f"job row {expected} reads id {row.id!r}, kind {row.kind!r}, name {row.name!r:.80}",
+                )
+            if row.kind == 0:
+                payload[row.label] = payload.get(row.label, 0) + 1
+        if start or not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'labels'").fetchone():
+            return
+        counted = dict(self.conn.execute("SELECT label, jobs FROM labels WHERE jobs != 0").fetchall())
+        if counted != payload:
+            wrong = sorted(set(counted.items()) ^ set(payload.items()))[:2]
+            raise damaged(self.path, f"the jobs of each label do not match their counts: {wrong!r:.120}")
 
     @_guarded()
     def edges(self) -> list[tuple[int, int]]:
@@ -402,30 +454,54 @@ class RunStore(FileIdentity):
     @_guarded()
     def statuses(self) -> list[StatusRow]:
         """The current state of every job, by job id."""
-        rows = self.conn.execute("SELECT * FROM status ORDER BY job")
+        rows = self._select("status", range(8, 9), "ORDER BY job").fetchall()
         states = _STATES
-        return [StatusRow(job, states[state], *rest) for job, state, *rest in rows]
+        found = []
+        for expected, (job, state, *rest) in enumerate(rows):
+            if job != expected or state not in states:
+                raise damaged(self.path, f"the status of job {expected} reads job {job!r}, state {state!r}")
+            found.append(StatusRow(job, states[state], *rest))
+        return found
 
     @_guarded()
     def sessions(self) -> list[SessionRow]:
         """Every driver session, oldest first."""
-        return [SessionRow._make(row) for row in self.conn.execute("SELECT * FROM sessions ORDER BY id")]
+        rows = [SessionRow._make(row) for row in self._select("sessions", range(7, 8), "ORDER BY id")]
+        for row in rows:
+            if not (
+                isinstance(row.pid, int)
+                and isinstance(row.kind, str)
+                and isinstance(row.host, str)
+                and isinstance(row.start, int | float)
+                and (row.end is None or isinstance(row.end, int | float))
+                and (row.outcome is None or isinstance(row.outcome, str))
+            ):
+                raise damaged(self.path, f"session {row.id!r} reads {tuple(row)!r}")
+        return rows
 
     @_guarded()
     def attempts(self, job: int | None = None) -> list[AttemptRow]:
         """Ended attempts, of one job or all, by job and attempt number."""
         if job is None:
-            rows = self.conn.execute("SELECT * FROM attempts ORDER BY job, attempt")
+            rows = self._select("attempts", range(12, 14), "ORDER BY job, attempt")
         else:
-            rows = self.conn.execute("SELECT * FROM attempts WHERE job=? ORDER BY attempt", (job,))
-        return [AttemptRow(j, a, session, JobState(state), *rest) for j, a, session, state, *rest in rows]
+            rows = self._select("attempts", range(12, 14), "WHERE job=? ORDER BY attempt", (job,))
+        states = _STATES
+        found = []
+        for j, a, session, state, *rest in rows:
+            if state not in states:
+                raise damaged(
+                    self.path, f"attempt {a!r} of job {j!r} has state {state!r}, which is no job state"
+                )
+            found.append(AttemptRow(j, a, session, states[state], *rest))
+        return found
 
     def check_integrity(self) -> None:
         """Raise `StateStoreError` if SQLite finds the file damaged."""
         try:
             result = self.conn.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            result = str(exc)
+        except READ_ERRORS as exc:
+            result = one_line(exc)
         if result != "ok":
             raise StateStoreError(
                 f"{self.path}: the run-state database is damaged ({result}): restore it from a backup "

@@ -43,9 +43,11 @@ from .oneline import one_line
 __all__ = (
     "FileIdentity",
     "StateStoreError",
+    "READ_ERRORS",
     "StoreLostError",
     "TornReadError",
     "busy",
+    "damaged",
     "journal_is_hot",
     "locked",
     "retryable",
@@ -65,6 +67,21 @@ class StoreLostError(StateStoreError):
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
+"""What reading a damaged store raises: SQLite's errors, and a text (a value,
+or SQLite's own message quoting a damaged schema) that is not UTF-8."""
+
+
+def damaged(path: str, what: str) -> StateStoreError:
+    """The one line for a store whose values read back are not possible
+    (``what``: which, e.g. ``job 3 has state 18``).
+    """
+    return StateStoreError(
+        f"{path}: the run-state database is damaged ({what}): restore it from a backup or submit the run "
+        "again (nothing was re-run)"
+    )
 
 
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
@@ -92,7 +109,11 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
             "a reader holds a transaction open (a sqlite3 shell, a script): end it"
             + (f", then 'bps restart --id {directory}'" if writing else " and try again")
         )
-    if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
+    if (
+        isinstance(exc, sqlite3.OperationalError | OSError)
+        and "malformed" not in text
+        and "decode" not in text
+    ):
         if writing:
             fix = "free space" if is_out_of_space(exc) else "fix the permissions or the disk"
             return StateStoreError(
