@@ -56,6 +56,7 @@ from typing import Any
 from lsst.ctrl.bps import BpsConfig
 
 from .configuration import ConfigurationError
+from .oneline import shown
 from .records import JobRow
 
 __all__ = (
@@ -258,9 +259,9 @@ def check_job_attributes(
             _LOG.warning(
                 "jobs of label '%s' ask for %s '%s', which is not an executor of site '%s' (executors: %s): "
                 "ignored; the site chooses their executor",
-                row.label,
+                shown(row.label),
                 key,
-                value,
+                shown(value),
                 compute_site,
                 ", ".join(labels),
             )

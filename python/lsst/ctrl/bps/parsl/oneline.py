@@ -25,13 +25,45 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Errors as the one line the plugin shows for them."""
+"""Errors as the one line the plugin shows for them, and text from a
+workflow or a store as text that is safe on a terminal (`shown`).
+"""
 
 from __future__ import annotations
 
-__all__ = ("one_line",)
+import re
+
+__all__ = ("one_line", "shown")
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+"""Characters a terminal acts on rather than shows: C0 and C1 controls (ESC
+starts escape sequences, CR moves back), DEL, line and paragraph separators
+and the bidirectional marks, embeddings, overrides and isolates."""
+
+
+def _escape(match: re.Match) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
+    r"""``text`` as it may be shown: characters a terminal would act on
+    (`_UNSAFE`) written as escapes (``\x1b``, ``\r``, ``\u202e``), at most
+    ``limit`` characters of it (then its length), and with ``ascii`` every
+    other non-ASCII character escaped too (ctrl_bps's report tables are
+    ASCII only).
+    """
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit]}...({len(text)} characters)"
+    if _UNSAFE.search(text):
+        text = _UNSAFE.sub(_escape, text)
+    if ascii and not text.isascii():
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text
 
 
 def one_line(exc: BaseException) -> str:
-    """The text of ``exc`` on one line (its type's name where it has no text)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The text of ``exc`` on one line (its type's name where it has no
+    text), with what a terminal would act on escaped (`shown`).
+    """
+    return shown(" ".join(str(exc).split()), limit=4000) or type(exc).__name__

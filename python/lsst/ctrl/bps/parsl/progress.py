@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .oneline import shown
 from .records import JobKind, JobRow, JobState
 
 __all__ = ("ProgressLines", "count_states")
@@ -95,7 +96,7 @@ class ProgressLines:
             for label, label_counts in by_label.items():
                 in_flight = label_counts.get(JobState.PENDING, 0) + label_counts.get(JobState.RUNNING, 0)
                 print(
-                    f"  {label}: {label_counts.get(JobState.SUCCEEDED, 0)} succeeded, {in_flight} running, "
+                    f"  {shown(label)}: {label_counts.get(JobState.SUCCEEDED, 0)} succeeded, {in_flight} running, "
                     f"{label_counts.get(JobState.FAILED, 0)} failed, "
                     f"{label_counts.get(JobState.PRUNED, 0)} pruned, of {sum(label_counts.values())}",
                     flush=True,

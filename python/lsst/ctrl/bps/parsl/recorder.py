@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from .attemptlogs import append_note, exit_status_from_log, log_paths
+from .oneline import shown
 from .records import JobKind, JobRow, JobState
 from .state import RunStore
 
@@ -126,7 +127,7 @@ class Recorder:
     def rejected(self, job: int, attempt: int, reason: str, when: float) -> None:
         """An attempt that no executor took failed at once."""
         self.note(job, attempt, reason)
-        _LOG.warning("job %s: %s", self.rows[job].name, reason)
+        _LOG.warning("job %s: %s", shown(self.rows[job].name), shown(reason, 4000))
         self.ended(job, attempt, JobState.FAILED, AttemptResult(-1, None, when, when, None, False))
 
     def lost(
@@ -136,12 +137,12 @@ class Recorder:
         see `losses`): say so in its log; returns the result it is recorded
         with (exit status -1).
         """
-        name = self.rows[job].name
+        name = shown(self.rows[job].name)
         if cause is None:
             _LOG.warning("job %s attempt %d: executor error %r", name, attempt, error)
             self.note(job, attempt, f"the executor lost this attempt: {error!r}")
         else:
-            _LOG.warning("job %s attempt %d lost: %s", name, attempt, cause)
+            _LOG.warning("job %s attempt %d lost: %s", name, attempt, shown(cause, 4000))
             self.note(job, attempt, f"infrastructure loss, not counted as a job retry: {cause}")
         return AttemptResult(-1, None, None, when, None, False)
 

@@ -39,6 +39,7 @@ from typing import Any
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
 from .liveness import driver_alive
+from .oneline import shown
 from .records import JobState
 from .running import running_job_ids
 from .state import RunStore, StateStoreError, db_path, store_error
@@ -191,13 +192,13 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         def load() -> list[WmsJobReport]:
             reader = RunStore(db_path(submit_path), readonly=True)
 
-            def shown(value: int, i: int) -> WmsStates:
+            def state_of(value: int, i: int) -> WmsStates:
                 if value not in _STATE_VALUES:
                     raise damaged(reader.path, f"job {i!r} has state {value!r}, which is no job state")
                 return job_state(value, i, alive, running)
 
             try:
-                found = reader.read_snapshot(lambda: job_reports(reader, run_id, shown, WmsJobReport))
+                found = reader.read_snapshot(lambda: job_reports(reader, run_id, state_of, WmsJobReport))
             except READ_ERRORS as exc:
                 raise store_error(reader.path, exc) from None
             finally:
@@ -208,16 +209,22 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
                 raise damaged(
                     reader.path, f"{len(found)} jobs read but {sum(label_totals.values())} counted by label"
                 )
+            for job in found:
+                job.name, job.label = text(job.name), text(job.label)
             return found
 
         jobs = JobReports(loader=load)
 
     info = WmsSpecificInfo()
-    info.add_message("Run state: {run_message}", run_message=message)
-    info.add_message("Job logs: {logs}", logs=os.path.join(submit_path, "logs"))
-    info.add_message("Parsl log: {parsl_log}", parsl_log=os.path.join(submit_path, "parsl", "parsl.log"))
+    info.add_message("Run state: {run_message}", run_message=text(message, 4096))
+    info.add_message("Job logs: {logs}", logs=text(os.path.join(submit_path, "logs"), 4096))
+    info.add_message(
+        "Parsl log: {parsl_log}", parsl_log=text(os.path.join(submit_path, "parsl", "parsl.log"), 4096)
+    )
     if meta.get("monitoring_db"):
-        info.add_message("Parsl monitoring database: {monitoring_db}", monitoring_db=meta["monitoring_db"])
+        info.add_message(
+            "Parsl monitoring database: {monitoring_db}", monitoring_db=text(meta["monitoring_db"], 4096)
+        )
     if losses:
         lost, lost_jobs, last = losses
         info.add_message(
@@ -225,28 +232,36 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
             "(not counted as job retries); last: {last_loss}",
             lost=lost,
             lost_jobs=lost_jobs,
-            last_loss=last,
+            last_loss=text(last, 1000),
         )
-    site: dict[str, Any] = {"site": meta.get("compute_site") or ""} if _HAS_SITE else {}
+    site: dict[str, Any] = {"site": text(meta.get("compute_site") or "")} if _HAS_SITE else {}
+    # Labels as shown (`text`); two long labels shown alike add up.
+    shown_totals: Counter = Counter()
+    shown_states: dict[str, Counter] = {}
+    shown_codes: dict[str, list[int]] = {}
+    for label, n in label_totals.items():
+        shown_totals[text(label)] += n
+    for label, label_states in by_label.items():
+        shown_states.setdefault(text(label), Counter()).update(label_states)
+    for label in label_totals:
+        shown_codes.setdefault(text(label), []).extend(exit_codes.get(label, []))
     report = WmsRunReport(
         wms_id=meta["run_id"],
         global_wms_id=meta["run_id"],
-        path=submit_path,
-        label=meta.get("payload") or "",
-        run=meta.get("output_run") or meta["run_name"],
-        project=meta.get("project") or "",
-        campaign=meta.get("campaign") or "",
-        payload=meta.get("payload") or "",
-        operator=meta.get("operator") or "",
-        run_summary=";".join(f"{label}:{n}" for label, n in label_totals.items()),
+        path=text(submit_path, 4096),
+        label=text(meta.get("payload") or ""),
+        run=text(meta.get("output_run") or meta["run_name"]),
+        project=text(meta.get("project") or ""),
+        campaign=text(meta.get("campaign") or ""),
+        payload=text(meta.get("payload") or ""),
+        operator=text(meta.get("operator") or ""),
+        run_summary=";".join(f"{label.translate(_SUMMARY_ESCAPES)}:{n}" for label, n in shown_totals.items()),
         state=state,
         jobs=jobs,
         total_number_jobs=sum(label_totals.values()),
         job_state_counts={s: counts.get(s, 0) for s in WmsStates},
-        job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in by_label.items()},
-        exit_code_summary={label: exit_codes.get(label, []) for label in label_totals}
-        if return_exit_codes
-        else None,
+        job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in shown_states.items()},
+        exit_code_summary=shown_codes if return_exit_codes else None,
         specific_info=info,
         **site,
     )
@@ -254,6 +269,15 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
 
 
 _STATE_VALUES = frozenset(int(state) for state in JobState)
+
+
+_SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
+"""A label in a run summary, which ctrl_bps splits at ';' and ':'."""
+
+
+def text(value: object, limit: int = 200) -> str:
+    """Text of a run as a report shows it: ASCII, with what a terminal acts on escaped (`shown`)."""
+    return shown(value, limit, ascii=True)
 
 
 def check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[str, dict[int, int]]) -> None:

@@ -40,7 +40,7 @@ from lsst.resources import ResourcePath
 from .configuration import ConfigurationError, get_bps_config_value
 from .control import RunFailedError, driver_stale_after, progress_interval
 from .files import open_private, private_dir, safe_component
-from .oneline import one_line
+from .oneline import one_line, shown
 from .runindex import add_run, list_runs, resolve_run
 from .site import SiteConfig
 from .state import StateStoreError
@@ -325,7 +325,8 @@ class ParslService(BaseWmsService):
             readable_run(submit_path)
             store = RunStore(db_path(submit_path), readonly=True)
             try:
-                return run_state(store, submit_path)
+                state, message = run_state(store, submit_path)
+                return state, shown(message, 4000)
             finally:
                 store.close()
         except (StateStoreError, OSError) as exc:
