@@ -71,6 +71,7 @@ from .running import forget_journals, kill_running_jobs, spawners_elsewhere
 from .site import SiteConfig
 from .state import RunStore, StateStoreError, StoreLostError
 from .stopping import InFlight, StopSignals, record_stopped
+from .storefile import damaged
 
 __all__ = ("Driver", "RunOutcome")
 
@@ -142,7 +143,10 @@ class Driver(LostAttemptHandling):
         """Whether the run drains (its disk is full, `_drained`)."""
         self.abort: tuple[int, str] | None = None
         """Status and reason of a run a job's ``abortOnValue`` aborted."""
-        for status in store.statuses():
+        statuses = store.statuses()
+        if len(statuses) != len(self.rows):
+            raise damaged(store.path, f"{len(self.rows)} jobs but {len(statuses)} job statuses")
+        for status in statuses:
             self.state[status.job] = status.state
             self.attempt[status.job] = status.attempt
         self.losses = LostAttempts(site.infrastructure_retries)
