@@ -207,12 +207,11 @@ class RunStore(FileIdentity):
                 self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
                 # Short: a writer waits for locks in `_waiting`, which logs the wait.
                 self.conn.execute("PRAGMA busy_timeout=100")
-                # Also turns the WAL of a store written by an older version into a rollback journal.
-                self.conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
-                self.conn.execute("PRAGMA synchronous=FULL")
-                version, tables = self._format()
+                version, tables = cast(tuple[int, set[str]], self._waiting(self._open_writer, wait=True))
         except READ_ERRORS as exc:
             self.close()
+            if locked(exc):
+                raise store_error(path, exc, not readonly, self._waited()) from None
             raise StateStoreError(
                 f"{path}: not a readable run-state database ({one_line(exc)}): the file is damaged; restore it from a "
                 "backup or submit the run again (nothing was re-run)"
@@ -248,6 +247,13 @@ class RunStore(FileIdentity):
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
         if "lost" not in columns:
             self.conn.execute("ALTER TABLE attempts ADD COLUMN lost TEXT")
+
+    def _open_writer(self) -> tuple[int, set[str]]:
+        """Set a writer's connection up; its `_format`."""
+        # Also turns the WAL of a store written by an older version into a rollback journal.
+        self.conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        return self._format()
 
     def _format(self) -> tuple[int, set[str]]:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -499,8 +505,11 @@ class RunStore(FileIdentity):
     def check_integrity(self) -> None:
         """Raise `StateStoreError` if SQLite finds the file damaged."""
         try:
-            result = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+            found = self._waiting(lambda: self.conn.execute("PRAGMA quick_check").fetchone(), wait=True)
+            result = found[0] if found else "no answer"
         except READ_ERRORS as exc:
+            if locked(exc):
+                raise store_error(self.path, exc, False, self._waited()) from None
             result = one_line(exc)
         if result != "ok":
             raise StateStoreError(
