@@ -383,3 +383,19 @@ def test_hostile_labels_and_names_are_shown_as_text(tmp_path, capfd, monkeypatch
                 assert result.returncode == 0, (locale, args, text[-3000:])
             if args[:2] == ["report", "--id"]:
                 assert "caf\\xe9" in text and "rlo\\u202egnp" in text and "characters)" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("kind", sorted(_HOSTILE_TEXT))
+def test_errors_quoting_hostile_names_show_them_as_text(tmp_path, kind):
+    """P10 (errors): a refusal at prepare that quotes a job name and label
+    holding control characters, a right-to-left override or 10 KB (here a
+    concurrency limit nothing defines, which quotes both as written) is one
+    line of text: no raw control character, at most 4000 characters."""
+    text = _HOSTILE_TEXT[kind]
+    bad = job(f"n_{text}", "true", label=text, concurrency_limit="nolimit")
+    config = make_config(_site())
+    with pytest.raises(ConfigurationError) as info:
+        ParslService(config).prepare(config, workflow([bad]), str(tmp_path / "submit"))
+    message = str(info.value)
+    assert not _raw_controls(message) and "\n" not in message and len(message) < 4100, message[:300]
+    assert "nolimit" in message

@@ -65,6 +65,7 @@ from .liveness import (
     process_start,
     read_heartbeat,
 )
+from .oneline import ShownMessageError
 
 if TYPE_CHECKING:
     from lsst.ctrl.bps import BpsConfig
@@ -74,7 +75,7 @@ __all__ = ("Claim", "ClaimBusyError", "DriverBusyError", "claim_run", "current_c
 CLAIM_PREFIX = "driver.claim."
 
 
-class DriverBusyError(RuntimeError):
+class DriverBusyError(ShownMessageError, RuntimeError):
     """Another driver is running this run."""
 
 

@@ -39,6 +39,8 @@ from typing import Any, Literal, TypeVar, cast, overload
 
 from lsst.ctrl.bps import BpsConfig
 
+from .oneline import ShownMessageError, shown
+
 __all__ = (
     "ConfigurationError",
     "ConfigurationTypeError",
@@ -54,7 +56,7 @@ __all__ = (
 T = TypeVar("T")
 
 
-class ConfigurationError(ValueError):
+class ConfigurationError(ShownMessageError, ValueError):
     """A BPS configuration value is missing or invalid.
 
     The message is a single line naming the key and the fix.
@@ -66,8 +68,8 @@ class MissingConfigurationError(ConfigurationError, KeyError):
     as the old plugin raised).
     """
 
-    # KeyError would print the message quoted.
-    __str__ = BaseException.__str__
+    def __str__(self) -> str:  # KeyError's would print the message quoted
+        return shown(BaseException.__str__(self), limit=4000)
 
 
 class ConfigurationTypeError(ConfigurationError, RuntimeError):

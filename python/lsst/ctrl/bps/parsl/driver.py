@@ -59,7 +59,7 @@ from .graphwalk import GraphWalk
 from .jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route, walltime_seconds
 from .losses import LostAttempts, infrastructure_cause
 from .lostattempts import LostAttemptHandling
-from .oneline import one_line
+from .oneline import one_line, shown
 from .ordering import dispatch_order, in_flight_limit
 from .page import PageWriter
 from .progress import ProgressLines, count_states
@@ -448,7 +448,7 @@ class Driver(LostAttemptHandling):
         self.state[i] = state
         row = self.rows[i]
         reason = (
-            f"job '{row.name}' (label '{row.label}') exited with {result.exit_code}, its abortOnValue: the run "
+            f"job '{shown(row.name)}' (label '{shown(row.label)}') exited with {result.exit_code}, its abortOnValue: the run "
             f"was aborted with status {status}; jobs not ended were stopped and recorded DELETED"
         )
         self.abort = (status, reason)

@@ -210,7 +210,8 @@ def check_job_values(job: Any) -> None:
 def _int_or_none(value: Any, key: str, row: JobRow) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigurationError(
-            f"{key} of job '{row.name}' (label '{row.label}') is {value!r}: it must be an integer exit status"
+            f"{key} of job '{shown(row.name)}' (label '{shown(row.label)}') is {value!r}: it must be an integer "
+            "exit status"
         )
 
 
@@ -235,7 +236,7 @@ def check_job_attributes(
                 continue
         row = JobRow(*values)
         if limit and limit not in checked:
-            where = f"job '{row.name}' (label '{row.label}')"
+            where = f"job '{shown(row.name)}' (label '{shown(row.label)}')"
             for name, units in parse_concurrency_limit(limit, where):
                 if name not in limits:
                     raise ConfigurationError(

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ("one_line", "shown")
+__all__ = ("ShownMessageError", "one_line", "shown")
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 """Characters a terminal acts on rather than shows: C0 and C1 controls (ESC
@@ -60,6 +60,20 @@ def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
     if ascii and not text.isascii():
         text = text.encode("ascii", "backslashreplace").decode("ascii")
     return text
+
+
+class ShownMessageError(Exception):
+    """Base of the plugin's errors: their message, which may quote a job
+    name, a label or a value from a workflow or a store, is shown as text
+    (`shown`: what a terminal acts on escaped); of a message longer than
+    4000 characters the middle is cut, so that the fix at its end stays.
+    """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if len(text) > 4000:
+            text = f"{text[:2500]}...({len(text)} characters)...{text[-1500:]}"
+        return shown(text, limit=len(text))
 
 
 def one_line(exc: BaseException) -> str:

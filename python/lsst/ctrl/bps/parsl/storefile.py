@@ -38,7 +38,7 @@ import sqlite3
 import stat
 
 from .diskspace import RESERVE_NAME, SpaceReserve, is_out_of_space
-from .oneline import one_line
+from .oneline import ShownMessageError, one_line
 
 __all__ = (
     "FileIdentity",
@@ -56,7 +56,7 @@ __all__ = (
 )
 
 
-class StateStoreError(RuntimeError):
+class StateStoreError(ShownMessageError, RuntimeError):
     """The run-state database is missing, unreadable or damaged."""
 
 
