@@ -411,6 +411,55 @@ def test_full_disk_mid_run_then_restart_runs_no_succeeded_job_twice(tmp_path, en
     assert not twice, f"jobs that succeeded more than once: {twice}"
 
 
+def test_full_disk_drains_running_jobs_then_restart_runs_none_twice(tmp_path, env, mount_tmpfs):
+    """Issue 20, P13: the submit directory's file system fills while two
+    jobs run: no new job starts, the two are left to end and are recorded
+    SUCCEEDED (their records wait in memory, then the reserve's space is
+    given back), then the run stops with the disk's one line. After space
+    returns, ``bps restart`` runs every other job and neither of the two a
+    second time."""
+    disk = mount_tmpfs("disk", "size=12m")
+    log = tmp_path / "jobs.log"  # outside the full disk
+    n = 8
+    spec = {
+        "jobs": [
+            {
+                "name": f"j{i}",
+                "label": "j",
+                "script": f"echo start j{i} >> {log}; sleep 5; echo end j{i} >> {log}",
+            }
+            for i in range(n)
+        ],
+        "site": LOCAL2,
+    }
+    proc, submit = start(tmp_path, env, spec, submit=disk / "submit")
+
+    def starts() -> list[str]:
+        return [line.split()[1] for line in lines(log) if line.startswith("start")]
+
+    running = set(wait_for(lambda: len(starts()) >= 2 and starts(), what="two jobs running", proc=proc))
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk}/filler", "bs=64k"], capture_output=True)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out[-3000:]
+    assert "no new job starts" in out, out[-3000:]
+    full = [line for line in out.splitlines() if "file system of the submit directory is full" in line]
+    assert full and "bps restart" in full[-1], out[-3000:]
+    assert set(starts()) == running, f"jobs started after the disk filled: {set(starts()) - running}"
+    ended = {line.split()[1] for line in lines(log) if line.startswith("end")}
+    assert ended == running, "the running jobs were not left to end"
+    (disk / "filler").unlink()
+    store_opens_cleanly(submit)
+    recorded = statuses(submit)
+    assert {name for name, row in recorded.items() if row[0] == S} == running, recorded
+    assert all(row[0] == D for name, row in recorded.items() if name not in running), recorded
+    result = bps(env, "restart", "--id", str(submit))
+    assert "Run Id:" in result.stdout, result.stdout + result.stderr
+    assert all(row[0] == S for row in statuses(submit).values())
+    counts = Counter(starts())
+    assert set(counts) == {f"j{i}" for i in range(n)} and max(counts.values()) == 1, counts
+
+
 def test_heartbeat_thread_does_not_outlive_the_run(tmp_path):
     """Control 10: after a run in this process, no monitor thread is left
     and the heartbeat and cancel-request files are gone."""

@@ -324,3 +324,78 @@ def test_non_string_walltime_of_batch_sites_is_refused(site, key):
         ParslService(config).run_submission_checks()
     message = str(error.value)
     assert "\n" not in message and f"'{key}'" in message, message
+
+
+# ---- text is shown as text (issue 20, P10) ----------------------------------------
+
+_HOSTILE_TEXT = {
+    "non-ascii": "café_ß_日本",
+    "esc": "esc\x1b[31mred\x1b]0;title\x07",
+    "cr": "cr\rover",
+    "rlo": "rlo\u202egnp.exe",
+    "c1": "csi\x9b2J",
+    "long": "L" * 10_000,
+}
+_RAW = ("\x1b", "\r", "\u202e", "\x9b", "\x07")
+
+
+def _raw_controls(text: str) -> list[str]:
+    return [repr(c) for c in _RAW if c in text]
+
+
+def test_hostile_labels_and_names_are_shown_as_text(tmp_path, capfd, monkeypatch):
+    """P10: labels and job names with non-ASCII characters, ESC sequences,
+    CR, a right-to-left override, a C1 control and 10 KB of text: the
+    driver's progress lines (per label too) and its failure line, ``bps
+    report --id`` (ctrl_bps's astropy table included) under a C and a UTF-8
+    locale, ``bps report`` (the list) and ``bps status`` never crash and
+    never write a raw control character."""
+    import subprocess
+
+    from cli import BIN, cli_environment
+
+    env = cli_environment(tmp_path, monkeypatch)
+    jobs = [
+        job(f"{kind[:4]}_{text[:40]}_{k}", "true", label=text)
+        for k, (kind, text) in enumerate(_HOSTILE_TEXT.items())
+    ]
+    jobs.append(job(f"bad_{_HOSTILE_TEXT['esc']}", "exit 3", label=_HOSTILE_TEXT["rlo"]))
+    config = make_config(
+        _site(), parslProgressInterval=0.01, parslProgressByLabel=True, submitPath=str(tmp_path / "submit")
+    )
+    submit = tmp_path / "submit"
+    run(workflow(jobs), submit, config, expect_fail=True)
+    out, err = capfd.readouterr()
+    assert not _raw_controls(out + err), (_raw_controls(out + err), (out + err)[-2000:])
+    assert "caf" in out and "\\x1b" in out, out[-2000:]
+    for locale in ("C", "C.UTF-8"):
+        run_env = {**env, "LC_ALL": locale, "LANG": locale}
+        for args in (
+            ["report", "--id", str(submit)],
+            ["report", "--hist", "1"],
+            ["status", "--id", str(submit)],
+        ):
+            result = subprocess.run([str(BIN / "bps"), *args], env=run_env, capture_output=True, timeout=120)
+            text = result.stdout.decode("utf-8", "replace") + result.stderr.decode("utf-8", "replace")
+            assert "Traceback" not in text and "codec" not in text, (locale, args, text[-3000:])
+            assert not _raw_controls(text), (locale, args, _raw_controls(text))
+            if args[0] == "report":
+                assert result.returncode == 0, (locale, args, text[-3000:])
+            if args[:2] == ["report", "--id"]:
+                assert "caf\\xe9" in text and "rlo\\u202egnp" in text and "characters)" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("kind", sorted(_HOSTILE_TEXT))
+def test_errors_quoting_hostile_names_show_them_as_text(tmp_path, kind):
+    """P10 (errors): a refusal at prepare that quotes a job name and label
+    holding control characters, a right-to-left override or 10 KB (here a
+    concurrency limit nothing defines, which quotes both as written) is one
+    line of text: no raw control character, at most 4000 characters."""
+    text = _HOSTILE_TEXT[kind]
+    bad = job(f"n_{text}", "true", label=text, concurrency_limit="nolimit")
+    config = make_config(_site())
+    with pytest.raises(ConfigurationError) as info:
+        ParslService(config).prepare(config, workflow([bad]), str(tmp_path / "submit"))
+    message = str(info.value)
+    assert not _raw_controls(message) and "\n" not in message and len(message) < 4100, message[:300]
+    assert "nolimit" in message

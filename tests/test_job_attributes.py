@@ -6,6 +6,7 @@ and ``queue``; real jobs on the local pool.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import pytest
@@ -120,3 +121,125 @@ def test_compute_site_or_queue_naming_an_executor_routes_else_warns_once_per_lab
     assert any("label 'odd' ask for computeSite 'elsewhere'" in line for line in lines)
     assert any("label 'odd' ask for queue 'big'" in line for line in lines)
     assert _attempts(tmp_path / "submit")["routed"][0].executor == "local"
+
+
+# ---- every value checked at prepare (issue 20, P9) --------------------------------
+
+_INT_RANGES = {
+    "request_cpus": ("requestCpus", 1, 10**6),
+    "request_memory": ("requestMemory", 1, 2**53),
+    "request_memory_max": ("requestMemoryMax", 1, 2**53),
+    "request_disk": ("requestDisk", 0, 2**53),
+    "number_of_retries": ("numberOfRetries", 0, 10**6),
+    "abort_on_value": ("abortOnValue", 0, 255),
+    "abort_return_value": ("abortReturnValue", 0, 255),
+}
+_GARBAGE = {
+    "str": "abc",
+    "empty-str": "",
+    "numeric-str": "4",
+    "negative": -5,
+    "minus-one": -1,
+    "zero": 0,
+    "float": 2.5,
+    "small-float": 0.5,
+    "nan": math.nan,
+    "inf": math.inf,
+    "minus-inf": -math.inf,
+    "huge": 10**30,
+    "bool": True,
+    "int-list": [1],
+    "str-list": ["a"],
+    "dict": {"a": 1},
+    "bytes": b"x",
+}
+
+
+def _valid(attribute: str, value) -> bool:
+    """The rule of each attribute, written out independently of the plugin."""
+    if isinstance(value, bool):
+        return False
+    if attribute in _INT_RANGES:
+        _, low, high = _INT_RANGES[attribute]
+        return isinstance(value, int) and low <= value <= high
+    if attribute == "memory_multiplier":
+        return isinstance(value, int | float) and math.isfinite(value) and 1 <= value <= 10**6
+    if attribute == "priority":
+        try:
+            return math.isfinite(float(value))
+        except (TypeError, ValueError):
+            return False
+    if attribute == "retry_unless_exit":
+        codes = value if isinstance(value, list) else [value]
+        return all(type(c) is int and 0 <= c <= 255 for c in codes)
+    return isinstance(value, str)  # concurrency_limit, compute_site, queue
+
+
+_KEYS = {
+    **{a: k for a, (k, _, _) in _INT_RANGES.items()},
+    "memory_multiplier": "memoryMultiplier",
+    "priority": "priority",
+    "retry_unless_exit": "retryUnlessExit",
+    "concurrency_limit": "concurrencyLimit",
+    "compute_site": "computeSite",
+    "queue": "queue",
+}
+
+
+@pytest.mark.parametrize("attribute", sorted(_KEYS))
+def test_every_job_value_is_checked_by_type_and_range_before_anything_runs(tmp_path, attribute):
+    """P9: each numeric, list or text attribute of a GenericWorkflowJob the
+    plugin reads, given garbage of every kind (strings, negatives, zero,
+    floats where integers, NaN, infinities, huge, booleans, lists of wrong
+    types, mappings, bytes): a value outside the attribute's type and range
+    fails prepare with one line naming the job, its label and the BPS key,
+    before any store is written; a value inside passes the check."""
+    config = make_config(_site())
+    key = _KEYS[attribute]
+    refused = 0
+    for kind, value in _GARBAGE.items():
+        submit = tmp_path / f"{attribute}-{kind}"
+        bad = job("j_bad", "true", label="lab")
+        setattr(bad, attribute, value)
+        jobs = [job("j_ok", "true", label="ok"), bad]
+        service = ParslService(config)
+        if _valid(attribute, value):
+            from lsst.ctrl.bps.parsl.prepare.jobattrs import check_job_values
+
+            check_job_values(bad)
+            continue
+        refused += 1
+        with pytest.raises(ConfigurationError) as info:
+            service.prepare(config, workflow(jobs), str(submit))
+        message = str(info.value)
+        assert "\n" not in message and "Traceback" not in message, (kind, message)
+        for text in (key, "'j_bad'", "'lab'"):
+            assert text in message, (kind, text, message)
+        assert not (submit / "bps_parsl.sqlite3").exists(), kind
+    assert refused >= 8, refused
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("request_cpus", 0),
+        ("request_memory", -1),
+        ("request_cpus", -3),
+        ("memory_multiplier", -2),
+        ("number_of_retries", -5),
+        ("request_cpus", "abc"),
+        ("label", 5),
+        ("label", ""),
+    ],
+)
+def test_values_seen_starting_runs_are_refused(tmp_path, attribute, value):
+    """P9, the cases seen: each is one line at prepare, never a run that
+    fails later (``requestCpus: 0`` holding no core, ``numberOfRetries: -5``
+    silently 0, ``memoryMultiplier: -2`` asking negative memory)."""
+    config = make_config(_site())
+    bad = job("j_bad", "true", label="lab")
+    setattr(bad, attribute, value)
+    with pytest.raises(ConfigurationError) as info:
+        ParslService(config).prepare(config, workflow([bad]), str(tmp_path / "submit"))
+    assert "j_bad" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "submit" / "bps_parsl.sqlite3").exists()

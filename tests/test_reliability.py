@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -663,6 +664,120 @@ def test_damaged_state_file_gives_error_naming_it_never_a_fresh_start(tmp_path, 
     assert reports == [] and str(db) in message and "\n" not in message, message
     assert lines(log) == before, "jobs ran again"
     assert not (submit / "logs" / "bad" / "bad.stderr.2").exists()
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as stream:
+        stream.seek(offset)
+        byte = stream.read(1)
+        stream.seek(offset)
+        stream.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _answers(service, submit: Path) -> dict:
+    """What report (with every job read), status and cancel say of a run:
+    values, or ``("message", text)`` where the call refused."""
+    found: dict = {}
+    reports, message = service.report(str(submit))
+    if reports:
+        run = reports[0]
+        jobs = sorted((j.name, j.label, j.state.name) for j in run.jobs)
+        counts = {k.name: v for k, v in run.job_state_counts.items() if v}
+        found["report"] = (run.total_number_jobs, counts, run.state.name, run.run_summary, jobs)
+    else:
+        found["report"] = ("message", message)
+    state, message = service.get_status(str(submit))
+    found["status"] = ("message", message) if state == WmsStates.UNKNOWN else state.name
+    listed = service.list_submitted_jobs(wms_id=str(submit))
+    found["cancel"] = ("message", service.cancel(listed[0])[1]) if listed else "nothing to cancel"
+    return found
+
+
+def test_generated_store_damage_gives_one_line_or_the_right_answer(tmp_path, finished_run):
+    """P7 (issue 20): the store of a finished run with bytes flipped at 90
+    offsets (seeded, all over the file: header, schema, every table and
+    index) or truncated at 20 lengths (a wider sweep, 800 offsets and every
+    page boundary, ran clean when this was written): report (every job read too), status
+    and cancel through the service API each give the right answer (the
+    undamaged run's) or one line naming the file; never an exception,
+    never a value out of range or counts that disagree with the jobs."""
+    from lsst.ctrl.bps.parsl import ParslService
+    from lsst.ctrl.bps.parsl.store.runstore import StateStoreError
+
+    source, _ = finished_run
+    service = ParslService({})
+    pristine = tmp_path / "pristine"
+    shutil.copytree(source, pristine)
+    right = _answers(service, pristine)
+    db = "bps_parsl.sqlite3"
+    size = (source / db).stat().st_size
+    rng = random.Random(20)
+    cases = [("flip", offset) for offset in rng.sample(range(size), 90)]
+    cases += [("truncate", n) for n in sorted({0, 1, 99, 100, *(rng.randrange(size) for _ in range(16))})]
+    refused = 0
+    for how, where in cases:
+        submit = tmp_path / "damaged"
+        shutil.rmtree(submit, ignore_errors=True)
+        shutil.copytree(source, submit)
+        if how == "flip":
+            _flip(submit / db, where)
+        else:
+            os.truncate(submit / db, where)
+        try:
+            answers = _answers(service, submit)
+        except StateStoreError as exc:  # the jobs, read when first looked at
+            answers = {"report": ("message", str(exc))}
+        for call, answer in answers.items():
+            if isinstance(answer, tuple) and answer[0] == "message":
+                refused += 1
+                text = answer[1]
+                assert str(submit / db) in text and "\n" not in text, (how, where, call, text)
+            elif call == "report":
+                assert answer == right[call], (how, where, call, answer)
+            else:
+                assert answer == right[call], (how, where, call, answer)
+    assert refused > 20, refused
+
+
+@pytest.mark.parametrize("how", ["state-18", "one-job-too-many", "flipped-schema", "half-truncated"])
+def test_damaged_store_through_the_bps_cli_is_one_line_and_non_zero(tmp_path, env, finished_run, how):
+    """P7 (issue 20), through the real ``bps`` command line: a state no job
+    can have (the "18 is not a valid WmsStates" traceback), a label counting
+    one job more than the run has (the silent "241 jobs" of a 240-job run),
+    a flipped byte in the schema and a store truncated to half: ``bps
+    report``, ``status``, ``cancel`` and ``restart`` each print one line
+    naming the file, no traceback, and report, status and cancel exit
+    non-zero (restart's exit status is issue 20 item 8); nothing runs again."""
+    source, log = finished_run
+    submit = tmp_path / "submit"
+    shutil.copytree(source, submit)
+    db = submit / "bps_parsl.sqlite3"
+    before = lines(log)
+    if how in ("state-18", "one-job-too-many"):
+        conn = sqlite3.connect(db)
+        if how == "state-18":
+            conn.execute("UPDATE status SET state = 18 WHERE job = 0")
+        else:
+            conn.execute("UPDATE labels SET jobs = jobs + 1 WHERE position = 1")
+        conn.commit()
+        conn.close()
+    elif how == "flipped-schema":
+        _flip(db, 700)  # inside the CREATE TABLE text on the first page
+    else:
+        os.truncate(db, db.stat().st_size // 2)
+    for command in ("report", "status", "cancel", "restart"):
+        result = bps(env, command, "--id", str(submit), check=False)
+        text = result.stdout + result.stderr
+        assert "Traceback" not in text, (command, text)
+        named = [line for line in text.splitlines() if str(db) in line]
+        if command == "status" and "status: FAILED" in text:
+            continue  # the right answer: the run's state is in its sessions, which are sound
+        if command == "cancel" and how == "one-job-too-many" and "No job matches" in text:
+            continue  # the right answer: every job's status is sound, and ended
+        assert len(named) == 1, (command, text)
+        if command != "restart":
+            assert result.returncode != 0, (command, text)
+    assert lines(log) == before, "jobs ran again"
 
 
 # ---- 5. concurrency ---------------------------------------------------------------

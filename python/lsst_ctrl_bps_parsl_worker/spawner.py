@@ -67,6 +67,9 @@ Requests:
     executor's id of the request, unique within the executor.
 ``{"op": "stop"}``
     Fail every queued job and kill every running one.
+``{"op": "drain"}``
+    Fail every queued job and every later request; running jobs are left to
+    end (the driver's submit directory is full).
 ``{"op": "resume", "spawner": PID, "jobs": [request, ...]}``
     First line of a spawner that replaces one that died (pid ``PID``): take
     over its unanswered requests. A job that had started is followed to its
@@ -593,6 +596,8 @@ class Spawner:
         op = request.get("op")
         if op == "stop":
             self.stop()
+        elif op == "drain":
+            self.drop_queued()
         elif op == "resume":
             self.resume(int(request["spawner"]), request["jobs"])
         elif self.stopping:

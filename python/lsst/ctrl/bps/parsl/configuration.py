@@ -41,6 +41,8 @@ from typing import Any, ClassVar, Literal, Self, TypeVar, cast, overload
 
 from lsst.ctrl.bps import BpsConfig
 
+from .oneline import ShownMessageError, shown
+
 __all__ = (
     "DISPATCH_ORDERS",
     "RUN_KEYS",
@@ -62,7 +64,7 @@ __all__ = (
 T = TypeVar("T")
 
 
-class ConfigurationError(ValueError):
+class ConfigurationError(ShownMessageError, ValueError):
     """A BPS configuration value is missing or invalid.
 
     The message is a single line naming the key and the fix.
@@ -74,8 +76,8 @@ class MissingConfigurationError(ConfigurationError, KeyError):
     as the old plugin raised).
     """
 
-    # KeyError would print the message quoted.
-    __str__ = BaseException.__str__
+    def __str__(self) -> str:  # KeyError's would print the message quoted
+        return shown(BaseException.__str__(self), limit=4000)
 
 
 class ConfigurationTypeError(ConfigurationError, RuntimeError):

@@ -25,15 +25,60 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Errors as the one line the plugin shows for them."""
+"""Errors as the one line the plugin shows for them, and text from a
+workflow or a store as text that is safe on a terminal (`shown`).
+"""
 
 from __future__ import annotations
 
-__all__ = ("one_line",)
+import re
+
+__all__ = ("ShownMessageError", "one_line", "shown")
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+"""Characters a terminal acts on rather than shows: C0 and C1 controls (ESC
+starts escape sequences, CR moves back), DEL, line and paragraph separators
+and the bidirectional marks, embeddings, overrides and isolates."""
+
+
+def _escape(match: re.Match) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
+    r"""``text`` as it may be shown: characters a terminal would act on
+    (`_UNSAFE`) written as escapes (``\x1b``, ``\r``, ``\u202e``), at most
+    ``limit`` characters of it (then its length), and with ``ascii`` every
+    other non-ASCII character escaped too (ctrl_bps's report tables are
+    ASCII only).
+    """
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit]}...({len(text)} characters)"
+    if _UNSAFE.search(text):
+        text = _UNSAFE.sub(_escape, text)
+    if ascii and not text.isascii():
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text
+
+
+class ShownMessageError(Exception):
+    """Base of the plugin's errors: their message, which may quote a job
+    name, a label or a value from a workflow or a store, is shown as text
+    (`shown`: what a terminal acts on escaped); of a message longer than
+    4000 characters the middle is cut, so that the fix at its end stays.
+    """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if len(text) > 4000:
+            text = f"{text[:2500]}...({len(text)} characters)...{text[-1500:]}"
+        return shown(text, limit=len(text))
 
 
 def one_line(exc: BaseException) -> str:
-    """The text of ``exc`` on one line (its type's name where it has no text).
+    """The text of ``exc`` on one line (its type's name where it has no
+    text), with what a terminal would act on escaped (`shown`).
 
     Parameters
     ----------
@@ -45,4 +90,4 @@ def one_line(exc: BaseException) -> str:
     text : `str`
         Its text, whitespace runs as one space.
     """
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return shown(" ".join(str(exc).split()), limit=4000) or type(exc).__name__

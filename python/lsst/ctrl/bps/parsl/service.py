@@ -40,7 +40,7 @@ from lsst.resources import ResourcePath
 from .configuration import ConfigurationError, RunSettings
 from .control.submitchecks import check_executables, check_submit_path
 from .files import open_private, safe_component
-from .oneline import one_line
+from .oneline import one_line, shown
 from .run.session import RunFailedError
 from .site import SiteConfig
 from .store.runindex import list_runs, resolve_run
@@ -346,6 +346,7 @@ class ParslService(BaseWmsService):
                 readable_run(submit_path)
                 return [run_report(submit_path, True, return_exit_codes)], ""
             except (StateStoreError, OSError) as exc:
+                _fail_bps_command(None)  # ctrl_bps prints the message
                 return [], str(exc)
         runs, problems = _runs_of(user)
         reports = []
@@ -394,7 +395,8 @@ class ParslService(BaseWmsService):
             readable_run(submit_path)
             store = RunStore(db_path(submit_path), readonly=True)
             try:
-                return run_state(store, submit_path)
+                state, message = run_state(store, submit_path)
+                return state, shown(message, 4000)
             finally:
                 store.close()
         except (StateStoreError, OSError) as exc:
@@ -439,7 +441,10 @@ class ParslService(BaseWmsService):
                 readable_run(submit_path)  # another user's run: `cancel` says why it refuses
             except (StateStoreError, OSError):
                 return []
-            return [submit_path] if _cancellable(submit_path) else []
+            try:
+                return [submit_path] if _cancellable(submit_path) else []
+            except (StateStoreError, OSError):
+                return [submit_path]  # unreadable or damaged: `cancel` says so in one line
         ids = []
         for run_id, submit_path in list_runs():
             try:
@@ -474,6 +479,7 @@ class ParslService(BaseWmsService):
         try:
             return cancel_run(resolve_run(wms_id))
         except (StateStoreError, DriverBusyError, OSError) as exc:
+            _fail_bps_command(None)  # ctrl_bps prints the message
             return False, str(exc)
 
     def ping(self, pass_thru: str | None = None) -> tuple[int, str]:

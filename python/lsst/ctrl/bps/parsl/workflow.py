@@ -58,7 +58,7 @@ from .files import safe_component
 from .prepare import batch
 from .prepare.commands import export_lines, render
 from .prepare.flatten import Flattener
-from .prepare.jobattrs import job_attribute_check
+from .prepare.jobattrs import check_job_values, job_attribute_check
 from .prepare.jobrows import (
     TAGS_JSON,
     PerValueCache,
@@ -224,6 +224,9 @@ class ParslWorkflow(BaseWmsWorkflow):
         names, items, kinds, finals, graph_of = flat.names, flat.items, flat.kinds, flat.finals, flat.graph_of
         payload = int(JobKind.PAYLOAD)
 
+        # Value tuples of the jobs whose values were checked (the jobs of a label share theirs).
+        checked: set[tuple] = set()
+        kept: list[Any] = []
         checks = (
             _resource_check(site),
             job_attribute_check(config, site.compute_site, site.executor_labels()),
@@ -246,6 +249,31 @@ class ParslWorkflow(BaseWmsWorkflow):
                     files = templates[graph_id] = Templates(
                         file_lookup([flat.graphs[graph_id], generic_workflow])
                     )
+                values = (
+                    job.label,
+                    job.request_cpus,
+                    job.request_memory,
+                    job.request_memory_max,
+                    job.memory_multiplier,
+                    job.request_disk,
+                    job.priority,
+                    job.number_of_retries,
+                    id(job.retry_unless_exit),
+                    job.abort_on_value,
+                    job.abort_return_value,
+                    job.concurrency_limit,
+                    job.compute_site,
+                    job.queue,
+                )
+                try:
+                    known = values in checked
+                except TypeError:  # an unhashable value: not one ctrl_bps gives
+                    known = False
+                if not known:
+                    check_job_values(job)
+                    if len(checked) < 65_536:
+                        checked.add(values)
+                        kept.append(job.retry_unless_exit)  # its id stays this object's
                 if job.executable is None:
                     raise ConfigurationError(
                         f"job '{job.name}' has no executable: check the job's configuration"

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..configuration import RunSettings
+from ..oneline import ShownMessageError
 from .liveness import (
     HOST,
     STALE_AFTER,
@@ -81,7 +82,7 @@ __all__ = (
 CLAIM_PREFIX = "driver.claim."
 
 
-class DriverBusyError(RuntimeError):
+class DriverBusyError(ShownMessageError, RuntimeError):
     """Another driver is running this run."""
 
 

@@ -585,8 +585,9 @@ class DriverMonitor:
                     self.store.check_identity()
                 except StoreLostError as exc:
                     reason = str(exc)
-            if reason is None and self._disk_full():
-                reason = self.store.disk_full = out_of_space_message(self.submit_path)
+            if reason is None and not self.store.disk_full and self._disk_full():
+                # The driver drains: no new job starts, running ones end and are recorded.
+                self.store.disk_full = out_of_space_message(self.submit_path)
             if reason is not None:
                 self._stop_with(reason)
         if time.monotonic() - self._last_beat >= self.interval:

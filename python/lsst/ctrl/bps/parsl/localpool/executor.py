@@ -87,7 +87,7 @@ from parsl.utils import RepresentationMixin
 from ..parslcompat import unwrap_monitoring
 from ..records import AttemptResult
 from .tasks import PythonTasks, Task, TaskProcessError, is_run_job, report_try
-from .wire import STOP, encode, job_request, parse_reply, resume_request
+from .wire import DRAIN, STOP, encode, job_request, parse_reply, resume_request
 
 __all__ = ("LocalPoolExecutor", "NotStartedError", "PoolLostError", "TaskProcessError")
 
@@ -202,6 +202,15 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         self._spawner_exit = None
         self._stdin_fd = proc.stdin.fileno()
         os.set_blocking(self._stdin_fd, False)
+
+    def drain(self) -> None:
+        """Start no more tasks: queued and later ones fail with
+        `NotStartedError`; running ones are left to end.
+        """
+        if self._proc is not None:
+            with self._lock:
+                self._pending += DRAIN
+                self._flush_locked()
 
     def shutdown(self) -> None:
         """Stop every task and the spawner (running tasks are killed, queued

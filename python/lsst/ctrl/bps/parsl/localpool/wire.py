@@ -40,12 +40,14 @@ from lsst_ctrl_bps_parsl_worker.job import NotStartedError
 
 from ..records import AttemptResult
 
-__all__ = ("STOP", "encode", "job_request", "parse_reply", "resume_request")
+__all__ = ("DRAIN", "STOP", "encode", "job_request", "parse_reply", "resume_request")
 
 _HOST = socket.gethostname()
 
 STOP = b'{"op": "stop"}\n'
 """The request that fails queued jobs and kills running ones."""
+DRAIN = b'{"op": "drain"}\n'
+"""The request that fails queued jobs (and any later one) and lets running ones end."""
 
 
 def job_request(

@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..files import write_private
+from ..oneline import ShownMessageError
 
 __all__ = (
     "WMS_PLACEHOLDERS",
@@ -73,7 +74,7 @@ WMS_PLACEHOLDERS = ("attemptNum",)
 ``NumJobStarts``), counted across restarts of the run."""
 
 
-class RenderError(ValueError):
+class RenderError(ShownMessageError, ValueError):
     """A placeholder in a job's command line cannot be resolved."""
 
 

@@ -49,18 +49,21 @@ and ``queue`` per job.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
 
 from ..configuration import ConfigurationError, RunSettings
+from ..oneline import shown
 from ..records import JobRow
 
 __all__ = (
     "DEFAULT_LIMITS",
     "ConcurrencyGate",
     "abort_status",
+    "check_job_values",
     "job_attribute_check",
     "concurrency_limits",
     "parse_concurrency_limit",
@@ -155,10 +158,84 @@ def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str,
     return limits
 
 
+_INT = "an integer"
+_NUMBER = "a number"
+_VALUE_RULES: tuple[tuple[str, str, str, float, float], ...] = (
+    # (attribute, BPS key, kind, smallest, largest)
+    ("request_cpus", "requestCpus", _INT, 1, 1e6),
+    ("request_memory", "requestMemory", _INT, 1, 2**53),
+    ("request_memory_max", "requestMemoryMax", _INT, 1, 2**53),
+    ("memory_multiplier", "memoryMultiplier", _NUMBER, 1, 1e6),
+    ("request_disk", "requestDisk", _INT, 0, 2**53),
+    ("number_of_retries", "numberOfRetries", _INT, 0, 1e6),
+    ("abort_on_value", "abortOnValue", _INT, 0, 255),
+    ("abort_return_value", "abortReturnValue", _INT, 0, 255),
+)
+"""The numeric attributes of a `GenericWorkflowJob` the plugin reads, with
+their type and range (all may be `None`: not set). ``requestMemoryMax`` is
+where ctrl_bps puts ``memoryLimit``."""
+_TEXT_KEYS = (
+    ("concurrency_limit", "concurrencyLimit"),
+    ("compute_site", "computeSite"),
+    ("queue", "queue"),
+)
+
+
+def _bad_value(job: Any, key: str, value: Any, rule: str) -> ConfigurationError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:60] + f"... ({len(shown)} characters)"
+    return ConfigurationError(
+        f"{key} of job {str(job.name)[:200]!r} (label {str(job.label)[:200]!r}) is {shown}: it must be {rule}; "
+        f"fix '{key}' for that label in the submit YAML"
+    )
+
+
+def check_job_values(job: Any) -> None:
+    """Check every value of a `GenericWorkflowJob` that the plugin reads by
+    type and range (`_VALUE_RULES`, ``priority``, ``retryUnlessExit``,
+    the text keys); `ConfigurationError` in one line naming the job, its
+    label and the key.
+    """
+    if not isinstance(job.label, str) or not job.label:
+        raise _bad_value(job, "label", job.label, "a non-empty string")
+    for attribute, key, kind, low, high in _VALUE_RULES:
+        value = getattr(job, attribute)
+        if value is None:
+            continue
+        if kind is _INT:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not low <= value <= high:
+            rule = f"{kind} from {low:g} to {high:g}"
+            if attribute == "memory_multiplier":
+                rule += " (1: no growth between retries)"
+            raise _bad_value(job, key, value, rule)
+    priority = job.priority
+    if priority is not None:
+        try:
+            ok = not isinstance(priority, bool) and math.isfinite(float(priority))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise _bad_value(job, "priority", priority, "a number (higher runs first)")
+    codes = job.retry_unless_exit
+    if codes is not None:
+        listed = codes if isinstance(codes, list | tuple) else [codes]
+        if not all(type(c) is int and 0 <= c <= 255 for c in listed):
+            raise _bad_value(job, "retryUnlessExit", codes, "an exit status (0 to 255) or a list of them")
+    for attribute, key in _TEXT_KEYS:
+        value = getattr(job, attribute)
+        if value is not None and not isinstance(value, str):
+            raise _bad_value(job, key, value, "a string")
+
+
 def _int_or_none(value: Any, key: str, row: JobRow) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigurationError(
-            f"{key} of job '{row.name}' (label '{row.label}') is {value!r}: it must be an integer exit status"
+            f"{key} of job '{shown(row.name)}' (label '{shown(row.label)}') is {value!r}: it must be an integer "
+            "exit status"
         )
 
 
@@ -194,7 +271,7 @@ def job_attribute_check(
             if site is None or site == compute_site:
                 return
         if limit and limit not in checked:
-            where = f"job '{row.name}' (label '{row.label}')"
+            where = f"job '{shown(row.name)}' (label '{shown(row.label)}')"
             for name, units in parse_concurrency_limit(limit, where):
                 if name not in limits:
                     raise ConfigurationError(
@@ -218,9 +295,9 @@ def job_attribute_check(
             _LOG.warning(
                 "jobs of label '%s' ask for %s '%s', which is not an executor of site '%s' (executors: %s): "
                 "ignored; the site chooses their executor",
-                row.label,
+                shown(row.label),
                 key,
-                value,
+                shown(value),
                 compute_site,
                 ", ".join(labels),
             )

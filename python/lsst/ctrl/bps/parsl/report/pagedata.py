@@ -35,7 +35,6 @@ from __future__ import annotations
 import html
 import re
 import signal
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from ..store.runstore import (
     db_path,
     store_error,
 )
+from ..store.storefile import READ_ERRORS
 from .reports import job_state, run_state, running_jobs
 
 __all__ = ("RunData", "read_run")
@@ -217,7 +217,7 @@ def read_run(submit_path: str, this_driver: bool) -> RunData:
     try:
         try:
             data = store.read_snapshot(lambda: _read_snapshot(store, submit_path, this_driver))
-        except sqlite3.DatabaseError as exc:
+        except READ_ERRORS as exc:
             raise store_error(store.path, exc) from None
     finally:
         store.close()

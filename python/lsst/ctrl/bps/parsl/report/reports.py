@@ -40,9 +40,11 @@ from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
 from ..control.liveness import driver_alive
 from ..control.running import running_job_ids
+from ..oneline import shown
 from ..records import JobState
 from ..store.attemptlogs import log_paths
 from ..store.runstore import RunStore, StateStoreError, db_path, store_error
+from ..store.storefile import READ_ERRORS, damaged
 from ..store.summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 
 __all__ = ("readable_run", "run_report", "run_state")
@@ -202,6 +204,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
             alive = state == WmsStates.RUNNING
             running = running_jobs(submit_path) if alive else set()
             labels, stored = label_counts(store.conn)
+            check_counts(store, labels, stored)
             started = pending_labels(store.conn, running)
             codes = failed_exit_codes(store.conn) if return_exit_codes else []
             return (
@@ -221,7 +224,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
             meta, state, message, running, labels, stored, started, codes, (losses, unstarted) = (
                 store.read_snapshot(snapshot)
             )
-        except sqlite3.DatabaseError as exc:
+        except READ_ERRORS as exc:
             raise store_error(store.path, exc) from None
     finally:
         store.close()
@@ -247,31 +250,48 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
 
         def load() -> list[WmsJobReport]:
             reader = RunStore(db_path(submit_path), readonly=True)
+
+            def state_of(value: int, i: int) -> WmsStates:
+                if value not in _STATE_VALUES:
+                    raise damaged(reader.path, f"job {i!r} has state {value!r}, which is no job state")
+                return job_state(value, i, alive, running)
+
             try:
-                return reader.read_snapshot(
-                    lambda: job_reports(
-                        reader, run_id, lambda value, i: job_state(value, i, alive, running), WmsJobReport
-                    )
-                )
+                found = reader.read_snapshot(lambda: job_reports(reader, run_id, state_of, WmsJobReport))
+            except READ_ERRORS as exc:
+                raise store_error(reader.path, exc) from None
             finally:
                 reader.close()
+            # Jobs a batch joined since the counts were read may add to them, never take away.
+            per_label = Counter(job.label for job in found)
+            if any(per_label[label] < n for label, n in label_totals.items()):
+                raise damaged(
+                    reader.path, f"{len(found)} jobs read but {sum(label_totals.values())} counted by label"
+                )
+            for job in found:
+                job.name, job.label = text(job.name), text(job.label)
+            return found
 
         jobs = JobReports(loader=load)
 
     info = WmsSpecificInfo()
-    info.add_message("Run state: {run_message}", run_message=message)
-    info.add_message("Job logs: {logs}", logs=os.path.join(submit_path, "logs"))
-    info.add_message("Parsl log: {parsl_log}", parsl_log=os.path.join(submit_path, "parsl", "parsl.log"))
+    info.add_message("Run state: {run_message}", run_message=text(message, 4096))
+    info.add_message("Job logs: {logs}", logs=text(os.path.join(submit_path, "logs"), 4096))
+    info.add_message(
+        "Parsl log: {parsl_log}", parsl_log=text(os.path.join(submit_path, "parsl", "parsl.log"), 4096)
+    )
     if meta.get("monitoring_db"):
-        info.add_message("Parsl monitoring database: {monitoring_db}", monitoring_db=meta["monitoring_db"])
+        info.add_message(
+            "Parsl monitoring database: {monitoring_db}", monitoring_db=text(meta["monitoring_db"], 4096)
+        )
     reason = start_failure_reason(submit_path, unstarted) if unstarted else None
     if unstarted and reason:
         info.add_message(
             "Jobs that could not be started: {unstarted} attempts (exit code 126 or 127); last: job "
             "'{unstarted_job}': {unstarted_reason}",
             unstarted=unstarted[0],
-            unstarted_job=unstarted[1],
-            unstarted_reason=reason,
+            unstarted_job=text(unstarted[1], 200),
+            unstarted_reason=text(reason, 1000),
         )
     if losses:
         lost, lost_jobs, last = losses
@@ -280,32 +300,82 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
             "(not counted as job retries); last: {last_loss}",
             lost=lost,
             lost_jobs=lost_jobs,
-            last_loss=last,
+            last_loss=text(last, 1000),
         )
-    site: dict[str, Any] = {"site": meta.get("compute_site") or ""} if _HAS_SITE else {}
+    site: dict[str, Any] = {"site": text(meta.get("compute_site") or "")} if _HAS_SITE else {}
+    # Labels as shown (`text`); two long labels shown alike add up.
+    shown_totals: Counter = Counter()
+    shown_states: dict[str, Counter] = {}
+    shown_codes: dict[str, list[int]] = {}
+    for label, n in label_totals.items():
+        shown_totals[text(label)] += n
+    for label, label_states in by_label.items():
+        shown_states.setdefault(text(label), Counter()).update(label_states)
+    for label in label_totals:
+        shown_codes.setdefault(text(label), []).extend(exit_codes.get(label, []))
     report = WmsRunReport(
         wms_id=meta["run_id"],
         global_wms_id=meta["run_id"],
-        path=submit_path,
-        label=meta.get("payload") or "",
-        run=meta.get("output_run") or meta["run_name"],
-        project=meta.get("project") or "",
-        campaign=meta.get("campaign") or "",
-        payload=meta.get("payload") or "",
-        operator=meta.get("operator") or "",
-        run_summary=";".join(f"{label}:{n}" for label, n in label_totals.items()),
+        path=text(submit_path, 4096),
+        label=text(meta.get("payload") or ""),
+        run=text(meta.get("output_run") or meta["run_name"]),
+        project=text(meta.get("project") or ""),
+        campaign=text(meta.get("campaign") or ""),
+        payload=text(meta.get("payload") or ""),
+        operator=text(meta.get("operator") or ""),
+        run_summary=";".join(f"{label.translate(_SUMMARY_ESCAPES)}:{n}" for label, n in shown_totals.items()),
         state=state,
         jobs=jobs,
         total_number_jobs=sum(label_totals.values()),
         job_state_counts={s: counts.get(s, 0) for s in WmsStates},
-        job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in by_label.items()},
-        exit_code_summary={label: exit_codes.get(label, []) for label in label_totals}
-        if return_exit_codes
-        else None,
+        job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in shown_states.items()},
+        exit_code_summary=shown_codes if return_exit_codes else None,
         specific_info=info,
         **site,
     )
     return report
+
+
+_STATE_VALUES = frozenset(int(state) for state in JobState)
+
+
+_SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
+"""A label in a run summary, which ctrl_bps splits at ';' and ':'."""
+
+
+def text(value: object, limit: int = 200) -> str:
+    """Text of a run as a report shows it: ASCII, with what a terminal acts on escaped (`shown`)."""
+    return shown(value, limit, ascii=True)
+
+
+def check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[str, dict[int, int]]) -> None:
+    """Raise `StateStoreError` (damaged) unless the per-label counts read
+    back are possible: known states, counts of each label adding up to its
+    number of jobs, no more jobs than the jobs table holds, and a status
+    row for its last job.
+    """
+    totals: dict[str, int] = {}
+    for label, jobs in labels:
+        if not isinstance(label, str) or not isinstance(jobs, int) or jobs < 0:
+            raise damaged(store.path, f"label {label!r} counts {jobs!r} jobs")
+        totals[label] = jobs
+    for label, states in stored.items():
+        for state, count in states.items():
+            if state not in _STATE_VALUES or not isinstance(count, int) or count < 0:
+                raise damaged(store.path, f"label {label!r} counts {count!r} jobs in state {state!r}")
+        if label not in totals or sum(states.values()) != totals[label]:
+            raise damaged(
+                store.path,
+                f"label {label!r} has {totals.get(label, 0)} jobs but {sum(states.values())} by state",
+            )
+    (last_job,) = store.conn.execute("SELECT max(id) FROM jobs").fetchone()
+    (last_status,) = store.conn.execute("SELECT max(job) FROM status").fetchone()
+    if last_job != last_status or not isinstance(last_job, int | None):
+        raise damaged(
+            store.path, f"the last job is {last_job!r} but the last status is of job {last_status!r}"
+        )
+    if sum(totals.values()) > (last_job + 1 if last_job is not None else 0):
+        raise damaged(store.path, f"{sum(totals.values())} jobs counted but {last_job!r} is the last job id")
 
 
 def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:

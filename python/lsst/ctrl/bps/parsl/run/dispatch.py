@@ -210,6 +210,18 @@ class Dispatch:
             except queue.Empty:
                 return batch
 
+    def drain(self) -> None:
+        """Start no more attempts: the executors that can (the local pool)
+        fail their queued attempts as never started and let running ones
+        end; elsewhere attempts already handed to Parsl may still start.
+        """
+        if self.dfk is None or self._closed:
+            return
+        for label in self.labels:
+            drain = getattr(self.dfk.executors[label], "drain", None)
+            if callable(drain):
+                drain()
+
     def shutdown(self) -> None:
         """Shut down the kernel and its executors once (queued attempts end
         as never started, running ones are stopped by their executors),
@@ -251,6 +263,15 @@ class Dispatch:
                         pass
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file whose write errors (a full disk) lose the record quietly
+    rather than print a traceback to the terminal for each.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
 def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
     """Send Parsl's log to ``<submit>/parsl/parsl.log`` at the level of
     ``parsl.log_level``, and nowhere else.
@@ -268,7 +289,7 @@ def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
     """
     logger = logging.getLogger("parsl")
     logger.propagate = False
-    handler = logging.FileHandler(os.path.join(submit_path, "parsl", "parsl.log"))
+    handler = _QuietFileHandler(os.path.join(submit_path, "parsl", "parsl.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for old in list(logger.handlers):
         if isinstance(old, logging.FileHandler):

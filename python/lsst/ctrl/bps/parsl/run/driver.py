@@ -56,7 +56,7 @@ from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
 from ..configuration import RunSettings
 from ..control.claim import ClaimFence
 from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
-from ..oneline import one_line
+from ..oneline import one_line, shown
 from ..prepare.commands import fill_wms
 from ..prepare.jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route, walltime_seconds
 from ..records import AttemptResult, JobKind, JobState
@@ -64,8 +64,10 @@ from ..report.page import PageWriter
 from ..site import SiteConfig
 from ..sites.losses import LostAttempts, infrastructure_cause
 from ..store.attemptlogs import log_paths
+from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
+from ..store.storefile import damaged
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
 from .lostattempts import LostAttemptHandling
@@ -151,9 +153,14 @@ class Driver(LostAttemptHandling):
         self.session_tries: list[int] = []
         self._build_tables()
         self.in_flight_cap: int | None = None
+        self.draining = False
+        """Whether the run drains (its disk is full, `_drained`)."""
         self.abort: tuple[int, str] | None = None
         """Status and reason of a run a job's ``abortOnValue`` aborted."""
-        for status in store.statuses():
+        statuses = store.statuses()
+        if len(statuses) != len(self.rows):
+            raise damaged(store.path, f"{len(self.rows)} jobs but {len(statuses)} job statuses")
+        for status in statuses:
             self.state[status.job] = status.state
             self.attempt[status.job] = status.attempt
         self.losses = LostAttempts(site.infrastructure_retries)
@@ -321,12 +328,15 @@ class Driver(LostAttemptHandling):
         self.progress.restart()
         last_flush = time.monotonic()
         while (walk.ready or self.in_flight or self.losses) and not self.stop_reason:
+            if self.store.disk_full and self._drained():
+                break
             for i in self.losses.due(time.monotonic()):
                 walk.ready.append(i)
             self._dispatch_ready()
             if not self.in_flight and not walk.ready and not self.losses:
                 break
-            wait = max(0.0, last_flush + _FLUSH_INTERVAL - time.monotonic()) if self.store.dirty else 0.5
+            next_flush = max(last_flush + _FLUSH_INTERVAL, self.store.retry_at)
+            wait = max(0.0, next_flush - time.monotonic()) if self.store.dirty else 0.5
             if self.losses:
                 wait = min(wait, max(0.0, (self.losses.next_due() or 0.0) - time.monotonic()))
             self.dispatch.tick()
@@ -334,10 +344,9 @@ class Driver(LostAttemptHandling):
                 self._complete(i, attempt, future)
             now = time.monotonic()
             if now - last_flush >= _FLUSH_INTERVAL:
-                self.recorder.flush()
+                # A reader's lock or a full disk leaves the changes queued: the run goes on.
+                self.recorder.flush(wait=False)
                 last_flush = now
-                if self.store.disk_full:
-                    self.request_stop(self.store.disk_full)
             self.progress.print(self.rows, self.state)
             self.page.update()
         self.recorder.flush()
@@ -351,7 +360,7 @@ class Driver(LostAttemptHandling):
         """
         ready = self.walk.ready
         cap = self.in_flight_cap
-        while ready and not self.stop_reason:
+        while ready and not self.stop_reason and not self.store.disk_full:
             if cap is not None and len(self.in_flight) >= cap:
                 return
             i = ready.popleft()
@@ -377,6 +386,20 @@ class Driver(LostAttemptHandling):
         """Raise `RunTakenOverError` if another process took the run over."""
         if self.fence is not None and not self.fence.holds():
             raise RunTakenOverError(self.fence.lost)
+
+    def _drained(self) -> bool:
+        """The submit directory's disk is full (`RunStore.disk_full`): no new
+        job starts and the jobs running are left to end and be recorded;
+        whether none runs any more (the run then stops with the disk's line).
+        """
+        if not self.draining:
+            self.draining = True
+            self.dispatch.drain()
+            print(draining_message(self.submit_path, len(self.in_flight)), flush=True)
+        if self.in_flight:
+            return False
+        self.request_stop(self.store.disk_full or "")
+        return True
 
     def _submit(self, i: int) -> None:
         """Hand the next attempt of a job to Parsl (if this driver still holds the run)."""
@@ -474,7 +497,7 @@ class Driver(LostAttemptHandling):
         self.state[i] = state
         row = self.rows[i]
         reason = (
-            f"job '{row.name}' (label '{row.label}') exited with {result.exit_code}, its abortOnValue: the run "
+            f"job '{shown(row.name)}' (label '{shown(row.label)}') exited with {result.exit_code}, its abortOnValue: the run "
             f"was aborted with status {status}; jobs not ended were stopped and recorded DELETED"
         )
         self.abort = (status, reason)

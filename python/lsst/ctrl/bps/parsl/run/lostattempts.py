@@ -59,6 +59,7 @@ class LostAttemptHandling:
     dispatch: Dispatch
     running_dir: str
     stop_reason: str | None
+    draining: bool
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop: no new job starts, running ones are killed.
@@ -105,13 +106,13 @@ class LostAttemptHandling:
 
     def _never_started(self, i: int, attempt: int, error: NotStartedError) -> None:
         """An attempt that never started is no attempt: its number is given
-        back. The pool only stops starting jobs when the run stops or the pool
-        was lost; the run stops then (the job is recorded DELETED, and a
-        restart runs it).
+        back. The pool only stops starting jobs when the run stops, drains
+        (its disk is full) or the pool was lost; the run stops then (the job
+        is recorded DELETED, and a restart runs it).
         """
         self.attempt[i] = attempt - 1
         self.session_tries[i] -= 1
-        if self.stop_reason:
+        if self.stop_reason or self.draining:
             return
         stderr = self.recorder.stderr_of(i, attempt)
         if os.path.exists(stderr):

@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from ..oneline import shown
 from ..records import JobKind, JobRow, JobState
 
 __all__ = ("ProgressLines", "count_states")
@@ -120,7 +121,7 @@ class ProgressLines:
                     label_counts[s] = label_counts.get(s, 0) + 1
             for label, label_counts in by_label.items():
                 print(
-                    f"  {label}: {label_counts.get(JobState.SUCCEEDED, 0)} succeeded, "
+                    f"  {shown(label)}: {label_counts.get(JobState.SUCCEEDED, 0)} succeeded, "
                     f"{label_counts.get(JobState.RUNNING, 0)} running, "
                     f"{label_counts.get(JobState.PENDING, 0)} pending, "
                     f"{label_counts.get(JobState.FAILED, 0)} failed, "

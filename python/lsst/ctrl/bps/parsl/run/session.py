@@ -58,6 +58,7 @@ from ..control.liveness import (
     process_start,
     write_cancel_request,
 )
+from ..oneline import ShownMessageError
 from ..records import ENDED, JobState
 from ..site import SiteConfig
 from ..store.runstore import RunStore, StateStoreError, db_path
@@ -87,7 +88,7 @@ _LOCK_WAIT = 10.0
 """Seconds `cancel_run` waits for the claim of a driver that just ended."""
 
 
-class RunFailedError(BpsError):
+class RunFailedError(ShownMessageError, BpsError):
     """Some jobs of the run did not succeed, or the run stopped.
 
     An ordinary exception for Python callers. Under the ``bps`` command line

@@ -28,9 +28,10 @@
 """Disk space for the run-state store when its file system fills up.
 
 A running driver holds a small reserve file next to its store
-(`SpaceReserve`); when a commit fails for lack of space, the reserve is given
-back so that the driver can record how the run stopped
-(`out_of_space_message`).
+(`SpaceReserve`). When the file system fills, the driver drains: no new job
+starts, the running jobs end, and their records wait in memory while a
+commit fails for lack of space; then the reserve is given back so that the
+driver can record them and how the run stopped (`out_of_space_message`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ("RESERVE_NAME", "SpaceReserve", "is_out_of_space", "out_of_space_message")
+__all__ = ("RESERVE_NAME", "SpaceReserve", "draining_message", "is_out_of_space", "out_of_space_message")
 
 _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
@@ -62,7 +63,15 @@ def out_of_space_message(submit_path: str) -> str:
     """
     return (
         f"{submit_path}: the file system of the submit directory is full: the run stopped after "
-        f"recording every job that ended; free space, then 'bps restart --id {submit_path}'"
+        f"the running jobs ended and were recorded; free space, then 'bps restart --id {submit_path}'"
+    )
+
+
+def draining_message(submit_path: str, running: int) -> str:
+    """The line a driver says when its submit directory's disk fills and it starts to drain."""
+    return (
+        f"bps-parsl: {submit_path}: the file system of the submit directory is full: no new job starts; "
+        f"the {running} running jobs are left to end and be recorded, then the run stops"
     )
 
 

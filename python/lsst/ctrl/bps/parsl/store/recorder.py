@@ -41,6 +41,7 @@ from collections.abc import Sequence
 
 from lsst_ctrl_bps_parsl_worker.exits import recorded_exits
 
+from ..oneline import shown
 from ..records import AttemptResult, JobKind, JobRow, JobState
 from .attemptlogs import append_note, log_paths
 from .runstore import RunStore
@@ -201,7 +202,7 @@ class Recorder:
             Time of the rejection (seconds since the epoch).
         """
         self.note(job, attempt, reason)
-        _LOG.warning("job %s: %s", self.rows[job].name, reason)
+        _LOG.warning("job %s: %s", shown(self.rows[job].name), shown(reason, 4000))
         self.ended(job, attempt, JobState.FAILED, AttemptResult(-1, None, when, when, None, False))
 
     def lost(
@@ -230,12 +231,12 @@ class Recorder:
         result : `AttemptResult`
             The result to record the attempt with (exit status -1, ended ``when``).
         """
-        name = self.rows[job].name
+        name = shown(self.rows[job].name)
         if cause is None:
             _LOG.warning("job %s attempt %d: executor error %r", name, attempt, error)
             self.note(job, attempt, f"the executor lost this attempt: {error!r}")
         else:
-            _LOG.warning("job %s attempt %d lost: %s", name, attempt, cause)
+            _LOG.warning("job %s attempt %d lost: %s", name, attempt, shown(cause, 4000))
             self.note(job, attempt, f"infrastructure loss, not counted as a job retry: {cause}")
         return AttemptResult(-1, None, None, when, None, False)
 
@@ -281,6 +282,6 @@ class Recorder:
             self.store.set_state(i, settled, attempt, code)
             state[i] = settled
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         """Commit what was recorded (see `RunStore.flush`)."""
-        self.store.flush()
+        self.store.flush(wait)

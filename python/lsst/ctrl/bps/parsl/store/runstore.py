@@ -37,7 +37,10 @@ WAL needs shared memory that does not work over a network file system. One
 writer (the driver, or ``bps cancel`` once the driver ended) commits; readers
 on any host read in short transactions and check the file's change counter
 and journal around each read, retrying with a bounded backoff while a commit
-is under way (doc/state.md). A transition is committed in the driver's loop
+is under way (doc/state.md). A reader that holds its transaction open (a
+``sqlite3`` shell, a script) keeps a commit out for as long as it does: the
+driver then keeps its changes queued and tries again, logging the wait
+(`RunStore.flush`), and never stops the run for it. A transition is committed in the driver's loop
 iteration that saw it, so a driver killed with SIGKILL loses at most the
 transitions of that iteration; restart reconciles those from the jobs' own
 logs.
@@ -47,12 +50,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Generator, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from ..oneline import one_line
 from ..records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
 from .diskspace import SpaceReserve, is_out_of_space, out_of_space_message
 from .schema import (
@@ -63,16 +68,20 @@ from .schema import (
     JOURNAL_MODE,
     READ_RETRY_SECONDS,
     TORN_RETRY_SECONDS,
+    WRITE_WAIT_SECONDS,
     create_store,
 )
 from .storefile import (
+    READ_ERRORS,
     FileIdentity,
     RunTakenOverError,
     StateStoreError,
     StoreLostError,
     TornReadError,
     busy,
+    damaged,
     journal_is_hot,
+    locked,
     retryable,
     roll_back_hot_journal,
     store_error,
@@ -96,9 +105,16 @@ __all__ = (
     "out_of_space_message",
 )
 
+_LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_LOCK_LOG_INTERVAL = 60.0
+"""Seconds between the log lines of a writer still waiting for a lock."""
+_LOCK_RETRY_PAUSE = 1.0
+"""Seconds before a commit left queued because of a lock (`RunStore.flush`
+with ``wait=False``) is tried again."""
 _STATES = {int(state): state for state in JobState}
 """`JobState` by value: a dict look-up, where ``JobState(value)`` costs a microsecond."""
+_KINDS = frozenset(int(kind) for kind in JobKind)
 
 
 UNREADY = JobState.UNREADY
@@ -122,11 +138,14 @@ def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..
         @functools.wraps(method)
         def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> _T:
             try:
-                if self.readonly and not self.conn.in_transaction:
-                    return self.read_snapshot(functools.partial(method, self, *args, **kwargs))
-                return method(self, *args, **kwargs)
-            except sqlite3.DatabaseError as exc:
-                raise store_error(self.path, exc, writing) from None
+                call = functools.partial(method, self, *args, **kwargs)
+                if self.conn.in_transaction:
+                    return call()
+                if self.readonly:
+                    return self.read_snapshot(call)
+                return cast(_T, self._waiting(call, wait=True))
+            except READ_ERRORS as exc:
+                raise store_error(self.path, exc, writing, self._waited()) from None
 
         return wrapper
 
@@ -178,6 +197,10 @@ class RunStore(FileIdentity):
         self.disk_full: str | None = None
         self.reserve: SpaceReserve | None = None
         self._fd: int | None = None
+        self._locked_since: float | None = None
+        self._locked_said = 0.0
+        self.retry_at = 0.0
+        """`time.monotonic` before which `flush` without ``wait`` leaves the changes queued."""
         if not readonly:
             self._open_identity()
         else:
@@ -197,15 +220,15 @@ class RunStore(FileIdentity):
                 version, tables = self.read_snapshot(self._format)
             else:
                 self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                self.conn.execute("PRAGMA busy_timeout=10000")
-                # Also turns the WAL of a store written by an older version into a rollback journal.
-                self.conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
-                self.conn.execute("PRAGMA synchronous=FULL")
-                version, tables = self._format()
-        except sqlite3.DatabaseError as exc:
+                # Short: a writer waits for locks in `_waiting`, which logs the wait.
+                self.conn.execute("PRAGMA busy_timeout=100")
+                version, tables = cast(tuple[int, set[str]], self._waiting(self._open_writer, wait=True))
+        except READ_ERRORS as exc:
             self.close()
+            if locked(exc):
+                raise store_error(path, exc, not readonly, self._waited()) from None
             raise StateStoreError(
-                f"{path}: not a readable run-state database ({exc}): the file is damaged; restore it from a "
+                f"{path}: not a readable run-state database ({one_line(exc)}): the file is damaged; restore it from a "
                 "backup or submit the run again (nothing was re-run)"
             ) from None
         if version == 0 and not tables:
@@ -239,6 +262,13 @@ class RunStore(FileIdentity):
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
         if "lost" not in columns:
             self.conn.execute("ALTER TABLE attempts ADD COLUMN lost TEXT")
+
+    def _open_writer(self) -> tuple[int, set[str]]:
+        """Set a writer's connection up; its `_format`."""
+        # Also turns the WAL of a store written by an older version into a rollback journal.
+        self.conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        return self._format()
 
     def _format(self) -> tuple[int, set[str]]:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -315,6 +345,56 @@ class RunStore(FileIdentity):
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
 
+    def _waiting(self, write: Callable[[], _T], wait: bool) -> _T | None:
+        """Run ``write`` (statements or a transaction of this writer); while
+        another connection's lock keeps it out (a reader's open transaction,
+        another writer), log the wait and try again.
+
+        With ``wait``, tries again with a growing pause for up to
+        `WRITE_WAIT_SECONDS`, then raises the lock's error; without, returns
+        `None` at once (the caller keeps its changes for later).
+        """
+        pause = 0.05
+        while True:
+            try:
+                value = write()
+            except sqlite3.OperationalError as exc:
+                if not locked(exc):
+                    raise
+                now = time.monotonic()
+                if self._locked_since is None:
+                    self._locked_since = self._locked_said = now
+                    _LOG.warning(
+                        "%s: locked by another process (a reader holding a transaction open?): the run goes "
+                        "on and its records wait until the lock is released",
+                        self.path,
+                    )
+                elif now - self._locked_said >= _LOCK_LOG_INTERVAL:
+                    self._locked_said = now
+                    _LOG.warning(
+                        "%s: still locked by another process after %.0f s: the run's records wait",
+                        self.path,
+                        now - self._locked_since,
+                    )
+                if not wait:
+                    self.retry_at = now + _LOCK_RETRY_PAUSE
+                    return None
+                if now - self._locked_since >= WRITE_WAIT_SECONDS:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            if self._locked_since is not None:
+                _LOG.warning(
+                    "%s: the lock was released after %.0f s: records written", self.path, self._waited()
+                )
+                self._locked_since = None
+            return value
+
+    def _waited(self) -> float:
+        """Seconds this writer has been waiting for a lock (0 if it is not)."""
+        return 0.0 if self._locked_since is None else time.monotonic() - self._locked_since
+
     # ---- creation -------------------------------------------------------
 
     @classmethod
@@ -351,14 +431,23 @@ class RunStore(FileIdentity):
 
     @_guarded()
     def meta(self) -> dict[str, Any]:
-        """Run-wide values.
+        """Run-wide values (checked: `StateStoreError` if one is not what it must be).
 
         Returns
         -------
         meta : `dict` [`str`, `~typing.Any`]
             Run-wide values by key.
         """
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+        values = {}
+        for key, text in self.conn.execute("SELECT key, value FROM meta"):
+            try:
+                values[key] = json.loads(text)
+            except (TypeError, ValueError):
+                raise damaged(self.path, f"meta value {str(key)[:40]!r} is not JSON") from None
+        for key in ("run_id", "run_name", "submit_path"):
+            if key in values and not isinstance(values[key], str):
+                raise damaged(self.path, f"meta value {key!r} is {values[key]!r}, not a string")
+        return values
 
     @_guarded(writing=True)
     def set_meta(self, key: str, value: Any) -> None:
@@ -372,6 +461,15 @@ class RunStore(FileIdentity):
             The value (anything JSON can store).
         """
         self._write_fenced("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def _select(self, table: str, columns: range, tail: str, args: tuple = ()) -> sqlite3.Cursor:
+        """``SELECT * FROM table tail``, checking that the table has a number
+        of ``columns`` this version reads (a damaged schema may have others).
+        """
+        cursor = self.conn.execute(f"SELECT * FROM {table} {tail}", args)
+        if len(cursor.description) not in columns:
+            raise damaged(self.path, f"table {table} has {len(cursor.description)} columns")
+        return cursor
 
     @_guarded()
     def jobs(self, start: int = 0) -> list[JobRow]:
@@ -387,8 +485,38 @@ class RunStore(FileIdentity):
         jobs : `list` [`JobRow`]
             The job rows, by id.
         """
-        rows = self.conn.execute("SELECT * FROM jobs WHERE id >= ? ORDER BY id", (start,))
-        return [JobRow._make(row) for row in rows]
+        cursor = self._select("jobs", range(18, JOB_COLUMNS + 1), "WHERE id >= ? ORDER BY id", (start,))
+        rows = [JobRow(*row) for row in cursor]
+        self._check_jobs(rows, start)
+        return rows
+
+    def _check_jobs(self, rows: list[JobRow], start: int) -> None:
+        """Raise `StateStoreError` (damaged) unless the jobs read back are
+        possible: ids from ``start`` without a gap, known kinds, text names
+        and labels, and (all jobs read) as many payload jobs per label as
+        table ``labels`` counts.
+        """
+        kinds = _KINDS
+        payload: dict[str, int] = {}
+        for expected, row in enumerate(rows, start):
+            if (
+                row.id != expected
+                or row.kind not in kinds
+                or not isinstance(row.name, str)
+                or not isinstance(row.label, str)
+            ):
+                raise damaged(
+                    self.path,
+                    f"job row {expected} reads id {row.id!r}, kind {row.kind!r}, name {row.name!r:.80}",
+                )
+            if row.kind == 0:
+                payload[row.label] = payload.get(row.label, 0) + 1
+        if start or not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'labels'").fetchone():
+            return
+        counted = dict(self.conn.execute("SELECT label, jobs FROM labels WHERE jobs != 0").fetchall())
+        if counted != payload:
+            wrong = sorted(set(counted.items()) ^ set(payload.items()))[:2]
+            raise damaged(self.path, f"the jobs of each label do not match their counts: {wrong!r:.120}")
 
     @_guarded()
     def edges(self) -> list[tuple[int, int]]:
@@ -421,9 +549,14 @@ class RunStore(FileIdentity):
         statuses : `list` [`StatusRow`]
             One row per job, by job id.
         """
-        rows = self.conn.execute("SELECT * FROM status ORDER BY job")
+        rows = self._select("status", range(8, 9), "ORDER BY job").fetchall()
         states = _STATES
-        return [StatusRow(job, states[state], *rest) for job, state, *rest in rows]
+        found = []
+        for expected, (job, state, *rest) in enumerate(rows):
+            if job != expected or state not in states:
+                raise damaged(self.path, f"the status of job {expected} reads job {job!r}, state {state!r}")
+            found.append(StatusRow(job, states[state], *rest))
+        return found
 
     @_guarded()
     def sessions(self) -> list[SessionRow]:
@@ -434,7 +567,18 @@ class RunStore(FileIdentity):
         sessions : `list` [`SessionRow`]
             One row per driver session.
         """
-        return [SessionRow._make(row) for row in self.conn.execute("SELECT * FROM sessions ORDER BY id")]
+        rows = [SessionRow._make(row) for row in self._select("sessions", range(7, 8), "ORDER BY id")]
+        for row in rows:
+            if not (
+                isinstance(row.pid, int)
+                and isinstance(row.kind, str)
+                and isinstance(row.host, str)
+                and isinstance(row.start, int | float)
+                and (row.end is None or isinstance(row.end, int | float))
+                and (row.outcome is None or isinstance(row.outcome, str))
+            ):
+                raise damaged(self.path, f"session {row.id!r} reads {tuple(row)!r}")
+        return rows
 
     @_guarded()
     def attempts(self, job: int | None = None) -> list[AttemptRow]:
@@ -451,17 +595,28 @@ class RunStore(FileIdentity):
             The ended attempts.
         """
         if job is None:
-            rows = self.conn.execute("SELECT * FROM attempts ORDER BY job, attempt")
+            rows = self._select("attempts", range(12, 14), "ORDER BY job, attempt")
         else:
-            rows = self.conn.execute("SELECT * FROM attempts WHERE job=? ORDER BY attempt", (job,))
-        return [AttemptRow(j, a, session, JobState(state), *rest) for j, a, session, state, *rest in rows]
+            rows = self._select("attempts", range(12, 14), "WHERE job=? ORDER BY attempt", (job,))
+        states = _STATES
+        found = []
+        for j, a, session, state, *rest in rows:
+            if state not in states:
+                raise damaged(
+                    self.path, f"attempt {a!r} of job {j!r} has state {state!r}, which is no job state"
+                )
+            found.append(AttemptRow(j, a, session, states[state], *rest))
+        return found
 
     def check_integrity(self) -> None:
         """Raise `StateStoreError` if SQLite finds the file damaged."""
         try:
-            result = self.conn.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            result = str(exc)
+            found = self._waiting(lambda: self.conn.execute("PRAGMA quick_check").fetchone(), wait=True)
+            result = found[0] if found else "no answer"
+        except READ_ERRORS as exc:
+            if locked(exc):
+                raise store_error(self.path, exc, False, self._waited()) from None
+            result = one_line(exc)
         if result != "ok":
             raise StateStoreError(
                 f"{self.path}: the run-state database is damaged ({result}): restore it from a backup "
@@ -673,13 +828,21 @@ class RunStore(FileIdentity):
         """Whether changes wait for `flush`."""
         return bool(self._pending_status or self._pending_attempts)
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         """Commit every queued change in one transaction.
 
-        If the disk is full, the space of the reserve (`keep_reserve`) is
-        given back and the commit tried once more; `disk_full` then says
-        so, and the caller should stop. Changes that could not be committed
-        stay queued.
+        Another process's lock (a reader holding a transaction open) is
+        waited for, with the wait logged (`_waiting`). If the disk is full,
+        `disk_full` says so and the caller should drain and stop.
+
+        Parameters
+        ----------
+        wait : `bool`
+            Whether the changes must be committed now: the lock is waited
+            for (up to `WRITE_WAIT_SECONDS`) and, if the disk is full, the
+            space of the reserve (`keep_reserve`) is given back and the
+            commit tried once more. Without, a lock or a full disk leaves
+            the changes queued for a later call (the driver's loop goes on).
 
         Raises
         ------
@@ -691,15 +854,23 @@ class RunStore(FileIdentity):
         if not self._pending_status and not self._pending_attempts:
             return
         self.check_identity()
+        if not wait and time.monotonic() < self.retry_at:
+            return
         try:
-            self._commit_pending()
-        except StateStoreError as exc:
-            if self.reserve is None or not is_out_of_space(exc.__context__ or exc):
-                raise
-            if not self.reserve.release():
-                raise
-            self._commit_pending()
-            self.disk_full = out_of_space_message(os.path.dirname(self.path) or ".")
+            try:
+                self._waiting(self._commit_pending, wait)
+            except sqlite3.DatabaseError as exc:
+                if not is_out_of_space(exc):
+                    raise
+                self.disk_full = self.disk_full or out_of_space_message(os.path.dirname(self.path) or ".")
+                if not wait:
+                    self.retry_at = time.monotonic() + _LOCK_RETRY_PAUSE
+                    return
+                if self.reserve is None or not self.reserve.release():
+                    raise
+                self._waiting(self._commit_pending, wait)
+        except sqlite3.DatabaseError as exc:
+            raise store_error(self.path, exc, writing=True, waited=self._waited()) from None
 
     def _commit_pending(self) -> None:
         status, attempts = self._pending_status, self._pending_attempts
@@ -718,14 +889,12 @@ class RunStore(FileIdentity):
                 )
             self.conn.execute("COMMIT")
             self._pending_status, self._pending_attempts = [], []
-        except BaseException as exc:
+        except BaseException:
             if self.conn.in_transaction:
                 try:
                     self.conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise store_error(self.path, exc, writing=True) from None
             raise
 
     def close(self) -> None:

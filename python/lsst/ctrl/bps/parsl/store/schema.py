@@ -65,6 +65,10 @@ JOURNAL_MODE = "DELETE"
 """SQLite journal mode of every store: a rollback journal, safe on network file systems."""
 READ_RETRY_SECONDS = 30.0
 """How long a reader keeps retrying a read that a commit got in the way of."""
+WRITE_WAIT_SECONDS = 600.0
+"""How long a writer waits, retrying, for other connections' locks (a
+reader's open transaction) before a commit it cannot leave for later fails.
+Commits in the driver's loop are never given up: they wait in memory."""
 TORN_RETRY_SECONDS = 1.0
 """How long a reader retries a read that found pages half-written (a damaged file fails after it)."""
 CHANGE_COUNTER = 24

@@ -37,24 +37,27 @@ import os
 import sqlite3
 import stat
 
-from ..oneline import one_line
-from .diskspace import RESERVE_NAME, SpaceReserve
+from ..oneline import ShownMessageError, one_line
+from .diskspace import RESERVE_NAME, SpaceReserve, is_out_of_space
 
 __all__ = (
     "FileIdentity",
     "RunTakenOverError",
     "StateStoreError",
+    "READ_ERRORS",
     "StoreLostError",
     "TornReadError",
     "busy",
+    "damaged",
     "journal_is_hot",
+    "locked",
     "retryable",
     "roll_back_hot_journal",
     "store_error",
 )
 
 
-class StateStoreError(RuntimeError):
+class StateStoreError(ShownMessageError, RuntimeError):
     """The run-state database is missing, unreadable or damaged."""
 
 
@@ -73,8 +76,58 @@ class RunTakenOverError(StoreLostError):
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def store_error(path: str, exc: BaseException, writing: bool = False) -> StateStoreError:
-    """A one-line `StateStoreError` for an SQLite error on ``path``.
+READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
+"""What reading a damaged store raises: SQLite's errors, and a text (a value,
+or SQLite's own message quoting a damaged schema) that is not UTF-8."""
+
+
+def damaged(path: str, what: str) -> StateStoreError:
+    """The one line for a store whose values read back are not possible.
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the store.
+    what : `str`
+        Which values, e.g. ``job 3 has state 18``.
+
+    Returns
+    -------
+    error : `StateStoreError`
+        The error to raise.
+    """
+    return StateStoreError(
+        f"{path}: the run-state database is damaged ({what}): restore it from a backup or submit the run "
+        "again (nothing was re-run)"
+    )
+
+
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def locked(exc: BaseException) -> bool:
+    """Whether an SQLite error is another connection's lock (``SQLITE_BUSY``
+    or ``SQLITE_LOCKED``): a reader's open transaction, another writer.
+
+    Parameters
+    ----------
+    exc : `BaseException`
+        The error.
+
+    Returns
+    -------
+    locked : `bool`
+        `True` for a lock.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def store_error(path: str, exc: BaseException, writing: bool = False, waited: float = 0.0) -> StateStoreError:
+    """A one-line `StateStoreError` for an SQLite error on ``path`` (``waited``:
+    seconds spent waiting for another connection's lock).
 
     Parameters
     ----------
@@ -84,6 +137,8 @@ def store_error(path: str, exc: BaseException, writing: bool = False) -> StateSt
         The SQLite or OS error.
     writing : `bool`, optional
         Whether it happened while writing.
+    waited : `float`, optional
+        Seconds spent waiting for another connection's lock.
 
     Returns
     -------
@@ -92,12 +147,22 @@ def store_error(path: str, exc: BaseException, writing: bool = False) -> StateSt
     """
     text = one_line(exc)
     directory = os.path.dirname(path) or "."
-    if isinstance(exc, sqlite3.OperationalError | OSError) and "malformed" not in text:
+    if locked(exc):
+        return StateStoreError(
+            f"{path}: the run-state database stayed locked by another process for {waited:.0f} s ({text}): "
+            "a reader holds a transaction open (a sqlite3 shell, a script): end it"
+            + (f", then 'bps restart --id {directory}'" if writing else " and try again")
+        )
+    if (
+        isinstance(exc, sqlite3.OperationalError | OSError)
+        and "malformed" not in text
+        and "decode" not in text
+    ):
         if writing:
+            fix = "free space" if is_out_of_space(exc) else "fix the permissions or the disk"
             return StateStoreError(
                 f"{path}: cannot write the run-state database ({text}): the state up to the last "
-                f"completed step is kept; free space or fix permissions in {directory}, then "
-                f"'bps restart --id {directory}'"
+                f"completed step is kept; {fix} in {directory}, then 'bps restart --id {directory}'"
             )
         return StateStoreError(
             f"{path}: cannot read the run-state database ({text}): check the disk and permissions of "
