@@ -63,6 +63,7 @@ from .processes import (
     kill_attempts,
     write_text,
 )
+from .warm import warm_starts
 
 __all__ = ("NotStartedError", "job_script", "run_job")
 
@@ -83,6 +84,7 @@ def run_job(
     pid_file: str,
     time_limit: float | None = None,
     shell: str = "/bin/bash",
+    warm: bool = False,
     inputs: Sequence[Any] = (),
     parsl_resource_specification: dict[str, Any] | None = None,
 ) -> tuple[int, int | None, float, float, str, bool]:
@@ -105,6 +107,10 @@ def run_job(
         not named ``walltime``, which Parsl would take for itself).
     shell : `str`
         Shell that runs the job's script.
+    warm : `bool`
+        Let a ``pipetask run-qbb`` job start warm (`warm.WarmStarts`: one
+        warm process per worker process, which adopts its jobs as a
+        subreaper); only in a worker's main thread.
     inputs : `~collections.abc.Sequence`, optional
         Parent futures (Parsl resolves them before this runs).
     parsl_resource_specification : `dict`, optional
@@ -119,7 +125,7 @@ def run_job(
         walltime killed it). A job killed by a signal has exit code
         ``128 + signal``.
     """
-    return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
+    return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit, warm)
 
 
 def _run(
@@ -132,12 +138,15 @@ def _run(
     err_path: str,
     pid_file: str,
     walltime: float | None,
+    warm: bool = False,
 ) -> tuple[int, int | None, float, float, str, bool]:
     start = time.time()
     guard = orphan_guard()
     if guard is not None:
         guard.watch()
-    pid = current_launcher().spawn_job(shell, token, prefix, env, command, out_path, err_path)
+    # Warm starts only where a guarded worker's main thread runs the job, not in the driver's threads.
+    starts = warm_starts() if warm and guard is not None else None
+    pid = current_launcher().spawn_job(shell, token, prefix, env, command, out_path, err_path, starts)
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:

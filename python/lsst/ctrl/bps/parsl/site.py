@@ -291,6 +291,14 @@ class SiteConfig(ABC):
         return shell
 
     @property
+    def warm_start(self) -> bool:
+        """Whether ``pipetask run-qbb`` jobs may start warm (key ``warmStart``,
+        default true): forked from a process that has imported the stack
+        (`lsst_ctrl_bps_parsl_worker.warm`).
+        """
+        return self.get("warmStart", bool, True)
+
+    @property
     def default_retries(self) -> int:
         """Retries of a job that sets no ``numberOfRetries`` (key ``retries``)."""
         retries = self.get("retries", int, 1)
@@ -378,6 +386,7 @@ class SiteConfig(ABC):
         self.infrastructure_retries  # noqa: B018
         self.get_positive("maxIdleTime", float, 1.0)
         self.job_shell  # noqa: B018
+        self.warm_start  # noqa: B018
         self.get("commandPrefix", str, "")
         self.get("environment", bool, False)
         self.get_positive("strategyPeriod", float, 1.0)
