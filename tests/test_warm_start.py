@@ -1,0 +1,237 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Warm starts (lsst_ctrl_bps_parsl_worker.warm): the same real quanta run
+through ``bps submit`` warm (the default) and cold (``warmStart: false``)
+give the same outputs, provenance datasets, logs (but for timestamps and
+durations), exit statuses and stored states, including a quantum that
+raises, one that dies of SIGSEGV, one that calls ``os._exit`` and quanta
+that change global state (which no later quantum sees).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_pipeline import repo as e2e
+from lsst.ctrl.bps import WmsStates
+from lsst_ctrl_bps_parsl_worker.warm import environment_key, pipetask_python
+from test_e2e_bps import bps_submit, find, log_files, read_state, submit_dir
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not (e2e.VENV_PREFIX / "bin" / "bps").exists() or not (e2e.VENV_PREFIX / "bin" / "pipetask").exists(),
+        reason="bps and pipetask must be installed next to this Python",
+    ),
+]
+
+DATASET_TYPES = (
+    "e2e_a",
+    "e2e_b",
+    "e2e_sum",
+    "source_metadata",
+    "middle_metadata",
+    "source_log",
+    "middle_log",
+)
+_TIMES = (
+    (re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+[+-]\d\d:\d\d"), "T"),
+    (re.compile(r"took [\d.]+ seconds"), "took S seconds"),
+    (re.compile(r"[\d.]+ (seconds|s|Gibyte|GiB|MB|MiB)\b"), r"N \1"),
+    # Each run has its own quantum graph (quantum ids) and output names.
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "UUID"),
+    (re.compile(r"(?<=[/_])(warm|cold)(?=[/_])"), "RUN"),
+)
+
+
+def _run(tmp_path: Path, repo: Path, suffix: str, warm: bool) -> tuple[Path, str, Path]:
+    probe = tmp_path / suffix / "probe.log"
+    options = [
+        "-c middle:fail_ids=[1]",
+        "-c middle:segfault_ids=[2]",
+        "-c middle:exit_ids=[3]",
+        "-c source:pollute=True",
+        "-c middle:pollute=True",
+        "-c source:sleep=1",  # the warm process is ready by the time the middle quanta start
+    ] + [f"-c {label}:probe_log={probe}" for label in ("source", "middle", "gather")]
+    extra = {
+        "extraQgraphOptions": " ".join(options),
+        "numberOfRetries": 0,
+        "site": {"local": {"warmStart": warm}},
+    }
+    workdir = tmp_path / suffix
+    submit_yaml = e2e.write_submit_yaml(workdir, repo, e2e.PIPELINE, output_run_suffix=suffix, extra=extra)
+    proc = bps_submit(workdir, submit_yaml)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    return submit_dir(workdir, suffix), proc.stdout + proc.stderr, probe
+
+
+def _normalized(path: Path) -> str:
+    """The text of a log without timestamps, durations, quantum ids and run names."""
+    text = path.read_text()
+    for pattern, replacement in _TIMES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _by_quantum(jobs: dict[str, dict]) -> dict[tuple, dict]:
+    return {
+        (job["row"].label, job["tags"].get("detector")): job
+        for job in jobs.values()
+        if job["row"].label in ("source", "middle", "gather")
+    }
+
+
+def _contents(repo: Path, collection: str) -> dict:
+    from lsst.daf.butler import Butler
+
+    butler = Butler.from_config(str(repo), collections=[collection])
+    try:
+        found = {}
+        for name in ("e2e_a", "e2e_b"):
+            for ref in butler.query_datasets(name, explain=False):
+                if ref.run != e2e.INPUT_RUN:
+                    found[(name, ref.dataId["detector"])] = butler.get(ref)
+        return found
+    finally:
+        butler.close()
+
+
+def _warm_processes(workdir: Path) -> list[int]:
+    """Live warm processes (their command line loads the warm module) of the run in ``workdir``."""
+    mark = f"{e2e.RUN_LOG_ENV}={workdir.resolve() / e2e.RUN_LOG_NAME}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if b"_bps_parsl_warm" in cmdline and mark in environ.split(b"\0"):
+                found.append(int(entry))
+    return found
+
+
+def test_warm_and_cold_quanta_are_indistinguishable(e2e_repo, tmp_path):
+    warm_submit, warm_output, warm_probe = _run(tmp_path, e2e_repo, "warm", True)
+    cold_submit, cold_output, cold_probe = _run(tmp_path, e2e_repo, "cold", False)
+
+    # The warm run forked its quanta; the cold one did not start any warm process.
+    assert re.search(r"\d+ job\(s\) started warm", warm_output), warm_output[-3000:]
+    assert "started warm" not in cold_output and "warm process" not in cold_output
+    warm_lines = [line.split() for line in warm_probe.read_text().splitlines()]
+    cold_lines = [line.split() for line in cold_probe.read_text().splitlines()]
+    assert {(label, key) for label, key, warm, _ in warm_lines if label == "middle" and warm == "1"} >= {
+        ("middle", f"{e2e.INSTRUMENT}.{d}") for d in (1, 2, 3)
+    }, warm_lines
+    assert {warm for _, _, warm, _ in cold_lines} == {"0"}
+    # Global state changed by a quantum (module, environment, logging, signals, sys.path) never
+    # reaches another one.
+    assert {dirty for *_, dirty in warm_lines + cold_lines} == {"-"}
+    assert len(warm_lines) == len(cold_lines) == 10
+
+    # Same states, exit codes and signals, job by job.
+    warm_jobs, cold_jobs = _by_quantum(read_state(warm_submit)), _by_quantum(read_state(cold_submit))
+    assert warm_jobs.keys() == cold_jobs.keys()
+    summary = {
+        key: (job["state"], job["exit_code"], job["signal"], len(job["attempts"]))
+        for key, job in warm_jobs.items()
+    }
+    assert summary == {
+        key: (job["state"], job["exit_code"], job["signal"], len(job["attempts"]))
+        for key, job in cold_jobs.items()
+    }
+    failed = WmsStates.FAILED.value
+    assert summary[("middle", 1)][:3] == (failed, 1, None)  # raised
+    assert summary[("middle", 2)][:3] == (failed, 139, 11)  # SIGSEGV
+    assert summary[("middle", 3)][:3] == (failed, 4, None)  # os._exit(4)
+    assert summary[("gather", None)][0] == WmsStates.PRUNED.value
+    for final in (find(read_state(warm_submit), "finalJob"), find(read_state(cold_submit), "finalJob")):
+        assert final[0]["state"] == WmsStates.SUCCEEDED.value
+
+    # Same outputs and provenance (metadata and log datasets), with the same contents.
+    warm_out, cold_out = e2e.output_names("warm")[0], e2e.output_names("cold")[0]
+    counts = e2e.check_outputs(e2e_repo, warm_out, DATASET_TYPES)
+    assert counts == e2e.check_outputs(e2e_repo, cold_out, DATASET_TYPES)
+    assert counts["e2e_a"] == 5 and counts["e2e_b"] == 2 and counts["middle_metadata"] == 2
+    assert _contents(e2e_repo, warm_out) == _contents(e2e_repo, cold_out)
+
+    # Same logs, line for line, once timestamps and durations are set aside.
+    for key, job in warm_jobs.items():
+        if key == ("gather", None):
+            continue  # pruned: never ran
+        for warm_log, cold_log in zip(
+            log_files(warm_submit, job, 1), log_files(cold_submit, cold_jobs[key], 1), strict=True
+        ):
+            assert _normalized(warm_log) == _normalized(cold_log), (key, warm_log.name)
+
+    # The warm process stopped with the run.
+    assert _warm_processes(tmp_path / "warm") == []
+
+
+def test_what_decides_between_warm_and_cold(tmp_path):
+    venv_pipetask = str(e2e.VENV_PREFIX / "bin" / "pipetask")
+    environ = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": "/a"}
+    python, script_dir = pipetask_python(venv_pipetask, environ)
+    assert os.path.samefile(script_dir, os.path.dirname(os.path.realpath(venv_pipetask)))
+    assert python.startswith(sys.prefix) or os.path.samefile(python, sys.executable)
+    # The stack's bin/pipetask (an env shebang) is recognised too, its Python found on PATH.
+    stack = tmp_path / "bin" / "pipetask"
+    stack.parent.mkdir()
+    stack.write_text(
+        '#!/usr/bin/env python3\nfrom lsst.ctrl.mpexec.cli.pipetask import main\n\nif __name__ == "__main__":\n'
+        "    main()\n"
+    )
+    found = pipetask_python(str(stack), {"PATH": str(e2e.VENV_PREFIX / "bin")})
+    assert found == (str(e2e.VENV_PREFIX / "bin" / "python3"), str(stack.parent))
+    # Anything else starts cold, with the reason.
+    other = tmp_path / "bin" / "other"
+    other.write_text('#!/bin/sh\nexec pipetask "$@"\n')
+    assert "is not ctrl_mpexec's pipetask script" in pipetask_python(str(other), environ)
+    evil = tmp_path / "bin" / "evil"
+    evil.write_text(stack.read_text() + "import os\n")
+    assert "is not ctrl_mpexec's pipetask script" in pipetask_python(str(evil), environ)
+    # Variables read while the stack imports need a warm process of their own; others do not.
+    key = environment_key(python, script_dir, environ)
+    assert key == environment_key(
+        python, script_dir, {**environ, "E2E_RUN_LOG": "/x", "BPS_PARSL_ATTEMPT": "t"}
+    )
+    for name in (
+        "PYTHONPATH",
+        "CTRL_MPEXEC_DIR",
+        "LD_LIBRARY_PATH",
+        "OMP_NUM_THREADS",
+        "SETUP_DAF_BUTLER",
+        "LANG",
+    ):
+        assert key != environment_key(python, script_dir, {**environ, name: "/other"}), name
