@@ -29,8 +29,9 @@
 through ``bps submit`` warm (the default) and cold (``warmStart: false``)
 give the same outputs, provenance datasets, logs (but for timestamps and
 durations), exit statuses and stored states, including a quantum that
-raises, one that dies of SIGSEGV, one that calls ``os._exit`` and quanta
-that change global state (which no later quantum sees).
+raises, one that dies of SIGSEGV, one that calls ``os._exit``, one killed
+at its walltime and quanta that change global state (which no later quantum
+sees).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def _run(tmp_path: Path, repo: Path, suffix: str, warm: bool) -> tuple[Path, str
         "-c middle:fail_ids=[1]",
         "-c middle:segfault_ids=[2]",
         "-c middle:exit_ids=[3]",
+        "-c middle:hang_ids=[4]",
         "-c source:pollute=True",
         "-c middle:pollute=True",
         "-c source:sleep=1",  # the warm process is ready by the time the middle quanta start
@@ -86,6 +88,7 @@ def _run(tmp_path: Path, repo: Path, suffix: str, warm: bool) -> tuple[Path, str
     extra = {
         "extraQgraphOptions": " ".join(options),
         "numberOfRetries": 0,
+        "pipetask": {"middle": {"requestWalltime": "00:00:15"}},
         "site": {"local": {"warmStart": warm}},
     }
     workdir = tmp_path / suffix
@@ -151,13 +154,15 @@ def test_warm_and_cold_quanta_are_indistinguishable(e2e_repo, tmp_path):
     assert "started warm" not in cold_output and "warm process" not in cold_output
     warm_lines = [line.split() for line in warm_probe.read_text().splitlines()]
     cold_lines = [line.split() for line in cold_probe.read_text().splitlines()]
-    assert {(label, key) for label, key, warm, _ in warm_lines if label == "middle" and warm == "1"} >= {
-        ("middle", f"{e2e.INSTRUMENT}.{d}") for d in (1, 2, 3)
+    assert {(label, key) for label, key, warm, *_ in warm_lines if label == "middle" and warm == "1"} >= {
+        ("middle", f"{e2e.INSTRUMENT}.{d}") for d in (1, 2, 3, 4)
     }, warm_lines
-    assert {warm for _, _, warm, _ in cold_lines} == {"0"}
+    assert {warm for _, _, warm, *_ in cold_lines} == {"0"}
+    # Every job, warm or cold, shows its token where the killer looks for it.
+    assert {token for *_, token in warm_lines + cold_lines} == {"1"}
     # Global state changed by a quantum (module, environment, logging, signals, sys.path) never
     # reaches another one.
-    assert {dirty for *_, dirty in warm_lines + cold_lines} == {"-"}
+    assert {dirty for *_, dirty, _ in warm_lines + cold_lines} == {"-"}
     assert len(warm_lines) == len(cold_lines) == 10
 
     # Same states, exit codes and signals, job by job.
@@ -175,6 +180,8 @@ def test_warm_and_cold_quanta_are_indistinguishable(e2e_repo, tmp_path):
     assert summary[("middle", 1)][:3] == (failed, 1, None)  # raised
     assert summary[("middle", 2)][:3] == (failed, 139, 11)  # SIGSEGV
     assert summary[("middle", 3)][:3] == (failed, 4, None)  # os._exit(4)
+    # Killed at its walltime: its quantum ignores SIGTERM (``pollute``), so SIGKILL ends it.
+    assert summary[("middle", 4)][:3] == (failed, 137, 9)
     assert summary[("gather", None)][0] == WmsStates.PRUNED.value
     for final in (find(read_state(warm_submit), "finalJob"), find(read_state(cold_submit), "finalJob")):
         assert final[0]["state"] == WmsStates.SUCCEEDED.value
@@ -183,7 +190,7 @@ def test_warm_and_cold_quanta_are_indistinguishable(e2e_repo, tmp_path):
     warm_out, cold_out = e2e.output_names("warm")[0], e2e.output_names("cold")[0]
     counts = e2e.check_outputs(e2e_repo, warm_out, DATASET_TYPES)
     assert counts == e2e.check_outputs(e2e_repo, cold_out, DATASET_TYPES)
-    assert counts["e2e_a"] == 5 and counts["e2e_b"] == 2 and counts["middle_metadata"] == 2
+    assert counts["e2e_a"] == 5 and counts["e2e_b"] == 1 and counts["middle_metadata"] == 1
     assert _contents(e2e_repo, warm_out) == _contents(e2e_repo, cold_out)
 
     # Same logs, line for line, once timestamps and durations are set aside.

@@ -562,7 +562,11 @@ def _fork_job(request: dict, report: socket.socket, closing: list[socket.socket]
         return {"cold": f"its log file cannot be created here ({exc.strerror})"}
     read_end, write_end = os.pipe()
     try:
-        middle = os.fork()
+        try:
+            middle = os.fork()
+        except OSError as exc:
+            os.close(read_end)
+            return {"cold": f"the warm process could not fork ({exc.strerror})"}
         if middle == 0:
             try:
                 os.close(read_end)

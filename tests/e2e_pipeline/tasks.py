@@ -71,11 +71,13 @@ _POLLUTED: list[str] = []
 
 
 def _probe(config, label: str, key: str) -> None:
-    """With ``probe_log`` set: append ``label key warm dirty`` to it, where
+    """With ``probe_log`` set: append ``label key warm dirty token`` to it, where
     ``warm`` is 1 if this process was forked from a warm process
-    (``sys.orig_argv`` is that process's ``python -c``) and ``dirty`` lists
-    the global state an earlier quantum's ``pollute`` left here (``-``: none);
-    then, with ``pollute``, change that state.
+    (``sys.orig_argv`` is that process's ``python -c``), ``dirty`` lists
+    the global state an earlier quantum's ``pollute`` left here (``-``: none)
+    and ``token`` is 1 if ``/proc/self/environ`` (where the plugin's killer
+    looks) shows this process's ``BPS_PARSL_ATTEMPT``; then, with
+    ``pollute``, change that state.
     """
     if not config.probe_log:
         return
@@ -95,7 +97,10 @@ def _probe(config, label: str, key: str) -> None:
     if "/e2e/polluted" in sys.path:
         dirty.append("sys.path")
     warm = int(sys.orig_argv[1:2] == ["-c"])
-    line = f"{label} {key} {warm} {','.join(dirty) or '-'}\n"
+    with open("/proc/self/environ", "rb") as stream:
+        token = f"BPS_PARSL_ATTEMPT={os.environ.get('BPS_PARSL_ATTEMPT')}".encode()
+        seen = int(token in stream.read().split(b"\0"))
+    line = f"{label} {key} {warm} {','.join(dirty) or '-'} {seen}\n"
     fd = os.open(config.probe_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -205,6 +210,7 @@ class MiddleTaskConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MiddleCo
     )
     segfault_ids = pexConfig.ListField[int](doc="Detector ids whose quantum dies of SIGSEGV.", default=[])
     exit_ids = pexConfig.ListField[int](doc="Detector ids whose quantum calls os._exit(4).", default=[])
+    hang_ids = pexConfig.ListField[int](doc="Detector ids whose quantum sleeps 300 s.", default=[])
     fail_exit_code = pexConfig.Field[int](
         doc=(
             "0: fail by raising an exception (pipetask exits non-zero, 1). "
@@ -228,6 +234,8 @@ class MiddleTask(pipeBase.PipelineTask):
         inp = butlerQC.get(inputRefs.inp)
         if data_id["detector"] in self.config.exit_ids:
             os._exit(4)
+        if data_id["detector"] in self.config.hang_ids:
+            time.sleep(300)
         if data_id["detector"] in self.config.segfault_ids:
             import ctypes
 
