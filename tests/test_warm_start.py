@@ -74,22 +74,27 @@ _TIMES = (
 )
 
 
-def _run(tmp_path: Path, repo: Path, suffix: str, warm: bool) -> tuple[Path, str, Path]:
+FAULTS = (
+    "-c middle:fail_ids=[1]",
+    "-c middle:segfault_ids=[2]",
+    "-c middle:exit_ids=[3]",
+    "-c middle:hang_ids=[4]",
+    "-c source:pollute=True",
+    "-c middle:pollute=True",
+    "-c source:sleep=1",  # the warm process is ready by the time the middle quanta start
+)
+
+
+def _run(
+    tmp_path: Path, repo: Path, suffix: str, warm: bool, site: dict | None = None, faults: tuple = FAULTS
+) -> tuple[Path, str, Path]:
     probe = tmp_path / suffix / "probe.log"
-    options = [
-        "-c middle:fail_ids=[1]",
-        "-c middle:segfault_ids=[2]",
-        "-c middle:exit_ids=[3]",
-        "-c middle:hang_ids=[4]",
-        "-c source:pollute=True",
-        "-c middle:pollute=True",
-        "-c source:sleep=1",  # the warm process is ready by the time the middle quanta start
-    ] + [f"-c {label}:probe_log={probe}" for label in ("source", "middle", "gather")]
+    options = [*faults] + [f"-c {label}:probe_log={probe}" for label in ("source", "middle", "gather")]
     extra = {
         "extraQgraphOptions": " ".join(options),
         "numberOfRetries": 0,
         "pipetask": {"middle": {"requestWalltime": "00:00:15"}},
-        "site": {"local": {"warmStart": warm}},
+        "site": {"local": {**(site or {}), "warmStart": warm}},
     }
     workdir = tmp_path / suffix
     submit_yaml = e2e.write_submit_yaml(workdir, repo, e2e.PIPELINE, output_run_suffix=suffix, extra=extra)
@@ -204,6 +209,37 @@ def test_warm_and_cold_quanta_are_indistinguishable(e2e_repo, tmp_path):
 
     # The warm process stopped with the run.
     assert _warm_processes(tmp_path / "warm") == []
+
+
+def test_warm_starts_on_htex_workers(e2e_repo, tmp_path):
+    """On Parsl workers (a local HTEX, `run_job`): each worker process forks its
+    quanta from a warm process of its own; statuses as cold, no state shared,
+    tokens where the killer looks, nothing left behind.
+    """
+    faults = (
+        "-c middle:fail_ids=[1]",
+        "-c middle:segfault_ids=[2]",
+        "-c middle:pollute=True",
+        "-c source:sleep=1",
+    )
+    submit, _, probe = _run(tmp_path, e2e_repo, "htex", True, {"class": "test_reliability.HtexSite"}, faults)
+    lines = [line.split() for line in probe.read_text().splitlines()]
+    assert len(lines) == 10
+    assert {key for label, key, warm, *_ in lines if label == "middle" and warm == "1"} >= {
+        f"{e2e.INSTRUMENT}.{d}" for d in (1, 2)
+    }, lines
+    assert {(dirty, token) for *_, dirty, token in lines} == {("-", "1")}
+    summary = {
+        key: (job["state"], job["exit_code"], job["signal"])
+        for key, job in _by_quantum(read_state(submit)).items()
+    }
+    failed, ok = WmsStates.FAILED.value, WmsStates.SUCCEEDED.value
+    assert summary[("middle", 1)] == (failed, 1, None)
+    assert summary[("middle", 2)] == (failed, 139, 11)
+    assert {summary[("middle", d)] for d in (0, 3, 4)} == {(ok, 0, None)}
+    worker_err = "".join(p.read_text() for p in (submit / "parsl" / "runinfo").rglob("*.sh.err"))
+    assert "warm process" in worker_err and "ready" in worker_err, worker_err[-2000:]
+    assert _warm_processes(tmp_path / "htex") == []
 
 
 def test_what_decides_between_warm_and_cold(tmp_path):
