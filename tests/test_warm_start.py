@@ -105,7 +105,10 @@ def _run(
 
 def _normalized(path: Path) -> str:
     """The text of a log without timestamps, durations, quantum ids and run names."""
-    text = path.read_text()
+    return _normalized_text(path.read_text())
+
+
+def _normalized_text(text: str) -> str:
     for pattern, replacement in _TIMES:
         text = pattern.sub(replacement, text)
     return text
@@ -278,3 +281,83 @@ def test_what_decides_between_warm_and_cold(tmp_path):
         "LANG",
     ):
         assert key != environment_key(python, script_dir, {**environ, name: "/other"}), name
+
+
+LIFECYCLE = r"""
+import json, os, signal, subprocess, sys, time
+from lsst_ctrl_bps_parsl_worker.warm import WarmStarts
+
+out_dir = sys.argv[1]
+pipetask = sys.argv[2]
+notes = []
+warm = WarmStarts(notes.append)
+environ = {**os.environ, "BPS_PARSL_ATTEMPT": "run/1/1"}
+argv = [pipetask, "--long-log", "run-qbb", os.path.join(out_dir, "no-repo"), os.path.join(out_dir, "no.qg"),
+        "--qgraph-node-id", "00000000-0000-0000-0000-000000000000"]
+
+
+def start(name, argv=argv):
+    out, err = os.path.join(out_dir, name + ".out"), os.path.join(out_dir, name + ".err")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        pid = warm.start(argv, environ, out, err)
+        if pid is not None:
+            return pid, err
+        if any("not started warm" in n for n in notes[-1:]):
+            return None, err
+        time.sleep(0.2)
+    raise SystemExit("no warm start within 300 s: " + repr(notes))
+
+
+result = {}
+pid, err = start("warm1")
+server = next(iter(warm._servers.values())).proc.pid
+result["warm_status"] = os.waitpid(pid, 0)[1]
+result["warm_err"] = open(err).read()
+cold = subprocess.run(argv, env=environ, capture_output=True, text=True)
+result["cold_status"] = cold.returncode
+result["cold_err"] = cold.stderr
+result["init"] = start("init", [pipetask, "pre-exec-init-qbb", "x", "y"])[0]
+os.kill(server, signal.SIGKILL)
+time.sleep(0.5)
+pid, err = start("warm2")
+os.waitpid(pid, 0)
+replacement = next(iter(warm._servers.values())).proc.pid
+result["replaced"] = replacement != server
+warm.close()
+result["left"] = os.path.exists(f"/proc/{replacement}") and open(f"/proc/{replacement}/stat").read().split()[2] != "Z"
+result["notes"] = notes
+print(json.dumps(result))
+"""
+
+
+def test_warm_process_lifecycle(tmp_path):
+    """A warm process starts lazily, forks a job whose exit status and stderr
+    are a cold start's, refuses what it does not start warm (said once), is
+    replaced when it dies (said once) and is gone after ``close``.
+    """
+    import json
+    import subprocess
+
+    env = e2e.env_for_bps(e2e.TESTS_DIR, workdir=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIFECYCLE, str(tmp_path), str(e2e.VENV_PREFIX / "bin" / "pipetask")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert (
+        os.WIFEXITED(result["warm_status"])
+        and os.WEXITSTATUS(result["warm_status"]) == result["cold_status"] != 0
+    )
+    assert _normalized_text(result["warm_err"]) == _normalized_text(result["cold_err"]), result
+    assert result["init"] is None
+    assert result["replaced"] and not result["left"]
+    notes = result["notes"]
+    assert sum("ready" in n for n in notes) == 2, notes
+    assert sum("pipetask pre-exec-init-qbb is not started warm" in n for n in notes) == 1, notes
+    assert sum(" died" in n for n in notes) == 1, notes
+    assert notes[-1].startswith("2 job(s) started warm"), notes

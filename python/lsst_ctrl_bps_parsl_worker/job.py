@@ -158,6 +158,9 @@ def _run(
         assert status is not None  # waited without a timeout
         returncode, sig = exit_code_of(status)
         log_exit_status(err_path, returncode)
+        if starts is not None:
+            # A subreaper adopts what any job leaves behind: reap those that ended.
+            starts.reap_orphans(guard.pids() if guard is not None else ())
     except BaseException:
         kill_attempts((token,), groups=(pid,))
         _wait(pid, None)

@@ -75,7 +75,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 __all__ = (
     "MAX_SERVERS",
@@ -362,6 +362,25 @@ class WarmStarts:
             return result
         self._cold(result)
         return None
+
+    def reap_orphans(self, keep: Collection[int] = ()) -> None:
+        """Reap the ended children this process adopted as a subreaper (processes
+        its jobs left behind), not its own (``keep``, the warm processes).
+        """
+        if not self._subreaper:
+            return
+        keep = {*keep, *(server.proc.pid for server in self._servers.values())}
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0 or info.si_pid in keep:
+                return
+            try:
+                os.waitpid(info.si_pid, 0)
+            except ChildProcessError:
+                return
 
     def close(self) -> None:
         """Stop every warm process, and say how many jobs started warm."""
