@@ -60,7 +60,7 @@ sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
 from e2e_pipeline import repo as e2e  # noqa: E402
 
-RUNNERS = ("warm", "cold", "cold_shell", "pipetask", "fork")
+RUNNERS = ("fork", "warm", "cold", "cold_shell", "pipetask")
 PIPELINE = """\
 description: e2e pipeline with three per-detector tasks and a fan-in (bench/warm.py)
 tasks:
