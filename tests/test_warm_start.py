@@ -137,18 +137,21 @@ def _contents(repo: Path, collection: str) -> dict:
         butler.close()
 
 
-def _warm_processes(workdir: Path) -> list[int]:
-    """Live warm processes (their command line loads the warm module) of the run in ``workdir``."""
+def _warm_processes(workdir: Path, jobs_too: bool = False) -> list[int]:
+    """Live warm processes (their command line loads the warm module) of the
+    run in ``workdir``; with ``jobs_too``, also its jobs.
+    """
     mark = f"{e2e.RUN_LOG_ENV}={workdir.resolve() / e2e.RUN_LOG_NAME}".encode()
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
+        if entry.isdigit() and int(entry) != os.getpid():
             try:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
                 environ = Path(f"/proc/{entry}/environ").read_bytes()
-            except OSError:
+                state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
                 continue
-            if b"_bps_parsl_warm" in cmdline and mark in environ.split(b"\0"):
+            if state != b"Z" and mark in environ.split(b"\0") and (jobs_too or b"_bps_parsl_warm" in cmdline):
                 found.append(int(entry))
     return found
 
@@ -361,3 +364,52 @@ def test_warm_process_lifecycle(tmp_path):
     assert sum("pipetask pre-exec-init-qbb is not started warm" in n for n in notes) == 1, notes
     assert sum(" died" in n for n in notes) == 1, notes
     assert notes[-1].startswith("2 job(s) started warm"), notes
+
+
+def test_bps_cancel_stops_warm_jobs_and_their_warm_process(e2e_repo, tmp_path):
+    """``bps cancel`` of a run whose quanta hang in warm jobs kills them and
+    the warm process goes with the run: nothing of the run is left.
+    """
+    import subprocess
+
+    from cli import bps, wait_for
+
+    probe = tmp_path / "probe.log"
+    options = ["-c middle:hang_ids=[0,1,2,3,4]"] + [
+        f"-c {label}:probe_log={probe}" for label in ("source", "middle")
+    ]
+    submit_yaml = e2e.write_submit_yaml(
+        tmp_path,
+        e2e_repo,
+        e2e.PIPELINE,
+        output_run_suffix="cancel",
+        extra={"extraQgraphOptions": " ".join(options)},
+    )
+    env = e2e.env_for_bps(e2e.TESTS_DIR, workdir=tmp_path)
+    proc = subprocess.Popen(
+        [str(e2e.VENV_PREFIX / "bin" / "bps"), "submit", str(submit_yaml)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def hanging_warm() -> bool:
+            lines = probe.read_text().splitlines() if probe.exists() else []
+            return sum(line.startswith("middle ") and line.split()[2] == "1" for line in lines) >= 2
+
+        wait_for(hanging_warm, timeout=300, what="two warm middle quanta hanging", proc=proc)
+        assert _warm_processes(tmp_path)
+        cancel_env = {**env, "BPS_WMS_SERVICE_CLASS": "lsst.ctrl.bps.parsl.ParslService"}
+        result = bps(cancel_env, "cancel", "--id", str(submit_dir(tmp_path, "cancel")))
+        assert "Successfully canceled" in result.stdout, result.stdout + result.stderr
+        proc.wait(timeout=120)
+        wait_for(
+            lambda: not _warm_processes(tmp_path, jobs_too=True), timeout=30, what="nothing of the run left"
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
