@@ -135,6 +135,19 @@ def pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | 
     The script must be ctrl_mpexec's (only the lines of `_SCRIPT_LINES`,
     comments and blank lines) with an absolute ``#!`` Python, or
     ``#!/usr/bin/env python...`` found on the job's ``PATH``.
+
+    Parameters
+    ----------
+    path : `str`
+        The program a job runs.
+    environ : `~collections.abc.Mapping`
+        The job's environment (its ``PATH``).
+
+    Returns
+    -------
+    found : `tuple` [`str`, `str`] or `str`
+        The script's Python and its directory (resolved, ``sys.path[0]``
+        of a cold start), or the reason it is not started warm.
     """
     try:
         with open(path, "rb") as stream:
@@ -168,7 +181,21 @@ def _which(name: str, path: str) -> str | None:
 
 
 def environment_key(python: str, script_dir: str, environ: Mapping[str, str]) -> tuple:
-    """What must be equal for two jobs to share a warm process."""
+    """What must be equal for two jobs to share a warm process.
+
+    Parameters
+    ----------
+    python, script_dir : `str`
+        `pipetask_python` of the job's program.
+    environ : `~collections.abc.Mapping`
+        The job's environment.
+
+    Returns
+    -------
+    key : `tuple`
+        The Python, the script's directory and the variables matching
+        `_MATTERS` (read while the stack is imported), sorted.
+    """
     return (python, script_dir, tuple(sorted((k, v) for k, v in environ.items() if _MATTERS.fullmatch(k))))
 
 
@@ -322,6 +349,11 @@ class WarmStarts:
             The environment the program would get (its token included).
         out, err : `str`
             Its stdout and stderr log files.
+
+        Returns
+        -------
+        pid : `int` or `None`
+            The job's pid, or `None`: start it cold (the reason, if any, was noted).
         """
         found = pipetask_python(argv[0], environ)
         if isinstance(found, str):
