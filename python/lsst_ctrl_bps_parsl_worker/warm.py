@@ -219,8 +219,9 @@ class _Server:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: v for k, v in environ.items() if k != _TOKEN_ENV}
         env[_SLOT_ENV] = "_" * _SLOT_SIZE
-        boot = (
-            "import importlib.util as u, sys;"
+        boot = (  # sys.path[0] first: never a module of the current directory (`python -c`)
+            f"import sys; sys.path[0] = {script_dir!r};"
+            "import importlib.util as u;"
             f"s = u.spec_from_file_location('_bps_parsl_warm', {os.path.abspath(__file__)!r});"
             "m = u.module_from_spec(s); s.loader.exec_module(m);"
             f"m.serve({theirs.fileno()}, {script_dir!r})"
