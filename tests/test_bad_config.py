@@ -92,6 +92,7 @@ CASES = [
     ("monitorEnable-string", _site(monitorEnable="yes"), {}, ["site.local.monitorEnable", "bool"]),
     ("commandPrefix-number", _site(commandPrefix=42), {}, ["site.local.commandPrefix", "str"]),
     ("environment-string", _site(environment="sure"), {}, ["site.local.environment", "bool"]),
+    ("warmStart-string", _site(warmStart="maybe"), {}, ["site.local.warmStart", "bool"]),
     ("progress-interval-negative", {"parslProgressInterval": -1}, {}, ["parslProgressInterval", "use 0"]),
     ("detach-not-bool", {"parslDetach": "maybe"}, {}, ["parslDetach", "bool"]),
     (

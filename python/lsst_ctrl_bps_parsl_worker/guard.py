@@ -110,6 +110,10 @@ class OrphanGuard:
             # No watcher (no process left to start, say): the jobs still run, unguarded.
             self._failed = True
 
+    def pids(self) -> tuple[int, ...]:
+        """The watcher's pid, if it was started (a child of this process)."""
+        return (self._proc.pid,) if self._proc is not None else ()
+
 
 _GUARD: list[OrphanGuard] = []
 

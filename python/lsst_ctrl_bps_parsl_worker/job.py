@@ -79,6 +79,7 @@ from .processes import (
     transient_start_error,
     write_text,
 )
+from .warm import warm_starts
 
 __all__ = ("NotStartedError", "job_script", "run_job")
 
@@ -99,6 +100,7 @@ def run_job(
     pid_file: str,
     time_limit: float | None = None,
     shell: str = "/bin/bash",
+    warm: bool = False,
     inputs: Sequence[Any] = (),
     parsl_resource_specification: dict[str, Any] | None = None,
 ) -> tuple[int, int | None, float | None, float, str, bool]:
@@ -121,6 +123,10 @@ def run_job(
         not named ``walltime``, which Parsl would take for itself).
     shell : `str`
         Shell that runs the job's script.
+    warm : `bool`
+        Let a ``pipetask run-qbb`` job start warm (`warm.WarmStarts`: one
+        warm process per worker process, which adopts its jobs as a
+        subreaper); only in a worker's main thread.
     inputs : `~collections.abc.Sequence`, optional
         Parent futures (Parsl resolves them before this runs).
     parsl_resource_specification : `dict`, optional
@@ -136,7 +142,7 @@ def run_job(
         killed by a signal has exit code
         ``128 + signal``.
     """
-    return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit)
+    return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit, warm)
 
 
 def _run(
@@ -149,16 +155,19 @@ def _run(
     err_path: str,
     pid_file: str,
     walltime: float | None,
+    warm: bool = False,
 ) -> tuple[int, int | None, float | None, float, str, bool]:
     start = time.time()
     guard = orphan_guard()
     if guard is not None:
         guard.watch()
+    # Warm starts only where a guarded worker's main thread runs the job, not in the driver's threads.
+    starts = warm_starts() if warm and guard is not None else None
     launcher = current_launcher()
     tries = 0
     while True:
         try:
-            pid = launcher.spawn_job(shell, token, prefix, env, command, out_path, err_path)
+            pid = launcher.spawn_job(shell, token, prefix, env, command, out_path, err_path, starts)
             break
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's failure
             if transient_start_error(exc) and tries < len(START_RETRY_DELAYS):
@@ -177,6 +186,9 @@ def _run(
         record_exit(os.path.dirname(pid_file), token, returncode)
         log_exit_status(err_path, returncode)
         _end_leftovers(token)
+        if starts is not None:
+            # A subreaper adopts what any job leaves behind: reap those that ended.
+            starts.reap_orphans(guard.pids() if guard is not None else ())
     except BaseException:
         kill_attempts((token,), groups=(pid,))
         _reap(pid)

@@ -50,6 +50,7 @@ from collections.abc import Callable, Collection, Mapping
 
 from .direct import direct_start, shell_environment, shell_kind
 from .exits import log_exit_status, record_exit
+from .warm import WarmStarts
 
 __all__ = (
     "ATTEMPT_ENV",
@@ -195,13 +196,23 @@ class Launcher:
         self._glibc = _glibc_spawn()
 
     def spawn_job(
-        self, shell: str, token: str, prefix: str, env: str, command: str, out: str, err: str
+        self,
+        shell: str,
+        token: str,
+        prefix: str,
+        env: str,
+        command: str,
+        out: str,
+        err: str,
+        warm: WarmStarts | None = None,
     ) -> int:
         """Start a job attempt; return its pid, which the caller must reap.
 
         The program the job's shell would run is started directly when its
         script is plain (`direct.direct_start`), with ``out`` and ``err`` as
-        its stdout and stderr; otherwise, or if it cannot be started, the
+        its stdout and stderr; with ``warm``, a ``pipetask run-qbb`` program
+        is forked from a warm process instead (`warm.WarmStarts.start`);
+        otherwise, or if it cannot be started, the
         shell runs `job_script` (`job_argv`). Either way the process carries
         ``BPS_PARSL_ATTEMPT=<token>`` in its environment from its start.
 
@@ -234,8 +245,18 @@ class Launcher:
             if passed is not None:
                 self._shell_items[shell] = {k: _item(k, v) for k, v in passed.items()}
         start = direct_start(kind, self._shell_environ.get(shell), ATTEMPT_ENV, token, prefix, env, command)
+        if start is None and warm is not None:
+            warm.say(
+                "jobs started cold: their script is not plain (commandPrefix, shell syntax; see design.md)"
+            )
         if start is not None:
             argv, changes = start
+            if warm is not None:
+                passed = self._shell_environ[shell]
+                assert passed is not None  # direct_start needs it
+                pid = warm.start(argv, {**passed, **changes}, out, err)
+                if pid is not None:
+                    return pid
             items = [item for name, item in self._shell_items[shell].items() if name not in changes]
             items.extend(_item(k, v) for k, v in changes.items())
             files = ((1, out), (2, err))

@@ -47,7 +47,7 @@ signal ``s``) on a line of its own, then the output ends.
 
 Requests:
 
-``{"id": N, "shell", "prefix", "env", "command", "out", "err", "pid_file", "token", "cores", "memory", "time_limit"}``
+``{"id": N, "shell", "prefix", "env", "command", "out", "err", "pid_file", "token", "cores", "memory", "time_limit", "warm"}``
     Start the job (`processes.Launcher.spawn_job`: the program its script
     ``prefix``, ``env``, ``command`` would run under ``shell``, with ``out``
     and ``err`` as its output, when the script is plain; otherwise the shell,
@@ -64,7 +64,10 @@ Requests:
     When the job's process ends, what is left in its process group is
     killed at once, and what carries its token elsewhere (``setsid``,
     double forks) at the next sweep, within `LEFTOVER_SWEEP` seconds. ``N`` is the
-    executor's id of the request, unique within the executor.
+    executor's id of the request, unique within the executor. ``warm``
+    (true or left out) lets a ``pipetask run-qbb`` job start warm
+    (`lsst_ctrl_bps_parsl_worker.warm`: forked from a warm process, a
+    child of this one, and adopted by this one as a subreaper).
 ``{"op": "stop"}``
     Fail every queued job and kill every running one.
 ``{"op": "drain"}``
@@ -93,7 +96,8 @@ missing; a start that fails for want of processes or memory, EAGAIN or
 ENOMEM, is tried again `processes.START_RETRY_DELAYS` later first), ``?``
 when it started at a time nobody knows (a job followed after a spawner
 died); times are seconds since the epoch. A job killed by a
-signal ``s`` has exit code ``128 + s``. While jobs are queued, replies may
+signal ``s`` has exit code ``128 + s``. A line ``note <text>`` is for the
+driver's log (why jobs started cold, once per reason). While jobs are queued, replies may
 wait up to 20 ms to be written together.
 
 Which jobs run is kept in a journal, ``spawner.<host>.<pid>`` in the
@@ -149,6 +153,7 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     start_failure,
     transient_start_error,
 )
+from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
 __all__ = ("Spawner", "main")
 
@@ -207,6 +212,7 @@ class Spawner:
         self.journals = Journals(dirs_fd)
         # The environment is converted once, not for every job.
         self.launcher = Launcher()
+        self.warm = WarmStarts(self.note)
 
     def _share(self, job: dict) -> tuple[int, int]:
         cores = min(int(job.get("cores") or 1), self.cores)
@@ -252,6 +258,12 @@ class Spawner:
         self.out.append(
             f"{job['id']} {code} {'-' if sig is None else sig} {started} {time.time()!r} {int(timed_out)}\n"
         )
+
+    def note(self, text: str) -> None:
+        """Send a line for the driver's log (`warm.WarmStarts`)."""
+        if not self.out:
+            self.out_since = time.monotonic()
+        self.out.append(f"note {' '.join(text.split())}\n")
 
     def journal(self, job: dict) -> Journal | None:
         """The journal of the directory of the job's ``pid_file``.
@@ -328,6 +340,7 @@ class Spawner:
             job["command"],
             job["out"],
             job["err"],
+            self.warm if job.get("warm") else None,
         )
         limit = job.get("time_limit")
         job["deadline"] = started + limit if limit else None
@@ -582,7 +595,9 @@ class Spawner:
                 pass  # the driver is gone: nobody reads the replies
 
     def close(self) -> None:
-        """Remove the journals (every job has ended)."""
+        """Stop the warm processes, remove the journals (every job has ended)."""
+        self.warm.close()
+        self.flush()
         self.journals.close()
 
     def handle(self, request: dict) -> None:

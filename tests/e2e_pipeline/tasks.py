@@ -66,6 +66,54 @@ def _append(config, label: str, key: str, status: str) -> None:
         os.close(fd)
 
 
+_POLLUTED: list[str] = []
+"""Set by a quantum with ``pollute``: a later quantum must never see it (each runs in its own process)."""
+
+
+def _probe(config, label: str, key: str) -> None:
+    """With ``probe_log`` set: append ``label key warm dirty token`` to it, where
+    ``warm`` is 1 if this process was forked from a warm process
+    (``sys.orig_argv`` is that process's ``python -c``), ``dirty`` lists
+    the global state an earlier quantum's ``pollute`` left here (``-``: none)
+    and ``token`` is 1 if ``/proc/self/environ`` (where the plugin's killer
+    looks) shows this process's ``BPS_PARSL_ATTEMPT``; then, with
+    ``pollute``, change that state.
+    """
+    if not config.probe_log:
+        return
+    import logging
+    import signal
+    import sys
+
+    dirty = []
+    if _POLLUTED:
+        dirty.append("module")
+    if "E2E_POLLUTED" in os.environ:
+        dirty.append("environ")
+    if logging.getLogger("e2e.polluted").handlers:
+        dirty.append("logging")
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        dirty.append("signal")
+    if "/e2e/polluted" in sys.path:
+        dirty.append("sys.path")
+    warm = int(sys.orig_argv[1:2] == ["-c"])
+    with open("/proc/self/environ", "rb") as stream:
+        token = f"BPS_PARSL_ATTEMPT={os.environ.get('BPS_PARSL_ATTEMPT')}".encode()
+        seen = int(token in stream.read().split(b"\0"))
+    line = f"{label} {key} {warm} {','.join(dirty) or '-'} {seen}\n"
+    fd = os.open(config.probe_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    if config.pollute:
+        _POLLUTED.append(key)
+        os.environ["E2E_POLLUTED"] = key
+        logging.getLogger("e2e.polluted").addHandler(logging.NullHandler())
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.path.append("/e2e/polluted")
+
+
 def _previous_starts(config, label: str, key: str) -> int:
     path = _log_path(config)
     if not path or not os.path.exists(path):
@@ -102,6 +150,8 @@ class SourceConnections(pipeBase.PipelineTaskConnections, dimensions=("instrumen
 class SourceTaskConfig(pipeBase.PipelineTaskConfig, pipelineConnections=SourceConnections):
     run_log = pexConfig.Field[str](doc="Run log path; empty: use $E2E_RUN_LOG.", default="")
     sleep = pexConfig.Field[float](doc="Seconds to sleep in run().", default=0.0)
+    probe_log = pexConfig.Field[str](doc="Probe log path (see _probe); empty: no probe.", default="")
+    pollute = pexConfig.Field[bool](doc="Change global state after the probe (see _probe).", default=False)
 
 
 class SourceTask(pipeBase.PipelineTask):
@@ -111,6 +161,7 @@ class SourceTask(pipeBase.PipelineTask):
     def runQuantum(self, butlerQC, inputRefs, outputRefs):  # noqa: N802, N803
         label = self.getName()
         key = _data_id_key(butlerQC.quantum.dataId)
+        _probe(self.config, label, key)
         _append(self.config, label, key, "start")
         raw = butlerQC.get(inputRefs.raw)
         if self.config.sleep:
@@ -143,6 +194,8 @@ class MiddleConnections(pipeBase.PipelineTaskConnections, dimensions=("instrumen
 class MiddleTaskConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MiddleConnections):
     run_log = pexConfig.Field[str](doc="Run log path; empty: use $E2E_RUN_LOG.", default="")
     sleep = pexConfig.Field[float](doc="Seconds to sleep in run().", default=0.0)
+    probe_log = pexConfig.Field[str](doc="Probe log path (see _probe); empty: no probe.", default="")
+    pollute = pexConfig.Field[bool](doc="Change global state after the probe (see _probe).", default=False)
     fail_ids = pexConfig.ListField[int](
         doc="Detector ids whose quantum fails.",
         default=[],
@@ -155,6 +208,9 @@ class MiddleTaskConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MiddleCo
         ),
         default=0,
     )
+    segfault_ids = pexConfig.ListField[int](doc="Detector ids whose quantum dies of SIGSEGV.", default=[])
+    exit_ids = pexConfig.ListField[int](doc="Detector ids whose quantum calls os._exit(4).", default=[])
+    hang_ids = pexConfig.ListField[int](doc="Detector ids whose quantum sleeps 300 s.", default=[])
     fail_exit_code = pexConfig.Field[int](
         doc=(
             "0: fail by raising an exception (pipetask exits non-zero, 1). "
@@ -173,8 +229,17 @@ class MiddleTask(pipeBase.PipelineTask):
         data_id = butlerQC.quantum.dataId
         key = _data_id_key(data_id)
         previous = _previous_starts(self.config, label, key)
+        _probe(self.config, label, key)
         _append(self.config, label, key, "start")
         inp = butlerQC.get(inputRefs.inp)
+        if data_id["detector"] in self.config.exit_ids:
+            os._exit(4)
+        if data_id["detector"] in self.config.hang_ids:
+            time.sleep(300)
+        if data_id["detector"] in self.config.segfault_ids:
+            import ctypes
+
+            ctypes.string_at(0)  # a real segmentation fault
         if self.config.sleep:
             time.sleep(self.config.sleep)
         if data_id["detector"] in self.config.fail_ids and (
@@ -213,6 +278,8 @@ class GatherConnections(pipeBase.PipelineTaskConnections, dimensions=("instrumen
 class GatherTaskConfig(pipeBase.PipelineTaskConfig, pipelineConnections=GatherConnections):
     run_log = pexConfig.Field[str](doc="Run log path; empty: use $E2E_RUN_LOG.", default="")
     sleep = pexConfig.Field[float](doc="Seconds to sleep in run().", default=0.0)
+    probe_log = pexConfig.Field[str](doc="Probe log path (see _probe); empty: no probe.", default="")
+    pollute = pexConfig.Field[bool](doc="Change global state after the probe (see _probe).", default=False)
 
 
 class GatherTask(pipeBase.PipelineTask):
@@ -222,6 +289,7 @@ class GatherTask(pipeBase.PipelineTask):
     def runQuantum(self, butlerQC, inputRefs, outputRefs):  # noqa: N802, N803
         label = self.getName()
         key = _data_id_key(butlerQC.quantum.dataId)
+        _probe(self.config, label, key)
         _append(self.config, label, key, "start")
         inputs = [butlerQC.get(ref) for ref in inputRefs.inp]
         if self.config.sleep:

@@ -377,6 +377,7 @@ SITE_KEYS = (
     Key("monitorInterval", "monitor_interval", float, 30.0, _above_zero),
     Key("monitorFilename", "monitor_filename", str, "monitoring.db"),
     Key("run_dir", "run_dir", str, None),
+    Key("warmStart", "warm_start", bool, True),
 )
 """The keys every site reads (doc/configuration.md has a row for each)."""
 
@@ -497,6 +498,8 @@ class SiteSettings(_Settings):
         ``monitorFilename``.
     run_dir : `str` or `None`
         ``run_dir``: Parsl's run directory, relative to the submit directory.
+    warm_start : `bool`
+        ``warmStart``: whether ``pipetask run-qbb`` jobs may start warm.
     """
 
     retries: int | None
@@ -510,4 +513,5 @@ class SiteSettings(_Settings):
     monitor_interval: float
     monitor_filename: str
     run_dir: str | None
+    warm_start: bool
     KEYS = SITE_KEYS

@@ -448,6 +448,14 @@ class SiteConfig(ABC):
     ``numberOfRetries`` is set (the old plugin's default)."""
 
     @property
+    def warm_start(self) -> bool:
+        """Whether ``pipetask run-qbb`` jobs may start warm (key ``warmStart``,
+        default true): forked from a process that has imported the stack
+        (`lsst_ctrl_bps_parsl_worker.warm`).
+        """
+        return self.settings.warm_start
+
+    @property
     def infrastructure_retries(self) -> int:
         """Reruns of a job whose attempts the infrastructure lost (its worker,
         node, block or pool), beyond its ``numberOfRetries`` (key

@@ -435,6 +435,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
                 self._spawner_pid = int(line.split()[1])
             elif line.startswith(b"exit "):
                 self._spawner_exit = int(line.split()[1])
+            elif line.startswith(b"note "):
+                _LOG.info("local job pool: %s", line[5:].decode(errors="replace"))
             elif line:
                 try:
                     replies.append(parse_reply(line))

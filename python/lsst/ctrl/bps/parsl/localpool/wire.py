@@ -60,6 +60,7 @@ def job_request(
     pid_file: str,
     time_limit: float | None = None,
     shell: str = "/bin/bash",
+    warm: bool = False,
     inputs: Sequence[Any] = (),
     parsl_resource_specification: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -110,6 +111,7 @@ def job_request(
         "cores": 1,
         "memory": 0,
         "time_limit": time_limit,
+        "warm": warm,
     }
 
 

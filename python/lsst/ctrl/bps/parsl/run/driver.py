@@ -246,6 +246,7 @@ class Driver(LostAttemptHandling):
         try:
             self.prefix = self.site.get_command_prefix()
             self.shell = self.site.job_shell
+            self.warm = self.site.warm_start
             monitoring_db = self.site.monitoring_filename()
             if monitoring_db:
                 self.store.set_meta("monitoring_db", monitoring_db)
@@ -427,7 +428,7 @@ class Driver(LostAttemptHandling):
         pid_file = os.path.join(self.running_dir, f"{i}.{attempt}")
         walltime = walltime_seconds(row.request_walltime) if label in self.walltime_labels else None
         args = (token, self.prefix, env, command, stdout, stderr, pid_file)
-        kwargs: dict[str, Any] = {"time_limit": walltime, "shell": self.shell}
+        kwargs: dict[str, Any] = {"time_limit": walltime, "shell": self.shell, "warm": self.warm}
         spec = self.site.resource_specification(nxt.job, label)
         self.in_flight[i] = InFlight(label, attempt, nxt.memory)
         self.state[i] = JobState.PENDING
