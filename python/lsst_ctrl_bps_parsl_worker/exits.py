@@ -79,6 +79,15 @@ def record_exit(directory: str, token: str, code: int) -> None:
     this process's exit record in ``directory`` (made again if it was
     removed); errors are ignored (the attempt then has no record, and counts
     as not finished).
+
+    Parameters
+    ----------
+    directory : `str`
+        Directory of the exit records (empty: nothing is recorded).
+    token : `str`
+        The attempt's token, ``<run id>/<job id>/<attempt>``.
+    code : `int`
+        The attempt's exit status.
     """
     if not directory:
         return
@@ -115,6 +124,17 @@ def _forget(directory: str) -> None:
 def recorded_exits(directory: str) -> dict[str, int]:
     """``{token: exit code}`` of every job attempt whose exit status was
     recorded in ``directory`` (`record_exit`), by any process on any host.
+
+    Parameters
+    ----------
+    directory : `str`
+        Directory of the exit records.
+
+    Returns
+    -------
+    exits : `dict` [`str`, `int`]
+        Exit status by attempt token; empty if the directory cannot be
+        read.
     """
     found: dict[str, int] = {}
     try:

@@ -111,7 +111,13 @@ class OrphanGuard:
             self._failed = True
 
     def pids(self) -> tuple[int, ...]:
-        """The watcher's pid, if it was started (a child of this process)."""
+        """The watcher's pid, if it was started (a child of this process).
+
+        Returns
+        -------
+        pids : `tuple` [`int`, ...]
+            The watcher's pid, or empty if it was not started.
+        """
         return (self._proc.pid,) if self._proc is not None else ()
 
 

@@ -232,6 +232,9 @@ class Launcher:
             Path of the attempt's stdout log.
         err : `str`
             Path of the attempt's stderr log.
+        warm : `WarmStarts`, optional
+            The worker's warm starts, to fork a ``pipetask run-qbb``
+            program from; `None` to start it cold.
 
         Returns
         -------
@@ -404,15 +407,43 @@ def _make_glibc_spawn():
 def transient_start_error(error: BaseException) -> bool:
     """Whether a job's start failed for a passing lack of resources (no
     process or memory left for a moment: EAGAIN, ENOMEM), worth trying again.
+
+    Parameters
+    ----------
+    error : `BaseException`
+        What starting the job raised.
+
+    Returns
+    -------
+    transient : `bool`
+        `True` if it is an `OSError` with EAGAIN or ENOMEM.
     """
     return isinstance(error, OSError) and error.errno in (errno.EAGAIN, errno.ENOMEM)
 
 
 def start_failure(err: str, error: BaseException, retries: int, pid_file: str, token: str) -> int:
-    """Say in a job attempt's stderr log ``err`` why it could not be started
-    (``retries``: tries made again), record its exit status (`exits.record_exit`
-    in the directory of ``pid_file``, under ``token``), and return it: 127 if
-    the program or a directory is missing, else 126, as the shell's.
+    """Say in a job attempt's stderr log why it could not be started,
+    record its exit status (`exits.record_exit`), and return it.
+
+    Parameters
+    ----------
+    err : `str`
+        Path of the attempt's stderr log.
+    error : `BaseException`
+        What starting the job raised.
+    retries : `int`
+        Number of tries made again before giving up.
+    pid_file : `str`
+        Path of the attempt's pid file; its directory holds the exit
+        records.
+    token : `str`
+        The attempt's token, under which the exit status is recorded.
+
+    Returns
+    -------
+    code : `int`
+        127 if the program or a directory is missing, else 126, as the
+        shell's.
     """
     code = 127 if isinstance(error, FileNotFoundError) else 126
     reason = f"{type(error).__name__}: {error}" if not isinstance(error, OSError) else str(error)
@@ -427,8 +458,13 @@ def start_failure(err: str, error: BaseException, retries: int, pid_file: str, t
 
 def end_group(pgid: int) -> None:
     """SIGKILL what is left in a job's process group once its main process
-    ended (``pgid``: its pid, called before it is reaped, so the group
-    cannot be another's): ``cmd &``, ``nohup cmd &``.
+    ended: ``cmd &``, ``nohup cmd &``.
+
+    Parameters
+    ----------
+    pgid : `int`
+        The group's id: the main process's pid, called before it is reaped,
+        so the group cannot be another's.
     """
     if pgid > 1 and pgid != os.getpgrp():
         _kill(os.killpg, pgid, signal.SIGKILL)

@@ -260,7 +260,13 @@ class Spawner:
         )
 
     def note(self, text: str) -> None:
-        """Send a line for the driver's log (`warm.WarmStarts`)."""
+        """Send a line for the driver's log (`warm.WarmStarts`).
+
+        Parameters
+        ----------
+        text : `str`
+            The line; its whitespace runs are sent as one space.
+        """
         if not self.out:
             self.out_since = time.monotonic()
         self.out.append(f"note {' '.join(text.split())}\n")
@@ -520,8 +526,18 @@ class Spawner:
         """End the processes that jobs which ended left behind outside their
         process group (``setsid``, double forks): every process of this user
         carrying such a job's token (`processes.attempt_processes`). One scan
-        of ``/proc`` per `LEFTOVER_SWEEP` at most (``force``: now); seconds
-        until the next sweep is due, `None` if none is.
+        of ``/proc`` per `LEFTOVER_SWEEP` at most.
+
+        Parameters
+        ----------
+        force : `bool`, optional
+            Sweep now, even if the last sweep was less than `LEFTOVER_SWEEP`
+            ago.
+
+        Returns
+        -------
+        seconds : `float` or `None`
+            Seconds until the next sweep is due, `None` if none is.
         """
         if not self.ended_tokens:
             return None

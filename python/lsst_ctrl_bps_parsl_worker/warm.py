@@ -328,7 +328,14 @@ class WarmStarts:
         self.cold = 0
 
     def say(self, text: str) -> None:
-        """Note ``text`` once."""
+        """Note ``text`` once.
+
+        Parameters
+        ----------
+        text : `str`
+            The line for the log; not noted again if it was already (nor
+            after 100 different lines).
+        """
         if text not in self._said and len(self._said) < 100:
             self._said.add(text)
             self._note(text)
@@ -405,7 +412,13 @@ class WarmStarts:
 
     def reap_orphans(self, keep: Collection[int] = ()) -> None:
         """Reap the ended children this process adopted as a subreaper (processes
-        its jobs left behind), not its own (``keep``, the warm processes).
+        its jobs left behind), not its own (the warm processes, and ``keep``).
+
+        Parameters
+        ----------
+        keep : `~collections.abc.Collection` [`int`], optional
+            Pids of other children of this process's own, left for their
+            owner to reap (the orphan guard's watcher).
         """
         if not self._subreaper:
             return
@@ -435,8 +448,17 @@ _WARM: list[WarmStarts] = []
 
 
 def warm_starts(note: Callable[[str], None] | None = None) -> WarmStarts:
-    """Return this process's `WarmStarts` (made with ``note`` the first time; by
-    default notes go to stderr).
+    """Return this process's `WarmStarts`, made on the first call.
+
+    Parameters
+    ----------
+    note : `~collections.abc.Callable` [[`str`], `None`], optional
+        Where its notes go, used only on the first call; `None`: to stderr.
+
+    Returns
+    -------
+    starts : `WarmStarts`
+        The process's one `WarmStarts`.
     """
     if not _WARM:
         _WARM.append(WarmStarts(note or (lambda text: print(f"[bps-parsl] {text}", file=sys.stderr))))

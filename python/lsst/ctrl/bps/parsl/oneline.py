@@ -51,6 +51,21 @@ def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
     ``limit`` characters of it (then its length), and with ``ascii`` every
     other non-ASCII character escaped too (ctrl_bps's report tables are
     ASCII only).
+
+    Parameters
+    ----------
+    text : `object`
+        The value to show (its `str`).
+    limit : `int`, optional
+        Most characters of it shown; a longer text is cut and its length
+        added.
+    ascii : `bool`, optional
+        Escape every non-ASCII character as well.
+
+    Returns
+    -------
+    shown : `str`
+        The text, cut and escaped.
     """
     text = str(text)
     if len(text) > limit:

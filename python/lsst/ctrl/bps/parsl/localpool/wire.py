@@ -89,6 +89,8 @@ def job_request(
         Seconds the job may run.
     shell : `str`, optional
         Path of the job's shell.
+    warm : `bool`, optional
+        Let a ``pipetask run-qbb`` job start from the spawner's warm process.
     inputs : `~collections.abc.Sequence`, optional
         Parents' futures (Parsl waits for them; not sent).
     parsl_resource_specification : `dict` [`str`, `~typing.Any`], optional

@@ -194,8 +194,18 @@ def _bad_value(job: Any, key: str, value: Any, rule: str) -> ConfigurationError:
 def check_job_values(job: Any) -> None:
     """Check every value of a `GenericWorkflowJob` that the plugin reads by
     type and range (`_VALUE_RULES`, ``priority``, ``retryUnlessExit``,
-    the text keys); `ConfigurationError` in one line naming the job, its
-    label and the key.
+    the text keys).
+
+    Parameters
+    ----------
+    job : `lsst.ctrl.bps.GenericWorkflowJob`
+        The job to check.
+
+    Raises
+    ------
+    ConfigurationError
+        If a value has the wrong type or is out of range; one line naming
+        the job, its label and the key.
     """
     if not isinstance(job.label, str) or not job.label:
         raise _bad_value(job, "label", job.label, "a non-empty string")

@@ -344,7 +344,21 @@ _SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
 
 
 def text(value: object, limit: int = 200) -> str:
-    """Text of a run as a report shows it: ASCII, with what a terminal acts on escaped (`shown`)."""
+    """Text of a run as a report shows it: ASCII, with what a terminal acts on escaped (`shown`).
+
+    Parameters
+    ----------
+    value : `object`
+        The value to show (its `str`).
+    limit : `int`, optional
+        Most characters of it shown; a longer text is cut and its length
+        added.
+
+    Returns
+    -------
+    text : `str`
+        The text, cut and escaped to ASCII.
+    """
     return shown(value, limit, ascii=True)
 
 
@@ -353,6 +367,21 @@ def check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[st
     back are possible: known states, counts of each label adding up to its
     number of jobs, no more jobs than the jobs table holds, and a status
     row for its last job.
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's store (its path names it in the error; its jobs and
+        status tables are read).
+    labels : `list` [`tuple` [`str`, `int`]]
+        (label, number of jobs) as read back (`label_counts`).
+    stored : `dict` [`str`, `dict` [`int`, `int`]]
+        Number of jobs by label, then by state, as read back.
+
+    Raises
+    ------
+    StateStoreError
+        If a count is not possible: the store is damaged.
     """
     totals: dict[str, int] = {}
     for label, jobs in labels:
@@ -410,6 +439,18 @@ def could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
     """(attempts that could not be started, and the last one's job name,
     log directory and attempt number), or `None` if none: attempts that
     ended with exit code 126 or 127 without a start time, not lost.
+
+    Parameters
+    ----------
+    store : `RunStore`
+        The run's store.
+
+    Returns
+    -------
+    unstarted : `tuple` [`int`, `str`, `str` or `None`, `int`] or `None`
+        Number of such attempts, then the last one's job name, log
+        directory and attempt number; `None` if there is none or the
+        store cannot say.
     """
     try:
         (count,) = store.conn.execute(
@@ -430,6 +471,20 @@ def start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None
     """Why the last attempt `could_not_start` names could not be started, as
     its stderr log says (`None` if it does not say: then it is not such an
     attempt); shown to the reader only, never read for a status.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    unstarted : `tuple` [`int`, `str`, `str` or `None`, `int`]
+        What `could_not_start` returned.
+
+    Returns
+    -------
+    reason : `str` or `None`
+        The log's reason on one line (unprintable characters as ``?``, at
+        most 300 characters), or `None` if the log cannot be read or does
+        not say.
     """
     _, name, log_dir, attempt = unstarted
     marker = "[bps-parsl] the job could not be started"

@@ -68,7 +68,20 @@ def out_of_space_message(submit_path: str) -> str:
 
 
 def draining_message(submit_path: str, running: int) -> str:
-    """The line a driver says when its submit directory's disk fills and it starts to drain."""
+    """The line a driver says when its submit directory's disk fills and it starts to drain.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    running : `int`
+        Number of jobs still running, left to end.
+
+    Returns
+    -------
+    message : `str`
+        The line.
+    """
     return (
         f"bps-parsl: {submit_path}: the file system of the submit directory is full: no new job starts; "
         f"the {running} running jobs are left to end and be recorded, then the run stops"

@@ -73,6 +73,11 @@ class Recorder:
     def exit_statuses(self) -> dict[str, int]:
         """``{token: exit code}`` of every attempt whose exit status the
         process that reaped it recorded (`exits.record_exit`), read now.
+
+        Returns
+        -------
+        exits : `dict` [`str`, `int`]
+            Exit status by attempt token (``<run id>/<job id>/<attempt>``).
         """
         return recorded_exits(os.path.join(self.submit_path, "parsl", "running"))
 
@@ -80,6 +85,21 @@ class Recorder:
         """Exit status recorded for an attempt (`exit_statuses`, or the
         ``exits`` already read), `None` if none: it did not end, or its
         reaper was lost with it. What the job printed is never read.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+        attempt : `int`
+            Attempt number.
+        exits : `dict` [`str`, `int`], optional
+            Exit statuses already read (`exit_statuses`); read now if
+            `None`.
+
+        Returns
+        -------
+        code : `int` or `None`
+            The attempt's exit status, or `None` if none was recorded.
         """
         if self._run_id is None:
             self._run_id = str(self.store.meta()["run_id"])
@@ -283,5 +303,12 @@ class Recorder:
             state[i] = settled
 
     def flush(self, wait: bool = True) -> None:
-        """Commit what was recorded (see `RunStore.flush`)."""
+        """Commit what was recorded (see `RunStore.flush`).
+
+        Parameters
+        ----------
+        wait : `bool`, optional
+            Whether the changes must be committed now; without, a lock or
+            a full disk leaves them queued for a later call.
+        """
         self.store.flush(wait)
