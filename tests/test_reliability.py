@@ -107,7 +107,7 @@ def _inject_kill_after_launch(name: str, ok_log: str) -> None:
 
     original = state.RunStore.flush
 
-    def flush(self):
+    def flush(self, *args, **kwargs):
         ids = {row.name: row.id for row in self.jobs()}
         target = ids[name]
         if any(row[0] == state.PENDING and row[-1] == target for row in self._pending_status):
@@ -117,7 +117,7 @@ def _inject_kill_after_launch(name: str, ok_log: str) -> None:
                     break
                 time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGKILL)
-        original(self)
+        return original(self, *args, **kwargs)
 
     state.RunStore.flush = flush
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from lsst.ctrl.bps.parsl.records import JobRow
 from lsst.ctrl.bps.parsl.store import runstore as state
 from lsst.ctrl.bps.parsl.store.runstore import RunStore, StateStoreError, journal_is_hot
 
@@ -162,7 +163,7 @@ def test_commit_that_must_be_made_waits_for_the_lock_then_names_it(tmp_path, mon
     (shortened here), then fails in one line naming the lock, never "free
     space or fix permissions"; a commit that may wait stays queued at once."""
     path = str(tmp_path / "bps_parsl.sqlite3")
-    RunStore.create(path, {"run_id": "r"}, [], [(0, "a", "a", 0, 0) + (None,) * 18], []).close()
+    RunStore.create(path, {"run_id": "r"}, iter([JobRow(0, "a", "a", 0, False)]), []).close()
     store = RunStore(path)
     monkeypatch.setattr(state, "WRITE_WAIT_SECONDS", 3.0)
     reader = _hold_read("python", path, 30)
