@@ -311,7 +311,10 @@ def _at_least(low: float, fix: str) -> Callable[[Any], str | None]:
     return lambda value: None if value >= low else fix
 
 
-_above_zero = _at_least(1e-300, "it must be greater than 0")
+def _above_zero(value: Any) -> str | None:
+    return None if value > 0 else "it must be greater than 0"
+
+
 _zero_or_more = _at_least(0, "it must be 0 or more")
 
 

@@ -52,7 +52,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..configuration import RunSettings
 from ..oneline import ShownMessageError
 from .liveness import (
     HOST,
@@ -67,7 +66,7 @@ from .liveness import (
 )
 
 if TYPE_CHECKING:
-    from lsst.ctrl.bps import BpsConfig
+    pass
 
 __all__ = (
     "Claim",
@@ -76,7 +75,6 @@ __all__ = (
     "DriverBusyError",
     "claim_run",
     "current_claim",
-    "driver_stale_after",
 )
 
 CLAIM_PREFIX = "driver.claim."
@@ -84,23 +82,6 @@ CLAIM_PREFIX = "driver.claim."
 
 class DriverBusyError(ShownMessageError, RuntimeError):
     """Another driver is running this run."""
-
-
-def driver_stale_after(config: BpsConfig) -> float:
-    """Silence of a driver's heartbeat after which another host may take
-    over its run (``parslDriverStaleAfter``, seconds; `RunSettings`).
-
-    Parameters
-    ----------
-    config : `lsst.ctrl.bps.BpsConfig`
-        BPS configuration.
-
-    Returns
-    -------
-    seconds : `float`
-        The key's value.
-    """
-    return RunSettings.read(config).driver_stale_after
 
 
 class ClaimBusyError(RuntimeError):

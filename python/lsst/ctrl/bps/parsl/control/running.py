@@ -62,7 +62,8 @@ from lsst_ctrl_bps_parsl_worker.journal import (
 )
 from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
-from .claim import DriverBusyError, driver_stale_after
+from ..configuration import RunSettings
+from .claim import DriverBusyError
 from .liveness import file_clock
 
 if TYPE_CHECKING:
@@ -293,7 +294,7 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
     except OSError:
         return []
     parsl_dir = os.path.dirname(running_dir)
-    stale_after = driver_stale_after(config)
+    stale_after = RunSettings.read(config).driver_stale_after
     stale: list[StaleJournal] = []
     live: dict[str, list[tuple[int, int]]] = {}
     for name, host, _ in _journals(names):
