@@ -46,6 +46,7 @@ import errno
 import os
 import signal
 import time
+from collections import ChainMap
 from collections.abc import Callable, Collection, Mapping
 
 from .direct import direct_start, shell_environment, shell_kind
@@ -257,7 +258,7 @@ class Launcher:
             if warm is not None:
                 passed = self._shell_environ[shell]
                 assert passed is not None  # direct_start needs it
-                pid = warm.start(argv, {**passed, **changes}, out, err)
+                pid = warm.start(argv, ChainMap(changes, passed), out, err)
                 if pid is not None:
                     return pid
             items = [item for name, item in self._shell_items[shell].items() if name not in changes]

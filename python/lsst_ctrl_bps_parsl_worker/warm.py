@@ -321,6 +321,8 @@ class WarmStarts:
     def __init__(self, note: Callable[[str], None]) -> None:
         self._note = note
         self._said: set[str] = set()
+        self._not_pipetask: dict[tuple[str, str | None], str] = {}
+        """Programs found not to be ``pipetask`` (a cold start is always right: no file read per job)."""
         self._servers: dict[tuple, _Server] = {}
         self._deaths: dict[tuple, int] = {}
         self._subreaper: bool | None = None
@@ -363,8 +365,11 @@ class WarmStarts:
         pid : `int` or `None`
             The job's pid, or `None`: start it cold (the reason, if any, was noted).
         """
-        found = pipetask_python(argv[0], environ)
+        seen = (argv[0], environ.get("PATH"))
+        found = self._not_pipetask.get(seen) or pipetask_python(argv[0], environ)
         if isinstance(found, str):
+            if len(self._not_pipetask) < 1024:
+                self._not_pipetask[seen] = found
             self._cold(found)
             return None
         if self._subreaper is None:
