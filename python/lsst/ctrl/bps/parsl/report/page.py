@@ -25,17 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A self-contained HTML page of a run: progress, timeline, failures, retries.
-
-The page is one file with inline CSS, SVG and a little JavaScript: it needs
-no server and no network. Everything shown comes from the run-state database
-(read-only, one read transaction) and the tails of the failed jobs' stderr
-logs; every name, label, host, path and log line is escaped. Environment
-values and command lines are never shown.
-
-``python -m lsst.ctrl.bps.parsl.report.page <submit dir or run id> [-o out.html]``
-writes the page of any run (default ``<submit dir>/report.html``); the
-driver rewrites ``<submit dir>/report.html`` as the run goes (`PageWriter`).
+"""The run page, a self-contained HTML file (doc/operations.md): `write_page`,
+the driver's `PageWriter`, and ``python -m lsst.ctrl.bps.parsl.report.page RUN [-o OUT]``.
 """
 
 from __future__ import annotations
@@ -67,7 +58,7 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
     out : `str`, optional
         Page file (default ``<submit_path>/report.html``).
     this_driver : `bool`
-        The caller is the run's driver (see `report.run_state`).
+        The caller is the run's driver (`reports.run_state`).
 
     Returns
     -------
@@ -93,11 +84,8 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
 
 
 class PageWriter:
-    """Rewrite a run's page from its driver, now and then.
-
-    The page is written at most every ``interval`` seconds, and less often
-    when writing it takes long (it never takes more than ``budget`` of the
-    driver's time), and always when ``final``.
+    """Rewrite a run's page from its driver: at most every ``interval``
+    seconds and for at most ``budget`` of its time, and when ``final``.
 
     Parameters
     ----------

@@ -36,10 +36,7 @@ import heapq
 from collections.abc import Iterable
 
 from ..records import SessionRow
-from ..store.runstore import (
-    DELETED,
-    SUCCEEDED,
-)
+from ..store.runstore import DELETED, SUCCEEDED
 from .pagedata import (
     _ATTEMPT_CLASSES,
     AGGREGATE_BINS,

@@ -24,7 +24,6 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-
 """Turn a run's state database into BPS run reports."""
 
 from __future__ import annotations
@@ -50,14 +49,16 @@ from ..store.summary import JobReports, failed_exit_codes, job_reports, label_co
 __all__ = ("readable_run", "run_report", "run_state")
 
 _IN_FLIGHT = frozenset({JobState.PENDING, JobState.RUNNING, JobState.READY})
+_STATE_VALUES = frozenset(int(state) for state in JobState)
 _HAS_SITE = "site" in {f.name for f in dataclasses.fields(WmsRunReport)}
 """`WmsRunReport.site` exists from lsst-ctrl-bps 30.2026.4300 on."""
+_SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
+"""A label in a run summary, which ctrl_bps splits at ';' and ':'."""
 
 
 def readable_run(submit_path: str) -> None:
-    """Raise `StateStoreError` in one line unless this user may read the
-    run (another user's run is shown read-only when the file system lets
-    this user read its submit directory and run-state database).
+    """Raise `StateStoreError` in one line unless this user may read the run
+    (another user's run is read-only when the file system lets this user read it).
 
     Parameters
     ----------
@@ -86,9 +87,6 @@ def readable_run(submit_path: str) -> None:
 def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> tuple[WmsStates, str]:
     """State of a whole run and a one-line explanation.
 
-    ``this_driver``: the caller is the run's driver (it holds the run's
-    lock), so the state follows its own session record.
-
     Parameters
     ----------
     store : `RunStore`
@@ -96,7 +94,7 @@ def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> t
     submit_path : `str`
         Submit directory.
     this_driver : `bool`, optional
-        The caller is the run's driver.
+        The caller is the run's driver (holds its lock): the state follows its own session.
 
     Returns
     -------
@@ -127,10 +125,9 @@ def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> t
             f"the driver (pid {last.pid} on {last.host}) died without recording an end: "
             f"'bps restart --id {submit_path}' resumes the run"
         )
-    state = {
-        "succeeded": WmsStates.SUCCEEDED,
-        "cancelled": WmsStates.DELETED,
-    }.get(last.outcome or "", WmsStates.FAILED)
+    state = {"succeeded": WmsStates.SUCCEEDED, "cancelled": WmsStates.DELETED}.get(
+        last.outcome or "", WmsStates.FAILED
+    )
     return state, f"{last.kind} ended: {last.outcome}"
 
 
@@ -151,9 +148,8 @@ def running_jobs(submit_path: str) -> set[int]:
 
 
 def job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsStates:
-    """The reported state of a job whose stored state is ``value``: in
-    flight without a live driver is UNKNOWN, PENDING with a running attempt
-    is RUNNING.
+    """The reported state of a job stored in state ``value``: in flight
+    without a live driver is UNKNOWN, PENDING with a running attempt RUNNING.
 
     Parameters
     ----------
@@ -201,12 +197,9 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         def snapshot() -> tuple:
             # The per-label counts the store keeps (`summary`), not the jobs.
             state, message = run_state(store, submit_path)
-            alive = state == WmsStates.RUNNING
-            running = running_jobs(submit_path) if alive else set()
+            running = running_jobs(submit_path) if state == WmsStates.RUNNING else set()
             labels, stored = label_counts(store.conn)
-            check_counts(store, labels, stored)
-            started = pending_labels(store.conn, running)
-            codes = failed_exit_codes(store.conn) if return_exit_codes else []
+            _check_counts(store, labels, stored)
             return (
                 store.meta(),
                 state,
@@ -214,14 +207,15 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
                 running,
                 labels,
                 stored,
-                started,
-                codes,
-                (infrastructure_losses(store), could_not_start(store)),
+                pending_labels(store.conn, running),
+                failed_exit_codes(store.conn) if return_exit_codes else [],
+                _infrastructure_losses(store),
+                _could_not_start(store),
             )
 
         # One read transaction: a consistent snapshot while the driver writes, from any host.
         try:
-            meta, state, message, running, labels, stored, started, codes, (losses, unstarted) = (
+            meta, state, message, running, labels, stored, started, codes, losses, unstarted = (
                 store.read_snapshot(snapshot)
             )
         except READ_ERRORS as exc:
@@ -229,7 +223,6 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     finally:
         store.close()
     alive = state == WmsStates.RUNNING
-    counts: Counter = Counter()
     by_label: dict[str, Counter] = {label: Counter() for label, _ in labels}
     for label, states in stored.items():
         for value, n in states.items():
@@ -237,6 +230,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     for label in started:  # PENDING with an attempt said to run now
         by_label[label][WmsStates.PENDING] -= 1
         by_label[label][WmsStates.RUNNING] += 1
+    counts: Counter = Counter()
     for label_counts_ in by_label.values():
         counts.update(label_counts_)
     label_totals = dict(labels)
@@ -269,29 +263,29 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
                     reader.path, f"{len(found)} jobs read but {sum(label_totals.values())} counted by label"
                 )
             for job in found:
-                job.name, job.label = text(job.name), text(job.label)
+                job.name, job.label = _text(job.name), _text(job.label)
             return found
 
         jobs = JobReports(loader=load)
 
     info = WmsSpecificInfo()
-    info.add_message("Run state: {run_message}", run_message=text(message, 4096))
-    info.add_message("Job logs: {logs}", logs=text(os.path.join(submit_path, "logs"), 4096))
+    info.add_message("Run state: {run_message}", run_message=_text(message, 4096))
+    info.add_message("Job logs: {logs}", logs=_text(os.path.join(submit_path, "logs"), 4096))
     info.add_message(
-        "Parsl log: {parsl_log}", parsl_log=text(os.path.join(submit_path, "parsl", "parsl.log"), 4096)
+        "Parsl log: {parsl_log}", parsl_log=_text(os.path.join(submit_path, "parsl", "parsl.log"), 4096)
     )
     if meta.get("monitoring_db"):
         info.add_message(
-            "Parsl monitoring database: {monitoring_db}", monitoring_db=text(meta["monitoring_db"], 4096)
+            "Parsl monitoring database: {monitoring_db}", monitoring_db=_text(meta["monitoring_db"], 4096)
         )
-    reason = start_failure_reason(submit_path, unstarted) if unstarted else None
+    reason = _start_failure_reason(submit_path, unstarted) if unstarted else None
     if unstarted and reason:
         info.add_message(
             "Jobs that could not be started: {unstarted} attempts (exit code 126 or 127); last: job "
             "'{unstarted_job}': {unstarted_reason}",
             unstarted=unstarted[0],
-            unstarted_job=text(unstarted[1], 200),
-            unstarted_reason=text(reason, 1000),
+            unstarted_job=_text(unstarted[1], 200),
+            unstarted_reason=_text(reason, 1000),
         )
     if losses:
         lost, lost_jobs, last = losses
@@ -300,29 +294,28 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
             "(not counted as job retries); last: {last_loss}",
             lost=lost,
             lost_jobs=lost_jobs,
-            last_loss=text(last, 1000),
+            last_loss=_text(last, 1000),
         )
-    site: dict[str, Any] = {"site": text(meta.get("compute_site") or "")} if _HAS_SITE else {}
-    # Labels as shown (`text`); two long labels shown alike add up.
+    site: dict[str, Any] = {"site": _text(meta.get("compute_site") or "")} if _HAS_SITE else {}
+    # Labels as shown (`_text`); two long labels shown alike add up.
     shown_totals: Counter = Counter()
     shown_states: dict[str, Counter] = {}
     shown_codes: dict[str, list[int]] = {}
     for label, n in label_totals.items():
-        shown_totals[text(label)] += n
+        shown_totals[_text(label)] += n
+        shown_codes.setdefault(_text(label), []).extend(exit_codes.get(label, []))
     for label, label_states in by_label.items():
-        shown_states.setdefault(text(label), Counter()).update(label_states)
-    for label in label_totals:
-        shown_codes.setdefault(text(label), []).extend(exit_codes.get(label, []))
-    report = WmsRunReport(
+        shown_states.setdefault(_text(label), Counter()).update(label_states)
+    return WmsRunReport(
         wms_id=meta["run_id"],
         global_wms_id=meta["run_id"],
-        path=text(submit_path, 4096),
-        label=text(meta.get("payload") or ""),
-        run=text(meta.get("output_run") or meta["run_name"]),
-        project=text(meta.get("project") or ""),
-        campaign=text(meta.get("campaign") or ""),
-        payload=text(meta.get("payload") or ""),
-        operator=text(meta.get("operator") or ""),
+        path=_text(submit_path, 4096),
+        label=_text(meta.get("payload") or ""),
+        run=_text(meta.get("output_run") or meta["run_name"]),
+        project=_text(meta.get("project") or ""),
+        campaign=_text(meta.get("campaign") or ""),
+        payload=_text(meta.get("payload") or ""),
+        operator=_text(meta.get("operator") or ""),
         run_summary=";".join(f"{label.translate(_SUMMARY_ESCAPES)}:{n}" for label, n in shown_totals.items()),
         state=state,
         jobs=jobs,
@@ -333,55 +326,17 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         specific_info=info,
         **site,
     )
-    return report
 
 
-_STATE_VALUES = frozenset(int(state) for state in JobState)
-
-
-_SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
-"""A label in a run summary, which ctrl_bps splits at ';' and ':'."""
-
-
-def text(value: object, limit: int = 200) -> str:
-    """Text of a run as a report shows it: ASCII, with what a terminal acts on escaped (`shown`).
-
-    Parameters
-    ----------
-    value : `object`
-        The value to show (its `str`).
-    limit : `int`, optional
-        Most characters of it shown; a longer text is cut and its length
-        added.
-
-    Returns
-    -------
-    text : `str`
-        The text, cut and escaped to ASCII.
-    """
+def _text(value: object, limit: int = 200) -> str:
+    """A run's text as a report shows it: ASCII, what a terminal acts on escaped, cut at ``limit``."""
     return shown(value, limit, ascii=True)
 
 
-def check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[str, dict[int, int]]) -> None:
+def _check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[str, dict[int, int]]) -> None:
     """Raise `StateStoreError` (damaged) unless the per-label counts read
-    back are possible: known states, counts of each label adding up to its
-    number of jobs, no more jobs than the jobs table holds, and a status
-    row for its last job.
-
-    Parameters
-    ----------
-    store : `RunStore`
-        The run's store (its path names it in the error; its jobs and
-        status tables are read).
-    labels : `list` [`tuple` [`str`, `int`]]
-        (label, number of jobs) as read back (`label_counts`).
-    stored : `dict` [`str`, `dict` [`int`, `int`]]
-        Number of jobs by label, then by state, as read back.
-
-    Raises
-    ------
-    StateStoreError
-        If a count is not possible: the store is damaged.
+    back are possible: known states, each label's counts adding up to its
+    number of jobs, no more jobs than the jobs table holds, a status row for its last job.
     """
     totals: dict[str, int] = {}
     for label, jobs in labels:
@@ -407,20 +362,8 @@ def check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[st
         raise damaged(store.path, f"{sum(totals.values())} jobs counted but {last_job!r} is the last job id")
 
 
-def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
-    """(attempts the infrastructure lost, jobs they belong to, the last
-    one's cause) of a run, or `None` if none was lost (`losses`).
-
-    Parameters
-    ----------
-    store : `RunStore`
-        The run's store.
-
-    Returns
-    -------
-    losses : `tuple` [`int`, `int`, `str`] or `None`
-        Attempts lost, jobs they belong to and the last loss's cause.
-    """
+def _infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
+    """(attempts the infrastructure lost, their jobs, the last one's cause), or `None` if none."""
     try:
         found = store.conn.execute(
             "SELECT COUNT(*), COUNT(DISTINCT job), MAX(end) FROM attempts WHERE lost IS NOT NULL"
@@ -435,22 +378,10 @@ def infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
     return int(found[0]), int(found[1]), str(last)
 
 
-def could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
-    """(attempts that could not be started, and the last one's job name,
-    log directory and attempt number), or `None` if none: attempts that
-    ended with exit code 126 or 127 without a start time, not lost.
-
-    Parameters
-    ----------
-    store : `RunStore`
-        The run's store.
-
-    Returns
-    -------
-    unstarted : `tuple` [`int`, `str`, `str` or `None`, `int`] or `None`
-        Number of such attempts, then the last one's job name, log
-        directory and attempt number; `None` if there is none or the
-        store cannot say.
+def _could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
+    """(attempts that could not be started: exit code 126 or 127, no start
+    time, not lost; the last one's job name, log directory and attempt
+    number), or `None` if none or the store cannot say.
     """
     try:
         (count,) = store.conn.execute(
@@ -467,24 +398,10 @@ def could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
     return int(count), str(name), log_dir, int(attempt)
 
 
-def start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None, int]) -> str | None:
-    """Why the last attempt `could_not_start` names could not be started, as
-    its stderr log says (`None` if it does not say: then it is not such an
-    attempt); shown to the reader only, never read for a status.
-
-    Parameters
-    ----------
-    submit_path : `str`
-        Submit directory.
-    unstarted : `tuple` [`int`, `str`, `str` or `None`, `int`]
-        What `could_not_start` returned.
-
-    Returns
-    -------
-    reason : `str` or `None`
-        The log's reason on one line (unprintable characters as ``?``, at
-        most 300 characters), or `None` if the log cannot be read or does
-        not say.
+def _start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None, int]) -> str | None:
+    """Why the attempt `_could_not_start` names could not be started, as its
+    stderr log says (one line, at most 300 printable characters), for the
+    reader only; `None` if the log cannot be read or does not say.
     """
     _, name, log_dir, attempt = unstarted
     marker = "[bps-parsl] the job could not be started"
@@ -503,7 +420,7 @@ def start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None
 
 
 def last_activity(submit_path: str) -> tuple[float, bool]:
-    """(time of the run's last session end or start, whether a driver is alive).
+    """Time of the run's last session end or start, and whether a driver is alive.
 
     Parameters
     ----------
