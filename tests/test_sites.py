@@ -811,7 +811,7 @@ def test_example_site_files_ship_and_validate(tmp_path):
     from importlib import resources
 
     import yaml
-    from lsst.ctrl.bps.parsl.sites.generic import require_work_queue
+    from lsst.ctrl.bps.parsl.sites.batchsite import require_work_queue
 
     files = sorted(
         (path for path in (resources.files("lsst.ctrl.bps.parsl") / "etc" / "sites").iterdir()),

@@ -24,10 +24,9 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-
-"""What the batch sites share: `BatchSite` (the ``address`` and heartbeat
-keys), walltime and priority conversion, and the resource specifications of
-Parsl's HighThroughputExecutor and WorkQueueExecutor.
+"""What the batch sites share: `BatchSite` (the ``address``, ``interface``
+and heartbeat keys), walltimes, and the resource specifications of Parsl's
+HighThroughputExecutor and WorkQueueExecutor.
 """
 
 from __future__ import annotations
@@ -35,43 +34,30 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
-from ..job import parse_walltime, priority_number, walltime_minutes
+from ..job import parse_walltime, priority_number
 from ..site import SiteConfig
 
 if TYPE_CHECKING:
     from ..job import ParslJob
 
 __all__ = (
-    "HEARTBEAT_PERIOD",
-    "HEARTBEAT_THRESHOLD",
     "BatchSite",
     "heartbeat_reserved",
     "htex_defaults",
     "htex_spec",
-    "job_priority",
-    "job_walltime_minutes",
     "normalize_walltime",
     "require_work_queue",
     "work_queue_spec",
 )
 
-HEARTBEAT_PERIOD = 10
-"""Default of the ``heartbeat_period`` key (seconds): how often a worker
-pool and the HTEX interchange tell each other they are alive."""
-
-HEARTBEAT_THRESHOLD = 40
-"""Default of the ``heartbeat_threshold`` key (seconds): silence after which
-the interchange fails a worker pool's tasks with ``ManagerLost`` (a lost
-node is noticed 30-40 s after it dies) and a worker pool that hears nothing
-from the interchange exits."""
+_HEARTBEAT_PERIOD = 10
+_HEARTBEAT_THRESHOLD = 40
 
 
 def normalize_walltime(value: Any, name: str) -> str:
-    """Return a walltime as ``HH:MM:SS``.
-
-    Accepts ``HH:MM:SS``, ``D-HH:MM:SS`` and a number of minutes given as a
-    string. A YAML integer is refused: unquoted ``1:00:00`` is read by YAML
-    as 3600 (sexagesimal), which is almost never what was meant.
+    """Return a walltime (``HH:MM:SS``, ``D-HH:MM:SS`` or minutes, as a
+    string) as ``HH:MM:SS``; a YAML number is refused (unquoted ``1:00:00``
+    is 3600 to YAML).
 
     Parameters
     ----------
@@ -100,42 +86,10 @@ def normalize_walltime(value: Any, name: str) -> str:
     return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def job_priority(job: ParslJob) -> int | float | None:
-    """The job's BPS ``priority`` as a number, or `None`.
-
-    Parameters
-    ----------
-    job : `ParslJob`
-        The job.
-
-    Returns
-    -------
-    priority : `int`, `float` or `None`
-        The priority.
-    """
-    return priority_number(job.priority)
-
-
-def job_walltime_minutes(job: ParslJob) -> int | None:
-    """The job's BPS ``requestWalltime`` in whole minutes, or `None`.
-
-    Parameters
-    ----------
-    job : `ParslJob`
-        The job.
-
-    Returns
-    -------
-    minutes : `int` or `None`
-        The walltime, rounded up.
-    """
-    return walltime_minutes(job.request_walltime)
-
-
 def work_queue_spec(job: ParslJob) -> dict[str, Any]:
     """``parsl_resource_specification`` for a WorkQueueExecutor: cores,
-    memory (MB) and disk (MB) always (Work Queue wants all three or none),
-    running_time_min and priority when the job sets them.
+    memory and disk (MB) always (Work Queue wants all three or none),
+    running_time_min and priority when set.
 
     Parameters
     ----------
@@ -147,12 +101,7 @@ def work_queue_spec(job: ParslJob) -> dict[str, Any]:
     spec : `dict` [`str`, `~typing.Any`]
         The resource specification.
     """
-    resources = job.get_resources()
-    return {
-        key: value
-        for key, value in resources.items()
-        if value is not None or key in ("cores", "memory", "disk")
-    }
+    return {k: v for k, v in job.get_resources().items() if v is not None or k in ("cores", "memory", "disk")}
 
 
 def heartbeat_reserved(where: str) -> dict[str, str]:
@@ -166,24 +115,22 @@ def heartbeat_reserved(where: str) -> dict[str, str]:
     Returns
     -------
     reserved : `dict` [`str`, `str`]
-        What to set instead, by reserved option name.
+        What to set instead, by option name.
     """
     return {key: f"use '{where}.{key}'" for key in ("heartbeat_period", "heartbeat_threshold")}
 
 
 def htex_defaults(site: BatchSite, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """HighThroughputExecutor arguments every batch site sets: the
-    heartbeats (`BatchSite.heartbeat_options`, over the site class's
-    ``defaults``) and a block error handler that does not give up on the
-    executor for a block lost with its node or worker pool
-    (`~.slurm_provider.tolerate_lost_blocks`).
+    """HighThroughputExecutor arguments every batch site sets: the heartbeats
+    and a block error handler that does not give up on the executor for a
+    lost block (`~.slurm_provider.tolerate_lost_blocks`).
 
     Parameters
     ----------
     site : `BatchSite`
         The site.
     defaults : `dict` [`str`, `~typing.Any`], optional
-        The site class's own heartbeat defaults and block error handler.
+        The site class's own heartbeats and block error handler.
 
     Returns
     -------
@@ -202,7 +149,7 @@ def htex_defaults(site: BatchSite, defaults: dict[str, Any] | None = None) -> di
 
 def htex_spec(job: ParslJob) -> dict[str, Any] | None:
     """``parsl_resource_specification`` for a HighThroughputExecutor: only
-    ``priority`` (the interchange hands out lower values first).
+    ``priority`` (lower first), `None` without one.
 
     Parameters
     ----------
@@ -212,52 +159,56 @@ def htex_spec(job: ParslJob) -> dict[str, Any] | None:
     Returns
     -------
     spec : `dict` [`str`, `~typing.Any`] or `None`
-        The resource specification, `None` when the job has no priority.
+        The resource specification.
     """
-    priority = job_priority(job)
+    priority = priority_number(job.priority)
     return None if priority is None else {"priority": priority}
 
 
 class BatchSite(SiteConfig):
     """Base of the sites whose workers run elsewhere and call back.
 
-    Keys ``address`` (`str`): the address workers use to reach the
-    submitting host; ``interface`` (`str`): take it from this network
-    interface instead. Default: `default_address`. ``heartbeat_period`` and
-    ``heartbeat_threshold`` (`int`, seconds; defaults `HEARTBEAT_PERIOD`,
-    `HEARTBEAT_THRESHOLD`): the heartbeats of its HighThroughputExecutors
-    (`heartbeat_options`).
+    Keys: ``address``, ``interface``, ``heartbeat_period`` (default 10 s),
+    ``heartbeat_threshold`` (default 40 s); see doc/sites.md.
     """
 
     def heartbeat_options(self, period: int | None = None, threshold: int | None = None) -> dict[str, int]:
-        """HighThroughputExecutor arguments ``heartbeat_period`` and
-        ``heartbeat_threshold`` from the site's keys of the same names.
+        """``heartbeat_period`` and ``heartbeat_threshold`` from the site's keys.
 
         Parameters
         ----------
         period, threshold : `int`, optional
-            Defaults of the keys (a site class's own choice); default
-            `HEARTBEAT_PERIOD` and `HEARTBEAT_THRESHOLD`.
+            The site class's defaults of the keys (default 10 and 40 s).
 
         Returns
         -------
         options : `dict` [`str`, `int`]
-            ``heartbeat_period`` and ``heartbeat_threshold`` in seconds.
+            The two HighThroughputExecutor arguments, in seconds.
 
         Raises
         ------
         ConfigurationError
-            If a key is not a whole number of seconds above 0, or the
-            threshold is not above the period.
+            If a key is not whole seconds above 0, or the threshold not above the period.
         """
-        period = self.get_positive("heartbeat_period", int, period or HEARTBEAT_PERIOD)
-        threshold = self.get_positive("heartbeat_threshold", int, threshold or HEARTBEAT_THRESHOLD)
+        period = self.get_positive("heartbeat_period", int, period or _HEARTBEAT_PERIOD)
+        threshold = self.get_positive("heartbeat_threshold", int, threshold or _HEARTBEAT_THRESHOLD)
         if threshold <= period:
             raise ConfigurationError(
                 f"'{self.where}.heartbeat_threshold' ({threshold}) must be greater than "
                 f"'{self.where}.heartbeat_period' ({period}): set it to a few periods, e.g. {4 * period}"
             )
         return {"heartbeat_period": period, "heartbeat_threshold": threshold}
+
+    def _required_walltime(self, default: str | None) -> str:
+        """The ``walltime`` key as ``HH:MM:SS``; required unless the class gives a ``default``."""
+        found, value = self.site.search("walltime", opt={"default": None})
+        if not found or value is None:
+            if default is None:
+                raise ConfigurationError(
+                    f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
+                )
+            value = default
+        return normalize_walltime(value, f"{self.where}.walltime")
 
     def get_address(self) -> str:
         address = self.get("address", str, None)
@@ -279,10 +230,9 @@ class BatchSite(SiteConfig):
         return cached
 
     def default_address(self) -> str:
-        """The address workers reach this host at when neither ``address``
-        nor ``interface`` is set: the source address of the route to the
-        batch system's hosts (`address_targets`), else this host's first
-        address that is not loopback.
+        """The workers' address of this host without ``address`` or
+        ``interface``: the source of the route to `address_targets`, else
+        this host's first address that is not loopback.
 
         Returns
         -------
@@ -294,8 +244,7 @@ class BatchSite(SiteConfig):
         return choose_address(self.address_targets(), self.where)
 
     def address_targets(self) -> list[str]:
-        """Hosts the workers run on, or the batch system's controller, as
-        far as this host can tell (default: none known).
+        """Hosts the workers run on, or the batch system's controller (default: none known).
 
         Returns
         -------
@@ -312,15 +261,14 @@ class BatchSite(SiteConfig):
 
 
 def require_work_queue(key: str, instead: str = "use an htex executor") -> None:
-    """Raise a one-line `ConfigurationError` if Work Queue (``ndcctools``)
-    is not importable; ``instead`` says what to do otherwise.
+    """Raise a one-line `ConfigurationError` if Work Queue (``ndcctools``) is not importable.
 
     Parameters
     ----------
     key : `str`
-        The key that asks for Work Queue, for the message.
+        The key that asks for Work Queue.
     instead : `str`, optional
-        The alternative the message offers.
+        What the message offers instead.
 
     Raises
     ------

@@ -25,98 +25,46 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A site built entirely from YAML: any Parsl provider, launcher and executor.
-
-The pieces the batch sites share live in `.options` (checking keyword
-options against the signature of the Parsl class they are meant for, the
-tables of provider and launcher names) and `.batchsite` (`BatchSite`, the
-``address`` key, walltime and priority conversion); they stay importable
-from here.
-"""
+"""A site built entirely from YAML: any Parsl provider, launcher and executor."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
 from ..site import ExecutorCapacity
 from .batchsite import (
-    HEARTBEAT_PERIOD,
-    HEARTBEAT_THRESHOLD,
     BatchSite,
     heartbeat_reserved,
     htex_defaults,
     htex_spec,
-    job_priority,
-    job_walltime_minutes,
     normalize_walltime,
     require_work_queue,
     work_queue_spec,
 )
-from .local import local_pool_spec
-from .options import (
-    EXECUTORS,
-    LAUNCHERS,
-    PROVIDERS,
-    build,
-    build_launcher,
-    check_options,
-    load_class,
-    plain,
-)
+from .local import local_pool_spec, machine_memory_mb, usable_cores
+from .options import EXECUTORS, PROVIDERS, build, build_launcher, check_options, load_class, plain
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
 
     from ..job import ParslJob
 
-__all__ = (
-    "EXECUTORS",
-    "HEARTBEAT_PERIOD",
-    "HEARTBEAT_THRESHOLD",
-    "LAUNCHERS",
-    "PROVIDERS",
-    "BatchSite",
-    "ExecutorSpec",
-    "Generic",
-    "build",
-    "build_launcher",
-    "check_options",
-    "heartbeat_reserved",
-    "htex_defaults",
-    "htex_spec",
-    "job_priority",
-    "job_walltime_minutes",
-    "load_class",
-    "normalize_walltime",
-    "plain",
-    "require_work_queue",
-    "work_queue_spec",
-)
+__all__ = ("Generic",)
 
 _LOG = logging.getLogger(__name__)
 
-_SECTION_KEYS = {
-    "executor": "executor kind: htex (default), threads or work_queue",
-    "executor_options": "options of the Parsl executor class",
-    "provider": "Parsl provider: " + ", ".join(sorted(PROVIDERS)),
-    "provider_options": "options of the Parsl provider class",
-    "launcher": "Parsl launcher: " + ", ".join(sorted(LAUNCHERS)),
-    "launcher_options": "options of the Parsl launcher class",
-    "max_memory": "largest job memory (MB) this executor takes",
-    "max_cpus": "largest job requestCpus this executor takes",
-    "labels": "job labels sent only to this executor",
-    "cores": "threads only: cores jobs may use at once",
-    "memory": "threads only: memory (MB) jobs may use at once",
-}
+_SECTION_KEYS = (
+    "executor executor_options provider provider_options launcher launcher_options "
+    "max_memory max_cpus labels cores memory"
+).split()
 
 
 @dataclass
-class ExecutorSpec:
+class _ExecutorSpec:
     """One executor of a `Generic` site, as configured."""
 
     label: str
@@ -129,7 +77,6 @@ class ExecutorSpec:
     cores: int | None = None
     memory: int | None = None
     order: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[float, float, int]:
@@ -139,18 +86,7 @@ class ExecutorSpec:
         return (mem, cpus, self.order)
 
     def fits(self, job: ParslJob) -> bool:
-        """Whether the job's memory and cores are within this executor's limits.
-
-        Parameters
-        ----------
-        job : `ParslJob`
-            The job.
-
-        Returns
-        -------
-        fits : `bool`
-            `True` if this executor may take it.
-        """
+        """Whether the job's memory and cores are within this executor's limits."""
         if self.max_memory is not None and (job.request_memory or 0) > self.max_memory:
             return False
         return not (self.max_cpus is not None and (job.request_cpus or 1) > self.max_cpus)
@@ -166,46 +102,27 @@ def _positive_int(section: dict, key: str, where: str) -> int | None:
 
 
 class Generic(BatchSite):
-    """A site described entirely in YAML: one or more executors, each a
-    Parsl executor with a provider and a launcher, chosen per job by its
-    resources.
+    """A site described in YAML: executors, each a Parsl executor with a
+    provider and a launcher, chosen per job by its label and resources.
 
-    Keys of ``site.<computeSite>``: ``executors`` (mapping, required): one
-    section per executor, named by its label; ``address`` (see
-    `BatchSite`). Keys of ``executors.<label>``:
-
-    - ``executor`` (`str`): ``htex`` (default), ``threads`` or ``work_queue``.
-    - ``executor_options`` (mapping): keyword arguments of the executor class.
-    - ``provider`` (`str`): ``slurm``, ``pbspro``, ``torque``, ``lsf``,
-      ``condor``, ``gridengine``, ``kubernetes`` or ``local`` (default).
-    - ``provider_options`` (mapping): keyword arguments of the provider class.
-    - ``launcher`` (`str`) and ``launcher_options`` (mapping): the launcher
-      (default: the provider's own).
-    - ``max_memory`` (`int`, MB) and ``max_cpus`` (`int`): the largest job
-      this executor takes (default: no limit).
-    - ``labels`` (list of `str`): job labels that go only to this executor.
-    - ``cores``, ``memory`` (`int`): ``threads`` only, what its jobs may
-      use at once (default: this machine's). A ``threads`` executor runs
-      jobs on this machine through the local site's pool
-      (`~lsst.ctrl.bps.parsl.localpool.LocalPoolExecutor`): a job starts
-      once its ``request_cpus`` and ``request_memory`` fit.
-
-    A job goes to the smallest executor (by ``max_memory``, then
-    ``max_cpus``, then order) that holds its memory and cores; executors
-    that list its label in ``labels`` are tried alone first. Options are
-    checked against the Parsl class signatures when the site is validated.
+    Keys: ``executors`` (required; one section per executor label, whose
+    keys are ``executor``, ``executor_options``, ``provider``,
+    ``provider_options``, ``launcher``, ``launcher_options``,
+    ``max_memory``, ``max_cpus``, ``labels``, ``cores``, ``memory``),
+    ``address``, ``interface`` and the heartbeat keys. doc/sites.md says
+    what each means and how a job's executor is chosen.
     """
 
     @property
-    def specs(self) -> list[ExecutorSpec]:
+    def specs(self) -> list[_ExecutorSpec]:
         """The executors, as configured (parsed and checked once)."""
-        cached: list[ExecutorSpec] | None = getattr(self, "_specs", None)
+        cached: list[_ExecutorSpec] | None = getattr(self, "_specs", None)
         if cached is None:
             cached = self._parse()
-            self._specs: list[ExecutorSpec] | None = cached
+            self._specs: list[_ExecutorSpec] | None = cached
         return cached
 
-    def _parse(self) -> list[ExecutorSpec]:
+    def _parse(self) -> list[_ExecutorSpec]:
         where = f"{self.where}.executors"
         found, raw = self.site.search("executors", opt={"default": None})
         if not found or raw is None:
@@ -241,7 +158,7 @@ class Generic(BatchSite):
                 labels = (labels,)
             if not isinstance(labels, list | tuple) or not all(isinstance(x, str) for x in labels):
                 raise ConfigurationError(f"'{here}.labels' is {labels!r}: it must be a list of job labels")
-            spec = ExecutorSpec(
+            spec = _ExecutorSpec(
                 label=str(label),
                 kind=kind,
                 where=here,
@@ -276,7 +193,7 @@ class Generic(BatchSite):
 
     # ---- building -------------------------------------------------------------
 
-    def _provider(self, spec: ExecutorSpec) -> Any:
+    def _provider(self, spec: _ExecutorSpec) -> Any:
         section = spec.section
         name = section.get("provider", "local")
         cls = load_class(PROVIDERS, name, f"{spec.where}.provider", "provider")
@@ -303,7 +220,7 @@ class Generic(BatchSite):
             )
         return build(cls, options, f"{spec.where}.provider_options")
 
-    def _executor(self, spec: ExecutorSpec) -> ParslExecutor:
+    def _executor(self, spec: _ExecutorSpec) -> ParslExecutor:
         section = spec.section
         where = f"{spec.where}.executor_options"
         if spec.kind == "threads":
@@ -348,7 +265,7 @@ class Generic(BatchSite):
 
     # ---- per job ------------------------------------------------------------------
 
-    def _spec(self, label: str) -> ExecutorSpec:
+    def _spec(self, label: str) -> _ExecutorSpec:
         for spec in self.specs:
             if spec.label == label:
                 return spec
@@ -400,12 +317,7 @@ class Generic(BatchSite):
         spec = self._spec(label)
         if spec.kind != "threads":
             return None
-        from .local import machine_memory_mb
-
-        cores = spec.cores
-        if cores is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return ExecutorCapacity(cores=cores, memory=spec.memory or machine_memory_mb())
+        return ExecutorCapacity(cores=spec.cores or usable_cores(), memory=spec.memory or machine_memory_mb())
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
         if self._resource_list is not None:

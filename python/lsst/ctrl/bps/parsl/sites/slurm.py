@@ -49,14 +49,7 @@ __all__ = ("Slurm", "TripleSlurm", "environment_script")
 
 Kwargs = dict[str, Any]
 
-BLOCK_KEYS: tuple[tuple[str, type], ...] = (
-    ("init_blocks", int),
-    ("min_blocks", int),
-    ("max_blocks", int),
-    ("parallelism", float),
-    ("cmd_timeout", int),
-)
-"""Block-scaling keys every batch site reads (defaults: Parsl's provider's)."""
+_BLOCK_KEYS = dict(init_blocks=int, min_blocks=int, max_blocks=int, parallelism=float, cmd_timeout=int)
 
 _PROVIDER_RESERVED = {
     "launcher": "use the site's 'launcher' and 'launcher_options' keys",
@@ -82,14 +75,9 @@ def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
     -------
     options : `dict` [`str`, `~typing.Any`]
         Provider arguments.
-
-    Raises
-    ------
-    ConfigurationError
-        If a key is out of its range.
     """
     options = dict(defaults or {})
-    for key, kind in BLOCK_KEYS:
+    for key, kind in _BLOCK_KEYS.items():
         value = site.get(key, kind, None)
         if value is None:
             continue
@@ -102,25 +90,8 @@ def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
     return options
 
 
-def merge_worker_init(*parts: str | None) -> str:
-    """Join ``worker_init`` snippets, skipping empty ones.
-
-    Parameters
-    ----------
-    *parts : `str` or `None`
-        Snippets, in order.
-
-    Returns
-    -------
-    worker_init : `str`
-        The snippets, one per line.
-    """
-    return "\n".join(p for p in parts if p)
-
-
 def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
-    """Apply the site's ``provider_options``, ``launcher`` and
-    ``launcher_options`` keys on top of ``options``.
+    """Apply the site's ``provider_options``, ``launcher`` and ``launcher_options`` keys.
 
     Parameters
     ----------
@@ -135,12 +106,6 @@ def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
     -------
     options : `dict` [`str`, `~typing.Any`]
         ``options``, updated.
-
-    Raises
-    ------
-    ConfigurationError
-        If an option is unknown or reserved, or ``launcher_options`` is set
-        without ``launcher``.
     """
     found, raw = site.site.search("provider_options", opt={"default": None})
     extra = check_options(cls, raw, f"{site.where}.provider_options", _PROVIDER_RESERVED) if found else {}
@@ -148,8 +113,8 @@ def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
     name = site.get("launcher", str, None)
     launcher_options = site.site.search("launcher_options", opt={"default": None})[1]
     if name:
-        if name.lower() in SRUN_NAMES and launcher_options is None:
-            launcher_options = {"overrides": SRUN_OVERRIDES}
+        if name.lower() in ("srun", "srunlauncher") and launcher_options is None:
+            launcher_options = {"overrides": _SRUN_OVERRIDES}
         options["launcher"] = build_launcher(name, launcher_options, site.where)
     elif launcher_options:
         raise ConfigurationError(
@@ -160,9 +125,8 @@ def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
 
 
 def finish_executor_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
-    """Apply the heartbeat keys and block error handler (`htex_defaults`,
-    over those in ``options``), then the site's ``executor_options`` key, on
-    top of ``options``.
+    """Apply the heartbeats and block error handler (`htex_defaults`), then
+    the site's ``executor_options`` key.
 
     Parameters
     ----------
@@ -186,20 +150,14 @@ def finish_executor_options(site: BatchSite, cls: type, options: Kwargs) -> Kwar
     return options
 
 
-SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
-"""``srun`` options of the default launcher: a worker pool that exits does
-not end the others (``-K0``), the job step survives a lost node (``-k``),
-and workers are not pinned to the cores of their task."""
-
-SRUN_NAMES = ("srun", "srunlauncher")
-"""Names of the ``launcher`` key that mean Parsl's ``SrunLauncher``."""
+_SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
+"""A worker pool that exits does not end the others (``-K0``), the job step
+survives a lost node (``-k``), workers are not pinned to their task's cores."""
 
 
 def default_launcher(nodes: int = 2) -> Any:
     """The launcher of a Slurm block of ``nodes`` nodes, as the old plugin
-    chose it: Parsl's ``SingleNodeLauncher`` (the worker pool started by the
-    batch script itself) for one node, else one worker pool per node, by
-    ``srun`` (`SRUN_OVERRIDES`).
+    chose it: ``SingleNodeLauncher`` for one node, else ``srun`` (one worker pool per node).
 
     Parameters
     ----------
@@ -215,52 +173,22 @@ def default_launcher(nodes: int = 2) -> Any:
 
     if nodes <= 1:
         return SingleNodeLauncher()
-    return SrunLauncher(overrides=SRUN_OVERRIDES)
+    return SrunLauncher(overrides=_SRUN_OVERRIDES)
 
 
 class Slurm(BatchSite):
-    """A Slurm cluster: a HighThroughputExecutor whose blocks are Slurm jobs.
+    """A Slurm cluster: a HighThroughputExecutor whose blocks are Slurm jobs
+    from the plugin's `~.slurm_provider.SlurmProvider`.
 
-    Keys of ``site.<computeSite>`` (the old plugin's, then new ones):
-
-    - ``nodes`` (`int`, required): nodes per Slurm job (block).
-    - ``walltime`` (`str`, required): time limit of each Slurm job; quote it.
-    - ``cores_per_node`` (`int`): cores per node (default: what Slurm gives).
-    - ``mem_per_node`` (`int`, GB): memory per node (default: Slurm's).
-    - ``qos``, ``constraint``, ``account``, ``partition`` (`str`).
-    - ``singleton`` (`bool`, default false): one block of this workflow
-      runs at a time (``--dependency=singleton``); the others wait.
-    - ``exclusive`` (`bool`, default true, as Parsl): whole nodes.
-    - ``no_kill`` (`bool`, default true when ``nodes`` is above 1): a
-      block that loses a node keeps its other nodes (``#SBATCH
-      --no-kill``): their tasks go on, and only the lost node's tasks run
-      again, after the heartbeat threshold. A block that loses its first
-      node (where its batch script runs) still ends and is replaced.
-    - ``scheduler_options`` (`str`): ``#SBATCH`` lines added to the script.
-    - ``worker_init`` (`str`): shell lines run in the job before the workers.
-    - ``init_blocks``, ``min_blocks``, ``max_blocks``, ``parallelism``,
-      ``cmd_timeout``: block scaling (defaults: Parsl's, 1/0/1/1/10).
-    - ``launcher`` (`str`): how a block starts its worker pools (default,
-      as the old plugin: ``SingleNodeLauncher`` when ``nodes`` is 1, else
-      ``SrunLauncher`` with ``-K0 -k --cpu-bind=none``, one pool per node;
-      e.g. ``MpiExecLauncher``). ``launcher_options``, ``provider_options``,
-      ``executor_options`` (mappings): anything else, checked against the
-      Parsl classes.
-    - ``address`` (`str`) or ``interface`` (`str`): the address the workers
-      use to reach this host, or the interface to take it from (default:
-      the source address of this host's route to the partition's nodes).
-    - ``heartbeat_period``, ``heartbeat_threshold`` (`int`, seconds,
-      default 10 and 40): a worker pool silent for the threshold (its node
-      lost) has its tasks failed with ``ManagerLost``.
-
-    Blocks come from the plugin's `~.slurm_provider.SlurmProvider`
-    (``provider_options`` also take its ``requeue`` and
-    ``status_polling_interval``): submitted with ``--no-requeue``, a block
-    that ends because it lost a node (NODE_FAIL: with ``no_kill`` false, or
-    its first node) is replaced by a new one.
-
-    A job's ``priority`` reaches the executor (lower runs first); its cores,
-    memory and walltime do not: workers are sized per block.
+    Keys (doc/sites.md): ``nodes`` and ``walltime`` (required),
+    ``cores_per_node``, ``mem_per_node``, ``qos``, ``constraint``,
+    ``account``, ``partition``, ``singleton``, ``exclusive``, ``no_kill``,
+    ``scheduler_options``, ``worker_init``, ``init_blocks``, ``min_blocks``,
+    ``max_blocks``, ``parallelism``, ``cmd_timeout``, ``launcher``,
+    ``launcher_options``, ``provider_options``, ``executor_options``,
+    ``address``, ``interface``, ``heartbeat_period``, ``heartbeat_threshold``.
+    A job's ``priority`` reaches the executor; its cores, memory and
+    walltime do not (workers are sized per block).
     """
 
     label = "slurm"
@@ -286,11 +214,8 @@ class Slurm(BatchSite):
         provider_options: Kwargs | None = None,
         executor_options: Kwargs | None = None,
     ) -> ParslExecutor:
-        """Return a HighThroughputExecutor on a SlurmProvider.
-
-        The arguments are defaults: the site's keys of the same names win
-        (as in the old plugin), so subclasses set their cluster's values
-        here and users still override them in YAML.
+        """Return a HighThroughputExecutor on a SlurmProvider; the arguments
+        are defaults (subclasses' cluster values), the site's keys win.
 
         Parameters
         ----------
@@ -298,16 +223,11 @@ class Slurm(BatchSite):
             Executor label.
         nodes, cores_per_node, walltime, mem_per_node, qos, constraint, \
 singleton, exclusive, no_kill, scheduler_options, partition, account
-            Defaults of the keys of the same names (``no_kill`` `None`: true
-            when ``nodes`` is above 1).
+            Defaults of the keys of the same names (``no_kill`` `None`: ``nodes`` > 1).
         mem_per_worker : `float`, optional
-            Memory per worker (GB): a node runs as many workers as fit.
-        provider_options : `dict`, optional
-            More `SlurmProvider` arguments (the site's block keys and
-            ``provider_options`` win).
-        executor_options : `dict`, optional
-            More `HighThroughputExecutor` arguments (the site's
-            ``executor_options`` win).
+            Memory per worker (GB).
+        provider_options, executor_options : `dict`, optional
+            More `SlurmProvider` and `HighThroughputExecutor` arguments.
 
         Returns
         -------
@@ -322,7 +242,7 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         if nodes <= 0:
             raise ConfigurationError(f"'{self.where}.nodes' is {nodes}: it must be greater than 0")
         cores_per_node = self.get_positive("cores_per_node", int, cores_per_node)
-        walltime = normalize_walltime(self._required_walltime(walltime), f"{self.where}.walltime")
+        walltime = self._required_walltime(walltime)
         mem_per_node = self.get_positive("mem_per_node", int, mem_per_node)
         qos = self.get("qos", str, qos)
         constraint = self.get("constraint", str, constraint)
@@ -332,9 +252,8 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         partition = self.get("partition", str, partition)
         account = self.get("account", str, account)
         scheduler_options = self.get("scheduler_options", str, scheduler_options)
-        worker_init = merge_worker_init(
-            (provider_options or {}).get("worker_init"), self.get("worker_init", str, None)
-        )
+        parts = ((provider_options or {}).get("worker_init"), self.get("worker_init", str, None))
+        worker_init = "\n".join(p for p in parts if p)
 
         lines = [scheduler_options.rstrip("\n")] if scheduler_options else []
         # Parsl names the script after its own job name; this names the Slurm
@@ -371,16 +290,6 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         htex = finish_executor_options(self, HighThroughputExecutor, htex)
         return build(HighThroughputExecutor, htex, self.where)
 
-    def _required_walltime(self, default: str | None) -> Any:
-        found, value = self.site.search("walltime", opt={"default": None})
-        if found and value is not None:
-            return value
-        if default is None:
-            raise ConfigurationError(
-                f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
-            )
-        return default
-
     def address_targets(self) -> list[str]:
         from .address import slurm_node_addresses
 
@@ -399,16 +308,13 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
 
 
 class TripleSlurm(Slurm):
-    """Three Slurm executors, ``small``, ``medium`` and ``large``, whose
-    workers get more memory each; a job goes to the smallest whose worker
-    memory holds its (scaled) ``request_memory``, so a retry that asks for
-    more memory moves up. Jobs larger than ``medium_memory`` go to ``large``.
+    """Three Slurm executors, ``small``, ``medium`` and ``large``; a job goes
+    to the smallest whose worker memory holds its (scaled) memory.
 
-    Keys: those of `Slurm` (``walltime`` becomes optional and, when set,
-    overrides the three below), plus ``small_memory``, ``medium_memory``,
-    ``large_memory`` (`float`, GB per worker; defaults 2, 4, 8) and
-    ``small_walltime``, ``medium_walltime``, ``large_walltime`` (`str`;
-    defaults 10, 10 and 40 hours).
+    Keys: those of `Slurm` (``walltime`` optional: it replaces the three
+    below), ``small_memory``, ``medium_memory``, ``large_memory`` (GB per
+    worker; 2, 4, 8), ``small_walltime``, ``medium_walltime``,
+    ``large_walltime`` (10, 10 and 40 hours).
 
     Parameters
     ----------
@@ -449,9 +355,9 @@ class TripleSlurm(Slurm):
         Parameters
         ----------
         small_options, medium_options, large_options : `dict`, optional
-            `Slurm.make_executor` arguments for one executor.
+            `Slurm.make_executor` arguments of one executor.
         **common_options
-            `Slurm.make_executor` arguments for all three.
+            Those of all three.
 
         Returns
         -------

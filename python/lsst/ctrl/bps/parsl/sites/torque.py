@@ -35,7 +35,7 @@ from parsl.providers import TorqueProvider
 
 from ..configuration import ConfigurationError, get_workflow_name
 from ..site import EXECUTOR_RESOURCES
-from .batchsite import BatchSite, htex_spec, normalize_walltime
+from .batchsite import BatchSite, htex_spec
 from .options import build
 from .slurm import block_options, finish_executor_options, finish_provider_options
 
@@ -161,14 +161,7 @@ class Torque(BatchSite):
         nodes = self.get("nodes", int, nodes, required=True)
         if nodes <= 0:
             raise ConfigurationError(f"'{self.where}.nodes' is {nodes}: it must be greater than 0")
-        found, value = self.site.search("walltime", opt={"default": None})
-        if not (found and value is not None):
-            if walltime is None:
-                raise ConfigurationError(
-                    f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
-                )
-            value = walltime
-        walltime = normalize_walltime(value, f"{self.where}.walltime")
+        walltime = self._required_walltime(walltime)
         queue = self.get("queue", str, queue)
         account = self.get("account", str, None)
         tasks_per_node = self.get_positive("tasks_per_node", int, tasks_per_node) or 1
