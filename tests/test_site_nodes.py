@@ -13,7 +13,7 @@ import pytest
 from lsst.ctrl.bps.parsl import ParslService
 from lsst.ctrl.bps.parsl.configuration import ConfigurationError
 from lsst.ctrl.bps.parsl.site import SiteConfig
-from lsst.ctrl.bps.parsl.sites import address as address_module
+from lsst.ctrl.bps.parsl.sites import batchsite as address_module
 from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 from synthetic import make_config
 

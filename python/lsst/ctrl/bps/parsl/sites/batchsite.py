@@ -25,12 +25,20 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 """What the batch sites share: `BatchSite` (the ``address``, ``interface``
-and heartbeat keys), walltimes, and the resource specifications of Parsl's
-HighThroughputExecutor and WorkQueueExecutor.
+and heartbeat keys), the address workers reach this host at (the source of
+this host's route to the compute nodes), walltimes, and the resource
+specifications of Parsl's HighThroughputExecutor and WorkQueueExecutor.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import os
+import socket
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
@@ -42,14 +50,19 @@ if TYPE_CHECKING:
 
 __all__ = (
     "BatchSite",
+    "choose_address",
     "heartbeat_reserved",
+    "host_addresses",
     "htex_defaults",
     "htex_spec",
     "normalize_walltime",
     "require_work_queue",
+    "route_source",
+    "slurm_node_addresses",
     "work_queue_spec",
 )
 
+_LOG = logging.getLogger(__name__)
 _HEARTBEAT_PERIOD = 10
 _HEARTBEAT_THRESHOLD = 40
 
@@ -220,9 +233,7 @@ class BatchSite(SiteConfig):
         if address:
             return address
         if interface:
-            from .address import interface_address
-
-            return interface_address(interface, self.where)
+            return _interface_address(interface, self.where)
         cached = getattr(self, "_default_address", None)
         if cached is None:
             cached = self.default_address()
@@ -239,8 +250,6 @@ class BatchSite(SiteConfig):
         address : `str`
             The address.
         """
-        from .address import choose_address
-
         return choose_address(self.address_targets(), self.where)
 
     def address_targets(self) -> list[str]:
@@ -252,6 +261,12 @@ class BatchSite(SiteConfig):
             Host names or addresses.
         """
         return []
+
+    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
+        # A HighThroughputExecutor's, unless the site has a resource_list.
+        if self._resource_list is not None:
+            return super().resource_specification(job, label)
+        return htex_spec(job)
 
     def validate(self) -> None:
         self.get("address", str, None)
@@ -282,3 +297,156 @@ def require_work_queue(key: str, instead: str = "use an htex executor") -> None:
             f"'{key}' needs Work Queue, but the ndcctools package is not installed: install it "
             f"(conda install -c conda-forge ndcctools) or {instead}"
         )
+
+
+def _is_loopback(address: str) -> bool:
+    return ipaddress.ip_address(address).is_loopback
+
+
+def host_addresses() -> dict[str, list[str]]:
+    """IPv4 addresses of this host's interfaces that are up.
+
+    Returns
+    -------
+    addresses : `dict` [`str`, `list` [`str`]]
+        Addresses by interface name.
+    """
+    import psutil
+
+    stats = psutil.net_if_stats()
+    found: dict[str, list[str]] = {}
+    for name, addrs in psutil.net_if_addrs().items():
+        if name in stats and not stats[name].isup:
+            continue
+        ipv4 = [a.address for a in addrs if a.family == socket.AF_INET]
+        if ipv4:
+            found[name] = ipv4
+    return found
+
+
+def _interface_address(interface: str, where: str) -> str:
+    """The first IPv4 address of ``interface`` (key ``<where>.interface``)."""
+    addresses = host_addresses()
+    if interface not in addresses:
+        choices = ", ".join(sorted(addresses)) or "none"
+        raise ConfigurationError(
+            f"'{where}.interface' is {interface!r}, which is not an interface of this host with an IPv4 "
+            f"address that is up: use one of {choices}, or set '{where}.address'"
+        )
+    return addresses[interface][0]
+
+
+def route_source(target: str) -> str | None:
+    """The address this host would send from to reach ``target`` (no packet is sent).
+
+    Parameters
+    ----------
+    target : `str`
+        Host name or address.
+
+    Returns
+    -------
+    address : `str` or `None`
+        The source address; `None` if ``target`` cannot be resolved or routed.
+    """
+    try:
+        infos = socket.getaddrinfo(target, 9, socket.AF_INET, socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return None
+    for *_, sockaddr in infos:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(sockaddr)  # UDP: chooses a route, sends nothing
+            except OSError:
+                continue
+            return probe.getsockname()[0]
+    return None
+
+
+def _slurm_conf_controllers() -> list[str]:
+    """Controller addresses (else names) from the local ``slurm.conf``."""
+    path = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        key, _, value = line.split("#", 1)[0].strip().partition("=")
+        if key.strip().lower() in ("slurmctldhost", "controlmachine") and value.strip():
+            host, _, rest = value.strip().partition("(")
+            found.append(rest.rstrip(")").strip() or host.strip())
+    return found
+
+
+def slurm_node_addresses(partition: str | None = None, limit: int = 4) -> list[str]:
+    """Addresses of a few nodes of ``partition`` as Slurm reaches them, then its controllers'.
+
+    Parameters
+    ----------
+    partition : `str`, optional
+        Slurm partition (the first of a list); default: the default partition.
+    limit : `int`, optional
+        Most nodes.
+
+    Returns
+    -------
+    addresses : `list` [`str`]
+        The addresses (none when no Slurm answers here).
+    """
+    cmd = ["sinfo", "-h", "-N", "-o", "%o"]
+    if partition:
+        cmd[1:1] = ["-p", partition.split(",")[0]]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        res = None
+    nodes: list[str] = []
+    if res is not None and res.returncode == 0:
+        for addr in res.stdout.split():
+            if addr not in nodes:
+                nodes.append(addr)
+            if len(nodes) >= limit:
+                break
+    return nodes + _slurm_conf_controllers()
+
+
+def choose_address(targets: Iterable[str], where: str) -> str:
+    """The address workers on ``targets`` use to reach this host: the source
+    of the route to the first target reached through a real interface, else
+    this host's first address that is not loopback; loopback only when the
+    targets are this host and it has no other address.
+
+    Parameters
+    ----------
+    targets : `~collections.abc.Iterable` [`str`]
+        Host names or addresses of the batch system's hosts.
+    where : `str`
+        The site's key path.
+
+    Returns
+    -------
+    address : `str`
+        The address.
+    """
+    targets = list(targets)
+    local_only = bool(targets)
+    for target in targets:
+        source = route_source(target)
+        if source is None:
+            local_only = False
+            continue
+        if not _is_loopback(source):
+            _LOG.debug("Workers reach this host at %s (route to %s)", source, target)
+            return source
+    for addresses in host_addresses().values():
+        for address in addresses:
+            if not _is_loopback(address):
+                return address
+    if local_only:
+        return "127.0.0.1"
+    raise ConfigurationError(
+        f"cannot determine the address workers use to reach this host (no interface other than loopback"
+        f"{', no route to ' + ', '.join(targets) if targets else ''}): set '{where}.address' or "
+        f"'{where}.interface'"
+    )

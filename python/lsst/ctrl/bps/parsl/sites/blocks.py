@@ -25,41 +25,11 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Blocks and walltime: which batch blocks may take a job, and when they go.
-
-HTEX sends a task to any worker pool with a free worker; it cannot be told
-to use one block and not another. What the plugin can do is keep tasks away
-from a block: a worker pool put *on hold* takes no new task (its running
-tasks go on). `BlockWatch` uses that for jobs with a ``requestWalltime``
-on an executor whose blocks have a known walltime (a provider ``walltime``):
-
-- a block's remaining walltime is counted from when the plugin first saw it
-  requested, which is never after the batch system started it, so the true
-  remaining time is never shorter than the estimate;
-- before a job asking for ``R`` seconds is submitted, and as long as such a
-  job waits in the interchange, every block of its executor with less than
-  ``R`` + `WALLTIME_MARGIN` left is put on hold;
-- a held block is cancelled as soon as it runs no task, and when no block
-  is left that could take a waiting job, one more is requested (within the
-  provider's ``max_blocks``).
-
-Limits: the hold is per block, not per job, so while a long job waits,
-short jobs stay off the held blocks too; a job whose ``R`` + margin is
-longer than the block walltime can never be placed safely: it is sent
-anyway, with a warning; other executors (local pool, thread pools, Work
-Queue) are not watched.
-
-Blocks with no work left go after the site key ``maxIdleTime`` (default
-`MAX_IDLE_TIME`): once an executor has no task at all (e.g. while only the
-final job runs, on another executor) Parsl's own scaling (`scaling_strategy`:
-``simple``) releases its blocks; while some of its tasks still run and none
-waits in the interchange, `BlockWatch` puts every block whose worker pools
-have all been idle that long on hold and cancels it (never below the
-provider's ``min_blocks``), so the tail of a run keeps only the blocks that
-run its last jobs. Parsl's ``htex_auto_scale``, which also releases single
-idle blocks, is not used: in Parsl 2026.10.26 its scale-in asked for 0 blocks
-cancels every idle block, also blocks still starting, so blocks are started
-and cancelled in a loop.
+"""Blocks and walltime: which batch blocks may take a job, and when they go
+(doc/reliability.md, W1 and W2). HTEX cannot send a task to one block and
+not another; what `BlockWatch` can do is put a block's worker pools *on
+hold* (no new task; running tasks go on) and cancel a held block once it
+runs nothing.
 """
 
 from __future__ import annotations
@@ -73,26 +43,21 @@ from typing import Any
 from ..configuration import default_of
 from ..parslcompat import interchange_alive, interchange_command, mark_scaled_in, outstanding_tasks
 
-__all__ = ("MAX_IDLE_TIME", "WALLTIME_MARGIN", "BlockWatch", "scaling_strategy")
+__all__ = ("BlockWatch", "scaling_strategy")
 
 _LOG = logging.getLogger(__name__)
 
-MAX_IDLE_TIME: float = default_of("maxIdleTime")
-"""Default of the site key ``maxIdleTime``: seconds a block with no task
-stays before Parsl releases it."""
-
-WALLTIME_MARGIN = 30.0
-"""Seconds a block must have left beyond a job's ``requestWalltime`` to
-take it (the job's start-up, and the watch's own period)."""
+_MAX_IDLE_TIME: float = default_of("maxIdleTime")
+_WALLTIME_MARGIN = 30.0
+"""Seconds a block must have left beyond a job's ``requestWalltime`` to take
+it (the job's start-up, and the watch's own period)."""
 
 _COMMAND_TIMEOUT = 30.0
 _PERIOD = 1.0
 
 
 def scaling_strategy(executors: Sequence[Any]) -> str:
-    """Parsl's scaling strategy for ``executors``: ``simple`` (an executor's
-    blocks go once it has had no task for ``maxIdleTime``; see the module's
-    docstring for why not ``htex_auto_scale``).
+    """Parsl's scaling strategy: ``simple`` (reliability.md W2 says why not ``htex_auto_scale``).
 
     Parameters
     ----------
@@ -124,9 +89,7 @@ def _block_walltime(executor: Any) -> float | None:
 
 
 class _Clock:
-    """The blocks of one executor and their remaining walltime (infinite
-    where the blocks' walltime is not known).
-    """
+    """The blocks of one executor and their remaining walltime (infinite if unknown)."""
 
     def __init__(self, executor: Any, walltime: float | None):
         self.executor = executor
@@ -211,10 +174,9 @@ class _Clock:
         mark_scaled_in(executor, block, "released: it ran nothing")
 
     def release_idle(self, max_idle: float) -> None:
-        """Hold and cancel the blocks whose worker pools have all run
-        nothing for ``max_idle`` seconds, while other blocks still run tasks
-        and none waits in the interchange (with no task at all, Parsl's own
-        scaling releases the blocks).
+        """Hold and cancel the blocks idle for ``max_idle`` seconds while
+        others still run tasks and none waits (with no task at all, Parsl's
+        own scaling releases the blocks).
         """
         if not self._alive():
             return
@@ -246,29 +208,27 @@ class _Clock:
 
 
 class BlockWatch:
-    """Keep jobs off blocks whose walltime ends before theirs could (see
-    the module's docstring).
+    """Keep jobs off blocks whose walltime ends before theirs could, and
+    release idle blocks.
 
     Parameters
     ----------
     executors : `~collections.abc.Mapping` [`str`, `object`]
         The run's executors by label.
     running_dir : `str`
-        Where a running attempt ``(job, attempt)`` has its file
-        ``<job>.<attempt>`` (`lsst_ctrl_bps_parsl_worker.job.run_job`).
+        Where a running attempt has its file ``<job>.<attempt>``.
     margin : `float`
-        `WALLTIME_MARGIN`.
+        Seconds a block must have left beyond a job's walltime.
     max_idle : `float`
-        Seconds a block runs nothing before it is released while the
-        executor's other blocks work (the site key ``maxIdleTime``).
+        The site key ``maxIdleTime``.
     """
 
     def __init__(
         self,
         executors: Mapping[str, Any],
         running_dir: str,
-        margin: float = WALLTIME_MARGIN,
-        max_idle: float = MAX_IDLE_TIME,
+        margin: float = _WALLTIME_MARGIN,
+        max_idle: float = _MAX_IDLE_TIME,
     ):
         self.clocks: dict[str, _Clock] = {}
         for label, executor in executors.items():
@@ -282,8 +242,7 @@ class BlockWatch:
         self._next = 0.0
 
     def before_submit(self, label: str, seconds: float | None) -> bool:
-        """Hold the blocks of ``label`` too short for a job of ``seconds``;
-        whether the attempt is to be watched (`track`).
+        """Hold the blocks of ``label`` too short for a job of ``seconds``.
 
         Parameters
         ----------
@@ -295,7 +254,7 @@ class BlockWatch:
         Returns
         -------
         watch : `bool`
-            `True` if the attempt is to be tracked.
+            Whether the attempt is to be tracked (`track`).
         """
         clock = self.clocks.get(label)
         if clock is None or clock.walltime is None or not seconds:
@@ -333,10 +292,7 @@ class BlockWatch:
         self.waiting[key] = (label, seconds, future)
 
     def tick(self) -> None:
-        """Hold blocks that became too short for the waiting attempts, cancel
-        held blocks that run nothing, start a block where none fits, release
-        blocks idle while others work (at most once a second).
-        """
+        """Hold, cancel, start and release blocks as needed (at most once a second)."""
         now = time.monotonic()
         if not self.clocks or now < self._next:
             return

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
 from ..site import EXECUTOR_RESOURCES
-from .batchsite import BatchSite, htex_defaults, htex_spec, normalize_walltime
+from .batchsite import BatchSite, htex_defaults, normalize_walltime
 from .options import build, plain
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ("Ccin2p3",)
 
-SLOTS: dict[str, dict[str, Any]] = {
+_SLOTS: dict[str, dict[str, Any]] = {
     "small": {"memory": 4, "max_blocks": 3_000},
     "medium": {"memory": 10, "max_blocks": 1_000},
     "large": {"memory": 50, "max_blocks": 100},
@@ -53,31 +53,22 @@ SLOTS: dict[str, dict[str, Any]] = {
 }
 """Slot sizes: memory per block (GB) and most blocks at once."""
 
-PARTITIONS: dict[str, dict[str, str]] = {
+_PARTITIONS: dict[str, dict[str, str]] = {
     "x86_64": {"small": "lsst,htc", "medium": "lsst", "large": "lsst", "xlarge": "lsst"},
     "aarch64": {"small": "htc_arm", "medium": "htc_arm", "large": "htc_arm", "xlarge": "htc_arm"},
 }
-"""Default partitions per CPU architecture of the submitting host (workers
-must share it)."""
+"""Default partitions per CPU architecture of the submitting host (the workers')."""
 
 
 class Ccin2p3(BatchSite):
-    """CC-IN2P3's Slurm farm: four executors, ``small``, ``medium``,
-    ``large`` and ``xlarge``, each block one core with the slot's memory; a
-    job goes to the smallest slot whose memory holds its (scaled)
-    ``request_memory``, anything bigger than ``large`` to ``xlarge``.
+    """CC-IN2P3's Slurm farm: executors ``small``, ``medium``, ``large`` and
+    ``xlarge``, each block one core with the slot's memory; a job goes to the
+    smallest slot that holds its (scaled) memory.
 
-    Keys of ``site.<computeSite>`` (for all slots): ``account`` (default
-    ``lsst``), ``partition`` (default per architecture: ``lsst,htc`` for
-    small and ``lsst`` otherwise on x86_64, ``htc_arm`` on aarch64),
-    ``walltime`` (default ``72:00:00``), ``scheduler_options`` (list of
-    ``sbatch`` options, default ``[--licenses=sps]``), ``strategy`` (Parsl
-    scaling strategy, default ``htex_auto_scale``). Per slot, under
-    ``<slot>:``: ``memory`` (`int`, GB; defaults 4, 10, 50, 150),
-    ``max_blocks`` (defaults 3000, 1000, 100, 10), ``partition``,
-    ``walltime`` and ``scheduler_options`` (replaces the site's list).
-    The old ``run_dir`` key is ignored: Parsl's files go under the submit
-    directory.
+    Keys (doc/sites.md): ``account``, ``partition``, ``walltime``,
+    ``scheduler_options`` (a list), ``strategy``, and per slot ``<slot>.memory``,
+    ``<slot>.max_blocks``, ``<slot>.partition``, ``<slot>.walltime``,
+    ``<slot>.scheduler_options``.
     """
 
     default_resource_list = EXECUTOR_RESOURCES["HighThroughputExecutor"]
@@ -132,17 +123,10 @@ class Ccin2p3(BatchSite):
         Returns
         -------
         settings : `dict` [`str`, `~typing.Any`]
-            ``memory`` (GB), ``max_blocks``, ``partition``, ``walltime`` and
-            ``scheduler_options``.
-
-        Raises
-        ------
-        ConfigurationError
-            If a key is malformed or no partition is known for this host's
-            architecture.
+            ``memory`` (GB), ``max_blocks``, ``partition``, ``walltime``, ``scheduler_options``.
         """
         arch = platform.machine()
-        default_partition = self.get("partition", str, PARTITIONS.get(arch, {}).get(slot))
+        default_partition = self.get("partition", str, _PARTITIONS.get(arch, {}).get(slot))
         if default_partition is None and not self._slot_value(slot, "partition")[0]:
             raise ConfigurationError(
                 f"this host's architecture {arch} has no default partition at CC-IN2P3: set "
@@ -156,8 +140,8 @@ class Ccin2p3(BatchSite):
         )
         found, raw = self._slot_value(slot, "scheduler_options")
         options = self._options_list(raw, f"{self.where}.{slot}.scheduler_options") if found else site_options
-        memory = self._typed(slot, "memory", int, SLOTS[slot]["memory"])
-        max_blocks = self._typed(slot, "max_blocks", int, SLOTS[slot]["max_blocks"])
+        memory = self._typed(slot, "memory", int, _SLOTS[slot]["memory"])
+        max_blocks = self._typed(slot, "max_blocks", int, _SLOTS[slot]["max_blocks"])
         for key, value in (("memory", memory), ("max_blocks", max_blocks)):
             if value <= 0:
                 raise ConfigurationError(f"'{self.where}.{slot}.{key}' is {value}: it must be greater than 0")
@@ -175,7 +159,7 @@ class Ccin2p3(BatchSite):
     def _memory(self, label: str) -> int:
         cache = getattr(self, "_memories", None)
         if cache is None:
-            cache = self._memories = {name: self.slot(name)["memory"] for name in SLOTS}
+            cache = self._memories = {name: self.slot(name)["memory"] for name in _SLOTS}
         return cache[label]
 
     def get_executors(self) -> list[ParslExecutor]:
@@ -185,7 +169,7 @@ class Ccin2p3(BatchSite):
 
         account = self.get("account", str, self.DEFAULT_ACCOUNT)
         executors = []
-        for label in SLOTS:
+        for label in _SLOTS:
             slot = self.slot(label)
             provider = build(
                 SlurmProvider,
@@ -222,7 +206,7 @@ class Ccin2p3(BatchSite):
         return executors
 
     def address_targets(self) -> list[str]:
-        from .address import slurm_node_addresses
+        from .batchsite import slurm_node_addresses  # looked up when called: tests replace it
 
         return slurm_node_addresses(self.slot("small")["partition"])
 
@@ -232,11 +216,6 @@ class Ccin2p3(BatchSite):
             if memory <= self._memory(label):
                 return label
         return "xlarge"
-
-    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self._resource_list is not None:
-            return super().resource_specification(job, label)
-        return htex_spec(job)
 
     def get_parsl_config(self) -> parsl.config.Config:
         config = super().get_parsl_config()

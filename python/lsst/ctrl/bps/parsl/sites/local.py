@@ -78,12 +78,8 @@ def machine_memory_mb() -> int:
 
 
 def local_pool_spec(job: ParslJob, cores: int, memory: int | None) -> dict[str, Any]:
-    """The resource specification of a job on a local pool of ``cores``
-    cores and ``memory`` MB: its cores and memory, which the pool's spawner
-    takes from its budget while the job runs.
-
-    A request larger than the pool (the final job's, which runs alone after
-    every other job) is given the whole pool.
+    """The resource specification of a job on a local pool: its cores and
+    memory, at most the pool's (the final job, alone, gets the whole pool).
 
     Parameters
     ----------
@@ -106,25 +102,13 @@ def local_pool_spec(job: ParslJob, cores: int, memory: int | None) -> dict[str, 
 
 
 class Local(SiteConfig):
-    """Run every job on this machine, as many at once as its cores allow.
+    """Run every job on this machine, through the local pool
+    (`~lsst.ctrl.bps.parsl.localpool.LocalPoolExecutor`), which starts a job
+    when its cores and memory fit.
 
-    Keys of ``site.<computeSite>``:
-
-    - ``cores`` (`int`, default: the machine's usable cores): cores given
-      to jobs; a job takes ``request_cpus`` of them. More than the machine
-      has is allowed (jobs that mostly wait may share cores) with a warning.
-    - ``memory`` (`int`, MB, default: the machine's memory): memory given
-      to jobs; a job takes ``request_memory`` of it. More than the machine
-      has is refused: jobs would be started into swap and the OOM killer.
-
-    ``walltime`` is not a key of this site (a job's time limit is its own
-    ``requestWalltime``): it is ignored with a warning.
-
-    Jobs start as soon as they are ready, with no scaling delay: the
-    executor (`~lsst.ctrl.bps.parsl.localpool.LocalPoolExecutor`) hands them
-    to a small spawner process that starts each one when its cores and
-    memory fit. With ``monitorEnable`` it is the same executor: Parsl
-    monitoring records every task and try.
+    Keys: ``cores`` (default: the usable cores; more is allowed, with a
+    warning), ``memory`` (MB; default and most: the machine's). ``walltime``
+    is ignored, with a warning. See doc/sites.md.
     """
 
     label = "local"
@@ -137,7 +121,7 @@ class Local(SiteConfig):
 
     @property
     def memory(self) -> int:
-        """Memory given to jobs, in MB; never more than the machine has."""
+        """Memory given to jobs (MB)."""
         machine = machine_memory_mb()
         memory = self.get_positive("memory", int, machine)
         if memory > machine:
@@ -183,21 +167,6 @@ class Local(SiteConfig):
         return ExecutorCapacity(cores=self.cores, memory=self.memory)
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        """The job's cores and memory (`local_pool_spec`), unless the site
-        has a ``resource_list``.
-
-        Parameters
-        ----------
-        job : `ParslJob`
-            The job.
-        label : `str`
-            Label of the executor.
-
-        Returns
-        -------
-        spec : `dict` [`str`, `~typing.Any`] or `None`
-            The resource specification.
-        """
         if self._resource_list is not None:
             return super().resource_specification(job, label)
         budget = self.__dict__.get("_budget")

@@ -25,28 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Infrastructure losses: job attempts lost with their worker, worker pool,
+"""Infrastructure losses: attempts lost with their worker, worker pool,
 node, block, interchange or local pool, told apart from the job's own
-failures.
-
-Parsl reports such a loss as an exception on the attempt's future, never as
-an exit status:
-
-- ``ManagerLost``: a worker pool fell silent for the executor's
-  ``heartbeat_threshold`` (its node died, its block ended by walltime,
-  preemption, node failure or cancel, or the pool was killed);
-- ``WorkerLost``: one worker process of a live pool died;
-- `InterchangeLostError` (through ``BadStateException``): the executor's
-  interchange process exited, which Parsl itself does not notice
-  (`fail_if_interchange_lost` makes it fail the executor's tasks);
-- ``BadStateException``: the executor gave up (its blocks never connected);
-- the local pool's ``PoolLostError``: its spawner died and was not replaced.
-
-A lost attempt is recorded with its cause (``attempts.lost``) and exit
-status -1, never as a payload failure: it does not consume the job's
-``numberOfRetries`` and does not raise its memory. `LostAttempts` holds the
-separate budget (site key ``infrastructureRetries``) and delays the rerun
-until the lost attempt's processes are gone (`settle_seconds`).
+failures, and the separate budget of their reruns (doc/reliability.md, L1-L4).
 """
 
 from __future__ import annotations
@@ -73,24 +54,20 @@ __all__ = (
 _LOG = logging.getLogger(__name__)
 
 INFRASTRUCTURE_RETRIES: int = default_of("infrastructureRetries")
-"""Default of the site key ``infrastructureRetries``: reruns of a job whose
-attempts the infrastructure lost, per driver session."""
+"""Default of the site key ``infrastructureRetries``."""
 
 _SETTLE_EXTRA = 2.0
-"""Seconds, beyond the executor's heartbeat period and the kill grace, that a
-lost attempt's rerun waits for its processes to be killed by the worker side
-(`lsst_ctrl_bps_parsl_worker.guard`)."""
+"""Seconds a lost attempt's rerun waits, beyond the executor's heartbeat
+period and the kill grace, for the worker side to kill its processes."""
 
 
 class InterchangeLostError(RuntimeError):
-    """The interchange process of a HighThroughputExecutor exited: the
-    attempts it held are lost and the executor runs nothing more.
-    """
+    """A HighThroughputExecutor's interchange exited: its attempts are lost."""
 
 
 def infrastructure_cause(error: BaseException | None) -> str | None:
-    """One line saying how the infrastructure lost an attempt, or `None` if
-    ``error`` is no such loss (no error, or an error of the job's own).
+    """How the infrastructure lost an attempt, in one line; `None` if
+    ``error`` is no such loss.
 
     Parameters
     ----------
@@ -125,9 +102,7 @@ def infrastructure_cause(error: BaseException | None) -> str | None:
 
 
 def stops_run(error: BaseException | None) -> bool:
-    """Whether ``error`` means that its executor can run nothing more (the
-    interchange or the local pool is gone, the executor gave up): the run
-    stops, and a restart resumes it.
+    """Whether ``error`` means that its executor can run nothing more: the run stops.
 
     Parameters
     ----------
@@ -147,15 +122,13 @@ def stops_run(error: BaseException | None) -> bool:
 
 
 def settle_seconds(executor: Any) -> float:
-    """Seconds the rerun of an attempt ``executor`` lost waits: the worker
-    side kills a lost attempt's processes when its worker or worker pool
-    dies, and a pool cut off from the interchange ends itself about one
-    heartbeat period after the interchange declared it lost.
+    """Seconds the rerun of an attempt ``executor`` lost waits for its
+    processes to be gone (about one heartbeat period; reliability.md L4).
 
     Parameters
     ----------
     executor : `~typing.Any`
-        The executor (its ``heartbeat_period`` is read if it has one).
+        The executor.
 
     Returns
     -------
@@ -166,8 +139,8 @@ def settle_seconds(executor: Any) -> float:
 
 
 def fail_if_interchange_lost(executor: Any) -> bool:
-    """If ``executor``'s interchange process exited, fail every task it holds
-    (and any later one) with `InterchangeLostError`; whether it did.
+    """Fail every task of ``executor`` with `InterchangeLostError` if its
+    interchange exited; whether it did.
 
     Parameters
     ----------
@@ -192,13 +165,12 @@ def fail_if_interchange_lost(executor: Any) -> bool:
 
 class LostAttempts:
     """Per job, the attempts the infrastructure lost in this driver session,
-    and the reruns waiting for a lost attempt's processes to be gone.
+    and the reruns waiting for their processes to be gone.
 
     Parameters
     ----------
     budget : `int`
-        Reruns allowed per job after infrastructure losses (site key
-        ``infrastructureRetries``).
+        Reruns allowed per job (``infrastructureRetries``).
     """
 
     def __init__(self, budget: int):
@@ -224,7 +196,7 @@ class LostAttempts:
         return count <= self.budget
 
     def hold(self, job: int, until: float) -> None:
-        """Keep ``job``'s rerun back until ``until`` (`time.monotonic`).
+        """Keep ``job``'s rerun back until ``until``.
 
         Parameters
         ----------
@@ -254,12 +226,12 @@ class LostAttempts:
         return out
 
     def next_due(self) -> float | None:
-        """When the next held rerun may go (`None`: none waits).
+        """When the next held rerun may go (`time.monotonic`; `None`: none waits).
 
         Returns
         -------
         when : `float` or `None`
-            `time.monotonic` time of the next rerun.
+            The time.
         """
         return self._delayed[0][0] if self._delayed else None
 

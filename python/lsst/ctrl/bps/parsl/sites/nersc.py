@@ -42,14 +42,8 @@ Kwargs = dict[str, Any]
 
 
 class CoriKnl(TripleSlurm):
-    """NERSC's Cori, KNL nodes: `TripleSlurm` with Cori's defaults.
-
-    Defaults, all overridable by the `TripleSlurm` keys: 1 node per block,
-    constraint ``knl``, exclusive nodes, CVMFS module and license,
-    ``--time-min=2:00:00``, blocks only on demand (``init_blocks`` and
-    ``min_blocks`` 0, ``max_blocks`` 1, ``parallelism`` 0), ``cmd_timeout``
-    300 s, workers started by ``srun -K0 -k --slurmd-debug=verbose``,
-    heartbeats every 60 s (threshold 180 s).
+    """NERSC's Cori, KNL nodes: `TripleSlurm` with Cori's defaults (doc/sites.md, C),
+    which its keys override.
     """
 
     def get_executors(

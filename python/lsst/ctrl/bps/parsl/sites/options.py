@@ -26,12 +26,13 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Parsl classes from YAML: the tables of provider, launcher and executor
-names, and checking keyword options against the signature of the Parsl
-class they are meant for, before anything is built.
+names, and keyword options checked against the Parsl class's signature
+before anything is built.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import inspect
 import types
@@ -66,9 +67,7 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "kubernetes": ("parsl.providers", "KubernetesProvider"),
     "local": ("parsl.providers", "LocalProvider"),
 }
-"""Provider names accepted by ``provider:`` and the Parsl class each means
-(``slurm``: the plugin's `~.slurm_provider.SlurmProvider`, which sees
-blocks lost to node failure or requeue)."""
+"""The Parsl class of each ``provider:`` name (``slurm``: the plugin's `~.slurm_provider.SlurmProvider`)."""
 
 LAUNCHERS: dict[str, tuple[str, str]] = {
     "single_node": ("parsl.launchers", "SingleNodeLauncher"),
@@ -82,15 +81,14 @@ LAUNCHERS: dict[str, tuple[str, str]] = {
     "gnu_parallel": ("parsl.launchers", "GnuParallelLauncher"),
     "wrapped": ("parsl.launchers", "WrappedLauncher"),
 }
-"""Launcher names accepted by ``launcher:`` and the Parsl class each means."""
+"""The Parsl class of each ``launcher:`` name."""
 
 EXECUTORS: dict[str, tuple[str, str]] = {
     "htex": ("parsl.executors", "HighThroughputExecutor"),
     "threads": ("lsst.ctrl.bps.parsl.localpool.executor", "LocalPoolExecutor"),
     "work_queue": ("parsl.executors", "WorkQueueExecutor"),
 }
-"""Executor kinds accepted by ``executor:`` and the Parsl class each means
-(``threads``: jobs on this machine, run by the local site's pool)."""
+"""The class of each ``executor:`` kind (``threads``: the local site's pool)."""
 
 
 def plain(value: Any) -> Any:
@@ -104,8 +102,7 @@ def plain(value: Any) -> Any:
     Returns
     -------
     value : `~typing.Any`
-        The same value with every `BpsConfig` and mapping a `dict` and every
-        sequence a `list`.
+        The value, every `BpsConfig` and mapping a `dict`, every sequence a `list`.
     """
     if isinstance(value, BpsConfig):
         value = value.toDict()
@@ -117,8 +114,7 @@ def plain(value: Any) -> Any:
 
 
 def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: str) -> type:
-    """Return the Parsl class that ``name`` (a key of ``table`` or the
-    class's own name, any case) means in ``table``.
+    """Return the Parsl class ``name`` (a key of ``table`` or a class name, any case) means.
 
     Parameters
     ----------
@@ -127,7 +123,7 @@ def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: s
     name : `~typing.Any`
         The name from the YAML.
     where : `str`
-        Full name of the key, for the error message.
+        Full name of the key.
     what : `str`
         What kind of class it is (``provider``, ``launcher``, ...).
 
@@ -160,10 +156,8 @@ _YAML_TYPES = (int, float, bool, str, list, tuple, dict)
 
 
 def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
-    """Python types a YAML value may have for a type hint.
-
-    Returns (types, None allowed, literal values) or `None` when anything
-    goes (``Any`` or a hint that cannot be checked).
+    """(types a YAML value may have for a type hint, None allowed, literal
+    values), or `None` when anything goes.
     """
     if hint is Any or hint is _EMPTY:
         return None
@@ -187,43 +181,36 @@ def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None
         args = typing.get_args(hint)
         return tuple({type(a) for a in args}), None in args, args
     base = origin or hint
-    if base in (list, tuple, typing.Sequence) or (
-        isinstance(base, type) and base.__module__ == "collections.abc" and base.__name__ == "Sequence"
-    ):
+    if base in (list, tuple, typing.Sequence, collections.abc.Sequence):
         return (list, tuple), False, None
-    if base in (dict, Mapping) or (
-        isinstance(base, type) and base.__module__ == "collections.abc" and base.__name__ == "Mapping"
-    ):
+    if base in (dict, Mapping):
         return (dict,), False, None
     if base is float:
         return (int, float), False, None
     if base in (int, str, bool):
         return (base,), False, None
-    if base is typing.Callable or (
-        isinstance(base, type) and base.__module__ == "collections.abc" and base.__name__ == "Callable"
-    ):
+    if base in (typing.Callable, collections.abc.Callable):
         return (), False, None
     if isinstance(base, type):
         return (base,), False, None
     return None
 
 
+_DEFAULT_KINDS: tuple[tuple[type | types.UnionType, tuple[type, ...]], ...] = (
+    (bool, (bool,)),
+    (int, (int,)),
+    (float, (int, float)),
+    (str, (str,)),
+    (list | tuple, (list, tuple)),
+    (dict, (dict,)),
+)
+
+
 def _default_types(default: Any) -> tuple[tuple[type, ...], bool, None] | None:
     if default is _EMPTY or default is None:
         return None
-    if isinstance(default, bool):
-        return (bool,), False, None
-    if isinstance(default, int):
-        return (int,), False, None
-    if isinstance(default, float):
-        return (int, float), False, None
-    if isinstance(default, str):
-        return (str,), False, None
-    if isinstance(default, list | tuple):
-        return (list, tuple), False, None
-    if isinstance(default, dict):
-        return (dict,), False, None
-    return (type(default),), False, None
+    kinds = next((kinds for kind, kinds in _DEFAULT_KINDS if isinstance(default, kind)), (type(default),))
+    return kinds, False, None
 
 
 def _type_names(kinds: tuple[type, ...]) -> str:
@@ -248,7 +235,7 @@ def check_options(
     cls : `type`
         Parsl class the options are for.
     options : `dict`
-        Options from the YAML (a mapping; `None` means none).
+        Options from the YAML (`None`: none).
     where : `str`
         Full name of the mapping, e.g. ``site.hpc.executors.small.provider_options``.
     reserved : `dict` [`str`, `str`], optional
@@ -257,14 +244,12 @@ def check_options(
     Returns
     -------
     options : `dict`
-        The options, ready for ``cls(**options)`` (YAML lists turned into
-        tuples where the class wants a tuple).
+        The options for ``cls(**options)`` (lists made tuples where it wants a tuple).
 
     Raises
     ------
     ConfigurationError
-        For an option that is not a parameter of ``cls``, is reserved, or
-        has the wrong type.
+        For an option that is unknown, reserved or of the wrong type.
     """
     if options is None:
         return {}
@@ -347,8 +332,7 @@ def _wants_tuple(hint: Any) -> bool:
 
 
 def build(cls: type, options: dict[str, Any], where: str) -> Any:
-    """Instantiate a Parsl class; its own errors become one-line
-    `ConfigurationError` naming ``where``.
+    """Instantiate a Parsl class; its errors become one-line `ConfigurationError` naming ``where``.
 
     Parameters
     ----------
@@ -363,11 +347,6 @@ def build(cls: type, options: dict[str, Any], where: str) -> Any:
     -------
     instance : `~typing.Any`
         The new instance.
-
-    Raises
-    ------
-    ConfigurationError
-        If the class rejects the options.
     """
     try:
         return cls(**options)
@@ -394,11 +373,6 @@ def build_launcher(name: Any, options: Any, where: str) -> Any:
     -------
     launcher : `parsl.launchers.base.Launcher`
         The launcher.
-
-    Raises
-    ------
-    ConfigurationError
-        If the name or an option is unknown, or Parsl rejects the options.
     """
     cls = load_class(LAUNCHERS, name, f"{where}.launcher", "launcher")
     checked = check_options(cls, options, f"{where}.launcher_options")

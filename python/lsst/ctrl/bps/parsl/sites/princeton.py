@@ -41,17 +41,8 @@ __all__ = ("Tiger",)
 
 
 class Tiger(Slurm):
-    """Princeton's Tiger cluster (Slurm).
-
-    Defaults, all overridable by the `Slurm` keys: blocks of 4 nodes of 40
-    cores and 187 GB, walltime 05:00:00 (the ``tiger-vshort`` QoS), one
-    block running at a time (``singleton``) with another queued
-    (``max_blocks`` 2, ``init_blocks``/``min_blocks`` 1), ``cmd_timeout``
-    300 s, workers started by ``srun -K0 -k`` with the submitting
-    environment exported. Workers reach the driver over the InfiniBand
-    interface (``ib*``/``op*``) unless ``address`` or ``interface`` is set.
-
-    Run from ``/scratch/gpfs``: the other file systems are slow on the nodes.
+    """Princeton's Tiger cluster: `Slurm` with Tiger's defaults (doc/sites.md,
+    Ti), which its keys override; workers reach the driver over InfiniBand.
     """
 
     label = "tiger"

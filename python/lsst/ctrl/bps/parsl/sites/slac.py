@@ -40,14 +40,8 @@ __all__ = ("Sdf",)
 
 
 class Sdf(Slurm):
-    """SLAC's SDF cluster, ``rubin`` partition (Slurm).
-
-    Defaults, all overridable by the `Slurm` keys: blocks of 1 node of 100
-    cores and 400 GB, walltime 02:00:00, QoS ``normal``, partition
-    ``rubin``, one block running at a time (``singleton``) with another
-    queued (``max_blocks`` 2, ``init_blocks``/``min_blocks`` 1), workers
-    started by ``srun -K0 -k --slurmd-debug=verbose`` with the submitting
-    environment exported.
+    """SLAC's SDF cluster, ``rubin`` partition: `Slurm` with SDF's defaults
+    (doc/sites.md, Sd), which its keys override.
     """
 
     label = "sdf"

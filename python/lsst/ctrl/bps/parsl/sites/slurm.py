@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..configuration import ConfigurationError, get_workflow_name
 from ..prepare.commands import environment_script
 from ..site import EXECUTOR_RESOURCES
-from .batchsite import BatchSite, heartbeat_reserved, htex_defaults, htex_spec, normalize_walltime
+from .batchsite import BatchSite, heartbeat_reserved, htex_defaults, normalize_walltime
 from .options import build, build_launcher, check_options
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         return build(HighThroughputExecutor, htex, self.where)
 
     def address_targets(self) -> list[str]:
-        from .address import slurm_node_addresses
+        from .batchsite import slurm_node_addresses  # looked up when called: tests replace it
 
         return slurm_node_addresses(self.get("partition", str, None))
 
@@ -300,11 +300,6 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
 
     def select_executor(self, job: ParslJob) -> str:
         return self.label
-
-    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self._resource_list is not None:
-            return super().resource_specification(job, label)
-        return htex_spec(job)
 
 
 class TripleSlurm(Slurm):

@@ -25,33 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A Parsl `SlurmProvider` that sees blocks lost to node failure or requeue.
-
-Parsl's own provider asks ``squeue`` (or ``sacct`` when accounting works)
-and reads a job ``squeue`` no longer lists as COMPLETED: a block whose node
-failed (``NODE_FAIL``) looks like one that ended normally, and a block that
-Slurm requeued after a node failure looks PENDING until it starts again,
-which may be never if too few nodes are left. This provider:
-
-* submits blocks with ``--no-requeue`` (unless ``requeue=True``): a block
-  that loses a node ends as ``NODE_FAIL`` and is replaced by a new block;
-* reads every Slurm state by its long name (``squeue --states=all``), and a
-  job ``squeue`` has forgotten from ``scontrol show job`` and then
-  ``sacct`` (where accounting works), so that NODE_FAIL, BOOT_FAIL,
-  PREEMPTED, TIMEOUT... are terminal states that are not COMPLETED;
-* cancels a block Slurm requeued (restart count above 0 and not running)
-  and reports it FAILED, so that Parsl's scaling starts a replacement;
-* polls every `status_polling_interval` seconds (default 15, Parsl's 60);
-* makes ``$SLURM_JOB_NAME`` unique per block in the block's script (after
-  ``worker_init``): the sites name every block after the workflow, and
-  Parsl's srun launchers write the worker pools' command file as
-  ``cmd_$SLURM_JOB_NAME.sh`` in the shared script directory, so blocks
-  starting together ran one file, and every pool the same block id.
-
-Blocks lost this way (node failure, requeue) are listed in
-`SlurmProvider.lost_blocks`. `tolerate_lost_blocks`, the block error
-handler of every HighThroughputExecutor the sites build, does not count a
-block that had workers and then failed as a sign of a broken batch system.
+"""A Parsl `SlurmProvider` that sees blocks lost to node failure or requeue
+(doc/sites.md, "Lost nodes"), and the block error handlers of the sites'
+HighThroughputExecutors.
 """
 
 from __future__ import annotations
@@ -60,8 +36,6 @@ from ..parslcompat import hold_block
 
 __all__ = (
     "BLOCK_SUBMIT_FAILURES",
-    "LOST_TO_NODE",
-    "SLURM_STATES",
     "BlockSubmitError",
     "SlurmProvider",
     "give_up_if_blocks_refused",
@@ -85,7 +59,7 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger(__name__)
 
-SLURM_STATES: dict[str, JobState] = {
+_SLURM_STATES: dict[str, JobState] = {
     "PENDING": JobState.PENDING,
     "CONFIGURING": JobState.PENDING,
     "RUNNING": JobState.RUNNING,
@@ -114,22 +88,18 @@ SLURM_STATES: dict[str, JobState] = {
     "REQUEUE_FED": JobState.PENDING,
     "REQUEUE_HOLD": JobState.HELD,
 }
-"""Parsl state of each Slurm job state (long names, as ``squeue %T``,
-``scontrol`` and ``sacct`` print them)."""
+"""Parsl state of each Slurm job state (long names, as squeue, scontrol and sacct print them)."""
 
 BLOCK_SUBMIT_FAILURES = 3
-"""Block submissions in a row that the scheduler refused (``sbatch``,
-``qsub``... failed) after which an executor with no block pending or
-running gives up: its tasks fail and the run stops with the scheduler's
-error, instead of Parsl trying again for ever."""
+"""Block submissions in a row the scheduler refused after which an executor
+with no block pending or running gives up (reliability.md C18)."""
 
 
 class BlockSubmitError(RuntimeError):
     """The scheduler refused every block of an executor (`tolerate_lost_blocks`)."""
 
 
-LOST_TO_NODE = ("NODE_FAIL",)
-"""Slurm states of a block lost with one of its nodes."""
+_LOST_TO_NODE = ("NODE_FAIL",)
 
 _STILL_ACTIVE = (JobState.PENDING, JobState.HELD)
 
@@ -139,16 +109,14 @@ _HELD_BLOCKS: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictiona
 
 class SlurmProvider(ParslSlurmProvider):
     """Parsl's `~parsl.providers.SlurmProvider`, reading block states so
-    that lost blocks are seen (see the module's documentation).
+    that lost blocks are seen.
 
     Parameters
     ----------
     requeue : `bool`, optional
-        Let Slurm requeue a block after a node failure (default: no,
-        ``#SBATCH --no-requeue``). A requeued block that is not running is
-        cancelled and reported FAILED either way.
+        Let Slurm requeue a block after a node failure (default: ``--no-requeue``).
     status_polling_interval : `int`, optional
-        Seconds between two reads of the block states (default 15).
+        Seconds between two reads of the block states.
     *args, **kwargs
         Arguments of Parsl's `~parsl.providers.SlurmProvider`.
     """
@@ -198,9 +166,8 @@ class SlurmProvider(ParslSlurmProvider):
             self.resources[job_id]["status"] = self._read(job_id, record)
 
     def _forgotten(self, job_id: str) -> tuple[str, int, str] | None:
-        """State, restart count and reason of a job ``squeue`` did not list,
-        from ``scontrol`` (jobs ended less than ``MinJobAge`` ago) or
-        ``sacct``; `None` if Slurm no longer knows it.
+        """State, restart count and reason of a job squeue did not list, from
+        scontrol or sacct; `None` if Slurm no longer knows it.
         """
         clusters = f" --clusters={self.clusters}" if self.clusters else ""
         retcode, stdout, _ = self.execute_wait(f"scontrol{clusters} show job -o {job_id}")
@@ -218,9 +185,7 @@ class SlurmProvider(ParslSlurmProvider):
         return None
 
     def _read(self, job_id: str, record: tuple[str, int, str] | None) -> JobStatus:
-        """The Parsl status of a job from its Slurm state, restart count and
-        reason; a requeued block is cancelled here.
-        """
+        """The Parsl status of a job from its Slurm record; a requeued block is cancelled here."""
         paths = {
             "stdout_path": self.resources[job_id]["job_stdout_path"],
             "stderr_path": self.resources[job_id]["job_stderr_path"],
@@ -232,7 +197,7 @@ class SlurmProvider(ParslSlurmProvider):
             )
         slurm_state, restarts, reason = record
         slurm_state = slurm_state.rstrip("+")
-        state = SLURM_STATES.get(slurm_state)
+        state = _SLURM_STATES.get(slurm_state)
         if state is None:
             _LOG.warning("Slurm job %s is in state %s, which this plugin does not know", job_id, slurm_state)
             return JobStatus(JobState.UNKNOWN, message=f"Slurm state {slurm_state}", **paths)
@@ -248,7 +213,7 @@ class SlurmProvider(ParslSlurmProvider):
                 )
                 self.lost_blocks[job_id] = why
             return JobStatus(JobState.FAILED, message=why, **paths)
-        if slurm_state in LOST_TO_NODE:
+        if slurm_state in _LOST_TO_NODE:
             why = f"Slurm job {job_id} lost a node ({slurm_state}, reason {reason or 'none'})"
             if job_id not in self.lost_blocks:
                 _LOG.warning("Block %s", why)
@@ -259,9 +224,7 @@ class SlurmProvider(ParslSlurmProvider):
 
 
 def _own_signature() -> None:
-    """Give `SlurmProvider.__init__` Parsl's parameters and hints plus its
-    own, so that options can be checked against it like any Parsl class.
-    """
+    """Give `SlurmProvider.__init__` Parsl's signature and hints plus its own (`options.check_options`)."""
     init: Any = SlurmProvider.__init__
     parent = inspect.signature(ParslSlurmProvider.__init__)
     own = inspect.signature(init).parameters
@@ -283,27 +246,12 @@ _own_signature()
 
 def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
     """Block error handler of a HighThroughputExecutor: Parsl's
-    `~parsl.jobs.error_handlers.simple_error_handler` (the executor gives
-    up, failing every task, when every block failed) over the blocks that
-    never had workers connected.
-
-    HTEX reports a block that ended before any of its workers connected as
-    MISSING (bad ``worker_init``, unreachable address: blocks cannot run).
-    A block that ends FAILED had workers: it lost a node
-    (`SlurmProvider.lost_blocks`), a worker pool or its job; its tasks fail
-    with ``ManagerLost`` and a new block must be allowed to replace it.
-
-    A block whose submission failed (the scheduler refused it: an invalid
-    partition or account, a command missing) is counted apart: once the
-    last `BLOCK_SUBMIT_FAILURES` blocks all failed to submit and no block
-    is pending or running, the executor gives up with `BlockSubmitError`
-    naming its provider and the scheduler's error (Parsl would otherwise
-    try again at every scaling tick, for ever).
-
-    The worker pools of a block that ended are also put on hold at once
-    (HTEX's own ``_hold_block``, as its scale-in does): Slurm killed those
-    on the nodes that survived, and the interchange would otherwise send
-    them new tasks until their heartbeats expire.
+    `~parsl.jobs.error_handlers.simple_error_handler` over the blocks that
+    never had workers (HTEX says MISSING; a FAILED block had workers and
+    lost them: a new block may replace it), giving up when the scheduler
+    refuses `BLOCK_SUBMIT_FAILURES` blocks in a row; the worker pools of a
+    block that ended are put on hold at once (the interchange would send them
+    tasks until their heartbeats expire).
 
     Parameters
     ----------
@@ -332,9 +280,8 @@ def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobS
 
 
 def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
-    """Block error handler of an executor that never gives up on failed
-    blocks (e.g. Ccin2p3's), except when the scheduler refuses every block
-    it submits (`tolerate_lost_blocks`, first paragraph).
+    """Block error handler that gives up only when the scheduler refuses
+    every block (`BLOCK_SUBMIT_FAILURES`; Ccin2p3's).
 
     Parameters
     ----------
@@ -347,10 +294,7 @@ def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str,
 
 
 def _refused_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> bool:
-    """Give the executor up (`BlockSubmitError`) if the scheduler refused its
-    last `BLOCK_SUBMIT_FAILURES` blocks and none is pending or running;
-    whether it did.
-    """
+    """Give the executor up if the scheduler refused its last blocks and none is active; whether it did."""
     if any(s.state in (JobState.PENDING, JobState.RUNNING, JobState.HELD) for s in status.values()):
         return False
     recent = sorted(status, key=lambda block: int(block) if block.isdigit() else -1)[-BLOCK_SUBMIT_FAILURES:]

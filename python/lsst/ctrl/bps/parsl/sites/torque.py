@@ -35,7 +35,7 @@ from parsl.providers import TorqueProvider
 
 from ..configuration import ConfigurationError, get_workflow_name
 from ..site import EXECUTOR_RESOURCES
-from .batchsite import BatchSite, htex_spec
+from .batchsite import BatchSite
 from .options import build
 from .slurm import block_options, finish_executor_options, finish_provider_options
 
@@ -50,12 +50,8 @@ Kwargs = dict[str, Any]
 
 
 class PbsTorqueProvider(TorqueProvider):
-    """A TorqueProvider whose ``tasks_per_node`` is fixed when it is built.
-
-    Parsl's executors submit every block with one task per node; this
-    provider asks Torque for ``tasks_per_node`` processors per node instead
-    (``#PBS -l nodes=N:ppn=tasks_per_node``) and the launcher starts that
-    many worker pools.
+    """A TorqueProvider that asks for ``tasks_per_node`` processors per node
+    (``#PBS -l nodes=N:ppn=...``), where Parsl's executors ask for one.
 
     Parameters
     ----------
@@ -70,43 +66,19 @@ class PbsTorqueProvider(TorqueProvider):
         self.tasks_per_node = tasks_per_node
 
     def submit(self, command: str, tasks_per_node: int, job_name: str = "parsl.torque") -> Any:
-        """Submit a block; ``tasks_per_node`` is replaced by the configured one.
-
-        Parameters
-        ----------
-        command : `str`
-            The command the block runs.
-        tasks_per_node : `int`
-            Ignored: the configured ``tasks_per_node`` is used.
-        job_name : `str`, optional
-            Name of the PBS job.
-
-        Returns
-        -------
-        job_id : `~typing.Any`
-            The block's job id, as Parsl's provider returns it.
-        """
+        # The executor's tasks_per_node is replaced by the configured one.
         return super().submit(command=command, tasks_per_node=self.tasks_per_node, job_name=job_name)
 
 
 class Torque(BatchSite):
     """A Torque cluster: a HighThroughputExecutor whose blocks are PBS jobs.
 
-    Keys of ``site.<computeSite>``:
-
-    - ``nodes`` (`int`, required): nodes per PBS job (block).
-    - ``walltime`` (`str`, required): time limit of each PBS job; quote it.
-    - ``tasks_per_node`` (`int`, default 1): processors per node; one worker
-      pool per processor, started by ``mpirun``.
-    - ``queue`` (`str`): queue to submit to (``qsub -q``).
-    - ``account`` (`str`): account to charge (``qsub -A``).
-    - ``scheduler_options`` (`str`): ``#PBS`` lines added to the script.
-    - ``worker_init`` (`str`): shell lines run before the workers start.
-    - block keys, ``launcher``/``launcher_options``, ``provider_options``,
-      ``executor_options`` and ``address``, as for `Slurm`.
-
-    A job's ``priority`` reaches the executor; its cores, memory and
-    walltime do not (workers are sized per block).
+    Keys (doc/sites.md): ``nodes`` and ``walltime`` (required),
+    ``tasks_per_node``, ``queue``, ``account``, ``scheduler_options``,
+    ``worker_init``, and as for `Slurm` the block keys, ``launcher``,
+    ``launcher_options``, ``provider_options``, ``executor_options``,
+    ``address``, ``interface`` and the heartbeat keys. A job's ``priority``
+    reaches the executor; its cores, memory and walltime do not.
     """
 
     label = "torque"
@@ -128,32 +100,21 @@ class Torque(BatchSite):
     ) -> ParslExecutor:
         """Return a HighThroughputExecutor on a `PbsTorqueProvider`.
 
-        The arguments are defaults of the keys of the same names (the keys
-        win); ``provider_options`` and ``executor_options`` are more
-        arguments of the provider and of the executor.
-
         Parameters
         ----------
         label : `str`
             Executor label.
         queue, nodes, tasks_per_node, walltime, scheduler_options, worker_init
-            Defaults of the keys of the same names.
+            Defaults of the keys of the same names (the keys win).
         mem_per_worker : `float`, optional
             Memory per worker (GB).
-        provider_options : `dict`, optional
-            More `PbsTorqueProvider` arguments.
-        executor_options : `dict`, optional
-            More `HighThroughputExecutor` arguments.
+        provider_options, executor_options : `dict`, optional
+            More `PbsTorqueProvider` and `HighThroughputExecutor` arguments.
 
         Returns
         -------
         executor : `parsl.executors.HighThroughputExecutor`
             The executor.
-
-        Raises
-        ------
-        ConfigurationError
-            If ``nodes`` or ``walltime`` is missing or malformed.
         """
         from parsl.executors import HighThroughputExecutor
         from parsl.launchers import MpiRunLauncher
@@ -199,8 +160,3 @@ class Torque(BatchSite):
 
     def select_executor(self, job: ParslJob) -> str:
         return self.label
-
-    def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self._resource_list is not None:
-            return super().resource_specification(job, label)
-        return htex_spec(job)

@@ -26,11 +26,8 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Work Queue sites: a WorkQueueExecutor, which schedules each job by its
-own cores, memory, disk and walltime on the workers it starts.
-
-Work Queue comes from the ``ndcctools`` package (cctools), which is not a
-dependency of this plugin: this module imports without it and the site
-fails validation with a one-line message when it is missing.
+cores, memory, disk and walltime. Work Queue (``ndcctools``) is not a
+dependency: without it the site fails validation in one line.
 """
 
 from __future__ import annotations
@@ -53,18 +50,9 @@ __all__ = ("LocalSrunWorkQueue", "WorkQueue")
 class WorkQueue(BatchSite):
     """Base of the Work Queue sites; subclasses provide `get_provider`.
 
-    Keys of ``site.<computeSite>``:
-
-    - ``port`` (`int`, default 9000): port of the Work Queue manager.
-    - ``worker_options`` (`str`, default empty): options of the workers,
-      e.g. ``--memory=90000`` (MB the worker offers).
-    - ``wq_max_retries`` (`int`, default 1): attempts Work Queue itself
-      makes; null retries forever. The plugin retries failed jobs itself
-      (``numberOfRetries``), so leave it at 1.
-
-    Every job is sent with its ``request_cpus`` (cores), ``request_memory``
-    (MB, scaled on retries), ``request_disk`` (MB), ``request_walltime``
-    (as ``running_time_min``) and ``priority`` (higher runs first).
+    Keys (doc/sites.md): ``port`` (9000), ``worker_options`` (e.g.
+    ``--memory=90000``), ``wq_max_retries`` (1; null: forever). Every job
+    is sent with its cores, memory, disk, walltime and priority.
     """
 
     label = "work_queue"
@@ -83,8 +71,7 @@ class WorkQueue(BatchSite):
         worker_options: str = "",
         wq_max_retries: int = 1,
     ) -> ParslExecutor:
-        """Return a WorkQueueExecutor on ``provider``; the keys ``port``,
-        ``worker_options`` and ``wq_max_retries`` override the arguments.
+        """Return a WorkQueueExecutor on ``provider``.
 
         Parameters
         ----------
@@ -92,22 +79,13 @@ class WorkQueue(BatchSite):
             Executor label.
         provider : `~typing.Any`
             Parsl provider that starts the workers.
-        port : `int`, optional
-            Default of the ``port`` key.
-        worker_options : `str`, optional
-            Default of the ``worker_options`` key.
-        wq_max_retries : `int`, optional
-            Default of the ``wq_max_retries`` key.
+        port, worker_options, wq_max_retries : optional
+            Defaults of the keys of the same names (the keys win).
 
         Returns
         -------
         executor : `parsl.executors.WorkQueueExecutor`
             The executor.
-
-        Raises
-        ------
-        ConfigurationError
-            If Work Queue is not installed or a key is malformed.
         """
         require_work_queue(
             f"{self.where}.class", "use lsst.ctrl.bps.parsl.sites.Local or lsst.ctrl.bps.parsl.sites.Slurm"
@@ -152,12 +130,10 @@ class WorkQueue(BatchSite):
 
 
 class LocalSrunWorkQueue(WorkQueue):
-    """Work Queue inside an allocation you already hold: a LocalProvider
-    starts the workers, with ``srun`` across the nodes when there are
-    several (on one node, e.g. a laptop, Slurm is not needed).
+    """Work Queue inside an allocation you hold: a LocalProvider starts the
+    workers, with ``srun`` when there are several nodes.
 
-    Keys: those of `WorkQueue`, plus ``nodes_per_block`` (`int`, default 1):
-    nodes of the allocation to use.
+    Keys: those of `WorkQueue`, and ``nodes_per_block`` (1).
     """
 
     def get_provider(self) -> Any:
