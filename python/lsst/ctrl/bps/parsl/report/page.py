@@ -25,7 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The run page, a self-contained HTML file (doc/operations.md): `write_page`,
+"""The run page, a self-contained HTML file (doc/operations.md): its HTML
+(`render`; data from `pagedata`, timeline from `pagetimeline`), `write_page`,
 the driver's `PageWriter`, and ``python -m lsst.ctrl.bps.parsl.report.page RUN [-o OUT]``.
 """
 
@@ -36,16 +37,323 @@ import logging
 import os
 import sys
 import time
+import urllib.parse
 
-from .pagedata import MAX_DRAWN_ATTEMPTS, read_run
-from .pagehtml import render
+from lsst.ctrl.bps import WmsStates
 
-__all__ = ("MAX_DRAWN_ATTEMPTS", "PAGE_NAME", "PageWriter", "main", "write_page")
+from ..store.attemptlogs import log_paths
+from ..store.runstore import FAILED, db_path
+from .pagedata import (
+    _ALWAYS_SHOWN,
+    _STATE_COLOURS,
+    _STATE_ORDER,
+    MAX_DRAWN_ATTEMPTS,
+    MAX_TAILS,
+    TAIL_BYTES,
+    TAIL_LINES,
+    RunData,
+    _duration,
+    _e,
+    _how_it_ended,
+    _is_infrastructure,
+    _iso,
+    read_run,
+)
+from .pagetimeline import timeline
+
+__all__ = ("MAX_DRAWN_ATTEMPTS", "PAGE_NAME", "PageWriter", "main", "render", "write_page")
 
 _LOG = logging.getLogger(__name__)
 
 PAGE_NAME = "report.html"
 """File name of the page in the submit directory."""
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:16px 24px;color:#222;background:#fff}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 6px;border-bottom:1px solid #ddd}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;font-size:13px}
+table{border-collapse:collapse} td,th{padding:2px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3;font-weight:600} tr:nth-child(even) td{background:#fafafa}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.summary td:first-child{color:#666;white-space:nowrap}
+.bar{display:flex;height:14px;width:360px;background:#eee;border-radius:3px;overflow:hidden}
+.bar span{display:block;height:100%}
+.muted{color:#777} .note{color:#555;font-size:13px;margin:4px 0}
+pre{background:#f6f6f6;border:1px solid #e3e3e3;padding:6px;margin:4px 0 10px;max-height:260px;overflow:auto;
+font-size:12px;white-space:pre-wrap;word-break:break-all}
+.failure{margin:0 0 8px} .failure b{font-weight:600}
+input[type=search]{width:280px;margin:4px 0}
+svg text{font:11px system-ui,sans-serif;fill:#333} svg .axis{stroke:#bbb;stroke-width:0.5}
+svg rect{stroke:#fff;stroke-width:0.6} time,.why,td.n{white-space:nowrap} .wide{overflow-x:auto}
+#retries td,#retries th{padding:2px 5px;font-size:13px}
+svg .session{stroke:#444;stroke-dasharray:4 3;stroke-width:1}
+.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px;vertical-align:-1px}
+"""
+
+_SCRIPT = """
+(function () {
+  for (const el of document.querySelectorAll("time[datetime]")) {
+    const when = new Date(el.getAttribute("datetime"));
+    if (!isNaN(when)) { el.title = el.textContent; el.textContent = when.toLocaleString(); el.dataset.local = "1"; }
+  }
+  for (const input of document.querySelectorAll("input[data-filter]")) {
+    const box = document.getElementById(input.dataset.filter);
+    input.addEventListener("input", function () {
+      const wanted = input.value.toLowerCase();
+      for (const item of box.querySelectorAll("[data-item]")) {
+        item.hidden = wanted !== "" && !item.textContent.toLowerCase().includes(wanted);
+      }
+    });
+  }
+  const refresh = document.getElementById("autorefresh");
+  if (refresh) {
+    const key = "bps-parsl-norefresh";
+    try { refresh.checked = sessionStorage.getItem(key) === null; } catch (e) { /* storage is off */ }
+    refresh.addEventListener("change", function () {
+      try {
+        if (refresh.checked) { sessionStorage.removeItem(key); } else { sessionStorage.setItem(key, "1"); }
+      } catch (e) { /* storage is off: the switch holds for this page only */ }
+    });
+    setTimeout(function () { if (refresh.checked) { location.reload(); } }, 10000);
+  }
+  document.documentElement.dataset.script = "ran";
+})();
+"""
+
+
+def _header(data: RunData) -> str:
+    meta = data.meta
+    colour = _STATE_COLOURS.get(data.state, "#777")
+    refresh = ""
+    if data.state == WmsStates.RUNNING:
+        refresh = ' &nbsp; <label><input type="checkbox" id="autorefresh" checked> reload every 10 s</label>'
+    return (
+        f"<h1>Run {_e(meta.get('run_name') or meta.get('run_id', ''))} "
+        f'<span class="badge" id="run-state" style="background:{colour}">{_e(data.state.name)}</span></h1>'
+        f'<div class="muted">{_e(data.message)} · page written {_iso(data.generated)}{refresh}</div>'
+    )
+
+
+def _summary(data: RunData, out_dir: str) -> str:
+    meta = data.meta
+    submit = data.submit_path
+    rows: list[tuple[str, str]] = [
+        ("run id", _e(meta.get("run_id", ""))),
+        ("run name", _e(meta.get("run_name", ""))),
+        ("submit directory", _link(submit, out_dir)),
+        ("run-state database", _e(db_path(submit))),
+        ("job logs", _link(os.path.join(submit, "logs"), out_dir)),
+        ("Parsl log", _link(os.path.join(submit, "parsl", "parsl.log"), out_dir)),
+    ]
+    if meta.get("monitoring_db"):
+        rows.append(("Parsl monitoring database", _e(meta["monitoring_db"])))
+    for key, title in (
+        ("operator", "operator"),
+        ("project", "project"),
+        ("campaign", "campaign"),
+        ("payload", "payload"),
+        ("output_run", "output run"),
+        ("compute_site", "compute site"),
+    ):
+        if meta.get(key):
+            rows.append((title, _e(meta[key])))
+    rows.append(("prepared", _iso(meta.get("created"))))
+    if data.sessions:
+        first = data.sessions[0][4]
+        last_end = data.sessions[-1][5]
+        rows.append(("first driver start", _iso(first)))
+        if last_end is not None:
+            rows.append(("last driver end", _iso(last_end)))
+        rows.append(("elapsed", _e(_duration((last_end or data.generated) - first))))
+    body = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
+    sessions = "".join(
+        f"<tr><td class='n'>{sid}</td><td>{_e(kind)}</td><td class='n'>{pid}</td><td>{_e(host)}</td>"
+        f"<td>{_iso(start)}</td><td>{_iso(end)}</td>"
+        f"<td class='n'>{_e(_duration((end or data.generated) - start))}</td>"
+        f"<td>{_e(outcome or ('running' if data.state == WmsStates.RUNNING else 'no end recorded'))}</td></tr>"
+        for sid, kind, pid, host, start, end, outcome in data.sessions
+    )
+    sessions_table = ""
+    if sessions:
+        sessions_table = (
+            "<h2>Driver sessions</h2><table id='sessions'><thead><tr><th class='n'>#</th><th>kind</th>"
+            "<th class='n'>pid</th><th>host</th><th>start</th><th>end</th><th class='n'>duration</th>"
+            f"<th>outcome</th></tr></thead><tbody>{sessions}</tbody></table>"
+        )
+    return f"<h2>Summary</h2><table class='summary' id='summary'>{body}</table>{sessions_table}"
+
+
+def _link(path: str, out_dir: str, text: str | None = None) -> str:
+    """A link to a local file, relative to the page when it is below the
+    page's directory.
+    """
+    target = os.path.relpath(path, out_dir) if path.startswith(out_dir + os.sep) else path
+    href = urllib.parse.quote(target) if not os.path.isabs(target) else "file://" + urllib.parse.quote(target)
+    return f'<a href="{_e(href)}" title="{_e(path)}">{_e(text or path)}</a>'
+
+
+def _progress(data: RunData) -> str:
+    totals: dict[WmsStates, int] = {}
+    for counts in data.label_counts.values():
+        for state, n in counts.items():
+            totals[state] = totals.get(state, 0) + n
+    states = [s for s in _STATE_ORDER if totals.get(s) or s in _ALWAYS_SHOWN]
+    head = "".join(
+        f"<th class='n'><span style='color:{_STATE_COLOURS[s]}'>■</span> {s.name}</th>" for s in states
+    )
+
+    def row(name: str, counts: dict[WmsStates, int], attrs: str) -> str:
+        total = sum(counts.values())
+        segments = "".join(
+            f"<span style='width:{100.0 * counts[s] / total:.3f}%;background:{_STATE_COLOURS[s]}' "
+            f"title='{s.name}: {counts[s]}'></span>"
+            for s in _STATE_ORDER
+            if counts.get(s)
+        )
+        cells = "".join(f"<td class='n' data-state='{s.name}'>{counts.get(s, 0)}</td>" for s in states)
+        done = sum(
+            counts.get(s, 0)
+            for s in (WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.PRUNED, WmsStates.DELETED)
+        )
+        percent = f"{100.0 * done / total:.0f}% ended" if total else ""
+        return (
+            f"<tr {attrs}><td>{name}</td><td><div class='bar'>{segments}</div></td>"
+            f"<td class='n muted'>{percent}</td><td class='n' data-state='TOTAL'>{total}</td>{cells}</tr>"
+        )
+
+    body = "".join(
+        row(_e(label), counts, f"data-label='{_e(label)}'") for label, counts in data.label_counts.items()
+    )
+    foot = row("<b>all jobs</b>", totals, "id='totals'") if len(data.label_counts) != 1 else ""
+    return (
+        "<h2>Progress by label</h2><table id='labels'><thead><tr><th>label</th><th>jobs by state</th><th></th>"
+        f"<th class='n'>total</th>{head}</tr></thead><tbody>{body}</tbody><tfoot>{foot}</tfoot></table>"
+    )
+
+
+def _stderr_path(data: RunData, log_dir: str | None, name: str, attempt: int) -> str:
+    return log_paths(data.submit_path, log_dir, name, attempt)[1]
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            size = stream.tell()
+            stream.seek(max(0, size - TAIL_BYTES))
+            raw = stream.read()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    text = raw.decode(errors="replace")
+    lines = text.splitlines()
+    if size > TAIL_BYTES and lines:
+        lines = lines[1:]
+    return "\n".join(lines[-TAIL_LINES:]) if lines else "(empty)"
+
+
+def _failures(data: RunData, out_dir: str) -> str:
+    title = f"<h2>Failures ({data.failure_count})</h2>"
+    if not data.failure_count:
+        return title + "<p class='muted' id='failures'>No job failed.</p>"
+    items = []
+    for k, (_, name, label, log_dir, attempt, code, sig, start, end, host) in enumerate(data.failures):
+        stderr = _stderr_path(data, log_dir, name, attempt)
+        tail = f"<pre>{_e(_tail(stderr))}</pre>" if k < MAX_TAILS else ""
+        ran = f", ran {_e(_duration(end - start))}" if start is not None and end is not None else ""
+        items.append(
+            f"<div class='failure' data-item data-job='{_e(name)}'><b>{_e(name)}</b> "
+            f"<span class='muted'>({_e(label)})</span> attempt {attempt}: "
+            f"<span class='why'>{_e(_how_it_ended(FAILED, code, sig))}</span> on {_e(host or 'no host')}, "
+            f"ended {_iso(end)}{ran} · {_link(stderr, out_dir, os.path.relpath(stderr, data.submit_path))}{tail}</div>"
+        )
+    more = ""
+    if data.failure_count > len(data.failures):
+        more = f"<p class='note'>{data.failure_count - len(data.failures)} more failures are not listed.</p>"
+    if len(data.failures) > MAX_TAILS:
+        more += f"<p class='note'>Log tails are shown for the first {MAX_TAILS} failures.</p>"
+    return (
+        title
+        + "<input type='search' placeholder='filter failures' data-filter='failures'>"
+        + f"<div id='failures'>{''.join(items)}</div>{more}"
+    )
+
+
+def _retries(data: RunData, out_dir: str) -> str:
+    title = f"<h2>Retries and infrastructure losses ({data.retry_count})</h2>"
+    if not data.retry_count:
+        return title + "<p class='muted' id='retries'>No attempt was retried.</p>"
+    body = []
+    for (
+        _,
+        name,
+        label,
+        log_dir,
+        attempt,
+        session,
+        state,
+        code,
+        sig,
+        executor,
+        start,
+        end,
+        host,
+    ) in data.retries:
+        stderr = _stderr_path(data, log_dir, name, attempt)
+        kind = "infrastructure" if _is_infrastructure(state, code) else "job"
+        body.append(
+            f"<tr data-item data-kind='{kind}'><td>{_e(name)}</td><td>{_e(label)}</td><td class='n'>{attempt}</td>"
+            f"<td class='n'>{session}</td><td class='why'>{_e(_how_it_ended(state, code, sig))}</td><td>{kind}</td>"
+            f"<td>{_e(host or '')}</td><td>{_e(executor or '')}</td><td>{_iso(end)}</td>"
+            f"<td class='n'>{_e(_duration(end - start) if start is not None and end is not None else '')}</td>"
+            f"<td>{_link(stderr, out_dir, os.path.relpath(stderr, data.submit_path))}</td></tr>"
+        )
+    more = ""
+    if data.retry_count > len(data.retries):
+        more = f"<p class='note'>{data.retry_count - len(data.retries)} more are not listed.</p>"
+    note = (
+        f"<p class='note'>Attempts that did not succeed and were followed by another attempt of the same job: "
+        f"{data.infrastructure_count} lost through no fault of the job (executor lost, driver stopped or "
+        f"died), {data.retry_count - data.infrastructure_count} failed by themselves.</p>"
+    )
+    return (
+        title
+        + note
+        + "<input type='search' placeholder='filter retries' data-filter='retries'>"
+        + "<div class='wide'><table id='retries'><thead><tr><th>job</th><th>label</th><th class='n'>attempt</th>"
+        "<th class='n'>session</th><th>how it ended</th><th>cause</th><th>host</th><th>executor</th>"
+        f"<th>ended</th><th class='n'>ran</th><th>stderr</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>{more}"
+    )
+
+
+def render(data: RunData, out_dir: str) -> str:
+    """Render the page of a run read by `pagedata.read_run`.
+
+    Parameters
+    ----------
+    data : `RunData`
+        What the page shows.
+    out_dir : `str`
+        Directory the page is written to (links to logs are relative to it).
+
+    Returns
+    -------
+    page : `str`
+        The HTML document.
+    """
+    title = _e(f"bps-parsl run {data.meta.get('run_name') or data.meta.get('run_id', '')}")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">"
+        f"<title>{title}</title><style>{_CSS}</style></head><body>"
+        + _header(data)
+        + _progress(data)
+        + timeline(data)
+        + _failures(data, out_dir)
+        + _retries(data, out_dir)
+        + _summary(data, out_dir)
+        + f"<script>{_SCRIPT}</script></body></html>\n"
+    )
 
 
 def write_page(submit_path: str, out: str | None = None, this_driver: bool = False) -> str:
