@@ -71,23 +71,8 @@ TAIL_LINES = 30
 AGGREGATE_BINS = 300
 
 _IN_FLIGHT = (PENDING, RUNNING, READY)
-_STATE_ORDER = (
-    WmsStates.SUCCEEDED,
-    WmsStates.RUNNING,
-    WmsStates.PENDING,
-    WmsStates.READY,
-    WmsStates.UNREADY,
-    WmsStates.FAILED,
-    WmsStates.PRUNED,
-    WmsStates.DELETED,
-    WmsStates.UNKNOWN,
-    WmsStates.HELD,
-    WmsStates.MISFIT,
-)
 _ALWAYS_SHOWN = (WmsStates.SUCCEEDED, WmsStates.RUNNING, WmsStates.FAILED, WmsStates.PRUNED)
 _UNSAFE_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
-
-
 _STATE_COLOURS = {
     WmsStates.SUCCEEDED: "#2e8b57",
     WmsStates.RUNNING: "#1f77b4",
@@ -101,6 +86,7 @@ _STATE_COLOURS = {
     WmsStates.HELD: "#8c564b",
     WmsStates.MISFIT: "#e377c2",
 }
+_STATE_ORDER = tuple(_STATE_COLOURS)
 
 _ATTEMPT_CLASSES = {
     "ok": ("succeeded", _STATE_COLOURS[WmsStates.SUCCEEDED]),

@@ -68,26 +68,20 @@ _HEARTBEAT_THRESHOLD = 40
 
 
 def normalize_walltime(value: Any, name: str) -> str:
-    """Return a walltime (``HH:MM:SS``, ``D-HH:MM:SS`` or minutes, as a
-    string) as ``HH:MM:SS``; a YAML number is refused (unquoted ``1:00:00``
-    is 3600 to YAML).
+    """A walltime key (a string: ``HH:MM:SS``, ``D-HH:MM:SS`` or minutes) as
+    ``HH:MM:SS``; a YAML number is refused (unquoted ``1:00:00`` is 3600).
 
     Parameters
     ----------
     value : `~typing.Any`
-        The key's value from the YAML.
+        The key's value.
     name : `str`
-        Full name of the key, for the error message.
+        Full name of the key.
 
     Returns
     -------
     walltime : `str`
-        The walltime as ``HH:MM:SS`` (hours may exceed 24).
-
-    Raises
-    ------
-    ConfigurationError
-        If the value is not a string or not a walltime.
+        The walltime (hours may exceed 24).
     """
     if isinstance(value, bool) or not isinstance(value, str):
         raise ConfigurationError(
@@ -153,7 +147,7 @@ def htex_defaults(site: BatchSite, defaults: dict[str, Any] | None = None) -> di
     from .slurm_provider import tolerate_lost_blocks
 
     defaults = defaults or {}
-    options: dict[str, Any] = site.heartbeat_options(
+    options: dict[str, Any] = site._heartbeat_options(
         defaults.get("heartbeat_period"), defaults.get("heartbeat_threshold")
     )
     options["block_error_handler"] = defaults.get("block_error_handler", tolerate_lost_blocks)
@@ -185,24 +179,8 @@ class BatchSite(SiteConfig):
     ``heartbeat_threshold`` (default 40 s); see doc/sites.md.
     """
 
-    def heartbeat_options(self, period: int | None = None, threshold: int | None = None) -> dict[str, int]:
-        """``heartbeat_period`` and ``heartbeat_threshold`` from the site's keys.
-
-        Parameters
-        ----------
-        period, threshold : `int`, optional
-            The site class's defaults of the keys (default 10 and 40 s).
-
-        Returns
-        -------
-        options : `dict` [`str`, `int`]
-            The two HighThroughputExecutor arguments, in seconds.
-
-        Raises
-        ------
-        ConfigurationError
-            If a key is not whole seconds above 0, or the threshold not above the period.
-        """
+    def _heartbeat_options(self, period: int | None = None, threshold: int | None = None) -> dict[str, int]:
+        """The keys ``heartbeat_period`` and ``heartbeat_threshold`` (defaults: the arguments, else 10 and 40)."""
         period = self.get_positive("heartbeat_period", int, period or _HEARTBEAT_PERIOD)
         threshold = self.get_positive("heartbeat_threshold", int, threshold or _HEARTBEAT_THRESHOLD)
         if threshold <= period:
@@ -241,9 +219,7 @@ class BatchSite(SiteConfig):
         return cached
 
     def default_address(self) -> str:
-        """The workers' address of this host without ``address`` or
-        ``interface``: the source of the route to `address_targets`, else
-        this host's first address that is not loopback.
+        """The workers' address of this host without ``address`` or ``interface`` (`choose_address`).
 
         Returns
         -------
@@ -271,7 +247,7 @@ class BatchSite(SiteConfig):
     def validate(self) -> None:
         self.get("address", str, None)
         self.get("interface", str, None)
-        self.heartbeat_options()
+        self._heartbeat_options()
         super().validate()
 
 
@@ -284,11 +260,6 @@ def require_work_queue(key: str, instead: str = "use an htex executor") -> None:
         The key that asks for Work Queue.
     instead : `str`, optional
         What the message offers instead.
-
-    Raises
-    ------
-    ConfigurationError
-        If ``ndcctools`` is not installed.
     """
     import importlib.util
 

@@ -131,11 +131,6 @@ def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: s
     -------
     cls : `type`
         The class.
-
-    Raises
-    ------
-    ConfigurationError
-        If the name is not in the table.
     """
     by_class = {attr.lower(): (module, attr) for module, attr in table.values()}
     key = name.lower() if isinstance(name, str) else None
@@ -213,16 +208,13 @@ def _default_types(default: Any) -> tuple[tuple[type, ...], bool, None] | None:
     return kinds, False, None
 
 
+_KIND_NAMES: dict[type, str] = {list: "list", tuple: "list", dict: "mapping"}
+
+
 def _type_names(kinds: tuple[type, ...]) -> str:
     if set(kinds) == {int, float}:
         return "number"
-    names = []
-    for kind in kinds:
-        special: dict[type, str] = {list: "list", tuple: "list", dict: "mapping"}
-        name = special.get(kind, kind.__name__)
-        if name not in names:
-            names.append(name)
-    return " or ".join(names) if names else "Python object"
+    return " or ".join(dict.fromkeys(_KIND_NAMES.get(k, k.__name__) for k in kinds)) or "Python object"
 
 
 def check_options(
@@ -245,11 +237,6 @@ def check_options(
     -------
     options : `dict`
         The options for ``cls(**options)`` (lists made tuples where it wants a tuple).
-
-    Raises
-    ------
-    ConfigurationError
-        For an option that is unknown, reserved or of the wrong type.
     """
     if options is None:
         return {}
@@ -276,7 +263,7 @@ def check_options(
                 f"'{name}' is not an option of Parsl's {cls.__name__}: remove it or use one of {choices}"
             )
         param = params[key]
-        spec = _hint_types(hints.get(key, _EMPTY)) if key in hints else None
+        spec = _hint_types(hints[key]) if key in hints else None
         if spec is None and key not in hints:
             spec = _default_types(param.default)
         if spec is not None:
@@ -304,14 +291,7 @@ def check_options(
             if isinstance(value, list) and _wants_tuple(hints.get(key)):
                 value = tuple(value)
         result[key] = value
-    missing = [
-        n
-        for n, p in params.items()
-        if p.default is _EMPTY
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and n not in result
-        and n not in reserved
-    ]
+    missing = [n for n in valid if params[n].default is _EMPTY and n not in result and n not in reserved]
     if missing:
         raise ConfigurationError(
             f"'{where}' lacks {', '.join(missing)}, required by Parsl's {cls.__name__}: add "

@@ -51,9 +51,7 @@ Kwargs = dict[str, Any]
 
 _BLOCK_KEYS = dict(init_blocks=int, min_blocks=int, max_blocks=int, parallelism=float, cmd_timeout=int)
 
-_PROVIDER_RESERVED = {
-    "launcher": "use the site's 'launcher' and 'launcher_options' keys",
-}
+_PROVIDER_RESERVED = {"launcher": "use the site's 'launcher' and 'launcher_options' keys"}
 _EXECUTOR_RESERVED = {
     "label": "the site names its executors",
     "provider": "the site builds the provider from its keys",
@@ -61,22 +59,26 @@ _EXECUTOR_RESERVED = {
 }
 
 
-def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
-    """Provider options from the site's block-scaling keys, over ``defaults``.
+def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
+    """Apply the site's block keys (``init_blocks``, ``min_blocks``,
+    ``max_blocks``, ``parallelism``, ``cmd_timeout``), then its
+    ``provider_options``, ``launcher`` and ``launcher_options`` keys.
 
     Parameters
     ----------
     site : `BatchSite`
         The site.
-    defaults : `dict` [`str`, `~typing.Any`], optional
-        The site class's defaults.
+    cls : `type`
+        The provider class.
+    options : `dict` [`str`, `~typing.Any`]
+        Provider arguments so far (the site class's).
 
     Returns
     -------
     options : `dict` [`str`, `~typing.Any`]
-        Provider arguments.
+        The provider arguments.
     """
-    options = dict(defaults or {})
+    options = dict(options)
     for key, kind in _BLOCK_KEYS.items():
         value = site.get(key, kind, None)
         if value is None:
@@ -87,26 +89,6 @@ def block_options(site: BatchSite, defaults: Kwargs | None = None) -> Kwargs:
         if key == "parallelism" and not 0 <= value <= 1:
             raise ConfigurationError(f"'{site.where}.parallelism' is {value!r}: it must be between 0 and 1")
         options[key] = value
-    return options
-
-
-def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
-    """Apply the site's ``provider_options``, ``launcher`` and ``launcher_options`` keys.
-
-    Parameters
-    ----------
-    site : `BatchSite`
-        The site.
-    cls : `type`
-        The provider class.
-    options : `dict` [`str`, `~typing.Any`]
-        Provider arguments so far; updated in place.
-
-    Returns
-    -------
-    options : `dict` [`str`, `~typing.Any`]
-        ``options``, updated.
-    """
     found, raw = site.site.search("provider_options", opt={"default": None})
     extra = check_options(cls, raw, f"{site.where}.provider_options", _PROVIDER_RESERVED) if found else {}
     options.update(extra)
@@ -281,7 +263,6 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
             scheduler_options="\n".join(lines),
             worker_init=worker_init,
         )
-        options = block_options(self, options)
         options = finish_provider_options(self, SlurmProvider, options)
         provider = build(SlurmProvider, options, self.where)
 

@@ -59,34 +59,18 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger(__name__)
 
+_FAILED_STATES = ("FAILED", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT")
 _SLURM_STATES: dict[str, JobState] = {
-    "PENDING": JobState.PENDING,
-    "CONFIGURING": JobState.PENDING,
-    "RUNNING": JobState.RUNNING,
-    "COMPLETING": JobState.RUNNING,
-    "RESIZING": JobState.RUNNING,
-    "SIGNALING": JobState.RUNNING,
-    "STAGE_OUT": JobState.RUNNING,
-    "SUSPENDED": JobState.HELD,
-    "STOPPED": JobState.HELD,
-    "RESV_DEL_HOLD": JobState.HELD,
+    # REQUEUE*: pending again, see SlurmProvider._read.
+    **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED"), JobState.PENDING),
+    **dict.fromkeys(("RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"), JobState.RUNNING),
+    **dict.fromkeys(("SUSPENDED", "STOPPED", "RESV_DEL_HOLD", "REQUEUE_HOLD"), JobState.HELD),
     "COMPLETED": JobState.COMPLETED,
     "CANCELLED": JobState.CANCELLED,
-    "FAILED": JobState.FAILED,
-    "NODE_FAIL": JobState.FAILED,
-    "BOOT_FAIL": JobState.FAILED,
-    "OUT_OF_MEMORY": JobState.FAILED,
-    "REVOKED": JobState.FAILED,
-    "SPECIAL_EXIT": JobState.FAILED,
+    **dict.fromkeys(_FAILED_STATES, JobState.FAILED),
     # Ended by the batch system, as Parsl's own tables: not a sign that
     # blocks cannot run (Parsl's error handler counts FAILED only).
-    "TIMEOUT": JobState.TIMEOUT,
-    "DEADLINE": JobState.TIMEOUT,
-    "PREEMPTED": JobState.TIMEOUT,
-    # Requeued: pending again; see SlurmProvider._read.
-    "REQUEUED": JobState.PENDING,
-    "REQUEUE_FED": JobState.PENDING,
-    "REQUEUE_HOLD": JobState.HELD,
+    **dict.fromkeys(("TIMEOUT", "DEADLINE", "PREEMPTED"), JobState.TIMEOUT),
 }
 """Parsl state of each Slurm job state (long names, as squeue, scontrol and sacct print them)."""
 

@@ -37,7 +37,7 @@ from ..configuration import ConfigurationError, get_workflow_name
 from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite
 from .options import build
-from .slurm import block_options, finish_executor_options, finish_provider_options
+from .slurm import finish_executor_options, finish_provider_options
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -146,7 +146,6 @@ class Torque(BatchSite):
             scheduler_options="\n".join(lines),
             worker_init=worker_init,
         )
-        options = block_options(self, options)
         options = finish_provider_options(self, TorqueProvider, options)
         provider = build(PbsTorqueProvider, {**options, "tasks_per_node": tasks_per_node}, self.where)
         htex: Kwargs = {"max_workers_per_node": 1}
