@@ -283,21 +283,8 @@ def _retries(data: RunData, out_dir: str) -> str:
     if not data.retry_count:
         return title + "<p class='muted' id='retries'>No attempt was retried.</p>"
     body = []
-    for (
-        _,
-        name,
-        label,
-        log_dir,
-        attempt,
-        session,
-        state,
-        code,
-        sig,
-        executor,
-        start,
-        end,
-        host,
-    ) in data.retries:
+    for row in data.retries:
+        _, name, label, log_dir, attempt, session, state, code, sig, executor, start, end, host = row
         stderr = _stderr_path(data, log_dir, name, attempt)
         kind = "infrastructure" if _is_infrastructure(state, code) else "job"
         body.append(

@@ -44,17 +44,16 @@ from typing import TYPE_CHECKING, Any
 from ..configuration import ConfigurationError
 from ..job import parse_walltime, priority_number
 from ..site import SiteConfig
+from .options import build_launcher, check_options
 
 if TYPE_CHECKING:
     from ..job import ParslJob
 
 __all__ = (
+    "SRUN_OVERRIDES",
     "BatchSite",
     "choose_address",
-    "heartbeat_reserved",
     "host_addresses",
-    "htex_defaults",
-    "htex_spec",
     "normalize_walltime",
     "require_work_queue",
     "route_source",
@@ -65,6 +64,12 @@ __all__ = (
 _LOG = logging.getLogger(__name__)
 _HEARTBEAT_PERIOD = 10
 _HEARTBEAT_THRESHOLD = 40
+_BLOCK_KEYS = dict(init_blocks=int, min_blocks=int, max_blocks=int, parallelism=float, cmd_timeout=int)
+
+SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
+"""``srun`` options of the Slurm sites' launcher: a worker pool that exits does
+not end the others (``-K0``), the job step survives a lost node (``-k``),
+workers are not pinned to their task's cores."""
 
 
 def normalize_walltime(value: Any, name: str) -> str:
@@ -109,67 +114,6 @@ def work_queue_spec(job: ParslJob) -> dict[str, Any]:
         The resource specification.
     """
     return {k: v for k, v in job.get_resources().items() if v is not None or k in ("cores", "memory", "disk")}
-
-
-def heartbeat_reserved(where: str) -> dict[str, str]:
-    """``executor_options`` a site sets from its heartbeat keys, with how to set them.
-
-    Parameters
-    ----------
-    where : `str`
-        The site's key path.
-
-    Returns
-    -------
-    reserved : `dict` [`str`, `str`]
-        What to set instead, by option name.
-    """
-    return {key: f"use '{where}.{key}'" for key in ("heartbeat_period", "heartbeat_threshold")}
-
-
-def htex_defaults(site: BatchSite, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """HighThroughputExecutor arguments every batch site sets: the heartbeats
-    and a block error handler that does not give up on the executor for a
-    lost block (`~.slurm_provider.tolerate_lost_blocks`).
-
-    Parameters
-    ----------
-    site : `BatchSite`
-        The site.
-    defaults : `dict` [`str`, `~typing.Any`], optional
-        The site class's own heartbeats and block error handler.
-
-    Returns
-    -------
-    options : `dict` [`str`, `~typing.Any`]
-        Executor arguments.
-    """
-    from .slurm_provider import tolerate_lost_blocks
-
-    defaults = defaults or {}
-    options: dict[str, Any] = site._heartbeat_options(
-        defaults.get("heartbeat_period"), defaults.get("heartbeat_threshold")
-    )
-    options["block_error_handler"] = defaults.get("block_error_handler", tolerate_lost_blocks)
-    return options
-
-
-def htex_spec(job: ParslJob) -> dict[str, Any] | None:
-    """``parsl_resource_specification`` for a HighThroughputExecutor: only
-    ``priority`` (lower first), `None` without one.
-
-    Parameters
-    ----------
-    job : `ParslJob`
-        The job.
-
-    Returns
-    -------
-    spec : `dict` [`str`, `~typing.Any`] or `None`
-        The resource specification.
-    """
-    priority = priority_number(job.priority)
-    return None if priority is None else {"priority": priority}
 
 
 class BatchSite(SiteConfig):
@@ -239,10 +183,78 @@ class BatchSite(SiteConfig):
         return []
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        # A HighThroughputExecutor's, unless the site has a resource_list.
+        # A HighThroughputExecutor's: the priority only (lower first), unless the site has a resource_list.
         if self._resource_list is not None:
             return super().resource_specification(job, label)
-        return htex_spec(job)
+        priority = priority_number(job.priority)
+        return None if priority is None else {"priority": priority}
+
+    def _heartbeat_reserved(self) -> dict[str, str]:
+        """The ``executor_options`` set from the heartbeat keys, with how to set them."""
+        return {key: f"use '{self.where}.{key}'" for key in ("heartbeat_period", "heartbeat_threshold")}
+
+    def _htex_defaults(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """HighThroughputExecutor arguments every batch site sets (over the
+        class's ``defaults``): the heartbeats, and a block error handler that
+        does not give up on the executor for a lost block (`~.slurm_provider.tolerate_lost_blocks`).
+        """
+        from .slurm_provider import tolerate_lost_blocks
+
+        defaults = defaults or {}
+        options: dict[str, Any] = self._heartbeat_options(
+            defaults.get("heartbeat_period"), defaults.get("heartbeat_threshold")
+        )
+        options["block_error_handler"] = defaults.get("block_error_handler", tolerate_lost_blocks)
+        return options
+
+    def _provider_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` (the class's) with the site's block keys, then its
+        ``provider_options``, ``launcher`` and ``launcher_options`` applied.
+        """
+        options = dict(options)
+        for key, kind in _BLOCK_KEYS.items():
+            value = self.get(key, kind, None)
+            if value is None:
+                continue
+            least = 1 if key in ("max_blocks", "cmd_timeout") else 0
+            if key != "parallelism" and value < least:
+                raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be {least} or more")
+            if key == "parallelism" and not 0 <= value <= 1:
+                raise ConfigurationError(
+                    f"'{self.where}.parallelism' is {value!r}: it must be between 0 and 1"
+                )
+            options[key] = value
+        found, raw = self.site.search("provider_options", opt={"default": None})
+        reserved = {"launcher": "use the site's 'launcher' and 'launcher_options' keys"}
+        options.update(check_options(cls, raw, f"{self.where}.provider_options", reserved) if found else {})
+        name = self.get("launcher", str, None)
+        launcher_options = self.site.search("launcher_options", opt={"default": None})[1]
+        if name:
+            if name.lower() in ("srun", "srunlauncher") and launcher_options is None:
+                launcher_options = {"overrides": SRUN_OVERRIDES}
+            options["launcher"] = build_launcher(name, launcher_options, self.where)
+        elif launcher_options:
+            raise ConfigurationError(
+                f"'{self.where}.launcher_options' is set without '{self.where}.launcher': name the launcher, "
+                "e.g. 'launcher: srun'"
+            )
+        return options
+
+    def _executor_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` with the heartbeats and block error handler (`_htex_defaults`),
+        then the site's ``executor_options`` applied.
+        """
+        options.update(self._htex_defaults(options))
+        found, raw = self.site.search("executor_options", opt={"default": None})
+        if found and raw is not None:
+            reserved = {
+                "label": "the site names its executors",
+                "provider": "the site builds the provider from its keys",
+                "address": "use the site's 'address' key",
+                **self._heartbeat_reserved(),
+            }
+            options.update(check_options(cls, raw, f"{self.where}.executor_options", reserved))
+        return options
 
     def validate(self) -> None:
         self.get("address", str, None)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
 from ..site import EXECUTOR_RESOURCES
-from .batchsite import BatchSite, htex_defaults, normalize_walltime
+from .batchsite import BatchSite, normalize_walltime
 from .options import build, plain
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class Ccin2p3(BatchSite):
                         "address": self.get_address(),
                         "max_workers_per_node": 1,
                         "poll_period": 1_000,
-                        **htex_defaults(self, {"block_error_handler": give_up_if_blocks_refused}),
+                        **self._htex_defaults({"block_error_handler": give_up_if_blocks_refused}),
                     },
                     f"{self.where}.{label}",
                 )

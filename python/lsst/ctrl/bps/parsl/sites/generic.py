@@ -38,9 +38,6 @@ from ..configuration import ConfigurationError
 from ..site import ExecutorCapacity
 from .batchsite import (
     BatchSite,
-    heartbeat_reserved,
-    htex_defaults,
-    htex_spec,
     normalize_walltime,
     require_work_queue,
     work_queue_spec,
@@ -249,14 +246,14 @@ class Generic(BatchSite):
             "address": f"use '{self.where}.address'",
         }
         if spec.kind == "htex":
-            reserved.update(heartbeat_reserved(self.where))
+            reserved.update(self._heartbeat_reserved())
         options = check_options(cls, section.get("executor_options"), where, reserved=reserved)
         provider = self._provider(spec)
         base: dict[str, Any] = {"label": spec.label, "provider": provider, "address": self.get_address()}
         if spec.kind == "work_queue":
             base.update(shared_fs=True, autolabel=False)
         if spec.kind == "htex":
-            base.update(htex_defaults(self))
+            base.update(self._htex_defaults())
         base.update(options)
         return build(cls, base, where)
 
@@ -320,11 +317,8 @@ class Generic(BatchSite):
         return ExecutorCapacity(cores=spec.cores or usable_cores(), memory=spec.memory or machine_memory_mb())
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self._resource_list is not None:
+        if self._resource_list is not None or (kind := self._spec(label).kind) == "htex":
             return super().resource_specification(job, label)
-        kind = self._spec(label).kind
-        if kind == "htex":
-            return htex_spec(job)
         if kind == "work_queue":
             return work_queue_spec(job)
         capacity = self.capacity(label)

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 from ..configuration import ConfigurationError, get_workflow_name
 from ..prepare.commands import environment_script
 from ..site import EXECUTOR_RESOURCES
-from .batchsite import BatchSite, heartbeat_reserved, htex_defaults, normalize_walltime
-from .options import build, build_launcher, check_options
+from .batchsite import SRUN_OVERRIDES, BatchSite, normalize_walltime
+from .options import build
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -48,93 +48,6 @@ if TYPE_CHECKING:
 __all__ = ("Slurm", "TripleSlurm", "environment_script")
 
 Kwargs = dict[str, Any]
-
-_BLOCK_KEYS = dict(init_blocks=int, min_blocks=int, max_blocks=int, parallelism=float, cmd_timeout=int)
-
-_PROVIDER_RESERVED = {"launcher": "use the site's 'launcher' and 'launcher_options' keys"}
-_EXECUTOR_RESERVED = {
-    "label": "the site names its executors",
-    "provider": "the site builds the provider from its keys",
-    "address": "use the site's 'address' key",
-}
-
-
-def finish_provider_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
-    """Apply the site's block keys (``init_blocks``, ``min_blocks``,
-    ``max_blocks``, ``parallelism``, ``cmd_timeout``), then its
-    ``provider_options``, ``launcher`` and ``launcher_options`` keys.
-
-    Parameters
-    ----------
-    site : `BatchSite`
-        The site.
-    cls : `type`
-        The provider class.
-    options : `dict` [`str`, `~typing.Any`]
-        Provider arguments so far (the site class's).
-
-    Returns
-    -------
-    options : `dict` [`str`, `~typing.Any`]
-        The provider arguments.
-    """
-    options = dict(options)
-    for key, kind in _BLOCK_KEYS.items():
-        value = site.get(key, kind, None)
-        if value is None:
-            continue
-        least = 1 if key in ("max_blocks", "cmd_timeout") else 0
-        if key != "parallelism" and value < least:
-            raise ConfigurationError(f"'{site.where}.{key}' is {value!r}: it must be {least} or more")
-        if key == "parallelism" and not 0 <= value <= 1:
-            raise ConfigurationError(f"'{site.where}.parallelism' is {value!r}: it must be between 0 and 1")
-        options[key] = value
-    found, raw = site.site.search("provider_options", opt={"default": None})
-    extra = check_options(cls, raw, f"{site.where}.provider_options", _PROVIDER_RESERVED) if found else {}
-    options.update(extra)
-    name = site.get("launcher", str, None)
-    launcher_options = site.site.search("launcher_options", opt={"default": None})[1]
-    if name:
-        if name.lower() in ("srun", "srunlauncher") and launcher_options is None:
-            launcher_options = {"overrides": _SRUN_OVERRIDES}
-        options["launcher"] = build_launcher(name, launcher_options, site.where)
-    elif launcher_options:
-        raise ConfigurationError(
-            f"'{site.where}.launcher_options' is set without '{site.where}.launcher': name the launcher, "
-            "e.g. 'launcher: srun'"
-        )
-    return options
-
-
-def finish_executor_options(site: BatchSite, cls: type, options: Kwargs) -> Kwargs:
-    """Apply the heartbeats and block error handler (`htex_defaults`), then
-    the site's ``executor_options`` key.
-
-    Parameters
-    ----------
-    site : `BatchSite`
-        The site.
-    cls : `type`
-        The executor class.
-    options : `dict` [`str`, `~typing.Any`]
-        Executor arguments so far; updated in place.
-
-    Returns
-    -------
-    options : `dict` [`str`, `~typing.Any`]
-        ``options``, updated.
-    """
-    options.update(htex_defaults(site, options))
-    found, raw = site.site.search("executor_options", opt={"default": None})
-    if found and raw is not None:
-        reserved = {**_EXECUTOR_RESERVED, **heartbeat_reserved(site.where)}
-        options.update(check_options(cls, raw, f"{site.where}.executor_options", reserved))
-    return options
-
-
-_SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
-"""A worker pool that exits does not end the others (``-K0``), the job step
-survives a lost node (``-k``), workers are not pinned to their task's cores."""
 
 
 def default_launcher(nodes: int = 2) -> Any:
@@ -155,7 +68,7 @@ def default_launcher(nodes: int = 2) -> Any:
 
     if nodes <= 1:
         return SingleNodeLauncher()
-    return SrunLauncher(overrides=_SRUN_OVERRIDES)
+    return SrunLauncher(overrides=SRUN_OVERRIDES)
 
 
 class Slurm(BatchSite):
@@ -250,25 +163,16 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
 
         options: Kwargs = dict(provider_options or {})
         options.setdefault("launcher", default_launcher(nodes))
-        options.update(
-            nodes_per_block=nodes,
-            cores_per_node=cores_per_node,
-            mem_per_node=mem_per_node,
-            walltime=walltime,
-            qos=qos,
-            constraint=constraint,
-            partition=partition,
-            account=account,
-            exclusive=exclusive,
-            scheduler_options="\n".join(lines),
-            worker_init=worker_init,
-        )
-        options = finish_provider_options(self, SlurmProvider, options)
+        options.update(nodes_per_block=nodes, cores_per_node=cores_per_node, mem_per_node=mem_per_node)
+        options.update(walltime=walltime, qos=qos, constraint=constraint, partition=partition)
+        options.update(account=account, exclusive=exclusive, scheduler_options="\n".join(lines))
+        options["worker_init"] = worker_init
+        options = self._provider_options(SlurmProvider, options)
         provider = build(SlurmProvider, options, self.where)
 
         htex: Kwargs = dict(executor_options or {})
         htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
-        htex = finish_executor_options(self, HighThroughputExecutor, htex)
+        htex = self._executor_options(HighThroughputExecutor, htex)
         return build(HighThroughputExecutor, htex, self.where)
 
     def address_targets(self) -> list[str]:

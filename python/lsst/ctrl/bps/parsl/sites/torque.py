@@ -37,7 +37,6 @@ from ..configuration import ConfigurationError, get_workflow_name
 from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite
 from .options import build
-from .slurm import finish_executor_options, finish_provider_options
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -146,12 +145,12 @@ class Torque(BatchSite):
             scheduler_options="\n".join(lines),
             worker_init=worker_init,
         )
-        options = finish_provider_options(self, TorqueProvider, options)
+        options = self._provider_options(TorqueProvider, options)
         provider = build(PbsTorqueProvider, {**options, "tasks_per_node": tasks_per_node}, self.where)
         htex: Kwargs = {"max_workers_per_node": 1}
         htex.update(executor_options or {})
         htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
-        htex = finish_executor_options(self, HighThroughputExecutor, htex)
+        htex = self._executor_options(HighThroughputExecutor, htex)
         return build(HighThroughputExecutor, htex, self.where)
 
     def get_executors(self) -> list[ParslExecutor]:
