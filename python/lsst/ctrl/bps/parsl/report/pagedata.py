@@ -193,11 +193,6 @@ def read_run(submit_path: str, this_driver: bool) -> RunData:
     -------
     data : `RunData`
         What the page shows.
-
-    Raises
-    ------
-    StateStoreError
-        If the store cannot be read.
     """
     store = RunStore(db_path(submit_path), readonly=True)
     try:

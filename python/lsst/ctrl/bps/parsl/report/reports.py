@@ -64,11 +64,6 @@ def readable_run(submit_path: str) -> None:
     ----------
     submit_path : `str`
         Submit directory.
-
-    Raises
-    ------
-    StateStoreError
-        If this user cannot read the run, saying what its owner can do.
     """
     path = db_path(submit_path)
     if not os.access(submit_path, os.R_OK | os.X_OK) or (
