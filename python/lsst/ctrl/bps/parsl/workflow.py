@@ -39,7 +39,7 @@ import getpass
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from lsst.ctrl.bps import BaseWmsWorkflow, BpsConfig, GenericWorkflow
@@ -47,7 +47,8 @@ from lsst.ctrl.bps import BaseWmsWorkflow, BpsConfig, GenericWorkflow
 from .configuration import ConfigurationError
 from .files import safe_component
 from .prepare import batch
-from .prepare.jobrows import drain, job_rows
+from .prepare.jobrows import job_rows
+from .records import JobRow
 from .store.runindex import add_run, remove_run
 from .store.runstore import FORMAT_VERSION, RunStore, StateStoreError, db_path
 
@@ -176,7 +177,7 @@ class ParslWorkflow(BaseWmsWorkflow):
         if control is not None:
             # `bps batch-prepare` of a running control run: `add_to_parent_workflow` adds these jobs.
             workflow = cls(generic_workflow.name, config, submit_path, control["run_id"])
-            jobs, envs = drain(rows)
+            jobs, envs = _drain(rows)
             workflow.payload = batch.Payload(jobs, list(edges), envs)
             return workflow
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
@@ -237,6 +238,16 @@ class ParslWorkflow(BaseWmsWorkflow):
         out_prefix : `str`
             Submit directory (unused).
         """
+
+
+def _drain(rows: Generator[JobRow, None, list[str]]) -> tuple[list[JobRow], list[str]]:
+    """All the rows of ``rows``, and what it returned (the environment scripts)."""
+    jobs: list[JobRow] = []
+    while True:
+        try:
+            jobs.append(next(rows))
+        except StopIteration as stop:
+            return jobs, stop.value
 
 
 def _create_run(

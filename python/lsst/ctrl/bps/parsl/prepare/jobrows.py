@@ -55,7 +55,7 @@ from .commands import export_lines, render
 from .flatten import Flattener
 from .jobattrs import check_job_values, job_attribute_check
 
-__all__ = ("drain", "job_rows")
+__all__ = ("job_rows",)
 
 _PAYLOAD = int(JobKind.PAYLOAD)
 _CHECKED = attrgetter(
@@ -210,29 +210,6 @@ def _rows(
             check(row)
         yield row
     return list(envs)
-
-
-def drain(rows: Generator[JobRow, None, list[str]]) -> tuple[list[JobRow], list[str]]:
-    """All the rows of a generator of job rows, and what it returned.
-
-    Parameters
-    ----------
-    rows : `~collections.abc.Generator` [`JobRow`, `None`, `list` [`str`]]
-        Job rows (`job_rows`).
-
-    Returns
-    -------
-    jobs : `list` [`JobRow`]
-        The rows.
-    envs : `list` [`str`]
-        The environment scripts.
-    """
-    jobs: list[JobRow] = []
-    while True:
-        try:
-            jobs.append(next(rows))
-        except StopIteration as stop:
-            return jobs, stop.value
 
 
 def _resource_check(site: Any) -> Callable[[JobRow], None]:
