@@ -210,20 +210,12 @@ def check_job_values(job: Any) -> None:
             raise _bad_value(job, key, value, "a string")
 
 
-def _int_or_none(value: Any, key: str, row: JobRow) -> None:
-    """Refuse a value that is neither `None` nor an integer."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigurationError(
-            f"{key} of job '{shown(row.name)}' (label '{shown(row.label)}') is {value!r}: it must be an integer "
-            "exit status"
-        )
-
-
 def job_attribute_check(
     config: BpsConfig, compute_site: str | None, labels: Sequence[str]
 ) -> Callable[[JobRow], None]:
-    """A check of each job row's concurrency limits and abort values that
-    also warns, once per label, of a ``computeSite`` or ``queue`` naming no executor.
+    """A check of each job row's concurrency limits (its values passed
+    `check_job_values`) that also warns, once per label, of a ``computeSite``
+    or ``queue`` naming no executor.
 
     Parameters
     ----------
@@ -246,9 +238,8 @@ def job_attribute_check(
 
     def check(row: JobRow) -> None:
         limit, site, queue = row.concurrency_limit, row.compute_site, row.queue
-        if limit is None and row.abort_on_value is None and row.abort_return_value is None and queue is None:
-            if site is None or site == compute_site:
-                return
+        if limit is None and queue is None and (site is None or site == compute_site):
+            return
         if limit and limit not in checked:
             where = f"job '{shown(row.name)}' (label '{shown(row.label)}')"
             for name, units in parse_concurrency_limit(limit, where):
@@ -263,8 +254,6 @@ def job_attribute_check(
                         f"{limits[name]:g}: raise 'concurrencyLimits.{name}' or lower the job's units"
                     )
             checked.add(limit)
-        _int_or_none(row.abort_on_value, "abortOnValue", row)
-        _int_or_none(row.abort_return_value, "abortReturnValue", row)
         for key, value in (("computeSite", site), ("queue", queue)):
             if not value or value in labels or (key == "computeSite" and value == compute_site):
                 continue
