@@ -25,10 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Typed, validated access to BPS configuration values.
-
-Every lookup that fails says which key is wrong and how to fix it, so a bad
-submit YAML stops ``bps submit`` before anything runs.
+"""Typed, validated access to BPS configuration values, and the plugin's
+keys (`RUN_KEYS`, `SITE_KEYS`) read once into `RunSettings` and `SiteSettings`;
+a failed lookup names the key and the fix in one line.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from lsst.ctrl.bps import BpsConfig
 from .oneline import ShownMessageError, shown
 
 __all__ = (
-    "DISPATCH_ORDERS",
     "RUN_KEYS",
     "SITE_KEYS",
     "ConfigurationError",
@@ -65,25 +63,18 @@ T = TypeVar("T")
 
 
 class ConfigurationError(ShownMessageError, ValueError):
-    """A BPS configuration value is missing or invalid.
-
-    The message is a single line naming the key and the fix.
-    """
+    """A BPS configuration value is missing or invalid (one line: the key and the fix)."""
 
 
 class MissingConfigurationError(ConfigurationError, KeyError):
-    """A required BPS configuration value is missing (also a `KeyError`,
-    as the old plugin raised).
-    """
+    """A required BPS configuration value is missing (a `KeyError`, as the old plugin raised)."""
 
     def __str__(self) -> str:  # KeyError's would print the message quoted
         return shown(BaseException.__str__(self), limit=4000)
 
 
 class ConfigurationTypeError(ConfigurationError, RuntimeError):
-    """A BPS configuration value has the wrong type (also a
-    `RuntimeError`, as the old plugin raised).
-    """
+    """A BPS configuration value has the wrong type (a `RuntimeError`, as the old plugin raised)."""
 
 
 def _type_name(data_type: type | tuple[type, ...]) -> str:
@@ -143,37 +134,29 @@ def get_bps_config_value(
     Parameters
     ----------
     config : `BpsConfig` or `dict`
-        Configuration to search (a site sub-configuration, or the whole
-        BPS configuration); environment variables and ``{vars}`` in the
-        value are expanded.
+        Configuration to search (environment variables and ``{vars}`` expanded).
     key : `str`
         Key to look up.
     dataType : `type` or `tuple` [`type`]
-        Type(s) the value must have. An `int` is accepted where a `float` is
-        asked for (and returned as a `float`).
+        Type(s) the value must have (an `int` is taken, as a `float`, for a `float`).
     default : optional
-        Value returned when the key is absent or null; `None` means no
-        default.
+        Value when the key is absent or null.
     required : `bool`, optional
-        The value (from the configuration or the default) may not be
-        `None`.
+        Whether the value (configured or default) may not be `None`.
     where : `str`, optional
         Prefix for the key in messages, e.g. ``site.local``.
 
     Returns
     -------
     value
-        The configured value, else ``default``, else `None` (when not
-        ``required``).
+        The configured value, else ``default``.
 
     Raises
     ------
     MissingConfigurationError
-        If the value is ``required`` and neither configured nor defaulted
-        (a `ConfigurationError` and a `KeyError`).
+        If the value is ``required`` and missing.
     ConfigurationTypeError
-        If the value has the wrong type (a `ConfigurationError` and a
-        `RuntimeError`).
+        If the value has the wrong type.
     """
     name = f"{where}.{key}" if where else key
     if isinstance(config, BpsConfig):
@@ -199,7 +182,7 @@ def get_bps_config_value(
 
 def get_workflow_name(config: BpsConfig) -> str:
     """Name of the workflow for Parsl monitoring and batch job names, as
-    the old plugin (lsst-ctrl-bps-parsl 30.2026.4300) names it.
+    the old plugin (30.2026.4300) names it.
 
     Parameters
     ----------
@@ -209,10 +192,8 @@ def get_workflow_name(config: BpsConfig) -> str:
     Returns
     -------
     name : `str`
-        ``<project>.<campaign>`` when ``project`` is set (``campaign``
-        defaults to ``operator``); otherwise ``uniqProcName`` (which ``bps
-        submit`` sets before any plugin code runs; a configuration without
-        one, e.g. ``bps ping``'s, gives ``bps.<operator>``).
+        ``<project>.<campaign>`` (``campaign`` defaults to ``operator``),
+        else ``uniqProcName``, else ``bps.<operator>``.
     """
     project = get_bps_config_value(config, "project", str, None)
     operator = get_bps_config_value(config, "operator", str, "unknown")
@@ -234,9 +215,7 @@ def get_workflow_filename(out_prefix: str) -> str:
     Returns
     -------
     filename : `str`
-        The run-state database ``<out_prefix>/bps_parsl.sqlite3`` (the
-        old plugin kept a pickle; this plugin keeps the whole prepared
-        workflow and its state in that database).
+        The run-state database (the old plugin kept a pickle).
     """
     from .store.runstore import db_path
 
@@ -246,8 +225,8 @@ def get_workflow_filename(out_prefix: str) -> str:
 _LOG_LEVELS = ("CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG")
 
 
-def parsl_log_level(config: BpsConfig) -> int:
-    """Return the level of Parsl's log from ``parsl.log_level``.
+def set_parsl_logging(config: BpsConfig) -> int:
+    """Set the level of Parsl's loggers from ``parsl.log_level``.
 
     Parameters
     ----------
@@ -257,34 +236,10 @@ def parsl_log_level(config: BpsConfig) -> int:
     Returns
     -------
     level : `int`
-        A `logging` level.
-
-    Raises
-    ------
-    ConfigurationError
-        If the level is not a logging level name.
+        The level given to ``parsl`` and to its children that had their own.
     """
     name = _read(config, tuple(k for k in RUN_KEYS if k.field == "parsl_log_level"), None)["parsl_log_level"]
-    return logging.getLevelNamesMapping()[name.upper()]
-
-
-def set_parsl_logging(config: BpsConfig) -> int:
-    """Set the level of Parsl's loggers from ``parsl.log_level``.
-
-    Parameters
-    ----------
-    config : `lsst.ctrl.bps.BpsConfig`
-        BPS configuration; ``parsl.log_level`` (default ``WARNING``) is one
-        of ``CRITICAL``, ``FATAL``, ``ERROR``, ``WARNING``, ``WARN``,
-        ``INFO``, ``DEBUG``.
-
-    Returns
-    -------
-    level : `int`
-        The level given to the ``parsl`` logger and to those of its
-        children that had a level of their own.
-    """
-    level = parsl_log_level(config)
+    level = logging.getLevelNamesMapping()[name.upper()]
     logging.getLogger("parsl").setLevel(level)
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if name.startswith("parsl.") and isinstance(logger, logging.Logger) and logger.level:
@@ -294,10 +249,8 @@ def set_parsl_logging(config: BpsConfig) -> int:
 
 @dataclass(frozen=True)
 class Key:
-    """One plugin key: its ``name`` in the submit YAML (site keys: under
-    ``site.<name>``), the ``field`` of `RunSettings` or `SiteSettings` that
-    holds it, its ``kind`` (a float key takes an int too), its only
-    ``default``, and a ``check`` returning the fix for a bad value or `None`.
+    """One plugin key: ``name`` in the submit YAML, ``field`` of the settings,
+    ``kind``, its only ``default``, and a ``check`` giving the fix for a bad value.
     """
 
     name: str
@@ -321,9 +274,6 @@ _zero_or_more = _at_least(0, "it must be 0 or more")
 MIN_STALE_AFTER = 2.0
 """The shortest ``parslDriverStaleAfter`` (seconds): heartbeats come every second."""
 
-DISPATCH_ORDERS = ("priority", "fifo")
-"""Values of ``parslDispatchOrder``: ``priority`` (priority, then critical path) or ``fifo``."""
-
 RUN_KEYS = (
     Key("parslDetach", "detach", bool, False),
     Key(
@@ -340,7 +290,8 @@ RUN_KEYS = (
         float,
         30.0,
         _at_least(
-            2, "use at least 2 seconds (default 30); longer than the longest pause of the shared file system"
+            MIN_STALE_AFTER,
+            "use at least 2 seconds (default 30); longer than the longest pause of the shared file system",
         ),
     ),
     Key(
@@ -349,7 +300,9 @@ RUN_KEYS = (
         str,
         "priority",
         lambda value: (
-            None if value in DISPATCH_ORDERS else "use 'priority' (priority, then critical path) or 'fifo'"
+            None
+            if value in ("priority", "fifo")
+            else "use 'priority' (priority, then critical path) or 'fifo'"
         ),
     ),
     Key(
@@ -386,7 +339,7 @@ SITE_KEYS = (
 
 
 def default_of(name: str) -> Any:
-    """The default of a plugin key (`RUN_KEYS`, `SITE_KEYS`): the one place it is set.
+    """The default of a plugin key (`RUN_KEYS`, `SITE_KEYS`).
 
     Parameters
     ----------
@@ -402,6 +355,7 @@ def default_of(name: str) -> Any:
 
 
 def _read(config: BpsConfig | dict, keys: tuple[Key, ...], where: str | None) -> dict[str, Any]:
+    """The checked values of ``keys``, by field."""
     values = {}
     for key in keys:
         name = key.name if where is None else f"{where}.{key.name}"
@@ -421,13 +375,12 @@ class _Settings:
 
     @classmethod
     def read(cls, config: BpsConfig | dict, where: str | None = None) -> Self:
-        """Read and check the keys of `RunSettings` (from the whole
-        configuration) or `SiteSettings` (from a site's section).
+        """Read and check the keys (from the ``site.<name>`` section for `SiteSettings`).
 
         Parameters
         ----------
         config : `lsst.ctrl.bps.BpsConfig` or `dict`
-            The BPS configuration, or the ``site.<name>`` section.
+            The BPS configuration, or the site's section.
         where : `str`, optional
             The section's name in messages (``site.<name>``).
 
@@ -446,22 +399,8 @@ class _Settings:
 
 @dataclass(frozen=True)
 class RunSettings(_Settings):
-    """The plugin's run-wide keys (`RUN_KEYS`), read and checked once.
-
-    Parameters
-    ----------
-    detach : `bool`
-        ``parslDetach``.
-    progress_interval : `float`
-        ``parslProgressInterval`` (0: no progress lines).
-    progress_by_label : `bool`
-        ``parslProgressByLabel``.
-    driver_stale_after : `float`
-        ``parslDriverStaleAfter``.
-    dispatch_order : `str`
-        ``parslDispatchOrder``.
-    parsl_log_level : `str`
-        ``parsl.log_level``.
+    """The plugin's run-wide keys (`RUN_KEYS`), read and checked once: one
+    field per key (doc/configuration.md).
     """
 
     detach: bool
@@ -475,34 +414,8 @@ class RunSettings(_Settings):
 
 @dataclass(frozen=True)
 class SiteSettings(_Settings):
-    """The keys every site reads (`SITE_KEYS`), read and checked once.
-
-    Parameters
-    ----------
-    retries : `int` or `None`
-        ``retries``: retries of every job of the site, `None` when not set.
-    infrastructure_retries : `int`
-        ``infrastructureRetries``.
-    max_idle_time : `float`
-        ``maxIdleTime``, seconds.
-    strategy_period : `float`
-        ``strategyPeriod``, seconds.
-    job_shell : `str`
-        ``jobShell``.
-    command_prefix : `str`
-        ``commandPrefix``.
-    environment : `bool`
-        ``environment``.
-    monitor_enable : `bool`
-        ``monitorEnable``.
-    monitor_interval : `float`
-        ``monitorInterval``, seconds.
-    monitor_filename : `str`
-        ``monitorFilename``.
-    run_dir : `str` or `None`
-        ``run_dir``: Parsl's run directory, relative to the submit directory.
-    warm_start : `bool`
-        ``warmStart``: whether ``pipetask run-qbb`` jobs may start warm.
+    """The keys every site reads (`SITE_KEYS`), read and checked once: one
+    field per key (doc/configuration.md; ``retries`` `None`: not set).
     """
 
     retries: int | None

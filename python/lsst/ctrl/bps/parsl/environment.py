@@ -25,11 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Recreate the submitting process's environment where a job runs.
-
-Kept for site code written against the old plugin; the ``environment``
-site key (see `SiteConfig.get_command_prefix`) does the same through a
-file written once per run.
+"""Recreate the submitting process's environment where a job runs (the old
+plugin's helper; the ``environment`` site key does it through a file).
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ def export_environment() -> str:
     Returns
     -------
     script : `str`
-        One ``export NAME='value'`` line per variable (see
-        `commands.environment_script` for what is left out).
+        One ``export NAME='value'`` line per variable (`commands.environment_script`).
     """
     return environment_script()

@@ -25,20 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Files the plugin writes: private files for secrets, safe names for paths.
-
-Standard library only, so that preparing a workflow (which never imports
-Parsl) and the driver share it.
-
-* `private_dir` / `open_private` / `write_private`: configuration and
-  environment values go to files of mode 0600 in directories of mode 0700,
-  whatever the umask and whatever mode an older file had.
-* `safe_component` / `safe_subdir`: job names, labels and ``subDirTemplate``
-  values become file and directory names that stay inside their parent
-  directory: no ``/``, no ``.`` or ``..``, no control characters, not too
-  long. A name that is already safe is kept as is; another one gets a safe
-  form plus a short hash of the original, so two different names never share
-  a file.
+"""Files the plugin writes (standard library only): private files (0600 in
+0700 directories, whatever the umask) for configuration and environment
+values, and names from the workflow made safe as file and directory names.
 """
 
 from __future__ import annotations
@@ -56,9 +45,7 @@ __all__ = (
     "write_private",
 )
 
-_MAX_COMPONENT_BYTES = 200
-"""Longest file-name component made from a name: file systems allow 255
-bytes, and suffixes such as ``.stdout.12`` follow it."""
+_MAX_COMPONENT_BYTES = 200  # of 255 bytes a file system allows: suffixes such as ``.stdout.12`` follow
 
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\ud800-\udfff]")
 _SAFE_COMPONENT = re.compile(rf"[^\x00-\x1f\x7f/\ud800-\udfff]{{1,{_MAX_COMPONENT_BYTES}}}")
@@ -83,11 +70,8 @@ def private_dir(path: str) -> str:
 
 
 def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
-    """Open ``path`` as a file of mode 0600 and return its descriptor.
-
-    The mode is set on the open descriptor before anything is written, so a
-    file that existed with a looser mode is tightened first, and the umask
-    does not matter.
+    """Open ``path`` as a file of mode 0600 (an existing one tightened
+    before anything is written) and return its descriptor.
 
     Parameters
     ----------
@@ -132,12 +116,9 @@ def write_private(path: str, text: str) -> str:
 
 
 def safe_component(name: str) -> str:
-    """Return ``name`` as one file-name component inside its directory.
-
-    ``name`` itself when it is safe (the usual case); otherwise its unsafe
-    characters replaced by ``_``, a lone ``.``/``..`` replaced by
-    underscores, shortened to fit, and ``~`` plus a hash of ``name``
-    appended.
+    """Return ``name`` as one file-name component inside its directory:
+    ``name`` when safe, else a safe form (no ``/``, control characters, lone
+    ``.``/``..``; short enough) plus ``~`` and a hash of ``name``.
 
     Parameters
     ----------
@@ -160,6 +141,7 @@ def safe_component(name: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _made_safe(name: str) -> str:
+    """The safe form of an unsafe ``name``."""
     digest = hashlib.sha256(name.encode(errors="surrogatepass")).hexdigest()[:12]
     cleaned = _UNSAFE_CHARS.sub("_", name)
     if cleaned in ("", ".", ".."):
@@ -173,11 +155,8 @@ def _made_safe(name: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def safe_subdir(subdir: str | None) -> str:
-    """Return a relative directory path made of safe components.
-
-    Empty and ``.`` segments are dropped (so a leading ``/`` does not make
-    the path absolute); every other segment goes through `safe_component`,
-    so ``..`` cannot climb out.
+    """Return a relative directory path made of safe components (empty and
+    ``.`` segments dropped, the others through `safe_component`).
 
     Parameters
     ----------

@@ -44,8 +44,7 @@ if TYPE_CHECKING:
 __all__ = ("RESOURCE_NAMES", "ParslJob", "get_file_paths", "parse_walltime")
 
 RESOURCE_NAMES = ("memory", "cores", "disk", "running_time_min", "priority")
-"""Keys of `ParslJob.get_resources`: the names Parsl's executors use in a
-``parsl_resource_specification`` (a site's ``resource_list`` picks some)."""
+"""Keys of `ParslJob.get_resources` (Parsl's ``parsl_resource_specification`` names)."""
 
 
 def get_file_paths(workflow: GenericWorkflow, name: str) -> dict[str, str]:
@@ -69,14 +68,9 @@ def get_file_paths(workflow: GenericWorkflow, name: str) -> dict[str, str]:
 
 class ParslJob:
     """One job (one attempt of it, when the plugin runs it), as handed to
-    `SiteConfig.select_executor`.
-
-    The resource attributes carry the names of
-    `lsst.ctrl.bps.GenericWorkflowJob`, and ``job.generic`` reads them too,
-    so site code written against the old plugin
-    (``job.generic.request_memory``) keeps working. When the plugin runs a
-    job, ``request_memory`` is what this attempt asks for (scaled by
-    ``memoryMultiplier`` on retries).
+    `SiteConfig.select_executor`: its attributes have the names of
+    `lsst.ctrl.bps.GenericWorkflowJob`, also through ``job.generic`` (the old
+    plugin's); ``request_memory`` is this attempt's (scaled on retries).
 
     Parameters
     ----------
@@ -108,6 +102,7 @@ class ParslJob:
     )
     file_paths: dict[str, str]
     _logs: tuple[str, str | None] | None
+    _tags: dict[str, Any] | str | None
 
     def __init__(
         self,
@@ -115,18 +110,17 @@ class ParslJob:
         config: BpsConfig | None = None,
         file_paths: dict[str, str] | None = None,
     ):
+        walltime, priority = generic.request_walltime, generic.priority
         self._set(
             generic.name,
             generic.label,
             generic.request_cpus or 1,
             generic.request_memory,
             generic.request_disk,
-            None if generic.request_walltime is None else str(generic.request_walltime),
-            None if generic.priority is None else str(generic.priority),
-            1,
-            False,
-            dict(generic.tags or {}),
         )
+        self.request_walltime = None if walltime is None else str(walltime)
+        self.priority = None if priority is None else str(priority)
+        self._tags = dict(generic.tags or {})
         self._generic = generic
         self.config = config
         self.file_paths = dict(file_paths or {})
@@ -142,27 +136,22 @@ class ParslJob:
         request_cpus: int,
         request_memory: int | None,
         request_disk: int | None,
-        request_walltime: str | None,
-        priority: str | None,
-        attempt: int,
-        final: bool,
-        tags: dict[str, Any] | str | None,
+        request_walltime: str | None = None,
+        priority: str | None = None,
+        attempt: int = 1,
+        final: bool = False,
+        tags: dict[str, Any] | str | None = None,
     ) -> None:
-        self.name = name
-        self.label = label
-        self.request_cpus = request_cpus
-        self.request_memory = request_memory
-        self.request_disk = request_disk
-        self.request_walltime = request_walltime
-        self.priority = priority
-        self.attempt = attempt
-        self.final = final
-        self._tags = tags
-        self._generic = None
-        self._logs = None
-        self.config = None
+        """Set every attribute (the generic job, config and logs to none)."""
+        self.name, self.label, self.request_cpus = name, label, request_cpus
+        self.request_memory, self.request_disk, self.request_walltime = (
+            request_memory,
+            request_disk,
+            request_walltime,
+        )
+        self.priority, self.attempt, self.final, self._tags = priority, attempt, final, tags
+        self._generic = self._logs = self.config = self.future = None
         self.file_paths = {}
-        self.future = None
         self.done = False
 
     @classmethod
@@ -196,28 +185,17 @@ class ParslJob:
         attempt : `int`
             Attempt number, 1 for the first.
         final : `bool`
-            Whether this is the final job (it runs alone, after all others).
+            Whether this is the final job.
         tags : `dict` or `str`, optional
-            The job's tags, or their JSON text (decoded when first read).
+            The job's tags, or their JSON text.
         config : `lsst.ctrl.bps.BpsConfig`, optional
             BPS configuration of the run.
         submit_path, log_dir : `str`, optional
-            Submit directory and the job's log sub-directory, for
-            ``stdout``/``stderr``.
+            Submit directory and log sub-directory (for ``stdout``/``stderr``).
         """
         job = cls.__new__(cls)
-        job._set(
-            name,
-            label,
-            request_cpus,
-            request_memory,
-            request_disk,
-            request_walltime,
-            priority,
-            attempt,
-            final,
-            tags,
-        )
+        job._set(name, label, request_cpus, request_memory, request_disk, request_walltime, priority, attempt)
+        job.final, job._tags = final, tags
         job.config = config
         if submit_path is not None:
             job._logs = (submit_path, log_dir)
@@ -227,8 +205,7 @@ class ParslJob:
     def from_row(
         cls, row: JobRow, attempt: int, request_memory: int | None, config: BpsConfig, submit_path: str
     ) -> ParslJob:
-        """The view of attempt ``attempt`` of a stored job (what the driver
-        hands to `SiteConfig.select_executor`).
+        """The view of attempt ``attempt`` of a stored job.
 
         Parameters
         ----------
@@ -266,16 +243,12 @@ class ParslJob:
 
     @property
     def generic(self) -> Any:
-        """The generic job: the `~lsst.ctrl.bps.GenericWorkflowJob` given to
-        the constructor, else this object (same attribute names).
-        """
+        """The `~lsst.ctrl.bps.GenericWorkflowJob` given, else this object."""
         return self if self._generic is None else self._generic
 
     @property
     def tags(self) -> dict[str, Any]:
-        """The job's BPS tags (``label``-independent values such as
-        ``visit`` or ``detector``), as ctrl_bps set them.
-        """
+        """The job's BPS tags (e.g. ``visit``, ``detector``)."""
         tags = self._tags
         if tags is None:
             tags = {}
@@ -307,11 +280,8 @@ class ParslJob:
         Returns
         -------
         resources : `dict` [`str`, `~typing.Any`]
-            ``memory`` (MB), ``cores``, ``disk`` (MB) and
-            ``running_time_min`` (the walltime in whole minutes), always
-            (`None` when the job does not set one), and ``priority`` (a
-            number) only when the job sets one, as the old plugin (Parsl's
-            HighThroughputExecutor refuses ``priority=None``).
+            ``memory`` (MB), ``cores``, ``disk`` (MB), ``running_time_min``
+            (`None` when unset) and ``priority`` only when set (HTEX refuses `None`).
         """
         resources: dict[str, Any] = {
             "memory": self.request_memory or None,
@@ -329,6 +299,7 @@ class ParslJob:
 
 
 def _log_dir(config: BpsConfig, label: str, tags: dict[str, Any]) -> str:
+    """The job's log sub-directory."""
     from .store.attemptlogs import log_dir_template
 
     return log_dir_template(config)(label, tags)
@@ -345,7 +316,7 @@ def priority_number(value: Any) -> int | float | None:
     Returns
     -------
     priority : `int`, `float` or `None`
-        An `int` when the value is a whole number.
+        An `int` when whole.
     """
     if value is None or value == "":
         return None
@@ -359,8 +330,8 @@ def priority_number(value: Any) -> int | float | None:
 
 
 def walltime_minutes(value: Any) -> int | None:
-    """A BPS ``requestWalltime`` (minutes or ``HH:MM:SS``) in whole
-    minutes, at least 1, or `None` if unset or unreadable.
+    """A ``requestWalltime`` (minutes or ``HH:MM:SS``) in whole minutes (at
+    least 1), or `None` if unset or unreadable.
 
     Parameters
     ----------

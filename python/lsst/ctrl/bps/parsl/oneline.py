@@ -36,31 +36,27 @@ import re
 __all__ = ("ShownMessageError", "one_line", "shown")
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-"""Characters a terminal acts on rather than shows: C0 and C1 controls (ESC
-starts escape sequences, CR moves back), DEL, line and paragraph separators
-and the bidirectional marks, embeddings, overrides and isolates."""
+"""Characters a terminal acts on rather than shows: C0 and C1 controls, DEL,
+line and paragraph separators, bidirectional marks and overrides."""
 
 
 def _escape(match: re.Match) -> str:
+    """The match as escapes."""
     return match.group().encode("unicode_escape").decode("ascii")
 
 
 def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
-    r"""``text`` as it may be shown: characters a terminal would act on
-    (`_UNSAFE`) written as escapes (``\x1b``, ``\r``, ``\u202e``), at most
-    ``limit`` characters of it (then its length), and with ``ascii`` every
-    other non-ASCII character escaped too (ctrl_bps's report tables are
-    ASCII only).
+    r"""``text`` as it may be shown: what a terminal would act on escaped
+    (``\x1b``, ``\r``, ``\u202e``), cut at ``limit`` characters.
 
     Parameters
     ----------
     text : `object`
         The value to show (its `str`).
     limit : `int`, optional
-        Most characters of it shown; a longer text is cut and its length
-        added.
+        Most characters shown; a longer text is cut and its length added.
     ascii : `bool`, optional
-        Escape every non-ASCII character as well.
+        Escape every non-ASCII character too (ctrl_bps's report tables).
 
     Returns
     -------
@@ -78,10 +74,8 @@ def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
 
 
 class ShownMessageError(Exception):
-    """Base of the plugin's errors: their message, which may quote a job
-    name, a label or a value from a workflow or a store, is shown as text
-    (`shown`: what a terminal acts on escaped); of a message longer than
-    4000 characters the middle is cut, so that the fix at its end stays.
+    """Base of the plugin's errors: their message is `shown` (it may quote a
+    workflow's values); of one over 4000 characters the middle is cut.
     """
 
     def __str__(self) -> str:
@@ -92,8 +86,7 @@ class ShownMessageError(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """The text of ``exc`` on one line (its type's name where it has no
-    text), with what a terminal would act on escaped (`shown`).
+    """The text of ``exc`` on one line, `shown` (its type's name if it has none).
 
     Parameters
     ----------

@@ -25,18 +25,10 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Every use of Parsl's internals, in one place.
-
-Parsl's public API does not cover a few things the plugin needs: starting a
-data-flow kernel without leaking what a failed start had begun, marking a
-block that the plugin cancelled, holding the worker pools of a block that
-ended, asking the interchange which managers it has, unwrapping monitoring's
-wrapper in an executor of our own. Each function below names the private
-attribute it touches, why, and the Parsl versions it was checked on; a
-Parsl upgrade is checked by ``tests/test_parslcompat.py``, which `.ci/run`
-runs on the oldest and the newest Parsl that ``pyproject.toml`` allows.
-
-Importing this module does not import Parsl.
+"""Every use of Parsl's internals, in one place: each function names the
+private attribute it touches and why; all were checked on `CHECKED_ON`
+(``tests/test_parslcompat.py``, run by `.ci/run` on both). Importing this
+module does not import Parsl.
 """
 
 from __future__ import annotations
@@ -58,29 +50,24 @@ __all__ = (
 )
 
 CHECKED_ON = ("2025.12.8", "2026.10.26")
-"""The Parsl releases every function here was checked on (the range pinned
-in ``pyproject.toml``)."""
+"""The Parsl releases every function here was checked on (pyproject.toml's range)."""
 
 
 def start_kernel(config: Any, on_error: Callable[[str, BaseException], None]) -> Any:
     """Start Parsl's data-flow kernel; if that fails, stop what it had
-    started (the status poller, executors, memoizer, usage tracker,
-    monitoring, its logging callback) before raising.
+    started before raising.
 
-    ``DataFlowKernel(config)`` leaves the executors and threads it had
-    started running when its ``__init__`` raises, and gives the caller no
-    object to stop them with: the kernel is made with ``__new__`` so that
-    the half-built object can be taken apart. ``_logging_unregister_callback``
-    is the private callback the kernel registers with Parsl's logging.
-    Checked on `CHECKED_ON`.
+    A failing ``DataFlowKernel(config)`` leaves its executors and threads
+    running and gives no object to stop them: the kernel is made with
+    ``__new__`` so that the half-built object can be taken apart (with its
+    private ``_logging_unregister_callback``).
 
     Parameters
     ----------
     config : `parsl.config.Config`
         The configuration to start the kernel with.
     on_error : `~collections.abc.Callable`
-        Called with the step's name and its exception when stopping a part
-        fails (the start's own exception is raised anyway).
+        Called with a part's name and exception when stopping it fails.
 
     Returns
     -------
@@ -121,12 +108,9 @@ def start_kernel(config: Any, on_error: Callable[[str, BaseException], None]) ->
 
 def mark_scaled_in(executor: Any, block: str, message: str) -> None:
     """Record a block the plugin cancelled as scaled in (not failed), so
-    that Parsl's error handler does not count it against the executor.
-
-    A `~parsl.executors.status_handling.BlockProviderExecutor` keeps the
-    last status of each block in ``_status`` and the statuses it made up
-    itself in ``_simulated_status``; the poller merges the two. Checked on
-    `CHECKED_ON`.
+    that Parsl's error handler does not count it against the executor: in
+    the executor's private ``_status`` and ``_simulated_status`` (which the
+    poller merges).
 
     Parameters
     ----------
@@ -145,11 +129,8 @@ def mark_scaled_in(executor: Any, block: str, message: str) -> None:
 
 
 def hold_block(executor: Any, block: str) -> bool:
-    """Put the worker pools of a block on hold, as HTEX's own scale-in does,
-    so that the interchange sends them no new task.
-
-    Uses HTEX's private ``_hold_block``; an executor without it (not an
-    HTEX) is left alone. Checked on `CHECKED_ON`.
+    """Put the worker pools of a block on hold, as HTEX's own scale-in does
+    (its private ``_hold_block``), so the interchange sends them no new task.
 
     Parameters
     ----------
@@ -171,9 +152,8 @@ def hold_block(executor: Any, block: str) -> bool:
 
 
 def interchange_alive(executor: Any) -> bool:
-    """Whether an HTEX's interchange process runs and the executor is not
-    in a bad state (``interchange_proc``, not documented API; checked on
-    `CHECKED_ON`).
+    """Whether an HTEX's interchange process (undocumented
+    ``interchange_proc``) runs and the executor is not in a bad state.
 
     Parameters
     ----------
@@ -190,9 +170,8 @@ def interchange_alive(executor: Any) -> bool:
 
 
 def interchange_exit_code(executor: Any) -> int | None:
-    """The exit code of an HTEX's interchange process if it ended while the
-    executor was not yet in a bad state (``interchange_proc``, not
-    documented API; checked on `CHECKED_ON`).
+    """The exit code of an HTEX's interchange process (undocumented
+    ``interchange_proc``) if it ended while the executor was not in a bad state.
 
     Parameters
     ----------
@@ -212,11 +191,9 @@ def interchange_exit_code(executor: Any) -> int | None:
 
 
 def interchange_command(executor: Any, command: Any, timeout: float) -> Any:
-    """Ask an HTEX's interchange one of its commands through the executor's
-    ``command_client`` (not documented API; checked on `CHECKED_ON`):
-    ``"MANAGERS"`` lists the worker pools with their ``block_id``,
-    ``tasks`` and ``idle_duration``; ``["HOLD_MANAGER", id]`` sends one
-    pool no new task.
+    """Ask an HTEX's interchange a command through the undocumented
+    ``command_client``: ``"MANAGERS"`` (the worker pools with ``block_id``,
+    ``tasks``, ``idle_duration``) or ``["HOLD_MANAGER", id]``.
 
     Parameters
     ----------
@@ -271,13 +248,9 @@ def try_message_type() -> Any:
 def unwrap_monitoring(
     func: Callable, kwargs: dict[str, Any]
 ) -> tuple[Callable, dict[str, Any], tuple | None]:
-    """Undo Parsl monitoring's wrapper around a task, for an executor that
-    reports the task's tries itself.
-
-    With monitoring on, the kernel submits ``monitor_wrapper(func)`` with
+    """Undo Parsl monitoring's wrapper around a task (``__wrapped__``, with
     the private keyword arguments ``_parsl_monitoring_task_id`` and
-    ``_parsl_monitoring_try_id``; the wrapped function is its
-    ``__wrapped__``. Checked on `CHECKED_ON`.
+    ``_parsl_monitoring_try_id``), for an executor that reports tries itself.
 
     Parameters
     ----------
@@ -291,7 +264,7 @@ def unwrap_monitoring(
     func : `~collections.abc.Callable`
         The task's own function.
     kwargs : `dict`
-        Its own keyword arguments (a copy when the monitoring ones were removed).
+        Its own keyword arguments.
     monitoring : `tuple` or `None`
         ``(task_id, try_id)`` when the task was wrapped, else `None`.
     """

@@ -26,11 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """What the run-state store holds, as types: job states and kinds, and the
-rows of its ``jobs``, ``status``, ``attempts`` and ``sessions`` tables as
-named records.
-
-Standard library and ``lsst.ctrl.bps`` only, so that any module may import
-it (see `state` for the store itself).
+rows of its tables as named records (any module may import it).
 """
 
 from __future__ import annotations
@@ -44,9 +40,7 @@ __all__ = ("ENDED", "AttemptResult", "AttemptRow", "JobKind", "JobRow", "JobStat
 
 
 class JobState(IntEnum):
-    """State of a job as the store records it: the `WmsStates` value of
-    that name, so that a stored value is what ``bps report`` shows.
-    """
+    """State of a job as the store records it: the `WmsStates` value of that name."""
 
     UNREADY = WmsStates.UNREADY.value
     """Waiting for its parents (or for the final phase)."""
@@ -56,8 +50,7 @@ class JobState(IntEnum):
     PENDING = WmsStates.PENDING.value
     """An attempt was handed to Parsl and has not ended."""
     RUNNING = WmsStates.RUNNING.value
-    """An attempt is running (a driver that died left it PENDING or
-    RUNNING: a restart settles it from its log)."""
+    """An attempt is running (a restart settles one a dead driver left)."""
     SUCCEEDED = WmsStates.SUCCEEDED.value
     """An attempt exited with status 0 (a no-op node: its parents succeeded)."""
     FAILED = WmsStates.FAILED.value
@@ -65,18 +58,7 @@ class JobState(IntEnum):
     PRUNED = WmsStates.PRUNED.value
     """Never run: an ancestor failed for good."""
     DELETED = WmsStates.DELETED.value
-    """Not finished when the run was stopped (cancel, signal, lost store,
-    full disk); a restart runs it again."""
-
-    def wms_state(self) -> WmsStates:
-        """The `WmsStates` member of the same value.
-
-        Returns
-        -------
-        state : `lsst.ctrl.bps.WmsStates`
-            The BPS state.
-        """
-        return WmsStates(self.value)
+    """Not finished when the run was stopped; a restart runs it again."""
 
 
 ENDED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.PRUNED, JobState.DELETED})
@@ -97,9 +79,7 @@ class JobKind(IntEnum):
 
 
 class JobRow(NamedTuple):
-    """One job of the prepared workflow, as stored: from prepare to the
-    store and back, the columns of table ``jobs`` are its fields, in order.
-    """
+    """One job of the prepared workflow: the columns of table ``jobs``, in order."""
 
     id: int
     name: str
@@ -120,105 +100,74 @@ class JobRow(NamedTuple):
     log_dir: str | None = None
     tags: str | None = None
     concurrency_limit: str | None = None
-    """BPS ``concurrencyLimit``: ``name[:units]`` entries, comma-separated."""
     abort_on_value: int | None = None
-    """Exit status of this job that aborts the run (BPS ``abortOnValue``)."""
     abort_return_value: int | None = None
-    """Status of a run this job aborted (BPS ``abortReturnValue``)."""
     compute_site: str | None = None
-    """BPS ``computeSite`` of this job."""
     queue: str | None = None
-    """BPS ``queue`` of this job."""
 
 
 class AttemptResult(NamedTuple):
-    """How an attempt ended: what `~lsst.ctrl.bps.parsl.run.runner.run_job` returns
-    (a plain tuple on a Parsl worker), and what the local pool's futures give.
+    """How an attempt ended (`~lsst.ctrl.bps.parsl.run.runner.run_job`'s
+    result): exit status (``128 + signal`` if killed; -1: lost), the signal,
+    start and end (epoch seconds), host, whether its walltime killed it.
     """
 
     exit_code: int
-    """Exit status (``128 + signal`` if a signal killed it; -1: the executor lost it)."""
     signal: int | None
-    """Signal that killed it."""
     start: float | None
-    """When it started (epoch seconds)."""
     end: float | None
-    """When it ended."""
     host: str | None
-    """Host it ran on."""
     timed_out: bool
-    """Whether its walltime killed it."""
 
 
 class StatusRow(NamedTuple):
-    """A job's current state (table ``status``)."""
+    """A job's current state (table ``status``): its last attempt's number
+    (0: none yet), exit status, signal, start (submitted or started), end, host.
+    """
 
     job: int
-    """Job id."""
     state: JobState
-    """Current state."""
     attempt: int
-    """Number of its last attempt (0: none yet)."""
     exit_code: int | None
-    """Exit status of the last attempt (``128 + signal`` if killed)."""
     signal: int | None
-    """Signal that killed the last attempt."""
     start: float | None
-    """When the last attempt was submitted or started (epoch seconds)."""
     end: float | None
-    """When the last attempt ended."""
     host: str | None
-    """Host of the last attempt."""
 
 
 class AttemptRow(NamedTuple):
-    """One ended attempt of a job (table ``attempts``)."""
+    """One ended attempt of a job (table ``attempts``): number (from 1),
+    driver session, state (SUCCEEDED, FAILED or DELETED), exit status (-1:
+    lost), signal, memory asked (MB), executor label, when handed to Parsl,
+    started and ended, host, and why the infrastructure ``lost`` it (`None`:
+    it ended by itself; a lost attempt does not count against the retries).
+    """
 
     job: int
-    """Job id."""
     attempt: int
-    """Attempt number, from 1."""
     session: int
-    """Driver session that ran it."""
     state: JobState
-    """SUCCEEDED, FAILED or DELETED."""
     exit_code: int | None
-    """Exit status (``128 + signal`` if killed; -1 if the executor lost it)."""
     signal: int | None
-    """Signal that killed it."""
     memory: int | None
-    """Memory (MB) it asked for."""
     executor: str | None
-    """Label of the executor it ran on."""
     submitted: float | None
-    """When it was handed to Parsl."""
     start: float | None
-    """When it started."""
     end: float | None
-    """When it ended."""
     host: str | None
-    """Host it ran on."""
     lost: str | None = None
-    """Why the infrastructure lost it (its worker, worker pool, node or
-    block, the interchange, the local pool's spawner); `None` if it ended by
-    itself. A lost attempt has exit status -1 and does not count against the
-    job's ``numberOfRetries``."""
 
 
 class SessionRow(NamedTuple):
-    """One driver session (table ``sessions``)."""
+    """One driver session (table ``sessions``): id (from 1), ``submit`` or
+    ``restart``, the driver's pid and host, start, end (`None` while it runs
+    or if it died), outcome (``succeeded``, ``failed``, ``cancelled``, ``error``).
+    """
 
     id: int
-    """Session id, from 1."""
     kind: str
-    """``submit`` or ``restart``."""
     pid: int
-    """Process id of the driver."""
     host: str
-    """Host of the driver."""
     start: float
-    """When it started."""
     end: float | None
-    """When it ended; `None` while it runs or if it died."""
     outcome: str | None
-    """``succeeded``, ``failed``, ``cancelled`` or ``error``."""

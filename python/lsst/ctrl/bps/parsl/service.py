@@ -29,7 +29,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
@@ -40,16 +39,14 @@ from lsst.resources import ResourcePath
 from .configuration import ConfigurationError, RunSettings
 from .control.submitchecks import check_executables, check_submit_path
 from .files import open_private, safe_component
-from .oneline import one_line, shown
+from .oneline import one_line
 from .run.session import RunFailedError
 from .site import SiteConfig
-from .store.runindex import list_runs, resolve_run
+from .store.runindex import resolve_run
 from .store.runstore import StateStoreError
 from .workflow import ParslWorkflow
 
 __all__ = ("ParslService", "RunFailedError")
-
-_LOG = logging.getLogger(__name__)
 
 
 def _fail_bps_command(message: str | None, exit_status: int = 1, now: bool = False) -> bool:
@@ -68,7 +65,7 @@ def _fail_bps_command(message: str | None, exit_status: int = 1, now: bool = Fal
     if message is not None:
         print(message, file=sys.stderr, flush=True)
     if now:
-        raise click.exceptions.Exit(exit_status)
+        raise click.exceptions.Exit(exit_status) from None
 
     def exit_with_failure() -> None:
         raise click.exceptions.Exit(exit_status)
@@ -77,23 +74,11 @@ def _fail_bps_command(message: str | None, exit_status: int = 1, now: bool = Fal
     return True
 
 
-def _refuse_bps_command(exc: Exception) -> None:
-    """Under ctrl_bps's ``bps`` command line, print ``exc`` as its one line
-    and end the command with exit status 1 (no traceback); otherwise return.
-    """
-    try:
-        import click
-    except ImportError:
-        return
-    context = click.get_current_context(silent=True)
-    if context is None or not type(context.find_root().command).__module__.startswith("lsst.ctrl.bps."):
-        return
-    print(one_line(exc), file=sys.stderr, flush=True)
-    raise click.exceptions.Exit(1) from None
-
-
 class ParslService(BaseWmsService):
     """BPS workflow management service that runs workflows with Parsl.
+
+    A method without a docstring has `BaseWmsService`'s; what each ``bps``
+    command does: doc/operations.md.
 
     Parameters
     ----------
@@ -115,38 +100,32 @@ class ParslService(BaseWmsService):
 
     def run_submission_checks(self) -> None:
         """Check every plugin key and the site (building its executors)
-        before the quantum graph is built and the submit directory exists.
-
-        Under the ``bps`` command line a failure is its one-line message and
-        exit status 1, with no traceback.
+        before the quantum graph is built; under ``bps`` a failure is one
+        line and exit status 1.
 
         Raises
         ------
         ConfigurationError
-            With a one-line message naming the key and the fix (also for an
-            error the site's own code raised while building its executors).
+            One line naming the key and the fix.
         """
+        from .prepare.jobattrs import concurrency_limits
+
         try:
-            self._submission_checks()
+            site = SiteConfig.from_config(self.config)
+            try:
+                site.validate()
+            except ConfigurationError:
+                raise
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"'{site.where}' ({type(site).__name__}) cannot build its executors: {one_line(exc)}"
+                ) from None
+            RunSettings.read(self.config)
+            check_submit_path(self.config)
+            concurrency_limits(self.config, site.compute_site)
         except ConfigurationError as exc:
             _fail_bps_command(str(exc), now=True)
             raise
-
-    def _submission_checks(self) -> None:
-        from .prepare.jobattrs import concurrency_limits
-
-        site = SiteConfig.from_config(self.config)
-        try:
-            site.validate()
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            raise ConfigurationError(
-                f"'{site.where}' ({type(site).__name__}) cannot build its executors: {one_line(exc)}"
-            ) from None
-        RunSettings.read(self.config)
-        check_submit_path(self.config)
-        concurrency_limits(self.config, site.compute_site)
 
     def prepare(
         self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None = None
@@ -170,7 +149,7 @@ class ParslService(BaseWmsService):
         try:
             return self._prepare(config, generic_workflow, out_prefix)
         except (ConfigurationError, StateStoreError) as exc:
-            _refuse_bps_command(exc)
+            _fail_bps_command(one_line(exc), now=True)
             raise
 
     def _prepare(
@@ -206,27 +185,26 @@ class ParslService(BaseWmsService):
         return workflow
 
     def submit(self, workflow: ParslWorkflow, **kwargs: Any) -> ParslWorkflow:
-        """Run the workflow until every job ended.
+        """Run the workflow until every job ended (or start it in the
+        background with ``parslDetach``).
 
         Parameters
         ----------
         workflow : `ParslWorkflow`
             The workflow `prepare` returned.
         **kwargs : `~typing.Any`
-            BPS's other arguments; ``config`` (`lsst.ctrl.bps.BpsConfig`), if
-            given, is the run's configuration.
+            BPS's other arguments; ``config``, if given, is the run's configuration.
 
         Returns
         -------
         workflow : `ParslWorkflow`
-            ``workflow``, run (or running in the background with ``detach``).
+            ``workflow``.
 
         Raises
         ------
         RunFailedError
-            If any job failed, was pruned or the run was cancelled; the
-            final job has run by then (unless cancelled). Under the ``bps``
-            command line it is printed instead and ``bps submit`` exits 1.
+            If a job failed or was pruned, or the run was cancelled (under
+            ``bps`` printed instead, and ``bps submit`` exits 1).
         """
         from .run.session import DriverBusyError, run_driver, start_detached
 
@@ -236,7 +214,7 @@ class ParslService(BaseWmsService):
                 f"{workflow.submit_path}' resumes it; submit with another submitPath"
             )
         config = kwargs.get("config") or workflow.config or self.config
-        if _detach(config):
+        if RunSettings.read(config).detach:
             pid = start_detached(workflow.submit_path, "submit")
             print(
                 f"bps-parsl: driver running in the background (pid {pid}); log: "
@@ -262,8 +240,7 @@ class ParslService(BaseWmsService):
         Returns
         -------
         wms_id, run_name, message : `tuple`
-            The run id and name (`None` if it could not restart) and a
-            message.
+            The run id and name (`None` if it could not restart) and a message.
         """
         from .run.session import (
             DriverBusyError,
@@ -290,7 +267,7 @@ class ParslService(BaseWmsService):
             bps_copy = os.path.join(submit_path, f"{safe_component(workflow.name)}_config.yaml")
             if not os.path.exists(bps_copy):
                 _save_config(config, bps_copy)
-            if _detach(config):
+            if RunSettings.read(config).detach:
                 pid = start_detached(submit_path, "restart")
                 return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"
             run_driver(submit_path, config, kind="restart")
@@ -313,17 +290,15 @@ class ParslService(BaseWmsService):
         is_global: bool = False,
         return_exit_codes: bool = False,
     ) -> tuple[list[WmsRunReport], str]:
-        """Report one run in detail, or list this user's runs.
+        """Report one run in detail, or list runs (`report.runs.listed_reports`).
 
         Parameters
         ----------
         wms_workflow_id : `str`, optional
-            Submit directory or run id; without it, list runs that are
-            active or ended within ``hist`` days.
+            Submit directory or run id; without it, list runs active or
+            ended within ``hist`` days.
         user : `str`, optional
-            Only runs of this operator; another user's runs (found in
-            their run index) are shown read-only when the file system lets
-            this user read them.
+            Only runs of this operator (another user's read-only, when readable).
         hist : `float`
             Days of history for the list.
         pass_thru, is_global
@@ -336,71 +311,25 @@ class ParslService(BaseWmsService):
         reports, message : `tuple`
             Run reports and a message (empty if all went well).
         """
-        import time
+        from .report.reports import readable_run, run_report
+        from .report.runs import listed_reports
 
-        from .report.reports import last_activity, readable_run, run_report
-
-        if wms_workflow_id:
-            try:
-                submit_path = resolve_run(wms_workflow_id)
-                readable_run(submit_path)
-                return [run_report(submit_path, True, return_exit_codes)], ""
-            except (StateStoreError, OSError) as exc:
-                _fail_bps_command(None)  # ctrl_bps prints the message
-                return [], str(exc)
-        runs, problems = _runs_of(user)
-        reports = []
-        since = time.time() - (hist or 0) * 86400
-        for submit_path in runs:
-            try:
-                if not user and not _is_owner(submit_path):
-                    continue
-                readable_run(submit_path)
-                when, alive = last_activity(submit_path)
-                if not alive and when < since:
-                    continue
-                report = run_report(submit_path, False, return_exit_codes)
-            except (StateStoreError, OSError) as exc:
-                problems.append(str(exc))
-                continue
-            if user and report.operator != user:
-                continue
-            reports.append(report)
-        return reports, "\n".join(problems)
+        if not wms_workflow_id:
+            return listed_reports(user, hist, return_exit_codes)
+        try:
+            submit_path = resolve_run(wms_workflow_id)
+            readable_run(submit_path)
+            return [run_report(submit_path, True, return_exit_codes)], ""
+        except (StateStoreError, OSError) as exc:
+            _fail_bps_command(None)  # ctrl_bps prints the message
+            return [], str(exc)
 
     def get_status(
         self, wms_workflow_id: str, hist: float = 1, is_global: bool = False
     ) -> tuple[WmsStates, str]:
-        """Return the state of a run (fast: no per-job work).
+        from .report.runs import run_status
 
-        Parameters
-        ----------
-        wms_workflow_id : `str`
-            Submit directory or run id.
-        hist : `float`, optional
-            Unused (BPS's interface: days of history to search).
-        is_global : `bool`, optional
-            Unused (BPS's interface: search every scheduler).
-
-        Returns
-        -------
-        state, message : `tuple`
-            `WmsStates` of the run and a message.
-        """
-        from .report.reports import readable_run, run_state
-        from .store.runstore import RunStore, db_path
-
-        try:
-            submit_path = resolve_run(wms_workflow_id)
-            readable_run(submit_path)
-            store = RunStore(db_path(submit_path), readonly=True)
-            try:
-                state, message = run_state(store, submit_path)
-                return state, shown(message, 4000)
-            finally:
-                store.close()
-        except (StateStoreError, OSError) as exc:
-            return WmsStates.UNKNOWN, str(exc)
+        return run_status(wms_workflow_id)
 
     def list_submitted_jobs(
         self,
@@ -410,70 +339,11 @@ class ParslService(BaseWmsService):
         pass_thru: str | None = None,
         is_global: bool = False,
     ) -> list[str]:
-        """Ids of runs that `cancel` can act on: runs with a live driver or
-        unfinished jobs, of this user.
+        from .report.runs import cancellable_runs
 
-        Parameters
-        ----------
-        wms_id : `str`, optional
-            Submit directory or run id of one run; `None` lists every run of
-            this user's run index.
-        user : `str`, optional
-            Only runs whose ``operator`` is this user.
-        require_bps : `bool`, optional
-            Unused (every run of this plugin is a BPS run).
-        pass_thru : `str`, optional
-            Unused (BPS's interface).
-        is_global : `bool`, optional
-            Unused (BPS's interface).
-
-        Returns
-        -------
-        ids : `list` [`str`]
-            Submit directories.
-        """
-        from .report.reports import readable_run
-        from .run.session import driver_alive
-
-        if wms_id:
-            try:
-                submit_path = resolve_run(wms_id)
-                readable_run(submit_path)  # another user's run: `cancel` says why it refuses
-            except (StateStoreError, OSError):
-                return []
-            try:
-                return [submit_path] if _cancellable(submit_path) else []
-            except (StateStoreError, OSError):
-                return [submit_path]  # unreadable or damaged: `cancel` says so in one line
-        ids = []
-        for run_id, submit_path in list_runs():
-            try:
-                if (
-                    _is_owner(submit_path)
-                    and driver_alive(submit_path, run_id) is not None
-                    and _operator_is(submit_path, user)
-                ):
-                    ids.append(submit_path)
-            except (StateStoreError, OSError):
-                continue
-        return ids
+        return cancellable_runs(wms_id, user)
 
     def cancel(self, wms_id: str, pass_thru: str | None = None) -> tuple[bool, str]:
-        """Stop a run: no new job starts, running ones are killed, the rest
-        is recorded DELETED.
-
-        Parameters
-        ----------
-        wms_id : `str`
-            Submit directory or run id.
-        pass_thru : `str`, optional
-            Unused (BPS's interface).
-
-        Returns
-        -------
-        cancelled, message : `tuple`
-            Whether all of that happened, and what happened.
-        """
         from .run.session import DriverBusyError, cancel_run
 
         try:
@@ -483,89 +353,12 @@ class ParslService(BaseWmsService):
             return False, str(exc)
 
     def ping(self, pass_thru: str | None = None) -> tuple[int, str]:
-        """Check that Parsl imports, the site builds its executors and the
-        scheduler answers.
-
-        Parameters
-        ----------
-        pass_thru : `str`, optional
-            A submit YAML whose site to check; default: the plugin's
-            default (local) site.
-
-        Returns
-        -------
-        status, message : `tuple`
-            0 and "" when all is well, else 1 and what is missing.
-        """
         from .control.ping import ping_site
 
         return ping_site(pass_thru, self.config)
 
 
-def _detach(config: BpsConfig) -> bool:
-    return RunSettings.read(config).detach
-
-
-def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
-    """Submit directories to list for ``bps report [--user USER]``: this
-    user's index, and the index of ``USER`` when that is another user (in
-    their home, when they let this user read it); and the problems met.
-    """
-    import getpass
-    import pwd
-    from pathlib import Path
-
-    from .store.runindex import INDEX_SUBDIR
-
-    runs = [path for _, path in list_runs()]
-    problems: list[str] = []
-    if user and user != getpass.getuser():
-        try:
-            home = pwd.getpwnam(user).pw_dir
-        except KeyError:
-            return runs, [f"user '{user}' does not exist on this host: check --user"]
-        other_index = Path(home) / INDEX_SUBDIR
-        if not os.access(other_index, os.R_OK | os.X_OK):
-            problems.append(
-                f"{other_index}: the run index of user '{user}' is not readable by you: pass --id with the "
-                "run's submit directory, or ask them to let you read it"
-            )
-        runs.extend(path for _, path in list_runs(other_index) if path not in runs)
-    return runs, problems
-
-
-def _is_owner(submit_path: str) -> bool:
-    from .store.runstore import db_path
-
-    return os.stat(db_path(submit_path)).st_uid == os.getuid()
-
-
-def _operator_is(submit_path: str, user: str | None) -> bool:
-    if not user:
-        return True
-    from .store.runstore import RunStore, db_path
-
-    store = RunStore(db_path(submit_path), readonly=True)
-    try:
-        return store.meta().get("operator") == user
-    finally:
-        store.close()
-
-
-def _cancellable(submit_path: str) -> bool:
-    from .run.session import driver_alive
-    from .store.runstore import ENDED, RunStore, db_path
-
-    if driver_alive(submit_path) is not None:
-        return True
-    store = RunStore(db_path(submit_path), readonly=True)
-    try:
-        return store.sessions() != [] and any(row.state not in ENDED for row in store.statuses())
-    finally:
-        store.close()
-
-
 def _save_config(config: BpsConfig, path: str) -> None:
-    """Write ``config`` as YAML to ``path``, mode 0600 (its directory must exist)."""
+    """Write ``config`` as YAML to ``path``, mode 0600."""
     with os.fdopen(open_private(path), "w") as stream:
         config.dump(stream)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +45,7 @@ from .configuration import (
     get_bps_config_value,
     get_workflow_name,
 )
-from .job import RESOURCE_NAMES
+from .sites.resources import EXECUTOR_RESOURCES, ExecutorCapacity, check_executors_take, checked_resource_list
 
 if TYPE_CHECKING:
     import parsl.config
@@ -57,76 +56,24 @@ if TYPE_CHECKING:
 
 __all__ = ("EXECUTOR_RESOURCES", "ExecutorCapacity", "SiteConfig")
 
-EXECUTOR_RESOURCES: dict[str, tuple[str, ...]] = {
-    "HighThroughputExecutor": ("priority",),
-    "WorkQueueExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
-    "TaskVineExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
-    "LocalPoolExecutor": ("cores", "memory", "running_time_min"),
-    "ThreadPoolExecutor": (),
-}
-"""The job resources (`ParslJob.get_resources` names) each executor type
-takes in a task's ``parsl_resource_specification``: the old plugin's table
-(HighThroughputExecutor ``priority``; WorkQueueExecutor all five), plus this
-plugin's local pool (`~lsst.ctrl.bps.parsl.localpool.LocalPoolExecutor`,
-what the ``Local`` site runs: a job's cores and memory are taken from the
-pool's budget and its walltime is enforced) and Parsl's thread pool (none).
-A built-in site's ``resource_list`` is its executors' entry."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorCapacity:
-    """What one executor that runs jobs on this machine can run at once.
-
-    `prepare` refuses a job that asks for more than its executor's capacity,
-    and only such executors enforce a job's ``request_walltime`` themselves.
-    Admission (a job starts once its ``request_cpus`` and
-    ``request_memory`` fit) is the executor's: the local pool's spawner.
-    Batch executors return no capacity: their scheduler does that job.
-    """
-
-    cores: int
-    """Cores available to jobs."""
-
-    memory: int | None = None
-    """Memory available to jobs, in MB (`None`: not limited)."""
-
-    depth: int | None = None
-    """Jobs a thread-pool executor runs at once (default: ``cores``)."""
-
-    @property
-    def queue_depth(self) -> int:
-        """Jobs a thread-pool executor runs at once (its ``max_threads``):
-        one per core. A thread pool has no memory admission; the local pool
-        (`lsst.ctrl.bps.parsl.localpool`) has.
-        """
-        return self.depth if self.depth is not None else self.cores
-
 
 class SiteConfig(ABC):
     """Configuration of a compute site: which Parsl executors run the jobs.
 
-    Subclasses implement `get_executors` and `select_executor`. The site's
-    settings come from ``site.<computeSite>`` in the BPS configuration.
+    Subclasses implement `get_executors` and `select_executor`; the site's
+    keys are ``site.<computeSite>`` of the BPS configuration.
 
     Parameters
     ----------
     config : `lsst.ctrl.bps.BpsConfig`
         BPS configuration.
     resource_list : `list` [`str`], optional
-        Which of a job's requests go to the executor with each job, as its
-        ``parsl_resource_specification``: some of ``memory``, ``cores``,
-        ``disk``, ``running_time_min`` and ``priority`` (see
-        `ParslJob.get_resources`). `None` (the default) leaves it to the
-        site (`resource_specification`). `validate` refuses names that an
-        executor of the site does not take (an HTEX takes ``priority``
-        only, the local pool ``cores``, ``memory`` and ``running_time_min``,
-        thread pools none).
+        Names of `ParslJob.get_resources` sent with each job as its
+        ``parsl_resource_specification`` (doc/sites.md); `None`: the site's default.
     """
 
     default_resource_list: tuple[str, ...] | None = None
-    """``resource_list`` when the constructor is given none: a built-in
-    site's executors' entry of `EXECUTOR_RESOURCES` (`None`: nothing is
-    sent unless the site says so)."""
+    """``resource_list`` when the constructor is given none (`None`: send nothing)."""
 
     def __init__(self, config: BpsConfig, resource_list: list[str] | None = None):
         self.config = config
@@ -135,15 +82,11 @@ class SiteConfig(ABC):
         self.where = f"site.{self.compute_site}"
         self.resource_list = resource_list
         self.submit_path: str | None = None
-        """Submit directory of the run; set by the driver before
-        `get_parsl_config` is called."""
+        """Submit directory of the run; set before `get_parsl_config`."""
 
     @property
     def resource_list(self) -> list[str] | None:
-        """Names of the job resources sent to the executor with each job
-        (the old plugin's attribute): the list given to the constructor or
-        set by the site class, else `default_resource_list`.
-        """
+        """Names of the job resources sent with each job (else `default_resource_list`)."""
         if self._resource_list is not None:
             return self._resource_list
         default = type(self).default_resource_list
@@ -151,7 +94,7 @@ class SiteConfig(ABC):
 
     @resource_list.setter
     def resource_list(self, value: list[str] | None) -> None:
-        self._resource_list = _checked_resource_list(value, type(self).__name__)
+        self._resource_list = checked_resource_list(value, type(self).__name__)
 
     @staticmethod
     def get_site_subconfig(config: BpsConfig) -> BpsConfig:
@@ -160,7 +103,7 @@ class SiteConfig(ABC):
         Parameters
         ----------
         config : `lsst.ctrl.bps.BpsConfig`
-            The whole BPS configuration.
+            BPS configuration.
 
         Returns
         -------
@@ -202,8 +145,7 @@ class SiteConfig(ABC):
         Raises
         ------
         ConfigurationError
-            If the class is missing, cannot be imported or is not a
-            `SiteConfig`.
+            If the class is missing, cannot be imported or is no `SiteConfig`.
         """
         site = cls.get_site_subconfig(config)
         compute_site = config["computeSite"]
@@ -231,7 +173,7 @@ class SiteConfig(ABC):
         return SiteSettings.read(self.site, self.where)
 
     def get(self, key: str, data_type: type | tuple[type, ...], default: Any = None, **kwargs: Any) -> Any:
-        """Typed lookup of a key of this site's section.
+        """Typed lookup of a key of this site's section (`get_bps_config_value`).
 
         Parameters
         ----------
@@ -248,11 +190,6 @@ class SiteConfig(ABC):
         -------
         value : `~typing.Any`
             The value, else ``default``.
-
-        Raises
-        ------
-        ConfigurationError
-            If the value has the wrong type, or is missing and required.
         """
         return get_bps_config_value(self.site, key, data_type, default, where=self.where, **kwargs)
 
@@ -272,11 +209,6 @@ class SiteConfig(ABC):
         -------
         value : `~typing.Any`
             The value, else ``default``.
-
-        Raises
-        ------
-        ConfigurationError
-            If the value has the wrong type or is not above zero.
         """
         value = self.get(key, data_type, default)
         if value is not None and value <= 0:
@@ -290,10 +222,8 @@ class SiteConfig(ABC):
 
     @abstractmethod
     def select_executor(self, job: ParslJob) -> str:
-        """Return the label of the executor that should run ``job``.
-
-        Called for every attempt: a retry that asks for more memory may go
-        to another executor.
+        """Return the label of the executor that should run ``job`` (called
+        for every attempt: a retry may go to another executor).
 
         Parameters
         ----------
@@ -322,11 +252,8 @@ class SiteConfig(ABC):
         return labels
 
     def capacity(self, label: str) -> ExecutorCapacity | None:
-        """Return what the executor ``label`` can run at once.
-
-        `None` (the default) means the executor or its batch system decides;
-        executors on this machine return their cores and memory, so that
-        `prepare` refuses a job that would never fit.
+        """Return what the executor ``label`` can run at once (`None`: its
+        batch system decides).
 
         Parameters
         ----------
@@ -341,11 +268,8 @@ class SiteConfig(ABC):
         return None
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        """Return Parsl's ``parsl_resource_specification`` for a job, if the
-        executor ``label`` understands one.
-
-        This implementation sends the job's values of the names in
-        ``resource_list`` (those the job sets), and nothing without one.
+        """Return Parsl's ``parsl_resource_specification`` for a job: the
+        job's values of the names in ``resource_list`` that it sets.
 
         Parameters
         ----------
@@ -365,23 +289,6 @@ class SiteConfig(ABC):
         spec = {key: resources[key] for key in self.resource_list if resources.get(key) is not None}
         return spec or None
 
-    def _check_resource_list(self) -> None:
-        """Every executor must take the names of ``resource_list``."""
-        if not self.resource_list:
-            return
-        for executor in self.get_executors():
-            accepted = _accepted_resources(executor)
-            if accepted is None:
-                continue
-            refused = [key for key in self.resource_list if key not in accepted]
-            if refused:
-                takes = ", ".join(sorted(accepted)) or "none"
-                raise ConfigurationError(
-                    f"site class {type(self).__name__} passes resource_list {self.resource_list}, but its "
-                    f"executor '{executor.label}' ({type(executor).__name__}) does not take {refused} "
-                    f"(it takes: {takes}): drop them from resource_list or use another executor"
-                )
-
     def get_address(self) -> str:
         """Return the address workers use to reach the submitting host.
 
@@ -395,11 +302,9 @@ class SiteConfig(ABC):
         return address_by_hostname()
 
     def get_command_prefix(self) -> str:
-        """Return shell commands run before each job's command line.
-
-        ``commandPrefix`` (`str`) is used as is; ``environment`` (`bool`)
-        makes every job first source a copy of the submitting process's
-        environment, written once in the submit directory.
+        """Return shell commands run before each job's command line:
+        ``commandPrefix``, then with ``environment`` a copy of the submitting
+        process's environment, written once in the submit directory.
 
         Returns
         -------
@@ -421,54 +326,30 @@ class SiteConfig(ABC):
 
     @property
     def job_shell(self) -> str:
-        """Shell that runs each job's script (key ``jobShell``).
-
-        Default: ``/bin/bash``, as the old plugin's ``bash_app`` ran them
-        (command lines and ``commandPrefix`` may use ``[[ ]]``, arrays,
-        ``source``). ``/bin/sh`` is an opt-in for speed: it starts about
-        twice as fast, but on Debian it is dash, a POSIX shell only.
-        """
+        """Shell that runs each job's script (key ``jobShell``)."""
         return self.settings.job_shell
 
     @property
     def site_retries(self) -> int | None:
-        """Retries of every job of the site (key ``retries``, the old
-        plugin's only retry control), `None` when the site does not set it.
-
-        When set, it wins over every job's BPS ``numberOfRetries`` (whose
-        default, 5, reaches every job): ``retries: 0`` means one attempt,
-        ``retries: 2`` three, as with the old plugin. Unset, each job's
-        ``numberOfRetries`` applies (`default_retries` when it has none).
-        The prepared run keeps each job's retries.
-        """
+        """Retries of every job (key ``retries``, wins over ``numberOfRetries``); `None`: unset."""
         return self.settings.retries
 
     default_retries = 1
-    """Retries of a job when neither the site's ``retries`` nor the job's
-    ``numberOfRetries`` is set (the old plugin's default)."""
+    """Retries of a job when neither ``retries`` nor ``numberOfRetries`` is set."""
 
     @property
     def warm_start(self) -> bool:
-        """Whether ``pipetask run-qbb`` jobs may start warm (key ``warmStart``,
-        default true): forked from a process that has imported the stack
-        (`lsst_ctrl_bps_parsl_worker.warm`).
-        """
+        """Whether ``pipetask run-qbb`` jobs may start warm (key ``warmStart``)."""
         return self.settings.warm_start
 
     @property
     def infrastructure_retries(self) -> int:
-        """Reruns of a job whose attempts the infrastructure lost (its worker,
-        node, block or pool), beyond its ``numberOfRetries`` (key
-        ``infrastructureRetries``, default `losses.INFRASTRUCTURE_RETRIES`).
-        """
+        """Reruns of a job whose attempts the infrastructure lost (``infrastructureRetries``)."""
         return self.settings.infrastructure_retries
 
     @property
     def run_dir(self) -> str:
-        """Parsl's run directory (key ``run_dir``, as the old plugin):
-        default ``<submit>/parsl/runinfo``; a relative path is taken from
-        the submit directory (a run may be restarted from any directory).
-        """
+        """Parsl's run directory (key ``run_dir``), from the submit directory."""
         run_dir = self.settings.run_dir
         base = self.submit_path or "."
         if not run_dir:
@@ -481,8 +362,7 @@ class SiteConfig(ABC):
         Returns
         -------
         path : `str` or `None`
-            Absolute path, or relative to the current directory when no submit
-            directory is set.
+            The path (relative to ``<submit>/parsl`` unless absolute).
         """
         if not self.settings.monitor_enable:
             return None
@@ -494,10 +374,6 @@ class SiteConfig(ABC):
     def get_monitor(self) -> MonitoringHub | None:
         """Return a Parsl monitoring hub, if ``monitorEnable`` is true.
 
-        ``monitorInterval`` (seconds, default 30) sets how often resource
-        usage is sampled; ``monitorFilename`` (default ``monitoring.db``,
-        relative to ``<submit>/parsl``) names the SQLite database.
-
         Returns
         -------
         monitor : `parsl.monitoring.MonitoringHub` or `None`
@@ -508,19 +384,16 @@ class SiteConfig(ABC):
             return None
         from parsl.monitoring import MonitoringHub
 
-        interval = self.settings.monitor_interval
         os.makedirs(os.path.dirname(filename), exist_ok=True)
         return MonitoringHub(
             workflow_name=get_workflow_name(self.config),
-            resource_monitoring_interval=interval,
+            resource_monitoring_interval=self.settings.monitor_interval,
             logging_endpoint=f"sqlite:///{filename}",
         )
 
     def get_parsl_config(self) -> parsl.config.Config:
-        """Return the Parsl configuration: executors, monitoring, run dir.
-
-        Retries are handled by the plugin (per job, with memory scaling), so
-        Parsl's own retries are 0.
+        """Return the Parsl configuration: executors, monitoring, run dir
+        (Parsl's own retries are 0: the plugin retries jobs).
 
         Returns
         -------
@@ -545,42 +418,12 @@ class SiteConfig(ABC):
         )
 
     def validate(self) -> None:
-        """Check this site's settings without starting anything.
-
-        Builds the executors (which checks their arguments) and the common
-        keys. Subclasses may add checks; raise `ConfigurationError`.
+        """Check this site's settings without starting anything: build the
+        executors and read the common keys (subclasses may add checks).
         """
         labels = self.executor_labels()
         if len(set(labels)) != len(labels):
             raise ConfigurationError(f"'{self.where}': executor labels must be unique, got {labels}")
         self.settings  # noqa: B018
         RunSettings.read(self.config)
-        self._check_resource_list()
-
-
-def _checked_resource_list(resource_list: Any, site_class: str) -> list[str] | None:
-    if resource_list is None:
-        return None
-    if isinstance(resource_list, str) or not all(isinstance(key, str) for key in resource_list):
-        raise ConfigurationError(
-            f"site class {site_class} passes resource_list {resource_list!r}: it must be a list of names "
-            f"among {', '.join(RESOURCE_NAMES)}"
-        )
-    unknown = [key for key in resource_list if key not in RESOURCE_NAMES]
-    if unknown:
-        raise ConfigurationError(
-            f"site class {site_class} passes resource_list {list(resource_list)}: {unknown} are not job "
-            f"resources; use names among {', '.join(RESOURCE_NAMES)}"
-        )
-    return list(resource_list)
-
-
-def _accepted_resources(executor: Any) -> frozenset[str] | None:
-    """Resource names an executor takes in a task's resource specification;
-    `None` when not known (anything is passed on).
-    """
-    kind = type(executor).__name__
-    if kind == "HighThroughputExecutor" and getattr(executor, "enable_mpi_mode", False):
-        return None
-    accepted = EXECUTOR_RESOURCES.get(kind)
-    return None if accepted is None else frozenset(accepted)
+        check_executors_take(type(self).__name__, self.resource_list, self.get_executors)

@@ -25,13 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The distribution's version (the old plugin's ``version`` module).
-
-Versioning rule (doc/operations.md, "Installing"): the major version is 99,
-above every release of the plugin this one replaces (Rubin's weekly
-``<major>.<year>.<week>00`` numbers; the newest on PyPI is 30.2026.4300),
-so that ``pip install -U lsst-ctrl-bps-parsl`` and a ``>=30`` pin keep this
-plugin; minor and patch count this plugin's own releases.
+"""The distribution's version (the old plugin's module; the major version 99
+is above every release of the old plugin: doc/operations.md, "Installing").
 """
 
 __all__ = ["__version__"]

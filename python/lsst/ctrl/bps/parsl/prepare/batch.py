@@ -28,15 +28,11 @@
 """Batch submission (``bpsBatchSubmission: true``): the payload joins the
 run that prepared it.
 
-``bps submit`` then prepares a *control* workflow: a ``buildQuantumGraph``
-job and a lazy group (``preparePayloadWorkflow``) whose job runs ``bps
-batch-prepare``. That command prepares the payload workflow into the same
-submit directory and calls `ParslWorkflow.add_to_parent_workflow`, which
-appends the payload's jobs and edges to the running run's store, below the
-lazy group's node, in one transaction. The lazy group's node stays
-unfinished until its job has ended; the driver then loads the jobs added
-to the store (`Driver`), so the payload runs in the same run: same store,
-report, cancel and restart, and its final job after all of them.
+The *control* workflow's lazy group runs ``bps batch-prepare``, which
+prepares the payload into the same submit directory and calls
+`ParslWorkflow.add_to_parent_workflow`: the payload's jobs and edges are
+added to the running run's store below the lazy group's node, in one
+transaction, and the driver loads them (same store, report, cancel, restart).
 """
 
 from __future__ import annotations
@@ -73,15 +69,14 @@ class Payload:
 
 
 def lazy_group_ids(generic_workflow: Any, node_id: Any) -> dict[str, dict[str, int]]:
-    """Run metadata naming the lazy groups of a control workflow (empty when
-    there are none, or when this lsst-ctrl-bps has no lazy groups).
+    """Run metadata naming the lazy groups of a control workflow (empty if none).
 
     Parameters
     ----------
     generic_workflow : `lsst.ctrl.bps.GenericWorkflow`
         The workflow being prepared.
     node_id : callable
-        Stored id of the node of a name.
+        Stored id of a node by name.
 
     Returns
     -------
@@ -101,8 +96,7 @@ def lazy_group_ids(generic_workflow: Any, node_id: Any) -> dict[str, dict[str, i
 
 
 def control_run(submit_path: str) -> dict[str, Any] | None:
-    """The metadata of the control run in ``submit_path`` whose payload is
-    being prepared there, or `None` when the directory holds no control run.
+    """The metadata of the control run in ``submit_path``, if it holds one.
 
     Parameters
     ----------
@@ -127,10 +121,8 @@ def control_run(submit_path: str) -> dict[str, Any] | None:
 
 def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
     """Append a payload's jobs, environments and edges to the run in
-    ``submit_path``, below its lazy group, in one transaction.
-
-    A payload that already joined (a rerun of the lazy group's job, e.g.
-    after a restart) is not added again.
+    ``submit_path``, below its lazy group, in one transaction (not again
+    when it already joined, e.g. after a restart).
 
     Parameters
     ----------
@@ -147,8 +139,7 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
     Raises
     ------
     ConfigurationError
-        If the run has no lazy group waiting for a payload, or job names
-        clash.
+        If no lazy group waits for a payload, or job names clash.
     StateStoreError
         If the store cannot be written.
     """
@@ -225,16 +216,12 @@ def _add_envs(conn: sqlite3.Connection, envs: Iterable[str]) -> list[int]:
 
 
 def _shifted(row: JobRow, offset: int, env_ids: list[int]) -> JobRow:
-    """A payload job row with its id after the run's jobs and its
-    environment id in the run's numbering.
-    """
+    """A payload job row with its ids in the run's numbering."""
     env_id = None if row.env_id is None else env_ids[row.env_id]
     return row._replace(id=row.id + offset, env_id=env_id)
 
 
 def _entries(payload: Payload, offset: int) -> list[int]:
-    """Ids of the payload's jobs without parents, but for the final ones
-    (which run after all others anyway).
-    """
+    """Ids of the payload's jobs without parents, but for the final ones."""
     has_parent = {child for _, child in payload.edges}
     return [row.id + offset for row in payload.rows if row.id not in has_parent and not row.final]

@@ -25,16 +25,11 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Turn a generic job into the bash script that runs it.
-
-BPS writes command lines with four kinds of placeholders:
-``{name}`` (a value of the job's ``cmdvals``), ``<ENV:NAME>`` (an environment
-variable, read where the job runs), ``<FILE:name>`` (the path of a file
-of the generic workflow) and ``<WMS:name>`` (a value the workflow system
-fills in for each attempt; ctrl_bps writes ``{wmsName}`` as ``<WMS:name>``).
-The first three may nest, so rendering repeats until the text stops
-changing; ``<WMS:...>`` stays in the rendered text and is filled in when an
-attempt is dispatched (`fill_wms`).
+"""A job's command line and environment rendered: ``{name}`` (the job's
+``cmdvals``), ``<ENV:NAME>`` (read where the job runs) and ``<FILE:name>``
+(a workflow file's path), which may nest, so rendering repeats until the text
+stops changing; ``<WMS:name>`` (ctrl_bps's ``{wmsName}``) stays until an
+attempt is dispatched (`fill_wms`). Also the environment as ``export`` lines.
 """
 
 from __future__ import annotations
@@ -50,7 +45,6 @@ from ..files import write_private
 from ..oneline import ShownMessageError
 
 __all__ = (
-    "WMS_PLACEHOLDERS",
     "RenderError",
     "environment_script",
     "export_lines",
@@ -68,10 +62,9 @@ _WMS_BRACES = re.compile(r"\{(wms[^}]+)\}")
 _WMS = re.compile(r"<WMS:([^>]*)>")
 _MAX_PASSES = 20
 
-WMS_PLACEHOLDERS = ("attemptNum",)
-"""Names of the ``<WMS:name>`` placeholders this plugin fills in:
-``attemptNum`` is the attempt's number, 0 for the first one (as HTCondor's
-``NumJobStarts``), counted across restarts of the run."""
+_WMS_PLACEHOLDERS = ("attemptNum",)
+"""The ``<WMS:name>`` placeholders filled in: ``attemptNum``, 0 for the first
+attempt (as HTCondor's ``NumJobStarts``), counted across restarts."""
 
 
 class RenderError(ShownMessageError, ValueError):
@@ -94,25 +87,21 @@ def render(
     cmdvals : `~collections.abc.Mapping`
         Values for ``{name}`` placeholders.
     file_path : callable
-        Returns the path of a workflow file by name, or `None` if unknown.
+        The path of a workflow file by name, or `None` if unknown.
     job_name : `str`
         Job name, for messages.
     expand_env : `bool`
-        Turn ``<ENV:X>`` into ``${X}`` (for command lines); `False` keeps
-        it, for `export_lines`.
+        Turn ``<ENV:X>`` into ``${X}`` (for command lines, not for `export_lines`).
 
     Returns
     -------
     text : `str`
-        Text with ``{name}`` and ``<FILE:...>`` replaced, ``<ENV:X>``
-        turned into ``${X}`` (if ``expand_env``) and ``{wmsName}`` turned
-        into ``<WMS:name>``, as ctrl_bps (30.2026.4300 and later) does.
+        The text rendered (``{wmsName}`` as ``<WMS:name>``).
 
     Raises
     ------
     RenderError
-        If a placeholder has no value, or names a ``<WMS:...>`` value this
-        plugin does not know.
+        If a placeholder has no value, or is an unknown ``<WMS:...>``.
     """
 
     def cmdval(match: re.Match) -> str:
@@ -169,9 +158,10 @@ def _wms_placeholder(match: re.Match) -> str:
 
 
 def _check_wms(text: str, job_name: str) -> None:
+    """Refuse an unknown ``<WMS:name>``."""
     for name in _WMS.findall(text):
-        if name not in WMS_PLACEHOLDERS:
-            known = ", ".join(f"<WMS:{known}>" for known in WMS_PLACEHOLDERS)
+        if name not in _WMS_PLACEHOLDERS:
+            known = ", ".join(f"<WMS:{known}>" for known in _WMS_PLACEHOLDERS)
             raise RenderError(
                 f"job '{job_name}': placeholder '<WMS:{name}>' is not one this plugin fills in ({known}): "
                 "remove it from the job's command or environment in the submit YAML"
@@ -184,8 +174,7 @@ def fill_wms(text: str, attempt_num: int) -> str:
     Parameters
     ----------
     text : `str`
-        Rendered command line or environment script (see `render`, which
-        has refused unknown names).
+        Rendered command line or environment script.
     attempt_num : `int`
         Number of the attempt, 0 for the first one.
 
@@ -199,6 +188,7 @@ def fill_wms(text: str, attempt_num: int) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _split_cmdvals(text: str) -> list[str]:
+    """``text`` split at its ``{name}`` placeholders."""
     return _CMDVAL.split(text)
 
 
@@ -212,11 +202,8 @@ def _export_value(value: str) -> str:
 
 
 def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bool = False) -> str:
-    """Return ``export`` statements for a job's environment, in order.
-
-    Values reach the job exactly as written, except that each ``<ENV:X>``
-    becomes the value of ``X`` where the job runs (not with ``literal``:
-    then values are exported as they are, e.g. a process's environment).
+    """Return ``export`` statements for a job's environment, in order: values
+    as written, but each ``<ENV:X>`` the value of ``X`` where the job runs.
 
     Parameters
     ----------
@@ -235,8 +222,7 @@ def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bo
     Raises
     ------
     RenderError
-        If a key is not a shell variable name or a value holds a NUL
-        character (which no process environment can carry).
+        If a key is not a shell variable name or a value holds a NUL.
     """
     lines = []
     for key, value in environment.items():
@@ -269,11 +255,9 @@ def environment_script(environ: Mapping[str, str] | None = None) -> str:
     Returns
     -------
     script : `str`
-        One ``export NAME='value'`` line per variable, sorted, for any
-        POSIX shell. Variables that belong to the shell or the display
-        (``PWD``, ``SHLVL``, ``HOSTNAME``, ``DISPLAY``, ...), names that
-        are not shell variable names and exported bash functions are left
-        out.
+        One ``export NAME='value'`` line per variable, sorted; the shell's
+        and display's own variables (`_NOT_EXPORTED`), names that are no
+        shell variable names and bash functions left out.
     """
     environ = os.environ if environ is None else environ
     kept = {
@@ -285,8 +269,7 @@ def environment_script(environ: Mapping[str, str] | None = None) -> str:
 
 
 def write_environment_file(path: str, environ: Mapping[str, str] | None = None) -> str:
-    """Write `environment_script` to ``path``, readable by the user only (it
-    may hold tokens).
+    """Write `environment_script` to ``path``, readable by the user only.
 
     Parameters
     ----------

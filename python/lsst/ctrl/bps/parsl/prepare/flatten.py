@@ -25,14 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A generic workflow flattened into integer-indexed nodes, without recursion.
-
-`Flattener` turns BPS's `GenericWorkflow` (jobs, no-op ordering nodes,
-nested job groups, a final job) into parallel arrays: node ``i`` has a
-name, the workflow's object for it, a kind, a final flag, its children and
-its number of parents. `Flattener.topological_order` orders the nodes for
-the run-state store. A 1,000,000-job workflow costs a few tens of MB here,
-on top of the generic workflow itself.
+"""A generic workflow (jobs, no-op nodes, nested groups, a final job)
+flattened into integer-indexed nodes held in parallel arrays, without
+recursion: a few tens of MB for a million jobs.
 """
 
 from __future__ import annotations
@@ -53,12 +48,8 @@ _NO_CHILDREN: tuple[int, ...] = ()
 
 
 class Flattener:
-    """Flatten a generic workflow, expanding groups, without recursion.
-
-    Node ``i`` is described by parallel arrays rather than an object per
-    node. Nodes are read in the generic workflow's insertion order (not
-    through its topological iteration, which costs a sort per graph); the
-    order of the run is `topological_order`.
+    """Flatten a generic workflow, expanding groups: nodes in the graphs'
+    insertion order (no sort per graph); the run's order is `topological_order`.
     """
 
     def __init__(self) -> None:
@@ -78,21 +69,6 @@ class Flattener:
 
     def __len__(self) -> int:
         return len(self.names)
-
-    def item(self, i: int) -> Any:
-        """The generic workflow's job, no-op job or group of node ``i``.
-
-        Parameters
-        ----------
-        i : `int`
-            Node id.
-
-        Returns
-        -------
-        item : `~typing.Any`
-            The node's job, no-op job or group.
-        """
-        return self.items[i]
 
     def _sort_names(self) -> None:
         """(Re)build `by_name`; a name used twice is an error."""
@@ -119,6 +95,7 @@ class Flattener:
         return self.by_name[bisect_left(self.by_name, name, key=self.names.__getitem__)]
 
     def _edge(self, parent: int, child: int) -> None:
+        """Add an edge."""
         kids = self.children[parent]
         if kids is _NO_CHILDREN:
             self.children[parent] = [child]

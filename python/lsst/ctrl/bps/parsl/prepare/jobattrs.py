@@ -25,25 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""BPS job attributes that the HTCondor plugin honours, and this plugin too:
-``concurrencyLimit``, ``abortOnValue``/``abortReturnValue``, ``computeSite``
-and ``queue`` per job.
-
-- **Concurrency limits.** A job's ``concurrencyLimit`` names limits as
-  HTCondor does: ``name`` or ``name:units``, comma-separated (units: 1 by
-  default; names are case-insensitive). At most ``N`` units of a limit are
-  held by running jobs at once, across the run, where ``N`` comes from the
-  ``concurrencyLimits`` mapping (``site.<computeSite>`` first, then the top
-  level of the submit YAML), with `DEFAULT_LIMITS` underneath. A name
-  without an entry is refused at prepare (one line naming the job).
-- **Abort.** A job exiting with its ``abortOnValue`` stops the whole run, as
-  DAGMan's ``ABORT-DAG-ON``: running jobs are killed, the others are
-  recorded DELETED, the final job still runs (as DAGMan's FINAL node), and
-  the run ends with status ``abortReturnValue`` (default: that exit value).
-- **Compute site and queue.** A job's ``computeSite`` or ``queue`` that
-  names one of the site's executor labels sends the job there; any other
-  value (other than the run's own ``computeSite``) is ignored with one
-  warning per label at prepare.
+"""BPS job attributes that the HTCondor plugin honours, and this plugin too
+(doc/configuration.md; at run time: `run.attributes`): a job's values checked
+at prepare, its concurrency limits, abort values, ``computeSite`` and ``queue``.
 """
 
 from __future__ import annotations
@@ -60,43 +44,31 @@ from ..oneline import shown
 from ..records import JobRow
 
 __all__ = (
-    "DEFAULT_LIMITS",
-    "ConcurrencyGate",
-    "abort_status",
     "check_job_values",
     "job_attribute_check",
     "concurrency_limits",
     "parse_concurrency_limit",
-    "route",
-    "walltime_seconds",
 )
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_LIMITS: dict[str, float] = {"db_limit": 1}
-"""Limits known without configuration: ``db_limit``, which ctrl_bps's
-defaults give the final job."""
+_DEFAULT_LIMITS: dict[str, float] = {"db_limit": 1}  # ctrl_bps's defaults give it the final job
 
 
 def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], ...]:
-    """``name[:units], ...`` as ``((name, units), ...)``, names in lower case.
+    """``name[:units], ...`` as ``((name, units), ...)`` (lower-case names, units 1 by default).
 
     Parameters
     ----------
     text : `str`
-        A job's ``concurrencyLimit`` value.
+        A job's ``concurrencyLimit``.
     where : `str`
-        The job it belongs to, for the error message.
+        The job, for the message.
 
     Returns
     -------
     limits : `tuple` [`tuple` [`str`, `float`], ...]
-        (limit name, units) pairs; units default to 1.
-
-    Raises
-    ------
-    ConfigurationError
-        If an entry is empty or its units are not a number greater than 0.
+        (name, units) pairs.
     """
     entries = []
     for part in text.split(","):
@@ -116,7 +88,7 @@ def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], .
 
 
 def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str, float]:
-    """The run's limits: `DEFAULT_LIMITS`, then the top-level
+    """The run's limits: ``db_limit``, then the top-level
     ``concurrencyLimits``, then ``site.<computeSite>.concurrencyLimits``.
 
     Parameters
@@ -136,7 +108,7 @@ def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str,
     ConfigurationError
         If a mapping or one of its values is malformed.
     """
-    limits = dict(DEFAULT_LIMITS)
+    limits = dict(_DEFAULT_LIMITS)
     keys = [".concurrencyLimits"]
     if compute_site:
         keys.append(f".site.{compute_site}.concurrencyLimits")
@@ -171,9 +143,8 @@ _VALUE_RULES: tuple[tuple[str, str, str, float, float], ...] = (
     ("abort_on_value", "abortOnValue", _INT, 0, 255),
     ("abort_return_value", "abortReturnValue", _INT, 0, 255),
 )
-"""The numeric attributes of a `GenericWorkflowJob` the plugin reads, with
-their type and range (all may be `None`: not set). ``requestMemoryMax`` is
-where ctrl_bps puts ``memoryLimit``."""
+"""The numeric attributes of a job the plugin reads, with type and range
+(`None`: not set; ``requestMemoryMax`` holds ``memoryLimit``)."""
 _TEXT_KEYS = (
     ("concurrency_limit", "concurrencyLimit"),
     ("compute_site", "computeSite"),
@@ -182,6 +153,7 @@ _TEXT_KEYS = (
 
 
 def _bad_value(job: Any, key: str, value: Any, rule: str) -> ConfigurationError:
+    """The error for a job's bad value."""
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:60] + f"... ({len(shown)} characters)"
@@ -192,9 +164,7 @@ def _bad_value(job: Any, key: str, value: Any, rule: str) -> ConfigurationError:
 
 
 def check_job_values(job: Any) -> None:
-    """Check every value of a `GenericWorkflowJob` that the plugin reads by
-    type and range (`_VALUE_RULES`, ``priority``, ``retryUnlessExit``,
-    the text keys).
+    """Check the type and range of every value of a job that the plugin reads.
 
     Parameters
     ----------
@@ -204,8 +174,7 @@ def check_job_values(job: Any) -> None:
     Raises
     ------
     ConfigurationError
-        If a value has the wrong type or is out of range; one line naming
-        the job, its label and the key.
+        One line naming the job, its label and the key.
     """
     if not isinstance(job.label, str) or not job.label:
         raise _bad_value(job, "label", job.label, "a non-empty string")
@@ -241,25 +210,17 @@ def check_job_values(job: Any) -> None:
             raise _bad_value(job, key, value, "a string")
 
 
-def _int_or_none(value: Any, key: str, row: JobRow) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigurationError(
-            f"{key} of job '{shown(row.name)}' (label '{shown(row.label)}') is {value!r}: it must be an integer "
-            "exit status"
-        )
-
-
 def job_attribute_check(
     config: BpsConfig, compute_site: str | None, labels: Sequence[str]
 ) -> Callable[[JobRow], None]:
-    """A check of each job row's concurrency limits and abort values
-    (`ConfigurationError`, one line naming the job) that also warns, once
-    per label, of a ``computeSite`` or ``queue`` that nothing here maps.
+    """A check of each job row's concurrency limits (its values passed
+    `check_job_values`) that also warns, once per label, of a ``computeSite``
+    or ``queue`` naming no executor.
 
     Parameters
     ----------
     config : `lsst.ctrl.bps.BpsConfig`
-        BPS configuration (``concurrencyLimits``, ``parslDispatchOrder``).
+        BPS configuration.
     compute_site : `str` or `None`
         The run's ``computeSite``.
     labels : `~collections.abc.Sequence` [`str`]
@@ -277,9 +238,8 @@ def job_attribute_check(
 
     def check(row: JobRow) -> None:
         limit, site, queue = row.concurrency_limit, row.compute_site, row.queue
-        if limit is None and row.abort_on_value is None and row.abort_return_value is None and queue is None:
-            if site is None or site == compute_site:
-                return
+        if limit is None and queue is None and (site is None or site == compute_site):
+            return
         if limit and limit not in checked:
             where = f"job '{shown(row.name)}' (label '{shown(row.label)}')"
             for name, units in parse_concurrency_limit(limit, where):
@@ -294,8 +254,6 @@ def job_attribute_check(
                         f"{limits[name]:g}: raise 'concurrencyLimits.{name}' or lower the job's units"
                     )
             checked.add(limit)
-        _int_or_none(row.abort_on_value, "abortOnValue", row)
-        _int_or_none(row.abort_return_value, "abortReturnValue", row)
         for key, value in (("computeSite", site), ("queue", queue)):
             if not value or value in labels or (key == "computeSite" and value == compute_site):
                 continue
@@ -313,147 +271,3 @@ def job_attribute_check(
             )
 
     return check
-
-
-def route(row: JobRow, labels: Sequence[str]) -> str | None:
-    """The executor a job's ``computeSite`` or ``queue`` names, if any.
-
-    Parameters
-    ----------
-    row : `JobRow`
-        The job.
-    labels : `~collections.abc.Sequence` [`str`]
-        Labels of the site's executors.
-
-    Returns
-    -------
-    label : `str` or `None`
-        The executor's label, `None` if neither names one.
-    """
-    for value in (row.compute_site, row.queue):
-        if value and value in labels:
-            return value
-    return None
-
-
-def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:
-    """The run's status if an attempt's exit aborts the run, else `None`.
-
-    Parameters
-    ----------
-    row : `JobRow`
-        The job.
-    exit_code : `int`
-        The attempt's exit status.
-    signal : `int` or `None`
-        The signal that ended it, if any.
-
-    Returns
-    -------
-    status : `int` or `None`
-        The run's exit status (the job's ``abortReturnValue``, else the exit
-        code), or `None` if the run goes on.
-    """
-    if row.abort_on_value is None or signal is not None or exit_code != row.abort_on_value:
-        return None
-    return exit_code if row.abort_return_value is None else row.abort_return_value
-
-
-class ConcurrencyGate:
-    """The units of each concurrency limit held by running jobs, and the
-    ready jobs waiting for some.
-
-    Parameters
-    ----------
-    rows : `~collections.abc.Sequence` [`JobRow`]
-        The run's jobs, by id.
-    limits : `dict` [`str`, `float`]
-        Units of each limit (`concurrency_limits`).
-    """
-
-    def __init__(self, rows: Sequence[JobRow], limits: dict[str, float]):
-        self.limits = limits
-        self.held: dict[str, float] = dict.fromkeys(limits, 0.0)
-        parsed: dict[str, tuple[tuple[str, float], ...]] = {}
-        self.needs: dict[int, tuple[tuple[str, float], ...]] = {}
-        for row in rows:
-            if row.concurrency_limit:
-                if row.concurrency_limit not in parsed:
-                    parsed[row.concurrency_limit] = parse_concurrency_limit(
-                        row.concurrency_limit, f"job '{row.name}'"
-                    )
-                self.needs[row.id] = parsed[row.concurrency_limit]
-        self.waiting: list[int] = []
-        """Ready jobs that found a limit full, in the order they came."""
-        self._holding: set[int] = set()
-
-    def acquire(self, job: int) -> bool:
-        """Take a job's units; `False` (and the job waits) if a limit is full.
-
-        Parameters
-        ----------
-        job : `int`
-            Job id.
-
-        Returns
-        -------
-        acquired : `bool`
-            `True` if the job may run now.
-        """
-        needs = self.needs.get(job)
-        if not needs:
-            return True
-        for name, units in needs:
-            if self.held.get(name, 0.0) + units > self.limits.get(name, float("inf")) + 1e-9:
-                self.waiting.append(job)
-                return False
-        for name, units in needs:
-            self.held[name] = self.held.get(name, 0.0) + units
-        self._holding.add(job)
-        return True
-
-    def release(self, job: int) -> list[int]:
-        """Give back a job's units (once per acquire); returns the waiting
-        jobs, which the caller makes ready again.
-
-        Parameters
-        ----------
-        job : `int`
-            Job id.
-
-        Returns
-        -------
-        woken : `list` [`int`]
-            Ids of the jobs that waited for units.
-        """
-        if job not in self._holding:
-            return []
-        self._holding.discard(job)
-        for name, units in self.needs[job]:
-            self.held[name] -= units
-        woken, self.waiting = self.waiting, []
-        return woken
-
-
-def walltime_seconds(value: str | None) -> float | None:
-    """A job's ``requestWalltime`` in seconds (a bare number is minutes, as
-    in BPS; `None` where it is not set).
-
-    Parameters
-    ----------
-    value : `str` or `None`
-        The job's ``requestWalltime``.
-
-    Returns
-    -------
-    seconds : `float` or `None`
-        The walltime in seconds.
-    """
-    if not value:
-        return None
-    try:
-        return float(value) * 60.0
-    except ValueError:
-        from ..job import parse_walltime
-
-        return float(parse_walltime(value, "requestWalltime"))

@@ -25,14 +25,13 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Job rows of the run-state store, made fast for million-job workflows.
+"""The job rows of a prepared workflow: a generic workflow flattened, each
+job's command line rendered and its values checked.
 
-`ParslWorkflow` renders every job of a generic workflow into one row; the
-helpers here do the per-template and per-value work once rather than once
-per job: ``<FILE:name>`` placeholders resolved once per command-line
-template (`Templates`), the log sub-directory once per distinct label and
-data id (`SubdirCache`), values ctrl_bps shares between the jobs of a
-label converted once per object (`PerValueCache`).
+Made for million-job workflows: the per-template and per-value work is done
+once, not once per job (``<FILE:name>`` placeholders per command-line
+template, the log sub-directory per label and data id, values ctrl_bps shares
+between the jobs of a label per object).
 """
 
 from __future__ import annotations
@@ -40,61 +39,255 @@ from __future__ import annotations
 import json
 import json.encoder
 import re
-from collections.abc import Callable, Generator
+from array import array
+from collections.abc import Callable, Generator, Iterator
+from operator import attrgetter
 from typing import Any
 
-from lsst.ctrl.bps import GenericWorkflow
+from lsst.ctrl.bps import BpsConfig, GenericWorkflow, GenericWorkflowJob
 
-from ..records import JobRow
+from ..configuration import ConfigurationError
+from ..job import ParslJob, parse_walltime
+from ..records import JobKind, JobRow
+from ..store.attemptlogs import log_dir_template
 from .commands import _FILE as FILE_PLACEHOLDER
+from .commands import export_lines, render
+from .flatten import Flattener
+from .jobattrs import check_job_values, job_attribute_check
 
-__all__ = (
-    "TAGS_JSON",
-    "drain",
-    "PerValueCache",
-    "SubdirCache",
-    "Templates",
-    "file_lookup",
-    "retry_unless_exit",
+__all__ = ("job_rows",)
+
+_PAYLOAD = int(JobKind.PAYLOAD)
+_CHECKED = attrgetter(
+    *"""label request_cpus request_memory request_memory_max memory_multiplier request_disk priority
+    number_of_retries abort_on_value abort_return_value concurrency_limit compute_site queue""".split()
 )
+"""The values `check_job_values` checks (with ``retry_unless_exit``)."""
 
 
-def drain(rows: Generator[JobRow, None, list[str]]) -> tuple[list[JobRow], list[str]]:
-    """All the rows of a generator of job rows, and what it returned.
+def job_rows(
+    config: BpsConfig, generic_workflow: GenericWorkflow, site: Any
+) -> tuple[Generator[JobRow, None, list[str]], Iterator[tuple[int, int]], Callable[[str], int]]:
+    """The rows and edges of a generic workflow, in topological order.
 
     Parameters
     ----------
-    rows : `~collections.abc.Generator` [`JobRow`, `None`, `list` [`str`]]
-        Job rows; the generator returns the environment scripts they index.
+    config : `lsst.ctrl.bps.BpsConfig`
+        BPS configuration.
+    generic_workflow : `lsst.ctrl.bps.GenericWorkflow`
+        The workflow, with its final job.
+    site : `SiteConfig`
+        The run's site, validated.
 
     Returns
     -------
-    jobs : `list` [`JobRow`]
-        The rows.
-    envs : `list` [`str`]
-        The environment scripts.
+    rows : `~collections.abc.Generator`
+        The job rows, each checked (`ConfigurationError` for a bad one);
+        the generator returns the environment scripts their ``env_id`` index.
+    edges : `~collections.abc.Iterator` [`tuple` [`int`, `int`]]
+        (parent, child) ids.
+    node_id : `~collections.abc.Callable` [[`str`], `int`]
+        The id of a node by name.
+
+    Raises
+    ------
+    ConfigurationError
+        If the graph is not a DAG or a name appears twice.
     """
-    jobs: list[JobRow] = []
-    while True:
+    flat = Flattener()
+    flat.add_workflow(generic_workflow, final=False)
+    final = generic_workflow.get_final()
+    if isinstance(final, GenericWorkflowJob):
+        final_wf = GenericWorkflow(f"{generic_workflow.name}_final")
+        final_wf.add_job(final)
+        flat.add_workflow(final_wf, final=True)
+    elif isinstance(final, GenericWorkflow):
+        flat.add_workflow(final, final=True)
+    order = flat.topological_order()
+    new_id = array("i", bytes(order.itemsize * len(order)))
+    for new, old in enumerate(order):
+        new_id[old] = new
+    edges = ((new_id[i], new_id[c]) for i, kids in enumerate(flat.children) for c in kids)
+    checks = (
+        _resource_check(site),
+        job_attribute_check(config, site.compute_site, site.executor_labels()),
+    )
+    rows = _rows(config, generic_workflow, site, flat, order, checks)
+    return rows, edges, lambda name: new_id[flat.index(name)]
+
+
+def _rows(
+    config: BpsConfig,
+    generic_workflow: GenericWorkflow,
+    site: Any,
+    flat: Flattener,
+    order: array,
+    checks: tuple[Callable[[JobRow], None], ...],
+) -> Generator[JobRow, None, list[str]]:
+    """The checked job rows; returns the distinct environment scripts."""
+    site_retries, default_retries = site.site_retries, site.default_retries
+    subdir = _SubdirCache(log_dir_template(config))
+    retry_codes = _PerValueCache(_retry_unless_exit)
+    templates: dict[int, _Templates] = {}
+    names, items, kinds, finals, graph_of = flat.names, flat.items, flat.kinds, flat.finals, flat.graph_of
+    # Value tuples of the jobs whose values were checked (the jobs of a label share theirs).
+    checked: set[tuple] = set()
+    kept: list[Any] = []
+    envs: dict[str, int] = {}
+    for new, old in enumerate(order):
+        job = items[old]
+        kind = kinds[old]
+        if kind != _PAYLOAD:
+            yield JobRow(new, names[old], job.label, kind, finals[old])
+            continue
+        graph_id = graph_of[old]
+        files = templates.get(graph_id)
+        if files is None:
+            files = templates[graph_id] = _Templates(_file_lookup([flat.graphs[graph_id], generic_workflow]))
+        values = (*_CHECKED(job), id(job.retry_unless_exit))
         try:
-            jobs.append(next(rows))
-        except StopIteration as stop:
-            return jobs, stop.value
+            known = values in checked
+        except TypeError:  # an unhashable value: not one ctrl_bps gives
+            known = False
+        if not known:
+            check_job_values(job)
+            if len(checked) < 65_536:
+                checked.add(values)
+                kept.append(job.retry_unless_exit)  # its id stays this object's
+        if job.executable is None:
+            raise ConfigurationError(f"job '{job.name}' has no executable: check the job's configuration")
+        cmdvals, lookup = job.cmdvals, files.lookup
+        command = render(files.command(job.executable.src_uri, job.arguments), cmdvals, lookup, job.name)
+        if job.pre_cmdline:
+            command = render(files.resolve(job.pre_cmdline), cmdvals, lookup, job.name) + "\n" + command
+        if job.post_cmdline:
+            command = command + "\n" + render(files.resolve(job.post_cmdline), cmdvals, lookup, job.name)
+        if "\0" in command:
+            raise ConfigurationError(
+                f"job {job.name!r}: its command line holds a NUL character, which no process can be "
+                "given: remove it from the job's arguments"
+            )
+        env_id = None
+        if job.environment:
+            rendered = {
+                k: render(str(v), cmdvals, lookup, job.name, expand_env=False)
+                for k, v in job.environment.items()
+            }
+            env_id = envs.setdefault(export_lines(rendered, job.name), len(envs))
+        tags = job.tags
+        walltime = job.request_walltime
+        limit = job.concurrency_limit
+        row = JobRow(
+            id=new,
+            name=job.name,
+            label=job.label,
+            kind=_PAYLOAD,
+            final=finals[old],
+            command=command,
+            env_id=env_id,
+            request_cpus=job.request_cpus,
+            request_memory=job.request_memory,
+            request_memory_max=job.request_memory_max,
+            memory_multiplier=job.memory_multiplier,
+            request_disk=job.request_disk,
+            request_walltime=None if walltime is None else str(walltime),
+            priority=None if job.priority is None else str(job.priority),
+            retries=site_retries
+            if site_retries is not None
+            else default_retries
+            if job.number_of_retries is None
+            else int(job.number_of_retries),
+            retry_unless_exit=retry_codes(job.retry_unless_exit),
+            log_dir=subdir(job.label, tags),
+            tags=_TAGS_JSON(tags) if tags else None,
+            concurrency_limit=None if limit is None or limit == "" else str(limit),
+            abort_on_value=job.abort_on_value,
+            abort_return_value=job.abort_return_value,
+            compute_site=job.compute_site or None,
+            queue=job.queue or None,
+        )
+        for check in checks:
+            check(row)
+        yield row
+    return list(envs)
 
 
-def file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
-    """A function giving the path of a workflow file by name (the first of
-    ``graphs`` that has it), or `None`; remembered per name.
+def _resource_check(site: Any) -> Callable[[JobRow], None]:
+    """A check that a job goes to an existing executor that can ever hold it."""
+    labels = set(site.executor_labels())
+    capacities = {label: site.capacity(label) for label in labels}
+    seen: set[tuple] = set()
 
-    Parameters
-    ----------
-    graphs : `list` [`lsst.ctrl.bps.GenericWorkflow`]
-        The workflows to look in, in order.
+    def check(row: JobRow) -> None:
+        if row.kind != _PAYLOAD:
+            return
+        key = (row.label, row.request_cpus, row.request_memory, row.request_disk, row.request_walltime)
+        if key in seen:
+            return
+        seen.add(key)
+        if row.request_walltime is not None:
+            _check_walltime(row.request_walltime, row.name, row.label)
+        cpus = row.request_cpus or 1
+        job = ParslJob.for_attempt(
+            row.name,
+            row.label,
+            cpus,
+            row.request_memory,
+            row.request_disk,
+            row.request_walltime,
+            row.priority,
+            final=bool(row.final),
+            tags=row.tags,
+        )
+        try:
+            label = site.select_executor(job)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"site class {type(site).__name__}.select_executor failed for job '{row.name}' (label "
+                f"'{row.label}'): {type(exc).__name__}: {exc}: fix the site class or the job's requests"
+            ) from None
+        if label not in labels:
+            raise ConfigurationError(
+                f"site class {type(site).__name__}.select_executor returned '{label}' for job '{row.name}', "
+                f"but the site's executors are {sorted(labels)}: fix the site class or its executor labels"
+            )
+        cap = capacities[label]
+        # The final job runs alone, after every other job ended, so it gets
+        # the whole executor: its request (bps defaults: 16 cores, 32 GB) is
+        # clamped to the capacity when it runs, never rejected.
+        if cap is None or row.final:
+            return
+        if cpus > cap.cores:
+            raise ConfigurationError(
+                f"job '{row.name}' asks for {cpus} cores (requestCpus) but executor '{label}' of "
+                f"{site.where} has {cap.cores}: lower requestCpus for label '{row.label}' or raise "
+                f"{site.where}.cores"
+            )
+        if cap.memory and row.request_memory and row.request_memory > cap.memory:
+            raise ConfigurationError(
+                f"job '{row.name}' asks for {row.request_memory} MB (requestMemory) but executor '{label}' of "
+                f"{site.where} has {cap.memory} MB: lower requestMemory for label '{row.label}' or raise "
+                f"{site.where}.memory"
+            )
 
-    Returns
-    -------
-    lookup : `~collections.abc.Callable` [[`str`], `str` or `None`]
-        Gives a file's path (``file://`` removed) from its name.
+    return check
+
+
+def _check_walltime(value: str, name: str, label: str) -> None:
+    """``requestWalltime`` must be a positive number of minutes or HH:MM:SS."""
+    where = f"requestWalltime of job '{name}' (label '{label}')"
+    try:
+        minutes = float(value)
+    except ValueError:
+        parse_walltime(value, where)
+        return
+    if not minutes > 0 or minutes == float("inf"):
+        raise ConfigurationError(f"'{where}' is {value!r}: it must be a number of minutes greater than 0")
+
+
+def _file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
+    """The path of a workflow file by name (the first of ``graphs`` that has
+    it, ``file://`` removed), or `None`; remembered per name.
     """
     cache: dict[str, str | None] = {}
 
@@ -116,19 +309,8 @@ def file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
     return lookup
 
 
-def retry_unless_exit(value: Any) -> str | None:
-    """A job's ``retryUnlessExit`` (a code or codes) as stored: a JSON list.
-
-    Parameters
-    ----------
-    value : `int`, `list` [`int`] or `None`
-        The job's ``retryUnlessExit``.
-
-    Returns
-    -------
-    codes : `str` or `None`
-        The codes as a JSON list, `None` if not set.
-    """
+def _retry_unless_exit(value: Any) -> str | None:
+    """A job's ``retryUnlessExit`` (a code or codes) as stored: a JSON list."""
     if value is None:
         return None
     codes = [value] if isinstance(value, int) else list(value)
@@ -152,26 +334,16 @@ def _tags_json() -> Callable[[dict[str, Any]], str]:
     return encode
 
 
-TAGS_JSON = _tags_json()
-"""A job's tags as stored: ``json.dumps(tags, default=str)``."""
+_TAGS_JSON = _tags_json()
 
 
-class PerValueCache:
+class _PerValueCache:
     """``function(value)`` remembered for the last few value objects.
 
-    ctrl_bps's transform gives every job of a label the same objects for the
-    values it caches per label (``retryUnlessExit`` lists, ...): converting
-    each once per object instead of once per job is what makes a
-    million-job prepare cheap. Keyed by identity (the objects are held
-    here, so an id is not reused while cached) and bounded, so a workflow
-    with a new object per job costs no memory.
-
-    Parameters
-    ----------
-    function : `~collections.abc.Callable` [[`~typing.Any`], `~typing.Any`]
-        The conversion to remember.
-    size : `int`, optional
-        Number of values kept before the cache is emptied.
+    ctrl_bps gives every job of a label the same objects for the values it
+    caches per label (``retryUnlessExit`` lists, ...), so each is converted
+    once per object. Keyed by identity (the objects are held here, so an id
+    is not reused while cached) and bounded.
     """
 
     def __init__(self, function: Callable[[Any], Any], size: int = 64):
@@ -190,14 +362,9 @@ class PerValueCache:
         return result
 
 
-class SubdirCache:
-    """A job's log sub-directory (`attemptlogs.log_dir_template`),
-    computed once per distinct (label, values of the template's fields).
-
-    Parameters
-    ----------
-    template : `~typing.Any`
-        The run's `attemptlogs.log_dir_template`.
+class _SubdirCache:
+    """A job's log sub-directory (`attemptlogs.log_dir_template`), computed
+    once per distinct (label, values of the template's fields).
     """
 
     def __init__(self, template: Any):
@@ -221,18 +388,10 @@ class SubdirCache:
         return found
 
 
-class Templates:
-    """Command-line templates of one graph with their ``<FILE:name>``
-    placeholders resolved once per template, not once per job (`render`
-    then only fills in each job's values).
-
-    Placeholders whose name holds a ``{value}``, or that name no file, are
-    left for `render`, which resolves or reports them as before.
-
-    Parameters
-    ----------
-    lookup : `~collections.abc.Callable` [[`str`], `str` or `None`]
-        Gives a file's path from its name (`file_lookup`).
+class _Templates:
+    """Command-line templates of one graph with their fixed ``<FILE:name>``
+    placeholders resolved once per template; a name holding a ``{value}``,
+    or naming no file, is left for `render`.
     """
 
     def __init__(self, lookup: Callable[[str], str | None]):
@@ -246,18 +405,7 @@ class Templates:
         return match.group(0) if path is None else path
 
     def resolve(self, text: str) -> str:
-        """``text`` with its fixed ``<FILE:name>`` placeholders resolved.
-
-        Parameters
-        ----------
-        text : `str`
-            A template.
-
-        Returns
-        -------
-        resolved : `str`
-            The template with the placeholders of known files replaced.
-        """
+        """``text`` with its fixed ``<FILE:name>`` placeholders resolved."""
         found = self._resolved.get(text)
         if found is None:
             found = FILE_PLACEHOLDER.sub(self._file, text) if "<FILE:" in text else text
@@ -266,20 +414,7 @@ class Templates:
         return found
 
     def command(self, executable: str, arguments: str | None) -> str:
-        """The template of a job's command line: executable and arguments.
-
-        Parameters
-        ----------
-        executable : `str`
-            The job's executable (a template).
-        arguments : `str` or `None`
-            Its arguments (a template).
-
-        Returns
-        -------
-        template : `str`
-            The command line template, fixed placeholders resolved.
-        """
+        """The template of a job's command line, fixed placeholders resolved."""
         key = (executable, arguments)
         found = self._commands.get(key)
         if found is None:

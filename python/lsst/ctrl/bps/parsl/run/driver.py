@@ -58,7 +58,7 @@ from ..control.claim import ClaimFence
 from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
 from ..oneline import one_line, shown
 from ..prepare.commands import fill_wms
-from ..prepare.jobattrs import ConcurrencyGate, abort_status, concurrency_limits, route, walltime_seconds
+from ..prepare.jobattrs import concurrency_limits
 from ..records import AttemptResult, JobKind, JobState
 from ..report.page import PageWriter
 from ..site import SiteConfig
@@ -68,6 +68,7 @@ from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from ..store.storefile import damaged
+from .attributes import ConcurrencyGate, abort_status, route, walltime_seconds
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
 from .lostattempts import LostAttemptHandling

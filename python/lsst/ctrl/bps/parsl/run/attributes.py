@@ -1,0 +1,181 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""A job's BPS attributes at run time (doc/configuration.md): the units of
+concurrency limits held by running jobs (`ConcurrencyGate`), an exit that
+aborts the run, the executor a job's ``computeSite`` or ``queue`` names, and
+its walltime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..job import parse_walltime
+from ..prepare.jobattrs import parse_concurrency_limit
+from ..records import JobRow
+
+__all__ = ("ConcurrencyGate", "abort_status", "route", "walltime_seconds")
+
+
+def route(row: JobRow, labels: Sequence[str]) -> str | None:
+    """The executor a job's ``computeSite`` or ``queue`` names, if any.
+
+    Parameters
+    ----------
+    row : `JobRow`
+        The job.
+    labels : `~collections.abc.Sequence` [`str`]
+        Labels of the site's executors.
+
+    Returns
+    -------
+    label : `str` or `None`
+        The executor's label, `None` if neither names one.
+    """
+    for value in (row.compute_site, row.queue):
+        if value and value in labels:
+            return value
+    return None
+
+
+def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:
+    """The run's status if an attempt's exit aborts the run, else `None`.
+
+    Parameters
+    ----------
+    row : `JobRow`
+        The job.
+    exit_code : `int`
+        The attempt's exit status.
+    signal : `int` or `None`
+        The signal that ended it, if any.
+
+    Returns
+    -------
+    status : `int` or `None`
+        The run's exit status (the job's ``abortReturnValue``, else the exit
+        code), or `None` if the run goes on.
+    """
+    if row.abort_on_value is None or signal is not None or exit_code != row.abort_on_value:
+        return None
+    return exit_code if row.abort_return_value is None else row.abort_return_value
+
+
+class ConcurrencyGate:
+    """The units of each concurrency limit held by running jobs, and the ready jobs waiting for some.
+
+    Parameters
+    ----------
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The run's jobs, by id.
+    limits : `dict` [`str`, `float`]
+        Units of each limit (`concurrency_limits`).
+    """
+
+    def __init__(self, rows: Sequence[JobRow], limits: dict[str, float]):
+        self.limits = limits
+        self.held: dict[str, float] = dict.fromkeys(limits, 0.0)
+        parsed: dict[str, tuple[tuple[str, float], ...]] = {}
+        self.needs: dict[int, tuple[tuple[str, float], ...]] = {}
+        for row in rows:
+            if row.concurrency_limit:
+                if row.concurrency_limit not in parsed:
+                    parsed[row.concurrency_limit] = parse_concurrency_limit(
+                        row.concurrency_limit, f"job '{row.name}'"
+                    )
+                self.needs[row.id] = parsed[row.concurrency_limit]
+        self.waiting: list[int] = []
+        """Ready jobs that found a limit full, in the order they came."""
+        self._holding: set[int] = set()
+
+    def acquire(self, job: int) -> bool:
+        """Take a job's units; `False` (and the job waits) if a limit is full.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+
+        Returns
+        -------
+        acquired : `bool`
+            `True` if the job may run now.
+        """
+        needs = self.needs.get(job)
+        if not needs:
+            return True
+        for name, units in needs:
+            if self.held.get(name, 0.0) + units > self.limits.get(name, float("inf")) + 1e-9:
+                self.waiting.append(job)
+                return False
+        for name, units in needs:
+            self.held[name] = self.held.get(name, 0.0) + units
+        self._holding.add(job)
+        return True
+
+    def release(self, job: int) -> list[int]:
+        """Give back a job's units (once per acquire).
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+
+        Returns
+        -------
+        woken : `list` [`int`]
+            Ids of the jobs that waited for units (the caller makes them ready).
+        """
+        if job not in self._holding:
+            return []
+        self._holding.discard(job)
+        for name, units in self.needs[job]:
+            self.held[name] -= units
+        woken, self.waiting = self.waiting, []
+        return woken
+
+
+def walltime_seconds(value: str | None) -> float | None:
+    """A job's ``requestWalltime`` in seconds (a bare number is minutes).
+
+    Parameters
+    ----------
+    value : `str` or `None`
+        The job's ``requestWalltime``.
+
+    Returns
+    -------
+    seconds : `float` or `None`
+        The walltime in seconds.
+    """
+    if not value:
+        return None
+    try:
+        return float(value) * 60.0
+    except ValueError:
+        return float(parse_walltime(value, "requestWalltime"))
