@@ -51,13 +51,13 @@ from ..control.claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, 
 from ..control.liveness import (
     HOST,
     STALE_AFTER,
-    DriverMonitor,
     DriverRecord,
     driver_alive,
     holds_store,
     process_start,
     write_cancel_request,
 )
+from ..control.monitor import DriverMonitor
 from ..oneline import ShownMessageError
 from ..records import ENDED, JobState
 from ..site import SiteConfig
