@@ -474,7 +474,7 @@ class ParslService(BaseWmsService):
         cancelled, message : `tuple`
             Whether all of that happened, and what happened.
         """
-        from .run.session import DriverBusyError, cancel_run
+        from .run.cancel import DriverBusyError, cancel_run
 
         try:
             return cancel_run(resolve_run(wms_id))

@@ -51,8 +51,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
-
 from ..configuration import RunSettings
 from ..control.claim import ClaimFence
 from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
@@ -64,7 +62,6 @@ from ..report.page import PageWriter
 from ..site import SiteConfig
 from ..sites.losses import LostAttempts, infrastructure_cause
 from ..store.attemptlogs import log_paths
-from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from ..store.storefile import damaged
@@ -75,7 +72,7 @@ from .ordering import in_flight_limit
 from .progress import ProgressLines, count_states
 from .retrypolicy import ExecutorChoiceError, RetryPolicy
 from .runner import NotStartedError
-from .stopping import InFlight, StopSignals, StopWatchdog, record_stopped
+from .stopping import InFlight, StopHandling, StopSignals, StopWatchdog
 
 __all__ = ("Driver", "RunOutcome")
 
@@ -109,7 +106,7 @@ class RunOutcome:
         return sum(self.counts.get(s, 0) for s in (JobState.FAILED, JobState.PRUNED, JobState.DELETED))
 
 
-class Driver(LostAttemptHandling):
+class Driver(LostAttemptHandling, StopHandling):
     """Run the jobs of one submit directory until all have ended.
 
     Parameters
@@ -383,25 +380,6 @@ class Driver(LostAttemptHandling):
         super().request_stop(reason)
         self.watchdog.arm(reason)
 
-    def _check_fence(self) -> None:
-        """Raise `RunTakenOverError` if another process took the run over."""
-        if self.fence is not None and not self.fence.holds():
-            raise RunTakenOverError(self.fence.lost)
-
-    def _drained(self) -> bool:
-        """The submit directory's disk is full (`RunStore.disk_full`): no new
-        job starts and the jobs running are left to end and be recorded;
-        whether none runs any more (the run then stops with the disk's line).
-        """
-        if not self.draining:
-            self.draining = True
-            self.dispatch.drain()
-            print(draining_message(self.submit_path, len(self.in_flight)), flush=True)
-        if self.in_flight:
-            return False
-        self.request_stop(self.store.disk_full or "")
-        return True
-
     def _submit(self, i: int) -> None:
         """Hand the next attempt of a job to Parsl (if this driver still holds the run)."""
         self._check_fence()
@@ -505,22 +483,6 @@ class Driver(LostAttemptHandling):
         if not self.stop_reason:
             self.stop_reason = reason  # not request_stop: the final job still runs, unbounded
 
-    def _abort_to_final_phase(self) -> None:
-        """After an abort in the main phase, stop every job and run the final
-        job, as DAGMan runs its FINAL node after an ``ABORT-DAG-ON``.
-        """
-        self._stop_everything()
-        finals = [i for i, row in enumerate(self.rows) if row.final]
-        if not finals or self.stop_reason != (self.abort[1] if self.abort else None):
-            return
-        for i in finals:
-            self.state[i] = JobState.UNREADY
-            self.recorder.state(i, JobState.UNREADY, self.attempt[i])
-        self.recorder.flush()
-        self.stop_reason = None
-        self.dispatch = Dispatch(self.site)
-        self.dispatch.start()
-
     def _pruned(self, i: int) -> None:
         self.recorder.state(i, JobState.PRUNED, self.attempt[i])
 
@@ -538,43 +500,3 @@ class Driver(LostAttemptHandling):
         self._build_tables()
         _LOG.info("%d jobs joined the run", len(rows))
         return True
-
-    # ---- stopping -------------------------------------------------------------
-
-    def _stop_quietly(self) -> None:
-        """`_stop_everything`, when the store may refuse the record of it."""
-        try:
-            self._stop_everything()
-        except StateStoreError as exc:
-            _LOG.warning("%s", exc)
-
-    def _end_session_quietly(self, outcome: str) -> None:
-        try:
-            self.store.end_session(outcome)
-        except StateStoreError as exc:
-            _LOG.warning("%s", exc)
-
-    def _stop_everything(self) -> None:
-        """Stop every attempt, record how those in flight ended, mark the
-        rest DELETED.
-
-        Parsl is shut down first: its executors start nothing more and end
-        the futures they can (the local pool fails its queued attempts as
-        never started and stops its running ones). Whatever of this run
-        still runs on this host is then killed by its token, and an attempt
-        whose future did not end is settled from its log.
-        """
-        self._check_fence()  # a driver that lost the run kills only its own attempts
-        self.dispatch.shutdown()
-        kill_running_jobs(self.running_dir, self.run_id)
-        record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
-
-    def _stop_own_attempts(self) -> None:
-        """The run was taken over: stop Parsl and kill this driver's own
-        attempts in flight (by their tokens; never the run's other
-        processes, which may be the new driver's), recording nothing.
-        """
-        tokens = [f"{self.run_id}/{i}/{flight.attempt}" for i, flight in self.in_flight.items()]
-        self.dispatch.shutdown()
-        if tokens:
-            kill_attempts(tokens)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -53,13 +52,10 @@ from ..control.liveness import (
     STALE_AFTER,
     DriverRecord,
     driver_alive,
-    holds_store,
     process_start,
-    write_cancel_request,
 )
 from ..control.monitor import DriverMonitor
 from ..oneline import ShownMessageError
-from ..records import ENDED, JobState
 from ..site import SiteConfig
 from ..store.runstore import RunStore, StateStoreError, db_path
 
@@ -78,14 +74,6 @@ __all__ = (
 
 _RESERVE_MIN = 1 << 20
 _RESERVE_MAX = 64 << 20
-_ACK_TIMEOUT = 10.0
-"""Seconds a driver has to answer a cancel request before `cancel_run`
-considers it unresponsive."""
-_STOP_TIMEOUT = 60.0
-"""Seconds a driver on this host has to end after it answered a cancel
-request (or got SIGTERM) before `cancel_run` kills it (SIGKILL)."""
-_LOCK_WAIT = 10.0
-"""Seconds `cancel_run` waits for the claim of a driver that just ended."""
 
 
 class RunFailedError(ShownMessageError, BpsError):
@@ -405,137 +393,6 @@ def checked_run(submit_path: str) -> str:
         store.close()
 
 
-def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: bool = False) -> bool:
-    """Wait until the driver ``record`` describes has ended (or, with
-    ``ack``, at least says it is stopping); returns whether it did.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        now = driver_alive(submit_path, record.run_id)
-        if now is None or now.identity != record.identity or (ack and now.stopping):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-
-
-def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
-    """Send ``sig`` to a driver on this host (proven by the caller) and
-    SIGCONT to its process group (a stopped driver, e.g. Ctrl-Z on ``bps
-    submit``, acts on nothing until continued); whether it still ran.
-    """
-    if process_start(pid) is None or (started is not None and process_start(pid) != started):
-        return False
-    try:
-        group = os.getpgid(pid)
-        if sig != signal.SIGCONT:
-            os.kill(pid, sig)
-        if group > 1 and group != os.getpgrp():
-            os.killpg(group, signal.SIGCONT)
-        else:
-            os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, str]:
-    """Stop a run from any process: its driver stops and every job ends,
-    within a bound.
-
-    The driver is asked through a cancel request in the submit directory.
-    A driver on this host proven to be this run's (its process has this
-    run's database open) is also continued (SIGCONT to its process group:
-    a stopped driver reads nothing); one that does not answer within
-    `_ACK_TIMEOUT` seconds gets SIGTERM, and one that has not ended
-    `_STOP_TIMEOUT` seconds later gets SIGKILL. A driver on another host
-    that does not answer is waited for until its heartbeat is stale (its
-    ``parslDriverStaleAfter``): the run is then taken over (fenced: if the
-    driver resumes it writes nothing and stops its own jobs). Then every
-    process of the run on this host is killed by its token and every
-    unfinished job is recorded DELETED.
-
-    Parameters
-    ----------
-    submit_path : `str`
-        Submit directory.
-    timeout : `float`, optional
-        Seconds a driver that answered has to end (default `_STOP_TIMEOUT`).
-
-    Returns
-    -------
-    cancelled : `bool`
-        True only if the driver exited, no job process is left on this host
-        and every unfinished job is recorded DELETED.
-    message : `str`
-        What happened.
-
-    Raises
-    ------
-    StateStoreError
-        If the directory is not a run this user may act on.
-    DriverBusyError
-        If another process holds the run while its jobs are recorded.
-    """
-    from ..control.running import kill_running_jobs
-
-    stop_timeout = _STOP_TIMEOUT if timeout is None else timeout
-    # A stopped driver may hold the store's lock: continue it before the store is read.
-    early = driver_alive(submit_path)
-    if early is not None and early.host == HOST and holds_store(early.pid, submit_path):
-        _signal_driver(early.pid, early.started, signal.SIGCONT)
-    run_id = checked_run(submit_path)
-    record = driver_alive(submit_path, run_id)
-    how = ""
-    stale_after = STALE_AFTER
-    if record is not None:
-        stale_after = record.stale_after
-        write_cancel_request(submit_path, record)
-        local = record.host == HOST and holds_store(record.pid, submit_path)
-        if local:
-            _signal_driver(record.pid, record.started, signal.SIGCONT)
-        if not _wait_for_end(submit_path, record, _ACK_TIMEOUT, ack=True):
-            if local:
-                _signal_driver(record.pid, record.started, signal.SIGTERM)
-                how = f" (no answer within {_ACK_TIMEOUT:.0f} s: SIGTERM)"
-            elif record.host == HOST:
-                return False, (
-                    f"the driver ({record.describe()}) did not answer the cancel request within "
-                    f"{_ACK_TIMEOUT:.0f} s and its process does not hold this run's database: not signalled; "
-                    "it stops when it reads the request: try again later"
-                )
-            else:
-                # Another host: no signal reaches it. Silent past its stale_after, the run is taken over.
-                stop_timeout = record.stale_after + 2 * record.interval + 2.0
-        if not _wait_for_end(submit_path, record, stop_timeout):
-            if not local:
-                return False, (
-                    f"the driver ({record.describe()}) did not stop within {stop_timeout:.0f} s and its "
-                    "heartbeat still moves; try again"
-                )
-            if _signal_driver(record.pid, record.started, signal.SIGKILL):
-                how = f" (not ended {stop_timeout:.0f} s after the cancel request: SIGKILL)"
-                _wait_for_end(submit_path, record, 5.0)
-    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT, stale_after=stale_after) as claim:
-        other = driver_alive(submit_path, run_id)
-        if other is not None:
-            raise _busy(submit_path, other)
-        store = RunStore(db_path(submit_path))
-        try:
-            store.take_fence(claim.number)
-            left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
-            unfinished = [row for row in store.statuses() if row.state not in ENDED]
-            for row in unfinished:
-                store.set_state(row.job, JobState.DELETED, row.attempt)
-            store.flush()
-        finally:
-            store.close()
-    if record is None and not unfinished and not left:
-        return False, "the run had already ended; nothing to cancel"
-    what = f"driver {record.describe()} stopped{how}" if record else "no driver was running"
-    return True, f"{what}; {len(unfinished)} unfinished job(s) marked DELETED"
-
-
 def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     """Start the driver of a run in the background, detached from the terminal.
 
@@ -562,7 +419,6 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     """
     import subprocess
     import sys
-    import time
 
     from ..files import open_private, private_dir
 
