@@ -53,19 +53,15 @@ from .session import _busy, checked_run, driver_claim
 __all__ = ("DriverBusyError", "cancel_run")
 
 _ACK_TIMEOUT = 10.0
-"""Seconds a driver has to answer a cancel request before `cancel_run`
-considers it unresponsive."""
+"""Seconds a driver has to answer a cancel request."""
 _STOP_TIMEOUT = 60.0
-"""Seconds a driver on this host has to end after it answered a cancel
-request (or got SIGTERM) before `cancel_run` kills it (SIGKILL)."""
+"""Seconds a driver on this host has to end after it answered (or got SIGTERM) before SIGKILL."""
 _LOCK_WAIT = 10.0
-"""Seconds `cancel_run` waits for the claim of a driver that just ended."""
+"""Seconds to wait for the claim of a driver that just ended."""
 
 
 def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: bool = False) -> bool:
-    """Wait until the driver ``record`` describes has ended (or, with
-    ``ack``, at least says it is stopping); returns whether it did.
-    """
+    """Wait until the driver has ended (with ``ack``: says it stops); whether it did."""
     deadline = time.monotonic() + timeout
     while True:
         now = driver_alive(submit_path, record.run_id)

@@ -25,21 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Run a prepared workflow: walk the DAG, feed Parsl, record every transition.
-
-`Driver` is the loop of one driver session. It hands each ready job to
-Parsl as an app future (`dispatch`), with its parents' futures as
-``inputs``; Parsl's executors admit and run them (the local pool's spawner
-starts a job once its cores and memory fit). The parts it drives:
-
-- `graphwalk`: which jobs are ready, pruned, waiting;
-- `retrypolicy`: whether a failed attempt runs again, with what memory, on
-  which executor;
-- `recorder`: every transition written to the run's store;
-- `dispatch`: Parsl's data-flow kernel and the queue of ended attempts;
-- `stopping`: the signals that stop a run, and recording how its attempts
-  in flight ended;
-- `progress`: the progress lines.
+"""`Driver`, the loop of one driver session: walk the DAG (`graphwalk`),
+hand each ready job to Parsl (`dispatch`), decide retries (`retrypolicy`),
+record every transition (`recorder`), stop (`stopping`), print progress.
 """
 
 from __future__ import annotations
@@ -83,10 +71,8 @@ _NO_CGROUP = (
     "BPS_PARSL_ATTEMPT token; one that drops the token and leaves the group is ended only when the "
     "local pool ends, and not at all on Parsl workers (doc/reliability.md, J3)"
 )
-"""Said at run start: the promise J3 of doc/reliability.md that cannot be kept in full."""
 _FLUSH_INTERVAL = 0.05
-"""Seconds between commits of the state: transitions of that window are
-committed together (a restart recovers finished jobs from their logs)."""
+"""Seconds between commits of the state: that window's transitions are committed together."""
 
 
 @dataclass
@@ -118,11 +104,9 @@ class Driver(LostAttemptHandling, StopHandling):
     kind : `str`
         ``submit`` or ``restart``.
     settings : `RunSettings`, optional
-        The run's keys, read once by the caller (read from the site's
-        configuration if not given).
+        The run's keys (read from the site's configuration if not given).
     fence : `ClaimFence`, optional
-        The run's claim this driver holds: checked before every dispatch
-        (the store checks it at every commit, `RunStore.take_fence`).
+        The run's claim this driver holds, checked before every dispatch.
     """
 
     def __init__(
@@ -171,9 +155,7 @@ class Driver(LostAttemptHandling, StopHandling):
         self.watchdog = StopWatchdog(self.run_id, self.submit_path)
 
     def _build_tables(self) -> None:
-        """Build the walk and the per-job tables over all of ``self.rows``,
-        keeping the states and attempt numbers of the jobs already known.
-        """
+        """Build the walk and the per-job tables over ``self.rows``, keeping known states."""
         known = len(self.attempt)
         added = len(self.rows) - known
         old_state = self.walk.state if known else []
@@ -188,15 +170,10 @@ class Driver(LostAttemptHandling, StopHandling):
         self.session_tries.extend([0] * added)
         self.policy = RetryPolicy(self.rows, self.site, self.submit_path)
 
-    # ---- set-up -----------------------------------------------------------
-
     def _reset_for_run(self) -> None:
-        """Keep succeeded jobs; every other job (and the final jobs) runs.
-
-        What a driver that died may have left is settled first: leftover job
-        processes are killed, and every attempt that was launched but not
-        recorded is settled from its log (`Recorder.settle_leftovers`); but
-        first, jobs still running on another host refuse it (`spawners_elsewhere`).
+        """Keep succeeded jobs; every other job (and the final jobs) runs. What
+        a driver that died left is settled first (unless jobs still run on
+        another host: refused).
         """
         if self.store.sessions():
             stale = spawners_elsewhere(self.running_dir, self.site.config, self.recorder)
@@ -218,15 +195,9 @@ class Driver(LostAttemptHandling, StopHandling):
                 self.state[i] = JobState.UNREADY
         self.recorder.flush()
 
-    # ---- main loop ----------------------------------------------------------
-
     def run(self) -> RunOutcome:
-        """Run until every job ended or a stop was requested.
-
-        A run that cannot go on (Parsl does not start, the store cannot be
-        written or is no longer this run's, the disk is full) ends with
-        ``outcome.cancelled`` and a one-line ``outcome.reason``; whatever
-        was started is stopped and the signal handlers are restored.
+        """Run until every job ended or a stop was requested (a run that cannot
+        go on ends ``cancelled``, with a one-line ``reason``).
 
         Returns
         -------
@@ -349,12 +320,9 @@ class Driver(LostAttemptHandling, StopHandling):
             self.page.update()
         self.recorder.flush()
 
-    # ---- dispatch -------------------------------------------------------------
-
     def _dispatch_ready(self) -> None:
-        """Hand ready jobs to Parsl, best first (`ordering`), while fewer
-        than ``in_flight_cap`` are in flight; a job whose concurrency limit
-        is full waits for a holder to end.
+        """Hand ready jobs to Parsl, best first, while fewer than
+        ``in_flight_cap`` are in flight and their concurrency limits allow.
         """
         ready = self.walk.ready
         cap = self.in_flight_cap
@@ -422,8 +390,6 @@ class Driver(LostAttemptHandling, StopHandling):
         )
         self.walk.keep_future(i, future)
 
-    # ---- completion -----------------------------------------------------------
-
     def _complete(self, i: int, attempt: int, future: Any) -> None:
         """Record an ended attempt and decide what follows."""
         flight = self.in_flight.get(i)
@@ -487,11 +453,8 @@ class Driver(LostAttemptHandling, StopHandling):
         self.recorder.state(i, JobState.PRUNED, self.attempt[i])
 
     def _join_added_jobs(self) -> bool:
-        """Load the jobs added to the store since this session loaded it (a
-        batch submission's payload, see `batch`); whether there were any.
-
-        Called between main phases, when nothing is in flight: the walk and
-        the per-job tables are rebuilt over all jobs, keeping the states.
+        """Between main phases: load the jobs added to the store since (a batch
+        submission's payload); whether there were any.
         """
         rows = self.store.jobs(start=len(self.rows))
         if not rows:

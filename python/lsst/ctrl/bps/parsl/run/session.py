@@ -25,12 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Start, stop and check the driver of a submit directory.
-
-A live driver holds the run's claim (``parsl/driver.claim.<N>``, created
-atomically on any file system, see `claim`) and writes a heartbeat; every
-other process finds out about it, and reaches it, only through files (see
-`liveness`): no lock, and no signal to a process on another host.
+"""Start (here or in the background) and check the driver of a submit
+directory; the run's saved BPS configuration. A live driver holds the run's
+claim (`claim`) and writes a heartbeat (`monitor`).
 """
 
 from __future__ import annotations
@@ -77,13 +74,9 @@ _RESERVE_MAX = 64 << 20
 
 
 class RunFailedError(ShownMessageError, BpsError):
-    """Some jobs of the run did not succeed, or the run stopped.
-
-    An ordinary exception for Python callers. Under the ``bps`` command line
-    `ParslService.submit` and `ParslService.restart` do not raise it: they
-    print its one line, return as usual (so that ``bps`` prints its ``Run
-    Id`` lines) and make the command exit with ``exit_status``: 1, or the
-    status of a run a job's ``abortOnValue`` aborted.
+    """Some jobs of the run did not succeed, or the run stopped. Under the
+    ``bps`` command line, submit and restart print its line instead and exit
+    with ``exit_status`` (1, or an ``abortOnValue``'s status).
     """
 
     def __init__(self, message: str, exit_status: int = 1):
@@ -104,7 +97,7 @@ def _busy(submit_path: str, record: DriverRecord | ClaimBusyError | None) -> Dri
 def driver_claim(
     submit_path: str, what: str, wait: float = 0.0, stale_after: float = STALE_AFTER
 ) -> Iterator[Claim]:
-    """Hold the run's claim (see `claim.claim_run`), or raise `DriverBusyError`.
+    """Hold the run's claim (`claim.claim_run`).
 
     Parameters
     ----------
@@ -119,8 +112,8 @@ def driver_claim(
 
     Yields
     ------
-    None
-        The claim is held while the context runs.
+    claim : `Claim`
+        The claim, held while the context runs.
 
     Raises
     ------
@@ -134,18 +127,17 @@ def driver_claim(
         raise _busy(submit_path, exc) from None
 
 
-CONFIG_NAME = "bps_config.yaml"
+_CONFIG_NAME = "bps_config.yaml"
 """The run's BPS configuration, in ``<submit>/parsl/``."""
 
 
 def _pending_config(submit_path: str, run_id: str) -> str:
-    return os.path.join(submit_path, "parsl", f"{CONFIG_NAME}.{run_id}.tmp")
+    return os.path.join(submit_path, "parsl", f"{_CONFIG_NAME}.{run_id}.tmp")
 
 
 def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str:
-    """Write the configuration of a run being created under a name of its
-    own (mode 0600); `install_config` puts it in place once the run's store
-    exists.
+    """Write the configuration of a run being created under a name of its own
+    (0600); `install_config` puts it in place once the run's store exists.
 
     Parameters
     ----------
@@ -171,9 +163,8 @@ def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str
 
 
 def install_config(submit_path: str, run_id: str) -> None:
-    """Put the configuration of run ``run_id`` (which holds the submit
-    directory's store) in place, and remove what submits that lost the
-    directory to it, or were killed before their store existed, left.
+    """Put the configuration of run ``run_id`` (whose store the directory
+    holds) in place; remove what submits that lost the directory left.
 
     Parameters
     ----------
@@ -185,11 +176,11 @@ def install_config(submit_path: str, run_id: str) -> None:
     from ..store.runindex import remove_run
 
     parsl_dir = os.path.join(submit_path, "parsl")
-    os.replace(_pending_config(submit_path, run_id), os.path.join(parsl_dir, CONFIG_NAME))
+    os.replace(_pending_config(submit_path, run_id), os.path.join(parsl_dir, _CONFIG_NAME))
     for name in os.listdir(parsl_dir):
-        if name.startswith(f"{CONFIG_NAME}.") and name.endswith(".tmp"):
+        if name.startswith(f"{_CONFIG_NAME}.") and name.endswith(".tmp"):
             # Its run was indexed before its store was to be linked: it never was.
-            remove_run(name[len(CONFIG_NAME) + 1 : -4], submit_path)
+            remove_run(name[len(_CONFIG_NAME) + 1 : -4], submit_path)
             try:
                 os.unlink(os.path.join(parsl_dir, name))
             except OSError:
@@ -197,8 +188,8 @@ def install_config(submit_path: str, run_id: str) -> None:
 
 
 def load_config(submit_path: str) -> BpsConfig:
-    """The BPS configuration saved at prepare time (put in place first if
-    the submit that created the run was killed before it did).
+    """The BPS configuration saved at prepare time (put in place first if the
+    submit that created the run was killed before it did).
 
     Parameters
     ----------
@@ -215,7 +206,7 @@ def load_config(submit_path: str) -> BpsConfig:
     StateStoreError
         If the run has no configuration.
     """
-    path = os.path.join(submit_path, "parsl", CONFIG_NAME)
+    path = os.path.join(submit_path, "parsl", _CONFIG_NAME)
     if not os.path.exists(path):
         store = RunStore(db_path(submit_path), readonly=True)
         try:
@@ -232,9 +223,7 @@ def load_config(submit_path: str) -> BpsConfig:
 
 
 def _reserve_size(store: RunStore) -> int:
-    """Space for the last commits of a run: grows with the store (its status
-    table is rewritten when a run stops).
-    """
+    """Space for the last commits of a run (grows with the store)."""
     return min(_RESERVE_MAX, _RESERVE_MIN + os.path.getsize(store.path) // 4)
 
 
@@ -258,8 +247,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     Raises
     ------
     RunFailedError
-        If a job did not succeed or the run stopped (cancelled, full disk,
-        store lost, Parsl could not start).
+        If a job did not succeed or the run stopped.
     DriverBusyError
         If another driver runs this run.
     StateStoreError
@@ -288,13 +276,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
             # otherwise be scanned by every full garbage collection of the run.
             gc.freeze()
             try:
-                driver = Driver(
-                    store,
-                    site,
-                    kind=kind,
-                    settings=settings,
-                    fence=fence,
-                )
+                driver = Driver(store, site, kind=kind, settings=settings, fence=fence)
                 monitor.attach(driver.request_stop)
                 try:
                     outcome = driver.run()
@@ -353,12 +335,8 @@ def _check_meta(store: RunStore, submit_path: str) -> str:
 
 
 def checked_run(submit_path: str) -> str:
-    """Check that a submit directory is a run its caller may act on
-    (cancel, restart) and return the run id.
-
-    Refused: a store owned by another user, a store or ``parsl/`` that is a
-    symbolic link or not a regular file/directory, a store that names
-    another submit directory (copied or moved).
+    """Check that a submit directory is a run its caller may act on (cancel,
+    restart): its store is this user's regular file and names this directory.
 
     Parameters
     ----------
@@ -394,9 +372,8 @@ def checked_run(submit_path: str) -> str:
 
 
 def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
-    """Start the driver of a run in the background, detached from the terminal.
-
-    Returns once the driver's heartbeat names it.
+    """Start the driver of a run in the background, detached from the
+    terminal; return once its heartbeat names it.
 
     Parameters
     ----------
