@@ -72,10 +72,8 @@ class Fence(Protocol):
 
     Parameters
     ----------
-    *args : `typing.Any`
+    *args, **kwargs : `typing.Any`
         Unused: a protocol describes objects, it makes none.
-    **kwargs : `typing.Any`
-        Unused.
     """
 
     lost: str | None
@@ -100,10 +98,8 @@ class DriverMonitor:
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    run_id : `str`
-        The run's id.
+    submit_path, run_id : `str`
+        Submit directory; the run's id.
     store : `RunStore`
         The run's store, open for writing.
     interval : `float`

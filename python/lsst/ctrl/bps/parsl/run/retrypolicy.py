@@ -106,10 +106,8 @@ class RetryPolicy:
 
         Parameters
         ----------
-        job, attempt : `int`
-            Job id and attempt number.
-        tries : `int`
-            Attempts of the job in this session so far.
+        job, attempt, tries : `int`
+            Job id, attempt number, attempts of the job in this session so far.
         labels : `~collections.abc.Collection` [`str`]
             Labels of the executors in use.
 
@@ -144,10 +142,8 @@ class RetryPolicy:
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        exit_code : `int`
-            Exit status of the failed attempt.
+        job, exit_code : `int`
+            Job id; exit status of the failed attempt.
         timed_out : `bool`
             Whether it was killed for its walltime (never retried).
         tries : `int`

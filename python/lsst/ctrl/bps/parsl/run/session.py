@@ -101,10 +101,8 @@ def driver_claim(
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    what : `str`
-        What the holder does.
+    submit_path, what : `str`
+        Submit directory; what the holder does.
     wait : `float`
         Seconds to keep trying while a live process holds the run.
     stale_after : `float`
@@ -143,10 +141,8 @@ def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str
     ----------
     config : `lsst.ctrl.bps.BpsConfig`
         The run's configuration.
-    submit_path : `str`
-        Submit directory.
-    run_id : `str`
-        The run being created.
+    submit_path, run_id : `str`
+        Submit directory; the run being created.
 
     Returns
     -------
@@ -168,10 +164,8 @@ def install_config(submit_path: str, run_id: str) -> None:
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    run_id : `str`
-        The run whose store the directory holds.
+    submit_path, run_id : `str`
+        Submit directory; the run whose store the directory holds.
     """
     from ..store.runindex import remove_run
 
@@ -377,10 +371,8 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    kind : `str`
-        ``submit`` or ``restart``.
+    submit_path, kind : `str`
+        Submit directory; ``submit`` or ``restart``.
     wait : `float`, optional
         Seconds to wait for the driver's first heartbeat.
 

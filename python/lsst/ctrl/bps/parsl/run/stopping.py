@@ -112,10 +112,8 @@ class StopWatchdog:
 
     Parameters
     ----------
-    run_id : `str`
-        The run's id (the prefix of its job tokens).
-    submit_path : `str`
-        Submit directory (for the message).
+    run_id, submit_path : `str`
+        The run's id (the prefix of its job tokens); submit directory (for the message).
     """
 
     def __init__(self, run_id: str, submit_path: str):

@@ -61,12 +61,8 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
 
     Parameters
     ----------
-    run_id : `str`
-        The run's id.
-    submit_path : `str`
-        Submit directory of the run.
-    run_name : `str`
-        The run's name.
+    run_id, submit_path, run_name : `str`
+        The run's id, submit directory and name.
     """
     record = {"run_id": run_id, "submit_path": submit_path, "run_name": run_name}
     try:
@@ -80,10 +76,8 @@ def remove_run(run_id: str, submit_path: str) -> None:
 
     Parameters
     ----------
-    run_id : `str`
-        The run's id.
-    submit_path : `str`
-        Its submit directory (the record is removed only if it names it).
+    run_id, submit_path : `str`
+        The run's id; its submit directory (the record is removed only if it names it).
     """
     record = _index_dir() / f"{run_id}.json"
     try:

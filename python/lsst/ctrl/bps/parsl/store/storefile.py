@@ -78,10 +78,8 @@ def damaged(path: str, what: str) -> StateStoreError:
 
     Parameters
     ----------
-    path : `str`
-        Path of the store.
-    what : `str`
-        Which values, e.g. ``job 3 has state 18``.
+    path, what : `str`
+        Path of the store; which values, e.g. ``job 3 has state 18``.
 
     Returns
     -------

@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The write side of `RunStore`: the driver's (or cancel's) one writer, its
-claim on the run (`take_fence`), its queued transitions and their commit,
-and its wait for another process's lock, logged.
+"""The write side of `RunStore`: the one writer's fence (`take_fence`), its
+queued transitions and their commit, its logged wait for another's lock.
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ class StoreWrites(FileIdentity):
     conn: sqlite3.Connection
     session: int | None
     fence: int | None
-    """The claim this writer holds (`take_fence`): every commit checks it is still the run's."""
     disk_full: str | None
     reserve: SpaceReserve | None
     retry_at: float
@@ -192,7 +190,7 @@ class StoreWrites(FileIdentity):
         Parameters
         ----------
         kind : `str`
-            What the driver does (e.g. submit or restart).
+            What the driver does (submit, restart).
         pid : `int`
             The driver's process id.
         host : `str`
@@ -240,22 +238,14 @@ class StoreWrites(FileIdentity):
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        state : `int`
-            The new state (a `JobState` value).
-        attempt : `int`, optional
-            The job's current attempt number.
-        exit_code : `int`, optional
-            Exit status of that attempt, if it ended.
-        signal : `int`, optional
-            Signal that ended it, if any.
-        start : `float`, optional
-            Start time of the attempt (seconds since the epoch).
-        end : `float`, optional
-            End time of the attempt.
+        job, state : `int`
+            Job id and its new state (a `JobState` value).
+        attempt, exit_code, signal : `int`, optional
+            The job's current attempt, its exit status and the signal that ended it.
+        start, end : `float`, optional
+            Its start and end times (seconds since the epoch).
         host : `str`, optional
-            Host the attempt ran on.
+            Host it ran on.
         """
         self._pending_status.append((state, attempt, exit_code, signal, start, end, host, job))
 
@@ -278,30 +268,16 @@ class StoreWrites(FileIdentity):
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Attempt number.
-        state : `int`
-            How the attempt ended (a `JobState` value).
-        exit_code : `int`, optional
-            Its exit status.
-        signal : `int`, optional
-            Signal that ended it, if any.
-        memory : `int`, optional
-            Memory requested for it (MB).
+        job, attempt, state : `int`
+            Job id, attempt number, how it ended (a `JobState` value).
+        exit_code, signal, memory : `int`, optional
+            Its exit status, the signal that ended it, the memory it asked for (MB).
         executor : `str`, optional
             Label of the executor that ran it.
-        submitted : `float`, optional
-            Time it was handed to Parsl (seconds since the epoch).
-        start : `float`, optional
-            Time it started.
-        end : `float`, optional
-            Time it ended.
-        host : `str`, optional
-            Host it ran on.
-        lost : `str`, optional
-            Why the infrastructure (worker, node, block, pool) lost it; `None` if it ended by itself.
+        submitted, start, end : `float`, optional
+            When it was handed to Parsl, started and ended (seconds since the epoch).
+        host, lost : `str`, optional
+            Host it ran on; why the infrastructure lost it; `None` if it ended by itself.
         """
         self._pending_attempts.append(
             (job, attempt, self.session or 0, state, exit_code, signal, memory, executor)
@@ -314,8 +290,8 @@ class StoreWrites(FileIdentity):
         return bool(self._pending_status or self._pending_attempts)
 
     def flush(self, wait: bool = True) -> None:
-        """Commit every queued change in one transaction (`disk_full` says
-        when the disk is full: the caller should drain and stop).
+        """Commit every queued change in one transaction (on a full disk,
+        `disk_full` says so: the caller should drain and stop).
 
         Parameters
         ----------
