@@ -37,10 +37,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ..configuration import MIN_STALE_AFTER
 from ..store.runstore import StoreLostError, out_of_space_message
+from .claim import ClaimFence
 from .liveness import (
     CANCEL_NAME,
     HEARTBEAT_NAME,
@@ -66,30 +67,6 @@ _FULL_BELOW = 64 * 1024
 """Free bytes below which the submit directory's file system counts as full."""
 
 
-class Fence(Protocol):
-    """Whether the run's claim is still this driver's (`~.claim.ClaimFence`),
-    checked at each heartbeat.
-
-    Parameters
-    ----------
-    *args, **kwargs : `typing.Any`
-        Unused: a protocol describes objects, it makes none.
-    """
-
-    lost: str | None
-    """Why the claim is lost, once a check found it lost."""
-
-    def holds(self) -> bool:
-        """Whether the claim is still the run's.
-
-        Returns
-        -------
-        holds : `bool`
-            `False` once another holder took the run over.
-        """
-        ...
-
-
 class DriverMonitor:
     """A thread that, every `_POLL_INTERVAL` seconds, asks the driver to stop
     (``request_stop(reason)``) when a cancel request names it or the store
@@ -106,7 +83,7 @@ class DriverMonitor:
         Seconds between heartbeats (at most a quarter of ``stale_after``).
     stale_after : `float`
         Silence of the heartbeat after which other hosts count this driver gone.
-    fence : `Fence`, optional
+    fence : `ClaimFence`, optional
         The driver's claim: once another process took the run over, no
         heartbeat is written and the driver is asked to stop.
     """
@@ -118,7 +95,7 @@ class DriverMonitor:
         store: RunStore,
         interval: float = _HEARTBEAT_INTERVAL,
         stale_after: float = STALE_AFTER,
-        fence: Fence | None = None,
+        fence: ClaimFence | None = None,
     ):
         self.fence = fence
         self.submit_path = submit_path

@@ -56,7 +56,7 @@ from .runner import NotStartedError
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ("STOP_BOUND", "InFlight", "StopHandling", "StopSignals", "StopWatchdog", "record_stopped")
+__all__ = ("STOP_BOUND", "InFlight", "StopHandling", "StopSignals", "StopWatchdog")
 
 STOP_BOUND = 180.0
 """Seconds a driver may take to end once it was asked to stop (cancel,
@@ -157,26 +157,16 @@ class StopWatchdog:
             os._exit(1)
 
 
-def record_stopped(
+def _record_stopped(
     ended: Iterable[tuple[tuple[int, int], Any]],
     in_flight: dict[int, InFlight],
     recorder: Recorder,
     state: list[JobState],
     attempt: list[int],
 ) -> None:
-    """Record how the attempts in flight ended when the run stopped, and
+    """Record how the attempts in flight (emptied) ended when the run stopped
+    (``ended``: ``((job, attempt), future)`` of those whose futures ended), and
     mark every job that has not ended DELETED.
-
-    Parameters
-    ----------
-    ended : `~collections.abc.Iterable`
-        ``((job, attempt), future)`` of the attempts whose futures ended.
-    in_flight : `dict` [`int`, `InFlight`]
-        Attempts in flight by job (emptied).
-    recorder : `Recorder`
-        Where the transitions go (flushed at the end).
-    state, attempt : `list` [`int`]
-        Per-job state and last attempt number, updated.
     """
     exits: list[dict[str, int]] = []  # the exit records, read once if needed
     for (i, number), future in ended:
@@ -300,7 +290,7 @@ class StopHandling:
         self._check_fence()  # a driver that lost the run kills only its own attempts
         self.dispatch.shutdown()
         kill_running_jobs(self.running_dir, self.run_id)
-        record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
+        _record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
 
     def _stop_own_attempts(self) -> None:
         """The run was taken over: stop Parsl, kill this driver's own attempts

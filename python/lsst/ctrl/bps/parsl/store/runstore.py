@@ -64,6 +64,7 @@ from .storefile import (
     StoreLostError,
     TornReadError,
     busy,
+    damaged,
     journal_is_hot,
     locked,
     retryable,
@@ -323,10 +324,7 @@ class RunStore(StoreReads, StoreWrites):
                 raise store_error(self.path, exc, False, self._waited()) from None
             result = one_line(exc)
         if result != "ok":
-            raise StateStoreError(
-                f"{self.path}: the run-state database is damaged ({result}): restore it from a backup "
-                "or submit the run again (nothing was re-run)"
-            )
+            raise damaged(self.path, result)
 
     def close(self) -> None:
         """Close the connection (and give back any reserved space)."""

@@ -156,10 +156,7 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
             f"{path}: cannot read the run-state database ({text}): check the disk and permissions of "
             f"{directory}"
         )
-    return StateStoreError(
-        f"{path}: the run-state database is damaged ({text}): restore it from a backup or submit the "
-        "run again (nothing was re-run)"
-    )
+    return damaged(path, text)
 
 
 class FileIdentity:
