@@ -104,11 +104,8 @@ class StopSignals:
 
 
 class StopWatchdog:
-    """Ends a driver that does not end within `STOP_BOUND` seconds of a stop
-    request (stuck in Parsl, in an executor, in a scheduler command): kills
-    the run's job processes on this host by their token, says so in one
-    line and exits the process with status 1. ``bps restart`` resumes the
-    run (the attempts that were killed are settled from their logs).
+    """Ends a driver stuck `STOP_BOUND` s after a stop request: kills the run's
+    job processes on this host, says so in one line and exits with status 1.
 
     Parameters
     ----------
