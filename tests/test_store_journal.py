@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from lsst.ctrl.bps.parsl.records import JobRow
 from lsst.ctrl.bps.parsl.store import runstore as state
+from lsst.ctrl.bps.parsl.store import storewrites
 from lsst.ctrl.bps.parsl.store.runstore import RunStore, StateStoreError, journal_is_hot
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -165,7 +166,7 @@ def test_commit_that_must_be_made_waits_for_the_lock_then_names_it(tmp_path, mon
     path = str(tmp_path / "bps_parsl.sqlite3")
     RunStore.create(path, {"run_id": "r"}, iter([JobRow(0, "a", "a", 0, False)]), []).close()
     store = RunStore(path)
-    monkeypatch.setattr(state, "WRITE_WAIT_SECONDS", 3.0)
+    monkeypatch.setattr(storewrites, "WRITE_WAIT_SECONDS", 3.0)
     reader = _hold_read("python", path, 30)
     try:
         store.set_state(0, state.RUNNING, 1)

@@ -25,22 +25,11 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Who may write a run: one claim file at a time, from any host.
-
-A process that writes the run's store (a driver, or ``bps cancel`` marking
-jobs DELETED once the driver ended) first claims the run: it creates
-``<submit>/parsl/driver.claim.<N>`` with ``link()`` (atomic on local disks
-and on NFS, Lustre and GPFS, unlike ``flock``), where ``N`` is one more than
-the highest claim there. Whoever creates ``N`` holds the run; the others see
-the file exist and check its holder. Numbers are never reused (the highest
-claim is never removed, only marked released), so a process that judged
-claim ``N`` abandoned can only ever take ``N + 1``, never a newer holder's
-claim.
-
-A claim's holder is gone when it released it, when (on this host) its
-process ended, or (on another host) when its heartbeat (or, before it beats,
-the claim file itself) is stale and stays still while watched
-(`liveness.driver_alive` with ``confirm``).
+"""Who may write a run: one claim file at a time, from any host
+(``<submit>/parsl/driver.claim.<N>``, created with ``link()``, N one more than
+the highest, never reused; doc/state.md, doc/operations.md). A holder is gone
+once it released its claim, its process ended (this host), or its heartbeat
+(before it beats: its claim file) is stale and stays still while watched.
 """
 
 from __future__ import annotations
@@ -50,12 +39,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..oneline import ShownMessageError
 from .liveness import (
     HOST,
     STALE_AFTER,
+    _parsl_dir,
     _read_json_stat,
     _unlink,
     _write_json,
@@ -65,19 +54,9 @@ from .liveness import (
     read_heartbeat,
 )
 
-if TYPE_CHECKING:
-    pass
+__all__ = ("Claim", "ClaimBusyError", "ClaimFence", "DriverBusyError", "claim_run", "current_claim")
 
-__all__ = (
-    "Claim",
-    "ClaimBusyError",
-    "ClaimFence",
-    "DriverBusyError",
-    "claim_run",
-    "current_claim",
-)
-
-CLAIM_PREFIX = "driver.claim."
+_CLAIM_PREFIX = "driver.claim."
 
 
 class DriverBusyError(ShownMessageError, RuntimeError):
@@ -121,20 +100,16 @@ class Claim:
         return f"pid {self.pid} on {self.host}"
 
 
-def _parsl_dir(submit_path: str) -> str:
-    return os.path.join(submit_path, "parsl")
-
-
 def _numbers(directory: str) -> list[int]:
     numbers = []
     for name in os.listdir(directory):
-        if name.startswith(CLAIM_PREFIX) and name[len(CLAIM_PREFIX) :].isdigit():
-            numbers.append(int(name[len(CLAIM_PREFIX) :]))
+        if name.startswith(_CLAIM_PREFIX) and name[len(_CLAIM_PREFIX) :].isdigit():
+            numbers.append(int(name[len(_CLAIM_PREFIX) :]))
     return sorted(numbers)
 
 
 def _read_claim(directory: str, number: int) -> Claim | None:
-    found = _read_json_stat(os.path.join(directory, f"{CLAIM_PREFIX}{number}"))
+    found = _read_json_stat(os.path.join(directory, f"{_CLAIM_PREFIX}{number}"))
     if found is None:
         return None
     value, info = found
@@ -154,8 +129,7 @@ def _read_claim(directory: str, number: int) -> Claim | None:
 
 
 def current_claim(submit_path: str) -> tuple[int, Claim | None]:
-    """The highest claim number of a run and its claim (`None`: no claim
-    yet, or one that cannot be read).
+    """The highest claim number of a run and its claim.
 
     Parameters
     ----------
@@ -167,7 +141,7 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
     number : `int`
         Highest claim number (0: none).
     claim : `Claim` or `None`
-        That claim.
+        That claim (`None`: none, or unreadable).
     """
     directory = _parsl_dir(submit_path)
     numbers = _numbers(directory)
@@ -176,28 +150,10 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
     return numbers[-1], _read_claim(directory, numbers[-1])
 
 
-def holder_alive(submit_path: str, claim: Claim, stale_after: float = STALE_AFTER) -> bool:
-    """Whether the holder of ``claim`` still holds the run.
-
-    On this host: its process runs. On another host: the run's heartbeat
-    names it and is not stale (confirmed by watching it), or, before its
-    first heartbeat, the claim file is younger than ``stale_after`` by the
-    file system's clock.
-
-    Parameters
-    ----------
-    submit_path : `str`
-        Submit directory.
-    claim : `Claim`
-        The claim read.
-    stale_after : `float`, optional
-        Age (seconds) after which a claim with no heartbeat, held on another
-        host, counts as gone.
-
-    Returns
-    -------
-    alive : `bool`
-        `True` if the holder still holds the run.
+def _holder_alive(submit_path: str, claim: Claim, stale_after: float = STALE_AFTER) -> bool:
+    """Whether the holder of ``claim`` still holds the run: on this host its
+    process runs; on another its heartbeat is fresh (watched), or before its
+    first beat, its claim file is younger than ``stale_after``.
     """
     if claim.released:
         return False
@@ -221,7 +177,7 @@ def _try_create(directory: str, number: int, record: dict) -> bool:
     """Create claim ``number`` atomically (``link()`` of a private file); whether this process did."""
     tmp = os.path.join(directory, f".claim.{HOST}.{os.getpid()}.{number}.tmp")
     _write_json(tmp, record)
-    target = os.path.join(directory, f"{CLAIM_PREFIX}{number}")
+    target = os.path.join(directory, f"{_CLAIM_PREFIX}{number}")
     try:
         os.link(tmp, target)
         return True
@@ -245,15 +201,12 @@ def claim_run(
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    what : `str`
-        What the holder does (``submit``, ``restart``, ``cancel``).
+    submit_path, what : `str`
+        Submit directory; what the holder does (``submit``, ``restart``, ``cancel``).
     wait : `float`
         Seconds to keep trying while a live process holds the run.
     stale_after : `float`
-        Age of a claim with no heartbeat after which its holder on another
-        host counts as gone.
+        Age of a claim with no heartbeat after which its holder elsewhere is gone.
 
     Yields
     ------
@@ -263,8 +216,7 @@ def claim_run(
     Raises
     ------
     ClaimBusyError
-        If a live process holds the run (for longer than ``wait``), or this
-        process holds it already.
+        If a live process holds the run (longer than ``wait``), this one included.
     """
     directory = _parsl_dir(submit_path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -276,7 +228,7 @@ def claim_run(
             raise ClaimBusyError(holder)  # this process already holds it: never twice
         if holder is None and number and not _unreadable_for_long(directory, number, stale_after):
             busy: Claim | None = Claim(number, "?", 0, None, 0.0, "")
-        elif holder is not None and holder_alive(submit_path, holder, stale_after):
+        elif holder is not None and _holder_alive(submit_path, holder, stale_after):
             busy = holder
         else:
             busy = None
@@ -287,7 +239,7 @@ def claim_run(
                 mine = Claim(number + 1, HOST, os.getpid(), started, now, what)
                 for old in _numbers(directory):
                     if old < mine.number:
-                        _unlink(os.path.join(directory, f"{CLAIM_PREFIX}{old}"))
+                        _unlink(os.path.join(directory, f"{_CLAIM_PREFIX}{old}"))
                 try:
                     yield mine
                 finally:
@@ -300,13 +252,9 @@ def claim_run(
 
 
 class ClaimFence:
-    """A fast check that a holder's claim is still the run's, for a driver
-    to make before each dispatch and each heartbeat.
-
-    A newer holder creates claim ``N + 1`` and then removes every older
-    claim, so claim ``N`` is still the run's exactly while its file exists
-    and claim ``N + 1`` does not: two ``stat`` calls, no lock, no store read.
-    (Commits check the store's own copy of the claim, `RunStore.take_fence`.)
+    """Whether a holder's claim is still the run's, checked before each
+    dispatch and heartbeat: claim ``N`` is while its file exists and ``N + 1``
+    does not (two ``stat`` calls; commits check the store's copy, `take_fence`).
 
     Parameters
     ----------
@@ -319,14 +267,14 @@ class ClaimFence:
     def __init__(self, submit_path: str, number: int):
         directory = _parsl_dir(submit_path)
         self.number = number
-        self._mine = os.path.join(directory, f"{CLAIM_PREFIX}{number}")
-        self._next = os.path.join(directory, f"{CLAIM_PREFIX}{number + 1}")
+        self._mine = os.path.join(directory, f"{_CLAIM_PREFIX}{number}")
+        self._next = os.path.join(directory, f"{_CLAIM_PREFIX}{number + 1}")
         self._directory = directory
         self.lost: str | None = None
         """Why the claim is lost, once a check found it lost (never cleared)."""
 
     def holds(self) -> bool:
-        """Whether the claim is still the run's (once lost, lost for good).
+        """Whether the claim is still the run's.
 
         Returns
         -------
@@ -346,7 +294,7 @@ class ClaimFence:
 
 def _unreadable_for_long(directory: str, number: int, stale_after: float) -> bool:
     """Whether an unreadable (empty, damaged) claim file is older than ``stale_after``."""
-    path = os.path.join(directory, f"{CLAIM_PREFIX}{number}")
+    path = os.path.join(directory, f"{_CLAIM_PREFIX}{number}")
     try:
         mtime = os.lstat(path).st_mtime
     except FileNotFoundError:
@@ -361,4 +309,4 @@ def _release(directory: str, mine: Claim, record: dict) -> None:
     """Mark this process's claim released (the file stays: numbers are never reused)."""
     current = _read_claim(directory, mine.number)
     if current is not None and current.identity == mine.identity:
-        _write_json(os.path.join(directory, f"{CLAIM_PREFIX}{mine.number}"), {**record, "released": True})
+        _write_json(os.path.join(directory, f"{_CLAIM_PREFIX}{mine.number}"), {**record, "released": True})

@@ -50,9 +50,7 @@ _SCHEDULER_COMMANDS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "LSFProvider": (("bsub", "bjobs", "bkill"), ["bjobs", "-V"]),
     "CondorProvider": (("condor_submit", "condor_q", "condor_rm"), ["condor_q", "-totals"]),
 }
-"""What `ping_site` checks for each Parsl provider (looked up along the
-provider's class hierarchy, so a site's subclass of ``SlurmProvider`` is
-checked as one)."""
+"""What `ping_site` checks for each Parsl provider (or a subclass of it)."""
 
 
 def _load_config(pass_thru: str | None, config: BpsConfig | dict | None) -> BpsConfig:
@@ -106,12 +104,9 @@ def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[i
 
 
 def _check_executor(executor: Any) -> str | None:
-    """What keeps ``executor`` from working on this host (one line), or `None`.
-
-    Every command its provider runs must be on ``PATH``, and the provider's
-    probe (a status query the scheduler must answer) must exit 0 within
-    `_PROBE_TIMEOUT` seconds; a HighThroughputExecutor's interchange must be
-    on ``PATH``.
+    """What keeps ``executor`` from working on this host (one line), or `None`:
+    its interchange and its provider's commands must be on ``PATH``, and the
+    provider's probe must exit 0 within `_PROBE_TIMEOUT` s.
     """
     label = getattr(executor, "label", "?")
     launch = getattr(executor, "interchange_launch_cmd", None)

@@ -25,23 +25,11 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Which job attempts of a run are running now, and how to stop them.
-
-Two sources, both in ``<submit>/parsl/running/``: a file per running attempt
-(``<job>.<attempt>``, holding ``<host> <pid> <token>``) written by
-`runner.run_job` on Parsl workers, and the journals of the local pool's
-spawners (``spawner.<host>.<pid>``, see `lsst_ctrl_bps_parsl_worker.journal`).
-Stopping a run does not need them: every process of a run carries its token
-(`kill_attempts`).
-
-A restart kills what still runs on its own host (`kill_running_jobs`). It
-cannot reach another host's processes: a spawner there outlives its driver
-and lets its running jobs finish. `spawners_elsewhere` reads the journals of
-other hosts' spawners first: a fresh one (refreshed within the run's
-``parslDriverStaleAfter``, by the file system's clock) that lists attempts
-that have no recorded exit status refuses the restart; a stale one (its spawner
-or host is gone) is taken as ended and removed once its attempts are settled
-(`forget_journals`).
+"""Which job attempts of a run are running now (``<submit>/parsl/running/``:
+a file per attempt on Parsl workers, the local pool spawners' journals;
+doc/state.md), and how to stop them. A restart kills what runs on its own
+host; a fresh journal of another host's spawner with unended attempts
+refuses it (`spawners_elsewhere`), a stale one is taken as ended.
 """
 
 from __future__ import annotations
@@ -170,15 +158,9 @@ def running_job_ids(running_dir: str) -> set[int]:
 
 
 def kill_running_jobs(running_dir: str, run_id: str) -> int:
-    """Kill every process of this run on this host (`kill_attempts`
-    with the run's token prefix: job shells, their children, and whatever
-    left their process group or session), SIGTERM then SIGKILL.
-
-    A process is signalled only if its own ``/proc`` entry carries this run's
-    token, so a reused pid is never hit. Journals of spawners that are gone
-    are removed afterwards; the jobs of live ones that ended are given up to
-    ``_UNREAPED_WAIT`` seconds to be reaped, so that their exit status is
-    recorded. Returns how many processes were found.
+    """Kill every process of this run on this host (by the run's token in its
+    ``/proc`` environment), SIGTERM then SIGKILL; remove the journals of
+    spawners that are gone, and give live ones `_UNREAPED_WAIT` s to reap.
 
     Parameters
     ----------
@@ -235,19 +217,13 @@ def _attempt_of(token: str, recorder: Recorder) -> tuple[int, int] | None:
 
 
 def _journal_age(info: os.stat_result, parsl_dir: str) -> float:
-    """Seconds since a journal was last written or refreshed, by the file
-    system's clock (this host's if no probe file can be made there).
-    """
+    """Seconds since a journal was last written or refreshed, by the file system's clock."""
     now = file_clock(parsl_dir)
     return (now if now is not None else time.time()) - info.st_mtime
 
 
 def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
-    """Watch a journal that looks stale for two refreshes and a second:
-    whether it is written or refreshed meanwhile (this host's monotonic
-    clock only, so a lagging clock or attribute cache cannot make a live
-    spawner look gone).
-    """
+    """Watch a stale-looking journal for two refreshes and a second: whether it moves."""
     seen = (info.st_ino, info.st_size, info.st_mtime_ns)
     deadline = time.monotonic() + min(stale_after, 2 * JOURNAL_REFRESH + 1.0)
     while time.monotonic() < deadline:
@@ -263,18 +239,14 @@ def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
 
 def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) -> list[StaleJournal]:
     """Check the journals of local-pool spawners on other hosts before a
-    restart settles what a driver that died left.
-
-    Reads only (and creates the file-clock probe in ``parsl/``).
+    restart settles what a driver that died left (reads only).
 
     Parameters
     ----------
     running_dir : `str`
         The run's ``parsl/running`` directory.
     config : `lsst.ctrl.bps.BpsConfig`
-        The run's configuration: a journal older than its
-        ``parslDriverStaleAfter`` (file system clock) that stays still
-        while watched was left by a spawner that is gone.
+        The run's configuration (its ``parslDriverStaleAfter``).
     recorder : `Recorder`
         The run's recorder (job names and log paths).
 
@@ -286,8 +258,7 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
     Raises
     ------
     JobsRunElsewhereError
-        If a live spawner on another host still runs attempts that
-        have no recorded exit status.
+        If a live spawner on another host still runs attempts with no recorded exit.
     """
     try:
         names = os.listdir(running_dir)
@@ -334,9 +305,8 @@ def _refusal(recorder: Recorder, host: str, attempts: list[tuple[int, int]], oth
 
 
 def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
-    """Remove the journals of spawners that are gone, once their attempts
-    are settled; an attempt with no recorded exit status says why it was
-    taken as ended.
+    """Remove the journals of spawners that are gone, once their attempts are
+    settled (one with no recorded exit says in its log why it was taken as ended).
 
     Parameters
     ----------

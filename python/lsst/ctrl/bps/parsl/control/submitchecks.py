@@ -26,8 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Checks ``bps submit`` makes before anything is written: the submit
-directory can be created, and the executables of jobs run on this host
-exist here.
+directory can be created; executables of jobs run on this host exist here.
 """
 
 from __future__ import annotations
@@ -45,8 +44,7 @@ __all__ = ("check_executables", "check_submit_path")
 
 
 def check_submit_path(config: BpsConfig) -> None:
-    """The submit directory must be creatable: its nearest existing
-    ancestor is a writable directory.
+    """The submit directory must be creatable (its nearest existing ancestor writable).
 
     Parameters
     ----------

@@ -25,21 +25,10 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The driver's one way to run a job attempt: an app future of Parsl's
-data-flow kernel.
-
-Every attempt on every executor, the local pool included, is a task of one
-module-level app (`runner.run_job` as a Parsl ``python_app``) submitted to
-the run's `~parsl.dataflow.dflow.DataFlowKernel`, with the futures of the
-job's parents as its ``inputs`` (so Parsl's task records and monitoring see
-the DAG) and the site's ``parsl_resource_specification`` for the attempt.
-Parsl's retries are 0 and nothing is memoized or checkpointed: retries are
-the plugin's (`retrypolicy`), and every attempt is a task of its own.
-
-Ended tasks come back to the driver's loop through one queue: each app
-future's done callback (run on a thread of Parsl's or of the executor's)
-puts ``(key, future)`` there, and `Dispatch.wait` takes everything queued
-in one batch.
+"""The driver's one way to run a job attempt: a task of one app
+(`runner.run_job`) of the run's Parsl data-flow kernel, with its parents'
+futures as ``inputs`` (doc/design.md). Each ended task's done callback queues
+it; `Dispatch.wait` takes the queue in one batch.
 """
 
 from __future__ import annotations
@@ -60,18 +49,16 @@ from ..sites.blocks import BlockWatch
 from ..sites.losses import fail_if_interchange_lost, settle_seconds
 from .runner import run_job
 
-__all__ = ("Dispatch", "start_parsl")
+__all__ = ("Dispatch",)
 
 _LOG = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 60.0
-"""Seconds Parsl's shutdown (`Dispatch.shutdown`) may take before the driver
-goes on without it (its executors' interchanges are killed)."""
+"""Seconds Parsl's shutdown may take before the driver goes on without it."""
 
 
 class Dispatch:
-    """Parsl's data-flow kernel of one driver session, and the queue of
-    ended attempts.
+    """Parsl's data-flow kernel of one driver session, and the queue of ended attempts.
 
     Parameters
     ----------
@@ -91,15 +78,16 @@ class Dispatch:
         self.blocks: BlockWatch | None = None
 
     def start(self) -> None:
-        """Build the site's Parsl configuration and start the kernel.
-
-        Raises whatever Parsl raises (what it had started is stopped).
+        """Build the site's Parsl configuration and start the kernel (what
+        Parsl raises is raised, once what it started is stopped).
         """
         from parsl.app.python import PythonApp
 
         config = self.site.get_parsl_config()
-        setup_parsl_logging(self.site.config, self.site.submit_path or ".")
-        self.dfk = start_parsl(config)
+        _setup_parsl_logging(self.site.config, self.site.submit_path or ".")
+        self.dfk = start_kernel(
+            config, lambda name, exc: _LOG.warning("stopping Parsl's %s failed: %r", name, exc)
+        )
         self.labels = [label for label in self.dfk.executors if label != "_parsl_internal"]
         self._apps = {
             label: PythonApp(run_job, data_flow_kernel=self.dfk, executors=[label]) for label in self.labels
@@ -121,11 +109,7 @@ class Dispatch:
         resource_specification: dict[str, Any] | None,
         walltime: float | None = None,
     ) -> Any:
-        """Submit one attempt (`run_job`'s arguments) to executor ``label``;
-        returns its app future, whose end is queued under ``key``.
-
-        ``walltime``: the job's ``requestWalltime`` (s); the executor's
-        blocks with less left take no new job first (`blocks.BlockWatch`).
+        """Submit one attempt (`run_job`'s arguments) to executor ``label``.
 
         Parameters
         ----------
@@ -136,13 +120,13 @@ class Dispatch:
         args : `tuple`
             Positional arguments of `run_job`.
         kwargs : `dict` [`str`, `~typing.Any`]
-            Keyword arguments of `run_job` (the resource specification is added).
+            Keyword arguments of `run_job`.
         inputs : `~collections.abc.Sequence`
-            Futures of the parents Parsl waits for.
+            Futures of the parents.
         resource_specification : `dict` [`str`, `~typing.Any`] or `None`
-            Parsl's resource specification of the attempt, if any.
+            Parsl's resource specification of the attempt.
         walltime : `float`, optional
-            The job's ``requestWalltime`` in seconds.
+            The job's ``requestWalltime`` (s): blocks with less left take it last (`BlockWatch`).
 
         Returns
         -------
@@ -159,9 +143,8 @@ class Dispatch:
         return future
 
     def tick(self) -> None:
-        """Once per pass of the driver's loop: fail the attempts of an
-        executor whose interchange died (`losses.fail_if_interchange_lost`),
-        and keep jobs off blocks too short for them (`blocks.BlockWatch`).
+        """Once per pass of the loop: fail the attempts of an executor whose
+        interchange died, keep jobs off blocks too short for them.
         """
         if self.dfk is None or self._closed:
             return
@@ -171,7 +154,7 @@ class Dispatch:
             self.blocks.tick()
 
     def settle_seconds(self, label: str) -> float:
-        """Seconds the rerun of an attempt executor ``label`` lost waits (`losses.settle_seconds`).
+        """Seconds the rerun of an attempt executor ``label`` lost waits.
 
         Parameters
         ----------
@@ -186,8 +169,7 @@ class Dispatch:
         return settle_seconds(self.dfk.executors.get(label) if self.dfk is not None else None)
 
     def wait(self, timeout: float) -> list[tuple[Any, Any]]:
-        """``(key, future)`` of every attempt that ended, waiting up to
-        ``timeout`` seconds for the first one.
+        """Every attempt that ended, waiting up to ``timeout`` s for the first.
 
         Parameters
         ----------
@@ -211,9 +193,8 @@ class Dispatch:
                 return batch
 
     def drain(self) -> None:
-        """Start no more attempts: the executors that can (the local pool)
-        fail their queued attempts as never started and let running ones
-        end; elsewhere attempts already handed to Parsl may still start.
+        """Start no more attempts where the executor can (the local pool fails
+        its queued ones as never started).
         """
         if self.dfk is None or self._closed:
             return
@@ -223,10 +204,7 @@ class Dispatch:
                 drain()
 
     def shutdown(self) -> None:
-        """Shut down the kernel and its executors once (queued attempts end
-        as never started, running ones are stopped by their executors),
-        waiting at most `SHUTDOWN_TIMEOUT` seconds.
-        """
+        """Shut the kernel and its executors down once, waiting at most `SHUTDOWN_TIMEOUT` s."""
         if self._closed or self.dfk is None:
             return
         self._closed = True
@@ -264,28 +242,16 @@ class Dispatch:
 
 
 class _QuietFileHandler(logging.FileHandler):
-    """A log file whose write errors (a full disk) lose the record quietly
-    rather than print a traceback to the terminal for each.
-    """
+    """A log file whose write errors (a full disk) lose the record quietly."""
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         pass
 
 
-def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
-    """Send Parsl's log to ``<submit>/parsl/parsl.log`` at the level of
-    ``parsl.log_level``, and nowhere else.
-
-    The kernel is built with ``initialize_logging=False``: Parsl's default
-    logging (DEBUG to a file) costs several times the kernel's own time per
-    task.
-
-    Parameters
-    ----------
-    config : `lsst.ctrl.bps.BpsConfig`
-        The run's configuration.
-    submit_path : `str`
-        Submit directory.
+def _setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
+    """Send Parsl's log to ``<submit>/parsl/parsl.log`` only, at ``parsl.log_level``
+    (the kernel is built with ``initialize_logging=False``: Parsl's DEBUG log
+    costs several times the kernel's own time per task).
     """
     logger = logging.getLogger("parsl")
     logger.propagate = False
@@ -297,20 +263,3 @@ def setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
             old.close()
     logger.addHandler(handler)
     set_parsl_logging(config)
-
-
-def start_parsl(config: Any) -> Any:
-    """Start Parsl's data-flow kernel; if that fails, stop what it had
-    started (executors, the status poller) before raising.
-
-    Parameters
-    ----------
-    config : `parsl.config.Config`
-        Parsl's configuration of the run.
-
-    Returns
-    -------
-    dfk : `parsl.dataflow.dflow.DataFlowKernel`
-        The started kernel.
-    """
-    return start_kernel(config, lambda name, exc: _LOG.warning("stopping Parsl's %s failed: %r", name, exc))

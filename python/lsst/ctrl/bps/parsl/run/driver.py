@@ -25,21 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Run a prepared workflow: walk the DAG, feed Parsl, record every transition.
-
-`Driver` is the loop of one driver session. It hands each ready job to
-Parsl as an app future (`dispatch`), with its parents' futures as
-``inputs``; Parsl's executors admit and run them (the local pool's spawner
-starts a job once its cores and memory fit). The parts it drives:
-
-- `graphwalk`: which jobs are ready, pruned, waiting;
-- `retrypolicy`: whether a failed attempt runs again, with what memory, on
-  which executor;
-- `recorder`: every transition written to the run's store;
-- `dispatch`: Parsl's data-flow kernel and the queue of ended attempts;
-- `stopping`: the signals that stop a run, and recording how its attempts
-  in flight ended;
-- `progress`: the progress lines.
+"""`Driver`, the loop of one driver session: walk the DAG (`graphwalk`),
+hand each ready job to Parsl (`dispatch`), decide retries (`retrypolicy`),
+record every transition (`recorder`), stop (`stopping`), print progress.
 """
 
 from __future__ import annotations
@@ -50,8 +38,6 @@ import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
-
-from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
 
 from ..configuration import RunSettings
 from ..control.claim import ClaimFence
@@ -64,7 +50,6 @@ from ..report.page import PageWriter
 from ..site import SiteConfig
 from ..sites.losses import LostAttempts, infrastructure_cause
 from ..store.attemptlogs import log_paths
-from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from ..store.storefile import damaged
@@ -76,7 +61,7 @@ from .ordering import in_flight_limit
 from .progress import ProgressLines, count_states
 from .retrypolicy import ExecutorChoiceError, RetryPolicy
 from .runner import NotStartedError
-from .stopping import InFlight, StopSignals, StopWatchdog, record_stopped
+from .stopping import InFlight, StopHandling, StopSignals, StopWatchdog
 
 __all__ = ("Driver", "RunOutcome")
 
@@ -87,10 +72,8 @@ _NO_CGROUP = (
     "BPS_PARSL_ATTEMPT token; one that drops the token and leaves the group is ended only when the "
     "local pool ends, and not at all on Parsl workers (doc/reliability.md, J3)"
 )
-"""Said at run start: the promise J3 of doc/reliability.md that cannot be kept in full."""
 _FLUSH_INTERVAL = 0.05
-"""Seconds between commits of the state: transitions of that window are
-committed together (a restart recovers finished jobs from their logs)."""
+"""Seconds between commits of the state: that window's transitions are committed together."""
 
 
 @dataclass
@@ -110,7 +93,7 @@ class RunOutcome:
         return sum(self.counts.get(s, 0) for s in (JobState.FAILED, JobState.PRUNED, JobState.DELETED))
 
 
-class Driver(LostAttemptHandling):
+class Driver(LostAttemptHandling, StopHandling):
     """Run the jobs of one submit directory until all have ended.
 
     Parameters
@@ -122,11 +105,9 @@ class Driver(LostAttemptHandling):
     kind : `str`
         ``submit`` or ``restart``.
     settings : `RunSettings`, optional
-        The run's keys, read once by the caller (read from the site's
-        configuration if not given).
+        The run's keys (read from the site's configuration if not given).
     fence : `ClaimFence`, optional
-        The run's claim this driver holds: checked before every dispatch
-        (the store checks it at every commit, `RunStore.take_fence`).
+        The run's claim this driver holds, checked before every dispatch.
     """
 
     def __init__(
@@ -175,9 +156,7 @@ class Driver(LostAttemptHandling):
         self.watchdog = StopWatchdog(self.run_id, self.submit_path)
 
     def _build_tables(self) -> None:
-        """Build the walk and the per-job tables over all of ``self.rows``,
-        keeping the states and attempt numbers of the jobs already known.
-        """
+        """Build the walk and the per-job tables over ``self.rows``, keeping known states."""
         known = len(self.attempt)
         added = len(self.rows) - known
         old_state = self.walk.state if known else []
@@ -192,15 +171,10 @@ class Driver(LostAttemptHandling):
         self.session_tries.extend([0] * added)
         self.policy = RetryPolicy(self.rows, self.site, self.submit_path)
 
-    # ---- set-up -----------------------------------------------------------
-
     def _reset_for_run(self) -> None:
-        """Keep succeeded jobs; every other job (and the final jobs) runs.
-
-        What a driver that died may have left is settled first: leftover job
-        processes are killed, and every attempt that was launched but not
-        recorded is settled from its log (`Recorder.settle_leftovers`); but
-        first, jobs still running on another host refuse it (`spawners_elsewhere`).
+        """Keep succeeded jobs; every other job (and the final jobs) runs. What
+        a driver that died left is settled first (unless jobs still run on
+        another host: refused).
         """
         if self.store.sessions():
             stale = spawners_elsewhere(self.running_dir, self.site.config, self.recorder)
@@ -222,15 +196,9 @@ class Driver(LostAttemptHandling):
                 self.state[i] = JobState.UNREADY
         self.recorder.flush()
 
-    # ---- main loop ----------------------------------------------------------
-
     def run(self) -> RunOutcome:
-        """Run until every job ended or a stop was requested.
-
-        A run that cannot go on (Parsl does not start, the store cannot be
-        written or is no longer this run's, the disk is full) ends with
-        ``outcome.cancelled`` and a one-line ``outcome.reason``; whatever
-        was started is stopped and the signal handlers are restored.
+        """Run until every job ended or a stop was requested (a run that cannot
+        go on ends ``cancelled``, with a one-line ``reason``).
 
         Returns
         -------
@@ -353,12 +321,9 @@ class Driver(LostAttemptHandling):
             self.page.update()
         self.recorder.flush()
 
-    # ---- dispatch -------------------------------------------------------------
-
     def _dispatch_ready(self) -> None:
-        """Hand ready jobs to Parsl, best first (`ordering`), while fewer
-        than ``in_flight_cap`` are in flight; a job whose concurrency limit
-        is full waits for a holder to end.
+        """Hand ready jobs to Parsl, best first, while fewer than
+        ``in_flight_cap`` are in flight and their concurrency limits allow.
         """
         ready = self.walk.ready
         cap = self.in_flight_cap
@@ -383,25 +348,6 @@ class Driver(LostAttemptHandling):
         """
         super().request_stop(reason)
         self.watchdog.arm(reason)
-
-    def _check_fence(self) -> None:
-        """Raise `RunTakenOverError` if another process took the run over."""
-        if self.fence is not None and not self.fence.holds():
-            raise RunTakenOverError(self.fence.lost)
-
-    def _drained(self) -> bool:
-        """The submit directory's disk is full (`RunStore.disk_full`): no new
-        job starts and the jobs running are left to end and be recorded;
-        whether none runs any more (the run then stops with the disk's line).
-        """
-        if not self.draining:
-            self.draining = True
-            self.dispatch.drain()
-            print(draining_message(self.submit_path, len(self.in_flight)), flush=True)
-        if self.in_flight:
-            return False
-        self.request_stop(self.store.disk_full or "")
-        return True
 
     def _submit(self, i: int) -> None:
         """Hand the next attempt of a job to Parsl (if this driver still holds the run)."""
@@ -444,8 +390,6 @@ class Driver(LostAttemptHandling):
             walltime=walltime_seconds(row.request_walltime),
         )
         self.walk.keep_future(i, future)
-
-    # ---- completion -----------------------------------------------------------
 
     def _complete(self, i: int, attempt: int, future: Any) -> None:
         """Record an ended attempt and decide what follows."""
@@ -506,31 +450,12 @@ class Driver(LostAttemptHandling):
         if not self.stop_reason:
             self.stop_reason = reason  # not request_stop: the final job still runs, unbounded
 
-    def _abort_to_final_phase(self) -> None:
-        """After an abort in the main phase, stop every job and run the final
-        job, as DAGMan runs its FINAL node after an ``ABORT-DAG-ON``.
-        """
-        self._stop_everything()
-        finals = [i for i, row in enumerate(self.rows) if row.final]
-        if not finals or self.stop_reason != (self.abort[1] if self.abort else None):
-            return
-        for i in finals:
-            self.state[i] = JobState.UNREADY
-            self.recorder.state(i, JobState.UNREADY, self.attempt[i])
-        self.recorder.flush()
-        self.stop_reason = None
-        self.dispatch = Dispatch(self.site)
-        self.dispatch.start()
-
     def _pruned(self, i: int) -> None:
         self.recorder.state(i, JobState.PRUNED, self.attempt[i])
 
     def _join_added_jobs(self) -> bool:
-        """Load the jobs added to the store since this session loaded it (a
-        batch submission's payload, see `batch`); whether there were any.
-
-        Called between main phases, when nothing is in flight: the walk and
-        the per-job tables are rebuilt over all jobs, keeping the states.
+        """Between main phases: load the jobs added to the store since (a batch
+        submission's payload); whether there were any.
         """
         rows = self.store.jobs(start=len(self.rows))
         if not rows:
@@ -539,43 +464,3 @@ class Driver(LostAttemptHandling):
         self._build_tables()
         _LOG.info("%d jobs joined the run", len(rows))
         return True
-
-    # ---- stopping -------------------------------------------------------------
-
-    def _stop_quietly(self) -> None:
-        """`_stop_everything`, when the store may refuse the record of it."""
-        try:
-            self._stop_everything()
-        except StateStoreError as exc:
-            _LOG.warning("%s", exc)
-
-    def _end_session_quietly(self, outcome: str) -> None:
-        try:
-            self.store.end_session(outcome)
-        except StateStoreError as exc:
-            _LOG.warning("%s", exc)
-
-    def _stop_everything(self) -> None:
-        """Stop every attempt, record how those in flight ended, mark the
-        rest DELETED.
-
-        Parsl is shut down first: its executors start nothing more and end
-        the futures they can (the local pool fails its queued attempts as
-        never started and stops its running ones). Whatever of this run
-        still runs on this host is then killed by its token, and an attempt
-        whose future did not end is settled from its log.
-        """
-        self._check_fence()  # a driver that lost the run kills only its own attempts
-        self.dispatch.shutdown()
-        kill_running_jobs(self.running_dir, self.run_id)
-        record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
-
-    def _stop_own_attempts(self) -> None:
-        """The run was taken over: stop Parsl and kill this driver's own
-        attempts in flight (by their tokens; never the run's other
-        processes, which may be the new driver's), recording nothing.
-        """
-        tokens = [f"{self.run_id}/{i}/{flight.attempt}" for i, flight in self.in_flight.items()]
-        self.dispatch.shutdown()
-        if tokens:
-            kill_attempts(tokens)

@@ -25,15 +25,11 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The walk over a run's DAG: which jobs are ready, which are pruned, and
-which parents' futures are still needed.
-
-The DAG is kept as integer lists (node ids are in topological order). A
-node is *ready* once its parents succeeded (a non-blocking group's join:
-once they ended); a node below a failure is pruned. The walk is iterative,
-so a chain of any depth works, and it runs in two phases: every node but
-the final ones, then the final ones (which run after everything else
-ended, whatever the outcome).
+"""The walk over a run's DAG (integer lists; ids in topological order): a
+node is ready once its parents succeeded (a non-blocking group's join: once
+they ended), pruned below a failure; iterative, so a chain of any depth
+works; in two phases, the final nodes last. It also keeps the parents'
+futures that children still need.
 """
 
 from __future__ import annotations
@@ -61,8 +57,7 @@ class GraphWalk:
     on_pruned : callable
         Called with the id of each node the walk prunes.
     fifo : `bool`
-        Hand ready nodes out first come, first served, rather than by
-        priority and critical path (`ordering.ReadyQueue`).
+        Hand ready nodes out first come, first served (`ordering.ReadyQueue`).
     """
 
     def __init__(
@@ -101,8 +96,7 @@ class GraphWalk:
         return not self._tolerant(i) and any(self.state[p] in _FAILED for p in self.parents[i])
 
     def start_phase(self, final: bool) -> None:
-        """Find the ready, waiting and pruned nodes of a phase (the final
-        nodes or all others) that has not ended.
+        """Find the ready, waiting and pruned nodes of a phase.
 
         Parameters
         ----------
@@ -115,7 +109,7 @@ class GraphWalk:
             if bool(row.final) != final or self.state[i] in ENDED:
                 continue
             if self._parent_failed(i):
-                self.prune(i)
+                self._prune(i)
                 continue
             count = self._blocking_parents(i)
             if count == 0:
@@ -139,10 +133,10 @@ class GraphWalk:
             if self.state[c] in ENDED:
                 continue
             if failed and not self._tolerant(c):
-                self.prune(c)
+                self._prune(c)
                 continue
             self._parent_ended(c)
-        self.release_parent_futures(i)
+        self._release_parent_futures(i)
 
     def _parent_ended(self, c: int) -> None:
         left = self.remaining.get(c, 0) - 1
@@ -152,15 +146,8 @@ class GraphWalk:
         else:
             self.remaining[c] = left
 
-    def prune(self, start: int) -> None:
-        """Prune a node and, transitively, its children (a non-blocking
-        group's join stops the pruning: one of its parents ended).
-
-        Parameters
-        ----------
-        start : `int`
-            Node id.
-        """
+    def _prune(self, start: int) -> None:
+        """Prune a node and its children, transitively (up to a non-blocking group's join)."""
         stack = [start]
         while stack:
             i = stack.pop()
@@ -169,17 +156,15 @@ class GraphWalk:
             self.state[i] = JobState.PRUNED
             self.remaining.pop(i, None)
             self._on_pruned(i)
-            self.release_parent_futures(i)
+            self._release_parent_futures(i)
             for c in self.children[i]:
                 if not self._tolerant(c):
                     stack.append(c)
                 elif self.state[c] not in ENDED:
                     self._parent_ended(c)
 
-    # ---- parents' futures ----
-
     def parent_futures(self, i: int) -> list[Any]:
-        """Futures of the parents of a node that Parsl can see.
+        """The parents' futures of a node.
 
         Parameters
         ----------
@@ -189,7 +174,7 @@ class GraphWalk:
         Returns
         -------
         futures : `list`
-            The parents' kept futures.
+            Those kept.
         """
         futures = self.futures
         return [futures[p] for p in self.parents[i] if p in futures]
@@ -209,15 +194,8 @@ class GraphWalk:
         if self.children[i]:
             self.futures[i] = future
 
-    def release_parent_futures(self, i: int) -> None:
-        """Node ``i`` ended (every attempt of it depended on its parents'
-        futures): drop those no other child needs.
-
-        Parameters
-        ----------
-        i : `int`
-            Node id.
-        """
+    def _release_parent_futures(self, i: int) -> None:
+        """Node ``i`` ended: drop its parents' futures no other child needs."""
         for p in self.parents[i]:
             left = self._waiting_children.get(p)
             if left is not None:

@@ -73,11 +73,9 @@ class LostAttemptHandling:
             self.stop_reason = reason
 
     def _lost(self, i: int, attempt: int, flight: InFlight, error: BaseException, cause: str) -> None:
-        """The infrastructure lost an attempt (`losses`): record it as such;
-        the job runs again, once the lost attempt's processes are gone,
-        unless its ``infrastructureRetries`` are used up or the run stops.
-        The attempt is no try of the job's: its ``numberOfRetries`` and
-        memory stay as they were.
+        """The infrastructure lost an attempt: record it so; the job runs again
+        (no try of its ``numberOfRetries``) once the attempt's processes are
+        gone, unless its ``infrastructureRetries`` are used up or the run stops.
         """
         self.session_tries[i] -= 1
         result = self.recorder.lost(i, attempt, error, time.time(), cause)
@@ -105,10 +103,8 @@ class LostAttemptHandling:
         self.walk.finish(i, JobState.FAILED)
 
     def _never_started(self, i: int, attempt: int, error: NotStartedError) -> None:
-        """An attempt that never started is no attempt: its number is given
-        back. The pool only stops starting jobs when the run stops, drains
-        (its disk is full) or the pool was lost; the run stops then (the job
-        is recorded DELETED, and a restart runs it).
+        """An attempt that never started gives its number back; unless the run
+        stops or drains, its pool was lost: the run stops (a restart runs it).
         """
         self.attempt[i] = attempt - 1
         self.session_tries[i] -= 1

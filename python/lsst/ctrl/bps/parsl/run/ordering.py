@@ -25,23 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The order in which ready jobs go out, and how many are handed to Parsl.
-
-Ready jobs are kept in a heap (`ReadyQueue`), ordered by
-
-1. BPS ``priority``, higher first (as HTCondor's job and DAGMan node
-   priority; unset or not a number counts as 0);
-2. the length of the longest path of work from the job to the end of the
-   workflow, the job included (`critical_paths`): a job's duration is its
-   ``requestWalltime`` in minutes where given, else one unit (one minute);
-   no-op and join nodes take none;
-3. first come, first served.
-
-The order only matters because the driver hands an executor no more jobs
-than it can start soon (`in_flight_limit`): the rest wait in the heap, where
-a job that becomes ready later with a longer path below it still overtakes
-them. ``parslDispatchOrder: fifo`` restores plain first come, first served
-(for comparison).
+"""The order in which ready jobs go out (`ReadyQueue`: BPS ``priority``, then
+the longest path of work below, then first come; doc/design.md, Dispatch
+order), and how many are handed to Parsl at once (`in_flight_limit`).
 """
 
 from __future__ import annotations
@@ -59,27 +45,14 @@ from ..records import JobKind, JobRow
 if TYPE_CHECKING:
     from ..site import SiteConfig
 
-__all__ = ("ReadyQueue", "critical_paths", "in_flight_limit", "job_minutes")
+__all__ = ("ReadyQueue", "critical_paths", "in_flight_limit")
 
-IN_FLIGHT_MARGIN = 4
-"""Jobs handed to an executor beyond its slots, so that a slot that frees up
-is filled at once rather than after the driver's next pass."""
+_IN_FLIGHT_MARGIN = 4
+"""Jobs handed to an executor beyond its slots, so a slot that frees up is filled at once."""
 
 
-def job_minutes(row: JobRow) -> float:
-    """Expected duration of a node in minutes: its ``requestWalltime``, one
-    unit (a minute) if unset, 0 for nodes that run no process.
-
-    Parameters
-    ----------
-    row : `JobRow`
-        The node.
-
-    Returns
-    -------
-    minutes : `float`
-        Its expected duration.
-    """
+def _job_minutes(row: JobRow) -> float:
+    """A node's expected minutes: its ``requestWalltime``, 1 if unset, 0 if it runs no process."""
     if row.kind != JobKind.PAYLOAD:
         return 0.0
     value = row.request_walltime
@@ -98,12 +71,8 @@ def job_minutes(row: JobRow) -> float:
 
 
 def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) -> array:
-    """Length of the longest path of work from each node to the end of the
-    workflow, the node's own duration included.
-
-    Node ids are in topological order, so one pass from the last id to the
-    first sees every child before its parents: O(nodes + edges), no
-    recursion.
+    """Minutes of the longest path of work from each node to the end, its own
+    included (ids are in topological order: one pass from the last).
 
     Parameters
     ----------
@@ -124,16 +93,13 @@ def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) ->
         for c in children[i]:
             if path[c] > below:
                 below = path[c]
-        path[i] = job_minutes(rows[i]) + below
+        path[i] = _job_minutes(rows[i]) + below
     return path
 
 
 class ReadyQueue:
     """Ready nodes, highest priority first, then longest path of work below,
-    then first come.
-
-    It answers to what the driver asked of the plain FIFO it replaces:
-    ``append``, ``popleft``, ``clear``, ``len`` and truth.
+    then first come (a deque's ``append``, ``popleft``, ``clear``, ``len``).
 
     Parameters
     ----------
@@ -142,8 +108,7 @@ class ReadyQueue:
     children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
         Children of each node.
     fifo : `bool`
-        Hand nodes out in the order they became ready, ignoring priority
-        and paths.
+        Hand nodes out first come, first served.
     """
 
     def __init__(self, rows: Sequence[JobRow], children: Sequence[Sequence[int]], fifo: bool = False):
@@ -176,8 +141,7 @@ class ReadyQueue:
         Returns
         -------
         i : `int`
-            Node id: highest priority first, then longest critical path, then
-            first added (first added only, for a queue that ignores priority).
+            Node id.
         """
         return heapq.heappop(self._heap)[3]
 
@@ -196,13 +160,8 @@ class ReadyQueue:
 
 
 def in_flight_limit(site: SiteConfig, labels: Sequence[str]) -> int | None:
-    """How many attempts the driver keeps handed to Parsl at once: the
-    slots of the site's executors plus `IN_FLIGHT_MARGIN` each, or `None`
-    (no limit) when an executor's slots are not known (batch executors:
-    their scheduler queues and orders jobs itself).
-
-    An executor's slots are the jobs it runs at once on this machine
-    (`SiteConfig.capacity`: the local pool's cores).
+    """How many attempts the driver keeps handed to Parsl at once: the slots
+    of the executors (`SiteConfig.capacity`) plus `_IN_FLIGHT_MARGIN` each.
 
     Parameters
     ----------
@@ -214,12 +173,12 @@ def in_flight_limit(site: SiteConfig, labels: Sequence[str]) -> int | None:
     Returns
     -------
     limit : `int` or `None`
-        The number of attempts, `None` for no limit.
+        The number; `None` (no limit) if an executor's slots are not known (batch).
     """
     total = 0
     for label in labels:
         capacity = site.capacity(label)
         if capacity is None:
             return None
-        total += capacity.queue_depth + IN_FLIGHT_MARGIN
+        total += capacity.queue_depth + _IN_FLIGHT_MARGIN
     return total or None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from ..oneline import shown
@@ -52,10 +53,7 @@ def count_states(states: Sequence[int]) -> dict[int, int]:
     counts : `dict` [`int`, `int`]
         Number of jobs by state.
     """
-    counts: dict[int, int] = {}
-    for s in states:
-        counts[s] = counts.get(s, 0) + 1
-    return counts
+    return dict(Counter(states))
 
 
 class ProgressLines:
@@ -82,12 +80,8 @@ class ProgressLines:
         self.last = time.monotonic()
 
     def print(self, rows: Sequence[JobRow], states: Sequence[int], force: bool = False) -> None:
-        """Print the counts if an interval has passed since the last line, or
-        ``force`` (the session's last line); an interval of 0 prints none.
-
-        Counts are by stored state, as ``bps report`` shows them: "pending"
-        are attempts handed to Parsl that have not started, "running"
-        those that have.
+        """Print the counts (by stored state, as ``bps report``) if an interval
+        passed since the last line, or ``force``; an interval of 0 prints none.
 
         Parameters
         ----------

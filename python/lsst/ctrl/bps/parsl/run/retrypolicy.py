@@ -25,26 +25,19 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The plugin's retry policy: whether a failed attempt runs again, with how
-much memory, and on which executor.
-
-Parsl's own retries are 0 (`SiteConfig.get_parsl_config`): every attempt is a
-task of its own, and this is the one place that decides about the next one.
-
-- A failed attempt is retried unless the run is stopping, the walltime
-  killed it, its exit status is in the job's ``retry_unless_exit``, or its
-  ``retries`` (BPS ``numberOfRetries``, else the site's ``retries``) are
-  used up in this session.
-- Attempt *k* of a session (k = 0 first) asks for ``request_memory *
-  memory_multiplier**k``, at most ``request_memory_max``.
-- Every attempt asks the site's `SiteConfig.select_executor` again, so a
-  retry that asks for more memory may move to a larger executor.
+"""The plugin's retry policy (Parsl's own retries are 0): whether a failed
+attempt runs again (not when the run stops, the walltime killed it, its exit
+status is in ``retry_unless_exit`` or the session used up its ``retries``),
+attempt *k* of a session asking for ``request_memory * memory_multiplier**k``
+(at most ``request_memory_max``), on the executor `SiteConfig.select_executor`
+chooses again for each attempt.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
+from typing import NamedTuple
 
 from ..job import ParslJob
 from ..records import JobRow
@@ -54,27 +47,16 @@ __all__ = ("ExecutorChoiceError", "NextAttempt", "RetryPolicy")
 
 
 class ExecutorChoiceError(RuntimeError):
-    """No executor could be chosen for an attempt (the site's
-    `SiteConfig.select_executor` failed or named an unknown executor).
+    """`SiteConfig.select_executor` failed or named an unknown executor."""
+
+
+class NextAttempt(NamedTuple):
+    """What the next attempt of a job asks for (``job``, as the site sees it)
+    and the label of the executor it runs on.
     """
 
-
-class NextAttempt:
-    """What the next attempt of a job asks for and where it runs.
-
-    Parameters
-    ----------
-    job : `ParslJob`
-        The attempt as the site sees it.
-    label : `str`
-        Executor label.
-    """
-
-    __slots__ = ("job", "label")
-
-    def __init__(self, job: ParslJob, label: str):
-        self.job = job
-        self.label = label
+    job: ParslJob
+    label: str
 
     @property
     def memory(self) -> int | None:
@@ -110,22 +92,8 @@ class RetryPolicy:
         # Parsed once per distinct text: the jobs of a label share theirs.
         self.retry_codes: list[frozenset[int]] = [codes(r.retry_unless_exit) for r in rows]
 
-    def memory_for(self, job: int, tries: int) -> int | None:
-        """Memory (MB) of a job's attempt after ``tries`` attempts in this session.
-
-        Parameters
-        ----------
-        job : `int`
-            Job id.
-        tries : `int`
-            Attempts of the job in this session so far.
-
-        Returns
-        -------
-        memory : `int` or `None`
-            The job's ``requestMemory`` times ``memoryMultiplier`` per try, at
-            most ``requestMemoryMax``; `None` if not set.
-        """
+    def _memory_for(self, job: int, tries: int) -> int | None:
+        """Memory (MB) of a job's attempt after ``tries`` attempts in this session."""
         row = self.rows[job]
         memory = row.request_memory
         if memory is None or not row.memory_multiplier or tries == 0:
@@ -134,17 +102,12 @@ class RetryPolicy:
         return min(scaled, row.request_memory_max) if row.request_memory_max else scaled
 
     def next_attempt(self, job: int, attempt: int, tries: int, labels: Collection[str]) -> NextAttempt:
-        """The resources and executor of attempt number ``attempt`` of a job
-        that had ``tries`` attempts in this session.
+        """The resources and executor of a job's next attempt.
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Number of the attempt.
-        tries : `int`
-            Attempts of the job in this session so far.
+        job, attempt, tries : `int`
+            Job id, attempt number, attempts of the job in this session so far.
         labels : `~collections.abc.Collection` [`str`]
             Labels of the executors in use.
 
@@ -156,12 +119,11 @@ class RetryPolicy:
         Raises
         ------
         ExecutorChoiceError
-            If the site's ``select_executor`` fails or names an executor
-            that is not one of ``labels``.
+            If ``select_executor`` fails or names none of ``labels``.
         """
         row = self.rows[job]
         pjob = ParslJob.from_row(
-            row, attempt, self.memory_for(job, tries), self.site.config, self.submit_path
+            row, attempt, self._memory_for(job, tries), self.site.config, self.submit_path
         )
         site = type(self.site).__name__
         try:
@@ -176,19 +138,16 @@ class RetryPolicy:
         return NextAttempt(pjob, label)
 
     def retry(self, job: int, exit_code: int, timed_out: bool, tries: int, stopping: bool) -> bool:
-        """Whether a failed attempt runs again; ``tries`` counts the
-        attempts of this session, the failed one included.
+        """Whether a failed attempt runs again.
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        exit_code : `int`
-            Exit status of the failed attempt.
+        job, exit_code : `int`
+            Job id; exit status of the failed attempt.
         timed_out : `bool`
             Whether it was killed for its walltime (never retried).
         tries : `int`
-            Attempts of the job in this session.
+            Attempts of the job in this session, the failed one included.
         stopping : `bool`
             Whether the run is stopping (nothing is retried).
 

@@ -25,19 +25,15 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Start, stop and check the driver of a submit directory.
-
-A live driver holds the run's claim (``parsl/driver.claim.<N>``, created
-atomically on any file system, see `claim`) and writes a heartbeat; every
-other process finds out about it, and reaches it, only through files (see
-`liveness`): no lock, and no signal to a process on another host.
+"""Start (here or in the background) and check the driver of a submit
+directory; the run's saved BPS configuration. A live driver holds the run's
+claim (`claim`) and writes a heartbeat (`monitor`).
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -51,15 +47,12 @@ from ..control.claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, 
 from ..control.liveness import (
     HOST,
     STALE_AFTER,
-    DriverMonitor,
     DriverRecord,
     driver_alive,
-    holds_store,
     process_start,
-    write_cancel_request,
 )
+from ..control.monitor import DriverMonitor
 from ..oneline import ShownMessageError
-from ..records import ENDED, JobState
 from ..site import SiteConfig
 from ..store.runstore import RunStore, StateStoreError, db_path
 
@@ -78,24 +71,12 @@ __all__ = (
 
 _RESERVE_MIN = 1 << 20
 _RESERVE_MAX = 64 << 20
-_ACK_TIMEOUT = 10.0
-"""Seconds a driver has to answer a cancel request before `cancel_run`
-considers it unresponsive."""
-_STOP_TIMEOUT = 60.0
-"""Seconds a driver on this host has to end after it answered a cancel
-request (or got SIGTERM) before `cancel_run` kills it (SIGKILL)."""
-_LOCK_WAIT = 10.0
-"""Seconds `cancel_run` waits for the claim of a driver that just ended."""
 
 
 class RunFailedError(ShownMessageError, BpsError):
-    """Some jobs of the run did not succeed, or the run stopped.
-
-    An ordinary exception for Python callers. Under the ``bps`` command line
-    `ParslService.submit` and `ParslService.restart` do not raise it: they
-    print its one line, return as usual (so that ``bps`` prints its ``Run
-    Id`` lines) and make the command exit with ``exit_status``: 1, or the
-    status of a run a job's ``abortOnValue`` aborted.
+    """Some jobs of the run did not succeed, or the run stopped. Under the
+    ``bps`` command line, submit and restart print its line instead and exit
+    with ``exit_status`` (1, or an ``abortOnValue``'s status).
     """
 
     def __init__(self, message: str, exit_status: int = 1):
@@ -116,14 +97,12 @@ def _busy(submit_path: str, record: DriverRecord | ClaimBusyError | None) -> Dri
 def driver_claim(
     submit_path: str, what: str, wait: float = 0.0, stale_after: float = STALE_AFTER
 ) -> Iterator[Claim]:
-    """Hold the run's claim (see `claim.claim_run`), or raise `DriverBusyError`.
+    """Hold the run's claim (`claim.claim_run`).
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    what : `str`
-        What the holder does.
+    submit_path, what : `str`
+        Submit directory; what the holder does.
     wait : `float`
         Seconds to keep trying while a live process holds the run.
     stale_after : `float`
@@ -131,8 +110,8 @@ def driver_claim(
 
     Yields
     ------
-    None
-        The claim is held while the context runs.
+    claim : `Claim`
+        The claim, held while the context runs.
 
     Raises
     ------
@@ -146,27 +125,24 @@ def driver_claim(
         raise _busy(submit_path, exc) from None
 
 
-CONFIG_NAME = "bps_config.yaml"
+_CONFIG_NAME = "bps_config.yaml"
 """The run's BPS configuration, in ``<submit>/parsl/``."""
 
 
 def _pending_config(submit_path: str, run_id: str) -> str:
-    return os.path.join(submit_path, "parsl", f"{CONFIG_NAME}.{run_id}.tmp")
+    return os.path.join(submit_path, "parsl", f"{_CONFIG_NAME}.{run_id}.tmp")
 
 
 def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str:
-    """Write the configuration of a run being created under a name of its
-    own (mode 0600); `install_config` puts it in place once the run's store
-    exists.
+    """Write the configuration of a run being created under a name of its own
+    (0600); `install_config` puts it in place once the run's store exists.
 
     Parameters
     ----------
     config : `lsst.ctrl.bps.BpsConfig`
         The run's configuration.
-    submit_path : `str`
-        Submit directory.
-    run_id : `str`
-        The run being created.
+    submit_path, run_id : `str`
+        Submit directory; the run being created.
 
     Returns
     -------
@@ -183,25 +159,22 @@ def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str
 
 
 def install_config(submit_path: str, run_id: str) -> None:
-    """Put the configuration of run ``run_id`` (which holds the submit
-    directory's store) in place, and remove what submits that lost the
-    directory to it, or were killed before their store existed, left.
+    """Put the configuration of run ``run_id`` (whose store the directory
+    holds) in place; remove what submits that lost the directory left.
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    run_id : `str`
-        The run whose store the directory holds.
+    submit_path, run_id : `str`
+        Submit directory; the run whose store the directory holds.
     """
     from ..store.runindex import remove_run
 
     parsl_dir = os.path.join(submit_path, "parsl")
-    os.replace(_pending_config(submit_path, run_id), os.path.join(parsl_dir, CONFIG_NAME))
+    os.replace(_pending_config(submit_path, run_id), os.path.join(parsl_dir, _CONFIG_NAME))
     for name in os.listdir(parsl_dir):
-        if name.startswith(f"{CONFIG_NAME}.") and name.endswith(".tmp"):
+        if name.startswith(f"{_CONFIG_NAME}.") and name.endswith(".tmp"):
             # Its run was indexed before its store was to be linked: it never was.
-            remove_run(name[len(CONFIG_NAME) + 1 : -4], submit_path)
+            remove_run(name[len(_CONFIG_NAME) + 1 : -4], submit_path)
             try:
                 os.unlink(os.path.join(parsl_dir, name))
             except OSError:
@@ -209,8 +182,8 @@ def install_config(submit_path: str, run_id: str) -> None:
 
 
 def load_config(submit_path: str) -> BpsConfig:
-    """The BPS configuration saved at prepare time (put in place first if
-    the submit that created the run was killed before it did).
+    """The BPS configuration saved at prepare time (put in place first if the
+    submit that created the run was killed before it did).
 
     Parameters
     ----------
@@ -227,7 +200,7 @@ def load_config(submit_path: str) -> BpsConfig:
     StateStoreError
         If the run has no configuration.
     """
-    path = os.path.join(submit_path, "parsl", CONFIG_NAME)
+    path = os.path.join(submit_path, "parsl", _CONFIG_NAME)
     if not os.path.exists(path):
         store = RunStore(db_path(submit_path), readonly=True)
         try:
@@ -244,9 +217,7 @@ def load_config(submit_path: str) -> BpsConfig:
 
 
 def _reserve_size(store: RunStore) -> int:
-    """Space for the last commits of a run: grows with the store (its status
-    table is rewritten when a run stops).
-    """
+    """Space for the last commits of a run (grows with the store)."""
     return min(_RESERVE_MAX, _RESERVE_MIN + os.path.getsize(store.path) // 4)
 
 
@@ -270,8 +241,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     Raises
     ------
     RunFailedError
-        If a job did not succeed or the run stopped (cancelled, full disk,
-        store lost, Parsl could not start).
+        If a job did not succeed or the run stopped.
     DriverBusyError
         If another driver runs this run.
     StateStoreError
@@ -300,13 +270,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
             # otherwise be scanned by every full garbage collection of the run.
             gc.freeze()
             try:
-                driver = Driver(
-                    store,
-                    site,
-                    kind=kind,
-                    settings=settings,
-                    fence=fence,
-                )
+                driver = Driver(store, site, kind=kind, settings=settings, fence=fence)
                 monitor.attach(driver.request_stop)
                 try:
                     outcome = driver.run()
@@ -365,12 +329,8 @@ def _check_meta(store: RunStore, submit_path: str) -> str:
 
 
 def checked_run(submit_path: str) -> str:
-    """Check that a submit directory is a run its caller may act on
-    (cancel, restart) and return the run id.
-
-    Refused: a store owned by another user, a store or ``parsl/`` that is a
-    symbolic link or not a regular file/directory, a store that names
-    another submit directory (copied or moved).
+    """Check that a submit directory is a run its caller may act on (cancel,
+    restart): its store is this user's regular file and names this directory.
 
     Parameters
     ----------
@@ -405,148 +365,14 @@ def checked_run(submit_path: str) -> str:
         store.close()
 
 
-def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: bool = False) -> bool:
-    """Wait until the driver ``record`` describes has ended (or, with
-    ``ack``, at least says it is stopping); returns whether it did.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        now = driver_alive(submit_path, record.run_id)
-        if now is None or now.identity != record.identity or (ack and now.stopping):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-
-
-def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
-    """Send ``sig`` to a driver on this host (proven by the caller) and
-    SIGCONT to its process group (a stopped driver, e.g. Ctrl-Z on ``bps
-    submit``, acts on nothing until continued); whether it still ran.
-    """
-    if process_start(pid) is None or (started is not None and process_start(pid) != started):
-        return False
-    try:
-        group = os.getpgid(pid)
-        if sig != signal.SIGCONT:
-            os.kill(pid, sig)
-        if group > 1 and group != os.getpgrp():
-            os.killpg(group, signal.SIGCONT)
-        else:
-            os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, str]:
-    """Stop a run from any process: its driver stops and every job ends,
-    within a bound.
-
-    The driver is asked through a cancel request in the submit directory.
-    A driver on this host proven to be this run's (its process has this
-    run's database open) is also continued (SIGCONT to its process group:
-    a stopped driver reads nothing); one that does not answer within
-    `_ACK_TIMEOUT` seconds gets SIGTERM, and one that has not ended
-    `_STOP_TIMEOUT` seconds later gets SIGKILL. A driver on another host
-    that does not answer is waited for until its heartbeat is stale (its
-    ``parslDriverStaleAfter``): the run is then taken over (fenced: if the
-    driver resumes it writes nothing and stops its own jobs). Then every
-    process of the run on this host is killed by its token and every
-    unfinished job is recorded DELETED.
-
-    Parameters
-    ----------
-    submit_path : `str`
-        Submit directory.
-    timeout : `float`, optional
-        Seconds a driver that answered has to end (default `_STOP_TIMEOUT`).
-
-    Returns
-    -------
-    cancelled : `bool`
-        True only if the driver exited, no job process is left on this host
-        and every unfinished job is recorded DELETED.
-    message : `str`
-        What happened.
-
-    Raises
-    ------
-    StateStoreError
-        If the directory is not a run this user may act on.
-    DriverBusyError
-        If another process holds the run while its jobs are recorded.
-    """
-    from ..control.running import kill_running_jobs
-
-    stop_timeout = _STOP_TIMEOUT if timeout is None else timeout
-    # A stopped driver may hold the store's lock: continue it before the store is read.
-    early = driver_alive(submit_path)
-    if early is not None and early.host == HOST and holds_store(early.pid, submit_path):
-        _signal_driver(early.pid, early.started, signal.SIGCONT)
-    run_id = checked_run(submit_path)
-    record = driver_alive(submit_path, run_id)
-    how = ""
-    stale_after = STALE_AFTER
-    if record is not None:
-        stale_after = record.stale_after
-        write_cancel_request(submit_path, record)
-        local = record.host == HOST and holds_store(record.pid, submit_path)
-        if local:
-            _signal_driver(record.pid, record.started, signal.SIGCONT)
-        if not _wait_for_end(submit_path, record, _ACK_TIMEOUT, ack=True):
-            if local:
-                _signal_driver(record.pid, record.started, signal.SIGTERM)
-                how = f" (no answer within {_ACK_TIMEOUT:.0f} s: SIGTERM)"
-            elif record.host == HOST:
-                return False, (
-                    f"the driver ({record.describe()}) did not answer the cancel request within "
-                    f"{_ACK_TIMEOUT:.0f} s and its process does not hold this run's database: not signalled; "
-                    "it stops when it reads the request: try again later"
-                )
-            else:
-                # Another host: no signal reaches it. Silent past its stale_after, the run is taken over.
-                stop_timeout = record.stale_after + 2 * record.interval + 2.0
-        if not _wait_for_end(submit_path, record, stop_timeout):
-            if not local:
-                return False, (
-                    f"the driver ({record.describe()}) did not stop within {stop_timeout:.0f} s and its "
-                    "heartbeat still moves; try again"
-                )
-            if _signal_driver(record.pid, record.started, signal.SIGKILL):
-                how = f" (not ended {stop_timeout:.0f} s after the cancel request: SIGKILL)"
-                _wait_for_end(submit_path, record, 5.0)
-    with driver_claim(submit_path, "cancel", wait=_LOCK_WAIT, stale_after=stale_after) as claim:
-        other = driver_alive(submit_path, run_id)
-        if other is not None:
-            raise _busy(submit_path, other)
-        store = RunStore(db_path(submit_path))
-        try:
-            store.take_fence(claim.number)
-            left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
-            unfinished = [row for row in store.statuses() if row.state not in ENDED]
-            for row in unfinished:
-                store.set_state(row.job, JobState.DELETED, row.attempt)
-            store.flush()
-        finally:
-            store.close()
-    if record is None and not unfinished and not left:
-        return False, "the run had already ended; nothing to cancel"
-    what = f"driver {record.describe()} stopped{how}" if record else "no driver was running"
-    return True, f"{what}; {len(unfinished)} unfinished job(s) marked DELETED"
-
-
 def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
-    """Start the driver of a run in the background, detached from the terminal.
-
-    Returns once the driver's heartbeat names it.
+    """Start the driver of a run in the background, detached from the
+    terminal; return once its heartbeat names it.
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    kind : `str`
-        ``submit`` or ``restart``.
+    submit_path, kind : `str`
+        Submit directory; ``submit`` or ``restart``.
     wait : `float`, optional
         Seconds to wait for the driver's first heartbeat.
 
@@ -562,7 +388,6 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     """
     import subprocess
     import sys
-    import time
 
     from ..files import open_private, private_dir
 

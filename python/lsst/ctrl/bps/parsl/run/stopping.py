@@ -25,12 +25,14 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Stopping a driver session: the signals that ask for it, and recording how
-the attempts in flight ended when it stops.
+"""Stopping a driver session: the signals that ask for it, the watchdog that
+bounds it, what the driver does to stop (`StopHandling`), and recording how
+the attempts in flight ended.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -40,11 +42,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import ENDED, AttemptResult, JobState
+from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
+
+from ..control.claim import ClaimFence
+from ..control.running import kill_running_jobs
+from ..records import ENDED, AttemptResult, JobRow, JobState
+from ..site import SiteConfig
+from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
+from ..store.runstore import RunStore, RunTakenOverError, StateStoreError
+from .dispatch import Dispatch
 from .runner import NotStartedError
 
-__all__ = ("STOP_BOUND", "InFlight", "StopSignals", "StopWatchdog", "record_stopped")
+_LOG = logging.getLogger(__name__)
+
+__all__ = ("STOP_BOUND", "InFlight", "StopHandling", "StopSignals", "StopWatchdog")
 
 STOP_BOUND = 180.0
 """Seconds a driver may take to end once it was asked to stop (cancel,
@@ -92,18 +104,13 @@ class StopSignals:
 
 
 class StopWatchdog:
-    """Ends a driver that does not end within `STOP_BOUND` seconds of a stop
-    request (stuck in Parsl, in an executor, in a scheduler command): kills
-    the run's job processes on this host by their token, says so in one
-    line and exits the process with status 1. ``bps restart`` resumes the
-    run (the attempts that were killed are settled from their logs).
+    """Ends a driver stuck `STOP_BOUND` s after a stop request: kills the run's
+    job processes on this host, says so in one line and exits with status 1.
 
     Parameters
     ----------
-    run_id : `str`
-        The run's id (the prefix of its job tokens).
-    submit_path : `str`
-        Submit directory (for the message).
+    run_id, submit_path : `str`
+        The run's id (the prefix of its job tokens); submit directory (for the message).
     """
 
     def __init__(self, run_id: str, submit_path: str):
@@ -134,8 +141,6 @@ class StopWatchdog:
     def _watch(self, reason: str) -> None:
         if self._ended.wait(STOP_BOUND):
             return
-        from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
-
         try:
             kill_attempts(run_prefix=self.run_id + "/")
         finally:
@@ -149,26 +154,16 @@ class StopWatchdog:
             os._exit(1)
 
 
-def record_stopped(
+def _record_stopped(
     ended: Iterable[tuple[tuple[int, int], Any]],
     in_flight: dict[int, InFlight],
     recorder: Recorder,
     state: list[JobState],
     attempt: list[int],
 ) -> None:
-    """Record how the attempts in flight ended when the run stopped, and
+    """Record how the attempts in flight (emptied) ended when the run stopped
+    (``ended``: ``((job, attempt), future)`` of those whose futures ended), and
     mark every job that has not ended DELETED.
-
-    Parameters
-    ----------
-    ended : `~collections.abc.Iterable`
-        ``((job, attempt), future)`` of the attempts whose futures ended.
-    in_flight : `dict` [`int`, `InFlight`]
-        Attempts in flight by job (emptied).
-    recorder : `Recorder`
-        Where the transitions go (flushed at the end).
-    state, attempt : `list` [`int`]
-        Per-job state and last attempt number, updated.
     """
     exits: list[dict[str, int]] = []  # the exit records, read once if needed
     for (i, number), future in ended:
@@ -215,3 +210,90 @@ def _record_one(
     ended_state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.DELETED
     recorder.ended(i, number, ended_state, result, flight.memory, flight.label)
     state[i] = ended_state
+
+
+class StopHandling:
+    """How a driver stops (the part of `~.driver.Driver` that does it); the
+    attributes are the driver's own.
+    """
+
+    rows: list[JobRow]
+    state: list[JobState]
+    attempt: list[int]
+    in_flight: dict[int, InFlight]
+    recorder: Recorder
+    store: RunStore
+    site: SiteConfig
+    dispatch: Dispatch
+    fence: ClaimFence | None
+    run_id: str
+    submit_path: str
+    running_dir: str
+    stop_reason: str | None
+    draining: bool
+    abort: tuple[int, str] | None
+    request_stop: Callable[[str], None]
+
+    def _check_fence(self) -> None:
+        """Raise `RunTakenOverError` if another process took the run over."""
+        if self.fence is not None and not self.fence.holds():
+            raise RunTakenOverError(self.fence.lost)
+
+    def _drained(self) -> bool:
+        """The disk is full: start no job, let running ones end; whether none runs any more."""
+        if not self.draining:
+            self.draining = True
+            self.dispatch.drain()
+            print(draining_message(self.submit_path, len(self.in_flight)), flush=True)
+        if self.in_flight:
+            return False
+        self.request_stop(self.store.disk_full or "")
+        return True
+
+    def _abort_to_final_phase(self) -> None:
+        """After an abort in the main phase, stop every job and run the final
+        job, as DAGMan runs its FINAL node after an ``ABORT-DAG-ON``.
+        """
+        self._stop_everything()
+        finals = [i for i, row in enumerate(self.rows) if row.final]
+        if not finals or self.stop_reason != (self.abort[1] if self.abort else None):
+            return
+        for i in finals:
+            self.state[i] = JobState.UNREADY
+            self.recorder.state(i, JobState.UNREADY, self.attempt[i])
+        self.recorder.flush()
+        self.stop_reason = None
+        self.dispatch = Dispatch(self.site)
+        self.dispatch.start()
+
+    def _stop_quietly(self) -> None:
+        """`_stop_everything`, when the store may refuse the record of it."""
+        try:
+            self._stop_everything()
+        except StateStoreError as exc:
+            _LOG.warning("%s", exc)
+
+    def _end_session_quietly(self, outcome: str) -> None:
+        try:
+            self.store.end_session(outcome)
+        except StateStoreError as exc:
+            _LOG.warning("%s", exc)
+
+    def _stop_everything(self) -> None:
+        """Shut Parsl down, kill what of the run still runs here, record how
+        the attempts in flight ended (from their logs if their futures did
+        not), mark the rest DELETED.
+        """
+        self._check_fence()  # a driver that lost the run kills only its own attempts
+        self.dispatch.shutdown()
+        kill_running_jobs(self.running_dir, self.run_id)
+        _record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
+
+    def _stop_own_attempts(self) -> None:
+        """The run was taken over: stop Parsl, kill this driver's own attempts
+        by their tokens (never the new driver's), record nothing.
+        """
+        tokens = [f"{self.run_id}/{i}/{flight.attempt}" for i, flight in self.in_flight.items()]
+        self.dispatch.shutdown()
+        if tokens:
+            kill_attempts(tokens)

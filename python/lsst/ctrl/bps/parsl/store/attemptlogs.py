@@ -25,15 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Where each job attempt's logs are, and what its shell wrote there.
-
-Every attempt has its own standard output and error files: the first
-attempt's are the old plugin's ``<submit>/logs/<subdir>/<job>.stdout`` and
-``.stderr``, attempt *n* > 1 adds its number (``<job>.stdout.<n>``,
-``<job>.stderr.<n>``), so no two attempts or jobs share a file. How an
-attempt ended, when its driver died before recording it, is read from the
-exit records of ``parsl/running`` (`Recorder.exit_status`), never from what
-the job wrote in its logs.
+"""Where each job attempt's logs are: a stdout and a stderr file of its own
+(the old plugin's names for the first attempt, then numbered), under
+``<submit>/logs/<subDirTemplate>``.
 """
 
 from __future__ import annotations
@@ -53,9 +47,8 @@ __all__ = ("append_note", "log_dir_template", "log_paths")
 
 
 def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
-    """Return the stdout and stderr files of one attempt of one job, always
-    under ``<submit>/logs`` whatever the job's name and log directory hold
-    (see `files.safe_component`).
+    """The stdout and stderr files of one attempt of one job, always under
+    ``<submit>/logs`` whatever the job's name and log directory hold.
 
     Parameters
     ----------
@@ -71,9 +64,8 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
     Returns
     -------
     stdout, stderr : `str`
-        ``<submit>/logs/<log_dir>/<name>.stdout`` and ``.stderr`` for the
-        first attempt (the old plugin's names); ``.stdout.<attempt>`` and
-        ``.stderr.<attempt>`` for later ones.
+        ``<submit>/logs/<log_dir>/<name>.stdout`` and ``.stderr``, then
+        ``.stdout.<attempt>`` and ``.stderr.<attempt>`` after the first.
     """
     base = os.path.join(submit_path, "logs", safe_subdir(log_dir), safe_component(name))
     suffix = "" if attempt <= 1 else f".{attempt}"
@@ -82,8 +74,7 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
 
 class _SubdirTemplate:
     """``subDirTemplate`` parsed once; fields missing from a job's tags are
-    left out, empty path components dropped, and every component made safe
-    (`files.safe_subdir`: no ``..``, nothing absolute).
+    left out, and the path made safe (`files.safe_subdir`).
     """
 
     def __init__(self, template: str):
@@ -102,12 +93,8 @@ class _SubdirTemplate:
 
 
 def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
-    """The job log sub-directory template of a run: called with a job's
-    label and tags.
-
-    ``subDirTemplate`` (also from the ``site.<computeSite>`` section, as
-    the old plugin read it); unset or empty, logs go straight into
-    ``<submit>/logs``.
+    """The run's ``subDirTemplate`` (also from ``site.<computeSite>``, as the
+    old plugin read it); unset, logs go straight into ``<submit>/logs``.
 
     Parameters
     ----------

@@ -25,13 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Disk space for the run-state store when its file system fills up.
-
-A running driver holds a small reserve file next to its store
-(`SpaceReserve`). When the file system fills, the driver drains: no new job
-starts, the running jobs end, and their records wait in memory while a
-commit fails for lack of space; then the reserve is given back so that the
-driver can record them and how the run stopped (`out_of_space_message`).
+"""Disk space for the run-state store on a full disk: the driver drains (no
+new job starts, the running ones end, their records wait in memory), then
+gives back its reserve file (`SpaceReserve`) to record how the run stopped.
 """
 
 from __future__ import annotations
@@ -44,8 +40,7 @@ __all__ = ("RESERVE_NAME", "SpaceReserve", "draining_message", "is_out_of_space"
 _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
 RESERVE_NAME = "space.reserve"
-"""File in ``<submit>/parsl/`` whose space a driver gives back to its store
-when the file system fills up, so that it can record how the run stopped."""
+"""The reserve file, in ``<submit>/parsl/``."""
 
 
 def out_of_space_message(submit_path: str) -> str:
@@ -59,7 +54,7 @@ def out_of_space_message(submit_path: str) -> str:
     Returns
     -------
     message : `str`
-        The line, naming the directory and the restart command.
+        The line.
     """
     return (
         f"{submit_path}: the file system of the submit directory is full: the run stopped after "
@@ -68,7 +63,7 @@ def out_of_space_message(submit_path: str) -> str:
 
 
 def draining_message(submit_path: str, running: int) -> str:
-    """The line a driver says when its submit directory's disk fills and it starts to drain.
+    """The line a driver says when its disk fills and it starts to drain.
 
     Parameters
     ----------
@@ -94,12 +89,12 @@ def is_out_of_space(exc: BaseException) -> bool:
     Parameters
     ----------
     exc : `BaseException`
-        The error raised by SQLite or the operating system.
+        The error.
 
     Returns
     -------
     full : `bool`
-        `True` if it says the disk or the user's quota is full.
+        `True` if the disk or the user's quota is full.
     """
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -108,20 +103,15 @@ def is_out_of_space(exc: BaseException) -> bool:
 
 
 class SpaceReserve:
-    """Disk space held for the run-state database of a running driver.
+    """Disk space held for the store of a running driver (best effort: on a
+    full disk it is smaller or absent).
 
     Parameters
     ----------
     path : `str`
-        The reserve file; created (mode 0600) with ``size`` bytes allocated.
+        The reserve file (created, 0600).
     size : `int`
         Bytes to hold.
-
-    Notes
-    -----
-    Best effort: on a file system that is already full the reserve is
-    smaller or absent. Copy-on-write file systems may give the space back
-    late.
     """
 
     def __init__(self, path: str, size: int):
@@ -148,7 +138,7 @@ class SpaceReserve:
             os.close(fd)
 
     def release(self) -> bool:
-        """Give the space back; returns whether there was any to give.
+        """Give the space back.
 
         Returns
         -------

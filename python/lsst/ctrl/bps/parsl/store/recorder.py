@@ -25,12 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Recording a run's transitions in its store, and settling what a driver
-that died left behind.
-
-`Recorder` is the driver's one writer of the store's job state: every
-transition goes through it (queued, and committed by the driver's loop in
-one transaction per pass; see `RunStore.flush`).
+"""`Recorder`: the driver's one writer of the store's job state (queued, and
+committed once per pass of its loop, `RunStore.flush`); settling what a
+driver that died left behind.
 """
 
 from __future__ import annotations
@@ -71,8 +68,7 @@ class Recorder:
         self._run_id: str | None = None
 
     def exit_statuses(self) -> dict[str, int]:
-        """``{token: exit code}`` of every attempt whose exit status the
-        process that reaped it recorded (`exits.record_exit`), read now.
+        """The exit status of every attempt whose reaper recorded it, read now.
 
         Returns
         -------
@@ -82,24 +78,19 @@ class Recorder:
         return recorded_exits(os.path.join(self.submit_path, "parsl", "running"))
 
     def exit_status(self, job: int, attempt: int, exits: dict[str, int] | None = None) -> int | None:
-        """Exit status recorded for an attempt (`exit_statuses`, or the
-        ``exits`` already read), `None` if none: it did not end, or its
-        reaper was lost with it. What the job printed is never read.
+        """Exit status recorded for an attempt (what the job printed is never read).
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Attempt number.
+        job, attempt : `int`
+            Job id and attempt number.
         exits : `dict` [`str`, `int`], optional
-            Exit statuses already read (`exit_statuses`); read now if
-            `None`.
+            Exit statuses already read (`exit_statuses`); read now if `None`.
 
         Returns
         -------
         code : `int` or `None`
-            The attempt's exit status, or `None` if none was recorded.
+            The exit status; `None` if it did not end or its reaper was lost with it.
         """
         if self._run_id is None:
             self._run_id = str(self.store.meta()["run_id"])
@@ -111,10 +102,8 @@ class Recorder:
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Attempt number.
+        job, attempt : `int`
+            Job id and attempt number.
 
         Returns
         -------
@@ -125,16 +114,14 @@ class Recorder:
         return log_paths(self.submit_path, row.log_dir, row.name, attempt)[1]
 
     def note(self, job: int, attempt: int, text: str) -> None:
-        """Append a line of the plugin's to an attempt's stderr log.
+        """Append a ``[bps-parsl]`` line to an attempt's stderr log.
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Attempt number.
+        job, attempt : `int`
+            Job id and attempt number.
         text : `str`
-            The line to append, without the ``[bps-parsl]`` prefix.
+            The line, without the prefix.
         """
         append_note(self.stderr_of(job, attempt), f"[bps-parsl] {text}\n")
 
@@ -157,12 +144,10 @@ class Recorder:
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Attempt number.
+        job, attempt : `int`
+            Job id and attempt number.
         when : `float`
-            Time it was handed over (seconds since the epoch).
+            When (seconds since the epoch).
         """
         self.store.set_state(job, JobState.PENDING, attempt, start=when)
 
@@ -177,28 +162,24 @@ class Recorder:
         job_state: JobState | None = None,
         lost: str | None = None,
     ) -> None:
-        """An attempt ended in ``attempt_state``; the job is now in
-        ``job_state`` (by default the attempt's state; READY for a retry).
-        ``lost``: how the infrastructure lost it (see `losses`).
+        """An attempt ended.
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Attempt number.
+        job, attempt : `int`
+            Job id and attempt number.
         attempt_state : `JobState`
             How the attempt ended.
         result : `AttemptResult`
-            Exit status, signal, start and end times and host of the attempt.
+            Its exit status, signal, times and host.
         memory : `int`, optional
-            Memory requested for the attempt (MB), if known.
+            Memory requested for it (MB).
         executor : `str`, optional
             Label of the executor that ran it.
         job_state : `JobState`, optional
-            The job's state afterwards; `None` means ``attempt_state``.
+            The job's state afterwards (READY for a retry); `None` means ``attempt_state``.
         lost : `str`, optional
-            How the infrastructure lost the attempt; `None` if it ended by itself.
+            How the infrastructure lost it (`losses`); `None` if it ended by itself.
         """
         code, sig, start, end, host, _ = result
         self.store.record_attempt(
@@ -212,14 +193,12 @@ class Recorder:
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Attempt number.
+        job, attempt : `int`
+            Job id and attempt number.
         reason : `str`
-            Why no executor took it (written to the attempt's log and to the log).
+            Why (written to the attempt's log and to the log).
         when : `float`
-            Time of the rejection (seconds since the epoch).
+            When (seconds since the epoch).
         """
         self.note(job, attempt, reason)
         _LOG.warning("job %s: %s", shown(self.rows[job].name), shown(reason, 4000))
@@ -228,28 +207,23 @@ class Recorder:
     def lost(
         self, job: int, attempt: int, error: BaseException, when: float, cause: str | None = None
     ) -> AttemptResult:
-        """The executor lost an attempt (``cause``: the infrastructure did,
-        see `losses`): say so in its log; returns the result it is recorded
-        with (exit status -1).
+        """The executor lost an attempt: say so in its log.
 
         Parameters
         ----------
-        job : `int`
-            Job id.
-        attempt : `int`
-            Attempt number.
+        job, attempt : `int`
+            Job id and attempt number.
         error : `BaseException`
             The executor's error.
         when : `float`
-            Time the loss was seen (seconds since the epoch).
+            When the loss was seen (seconds since the epoch).
         cause : `str`, optional
-            How the infrastructure lost it; `None` when the executor lost it
-            for another reason.
+            How the infrastructure lost it (`losses`); `None` for another reason.
 
         Returns
         -------
         result : `AttemptResult`
-            The result to record the attempt with (exit status -1, ended ``when``).
+            The result to record it with (exit status -1, ended ``when``).
         """
         name = shown(self.rows[job].name)
         if cause is None:
@@ -261,19 +235,16 @@ class Recorder:
         return AttemptResult(-1, None, None, when, None, False)
 
     def settle_leftovers(self, state: list[JobState], attempts: list[int]) -> None:
-        """Settle the attempts a driver that died launched but did not record.
-
-        An attempt was launched when its stderr log exists (its shell
-        creates it first); if its recorded exit status is 0 the job counts
-        as succeeded, otherwise as failed. ``state`` and ``attempts`` (by
-        job id) are updated.
+        """Settle the attempts a driver that died launched (their stderr log
+        exists) but did not record: succeeded if their recorded exit status
+        is 0, failed otherwise.
 
         Parameters
         ----------
         state : `list` [`JobState`]
-            Stored state of each job, by job id; updated in place.
+            Stored state of each job, by job id; updated.
         attempts : `list` [`int`]
-            Stored attempt number of each job, by job id; updated in place.
+            Stored attempt number of each job, by job id; updated.
         """
         exits = self.exit_statuses()
         for i, row in enumerate(self.rows):
@@ -303,12 +274,11 @@ class Recorder:
             state[i] = settled
 
     def flush(self, wait: bool = True) -> None:
-        """Commit what was recorded (see `RunStore.flush`).
+        """Commit what was recorded (`RunStore.flush`).
 
         Parameters
         ----------
         wait : `bool`, optional
-            Whether the changes must be committed now; without, a lock or
-            a full disk leaves them queued for a later call.
+            Commit now; without, a lock or a full disk leaves the changes queued.
         """
         self.store.flush(wait)

@@ -25,11 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A small per-user index of runs, so that ``bps report`` can list them and
-ids printed by ``bps submit`` can be resolved to submit directories.
-
-One JSON file per run under ``$XDG_STATE_HOME/lsst-ctrl-bps-parsl/runs``
-(default ``~/.local/state/...``), readable by the user only.
+"""A per-user index of runs (a 0600 JSON file per run under
+``$XDG_STATE_HOME/lsst-ctrl-bps-parsl/runs``, default ``~/.local/state/...``),
+so ``bps report`` lists them and a run id resolves to its submit directory.
 """
 
 from __future__ import annotations
@@ -42,34 +40,16 @@ from pathlib import Path
 from ..files import write_private
 from .runstore import DB_NAME, StateStoreError
 
-__all__ = (
-    "INDEX_SUBDIR",
-    "OLD_PLUGIN_FILE",
-    "add_run",
-    "index_dir",
-    "list_runs",
-    "old_plugin_run",
-    "remove_run",
-    "resolve_run",
-)
+__all__ = ("INDEX_SUBDIR", "add_run", "list_runs", "remove_run", "resolve_run")
 
-OLD_PLUGIN_FILE = "parsl_workflow.pickle"
-"""What the old plugin (lsst-ctrl-bps-parsl <= 30.2026.4300) wrote in a
-submit directory instead of this plugin's run-state database."""
-
+_OLD_PLUGIN_FILE = "parsl_workflow.pickle"
+"""What the old plugin (<= 30.2026.4300) wrote in a submit directory instead of a store."""
 INDEX_SUBDIR = os.path.join(".local", "state", "lsst-ctrl-bps-parsl", "runs")
 """The index under a home directory, where ``XDG_STATE_HOME`` is not set."""
 
 
-def index_dir() -> Path:
-    """Directory of the run index.
-
-    Returns
-    -------
-    directory : `pathlib.Path`
-        ``$XDG_STATE_HOME/lsst-ctrl-bps-parsl/runs`` if that variable is set,
-        else ``~/.local/state/lsst-ctrl-bps-parsl/runs``.
-    """
+def _index_dir() -> Path:
+    """Directory of the run index."""
     base = os.environ.get("XDG_STATE_HOME")
     if not base:
         return Path(os.path.expanduser("~")) / INDEX_SUBDIR
@@ -81,16 +61,12 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
 
     Parameters
     ----------
-    run_id : `str`
-        The run's id.
-    submit_path : `str`
-        Submit directory of the run.
-    run_name : `str`
-        The run's name.
+    run_id, submit_path, run_name : `str`
+        The run's id, submit directory and name.
     """
     record = {"run_id": run_id, "submit_path": submit_path, "run_name": run_name}
     try:
-        write_private(str(index_dir() / f"{run_id}.json"), json.dumps(record))
+        write_private(str(_index_dir() / f"{run_id}.json"), json.dumps(record))
     except OSError:
         pass
 
@@ -100,12 +76,10 @@ def remove_run(run_id: str, submit_path: str) -> None:
 
     Parameters
     ----------
-    run_id : `str`
-        The run's id.
-    submit_path : `str`
-        Its submit directory (the record is removed only if it names it).
+    run_id, submit_path : `str`
+        The run's id; its submit directory (the record is removed only if it names it).
     """
-    record = index_dir() / f"{run_id}.json"
+    record = _index_dir() / f"{run_id}.json"
     try:
         if json.loads(record.read_text()).get("submit_path") == submit_path:
             os.unlink(record)
@@ -114,8 +88,7 @@ def remove_run(run_id: str, submit_path: str) -> None:
 
 
 def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
-    """(run id, submit directory) of every indexed run whose directory still
-    exists, in this user's index or in ``directory``.
+    """Every indexed run whose directory still exists.
 
     Parameters
     ----------
@@ -129,7 +102,7 @@ def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
     """
     runs: list[tuple[str, str]] = []
     try:
-        entries = list((directory or index_dir()).glob("*.json"))
+        entries = list((directory or _index_dir()).glob("*.json"))
     except OSError:
         return runs
     for entry in entries:
@@ -165,14 +138,14 @@ def resolve_run(wms_id: str) -> str:
     if os.path.isdir(candidate):
         if os.path.exists(os.path.join(candidate, DB_NAME)):
             return candidate
-        old = old_plugin_run(candidate)
+        old = _old_plugin_run(candidate)
         if old is not None:
             raise StateStoreError(old)
         raise StateStoreError(
             f"{candidate}: not a submit directory of this plugin (no {DB_NAME}): pass the directory that "
             "'bps submit' printed as 'Submit dir'"
         )
-    record = index_dir() / f"{os.path.basename(str(wms_id))}.json"
+    record = _index_dir() / f"{os.path.basename(str(wms_id))}.json"
     if "/" not in str(wms_id) and record.exists():
         try:
             submit_path = json.loads(record.read_text())["submit_path"]
@@ -189,9 +162,7 @@ def resolve_run(wms_id: str) -> str:
 
 
 def _check_run_id(submit_path: str, run_id: str, record: Path) -> None:
-    """The index record must point to the run it is named after: a record
-    edited to point elsewhere is refused.
-    """
+    """Refuse an index record that points to another run than the one it is named after."""
     from .runstore import RunStore
 
     store = RunStore(os.path.join(submit_path, DB_NAME), readonly=True)
@@ -206,30 +177,12 @@ def _check_run_id(submit_path: str, run_id: str, record: Path) -> None:
         )
 
 
-def old_plugin_run(submit_path: str) -> str | None:
-    """What to do with a submit directory the old plugin wrote, or `None`
-    if ``submit_path`` is not one (doc/operations.md, "Runs started with
-    the old plugin").
-
-    The old plugin kept its run in ``parsl_workflow.pickle`` (a pickle of
-    its own classes, which this plugin does not unpickle) and Parsl's
-    checkpoints in the Parsl run directory (``runinfo/`` under the directory
-    ``bps submit`` ran in, unless its site set ``run_dir``); it recorded no
-    job states, so only it can resume the run. The directory ``bps submit``
-    ran in is read from the ``*.env.info.yaml`` that ctrl_bps wrote there
-    (its ``PWD``), when it is there and readable.
-
-    Parameters
-    ----------
-    submit_path : `str`
-        A submit directory without this plugin's run-state database.
-
-    Returns
-    -------
-    message : `str` or `None`
-        One line naming the run and the commands that resume it.
+def _old_plugin_run(submit_path: str) -> str | None:
+    """One line on how to resume a run of the old plugin in ``submit_path`` (only
+    it can: doc/operations.md, "Runs started with the old plugin"), `None` if
+    it is not one.
     """
-    if not os.path.isfile(os.path.join(submit_path, OLD_PLUGIN_FILE)):
+    if not os.path.isfile(os.path.join(submit_path, _OLD_PLUGIN_FILE)):
         return None
     where = _submitted_from(submit_path)
     cd = (
@@ -239,7 +192,7 @@ def old_plugin_run(submit_path: str) -> str | None:
         "site set run_dir)"
     )
     return (
-        f"{submit_path} is a run of the old ctrl_bps_parsl plugin ({OLD_PLUGIN_FILE}, no {DB_NAME}), which "
+        f"{submit_path} is a run of the old ctrl_bps_parsl plugin ({_OLD_PLUGIN_FILE}, no {DB_NAME}), which "
         "kept no job states this plugin can read; to resume it, in a separate environment with the old "
         "plugin (pip install 'lsst-ctrl-bps-parsl<=30.2026.4300' and the parsl it ran with), "
         f"{cd}, then run: bps restart --id {shlex.quote(submit_path)}; its job logs are in "
@@ -248,9 +201,7 @@ def old_plugin_run(submit_path: str) -> str | None:
 
 
 def _submitted_from(submit_path: str) -> str | None:
-    """``PWD`` of the ``bps submit`` that made ``submit_path``, from the
-    environment ctrl_bps saved there (``<uniqProcName>.env.info.yaml``).
-    """
+    """``PWD`` of the ``bps submit`` that made ``submit_path`` (its ``*.env.info.yaml``)."""
     import yaml
 
     try:

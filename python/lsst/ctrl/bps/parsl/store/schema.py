@@ -25,12 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The run-state store's file format, and writing the store of a new run.
-
-`create_store` writes a prepared workflow's jobs, edges and environment
-scripts into a new database in one transaction (no journal: a failed write
-leaves nothing behind), fills table ``status`` and the per-label summary
-(`summary`), and switches the file to its journal mode for the run.
+"""The run-state store's file format (doc/state.md), and writing the store of
+a new run (`create_store`: one transaction into a private file, then linked
+in place, so a failed write leaves nothing behind).
 """
 
 from __future__ import annotations
@@ -48,12 +45,10 @@ from ..records import JobKind, JobRow, JobState
 from .storefile import StateStoreError
 from .summary import create_summary
 
-__all__ = ("DB_NAME", "FORMAT_VERSION", "JOB_COLUMNS", "JOURNAL_MODE", "SCHEMA", "create_store")
+__all__ = ("DB_NAME", "FORMAT_VERSION", "JOB_COLUMNS", "JOURNAL_MODE", "create_store")
 
-# Binding a value sqlite3 does not know by exact type (None, IntEnum) makes it
-# search for an adapter by attribute lookups that fail, each costing more than
-# the binding itself: 0.3 us per NULL, a third of a million-job prepare. These
-# adapters keep every value as it is stored (NULL, the enum's integer).
+# Adapters for None and the IntEnums: without, sqlite3 searches for one by failing
+# attribute lookups (0.3 us per NULL, a third of a million-job prepare).
 _NULL: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NULL.get)  # None -> None, in C
 sqlite3.register_adapter(JobState, int)
@@ -66,17 +61,13 @@ JOURNAL_MODE = "DELETE"
 READ_RETRY_SECONDS = 30.0
 """How long a reader keeps retrying a read that a commit got in the way of."""
 WRITE_WAIT_SECONDS = 600.0
-"""How long a writer waits, retrying, for other connections' locks (a
-reader's open transaction) before a commit it cannot leave for later fails.
-Commits in the driver's loop are never given up: they wait in memory."""
+"""How long a commit that cannot wait in memory waits for other connections' locks."""
 TORN_RETRY_SECONDS = 1.0
 """How long a reader retries a read that found pages half-written (a damaged file fails after it)."""
 CHANGE_COUNTER = 24
 """Offset of the file change counter in an SQLite header (rollback-journal mode)."""
 JOB_COLUMNS = len(JobRow._fields)
-"""Columns of table ``jobs`` (the fields of `JobRow`); stores written before
-the last five (``concurrency_limit`` ... ``queue``) were added read as `None`
-for them."""
+"""Columns of table ``jobs`` (older stores lack the last five: read as `None`)."""
 
 
 _SCHEMA_TEMPLATE = """
@@ -137,9 +128,7 @@ def _jobs_table() -> str:
     return "CREATE TABLE jobs (\n" + ",\n".join(columns) + "\n);\n"
 
 
-SCHEMA = _SCHEMA_TEMPLATE.format(jobs=_jobs_table())
-"""The tables of a store."""
-"""Tables of a store (its per-label summary: `summary`)."""
+_SCHEMA = _SCHEMA_TEMPLATE.format(jobs=_jobs_table())
 
 
 def create_store(
@@ -157,8 +146,7 @@ def create_store(
     meta : `dict`
         Run-wide values (run name, operator, ...), stored as JSON.
     jobs : `~collections.abc.Generator` [`JobRow`, `None`, `list` [`str`]]
-        Job rows, ids in topological order; the generator returns the
-        distinct environment scripts that the rows' ``env_id`` index.
+        Job rows, ids in topological order; returns the environment scripts ``env_id`` indexes.
     edges : `~collections.abc.Iterable` [`tuple` [`int`, `int`]]
         (parent id, child id) pairs.
     """
@@ -203,9 +191,7 @@ def _exists(path: str) -> StateStoreError:
 
 
 def _remove_stale_tmp(path: str) -> None:
-    """Remove what a submit into this directory that was killed while writing the
-    store left (its private temporary file: this host, a process that is gone).
-    """
+    """Remove the temporary stores of killed submits of this host into this directory."""
     directory, name = os.path.split(path)
     host = socket.gethostname()
     try:
@@ -223,21 +209,8 @@ def _remove_stale_tmp(path: str) -> None:
                 pass
 
 
-def insert_jobs(conn: sqlite3.Connection, jobs: Generator[JobRow, None, list[str]]) -> list[str]:
-    """Insert job rows into table ``jobs``.
-
-    Parameters
-    ----------
-    conn : `sqlite3.Connection`
-        The store, in a write transaction.
-    jobs : `~collections.abc.Generator` [`JobRow`, `None`, `list` [`str`]]
-        The rows; the generator returns the environment scripts they index.
-
-    Returns
-    -------
-    envs : `list` [`str`]
-        What ``jobs`` returned.
-    """
+def _insert_jobs(conn: sqlite3.Connection, jobs: Generator[JobRow, None, list[str]]) -> list[str]:
+    """Insert job rows into table ``jobs``; what ``jobs`` returned (the environment scripts)."""
     envs: list[str] = []
 
     def rows() -> Iterator[JobRow]:
@@ -258,11 +231,11 @@ def _write_new(
         conn.execute("PRAGMA journal_mode=OFF")
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("BEGIN")
-        for statement in SCHEMA.split(";"):
+        for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.executemany("INSERT INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))
-        conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(insert_jobs(conn, jobs)))
+        conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(_insert_jobs(conn, jobs)))
         conn.executemany("INSERT INTO edges VALUES (?, ?)", edges)
         conn.execute(f"INSERT INTO status (job, state) SELECT id, {int(JobState.UNREADY)} FROM jobs")
         create_summary(conn)

@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The run-state store's file: its errors, checks that the path still
-names the file a writer opened, and its rollback journal (hot or not, and
-rolling back what a writer that died left).
+"""The run-state store's file: its errors, the check that its path still
+names the file a writer opened, and its rollback journal.
 """
 
 from __future__ import annotations
@@ -62,23 +61,16 @@ class StateStoreError(ShownMessageError, RuntimeError):
 
 
 class StoreLostError(StateStoreError):
-    """The run-state database was deleted, truncated or replaced under an
-    open store: nothing more is written to it.
-    """
+    """The database was deleted, truncated or replaced under an open store."""
 
 
 class RunTakenOverError(StoreLostError):
-    """Another process claimed the run (a restart or a cancel, which judged
-    this writer gone): this writer must write nothing more.
-    """
+    """Another process (restart, cancel) claimed the run: write nothing more."""
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
+_SQLITE_HEADER = b"SQLite format 3\x00"
 READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
-"""What reading a damaged store raises: SQLite's errors, and a text (a value,
-or SQLite's own message quoting a damaged schema) that is not UTF-8."""
+"""What reading a damaged store raises (a damaged text is not UTF-8)."""
 
 
 def damaged(path: str, what: str) -> StateStoreError:
@@ -86,15 +78,13 @@ def damaged(path: str, what: str) -> StateStoreError:
 
     Parameters
     ----------
-    path : `str`
-        Path of the store.
-    what : `str`
-        Which values, e.g. ``job 3 has state 18``.
+    path, what : `str`
+        Path of the store; which values, e.g. ``job 3 has state 18``.
 
     Returns
     -------
     error : `StateStoreError`
-        The error to raise.
+        The error.
     """
     return StateStoreError(
         f"{path}: the run-state database is damaged ({what}): restore it from a backup or submit the run "
@@ -106,8 +96,7 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
 def locked(exc: BaseException) -> bool:
-    """Whether an SQLite error is another connection's lock (``SQLITE_BUSY``
-    or ``SQLITE_LOCKED``): a reader's open transaction, another writer.
+    """Whether an SQLite error is another connection's lock (busy or locked).
 
     Parameters
     ----------
@@ -126,8 +115,7 @@ def locked(exc: BaseException) -> bool:
 
 
 def store_error(path: str, exc: BaseException, writing: bool = False, waited: float = 0.0) -> StateStoreError:
-    """A one-line `StateStoreError` for an SQLite error on ``path`` (``waited``:
-    seconds spent waiting for another connection's lock).
+    """A one-line `StateStoreError`, saying what to do, for an SQLite error.
 
     Parameters
     ----------
@@ -143,7 +131,7 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
     Returns
     -------
     error : `StateStoreError`
-        The error to raise, saying what to do.
+        The error.
     """
     text = one_line(exc)
     directory = os.path.dirname(path) or "."
@@ -168,10 +156,7 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
             f"{path}: cannot read the run-state database ({text}): check the disk and permissions of "
             f"{directory}"
         )
-    return StateStoreError(
-        f"{path}: the run-state database is damaged ({text}): restore it from a backup or submit the "
-        "run again (nothing was re-run)"
-    )
+    return damaged(path, text)
 
 
 class FileIdentity:
@@ -185,9 +170,7 @@ class FileIdentity:
     _size: int
 
     def _open_identity(self) -> None:
-        """Refuse a store that is not a regular file of this user, and keep
-        a descriptor of it to notice if the path stops naming it.
-        """
+        """Refuse a store that is not a regular file of this user; keep a descriptor of it."""
         path = self.path
         try:
             self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -210,11 +193,8 @@ class FileIdentity:
         self._size = info.st_size
 
     def check_identity(self) -> None:
-        """Raise `StoreLostError` if the store's path no longer names the
-        file this store opened, in the state it left it: the file was
-        deleted, replaced by another file, or truncated.
-
-        Once lost, the store writes nothing more.
+        """Raise `StoreLostError` (and write nothing more) if the path no longer
+        names the file this store opened: deleted, replaced or truncated.
         """
         if self.lost:
             raise StoreLostError(self.lost)
@@ -230,7 +210,7 @@ class FileIdentity:
         else:
             if (info.st_dev, info.st_ino) != self._identity:
                 what = "replaced by another file"
-            elif info.st_size < self._size or os.pread(self._fd, len(SQLITE_HEADER), 0) != SQLITE_HEADER:
+            elif info.st_size < self._size or os.pread(self._fd, len(_SQLITE_HEADER), 0) != _SQLITE_HEADER:
                 what = "truncated or overwritten"
             else:
                 self._size = info.st_size
@@ -244,8 +224,7 @@ class FileIdentity:
             raise StoreLostError(self.lost)
 
     def keep_reserve(self, size: int) -> None:
-        """Hold ``size`` bytes next to the store for its last commits when
-        the file system fills up (see `SpaceReserve`).
+        """Hold ``size`` bytes next to the store for its last commits on a full disk.
 
         Parameters
         ----------
@@ -259,8 +238,7 @@ class FileIdentity:
 
 def retryable(exc: sqlite3.DatabaseError) -> bool:
     """Whether a reader's error may come from a commit under way (another
-    host's, where file locks do not reach): busy, locked, a journal it must
-    not roll back, or a page read half-written.
+    host's): busy, locked, a journal it must not roll back, a torn page.
 
     Parameters
     ----------
@@ -298,14 +276,10 @@ class TornReadError(Exception):
 
 
 def journal_is_hot(path: str) -> bool:
-    """Whether the store at ``path`` has a rollback journal that a commit
-    under way or a writer that died mid-commit left with pages to restore.
-
-    With ``synchronous=FULL`` SQLite writes a journal's header with a zero
-    first byte and sets it only once the journal is synced, before the first
-    change to the database file; a journal that still starts with zero (its
-    writer died before that point) holds nothing to restore, and SQLite
-    itself leaves it in place until the next commit.
+    """Whether the store has a rollback journal with pages to restore (a
+    commit under way, or a writer that died mid-commit). SQLite sets the
+    journal's zero first byte only once it is synced, before the first
+    change to the database: a journal still starting with zero holds nothing.
 
     Parameters
     ----------
@@ -325,13 +299,10 @@ def journal_is_hot(path: str) -> bool:
 
 
 def roll_back_hot_journal(path: str) -> bool:
-    """Roll back what a writer that died mid-commit left in the store's
-    rollback journal, where this user may write the store.
-
-    A read-only connection cannot do it (SQLite then refuses every read), so
-    readers call this when a journal is there. Opening the store for writing
-    and reading from it is all it takes: SQLite rolls a hot journal back on
-    the first read, and leaves the journal of a live writer alone.
+    """Roll back what a writer that died mid-commit left in the journal, if
+    this user may write the store (a read-only connection cannot, and then
+    fails every read): SQLite rolls a hot journal back on a writer's first
+    read, and leaves a live writer's alone.
 
     Parameters
     ----------

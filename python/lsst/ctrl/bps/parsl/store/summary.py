@@ -25,18 +25,11 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The store's per-label, per-state job counts, kept by SQLite itself.
-
-Table ``labels`` lists the payload labels in the order their first job
-appears, with their number of jobs; table ``summary`` holds the number of
-payload jobs in each (label, state). Triggers on table ``status`` keep both
-up to date on every insert, state change and delete, whoever writes (the
-driver, ``bps cancel``, a batch joining a run), in the writer's own
-transaction. ``bps report`` of a run then reads a few rows however many jobs
-it has; the jobs themselves are read only when asked for.
-
-Stores written before these tables existed have none: `label_counts` then
-counts the jobs with one aggregate query.
+"""The store's per-label, per-state job counts, kept by SQLite triggers on
+``status`` in each writer's own transaction (tables ``labels``: payload labels
+in order, with their jobs; ``summary``: jobs per label and state), so that
+``bps report`` reads a few rows however many jobs a run has. An older store
+without them is counted with one aggregate query.
 """
 
 from __future__ import annotations
@@ -89,8 +82,7 @@ _TRIGGERS = (
 
 
 def create_summary(conn: sqlite3.Connection) -> None:
-    """Create and fill the summary tables of a new store whose ``status``
-    rows are written, and the triggers that keep them up to date.
+    """Create and fill the summary tables of a new store (``status`` written), and their triggers.
 
     Parameters
     ----------
@@ -112,8 +104,7 @@ def create_summary(conn: sqlite3.Connection) -> None:
 
 
 def label_counts(conn: sqlite3.Connection) -> tuple[list[tuple[str, int]], dict[str, dict[int, int]]]:
-    """The payload labels in order with their number of jobs, and the
-    number of payload jobs per label and stored state.
+    """The payload labels with their jobs, and the payload jobs per label and state.
 
     Parameters
     ----------
@@ -196,12 +187,8 @@ def failed_exit_codes(conn: sqlite3.Connection) -> list[tuple[str, int]]:
 
 
 class JobReports(list):
-    """A run's `WmsJobReport` list, read from the store the first time it
-    is looked at (``bps report`` never looks: it prints the per-label
-    summary), so a report costs the jobs only when they are asked for.
-
-    The jobs are read when first looked at, so during a run they may be a
-    little newer than the report's counts.
+    """A run's `WmsJobReport` list, read from the store when first looked at
+    (``bps report`` never looks), so a report reads the jobs only if asked.
 
     Parameters
     ----------
@@ -256,8 +243,7 @@ for _name in (
 def job_reports(
     store: Any, run_id: str, shown: Callable[[int, int], Any], report_type: Callable[..., Any]
 ) -> list[Any]:
-    """Every payload job of a run as a report, by id (``shown(state, id)``
-    gives the state to report).
+    """Every payload job of a run as a report, by id.
 
     Parameters
     ----------
