@@ -27,7 +27,7 @@
 
 """No orphans: a job dies with the worker, or the worker pool, that started it.
 
-A job runs in a session of its own (`processes.Launcher`), so nothing ends
+A job runs in a session of its own (`launch.Launcher`), so nothing ends
 it when the Parsl worker that waits for it dies: killed alone (``WorkerLost``),
 with its worker pool (``ManagerLost``), or by a block's end. Left running,
 it would be an orphan that a rerun of the same job runs next to.

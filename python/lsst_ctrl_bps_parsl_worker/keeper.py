@@ -71,7 +71,7 @@ from .exits import log_exit_status, record_exit
 from .journal import journal_entries, journal_logs, journal_name, journal_starting
 from .processes import ATTEMPT_ENV
 
-__all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "keep")
+__all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "become_subreaper", "keep")
 
 _EXEC_WAIT = 0.05
 """Seconds for a job being started when the spawner died to reach its ``exec``."""
@@ -85,7 +85,14 @@ Named = tuple[str, str, str]
 """(journal directory, token, stderr log) of a job the spawner's journal names."""
 
 
-def _become_subreaper() -> bool:
+def become_subreaper() -> bool:
+    """Make this process a ``PR_SET_CHILD_SUBREAPER`` (it adopts its descendants' orphans).
+
+    Returns
+    -------
+    done : `bool`
+        Whether it is one (not on systems without it).
+    """
     try:
         import ctypes
 
@@ -115,7 +122,7 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
         Exit status for this process: the spawner's.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not _become_subreaper():
+    if not become_subreaper():
         return spawner_main(-1)
     dirs_r, dirs_w = os.pipe2(os.O_CLOEXEC)
     try:

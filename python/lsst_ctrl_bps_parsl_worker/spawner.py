@@ -48,11 +48,9 @@ signal ``s``) on a line of its own, then the output ends.
 Requests:
 
 ``{"id": N, "shell", "prefix", "env", "command", "out", "err", "pid_file", "token", "cores", "memory", "time_limit", "warm"}``
-    Start the job (`processes.Launcher.spawn_job`: the program its script
-    ``prefix``, ``env``, ``command`` would run under ``shell``, with ``out``
-    and ``err`` as its output, when the script is plain; otherwise the shell,
-    which creates ``out`` and ``err`` and runs the script's last command in
-    its own place) once ``cores`` cores and ``memory`` MB fit in the budget,
+    Start the job (`launch.Launcher.spawn_job`: ``shell`` runs the script
+    of ``prefix``, ``env``, ``command``, creates ``out`` and ``err`` and runs
+    the script's last command in its own place) once ``cores`` cores and ``memory`` MB fit in the budget,
     first come first served (a request larger than the whole budget is given
     the whole budget). ``prefix`` and ``env`` may be left out (empty). The
     spawner records the job's exit status, as the operating system gives it,
@@ -93,7 +91,7 @@ Replies, one line per ended job::
 environment too large, a missing program: a failure of that job alone, whose
 reason is in its log and whose exit code is 126, or 127 for something
 missing; a start that fails for want of processes or memory, EAGAIN or
-ENOMEM, is tried again `processes.START_RETRY_DELAYS` later first), ``?``
+ENOMEM, is tried again `launch.START_RETRY_DELAYS` later first), ``?``
 when it started at a time nobody knows (a job followed after a spawner
 died); times are seconds since the epoch. A job killed by a
 signal ``s`` has exit code ``128 + s``. A line ``note <text>`` is for the
@@ -138,10 +136,14 @@ from lsst_ctrl_bps_parsl_worker.journal import (  # noqa: E402
     journal_name,
 )
 from lsst_ctrl_bps_parsl_worker.keeper import keep  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
-    KILL_GRACE,
+from lsst_ctrl_bps_parsl_worker.launch import (  # noqa: E402
     START_RETRY_DELAYS,
     Launcher,
+    start_failure,
+    transient_start_error,
+)
+from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
+    KILL_GRACE,
     append_note,
     attempt_processes,
     end_group,
@@ -150,8 +152,6 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     live_jobs,
     process_start_time,
     signal_attempts,
-    start_failure,
-    transient_start_error,
 )
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
@@ -302,7 +302,7 @@ class Spawner:
 
         Any other error starting a job (an argument list or environment too
         large, a missing program or directory) is that job's failure alone:
-        its reason goes to its log (`processes.start_failure`) and it is
+        its reason goes to its log (`launch.start_failure`) and it is
         answered as ended (start ``!``); the other jobs go on.
 
         Returns

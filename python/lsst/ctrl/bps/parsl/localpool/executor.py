@@ -36,8 +36,7 @@ start and to kill processes:
 - a job attempt, i.e. `lsst.ctrl.bps.parsl.run.runner.run_job` (also as Parsl's
   ``python_app`` wraps it, and under Parsl monitoring's wrapper), is not
   called in Python: the spawner starts the job's shell script directly
-  (`lsst_ctrl_bps_parsl_worker.processes.Launcher.spawn_job`: the program the
-  shell would run, when the script is plain, else the shell), and the future
+  (`lsst_ctrl_bps_parsl_worker.launch.Launcher.spawn_job`), and the future
   gets what `run_job` would have returned;
 - any other function (a ``python_app``, a ``bash_app``: Parsl's own wrapper
   gives bash semantics) is serialized with Parsl's serializer to a private

@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from lsst_ctrl_bps_parsl_worker.job import worker_notes
 from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
 
 from ..configuration import RunSettings
@@ -464,7 +465,10 @@ class Driver(LostAttemptHandling):
         if error is not None:
             result = self.recorder.lost(i, attempt, error, time.time())
         else:
-            result = AttemptResult._make(future.result())
+            raw = future.result()
+            for note in worker_notes(raw):  # warm starts on a Parsl worker (lsst_ctrl_bps_parsl_worker.warm)
+                _LOG.info("Parsl worker: %s", note)
+            result = AttemptResult._make(raw)
         status = abort_status(self.rows[i], result.exit_code, result.signal)
         if status is not None:
             self._aborted_by(i, attempt, result, flight, status)

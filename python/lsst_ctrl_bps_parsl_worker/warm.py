@@ -1,0 +1,452 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Warm starts, as the process that starts jobs asks for them: a ``pipetask
+run-qbb`` job forked from a process that has already imported the stack.
+
+`WarmStarts` (the local pool's spawner, a Parsl worker's `job.run_job`) is
+asked by `launch.Launcher.spawn_job` for every job. It works out what the
+job's shell would run (`_shell_words`: one simple command of plain words,
+``export NAME=WORD`` lines, no command prefix) and, when that program is
+ctrl_mpexec's ``pipetask`` script (`pipetask_python`), forks it from the
+warm process of its environment (`environment_key`), started on demand
+(`warmserver`, loaded by file path). The job is reparented to the asker
+(``PR_SET_CHILD_SUBREAPER``), which reaps, times out and kills it as any
+job. Whatever does not fit starts cold through its shell, and the note
+function says why, once per reason (design.md, "Warm starts").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections import ChainMap
+from collections.abc import Callable, Collection, Mapping
+
+from .keeper import become_subreaper
+from .warmserver import TOKEN_ENV, WarmProcess
+
+__all__ = ("MAX_SERVERS", "WarmStarts", "environment_key", "pipetask_python", "warm_starts")
+
+MAX_SERVERS = 2
+"""Warm processes (environments) one asker keeps at most."""
+MAX_DEATHS = 3
+"""Warm processes of one environment that may die before its jobs all start cold."""
+_MATTERS = re.compile(
+    r"(PYTHON.*|LD_.*|.*_DIR|SETUP_.*|EUPS_.*|LC_.*|LANG|LANGUAGE|TZ|OMP_.*|MKL_.*|OPENBLAS_.*|"
+    r"NUMEXPR_.*|.*_NUM_THREADS)"
+)
+"""Variables read when the stack is imported: a job whose values differ needs another warm process."""
+_SCRIPT_LINES = frozenset(
+    {
+        "import re",
+        "import sys",
+        "from lsst.ctrl.mpexec.cli.pipetask import main",
+        "if __name__ == '__main__':",
+        'if __name__ == "__main__":',
+        "sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])",
+        "sys.exit(main())",
+        "main()",
+    }
+)
+"""Lines of a ``pipetask`` script (pip's console script, the stack's ``bin/pipetask``)."""
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_PIECE = re.compile(
+    rf"""([A-Za-z0-9_./:,+@%=-]+)|'([^']*)'|"((?:[^"\\`$!]|\$(?:\{{{_NAME}\}}|{_NAME}))*)"|"""
+    rf"""\$(?:\{{({_NAME})\}}|({_NAME}))|([ \t]+)"""
+)
+"""A piece of a plain word (safe characters, quoted text, a variable), or blanks between words."""
+_VARIABLE = re.compile(rf"\$(?:\{{({_NAME})\}}|({_NAME}))")
+_SPECIAL = re.compile(
+    r"_|IFS|PWD|OLDPWD|SHLVL|ENV|CDPATH|POSIXLY_CORRECT|SHELLOPTS|BASH.*|LC_ALL|PS[1-4]|RANDOM|SRANDOM|"
+    r"SECONDS|LINENO|OPT(ARG|ERR|IND)|EPOCH.*|HISTCMD|E?UID|PPID|GROUPS|FUNCNAME|DIRSTACK|PIPESTATUS|"
+    r"GLOBIGNORE|COMP_WORDBREAKS"
+)
+"""Variables a shell reads, sets or resets itself: a job exporting or expanding one starts cold."""
+_STARTUP = ("BASH_ENV", "BASHOPTS", "BASH_XTRACEFD", "ENV", "POSIXLY_CORRECT", "SHELLOPTS")
+"""Variables that change what the shell does when it starts: with one of them, jobs start cold."""
+_ENV_PROGRAM = "/usr/bin/env"
+
+
+# ---- what the job's shell would run -----------------------------------------------------
+
+
+def _shell_words(line: str, variables: Mapping[str, str]) -> list[str] | None:
+    """The words of a simple command ``line`` as the shell expands them with
+    ``variables``; `None` if it holds anything but plain words (module docstring).
+    """
+
+    def value(name: str) -> str:
+        if _SPECIAL.fullmatch(name):
+            raise KeyError(name)
+        return variables[name]  # KeyError: the shell may hold a variable it does not export
+
+    words: list[str] = []
+    word: list[str] | None = None
+    quoted = False
+    pos = 0
+    try:
+        while pos < len(line):
+            match = _PIECE.match(line, pos)
+            if match is None:
+                return None
+            pos = match.end()
+            bare, single, double, _, _, blank = match.groups()
+            if blank is not None:
+                if word is not None and (quoted or "".join(word)):
+                    words.append("".join(word))
+                word, quoted = None, False
+                continue
+            word = [] if word is None else word
+            if bare is not None:
+                word.append(bare)
+            elif single is not None or double is not None:
+                quoted = True
+                word.append(
+                    single
+                    if single is not None
+                    else _VARIABLE.sub(lambda v: value(v.group(1) or v.group(2)), double)
+                )
+            else:
+                text = value(match.group(4) or match.group(5))
+                if any(char in text for char in " \t\n*?[\\"):
+                    return None  # the shell would split or glob it
+                word.append(text)
+    except KeyError:
+        return None
+    if word is not None and (quoted or "".join(word)):
+        words.append("".join(word))
+    return words
+
+
+def _plain_job(
+    passed: dict[str, str], token: str, prefix: str, env: str, command: str
+) -> tuple[list[str], dict[str, str]] | None:
+    """(argv, variables set over ``passed``) of the program the job's shell
+    would run in its own place, or `None` when its script is not plain.
+    """
+    if prefix or "\n" in command.strip():
+        return None
+    changes = {TOKEN_ENV: token}
+    if _shell_words(token, {}) != [token]:
+        return None
+    for line in filter(str.strip, env.splitlines()):
+        words = _shell_words(line, ChainMap(changes, passed))
+        if not words or len(words) != 2 or not re.match(rf"export {_NAME}=", line):
+            return None
+        name, _, text = words[1].partition("=")
+        if _SPECIAL.fullmatch(name):
+            return None
+        changes[name] = text
+    argv = _shell_words(command.strip(), ChainMap(changes, passed))
+    if not argv or "/" not in argv[0] or re.match(rf"{_NAME}\+?=", command.strip()):
+        return None
+    if passed.get("_") == _ENV_PROGRAM:  # bash sets ``_`` to the program it runs
+        changes["_"] = argv[0]
+    return argv, changes
+
+
+def _shell_environment(shell: str, environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment ``shell``, started with ``environ``, passes to a program
+    it runs (``PWD``, ``SHLVL``, ...), asked of the shell itself; `None` if it
+    is not bash or dash, or does not answer plainly.
+    """
+    if os.path.basename(os.path.realpath(shell)) not in ("bash", "dash") or any(
+        name in environ for name in _STARTUP
+    ):
+        return None
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [shell, "-c", f"{_ENV_PROGRAM} -0"], env=environ, stdin=subprocess.DEVNULL, capture_output=True
+        )
+    except OSError:
+        return None
+    items = [item.partition(b"=") for item in done.stdout.split(b"\0") if item]
+    if done.returncode or done.stderr or not all(equals for _, equals, _ in items):
+        return None
+    return {os.fsdecode(name): os.fsdecode(value) for name, _, value in items}
+
+
+# ---- is it pipetask, which warm process ------------------------------------------------
+
+
+def pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | str:
+    """(Python, script directory) of a ``pipetask`` script, or why ``path`` is not one.
+
+    The script must be ctrl_mpexec's (only the lines of `_SCRIPT_LINES`,
+    comments and blank lines) with an absolute ``#!`` Python, or
+    ``#!/usr/bin/env python...`` found on the job's ``PATH``.
+
+    Parameters
+    ----------
+    path : `str`
+        The program a job runs.
+    environ : `~collections.abc.Mapping`
+        The job's environment (its ``PATH``).
+
+    Returns
+    -------
+    found : `tuple` [`str`, `str`] or `str`
+        The script's Python and its directory (resolved, ``sys.path[0]``
+        of a cold start), or the reason it is not started warm.
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4096)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    lines = head.decode(errors="replace").splitlines()
+    body = [line.strip() for line in lines[1:] if line.strip() and not line.strip().startswith("#")]
+    if (
+        not lines
+        or not lines[0].startswith("#!")
+        or "from lsst.ctrl.mpexec.cli.pipetask import main" not in body
+        or not set(body) <= _SCRIPT_LINES
+    ):
+        return f"{path} is not ctrl_mpexec's pipetask script"
+    words = lines[0][2:].split()
+    python = None
+    if len(words) == 2 and os.path.basename(words[0]) == "env":
+        for directory in environ.get("PATH", "").split(os.pathsep):
+            candidate = os.path.join(directory or ".", words[1])
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                python = os.path.abspath(candidate)
+                break
+    elif len(words) == 1:
+        python = words[0]
+    if not python or not os.path.isabs(python) or not os.access(python, os.X_OK):
+        return f"the Python of {path} ({lines[0][2:].strip()}) is not found"
+    return python, os.path.dirname(os.path.realpath(path))
+
+
+def environment_key(python: str, script_dir: str, environ: Mapping[str, str]) -> tuple:
+    """What must be equal for two jobs to share a warm process.
+
+    Parameters
+    ----------
+    python, script_dir : `str`
+        `pipetask_python` of the job's program.
+    environ : `~collections.abc.Mapping`
+        The job's environment.
+
+    Returns
+    -------
+    key : `tuple`
+        The Python, the script's directory and the variables matching
+        `_MATTERS` (read while the stack is imported), sorted.
+    """
+    return (python, script_dir, tuple(sorted((k, v) for k, v in environ.items() if _MATTERS.fullmatch(k))))
+
+
+class WarmStarts:
+    """Warm processes of one asker, and its notes about jobs started cold.
+
+    Parameters
+    ----------
+    note : callable
+        Called with one line of text the first time a reason comes up.
+    """
+
+    def __init__(self, note: Callable[[str], None]) -> None:
+        self._note = note
+        self._said: set[str] = set()
+        self._not_pipetask: dict[tuple[str, str | None], str] = {}
+        """Programs found not to be ``pipetask`` (a cold start is always right: no file read per job)."""
+        self._passed: dict[str, tuple[Mapping[str, str], dict[str, str] | None]] = {}
+        """`_shell_environment` of each shell, with the environment it was asked for."""
+        self._servers: dict[tuple, WarmProcess] = {}
+        self._deaths: dict[tuple, int] = {}
+        self._subreaper: bool | None = None
+        self.warm = 0
+        self.cold = 0
+
+    def say(self, text: str) -> None:
+        """Note ``text`` once.
+
+        Parameters
+        ----------
+        text : `str`
+            The line for the log; not noted again if it was already (nor
+            after 100 different lines).
+        """
+        if text not in self._said and len(self._said) < 100:
+            self._said.add(text)
+            self._note(text)
+
+    def _cold(self, reason: str | None) -> None:
+        self.cold += 1
+        if reason:
+            self.say(f"jobs started cold: {reason}")
+
+    def start_job(
+        self, shell: str, token: str, prefix: str, env: str, command: str, out: str, err: str, base: dict
+    ) -> int | None:
+        """Start a job attempt warm if its script is plain and runs ``pipetask``.
+
+        Parameters
+        ----------
+        shell, token, prefix, env, command : `str`
+            The job's shell, token, command prefix, export lines and command line.
+        out, err : `str`
+            Its stdout and stderr log files.
+        base : `dict`
+            The environment its shell would start with (token aside).
+
+        Returns
+        -------
+        pid : `int` or `None`
+            The job's pid, or `None`: start it cold (the reason, if any, was noted).
+        """
+        cached = self._passed.get(shell)
+        if cached is None or cached[0] is not base:
+            cached = self._passed[shell] = (base, _shell_environment(shell, base))
+        passed = cached[1]
+        found = None if passed is None else _plain_job(passed, token, prefix, env, command)
+        if found is None or passed is None:
+            self._cold("their script is not plain (commandPrefix, shell syntax; see design.md)")
+            return None
+        return self.start(found[0], ChainMap(found[1], passed), out, err)
+
+    def start(self, argv: list[str], environ: Mapping[str, str], out: str, err: str) -> int | None:
+        """Start a job warm: its pid (a child of this process to reap), or
+        `None` when it must start cold.
+
+        Parameters
+        ----------
+        argv : `list` [`str`]
+            The program the job's shell would run, and its arguments.
+        environ : `~collections.abc.Mapping`
+            The environment the program would get (its token included).
+        out, err : `str`
+            Its stdout and stderr log files.
+
+        Returns
+        -------
+        pid : `int` or `None`
+            The job's pid, or `None`: start it cold (the reason, if any, was noted).
+        """
+        seen = (argv[0], environ.get("PATH"))
+        found = self._not_pipetask.get(seen) or pipetask_python(argv[0], environ)
+        if isinstance(found, str):
+            if len(self._not_pipetask) < 1024:
+                self._not_pipetask[seen] = found
+            self._cold(found)
+            return None
+        if self._subreaper is None:
+            self._subreaper = become_subreaper()
+        if not self._subreaper:
+            self._cold("this process cannot adopt the jobs a warm process forks (PR_SET_CHILD_SUBREAPER)")
+            return None
+        python, script_dir = found
+        key = environment_key(python, script_dir, environ)
+        server = self._servers.get(key)
+        if server is not None:
+            server.poll(self.say)
+            if server.dead is not None:
+                del self._servers[key]
+                self._deaths[key] = self._deaths.get(key, 0) + 1
+                self.say(f"the warm process {server.proc.pid} for {python} {server.dead}")
+                server = None
+        if server is None:
+            if self._deaths.get(key, 0) >= MAX_DEATHS:
+                self._cold(f"the warm processes for {python} died {MAX_DEATHS} times")
+            elif len(self._servers) >= MAX_SERVERS:
+                self._cold(
+                    f"more than {MAX_SERVERS} different environments (Python, PYTHONPATH, stack setup)"
+                )
+            else:
+                try:
+                    self._servers[key] = WarmProcess(python, script_dir, environ)
+                    self._cold(None)  # while it imports the stack
+                except OSError as exc:
+                    self._deaths[key] = self._deaths.get(key, 0) + 1
+                    self._cold(f"a warm process for {python} could not be started: {exc}")
+            return None
+        if not server.ready:
+            self._cold(None)
+            return None
+        request = {"argv": argv, "env": dict(environ), "cwd": os.getcwd(), "out": out, "err": err}
+        result = server.start(request, self.say)
+        if isinstance(result, int):
+            self.warm += 1
+            return result
+        self._cold(result)
+        return None
+
+    def reap_orphans(self, keep: Collection[int] = ()) -> None:
+        """Reap the ended children this process adopted as a subreaper (processes
+        its jobs left behind), not its own (the warm processes, and ``keep``).
+
+        Parameters
+        ----------
+        keep : `~collections.abc.Collection` [`int`], optional
+            Pids of other children of this process's own, left for their
+            owner to reap (the orphan guard's watcher).
+        """
+        if not self._subreaper:
+            return
+        keep = {*keep, *(server.proc.pid for server in self._servers.values())}
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if info is None or info.si_pid == 0 or info.si_pid in keep:
+                    return
+                os.waitpid(info.si_pid, 0)
+            except ChildProcessError:
+                return
+
+    def close(self) -> None:
+        """Stop every warm process, and say how many jobs started warm."""
+        servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            server.stop()
+        if self.warm:
+            self._note(f"{self.warm} job(s) started warm, {self.cold} cold")
+
+
+_WARM: list[WarmStarts] = []
+
+
+def warm_starts(note: Callable[[str], None] | None = None) -> WarmStarts:
+    """Return this process's `WarmStarts`, made on the first call.
+
+    Parameters
+    ----------
+    note : `~collections.abc.Callable` [[`str`], `None`], optional
+        Where its notes go, used only on the first call; `None`: to stderr.
+
+    Returns
+    -------
+    starts : `WarmStarts`
+        The process's one `WarmStarts`.
+    """
+    if not _WARM:
+        _WARM.append(WarmStarts(note or (lambda text: print(f"[bps-parsl] {text}", file=sys.stderr))))
+    return _WARM[0]
