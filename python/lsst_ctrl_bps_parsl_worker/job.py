@@ -28,31 +28,15 @@
 """`run_job`: what a Parsl worker runs for one job attempt.
 
 The job starts as the local pool's spawner starts its jobs
-(`launch.Launcher.spawn_job`: a session of its own, default signal
-dispositions),
-and a walltime kill stops every process carrying its token
-(`processes.kill_attempts`). While it runs, a small file names its host and
-process group, so that report, cancel, and a restart after the driver was
-killed, can find it. Its exit status (``128 + N`` for a signal N), as the
-operating system gives it when `run_job` reaps the job, is recorded in a
-private record in the directory of its pid file (`exits.record_exit`), so a restart
-can tell that a job finished even when the driver died before recording it
-(the job's shell has no trap, so bash runs a simple command in its own
-place instead of forking for it); a job killed with its worker (the orphan
-guard) has none, and counts as not finished. Nothing the job prints is read.
-
-An error starting the job (an argument list or environment too large, a
-missing program or directory) is the attempt's failure, with exit status
-126 (127: something missing) and the reason in its stderr log; a start that
-fails for want of processes or memory (EAGAIN, ENOMEM) is tried again
-first, `launch.START_RETRY_DELAYS` apart. When the job's process ends,
-what it left in its process group is killed before it is reaped, then every
-other process carrying its token (``setsid``, double forks).
-
-On the local pool (`lsst.ctrl.bps.parsl.localpool`) this function is not
-called: the pool's spawner starts the job itself (the same way) and logs
-the exit status as it reaps the job (or its keeper does, if the spawner died),
-and ends what the job left behind the same way.
+(`launch.Launcher.spawn_job`), warm when it can (`warm`). While it runs, a
+small file names its host and process group, for report, cancel and a
+restart. Its exit status is recorded as it is reaped (`exits.record_exit`);
+a job killed with its worker (`guard`) has none and counts as not finished.
+A job that cannot start fails with 126 (127: something missing) and the
+reason in its stderr log; EAGAIN and ENOMEM are first tried again
+(`launch.START_RETRY_DELAYS`). When it ends, what it left in its process
+group is killed before it is reaped, then every other process carrying its
+token. On the local pool the spawner does all this instead.
 """
 
 from __future__ import annotations
@@ -74,8 +58,6 @@ from .warm import warm_starts
 __all__ = ("JobResult", "NotStartedError", "job_script", "run_job", "worker_notes")
 
 _HOST = socket.gethostname()
-
-
 _NOTES: list[str] = []
 """This worker's warm-start notes not yet returned with a result."""
 _NOTED: set[str] = set()

@@ -51,7 +51,6 @@ __all__ = (
     "Launcher",
     "START_RETRY_DELAYS",
     "current_launcher",
-    "job_argv",
     "job_script",
     "quote",
     "start_failure",
@@ -83,23 +82,15 @@ def quote(text: str) -> str:
 
 def job_script(token: str, prefix: str, env: str, command: str) -> str:
     """The shell script of one job attempt: its token, the site's command
-    prefix, the job's environment exports, its command.
-
-    There is no trap: whoever reaps the job logs its exit status (`run_job`,
-    the local pool's spawner or its keeper), and bash, which runs the last
-    simple command of ``bash -c`` in its own place when nothing is trapped,
-    saves a fork per job.
+    prefix, the job's exports, its command. No trap: whoever reaps the job
+    records its status, and bash runs the last simple command in its own place.
 
     Parameters
     ----------
     token : `str`
         The attempt's token, exported as ``BPS_PARSL_ATTEMPT``.
-    prefix : `str`
-        The site's command prefix (may be empty).
-    env : `str`
-        The job's export lines (may be empty).
-    command : `str`
-        The job's command line.
+    prefix, env, command : `str`
+        The site's command prefix and the job's export lines (both may be empty), its command line.
 
     Returns
     -------
@@ -112,30 +103,10 @@ def job_script(token: str, prefix: str, env: str, command: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
-    """The command line of a job attempt's shell.
-
-    The shell creates the log files itself (creating files is the slowest
-    step of a start, and the spawner starts jobs one at a time), and their
-    directory first if it does not exist (a log directory may be removed
-    while a run goes on). If they cannot be created, the shell says why on
-    its inherited stderr and exits with 127.
-
-    Parameters
-    ----------
-    shell : `str`
-        Path of the shell.
-    out : `str`
-        Path of the attempt's stdout log.
-    err : `str`
-        Path of the attempt's stderr log.
-    script : `str`
-        The attempt's `job_script`.
-
-    Returns
-    -------
-    argv : `list` [`str`]
-        ``[shell, "-c", ...]``.
+def _job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
+    """``[shell, "-c", ...]`` of a job attempt: the shell creates the log files
+    (the slowest step of a start, so not in the spawner), their directory
+    again if it vanished; if it cannot, it says why and exits with 127.
     """
     directory = quote(os.path.dirname(out) or ".")
     redirect = f"command exec >{quote(out)} 2>{quote(err)}"
@@ -148,15 +119,10 @@ def job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
 
 
 class Launcher:
-    """Starts job attempts (`spawn_job`): each in a session of its own, with
-    stdin and stdout on ``/dev/null`` until its script redirects them, every
-    signal at its default disposition and none blocked, whatever the caller
-    ignores or blocks.
-
-    With glibc the C library's ``posix_spawn`` is called directly: Python's
-    ``os.posix_spawn`` cannot name glibc's two internal signals (32 and 33),
-    which glibc then leaves ignored in the child. Elsewhere ``os.posix_spawn``
-    resets every other signal.
+    """Starts job attempts (`spawn_job`): each in a session of its own, stdin
+    and stdout on ``/dev/null`` until its script redirects them, every signal
+    at its default disposition and none blocked. With glibc its ``posix_spawn``
+    is called directly: ``os.posix_spawn`` cannot reset glibc's signals 32, 33.
 
     Parameters
     ----------
@@ -185,8 +151,8 @@ class Launcher:
 
         With ``warm``, a ``pipetask run-qbb`` job is forked from a warm
         process (`warm.WarmStarts.start_job`); otherwise the shell runs
-        `job_script` (`job_argv`). Either way the process carries
-        ``BPS_PARSL_ATTEMPT=<token>`` in its environment from its start.
+        `job_script`. Either way the process carries ``BPS_PARSL_ATTEMPT=<token>``
+        in its environment from its start.
 
         Parameters
         ----------
@@ -218,7 +184,7 @@ class Launcher:
             if pid is not None:
                 return pid
         items = [*self._items, f"{ATTEMPT_ENV}={token}".encode()]
-        return self._spawn(job_argv(shell, out, err, job_script(token, prefix, env, command)), items)
+        return self._spawn(_job_argv(shell, out, err, job_script(token, prefix, env, command)), items)
 
     def _spawn(self, argv: list[str], items: list[bytes]) -> int:
         """Start ``argv`` with environment ``items`` (``b"NAME=value"``), stdin
@@ -304,44 +270,36 @@ def _make_glibc_spawn():
     )
     if any(steps):
         return None
-    posix_spawn = libc.posix_spawn
-    init_actions = libc.posix_spawn_file_actions_init
-    add_open = libc.posix_spawn_file_actions_addopen
-    destroy_actions = libc.posix_spawn_file_actions_destroy
+    actions = ctypes.create_string_buffer(1024)  # stdin and stdout on /dev/null, for every job
     devnull = os.devnull.encode()
+    if libc.posix_spawn_file_actions_init(actions) or any(
+        libc.posix_spawn_file_actions_addopen(actions, fd, devnull, flags, 0)
+        for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY))
+    ):
+        return None
+    posix_spawn = libc.posix_spawn
 
     def spawn(argv: list[str], items: list[bytes]) -> int:
         pid = ctypes.c_int()
         args = [os.fsencode(arg) for arg in argv]
-        actions = ctypes.create_string_buffer(1024)
-        if init_actions(actions):
-            raise OSError(ctypes.get_errno(), "posix_spawn_file_actions_init failed")
-        try:
-            for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY)):
-                error = add_open(actions, fd, devnull, flags, 0)
-                if error:
-                    raise OSError(error, os.strerror(error))
-            error = posix_spawn(
-                ctypes.byref(pid),
-                args[0],
-                actions,
-                attr,
-                (ctypes.c_char_p * (len(args) + 1))(*args, None),
-                (ctypes.c_char_p * (len(items) + 1))(*items, None),
-            )
-        finally:
-            destroy_actions(actions)
+        error = posix_spawn(
+            ctypes.byref(pid),
+            args[0],
+            actions,
+            attr,
+            (ctypes.c_char_p * (len(args) + 1))(*args, None),
+            (ctypes.c_char_p * (len(items) + 1))(*items, None),
+        )
         if error:
             raise OSError(error, os.strerror(error), argv[0])
         return pid.value
 
-    spawn.keep = (libc, attr, every_signal, no_signal)
+    spawn.keep = (libc, attr, every_signal, no_signal, actions, devnull)
     return spawn
 
 
 def transient_start_error(error: BaseException) -> bool:
-    """Whether a job's start failed for a passing lack of resources (no
-    process or memory left for a moment: EAGAIN, ENOMEM), worth trying again.
+    """Whether a job's start failed for a passing lack of resources (EAGAIN, ENOMEM).
 
     Parameters
     ----------
@@ -363,22 +321,18 @@ def start_failure(err: str, error: BaseException, retries: int, pid_file: str, t
     Parameters
     ----------
     err : `str`
-        Path of the attempt's stderr log.
+        The attempt's stderr log.
     error : `BaseException`
         What starting the job raised.
     retries : `int`
-        Number of tries made again before giving up.
-    pid_file : `str`
-        Path of the attempt's pid file; its directory holds the exit
-        records.
-    token : `str`
-        The attempt's token, under which the exit status is recorded.
+        Tries made again before giving up.
+    pid_file, token : `str`
+        The attempt's pid file (its directory holds the exit records) and token.
 
     Returns
     -------
     code : `int`
-        127 if the program or a directory is missing, else 126, as the
-        shell's.
+        127 if the program or a directory is missing, else 126 (the shell's).
     """
     code = 127 if isinstance(error, FileNotFoundError) else 126
     reason = f"{type(error).__name__}: {error}" if not isinstance(error, OSError) else str(error)

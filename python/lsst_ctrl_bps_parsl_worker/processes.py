@@ -65,28 +65,24 @@ _TOKEN_ITEM = f"{ATTEMPT_ENV}=".encode()
 
 
 def end_group(pgid: int) -> None:
-    """SIGKILL what is left in a job's process group once its main process
-    ended: ``cmd &``, ``nohup cmd &``.
+    """SIGKILL what is left in a job's process group once its main process ended.
 
     Parameters
     ----------
     pgid : `int`
-        The group's id: the main process's pid, called before it is reaped,
-        so the group cannot be another's.
+        The group: the main process's pid, not yet reaped (so it is no other's).
     """
     if pgid > 1 and pgid != os.getpgrp():
         _kill(os.killpg, pgid, signal.SIGKILL)
 
 
 def append_note(path: str, text: str) -> None:
-    """Append ``text`` to a log file, making its directory again if it vanished.
+    """Append ``text`` to a log file (`write_text`).
 
     Parameters
     ----------
-    path : `str`
-        Path of the log file.
-    text : `str`
-        Text to append.
+    path, text : `str`
+        The log file and the text.
     """
     write_text(path, text, "a")
 
@@ -97,10 +93,8 @@ def write_text(path: str, text: str, mode: str = "w") -> None:
 
     Parameters
     ----------
-    path : `str`
-        Path of the file.
-    text : `str`
-        Text to write.
+    path, text : `str`
+        The file and the text.
     mode : `str`, optional
         ``"w"`` to replace the file, ``"a"`` to append.
     """
@@ -118,18 +112,13 @@ def write_text(path: str, text: str, mode: str = "w") -> None:
             return
 
 
-# ---- finding and stopping a job's processes -----------------------------------------
-
-
 def _read(path: str) -> bytes:
     with open(path, "rb") as stream:
         return stream.read()
 
 
 def _stat_fields(pid: int) -> list[bytes]:
-    """Fields of ``/proc/<pid>/stat`` after the command name: state, ppid,
-    process group, session, ...
-    """
+    """Fields of ``/proc/<pid>/stat`` after the command name (state, ppid, group, session...)."""
     data = _read(f"/proc/{pid}/stat")
     return data[data.rindex(b")") + 2 :].split()
 
@@ -151,21 +140,16 @@ def _my_processes() -> list[int]:
 def attempt_processes(
     tokens: Collection[str] = (), run_prefix: str | None = None, marks: Collection[str] = ()
 ) -> dict[int, int]:
-    """Return ``{pid: process group}`` of this user's live processes that
-    carry one of ``tokens`` (or a token starting with ``run_prefix``), read
-    from their own ``/proc`` entry: in their environment (a job has it from
-    its start, `launch.Launcher.spawn_job`, and every process it starts inherits
-    it); or whose environment holds one of ``marks`` (``BPS_...=value`` items, e.g. a guarded worker's
-    `guard.WORKER_ENV`).
+    """Return ``{pid: process group}`` of this user's live processes whose
+    environment (read from ``/proc``) carries one of ``tokens``, a token
+    starting with ``run_prefix``, or one of ``marks`` (e.g. `guard.WORKER_ENV`).
 
     Parameters
     ----------
-    tokens : `~collections.abc.Collection` [`str`], optional
-        Tokens of the attempts.
+    tokens, marks : `~collections.abc.Collection` [`str`], optional
+        Tokens of the attempts; environment items (``NAME=value``).
     run_prefix : `str`, optional
         Prefix of every token of a run.
-    marks : `~collections.abc.Collection` [`str`], optional
-        Environment items (``NAME=value``) to look for.
 
     Returns
     -------
@@ -199,25 +183,18 @@ def signal_attempts(
     groups: Collection[int] = (),
     marks: Collection[str] = (),
 ) -> int:
-    """Send ``sig`` to the processes `attempt_processes` finds and to their
-    process groups, and to ``groups`` (process groups of the caller's own
-    children, not yet reaped). Returns how many processes were found.
-
-    A job runs in a session of its own, so every member of a group found
-    this way was started by the job, also one that dropped the token.
+    """Send ``sig`` to what `attempt_processes` finds, their process groups
+    (a job's own session: members that dropped the token too) and ``groups``
+    (of the caller's unreaped children).
 
     Parameters
     ----------
     sig : `int`
         Signal to send.
-    tokens : `~collections.abc.Collection` [`str`], optional
-        Tokens of the attempts.
-    run_prefix : `str`, optional
-        Prefix of every token of a run.
+    tokens, run_prefix, marks
+        As `attempt_processes`.
     groups : `~collections.abc.Collection` [`int`], optional
         Process groups to signal too.
-    marks : `~collections.abc.Collection` [`str`], optional
-        Environment items (``NAME=value``) to look for.
 
     Returns
     -------
@@ -252,23 +229,15 @@ def kill_attempts(
     grace: float = KILL_GRACE,
     marks: Collection[str] = (),
 ) -> int:
-    """Stop every process of the given job attempts (or of a whole run, or
-    carrying one of ``marks``): SIGTERM, then, after up to ``grace`` seconds,
-    SIGKILL to what is left. See `signal_attempts`. Returns how many
-    processes were found at first.
+    """Stop every process `signal_attempts` would signal: SIGTERM, then,
+    after up to ``grace`` seconds, SIGKILL to what is left.
 
     Parameters
     ----------
-    tokens : `~collections.abc.Collection` [`str`], optional
-        Tokens of the attempts.
-    run_prefix : `str`, optional
-        Prefix of every token of a run.
-    groups : `~collections.abc.Collection` [`int`], optional
-        Process groups to stop too.
+    tokens, run_prefix, groups, marks
+        As `signal_attempts`.
     grace : `float`, optional
         Seconds between SIGTERM and SIGKILL.
-    marks : `~collections.abc.Collection` [`str`], optional
-        Environment items (``NAME=value``) to look for.
 
     Returns
     -------
@@ -285,10 +254,7 @@ def kill_attempts(
 
 
 def _token_of(pid: int) -> str | None:
-    """The token process ``pid`` carries in its environment (every job
-    process has it from its start: `launch.Launcher.spawn_job`); `None` for a
-    process without one, or ended (a zombie has none).
-    """
+    """The token process ``pid`` carries; `None` for none or a zombie."""
     prefix = _TOKEN_ITEM
     for item in _read(f"/proc/{pid}/environ").split(b"\0"):
         if item.startswith(prefix):
@@ -297,8 +263,7 @@ def _token_of(pid: int) -> str | None:
 
 
 def live_jobs() -> dict[str, int]:
-    """``{token: pid}`` of this user's live job processes: the session leaders
-    that carry a token (`job_alive`).
+    """``{token: pid}`` of this user's live jobs (session leaders carrying a token).
 
     Returns
     -------
@@ -319,8 +284,7 @@ def live_jobs() -> dict[str, int]:
 
 
 def job_alive(pid: int, token: str) -> bool:
-    """Whether process ``pid`` is still the job of attempt ``token`` (its
-    shell, or the command the shell became), and has not ended.
+    """Whether process ``pid`` is still attempt ``token``'s live job.
 
     Parameters
     ----------

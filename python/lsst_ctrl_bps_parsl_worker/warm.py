@@ -198,11 +198,9 @@ def _shell_environment(shell: str, environ: Mapping[str, str]) -> dict[str, str]
 
 
 def pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | str:
-    """(Python, script directory) of a ``pipetask`` script, or why ``path`` is not one.
-
-    The script must be ctrl_mpexec's (only the lines of `_SCRIPT_LINES`,
-    comments and blank lines) with an absolute ``#!`` Python, or
-    ``#!/usr/bin/env python...`` found on the job's ``PATH``.
+    """(Python, script directory) of ctrl_mpexec's ``pipetask`` script (only
+    its known lines, an absolute ``#!`` Python or one found by ``env`` on the
+    job's ``PATH``), or why ``path`` is not one.
 
     Parameters
     ----------
@@ -259,8 +257,7 @@ def environment_key(python: str, script_dir: str, environ: Mapping[str, str]) ->
     Returns
     -------
     key : `tuple`
-        The Python, the script's directory and the variables matching
-        `_MATTERS` (read while the stack is imported), sorted.
+        The Python, the script's directory and the variables of `_MATTERS`.
     """
     return (python, script_dir, tuple(sorted((k, v) for k, v in environ.items() if _MATTERS.fullmatch(k))))
 
@@ -277,10 +274,8 @@ class WarmStarts:
     def __init__(self, note: Callable[[str], None]) -> None:
         self._note = note
         self._said: set[str] = set()
-        self._not_pipetask: dict[tuple[str, str | None], str] = {}
-        """Programs found not to be ``pipetask`` (a cold start is always right: no file read per job)."""
-        self._passed: dict[str, tuple[Mapping[str, str], dict[str, str] | None]] = {}
-        """`_shell_environment` of each shell, with the environment it was asked for."""
+        self._not_pipetask: dict[tuple[str, str | None], str] = {}  # (program, PATH): why not
+        self._passed: dict[str, tuple[Mapping[str, str], dict[str, str] | None]] = {}  # shell: (base, passed)
         self._servers: dict[tuple, WarmProcess] = {}
         self._deaths: dict[tuple, int] = {}
         self._subreaper: bool | None = None
@@ -288,13 +283,12 @@ class WarmStarts:
         self.cold = 0
 
     def say(self, text: str) -> None:
-        """Note ``text`` once.
+        """Note ``text`` once (and no more than 100 different lines).
 
         Parameters
         ----------
         text : `str`
-            The line for the log; not noted again if it was already (nor
-            after 100 different lines).
+            The line for the log.
         """
         if text not in self._said and len(self._said) < 100:
             self._said.add(text)
@@ -335,8 +329,7 @@ class WarmStarts:
         return self.start(found[0], ChainMap(found[1], passed), out, err)
 
     def start(self, argv: list[str], environ: Mapping[str, str], out: str, err: str) -> int | None:
-        """Start a job warm: its pid (a child of this process to reap), or
-        `None` when it must start cold.
+        """Start a program warm if it is ``pipetask``: its pid (a child to reap).
 
         Parameters
         ----------
@@ -401,14 +394,12 @@ class WarmStarts:
         return None
 
     def reap_orphans(self, keep: Collection[int] = ()) -> None:
-        """Reap the ended children this process adopted as a subreaper (processes
-        its jobs left behind), not its own (the warm processes, and ``keep``).
+        """Reap the ended children this subreaper adopted (what jobs left behind).
 
         Parameters
         ----------
         keep : `~collections.abc.Collection` [`int`], optional
-            Pids of other children of this process's own, left for their
-            owner to reap (the orphan guard's watcher).
+            Pids of this process's own other children (the orphan guard's watcher).
         """
         if not self._subreaper:
             return

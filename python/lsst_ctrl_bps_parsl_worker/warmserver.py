@@ -421,6 +421,10 @@ def serve(fd: int, script_dir: str) -> None:
     import threading
 
     sock = socket.socket(fileno=fd)
+
+    def say(**message: object) -> None:
+        sock.send(json.dumps(message).encode())
+
     os.set_inheritable(fd, False)
     _python_signals()
     sys.path[0] = script_dir
@@ -429,19 +433,15 @@ def serve(fd: int, script_dir: str) -> None:
         for name in _BASE_MODULES:
             importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001
-        sock.send(json.dumps({"fail": f"cannot import the stack: {exc!r}"}).encode())
+        say(fail=f"cannot import the stack: {exc!r}")
         return
     if threading.active_count() > 1:
-        sock.send(json.dumps({"fail": "importing the stack started threads"}).encode())
+        say(fail="importing the stack started threads")
         return
     report_in, report_out = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     gc.freeze()
     resident, shared = _memory()
-    sock.send(
-        json.dumps(
-            {"ready": True, "note": f"ready: {resident:.0f} MB resident, {shared:.0f} MB shared"}
-        ).encode()
-    )
+    say(ready=True, note=f"ready: {resident:.0f} MB resident, {shared:.0f} MB shared")
     pending: list[str] = []
     tried: set[str] = set(sys.modules)
     while True:
@@ -450,7 +450,7 @@ def serve(fd: int, script_dir: str) -> None:
             data = sock.recv(1 << 20)
             if not data:
                 return
-            sock.send(json.dumps(_fork_job(json.loads(data), report_out, [sock, report_in])).encode())
+            say(**_fork_job(json.loads(data), report_out, [sock, report_in]))
             continue
         if report_in in ready:
             names = report_in.recv(1 << 16).decode(errors="replace").split()
@@ -465,22 +465,12 @@ def serve(fd: int, script_dir: str) -> None:
             except BaseException:  # noqa: BLE001 - what a job imported may not import here: skip it
                 pass
             if threading.active_count() > 1:
-                sock.send(json.dumps({"fail": f"importing {name} started threads"}).encode())
+                say(fail=f"importing {name} started threads")
                 return
             if not pending:
                 gc.freeze()
                 resident, shared = _memory()
                 if resident > MEMORY_BOUND:
-                    sock.send(
-                        json.dumps(
-                            {"fail": f"holds {resident:.0f} MB resident, over {MEMORY_BOUND} MB"}
-                        ).encode()
-                    )
+                    say(fail=f"holds {resident:.0f} MB resident, over {MEMORY_BOUND} MB")
                     return
-                sock.send(
-                    json.dumps(
-                        {
-                            "note": f"imported its jobs' modules: {resident:.0f} MB resident, {shared:.0f} MB shared"
-                        }
-                    ).encode()
-                )
+                say(note=f"imported its jobs' modules: {resident:.0f} MB resident, {shared:.0f} MB shared")
