@@ -166,8 +166,6 @@ def _plain_job(
     argv = _shell_words(command.strip(), ChainMap(changes, passed))
     if not argv or "/" not in argv[0] or re.match(rf"{_NAME}\+?=", command.strip()):
         return None
-    if passed.get("_") == _ENV_PROGRAM:  # bash sets ``_`` to the program it runs
-        changes["_"] = argv[0]
     return argv, changes
 
 
@@ -318,15 +316,32 @@ class WarmStarts:
         pid : `int` or `None`
             The job's pid, or `None`: start it cold (the reason, if any, was noted).
         """
-        cached = self._passed.get(shell)
-        if cached is None or cached[0] is not base:
-            cached = self._passed[shell] = (base, _shell_environment(shell, base))
-        passed = cached[1]
-        found = None if passed is None else _plain_job(passed, token, prefix, env, command)
-        if found is None or passed is None:
-            self._cold("their script is not plain (commandPrefix, shell syntax; see design.md)")
+        found = _plain_job(base, token, prefix, env, command)  # expands no variable the shell sets
+        if found is not None:
+            argv, changes = found
+            program = self._pipetask(argv[0], ChainMap(changes, base))
+            if program is None:
+                return None
+            cached = self._passed.get(shell)
+            if cached is None or cached[0] is not base:
+                cached = self._passed[shell] = (base, _shell_environment(shell, base))
+            if cached[1] is not None:
+                if cached[1].get("_") == _ENV_PROGRAM:  # bash sets ``_`` to the program it runs
+                    changes["_"] = argv[0]
+                return self._start(argv, ChainMap(changes, cached[1]), out, err, program)
+        self._cold("their script is not plain (commandPrefix, shell syntax; see design.md)")
+        return None
+
+    def _pipetask(self, program: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
+        """`pipetask_python` of ``program``, remembered when it is not (then noted as cold)."""
+        seen = (program, environ.get("PATH"))
+        found = self._not_pipetask.get(seen) or pipetask_python(program, environ)
+        if isinstance(found, str):
+            if len(self._not_pipetask) < 1024:
+                self._not_pipetask[seen] = found
+            self._cold(found)
             return None
-        return self.start(found[0], ChainMap(found[1], passed), out, err)
+        return found
 
     def start(self, argv: list[str], environ: Mapping[str, str], out: str, err: str) -> int | None:
         """Start a program warm if it is ``pipetask``: its pid (a child to reap).
@@ -345,13 +360,13 @@ class WarmStarts:
         pid : `int` or `None`
             The job's pid, or `None`: start it cold (the reason, if any, was noted).
         """
-        seen = (argv[0], environ.get("PATH"))
-        found = self._not_pipetask.get(seen) or pipetask_python(argv[0], environ)
-        if isinstance(found, str):
-            if len(self._not_pipetask) < 1024:
-                self._not_pipetask[seen] = found
-            self._cold(found)
-            return None
+        found = self._pipetask(argv[0], environ)
+        return None if found is None else self._start(argv, environ, out, err, found)
+
+    def _start(
+        self, argv: list[str], environ: Mapping[str, str], out: str, err: str, found: tuple[str, str]
+    ) -> int | None:
+        """`start` of a ``pipetask`` program (``found``: its `pipetask_python`)."""
         if self._subreaper is None:
             self._subreaper = become_subreaper()
         if not self._subreaper:
