@@ -156,23 +156,13 @@ class Launcher:
 
         Parameters
         ----------
-        shell : `str`
-            Path of the job's shell.
-        token : `str`
-            The attempt's token.
-        prefix : `str`
-            The site's command prefix.
-        env : `str`
-            The job's export lines.
-        command : `str`
-            The job's command line.
-        out : `str`
-            Path of the attempt's stdout log.
-        err : `str`
-            Path of the attempt's stderr log.
+        shell, token, prefix, env, command : `str`
+            The job's shell, the attempt's token, the site's command prefix,
+            the job's export lines and command line.
+        out, err : `str`
+            The attempt's stdout and stderr logs.
         warm : `WarmStarts`, optional
-            The worker's warm starts, to fork a ``pipetask run-qbb``
-            program from; `None` to start it cold.
+            Warm starts to try first; `None`: start it cold.
 
         Returns
         -------
