@@ -228,7 +228,9 @@ def test_warm_starts_on_htex_workers(e2e_repo, tmp_path):
         "-c middle:pollute=True",
         "-c source:sleep=1",
     )
-    submit, _, probe = _run(tmp_path, e2e_repo, "htex", True, {"class": "test_reliability.HtexSite"}, faults)
+    submit, output, probe = _run(
+        tmp_path, e2e_repo, "htex", True, {"class": "test_reliability.HtexSite"}, faults
+    )
     lines = [line.split() for line in probe.read_text().splitlines()]
     assert len(lines) == 10
     assert {key for label, key, warm, *_ in lines if label == "middle" and warm == "1"} >= {
@@ -243,8 +245,12 @@ def test_warm_starts_on_htex_workers(e2e_repo, tmp_path):
     assert summary[("middle", 1)] == (failed, 1, None)
     assert summary[("middle", 2)] == (failed, 139, 11)
     assert {summary[("middle", d)] for d in (0, 3, 4)} == {(ok, 0, None)}
-    worker_err = "".join(p.read_text() for p in (submit / "parsl" / "runinfo").rglob("*.sh.err"))
-    assert "warm process" in worker_err and "ready" in worker_err, worker_err[-2000:]
+    # Why jobs started cold reaches the driver's log with the results, once per reason.
+    notes = [line for line in output.splitlines() if "Parsl worker: " in line]
+    assert any("warm process" in n and "ready" in n for n in notes), output[-3000:]
+    cold = [n.split("Parsl worker: ", 1)[1] for n in notes if "jobs started cold" in n]
+    assert any("is not ctrl_mpexec's pipetask script" in n for n in cold), notes  # the final job
+    assert len(cold) == len(set(cold)), notes
     assert _warm_processes(tmp_path / "htex") == []
 
 

@@ -25,14 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The parts of ``lsst.ctrl.bps.parsl`` that run next to the jobs: the
-function Parsl workers run for a job attempt (`job.run_job`), how job
-processes are started, found and stopped (`processes`), how their exit status
-is read, logged and reaped (`exits`), and the local pool's journal and keeper
-(`journal`, `keeper`).
-
-A top-level package of its own, standard library only, so that a Parsl
-worker unpickling `job.run_job` imports this and nothing else (importing a
-module under ``lsst.ctrl.bps`` imports the whole of ``lsst.ctrl.bps`` and
-the butler first).
+"""The parts of ``lsst.ctrl.bps.parsl`` that run next to the jobs: `job.run_job`
+(what Parsl workers run), starting jobs (`launch`, `warm`), finding and killing
+them (`processes`), exit statuses (`exits`), and the local pool's spawner and
+its keeper, journal and takeover. Standard library only, so a Parsl worker
+unpickling `job.run_job` imports nothing of ``lsst.ctrl.bps`` or the butler.
 """

@@ -28,23 +28,13 @@
 
 """Exit statuses of job processes: read when they end, recorded, reaped.
 
-Whoever reaps a job records its exit status first (`record_exit`), where a
-restart reads it (`recorded_exits`): `job.run_job` on Parsl workers, the
-local pool's spawner, or the spawner's keeper if the spawner died (`keeper`).
-The status is the operating system's (the wait status of the reaped
-process). The record is private: an append-only file per recording process,
-``exits.<host>.<pid>`` (mode 0600) in the directory of the jobs' pid files
-(the run's ``parsl/running``), one ``<token> <exit code>`` line per job,
-which none of a job's file descriptors points to: nothing a job prints
-decides its status. A line for the reader is appended to the job's stderr
-log too (`log_exit_status`), and never read back.
-
-`ended_child` tells which child ended without reaping it, so that until the
-status is recorded the job is still there for the keeper, or for a spawner
-taking over (`zombie_exit_code`).
-
-Like the rest of this package it needs nothing beyond the standard library,
-as the spawner runs under ``python -S``.
+Whoever reaps a job (`job.run_job`, the local pool's spawner, or its keeper)
+records the operating system's exit status first (`record_exit`) in a
+private append-only file, ``exits.<host>.<pid>`` (mode 0600) in the jobs'
+pid-file directory, where a restart reads it (`recorded_exits`): nothing a
+job prints decides its status (design.md). `ended_child` tells which child
+ended without reaping it, so the job stays visible until its status is
+recorded (`zombie_exit_code`). Standard library only.
 """
 
 from __future__ import annotations
@@ -69,16 +59,13 @@ EXITS_PREFIX = "exits."
 """Name prefix of the exit records, ``exits.<host>.<pid>``."""
 _HOST = socket.gethostname()
 _RECORDS: dict[str, tuple[int, int]] = {}
-"""(pid, fd) of this process's open exit record by directory: appended to,
-not opened per job (a process forked from this one opens its own)."""
+"""(pid, fd) of this process's open exit record by directory (a fork opens its own)."""
 
 
 def record_exit(directory: str, token: str, code: int) -> None:
-    """Record that job attempt ``token`` exited with ``code`` (``128 + s``
-    for a signal ``s``), as the operating system said when it was reaped, in
-    this process's exit record in ``directory`` (made again if it was
-    removed); errors are ignored (the attempt then has no record, and counts
-    as not finished).
+    """Record that attempt ``token`` exited with ``code`` (``128 + s`` for a
+    signal ``s``) in this process's exit record in ``directory``; errors are
+    ignored (the attempt then counts as not finished).
 
     Parameters
     ----------
@@ -122,8 +109,7 @@ def _forget(directory: str) -> None:
 
 
 def recorded_exits(directory: str) -> dict[str, int]:
-    """``{token: exit code}`` of every job attempt whose exit status was
-    recorded in ``directory`` (`record_exit`), by any process on any host.
+    """``{token: exit code}`` recorded in ``directory`` by any process on any host.
 
     Parameters
     ----------
@@ -133,8 +119,7 @@ def recorded_exits(directory: str) -> dict[str, int]:
     Returns
     -------
     exits : `dict` [`str`, `int`]
-        Exit status by attempt token; empty if the directory cannot be
-        read.
+        Exit status by attempt token; empty if unreadable.
     """
     found: dict[str, int] = {}
     try:
@@ -159,9 +144,7 @@ def recorded_exits(directory: str) -> dict[str, int]:
 
 
 def log_exit_status(err_path: str, code: int) -> None:
-    """Say a job's exit status in its stderr log, if that exists, for its
-    reader (never read back: `record_exit` keeps the status); errors are
-    ignored.
+    """Say a job's exit status in its stderr log, if that exists (for its reader, never read back).
 
     Parameters
     ----------
@@ -183,8 +166,7 @@ def log_exit_status(err_path: str, code: int) -> None:
 
 
 def exit_code_of(status: int) -> tuple[int, int | None]:
-    """(exit code, signal) of a wait status; a signal ``s`` gives ``128 + s``,
-    as the shell reports it.
+    """(exit code, signal) of a wait status; a signal ``s`` gives ``128 + s``.
 
     Parameters
     ----------
@@ -206,10 +188,8 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
 
 
 def ended_child(block: bool = False) -> tuple[int, int, int | None] | None:
-    """``(pid, exit code, signal)`` of a child of this process that ended, left
-    unreaped (`reap` it once its exit status is logged: until then a process
-    that takes over, or reads ``/proc``, still sees it); `None` if none ended
-    (and ``block`` is false). A signal ``s`` gives exit code ``128 + s``.
+    """``(pid, exit code, signal)`` of a child that ended, left unreaped (`reap`
+    it once its status is recorded); `None` if none ended and not ``block``.
 
     Parameters
     ----------
@@ -255,8 +235,7 @@ def reap(pid: int) -> None:
 
 
 def zombie_exit_code(pid: int) -> int | None:
-    """Exit code (``128 + s`` for a signal ``s``) of process ``pid`` if it has
-    ended but its parent did not reap it yet (read from ``/proc``); else `None`.
+    """Exit code of process ``pid`` if it ended unreaped (from ``/proc``).
 
     Parameters
     ----------

@@ -27,32 +27,17 @@
 
 """No orphans: a job dies with the worker, or the worker pool, that started it.
 
-A job runs in a session of its own (`processes.Launcher`), so nothing ends
-it when the Parsl worker that waits for it dies: killed alone (``WorkerLost``),
-with its worker pool (``ManagerLost``), or by a block's end. Left running,
-it would be an orphan that a rerun of the same job runs next to.
-
-`OrphanGuard` prevents that. Before its first job a worker process puts a
-mark of its own in its environment (`WORKER_ENV`: its pid and a nanosecond
-clock), which every job it starts, and every process those start, inherits;
-and it starts one small watcher process (this file run as a script,
-``python -S``, standard library only) that outlives the worker, holding the
-read end of a pipe the worker keeps open. The watcher kills (SIGTERM, then
-SIGKILL: `processes.kill_attempts`) every process of this user that carries
-the mark, also those that left their job's session, as soon as
-
-- the pipe reaches its end: the worker died (or exited), or
-- the worker's parent, the worker pool, exits (a pool's workers notice that
-  only between tasks),
-
-then exits itself once the worker is gone. Nothing passes per job: a job
-costs the guard nothing. The watcher ignores SIGTERM, SIGINT and SIGHUP, so
-that a block's cancellation (SIGTERM to every process of the block, SIGKILL
-some seconds later) leaves it the time to act.
-
-Only a worker process whose main thread runs the job is guarded: jobs that
-a thread pool runs in the driver's own process are the driver's (they
-finish when it dies, as jobs of the local pool do).
+A job runs in a session of its own, so nothing ends it when its Parsl worker
+dies (``WorkerLost``, ``ManagerLost``, a block's end). Before its first job
+a worker process puts a mark in its environment (`WORKER_ENV`: its pid and a
+nanosecond clock), which its jobs and their processes inherit, and starts a
+watcher (this file as a script, ``python -S``) holding the read end of a
+pipe the worker keeps open. When the pipe ends (the worker died or exited),
+or the worker pool exits, the watcher kills every process of this user that
+carries the mark (`processes.kill_attempts`), then exits once the worker is
+gone. It ignores SIGTERM, SIGINT and SIGHUP, so a block's cancellation leaves
+it time to act. Nothing passes per job. Only a worker whose main thread runs
+the job is guarded: jobs of the driver's own threads end with the driver.
 """
 
 from __future__ import annotations
@@ -71,8 +56,7 @@ WORKER_ENV = "BPS_PARSL_WORKER"
 """Environment variable that marks every process a guarded worker's jobs start."""
 
 _ORPHAN_SWEEP = 0.5
-"""Seconds between two sweeps for marked processes once the pool is gone
-and the worker is not (it may still start a job it had received)."""
+"""Seconds between two sweeps once the pool is gone and the worker is not."""
 
 
 class OrphanGuard:

@@ -28,31 +28,15 @@
 """`run_job`: what a Parsl worker runs for one job attempt.
 
 The job starts as the local pool's spawner starts its jobs
-(`processes.Launcher.spawn_job`: a session of its own, default signal
-dispositions, the program itself when the shell would only start it),
-and a walltime kill stops every process carrying its token
-(`processes.kill_attempts`). While it runs, a small file names its host and
-process group, so that report, cancel, and a restart after the driver was
-killed, can find it. Its exit status (``128 + N`` for a signal N), as the
-operating system gives it when `run_job` reaps the job, is recorded in a
-private record in the directory of its pid file (`exits.record_exit`), so a restart
-can tell that a job finished even when the driver died before recording it
-(the job's shell has no trap, so bash runs a simple command in its own
-place instead of forking for it); a job killed with its worker (the orphan
-guard) has none, and counts as not finished. Nothing the job prints is read.
-
-An error starting the job (an argument list or environment too large, a
-missing program or directory) is the attempt's failure, with exit status
-126 (127: something missing) and the reason in its stderr log; a start that
-fails for want of processes or memory (EAGAIN, ENOMEM) is tried again
-first, `processes.START_RETRY_DELAYS` apart. When the job's process ends,
-what it left in its process group is killed before it is reaped, then every
-other process carrying its token (``setsid``, double forks).
-
-On the local pool (`lsst.ctrl.bps.parsl.localpool`) this function is not
-called: the pool's spawner starts the job itself (the same way) and logs
-the exit status as it reaps the job (or its keeper does, if the spawner died),
-and ends what the job left behind the same way.
+(`launch.Launcher.spawn_job`), warm when it can (`warm`). While it runs, a
+small file names its host and process group, for report, cancel and a
+restart. Its exit status is recorded as it is reaped (`exits.record_exit`);
+a job killed with its worker (`guard`) has none and counts as not finished.
+A job that cannot start fails with 126 (127: something missing) and the
+reason in its stderr log; EAGAIN and ENOMEM are first tried again
+(`launch.START_RETRY_DELAYS`). When it ends, what it left in its process
+group is killed before it is reaped, then every other process carrying its
+token. On the local pool the spawner does all this instead.
 """
 
 from __future__ import annotations
@@ -67,27 +51,53 @@ from typing import Any
 
 from .exits import exit_code_of, log_exit_status, record_exit
 from .guard import orphan_guard
-from .processes import (
-    START_RETRY_DELAYS,
-    append_note,
-    current_launcher,
-    end_group,
-    job_script,
-    kill_attempts,
-    signal_attempts,
-    start_failure,
-    transient_start_error,
-    write_text,
-)
+from .launch import START_RETRY_DELAYS, current_launcher, job_script, start_failure, transient_start_error
+from .processes import append_note, end_group, kill_attempts, signal_attempts, write_text
 from .warm import warm_starts
 
-__all__ = ("NotStartedError", "job_script", "run_job")
+__all__ = ("JobResult", "NotStartedError", "job_script", "run_job", "worker_notes")
 
 _HOST = socket.gethostname()
+_NOTES: list[str] = []
+"""This worker's warm-start notes not yet returned with a result."""
+_NOTED: set[str] = set()
+"""Notes the driver has logged (`worker_notes`)."""
 
 
 class NotStartedError(RuntimeError):
     """The job attempt was not started (the run is stopping, or its pool was lost)."""
+
+
+class JobResult(tuple):
+    """What `run_job` returns: a plain 6-tuple to its callers, with the
+    worker's new warm-start notes (`notes`) for the driver's log.
+    """
+
+    notes: tuple[str, ...] = ()
+
+    def __new__(cls, values: tuple, notes: tuple[str, ...] = ()) -> JobResult:  # noqa: D102
+        result = super().__new__(cls, values)
+        result.notes = notes
+        return result
+
+
+def worker_notes(result: Any) -> list[str]:
+    """The notes a `run_job` result carries that this process has not seen
+    before (each reason is logged once, whichever worker says it).
+
+    Parameters
+    ----------
+    result : `tuple`
+        What `run_job` returned.
+
+    Returns
+    -------
+    notes : `list` [`str`]
+        Lines for the driver's log.
+    """
+    new = [note for note in getattr(result, "notes", ()) if note not in _NOTED]
+    _NOTED.update(new)
+    return new
 
 
 def run_job(
@@ -103,7 +113,7 @@ def run_job(
     warm: bool = False,
     inputs: Sequence[Any] = (),
     parsl_resource_specification: dict[str, Any] | None = None,
-) -> tuple[int, int | None, float | None, float, str, bool]:
+) -> JobResult:
     """Run one attempt of one job.
 
     Parameters
@@ -136,13 +146,15 @@ def run_job(
 
     Returns
     -------
-    result : `tuple`
+    result : `JobResult`
         (exit code, signal or None, start time (`None`: it could not be
         started), end time, host, whether the walltime killed it). A job
-        killed by a signal has exit code
-        ``128 + signal``.
+        killed by a signal has exit code ``128 + signal``. Its ``notes``:
+        why jobs of this worker started cold (`worker_notes`).
     """
-    return _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit, warm)
+    result = _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit, warm)
+    notes, _NOTES[:] = tuple(_NOTES), []
+    return JobResult(result, notes)
 
 
 def _run(
@@ -162,7 +174,7 @@ def _run(
     if guard is not None:
         guard.watch()
     # Warm starts only where a guarded worker's main thread runs the job, not in the driver's threads.
-    starts = warm_starts() if warm and guard is not None else None
+    starts = warm_starts(_NOTES.append) if warm and guard is not None else None
     launcher = current_launcher()
     tries = 0
     while True:

@@ -28,23 +28,12 @@
 """The journal of a local-pool spawner: which of its jobs run.
 
 One file per spawner, ``spawner.<host>.<pid>`` in the directory of its jobs'
-``pid_file`` (the run's ``parsl/running``): one ``> <token> <stderr log>`` line
-just before a job is started (the log's path as a JSON string), one ``+ <pid>
-<token> <stderr log>`` line once it started, one ``- <pid>`` line when it
-ends. The ``>`` line lets the keeper name a job whose spawner died while
-starting it (`journal_starting`). Appending a line costs
-far less than creating and deleting a file per job. The spawner writes it
-(`Journal`); report, cancel, restart and a spawner taking over from a dead
-one read it (`read_journal`, `journal_entries`, `journal_snapshot`), and so
-does the spawner's keeper when the spawner died (`journal_logs`: it logs the
-exit status of the jobs it reaps in their place).
-
-While jobs run, the spawner also refreshes the journal's modification time
-every `JOURNAL_REFRESH` seconds (`Journal.touch`): a restart on another host,
-which cannot see the spawner's processes, tells a live spawner from a gone
-one by the journal's age (``running.spawners_elsewhere``).
-
-Standard library only: the spawner (``python -S``) imports it.
+``pid_file``: ``> <token> <stderr log>`` just before a job starts (the log as
+a JSON string), ``+ <pid> <token> <stderr log>`` once it started, ``- <pid>``
+when it ended. The spawner writes it (`Journal`); report, cancel, restart, a
+spawner taking over and the keeper read it. While jobs run its modification
+time is refreshed every `JOURNAL_REFRESH` seconds, so another host can tell
+a live spawner by the journal's age. Standard library only.
 """
 
 from __future__ import annotations
@@ -69,8 +58,7 @@ __all__ = (
 
 JOURNAL_PREFIX = "spawner."
 JOURNAL_REFRESH = 1.0
-"""Seconds between two refreshes of a journal's modification time while its
-spawner has running jobs."""
+"""Seconds between two refreshes of a journal's modification time while jobs run."""
 _HOST = socket.gethostname()
 _JOURNAL_COMPACT_BYTES = 1 << 20
 """Size above which the journal is rewritten with only the running jobs."""
@@ -82,9 +70,9 @@ def journal_name(host: str, pid: int) -> str:
     Parameters
     ----------
     host : `str`
-        Host name of the spawner.
+        Host of the spawner.
     pid : `int`
-        Process id of the spawner.
+        Its process id.
 
     Returns
     -------
@@ -111,8 +99,7 @@ def read_journal(path: str) -> dict[int, str]:
 
 
 def journal_entries(path: str) -> tuple[dict[int, str], set[str]]:
-    """``{pid: token}`` of the running jobs, and the tokens of every job the
-    journal says started.
+    """``{pid: token}`` of the running jobs, and the tokens of every job that started.
 
     Parameters
     ----------
@@ -131,7 +118,6 @@ def journal_entries(path: str) -> tuple[dict[int, str], set[str]]:
 
 
 def _read_text(path: str) -> str:
-    """A journal's text; empty if it cannot be read."""
     try:
         with open(path, "rb") as stream:
             return stream.read().decode(errors="replace")
@@ -158,8 +144,7 @@ def journal_logs(path: str) -> dict[int, str]:
 
 
 def journal_starting(path: str) -> dict[str, str]:
-    """``{token: stderr log}`` of the job a journal says was being started
-    (a ``>`` line with no ``+`` line of the same token after it).
+    """``{token: stderr log}`` of the job being started (``>`` with no ``+`` after it).
 
     Parameters
     ----------
@@ -185,9 +170,8 @@ def journal_starting(path: str) -> dict[str, str]:
 
 
 def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_result] | None:
-    """`journal_entries` and the file's status read through the same open
-    file (which, on NFS, revalidates the cached attributes), or `None` if
-    the journal cannot be read.
+    """`journal_entries` and the file's status through one open file (on NFS,
+    that revalidates the cached attributes).
 
     Parameters
     ----------
@@ -237,10 +221,8 @@ def _parse(data: str, logs: dict[int, str] | None = None) -> tuple[dict[int, str
 
 
 class Journal:
-    """The append-only record of which jobs run, one per directory.
-
-    If its file is removed (with its directory, say), the next write makes
-    them again, with every job that runs.
+    """The append-only record of which jobs run, one per directory (made
+    again, with every running job, if it was removed).
 
     Parameters
     ----------
@@ -251,12 +233,10 @@ class Journal:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.path = os.path.join(directory, journal_name(_HOST, os.getpid()))
-        self.running: dict[int, tuple[str, str]] = {}
-        """{pid: (token, stderr log)} of the running jobs."""
+        self.running: dict[int, tuple[str, str]] = {}  # pid: (token, stderr log)
         self.size = 0
         self.pending: list[str] = []
-        self.being_started: tuple[str, str] | None = None
-        """(token, stderr log) of the job being started."""
+        self.being_started: tuple[str, str] | None = None  # (token, stderr log)
         os.makedirs(directory, exist_ok=True)
         self.fd = self._open(self.path)
 
@@ -288,9 +268,7 @@ class Journal:
             self._compact()
 
     def touch(self) -> None:
-        """Set the journal's modification time to now (the file system's
-        clock): its spawner is alive. Made again if it was removed.
-        """
+        """Set the journal's modification time to now: its spawner is alive."""
         try:
             if os.fstat(self.fd).st_nlink == 0:
                 os.makedirs(self.directory, exist_ok=True)
@@ -301,8 +279,7 @@ class Journal:
             pass
 
     def starting(self, token: str, stderr: str) -> None:
-        """Record, and write at once, that job attempt ``token`` is about to
-        start, logging to ``stderr``.
+        """Record, and write at once, that attempt ``token`` is about to start.
 
         Parameters
         ----------
@@ -320,8 +297,7 @@ class Journal:
         return f"> {token} {json.dumps(stderr)}\n"
 
     def started(self, pid: int, token: str, stderr: str) -> None:
-        """Record that job attempt ``token`` runs as process group ``pid``,
-        logging to ``stderr``.
+        """Record that attempt ``token`` runs as process group ``pid``.
 
         Parameters
         ----------
@@ -381,21 +357,18 @@ class Journal:
 
 
 class Journals:
-    """The journals of one spawner: one per directory of its jobs' pid files,
-    made on first use.
+    """The journals of one spawner, one per directory of its jobs' pid files.
 
     Parameters
     ----------
     dirs_fd : `int`
-        Where the directory of each new journal is written, one JSON string
-        per line, for the spawner's keeper (``-1``: no keeper).
+        Where each new journal's directory is written (a JSON line) for the keeper; ``-1``: none.
     """
 
     def __init__(self, dirs_fd: int = -1) -> None:
         self.by_directory: dict[str, Journal] = {}
         self.dirs_fd = dirs_fd
-        self.next_refresh = 0.0
-        """When (monotonic) the journals' modification time is next refreshed."""
+        self.next_refresh = 0.0  # monotonic
 
     def of(self, pid_file: str) -> Journal | None:
         """The journal of the directory of ``pid_file`` (`None`: none can be made).
@@ -432,9 +405,7 @@ class Journals:
             journal.write()
 
     def refresh(self, busy: bool) -> float | None:
-        """While ``busy`` (jobs run), refresh the journals' modification time
-        every `JOURNAL_REFRESH` seconds; seconds until the next refresh, `None`
-        when not busy.
+        """While ``busy``, refresh the journals' modification time every `JOURNAL_REFRESH` seconds.
 
         Parameters
         ----------

@@ -28,33 +28,20 @@
 
 """The keeper of a local-pool spawner: the spawner's parent, which outlives it.
 
-A job's shell runs the job's command in its own place (no fork, no trap), so
-the shell cannot log the job's exit status: the process that reaps the job
-does (`exits.record_exit`), before it reaps it. That is the spawner
-while it lives. The keeper is a ``PR_SET_CHILD_SUBREAPER`` process: when the
-spawner dies (killed, say), its running jobs become the keeper's children,
-and the keeper records the exit status of each as it ends, under the token
-the spawner's journal names (`journal.journal_logs`); a job the journal does not
-name (started just before the spawner died) is left unreaped for
-`HOLD_UNNAMED` seconds, so that the spawner that takes over reads its exit
-status from ``/proc`` (`exits.zombie_exit_code`). Either way a job that
-ran when its spawner died is not run again.
+Whoever reaps a job records its exit status (`exits.record_exit`): the
+spawner while it lives. The keeper is a ``PR_SET_CHILD_SUBREAPER``: when the
+spawner dies its running jobs become the keeper's children, and the keeper
+records each one's status as it ends, under the token the spawner's journal
+names; a job the journal does not name (started just before the spawner
+died) stays unreaped for `HOLD_UNNAMED` seconds, for the spawner taking over
+to read from ``/proc``. Either way a job that ran is not run again.
 
-The keeper holds nothing of the spawner's wire nor of the terminal: its
-standard input and error go to ``/dev/null``, and it keeps its standard
-output only to add, once the spawner ended, the line
-``exit <exit code>`` (``128 + s`` for a signal ``s``) after the spawner's
-last reply, then closes it. It exits when it has no children left. When the
-spawner exited by itself (status 0: no job of it runs any more), every
-child the keeper still has is a process some job left behind (re-parented to
-the keeper, also one that dropped its token and left its job's session):
-the keeper kills them (`LEFTOVER_WAIT`) before it exits.
-
-Where ``PR_SET_CHILD_SUBREAPER`` is not available (not Linux) there is no
-keeper: the spawner runs in the process started, and a job whose spawner
-died counts as failed.
-
-Standard library only: the spawner (``python -S``) runs it.
+It holds nothing of the wire nor of the terminal (stdin and stderr on
+``/dev/null``; stdout only to add ``exit <exit code>`` after the spawner's
+last reply), and exits when it has no children left; when the spawner exited
+by itself (status 0), every child left is a process a job left behind, and
+it kills them (`LEFTOVER_WAIT`). Without ``PR_SET_CHILD_SUBREAPER`` (not
+Linux) there is no keeper. Standard library only.
 """
 
 from __future__ import annotations
@@ -71,7 +58,7 @@ from .exits import log_exit_status, record_exit
 from .journal import journal_entries, journal_logs, journal_name, journal_starting
 from .processes import ATTEMPT_ENV
 
-__all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "keep")
+__all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "become_subreaper", "keep")
 
 _EXEC_WAIT = 0.05
 """Seconds for a job being started when the spawner died to reach its ``exec``."""
@@ -85,7 +72,14 @@ Named = tuple[str, str, str]
 """(journal directory, token, stderr log) of a job the spawner's journal names."""
 
 
-def _become_subreaper() -> bool:
+def become_subreaper() -> bool:
+    """Make this process a ``PR_SET_CHILD_SUBREAPER`` (it adopts its descendants' orphans).
+
+    Returns
+    -------
+    done : `bool`
+        Whether it is one (not on systems without it).
+    """
     try:
         import ctypes
 
@@ -96,11 +90,8 @@ def _become_subreaper() -> bool:
 
 
 def keep(spawner_main: Callable[[int], int], host: str) -> int:
-    """Run ``spawner_main(dirs_fd)`` in a child process kept by this one;
-    return the exit status for this process.
-
-    ``dirs_fd`` is a pipe (``-1``: no keeper) on which the spawner writes,
-    one per line as a JSON string, each directory where it keeps a journal.
+    """Run ``spawner_main(dirs_fd)`` in a child process kept by this one
+    (``dirs_fd``: a pipe for the journals' directories, JSON lines; ``-1``: no keeper).
 
     Parameters
     ----------
@@ -115,7 +106,7 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
         Exit status for this process: the spawner's.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not _become_subreaper():
+    if not become_subreaper():
         return spawner_main(-1)
     dirs_r, dirs_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -170,12 +161,8 @@ def _await_spawner(spawner: int) -> int:
 
 
 def _end_leftovers() -> None:
-    """The spawner exited by itself, so none of its jobs runs (it does not
-    exit while one does): every child left here is a process some job left
-    behind that was re-parented to this subreaper, also one that dropped
-    its token and left its job's session. SIGKILL each with its process
-    group, and again for what they leave in turn, for `LEFTOVER_WAIT`
-    seconds at most.
+    """SIGKILL every child left (what jobs left behind) with its process
+    group, again for what they leave in turn, for `LEFTOVER_WAIT` s at most.
     """
     deadline = time.monotonic() + LEFTOVER_WAIT
     while time.monotonic() < deadline:
@@ -260,9 +247,8 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
 
 
 def _name_starting(logs: dict[int, Named], starting: dict[str, Named]) -> None:
-    """Add to ``logs`` the job the spawner was starting when it died: a live
-    child of this process, leading its own session, whose environment
-    carries the token of the journal's ``>`` line (`journal_starting`).
+    """Add to ``logs`` the job the spawner was starting when it died (a child
+    leading its own session, with the token of the journal's ``>`` line).
     """
     me = str(os.getpid()).encode()
     prefix = f"{ATTEMPT_ENV}=".encode()

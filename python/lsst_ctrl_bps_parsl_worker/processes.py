@@ -25,16 +25,12 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Job processes: how they start, how they are found and stopped.
+"""Job processes: how they are found and stopped, and their notes.
 
-Every job attempt starts through `Launcher.spawn_job` (a session of its own,
-default signal dispositions, no blocked signal, ``BPS_PARSL_ATTEMPT=<run
-id>/<job>/<attempt>`` in its environment): either the program its shell
-would run (`direct`) with its log files opened for it, or `job_argv`'s
-script, which creates the log files (and their directory, if it vanished).
-Every process a job starts inherits that token, so `kill_attempts` finds them all, also those that
-left the job's process group or session, by reading each process's own
-``/proc`` entry.
+Every process a job starts inherits its token (``BPS_PARSL_ATTEMPT``, set
+by `launch.Launcher.spawn_job`), so `kill_attempts` finds them all, also
+those that left the job's process group or session, by reading each
+process's own ``/proc`` entry.
 
 Standard library only: the local pool's spawner (``python -S``) and Parsl
 workers import it.
@@ -42,444 +38,51 @@ workers import it.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import time
-from collections import ChainMap
-from collections.abc import Callable, Collection, Mapping
-
-from .direct import direct_start, shell_environment, shell_kind
-from .exits import log_exit_status, record_exit
-from .warm import WarmStarts
+from collections.abc import Callable, Collection
 
 __all__ = (
     "ATTEMPT_ENV",
     "KILL_GRACE",
-    "Launcher",
-    "START_RETRY_DELAYS",
     "append_note",
-    "end_group",
-    "start_failure",
-    "transient_start_error",
-    "write_text",
     "attempt_processes",
-    "current_launcher",
-    "job_argv",
-    "job_script",
-    "kill_attempts",
+    "end_group",
     "job_alive",
+    "kill_attempts",
     "live_jobs",
     "process_start_time",
-    "quote",
     "signal_attempts",
+    "write_text",
 )
 
 ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
 KILL_GRACE = 0.5
 """Seconds between SIGTERM and SIGKILL when job processes are killed."""
-START_RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
-"""Seconds before each new try to start a job whose start failed for a
-passing lack of resources (`transient_start_error`): at most ~1.9 s in all."""
 
 _TOKEN_ITEM = f"{ATTEMPT_ENV}=".encode()
-_NAMED_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
-
-# ---- starting a job ---------------------------------------------------------------
-
-
-def quote(text: str) -> str:
-    """``text`` as one word for the shell.
-
-    Parameters
-    ----------
-    text : `str`
-        Any text.
-
-    Returns
-    -------
-    word : `str`
-        ``text`` in single quotes.
-    """
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def job_script(token: str, prefix: str, env: str, command: str) -> str:
-    """The shell script of one job attempt: its token, the site's command
-    prefix, the job's environment exports, its command.
-
-    There is no trap: whoever reaps the job logs its exit status (`run_job`,
-    the local pool's spawner or its keeper), and bash, which runs the last
-    simple command of ``bash -c`` in its own place when nothing is trapped,
-    saves a fork per job.
-
-    Parameters
-    ----------
-    token : `str`
-        The attempt's token, exported as ``BPS_PARSL_ATTEMPT``.
-    prefix : `str`
-        The site's command prefix (may be empty).
-    env : `str`
-        The job's export lines (may be empty).
-    command : `str`
-        The job's command line.
-
-    Returns
-    -------
-    script : `str`
-        The script, one part per line.
-    """
-    parts = [f"export {ATTEMPT_ENV}={token}"]
-    parts.extend(p for p in (prefix, env) if p)
-    parts.append(command)
-    return "\n".join(parts) + "\n"
-
-
-def job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
-    """The command line of a job attempt's shell.
-
-    The shell creates the log files itself (creating files is the slowest
-    step of a start, and the spawner starts jobs one at a time), and their
-    directory first if it does not exist (a log directory may be removed
-    while a run goes on). If they cannot be created, the shell says why on
-    its inherited stderr and exits with 127.
-
-    Parameters
-    ----------
-    shell : `str`
-        Path of the shell.
-    out : `str`
-        Path of the attempt's stdout log.
-    err : `str`
-        Path of the attempt's stderr log.
-    script : `str`
-        The attempt's `job_script`.
-
-    Returns
-    -------
-    argv : `list` [`str`]
-        ``[shell, "-c", ...]``.
-    """
-    directory = quote(os.path.dirname(out) or ".")
-    redirect = f"command exec >{quote(out)} 2>{quote(err)}"
-    return [
-        shell,
-        "-c",
-        f"[ -d {directory} ] || mkdir -p {directory} 2>/dev/null; "
-        f"{redirect} || {{ mkdir -p {directory} && {redirect}; }} || exit 127\n{script}",
-    ]
-
-
-class Launcher:
-    """Starts job attempts (`spawn_job`): each in a session of its own, with
-    stdin on ``/dev/null``, stdout and stderr on its log files (opened here
-    for a program started directly, by `job_argv`'s script otherwise), every
-    signal at its default disposition and none blocked, whatever the caller
-    ignores or blocks.
-
-    With glibc the C library's ``posix_spawn`` is called directly: Python's
-    ``os.posix_spawn`` cannot name glibc's two internal signals (32 and 33),
-    which glibc then leaves ignored in the child. Elsewhere ``os.posix_spawn``
-    resets every other signal.
-
-    Parameters
-    ----------
-    environ : `~collections.abc.Mapping`, optional
-        The jobs' environment (converted once); this process's by default.
-    """
-
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
-        self._base = {k: v for k, v in environ.items() if k != ATTEMPT_ENV}
-        self._items = [_item(k, v) for k, v in self._base.items()]
-        self._shell_environ: dict[str, dict[str, str] | None] = {}
-        self._shell_items: dict[str, dict[str, bytes]] = {}
-        self._glibc = _glibc_spawn()
-
-    def spawn_job(
-        self,
-        shell: str,
-        token: str,
-        prefix: str,
-        env: str,
-        command: str,
-        out: str,
-        err: str,
-        warm: WarmStarts | None = None,
-    ) -> int:
-        """Start a job attempt; return its pid, which the caller must reap.
-
-        The program the job's shell would run is started directly when its
-        script is plain (`direct.direct_start`), with ``out`` and ``err`` as
-        its stdout and stderr; with ``warm``, a ``pipetask run-qbb`` program
-        is forked from a warm process instead (`warm.WarmStarts.start`);
-        otherwise, or if it cannot be started, the
-        shell runs `job_script` (`job_argv`). Either way the process carries
-        ``BPS_PARSL_ATTEMPT=<token>`` in its environment from its start.
-
-        Parameters
-        ----------
-        shell : `str`
-            Path of the job's shell.
-        token : `str`
-            The attempt's token.
-        prefix : `str`
-            The site's command prefix.
-        env : `str`
-            The job's export lines.
-        command : `str`
-            The job's command line.
-        out : `str`
-            Path of the attempt's stdout log.
-        err : `str`
-            Path of the attempt's stderr log.
-        warm : `WarmStarts`, optional
-            The worker's warm starts, to fork a ``pipetask run-qbb``
-            program from; `None` to start it cold.
-
-        Returns
-        -------
-        pid : `int`
-            Process id of the job, leader of its own session.
-        """
-        kind = shell_kind(shell)
-        if kind is not None and shell not in self._shell_environ:
-            passed = shell_environment(shell, self._base)
-            self._shell_environ[shell] = passed
-            if passed is not None:
-                self._shell_items[shell] = {k: _item(k, v) for k, v in passed.items()}
-        start = direct_start(kind, self._shell_environ.get(shell), ATTEMPT_ENV, token, prefix, env, command)
-        if start is None and warm is not None:
-            warm.say(
-                "jobs started cold: their script is not plain (commandPrefix, shell syntax; see design.md)"
-            )
-        if start is not None:
-            argv, changes = start
-            if warm is not None:
-                passed = self._shell_environ[shell]
-                assert passed is not None  # direct_start needs it
-                pid = warm.start(argv, ChainMap(changes, passed), out, err)
-                if pid is not None:
-                    return pid
-            items = [item for name, item in self._shell_items[shell].items() if name not in changes]
-            items.extend(_item(k, v) for k, v in changes.items())
-            files = ((1, out), (2, err))
-            try:
-                return self._spawn(argv, items, files)
-            except OSError:
-                pass  # the shell says why, or runs the file as a script
-        items = [*self._items, f"{ATTEMPT_ENV}={token}".encode()]
-        return self._spawn(job_argv(shell, out, err, job_script(token, prefix, env, command)), items, ())
-
-    def _spawn(self, argv: list[str], items: list[bytes], files: tuple[tuple[int, str], ...]) -> int:
-        """Start ``argv`` with environment ``items`` (``b"NAME=value"``),
-        stdin from ``/dev/null``, stdout to ``/dev/null`` unless ``files``
-        (``(fd, path)``, created or truncated) says otherwise.
-        """
-        if self._glibc is not None:
-            return self._glibc(argv, items, files)
-        opened = dict(files)
-        write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
-        actions.append(
-            (os.POSIX_SPAWN_OPEN, 1, opened[1], write, 0o666)
-            if 1 in opened
-            else (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)
-        )
-        if 2 in opened:
-            actions.append((os.POSIX_SPAWN_OPEN, 2, opened[2], write, 0o666))
-        return os.posix_spawn(
-            argv[0],
-            argv,
-            dict(item.split(b"=", 1) for item in items),
-            file_actions=actions,
-            setsid=True,
-            setsigdef=_NAMED_SIGNALS,
-            setsigmask=(),
-        )
-
-
-def _item(name: str, value: str) -> bytes:
-    return os.fsencode(name) + b"=" + os.fsencode(value)
-
-
-_LAUNCHER: list[tuple[dict | None, Launcher]] = []
-"""The `Launcher` `current_launcher` made, and the environment it was made from."""
-
-
-def current_launcher() -> Launcher:
-    """A `Launcher` of this process's environment, made again only when the
-    environment changed (converting it costs 0.2 ms per job with a batch
-    job's hundred variables; a worker runs thousands of jobs).
-
-    Returns
-    -------
-    launcher : `Launcher`
-        The launcher for the current environment.
-    """
-    data = getattr(os.environ, "_data", None)  # CPython's encoded copy; elsewhere, a new one each time
-    if _LAUNCHER and data is not None and _LAUNCHER[0][0] == data:
-        return _LAUNCHER[0][1]
-    launcher = Launcher()
-    _LAUNCHER[:] = [(dict(data) if data is not None else None, launcher)]
-    return launcher
-
-
-_GLIBC_SPAWN: list = []
-"""The glibc spawn function, once made (`None` in it: not glibc)."""
-
-
-def _glibc_spawn():
-    """A function ``(argv, envp) -> pid`` calling glibc's ``posix_spawn``
-    with every signal (glibc's own included) reset to its default and none
-    blocked, or `None` where the C library is not glibc.
-    """
-    if _GLIBC_SPAWN:
-        return _GLIBC_SPAWN[0]
-    spawn = None
-    try:
-        if os.confstr("CS_GNU_LIBC_VERSION"):
-            spawn = _make_glibc_spawn()
-    except (OSError, ValueError, AttributeError, ImportError):
-        spawn = None
-    _GLIBC_SPAWN.append(spawn)
-    return spawn
-
-
-def _make_glibc_spawn():
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    # Opaque glibc structures (336 and 80 bytes on x86_64), with room to spare.
-    attr = ctypes.create_string_buffer(1024)
-    every_signal = ctypes.create_string_buffer(b"\xff" * 128, 128)  # a raw sigset_t: sigfillset omits 32, 33
-    no_signal = ctypes.create_string_buffer(128)
-    setsigdef, setsigmask, setsid = 0x04, 0x08, 0x80  # glibc's POSIX_SPAWN_* flags
-    steps = (
-        libc.posix_spawnattr_init(attr),
-        libc.posix_spawnattr_setsigdefault(attr, every_signal),
-        libc.posix_spawnattr_setsigmask(attr, no_signal),
-        libc.posix_spawnattr_setflags(attr, ctypes.c_short(setsigdef | setsigmask | setsid)),
-    )
-    if any(steps):
-        return None
-    posix_spawn = libc.posix_spawn
-    init_actions = libc.posix_spawn_file_actions_init
-    add_open = libc.posix_spawn_file_actions_addopen
-    destroy_actions = libc.posix_spawn_file_actions_destroy
-    devnull = os.devnull.encode()
-    write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-
-    def spawn(argv: list[str], items: list[bytes], files: tuple[tuple[int, str], ...]) -> int:
-        pid = ctypes.c_int()
-        args = [os.fsencode(arg) for arg in argv]
-        actions = ctypes.create_string_buffer(1024)
-        if init_actions(actions):
-            raise OSError(ctypes.get_errno(), "posix_spawn_file_actions_init failed")
-        try:
-            opened = dict(files)
-            for fd in (0, 1, 2):
-                if fd in opened:
-                    error = add_open(actions, fd, os.fsencode(opened[fd]), write, 0o666)
-                elif fd < 2:
-                    error = add_open(actions, fd, devnull, os.O_WRONLY if fd else os.O_RDONLY, 0)
-                else:
-                    continue
-                if error:
-                    raise OSError(error, os.strerror(error))
-            error = posix_spawn(
-                ctypes.byref(pid),
-                args[0],
-                actions,
-                attr,
-                (ctypes.c_char_p * (len(args) + 1))(*args, None),
-                (ctypes.c_char_p * (len(items) + 1))(*items, None),
-            )
-        finally:
-            destroy_actions(actions)
-        if error:
-            raise OSError(error, os.strerror(error), argv[0])
-        return pid.value
-
-    spawn.keep = (libc, attr, every_signal, no_signal)
-    return spawn
-
-
-def transient_start_error(error: BaseException) -> bool:
-    """Whether a job's start failed for a passing lack of resources (no
-    process or memory left for a moment: EAGAIN, ENOMEM), worth trying again.
-
-    Parameters
-    ----------
-    error : `BaseException`
-        What starting the job raised.
-
-    Returns
-    -------
-    transient : `bool`
-        `True` if it is an `OSError` with EAGAIN or ENOMEM.
-    """
-    return isinstance(error, OSError) and error.errno in (errno.EAGAIN, errno.ENOMEM)
-
-
-def start_failure(err: str, error: BaseException, retries: int, pid_file: str, token: str) -> int:
-    """Say in a job attempt's stderr log why it could not be started,
-    record its exit status (`exits.record_exit`), and return it.
-
-    Parameters
-    ----------
-    err : `str`
-        Path of the attempt's stderr log.
-    error : `BaseException`
-        What starting the job raised.
-    retries : `int`
-        Number of tries made again before giving up.
-    pid_file : `str`
-        Path of the attempt's pid file; its directory holds the exit
-        records.
-    token : `str`
-        The attempt's token, under which the exit status is recorded.
-
-    Returns
-    -------
-    code : `int`
-        127 if the program or a directory is missing, else 126, as the
-        shell's.
-    """
-    code = 127 if isinstance(error, FileNotFoundError) else 126
-    reason = f"{type(error).__name__}: {error}" if not isinstance(error, OSError) else str(error)
-    if len(reason) > 500:
-        reason = reason[:500] + "..."
-    again = f" (tried {retries + 1} times)" if retries else ""
-    append_note(err, f"[bps-parsl] the job could not be started{again}: {reason}\n")
-    record_exit(os.path.dirname(pid_file), token, code)
-    log_exit_status(err, code)
-    return code
 
 
 def end_group(pgid: int) -> None:
-    """SIGKILL what is left in a job's process group once its main process
-    ended: ``cmd &``, ``nohup cmd &``.
+    """SIGKILL what is left in a job's process group once its main process ended.
 
     Parameters
     ----------
     pgid : `int`
-        The group's id: the main process's pid, called before it is reaped,
-        so the group cannot be another's.
+        The group: the main process's pid, not yet reaped (so it is no other's).
     """
     if pgid > 1 and pgid != os.getpgrp():
         _kill(os.killpg, pgid, signal.SIGKILL)
 
 
 def append_note(path: str, text: str) -> None:
-    """Append ``text`` to a log file, making its directory again if it vanished.
+    """Append ``text`` to a log file (`write_text`).
 
     Parameters
     ----------
-    path : `str`
-        Path of the log file.
-    text : `str`
-        Text to append.
+    path, text : `str`
+        The log file and the text.
     """
     write_text(path, text, "a")
 
@@ -490,10 +93,8 @@ def write_text(path: str, text: str, mode: str = "w") -> None:
 
     Parameters
     ----------
-    path : `str`
-        Path of the file.
-    text : `str`
-        Text to write.
+    path, text : `str`
+        The file and the text.
     mode : `str`, optional
         ``"w"`` to replace the file, ``"a"`` to append.
     """
@@ -511,18 +112,13 @@ def write_text(path: str, text: str, mode: str = "w") -> None:
             return
 
 
-# ---- finding and stopping a job's processes -----------------------------------------
-
-
 def _read(path: str) -> bytes:
     with open(path, "rb") as stream:
         return stream.read()
 
 
 def _stat_fields(pid: int) -> list[bytes]:
-    """Fields of ``/proc/<pid>/stat`` after the command name: state, ppid,
-    process group, session, ...
-    """
+    """Fields of ``/proc/<pid>/stat`` after the command name (state, ppid, group, session...)."""
     data = _read(f"/proc/{pid}/stat")
     return data[data.rindex(b")") + 2 :].split()
 
@@ -544,21 +140,16 @@ def _my_processes() -> list[int]:
 def attempt_processes(
     tokens: Collection[str] = (), run_prefix: str | None = None, marks: Collection[str] = ()
 ) -> dict[int, int]:
-    """Return ``{pid: process group}`` of this user's live processes that
-    carry one of ``tokens`` (or a token starting with ``run_prefix``), read
-    from their own ``/proc`` entry: in their environment (a job has it from
-    its start, `Launcher.spawn_job`, and every process it starts inherits
-    it); or whose environment holds one of ``marks`` (``BPS_...=value`` items, e.g. a guarded worker's
-    `guard.WORKER_ENV`).
+    """Return ``{pid: process group}`` of this user's live processes whose
+    environment (read from ``/proc``) carries one of ``tokens``, a token
+    starting with ``run_prefix``, or one of ``marks`` (e.g. `guard.WORKER_ENV`).
 
     Parameters
     ----------
-    tokens : `~collections.abc.Collection` [`str`], optional
-        Tokens of the attempts.
+    tokens, marks : `~collections.abc.Collection` [`str`], optional
+        Tokens of the attempts; environment items (``NAME=value``).
     run_prefix : `str`, optional
         Prefix of every token of a run.
-    marks : `~collections.abc.Collection` [`str`], optional
-        Environment items (``NAME=value``) to look for.
 
     Returns
     -------
@@ -592,25 +183,18 @@ def signal_attempts(
     groups: Collection[int] = (),
     marks: Collection[str] = (),
 ) -> int:
-    """Send ``sig`` to the processes `attempt_processes` finds and to their
-    process groups, and to ``groups`` (process groups of the caller's own
-    children, not yet reaped). Returns how many processes were found.
-
-    A job runs in a session of its own, so every member of a group found
-    this way was started by the job, also one that dropped the token.
+    """Send ``sig`` to what `attempt_processes` finds, their process groups
+    (a job's own session: members that dropped the token too) and ``groups``
+    (of the caller's unreaped children).
 
     Parameters
     ----------
     sig : `int`
         Signal to send.
-    tokens : `~collections.abc.Collection` [`str`], optional
-        Tokens of the attempts.
-    run_prefix : `str`, optional
-        Prefix of every token of a run.
+    tokens, run_prefix, marks
+        As `attempt_processes`.
     groups : `~collections.abc.Collection` [`int`], optional
         Process groups to signal too.
-    marks : `~collections.abc.Collection` [`str`], optional
-        Environment items (``NAME=value``) to look for.
 
     Returns
     -------
@@ -645,23 +229,15 @@ def kill_attempts(
     grace: float = KILL_GRACE,
     marks: Collection[str] = (),
 ) -> int:
-    """Stop every process of the given job attempts (or of a whole run, or
-    carrying one of ``marks``): SIGTERM, then, after up to ``grace`` seconds,
-    SIGKILL to what is left. See `signal_attempts`. Returns how many
-    processes were found at first.
+    """Stop every process `signal_attempts` would signal: SIGTERM, then,
+    after up to ``grace`` seconds, SIGKILL to what is left.
 
     Parameters
     ----------
-    tokens : `~collections.abc.Collection` [`str`], optional
-        Tokens of the attempts.
-    run_prefix : `str`, optional
-        Prefix of every token of a run.
-    groups : `~collections.abc.Collection` [`int`], optional
-        Process groups to stop too.
+    tokens, run_prefix, groups, marks
+        As `signal_attempts`.
     grace : `float`, optional
         Seconds between SIGTERM and SIGKILL.
-    marks : `~collections.abc.Collection` [`str`], optional
-        Environment items (``NAME=value``) to look for.
 
     Returns
     -------
@@ -678,10 +254,7 @@ def kill_attempts(
 
 
 def _token_of(pid: int) -> str | None:
-    """The token process ``pid`` carries in its environment (every job
-    process has it from its start: `Launcher.spawn_job`); `None` for a
-    process without one, or ended (a zombie has none).
-    """
+    """The token process ``pid`` carries; `None` for none or a zombie."""
     prefix = _TOKEN_ITEM
     for item in _read(f"/proc/{pid}/environ").split(b"\0"):
         if item.startswith(prefix):
@@ -690,8 +263,7 @@ def _token_of(pid: int) -> str | None:
 
 
 def live_jobs() -> dict[str, int]:
-    """``{token: pid}`` of this user's live job processes: the session leaders
-    that carry a token (`job_alive`).
+    """``{token: pid}`` of this user's live jobs (session leaders carrying a token).
 
     Returns
     -------
@@ -712,8 +284,7 @@ def live_jobs() -> dict[str, int]:
 
 
 def job_alive(pid: int, token: str) -> bool:
-    """Whether process ``pid`` is still the job of attempt ``token`` (its
-    shell, or the command the shell became), and has not ended.
+    """Whether process ``pid`` is still attempt ``token``'s live job.
 
     Parameters
     ----------

@@ -48,8 +48,7 @@ def main(argv: list[str]) -> int:
     Parameters
     ----------
     argv : `list` [`str`]
-        Command line: the script, the pickled task's path and the path to
-        write the outcome to.
+        The script, the pickled task's path and the outcome's path.
 
     Returns
     -------

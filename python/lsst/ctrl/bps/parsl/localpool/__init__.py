@@ -25,15 +25,10 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The local site's Parsl executor: `LocalPoolExecutor` and its spawner.
-
-`LocalPoolExecutor` (module `executor`) is a Parsl executor that runs every
-task as a process started by a small spawner process (module `spawner`,
-whose docstring documents the wire protocol; `wire` is the executor's side
-of it), within a core and memory budget. Python tasks (any function but
-`lsst.ctrl.bps.parsl.run.runner.run_job`) go through files to a fresh Python
-process (`tasks`, `pytask`). Importing this package does not import Parsl:
-the names below are loaded when first used.
+"""The local site's Parsl executor, `LocalPoolExecutor` (`executor`), which
+runs every task as a process the spawner starts (`wire` is its side of the
+protocol; Python tasks: `tasks`). Importing this package does not import
+Parsl: the names below are loaded when first used.
 """
 
 from __future__ import annotations

@@ -27,17 +27,13 @@
 
 """`LocalPoolExecutor`: the Parsl executor of the local site.
 
-Every task runs as a process that the pool's spawner (`spawner`, a small
-single-threaded process; its docstring documents the wire protocol, `wire`
-is this side of it) starts once the task's cores and memory fit in the
-pool's budget, first come first served. One admission control, one way to
-start and to kill processes:
+Every task runs as a process that the pool's spawner (`spawner`, whose
+docstring documents the wire protocol; `wire` is this side of it) starts
+once its cores and memory fit in the pool's budget, first come first served:
 
-- a job attempt, i.e. `lsst.ctrl.bps.parsl.run.runner.run_job` (also as Parsl's
-  ``python_app`` wraps it, and under Parsl monitoring's wrapper), is not
-  called in Python: the spawner starts the job's shell script directly
-  (`lsst_ctrl_bps_parsl_worker.processes.Launcher.spawn_job`: the program the
-  shell would run, when the script is plain, else the shell), and the future
+- a job attempt (`lsst.ctrl.bps.parsl.run.runner.run_job`, bare or wrapped by
+  Parsl) is not called in Python: the spawner starts the job's shell script
+  (`lsst_ctrl_bps_parsl_worker.launch.Launcher.spawn_job`), and the future
   gets what `run_job` would have returned;
 - any other function (a ``python_app``, a ``bash_app``: Parsl's own wrapper
   gives bash semantics) is serialized with Parsl's serializer to a private
@@ -54,11 +50,10 @@ asking for more cores or memory than the pool has. A task without a
 specification takes 1 core and no memory; a `run_job` call's own
 ``time_limit`` applies when the specification sets none.
 
-If the spawner dies (killed, say), a new one takes over every request not yet
-answered: jobs that had started are followed to their end and never started
-again, the others are started by it. A spawner dying more than
-``_MAX_DEATHS`` times within ``_DEATH_WINDOW`` seconds is not replaced: the
-unanswered tasks then end with `PoolLostError` (they may not have started).
+If the spawner dies, a new one takes over every unanswered request (jobs
+that had started are followed to their end, never started again); after
+``_MAX_DEATHS`` deaths within ``_DEATH_WINDOW`` seconds the unanswered
+tasks end with `PoolLostError` (they may not have started).
 """
 
 from __future__ import annotations
@@ -114,17 +109,14 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
     cores : `int`
         Cores tasks may use at once (each takes its ``cores``, default 1).
     memory : `int` or `None`
-        Memory (MB) tasks may use at once (each takes its ``memory``,
-        default 0); `None`: no limit.
+        Memory (MB) tasks may use at once (each its ``memory``, default 0); `None`: no limit.
     storage_access : `list`, optional
         Parsl staging providers (Parsl's default ones if `None`).
     working_dir : `str`, optional
-        Where Parsl's staging providers put staged files (``working_dir`` of
-        Parsl's own executors); `None`: where each provider chooses.
+        Where Parsl's staging providers put staged files; `None`: each chooses.
     """
 
-    RESOURCE_KEYS = frozenset({"cores", "memory", "running_time_min", "walltime"})
-    """Keys of ``parsl_resource_specification`` this executor takes."""
+    RESOURCE_KEYS = frozenset({"cores", "memory", "running_time_min", "walltime"})  # the specification's
 
     def __init__(
         self,
@@ -142,14 +134,10 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         self.storage_access = storage_access
         # Monitoring messages go from this process to Parsl's queue.
         self.remote_monitoring_radio = MultiprocessingQueueRadio()
-        self._proc: subprocess.Popen | None = None
-        """The spawner's keeper (the process started; the spawner is its child)."""
-        self._spawner_pid = 0
-        """The spawner's pid (its first line says it)."""
-        self._spawner_exit: int | None = None
-        """The spawner's exit code (its keeper's last line says it)."""
-        self._keepers: list[subprocess.Popen] = []
-        """Keepers of spawners that died, which may still wait for jobs."""
+        self._proc: subprocess.Popen | None = None  # the spawner's keeper (the spawner is its child)
+        self._spawner_pid = 0  # its first line says it
+        self._spawner_exit: int | None = None  # its keeper's last line says it
+        self._keepers: list[subprocess.Popen] = []  # of spawners that died: may still wait for jobs
         self._stdin_fd = -1
         # Request id -> (its task, its request).
         self._waiting: dict[int, tuple[Task, dict]] = {}
@@ -178,17 +166,10 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         self._reader = threading.Thread(target=self._serve, name=f"LocalPool-{self.label}", daemon=True)
         self._reader.start()
 
-    def _start_spawner(self) -> subprocess.Popen:
-        # Run as a plain script without site-packages: a lean process starts
-        # jobs markedly faster than one that imported the LSST stack.
+    def _start_spawner(self) -> subprocess.Popen:  # without site-packages: lean, so it starts jobs fast
+        memory = "none" if self.memory is None else str(self.memory)
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-S",
-                spawner.__file__,
-                str(self.cores),
-                "none" if self.memory is None else str(self.memory),
-            ],
+            [sys.executable, "-S", spawner.__file__, str(self.cores), memory],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
@@ -241,12 +222,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         super().shutdown()
 
     def monitor_resources(self) -> bool:
-        """`False`: Parsl's per-task resource sampling is not done here.
-
-        It runs in the worker process that calls the task's function (a
-        forked ``psutil`` sampler); here no worker process calls the
-        function: the spawner starts the task's process directly. Parsl
-        monitoring still records every task and try: this executor reports
+        """`False`: no worker process calls the task's function here, so
+        Parsl's per-task sampling has nowhere to run; this executor reports
         each try's start and end (``running``, ``running_ended``) itself.
 
         Returns
@@ -270,10 +247,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             other (run in a Python process of its own).
         resource_specification : `dict` [`str`, `~typing.Any`]
             Parsl's resource specification of the task (`RESOURCE_KEYS`).
-        *args : `~typing.Any`
-            Positional arguments of ``func``.
-        **kwargs : `~typing.Any`
-            Keyword arguments of ``func``.
+        *args, **kwargs : `~typing.Any`
+            Arguments of ``func``.
 
         Returns
         -------
@@ -363,9 +338,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
 
     def _flush_locked(self) -> None:
         """Write what the spawner's stdin takes without blocking (holding the
-        lock); the reader thread writes the rest when it can. If the spawner
-        died, the requests stay unanswered in ``_waiting``: its successor
-        gets them.
+        lock); the reader thread writes the rest (a dead spawner's successor
+        gets the unanswered requests in ``_waiting``).
         """
         if self._stdin_fd < 0:
             return
@@ -446,14 +420,10 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
 
     def _take_over(self, dead: subprocess.Popen) -> subprocess.Popen | None:
         """Replace a spawner whose output ended (`None`: none expected or
-        possible); the new one gets every unanswered request (see
-        `spawner.Spawner.resume`).
-
-        A spawner that exited by itself (exit status 0) answered every job
-        it started (it does not exit while one runs): once the pool shuts
-        down, what it left unanswered never started. One that died while
-        the pool shut down is replaced all the same, so that a job it had
-        started is followed to its end, not taken as never started.
+        possible); the new one gets every unanswered request (`takeover`).
+        At shutdown, one that exited by itself (status 0: it answered every
+        job it started) is not replaced; one that died is, so its running
+        jobs are followed to their end.
         """
         code, dead_pid = self._spawner_exit, self._spawner_pid or dead.pid
         if code is None:  # no keeper (see keeper.keep): the spawner was the process started

@@ -46,7 +46,7 @@ from typing import Any
 
 import lsst_ctrl_bps_parsl_worker
 from lsst_ctrl_bps_parsl_worker.job import run_job
-from lsst_ctrl_bps_parsl_worker.processes import quote
+from lsst_ctrl_bps_parsl_worker.launch import quote
 
 from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
 from parsl.serialize import deserialize, pack_apply_message
@@ -132,12 +132,8 @@ class PythonTasks:
         ----------
         number : `int`
             The task's id in the executor.
-        func : `~collections.abc.Callable`
-            The task's function.
-        args : `tuple`
-            Its positional arguments.
-        kwargs : `dict`
-            Its keyword arguments.
+        func, args, kwargs : `~collections.abc.Callable`, `tuple`, `dict`
+            The task's function and its arguments.
 
         Returns
         -------
@@ -160,12 +156,10 @@ class PythonTasks:
         base = os.path.join(self.directory, str(number))
         with open(base + ".task", "wb") as stream:
             pickle.dump((list(sys.path), message), stream)
-        command = " ".join(
-            quote(word) for word in (sys.executable, _PYTASK, base + ".task", base + ".result")
-        )
+        words = (sys.executable, _PYTASK, base + ".task", base + ".result")
         request = {
             "shell": "/bin/sh",
-            "command": command,
+            "command": " ".join(quote(word) for word in words),
             "out": base + ".out",
             "err": base + ".err",
             "pid_file": base + ".pid",  # its directory holds the spawner's journal
@@ -241,9 +235,7 @@ def _tail(path: str, size: int = 2000) -> str:
 
 
 def report_try(queue: Any, run_id: str | None, ids: tuple[int, int], result: AttemptResult) -> None:
-    """Tell Parsl monitoring when a try ran (what its worker wrapper reports
-    on other executors): its start and its end, on ``queue`` (the
-    executor's ``monitoring_messages``; `None`: monitoring is off).
+    """Tell Parsl monitoring a try's start and end (what its worker wrapper reports on other executors).
 
     Parameters
     ----------
@@ -261,18 +253,7 @@ def report_try(queue: Any, run_id: str | None, ids: tuple[int, int], result: Att
     end = result.end if result.end is not None else time.time()
     host = result.host
     for first, when in ((True, result.start if result.start is not None else end), (False, end)):
-        queue.put(
-            (
-                try_message_type(),
-                {
-                    "run_id": run_id,
-                    "try_id": ids[1],
-                    "task_id": ids[0],
-                    "hostname": host,
-                    "block_id": None,
-                    "first_msg": first,
-                    "last_msg": not first,
-                    "timestamp": datetime.datetime.fromtimestamp(when),
-                },
-            )
-        )
+        message: dict[str, Any] = {"run_id": run_id, "try_id": ids[1], "task_id": ids[0], "hostname": host}
+        message.update(block_id=None, first_msg=first, last_msg=not first)
+        message["timestamp"] = datetime.datetime.fromtimestamp(when)
+        queue.put((try_message_type(), message))

@@ -64,37 +64,16 @@ def job_request(
     inputs: Sequence[Any] = (),
     parsl_resource_specification: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The spawner request of a `run_job` call with these arguments (same
-    signature, so a call `run_job` would refuse is refused here). It takes
-    1 core and no memory; the executor sets both from the task's resource
-    specification.
+    """The spawner request of a `run_job` call with these arguments (its
+    signature, so a call `run_job` would refuse is refused here); 1 core and
+    no memory until the executor sets them from the resource specification.
 
     Parameters
     ----------
-    token : `str`
-        The attempt's token.
-    prefix : `str`
-        The site's command prefix.
-    env : `str`
-        The job's export lines.
-    command : `str`
-        The job's command line.
-    out_path : `str`
-        Path of the attempt's stdout log.
-    err_path : `str`
-        Path of the attempt's stderr log.
-    pid_file : `str`
-        Path of the attempt's pid file (its directory holds the journal).
-    time_limit : `float`, optional
-        Seconds the job may run.
-    shell : `str`, optional
-        Path of the job's shell.
-    warm : `bool`, optional
-        Let a ``pipetask run-qbb`` job start from the spawner's warm process.
-    inputs : `~collections.abc.Sequence`, optional
-        Parents' futures (Parsl waits for them; not sent).
-    parsl_resource_specification : `dict` [`str`, `~typing.Any`], optional
-        Parsl's resource specification (read by the executor; not sent).
+    token, prefix, env, command, out_path, err_path, pid_file, time_limit, shell, warm
+        As `run_job`.
+    inputs, parsl_resource_specification
+        Not sent (Parsl and the executor read them).
 
     Returns
     -------
@@ -128,14 +107,13 @@ def encode(request: dict[str, Any]) -> bytes:
     Returns
     -------
     line : `bytes`
-        The request as one JSON line.
+        It as one JSON line.
     """
     return (json.dumps(request) + "\n").encode()
 
 
 def resume_request(dead_spawner: int, jobs: list[dict[str, Any]]) -> bytes:
-    """First line for a spawner taking over the unanswered ``jobs`` of the
-    spawner ``dead_spawner`` (pid) that died.
+    """First line for a spawner taking over the unanswered ``jobs`` of one that died.
 
     Parameters
     ----------
@@ -153,8 +131,7 @@ def resume_request(dead_spawner: int, jobs: list[dict[str, Any]]) -> bytes:
 
 
 def parse_reply(line: bytes) -> tuple[int, AttemptResult | BaseException]:
-    """Decode one reply line: (request id, result or the error of a job
-    that never started).
+    """Decode one reply line.
 
     Parameters
     ----------

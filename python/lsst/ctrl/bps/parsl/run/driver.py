@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from lsst_ctrl_bps_parsl_worker.job import worker_notes
+
 from ..configuration import RunSettings
 from ..control.claim import ClaimFence
 from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
@@ -409,7 +411,10 @@ class Driver(LostAttemptHandling, StopHandling):
         if error is not None:
             result = self.recorder.lost(i, attempt, error, time.time())
         else:
-            result = AttemptResult._make(future.result())
+            raw = future.result()
+            for note in worker_notes(raw):  # warm starts on a Parsl worker (lsst_ctrl_bps_parsl_worker.warm)
+                _LOG.info("Parsl worker: %s", note)
+            result = AttemptResult._make(raw)
         status = abort_status(self.rows[i], result.exit_code, result.signal)
         if status is not None:
             self._aborted_by(i, attempt, result, flight, status)

@@ -1,0 +1,476 @@
+# This file is part of ctrl_bps_parsl.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This software is dual licensed under the GNU General Public License and also
+# under a 3-clause BSD license. Recipients may choose which of these licenses
+# to use; please see the files gpl-3.0.txt and/or bsd_license.txt,
+# respectively.  If you choose the GPL option then the following text applies
+# (but note that there is still no warranty even if you opt for BSD instead):
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The warm process: the asker's handle of it (`WarmProcess`) and its own
+loop (`serve`), which imports the stack, then forks the jobs its asker
+(`warm.WarmStarts`) asks for, and between jobs imports what they imported
+(the pipeline's task modules, formatters, ...).
+
+Loaded by file path (``spec_from_file_location``) into the ``pipetask``
+script's own Python: standard library only, no import of its package.
+Each job is forked through a child that exits at once, so the asker adopts
+it (a subreaper). The job leads a session of its own, has ``/dev/null`` as
+stdin and its log files as stdout and stderr, the job's environment (its
+token also written over `_SLOT_ENV` in the environment block
+``/proc/<pid>/environ`` shows), the asker's working directory, a fresh
+Python's signal dispositions, and runs ``pipetask``'s ``main()`` with the
+job's ``sys.argv``; its exit status is what Python's would be. A warm
+process that imports a module starting threads, or holds over
+`MEMORY_BOUND` MB resident, says so and exits (its jobs start cold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
+
+__all__ = ("MEMORY_BOUND", "SUBCOMMANDS", "TOKEN_ENV", "WarmProcess", "serve")
+
+MEMORY_BOUND = 4096
+"""MB a warm process may hold resident; over it, it exits (its jobs start cold)."""
+SUBCOMMANDS = frozenset({"run-qbb"})
+"""``pipetask`` subcommands started warm (BPS's per-quantum one)."""
+_SLOT_ENV = "BPS_PARSL_WARM_SLOT"
+"""Variable of the warm process's environment block a job's token is written over."""
+_SLOT_SIZE = 1024
+"""Bytes of `_SLOT_ENV`'s value."""
+TOKEN_ENV = "BPS_PARSL_ATTEMPT"
+_BASE_MODULES = ("lsst.ctrl.mpexec.cli.pipetask", "lsst.daf.butler", "lsst.pipe.base")
+_PR_SET_NAME = 15
+_START_TIMEOUT = 300.0
+
+
+class WarmProcess:
+    """One warm process, as its asker (`warm.WarmStarts`) sees it.
+
+    Parameters
+    ----------
+    python, script_dir : `str`
+        The ``pipetask`` script's Python and directory.
+    environ : `~collections.abc.Mapping`
+        The environment it starts with (the first job's).
+    """
+
+    def __init__(self, python: str, script_dir: str, environ: Mapping[str, str]) -> None:
+        import subprocess  # here: the spawner starts faster without it
+
+        self.python = python
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: v for k, v in environ.items() if k != TOKEN_ENV}
+        env[_SLOT_ENV] = "_" * _SLOT_SIZE
+        boot = (  # sys.path[0] first: never a module of the current directory (`python -c`)
+            f"import sys; sys.path[0] = {script_dir!r};"
+            "import importlib.util as u;"
+            f"s = u.spec_from_file_location('_bps_parsl_warm', {os.path.abspath(__file__)!r});"
+            "m = u.module_from_spec(s); s.loader.exec_module(m);"
+            f"m.serve({theirs.fileno()}, {script_dir!r})"
+        )
+        self.proc: subprocess.Popen = subprocess.Popen(
+            [python, "-c", boot],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            env=env,
+            start_new_session=True,
+        )
+        theirs.close()
+        self.sock = ours
+        self.ready = False
+        self.dead: str | None = None
+        self.started = time.monotonic()
+
+    def poll(self, note: Callable[[str], None]) -> None:
+        """Read what the warm process said since (ready, notes), without waiting.
+
+        Parameters
+        ----------
+        note : callable
+            Called with each note for the log.
+        """
+        while self.dead is None and select.select([self.sock], [], [], 0)[0]:
+            self._message(self._receive(), note)
+        if self.dead is None and not self.ready and time.monotonic() - self.started > _START_TIMEOUT:
+            self.stop()
+            self.dead = f"did not import the stack within {_START_TIMEOUT:.0f} s"
+
+    def _receive(self) -> dict:
+        import json
+
+        try:
+            data = self.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            code = self.proc.poll()
+            self.dead = "died" if code is None else f"died (exit status {code})"
+            self.stop()
+            return {}
+        return json.loads(data)
+
+    def _message(self, message: dict, note: Callable[[str], None]) -> None:
+        if "note" in message:
+            note(f"warm process {self.proc.pid} ({self.python}): {message['note']}")
+        self.ready = self.ready or bool(message.get("ready"))
+        if "fail" in message:
+            self.dead = message["fail"]
+            self.stop()
+
+    def start(self, request: dict, note: Callable[[str], None]) -> int | str:
+        """Ask for a job.
+
+        Parameters
+        ----------
+        request : `dict`
+            The job's ``argv``, ``env``, ``cwd``, ``out`` and ``err``.
+        note : callable
+            Called with each note for the log.
+
+        Returns
+        -------
+        started : `int` or `str`
+            The job's pid, or why it was not started.
+        """
+        import json
+
+        try:
+            self.sock.send(json.dumps(request).encode())
+        except OSError:
+            self._receive()
+        while self.dead is None:
+            message = self._receive()
+            if "pid" in message:
+                return int(message["pid"])
+            if "cold" in message:
+                return str(message["cold"])
+            self._message(message, note)
+        return f"the warm process {self.dead}"
+
+    def stop(self) -> None:
+        """Close the connection (the warm process exits at its end) and reap it."""
+        import subprocess
+
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        except ChildProcessError:
+            pass
+
+
+# ---- in the warm process ------------------------------------------------------------
+
+
+def _memory() -> tuple[float, float]:
+    """(resident, shared) MB of this process."""
+    with open("/proc/self/statm") as stream:
+        fields = stream.read().split()
+    page = os.sysconf("SC_PAGE_SIZE") / 2**20
+    return int(fields[1]) * page, int(fields[2]) * page
+
+
+def _python_signals() -> None:
+    """Signal dispositions and mask of a fresh Python, whatever was inherited."""
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _subcommand(args: list[str]) -> str | None:
+    """The ``pipetask`` subcommand of ``args`` (after its global options)."""
+    from lsst.ctrl.mpexec.cli.pipetask import cli
+
+    takes_value = set()
+    for param in cli.params:
+        if not getattr(param, "is_flag", False) and getattr(param, "nargs", 0) != 0:
+            takes_value.update(param.opts)
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            return next(words, None)
+        if not word.startswith("-"):
+            return word
+        if "=" not in word and word in takes_value:
+            next(words, None)
+    return None
+
+
+def _write_token(token: str) -> bool:
+    """Write ``BPS_PARSL_ATTEMPT=<token>`` over this process's slot in its
+    environment block (what ``/proc/<pid>/environ`` shows).
+    """
+    import ctypes
+
+    with open("/proc/self/environ", "rb") as stream:
+        block = stream.read()
+    slot = f"{_SLOT_ENV}={'_' * _SLOT_SIZE}".encode()
+    offset = block.find(slot)
+    item = f"{TOKEN_ENV}={token}".encode()
+    if offset < 0 or len(item) > len(slot):
+        return False
+    with open("/proc/self/stat", "rb") as stream:
+        data = stream.read()
+    env_start = int(data[data.rindex(b")") + 2 :].split()[47])
+    ctypes.memmove(env_start + offset, item + b"\0" * (len(slot) - len(item)), len(slot))
+    return True
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The exit status Python gives a ``SystemExit`` at the top level."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closing: list) -> None:
+    """In the job's process (a grandchild of the warm process): become the
+    job and run ``pipetask``; never returns.
+    """
+    code = 1
+    try:
+        os.setsid()
+        for thing in closing:
+            thing.close()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(files[0], 1)
+        os.dup2(files[1], 2)
+        for fd in (null, *files):
+            os.close(fd)
+        _python_signals()
+        env = request["env"]
+        _write_token(env.get(TOKEN_ENV, ""))
+        argv = request["argv"]
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(_PR_SET_NAME, os.path.basename(argv[0]).encode()[:15], 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = [re.sub(r"(-script\.pyw|\.exe)?$", "", argv[0]), *argv[1:]]
+        sys.modules["__main__"].__file__ = argv[0]
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()  # a fresh process seeds it from the OS
+        before = set(sys.modules)
+        from lsst.ctrl.mpexec.cli.pipetask import main
+
+        interrupted = False
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except KeyboardInterrupt:
+            interrupted = True
+            sys.excepthook(*sys.exc_info())
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            code = 1
+        try:
+            new = sorted(set(sys.modules) - before)
+            report.send(" ".join(new).encode()[:60000])
+        except OSError:
+            pass
+        import atexit
+        import threading
+
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:  # noqa: BLE001 - the job must end with a status, never return to the server
+        try:
+            import traceback
+
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+        code = 1
+    os._exit(code)
+
+
+def _fork_job(request: dict, report: socket.socket, closing: list[socket.socket]) -> dict:
+    """Fork a job (through a child that exits at once, so the asker adopts
+    it); the reply for the asker.
+    """
+    import threading
+
+    if threading.active_count() > 1:
+        return {"cold": "the warm process runs threads (an import started them)"}
+    argv = request["argv"]
+    subcommand = _subcommand(argv[1:])
+    if subcommand not in SUBCOMMANDS:
+        return {"cold": f"pipetask {subcommand or '(no subcommand)'} is not started warm"}
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        # As the job's shell does: the log directory is made if it is missing.
+        os.makedirs(os.path.dirname(request["out"]) or ".", exist_ok=True)
+        out = os.open(request["out"], flags, 0o666)
+    except OSError as exc:
+        return {"cold": f"its log file cannot be created here ({exc.strerror})"}
+    try:
+        err = os.open(request["err"], flags, 0o666)
+    except OSError as exc:
+        os.close(out)
+        return {"cold": f"its log file cannot be created here ({exc.strerror})"}
+    read_end, write_end = os.pipe()
+    try:
+        try:
+            middle = os.fork()
+        except OSError as exc:
+            os.close(read_end)
+            return {"cold": f"the warm process could not fork ({exc.strerror})"}
+        if middle == 0:
+            try:
+                os.close(read_end)
+                job = os.fork()
+                if job == 0:
+                    os.close(write_end)
+                    _run_job(request, (out, err), report, closing)
+                os.write(write_end, str(job).encode())
+            finally:
+                os._exit(0)
+    finally:
+        os.close(write_end)
+        os.close(out)
+        os.close(err)
+    try:
+        data = os.read(read_end, 64)
+    finally:
+        os.close(read_end)
+    os.waitpid(middle, 0)
+    if not data:
+        return {"cold": "the warm process could not fork"}
+    return {"pid": int(data)}
+
+
+def serve(fd: int, script_dir: str) -> None:
+    """The warm process: import the stack, then fork the jobs asked for on
+    socket ``fd`` until it ends; between jobs import what they imported.
+
+    Parameters
+    ----------
+    fd : `int`
+        The asker's ``SOCK_SEQPACKET`` socket.
+    script_dir : `str`
+        Directory of the ``pipetask`` script (``sys.path[0]`` of a cold start).
+    """
+    import gc
+    import importlib
+    import threading
+
+    sock = socket.socket(fileno=fd)
+
+    def say(**message: object) -> None:
+        sock.send(json.dumps(message).encode())
+
+    os.set_inheritable(fd, False)
+    _python_signals()
+    sys.path[0] = script_dir
+    sys.argv = ["pipetask"]
+    try:
+        for name in _BASE_MODULES:
+            importlib.import_module(name)
+    except BaseException as exc:  # noqa: BLE001
+        say(fail=f"cannot import the stack: {exc!r}")
+        return
+    if threading.active_count() > 1:
+        say(fail="importing the stack started threads")
+        return
+    report_in, report_out = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gc.freeze()
+    resident, shared = _memory()
+    say(ready=True, note=f"ready: {resident:.0f} MB resident, {shared:.0f} MB shared")
+    pending: list[str] = []
+    tried: set[str] = set(sys.modules)
+    while True:
+        ready, _, _ = select.select([sock, report_in], [], [], 0 if pending else None)
+        if sock in ready:
+            data = sock.recv(1 << 20)
+            if not data:
+                return
+            say(**_fork_job(json.loads(data), report_out, [sock, report_in]))
+            continue
+        if report_in in ready:
+            names = report_in.recv(1 << 16).decode(errors="replace").split()
+            pending.extend(name for name in names if name not in tried and not name.startswith("__"))
+            tried.update(names)
+            if not pending:
+                continue
+        if pending:
+            name = pending.pop(0)
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - what a job imported may not import here: skip it
+                pass
+            if threading.active_count() > 1:
+                say(fail=f"importing {name} started threads")
+                return
+            if not pending:
+                gc.freeze()
+                resident, shared = _memory()
+                if resident > MEMORY_BOUND:
+                    say(fail=f"holds {resident:.0f} MB resident, over {MEMORY_BOUND} MB")
+                    return
+                say(note=f"imported its jobs' modules: {resident:.0f} MB resident, {shared:.0f} MB shared")
