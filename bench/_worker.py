@@ -512,9 +512,8 @@ def measure_floor(spec: dict) -> dict:
 
 def measure_floor_exec(spec: dict) -> dict:
     """The same command lines split into words (`shlex.split`) and started
-    directly, without a shell, as the plugin starts plain command lines
-    (`lsst_ctrl_bps_parsl_worker.direct`), ``CORES`` at a time, stdout/stderr
-    to the same log files. Wide only."""
+    directly, without a shell (what no launcher can beat), ``CORES`` at a
+    time, stdout/stderr to the same log files. Wide only."""
     return _run_floor(spec, "floor_exec", shlex.split)
 
 

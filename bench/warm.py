@@ -27,8 +27,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Warm quantum starts on a real pipeline: the same quanta run by ``bps submit``
-warm (the default), cold (``warmStart: false``), cold without the direct start
-(a job shell the launcher does not reproduce), ``pipetask run -j CORES``, and the
+warm (the default), cold (``warmStart: false``), ``pipetask run -j CORES``, and the
 fork limit (one process that imported the stack forks each quantum's
 ``run-qbb``, CORES at a time).
 
@@ -72,7 +71,7 @@ sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
 from e2e_pipeline import repo as e2e  # noqa: E402
 
-RUNNERS = ("fork", "warm", "cold", "cold_shell", "pipetask")
+RUNNERS = ("fork", "warm", "cold", "pipetask")
 SLURM_RUNNERS = ("warm", "cold")
 PIPELINE = """\
 description: e2e pipeline with three per-detector tasks and a fan-in (bench/warm.py)
@@ -336,9 +335,6 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     pipeline = root / "pipeline3.yaml"
     pipeline.write_text(PIPELINE)
-    shell = root / "jobsh"  # bash under another name: the launcher starts the shell (no direct start)
-    if not shell.exists():
-        shell.symlink_to("/bin/bash")
     runners = [
         r for r in (args.only or ",".join(SLURM_RUNNERS if args.slurm_nodes else RUNNERS)).split(",") if r
     ]
@@ -393,14 +389,6 @@ def main() -> None:
                     )
                 elif runner == "cold":
                     bps(workdir, repo, pipeline, name, {"cores": args.cores, "warmStart": False})
-                elif runner == "cold_shell":
-                    bps(
-                        workdir,
-                        repo,
-                        pipeline,
-                        name,
-                        {"cores": args.cores, "warmStart": False, "jobShell": str(shell)},
-                    )
                 elif runner == "pipetask":
                     run_pipetask(workdir, repo, pipeline, name, args.cores)
                 elif runner == "fork":
