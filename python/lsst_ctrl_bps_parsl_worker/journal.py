@@ -69,10 +69,8 @@ def journal_name(host: str, pid: int) -> str:
 
     Parameters
     ----------
-    host : `str`
-        Host of the spawner.
-    pid : `int`
-        Its process id.
+    host, pid : `str`, `int`
+        Host and process id of the spawner.
 
     Returns
     -------
@@ -283,10 +281,8 @@ class Journal:
 
         Parameters
         ----------
-        token : `str`
-            The attempt's token.
-        stderr : `str`
-            Path of its stderr log.
+        token, stderr : `str`
+            The attempt's token and the path of its stderr log.
         """
         self.being_started = (token, stderr)
         self.pending.append(self._starting_line(token, stderr))
@@ -303,10 +299,8 @@ class Journal:
         ----------
         pid : `int`
             Process id (and group) of the job.
-        token : `str`
-            The attempt's token.
-        stderr : `str`
-            Path of its stderr log.
+        token, stderr : `str`
+            The attempt's token and the path of its stderr log.
         """
         self.being_started = None
         self.running[pid] = (token, stderr)

@@ -25,35 +25,16 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""`LocalPoolExecutor`: the Parsl executor of the local site.
+"""`LocalPoolExecutor`: the Parsl executor of the local site (design.md,
+"Local pools"; the wire protocol is in `spawner`'s docstring, `wire` is this
+side of it). A job attempt (`lsst.ctrl.bps.parsl.run.runner.run_job`) is
+started as its shell script and its future gets what `run_job` would have
+returned; any other function runs in a fresh Python process (`tasks`).
 
-Every task runs as a process that the pool's spawner (`spawner`, whose
-docstring documents the wire protocol; `wire` is this side of it) starts
-once its cores and memory fit in the pool's budget, first come first served:
-
-- a job attempt (`lsst.ctrl.bps.parsl.run.runner.run_job`, bare or wrapped by
-  Parsl) is not called in Python: the spawner starts the job's shell script
-  (`lsst_ctrl_bps_parsl_worker.launch.Launcher.spawn_job`), and the future
-  gets what `run_job` would have returned;
-- any other function (a ``python_app``, a ``bash_app``: Parsl's own wrapper
-  gives bash semantics) is serialized with Parsl's serializer to a private
-  file and run by a fresh Python process (`pytask`, see `tasks`) under the
-  same admission; its future gets the function's return value or raises its
-  exception.
-
-Tasks take their cores, memory (MB) and time limit from the task's
-``parsl_resource_specification``: ``cores``, ``memory``, and
-``running_time_min`` (minutes, the name Parsl's WorkQueue and TaskVine
-executors use) or ``walltime`` (seconds). Other keys are refused with
-Parsl's `~parsl.executors.errors.InvalidResourceSpecification`, as is a task
-asking for more cores or memory than the pool has. A task without a
-specification takes 1 core and no memory; a `run_job` call's own
-``time_limit`` applies when the specification sets none.
-
-If the spawner dies, a new one takes over every unanswered request (jobs
-that had started are followed to their end, never started again); after
-``_MAX_DEATHS`` deaths within ``_DEATH_WINDOW`` seconds the unanswered
-tasks end with `PoolLostError` (they may not have started).
+A task without a resource specification takes 1 core and no memory; a
+`run_job` call's own ``time_limit`` applies when the specification sets none.
+After ``_MAX_DEATHS`` spawner deaths within ``_DEATH_WINDOW`` seconds the
+unanswered tasks end with `PoolLostError` (they may not have started).
 """
 
 from __future__ import annotations
