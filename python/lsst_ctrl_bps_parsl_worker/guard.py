@@ -28,16 +28,11 @@
 """No orphans: a job dies with the worker, or the worker pool, that started it.
 
 A job runs in a session of its own, so nothing ends it when its Parsl worker
-dies (``WorkerLost``, ``ManagerLost``, a block's end). Before its first job
-a worker process puts a mark in its environment (`WORKER_ENV`: its pid and a
-nanosecond clock), which its jobs and their processes inherit, and starts a
-watcher (this file as a script, ``python -S``) holding the read end of a
-pipe the worker keeps open. When the pipe ends (the worker died or exited),
-or the worker pool exits, the watcher kills every process of this user that
-carries the mark (`processes.kill_attempts`), then exits once the worker is
-gone. It ignores SIGTERM, SIGINT and SIGHUP, so a block's cancellation leaves
-it time to act. Nothing passes per job. Only a worker whose main thread runs
-the job is guarded: jobs of the driver's own threads end with the driver.
+dies (reliability.md, L3). The mark is `WORKER_ENV` (the worker's pid and a
+nanosecond clock); the watcher is this file as a script (``python -S``),
+holding the read end of a pipe the worker keeps open. It also ignores SIGINT
+and SIGHUP. Only a worker whose main thread runs the job is guarded: jobs of
+the driver's own threads end with the driver.
 """
 
 from __future__ import annotations

@@ -27,13 +27,8 @@
 
 """The journal of a local-pool spawner: which of its jobs run.
 
-One file per spawner, ``spawner.<host>.<pid>`` in the directory of its jobs'
-``pid_file``: ``> <token> <stderr log>`` just before a job starts (the log as
-a JSON string), ``+ <pid> <token> <stderr log>`` once it started, ``- <pid>``
-when it ended. The spawner writes it (`Journal`); report, cancel, restart, a
-spawner taking over and the keeper read it. While jobs run its modification
-time is refreshed every `JOURNAL_REFRESH` seconds, so another host can tell
-a live spawner by the journal's age. Standard library only.
+Its format is in state.md. The spawner writes it (`Journal`); report, cancel,
+restart, a spawner taking over and the keeper read it. Standard library only.
 """
 
 from __future__ import annotations

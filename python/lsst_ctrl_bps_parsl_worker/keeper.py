@@ -28,20 +28,15 @@
 
 """The keeper of a local-pool spawner: the spawner's parent, which outlives it.
 
-Whoever reaps a job records its exit status (`exits.record_exit`): the
-spawner while it lives. The keeper is a ``PR_SET_CHILD_SUBREAPER``: when the
-spawner dies its running jobs become the keeper's children, and the keeper
-records each one's status as it ends, under the token the spawner's journal
-names; a job the journal does not name (started just before the spawner
-died) stays unreaped for `HOLD_UNNAMED` seconds, for the spawner taking over
-to read from ``/proc``. Either way a job that ran is not run again.
+Why and how it records the exit status of a dead spawner's jobs is in
+reliability.md, P1; a job the journal does not name stays unreaped for
+`HOLD_UNNAMED` seconds, for the spawner taking over to read from ``/proc``.
 
 It holds nothing of the wire nor of the terminal (stdin and stderr on
 ``/dev/null``; stdout only to add ``exit <exit code>`` after the spawner's
 last reply), and exits when it has no children left; when the spawner exited
 by itself (status 0), every child left is a process a job left behind, and
-it kills them (`LEFTOVER_WAIT`). Without ``PR_SET_CHILD_SUBREAPER`` (not
-Linux) there is no keeper. Standard library only.
+it kills them (`LEFTOVER_WAIT`). Standard library only.
 """
 
 from __future__ import annotations

@@ -30,8 +30,7 @@ reaps and reports the pool's jobs within a core and memory budget.
 
 Standard library only: `LocalPoolExecutor` runs it as ``python -S spawner.py
 CORES MEMORY`` (``MEMORY`` in MB, or ``none``), through its keeper
-(`keeper`), which forks the spawner and outlives it. Starting processes here
-keeps them free of the driver's interpreter lock and address space.
+(`keeper`), which forks the spawner and outlives it.
 
 Wire protocol
 -------------
@@ -73,10 +72,7 @@ line for the driver's log (why jobs started cold, once per reason). Once the
 spawner ended its keeper adds ``exit <exit code>``. While jobs are queued,
 replies may wait up to 20 ms to be written together.
 
-Which jobs run is kept in a journal, ``spawner.<host>.<pid>`` in the
-directory of the jobs' ``pid_file`` (`journal`), refreshed every
-``JOURNAL_REFRESH`` seconds while jobs run, so another host can tell this
-spawner is alive.
+Which jobs run is kept in a journal (`journal`).
 """
 
 from __future__ import annotations

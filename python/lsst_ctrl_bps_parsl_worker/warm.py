@@ -28,16 +28,9 @@
 """Warm starts, as the process that starts jobs asks for them: a ``pipetask
 run-qbb`` job forked from a process that has already imported the stack.
 
-`WarmStarts` (the local pool's spawner, a Parsl worker's `job.run_job`) is
-asked by `launch.Launcher.spawn_job` for every job. It works out what the
-job's shell would run (`_shell_words`: one simple command of plain words,
-``export NAME=WORD`` lines, no command prefix) and, when that program is
-ctrl_mpexec's ``pipetask`` script (`pipetask_python`), forks it from the
-warm process of its environment (`environment_key`), started on demand
-(`warmserver`, loaded by file path). The job is reparented to the asker
-(``PR_SET_CHILD_SUBREAPER``), which reaps, times out and kills it as any
-job. Whatever does not fit starts cold through its shell, and the note
-function says why, once per reason (design.md, "Warm starts").
+`launch.Launcher.spawn_job` asks `WarmStarts` for every job; which jobs fit,
+and what a warm job gets, is in design.md, "Warm starts". Whatever does not
+fit starts cold through its shell, and the note function says why.
 """
 
 from __future__ import annotations

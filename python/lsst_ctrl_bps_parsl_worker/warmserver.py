@@ -31,16 +31,10 @@ loop (`serve`), which imports the stack, then forks the jobs its asker
 (the pipeline's task modules, formatters, ...).
 
 Loaded by file path (``spec_from_file_location``) into the ``pipetask``
-script's own Python: standard library only, no import of its package.
-Each job is forked through a child that exits at once, so the asker adopts
-it (a subreaper). The job leads a session of its own, has ``/dev/null`` as
-stdin and its log files as stdout and stderr, the job's environment (its
-token also written over `_SLOT_ENV` in the environment block
-``/proc/<pid>/environ`` shows), the asker's working directory, a fresh
-Python's signal dispositions, and runs ``pipetask``'s ``main()`` with the
-job's ``sys.argv``; its exit status is what Python's would be. A warm
-process that imports a module starting threads, or holds over
-`MEMORY_BOUND` MB resident, says so and exits (its jobs start cold).
+script's own Python: standard library only, no import of its package. What
+a forked job gets is in design.md, "Warm starts" (its token is written over
+`_SLOT_ENV` in ``/proc/<pid>/environ``). A warm process that imports a module
+starting threads, or holds over `MEMORY_BOUND` MB resident, exits.
 """
 
 from __future__ import annotations
