@@ -32,11 +32,8 @@ The job starts as the local pool's spawner starts its jobs
 small file names its host and process group, for report, cancel and a
 restart. Its exit status is recorded as it is reaped (`exits.record_exit`);
 a job killed with its worker (`guard`) has none and counts as not finished.
-A job that cannot start fails with 126 (127: something missing) and the
-reason in its stderr log; EAGAIN and ENOMEM are first tried again
-(`launch.START_RETRY_DELAYS`). When it ends, what it left in its process
-group is killed before it is reaped, then every other process carrying its
-token. On the local pool the spawner does all this instead.
+A job that cannot start fails as reliability.md, J1 says. When it ends, what
+it left behind is killed (P2). On the local pool the spawner does all this.
 """
 
 from __future__ import annotations

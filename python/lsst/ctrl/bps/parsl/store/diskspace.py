@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Disk space for the run-state store on a full disk: the driver drains (no
-new job starts, the running ones end, their records wait in memory), then
-gives back its reserve file (`SpaceReserve`) to record how the run stopped.
+"""Disk space for the run-state store on a full disk: the reserve file
+(`SpaceReserve`) the driver gives back once drained (state.md).
 """
 
 from __future__ import annotations

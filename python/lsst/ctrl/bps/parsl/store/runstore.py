@@ -29,11 +29,8 @@
 the prepared workflow and every job transition, so that ``bps report``,
 ``cancel`` and ``restart`` work from any process and host (doc/state.md).
 
-A rollback journal, never WAL (WAL needs shared memory, which a network file
-system lacks). One writer commits; readers check the file's change counter and
-journal around each short read transaction and retry while a commit runs. A
-writer kept out by a reader's open transaction queues its changes and logs
-the wait (`RunStore.flush`); it never stops the run for it.
+Why a rollback journal, never WAL, and how readers and the one writer share
+it: state.md, "Where the submit directory may be".
 """
 
 from __future__ import annotations

@@ -25,11 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The store's per-label, per-state job counts, kept by SQLite triggers on
-``status`` in each writer's own transaction (tables ``labels``: payload labels
-in order, with their jobs; ``summary``: jobs per label and state), so that
-``bps report`` reads a few rows however many jobs a run has. An older store
-without them is counted with one aggregate query.
+"""The store's per-label, per-state job counts, kept by SQLite triggers
+(tables ``labels`` and ``summary``, state.md), and the reads of them.
 """
 
 from __future__ import annotations
