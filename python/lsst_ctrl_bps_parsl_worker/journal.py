@@ -64,8 +64,10 @@ def journal_name(host: str, pid: int) -> str:
 
     Parameters
     ----------
-    host, pid : `str`, `int`
-        Host and process id of the spawner.
+    host : `str`
+        Host of the spawner.
+    pid : `int`
+        Its process id.
 
     Returns
     -------

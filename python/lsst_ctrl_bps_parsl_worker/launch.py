@@ -26,11 +26,8 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""Starting job attempts: `Launcher.spawn_job` (a session of its own,
-default signal dispositions, no blocked signal, ``BPS_PARSL_ATTEMPT=<run
-id>/<job>/<attempt>`` in its environment from its start), through the job's
-shell (`job_argv`, which creates the log files and their directory), or
-forked warm (`warm`); and what is said when a start fails.
+"""Starting job attempts (`Launcher.spawn_job`), through the job's shell or
+forked warm (`warm`), and what is said when a start fails.
 
 Standard library only: the local pool's spawner (``python -S``) and Parsl
 workers import it.
@@ -147,12 +144,8 @@ class Launcher:
         err: str,
         warm: WarmStarts | None = None,
     ) -> int:
-        """Start a job attempt; return its pid, which the caller must reap.
-
-        With ``warm``, a ``pipetask run-qbb`` job is forked from a warm
-        process (`warm.WarmStarts.start_job`); otherwise the shell runs
-        `job_script`. Either way the process carries ``BPS_PARSL_ATTEMPT=<token>``
-        in its environment from its start.
+        """Start a job attempt, forked warm if ``warm`` can (`warm.WarmStarts.start_job`),
+        else by its shell running `job_script`; the caller must reap it.
 
         Parameters
         ----------

@@ -25,12 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Job processes: how they are found and stopped, and their notes.
-
-Every process a job starts inherits its token (``BPS_PARSL_ATTEMPT``, set
-by `launch.Launcher.spawn_job`), so `kill_attempts` finds them all, also
-those that left the job's process group or session, by reading each
-process's own ``/proc`` entry.
+"""Job processes: how they are found (by the token each inherits, read from
+``/proc``: reliability.md, P2) and stopped, and their notes.
 
 Standard library only: the local pool's spawner (``python -S``) and Parsl
 workers import it.
@@ -88,8 +84,8 @@ def append_note(path: str, text: str) -> None:
 
 
 def write_text(path: str, text: str, mode: str = "w") -> None:
-    """Write (``mode`` "w") or append ("a") ``text`` to a file, making its
-    directory again if it vanished; errors are ignored (the file is a hint).
+    """Write or append ``text`` to a file, making its directory again if it
+    vanished; errors are ignored (the file is a hint).
 
     Parameters
     ----------
@@ -229,8 +225,7 @@ def kill_attempts(
     grace: float = KILL_GRACE,
     marks: Collection[str] = (),
 ) -> int:
-    """Stop every process `signal_attempts` would signal: SIGTERM, then,
-    after up to ``grace`` seconds, SIGKILL to what is left.
+    """SIGTERM every process `signal_attempts` would signal, SIGKILL what is left after ``grace``.
 
     Parameters
     ----------
@@ -296,7 +291,7 @@ def job_alive(pid: int, token: str) -> bool:
     Returns
     -------
     alive : `bool`
-        `True` if ``pid`` is that attempt's live job.
+        Whether it is.
     """
     try:
         return _token_of(pid) == token
