@@ -277,9 +277,7 @@ class TornReadError(Exception):
 
 def journal_is_hot(path: str) -> bool:
     """Whether the store has a rollback journal with pages to restore (a
-    commit under way, or a writer that died mid-commit). SQLite sets the
-    journal's zero first byte only once it is synced, before the first
-    change to the database: a journal still starting with zero holds nothing.
+    commit under way, or a writer that died mid-commit; how: state.md).
 
     Parameters
     ----------
