@@ -63,16 +63,13 @@ _RECORDS: dict[str, tuple[int, int]] = {}
 
 
 def record_exit(directory: str, token: str, code: int) -> None:
-    """Record that attempt ``token`` exited with ``code`` (``128 + s`` for a
-    signal ``s``) in this process's exit record in ``directory``; errors are
-    ignored (the attempt then counts as not finished).
+    """Record that attempt ``token`` exited with ``code`` in this process's exit
+    record in ``directory``; errors are ignored (the attempt then counts as not finished).
 
     Parameters
     ----------
-    directory : `str`
-        Directory of the exit records (empty: nothing is recorded).
-    token : `str`
-        The attempt's token, ``<run id>/<job id>/<attempt>``.
+    directory, token : `str`
+        Directory of the exit records (empty: nothing is recorded); the attempt's token.
     code : `int`
         The attempt's exit status.
     """

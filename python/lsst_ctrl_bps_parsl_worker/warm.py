@@ -189,9 +189,8 @@ def _shell_environment(shell: str, environ: Mapping[str, str]) -> dict[str, str]
 
 
 def pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | str:
-    """(Python, script directory) of ctrl_mpexec's ``pipetask`` script (only
-    its known lines, an absolute ``#!`` Python or one found by ``env`` on the
-    job's ``PATH``), or why ``path`` is not one.
+    """(Python, script directory) of ctrl_mpexec's ``pipetask`` script (which
+    scripts are: design.md, "Warm starts"), or why ``path`` is not one.
 
     Parameters
     ----------

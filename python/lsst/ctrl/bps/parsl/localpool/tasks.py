@@ -113,10 +113,8 @@ class PythonTasks:
 
     Parameters
     ----------
-    token_prefix : `str`
-        Prefix of the tasks' attempt tokens (the number of the task follows).
-    label : `str`
-        The executor's label, for messages.
+    token_prefix, label : `str`
+        Prefix of the tasks' attempt tokens (their number follows); the executor's label.
     """
 
     def __init__(self, token_prefix: str, label: str) -> None:
