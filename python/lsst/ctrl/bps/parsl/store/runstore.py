@@ -227,10 +227,8 @@ class RunStore(StoreReads, StoreWrites):
 
     def read_snapshot(self, read: Callable[[], _T]) -> _T:
         """Run ``read`` (this store's methods, queries of ``conn``) in one
-        read transaction that saw no commit: a consistent snapshot, from any
-        host. Where locks do not reach across hosts, the change counter and
-        the journal, checked after the lock is taken and at the end, tell a
-        commit ran meanwhile; such reads are retried for `READ_RETRY_SECONDS`.
+        read transaction that saw no commit, retried for `READ_RETRY_SECONDS`
+        (how a commit is noticed across hosts: state.md).
 
         Parameters
         ----------
