@@ -27,11 +27,8 @@
 
 
 """Jobs of a local-pool spawner that died: what the spawner that replaces it
-takes over (`TakeOver`, a part of `spawner.Spawner`).
-
-A job the dead spawner had started is never started again: a live one is
-followed through ``/proc`` (it is not a child of this process) until it
-ends, an ended one is answered from ``/proc`` or the exit records.
+takes over (`TakeOver`, a part of `spawner.Spawner`; reliability.md, P1).
+A live one is followed through ``/proc``: it is not a child of this process.
 """
 
 from __future__ import annotations
