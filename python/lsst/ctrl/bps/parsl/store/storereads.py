@@ -138,9 +138,7 @@ class StoreReads:
 
     def _check_jobs(self, rows: list[JobRow], start: int) -> None:
         """Raise `StateStoreError` (damaged) unless the jobs read back are
-        possible: ids from ``start`` without a gap, known kinds, text names
-        and labels, and (all jobs read) as many payload jobs per label as
-        table ``labels`` counts.
+        possible (ids without a gap, kinds, names, labels, jobs per label).
         """
         kinds = _KINDS
         payload: dict[str, int] = {}
