@@ -25,11 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Who may write a run: one claim file at a time, from any host
-(``<submit>/parsl/driver.claim.<N>``, created with ``link()``, N one more than
-the highest, never reused; doc/state.md, doc/operations.md). A holder is gone
-once it released its claim, its process ended (this host), or its heartbeat
-(before it beats: its claim file) is stale and stays still while watched.
+"""Who may write a run: one ``parsl/driver.claim.<N>`` at a time, from any host
+(doc/state.md, doc/operations.md).
 """
 
 from __future__ import annotations
@@ -151,9 +148,8 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
 
 
 def _holder_alive(submit_path: str, claim: Claim, stale_after: float = STALE_AFTER) -> bool:
-    """Whether the holder of ``claim`` still holds the run: on this host its
-    process runs; on another its heartbeat is fresh (watched), or before its
-    first beat, its claim file is younger than ``stale_after``.
+    """Whether the holder of ``claim`` still holds the run (before its first
+    heartbeat: its claim file is younger than ``stale_after``).
     """
     if claim.released:
         return False
@@ -252,9 +248,8 @@ def claim_run(
 
 
 class ClaimFence:
-    """Whether a holder's claim is still the run's, checked before each
-    dispatch and heartbeat: claim ``N`` is while its file exists and ``N + 1``
-    does not (two ``stat`` calls; commits check the store's copy, `take_fence`).
+    """Whether a holder's claim ``N`` is still the run's: its file exists and
+    ``N + 1``'s does not (commits check the store's copy, `take_fence`).
 
     Parameters
     ----------

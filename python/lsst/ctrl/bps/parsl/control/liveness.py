@@ -25,11 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Whether a run's driver is alive, and how other processes reach it: two
-small files in ``<submit>/parsl/`` (the driver's heartbeat and a cancel
-request), so it works from any host that sees the submit directory, with no
-lock or signal (doc/operations.md). A driver on another host is alive while
-its heartbeat is younger than its ``stale_after`` by the file system's clock.
+"""Whether a run's driver is alive, and how other processes reach it: its
+heartbeat and a cancel request in ``<submit>/parsl/``, from any host with no
+lock or signal (doc/operations.md).
 """
 
 from __future__ import annotations
@@ -257,9 +255,7 @@ def _fresh(record: DriverRecord, submit_path: str) -> bool:
 
 
 def _progress(submit_path: str, record: DriverRecord) -> DriverRecord | None:
-    """Watch a stale-looking heartbeat for two intervals and a second; the
-    record that shows it moved on, or `None`.
-    """
+    """The record of a stale-looking heartbeat that moved while watched, or `None`."""
     deadline = time.monotonic() + min(record.stale_after, 2 * record.interval + 1.0)
     while time.monotonic() < deadline:
         time.sleep(min(0.2, record.interval / 4))

@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The running driver's side of its liveness: the heartbeat it writes, the
-cancel requests it polls for, and the checks that stop it when its store or
-its disk fails (the files: doc/state.md).
+"""The driver's side of its liveness: its heartbeat, cancel requests, and
+stopping when its store or disk fails (doc/state.md).
 """
 
 from __future__ import annotations
@@ -68,10 +67,8 @@ _FULL_BELOW = 64 * 1024
 
 
 class DriverMonitor:
-    """A thread that, every `_POLL_INTERVAL` seconds, asks the driver to stop
-    (``request_stop(reason)``) when a cancel request names it or the store
-    file was lost, marks the store's disk full, and rewrites the heartbeat
-    every ``interval``.
+    """A thread that asks the driver to stop (``request_stop``) on a cancel
+    request or a lost store, marks the disk full, and writes the heartbeat.
 
     Parameters
     ----------

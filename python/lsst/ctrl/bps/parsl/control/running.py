@@ -25,11 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Which job attempts of a run are running now (``<submit>/parsl/running/``:
-a file per attempt on Parsl workers, the local pool spawners' journals;
-doc/state.md), and how to stop them. A restart kills what runs on its own
-host; a fresh journal of another host's spawner with unended attempts
-refuses it (`spawners_elsewhere`), a stale one is taken as ended.
+"""Which job attempts of a run are running now (``<submit>/parsl/running/``,
+doc/state.md), and how to stop them.
 """
 
 from __future__ import annotations
@@ -159,8 +156,7 @@ def running_job_ids(running_dir: str) -> set[int]:
 
 def kill_running_jobs(running_dir: str, run_id: str) -> int:
     """Kill every process of this run on this host (by the run's token in its
-    ``/proc`` environment), SIGTERM then SIGKILL; remove the journals of
-    spawners that are gone, and give live ones `_UNREAPED_WAIT` s to reap.
+    ``/proc`` environment); remove the journals of spawners that are gone.
 
     Parameters
     ----------
