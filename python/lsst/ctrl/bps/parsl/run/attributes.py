@@ -25,10 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A job's BPS attributes at run time (doc/configuration.md): the units of
-concurrency limits held by running jobs (`ConcurrencyGate`), an exit that
-aborts the run, the executor a job's ``computeSite`` or ``queue`` names, and
-its walltime.
+"""A job's BPS attributes at run time (doc/configuration.md): concurrency
+limits, an exit that aborts the run, the executor it names, its walltime.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: b
 
 
 def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
-    """Send ``sig`` to a driver on this host (proven by the caller) and
-    SIGCONT to its process group (a stopped driver acts on nothing); whether it still ran.
+    """Send ``sig`` and SIGCONT (a stopped driver acts on nothing) to a proven
+    driver on this host; whether it still ran.
     """
     if process_start(pid) is None or (started is not None and process_start(pid) != started):
         return False
@@ -92,16 +92,8 @@ def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
 
 
 def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, str]:
-    """Stop a run from any process: its driver stops and every job ends,
-    within a bound.
-
-    The driver is asked through a cancel request. One on this host proven
-    to be this run's (it has the run's database open) is also sent SIGCONT,
-    then SIGTERM after `_ACK_TIMEOUT` s without an answer, SIGKILL
-    `_STOP_TIMEOUT` s later. One on another host that does not answer is
-    waited for until its heartbeat is stale, then the run is taken over
-    (fenced). Every job process of the run on this host is then killed and
-    every unfinished job recorded DELETED.
+    """Stop a run from any process, its driver and every job, within a bound
+    (the steps and bounds: doc/operations.md).
 
     Parameters
     ----------

@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The order in which ready jobs go out (`ReadyQueue`: BPS ``priority``, then
-the longest path of work below, then first come; doc/design.md, Dispatch
-order), and how many are handed to Parsl at once (`in_flight_limit`).
+"""The order in which ready jobs go out (`ReadyQueue`, doc/design.md) and how
+many are handed to Parsl at once (`in_flight_limit`).
 """
 
 from __future__ import annotations

@@ -26,8 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Start (here or in the background) and check the driver of a submit
-directory; the run's saved BPS configuration. A live driver holds the run's
-claim (`claim`) and writes a heartbeat (`monitor`).
+directory; the run's saved BPS configuration.
 """
 
 from __future__ import annotations
@@ -74,9 +73,8 @@ _RESERVE_MAX = 64 << 20
 
 
 class RunFailedError(ShownMessageError, BpsError):
-    """Some jobs of the run did not succeed, or the run stopped. Under the
-    ``bps`` command line, submit and restart print its line instead and exit
-    with ``exit_status`` (1, or an ``abortOnValue``'s status).
+    """Some jobs of the run did not succeed, or the run stopped (under ``bps``
+    printed, exit status ``exit_status``).
     """
 
     def __init__(self, message: str, exit_status: int = 1):
