@@ -184,9 +184,7 @@ def _summary(data: RunData, out_dir: str) -> str:
 
 
 def _link(path: str, out_dir: str, text: str | None = None) -> str:
-    """A link to a local file, relative to the page when it is below the
-    page's directory.
-    """
+    """A link to a local file, relative when below the page's directory."""
     target = os.path.relpath(path, out_dir) if path.startswith(out_dir + os.sep) else path
     href = urllib.parse.quote(target) if not os.path.isabs(target) else "file://" + urllib.parse.quote(target)
     return f'<a href="{_e(href)}" title="{_e(path)}">{_e(text or path)}</a>'

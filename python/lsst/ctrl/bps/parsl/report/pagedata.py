@@ -310,9 +310,7 @@ def _read_snapshot(store: RunStore, submit_path: str, this_driver: bool) -> RunD
 def _occupancy(
     rows: Iterable[tuple], time_range: tuple[float, float]
 ) -> dict[str, tuple[list[float], list[float]]]:
-    """Average number of attempts running per host in each time bin, as
-    (did not fail, failed) series.
-    """
+    """Mean attempts running per host per time bin, as (did not fail, failed) series."""
     t0, t1 = time_range
     width = (t1 - t0) / AGGREGATE_BINS
     series: dict[str, tuple[list[float], list[float], list[float], list[float]]] = {}

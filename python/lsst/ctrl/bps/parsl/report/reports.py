@@ -329,9 +329,8 @@ def _text(value: object, limit: int = 200) -> str:
 
 
 def _check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[str, dict[int, int]]) -> None:
-    """Raise `StateStoreError` (damaged) unless the per-label counts read
-    back are possible: known states, each label's counts adding up to its
-    number of jobs, no more jobs than the jobs table holds, a status row for its last job.
+    """Raise `StateStoreError` (damaged) unless the per-label counts read back
+    are consistent with each other and the jobs table.
     """
     totals: dict[str, int] = {}
     for label, jobs in labels:
@@ -374,9 +373,8 @@ def _infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
 
 
 def _could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
-    """(attempts that could not be started: exit code 126 or 127, no start
-    time, not lost; the last one's job name, log directory and attempt
-    number), or `None` if none or the store cannot say.
+    """(count of attempts that exited 126/127 unstarted; the last one's job,
+    log directory, attempt), or `None` if none or the store cannot say.
     """
     try:
         (count,) = store.conn.execute(
@@ -394,9 +392,8 @@ def _could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None
 
 
 def _start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None, int]) -> str | None:
-    """Why the attempt `_could_not_start` names could not be started, as its
-    stderr log says (one line, at most 300 printable characters), for the
-    reader only; `None` if the log cannot be read or does not say.
+    """Why the attempt `_could_not_start` names did not start, from its stderr
+    log (one line), or `None`.
     """
     _, name, log_dir, attempt = unstarted
     marker = "[bps-parsl] the job could not be started"

@@ -115,9 +115,8 @@ def run_status(wms_workflow_id: str) -> tuple[WmsStates, str]:
 
 
 def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
-    """Submit directories of the runs ``bps cancel`` can act on: a live
-    driver or unfinished jobs; without ``wms_id``, this user's runs with a
-    live driver.
+    """Submit directories ``bps cancel`` can act on (a live driver or
+    unfinished jobs; without ``wms_id``, this user's with a live driver).
 
     Parameters
     ----------
@@ -156,9 +155,7 @@ def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
 
 
 def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
-    """Submit directories in this user's index, and in ``user``'s when that
-    is another user (when they let this user read it); the problems met.
-    """
+    """Submit directories in this user's index and ``user``'s (if readable); the problems met."""
     runs = [path for _, path in list_runs()]
     problems: list[str] = []
     if user and user != getpass.getuser():

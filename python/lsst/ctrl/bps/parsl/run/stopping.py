@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Stopping a driver session: the signals that ask for it, the watchdog that
-bounds it, what the driver does to stop (`StopHandling`), and recording how
-the attempts in flight ended.
+"""Stopping a driver session: signals, the watchdog that bounds it,
+`StopHandling`, and recording how the attempts in flight ended.
 """
 
 from __future__ import annotations
@@ -161,9 +160,8 @@ def _record_stopped(
     state: list[JobState],
     attempt: list[int],
 ) -> None:
-    """Record how the attempts in flight (emptied) ended when the run stopped
-    (``ended``: ``((job, attempt), future)`` of those whose futures ended), and
-    mark every job that has not ended DELETED.
+    """Record how the attempts in flight ended (``ended``: ``((job, attempt),
+    future)`` pairs) and mark every job not ended DELETED; empties ``in_flight``.
     """
     exits: list[dict[str, int]] = []  # the exit records, read once if needed
     for (i, number), future in ended:
@@ -213,9 +211,7 @@ def _record_one(
 
 
 class StopHandling:
-    """How a driver stops (the part of `~.driver.Driver` that does it); the
-    attributes are the driver's own.
-    """
+    """How a driver stops (`~.driver.Driver`'s attributes)."""
 
     rows: list[JobRow]
     state: list[JobState]
@@ -280,9 +276,8 @@ class StopHandling:
             _LOG.warning("%s", exc)
 
     def _stop_everything(self) -> None:
-        """Shut Parsl down, kill what of the run still runs here, record how
-        the attempts in flight ended (from their logs if their futures did
-        not), mark the rest DELETED.
+        """Shut Parsl down, kill what of the run runs here, record how the
+        attempts in flight ended, mark the rest DELETED.
         """
         self._check_fence()  # a driver that lost the run kills only its own attempts
         self.dispatch.shutdown()
