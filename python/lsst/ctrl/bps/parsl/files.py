@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Files the plugin writes (standard library only): private files (0600 in
-0700 directories, whatever the umask) for configuration and environment
-values, and names from the workflow made safe as file and directory names.
+"""Private files (0600 in 0700 directories, whatever the umask) and workflow
+names made safe as file names (standard library only).
 """
 
 from __future__ import annotations
@@ -116,9 +115,8 @@ def write_private(path: str, text: str) -> str:
 
 
 def safe_component(name: str) -> str:
-    """Return ``name`` as one file-name component inside its directory:
-    ``name`` when safe, else a safe form (no ``/``, control characters, lone
-    ``.``/``..``; short enough) plus ``~`` and a hash of ``name``.
+    """Return ``name`` as one safe file-name component (if changed: a safe
+    form plus ``~`` and a hash of ``name``).
 
     Parameters
     ----------

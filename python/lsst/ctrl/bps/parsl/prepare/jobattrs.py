@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""BPS job attributes that the HTCondor plugin honours, and this plugin too
-(doc/configuration.md; at run time: `run.attributes`): a job's values checked
-at prepare, its concurrency limits, abort values, ``computeSite`` and ``queue``.
+"""BPS job attributes that the HTCondor plugin honours, and this one too, at
+prepare (doc/configuration.md; at run time: `run.attributes`).
 """
 
 from __future__ import annotations
@@ -213,9 +212,8 @@ def check_job_values(job: Any) -> None:
 def job_attribute_check(
     config: BpsConfig, compute_site: str | None, labels: Sequence[str]
 ) -> Callable[[JobRow], None]:
-    """A check of each job row's concurrency limits (its values passed
-    `check_job_values`) that also warns, once per label, of a ``computeSite``
-    or ``queue`` naming no executor.
+    """A check of each job row's concurrency limits that also warns, once per
+    label, of a ``computeSite`` or ``queue`` naming no executor.
 
     Parameters
     ----------
