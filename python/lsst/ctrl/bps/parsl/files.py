@@ -98,10 +98,8 @@ def write_private(path: str, text: str) -> str:
 
     Parameters
     ----------
-    path : `str`
-        The file.
-    text : `str`
-        What to write.
+    path, text : `str`
+        The file; what to write.
 
     Returns
     -------

@@ -133,10 +133,8 @@ class ParslWorkflow(BaseWmsWorkflow):
             BPS configuration.
         generic_workflow : `lsst.ctrl.bps.GenericWorkflow`
             The workflow to run.
-        out_prefix : `str`
-            Submit directory.
-        service_class : `str`
-            Name of the service class, stored for report/restart.
+        out_prefix, service_class : `str`
+            Submit directory; name of the service class, stored for report/restart.
 
         Returns
         -------

@@ -199,10 +199,8 @@ def claim_run(
     ----------
     submit_path, what : `str`
         Submit directory; what the holder does (``submit``, ``restart``, ``cancel``).
-    wait : `float`
-        Seconds to keep trying while a live process holds the run.
-    stale_after : `float`
-        Age of a claim with no heartbeat after which its holder elsewhere is gone.
+    wait, stale_after : `float`
+        Seconds to keep trying while the run is held; age of a silent claim whose holder elsewhere is gone.
 
     Yields
     ------

@@ -76,10 +76,8 @@ class DriverMonitor:
         Submit directory; the run's id.
     store : `RunStore`
         The run's store, open for writing.
-    interval : `float`
-        Seconds between heartbeats (at most a quarter of ``stale_after``).
-    stale_after : `float`
-        Silence of the heartbeat after which other hosts count this driver gone.
+    interval, stale_after : `float`
+        Seconds between heartbeats (at most ``stale_after / 4``); silence after which it counts as gone.
     fence : `ClaimFence`, optional
         The driver's claim: once another process took the run over, no
         heartbeat is written and the driver is asked to stop.

@@ -160,10 +160,8 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
 
     Parameters
     ----------
-    running_dir : `str`
-        The run's directory of running-attempt records and journals.
-    run_id : `str`
-        The run's id (its tokens start with ``<run_id>/``).
+    running_dir, run_id : `str`
+        The run's running-attempt records and journals; its id (its tokens start with ``<run_id>/``).
 
     Returns
     -------

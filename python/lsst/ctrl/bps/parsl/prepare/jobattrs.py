@@ -59,10 +59,8 @@ def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], .
 
     Parameters
     ----------
-    text : `str`
-        A job's ``concurrencyLimit``.
-    where : `str`
-        The job, for the message.
+    text, where : `str`
+        A job's ``concurrencyLimit``; the job, for the message.
 
     Returns
     -------

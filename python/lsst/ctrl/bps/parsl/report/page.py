@@ -384,10 +384,8 @@ class PageWriter:
     ----------
     submit_path : `str`
         The run's submit directory.
-    interval : `float`
-        Least number of seconds between two pages.
-    budget : `float`
-        Largest fraction of the driver's time spent writing pages.
+    interval, budget : `float`
+        Least number of seconds between two pages; largest fraction of the driver's time spent writing pages.
     """
 
     def __init__(self, submit_path: str, interval: float = 5.0, budget: float = 0.02):

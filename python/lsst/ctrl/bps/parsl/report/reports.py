@@ -148,10 +148,8 @@ def job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsSta
 
     Parameters
     ----------
-    value : `int`
-        The job's stored state (a `JobState` value).
-    job_id : `int`
-        Job id.
+    value, job_id : `int`
+        The job's stored state (a `JobState` value); job id.
     alive : `bool`
         Whether the run's driver is alive.
     running : `set` [`int`]
@@ -176,10 +174,8 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     ----------
     submit_path : `str`
         Submit directory.
-    detailed : `bool`
-        Include one `WmsJobReport` per job.
-    return_exit_codes : `bool`
-        Include non-zero exit codes per label.
+    detailed, return_exit_codes : `bool`
+        Include one `WmsJobReport` per job; include non-zero exit codes per label.
 
     Returns
     -------

@@ -120,10 +120,8 @@ def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
 
     Parameters
     ----------
-    wms_id : `str` or `None`
-        Submit directory or run id of one run.
-    user : `str` or `None`
-        Only runs whose ``operator`` is this user.
+    wms_id, user : `str` or `None`
+        Submit directory or run id of one run; only runs whose ``operator`` is this user.
 
     Returns
     -------

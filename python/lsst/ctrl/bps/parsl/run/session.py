@@ -101,10 +101,8 @@ def driver_claim(
     ----------
     submit_path, what : `str`
         Submit directory; what the holder does.
-    wait : `float`
-        Seconds to keep trying while a live process holds the run.
-    stale_after : `float`
-        Age after which a claim with no heartbeat counts as abandoned.
+    wait, stale_after : `float`
+        Seconds to keep trying while the run is held; age of a silent claim that counts as abandoned.
 
     Yields
     ------
