@@ -113,8 +113,7 @@ def write_private(path: str, text: str) -> str:
 
 
 def safe_component(name: str) -> str:
-    """Return ``name`` as one safe file-name component (if changed: a safe
-    form plus ``~`` and a hash of ``name``).
+    """Return ``name`` as one safe file-name component (if changed: with ``~`` and a hash).
 
     Parameters
     ----------

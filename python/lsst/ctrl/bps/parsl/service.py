@@ -73,8 +73,7 @@ def _fail_bps_command(message: str | None, exit_status: int = 1, now: bool = Fal
 
 
 class ParslService(BaseWmsService):
-    """BPS workflow management service that runs workflows with Parsl
-    (each ``bps`` command: doc/operations.md).
+    """BPS workflow management service that runs workflows with Parsl (doc/operations.md).
 
     Parameters
     ----------
@@ -95,8 +94,7 @@ class ParslService(BaseWmsService):
         return Config(self.defaults_uri)
 
     def run_submission_checks(self) -> None:
-        """Check every plugin key and build the site's executors before the
-        quantum graph is built.
+        """Check every plugin key and build the site's executors before the quantum graph is built.
 
         Raises
         ------

@@ -245,9 +245,7 @@ def _drain(rows: Generator[JobRow, None, list[str]]) -> tuple[list[JobRow], list
 def _create_run(
     config: BpsConfig, submit_path: str, run_id: str, name: str, create_store: Callable[[], None]
 ) -> None:
-    """Create a run so that a kill at any point leaves none or a complete,
-    indexed one (doc/design.md).
-    """
+    """Create a run so that a kill at any point leaves none or a complete one (doc/design.md)."""
     from .run.session import install_config, save_pending_config
 
     try:

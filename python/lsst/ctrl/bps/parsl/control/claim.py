@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Who may write a run: one ``parsl/driver.claim.<N>`` at a time, from any host
-(doc/state.md, doc/operations.md).
-"""
+"""Who may write a run: one ``parsl/driver.claim.<N>`` at a time (doc/state.md)."""
 
 from __future__ import annotations
 

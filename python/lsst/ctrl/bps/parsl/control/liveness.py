@@ -278,8 +278,7 @@ def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = Fa
     run_id : `str`, optional
         The run's id: a heartbeat of another run is ignored.
     confirm : `bool`
-        Before calling a driver on another host gone, watch its heartbeat a
-        few intervals: alive if it moves (for taking a run over).
+        Watch a seemingly gone remote driver's heartbeat first (to take a run over).
 
     Returns
     -------
@@ -301,8 +300,7 @@ def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = Fa
 
 
 def holds_store(pid: int, submit_path: str) -> bool:
-    """Whether process ``pid`` (on this host) has the run's database open:
-    the proof that it is this run's driver.
+    """Whether process ``pid`` (here) has the run's database open: proof it is the driver.
 
     Parameters
     ----------

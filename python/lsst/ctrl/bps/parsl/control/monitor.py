@@ -79,8 +79,7 @@ class DriverMonitor:
     interval, stale_after : `float`
         Seconds between heartbeats (at most ``stale_after / 4``); silence after which it counts as gone.
     fence : `ClaimFence`, optional
-        The driver's claim: once another process took the run over, no
-        heartbeat is written and the driver is asked to stop.
+        The driver's claim: once the run is taken over, stop beating and ask the driver to stop.
     """
 
     def __init__(

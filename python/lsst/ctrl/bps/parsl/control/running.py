@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Which job attempts of a run are running now (``<submit>/parsl/running/``,
-doc/state.md), and how to stop them.
-"""
+"""Which attempts of a run run now (``<submit>/parsl/running/``), and how to stop them."""
 
 from __future__ import annotations
 

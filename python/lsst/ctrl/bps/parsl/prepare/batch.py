@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Batch submission (``bpsBatchSubmission: true``): the payload joins the
-run that prepared it (doc/operations.md).
-"""
+"""Batch submission (``bpsBatchSubmission``): the payload joins the run that prepared it."""
 
 from __future__ import annotations
 

@@ -377,9 +377,7 @@ class _SubdirCache:
 
 
 class _Templates:
-    """One graph's command-line templates with fixed ``<FILE:name>`` resolved
-    once; the others are left for `render`.
-    """
+    """One graph's command-line templates, fixed ``<FILE:name>`` resolved once (others: `render`)."""
 
     def __init__(self, lookup: Callable[[str], str | None]):
         self.lookup = lookup

@@ -388,9 +388,7 @@ def _could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None
 
 
 def _start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None, int]) -> str | None:
-    """Why the attempt `_could_not_start` names did not start, from its stderr
-    log (one line), or `None`.
-    """
+    """Why the attempt `_could_not_start` names did not start, from its stderr log, or `None`."""
     _, name, log_dir, attempt = unstarted
     marker = "[bps-parsl] the job could not be started"
     try:

@@ -50,8 +50,7 @@ __all__ = ("cancellable_runs", "listed_reports", "run_status")
 
 
 def listed_reports(user: str | None, hist: float, return_exit_codes: bool) -> tuple[list[WmsRunReport], str]:
-    """Short reports of the runs ``bps report`` lists (active, or ended
-    within ``hist`` days), and the problems met.
+    """Short reports of the runs ``bps report`` lists (active, or ended within ``hist`` days).
 
     Parameters
     ----------

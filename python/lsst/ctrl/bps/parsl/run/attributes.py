@@ -76,8 +76,7 @@ def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:
     Returns
     -------
     status : `int` or `None`
-        The run's exit status (the job's ``abortReturnValue``, else the exit
-        code), or `None` if the run goes on.
+        The run's exit status (``abortReturnValue``, else the exit code), or `None`.
     """
     if row.abort_on_value is None or signal is not None or exit_code != row.abort_on_value:
         return None

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""``bps cancel``: stop a run from any process, its driver and every job,
-within a bound (doc/operations.md).
-"""
+"""``bps cancel``: stop a run's driver and every job, from any process, within a bound."""
 
 from __future__ import annotations
 
@@ -105,8 +103,7 @@ def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, st
     Returns
     -------
     cancelled : `bool`
-        True only if the driver exited, no job process is left on this host
-        and every unfinished job is recorded DELETED.
+        Whether the driver and every job process here ended and all unfinished jobs are DELETED.
     message : `str`
         What happened.
 

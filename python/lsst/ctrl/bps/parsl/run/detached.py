@@ -42,8 +42,7 @@ def main(argv: list[str]) -> int:
     Parameters
     ----------
     argv : `list` [`str`]
-        Command line: the module, the submit directory and the session kind
-        (``submit`` or ``restart``).
+        Command line: the module, the submit directory, ``submit`` or ``restart``.
 
     Returns
     -------

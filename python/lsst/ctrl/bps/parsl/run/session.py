@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Start (here or in the background) and check the driver of a submit
-directory; the run's saved BPS configuration.
-"""
+"""Start (here or in the background) and check a run's driver; its saved BPS configuration."""
 
 from __future__ import annotations
 
@@ -73,9 +71,7 @@ _RESERVE_MAX = 64 << 20
 
 
 class RunFailedError(ShownMessageError, BpsError):
-    """Some jobs of the run did not succeed, or the run stopped (under ``bps``
-    printed, exit status ``exit_status``).
-    """
+    """Some jobs of the run did not succeed, or the run stopped (``exit_status``: under ``bps``)."""
 
     def __init__(self, message: str, exit_status: int = 1):
         super().__init__(message)
@@ -362,8 +358,7 @@ def checked_run(submit_path: str) -> str:
 
 
 def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
-    """Start the driver of a run in the background, detached from the
-    terminal; return once its heartbeat names it.
+    """Start a run's driver in the background, detached; return once its heartbeat names it.
 
     Parameters
     ----------
