@@ -247,9 +247,7 @@ def set_parsl_logging(config: BpsConfig) -> int:
 
 @dataclass(frozen=True)
 class Key:
-    """One plugin key: ``name`` in the submit YAML, ``field`` of the settings,
-    ``kind``, its only ``default``, and a ``check`` giving the fix for a bad value.
-    """
+    """One plugin key: YAML ``name``, settings ``field``, ``kind``, ``default``, ``check`` (gives the fix)."""
 
     name: str
     field: str

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Private files (0600 in 0700 directories, whatever the umask) and workflow
-names made safe as file names (standard library only).
-"""
+"""Private files (0600 in 0700 directories, whatever the umask) and safe file names."""
 
 from __future__ import annotations
 
@@ -69,8 +67,7 @@ def private_dir(path: str) -> str:
 
 
 def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
-    """Open ``path`` as a file of mode 0600 (an existing one tightened
-    before anything is written) and return its descriptor.
+    """Open ``path`` as a file of mode 0600 (tightened before anything is written); its descriptor.
 
     Parameters
     ----------

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Errors as the one line the plugin shows for them, and text from a
-workflow or a store as text that is safe on a terminal (`shown`).
-"""
+"""Errors as the one line the plugin shows, and workflow or store text made safe on a terminal."""
 
 from __future__ import annotations
 

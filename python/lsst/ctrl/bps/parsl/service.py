@@ -50,8 +50,8 @@ __all__ = ("ParslService", "RunFailedError")
 
 
 def _fail_bps_command(message: str | None, exit_status: int = 1, now: bool = False) -> bool:
-    """Under ``bps``, print ``message`` (if any) and exit with ``exit_status``
-    when the command ends (at once if ``now``); whether it did.
+    """Under ``bps``, print ``message`` (if any) and exit with ``exit_status`` at
+    the end (``now``: at once); whether it did.
     """
     try:
         import click

@@ -146,9 +146,7 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
 
 
 def _holder_alive(submit_path: str, claim: Claim, stale_after: float = STALE_AFTER) -> bool:
-    """Whether the holder of ``claim`` still holds the run (before its first
-    heartbeat: its claim file is younger than ``stale_after``).
-    """
+    """Whether ``claim``'s holder still holds the run (before its first beat: a claim file younger)."""
     if claim.released:
         return False
     if claim.host == HOST:

@@ -147,8 +147,7 @@ def _read_json_stat(path: str) -> tuple[dict, os.stat_result] | None:
 
 
 def file_clock(directory: str) -> float | None:
-    """The current time by the clock of the file system holding ``directory``
-    (the modification time of a new probe file).
+    """The current time by the file system's clock (mtime of a new probe file in ``directory``).
 
     Parameters
     ----------

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The driver's side of its liveness: its heartbeat, cancel requests, and
-stopping when its store or disk fails (doc/state.md).
-"""
+"""The driver's side of its liveness: heartbeat, cancel requests, store or disk failures."""
 
 from __future__ import annotations
 

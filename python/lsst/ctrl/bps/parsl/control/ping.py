@@ -104,9 +104,7 @@ def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[i
 
 
 def _check_executor(executor: Any) -> str | None:
-    """What keeps ``executor`` from working here (one line: a command not on
-    ``PATH``, a failed provider probe), or `None`.
-    """
+    """What keeps ``executor`` from working here (a command not on ``PATH``, a failed probe), or `None`."""
     label = getattr(executor, "label", "?")
     launch = getattr(executor, "interchange_launch_cmd", None)
     if isinstance(launch, list) and launch and shutil.which(launch[0]) is None:

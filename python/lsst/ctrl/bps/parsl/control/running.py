@@ -230,8 +230,7 @@ def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
 
 
 def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) -> list[StaleJournal]:
-    """Check the journals of local-pool spawners on other hosts before a
-    restart settles what a driver that died left (reads only).
+    """Check other hosts' local-pool spawner journals before a restart settles what a dead driver left.
 
     Parameters
     ----------

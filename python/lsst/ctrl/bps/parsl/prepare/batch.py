@@ -112,8 +112,7 @@ def control_run(submit_path: str) -> dict[str, Any] | None:
 
 
 def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
-    """Append a payload's jobs and edges to the run below its lazy group, in
-    one transaction (once: not again after a restart).
+    """Append a payload's jobs and edges below the run's lazy group, in one transaction, once.
 
     Parameters
     ----------

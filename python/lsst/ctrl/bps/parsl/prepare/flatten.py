@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A generic workflow flattened, without recursion, into integer-indexed nodes
-in parallel arrays (a few tens of MB for a million jobs).
-"""
+"""A generic workflow flattened, without recursion, into integer-indexed nodes in parallel arrays."""
 
 from __future__ import annotations
 

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""BPS job attributes that the HTCondor plugin honours, and this one too, at
-prepare (doc/configuration.md; at run time: `run.attributes`).
-"""
+"""BPS job attributes the HTCondor plugin honours, checked at prepare (doc/configuration.md)."""
 
 from __future__ import annotations
 

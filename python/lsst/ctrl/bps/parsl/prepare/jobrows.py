@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The job rows of a prepared workflow: each job's command line rendered and
-its values checked, per-template and per-value work done once (doc/performance.md).
-"""
+"""The job rows of a prepared workflow: commands rendered, values checked (doc/performance.md)."""
 
 from __future__ import annotations
 
@@ -311,9 +309,7 @@ def _retry_unless_exit(value: Any) -> str | None:
 
 
 def _tags_json() -> Callable[[dict[str, Any]], str]:
-    """``json.dumps(tags, default=str)``, without building an encoder per job
-    (what `json.dumps` does when given ``default``): a third of the cost.
-    """
+    """``json.dumps(tags, default=str)`` without an encoder built per job (a third of the cost)."""
     make_encoder = getattr(json.encoder, "c_make_encoder", None)
     if make_encoder is None:
         return json.JSONEncoder(default=str).encode

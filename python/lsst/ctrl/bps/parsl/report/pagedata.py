@@ -26,9 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The run page's data: what `page` shows, read from the run's store in
-one read transaction, and the helpers that format it.
-"""
+"""The run page's data, read from the run's store in one read transaction, and its formatting."""
 
 from __future__ import annotations
 

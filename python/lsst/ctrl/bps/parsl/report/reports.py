@@ -325,9 +325,7 @@ def _text(value: object, limit: int = 200) -> str:
 
 
 def _check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[str, dict[int, int]]) -> None:
-    """Raise `StateStoreError` (damaged) unless the per-label counts read back
-    are consistent with each other and the jobs table.
-    """
+    """Raise `StateStoreError` (damaged) unless the per-label counts read back are consistent."""
     totals: dict[str, int] = {}
     for label, jobs in labels:
         if not isinstance(label, str) or not isinstance(jobs, int) or jobs < 0:

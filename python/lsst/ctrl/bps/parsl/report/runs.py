@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The runs that ``bps report``, ``bps status`` and ``bps cancel`` see: one
-by its id, or this user's (or another user's) from the run index.
-"""
+"""The runs ``bps report``, ``bps status`` and ``bps cancel`` see: one by id, or from the run index."""
 
 from __future__ import annotations
 

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A job's BPS attributes at run time (doc/configuration.md): concurrency
-limits, an exit that aborts the run, the executor it names, its walltime.
-"""
+"""A job's BPS attributes at run time (doc/configuration.md)."""
 
 from __future__ import annotations
 

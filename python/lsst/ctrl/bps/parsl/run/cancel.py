@@ -71,9 +71,7 @@ def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: b
 
 
 def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
-    """Send ``sig`` and SIGCONT (a stopped driver acts on nothing) to a proven
-    driver on this host; whether it still ran.
-    """
+    """Send ``sig`` and SIGCONT (a stopped driver acts on nothing) to a proven local driver; if it ran."""
     if process_start(pid) is None or (started is not None and process_start(pid) != started):
         return False
     try:
@@ -90,8 +88,7 @@ def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
 
 
 def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, str]:
-    """Stop a run from any process, its driver and every job, within a bound
-    (the steps and bounds: doc/operations.md).
+    """Stop a run's driver and every job from any process, within a bound (doc/operations.md).
 
     Parameters
     ----------

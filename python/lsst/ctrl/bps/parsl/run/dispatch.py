@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The driver's one way to run a job attempt: a task of the run's Parsl
-kernel (`runner.run_job`, doc/design.md); ended tasks are queued for `Dispatch.wait`.
-"""
+"""The driver's one way to run a job attempt: a task of the run's Parsl kernel (doc/design.md)."""
 
 from __future__ import annotations
 
@@ -241,9 +239,7 @@ class _QuietFileHandler(logging.FileHandler):
 
 
 def _setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
-    """Send Parsl's log to ``<submit>/parsl/parsl.log`` only, at ``parsl.log_level``
-    (not Parsl's own DEBUG log: doc/design.md).
-    """
+    """Send Parsl's log only to ``<submit>/parsl/parsl.log``, at ``parsl.log_level`` (doc/design.md)."""
     logger = logging.getLogger("parsl")
     logger.propagate = False
     handler = _QuietFileHandler(os.path.join(submit_path, "parsl", "parsl.log"))

@@ -171,9 +171,7 @@ class Driver(LostAttemptHandling, StopHandling):
         self.policy = RetryPolicy(self.rows, self.site, self.submit_path)
 
     def _reset_for_run(self) -> None:
-        """Keep succeeded jobs, run every other one, after settling what a dead
-        driver left (refused while jobs run on another host).
-        """
+        """Keep succeeded jobs, run the others, after settling what a dead driver left."""
         if self.store.sessions():
             stale = spawners_elsewhere(self.running_dir, self.site.config, self.recorder)
             kill_running_jobs(self.running_dir, self.run_id)

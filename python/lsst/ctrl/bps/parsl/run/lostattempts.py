@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""What a driver does with an attempt the infrastructure lost, or that never
-started (`LostAttemptHandling`, a part of `~.driver.Driver`).
-"""
+"""What a driver does with an attempt the infrastructure lost, or that never started."""
 
 from __future__ import annotations
 
@@ -71,9 +69,7 @@ class LostAttemptHandling:
             self.stop_reason = reason
 
     def _lost(self, i: int, attempt: int, flight: InFlight, error: BaseException, cause: str) -> None:
-        """Record a lost attempt; the job runs again once its processes are gone
-        (an ``infrastructureRetries`` try, not a ``numberOfRetries`` one).
-        """
+        """Record a lost attempt; its job runs again once its processes end (``infrastructureRetries``)."""
         self.session_tries[i] -= 1
         result = self.recorder.lost(i, attempt, error, time.time(), cause)
         try:  # a lost worker did not remove its running-attempt file

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The order in which ready jobs go out (`ReadyQueue`, doc/design.md) and how
-many are handed to Parsl at once (`in_flight_limit`).
-"""
+"""The order in which ready jobs go out, and how many are handed to Parsl at once (doc/design.md)."""
 
 from __future__ import annotations
 

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The plugin's retry policy (Parsl's own retries are 0; doc/design.md): whether
-a failed attempt runs again, with how much memory, on which executor.
-"""
+"""The plugin's retry policy (Parsl's own retries are 0; doc/design.md)."""
 
 from __future__ import annotations
 

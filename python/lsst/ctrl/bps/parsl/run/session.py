@@ -174,8 +174,7 @@ def install_config(submit_path: str, run_id: str) -> None:
 
 
 def load_config(submit_path: str) -> BpsConfig:
-    """The BPS configuration saved at prepare time (put in place first if the
-    submit that created the run was killed before it did).
+    """The BPS configuration saved at prepare time (put in place first if its submit was killed).
 
     Parameters
     ----------

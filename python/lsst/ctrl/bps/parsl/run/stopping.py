@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Stopping a driver session: signals, the watchdog that bounds it,
-`StopHandling`, and recording how the attempts in flight ended.
-"""
+"""Stopping a driver session: signals, the watchdog, `StopHandling`, how attempts in flight ended."""
 
 from __future__ import annotations
 
@@ -247,9 +245,7 @@ class StopHandling:
         return True
 
     def _abort_to_final_phase(self) -> None:
-        """After an abort in the main phase, stop every job and run the final
-        job, as DAGMan runs its FINAL node after an ``ABORT-DAG-ON``.
-        """
+        """After an abort in the main phase, stop every job and run the final job (as DAGMan's FINAL)."""
         self._stop_everything()
         finals = [i for i, row in enumerate(self.rows) if row.final]
         if not finals or self.stop_reason != (self.abort[1] if self.abort else None):
@@ -276,18 +272,14 @@ class StopHandling:
             _LOG.warning("%s", exc)
 
     def _stop_everything(self) -> None:
-        """Shut Parsl down, kill what of the run runs here, record how the
-        attempts in flight ended, mark the rest DELETED.
-        """
+        """Shut Parsl down, kill the run's processes here, record the attempts in flight, mark DELETED."""
         self._check_fence()  # a driver that lost the run kills only its own attempts
         self.dispatch.shutdown()
         kill_running_jobs(self.running_dir, self.run_id)
         _record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
 
     def _stop_own_attempts(self) -> None:
-        """The run was taken over: stop Parsl, kill this driver's own attempts
-        by their tokens (never the new driver's), record nothing.
-        """
+        """The run was taken over: stop Parsl, kill only this driver's attempts (by token), record nothing."""
         tokens = [f"{self.run_id}/{i}/{flight.attempt}" for i, flight in self.in_flight.items()]
         self.dispatch.shutdown()
         if tokens:
