@@ -147,8 +147,7 @@ def _made_safe(name: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def safe_subdir(subdir: str | None) -> str:
-    """Return a relative directory path made of safe components (empty and
-    ``.`` segments dropped, the others through `safe_component`).
+    """Return a relative directory path made of safe components (empty and ``.`` segments dropped).
 
     Parameters
     ----------

@@ -330,8 +330,7 @@ def priority_number(value: Any) -> int | float | None:
 
 
 def walltime_minutes(value: Any) -> int | None:
-    """A ``requestWalltime`` (minutes or ``HH:MM:SS``) in whole minutes (at
-    least 1), or `None` if unset or unreadable.
+    """A ``requestWalltime`` in whole minutes (at least 1), or `None` if unset or unreadable.
 
     Parameters
     ----------

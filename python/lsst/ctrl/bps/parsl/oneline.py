@@ -44,8 +44,7 @@ def _escape(match: re.Match) -> str:
 
 
 def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
-    r"""``text`` as it may be shown: what a terminal would act on escaped
-    (``\x1b``, ``\r``, ``\u202e``), cut at ``limit`` characters.
+    """``text`` safe to show: what a terminal would act on escaped, cut at ``limit`` characters.
 
     Parameters
     ----------

@@ -242,8 +242,7 @@ def claim_run(
 
 
 class ClaimFence:
-    """Whether a holder's claim ``N`` is still the run's: its file exists and
-    ``N + 1``'s does not (commits check the store's copy, `take_fence`).
+    """Whether claim ``N`` is still the run's: its file exists and ``N + 1``'s does not (`take_fence`).
 
     Parameters
     ----------

@@ -267,8 +267,7 @@ def _progress(submit_path: str, record: DriverRecord) -> DriverRecord | None:
 
 
 def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = False) -> DriverRecord | None:
-    """The live driver of a run: on this host while its process (same pid and
-    start time) runs; on another while its heartbeat is fresh (`_fresh`).
+    """The live driver of a run: its process runs (this host) or its heartbeat is fresh (`_fresh`).
 
     Parameters
     ----------

@@ -153,8 +153,7 @@ def running_job_ids(running_dir: str) -> set[int]:
 
 
 def kill_running_jobs(running_dir: str, run_id: str) -> int:
-    """Kill every process of this run on this host (by the run's token in its
-    ``/proc`` environment); remove the journals of spawners that are gone.
+    """Kill this run's processes here (by its token in ``/proc``); remove dead spawners' journals.
 
     Parameters
     ----------
@@ -296,8 +295,7 @@ def _refusal(recorder: Recorder, host: str, attempts: list[tuple[int, int]], oth
 
 
 def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
-    """Remove the journals of spawners that are gone, once their attempts are
-    settled (one with no recorded exit says in its log why it was taken as ended).
+    """Remove the journals of spawners that are gone, once their attempts are settled.
 
     Parameters
     ----------

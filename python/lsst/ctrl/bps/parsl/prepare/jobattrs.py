@@ -208,8 +208,7 @@ def check_job_values(job: Any) -> None:
 def job_attribute_check(
     config: BpsConfig, compute_site: str | None, labels: Sequence[str]
 ) -> Callable[[JobRow], None]:
-    """A check of each job row's concurrency limits that also warns, once per
-    label, of a ``computeSite`` or ``queue`` naming no executor.
+    """A check of job rows' concurrency limits; warns once per label of a site or queue with no executor.
 
     Parameters
     ----------

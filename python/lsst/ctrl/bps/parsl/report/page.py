@@ -377,8 +377,7 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
 
 
 class PageWriter:
-    """Rewrite a run's page from its driver: at most every ``interval``
-    seconds and for at most ``budget`` of its time, and when ``final``.
+    """Rewrite a run's page from its driver, within ``interval`` and ``budget``, and when ``final``.
 
     Parameters
     ----------

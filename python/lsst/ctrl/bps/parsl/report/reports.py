@@ -57,8 +57,7 @@ _SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
 
 
 def readable_run(submit_path: str) -> None:
-    """Raise `StateStoreError` in one line unless this user may read the run
-    (another user's run is read-only when the file system lets this user read it).
+    """Raise `StateStoreError` in one line unless this user may read the run.
 
     Parameters
     ----------
@@ -143,8 +142,7 @@ def running_jobs(submit_path: str) -> set[int]:
 
 
 def job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsStates:
-    """The reported state of a job stored in state ``value``: in flight
-    without a live driver is UNKNOWN, PENDING with a running attempt RUNNING.
+    """A job's reported state (in flight with no live driver: UNKNOWN; PENDING but running: RUNNING).
 
     Parameters
     ----------

@@ -112,13 +112,14 @@ def run_status(wms_workflow_id: str) -> tuple[WmsStates, str]:
 
 
 def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
-    """Submit directories ``bps cancel`` can act on (a live driver or
-    unfinished jobs; without ``wms_id``, this user's with a live driver).
+    """Submit directories ``bps cancel`` can act on (a live driver or unfinished jobs).
 
     Parameters
     ----------
-    wms_id, user : `str` or `None`
-        Submit directory or run id of one run; only runs whose ``operator`` is this user.
+    wms_id : `str` or `None`
+        One run's submit directory or id (none: this user's runs with a live driver).
+    user : `str` or `None`
+        Only runs whose ``operator`` is this user.
 
     Returns
     -------

@@ -68,13 +68,12 @@ def _job_minutes(row: JobRow) -> float:
 
 
 def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) -> array:
-    """Minutes of the longest path of work from each node to the end, its own
-    included (ids are in topological order: one pass from the last).
+    """Minutes of the longest path of work from each node to the end, its own included.
 
     Parameters
     ----------
     rows : `~collections.abc.Sequence` [`JobRow`]
-        The nodes, by id.
+        The nodes, by id (topological order: one pass from the last).
     children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
         Child ids of each node.
 
@@ -157,8 +156,7 @@ class ReadyQueue:
 
 
 def in_flight_limit(site: SiteConfig, labels: Sequence[str]) -> int | None:
-    """How many attempts the driver keeps handed to Parsl at once: the slots
-    of the executors (`SiteConfig.capacity`) plus `_IN_FLIGHT_MARGIN` each.
+    """How many attempts the driver keeps handed to Parsl at once (slots plus `_IN_FLIGHT_MARGIN`).
 
     Parameters
     ----------

@@ -151,8 +151,7 @@ def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str
 
 
 def install_config(submit_path: str, run_id: str) -> None:
-    """Put the configuration of run ``run_id`` (whose store the directory
-    holds) in place; remove what submits that lost the directory left.
+    """Put run ``run_id``'s configuration in place; remove what submits that lost the directory left.
 
     Parameters
     ----------
@@ -320,8 +319,7 @@ def _check_meta(store: RunStore, submit_path: str) -> str:
 
 
 def checked_run(submit_path: str) -> str:
-    """Check that a submit directory is a run its caller may act on (cancel,
-    restart): its store is this user's regular file and names this directory.
+    """Check that a submit directory is a run its caller may act on (this user's store, naming it).
 
     Parameters
     ----------
