@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Typed, checked BPS configuration values; the plugin's keys, read once into
-`RunSettings` and `SiteSettings`. An error names the key and the fix.
-"""
+"""Typed, checked BPS configuration values; the plugin's keys, read once (errors: key and fix)."""
 
 from __future__ import annotations
 

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The prepared workflow: a generic workflow flattened into job rows and saved
-in the submit directory's run-state store, which all later commands read.
-"""
+"""The prepared workflow: job rows in the submit directory's store, which later commands read."""
 
 from __future__ import annotations
 

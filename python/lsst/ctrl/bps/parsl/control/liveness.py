@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Whether a run's driver is alive, and how other processes reach it: its
-heartbeat and a cancel request in ``<submit>/parsl/``, from any host with no
-lock or signal (doc/operations.md).
-"""
+"""Whether a run's driver is alive, and how other processes reach it (doc/operations.md)."""
 
 from __future__ import annotations
 

@@ -65,8 +65,7 @@ _FULL_BELOW = 64 * 1024
 
 
 class DriverMonitor:
-    """A thread that asks the driver to stop (``request_stop``) on a cancel
-    request or a lost store, marks the disk full, and writes the heartbeat.
+    """A thread that writes the heartbeat and asks the driver to stop on a cancel or a lost store.
 
     Parameters
     ----------

@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A job's command line and environment rendered (doc/configuration.md;
-placeholders may nest, so rendering repeats until the text stops changing;
-``<WMS:name>`` waits for dispatch, `fill_wms`), and ``export`` lines.
+"""A job's command line and environment rendered (doc/configuration.md; placeholders
+may nest, so rendering repeats until the text stops changing), and ``export`` lines.
 """
 
 from __future__ import annotations
@@ -198,8 +197,7 @@ def _export_value(value: str) -> str:
 
 
 def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bool = False) -> str:
-    """Return ``export`` statements for a job's environment, in order: values
-    as written, but each ``<ENV:X>`` the value of ``X`` where the job runs.
+    """Return ``export`` lines for a job's environment, in order, each ``<ENV:X>`` as ``$X``.
 
     Parameters
     ----------

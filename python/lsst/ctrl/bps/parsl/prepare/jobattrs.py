@@ -83,8 +83,7 @@ def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], .
 
 
 def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str, float]:
-    """The run's limits: ``db_limit``, then the top-level
-    ``concurrencyLimits``, then ``site.<computeSite>.concurrencyLimits``.
+    """The run's limits: ``db_limit``, then top-level, then ``site.<computeSite>.concurrencyLimits``.
 
     Parameters
     ----------

@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The run page, a self-contained HTML file (doc/operations.md): its HTML
-(`render`; data from `pagedata`, timeline from `pagetimeline`), `write_page`,
-the driver's `PageWriter`, and ``python -m lsst.ctrl.bps.parsl.report.page RUN [-o OUT]``.
-"""
+"""The run page, a self-contained HTML file (doc/operations.md), and its command line."""
 
 from __future__ import annotations
 

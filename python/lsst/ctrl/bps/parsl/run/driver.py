@@ -193,8 +193,7 @@ class Driver(LostAttemptHandling, StopHandling):
         self.recorder.flush()
 
     def run(self) -> RunOutcome:
-        """Run until every job ended or a stop was requested (a run that cannot
-        go on ends ``cancelled``, with a one-line ``reason``).
+        """Run until every job ended or a stop was requested (one that cannot go on: ``cancelled``).
 
         Returns
         -------

@@ -94,8 +94,7 @@ def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) ->
 
 
 class ReadyQueue:
-    """Ready nodes, highest priority first, then longest path of work below,
-    then first come (a deque's ``append``, ``popleft``, ``clear``, ``len``).
+    """Ready nodes, by priority, then longest path below, then first come (a deque's interface).
 
     Parameters
     ----------

@@ -126,8 +126,7 @@ def _pending_config(submit_path: str, run_id: str) -> str:
 
 
 def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str:
-    """Write the configuration of a run being created under a name of its own
-    (0600); `install_config` puts it in place once the run's store exists.
+    """Save a new run's configuration under a name of its own (0600) until `install_config`.
 
     Parameters
     ----------

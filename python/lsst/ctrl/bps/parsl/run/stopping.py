@@ -101,8 +101,7 @@ class StopSignals:
 
 
 class StopWatchdog:
-    """Ends a driver stuck `STOP_BOUND` s after a stop request: kills the run's
-    job processes on this host, says so in one line and exits with status 1.
+    """Ends a driver stuck `STOP_BOUND` s after a stop request: kill its jobs here, exit 1.
 
     Parameters
     ----------
