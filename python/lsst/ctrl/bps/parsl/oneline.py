@@ -71,9 +71,7 @@ def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
 
 
 class ShownMessageError(Exception):
-    """Base of the plugin's errors: their message is `shown` (it may quote a
-    workflow's values); of one over 4000 characters the middle is cut.
-    """
+    """Base of the plugin's errors: their message is `shown`, the middle of a very long one cut."""
 
     def __str__(self) -> str:
         text = super().__str__()

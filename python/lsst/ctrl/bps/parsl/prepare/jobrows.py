@@ -327,9 +327,8 @@ _TAGS_JSON = _tags_json()
 
 
 class _PerValueCache:
-    """``function(value)`` remembered for the last few value objects, which
-    ctrl_bps shares between a label's jobs; keyed by identity (the objects
-    are held here, so an id is not reused while cached).
+    """``function(value)`` remembered by identity for the last few value objects a label's jobs
+    share (the objects are held here, so an id is not reused while cached).
     """
 
     def __init__(self, function: Callable[[Any], Any], size: int = 64):

@@ -365,9 +365,7 @@ def _infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
 
 
 def _could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
-    """(count of attempts that exited 126/127 unstarted; the last one's job,
-    log directory, attempt), or `None` if none or the store cannot say.
-    """
+    """(count; last job, log directory, attempt) of attempts that exited 126/127 unstarted, or `None`."""
     try:
         (count,) = store.conn.execute(
             "SELECT COUNT(*) FROM attempts WHERE start IS NULL AND lost IS NULL AND exit_code IN (126, 127)"

@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The walk over a run's DAG (ids in topological order): a node is ready once
-its parents succeeded (a non-blocking group's join: ended), pruned below a
-failure; iterative (any depth); the final nodes last.
-"""
+"""The walk over a run's DAG (doc/design.md), iterative so any depth works; final nodes last."""
 
 from __future__ import annotations
 

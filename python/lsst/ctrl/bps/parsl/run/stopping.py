@@ -157,9 +157,7 @@ def _record_stopped(
     state: list[JobState],
     attempt: list[int],
 ) -> None:
-    """Record how the attempts in flight ended (``ended``: ``((job, attempt),
-    future)`` pairs) and mark every job not ended DELETED; empties ``in_flight``.
-    """
+    """Record how the attempts in flight (``ended``: their futures) ended; mark the rest DELETED."""
     exits: list[dict[str, int]] = []  # the exit records, read once if needed
     for (i, number), future in ended:
         _record_one(i, number, future, in_flight, recorder, state, attempt, exits)
@@ -183,9 +181,7 @@ def _record_one(
     attempt: list[int],
     exits: list[dict[str, int]],
 ) -> None:
-    """Record attempt ``number`` of job ``i`` (``future``: `None` if it did
-    not end; ``exits``: the exit records once read, `Recorder.exit_statuses`).
-    """
+    """Record attempt ``number`` of job ``i`` (``future`` `None`: it did not end; ``exits``: read once)."""
     flight = in_flight.get(i)
     if flight is None or flight.attempt != number:
         return
