@@ -146,7 +146,7 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
 
 
 def _holder_alive(submit_path: str, claim: Claim, stale_after: float = STALE_AFTER) -> bool:
-    """Whether ``claim``'s holder still holds the run (before its first beat: a claim file younger)."""
+    """Whether ``claim``'s holder still holds the run (before its first beat: its claim file is fresh)."""
     if claim.released:
         return False
     if claim.host == HOST:
