@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Typed, validated access to BPS configuration values, and the plugin's
-keys (`RUN_KEYS`, `SITE_KEYS`) read once into `RunSettings` and `SiteSettings`;
-a failed lookup names the key and the fix in one line.
-"""
+"""Typed, checked BPS configuration values; the plugin's keys, read once (errors: key and fix)."""
 
 from __future__ import annotations
 
@@ -181,8 +178,7 @@ def get_bps_config_value(
 
 
 def get_workflow_name(config: BpsConfig) -> str:
-    """Name of the workflow for Parsl monitoring and batch job names, as
-    the old plugin (30.2026.4300) names it.
+    """Workflow name for Parsl monitoring and batch job names (as the old plugin's).
 
     Parameters
     ----------
@@ -249,9 +245,7 @@ def set_parsl_logging(config: BpsConfig) -> int:
 
 @dataclass(frozen=True)
 class Key:
-    """One plugin key: ``name`` in the submit YAML, ``field`` of the settings,
-    ``kind``, its only ``default``, and a ``check`` giving the fix for a bad value.
-    """
+    """One plugin key: YAML ``name``, settings ``field``, ``kind``, ``default``, ``check`` (gives the fix)."""
 
     name: str
     field: str
@@ -399,9 +393,7 @@ class _Settings:
 
 @dataclass(frozen=True)
 class RunSettings(_Settings):
-    """The plugin's run-wide keys (`RUN_KEYS`), read and checked once: one
-    field per key (doc/configuration.md).
-    """
+    """The plugin's run-wide keys (`RUN_KEYS`), one field per key."""
 
     detach: bool
     progress_interval: float
@@ -414,9 +406,7 @@ class RunSettings(_Settings):
 
 @dataclass(frozen=True)
 class SiteSettings(_Settings):
-    """The keys every site reads (`SITE_KEYS`), read and checked once: one
-    field per key (doc/configuration.md; ``retries`` `None`: not set).
-    """
+    """The keys every site reads (`SITE_KEYS`), one field per key (``retries`` `None`: unset)."""
 
     retries: int | None
     infrastructure_retries: int

@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Files the plugin writes (standard library only): private files (0600 in
-0700 directories, whatever the umask) for configuration and environment
-values, and names from the workflow made safe as file and directory names.
-"""
+"""Private files (0600 in 0700 directories, whatever the umask) and safe file names."""
 
 from __future__ import annotations
 
@@ -70,8 +67,7 @@ def private_dir(path: str) -> str:
 
 
 def open_private(path: str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
-    """Open ``path`` as a file of mode 0600 (an existing one tightened
-    before anything is written) and return its descriptor.
+    """Open ``path`` as a file of mode 0600 (tightened before anything is written); its descriptor.
 
     Parameters
     ----------
@@ -99,10 +95,8 @@ def write_private(path: str, text: str) -> str:
 
     Parameters
     ----------
-    path : `str`
-        The file.
-    text : `str`
-        What to write.
+    path, text : `str`
+        The file; what to write.
 
     Returns
     -------
@@ -116,9 +110,7 @@ def write_private(path: str, text: str) -> str:
 
 
 def safe_component(name: str) -> str:
-    """Return ``name`` as one file-name component inside its directory:
-    ``name`` when safe, else a safe form (no ``/``, control characters, lone
-    ``.``/``..``; short enough) plus ``~`` and a hash of ``name``.
+    """Return ``name`` as one safe file-name component (if changed: with ``~`` and a hash).
 
     Parameters
     ----------
@@ -155,8 +147,7 @@ def _made_safe(name: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def safe_subdir(subdir: str | None) -> str:
-    """Return a relative directory path made of safe components (empty and
-    ``.`` segments dropped, the others through `safe_component`).
+    """Return a relative directory path made of safe components (empty and ``.`` segments dropped).
 
     Parameters
     ----------

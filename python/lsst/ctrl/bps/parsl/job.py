@@ -68,9 +68,8 @@ def get_file_paths(workflow: GenericWorkflow, name: str) -> dict[str, str]:
 
 class ParslJob:
     """One job (one attempt of it, when the plugin runs it), as handed to
-    `SiteConfig.select_executor`: its attributes have the names of
-    `lsst.ctrl.bps.GenericWorkflowJob`, also through ``job.generic`` (the old
-    plugin's); ``request_memory`` is this attempt's (scaled on retries).
+    `SiteConfig.select_executor`, with `lsst.ctrl.bps.GenericWorkflowJob`'s attribute
+    names (also as ``job.generic``); ``request_memory`` is this attempt's.
 
     Parameters
     ----------
@@ -330,8 +329,7 @@ def priority_number(value: Any) -> int | float | None:
 
 
 def walltime_minutes(value: Any) -> int | None:
-    """A ``requestWalltime`` (minutes or ``HH:MM:SS``) in whole minutes (at
-    least 1), or `None` if unset or unreadable.
+    """A ``requestWalltime`` in whole minutes (at least 1), or `None` if unset or unreadable.
 
     Parameters
     ----------

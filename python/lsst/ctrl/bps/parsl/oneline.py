@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Errors as the one line the plugin shows for them, and text from a
-workflow or a store as text that is safe on a terminal (`shown`).
-"""
+"""Errors as the one line the plugin shows, and workflow or store text made safe on a terminal."""
 
 from __future__ import annotations
 
@@ -46,8 +44,7 @@ def _escape(match: re.Match) -> str:
 
 
 def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
-    r"""``text`` as it may be shown: what a terminal would act on escaped
-    (``\x1b``, ``\r``, ``\u202e``), cut at ``limit`` characters.
+    """``text`` safe to show: what a terminal would act on escaped, cut at ``limit`` characters.
 
     Parameters
     ----------
@@ -74,9 +71,7 @@ def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
 
 
 class ShownMessageError(Exception):
-    """Base of the plugin's errors: their message is `shown` (it may quote a
-    workflow's values); of one over 4000 characters the middle is cut.
-    """
+    """Base of the plugin's errors: their message is `shown`, the middle of a very long one cut."""
 
     def __str__(self) -> str:
         text = super().__str__()

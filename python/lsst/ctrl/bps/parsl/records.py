@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""What the run-state store holds, as types: job states and kinds, and the
-rows of its tables as named records (any module may import it).
-"""
+"""What the run-state store holds, as types: job states and kinds, its tables' rows."""
 
 from __future__ import annotations
 

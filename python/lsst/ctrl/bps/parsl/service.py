@@ -50,10 +50,8 @@ __all__ = ("ParslService", "RunFailedError")
 
 
 def _fail_bps_command(message: str | None, exit_status: int = 1, now: bool = False) -> bool:
-    """Under ctrl_bps's ``bps`` command line, print ``message`` (unless
-    `None`: ctrl_bps prints it) and make the command exit with
-    ``exit_status`` once it finished, or at once if ``now``; returns
-    whether it did.
+    """Under ``bps``, print ``message`` (if any) and exit with ``exit_status`` at
+    the end (``now``: at once); whether it did.
     """
     try:
         import click
@@ -75,10 +73,7 @@ def _fail_bps_command(message: str | None, exit_status: int = 1, now: bool = Fal
 
 
 class ParslService(BaseWmsService):
-    """BPS workflow management service that runs workflows with Parsl.
-
-    A method without a docstring has `BaseWmsService`'s; what each ``bps``
-    command does: doc/operations.md.
+    """BPS workflow management service that runs workflows with Parsl (doc/operations.md).
 
     Parameters
     ----------
@@ -99,9 +94,7 @@ class ParslService(BaseWmsService):
         return Config(self.defaults_uri)
 
     def run_submission_checks(self) -> None:
-        """Check every plugin key and the site (building its executors)
-        before the quantum graph is built; under ``bps`` a failure is one
-        line and exit status 1.
+        """Check every plugin key and build the site's executors before the quantum graph is built.
 
         Raises
         ------
@@ -168,9 +161,8 @@ class ParslService(BaseWmsService):
         workflow = ParslWorkflow.from_generic_workflow(
             config, generic_workflow, out_prefix, f"{type(self).__module__}.{type(self).__name__}"
         )
-        # `bps restart` reads this file after a restart; `bps submit` writes
-        # it (with the umask's mode: tightened here), other callers of
-        # prepare may not have.
+        # `bps restart` reads this file; `bps submit` writes it (umask's mode:
+        # tightened here), other callers of prepare may not.
         bps_copy = os.path.join(workflow.submit_path, f"{safe_component(workflow.name)}_config.yaml")
         try:
             if os.path.exists(bps_copy):
@@ -185,8 +177,7 @@ class ParslService(BaseWmsService):
         return workflow
 
     def submit(self, workflow: ParslWorkflow, **kwargs: Any) -> ParslWorkflow:
-        """Run the workflow until every job ended (or start it in the
-        background with ``parslDetach``).
+        """Run the workflow to its end (in the background with ``parslDetach``).
 
         Parameters
         ----------
@@ -203,8 +194,7 @@ class ParslService(BaseWmsService):
         Raises
         ------
         RunFailedError
-            If a job failed or was pruned, or the run was cancelled (under
-            ``bps`` printed instead, and ``bps submit`` exits 1).
+            If a job failed or was pruned, or the run was cancelled.
         """
         from .run.session import DriverBusyError, run_driver, start_detached
 
@@ -295,8 +285,7 @@ class ParslService(BaseWmsService):
         Parameters
         ----------
         wms_workflow_id : `str`, optional
-            Submit directory or run id; without it, list runs active or
-            ended within ``hist`` days.
+            Submit directory or run id; without it, list runs of ``hist`` days.
         user : `str`, optional
             Only runs of this operator (another user's read-only, when readable).
         hist : `float`

@@ -25,12 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The prepared workflow: a generic workflow flattened, rendered and saved.
-
-`ParslWorkflow.from_generic_workflow` turns BPS's `GenericWorkflow` into
-job rows (`prepare.jobrows`) and writes them to the run-state store in the
-submit directory; submit, report, cancel and restart read that store only.
-"""
+"""The prepared workflow: job rows in the submit directory's store, which later commands read."""
 
 from __future__ import annotations
 
@@ -64,10 +59,8 @@ class ParslWorkflow(BaseWmsWorkflow):
         Run name.
     config : `lsst.ctrl.bps.BpsConfig` or `None`
         BPS configuration (`None` when loaded back from a submit directory).
-    submit_path : `str`
-        Submit directory holding the run-state database.
-    run_id : `str`
-        Run id printed by ``bps submit``.
+    submit_path, run_id : `str`
+        Submit directory; run id printed by ``bps submit``.
     """
 
     def __init__(self, name: str, config: BpsConfig | None, submit_path: str, run_id: str):
@@ -138,10 +131,8 @@ class ParslWorkflow(BaseWmsWorkflow):
             BPS configuration.
         generic_workflow : `lsst.ctrl.bps.GenericWorkflow`
             The workflow to run.
-        out_prefix : `str`
-            Submit directory.
-        service_class : `str`
-            Name of the service class, stored for report/restart.
+        out_prefix, service_class : `str`
+            Submit directory; name of the service class, stored for report/restart.
 
         Returns
         -------
@@ -194,8 +185,7 @@ class ParslWorkflow(BaseWmsWorkflow):
         return cls(generic_workflow.name, config, submit_path, run_id)
 
     def add_to_parent_workflow(self, config: BpsConfig) -> None:
-        """Add this payload workflow's jobs to the running run that prepared
-        it (``bpsBatchSubmission``; `ConfigurationError` if there is none).
+        """Add this payload's jobs to the running run that prepared it (``bpsBatchSubmission``).
 
         Parameters
         ----------
@@ -253,10 +243,7 @@ def _drain(rows: Generator[JobRow, None, list[str]]) -> tuple[list[JobRow], list
 def _create_run(
     config: BpsConfig, submit_path: str, run_id: str, name: str, create_store: Callable[[], None]
 ) -> None:
-    """Create a run so that a process killed at any point leaves no run or
-    a complete, indexed one (doc/design.md): pending configuration, index
-    entry, store (``create_store``, linked exclusively), configuration.
-    """
+    """Create a run so that a kill at any point leaves none or a complete one (doc/design.md)."""
     from .run.session import install_config, save_pending_config
 
     try:

@@ -25,12 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Who may write a run: one claim file at a time, from any host
-(``<submit>/parsl/driver.claim.<N>``, created with ``link()``, N one more than
-the highest, never reused; doc/state.md, doc/operations.md). A holder is gone
-once it released its claim, its process ended (this host), or its heartbeat
-(before it beats: its claim file) is stale and stays still while watched.
-"""
+"""Who may write a run: one ``parsl/driver.claim.<N>`` at a time (doc/state.md)."""
 
 from __future__ import annotations
 
@@ -151,10 +146,7 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
 
 
 def _holder_alive(submit_path: str, claim: Claim, stale_after: float = STALE_AFTER) -> bool:
-    """Whether the holder of ``claim`` still holds the run: on this host its
-    process runs; on another its heartbeat is fresh (watched), or before its
-    first beat, its claim file is younger than ``stale_after``.
-    """
+    """Whether ``claim``'s holder still holds the run (before its first beat: its claim file is fresh)."""
     if claim.released:
         return False
     if claim.host == HOST:
@@ -203,10 +195,8 @@ def claim_run(
     ----------
     submit_path, what : `str`
         Submit directory; what the holder does (``submit``, ``restart``, ``cancel``).
-    wait : `float`
-        Seconds to keep trying while a live process holds the run.
-    stale_after : `float`
-        Age of a claim with no heartbeat after which its holder elsewhere is gone.
+    wait, stale_after : `float`
+        Seconds to keep trying while the run is held; age of a silent claim whose holder elsewhere is gone.
 
     Yields
     ------
@@ -252,9 +242,7 @@ def claim_run(
 
 
 class ClaimFence:
-    """Whether a holder's claim is still the run's, checked before each
-    dispatch and heartbeat: claim ``N`` is while its file exists and ``N + 1``
-    does not (two ``stat`` calls; commits check the store's copy, `take_fence`).
+    """Whether claim ``N`` is still the run's: its file exists and ``N + 1``'s does not (`take_fence`).
 
     Parameters
     ----------

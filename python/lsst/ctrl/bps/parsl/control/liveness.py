@@ -25,12 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Whether a run's driver is alive, and how other processes reach it: two
-small files in ``<submit>/parsl/`` (the driver's heartbeat and a cancel
-request), so it works from any host that sees the submit directory, with no
-lock or signal (doc/operations.md). A driver on another host is alive while
-its heartbeat is younger than its ``stale_after`` by the file system's clock.
-"""
+"""Whether a run's driver is alive, and how other processes reach it (doc/operations.md)."""
 
 from __future__ import annotations
 
@@ -149,8 +144,7 @@ def _read_json_stat(path: str) -> tuple[dict, os.stat_result] | None:
 
 
 def file_clock(directory: str) -> float | None:
-    """The current time by the clock of the file system holding ``directory``
-    (the modification time of a new probe file).
+    """The current time by the file system's clock (mtime of a new probe file in ``directory``).
 
     Parameters
     ----------
@@ -257,9 +251,7 @@ def _fresh(record: DriverRecord, submit_path: str) -> bool:
 
 
 def _progress(submit_path: str, record: DriverRecord) -> DriverRecord | None:
-    """Watch a stale-looking heartbeat for two intervals and a second; the
-    record that shows it moved on, or `None`.
-    """
+    """The record of a stale-looking heartbeat that moved while watched, or `None`."""
     deadline = time.monotonic() + min(record.stale_after, 2 * record.interval + 1.0)
     while time.monotonic() < deadline:
         time.sleep(min(0.2, record.interval / 4))
@@ -272,8 +264,7 @@ def _progress(submit_path: str, record: DriverRecord) -> DriverRecord | None:
 
 
 def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = False) -> DriverRecord | None:
-    """The live driver of a run: on this host while its process (same pid and
-    start time) runs; on another while its heartbeat is fresh (`_fresh`).
+    """The live driver of a run: its process runs (this host) or its heartbeat is fresh (`_fresh`).
 
     Parameters
     ----------
@@ -282,8 +273,7 @@ def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = Fa
     run_id : `str`, optional
         The run's id: a heartbeat of another run is ignored.
     confirm : `bool`
-        Before calling a driver on another host gone, watch its heartbeat a
-        few intervals: alive if it moves (for taking a run over).
+        Watch a seemingly gone remote driver's heartbeat first (to take a run over).
 
     Returns
     -------
@@ -305,8 +295,7 @@ def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = Fa
 
 
 def holds_store(pid: int, submit_path: str) -> bool:
-    """Whether process ``pid`` (on this host) has the run's database open:
-    the proof that it is this run's driver.
+    """Whether process ``pid`` (here) has the run's database open: proof it is the driver.
 
     Parameters
     ----------

@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The running driver's side of its liveness: the heartbeat it writes, the
-cancel requests it polls for, and the checks that stop it when its store or
-its disk fails (the files: doc/state.md).
-"""
+"""The driver's side of its liveness: heartbeat, cancel requests, store or disk failures."""
 
 from __future__ import annotations
 
@@ -68,10 +65,7 @@ _FULL_BELOW = 64 * 1024
 
 
 class DriverMonitor:
-    """A thread that, every `_POLL_INTERVAL` seconds, asks the driver to stop
-    (``request_stop(reason)``) when a cancel request names it or the store
-    file was lost, marks the store's disk full, and rewrites the heartbeat
-    every ``interval``.
+    """A thread that writes the heartbeat and asks the driver to stop on a cancel or a lost store.
 
     Parameters
     ----------
@@ -79,13 +73,10 @@ class DriverMonitor:
         Submit directory; the run's id.
     store : `RunStore`
         The run's store, open for writing.
-    interval : `float`
-        Seconds between heartbeats (at most a quarter of ``stale_after``).
-    stale_after : `float`
-        Silence of the heartbeat after which other hosts count this driver gone.
+    interval, stale_after : `float`
+        Seconds between heartbeats (at most ``stale_after / 4``); silence after which it counts as gone.
     fence : `ClaimFence`, optional
-        The driver's claim: once another process took the run over, no
-        heartbeat is written and the driver is asked to stop.
+        The driver's claim: once the run is taken over, stop beating and ask the driver to stop.
     """
 
     def __init__(

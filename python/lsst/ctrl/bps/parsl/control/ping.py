@@ -104,10 +104,7 @@ def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[i
 
 
 def _check_executor(executor: Any) -> str | None:
-    """What keeps ``executor`` from working on this host (one line), or `None`:
-    its interchange and its provider's commands must be on ``PATH``, and the
-    provider's probe must exit 0 within `_PROBE_TIMEOUT` s.
-    """
+    """What keeps ``executor`` from working here (a command not on ``PATH``, a failed probe), or `None`."""
     label = getattr(executor, "label", "?")
     launch = getattr(executor, "interchange_launch_cmd", None)
     if isinstance(launch, list) and launch and shutil.which(launch[0]) is None:

@@ -25,12 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Which job attempts of a run are running now (``<submit>/parsl/running/``:
-a file per attempt on Parsl workers, the local pool spawners' journals;
-doc/state.md), and how to stop them. A restart kills what runs on its own
-host; a fresh journal of another host's spawner with unended attempts
-refuses it (`spawners_elsewhere`), a stale one is taken as ended.
-"""
+"""Which attempts of a run run now (``<submit>/parsl/running/``), and how to stop them."""
 
 from __future__ import annotations
 
@@ -158,16 +153,12 @@ def running_job_ids(running_dir: str) -> set[int]:
 
 
 def kill_running_jobs(running_dir: str, run_id: str) -> int:
-    """Kill every process of this run on this host (by the run's token in its
-    ``/proc`` environment), SIGTERM then SIGKILL; remove the journals of
-    spawners that are gone, and give live ones `_UNREAPED_WAIT` s to reap.
+    """Kill this run's processes here (by its token in ``/proc``); remove dead spawners' journals.
 
     Parameters
     ----------
-    running_dir : `str`
-        The run's directory of running-attempt records and journals.
-    run_id : `str`
-        The run's id (its tokens start with ``<run_id>/``).
+    running_dir, run_id : `str`
+        The run's running-attempt records and journals; its id (its tokens start with ``<run_id>/``).
 
     Returns
     -------
@@ -238,8 +229,7 @@ def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
 
 
 def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) -> list[StaleJournal]:
-    """Check the journals of local-pool spawners on other hosts before a
-    restart settles what a driver that died left (reads only).
+    """Check other hosts' local-pool spawner journals before a restart settles what a dead driver left.
 
     Parameters
     ----------
@@ -305,8 +295,7 @@ def _refusal(recorder: Recorder, host: str, attempts: list[tuple[int, int]], oth
 
 
 def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
-    """Remove the journals of spawners that are gone, once their attempts are
-    settled (one with no recorded exit says in its log why it was taken as ended).
+    """Remove the journals of spawners that are gone, once their attempts are settled.
 
     Parameters
     ----------

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Checks ``bps submit`` makes before anything is written: the submit
-directory can be created; executables of jobs run on this host exist here.
-"""
+"""Checks ``bps submit`` makes before it writes anything."""
 
 from __future__ import annotations
 
@@ -79,8 +77,7 @@ def check_submit_path(config: BpsConfig) -> None:
 
 
 def check_executables(config: BpsConfig, generic_workflow: GenericWorkflow) -> None:
-    """On a site whose executors all run jobs on this host, an absolute
-    executable path must exist and be executable here.
+    """On a site whose executors all run jobs here, absolute executable paths must be executable here.
 
     Parameters
     ----------

@@ -25,15 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Batch submission (``bpsBatchSubmission: true``): the payload joins the
-run that prepared it.
-
-The *control* workflow's lazy group runs ``bps batch-prepare``, which
-prepares the payload into the same submit directory and calls
-`ParslWorkflow.add_to_parent_workflow`: the payload's jobs and edges are
-added to the running run's store below the lazy group's node, in one
-transaction, and the driver loads them (same store, report, cancel, restart).
-"""
+"""Batch submission (``bpsBatchSubmission``): the payload joins the run that prepared it."""
 
 from __future__ import annotations
 
@@ -120,9 +112,7 @@ def control_run(submit_path: str) -> dict[str, Any] | None:
 
 
 def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
-    """Append a payload's jobs, environments and edges to the run in
-    ``submit_path``, below its lazy group, in one transaction (not again
-    when it already joined, e.g. after a restart).
+    """Append a payload's jobs and edges below the run's lazy group, in one transaction, once.
 
     Parameters
     ----------

@@ -25,11 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A job's command line and environment rendered: ``{name}`` (the job's
-``cmdvals``), ``<ENV:NAME>`` (read where the job runs) and ``<FILE:name>``
-(a workflow file's path), which may nest, so rendering repeats until the text
-stops changing; ``<WMS:name>`` (ctrl_bps's ``{wmsName}``) stays until an
-attempt is dispatched (`fill_wms`). Also the environment as ``export`` lines.
+"""A job's command line and environment rendered (doc/configuration.md; placeholders
+may nest, so rendering repeats until the text stops changing), and ``export`` lines.
 """
 
 from __future__ import annotations
@@ -193,17 +190,14 @@ def _split_cmdvals(text: str) -> list[str]:
 
 
 def _export_value(value: str) -> str:
-    """``value`` as one shell word: its text single-quoted, each ``<ENV:X>``
-    as ``"${X}"``, so that only those references are expanded.
-    """
+    """``value`` as one shell word: single-quoted, each ``<ENV:X>`` as ``"${X}"``."""
     parts = _ENV.split(value)
     words = [f'"${{{part}}}"' if n % 2 else shlex.quote(part) for n, part in enumerate(parts) if part]
     return "".join(words) or "''"
 
 
 def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bool = False) -> str:
-    """Return ``export`` statements for a job's environment, in order: values
-    as written, but each ``<ENV:X>`` the value of ``X`` where the job runs.
+    """Return ``export`` lines for a job's environment, in order, each ``<ENV:X>`` as ``$X``.
 
     Parameters
     ----------

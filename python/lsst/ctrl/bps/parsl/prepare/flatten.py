@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A generic workflow (jobs, no-op nodes, nested groups, a final job)
-flattened into integer-indexed nodes held in parallel arrays, without
-recursion: a few tens of MB for a million jobs.
-"""
+"""A generic workflow flattened, without recursion, into integer-indexed nodes in parallel arrays."""
 
 from __future__ import annotations
 
@@ -48,9 +45,7 @@ _NO_CHILDREN: tuple[int, ...] = ()
 
 
 class Flattener:
-    """Flatten a generic workflow, expanding groups: nodes in the graphs'
-    insertion order (no sort per graph); the run's order is `topological_order`.
-    """
+    """Flatten a generic workflow, expanding groups (nodes in insertion order; see `topological_order`)."""
 
     def __init__(self) -> None:
         self.names: list[str] = []

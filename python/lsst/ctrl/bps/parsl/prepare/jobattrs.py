@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""BPS job attributes that the HTCondor plugin honours, and this plugin too
-(doc/configuration.md; at run time: `run.attributes`): a job's values checked
-at prepare, its concurrency limits, abort values, ``computeSite`` and ``queue``.
-"""
+"""BPS job attributes the HTCondor plugin honours, checked at prepare (doc/configuration.md)."""
 
 from __future__ import annotations
 
@@ -60,10 +57,8 @@ def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], .
 
     Parameters
     ----------
-    text : `str`
-        A job's ``concurrencyLimit``.
-    where : `str`
-        The job, for the message.
+    text, where : `str`
+        A job's ``concurrencyLimit``; the job, for the message.
 
     Returns
     -------
@@ -88,8 +83,7 @@ def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], .
 
 
 def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str, float]:
-    """The run's limits: ``db_limit``, then the top-level
-    ``concurrencyLimits``, then ``site.<computeSite>.concurrencyLimits``.
+    """The run's limits: ``db_limit``, then top-level, then ``site.<computeSite>.concurrencyLimits``.
 
     Parameters
     ----------
@@ -213,9 +207,7 @@ def check_job_values(job: Any) -> None:
 def job_attribute_check(
     config: BpsConfig, compute_site: str | None, labels: Sequence[str]
 ) -> Callable[[JobRow], None]:
-    """A check of each job row's concurrency limits (its values passed
-    `check_job_values`) that also warns, once per label, of a ``computeSite``
-    or ``queue`` naming no executor.
+    """A check of job rows' concurrency limits; warns once per label of a site or queue with no executor.
 
     Parameters
     ----------

@@ -25,14 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The job rows of a prepared workflow: a generic workflow flattened, each
-job's command line rendered and its values checked.
-
-Made for million-job workflows: the per-template and per-value work is done
-once, not once per job (``<FILE:name>`` placeholders per command-line
-template, the log sub-directory per label and data id, values ctrl_bps shares
-between the jobs of a label per object).
-"""
+"""The job rows of a prepared workflow: commands rendered, values checked (doc/performance.md)."""
 
 from __future__ import annotations
 
@@ -286,9 +279,7 @@ def _check_walltime(value: str, name: str, label: str) -> None:
 
 
 def _file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
-    """The path of a workflow file by name (the first of ``graphs`` that has
-    it, ``file://`` removed), or `None`; remembered per name.
-    """
+    """The path of a workflow file by name (first of ``graphs``), or `None`; cached."""
     cache: dict[str, str | None] = {}
 
     def lookup(name: str) -> str | None:
@@ -318,9 +309,7 @@ def _retry_unless_exit(value: Any) -> str | None:
 
 
 def _tags_json() -> Callable[[dict[str, Any]], str]:
-    """``json.dumps(tags, default=str)``, without building an encoder per job
-    (what `json.dumps` does when given ``default``): a third of the cost.
-    """
+    """``json.dumps(tags, default=str)`` without an encoder built per job (a third of the cost)."""
     make_encoder = getattr(json.encoder, "c_make_encoder", None)
     if make_encoder is None:
         return json.JSONEncoder(default=str).encode
@@ -338,12 +327,8 @@ _TAGS_JSON = _tags_json()
 
 
 class _PerValueCache:
-    """``function(value)`` remembered for the last few value objects.
-
-    ctrl_bps gives every job of a label the same objects for the values it
-    caches per label (``retryUnlessExit`` lists, ...), so each is converted
-    once per object. Keyed by identity (the objects are held here, so an id
-    is not reused while cached) and bounded.
+    """``function(value)`` remembered by identity for the last few value objects a label's jobs
+    share (the objects are held here, so an id is not reused while cached).
     """
 
     def __init__(self, function: Callable[[Any], Any], size: int = 64):
@@ -363,9 +348,7 @@ class _PerValueCache:
 
 
 class _SubdirCache:
-    """A job's log sub-directory (`attemptlogs.log_dir_template`), computed
-    once per distinct (label, values of the template's fields).
-    """
+    """A job's log sub-directory, computed once per label and template field values."""
 
     def __init__(self, template: Any):
         self.template = template
@@ -389,10 +372,7 @@ class _SubdirCache:
 
 
 class _Templates:
-    """Command-line templates of one graph with their fixed ``<FILE:name>``
-    placeholders resolved once per template; a name holding a ``{value}``,
-    or naming no file, is left for `render`.
-    """
+    """One graph's command-line templates, fixed ``<FILE:name>`` resolved once (others: `render`)."""
 
     def __init__(self, lookup: Callable[[str], str | None]):
         self.lookup = lookup

@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The run page, a self-contained HTML file (doc/operations.md): its HTML
-(`render`; data from `pagedata`, timeline from `pagetimeline`), `write_page`,
-the driver's `PageWriter`, and ``python -m lsst.ctrl.bps.parsl.report.page RUN [-o OUT]``.
-"""
+"""The run page, a self-contained HTML file (doc/operations.md), and its command line."""
 
 from __future__ import annotations
 
@@ -184,9 +181,7 @@ def _summary(data: RunData, out_dir: str) -> str:
 
 
 def _link(path: str, out_dir: str, text: str | None = None) -> str:
-    """A link to a local file, relative to the page when it is below the
-    page's directory.
-    """
+    """A link to a local file, relative when below the page's directory."""
     target = os.path.relpath(path, out_dir) if path.startswith(out_dir + os.sep) else path
     href = urllib.parse.quote(target) if not os.path.isabs(target) else "file://" + urllib.parse.quote(target)
     return f'<a href="{_e(href)}" title="{_e(path)}">{_e(text or path)}</a>'
@@ -379,17 +374,14 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
 
 
 class PageWriter:
-    """Rewrite a run's page from its driver: at most every ``interval``
-    seconds and for at most ``budget`` of its time, and when ``final``.
+    """Rewrite a run's page from its driver, within ``interval`` and ``budget``, and when ``final``.
 
     Parameters
     ----------
     submit_path : `str`
         The run's submit directory.
-    interval : `float`
-        Least number of seconds between two pages.
-    budget : `float`
-        Largest fraction of the driver's time spent writing pages.
+    interval, budget : `float`
+        Least number of seconds between two pages; largest fraction of the driver's time spent writing pages.
     """
 
     def __init__(self, submit_path: str, interval: float = 5.0, budget: float = 0.02):

@@ -26,9 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The run page's data: what `page` shows, read from the run's store in
-one read transaction, and the helpers that format it.
-"""
+"""The run page's data, read from the run's store in one read transaction, and its formatting."""
 
 from __future__ import annotations
 
@@ -310,9 +308,7 @@ def _read_snapshot(store: RunStore, submit_path: str, this_driver: bool) -> RunD
 def _occupancy(
     rows: Iterable[tuple], time_range: tuple[float, float]
 ) -> dict[str, tuple[list[float], list[float]]]:
-    """Average number of attempts running per host in each time bin, as
-    (did not fail, failed) series.
-    """
+    """Mean attempts running per host per time bin, as (did not fail, failed) series."""
     t0, t1 = time_range
     width = (t1 - t0) / AGGREGATE_BINS
     series: dict[str, tuple[list[float], list[float], list[float], list[float]]] = {}

@@ -26,9 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The run page's timeline: one bar per attempt per host and slot, or
-the jobs running per host over time for large runs (SVG).
-"""
+"""The run page's timeline (SVG): a bar per attempt per host and slot, or occupancy for large runs."""
 
 from __future__ import annotations
 

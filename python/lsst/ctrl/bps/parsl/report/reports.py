@@ -57,8 +57,7 @@ _SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
 
 
 def readable_run(submit_path: str) -> None:
-    """Raise `StateStoreError` in one line unless this user may read the run
-    (another user's run is read-only when the file system lets this user read it).
+    """Raise `StateStoreError` in one line unless this user may read the run.
 
     Parameters
     ----------
@@ -143,15 +142,12 @@ def running_jobs(submit_path: str) -> set[int]:
 
 
 def job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsStates:
-    """The reported state of a job stored in state ``value``: in flight
-    without a live driver is UNKNOWN, PENDING with a running attempt RUNNING.
+    """A job's reported state (in flight with no live driver: UNKNOWN; PENDING but running: RUNNING).
 
     Parameters
     ----------
-    value : `int`
-        The job's stored state (a `JobState` value).
-    job_id : `int`
-        Job id.
+    value, job_id : `int`
+        The job's stored state (a `JobState` value); job id.
     alive : `bool`
         Whether the run's driver is alive.
     running : `set` [`int`]
@@ -176,10 +172,8 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     ----------
     submit_path : `str`
         Submit directory.
-    detailed : `bool`
-        Include one `WmsJobReport` per job.
-    return_exit_codes : `bool`
-        Include non-zero exit codes per label.
+    detailed, return_exit_codes : `bool`
+        Include one `WmsJobReport` per job; include non-zero exit codes per label.
 
     Returns
     -------
@@ -329,10 +323,7 @@ def _text(value: object, limit: int = 200) -> str:
 
 
 def _check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[str, dict[int, int]]) -> None:
-    """Raise `StateStoreError` (damaged) unless the per-label counts read
-    back are possible: known states, each label's counts adding up to its
-    number of jobs, no more jobs than the jobs table holds, a status row for its last job.
-    """
+    """Raise `StateStoreError` (damaged) unless the per-label counts read back are consistent."""
     totals: dict[str, int] = {}
     for label, jobs in labels:
         if not isinstance(label, str) or not isinstance(jobs, int) or jobs < 0:
@@ -374,10 +365,7 @@ def _infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
 
 
 def _could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
-    """(attempts that could not be started: exit code 126 or 127, no start
-    time, not lost; the last one's job name, log directory and attempt
-    number), or `None` if none or the store cannot say.
-    """
+    """(count; last job, log directory, attempt) of attempts that exited 126/127 unstarted, or `None`."""
     try:
         (count,) = store.conn.execute(
             "SELECT COUNT(*) FROM attempts WHERE start IS NULL AND lost IS NULL AND exit_code IN (126, 127)"
@@ -394,10 +382,7 @@ def _could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None
 
 
 def _start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None, int]) -> str | None:
-    """Why the attempt `_could_not_start` names could not be started, as its
-    stderr log says (one line, at most 300 printable characters), for the
-    reader only; `None` if the log cannot be read or does not say.
-    """
+    """Why the attempt `_could_not_start` names did not start, from its stderr log, or `None`."""
     _, name, log_dir, attempt = unstarted
     marker = "[bps-parsl] the job could not be started"
     try:

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The runs that ``bps report``, ``bps status`` and ``bps cancel`` see: one
-by its id, or this user's (or another user's) from the run index.
-"""
+"""The runs ``bps report``, ``bps status`` and ``bps cancel`` see: one by id, or from the run index."""
 
 from __future__ import annotations
 
@@ -50,8 +48,7 @@ __all__ = ("cancellable_runs", "listed_reports", "run_status")
 
 
 def listed_reports(user: str | None, hist: float, return_exit_codes: bool) -> tuple[list[WmsRunReport], str]:
-    """Short reports of the runs ``bps report`` lists (active, or ended
-    within ``hist`` days), and the problems met.
+    """Short reports of the runs ``bps report`` lists (active, or ended within ``hist`` days).
 
     Parameters
     ----------
@@ -115,14 +112,12 @@ def run_status(wms_workflow_id: str) -> tuple[WmsStates, str]:
 
 
 def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
-    """Submit directories of the runs ``bps cancel`` can act on: a live
-    driver or unfinished jobs; without ``wms_id``, this user's runs with a
-    live driver.
+    """Submit directories ``bps cancel`` can act on (a live driver or unfinished jobs).
 
     Parameters
     ----------
     wms_id : `str` or `None`
-        Submit directory or run id of one run.
+        One run's submit directory or id (none: this user's runs with a live driver).
     user : `str` or `None`
         Only runs whose ``operator`` is this user.
 
@@ -156,9 +151,7 @@ def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
 
 
 def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
-    """Submit directories in this user's index, and in ``user``'s when that
-    is another user (when they let this user read it); the problems met.
-    """
+    """Submit directories in this user's index and ``user``'s (if readable); the problems met."""
     runs = [path for _, path in list_runs()]
     problems: list[str] = []
     if user and user != getpass.getuser():

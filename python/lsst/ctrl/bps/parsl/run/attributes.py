@@ -25,11 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A job's BPS attributes at run time (doc/configuration.md): the units of
-concurrency limits held by running jobs (`ConcurrencyGate`), an exit that
-aborts the run, the executor a job's ``computeSite`` or ``queue`` names, and
-its walltime.
-"""
+"""A job's BPS attributes at run time (doc/configuration.md)."""
 
 from __future__ import annotations
 
@@ -78,8 +74,7 @@ def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:
     Returns
     -------
     status : `int` or `None`
-        The run's exit status (the job's ``abortReturnValue``, else the exit
-        code), or `None` if the run goes on.
+        The run's exit status (``abortReturnValue``, else the exit code), or `None`.
     """
     if row.abort_on_value is None or signal is not None or exit_code != row.abort_on_value:
         return None

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""``bps cancel``: stop a run from any process, its driver and every job,
-within a bound (doc/operations.md).
-"""
+"""``bps cancel``: stop a run's driver and every job, from any process, within a bound."""
 
 from __future__ import annotations
 
@@ -73,9 +71,7 @@ def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: b
 
 
 def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
-    """Send ``sig`` to a driver on this host (proven by the caller) and
-    SIGCONT to its process group (a stopped driver acts on nothing); whether it still ran.
-    """
+    """Send ``sig`` and SIGCONT (a stopped driver acts on nothing) to a proven local driver; if it ran."""
     if process_start(pid) is None or (started is not None and process_start(pid) != started):
         return False
     try:
@@ -92,16 +88,7 @@ def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
 
 
 def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, str]:
-    """Stop a run from any process: its driver stops and every job ends,
-    within a bound.
-
-    The driver is asked through a cancel request. One on this host proven
-    to be this run's (it has the run's database open) is also sent SIGCONT,
-    then SIGTERM after `_ACK_TIMEOUT` s without an answer, SIGKILL
-    `_STOP_TIMEOUT` s later. One on another host that does not answer is
-    waited for until its heartbeat is stale, then the run is taken over
-    (fenced). Every job process of the run on this host is then killed and
-    every unfinished job recorded DELETED.
+    """Stop a run's driver and every job from any process, within a bound (doc/operations.md).
 
     Parameters
     ----------
@@ -113,8 +100,7 @@ def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, st
     Returns
     -------
     cancelled : `bool`
-        True only if the driver exited, no job process is left on this host
-        and every unfinished job is recorded DELETED.
+        Whether the driver and every job process here ended and all unfinished jobs are DELETED.
     message : `str`
         What happened.
 

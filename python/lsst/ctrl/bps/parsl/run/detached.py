@@ -36,14 +36,12 @@ from .session import DriverBusyError, RunFailedError, run_driver
 
 
 def main(argv: list[str]) -> int:
-    """Run the driver of a submit directory; exit non-zero (after one line
-    saying why) if jobs failed or the run could not go on.
+    """Run a submit directory's driver; exit non-zero, with one line, if jobs failed or the run stopped.
 
     Parameters
     ----------
     argv : `list` [`str`]
-        Command line: the module, the submit directory and the session kind
-        (``submit`` or ``restart``).
+        Command line: the module, the submit directory, ``submit`` or ``restart``.
 
     Returns
     -------

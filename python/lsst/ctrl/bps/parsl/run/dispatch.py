@@ -25,11 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The driver's one way to run a job attempt: a task of one app
-(`runner.run_job`) of the run's Parsl data-flow kernel, with its parents'
-futures as ``inputs`` (doc/design.md). Each ended task's done callback queues
-it; `Dispatch.wait` takes the queue in one batch.
-"""
+"""The driver's one way to run a job attempt: a task of the run's Parsl kernel (doc/design.md)."""
 
 from __future__ import annotations
 
@@ -78,9 +74,7 @@ class Dispatch:
         self.blocks: BlockWatch | None = None
 
     def start(self) -> None:
-        """Build the site's Parsl configuration and start the kernel (what
-        Parsl raises is raised, once what it started is stopped).
-        """
+        """Start the site's Parsl kernel (on failure, stop what it started, then raise)."""
         from parsl.app.python import PythonApp
 
         config = self.site.get_parsl_config()
@@ -143,9 +137,7 @@ class Dispatch:
         return future
 
     def tick(self) -> None:
-        """Once per pass of the loop: fail the attempts of an executor whose
-        interchange died, keep jobs off blocks too short for them.
-        """
+        """Per loop pass: fail attempts of lost interchanges; keep jobs off too-short blocks."""
         if self.dfk is None or self._closed:
             return
         for label in self.labels:
@@ -193,9 +185,7 @@ class Dispatch:
                 return batch
 
     def drain(self) -> None:
-        """Start no more attempts where the executor can (the local pool fails
-        its queued ones as never started).
-        """
+        """Start no more attempts where the executor can (the local pool's queued ones never start)."""
         if self.dfk is None or self._closed:
             return
         for label in self.labels:
@@ -249,10 +239,7 @@ class _QuietFileHandler(logging.FileHandler):
 
 
 def _setup_parsl_logging(config: BpsConfig, submit_path: str) -> None:
-    """Send Parsl's log to ``<submit>/parsl/parsl.log`` only, at ``parsl.log_level``
-    (the kernel is built with ``initialize_logging=False``: Parsl's DEBUG log
-    costs several times the kernel's own time per task).
-    """
+    """Send Parsl's log only to ``<submit>/parsl/parsl.log``, at ``parsl.log_level`` (doc/design.md)."""
     logger = logging.getLogger("parsl")
     logger.propagate = False
     handler = _QuietFileHandler(os.path.join(submit_path, "parsl", "parsl.log"))

@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""`Driver`, the loop of one driver session: walk the DAG (`graphwalk`),
-hand each ready job to Parsl (`dispatch`), decide retries (`retrypolicy`),
-record every transition (`recorder`), stop (`stopping`), print progress.
-"""
+"""`Driver`, the loop of one driver session (doc/design.md)."""
 
 from __future__ import annotations
 
@@ -174,10 +171,7 @@ class Driver(LostAttemptHandling, StopHandling):
         self.policy = RetryPolicy(self.rows, self.site, self.submit_path)
 
     def _reset_for_run(self) -> None:
-        """Keep succeeded jobs; every other job (and the final jobs) runs. What
-        a driver that died left is settled first (unless jobs still run on
-        another host: refused).
-        """
+        """Keep succeeded jobs, run the others, after settling what a dead driver left."""
         if self.store.sessions():
             stale = spawners_elsewhere(self.running_dir, self.site.config, self.recorder)
             kill_running_jobs(self.running_dir, self.run_id)
@@ -199,8 +193,7 @@ class Driver(LostAttemptHandling, StopHandling):
         self.recorder.flush()
 
     def run(self) -> RunOutcome:
-        """Run until every job ended or a stop was requested (a run that cannot
-        go on ends ``cancelled``, with a one-line ``reason``).
+        """Run until every job ended or a stop was requested (one that cannot go on: ``cancelled``).
 
         Returns
         -------
@@ -324,9 +317,7 @@ class Driver(LostAttemptHandling, StopHandling):
         self.recorder.flush()
 
     def _dispatch_ready(self) -> None:
-        """Hand ready jobs to Parsl, best first, while fewer than
-        ``in_flight_cap`` are in flight and their concurrency limits allow.
-        """
+        """Hand ready jobs to Parsl, best first, within ``in_flight_cap`` and concurrency limits."""
         ready = self.walk.ready
         cap = self.in_flight_cap
         while ready and not self.stop_reason and not self.store.disk_full:
@@ -459,9 +450,7 @@ class Driver(LostAttemptHandling, StopHandling):
         self.recorder.state(i, JobState.PRUNED, self.attempt[i])
 
     def _join_added_jobs(self) -> bool:
-        """Between main phases: load the jobs added to the store since (a batch
-        submission's payload); whether there were any.
-        """
+        """Load the jobs a batch payload added to the store; whether there were any."""
         rows = self.store.jobs(start=len(self.rows))
         if not rows:
             return False

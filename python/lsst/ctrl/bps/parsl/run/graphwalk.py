@@ -25,12 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The walk over a run's DAG (integer lists; ids in topological order): a
-node is ready once its parents succeeded (a non-blocking group's join: once
-they ended), pruned below a failure; iterative, so a chain of any depth
-works; in two phases, the final nodes last. It also keeps the parents'
-futures that children still need.
-"""
+"""The walk over a run's DAG (doc/design.md), iterative so any depth works; final nodes last."""
 
 from __future__ import annotations
 

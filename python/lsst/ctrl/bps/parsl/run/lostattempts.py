@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""What a driver does with an attempt the infrastructure lost, or that never
-started (`LostAttemptHandling`, a part of `~.driver.Driver`).
-"""
+"""What a driver does with an attempt the infrastructure lost, or that never started."""
 
 from __future__ import annotations
 
@@ -46,9 +44,7 @@ __all__ = ("LostAttemptHandling",)
 
 
 class LostAttemptHandling:
-    """The driver's handling of lost and never-started attempts; the
-    attributes are the driver's own (see `~.driver.Driver`).
-    """
+    """The driver's handling of lost and never-started attempts (`~.driver.Driver`'s attributes)."""
 
     attempt: list[int]
     session_tries: list[int]
@@ -73,10 +69,7 @@ class LostAttemptHandling:
             self.stop_reason = reason
 
     def _lost(self, i: int, attempt: int, flight: InFlight, error: BaseException, cause: str) -> None:
-        """The infrastructure lost an attempt: record it so; the job runs again
-        (no try of its ``numberOfRetries``) once the attempt's processes are
-        gone, unless its ``infrastructureRetries`` are used up or the run stops.
-        """
+        """Record a lost attempt; its job runs again once its processes end (``infrastructureRetries``)."""
         self.session_tries[i] -= 1
         result = self.recorder.lost(i, attempt, error, time.time(), cause)
         try:  # a lost worker did not remove its running-attempt file
@@ -104,7 +97,7 @@ class LostAttemptHandling:
 
     def _never_started(self, i: int, attempt: int, error: NotStartedError) -> None:
         """An attempt that never started gives its number back; unless the run
-        stops or drains, its pool was lost: the run stops (a restart runs it).
+        stops or drains, its pool was lost: the run stops.
         """
         self.attempt[i] = attempt - 1
         self.session_tries[i] -= 1

@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The order in which ready jobs go out (`ReadyQueue`: BPS ``priority``, then
-the longest path of work below, then first come; doc/design.md, Dispatch
-order), and how many are handed to Parsl at once (`in_flight_limit`).
-"""
+"""The order in which ready jobs go out, and how many are handed to Parsl at once (doc/design.md)."""
 
 from __future__ import annotations
 
@@ -71,13 +68,12 @@ def _job_minutes(row: JobRow) -> float:
 
 
 def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) -> array:
-    """Minutes of the longest path of work from each node to the end, its own
-    included (ids are in topological order: one pass from the last).
+    """Minutes of the longest path of work from each node to the end, its own included.
 
     Parameters
     ----------
     rows : `~collections.abc.Sequence` [`JobRow`]
-        The nodes, by id.
+        The nodes, by id (topological order: one pass from the last).
     children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
         Child ids of each node.
 
@@ -98,8 +94,7 @@ def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) ->
 
 
 class ReadyQueue:
-    """Ready nodes, highest priority first, then longest path of work below,
-    then first come (a deque's ``append``, ``popleft``, ``clear``, ``len``).
+    """Ready nodes, by priority, then longest path below, then first come (a deque's interface).
 
     Parameters
     ----------
@@ -160,8 +155,7 @@ class ReadyQueue:
 
 
 def in_flight_limit(site: SiteConfig, labels: Sequence[str]) -> int | None:
-    """How many attempts the driver keeps handed to Parsl at once: the slots
-    of the executors (`SiteConfig.capacity`) plus `_IN_FLIGHT_MARGIN` each.
+    """How many attempts the driver keeps handed to Parsl at once (slots plus `_IN_FLIGHT_MARGIN`).
 
     Parameters
     ----------

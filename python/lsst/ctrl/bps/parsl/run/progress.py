@@ -80,8 +80,7 @@ class ProgressLines:
         self.last = time.monotonic()
 
     def print(self, rows: Sequence[JobRow], states: Sequence[int], force: bool = False) -> None:
-        """Print the counts (by stored state, as ``bps report``) if an interval
-        passed since the last line, or ``force``; an interval of 0 prints none.
+        """Print the counts (as ``bps report``) once per interval (0: never), or if ``force``.
 
         Parameters
         ----------

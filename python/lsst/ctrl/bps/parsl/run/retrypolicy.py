@@ -25,13 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The plugin's retry policy (Parsl's own retries are 0): whether a failed
-attempt runs again (not when the run stops, the walltime killed it, its exit
-status is in ``retry_unless_exit`` or the session used up its ``retries``),
-attempt *k* of a session asking for ``request_memory * memory_multiplier**k``
-(at most ``request_memory_max``), on the executor `SiteConfig.select_executor`
-chooses again for each attempt.
-"""
+"""The plugin's retry policy (Parsl's own retries are 0; doc/design.md)."""
 
 from __future__ import annotations
 
@@ -51,9 +45,7 @@ class ExecutorChoiceError(RuntimeError):
 
 
 class NextAttempt(NamedTuple):
-    """What the next attempt of a job asks for (``job``, as the site sees it)
-    and the label of the executor it runs on.
-    """
+    """The next attempt of a job (as the site sees it) and its executor's label."""
 
     job: ParslJob
     label: str

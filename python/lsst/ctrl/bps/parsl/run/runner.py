@@ -27,11 +27,9 @@
 
 """The function every Parsl executor runs for a job attempt: `run_job`.
 
-`run_job` lives in the top-level package ``lsst_ctrl_bps_parsl_worker``
-(standard library only), so that Parsl, which sends functions by reference,
-makes its workers import that package and nothing else: importing this
-module imports ``lsst.ctrl.bps`` (and the butler), about 1.5 s of CPU per
-worker. This name stays the public one.
+It lives in ``lsst_ctrl_bps_parsl_worker`` (standard library only): Parsl
+sends functions by reference, and importing this module would cost each
+worker ~1.5 s of CPU (``lsst.ctrl.bps``, the butler).
 """
 
 from __future__ import annotations

@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Start (here or in the background) and check the driver of a submit
-directory; the run's saved BPS configuration. A live driver holds the run's
-claim (`claim`) and writes a heartbeat (`monitor`).
-"""
+"""Start (here or in the background) and check a run's driver; its saved BPS configuration."""
 
 from __future__ import annotations
 
@@ -74,10 +71,7 @@ _RESERVE_MAX = 64 << 20
 
 
 class RunFailedError(ShownMessageError, BpsError):
-    """Some jobs of the run did not succeed, or the run stopped. Under the
-    ``bps`` command line, submit and restart print its line instead and exit
-    with ``exit_status`` (1, or an ``abortOnValue``'s status).
-    """
+    """Some jobs of the run did not succeed, or the run stopped (``exit_status``: under ``bps``)."""
 
     def __init__(self, message: str, exit_status: int = 1):
         super().__init__(message)
@@ -103,10 +97,8 @@ def driver_claim(
     ----------
     submit_path, what : `str`
         Submit directory; what the holder does.
-    wait : `float`
-        Seconds to keep trying while a live process holds the run.
-    stale_after : `float`
-        Age after which a claim with no heartbeat counts as abandoned.
+    wait, stale_after : `float`
+        Seconds to keep trying while the run is held; age of a silent claim that counts as abandoned.
 
     Yields
     ------
@@ -134,8 +126,7 @@ def _pending_config(submit_path: str, run_id: str) -> str:
 
 
 def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str:
-    """Write the configuration of a run being created under a name of its own
-    (0600); `install_config` puts it in place once the run's store exists.
+    """Save a new run's configuration under a name of its own (0600) until `install_config`.
 
     Parameters
     ----------
@@ -159,8 +150,7 @@ def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str
 
 
 def install_config(submit_path: str, run_id: str) -> None:
-    """Put the configuration of run ``run_id`` (whose store the directory
-    holds) in place; remove what submits that lost the directory left.
+    """Put run ``run_id``'s configuration in place; remove what submits that lost the directory left.
 
     Parameters
     ----------
@@ -182,8 +172,7 @@ def install_config(submit_path: str, run_id: str) -> None:
 
 
 def load_config(submit_path: str) -> BpsConfig:
-    """The BPS configuration saved at prepare time (put in place first if the
-    submit that created the run was killed before it did).
+    """The BPS configuration saved at prepare time (put in place first if its submit was killed).
 
     Parameters
     ----------
@@ -329,8 +318,7 @@ def _check_meta(store: RunStore, submit_path: str) -> str:
 
 
 def checked_run(submit_path: str) -> str:
-    """Check that a submit directory is a run its caller may act on (cancel,
-    restart): its store is this user's regular file and names this directory.
+    """Check that a submit directory is a run its caller may act on (this user's store, naming it).
 
     Parameters
     ----------
@@ -366,8 +354,7 @@ def checked_run(submit_path: str) -> str:
 
 
 def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
-    """Start the driver of a run in the background, detached from the
-    terminal; return once its heartbeat names it.
+    """Start a run's driver in the background, detached; return once its heartbeat names it.
 
     Parameters
     ----------

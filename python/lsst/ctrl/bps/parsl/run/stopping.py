@@ -25,10 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Stopping a driver session: the signals that ask for it, the watchdog that
-bounds it, what the driver does to stop (`StopHandling`), and recording how
-the attempts in flight ended.
-"""
+"""Stopping a driver session: signals, the watchdog, `StopHandling`, how attempts in flight ended."""
 
 from __future__ import annotations
 
@@ -104,8 +101,7 @@ class StopSignals:
 
 
 class StopWatchdog:
-    """Ends a driver stuck `STOP_BOUND` s after a stop request: kills the run's
-    job processes on this host, says so in one line and exits with status 1.
+    """Ends a driver stuck `STOP_BOUND` s after a stop request: kill its jobs here, exit 1.
 
     Parameters
     ----------
@@ -161,10 +157,7 @@ def _record_stopped(
     state: list[JobState],
     attempt: list[int],
 ) -> None:
-    """Record how the attempts in flight (emptied) ended when the run stopped
-    (``ended``: ``((job, attempt), future)`` of those whose futures ended), and
-    mark every job that has not ended DELETED.
-    """
+    """Record how the attempts in flight (``ended``: their futures) ended; mark the rest DELETED."""
     exits: list[dict[str, int]] = []  # the exit records, read once if needed
     for (i, number), future in ended:
         _record_one(i, number, future, in_flight, recorder, state, attempt, exits)
@@ -188,9 +181,7 @@ def _record_one(
     attempt: list[int],
     exits: list[dict[str, int]],
 ) -> None:
-    """Record attempt ``number`` of job ``i`` (``future``: `None` if it did
-    not end; ``exits``: the exit records once read, `Recorder.exit_statuses`).
-    """
+    """Record attempt ``number`` of job ``i`` (``future`` `None`: it did not end; ``exits``: read once)."""
     flight = in_flight.get(i)
     if flight is None or flight.attempt != number:
         return
@@ -213,9 +204,7 @@ def _record_one(
 
 
 class StopHandling:
-    """How a driver stops (the part of `~.driver.Driver` that does it); the
-    attributes are the driver's own.
-    """
+    """How a driver stops (`~.driver.Driver`'s attributes)."""
 
     rows: list[JobRow]
     state: list[JobState]
@@ -251,9 +240,7 @@ class StopHandling:
         return True
 
     def _abort_to_final_phase(self) -> None:
-        """After an abort in the main phase, stop every job and run the final
-        job, as DAGMan runs its FINAL node after an ``ABORT-DAG-ON``.
-        """
+        """After an abort in the main phase, stop every job and run the final job (as DAGMan's FINAL)."""
         self._stop_everything()
         finals = [i for i, row in enumerate(self.rows) if row.final]
         if not finals or self.stop_reason != (self.abort[1] if self.abort else None):
@@ -280,19 +267,14 @@ class StopHandling:
             _LOG.warning("%s", exc)
 
     def _stop_everything(self) -> None:
-        """Shut Parsl down, kill what of the run still runs here, record how
-        the attempts in flight ended (from their logs if their futures did
-        not), mark the rest DELETED.
-        """
+        """Shut Parsl down, kill the run's processes here, record the attempts in flight, mark DELETED."""
         self._check_fence()  # a driver that lost the run kills only its own attempts
         self.dispatch.shutdown()
         kill_running_jobs(self.running_dir, self.run_id)
         _record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
 
     def _stop_own_attempts(self) -> None:
-        """The run was taken over: stop Parsl, kill this driver's own attempts
-        by their tokens (never the new driver's), record nothing.
-        """
+        """The run was taken over: stop Parsl, kill only this driver's attempts (by token), record nothing."""
         tokens = [f"{self.run_id}/{i}/{flight.attempt}" for i, flight in self.in_flight.items()]
         self.dispatch.shutdown()
         if tokens:
