@@ -36,15 +36,19 @@ sees).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from e2e_pipeline import repo as e2e
 from lsst.ctrl.bps import WmsStates
-from lsst_ctrl_bps_parsl_worker.warm import environment_key, pipetask_python
+from lsst.ctrl.bps.parsl.prepare.commands import export_lines
+from lsst_ctrl_bps_parsl_worker.launch import job_script
+from lsst_ctrl_bps_parsl_worker.warm import _plain_job, environment_key, pipetask_python
 from test_e2e_bps import bps_submit, find, log_files, read_state, submit_dir
 
 pytestmark = [
@@ -290,6 +294,84 @@ def test_what_decides_between_warm_and_cold(tmp_path):
         "LANG",
     ):
         assert key != environment_key(python, script_dir, {**environ, name: "/other"}), name
+
+
+# Values a job's exports may carry: each must reach the program exactly as bash gives it.
+HOSTILE = {
+    "A": "it's 'quoted' and \"double\"",
+    "B": "$(touch x) `touch y` ${HOME} $((1+1))",
+    "D": "* ? [a-z] ~ ~root a:~/x !! \\ \\\\",
+    "E": "",
+    "F": "δ ünïcödé",
+}
+PLAIN = [
+    "{probe}",
+    "{probe} a b --opt=x,y:z@w%v+u -1 ./rel",
+    "{probe} ${{HOME}} $HOME/x pre$DIRV.post",
+    "{probe} $E a $E b",
+    '{probe} "$E" \'\' "" c',
+    '{probe} "a b"  \'c  d\' \'it\'"\'"\'s\' "${{F}}" "$A"',
+    "{probe} \"${{B}}\" \"x${{D}}y\" '$HOME' '*'",
+    "\t{probe}\ta\t",
+]
+NOT_PLAIN = {  # (exports, command, prefix): the analysis must leave each to the shell
+    "prefix": ("", "{probe}", "source /dev/null"),
+    "two_commands": ("", "{probe}; {probe}", ""),
+    "newline": ("", "{probe}\n{probe}", ""),
+    "pipe": ("", "{probe} | cat", ""),
+    "redirect": ("", "{probe} >/dev/null", ""),
+    "glob": ("", "{probe} *", ""),
+    "tilde": ("", "{probe} ~/x", ""),
+    "braces": ("", "{probe} a{{b,c}}", ""),
+    "comment": ("", "{probe} #x", ""),
+    "backslash": ("", "{probe} a\\ b", ""),
+    "backquote": ("", "{probe} `true`", ""),
+    "command_substitution": ("", '{probe} "$(true)"', ""),
+    "positional": ("", "{probe} $1", ""),
+    "default_value": ("", "{probe} ${{X:-y}}", ""),
+    "unset_variable": ("", "{probe} $NOT_SET_ANYWHERE", ""),
+    "unquoted_value_with_blank": ("export S='a b'", "{probe} $S", ""),
+    "unquoted_value_with_glob": ("export S='*'", "{probe} $S", ""),
+    "no_path": ("", "env", ""),
+    "assignment_first": ("", "X=1 {probe}", ""),
+    "export_ifs": ("export IFS=x", "{probe}", ""),
+    "export_not_plain": ("export X=$(true)", "{probe}", ""),
+    "export_over_lines": ("export X='a\nb'", "{probe}", ""),
+}
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> str:
+    path = tmp_path / "probe"
+    path.write_text(
+        f"#!{sys.executable} -S\nimport json, os, sys\n"
+        "print(json.dumps({'argv': sys.argv, 'env': dict(os.environ)}))\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", PLAIN)
+def test_the_warm_command_line_analysis_gives_what_bash_gives(probe: str, command: str) -> None:
+    """A plain job line: the argv and variables the warm start uses are what
+    bash itself hands the program, whatever the exported values hold.
+    """
+    base = {"PATH": os.environ["PATH"], "HOME": "/home/someone", "DIRV": "/usr/share"}
+    env, command = export_lines(HOSTILE), command.format(probe=probe)
+    found = _plain_job(base, "run/1/1", "", env, command)
+    assert found is not None, "a plain job line was left to the shell"
+    argv, changes = found
+    script = job_script("run/1/1", "", env, command)
+    shell = json.loads(subprocess.run(["/bin/bash", "-c", script], env=base, capture_output=True).stdout)
+    assert argv == shell["argv"]
+    assert {name: shell["env"][name] for name in changes} == changes
+
+
+@pytest.mark.parametrize("name", sorted(NOT_PLAIN))
+def test_job_lines_that_are_not_plain_start_cold(probe: str, name: str) -> None:
+    env, command, prefix = NOT_PLAIN[name]
+    base = {"PATH": os.environ["PATH"], "HOME": "/home/someone"}
+    assert _plain_job(base, "run/1/1", prefix, env, command.format(probe=probe)) is None
 
 
 LIFECYCLE = r"""
