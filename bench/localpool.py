@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-job cost of the local pool: through Parsl's DataFlowKernel vs direct.
 
-Runs N ``/bin/true`` job attempts (`runner.run_job` arguments, one log pair
+Runs N ``/bin/true`` job attempts (`job.run_job` arguments, one log pair
 each) on a `LocalPoolExecutor` of all usable cores, two ways, interleaved in
 one process, and prints the wall time per job and the ratio:
 
@@ -27,7 +27,7 @@ import time
 
 import parsl
 from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor
-from lsst.ctrl.bps.parsl.run.runner import run_job
+from lsst_ctrl_bps_parsl_worker.job import run_job
 from parsl import python_app
 from parsl.config import Config
 

@@ -116,7 +116,7 @@ def _local_htex(tmp_path, monkeypatch, init_blocks: int = 1, **options):
     """Load a local HTEX (``init_blocks`` pools of one worker each); return it,
     its `run_job` app and the kernel."""
     import parsl
-    from lsst.ctrl.bps.parsl.run.runner import run_job
+    from lsst_ctrl_bps_parsl_worker.job import run_job
     from parsl.app.python import PythonApp
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor

@@ -35,9 +35,9 @@ sys.path.insert(0, str(HERE))
 from cli import cli_environment, wait_for  # noqa: E402
 from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor  # noqa: E402
 from lsst.ctrl.bps.parsl.records import JobState  # noqa: E402
-from lsst.ctrl.bps.parsl.run.runner import NotStartedError, run_job  # noqa: E402
 from lsst_ctrl_bps_parsl_worker import launch, spawner  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.exits import EXITS_PREFIX, recorded_exits  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError, run_job  # noqa: E402
 from parsl import python_app  # noqa: E402
 from parsl.config import Config  # noqa: E402
 from parsl.serialize.errors import SerializationError  # noqa: E402

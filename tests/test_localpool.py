@@ -17,8 +17,8 @@ import parsl
 import pytest
 from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor
 from lsst.ctrl.bps.parsl.localpool.wire import job_request, parse_reply
-from lsst.ctrl.bps.parsl.run.runner import NotStartedError, run_job
 from lsst_ctrl_bps_parsl_worker import spawner
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError, run_job
 from parsl import bash_app, python_app
 from parsl.config import Config
 from parsl.executors.errors import InvalidResourceSpecification

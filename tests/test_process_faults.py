@@ -25,8 +25,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from cli import bps, cli_environment, wait_for  # noqa: E402
-from lsst.ctrl.bps.parsl.run.runner import run_job  # noqa: E402
 from lsst_ctrl_bps_parsl_worker import journal, processes  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.job import run_job  # noqa: E402
 from synthetic import attempts, statuses  # noqa: E402
 from test_reliability import LOCAL2, F, S, lines, run_id_of, run_processes, start  # noqa: E402
 
@@ -230,7 +230,7 @@ def test_walltime_kill_ends_processes_that_left_the_job_session(tmp_path, env):
 
 
 def test_walltime_kill_in_run_job_ends_processes_that_left_the_job_session(tmp_path):
-    """Promise P2 (walltime, Parsl workers): `runner.run_job` (what thread
+    """Promise P2 (walltime, Parsl workers): `job.run_job` (what thread
     pools and HTEX workers run) kills the escapees of a job past its walltime."""
     secs = 9000 + os.getpid() % 1000
     flag = tmp_path / "flag"
@@ -313,7 +313,7 @@ def _run_probe_in_thread(tmp_path: Path, name: str, prepare=None) -> tuple[str, 
 
 
 def test_run_job_starts_jobs_with_default_signal_dispositions(tmp_path):
-    """Promise P3 (Parsl workers): `runner.run_job` gives jobs default
+    """Promise P3 (Parsl workers): `job.run_job` gives jobs default
     dispositions too; also from a worker that ignores SIGINT and a thread
     that blocks SIGUSR1 (then every signal Python can name is reset; glibc
     keeps its two internal signals, 32 and 33, to itself)."""
@@ -363,7 +363,7 @@ def test_log_and_running_directories_removed_mid_run(tmp_path, env):
 
 
 def test_run_job_logs_into_a_directory_that_vanished(tmp_path):
-    """Promise P4 (Parsl workers): `runner.run_job` makes the log and running
+    """Promise P4 (Parsl workers): `job.run_job` makes the log and running
     directories again if they were removed."""
     out, err = tmp_path / "gone" / "deeper" / "j.out", tmp_path / "gone" / "deeper" / "j.err"
     code, *_ = run_job(

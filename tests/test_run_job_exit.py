@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import stat
 
-from lsst.ctrl.bps.parsl.run.runner import run_job
 from lsst_ctrl_bps_parsl_worker.exits import recorded_exits
+from lsst_ctrl_bps_parsl_worker.job import run_job
 
 
 def _run(tmp_path, name: str, command: str, shell: str = "/bin/bash") -> tuple[int, int | None, str]:

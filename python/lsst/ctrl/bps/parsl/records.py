@@ -105,7 +105,7 @@ class JobRow(NamedTuple):
 
 
 class AttemptResult(NamedTuple):
-    """How an attempt ended (`~lsst.ctrl.bps.parsl.run.runner.run_job`'s
+    """How an attempt ended (`~lsst_ctrl_bps_parsl_worker.job.run_job`'s
     result): exit status (``128 + signal`` if killed; -1: lost), the signal,
     start and end (epoch seconds), host, whether its walltime killed it.
     """

@@ -27,7 +27,7 @@
 
 """`LocalPoolExecutor`: the Parsl executor of the local site (design.md,
 "Local pools"; the wire protocol is in `spawner`'s docstring, `wire` is this
-side of it). A job attempt (`lsst.ctrl.bps.parsl.run.runner.run_job`) is
+side of it). A job attempt (`lsst_ctrl_bps_parsl_worker.job.run_job`) is
 started as its shell script and its future gets what `run_job` would have
 returned; any other function runs in a fresh Python process (`tasks`).
 

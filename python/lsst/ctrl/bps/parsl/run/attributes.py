@@ -25,38 +25,113 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A job's BPS attributes at run time (doc/configuration.md)."""
+"""A job's BPS attributes at run time: retries, memory, executor, concurrency limits, abort, walltime (doc/configuration.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Collection, Sequence
 
-from ..job import parse_walltime
+from ..job import ParslJob, parse_walltime
 from ..prepare.jobattrs import parse_concurrency_limit
 from ..records import JobRow
+from ..site import SiteConfig
 
-__all__ = ("ConcurrencyGate", "abort_status", "route", "walltime_seconds")
+__all__ = ("ConcurrencyGate", "ExecutorChoiceError", "RetryPolicy", "abort_status", "walltime_seconds")
 
 
-def route(row: JobRow, labels: Sequence[str]) -> str | None:
-    """The executor a job's ``computeSite`` or ``queue`` names, if any.
+class ExecutorChoiceError(RuntimeError):
+    """`SiteConfig.select_executor` failed or named an unknown executor."""
+
+
+class RetryPolicy:
+    """The plugin's retries (Parsl's own are 0; doc/design.md) and each attempt's memory and executor.
 
     Parameters
     ----------
-    row : `JobRow`
-        The job.
-    labels : `~collections.abc.Sequence` [`str`]
-        Labels of the site's executors.
-
-    Returns
-    -------
-    label : `str` or `None`
-        The executor's label, `None` if neither names one.
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The run's jobs, by id.
+    site : `SiteConfig`
+        The site that chooses executors.
+    submit_path : `str`
+        Submit directory (for the `ParslJob` views).
     """
-    for value in (row.compute_site, row.queue):
-        if value and value in labels:
-            return value
-    return None
+
+    def __init__(self, rows: Sequence[JobRow], site: SiteConfig, submit_path: str):
+        self.rows = rows
+        self.site = site
+        self.submit_path = submit_path
+        # Parsed once per distinct text: the jobs of a label share theirs.
+        texts = {row.retry_unless_exit for row in rows}
+        parsed = {text: frozenset[int](json.loads(text or "[]")) for text in texts}
+        self.retry_codes = [parsed[row.retry_unless_exit] for row in rows]
+
+    def next_attempt(
+        self, job: int, attempt: int, tries: int, labels: Collection[str]
+    ) -> tuple[ParslJob, str]:
+        """The resources and executor of a job's next attempt.
+
+        Parameters
+        ----------
+        job, attempt, tries : `int`
+            Job id, attempt number, attempts of the job in this session so far.
+        labels : `~collections.abc.Collection` [`str`]
+            Labels of the executors in use.
+
+        Returns
+        -------
+        pjob : `ParslJob`
+            The attempt's job view (its memory scaled by ``memoryMultiplier`` per try).
+        label : `str`
+            Its executor: the one its ``computeSite`` or ``queue`` names, else ``select_executor``'s.
+
+        Raises
+        ------
+        ExecutorChoiceError
+            If ``select_executor`` fails or names none of ``labels``.
+        """
+        row = self.rows[job]
+        memory = row.request_memory
+        if memory is not None and row.memory_multiplier and tries:
+            memory = int(memory * row.memory_multiplier**tries)
+            if row.request_memory_max:
+                memory = min(memory, row.request_memory_max)
+        pjob = ParslJob.from_row(row, attempt, memory, self.site.config, self.submit_path)
+        site = type(self.site).__name__
+        try:
+            label = self.site.select_executor(pjob)
+        except Exception as exc:
+            raise ExecutorChoiceError(f"{site}.select_executor failed for this job: {exc}") from None
+        if label not in labels:
+            raise ExecutorChoiceError(
+                f"{site}.select_executor failed for this job: it returned '{label}', which is not one of "
+                f"the executors {sorted(labels)}"
+            )
+        routed = [value for value in (row.compute_site, row.queue) if value and value in labels]
+        return pjob, routed[0] if routed else label
+
+    def retry(self, job: int, exit_code: int, timed_out: bool, tries: int, stopping: bool) -> bool:
+        """Whether a failed attempt runs again.
+
+        Parameters
+        ----------
+        job, exit_code : `int`
+            Job id; exit status of the failed attempt.
+        timed_out : `bool`
+            Whether it was killed for its walltime (never retried).
+        tries : `int`
+            Attempts of the job in this session, the failed one included.
+        stopping : `bool`
+            Whether the run is stopping (nothing is retried).
+
+        Returns
+        -------
+        retry : `bool`
+            `True` if the job runs again.
+        """
+        if stopping or timed_out or exit_code in self.retry_codes[job]:
+            return False
+        return tries <= (self.rows[job].retries or 0)
 
 
 def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:

@@ -37,13 +37,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
+from lsst_ctrl_bps_parsl_worker.job import run_job
 
 from ..configuration import set_parsl_logging
 from ..parslcompat import start_kernel
 from ..site import SiteConfig
 from ..sites.blocks import BlockWatch
-from ..sites.losses import fail_if_interchange_lost, settle_seconds
-from .runner import run_job
+from ..sites.losses import fail_if_interchange_lost
 
 __all__ = ("Dispatch",)
 
@@ -145,21 +145,6 @@ class Dispatch:
         if self.blocks is not None:
             self.blocks.tick()
 
-    def settle_seconds(self, label: str) -> float:
-        """Seconds the rerun of an attempt executor ``label`` lost waits.
-
-        Parameters
-        ----------
-        label : `str`
-            Label of the executor.
-
-        Returns
-        -------
-        seconds : `float`
-            The pause before the rerun.
-        """
-        return settle_seconds(self.dfk.executors.get(label) if self.dfk is not None else None)
-
     def wait(self, timeout: float) -> list[tuple[Any, Any]]:
         """Every attempt that ended, waiting up to ``timeout`` s for the first.
 
@@ -173,16 +158,13 @@ class Dispatch:
         ended : `list` [`tuple`]
             ``(key, future)`` pairs; empty if none ended in time.
         """
+        batch: list[tuple[Any, Any]] = []
         try:
-            batch = [self._ended.get(timeout=timeout)] if timeout > 0 else [self._ended.get_nowait()]
+            batch.append(self._ended.get(timeout=timeout) if timeout > 0 else self._ended.get_nowait())
+            while True:
+                batch.append(self._ended.get_nowait())
         except queue.Empty:
-            return []
-        get = self._ended.get_nowait
-        while True:
-            try:
-                batch.append(get())
-            except queue.Empty:
-                return batch
+            return batch
 
     def drain(self) -> None:
         """Start no more attempts where the executor can (the local pool's queued ones never start)."""

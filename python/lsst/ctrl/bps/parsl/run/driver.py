@@ -33,10 +33,12 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lsst_ctrl_bps_parsl_worker.job import worker_notes
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError, worker_notes
 
 from ..configuration import RunSettings
 from ..control.claim import ClaimFence
@@ -44,7 +46,7 @@ from ..control.running import forget_journals, kill_running_jobs, spawners_elsew
 from ..oneline import one_line, shown
 from ..prepare.commands import fill_wms
 from ..prepare.jobattrs import concurrency_limits
-from ..records import AttemptResult, JobKind, JobState
+from ..records import AttemptResult, JobKind, JobRow, JobState
 from ..report.page import PageWriter
 from ..site import SiteConfig
 from ..sites.losses import LostAttempts, infrastructure_cause
@@ -52,14 +54,9 @@ from ..store.attemptlogs import log_paths
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from ..store.storefile import damaged
-from .attributes import ConcurrencyGate, abort_status, route, walltime_seconds
+from .attributes import ConcurrencyGate, ExecutorChoiceError, RetryPolicy, abort_status, walltime_seconds
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
-from .lostattempts import LostAttemptHandling
-from .ordering import in_flight_limit
-from .progress import ProgressLines, count_states
-from .retrypolicy import ExecutorChoiceError, RetryPolicy
-from .runner import NotStartedError
 from .stopping import InFlight, StopHandling, StopSignals, StopWatchdog
 
 __all__ = ("Driver", "RunOutcome")
@@ -71,8 +68,50 @@ _NO_CGROUP = (
     "BPS_PARSL_ATTEMPT token; one that drops the token and leaves the group is ended only when the "
     "local pool ends, and not at all on Parsl workers (doc/reliability.md, J3)"
 )
+_IN_FLIGHT_MARGIN = 4
+"""Jobs handed to an executor beyond its slots, so a slot that frees up is filled at once."""
 _FLUSH_INTERVAL = 0.05
 """Seconds between commits of the state: that window's transitions are committed together."""
+
+
+_SHOWN = (
+    (JobState.SUCCEEDED, "succeeded"),
+    (JobState.RUNNING, "running"),
+    (JobState.PENDING, "pending"),
+    (JobState.FAILED, "failed"),
+    (JobState.PRUNED, "pruned"),
+    (JobState.DELETED, "deleted"),
+)
+"""The states a progress line counts (a label's line: all but the last)."""
+
+
+def _counted(counts: Counter[int], states: Sequence[tuple[JobState, str]]) -> str:
+    return ", ".join(f"{counts[state]} {name}" for state, name in states) + f", of {counts.total()}"
+
+
+class _ProgressLines:
+    """Print a run's job counts (as ``bps report``) every ``interval`` seconds (0: none, forced ones too)."""
+
+    def __init__(self, run_id: str, interval: float, by_label: bool):
+        self.run_id = run_id
+        self.interval = interval
+        self.by_label = by_label
+        self.last = time.monotonic()
+
+    def print(self, rows: Sequence[JobRow], states: Sequence[int], force: bool = False) -> None:
+        """Print the counts once per interval, or now if ``force``; with ``by_label``, a line per label."""
+        now = time.monotonic()
+        if not self.interval or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        print(f"bps-parsl {self.run_id}: {_counted(Counter(states), _SHOWN)}", flush=True)
+        if self.by_label:
+            by_label: dict[str, Counter[int]] = {}
+            for row, state in zip(rows, states, strict=True):
+                if row.kind == JobKind.PAYLOAD:
+                    by_label.setdefault(row.label, Counter())[state] += 1
+            for label, counts in by_label.items():
+                print(f"  {shown(label)}: {_counted(counts, _SHOWN[:-1])}", flush=True)
 
 
 @dataclass
@@ -92,7 +131,7 @@ class RunOutcome:
         return sum(self.counts.get(s, 0) for s in (JobState.FAILED, JobState.PRUNED, JobState.DELETED))
 
 
-class Driver(LostAttemptHandling, StopHandling):
+class Driver(StopHandling):
     """Run the jobs of one submit directory until all have ended.
 
     Parameters
@@ -148,7 +187,7 @@ class Driver(LostAttemptHandling, StopHandling):
         self.dispatch = Dispatch(site)
         self.in_flight: dict[int, InFlight] = {}
         self.page = PageWriter(self.submit_path)
-        self.progress = ProgressLines(
+        self.progress = _ProgressLines(
             self.run_id, self.settings.progress_interval, self.settings.progress_by_label
         )
         self.signals = StopSignals(self.request_stop)
@@ -217,18 +256,21 @@ class Driver(LostAttemptHandling, StopHandling):
             self.dispatch.start()
         except BaseException as exc:
             self.signals.restore()
-            self._end_session_quietly("error")
+            self._quietly(lambda: self.store.end_session("error"))
             if not isinstance(exc, Exception):
                 raise
             site = type(self.site).__name__
             reason = f"Parsl could not start the executors of site {site}: {one_line(exc)}"
-            return RunOutcome(counts=count_states(self.state), cancelled=True, reason=reason)
+            return RunOutcome(counts=dict(Counter(self.state)), cancelled=True, reason=reason)
         # A job's walltime is enforced by `run_job` where jobs run on this
         # machine; batch executors have their own limits.
-        self.walltime_labels = {
-            label for label in self.dispatch.labels if self.site.capacity(label) is not None
-        }
-        self.in_flight_cap = in_flight_limit(self.site, self.dispatch.labels)
+        slots = {label: self.site.capacity(label) for label in self.dispatch.labels}
+        self.walltime_labels = {label for label, capacity in slots.items() if capacity is not None}
+        known = [
+            capacity.queue_depth + _IN_FLIGHT_MARGIN for capacity in slots.values() if capacity is not None
+        ]
+        # Handed to Parsl at once: no limit if an executor's slots are not known (batch).
+        self.in_flight_cap = (sum(known) or None) if len(known) == len(slots) else None
         outcome = RunOutcome()
         store_failed = taken_over = False
         try:
@@ -253,11 +295,11 @@ class Driver(LostAttemptHandling, StopHandling):
             store_failed = True
             if isinstance(exc, StoreLostError) or not self.stop_reason:
                 self.stop_reason = str(exc)
-            self._stop_quietly()
+            self._quietly(self._stop_everything)
         except BaseException as exc:
             self.stop_reason = self.stop_reason or f"driver error: {exc!r}"
-            self._stop_quietly()
-            self._end_session_quietly("error")
+            self._quietly(self._stop_everything)
+            self._quietly(lambda: self.store.end_session("error"))
             raise
         finally:
             self.signals.restore()
@@ -268,7 +310,7 @@ class Driver(LostAttemptHandling, StopHandling):
         if self.abort is not None and not taken_over:
             outcome.cancelled = True
             outcome.abort_status, outcome.reason = self.abort
-        outcome.counts = count_states(self.state)
+        outcome.counts = dict(Counter(self.state))
         if taken_over:
             self.watchdog.ended()
             return outcome  # the run is another driver's now: nothing more is written
@@ -290,7 +332,7 @@ class Driver(LostAttemptHandling, StopHandling):
     def _run_phase(self, final: bool) -> None:
         walk = self.walk
         walk.start_phase(final)
-        self.progress.restart()
+        self.progress.last = time.monotonic()
         last_flush = time.monotonic()
         while (walk.ready or self.in_flight or self.losses) and not self.stop_reason:
             if self.store.disk_full and self._drained():
@@ -331,34 +373,21 @@ class Driver(LostAttemptHandling, StopHandling):
             if self.gate.acquire(i):
                 self._submit(i)
 
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop; the driver then ends within `stopping.STOP_BOUND` seconds.
-
-        Parameters
-        ----------
-        reason : `str`
-            Why, for the log and the session's outcome.
-        """
-        super().request_stop(reason)
-        self.watchdog.arm(reason)
-
     def _submit(self, i: int) -> None:
         """Hand the next attempt of a job to Parsl (if this driver still holds the run)."""
         self._check_fence()
         row = self.rows[i]
-        tries = self.session_tries[i]
         attempt = self.attempt[i] + 1
         try:
-            nxt = self.policy.next_attempt(i, attempt, tries, self.dispatch.labels)
+            pjob, label = self.policy.next_attempt(i, attempt, self.session_tries[i], self.dispatch.labels)
         except ExecutorChoiceError as exc:
             self.attempt[i] = attempt
             self.recorder.rejected(i, attempt, str(exc), time.time())
             self._release_limits(i)
             self.walk.finish(i, JobState.FAILED)
             return
-        label = route(row, self.dispatch.labels) or nxt.label
         self.attempt[i] = attempt
-        self.session_tries[i] = tries + 1
+        self.session_tries[i] += 1
         stdout, stderr = log_paths(self.submit_path, row.log_dir, row.name, attempt)
         env = self.envs[row.env_id] if row.env_id is not None else ""
         command = row.command or ""
@@ -369,8 +398,8 @@ class Driver(LostAttemptHandling, StopHandling):
         walltime = walltime_seconds(row.request_walltime) if label in self.walltime_labels else None
         args = (token, self.prefix, env, command, stdout, stderr, pid_file)
         kwargs: dict[str, Any] = {"time_limit": walltime, "shell": self.shell, "warm": self.warm}
-        spec = self.site.resource_specification(nxt.job, label)
-        self.in_flight[i] = InFlight(label, attempt, nxt.memory)
+        spec = self.site.resource_specification(pjob, label)
+        self.in_flight[i] = InFlight(label, attempt, pjob.request_memory)
         self.state[i] = JobState.PENDING
         self.recorder.submitted(i, attempt, time.time())
         future = self.dispatch.submit(

@@ -25,19 +25,108 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The walk over a run's DAG (doc/design.md), iterative so any depth works; final nodes last."""
+
+"""The walk over a run's DAG, iterative so any depth works, final nodes last; the order ready nodes go out (doc/design.md)."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..configuration import ConfigurationError
+from ..job import priority_number
 from ..records import ENDED, JobKind, JobRow, JobState
-from .ordering import ReadyQueue
+from .attributes import walltime_seconds
 
-__all__ = ("GraphWalk",)
+__all__ = ("GraphWalk", "ReadyQueue", "critical_paths")
 
 _FAILED = frozenset({JobState.FAILED, JobState.PRUNED, JobState.DELETED})
+
+
+def _job_minutes(row: JobRow) -> float:
+    """A node's expected minutes: its ``requestWalltime``, 1 if unset or not valid, 0 if it runs no process."""
+    if row.kind != JobKind.PAYLOAD:
+        return 0.0
+    try:
+        seconds = walltime_seconds(row.request_walltime)
+    except ConfigurationError:
+        return 1.0
+    return seconds / 60.0 if seconds and 0 < seconds < float("inf") else 1.0
+
+
+def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) -> array:
+    """Minutes of the longest path of work from each node to the end, its own included.
+
+    Parameters
+    ----------
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The nodes, by id (topological order: one pass from the last).
+    children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
+        Child ids of each node.
+
+    Returns
+    -------
+    paths : `array.array`
+        Minutes of work from each node to the end, by id.
+    """
+    path = array("d", bytes(8 * len(rows)))
+    for i in range(len(rows) - 1, -1, -1):
+        path[i] = _job_minutes(rows[i]) + max((path[c] for c in children[i]), default=0.0)
+    return path
+
+
+class ReadyQueue:
+    """Ready nodes, by priority, then longest path below, then first come (a deque's interface).
+
+    Parameters
+    ----------
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The nodes, by id.
+    children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
+        Children of each node.
+    fifo : `bool`
+        Hand nodes out first come, first served.
+    """
+
+    def __init__(self, rows: Sequence[JobRow], children: Sequence[Sequence[int]], fifo: bool = False):
+        self._heap: list[tuple[float, float, int, int]] = []
+        self._count = itertools.count()
+        # Negated, as the heap pops the smallest; arrays: 8 bytes a job.
+        if fifo:
+            self._priority = self._path = array("d", bytes(8 * len(rows)))
+        else:
+            self._priority = array("d", (-(priority_number(row.priority) or 0) for row in rows))
+            self._path = array("d", (-p for p in critical_paths(rows, children)))
+
+    def append(self, i: int) -> None:
+        """Add a ready node.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
+        """
+        heapq.heappush(self._heap, (self._priority[i], self._path[i], next(self._count), i))
+
+    def popleft(self) -> int:
+        """Remove and return the node to hand out next.
+
+        Returns
+        -------
+        i : `int`
+            Node id.
+        """
+        return heapq.heappop(self._heap)[3]
+
+    def clear(self) -> None:
+        """Forget every node."""
+        self._heap.clear()
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
 
 class GraphWalk:
@@ -52,7 +141,7 @@ class GraphWalk:
     on_pruned : callable
         Called with the id of each node the walk prunes.
     fifo : `bool`
-        Hand ready nodes out first come, first served (`ordering.ReadyQueue`).
+        Hand ready nodes out first come, first served (`ReadyQueue`).
     """
 
     def __init__(
@@ -71,7 +160,6 @@ class GraphWalk:
             self.parents[child].append(parent)
         self.state: list[JobState] = [JobState.UNREADY] * n
         self.ready = ReadyQueue(rows, self.children, fifo)
-        """Nodes to hand out: by priority, then critical path, then first come."""
         self.remaining: dict[int, int] = {}
         """Unfinished blocking parents of each waiting node."""
         self.futures: dict[int, Any] = {}
@@ -87,9 +175,6 @@ class GraphWalk:
             return sum(1 for p in self.parents[i] if self.state[p] not in ENDED)
         return sum(1 for p in self.parents[i] if self.state[p] != JobState.SUCCEEDED)
 
-    def _parent_failed(self, i: int) -> bool:
-        return not self._tolerant(i) and any(self.state[p] in _FAILED for p in self.parents[i])
-
     def start_phase(self, final: bool) -> None:
         """Find the ready, waiting and pruned nodes of a phase.
 
@@ -103,14 +188,12 @@ class GraphWalk:
         for i, row in enumerate(self.rows):
             if bool(row.final) != final or self.state[i] in ENDED:
                 continue
-            if self._parent_failed(i):
+            if not self._tolerant(i) and any(self.state[p] in _FAILED for p in self.parents[i]):
                 self._prune(i)
-                continue
-            count = self._blocking_parents(i)
-            if count == 0:
-                self.ready.append(i)
-            else:
+            elif count := self._blocking_parents(i):
                 self.remaining[i] = count
+            else:
+                self.ready.append(i)
 
     def finish(self, i: int, state: JobState) -> None:
         """Mark a node ended and release or prune its children.
@@ -123,14 +206,13 @@ class GraphWalk:
             The state it ended in.
         """
         self.state[i] = state
-        failed = state != JobState.SUCCEEDED
         for c in self.children[i]:
             if self.state[c] in ENDED:
                 continue
-            if failed and not self._tolerant(c):
+            if state != JobState.SUCCEEDED and not self._tolerant(c):
                 self._prune(c)
-                continue
-            self._parent_ended(c)
+            else:
+                self._parent_ended(c)
         self._release_parent_futures(i)
 
     def _parent_ended(self, c: int) -> None:
@@ -171,8 +253,7 @@ class GraphWalk:
         futures : `list`
             Those kept.
         """
-        futures = self.futures
-        return [futures[p] for p in self.parents[i] if p in futures]
+        return [self.futures[p] for p in self.parents[i] if p in self.futures]
 
     def keep_future(self, i: int, future: Any) -> None:
         """Keep the future of a node's attempt for its children.
@@ -184,9 +265,8 @@ class GraphWalk:
         future : `~typing.Any`
             The future of its attempt.
         """
-        if self.children[i] and i not in self.futures:
-            self._waiting_children[i] = len(self.children[i])
         if self.children[i]:
+            self._waiting_children.setdefault(i, len(self.children[i]))
             self.futures[i] = future
 
     def _release_parent_futures(self, i: int) -> None:

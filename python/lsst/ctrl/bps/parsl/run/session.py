@@ -25,7 +25,10 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Start (here or in the background) and check a run's driver; its saved BPS configuration."""
+"""Start (here or in the background) and check a run's driver; its saved BPS configuration.
+
+``python -m lsst.ctrl.bps.parsl.run.session <submit dir> <kind>`` runs a background driver.
+"""
 
 from __future__ import annotations
 
@@ -205,11 +208,6 @@ def load_config(submit_path: str) -> BpsConfig:
     return BpsConfig(path)
 
 
-def _reserve_size(store: RunStore) -> int:
-    """Space for the last commits of a run (grows with the store)."""
-    return min(_RESERVE_MAX, _RESERVE_MIN + os.path.getsize(store.path) // 4)
-
-
 def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutcome:
     """Run (or resume) a run in this process and raise if jobs failed.
 
@@ -252,7 +250,8 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
             # From here on, a process that takes the run over (judging this one gone) fences it out.
             store.take_fence(claim.number)
             fence = ClaimFence(submit_path, claim.number)
-            store.keep_reserve(_reserve_size(store))
+            # Space for the last commits of a run (grows with the store).
+            store.keep_reserve(min(_RESERVE_MAX, _RESERVE_MIN + os.path.getsize(store.path) // 4))
             monitor = DriverMonitor(submit_path, run_id, store, stale_after=stale_after, fence=fence)
             monitor.start()
             # What the caller holds (the GenericWorkflow, the LSST stack) would
@@ -282,15 +281,6 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
             f"see 'bps report --id {submit_path}'"
         )
     return outcome
-
-
-def _owned(submit_path: str) -> None:
-    """Raise unless the calling user owns the run."""
-    owner = os.stat(db_path(submit_path)).st_uid
-    if owner != os.getuid():
-        raise StateStoreError(
-            f"{submit_path}: the run belongs to uid {owner}, not to you: only its owner may act on it"
-        )
 
 
 def _same_directory(a: str, b: str) -> bool:
@@ -335,8 +325,12 @@ def checked_run(submit_path: str) -> str:
     StateStoreError
         With one line naming the path.
     """
-    _owned(submit_path)
     path = db_path(submit_path)
+    owner = os.stat(path).st_uid
+    if owner != os.getuid():
+        raise StateStoreError(
+            f"{submit_path}: the run belongs to uid {owner}, not to you: only its owner may act on it"
+        )
     info = os.lstat(path)
     if not stat.S_ISREG(info.st_mode):
         raise StateStoreError(
@@ -381,7 +375,7 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     log = os.path.join(private_dir(os.path.join(submit_path, "parsl")), "driver.log")
     with os.fdopen(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as stream:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lsst.ctrl.bps.parsl.run.detached", submit_path, kind],
+            [sys.executable, "-m", "lsst.ctrl.bps.parsl.run.session", submit_path, kind],
             stdin=subprocess.DEVNULL,
             stdout=stream,
             stderr=subprocess.STDOUT,
@@ -401,3 +395,30 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
             return proc.pid
         time.sleep(0.05)
     raise RuntimeError(f"the background driver did not start within {wait:.0f} s: see {log}")
+
+
+def main(argv: list[str]) -> int:
+    """Run a submit directory's driver (in the background); exit non-zero, with one line, if jobs failed or it stopped.
+
+    Parameters
+    ----------
+    argv : `list` [`str`]
+        Command line: the module, the submit directory, ``submit`` or ``restart``.
+
+    Returns
+    -------
+    code : `int`
+        Exit status: 0 if every job succeeded, else the run's status or 1.
+    """
+    try:
+        run_driver(argv[1], None, kind=argv[2])
+    except (RunFailedError, StateStoreError, DriverBusyError) as exc:
+        print(exc, flush=True)
+        return getattr(exc, "exit_status", 1) or 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv))

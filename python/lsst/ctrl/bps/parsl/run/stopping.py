@@ -25,7 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Stopping a driver session: signals, the watchdog, `StopHandling`, how attempts in flight ended."""
+"""Stopping a driver session (signals, the watchdog, `StopHandling`); attempts lost or never started."""
 
 from __future__ import annotations
 
@@ -35,21 +35,23 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError
 from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
 
 from ..control.claim import ClaimFence
 from ..control.running import kill_running_jobs
 from ..records import ENDED, AttemptResult, JobRow, JobState
 from ..site import SiteConfig
+from ..sites.losses import LostAttempts, infrastructure_cause, settle_seconds, stops_run
 from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError
 from .dispatch import Dispatch
-from .runner import NotStartedError
+from .graphwalk import GraphWalk
 
 _LOG = logging.getLogger(__name__)
 
@@ -150,70 +152,21 @@ class StopWatchdog:
             os._exit(1)
 
 
-def _record_stopped(
-    ended: Iterable[tuple[tuple[int, int], Any]],
-    in_flight: dict[int, InFlight],
-    recorder: Recorder,
-    state: list[JobState],
-    attempt: list[int],
-) -> None:
-    """Record how the attempts in flight (``ended``: their futures) ended; mark the rest DELETED."""
-    exits: list[dict[str, int]] = []  # the exit records, read once if needed
-    for (i, number), future in ended:
-        _record_one(i, number, future, in_flight, recorder, state, attempt, exits)
-    for i, flight in list(in_flight.items()):
-        _record_one(i, flight.attempt, None, in_flight, recorder, state, attempt, exits)
-    for i, s in enumerate(state):
-        if s not in ENDED:
-            state[i] = JobState.DELETED
-            recorder.state(i, JobState.DELETED, attempt[i])
-    in_flight.clear()
-    recorder.flush()
-
-
-def _record_one(
-    i: int,
-    number: int,
-    future: Any,
-    in_flight: dict[int, InFlight],
-    recorder: Recorder,
-    state: list[JobState],
-    attempt: list[int],
-    exits: list[dict[str, int]],
-) -> None:
-    """Record attempt ``number`` of job ``i`` (``future`` `None`: it did not end; ``exits``: read once)."""
-    flight = in_flight.get(i)
-    if flight is None or flight.attempt != number:
-        return
-    del in_flight[i]
-    error = None if future is None else future.exception()
-    if isinstance(error, NotStartedError):
-        attempt[i] = number - 1  # never started: no attempt to record
-        return
-    if future is not None and error is None:
-        result = AttemptResult._make(future.result())
-    else:
-        # The executor lost it or was shut down first: if it ran to its end, its reaper recorded how.
-        if not exits:
-            exits.append(recorder.exit_statuses())
-        logged = recorder.exit_status(i, number, exits[0])
-        result = AttemptResult(-1 if logged is None else logged, None, None, time.time(), None, False)
-    ended_state = JobState.SUCCEEDED if result.exit_code == 0 else JobState.DELETED
-    recorder.ended(i, number, ended_state, result, flight.memory, flight.label)
-    state[i] = ended_state
-
-
 class StopHandling:
-    """How a driver stops (`~.driver.Driver`'s attributes)."""
+    """How a driver stops, and what it does with attempts lost or never started (`~.driver.Driver`'s attributes)."""
 
     rows: list[JobRow]
     state: list[JobState]
     attempt: list[int]
+    session_tries: list[int]
     in_flight: dict[int, InFlight]
     recorder: Recorder
     store: RunStore
     site: SiteConfig
     dispatch: Dispatch
+    walk: GraphWalk
+    losses: LostAttempts
+    watchdog: StopWatchdog
     fence: ClaimFence | None
     run_id: str
     submit_path: str
@@ -221,7 +174,67 @@ class StopHandling:
     stop_reason: str | None
     draining: bool
     abort: tuple[int, str] | None
-    request_stop: Callable[[str], None]
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop: no new job starts, running ones are killed, within `STOP_BOUND` s.
+
+        Parameters
+        ----------
+        reason : `str`
+            Why, for the log and the session's outcome; the first reason given is kept.
+        """
+        if not self.stop_reason:
+            self.stop_reason = reason
+        self.watchdog.arm(reason)
+
+    def _lost(self, i: int, attempt: int, flight: InFlight, error: BaseException, cause: str) -> None:
+        """Record a lost attempt; its job runs again once its processes end (``infrastructureRetries``)."""
+        self.session_tries[i] -= 1
+        result = self.recorder.lost(i, attempt, error, time.time(), cause)
+        try:  # a lost worker did not remove its running-attempt file
+            os.unlink(os.path.join(self.running_dir, f"{i}.{attempt}"))
+        except OSError:
+            pass
+        if stops_run(error):
+            self.request_stop(f"{self.site.where}: executor {flight.label} can run nothing more: {cause}")
+        if self.stop_reason or self.losses.lost(i):
+            # Stopping: the job is recorded DELETED with the others, and a restart runs it.
+            self.recorder.ended(
+                i, attempt, JobState.FAILED, result, flight.memory, flight.label, JobState.READY, cause
+            )
+            self.state[i] = JobState.READY
+            if not self.stop_reason:
+                executor = self.dispatch.dfk.executors.get(flight.label)
+                self.losses.hold(i, time.monotonic() + settle_seconds(executor))
+            return
+        self.recorder.note(
+            i, attempt, f"infrastructureRetries ({self.losses.budget}) used up: the job failed"
+        )
+        self.recorder.ended(i, attempt, JobState.FAILED, result, flight.memory, flight.label, lost=cause)
+        self.walk.finish(i, JobState.FAILED)
+
+    def _never_started(self, i: int, attempt: int, error: NotStartedError) -> None:
+        """An attempt that never started gives its number back; unless the run
+        stops or drains, its pool was lost: the run stops.
+        """
+        self.attempt[i] = attempt - 1
+        self.session_tries[i] -= 1
+        if self.stop_reason or self.draining:
+            return
+        if os.path.exists(self.recorder.stderr_of(i, attempt)):
+            # It did start (a pool that was lost cannot always tell): settle it from its exit record.
+            self.attempt[i] = attempt
+            self.session_tries[i] += 1
+            if self.recorder.exit_status(i, attempt) == 0:
+                self.recorder.ended(
+                    i, attempt, JobState.SUCCEEDED, AttemptResult(0, None, None, None, None, False)
+                )
+                self.walk.finish(i, JobState.SUCCEEDED)
+            elif (cause := infrastructure_cause(error)) is not None:
+                # Started, then lost with its pool: an infrastructure loss (the job is recorded DELETED).
+                result = self.recorder.lost(i, attempt, error, time.time(), cause)
+                self.recorder.ended(i, attempt, JobState.DELETED, result, lost=cause)
+        self.request_stop(str(error))
 
     def _check_fence(self) -> None:
         """Raise `RunTakenOverError` if another process took the run over."""
@@ -253,16 +266,10 @@ class StopHandling:
         self.dispatch = Dispatch(self.site)
         self.dispatch.start()
 
-    def _stop_quietly(self) -> None:
-        """`_stop_everything`, when the store may refuse the record of it."""
+    def _quietly(self, action: Callable[[], object]) -> None:
+        """Run ``action``, which records in the store; a store that refuses the record is only logged."""
         try:
-            self._stop_everything()
-        except StateStoreError as exc:
-            _LOG.warning("%s", exc)
-
-    def _end_session_quietly(self, outcome: str) -> None:
-        try:
-            self.store.end_session(outcome)
+            action()
         except StateStoreError as exc:
             _LOG.warning("%s", exc)
 
@@ -271,7 +278,30 @@ class StopHandling:
         self._check_fence()  # a driver that lost the run kills only its own attempts
         self.dispatch.shutdown()
         kill_running_jobs(self.running_dir, self.run_id)
-        _record_stopped(self.dispatch.wait(0), self.in_flight, self.recorder, self.state, self.attempt)
+        futures = dict(self.dispatch.wait(0))
+        exits: dict[str, int] | None = None  # the exit records, read once if needed
+        for i, flight in self.in_flight.items():
+            future = futures.get((i, flight.attempt))
+            error = None if future is None else future.exception()
+            if isinstance(error, NotStartedError):
+                self.attempt[i] = flight.attempt - 1  # never started: no attempt to record
+                continue
+            if future is not None and error is None:
+                result = AttemptResult._make(future.result())
+            else:
+                # The executor lost it or was shut down first: if it ran to its end, its reaper recorded how.
+                exits = self.recorder.exit_statuses() if exits is None else exits
+                logged = self.recorder.exit_status(i, flight.attempt, exits)
+                result = AttemptResult(-1 if logged is None else logged, None, None, time.time(), None, False)
+            ended = JobState.SUCCEEDED if result.exit_code == 0 else JobState.DELETED
+            self.recorder.ended(i, flight.attempt, ended, result, flight.memory, flight.label)
+            self.state[i] = ended
+        self.in_flight.clear()
+        for i, s in enumerate(self.state):
+            if s not in ENDED:
+                self.state[i] = JobState.DELETED
+                self.recorder.state(i, JobState.DELETED, self.attempt[i])
+        self.recorder.flush()
 
     def _stop_own_attempts(self) -> None:
         """The run was taken over: stop Parsl, kill only this driver's attempts (by token), record nothing."""
