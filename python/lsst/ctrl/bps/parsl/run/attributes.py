@@ -173,12 +173,10 @@ class ConcurrencyGate:
         parsed: dict[str, tuple[tuple[str, float], ...]] = {}
         self.needs: dict[int, tuple[tuple[str, float], ...]] = {}
         for row in rows:
-            if row.concurrency_limit:
-                if row.concurrency_limit not in parsed:
-                    parsed[row.concurrency_limit] = parse_concurrency_limit(
-                        row.concurrency_limit, f"job '{row.name}'"
-                    )
-                self.needs[row.id] = parsed[row.concurrency_limit]
+            if text := row.concurrency_limit:
+                if text not in parsed:
+                    parsed[text] = parse_concurrency_limit(text, f"job '{row.name}'")
+                self.needs[row.id] = parsed[text]
         self.waiting: list[int] = []
         """Ready jobs that found a limit full, in the order they came."""
         self._holding: set[int] = set()
@@ -223,7 +221,7 @@ class ConcurrencyGate:
         """
         if job not in self._holding:
             return []
-        self._holding.discard(job)
+        self._holding.remove(job)
         for name, units in self.needs[job]:
             self.held[name] -= units
         woken, self.waiting = self.waiting, []

@@ -100,7 +100,6 @@ class Dispatch:
         args: tuple,
         kwargs: dict[str, Any],
         inputs: Sequence[Any],
-        resource_specification: dict[str, Any] | None,
         walltime: float | None = None,
     ) -> Any:
         """Submit one attempt (`run_job`'s arguments) to executor ``label``.
@@ -111,14 +110,10 @@ class Dispatch:
             What the end of the attempt is queued under (see `wait`).
         label : `str`
             Label of the executor.
-        args : `tuple`
-            Positional arguments of `run_job`.
-        kwargs : `dict` [`str`, `~typing.Any`]
-            Keyword arguments of `run_job`.
+        args, kwargs : `tuple`, `dict` [`str`, `~typing.Any`]
+            Positional and keyword arguments of `run_job` (Parsl's ``parsl_resource_specification`` too).
         inputs : `~collections.abc.Sequence`
             Futures of the parents.
-        resource_specification : `dict` [`str`, `~typing.Any`] or `None`
-            Parsl's resource specification of the attempt.
         walltime : `float`, optional
             The job's ``requestWalltime`` (s): blocks with less left take it last (`BlockWatch`).
 
@@ -127,8 +122,6 @@ class Dispatch:
         future : `~typing.Any`
             Parsl's app future of the attempt.
         """
-        if resource_specification:
-            kwargs["parsl_resource_specification"] = resource_specification
         watched = self.blocks is not None and self.blocks.before_submit(label, walltime)
         future = self._apps[label](*args, inputs=list(inputs), **kwargs)
         future.add_done_callback(lambda done: self._ended.put((key, done)))

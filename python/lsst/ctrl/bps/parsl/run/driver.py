@@ -57,7 +57,7 @@ from ..store.storefile import damaged
 from .attributes import ConcurrencyGate, ExecutorChoiceError, RetryPolicy, abort_status, walltime_seconds
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
-from .stopping import InFlight, StopHandling, StopSignals, StopWatchdog
+from .stopping import InFlight, StopHandling, StopWatchdog
 
 __all__ = ("Driver", "RunOutcome")
 
@@ -190,7 +190,6 @@ class Driver(StopHandling):
         self.progress = _ProgressLines(
             self.run_id, self.settings.progress_interval, self.settings.progress_by_label
         )
-        self.signals = StopSignals(self.request_stop)
         self.watchdog = StopWatchdog(self.run_id, self.submit_path)
 
     def _build_tables(self) -> None:
@@ -245,7 +244,7 @@ class Driver(StopHandling):
         os.makedirs(self.running_dir, exist_ok=True)
         self.store.begin_session(self.kind, os.getpid(), _HOST)
         _LOG.info(_NO_CGROUP)
-        self.signals.install()
+        self._install_signals()
         try:
             self.prefix = self.site.get_command_prefix()
             self.shell = self.site.job_shell
@@ -255,7 +254,7 @@ class Driver(StopHandling):
                 self.store.set_meta("monitoring_db", monitoring_db)
             self.dispatch.start()
         except BaseException as exc:
-            self.signals.restore()
+            self._restore_signals()
             self._quietly(lambda: self.store.end_session("error"))
             if not isinstance(exc, Exception):
                 raise
@@ -266,12 +265,8 @@ class Driver(StopHandling):
         # machine; batch executors have their own limits.
         slots = {label: self.site.capacity(label) for label in self.dispatch.labels}
         self.walltime_labels = {label for label, capacity in slots.items() if capacity is not None}
-        known = [
-            capacity.queue_depth + _IN_FLIGHT_MARGIN for capacity in slots.values() if capacity is not None
-        ]
-        # Handed to Parsl at once: no limit if an executor's slots are not known (batch).
-        self.in_flight_cap = (sum(known) or None) if len(known) == len(slots) else None
-        outcome = RunOutcome()
+        if len(self.walltime_labels) == len(slots):  # no limit if an executor's slots are not known (batch)
+            self.in_flight_cap = sum(c.queue_depth + _IN_FLIGHT_MARGIN for c in slots.values() if c) or None
         store_failed = taken_over = False
         try:
             for final in (False, True):
@@ -302,15 +297,12 @@ class Driver(StopHandling):
             self._quietly(lambda: self.store.end_session("error"))
             raise
         finally:
-            self.signals.restore()
+            self._restore_signals()
             self.dispatch.shutdown()
-        if self.stop_reason:
-            outcome.cancelled = True
-            outcome.reason = self.stop_reason
+        outcome = RunOutcome(dict(Counter(self.state)), bool(self.stop_reason), self.stop_reason or "")
         if self.abort is not None and not taken_over:
             outcome.cancelled = True
             outcome.abort_status, outcome.reason = self.abort
-        outcome.counts = dict(Counter(self.state))
         if taken_over:
             self.watchdog.ended()
             return outcome  # the run is another driver's now: nothing more is written
@@ -398,7 +390,8 @@ class Driver(StopHandling):
         walltime = walltime_seconds(row.request_walltime) if label in self.walltime_labels else None
         args = (token, self.prefix, env, command, stdout, stderr, pid_file)
         kwargs: dict[str, Any] = {"time_limit": walltime, "shell": self.shell, "warm": self.warm}
-        spec = self.site.resource_specification(pjob, label)
+        if spec := self.site.resource_specification(pjob, label):
+            kwargs["parsl_resource_specification"] = spec
         self.in_flight[i] = InFlight(label, attempt, pjob.request_memory)
         self.state[i] = JobState.PENDING
         self.recorder.submitted(i, attempt, time.time())
@@ -408,8 +401,7 @@ class Driver(StopHandling):
             args,
             kwargs,
             self.walk.parent_futures(i),
-            spec,
-            walltime=walltime_seconds(row.request_walltime),
+            walltime_seconds(row.request_walltime),
         )
         self.walk.keep_future(i, future)
 

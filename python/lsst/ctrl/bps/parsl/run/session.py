@@ -35,6 +35,8 @@ from __future__ import annotations
 import gc
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,16 +46,12 @@ from lsst.ctrl.bps import BpsConfig, BpsError
 
 from ..configuration import RunSettings
 from ..control.claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, claim_run
-from ..control.liveness import (
-    HOST,
-    STALE_AFTER,
-    DriverRecord,
-    driver_alive,
-    process_start,
-)
+from ..control.liveness import HOST, STALE_AFTER, DriverRecord, driver_alive, process_start
 from ..control.monitor import DriverMonitor
+from ..files import open_private, private_dir
 from ..oneline import ShownMessageError
 from ..site import SiteConfig
+from ..store.runindex import remove_run
 from ..store.runstore import RunStore, StateStoreError, db_path
 
 if TYPE_CHECKING:
@@ -143,8 +141,6 @@ def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str
     path : `str`
         Where it was written.
     """
-    from ..files import open_private, private_dir
-
     private_dir(os.path.join(submit_path, "parsl"))
     path = _pending_config(submit_path, run_id)
     with os.fdopen(open_private(path), "w") as stream:
@@ -160,8 +156,6 @@ def install_config(submit_path: str, run_id: str) -> None:
     submit_path, run_id : `str`
         Submit directory; the run whose store the directory holds.
     """
-    from ..store.runindex import remove_run
-
     parsl_dir = os.path.join(submit_path, "parsl")
     os.replace(_pending_config(submit_path, run_id), os.path.join(parsl_dir, _CONFIG_NAME))
     for name in os.listdir(parsl_dir):
@@ -367,11 +361,6 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     RuntimeError
         If the driver exits at once or does not beat within ``wait``.
     """
-    import subprocess
-    import sys
-
-    from ..files import open_private, private_dir
-
     log = os.path.join(private_dir(os.path.join(submit_path, "parsl")), "driver.log")
     with os.fdopen(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as stream:
         proc = subprocess.Popen(
@@ -419,6 +408,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main(sys.argv))

@@ -25,7 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Stopping a driver session (signals, the watchdog, `StopHandling`); attempts lost or never started."""
+"""Stopping a driver session (the watchdog, `StopHandling`: signals, stops); attempts lost or never started."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ from .graphwalk import GraphWalk
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ("STOP_BOUND", "InFlight", "StopHandling", "StopSignals", "StopWatchdog")
+__all__ = ("STOP_BOUND", "InFlight", "StopHandling", "StopWatchdog")
 
 STOP_BOUND = 180.0
 """Seconds a driver may take to end once it was asked to stop (cancel,
@@ -69,37 +69,6 @@ class InFlight:
     label: str
     attempt: int
     memory: int | None
-
-
-class StopSignals:
-    """While installed, SIGINT and SIGTERM ask for a stop (main thread only).
-
-    Parameters
-    ----------
-    request_stop : `~collections.abc.Callable` [[`str`], `None`]
-        Called with ``received <SIGNAL>``.
-    """
-
-    def __init__(self, request_stop: Callable[[str], None]):
-        self.request_stop = request_stop
-        self._old_handlers: dict[int, Any] = {}
-
-    def install(self) -> None:
-        """Handle the signals (nothing outside the main thread)."""
-        self._old_handlers = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            self.request_stop(f"received {signal.Signals(signum).name}")
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[signum] = signal.signal(signum, handler)
-
-    def restore(self) -> None:
-        """Put back the handlers `install` replaced."""
-        for signum, old in self._old_handlers.items():
-            signal.signal(signum, old)
 
 
 class StopWatchdog:
@@ -186,6 +155,20 @@ class StopHandling:
         if not self.stop_reason:
             self.stop_reason = reason
         self.watchdog.arm(reason)
+
+    def _install_signals(self) -> None:
+        """Until `_restore_signals`, SIGINT and SIGTERM ask for a stop (main thread only)."""
+        self._old_handlers: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.request_stop(f"received {signal.Signals(signum).name}")
+
+    def _restore_signals(self) -> None:
+        for signum, old in self._old_handlers.items():
+            signal.signal(signum, old)
 
     def _lost(self, i: int, attempt: int, flight: InFlight, error: BaseException, cause: str) -> None:
         """Record a lost attempt; its job runs again once its processes end (``infrastructureRetries``)."""
