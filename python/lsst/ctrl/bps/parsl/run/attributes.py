@@ -63,8 +63,8 @@ class RetryPolicy:
         self.submit_path = submit_path
         # Parsed once per distinct text: the jobs of a label share theirs.
         texts = {row.retry_unless_exit for row in rows}
-        parsed = {text: frozenset[int](json.loads(text or "[]")) for text in texts}
-        self.retry_codes = [parsed[row.retry_unless_exit] for row in rows]
+        parsed = {text: frozenset(json.loads(text or "[]")) for text in texts}
+        self.retry_codes: list[frozenset[int]] = [parsed[row.retry_unless_exit] for row in rows]
 
     def next_attempt(
         self, job: int, attempt: int, tries: int, labels: Collection[str]

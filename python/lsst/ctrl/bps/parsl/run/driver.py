@@ -416,8 +416,7 @@ class Driver(StopHandling):
         if isinstance(error, NotStartedError):
             self._never_started(i, attempt, error)
             return
-        cause = infrastructure_cause(error)
-        if error is not None and cause is not None:
+        if error is not None and (cause := infrastructure_cause(error)) is not None:
             self._lost(i, attempt, flight, error, cause)
             return
         if error is not None:
