@@ -488,7 +488,7 @@ def nap(seconds: float) -> float:
 
 _SITECUSTOMIZE = """
 import os, sys
-if sys.argv and sys.argv[0].endswith("pytask.py") and os.environ.get("EDGES_STARTED"):
+if sys.argv and sys.argv[0].endswith("lsst_ctrl_bps_parsl_worker/job.py") and os.environ.get("EDGES_STARTED"):
     open(os.path.join(os.environ["EDGES_STARTED"], os.path.basename(sys.argv[1])), "w").close()
 """
 """Makes every Python task's process say that it started, before it reads its task file."""

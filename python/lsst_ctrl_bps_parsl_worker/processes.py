@@ -25,11 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Job processes: how they are found (by the token each inherits, read from
-``/proc``: reliability.md, P2) and stopped, and their notes.
-
-Standard library only: the local pool's spawner (``python -S``) and Parsl
-workers import it.
+"""Job processes: found by the token each inherits, read from ``/proc``
+(reliability.md, P2), and stopped. Standard library only.
 """
 
 from __future__ import annotations
@@ -68,8 +65,7 @@ def end_group(pgid: int) -> None:
     pgid : `int`
         The group: the main process's pid, not yet reaped (so it is no other's).
     """
-    if pgid > 1 and pgid != os.getpgrp():
-        _kill(os.killpg, pgid, signal.SIGKILL)
+    signal_attempts(signal.SIGKILL, groups=(pgid,))
 
 
 def append_note(path: str, text: str) -> None:
@@ -84,15 +80,13 @@ def append_note(path: str, text: str) -> None:
 
 
 def write_text(path: str, text: str, mode: str = "w") -> None:
-    """Write or append ``text`` to a file, making its directory again if it
-    vanished; errors are ignored (the file is a hint).
+    """Write (``mode`` ``"w"``) or append (``"a"``) ``text`` to a file, making
+    its directory again if it vanished; errors are ignored (the file is a hint).
 
     Parameters
     ----------
-    path, text : `str`
-        The file and the text.
-    mode : `str`, optional
-        ``"w"`` to replace the file, ``"a"`` to append.
+    path, text, mode : `str`
+        The file, the text and the mode.
     """
     for _ in range(2):
         try:
@@ -136,14 +130,14 @@ def _my_processes() -> list[int]:
 def attempt_processes(
     tokens: Collection[str] = (), run_prefix: str | None = None, marks: Collection[str] = ()
 ) -> dict[int, int]:
-    """Return ``{pid: process group}`` of this user's live processes whose
-    environment (read from ``/proc``) carries one of ``tokens``, a token
-    starting with ``run_prefix``, or one of ``marks`` (e.g. `guard.WORKER_ENV`).
+    """``{pid: process group}`` of this user's live processes whose environment
+    carries one of ``tokens``, a token starting with ``run_prefix``, or one of
+    ``marks`` (``NAME=value`` items, e.g. `guard.WORKER_ENV`).
 
     Parameters
     ----------
     tokens, marks : `~collections.abc.Collection` [`str`], optional
-        Tokens of the attempts; environment items (``NAME=value``).
+        Tokens of the attempts; environment items.
     run_prefix : `str`, optional
         Prefix of every token of a run.
 

@@ -27,7 +27,7 @@
 
 """What a `LocalPoolExecutor` task is besides its spawner request: its
 future, and for a Python task (any function but `run_job`) the files through
-which a fresh Python process (`pytask`) gets the function and gives back
+which a fresh Python process (`job.py` as a script) gets the function and gives back
 its outcome.
 """
 
@@ -57,7 +57,7 @@ from ..records import AttemptResult
 
 __all__ = ("PythonTasks", "Task", "TaskProcessError", "is_run_job", "report_try")
 
-_PYTASK = os.path.join(os.path.dirname(os.path.abspath(lsst_ctrl_bps_parsl_worker.__file__)), "pytask.py")
+_PYTASK = os.path.join(os.path.dirname(os.path.abspath(lsst_ctrl_bps_parsl_worker.__file__)), "job.py")
 _WRAP_ERROR_CODE = wrap_error(run_job).__code__
 """Code of the wrapper Parsl's ``python_app`` puts around its function."""
 _SUFFIXES = (".task", ".result", ".out", ".err")
