@@ -375,14 +375,15 @@ def test_job_lines_that_are_not_plain_start_cold(probe: str, name: str) -> None:
 
 
 LIFECYCLE = r"""
-import json, os, signal, subprocess, sys, time
+import json, os, shlex, signal, subprocess, sys, time
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts
 
 out_dir = sys.argv[1]
 pipetask = sys.argv[2]
 notes = []
 warm = WarmStarts(notes.append)
-environ = {**os.environ, "BPS_PARSL_ATTEMPT": "run/1/1"}
+base = dict(os.environ)
+environ = {**base, "BPS_PARSL_ATTEMPT": "run/1/1"}
 argv = [pipetask, "--long-log", "run-qbb", os.path.join(out_dir, "no-repo"), os.path.join(out_dir, "no.qg"),
         "--qgraph-node-id", "00000000-0000-0000-0000-000000000000"]
 
@@ -391,7 +392,7 @@ def start(name, argv=argv):
     out, err = os.path.join(out_dir, name + ".out"), os.path.join(out_dir, name + ".err")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        pid = warm.start(argv, environ, out, err)
+        pid = warm.start_job("/bin/bash", "run/1/1", "", "", shlex.join(argv), out, err, base)
         if pid is not None:
             return pid, err
         if any("not started warm" in n for n in notes[-1:]):

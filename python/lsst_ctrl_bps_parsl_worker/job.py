@@ -62,13 +62,15 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     signal_attempts,
     write_text,
 )
-from lsst_ctrl_bps_parsl_worker.warm import warm_starts  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
 __all__ = ("JobResult", "NotStartedError", "job_script", "run_job", "worker_notes")
 
 _HOST = socket.gethostname()
 _NOTES: list[str] = []
 """This worker's warm-start notes not yet returned with a result."""
+_WARM = WarmStarts(_NOTES.append)
+"""This worker process's warm processes (no process until a job starts warm)."""
 _NOTED: set[str] = set()
 """Notes the driver has logged (`worker_notes`)."""
 
@@ -157,7 +159,7 @@ def run_job(
     if guard is not None:
         guard.watch()
     # Warm starts only where a guarded worker's main thread runs the job, not in the driver's threads.
-    starts = warm_starts(_NOTES.append) if warm and guard is not None else None
+    starts = _WARM if warm and guard is not None else None
     launcher = current_launcher()
     tries = 0
     while True:

@@ -78,12 +78,17 @@ class WarmProcess:
         The ``pipetask`` script's Python and directory.
     environ : `~collections.abc.Mapping`
         The environment it starts with (the first job's).
+    note : callable
+        Called with each note for the log.
     """
 
-    def __init__(self, python: str, script_dir: str, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, python: str, script_dir: str, environ: Mapping[str, str], note: Callable[[str], None]
+    ) -> None:
         import subprocess  # here: the spawner starts faster without it
 
         self.python = python
+        self.note = note
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: v for k, v in environ.items() if k != TOKEN_ENV}
         env[_SLOT_ENV] = "_" * _SLOT_SIZE
@@ -109,23 +114,15 @@ class WarmProcess:
         self.dead: str | None = None
         self.started = time.monotonic()
 
-    def poll(self, note: Callable[[str], None]) -> None:
-        """Read what the warm process said since (ready, notes), without waiting.
-
-        Parameters
-        ----------
-        note : callable
-            Called with each note for the log.
-        """
+    def poll(self) -> None:
+        """Read what the warm process said since (ready, notes), without waiting."""
         while self.dead is None and select.select([self.sock], [], [], 0)[0]:
-            self._message(self._receive(), note)
+            self._message(self._receive())
         if self.dead is None and not self.ready and time.monotonic() - self.started > _START_TIMEOUT:
             self.stop()
             self.dead = f"did not import the stack within {_START_TIMEOUT:.0f} s"
 
     def _receive(self) -> dict:
-        import json
-
         try:
             data = self.sock.recv(1 << 20)
         except OSError:
@@ -137,31 +134,27 @@ class WarmProcess:
             return {}
         return json.loads(data)
 
-    def _message(self, message: dict, note: Callable[[str], None]) -> None:
+    def _message(self, message: dict) -> None:
         if "note" in message:
-            note(f"warm process {self.proc.pid} ({self.python}): {message['note']}")
+            self.note(f"warm process {self.proc.pid} ({self.python}): {message['note']}")
         self.ready = self.ready or bool(message.get("ready"))
         if "fail" in message:
             self.dead = message["fail"]
             self.stop()
 
-    def start(self, request: dict, note: Callable[[str], None]) -> int | str:
+    def start(self, request: dict) -> int | str:
         """Ask for a job.
 
         Parameters
         ----------
         request : `dict`
             The job's ``argv``, ``env``, ``cwd``, ``out`` and ``err``.
-        note : callable
-            Called with each note for the log.
 
         Returns
         -------
         started : `int` or `str`
             The job's pid, or why it was not started.
         """
-        import json
-
         try:
             self.sock.send(json.dumps(request).encode())
         except OSError:
@@ -172,7 +165,7 @@ class WarmProcess:
                 return int(message["pid"])
             if "cold" in message:
                 return str(message["cold"])
-            self._message(message, note)
+            self._message(message)
         return f"the warm process {self.dead}"
 
     def stop(self) -> None:
