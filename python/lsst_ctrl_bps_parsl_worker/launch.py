@@ -25,17 +25,14 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-
 """Starting job attempts (`Launcher.spawn_job`), through the job's shell or
-forked warm (`warm`), and what is said when a start fails.
-
-Standard library only: the local pool's spawner (``python -S``) and Parsl
-workers import it.
+forked warm (`warm`), and what is said when a start fails. Standard library only.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 from collections.abc import Mapping
@@ -78,16 +75,14 @@ def quote(text: str) -> str:
 
 
 def job_script(token: str, prefix: str, env: str, command: str) -> str:
-    """The shell script of one job attempt: its token, the site's command
-    prefix, the job's exports, its command. No trap: whoever reaps the job
+    """The shell script of one job attempt. No trap: whoever reaps the job
     records its status, and bash runs the last simple command in its own place.
 
     Parameters
     ----------
-    token : `str`
-        The attempt's token, exported as ``BPS_PARSL_ATTEMPT``.
-    prefix, env, command : `str`
-        The site's command prefix and the job's export lines (both may be empty), its command line.
+    token, prefix, env, command : `str`
+        The attempt's token, the site's command prefix and the job's exports
+        (both may be empty), its command line.
 
     Returns
     -------
@@ -130,7 +125,7 @@ class Launcher:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         self._base = {k: v for k, v in environ.items() if k != ATTEMPT_ENV}
-        self._items = [_item(k, v) for k, v in self._base.items()]
+        self._items = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in self._base.items()]
         self._glibc = _glibc_spawn()
 
     def spawn_job(
@@ -166,13 +161,8 @@ class Launcher:
             pid = warm.start_job(shell, token, prefix, env, command, out, err, self._base)
             if pid is not None:
                 return pid
+        argv = _job_argv(shell, out, err, job_script(token, prefix, env, command))
         items = [*self._items, f"{ATTEMPT_ENV}={token}".encode()]
-        return self._spawn(_job_argv(shell, out, err, job_script(token, prefix, env, command)), items)
-
-    def _spawn(self, argv: list[str], items: list[bytes]) -> int:
-        """Start ``argv`` with environment ``items`` (``b"NAME=value"``), stdin
-        and stdout on ``/dev/null``.
-        """
         if self._glibc is not None:
             return self._glibc(argv, items)
         return os.posix_spawn(
@@ -187,10 +177,6 @@ class Launcher:
             setsigdef=_NAMED_SIGNALS,
             setsigmask=(),
         )
-
-
-def _item(name: str, value: str) -> bytes:
-    return os.fsencode(name) + b"=" + os.fsencode(value)
 
 
 _LAUNCHER: list[tuple[dict | None, Launcher]] = []
@@ -215,52 +201,39 @@ def current_launcher() -> Launcher:
     return launcher
 
 
-_GLIBC_SPAWN: list = []
-"""The glibc spawn function, once made (`None` in it: not glibc)."""
-
-
+@functools.cache
 def _glibc_spawn():
     """A function ``(argv, envp) -> pid`` calling glibc's ``posix_spawn``
     with every signal (glibc's own included) reset to its default and none
     blocked, or `None` where the C library is not glibc.
     """
-    if _GLIBC_SPAWN:
-        return _GLIBC_SPAWN[0]
-    spawn = None
     try:
-        if os.confstr("CS_GNU_LIBC_VERSION"):
-            spawn = _make_glibc_spawn()
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        # Opaque glibc structures (336 and 80 bytes on x86_64), with room to spare.
+        attr = ctypes.create_string_buffer(1024)
+        # A raw full sigset_t: sigfillset omits glibc's 32 and 33.
+        every_signal = ctypes.create_string_buffer(b"\xff" * 128, 128)
+        no_signal = ctypes.create_string_buffer(128)
+        setsigdef, setsigmask, setsid = 0x04, 0x08, 0x80  # glibc's POSIX_SPAWN_* flags
+        actions = ctypes.create_string_buffer(1024)  # stdin and stdout on /dev/null, for every job
+        devnull = os.devnull.encode()
+        if (
+            libc.posix_spawnattr_init(attr)
+            or libc.posix_spawnattr_setsigdefault(attr, every_signal)
+            or libc.posix_spawnattr_setsigmask(attr, no_signal)
+            or libc.posix_spawnattr_setflags(attr, ctypes.c_short(setsigdef | setsigmask | setsid))
+            or libc.posix_spawn_file_actions_init(actions)
+            or libc.posix_spawn_file_actions_addopen(actions, 0, devnull, os.O_RDONLY, 0)
+            or libc.posix_spawn_file_actions_addopen(actions, 1, devnull, os.O_WRONLY, 0)
+        ):
+            return None
+        posix_spawn = libc.posix_spawn
     except (OSError, ValueError, AttributeError, ImportError):
-        spawn = None
-    _GLIBC_SPAWN.append(spawn)
-    return spawn
-
-
-def _make_glibc_spawn():
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    # Opaque glibc structures (336 and 80 bytes on x86_64), with room to spare.
-    attr = ctypes.create_string_buffer(1024)
-    every_signal = ctypes.create_string_buffer(b"\xff" * 128, 128)  # a raw sigset_t: sigfillset omits 32, 33
-    no_signal = ctypes.create_string_buffer(128)
-    setsigdef, setsigmask, setsid = 0x04, 0x08, 0x80  # glibc's POSIX_SPAWN_* flags
-    steps = (
-        libc.posix_spawnattr_init(attr),
-        libc.posix_spawnattr_setsigdefault(attr, every_signal),
-        libc.posix_spawnattr_setsigmask(attr, no_signal),
-        libc.posix_spawnattr_setflags(attr, ctypes.c_short(setsigdef | setsigmask | setsid)),
-    )
-    if any(steps):
         return None
-    actions = ctypes.create_string_buffer(1024)  # stdin and stdout on /dev/null, for every job
-    devnull = os.devnull.encode()
-    if libc.posix_spawn_file_actions_init(actions) or any(
-        libc.posix_spawn_file_actions_addopen(actions, fd, devnull, flags, 0)
-        for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY))
-    ):
-        return None
-    posix_spawn = libc.posix_spawn
 
     def spawn(argv: list[str], items: list[bytes]) -> int:
         pid = ctypes.c_int()

@@ -25,16 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The warm process: the asker's handle of it (`WarmProcess`) and its own
-loop (`serve`), which imports the stack, then forks the jobs its asker
-(`warm.WarmStarts`) asks for, and between jobs imports what they imported
-(the pipeline's task modules, formatters, ...).
-
-Loaded by file path (``spec_from_file_location``) into the ``pipetask``
-script's own Python: standard library only, no import of its package. What
-a forked job gets is in design.md, "Warm starts" (its token is written over
-`_SLOT_ENV` in ``/proc/<pid>/environ``). A warm process that imports a module
-starting threads, or holds over `MEMORY_BOUND` MB resident, exits.
+"""The warm process (design.md, "Warm starts"): the asker's handle of it
+(`WarmProcess`) and its own loop (`serve`), loaded by file path into the
+``pipetask`` script's Python, so standard library only and no package import.
 """
 
 from __future__ import annotations
@@ -198,13 +191,11 @@ def _memory() -> tuple[float, float]:
 
 def _python_signals() -> None:
     """Signal dispositions and mask of a fresh Python, whatever was inherited."""
-    for signum in signal.valid_signals():
-        if signum in (signal.SIGKILL, signal.SIGSTOP):
-            continue
+    for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
         try:
             signal.signal(signum, signal.SIG_DFL)
         except (OSError, ValueError):
-            continue
+            pass
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -250,17 +241,6 @@ def _write_token(token: str) -> bool:
     return True
 
 
-def _exit_code(exc: SystemExit) -> int:
-    """The exit status Python gives a ``SystemExit`` at the top level."""
-    code = exc.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
-
 def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closing: list) -> None:
     """In the job's process (a grandchild of the warm process): become the
     job and run ``pipetask``; never returns.
@@ -300,8 +280,12 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         try:
             main()
             code = 0
-        except SystemExit as exc:
-            code = _exit_code(exc)
+        except SystemExit as exc:  # the exit status the interpreter gives it
+            status = 0 if exc.code is None else exc.code
+            if not isinstance(status, int):
+                print(status, file=sys.stderr)
+                status = 1
+            code = status & 0xFF
         except KeyboardInterrupt:
             interrupted = True
             sys.excepthook(*sys.exc_info())
@@ -350,17 +334,17 @@ def _fork_job(request: dict, report: socket.socket, closing: list[socket.socket]
     if subcommand not in SUBCOMMANDS:
         return {"cold": f"pipetask {subcommand or '(no subcommand)'} is not started warm"}
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    files: list[int] = []
     try:
         # As the job's shell does: the log directory is made if it is missing.
         os.makedirs(os.path.dirname(request["out"]) or ".", exist_ok=True)
-        out = os.open(request["out"], flags, 0o666)
+        files += [os.open(request["out"], flags, 0o666)]
+        files += [os.open(request["err"], flags, 0o666)]
     except OSError as exc:
+        for fd in files:
+            os.close(fd)
         return {"cold": f"its log file cannot be created here ({exc.strerror})"}
-    try:
-        err = os.open(request["err"], flags, 0o666)
-    except OSError as exc:
-        os.close(out)
-        return {"cold": f"its log file cannot be created here ({exc.strerror})"}
+    out, err = files
     read_end, write_end = os.pipe()
     try:
         try:
