@@ -86,11 +86,6 @@ class JobResult(tuple):
 
     notes: tuple[str, ...] = ()
 
-    def __new__(cls, values: tuple, notes: tuple[str, ...] = ()) -> JobResult:  # noqa: D102
-        result = super().__new__(cls, values)
-        result.notes = notes
-        return result
-
 
 def worker_notes(result: Any) -> list[str]:
     """The notes of a `run_job` result this process has not seen before.
@@ -208,8 +203,9 @@ def run_job(
 
 def _result(values: tuple) -> JobResult:
     """``values`` with this worker's new notes."""
-    notes, _NOTES[:] = tuple(_NOTES), []
-    return JobResult(values, notes)
+    result = JobResult(values)
+    result.notes, _NOTES[:] = tuple(_NOTES), []
+    return result
 
 
 def _ended(pid: int, timeout: float | None) -> bool:

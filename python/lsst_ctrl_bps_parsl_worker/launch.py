@@ -35,7 +35,6 @@ import errno
 import functools
 import os
 import signal
-from collections.abc import Mapping
 
 from .exits import log_exit_status, record_exit
 from .processes import ATTEMPT_ENV, append_note
@@ -111,20 +110,15 @@ def _job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
 
 
 class Launcher:
-    """Starts job attempts (`spawn_job`): each in a session of its own, stdin
-    and stdout on ``/dev/null`` until its script redirects them, every signal
-    at its default disposition and none blocked. With glibc its ``posix_spawn``
-    is called directly: ``os.posix_spawn`` cannot reset glibc's signals 32, 33.
-
-    Parameters
-    ----------
-    environ : `~collections.abc.Mapping`, optional
-        The jobs' environment (converted once); this process's by default.
+    """Starts job attempts (`spawn_job`) with this process's environment, converted
+    once: each in a session of its own, stdin and stdout on ``/dev/null`` until
+    its script redirects them, every signal at its default disposition and none
+    blocked. With glibc its ``posix_spawn`` is called directly: ``os.posix_spawn``
+    cannot reset glibc's signals 32, 33.
     """
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
-        self._base = {k: v for k, v in environ.items() if k != ATTEMPT_ENV}
+    def __init__(self) -> None:
+        self._base = {k: v for k, v in os.environ.items() if k != ATTEMPT_ENV}
         self._items = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in self._base.items()]
         self._glibc = _glibc_spawn()
 
@@ -145,8 +139,7 @@ class Launcher:
         Parameters
         ----------
         shell, token, prefix, env, command : `str`
-            The job's shell, the attempt's token, the site's command prefix,
-            the job's export lines and command line.
+            The job's shell, token, command prefix, export lines and command line.
         out, err : `str`
             The attempt's stdout and stderr logs.
         warm : `WarmStarts`, optional
@@ -184,9 +177,8 @@ _LAUNCHER: list[tuple[dict | None, Launcher]] = []
 
 
 def current_launcher() -> Launcher:
-    """A `Launcher` of this process's environment, made again only when the
-    environment changed (converting it costs 0.2 ms per job with a batch
-    job's hundred variables; a worker runs thousands of jobs).
+    """A `Launcher` of this process's environment, made again only when it
+    changed (converting it costs 0.2 ms per job with a hundred variables).
 
     Returns
     -------
@@ -276,14 +268,12 @@ def start_failure(err: str, error: BaseException, retries: int, pid_file: str, t
 
     Parameters
     ----------
-    err : `str`
-        The attempt's stderr log.
+    err, pid_file, token : `str`
+        The attempt's stderr log, pid file (its directory holds the exit records) and token.
     error : `BaseException`
         What starting the job raised.
     retries : `int`
         Tries made again before giving up.
-    pid_file, token : `str`
-        The attempt's pid file (its directory holds the exit records) and token.
 
     Returns
     -------

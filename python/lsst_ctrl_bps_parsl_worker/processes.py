@@ -244,10 +244,9 @@ def kill_attempts(
 
 def _token_of(pid: int) -> str | None:
     """The token process ``pid`` carries; `None` for none or a zombie."""
-    prefix = _TOKEN_ITEM
     for item in _read(f"/proc/{pid}/environ").split(b"\0"):
-        if item.startswith(prefix):
-            return item[len(prefix) :].decode(errors="replace")
+        if item.startswith(_TOKEN_ITEM):
+            return item[len(_TOKEN_ITEM) :].decode(errors="replace")
     return None
 
 

@@ -26,20 +26,29 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Warm starts as `launch.Launcher.spawn_job` asks for them: which jobs fit
-(design.md, "Warm starts") and which warm process forks them.
+(design.md, "Warm starts"), which warm process forks them, and its handle.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
+import socket
+import time
 from collections import ChainMap
 from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    import subprocess
+
+from . import warmserver
 from .keeper import become_subreaper
-from .warmserver import TOKEN_ENV, WarmProcess
+from .warmserver import SLOT_ENV, SLOT_SIZE, TOKEN_ENV
 
-__all__ = ("MAX_SERVERS", "WarmStarts", "environment_key", "pipetask_python")
+__all__ = ("MAX_SERVERS", "WarmStarts")
 
 MAX_SERVERS = 2
 """Warm processes (environments) one asker keeps at most."""
@@ -79,6 +88,7 @@ _SPECIAL = re.compile(
 _STARTUP = ("BASH_ENV", "BASHOPTS", "BASH_XTRACEFD", "ENV", "POSIXLY_CORRECT", "SHELLOPTS")
 """Variables that change what the shell does when it starts: with one of them, jobs start cold."""
 _ENV_PROGRAM = "/usr/bin/env"
+_START_TIMEOUT = 300.0
 _NOT_PLAIN = "their script is not plain (commandPrefix, shell syntax; see design.md)"
 
 
@@ -178,22 +188,9 @@ def _shell_environment(shell: str, environ: Mapping[str, str]) -> dict[str, str]
 # ---- is it pipetask, which warm process ------------------------------------------------
 
 
-def pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | str:
-    """(Python, script directory) of ctrl_mpexec's ``pipetask`` script (which
-    scripts are: design.md, "Warm starts"), or why ``path`` is not one.
-
-    Parameters
-    ----------
-    path : `str`
-        The program a job runs.
-    environ : `~collections.abc.Mapping`
-        The job's environment (its ``PATH``).
-
-    Returns
-    -------
-    found : `tuple` [`str`, `str`] or `str`
-        The script's Python and its directory (resolved, ``sys.path[0]``
-        of a cold start), or the reason it is not started warm.
+def _pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | str:
+    """(Python, resolved script directory) of ctrl_mpexec's ``pipetask`` script
+    at ``path`` (which scripts are: design.md), or why it is not one.
     """
     try:
         with open(path, "rb") as stream:
@@ -224,22 +221,106 @@ def pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | 
     return python, os.path.dirname(os.path.realpath(path))
 
 
-def environment_key(python: str, script_dir: str, environ: Mapping[str, str]) -> tuple:
-    """What must be equal for two jobs to share a warm process.
-
-    Parameters
-    ----------
-    python, script_dir : `str`
-        `pipetask_python` of the job's program.
-    environ : `~collections.abc.Mapping`
-        The job's environment.
-
-    Returns
-    -------
-    key : `tuple`
-        The Python, the script's directory and the variables of `_MATTERS`.
-    """
+def _environment_key(python: str, script_dir: str, environ: Mapping[str, str]) -> tuple:
+    """What must be equal for two jobs to share a warm process (`_MATTERS`)."""
     return (python, script_dir, tuple(sorted((k, v) for k, v in environ.items() if _MATTERS.fullmatch(k))))
+
+
+class _WarmProcess:
+    """One warm process, as its asker sees it: started with ``python``, the
+    script's directory and the first job's environment; ``note`` gets its notes.
+    """
+
+    def __init__(
+        self, python: str, script_dir: str, environ: Mapping[str, str], note: Callable[[str], None]
+    ) -> None:
+        import subprocess  # here: the spawner starts faster without it
+
+        self.python = python
+        self.note = note
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: v for k, v in environ.items() if k != TOKEN_ENV}
+        env[SLOT_ENV] = "_" * SLOT_SIZE
+        boot = (  # sys.path[0] first: never a module of the current directory (`python -c`)
+            f"import sys; sys.path[0] = {script_dir!r};"
+            "import importlib.util as u;"
+            f"s = u.spec_from_file_location('_bps_parsl_warm', {os.path.abspath(warmserver.__file__)!r});"
+            "m = u.module_from_spec(s); s.loader.exec_module(m);"
+            f"m.serve({theirs.fileno()}, {script_dir!r})"
+        )
+        self.proc: subprocess.Popen = subprocess.Popen(
+            [python, "-c", boot],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            env=env,
+            start_new_session=True,
+        )
+        theirs.close()
+        self.sock = ours
+        self.ready = False
+        self.dead: str | None = None
+        self.started = time.monotonic()
+
+    def poll(self) -> None:
+        """Read what the warm process said since (ready, notes), without waiting."""
+        while self.dead is None and select.select([self.sock], [], [], 0)[0]:
+            self._message(self._receive())
+        if self.dead is None and not self.ready and time.monotonic() - self.started > _START_TIMEOUT:
+            self.stop()
+            self.dead = f"did not import the stack within {_START_TIMEOUT:.0f} s"
+
+    def _receive(self) -> dict:
+        try:
+            data = self.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            code = self.proc.poll()
+            self.dead = "died" if code is None else f"died (exit status {code})"
+            self.stop()
+            return {}
+        return json.loads(data)
+
+    def _message(self, message: dict) -> None:
+        if "note" in message:
+            self.note(f"warm process {self.proc.pid} ({self.python}): {message['note']}")
+        self.ready = self.ready or bool(message.get("ready"))
+        if "fail" in message:
+            self.dead = message["fail"]
+            self.stop()
+
+    def start(self, request: dict) -> int | str:
+        """Ask for a job (``argv``, ``env``, ``cwd``, ``out``, ``err``): its pid, or why not."""
+        try:
+            self.sock.send(json.dumps(request).encode())
+        except OSError:
+            self._receive()
+        while self.dead is None:
+            message = self._receive()
+            if "pid" in message:
+                return int(message["pid"])
+            if "cold" in message:
+                return str(message["cold"])
+            self._message(message)
+        return f"the warm process {self.dead}"
+
+    def stop(self) -> None:
+        """Close the connection (the warm process exits at its end) and reap it."""
+        import subprocess
+
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        except ChildProcessError:
+            pass
 
 
 class WarmStarts:
@@ -256,7 +337,7 @@ class WarmStarts:
         self._said: set[str] = set()
         self._not_pipetask: dict[tuple[str, str | None], str] = {}  # (program, PATH): why not
         self._passed: dict[str, tuple[Mapping[str, str], dict[str, str] | None]] = {}  # shell: (base, passed)
-        self._servers: dict[tuple, WarmProcess] = {}
+        self._servers: dict[tuple, _WarmProcess] = {}
         self._deaths: dict[tuple, int] = {}
         self._subreaper: bool | None = None
         self.warm = 0
@@ -299,7 +380,7 @@ class WarmStarts:
         argv, changes = found
         environ = ChainMap(changes, base)
         seen = (argv[0], environ.get("PATH"))
-        program = self._not_pipetask.get(seen) or pipetask_python(argv[0], environ)
+        program = self._not_pipetask.get(seen) or _pipetask_python(argv[0], environ)
         if isinstance(program, str):
             if len(self._not_pipetask) < 1024:
                 self._not_pipetask[seen] = program
@@ -318,14 +399,14 @@ class WarmStarts:
     def _start(
         self, argv: list[str], environ: Mapping[str, str], out: str, err: str, found: tuple[str, str]
     ) -> int | None:
-        """Start ``pipetask`` (``found``: its `pipetask_python`) warm: its pid, or `None`."""
+        """Start ``pipetask`` (``found``: its `_pipetask_python`) warm: its pid, or `None`."""
         if self._subreaper is None:
             self._subreaper = become_subreaper()
         if not self._subreaper:
             self._cold("this process cannot adopt the jobs a warm process forks (PR_SET_CHILD_SUBREAPER)")
             return None
         python, script_dir = found
-        key = environment_key(python, script_dir, environ)
+        key = _environment_key(python, script_dir, environ)
         server = self._servers.get(key)
         if server is not None:
             server.poll()
@@ -343,7 +424,7 @@ class WarmStarts:
                 )
             else:
                 try:
-                    self._servers[key] = WarmProcess(python, script_dir, environ, self._say)
+                    self._servers[key] = _WarmProcess(python, script_dir, environ, self._say)
                     self._cold(None)  # while it imports the stack
                 except OSError as exc:
                     self._deaths[key] = self._deaths.get(key, 0) + 1
