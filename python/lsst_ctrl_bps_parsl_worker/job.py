@@ -57,7 +57,6 @@ from lsst_ctrl_bps_parsl_worker.launch import (  # noqa: E402
 )
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     append_note,
-    end_group,
     kill_attempts,
     signal_attempts,
     write_text,
@@ -156,18 +155,15 @@ def run_job(
     # Warm starts only where a guarded worker's main thread runs the job, not in the driver's threads.
     starts = _WARM if warm and guard is not None else None
     launcher = current_launcher()
-    tries = 0
-    while True:
+    for tries, delay in enumerate((*START_RETRY_DELAYS, None)):
         try:
             pid = launcher.spawn_job(shell, token, prefix, env, command, out_path, err_path, starts)
             break
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's failure
-            if transient_start_error(exc) and tries < len(START_RETRY_DELAYS):
-                time.sleep(START_RETRY_DELAYS[tries])
-                tries += 1
-                continue
-            code = start_failure(err_path, exc, tries, pid_file, token)
-            return _result((code, None, None, time.time(), _HOST, False))
+            if delay is None or not transient_start_error(exc):
+                code = start_failure(err_path, exc, tries, pid_file, token)
+                return _result((code, None, None, time.time(), _HOST, False))
+            time.sleep(delay)
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:
@@ -234,10 +230,8 @@ def _ended(pid: int, timeout: float | None) -> bool:
 
 
 def _reap(pid: int) -> int:
-    """End what child ``pid`` left in its process group (`processes.end_group`),
-    then reap it; its wait status.
-    """
-    end_group(pid)
+    """SIGKILL what child ``pid`` left in its process group, then reap it; its wait status."""
+    signal_attempts(signal.SIGKILL, groups=(pid,))
     return os.waitpid(pid, 0)[1]
 
 

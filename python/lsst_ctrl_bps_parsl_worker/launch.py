@@ -35,6 +35,7 @@ import errno
 import functools
 import os
 import signal
+from shlex import quote
 
 from .exits import log_exit_status, record_exit
 from .processes import ATTEMPT_ENV, append_note
@@ -45,7 +46,6 @@ __all__ = (
     "START_RETRY_DELAYS",
     "current_launcher",
     "job_script",
-    "quote",
     "start_failure",
     "transient_start_error",
 )
@@ -55,22 +55,6 @@ START_RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 passing lack of resources (`transient_start_error`): at most ~1.9 s in all."""
 
 _NAMED_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
-
-
-def quote(text: str) -> str:
-    """``text`` as one word for the shell.
-
-    Parameters
-    ----------
-    text : `str`
-        Any text.
-
-    Returns
-    -------
-    word : `str`
-        ``text`` in single quotes.
-    """
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def job_script(token: str, prefix: str, env: str, command: str) -> str:
@@ -92,21 +76,6 @@ def job_script(token: str, prefix: str, env: str, command: str) -> str:
     parts.extend(p for p in (prefix, env) if p)
     parts.append(command)
     return "\n".join(parts) + "\n"
-
-
-def _job_argv(shell: str, out: str, err: str, script: str) -> list[str]:
-    """``[shell, "-c", ...]`` of a job attempt: the shell creates the log files
-    (the slowest step of a start, so not in the spawner), their directory
-    again if it vanished; if it cannot, it says why and exits with 127.
-    """
-    directory = quote(os.path.dirname(out) or ".")
-    redirect = f"command exec >{quote(out)} 2>{quote(err)}"
-    return [
-        shell,
-        "-c",
-        f"[ -d {directory} ] || mkdir -p {directory} 2>/dev/null; "
-        f"{redirect} || {{ mkdir -p {directory} && {redirect}; }} || exit 127\n{script}",
-    ]
 
 
 class Launcher:
@@ -154,7 +123,17 @@ class Launcher:
             pid = warm.start_job(shell, token, prefix, env, command, out, err, self._base)
             if pid is not None:
                 return pid
-        argv = _job_argv(shell, out, err, job_script(token, prefix, env, command))
+        # The shell creates the log files (the slowest step of a start, so not here), their
+        # directory again if it vanished; if it cannot, it says why and exits with 127.
+        directory = quote(os.path.dirname(out) or ".")
+        redirect = f"command exec >{quote(out)} 2>{quote(err)}"
+        script = job_script(token, prefix, env, command)
+        argv = [
+            shell,
+            "-c",
+            f"[ -d {directory} ] || mkdir -p {directory} 2>/dev/null; "
+            f"{redirect} || {{ mkdir -p {directory} && {redirect}; }} || exit 127\n{script}",
+        ]
         items = [*self._items, f"{ATTEMPT_ENV}={token}".encode()]
         if self._glibc is not None:
             return self._glibc(argv, items)

@@ -41,7 +41,6 @@ __all__ = (
     "KILL_GRACE",
     "append_note",
     "attempt_processes",
-    "end_group",
     "job_alive",
     "kill_attempts",
     "live_jobs",
@@ -55,17 +54,6 @@ KILL_GRACE = 0.5
 """Seconds between SIGTERM and SIGKILL when job processes are killed."""
 
 _TOKEN_ITEM = f"{ATTEMPT_ENV}=".encode()
-
-
-def end_group(pgid: int) -> None:
-    """SIGKILL what is left in a job's process group once its main process ended.
-
-    Parameters
-    ----------
-    pgid : `int`
-        The group: the main process's pid, not yet reaped (so it is no other's).
-    """
-    signal_attempts(signal.SIGKILL, groups=(pgid,))
 
 
 def append_note(path: str, text: str) -> None:

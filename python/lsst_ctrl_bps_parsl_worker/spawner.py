@@ -104,7 +104,6 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402  # noqa: E402
     KILL_GRACE,
     append_note,
     attempt_processes,
-    end_group,
     kill_attempts,
     signal_attempts,
 )
@@ -287,7 +286,7 @@ class Spawner(TakeOver):
             job = self.running.pop(pid, None)
             if job is not None:
                 # Unreaped, its pid still names its process group: end what it left there.
-                end_group(pid)
+                signal_attempts(signal.SIGKILL, groups=(pid,))
                 self._ended(pid, job, code, sig, job["start"])
                 if self._flush_due() == 0.0:
                     self.flush()

@@ -94,7 +94,7 @@ def _subcommand(args: list[str]) -> str | None:
     return None
 
 
-def _write_token(token: str) -> bool:
+def _write_token(token: str) -> None:
     """Write ``BPS_PARSL_ATTEMPT=<token>`` over this process's slot in its
     environment block (what ``/proc/<pid>/environ`` shows).
     """
@@ -106,12 +106,11 @@ def _write_token(token: str) -> bool:
     offset = block.find(slot)
     item = f"{TOKEN_ENV}={token}".encode()
     if offset < 0 or len(item) > len(slot):
-        return False
+        return
     with open("/proc/self/stat", "rb") as stream:
         data = stream.read()
     env_start = int(data[data.rindex(b")") + 2 :].split()[47])
     ctypes.memmove(env_start + offset, item + b"\0" * (len(slot) - len(item)), len(slot))
-    return True
 
 
 def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closing: list) -> None:
@@ -123,11 +122,8 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         os.setsid()
         for thing in closing:
             thing.close()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(files[0], 1)
-        os.dup2(files[1], 2)
-        for fd in (null, *files):
+        for target, fd in enumerate((os.open(os.devnull, os.O_RDONLY), *files)):
+            os.dup2(fd, target)
             os.close(fd)
         _python_signals()
         env = request["env"]

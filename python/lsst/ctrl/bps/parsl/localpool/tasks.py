@@ -42,11 +42,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from shlex import quote
 from typing import Any
 
 import lsst_ctrl_bps_parsl_worker
 from lsst_ctrl_bps_parsl_worker.job import run_job
-from lsst_ctrl_bps_parsl_worker.launch import quote
 
 from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
 from parsl.serialize import deserialize, pack_apply_message
