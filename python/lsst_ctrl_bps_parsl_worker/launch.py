@@ -44,7 +44,6 @@ from .warm import WarmStarts
 __all__ = (
     "Launcher",
     "START_RETRY_DELAYS",
-    "current_launcher",
     "job_script",
     "start_failure",
     "transient_start_error",
@@ -149,27 +148,6 @@ class Launcher:
             setsigdef=_NAMED_SIGNALS,
             setsigmask=(),
         )
-
-
-_LAUNCHER: list[tuple[dict | None, Launcher]] = []
-"""The `Launcher` `current_launcher` made, and the environment it was made from."""
-
-
-def current_launcher() -> Launcher:
-    """A `Launcher` of this process's environment, made again only when it
-    changed (converting it costs 0.2 ms per job with a hundred variables).
-
-    Returns
-    -------
-    launcher : `Launcher`
-        The launcher for the current environment.
-    """
-    data = getattr(os.environ, "_data", None)  # CPython's encoded copy; elsewhere, a new one each time
-    if _LAUNCHER and data is not None and _LAUNCHER[0][0] == data:
-        return _LAUNCHER[0][1]
-    launcher = Launcher()
-    _LAUNCHER[:] = [(dict(data) if data is not None else None, launcher)]
-    return launcher
 
 
 @functools.cache
