@@ -47,7 +47,7 @@ import pytest
 from e2e_pipeline import repo as e2e
 from lsst.ctrl.bps import WmsStates
 from lsst.ctrl.bps.parsl.prepare.commands import export_lines
-from lsst_ctrl_bps_parsl_worker.launch import job_script
+from lsst_ctrl_bps_parsl_worker.processes import job_script
 from lsst_ctrl_bps_parsl_worker.warm import _environment_key, _pipetask_python, _plain_job
 from test_e2e_bps import bps_submit, find, log_files, read_state, submit_dir
 

@@ -48,17 +48,15 @@ if __name__ == "__main__":
 
 from lsst_ctrl_bps_parsl_worker.exits import exit_code_of, log_exit_status, record_exit  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.guard import orphan_guard  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.launch import (  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     START_RETRY_DELAYS,
     Launcher,
-    job_script,
-    start_failure,
-    transient_start_error,
-)
-from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     append_note,
+    job_script,
     kill_attempts,
     signal_attempts,
+    start_failure,
+    transient_start_error,
     write_text,
 )
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402

@@ -25,7 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Warm starts as `launch.Launcher.spawn_job` asks for them: which jobs fit
+"""Warm starts as `processes.Launcher.spawn_job` asks for them: which jobs fit
 (design.md, "Warm starts"), which warm process forks them, and its handle.
 """
 
