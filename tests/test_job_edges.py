@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 from cli import cli_environment, wait_for  # noqa: E402
 from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor  # noqa: E402
 from lsst.ctrl.bps.parsl.records import JobState  # noqa: E402
-from lsst_ctrl_bps_parsl_worker import launch, spawner  # noqa: E402
+from lsst_ctrl_bps_parsl_worker import processes, spawner  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.exits import EXITS_PREFIX, recorded_exits  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.job import NotStartedError, run_job  # noqa: E402
 from parsl import python_app  # noqa: E402
@@ -206,11 +206,11 @@ def test_run_job_fails_a_job_that_cannot_start_without_raising(tmp_path):
 
 def test_a_passing_fork_failure_is_tried_again_within_a_bound(tmp_path, monkeypatch):
     """Promise J1 (EAGAIN): a start that fails with EAGAIN is tried again
-    (`launch.START_RETRY_DELAYS`, ~1.9 s in all) and the job runs; one that
+    (`processes.START_RETRY_DELAYS`, ~1.9 s in all) and the job runs; one that
     keeps failing ends that job with the reason. Mocked: the launcher's
     spawn fails twice with EAGAIN (a real EAGAIN from fork needs a process
     limit, which root ignores)."""
-    real = launch.Launcher.spawn_job
+    real = processes.Launcher.spawn_job
     failures = {"left": 2}
 
     def flaky(self, *args):
@@ -219,7 +219,7 @@ def test_a_passing_fork_failure_is_tried_again_within_a_bound(tmp_path, monkeypa
             raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
         return real(self, *args)
 
-    monkeypatch.setattr(launch.Launcher, "spawn_job", flaky)
+    monkeypatch.setattr(processes.Launcher, "spawn_job", flaky)
     err = tmp_path / "ok.err"
     result = run_job(
         "edges/ok/1", "", "", "/bin/true", str(tmp_path / "ok.out"), str(err), str(tmp_path / "p")
@@ -246,7 +246,7 @@ def test_a_passing_fork_failure_is_tried_again_within_a_bound(tmp_path, monkeypa
         "edges/no/1", "", "", "/bin/true", str(tmp_path / "no.out"), str(tmp_path / "no.err"), ""
     )
     assert result[0] == 126 and result[2] is None
-    assert time.monotonic() - began < sum(launch.START_RETRY_DELAYS) + 5
+    assert time.monotonic() - began < sum(processes.START_RETRY_DELAYS) + 5
     assert "tried 6 times" in (tmp_path / "no.err").read_text()
 
 
@@ -488,7 +488,7 @@ def nap(seconds: float) -> float:
 
 _SITECUSTOMIZE = """
 import os, sys
-if sys.argv and sys.argv[0].endswith("pytask.py") and os.environ.get("EDGES_STARTED"):
+if sys.argv and sys.argv[0].endswith("lsst_ctrl_bps_parsl_worker/job.py") and os.environ.get("EDGES_STARTED"):
     open(os.path.join(os.environ["EDGES_STARTED"], os.path.basename(sys.argv[1])), "w").close()
 """
 """Makes every Python task's process say that it started, before it reads its task file."""

@@ -118,7 +118,7 @@ def test_the_keeper_names_the_job_its_spawner_died_starting(tmp_path: Path) -> N
     at random moments; this is the moment it once hit)."""
     from lsst_ctrl_bps_parsl_worker import keeper
     from lsst_ctrl_bps_parsl_worker.journal import Journal, journal_starting
-    from lsst_ctrl_bps_parsl_worker.launch import Launcher
+    from lsst_ctrl_bps_parsl_worker.processes import Launcher
 
     journal = Journal(str(tmp_path / "running"))
     journal.starting("keeper-test/a/1", str(tmp_path / "a.err"))

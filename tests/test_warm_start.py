@@ -47,8 +47,8 @@ import pytest
 from e2e_pipeline import repo as e2e
 from lsst.ctrl.bps import WmsStates
 from lsst.ctrl.bps.parsl.prepare.commands import export_lines
-from lsst_ctrl_bps_parsl_worker.launch import job_script
-from lsst_ctrl_bps_parsl_worker.warm import _plain_job, environment_key, pipetask_python
+from lsst_ctrl_bps_parsl_worker.processes import job_script
+from lsst_ctrl_bps_parsl_worker.warm import _environment_key, _pipetask_python, _plain_job
 from test_e2e_bps import bps_submit, find, log_files, read_state, submit_dir
 
 pytestmark = [
@@ -261,7 +261,7 @@ def test_warm_starts_on_htex_workers(e2e_repo, tmp_path):
 def test_what_decides_between_warm_and_cold(tmp_path):
     venv_pipetask = str(e2e.VENV_PREFIX / "bin" / "pipetask")
     environ = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": "/a"}
-    python, script_dir = pipetask_python(venv_pipetask, environ)
+    python, script_dir = _pipetask_python(venv_pipetask, environ)
     assert os.path.samefile(script_dir, os.path.dirname(os.path.realpath(venv_pipetask)))
     assert python.startswith(sys.prefix) or os.path.samefile(python, sys.executable)
     # The stack's bin/pipetask (an env shebang) is recognised too, its Python found on PATH.
@@ -271,18 +271,18 @@ def test_what_decides_between_warm_and_cold(tmp_path):
         '#!/usr/bin/env python3\nfrom lsst.ctrl.mpexec.cli.pipetask import main\n\nif __name__ == "__main__":\n'
         "    main()\n"
     )
-    found = pipetask_python(str(stack), {"PATH": str(e2e.VENV_PREFIX / "bin")})
+    found = _pipetask_python(str(stack), {"PATH": str(e2e.VENV_PREFIX / "bin")})
     assert found == (str(e2e.VENV_PREFIX / "bin" / "python3"), str(stack.parent))
     # Anything else starts cold, with the reason.
     other = tmp_path / "bin" / "other"
     other.write_text('#!/bin/sh\nexec pipetask "$@"\n')
-    assert "is not ctrl_mpexec's pipetask script" in pipetask_python(str(other), environ)
+    assert "is not ctrl_mpexec's pipetask script" in _pipetask_python(str(other), environ)
     evil = tmp_path / "bin" / "evil"
     evil.write_text(stack.read_text() + "import os\n")
-    assert "is not ctrl_mpexec's pipetask script" in pipetask_python(str(evil), environ)
+    assert "is not ctrl_mpexec's pipetask script" in _pipetask_python(str(evil), environ)
     # Variables read while the stack imports need a warm process of their own; others do not.
-    key = environment_key(python, script_dir, environ)
-    assert key == environment_key(
+    key = _environment_key(python, script_dir, environ)
+    assert key == _environment_key(
         python, script_dir, {**environ, "E2E_RUN_LOG": "/x", "BPS_PARSL_ATTEMPT": "t"}
     )
     for name in (
@@ -293,7 +293,7 @@ def test_what_decides_between_warm_and_cold(tmp_path):
         "SETUP_DAF_BUTLER",
         "LANG",
     ):
-        assert key != environment_key(python, script_dir, {**environ, name: "/other"}), name
+        assert key != _environment_key(python, script_dir, {**environ, name: "/other"}), name
 
 
 # Values a job's exports may carry: each must reach the program exactly as bash gives it.
@@ -375,14 +375,15 @@ def test_job_lines_that_are_not_plain_start_cold(probe: str, name: str) -> None:
 
 
 LIFECYCLE = r"""
-import json, os, signal, subprocess, sys, time
+import json, os, shlex, signal, subprocess, sys, time
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts
 
 out_dir = sys.argv[1]
 pipetask = sys.argv[2]
 notes = []
 warm = WarmStarts(notes.append)
-environ = {**os.environ, "BPS_PARSL_ATTEMPT": "run/1/1"}
+base = dict(os.environ)
+environ = {**base, "BPS_PARSL_ATTEMPT": "run/1/1"}
 argv = [pipetask, "--long-log", "run-qbb", os.path.join(out_dir, "no-repo"), os.path.join(out_dir, "no.qg"),
         "--qgraph-node-id", "00000000-0000-0000-0000-000000000000"]
 
@@ -391,7 +392,7 @@ def start(name, argv=argv):
     out, err = os.path.join(out_dir, name + ".out"), os.path.join(out_dir, name + ".err")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        pid = warm.start(argv, environ, out, err)
+        pid = warm.start_job("/bin/bash", "run/1/1", "", "", shlex.join(argv), out, err, base)
         if pid is not None:
             return pid, err
         if any("not started warm" in n for n in notes[-1:]):

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The parts of ``lsst.ctrl.bps.parsl`` that run next to the jobs: `job.run_job`
-(what Parsl workers run), starting jobs (`launch`, `warm`), finding and killing
-them (`processes`), exit statuses (`exits`), and the local pool's spawner and
-its keeper, journal and takeover. Standard library only, so a Parsl worker
-unpickling `job.run_job` imports nothing of ``lsst.ctrl.bps`` or the butler.
+"""The parts of ``lsst.ctrl.bps.parsl`` that run next to the jobs (design.md):
+standard library only, so a Parsl worker unpickling `job.run_job` imports
+nothing of ``lsst.ctrl.bps`` or the butler.
 """

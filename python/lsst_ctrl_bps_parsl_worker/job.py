@@ -25,40 +25,53 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""`run_job`: what a Parsl worker runs for one job attempt.
-
-The job starts as the local pool's spawner starts its jobs
-(`launch.Launcher.spawn_job`), warm when it can (`warm`). While it runs, a
-small file names its host and process group, for report, cancel and a
-restart. Its exit status is recorded as it is reaped (`exits.record_exit`);
-a job killed with its worker (`guard`) has none and counts as not finished.
-A job that cannot start fails as reliability.md, J1 says. When it ends, what
-it left behind is killed (P2). On the local pool the spawner does all this.
+"""`run_job`: what a Parsl worker runs for one job attempt; run as a script,
+a local pool Python task. How a job starts, ends and fails to start is in
+design.md and reliability.md (J1, P2); on the local pool the spawner does it.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import select
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from .exits import exit_code_of, log_exit_status, record_exit
-from .guard import orphan_guard
-from .launch import START_RETRY_DELAYS, current_launcher, job_script, start_failure, transient_start_error
-from .processes import append_note, end_group, kill_attempts, signal_attempts, write_text
-from .warm import warm_starts
+if __name__ == "__main__":
+    # Run as a script (a Python task): the package is next to this file's directory.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lsst_ctrl_bps_parsl_worker.exits import exit_code_of, log_exit_status, record_exit  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.guard import orphan_guard  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
+    START_RETRY_DELAYS,
+    Launcher,
+    append_note,
+    job_script,
+    kill_attempts,
+    signal_attempts,
+    start_failure,
+    transient_start_error,
+    write_text,
+)
+from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
 __all__ = ("JobResult", "NotStartedError", "job_script", "run_job", "worker_notes")
 
 _HOST = socket.gethostname()
 _NOTES: list[str] = []
 """This worker's warm-start notes not yet returned with a result."""
+_WARM = WarmStarts(_NOTES.append)
+"""This worker process's warm processes (no process until a job starts warm)."""
 _NOTED: set[str] = set()
 """Notes the driver has logged (`worker_notes`)."""
+_LAUNCHER: list[tuple[dict | None, Launcher]] = []
+"""The `Launcher` `_launcher` made, and the environment it was made from."""
 
 
 class NotStartedError(RuntimeError):
@@ -72,15 +85,9 @@ class JobResult(tuple):
 
     notes: tuple[str, ...] = ()
 
-    def __new__(cls, values: tuple, notes: tuple[str, ...] = ()) -> JobResult:  # noqa: D102
-        result = super().__new__(cls, values)
-        result.notes = notes
-        return result
-
 
 def worker_notes(result: Any) -> list[str]:
-    """The notes a `run_job` result carries that this process has not seen
-    before (each reason is logged once, whichever worker says it).
+    """The notes of a `run_job` result this process has not seen before.
 
     Parameters
     ----------
@@ -116,9 +123,7 @@ def run_job(
     Parameters
     ----------
     token : `str`
-        ``<run id>/<job id>/<attempt>``, exported to the job and written in
-        its shell's command line, so that its processes can be recognised
-        later.
+        ``<run id>/<job id>/<attempt>``, exported to the job: how its processes are recognised.
     prefix, env, command : `str`
         Site command prefix, job environment exports, job command line.
     out_path, err_path : `str`
@@ -126,75 +131,54 @@ def run_job(
     pid_file : `str`
         File naming this attempt's host and process group while it runs.
     time_limit : `float`, optional
-        Seconds after which the job is killed (its ``request_walltime``;
-        not named ``walltime``, which Parsl would take for itself).
+        Seconds after which the job is killed (not ``walltime``, which Parsl takes for itself).
     shell : `str`
         Shell that runs the job's script.
     warm : `bool`
-        Let a ``pipetask run-qbb`` job start warm (`warm.WarmStarts`: one
-        warm process per worker process, which adopts its jobs as a
-        subreaper); only in a worker's main thread.
+        Let a ``pipetask run-qbb`` job start warm (`warm`); only in a worker's main thread.
     inputs : `~collections.abc.Sequence`, optional
         Parent futures (Parsl resolves them before this runs).
     parsl_resource_specification : `dict`, optional
-        Parsl passes a task's resource specification on to its function;
-        not used here (the executor takes cores, memory and walltime from
-        it: the local pool, `lsst.ctrl.bps.parsl.localpool`).
+        Passed by Parsl; not used (the executor takes cores, memory and walltime from it).
 
     Returns
     -------
     result : `JobResult`
-        (exit code, signal or None, start time (`None`: it could not be
-        started), end time, host, whether the walltime killed it). A job
-        killed by a signal has exit code ``128 + signal``. Its ``notes``:
-        why jobs of this worker started cold (`worker_notes`).
+        (exit code (``128 + signal`` for a signal), signal or None, start time
+        (`None`: not started), end time, host, whether the walltime killed it);
+        its ``notes``: why jobs of this worker started cold (`worker_notes`).
     """
-    result = _run(token, shell, prefix, env, command, out_path, err_path, pid_file, time_limit, warm)
-    notes, _NOTES[:] = tuple(_NOTES), []
-    return JobResult(result, notes)
-
-
-def _run(
-    token: str,
-    shell: str,
-    prefix: str,
-    env: str,
-    command: str,
-    out_path: str,
-    err_path: str,
-    pid_file: str,
-    walltime: float | None,
-    warm: bool = False,
-) -> tuple[int, int | None, float | None, float, str, bool]:
     start = time.time()
     guard = orphan_guard()
     if guard is not None:
         guard.watch()
     # Warm starts only where a guarded worker's main thread runs the job, not in the driver's threads.
-    starts = warm_starts(_NOTES.append) if warm and guard is not None else None
-    launcher = current_launcher()
-    tries = 0
-    while True:
+    starts = _WARM if warm and guard is not None else None
+    launcher = _launcher()
+    for tries, delay in enumerate((*START_RETRY_DELAYS, None)):
         try:
             pid = launcher.spawn_job(shell, token, prefix, env, command, out_path, err_path, starts)
             break
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's failure
-            if transient_start_error(exc) and tries < len(START_RETRY_DELAYS):
-                time.sleep(START_RETRY_DELAYS[tries])
-                tries += 1
-                continue
-            code = start_failure(err_path, exc, tries, pid_file, token)
-            return code, None, None, time.time(), _HOST, False
+            if delay is None or not transient_start_error(exc):
+                code = start_failure(err_path, exc, tries, pid_file, token)
+                return _result((code, None, None, time.time(), _HOST, False))
+            time.sleep(delay)
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
     timed_out = False
     try:
-        if not _ended(pid, walltime):
+        if not _ended(pid, time_limit):
             timed_out = True
             kill_attempts((token,), groups=(pid,))
         returncode, sig = exit_code_of(_reap(pid))
         record_exit(os.path.dirname(pid_file), token, returncode)
         log_exit_status(err_path, returncode)
-        _end_leftovers(token)
+        # SIGKILL what it left outside its process group (``setsid``, double forks),
+        # looked for again while some are found (they may fork meanwhile).
+        for _ in range(10):
+            if not signal_attempts(signal.SIGKILL, (token,)):
+                break
+            time.sleep(0.02)
         if starts is not None:
             # A subreaper adopts what any job leaves behind: reap those that ended.
             starts.reap_orphans(guard.pids() if guard is not None else ())
@@ -209,8 +193,27 @@ def _run(
             pass
     end = time.time()
     if timed_out:
-        append_note(err_path, f"[bps-parsl] killed after walltime of {walltime:.0f} s\n")
-    return returncode, sig, start, end, _HOST, timed_out
+        append_note(err_path, f"[bps-parsl] killed after walltime of {time_limit:.0f} s\n")
+    return _result((returncode, sig, start, end, _HOST, timed_out))
+
+
+def _result(values: tuple) -> JobResult:
+    """``values`` with this worker's new notes."""
+    result = JobResult(values)
+    result.notes, _NOTES[:] = tuple(_NOTES), []
+    return result
+
+
+def _launcher() -> Launcher:
+    """A `Launcher` of this process's environment, made again only when it
+    changed (converting it costs 0.2 ms per job with a hundred variables).
+    """
+    data = getattr(os.environ, "_data", None)  # CPython's encoded copy; elsewhere, a new one each time
+    if _LAUNCHER and data is not None and _LAUNCHER[0][0] == data:
+        return _LAUNCHER[0][1]
+    launcher = Launcher()
+    _LAUNCHER[:] = [(dict(data) if data is not None else None, launcher)]
+    return launcher
 
 
 def _ended(pid: int, timeout: float | None) -> bool:
@@ -218,53 +221,59 @@ def _ended(pid: int, timeout: float | None) -> bool:
     until it does); it is left unreaped, so its pid still names its
     process group (`_reap`).
     """
-    if timeout is not None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            pidfd = None
-        if pidfd is not None:
-            try:
-                ready, _, _ = select.select([pidfd], [], [], timeout)
-            finally:
-                os.close(pidfd)
-            if not ready:
+    if timeout is None:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        return True
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        deadline = time.monotonic() + timeout
+        while True:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if info is not None and info.si_pid:
+                return True
+            if time.monotonic() >= deadline:
                 return False
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                if info is not None and info.si_pid:
-                    return True
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.05)
-    while True:
-        try:
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-            return True
-        except InterruptedError:
-            continue
+            time.sleep(0.05)
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
 
 
 def _reap(pid: int) -> int:
-    """End what child ``pid`` left in its process group (`processes.end_group`),
-    then reap it; its wait status.
-    """
-    end_group(pid)
-    while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except InterruptedError:
-            continue
+    """SIGKILL what child ``pid`` left in its process group, then reap it; its wait status."""
+    signal_attempts(signal.SIGKILL, groups=(pid,))
+    return os.waitpid(pid, 0)[1]
 
 
-def _end_leftovers(token: str) -> None:
-    """SIGKILL what the ended attempt ``token`` left behind outside its
-    process group (``setsid``, double forks): every process carrying its
-    token, looked for again while some are found (they may fork meanwhile).
+def _run_task(task_path: str, result_path: str) -> None:
+    """Run a local pool Python task (`lsst.ctrl.bps.parsl.localpool.tasks`):
+    ``task_path`` holds ``(sys.path, message)`` pickled, ``message`` being
+    Parsl's ``pack_apply_message(func, args, kwargs)``; ``result_path`` gets
+    Parsl's ``serialize((True, value))``, or ``(False, RemoteExceptionWrapper)``.
     """
-    for _ in range(10):
-        if not signal_attempts(signal.SIGKILL, (token,)):
-            return
-        time.sleep(0.02)
+    with open(task_path, "rb") as stream:
+        path, message = pickle.load(stream)
+    # The submitting process's path: its functions import here as they did there
+    # (and this script's own directory does not shadow anything).
+    sys.path[:] = path
+    from parsl.app.errors import RemoteExceptionWrapper
+    from parsl.serialize import serialize, unpack_apply_message
+
+    try:
+        func, args, kwargs = unpack_apply_message(message)
+        outcome = (True, func(*args, **kwargs))
+    except BaseException:  # noqa: BLE001 - whatever the task raised goes back to its future
+        outcome = (False, RemoteExceptionWrapper(*sys.exc_info()))
+    try:
+        data = serialize(outcome)
+    except Exception:  # noqa: BLE001 - an unpicklable result or exception
+        data = serialize((False, RemoteExceptionWrapper(*sys.exc_info())))
+    with open(result_path + ".tmp", "wb") as stream:
+        stream.write(data)
+    os.replace(result_path + ".tmp", result_path)
+
+
+if __name__ == "__main__":
+    _run_task(sys.argv[1], sys.argv[2])

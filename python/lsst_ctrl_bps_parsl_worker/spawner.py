@@ -37,7 +37,7 @@ Wire protocol
 Requests, one JSON object per line on stdin:
 
 ``{"id": N, "shell", "prefix", "env", "command", "out", "err", "pid_file", "token", "cores", "memory", "time_limit", "warm"}``
-    Start the job (`launch.Launcher.spawn_job`) once ``cores`` cores and
+    Start the job (`processes.Launcher.spawn_job`) once ``cores`` cores and
     ``memory`` MB fit in the budget, first come first served (a request
     larger than the budget gets all of it); ``prefix``, ``env`` may be left
     out. Its exit status is recorded (`exits.record_exit`, in the directory
@@ -65,7 +65,7 @@ spawner exits. Replies on stdout: first ``spawner <pid>``, then per ended job::
 
 ``start`` is ``-`` when the pool stopped before the job started, ``!`` when
 it could not be started (exit code 126, 127 for something missing; reason
-in its log; EAGAIN and ENOMEM are first tried again, `launch.START_RETRY_DELAYS`),
+in its log; EAGAIN and ENOMEM are first tried again, `processes.START_RETRY_DELAYS`),
 ``?`` when unknown (a job followed after a spawner died); times are epoch
 seconds; a signal ``s`` gives exit code ``128 + s``. ``note <text>`` is a
 line for the driver's log (why jobs started cold, once per reason). Once the
@@ -94,19 +94,16 @@ if __name__ == "__main__":
 from lsst_ctrl_bps_parsl_worker.exits import ended_child, log_exit_status, reap, record_exit  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.journal import Journal, Journals  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.keeper import keep  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.launch import (  # noqa: E402
-    START_RETRY_DELAYS,
-    Launcher,
-    start_failure,
-    transient_start_error,
-)
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402  # noqa: E402
     KILL_GRACE,
+    START_RETRY_DELAYS,
+    Launcher,
     append_note,
     attempt_processes,
-    end_group,
     kill_attempts,
     signal_attempts,
+    start_failure,
+    transient_start_error,
 )
 from lsst_ctrl_bps_parsl_worker.takeover import TakeOver  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
@@ -204,7 +201,7 @@ class Spawner(TakeOver):
 
     def start_ready(self) -> float | None:
         """Start the queued jobs that fit. Any error but a passing one
-        (EAGAIN, ENOMEM) is that job's failure alone (`launch.start_failure`).
+        (EAGAIN, ENOMEM) is that job's failure alone (`processes.start_failure`).
 
         Returns
         -------
@@ -287,7 +284,7 @@ class Spawner(TakeOver):
             job = self.running.pop(pid, None)
             if job is not None:
                 # Unreaped, its pid still names its process group: end what it left there.
-                end_group(pid)
+                signal_attempts(signal.SIGKILL, groups=(pid,))
                 self._ended(pid, job, code, sig, job["start"])
                 if self._flush_due() == 0.0:
                     self.flush()

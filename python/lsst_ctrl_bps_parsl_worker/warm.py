@@ -25,26 +25,30 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Warm starts, as the process that starts jobs asks for them: a ``pipetask
-run-qbb`` job forked from a process that has already imported the stack.
-
-`launch.Launcher.spawn_job` asks `WarmStarts` for every job; which jobs fit,
-and what a warm job gets, is in design.md, "Warm starts". Whatever does not
-fit starts cold through its shell, and the note function says why.
+"""Warm starts as `processes.Launcher.spawn_job` asks for them: which jobs fit
+(design.md, "Warm starts"), which warm process forks them, and its handle.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import sys
+import select
+import socket
+import time
 from collections import ChainMap
 from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    import subprocess
+
+from . import warmserver
 from .keeper import become_subreaper
-from .warmserver import TOKEN_ENV, WarmProcess
+from .warmserver import SLOT_ENV, SLOT_SIZE, TOKEN_ENV
 
-__all__ = ("MAX_SERVERS", "WarmStarts", "environment_key", "pipetask_python", "warm_starts")
+__all__ = ("MAX_SERVERS", "WarmStarts")
 
 MAX_SERVERS = 2
 """Warm processes (environments) one asker keeps at most."""
@@ -84,6 +88,8 @@ _SPECIAL = re.compile(
 _STARTUP = ("BASH_ENV", "BASHOPTS", "BASH_XTRACEFD", "ENV", "POSIXLY_CORRECT", "SHELLOPTS")
 """Variables that change what the shell does when it starts: with one of them, jobs start cold."""
 _ENV_PROGRAM = "/usr/bin/env"
+_START_TIMEOUT = 300.0
+_NOT_PLAIN = "their script is not plain (commandPrefix, shell syntax; see design.md)"
 
 
 # ---- what the job's shell would run -----------------------------------------------------
@@ -91,7 +97,7 @@ _ENV_PROGRAM = "/usr/bin/env"
 
 def _shell_words(line: str, variables: Mapping[str, str]) -> list[str] | None:
     """The words of a simple command ``line`` as the shell expands them with
-    ``variables``; `None` if it holds anything but plain words (module docstring).
+    ``variables``; `None` if it holds anything but plain words (design.md, "Warm starts").
     """
 
     def value(name: str) -> str:
@@ -100,40 +106,34 @@ def _shell_words(line: str, variables: Mapping[str, str]) -> list[str] | None:
         return variables[name]  # KeyError: the shell may hold a variable it does not export
 
     words: list[str] = []
-    word: list[str] | None = None
-    quoted = False
-    pos = 0
+    word, quoted, pos = "", False, 0
+    line += " "  # the last word ends at a blank too
     try:
         while pos < len(line):
             match = _PIECE.match(line, pos)
             if match is None:
                 return None
             pos = match.end()
-            bare, single, double, _, _, blank = match.groups()
+            bare, single, double, braced, name, blank = match.groups()
             if blank is not None:
-                if word is not None and (quoted or "".join(word)):
-                    words.append("".join(word))
-                word, quoted = None, False
-                continue
-            word = [] if word is None else word
-            if bare is not None:
-                word.append(bare)
-            elif single is not None or double is not None:
+                if word or quoted:
+                    words.append(word)
+                word, quoted = "", False
+            elif bare is not None:
+                word += bare
+            elif single is not None:
+                word += single
                 quoted = True
-                word.append(
-                    single
-                    if single is not None
-                    else _VARIABLE.sub(lambda v: value(v.group(1) or v.group(2)), double)
-                )
+            elif double is not None:
+                word += _VARIABLE.sub(lambda v: value(v.group(1) or v.group(2)), double)
+                quoted = True
             else:
-                text = value(match.group(4) or match.group(5))
+                text = value(braced or name)
                 if any(char in text for char in " \t\n*?[\\"):
                     return None  # the shell would split or glob it
-                word.append(text)
+                word += text
     except KeyError:
         return None
-    if word is not None and (quoted or "".join(word)):
-        words.append("".join(word))
     return words
 
 
@@ -188,22 +188,9 @@ def _shell_environment(shell: str, environ: Mapping[str, str]) -> dict[str, str]
 # ---- is it pipetask, which warm process ------------------------------------------------
 
 
-def pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | str:
-    """(Python, script directory) of ctrl_mpexec's ``pipetask`` script (which
-    scripts are: design.md, "Warm starts"), or why ``path`` is not one.
-
-    Parameters
-    ----------
-    path : `str`
-        The program a job runs.
-    environ : `~collections.abc.Mapping`
-        The job's environment (its ``PATH``).
-
-    Returns
-    -------
-    found : `tuple` [`str`, `str`] or `str`
-        The script's Python and its directory (resolved, ``sys.path[0]``
-        of a cold start), or the reason it is not started warm.
+def _pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | str:
+    """(Python, resolved script directory) of ctrl_mpexec's ``pipetask`` script
+    at ``path`` (which scripts are: design.md), or why it is not one.
     """
     try:
         with open(path, "rb") as stream:
@@ -234,22 +221,106 @@ def pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] | 
     return python, os.path.dirname(os.path.realpath(path))
 
 
-def environment_key(python: str, script_dir: str, environ: Mapping[str, str]) -> tuple:
-    """What must be equal for two jobs to share a warm process.
-
-    Parameters
-    ----------
-    python, script_dir : `str`
-        `pipetask_python` of the job's program.
-    environ : `~collections.abc.Mapping`
-        The job's environment.
-
-    Returns
-    -------
-    key : `tuple`
-        The Python, the script's directory and the variables of `_MATTERS`.
-    """
+def _environment_key(python: str, script_dir: str, environ: Mapping[str, str]) -> tuple:
+    """What must be equal for two jobs to share a warm process (`_MATTERS`)."""
     return (python, script_dir, tuple(sorted((k, v) for k, v in environ.items() if _MATTERS.fullmatch(k))))
+
+
+class _WarmProcess:
+    """One warm process, as its asker sees it: started with ``python``, the
+    script's directory and the first job's environment; ``note`` gets its notes.
+    """
+
+    def __init__(
+        self, python: str, script_dir: str, environ: Mapping[str, str], note: Callable[[str], None]
+    ) -> None:
+        import subprocess  # here: the spawner starts faster without it
+
+        self.python = python
+        self.note = note
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: v for k, v in environ.items() if k != TOKEN_ENV}
+        env[SLOT_ENV] = "_" * SLOT_SIZE
+        boot = (  # sys.path[0] first: never a module of the current directory (`python -c`)
+            f"import sys; sys.path[0] = {script_dir!r};"
+            "import importlib.util as u;"
+            f"s = u.spec_from_file_location('_bps_parsl_warm', {os.path.abspath(warmserver.__file__)!r});"
+            "m = u.module_from_spec(s); s.loader.exec_module(m);"
+            f"m.serve({theirs.fileno()}, {script_dir!r})"
+        )
+        self.proc: subprocess.Popen = subprocess.Popen(
+            [python, "-c", boot],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            env=env,
+            start_new_session=True,
+        )
+        theirs.close()
+        self.sock = ours
+        self.ready = False
+        self.dead: str | None = None
+        self.started = time.monotonic()
+
+    def poll(self) -> None:
+        """Read what the warm process said since (ready, notes), without waiting."""
+        while self.dead is None and select.select([self.sock], [], [], 0)[0]:
+            self._message(self._receive())
+        if self.dead is None and not self.ready and time.monotonic() - self.started > _START_TIMEOUT:
+            self.stop()
+            self.dead = f"did not import the stack within {_START_TIMEOUT:.0f} s"
+
+    def _receive(self) -> dict:
+        try:
+            data = self.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            code = self.proc.poll()
+            self.dead = "died" if code is None else f"died (exit status {code})"
+            self.stop()
+            return {}
+        return json.loads(data)
+
+    def _message(self, message: dict) -> None:
+        if "note" in message:
+            self.note(f"warm process {self.proc.pid} ({self.python}): {message['note']}")
+        self.ready = self.ready or bool(message.get("ready"))
+        if "fail" in message:
+            self.dead = message["fail"]
+            self.stop()
+
+    def start(self, request: dict) -> int | str:
+        """Ask for a job (``argv``, ``env``, ``cwd``, ``out``, ``err``): its pid, or why not."""
+        try:
+            self.sock.send(json.dumps(request).encode())
+        except OSError:
+            self._receive()
+        while self.dead is None:
+            message = self._receive()
+            if "pid" in message:
+                return int(message["pid"])
+            if "cold" in message:
+                return str(message["cold"])
+            self._message(message)
+        return f"the warm process {self.dead}"
+
+    def stop(self) -> None:
+        """Close the connection (the warm process exits at its end) and reap it."""
+        import subprocess
+
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        except ChildProcessError:
+            pass
 
 
 class WarmStarts:
@@ -266,20 +337,14 @@ class WarmStarts:
         self._said: set[str] = set()
         self._not_pipetask: dict[tuple[str, str | None], str] = {}  # (program, PATH): why not
         self._passed: dict[str, tuple[Mapping[str, str], dict[str, str] | None]] = {}  # shell: (base, passed)
-        self._servers: dict[tuple, WarmProcess] = {}
+        self._servers: dict[tuple, _WarmProcess] = {}
         self._deaths: dict[tuple, int] = {}
         self._subreaper: bool | None = None
         self.warm = 0
         self.cold = 0
 
-    def say(self, text: str) -> None:
-        """Note ``text`` once (and no more than 100 different lines).
-
-        Parameters
-        ----------
-        text : `str`
-            The line for the log.
-        """
+    def _say(self, text: str) -> None:
+        """Note ``text`` once (and no more than 100 different lines)."""
         if text not in self._said and len(self._said) < 100:
             self._said.add(text)
             self._note(text)
@@ -287,7 +352,7 @@ class WarmStarts:
     def _cold(self, reason: str | None) -> None:
         self.cold += 1
         if reason:
-            self.say(f"jobs started cold: {reason}")
+            self._say(f"jobs started cold: {reason}")
 
     def start_job(
         self, shell: str, token: str, prefix: str, env: str, command: str, out: str, err: str, base: dict
@@ -306,73 +371,49 @@ class WarmStarts:
         Returns
         -------
         pid : `int` or `None`
-            The job's pid, or `None`: start it cold (the reason, if any, was noted).
+            The job's pid (a child to reap), or `None`: start it cold (the reason, if any, was noted).
         """
         found = _plain_job(base, token, prefix, env, command)  # expands no variable the shell sets
-        if found is not None:
-            argv, changes = found
-            program = self._pipetask(argv[0], ChainMap(changes, base))
-            if program is None:
-                return None
-            cached = self._passed.get(shell)
-            if cached is None or cached[0] is not base:
-                cached = self._passed[shell] = (base, _shell_environment(shell, base))
-            if cached[1] is not None:
-                if cached[1].get("_") == _ENV_PROGRAM:  # bash sets ``_`` to the program it runs
-                    changes["_"] = argv[0]
-                return self._start(argv, ChainMap(changes, cached[1]), out, err, program)
-        self._cold("their script is not plain (commandPrefix, shell syntax; see design.md)")
-        return None
-
-    def _pipetask(self, program: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
-        """`pipetask_python` of ``program``, remembered when it is not (then noted as cold)."""
-        seen = (program, environ.get("PATH"))
-        found = self._not_pipetask.get(seen) or pipetask_python(program, environ)
-        if isinstance(found, str):
-            if len(self._not_pipetask) < 1024:
-                self._not_pipetask[seen] = found
-            self._cold(found)
+        if found is None:
+            self._cold(_NOT_PLAIN)
             return None
-        return found
-
-    def start(self, argv: list[str], environ: Mapping[str, str], out: str, err: str) -> int | None:
-        """Start a program warm if it is ``pipetask``: its pid (a child to reap).
-
-        Parameters
-        ----------
-        argv : `list` [`str`]
-            The program the job's shell would run, and its arguments.
-        environ : `~collections.abc.Mapping`
-            The environment the program would get (its token included).
-        out, err : `str`
-            Its stdout and stderr log files.
-
-        Returns
-        -------
-        pid : `int` or `None`
-            The job's pid, or `None`: start it cold (the reason, if any, was noted).
-        """
-        found = self._pipetask(argv[0], environ)
-        return None if found is None else self._start(argv, environ, out, err, found)
+        argv, changes = found
+        environ = ChainMap(changes, base)
+        seen = (argv[0], environ.get("PATH"))
+        program = self._not_pipetask.get(seen) or _pipetask_python(argv[0], environ)
+        if isinstance(program, str):
+            if len(self._not_pipetask) < 1024:
+                self._not_pipetask[seen] = program
+            self._cold(program)
+            return None
+        cached = self._passed.get(shell)
+        if cached is None or cached[0] is not base:
+            cached = self._passed[shell] = (base, _shell_environment(shell, base))
+        if cached[1] is None:
+            self._cold(_NOT_PLAIN)
+            return None
+        if cached[1].get("_") == _ENV_PROGRAM:  # bash sets ``_`` to the program it runs
+            changes["_"] = argv[0]
+        return self._start(argv, ChainMap(changes, cached[1]), out, err, program)
 
     def _start(
         self, argv: list[str], environ: Mapping[str, str], out: str, err: str, found: tuple[str, str]
     ) -> int | None:
-        """`start` of a ``pipetask`` program (``found``: its `pipetask_python`)."""
+        """Start ``pipetask`` (``found``: its `_pipetask_python`) warm: its pid, or `None`."""
         if self._subreaper is None:
             self._subreaper = become_subreaper()
         if not self._subreaper:
             self._cold("this process cannot adopt the jobs a warm process forks (PR_SET_CHILD_SUBREAPER)")
             return None
         python, script_dir = found
-        key = environment_key(python, script_dir, environ)
+        key = _environment_key(python, script_dir, environ)
         server = self._servers.get(key)
         if server is not None:
-            server.poll(self.say)
+            server.poll()
             if server.dead is not None:
                 del self._servers[key]
                 self._deaths[key] = self._deaths.get(key, 0) + 1
-                self.say(f"the warm process {server.proc.pid} for {python} {server.dead}")
+                self._say(f"the warm process {server.proc.pid} for {python} {server.dead}")
                 server = None
         if server is None:
             if self._deaths.get(key, 0) >= MAX_DEATHS:
@@ -383,7 +424,7 @@ class WarmStarts:
                 )
             else:
                 try:
-                    self._servers[key] = WarmProcess(python, script_dir, environ)
+                    self._servers[key] = _WarmProcess(python, script_dir, environ, self._say)
                     self._cold(None)  # while it imports the stack
                 except OSError as exc:
                     self._deaths[key] = self._deaths.get(key, 0) + 1
@@ -393,7 +434,7 @@ class WarmStarts:
             self._cold(None)
             return None
         request = {"argv": argv, "env": dict(environ), "cwd": os.getcwd(), "out": out, "err": err}
-        result = server.start(request, self.say)
+        result = server.start(request)
         if isinstance(result, int):
             self.warm += 1
             return result
@@ -427,24 +468,3 @@ class WarmStarts:
             server.stop()
         if self.warm:
             self._note(f"{self.warm} job(s) started warm, {self.cold} cold")
-
-
-_WARM: list[WarmStarts] = []
-
-
-def warm_starts(note: Callable[[str], None] | None = None) -> WarmStarts:
-    """Return this process's `WarmStarts`, made on the first call.
-
-    Parameters
-    ----------
-    note : `~collections.abc.Callable` [[`str`], `None`], optional
-        Where its notes go, used only on the first call; `None`: to stderr.
-
-    Returns
-    -------
-    starts : `WarmStarts`
-        The process's one `WarmStarts`.
-    """
-    if not _WARM:
-        _WARM.append(WarmStarts(note or (lambda text: print(f"[bps-parsl] {text}", file=sys.stderr))))
-    return _WARM[0]

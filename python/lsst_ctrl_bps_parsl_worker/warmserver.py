@@ -25,16 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The warm process: the asker's handle of it (`WarmProcess`) and its own
-loop (`serve`), which imports the stack, then forks the jobs its asker
-(`warm.WarmStarts`) asks for, and between jobs imports what they imported
-(the pipeline's task modules, formatters, ...).
-
-Loaded by file path (``spec_from_file_location``) into the ``pipetask``
-script's own Python: standard library only, no import of its package. What
-a forked job gets is in design.md, "Warm starts" (its token is written over
-`_SLOT_ENV` in ``/proc/<pid>/environ``). A warm process that imports a module
-starting threads, or holds over `MEMORY_BOUND` MB resident, exits.
+"""The warm process (design.md, "Warm starts"): `serve`, loaded by file path
+into the ``pipetask`` script's Python, so standard library only and no package import.
 """
 
 from __future__ import annotations
@@ -46,153 +38,20 @@ import select
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import subprocess
-
-__all__ = ("MEMORY_BOUND", "SUBCOMMANDS", "TOKEN_ENV", "WarmProcess", "serve")
+__all__ = ("MEMORY_BOUND", "SLOT_ENV", "SLOT_SIZE", "SUBCOMMANDS", "TOKEN_ENV", "serve")
 
 MEMORY_BOUND = 4096
 """MB a warm process may hold resident; over it, it exits (its jobs start cold)."""
 SUBCOMMANDS = frozenset({"run-qbb"})
 """``pipetask`` subcommands started warm (BPS's per-quantum one)."""
-_SLOT_ENV = "BPS_PARSL_WARM_SLOT"
+SLOT_ENV = "BPS_PARSL_WARM_SLOT"
 """Variable of the warm process's environment block a job's token is written over."""
-_SLOT_SIZE = 1024
-"""Bytes of `_SLOT_ENV`'s value."""
+SLOT_SIZE = 1024
+"""Bytes of `SLOT_ENV`'s value."""
 TOKEN_ENV = "BPS_PARSL_ATTEMPT"
 _BASE_MODULES = ("lsst.ctrl.mpexec.cli.pipetask", "lsst.daf.butler", "lsst.pipe.base")
 _PR_SET_NAME = 15
-_START_TIMEOUT = 300.0
-
-
-class WarmProcess:
-    """One warm process, as its asker (`warm.WarmStarts`) sees it.
-
-    Parameters
-    ----------
-    python, script_dir : `str`
-        The ``pipetask`` script's Python and directory.
-    environ : `~collections.abc.Mapping`
-        The environment it starts with (the first job's).
-    """
-
-    def __init__(self, python: str, script_dir: str, environ: Mapping[str, str]) -> None:
-        import subprocess  # here: the spawner starts faster without it
-
-        self.python = python
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {k: v for k, v in environ.items() if k != TOKEN_ENV}
-        env[_SLOT_ENV] = "_" * _SLOT_SIZE
-        boot = (  # sys.path[0] first: never a module of the current directory (`python -c`)
-            f"import sys; sys.path[0] = {script_dir!r};"
-            "import importlib.util as u;"
-            f"s = u.spec_from_file_location('_bps_parsl_warm', {os.path.abspath(__file__)!r});"
-            "m = u.module_from_spec(s); s.loader.exec_module(m);"
-            f"m.serve({theirs.fileno()}, {script_dir!r})"
-        )
-        self.proc: subprocess.Popen = subprocess.Popen(
-            [python, "-c", boot],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(theirs.fileno(),),
-            env=env,
-            start_new_session=True,
-        )
-        theirs.close()
-        self.sock = ours
-        self.ready = False
-        self.dead: str | None = None
-        self.started = time.monotonic()
-
-    def poll(self, note: Callable[[str], None]) -> None:
-        """Read what the warm process said since (ready, notes), without waiting.
-
-        Parameters
-        ----------
-        note : callable
-            Called with each note for the log.
-        """
-        while self.dead is None and select.select([self.sock], [], [], 0)[0]:
-            self._message(self._receive(), note)
-        if self.dead is None and not self.ready and time.monotonic() - self.started > _START_TIMEOUT:
-            self.stop()
-            self.dead = f"did not import the stack within {_START_TIMEOUT:.0f} s"
-
-    def _receive(self) -> dict:
-        import json
-
-        try:
-            data = self.sock.recv(1 << 20)
-        except OSError:
-            data = b""
-        if not data:
-            code = self.proc.poll()
-            self.dead = "died" if code is None else f"died (exit status {code})"
-            self.stop()
-            return {}
-        return json.loads(data)
-
-    def _message(self, message: dict, note: Callable[[str], None]) -> None:
-        if "note" in message:
-            note(f"warm process {self.proc.pid} ({self.python}): {message['note']}")
-        self.ready = self.ready or bool(message.get("ready"))
-        if "fail" in message:
-            self.dead = message["fail"]
-            self.stop()
-
-    def start(self, request: dict, note: Callable[[str], None]) -> int | str:
-        """Ask for a job.
-
-        Parameters
-        ----------
-        request : `dict`
-            The job's ``argv``, ``env``, ``cwd``, ``out`` and ``err``.
-        note : callable
-            Called with each note for the log.
-
-        Returns
-        -------
-        started : `int` or `str`
-            The job's pid, or why it was not started.
-        """
-        import json
-
-        try:
-            self.sock.send(json.dumps(request).encode())
-        except OSError:
-            self._receive()
-        while self.dead is None:
-            message = self._receive()
-            if "pid" in message:
-                return int(message["pid"])
-            if "cold" in message:
-                return str(message["cold"])
-            self._message(message, note)
-        return f"the warm process {self.dead}"
-
-    def stop(self) -> None:
-        """Close the connection (the warm process exits at its end) and reap it."""
-        import subprocess
-
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        except ChildProcessError:
-            pass
-
-
-# ---- in the warm process ------------------------------------------------------------
 
 
 def _memory() -> tuple[float, float]:
@@ -205,13 +64,11 @@ def _memory() -> tuple[float, float]:
 
 def _python_signals() -> None:
     """Signal dispositions and mask of a fresh Python, whatever was inherited."""
-    for signum in signal.valid_signals():
-        if signum in (signal.SIGKILL, signal.SIGSTOP):
-            continue
+    for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
         try:
             signal.signal(signum, signal.SIG_DFL)
         except (OSError, ValueError):
-            continue
+            pass
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -237,7 +94,7 @@ def _subcommand(args: list[str]) -> str | None:
     return None
 
 
-def _write_token(token: str) -> bool:
+def _write_token(token: str) -> None:
     """Write ``BPS_PARSL_ATTEMPT=<token>`` over this process's slot in its
     environment block (what ``/proc/<pid>/environ`` shows).
     """
@@ -245,27 +102,15 @@ def _write_token(token: str) -> bool:
 
     with open("/proc/self/environ", "rb") as stream:
         block = stream.read()
-    slot = f"{_SLOT_ENV}={'_' * _SLOT_SIZE}".encode()
+    slot = f"{SLOT_ENV}={'_' * SLOT_SIZE}".encode()
     offset = block.find(slot)
     item = f"{TOKEN_ENV}={token}".encode()
     if offset < 0 or len(item) > len(slot):
-        return False
+        return
     with open("/proc/self/stat", "rb") as stream:
         data = stream.read()
     env_start = int(data[data.rindex(b")") + 2 :].split()[47])
     ctypes.memmove(env_start + offset, item + b"\0" * (len(slot) - len(item)), len(slot))
-    return True
-
-
-def _exit_code(exc: SystemExit) -> int:
-    """The exit status Python gives a ``SystemExit`` at the top level."""
-    code = exc.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
 
 
 def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closing: list) -> None:
@@ -277,11 +122,8 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         os.setsid()
         for thing in closing:
             thing.close()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(files[0], 1)
-        os.dup2(files[1], 2)
-        for fd in (null, *files):
+        for target, fd in enumerate((os.open(os.devnull, os.O_RDONLY), *files)):
+            os.dup2(fd, target)
             os.close(fd)
         _python_signals()
         env = request["env"]
@@ -307,8 +149,12 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         try:
             main()
             code = 0
-        except SystemExit as exc:
-            code = _exit_code(exc)
+        except SystemExit as exc:  # the exit status the interpreter gives it
+            status = 0 if exc.code is None else exc.code
+            if not isinstance(status, int):
+                print(status, file=sys.stderr)
+                status = 1
+            code = status & 0xFF
         except KeyboardInterrupt:
             interrupted = True
             sys.excepthook(*sys.exc_info())
@@ -357,17 +203,17 @@ def _fork_job(request: dict, report: socket.socket, closing: list[socket.socket]
     if subcommand not in SUBCOMMANDS:
         return {"cold": f"pipetask {subcommand or '(no subcommand)'} is not started warm"}
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    files: list[int] = []
     try:
         # As the job's shell does: the log directory is made if it is missing.
         os.makedirs(os.path.dirname(request["out"]) or ".", exist_ok=True)
-        out = os.open(request["out"], flags, 0o666)
+        files += [os.open(request["out"], flags, 0o666)]
+        files += [os.open(request["err"], flags, 0o666)]
     except OSError as exc:
+        for fd in files:
+            os.close(fd)
         return {"cold": f"its log file cannot be created here ({exc.strerror})"}
-    try:
-        err = os.open(request["err"], flags, 0o666)
-    except OSError as exc:
-        os.close(out)
-        return {"cold": f"its log file cannot be created here ({exc.strerror})"}
+    out, err = files
     read_end, write_end = os.pipe()
     try:
         try:
@@ -394,9 +240,7 @@ def _fork_job(request: dict, report: socket.socket, closing: list[socket.socket]
     finally:
         os.close(read_end)
     os.waitpid(middle, 0)
-    if not data:
-        return {"cold": "the warm process could not fork"}
-    return {"pid": int(data)}
+    return {"pid": int(data)} if data else {"cold": "the warm process could not fork"}
 
 
 def serve(fd: int, script_dir: str) -> None:
@@ -450,8 +294,6 @@ def serve(fd: int, script_dir: str) -> None:
             names = report_in.recv(1 << 16).decode(errors="replace").split()
             pending.extend(name for name in names if name not in tried and not name.startswith("__"))
             tried.update(names)
-            if not pending:
-                continue
         if pending:
             name = pending.pop(0)
             try:

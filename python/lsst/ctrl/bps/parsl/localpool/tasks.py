@@ -27,7 +27,7 @@
 
 """What a `LocalPoolExecutor` task is besides its spawner request: its
 future, and for a Python task (any function but `run_job`) the files through
-which a fresh Python process (`pytask`) gets the function and gives back
+which a fresh Python process (`job.py` as a script) gets the function and gives back
 its outcome.
 """
 
@@ -42,11 +42,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from shlex import quote
 from typing import Any
 
 import lsst_ctrl_bps_parsl_worker
 from lsst_ctrl_bps_parsl_worker.job import run_job
-from lsst_ctrl_bps_parsl_worker.launch import quote
 
 from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
 from parsl.serialize import deserialize, pack_apply_message
@@ -57,7 +57,7 @@ from ..records import AttemptResult
 
 __all__ = ("PythonTasks", "Task", "TaskProcessError", "is_run_job", "report_try")
 
-_PYTASK = os.path.join(os.path.dirname(os.path.abspath(lsst_ctrl_bps_parsl_worker.__file__)), "pytask.py")
+_PYTASK = os.path.join(os.path.dirname(os.path.abspath(lsst_ctrl_bps_parsl_worker.__file__)), "job.py")
 _WRAP_ERROR_CODE = wrap_error(run_job).__code__
 """Code of the wrapper Parsl's ``python_app`` puts around its function."""
 _SUFFIXES = (".task", ".result", ".out", ".err")
