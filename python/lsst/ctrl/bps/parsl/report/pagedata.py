@@ -31,45 +31,29 @@
 from __future__ import annotations
 
 import html
+import itertools
+import json
 import re
-import signal
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lsst.ctrl.bps import WmsStates
 
 from ..records import SessionRow
-from ..store.runstore import (
-    DELETED,
-    FAILED,
-    PENDING,
-    READY,
-    RUNNING,
-    SUCCEEDED,
-    JobKind,
-    RunStore,
-    db_path,
-    store_error,
-)
-from ..store.storefile import READ_ERRORS
-from .reports import job_state, run_state, running_jobs
+from ..store.runstore import DELETED, FAILED, PENDING, RUNNING, SUCCEEDED, JobKind, RunStore
+from .reports import run_counts
 
-__all__ = ("RunData", "read_run")
+__all__ = ("MAX_DRAWN_ATTEMPTS", "RunData", "read_run")
 
 MAX_DRAWN_ATTEMPTS = 5000
 """Above this many attempts the timeline shows jobs running per host over
 time instead of one bar per attempt."""
 MAX_LISTED = 500
 """Rows listed in the failure table and in the retry table each."""
-MAX_TAILS = 50
-"""Failures shown with the tail of their stderr log."""
-TAIL_BYTES = 4096
-TAIL_LINES = 30
 AGGREGATE_BINS = 300
 
-_IN_FLIGHT = (PENDING, RUNNING, READY)
-_ALWAYS_SHOWN = (WmsStates.SUCCEEDED, WmsStates.RUNNING, WmsStates.FAILED, WmsStates.PRUNED)
 _UNSAFE_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 _STATE_COLOURS = {
     WmsStates.SUCCEEDED: "#2e8b57",
@@ -83,15 +67,6 @@ _STATE_COLOURS = {
     WmsStates.UNKNOWN: "#ff7f0e",
     WmsStates.HELD: "#8c564b",
     WmsStates.MISFIT: "#e377c2",
-}
-_STATE_ORDER = tuple(_STATE_COLOURS)
-
-_ATTEMPT_CLASSES = {
-    "ok": ("succeeded", _STATE_COLOURS[WmsStates.SUCCEEDED]),
-    "fail": ("failed", _STATE_COLOURS[WmsStates.FAILED]),
-    "retry": ("did not succeed, retried", "#f28e2b"),
-    "del": ("stopped (cancel, driver stop)", _STATE_COLOURS[WmsStates.DELETED]),
-    "run": ("running or queued now", _STATE_COLOURS[WmsStates.RUNNING]),
 }
 
 
@@ -120,38 +95,14 @@ def _duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _how_it_ended(state: int, exit_code: int | None, sig: int | None) -> str:
-    """Why an attempt ended, in words."""
-    if sig:
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        return f"killed by {name} (exit {exit_code})"
-    if state == DELETED:
-        return "stopped by a cancel or a driver stop"
-    if exit_code is None:
-        return "no exit status recorded (its driver stopped while it ran)"
-    if exit_code == -1:
-        return "not run, or lost by the executor (see its stderr)"
-    return f"exit code {exit_code}"
-
-
-def _is_infrastructure(state: int, exit_code: int | None) -> bool:
-    """Whether an attempt ended through no fault of the job itself."""
-    return state == DELETED or exit_code is None or exit_code == -1
-
-
 @dataclass
 class _Attempt:
     job: int
     attempt: int
-    state: int
-    exit_code: int | None
+    kind: str  # a key of `pagetimeline._ATTEMPT_CLASSES`
     start: float
-    end: float | None
+    end: float | None  # `None`: in flight
     host: str
-    retried: bool = False
 
 
 @dataclass
@@ -163,7 +114,7 @@ class RunData:
     state: WmsStates
     message: str
     sessions: list[SessionRow]
-    label_counts: dict[str, dict[WmsStates, int]]
+    label_counts: dict[str, Counter]
     names: dict[int, tuple[str, str, str | None]] = field(default_factory=dict)
     failures: list[tuple] = field(default_factory=list)
     failure_count: int = 0
@@ -177,11 +128,13 @@ class RunData:
     generated: float = 0.0
 
 
-def read_run(submit_path: str, this_driver: bool) -> RunData:
-    """Read everything the page shows from the store, in one transaction.
+def read_run(store: RunStore, submit_path: str, this_driver: bool) -> RunData:
+    """Read everything the page shows from the store (`reports.read_store` calls it in one transaction).
 
     Parameters
     ----------
+    store : `RunStore`
+        The run's store.
     submit_path : `str`
         Submit directory.
     this_driver : `bool`
@@ -192,40 +145,10 @@ def read_run(submit_path: str, this_driver: bool) -> RunData:
     data : `RunData`
         What the page shows.
     """
-    store = RunStore(db_path(submit_path), readonly=True)
-    try:
-        try:
-            data = store.read_snapshot(lambda: _read_snapshot(store, submit_path, this_driver))
-        except READ_ERRORS as exc:
-            raise store_error(store.path, exc) from None
-    finally:
-        store.close()
-    return data
-
-
-def _read_snapshot(store: RunStore, submit_path: str, this_driver: bool) -> RunData:
     conn = store.conn
     now = time.time()
-    state, message = run_state(store, submit_path, this_driver=this_driver)
+    state, message, _, label_counts = run_counts(store, submit_path, this_driver)
     alive = state == WmsStates.RUNNING
-    running = running_jobs(submit_path) if alive else set()
-    label_counts: dict[str, dict[WmsStates, int]] = {}
-    for label, value, count in conn.execute(
-        "SELECT j.label, s.state, COUNT(*) FROM jobs j JOIN status s ON s.job = j.id "
-        f"WHERE j.kind = {JobKind.PAYLOAD} GROUP BY j.label, s.state ORDER BY MIN(j.id)"
-    ):
-        if value in _IN_FLIGHT:
-            continue  # counted one by one below
-        counts = label_counts.setdefault(label, {})
-        counts[job_state(value, -1, alive, running)] = count
-    in_flight = ",".join(str(v) for v in _IN_FLIGHT)
-    for job_id, label, value in conn.execute(
-        "SELECT j.id, j.label, s.state FROM jobs j JOIN status s ON s.job = j.id "
-        f"WHERE j.kind = {JobKind.PAYLOAD} AND s.state IN ({in_flight}) ORDER BY j.id"
-    ):
-        counts = label_counts.setdefault(label, {})
-        shown = job_state(value, job_id, alive, running)
-        counts[shown] = counts.get(shown, 0) + 1
     data = RunData(
         submit_path=submit_path,
         meta=store.meta(),
@@ -273,35 +196,29 @@ def _read_snapshot(store: RunStore, submit_path: str, this_driver: bool) -> RunD
         ends = [t for t in (last_start, last_end, now if flights else None) if t is not None]
         data.time_range = (min(starts), max(max(ends), min(starts) + 1.0))
     rows = conn.execute(
-        "SELECT a.job, a.attempt, a.state, a.exit_code, a.start, a.end, a.host, a.attempt < s.attempt "
+        f"SELECT a.job, a.attempt, a.state, CASE WHEN a.state = {SUCCEEDED} THEN 'ok' WHEN a.attempt < s.attempt "
+        f"THEN 'retry' WHEN a.state = {DELETED} THEN 'del' ELSE 'fail' END, a.start, a.end, a.host "
         "FROM attempts a JOIN status s ON s.job = a.job WHERE a.start IS NOT NULL"
     )
     if data.attempt_count <= MAX_DRAWN_ATTEMPTS:
         data.attempts = [
-            _Attempt(
-                job, attempt, st, code, start, end if end is not None else start, host or "?", bool(again)
-            )
-            for job, attempt, st, code, start, end, host, again in rows
+            _Attempt(job, attempt, kind, start, end if end is not None else start, host or "?")
+            for job, attempt, _, kind, start, end, host in rows
         ]
-        data.attempts.extend(
-            _Attempt(job, attempt, RUNNING, None, start, None, "in flight") for job, attempt, start in flights
-        )
+        data.attempts += [
+            _Attempt(job, attempt, "run", start, None, "in flight") for job, attempt, start in flights
+        ]
         wanted = {a.job for a in data.attempts}
     else:
         assert data.time_range is not None
         data.occupancy = _occupancy(rows, data.time_range)
         wanted = set()
     wanted.update(row[0] for row in data.failures)
-    if wanted:
-        if len(wanted) > 900:
-            found = conn.execute("SELECT id, name, label, log_dir FROM jobs")
-            data.names = {i: (name, label, log_dir) for i, name, label, log_dir in found if i in wanted}
-        else:
-            marks = ",".join("?" * len(wanted))
-            found = conn.execute(
-                f"SELECT id, name, label, log_dir FROM jobs WHERE id IN ({marks})", tuple(wanted)
-            )
-            data.names = {i: (name, label, log_dir) for i, name, label, log_dir in found}
+    found = conn.execute(
+        "SELECT id, name, label, log_dir FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(wanted)),),
+    )
+    data.names = {i: (name, label, log_dir) for i, name, label, log_dir in found}
     return data
 
 
@@ -311,18 +228,15 @@ def _occupancy(
     """Mean attempts running per host per time bin, as (did not fail, failed) series."""
     t0, t1 = time_range
     width = (t1 - t0) / AGGREGATE_BINS
-    series: dict[str, tuple[list[float], list[float], list[float], list[float]]] = {}
-    bins = AGGREGATE_BINS
-    for _, _, state, _, start, end, host, _ in rows:
-        key = host or "?"
-        if key not in series:
-            series[key] = ([0.0] * bins, [0.0] * (bins + 1), [0.0] * bins, [0.0] * (bins + 1))
-        part, whole = (
-            (series[key][2], series[key][3]) if state == FAILED else (series[key][0], series[key][1])
-        )
+    # Per host: for attempts that did not fail, then failed, the fraction of its
+    # first and last bin each attempt ran, and +1/-1 where its whole bins begin/end.
+    series: dict[str, list[list[float]]] = {}
+    for _, _, state, _, start, end, host in rows:
+        lists = series.setdefault(host or "?", [[0.0] * (AGGREGATE_BINS + 1) for _ in range(4)])
+        part, whole = lists[2:] if state == FAILED else lists[:2]
         begin = (start - t0) / width
         finish = ((end if end is not None else start) - t0) / width
-        first, last = min(int(begin), bins - 1), min(int(finish), bins - 1)
+        first, last = min(int(begin), AGGREGATE_BINS - 1), min(int(finish), AGGREGATE_BINS - 1)
         if first == last:
             part[first] += finish - begin
             continue
@@ -330,15 +244,8 @@ def _occupancy(
         part[last] += finish - last
         whole[first + 1] += 1.0
         whole[last] -= 1.0
-    result = {}
-    for host, (ok_part, ok_whole, bad_part, bad_whole) in series.items():
-        done = []
-        for part, whole in ((ok_part, ok_whole), (bad_part, bad_whole)):
-            running = 0.0
-            values = []
-            for k in range(bins):
-                running += whole[k]
-                values.append(part[k] + running)
-            done.append(values)
-        result[host] = (done[0], done[1])
-    return result
+
+    def means(part: list[float], whole: list[float]) -> list[float]:
+        return [p + n for p, n in zip(part, itertools.accumulate(whole), strict=True)][:AGGREGATE_BINS]
+
+    return {host: (means(*lists[:2]), means(*lists[2:])) for host, lists in series.items()}

@@ -33,10 +33,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
+from lsst.ctrl.bps import WmsStates
+
 from ..records import SessionRow
-from ..store.runstore import DELETED, SUCCEEDED
 from .pagedata import (
-    _ATTEMPT_CLASSES,
+    _STATE_COLOURS,
     AGGREGATE_BINS,
     MAX_DRAWN_ATTEMPTS,
     RunData,
@@ -47,6 +48,14 @@ from .pagedata import (
 )
 
 __all__ = ("timeline",)
+
+_ATTEMPT_CLASSES = {
+    "ok": ("succeeded", _STATE_COLOURS[WmsStates.SUCCEEDED]),
+    "fail": ("failed", _STATE_COLOURS[WmsStates.FAILED]),
+    "retry": ("did not succeed, retried", "#f28e2b"),
+    "del": ("stopped (cancel, driver stop)", _STATE_COLOURS[WmsStates.DELETED]),
+    "run": ("running or queued now", _STATE_COLOURS[WmsStates.RUNNING]),
+}
 
 
 def _tick_step(span: float) -> float:
@@ -75,14 +84,12 @@ def _axis(t0: float, t1: float, height: float, sessions: list[SessionRow]) -> li
     scale = (_WIDTH - _LEFT - _RIGHT) / (t1 - t0)
     parts = []
     step = _tick_step(t1 - t0)
-    k = 0
-    while k * step <= t1 - t0 + 1e-9:
+    for k in range(int((t1 - t0 + 1e-9) // step) + 1):
         x = _LEFT + k * step * scale
         parts.append(
             f'<line class="axis" x1="{x:.1f}" y1="{_TOP - 4}" x2="{x:.1f}" y2="{height:.1f}"/>'
             f'<text x="{x:.1f}" y="{_TOP - 8}" text-anchor="middle">+{_elapsed_label(k * step)}</text>'
         )
-        k += 1
     for sid, kind, _, _, start, _, _ in sessions:
         if t0 <= start <= t1 and sid > 1:
             x = _LEFT + (start - t0) * scale
@@ -93,14 +100,15 @@ def _axis(t0: float, t1: float, height: float, sessions: list[SessionRow]) -> li
     return parts
 
 
-def _legend(classes: Iterable[str]) -> str:
+def _svg(note: str, classes: Iterable[str], element: str, attrs: str, height: float, parts: list[str]) -> str:
+    """The note, legend and SVG of a timeline whose ``element`` shapes are coloured by their class."""
+    legend = "".join(
+        f"<span style='background:{_ATTEMPT_CLASSES[c][1]}'></span>{_ATTEMPT_CLASSES[c][0]}" for c in classes
+    )
+    styles = "".join(f"{element}.{c}{{fill:{colour}}}" for c, (_, colour) in _ATTEMPT_CLASSES.items())
     return (
-        "<div class='legend note'>"
-        + "".join(
-            f"<span style='background:{_ATTEMPT_CLASSES[c][1]}'></span>{_ATTEMPT_CLASSES[c][0]}"
-            for c in classes
-        )
-        + "</div>"
+        f"{note}<div class='legend note'>{legend}</div><svg id=\"timeline\" {attrs} "
+        f'viewBox="0 0 {_WIDTH} {height:.0f}" width="100%" role="img"><style>{styles}</style>{"".join(parts)}</svg>'
     )
 
 
@@ -145,7 +153,7 @@ def timeline(data: RunData) -> str:
             f"{_e(host[:28])}<title>{_e(host)}: {len(placed)} attempts, {slots} slots</title></text>"
         )
         for attempt, slot in placed:
-            kind = _attempt_class(attempt)
+            kind = attempt.kind
             used.add(kind)
             end = attempt.end if attempt.end is not None else now
             x = _LEFT + (attempt.start - t0) * scale
@@ -158,21 +166,14 @@ def timeline(data: RunData) -> str:
                 f"{_e(_duration(end - attempt.start))} on {_e(host)}</title></rect>"
             )
         y += slots * row_height + gap
-    styles = "".join(f"rect.{c}{{fill:{colour}}}" for c, (_, colour) in _ATTEMPT_CLASSES.items())
     note = (
         f"<p class='note'>{data.attempt_count} attempts, one bar each; a row is one slot of its host "
         f"(attempts that overlap in time take separate slots); time from {_iso(t0)}; dashed lines: a driver "
         "restart.</p>"
     )
-    return (
-        title
-        + note
-        + _legend(k for k in _ATTEMPT_CLASSES if k in used)
-        + f'<svg id="timeline" data-mode="attempts" data-attempts="{len(data.attempts)}" '
-        f'viewBox="0 0 {_WIDTH} {height:.0f}" width="100%" role="img"><style>{styles}</style>'
-        + "".join(parts)
-        + "</svg>"
-    )
+    classes = [k for k in _ATTEMPT_CLASSES if k in used]
+    attrs = f'data-mode="attempts" data-attempts="{len(data.attempts)}"'
+    return title + _svg(note, classes, "rect", attrs, height, parts)
 
 
 def _pack(attempts: list[_Attempt], now: float) -> list[tuple[_Attempt, int]]:
@@ -192,18 +193,6 @@ def _pack(attempts: list[_Attempt], now: float) -> list[tuple[_Attempt, int]]:
         heapq.heappush(busy, (attempt.end if attempt.end is not None else now, slot))
         placed.append((attempt, slot))
     return placed
-
-
-def _attempt_class(attempt: _Attempt) -> str:
-    if attempt.end is None:
-        return "run"
-    if attempt.state == SUCCEEDED:
-        return "ok"
-    if attempt.retried:
-        return "retry"
-    if attempt.state == DELETED:
-        return "del"
-    return "fail"
 
 
 def _timeline_aggregated(data: RunData) -> str:
@@ -226,30 +215,20 @@ def _timeline_aggregated(data: RunData) -> str:
             f"up to {peak:.1f} at once</text>"
         )
         base = y + band
-        for series, lower, kind in ((ok, None, "ok"), (bad, ok, "fail")):
+        for series, lower, kind in ((ok, [0.0] * AGGREGATE_BINS, "ok"), (bad, ok, "fail")):
             if not any(series):
                 continue
-            top_points = []
-            bottom_points = []
+            top, bottom = [], []  # the band's outline left to right, then right to left
             for k in range(AGGREGATE_BINS):
-                below = lower[k] if lower is not None else 0.0
                 x0, x1 = _LEFT + k * step, _LEFT + (k + 1) * step
-                top = base - (below + series[k]) / peak * band
-                bottom = base - below / peak * band
-                top_points += [f"{x0:.1f},{top:.1f}", f"{x1:.1f},{top:.1f}"]
-                bottom_points += [f"{x1:.1f},{bottom:.1f}", f"{x0:.1f},{bottom:.1f}"]
-            points = " ".join(top_points + bottom_points[::-1])
-            parts.append(f'<polygon class="{kind}" points="{points}"/>')
+                high, low = base - (lower[k] + series[k]) / peak * band, base - lower[k] / peak * band
+                top += [f"{x0:.1f},{high:.1f}", f"{x1:.1f},{high:.1f}"]
+                bottom += [f"{x0:.1f},{low:.1f}", f"{x1:.1f},{low:.1f}"]
+            parts.append(f'<polygon class="{kind}" points="{" ".join(top + bottom[::-1])}"/>')
         y += band + gap
-    styles = "".join(f"polygon.{c}{{fill:{colour}}}" for c, (_, colour) in _ATTEMPT_CLASSES.items())
     note = (
         f"<p class='note' id='timeline-aggregated'>{data.attempt_count} attempts: more than "
         f"{MAX_DRAWN_ATTEMPTS}, so the timeline shows how many attempts ran at once on each host over time "
         f"({AGGREGATE_BINS} time bins, from {_iso(t0)}) instead of one bar per attempt.</p>"
     )
-    return (
-        note
-        + _legend(("ok", "fail"))
-        + f'<svg id="timeline" data-mode="aggregated" viewBox="0 0 {_WIDTH} {height:.0f}" width="100%" '
-        f'role="img"><style>{styles}</style>' + "".join(parts) + "</svg>"
-    )
+    return _svg(note, ("ok", "fail"), "polygon", 'data-mode="aggregated"', height, parts)

@@ -24,7 +24,6 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-
 """The runs ``bps report``, ``bps status`` and ``bps cancel`` see: one by id, or from the run index."""
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ import getpass
 import os
 import pwd
 import time
+from contextlib import closing, suppress
 from pathlib import Path
 
 from lsst.ctrl.bps import WmsRunReport, WmsStates
@@ -42,7 +42,7 @@ from ..oneline import shown
 from ..records import ENDED
 from ..store.runindex import INDEX_SUBDIR, list_runs, resolve_run
 from ..store.runstore import RunStore, StateStoreError, db_path
-from .reports import last_activity, readable_run, run_report, run_state
+from .reports import readable_run, run_report, run_state
 
 __all__ = ("cancellable_runs", "listed_reports", "run_status")
 
@@ -53,7 +53,7 @@ def listed_reports(user: str | None, hist: float, return_exit_codes: bool) -> tu
     Parameters
     ----------
     user : `str` or `None`
-        Only this operator's runs; another user's are read from their run index.
+        Only this operator's runs (read from their run index if another user).
     hist : `float`
         Days of history.
     return_exit_codes : `bool`
@@ -72,7 +72,7 @@ def listed_reports(user: str | None, hist: float, return_exit_codes: bool) -> tu
             if not user and not _is_owner(submit_path):
                 continue
             readable_run(submit_path)
-            when, alive = last_activity(submit_path)
+            when, alive = _last_activity(submit_path)
             if not alive and when < since:
                 continue
             report = run_report(submit_path, False, return_exit_codes)
@@ -101,12 +101,9 @@ def run_status(wms_workflow_id: str) -> tuple[WmsStates, str]:
     try:
         submit_path = resolve_run(wms_workflow_id)
         readable_run(submit_path)
-        store = RunStore(db_path(submit_path), readonly=True)
-        try:
+        with closing(RunStore(db_path(submit_path), readonly=True)) as store:
             state, message = run_state(store, submit_path)
-            return state, shown(message, 4000)
-        finally:
-            store.close()
+        return state, shown(message, 4000)
     except (StateStoreError, OSError) as exc:
         return WmsStates.UNKNOWN, str(exc)
 
@@ -138,15 +135,13 @@ def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
             return [submit_path]  # unreadable or damaged: `cancel` says so in one line
     ids = []
     for run_id, submit_path in list_runs():
-        try:
+        with suppress(StateStoreError, OSError):
             if (
                 _is_owner(submit_path)
                 and driver_alive(submit_path, run_id) is not None
                 and _operator_is(submit_path, user)
             ):
                 ids.append(submit_path)
-        except (StateStoreError, OSError):
-            continue
     return ids
 
 
@@ -176,18 +171,22 @@ def _is_owner(submit_path: str) -> bool:
 def _operator_is(submit_path: str, user: str | None) -> bool:
     if not user:
         return True
-    store = RunStore(db_path(submit_path), readonly=True)
-    try:
+    with closing(RunStore(db_path(submit_path), readonly=True)) as store:
         return store.meta().get("operator") == user
-    finally:
-        store.close()
 
 
 def _cancellable(submit_path: str) -> bool:
     if driver_alive(submit_path) is not None:
         return True
-    store = RunStore(db_path(submit_path), readonly=True)
-    try:
+    with closing(RunStore(db_path(submit_path), readonly=True)) as store:
         return store.sessions() != [] and any(row.state not in ENDED for row in store.statuses())
-    finally:
-        store.close()
+
+
+def _last_activity(submit_path: str) -> tuple[float, bool]:
+    """Time of the run's last session end or start (now while a driver is alive), and whether one is."""
+    if driver_alive(submit_path) is not None:
+        return time.time(), True
+    with closing(RunStore(db_path(submit_path), readonly=True)) as store:
+        sessions = store.sessions()
+        created = store.meta().get("created", 0.0)
+    return (sessions[-1].end or sessions[-1].start) if sessions else created, False
