@@ -44,8 +44,7 @@ from lsst.ctrl.bps import WmsStates
 from ..store.attemptlogs import log_paths
 from ..store.runindex import resolve_run
 from ..store.runstore import DELETED, FAILED, StateStoreError, db_path
-from .pagedata import _STATE_COLOURS, MAX_DRAWN_ATTEMPTS, RunData, _duration, _e, _iso, read_run
-from .pagetimeline import timeline
+from .pagedata import _STATE_COLOURS, MAX_DRAWN_ATTEMPTS, RunData, _duration, _e, _iso, read_run, timeline
 from .reports import read_store
 
 __all__ = ("MAX_DRAWN_ATTEMPTS", "PAGE_NAME", "PageWriter", "main", "write_page")
@@ -322,7 +321,7 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
     out : `str`, optional
         Page file (default ``<submit_path>/report.html``).
     this_driver : `bool`
-        The caller is the run's driver (`reports.run_state`).
+        The caller is the run's driver (`reports.run_counts`).
 
     Returns
     -------

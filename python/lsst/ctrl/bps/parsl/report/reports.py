@@ -24,16 +24,22 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""Turn a run's state database into BPS run reports."""
+"""What ``bps report``, ``bps status`` and ``bps cancel`` see: the runs (one by
+id, or from the run index) and their reports, read from their state databases.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import os
+import pwd
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import closing, suppress
+from pathlib import Path
 from typing import TypeVar
 
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
@@ -41,18 +47,21 @@ from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 from ..control.liveness import driver_alive
 from ..control.running import running_job_ids
 from ..oneline import shown
-from ..records import JobState
+from ..records import ENDED, JobState
 from ..store.attemptlogs import log_paths
+from ..store.runindex import INDEX_SUBDIR, list_runs, resolve_run
 from ..store.runstore import RunStore, StateStoreError, db_path, store_error
 from ..store.storefile import READ_ERRORS, damaged
 from ..store.summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 
 __all__ = (
+    "cancellable_runs",
+    "listed_reports",
     "read_store",
     "readable_run",
     "run_counts",
     "run_report",
-    "run_state",
+    "run_status",
 )
 
 _T = TypeVar("_T")
@@ -65,8 +74,7 @@ _SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
 
 
 def read_store(submit_path: str, read: Callable[[RunStore], _T]) -> _T:
-    """``read(store)`` in one read transaction of a run's store: a consistent
-    snapshot while the driver writes, from any host.
+    """``read(store)`` in one read transaction: a consistent snapshot while the driver writes, from any host.
 
     Parameters
     ----------
@@ -109,25 +117,8 @@ def readable_run(submit_path: str) -> None:
         )
 
 
-def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> tuple[WmsStates, str]:
-    """State of a whole run and a one-line explanation.
-
-    Parameters
-    ----------
-    store : `RunStore`
-        The run's store.
-    submit_path : `str`
-        Submit directory.
-    this_driver : `bool`, optional
-        The caller is the run's driver (holds its lock): the state follows its own session.
-
-    Returns
-    -------
-    state : `lsst.ctrl.bps.WmsStates`
-        The run's state.
-    message : `str`
-        Why, in one line.
-    """
+def _run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> tuple[WmsStates, str]:
+    """The run's state and why, in one line (``this_driver``: the caller is its driver, holding its lock)."""
     alive = None if this_driver else driver_alive(submit_path)
     if alive is not None:
         if alive.stopping:
@@ -159,8 +150,8 @@ def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> t
 def run_counts(
     store: RunStore, submit_path: str, this_driver: bool = False
 ) -> tuple[WmsStates, str, set[int], dict[str, Counter]]:
-    """The run's state and why (`run_state`), its jobs said to run now, and its
-    payload jobs by label (in the order of their first jobs) and reported state.
+    """The run's state and why, its jobs said to run now, and its payload jobs
+    by label (in the order of their first jobs) and reported state.
 
     Parameters
     ----------
@@ -169,20 +160,15 @@ def run_counts(
     submit_path : `str`
         Submit directory.
     this_driver : `bool`, optional
-        The caller is the run's driver (`run_state`).
+        The caller is the run's driver (holds its lock): the state follows its own session.
 
     Returns
     -------
-    state : `lsst.ctrl.bps.WmsStates`
-        The run's state.
-    message : `str`
-        Why, in one line.
-    running : `set` [`int`]
-        Ids of the jobs with an attempt said to run (none unless the run is running).
-    counts : `dict` [`str`, `collections.Counter`]
-        Jobs by label, then by `lsst.ctrl.bps.WmsStates`.
+    state, message, running, counts : `tuple`
+        The run's `lsst.ctrl.bps.WmsStates` and why, in one line; ids of the jobs said to run
+        (none unless the run is running); jobs by label, then by state.
     """
-    state, message = run_state(store, submit_path, this_driver)
+    state, message = _run_state(store, submit_path, this_driver)
     alive = state == WmsStates.RUNNING
     running = running_job_ids(os.path.join(submit_path, "parsl", "running")) if alive else set()
     # The per-label counts the store keeps (`summary`), not the jobs.
@@ -225,13 +211,12 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
 
     meta, state, message, running, by_label, codes, losses, unstarted = read_store(submit_path, snapshot)
     alive = state == WmsStates.RUNNING
-    label_totals = {label: sum(states.values()) for label, states in by_label.items()}
     # Labels as shown (`_text`); two long labels shown alike add up.
     totals: Counter = Counter()
     shown_states: dict[str, Counter] = {}
     exit_codes: dict[str, list[int]] = {}
     for label, states in by_label.items():
-        totals[_text(label)] += label_totals[label]
+        totals[_text(label)] += sum(states.values())
         shown_states.setdefault(_text(label), Counter()).update(states)
         exit_codes.setdefault(_text(label), [])
     for label, code in codes:
@@ -240,24 +225,19 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     counts: Counter = sum(shown_states.values(), Counter())
     jobs = None
     if detailed:
-        run_id = meta["run_id"]
+        run_id, path = meta["run_id"], db_path(submit_path)
 
         def load() -> list[WmsJobReport]:
             def state_of(value: int, i: int) -> WmsStates:
                 if value not in _STATE_VALUES:
-                    raise damaged(
-                        db_path(submit_path), f"job {i!r} has state {value!r}, which is no job state"
-                    )
+                    raise damaged(path, f"job {i!r} has state {value!r}, which is no job state")
                 return _job_state(value, i, alive, running)
 
             found = read_store(submit_path, lambda store: job_reports(store, run_id, state_of, WmsJobReport))
             # Jobs a batch joined since the counts were read may add to them, never take away.
             per_label = Counter(job.label for job in found)
-            if any(per_label[label] < n for label, n in label_totals.items()):
-                raise damaged(
-                    db_path(submit_path),
-                    f"{len(found)} jobs read but {sum(label_totals.values())} counted by label",
-                )
+            if any(per_label[label] < sum(states.values()) for label, states in by_label.items()):
+                raise damaged(path, f"{len(found)} jobs read but {sum(totals.values())} counted by label")
             for job in found:
                 job.name, job.label = _text(job.name), _text(job.label)
             return found
@@ -304,7 +284,7 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         run_summary=";".join(f"{label.translate(_SUMMARY_ESCAPES)}:{n}" for label, n in totals.items()),
         state=state,
         jobs=jobs,
-        total_number_jobs=sum(label_totals.values()),
+        total_number_jobs=sum(totals.values()),
         job_state_counts={s: counts.get(s, 0) for s in WmsStates},
         job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in shown_states.items()},
         exit_code_summary=exit_codes if return_exit_codes else None,
@@ -343,8 +323,9 @@ def _check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[s
                 store.path,
                 f"label {label!r} has {totals.get(label, 0)} jobs but {sum(states.values())} by state",
             )
-    (last_job,) = store.conn.execute("SELECT max(id) FROM jobs").fetchone()
-    (last_status,) = store.conn.execute("SELECT max(job) FROM status").fetchone()
+    last_job, last_status = store.conn.execute(
+        "SELECT (SELECT max(id) FROM jobs), (SELECT max(job) FROM status)"
+    ).fetchone()
     if last_job != last_status or not isinstance(last_job, int | None):
         raise damaged(
             store.path, f"the last job is {last_job!r} but the last status is of job {last_status!r}"
@@ -384,3 +365,135 @@ def _could_not_start(store: RunStore, submit_path: str) -> tuple[int, str, str] 
     _, marker, after = tail.rpartition("[bps-parsl] the job could not be started")
     reason = "".join(ch if ch.isprintable() else "?" for ch in after.split("\n", 1)[0].lstrip(": "))[:300]
     return (count, name, reason) if marker and reason else None
+
+
+def listed_reports(user: str | None, hist: float, return_exit_codes: bool) -> tuple[list[WmsRunReport], str]:
+    """Short reports of the runs ``bps report`` lists (active, or ended within ``hist`` days).
+
+    Parameters
+    ----------
+    user : `str` or `None`
+        Only this operator's runs (read from their run index if another user).
+    hist : `float`
+        Days of history.
+    return_exit_codes : `bool`
+        Include non-zero exit codes per label.
+
+    Returns
+    -------
+    reports, message : `tuple`
+        The reports and the problems, one per line.
+    """
+    runs, problems = _runs_of(user)
+    reports = []
+    since = time.time() - (hist or 0) * 86400
+    for submit_path in runs:
+        try:
+            if not user and not _is_owner(submit_path):
+                continue
+            readable_run(submit_path)
+            if driver_alive(submit_path) is None:
+                sessions, created = read_store(
+                    submit_path, lambda store: (store.sessions(), store.meta().get("created", 0.0))
+                )
+                if ((sessions[-1].end or sessions[-1].start) if sessions else created) < since:
+                    continue  # ended before the history asked for
+            report = run_report(submit_path, False, return_exit_codes)
+        except (StateStoreError, OSError) as exc:
+            problems.append(str(exc))
+            continue
+        if not user or report.operator == user:
+            reports.append(report)
+    return reports, "\n".join(problems)
+
+
+def run_status(wms_workflow_id: str) -> tuple[WmsStates, str]:
+    """The state of a run, without per-job work.
+
+    Parameters
+    ----------
+    wms_workflow_id : `str`
+        Submit directory or run id.
+
+    Returns
+    -------
+    state, message : `tuple`
+        The run's `WmsStates` (``UNKNOWN`` if unreadable) and a message.
+    """
+    try:
+        submit_path = resolve_run(wms_workflow_id)
+        readable_run(submit_path)
+        state, message = read_store(submit_path, lambda store: _run_state(store, submit_path))
+        return state, shown(message, 4000)
+    except (StateStoreError, OSError) as exc:
+        return WmsStates.UNKNOWN, str(exc)
+
+
+def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
+    """Submit directories ``bps cancel`` can act on (a live driver or unfinished jobs).
+
+    Parameters
+    ----------
+    wms_id : `str` or `None`
+        One run's submit directory or id (none: this user's runs with a live driver).
+    user : `str` or `None`
+        Only runs whose ``operator`` is this user.
+
+    Returns
+    -------
+    ids : `list` [`str`]
+        Submit directories.
+    """
+    if wms_id:
+        try:
+            submit_path = resolve_run(wms_id)
+            readable_run(submit_path)  # another user's run: `cancel` says why it refuses
+        except (StateStoreError, OSError):
+            return []
+        try:
+            return [submit_path] if _cancellable(submit_path) else []
+        except (StateStoreError, OSError):
+            return [submit_path]  # unreadable or damaged: `cancel` says so in one line
+    ids = []
+    for run_id, submit_path in list_runs():
+        with suppress(StateStoreError, OSError):
+            if (
+                _is_owner(submit_path)
+                and driver_alive(submit_path, run_id) is not None
+                and (not user or read_store(submit_path, RunStore.meta).get("operator") == user)
+            ):
+                ids.append(submit_path)
+    return ids
+
+
+def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
+    """Submit directories in this user's index and ``user``'s (if readable); the problems met."""
+    runs = [path for _, path in list_runs()]
+    problems: list[str] = []
+    if user and user != getpass.getuser():
+        try:
+            home = pwd.getpwnam(user).pw_dir
+        except KeyError:
+            return runs, [f"user '{user}' does not exist on this host: check --user"]
+        other_index = Path(home) / INDEX_SUBDIR
+        if not os.access(other_index, os.R_OK | os.X_OK):
+            problems.append(
+                f"{other_index}: the run index of user '{user}' is not readable by you: pass --id with the "
+                "run's submit directory, or ask them to let you read it"
+            )
+        runs.extend(path for _, path in list_runs(other_index) if path not in runs)
+    return runs, problems
+
+
+def _is_owner(submit_path: str) -> bool:
+    return os.stat(db_path(submit_path)).st_uid == os.getuid()
+
+
+def _cancellable(submit_path: str) -> bool:
+    """Whether the run has a live driver, or was submitted and has unfinished jobs."""
+    if driver_alive(submit_path) is not None:
+        return True
+    return read_store(
+        submit_path,
+        lambda store: store.sessions() != [] and any(row.state not in ENDED for row in store.statuses()),
+    )
