@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The local site's Parsl executor, `LocalPoolExecutor` (`executor`), which runs
-every task as a process the spawner starts (its requests, replies and Python tasks: `tasks`).
-"""
+"""The local site's Parsl executor, `LocalPoolExecutor`: each task a process the spawner starts."""
 
 from .executor import LocalPoolExecutor, PoolLostError, TaskProcessError
 

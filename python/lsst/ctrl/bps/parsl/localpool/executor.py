@@ -25,13 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""`LocalPoolExecutor`: the Parsl executor of the local site (design.md, "Local pools").
-
-A `run_job` call is started as its shell script by the spawner and its future
-gets what `run_job` would have returned; any other function runs in a fresh
-Python process (`tasks`). A task without a resource specification takes 1
-core and no memory; a `run_job` call's own ``time_limit`` applies when the
-specification sets none.
+"""`LocalPoolExecutor`, the Parsl executor of the local site (design.md, "Local pools"): the
+spawner starts a `run_job` call as its shell script, any other function in a fresh Python process.
 """
 
 from __future__ import annotations
@@ -44,7 +39,6 @@ import logging
 import math
 import os
 import select
-import socket
 import subprocess
 import sys
 import threading
@@ -69,7 +63,6 @@ from .tasks import PythonTasks, TaskProcessError, job_request, parse_reply
 __all__ = ("LocalPoolExecutor", "NotStartedError", "PoolLostError", "TaskProcessError")
 
 _LOG = logging.getLogger(__name__)
-_HOST = socket.gethostname()
 _MAX_DEATHS = 3
 """More spawner deaths than this within ``_DEATH_WINDOW`` seconds end the
 unanswered tasks with `PoolLostError` (they may not have started)."""
@@ -83,9 +76,7 @@ _WRAP_ERROR_CODE = wrap_error(run_job).__code__
 
 
 class PoolLostError(NotStartedError):
-    """The pool's spawner died and was not replaced: the run must stop (a
-    restart settles what ran from the jobs' logs).
-    """
+    """The pool's spawner died and was not replaced: the run must stop (a restart settles what ran)."""
 
 
 class _Task(NamedTuple):
@@ -150,7 +141,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         self._deaths: list[float] = []
         self._wake_r, self._wake_w = -1, -1
         self._reader: threading.Thread | None = None
-        self._python = PythonTasks(f"localpool.{_HOST}.{os.getpid()}.{''.join(label.split())}/", label)
+        self._python = PythonTasks(label)
 
     # ---- life cycle ----
 
@@ -212,8 +203,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         super().shutdown()
 
     def monitor_resources(self) -> bool:
-        """`False`: Parsl's per-task sampling has no worker process to run in;
-        `_finish` reports each try's start and end itself.
+        """`False`: Parsl's per-task sampling has no worker process here; `_finish` reports each try itself.
 
         Returns
         -------
@@ -235,7 +225,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             The task's function: `run_job` (run by the spawner as a job) or any
             other (run in a Python process of its own).
         resource_specification : `dict` [`str`, `~typing.Any`]
-            Parsl's resource specification of the task (`RESOURCE_KEYS`).
+            Parsl's resource specification of the task (`RESOURCE_KEYS`); a key not
+            given: 1 core, no memory, the ``time_limit`` of a `run_job` call.
         *args, **kwargs : `~typing.Any`
             Arguments of ``func``.
 
@@ -318,10 +309,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
     # ---- talking to the spawner ----
 
     def _flush_locked(self) -> None:
-        """Write what the spawner's stdin takes without blocking (holding the
-        lock); the reader thread writes the rest (a dead spawner's successor
-        gets the unanswered requests in ``_waiting``).
-        """
+        """Write what the spawner's stdin takes without blocking (holding the lock); the reader thread the rest."""
         if self._stdin_fd < 0:
             return
         if self._pending:
@@ -350,9 +338,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             self._finish(task, error)
 
     def _serve_one(self, proc: subprocess.Popen) -> None:
-        """Read one spawner's replies until its output ends, and write the
-        requests that did not fit in its input when they were sent.
-        """
+        """Read one spawner's replies until its output ends; write the requests its input did not take."""
         assert proc.stdout is not None
         out_fd = proc.stdout.fileno()
         pending = b""
@@ -379,9 +365,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
                 self._deliver(self._replies(lines))
 
     def _replies(self, lines: list[bytes]) -> list[tuple[int, AttemptResult | BaseException]]:
-        """Parse reply lines; the spawner's first line and its keeper's last
-        one are taken note of.
-        """
+        """Parse reply lines, taking note of the spawner's first line and its keeper's last."""
         replies = []
         for line in lines:
             if line.startswith(b"spawner "):

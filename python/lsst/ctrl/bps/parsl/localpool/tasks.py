@@ -25,9 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""What the executor sends the spawner and reads back (the wire protocol is in
-`lsst_ctrl_bps_parsl_worker.spawner`'s docstring), and Python tasks run
-through files by a fresh Python process (`pytask`).
+"""The executor's side of the spawner's wire protocol (`lsst_ctrl_bps_parsl_worker.spawner`),
+and Python tasks run through files by a fresh Python process (`pytask`).
 """
 
 from __future__ import annotations
@@ -136,17 +135,16 @@ def parse_reply(line: bytes) -> tuple[int, AttemptResult | BaseException]:
 
 
 class PythonTasks:
-    """The files of one executor's Python tasks, in a private directory
-    made when the first one is submitted.
+    """The files of one executor's Python tasks, in a private directory made for the first one.
 
     Parameters
     ----------
-    token_prefix, label : `str`
-        Prefix of the tasks' attempt tokens (their number follows); the executor's label.
+    label : `str`
+        The executor's label.
     """
 
-    def __init__(self, token_prefix: str, label: str) -> None:
-        self.token_prefix = token_prefix
+    def __init__(self, label: str) -> None:
+        self.token_prefix = f"localpool.{_HOST}.{os.getpid()}.{''.join(label.split())}/"  # the number follows
         self.label = label
         self.directory: str | None = None
 

@@ -57,7 +57,6 @@ MAX_TAILS = 50
 """Failures shown with the tail of their stderr log."""
 TAIL_BYTES = 4096
 TAIL_LINES = 30
-_STATE_ORDER = tuple(_STATE_COLOURS)
 _ALWAYS_SHOWN = (WmsStates.SUCCEEDED, WmsStates.RUNNING, WmsStates.FAILED, WmsStates.PRUNED)
 
 _CSS = """
@@ -130,19 +129,13 @@ def _how_it_ended(state: int, exit_code: int | None, sig: int | None) -> str:
     return f"exit code {exit_code}"
 
 
-def _is_infrastructure(state: int, exit_code: int | None) -> bool:
-    """Whether an attempt ended through no fault of the job itself."""
-    return state == DELETED or exit_code is None or exit_code == -1
-
-
 def _header(data: RunData) -> str:
-    meta = data.meta
     colour = _STATE_COLOURS.get(data.state, "#777")
     refresh = ""
     if data.state == WmsStates.RUNNING:
         refresh = ' &nbsp; <label><input type="checkbox" id="autorefresh" checked> reload every 10 s</label>'
     return (
-        f"<h1>Run {_e(meta.get('run_name') or meta.get('run_id', ''))} "
+        f"<h1>Run {_e(data.meta.get('run_name') or data.meta.get('run_id', ''))} "
         f'<span class="badge" id="run-state" style="background:{colour}">{_e(data.state.name)}</span></h1>'
         f'<div class="muted">{_e(data.message)} · page written {_iso(data.generated)}{refresh}</div>'
     )
@@ -166,8 +159,7 @@ def _summary(data: RunData, out_dir: str) -> str:
             rows.append((key.replace("_", " "), _e(meta[key])))
     rows.append(("prepared", _iso(meta.get("created"))))
     if data.sessions:
-        first = data.sessions[0][4]
-        last_end = data.sessions[-1][5]
+        first, last_end = data.sessions[0].start, data.sessions[-1].end
         rows.append(("first driver start", _iso(first)))
         if last_end is not None:
             rows.append(("last driver end", _iso(last_end)))
@@ -198,7 +190,7 @@ def _link(path: str, out_dir: str, text: str | None = None) -> str:
 
 def _progress(data: RunData) -> str:
     totals: Counter = sum(data.label_counts.values(), Counter())
-    states = [s for s in _STATE_ORDER if totals.get(s) or s in _ALWAYS_SHOWN]
+    states = [s for s in _STATE_COLOURS if totals.get(s) or s in _ALWAYS_SHOWN]
     head = "".join(
         f"<th class='n'><span style='color:{_STATE_COLOURS[s]}'>■</span> {s.name}</th>" for s in states
     )
@@ -208,7 +200,7 @@ def _progress(data: RunData) -> str:
         segments = "".join(
             f"<span style='width:{100.0 * counts[s] / total:.3f}%;background:{_STATE_COLOURS[s]}' "
             f"title='{s.name}: {counts[s]}'></span>"
-            for s in _STATE_ORDER
+            for s in _STATE_COLOURS
             if counts.get(s)
         )
         cells = "".join(f"<td class='n' data-state='{s.name}'>{counts.get(s, 0)}</td>" for s in states)
@@ -287,7 +279,8 @@ def _retries(data: RunData, out_dir: str) -> str:
     body = []
     for row in data.retries:
         _, name, label, log_dir, attempt, session, state, code, sig, executor, start, end, host = row
-        kind = "infrastructure" if _is_infrastructure(state, code) else "job"
+        # Ended through no fault of the job: stopped, or no exit status (its driver or executor lost it).
+        kind = "infrastructure" if state == DELETED or code is None or code == -1 else "job"
         body.append(
             f"<tr data-item data-kind='{kind}'><td>{_e(name)}</td><td>{_e(label)}</td><td class='n'>{attempt}</td>"
             f"<td class='n'>{session}</td><td class='why'>{_e(_how_it_ended(state, code, sig))}</td><td>{kind}</td>"

@@ -87,9 +87,7 @@ def _iso(stamp: float | None) -> str:
     return f'<time datetime="{text}">{text.replace("T", " ").replace("Z", " UTC")}</time>'
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
+def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(int(round(seconds)), 60)
@@ -188,12 +186,10 @@ def read_run(store: RunStore, submit_path: str, this_driver: bool) -> RunData:
     count, first, last_start, last_end = conn.execute(
         "SELECT COUNT(*), MIN(start), MAX(start), MAX(end) FROM attempts WHERE start IS NOT NULL"
     ).fetchone()
-    flights = []
-    if alive:
-        flights = conn.execute(
-            "SELECT job, attempt, start FROM status WHERE state IN (?, ?) AND start IS NOT NULL",
-            (PENDING, RUNNING),
-        ).fetchall()
+    in_flight = (
+        f"SELECT job, attempt, start FROM status WHERE state IN ({PENDING}, {RUNNING}) AND start IS NOT NULL"
+    )
+    flights = conn.execute(in_flight).fetchall() if alive else []
     data.attempt_count = count + len(flights)
     starts = [t for t in (first, *(f[2] for f in flights)) if t is not None]
     if starts:
