@@ -16,7 +16,7 @@ from pathlib import Path
 import parsl
 import pytest
 from lsst.ctrl.bps.parsl.localpool import LocalPoolExecutor
-from lsst.ctrl.bps.parsl.localpool.wire import job_request, parse_reply
+from lsst.ctrl.bps.parsl.localpool.tasks import job_request, parse_reply
 from lsst_ctrl_bps_parsl_worker import spawner
 from lsst_ctrl_bps_parsl_worker.job import NotStartedError, run_job
 from parsl import bash_app, python_app

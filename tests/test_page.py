@@ -240,7 +240,7 @@ def test_page_of_a_live_run_and_the_drivers_rewrites(tmp_path, monkeypatch):
     import sys
 
     from cli import cli_environment, wait_for
-    from lsst.ctrl.bps.parsl.report.reports import running_jobs
+    from lsst.ctrl.bps.parsl.control.running import running_job_ids
 
     env = cli_environment(tmp_path, monkeypatch)
     submit = tmp_path / "submit"
@@ -262,7 +262,11 @@ def test_page_of_a_live_run_and_the_drivers_rewrites(tmp_path, monkeypatch):
         text=True,
     )
     try:
-        wait_for(lambda: len(running_jobs(str(submit))) == 2, what="two running jobs", proc=driver)
+        wait_for(
+            lambda: len(running_job_ids(str(submit / "parsl" / "running"))) == 2,
+            what="two running jobs",
+            proc=driver,
+        )
 
         def live_page() -> str | None:
             text = Path(page.write_page(str(submit), str(tmp_path / "live.html"))).read_text()

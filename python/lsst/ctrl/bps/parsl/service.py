@@ -280,7 +280,7 @@ class ParslService(BaseWmsService):
         is_global: bool = False,
         return_exit_codes: bool = False,
     ) -> tuple[list[WmsRunReport], str]:
-        """Report one run in detail, or list runs (`report.runs.listed_reports`).
+        """Report one run in detail, or list runs (`report.reports.listed_reports`).
 
         Parameters
         ----------
@@ -300,8 +300,7 @@ class ParslService(BaseWmsService):
         reports, message : `tuple`
             Run reports and a message (empty if all went well).
         """
-        from .report.reports import readable_run, run_report
-        from .report.runs import listed_reports
+        from .report.reports import listed_reports, readable_run, run_report
 
         if not wms_workflow_id:
             return listed_reports(user, hist, return_exit_codes)
@@ -316,7 +315,7 @@ class ParslService(BaseWmsService):
     def get_status(
         self, wms_workflow_id: str, hist: float = 1, is_global: bool = False
     ) -> tuple[WmsStates, str]:
-        from .report.runs import run_status
+        from .report.reports import run_status
 
         return run_status(wms_workflow_id)
 
@@ -328,7 +327,7 @@ class ParslService(BaseWmsService):
         pass_thru: str | None = None,
         is_global: bool = False,
     ) -> list[str]:
-        from .report.runs import cancellable_runs
+        from .report.reports import cancellable_runs
 
         return cancellable_runs(wms_id, user)
 

@@ -25,22 +25,8 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The local site's Parsl executor, `LocalPoolExecutor` (`executor`), which
-runs every task as a process the spawner starts (`wire` is its side of the
-protocol; Python tasks: `tasks`). Importing this package does not import
-Parsl: the names below are loaded when first used.
-"""
+"""The local site's Parsl executor, `LocalPoolExecutor`: each task a process the spawner starts."""
 
-from __future__ import annotations
-
-from typing import Any
+from .executor import LocalPoolExecutor, PoolLostError, TaskProcessError
 
 __all__ = ("LocalPoolExecutor", "PoolLostError", "TaskProcessError")
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import executor
-
-        return getattr(executor, name)
-    raise AttributeError(name)

@@ -25,63 +25,70 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""`LocalPoolExecutor`: the Parsl executor of the local site (design.md,
-"Local pools"; the wire protocol is in `spawner`'s docstring, `wire` is this
-side of it). A job attempt (`lsst_ctrl_bps_parsl_worker.job.run_job`) is
-started as its shell script and its future gets what `run_job` would have
-returned; any other function runs in a fresh Python process (`tasks`).
-
-A task without a resource specification takes 1 core and no memory; a
-`run_job` call's own ``time_limit`` applies when the specification sets none.
-After ``_MAX_DEATHS`` spawner deaths within ``_DEATH_WINDOW`` seconds the
-unanswered tasks end with `PoolLostError` (they may not have started).
+"""`LocalPoolExecutor`, the Parsl executor of the local site (design.md, "Local pools"): the
+spawner starts a `run_job` call as its shell script, any other function in a fresh Python process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import itertools
+import json
 import logging
 import math
 import os
 import select
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NamedTuple
 
 from lsst_ctrl_bps_parsl_worker import spawner
-from lsst_ctrl_bps_parsl_worker.job import NotStartedError
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError, run_job
 
+from parsl.app.errors import wrap_error
 from parsl.executors.base import ParslExecutor
 from parsl.executors.errors import InvalidResourceSpecification
 from parsl.monitoring.radios.multiprocessing import MultiprocessingQueueRadio
 from parsl.utils import RepresentationMixin
 
-from ..parslcompat import unwrap_monitoring
+from ..parslcompat import try_message_type, unwrap_monitoring
 from ..records import AttemptResult
-from .tasks import PythonTasks, Task, TaskProcessError, is_run_job, report_try
-from .wire import DRAIN, STOP, encode, job_request, parse_reply, resume_request
+from .tasks import PythonTasks, TaskProcessError, job_request, parse_reply
 
 __all__ = ("LocalPoolExecutor", "NotStartedError", "PoolLostError", "TaskProcessError")
 
 _LOG = logging.getLogger(__name__)
-_HOST = socket.gethostname()
 _MAX_DEATHS = 3
+"""More spawner deaths than this within ``_DEATH_WINDOW`` seconds end the
+unanswered tasks with `PoolLostError` (they may not have started)."""
 _DEATH_WINDOW = 60.0
+_STOP = b'{"op": "stop"}\n'
+"""The request that fails queued jobs and kills running ones."""
+_DRAIN = b'{"op": "drain"}\n'
+"""The request that fails queued jobs (and any later one) and lets running ones end."""
+_WRAP_ERROR_CODE = wrap_error(run_job).__code__
+"""Code of the wrapper Parsl's ``python_app`` puts around its function."""
 
 
 class PoolLostError(NotStartedError):
-    """The pool's spawner died and was not replaced: the run must stop (a
-    restart settles what ran from the jobs' logs).
-    """
+    """The pool's spawner died and was not replaced: the run must stop (a restart settles what ran)."""
+
+
+class _Task(NamedTuple):
+    """A submitted task: its future, its files' base path (Python tasks), its monitoring (task, try) ids."""
+
+    future: Future
+    files: str | None
+    monitoring: tuple[int, int] | None
 
 
 class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
-    """Run Parsl tasks as processes on this machine within a core and memory
-    budget.
+    """Run Parsl tasks as processes on this machine within a core and memory budget.
 
     Parameters
     ----------
@@ -121,21 +128,20 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         self._keepers: list[subprocess.Popen] = []  # of spawners that died: may still wait for jobs
         self._stdin_fd = -1
         # Request id -> (its task, its request).
-        self._waiting: dict[int, tuple[Task, dict]] = {}
-        self._next_id = 0
+        self._waiting: dict[int, tuple[_Task, dict]] = {}
+        self._ids = itertools.count()
         # Guards everything below and the spawner's stdin; held only for
         # non-blocking work, so a done callback of a future (run by the
         # reader thread) may submit more tasks.
         self._lock = threading.Lock()
         self._pending = bytearray()  # bytes for the spawner's stdin, not yet written
-        self._close_input = False  # shutdown: close the spawner's stdin once all is written
-        self._closing = False  # shutdown: the spawner's end of output is expected
-        self._stop_sent = False
+        # Shut down: stop sent, the spawner's stdin closed once all is written, its end of output expected.
+        self._closing = False
         self._lost: PoolLostError | None = None
         self._deaths: list[float] = []
         self._wake_r, self._wake_w = -1, -1
         self._reader: threading.Thread | None = None
-        self._python = PythonTasks(f"localpool.{_HOST}.{os.getpid()}.{''.join(label.split())}/", label)
+        self._python = PythonTasks(label)
 
     # ---- life cycle ----
 
@@ -166,12 +172,10 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         os.set_blocking(self._stdin_fd, False)
 
     def drain(self) -> None:
-        """Start no more tasks: queued and later ones fail with
-        `NotStartedError`; running ones are left to end.
-        """
+        """Start no more tasks: queued and later ones fail with `NotStartedError`; running ones end."""
         if self._proc is not None:
             with self._lock:
-                self._pending += DRAIN
+                self._pending += _DRAIN
                 self._flush_locked()
 
     def shutdown(self) -> None:
@@ -182,20 +186,16 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             with self._lock:
                 # Closing its input alone would let running jobs finish (that
                 # is for a driver that died); a shut-down pool stops them.
-                self._stop_sent = True
-                self._pending += STOP
+                self._pending += _STOP
                 self._closing = True
-                self._close_input = True
                 self._flush_locked()
             if self._reader is not None:
                 self._reader.join(timeout=30)
             # The spawner ended (its output did); its keeper ends with the last
             # process the jobs left behind, not waited for beyond a moment.
             for keeper in (self._proc, *self._keepers):
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     keeper.wait(timeout=0.5)
-                except subprocess.TimeoutExpired:
-                    pass
             self._proc = None
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
@@ -203,9 +203,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         super().shutdown()
 
     def monitor_resources(self) -> bool:
-        """`False`: no worker process calls the task's function here, so
-        Parsl's per-task sampling has nowhere to run; this executor reports
-        each try's start and end (``running``, ``running_ended``) itself.
+        """`False`: Parsl's per-task sampling has no worker process here; `_finish` reports each try itself.
 
         Returns
         -------
@@ -227,7 +225,8 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             The task's function: `run_job` (run by the spawner as a job) or any
             other (run in a Python process of its own).
         resource_specification : `dict` [`str`, `~typing.Any`]
-            Parsl's resource specification of the task (`RESOURCE_KEYS`).
+            Parsl's resource specification of the task (`RESOURCE_KEYS`); a key not
+            given: 1 core, no memory, the ``time_limit`` of a `run_job` call.
         *args, **kwargs : `~typing.Any`
             Arguments of ``func``.
 
@@ -244,34 +243,39 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         parsl.serialize.errors.SerializationError
             The function or an argument of a Python task cannot be serialized.
         """
-        cores, memory, time_limit = self._resources(resource_specification)
+        resources = self._resources(resource_specification)
         # Parsl monitoring's wrapper: run what it wraps, report the try here.
         func, kwargs, monitoring = unwrap_monitoring(func, kwargs)
         future: Future = Future()
-        with self._lock:
-            number = self._next_id
-            self._next_id += 1
-        if is_run_job(func):
+        number = next(self._ids)
+        files = None
+        # `run_job`, bare or as ``python_app`` wraps it, is run by the spawner as a job.
+        wrapped = (
+            getattr(func, "__wrapped__", None)
+            if getattr(func, "__code__", None) is _WRAP_ERROR_CODE
+            else None
+        )
+        if func is run_job or wrapped is run_job:
             request = job_request(*args, **kwargs)
-            task = Task(future, None, monitoring)
         else:
             request, files = self._python.request(number, func, args, kwargs)
-            task = Task(future, files, monitoring)
-        if cores is not None:
-            request["cores"] = cores
-        if memory is not None:
-            request["memory"] = memory
-        if time_limit is not None:
-            request["time_limit"] = time_limit
-        request["id"] = number
+        request.update(resources, id=number)
         future.parsl_executor_task_id = number  # type: ignore[attr-defined]
-        self._queue(task, request)
+        with self._lock:
+            if self._proc is None and self._lost is None:
+                raise RuntimeError(f"executor '{self.label}' is not started, or was shut down")
+            self._waiting[number] = (_Task(future, files, monitoring), request)
+            if self._lost is None:
+                self._pending += (json.dumps(request) + "\n").encode()
+                self._flush_locked()
+                return future
+        self._deliver([(number, self._lost)])  # the pool is lost: fail the task at once
         return future
 
-    def _resources(self, spec: dict[str, Any] | None) -> tuple[int | None, int | None, float | None]:
-        """(cores, memory, time limit in seconds) of a resource specification."""
+    def _resources(self, spec: dict[str, Any] | None) -> dict[str, Any]:
+        """The request's ``cores``, ``memory`` and ``time_limit`` (seconds) a resource specification sets."""
         if not spec:
-            return None, None, None
+            return {}
         where = f"executor '{self.label}' ({type(self).__name__})"
         unknown = set(spec) - self.RESOURCE_KEYS
         if unknown:
@@ -285,43 +289,27 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             raise InvalidResourceSpecification(
                 {"walltime", "running_time_min"}, "both set the time limit: give one"
             )
-        cores = math.ceil(spec["cores"]) if "cores" in spec else None
-        memory = math.ceil(spec["memory"]) if "memory" in spec else None
-        if cores is not None and cores > self.cores:
+        found: dict[str, Any] = {key: math.ceil(spec[key]) for key in ("cores", "memory") if key in spec}
+        if found.get("cores", 0) > self.cores:
             raise InvalidResourceSpecification(
-                {"cores"}, f"the task asks for {cores} cores but {where} has {self.cores}: ask for fewer"
+                {"cores"},
+                f"the task asks for {found['cores']} cores but {where} has {self.cores}: ask for fewer",
             )
-        if memory is not None and self.memory is not None and memory > self.memory:
+        if self.memory is not None and found.get("memory", 0) > self.memory:
             raise InvalidResourceSpecification(
-                {"memory"}, f"the task asks for {memory} MB but {where} has {self.memory} MB: ask for less"
+                {"memory"},
+                f"the task asks for {found['memory']} MB but {where} has {self.memory} MB: ask for less",
             )
-        time_limit = spec.get("walltime")
+        if "walltime" in spec:
+            found["time_limit"] = spec["walltime"]
         if "running_time_min" in spec:
-            time_limit = spec["running_time_min"] * 60.0
-        return cores, memory, time_limit
-
-    def _queue(self, task: Task, request: dict[str, Any]) -> None:
-        """Send a numbered request to the spawner (or fail its task at once
-        if the pool is lost).
-        """
-        number = request["id"]
-        with self._lock:
-            if self._proc is None and self._lost is None:
-                raise RuntimeError(f"executor '{self.label}' is not started, or was shut down")
-            self._waiting[number] = (task, request)
-            if self._lost is None:
-                self._pending += encode(request)
-                self._flush_locked()
-                return
-        self._deliver([(number, self._lost)])
+            found["time_limit"] = spec["running_time_min"] * 60.0
+        return found
 
     # ---- talking to the spawner ----
 
     def _flush_locked(self) -> None:
-        """Write what the spawner's stdin takes without blocking (holding the
-        lock); the reader thread writes the rest (a dead spawner's successor
-        gets the unanswered requests in ``_waiting``).
-        """
+        """Write what the spawner's stdin takes without blocking (holding the lock); the reader thread the rest."""
         if self._stdin_fd < 0:
             return
         if self._pending:
@@ -332,11 +320,9 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             except OSError:
                 self._pending.clear()
             if self._pending:
-                try:
+                with contextlib.suppress(OSError):  # the reader is awake already
                     os.write(self._wake_w, b"w")
-                except OSError:
-                    pass  # the reader is awake already
-        if self._close_input and not self._pending and self._proc is not None:
+        if self._closing and not self._pending and self._proc is not None:
             self._proc.stdin.close()  # type: ignore[union-attr]
             self._stdin_fd = -1
 
@@ -352,9 +338,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             self._finish(task, error)
 
     def _serve_one(self, proc: subprocess.Popen) -> None:
-        """Read one spawner's replies until its output ends, and write the
-        requests that did not fit in its input when they were sent.
-        """
+        """Read one spawner's replies until its output ends; write the requests its input did not take."""
         assert proc.stdout is not None
         out_fd = proc.stdout.fileno()
         pending = b""
@@ -381,9 +365,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
                 self._deliver(self._replies(lines))
 
     def _replies(self, lines: list[bytes]) -> list[tuple[int, AttemptResult | BaseException]]:
-        """Parse reply lines; the spawner's first line and its keeper's last
-        one are taken note of.
-        """
+        """Parse reply lines, taking note of the spawner's first line and its keeper's last."""
         replies = []
         for line in lines:
             if line.startswith(b"spawner "):
@@ -435,14 +417,12 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
                     f"be started: {exc}; stopping the run: 'bps restart' runs what did not finish"
                 )
                 return None
-            try:
+            with contextlib.suppress(OSError):
                 dead.stdin.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
             self._set_proc(proc)
-            self._pending += resume_request(dead_pid, jobs)
-            if self._stop_sent:
-                self._pending += STOP
+            self._pending += (json.dumps({"op": "resume", "spawner": dead_pid, "jobs": jobs}) + "\n").encode()
+            if self._closing:
+                self._pending += _STOP
             self._flush_locked()
         _LOG.warning(
             "the local job pool's spawner (pid %d) died (%s); a new one (pid %d) took over its %d "
@@ -463,19 +443,25 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
             if entry is not None:
                 self._finish(entry[0], result)
 
-    def _finish(self, task: Task, result: AttemptResult | BaseException) -> None:
-        """Set a task's future from its spawner reply."""
+    def _finish(self, task: _Task, result: AttemptResult | BaseException) -> None:
+        """Set a task's future from its spawner reply; tell Parsl monitoring the try's start and end."""
         if task.future.done():
             return
-        if not isinstance(result, BaseException) and task.monitoring is not None:
-            report_try(self.monitoring_messages, self.run_id, task.monitoring, result)
+        queue = self.monitoring_messages
+        if not isinstance(result, BaseException) and task.monitoring is not None and queue is not None:
+            # What the worker wrapper of Parsl's other executors reports.
+            end = result.end if result.end is not None else time.time()
+            for first, when in ((True, result.start if result.start is not None else end), (False, end)):
+                message: dict[str, Any] = {"run_id": self.run_id, "try_id": task.monitoring[1]}
+                message["task_id"] = task.monitoring[0]
+                message.update(hostname=result.host, block_id=None, first_msg=first, last_msg=not first)
+                message["timestamp"] = datetime.datetime.fromtimestamp(when)
+                queue.put((try_message_type(), message))
         if task.files is not None:
             outcome = self._python.outcome(task.files, result)
-            if isinstance(outcome, BaseException):
-                task.future.set_exception(outcome)
-            else:
-                task.future.set_result(outcome[0])
-        elif isinstance(result, BaseException):
-            task.future.set_exception(result)
         else:
-            task.future.set_result(result)
+            outcome = result if isinstance(result, BaseException) else (result,)
+        if isinstance(outcome, BaseException):
+            task.future.set_exception(outcome)
+        else:
+            task.future.set_result(outcome[0])

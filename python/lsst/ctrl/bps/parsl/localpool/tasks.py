@@ -25,106 +25,131 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""What a `LocalPoolExecutor` task is besides its spawner request: its
-future, and for a Python task (any function but `run_job`) the files through
-which a fresh Python process (`job.py` as a script) gets the function and gives back
-its outcome.
+"""The executor's side of the spawner's wire protocol (`lsst_ctrl_bps_parsl_worker.spawner`),
+and Python tasks run through files by a fresh Python process (`job.py` as a script).
 """
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import os
 import pickle
 import shutil
+import socket
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from shlex import quote
 from typing import Any
 
 import lsst_ctrl_bps_parsl_worker
-from lsst_ctrl_bps_parsl_worker.job import run_job
+from lsst_ctrl_bps_parsl_worker.job import NotStartedError
 
-from parsl.app.errors import AppTimeout, RemoteExceptionWrapper, wrap_error
+from parsl.app.errors import AppTimeout, RemoteExceptionWrapper
 from parsl.serialize import deserialize, pack_apply_message
 from parsl.serialize.errors import SerializationError
 
-from ..parslcompat import try_message_type
 from ..records import AttemptResult
 
-__all__ = ("PythonTasks", "Task", "TaskProcessError", "is_run_job", "report_try")
+__all__ = ("PythonTasks", "TaskProcessError", "job_request", "parse_reply")
 
+_HOST = socket.gethostname()
 _PYTASK = os.path.join(os.path.dirname(os.path.abspath(lsst_ctrl_bps_parsl_worker.__file__)), "job.py")
-_WRAP_ERROR_CODE = wrap_error(run_job).__code__
-"""Code of the wrapper Parsl's ``python_app`` puts around its function."""
-_SUFFIXES = (".task", ".result", ".out", ".err")
 
 
 class TaskProcessError(RuntimeError):
     """A Python task's process ended without a result (killed, or it crashed)."""
 
 
-def is_run_job(func: Callable) -> bool:
-    """Whether ``func`` is `run_job`, bare or as ``python_app`` wraps it.
+def job_request(
+    token: str,
+    prefix: str,
+    env: str,
+    command: str,
+    out_path: str,
+    err_path: str,
+    pid_file: str,
+    time_limit: float | None = None,
+    shell: str = "/bin/bash",
+    warm: bool = False,
+    inputs: Sequence[Any] = (),
+    parsl_resource_specification: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The spawner request of a `run_job` call (its signature, so a call
+    `run_job` would refuse is refused here): 1 core, no memory.
 
     Parameters
     ----------
-    func : `~collections.abc.Callable`
-        A task's function.
+    token, prefix, env, command, out_path, err_path, pid_file, time_limit, shell, warm
+        As `run_job`.
+    inputs, parsl_resource_specification
+        Not sent (Parsl and the executor read them).
 
     Returns
     -------
-    is_run_job : `bool`
-        `True` if the spawner can run it as a job.
+    request : `dict` [`str`, `~typing.Any`]
+        The request, without its id.
     """
-    return func is run_job or (
-        getattr(func, "__code__", None) is _WRAP_ERROR_CODE and getattr(func, "__wrapped__", None) is run_job
+    return {
+        "shell": shell,
+        "prefix": prefix,
+        "env": env,
+        "command": command,
+        "out": out_path,
+        "err": err_path,
+        "pid_file": pid_file,
+        "token": token,
+        "cores": 1,
+        "memory": 0,
+        "time_limit": time_limit,
+        "warm": warm,
+    }
+
+
+def parse_reply(line: bytes) -> tuple[int, AttemptResult | BaseException]:
+    """Decode one reply line of the spawner.
+
+    Parameters
+    ----------
+    line : `bytes`
+        The line.
+
+    Returns
+    -------
+    number : `int`
+        Id of the request.
+    result : `AttemptResult` or `BaseException`
+        How the job ended, or `NotStartedError`.
+    """
+    number, code, sig, start, end, timed_out = line.split()
+    if start == b"-":
+        return int(number), NotStartedError("the job was not started: the pool is stopping")
+    return int(number), AttemptResult(
+        int(code),
+        None if sig == b"-" else int(sig),
+        None if start in (b"?", b"!") else float(start),
+        float(end),
+        _HOST,
+        timed_out == b"1",
     )
 
 
-class Task:
-    """A task submitted to the executor: its future, the base path of its
-    files (Python tasks only) and its monitoring ids (task, try), if any.
-
-    Parameters
-    ----------
-    future : `concurrent.futures.Future`
-        The task's future.
-    files : `str` or `None`
-        Base path of a Python task's files; `None` for a job.
-    monitoring : `tuple` [`int`, `int`] or `None`
-        Parsl monitoring's (task id, try id), `None` when monitoring is off.
-    """
-
-    __slots__ = ("future", "files", "monitoring")
-
-    def __init__(self, future: Future, files: str | None, monitoring: tuple[int, int] | None):
-        self.future = future
-        self.files = files
-        self.monitoring = monitoring
-
-
 class PythonTasks:
-    """The files of one executor's Python tasks, in a private directory
-    made when the first one is submitted.
+    """The files of one executor's Python tasks, in a private directory made for the first one.
 
     Parameters
     ----------
-    token_prefix, label : `str`
-        Prefix of the tasks' attempt tokens (their number follows); the executor's label.
+    label : `str`
+        The executor's label.
     """
 
-    def __init__(self, token_prefix: str, label: str) -> None:
-        self.token_prefix = token_prefix
+    def __init__(self, label: str) -> None:
+        self.token_prefix = f"localpool.{_HOST}.{os.getpid()}.{''.join(label.split())}/"  # the number follows
         self.label = label
         self.directory: str | None = None
 
     def request(self, number: int, func: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, Any], str]:
-        """Write task ``number``'s file; return its spawner request and the
-        base path of its files.
+        """Write task ``number``'s file; return its spawner request and the base path of its files.
 
         Parameters
         ----------
@@ -155,22 +180,20 @@ class PythonTasks:
         with open(base + ".task", "wb") as stream:
             pickle.dump((list(sys.path), message), stream)
         words = (sys.executable, _PYTASK, base + ".task", base + ".result")
-        request = {
-            "shell": "/bin/sh",
-            "command": " ".join(quote(word) for word in words),
-            "out": base + ".out",
-            "err": base + ".err",
-            "pid_file": base + ".pid",  # its directory holds the spawner's journal
-            "token": f"{self.token_prefix}{number}",
-            "cores": 1,
-            "memory": 0,
-            "time_limit": None,
-        }
+        request = job_request(
+            f"{self.token_prefix}{number}",
+            "",
+            "",
+            " ".join(quote(word) for word in words),
+            base + ".out",
+            base + ".err",
+            base + ".pid",  # its directory holds the spawner's journal
+            shell="/bin/sh",
+        )
         return request, base
 
     def outcome(self, base: str, result: AttemptResult | BaseException) -> tuple[Any] | BaseException:
-        """(value,) the task at ``base`` returned, or the error its future
-        raises; its files are removed.
+        """``(value,)`` the task at ``base`` returned, or the error its future raises; its files are removed.
 
         Parameters
         ----------
@@ -185,21 +208,11 @@ class PythonTasks:
             ``(value,)`` the task returned, or the error to set on its future.
         """
         try:
-            return self._outcome(base, result)
-        finally:
-            for suffix in _SUFFIXES:
-                try:
-                    os.unlink(base + suffix)
-                except OSError:
-                    pass
-
-    def _outcome(self, base: str, result: AttemptResult | BaseException) -> tuple[Any] | BaseException:
-        if isinstance(result, BaseException):
-            return result
-        code, sig, _, _, _, timed_out = result
-        if timed_out:
-            return AppTimeout(f"the task was killed after its walltime on executor '{self.label}'")
-        try:
+            if isinstance(result, BaseException):
+                return result
+            code, sig, _, _, _, timed_out = result
+            if timed_out:
+                return AppTimeout(f"the task was killed after its walltime on executor '{self.label}'")
             with open(base + ".result", "rb") as stream:
                 ok, value = deserialize(stream.read())
         except FileNotFoundError:
@@ -211,6 +224,10 @@ class PythonTasks:
             )
         except Exception as exc:  # noqa: BLE001 - a result this process cannot load
             return TaskProcessError(f"the task's result could not be read: {exc!r}")
+        finally:
+            for suffix in (".task", ".result", ".out", ".err"):
+                with contextlib.suppress(OSError):
+                    os.unlink(base + suffix)
         if ok:
             return (value,)
         return value.get_exception() if isinstance(value, RemoteExceptionWrapper) else value
@@ -230,28 +247,3 @@ def _tail(path: str, size: int = 2000) -> str:
             return stream.read().decode(errors="replace").strip()
     except OSError:
         return ""
-
-
-def report_try(queue: Any, run_id: str | None, ids: tuple[int, int], result: AttemptResult) -> None:
-    """Tell Parsl monitoring a try's start and end (what its worker wrapper reports on other executors).
-
-    Parameters
-    ----------
-    queue : `~typing.Any`
-        The executor's ``monitoring_messages`` queue, or `None`.
-    run_id : `str` or `None`
-        Parsl's run id.
-    ids : `tuple` [`int`, `int`]
-        (task id, try id) of the try.
-    result : `AttemptResult`
-        How the try ended.
-    """
-    if queue is None:
-        return
-    end = result.end if result.end is not None else time.time()
-    host = result.host
-    for first, when in ((True, result.start if result.start is not None else end), (False, end)):
-        message: dict[str, Any] = {"run_id": run_id, "try_id": ids[1], "task_id": ids[0], "hostname": host}
-        message.update(block_id=None, first_msg=first, last_msg=not first)
-        message["timestamp"] = datetime.datetime.fromtimestamp(when)
-        queue.put((try_message_type(), message))

@@ -30,40 +30,34 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 import urllib.parse
+from collections import Counter
 
 from lsst.ctrl.bps import WmsStates
 
 from ..store.attemptlogs import log_paths
-from ..store.runstore import FAILED, db_path
-from .pagedata import (
-    _ALWAYS_SHOWN,
-    _STATE_COLOURS,
-    _STATE_ORDER,
-    MAX_DRAWN_ATTEMPTS,
-    MAX_TAILS,
-    TAIL_BYTES,
-    TAIL_LINES,
-    RunData,
-    _duration,
-    _e,
-    _how_it_ended,
-    _is_infrastructure,
-    _iso,
-    read_run,
-)
-from .pagetimeline import timeline
+from ..store.runindex import resolve_run
+from ..store.runstore import DELETED, FAILED, StateStoreError, db_path
+from .pagedata import _STATE_COLOURS, MAX_DRAWN_ATTEMPTS, RunData, _duration, _e, _iso, read_run, timeline
+from .reports import read_store
 
-__all__ = ("MAX_DRAWN_ATTEMPTS", "PAGE_NAME", "PageWriter", "main", "render", "write_page")
+__all__ = ("MAX_DRAWN_ATTEMPTS", "PAGE_NAME", "PageWriter", "main", "write_page")
 
 _LOG = logging.getLogger(__name__)
 
 PAGE_NAME = "report.html"
 """File name of the page in the submit directory."""
+MAX_TAILS = 50
+"""Failures shown with the tail of their stderr log."""
+TAIL_BYTES = 4096
+TAIL_LINES = 30
+_ALWAYS_SHOWN = (WmsStates.SUCCEEDED, WmsStates.RUNNING, WmsStates.FAILED, WmsStates.PRUNED)
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px 24px;color:#222;background:#fff}
@@ -118,14 +112,30 @@ _SCRIPT = """
 """
 
 
+def _how_it_ended(state: int, exit_code: int | None, sig: int | None) -> str:
+    """Why an attempt ended, in words."""
+    if sig:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by {name} (exit {exit_code})"
+    if state == DELETED:
+        return "stopped by a cancel or a driver stop"
+    if exit_code is None:
+        return "no exit status recorded (its driver stopped while it ran)"
+    if exit_code == -1:
+        return "not run, or lost by the executor (see its stderr)"
+    return f"exit code {exit_code}"
+
+
 def _header(data: RunData) -> str:
-    meta = data.meta
     colour = _STATE_COLOURS.get(data.state, "#777")
     refresh = ""
     if data.state == WmsStates.RUNNING:
         refresh = ' &nbsp; <label><input type="checkbox" id="autorefresh" checked> reload every 10 s</label>'
     return (
-        f"<h1>Run {_e(meta.get('run_name') or meta.get('run_id', ''))} "
+        f"<h1>Run {_e(data.meta.get('run_name') or data.meta.get('run_id', ''))} "
         f'<span class="badge" id="run-state" style="background:{colour}">{_e(data.state.name)}</span></h1>'
         f'<div class="muted">{_e(data.message)} · page written {_iso(data.generated)}{refresh}</div>'
     )
@@ -144,20 +154,12 @@ def _summary(data: RunData, out_dir: str) -> str:
     ]
     if meta.get("monitoring_db"):
         rows.append(("Parsl monitoring database", _e(meta["monitoring_db"])))
-    for key, title in (
-        ("operator", "operator"),
-        ("project", "project"),
-        ("campaign", "campaign"),
-        ("payload", "payload"),
-        ("output_run", "output run"),
-        ("compute_site", "compute site"),
-    ):
+    for key in ("operator", "project", "campaign", "payload", "output_run", "compute_site"):
         if meta.get(key):
-            rows.append((title, _e(meta[key])))
+            rows.append((key.replace("_", " "), _e(meta[key])))
     rows.append(("prepared", _iso(meta.get("created"))))
     if data.sessions:
-        first = data.sessions[0][4]
-        last_end = data.sessions[-1][5]
+        first, last_end = data.sessions[0].start, data.sessions[-1].end
         rows.append(("first driver start", _iso(first)))
         if last_end is not None:
             rows.append(("last driver end", _iso(last_end)))
@@ -170,14 +172,13 @@ def _summary(data: RunData, out_dir: str) -> str:
         f"<td>{_e(outcome or ('running' if data.state == WmsStates.RUNNING else 'no end recorded'))}</td></tr>"
         for sid, kind, pid, host, start, end, outcome in data.sessions
     )
-    sessions_table = ""
     if sessions:
-        sessions_table = (
+        sessions = (
             "<h2>Driver sessions</h2><table id='sessions'><thead><tr><th class='n'>#</th><th>kind</th>"
             "<th class='n'>pid</th><th>host</th><th>start</th><th>end</th><th class='n'>duration</th>"
             f"<th>outcome</th></tr></thead><tbody>{sessions}</tbody></table>"
         )
-    return f"<h2>Summary</h2><table class='summary' id='summary'>{body}</table>{sessions_table}"
+    return f"<h2>Summary</h2><table class='summary' id='summary'>{body}</table>{sessions}"
 
 
 def _link(path: str, out_dir: str, text: str | None = None) -> str:
@@ -188,21 +189,18 @@ def _link(path: str, out_dir: str, text: str | None = None) -> str:
 
 
 def _progress(data: RunData) -> str:
-    totals: dict[WmsStates, int] = {}
-    for counts in data.label_counts.values():
-        for state, n in counts.items():
-            totals[state] = totals.get(state, 0) + n
-    states = [s for s in _STATE_ORDER if totals.get(s) or s in _ALWAYS_SHOWN]
+    totals: Counter = sum(data.label_counts.values(), Counter())
+    states = [s for s in _STATE_COLOURS if totals.get(s) or s in _ALWAYS_SHOWN]
     head = "".join(
         f"<th class='n'><span style='color:{_STATE_COLOURS[s]}'>■</span> {s.name}</th>" for s in states
     )
 
-    def row(name: str, counts: dict[WmsStates, int], attrs: str) -> str:
+    def row(name: str, counts: Counter, attrs: str) -> str:
         total = sum(counts.values())
         segments = "".join(
             f"<span style='width:{100.0 * counts[s] / total:.3f}%;background:{_STATE_COLOURS[s]}' "
             f"title='{s.name}: {counts[s]}'></span>"
-            for s in _STATE_ORDER
+            for s in _STATE_COLOURS
             if counts.get(s)
         )
         cells = "".join(f"<td class='n' data-state='{s.name}'>{counts.get(s, 0)}</td>" for s in states)
@@ -226,115 +224,83 @@ def _progress(data: RunData) -> str:
     )
 
 
-def _stderr_path(data: RunData, log_dir: str | None, name: str, attempt: int) -> str:
-    return log_paths(data.submit_path, log_dir, name, attempt)[1]
+def _stderr_link(
+    data: RunData, out_dir: str, log_dir: str | None, name: str, attempt: int
+) -> tuple[str, str]:
+    """The stderr log of a job's attempt, and a link to it named by its path in the submit directory."""
+    path = log_paths(data.submit_path, log_dir, name, attempt)[1]
+    return path, _link(path, out_dir, os.path.relpath(path, data.submit_path))
 
 
 def _tail(path: str) -> str:
     try:
         with open(path, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            size = stream.tell()
+            size = os.fstat(stream.fileno()).st_size
             stream.seek(max(0, size - TAIL_BYTES))
-            raw = stream.read()
+            lines = stream.read().decode(errors="replace").splitlines()
     except OSError as exc:
         return f"(cannot read {path}: {exc.strerror})"
-    text = raw.decode(errors="replace")
-    lines = text.splitlines()
-    if size > TAIL_BYTES and lines:
-        lines = lines[1:]
+    if size > TAIL_BYTES:
+        lines = lines[1:]  # the first may be cut
     return "\n".join(lines[-TAIL_LINES:]) if lines else "(empty)"
 
 
+def _listing(key: str, title: str, count: int, listed: int, empty: str, note: str, body: str) -> str:
+    """A section of up to `pagedata.MAX_LISTED` items (of ``count``) the page's script filters."""
+    head = f"<h2>{title} ({count})</h2>"
+    if not count:
+        return head + f"<p class='muted' id='{key}'>{empty}</p>"
+    more = f"<p class='note'>{count - listed} more are not listed.</p>" if count > listed else ""
+    return head + note + f"<input type='search' placeholder='filter {key}' data-filter='{key}'>" + body + more
+
+
 def _failures(data: RunData, out_dir: str) -> str:
-    title = f"<h2>Failures ({data.failure_count})</h2>"
-    if not data.failure_count:
-        return title + "<p class='muted' id='failures'>No job failed.</p>"
     items = []
     for k, (_, name, label, log_dir, attempt, code, sig, start, end, host) in enumerate(data.failures):
-        stderr = _stderr_path(data, log_dir, name, attempt)
+        stderr, link = _stderr_link(data, out_dir, log_dir, name, attempt)
         tail = f"<pre>{_e(_tail(stderr))}</pre>" if k < MAX_TAILS else ""
         ran = f", ran {_e(_duration(end - start))}" if start is not None and end is not None else ""
         items.append(
             f"<div class='failure' data-item data-job='{_e(name)}'><b>{_e(name)}</b> "
             f"<span class='muted'>({_e(label)})</span> attempt {attempt}: "
             f"<span class='why'>{_e(_how_it_ended(FAILED, code, sig))}</span> on {_e(host or 'no host')}, "
-            f"ended {_iso(end)}{ran} · {_link(stderr, out_dir, os.path.relpath(stderr, data.submit_path))}{tail}</div>"
+            f"ended {_iso(end)}{ran} · {link}{tail}</div>"
         )
-    more = ""
-    if data.failure_count > len(data.failures):
-        more = f"<p class='note'>{data.failure_count - len(data.failures)} more failures are not listed.</p>"
+    note = ""
     if len(data.failures) > MAX_TAILS:
-        more += f"<p class='note'>Log tails are shown for the first {MAX_TAILS} failures.</p>"
-    return (
-        title
-        + "<input type='search' placeholder='filter failures' data-filter='failures'>"
-        + f"<div id='failures'>{''.join(items)}</div>{more}"
+        note = f"<p class='note'>Log tails are shown for the first {MAX_TAILS} failures.</p>"
+    body = f"<div id='failures'>{''.join(items)}</div>"
+    return _listing(
+        "failures", "Failures", data.failure_count, len(data.failures), "No job failed.", note, body
     )
 
 
 def _retries(data: RunData, out_dir: str) -> str:
-    title = f"<h2>Retries and infrastructure losses ({data.retry_count})</h2>"
-    if not data.retry_count:
-        return title + "<p class='muted' id='retries'>No attempt was retried.</p>"
     body = []
     for row in data.retries:
         _, name, label, log_dir, attempt, session, state, code, sig, executor, start, end, host = row
-        stderr = _stderr_path(data, log_dir, name, attempt)
-        kind = "infrastructure" if _is_infrastructure(state, code) else "job"
+        # Ended through no fault of the job: stopped, or no exit status (its driver or executor lost it).
+        kind = "infrastructure" if state == DELETED or code is None or code == -1 else "job"
         body.append(
             f"<tr data-item data-kind='{kind}'><td>{_e(name)}</td><td>{_e(label)}</td><td class='n'>{attempt}</td>"
             f"<td class='n'>{session}</td><td class='why'>{_e(_how_it_ended(state, code, sig))}</td><td>{kind}</td>"
             f"<td>{_e(host or '')}</td><td>{_e(executor or '')}</td><td>{_iso(end)}</td>"
             f"<td class='n'>{_e(_duration(end - start) if start is not None and end is not None else '')}</td>"
-            f"<td>{_link(stderr, out_dir, os.path.relpath(stderr, data.submit_path))}</td></tr>"
+            f"<td>{_stderr_link(data, out_dir, log_dir, name, attempt)[1]}</td></tr>"
         )
-    more = ""
-    if data.retry_count > len(data.retries):
-        more = f"<p class='note'>{data.retry_count - len(data.retries)} more are not listed.</p>"
+    table = (
+        "<div class='wide'><table id='retries'><thead><tr><th>job</th><th>label</th><th class='n'>attempt</th>"
+        "<th class='n'>session</th><th>how it ended</th><th>cause</th><th>host</th><th>executor</th>"
+        f"<th>ended</th><th class='n'>ran</th><th>stderr</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
     note = (
         f"<p class='note'>Attempts that did not succeed and were followed by another attempt of the same job: "
         f"{data.infrastructure_count} lost through no fault of the job (executor lost, driver stopped or "
         f"died), {data.retry_count - data.infrastructure_count} failed by themselves.</p>"
     )
-    return (
-        title
-        + note
-        + "<input type='search' placeholder='filter retries' data-filter='retries'>"
-        + "<div class='wide'><table id='retries'><thead><tr><th>job</th><th>label</th><th class='n'>attempt</th>"
-        "<th class='n'>session</th><th>how it ended</th><th>cause</th><th>host</th><th>executor</th>"
-        f"<th>ended</th><th class='n'>ran</th><th>stderr</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>{more}"
-    )
-
-
-def render(data: RunData, out_dir: str) -> str:
-    """Render the page of a run read by `pagedata.read_run`.
-
-    Parameters
-    ----------
-    data : `RunData`
-        What the page shows.
-    out_dir : `str`
-        Directory the page is written to (links to logs are relative to it).
-
-    Returns
-    -------
-    page : `str`
-        The HTML document.
-    """
-    title = _e(f"bps-parsl run {data.meta.get('run_name') or data.meta.get('run_id', '')}")
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
-        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">"
-        f"<title>{title}</title><style>{_CSS}</style></head><body>"
-        + _header(data)
-        + _progress(data)
-        + timeline(data)
-        + _failures(data, out_dir)
-        + _retries(data, out_dir)
-        + _summary(data, out_dir)
-        + f"<script>{_SCRIPT}</script></body></html>\n"
+    title = "Retries and infrastructure losses"
+    return _listing(
+        "retries", title, data.retry_count, len(data.retries), "No attempt was retried.", note, table
     )
 
 
@@ -348,7 +314,7 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
     out : `str`, optional
         Page file (default ``<submit_path>/report.html``).
     this_driver : `bool`
-        The caller is the run's driver (`reports.run_state`).
+        The caller is the run's driver (`reports.run_counts`).
 
     Returns
     -------
@@ -356,8 +322,23 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
         The file written.
     """
     out = os.path.abspath(out or os.path.join(submit_path, PAGE_NAME))
-    data = read_run(os.path.abspath(submit_path), this_driver)
-    text = render(data, os.path.dirname(out))
+    submit_path = os.path.abspath(submit_path)
+    data = read_store(submit_path, lambda store: read_run(store, submit_path, this_driver))
+    out_dir = os.path.dirname(out)  # links to logs are relative to it
+    title = _e(f"bps-parsl run {data.meta.get('run_name') or data.meta.get('run_id', '')}")
+    text = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">"
+        f"<title>{title}</title><style>{_CSS}</style></head><body>"
+        + _header(data)
+        + _progress(data)
+        + timeline(data)
+        + _failures(data, out_dir)
+        + _retries(data, out_dir)
+        + _summary(data, out_dir)
+        + f"<script>{_SCRIPT}</script></body></html>\n"
+    )
     tmp = f"{out}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -365,10 +346,8 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
             stream.write(text)
         os.replace(tmp, out)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     return out
 
@@ -425,9 +404,6 @@ def main(argv: list[str] | None = None) -> int:
     status : `int`
         0 when the page was written, 1 with a one-line error otherwise.
     """
-    from ..store.runindex import resolve_run
-    from ..store.runstore import StateStoreError
-
     parser = argparse.ArgumentParser(
         prog="python -m lsst.ctrl.bps.parsl.report.page",
         description="Write a self-contained HTML page of a run (progress, timeline, failures, retries).",

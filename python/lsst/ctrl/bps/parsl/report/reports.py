@@ -24,36 +24,75 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""Turn a run's state database into BPS run reports."""
+"""What ``bps report``, ``bps status`` and ``bps cancel`` see: the runs (one by
+id, or from the run index) and their reports, read from their state databases.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import os
+import pwd
 import sqlite3
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from contextlib import closing, suppress
+from pathlib import Path
+from typing import TypeVar
 
 from lsst.ctrl.bps import WmsJobReport, WmsRunReport, WmsSpecificInfo, WmsStates
 
 from ..control.liveness import driver_alive
 from ..control.running import running_job_ids
 from ..oneline import shown
-from ..records import JobState
+from ..records import ENDED, JobState
 from ..store.attemptlogs import log_paths
+from ..store.runindex import INDEX_SUBDIR, list_runs, resolve_run
 from ..store.runstore import RunStore, StateStoreError, db_path, store_error
 from ..store.storefile import READ_ERRORS, damaged
 from ..store.summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 
-__all__ = ("readable_run", "run_report", "run_state")
+__all__ = (
+    "cancellable_runs",
+    "listed_reports",
+    "read_store",
+    "readable_run",
+    "run_counts",
+    "run_report",
+    "run_status",
+)
 
+_T = TypeVar("_T")
 _IN_FLIGHT = frozenset({JobState.PENDING, JobState.RUNNING, JobState.READY})
 _STATE_VALUES = frozenset(int(state) for state in JobState)
 _HAS_SITE = "site" in {f.name for f in dataclasses.fields(WmsRunReport)}
 """`WmsRunReport.site` exists from lsst-ctrl-bps 30.2026.4300 on."""
 _SUMMARY_ESCAPES = str.maketrans({";": "\\x3b", ":": "\\x3a"})
 """A label in a run summary, which ctrl_bps splits at ';' and ':'."""
+
+
+def read_store(submit_path: str, read: Callable[[RunStore], _T]) -> _T:
+    """``read(store)`` in one read transaction: a consistent snapshot while the driver writes, from any host.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    read : `~collections.abc.Callable` [[`RunStore`], ``_T``]
+        Reads the store; called again on a retry.
+
+    Returns
+    -------
+    value : ``_T``
+        What ``read`` returned.
+    """
+    with closing(RunStore(db_path(submit_path), readonly=True)) as store:
+        try:
+            return store.read_snapshot(lambda: read(store))
+        except READ_ERRORS as exc:
+            raise store_error(store.path, exc) from None
 
 
 def readable_run(submit_path: str) -> None:
@@ -78,25 +117,8 @@ def readable_run(submit_path: str) -> None:
         )
 
 
-def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> tuple[WmsStates, str]:
-    """State of a whole run and a one-line explanation.
-
-    Parameters
-    ----------
-    store : `RunStore`
-        The run's store.
-    submit_path : `str`
-        Submit directory.
-    this_driver : `bool`, optional
-        The caller is the run's driver (holds its lock): the state follows its own session.
-
-    Returns
-    -------
-    state : `lsst.ctrl.bps.WmsStates`
-        The run's state.
-    message : `str`
-        Why, in one line.
-    """
+def _run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> tuple[WmsStates, str]:
+    """The run's state and why, in one line (``this_driver``: the caller is its driver, holding its lock)."""
     alive = None if this_driver else driver_alive(submit_path)
     if alive is not None:
         if alive.stopping:
@@ -125,44 +147,41 @@ def run_state(store: RunStore, submit_path: str, this_driver: bool = False) -> t
     return state, f"{last.kind} ended: {last.outcome}"
 
 
-def running_jobs(submit_path: str) -> set[int]:
-    """Ids of the jobs of a run with an attempt said to run now.
+def run_counts(
+    store: RunStore, submit_path: str, this_driver: bool = False
+) -> tuple[WmsStates, str, set[int], dict[str, Counter]]:
+    """The run's state and why, its jobs said to run now, and its payload jobs
+    by label (in the order of their first jobs) and reported state.
 
     Parameters
     ----------
+    store : `RunStore`
+        The run's store, in a read transaction (`read_store`).
     submit_path : `str`
         Submit directory.
+    this_driver : `bool`, optional
+        The caller is the run's driver (holds its lock): the state follows its own session.
 
     Returns
     -------
-    ids : `set` [`int`]
-        Job ids.
+    state, message, running, counts : `tuple`
+        The run's `lsst.ctrl.bps.WmsStates` and why, in one line; ids of the jobs said to run
+        (none unless the run is running); jobs by label, then by state.
     """
-    return running_job_ids(os.path.join(submit_path, "parsl", "running"))
-
-
-def job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsStates:
-    """A job's reported state (in flight with no live driver: UNKNOWN; PENDING but running: RUNNING).
-
-    Parameters
-    ----------
-    value, job_id : `int`
-        The job's stored state (a `JobState` value); job id.
-    alive : `bool`
-        Whether the run's driver is alive.
-    running : `set` [`int`]
-        Ids of the jobs with an attempt said to run (`running_jobs`).
-
-    Returns
-    -------
-    state : `lsst.ctrl.bps.WmsStates`
-        The state to report.
-    """
-    if value in _IN_FLIGHT and not alive:
-        return WmsStates.UNKNOWN
-    if value == JobState.PENDING and job_id in running:
-        return WmsStates.RUNNING
-    return WmsStates(value)
+    state, message = _run_state(store, submit_path, this_driver)
+    alive = state == WmsStates.RUNNING
+    running = running_job_ids(os.path.join(submit_path, "parsl", "running")) if alive else set()
+    # The per-label counts the store keeps (`summary`), not the jobs.
+    labels, stored = label_counts(store.conn)
+    _check_counts(store, labels, stored)
+    counts: dict[str, Counter] = {label: Counter() for label, _ in labels}
+    for label, states in stored.items():
+        for value, n in states.items():
+            counts[label][_job_state(value, -1, alive, set())] += n
+    for label in pending_labels(store.conn, running):  # PENDING with an attempt said to run now
+        counts[label][WmsStates.PENDING] -= 1
+        counts[label][WmsStates.RUNNING] += 1
+    return state, message, running, counts
 
 
 def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> WmsRunReport:
@@ -180,77 +199,45 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     report : `lsst.ctrl.bps.WmsRunReport`
         The run's report.
     """
-    store = RunStore(db_path(submit_path), readonly=True)
-    try:
 
-        def snapshot() -> tuple:
-            # The per-label counts the store keeps (`summary`), not the jobs.
-            state, message = run_state(store, submit_path)
-            running = running_jobs(submit_path) if state == WmsStates.RUNNING else set()
-            labels, stored = label_counts(store.conn)
-            _check_counts(store, labels, stored)
-            return (
-                store.meta(),
-                state,
-                message,
-                running,
-                labels,
-                stored,
-                pending_labels(store.conn, running),
-                failed_exit_codes(store.conn) if return_exit_codes else [],
-                _infrastructure_losses(store),
-                _could_not_start(store),
-            )
+    def snapshot(store: RunStore) -> tuple:
+        return (
+            store.meta(),
+            *run_counts(store, submit_path),
+            failed_exit_codes(store.conn) if return_exit_codes else [],
+            _infrastructure_losses(store),
+            _could_not_start(store, submit_path),
+        )
 
-        # One read transaction: a consistent snapshot while the driver writes, from any host.
-        try:
-            meta, state, message, running, labels, stored, started, codes, losses, unstarted = (
-                store.read_snapshot(snapshot)
-            )
-        except READ_ERRORS as exc:
-            raise store_error(store.path, exc) from None
-    finally:
-        store.close()
+    meta, state, message, running, by_label, codes, losses, unstarted = read_store(submit_path, snapshot)
     alive = state == WmsStates.RUNNING
-    by_label: dict[str, Counter] = {label: Counter() for label, _ in labels}
-    for label, states in stored.items():
-        for value, n in states.items():
-            by_label.setdefault(label, Counter())[job_state(value, -1, alive, set())] += n
-    for label in started:  # PENDING with an attempt said to run now
-        by_label[label][WmsStates.PENDING] -= 1
-        by_label[label][WmsStates.RUNNING] += 1
-    counts: Counter = Counter()
-    for label_counts_ in by_label.values():
-        counts.update(label_counts_)
-    label_totals = dict(labels)
+    # Labels as shown (`_text`); two long labels shown alike add up.
+    totals: Counter = Counter()
+    shown_states: dict[str, Counter] = {}
     exit_codes: dict[str, list[int]] = {}
+    for label, states in by_label.items():
+        totals[_text(label)] += sum(states.values())
+        shown_states.setdefault(_text(label), Counter()).update(states)
+        exit_codes.setdefault(_text(label), [])
     for label, code in codes:
-        if code != -1:  # -1: no exit status
-            exit_codes.setdefault(label, []).append(code)
+        if code != -1 and label in by_label:  # -1: no exit status
+            exit_codes[_text(label)].append(code)
+    counts: Counter = sum(shown_states.values(), Counter())
     jobs = None
     if detailed:
-        run_id = meta["run_id"]
+        run_id, path = meta["run_id"], db_path(submit_path)
 
         def load() -> list[WmsJobReport]:
-            reader = RunStore(db_path(submit_path), readonly=True)
-
             def state_of(value: int, i: int) -> WmsStates:
                 if value not in _STATE_VALUES:
-                    raise damaged(reader.path, f"job {i!r} has state {value!r}, which is no job state")
-                return job_state(value, i, alive, running)
+                    raise damaged(path, f"job {i!r} has state {value!r}, which is no job state")
+                return _job_state(value, i, alive, running)
 
-            try:
-                found = reader.read_snapshot(lambda: job_reports(reader, run_id, state_of, WmsJobReport))
-            except READ_ERRORS as exc:
-                raise store_error(reader.path, exc) from None
-            finally:
-                reader.close()
+            found = read_store(submit_path, lambda store: job_reports(store, run_id, state_of, WmsJobReport))
             # Jobs a batch joined since the counts were read may add to them, never take away.
             per_label = Counter(job.label for job in found)
-            if any(per_label[label] < n for label, n in label_totals.items()):
-                raise damaged(
-                    reader.path, f"{len(found)} jobs read but {sum(label_totals.values())} counted by label"
-                )
+            if any(per_label[label] < sum(states.values()) for label, states in by_label.items()):
+                raise damaged(path, f"{len(found)} jobs read but {sum(totals.values())} counted by label")
             for job in found:
                 job.name, job.label = _text(job.name), _text(job.label)
             return found
@@ -267,14 +254,13 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         info.add_message(
             "Parsl monitoring database: {monitoring_db}", monitoring_db=_text(meta["monitoring_db"], 4096)
         )
-    reason = _start_failure_reason(submit_path, unstarted) if unstarted else None
-    if unstarted and reason:
+    if unstarted:
         info.add_message(
             "Jobs that could not be started: {unstarted} attempts (exit code 126 or 127); last: job "
             "'{unstarted_job}': {unstarted_reason}",
             unstarted=unstarted[0],
             unstarted_job=_text(unstarted[1], 200),
-            unstarted_reason=_text(reason, 1000),
+            unstarted_reason=_text(unstarted[2], 1000),
         )
     if losses:
         lost, lost_jobs, last = losses
@@ -285,16 +271,6 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
             lost_jobs=lost_jobs,
             last_loss=_text(last, 1000),
         )
-    site: dict[str, Any] = {"site": _text(meta.get("compute_site") or "")} if _HAS_SITE else {}
-    # Labels as shown (`_text`); two long labels shown alike add up.
-    shown_totals: Counter = Counter()
-    shown_states: dict[str, Counter] = {}
-    shown_codes: dict[str, list[int]] = {}
-    for label, n in label_totals.items():
-        shown_totals[_text(label)] += n
-        shown_codes.setdefault(_text(label), []).extend(exit_codes.get(label, []))
-    for label, label_states in by_label.items():
-        shown_states.setdefault(_text(label), Counter()).update(label_states)
     return WmsRunReport(
         wms_id=meta["run_id"],
         global_wms_id=meta["run_id"],
@@ -305,16 +281,25 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
         campaign=_text(meta.get("campaign") or ""),
         payload=_text(meta.get("payload") or ""),
         operator=_text(meta.get("operator") or ""),
-        run_summary=";".join(f"{label.translate(_SUMMARY_ESCAPES)}:{n}" for label, n in shown_totals.items()),
+        run_summary=";".join(f"{label.translate(_SUMMARY_ESCAPES)}:{n}" for label, n in totals.items()),
         state=state,
         jobs=jobs,
-        total_number_jobs=sum(label_totals.values()),
+        total_number_jobs=sum(totals.values()),
         job_state_counts={s: counts.get(s, 0) for s in WmsStates},
         job_summary={label: {s: c.get(s, 0) for s in WmsStates} for label, c in shown_states.items()},
-        exit_code_summary=shown_codes if return_exit_codes else None,
+        exit_code_summary=exit_codes if return_exit_codes else None,
         specific_info=info,
-        **site,
+        **({"site": _text(meta.get("compute_site") or "")} if _HAS_SITE else {}),
     )
+
+
+def _job_state(value: int, job_id: int, alive: bool, running: set[int]) -> WmsStates:
+    """A job's reported state: in flight with no live driver, UNKNOWN; PENDING but ``running``, RUNNING."""
+    if value in _IN_FLIGHT and not alive:
+        return WmsStates.UNKNOWN
+    if value == JobState.PENDING and job_id in running:
+        return WmsStates.RUNNING
+    return WmsStates(value)
 
 
 def _text(value: object, limit: int = 200) -> str:
@@ -338,8 +323,9 @@ def _check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[s
                 store.path,
                 f"label {label!r} has {totals.get(label, 0)} jobs but {sum(states.values())} by state",
             )
-    (last_job,) = store.conn.execute("SELECT max(id) FROM jobs").fetchone()
-    (last_status,) = store.conn.execute("SELECT max(job) FROM status").fetchone()
+    last_job, last_status = store.conn.execute(
+        "SELECT (SELECT max(id) FROM jobs), (SELECT max(job) FROM status)"
+    ).fetchone()
     if last_job != last_status or not isinstance(last_job, int | None):
         raise damaged(
             store.path, f"the last job is {last_job!r} but the last status is of job {last_status!r}"
@@ -351,77 +337,163 @@ def _check_counts(store: RunStore, labels: list[tuple[str, int]], stored: dict[s
 def _infrastructure_losses(store: RunStore) -> tuple[int, int, str] | None:
     """(attempts the infrastructure lost, their jobs, the last one's cause), or `None` if none."""
     try:
-        found = store.conn.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT job), MAX(end) FROM attempts WHERE lost IS NOT NULL"
+        count, jobs, last = store.conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT job), (SELECT lost FROM attempts WHERE lost IS NOT NULL "
+            "ORDER BY end DESC LIMIT 1) FROM attempts WHERE lost IS NOT NULL"
         ).fetchone()
     except sqlite3.OperationalError:  # a store written before losses were recorded
         return None
-    if not found or not found[0]:
-        return None
-    (last,) = store.conn.execute(
-        "SELECT lost FROM attempts WHERE lost IS NOT NULL ORDER BY end DESC LIMIT 1"
-    ).fetchone()
-    return int(found[0]), int(found[1]), str(last)
+    return (int(count), int(jobs), str(last)) if count else None
 
 
-def _could_not_start(store: RunStore) -> tuple[int, str, str | None, int] | None:
-    """(count; last job, log directory, attempt) of attempts that exited 126/127 unstarted, or `None`."""
+def _could_not_start(store: RunStore, submit_path: str) -> tuple[int, str, str] | None:
+    """(count, last job, why: from its stderr log) of attempts that exited 126/127 unstarted, or `None`."""
     try:
-        (count,) = store.conn.execute(
-            "SELECT COUNT(*) FROM attempts WHERE start IS NULL AND lost IS NULL AND exit_code IN (126, 127)"
+        found = store.conn.execute(
+            "SELECT COUNT(*) OVER (), jobs.name, jobs.log_dir, attempts.attempt FROM attempts "
+            "JOIN jobs ON jobs.id = attempts.job WHERE start IS NULL AND lost IS NULL "
+            "AND exit_code IN (126, 127) ORDER BY end DESC LIMIT 1"
         ).fetchone()
-        if not count:
+        if not found:
             return None
-        name, log_dir, attempt = store.conn.execute(
-            "SELECT jobs.name, jobs.log_dir, attempts.attempt FROM attempts JOIN jobs ON jobs.id = attempts.job "
-            "WHERE start IS NULL AND lost IS NULL AND exit_code IN (126, 127) ORDER BY end DESC LIMIT 1"
-        ).fetchone()
-    except (sqlite3.OperationalError, TypeError, ValueError):
-        return None
-    return int(count), str(name), log_dir, int(attempt)
-
-
-def _start_failure_reason(submit_path: str, unstarted: tuple[int, str, str | None, int]) -> str | None:
-    """Why the attempt `_could_not_start` names did not start, from its stderr log, or `None`."""
-    _, name, log_dir, attempt = unstarted
-    marker = "[bps-parsl] the job could not be started"
-    try:
+        count, name, log_dir, attempt = int(found[0]), str(found[1]), found[2], int(found[3])
         with open(log_paths(submit_path, log_dir, name, attempt)[1], "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(0, stream.tell() - 4096))
+            stream.seek(max(0, os.fstat(stream.fileno()).st_size - 4096))
             tail = stream.read().decode(errors="replace")
-    except OSError:
+    except (sqlite3.OperationalError, TypeError, ValueError, OSError):
         return None
-    pos = tail.rfind(marker)
-    if pos < 0:
-        return None
-    line = tail[pos + len(marker) :].split("\n", 1)[0].lstrip(": ")
-    return "".join(ch if ch.isprintable() else "?" for ch in line)[:300]
+    _, marker, after = tail.rpartition("[bps-parsl] the job could not be started")
+    reason = "".join(ch if ch.isprintable() else "?" for ch in after.split("\n", 1)[0].lstrip(": "))[:300]
+    return (count, name, reason) if marker and reason else None
 
 
-def last_activity(submit_path: str) -> tuple[float, bool]:
-    """Time of the run's last session end or start, and whether a driver is alive.
+def listed_reports(user: str | None, hist: float, return_exit_codes: bool) -> tuple[list[WmsRunReport], str]:
+    """Short reports of the runs ``bps report`` lists (active, or ended within ``hist`` days).
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
+    user : `str` or `None`
+        Only this operator's runs (read from their run index if another user).
+    hist : `float`
+        Days of history.
+    return_exit_codes : `bool`
+        Include non-zero exit codes per label.
 
     Returns
     -------
-    when : `float`
-        Seconds since the epoch (now, while a driver is alive).
-    alive : `bool`
-        Whether a driver is alive.
+    reports, message : `tuple`
+        The reports and the problems, one per line.
     """
-    if driver_alive(submit_path) is not None:
-        return time.time(), True
-    store = RunStore(db_path(submit_path), readonly=True)
+    runs, problems = _runs_of(user)
+    reports = []
+    since = time.time() - (hist or 0) * 86400
+    for submit_path in runs:
+        try:
+            if not user and not _is_owner(submit_path):
+                continue
+            readable_run(submit_path)
+            if driver_alive(submit_path) is None:
+                sessions, created = read_store(
+                    submit_path, lambda store: (store.sessions(), store.meta().get("created", 0.0))
+                )
+                if ((sessions[-1].end or sessions[-1].start) if sessions else created) < since:
+                    continue  # ended before the history asked for
+            report = run_report(submit_path, False, return_exit_codes)
+        except (StateStoreError, OSError) as exc:
+            problems.append(str(exc))
+            continue
+        if not user or report.operator == user:
+            reports.append(report)
+    return reports, "\n".join(problems)
+
+
+def run_status(wms_workflow_id: str) -> tuple[WmsStates, str]:
+    """The state of a run, without per-job work.
+
+    Parameters
+    ----------
+    wms_workflow_id : `str`
+        Submit directory or run id.
+
+    Returns
+    -------
+    state, message : `tuple`
+        The run's `WmsStates` (``UNKNOWN`` if unreadable) and a message.
+    """
     try:
-        sessions = store.sessions()
-        meta_created = store.meta().get("created", 0.0)
-    finally:
-        store.close()
-    if not sessions:
-        return meta_created, False
-    return (sessions[-1].end or sessions[-1].start), False
+        submit_path = resolve_run(wms_workflow_id)
+        readable_run(submit_path)
+        state, message = read_store(submit_path, lambda store: _run_state(store, submit_path))
+        return state, shown(message, 4000)
+    except (StateStoreError, OSError) as exc:
+        return WmsStates.UNKNOWN, str(exc)
+
+
+def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
+    """Submit directories ``bps cancel`` can act on (a live driver or unfinished jobs).
+
+    Parameters
+    ----------
+    wms_id : `str` or `None`
+        One run's submit directory or id (none: this user's runs with a live driver).
+    user : `str` or `None`
+        Only runs whose ``operator`` is this user.
+
+    Returns
+    -------
+    ids : `list` [`str`]
+        Submit directories.
+    """
+    if wms_id:
+        try:
+            submit_path = resolve_run(wms_id)
+            readable_run(submit_path)  # another user's run: `cancel` says why it refuses
+        except (StateStoreError, OSError):
+            return []
+        try:
+            return [submit_path] if _cancellable(submit_path) else []
+        except (StateStoreError, OSError):
+            return [submit_path]  # unreadable or damaged: `cancel` says so in one line
+    ids = []
+    for run_id, submit_path in list_runs():
+        with suppress(StateStoreError, OSError):
+            if (
+                _is_owner(submit_path)
+                and driver_alive(submit_path, run_id) is not None
+                and (not user or read_store(submit_path, RunStore.meta).get("operator") == user)
+            ):
+                ids.append(submit_path)
+    return ids
+
+
+def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
+    """Submit directories in this user's index and ``user``'s (if readable); the problems met."""
+    runs = [path for _, path in list_runs()]
+    problems: list[str] = []
+    if user and user != getpass.getuser():
+        try:
+            home = pwd.getpwnam(user).pw_dir
+        except KeyError:
+            return runs, [f"user '{user}' does not exist on this host: check --user"]
+        other_index = Path(home) / INDEX_SUBDIR
+        if not os.access(other_index, os.R_OK | os.X_OK):
+            problems.append(
+                f"{other_index}: the run index of user '{user}' is not readable by you: pass --id with the "
+                "run's submit directory, or ask them to let you read it"
+            )
+        runs.extend(path for _, path in list_runs(other_index) if path not in runs)
+    return runs, problems
+
+
+def _is_owner(submit_path: str) -> bool:
+    return os.stat(db_path(submit_path)).st_uid == os.getuid()
+
+
+def _cancellable(submit_path: str) -> bool:
+    """Whether the run has a live driver, or was submitted and has unfinished jobs."""
+    if driver_alive(submit_path) is not None:
+        return True
+    return read_store(
+        submit_path,
+        lambda store: store.sessions() != [] and any(row.state not in ENDED for row in store.statuses()),
+    )
