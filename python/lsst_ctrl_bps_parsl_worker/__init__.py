@@ -28,6 +28,6 @@
 """The parts of ``lsst.ctrl.bps.parsl`` that run next to the jobs: `job.run_job`
 (what Parsl workers run), starting jobs (`launch`, `warm`), finding and killing
 them (`processes`), exit statuses (`exits`), and the local pool's spawner and
-its keeper, journal and takeover. Standard library only, so a Parsl worker
+its keeper and journal. Standard library only, so a Parsl worker
 unpickling `job.run_job` imports nothing of ``lsst.ctrl.bps`` or the butler.
 """

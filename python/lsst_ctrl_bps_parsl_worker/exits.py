@@ -29,12 +29,9 @@
 """Exit statuses of job processes: read when they end, recorded, reaped.
 
 Whoever reaps a job (`job.run_job`, the local pool's spawner, or its keeper)
-records the operating system's exit status first (`record_exit`) in a
-private append-only file, ``exits.<host>.<pid>`` (mode 0600) in the jobs'
-pid-file directory, where a restart reads it (`recorded_exits`): nothing a
-job prints decides its status (design.md). `ended_child` tells which child
-ended without reaping it, so the job stays visible until its status is
-recorded (`zombie_exit_code`). Standard library only.
+first records its exit status (`record_exit`) in its private exit record
+(state.md), where a restart reads it (`recorded_exits`): nothing a job prints
+decides its status (design.md). Standard library only.
 """
 
 from __future__ import annotations
@@ -120,12 +117,10 @@ def recorded_exits(directory: str) -> dict[str, int]:
     """
     found: dict[str, int] = {}
     try:
-        names = os.listdir(directory)
+        names = [name for name in os.listdir(directory) if name.startswith(EXITS_PREFIX)]
     except (OSError, ValueError):
         return found
     for name in names:
-        if not name.startswith(EXITS_PREFIX):
-            continue
         try:
             with open(os.path.join(directory, name), "rb") as stream:
                 data = stream.read().decode(errors="replace")
@@ -177,44 +172,41 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
     signal : `int` or `None`
         The signal that ended the process (or that its exit code names), if any.
     """
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return 128 + sig, sig
-    code = os.WEXITSTATUS(status)
+    code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     return code, (code - 128 if 128 < code < 128 + 65 else None)
 
 
-def ended_child(block: bool = False) -> tuple[int, int, int | None] | None:
-    """``(pid, exit code, signal)`` of a child that ended, left unreaped (`reap`
-    it once its status is recorded); `None` if none ended and not ``block``.
+def ended_child(pid: int = 0, block: bool = False) -> tuple[int, int] | None:
+    """``(pid, exit code)`` of a child (``pid``, or any) that ended, left
+    unreaped (`reap` it once its status is recorded).
 
     Parameters
     ----------
+    pid : `int`, optional
+        The child to look at (``0``: any).
     block : `bool`, optional
-        Wait until a child ends.
+        Wait until it ends.
 
     Returns
     -------
-    ended : `tuple` [`int`, `int`, `int` or `None`] or `None`
-        ``(pid, exit code, signal)`` of the ended child, or `None`.
+    ended : `tuple` [`int`, `int`] or `None`
+        ``(pid, exit code)``, ``128 + s`` for a signal ``s``; `None` if none ended.
 
     Raises
     ------
     ChildProcessError
-        This process has no children.
+        No such child.
     """
     flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
     while True:
         try:
-            info = os.waitid(os.P_ALL, 0, flags)
+            info = os.waitid(os.P_PID if pid else os.P_ALL, pid, flags)
         except InterruptedError:
             continue
         if info is None or info.si_pid == 0:
             return None
-        if info.si_code == os.CLD_EXITED:
-            code = info.si_status
-            return info.si_pid, code, (code - 128 if 128 < code < 128 + 65 else None)
-        return info.si_pid, 128 + info.si_status, info.si_status
+        code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+        return info.si_pid, code
 
 
 def reap(pid: int) -> None:
@@ -245,15 +237,11 @@ def zombie_exit_code(pid: int) -> int | None:
         Its exit code, or `None` if it runs, was reaped or cannot be read.
     """
     try:
-        data = _read_stat(pid)
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            data = stream.read()
         fields = data[data.rindex(b")") + 2 :].split()
         if fields[0] != b"Z" or len(fields) < 50:
             return None
         return exit_code_of(int(fields[49]))[0]
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _read_stat(pid: int) -> bytes:
-    with open(f"/proc/{pid}/stat", "rb") as stream:
-        return stream.read()

@@ -25,10 +25,10 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The journal of a local-pool spawner: which of its jobs run.
+"""The journal of a local-pool spawner: which of its jobs run (format in state.md).
 
-Its format is in state.md. The spawner writes it (`Journal`); report, cancel,
-restart, a spawner taking over and the keeper read it. Standard library only.
+The spawner writes it; report, cancel, restart, a spawner taking over and the
+keeper read it. Standard library only.
 """
 
 from __future__ import annotations
@@ -43,10 +43,8 @@ __all__ = (
     "JOURNAL_REFRESH",
     "Journal",
     "Journals",
-    "journal_entries",
-    "journal_logs",
+    "journal_jobs",
     "journal_name",
-    "journal_starting",
     "journal_snapshot",
     "read_journal",
 )
@@ -57,6 +55,12 @@ JOURNAL_REFRESH = 1.0
 _HOST = socket.gethostname()
 _JOURNAL_COMPACT_BYTES = 1 << 20
 """Size above which the journal is rewritten with only the running jobs."""
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+Jobs = tuple[dict[int, tuple[str, str]], set[str], dict[str, str]]
+"""What a journal says: ``{pid: (token, stderr log)}`` of the running jobs
+(log ``""`` if not named), the tokens of every job that started, and
+``{token: stderr log}`` of a job being started (``>`` with no ``+`` after it)."""
 
 
 def journal_name(host: str, pid: int) -> str:
@@ -77,6 +81,26 @@ def journal_name(host: str, pid: int) -> str:
     return f"{JOURNAL_PREFIX}{host}.{pid}"
 
 
+def journal_jobs(path: str) -> Jobs:
+    """What the journal at ``path`` says (empty if unreadable).
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the journal.
+
+    Returns
+    -------
+    jobs : `Jobs`
+        Running jobs, started tokens, the job being started.
+    """
+    try:
+        with open(path, "rb") as stream:
+            return _parse(stream.read())
+    except OSError:
+        return {}, set(), {}
+
+
 def read_journal(path: str) -> dict[int, str]:
     """Return ``{pid: token}`` of the jobs a journal says are running.
 
@@ -90,83 +114,14 @@ def read_journal(path: str) -> dict[int, str]:
     running : `dict` [`int`, `str`]
         Token of each running job, by process id; empty if unreadable.
     """
-    return journal_entries(path)[0]
-
-
-def journal_entries(path: str) -> tuple[dict[int, str], set[str]]:
-    """``{pid: token}`` of the running jobs, and the tokens of every job that started.
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the journal.
-
-    Returns
-    -------
-    running : `dict` [`int`, `str`]
-        Token of each running job, by process id.
-    started : `set` [`str`]
-        Token of every job that started, ended or not.
-    """
     found = journal_snapshot(path)
-    return ({}, set()) if found is None else found[:2]
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as stream:
-            return stream.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def journal_logs(path: str) -> dict[int, str]:
-    """``{pid: stderr log}`` of the jobs a journal says are running.
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the journal.
-
-    Returns
-    -------
-    logs : `dict` [`int`, `str`]
-        Stderr log of each running job, by process id.
-    """
-    logs: dict[int, str] = {}
-    _parse(_read_text(path), logs)
-    return logs
-
-
-def journal_starting(path: str) -> dict[str, str]:
-    """``{token: stderr log}`` of the job being started (``>`` with no ``+`` after it).
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the journal.
-
-    Returns
-    -------
-    starting : `dict` [`str`, `str`]
-        Stderr log of the job being started, by token (empty if none).
-    """
-    starting: dict[str, str] = {}
-    for line in _read_text(path).splitlines():
-        fields = line.split(" ", 3)
-        try:
-            if len(fields) == 3 and fields[0] == ">":
-                starting[fields[1]] = json.loads(fields[2])
-            elif len(fields) >= 3 and fields[0] == "+":
-                starting.pop(fields[2], None)
-        except ValueError:
-            continue
-    return starting
+    return {} if found is None else found[0]
 
 
 def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_result] | None:
-    """`journal_entries` and the file's status through one open file (on NFS,
-    that revalidates the cached attributes).
+    """``{pid: token}`` of the running jobs, the tokens of every job that
+    started and the file's status, through one open file (on NFS, that
+    revalidates the cached attributes).
 
     Parameters
     ----------
@@ -176,43 +131,39 @@ def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_resul
     Returns
     -------
     snapshot : `tuple` or `None`
-        ``(running, started, stat)``: as `journal_entries`, and the file's
-        `os.stat_result`; `None` if unreadable.
+        ``(running, started, stat)``; `None` if unreadable.
     """
     try:
         with open(path, "rb") as stream:
             info = os.fstat(stream.fileno())
-            data = stream.read().decode(errors="replace")
+            running, started, _ = _parse(stream.read())
     except OSError:
         return None
-    running, started = _parse(data)
-    return running, started, info
+    return {pid: token for pid, (token, _) in running.items()}, started, info
 
 
-def _parse(data: str, logs: dict[int, str] | None = None) -> tuple[dict[int, str], set[str]]:
-    """Running jobs and started tokens; ``logs`` gets the running jobs' stderr logs."""
-    running: dict[int, str] = {}
+def _parse(data: bytes) -> Jobs:
+    running: dict[int, tuple[str, str]] = {}
     started: set[str] = set()
-    for line in data.splitlines():
+    starting: dict[str, str] = {}
+    for line in data.decode(errors="replace").splitlines():
         fields = line.split(" ", 3)
         try:
             if len(fields) >= 3 and fields[0] == "+":
+                token = fields[2]
+                starting.pop(token, None)
                 pid = int(fields[1])
-                running[pid] = fields[2]
-                started.add(fields[2])
-                if logs is not None and len(fields) == 4:
-                    logs[pid] = json.loads(fields[3])
+                running[pid] = (token, "")
+                started.add(token)
+                if len(fields) == 4:
+                    running[pid] = (token, json.loads(fields[3]))
+            elif len(fields) == 3 and fields[0] == ">":
+                starting[fields[1]] = json.loads(fields[2])
             elif len(fields) == 2 and fields[0] == "-":
-                pid = int(fields[1])
-                running.pop(pid, None)
-                if logs is not None:
-                    logs.pop(pid, None)
+                running.pop(int(fields[1]), None)
         except ValueError:
             continue
-    if logs is not None:
-        for pid in set(logs) - set(running):
-            del logs[pid]
-    return running, started
+    return running, started, starting
 
 
 class Journal:
@@ -228,29 +179,31 @@ class Journal:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.path = os.path.join(directory, journal_name(_HOST, os.getpid()))
-        self.running: dict[int, tuple[str, str]] = {}  # pid: (token, stderr log)
+        self.running: dict[int, str] = {}  # pid: its "+" line
+        self.being_started = ""  # the ">" line of the job being started
         self.size = 0
         self.pending: list[str] = []
-        self.being_started: tuple[str, str] | None = None  # (token, stderr log)
         os.makedirs(directory, exist_ok=True)
-        self.fd = self._open(self.path)
+        self.fd = os.open(self.path, _APPEND, 0o600)
 
-    @staticmethod
-    def _open(path: str) -> int:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    def _made_again(self) -> bool:
+        """Whether the journal was removed, and then made again (`_compact`)."""
+        try:
+            if os.fstat(self.fd).st_nlink > 0:
+                return False
+        except OSError:
+            pass
+        self.pending.clear()
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError:
+            return True
+        self._compact()
+        return True
 
     def write(self) -> None:
         """Append the lines recorded since the last write, in one go."""
-        if not self.pending:
-            return
-        try:
-            vanished = os.fstat(self.fd).st_nlink == 0
-        except OSError:
-            vanished = True
-        if vanished:
-            self.pending.clear()
-            os.makedirs(self.directory, exist_ok=True)
-            self._compact()
+        if not self.pending or self._made_again():
             return
         data = "".join(self.pending).encode()
         self.pending.clear()
@@ -264,14 +217,11 @@ class Journal:
 
     def touch(self) -> None:
         """Set the journal's modification time to now: its spawner is alive."""
-        try:
-            if os.fstat(self.fd).st_nlink == 0:
-                os.makedirs(self.directory, exist_ok=True)
-                self._compact()
-            else:
+        if not self._made_again():
+            try:
                 os.utime(self.fd)
-        except OSError:
-            pass
+            except OSError:
+                pass
 
     def starting(self, token: str, stderr: str) -> None:
         """Record, and write at once, that attempt ``token`` is about to start.
@@ -281,13 +231,9 @@ class Journal:
         token, stderr : `str`
             The attempt's token and the path of its stderr log.
         """
-        self.being_started = (token, stderr)
-        self.pending.append(self._starting_line(token, stderr))
+        self.being_started = f"> {token} {json.dumps(stderr)}\n"
+        self.pending.append(self.being_started)
         self.write()
-
-    @staticmethod
-    def _starting_line(token: str, stderr: str) -> str:
-        return f"> {token} {json.dumps(stderr)}\n"
 
     def started(self, pid: int, token: str, stderr: str) -> None:
         """Record that attempt ``token`` runs as process group ``pid``.
@@ -299,13 +245,9 @@ class Journal:
         token, stderr : `str`
             The attempt's token and the path of its stderr log.
         """
-        self.being_started = None
-        self.running[pid] = (token, stderr)
-        self.pending.append(self._line(pid, token, stderr))
-
-    @staticmethod
-    def _line(pid: int, token: str, stderr: str) -> str:
-        return f"+ {pid} {token} {json.dumps(stderr)}\n"
+        self.being_started = ""
+        self.running[pid] = f"+ {pid} {token} {json.dumps(stderr)}\n"
+        self.pending.append(self.running[pid])
 
     def ended(self, pid: int) -> None:
         """Record that process group ``pid`` ended.
@@ -320,9 +262,7 @@ class Journal:
 
     def _compact(self) -> None:
         """Rewrite the journal with only the running jobs (atomically)."""
-        text = "".join(self._line(pid, *job) for pid, job in self.running.items())
-        if self.being_started is not None:
-            text += self._starting_line(*self.being_started)
+        text = "".join(self.running.values()) + self.being_started
         tmp = self.path + ".tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -331,7 +271,7 @@ class Journal:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
-            new_fd = self._open(self.path)
+            new_fd = os.open(self.path, _APPEND, 0o600)
         except OSError:
             return
         os.close(self.fd)
@@ -362,7 +302,7 @@ class Journals:
         self.next_refresh = 0.0  # monotonic
 
     def of(self, pid_file: str) -> Journal | None:
-        """The journal of the directory of ``pid_file`` (`None`: none can be made).
+        """The journal of the directory of ``pid_file``, made on first use.
 
         Parameters
         ----------
@@ -372,7 +312,7 @@ class Journals:
         Returns
         -------
         journal : `Journal` or `None`
-            The journal of its directory (made on first use).
+            The journal, `None` if none can be made.
         """
         directory = os.path.dirname(pid_file)
         if not directory:
@@ -396,7 +336,7 @@ class Journals:
             journal.write()
 
     def refresh(self, busy: bool) -> float | None:
-        """While ``busy``, refresh the journals' modification time every `JOURNAL_REFRESH` seconds.
+        """While ``busy`` (jobs run), `Journal.touch` each journal every `JOURNAL_REFRESH` seconds.
 
         Parameters
         ----------

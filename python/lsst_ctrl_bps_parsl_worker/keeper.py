@@ -26,17 +26,12 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The keeper of a local-pool spawner: the spawner's parent, which outlives it.
+"""The keeper of a local-pool spawner: the spawner's parent, which outlives
+it to record the exit status of a dead spawner's jobs (reliability.md, P1).
 
-Why and how it records the exit status of a dead spawner's jobs is in
-reliability.md, P1; a job the journal does not name stays unreaped for
-`HOLD_UNNAMED` seconds, for the spawner taking over to read from ``/proc``.
-
-It holds nothing of the wire nor of the terminal (stdin and stderr on
-``/dev/null``; stdout only to add ``exit <exit code>`` after the spawner's
-last reply), and exits when it has no children left; when the spawner exited
-by itself (status 0), every child left is a process a job left behind, and
-it kills them (`LEFTOVER_WAIT`). Standard library only.
+It holds nothing of the wire nor of the terminal (stdout only to add ``exit
+<exit code>`` after the spawner's last reply), and exits when it has no
+children left. Standard library only.
 """
 
 from __future__ import annotations
@@ -49,16 +44,17 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .exits import log_exit_status, record_exit
-from .journal import journal_entries, journal_logs, journal_name, journal_starting
-from .processes import ATTEMPT_ENV
+from .exits import ended_child, exit_code_of, log_exit_status, reap, record_exit
+from .journal import journal_jobs, journal_name
+from .processes import live_jobs
 
 __all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "become_subreaper", "keep")
 
 _EXEC_WAIT = 0.05
 """Seconds for a job being started when the spawner died to reach its ``exec``."""
 HOLD_UNNAMED = 10.0
-"""Seconds an ended job that the journal does not name stays unreaped."""
+"""Seconds an ended job that the journal does not name stays unreaped, for
+the spawner taking over to read its exit status from ``/proc``."""
 LEFTOVER_WAIT = 5.0
 """Seconds at most spent killing what jobs left behind once the spawner exited by itself."""
 _PR_SET_CHILD_SUBREAPER = 36
@@ -122,22 +118,40 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
             sys.stderr.flush()
             os._exit(code)
     os.close(dirs_w)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 2)  # it may outlive the run (jobs left behind): it holds no terminal open
-    os.close(devnull)
+    _to_devnull(0, 2)  # it may outlive the run (jobs left behind): it holds no terminal open
     code = _await_spawner(spawner)
     try:
         os.write(1, f"\nexit {code}\n".encode())
     except OSError:
         pass  # nobody reads the wire any more
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
+    _to_devnull(1)
     if code == 0:
+        # The spawner exited by itself: every child left is a process a job left behind.
         _end_leftovers()
     _keep_orphans(_read_dirs(dirs_r), journal_name(host, spawner))
     return code
+
+
+def _to_devnull(*fds: int) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _read_dirs(fd: int) -> set[str]:
+    """The journals' directories the spawner wrote to ``fd`` (closed)."""
+    dirs = set()
+    try:
+        with open(fd, "rb") as stream:
+            for line in stream:
+                try:
+                    dirs.add(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return dirs
 
 
 def _await_spawner(spawner: int) -> int:
@@ -147,61 +161,34 @@ def _await_spawner(spawner: int) -> int:
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
-        except InterruptedError:
-            continue
         except ChildProcessError:
             return 255
         if pid == spawner:
-            return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            return exit_code_of(status)[0]
 
 
 def _end_leftovers() -> None:
-    """SIGKILL every child left (what jobs left behind) with its process
-    group, again for what they leave in turn, for `LEFTOVER_WAIT` s at most.
+    """SIGKILL every child left with its process group, again for what they
+    leave in turn, for `LEFTOVER_WAIT` s at most.
     """
     deadline = time.monotonic() + LEFTOVER_WAIT
     while time.monotonic() < deadline:
         children = _children()
         if not children:
             return
-        for pid, live in children:
-            if live:
+        for pid, fields in children.items():
+            if fields[0] != b"Z":
                 for kill, target in ((os.killpg, pid), (os.kill, pid)):
                     try:
                         kill(target, signal.SIGKILL)
                     except OSError:
                         pass
-        while True:
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    break
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] != 0:
+                pass
+        except ChildProcessError:
+            return
         time.sleep(0.02)
-
-
-def _read_dirs(fd: int) -> set[str]:
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    os.close(fd)
-    dirs = set()
-    for line in data.decode(errors="replace").splitlines():
-        try:
-            dirs.add(json.loads(line))
-        except ValueError:
-            continue
-    return dirs
 
 
 def _keep_orphans(dirs: set[str], journal: str) -> None:
@@ -211,29 +198,22 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
     logs: dict[int, Named] = {}
     starting: dict[str, Named] = {}
     for directory in dirs:
-        path = os.path.join(directory, journal)
-        tokens = journal_entries(path)[0]
-        for pid, stderr in journal_logs(path).items():
-            if pid in tokens:
-                logs[pid] = (directory, tokens[pid], stderr)
-        for token, stderr in journal_starting(path).items():
-            starting[token] = (directory, token, stderr)
+        running, _, being_started = journal_jobs(os.path.join(directory, journal))
+        logs.update((pid, (directory, token, err)) for pid, (token, err) in running.items() if err)
+        starting.update((token, (directory, token, err)) for token, err in being_started.items())
     if starting:
         _name_starting(logs, starting)
         time.sleep(_EXEC_WAIT)  # a job started as the spawner died may not carry its token yet
         _name_starting(logs, starting)
     held: dict[int, float] = {}
     while True:
-        flags = os.WEXITED | os.WNOWAIT | (os.WNOHANG if held else 0)
         try:
-            info = os.waitid(os.P_ALL, 0, flags)
-        except InterruptedError:
-            continue
+            info = ended_child(block=not held)
         except ChildProcessError:
             return
-        ended = set(_ended_children())
-        if info is not None and info.si_pid:
-            ended.add(info.si_pid)
+        ended = {pid for pid, fields in _children().items() if fields[0] == b"Z"}
+        if info is not None:
+            ended.add(info[0])
         for pid in ended:
             if _settle(pid, logs, held):
                 held.pop(pid, None)
@@ -245,38 +225,16 @@ def _name_starting(logs: dict[int, Named], starting: dict[str, Named]) -> None:
     """Add to ``logs`` the job the spawner was starting when it died (a child
     leading its own session, with the token of the journal's ``>`` line).
     """
+    children = _children()
+    for token, pid in live_jobs().items():
+        if token in starting and pid in children:
+            logs.setdefault(pid, starting[token])
+
+
+def _children() -> dict[int, list[bytes]]:
+    """The fields of ``/proc/<pid>/stat`` after the command (state first) of this process's children."""
     me = str(os.getpid()).encode()
-    prefix = f"{ATTEMPT_ENV}=".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in logs:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stream:
-                data = stream.read()
-            fields = data[data.rindex(b")") + 2 :].split()
-            if fields[1] != me or fields[3] != entry.encode():
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as stream:
-                environ = stream.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        for item in environ.split(b"\0"):
-            if item.startswith(prefix):
-                named = starting.get(item[len(prefix) :].decode(errors="replace"))
-                if named is not None:
-                    logs[int(entry)] = named
-                break
-
-
-def _ended_children() -> list[int]:
-    """Pids of this process's children that ended and are not reaped."""
-    return [pid for pid, live in _children() if not live]
-
-
-def _children() -> list[tuple[int, bool]]:
-    """(pid, whether it is alive) of this process's children."""
-    me = str(os.getpid()).encode()
-    found = []
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -287,7 +245,7 @@ def _children() -> list[tuple[int, bool]]:
             continue
         fields = data[data.rindex(b")") + 2 :].split()
         if fields[1] == me:
-            found.append((int(entry), fields[0] != b"Z"))
+            found[int(entry)] = fields
     return found
 
 
@@ -299,18 +257,14 @@ def _settle(pid: int, logs: dict[int, Named], held: dict[int, float]) -> bool:
     if named is None and time.monotonic() < held.setdefault(pid, time.monotonic() + HOLD_UNNAMED):
         return False
     try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        ended = ended_child(pid)
     except ChildProcessError:
         return True
-    if info is None:
+    if ended is None:
         return False
     if named is not None:
         directory, token, stderr = named
-        code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
-        record_exit(directory, token, code)
-        log_exit_status(stderr, code)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+        record_exit(directory, token, ended[1])
+        log_exit_status(stderr, ended[1])
+    reap(pid)
     return True

@@ -25,38 +25,30 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The local pool's spawner: a small single-threaded process that starts,
-reaps and reports the pool's jobs within a core and memory budget.
+"""The local pool's spawner: a single-threaded process that starts, reaps and
+reports the pool's jobs within a core and memory budget (design.md, Local pools).
 
 Standard library only: `LocalPoolExecutor` runs it as ``python -S spawner.py
-CORES MEMORY`` (``MEMORY`` in MB, or ``none``), through its keeper
-(`keeper`), which forks the spawner and outlives it.
+CORES MEMORY`` (``MEMORY`` in MB, or ``none``) through its keeper (`keeper`).
 
 Wire protocol
 -------------
 Requests, one JSON object per line on stdin:
 
 ``{"id": N, "shell", "prefix", "env", "command", "out", "err", "pid_file", "token", "cores", "memory", "time_limit", "warm"}``
-    Start the job (`launch.Launcher.spawn_job`) once ``cores`` cores and
-    ``memory`` MB fit in the budget, first come first served (a request
-    larger than the budget gets all of it); ``prefix``, ``env`` may be left
-    out. Its exit status is recorded (`exits.record_exit`, in the directory
-    of ``pid_file``) before it is reaped. ``token`` is exported as
-    ``BPS_PARSL_ATTEMPT``; after ``time_limit`` seconds (monotonic clock,
-    or ``null``) its processes get SIGTERM, then SIGKILL `processes.KILL_GRACE`
-    later. When it ends, what is left in its process group is killed at
-    once, what carries its token elsewhere within `LEFTOVER_SWEEP` seconds.
-    ``N`` is unique within the executor. ``warm`` lets a ``pipetask
-    run-qbb`` job start warm (`warm`).
+    Start the job (`launch.Launcher.spawn_job`; ``prefix``, ``env`` may be
+    left out) once ``cores`` and ``memory`` (MB) fit, first come first
+    served. ``N`` is unique within the executor; ``token`` is exported as
+    ``BPS_PARSL_ATTEMPT``; the exit status is recorded in the directory of
+    ``pid_file``; ``time_limit`` is in seconds (or ``null``); ``warm`` lets a
+    ``pipetask run-qbb`` job start warm (`warm`).
 ``{"op": "stop"}``
     Fail every queued job and kill every running one.
 ``{"op": "drain"}``
     Fail every queued job and every later request; running jobs end.
 ``{"op": "resume", "spawner": PID, "jobs": [request, ...]}``
     First line of a spawner that replaces one that died: take over its
-    unanswered requests; a job that had started is followed to its end (its
-    exit status read from ``/proc`` or the exit records), never started
-    again; the others are queued.
+    unanswered requests (reliability.md, P1).
 
 End of input drops the queued jobs, lets the running ones finish, then the
 spawner exits. Replies on stdout: first ``spawner <pid>``, then per ended job::
@@ -65,19 +57,17 @@ spawner exits. Replies on stdout: first ``spawner <pid>``, then per ended job::
 
 ``start`` is ``-`` when the pool stopped before the job started, ``!`` when
 it could not be started (exit code 126, 127 for something missing; reason
-in its log; EAGAIN and ENOMEM are first tried again, `launch.START_RETRY_DELAYS`),
-``?`` when unknown (a job followed after a spawner died); times are epoch
-seconds; a signal ``s`` gives exit code ``128 + s``. ``note <text>`` is a
-line for the driver's log (why jobs started cold, once per reason). Once the
-spawner ended its keeper adds ``exit <exit code>``. While jobs are queued,
-replies may wait up to 20 ms to be written together.
-
-Which jobs run is kept in a journal (`journal`).
+in its log), ``?`` when unknown (a job followed after a spawner died); times
+are epoch seconds; a signal ``s`` gives exit code ``128 + s``. ``note
+<text>`` is a line for the driver's log (why jobs started cold, once per
+reason). Once the spawner ended its keeper adds ``exit <exit code>``. While
+jobs are queued, replies may wait up to 20 ms to be written together.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
@@ -91,8 +81,15 @@ if __name__ == "__main__":
     # in the top-level package next to ``lsst/``.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lsst_ctrl_bps_parsl_worker.exits import ended_child, log_exit_status, reap, record_exit  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.journal import Journal, Journals  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.exits import (  # noqa: E402
+    ended_child,
+    log_exit_status,
+    reap,
+    record_exit,
+    recorded_exits,
+    zombie_exit_code,
+)
+from lsst_ctrl_bps_parsl_worker.journal import Journal, Journals, journal_jobs, journal_name  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.keeper import keep  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.launch import (  # noqa: E402
     START_RETRY_DELAYS,
@@ -100,15 +97,16 @@ from lsst_ctrl_bps_parsl_worker.launch import (  # noqa: E402
     start_failure,
     transient_start_error,
 )
-from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     KILL_GRACE,
     append_note,
-    attempt_processes,
     end_group,
+    job_alive,
     kill_attempts,
+    live_jobs,
+    process_start_time,
     signal_attempts,
 )
-from lsst_ctrl_bps_parsl_worker.takeover import TakeOver  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
 __all__ = ("Spawner", "main")
@@ -125,7 +123,7 @@ _SWEEPS_PER_TOKEN = 2
 """Sweeps that must find nothing of an ended job before it is forgotten."""
 
 
-class Spawner(TakeOver):
+class Spawner:
     """Queue, start and reap jobs within a core and memory budget.
 
     Parameters
@@ -140,12 +138,13 @@ class Spawner(TakeOver):
 
     def __init__(self, cores: int, memory: int | None, out: list[str], dirs_fd: int = -1) -> None:
         self.cores = cores
-        self.memory = memory
+        self.memory = math.inf if memory is None else memory
         self.free_cores = cores
-        self.free_memory = memory
+        self.free_memory = self.memory
         self.queue: deque[dict] = deque()
         self.running: dict[int, dict] = {}
         self.adopted: dict[int, dict] = {}
+        """Jobs started by a spawner that died, by pid: not children, followed through ``/proc``."""
         self.kills: list[tuple[float, str]] = []
         """(when, token): SIGKILL still due to a job killed for its walltime (monotonic clock)."""
         self.ended_tokens: dict[str, int] = {}
@@ -162,45 +161,37 @@ class Spawner(TakeOver):
         self.launcher = Launcher()
         self.warm = WarmStarts(self._note)
 
-    def _share(self, job: dict) -> tuple[int, int]:
-        cores = min(int(job.get("cores") or 1), self.cores)
-        memory = min(int(job.get("memory") or 0), self.memory) if self.memory is not None else 0
-        return cores, memory
-
-    def _fits(self, job: dict) -> bool:
-        cores, memory = self._share(job)
-        return self.free_cores >= cores and (self.free_memory is None or self.free_memory >= memory)
+    def _share(self, job: dict) -> tuple[int, float]:
+        """Cores and memory the job takes (at most the whole budget)."""
+        return min(int(job.get("cores") or 1), self.cores), min(int(job.get("memory") or 0), self.memory)
 
     def _take(self, job: dict) -> None:
         cores, memory = job["taken"] = self._share(job)
         self.free_cores -= cores
-        if self.free_memory is not None:
-            self.free_memory -= memory
+        self.free_memory -= memory
 
-    def _reply(
-        self, job: dict, code: int, sig: int | None, start: float | str | None, timed_out: bool = False
-    ) -> None:
-        """Report an ended job; ``start`` `None`: never started, ``"?"``: unknown."""
+    def _give_back(self, job: dict) -> None:
+        cores, memory = job.pop("taken", (0, 0))
+        self.free_cores += cores
+        self.free_memory += memory
+
+    def _send(self, line: str) -> None:
         if not self.out:
             self.out_since = time.monotonic()
+        self.out.append(line)
+
+    def _reply(self, job: dict, code: int, start: float | str | None, timed_out: bool = False) -> None:
+        """Report an ended job; ``start`` `None`: never started, ``"?"``: unknown."""
+        sig = code - 128 if 128 < code < 128 + 65 else "-"
         started = "-" if start is None else start if isinstance(start, str) else repr(start)
-        self.out.append(
-            f"{job['id']} {code} {'-' if sig is None else sig} {started} {time.time()!r} {int(timed_out)}\n"
-        )
+        self._send(f"{job['id']} {code} {sig} {started} {time.time()!r} {int(timed_out)}\n")
 
     def _note(self, text: str) -> None:
         """Send a line for the driver's log (`warm.WarmStarts`)."""
-        if not self.out:
-            self.out_since = time.monotonic()
-        self.out.append(f"note {' '.join(text.split())}\n")
+        self._send(f"note {' '.join(text.split())}\n")
 
     def _journal(self, job: dict) -> Journal | None:
-        """The journal of the directory of the job's ``pid_file`` (`None`: none can be made)."""
         return self.journals.of(job.get("pid_file") or "")
-
-    def _refresh_journals(self) -> float | None:
-        """Seconds until the journals' next refresh (`Journals.refresh`), `None` when no job runs."""
-        return self.journals.refresh(bool(self.running or self.adopted))
 
     def start_ready(self) -> float | None:
         """Start the queued jobs that fit. Any error but a passing one
@@ -212,7 +203,10 @@ class Spawner(TakeOver):
             Seconds until a start that failed for a passing reason is tried
             again, `None` if none is due.
         """
-        while self.queue and not self.stopping and self._fits(self.queue[0]):
+        while self.queue and not self.stopping:
+            cores, memory = self._share(self.queue[0])
+            if cores > self.free_cores or memory > self.free_memory:
+                break
             wait = self.hold_until - time.monotonic()
             if wait > 0:
                 return wait
@@ -229,7 +223,7 @@ class Spawner(TakeOver):
                     self.hold_until = time.monotonic() + START_RETRY_DELAYS[tries]
                     continue
                 code = start_failure(job["err"], exc, tries, job.get("pid_file") or "", job["token"])
-                self._reply(job, code, None, "!")
+                self._reply(job, code, "!")
         return None
 
     def _spawn(self, job: dict) -> None:
@@ -257,13 +251,7 @@ class Spawner(TakeOver):
             journal.started(pid, job["token"], job["err"])
             journal.write()
 
-    def _give_back(self, job: dict) -> None:
-        cores, memory = job.pop("taken", (0, 0))
-        self.free_cores += cores
-        if self.free_memory is not None:
-            self.free_memory += memory
-
-    def _ended(self, pid: int, job: dict, code: int, sig: int | None, start: float | str) -> None:
+    def _ended(self, pid: int, job: dict, code: int) -> None:
         self.ended_tokens[job["token"]] = _SWEEPS_PER_TOKEN
         journal = self._journal(job)
         if journal is not None:
@@ -272,7 +260,7 @@ class Spawner(TakeOver):
         timed_out = job.get("timed_out", False)
         if timed_out:
             append_note(job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n")
-        self._reply(job, code, sig, start, timed_out)
+        self._reply(job, code, job["start"], timed_out)
 
     def reap(self) -> None:
         """Answer each ended job, record its exit status, then reap it."""
@@ -283,17 +271,94 @@ class Spawner(TakeOver):
                 return
             if ended is None:
                 return
-            pid, code, sig = ended
+            pid, code = ended
             job = self.running.pop(pid, None)
             if job is not None:
                 # Unreaped, its pid still names its process group: end what it left there.
                 end_group(pid)
-                self._ended(pid, job, code, sig, job["start"])
+                self._ended(pid, job, code)
                 if self._flush_due() == 0.0:
                     self.flush()
                 record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code)
                 log_exit_status(job["err"], code)
             reap(pid)
+
+    # ---- the jobs of a spawner that died ----
+
+    def _resume(self, dead_spawner: int, jobs: list[dict]) -> None:
+        """Take over the requests a spawner that died had not answered: a job
+        it had started (its journal says so, its process is alive, or its
+        stderr log exists) is followed to its end or answered at once
+        (`_answer_from_log`), never started again; the others are queued.
+        """
+        live = live_jobs()
+        started: set[str] = set()
+        journaled: dict[str, int] = {}
+        old_journals = {
+            os.path.join(directory, journal_name(_HOST, dead_spawner))
+            for directory in {os.path.dirname(job.get("pid_file") or "") for job in jobs}
+            if directory
+        }
+        for path in old_journals:
+            running, tokens, _ = journal_jobs(path)
+            started |= tokens
+            journaled.update((token, pid) for pid, (token, _) in running.items())
+        for job in jobs:
+            token = job["token"]
+            pid = live.get(token)
+            if pid is not None:
+                self._adopt(pid, job)
+            elif token in started or os.path.exists(job["err"]):
+                self._reply(job, self._answer_from_log(job, journaled.get(token)), "?")
+            else:
+                self.queue.append(job)
+        self.journals.write()
+        for path in old_journals:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _adopt(self, pid: int, job: dict) -> None:
+        self._take(job)
+        start = process_start_time(pid)
+        job["start"] = start if start is not None else "?"
+        limit = job.get("time_limit")
+        ran = time.time() - start if start is not None else 0.0
+        job["deadline"] = time.monotonic() + limit - ran if limit else None
+        self.adopted[pid] = job
+        journal = self._journal(job)
+        if journal is not None:
+            journal.started(pid, job["token"], job["err"])
+
+    @staticmethod
+    def _answer_from_log(job: dict, pid: int | None) -> int:
+        """Exit code of a job that a spawner that died had started: read from
+        ``/proc`` while the job (``pid``) ended unreaped, else from the exit
+        records (where that spawner, or its keeper, recorded it).
+        """
+        directory = os.path.dirname(job.get("pid_file") or "")
+        code = zombie_exit_code(pid) if pid is not None else None
+        if code is not None:
+            record_exit(directory, job["token"], code)
+            log_exit_status(job["err"], code)
+            return code
+        code = recorded_exits(directory).get(job["token"]) if directory else None
+        if code is None:
+            append_note(
+                job["err"],
+                "[bps-parsl] the job pool's spawner died while this job ran, and neither it nor its "
+                "keeper logged an exit status: counted as failed\n",
+            )
+            return -1
+        return code
+
+    def _poll_adopted(self) -> None:
+        """Answer the adopted jobs that ended."""
+        for pid, job in list(self.adopted.items()):
+            if not job_alive(pid, job["token"]):
+                del self.adopted[pid]
+                self._ended(pid, job, self._answer_from_log(job, pid))
 
     # ---- time limits and stopping ----
 
@@ -306,14 +371,11 @@ class Spawner(TakeOver):
             Seconds to the next deadline or due SIGKILL, `None` if none.
         """
         now = time.monotonic()
-        soonest = None
-        if self.kills:
-            due = [token for when, token in self.kills if when <= now]
-            if due:
-                self.kills = [(when, token) for when, token in self.kills if when > now]
-                signal_attempts(signal.SIGKILL, due)
-            if self.kills:
-                soonest = min(when for when, _ in self.kills)
+        due = [token for when, token in self.kills if when <= now]
+        if due:
+            self.kills = [(when, token) for when, token in self.kills if when > now]
+            signal_attempts(signal.SIGKILL, due)
+        soonest = min((when for when, _ in self.kills), default=None)
         for jobs in (self.running, self.adopted):
             for pid, job in jobs.items():
                 deadline = job.get("deadline")
@@ -340,28 +402,16 @@ class Spawner(TakeOver):
         if not force and now < self.next_sweep:
             return self.next_sweep - now
         self.next_sweep = now + LEFTOVER_SWEEP
-        found = attempt_processes(self.ended_tokens)
-        if found:
-            signal_attempts(signal.SIGKILL, groups=set(found.values()))
-            for pid in found:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        else:
+        if not signal_attempts(signal.SIGKILL, self.ended_tokens):
             # Nothing left this time: a token is forgotten after that many such sweeps.
-            for token, left in list(self.ended_tokens.items()):
-                if left <= 1:
-                    del self.ended_tokens[token]
-                else:
-                    self.ended_tokens[token] = left - 1
+            self.ended_tokens = {token: left - 1 for token, left in self.ended_tokens.items() if left > 1}
         return LEFTOVER_SWEEP if self.ended_tokens else None
 
     def _drop_queued(self) -> None:
         """Start no more jobs: fail the queued ones."""
         self.stopping = True
         while self.queue:
-            self._reply(self.queue.popleft(), -1, None, None)
+            self._reply(self.queue.popleft(), -1, None)
 
     def _stop(self) -> None:
         """Fail queued jobs, kill running ones (SIGTERM, then SIGKILL)."""
@@ -398,19 +448,13 @@ class Spawner(TakeOver):
             except OSError:
                 pass  # the driver is gone: nobody reads the replies
 
-    def _close(self) -> None:
-        """Stop the warm processes, remove the journals (every job has ended)."""
-        self.warm.close()
-        self.flush()
-        self.journals.close()
-
     def handle(self, request: dict) -> None:
         """Act on one request line.
 
         Parameters
         ----------
         request : `dict`
-            The decoded request (a job, ``stop`` or ``resume``).
+            The decoded request (a job, ``stop``, ``drain`` or ``resume``).
         """
         op = request.get("op")
         if op == "stop":
@@ -420,13 +464,13 @@ class Spawner(TakeOver):
         elif op == "resume":
             self._resume(int(request["spawner"]), request["jobs"])
         elif self.stopping:
-            self._reply(request, -1, None, None)
+            self._reply(request, -1, None)
         else:
             self.queue.append(request)
 
 
 def main(argv: list[str], dirs_fd: int = -1) -> int:
-    """Serve requests from stdin until end of input (``dirs_fd``: see `keeper.keep`).
+    """Serve requests from stdin until end of input.
 
     Parameters
     ----------
@@ -440,29 +484,24 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
     code : `int`
         Exit status.
     """
-    cores = int(argv[1])
     memory = int(argv[2]) if argv[2] != "none" else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobs do not inherit it (`Launcher`)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    spawner = Spawner(cores, memory, [f"spawner {os.getpid()}\n"], dirs_fd)
+    spawner = Spawner(int(argv[1]), memory, [f"spawner {os.getpid()}\n"], dirs_fd)
     spawner.flush()
     stdin_fd = sys.stdin.fileno()
     buffer = b""
     open_input = True
     held: float | None = None
     while open_input or spawner.running or spawner.adopted:
-        timeout = spawner.check_deadlines()
-        for due in (spawner._flush_due(), spawner._sweep_leftovers(), held):
-            if due is not None:
-                timeout = due if timeout is None else min(timeout, due)
+        dues = [spawner.check_deadlines(), spawner._flush_due(), spawner._sweep_leftovers(), held]
         if spawner.adopted:
-            timeout = _ADOPTED_POLL if timeout is None else min(timeout, _ADOPTED_POLL)
-        refresh = spawner._refresh_journals()
-        if refresh is not None:
-            timeout = refresh if timeout is None else min(timeout, refresh)
+            dues.append(_ADOPTED_POLL)
+        dues.append(spawner.journals.refresh(bool(spawner.running or spawner.adopted)))
+        timeout = min((due for due in dues if due is not None), default=None)
         readable, _, _ = select.select([stdin_fd, wake_r] if open_input else [wake_r], [], [], timeout)
         if wake_r in readable:
             os.read(wake_r, 4096)
@@ -487,7 +526,10 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
         if spawner._sweep_leftovers(force=True) is None:
             break
         time.sleep(0.01)
-    spawner._close()
+    # Every job has ended: stop the warm processes, remove the journals.
+    spawner.warm.close()
+    spawner.flush()
+    spawner.journals.close()
     return 0
 
 
