@@ -71,9 +71,9 @@ def test_the_keeper_logs_the_exit_status_of_jobs_whose_spawner_was_killed(tmp_pa
     keeper, spawner_pid = _start(tmp_path, scripts)
     journal = tmp_path / "running" / f"spawner.{os.uname().nodename}.{spawner_pid}"
     logs = _wait_for(
-        lambda: len(journal_jobs(str(journal))[0]) == 3 and journal_jobs(str(journal))[0], 10, "3 jobs"
+        lambda: len(journal_jobs(str(journal)).logs) == 3 and journal_jobs(str(journal)).logs, 10, "3 jobs"
     )
-    assert sorted(err for _, err in logs.values()) == [str(tmp_path / f"{n}.err") for n in range(3)]
+    assert sorted(logs.values()) == [str(tmp_path / f"{n}.err") for n in range(3)]
     os.kill(spawner_pid, signal.SIGKILL)
     rest = keeper.stdout.read()
     assert rest.split()[-2:] == ["exit", str(128 + signal.SIGKILL)], rest
@@ -125,7 +125,7 @@ def test_the_keeper_names_the_job_its_spawner_died_starting(tmp_path: Path) -> N
     journal.started(12345, "keeper-test/b/1", str(tmp_path / "b.err"))
     journal.starting("keeper-test/c/1", str(tmp_path / "c.err"))
     journal.write()
-    starting = journal_jobs(journal.path)[2]
+    starting = journal_jobs(journal.path).starting
     assert starting == {
         "keeper-test/a/1": str(tmp_path / "a.err"),
         "keeper-test/c/1": str(tmp_path / "c.err"),

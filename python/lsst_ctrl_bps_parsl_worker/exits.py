@@ -39,12 +39,14 @@ from __future__ import annotations
 import os
 import socket
 
+from .processes import append_note
+
 __all__ = (
     "EXITS_PREFIX",
     "EXIT_MARKER",
     "ended_child",
     "exit_code_of",
-    "log_exit_status",
+    "orphan_exit_code",
     "record_exit",
     "recorded_exits",
     "reap",
@@ -59,9 +61,11 @@ _RECORDS: dict[str, tuple[int, int]] = {}
 """(pid, fd) of this process's open exit record by directory (a fork opens its own)."""
 
 
-def record_exit(directory: str, token: str, code: int) -> None:
+def record_exit(directory: str, token: str, code: int, err: str) -> None:
     """Record that attempt ``token`` exited with ``code`` in this process's exit
-    record in ``directory``; errors are ignored (the attempt then counts as not finished).
+    record in ``directory``, then say it in the attempt's stderr log (for its
+    reader, never read back); errors are ignored (the attempt then counts as
+    not finished).
 
     Parameters
     ----------
@@ -69,28 +73,40 @@ def record_exit(directory: str, token: str, code: int) -> None:
         Directory of the exit records (empty: nothing is recorded); the attempt's token.
     code : `int`
         The attempt's exit status.
+    err : `str`
+        The attempt's stderr log (nothing is said if it does not exist).
     """
-    if not directory:
+    if directory:
+        _append_record(directory, f"{token} {code}\n".encode())
+    try:
+        fd = os.open(err, os.O_WRONLY | os.O_APPEND)
+    except (OSError, ValueError):
         return
-    line = f"{token} {code}\n".encode()
+    try:
+        os.write(fd, f"{EXIT_MARKER}{code}\n".encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _append_record(directory: str, line: bytes) -> None:
+    """Append ``line`` to this process's exit record in ``directory`` (made again if removed)."""
     for _ in range(2):
         pid, fd = _RECORDS.get(directory, (0, -1))
         try:
             if pid != os.getpid() or os.fstat(fd).st_nlink == 0:
-                fd = _open_record(directory)
+                _forget(directory)
+                os.makedirs(directory, exist_ok=True)
+                path = os.path.join(directory, f"{EXITS_PREFIX}{_HOST}.{os.getpid()}")
+                fd = os.open(
+                    path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+                )
+                _RECORDS[directory] = (os.getpid(), fd)
             os.write(fd, line)
             return
         except (OSError, ValueError):
             _forget(directory)
-
-
-def _open_record(directory: str) -> int:
-    _forget(directory)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{EXITS_PREFIX}{_HOST}.{os.getpid()}")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    _RECORDS[directory] = (os.getpid(), fd)
-    return fd
 
 
 def _forget(directory: str) -> None:
@@ -133,28 +149,6 @@ def recorded_exits(directory: str) -> dict[str, int]:
             except ValueError:
                 continue
     return found
-
-
-def log_exit_status(err_path: str, code: int) -> None:
-    """Say a job's exit status in its stderr log, if that exists (for its reader, never read back).
-
-    Parameters
-    ----------
-    err_path : `str`
-        Path of the job's stderr log.
-    code : `int`
-        The job's exit status.
-    """
-    try:
-        fd = os.open(err_path, os.O_WRONLY | os.O_APPEND)
-    except (OSError, ValueError):
-        return
-    try:
-        os.write(fd, f"{EXIT_MARKER}{code}\n".encode())
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def exit_code_of(status: int) -> tuple[int, int | None]:
@@ -245,3 +239,35 @@ def zombie_exit_code(pid: int) -> int | None:
         return exit_code_of(int(fields[49]))[0]
     except (OSError, ValueError, IndexError):
         return None
+
+
+def orphan_exit_code(directory: str, token: str, err: str, pid: int | None) -> int:
+    """Exit code of an attempt whose spawner died: read from ``/proc`` while it
+    (process ``pid``) ended unreaped, and recorded; else from the exit records
+    (its spawner's or keeper's); else ``-1``, said in its stderr log.
+
+    Parameters
+    ----------
+    directory, token, err : `str`
+        Directory of the exit records; the attempt's token and stderr log.
+    pid : `int` or `None`
+        Its process, if known.
+
+    Returns
+    -------
+    code : `int`
+        Its exit code, ``-1`` if none was recorded.
+    """
+    code = zombie_exit_code(pid) if pid is not None else None
+    if code is not None:
+        record_exit(directory, token, code, err)
+    elif directory:
+        code = recorded_exits(directory).get(token)
+    if code is not None:
+        return code
+    append_note(
+        err,
+        "[bps-parsl] the job pool's spawner died while this job ran, and neither it nor its "
+        "keeper logged an exit status: counted as failed\n",
+    )
+    return -1

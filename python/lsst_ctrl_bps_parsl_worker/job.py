@@ -31,7 +31,7 @@ The job starts as the local pool's spawner starts its jobs
 (`launch.Launcher.spawn_job`), warm when it can (`warm`). While it runs, a
 small file names its host and process group, for report, cancel and a
 restart. Its exit status is recorded as it is reaped (`exits.record_exit`);
-a job killed with its worker (`guard`) has none and counts as not finished.
+a job killed with its worker (`keeper.orphan_guard`) has none and counts as not finished.
 A job that cannot start fails as reliability.md, J1 says. When it ends, what
 it left behind is killed (P2). On the local pool the spawner does all this.
 """
@@ -46,8 +46,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .exits import exit_code_of, log_exit_status, record_exit
-from .guard import orphan_guard
+from .exits import exit_code_of, record_exit
+from .keeper import orphan_guard
 from .launch import START_RETRY_DELAYS, current_launcher, job_script, start_failure, transient_start_error
 from .processes import append_note, end_group, kill_attempts, signal_attempts, write_text
 from .warm import warm_starts
@@ -192,8 +192,7 @@ def _run(
             timed_out = True
             kill_attempts((token,), groups=(pid,))
         returncode, sig = exit_code_of(_reap(pid))
-        record_exit(os.path.dirname(pid_file), token, returncode)
-        log_exit_status(err_path, returncode)
+        record_exit(os.path.dirname(pid_file), token, returncode, err_path)
         _end_leftovers(token)
         if starts is not None:
             # A subreaper adopts what any job leaves behind: reap those that ended.

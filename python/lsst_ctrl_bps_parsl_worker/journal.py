@@ -37,16 +37,17 @@ import json
 import os
 import socket
 import time
+from typing import NamedTuple
 
 __all__ = (
     "JOURNAL_PREFIX",
     "JOURNAL_REFRESH",
     "Journal",
+    "JournalJobs",
     "Journals",
     "journal_jobs",
     "journal_name",
     "journal_snapshot",
-    "read_journal",
 )
 
 JOURNAL_PREFIX = "spawner."
@@ -57,10 +58,18 @@ _JOURNAL_COMPACT_BYTES = 1 << 20
 """Size above which the journal is rewritten with only the running jobs."""
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
-Jobs = tuple[dict[int, tuple[str, str]], set[str], dict[str, str]]
-"""What a journal says: ``{pid: (token, stderr log)}`` of the running jobs
-(log ``""`` if not named), the tokens of every job that started, and
-``{token: stderr log}`` of a job being started (``>`` with no ``+`` after it)."""
+
+class JournalJobs(NamedTuple):
+    """What a journal says (`journal_jobs`); empty if it cannot be read."""
+
+    running: dict[int, str]
+    """Token of each running job, by pid."""
+    started: set[str]
+    """Token of every job that started, ended or not."""
+    logs: dict[int, str]
+    """Stderr log of each running job, by pid."""
+    starting: dict[str, str]
+    """Stderr log of the job being started (``>`` with no ``+`` after it), by token."""
 
 
 def journal_name(host: str, pid: int) -> str:
@@ -81,8 +90,8 @@ def journal_name(host: str, pid: int) -> str:
     return f"{JOURNAL_PREFIX}{host}.{pid}"
 
 
-def journal_jobs(path: str) -> Jobs:
-    """What the journal at ``path`` says (empty if unreadable).
+def journal_jobs(path: str) -> JournalJobs:
+    """What the journal at ``path`` says.
 
     Parameters
     ----------
@@ -91,37 +100,19 @@ def journal_jobs(path: str) -> Jobs:
 
     Returns
     -------
-    jobs : `Jobs`
-        Running jobs, started tokens, the job being started.
+    jobs : `JournalJobs`
+        Its running, started and starting jobs.
     """
     try:
         with open(path, "rb") as stream:
             return _parse(stream.read())
     except OSError:
-        return {}, set(), {}
-
-
-def read_journal(path: str) -> dict[int, str]:
-    """Return ``{pid: token}`` of the jobs a journal says are running.
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the journal.
-
-    Returns
-    -------
-    running : `dict` [`int`, `str`]
-        Token of each running job, by process id; empty if unreadable.
-    """
-    found = journal_snapshot(path)
-    return {} if found is None else found[0]
+        return JournalJobs({}, set(), {}, {})
 
 
 def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_result] | None:
-    """``{pid: token}`` of the running jobs, the tokens of every job that
-    started and the file's status, through one open file (on NFS, that
-    revalidates the cached attributes).
+    """`JournalJobs.running`, `JournalJobs.started` and the file's status,
+    through one open file (on NFS, that revalidates the cached attributes).
 
     Parameters
     ----------
@@ -136,34 +127,32 @@ def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_resul
     try:
         with open(path, "rb") as stream:
             info = os.fstat(stream.fileno())
-            running, started, _ = _parse(stream.read())
+            jobs = _parse(stream.read())
     except OSError:
         return None
-    return {pid: token for pid, (token, _) in running.items()}, started, info
+    return jobs.running, jobs.started, info
 
 
-def _parse(data: bytes) -> Jobs:
-    running: dict[int, tuple[str, str]] = {}
-    started: set[str] = set()
-    starting: dict[str, str] = {}
+def _parse(data: bytes) -> JournalJobs:
+    jobs = JournalJobs({}, set(), {}, {})
     for line in data.decode(errors="replace").splitlines():
         fields = line.split(" ", 3)
         try:
             if len(fields) >= 3 and fields[0] == "+":
-                token = fields[2]
-                starting.pop(token, None)
+                jobs.starting.pop(fields[2], None)
                 pid = int(fields[1])
-                running[pid] = (token, "")
-                started.add(token)
+                jobs.running[pid] = fields[2]
+                jobs.started.add(fields[2])
                 if len(fields) == 4:
-                    running[pid] = (token, json.loads(fields[3]))
+                    jobs.logs[pid] = json.loads(fields[3])
             elif len(fields) == 3 and fields[0] == ">":
-                starting[fields[1]] = json.loads(fields[2])
+                jobs.starting[fields[1]] = json.loads(fields[2])
             elif len(fields) == 2 and fields[0] == "-":
-                running.pop(int(fields[1]), None)
+                jobs.running.pop(int(fields[1]), None)
+                jobs.logs.pop(int(fields[1]), None)
         except ValueError:
             continue
-    return running, started, starting
+    return jobs
 
 
 class Journal:

@@ -26,29 +26,53 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The keeper of a local-pool spawner: the spawner's parent, which outlives
-it to record the exit status of a dead spawner's jobs (reliability.md, P1).
+"""What outlives a process that starts jobs, to look after them: the keeper
+of a local-pool spawner, and the orphan guard of a Parsl worker.
 
-It holds nothing of the wire nor of the terminal (stdout only to add ``exit
-<exit code>`` after the spawner's last reply), and exits when it has no
-children left. Standard library only.
+The keeper is the spawner's parent, which records the exit status of a dead
+spawner's jobs (reliability.md, P1). It holds nothing of the wire nor of the
+terminal (stdout only to add ``exit <exit code>`` after the spawner's last
+reply), and exits when it has no children left.
+
+The guard kills a worker's jobs when the worker or its pool dies (L3): they
+carry its mark, `WORKER_ENV` (the worker's pid and a nanosecond clock); the
+watcher is this file as a script (``python -S``), holding the read end of a
+pipe the worker keeps open. Only a worker whose main thread runs the job is
+guarded: jobs of the driver's own threads end with the driver.
+
+Standard library only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 
-from .exits import ended_child, exit_code_of, log_exit_status, reap, record_exit
-from .journal import journal_jobs, journal_name
-from .processes import live_jobs
+if __name__ == "__main__":
+    # Run as a script (python -S): the package is found next to this file's directory.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-__all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "become_subreaper", "keep")
+from lsst_ctrl_bps_parsl_worker.exits import ended_child, exit_code_of, reap, record_exit  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.journal import journal_jobs, journal_name  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.processes import kill_attempts, live_jobs  # noqa: E402
+
+__all__ = (
+    "HOLD_UNNAMED",
+    "LEFTOVER_WAIT",
+    "WORKER_ENV",
+    "OrphanGuard",
+    "become_subreaper",
+    "keep",
+    "orphan_guard",
+)
 
 _EXEC_WAIT = 0.05
 """Seconds for a job being started when the spawner died to reach its ``exec``."""
@@ -58,6 +82,10 @@ the spawner taking over to read its exit status from ``/proc``."""
 LEFTOVER_WAIT = 5.0
 """Seconds at most spent killing what jobs left behind once the spawner exited by itself."""
 _PR_SET_CHILD_SUBREAPER = 36
+WORKER_ENV = "BPS_PARSL_WORKER"
+"""Environment variable that marks every process a guarded worker's jobs start."""
+_ORPHAN_SWEEP = 0.5
+"""Seconds between two sweeps once the pool is gone and the worker is not."""
 
 Named = tuple[str, str, str]
 """(journal directory, token, stderr log) of a job the spawner's journal names."""
@@ -198,9 +226,9 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
     logs: dict[int, Named] = {}
     starting: dict[str, Named] = {}
     for directory in dirs:
-        running, _, being_started = journal_jobs(os.path.join(directory, journal))
-        logs.update((pid, (directory, token, err)) for pid, (token, err) in running.items() if err)
-        starting.update((token, (directory, token, err)) for token, err in being_started.items())
+        jobs = journal_jobs(os.path.join(directory, journal))
+        logs.update((pid, (directory, jobs.running[pid], err)) for pid, err in jobs.logs.items())
+        starting.update((token, (directory, token, err)) for token, err in jobs.starting.items())
     if starting:
         _name_starting(logs, starting)
         time.sleep(_EXEC_WAIT)  # a job started as the spawner died may not carry its token yet
@@ -264,7 +292,111 @@ def _settle(pid: int, logs: dict[int, Named], held: dict[int, float]) -> bool:
         return False
     if named is not None:
         directory, token, stderr = named
-        record_exit(directory, token, ended[1])
-        log_exit_status(stderr, ended[1])
+        record_exit(directory, token, ended[1], stderr)
     reap(pid)
     return True
+
+
+# ---- the orphan guard ----
+
+
+class OrphanGuard:
+    """The watcher of this worker process's jobs (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.mark = f"{os.getpid()}.{time.time_ns()}"
+        self._proc: subprocess.Popen | None = None
+        self._failed = False
+
+    def watch(self) -> None:
+        """Make sure the watcher runs before a job starts (started with the
+        first job, and again if it died).
+        """
+        if self._failed or (self._proc is not None and self._proc.poll() is None):
+            return
+        os.environ[WORKER_ENV] = self.mark
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-S",
+                    os.path.abspath(__file__),
+                    str(os.getpid()),
+                    str(os.getppid()),
+                    self.mark,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # it may outlive the worker: it holds no terminal open
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError:
+            # No watcher (no process left to start, say): the jobs still run, unguarded.
+            self._failed = True
+
+    def pids(self) -> tuple[int, ...]:
+        """The watcher's pid, if it was started (a child of this process).
+
+        Returns
+        -------
+        pids : `tuple` [`int`, ...]
+            The watcher's pid, or empty if it was not started.
+        """
+        return (self._proc.pid,) if self._proc is not None else ()
+
+
+_GUARD: list[OrphanGuard] = []
+
+
+def orphan_guard() -> OrphanGuard | None:
+    """Return the `OrphanGuard` of this worker process, or `None` where jobs are not
+    guarded (a thread of the driver runs them, or the worker has no parent).
+
+    Returns
+    -------
+    guard : `OrphanGuard` or `None`
+        The process's one guard, made on the first call.
+    """
+    if threading.current_thread() is not threading.main_thread() or os.getppid() == 1:
+        return None
+    if not _GUARD:
+        _GUARD.append(OrphanGuard())
+    return _GUARD[0]
+
+
+def _watch(worker: int, pool: int, mark: str) -> None:
+    """Run the watcher: wait until the worker's pipe ends or the pool exits,
+    then kill what carries the worker's mark. It ignores SIGTERM (a block's
+    cancellation leaves it time to act), SIGINT and SIGHUP.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    stdin = sys.stdin.fileno()
+    watched = [stdin]
+    sweep = None  # seconds between sweeps once the pool is gone
+    try:
+        if pool > 1:
+            watched.append(os.pidfd_open(pool))
+    except ProcessLookupError:
+        sweep = _ORPHAN_SWEEP  # it died while this watcher started
+    except OSError:
+        pass
+    marks = (f"{WORKER_ENV}={mark}",)
+    while True:
+        if sweep is not None:
+            # The worker lives on without its pool: whatever it starts is an orphan already.
+            kill_attempts(marks=marks)
+        ready, _, _ = select.select(watched, [], [], sweep)
+        if stdin in ready and not os.read(stdin, 4096):
+            kill_attempts(marks=marks)
+            # A job spawned but not yet exec'd may not show the mark yet: look once more.
+            kill_attempts(marks=marks)
+            return
+        if len(watched) > 1 and watched[1] in ready:
+            del watched[1]
+            sweep = _ORPHAN_SWEEP
+
+
+if __name__ == "__main__":
+    _watch(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

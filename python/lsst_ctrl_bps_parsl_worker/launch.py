@@ -40,7 +40,7 @@ import os
 import signal
 from collections.abc import Mapping
 
-from .exits import log_exit_status, record_exit
+from .exits import record_exit
 from .processes import ATTEMPT_ENV, append_note
 from .warm import WarmStarts
 
@@ -323,6 +323,5 @@ def start_failure(err: str, error: BaseException, retries: int, pid_file: str, t
         reason = reason[:500] + "..."
     again = f" (tried {retries + 1} times)" if retries else ""
     append_note(err, f"[bps-parsl] the job could not be started{again}: {reason}\n")
-    record_exit(os.path.dirname(pid_file), token, code)
-    log_exit_status(err, code)
+    record_exit(os.path.dirname(pid_file), token, code, err)
     return code

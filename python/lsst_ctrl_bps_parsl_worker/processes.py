@@ -138,7 +138,7 @@ def attempt_processes(
 ) -> dict[int, int]:
     """Return ``{pid: process group}`` of this user's live processes whose
     environment (read from ``/proc``) carries one of ``tokens``, a token
-    starting with ``run_prefix``, or one of ``marks`` (e.g. `guard.WORKER_ENV`).
+    starting with ``run_prefix``, or one of ``marks`` (e.g. `keeper.WORKER_ENV`).
 
     Parameters
     ----------

@@ -83,11 +83,9 @@ if __name__ == "__main__":
 
 from lsst_ctrl_bps_parsl_worker.exits import (  # noqa: E402
     ended_child,
-    log_exit_status,
+    orphan_exit_code,
     reap,
     record_exit,
-    recorded_exits,
-    zombie_exit_code,
 )
 from lsst_ctrl_bps_parsl_worker.journal import Journal, Journals, journal_jobs, journal_name  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.keeper import keep  # noqa: E402
@@ -279,8 +277,7 @@ class Spawner:
                 self._ended(pid, job, code)
                 if self._flush_due() == 0.0:
                     self.flush()
-                record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code)
-                log_exit_status(job["err"], code)
+                record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code, job["err"])
             reap(pid)
 
     # ---- the jobs of a spawner that died ----
@@ -289,7 +286,7 @@ class Spawner:
         """Take over the requests a spawner that died had not answered: a job
         it had started (its journal says so, its process is alive, or its
         stderr log exists) is followed to its end or answered at once
-        (`_answer_from_log`), never started again; the others are queued.
+        (`exits.orphan_exit_code`), never started again; the others are queued.
         """
         live = live_jobs()
         started: set[str] = set()
@@ -300,16 +297,16 @@ class Spawner:
             if directory
         }
         for path in old_journals:
-            running, tokens, _ = journal_jobs(path)
-            started |= tokens
-            journaled.update((token, pid) for pid, (token, _) in running.items())
+            old = journal_jobs(path)
+            started |= old.started
+            journaled.update((token, pid) for pid, token in old.running.items())
         for job in jobs:
             token = job["token"]
             pid = live.get(token)
             if pid is not None:
                 self._adopt(pid, job)
             elif token in started or os.path.exists(job["err"]):
-                self._reply(job, self._answer_from_log(job, journaled.get(token)), "?")
+                self._reply(job, self._exit_code(job, journaled.get(token)), "?")
             else:
                 self.queue.append(job)
         self.journals.write()
@@ -332,33 +329,15 @@ class Spawner:
             journal.started(pid, job["token"], job["err"])
 
     @staticmethod
-    def _answer_from_log(job: dict, pid: int | None) -> int:
-        """Exit code of a job that a spawner that died had started: read from
-        ``/proc`` while the job (``pid``) ended unreaped, else from the exit
-        records (where that spawner, or its keeper, recorded it).
-        """
-        directory = os.path.dirname(job.get("pid_file") or "")
-        code = zombie_exit_code(pid) if pid is not None else None
-        if code is not None:
-            record_exit(directory, job["token"], code)
-            log_exit_status(job["err"], code)
-            return code
-        code = recorded_exits(directory).get(job["token"]) if directory else None
-        if code is None:
-            append_note(
-                job["err"],
-                "[bps-parsl] the job pool's spawner died while this job ran, and neither it nor its "
-                "keeper logged an exit status: counted as failed\n",
-            )
-            return -1
-        return code
+    def _exit_code(job: dict, pid: int | None) -> int:
+        return orphan_exit_code(os.path.dirname(job.get("pid_file") or ""), job["token"], job["err"], pid)
 
     def _poll_adopted(self) -> None:
         """Answer the adopted jobs that ended."""
         for pid, job in list(self.adopted.items()):
             if not job_alive(pid, job["token"]):
                 del self.adopted[pid]
-                self._ended(pid, job, self._answer_from_log(job, pid))
+                self._ended(pid, job, self._exit_code(job, pid))
 
     # ---- time limits and stopping ----
 
