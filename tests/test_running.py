@@ -45,7 +45,7 @@ def test_journal_of_a_dead_spawner_is_removed_and_no_stranger_is_killed(tmp_path
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    path = tmp_path / spawner_journal.journal_name(spawner_journal._HOST, dead.pid)
+    path = tmp_path / spawner_journal.journal_name(dead.pid)
     path.write_text(f"+ {stranger.pid} run/1/1\n")
     try:
         assert kill_running_jobs(str(tmp_path), "run") == 0

@@ -44,7 +44,6 @@ __all__ = (
     "JOURNAL_REFRESH",
     "Journal",
     "JournalJobs",
-    "Journals",
     "journal_jobs",
     "journal_name",
     "journal_snapshot",
@@ -72,13 +71,11 @@ class JournalJobs(NamedTuple):
     """Stderr log of the job being started (``>`` with no ``+`` after it), by token."""
 
 
-def journal_name(host: str, pid: int) -> str:
-    """File name of the journal of the spawner ``pid`` on ``host``.
+def journal_name(pid: int) -> str:
+    """File name of the journal of the spawner ``pid`` on this host.
 
     Parameters
     ----------
-    host : `str`
-        Host of the spawner.
     pid : `int`
         Its process id.
 
@@ -87,7 +84,7 @@ def journal_name(host: str, pid: int) -> str:
     name : `str`
         The journal's file name (no directory).
     """
-    return f"{JOURNAL_PREFIX}{host}.{pid}"
+    return f"{JOURNAL_PREFIX}{_HOST}.{pid}"
 
 
 def journal_jobs(path: str) -> JournalJobs:
@@ -167,26 +164,23 @@ class Journal:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        self.path = os.path.join(directory, journal_name(_HOST, os.getpid()))
+        self.path = os.path.join(directory, journal_name(os.getpid()))
         self.running: dict[int, str] = {}  # pid: its "+" line
         self.being_started = ""  # the ">" line of the job being started
         self.size = 0
         self.pending: list[str] = []
+        self.next_touch = 0.0  # monotonic
         os.makedirs(directory, exist_ok=True)
         self.fd = os.open(self.path, _APPEND, 0o600)
 
     def _made_again(self) -> bool:
-        """Whether the journal was removed, and then made again (`_compact`)."""
+        """Whether the journal was removed; if so, it is made again (`_compact`)."""
         try:
             if os.fstat(self.fd).st_nlink > 0:
                 return False
         except OSError:
             pass
         self.pending.clear()
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-        except OSError:
-            return True
         self._compact()
         return True
 
@@ -204,13 +198,24 @@ class Journal:
         if self.size > _JOURNAL_COMPACT_BYTES:
             self._compact()
 
-    def touch(self) -> None:
-        """Set the journal's modification time to now: its spawner is alive."""
-        if not self._made_again():
-            try:
-                os.utime(self.fd)
-            except OSError:
-                pass
+    def touch(self) -> float:
+        """Set the journal's modification time to now (its spawner is alive),
+        at most once per `JOURNAL_REFRESH` seconds.
+
+        Returns
+        -------
+        seconds : `float`
+            Seconds until it is due again.
+        """
+        now = time.monotonic()
+        if now >= self.next_touch:
+            self.next_touch = now + JOURNAL_REFRESH
+            if not self._made_again():
+                try:
+                    os.utime(self.fd)
+                except OSError:
+                    pass
+        return self.next_touch - now
 
     def starting(self, token: str, stderr: str) -> None:
         """Record, and write at once, that attempt ``token`` is about to start.
@@ -254,6 +259,7 @@ class Journal:
         text = "".join(self.running.values()) + self.being_started
         tmp = self.path + ".tmp"
         try:
+            os.makedirs(self.directory, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, text.encode())
@@ -274,80 +280,3 @@ class Journal:
             os.unlink(self.path)
         except OSError:
             pass
-
-
-class Journals:
-    """The journals of one spawner, one per directory of its jobs' pid files.
-
-    Parameters
-    ----------
-    dirs_fd : `int`
-        Where each new journal's directory is written (a JSON line) for the keeper; ``-1``: none.
-    """
-
-    def __init__(self, dirs_fd: int = -1) -> None:
-        self.by_directory: dict[str, Journal] = {}
-        self.dirs_fd = dirs_fd
-        self.next_refresh = 0.0  # monotonic
-
-    def of(self, pid_file: str) -> Journal | None:
-        """The journal of the directory of ``pid_file``, made on first use.
-
-        Parameters
-        ----------
-        pid_file : `str`
-            Path of a job's pid file.
-
-        Returns
-        -------
-        journal : `Journal` or `None`
-            The journal, `None` if none can be made.
-        """
-        directory = os.path.dirname(pid_file)
-        if not directory:
-            return None
-        journal = self.by_directory.get(directory)
-        if journal is None:
-            try:
-                journal = self.by_directory[directory] = Journal(directory)
-            except OSError:
-                return None
-            if self.dirs_fd >= 0:
-                try:
-                    os.write(self.dirs_fd, (json.dumps(directory) + "\n").encode())
-                except OSError:
-                    pass
-        return journal
-
-    def write(self) -> None:
-        """Append every journal's pending lines."""
-        for journal in self.by_directory.values():
-            journal.write()
-
-    def refresh(self, busy: bool) -> float | None:
-        """While ``busy`` (jobs run), `Journal.touch` each journal every `JOURNAL_REFRESH` seconds.
-
-        Parameters
-        ----------
-        busy : `bool`
-            Whether jobs run.
-
-        Returns
-        -------
-        seconds : `float` or `None`
-            Seconds until the next refresh, `None` when not busy.
-        """
-        if not busy:
-            return None
-        now = time.monotonic()
-        if now >= self.next_refresh:
-            for journal in self.by_directory.values():
-                journal.touch()
-            self.next_refresh = now + JOURNAL_REFRESH
-        return self.next_refresh - now
-
-    def close(self) -> None:
-        """Close and remove every journal."""
-        for journal in self.by_directory.values():
-            journal.close()
-        self.by_directory.clear()

@@ -65,7 +65,6 @@ from lsst_ctrl_bps_parsl_worker.journal import journal_jobs, journal_name  # noq
 from lsst_ctrl_bps_parsl_worker.processes import kill_attempts, live_jobs  # noqa: E402
 
 __all__ = (
-    "HOLD_UNNAMED",
     "LEFTOVER_WAIT",
     "WORKER_ENV",
     "OrphanGuard",
@@ -76,7 +75,7 @@ __all__ = (
 
 _EXEC_WAIT = 0.05
 """Seconds for a job being started when the spawner died to reach its ``exec``."""
-HOLD_UNNAMED = 10.0
+_HOLD_UNNAMED = 10.0
 """Seconds an ended job that the journal does not name stays unreaped, for
 the spawner taking over to read its exit status from ``/proc``."""
 LEFTOVER_WAIT = 5.0
@@ -108,7 +107,7 @@ def become_subreaper() -> bool:
         return False
 
 
-def keep(spawner_main: Callable[[int], int], host: str) -> int:
+def keep(spawner_main: Callable[[int], int]) -> int:
     """Run ``spawner_main(dirs_fd)`` in a child process kept by this one
     (``dirs_fd``: a pipe for the journals' directories, JSON lines; ``-1``: no keeper).
 
@@ -116,8 +115,6 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
     ----------
     spawner_main : `~collections.abc.Callable` [[`int`], `int`]
         The spawner's main function, called with ``dirs_fd``.
-    host : `str`
-        This host's name (journal names carry it).
 
     Returns
     -------
@@ -156,7 +153,7 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
     if code == 0:
         # The spawner exited by itself: every child left is a process a job left behind.
         _end_leftovers()
-    _keep_orphans(_read_dirs(dirs_r), journal_name(host, spawner))
+    _keep_orphans(_read_dirs(dirs_r), journal_name(spawner))
     return code
 
 
@@ -279,10 +276,10 @@ def _children() -> dict[int, list[bytes]]:
 
 def _settle(pid: int, logs: dict[int, Named], held: dict[int, float]) -> bool:
     """Record the exit status of ended child ``pid`` if the journal named it,
-    and reap it; or hold it (see `HOLD_UNNAMED`). Whether it was reaped.
+    and reap it; or hold it (see `_HOLD_UNNAMED`). Whether it was reaped.
     """
     named = logs.get(pid)
-    if named is None and time.monotonic() < held.setdefault(pid, time.monotonic() + HOLD_UNNAMED):
+    if named is None and time.monotonic() < held.setdefault(pid, time.monotonic() + _HOLD_UNNAMED):
         return False
     try:
         ended = ended_child(pid)

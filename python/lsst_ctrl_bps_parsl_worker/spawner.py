@@ -71,7 +71,6 @@ import math
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -81,35 +80,13 @@ if __name__ == "__main__":
     # in the top-level package next to ``lsst/``.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lsst_ctrl_bps_parsl_worker.exits import (  # noqa: E402
-    ended_child,
-    orphan_exit_code,
-    reap,
-    record_exit,
-)
-from lsst_ctrl_bps_parsl_worker.journal import Journal, Journals, journal_jobs, journal_name  # noqa: E402
+from lsst_ctrl_bps_parsl_worker import exits, launch, processes  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.journal import Journal, journal_jobs, journal_name  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.keeper import keep  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.launch import (  # noqa: E402
-    START_RETRY_DELAYS,
-    Launcher,
-    start_failure,
-    transient_start_error,
-)
-from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
-    KILL_GRACE,
-    append_note,
-    end_group,
-    job_alive,
-    kill_attempts,
-    live_jobs,
-    process_start_time,
-    signal_attempts,
-)
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
-__all__ = ("Spawner", "main")
+__all__ = ("LEFTOVER_SWEEP", "Spawner")
 
-_HOST = socket.gethostname()
 _REPLY_DELAY = 0.02
 """Seconds replies may wait to be sent together while jobs are still queued
 here (the driver has nothing to hand over that could start sooner)."""
@@ -154,9 +131,11 @@ class Spawner:
         self.out = out
         self.out_since = 0.0
         self.stopping = False
-        self.journals = Journals(dirs_fd)
+        self.journals: dict[str, Journal] = {}
+        """The journal of each directory of the jobs' pid files."""
+        self.dirs_fd = dirs_fd
         # The environment is converted once, not for every job.
-        self.launcher = Launcher()
+        self.launcher = launch.Launcher()
         self.warm = WarmStarts(self._note)
 
     def _share(self, job: dict) -> tuple[int, float]:
@@ -178,18 +157,29 @@ class Spawner:
             self.out_since = time.monotonic()
         self.out.append(line)
 
-    def _reply(self, job: dict, code: int, start: float | str | None, timed_out: bool = False) -> None:
-        """Report an ended job; ``start`` `None`: never started, ``"?"``: unknown."""
+    def _reply(self, job: dict, code: int, start: str, timed_out: bool = False) -> None:
+        """Report an ended job (``start``: its start time, or ``-``, ``!``, ``?``: see the module docstring)."""
         sig = code - 128 if 128 < code < 128 + 65 else "-"
-        started = "-" if start is None else start if isinstance(start, str) else repr(start)
-        self._send(f"{job['id']} {code} {sig} {started} {time.time()!r} {int(timed_out)}\n")
+        self._send(f"{job['id']} {code} {sig} {start} {time.time()!r} {int(timed_out)}\n")
 
     def _note(self, text: str) -> None:
         """Send a line for the driver's log (`warm.WarmStarts`)."""
         self._send(f"note {' '.join(text.split())}\n")
 
     def _journal(self, job: dict) -> Journal | None:
-        return self.journals.of(job.get("pid_file") or "")
+        """The journal of the directory of the job's pid file, made on first use (`None`: none can be)."""
+        directory = os.path.dirname(job.get("pid_file") or "")
+        if directory and directory not in self.journals:
+            try:
+                self.journals[directory] = Journal(directory)
+            except OSError:
+                return None
+            if self.dirs_fd >= 0:
+                try:
+                    os.write(self.dirs_fd, (json.dumps(directory) + "\n").encode())  # for the keeper
+                except OSError:
+                    pass
+        return self.journals.get(directory)
 
     def start_ready(self) -> float | None:
         """Start the queued jobs that fit. Any error but a passing one
@@ -215,12 +205,12 @@ class Spawner:
             except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's
                 self._give_back(job)
                 tries = job.get("start_tries", 0)
-                if transient_start_error(exc) and tries < len(START_RETRY_DELAYS):
+                if launch.transient_start_error(exc) and tries < len(launch.START_RETRY_DELAYS):
                     job["start_tries"] = tries + 1
                     self.queue.appendleft(job)
-                    self.hold_until = time.monotonic() + START_RETRY_DELAYS[tries]
+                    self.hold_until = time.monotonic() + launch.START_RETRY_DELAYS[tries]
                     continue
-                code = start_failure(job["err"], exc, tries, job.get("pid_file") or "", job["token"])
+                code = launch.start_failure(job["err"], exc, tries, job.get("pid_file") or "", job["token"])
                 self._reply(job, code, "!")
         return None
 
@@ -229,7 +219,7 @@ class Spawner:
         if journal is not None:
             # Before the start: the keeper names the job if this process dies while starting it.
             journal.starting(job["token"], job["err"])
-        job["start"] = time.time()
+        job["start"] = repr(time.time())
         started = time.monotonic()
         pid = self.launcher.spawn_job(
             job["shell"],
@@ -257,14 +247,16 @@ class Spawner:
         self._give_back(job)
         timed_out = job.get("timed_out", False)
         if timed_out:
-            append_note(job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n")
+            processes.append_note(
+                job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n"
+            )
         self._reply(job, code, job["start"], timed_out)
 
     def reap(self) -> None:
         """Answer each ended job, record its exit status, then reap it."""
         while self.running:
             try:
-                ended = ended_child()
+                ended = exits.ended_child()
             except ChildProcessError:
                 return
             if ended is None:
@@ -273,12 +265,12 @@ class Spawner:
             job = self.running.pop(pid, None)
             if job is not None:
                 # Unreaped, its pid still names its process group: end what it left there.
-                end_group(pid)
+                processes.end_group(pid)
                 self._ended(pid, job, code)
                 if self._flush_due() == 0.0:
                     self.flush()
-                record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code, job["err"])
-            reap(pid)
+                exits.record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code, job["err"])
+            exits.reap(pid)
 
     # ---- the jobs of a spawner that died ----
 
@@ -288,11 +280,11 @@ class Spawner:
         stderr log exists) is followed to its end or answered at once
         (`exits.orphan_exit_code`), never started again; the others are queued.
         """
-        live = live_jobs()
+        live = processes.live_jobs()
         started: set[str] = set()
         journaled: dict[str, int] = {}
         old_journals = {
-            os.path.join(directory, journal_name(_HOST, dead_spawner))
+            os.path.join(directory, journal_name(dead_spawner))
             for directory in {os.path.dirname(job.get("pid_file") or "") for job in jobs}
             if directory
         }
@@ -309,7 +301,8 @@ class Spawner:
                 self._reply(job, self._exit_code(job, journaled.get(token)), "?")
             else:
                 self.queue.append(job)
-        self.journals.write()
+        for journal in self.journals.values():
+            journal.write()
         for path in old_journals:
             try:
                 os.unlink(path)
@@ -318,8 +311,8 @@ class Spawner:
 
     def _adopt(self, pid: int, job: dict) -> None:
         self._take(job)
-        start = process_start_time(pid)
-        job["start"] = start if start is not None else "?"
+        start = processes.process_start_time(pid)
+        job["start"] = repr(start) if start is not None else "?"
         limit = job.get("time_limit")
         ran = time.time() - start if start is not None else 0.0
         job["deadline"] = time.monotonic() + limit - ran if limit else None
@@ -330,12 +323,14 @@ class Spawner:
 
     @staticmethod
     def _exit_code(job: dict, pid: int | None) -> int:
-        return orphan_exit_code(os.path.dirname(job.get("pid_file") or ""), job["token"], job["err"], pid)
+        return exits.orphan_exit_code(
+            os.path.dirname(job.get("pid_file") or ""), job["token"], job["err"], pid
+        )
 
     def _poll_adopted(self) -> None:
         """Answer the adopted jobs that ended."""
         for pid, job in list(self.adopted.items()):
-            if not job_alive(pid, job["token"]):
+            if not processes.job_alive(pid, job["token"]):
                 del self.adopted[pid]
                 self._ended(pid, job, self._exit_code(job, pid))
 
@@ -353,7 +348,7 @@ class Spawner:
         due = [token for when, token in self.kills if when <= now]
         if due:
             self.kills = [(when, token) for when, token in self.kills if when > now]
-            signal_attempts(signal.SIGKILL, due)
+            processes.signal_attempts(signal.SIGKILL, due)
         soonest = min((when for when, _ in self.kills), default=None)
         for jobs in (self.running, self.adopted):
             for pid, job in jobs.items():
@@ -364,8 +359,8 @@ class Spawner:
                     job["timed_out"] = True
                     job["deadline"] = None
                     groups = (pid,) if jobs is self.running else ()
-                    signal_attempts(signal.SIGTERM, (job["token"],), groups=groups)
-                    deadline = now + KILL_GRACE
+                    processes.signal_attempts(signal.SIGTERM, (job["token"],), groups=groups)
+                    deadline = now + processes.KILL_GRACE
                     self.kills.append((deadline, job["token"]))
                 soonest = deadline if soonest is None else min(soonest, deadline)
         return None if soonest is None else max(0.0, soonest - now)
@@ -381,7 +376,7 @@ class Spawner:
         if not force and now < self.next_sweep:
             return self.next_sweep - now
         self.next_sweep = now + LEFTOVER_SWEEP
-        if not signal_attempts(signal.SIGKILL, self.ended_tokens):
+        if not processes.signal_attempts(signal.SIGKILL, self.ended_tokens):
             # Nothing left this time: a token is forgotten after that many such sweeps.
             self.ended_tokens = {token: left - 1 for token, left in self.ended_tokens.items() if left > 1}
         return LEFTOVER_SWEEP if self.ended_tokens else None
@@ -390,14 +385,13 @@ class Spawner:
         """Start no more jobs: fail the queued ones."""
         self.stopping = True
         while self.queue:
-            self._reply(self.queue.popleft(), -1, None)
+            self._reply(self.queue.popleft(), -1, "-")
 
     def _stop(self) -> None:
         """Fail queued jobs, kill running ones (SIGTERM, then SIGKILL)."""
         self._drop_queued()
         tokens = [job["token"] for job in (*self.running.values(), *self.adopted.values())]
-        if tokens:
-            kill_attempts(tokens, groups=tuple(self.running))
+        processes.kill_attempts(tokens, groups=tuple(self.running))
         deadline = time.monotonic() + 10
         while (self.running or self.adopted) and time.monotonic() < deadline:
             self.reap()
@@ -443,28 +437,15 @@ class Spawner:
         elif op == "resume":
             self._resume(int(request["spawner"]), request["jobs"])
         elif self.stopping:
-            self._reply(request, -1, None)
+            self._reply(request, -1, "-")
         else:
             self.queue.append(request)
 
 
-def main(argv: list[str], dirs_fd: int = -1) -> int:
-    """Serve requests from stdin until end of input.
-
-    Parameters
-    ----------
-    argv : `list` [`str`]
-        The script, the cores and the memory (MB, or ``none``).
-    dirs_fd : `int`, optional
-        Pipe to the keeper for the journals' directories (``-1``: no keeper).
-
-    Returns
-    -------
-    code : `int`
-        Exit status.
-    """
+def _main(argv: list[str], dirs_fd: int) -> int:
+    """Serve requests from stdin until end of input (``argv``: the script, the cores, the memory)."""
     memory = int(argv[2]) if argv[2] != "none" else None
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobs do not inherit it (`Launcher`)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobs do not inherit it (`launch.Launcher`)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -479,7 +460,8 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
         dues = [spawner.check_deadlines(), spawner._flush_due(), spawner._sweep_leftovers(), held]
         if spawner.adopted:
             dues.append(_ADOPTED_POLL)
-        dues.append(spawner.journals.refresh(bool(spawner.running or spawner.adopted)))
+        if spawner.running or spawner.adopted:
+            dues.extend(journal.touch() for journal in spawner.journals.values())
         timeout = min((due for due in dues if due is not None), default=None)
         readable, _, _ = select.select([stdin_fd, wake_r] if open_input else [wake_r], [], [], timeout)
         if wake_r in readable:
@@ -497,7 +479,8 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
         if spawner.adopted:
             spawner._poll_adopted()
         held = spawner.start_ready()
-        spawner.journals.write()
+        for journal in spawner.journals.values():
+            journal.write()
         if spawner._flush_due() == 0.0:
             spawner.flush()
     spawner.flush()
@@ -508,9 +491,10 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
     # Every job has ended: stop the warm processes, remove the journals.
     spawner.warm.close()
     spawner.flush()
-    spawner.journals.close()
+    for journal in spawner.journals.values():
+        journal.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(keep(lambda dirs_fd: main(sys.argv, dirs_fd), _HOST))
+    sys.exit(keep(lambda dirs_fd: _main(sys.argv, dirs_fd)))
