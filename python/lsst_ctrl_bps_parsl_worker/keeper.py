@@ -30,17 +30,13 @@
 of a local-pool spawner, and the orphan guard of a Parsl worker.
 
 The keeper is the spawner's parent, which records the exit status of a dead
-spawner's jobs (reliability.md, P1). It holds nothing of the wire nor of the
-terminal (stdout only to add ``exit <exit code>`` after the spawner's last
-reply), and exits when it has no children left.
+spawner's jobs (reliability.md, P1), adds ``exit <exit code>`` after the
+spawner's last reply, and exits when it has no children left.
 
-The guard kills a worker's jobs when the worker or its pool dies (L3): they
-carry its mark, `WORKER_ENV` (the worker's pid and a nanosecond clock); the
-watcher is this file as a script (``python -S``), holding the read end of a
-pipe the worker keeps open. Only a worker whose main thread runs the job is
-guarded: jobs of the driver's own threads end with the driver.
-
-Standard library only.
+The guard kills a worker's jobs, which carry its mark (`WORKER_ENV`), when the
+worker or its pool dies (L3); its watcher is this file run as a script. Only
+a worker whose main thread runs the job is guarded: jobs of the driver's own
+threads end with the driver. Standard library only.
 """
 
 from __future__ import annotations
