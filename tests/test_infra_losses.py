@@ -207,10 +207,10 @@ def test_guard_watcher_kills_every_marked_process(tmp_path, pool_gone_at_start):
     before the watcher starts (it cannot watch it), a marked process started
     afterwards, while the worker lives, dies within a sweep; unmarked
     processes are left alone."""
-    from lsst_ctrl_bps_parsl_worker import guard
+    from lsst_ctrl_bps_parsl_worker import keeper
 
     mark = f"{os.getpid()}.{time.time_ns()}"
-    marked_env = {**os.environ, guard.WORKER_ENV: mark}
+    marked_env = {**os.environ, keeper.WORKER_ENV: mark}
     pool = subprocess.Popen(["sleep", "60"])
     if pool_gone_at_start:
         pool.kill()
@@ -218,7 +218,7 @@ def test_guard_watcher_kills_every_marked_process(tmp_path, pool_gone_at_start):
     bystander = subprocess.Popen(["sleep", "60"])
     marked = [subprocess.Popen(["sleep", "60"], env=marked_env)]
     watcher = subprocess.Popen(
-        [sys.executable, "-S", guard.__file__, str(os.getpid()), str(pool.pid), mark], stdin=subprocess.PIPE
+        [sys.executable, "-S", keeper.__file__, str(os.getpid()), str(pool.pid), mark], stdin=subprocess.PIPE
     )
     try:
         marked.append(subprocess.Popen(["setsid", "sleep", "60"], env=marked_env))

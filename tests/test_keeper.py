@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lsst_ctrl_bps_parsl_worker import spawner
 from lsst_ctrl_bps_parsl_worker.exits import recorded_exits, zombie_exit_code
-from lsst_ctrl_bps_parsl_worker.journal import journal_logs
+from lsst_ctrl_bps_parsl_worker.journal import journal_jobs
 from test_localpool import _request as pool_request
 
 
@@ -71,7 +71,7 @@ def test_the_keeper_logs_the_exit_status_of_jobs_whose_spawner_was_killed(tmp_pa
     keeper, spawner_pid = _start(tmp_path, scripts)
     journal = tmp_path / "running" / f"spawner.{os.uname().nodename}.{spawner_pid}"
     logs = _wait_for(
-        lambda: len(journal_logs(str(journal))) == 3 and journal_logs(str(journal)), 10, "3 jobs"
+        lambda: len(journal_jobs(str(journal)).logs) == 3 and journal_jobs(str(journal)).logs, 10, "3 jobs"
     )
     assert sorted(logs.values()) == [str(tmp_path / f"{n}.err") for n in range(3)]
     os.kill(spawner_pid, signal.SIGKILL)
@@ -117,7 +117,7 @@ def test_the_keeper_names_the_job_its_spawner_died_starting(tmp_path: Path) -> N
     exit status is still logged (tests/test_process_faults.py kills spawners
     at random moments; this is the moment it once hit)."""
     from lsst_ctrl_bps_parsl_worker import keeper
-    from lsst_ctrl_bps_parsl_worker.journal import Journal, journal_starting
+    from lsst_ctrl_bps_parsl_worker.journal import Journal, journal_jobs
     from lsst_ctrl_bps_parsl_worker.processes import Launcher
 
     journal = Journal(str(tmp_path / "running"))
@@ -125,7 +125,7 @@ def test_the_keeper_names_the_job_its_spawner_died_starting(tmp_path: Path) -> N
     journal.started(12345, "keeper-test/b/1", str(tmp_path / "b.err"))
     journal.starting("keeper-test/c/1", str(tmp_path / "c.err"))
     journal.write()
-    starting = journal_starting(journal.path)
+    starting = journal_jobs(journal.path).starting
     assert starting == {
         "keeper-test/a/1": str(tmp_path / "a.err"),
         "keeper-test/c/1": str(tmp_path / "c.err"),

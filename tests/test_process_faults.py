@@ -42,7 +42,7 @@ def spawner_pids(submit: Path) -> set[int]:
         names = os.listdir(submit / "parsl" / "running")
     except OSError:
         return set()
-    prefix = journal.journal_name(journal._HOST, 0)[:-1]
+    prefix = journal.journal_name(0)[:-1]
     return {int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()}
 
 

@@ -19,12 +19,12 @@ def test_journal_records_starts_and_ends_and_compacts(tmp_path, monkeypatch):
     for pid in range(1000, 1038):
         journal.ended(pid)
         journal.write()
-    assert spawner_journal.read_journal(journal.path) == {1038: "run/1038/1", 1039: "run/1039/1"}
+    assert spawner_journal.journal_jobs(journal.path).running == {1038: "run/1038/1", 1039: "run/1039/1"}
     # Compaction rewrote the file with only the running jobs, and appends continue.
     assert os.path.getsize(journal.path) < 200
     journal.started(7, "run/7/2", "/logs/7.err")
     journal.write()
-    assert set(spawner_journal.read_journal(journal.path)) == {7, 1038, 1039}
+    assert set(spawner_journal.journal_jobs(journal.path).running) == {7, 1038, 1039}
     journal.close()
     assert not os.path.exists(journal.path)
 
@@ -45,7 +45,7 @@ def test_journal_of_a_dead_spawner_is_removed_and_no_stranger_is_killed(tmp_path
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    path = tmp_path / spawner_journal.journal_name(spawner_journal._HOST, dead.pid)
+    path = tmp_path / spawner_journal.journal_name(dead.pid)
     path.write_text(f"+ {stranger.pid} run/1/1\n")
     try:
         assert kill_running_jobs(str(tmp_path), "run") == 0

@@ -29,12 +29,9 @@
 """Exit statuses of job processes: read when they end, recorded, reaped.
 
 Whoever reaps a job (`job.run_job`, the local pool's spawner, or its keeper)
-records the operating system's exit status first (`record_exit`) in a
-private append-only file, ``exits.<host>.<pid>`` (mode 0600) in the jobs'
-pid-file directory, where a restart reads it (`recorded_exits`): nothing a
-job prints decides its status (design.md). `ended_child` tells which child
-ended without reaping it, so the job stays visible until its status is
-recorded (`zombie_exit_code`). Standard library only.
+first records its exit status (`record_exit`) in its private exit record
+(state.md), where a restart reads it (`recorded_exits`): nothing a job prints
+decides its status (design.md). Standard library only.
 """
 
 from __future__ import annotations
@@ -42,12 +39,14 @@ from __future__ import annotations
 import os
 import socket
 
+from .processes import append_note
+
 __all__ = (
     "EXITS_PREFIX",
     "EXIT_MARKER",
     "ended_child",
     "exit_code_of",
-    "log_exit_status",
+    "orphan_exit_code",
     "record_exit",
     "recorded_exits",
     "reap",
@@ -62,9 +61,11 @@ _RECORDS: dict[str, tuple[int, int]] = {}
 """(pid, fd) of this process's open exit record by directory (a fork opens its own)."""
 
 
-def record_exit(directory: str, token: str, code: int) -> None:
+def record_exit(directory: str, token: str, code: int, err: str) -> None:
     """Record that attempt ``token`` exited with ``code`` in this process's exit
-    record in ``directory``; errors are ignored (the attempt then counts as not finished).
+    record in ``directory``, then say it in the attempt's stderr log (for its
+    reader, never read back); errors are ignored (the attempt then counts as
+    not finished).
 
     Parameters
     ----------
@@ -72,28 +73,40 @@ def record_exit(directory: str, token: str, code: int) -> None:
         Directory of the exit records (empty: nothing is recorded); the attempt's token.
     code : `int`
         The attempt's exit status.
+    err : `str`
+        The attempt's stderr log (nothing is said if it does not exist).
     """
-    if not directory:
+    if directory:
+        _append_record(directory, f"{token} {code}\n".encode())
+    try:
+        fd = os.open(err, os.O_WRONLY | os.O_APPEND)
+    except (OSError, ValueError):
         return
-    line = f"{token} {code}\n".encode()
+    try:
+        os.write(fd, f"{EXIT_MARKER}{code}\n".encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _append_record(directory: str, line: bytes) -> None:
+    """Append ``line`` to this process's exit record in ``directory`` (made again if removed)."""
     for _ in range(2):
         pid, fd = _RECORDS.get(directory, (0, -1))
         try:
             if pid != os.getpid() or os.fstat(fd).st_nlink == 0:
-                fd = _open_record(directory)
+                _forget(directory)
+                os.makedirs(directory, exist_ok=True)
+                path = os.path.join(directory, f"{EXITS_PREFIX}{_HOST}.{os.getpid()}")
+                fd = os.open(
+                    path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+                )
+                _RECORDS[directory] = (os.getpid(), fd)
             os.write(fd, line)
             return
         except (OSError, ValueError):
             _forget(directory)
-
-
-def _open_record(directory: str) -> int:
-    _forget(directory)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{EXITS_PREFIX}{_HOST}.{os.getpid()}")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    _RECORDS[directory] = (os.getpid(), fd)
-    return fd
 
 
 def _forget(directory: str) -> None:
@@ -120,12 +133,10 @@ def recorded_exits(directory: str) -> dict[str, int]:
     """
     found: dict[str, int] = {}
     try:
-        names = os.listdir(directory)
+        names = [name for name in os.listdir(directory) if name.startswith(EXITS_PREFIX)]
     except (OSError, ValueError):
         return found
     for name in names:
-        if not name.startswith(EXITS_PREFIX):
-            continue
         try:
             with open(os.path.join(directory, name), "rb") as stream:
                 data = stream.read().decode(errors="replace")
@@ -138,28 +149,6 @@ def recorded_exits(directory: str) -> dict[str, int]:
             except ValueError:
                 continue
     return found
-
-
-def log_exit_status(err_path: str, code: int) -> None:
-    """Say a job's exit status in its stderr log, if that exists (for its reader, never read back).
-
-    Parameters
-    ----------
-    err_path : `str`
-        Path of the job's stderr log.
-    code : `int`
-        The job's exit status.
-    """
-    try:
-        fd = os.open(err_path, os.O_WRONLY | os.O_APPEND)
-    except (OSError, ValueError):
-        return
-    try:
-        os.write(fd, f"{EXIT_MARKER}{code}\n".encode())
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def exit_code_of(status: int) -> tuple[int, int | None]:
@@ -177,44 +166,41 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
     signal : `int` or `None`
         The signal that ended the process (or that its exit code names), if any.
     """
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return 128 + sig, sig
-    code = os.WEXITSTATUS(status)
+    code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     return code, (code - 128 if 128 < code < 128 + 65 else None)
 
 
-def ended_child(block: bool = False) -> tuple[int, int, int | None] | None:
-    """``(pid, exit code, signal)`` of a child that ended, left unreaped (`reap`
-    it once its status is recorded); `None` if none ended and not ``block``.
+def ended_child(pid: int = 0, block: bool = False) -> tuple[int, int] | None:
+    """``(pid, exit code)`` of a child (``pid``, or any) that ended, left
+    unreaped (`reap` it once its status is recorded).
 
     Parameters
     ----------
+    pid : `int`, optional
+        The child to look at (``0``: any).
     block : `bool`, optional
-        Wait until a child ends.
+        Wait until it ends.
 
     Returns
     -------
-    ended : `tuple` [`int`, `int`, `int` or `None`] or `None`
-        ``(pid, exit code, signal)`` of the ended child, or `None`.
+    ended : `tuple` [`int`, `int`] or `None`
+        ``(pid, exit code)``, ``128 + s`` for a signal ``s``; `None` if none ended.
 
     Raises
     ------
     ChildProcessError
-        This process has no children.
+        No such child.
     """
     flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
     while True:
         try:
-            info = os.waitid(os.P_ALL, 0, flags)
+            info = os.waitid(os.P_PID if pid else os.P_ALL, pid, flags)
         except InterruptedError:
             continue
         if info is None or info.si_pid == 0:
             return None
-        if info.si_code == os.CLD_EXITED:
-            code = info.si_status
-            return info.si_pid, code, (code - 128 if 128 < code < 128 + 65 else None)
-        return info.si_pid, 128 + info.si_status, info.si_status
+        code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+        return info.si_pid, code
 
 
 def reap(pid: int) -> None:
@@ -245,7 +231,8 @@ def zombie_exit_code(pid: int) -> int | None:
         Its exit code, or `None` if it runs, was reaped or cannot be read.
     """
     try:
-        data = _read_stat(pid)
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            data = stream.read()
         fields = data[data.rindex(b")") + 2 :].split()
         if fields[0] != b"Z" or len(fields) < 50:
             return None
@@ -254,6 +241,33 @@ def zombie_exit_code(pid: int) -> int | None:
         return None
 
 
-def _read_stat(pid: int) -> bytes:
-    with open(f"/proc/{pid}/stat", "rb") as stream:
-        return stream.read()
+def orphan_exit_code(directory: str, token: str, err: str, pid: int | None) -> int:
+    """Exit code of an attempt whose spawner died: read from ``/proc`` while it
+    (process ``pid``) ended unreaped, and recorded; else from the exit records
+    (its spawner's or keeper's); else ``-1``, said in its stderr log.
+
+    Parameters
+    ----------
+    directory, token, err : `str`
+        Directory of the exit records; the attempt's token and stderr log.
+    pid : `int` or `None`
+        Its process, if known.
+
+    Returns
+    -------
+    code : `int`
+        Its exit code, ``-1`` if none was recorded.
+    """
+    code = zombie_exit_code(pid) if pid is not None else None
+    if code is not None:
+        record_exit(directory, token, code, err)
+    elif directory:
+        code = recorded_exits(directory).get(token)
+    if code is not None:
+        return code
+    append_note(
+        err,
+        "[bps-parsl] the job pool's spawner died while this job ran, and neither it nor its "
+        "keeper logged an exit status: counted as failed\n",
+    )
+    return -1

@@ -46,8 +46,8 @@ if __name__ == "__main__":
     # Run as a script (a Python task): the package is next to this file's directory.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lsst_ctrl_bps_parsl_worker.exits import exit_code_of, log_exit_status, record_exit  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.guard import orphan_guard  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.exits import exit_code_of, record_exit  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.keeper import orphan_guard  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     START_RETRY_DELAYS,
     Launcher,
@@ -171,8 +171,7 @@ def run_job(
             timed_out = True
             kill_attempts((token,), groups=(pid,))
         returncode, sig = exit_code_of(_reap(pid))
-        record_exit(os.path.dirname(pid_file), token, returncode)
-        log_exit_status(err_path, returncode)
+        record_exit(os.path.dirname(pid_file), token, returncode, err_path)
         # SIGKILL what it left outside its process group (``setsid``, double forks),
         # looked for again while some are found (they may fork meanwhile).
         for _ in range(10):

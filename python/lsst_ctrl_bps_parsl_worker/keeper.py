@@ -26,42 +26,61 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The keeper of a local-pool spawner: the spawner's parent, which outlives it.
+"""What outlives a process that starts jobs, to look after them: the keeper
+of a local-pool spawner, and the orphan guard of a Parsl worker.
 
-Why and how it records the exit status of a dead spawner's jobs is in
-reliability.md, P1; a job the journal does not name stays unreaped for
-`HOLD_UNNAMED` seconds, for the spawner taking over to read from ``/proc``.
+The keeper is the spawner's parent, which records the exit status of a dead
+spawner's jobs (reliability.md, P1), adds ``exit <exit code>`` after the
+spawner's last reply, and exits when it has no children left.
 
-It holds nothing of the wire nor of the terminal (stdin and stderr on
-``/dev/null``; stdout only to add ``exit <exit code>`` after the spawner's
-last reply), and exits when it has no children left; when the spawner exited
-by itself (status 0), every child left is a process a job left behind, and
-it kills them (`LEFTOVER_WAIT`). Standard library only.
+The guard kills a worker's jobs, which carry its mark (`WORKER_ENV`), when the
+worker or its pool dies (L3); its watcher is this file run as a script. Only
+a worker whose main thread runs the job is guarded: jobs of the driver's own
+threads end with the driver. Standard library only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 
-from .exits import log_exit_status, record_exit
-from .journal import journal_entries, journal_logs, journal_name, journal_starting
-from .processes import ATTEMPT_ENV
+if __name__ == "__main__":
+    # Run as a script (python -S): the package is found next to this file's directory.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-__all__ = ("HOLD_UNNAMED", "LEFTOVER_WAIT", "become_subreaper", "keep")
+from lsst_ctrl_bps_parsl_worker.exits import ended_child, exit_code_of, reap, record_exit  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.journal import journal_jobs, journal_name  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.processes import kill_attempts, live_jobs  # noqa: E402
+
+__all__ = (
+    "LEFTOVER_WAIT",
+    "WORKER_ENV",
+    "OrphanGuard",
+    "become_subreaper",
+    "keep",
+    "orphan_guard",
+)
 
 _EXEC_WAIT = 0.05
 """Seconds for a job being started when the spawner died to reach its ``exec``."""
-HOLD_UNNAMED = 10.0
-"""Seconds an ended job that the journal does not name stays unreaped."""
+_HOLD_UNNAMED = 10.0
+"""Seconds an ended job that the journal does not name stays unreaped, for
+the spawner taking over to read its exit status from ``/proc``."""
 LEFTOVER_WAIT = 5.0
 """Seconds at most spent killing what jobs left behind once the spawner exited by itself."""
 _PR_SET_CHILD_SUBREAPER = 36
+WORKER_ENV = "BPS_PARSL_WORKER"
+"""Environment variable that marks every process a guarded worker's jobs start."""
+_ORPHAN_SWEEP = 0.5
+"""Seconds between two sweeps once the pool is gone and the worker is not."""
 
 Named = tuple[str, str, str]
 """(journal directory, token, stderr log) of a job the spawner's journal names."""
@@ -84,7 +103,7 @@ def become_subreaper() -> bool:
         return False
 
 
-def keep(spawner_main: Callable[[int], int], host: str) -> int:
+def keep(spawner_main: Callable[[int], int]) -> int:
     """Run ``spawner_main(dirs_fd)`` in a child process kept by this one
     (``dirs_fd``: a pipe for the journals' directories, JSON lines; ``-1``: no keeper).
 
@@ -92,8 +111,6 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
     ----------
     spawner_main : `~collections.abc.Callable` [[`int`], `int`]
         The spawner's main function, called with ``dirs_fd``.
-    host : `str`
-        This host's name (journal names carry it).
 
     Returns
     -------
@@ -122,22 +139,40 @@ def keep(spawner_main: Callable[[int], int], host: str) -> int:
             sys.stderr.flush()
             os._exit(code)
     os.close(dirs_w)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 2)  # it may outlive the run (jobs left behind): it holds no terminal open
-    os.close(devnull)
+    _to_devnull(0, 2)  # it may outlive the run (jobs left behind): it holds no terminal open
     code = _await_spawner(spawner)
     try:
         os.write(1, f"\nexit {code}\n".encode())
     except OSError:
         pass  # nobody reads the wire any more
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
+    _to_devnull(1)
     if code == 0:
+        # The spawner exited by itself: every child left is a process a job left behind.
         _end_leftovers()
-    _keep_orphans(_read_dirs(dirs_r), journal_name(host, spawner))
+    _keep_orphans(_read_dirs(dirs_r), journal_name(spawner))
     return code
+
+
+def _to_devnull(*fds: int) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _read_dirs(fd: int) -> set[str]:
+    """The journals' directories the spawner wrote to ``fd`` (closed)."""
+    dirs = set()
+    try:
+        with open(fd, "rb") as stream:
+            for line in stream:
+                try:
+                    dirs.add(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return dirs
 
 
 def _await_spawner(spawner: int) -> int:
@@ -147,61 +182,34 @@ def _await_spawner(spawner: int) -> int:
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
-        except InterruptedError:
-            continue
         except ChildProcessError:
             return 255
         if pid == spawner:
-            return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            return exit_code_of(status)[0]
 
 
 def _end_leftovers() -> None:
-    """SIGKILL every child left (what jobs left behind) with its process
-    group, again for what they leave in turn, for `LEFTOVER_WAIT` s at most.
+    """SIGKILL every child left with its process group, again for what they
+    leave in turn, for `LEFTOVER_WAIT` s at most.
     """
     deadline = time.monotonic() + LEFTOVER_WAIT
     while time.monotonic() < deadline:
         children = _children()
         if not children:
             return
-        for pid, live in children:
-            if live:
+        for pid, fields in children.items():
+            if fields[0] != b"Z":
                 for kill, target in ((os.killpg, pid), (os.kill, pid)):
                     try:
                         kill(target, signal.SIGKILL)
                     except OSError:
                         pass
-        while True:
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    break
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] != 0:
+                pass
+        except ChildProcessError:
+            return
         time.sleep(0.02)
-
-
-def _read_dirs(fd: int) -> set[str]:
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    os.close(fd)
-    dirs = set()
-    for line in data.decode(errors="replace").splitlines():
-        try:
-            dirs.add(json.loads(line))
-        except ValueError:
-            continue
-    return dirs
 
 
 def _keep_orphans(dirs: set[str], journal: str) -> None:
@@ -211,29 +219,22 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
     logs: dict[int, Named] = {}
     starting: dict[str, Named] = {}
     for directory in dirs:
-        path = os.path.join(directory, journal)
-        tokens = journal_entries(path)[0]
-        for pid, stderr in journal_logs(path).items():
-            if pid in tokens:
-                logs[pid] = (directory, tokens[pid], stderr)
-        for token, stderr in journal_starting(path).items():
-            starting[token] = (directory, token, stderr)
+        jobs = journal_jobs(os.path.join(directory, journal))
+        logs.update((pid, (directory, jobs.running[pid], err)) for pid, err in jobs.logs.items())
+        starting.update((token, (directory, token, err)) for token, err in jobs.starting.items())
     if starting:
         _name_starting(logs, starting)
         time.sleep(_EXEC_WAIT)  # a job started as the spawner died may not carry its token yet
         _name_starting(logs, starting)
     held: dict[int, float] = {}
     while True:
-        flags = os.WEXITED | os.WNOWAIT | (os.WNOHANG if held else 0)
         try:
-            info = os.waitid(os.P_ALL, 0, flags)
-        except InterruptedError:
-            continue
+            info = ended_child(block=not held)
         except ChildProcessError:
             return
-        ended = set(_ended_children())
-        if info is not None and info.si_pid:
-            ended.add(info.si_pid)
+        ended = {pid for pid, fields in _children().items() if fields[0] == b"Z"}
+        if info is not None:
+            ended.add(info[0])
         for pid in ended:
             if _settle(pid, logs, held):
                 held.pop(pid, None)
@@ -245,38 +246,16 @@ def _name_starting(logs: dict[int, Named], starting: dict[str, Named]) -> None:
     """Add to ``logs`` the job the spawner was starting when it died (a child
     leading its own session, with the token of the journal's ``>`` line).
     """
+    children = _children()
+    for token, pid in live_jobs().items():
+        if token in starting and pid in children:
+            logs.setdefault(pid, starting[token])
+
+
+def _children() -> dict[int, list[bytes]]:
+    """The fields of ``/proc/<pid>/stat`` after the command (state first) of this process's children."""
     me = str(os.getpid()).encode()
-    prefix = f"{ATTEMPT_ENV}=".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in logs:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stream:
-                data = stream.read()
-            fields = data[data.rindex(b")") + 2 :].split()
-            if fields[1] != me or fields[3] != entry.encode():
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as stream:
-                environ = stream.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        for item in environ.split(b"\0"):
-            if item.startswith(prefix):
-                named = starting.get(item[len(prefix) :].decode(errors="replace"))
-                if named is not None:
-                    logs[int(entry)] = named
-                break
-
-
-def _ended_children() -> list[int]:
-    """Pids of this process's children that ended and are not reaped."""
-    return [pid for pid, live in _children() if not live]
-
-
-def _children() -> list[tuple[int, bool]]:
-    """(pid, whether it is alive) of this process's children."""
-    me = str(os.getpid()).encode()
-    found = []
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -287,30 +266,130 @@ def _children() -> list[tuple[int, bool]]:
             continue
         fields = data[data.rindex(b")") + 2 :].split()
         if fields[1] == me:
-            found.append((int(entry), fields[0] != b"Z"))
+            found[int(entry)] = fields
     return found
 
 
 def _settle(pid: int, logs: dict[int, Named], held: dict[int, float]) -> bool:
     """Record the exit status of ended child ``pid`` if the journal named it,
-    and reap it; or hold it (see `HOLD_UNNAMED`). Whether it was reaped.
+    and reap it; or hold it (see `_HOLD_UNNAMED`). Whether it was reaped.
     """
     named = logs.get(pid)
-    if named is None and time.monotonic() < held.setdefault(pid, time.monotonic() + HOLD_UNNAMED):
+    if named is None and time.monotonic() < held.setdefault(pid, time.monotonic() + _HOLD_UNNAMED):
         return False
     try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        ended = ended_child(pid)
     except ChildProcessError:
         return True
-    if info is None:
+    if ended is None:
         return False
     if named is not None:
         directory, token, stderr = named
-        code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
-        record_exit(directory, token, code)
-        log_exit_status(stderr, code)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+        record_exit(directory, token, ended[1], stderr)
+    reap(pid)
     return True
+
+
+# ---- the orphan guard ----
+
+
+class OrphanGuard:
+    """The watcher of this worker process's jobs (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.mark = f"{os.getpid()}.{time.time_ns()}"
+        self._proc: subprocess.Popen | None = None
+        self._failed = False
+
+    def watch(self) -> None:
+        """Make sure the watcher runs before a job starts (started with the
+        first job, and again if it died).
+        """
+        if self._failed or (self._proc is not None and self._proc.poll() is None):
+            return
+        os.environ[WORKER_ENV] = self.mark
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-S",
+                    os.path.abspath(__file__),
+                    str(os.getpid()),
+                    str(os.getppid()),
+                    self.mark,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # it may outlive the worker: it holds no terminal open
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError:
+            # No watcher (no process left to start, say): the jobs still run, unguarded.
+            self._failed = True
+
+    def pids(self) -> tuple[int, ...]:
+        """The watcher's pid, if it was started (a child of this process).
+
+        Returns
+        -------
+        pids : `tuple` [`int`, ...]
+            The watcher's pid, or empty if it was not started.
+        """
+        return (self._proc.pid,) if self._proc is not None else ()
+
+
+_GUARD: list[OrphanGuard] = []
+
+
+def orphan_guard() -> OrphanGuard | None:
+    """Return the `OrphanGuard` of this worker process, or `None` where jobs are not
+    guarded (a thread of the driver runs them, or the worker has no parent).
+
+    Returns
+    -------
+    guard : `OrphanGuard` or `None`
+        The process's one guard, made on the first call.
+    """
+    if threading.current_thread() is not threading.main_thread() or os.getppid() == 1:
+        return None
+    if not _GUARD:
+        _GUARD.append(OrphanGuard())
+    return _GUARD[0]
+
+
+def _watch(worker: int, pool: int, mark: str) -> None:
+    """Run the watcher: wait until the worker's pipe ends or the pool exits,
+    then kill what carries the worker's mark. It ignores SIGTERM (a block's
+    cancellation leaves it time to act), SIGINT and SIGHUP.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    stdin = sys.stdin.fileno()
+    watched = [stdin]
+    sweep = None  # seconds between sweeps once the pool is gone
+    try:
+        if pool > 1:
+            watched.append(os.pidfd_open(pool))
+    except ProcessLookupError:
+        sweep = _ORPHAN_SWEEP  # it died while this watcher started
+    except OSError:
+        pass
+    marks = (f"{WORKER_ENV}={mark}",)
+    while True:
+        if sweep is not None:
+            # The worker lives on without its pool: whatever it starts is an orphan already.
+            kill_attempts(marks=marks)
+        ready, _, _ = select.select(watched, [], [], sweep)
+        if stdin in ready and not os.read(stdin, 4096):
+            kill_attempts(marks=marks)
+            # A job spawned but not yet exec'd may not show the mark yet: look once more.
+            kill_attempts(marks=marks)
+            return
+        if len(watched) > 1 and watched[1] in ready:
+            del watched[1]
+            sweep = _ORPHAN_SWEEP
+
+
+if __name__ == "__main__":
+    _watch(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

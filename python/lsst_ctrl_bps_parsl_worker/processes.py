@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection
 from shlex import quote
 from typing import TYPE_CHECKING
 
-from .exits import log_exit_status, record_exit
+from .exits import record_exit
 
 if TYPE_CHECKING:
     from .warm import WarmStarts
@@ -258,8 +258,7 @@ def start_failure(err: str, error: BaseException, retries: int, pid_file: str, t
         reason = reason[:500] + "..."
     again = f" (tried {retries + 1} times)" if retries else ""
     append_note(err, f"[bps-parsl] the job could not be started{again}: {reason}\n")
-    record_exit(os.path.dirname(pid_file), token, code)
-    log_exit_status(err, code)
+    record_exit(os.path.dirname(pid_file), token, code, err)
     return code
 
 
@@ -325,9 +324,9 @@ def _my_processes() -> list[int]:
 def attempt_processes(
     tokens: Collection[str] = (), run_prefix: str | None = None, marks: Collection[str] = ()
 ) -> dict[int, int]:
-    """``{pid: process group}`` of this user's live processes whose environment
-    carries one of ``tokens``, a token starting with ``run_prefix``, or one of
-    ``marks`` (``NAME=value`` items, e.g. `guard.WORKER_ENV`).
+    """Return ``{pid: process group}`` of this user's live processes whose
+    environment (read from ``/proc``) carries one of ``tokens``, a token
+    starting with ``run_prefix``, or one of ``marks`` (e.g. `keeper.WORKER_ENV`).
 
     Parameters
     ----------

@@ -25,38 +25,30 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The local pool's spawner: a small single-threaded process that starts,
-reaps and reports the pool's jobs within a core and memory budget.
+"""The local pool's spawner: a single-threaded process that starts, reaps and
+reports the pool's jobs within a core and memory budget (design.md, Local pools).
 
 Standard library only: `LocalPoolExecutor` runs it as ``python -S spawner.py
-CORES MEMORY`` (``MEMORY`` in MB, or ``none``), through its keeper
-(`keeper`), which forks the spawner and outlives it.
+CORES MEMORY`` (``MEMORY`` in MB, or ``none``) through its keeper (`keeper`).
 
 Wire protocol
 -------------
 Requests, one JSON object per line on stdin:
 
 ``{"id": N, "shell", "prefix", "env", "command", "out", "err", "pid_file", "token", "cores", "memory", "time_limit", "warm"}``
-    Start the job (`processes.Launcher.spawn_job`) once ``cores`` cores and
-    ``memory`` MB fit in the budget, first come first served (a request
-    larger than the budget gets all of it); ``prefix``, ``env`` may be left
-    out. Its exit status is recorded (`exits.record_exit`, in the directory
-    of ``pid_file``) before it is reaped. ``token`` is exported as
-    ``BPS_PARSL_ATTEMPT``; after ``time_limit`` seconds (monotonic clock,
-    or ``null``) its processes get SIGTERM, then SIGKILL `processes.KILL_GRACE`
-    later. When it ends, what is left in its process group is killed at
-    once, what carries its token elsewhere within `LEFTOVER_SWEEP` seconds.
-    ``N`` is unique within the executor. ``warm`` lets a ``pipetask
-    run-qbb`` job start warm (`warm`).
+    Start the job (`processes.Launcher.spawn_job`; ``prefix``, ``env`` may be
+    left out) once ``cores`` and ``memory`` (MB) fit, first come first
+    served. ``N`` is unique within the executor; ``token`` is exported as
+    ``BPS_PARSL_ATTEMPT``; the exit status is recorded in the directory of
+    ``pid_file``; ``time_limit`` is in seconds (or ``null``); ``warm`` lets a
+    ``pipetask run-qbb`` job start warm (`warm`).
 ``{"op": "stop"}``
     Fail every queued job and kill every running one.
 ``{"op": "drain"}``
     Fail every queued job and every later request; running jobs end.
 ``{"op": "resume", "spawner": PID, "jobs": [request, ...]}``
     First line of a spawner that replaces one that died: take over its
-    unanswered requests; a job that had started is followed to its end (its
-    exit status read from ``/proc`` or the exit records), never started
-    again; the others are queued.
+    unanswered requests (reliability.md, P1).
 
 End of input drops the queued jobs, lets the running ones finish, then the
 spawner exits. Replies on stdout: first ``spawner <pid>``, then per ended job::
@@ -65,23 +57,20 @@ spawner exits. Replies on stdout: first ``spawner <pid>``, then per ended job::
 
 ``start`` is ``-`` when the pool stopped before the job started, ``!`` when
 it could not be started (exit code 126, 127 for something missing; reason
-in its log; EAGAIN and ENOMEM are first tried again, `processes.START_RETRY_DELAYS`),
-``?`` when unknown (a job followed after a spawner died); times are epoch
-seconds; a signal ``s`` gives exit code ``128 + s``. ``note <text>`` is a
-line for the driver's log (why jobs started cold, once per reason). Once the
-spawner ended its keeper adds ``exit <exit code>``. While jobs are queued,
-replies may wait up to 20 ms to be written together.
-
-Which jobs run is kept in a journal (`journal`).
+in its log), ``?`` when unknown (a job followed after a spawner died); times
+are epoch seconds; a signal ``s`` gives exit code ``128 + s``. ``note
+<text>`` is a line for the driver's log (why jobs started cold, once per
+reason). Once the spawner ended its keeper adds ``exit <exit code>``. While
+jobs are queued, replies may wait up to 20 ms to be written together.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -91,26 +80,13 @@ if __name__ == "__main__":
     # in the top-level package next to ``lsst/``.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lsst_ctrl_bps_parsl_worker.exits import ended_child, log_exit_status, reap, record_exit  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.journal import Journal, Journals  # noqa: E402
+from lsst_ctrl_bps_parsl_worker import exits, processes  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.journal import Journal, journal_jobs, journal_name  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.keeper import keep  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402  # noqa: E402
-    KILL_GRACE,
-    START_RETRY_DELAYS,
-    Launcher,
-    append_note,
-    attempt_processes,
-    kill_attempts,
-    signal_attempts,
-    start_failure,
-    transient_start_error,
-)
-from lsst_ctrl_bps_parsl_worker.takeover import TakeOver  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
-__all__ = ("Spawner", "main")
+__all__ = ("LEFTOVER_SWEEP", "Spawner")
 
-_HOST = socket.gethostname()
 _REPLY_DELAY = 0.02
 """Seconds replies may wait to be sent together while jobs are still queued
 here (the driver has nothing to hand over that could start sooner)."""
@@ -122,7 +98,7 @@ _SWEEPS_PER_TOKEN = 2
 """Sweeps that must find nothing of an ended job before it is forgotten."""
 
 
-class Spawner(TakeOver):
+class Spawner:
     """Queue, start and reap jobs within a core and memory budget.
 
     Parameters
@@ -137,12 +113,13 @@ class Spawner(TakeOver):
 
     def __init__(self, cores: int, memory: int | None, out: list[str], dirs_fd: int = -1) -> None:
         self.cores = cores
-        self.memory = memory
+        self.memory = math.inf if memory is None else memory
         self.free_cores = cores
-        self.free_memory = memory
+        self.free_memory = self.memory
         self.queue: deque[dict] = deque()
         self.running: dict[int, dict] = {}
         self.adopted: dict[int, dict] = {}
+        """Jobs started by a spawner that died, by pid: not children, followed through ``/proc``."""
         self.kills: list[tuple[float, str]] = []
         """(when, token): SIGKILL still due to a job killed for its walltime (monotonic clock)."""
         self.ended_tokens: dict[str, int] = {}
@@ -154,50 +131,55 @@ class Spawner(TakeOver):
         self.out = out
         self.out_since = 0.0
         self.stopping = False
-        self.journals = Journals(dirs_fd)
+        self.journals: dict[str, Journal] = {}
+        """The journal of each directory of the jobs' pid files."""
+        self.dirs_fd = dirs_fd
         # The environment is converted once, not for every job.
-        self.launcher = Launcher()
+        self.launcher = processes.Launcher()
         self.warm = WarmStarts(self._note)
 
-    def _share(self, job: dict) -> tuple[int, int]:
-        cores = min(int(job.get("cores") or 1), self.cores)
-        memory = min(int(job.get("memory") or 0), self.memory) if self.memory is not None else 0
-        return cores, memory
-
-    def _fits(self, job: dict) -> bool:
-        cores, memory = self._share(job)
-        return self.free_cores >= cores and (self.free_memory is None or self.free_memory >= memory)
+    def _share(self, job: dict) -> tuple[int, float]:
+        """Cores and memory the job takes (at most the whole budget)."""
+        return min(int(job.get("cores") or 1), self.cores), min(int(job.get("memory") or 0), self.memory)
 
     def _take(self, job: dict) -> None:
         cores, memory = job["taken"] = self._share(job)
         self.free_cores -= cores
-        if self.free_memory is not None:
-            self.free_memory -= memory
+        self.free_memory -= memory
 
-    def _reply(
-        self, job: dict, code: int, sig: int | None, start: float | str | None, timed_out: bool = False
-    ) -> None:
-        """Report an ended job; ``start`` `None`: never started, ``"?"``: unknown."""
+    def _give_back(self, job: dict) -> None:
+        cores, memory = job.pop("taken", (0, 0))
+        self.free_cores += cores
+        self.free_memory += memory
+
+    def _send(self, line: str) -> None:
         if not self.out:
             self.out_since = time.monotonic()
-        started = "-" if start is None else start if isinstance(start, str) else repr(start)
-        self.out.append(
-            f"{job['id']} {code} {'-' if sig is None else sig} {started} {time.time()!r} {int(timed_out)}\n"
-        )
+        self.out.append(line)
+
+    def _reply(self, job: dict, code: int, start: str, timed_out: bool = False) -> None:
+        """Report an ended job (``start``: its start time, or ``-``, ``!``, ``?``: see the module docstring)."""
+        sig = code - 128 if 128 < code < 128 + 65 else "-"
+        self._send(f"{job['id']} {code} {sig} {start} {time.time()!r} {int(timed_out)}\n")
 
     def _note(self, text: str) -> None:
         """Send a line for the driver's log (`warm.WarmStarts`)."""
-        if not self.out:
-            self.out_since = time.monotonic()
-        self.out.append(f"note {' '.join(text.split())}\n")
+        self._send(f"note {' '.join(text.split())}\n")
 
     def _journal(self, job: dict) -> Journal | None:
-        """The journal of the directory of the job's ``pid_file`` (`None`: none can be made)."""
-        return self.journals.of(job.get("pid_file") or "")
-
-    def _refresh_journals(self) -> float | None:
-        """Seconds until the journals' next refresh (`Journals.refresh`), `None` when no job runs."""
-        return self.journals.refresh(bool(self.running or self.adopted))
+        """The journal of the directory of the job's pid file, made on first use (`None`: none can be)."""
+        directory = os.path.dirname(job.get("pid_file") or "")
+        if directory and directory not in self.journals:
+            try:
+                self.journals[directory] = Journal(directory)
+            except OSError:
+                return None
+            if self.dirs_fd >= 0:
+                try:
+                    os.write(self.dirs_fd, (json.dumps(directory) + "\n").encode())  # for the keeper
+                except OSError:
+                    pass
+        return self.journals.get(directory)
 
     def start_ready(self) -> float | None:
         """Start the queued jobs that fit. Any error but a passing one
@@ -209,7 +191,10 @@ class Spawner(TakeOver):
             Seconds until a start that failed for a passing reason is tried
             again, `None` if none is due.
         """
-        while self.queue and not self.stopping and self._fits(self.queue[0]):
+        while self.queue and not self.stopping:
+            cores, memory = self._share(self.queue[0])
+            if cores > self.free_cores or memory > self.free_memory:
+                break
             wait = self.hold_until - time.monotonic()
             if wait > 0:
                 return wait
@@ -220,13 +205,15 @@ class Spawner(TakeOver):
             except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's
                 self._give_back(job)
                 tries = job.get("start_tries", 0)
-                if transient_start_error(exc) and tries < len(START_RETRY_DELAYS):
+                if processes.transient_start_error(exc) and tries < len(processes.START_RETRY_DELAYS):
                     job["start_tries"] = tries + 1
                     self.queue.appendleft(job)
-                    self.hold_until = time.monotonic() + START_RETRY_DELAYS[tries]
+                    self.hold_until = time.monotonic() + processes.START_RETRY_DELAYS[tries]
                     continue
-                code = start_failure(job["err"], exc, tries, job.get("pid_file") or "", job["token"])
-                self._reply(job, code, None, "!")
+                code = processes.start_failure(
+                    job["err"], exc, tries, job.get("pid_file") or "", job["token"]
+                )
+                self._reply(job, code, "!")
         return None
 
     def _spawn(self, job: dict) -> None:
@@ -234,7 +221,7 @@ class Spawner(TakeOver):
         if journal is not None:
             # Before the start: the keeper names the job if this process dies while starting it.
             journal.starting(job["token"], job["err"])
-        job["start"] = time.time()
+        job["start"] = repr(time.time())
         started = time.monotonic()
         pid = self.launcher.spawn_job(
             job["shell"],
@@ -254,13 +241,7 @@ class Spawner(TakeOver):
             journal.started(pid, job["token"], job["err"])
             journal.write()
 
-    def _give_back(self, job: dict) -> None:
-        cores, memory = job.pop("taken", (0, 0))
-        self.free_cores += cores
-        if self.free_memory is not None:
-            self.free_memory += memory
-
-    def _ended(self, pid: int, job: dict, code: int, sig: int | None, start: float | str) -> None:
+    def _ended(self, pid: int, job: dict, code: int) -> None:
         self.ended_tokens[job["token"]] = _SWEEPS_PER_TOKEN
         journal = self._journal(job)
         if journal is not None:
@@ -268,29 +249,92 @@ class Spawner(TakeOver):
         self._give_back(job)
         timed_out = job.get("timed_out", False)
         if timed_out:
-            append_note(job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n")
-        self._reply(job, code, sig, start, timed_out)
+            processes.append_note(
+                job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n"
+            )
+        self._reply(job, code, job["start"], timed_out)
 
     def reap(self) -> None:
         """Answer each ended job, record its exit status, then reap it."""
         while self.running:
             try:
-                ended = ended_child()
+                ended = exits.ended_child()
             except ChildProcessError:
                 return
             if ended is None:
                 return
-            pid, code, sig = ended
+            pid, code = ended
             job = self.running.pop(pid, None)
             if job is not None:
                 # Unreaped, its pid still names its process group: end what it left there.
-                signal_attempts(signal.SIGKILL, groups=(pid,))
-                self._ended(pid, job, code, sig, job["start"])
+                processes.signal_attempts(signal.SIGKILL, groups=(pid,))
+                self._ended(pid, job, code)
                 if self._flush_due() == 0.0:
                     self.flush()
-                record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code)
-                log_exit_status(job["err"], code)
-            reap(pid)
+                exits.record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code, job["err"])
+            exits.reap(pid)
+
+    # ---- the jobs of a spawner that died ----
+
+    def _resume(self, dead_spawner: int, jobs: list[dict]) -> None:
+        """Take over the requests a spawner that died had not answered: a job
+        it had started (its journal says so, its process is alive, or its
+        stderr log exists) is followed to its end or answered at once
+        (`exits.orphan_exit_code`), never started again; the others are queued.
+        """
+        live = processes.live_jobs()
+        started: set[str] = set()
+        journaled: dict[str, int] = {}
+        old_journals = {
+            os.path.join(directory, journal_name(dead_spawner))
+            for directory in {os.path.dirname(job.get("pid_file") or "") for job in jobs}
+            if directory
+        }
+        for path in old_journals:
+            old = journal_jobs(path)
+            started |= old.started
+            journaled.update((token, pid) for pid, token in old.running.items())
+        for job in jobs:
+            token = job["token"]
+            pid = live.get(token)
+            if pid is not None:
+                self._adopt(pid, job)
+            elif token in started or os.path.exists(job["err"]):
+                self._reply(job, self._exit_code(job, journaled.get(token)), "?")
+            else:
+                self.queue.append(job)
+        for journal in self.journals.values():
+            journal.write()
+        for path in old_journals:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _adopt(self, pid: int, job: dict) -> None:
+        self._take(job)
+        start = processes.process_start_time(pid)
+        job["start"] = repr(start) if start is not None else "?"
+        limit = job.get("time_limit")
+        ran = time.time() - start if start is not None else 0.0
+        job["deadline"] = time.monotonic() + limit - ran if limit else None
+        self.adopted[pid] = job
+        journal = self._journal(job)
+        if journal is not None:
+            journal.started(pid, job["token"], job["err"])
+
+    @staticmethod
+    def _exit_code(job: dict, pid: int | None) -> int:
+        return exits.orphan_exit_code(
+            os.path.dirname(job.get("pid_file") or ""), job["token"], job["err"], pid
+        )
+
+    def _poll_adopted(self) -> None:
+        """Answer the adopted jobs that ended."""
+        for pid, job in list(self.adopted.items()):
+            if not processes.job_alive(pid, job["token"]):
+                del self.adopted[pid]
+                self._ended(pid, job, self._exit_code(job, pid))
 
     # ---- time limits and stopping ----
 
@@ -303,14 +347,11 @@ class Spawner(TakeOver):
             Seconds to the next deadline or due SIGKILL, `None` if none.
         """
         now = time.monotonic()
-        soonest = None
-        if self.kills:
-            due = [token for when, token in self.kills if when <= now]
-            if due:
-                self.kills = [(when, token) for when, token in self.kills if when > now]
-                signal_attempts(signal.SIGKILL, due)
-            if self.kills:
-                soonest = min(when for when, _ in self.kills)
+        due = [token for when, token in self.kills if when <= now]
+        if due:
+            self.kills = [(when, token) for when, token in self.kills if when > now]
+            processes.signal_attempts(signal.SIGKILL, due)
+        soonest = min((when for when, _ in self.kills), default=None)
         for jobs in (self.running, self.adopted):
             for pid, job in jobs.items():
                 deadline = job.get("deadline")
@@ -320,8 +361,8 @@ class Spawner(TakeOver):
                     job["timed_out"] = True
                     job["deadline"] = None
                     groups = (pid,) if jobs is self.running else ()
-                    signal_attempts(signal.SIGTERM, (job["token"],), groups=groups)
-                    deadline = now + KILL_GRACE
+                    processes.signal_attempts(signal.SIGTERM, (job["token"],), groups=groups)
+                    deadline = now + processes.KILL_GRACE
                     self.kills.append((deadline, job["token"]))
                 soonest = deadline if soonest is None else min(soonest, deadline)
         return None if soonest is None else max(0.0, soonest - now)
@@ -337,35 +378,22 @@ class Spawner(TakeOver):
         if not force and now < self.next_sweep:
             return self.next_sweep - now
         self.next_sweep = now + LEFTOVER_SWEEP
-        found = attempt_processes(self.ended_tokens)
-        if found:
-            signal_attempts(signal.SIGKILL, groups=set(found.values()))
-            for pid in found:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        else:
+        if not processes.signal_attempts(signal.SIGKILL, self.ended_tokens):
             # Nothing left this time: a token is forgotten after that many such sweeps.
-            for token, left in list(self.ended_tokens.items()):
-                if left <= 1:
-                    del self.ended_tokens[token]
-                else:
-                    self.ended_tokens[token] = left - 1
+            self.ended_tokens = {token: left - 1 for token, left in self.ended_tokens.items() if left > 1}
         return LEFTOVER_SWEEP if self.ended_tokens else None
 
     def _drop_queued(self) -> None:
         """Start no more jobs: fail the queued ones."""
         self.stopping = True
         while self.queue:
-            self._reply(self.queue.popleft(), -1, None, None)
+            self._reply(self.queue.popleft(), -1, "-")
 
     def _stop(self) -> None:
         """Fail queued jobs, kill running ones (SIGTERM, then SIGKILL)."""
         self._drop_queued()
         tokens = [job["token"] for job in (*self.running.values(), *self.adopted.values())]
-        if tokens:
-            kill_attempts(tokens, groups=tuple(self.running))
+        processes.kill_attempts(tokens, groups=tuple(self.running))
         deadline = time.monotonic() + 10
         while (self.running or self.adopted) and time.monotonic() < deadline:
             self.reap()
@@ -395,19 +423,13 @@ class Spawner(TakeOver):
             except OSError:
                 pass  # the driver is gone: nobody reads the replies
 
-    def _close(self) -> None:
-        """Stop the warm processes, remove the journals (every job has ended)."""
-        self.warm.close()
-        self.flush()
-        self.journals.close()
-
     def handle(self, request: dict) -> None:
         """Act on one request line.
 
         Parameters
         ----------
         request : `dict`
-            The decoded request (a job, ``stop`` or ``resume``).
+            The decoded request (a job, ``stop``, ``drain`` or ``resume``).
         """
         op = request.get("op")
         if op == "stop":
@@ -417,49 +439,32 @@ class Spawner(TakeOver):
         elif op == "resume":
             self._resume(int(request["spawner"]), request["jobs"])
         elif self.stopping:
-            self._reply(request, -1, None, None)
+            self._reply(request, -1, "-")
         else:
             self.queue.append(request)
 
 
-def main(argv: list[str], dirs_fd: int = -1) -> int:
-    """Serve requests from stdin until end of input (``dirs_fd``: see `keeper.keep`).
-
-    Parameters
-    ----------
-    argv : `list` [`str`]
-        The script, the cores and the memory (MB, or ``none``).
-    dirs_fd : `int`, optional
-        Pipe to the keeper for the journals' directories (``-1``: no keeper).
-
-    Returns
-    -------
-    code : `int`
-        Exit status.
-    """
-    cores = int(argv[1])
+def _main(argv: list[str], dirs_fd: int) -> int:
+    """Serve requests from stdin until end of input (``argv``: the script, the cores, the memory)."""
     memory = int(argv[2]) if argv[2] != "none" else None
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobs do not inherit it (`Launcher`)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobs do not inherit it (`processes.Launcher`)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    spawner = Spawner(cores, memory, [f"spawner {os.getpid()}\n"], dirs_fd)
+    spawner = Spawner(int(argv[1]), memory, [f"spawner {os.getpid()}\n"], dirs_fd)
     spawner.flush()
     stdin_fd = sys.stdin.fileno()
     buffer = b""
     open_input = True
     held: float | None = None
     while open_input or spawner.running or spawner.adopted:
-        timeout = spawner.check_deadlines()
-        for due in (spawner._flush_due(), spawner._sweep_leftovers(), held):
-            if due is not None:
-                timeout = due if timeout is None else min(timeout, due)
+        dues = [spawner.check_deadlines(), spawner._flush_due(), spawner._sweep_leftovers(), held]
         if spawner.adopted:
-            timeout = _ADOPTED_POLL if timeout is None else min(timeout, _ADOPTED_POLL)
-        refresh = spawner._refresh_journals()
-        if refresh is not None:
-            timeout = refresh if timeout is None else min(timeout, refresh)
+            dues.append(_ADOPTED_POLL)
+        if spawner.running or spawner.adopted:
+            dues.extend(journal.touch() for journal in spawner.journals.values())
+        timeout = min((due for due in dues if due is not None), default=None)
         readable, _, _ = select.select([stdin_fd, wake_r] if open_input else [wake_r], [], [], timeout)
         if wake_r in readable:
             os.read(wake_r, 4096)
@@ -476,7 +481,8 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
         if spawner.adopted:
             spawner._poll_adopted()
         held = spawner.start_ready()
-        spawner.journals.write()
+        for journal in spawner.journals.values():
+            journal.write()
         if spawner._flush_due() == 0.0:
             spawner.flush()
     spawner.flush()
@@ -484,9 +490,13 @@ def main(argv: list[str], dirs_fd: int = -1) -> int:
         if spawner._sweep_leftovers(force=True) is None:
             break
         time.sleep(0.01)
-    spawner._close()
+    # Every job has ended: stop the warm processes, remove the journals.
+    spawner.warm.close()
+    spawner.flush()
+    for journal in spawner.journals.values():
+        journal.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(keep(lambda dirs_fd: main(sys.argv, dirs_fd), _HOST))
+    sys.exit(keep(lambda dirs_fd: _main(sys.argv, dirs_fd)))

@@ -40,8 +40,8 @@ from lsst_ctrl_bps_parsl_worker.exits import EXITS_PREFIX, zombie_exit_code
 from lsst_ctrl_bps_parsl_worker.journal import (
     JOURNAL_PREFIX,
     JOURNAL_REFRESH,
+    journal_jobs,
     journal_snapshot,
-    read_journal,
 )
 from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
@@ -113,7 +113,7 @@ def running_attempts(running_dir: str) -> Iterator[tuple[str, int, str]]:
     except OSError:
         return
     for name, host, _ in _journals(names):
-        for pid, token in read_journal(os.path.join(running_dir, name)).items():
+        for pid, token in journal_jobs(os.path.join(running_dir, name)).running.items():
             yield host, pid, token
     for name in names:
         if name.startswith((JOURNAL_PREFIX, EXITS_PREFIX)):
@@ -145,7 +145,7 @@ def running_job_ids(running_dir: str) -> set[int]:
         return set()
     ids = {int(name.split(".", 1)[0]) for name in names if name.split(".", 1)[0].isdigit()}
     for name, _, _ in _journals(names):
-        for token in read_journal(os.path.join(running_dir, name)).values():
+        for token in journal_jobs(os.path.join(running_dir, name)).running.values():
             job = token.rsplit("/", 2)
             if len(job) == 3 and job[1].isdigit():
                 ids.add(int(job[1]))
@@ -175,7 +175,7 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
         if host != _HOST:
             continue
         if _alive(pid):
-            ended |= set(read_journal(os.path.join(running_dir, name)))
+            ended |= set(journal_jobs(os.path.join(running_dir, name)).running)
         else:
             try:
                 os.unlink(os.path.join(running_dir, name))

@@ -383,7 +383,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
 
     def _take_over(self, dead: subprocess.Popen) -> subprocess.Popen | None:
         """Replace a spawner whose output ended (`None`: none expected or
-        possible); the new one gets every unanswered request (`takeover`).
+        possible); the new one gets every unanswered request (`spawner`).
         At shutdown, one that exited by itself (status 0: it answered every
         job it started) is not replaced; one that died is, so its running
         jobs are followed to their end.
