@@ -88,8 +88,7 @@ from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 __all__ = ("LEFTOVER_SWEEP", "Spawner")
 
 _REPLY_DELAY = 0.02
-"""Seconds replies may wait to be sent together while jobs are still queued
-here (the driver has nothing to hand over that could start sooner)."""
+"""Seconds replies may wait to be sent together while jobs are queued here (nothing could start sooner)."""
 _ADOPTED_POLL = 0.1
 """Seconds between checks whether a job followed from a dead spawner ended."""
 LEFTOVER_SWEEP = 1.0
@@ -188,8 +187,7 @@ class Spawner:
         Returns
         -------
         seconds : `float` or `None`
-            Seconds until a start that failed for a passing reason is tried
-            again, `None` if none is due.
+            Seconds until a start that failed for a passing reason is tried again (`None`: none).
         """
         while self.queue and not self.stopping:
             cores, memory = self._share(self.queue[0])
