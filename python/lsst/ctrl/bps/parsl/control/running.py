@@ -30,24 +30,18 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lsst_ctrl_bps_parsl_worker.exits import EXITS_PREFIX, zombie_exit_code
-from lsst_ctrl_bps_parsl_worker.journal import (
-    JOURNAL_PREFIX,
-    JOURNAL_REFRESH,
-    journal_snapshot,
-    read_journal,
-)
+from lsst_ctrl_bps_parsl_worker.exits import zombie_exit_code
+from lsst_ctrl_bps_parsl_worker.journal import JOURNAL_PREFIX, JOURNAL_REFRESH, journal_snapshot, read_journal
 from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
 from ..configuration import RunSettings
 from .claim import DriverBusyError
-from .liveness import file_clock
+from .liveness import HOST, _file_age, _pid_exists, _unlink
 
 if TYPE_CHECKING:
     from lsst.ctrl.bps import BpsConfig
@@ -59,12 +53,10 @@ __all__ = (
     "StaleJournal",
     "forget_journals",
     "kill_running_jobs",
-    "running_attempts",
     "running_job_ids",
     "spawners_elsewhere",
 )
 
-_HOST = socket.gethostname()
 _UNREAPED_WAIT = 2.0
 """Seconds `kill_running_jobs` waits for ended jobs of a live spawner to be reaped."""
 _NAMES_SHOWN = 3
@@ -93,37 +85,6 @@ def _journals(names: list[str]) -> Iterator[tuple[str, str, int]]:
         host, _, pid = name[len(JOURNAL_PREFIX) :].rpartition(".")
         if pid.isdigit():
             yield name, host, int(pid)
-
-
-def running_attempts(running_dir: str) -> Iterator[tuple[str, int, str]]:
-    """Yield ``(host, process group, token)`` of each attempt said to run.
-
-    Parameters
-    ----------
-    running_dir : `str`
-        The run's directory of running-attempt records and journals.
-
-    Yields
-    ------
-    attempt : `tuple` [`str`, `int`, `str`]
-        ``(host, process group, token)``.
-    """
-    try:
-        names = os.listdir(running_dir)
-    except OSError:
-        return
-    for name, host, _ in _journals(names):
-        for pid, token in read_journal(os.path.join(running_dir, name)).items():
-            yield host, pid, token
-    for name in names:
-        if name.startswith((JOURNAL_PREFIX, EXITS_PREFIX)):
-            continue
-        try:
-            with open(os.path.join(running_dir, name)) as stream:
-                host, pid_text, token = stream.read().split()
-            yield host, int(pid_text), token
-        except (OSError, ValueError):
-            continue
 
 
 def running_job_ids(running_dir: str) -> set[int]:
@@ -172,30 +133,17 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
         names = []
     ended: set[int] = set()
     for name, host, pid in _journals(names):
-        if host != _HOST:
+        if host != HOST:
             continue
-        if _alive(pid):
+        if _pid_exists(pid):
             ended |= set(read_journal(os.path.join(running_dir, name)))
         else:
-            try:
-                os.unlink(os.path.join(running_dir, name))
-            except OSError:
-                pass
+            _unlink(os.path.join(running_dir, name))
     # A job of a live spawner that ended is reaped, its exit status recorded, in a moment.
     deadline = time.monotonic() + _UNREAPED_WAIT
     while time.monotonic() < deadline and any(zombie_exit_code(pid) is not None for pid in ended):
         time.sleep(0.01)
     return killed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _attempt_of(token: str, recorder: Recorder) -> tuple[int, int] | None:
@@ -205,12 +153,6 @@ def _attempt_of(token: str, recorder: Recorder) -> tuple[int, int] | None:
         return None
     job, attempt = int(fields[1]), int(fields[2])
     return (job, attempt) if job < len(recorder.rows) else None
-
-
-def _journal_age(info: os.stat_result, parsl_dir: str) -> float:
-    """Seconds since a journal was last written or refreshed, by the file system's clock."""
-    now = file_clock(parsl_dir)
-    return (now if now is not None else time.time()) - info.st_mtime
 
 
 def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
@@ -229,7 +171,8 @@ def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
 
 
 def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) -> list[StaleJournal]:
-    """Check other hosts' local-pool spawner journals before a restart settles what a dead driver left.
+    """Check other hosts' local-pool spawner journals before a restart settles what a dead driver left:
+    `JobsRunElsewhereError` if a live one still runs attempts with no recorded exit.
 
     Parameters
     ----------
@@ -244,11 +187,6 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
     -------
     stale : `list` [`StaleJournal`]
         Journals whose spawner is gone: their attempts count as ended.
-
-    Raises
-    ------
-    JobsRunElsewhereError
-        If a live spawner on another host still runs attempts with no recorded exit.
     """
     try:
         names = os.listdir(running_dir)
@@ -259,7 +197,7 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
     stale: list[StaleJournal] = []
     live: dict[str, list[tuple[int, int]]] = {}
     for name, host, _ in _journals(names):
-        if host == _HOST:
+        if host == HOST:
             continue
         path = os.path.join(running_dir, name)
         found = journal_snapshot(path)
@@ -267,7 +205,7 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
             continue
         running, _, info = found
         attempts = sorted(filter(None, (_attempt_of(token, recorder) for token in running.values())))
-        fresh = _journal_age(info, parsl_dir) <= max(stale_after, 2 * JOURNAL_REFRESH)
+        fresh = _file_age(parsl_dir, info.st_mtime, info.st_mtime) <= max(stale_after, 2 * JOURNAL_REFRESH)
         if not fresh and not _journal_moves(path, info, stale_after):
             stale.append(StaleJournal(path, host, attempts))
             continue
@@ -314,7 +252,4 @@ def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
                     f"[bps-parsl] the local job pool on {journal.host} stopped refreshing its journal "
                     "(its spawner or host is gone) while this attempt ran: taken as ended\n",
                 )
-        try:
-            os.unlink(journal.path)
-        except OSError:
-            pass
+        _unlink(journal.path)

@@ -33,8 +33,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..configuration import ConfigurationError
@@ -57,7 +56,7 @@ class Payload:
 
     rows: list[JobRow]
     edges: list[tuple[int, int]]
-    envs: list[str] = field(default_factory=list)
+    envs: list[str]
 
 
 def lazy_group_ids(generic_workflow: Any, node_id: Any) -> dict[str, dict[str, int]]:
@@ -112,7 +111,8 @@ def control_run(submit_path: str) -> dict[str, Any] | None:
 
 
 def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
-    """Append a payload's jobs and edges below the run's lazy group, in one transaction, once.
+    """Append a payload's jobs and edges below the run's lazy group, in one transaction, once
+    (`ConfigurationError` if no lazy group waits or job names clash, `StateStoreError`).
 
     Parameters
     ----------
@@ -125,13 +125,6 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
     -------
     group, added : `tuple` [`str`, `int`]
         The lazy group the payload joined and the number of jobs added.
-
-    Raises
-    ------
-    ConfigurationError
-        If no lazy group waits for a payload, or job names clash.
-    StateStoreError
-        If the store cannot be written.
     """
     path = db_path(submit_path)
     try:
@@ -161,15 +154,19 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
         group, group_id = next(iter(waiting.items()))
         offset = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM jobs").fetchone()[0]
         env_ids = _add_envs(conn, payload.envs)
-        rows = [_shifted(row, offset, env_ids) for row in payload.rows]
+        rows = [
+            row._replace(id=row.id + offset, env_id=None if row.env_id is None else env_ids[row.env_id])
+            for row in payload.rows
+        ]
         if rows:
             conn.executemany("INSERT INTO jobs VALUES (" + ",".join("?" * len(JobRow._fields)) + ")", rows)
         conn.executemany(
             "INSERT INTO edges VALUES (?, ?)", ((p + offset, c + offset) for p, c in payload.edges)
         )
-        conn.executemany(
-            "INSERT INTO edges VALUES (?, ?)", ((group_id, i) for i in _entries(payload, offset))
-        )
+        # The payload's jobs without parents, but for the final ones, wait for the lazy group.
+        has_parent = {child for _, child in payload.edges}
+        entries = [row.id + offset for row in payload.rows if row.id not in has_parent and not row.final]
+        conn.executemany("INSERT INTO edges VALUES (?, ?)", ((group_id, i) for i in entries))
         conn.execute(
             f"INSERT INTO status (job, state) SELECT id, {JobState.UNREADY} FROM jobs WHERE id >= ?",
             (offset,),
@@ -191,27 +188,11 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
         conn.close()
 
 
-def _add_envs(conn: sqlite3.Connection, envs: Iterable[str]) -> list[int]:
+def _add_envs(conn: sqlite3.Connection, envs: list[str]) -> list[int]:
     """Store the environment scripts the run does not have; their ids."""
     known = {script: i for i, script in conn.execute("SELECT id, script FROM envs")}
-    next_id = max(known.values(), default=-1) + 1
-    ids = []
-    for script in envs:
-        if script not in known:
-            conn.execute("INSERT INTO envs VALUES (?, ?)", (next_id, script))
-            known[script] = next_id
-            next_id += 1
-        ids.append(known[script])
-    return ids
-
-
-def _shifted(row: JobRow, offset: int, env_ids: list[int]) -> JobRow:
-    """A payload job row with its ids in the run's numbering."""
-    env_id = None if row.env_id is None else env_ids[row.env_id]
-    return row._replace(id=row.id + offset, env_id=env_id)
-
-
-def _entries(payload: Payload, offset: int) -> list[int]:
-    """Ids of the payload's jobs without parents, but for the final ones."""
-    has_parent = {child for _, child in payload.edges}
-    return [row.id + offset for row in payload.rows if row.id not in has_parent and not row.final]
+    first = max(known.values(), default=-1) + 1
+    new = [script for script in dict.fromkeys(envs) if script not in known]
+    conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(new, first))
+    known.update((script, i) for i, script in enumerate(new, first))
+    return [known[script] for script in envs]

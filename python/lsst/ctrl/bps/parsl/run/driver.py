@@ -42,7 +42,6 @@ from ..configuration import RunSettings
 from ..control.claim import ClaimFence
 from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
 from ..oneline import one_line, shown
-from ..prepare.commands import fill_wms
 from ..prepare.jobattrs import concurrency_limits
 from ..records import AttemptResult, JobKind, JobState
 from ..report.page import PageWriter
@@ -363,7 +362,11 @@ class Driver(LostAttemptHandling, StopHandling):
         env = self.envs[row.env_id] if row.env_id is not None else ""
         command = row.command or ""
         if "<WMS:" in command or "<WMS:" in env:  # attemptNum counts from 0, as HTCondor's NumJobStarts
-            command, env = fill_wms(command, attempt - 1), fill_wms(env, attempt - 1)
+            number = str(attempt - 1)
+            command, env = (
+                command.replace("<WMS:attemptNum>", number),
+                env.replace("<WMS:attemptNum>", number),
+            )
         token = f"{self.run_id}/{i}/{attempt}"
         pid_file = os.path.join(self.running_dir, f"{i}.{attempt}")
         walltime = walltime_seconds(row.request_walltime) if label in self.walltime_labels else None

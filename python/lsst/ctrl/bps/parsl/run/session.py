@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from lsst.ctrl.bps import BpsConfig, BpsError
 
 from ..configuration import RunSettings
-from ..control.claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, claim_run
+from ..control.claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, DriverMonitor, claim_run
 from ..control.liveness import (
     HOST,
     STALE_AFTER,
@@ -48,7 +48,6 @@ from ..control.liveness import (
     driver_alive,
     process_start,
 )
-from ..control.monitor import DriverMonitor
 from ..oneline import ShownMessageError
 from ..site import SiteConfig
 from ..store.runstore import RunStore, StateStoreError, db_path
