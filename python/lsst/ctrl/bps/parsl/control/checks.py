@@ -94,11 +94,8 @@ def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[i
         return 1, str(exc)
     except Exception as exc:  # the site's own code: one line, not a traceback
         return 1, f"the site's executors cannot be built: {one_line(exc)}"
-    for executor in executors:
-        problem = _check_executor(executor)
-        if problem:
-            return 1, problem
-    return 0, ""
+    problem = next(filter(None, map(_check_executor, executors)), None)
+    return (1, problem) if problem else (0, "")
 
 
 def _check_executor(executor: Any) -> str | None:
@@ -153,19 +150,14 @@ def check_submit_path(config: BpsConfig) -> None:
     path = value.split("{", 1)[0]
     if "{" in value:
         path = os.path.dirname(path)
-    path = os.path.abspath(os.path.expanduser(path or "."))
-    existing = path
+    existing = os.path.abspath(os.path.expanduser(path or "."))
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
+    is_dir = os.path.isdir(existing)
+    if not is_dir or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigurationError(
-            f"'submitPath' is {value!r}, but {existing} is not a directory: set submitPath to a directory "
-            "you can write"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigurationError(
-            f"'submitPath' is {value!r}, but {existing} is not writable by you: set submitPath to a "
-            "directory you can write"
+            f"'submitPath' is {value!r}, but {existing} is not {'writable by you' if is_dir else 'a directory'}: "
+            "set submitPath to a directory you can write"
         )
 
 

@@ -37,11 +37,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
 
 from ..configuration import MIN_STALE_AFTER
 from ..oneline import ShownMessageError
-from ..store.runstore import StoreLostError, out_of_space_message
+from ..store.runstore import RunStore, StoreLostError, out_of_space_message
 from .liveness import (
     CANCEL_NAME,
     HEARTBEAT_NAME,
@@ -59,9 +58,6 @@ from .liveness import (
     driver_alive,
     process_start,
 )
-
-if TYPE_CHECKING:
-    from ..store.runstore import RunStore
 
 __all__ = (
     "Claim",
@@ -143,10 +139,8 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
 
     Returns
     -------
-    number : `int`
-        Highest claim number (0: none).
-    claim : `Claim` or `None`
-        That claim (`None`: none, or unreadable).
+    number, claim : `tuple` [`int`, `Claim` or `None`]
+        Highest claim number (0: none) and that claim (`None`: none, or unreadable).
     """
     directory = _parsl_dir(submit_path)
     numbers = _numbers(directory)

@@ -136,25 +136,20 @@ def _read_json_stat(path: str) -> tuple[dict, os.stat_result] | None:
     return None
 
 
-def _file_clock(directory: str) -> float | None:
-    """The time by the file system's clock (mtime of a new probe file in ``directory``), or `None`."""
+def _file_age(directory: str, mtime: float | None, written: float) -> float:
+    """Seconds since a file in ``directory`` was written: from its ``mtime`` by the file system's clock
+    (a new probe file's mtime) if it can, else from ``written`` by this host's.
+    """
     probe = os.path.join(directory, f".clock.{HOST}.{os.getpid()}.{threading.get_ident()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
-        return None
+        return time.time() - written
     try:
-        return os.fstat(fd).st_mtime
+        now = os.fstat(fd).st_mtime
     finally:
         os.close(fd)
         _unlink(probe)
-
-
-def _file_age(directory: str, mtime: float | None, written: float) -> float:
-    """Seconds since a file in ``directory`` was written, by the file system's clock if it can."""
-    now = _file_clock(directory)
-    if now is None:
-        return time.time() - written
     return now - (written if mtime is None else mtime)
 
 
@@ -230,19 +225,6 @@ def _fresh(record: DriverRecord, submit_path: str) -> bool:
     return age <= max(record.stale_after, 2 * record.interval)
 
 
-def _progress(submit_path: str, record: DriverRecord) -> DriverRecord | None:
-    """The record of a stale-looking heartbeat that moved while watched, or `None`."""
-    deadline = time.monotonic() + min(record.stale_after, 2 * record.interval + 1.0)
-    while time.monotonic() < deadline:
-        time.sleep(min(0.2, record.interval / 4))
-        now = _read_heartbeat(submit_path)
-        if now is None:
-            return None
-        if (now.beat, now.mtime, now.identity) != (record.beat, record.mtime, record.identity):
-            return now
-    return None
-
-
 def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = False) -> DriverRecord | None:
     """The live driver of a run: its process runs (this host) or its heartbeat is fresh (`_fresh`).
 
@@ -270,10 +252,15 @@ def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = Fa
         return record if same else None
     if _fresh(record, submit_path):
         return record
-    if confirm:
-        moved = _progress(submit_path, record)
-        if moved is not None and (run_id is None or moved.run_id == run_id):
-            return moved
+    if confirm:  # watch a stale-looking heartbeat for two beats and a second: whether it moves
+        deadline = time.monotonic() + min(record.stale_after, 2 * record.interval + 1.0)
+        while time.monotonic() < deadline:
+            time.sleep(min(0.2, record.interval / 4))
+            moved = _read_heartbeat(submit_path)
+            if moved is None:
+                return None
+            if (moved.beat, moved.mtime, moved.identity) != (record.beat, record.mtime, record.identity):
+                return moved if run_id is None or moved.run_id == run_id else None
     return None
 
 

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,11 +103,8 @@ def control_run(submit_path: str) -> dict[str, Any] | None:
     path = db_path(submit_path)
     if not os.path.exists(path):
         return None
-    store = RunStore(path, readonly=True)
-    try:
+    with closing(RunStore(path, readonly=True)) as store:
         meta = store.meta()
-    finally:
-        store.close()
     return meta if meta.get(LAZY_GROUPS) else None
 
 
@@ -132,13 +130,12 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
     except sqlite3.Error as exc:
         raise StateStoreError(f"{path}: cannot open the run-state database ({exc})") from None
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")  # closed without a COMMIT, the connection rolls it back
         meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         groups: dict[str, int] = meta.get(LAZY_GROUPS) or {}
         joined: list[int] = meta.get(JOINED) or []
         waiting = {name: i for name, i in groups.items() if i not in joined}
         if not waiting:
-            conn.execute("ROLLBACK")
             if groups:
                 _LOG.info("the payload already joined run %s: not added again", meta.get("run_id"))
                 return next(iter(groups)), 0
@@ -147,7 +144,6 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
                 "'bpsBatchSubmission: true' takes a payload"
             )
         if len(waiting) > 1:
-            conn.execute("ROLLBACK")
             raise ConfigurationError(
                 f"{path}: lazy groups {sorted(waiting)} all wait for a payload: this plugin joins one"
             )

@@ -73,14 +73,12 @@ def render(
 
     Parameters
     ----------
-    text : `str`
-        Command line or value with placeholders.
+    text, job_name : `str`
+        Command line or value with placeholders; the job's name, for messages.
     cmdvals : `~collections.abc.Mapping`
         Values for ``{name}`` placeholders.
     file_path : callable
         The path of a workflow file by name, or `None` if unknown.
-    job_name : `str`
-        Job name, for messages.
     expand_env : `bool`
         Turn ``<ENV:X>`` into ``${X}`` (for command lines, not for `export_lines`).
 
@@ -197,9 +195,8 @@ def environment_script() -> str:
     Returns
     -------
     script : `str`
-        One ``export NAME='value'`` line per variable, sorted; the shell's
-        and display's own variables (`_NOT_EXPORTED`), names that are no
-        shell variable names and bash functions left out.
+        One ``export NAME='value'`` line per variable, sorted; left out: the shell's and display's
+        own (`_NOT_EXPORTED`), names that are no shell variable names, bash functions.
     """
     kept = {
         key: value

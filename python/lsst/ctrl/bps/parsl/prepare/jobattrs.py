@@ -41,11 +41,9 @@ from ..job import ParslJob, parse_walltime
 from ..oneline import shown
 from ..records import JobRow
 
-__all__ = ("check_job_values", "concurrency_limits", "job_row_check", "parse_concurrency_limit")
+__all__ = ("check_job_values", "concurrency_limits", "parse_concurrency_limit")
 
 _LOG = logging.getLogger(__name__)
-
-_DEFAULT_LIMITS: dict[str, float] = {"db_limit": 1}  # ctrl_bps's defaults give it the final job
 
 
 def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], ...]:
@@ -93,7 +91,7 @@ def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str,
     limits : `dict` [`str`, `float`]
         Units each limit allows at once, by lower-case name.
     """
-    limits = dict(_DEFAULT_LIMITS)
+    limits = {"db_limit": 1.0}  # ctrl_bps's defaults give it to the final job
     keys = [".concurrencyLimits"]
     if compute_site:
         keys.append(f".site.{compute_site}.concurrencyLimits")
@@ -158,10 +156,8 @@ def check_job_values(job: Any) -> None:
         value = getattr(job, attribute)
         if value is None:
             continue
-        if kind is _INT:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        # NaN and the infinities fail the range check.
+        ok = isinstance(value, int if kind is _INT else int | float) and not isinstance(value, bool)
         if not ok or not low <= value <= high:
             rule = f"{kind} from {low:g} to {high:g}"
             if attribute == "memory_multiplier":
@@ -186,21 +182,9 @@ def check_job_values(job: Any) -> None:
             raise _bad_value(job, key, value, "a string")
 
 
-def job_row_check(config: BpsConfig, site: Any) -> Callable[[JobRow], None]:
-    """A check of payload job rows: resources, walltime, concurrency limits; warns once per label
-    of a site or queue with no executor.
-
-    Parameters
-    ----------
-    config : `lsst.ctrl.bps.BpsConfig`
-        BPS configuration.
-    site : `SiteConfig`
-        The run's site, validated.
-
-    Returns
-    -------
-    check : `~collections.abc.Callable`
-        Called with every payload job row; raises `ConfigurationError` for a bad one.
+def _job_row_check(config: BpsConfig, site: Any) -> Callable[[JobRow], None]:
+    """A check of payload job rows (resources, walltime, concurrency limits; `ConfigurationError`);
+    warns once per label of a site or queue that is no executor of the validated ``site``.
     """
     compute_site, labels = site.compute_site, site.executor_labels()
     capacities = {label: site.capacity(label) for label in labels}

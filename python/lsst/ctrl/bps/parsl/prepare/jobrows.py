@@ -53,7 +53,7 @@ from ..records import JobKind, JobRow
 from ..store.attemptlogs import log_dir_template
 from .commands import _FILE as FILE_PLACEHOLDER
 from .commands import export_lines, render
-from .jobattrs import check_job_values, job_row_check
+from .jobattrs import _job_row_check, check_job_values
 
 __all__ = ("job_rows",)
 
@@ -103,7 +103,7 @@ def job_rows(
     for new, old in enumerate(order):
         new_id[old] = new
     edges = ((new_id[i], new_id[c]) for i, kids in enumerate(flat.children) for c in kids)
-    rows = _rows(config, generic_workflow, site, flat, order, job_row_check(config, site))
+    rows = _rows(config, generic_workflow, site, flat, order, _job_row_check(config, site))
     return rows, edges, lambda name: new_id[flat.index(name)]
 
 
@@ -165,8 +165,6 @@ def _rows(
             }
             env_id = envs.setdefault(export_lines(rendered, job.name), len(envs))
         tags = job.tags
-        walltime = job.request_walltime
-        limit = job.concurrency_limit
         row = JobRow(
             id=new,
             name=job.name,
@@ -180,7 +178,7 @@ def _rows(
             request_memory_max=job.request_memory_max,
             memory_multiplier=job.memory_multiplier,
             request_disk=job.request_disk,
-            request_walltime=None if walltime is None else str(walltime),
+            request_walltime=None if job.request_walltime is None else str(job.request_walltime),
             priority=None if job.priority is None else str(job.priority),
             retries=site_retries
             if site_retries is not None
@@ -190,7 +188,7 @@ def _rows(
             retry_unless_exit=_retry_unless_exit(job.retry_unless_exit),
             log_dir=subdir(job.label, tags),
             tags=_TAGS_JSON(tags) if tags else None,
-            concurrency_limit=None if limit is None or limit == "" else str(limit),
+            concurrency_limit=str(job.concurrency_limit) if job.concurrency_limit else None,
             abort_on_value=job.abort_on_value,
             abort_return_value=job.abort_return_value,
             compute_site=job.compute_site or None,
@@ -323,8 +321,7 @@ class _Flattener:
     def _sort_names(self) -> None:
         """(Re)build `by_name`; a name used twice is an error."""
         names = self.names
-        self.by_name = array("i", sorted(range(len(names)), key=names.__getitem__))
-        by_name = self.by_name
+        self.by_name = by_name = array("i", sorted(range(len(names)), key=names.__getitem__))
         for k in range(1, len(by_name)):
             if names[by_name[k]] == names[by_name[k - 1]]:
                 raise ConfigurationError(f"job name '{names[by_name[k]]}' appears twice in the workflow")
@@ -387,8 +384,6 @@ class _Flattener:
             graph = pending.popleft()
             levels.append(graph)
             self._add_nodes(graph, final, pending)
-        for graph in levels[1:]:  # the groups
-            group_entries[graph.name] = []
         self._sort_names()
         # Group entries: the entries of the group's source nodes, innermost
         # groups first.

@@ -172,7 +172,7 @@ class Driver(LostAttemptHandling, StopHandling):
     def _reset_for_run(self) -> None:
         """Keep succeeded jobs, run the others, after settling what a dead driver left."""
         if self.store.sessions():
-            stale = spawners_elsewhere(self.running_dir, self.site.config, self.recorder)
+            stale = spawners_elsewhere(self.running_dir, self.settings.driver_stale_after, self.recorder)
             kill_running_jobs(self.running_dir, self.run_id)
             self.recorder.settle_leftovers(self.state, self.attempt)
             forget_journals(stale, self.recorder)
