@@ -363,10 +363,8 @@ class Driver(LostAttemptHandling, StopHandling):
         command = row.command or ""
         if "<WMS:" in command or "<WMS:" in env:  # attemptNum counts from 0, as HTCondor's NumJobStarts
             number = str(attempt - 1)
-            command, env = (
-                command.replace("<WMS:attemptNum>", number),
-                env.replace("<WMS:attemptNum>", number),
-            )
+            command = command.replace("<WMS:attemptNum>", number)
+            env = env.replace("<WMS:attemptNum>", number)
         token = f"{self.run_id}/{i}/{attempt}"
         pid_file = os.path.join(self.running_dir, f"{i}.{attempt}")
         walltime = walltime_seconds(row.request_walltime) if label in self.walltime_labels else None
