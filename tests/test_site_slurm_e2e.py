@@ -210,7 +210,7 @@ def test_ping_of_a_slurm_site_checks_its_commands_and_controller(
     """Issue 20, item 14: ``bps ping`` of sites.Slurm on the real Slurm is 0;
     with ``SLURM_CONF`` naming a controller that does not answer, it is 1
     with one line naming ``squeue`` and Slurm's error."""
-    from lsst.ctrl.bps.parsl.control.ping import ping_site
+    from lsst.ctrl.bps.parsl.control.checks import ping_site
 
     config = make_config(computeSite="slurm", site={"slurm": slurm_site(local_slurm)})
     assert ping_site(None, config) == (0, "")

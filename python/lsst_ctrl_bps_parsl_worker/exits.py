@@ -39,17 +39,17 @@ from __future__ import annotations
 import os
 import socket
 
-from .processes import append_note
-
 __all__ = (
     "EXITS_PREFIX",
     "EXIT_MARKER",
+    "append_note",
     "ended_child",
     "exit_code_of",
     "orphan_exit_code",
     "record_exit",
     "recorded_exits",
     "reap",
+    "write_text",
     "zombie_exit_code",
 )
 
@@ -271,3 +271,37 @@ def orphan_exit_code(directory: str, token: str, err: str, pid: int | None) -> i
         "keeper logged an exit status: counted as failed\n",
     )
     return -1
+
+
+def append_note(path: str, text: str) -> None:
+    """Append ``text`` to a log file (`write_text`).
+
+    Parameters
+    ----------
+    path, text : `str`
+        The log file and the text.
+    """
+    write_text(path, text, "a")
+
+
+def write_text(path: str, text: str, mode: str = "w") -> None:
+    """Write (``mode`` ``"w"``) or append (``"a"``) ``text`` to a file, making
+    its directory again if it vanished; errors are ignored (the file is a hint).
+
+    Parameters
+    ----------
+    path, text, mode : `str`
+        The file, the text and the mode.
+    """
+    for _ in range(2):
+        try:
+            with open(path, mode) as stream:
+                stream.write(text)
+            return
+        except FileNotFoundError:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError:
+                return
+        except (OSError, ValueError):  # ValueError: a NUL in the path
+            return

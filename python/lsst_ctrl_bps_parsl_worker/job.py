@@ -46,18 +46,16 @@ if __name__ == "__main__":
     # Run as a script (a Python task): the package is next to this file's directory.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lsst_ctrl_bps_parsl_worker.exits import exit_code_of, record_exit  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.exits import append_note, exit_code_of, record_exit, write_text  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.keeper import orphan_guard  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     START_RETRY_DELAYS,
     Launcher,
-    append_note,
     job_script,
     kill_attempts,
     signal_attempts,
     start_failure,
     transient_start_error,
-    write_text,
 )
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 

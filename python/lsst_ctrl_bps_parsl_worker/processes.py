@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection
 from shlex import quote
 from typing import TYPE_CHECKING
 
-from .exits import record_exit
+from .exits import append_note, record_exit
 
 if TYPE_CHECKING:
     from .warm import WarmStarts
@@ -51,7 +51,6 @@ __all__ = (
     "KILL_GRACE",
     "START_RETRY_DELAYS",
     "Launcher",
-    "append_note",
     "attempt_processes",
     "job_alive",
     "job_script",
@@ -61,7 +60,6 @@ __all__ = (
     "signal_attempts",
     "start_failure",
     "transient_start_error",
-    "write_text",
 )
 
 ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
@@ -260,40 +258,6 @@ def start_failure(err: str, error: BaseException, retries: int, pid_file: str, t
     append_note(err, f"[bps-parsl] the job could not be started{again}: {reason}\n")
     record_exit(os.path.dirname(pid_file), token, code, err)
     return code
-
-
-def append_note(path: str, text: str) -> None:
-    """Append ``text`` to a log file (`write_text`).
-
-    Parameters
-    ----------
-    path, text : `str`
-        The log file and the text.
-    """
-    write_text(path, text, "a")
-
-
-def write_text(path: str, text: str, mode: str = "w") -> None:
-    """Write (``mode`` ``"w"``) or append (``"a"``) ``text`` to a file, making
-    its directory again if it vanished; errors are ignored (the file is a hint).
-
-    Parameters
-    ----------
-    path, text, mode : `str`
-        The file, the text and the mode.
-    """
-    for _ in range(2):
-        try:
-            with open(path, mode) as stream:
-                stream.write(text)
-            return
-        except FileNotFoundError:
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            except OSError:
-                return
-        except (OSError, ValueError):  # ValueError: a NUL in the path
-            return
 
 
 def _read(path: str) -> bytes:

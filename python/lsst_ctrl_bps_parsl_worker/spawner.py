@@ -247,9 +247,7 @@ class Spawner:
         self._give_back(job)
         timed_out = job.get("timed_out", False)
         if timed_out:
-            processes.append_note(
-                job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n"
-            )
+            exits.append_note(job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n")
         self._reply(job, code, job["start"], timed_out)
 
     def reap(self) -> None:

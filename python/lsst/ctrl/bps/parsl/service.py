@@ -37,7 +37,7 @@ from lsst.ctrl.bps import BaseWmsService, BpsConfig, GenericWorkflow, WmsRunRepo
 from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, RunSettings
-from .control.submitchecks import check_executables, check_submit_path
+from .control.checks import check_executables, check_submit_path
 from .files import open_private, safe_component
 from .oneline import one_line
 from .run.session import RunFailedError
@@ -341,7 +341,7 @@ class ParslService(BaseWmsService):
             return False, str(exc)
 
     def ping(self, pass_thru: str | None = None) -> tuple[int, str]:
-        from .control.ping import ping_site
+        from .control.checks import ping_site
 
         return ping_site(pass_thru, self.config)
 

@@ -315,11 +315,14 @@ class SiteConfig(ABC):
         if self.settings.environment:
             import shlex
 
-            from .prepare.commands import write_environment_file
+            from .files import write_private
+            from .prepare.commands import environment_script
 
             if self.submit_path is None:
                 raise RuntimeError("submit_path must be set before get_command_prefix")
-            env_file = write_environment_file(os.path.join(self.submit_path, "parsl", "environment.sh"))
+            env_file = write_private(
+                os.path.join(self.submit_path, "parsl", "environment.sh"), environment_script()
+            )
             source = f". {shlex.quote(env_file)}"
             prefix = f"{prefix}\n{source}" if prefix else source
         return prefix

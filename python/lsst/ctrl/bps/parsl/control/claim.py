@@ -25,33 +25,57 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Who may write a run: one ``parsl/driver.claim.<N>`` at a time (doc/state.md)."""
+"""Who may write a run: one ``parsl/driver.claim.<N>`` at a time (doc/state.md); the holding driver's
+`DriverMonitor`: its heartbeat, cancel-request poll, claim fence and store and disk checks.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
+from ..configuration import MIN_STALE_AFTER
 from ..oneline import ShownMessageError
+from ..store.runstore import RunStore, StoreLostError, out_of_space_message
 from .liveness import (
+    CANCEL_NAME,
+    HEARTBEAT_NAME,
     HOST,
     STALE_AFTER,
+    DriverRecord,
+    _file_age,
+    _Holder,
     _parsl_dir,
+    _read_heartbeat,
     _read_json_stat,
+    _same_process,
     _unlink,
     _write_json,
     driver_alive,
-    file_clock,
     process_start,
-    read_heartbeat,
 )
 
-__all__ = ("Claim", "ClaimBusyError", "ClaimFence", "DriverBusyError", "claim_run", "current_claim")
+__all__ = (
+    "Claim",
+    "ClaimBusyError",
+    "ClaimFence",
+    "DriverBusyError",
+    "DriverMonitor",
+    "claim_run",
+    "current_claim",
+)
 
 _CLAIM_PREFIX = "driver.claim."
+_HEARTBEAT_INTERVAL = 2.0
+"""Seconds between two heartbeats of a driver."""
+_POLL_INTERVAL = 0.5
+"""Seconds between two checks of the driver (cancel request, store, disk)."""
+_FULL_BELOW = 64 * 1024
+"""Free bytes below which the submit directory's file system counts as full."""
 
 
 class DriverBusyError(ShownMessageError, RuntimeError):
@@ -62,12 +86,12 @@ class ClaimBusyError(RuntimeError):
     """A live process holds the run's claim."""
 
     def __init__(self, holder: Claim):
-        super().__init__(f"pid {holder.pid} on {holder.host}")
+        super().__init__(holder.describe())
         self.holder = holder
 
 
 @dataclass(frozen=True)
-class Claim:
+class Claim(_Holder):
     """One claim file: who holds the run."""
 
     number: int
@@ -79,28 +103,10 @@ class Claim:
     released: bool = False
     mtime: float | None = None
 
-    @property
-    def identity(self) -> tuple[str, int, int | None]:
-        """(host, pid, start time) of the holder."""
-        return self.host, self.pid, self.started
-
-    def describe(self) -> str:
-        """``pid N on HOST``.
-
-        Returns
-        -------
-        text : `str`
-            The holder's process id and host, for messages.
-        """
-        return f"pid {self.pid} on {self.host}"
-
 
 def _numbers(directory: str) -> list[int]:
-    numbers = []
-    for name in os.listdir(directory):
-        if name.startswith(_CLAIM_PREFIX) and name[len(_CLAIM_PREFIX) :].isdigit():
-            numbers.append(int(name[len(_CLAIM_PREFIX) :]))
-    return sorted(numbers)
+    numbers = (name[len(_CLAIM_PREFIX) :] for name in os.listdir(directory) if name.startswith(_CLAIM_PREFIX))
+    return sorted(int(number) for number in numbers if number.isdigit())
 
 
 def _read_claim(directory: str, number: int) -> Claim | None:
@@ -133,10 +139,8 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
 
     Returns
     -------
-    number : `int`
-        Highest claim number (0: none).
-    claim : `Claim` or `None`
-        That claim (`None`: none, or unreadable).
+    number, claim : `tuple` [`int`, `Claim` or `None`]
+        Highest claim number (0: none) and that claim (`None`: none, or unreadable).
     """
     directory = _parsl_dir(submit_path)
     numbers = _numbers(directory)
@@ -145,24 +149,19 @@ def current_claim(submit_path: str) -> tuple[int, Claim | None]:
     return numbers[-1], _read_claim(directory, numbers[-1])
 
 
-def _holder_alive(submit_path: str, claim: Claim, stale_after: float = STALE_AFTER) -> bool:
+def _holder_alive(submit_path: str, claim: Claim, stale_after: float) -> bool:
     """Whether ``claim``'s holder still holds the run (before its first beat: its claim file is fresh)."""
     if claim.released:
         return False
     if claim.host == HOST:
-        start = process_start(claim.pid)
-        if start is None and not os.path.isdir("/proc"):
-            return True  # cannot tell: never take over
-        return start is not None and (claim.started is None or start == claim.started)
-    own = read_heartbeat(submit_path)
+        return _same_process(claim.pid, claim.started) is not False  # None: cannot tell, never take over
+    own = _read_heartbeat(submit_path)
     if own is not None and own.identity == claim.identity:
         # It beats (or did): its heartbeat decides, watched before it is called gone.
         beat = driver_alive(submit_path, confirm=True)
         return beat is not None and beat.identity == claim.identity
-    now = file_clock(_parsl_dir(submit_path))
-    written = claim.mtime if now is not None and claim.mtime is not None else claim.time
     # No heartbeat of its own yet (a driver starting, a cancel writing): the claim's own age.
-    return (now if now is not None else time.time()) - written <= stale_after
+    return _file_age(_parsl_dir(submit_path), claim.mtime, claim.time) <= stale_after
 
 
 def _try_create(directory: str, number: int, record: dict) -> bool:
@@ -189,7 +188,7 @@ def _try_create(directory: str, number: int, record: dict) -> bool:
 def claim_run(
     submit_path: str, what: str, wait: float = 0.0, stale_after: float = STALE_AFTER
 ) -> Iterator[Claim]:
-    """Hold the run's claim, or raise `ClaimBusyError` naming the live holder.
+    """Hold the run's claim, or raise `ClaimBusyError` naming the live holder (this process included).
 
     Parameters
     ----------
@@ -202,11 +201,6 @@ def claim_run(
     ------
     claim : `Claim`
         This process's claim, held until the context ends.
-
-    Raises
-    ------
-    ClaimBusyError
-        If a live process holds the run (longer than ``wait``), this one included.
     """
     directory = _parsl_dir(submit_path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -257,7 +251,7 @@ class ClaimFence:
         self.number = number
         self._mine = os.path.join(directory, f"{_CLAIM_PREFIX}{number}")
         self._next = os.path.join(directory, f"{_CLAIM_PREFIX}{number + 1}")
-        self._directory = directory
+        self._submit_path = submit_path
         self.lost: str | None = None
         """Why the claim is lost, once a check found it lost (never cleared)."""
 
@@ -270,10 +264,10 @@ class ClaimFence:
             `False` once a newer holder took the run (`lost` says who).
         """
         if self.lost is None and (not os.path.lexists(self._mine) or os.path.lexists(self._next)):
-            number, newer = current_claim(os.path.dirname(self._directory))
+            number, newer = current_claim(self._submit_path)
             who = f" by {newer.describe()} ('{newer.what}')" if newer is not None else ""
             self.lost = (
-                f"{os.path.dirname(self._directory)}: the run was taken over{who}, claim {number}, while this "
+                f"{self._submit_path}: the run was taken over{who}, claim {number}, while this "
                 f"driver (claim {self.number}) could not run (stopped or frozen longer than "
                 "parslDriverStaleAfter): it stopped its jobs and recorded nothing more"
             )
@@ -289,8 +283,7 @@ def _unreadable_for_long(directory: str, number: int, stale_after: float) -> boo
         return True
     except OSError:
         return False
-    now = file_clock(directory)
-    return (now if now is not None else time.time()) - mtime > stale_after
+    return _file_age(directory, mtime, mtime) > stale_after
 
 
 def _release(directory: str, mine: Claim, record: dict) -> None:
@@ -298,3 +291,132 @@ def _release(directory: str, mine: Claim, record: dict) -> None:
     current = _read_claim(directory, mine.number)
     if current is not None and current.identity == mine.identity:
         _write_json(os.path.join(directory, f"{_CLAIM_PREFIX}{mine.number}"), {**record, "released": True})
+
+
+class DriverMonitor:
+    """A thread that writes the heartbeat and asks the driver to stop on a cancel or a lost store.
+
+    Parameters
+    ----------
+    submit_path, run_id : `str`
+        Submit directory; the run's id.
+    store : `RunStore`
+        The run's store, open for writing.
+    stale_after : `float`
+        Silence of its heartbeat after which the driver counts as gone (it beats 4 times as often).
+    fence : `ClaimFence`, optional
+        The driver's claim: once the run is taken over, stop beating and ask the driver to stop.
+    """
+
+    def __init__(
+        self,
+        submit_path: str,
+        run_id: str,
+        store: RunStore,
+        stale_after: float = STALE_AFTER,
+        fence: ClaimFence | None = None,
+    ):
+        self.fence = fence
+        self.submit_path = submit_path
+        self.run_id = run_id
+        self.store = store
+        stale_after = max(MIN_STALE_AFTER, stale_after)
+        self.interval = min(_HEARTBEAT_INTERVAL, stale_after / 4)
+        self.beats = 0
+        me = (HOST, os.getpid(), process_start(os.getpid()))
+        self._record = DriverRecord(run_id, *me, 0.0, self.interval, stale_after=stale_after)
+        self._identity = list(me)
+        self.reason: str | None = None
+        self._request_stop: Callable[[str], None] | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bps-parsl-monitor", daemon=True)
+        self._heartbeat = os.path.join(_parsl_dir(submit_path), HEARTBEAT_NAME)
+        self._cancel = os.path.join(_parsl_dir(submit_path), CANCEL_NAME)
+        self._last_beat = 0.0
+
+    def start(self) -> None:
+        """Forget old cancel requests, write the first heartbeat, start checking."""
+        _unlink(self._cancel)
+        self._beat()
+        self._thread.start()
+
+    def attach(self, request_stop: Callable[[str], None]) -> None:
+        """Tell the driver to stop through ``request_stop`` (now, if a reason came already).
+
+        Parameters
+        ----------
+        request_stop : `~collections.abc.Callable` [[`str`], `None`]
+            The driver's stop request, called with the reason.
+        """
+        self._request_stop = request_stop
+        if self.reason:
+            request_stop(self.reason)
+
+    def stop(self) -> None:
+        """Stop checking; remove the heartbeat and any cancel request meant for this driver."""
+        self._done.set()
+        self._thread.join()
+        if self._cancel_requested():
+            _unlink(self._cancel)
+        mine = _read_heartbeat(self.submit_path)
+        if mine is not None and list(mine.identity) == self._identity:
+            _unlink(self._heartbeat)
+
+    def _beat(self) -> None:
+        if self.fence is not None and not self.fence.holds():
+            # The heartbeat is the new holder's now: never overwrite it.
+            if self._request_stop is not None and self.fence.lost:
+                self._request_stop(self.fence.lost)
+            return
+        record = replace(self._record, time=time.time(), stopping=self.reason, beat=self.beats)
+        self.beats += 1
+        value = {key: value for key, value in asdict(record).items() if key != "mtime"}
+        try:
+            _write_json(self._heartbeat, value)
+        except OSError:
+            pass  # a full disk: readers on this host still see the process
+        self._last_beat = time.monotonic()
+
+    def _cancel_requested(self) -> str | None:
+        found = _read_json_stat(self._cancel)
+        value = found[0] if found else {}
+        if value.get("run_id") != self.run_id or value.get("target") != self._identity:
+            return None
+        who = value.get("from")
+        where = f" from pid {who[1]} on {who[0]}" if isinstance(who, list) and len(who) == 2 else ""
+        return f"cancelled by 'bps cancel'{where}"
+
+    def _disk_full(self) -> bool:
+        try:
+            info = os.statvfs(self.submit_path)
+        except OSError:
+            return False
+        # Some file systems report no sizes at all (f_blocks 0): never "full".
+        return info.f_blocks > 0 and info.f_bavail * info.f_frsize < _FULL_BELOW
+
+    def _check(self) -> None:
+        """One round of checks (the thread's work)."""
+        if not self.reason:
+            reason = self._cancel_requested()
+            if reason is None:
+                try:
+                    self.store.check_identity()
+                except StoreLostError as exc:
+                    reason = str(exc)
+            if reason is None and not self.store.disk_full and self._disk_full():
+                # The driver drains: no new job starts, running ones end and are recorded.
+                self.store.disk_full = out_of_space_message(self.submit_path)
+            if reason is not None:
+                self.reason = reason
+                if self._request_stop is not None:
+                    self._request_stop(reason)
+                self._beat()
+        if time.monotonic() - self._last_beat >= self.interval:
+            self._beat()
+
+    def _loop(self) -> None:
+        while not self._done.wait(_POLL_INTERVAL):
+            try:
+                self._check()
+            except Exception:  # noqa: BLE001
+                continue  # a check must never end the heartbeat

@@ -47,15 +47,32 @@ STALE_AFTER: float = default_of("parslDriverStaleAfter")
 """Default silence (s) of its heartbeat after which a driver on another host is gone."""
 
 
+class _Holder:
+    """A process that holds or drives a run: ``host``, ``pid`` and ``started``."""
+
+    host: str
+    pid: int
+    started: int | None
+    """Start time of the process (clock ticks since boot), `None` if unknown."""
+
+    @property
+    def identity(self) -> tuple[str, int, int | None]:
+        """What tells this process from any other: (host, pid, start time)."""
+        return self.host, self.pid, self.started
+
+    def describe(self) -> str:
+        """``pid N on HOST``, for messages."""
+        return f"pid {self.pid} on {self.host}"
+
+
 @dataclass(frozen=True)
-class DriverRecord:
+class DriverRecord(_Holder):
     """What a driver's heartbeat says about it."""
 
     run_id: str
     host: str
     pid: int
     started: int | None
-    """Start time of the process (clock ticks since boot), `None` if unknown."""
     time: float
     interval: float
     stopping: str | None = None
@@ -66,21 +83,6 @@ class DriverRecord:
     """Silence of the heartbeat after which the driver counts as gone."""
     mtime: float | None = None
     """Modification time of the heartbeat file, as read (not written)."""
-
-    def describe(self) -> str:
-        """``pid N on HOST``.
-
-        Returns
-        -------
-        text : `str`
-            The driver's process id and host, for messages.
-        """
-        return f"pid {self.pid} on {self.host}"
-
-    @property
-    def identity(self) -> tuple[str, int, int | None]:
-        """What tells this driver process from any other."""
-        return self.host, self.pid, self.started
 
 
 def _parsl_dir(submit_path: str) -> str:
@@ -103,22 +105,13 @@ def process_start(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stream:
             text = stream.read()
-    except OSError:
-        return None
-    try:
         return int(text[text.rindex(b")") + 2 :].split()[19])
-    except (ValueError, IndexError):
+    except (OSError, ValueError, IndexError):
         return None
-
-
-def _read_json(path: str) -> dict | None:
-    """A small JSON object from a regular file (no symlink followed), or `None`."""
-    found = _read_json_stat(path)
-    return None if found is None else found[0]
 
 
 def _read_json_stat(path: str) -> tuple[dict, os.stat_result] | None:
-    """A small JSON object from a regular file and the file's status, or `None`."""
+    """A small JSON object from a regular file (no symlink followed) and the file's status, or `None`."""
     for _ in range(3):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -143,29 +136,40 @@ def _read_json_stat(path: str) -> tuple[dict, os.stat_result] | None:
     return None
 
 
-def file_clock(directory: str) -> float | None:
-    """The current time by the file system's clock (mtime of a new probe file in ``directory``).
-
-    Parameters
-    ----------
-    directory : `str`
-        A directory this user may write.
-
-    Returns
-    -------
-    now : `float` or `None`
-        Seconds since the epoch by that clock; `None` if no file can be made there.
+def _file_age(directory: str, mtime: float | None, written: float) -> float:
+    """Seconds since a file in ``directory`` was written: from its ``mtime`` by the file system's clock
+    (a new probe file's mtime) if it can, else from ``written`` by this host's.
     """
     probe = os.path.join(directory, f".clock.{HOST}.{os.getpid()}.{threading.get_ident()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
-        return None
+        return time.time() - written
     try:
-        return os.fstat(fd).st_mtime
+        now = os.fstat(fd).st_mtime
     finally:
         os.close(fd)
         _unlink(probe)
+    return now - (written if mtime is None else mtime)
+
+
+def _same_process(pid: int, started: int | None) -> bool | None:
+    """Whether process ``pid`` here is the one started at ``started`` (`None`: no ``/proc`` to tell)."""
+    start = process_start(pid)
+    if start is None and not os.path.isdir("/proc"):
+        return None
+    return start is not None and (started is None or start == started)
+
+
+def _pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists here (without ``/proc``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -191,19 +195,8 @@ def _unlink(path: str) -> None:
         pass
 
 
-def read_heartbeat(submit_path: str) -> DriverRecord | None:
-    """The heartbeat of a run's driver as written, fresh or not, or `None`.
-
-    Parameters
-    ----------
-    submit_path : `str`
-        Submit directory.
-
-    Returns
-    -------
-    record : `DriverRecord` or `None`
-        The heartbeat, `None` if missing or unreadable.
-    """
+def _read_heartbeat(submit_path: str) -> DriverRecord | None:
+    """The heartbeat of a run's driver as written, fresh or not; `None` if missing or unreadable."""
     found = _read_json_stat(os.path.join(_parsl_dir(submit_path), HEARTBEAT_NAME))
     if found is None:
         return None
@@ -226,41 +219,10 @@ def read_heartbeat(submit_path: str) -> DriverRecord | None:
     return record if record.pid > 0 else None
 
 
-def _is_running(record: DriverRecord, submit_path: str) -> bool:
-    """Whether the heartbeat's process, on this host, is still the one that wrote it."""
-    start = process_start(record.pid)
-    if start is not None:
-        return record.started is None or start == record.started
-    if os.path.isdir("/proc"):
-        return False  # no such process
-    try:  # no /proc: the pid exists, and the heartbeat must be fresh
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return _fresh(record, submit_path)
-
-
 def _fresh(record: DriverRecord, submit_path: str) -> bool:
     """Whether the heartbeat is younger than its ``stale_after`` by the file system's clock."""
-    now = file_clock(_parsl_dir(submit_path))
-    written = record.mtime if now is not None and record.mtime is not None else record.time
-    age = (now if now is not None else time.time()) - written
+    age = _file_age(_parsl_dir(submit_path), record.mtime, record.time)
     return age <= max(record.stale_after, 2 * record.interval)
-
-
-def _progress(submit_path: str, record: DriverRecord) -> DriverRecord | None:
-    """The record of a stale-looking heartbeat that moved while watched, or `None`."""
-    deadline = time.monotonic() + min(record.stale_after, 2 * record.interval + 1.0)
-    while time.monotonic() < deadline:
-        time.sleep(min(0.2, record.interval / 4))
-        now = read_heartbeat(submit_path)
-        if now is None:
-            return None
-        if (now.beat, now.mtime, now.identity) != (record.beat, record.mtime, record.identity):
-            return now
-    return None
 
 
 def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = False) -> DriverRecord | None:
@@ -280,17 +242,25 @@ def driver_alive(submit_path: str, run_id: str | None = None, confirm: bool = Fa
     record : `DriverRecord` or `None`
         The live driver's heartbeat, `None` if there is none.
     """
-    record = read_heartbeat(submit_path)
+    record = _read_heartbeat(submit_path)
     if record is None or (run_id is not None and record.run_id != run_id):
         return None
     if record.host == HOST:
-        return record if _is_running(record, submit_path) else None
+        same = _same_process(record.pid, record.started)
+        if same is None:  # no /proc: the pid exists, and the heartbeat must be fresh
+            same = _pid_exists(record.pid) and _fresh(record, submit_path)
+        return record if same else None
     if _fresh(record, submit_path):
         return record
-    if confirm:
-        moved = _progress(submit_path, record)
-        if moved is not None and (run_id is None or moved.run_id == run_id):
-            return moved
+    if confirm:  # watch a stale-looking heartbeat for two beats and a second: whether it moves
+        deadline = time.monotonic() + min(record.stale_after, 2 * record.interval + 1.0)
+        while time.monotonic() < deadline:
+            time.sleep(min(0.2, record.interval / 4))
+            moved = _read_heartbeat(submit_path)
+            if moved is None:
+                return None
+            if (moved.beat, moved.mtime, moved.identity) != (record.beat, record.mtime, record.identity):
+                return moved if run_id is None or moved.run_id == run_id else None
     return None
 
 
@@ -309,15 +279,10 @@ def holds_store(pid: int, submit_path: str) -> bool:
     holds : `bool`
         `True` if one of its open files is the run's database.
     """
-    try:
-        target = os.lstat(os.path.join(submit_path, DB_NAME))
-    except OSError:
-        return False
-    if not stat.S_ISREG(target.st_mode):
-        return False
     fd_dir = f"/proc/{pid}/fd"
     try:
-        names = os.listdir(fd_dir)
+        target = os.lstat(os.path.join(submit_path, DB_NAME))
+        names = os.listdir(fd_dir) if stat.S_ISREG(target.st_mode) else []
     except OSError:
         return False
     for name in names:

@@ -30,49 +30,27 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lsst_ctrl_bps_parsl_worker.exits import EXITS_PREFIX, zombie_exit_code
-from lsst_ctrl_bps_parsl_worker.journal import (
-    JOURNAL_PREFIX,
-    JOURNAL_REFRESH,
-    journal_jobs,
-    journal_snapshot,
-)
-from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
+from lsst_ctrl_bps_parsl_worker.exits import append_note, zombie_exit_code
+from lsst_ctrl_bps_parsl_worker.journal import JOURNAL_PREFIX, JOURNAL_REFRESH, journal_jobs, journal_snapshot
+from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
 
-from ..configuration import RunSettings
 from .claim import DriverBusyError
-from .liveness import file_clock
+from .liveness import HOST, _file_age, _pid_exists, _unlink
 
 if TYPE_CHECKING:
-    from lsst.ctrl.bps import BpsConfig
-
     from ..store.recorder import Recorder
 
-__all__ = (
-    "JobsRunElsewhereError",
-    "StaleJournal",
-    "forget_journals",
-    "kill_running_jobs",
-    "running_attempts",
-    "running_job_ids",
-    "spawners_elsewhere",
-)
+__all__ = ("StaleJournal", "forget_journals", "kill_running_jobs", "running_job_ids", "spawners_elsewhere")
 
-_HOST = socket.gethostname()
 _UNREAPED_WAIT = 2.0
 """Seconds `kill_running_jobs` waits for ended jobs of a live spawner to be reaped."""
 _NAMES_SHOWN = 3
 """Jobs a refused restart names before "and N more"."""
-
-
-class JobsRunElsewhereError(DriverBusyError):
-    """Jobs of the run still run under a live spawner on another host."""
 
 
 @dataclass(frozen=True)
@@ -95,37 +73,6 @@ def _journals(names: list[str]) -> Iterator[tuple[str, str, int]]:
             yield name, host, int(pid)
 
 
-def running_attempts(running_dir: str) -> Iterator[tuple[str, int, str]]:
-    """Yield ``(host, process group, token)`` of each attempt said to run.
-
-    Parameters
-    ----------
-    running_dir : `str`
-        The run's directory of running-attempt records and journals.
-
-    Yields
-    ------
-    attempt : `tuple` [`str`, `int`, `str`]
-        ``(host, process group, token)``.
-    """
-    try:
-        names = os.listdir(running_dir)
-    except OSError:
-        return
-    for name, host, _ in _journals(names):
-        for pid, token in journal_jobs(os.path.join(running_dir, name)).running.items():
-            yield host, pid, token
-    for name in names:
-        if name.startswith((JOURNAL_PREFIX, EXITS_PREFIX)):
-            continue
-        try:
-            with open(os.path.join(running_dir, name)) as stream:
-                host, pid_text, token = stream.read().split()
-            yield host, int(pid_text), token
-        except (OSError, ValueError):
-            continue
-
-
 def running_job_ids(running_dir: str) -> set[int]:
     """Ids of the jobs with an attempt said to run.
 
@@ -145,10 +92,8 @@ def running_job_ids(running_dir: str) -> set[int]:
         return set()
     ids = {int(name.split(".", 1)[0]) for name in names if name.split(".", 1)[0].isdigit()}
     for name, _, _ in _journals(names):
-        for token in journal_jobs(os.path.join(running_dir, name)).running.values():
-            job = token.rsplit("/", 2)
-            if len(job) == 3 and job[1].isdigit():
-                ids.add(int(job[1]))
+        attempts = map(_attempt_of, journal_jobs(os.path.join(running_dir, name)).running.values())
+        ids.update(attempt[0] for attempt in attempts if attempt)
     return ids
 
 
@@ -172,15 +117,12 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
         names = []
     ended: set[int] = set()
     for name, host, pid in _journals(names):
-        if host != _HOST:
+        if host != HOST:
             continue
-        if _alive(pid):
+        if _pid_exists(pid):
             ended |= set(journal_jobs(os.path.join(running_dir, name)).running)
         else:
-            try:
-                os.unlink(os.path.join(running_dir, name))
-            except OSError:
-                pass
+            _unlink(os.path.join(running_dir, name))
     # A job of a live spawner that ended is reaped, its exit status recorded, in a moment.
     deadline = time.monotonic() + _UNREAPED_WAIT
     while time.monotonic() < deadline and any(zombie_exit_code(pid) is not None for pid in ended):
@@ -188,29 +130,12 @@ def kill_running_jobs(running_dir: str, run_id: str) -> int:
     return killed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _attempt_of(token: str, recorder: Recorder) -> tuple[int, int] | None:
-    """(job, attempt) of a token ``<run>/<job>/<attempt>`` of this run, or `None`."""
+def _attempt_of(token: str) -> tuple[int, int] | None:
+    """(job, attempt) of a token ``<run>/<job>/<attempt>``, or `None`."""
     fields = token.rsplit("/", 2)
     if len(fields) != 3 or not fields[1].isdigit() or not fields[2].isdigit():
         return None
-    job, attempt = int(fields[1]), int(fields[2])
-    return (job, attempt) if job < len(recorder.rows) else None
-
-
-def _journal_age(info: os.stat_result, parsl_dir: str) -> float:
-    """Seconds since a journal was last written or refreshed, by the file system's clock."""
-    now = file_clock(parsl_dir)
-    return (now if now is not None else time.time()) - info.st_mtime
+    return int(fields[1]), int(fields[2])
 
 
 def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
@@ -228,15 +153,16 @@ def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
     return False
 
 
-def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) -> list[StaleJournal]:
-    """Check other hosts' local-pool spawner journals before a restart settles what a dead driver left.
+def spawners_elsewhere(running_dir: str, stale_after: float, recorder: Recorder) -> list[StaleJournal]:
+    """Check other hosts' local-pool spawner journals before a restart settles what a dead driver left:
+    `DriverBusyError` if a live one still runs attempts with no recorded exit.
 
     Parameters
     ----------
     running_dir : `str`
         The run's ``parsl/running`` directory.
-    config : `lsst.ctrl.bps.BpsConfig`
-        The run's configuration (its ``parslDriverStaleAfter``).
+    stale_after : `float`
+        The run's ``parslDriverStaleAfter``.
     recorder : `Recorder`
         The run's recorder (job names and log paths).
 
@@ -244,30 +170,24 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
     -------
     stale : `list` [`StaleJournal`]
         Journals whose spawner is gone: their attempts count as ended.
-
-    Raises
-    ------
-    JobsRunElsewhereError
-        If a live spawner on another host still runs attempts with no recorded exit.
     """
     try:
         names = os.listdir(running_dir)
     except OSError:
         return []
     parsl_dir = os.path.dirname(running_dir)
-    stale_after = RunSettings.read(config).driver_stale_after
     stale: list[StaleJournal] = []
     live: dict[str, list[tuple[int, int]]] = {}
     for name, host, _ in _journals(names):
-        if host == _HOST:
+        if host == HOST:
             continue
         path = os.path.join(running_dir, name)
         found = journal_snapshot(path)
         if found is None:
             continue
         running, _, info = found
-        attempts = sorted(filter(None, (_attempt_of(token, recorder) for token in running.values())))
-        fresh = _journal_age(info, parsl_dir) <= max(stale_after, 2 * JOURNAL_REFRESH)
+        attempts = sorted(a for a in map(_attempt_of, running.values()) if a and a[0] < len(recorder.rows))
+        fresh = _file_age(parsl_dir, info.st_mtime, info.st_mtime) <= max(stale_after, 2 * JOURNAL_REFRESH)
         if not fresh and not _journal_moves(path, info, stale_after):
             stale.append(StaleJournal(path, host, attempts))
             continue
@@ -275,19 +195,15 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
         unended = [a for a in attempts if recorder.exit_status(*a, exits) is None]
         if unended:
             live.setdefault(host, []).extend(unended)
-    if live:
-        host = sorted(live)[0]
-        raise JobsRunElsewhereError(_refusal(recorder, host, live[host], len(live) - 1))
-    return stale
-
-
-def _refusal(recorder: Recorder, host: str, attempts: list[tuple[int, int]], other_hosts: int) -> str:
-    names = sorted({recorder.rows[job].name for job, _ in attempts})
+    if not live:
+        return stale
+    host = sorted(live)[0]
+    names = sorted({recorder.rows[job].name for job, _ in live[host]})
     shown = ", ".join(names[:_NAMES_SHOWN])
     if len(names) > _NAMES_SHOWN:
         shown += f" and {len(names) - _NAMES_SHOWN} more"
-    elsewhere = f" (and jobs on {other_hosts} other host(s))" if other_hosts else ""
-    return (
+    elsewhere = f" (and jobs on {len(live) - 1} other host(s))" if len(live) > 1 else ""
+    raise DriverBusyError(
         f"{recorder.submit_path}: job(s) {shown} of the driver that died still run on {host}{elsewhere}, "
         f"under its local job pool, which this host cannot stop: run 'bps restart' on {host}, which stops "
         "them, or wait until they end"
@@ -314,7 +230,4 @@ def forget_journals(stale: list[StaleJournal], recorder: Recorder) -> None:
                     f"[bps-parsl] the local job pool on {journal.host} stopped refreshing its journal "
                     "(its spawner or host is gone) while this attempt ran: taken as ended\n",
                 )
-        try:
-            os.unlink(journal.path)
-        except OSError:
-            pass
+        _unlink(journal.path)

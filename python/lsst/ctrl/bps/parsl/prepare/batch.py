@@ -33,8 +33,8 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 from ..configuration import ConfigurationError
@@ -57,7 +57,7 @@ class Payload:
 
     rows: list[JobRow]
     edges: list[tuple[int, int]]
-    envs: list[str] = field(default_factory=list)
+    envs: list[str]
 
 
 def lazy_group_ids(generic_workflow: Any, node_id: Any) -> dict[str, dict[str, int]]:
@@ -103,16 +103,14 @@ def control_run(submit_path: str) -> dict[str, Any] | None:
     path = db_path(submit_path)
     if not os.path.exists(path):
         return None
-    store = RunStore(path, readonly=True)
-    try:
+    with closing(RunStore(path, readonly=True)) as store:
         meta = store.meta()
-    finally:
-        store.close()
     return meta if meta.get(LAZY_GROUPS) else None
 
 
 def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
-    """Append a payload's jobs and edges below the run's lazy group, in one transaction, once.
+    """Append a payload's jobs and edges below the run's lazy group, in one transaction, once
+    (`ConfigurationError` if no lazy group waits or job names clash, `StateStoreError`).
 
     Parameters
     ----------
@@ -125,13 +123,6 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
     -------
     group, added : `tuple` [`str`, `int`]
         The lazy group the payload joined and the number of jobs added.
-
-    Raises
-    ------
-    ConfigurationError
-        If no lazy group waits for a payload, or job names clash.
-    StateStoreError
-        If the store cannot be written.
     """
     path = db_path(submit_path)
     try:
@@ -139,13 +130,12 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
     except sqlite3.Error as exc:
         raise StateStoreError(f"{path}: cannot open the run-state database ({exc})") from None
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")  # closed without a COMMIT, the connection rolls it back
         meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         groups: dict[str, int] = meta.get(LAZY_GROUPS) or {}
         joined: list[int] = meta.get(JOINED) or []
         waiting = {name: i for name, i in groups.items() if i not in joined}
         if not waiting:
-            conn.execute("ROLLBACK")
             if groups:
                 _LOG.info("the payload already joined run %s: not added again", meta.get("run_id"))
                 return next(iter(groups)), 0
@@ -154,22 +144,25 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
                 "'bpsBatchSubmission: true' takes a payload"
             )
         if len(waiting) > 1:
-            conn.execute("ROLLBACK")
             raise ConfigurationError(
                 f"{path}: lazy groups {sorted(waiting)} all wait for a payload: this plugin joins one"
             )
         group, group_id = next(iter(waiting.items()))
         offset = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM jobs").fetchone()[0]
         env_ids = _add_envs(conn, payload.envs)
-        rows = [_shifted(row, offset, env_ids) for row in payload.rows]
+        rows = [
+            row._replace(id=row.id + offset, env_id=None if row.env_id is None else env_ids[row.env_id])
+            for row in payload.rows
+        ]
         if rows:
             conn.executemany("INSERT INTO jobs VALUES (" + ",".join("?" * len(JobRow._fields)) + ")", rows)
         conn.executemany(
             "INSERT INTO edges VALUES (?, ?)", ((p + offset, c + offset) for p, c in payload.edges)
         )
-        conn.executemany(
-            "INSERT INTO edges VALUES (?, ?)", ((group_id, i) for i in _entries(payload, offset))
-        )
+        # The payload's jobs without parents, but for the final ones, wait for the lazy group.
+        has_parent = {child for _, child in payload.edges}
+        entries = [row.id + offset for row in payload.rows if row.id not in has_parent and not row.final]
+        conn.executemany("INSERT INTO edges VALUES (?, ?)", ((group_id, i) for i in entries))
         conn.execute(
             f"INSERT INTO status (job, state) SELECT id, {JobState.UNREADY} FROM jobs WHERE id >= ?",
             (offset,),
@@ -191,27 +184,11 @@ def join_payload(submit_path: str, payload: Payload) -> tuple[str, int]:
         conn.close()
 
 
-def _add_envs(conn: sqlite3.Connection, envs: Iterable[str]) -> list[int]:
+def _add_envs(conn: sqlite3.Connection, envs: list[str]) -> list[int]:
     """Store the environment scripts the run does not have; their ids."""
     known = {script: i for i, script in conn.execute("SELECT id, script FROM envs")}
-    next_id = max(known.values(), default=-1) + 1
-    ids = []
-    for script in envs:
-        if script not in known:
-            conn.execute("INSERT INTO envs VALUES (?, ?)", (next_id, script))
-            known[script] = next_id
-            next_id += 1
-        ids.append(known[script])
-    return ids
-
-
-def _shifted(row: JobRow, offset: int, env_ids: list[int]) -> JobRow:
-    """A payload job row with its ids in the run's numbering."""
-    env_id = None if row.env_id is None else env_ids[row.env_id]
-    return row._replace(id=row.id + offset, env_id=env_id)
-
-
-def _entries(payload: Payload, offset: int) -> list[int]:
-    """Ids of the payload's jobs without parents, but for the final ones."""
-    has_parent = {child for _, child in payload.edges}
-    return [row.id + offset for row in payload.rows if row.id not in has_parent and not row.final]
+    first = max(known.values(), default=-1) + 1
+    new = [script for script in dict.fromkeys(envs) if script not in known]
+    conn.executemany("INSERT INTO envs VALUES (?, ?)", enumerate(new, first))
+    known.update((script, i) for i, script in enumerate(new, first))
+    return [known[script] for script in envs]

@@ -38,17 +38,9 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..files import write_private
 from ..oneline import ShownMessageError
 
-__all__ = (
-    "RenderError",
-    "environment_script",
-    "export_lines",
-    "fill_wms",
-    "render",
-    "write_environment_file",
-)
+__all__ = ("RenderError", "environment_script", "export_lines", "render")
 
 _CMDVAL = re.compile(r"(?<!\$)\{(\w+)\}")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -58,9 +50,11 @@ _FILE = re.compile(r"<FILE:([^>]+)>")
 _WMS_BRACES = re.compile(r"\{(wms[^}]+)\}")
 _WMS = re.compile(r"<WMS:([^>]*)>")
 _MAX_PASSES = 20
+_split_cmdvals = functools.lru_cache(maxsize=1024)(_CMDVAL.split)
+"""A text split at its ``{name}`` placeholders (the few templates of a workflow, cached)."""
 
-_WMS_PLACEHOLDERS = ("attemptNum",)
-"""The ``<WMS:name>`` placeholders filled in: ``attemptNum``, 0 for the first
+_WMS_ATTEMPT = "<WMS:attemptNum>"
+"""The one ``<WMS:name>`` placeholder filled in (at dispatch): 0 for the first
 attempt (as HTCondor's ``NumJobStarts``), counted across restarts."""
 
 
@@ -75,18 +69,16 @@ def render(
     job_name: str,
     expand_env: bool = True,
 ) -> str:
-    """Resolve every placeholder of ``text``.
+    """Resolve every placeholder of ``text`` (`RenderError` if one cannot be).
 
     Parameters
     ----------
-    text : `str`
-        Command line or value with placeholders.
+    text, job_name : `str`
+        Command line or value with placeholders; the job's name, for messages.
     cmdvals : `~collections.abc.Mapping`
         Values for ``{name}`` placeholders.
     file_path : callable
         The path of a workflow file by name, or `None` if unknown.
-    job_name : `str`
-        Job name, for messages.
     expand_env : `bool`
         Turn ``<ENV:X>`` into ``${X}`` (for command lines, not for `export_lines`).
 
@@ -94,11 +86,6 @@ def render(
     -------
     text : `str`
         The text rendered (``{wmsName}`` as ``<WMS:name>``).
-
-    Raises
-    ------
-    RenderError
-        If a placeholder has no value, or is an unknown ``<WMS:...>``.
     """
 
     def cmdval(match: re.Match) -> str:
@@ -143,8 +130,12 @@ def render(
         raise RenderError(
             f"job '{job_name}': placeholders still unresolved after {_MAX_PASSES} passes: {text}"
         )
-    if "<WMS:" in text:
-        _check_wms(text, job_name)
+    for name in _WMS.findall(text) if "<WMS:" in text else ():
+        if f"<WMS:{name}>" != _WMS_ATTEMPT:
+            raise RenderError(
+                f"job '{job_name}': placeholder '<WMS:{name}>' is not one this plugin fills in "
+                f"({_WMS_ATTEMPT}): remove it from the job's command or environment in the submit YAML"
+            )
     return _ENV.sub(r"${\1}", text) if expand_env and "<ENV:" in text else text
 
 
@@ -152,41 +143,6 @@ def _wms_placeholder(match: re.Match) -> str:
     """``{wmsAttemptNum}`` -> ``<WMS:attemptNum>``, as ctrl_bps writes it."""
     name = match.group(1)[3:]
     return f"<WMS:{name[0].lower()}{name[1:]}>"
-
-
-def _check_wms(text: str, job_name: str) -> None:
-    """Refuse an unknown ``<WMS:name>``."""
-    for name in _WMS.findall(text):
-        if name not in _WMS_PLACEHOLDERS:
-            known = ", ".join(f"<WMS:{known}>" for known in _WMS_PLACEHOLDERS)
-            raise RenderError(
-                f"job '{job_name}': placeholder '<WMS:{name}>' is not one this plugin fills in ({known}): "
-                "remove it from the job's command or environment in the submit YAML"
-            )
-
-
-def fill_wms(text: str, attempt_num: int) -> str:
-    """Fill in the ``<WMS:...>`` placeholders of one attempt.
-
-    Parameters
-    ----------
-    text : `str`
-        Rendered command line or environment script.
-    attempt_num : `int`
-        Number of the attempt, 0 for the first one.
-
-    Returns
-    -------
-    text : `str`
-        ``text`` with ``<WMS:attemptNum>`` replaced by ``attempt_num``.
-    """
-    return text.replace("<WMS:attemptNum>", str(attempt_num))
-
-
-@functools.lru_cache(maxsize=1024)
-def _split_cmdvals(text: str) -> list[str]:
-    """``text`` split at its ``{name}`` placeholders."""
-    return _CMDVAL.split(text)
 
 
 def _export_value(value: str) -> str:
@@ -197,7 +153,7 @@ def _export_value(value: str) -> str:
 
 
 def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bool = False) -> str:
-    """Return ``export`` lines for a job's environment, in order, each ``<ENV:X>`` as ``$X``.
+    """Return ``export`` lines for a job's environment, in order, each ``<ENV:X>`` as ``$X`` (`RenderError` for a bad name or a NUL).
 
     Parameters
     ----------
@@ -212,11 +168,6 @@ def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bo
     -------
     lines : `str`
         One ``export`` statement per line (no final newline).
-
-    Raises
-    ------
-    RenderError
-        If a key is not a shell variable name or a value holds a NUL.
     """
     lines = []
     for key, value in environment.items():
@@ -238,43 +189,18 @@ def export_lines(environment: Mapping[str, str], job_name: str = "", literal: bo
 _NOT_EXPORTED = frozenset({"_", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "HOST", "DISPLAY"})
 
 
-def environment_script(environ: Mapping[str, str] | None = None) -> str:
-    """Return ``export`` statements that recreate an environment.
-
-    Parameters
-    ----------
-    environ : `~collections.abc.Mapping`, optional
-        Variables to export (default: this process's environment).
+def environment_script() -> str:
+    """Return ``export`` statements that recreate this process's environment.
 
     Returns
     -------
     script : `str`
-        One ``export NAME='value'`` line per variable, sorted; the shell's
-        and display's own variables (`_NOT_EXPORTED`), names that are no
-        shell variable names and bash functions left out.
+        One ``export NAME='value'`` line per variable, sorted; left out: the shell's and display's
+        own (`_NOT_EXPORTED`), names that are no shell variable names, bash functions.
     """
-    environ = os.environ if environ is None else environ
     kept = {
         key: value
-        for key, value in sorted(environ.items())
+        for key, value in sorted(os.environ.items())
         if key not in _NOT_EXPORTED and _VALID_NAME.fullmatch(key) and not key.startswith("BASH_FUNC")
     }
     return export_lines(kept, literal=True) + "\n" if kept else ""
-
-
-def write_environment_file(path: str, environ: Mapping[str, str] | None = None) -> str:
-    """Write `environment_script` to ``path``, readable by the user only.
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the file.
-    environ : `~collections.abc.Mapping` [`str`, `str`], optional
-        Environment to write; `None` means this process's.
-
-    Returns
-    -------
-    path : `str`
-        The file written.
-    """
-    return write_private(path, environment_script(environ))

@@ -25,31 +25,25 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""BPS job attributes the HTCondor plugin honours, checked at prepare (doc/configuration.md)."""
+"""A job's values checked at prepare (doc/configuration.md) and the run's concurrency limits."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
 
 from ..configuration import ConfigurationError, RunSettings
+from ..job import ParslJob, parse_walltime
 from ..oneline import shown
 from ..records import JobRow
 
-__all__ = (
-    "check_job_values",
-    "job_attribute_check",
-    "concurrency_limits",
-    "parse_concurrency_limit",
-)
+__all__ = ("check_job_values", "concurrency_limits", "parse_concurrency_limit")
 
 _LOG = logging.getLogger(__name__)
-
-_DEFAULT_LIMITS: dict[str, float] = {"db_limit": 1}  # ctrl_bps's defaults give it the final job
 
 
 def parse_concurrency_limit(text: str, where: str) -> tuple[tuple[str, float], ...]:
@@ -96,13 +90,8 @@ def concurrency_limits(config: BpsConfig, compute_site: str | None) -> dict[str,
     -------
     limits : `dict` [`str`, `float`]
         Units each limit allows at once, by lower-case name.
-
-    Raises
-    ------
-    ConfigurationError
-        If a mapping or one of its values is malformed.
     """
-    limits = dict(_DEFAULT_LIMITS)
+    limits = {"db_limit": 1.0}  # ctrl_bps's defaults give it to the final job
     keys = [".concurrencyLimits"]
     if compute_site:
         keys.append(f".site.{compute_site}.concurrencyLimits")
@@ -139,11 +128,7 @@ _VALUE_RULES: tuple[tuple[str, str, str, float, float], ...] = (
 )
 """The numeric attributes of a job the plugin reads, with type and range
 (`None`: not set; ``requestMemoryMax`` holds ``memoryLimit``)."""
-_TEXT_KEYS = (
-    ("concurrency_limit", "concurrencyLimit"),
-    ("compute_site", "computeSite"),
-    ("queue", "queue"),
-)
+_TEXT_KEYS = (("concurrency_limit", "concurrencyLimit"), ("compute_site", "computeSite"), ("queue", "queue"))
 
 
 def _bad_value(job: Any, key: str, value: Any, rule: str) -> ConfigurationError:
@@ -158,17 +143,12 @@ def _bad_value(job: Any, key: str, value: Any, rule: str) -> ConfigurationError:
 
 
 def check_job_values(job: Any) -> None:
-    """Check the type and range of every value of a job that the plugin reads.
+    """Check the type and range of every value of a job the plugin reads (`ConfigurationError`).
 
     Parameters
     ----------
     job : `lsst.ctrl.bps.GenericWorkflowJob`
         The job to check.
-
-    Raises
-    ------
-    ConfigurationError
-        One line naming the job, its label and the key.
     """
     if not isinstance(job.label, str) or not job.label:
         raise _bad_value(job, "label", job.label, "a non-empty string")
@@ -176,10 +156,8 @@ def check_job_values(job: Any) -> None:
         value = getattr(job, attribute)
         if value is None:
             continue
-        if kind is _INT:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        # NaN and the infinities fail the range check.
+        ok = isinstance(value, int if kind is _INT else int | float) and not isinstance(value, bool)
         if not ok or not low <= value <= high:
             rule = f"{kind} from {low:g} to {high:g}"
             if attribute == "memory_multiplier":
@@ -204,33 +182,25 @@ def check_job_values(job: Any) -> None:
             raise _bad_value(job, key, value, "a string")
 
 
-def job_attribute_check(
-    config: BpsConfig, compute_site: str | None, labels: Sequence[str]
-) -> Callable[[JobRow], None]:
-    """A check of job rows' concurrency limits; warns once per label of a site or queue with no executor.
-
-    Parameters
-    ----------
-    config : `lsst.ctrl.bps.BpsConfig`
-        BPS configuration.
-    compute_site : `str` or `None`
-        The run's ``computeSite``.
-    labels : `~collections.abc.Sequence` [`str`]
-        The site's executor labels.
-
-    Returns
-    -------
-    check : `~collections.abc.Callable`
-        Called with every job row; raises `ConfigurationError` for a bad one.
+def _job_row_check(config: BpsConfig, site: Any) -> Callable[[JobRow], None]:
+    """A check of payload job rows (resources, walltime, concurrency limits; `ConfigurationError`);
+    warns once per label of a site or queue that is no executor of the validated ``site``.
     """
+    compute_site, labels = site.compute_site, site.executor_labels()
+    capacities = {label: site.capacity(label) for label in labels}
     RunSettings.read(config)  # the run-wide keys, refused here rather than when the driver starts
     limits = concurrency_limits(config, compute_site)
+    requests: set[tuple] = set()
     checked: set[str] = set()
     warned: set[tuple[str, str]] = set()
 
     def check(row: JobRow) -> None:
-        limit, site, queue = row.concurrency_limit, row.compute_site, row.queue
-        if limit is None and queue is None and (site is None or site == compute_site):
+        request = (row.label, row.request_cpus, row.request_memory, row.request_disk, row.request_walltime)
+        if request not in requests:
+            requests.add(request)
+            _check_resources(row, site, capacities)
+        limit, site_name, queue = row.concurrency_limit, row.compute_site, row.queue
+        if limit is None and queue is None and (site_name is None or site_name == compute_site):
             return
         if limit and limit not in checked:
             where = f"job '{shown(row.name)}' (label '{shown(row.label)}')"
@@ -246,7 +216,7 @@ def job_attribute_check(
                         f"{limits[name]:g}: raise 'concurrencyLimits.{name}' or lower the job's units"
                     )
             checked.add(limit)
-        for key, value in (("computeSite", site), ("queue", queue)):
+        for key, value in (("computeSite", site_name), ("queue", queue)):
             if not value or value in labels or (key == "computeSite" and value == compute_site):
                 continue
             if (row.label, key) in warned:
@@ -263,3 +233,60 @@ def job_attribute_check(
             )
 
     return check
+
+
+def _check_resources(row: JobRow, site: Any, capacities: dict[str, Any]) -> None:
+    """A job's walltime is valid and it goes to an existing executor that can ever hold it."""
+    if row.request_walltime is not None:
+        where = f"requestWalltime of job '{row.name}' (label '{row.label}')"
+        try:
+            minutes = float(row.request_walltime)
+        except ValueError:
+            parse_walltime(row.request_walltime, where)
+        else:
+            if not minutes > 0 or minutes == float("inf"):
+                raise ConfigurationError(
+                    f"'{where}' is {row.request_walltime!r}: it must be a number of minutes greater than 0"
+                )
+    cpus = row.request_cpus or 1
+    job = ParslJob.for_attempt(
+        row.name,
+        row.label,
+        cpus,
+        row.request_memory,
+        row.request_disk,
+        row.request_walltime,
+        row.priority,
+        final=bool(row.final),
+        tags=row.tags,
+    )
+    try:
+        label = site.select_executor(job)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"site class {type(site).__name__}.select_executor failed for job '{row.name}' (label "
+            f"'{row.label}'): {type(exc).__name__}: {exc}: fix the site class or the job's requests"
+        ) from None
+    if label not in capacities:
+        raise ConfigurationError(
+            f"site class {type(site).__name__}.select_executor returned '{label}' for job '{row.name}', "
+            f"but the site's executors are {sorted(capacities)}: fix the site class or its executor labels"
+        )
+    cap = capacities[label]
+    # The final job runs alone, after every other job ended, so it gets
+    # the whole executor: its request (bps defaults: 16 cores, 32 GB) is
+    # clamped to the capacity when it runs, never rejected.
+    if cap is None or row.final:
+        return
+    if cpus > cap.cores:
+        raise ConfigurationError(
+            f"job '{row.name}' asks for {cpus} cores (requestCpus) but executor '{label}' of "
+            f"{site.where} has {cap.cores}: lower requestCpus for label '{row.label}' or raise "
+            f"{site.where}.cores"
+        )
+    if cap.memory and row.request_memory and row.request_memory > cap.memory:
+        raise ConfigurationError(
+            f"job '{row.name}' asks for {row.request_memory} MB (requestMemory) but executor '{label}' of "
+            f"{site.where} has {cap.memory} MB: lower requestMemory for label '{row.label}' or raise "
+            f"{site.where}.memory"
+        )

@@ -25,28 +25,35 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The job rows of a prepared workflow: commands rendered, values checked (doc/performance.md)."""
+"""The job rows of a workflow: its graph flattened, commands rendered, values checked (doc/performance.md)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import json.encoder
 import re
 from array import array
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from operator import attrgetter
 from typing import Any
 
-from lsst.ctrl.bps import BpsConfig, GenericWorkflow, GenericWorkflowJob
+from lsst.ctrl.bps import (
+    BpsConfig,
+    GenericWorkflow,
+    GenericWorkflowGroup,
+    GenericWorkflowJob,
+    GenericWorkflowNoopJob,
+)
 
 from ..configuration import ConfigurationError
-from ..job import ParslJob, parse_walltime
 from ..records import JobKind, JobRow
 from ..store.attemptlogs import log_dir_template
 from .commands import _FILE as FILE_PLACEHOLDER
 from .commands import export_lines, render
-from .flatten import Flattener
-from .jobattrs import check_job_values, job_attribute_check
+from .jobattrs import _job_row_check, check_job_values
 
 __all__ = ("job_rows",)
 
@@ -61,7 +68,7 @@ _CHECKED = attrgetter(
 def job_rows(
     config: BpsConfig, generic_workflow: GenericWorkflow, site: Any
 ) -> tuple[Generator[JobRow, None, list[str]], Iterator[tuple[int, int]], Callable[[str], int]]:
-    """The rows and edges of a generic workflow, in topological order.
+    """The rows and edges of a generic workflow, in topological order (`ConfigurationError` for a cycle).
 
     Parameters
     ----------
@@ -81,13 +88,8 @@ def job_rows(
         (parent, child) ids.
     node_id : `~collections.abc.Callable` [[`str`], `int`]
         The id of a node by name.
-
-    Raises
-    ------
-    ConfigurationError
-        If the graph is not a DAG or a name appears twice.
     """
-    flat = Flattener()
+    flat = _Flattener()
     flat.add_workflow(generic_workflow, final=False)
     final = generic_workflow.get_final()
     if isinstance(final, GenericWorkflowJob):
@@ -101,11 +103,7 @@ def job_rows(
     for new, old in enumerate(order):
         new_id[old] = new
     edges = ((new_id[i], new_id[c]) for i, kids in enumerate(flat.children) for c in kids)
-    checks = (
-        _resource_check(site),
-        job_attribute_check(config, site.compute_site, site.executor_labels()),
-    )
-    rows = _rows(config, generic_workflow, site, flat, order, checks)
+    rows = _rows(config, generic_workflow, site, flat, order, _job_row_check(config, site))
     return rows, edges, lambda name: new_id[flat.index(name)]
 
 
@@ -113,14 +111,13 @@ def _rows(
     config: BpsConfig,
     generic_workflow: GenericWorkflow,
     site: Any,
-    flat: Flattener,
+    flat: _Flattener,
     order: array,
-    checks: tuple[Callable[[JobRow], None], ...],
+    check: Callable[[JobRow], None],
 ) -> Generator[JobRow, None, list[str]]:
     """The checked job rows; returns the distinct environment scripts."""
     site_retries, default_retries = site.site_retries, site.default_retries
     subdir = _SubdirCache(log_dir_template(config))
-    retry_codes = _PerValueCache(_retry_unless_exit)
     templates: dict[int, _Templates] = {}
     names, items, kinds, finals, graph_of = flat.names, flat.items, flat.kinds, flat.finals, flat.graph_of
     # Value tuples of the jobs whose values were checked (the jobs of a label share theirs).
@@ -136,7 +133,7 @@ def _rows(
         graph_id = graph_of[old]
         files = templates.get(graph_id)
         if files is None:
-            files = templates[graph_id] = _Templates(_file_lookup([flat.graphs[graph_id], generic_workflow]))
+            files = templates[graph_id] = _Templates([flat.graphs[graph_id], generic_workflow])
         values = (*_CHECKED(job), id(job.retry_unless_exit))
         try:
             known = values in checked
@@ -168,8 +165,6 @@ def _rows(
             }
             env_id = envs.setdefault(export_lines(rendered, job.name), len(envs))
         tags = job.tags
-        walltime = job.request_walltime
-        limit = job.concurrency_limit
         row = JobRow(
             id=new,
             name=job.name,
@@ -183,128 +178,37 @@ def _rows(
             request_memory_max=job.request_memory_max,
             memory_multiplier=job.memory_multiplier,
             request_disk=job.request_disk,
-            request_walltime=None if walltime is None else str(walltime),
+            request_walltime=None if job.request_walltime is None else str(job.request_walltime),
             priority=None if job.priority is None else str(job.priority),
             retries=site_retries
             if site_retries is not None
             else default_retries
             if job.number_of_retries is None
             else int(job.number_of_retries),
-            retry_unless_exit=retry_codes(job.retry_unless_exit),
+            retry_unless_exit=_retry_unless_exit(job.retry_unless_exit),
             log_dir=subdir(job.label, tags),
             tags=_TAGS_JSON(tags) if tags else None,
-            concurrency_limit=None if limit is None or limit == "" else str(limit),
+            concurrency_limit=str(job.concurrency_limit) if job.concurrency_limit else None,
             abort_on_value=job.abort_on_value,
             abort_return_value=job.abort_return_value,
             compute_site=job.compute_site or None,
             queue=job.queue or None,
         )
-        for check in checks:
-            check(row)
+        check(row)
         yield row
     return list(envs)
-
-
-def _resource_check(site: Any) -> Callable[[JobRow], None]:
-    """A check that a job goes to an existing executor that can ever hold it."""
-    labels = set(site.executor_labels())
-    capacities = {label: site.capacity(label) for label in labels}
-    seen: set[tuple] = set()
-
-    def check(row: JobRow) -> None:
-        if row.kind != _PAYLOAD:
-            return
-        key = (row.label, row.request_cpus, row.request_memory, row.request_disk, row.request_walltime)
-        if key in seen:
-            return
-        seen.add(key)
-        if row.request_walltime is not None:
-            _check_walltime(row.request_walltime, row.name, row.label)
-        cpus = row.request_cpus or 1
-        job = ParslJob.for_attempt(
-            row.name,
-            row.label,
-            cpus,
-            row.request_memory,
-            row.request_disk,
-            row.request_walltime,
-            row.priority,
-            final=bool(row.final),
-            tags=row.tags,
-        )
-        try:
-            label = site.select_executor(job)
-        except Exception as exc:
-            raise ConfigurationError(
-                f"site class {type(site).__name__}.select_executor failed for job '{row.name}' (label "
-                f"'{row.label}'): {type(exc).__name__}: {exc}: fix the site class or the job's requests"
-            ) from None
-        if label not in labels:
-            raise ConfigurationError(
-                f"site class {type(site).__name__}.select_executor returned '{label}' for job '{row.name}', "
-                f"but the site's executors are {sorted(labels)}: fix the site class or its executor labels"
-            )
-        cap = capacities[label]
-        # The final job runs alone, after every other job ended, so it gets
-        # the whole executor: its request (bps defaults: 16 cores, 32 GB) is
-        # clamped to the capacity when it runs, never rejected.
-        if cap is None or row.final:
-            return
-        if cpus > cap.cores:
-            raise ConfigurationError(
-                f"job '{row.name}' asks for {cpus} cores (requestCpus) but executor '{label}' of "
-                f"{site.where} has {cap.cores}: lower requestCpus for label '{row.label}' or raise "
-                f"{site.where}.cores"
-            )
-        if cap.memory and row.request_memory and row.request_memory > cap.memory:
-            raise ConfigurationError(
-                f"job '{row.name}' asks for {row.request_memory} MB (requestMemory) but executor '{label}' of "
-                f"{site.where} has {cap.memory} MB: lower requestMemory for label '{row.label}' or raise "
-                f"{site.where}.memory"
-            )
-
-    return check
-
-
-def _check_walltime(value: str, name: str, label: str) -> None:
-    """``requestWalltime`` must be a positive number of minutes or HH:MM:SS."""
-    where = f"requestWalltime of job '{name}' (label '{label}')"
-    try:
-        minutes = float(value)
-    except ValueError:
-        parse_walltime(value, where)
-        return
-    if not minutes > 0 or minutes == float("inf"):
-        raise ConfigurationError(f"'{where}' is {value!r}: it must be a number of minutes greater than 0")
-
-
-def _file_lookup(graphs: list[GenericWorkflow]) -> Callable[[str], str | None]:
-    """The path of a workflow file by name (first of ``graphs``), or `None`; cached."""
-    cache: dict[str, str | None] = {}
-
-    def lookup(name: str) -> str | None:
-        if name not in cache:
-            path = None
-            for graph in graphs:
-                try:
-                    gwfile = graph.get_file(name)
-                except KeyError:
-                    continue
-                path = str(gwfile.src_uri)
-                if path.startswith("file://"):
-                    path = path[len("file://") :]
-                break
-            cache[name] = path
-        return cache[name]
-
-    return lookup
 
 
 def _retry_unless_exit(value: Any) -> str | None:
     """A job's ``retryUnlessExit`` (a code or codes) as stored: a JSON list."""
     if value is None:
         return None
-    codes = [value] if isinstance(value, int) else list(value)
+    return _codes_json((value,) if isinstance(value, int) else tuple(value))
+
+
+@functools.lru_cache(maxsize=64)
+def _codes_json(codes: tuple[int, ...]) -> str:
+    """Exit codes as a JSON list, for the few distinct lists of a workflow."""
     return json.dumps([int(c) for c in codes])
 
 
@@ -326,27 +230,6 @@ def _tags_json() -> Callable[[dict[str, Any]], str]:
 _TAGS_JSON = _tags_json()
 
 
-class _PerValueCache:
-    """``function(value)`` remembered by identity for the last few value objects a label's jobs
-    share (the objects are held here, so an id is not reused while cached).
-    """
-
-    def __init__(self, function: Callable[[Any], Any], size: int = 64):
-        self.function = function
-        self.size = size
-        self.cache: dict[int, tuple[Any, Any]] = {}
-
-    def __call__(self, value: Any) -> Any:
-        found = self.cache.get(id(value))
-        if found is not None and found[0] is value:
-            return found[1]
-        result = self.function(value)
-        if len(self.cache) >= self.size:
-            self.cache.clear()
-        self.cache[id(value)] = (value, result)
-        return result
-
-
 class _SubdirCache:
     """A job's log sub-directory, computed once per label and template field values."""
 
@@ -358,26 +241,36 @@ class _SubdirCache:
     def __call__(self, label: str, tags: dict[str, Any]) -> str:
         key = (label, tuple(map(tags.get, self.fields)))
         try:
-            return self.cache[key]
-        except (KeyError, TypeError):
-            pass
-        found = self.template(label, tags)
-        if len(self.cache) >= 65_536:  # a template of per-job values: keep the memory bounded
-            self.cache.clear()
-        try:
-            self.cache[key] = found
+            found = self.cache.get(key)
         except TypeError:  # an unhashable tag value
-            pass
+            return self.template(label, tags)
+        if found is None:
+            if len(self.cache) >= 65_536:  # a template of per-job values: keep the memory bounded
+                self.cache.clear()
+            found = self.cache[key] = self.template(label, tags)
         return found
 
 
 class _Templates:
     """One graph's command-line templates, fixed ``<FILE:name>`` resolved once (others: `render`)."""
 
-    def __init__(self, lookup: Callable[[str], str | None]):
-        self.lookup = lookup
+    def __init__(self, graphs: list[GenericWorkflow]):
+        self._graphs = graphs
+        self._paths: dict[str, str | None] = {}
         self._resolved: dict[str, str] = {}
         self._commands: dict[tuple[str, str | None], str] = {}
+
+    def lookup(self, name: str) -> str | None:
+        """The path of a workflow file by name (from the first graph that has it), or `None`."""
+        if name not in self._paths:
+            self._paths[name] = None
+            for graph in self._graphs:
+                try:
+                    self._paths[name] = str(graph.get_file(name).src_uri).removeprefix("file://")
+                    break
+                except KeyError:
+                    continue
+        return self._paths[name]
 
     def _file(self, match: re.Match) -> str:
         name = match.group(1)
@@ -402,3 +295,131 @@ class _Templates:
             if len(self._commands) < 10_000:
                 self._commands[key] = found
         return found
+
+
+_NO_CHILDREN: tuple[int, ...] = ()
+
+
+class _Flattener:
+    """Flatten a generic workflow, expanding groups (nodes in insertion order; see `topological_order`)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.items: list[Any] = []
+        """The generic workflow's job, no-op job or group of each node."""
+        self.graphs: list[GenericWorkflow] = []
+        self.graph_of = array("i")  # index into `graphs` of the graph holding the node
+        self.kinds = bytearray()
+        self.finals = bytearray()
+        # Most jobs of a wide workflow have no children: they share one empty tuple.
+        self.children: list[list[int] | tuple[int, ...]] = []
+        self.nparents = array("i")
+        # Node ids sorted by name: finds a node by name with a binary search,
+        # at 4 bytes per node where a dict would take 60.
+        self.by_name = array("i")
+
+    def _sort_names(self) -> None:
+        """(Re)build `by_name`; a name used twice is an error."""
+        names = self.names
+        self.by_name = by_name = array("i", sorted(range(len(names)), key=names.__getitem__))
+        for k in range(1, len(by_name)):
+            if names[by_name[k]] == names[by_name[k - 1]]:
+                raise ConfigurationError(f"job name '{names[by_name[k]]}' appears twice in the workflow")
+
+    def index(self, name: str) -> int:
+        """Id of the node called ``name``."""
+        return self.by_name[bisect_left(self.by_name, name, key=self.names.__getitem__)]
+
+    def _edge(self, parent: int, child: int) -> None:
+        """Add an edge."""
+        kids = self.children[parent]
+        if kids is _NO_CHILDREN:
+            self.children[parent] = [child]
+        else:
+            assert isinstance(kids, list)
+            kids.append(child)
+        self.nparents[child] += 1
+
+    def _add_nodes(self, graph: GenericWorkflow, final: bool, pending: deque[GenericWorkflow]) -> None:
+        """Append a node for every node of one graph level; queue its groups."""
+        graph_id = len(self.graphs)
+        self.graphs.append(graph)
+        names, items, kinds = self.names, self.items, self.kinds
+        start = len(names)
+        for name, item in graph.nodes(data="job"):
+            names.append(name)
+            items.append(item)
+            if isinstance(item, GenericWorkflowJob):
+                kinds.append(JobKind.PAYLOAD)
+            elif isinstance(item, GenericWorkflowGroup):
+                kinds.append(JobKind.JOIN if item.blocking else JobKind.TOLERANT_JOIN)
+                pending.append(item)
+            elif isinstance(item, GenericWorkflowNoopJob):
+                kinds.append(JobKind.NOOP)
+            else:
+                raise ConfigurationError(f"workflow node '{name}' has unsupported type {type(item).__name__}")
+        added = len(names) - start
+        self.graph_of.extend(array("i", [graph_id]) * added)
+        self.finals.extend(bytes([final]) * added)
+        self.children.extend([_NO_CHILDREN] * added)
+        self.nparents.extend(array("i", bytes(4 * added)))
+
+    def add_workflow(self, top: GenericWorkflow, final: bool) -> None:
+        """Add every node and edge of ``top`` and of its groups (``final``: they run after all others)."""
+        # An edge *out of* node `name` leaves from flat node index(name) (a
+        # group's: from its join); an edge *into* it reaches index(name), or
+        # for a group every node of group_entries[name].
+        index = self.index
+        group_entries: dict[str, list[int]] = {}
+
+        def entries(name: str) -> list[int]:
+            found = group_entries.get(name)
+            return [index(name)] if found is None else found
+
+        # Pass 1: create nodes for every level; groups are visited after
+        # their parent level so their entries are known when edges are made.
+        pending: deque[GenericWorkflow] = deque([top])
+        levels: list[GenericWorkflow] = []
+        while pending:
+            graph = pending.popleft()
+            levels.append(graph)
+            self._add_nodes(graph, final, pending)
+        self._sort_names()
+        # Group entries: the entries of the group's source nodes, innermost
+        # groups first.
+        for graph in reversed(levels):
+            if isinstance(graph, GenericWorkflowGroup):
+                found: list[int] = []
+                for name, degree in graph.in_degree():
+                    if degree == 0:
+                        found.extend(entries(name))
+                group_entries[graph.name] = found
+        # Pass 2: edges. Every node of a group leads to the group's join.
+        for graph in levels:
+            for parent, child in graph.edges():
+                for entry in entries(child):
+                    self._edge(index(parent), entry)
+            if isinstance(graph, GenericWorkflowGroup):
+                join = index(graph.name)
+                for name in graph.nodes:
+                    self._edge(index(name), join)
+
+    def topological_order(self) -> array:
+        """Node ids, every parent before its children, final nodes last (Kahn's algorithm); refuses a cycle."""
+        remaining = array("i", self.nparents)
+        order = array("i")
+        for final in (False, True):
+            # `order` is also the queue: the nodes from `head` on are ready.
+            head = len(order)
+            order.extend(i for i, f in enumerate(self.finals) if f == final and remaining[i] == 0)
+            while head < len(order):
+                i = order[head]
+                head += 1
+                for c in self.children[i]:
+                    remaining[c] -= 1
+                    if remaining[c] == 0:
+                        order.append(c)
+        if len(order) != len(self.names):
+            stuck = [self.names[i] for i, r in enumerate(remaining) if r > 0][:5]
+            raise ConfigurationError(f"the workflow has a dependency cycle through jobs {stuck}")
+        return order

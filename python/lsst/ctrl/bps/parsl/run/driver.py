@@ -44,7 +44,6 @@ from ..configuration import RunSettings
 from ..control.claim import ClaimFence
 from ..control.running import forget_journals, kill_running_jobs, spawners_elsewhere
 from ..oneline import one_line, shown
-from ..prepare.commands import fill_wms
 from ..prepare.jobattrs import concurrency_limits
 from ..records import AttemptResult, JobKind, JobRow, JobState
 from ..report.page import PageWriter
@@ -211,7 +210,7 @@ class Driver(StopHandling):
     def _reset_for_run(self) -> None:
         """Keep succeeded jobs, run the others, after settling what a dead driver left."""
         if self.store.sessions():
-            stale = spawners_elsewhere(self.running_dir, self.site.config, self.recorder)
+            stale = spawners_elsewhere(self.running_dir, self.settings.driver_stale_after, self.recorder)
             kill_running_jobs(self.running_dir, self.run_id)
             self.recorder.settle_leftovers(self.state, self.attempt)
             forget_journals(stale, self.recorder)
@@ -384,7 +383,9 @@ class Driver(StopHandling):
         env = self.envs[row.env_id] if row.env_id is not None else ""
         command = row.command or ""
         if "<WMS:" in command or "<WMS:" in env:  # attemptNum counts from 0, as HTCondor's NumJobStarts
-            command, env = fill_wms(command, attempt - 1), fill_wms(env, attempt - 1)
+            number = str(attempt - 1)
+            command = command.replace("<WMS:attemptNum>", number)
+            env = env.replace("<WMS:attemptNum>", number)
         token = f"{self.run_id}/{i}/{attempt}"
         pid_file = os.path.join(self.running_dir, f"{i}.{attempt}")
         walltime = walltime_seconds(row.request_walltime) if label in self.walltime_labels else None

@@ -45,9 +45,14 @@ from typing import TYPE_CHECKING
 from lsst.ctrl.bps import BpsConfig, BpsError
 
 from ..configuration import RunSettings
-from ..control.claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, claim_run
-from ..control.liveness import HOST, STALE_AFTER, DriverRecord, driver_alive, process_start
-from ..control.monitor import DriverMonitor
+from ..control.claim import Claim, ClaimBusyError, ClaimFence, DriverBusyError, DriverMonitor, claim_run
+from ..control.liveness import (
+    HOST,
+    STALE_AFTER,
+    DriverRecord,
+    driver_alive,
+    process_start,
+)
 from ..files import open_private, private_dir
 from ..oneline import ShownMessageError
 from ..site import SiteConfig

@@ -36,7 +36,7 @@ import os
 import string
 from typing import TYPE_CHECKING, Any
 
-from lsst_ctrl_bps_parsl_worker.processes import append_note
+from lsst_ctrl_bps_parsl_worker.exits import append_note
 
 from ..files import safe_component, safe_subdir
 

@@ -25,18 +25,23 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""`bps ping`: can this machine run a workflow on the configured site?"""
+"""The checks of ``bps submit`` before it writes anything, and of ``bps ping``."""
 
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import subprocess
 from typing import Any
 
-from lsst.ctrl.bps import BpsConfig
+from lsst.ctrl.bps import BpsConfig, GenericWorkflow
 
-__all__ = ("ping_site",)
+from ..configuration import ConfigurationError
+from ..oneline import one_line
+from ..site import SiteConfig
+
+__all__ = ("check_executables", "check_submit_path", "ping_site")
 
 _PROBE_TIMEOUT = 30.0
 """Seconds a scheduler command has to answer."""
@@ -51,16 +56,6 @@ _SCHEDULER_COMMANDS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "CondorProvider": (("condor_submit", "condor_q", "condor_rm"), ["condor_q", "-totals"]),
 }
 """What `ping_site` checks for each Parsl provider (or a subclass of it)."""
-
-
-def _load_config(pass_thru: str | None, config: BpsConfig | dict | None) -> BpsConfig:
-    from lsst.ctrl.bps.bps_config import BPS_DEFAULTS, BPS_SEARCH_ORDER
-
-    service = "lsst.ctrl.bps.parsl.ParslService"
-    source = pass_thru.strip() if pass_thru and pass_thru.strip() else (dict(config) if config else {})
-    return BpsConfig(
-        source, search_order=BPS_SEARCH_ORDER, defaults=BPS_DEFAULTS, wms_service_class_fqn=service
-    )
 
 
 def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[int, str]:
@@ -82,25 +77,25 @@ def ping_site(pass_thru: str | None, config: BpsConfig | dict | None) -> tuple[i
         import parsl  # noqa: F401
     except ImportError as exc:
         return 1, f"parsl does not import ({exc}): pip install parsl"
-    from ..configuration import ConfigurationError
-    from ..site import SiteConfig
+    from lsst.ctrl.bps.bps_config import BPS_DEFAULTS, BPS_SEARCH_ORDER
 
+    source = pass_thru.strip() if pass_thru and pass_thru.strip() else (dict(config) if config else {})
     try:
-        bps_config = _load_config(pass_thru, config)
+        bps_config = BpsConfig(
+            source,
+            search_order=BPS_SEARCH_ORDER,
+            defaults=BPS_DEFAULTS,
+            wms_service_class_fqn="lsst.ctrl.bps.parsl.ParslService",
+        )
         site = SiteConfig.from_config(bps_config)
         site.validate()
         executors = site.get_executors()
     except ConfigurationError as exc:
         return 1, str(exc)
     except Exception as exc:  # the site's own code: one line, not a traceback
-        from ..oneline import one_line
-
         return 1, f"the site's executors cannot be built: {one_line(exc)}"
-    for executor in executors:
-        problem = _check_executor(executor)
-        if problem:
-            return 1, problem
-    return 0, ""
+    problem = next(filter(None, map(_check_executor, executors)), None)
+    return (1, problem) if problem else (0, "")
 
 
 def _check_executor(executor: Any) -> str | None:
@@ -139,3 +134,55 @@ def _check_executor(executor: Any) -> str | None:
         said = " ".join((result.stderr or result.stdout).split())[:300] or f"exit status {result.returncode}"
         return f"executor '{label}' ({kind}): '{shown}' failed: {said}"
     return None
+
+
+def check_submit_path(config: BpsConfig) -> None:
+    """The submit directory must be creatable (its nearest existing ancestor writable): `ConfigurationError`.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The submit configuration.
+    """
+    found, value = config.search("submitPath", opt={"replaceVars": False, "default": None})
+    if not found or not isinstance(value, str) or not value:
+        return
+    path = value.split("{", 1)[0]
+    if "{" in value:
+        path = os.path.dirname(path)
+    existing = os.path.abspath(os.path.expanduser(path or "."))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    is_dir = os.path.isdir(existing)
+    if not is_dir or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"'submitPath' is {value!r}, but {existing} is not {'writable by you' if is_dir else 'a directory'}: "
+            "set submitPath to a directory you can write"
+        )
+
+
+def check_executables(config: BpsConfig, generic_workflow: GenericWorkflow) -> None:
+    """On a site whose executors all run jobs here, absolute executable paths must be executable here
+    (`ConfigurationError`).
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The submit configuration.
+    generic_workflow : `lsst.ctrl.bps.GenericWorkflow`
+        The workflow to run.
+    """
+    site = SiteConfig.from_config(config)
+    if any(site.capacity(label) is None for label in site.executor_labels()):
+        return  # jobs run elsewhere: the path may exist only there
+    final = getattr(generic_workflow.get_final(), "executable", None)
+    executables = [*generic_workflow.get_executables(data=True, transfer_only=False), final]
+    for executable in filter(None, executables):
+        path = str(executable.src_uri).removeprefix("file://")
+        if not os.path.isabs(path) or "$" in path or "<" in path:
+            continue
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise ConfigurationError(
+                f"executable '{executable.name}' is {path}, which is not an executable file on this host "
+                f"({site.where} runs jobs here): fix the executable's path in the submit YAML"
+            )
