@@ -43,8 +43,8 @@ from ..oneline import shown
 from ..records import JobState
 from ..store.attemptlogs import log_paths
 from ..store.runstore import RunStore, StateStoreError, db_path, store_error
+from ..store.schema import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 from ..store.storefile import READ_ERRORS, damaged
-from ..store.summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 
 __all__ = ("readable_run", "run_report", "run_state")
 

@@ -45,9 +45,9 @@ from ..control.claim import ClaimFence
 from ..control.running import kill_running_jobs
 from ..records import ENDED, AttemptResult, JobRow, JobState
 from ..site import SiteConfig
-from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError
+from ..store.storefile import draining_message
 from .dispatch import Dispatch
 from .runner import NotStartedError
 

@@ -32,13 +32,14 @@ so ``bps report`` lists them and a run id resolves to its submit directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 from pathlib import Path
 
 from ..files import write_private
-from .runstore import DB_NAME, StateStoreError
+from .runstore import DB_NAME, RunStore, StateStoreError
 
 __all__ = ("INDEX_SUBDIR", "add_run", "list_runs", "remove_run", "resolve_run")
 
@@ -65,10 +66,19 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
         The run's id, submit directory and name.
     """
     record = {"run_id": run_id, "submit_path": submit_path, "run_name": run_name}
-    try:
+    with contextlib.suppress(OSError):
         write_private(str(_index_dir() / f"{run_id}.json"), json.dumps(record))
-    except OSError:
-        pass
+
+
+def _record(path: Path) -> dict[str, str]:
+    """An index record's run id and submit directory (``{}`` if it is unreadable)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {key: record[key] for key in ("run_id", "submit_path") if isinstance(record.get(key), str)}
 
 
 def remove_run(run_id: str, submit_path: str) -> None:
@@ -80,11 +90,9 @@ def remove_run(run_id: str, submit_path: str) -> None:
         The run's id; its submit directory (the record is removed only if it names it).
     """
     record = _index_dir() / f"{run_id}.json"
-    try:
-        if json.loads(record.read_text()).get("submit_path") == submit_path:
+    if _record(record).get("submit_path") == submit_path:
+        with contextlib.suppress(OSError):
             os.unlink(record)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
@@ -100,20 +108,15 @@ def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
     runs : `list` [`tuple` [`str`, `str`]]
         (run id, submit directory) pairs, sorted.
     """
-    runs: list[tuple[str, str]] = []
     try:
-        entries = list((directory or _index_dir()).glob("*.json"))
+        records = [_record(entry) for entry in (directory or _index_dir()).glob("*.json")]
     except OSError:
-        return runs
-    for entry in entries:
-        try:
-            record = json.loads(entry.read_text())
-            run_id, submit_path = record["run_id"], record["submit_path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if os.path.exists(os.path.join(submit_path, DB_NAME)):
-            runs.append((run_id, submit_path))
-    return sorted(runs)
+        return []
+    return sorted(
+        (record["run_id"], record["submit_path"])
+        for record in records
+        if len(record) == 2 and os.path.exists(os.path.join(record["submit_path"], DB_NAME))
+    )
 
 
 def resolve_run(wms_id: str) -> str:
@@ -146,35 +149,26 @@ def resolve_run(wms_id: str) -> str:
             "'bps submit' printed as 'Submit dir'"
         )
     record = _index_dir() / f"{os.path.basename(str(wms_id))}.json"
-    if "/" not in str(wms_id) and record.exists():
-        try:
-            submit_path = json.loads(record.read_text())["submit_path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            submit_path = None
-        if isinstance(submit_path, str) and os.path.exists(os.path.join(submit_path, DB_NAME)):
-            _check_run_id(submit_path, str(wms_id), record)
-            return submit_path
+    if "/" in str(wms_id) or not record.exists():
+        raise StateStoreError(
+            f"'{wms_id}' is neither a submit directory nor a known run id: pass the submit directory or the "
+            "'Run Id' that 'bps submit' printed"
+        )
+    submit_path = _record(record).get("submit_path")
+    if submit_path is None or not os.path.exists(os.path.join(submit_path, DB_NAME)):
         raise StateStoreError(f"run '{wms_id}': its submit directory {submit_path} no longer exists")
-    raise StateStoreError(
-        f"'{wms_id}' is neither a submit directory nor a known run id: pass the submit directory or the "
-        "'Run Id' that 'bps submit' printed"
-    )
-
-
-def _check_run_id(submit_path: str, run_id: str, record: Path) -> None:
-    """Refuse an index record that points to another run than the one it is named after."""
-    from .runstore import RunStore
-
+    # Refuse a record that points to another run than the one it is named after.
     store = RunStore(os.path.join(submit_path, DB_NAME), readonly=True)
     try:
         stored = store.meta().get("run_id")
     finally:
         store.close()
-    if stored != run_id:
+    if stored != str(wms_id):
         raise StateStoreError(
-            f"run '{run_id}': its index record {record} points to {submit_path}, which holds run "
+            f"run '{wms_id}': its index record {record} points to {submit_path}, which holds run "
             f"'{stored}': remove the record, or pass the submit directory"
         )
+    return submit_path
 
 
 def _old_plugin_run(submit_path: str) -> str | None:

@@ -42,13 +42,11 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar, cast
 
 from ..oneline import one_line
-from ..records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
-from .diskspace import SpaceReserve, out_of_space_message
+from ..records import JobKind, JobRow, JobState
 from .schema import (
     CHANGE_COUNTER,
     DB_NAME,
     FORMAT_VERSION,
-    JOB_COLUMNS,
     JOURNAL_MODE,
     READ_RETRY_SECONDS,
     TORN_RETRY_SECONDS,
@@ -57,14 +55,13 @@ from .schema import (
 from .storefile import (
     READ_ERRORS,
     RunTakenOverError,
+    SpaceReserve,
     StateStoreError,
     StoreLostError,
-    TornReadError,
-    busy,
     damaged,
     journal_is_hot,
     locked,
-    retryable,
+    out_of_space_message,
     roll_back_hot_journal,
     store_error,
 )
@@ -73,33 +70,37 @@ from .storewrites import StoreWrites
 
 __all__ = (
     "DB_NAME",
-    "ENDED",
     "FORMAT_VERSION",
-    "JOB_COLUMNS",
-    "AttemptRow",
     "JobKind",
     "JobRow",
     "JobState",
     "RunStore",
     "RunTakenOverError",
-    "SessionRow",
     "StateStoreError",
-    "StatusRow",
     "StoreLostError",
+    "db_path",
+    "journal_is_hot",
     "out_of_space_message",
+    "store_error",
 )
 
 _T = TypeVar("_T")
+_BUSY = ("locked", "busy", "readonly", "read-only")
+"""Words of a reader's error that another connection's lock causes (retried for long)."""
+_RETRYABLE = (*_BUSY, "malformed", "disk i/o")
+"""Words of a reader's error that a commit under way (another host's) may cause."""
 
 # The `JobState` members, for modules that import them from here.
-UNREADY = JobState.UNREADY
 READY = JobState.READY
 PENDING = JobState.PENDING
 RUNNING = JobState.RUNNING
 SUCCEEDED = JobState.SUCCEEDED
 FAILED = JobState.FAILED
-PRUNED = JobState.PRUNED
 DELETED = JobState.DELETED
+
+
+class _TornReadError(Exception):
+    """The file changed during a read: a commit of a writer the locks did not keep out."""
 
 
 def db_path(submit_path: str) -> str:
@@ -255,22 +256,24 @@ class RunStore(StoreReads, StoreWrites):
                     self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
                     before = self._file_version()
                     if before[1]:
-                        raise TornReadError()
+                        raise _TornReadError()
                     value = read()
                     if self._file_version() != before:
-                        raise TornReadError()
+                        raise _TornReadError()
                 finally:
                     if self.conn.in_transaction:
                         self.conn.execute("COMMIT")
                 return value
-            except (sqlite3.DatabaseError, TornReadError) as exc:
+            except (sqlite3.DatabaseError, _TornReadError) as exc:
                 if self.readonly and roll_back_hot_journal(self.path):
                     continue
-                if isinstance(exc, sqlite3.DatabaseError) and not retryable(exc):
-                    raise
-                if isinstance(exc, sqlite3.DatabaseError) and not busy(exc):
-                    # A page read half-written resolves within a commit; a damaged file never does.
-                    deadline = min(deadline, started + TORN_RETRY_SECONDS)
+                if isinstance(exc, sqlite3.DatabaseError):
+                    text = str(exc).lower()
+                    if not any(word in text for word in _RETRYABLE):
+                        raise
+                    if not any(word in text for word in _BUSY):
+                        # A page read half-written resolves within a commit; a damaged file never does.
+                        deadline = min(deadline, started + TORN_RETRY_SECONDS)
                 if time.monotonic() + pause > deadline:
                     if isinstance(exc, sqlite3.DatabaseError):
                         raise

@@ -26,31 +26,34 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """The run-state store's file: its errors, the check that its path still
-names the file a writer opened, and its rollback journal.
+names the file a writer opened, its rollback journal, and disk space for it
+on a full disk (the reserve the driver gives back once drained: state.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
 import stat
 
+from ..files import open_private
 from ..oneline import ShownMessageError, one_line
-from .diskspace import RESERVE_NAME, SpaceReserve, is_out_of_space
 
 __all__ = (
+    "READ_ERRORS",
     "FileIdentity",
     "RunTakenOverError",
+    "SpaceReserve",
     "StateStoreError",
-    "READ_ERRORS",
     "StoreLostError",
-    "TornReadError",
-    "busy",
     "damaged",
+    "draining_message",
+    "is_out_of_space",
     "journal_is_hot",
     "locked",
-    "retryable",
+    "out_of_space_message",
     "roll_back_hot_journal",
     "store_error",
 )
@@ -69,6 +72,7 @@ class RunTakenOverError(StoreLostError):
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+_SQLITE_IOERR, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 10, 5, 6, 13
 READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
 """What reading a damaged store raises (a damaged text is not UTF-8)."""
 
@@ -92,9 +96,6 @@ def damaged(path: str, what: str) -> StateStoreError:
     )
 
 
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
-
-
 def locked(exc: BaseException) -> bool:
     """Whether an SQLite error is another connection's lock (busy or locked).
 
@@ -112,6 +113,25 @@ def locked(exc: BaseException) -> bool:
     if code is not None:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether an SQLite or OS error means the disk (or quota) is full.
+
+    Parameters
+    ----------
+    exc : `BaseException`
+        The error.
+
+    Returns
+    -------
+    full : `bool`
+        `True` if the disk or the user's quota is full.
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)) or "full" in str(exc)
 
 
 def store_error(path: str, exc: BaseException, writing: bool = False, waited: float = 0.0) -> StateStoreError:
@@ -157,6 +177,94 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
             f"{directory}"
         )
     return damaged(path, text)
+
+
+def out_of_space_message(submit_path: str) -> str:
+    """The one line a driver stops with when its submit directory's disk is full.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory of the run.
+
+    Returns
+    -------
+    message : `str`
+        The line.
+    """
+    return (
+        f"{submit_path}: the file system of the submit directory is full: the run stopped after "
+        f"the running jobs ended and were recorded; free space, then 'bps restart --id {submit_path}'"
+    )
+
+
+def draining_message(submit_path: str, running: int) -> str:
+    """The line a driver says when its disk fills and it starts to drain.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    running : `int`
+        Number of jobs still running, left to end.
+
+    Returns
+    -------
+    message : `str`
+        The line.
+    """
+    return (
+        f"bps-parsl: {submit_path}: the file system of the submit directory is full: no new job starts; "
+        f"the {running} running jobs are left to end and be recorded, then the run stops"
+    )
+
+
+class SpaceReserve:
+    """Disk space held for the store of a running driver (best effort: on a
+    full disk it is smaller or absent).
+
+    Parameters
+    ----------
+    path : `str`
+        The reserve file (created, 0600).
+    size : `int`
+        Bytes to hold.
+    """
+
+    def __init__(self, path: str, size: int):
+        self.path = path
+        self.held = False
+        try:
+            fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                block = b"\0" * 65536
+                for _ in range(0, size, len(block)):
+                    os.write(fd, block)
+            self.held = True
+        except OSError:
+            self.held = os.fstat(fd).st_size > 0
+        finally:
+            os.close(fd)
+
+    def release(self) -> bool:
+        """Give the space back.
+
+        Returns
+        -------
+        held : `bool`
+            Whether the space was held before this call.
+        """
+        held, self.held = self.held, False
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        return held
 
 
 class FileIdentity:
@@ -224,7 +332,7 @@ class FileIdentity:
             raise StoreLostError(self.lost)
 
     def keep_reserve(self, size: int) -> None:
-        """Hold ``size`` bytes next to the store for its last commits on a full disk.
+        """Hold ``size`` bytes in ``<submit>/parsl/space.reserve`` for the store's last commits on a full disk.
 
         Parameters
         ----------
@@ -233,46 +341,7 @@ class FileIdentity:
         """
         directory = os.path.join(os.path.dirname(self.path), "parsl")
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.reserve = SpaceReserve(os.path.join(directory, RESERVE_NAME), size)
-
-
-def retryable(exc: sqlite3.DatabaseError) -> bool:
-    """Whether a reader's error may come from a commit under way (another
-    host's): busy, locked, a journal it must not roll back, a torn page.
-
-    Parameters
-    ----------
-    exc : `sqlite3.DatabaseError`
-        The reader's error.
-
-    Returns
-    -------
-    retry : `bool`
-        `True` if reading again may succeed.
-    """
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "busy", "malformed", "readonly", "read-only", "disk i/o"))
-
-
-def busy(exc: sqlite3.DatabaseError) -> bool:
-    """Whether a reader's error is another connection's lock (retried for long).
-
-    Parameters
-    ----------
-    exc : `sqlite3.DatabaseError`
-        The reader's error.
-
-    Returns
-    -------
-    busy : `bool`
-        `True` if another connection holds a lock.
-    """
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "busy", "readonly", "read-only"))
-
-
-class TornReadError(Exception):
-    """The file changed during a read: a commit of a writer the locks did not keep out."""
+        self.reserve = SpaceReserve(os.path.join(directory, "space.reserve"), size)
 
 
 def journal_is_hot(path: str) -> bool:

@@ -39,9 +39,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .diskspace import SpaceReserve, is_out_of_space, out_of_space_message
 from .schema import WRITE_WAIT_SECONDS
-from .storefile import FileIdentity, RunTakenOverError, locked, store_error
+from .storefile import (
+    FileIdentity,
+    RunTakenOverError,
+    SpaceReserve,
+    is_out_of_space,
+    locked,
+    out_of_space_message,
+    store_error,
+)
 from .storereads import guarded
 
 _LOG = logging.getLogger(__name__)
