@@ -50,22 +50,20 @@ from .schema import (
     JOURNAL_MODE,
     READ_RETRY_SECONDS,
     TORN_RETRY_SECONDS,
-    create_store,
+    _create_store,
 )
 from .storefile import (
     READ_ERRORS,
     RunTakenOverError,
-    SpaceReserve,
     StateStoreError,
     StoreLostError,
+    _locked,
+    _SpaceReserve,
     damaged,
-    journal_is_hot,
-    locked,
     out_of_space_message,
-    roll_back_hot_journal,
     store_error,
 )
-from .storereads import StoreReads, guarded
+from .storereads import StoreReads, _guarded
 from .storewrites import StoreWrites
 
 __all__ = (
@@ -119,6 +117,49 @@ def db_path(submit_path: str) -> str:
     return os.path.join(submit_path, DB_NAME)
 
 
+def journal_is_hot(path: str) -> bool:
+    """Whether the store has a rollback journal with pages to restore (a
+    commit under way, or a writer that died mid-commit; how: state.md).
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the store.
+
+    Returns
+    -------
+    hot : `bool`
+        `True` if the journal holds pages to restore.
+    """
+    try:
+        with open(path + "-journal", "rb") as journal:
+            return journal.read(1) not in (b"", b"\0")
+    except OSError:
+        return False
+
+
+def _roll_back_hot_journal(path: str) -> bool:
+    """Roll back what a writer that died mid-commit left in the journal, if
+    this user may write the store (a read-only connection cannot, and then
+    fails every read): SQLite rolls a hot journal back on a writer's first
+    read, and leaves a live writer's alone. Whether a journal was there and is gone now.
+    """
+    if not journal_is_hot(path):
+        return False
+    directory = os.path.dirname(path) or "."
+    if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
+        return False
+    try:
+        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return not journal_is_hot(path)
+
+
 class RunStore(StoreReads, StoreWrites):
     """Access to one run's state database.
 
@@ -145,23 +186,24 @@ class RunStore(StoreReads, StoreWrites):
             raise StateStoreError(f"{path}: not readable by this user: check its permissions")
         self.lost: str | None = None
         self.disk_full: str | None = None
-        self.reserve: SpaceReserve | None = None
+        self.reserve: _SpaceReserve | None = None
         self._fd: int | None = None
         self._locked_since: float | None = None
         self._locked_said = 0.0
         self.retry_at = 0.0
-        if not readonly:
-            self._open_identity()
-        else:
-            try:
-                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise StateStoreError(
-                    f"{path}: cannot open the run-state database ({exc.strerror})"
-                ) from None
+        self._open_file(writing=not readonly)
         try:
-            if readonly:
-                roll_back_hot_journal(path)
+            self._connect()
+        except StateStoreError:
+            self.close()
+            raise
+
+    def _connect(self) -> None:
+        """Connect to the store and check its format (and, for a writer, every page)."""
+        path = self.path
+        try:
+            if self.readonly:
+                _roll_back_hot_journal(path)
                 self.conn = sqlite3.connect(
                     f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
                 )
@@ -173,36 +215,29 @@ class RunStore(StoreReads, StoreWrites):
                 self.conn.execute("PRAGMA busy_timeout=100")
                 version, tables = cast(tuple[int, set[str]], self._waiting(self._open_writer, wait=True))
         except READ_ERRORS as exc:
-            self.close()
-            if locked(exc):
-                raise store_error(path, exc, not readonly, self._waited()) from None
+            if _locked(exc):
+                raise store_error(path, exc, not self.readonly, self._waited()) from None
             raise StateStoreError(
                 f"{path}: not a readable run-state database ({one_line(exc)}): the file is damaged; restore it from a "
                 "backup or submit the run again (nothing was re-run)"
             ) from None
         if version == 0 and not tables:
-            self.close()
             raise StateStoreError(
                 f"{path}: the run-state database is empty (truncated?): restore it from a backup or submit "
                 "the run again (nothing was re-run)"
             )
         if version != FORMAT_VERSION or not {"meta", "jobs", "status", "attempts", "sessions"} <= tables:
-            self.close()
             raise StateStoreError(
                 f"{path}: run-state format {version} with tables {sorted(tables)} is not format "
                 f"{FORMAT_VERSION}: use the plugin version that wrote it, or submit the run again"
             )
-        if not readonly:
+        if not self.readonly:
             # A driver or cancel writes: check every page first, so a damaged
             # file stops it here rather than half-way through a run.
-            try:
-                self.check_integrity()
-                self._add_lost_column()
-            except StateStoreError:
-                self.close()
-                raise
+            self.check_integrity()
+            self._add_lost_column()
 
-    @guarded(writing=True)
+    @_guarded(writing=True)
     def _add_lost_column(self) -> None:
         """Give a store of an older version its ``attempts.lost`` column."""
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
@@ -265,7 +300,7 @@ class RunStore(StoreReads, StoreWrites):
                         self.conn.execute("COMMIT")
                 return value
             except (sqlite3.DatabaseError, _TornReadError) as exc:
-                if self.readonly and roll_back_hot_journal(self.path):
+                if self.readonly and _roll_back_hot_journal(self.path):
                     continue
                 if isinstance(exc, sqlite3.DatabaseError):
                     text = str(exc).lower()
@@ -309,7 +344,7 @@ class RunStore(StoreReads, StoreWrites):
         store : `RunStore`
             The new store, open for writing.
         """
-        create_store(path, meta, jobs, edges)
+        _create_store(path, meta, jobs, edges)
         return cls(path)
 
     def check_integrity(self) -> None:
@@ -318,7 +353,7 @@ class RunStore(StoreReads, StoreWrites):
             found = self._waiting(lambda: self.conn.execute("PRAGMA quick_check").fetchone(), wait=True)
             result = found[0] if found else "no answer"
         except READ_ERRORS as exc:
-            if locked(exc):
+            if _locked(exc):
                 raise store_error(self.path, exc, False, self._waited()) from None
             result = one_line(exc)
         if result != "ok":

@@ -26,7 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """The run-state store's tables (doc/state.md): writing the store of a new run
-(`create_store`: one transaction into a private file, then linked in place, so
+(`RunStore.create`: one transaction into a private file, then linked in place, so
 a failed write leaves nothing behind); the per-label, per-state job counts kept
 by SQLite triggers (tables ``labels`` and ``summary``) and the report's reads.
 """
@@ -52,7 +52,6 @@ __all__ = (
     "JOB_COLUMNS",
     "JOURNAL_MODE",
     "JobReports",
-    "create_store",
     "failed_exit_codes",
     "job_reports",
     "label_counts",
@@ -96,7 +95,7 @@ def _table(table: str, row: type, key: str, **more: str) -> str:
         columns.append(" ".join(filter(None, (field, sql_type, constraint, more.get(field)))))
     if "," in key:
         columns.append(f"PRIMARY KEY ({key})")
-    return f"CREATE TABLE {table} ({', '.join(columns)})"
+    return f"CREATE TABLE {table} (\n    " + ",\n    ".join(columns) + "\n)"
 
 
 _SCHEMA = (
@@ -110,25 +109,13 @@ _SCHEMA = (
 )
 
 
-def create_store(
+def _create_store(
     path: str,
     meta: dict[str, Any],
     jobs: Generator[JobRow, None, list[str]],
     edges: Iterable[tuple[int, int]],
 ) -> None:
-    """Write a new database for a prepared workflow.
-
-    Parameters
-    ----------
-    path : `str`
-        Database file to create; it must not exist.
-    meta : `dict`
-        Run-wide values (run name, operator, ...), stored as JSON.
-    jobs : `~collections.abc.Generator` [`JobRow`, `None`, `list` [`str`]]
-        Job rows, ids in topological order; returns the environment scripts ``env_id`` indexes.
-    edges : `~collections.abc.Iterable` [`tuple` [`int`, `int`]]
-        (parent id, child id) pairs.
-    """
+    """Write a new database for a prepared workflow (`RunStore.create`); ``path`` must not exist."""
     if os.path.exists(path):
         raise _exists(path)
     # A name of this process's own: two submits into one directory never share a file.

@@ -26,8 +26,8 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """The run-state store's file: its errors, the check that its path still
-names the file a writer opened, its rollback journal, and disk space for it
-on a full disk (the reserve the driver gives back once drained: state.md).
+names the file a writer opened, and disk space for it on a full disk (the
+reserve the driver gives back once drained: state.md).
 """
 
 from __future__ import annotations
@@ -45,16 +45,11 @@ __all__ = (
     "READ_ERRORS",
     "FileIdentity",
     "RunTakenOverError",
-    "SpaceReserve",
     "StateStoreError",
     "StoreLostError",
     "damaged",
     "draining_message",
-    "is_out_of_space",
-    "journal_is_hot",
-    "locked",
     "out_of_space_message",
-    "roll_back_hot_journal",
     "store_error",
 )
 
@@ -96,38 +91,16 @@ def damaged(path: str, what: str) -> StateStoreError:
     )
 
 
-def locked(exc: BaseException) -> bool:
-    """Whether an SQLite error is another connection's lock (busy or locked).
-
-    Parameters
-    ----------
-    exc : `BaseException`
-        The error.
-
-    Returns
-    -------
-    locked : `bool`
-        `True` for a lock.
-    """
+def _locked(exc: BaseException) -> bool:
+    """Whether an SQLite error is another connection's lock (busy or locked)."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
-def is_out_of_space(exc: BaseException) -> bool:
-    """Whether an SQLite or OS error means the disk (or quota) is full.
-
-    Parameters
-    ----------
-    exc : `BaseException`
-        The error.
-
-    Returns
-    -------
-    full : `bool`
-        `True` if the disk or the user's quota is full.
-    """
+def _is_out_of_space(exc: BaseException) -> bool:
+    """Whether an SQLite or OS error means the disk (or the user's quota) is full."""
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     code = getattr(exc, "sqlite_errorcode", None)
@@ -155,7 +128,7 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
     """
     text = one_line(exc)
     directory = os.path.dirname(path) or "."
-    if locked(exc):
+    if _locked(exc):
         return StateStoreError(
             f"{path}: the run-state database stayed locked by another process for {waited:.0f} s ({text}): "
             "a reader holds a transaction open (a sqlite3 shell, a script): end it"
@@ -167,7 +140,7 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
         and "decode" not in text
     ):
         if writing:
-            fix = "free space" if is_out_of_space(exc) else "fix the permissions or the disk"
+            fix = "free space" if _is_out_of_space(exc) else "fix the permissions or the disk"
             return StateStoreError(
                 f"{path}: cannot write the run-state database ({text}): the state up to the last "
                 f"completed step is kept; {fix} in {directory}, then 'bps restart --id {directory}'"
@@ -219,16 +192,9 @@ def draining_message(submit_path: str, running: int) -> str:
     )
 
 
-class SpaceReserve:
-    """Disk space held for the store of a running driver (best effort: on a
-    full disk it is smaller or absent).
-
-    Parameters
-    ----------
-    path : `str`
-        The reserve file (created, 0600).
-    size : `int`
-        Bytes to hold.
+class _SpaceReserve:
+    """``size`` bytes held in file ``path`` (0600) for the store of a running
+    driver (best effort: on a full disk it is smaller or absent).
     """
 
     def __init__(self, path: str, size: int):
@@ -254,13 +220,7 @@ class SpaceReserve:
             os.close(fd)
 
     def release(self) -> bool:
-        """Give the space back.
-
-        Returns
-        -------
-        held : `bool`
-            Whether the space was held before this call.
-        """
+        """Give the space back; whether it was held."""
         held, self.held = self.held, False
         with contextlib.suppress(OSError):
             os.unlink(self.path)
@@ -272,24 +232,26 @@ class FileIdentity:
 
     path: str
     lost: str | None
-    reserve: SpaceReserve | None
+    reserve: _SpaceReserve | None
     _fd: int | None
     _identity: tuple[int, int]
     _size: int
 
-    def _open_identity(self) -> None:
-        """Refuse a store that is not a regular file of this user; keep a descriptor of it."""
+    def _open_file(self, writing: bool) -> None:
+        """Keep a descriptor of the store; a writer refuses one that is not a regular file of this user."""
         path = self.path
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if writing else 0))
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno == errno.ELOOP and writing:
                 raise StateStoreError(
                     f"{path}: is a symbolic link, not the run's own database: refused; use the submit "
                     "directory that holds the database itself"
                 ) from None
             raise StateStoreError(f"{path}: cannot open the run-state database ({exc.strerror})") from None
         info = os.fstat(self._fd)
+        if not writing:
+            return
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             os.close(self._fd)
             self._fd = None
@@ -341,57 +303,4 @@ class FileIdentity:
         """
         directory = os.path.join(os.path.dirname(self.path), "parsl")
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.reserve = SpaceReserve(os.path.join(directory, "space.reserve"), size)
-
-
-def journal_is_hot(path: str) -> bool:
-    """Whether the store has a rollback journal with pages to restore (a
-    commit under way, or a writer that died mid-commit; how: state.md).
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the store.
-
-    Returns
-    -------
-    hot : `bool`
-        `True` if the journal holds pages to restore.
-    """
-    try:
-        with open(path + "-journal", "rb") as journal:
-            return journal.read(1) not in (b"", b"\0")
-    except OSError:
-        return False
-
-
-def roll_back_hot_journal(path: str) -> bool:
-    """Roll back what a writer that died mid-commit left in the journal, if
-    this user may write the store (a read-only connection cannot, and then
-    fails every read): SQLite rolls a hot journal back on a writer's first
-    read, and leaves a live writer's alone.
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the store.
-
-    Returns
-    -------
-    rolled_back : `bool`
-        Whether a journal was there and is gone now.
-    """
-    if not journal_is_hot(path):
-        return False
-    directory = os.path.dirname(path) or "."
-    if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
-        return False
-    try:
-        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-    return not journal_is_hot(path)
+        self.reserve = _SpaceReserve(os.path.join(directory, "space.reserve"), size)
