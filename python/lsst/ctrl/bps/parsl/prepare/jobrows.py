@@ -42,7 +42,7 @@ from lsst.ctrl.bps import BpsConfig, GenericWorkflow, GenericWorkflowJob
 from ..configuration import ConfigurationError
 from ..job import ParslJob, parse_walltime
 from ..records import JobKind, JobRow
-from ..store.attemptlogs import log_dir_template
+from ..store.recorder import log_dir_template
 from .commands import _FILE as FILE_PLACEHOLDER
 from .commands import export_lines, render
 from .flatten import Flattener

@@ -38,7 +38,7 @@ import urllib.parse
 
 from lsst.ctrl.bps import WmsStates
 
-from ..store.attemptlogs import log_paths
+from ..store.recorder import log_paths
 from ..store.runstore import FAILED, db_path
 from .pagedata import (
     _ALWAYS_SHOWN,

@@ -166,9 +166,9 @@ def _record_stopped(
     for i, s in enumerate(state):
         if s not in ENDED:
             state[i] = JobState.DELETED
-            recorder.state(i, JobState.DELETED, attempt[i])
+            recorder.store.set_state(i, JobState.DELETED, attempt[i])
     in_flight.clear()
-    recorder.flush()
+    recorder.store.flush()
 
 
 def _record_one(
@@ -247,8 +247,8 @@ class StopHandling:
             return
         for i in finals:
             self.state[i] = JobState.UNREADY
-            self.recorder.state(i, JobState.UNREADY, self.attempt[i])
-        self.recorder.flush()
+            self.store.set_state(i, JobState.UNREADY, self.attempt[i])
+        self.store.flush()
         self.stop_reason = None
         self.dispatch = Dispatch(self.site)
         self.dispatch.start()
