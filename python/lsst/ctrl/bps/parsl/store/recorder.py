@@ -62,12 +62,10 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
+    submit_path, name : `str`
+        Submit directory; job name.
     log_dir : `str` or `None`
         The job's log sub-directory (``subDirTemplate`` expanded).
-    name : `str`
-        Job name.
     attempt : `int`
         Attempt number, 1 for the first.
 
@@ -218,18 +216,14 @@ class Recorder:
         ----------
         job, attempt : `int`
             Job id and attempt number.
-        attempt_state : `JobState`
-            How the attempt ended.
+        attempt_state, job_state : `JobState`
+            How the attempt ended; the job's state afterwards (READY for a retry; `None`: ``attempt_state``).
         result : `AttemptResult`
             Its exit status, signal, times and host.
         memory : `int`, optional
             Memory requested for it (MB).
-        executor : `str`, optional
-            Label of the executor that ran it.
-        job_state : `JobState`, optional
-            The job's state afterwards (READY for a retry); `None` means ``attempt_state``.
-        lost : `str`, optional
-            How the infrastructure lost it (`losses`); `None` if it ended by itself.
+        executor, lost : `str`, optional
+            Label of the executor that ran it; how the infrastructure lost it (`None`: it ended by itself).
         """
         code, sig, start, end, host, _ = result
         self.store.record_attempt(
@@ -304,16 +298,10 @@ class Recorder:
             # The recorded attempt is read again too: a job the driver recorded
             # as DELETED or lost may have ended by itself, and its exit record is the truth.
             attempt = max(recorded, 1)
-            last = None
-            while attempt > 0:
-                stderr = self.stderr_of(i, attempt)
-                if not os.path.exists(stderr):
-                    break
-                last = (attempt, stderr)
-                attempt += 1
-            if last is None:
+            if not os.path.exists(self.stderr_of(i, attempt)):
                 continue
-            attempt, stderr = last
+            while os.path.exists(self.stderr_of(i, attempt + 1)):
+                attempt += 1
             code = self.exit_status(i, attempt, exits)
             if attempt == recorded and code != 0 and state[i] not in (JobState.PENDING, JobState.RUNNING):
                 continue  # the store already knows how that attempt ended

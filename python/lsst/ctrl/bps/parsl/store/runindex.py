@@ -52,9 +52,7 @@ INDEX_SUBDIR = os.path.join(".local", "state", "lsst-ctrl-bps-parsl", "runs")
 def _index_dir() -> Path:
     """Directory of the run index."""
     base = os.environ.get("XDG_STATE_HOME")
-    if not base:
-        return Path(os.path.expanduser("~")) / INDEX_SUBDIR
-    return Path(base) / "lsst-ctrl-bps-parsl" / "runs"
+    return Path(base, "lsst-ctrl-bps-parsl", "runs") if base else Path(os.path.expanduser("~"), INDEX_SUBDIR)
 
 
 def add_run(run_id: str, submit_path: str, run_name: str) -> None:
@@ -179,18 +177,13 @@ def _old_plugin_run(submit_path: str) -> str | None:
     if not os.path.isfile(os.path.join(submit_path, _OLD_PLUGIN_FILE)):
         return None
     where = _submitted_from(submit_path)
-    cd = (
-        f"cd {shlex.quote(where)} (its Parsl checkpoints are in runinfo/ there, unless its site set run_dir)"
-        if where
-        else "cd to the directory 'bps submit' ran in (its Parsl checkpoints are in runinfo/ there, unless its "
-        "site set run_dir)"
-    )
+    cd = f"cd {shlex.quote(where)}" if where else "cd to the directory 'bps submit' ran in"
     return (
         f"{submit_path} is a run of the old ctrl_bps_parsl plugin ({_OLD_PLUGIN_FILE}, no {DB_NAME}), which "
         "kept no job states this plugin can read; to resume it, in a separate environment with the old "
         "plugin (pip install 'lsst-ctrl-bps-parsl<=30.2026.4300' and the parsl it ran with), "
-        f"{cd}, then run: bps restart --id {shlex.quote(submit_path)}; its job logs are in "
-        f"{os.path.join(submit_path, 'logs')}"
+        f"{cd} (its Parsl checkpoints are in runinfo/ there, unless its site set run_dir), then run: "
+        f"bps restart --id {shlex.quote(submit_path)}; its job logs are in {os.path.join(submit_path, 'logs')}"
     )
 
 

@@ -35,6 +35,7 @@ it: state.md, "Where the submit directory may be".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -58,7 +59,6 @@ from .storefile import (
     StateStoreError,
     StoreLostError,
     _locked,
-    _SpaceReserve,
     damaged,
     out_of_space_message,
     store_error,
@@ -150,11 +150,8 @@ def _roll_back_hot_journal(path: str) -> bool:
     if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
         return False
     try:
-        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
-        try:
+        with contextlib.closing(sqlite3.connect(path, timeout=2.0, isolation_level=None)) as conn:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        finally:
-            conn.close()
     except sqlite3.Error:
         return False
     return not journal_is_hot(path)
@@ -176,21 +173,12 @@ class RunStore(StoreReads, StoreWrites):
         self.readonly = readonly
         self._pending_status: list[tuple] = []
         self._pending_attempts: list[tuple] = []
-        self.session: int | None = None
-        self.fence: int | None = None
         if not os.path.exists(path):
             raise StateStoreError(
                 f"{path}: no run-state database here: pass the submit directory that 'bps submit' printed"
             )
         if not os.access(path, os.R_OK):
             raise StateStoreError(f"{path}: not readable by this user: check its permissions")
-        self.lost: str | None = None
-        self.disk_full: str | None = None
-        self.reserve: _SpaceReserve | None = None
-        self._fd: int | None = None
-        self._locked_since: float | None = None
-        self._locked_said = 0.0
-        self.retry_at = 0.0
         self._open_file(writing=not readonly)
         try:
             self._connect()
@@ -278,8 +266,8 @@ class RunStore(StoreReads, StoreWrites):
 
         Raises
         ------
-        StateStoreError
-            If the store cannot be read (damaged, missing, or busy too long).
+        sqlite3.DatabaseError
+            If the store cannot be read (damaged, or busy too long).
         """
         started = time.monotonic()
         deadline = started + READ_RETRY_SECONDS

@@ -203,6 +203,11 @@ def _write_new(
 _PAYLOAD = int(JobKind.PAYLOAD)
 _JOB_LABEL = f"(SELECT label FROM jobs WHERE id = {{row}}.job AND kind = {_PAYLOAD})"
 
+_LABEL_JOBS = f"SELECT label, count(*) FROM jobs WHERE kind = {_PAYLOAD} GROUP BY label ORDER BY min(id)"
+_LABEL_STATE_JOBS = (
+    "SELECT j.label, s.state, count(*) FROM jobs j JOIN status s ON s.job = j.id "
+    f"WHERE j.kind = {_PAYLOAD} GROUP BY j.label, s.state"
+)
 _TABLES = (
     "CREATE TABLE labels (position INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE, jobs INTEGER NOT NULL)",
     "CREATE TABLE summary (label TEXT NOT NULL, state INTEGER NOT NULL, count INTEGER NOT NULL, "
@@ -236,14 +241,8 @@ def _create_summary(conn: sqlite3.Connection) -> None:
     """Create and fill the summary tables of a new store (``status`` written), and their triggers."""
     for statement in _TABLES:
         conn.execute(statement)
-    conn.execute(
-        f"INSERT INTO labels (label, jobs) SELECT label, count(*) FROM jobs WHERE kind = {_PAYLOAD} "
-        "GROUP BY label ORDER BY min(id)"
-    )
-    conn.execute(
-        "INSERT INTO summary (label, state, count) SELECT j.label, s.state, count(*) FROM jobs j "
-        f"JOIN status s ON s.job = j.id WHERE j.kind = {_PAYLOAD} GROUP BY j.label, s.state"
-    )
+    conn.execute(f"INSERT INTO labels (label, jobs) {_LABEL_JOBS}")
+    conn.execute(f"INSERT INTO summary (label, state, count) {_LABEL_STATE_JOBS}")
     for statement in _TRIGGERS:
         conn.execute(statement)
 
@@ -268,14 +267,9 @@ def label_counts(conn: sqlite3.Connection) -> tuple[list[tuple[str, int]], dict[
         rows: Iterable[tuple[str, int, int]] = conn.execute(
             "SELECT label, state, count FROM summary WHERE count > 0"
         ).fetchall()
-    else:
-        labels = conn.execute(
-            f"SELECT label, count(*) FROM jobs WHERE kind = {_PAYLOAD} GROUP BY label ORDER BY min(id)"
-        ).fetchall()
-        rows = conn.execute(
-            "SELECT j.label, s.state, count(*) FROM jobs j JOIN status s ON s.job = j.id "
-            f"WHERE j.kind = {_PAYLOAD} GROUP BY j.label, s.state"
-        ).fetchall()
+    else:  # a store written before the summary tables
+        labels = conn.execute(_LABEL_JOBS).fetchall()
+        rows = conn.execute(_LABEL_STATE_JOBS).fetchall()
     counts: dict[str, dict[int, int]] = {}
     for label, state, count in rows:
         counts.setdefault(label, {})[state] = count

@@ -231,9 +231,9 @@ class FileIdentity:
     """What a writer of the store checks of its file (mixed into `RunStore`)."""
 
     path: str
-    lost: str | None
-    reserve: _SpaceReserve | None
-    _fd: int | None
+    lost: str | None = None
+    reserve: _SpaceReserve | None = None
+    _fd: int | None = None
     _identity: tuple[int, int]
     _size: int
 

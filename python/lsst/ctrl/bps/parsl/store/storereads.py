@@ -228,10 +228,8 @@ class StoreReads:
         attempts : `list` [`AttemptRow`]
             The ended attempts.
         """
-        if job is None:
-            rows = self._select("attempts", range(12, 14), "ORDER BY job, attempt")
-        else:
-            rows = self._select("attempts", range(12, 14), "WHERE job=? ORDER BY attempt", (job,))
+        where, args = ("", ()) if job is None else ("WHERE job=? ", (job,))
+        rows = self._select("attempts", range(12, 14), f"{where}ORDER BY job, attempt", args)
         states = _STATES
         found = []
         for j, a, session, state, *rest in rows:

@@ -64,15 +64,15 @@ class StoreWrites(FileIdentity):
     """The writing methods of `RunStore`."""
 
     conn: sqlite3.Connection
-    session: int | None
-    fence: int | None
-    disk_full: str | None
-    retry_at: float
+    session: int | None = None
+    fence: int | None = None
+    disk_full: str | None = None
+    retry_at = 0.0
     """`time.monotonic` before which `flush` without ``wait`` leaves the changes queued."""
     _pending_status: list[tuple]
     _pending_attempts: list[tuple]
-    _locked_since: float | None
-    _locked_said: float
+    _locked_since: float | None = None
+    _locked_said = 0.0
 
     def _waiting(self, write: Callable[[], _T], wait: bool) -> _T | None:
         """Run ``write``; while another connection's lock keeps it out, log
@@ -235,10 +235,8 @@ class StoreWrites(FileIdentity):
 
         Parameters
         ----------
-        job, state : `int`
-            Job id and its new state (a `JobState` value).
-        attempt, exit_code, signal : `int`, optional
-            The job's current attempt, its exit status and the signal that ended it.
+        job, state, attempt, exit_code, signal : `int`
+            Job id, its new state (a `JobState` value), current attempt, exit status, the signal that ended it.
         start, end : `float`, optional
             Its start and end times (seconds since the epoch).
         host : `str`, optional
@@ -265,10 +263,9 @@ class StoreWrites(FileIdentity):
 
         Parameters
         ----------
-        job, attempt, state : `int`
-            Job id, attempt number, how it ended (a `JobState` value).
-        exit_code, signal, memory : `int`, optional
-            Its exit status, the signal that ended it, the memory it asked for (MB).
+        job, attempt, state, exit_code, signal, memory : `int`
+            Job id, attempt number, how it ended (a `JobState` value), its exit status, the signal
+            that ended it, the memory it asked for (MB).
         executor : `str`, optional
             Label of the executor that ran it.
         submitted, start, end : `float`, optional
