@@ -269,7 +269,7 @@ class ParslJob:
     def _log_paths(self) -> tuple[str | None, str | None]:
         if self._logs is None:
             return None, None
-        from .store.attemptlogs import log_paths
+        from .store.recorder import log_paths
 
         return log_paths(self._logs[0], self._logs[1], self.name, self.attempt)
 
@@ -299,7 +299,7 @@ class ParslJob:
 
 def _log_dir(config: BpsConfig, label: str, tags: dict[str, Any]) -> str:
     """The job's log sub-directory."""
-    from .store.attemptlogs import log_dir_template
+    from .store.recorder import log_dir_template
 
     return log_dir_template(config)(label, tags)
 

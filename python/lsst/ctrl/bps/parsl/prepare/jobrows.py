@@ -50,7 +50,7 @@ from lsst.ctrl.bps import (
 
 from ..configuration import ConfigurationError
 from ..records import JobKind, JobRow
-from ..store.attemptlogs import log_dir_template
+from ..store.recorder import log_dir_template
 from .commands import _FILE as FILE_PLACEHOLDER
 from .commands import export_lines, render
 from .jobattrs import _job_row_check, check_job_values

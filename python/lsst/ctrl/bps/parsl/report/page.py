@@ -41,7 +41,7 @@ from collections import Counter
 
 from lsst.ctrl.bps import WmsStates
 
-from ..store.attemptlogs import log_paths
+from ..store.recorder import log_paths
 from ..store.runindex import resolve_run
 from ..store.runstore import DELETED, FAILED, StateStoreError, db_path
 from .pagedata import _STATE_COLOURS, MAX_DRAWN_ATTEMPTS, RunData, _duration, _e, _iso, read_run, timeline

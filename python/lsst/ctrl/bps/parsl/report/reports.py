@@ -48,11 +48,11 @@ from ..control.liveness import driver_alive
 from ..control.running import running_job_ids
 from ..oneline import shown
 from ..records import ENDED, JobState
-from ..store.attemptlogs import log_paths
+from ..store.recorder import log_paths
 from ..store.runindex import INDEX_SUBDIR, list_runs, resolve_run
 from ..store.runstore import RunStore, StateStoreError, db_path, store_error
+from ..store.schema import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 from ..store.storefile import READ_ERRORS, damaged
-from ..store.summary import JobReports, failed_exit_codes, job_reports, label_counts, pending_labels
 
 __all__ = (
     "cancellable_runs",

@@ -49,8 +49,7 @@ from ..records import AttemptResult, JobKind, JobRow, JobState
 from ..report.page import PageWriter
 from ..site import SiteConfig
 from ..sites.losses import LostAttempts, infrastructure_cause
-from ..store.attemptlogs import log_paths
-from ..store.recorder import Recorder
+from ..store.recorder import Recorder, log_paths
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from ..store.storefile import damaged
 from .attributes import ConcurrencyGate, ExecutorChoiceError, RetryPolicy, abort_status, walltime_seconds
@@ -225,9 +224,9 @@ class Driver(StopHandling):
             again = row.final and rerun_final
             if self.state[i] != JobState.SUCCEEDED or again or row.kind != JobKind.PAYLOAD:
                 if self.state[i] != JobState.UNREADY:
-                    self.recorder.state(i, JobState.UNREADY, self.attempt[i])
+                    self.store.set_state(i, JobState.UNREADY, self.attempt[i])
                 self.state[i] = JobState.UNREADY
-        self.recorder.flush()
+        self.store.flush()
 
     def run(self) -> RunOutcome:
         """Run until every job ended or a stop was requested (one that cannot go on: ``cancelled``).
@@ -343,11 +342,11 @@ class Driver(StopHandling):
             now = time.monotonic()
             if now - last_flush >= _FLUSH_INTERVAL:
                 # A reader's lock or a full disk leaves the changes queued: the run goes on.
-                self.recorder.flush(wait=False)
+                self.store.flush(wait=False)
                 last_flush = now
             self.progress.print(self.rows, self.state)
             self.page.update()
-        self.recorder.flush()
+        self.store.flush()
 
     def _dispatch_ready(self) -> None:
         """Hand ready jobs to Parsl, best first, within ``in_flight_cap`` and concurrency limits."""
@@ -358,7 +357,7 @@ class Driver(StopHandling):
                 return
             i = ready.popleft()
             if self.rows[i].kind != JobKind.PAYLOAD:
-                self.recorder.state(i, JobState.SUCCEEDED, self.attempt[i])
+                self.store.set_state(i, JobState.SUCCEEDED, self.attempt[i])
                 self.walk.finish(i, JobState.SUCCEEDED)
                 continue
             if self.gate.acquire(i):
@@ -395,7 +394,7 @@ class Driver(StopHandling):
             kwargs["parsl_resource_specification"] = spec
         self.in_flight[i] = InFlight(label, attempt, pjob.request_memory)
         self.state[i] = JobState.PENDING
-        self.recorder.submitted(i, attempt, time.time())
+        self.store.set_state(i, JobState.PENDING, attempt, start=time.time())
         future = self.dispatch.submit(
             (i, attempt),
             label,
@@ -468,7 +467,7 @@ class Driver(StopHandling):
             self.stop_reason = reason  # not request_stop: the final job still runs, unbounded
 
     def _pruned(self, i: int) -> None:
-        self.recorder.state(i, JobState.PRUNED, self.attempt[i])
+        self.store.set_state(i, JobState.PRUNED, self.attempt[i])
 
     def _join_added_jobs(self) -> bool:
         """Load the jobs a batch payload added to the store; whether there were any."""

@@ -47,9 +47,9 @@ from ..control.running import kill_running_jobs
 from ..records import ENDED, AttemptResult, JobRow, JobState
 from ..site import SiteConfig
 from ..sites.losses import LostAttempts, infrastructure_cause, settle_seconds, stops_run
-from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError
+from ..store.storefile import draining_message
 from .dispatch import Dispatch
 from .graphwalk import GraphWalk
 
@@ -243,8 +243,8 @@ class StopHandling:
             return
         for i in finals:
             self.state[i] = JobState.UNREADY
-            self.recorder.state(i, JobState.UNREADY, self.attempt[i])
-        self.recorder.flush()
+            self.store.set_state(i, JobState.UNREADY, self.attempt[i])
+        self.store.flush()
         self.stop_reason = None
         self.dispatch = Dispatch(self.site)
         self.dispatch.start()
@@ -283,8 +283,8 @@ class StopHandling:
         for i, s in enumerate(self.state):
             if s not in ENDED:
                 self.state[i] = JobState.DELETED
-                self.recorder.state(i, JobState.DELETED, self.attempt[i])
-        self.recorder.flush()
+                self.recorder.store.set_state(i, JobState.DELETED, self.attempt[i])
+        self.recorder.store.flush()
 
     def _stop_own_attempts(self) -> None:
         """The run was taken over: stop Parsl, kill only this driver's attempts (by token), record nothing."""

@@ -27,29 +27,103 @@
 
 """`Recorder`: the driver's one writer of the store's job state (queued, and
 committed once per pass of its loop, `RunStore.flush`); settling what a
-driver that died left behind.
+driver that died left behind; where each attempt's logs are (a stdout and a
+stderr file of its own: the old plugin's names for the first attempt, then
+numbered, under ``<submit>/logs/<subDirTemplate>``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import string
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from lsst_ctrl_bps_parsl_worker.exits import recorded_exits
+from lsst_ctrl_bps_parsl_worker.processes import append_note
 
+from ..files import safe_component, safe_subdir
 from ..oneline import shown
 from ..records import AttemptResult, JobKind, JobRow, JobState
-from .attemptlogs import append_note, log_paths
 from .runstore import RunStore
 
-__all__ = ("Recorder",)
+if TYPE_CHECKING:
+    from lsst.ctrl.bps import BpsConfig
+
+__all__ = ("Recorder", "log_dir_template", "log_paths")
 
 _LOG = logging.getLogger(__name__)
 
 
+def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) -> tuple[str, str]:
+    """The stdout and stderr files of one attempt of one job, always under
+    ``<submit>/logs`` whatever the job's name and log directory hold.
+
+    Parameters
+    ----------
+    submit_path, name : `str`
+        Submit directory; job name.
+    log_dir : `str` or `None`
+        The job's log sub-directory (``subDirTemplate`` expanded).
+    attempt : `int`
+        Attempt number, 1 for the first.
+
+    Returns
+    -------
+    stdout, stderr : `str`
+        ``<submit>/logs/<log_dir>/<name>.stdout`` and ``.stderr``, then
+        ``.stdout.<attempt>`` and ``.stderr.<attempt>`` after the first.
+    """
+    base = os.path.join(submit_path, "logs", safe_subdir(log_dir), safe_component(name))
+    suffix = "" if attempt <= 1 else f".{attempt}"
+    return f"{base}.stdout{suffix}", f"{base}.stderr{suffix}"
+
+
+class _SubdirTemplate:
+    """``subDirTemplate`` parsed once; fields missing from a job's tags are
+    left out, and the path made safe (`files.safe_subdir`).
+    """
+
+    def __init__(self, template: str):
+        self.parts = list(string.Formatter().parse(template))
+
+    def __call__(self, label: str, tags: dict[str, Any]) -> str:
+        out = []
+        for literal, field, spec, _ in self.parts:
+            out.append(literal)
+            if field is None:
+                continue
+            value = label if field == "label" else tags.get(field)
+            if value is not None:
+                out.append(format(value, spec) if spec else str(value))
+        return safe_subdir("".join(out))
+
+
+def log_dir_template(config: BpsConfig) -> _SubdirTemplate:
+    """The run's ``subDirTemplate`` (also from ``site.<computeSite>``, as the
+    old plugin read it); unset, logs go straight into ``<submit>/logs``.
+
+    Parameters
+    ----------
+    config : `lsst.ctrl.bps.BpsConfig`
+        The run's configuration.
+
+    Returns
+    -------
+    template : `_SubdirTemplate`
+        Callable giving a job's log sub-directory from its label and tags.
+    """
+    found, site = config.search("computeSite", opt={"default": None})
+    opt: dict[str, Any] = {"replaceVars": False, "default": ""}
+    if found and site:
+        opt["curvals"] = {"curr_site": site}
+    found, template = config.search("subDirTemplate", opt=opt)
+    return _SubdirTemplate(template if found and isinstance(template, str) else "")
+
+
 class Recorder:
-    """Write a run's job transitions to its store.
+    """Write how a run's attempts ended to its store, and notes to their logs.
 
     Parameters
     ----------
@@ -125,32 +199,6 @@ class Recorder:
         """
         append_note(self.stderr_of(job, attempt), f"[bps-parsl] {text}\n")
 
-    def state(self, job: int, state: JobState, attempt: int) -> None:
-        """A job's new state, with nothing to say about an attempt.
-
-        Parameters
-        ----------
-        job : `int`
-            Job id.
-        state : `JobState`
-            The job's new state.
-        attempt : `int`
-            The job's current attempt number.
-        """
-        self.store.set_state(job, state, attempt)
-
-    def submitted(self, job: int, attempt: int, when: float) -> None:
-        """An attempt was handed to Parsl.
-
-        Parameters
-        ----------
-        job, attempt : `int`
-            Job id and attempt number.
-        when : `float`
-            When (seconds since the epoch).
-        """
-        self.store.set_state(job, JobState.PENDING, attempt, start=when)
-
     def ended(
         self,
         job: int,
@@ -168,18 +216,14 @@ class Recorder:
         ----------
         job, attempt : `int`
             Job id and attempt number.
-        attempt_state : `JobState`
-            How the attempt ended.
+        attempt_state, job_state : `JobState`
+            How the attempt ended; the job's state afterwards (READY for a retry; `None`: ``attempt_state``).
         result : `AttemptResult`
             Its exit status, signal, times and host.
         memory : `int`, optional
             Memory requested for it (MB).
-        executor : `str`, optional
-            Label of the executor that ran it.
-        job_state : `JobState`, optional
-            The job's state afterwards (READY for a retry); `None` means ``attempt_state``.
-        lost : `str`, optional
-            How the infrastructure lost it (`losses`); `None` if it ended by itself.
+        executor, lost : `str`, optional
+            Label of the executor that ran it; how the infrastructure lost it (`None`: it ended by itself).
         """
         code, sig, start, end, host, _ = result
         self.store.record_attempt(
@@ -254,16 +298,10 @@ class Recorder:
             # The recorded attempt is read again too: a job the driver recorded
             # as DELETED or lost may have ended by itself, and its exit record is the truth.
             attempt = max(recorded, 1)
-            last = None
-            while attempt > 0:
-                stderr = self.stderr_of(i, attempt)
-                if not os.path.exists(stderr):
-                    break
-                last = (attempt, stderr)
-                attempt += 1
-            if last is None:
+            if not os.path.exists(self.stderr_of(i, attempt)):
                 continue
-            attempt, stderr = last
+            while os.path.exists(self.stderr_of(i, attempt + 1)):
+                attempt += 1
             code = self.exit_status(i, attempt, exits)
             if attempt == recorded and code != 0 and state[i] not in (JobState.PENDING, JobState.RUNNING):
                 continue  # the store already knows how that attempt ended
@@ -272,13 +310,3 @@ class Recorder:
             self.store.record_attempt(i, attempt, settled, code, memory=row.request_memory)
             self.store.set_state(i, settled, attempt, code)
             state[i] = settled
-
-    def flush(self, wait: bool = True) -> None:
-        """Commit what was recorded (`RunStore.flush`).
-
-        Parameters
-        ----------
-        wait : `bool`, optional
-            Commit now; without, a lock or a full disk leaves the changes queued.
-        """
-        self.store.flush(wait)

@@ -32,13 +32,14 @@ so ``bps report`` lists them and a run id resolves to its submit directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 from pathlib import Path
 
 from ..files import write_private
-from .runstore import DB_NAME, StateStoreError
+from .runstore import DB_NAME, RunStore, StateStoreError
 
 __all__ = ("INDEX_SUBDIR", "add_run", "list_runs", "remove_run", "resolve_run")
 
@@ -51,9 +52,7 @@ INDEX_SUBDIR = os.path.join(".local", "state", "lsst-ctrl-bps-parsl", "runs")
 def _index_dir() -> Path:
     """Directory of the run index."""
     base = os.environ.get("XDG_STATE_HOME")
-    if not base:
-        return Path(os.path.expanduser("~")) / INDEX_SUBDIR
-    return Path(base) / "lsst-ctrl-bps-parsl" / "runs"
+    return Path(base, "lsst-ctrl-bps-parsl", "runs") if base else Path(os.path.expanduser("~"), INDEX_SUBDIR)
 
 
 def add_run(run_id: str, submit_path: str, run_name: str) -> None:
@@ -65,10 +64,19 @@ def add_run(run_id: str, submit_path: str, run_name: str) -> None:
         The run's id, submit directory and name.
     """
     record = {"run_id": run_id, "submit_path": submit_path, "run_name": run_name}
-    try:
+    with contextlib.suppress(OSError):
         write_private(str(_index_dir() / f"{run_id}.json"), json.dumps(record))
-    except OSError:
-        pass
+
+
+def _record(path: Path) -> dict[str, str]:
+    """An index record's run id and submit directory (``{}`` if it is unreadable)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {key: record[key] for key in ("run_id", "submit_path") if isinstance(record.get(key), str)}
 
 
 def remove_run(run_id: str, submit_path: str) -> None:
@@ -80,11 +88,9 @@ def remove_run(run_id: str, submit_path: str) -> None:
         The run's id; its submit directory (the record is removed only if it names it).
     """
     record = _index_dir() / f"{run_id}.json"
-    try:
-        if json.loads(record.read_text()).get("submit_path") == submit_path:
+    if _record(record).get("submit_path") == submit_path:
+        with contextlib.suppress(OSError):
             os.unlink(record)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
@@ -100,20 +106,15 @@ def list_runs(directory: Path | None = None) -> list[tuple[str, str]]:
     runs : `list` [`tuple` [`str`, `str`]]
         (run id, submit directory) pairs, sorted.
     """
-    runs: list[tuple[str, str]] = []
     try:
-        entries = list((directory or _index_dir()).glob("*.json"))
+        records = [_record(entry) for entry in (directory or _index_dir()).glob("*.json")]
     except OSError:
-        return runs
-    for entry in entries:
-        try:
-            record = json.loads(entry.read_text())
-            run_id, submit_path = record["run_id"], record["submit_path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if os.path.exists(os.path.join(submit_path, DB_NAME)):
-            runs.append((run_id, submit_path))
-    return sorted(runs)
+        return []
+    return sorted(
+        (record["run_id"], record["submit_path"])
+        for record in records
+        if len(record) == 2 and os.path.exists(os.path.join(record["submit_path"], DB_NAME))
+    )
 
 
 def resolve_run(wms_id: str) -> str:
@@ -146,35 +147,26 @@ def resolve_run(wms_id: str) -> str:
             "'bps submit' printed as 'Submit dir'"
         )
     record = _index_dir() / f"{os.path.basename(str(wms_id))}.json"
-    if "/" not in str(wms_id) and record.exists():
-        try:
-            submit_path = json.loads(record.read_text())["submit_path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            submit_path = None
-        if isinstance(submit_path, str) and os.path.exists(os.path.join(submit_path, DB_NAME)):
-            _check_run_id(submit_path, str(wms_id), record)
-            return submit_path
+    if "/" in str(wms_id) or not record.exists():
+        raise StateStoreError(
+            f"'{wms_id}' is neither a submit directory nor a known run id: pass the submit directory or the "
+            "'Run Id' that 'bps submit' printed"
+        )
+    submit_path = _record(record).get("submit_path")
+    if submit_path is None or not os.path.exists(os.path.join(submit_path, DB_NAME)):
         raise StateStoreError(f"run '{wms_id}': its submit directory {submit_path} no longer exists")
-    raise StateStoreError(
-        f"'{wms_id}' is neither a submit directory nor a known run id: pass the submit directory or the "
-        "'Run Id' that 'bps submit' printed"
-    )
-
-
-def _check_run_id(submit_path: str, run_id: str, record: Path) -> None:
-    """Refuse an index record that points to another run than the one it is named after."""
-    from .runstore import RunStore
-
+    # Refuse a record that points to another run than the one it is named after.
     store = RunStore(os.path.join(submit_path, DB_NAME), readonly=True)
     try:
         stored = store.meta().get("run_id")
     finally:
         store.close()
-    if stored != run_id:
+    if stored != str(wms_id):
         raise StateStoreError(
-            f"run '{run_id}': its index record {record} points to {submit_path}, which holds run "
+            f"run '{wms_id}': its index record {record} points to {submit_path}, which holds run "
             f"'{stored}': remove the record, or pass the submit directory"
         )
+    return submit_path
 
 
 def _old_plugin_run(submit_path: str) -> str | None:
@@ -185,18 +177,13 @@ def _old_plugin_run(submit_path: str) -> str | None:
     if not os.path.isfile(os.path.join(submit_path, _OLD_PLUGIN_FILE)):
         return None
     where = _submitted_from(submit_path)
-    cd = (
-        f"cd {shlex.quote(where)} (its Parsl checkpoints are in runinfo/ there, unless its site set run_dir)"
-        if where
-        else "cd to the directory 'bps submit' ran in (its Parsl checkpoints are in runinfo/ there, unless its "
-        "site set run_dir)"
-    )
+    cd = f"cd {shlex.quote(where)}" if where else "cd to the directory 'bps submit' ran in"
     return (
         f"{submit_path} is a run of the old ctrl_bps_parsl plugin ({_OLD_PLUGIN_FILE}, no {DB_NAME}), which "
         "kept no job states this plugin can read; to resume it, in a separate environment with the old "
         "plugin (pip install 'lsst-ctrl-bps-parsl<=30.2026.4300' and the parsl it ran with), "
-        f"{cd}, then run: bps restart --id {shlex.quote(submit_path)}; its job logs are in "
-        f"{os.path.join(submit_path, 'logs')}"
+        f"{cd} (its Parsl checkpoints are in runinfo/ there, unless its site set run_dir), then run: "
+        f"bps restart --id {shlex.quote(submit_path)}; its job logs are in {os.path.join(submit_path, 'logs')}"
     )
 
 

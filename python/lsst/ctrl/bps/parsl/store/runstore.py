@@ -35,6 +35,7 @@ it: state.md, "Where the submit directory may be".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -42,64 +43,62 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar, cast
 
 from ..oneline import one_line
-from ..records import ENDED, AttemptRow, JobKind, JobRow, JobState, SessionRow, StatusRow
-from .diskspace import SpaceReserve, out_of_space_message
+from ..records import JobKind, JobRow, JobState
 from .schema import (
     CHANGE_COUNTER,
     DB_NAME,
     FORMAT_VERSION,
-    JOB_COLUMNS,
     JOURNAL_MODE,
     READ_RETRY_SECONDS,
     TORN_RETRY_SECONDS,
-    create_store,
+    _create_store,
 )
 from .storefile import (
     READ_ERRORS,
     RunTakenOverError,
     StateStoreError,
     StoreLostError,
-    TornReadError,
-    busy,
+    _locked,
     damaged,
-    journal_is_hot,
-    locked,
-    retryable,
-    roll_back_hot_journal,
+    out_of_space_message,
     store_error,
 )
-from .storereads import StoreReads, guarded
+from .storereads import StoreReads, _guarded
 from .storewrites import StoreWrites
 
 __all__ = (
     "DB_NAME",
-    "ENDED",
     "FORMAT_VERSION",
-    "JOB_COLUMNS",
-    "AttemptRow",
     "JobKind",
     "JobRow",
     "JobState",
     "RunStore",
     "RunTakenOverError",
-    "SessionRow",
     "StateStoreError",
-    "StatusRow",
     "StoreLostError",
+    "db_path",
+    "journal_is_hot",
     "out_of_space_message",
+    "store_error",
 )
 
 _T = TypeVar("_T")
+_BUSY = ("locked", "busy", "readonly", "read-only")
+"""Words of a reader's error that another connection's lock causes (retried for long)."""
+_RETRYABLE = (*_BUSY, "malformed", "disk i/o")
+"""Words of a reader's error that a commit under way (another host's) may cause."""
 
 # The `JobState` members, for modules that import them from here.
-UNREADY = JobState.UNREADY
 READY = JobState.READY
 PENDING = JobState.PENDING
 RUNNING = JobState.RUNNING
 SUCCEEDED = JobState.SUCCEEDED
 FAILED = JobState.FAILED
-PRUNED = JobState.PRUNED
 DELETED = JobState.DELETED
+
+
+class _TornReadError(Exception):
+    """The file changed during a read: a commit of a writer the locks did not keep out."""
 
 
 def db_path(submit_path: str) -> str:
@@ -118,6 +117,46 @@ def db_path(submit_path: str) -> str:
     return os.path.join(submit_path, DB_NAME)
 
 
+def journal_is_hot(path: str) -> bool:
+    """Whether the store has a rollback journal with pages to restore (a
+    commit under way, or a writer that died mid-commit; how: state.md).
+
+    Parameters
+    ----------
+    path : `str`
+        Path of the store.
+
+    Returns
+    -------
+    hot : `bool`
+        `True` if the journal holds pages to restore.
+    """
+    try:
+        with open(path + "-journal", "rb") as journal:
+            return journal.read(1) not in (b"", b"\0")
+    except OSError:
+        return False
+
+
+def _roll_back_hot_journal(path: str) -> bool:
+    """Roll back what a writer that died mid-commit left in the journal, if
+    this user may write the store (a read-only connection cannot, and then
+    fails every read): SQLite rolls a hot journal back on a writer's first
+    read, and leaves a live writer's alone. Whether a journal was there and is gone now.
+    """
+    if not journal_is_hot(path):
+        return False
+    directory = os.path.dirname(path) or "."
+    if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=2.0, isolation_level=None)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except sqlite3.Error:
+        return False
+    return not journal_is_hot(path)
+
+
 class RunStore(StoreReads, StoreWrites):
     """Access to one run's state database.
 
@@ -134,33 +173,25 @@ class RunStore(StoreReads, StoreWrites):
         self.readonly = readonly
         self._pending_status: list[tuple] = []
         self._pending_attempts: list[tuple] = []
-        self.session: int | None = None
-        self.fence: int | None = None
         if not os.path.exists(path):
             raise StateStoreError(
                 f"{path}: no run-state database here: pass the submit directory that 'bps submit' printed"
             )
         if not os.access(path, os.R_OK):
             raise StateStoreError(f"{path}: not readable by this user: check its permissions")
-        self.lost: str | None = None
-        self.disk_full: str | None = None
-        self.reserve: SpaceReserve | None = None
-        self._fd: int | None = None
-        self._locked_since: float | None = None
-        self._locked_said = 0.0
-        self.retry_at = 0.0
-        if not readonly:
-            self._open_identity()
-        else:
-            try:
-                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise StateStoreError(
-                    f"{path}: cannot open the run-state database ({exc.strerror})"
-                ) from None
+        self._open_file(writing=not readonly)
         try:
-            if readonly:
-                roll_back_hot_journal(path)
+            self._connect()
+        except StateStoreError:
+            self.close()
+            raise
+
+    def _connect(self) -> None:
+        """Connect to the store and check its format (and, for a writer, every page)."""
+        path = self.path
+        try:
+            if self.readonly:
+                _roll_back_hot_journal(path)
                 self.conn = sqlite3.connect(
                     f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
                 )
@@ -172,36 +203,29 @@ class RunStore(StoreReads, StoreWrites):
                 self.conn.execute("PRAGMA busy_timeout=100")
                 version, tables = cast(tuple[int, set[str]], self._waiting(self._open_writer, wait=True))
         except READ_ERRORS as exc:
-            self.close()
-            if locked(exc):
-                raise store_error(path, exc, not readonly, self._waited()) from None
+            if _locked(exc):
+                raise store_error(path, exc, not self.readonly, self._waited()) from None
             raise StateStoreError(
                 f"{path}: not a readable run-state database ({one_line(exc)}): the file is damaged; restore it from a "
                 "backup or submit the run again (nothing was re-run)"
             ) from None
         if version == 0 and not tables:
-            self.close()
             raise StateStoreError(
                 f"{path}: the run-state database is empty (truncated?): restore it from a backup or submit "
                 "the run again (nothing was re-run)"
             )
         if version != FORMAT_VERSION or not {"meta", "jobs", "status", "attempts", "sessions"} <= tables:
-            self.close()
             raise StateStoreError(
                 f"{path}: run-state format {version} with tables {sorted(tables)} is not format "
                 f"{FORMAT_VERSION}: use the plugin version that wrote it, or submit the run again"
             )
-        if not readonly:
+        if not self.readonly:
             # A driver or cancel writes: check every page first, so a damaged
             # file stops it here rather than half-way through a run.
-            try:
-                self.check_integrity()
-                self._add_lost_column()
-            except StateStoreError:
-                self.close()
-                raise
+            self.check_integrity()
+            self._add_lost_column()
 
-    @guarded(writing=True)
+    @_guarded(writing=True)
     def _add_lost_column(self) -> None:
         """Give a store of an older version its ``attempts.lost`` column."""
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
@@ -242,8 +266,8 @@ class RunStore(StoreReads, StoreWrites):
 
         Raises
         ------
-        StateStoreError
-            If the store cannot be read (damaged, missing, or busy too long).
+        sqlite3.DatabaseError
+            If the store cannot be read (damaged, or busy too long).
         """
         started = time.monotonic()
         deadline = started + READ_RETRY_SECONDS
@@ -255,22 +279,24 @@ class RunStore(StoreReads, StoreWrites):
                     self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
                     before = self._file_version()
                     if before[1]:
-                        raise TornReadError()
+                        raise _TornReadError()
                     value = read()
                     if self._file_version() != before:
-                        raise TornReadError()
+                        raise _TornReadError()
                 finally:
                     if self.conn.in_transaction:
                         self.conn.execute("COMMIT")
                 return value
-            except (sqlite3.DatabaseError, TornReadError) as exc:
-                if self.readonly and roll_back_hot_journal(self.path):
+            except (sqlite3.DatabaseError, _TornReadError) as exc:
+                if self.readonly and _roll_back_hot_journal(self.path):
                     continue
-                if isinstance(exc, sqlite3.DatabaseError) and not retryable(exc):
-                    raise
-                if isinstance(exc, sqlite3.DatabaseError) and not busy(exc):
-                    # A page read half-written resolves within a commit; a damaged file never does.
-                    deadline = min(deadline, started + TORN_RETRY_SECONDS)
+                if isinstance(exc, sqlite3.DatabaseError):
+                    text = str(exc).lower()
+                    if not any(word in text for word in _RETRYABLE):
+                        raise
+                    if not any(word in text for word in _BUSY):
+                        # A page read half-written resolves within a commit; a damaged file never does.
+                        deadline = min(deadline, started + TORN_RETRY_SECONDS)
                 if time.monotonic() + pause > deadline:
                     if isinstance(exc, sqlite3.DatabaseError):
                         raise
@@ -306,7 +332,7 @@ class RunStore(StoreReads, StoreWrites):
         store : `RunStore`
             The new store, open for writing.
         """
-        create_store(path, meta, jobs, edges)
+        _create_store(path, meta, jobs, edges)
         return cls(path)
 
     def check_integrity(self) -> None:
@@ -315,7 +341,7 @@ class RunStore(StoreReads, StoreWrites):
             found = self._waiting(lambda: self.conn.execute("PRAGMA quick_check").fetchone(), wait=True)
             result = found[0] if found else "no answer"
         except READ_ERRORS as exc:
-            if locked(exc):
+            if _locked(exc):
                 raise store_error(self.path, exc, False, self._waited()) from None
             result = one_line(exc)
         if result != "ok":

@@ -26,32 +26,30 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """The run-state store's file: its errors, the check that its path still
-names the file a writer opened, and its rollback journal.
+names the file a writer opened, and disk space for it on a full disk (the
+reserve the driver gives back once drained: state.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
 import stat
 
+from ..files import open_private
 from ..oneline import ShownMessageError, one_line
-from .diskspace import RESERVE_NAME, SpaceReserve, is_out_of_space
 
 __all__ = (
+    "READ_ERRORS",
     "FileIdentity",
     "RunTakenOverError",
     "StateStoreError",
-    "READ_ERRORS",
     "StoreLostError",
-    "TornReadError",
-    "busy",
     "damaged",
-    "journal_is_hot",
-    "locked",
-    "retryable",
-    "roll_back_hot_journal",
+    "draining_message",
+    "out_of_space_message",
     "store_error",
 )
 
@@ -69,6 +67,7 @@ class RunTakenOverError(StoreLostError):
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+_SQLITE_IOERR, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 10, 5, 6, 13
 READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
 """What reading a damaged store raises (a damaged text is not UTF-8)."""
 
@@ -92,26 +91,20 @@ def damaged(path: str, what: str) -> StateStoreError:
     )
 
 
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
-
-
-def locked(exc: BaseException) -> bool:
-    """Whether an SQLite error is another connection's lock (busy or locked).
-
-    Parameters
-    ----------
-    exc : `BaseException`
-        The error.
-
-    Returns
-    -------
-    locked : `bool`
-        `True` for a lock.
-    """
+def _locked(exc: BaseException) -> bool:
+    """Whether an SQLite error is another connection's lock (busy or locked)."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _is_out_of_space(exc: BaseException) -> bool:
+    """Whether an SQLite or OS error means the disk (or the user's quota) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)) or "full" in str(exc)
 
 
 def store_error(path: str, exc: BaseException, writing: bool = False, waited: float = 0.0) -> StateStoreError:
@@ -135,7 +128,7 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
     """
     text = one_line(exc)
     directory = os.path.dirname(path) or "."
-    if locked(exc):
+    if _locked(exc):
         return StateStoreError(
             f"{path}: the run-state database stayed locked by another process for {waited:.0f} s ({text}): "
             "a reader holds a transaction open (a sqlite3 shell, a script): end it"
@@ -147,7 +140,7 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
         and "decode" not in text
     ):
         if writing:
-            fix = "free space" if is_out_of_space(exc) else "fix the permissions or the disk"
+            fix = "free space" if _is_out_of_space(exc) else "fix the permissions or the disk"
             return StateStoreError(
                 f"{path}: cannot write the run-state database ({text}): the state up to the last "
                 f"completed step is kept; {fix} in {directory}, then 'bps restart --id {directory}'"
@@ -159,29 +152,106 @@ def store_error(path: str, exc: BaseException, writing: bool = False, waited: fl
     return damaged(path, text)
 
 
+def out_of_space_message(submit_path: str) -> str:
+    """The one line a driver stops with when its submit directory's disk is full.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory of the run.
+
+    Returns
+    -------
+    message : `str`
+        The line.
+    """
+    return (
+        f"{submit_path}: the file system of the submit directory is full: the run stopped after "
+        f"the running jobs ended and were recorded; free space, then 'bps restart --id {submit_path}'"
+    )
+
+
+def draining_message(submit_path: str, running: int) -> str:
+    """The line a driver says when its disk fills and it starts to drain.
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    running : `int`
+        Number of jobs still running, left to end.
+
+    Returns
+    -------
+    message : `str`
+        The line.
+    """
+    return (
+        f"bps-parsl: {submit_path}: the file system of the submit directory is full: no new job starts; "
+        f"the {running} running jobs are left to end and be recorded, then the run stops"
+    )
+
+
+class _SpaceReserve:
+    """``size`` bytes held in file ``path`` (0600) for the store of a running
+    driver (best effort: on a full disk it is smaller or absent).
+    """
+
+    def __init__(self, path: str, size: int):
+        self.path = path
+        self.held = False
+        try:
+            fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                block = b"\0" * 65536
+                for _ in range(0, size, len(block)):
+                    os.write(fd, block)
+            self.held = True
+        except OSError:
+            self.held = os.fstat(fd).st_size > 0
+        finally:
+            os.close(fd)
+
+    def release(self) -> bool:
+        """Give the space back; whether it was held."""
+        held, self.held = self.held, False
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        return held
+
+
 class FileIdentity:
     """What a writer of the store checks of its file (mixed into `RunStore`)."""
 
     path: str
-    lost: str | None
-    reserve: SpaceReserve | None
-    _fd: int | None
+    lost: str | None = None
+    reserve: _SpaceReserve | None = None
+    _fd: int | None = None
     _identity: tuple[int, int]
     _size: int
 
-    def _open_identity(self) -> None:
-        """Refuse a store that is not a regular file of this user; keep a descriptor of it."""
+    def _open_file(self, writing: bool) -> None:
+        """Keep a descriptor of the store; a writer refuses one that is not a regular file of this user."""
         path = self.path
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if writing else 0))
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno == errno.ELOOP and writing:
                 raise StateStoreError(
                     f"{path}: is a symbolic link, not the run's own database: refused; use the submit "
                     "directory that holds the database itself"
                 ) from None
             raise StateStoreError(f"{path}: cannot open the run-state database ({exc.strerror})") from None
         info = os.fstat(self._fd)
+        if not writing:
+            return
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             os.close(self._fd)
             self._fd = None
@@ -224,7 +294,7 @@ class FileIdentity:
             raise StoreLostError(self.lost)
 
     def keep_reserve(self, size: int) -> None:
-        """Hold ``size`` bytes next to the store for its last commits on a full disk.
+        """Hold ``size`` bytes in ``<submit>/parsl/space.reserve`` for the store's last commits on a full disk.
 
         Parameters
         ----------
@@ -233,96 +303,4 @@ class FileIdentity:
         """
         directory = os.path.join(os.path.dirname(self.path), "parsl")
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.reserve = SpaceReserve(os.path.join(directory, RESERVE_NAME), size)
-
-
-def retryable(exc: sqlite3.DatabaseError) -> bool:
-    """Whether a reader's error may come from a commit under way (another
-    host's): busy, locked, a journal it must not roll back, a torn page.
-
-    Parameters
-    ----------
-    exc : `sqlite3.DatabaseError`
-        The reader's error.
-
-    Returns
-    -------
-    retry : `bool`
-        `True` if reading again may succeed.
-    """
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "busy", "malformed", "readonly", "read-only", "disk i/o"))
-
-
-def busy(exc: sqlite3.DatabaseError) -> bool:
-    """Whether a reader's error is another connection's lock (retried for long).
-
-    Parameters
-    ----------
-    exc : `sqlite3.DatabaseError`
-        The reader's error.
-
-    Returns
-    -------
-    busy : `bool`
-        `True` if another connection holds a lock.
-    """
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "busy", "readonly", "read-only"))
-
-
-class TornReadError(Exception):
-    """The file changed during a read: a commit of a writer the locks did not keep out."""
-
-
-def journal_is_hot(path: str) -> bool:
-    """Whether the store has a rollback journal with pages to restore (a
-    commit under way, or a writer that died mid-commit; how: state.md).
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the store.
-
-    Returns
-    -------
-    hot : `bool`
-        `True` if the journal holds pages to restore.
-    """
-    try:
-        with open(path + "-journal", "rb") as journal:
-            return journal.read(1) not in (b"", b"\0")
-    except OSError:
-        return False
-
-
-def roll_back_hot_journal(path: str) -> bool:
-    """Roll back what a writer that died mid-commit left in the journal, if
-    this user may write the store (a read-only connection cannot, and then
-    fails every read): SQLite rolls a hot journal back on a writer's first
-    read, and leaves a live writer's alone.
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the store.
-
-    Returns
-    -------
-    rolled_back : `bool`
-        Whether a journal was there and is gone now.
-    """
-    if not journal_is_hot(path):
-        return False
-    directory = os.path.dirname(path) or "."
-    if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
-        return False
-    try:
-        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-    return not journal_is_hot(path)
+        self.reserve = _SpaceReserve(os.path.join(directory, "space.reserve"), size)

@@ -27,7 +27,7 @@
 
 """The read side of `RunStore`: the prepared workflow and the run's state,
 each read checked (a damaged file raises `StateStoreError`, never a wrong
-answer), in one checked transaction (`guarded`).
+answer), in one checked transaction (`_guarded`).
 """
 
 from __future__ import annotations
@@ -48,20 +48,10 @@ _STATES = {int(state): state for state in JobState}
 _KINDS = frozenset(int(kind) for kind in JobKind)
 
 
-def guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
-    """Turn SQLite errors of a `RunStore` method into `StateStoreError`; a
-    read-only store's methods read in one checked transaction, retried
-    (`RunStore.read_snapshot`).
-
-    Parameters
-    ----------
-    writing : `bool`
-        Whether the method writes (for the error's wording).
-
-    Returns
-    -------
-    decorate : `~collections.abc.Callable`
-        The decorator.
+def _guarded(writing: bool = False) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Decorator turning SQLite errors of a `RunStore` method into `StateStoreError`
+    (``writing``: for the wording); a read-only store's methods read in one
+    checked transaction, retried (`RunStore.read_snapshot`).
     """
 
     def decorate(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -88,7 +78,7 @@ class StoreReads:
     path: str
     conn: sqlite3.Connection
 
-    @guarded()
+    @_guarded()
     def meta(self) -> dict[str, Any]:
         """Run-wide values (checked: `StateStoreError` if one is not what it must be).
 
@@ -117,7 +107,7 @@ class StoreReads:
             raise damaged(self.path, f"table {table} has {len(cursor.description)} columns")
         return cursor
 
-    @guarded()
+    @_guarded()
     def jobs(self, start: int = 0) -> list[JobRow]:
         """All jobs (or those from id ``start`` on), by id.
 
@@ -162,7 +152,7 @@ class StoreReads:
             wrong = sorted(set(counted.items()) ^ set(payload.items()))[:2]
             raise damaged(self.path, f"the jobs of each label do not match their counts: {wrong!r:.120}")
 
-    @guarded()
+    @_guarded()
     def edges(self) -> list[tuple[int, int]]:
         """All (parent, child) job id pairs.
 
@@ -173,7 +163,7 @@ class StoreReads:
         """
         return self.conn.execute("SELECT parent, child FROM edges").fetchall()
 
-    @guarded()
+    @_guarded()
     def envs(self) -> list[str]:
         """Environment scripts, indexed by the jobs' ``env_id``.
 
@@ -184,7 +174,7 @@ class StoreReads:
         """
         return [row[0] for row in self.conn.execute("SELECT script FROM envs ORDER BY id")]
 
-    @guarded()
+    @_guarded()
     def statuses(self) -> list[StatusRow]:
         """The current state of every job, by job id.
 
@@ -202,7 +192,7 @@ class StoreReads:
             found.append(StatusRow(job, states[state], *rest))
         return found
 
-    @guarded()
+    @_guarded()
     def sessions(self) -> list[SessionRow]:
         """Every driver session, oldest first.
 
@@ -224,7 +214,7 @@ class StoreReads:
                 raise damaged(self.path, f"session {row.id!r} reads {tuple(row)!r}")
         return rows
 
-    @guarded()
+    @_guarded()
     def attempts(self, job: int | None = None) -> list[AttemptRow]:
         """Ended attempts, of one job or all, by job and attempt number.
 
@@ -238,10 +228,8 @@ class StoreReads:
         attempts : `list` [`AttemptRow`]
             The ended attempts.
         """
-        if job is None:
-            rows = self._select("attempts", range(12, 14), "ORDER BY job, attempt")
-        else:
-            rows = self._select("attempts", range(12, 14), "WHERE job=? ORDER BY attempt", (job,))
+        where, args = ("", ()) if job is None else ("WHERE job=? ", (job,))
+        rows = self._select("attempts", range(12, 14), f"{where}ORDER BY job, attempt", args)
         states = _STATES
         found = []
         for j, a, session, state, *rest in rows:

@@ -31,18 +31,26 @@ queued transitions and their commit, its logged wait for another's lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from .diskspace import SpaceReserve, is_out_of_space, out_of_space_message
+from ..records import AttemptRow
 from .schema import WRITE_WAIT_SECONDS
-from .storefile import FileIdentity, RunTakenOverError, locked, store_error
-from .storereads import guarded
+from .storefile import (
+    FileIdentity,
+    RunTakenOverError,
+    _is_out_of_space,
+    _locked,
+    out_of_space_message,
+    store_error,
+)
+from .storereads import _guarded
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -55,18 +63,16 @@ _LOCK_RETRY_PAUSE = 1.0
 class StoreWrites(FileIdentity):
     """The writing methods of `RunStore`."""
 
-    path: str
     conn: sqlite3.Connection
-    session: int | None
-    fence: int | None
-    disk_full: str | None
-    reserve: SpaceReserve | None
-    retry_at: float
+    session: int | None = None
+    fence: int | None = None
+    disk_full: str | None = None
+    retry_at = 0.0
     """`time.monotonic` before which `flush` without ``wait`` leaves the changes queued."""
     _pending_status: list[tuple]
     _pending_attempts: list[tuple]
-    _locked_since: float | None
-    _locked_said: float
+    _locked_since: float | None = None
+    _locked_said = 0.0
 
     def _waiting(self, write: Callable[[], _T], wait: bool) -> _T | None:
         """Run ``write``; while another connection's lock keeps it out, log
@@ -78,7 +84,7 @@ class StoreWrites(FileIdentity):
             try:
                 value = write()
             except sqlite3.OperationalError as exc:
-                if not locked(exc):
+                if not _locked(exc):
                     raise
                 now = time.monotonic()
                 if self._locked_since is None:
@@ -114,7 +120,7 @@ class StoreWrites(FileIdentity):
         """Seconds this writer has been waiting for a lock (0 if it is not)."""
         return 0.0 if self._locked_since is None else time.monotonic() - self._locked_since
 
-    @guarded(writing=True)
+    @_guarded(writing=True)
     def set_meta(self, key: str, value: Any) -> None:
         """Store one run-wide value.
 
@@ -125,9 +131,10 @@ class StoreWrites(FileIdentity):
         value : `~typing.Any`
             The value (anything JSON can store).
         """
-        self._write_fenced("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        with self._transaction():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    @guarded(writing=True)
+    @_guarded(writing=True)
     def take_fence(self, claim: int) -> None:
         """Make ``claim`` (the claim this writer holds) the run's: from now on
         every commit checks, inside its transaction, that it still is, and
@@ -144,71 +151,60 @@ class StoreWrites(FileIdentity):
             If a newer claim already holds the run.
         """
         self.fence = claim
+        with self._transaction(taking=True):
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('claim', ?)", (json.dumps(claim),))
+
+    @contextlib.contextmanager
+    def _transaction(self, taking: bool = False) -> Iterator[None]:
+        """A write transaction, committed only if this writer's claim is still the run's
+        (``taking``: or older), else `RunTakenOverError`.
+        """
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key='claim'").fetchone()
-            if row is not None and json.loads(row[0]) > claim:
-                raise self._taken_over(json.loads(row[0]))
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('claim', ?)", (json.dumps(claim),))
+            claim = None if row is None else json.loads(row[0])
+            if (
+                self.fence is not None
+                and claim != self.fence
+                and not (taking and (claim is None or claim < self.fence))
+            ):
+                raise RunTakenOverError(
+                    f"{self.path}: the run was taken over (claim {claim}, this process held claim "
+                    f"{self.fence}) while this process could not run (stopped or frozen longer than "
+                    "parslDriverStaleAfter): it wrote nothing more"
+                )
+            yield
             self.conn.execute("COMMIT")
         finally:
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
 
-    def _taken_over(self, claim: Any) -> RunTakenOverError:
-        return RunTakenOverError(
-            f"{self.path}: the run was taken over (claim {claim}, this process held claim {self.fence}) "
-            "while this process could not run (stopped or frozen longer than parslDriverStaleAfter): it "
-            "wrote nothing more"
-        )
-
-    def _check_fence(self) -> None:
-        """In a write transaction: raise `RunTakenOverError` unless this writer's claim is still the run's."""
-        if self.fence is None:
-            return
-        row = self.conn.execute("SELECT value FROM meta WHERE key='claim'").fetchone()
-        claim = None if row is None else json.loads(row[0])
-        if claim != self.fence:
-            raise self._taken_over(claim)
-
-    def _write_fenced(self, sql: str, values: tuple) -> sqlite3.Cursor:
-        """One statement in its own transaction, if this writer still holds the run."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._check_fence()
-            cur = self.conn.execute(sql, values)
-            self.conn.execute("COMMIT")
-            return cur
-        finally:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-
-    @guarded(writing=True)
+    @_guarded(writing=True)
     def begin_session(self, kind: str, pid: int, host: str) -> int:
         """Record that a driver started.
 
         Parameters
         ----------
-        kind : `str`
-            What the driver does (submit, restart).
+        kind, host : `str`
+            What the driver does (submit, restart); its host.
         pid : `int`
             The driver's process id.
-        host : `str`
-            The driver's host.
 
         Returns
         -------
         session : `int`
             Id of the new session.
         """
-        cur = self._write_fenced(
-            "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)",
-            (kind, pid, host, time.time()),
-        )
+        with self._transaction():
+            cur = self.conn.execute(
+                "INSERT INTO sessions (kind, pid, host, start) VALUES (?, ?, ?, ?)",
+                (kind, pid, host, time.time()),
+            )
         self.session = session = int(cur.lastrowid or 0)
         return session
 
-    @guarded(writing=True)
+    @_guarded(writing=True)
     def end_session(self, outcome: str) -> None:
         """Record that this driver ended and how.
 
@@ -219,9 +215,10 @@ class StoreWrites(FileIdentity):
         """
         self.flush()
         self.check_identity()
-        self._write_fenced(
-            "UPDATE sessions SET end=?, outcome=? WHERE id=?", (time.time(), outcome, self.session)
-        )
+        with self._transaction():
+            self.conn.execute(
+                "UPDATE sessions SET end=?, outcome=? WHERE id=?", (time.time(), outcome, self.session)
+            )
 
     def set_state(
         self,
@@ -238,10 +235,8 @@ class StoreWrites(FileIdentity):
 
         Parameters
         ----------
-        job, state : `int`
-            Job id and its new state (a `JobState` value).
-        attempt, exit_code, signal : `int`, optional
-            The job's current attempt, its exit status and the signal that ended it.
+        job, state, attempt, exit_code, signal : `int`
+            Job id, its new state (a `JobState` value), current attempt, exit status, the signal that ended it.
         start, end : `float`, optional
             Its start and end times (seconds since the epoch).
         host : `str`, optional
@@ -268,10 +263,9 @@ class StoreWrites(FileIdentity):
 
         Parameters
         ----------
-        job, attempt, state : `int`
-            Job id, attempt number, how it ended (a `JobState` value).
-        exit_code, signal, memory : `int`, optional
-            Its exit status, the signal that ended it, the memory it asked for (MB).
+        job, attempt, state, exit_code, signal, memory : `int`
+            Job id, attempt number, how it ended (a `JobState` value), its exit status, the signal
+            that ended it, the memory it asked for (MB).
         executor : `str`, optional
             Label of the executor that ran it.
         submitted, start, end : `float`, optional
@@ -316,7 +310,7 @@ class StoreWrites(FileIdentity):
             try:
                 self._waiting(self._commit_pending, wait)
             except sqlite3.DatabaseError as exc:
-                if not is_out_of_space(exc):
+                if not _is_out_of_space(exc):
                     raise
                 self.disk_full = self.disk_full or out_of_space_message(os.path.dirname(self.path) or ".")
                 if not wait:
@@ -329,26 +323,16 @@ class StoreWrites(FileIdentity):
             raise store_error(self.path, exc, writing=True, waited=self._waited()) from None
 
     def _commit_pending(self) -> None:
-        status, attempts = self._pending_status, self._pending_attempts
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._check_fence()
-            if status:
+        with self._transaction():
+            if self._pending_status:
                 self.conn.executemany(
                     "UPDATE status SET state=?, attempt=?, exit_code=?, signal=?, start=?, end=?, host=? "
                     "WHERE job=?",
-                    status,
+                    self._pending_status,
                 )
-            if attempts:
+            if self._pending_attempts:
                 self.conn.executemany(
-                    "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", attempts
+                    f"INSERT OR REPLACE INTO attempts VALUES ({','.join('?' * len(AttemptRow._fields))})",
+                    self._pending_attempts,
                 )
-            self.conn.execute("COMMIT")
-            self._pending_status, self._pending_attempts = [], []
-        except BaseException:
-            if self.conn.in_transaction:
-                try:
-                    self.conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            raise
+        self._pending_status, self._pending_attempts = [], []
