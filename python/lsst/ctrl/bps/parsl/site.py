@@ -148,9 +148,9 @@ class SiteConfig(ABC):
             If the class is missing, cannot be imported or is no `SiteConfig`.
         """
         site = cls.get_site_subconfig(config)
-        compute_site = config["computeSite"]
-        key = f"site.{compute_site}.class"
-        name = get_bps_config_value(site, "class", str, required=True, where=f"site.{compute_site}")
+        where = f"site.{config['computeSite']}"
+        key = f"{where}.class"
+        name = get_bps_config_value(site, "class", str, required=True, where=where)
         try:
             site_class = doImport(name)
         except (ImportError, TypeError, ValueError, AttributeError) as exc:
@@ -177,14 +177,8 @@ class SiteConfig(ABC):
 
         Parameters
         ----------
-        key : `str`
-            Key of the site's section.
-        data_type : `type` or `tuple` [`type`]
-            Type(s) the value must have.
-        default : `~typing.Any`, optional
-            Value when the key is absent or null.
-        **kwargs : `~typing.Any`
-            More arguments of `get_bps_config_value` (``required``).
+        key, data_type, default, **kwargs
+            As `get_bps_config_value`'s ``key``, ``dataType``, ``default``, ``required``.
 
         Returns
         -------
@@ -198,12 +192,8 @@ class SiteConfig(ABC):
 
         Parameters
         ----------
-        key : `str`
-            Key of the site's section.
-        data_type : `type`
-            Type the value must have.
-        default : `~typing.Any`, optional
-            Value when the key is absent or null.
+        key, data_type, default
+            As `get`'s.
 
         Returns
         -------
@@ -324,37 +314,16 @@ class SiteConfig(ABC):
             prefix = f"{prefix}\n{source}" if prefix else source
         return prefix
 
-    @property
-    def job_shell(self) -> str:
-        """Shell that runs each job's script (key ``jobShell``)."""
-        return self.settings.job_shell
-
-    @property
-    def site_retries(self) -> int | None:
-        """Retries of every job (key ``retries``, wins over ``numberOfRetries``); `None`: unset."""
-        return self.settings.retries
-
     default_retries = 1
     """Retries of a job when neither ``retries`` nor ``numberOfRetries`` is set."""
-
-    @property
-    def warm_start(self) -> bool:
-        """Whether ``pipetask run-qbb`` jobs may start warm (key ``warmStart``)."""
-        return self.settings.warm_start
-
-    @property
-    def infrastructure_retries(self) -> int:
-        """Reruns of a job whose attempts the infrastructure lost (``infrastructureRetries``)."""
-        return self.settings.infrastructure_retries
 
     @property
     def run_dir(self) -> str:
         """Parsl's run directory (key ``run_dir``), from the submit directory."""
         run_dir = self.settings.run_dir
-        base = self.submit_path or "."
-        if not run_dir:
-            return os.path.join(base, "parsl", "runinfo")
-        return os.path.join(base, os.path.expanduser(run_dir))
+        return os.path.join(
+            self.submit_path or ".", os.path.expanduser(run_dir) if run_dir else "parsl/runinfo"
+        )
 
     def monitoring_filename(self) -> str | None:
         """Path of the Parsl monitoring database, or `None` if monitoring is off.
@@ -404,13 +373,12 @@ class SiteConfig(ABC):
 
         from .sites.blocks import scaling_strategy
 
-        run_dir = self.run_dir
         executors = self.get_executors()
         return parsl.config.Config(
             executors=executors,
             monitoring=self.get_monitor(),
             retries=0,
-            run_dir=run_dir,
+            run_dir=self.run_dir,
             strategy=scaling_strategy(executors),
             strategy_period=self.settings.strategy_period,
             max_idletime=self.settings.max_idle_time,

@@ -118,7 +118,7 @@ def _rows(
     checks: tuple[Callable[[JobRow], None], ...],
 ) -> Generator[JobRow, None, list[str]]:
     """The checked job rows; returns the distinct environment scripts."""
-    site_retries, default_retries = site.site_retries, site.default_retries
+    site_retries, default_retries = site.settings.retries, site.default_retries
     subdir = _SubdirCache(log_dir_template(config))
     retry_codes = _PerValueCache(_retry_unless_exit)
     templates: dict[int, _Templates] = {}

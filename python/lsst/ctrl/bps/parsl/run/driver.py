@@ -144,7 +144,7 @@ class Driver(LostAttemptHandling, StopHandling):
         for status in statuses:
             self.state[status.job] = status.state
             self.attempt[status.job] = status.attempt
-        self.losses = LostAttempts(site.infrastructure_retries)
+        self.losses = LostAttempts(site.settings.infrastructure_retries)
         self.dispatch = Dispatch(site)
         self.in_flight: dict[int, InFlight] = {}
         self.page = PageWriter(self.submit_path)
@@ -209,8 +209,8 @@ class Driver(LostAttemptHandling, StopHandling):
         self.signals.install()
         try:
             self.prefix = self.site.get_command_prefix()
-            self.shell = self.site.job_shell
-            self.warm = self.site.warm_start
+            self.shell = self.site.settings.job_shell
+            self.warm = self.site.settings.warm_start
             monitoring_db = self.site.monitoring_filename()
             if monitoring_db:
                 self.store.set_meta("monitoring_db", monitoring_db)
