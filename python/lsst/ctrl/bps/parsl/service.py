@@ -38,8 +38,7 @@ from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, RunSettings
 from .control.submitchecks import check_executables, check_submit_path
-from .files import open_private, safe_component
-from .oneline import one_line
+from .oneline import one_line, open_private, safe_component
 from .run.session import RunFailedError
 from .site import SiteConfig
 from .store.runindex import resolve_run

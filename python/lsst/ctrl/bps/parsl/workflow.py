@@ -42,7 +42,7 @@ from typing import Any
 from lsst.ctrl.bps import BaseWmsWorkflow, BpsConfig, GenericWorkflow
 
 from .configuration import ConfigurationError
-from .files import safe_component
+from .oneline import safe_component
 from .prepare import batch
 from .prepare.jobrows import job_rows
 from .records import JobRow

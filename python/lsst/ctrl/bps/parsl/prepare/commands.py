@@ -38,8 +38,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..files import write_private
-from ..oneline import ShownMessageError
+from ..oneline import ShownMessageError, write_private
 
 __all__ = (
     "RenderError",

@@ -140,7 +140,7 @@ def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str
     path : `str`
         Where it was written.
     """
-    from ..files import open_private, private_dir
+    from ..oneline import open_private, private_dir
 
     private_dir(os.path.join(submit_path, "parsl"))
     path = _pending_config(submit_path, run_id)
@@ -376,7 +376,7 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     import subprocess
     import sys
 
-    from ..files import open_private, private_dir
+    from ..oneline import open_private, private_dir
 
     log = os.path.join(private_dir(os.path.join(submit_path, "parsl")), "driver.log")
     with os.fdopen(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as stream:

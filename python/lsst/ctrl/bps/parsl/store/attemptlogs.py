@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsst_ctrl_bps_parsl_worker.processes import append_note
 
-from ..files import safe_component, safe_subdir
+from ..oneline import safe_component, safe_subdir
 
 if TYPE_CHECKING:
     from lsst.ctrl.bps import BpsConfig
@@ -74,7 +74,7 @@ def log_paths(submit_path: str, log_dir: str | None, name: str, attempt: int) ->
 
 class _SubdirTemplate:
     """``subDirTemplate`` parsed once; fields missing from a job's tags are
-    left out, and the path made safe (`files.safe_subdir`).
+    left out, and the path made safe (`oneline.safe_subdir`).
     """
 
     def __init__(self, template: str):
