@@ -74,12 +74,6 @@ class ConfigurationTypeError(ConfigurationError, RuntimeError):
     """A BPS configuration value has the wrong type (a `RuntimeError`, as the old plugin raised)."""
 
 
-def _type_name(data_type: type | tuple[type, ...]) -> str:
-    if isinstance(data_type, tuple):
-        return " or ".join(t.__name__ for t in data_type)
-    return data_type.__name__
-
-
 # The overloads and the ``dataType`` name are the old plugin's, so that site
 # code written against it type-checks and runs unchanged.
 @overload
@@ -166,14 +160,13 @@ def get_bps_config_value(
             raise MissingConfigurationError(f"missing required key '{name}': add it to your submit YAML")
         return default
     wanted = dataType if isinstance(dataType, tuple) else (dataType,)
+    kind = " or ".join(t.__name__ for t in wanted)
     if float in wanted and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if bool not in wanted and isinstance(value, bool):
-        raise ConfigurationTypeError(f"'{name}' is {value!r} (a bool): it must be a {_type_name(dataType)}")
+        raise ConfigurationTypeError(f"'{name}' is {value!r} (a bool): it must be a {kind}")
     if not isinstance(value, wanted):
-        raise ConfigurationTypeError(
-            f"'{name}' is {value!r} ({type(value).__name__}): it must be a {_type_name(dataType)}"
-        )
+        raise ConfigurationTypeError(f"'{name}' is {value!r} ({type(value).__name__}): it must be a {kind}")
     return cast(T, value)
 
 
@@ -353,10 +346,7 @@ def _read(config: BpsConfig | dict, keys: tuple[Key, ...], where: str | None) ->
     values = {}
     for key in keys:
         name = key.name if where is None else f"{where}.{key.name}"
-        kind: type | tuple[type, ...] = (float, int) if key.kind is float else key.kind
-        value = get_bps_config_value(config, key.name, kind, key.default, where=where)
-        if key.kind is float and value is not None:
-            value = float(value)
+        value = get_bps_config_value(config, key.name, key.kind, key.default, where=where)
         fix = key.check(value) if key.check is not None and value is not None else None
         if fix is not None:
             raise ConfigurationError(f"'{name.lstrip('.')}' is {value!r}: {fix}")
