@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import os
 from abc import ABC, abstractmethod
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from lsst.ctrl.bps import BpsConfig
@@ -158,9 +157,7 @@ class SiteConfig(ABC):
                 f"'{key}' is {name!r}, which cannot be imported ({exc}): use e.g. "
                 "lsst.ctrl.bps.parsl.sites.Local"
             ) from None
-        if isinstance(site_class, ModuleType) or not (
-            isinstance(site_class, type) and issubclass(site_class, SiteConfig)
-        ):
+        if not (isinstance(site_class, type) and issubclass(site_class, SiteConfig)):
             raise ConfigurationError(
                 f"'{key}' is {name!r}, which is not a SiteConfig subclass: use e.g. "
                 "lsst.ctrl.bps.parsl.sites.Local"
