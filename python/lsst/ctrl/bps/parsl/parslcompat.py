@@ -110,10 +110,8 @@ def mark_scaled_in(executor: Any, block: str, message: str) -> None:
     ----------
     executor : `parsl.executors.status_handling.BlockProviderExecutor`
         The executor that owns the block.
-    block : `str`
-        The block's id.
-    message : `str`
-        Why the block was cancelled (shown in Parsl's logs).
+    block, message : `str`
+        The block's id; why it was cancelled (shown in Parsl's logs).
     """
     from parsl.jobs.states import JobState, JobStatus
 
@@ -175,8 +173,7 @@ def interchange_exit_code(executor: Any) -> int | None:
     Returns
     -------
     code : `int` or `None`
-        The exit code, or `None` if it runs, has none, or the executor
-        already failed.
+        The exit code; `None` if it runs, has none, or the executor already failed.
     """
     proc = getattr(executor, "interchange_proc", None)
     if proc is None or getattr(executor, "bad_state_is_set", True):

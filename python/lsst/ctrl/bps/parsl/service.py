@@ -234,7 +234,7 @@ class ParslService(BaseWmsService):
         try:
             submit_path = resolve_run(wms_workflow_id)
             run_id = checked_run(submit_path)
-            workflow = ParslWorkflow.load(submit_path)
+            workflow = ParslWorkflow.read(submit_path)
             alive = driver_alive(submit_path, run_id)
             if alive is not None:
                 raise DriverBusyError(

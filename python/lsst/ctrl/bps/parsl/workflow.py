@@ -96,7 +96,7 @@ class ParslWorkflow(BaseWmsWorkflow):
 
     @classmethod
     def read(cls, out_prefix: str) -> ParslWorkflow:
-        """Return the workflow prepared in ``out_prefix`` (as `load`).
+        """Return the workflow prepared in a submit directory.
 
         Parameters
         ----------
@@ -106,9 +106,11 @@ class ParslWorkflow(BaseWmsWorkflow):
         Returns
         -------
         workflow : `ParslWorkflow`
-            The workflow.
+            The workflow (without its configuration).
         """
-        return cls.load(out_prefix)
+        with contextlib.closing(RunStore(db_path(os.path.abspath(out_prefix)), readonly=True)) as store:
+            meta = store.meta()
+        return cls(meta["run_name"], None, meta["submit_path"], meta["run_id"])
 
     @classmethod
     def from_generic_workflow(
@@ -180,24 +182,6 @@ class ParslWorkflow(BaseWmsWorkflow):
                 "run submitted with 'bpsBatchSubmission: true', so it has no run to join"
             )
         batch.join_payload(self.submit_path, self.payload)
-
-    @classmethod
-    def load(cls, submit_path: str) -> ParslWorkflow:
-        """Return the workflow prepared in a submit directory.
-
-        Parameters
-        ----------
-        submit_path : `str`
-            Submit directory.
-
-        Returns
-        -------
-        workflow : `ParslWorkflow`
-            The workflow (without its configuration).
-        """
-        with contextlib.closing(RunStore(db_path(os.path.abspath(submit_path)), readonly=True)) as store:
-            meta = store.meta()
-        return cls(meta["run_name"], None, meta["submit_path"], meta["run_id"])
 
     def write(self, out_prefix: str) -> None:
         """Nothing to do: `from_generic_workflow` already saved everything.
