@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Recreate the submitting process's environment where a job runs (the old
-plugin's helper; the ``environment`` site key does it through a file).
-"""
+"""The old plugin's `export_environment` (the ``environment`` site key does it through a file)."""
 
 from __future__ import annotations
 

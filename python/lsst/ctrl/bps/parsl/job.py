@@ -184,14 +184,10 @@ class ParslJob:
         ----------
         row : `JobRow`
             The stored job.
-        attempt : `int`
-            The attempt number.
-        request_memory : `int` or `None`
-            Memory the attempt asks for (MB, scaled for retries).
-        config : `lsst.ctrl.bps.BpsConfig`
-            The run's configuration.
-        submit_path : `str`
-            Submit directory.
+        attempt, request_memory : `int`
+            The attempt's number and memory (MB, scaled for retries; `None`: unset).
+        config, submit_path
+            The run's `~lsst.ctrl.bps.BpsConfig` and submit directory.
 
         Returns
         -------

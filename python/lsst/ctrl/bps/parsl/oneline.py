@@ -111,7 +111,6 @@ def one_line(exc: BaseException) -> str:
 _MAX_COMPONENT_BYTES = 200  # of 255 bytes a file system allows: suffixes such as ``.stdout.12`` follow
 
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\ud800-\udfff]")
-_SAFE_COMPONENT = re.compile(rf"[^\x00-\x1f\x7f/\ud800-\udfff]{{1,{_MAX_COMPONENT_BYTES}}}")
 
 
 def private_dir(path: str) -> str:
@@ -188,9 +187,10 @@ def safe_component(name: str) -> str:
     component : `str`
         A file-name component with no ``/`` and not ``.`` or ``..``.
     """
+    # A surrogate is unsafe, and found before encode() would fail on it.
     if (
-        name not in (".", "..")
-        and _SAFE_COMPONENT.fullmatch(name)
+        name not in ("", ".", "..")
+        and not _UNSAFE_CHARS.search(name)
         and len(name.encode()) <= _MAX_COMPONENT_BYTES
     ):
         return name

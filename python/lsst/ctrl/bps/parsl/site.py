@@ -209,8 +209,7 @@ class SiteConfig(ABC):
 
     @abstractmethod
     def select_executor(self, job: ParslJob) -> str:
-        """Return the label of the executor that should run ``job`` (called
-        for every attempt: a retry may go to another executor).
+        """Return the label of the executor that runs ``job`` (asked again for each retry).
 
         Parameters
         ----------
@@ -239,8 +238,7 @@ class SiteConfig(ABC):
         return labels
 
     def capacity(self, label: str) -> ExecutorCapacity | None:
-        """Return what the executor ``label`` can run at once (`None`: its
-        batch system decides).
+        """Return what the executor ``label`` can run at once (`None`: its batch system decides).
 
         Parameters
         ----------
@@ -255,8 +253,7 @@ class SiteConfig(ABC):
         return None
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        """Return Parsl's ``parsl_resource_specification`` for a job: the
-        job's values of the names in ``resource_list`` that it sets.
+        """Return Parsl's ``parsl_resource_specification`` for a job: its values of ``resource_list``'s names.
 
         Parameters
         ----------
@@ -358,8 +355,7 @@ class SiteConfig(ABC):
         )
 
     def get_parsl_config(self) -> parsl.config.Config:
-        """Return the Parsl configuration: executors, monitoring, run dir
-        (Parsl's own retries are 0: the plugin retries jobs).
+        """Return the Parsl configuration: executors, monitoring, run dir (no retries: the plugin's).
 
         Returns
         -------
@@ -383,9 +379,7 @@ class SiteConfig(ABC):
         )
 
     def validate(self) -> None:
-        """Check this site's settings without starting anything: build the
-        executors and read the common keys (subclasses may add checks).
-        """
+        """Check the site's settings, executors and common keys without starting anything."""
         labels = self.executor_labels()
         if len(set(labels)) != len(labels):
             raise ConfigurationError(f"'{self.where}': executor labels must be unique, got {labels}")
