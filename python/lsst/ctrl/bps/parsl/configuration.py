@@ -227,8 +227,7 @@ def set_parsl_logging(config: BpsConfig) -> int:
     level : `int`
         The level given to ``parsl`` and to its children that had their own.
     """
-    name = _read(config, tuple(k for k in RUN_KEYS if k.field == "parsl_log_level"), None)["parsl_log_level"]
-    level = logging.getLevelNamesMapping()[name.upper()]
+    level = logging.getLevelNamesMapping()[RunSettings.read(config).parsl_log_level.upper()]
     logging.getLogger("parsl").setLevel(level)
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if name.startswith("parsl.") and isinstance(logger, logging.Logger) and logger.level:
@@ -341,19 +340,6 @@ def default_of(name: str) -> Any:
     return next(key.default for key in RUN_KEYS + SITE_KEYS if key.name == name)
 
 
-def _read(config: BpsConfig | dict, keys: tuple[Key, ...], where: str | None) -> dict[str, Any]:
-    """The checked values of ``keys``, by field."""
-    values = {}
-    for key in keys:
-        name = key.name if where is None else f"{where}.{key.name}"
-        value = get_bps_config_value(config, key.name, key.kind, key.default, where=where)
-        fix = key.check(value) if key.check is not None and value is not None else None
-        if fix is not None:
-            raise ConfigurationError(f"'{name.lstrip('.')}' is {value!r}: {fix}")
-        values[key.field] = value
-    return values
-
-
 class _Settings:
     KEYS: ClassVar[tuple[Key, ...]] = ()
 
@@ -378,7 +364,15 @@ class _Settings:
         ConfigurationError
             One line naming the first bad key and the fix.
         """
-        return cls(**_read(config, cls.KEYS, where))
+        values = {}
+        for key in cls.KEYS:
+            value = get_bps_config_value(config, key.name, key.kind, key.default, where=where)
+            fix = key.check(value) if key.check is not None and value is not None else None
+            if fix is not None:
+                name = key.name if where is None else f"{where}.{key.name}"
+                raise ConfigurationError(f"'{name.lstrip('.')}' is {value!r}: {fix}")
+            values[key.field] = value
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -81,24 +81,6 @@ class ParslJob:
         Paths of the job's input files by name (see `get_file_paths`).
     """
 
-    __slots__ = (
-        "name",
-        "label",
-        "request_cpus",
-        "request_memory",
-        "request_disk",
-        "request_walltime",
-        "priority",
-        "attempt",
-        "final",
-        "config",
-        "file_paths",
-        "future",
-        "done",
-        "_generic",
-        "_tags",
-        "_logs",
-    )
     file_paths: dict[str, str]
     _logs: tuple[str, str | None] | None
     _tags: dict[str, Any] | str | None
