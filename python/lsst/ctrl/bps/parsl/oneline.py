@@ -50,11 +50,6 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\
 line and paragraph separators, bidirectional marks and overrides."""
 
 
-def _escape(match: re.Match) -> str:
-    """The match as escapes."""
-    return match.group().encode("unicode_escape").decode("ascii")
-
-
 def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
     """``text`` safe to show: what a terminal would act on escaped, cut at ``limit`` characters.
 
@@ -75,8 +70,7 @@ def shown(text: object, limit: int = 200, ascii: bool = False) -> str:
     text = str(text)
     if len(text) > limit:
         text = f"{text[:limit]}...({len(text)} characters)"
-    if _UNSAFE.search(text):
-        text = _UNSAFE.sub(_escape, text)
+    text = _UNSAFE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
     if ascii and not text.isascii():
         text = text.encode("ascii", "backslashreplace").decode("ascii")
     return text

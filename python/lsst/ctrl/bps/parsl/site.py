@@ -231,11 +231,9 @@ class SiteConfig(ABC):
         labels : `list` [`str`]
             The labels, in the order of `get_executors`.
         """
-        labels = getattr(self, "_executor_labels", None)
-        if labels is None:
-            labels = [executor.label for executor in self.get_executors()]
-            self._executor_labels = labels
-        return labels
+        if "_executor_labels" not in vars(self):
+            self._executor_labels = [executor.label for executor in self.get_executors()]
+        return self._executor_labels
 
     def capacity(self, label: str) -> ExecutorCapacity | None:
         """Return what the executor ``label`` can run at once (`None`: its batch system decides).
