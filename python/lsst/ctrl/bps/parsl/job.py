@@ -81,7 +81,6 @@ class ParslJob:
         Paths of the job's input files by name (see `get_file_paths`).
     """
 
-    file_paths: dict[str, str]
     _logs: tuple[str, str | None] | None
     _tags: dict[str, Any] | str | None
 
