@@ -196,9 +196,9 @@ class BatchSite(SiteConfig):
     def _htex_defaults(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
         """HighThroughputExecutor arguments every batch site sets (over the
         class's ``defaults``): the heartbeats, and a block error handler that
-        does not give up on the executor for a lost block (`~.slurm_provider.tolerate_lost_blocks`).
+        does not give up on the executor for a lost block (`~.losses.tolerate_lost_blocks`).
         """
-        from .slurm_provider import tolerate_lost_blocks
+        from .losses import tolerate_lost_blocks
 
         defaults = defaults or {}
         options: dict[str, Any] = self._heartbeat_options(

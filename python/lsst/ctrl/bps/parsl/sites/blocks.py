@@ -37,13 +37,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from ..configuration import default_of
+from ..configuration import ConfigurationError, default_of
+from ..job import parse_walltime
 from ..parslcompat import interchange_alive, interchange_command, mark_scaled_in, outstanding_tasks
 
-__all__ = ("BlockWatch", "scaling_strategy")
+__all__ = ("BlockWatch",)
 
 _LOG = logging.getLogger(__name__)
 
@@ -56,34 +57,11 @@ _COMMAND_TIMEOUT = 30.0
 _PERIOD = 1.0
 
 
-def scaling_strategy(executors: Sequence[Any]) -> str:
-    """Parsl's scaling strategy: ``simple`` (reliability.md W2 says why not ``htex_auto_scale``).
-
-    Parameters
-    ----------
-    executors : `~collections.abc.Sequence`
-        The site's executors.
-
-    Returns
-    -------
-    strategy : `str`
-        Always ``simple``.
-    """
-    return "simple"
-
-
 def _block_walltime(executor: Any) -> float | None:
-    """Walltime (s) of the blocks of an HTEX with a provider, if known."""
-    if type(executor).__name__ != "HighThroughputExecutor":
-        return None
-    value = getattr(getattr(executor, "provider", None), "walltime", None)
-    if not value:
-        return None
-    from ..configuration import ConfigurationError
-    from ..job import parse_walltime
-
+    """Walltime (s) of the blocks of an HTEX, if known."""
+    value = getattr(executor.provider, "walltime", None)
     try:
-        return float(parse_walltime(value, "walltime"))
+        return float(parse_walltime(value, "walltime")) if value else None
     except (ConfigurationError, TypeError, ValueError):
         return None
 
@@ -97,9 +75,6 @@ class _Clock:
         self.seen: dict[str, float] = {}
         self.held: set[str] = set()
         self.warned = False
-
-    def _alive(self) -> bool:
-        return interchange_alive(self.executor)
 
     def _command(self, command: Any) -> Any:
         return interchange_command(self.executor, command, _COMMAND_TIMEOUT)
@@ -118,7 +93,7 @@ class _Clock:
 
     def drain_short(self, need: float, now: float) -> None:
         """Hold every connected block with less than ``need`` seconds left."""
-        if not self._alive():
+        if not interchange_alive(self.executor):
             return
         self.update(now)
         managers = self._command("MANAGERS")
@@ -142,7 +117,7 @@ class _Clock:
         """Cancel held blocks that run nothing; start a block if ``waiting``
         jobs have none that could take them.
         """
-        if not self._alive():
+        if not interchange_alive(self.executor):
             return
         executor = self.executor
         if self.held:
@@ -178,7 +153,7 @@ class _Clock:
         others still run tasks and none waits (with no task at all, Parsl's
         own scaling releases the blocks).
         """
-        if not self._alive():
+        if not interchange_alive(self.executor):
             return
         executor = self.executor
         managers = self._command("MANAGERS")
@@ -254,7 +229,7 @@ class BlockWatch:
         Returns
         -------
         watch : `bool`
-            Whether the attempt is to be tracked (`track`).
+            Whether to put the attempt in `waiting` once submitted.
         """
         clock = self.clocks.get(label)
         if clock is None or clock.walltime is None or not seconds:
@@ -274,22 +249,6 @@ class BlockWatch:
             return False
         self._guarded(clock.drain_short, need, time.monotonic())
         return True
-
-    def track(self, key: Any, label: str, seconds: float, future: Any) -> None:
-        """Watch a submitted attempt until it runs or ends.
-
-        Parameters
-        ----------
-        key : `~typing.Any`
-            The attempt's key in the driver.
-        label : `str`
-            Label of the executor.
-        seconds : `float`
-            The job's walltime in seconds.
-        future : `~typing.Any`
-            The attempt's future.
-        """
-        self.waiting[key] = (label, seconds, future)
 
     def tick(self) -> None:
         """Hold, cancel, start and release blocks as needed (at most once a second)."""

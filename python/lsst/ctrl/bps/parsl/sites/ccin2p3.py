@@ -165,7 +165,8 @@ class Ccin2p3(BatchSite):
     def get_executors(self) -> list[ParslExecutor]:
         from parsl.executors import HighThroughputExecutor
 
-        from .slurm_provider import SlurmProvider, give_up_if_blocks_refused
+        from .losses import give_up_if_blocks_refused
+        from .slurm import SlurmProvider
 
         account = self.get("account", str, self.DEFAULT_ACCOUNT)
         executors = []

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .slurm import Slurm, environment_script
+from ..prepare.commands import environment_script
+from .slurm import Slurm
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor

@@ -26,16 +26,23 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Slurm clusters: one HighThroughputExecutor (`Slurm`) or three sized by
-memory (`TripleSlurm`), each feeding on blocks from a SlurmProvider.
+memory (`TripleSlurm`), whose blocks come from the plugin's `SlurmProvider`,
+which sees blocks lost to node failure or requeue (doc/sites.md, "Lost nodes").
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import re
+import typing
 from typing import TYPE_CHECKING, Any
 
+from parsl.jobs.states import JobState, JobStatus
+from parsl.providers import SlurmProvider as ParslSlurmProvider
+from parsl.providers.slurm.slurm import sacct_translate_table
+
 from ..configuration import ConfigurationError, get_workflow_name
-from ..prepare.commands import environment_script
 from ..site import EXECUTOR_RESOURCES
 from .batchsite import SRUN_OVERRIDES, BatchSite, normalize_walltime
 from .options import build
@@ -45,9 +52,162 @@ if TYPE_CHECKING:
 
     from ..job import ParslJob
 
-__all__ = ("Slurm", "TripleSlurm", "environment_script")
+__all__ = ("Slurm", "SlurmProvider", "TripleSlurm", "default_launcher")
+
+_LOG = logging.getLogger(__name__)
 
 Kwargs = dict[str, Any]
+
+_FAILED_STATES = ("FAILED", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT")
+_SLURM_STATES: dict[str, JobState] = {
+    # REQUEUE*: pending again, see SlurmProvider._read.
+    **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED"), JobState.PENDING),
+    **dict.fromkeys(("RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"), JobState.RUNNING),
+    **dict.fromkeys(("SUSPENDED", "STOPPED", "RESV_DEL_HOLD", "REQUEUE_HOLD"), JobState.HELD),
+    "COMPLETED": JobState.COMPLETED,
+    "CANCELLED": JobState.CANCELLED,
+    **dict.fromkeys(_FAILED_STATES, JobState.FAILED),
+    # Ended by the batch system, as Parsl's own tables: not a sign that
+    # blocks cannot run (Parsl's error handler counts FAILED only).
+    **dict.fromkeys(("TIMEOUT", "DEADLINE", "PREEMPTED"), JobState.TIMEOUT),
+}
+"""Parsl state of each Slurm job state (long names, as squeue, scontrol and sacct print them)."""
+
+
+class SlurmProvider(ParslSlurmProvider):
+    """Parsl's `~parsl.providers.SlurmProvider`, reading block states so
+    that lost blocks are seen.
+
+    Parameters
+    ----------
+    requeue : `bool`, optional
+        Let Slurm requeue a block after a node failure (default: ``--no-requeue``).
+    status_polling_interval : `int`, optional
+        Seconds between two reads of the block states.
+    *args, **kwargs
+        Arguments of Parsl's `~parsl.providers.SlurmProvider`.
+    """
+
+    def __init__(self, *args: Any, requeue: bool = False, status_polling_interval: int = 15, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if status_polling_interval <= 0:
+            raise ValueError(f"status_polling_interval is {status_polling_interval}: it must be above 0")
+        self._polling_interval = status_polling_interval
+        if not requeue:
+            self.scheduler_options += "#SBATCH --no-requeue\n"
+        self.accounting = self._translate_table is sacct_translate_table
+        """Whether ``sacct`` works here (Slurm accounting)."""
+        self._clusters = f" --clusters={self.clusters}" if self.clusters else ""
+        self.lost_blocks: dict[str, str] = {}
+        """Job ids of blocks lost with a node or to requeue, and why."""
+
+    @property
+    def status_polling_interval(self) -> int:
+        return self._polling_interval
+
+    def _write_submit_script(self, template: str, script_filename: str, job_name: str, configs: dict) -> bool:
+        # The sites name the Slurm job after the workflow (for 'singleton'), and Parsl's srun
+        # launchers write the worker pool's command to cmd_$SLURM_JOB_NAME.sh in the script
+        # directory: blocks starting together overwrote each other's and ran one block's pools.
+        worker_init = configs.get("worker_init") or ""
+        unique = 'SLURM_JOB_NAME="$SLURM_JOB_NAME.$SLURM_JOB_ID"  # one launcher command file per block'
+        configs = dict(configs, worker_init="\n".join(p for p in (worker_init.rstrip("\n"), unique) if p))
+        return super()._write_submit_script(template, script_filename, job_name, configs)
+
+    def _status(self) -> None:
+        active = [str(job_id) for job_id, job in self.resources.items() if not job["status"].terminal]
+        if not active:
+            return
+        found: dict[str, tuple[str, int, str]] = {}
+        size = max(1, self.status_batch_size)
+        for start in range(0, len(active), size):
+            retcode, stdout, stderr = self.execute_wait(
+                f"squeue{self._clusters} --noheader --states=all --Format='JobID:|,State:|,Reason:|,RestartCnt:' "
+                f"--job {','.join(active[start : start + size])}"
+            )
+            if retcode != 0 and not stdout.strip():
+                # squeue refuses the whole list when it knows none of them.
+                _LOG.debug("squeue failed (%s): %s", retcode, stderr.strip())
+            for line in stdout.splitlines():
+                parts = [part.strip() for part in line.split("|")]
+                if len(parts) == 4 and parts[0]:
+                    found[parts[0]] = (parts[1], _integer(parts[3]), parts[2])
+        for job_id in active:
+            record = found.get(job_id) or self._forgotten(job_id)
+            self.resources[job_id]["status"] = self._read(job_id, record)
+
+    def _forgotten(self, job_id: str) -> tuple[str, int, str] | None:
+        """State, restart count and reason of a job squeue did not list, from
+        scontrol or sacct; `None` if Slurm no longer knows it.
+        """
+        retcode, stdout, _ = self.execute_wait(f"scontrol{self._clusters} show job -o {job_id}")
+        if retcode == 0 and "JobState=" in stdout:
+            fields = dict(word.split("=", 1) for word in stdout.split() if "=" in word)
+            return fields["JobState"], _integer(fields.get("Restarts")), fields.get("Reason", "")
+        if self.accounting:
+            retcode, stdout, _ = self.execute_wait(
+                f"sacct{self._clusters} -X --noheader --parsable2 --format=JobID,State,Restart --job {job_id}"
+            )
+            for line in stdout.splitlines():
+                parts = line.split("|")
+                if retcode == 0 and len(parts) >= 2 and parts[0] == job_id:
+                    return parts[1].split()[0], _integer(parts[2] if len(parts) > 2 else None), ""
+        return None
+
+    def _read(self, job_id: str, record: tuple[str, int, str] | None) -> JobStatus:
+        """The Parsl status of a job from its Slurm record; a requeued block is cancelled here."""
+        job = self.resources[job_id]
+        paths = {"stdout_path": job["job_stdout_path"], "stderr_path": job["job_stderr_path"]}
+        if record is None:
+            # Ended more than MinJobAge ago without accounting: how is unknown.
+            return JobStatus(
+                JobState.COMPLETED, message=f"Slurm job {job_id} no longer known to Slurm", **paths
+            )
+        slurm_state, restarts, reason = record
+        slurm_state = slurm_state.rstrip("+")
+        state = _SLURM_STATES.get(slurm_state)
+        if state is None:
+            _LOG.warning("Slurm job %s is in state %s, which this plugin does not know", job_id, slurm_state)
+            return JobStatus(JobState.UNKNOWN, message=f"Slurm state {slurm_state}", **paths)
+        if state in (JobState.PENDING, JobState.HELD) and (restarts > 0 or slurm_state.startswith("REQUEUE")):
+            why = (
+                f"Slurm requeued block job {job_id} ({slurm_state}, reason {reason or 'none'}, "
+                f"{restarts} restart(s)): cancelled so that a new block replaces it"
+            )
+            if job_id not in self.lost_blocks:
+                _LOG.warning("%s", why)
+                self.execute_wait(f"scancel{self._clusters} {job_id}")
+                self.lost_blocks[job_id] = why
+            return JobStatus(JobState.FAILED, message=why, **paths)
+        if slurm_state == "NODE_FAIL":
+            why = f"Slurm job {job_id} lost a node ({slurm_state}, reason {reason or 'none'})"
+            if job_id not in self.lost_blocks:
+                _LOG.warning("Block %s", why)
+                self.lost_blocks[job_id] = why
+            return JobStatus(state, message=why, **paths)
+        message = None if state in (JobState.PENDING, JobState.RUNNING) else f"Slurm state {slurm_state}"
+        return JobStatus(state, message=message, **paths)
+
+
+def _own_signature() -> None:
+    """Give `SlurmProvider.__init__` Parsl's signature and hints plus its own (`options.check_options`)."""
+    init: Any = SlurmProvider.__init__
+    parent = inspect.signature(ParslSlurmProvider.__init__)
+    own = inspect.signature(init).parameters
+    extra = [
+        own[name].replace(annotation=hint)
+        for name, hint in (("requeue", bool), ("status_polling_interval", int))
+    ]
+    init.__signature__ = parent.replace(parameters=[*parent.parameters.values(), *extra])
+    init.__annotations__ = {
+        **typing.get_type_hints(ParslSlurmProvider.__init__),
+        "requeue": bool,
+        "status_polling_interval": int,
+        "return": None,
+    }
+
+
+_own_signature()
 
 
 def default_launcher(nodes: int = 2) -> Any:
@@ -73,7 +233,7 @@ def default_launcher(nodes: int = 2) -> Any:
 
 class Slurm(BatchSite):
     """A Slurm cluster: a HighThroughputExecutor whose blocks are Slurm jobs
-    from the plugin's `~.slurm_provider.SlurmProvider`.
+    from the plugin's `SlurmProvider`.
 
     Keys (doc/sites.md): ``nodes`` and ``walltime`` (required),
     ``cores_per_node``, ``mem_per_node``, ``qos``, ``constraint``,
@@ -130,8 +290,6 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
             The executor.
         """
         from parsl.executors import HighThroughputExecutor
-
-        from .slurm_provider import SlurmProvider
 
         nodes = self.get("nodes", int, nodes, required=True)
         if nodes <= 0:
@@ -260,3 +418,10 @@ class TripleSlurm(Slurm):
         if memory <= self.medium_memory:
             return "medium"
         return "large"
+
+
+def _integer(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
