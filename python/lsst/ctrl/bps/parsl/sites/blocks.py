@@ -121,14 +121,19 @@ class _Clock:
             return
         executor = self.executor
         if self.held:
-            tasks: dict[str, int] = {}
-            for manager in self._command("MANAGERS"):
-                tasks[manager["block_id"]] = tasks.get(manager["block_id"], 0) + manager["tasks"]
-            for block in sorted(self.held):
-                if tasks.get(block, 0):
-                    continue
+            busy = {manager["block_id"] for manager in self._command("MANAGERS") if manager["tasks"]}
+            for block in sorted(self.held - busy):
                 self.held.discard(block)
-                self._cancel(block)
+                job_id = executor.blocks_to_job_id.get(block)
+                if job_id is not None:
+                    _LOG.info(
+                        "executor %s: block %s runs nothing and takes no new job: cancelled",
+                        executor.label,
+                        block,
+                    )
+                    executor.provider.cancel([job_id])
+                    # Parsl counts it scaled in, not failed.
+                    mark_scaled_in(executor, block, "released: it ran nothing")
         if not waiting:
             return
         active = self._active_blocks()
@@ -137,16 +142,6 @@ class _Clock:
             _LOG.info("executor %s: no block has %.0f s of walltime left: one more", executor.label, need)
             executor.scale_out_facade(1)
             self.update(now)
-
-    def _cancel(self, block: str) -> None:
-        """Cancel a block that runs nothing; Parsl counts it scaled in, not failed."""
-        executor = self.executor
-        job_id = executor.blocks_to_job_id.get(block)
-        if job_id is None:
-            return
-        _LOG.info("executor %s: block %s runs nothing and takes no new job: cancelled", executor.label, block)
-        executor.provider.cancel([job_id])
-        mark_scaled_in(executor, block, "released: it ran nothing")
 
     def release_idle(self, max_idle: float) -> None:
         """Hold and cancel the blocks idle for ``max_idle`` seconds while
@@ -160,14 +155,11 @@ class _Clock:
         running = sum(manager["tasks"] for manager in managers)
         if running == 0 or outstanding_tasks(executor) > running:
             return
-        idle: dict[str, bool] = {}
-        for manager in managers:
-            block = manager["block_id"]
-            quiet = manager["tasks"] == 0 and manager["idle_duration"] >= max_idle
-            idle[block] = idle.get(block, True) and quiet
+        busy = {m["block_id"] for m in managers if m["tasks"] or m["idle_duration"] < max_idle}
+        idle = {m["block_id"] for m in managers} - busy - self.held
         active = self._active_blocks()
         spare = len(active) - (executor.provider.min_blocks or 0)
-        for block in sorted(b for b in active if idle.get(b) and b not in self.held)[: max(spare, 0)]:
+        for block in sorted(b for b in active if b in idle)[: max(spare, 0)]:
             for manager in managers:
                 if manager["block_id"] == block:
                     self._command(["HOLD_MANAGER", manager["manager"]])
@@ -205,10 +197,11 @@ class BlockWatch:
         margin: float = _WALLTIME_MARGIN,
         max_idle: float = _MAX_IDLE_TIME,
     ):
-        self.clocks: dict[str, _Clock] = {}
-        for label, executor in executors.items():
-            if type(executor).__name__ == "HighThroughputExecutor" and getattr(executor, "provider", None):
-                self.clocks[label] = _Clock(executor, _block_walltime(executor))
+        self.clocks = {
+            label: _Clock(executor, _block_walltime(executor))
+            for label, executor in executors.items()
+            if type(executor).__name__ == "HighThroughputExecutor" and getattr(executor, "provider", None)
+        }
         self.max_idle = max_idle
         self.running_dir = running_dir
         self.margin = margin

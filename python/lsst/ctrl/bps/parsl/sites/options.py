@@ -153,7 +153,7 @@ def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: s
 
 
 _EMPTY = inspect.Parameter.empty
-_YAML_TYPES = (int, float, bool, str, list, tuple, dict)
+_YAML_TYPES = (bool, int, float, str, list, tuple, dict)  # bool first: a bool is an int too
 
 
 def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
@@ -188,8 +188,6 @@ def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None
         return (dict,), False, None
     if base is float:
         return (int, float), False, None
-    if base in (int, str, bool):
-        return (base,), False, None
     if base in (typing.Callable, collections.abc.Callable):
         return (), False, None
     if isinstance(base, type):
@@ -197,21 +195,11 @@ def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None
     return None
 
 
-_DEFAULT_KINDS: tuple[tuple[type | types.UnionType, tuple[type, ...]], ...] = (
-    (bool, (bool,)),
-    (int, (int,)),
-    (float, (int, float)),
-    (str, (str,)),
-    (list | tuple, (list, tuple)),
-    (dict, (dict,)),
-)
-
-
-def _default_types(default: Any) -> tuple[tuple[type, ...], bool, None] | None:
+def _default_types(default: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
+    """`_hint_types` of the type of a parameter's default (`None` without one)."""
     if default is _EMPTY or default is None:
         return None
-    kinds = next((kinds for kind, kinds in _DEFAULT_KINDS if isinstance(default, kind)), (type(default),))
-    return kinds, False, None
+    return _hint_types(next((kind for kind in _YAML_TYPES if isinstance(default, kind)), type(default)))
 
 
 _KIND_NAMES: dict[type, str] = {list: "list", tuple: "list", dict: "mapping"}
@@ -344,7 +332,7 @@ def build(cls: type, options: dict[str, Any], where: str) -> Any:
 
 
 def build_launcher(name: Any, options: Any, where: str) -> Any:
-    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``).
+    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``; none without a name).
 
     Parameters
     ----------
@@ -357,9 +345,16 @@ def build_launcher(name: Any, options: Any, where: str) -> Any:
 
     Returns
     -------
-    launcher : `parsl.launchers.base.Launcher`
+    launcher : `parsl.launchers.base.Launcher` or `None`
         The launcher.
     """
+    if not name:
+        if options:
+            raise ConfigurationError(
+                f"'{where}.launcher_options' is set without '{where}.launcher': name the launcher, "
+                "e.g. 'launcher: srun'"
+            )
+        return None
     cls = load_class(LAUNCHERS, name, f"{where}.launcher", "launcher")
     checked = check_options(cls, options, f"{where}.launcher_options")
     return build(cls, checked, f"{where}.launcher_options")
@@ -434,11 +429,6 @@ def check_executors_take(
         The site's ``resource_list``.
     executors : `~collections.abc.Callable`
         Builds the site's executors (called only for a ``resource_list``).
-
-    Raises
-    ------
-    ConfigurationError
-        Naming the executor and what it takes.
     """
     if not resource_list:
         return

@@ -192,19 +192,11 @@ class SlurmProvider(ParslSlurmProvider):
 def _own_signature() -> None:
     """Give `SlurmProvider.__init__` Parsl's signature and hints plus its own (`options.check_options`)."""
     init: Any = SlurmProvider.__init__
+    own = {"requeue": bool, "status_polling_interval": int}
     parent = inspect.signature(ParslSlurmProvider.__init__)
-    own = inspect.signature(init).parameters
-    extra = [
-        own[name].replace(annotation=hint)
-        for name, hint in (("requeue", bool), ("status_polling_interval", int))
-    ]
+    extra = [inspect.signature(init).parameters[name].replace(annotation=hint) for name, hint in own.items()]
     init.__signature__ = parent.replace(parameters=[*parent.parameters.values(), *extra])
-    init.__annotations__ = {
-        **typing.get_type_hints(ParslSlurmProvider.__init__),
-        "requeue": bool,
-        "status_polling_interval": int,
-        "return": None,
-    }
+    init.__annotations__ = {**typing.get_type_hints(ParslSlurmProvider.__init__), **own, "return": None}
 
 
 _own_signature()
@@ -233,17 +225,8 @@ def default_launcher(nodes: int = 2) -> Any:
 
 class Slurm(BatchSite):
     """A Slurm cluster: a HighThroughputExecutor whose blocks are Slurm jobs
-    from the plugin's `SlurmProvider`.
-
-    Keys (doc/sites.md): ``nodes`` and ``walltime`` (required),
-    ``cores_per_node``, ``mem_per_node``, ``qos``, ``constraint``,
-    ``account``, ``partition``, ``singleton``, ``exclusive``, ``no_kill``,
-    ``scheduler_options``, ``worker_init``, ``init_blocks``, ``min_blocks``,
-    ``max_blocks``, ``parallelism``, ``cmd_timeout``, ``launcher``,
-    ``launcher_options``, ``provider_options``, ``executor_options``,
-    ``address``, ``interface``, ``heartbeat_period``, ``heartbeat_threshold``.
-    A job's ``priority`` reaches the executor; its cores, memory and
-    walltime do not (workers are sized per block).
+    from the plugin's `SlurmProvider` (keys: doc/sites.md; a job's ``priority``
+    reaches the executor, its cores, memory and walltime do not).
     """
 
     label = "slurm"
@@ -333,10 +316,12 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         htex = self._executor_options(HighThroughputExecutor, htex)
         return build(HighThroughputExecutor, htex, self.where)
 
-    def address_targets(self) -> list[str]:
-        from .batchsite import slurm_node_addresses  # looked up when called: tests replace it
+    def default_address(self) -> str:
+        from . import batchsite  # its functions looked up when called: tests replace them
 
-        return slurm_node_addresses(self.get("partition", str, None))
+        return batchsite.choose_address(
+            batchsite.slurm_node_addresses(self.get("partition", str, None)), self.where
+        )
 
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label)]
@@ -347,12 +332,7 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
 
 class TripleSlurm(Slurm):
     """Three Slurm executors, ``small``, ``medium`` and ``large``; a job goes
-    to the smallest whose worker memory holds its (scaled) memory.
-
-    Keys: those of `Slurm` (``walltime`` optional: it replaces the three
-    below), ``small_memory``, ``medium_memory``, ``large_memory`` (GB per
-    worker; 2, 4, 8), ``small_walltime``, ``medium_walltime``,
-    ``large_walltime`` (10, 10 and 40 hours).
+    to the smallest whose worker memory holds its (scaled) memory (keys: doc/sites.md).
 
     Parameters
     ----------
@@ -402,22 +382,23 @@ class TripleSlurm(Slurm):
         executors : `list` [`parsl.executors.base.ParslExecutor`]
             The ``small``, ``medium`` and ``large`` executors.
         """
-        executors = []
-        for size, options in zip(self.labels, (small_options, medium_options, large_options), strict=True):
-            kwargs = dict(common_options)
-            kwargs.update(options or {})
-            kwargs.setdefault("walltime", getattr(self, f"{size}_walltime"))
-            kwargs.setdefault("mem_per_worker", getattr(self, f"{size}_memory"))
-            executors.append(self.make_executor(size, **kwargs))
-        return executors
+        each = (small_options, medium_options, large_options)
+        return [
+            self.make_executor(
+                size,
+                **{
+                    "walltime": getattr(self, f"{size}_walltime"),
+                    "mem_per_worker": getattr(self, f"{size}_memory"),
+                    **common_options,
+                    **(options or {}),
+                },
+            )
+            for size, options in zip(self.labels, each, strict=True)
+        ]
 
     def select_executor(self, job: ParslJob) -> str:
         memory = (job.request_memory or 0) / 1024  # GB
-        if memory <= self.small_memory:
-            return "small"
-        if memory <= self.medium_memory:
-            return "medium"
-        return "large"
+        return next((size for size in self.labels[:2] if memory <= getattr(self, f"{size}_memory")), "large")
 
 
 def _integer(text: str | None) -> int:

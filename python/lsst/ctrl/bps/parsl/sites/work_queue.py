@@ -26,8 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Work Queue sites: a WorkQueueExecutor, which schedules each job by its
-cores, memory, disk and walltime. Work Queue (``ndcctools``) is not a
-dependency: without it the site fails validation in one line.
+cores, memory, disk and walltime (``ndcctools`` is not a dependency).
 """
 
 from __future__ import annotations
@@ -48,12 +47,7 @@ __all__ = ("LocalSrunWorkQueue", "WorkQueue")
 
 
 class WorkQueue(BatchSite):
-    """Base of the Work Queue sites; subclasses provide `get_provider`.
-
-    Keys (doc/sites.md): ``port`` (9000), ``worker_options`` (e.g.
-    ``--memory=90000``), ``wq_max_retries`` (1; null: forever). Every job
-    is sent with its cores, memory, disk, walltime and priority.
-    """
+    """Base of the Work Queue sites; subclasses provide `get_provider` (keys: doc/sites.md)."""
 
     label = "work_queue"
     default_resource_list = EXECUTOR_RESOURCES["WorkQueueExecutor"]
@@ -131,9 +125,7 @@ class WorkQueue(BatchSite):
 
 class LocalSrunWorkQueue(WorkQueue):
     """Work Queue inside an allocation you hold: a LocalProvider starts the
-    workers, with ``srun`` when there are several nodes.
-
-    Keys: those of `WorkQueue`, and ``nodes_per_block`` (1).
+    workers, with ``srun`` when there are several nodes (keys: doc/sites.md).
     """
 
     def get_provider(self) -> Any:
