@@ -52,10 +52,8 @@ __all__ = (
     "SRUN_OVERRIDES",
     "BatchSite",
     "choose_address",
-    "host_addresses",
     "normalize_walltime",
     "require_work_queue",
-    "route_source",
     "slurm_node_addresses",
     "work_queue_spec",
 )
@@ -147,7 +145,7 @@ class BatchSite(SiteConfig):
         if address:
             return address
         if interface:
-            addresses = host_addresses()
+            addresses = _host_addresses()
             if interface not in addresses:
                 raise ConfigurationError(
                     f"'{self.where}.interface' is {interface!r}, which is not an interface of this host with an "
@@ -265,14 +263,8 @@ def require_work_queue(key: str, instead: str = "use an htex executor") -> None:
         )
 
 
-def host_addresses() -> dict[str, list[str]]:
-    """IPv4 addresses of this host's interfaces that are up.
-
-    Returns
-    -------
-    addresses : `dict` [`str`, `list` [`str`]]
-        Addresses by interface name.
-    """
+def _host_addresses() -> dict[str, list[str]]:
+    """IPv4 addresses of this host's interfaces that are up, by interface name."""
     import psutil
 
     stats = psutil.net_if_stats()
@@ -284,19 +276,8 @@ def host_addresses() -> dict[str, list[str]]:
     return {name: ipv4 for name, ipv4 in found.items() if ipv4}
 
 
-def route_source(target: str) -> str | None:
-    """The address this host would send from to reach ``target`` (no packet is sent).
-
-    Parameters
-    ----------
-    target : `str`
-        Host name or address.
-
-    Returns
-    -------
-    address : `str` or `None`
-        The source address; `None` if ``target`` cannot be resolved or routed.
-    """
+def _route_source(target: str) -> str | None:
+    """The address this host sends from to reach ``target`` (`None`: no route; no packet is sent)."""
     try:
         infos = socket.getaddrinfo(target, 9, socket.AF_INET, socket.SOCK_DGRAM)
     except (OSError, UnicodeError):
@@ -374,14 +355,14 @@ def choose_address(targets: Iterable[str], where: str) -> str:
     targets = list(targets)
     local_only = bool(targets)
     for target in targets:
-        source = route_source(target)
+        source = _route_source(target)
         if source is None:
             local_only = False
             continue
         if not ipaddress.ip_address(source).is_loopback:
             _LOG.debug("Workers reach this host at %s (route to %s)", source, target)
             return source
-    for address in itertools.chain(*host_addresses().values()):
+    for address in itertools.chain(*_host_addresses().values()):
         if not ipaddress.ip_address(address).is_loopback:
             return address
     if local_only:

@@ -68,8 +68,7 @@ _HELD_BLOCKS: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictiona
 """Blocks of each executor whose worker pools `tolerate_lost_blocks` held."""
 
 _SETTLE_EXTRA = 2.0
-"""Seconds a lost attempt's rerun waits, beyond the executor's heartbeat
-period and the kill grace, for the worker side to kill its processes."""
+"""Seconds a lost attempt's rerun waits beyond the heartbeat period and the kill grace."""
 
 
 class InterchangeLostError(RuntimeError):
@@ -81,13 +80,10 @@ class BlockSubmitError(RuntimeError):
 
 
 def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
-    """Block error handler of the batch sites' HighThroughputExecutors (doc/sites.md, "Lost nodes").
-
+    """Block error handler of the batch sites' HighThroughputExecutors (doc/sites.md, "Lost nodes"):
     Parsl's `~parsl.jobs.error_handlers.simple_error_handler` over the blocks
-    that never had workers (a FAILED block had workers and lost them: a new
-    block may replace it), after `give_up_if_blocks_refused`; the worker pools
-    of a block that ended are put on hold at once (the interchange would send
-    them tasks until their heartbeats expire).
+    that never had workers, after `give_up_if_blocks_refused`; the worker pools
+    of a block that ended are held at once (else they get tasks until their heartbeats expire).
 
     Parameters
     ----------
@@ -119,9 +115,8 @@ def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobS
 
 
 def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> bool:
-    """Block error handler that gives the executor up (`BlockSubmitError`) only
-    when the scheduler refused its last `BLOCK_SUBMIT_FAILURES` blocks and none
-    is active (Ccin2p3's).
+    """Block error handler (Ccin2p3's): give the executor up (`BlockSubmitError`)
+    if the scheduler refused its last `BLOCK_SUBMIT_FAILURES` blocks and none is active.
 
     Parameters
     ----------
@@ -154,8 +149,7 @@ def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str,
 
 
 def infrastructure_cause(error: BaseException | None) -> str | None:
-    """How the infrastructure lost an attempt, in one line; `None` if
-    ``error`` is no such loss.
+    """How the infrastructure lost an attempt, in one line; `None` if ``error`` is no such loss.
 
     Parameters
     ----------
@@ -210,8 +204,7 @@ def stops_run(error: BaseException | None) -> bool:
 
 
 def settle_seconds(executor: Any) -> float:
-    """Seconds the rerun of an attempt ``executor`` lost waits for its
-    processes to be gone (about one heartbeat period; reliability.md L4).
+    """Seconds the rerun of an attempt ``executor`` lost waits for its processes to go (reliability.md L4).
 
     Parameters
     ----------
@@ -227,8 +220,7 @@ def settle_seconds(executor: Any) -> float:
 
 
 def fail_if_interchange_lost(executor: Any) -> bool:
-    """Fail every task of ``executor`` with `InterchangeLostError` if its
-    interchange exited; whether it did.
+    """Fail every task of ``executor`` with `InterchangeLostError` if its interchange exited.
 
     Parameters
     ----------
@@ -252,8 +244,7 @@ def fail_if_interchange_lost(executor: Any) -> bool:
 
 
 class LostAttempts:
-    """Per job, the attempts the infrastructure lost in this driver session,
-    and the reruns waiting for their processes to be gone.
+    """Per job, the attempts the infrastructure lost in this driver session, and the held reruns.
 
     Parameters
     ----------
@@ -279,9 +270,8 @@ class LostAttempts:
         again : `bool`
             `True` while the job's losses are within the budget.
         """
-        count = self.counts.get(job, 0) + 1
-        self.counts[job] = count
-        return count <= self.budget
+        self.counts[job] = self.counts.get(job, 0) + 1
+        return self.counts[job] <= self.budget
 
     def hold(self, job: int, until: float) -> None:
         """Keep ``job``'s rerun back until ``until``.
