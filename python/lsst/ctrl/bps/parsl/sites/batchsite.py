@@ -126,13 +126,12 @@ class BatchSite(SiteConfig):
 
     def _required_walltime(self, default: str | None) -> str:
         """The ``walltime`` key as ``HH:MM:SS``; required unless the class gives a ``default``."""
-        found, value = self.site.search("walltime", opt={"default": None})
-        if not found or value is None:
-            if default is None:
-                raise ConfigurationError(
-                    f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
-                )
-            value = default
+        value = self.site.search("walltime", opt={"default": None})[1]
+        value = default if value is None else value
+        if value is None:
+            raise ConfigurationError(
+                f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
+            )
         return normalize_walltime(value, f"{self.where}.walltime")
 
     def get_address(self) -> str:
@@ -209,9 +208,9 @@ class BatchSite(SiteConfig):
                     f"'{self.where}.parallelism' is {value!r}: it must be between 0 and 1"
                 )
             options[key] = value
-        found, raw = self.site.search("provider_options", opt={"default": None})
+        raw = self.site.search("provider_options", opt={"default": None})[1]
         reserved = {"launcher": "use the site's 'launcher' and 'launcher_options' keys"}
-        options.update(check_options(cls, raw, f"{self.where}.provider_options", reserved) if found else {})
+        options.update(check_options(cls, raw, f"{self.where}.provider_options", reserved))
         name = self.get("launcher", str, None)
         launcher_options = self.site.search("launcher_options", opt={"default": None})[1]
         if name and name.lower() in ("srun", "srunlauncher") and launcher_options is None:
@@ -226,8 +225,8 @@ class BatchSite(SiteConfig):
         then the site's ``executor_options`` applied.
         """
         options.update(self._htex_defaults(options))
-        found, raw = self.site.search("executor_options", opt={"default": None})
-        if found and raw is not None:
+        raw = self.site.search("executor_options", opt={"default": None})[1]
+        if raw is not None:
             reserved = {
                 "label": "the site names its executors",
                 "provider": "the site builds the provider from its keys",

@@ -108,8 +108,8 @@ class Generic(BatchSite):
     def specs(self) -> dict[str, _ExecutorSpec]:
         """The executors by label, as configured (parsed and checked once)."""
         where = f"{self.where}.executors"
-        found, raw = self.site.search("executors", opt={"default": None})
-        if not found or raw is None:
+        raw = self.site.search("executors", opt={"default": None})[1]
+        if raw is None:
             raise ConfigurationError(
                 f"missing required key '{where}': add one section per executor, e.g. "
                 f"'executors: {{main: {{provider: slurm, provider_options: {{partition: debug}}}}}}'"

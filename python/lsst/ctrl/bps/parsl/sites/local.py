@@ -134,8 +134,8 @@ class Local(SiteConfig):
                 f"'{self.where}.cores' is {cores} but this process may use {usable} cores: jobs will share "
                 "cores (lower it, or leave it unset, unless the jobs mostly wait)"
             )
-        found, walltime = self.site.search("walltime", opt={"default": None})
-        if found and walltime is not None:
+        walltime = self.site.search("walltime", opt={"default": None})[1]
+        if walltime is not None:
             _warn_once(
                 f"'{self.where}.walltime' ({walltime!r}) is ignored by the Local site: a job's time limit is "
                 "its requestWalltime (minutes, or quoted HH:MM:SS); remove it"

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from parsl.launchers import SrunLauncher
+
 from ..configuration import ConfigurationError
 from ..prepare.commands import environment_script
 from .slurm import Slurm
@@ -49,8 +51,6 @@ class Tiger(Slurm):
     label = "tiger"
 
     def get_executors(self) -> list[ParslExecutor]:
-        from parsl.launchers import SrunLauncher
-
         return [
             self.make_executor(
                 self.label,

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from parsl.launchers import SrunLauncher
+
 from ..prepare.commands import environment_script
 from .slurm import Slurm
 
@@ -48,8 +50,6 @@ class Sdf(Slurm):
     label = "sdf"
 
     def get_executors(self) -> list[ParslExecutor]:
-        from parsl.launchers import SrunLauncher
-
         return [
             self.make_executor(
                 self.label,

@@ -39,6 +39,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from parsl.jobs.states import JobState, JobStatus
+from parsl.launchers import SingleNodeLauncher, SrunLauncher
 from parsl.providers import SlurmProvider as ParslSlurmProvider
 from parsl.providers.slurm.slurm import sacct_translate_table
 
@@ -216,8 +217,6 @@ def default_launcher(nodes: int = 2) -> Any:
     launcher : `parsl.launchers.base.Launcher`
         The launcher.
     """
-    from parsl.launchers import SingleNodeLauncher, SrunLauncher
-
     if nodes <= 1:
         return SingleNodeLauncher()
     return SrunLauncher(overrides=SRUN_OVERRIDES)

@@ -90,9 +90,7 @@ class WorkQueue(BatchSite):
         if not 0 <= port <= 65535:
             raise ConfigurationError(f"'{self.where}.port' is {port}: it must be a TCP port, 0-65535")
         worker_options = self.get("worker_options", str, worker_options)
-        found, max_retries = self.site.search("wq_max_retries", opt={"default": None})
-        if not found:
-            max_retries = wq_max_retries
+        max_retries = self.site.search("wq_max_retries", opt={"default": wq_max_retries})[1]
         if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)):
             raise ConfigurationError(
                 f"'{self.where}.wq_max_retries' is {max_retries!r}: it must be an integer, or null to retry forever"
