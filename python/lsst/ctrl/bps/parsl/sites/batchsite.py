@@ -178,10 +178,7 @@ class BatchSite(SiteConfig):
         return {key: f"use '{self.where}.{key}'" for key in ("heartbeat_period", "heartbeat_threshold")}
 
     def _htex_defaults(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-        """HighThroughputExecutor arguments every batch site sets (over the
-        class's ``defaults``): the heartbeats, and a block error handler that
-        does not give up on the executor for a lost block (`~.losses.tolerate_lost_blocks`).
-        """
+        """HTEX arguments every batch site sets over the class's ``defaults``: heartbeats, block error handler."""
         from .losses import tolerate_lost_blocks
 
         defaults = defaults or {}
@@ -192,9 +189,7 @@ class BatchSite(SiteConfig):
         return options
 
     def _provider_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
-        """``options`` (the class's) with the site's block keys, then its
-        ``provider_options``, ``launcher`` and ``launcher_options`` applied.
-        """
+        """The class's ``options`` with the block, ``provider_options`` and launcher keys applied."""
         options = dict(options)
         for key, kind in _BLOCK_KEYS.items():
             value = self.get(key, kind, None)
@@ -221,9 +216,7 @@ class BatchSite(SiteConfig):
         return options
 
     def _executor_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
-        """``options`` with the heartbeats and block error handler (`_htex_defaults`),
-        then the site's ``executor_options`` applied.
-        """
+        """``options`` with `_htex_defaults`, then the site's ``executor_options``, applied."""
         options.update(self._htex_defaults(options))
         raw = self.site.search("executor_options", opt={"default": None})[1]
         if raw is not None:
@@ -334,10 +327,7 @@ def slurm_node_addresses(partition: str | None = None, limit: int = 4) -> list[s
 
 
 def choose_address(targets: Iterable[str], where: str) -> str:
-    """The address workers on ``targets`` use to reach this host: the source
-    of the route to the first target reached through a real interface, else
-    this host's first address that is not loopback; loopback only when the
-    targets are this host and it has no other address.
+    """The address workers on ``targets`` use to reach this host (doc/sites.md, ``address``).
 
     Parameters
     ----------

@@ -26,10 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Blocks and walltime: which batch blocks may take a job, and when they go
-(doc/reliability.md, W1 and W2). HTEX cannot send a task to one block and
-not another; what `BlockWatch` can do is put a block's worker pools *on
-hold* (no new task; running tasks go on) and cancel a held block once it
-runs nothing.
+(doc/reliability.md, W1 and W2: a block's worker pools are held, then the block cancelled).
 """
 
 from __future__ import annotations
@@ -175,8 +172,7 @@ class _Clock:
 
 
 class BlockWatch:
-    """Keep jobs off blocks whose walltime ends before theirs could, and
-    release idle blocks.
+    """Keep jobs off blocks whose walltime ends before theirs could, and release idle blocks.
 
     Parameters
     ----------

@@ -157,27 +157,21 @@ _YAML_TYPES = (bool, int, float, str, list, tuple, dict)  # bool first: a bool i
 
 
 def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
-    """(types a YAML value may have for a type hint, None allowed, literal
-    values), or `None` when anything goes.
-    """
+    """(types a YAML value may have for ``hint``, None allowed, literal values); `None`: anything goes."""
     if hint is Any or hint is _EMPTY:
         return None
     origin = typing.get_origin(hint)
     if origin is typing.Union or origin is types.UnionType:
-        found: list[type] = []
-        allow_none = False
-        literals: list = []
-        for arg in typing.get_args(hint):
-            if arg is type(None):
-                allow_none = True
-                continue
-            sub = _hint_types(arg)
-            if sub is None:
-                return None
-            found.extend(sub[0])
-            allow_none = allow_none or sub[1]
-            literals.extend(sub[2] or ())
-        return tuple(found), allow_none, tuple(literals) or None
+        args = typing.get_args(hint)
+        subs = [_hint_types(arg) for arg in args if arg is not type(None)]
+        known = [sub for sub in subs if sub is not None]
+        if len(known) < len(subs):
+            return None
+        return (
+            tuple(kind for sub in known for kind in sub[0]),
+            type(None) in args or any(sub[1] for sub in known),
+            tuple(value for sub in known for value in sub[2] or ()) or None,
+        )
     if origin is typing.Literal:
         args = typing.get_args(hint)
         return tuple({type(a) for a in args}), None in args, args

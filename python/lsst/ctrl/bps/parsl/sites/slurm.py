@@ -138,9 +138,7 @@ class SlurmProvider(ParslSlurmProvider):
             self.resources[job_id]["status"] = self._read(job_id, record)
 
     def _forgotten(self, job_id: str) -> tuple[str, int, str] | None:
-        """State, restart count and reason of a job squeue did not list, from
-        scontrol or sacct; `None` if Slurm no longer knows it.
-        """
+        """State, restarts and reason of a job squeue did not list, from scontrol or sacct (`None`: unknown)."""
         retcode, stdout, _ = self.execute_wait(f"scontrol{self._clusters} show job -o {job_id}")
         if retcode == 0 and "JobState=" in stdout:
             fields = dict(word.split("=", 1) for word in stdout.split() if "=" in word)
