@@ -378,7 +378,7 @@ def test_job_is_kept_off_a_block_with_too_little_walltime_left(htex, tmp_path):
         None,
         "/bin/sh",
     )
-    watch.track((0, 1), "htex", 10.0, future)
+    watch.waiting[(0, 1)] = ("htex", 10.0, future)
     deadline = time.monotonic() + 60
     while not future.done() and time.monotonic() < deadline:
         watch.tick()

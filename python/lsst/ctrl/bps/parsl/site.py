@@ -44,7 +44,7 @@ from .configuration import (
     get_bps_config_value,
     get_workflow_name,
 )
-from .sites.resources import EXECUTOR_RESOURCES, ExecutorCapacity, check_executors_take, checked_resource_list
+from .sites.options import EXECUTOR_RESOURCES, ExecutorCapacity, check_executors_take, checked_resource_list
 
 if TYPE_CHECKING:
     import parsl.config
@@ -362,15 +362,12 @@ class SiteConfig(ABC):
         """
         import parsl.config
 
-        from .sites.blocks import scaling_strategy
-
-        executors = self.get_executors()
         return parsl.config.Config(
-            executors=executors,
+            executors=self.get_executors(),
             monitoring=self.get_monitor(),
             retries=0,
             run_dir=self.run_dir,
-            strategy=scaling_strategy(executors),
+            strategy="simple",  # reliability.md W2 says why not htex_auto_scale
             strategy_period=self.settings.strategy_period,
             max_idletime=self.settings.max_idle_time,
             initialize_logging=False,

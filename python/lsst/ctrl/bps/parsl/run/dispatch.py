@@ -133,7 +133,7 @@ class Dispatch:
         future = self._apps[label](*args, inputs=list(inputs), **kwargs)
         future.add_done_callback(lambda done: self._ended.put((key, done)))
         if watched and self.blocks is not None and walltime:
-            self.blocks.track(key, label, walltime, future)
+            self.blocks.waiting[key] = (label, walltime, future)
         return future
 
     def tick(self) -> None:

@@ -174,5 +174,5 @@ def in_flight_limit(site: SiteConfig, labels: Sequence[str]) -> int | None:
         capacity = site.capacity(label)
         if capacity is None:
             return None
-        total += capacity.queue_depth + _IN_FLIGHT_MARGIN
+        total += capacity.cores + _IN_FLIGHT_MARGIN
     return total or None

@@ -26,10 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Blocks and walltime: which batch blocks may take a job, and when they go
-(doc/reliability.md, W1 and W2). HTEX cannot send a task to one block and
-not another; what `BlockWatch` can do is put a block's worker pools *on
-hold* (no new task; running tasks go on) and cancel a held block once it
-runs nothing.
+(doc/reliability.md, W1 and W2: a block's worker pools are held, then the block cancelled).
 """
 
 from __future__ import annotations
@@ -37,13 +34,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from ..configuration import default_of
+from ..configuration import ConfigurationError, default_of
+from ..job import parse_walltime
 from ..parslcompat import interchange_alive, interchange_command, mark_scaled_in, outstanding_tasks
 
-__all__ = ("BlockWatch", "scaling_strategy")
+__all__ = ("BlockWatch",)
 
 _LOG = logging.getLogger(__name__)
 
@@ -56,34 +54,11 @@ _COMMAND_TIMEOUT = 30.0
 _PERIOD = 1.0
 
 
-def scaling_strategy(executors: Sequence[Any]) -> str:
-    """Parsl's scaling strategy: ``simple`` (reliability.md W2 says why not ``htex_auto_scale``).
-
-    Parameters
-    ----------
-    executors : `~collections.abc.Sequence`
-        The site's executors.
-
-    Returns
-    -------
-    strategy : `str`
-        Always ``simple``.
-    """
-    return "simple"
-
-
 def _block_walltime(executor: Any) -> float | None:
-    """Walltime (s) of the blocks of an HTEX with a provider, if known."""
-    if type(executor).__name__ != "HighThroughputExecutor":
-        return None
-    value = getattr(getattr(executor, "provider", None), "walltime", None)
-    if not value:
-        return None
-    from ..configuration import ConfigurationError
-    from ..job import parse_walltime
-
+    """Walltime (s) of the blocks of an HTEX, if known."""
+    value = getattr(executor.provider, "walltime", None)
     try:
-        return float(parse_walltime(value, "walltime"))
+        return float(parse_walltime(value, "walltime")) if value else None
     except (ConfigurationError, TypeError, ValueError):
         return None
 
@@ -97,9 +72,6 @@ class _Clock:
         self.seen: dict[str, float] = {}
         self.held: set[str] = set()
         self.warned = False
-
-    def _alive(self) -> bool:
-        return interchange_alive(self.executor)
 
     def _command(self, command: Any) -> Any:
         return interchange_command(self.executor, command, _COMMAND_TIMEOUT)
@@ -118,7 +90,7 @@ class _Clock:
 
     def drain_short(self, need: float, now: float) -> None:
         """Hold every connected block with less than ``need`` seconds left."""
-        if not self._alive():
+        if not interchange_alive(self.executor):
             return
         self.update(now)
         managers = self._command("MANAGERS")
@@ -142,18 +114,23 @@ class _Clock:
         """Cancel held blocks that run nothing; start a block if ``waiting``
         jobs have none that could take them.
         """
-        if not self._alive():
+        if not interchange_alive(self.executor):
             return
         executor = self.executor
         if self.held:
-            tasks: dict[str, int] = {}
-            for manager in self._command("MANAGERS"):
-                tasks[manager["block_id"]] = tasks.get(manager["block_id"], 0) + manager["tasks"]
-            for block in sorted(self.held):
-                if tasks.get(block, 0):
-                    continue
+            busy = {manager["block_id"] for manager in self._command("MANAGERS") if manager["tasks"]}
+            for block in sorted(self.held - busy):
                 self.held.discard(block)
-                self._cancel(block)
+                job_id = executor.blocks_to_job_id.get(block)
+                if job_id is not None:
+                    _LOG.info(
+                        "executor %s: block %s runs nothing and takes no new job: cancelled",
+                        executor.label,
+                        block,
+                    )
+                    executor.provider.cancel([job_id])
+                    # Parsl counts it scaled in, not failed.
+                    mark_scaled_in(executor, block, "released: it ran nothing")
         if not waiting:
             return
         active = self._active_blocks()
@@ -163,36 +140,23 @@ class _Clock:
             executor.scale_out_facade(1)
             self.update(now)
 
-    def _cancel(self, block: str) -> None:
-        """Cancel a block that runs nothing; Parsl counts it scaled in, not failed."""
-        executor = self.executor
-        job_id = executor.blocks_to_job_id.get(block)
-        if job_id is None:
-            return
-        _LOG.info("executor %s: block %s runs nothing and takes no new job: cancelled", executor.label, block)
-        executor.provider.cancel([job_id])
-        mark_scaled_in(executor, block, "released: it ran nothing")
-
     def release_idle(self, max_idle: float) -> None:
         """Hold and cancel the blocks idle for ``max_idle`` seconds while
         others still run tasks and none waits (with no task at all, Parsl's
         own scaling releases the blocks).
         """
-        if not self._alive():
+        if not interchange_alive(self.executor):
             return
         executor = self.executor
         managers = self._command("MANAGERS")
         running = sum(manager["tasks"] for manager in managers)
         if running == 0 or outstanding_tasks(executor) > running:
             return
-        idle: dict[str, bool] = {}
-        for manager in managers:
-            block = manager["block_id"]
-            quiet = manager["tasks"] == 0 and manager["idle_duration"] >= max_idle
-            idle[block] = idle.get(block, True) and quiet
+        busy = {m["block_id"] for m in managers if m["tasks"] or m["idle_duration"] < max_idle}
+        idle = {m["block_id"] for m in managers} - busy - self.held
         active = self._active_blocks()
         spare = len(active) - (executor.provider.min_blocks or 0)
-        for block in sorted(b for b in active if idle.get(b) and b not in self.held)[: max(spare, 0)]:
+        for block in sorted(b for b in active if b in idle)[: max(spare, 0)]:
             for manager in managers:
                 if manager["block_id"] == block:
                     self._command(["HOLD_MANAGER", manager["manager"]])
@@ -208,8 +172,7 @@ class _Clock:
 
 
 class BlockWatch:
-    """Keep jobs off blocks whose walltime ends before theirs could, and
-    release idle blocks.
+    """Keep jobs off blocks whose walltime ends before theirs could, and release idle blocks.
 
     Parameters
     ----------
@@ -230,10 +193,11 @@ class BlockWatch:
         margin: float = _WALLTIME_MARGIN,
         max_idle: float = _MAX_IDLE_TIME,
     ):
-        self.clocks: dict[str, _Clock] = {}
-        for label, executor in executors.items():
-            if type(executor).__name__ == "HighThroughputExecutor" and getattr(executor, "provider", None):
-                self.clocks[label] = _Clock(executor, _block_walltime(executor))
+        self.clocks = {
+            label: _Clock(executor, _block_walltime(executor))
+            for label, executor in executors.items()
+            if type(executor).__name__ == "HighThroughputExecutor" and getattr(executor, "provider", None)
+        }
         self.max_idle = max_idle
         self.running_dir = running_dir
         self.margin = margin
@@ -254,7 +218,7 @@ class BlockWatch:
         Returns
         -------
         watch : `bool`
-            Whether the attempt is to be tracked (`track`).
+            Whether to put the attempt in `waiting` once submitted.
         """
         clock = self.clocks.get(label)
         if clock is None or clock.walltime is None or not seconds:
@@ -274,22 +238,6 @@ class BlockWatch:
             return False
         self._guarded(clock.drain_short, need, time.monotonic())
         return True
-
-    def track(self, key: Any, label: str, seconds: float, future: Any) -> None:
-        """Watch a submitted attempt until it runs or ends.
-
-        Parameters
-        ----------
-        key : `~typing.Any`
-            The attempt's key in the driver.
-        label : `str`
-            Label of the executor.
-        seconds : `float`
-            The job's walltime in seconds.
-        future : `~typing.Any`
-            The attempt's future.
-        """
-        self.waiting[key] = (label, seconds, future)
 
     def tick(self) -> None:
         """Hold, cancel, start and release blocks as needed (at most once a second)."""

@@ -25,49 +25,131 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Infrastructure losses: attempts lost with their worker, worker pool,
-node, block, interchange or local pool, told apart from the job's own
-failures, and the separate budget of their reruns (doc/reliability.md, L1-L4).
+"""Infrastructure losses: the batch sites' block error handlers, attempts
+lost with their worker, pool, node, block, interchange or local pool told
+apart from the job's own failures, and their reruns' budget (reliability.md, L1-L4, C18).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-from typing import Any
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from lsst_ctrl_bps_parsl_worker.processes import KILL_GRACE
 
-from ..configuration import default_of
-from ..parslcompat import interchange_exit_code
+from ..parslcompat import hold_block, interchange_exit_code
+
+if TYPE_CHECKING:
+    from parsl.executors.status_handling import BlockProviderExecutor
+    from parsl.jobs.states import JobStatus
 
 __all__ = (
-    "INFRASTRUCTURE_RETRIES",
+    "BLOCK_SUBMIT_FAILURES",
+    "BlockSubmitError",
     "InterchangeLostError",
     "LostAttempts",
     "fail_if_interchange_lost",
+    "give_up_if_blocks_refused",
     "infrastructure_cause",
     "settle_seconds",
     "stops_run",
+    "tolerate_lost_blocks",
 )
 
 _LOG = logging.getLogger(__name__)
 
-INFRASTRUCTURE_RETRIES: int = default_of("infrastructureRetries")
-"""Default of the site key ``infrastructureRetries``."""
+BLOCK_SUBMIT_FAILURES = 3
+"""Block submissions in a row the scheduler refused after which an executor
+with no block pending or running gives up (reliability.md C18)."""
+
+_HELD_BLOCKS: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+"""Blocks of each executor whose worker pools `tolerate_lost_blocks` held."""
 
 _SETTLE_EXTRA = 2.0
-"""Seconds a lost attempt's rerun waits, beyond the executor's heartbeat
-period and the kill grace, for the worker side to kill its processes."""
+"""Seconds a lost attempt's rerun waits beyond the heartbeat period and the kill grace."""
 
 
 class InterchangeLostError(RuntimeError):
     """A HighThroughputExecutor's interchange exited: its attempts are lost."""
 
 
+class BlockSubmitError(RuntimeError):
+    """The scheduler refused every block of an executor (`tolerate_lost_blocks`)."""
+
+
+def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Block error handler of the batch sites' HighThroughputExecutors (doc/sites.md, "Lost nodes"):
+    Parsl's `~parsl.jobs.error_handlers.simple_error_handler` over the blocks
+    that never had workers, after `give_up_if_blocks_refused`; the worker pools
+    of a block that ended are held at once (else they get tasks until their heartbeats expire).
+
+    Parameters
+    ----------
+    executor : `parsl.executors.status_handling.BlockProviderExecutor`
+        The executor.
+    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
+        Status of each of its blocks.
+    """
+    from parsl.jobs.error_handlers import simple_error_handler
+    from parsl.jobs.states import JobState
+
+    held = _HELD_BLOCKS.setdefault(executor, set())
+    for block, block_status in status.items():
+        if block_status.terminal and block_status.state != JobState.SCALED_IN and block not in held:
+            held.add(block)
+            try:
+                hold_block(executor, block)
+            except Exception as exc:  # noqa: BLE001 (the interchange may be gone; the heartbeat still works)
+                _LOG.warning("Could not hold the worker pools of ended block %s: %s", block, exc)
+    if give_up_if_blocks_refused(executor, status):
+        return
+    lost = getattr(executor.provider, "lost_blocks", {})
+    kept = {
+        block: s
+        for block, s in status.items()
+        if s.state != JobState.FAILED and executor.blocks_to_job_id.get(block) not in lost
+    }
+    simple_error_handler(executor, kept)
+
+
+def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> bool:
+    """Block error handler (Ccin2p3's): give the executor up (`BlockSubmitError`)
+    if the scheduler refused its last `BLOCK_SUBMIT_FAILURES` blocks and none is active.
+
+    Parameters
+    ----------
+    executor : `parsl.executors.status_handling.BlockProviderExecutor`
+        The executor.
+    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
+        Status of each of its blocks.
+
+    Returns
+    -------
+    gave_up : `bool`
+        Whether it gave the executor up.
+    """
+    from parsl.jobs.states import JobState
+
+    if any(s.state in (JobState.PENDING, JobState.RUNNING, JobState.HELD) for s in status.values()):
+        return False
+    recent = sorted(status, key=lambda block: int(block) if block.isdigit() else -1)[-BLOCK_SUBMIT_FAILURES:]
+    refused = [b for b in recent if status[b].state == JobState.FAILED and b not in executor.blocks_to_job_id]
+    if len(refused) < BLOCK_SUBMIT_FAILURES:
+        return False
+    said = " ".join(str(status[recent[-1]].message or "no error message").split())
+    provider = type(executor.provider).__name__
+    executor.set_bad_state_and_fail_all(
+        BlockSubmitError(
+            f"{provider} could not submit a block {BLOCK_SUBMIT_FAILURES} times in a row, giving up: {said}"
+        )
+    )
+    return True
+
+
 def infrastructure_cause(error: BaseException | None) -> str | None:
-    """How the infrastructure lost an attempt, in one line; `None` if
-    ``error`` is no such loss.
+    """How the infrastructure lost an attempt, in one line; `None` if ``error`` is no such loss.
 
     Parameters
     ----------
@@ -122,8 +204,7 @@ def stops_run(error: BaseException | None) -> bool:
 
 
 def settle_seconds(executor: Any) -> float:
-    """Seconds the rerun of an attempt ``executor`` lost waits for its
-    processes to be gone (about one heartbeat period; reliability.md L4).
+    """Seconds the rerun of an attempt ``executor`` lost waits for its processes to go (reliability.md L4).
 
     Parameters
     ----------
@@ -139,8 +220,7 @@ def settle_seconds(executor: Any) -> float:
 
 
 def fail_if_interchange_lost(executor: Any) -> bool:
-    """Fail every task of ``executor`` with `InterchangeLostError` if its
-    interchange exited; whether it did.
+    """Fail every task of ``executor`` with `InterchangeLostError` if its interchange exited.
 
     Parameters
     ----------
@@ -164,8 +244,7 @@ def fail_if_interchange_lost(executor: Any) -> bool:
 
 
 class LostAttempts:
-    """Per job, the attempts the infrastructure lost in this driver session,
-    and the reruns waiting for their processes to be gone.
+    """Per job, the attempts the infrastructure lost in this driver session, and the held reruns.
 
     Parameters
     ----------
@@ -191,9 +270,8 @@ class LostAttempts:
         again : `bool`
             `True` while the job's losses are within the budget.
         """
-        count = self.counts.get(job, 0) + 1
-        self.counts[job] = count
-        return count <= self.budget
+        self.counts[job] = self.counts.get(job, 0) + 1
+        return self.counts[job] <= self.budget
 
     def hold(self, job: int, until: float) -> None:
         """Keep ``job``'s rerun back until ``until``.
@@ -234,18 +312,6 @@ class LostAttempts:
             The time.
         """
         return self._delayed[0][0] if self._delayed else None
-
-    def drop(self) -> list[int]:
-        """Forget every held rerun (the run stops); returns their jobs.
-
-        Returns
-        -------
-        jobs : `list` [`int`]
-            Ids of the jobs that were held.
-        """
-        jobs = [job for _, job in self._delayed]
-        self._delayed.clear()
-        return jobs
 
     def __len__(self) -> int:
         return len(self._delayed)

@@ -26,8 +26,8 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Parsl classes from YAML: the tables of provider, launcher and executor
-names, and keyword options checked against the Parsl class's signature
-before anything is built.
+names, keyword options checked against a class's signature before anything
+is built, and the job resources each kind of executor takes and holds.
 """
 
 from __future__ import annotations
@@ -37,27 +37,33 @@ import importlib
 import inspect
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
 
 from ..configuration import ConfigurationError
+from ..job import RESOURCE_NAMES
 from ..oneline import one_line
 
 __all__ = (
     "EXECUTORS",
+    "EXECUTOR_RESOURCES",
+    "ExecutorCapacity",
     "LAUNCHERS",
     "PROVIDERS",
     "build",
     "build_launcher",
+    "check_executors_take",
     "check_options",
+    "checked_resource_list",
     "load_class",
     "plain",
 )
 
 PROVIDERS: dict[str, tuple[str, str]] = {
-    "slurm": ("lsst.ctrl.bps.parsl.sites.slurm_provider", "SlurmProvider"),
+    "slurm": ("lsst.ctrl.bps.parsl.sites.slurm", "SlurmProvider"),
     "pbspro": ("parsl.providers", "PBSProProvider"),
     "torque": ("parsl.providers", "TorqueProvider"),
     "lsf": ("parsl.providers", "LSFProvider"),
@@ -67,7 +73,7 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "kubernetes": ("parsl.providers", "KubernetesProvider"),
     "local": ("parsl.providers", "LocalProvider"),
 }
-"""The Parsl class of each ``provider:`` name (``slurm``: the plugin's `~.slurm_provider.SlurmProvider`)."""
+"""The Parsl class of each ``provider:`` name (``slurm``: the plugin's `~.slurm.SlurmProvider`)."""
 
 LAUNCHERS: dict[str, tuple[str, str]] = {
     "single_node": ("parsl.launchers", "SingleNodeLauncher"),
@@ -147,31 +153,25 @@ def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: s
 
 
 _EMPTY = inspect.Parameter.empty
-_YAML_TYPES = (int, float, bool, str, list, tuple, dict)
+_YAML_TYPES = (bool, int, float, str, list, tuple, dict)  # bool first: a bool is an int too
 
 
 def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
-    """(types a YAML value may have for a type hint, None allowed, literal
-    values), or `None` when anything goes.
-    """
+    """(types a YAML value may have for ``hint``, None allowed, literal values); `None`: anything goes."""
     if hint is Any or hint is _EMPTY:
         return None
     origin = typing.get_origin(hint)
     if origin is typing.Union or origin is types.UnionType:
-        found: list[type] = []
-        allow_none = False
-        literals: list = []
-        for arg in typing.get_args(hint):
-            if arg is type(None):
-                allow_none = True
-                continue
-            sub = _hint_types(arg)
-            if sub is None:
-                return None
-            found.extend(sub[0])
-            allow_none = allow_none or sub[1]
-            literals.extend(sub[2] or ())
-        return tuple(found), allow_none, tuple(literals) or None
+        args = typing.get_args(hint)
+        subs = [_hint_types(arg) for arg in args if arg is not type(None)]
+        known = [sub for sub in subs if sub is not None]
+        if len(known) < len(subs):
+            return None
+        return (
+            tuple(kind for sub in known for kind in sub[0]),
+            type(None) in args or any(sub[1] for sub in known),
+            tuple(value for sub in known for value in sub[2] or ()) or None,
+        )
     if origin is typing.Literal:
         args = typing.get_args(hint)
         return tuple({type(a) for a in args}), None in args, args
@@ -182,8 +182,6 @@ def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None
         return (dict,), False, None
     if base is float:
         return (int, float), False, None
-    if base in (int, str, bool):
-        return (base,), False, None
     if base in (typing.Callable, collections.abc.Callable):
         return (), False, None
     if isinstance(base, type):
@@ -191,21 +189,11 @@ def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None
     return None
 
 
-_DEFAULT_KINDS: tuple[tuple[type | types.UnionType, tuple[type, ...]], ...] = (
-    (bool, (bool,)),
-    (int, (int,)),
-    (float, (int, float)),
-    (str, (str,)),
-    (list | tuple, (list, tuple)),
-    (dict, (dict,)),
-)
-
-
-def _default_types(default: Any) -> tuple[tuple[type, ...], bool, None] | None:
+def _default_types(default: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
+    """`_hint_types` of the type of a parameter's default (`None` without one)."""
     if default is _EMPTY or default is None:
         return None
-    kinds = next((kinds for kind, kinds in _DEFAULT_KINDS if isinstance(default, kind)), (type(default),))
-    return kinds, False, None
+    return _hint_types(next((kind for kind in _YAML_TYPES if isinstance(default, kind)), type(default)))
 
 
 _KIND_NAMES: dict[type, str] = {list: "list", tuple: "list", dict: "mapping"}
@@ -338,7 +326,7 @@ def build(cls: type, options: dict[str, Any], where: str) -> Any:
 
 
 def build_launcher(name: Any, options: Any, where: str) -> Any:
-    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``).
+    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``; none without a name).
 
     Parameters
     ----------
@@ -351,9 +339,105 @@ def build_launcher(name: Any, options: Any, where: str) -> Any:
 
     Returns
     -------
-    launcher : `parsl.launchers.base.Launcher`
+    launcher : `parsl.launchers.base.Launcher` or `None`
         The launcher.
     """
+    if not name:
+        if options:
+            raise ConfigurationError(
+                f"'{where}.launcher_options' is set without '{where}.launcher': name the launcher, "
+                "e.g. 'launcher: srun'"
+            )
+        return None
     cls = load_class(LAUNCHERS, name, f"{where}.launcher", "launcher")
     checked = check_options(cls, options, f"{where}.launcher_options")
     return build(cls, checked, f"{where}.launcher_options")
+
+
+EXECUTOR_RESOURCES: dict[str, tuple[str, ...]] = {
+    "HighThroughputExecutor": ("priority",),
+    "WorkQueueExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
+    "TaskVineExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
+    "LocalPoolExecutor": ("cores", "memory", "running_time_min"),
+    "ThreadPoolExecutor": (),
+}
+"""The job resources each executor type takes in a task's
+``parsl_resource_specification``: the old plugin's table plus the local pool
+and Parsl's thread pool (doc/sites.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorCapacity:
+    """What one executor that runs jobs on this machine can run at once:
+    `prepare` refuses a job that asks for more (batch executors have none).
+    """
+
+    cores: int
+    """Cores available to jobs."""
+
+    memory: int | None = None
+    """Memory available to jobs, in MB (`None`: not limited)."""
+
+
+def checked_resource_list(resource_list: Any, site_class: str) -> list[str] | None:
+    """A site's ``resource_list`` as a list, refused unless it holds job resource names.
+
+    Parameters
+    ----------
+    resource_list : `~typing.Any`
+        What the site class gave.
+    site_class : `str`
+        The site class's name, for the message.
+
+    Returns
+    -------
+    names : `list` [`str`] or `None`
+        The names.
+    """
+    if resource_list is None:
+        return None
+    if isinstance(resource_list, str) or not all(isinstance(key, str) for key in resource_list):
+        raise ConfigurationError(
+            f"site class {site_class} passes resource_list {resource_list!r}: it must be a list of names "
+            f"among {', '.join(RESOURCE_NAMES)}"
+        )
+    unknown = [key for key in resource_list if key not in RESOURCE_NAMES]
+    if unknown:
+        raise ConfigurationError(
+            f"site class {site_class} passes resource_list {list(resource_list)}: {unknown} are not job "
+            f"resources; use names among {', '.join(RESOURCE_NAMES)}"
+        )
+    return list(resource_list)
+
+
+def check_executors_take(
+    site_class: str, resource_list: list[str] | None, executors: Callable[[], Sequence]
+) -> None:
+    """Refuse a ``resource_list`` that an executor of the site does not take.
+
+    Parameters
+    ----------
+    site_class : `str`
+        The site class's name, for the message.
+    resource_list : `list` [`str`] or `None`
+        The site's ``resource_list``.
+    executors : `~collections.abc.Callable`
+        Builds the site's executors (called only for a ``resource_list``).
+    """
+    if not resource_list:
+        return
+    for executor in executors():
+        kind = type(executor).__name__
+        accepted = EXECUTOR_RESOURCES.get(kind)
+        if accepted is None or (
+            kind == "HighThroughputExecutor" and getattr(executor, "enable_mpi_mode", False)
+        ):
+            continue  # not known: anything is passed on
+        refused = [key for key in resource_list if key not in accepted]
+        if refused:
+            takes = ", ".join(sorted(accepted)) or "none"
+            raise ConfigurationError(
+                f"site class {site_class} passes resource_list {resource_list}, but its executor "
+                f"'{executor.label}' ({kind}) does not take {refused} (it takes: {takes}): drop them from "
+                "resource_list or use another executor"
+            )

@@ -70,14 +70,8 @@ class PbsTorqueProvider(TorqueProvider):
 
 
 class Torque(BatchSite):
-    """A Torque cluster: a HighThroughputExecutor whose blocks are PBS jobs.
-
-    Keys (doc/sites.md): ``nodes`` and ``walltime`` (required),
-    ``tasks_per_node``, ``queue``, ``account``, ``scheduler_options``,
-    ``worker_init``, and as for `Slurm` the block keys, ``launcher``,
-    ``launcher_options``, ``provider_options``, ``executor_options``,
-    ``address``, ``interface`` and the heartbeat keys. A job's ``priority``
-    reaches the executor; its cores, memory and walltime do not.
+    """A Torque cluster: a HighThroughputExecutor whose blocks are PBS jobs
+    (keys: doc/sites.md; a job's ``priority`` reaches the executor).
     """
 
     label = "torque"
@@ -135,23 +129,19 @@ class Torque(BatchSite):
 
         options: Kwargs = {
             "launcher": MpiRunLauncher(overrides=f"--map-by core:{tasks_per_node}"),
+            **(provider_options or {}),
+            "nodes_per_block": nodes,
+            "queue": queue,
+            "account": account,
+            "walltime": walltime,
+            "scheduler_options": "\n".join(lines),
+            "worker_init": worker_init,
         }
-        options.update(provider_options or {})
-        options.update(
-            nodes_per_block=nodes,
-            queue=queue,
-            account=account,
-            walltime=walltime,
-            scheduler_options="\n".join(lines),
-            worker_init=worker_init,
-        )
         options = self._provider_options(TorqueProvider, options)
         provider = build(PbsTorqueProvider, {**options, "tasks_per_node": tasks_per_node}, self.where)
-        htex: Kwargs = {"max_workers_per_node": 1}
-        htex.update(executor_options or {})
+        htex: Kwargs = {"max_workers_per_node": 1, **(executor_options or {})}
         htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
-        htex = self._executor_options(HighThroughputExecutor, htex)
-        return build(HighThroughputExecutor, htex, self.where)
+        return build(HighThroughputExecutor, self._executor_options(HighThroughputExecutor, htex), self.where)
 
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label)]
