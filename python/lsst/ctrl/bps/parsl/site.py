@@ -169,36 +169,25 @@ class SiteConfig(ABC):
         """The keys every site reads (`SiteSettings`), read and checked once."""
         return SiteSettings.read(self.site, self.where)
 
-    def get(self, key: str, data_type: type | tuple[type, ...], default: Any = None, **kwargs: Any) -> Any:
+    def get(
+        self, key: str, data_type: Any, default: Any = None, required: bool = False, positive: bool = False
+    ) -> Any:
         """Typed lookup of a key of this site's section (`get_bps_config_value`).
 
         Parameters
         ----------
-        key, data_type, default, **kwargs
+        key, data_type, default, required
             As `get_bps_config_value`'s ``key``, ``dataType``, ``default``, ``required``.
+        positive : `bool`, optional
+            Whether a value must be greater than zero.
 
         Returns
         -------
         value : `~typing.Any`
             The value, else ``default``.
         """
-        return get_bps_config_value(self.site, key, data_type, default, where=self.where, **kwargs)
-
-    def get_positive(self, key: str, data_type: type, default: Any = None) -> Any:
-        """Typed lookup of a key that must be greater than zero.
-
-        Parameters
-        ----------
-        key, data_type, default
-            As `get`'s.
-
-        Returns
-        -------
-        value : `~typing.Any`
-            The value, else ``default``.
-        """
-        value = self.get(key, data_type, default)
-        if value is not None and value <= 0:
+        value = get_bps_config_value(self.site, key, data_type, default, required=required, where=self.where)
+        if positive and value is not None and value <= 0:
             raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be greater than 0")
         return value
 

@@ -115,8 +115,8 @@ class BatchSite(SiteConfig):
 
     def _heartbeat_options(self, period: int | None = None, threshold: int | None = None) -> dict[str, int]:
         """The keys ``heartbeat_period`` and ``heartbeat_threshold`` (defaults: the arguments, else 10 and 40)."""
-        period = self.get_positive("heartbeat_period", int, period or _HEARTBEAT_PERIOD)
-        threshold = self.get_positive("heartbeat_threshold", int, threshold or _HEARTBEAT_THRESHOLD)
+        period = self.get("heartbeat_period", int, period or _HEARTBEAT_PERIOD, positive=True)
+        threshold = self.get("heartbeat_threshold", int, threshold or _HEARTBEAT_THRESHOLD, positive=True)
         if threshold <= period:
             raise ConfigurationError(
                 f"'{self.where}.heartbeat_threshold' ({threshold}) must be greater than "

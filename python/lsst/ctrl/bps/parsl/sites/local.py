@@ -112,13 +112,13 @@ class Local(SiteConfig):
     @functools.cached_property
     def cores(self) -> int:
         """Cores given to jobs."""
-        return self.get_positive("cores", int, usable_cores())
+        return self.get("cores", int, usable_cores(), positive=True)
 
     @functools.cached_property
     def memory(self) -> int:
         """Memory given to jobs (MB)."""
         machine = machine_memory_mb()
-        memory = self.get_positive("memory", int, machine)
+        memory = self.get("memory", int, machine, positive=True)
         if memory > machine:
             raise ConfigurationError(
                 f"'{self.where}.memory' is {memory} MB but this machine has {machine} MB: lower it, or leave "

@@ -271,12 +271,10 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         """
         from parsl.executors import HighThroughputExecutor
 
-        nodes = self.get("nodes", int, nodes, required=True)
-        if nodes <= 0:
-            raise ConfigurationError(f"'{self.where}.nodes' is {nodes}: it must be greater than 0")
-        cores_per_node = self.get_positive("cores_per_node", int, cores_per_node)
+        nodes = self.get("nodes", int, nodes, required=True, positive=True)
+        cores_per_node = self.get("cores_per_node", int, cores_per_node, positive=True)
         walltime = self._required_walltime(walltime)
-        mem_per_node = self.get_positive("mem_per_node", int, mem_per_node)
+        mem_per_node = self.get("mem_per_node", int, mem_per_node, positive=True)
         qos = self.get("qos", str, qos)
         constraint = self.get("constraint", str, constraint)
         singleton = self.get("singleton", bool, singleton)
@@ -341,9 +339,9 @@ class TripleSlurm(Slurm):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.small_memory = self.get_positive("small_memory", float, 2.0)
-        self.medium_memory = self.get_positive("medium_memory", float, 4.0)
-        self.large_memory = self.get_positive("large_memory", float, 8.0)
+        self.small_memory = self.get("small_memory", float, 2.0, positive=True)
+        self.medium_memory = self.get("medium_memory", float, 4.0, positive=True)
+        self.large_memory = self.get("large_memory", float, 8.0, positive=True)
         self.small_walltime = self.get("small_walltime", str, "10:00:00")
         self.medium_walltime = self.get("medium_walltime", str, "10:00:00")
         self.large_walltime = self.get("large_walltime", str, "40:00:00")

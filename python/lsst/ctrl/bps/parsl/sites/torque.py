@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from parsl.providers import TorqueProvider
 
-from ..configuration import ConfigurationError, get_workflow_name
+from ..configuration import get_workflow_name
 from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite
 from .options import build
@@ -112,13 +112,11 @@ class Torque(BatchSite):
         from parsl.executors import HighThroughputExecutor
         from parsl.launchers import MpiRunLauncher
 
-        nodes = self.get("nodes", int, nodes, required=True)
-        if nodes <= 0:
-            raise ConfigurationError(f"'{self.where}.nodes' is {nodes}: it must be greater than 0")
+        nodes = self.get("nodes", int, nodes, required=True, positive=True)
         walltime = self._required_walltime(walltime)
         queue = self.get("queue", str, queue)
         account = self.get("account", str, None)
-        tasks_per_node = self.get_positive("tasks_per_node", int, tasks_per_node) or 1
+        tasks_per_node = self.get("tasks_per_node", int, tasks_per_node, positive=True) or 1
         scheduler_options = self.get("scheduler_options", str, scheduler_options)
         worker_init = self.get("worker_init", str, worker_init) or ""
 

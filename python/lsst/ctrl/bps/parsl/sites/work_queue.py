@@ -130,7 +130,7 @@ class LocalSrunWorkQueue(WorkQueue):
         from parsl.launchers import SrunLauncher
         from parsl.providers import LocalProvider
 
-        nodes = self.get_positive("nodes_per_block", int, 1)
+        nodes = self.get("nodes_per_block", int, 1, positive=True)
         options: dict[str, Any] = {
             "nodes_per_block": nodes,
             "init_blocks": 0,
