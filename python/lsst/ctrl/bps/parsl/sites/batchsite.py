@@ -59,8 +59,6 @@ __all__ = (
 )
 
 _LOG = logging.getLogger(__name__)
-_HEARTBEAT_PERIOD = 10
-_HEARTBEAT_THRESHOLD = 40
 _BLOCK_KEYS = dict(init_blocks=int, min_blocks=int, max_blocks=int, parallelism=float, cmd_timeout=int)
 
 SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
@@ -112,17 +110,6 @@ def work_queue_spec(job: ParslJob) -> dict[str, Any]:
 
 class BatchSite(SiteConfig):
     """Base of the sites whose workers run elsewhere and call back (keys: doc/sites.md)."""
-
-    def _heartbeat_options(self, period: int | None = None, threshold: int | None = None) -> dict[str, int]:
-        """The keys ``heartbeat_period`` and ``heartbeat_threshold`` (defaults: the arguments, else 10 and 40)."""
-        period = self.get("heartbeat_period", int, period or _HEARTBEAT_PERIOD, positive=True)
-        threshold = self.get("heartbeat_threshold", int, threshold or _HEARTBEAT_THRESHOLD, positive=True)
-        if threshold <= period:
-            raise ConfigurationError(
-                f"'{self.where}.heartbeat_threshold' ({threshold}) must be greater than "
-                f"'{self.where}.heartbeat_period' ({period}): set it to a few periods, e.g. {4 * period}"
-            )
-        return {"heartbeat_period": period, "heartbeat_threshold": threshold}
 
     def _required_walltime(self, default: str | None) -> str:
         """The ``walltime`` key as ``HH:MM:SS``; required unless the class gives a ``default``."""
@@ -178,15 +165,23 @@ class BatchSite(SiteConfig):
         return {key: f"use '{self.where}.{key}'" for key in ("heartbeat_period", "heartbeat_threshold")}
 
     def _htex_defaults(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-        """HTEX arguments every batch site sets over the class's ``defaults``: heartbeats, block error handler."""
+        """HTEX arguments every batch site sets over the class's ``defaults``: the keys
+        ``heartbeat_period`` and ``heartbeat_threshold`` (else 10 and 40), the block error handler.
+        """
         from .losses import tolerate_lost_blocks
 
         defaults = defaults or {}
-        options: dict[str, Any] = self._heartbeat_options(
-            defaults.get("heartbeat_period"), defaults.get("heartbeat_threshold")
+        period = self.get("heartbeat_period", int, defaults.get("heartbeat_period") or 10, positive=True)
+        threshold = self.get(
+            "heartbeat_threshold", int, defaults.get("heartbeat_threshold") or 40, positive=True
         )
-        options["block_error_handler"] = defaults.get("block_error_handler", tolerate_lost_blocks)
-        return options
+        if threshold <= period:
+            raise ConfigurationError(
+                f"'{self.where}.heartbeat_threshold' ({threshold}) must be greater than "
+                f"'{self.where}.heartbeat_period' ({period}): set it to a few periods, e.g. {4 * period}"
+            )
+        handler = defaults.get("block_error_handler", tolerate_lost_blocks)
+        return {"heartbeat_period": period, "heartbeat_threshold": threshold, "block_error_handler": handler}
 
     def _provider_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
         """The class's ``options`` with the block, ``provider_options`` and launcher keys applied."""
@@ -232,7 +227,7 @@ class BatchSite(SiteConfig):
     def validate(self) -> None:
         self.get("address", str, None)
         self.get("interface", str, None)
-        self._heartbeat_options()
+        self._htex_defaults()
         super().validate()
 
 

@@ -33,7 +33,7 @@ import functools
 import platform
 from typing import TYPE_CHECKING, Any
 
-from ..configuration import ConfigurationError
+from ..configuration import ConfigurationError, get_bps_config_value
 from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite, normalize_walltime
 from .options import build, plain
@@ -89,12 +89,7 @@ class Ccin2p3(BatchSite):
                 "partition, walltime or scheduler_options"
             )
         for key, kind in (("memory", int), ("max_blocks", int), ("partition", str), ("walltime", str)):
-            value = section.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-                raise ConfigurationError(
-                    f"'{self.where}.{slot}.{key}' is {value!r} ({type(value).__name__}): it must be a "
-                    f"{kind.__name__}"
-                )
+            get_bps_config_value(section, key, kind, where=f"{self.where}.{slot}")
         return {key: value for key, value in section.items() if value is not None}
 
     def _options_list(self, value: Any, name: str) -> list[str]:

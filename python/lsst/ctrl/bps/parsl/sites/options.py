@@ -189,13 +189,6 @@ def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None
     return None
 
 
-def _default_types(default: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
-    """`_hint_types` of the type of a parameter's default (`None` without one)."""
-    if default is _EMPTY or default is None:
-        return None
-    return _hint_types(next((kind for kind in _YAML_TYPES if isinstance(default, kind)), type(default)))
-
-
 _KIND_NAMES: dict[type, str] = {list: "list", tuple: "list", dict: "mapping"}
 
 
@@ -252,8 +245,11 @@ def check_options(
             )
         param = params[key]
         spec = _hint_types(hints[key]) if key in hints else None
-        if spec is None and key not in hints:
-            spec = _default_types(param.default)
+        if key not in hints and param.default is not _EMPTY and param.default is not None:
+            # Unannotated: the type of its default.
+            spec = _hint_types(
+                next((k for k in _YAML_TYPES if isinstance(param.default, k)), type(param.default))
+            )
         if spec is not None:
             kinds, allow_none, literals = spec
             allow_none = allow_none or param.default is None
