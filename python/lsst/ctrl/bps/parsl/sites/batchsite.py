@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ..configuration import ConfigurationError
 from ..job import parse_walltime, priority_number
 from ..site import SiteConfig
-from .options import build_launcher, check_options
+from .options import build, build_launcher, check_options
 
 if TYPE_CHECKING:
     from ..job import ParslJob
@@ -59,7 +59,14 @@ __all__ = (
 )
 
 _LOG = logging.getLogger(__name__)
-_BLOCK_KEYS = dict(init_blocks=int, min_blocks=int, max_blocks=int, parallelism=float, cmd_timeout=int)
+_BLOCK_KEYS = {
+    "init_blocks": (int, 0),
+    "min_blocks": (int, 0),
+    "max_blocks": (int, 1),
+    "parallelism": (float, 0),
+    "cmd_timeout": (int, 1),
+}
+"""The block keys: their type and least value."""
 
 SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
 """``srun`` options of the Slurm sites' launcher: a worker pool that exits does
@@ -186,17 +193,13 @@ class BatchSite(SiteConfig):
     def _provider_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
         """The class's ``options`` with the block, ``provider_options`` and launcher keys applied."""
         options = dict(options)
-        for key, kind in _BLOCK_KEYS.items():
+        for key, (kind, least) in _BLOCK_KEYS.items():
             value = self.get(key, kind, None)
             if value is None:
                 continue
-            least = 1 if key in ("max_blocks", "cmd_timeout") else 0
-            if key != "parallelism" and value < least:
-                raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be {least} or more")
-            if key == "parallelism" and not 0 <= value <= 1:
-                raise ConfigurationError(
-                    f"'{self.where}.parallelism' is {value!r}: it must be between 0 and 1"
-                )
+            if value < least or (key == "parallelism" and value > 1):
+                bound = "between 0 and 1" if key == "parallelism" else f"{least} or more"
+                raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be {bound}")
             options[key] = value
         raw = self.site.search("provider_options", opt={"default": None})[1]
         reserved = {"launcher": "use the site's 'launcher' and 'launcher_options' keys"}
@@ -210,9 +213,14 @@ class BatchSite(SiteConfig):
             options["launcher"] = launcher
         return options
 
-    def _executor_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
-        """``options`` with `_htex_defaults`, then the site's ``executor_options``, applied."""
-        options.update(self._htex_defaults(options))
+    def _htex(self, label: str, provider: Any, mem_per_worker: float | None, options: dict[str, Any]) -> Any:
+        """A HighThroughputExecutor on ``provider``: the class's ``options``, `_htex_defaults`, then the
+        site's ``executor_options``.
+        """
+        from parsl.executors import HighThroughputExecutor
+
+        options = {**options, "label": label, "provider": provider, "mem_per_worker": mem_per_worker}
+        options.update(address=self.get_address(), **self._htex_defaults(options))
         raw = self.site.search("executor_options", opt={"default": None})[1]
         if raw is not None:
             reserved = {
@@ -221,8 +229,9 @@ class BatchSite(SiteConfig):
                 "address": "use the site's 'address' key",
                 **self._heartbeat_reserved(),
             }
-            options.update(check_options(cls, raw, f"{self.where}.executor_options", reserved))
-        return options
+            where = f"{self.where}.executor_options"
+            options.update(check_options(HighThroughputExecutor, raw, where, reserved))
+        return build(HighThroughputExecutor, options, self.where)
 
     def validate(self) -> None:
         self.get("address", str, None)

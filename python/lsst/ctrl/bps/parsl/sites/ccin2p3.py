@@ -122,15 +122,11 @@ class Ccin2p3(BatchSite):
                 f"this host's architecture {arch} has no default partition at CC-IN2P3: set "
                 f"'{self.where}.partition'"
             )
-        if "scheduler_options" in section:
-            options = self._options_list(section["scheduler_options"], f"{slot}.scheduler_options")
-        else:
-            raw = self.site.search("scheduler_options", opt={"default": None})[1]
-            options = (
-                self._options_list(plain(raw), "scheduler_options")
-                if raw is not None
-                else list(self.DEFAULT_SCHEDULER_OPTIONS)
-            )
+        key = f"{slot}.scheduler_options" if "scheduler_options" in section else "scheduler_options"
+        raw = section.get(
+            "scheduler_options", self.site.search("scheduler_options", opt={"default": None})[1]
+        )
+        options = list(self.DEFAULT_SCHEDULER_OPTIONS) if raw is None else self._options_list(plain(raw), key)
         settings = {**_SLOTS[slot], **section, "partition": partition, "scheduler_options": options}
         for key in ("memory", "max_blocks"):
             if settings[key] <= 0:

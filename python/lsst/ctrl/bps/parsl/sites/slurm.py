@@ -269,8 +269,6 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         executor : `parsl.executors.HighThroughputExecutor`
             The executor.
         """
-        from parsl.executors import HighThroughputExecutor
-
         nodes = self.get("nodes", int, nodes, required=True, positive=True)
         cores_per_node = self.get("cores_per_node", int, cores_per_node, positive=True)
         walltime = self._required_walltime(walltime)
@@ -303,13 +301,8 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         options.update(walltime=walltime, qos=qos, constraint=constraint, partition=partition)
         options.update(account=account, exclusive=exclusive, scheduler_options="\n".join(lines))
         options["worker_init"] = worker_init
-        options = self._provider_options(SlurmProvider, options)
-        provider = build(SlurmProvider, options, self.where)
-
-        htex: Kwargs = dict(executor_options or {})
-        htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
-        htex = self._executor_options(HighThroughputExecutor, htex)
-        return build(HighThroughputExecutor, htex, self.where)
+        provider = build(SlurmProvider, self._provider_options(SlurmProvider, options), self.where)
+        return self._htex(label, provider, mem_per_worker, executor_options or {})
 
     def default_address(self) -> str:
         from . import batchsite  # its functions looked up when called: tests replace them

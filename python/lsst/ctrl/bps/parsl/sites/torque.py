@@ -109,7 +109,6 @@ class Torque(BatchSite):
         executor : `parsl.executors.HighThroughputExecutor`
             The executor.
         """
-        from parsl.executors import HighThroughputExecutor
         from parsl.launchers import MpiRunLauncher
 
         nodes = self.get("nodes", int, nodes, required=True, positive=True)
@@ -137,9 +136,9 @@ class Torque(BatchSite):
         }
         options = self._provider_options(TorqueProvider, options)
         provider = build(PbsTorqueProvider, {**options, "tasks_per_node": tasks_per_node}, self.where)
-        htex: Kwargs = {"max_workers_per_node": 1, **(executor_options or {})}
-        htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
-        return build(HighThroughputExecutor, self._executor_options(HighThroughputExecutor, htex), self.where)
+        return self._htex(
+            label, provider, mem_per_worker, {"max_workers_per_node": 1, **(executor_options or {})}
+        )
 
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label)]
