@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lsst.ctrl.bps import BpsConfig
@@ -44,7 +45,7 @@ from .configuration import (
     get_bps_config_value,
     get_workflow_name,
 )
-from .sites.options import EXECUTOR_RESOURCES, ExecutorCapacity, check_executors_take, checked_resource_list
+from .job import RESOURCE_NAMES
 
 if TYPE_CHECKING:
     import parsl.config
@@ -54,6 +55,30 @@ if TYPE_CHECKING:
     from .job import ParslJob
 
 __all__ = ("EXECUTOR_RESOURCES", "ExecutorCapacity", "SiteConfig")
+
+EXECUTOR_RESOURCES: dict[str, tuple[str, ...]] = {
+    "HighThroughputExecutor": ("priority",),
+    "WorkQueueExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
+    "TaskVineExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
+    "LocalPoolExecutor": ("cores", "memory", "running_time_min"),
+    "ThreadPoolExecutor": (),
+}
+"""The job resources each executor type takes in a task's
+``parsl_resource_specification``: the old plugin's table plus the local pool
+and Parsl's thread pool (doc/sites.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorCapacity:
+    """What one executor that runs jobs on this machine can run at once:
+    `prepare` refuses a job that asks for more (batch executors have none).
+    """
+
+    cores: int
+    """Cores available to jobs."""
+
+    memory: int | None = None
+    """Memory available to jobs, in MB (`None`: not limited)."""
 
 
 class SiteConfig(ABC):
@@ -93,7 +118,18 @@ class SiteConfig(ABC):
 
     @resource_list.setter
     def resource_list(self, value: list[str] | None) -> None:
-        self._resource_list = checked_resource_list(value, type(self).__name__)
+        if value is not None:
+            names = ", ".join(RESOURCE_NAMES)
+            passes = f"site class {type(self).__name__} passes resource_list"
+            if isinstance(value, str) or not all(isinstance(key, str) for key in value):
+                raise ConfigurationError(f"{passes} {value!r}: it must be a list of names among {names}")
+            unknown = [key for key in value if key not in RESOURCE_NAMES]
+            if unknown:
+                raise ConfigurationError(
+                    f"{passes} {list(value)}: {unknown} are not job resources; use names among {names}"
+                )
+            value = list(value)
+        self._resource_list = value
 
     @staticmethod
     def get_site_subconfig(config: BpsConfig) -> BpsConfig:
@@ -369,4 +405,18 @@ class SiteConfig(ABC):
             raise ConfigurationError(f"'{self.where}': executor labels must be unique, got {labels}")
         self.settings  # noqa: B018
         RunSettings.read(self.config)
-        check_executors_take(type(self).__name__, self.resource_list, self.get_executors)
+        resource_list = self.resource_list or []
+        for executor in self.get_executors() if resource_list else ():
+            kind = type(executor).__name__
+            accepted = EXECUTOR_RESOURCES.get(kind)
+            if accepted is None or (
+                kind == "HighThroughputExecutor" and getattr(executor, "enable_mpi_mode", False)
+            ):
+                continue  # not known: anything is passed on
+            refused = [key for key in resource_list if key not in accepted]
+            if refused:
+                raise ConfigurationError(
+                    f"site class {type(self).__name__} passes resource_list {resource_list}, but its "
+                    f"executor '{executor.label}' ({kind}) does not take {refused} (it takes: "
+                    f"{', '.join(sorted(accepted)) or 'none'}): drop them from resource_list or use another executor"
+                )

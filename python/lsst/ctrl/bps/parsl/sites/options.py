@@ -26,8 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Parsl classes from YAML: the tables of provider, launcher and executor
-names, keyword options checked against a class's signature before anything
-is built, and the job resources each kind of executor takes and holds.
+names, and keyword options checked against a class's signature before anything is built.
 """
 
 from __future__ import annotations
@@ -37,27 +36,21 @@ import importlib
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
 
 from ..configuration import ConfigurationError
-from ..job import RESOURCE_NAMES
 from ..oneline import one_line
 
 __all__ = (
     "EXECUTORS",
-    "EXECUTOR_RESOURCES",
-    "ExecutorCapacity",
     "LAUNCHERS",
     "PROVIDERS",
     "build",
     "build_launcher",
-    "check_executors_take",
     "check_options",
-    "checked_resource_list",
     "load_class",
     "plain",
 )
@@ -348,92 +341,3 @@ def build_launcher(name: Any, options: Any, where: str) -> Any:
     cls = load_class(LAUNCHERS, name, f"{where}.launcher", "launcher")
     checked = check_options(cls, options, f"{where}.launcher_options")
     return build(cls, checked, f"{where}.launcher_options")
-
-
-EXECUTOR_RESOURCES: dict[str, tuple[str, ...]] = {
-    "HighThroughputExecutor": ("priority",),
-    "WorkQueueExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
-    "TaskVineExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
-    "LocalPoolExecutor": ("cores", "memory", "running_time_min"),
-    "ThreadPoolExecutor": (),
-}
-"""The job resources each executor type takes in a task's
-``parsl_resource_specification``: the old plugin's table plus the local pool
-and Parsl's thread pool (doc/sites.md)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorCapacity:
-    """What one executor that runs jobs on this machine can run at once:
-    `prepare` refuses a job that asks for more (batch executors have none).
-    """
-
-    cores: int
-    """Cores available to jobs."""
-
-    memory: int | None = None
-    """Memory available to jobs, in MB (`None`: not limited)."""
-
-
-def checked_resource_list(resource_list: Any, site_class: str) -> list[str] | None:
-    """A site's ``resource_list`` as a list, refused unless it holds job resource names.
-
-    Parameters
-    ----------
-    resource_list : `~typing.Any`
-        What the site class gave.
-    site_class : `str`
-        The site class's name, for the message.
-
-    Returns
-    -------
-    names : `list` [`str`] or `None`
-        The names.
-    """
-    if resource_list is None:
-        return None
-    if isinstance(resource_list, str) or not all(isinstance(key, str) for key in resource_list):
-        raise ConfigurationError(
-            f"site class {site_class} passes resource_list {resource_list!r}: it must be a list of names "
-            f"among {', '.join(RESOURCE_NAMES)}"
-        )
-    unknown = [key for key in resource_list if key not in RESOURCE_NAMES]
-    if unknown:
-        raise ConfigurationError(
-            f"site class {site_class} passes resource_list {list(resource_list)}: {unknown} are not job "
-            f"resources; use names among {', '.join(RESOURCE_NAMES)}"
-        )
-    return list(resource_list)
-
-
-def check_executors_take(
-    site_class: str, resource_list: list[str] | None, executors: Callable[[], Sequence]
-) -> None:
-    """Refuse a ``resource_list`` that an executor of the site does not take.
-
-    Parameters
-    ----------
-    site_class : `str`
-        The site class's name, for the message.
-    resource_list : `list` [`str`] or `None`
-        The site's ``resource_list``.
-    executors : `~collections.abc.Callable`
-        Builds the site's executors (called only for a ``resource_list``).
-    """
-    if not resource_list:
-        return
-    for executor in executors():
-        kind = type(executor).__name__
-        accepted = EXECUTOR_RESOURCES.get(kind)
-        if accepted is None or (
-            kind == "HighThroughputExecutor" and getattr(executor, "enable_mpi_mode", False)
-        ):
-            continue  # not known: anything is passed on
-        refused = [key for key in resource_list if key not in accepted]
-        if refused:
-            takes = ", ".join(sorted(accepted)) or "none"
-            raise ConfigurationError(
-                f"site class {site_class} passes resource_list {resource_list}, but its executor "
-                f"'{executor.label}' ({kind}) does not take {refused} (it takes: {takes}): drop them from "
-                "resource_list or use another executor"
-            )
