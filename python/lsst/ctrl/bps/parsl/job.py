@@ -157,7 +157,12 @@ class ParslJob:
 
     @classmethod
     def from_row(
-        cls, row: JobRow, attempt: int, request_memory: int | None, config: BpsConfig, submit_path: str
+        cls,
+        row: JobRow,
+        attempt: int = 1,
+        request_memory: int | None = None,
+        config: BpsConfig | None = None,
+        submit_path: str | None = None,
     ) -> ParslJob:
         """The view of attempt ``attempt`` of a stored job.
 
@@ -165,9 +170,9 @@ class ParslJob:
         ----------
         row : `JobRow`
             The stored job.
-        attempt, request_memory : `int`
-            The attempt's number and memory (MB, scaled for retries; `None`: unset).
-        config, submit_path
+        attempt, request_memory : `int`, optional
+            The attempt's number and memory (MB, scaled for retries; `None`: the row's).
+        config, submit_path : optional
             The run's `~lsst.ctrl.bps.BpsConfig` and submit directory.
 
         Returns
@@ -179,7 +184,7 @@ class ParslJob:
             row.name,
             row.label,
             row.request_cpus or 1,
-            request_memory,
+            row.request_memory if request_memory is None else request_memory,
             row.request_disk,
             row.request_walltime,
             row.priority,

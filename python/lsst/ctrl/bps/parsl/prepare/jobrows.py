@@ -221,17 +221,7 @@ def _resource_check(site: Any) -> Callable[[JobRow], None]:
         if row.request_walltime is not None:
             _check_walltime(row.request_walltime, row.name, row.label)
         cpus = row.request_cpus or 1
-        job = ParslJob.for_attempt(
-            row.name,
-            row.label,
-            cpus,
-            row.request_memory,
-            row.request_disk,
-            row.request_walltime,
-            row.priority,
-            final=bool(row.final),
-            tags=row.tags,
-        )
+        job = ParslJob.from_row(row)
         try:
             label = site.select_executor(job)
         except Exception as exc:
