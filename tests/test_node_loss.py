@@ -62,7 +62,7 @@ def test_heartbeat_defaults_notice_a_lost_node_within_a_minute():
     assert (executor.heartbeat_period, executor.heartbeat_threshold) == (10, 40)
     # A lost worker pool is failed at most threshold + one period after its last heartbeat.
     assert executor.heartbeat_threshold + executor.heartbeat_period <= 60
-    from lsst.ctrl.bps.parsl.sites.losses import tolerate_lost_blocks
+    from lsst.ctrl.bps.parsl.sites.batchsite import tolerate_lost_blocks
     from lsst.ctrl.bps.parsl.sites.slurm import SlurmProvider
 
     assert isinstance(executor.provider, SlurmProvider)

@@ -41,8 +41,7 @@ from lsst.ctrl.bps import BpsConfig
 from ..configuration import set_parsl_logging
 from ..parslcompat import start_kernel
 from ..site import SiteConfig
-from ..sites.blocks import BlockWatch
-from ..sites.losses import fail_if_interchange_lost, settle_seconds
+from ..sites.losses import BlockWatch, fail_if_interchange_lost, settle_seconds
 from .runner import run_job
 
 __all__ = ("Dispatch",)

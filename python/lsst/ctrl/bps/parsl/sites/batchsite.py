@@ -24,8 +24,9 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""What the batch sites share: `BatchSite`, the address workers reach this
-host at (the source of this host's route to the compute nodes), walltimes.
+"""What the batch sites share: `BatchSite`, their block error handlers
+(reliability.md C18), the address workers reach this host at (the source of
+this host's route to the compute nodes), walltimes.
 """
 
 from __future__ import annotations
@@ -36,25 +37,34 @@ import logging
 import os
 import socket
 import subprocess
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
 from ..job import parse_walltime, priority_number
+from ..parslcompat import hold_block
 from ..site import SiteConfig
 from .options import build, build_launcher, check_options
 
 if TYPE_CHECKING:
+    from parsl.executors.status_handling import BlockProviderExecutor
+    from parsl.jobs.states import JobStatus
+
     from ..job import ParslJob
 
 __all__ = (
+    "BLOCK_SUBMIT_FAILURES",
     "SRUN_OVERRIDES",
     "BatchSite",
+    "BlockSubmitError",
     "choose_address",
+    "give_up_if_blocks_refused",
     "normalize_walltime",
     "require_work_queue",
     "slurm_node_addresses",
+    "tolerate_lost_blocks",
     "work_queue_spec",
 )
 
@@ -113,6 +123,87 @@ def work_queue_spec(job: ParslJob) -> dict[str, Any]:
         The resource specification.
     """
     return {k: v for k, v in job.get_resources().items() if v is not None or k in ("cores", "memory", "disk")}
+
+
+BLOCK_SUBMIT_FAILURES = 3
+"""Block submissions in a row the scheduler refused after which an executor
+with no block pending or running gives up (reliability.md C18)."""
+
+_HELD_BLOCKS: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+"""Blocks of each executor whose worker pools `tolerate_lost_blocks` held."""
+
+
+class BlockSubmitError(RuntimeError):
+    """The scheduler refused every block of an executor (`tolerate_lost_blocks`)."""
+
+
+def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Block error handler of the batch sites' HighThroughputExecutors (doc/sites.md, "Lost nodes"):
+    Parsl's `~parsl.jobs.error_handlers.simple_error_handler` over the blocks
+    that never had workers, after `give_up_if_blocks_refused`; the worker pools
+    of a block that ended are held at once (else they get tasks until their heartbeats expire).
+
+    Parameters
+    ----------
+    executor : `parsl.executors.status_handling.BlockProviderExecutor`
+        The executor.
+    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
+        Status of each of its blocks.
+    """
+    from parsl.jobs.error_handlers import simple_error_handler
+    from parsl.jobs.states import JobState
+
+    held = _HELD_BLOCKS.setdefault(executor, set())
+    for block, block_status in status.items():
+        if block_status.terminal and block_status.state != JobState.SCALED_IN and block not in held:
+            held.add(block)
+            try:
+                hold_block(executor, block)
+            except Exception as exc:  # noqa: BLE001 (the interchange may be gone; the heartbeat still works)
+                _LOG.warning("Could not hold the worker pools of ended block %s: %s", block, exc)
+    if give_up_if_blocks_refused(executor, status):
+        return
+    lost = getattr(executor.provider, "lost_blocks", {})
+    kept = {
+        block: s
+        for block, s in status.items()
+        if s.state != JobState.FAILED and executor.blocks_to_job_id.get(block) not in lost
+    }
+    simple_error_handler(executor, kept)
+
+
+def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> bool:
+    """Block error handler (Ccin2p3's): give the executor up (`BlockSubmitError`)
+    if the scheduler refused its last `BLOCK_SUBMIT_FAILURES` blocks and none is active.
+
+    Parameters
+    ----------
+    executor : `parsl.executors.status_handling.BlockProviderExecutor`
+        The executor.
+    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
+        Status of each of its blocks.
+
+    Returns
+    -------
+    gave_up : `bool`
+        Whether it gave the executor up.
+    """
+    from parsl.jobs.states import JobState
+
+    if any(s.state in (JobState.PENDING, JobState.RUNNING, JobState.HELD) for s in status.values()):
+        return False
+    recent = sorted(status, key=lambda block: int(block) if block.isdigit() else -1)[-BLOCK_SUBMIT_FAILURES:]
+    refused = [b for b in recent if status[b].state == JobState.FAILED and b not in executor.blocks_to_job_id]
+    if len(refused) < BLOCK_SUBMIT_FAILURES:
+        return False
+    said = " ".join(str(status[recent[-1]].message or "no error message").split())
+    provider = type(executor.provider).__name__
+    executor.set_bad_state_and_fail_all(
+        BlockSubmitError(
+            f"{provider} could not submit a block {BLOCK_SUBMIT_FAILURES} times in a row, giving up: {said}"
+        )
+    )
+    return True
 
 
 class BatchSite(SiteConfig):
@@ -175,8 +266,6 @@ class BatchSite(SiteConfig):
         """HTEX arguments every batch site sets over the class's ``defaults``: the keys
         ``heartbeat_period`` and ``heartbeat_threshold`` (else 10 and 40), the block error handler.
         """
-        from .losses import tolerate_lost_blocks
-
         defaults = defaults or {}
         period = self.get("heartbeat_period", int, defaults.get("heartbeat_period") or 10, positive=True)
         threshold = self.get(

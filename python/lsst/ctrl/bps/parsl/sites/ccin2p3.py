@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError, get_bps_config_value
 from ..site import EXECUTOR_RESOURCES
-from .batchsite import BatchSite, normalize_walltime
+from .batchsite import BatchSite, give_up_if_blocks_refused, normalize_walltime
 from .options import build, plain
 
 if TYPE_CHECKING:
@@ -144,7 +144,6 @@ class Ccin2p3(BatchSite):
     def get_executors(self) -> list[ParslExecutor]:
         from parsl.executors import HighThroughputExecutor
 
-        from .losses import give_up_if_blocks_refused
         from .slurm import SlurmProvider
 
         account = self.get("account", str, self.DEFAULT_ACCOUNT)

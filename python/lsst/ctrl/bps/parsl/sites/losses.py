@@ -25,47 +25,43 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Infrastructure losses: the batch sites' block error handlers, attempts
-lost with their worker, pool, node, block, interchange or local pool told
-apart from the job's own failures, and their reruns' budget (reliability.md, L1-L4, C18).
+"""Infrastructure during a run: attempts lost with their worker, pool, node,
+block, interchange or local pool told apart from the job's own failures, their
+reruns' budget (reliability.md, L1-L4), and the blocks' walltime and idleness (W1, W2).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import weakref
-from typing import TYPE_CHECKING, Any
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
 
 from lsst_ctrl_bps_parsl_worker.processes import KILL_GRACE
 
-from ..parslcompat import hold_block, interchange_exit_code
-
-if TYPE_CHECKING:
-    from parsl.executors.status_handling import BlockProviderExecutor
-    from parsl.jobs.states import JobStatus
+from ..configuration import ConfigurationError, default_of
+from ..job import parse_walltime
+from ..parslcompat import (
+    interchange_alive,
+    interchange_command,
+    interchange_exit_code,
+    mark_scaled_in,
+    outstanding_tasks,
+)
 
 __all__ = (
-    "BLOCK_SUBMIT_FAILURES",
-    "BlockSubmitError",
+    "BlockWatch",
     "InterchangeLostError",
     "LostAttempts",
     "fail_if_interchange_lost",
-    "give_up_if_blocks_refused",
     "infrastructure_cause",
     "settle_seconds",
     "stops_run",
-    "tolerate_lost_blocks",
 )
 
 _LOG = logging.getLogger(__name__)
-
-BLOCK_SUBMIT_FAILURES = 3
-"""Block submissions in a row the scheduler refused after which an executor
-with no block pending or running gives up (reliability.md C18)."""
-
-_HELD_BLOCKS: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
-"""Blocks of each executor whose worker pools `tolerate_lost_blocks` held."""
 
 _SETTLE_EXTRA = 2.0
 """Seconds a lost attempt's rerun waits beyond the heartbeat period and the kill grace."""
@@ -73,79 +69,6 @@ _SETTLE_EXTRA = 2.0
 
 class InterchangeLostError(RuntimeError):
     """A HighThroughputExecutor's interchange exited: its attempts are lost."""
-
-
-class BlockSubmitError(RuntimeError):
-    """The scheduler refused every block of an executor (`tolerate_lost_blocks`)."""
-
-
-def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
-    """Block error handler of the batch sites' HighThroughputExecutors (doc/sites.md, "Lost nodes"):
-    Parsl's `~parsl.jobs.error_handlers.simple_error_handler` over the blocks
-    that never had workers, after `give_up_if_blocks_refused`; the worker pools
-    of a block that ended are held at once (else they get tasks until their heartbeats expire).
-
-    Parameters
-    ----------
-    executor : `parsl.executors.status_handling.BlockProviderExecutor`
-        The executor.
-    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
-        Status of each of its blocks.
-    """
-    from parsl.jobs.error_handlers import simple_error_handler
-    from parsl.jobs.states import JobState
-
-    held = _HELD_BLOCKS.setdefault(executor, set())
-    for block, block_status in status.items():
-        if block_status.terminal and block_status.state != JobState.SCALED_IN and block not in held:
-            held.add(block)
-            try:
-                hold_block(executor, block)
-            except Exception as exc:  # noqa: BLE001 (the interchange may be gone; the heartbeat still works)
-                _LOG.warning("Could not hold the worker pools of ended block %s: %s", block, exc)
-    if give_up_if_blocks_refused(executor, status):
-        return
-    lost = getattr(executor.provider, "lost_blocks", {})
-    kept = {
-        block: s
-        for block, s in status.items()
-        if s.state != JobState.FAILED and executor.blocks_to_job_id.get(block) not in lost
-    }
-    simple_error_handler(executor, kept)
-
-
-def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> bool:
-    """Block error handler (Ccin2p3's): give the executor up (`BlockSubmitError`)
-    if the scheduler refused its last `BLOCK_SUBMIT_FAILURES` blocks and none is active.
-
-    Parameters
-    ----------
-    executor : `parsl.executors.status_handling.BlockProviderExecutor`
-        The executor.
-    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
-        Status of each of its blocks.
-
-    Returns
-    -------
-    gave_up : `bool`
-        Whether it gave the executor up.
-    """
-    from parsl.jobs.states import JobState
-
-    if any(s.state in (JobState.PENDING, JobState.RUNNING, JobState.HELD) for s in status.values()):
-        return False
-    recent = sorted(status, key=lambda block: int(block) if block.isdigit() else -1)[-BLOCK_SUBMIT_FAILURES:]
-    refused = [b for b in recent if status[b].state == JobState.FAILED and b not in executor.blocks_to_job_id]
-    if len(refused) < BLOCK_SUBMIT_FAILURES:
-        return False
-    said = " ".join(str(status[recent[-1]].message or "no error message").split())
-    provider = type(executor.provider).__name__
-    executor.set_bad_state_and_fail_all(
-        BlockSubmitError(
-            f"{provider} could not submit a block {BLOCK_SUBMIT_FAILURES} times in a row, giving up: {said}"
-        )
-    )
-    return True
 
 
 def infrastructure_cause(error: BaseException | None) -> str | None:
@@ -315,3 +238,230 @@ class LostAttempts:
 
     def __len__(self) -> int:
         return len(self._delayed)
+
+
+_MAX_IDLE_TIME: float = default_of("maxIdleTime")
+_WALLTIME_MARGIN = 30.0
+"""Seconds a block must have left beyond a job's ``requestWalltime`` to take
+it (the job's start-up, and the watch's own period)."""
+
+_COMMAND_TIMEOUT = 30.0
+_PERIOD = 1.0
+
+
+def _block_walltime(executor: Any) -> float | None:
+    """Walltime (s) of the blocks of an HTEX, if known."""
+    value = getattr(executor.provider, "walltime", None)
+    try:
+        return float(parse_walltime(value, "walltime")) if value else None
+    except (ConfigurationError, TypeError, ValueError):
+        return None
+
+
+class _Clock:
+    """The blocks of one executor and their remaining walltime (infinite if unknown)."""
+
+    def __init__(self, executor: Any, walltime: float | None):
+        self.executor = executor
+        self.walltime = walltime
+        self.seen: dict[str, float] = {}
+        self.held: set[str] = set()
+        self.warned = False
+
+    def _command(self, command: Any) -> Any:
+        return interchange_command(self.executor, command, _COMMAND_TIMEOUT)
+
+    def update(self, now: float) -> None:
+        for block in list(self.executor.blocks_to_job_id):
+            self.seen.setdefault(block, now)
+
+    def remaining(self, block: str, now: float) -> float:
+        if self.walltime is None:
+            return float("inf")
+        return self.walltime - (now - self.seen.get(block, now))
+
+    def _active_blocks(self) -> list[str]:
+        return [b for b, status in list(self.executor.status_facade.items()) if not status.terminal]
+
+    def drain_short(self, need: float, now: float) -> None:
+        """Hold every connected block with less than ``need`` seconds left."""
+        if not interchange_alive(self.executor):
+            return
+        self.update(now)
+        managers = self._command("MANAGERS")
+        for manager in managers:
+            block = manager["block_id"]
+            if not manager["active"] or self.remaining(block, now) >= need:
+                continue
+            self._command(["HOLD_MANAGER", manager["manager"]])
+            if block not in self.held:
+                self.held.add(block)
+                _LOG.info(
+                    "executor %s: block %s has %.0f s of walltime left, less than the %.0f s a waiting job "
+                    "needs: it takes no new job",
+                    self.executor.label,
+                    block,
+                    max(0.0, self.remaining(block, now)),
+                    need,
+                )
+
+    def release_held(self, waiting: bool, need: float, now: float) -> None:
+        """Cancel held blocks that run nothing; start a block if ``waiting``
+        jobs have none that could take them.
+        """
+        if not interchange_alive(self.executor):
+            return
+        executor = self.executor
+        if self.held:
+            busy = {manager["block_id"] for manager in self._command("MANAGERS") if manager["tasks"]}
+            for block in sorted(self.held - busy):
+                self.held.discard(block)
+                job_id = executor.blocks_to_job_id.get(block)
+                if job_id is not None:
+                    _LOG.info(
+                        "executor %s: block %s runs nothing and takes no new job: cancelled",
+                        executor.label,
+                        block,
+                    )
+                    executor.provider.cancel([job_id])
+                    # Parsl counts it scaled in, not failed.
+                    mark_scaled_in(executor, block, "released: it ran nothing")
+        if not waiting:
+            return
+        active = self._active_blocks()
+        usable = [b for b in active if b not in self.held and self.remaining(b, now) >= need]
+        if not usable and len(active) < executor.provider.max_blocks:
+            _LOG.info("executor %s: no block has %.0f s of walltime left: one more", executor.label, need)
+            executor.scale_out_facade(1)
+            self.update(now)
+
+    def release_idle(self, max_idle: float) -> None:
+        """Hold and cancel the blocks idle for ``max_idle`` seconds while
+        others still run tasks and none waits (with no task at all, Parsl's
+        own scaling releases the blocks).
+        """
+        if not interchange_alive(self.executor):
+            return
+        executor = self.executor
+        managers = self._command("MANAGERS")
+        running = sum(manager["tasks"] for manager in managers)
+        if running == 0 or outstanding_tasks(executor) > running:
+            return
+        busy = {m["block_id"] for m in managers if m["tasks"] or m["idle_duration"] < max_idle}
+        idle = {m["block_id"] for m in managers} - busy - self.held
+        active = self._active_blocks()
+        spare = len(active) - (executor.provider.min_blocks or 0)
+        for block in sorted(b for b in active if b in idle)[: max(spare, 0)]:
+            for manager in managers:
+                if manager["block_id"] == block:
+                    self._command(["HOLD_MANAGER", manager["manager"]])
+            self.held.add(block)
+            _LOG.info(
+                "executor %s: block %s ran nothing for %.0f s while its other blocks finish: released",
+                executor.label,
+                block,
+                max_idle,
+            )
+        # A task sent to a pool between the two questions keeps its block held until it ends.
+        self.release_held(False, 0.0, time.monotonic())
+
+
+class BlockWatch:
+    """Keep jobs off blocks whose walltime ends before theirs could, and release idle blocks.
+
+    Parameters
+    ----------
+    executors : `~collections.abc.Mapping` [`str`, `object`]
+        The run's executors by label.
+    running_dir : `str`
+        Where a running attempt has its file ``<job>.<attempt>``.
+    margin : `float`
+        Seconds a block must have left beyond a job's walltime.
+    max_idle : `float`
+        The site key ``maxIdleTime``.
+    """
+
+    def __init__(
+        self,
+        executors: Mapping[str, Any],
+        running_dir: str,
+        margin: float = _WALLTIME_MARGIN,
+        max_idle: float = _MAX_IDLE_TIME,
+    ):
+        self.clocks = {
+            label: _Clock(executor, _block_walltime(executor))
+            for label, executor in executors.items()
+            if type(executor).__name__ == "HighThroughputExecutor" and getattr(executor, "provider", None)
+        }
+        self.max_idle = max_idle
+        self.running_dir = running_dir
+        self.margin = margin
+        self.waiting: dict[Any, tuple[str, float, Any]] = {}
+        """Attempts submitted with a walltime, not known to run: key -> (label, seconds, future)."""
+        self._next = 0.0
+
+    def before_submit(self, label: str, seconds: float | None) -> bool:
+        """Hold the blocks of ``label`` too short for a job of ``seconds``.
+
+        Parameters
+        ----------
+        label : `str`
+            Label of the executor.
+        seconds : `float` or `None`
+            The job's walltime in seconds.
+
+        Returns
+        -------
+        watch : `bool`
+            Whether to put the attempt in `waiting` once submitted.
+        """
+        clock = self.clocks.get(label)
+        if clock is None or clock.walltime is None or not seconds:
+            return False
+        need = seconds + self.margin
+        if need > clock.walltime:
+            if not clock.warned:
+                clock.warned = True
+                _LOG.warning(
+                    "executor %s: a job asks for %.0f s of walltime, more than its blocks' %.0f s less "
+                    "%.0f s: such jobs are sent anyway and may be cut off",
+                    label,
+                    seconds,
+                    clock.walltime,
+                    self.margin,
+                )
+            return False
+        self._guarded(clock.drain_short, need, time.monotonic())
+        return True
+
+    def tick(self) -> None:
+        """Hold, cancel, start and release blocks as needed (at most once a second)."""
+        now = time.monotonic()
+        if not self.clocks or now < self._next:
+            return
+        self._next = now + _PERIOD
+        if self.waiting:
+            try:
+                started = set(os.listdir(self.running_dir))
+            except OSError:
+                started = set()
+            for key, (_, _, future) in list(self.waiting.items()):
+                if future.done() or f"{key[0]}.{key[1]}" in started:
+                    del self.waiting[key]
+        needs: dict[str, float] = {}
+        for label, seconds, _ in self.waiting.values():
+            needs[label] = max(needs.get(label, 0.0), seconds + self.margin)
+        for label, clock in self.clocks.items():
+            need = needs.get(label)
+            if need is not None:
+                self._guarded(clock.drain_short, need, now)
+            if need is not None or clock.held:
+                self._guarded(clock.release_held, need is not None, need or 0.0, now)
+            self._guarded(clock.release_idle, self.max_idle)
+
+    def _guarded(self, step: Any, *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001
+            # The interchange went away meanwhile (`losses` notices) or did not answer in time.
+            _LOG.warning("block watch: %r", exc)
