@@ -358,7 +358,7 @@ def test_job_is_kept_off_a_block_with_too_little_walltime_left(htex, tmp_path):
 
     executor, app = htex
     executor.provider.walltime = "00:01:00"
-    watch = BlockWatch({"htex": executor}, str(tmp_path / "running"), margin=30.0)
+    watch = BlockWatch({"htex": executor}, str(tmp_path / "running"))
     wait_for(lambda: executor.connected_blocks(), 60, "block 0 connected")
     clock = watch.clocks["htex"]
     clock.update(time.monotonic())

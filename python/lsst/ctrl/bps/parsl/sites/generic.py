@@ -89,15 +89,6 @@ class _ExecutorSpec:
         return (job.request_memory or 0) <= memory and (job.request_cpus or 1) <= cpus
 
 
-def _positive_int(section: dict, key: str, where: str) -> int | None:
-    value = section.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"'{where}.{key}' is {value!r}: it must be an integer greater than 0")
-    return value
-
-
 class Generic(BatchSite):
     """A site described in YAML: executors, each a Parsl executor with a
     provider and a launcher, chosen per job by its label and resources
@@ -142,10 +133,14 @@ class Generic(BatchSite):
                 labels = (labels,)
             if not isinstance(labels, list | tuple) or not all(isinstance(x, str) for x in labels):
                 raise ConfigurationError(f"'{here}.labels' is {labels!r}: it must be a list of job labels")
-            numbers = {
-                key: _positive_int(section, key, here)
-                for key in ("max_memory", "max_cpus", "cores", "memory")
-            }
+            numbers = {key: section.get(key) for key in ("max_memory", "max_cpus", "cores", "memory")}
+            for key, value in numbers.items():
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int) or value <= 0
+                ):
+                    raise ConfigurationError(
+                        f"'{here}.{key}' is {value!r}: it must be an integer greater than 0"
+                    )
             spec = _ExecutorSpec(
                 str(label), kind, here, section, labels=tuple(labels), order=order, **numbers
             )

@@ -84,10 +84,8 @@ def local_pool_spec(job: ParslJob, cores: int, memory: int | None) -> dict[str, 
     ----------
     job : `ParslJob`
         The job.
-    cores : `int`
-        Cores of the pool.
-    memory : `int` or `None`
-        Memory of the pool (MB); `None` for no limit.
+    cores, memory : `int`
+        Cores and memory (MB; `None`: no limit) of the pool.
 
     Returns
     -------

@@ -306,9 +306,7 @@ class _Clock:
                 )
 
     def release_held(self, waiting: bool, need: float, now: float) -> None:
-        """Cancel held blocks that run nothing; start a block if ``waiting``
-        jobs have none that could take them.
-        """
+        """Cancel held blocks that run nothing; start a block if ``waiting`` jobs have none to take them."""
         if not interchange_alive(self.executor):
             return
         executor = self.executor
@@ -336,10 +334,7 @@ class _Clock:
             self.update(now)
 
     def release_idle(self, max_idle: float) -> None:
-        """Hold and cancel the blocks idle for ``max_idle`` seconds while
-        others still run tasks and none waits (with no task at all, Parsl's
-        own scaling releases the blocks).
-        """
+        """Hold and cancel blocks idle ``max_idle`` s while others run and none waits (else: Parsl's scaling)."""
         if not interchange_alive(self.executor):
             return
         executor = self.executor
@@ -375,19 +370,11 @@ class BlockWatch:
         The run's executors by label.
     running_dir : `str`
         Where a running attempt has its file ``<job>.<attempt>``.
-    margin : `float`
-        Seconds a block must have left beyond a job's walltime.
-    max_idle : `float`
+    max_idle : `float`, optional
         The site key ``maxIdleTime``.
     """
 
-    def __init__(
-        self,
-        executors: Mapping[str, Any],
-        running_dir: str,
-        margin: float = _WALLTIME_MARGIN,
-        max_idle: float = _MAX_IDLE_TIME,
-    ):
+    def __init__(self, executors: Mapping[str, Any], running_dir: str, max_idle: float = _MAX_IDLE_TIME):
         self.clocks = {
             label: _Clock(executor, _block_walltime(executor))
             for label, executor in executors.items()
@@ -395,7 +382,7 @@ class BlockWatch:
         }
         self.max_idle = max_idle
         self.running_dir = running_dir
-        self.margin = margin
+        self.margin = _WALLTIME_MARGIN
         self.waiting: dict[Any, tuple[str, float, Any]] = {}
         """Attempts submitted with a walltime, not known to run: key -> (label, seconds, future)."""
         self._next = 0.0

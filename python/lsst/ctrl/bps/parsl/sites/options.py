@@ -121,10 +121,8 @@ def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: s
         (module, class name) by short name.
     name : `~typing.Any`
         The name from the YAML.
-    where : `str`
-        Full name of the key.
-    what : `str`
-        What kind of class it is (``provider``, ``launcher``, ...).
+    where, what : `str`
+        Full name of the key; what kind of class it is (``provider``, ``launcher``, ...).
 
     Returns
     -------
