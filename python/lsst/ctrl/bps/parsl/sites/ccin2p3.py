@@ -92,15 +92,6 @@ class Ccin2p3(BatchSite):
             get_bps_config_value(section, key, kind, where=f"{self.where}.{slot}")
         return {key: value for key, value in section.items() if value is not None}
 
-    def _options_list(self, value: Any, name: str) -> list[str]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigurationError(
-                f"'{self.where}.{name}' is {value!r}: it must be a list of sbatch options"
-            )
-        return list(value)
-
     def slot(self, slot: str) -> dict[str, Any]:
         """Settings of one slot size, with the defaults applied.
 
@@ -126,7 +117,12 @@ class Ccin2p3(BatchSite):
         raw = section.get(
             "scheduler_options", self.site.search("scheduler_options", opt={"default": None})[1]
         )
-        options = list(self.DEFAULT_SCHEDULER_OPTIONS) if raw is None else self._options_list(plain(raw), key)
+        options = list(self.DEFAULT_SCHEDULER_OPTIONS) if raw is None else plain(raw)
+        options = [options] if isinstance(options, str) else options
+        if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
+            raise ConfigurationError(
+                f"'{self.where}.{key}' is {options!r}: it must be a list of sbatch options"
+            )
         settings = {**_SLOTS[slot], **section, "partition": partition, "scheduler_options": options}
         for key in ("memory", "max_blocks"):
             if settings[key] <= 0:
