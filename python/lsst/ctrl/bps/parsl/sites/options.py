@@ -276,14 +276,8 @@ def check_options(
 
 
 def _wants_tuple(hint: Any) -> bool:
-    if hint is None:
-        return False
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return True
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_wants_tuple(a) for a in typing.get_args(hint))
-    return False
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(typing.get_origin(arg) is tuple for arg in args)
 
 
 def build(cls: type, options: dict[str, Any], where: str) -> Any:
