@@ -107,55 +107,6 @@ class ParslJob:
                 self._logs = (str(submit_path), log_dir_template(config)(self.label, self.tags))
 
     @classmethod
-    def for_attempt(
-        cls,
-        name: str,
-        label: str,
-        request_cpus: int = 1,
-        request_memory: int | None = None,
-        request_disk: int | None = None,
-        request_walltime: str | None = None,
-        priority: str | None = None,
-        attempt: int = 1,
-        *,
-        final: bool = False,
-        tags: dict[str, Any] | str | None = None,
-        config: BpsConfig | None = None,
-        submit_path: str | None = None,
-        log_dir: str | None = None,
-    ) -> ParslJob:
-        """Build the view of one attempt of a prepared job.
-
-        Parameters
-        ----------
-        name, label : `str`
-            Job name and label.
-        request_cpus, request_memory, request_disk : `int`
-            What this attempt asks for (memory and disk in MB).
-        request_walltime, priority : `str`, optional
-            As the generic job has them.
-        attempt : `int`
-            Attempt number, 1 for the first.
-        final : `bool`
-            Whether this is the final job.
-        tags : `dict` or `str`, optional
-            The job's tags, or their JSON text.
-        config : `lsst.ctrl.bps.BpsConfig`, optional
-            BPS configuration of the run.
-        submit_path, log_dir : `str`, optional
-            Submit directory and log sub-directory (for ``stdout``/``stderr``).
-        """
-        job = cls.__new__(cls)
-        job.name, job.label, job.request_cpus = name, label, request_cpus
-        job.request_memory, job.request_disk = request_memory, request_disk
-        job.request_walltime, job.priority = request_walltime, priority
-        job.attempt, job.final, job._tags = attempt, final, tags
-        job._generic, job.config, job.future, job.done = None, config, None, False
-        job.file_paths = {}
-        job._logs = None if submit_path is None else (submit_path, log_dir)
-        return job
-
-    @classmethod
     def from_row(
         cls,
         row: JobRow,
@@ -173,28 +124,26 @@ class ParslJob:
         attempt, request_memory : `int`, optional
             The attempt's number and memory (MB, scaled for retries; `None`: the row's).
         config, submit_path : optional
-            The run's `~lsst.ctrl.bps.BpsConfig` and submit directory.
+            The run's `~lsst.ctrl.bps.BpsConfig` and submit directory (for ``stdout``/``stderr``).
 
         Returns
         -------
         job : `ParslJob`
             The job's view.
         """
-        return cls.for_attempt(
-            row.name,
-            row.label,
-            row.request_cpus or 1,
-            row.request_memory if request_memory is None else request_memory,
+        job = cls.__new__(cls)
+        job.name, job.label, job.request_cpus = row.name, row.label, row.request_cpus or 1
+        job.request_memory = row.request_memory if request_memory is None else request_memory
+        job.request_disk, job.request_walltime, job.priority = (
             row.request_disk,
             row.request_walltime,
             row.priority,
-            attempt,
-            final=bool(row.final),
-            tags=row.tags,
-            config=config,
-            submit_path=submit_path,
-            log_dir=row.log_dir,
         )
+        job.attempt, job.final, job._tags = attempt, bool(row.final), row.tags
+        job._generic, job.config, job.future, job.done = None, config, None, False
+        job.file_paths = {}
+        job._logs = None if submit_path is None else (submit_path, row.log_dir)
+        return job
 
     @property
     def generic(self) -> Any:
