@@ -209,6 +209,12 @@ def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str,
 class BatchSite(SiteConfig):
     """Base of the sites whose workers run elsewhere and call back (keys: doc/sites.md)."""
 
+    label: str
+    """The label of the site's executor, when it has one (each job goes to it)."""
+
+    def select_executor(self, job: ParslJob) -> str:
+        return self.label
+
     def _required_walltime(self, default: str | None) -> str:
         """The ``walltime`` key as ``HH:MM:SS``; required unless the class gives a ``default``."""
         value = self.site.search("walltime", opt={"default": None})[1]

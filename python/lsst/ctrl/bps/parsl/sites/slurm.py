@@ -314,9 +314,6 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label)]
 
-    def select_executor(self, job: ParslJob) -> str:
-        return self.label
-
 
 class TripleSlurm(Slurm):
     """Three Slurm executors, ``small``, ``medium`` and ``large``; a job goes

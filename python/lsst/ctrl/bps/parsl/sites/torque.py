@@ -41,7 +41,6 @@ from .options import build
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
 
-    from ..job import ParslJob
 
 __all__ = ("PbsTorqueProvider", "Torque")
 
@@ -142,6 +141,3 @@ class Torque(BatchSite):
 
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label)]
-
-    def select_executor(self, job: ParslJob) -> str:
-        return self.label

@@ -112,9 +112,6 @@ class WorkQueue(BatchSite):
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label, self.get_provider())]
 
-    def select_executor(self, job: ParslJob) -> str:
-        return self.label
-
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
         if self._resource_list is not None:
             return super().resource_specification(job, label)
