@@ -163,9 +163,7 @@ def get_bps_config_value(
     kind = " or ".join(t.__name__ for t in wanted)
     if float in wanted and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if bool not in wanted and isinstance(value, bool):
-        raise ConfigurationTypeError(f"'{name}' is {value!r} (a bool): it must be a {kind}")
-    if not isinstance(value, wanted):
+    if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
         raise ConfigurationTypeError(f"'{name}' is {value!r} ({type(value).__name__}): it must be a {kind}")
     return cast(T, value)
 

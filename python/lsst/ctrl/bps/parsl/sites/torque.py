@@ -41,7 +41,6 @@ from .options import build
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
 
-
 __all__ = ("PbsTorqueProvider", "Torque")
 
 Kwargs = dict[str, Any]
