@@ -70,15 +70,12 @@ and Parsl's thread pool (doc/sites.md)."""
 
 @dataclass(frozen=True, slots=True)
 class ExecutorCapacity:
-    """What one executor that runs jobs on this machine can run at once:
-    `prepare` refuses a job that asks for more (batch executors have none).
+    """What one executor that runs jobs on this machine can run at once: ``cores`` and ``memory`` (MB;
+    `None`: not limited); `prepare` refuses a job that asks for more (batch executors have none).
     """
 
     cores: int
-    """Cores available to jobs."""
-
     memory: int | None = None
-    """Memory available to jobs, in MB (`None`: not limited)."""
 
 
 class SiteConfig(ABC):

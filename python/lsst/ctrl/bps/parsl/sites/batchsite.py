@@ -69,14 +69,7 @@ __all__ = (
 )
 
 _LOG = logging.getLogger(__name__)
-_BLOCK_KEYS = {
-    "init_blocks": (int, 0),
-    "min_blocks": (int, 0),
-    "max_blocks": (int, 1),
-    "parallelism": (float, 0),
-    "cmd_timeout": (int, 1),
-}
-"""The block keys: their type and least value."""
+_BLOCK_KEYS = dict(init_blocks=int, min_blocks=int, max_blocks=int, parallelism=float, cmd_timeout=int)
 
 SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
 """``srun`` options of the Slurm sites' launcher: a worker pool that exits does
@@ -288,10 +281,11 @@ class BatchSite(SiteConfig):
     def _provider_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
         """The class's ``options`` with the block, ``provider_options`` and launcher keys applied."""
         options = dict(options)
-        for key, (kind, least) in _BLOCK_KEYS.items():
+        for key, kind in _BLOCK_KEYS.items():
             value = self.get(key, kind, None)
             if value is None:
                 continue
+            least = 1 if key in ("max_blocks", "cmd_timeout") else 0
             if value < least or (key == "parallelism" and value > 1):
                 bound = "between 0 and 1" if key == "parallelism" else f"{least} or more"
                 raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be {bound}")
