@@ -113,8 +113,7 @@ class Generic(BatchSite):
         specs = {}
         for order, (label, section) in enumerate(sections.items()):
             here = f"{where}.{label}"
-            if section is None:
-                section = {}
+            section = {} if section is None else section
             if not isinstance(section, dict):
                 raise ConfigurationError(
                     f"'{here}' is {section!r}: it must be a mapping of executor settings"
