@@ -496,10 +496,10 @@ def measure_raw_parsl(spec: dict) -> dict:
 
 def plugin_job_shell(workdir: str, site: dict | None = None) -> str:
     """The shell the plugin runs each job's script with on this site
-    (`SiteConfig.job_shell`), so that the floor runs the same one."""
+    (`SiteSettings.job_shell`), so that the floor runs the same one."""
     from lsst.ctrl.bps.parsl.sites.local import Local
 
-    return Local(bps_config(workdir, site)).job_shell
+    return Local(bps_config(workdir, site)).settings.job_shell
 
 
 def measure_floor(spec: dict) -> dict:

@@ -35,7 +35,7 @@ class BenchHtex(SiteConfig):
     """Every job on a local HTEX with one worker per core (key ``cores``)."""
 
     def get_executors(self) -> list[ParslExecutor]:
-        cores = self.get_positive("cores", int, len(os.sched_getaffinity(0)))
+        cores = self.get("cores", int, len(os.sched_getaffinity(0)), positive=True)
         log_dir = os.path.join(self.submit_path, "parsl", "worker_logs") if self.submit_path else None
         return [htex_executor(cores, log_dir)]
 

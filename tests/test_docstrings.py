@@ -78,7 +78,7 @@ def _public_objects() -> list[str]:
     an exception's arguments (its message); a method override with no
     docstring (it inherits its base's, which is checked and which Sphinx
     shows); a class whose ``__init__`` is given Parsl's signature
-    (``__signature__``: `sites.slurm_provider.SlurmProvider` documents its own
+    (``__signature__``: `sites.slurm.SlurmProvider` documents its own
     arguments and refers to Parsl's class for the rest).
     """
     found = []

@@ -28,6 +28,7 @@ from lsst.ctrl.bps.parsl.configuration import (
 )
 from lsst.ctrl.bps.parsl.environment import export_environment
 from lsst.ctrl.bps.parsl.job import get_file_paths
+from lsst.ctrl.bps.parsl.records import JobRow
 from synthetic import BASH, attempts, job, make_config, run, workflow
 
 S = WmsStates.SUCCEEDED.value
@@ -186,7 +187,20 @@ def test_resource_list_is_used_or_refused(tmp_path):
     from parsl.executors import HighThroughputExecutor
 
     config = old_style_config(tmp_path)
-    job_ = ParslJob.for_attempt("j", "l", 2, 3000, 10, "90", "5")
+    job_ = ParslJob.from_row(
+        JobRow(
+            1,
+            "j",
+            "l",
+            0,
+            False,
+            request_cpus=2,
+            request_memory=3000,
+            request_disk=10,
+            request_walltime="90",
+            priority="5",
+        )
+    )
 
     class HtexSite(OldStyleSite):
         def get_executors(self):
@@ -237,7 +251,9 @@ def test_parsl_job_old_constructor_and_attributes(tmp_path):
     assert site.select_executor(job_) == "large"
 
     # The view the driver hands over: tags decoded from the store, generic is the job itself.
-    view = ParslJob.for_attempt("calib_9", "calib", 4, 1024, attempt=2, tags='{"visit": 9}')
+    view = ParslJob.from_row(
+        JobRow(1, "calib_9", "calib", 0, False, request_cpus=4, request_memory=1024, tags='{"visit": 9}'), 2
+    )
     assert view.tags == {"visit": 9} and view.generic is view and view.attempt == 2
     assert site.select_executor(view) == "small"
 
@@ -279,7 +295,9 @@ def test_parsl_job_log_names_are_the_old_plugins(tmp_path, template, tags, subdi
     )
     assert (job_.stdout, job_.stderr) == (base + ".stdout", base + ".stderr")
     # Later attempts add their number; the first keeps the old names.
-    view = ParslJob.for_attempt("job1", "label1", attempt=3, submit_path=str(tmp_path), log_dir=subdir)
+    view = ParslJob.from_row(
+        JobRow(1, "job1", "label1", 0, False, log_dir=subdir), 3, submit_path=str(tmp_path)
+    )
     assert (view.stdout, view.stderr) == (base + ".stdout.3", base + ".stderr.3")
 
 
@@ -324,7 +342,7 @@ def test_first_attempt_logs_have_the_old_names_in_a_real_run(tmp_path):
 
 def test_get_resources_as_the_old_plugin():
     """cores, disk, memory (and walltime) always; priority only when set."""
-    unset = ParslJob.for_attempt("j", "l", 1, None, None, None, None).get_resources()
+    unset = ParslJob.from_row(JobRow(1, "j", "l", 0, False)).get_resources()
     assert set(unset) == {"memory", "cores", "disk", "running_time_min"}
     assert unset["memory"] is None and unset["disk"] is None and unset["running_time_min"] is None
     gwjob = GenericWorkflowJob("j", "l", request_memory=2048, request_disk=10, priority=3)

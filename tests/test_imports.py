@@ -97,7 +97,7 @@ def test_each_module_imports_on_its_own():
 # module is a unit of its own; ``site.py`` and ``sites/`` are one unit (the
 # site base class and the sites built on it).
 LAYERS: list[set[str]] = [
-    {"records", "files", "oneline", "parslcompat", "version"},
+    {"records", "oneline", "parslcompat", "version"},
     {"store", "localpool"},
     {"configuration"},
     {"job"},

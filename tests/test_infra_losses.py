@@ -353,12 +353,12 @@ def test_job_is_kept_off_a_block_with_too_little_walltime_left(htex, tmp_path):
     cancelled once it runs nothing, a fresh block is started and the job
     runs there. (A LocalProvider has no walltime: the test gives it one, and
     ages block 0 by moving its first-seen time back.)"""
-    from lsst.ctrl.bps.parsl.sites.blocks import BlockWatch
+    from lsst.ctrl.bps.parsl.sites.losses import BlockWatch
     from parsl.jobs.states import JobState
 
     executor, app = htex
     executor.provider.walltime = "00:01:00"
-    watch = BlockWatch({"htex": executor}, str(tmp_path / "running"), margin=30.0)
+    watch = BlockWatch({"htex": executor}, str(tmp_path / "running"))
     wait_for(lambda: executor.connected_blocks(), 60, "block 0 connected")
     clock = watch.clocks["htex"]
     clock.update(time.monotonic())
@@ -378,7 +378,7 @@ def test_job_is_kept_off_a_block_with_too_little_walltime_left(htex, tmp_path):
         None,
         "/bin/sh",
     )
-    watch.track((0, 1), "htex", 10.0, future)
+    watch.waiting[(0, 1)] = ("htex", 10.0, future)
     deadline = time.monotonic() + 60
     while not future.done() and time.monotonic() < deadline:
         watch.tick()
@@ -396,7 +396,7 @@ def test_idle_block_is_released_while_another_block_runs_the_last_job(tmp_path, 
     hold and cancelled (scaled in, not failed) while the job runs on. A job
     waiting in the interchange keeps every block."""
     import parsl
-    from lsst.ctrl.bps.parsl.sites.blocks import BlockWatch
+    from lsst.ctrl.bps.parsl.sites.losses import BlockWatch
     from parsl.jobs.states import JobState
 
     executor, app, dfk = _local_htex(tmp_path, monkeypatch, init_blocks=2)

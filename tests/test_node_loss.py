@@ -62,7 +62,8 @@ def test_heartbeat_defaults_notice_a_lost_node_within_a_minute():
     assert (executor.heartbeat_period, executor.heartbeat_threshold) == (10, 40)
     # A lost worker pool is failed at most threshold + one period after its last heartbeat.
     assert executor.heartbeat_threshold + executor.heartbeat_period <= 60
-    from lsst.ctrl.bps.parsl.sites.slurm_provider import SlurmProvider, tolerate_lost_blocks
+    from lsst.ctrl.bps.parsl.sites.batchsite import tolerate_lost_blocks
+    from lsst.ctrl.bps.parsl.sites.slurm import SlurmProvider
 
     assert isinstance(executor.provider, SlurmProvider)
     assert executor.block_error_handler is tolerate_lost_blocks
@@ -212,7 +213,7 @@ def test_lost_node_fails_its_tasks_fast_and_a_new_block_replaces_its_block(
 def test_requeued_block_is_cancelled_and_reported_failed(multinode_slurm, tmp_path):
     """With ``requeue: true`` Slurm requeues a block that lost a node; the
     provider cancels it and reports it FAILED instead of PENDING forever."""
-    from lsst.ctrl.bps.parsl.sites.slurm_provider import SlurmProvider
+    from lsst.ctrl.bps.parsl.sites.slurm import SlurmProvider
     from parsl.jobs.states import JobState
 
     rig = multinode_slurm
@@ -244,7 +245,7 @@ def test_requeued_block_is_cancelled_and_reported_failed(multinode_slurm, tmp_pa
 def test_forgotten_job_states_come_from_scontrol(multinode_slurm, tmp_path):
     """A block that ended is read from ``scontrol`` when ``squeue`` no longer
     lists it (no accounting on the rig); one Slurm never knew is COMPLETED."""
-    from lsst.ctrl.bps.parsl.sites.slurm_provider import SlurmProvider
+    from lsst.ctrl.bps.parsl.sites.slurm import SlurmProvider
     from parsl.jobs.states import JobState, JobStatus
 
     rig = multinode_slurm

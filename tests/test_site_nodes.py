@@ -95,7 +95,7 @@ def test_unknown_launcher_is_refused_at_submission_checks():
 
 
 def test_interface_key_gives_that_interfaces_address():
-    interfaces = address_module.host_addresses()
+    interfaces = address_module._host_addresses()
     name, addresses = next(iter(interfaces.items()))
     keys = {k: v for k, v in MULTI.items() if k != "address"}
     (executor,) = make_site(f"{SITES}.Slurm", interface=name, **keys).get_executors()
@@ -118,7 +118,7 @@ def test_default_address_is_the_route_to_the_nodes(monkeypatch):
         return ["192.0.2.99"]
 
     monkeypatch.setattr(address_module, "slurm_node_addresses", nodes)
-    monkeypatch.setattr(address_module, "route_source", lambda target: "192.0.2.7")
+    monkeypatch.setattr(address_module, "_route_source", lambda target: "192.0.2.7")
     keys = {k: v for k, v in MULTI.items() if k != "address"}
     (executor,) = make_site(f"{SITES}.Slurm", partition="milano", **keys).get_executors()
     assert executor.address == "192.0.2.7" and seen[-1] == "milano"
@@ -126,18 +126,18 @@ def test_default_address_is_the_route_to_the_nodes(monkeypatch):
 
 def test_default_address_is_never_loopback_when_another_exists(monkeypatch):
     monkeypatch.setattr(
-        address_module, "host_addresses", lambda: {"lo": ["127.0.0.1"], "eth9": ["198.51.100.4"]}
+        address_module, "_host_addresses", lambda: {"lo": ["127.0.0.1"], "eth9": ["198.51.100.4"]}
     )
     # Nodes on this very host (routes through loopback), or no Slurm known.
     assert address_module.choose_address(["127.0.0.1"], "site.s") == "198.51.100.4"
     assert address_module.choose_address([], "site.s") == "198.51.100.4"
-    monkeypatch.setattr(address_module, "host_addresses", lambda: {"lo": ["127.0.0.1"]})
+    monkeypatch.setattr(address_module, "_host_addresses", lambda: {"lo": ["127.0.0.1"]})
     # This host is the only node and has nothing but loopback: loopback works.
     assert address_module.choose_address(["127.0.0.1"], "site.s") == "127.0.0.1"
 
 
 def test_undeterminable_address_is_a_one_line_error(monkeypatch):
-    monkeypatch.setattr(address_module, "host_addresses", lambda: {"lo": ["127.0.0.1"]})
+    monkeypatch.setattr(address_module, "_host_addresses", lambda: {"lo": ["127.0.0.1"]})
     monkeypatch.setattr(address_module, "slurm_node_addresses", lambda partition=None: [])
     keys = {k: v for k, v in MULTI.items() if k != "address"}
     message = submission_error(f"{SITES}.Slurm", **keys)
@@ -148,7 +148,7 @@ def test_undeterminable_address_is_a_one_line_error(monkeypatch):
 
 
 def test_route_source_of_a_local_address_is_local():
-    for addresses in address_module.host_addresses().values():
+    for addresses in address_module._host_addresses().values():
         for address in addresses:
-            assert address_module.route_source(address) is not None
-    assert address_module.route_source("no-such-host.invalid") is None
+            assert address_module._route_source(address) is not None
+    assert address_module._route_source("no-such-host.invalid") is None

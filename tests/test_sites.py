@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from lsst.ctrl.bps.parsl.configuration import ConfigurationError
 from lsst.ctrl.bps.parsl.job import ParslJob
+from lsst.ctrl.bps.parsl.records import JobRow
 from lsst.ctrl.bps.parsl.site import SiteConfig
 from lsst.ctrl.bps.parsl.store.runstore import SUCCEEDED
 from parsl.executors import HighThroughputExecutor
@@ -48,7 +49,8 @@ def config_error(cls: str, **keys) -> str:
 
 
 def pjob(memory: int | None = 2048, cpus: int = 1, attempt: int = 1, label: str = "task", **kw) -> ParslJob:
-    return ParslJob.for_attempt(f"{label}_1", label, cpus, memory, attempt=attempt, **kw)
+    row = JobRow(1, f"{label}_1", label, 0, False, request_cpus=cpus, request_memory=memory, **kw)
+    return ParslJob.from_row(row, attempt)
 
 
 @pytest.fixture
@@ -362,14 +364,12 @@ def test_work_queue_without_ndcctools_is_a_clear_error():
 def test_work_queue_resource_specification():
     site = make_site(f"{SITES}.work_queue.LocalSrunWorkQueue", validate=False)
     spec = site.resource_specification(
-        ParslJob.for_attempt("j", "l", 4, 8192, request_disk=1000, request_walltime="90", priority="3"),
+        pjob(8192, 4, request_disk=1000, request_walltime="90", priority="3"),
         "work_queue",
     )
     assert spec == {"cores": 4, "memory": 8192, "disk": 1000, "running_time_min": 90, "priority": 3}
     # Work Queue wants cores, memory and disk together (autolabel is off).
-    spec = site.resource_specification(
-        ParslJob.for_attempt("j", "l", 1, None, request_walltime="01:30:00"), "work_queue"
-    )
+    spec = site.resource_specification(pjob(None, request_walltime="01:30:00"), "work_queue")
     assert spec == {"cores": 1, "memory": None, "disk": None, "running_time_min": 90}
     assert site.select_executor(pjob()) == "work_queue"
 
@@ -799,7 +799,7 @@ def test_generic_work_queue_needs_ndcctools():
 
 def test_generic_work_queue_resource_specification():
     site = make_site(GENERIC, validate=False, executors={"wq": {"executor": "work_queue"}})
-    spec = site.resource_specification(ParslJob.for_attempt("j", "l", 2, 3000, request_disk=10), "wq")
+    spec = site.resource_specification(pjob(3000, 2, request_disk=10), "wq")
     assert spec == {"cores": 2, "memory": 3000, "disk": 10}
 
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from lsst.ctrl.bps.parsl.sites.slurm import default_launcher
-from lsst.ctrl.bps.parsl.sites.slurm_provider import SlurmProvider
+from lsst.ctrl.bps.parsl.sites.slurm import SlurmProvider, default_launcher
 
 
 def test_blocks_starting_together_keep_their_own_command_file(tmp_path):

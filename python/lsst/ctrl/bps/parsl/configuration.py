@@ -32,8 +32,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Self, TypeVar, cast, overload
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Self, TypeVar, cast, overload
 
 from lsst.ctrl.bps import BpsConfig
 
@@ -72,12 +72,6 @@ class MissingConfigurationError(ConfigurationError, KeyError):
 
 class ConfigurationTypeError(ConfigurationError, RuntimeError):
     """A BPS configuration value has the wrong type (a `RuntimeError`, as the old plugin raised)."""
-
-
-def _type_name(data_type: type | tuple[type, ...]) -> str:
-    if isinstance(data_type, tuple):
-        return " or ".join(t.__name__ for t in data_type)
-    return data_type.__name__
 
 
 # The overloads and the ``dataType`` name are the old plugin's, so that site
@@ -166,14 +160,11 @@ def get_bps_config_value(
             raise MissingConfigurationError(f"missing required key '{name}': add it to your submit YAML")
         return default
     wanted = dataType if isinstance(dataType, tuple) else (dataType,)
+    kind = " or ".join(t.__name__ for t in wanted)
     if float in wanted and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if bool not in wanted and isinstance(value, bool):
-        raise ConfigurationTypeError(f"'{name}' is {value!r} (a bool): it must be a {_type_name(dataType)}")
-    if not isinstance(value, wanted):
-        raise ConfigurationTypeError(
-            f"'{name}' is {value!r} ({type(value).__name__}): it must be a {_type_name(dataType)}"
-        )
+    if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+        raise ConfigurationTypeError(f"'{name}' is {value!r} ({type(value).__name__}): it must be a {kind}")
     return cast(T, value)
 
 
@@ -234,8 +225,7 @@ def set_parsl_logging(config: BpsConfig) -> int:
     level : `int`
         The level given to ``parsl`` and to its children that had their own.
     """
-    name = _read(config, tuple(k for k in RUN_KEYS if k.field == "parsl_log_level"), None)["parsl_log_level"]
-    level = logging.getLevelNamesMapping()[name.upper()]
+    level = logging.getLevelNamesMapping()[RunSettings.read(config).parsl_log_level.upper()]
     logging.getLogger("parsl").setLevel(level)
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if name.startswith("parsl.") and isinstance(logger, logging.Logger) and logger.level:
@@ -245,13 +235,17 @@ def set_parsl_logging(config: BpsConfig) -> int:
 
 @dataclass(frozen=True)
 class Key:
-    """One plugin key: YAML ``name``, settings ``field``, ``kind``, ``default``, ``check`` (gives the fix)."""
+    """One plugin key: YAML ``name``, ``kind``, ``default``, ``check`` (gives the fix)."""
 
     name: str
-    field: str
     kind: type
     default: Any
     check: Callable[[Any], str | None] | None = None
+
+
+def _key(name: str, kind: type, default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
+    """A settings field read from the key ``name``."""
+    return field(default=default, metadata={"key": Key(name, kind, default, check)})
 
 
 def _at_least(low: float, fix: str) -> Callable[[Any], str | None]:
@@ -268,105 +262,8 @@ _zero_or_more = _at_least(0, "it must be 0 or more")
 MIN_STALE_AFTER = 2.0
 """The shortest ``parslDriverStaleAfter`` (seconds): heartbeats come every second."""
 
-RUN_KEYS = (
-    Key("parslDetach", "detach", bool, False),
-    Key(
-        "parslProgressInterval",
-        "progress_interval",
-        float,
-        30.0,
-        _at_least(0, "use 0 (off) or a number of seconds"),
-    ),
-    Key("parslProgressByLabel", "progress_by_label", bool, False),
-    Key(
-        "parslDriverStaleAfter",
-        "driver_stale_after",
-        float,
-        30.0,
-        _at_least(
-            MIN_STALE_AFTER,
-            "use at least 2 seconds (default 30); longer than the longest pause of the shared file system",
-        ),
-    ),
-    Key(
-        "parslDispatchOrder",
-        "dispatch_order",
-        str,
-        "priority",
-        lambda value: (
-            None
-            if value in ("priority", "fifo")
-            else "use 'priority' (priority, then critical path) or 'fifo'"
-        ),
-    ),
-    Key(
-        ".parsl.log_level",
-        "parsl_log_level",
-        str,
-        "WARNING",
-        lambda value: None if value.upper() in _LOG_LEVELS else f"use one of {', '.join(_LOG_LEVELS)}",
-    ),
-)
-"""The plugin's run-wide keys (doc/configuration.md has a row for each)."""
-
-SITE_KEYS = (
-    Key("retries", "retries", int, None, _zero_or_more),
-    Key("infrastructureRetries", "infrastructure_retries", int, 3, _zero_or_more),
-    Key("maxIdleTime", "max_idle_time", float, 30.0, _above_zero),
-    Key("strategyPeriod", "strategy_period", float, 1.0, _above_zero),
-    Key(
-        "jobShell",
-        "job_shell",
-        str,
-        "/bin/bash",
-        lambda value: None if os.path.isabs(value) else "give an absolute path, e.g. /bin/bash",
-    ),
-    Key("commandPrefix", "command_prefix", str, ""),
-    Key("environment", "environment", bool, False),
-    Key("monitorEnable", "monitor_enable", bool, False),
-    Key("monitorInterval", "monitor_interval", float, 30.0, _above_zero),
-    Key("monitorFilename", "monitor_filename", str, "monitoring.db"),
-    Key("run_dir", "run_dir", str, None),
-    Key("warmStart", "warm_start", bool, True),
-)
-"""The keys every site reads (doc/configuration.md has a row for each)."""
-
-
-def default_of(name: str) -> Any:
-    """The default of a plugin key (`RUN_KEYS`, `SITE_KEYS`).
-
-    Parameters
-    ----------
-    name : `str`
-        The key's name.
-
-    Returns
-    -------
-    default : `typing.Any`
-        Its default value.
-    """
-    return next(key.default for key in RUN_KEYS + SITE_KEYS if key.name == name)
-
-
-def _read(config: BpsConfig | dict, keys: tuple[Key, ...], where: str | None) -> dict[str, Any]:
-    """The checked values of ``keys``, by field."""
-    values = {}
-    for key in keys:
-        name = key.name if where is None else f"{where}.{key.name}"
-        kind: type | tuple[type, ...] = (float, int) if key.kind is float else key.kind
-        value = get_bps_config_value(config, key.name, kind, key.default, where=where)
-        if key.kind is float and value is not None:
-            value = float(value)
-        fix = key.check(value) if key.check is not None and value is not None else None
-        if fix is not None:
-            raise ConfigurationError(f"'{name.lstrip('.')}' is {value!r}: {fix}")
-        values[key.field] = value
-    return values
-
 
 class _Settings:
-    KEYS: ClassVar[tuple[Key, ...]] = ()
-
     @classmethod
     def read(cls, config: BpsConfig | dict, where: str | None = None) -> Self:
         """Read and check the keys (from the ``site.<name>`` section for `SiteSettings`).
@@ -388,36 +285,98 @@ class _Settings:
         ConfigurationError
             One line naming the first bad key and the fix.
         """
-        return cls(**_read(config, cls.KEYS, where))
+        values = {}
+        for name, key in _keys_by_field(cls).items():
+            value = get_bps_config_value(config, key.name, key.kind, key.default, where=where)
+            fix = key.check(value) if key.check is not None and value is not None else None
+            if fix is not None:
+                shown_name = key.name if where is None else f"{where}.{key.name}"
+                raise ConfigurationError(f"'{shown_name.lstrip('.')}' is {value!r}: {fix}")
+            values[name] = value
+        return cls(**values)
+
+
+def _keys_by_field(cls: type) -> dict[str, Key]:
+    return {item.name: item.metadata["key"] for item in fields(cls)}
 
 
 @dataclass(frozen=True)
 class RunSettings(_Settings):
     """The plugin's run-wide keys (`RUN_KEYS`), one field per key."""
 
-    detach: bool
-    progress_interval: float
-    progress_by_label: bool
-    driver_stale_after: float
-    dispatch_order: str
-    parsl_log_level: str
-    KEYS = RUN_KEYS
+    detach: bool = _key("parslDetach", bool, False)
+    progress_interval: float = _key(
+        "parslProgressInterval", float, 30.0, _at_least(0, "use 0 (off) or a number of seconds")
+    )
+    progress_by_label: bool = _key("parslProgressByLabel", bool, False)
+    driver_stale_after: float = _key(
+        "parslDriverStaleAfter",
+        float,
+        30.0,
+        _at_least(
+            MIN_STALE_AFTER,
+            "use at least 2 seconds (default 30); longer than the longest pause of the shared file system",
+        ),
+    )
+    dispatch_order: str = _key(
+        "parslDispatchOrder",
+        str,
+        "priority",
+        lambda value: (
+            None
+            if value in ("priority", "fifo")
+            else "use 'priority' (priority, then critical path) or 'fifo'"
+        ),
+    )
+    parsl_log_level: str = _key(
+        ".parsl.log_level",
+        str,
+        "WARNING",
+        lambda value: None if value.upper() in _LOG_LEVELS else f"use one of {', '.join(_LOG_LEVELS)}",
+    )
 
 
 @dataclass(frozen=True)
 class SiteSettings(_Settings):
     """The keys every site reads (`SITE_KEYS`), one field per key (``retries`` `None`: unset)."""
 
-    retries: int | None
-    infrastructure_retries: int
-    max_idle_time: float
-    strategy_period: float
-    job_shell: str
-    command_prefix: str
-    environment: bool
-    monitor_enable: bool
-    monitor_interval: float
-    monitor_filename: str
-    run_dir: str | None
-    warm_start: bool
-    KEYS = SITE_KEYS
+    retries: int | None = _key("retries", int, None, _zero_or_more)
+    infrastructure_retries: int = _key("infrastructureRetries", int, 3, _zero_or_more)
+    max_idle_time: float = _key("maxIdleTime", float, 30.0, _above_zero)
+    strategy_period: float = _key("strategyPeriod", float, 1.0, _above_zero)
+    job_shell: str = _key(
+        "jobShell",
+        str,
+        "/bin/bash",
+        lambda value: None if os.path.isabs(value) else "give an absolute path, e.g. /bin/bash",
+    )
+    command_prefix: str = _key("commandPrefix", str, "")
+    environment: bool = _key("environment", bool, False)
+    monitor_enable: bool = _key("monitorEnable", bool, False)
+    monitor_interval: float = _key("monitorInterval", float, 30.0, _above_zero)
+    monitor_filename: str = _key("monitorFilename", str, "monitoring.db")
+    run_dir: str | None = _key("run_dir", str, None)
+    warm_start: bool = _key("warmStart", bool, True)
+
+
+RUN_KEYS = tuple(_keys_by_field(RunSettings).values())
+"""The plugin's run-wide keys (doc/configuration.md has a row for each)."""
+
+SITE_KEYS = tuple(_keys_by_field(SiteSettings).values())
+"""The keys every site reads (doc/configuration.md has a row for each)."""
+
+
+def default_of(name: str) -> Any:
+    """The default of a plugin key (`RUN_KEYS`, `SITE_KEYS`).
+
+    Parameters
+    ----------
+    name : `str`
+        The key's name.
+
+    Returns
+    -------
+    default : `typing.Any`
+        Its default value.
+    """
+    return next(key.default for key in RUN_KEYS + SITE_KEYS if key.name == name)

@@ -25,23 +25,12 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Recreate the submitting process's environment where a job runs (the old
-plugin's helper; the ``environment`` site key does it through a file).
+"""The old plugin's `export_environment`: `~.prepare.commands.environment_script`, shell commands
+that recreate this process's environment (the ``environment`` site key does it through a file).
 """
 
 from __future__ import annotations
 
-from .prepare.commands import environment_script
+from .prepare.commands import environment_script as export_environment
 
 __all__ = ("export_environment",)
-
-
-def export_environment() -> str:
-    """Return shell commands that recreate this process's environment.
-
-    Returns
-    -------
-    script : `str`
-        One ``export NAME='value'`` line per variable (`commands.environment_script`).
-    """
-    return environment_script()

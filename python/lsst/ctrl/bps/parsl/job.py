@@ -81,25 +81,6 @@ class ParslJob:
         Paths of the job's input files by name (see `get_file_paths`).
     """
 
-    __slots__ = (
-        "name",
-        "label",
-        "request_cpus",
-        "request_memory",
-        "request_disk",
-        "request_walltime",
-        "priority",
-        "attempt",
-        "final",
-        "config",
-        "file_paths",
-        "future",
-        "done",
-        "_generic",
-        "_tags",
-        "_logs",
-    )
-    file_paths: dict[str, str]
     _logs: tuple[str, str | None] | None
     _tags: dict[str, Any] | str | None
 
@@ -110,99 +91,29 @@ class ParslJob:
         file_paths: dict[str, str] | None = None,
     ):
         walltime, priority = generic.request_walltime, generic.priority
-        self._set(
-            generic.name,
-            generic.label,
-            generic.request_cpus or 1,
-            generic.request_memory,
-            generic.request_disk,
-        )
+        self.name, self.label, self.request_cpus = generic.name, generic.label, generic.request_cpus or 1
+        self.request_memory, self.request_disk = generic.request_memory, generic.request_disk
         self.request_walltime = None if walltime is None else str(walltime)
         self.priority = None if priority is None else str(priority)
-        self._tags = dict(generic.tags or {})
-        self._generic = generic
-        self.config = config
+        self.attempt, self.final, self._tags = 1, False, dict(generic.tags or {})
+        self._generic, self.config, self.future, self.done = generic, config, None, False
         self.file_paths = dict(file_paths or {})
+        self._logs = None
         if config is not None:
             found, submit_path = config.search("submitPath", opt={"default": None})
             if found and submit_path:
-                self._logs = (str(submit_path), _log_dir(config, self.label, self.tags))
+                from .store.recorder import log_dir_template
 
-    def _set(
-        self,
-        name: str,
-        label: str,
-        request_cpus: int,
-        request_memory: int | None,
-        request_disk: int | None,
-        request_walltime: str | None = None,
-        priority: str | None = None,
-        attempt: int = 1,
-        final: bool = False,
-        tags: dict[str, Any] | str | None = None,
-    ) -> None:
-        """Set every attribute (the generic job, config and logs to none)."""
-        self.name, self.label, self.request_cpus = name, label, request_cpus
-        self.request_memory, self.request_disk, self.request_walltime = (
-            request_memory,
-            request_disk,
-            request_walltime,
-        )
-        self.priority, self.attempt, self.final, self._tags = priority, attempt, final, tags
-        self._generic = self._logs = self.config = self.future = None
-        self.file_paths = {}
-        self.done = False
-
-    @classmethod
-    def for_attempt(
-        cls,
-        name: str,
-        label: str,
-        request_cpus: int = 1,
-        request_memory: int | None = None,
-        request_disk: int | None = None,
-        request_walltime: str | None = None,
-        priority: str | None = None,
-        attempt: int = 1,
-        *,
-        final: bool = False,
-        tags: dict[str, Any] | str | None = None,
-        config: BpsConfig | None = None,
-        submit_path: str | None = None,
-        log_dir: str | None = None,
-    ) -> ParslJob:
-        """Build the view of one attempt of a prepared job.
-
-        Parameters
-        ----------
-        name, label : `str`
-            Job name and label.
-        request_cpus, request_memory, request_disk : `int`
-            What this attempt asks for (memory and disk in MB).
-        request_walltime, priority : `str`, optional
-            As the generic job has them.
-        attempt : `int`
-            Attempt number, 1 for the first.
-        final : `bool`
-            Whether this is the final job.
-        tags : `dict` or `str`, optional
-            The job's tags, or their JSON text.
-        config : `lsst.ctrl.bps.BpsConfig`, optional
-            BPS configuration of the run.
-        submit_path, log_dir : `str`, optional
-            Submit directory and log sub-directory (for ``stdout``/``stderr``).
-        """
-        job = cls.__new__(cls)
-        job._set(name, label, request_cpus, request_memory, request_disk, request_walltime, priority, attempt)
-        job.final, job._tags = final, tags
-        job.config = config
-        if submit_path is not None:
-            job._logs = (submit_path, log_dir)
-        return job
+                self._logs = (str(submit_path), log_dir_template(config)(self.label, self.tags))
 
     @classmethod
     def from_row(
-        cls, row: JobRow, attempt: int, request_memory: int | None, config: BpsConfig, submit_path: str
+        cls,
+        row: JobRow,
+        attempt: int = 1,
+        request_memory: int | None = None,
+        config: BpsConfig | None = None,
+        submit_path: str | None = None,
     ) -> ParslJob:
         """The view of attempt ``attempt`` of a stored job.
 
@@ -210,35 +121,29 @@ class ParslJob:
         ----------
         row : `JobRow`
             The stored job.
-        attempt : `int`
-            The attempt number.
-        request_memory : `int` or `None`
-            Memory the attempt asks for (MB, scaled for retries).
-        config : `lsst.ctrl.bps.BpsConfig`
-            The run's configuration.
-        submit_path : `str`
-            Submit directory.
+        attempt, request_memory : `int`, optional
+            The attempt's number and memory (MB, scaled for retries; `None`: the row's).
+        config, submit_path : optional
+            The run's `~lsst.ctrl.bps.BpsConfig` and submit directory (for ``stdout``/``stderr``).
 
         Returns
         -------
         job : `ParslJob`
             The job's view.
         """
-        return cls.for_attempt(
-            row.name,
-            row.label,
-            row.request_cpus or 1,
-            request_memory,
+        job = cls.__new__(cls)
+        job.name, job.label, job.request_cpus = row.name, row.label, row.request_cpus or 1
+        job.request_memory = row.request_memory if request_memory is None else request_memory
+        job.request_disk, job.request_walltime, job.priority = (
             row.request_disk,
             row.request_walltime,
             row.priority,
-            attempt,
-            final=bool(row.final),
-            tags=row.tags,
-            config=config,
-            submit_path=submit_path,
-            log_dir=row.log_dir,
         )
+        job.attempt, job.final, job._tags = attempt, bool(row.final), row.tags
+        job._generic, job.config, job.future, job.done = None, config, None, False
+        job.file_paths = {}
+        job._logs = None if submit_path is None else (submit_path, row.log_dir)
+        return job
 
     @property
     def generic(self) -> Any:
@@ -248,13 +153,9 @@ class ParslJob:
     @property
     def tags(self) -> dict[str, Any]:
         """The job's BPS tags (e.g. ``visit``, ``detector``)."""
-        tags = self._tags
-        if tags is None:
-            tags = {}
-        elif isinstance(tags, str):
-            tags = json.loads(tags)
-        self._tags = tags
-        return tags
+        if not isinstance(self._tags, dict):
+            self._tags = {} if self._tags is None else json.loads(self._tags)
+        return self._tags
 
     @property
     def stdout(self) -> str | None:
@@ -286,7 +187,7 @@ class ParslJob:
             "memory": self.request_memory or None,
             "cores": self.request_cpus or 1,
             "disk": self.request_disk or None,
-            "running_time_min": walltime_minutes(self.request_walltime),
+            "running_time_min": _walltime_minutes(self.request_walltime),
         }
         priority = priority_number(self.priority)
         if priority is not None:
@@ -295,13 +196,6 @@ class ParslJob:
 
     def __repr__(self) -> str:
         return f"ParslJob({self.name!r}, label={self.label!r}, attempt={self.attempt})"
-
-
-def _log_dir(config: BpsConfig, label: str, tags: dict[str, Any]) -> str:
-    """The job's log sub-directory."""
-    from .store.recorder import log_dir_template
-
-    return log_dir_template(config)(label, tags)
 
 
 def priority_number(value: Any) -> int | float | None:
@@ -317,30 +211,17 @@ def priority_number(value: Any) -> int | float | None:
     priority : `int`, `float` or `None`
         An `int` when whole.
     """
-    if value is None or value == "":
-        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    if math.isnan(number) or math.isinf(number):
+    if not math.isfinite(number):
         return None
     return int(number) if number.is_integer() else number
 
 
-def walltime_minutes(value: Any) -> int | None:
-    """A ``requestWalltime`` in whole minutes (at least 1), or `None` if unset or unreadable.
-
-    Parameters
-    ----------
-    value : `~typing.Any`
-        The job's ``requestWalltime``.
-
-    Returns
-    -------
-    minutes : `int` or `None`
-        The walltime, rounded up.
-    """
+def _walltime_minutes(value: Any) -> int | None:
+    """A ``requestWalltime`` in whole minutes (at least 1, rounded up), or `None` if unset or unreadable."""
     if not value:
         return None
     try:
@@ -350,9 +231,7 @@ def walltime_minutes(value: Any) -> int | None:
             minutes = parse_walltime(str(value), "requestWalltime") / 60
         except ConfigurationError:
             return None
-    if math.isnan(minutes) or math.isinf(minutes):
-        return None
-    return max(1, math.ceil(minutes))
+    return max(1, math.ceil(minutes)) if math.isfinite(minutes) else None
 
 
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")

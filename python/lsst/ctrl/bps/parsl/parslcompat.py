@@ -80,24 +80,18 @@ def start_kernel(config: Any, on_error: Callable[[str, BaseException], None]) ->
     try:
         DataFlowKernel.__init__(dfk, config)
     except BaseException:
-        steps: list[tuple[str, Callable[[], Any]]] = []
-        poller = getattr(dfk, "job_status_poller", None)
-        if poller is not None:
-            steps.append(("job_status_poller", poller.close))
-        steps.extend(
-            (f"executor {label}", ex.shutdown) for label, ex in getattr(dfk, "executors", {}).items()
-        )
-        for name in ("memoizer", "usage_tracker"):
-            part = getattr(dfk, name, None)
-            if part is not None:
-                steps.append((name, part.close))
-        monitoring = getattr(dfk, "monitoring", None)
-        if monitoring is not None:
-            steps.append(("monitoring", monitoring.close))
-        unregister = getattr(dfk, "_logging_unregister_callback", None)
-        if unregister is not None:
-            steps.append(("logging callback", unregister))
+
+        def close_of(name: str) -> Callable[[], Any] | None:
+            return getattr(getattr(dfk, name, None), "close", None)
+
+        # The poller first (it polls the executors), then the executors, then the rest.
+        steps = [("job_status_poller", close_of("job_status_poller"))]
+        steps += [(f"executor {label}", ex.shutdown) for label, ex in getattr(dfk, "executors", {}).items()]
+        steps += [(name, close_of(name)) for name in ("memoizer", "usage_tracker", "monitoring")]
+        steps.append(("logging callback", getattr(dfk, "_logging_unregister_callback", None)))
         for name, step in steps:
+            if step is None:
+                continue
             try:
                 step()
             except Exception as exc:  # noqa: BLE001 - each part is stopped whatever the others do
@@ -116,10 +110,8 @@ def mark_scaled_in(executor: Any, block: str, message: str) -> None:
     ----------
     executor : `parsl.executors.status_handling.BlockProviderExecutor`
         The executor that owns the block.
-    block : `str`
-        The block's id.
-    message : `str`
-        Why the block was cancelled (shown in Parsl's logs).
+    block, message : `str`
+        The block's id; why it was cancelled (shown in Parsl's logs).
     """
     from parsl.jobs.states import JobState, JobStatus
 
@@ -181,8 +173,7 @@ def interchange_exit_code(executor: Any) -> int | None:
     Returns
     -------
     code : `int` or `None`
-        The exit code, or `None` if it runs, has none, or the executor
-        already failed.
+        The exit code; `None` if it runs, has none, or the executor already failed.
     """
     proc = getattr(executor, "interchange_proc", None)
     if proc is None or getattr(executor, "bad_state_is_set", True):

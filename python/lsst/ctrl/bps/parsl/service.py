@@ -38,8 +38,7 @@ from lsst.resources import ResourcePath
 
 from .configuration import ConfigurationError, RunSettings
 from .control.checks import check_executables, check_submit_path
-from .files import open_private, safe_component
-from .oneline import one_line
+from .oneline import one_line, open_private, safe_component
 from .run.session import RunFailedError
 from .site import SiteConfig
 from .store.runindex import resolve_run
@@ -140,41 +139,32 @@ class ParslService(BaseWmsService):
             The prepared workflow; its state is in ``out_prefix``.
         """
         try:
-            return self._prepare(config, generic_workflow, out_prefix)
+            if out_prefix is None:
+                raise ConfigurationError("prepare needs the submit directory (out_prefix)")
+            check_executables(config, generic_workflow)
+            try:
+                os.makedirs(out_prefix, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"submit directory {os.path.abspath(out_prefix)}: cannot create it ({exc.strerror}): "
+                    "set submitPath to a writable directory"
+                ) from None
+            workflow = ParslWorkflow.from_generic_workflow(
+                config, generic_workflow, out_prefix, f"{type(self).__module__}.{type(self).__name__}"
+            )
+            # `bps restart` reads this file; `bps submit` writes it (umask's mode:
+            # tightened here), other callers of prepare may not.
+            try:
+                os.chmod(_save_config(config, workflow), 0o600)
+            except OSError as exc:
+                raise StateStoreError(
+                    f"{workflow.submit_path}: cannot write the run's configuration ({exc.strerror or exc}): free "
+                    "space or fix its permissions, then submit again (no job ran)"
+                ) from None
+            return workflow
         except (ConfigurationError, StateStoreError) as exc:
             _fail_bps_command(one_line(exc), now=True)
             raise
-
-    def _prepare(
-        self, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None
-    ) -> ParslWorkflow:
-        if out_prefix is None:
-            raise ConfigurationError("prepare needs the submit directory (out_prefix)")
-        check_executables(config, generic_workflow)
-        try:
-            os.makedirs(out_prefix, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"submit directory {os.path.abspath(out_prefix)}: cannot create it ({exc.strerror}): "
-                "set submitPath to a writable directory"
-            ) from None
-        workflow = ParslWorkflow.from_generic_workflow(
-            config, generic_workflow, out_prefix, f"{type(self).__module__}.{type(self).__name__}"
-        )
-        # `bps restart` reads this file; `bps submit` writes it (umask's mode:
-        # tightened here), other callers of prepare may not.
-        bps_copy = os.path.join(workflow.submit_path, f"{safe_component(workflow.name)}_config.yaml")
-        try:
-            if os.path.exists(bps_copy):
-                os.chmod(bps_copy, 0o600)
-            else:
-                _save_config(config, bps_copy)
-        except OSError as exc:
-            raise StateStoreError(
-                f"{bps_copy}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
-                f"permissions in {workflow.submit_path}, then submit again (no job ran)"
-            ) from None
-        return workflow
 
     def submit(self, workflow: ParslWorkflow, **kwargs: Any) -> ParslWorkflow:
         """Run the workflow to its end (in the background with ``parslDetach``).
@@ -244,7 +234,7 @@ class ParslService(BaseWmsService):
         try:
             submit_path = resolve_run(wms_workflow_id)
             run_id = checked_run(submit_path)
-            workflow = ParslWorkflow.load(submit_path)
+            workflow = ParslWorkflow.read(submit_path)
             alive = driver_alive(submit_path, run_id)
             if alive is not None:
                 raise DriverBusyError(
@@ -254,9 +244,7 @@ class ParslService(BaseWmsService):
             config = load_config(submit_path)
             # ctrl_bps reads this copy after a restart; a submit killed while it created the run may not
             # have written it.
-            bps_copy = os.path.join(submit_path, f"{safe_component(workflow.name)}_config.yaml")
-            if not os.path.exists(bps_copy):
-                _save_config(config, bps_copy)
+            _save_config(config, workflow)
             if RunSettings.read(config).detach:
                 pid = start_detached(submit_path, "restart")
                 return workflow.run_id, workflow.name, f"restarted in the background (pid {pid})"
@@ -346,7 +334,10 @@ class ParslService(BaseWmsService):
         return ping_site(pass_thru, self.config)
 
 
-def _save_config(config: BpsConfig, path: str) -> None:
-    """Write ``config`` as YAML to ``path``, mode 0600."""
-    with os.fdopen(open_private(path), "w") as stream:
-        config.dump(stream)
+def _save_config(config: BpsConfig, workflow: ParslWorkflow) -> str:
+    """Write ``config`` as YAML (mode 0600) where ctrl_bps reads the run's copy, unless it is there; the path."""
+    path = os.path.join(workflow.submit_path, f"{safe_component(workflow.name)}_config.yaml")
+    if not os.path.exists(path):
+        with os.fdopen(open_private(path), "w") as stream:
+            config.dump(stream)
+    return path

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import os
 from abc import ABC, abstractmethod
-from types import ModuleType
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lsst.ctrl.bps import BpsConfig
@@ -45,7 +45,7 @@ from .configuration import (
     get_bps_config_value,
     get_workflow_name,
 )
-from .sites.resources import EXECUTOR_RESOURCES, ExecutorCapacity, check_executors_take, checked_resource_list
+from .job import RESOURCE_NAMES
 
 if TYPE_CHECKING:
     import parsl.config
@@ -55,6 +55,27 @@ if TYPE_CHECKING:
     from .job import ParslJob
 
 __all__ = ("EXECUTOR_RESOURCES", "ExecutorCapacity", "SiteConfig")
+
+EXECUTOR_RESOURCES: dict[str, tuple[str, ...]] = {
+    "HighThroughputExecutor": ("priority",),
+    "WorkQueueExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
+    "TaskVineExecutor": ("memory", "cores", "disk", "running_time_min", "priority"),
+    "LocalPoolExecutor": ("cores", "memory", "running_time_min"),
+    "ThreadPoolExecutor": (),
+}
+"""The job resources each executor type takes in a task's
+``parsl_resource_specification``: the old plugin's table plus the local pool
+and Parsl's thread pool (doc/sites.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorCapacity:
+    """What one executor that runs jobs on this machine can run at once: ``cores`` and ``memory`` (MB;
+    `None`: not limited); `prepare` refuses a job that asks for more (batch executors have none).
+    """
+
+    cores: int
+    memory: int | None = None
 
 
 class SiteConfig(ABC):
@@ -94,7 +115,18 @@ class SiteConfig(ABC):
 
     @resource_list.setter
     def resource_list(self, value: list[str] | None) -> None:
-        self._resource_list = checked_resource_list(value, type(self).__name__)
+        if value is not None:
+            names = ", ".join(RESOURCE_NAMES)
+            passes = f"site class {type(self).__name__} passes resource_list"
+            if isinstance(value, str) or not all(isinstance(key, str) for key in value):
+                raise ConfigurationError(f"{passes} {value!r}: it must be a list of names among {names}")
+            unknown = [key for key in value if key not in RESOURCE_NAMES]
+            if unknown:
+                raise ConfigurationError(
+                    f"{passes} {list(value)}: {unknown} are not job resources; use names among {names}"
+                )
+            value = list(value)
+        self._resource_list = value
 
     @staticmethod
     def get_site_subconfig(config: BpsConfig) -> BpsConfig:
@@ -148,9 +180,9 @@ class SiteConfig(ABC):
             If the class is missing, cannot be imported or is no `SiteConfig`.
         """
         site = cls.get_site_subconfig(config)
-        compute_site = config["computeSite"]
-        key = f"site.{compute_site}.class"
-        name = get_bps_config_value(site, "class", str, required=True, where=f"site.{compute_site}")
+        where = f"site.{config['computeSite']}"
+        key = f"{where}.class"
+        name = get_bps_config_value(site, "class", str, required=True, where=where)
         try:
             site_class = doImport(name)
         except (ImportError, TypeError, ValueError, AttributeError) as exc:
@@ -158,9 +190,7 @@ class SiteConfig(ABC):
                 f"'{key}' is {name!r}, which cannot be imported ({exc}): use e.g. "
                 "lsst.ctrl.bps.parsl.sites.Local"
             ) from None
-        if isinstance(site_class, ModuleType) or not (
-            isinstance(site_class, type) and issubclass(site_class, SiteConfig)
-        ):
+        if not (isinstance(site_class, type) and issubclass(site_class, SiteConfig)):
             raise ConfigurationError(
                 f"'{key}' is {name!r}, which is not a SiteConfig subclass: use e.g. "
                 "lsst.ctrl.bps.parsl.sites.Local"
@@ -172,46 +202,25 @@ class SiteConfig(ABC):
         """The keys every site reads (`SiteSettings`), read and checked once."""
         return SiteSettings.read(self.site, self.where)
 
-    def get(self, key: str, data_type: type | tuple[type, ...], default: Any = None, **kwargs: Any) -> Any:
+    def get(
+        self, key: str, data_type: Any, default: Any = None, required: bool = False, positive: bool = False
+    ) -> Any:
         """Typed lookup of a key of this site's section (`get_bps_config_value`).
 
         Parameters
         ----------
-        key : `str`
-            Key of the site's section.
-        data_type : `type` or `tuple` [`type`]
-            Type(s) the value must have.
-        default : `~typing.Any`, optional
-            Value when the key is absent or null.
-        **kwargs : `~typing.Any`
-            More arguments of `get_bps_config_value` (``required``).
+        key, data_type, default, required
+            As `get_bps_config_value`'s ``key``, ``dataType``, ``default``, ``required``.
+        positive : `bool`, optional
+            Whether a value must be greater than zero.
 
         Returns
         -------
         value : `~typing.Any`
             The value, else ``default``.
         """
-        return get_bps_config_value(self.site, key, data_type, default, where=self.where, **kwargs)
-
-    def get_positive(self, key: str, data_type: type, default: Any = None) -> Any:
-        """Typed lookup of a key that must be greater than zero.
-
-        Parameters
-        ----------
-        key : `str`
-            Key of the site's section.
-        data_type : `type`
-            Type the value must have.
-        default : `~typing.Any`, optional
-            Value when the key is absent or null.
-
-        Returns
-        -------
-        value : `~typing.Any`
-            The value, else ``default``.
-        """
-        value = self.get(key, data_type, default)
-        if value is not None and value <= 0:
+        value = get_bps_config_value(self.site, key, data_type, default, required=required, where=self.where)
+        if positive and value is not None and value <= 0:
             raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be greater than 0")
         return value
 
@@ -222,8 +231,7 @@ class SiteConfig(ABC):
 
     @abstractmethod
     def select_executor(self, job: ParslJob) -> str:
-        """Return the label of the executor that should run ``job`` (called
-        for every attempt: a retry may go to another executor).
+        """Return the label of the executor that runs ``job`` (asked again for each retry).
 
         Parameters
         ----------
@@ -245,15 +253,12 @@ class SiteConfig(ABC):
         labels : `list` [`str`]
             The labels, in the order of `get_executors`.
         """
-        labels = getattr(self, "_executor_labels", None)
-        if labels is None:
-            labels = [executor.label for executor in self.get_executors()]
-            self._executor_labels = labels
-        return labels
+        if "_executor_labels" not in vars(self):
+            self._executor_labels = [executor.label for executor in self.get_executors()]
+        return self._executor_labels
 
     def capacity(self, label: str) -> ExecutorCapacity | None:
-        """Return what the executor ``label`` can run at once (`None`: its
-        batch system decides).
+        """Return what the executor ``label`` can run at once (`None`: its batch system decides).
 
         Parameters
         ----------
@@ -268,8 +273,7 @@ class SiteConfig(ABC):
         return None
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        """Return Parsl's ``parsl_resource_specification`` for a job: the
-        job's values of the names in ``resource_list`` that it sets.
+        """Return Parsl's ``parsl_resource_specification`` for a job: its values of ``resource_list``'s names.
 
         Parameters
         ----------
@@ -315,7 +319,7 @@ class SiteConfig(ABC):
         if self.settings.environment:
             import shlex
 
-            from .files import write_private
+            from .oneline import write_private
             from .prepare.commands import environment_script
 
             if self.submit_path is None:
@@ -327,37 +331,16 @@ class SiteConfig(ABC):
             prefix = f"{prefix}\n{source}" if prefix else source
         return prefix
 
-    @property
-    def job_shell(self) -> str:
-        """Shell that runs each job's script (key ``jobShell``)."""
-        return self.settings.job_shell
-
-    @property
-    def site_retries(self) -> int | None:
-        """Retries of every job (key ``retries``, wins over ``numberOfRetries``); `None`: unset."""
-        return self.settings.retries
-
     default_retries = 1
     """Retries of a job when neither ``retries`` nor ``numberOfRetries`` is set."""
-
-    @property
-    def warm_start(self) -> bool:
-        """Whether ``pipetask run-qbb`` jobs may start warm (key ``warmStart``)."""
-        return self.settings.warm_start
-
-    @property
-    def infrastructure_retries(self) -> int:
-        """Reruns of a job whose attempts the infrastructure lost (``infrastructureRetries``)."""
-        return self.settings.infrastructure_retries
 
     @property
     def run_dir(self) -> str:
         """Parsl's run directory (key ``run_dir``), from the submit directory."""
         run_dir = self.settings.run_dir
-        base = self.submit_path or "."
-        if not run_dir:
-            return os.path.join(base, "parsl", "runinfo")
-        return os.path.join(base, os.path.expanduser(run_dir))
+        return os.path.join(
+            self.submit_path or ".", os.path.expanduser(run_dir) if run_dir else "parsl/runinfo"
+        )
 
     def monitoring_filename(self) -> str | None:
         """Path of the Parsl monitoring database, or `None` if monitoring is off.
@@ -395,8 +378,7 @@ class SiteConfig(ABC):
         )
 
     def get_parsl_config(self) -> parsl.config.Config:
-        """Return the Parsl configuration: executors, monitoring, run dir
-        (Parsl's own retries are 0: the plugin retries jobs).
+        """Return the Parsl configuration: executors, monitoring, run dir (no retries: the plugin's).
 
         Returns
         -------
@@ -405,28 +387,36 @@ class SiteConfig(ABC):
         """
         import parsl.config
 
-        from .sites.blocks import scaling_strategy
-
-        run_dir = self.run_dir
-        executors = self.get_executors()
         return parsl.config.Config(
-            executors=executors,
+            executors=self.get_executors(),
             monitoring=self.get_monitor(),
             retries=0,
-            run_dir=run_dir,
-            strategy=scaling_strategy(executors),
+            run_dir=self.run_dir,
+            strategy="simple",  # reliability.md W2 says why not htex_auto_scale
             strategy_period=self.settings.strategy_period,
             max_idletime=self.settings.max_idle_time,
             initialize_logging=False,
         )
 
     def validate(self) -> None:
-        """Check this site's settings without starting anything: build the
-        executors and read the common keys (subclasses may add checks).
-        """
+        """Check the site's settings, executors and common keys without starting anything."""
         labels = self.executor_labels()
         if len(set(labels)) != len(labels):
             raise ConfigurationError(f"'{self.where}': executor labels must be unique, got {labels}")
         self.settings  # noqa: B018
         RunSettings.read(self.config)
-        check_executors_take(type(self).__name__, self.resource_list, self.get_executors)
+        resource_list = self.resource_list or []
+        for executor in self.get_executors() if resource_list else ():
+            kind = type(executor).__name__
+            accepted = EXECUTOR_RESOURCES.get(kind)
+            if accepted is None or (
+                kind == "HighThroughputExecutor" and getattr(executor, "enable_mpi_mode", False)
+            ):
+                continue  # not known: anything is passed on
+            refused = [key for key in resource_list if key not in accepted]
+            if refused:
+                raise ConfigurationError(
+                    f"site class {type(self).__name__} passes resource_list {resource_list}, but its "
+                    f"executor '{executor.label}' ({kind}) does not take {refused} (it takes: "
+                    f"{', '.join(sorted(accepted)) or 'none'}): drop them from resource_list or use another executor"
+                )

@@ -25,9 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""The distribution's version (the old plugin's module; the major version 99
-is above every release of the old plugin: doc/operations.md, "Installing").
-"""
+"""The distribution's version (major 99, above the old plugin's: doc/operations.md, "Installing")."""
 
 __all__ = ["__version__"]
 

@@ -29,18 +29,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import getpass
 import os
 import secrets
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator, Iterable
 from typing import Any
 
 from lsst.ctrl.bps import BaseWmsWorkflow, BpsConfig, GenericWorkflow
 
 from .configuration import ConfigurationError
-from .files import safe_component
+from .oneline import safe_component
 from .prepare import batch
 from .prepare.jobrows import job_rows
 from .records import JobRow
@@ -71,11 +73,6 @@ class ParslWorkflow(BaseWmsWorkflow):
         """Jobs that `add_to_parent_workflow` adds to a running run."""
 
     @property
-    def db_path(self) -> str:
-        """The run-state database."""
-        return db_path(self.submit_path)
-
-    @property
     def path(self) -> str:
         """The submit directory (the old plugin's name for it)."""
         return self.submit_path
@@ -85,23 +82,21 @@ class ParslWorkflow(BaseWmsWorkflow):
         """The BPS configuration (the old plugin's name for ``config``)."""
         return self.config
 
-    @property
+    @functools.cached_property
     def site(self) -> Any:
         """The run's `SiteConfig` (from the saved configuration when loaded)."""
-        site = self.__dict__.get("_site")
-        if site is None:
-            from .run.session import load_config
-            from .site import SiteConfig
+        from .run.session import load_config
+        from .site import SiteConfig
 
-            config = self.config if self.config is not None else load_config(self.submit_path)
-            site = SiteConfig.from_config(config)
-            site.submit_path = self.submit_path
-            self.__dict__["_site"] = site
+        site = SiteConfig.from_config(
+            self.config if self.config is not None else load_config(self.submit_path)
+        )
+        site.submit_path = self.submit_path
         return site
 
     @classmethod
     def read(cls, out_prefix: str) -> ParslWorkflow:
-        """Return the workflow prepared in ``out_prefix`` (as `load`).
+        """Return the workflow prepared in a submit directory.
 
         Parameters
         ----------
@@ -111,9 +106,11 @@ class ParslWorkflow(BaseWmsWorkflow):
         Returns
         -------
         workflow : `ParslWorkflow`
-            The workflow.
+            The workflow (without its configuration).
         """
-        return cls.load(out_prefix)
+        with contextlib.closing(RunStore(db_path(os.path.abspath(out_prefix)), readonly=True)) as store:
+            meta = store.meta()
+        return cls(meta["run_name"], None, meta["submit_path"], meta["run_id"])
 
     @classmethod
     def from_generic_workflow(
@@ -144,45 +141,32 @@ class ParslWorkflow(BaseWmsWorkflow):
         ConfigurationError
             If a job cannot be rendered or checked, or the graph is not a DAG.
         """
+        from .site import SiteConfig
+
         # Prepare allocates an object or two per job on top of the generic
         # workflow's own; collecting garbage meanwhile only rescans the heap.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return cls._prepare(config, generic_workflow, out_prefix, service_class)
+            submit_path = os.path.abspath(out_prefix)
+            site = SiteConfig.from_config(config)
+            site.validate()
+            rows, edges, node_id = job_rows(config, generic_workflow, site)
+            control = batch.control_run(submit_path)
+            if control is not None:
+                # `bps batch-prepare` of a running control run: `add_to_parent_workflow` adds these jobs.
+                workflow = cls(generic_workflow.name, config, submit_path, control["run_id"])
+                jobs, envs = _drain(rows)
+                workflow.payload = batch.Payload(jobs, list(edges), envs)
+                return workflow
+            run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+            meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)
+            meta.update(batch.lazy_group_ids(generic_workflow, node_id))
+            _create_run(config, meta, rows, edges)
+            return cls(generic_workflow.name, config, submit_path, run_id)
         finally:
             if gc_was_enabled:
                 gc.enable()
-
-    @classmethod
-    def _prepare(
-        cls, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str, service_class: str
-    ) -> ParslWorkflow:
-        from .site import SiteConfig
-
-        submit_path = os.path.abspath(out_prefix)
-        site = SiteConfig.from_config(config)
-        site.validate()
-        rows, edges, node_id = job_rows(config, generic_workflow, site)
-        control = batch.control_run(submit_path)
-        if control is not None:
-            # `bps batch-prepare` of a running control run: `add_to_parent_workflow` adds these jobs.
-            workflow = cls(generic_workflow.name, config, submit_path, control["run_id"])
-            jobs, envs = _drain(rows)
-            workflow.payload = batch.Payload(jobs, list(edges), envs)
-            return workflow
-        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
-        meta = _run_meta(config, generic_workflow.name, run_id, submit_path, service_class)
-        meta.update(batch.lazy_group_ids(generic_workflow, node_id))
-        os.makedirs(submit_path, exist_ok=True)
-        _create_run(
-            config,
-            submit_path,
-            run_id,
-            generic_workflow.name,
-            lambda: RunStore.create(db_path(submit_path), meta, rows, edges).close(),
-        )
-        return cls(generic_workflow.name, config, submit_path, run_id)
 
     def add_to_parent_workflow(self, config: BpsConfig) -> None:
         """Add this payload's jobs to the running run that prepared it (``bpsBatchSubmission``).
@@ -198,27 +182,6 @@ class ParslWorkflow(BaseWmsWorkflow):
                 "run submitted with 'bpsBatchSubmission: true', so it has no run to join"
             )
         batch.join_payload(self.submit_path, self.payload)
-
-    @classmethod
-    def load(cls, submit_path: str) -> ParslWorkflow:
-        """Return the workflow prepared in a submit directory.
-
-        Parameters
-        ----------
-        submit_path : `str`
-            Submit directory.
-
-        Returns
-        -------
-        workflow : `ParslWorkflow`
-            The workflow (without its configuration).
-        """
-        store = RunStore(db_path(os.path.abspath(submit_path)), readonly=True)
-        try:
-            meta = store.meta()
-        finally:
-            store.close()
-        return cls(meta["run_name"], None, meta["submit_path"], meta["run_id"])
 
     def write(self, out_prefix: str) -> None:
         """Nothing to do: `from_generic_workflow` already saved everything.
@@ -241,11 +204,16 @@ def _drain(rows: Generator[JobRow, None, list[str]]) -> tuple[list[JobRow], list
 
 
 def _create_run(
-    config: BpsConfig, submit_path: str, run_id: str, name: str, create_store: Callable[[], None]
+    config: BpsConfig,
+    meta: dict[str, Any],
+    rows: Generator[JobRow, None, list[str]],
+    edges: Iterable[tuple[int, int]],
 ) -> None:
     """Create a run so that a kill at any point leaves none or a complete one (doc/design.md)."""
     from .run.session import install_config, save_pending_config
 
+    submit_path, run_id = meta["submit_path"], meta["run_id"]
+    os.makedirs(submit_path, exist_ok=True)
     try:
         pending = save_pending_config(config, submit_path, run_id)
     except OSError as exc:
@@ -253,15 +221,13 @@ def _create_run(
             f"{submit_path}: cannot write the run's configuration ({exc.strerror or exc}): free space or fix "
             f"permissions in {submit_path}, then submit again (no job ran)"
         ) from None
-    add_run(run_id, submit_path, name)
+    add_run(run_id, submit_path, meta["run_name"])
     try:
-        create_store()
+        RunStore.create(db_path(submit_path), meta, rows, edges).close()
     except BaseException:
         remove_run(run_id, submit_path)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(pending)
-        except OSError:
-            pass
         raise
     install_config(submit_path, run_id)
 

@@ -249,17 +249,7 @@ def _check_resources(row: JobRow, site: Any, capacities: dict[str, Any]) -> None
                     f"'{where}' is {row.request_walltime!r}: it must be a number of minutes greater than 0"
                 )
     cpus = row.request_cpus or 1
-    job = ParslJob.for_attempt(
-        row.name,
-        row.label,
-        cpus,
-        row.request_memory,
-        row.request_disk,
-        row.request_walltime,
-        row.priority,
-        final=bool(row.final),
-        tags=row.tags,
-    )
+    job = ParslJob.from_row(row)
     try:
         label = site.select_executor(job)
     except Exception as exc:

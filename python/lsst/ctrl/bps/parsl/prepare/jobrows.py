@@ -116,7 +116,7 @@ def _rows(
     check: Callable[[JobRow], None],
 ) -> Generator[JobRow, None, list[str]]:
     """The checked job rows; returns the distinct environment scripts."""
-    site_retries, default_retries = site.site_retries, site.default_retries
+    site_retries, default_retries = site.settings.retries, site.default_retries
     subdir = _SubdirCache(log_dir_template(config))
     templates: dict[int, _Templates] = {}
     names, items, kinds, finals, graph_of = flat.names, flat.items, flat.kinds, flat.finals, flat.graph_of

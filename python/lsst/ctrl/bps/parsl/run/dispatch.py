@@ -42,8 +42,7 @@ from lsst_ctrl_bps_parsl_worker.job import run_job
 from ..configuration import set_parsl_logging
 from ..parslcompat import start_kernel
 from ..site import SiteConfig
-from ..sites.blocks import BlockWatch
-from ..sites.losses import fail_if_interchange_lost
+from ..sites.losses import BlockWatch, fail_if_interchange_lost
 
 __all__ = ("Dispatch",)
 
@@ -126,7 +125,7 @@ class Dispatch:
         future = self._apps[label](*args, inputs=list(inputs), **kwargs)
         future.add_done_callback(lambda done: self._ended.put((key, done)))
         if watched and self.blocks is not None and walltime:
-            self.blocks.track(key, label, walltime, future)
+            self.blocks.waiting[key] = (label, walltime, future)
         return future
 
     def tick(self) -> None:

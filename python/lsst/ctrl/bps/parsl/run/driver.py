@@ -181,7 +181,7 @@ class Driver(StopHandling):
         for status in statuses:
             self.state[status.job] = status.state
             self.attempt[status.job] = status.attempt
-        self.losses = LostAttempts(site.infrastructure_retries)
+        self.losses = LostAttempts(site.settings.infrastructure_retries)
         self.dispatch = Dispatch(site)
         self.in_flight: dict[int, InFlight] = {}
         self.page = PageWriter(self.submit_path)
@@ -245,8 +245,8 @@ class Driver(StopHandling):
         self._install_signals()
         try:
             self.prefix = self.site.get_command_prefix()
-            self.shell = self.site.job_shell
-            self.warm = self.site.warm_start
+            self.shell = self.site.settings.job_shell
+            self.warm = self.site.settings.warm_start
             monitoring_db = self.site.monitoring_filename()
             if monitoring_db:
                 self.store.set_meta("monitoring_db", monitoring_db)
@@ -264,7 +264,7 @@ class Driver(StopHandling):
         slots = {label: self.site.capacity(label) for label in self.dispatch.labels}
         self.walltime_labels = {label for label, capacity in slots.items() if capacity is not None}
         if len(self.walltime_labels) == len(slots):  # no limit if an executor's slots are not known (batch)
-            self.in_flight_cap = sum(c.queue_depth + _IN_FLIGHT_MARGIN for c in slots.values() if c) or None
+            self.in_flight_cap = sum(c.cores + _IN_FLIGHT_MARGIN for c in slots.values() if c) or None
         store_failed = taken_over = False
         try:
             for final in (False, True):

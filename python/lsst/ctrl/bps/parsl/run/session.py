@@ -53,8 +53,7 @@ from ..control.liveness import (
     driver_alive,
     process_start,
 )
-from ..files import open_private, private_dir
-from ..oneline import ShownMessageError
+from ..oneline import ShownMessageError, open_private, private_dir
 from ..site import SiteConfig
 from ..store.runindex import remove_run
 from ..store.runstore import RunStore, StateStoreError, db_path

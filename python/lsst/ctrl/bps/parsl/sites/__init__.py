@@ -25,15 +25,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Site configurations: one module per kind of site.
-
-The old plugin's class paths work: ``sites.Local``, ``sites.Slurm``,
-``sites.TripleSlurm``, ``sites.Torque``, ``sites.work_queue.LocalSrunWorkQueue``,
-``sites.princeton.Tiger``, ``sites.slac.Sdf``, ``sites.nersc.CoriKnl`` and
-``sites.ccin2p3.Ccin2p3``; ``sites.Generic`` is a site built from YAML alone.
-
-Each class is imported from its module when first used, so that naming one
-site does not import every scheduler's Parsl provider.
+"""Site configurations: one module per kind of site (the old plugin's class
+paths work). Each class is imported from its module when first used, so that
+naming one site does not import every scheduler's Parsl provider.
 """
 
 from __future__ import annotations

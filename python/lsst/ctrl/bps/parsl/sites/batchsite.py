@@ -24,46 +24,51 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""What the batch sites share: `BatchSite` (the ``address``, ``interface``
-and heartbeat keys), the address workers reach this host at (the source of
-this host's route to the compute nodes), walltimes, and the resource
-specifications of Parsl's HighThroughputExecutor and WorkQueueExecutor.
+"""What the batch sites share: `BatchSite`, their block error handlers
+(reliability.md C18), the address workers reach this host at (the source of
+this host's route to the compute nodes), walltimes.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import os
 import socket
 import subprocess
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..configuration import ConfigurationError
 from ..job import parse_walltime, priority_number
+from ..parslcompat import hold_block
 from ..site import SiteConfig
-from .options import build_launcher, check_options
+from .options import build, build_launcher, check_options
 
 if TYPE_CHECKING:
+    from parsl.executors.status_handling import BlockProviderExecutor
+    from parsl.jobs.states import JobStatus
+
     from ..job import ParslJob
 
 __all__ = (
+    "BLOCK_SUBMIT_FAILURES",
     "SRUN_OVERRIDES",
     "BatchSite",
+    "BlockSubmitError",
     "choose_address",
-    "host_addresses",
+    "give_up_if_blocks_refused",
     "normalize_walltime",
     "require_work_queue",
-    "route_source",
     "slurm_node_addresses",
+    "tolerate_lost_blocks",
     "work_queue_spec",
 )
 
 _LOG = logging.getLogger(__name__)
-_HEARTBEAT_PERIOD = 10
-_HEARTBEAT_THRESHOLD = 40
 _BLOCK_KEYS = dict(init_blocks=int, min_blocks=int, max_blocks=int, parallelism=float, cmd_timeout=int)
 
 SRUN_OVERRIDES = "-K0 -k --cpu-bind=none"
@@ -73,8 +78,7 @@ workers are not pinned to their task's cores."""
 
 
 def normalize_walltime(value: Any, name: str) -> str:
-    """A walltime key (a string: ``HH:MM:SS``, ``D-HH:MM:SS`` or minutes) as
-    ``HH:MM:SS``; a YAML number is refused (unquoted ``1:00:00`` is 3600).
+    """A walltime key (a string, doc/sites.md) as ``HH:MM:SS``; a YAML number is refused.
 
     Parameters
     ----------
@@ -99,9 +103,7 @@ def normalize_walltime(value: Any, name: str) -> str:
 
 
 def work_queue_spec(job: ParslJob) -> dict[str, Any]:
-    """``parsl_resource_specification`` for a WorkQueueExecutor: cores,
-    memory and disk (MB) always (Work Queue wants all three or none),
-    running_time_min and priority when set.
+    """``parsl_resource_specification`` for a WorkQueueExecutor (cores, memory and disk always: all or none).
 
     Parameters
     ----------
@@ -116,33 +118,104 @@ def work_queue_spec(job: ParslJob) -> dict[str, Any]:
     return {k: v for k, v in job.get_resources().items() if v is not None or k in ("cores", "memory", "disk")}
 
 
-class BatchSite(SiteConfig):
-    """Base of the sites whose workers run elsewhere and call back.
+BLOCK_SUBMIT_FAILURES = 3
+"""Block submissions in a row the scheduler refused after which an executor
+with no block pending or running gives up (reliability.md C18)."""
 
-    Keys: ``address``, ``interface``, ``heartbeat_period`` (default 10 s),
-    ``heartbeat_threshold`` (default 40 s); see doc/sites.md.
+_HELD_BLOCKS: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+"""Blocks of each executor whose worker pools `tolerate_lost_blocks` held."""
+
+
+class BlockSubmitError(RuntimeError):
+    """The scheduler refused every block of an executor (`tolerate_lost_blocks`)."""
+
+
+def tolerate_lost_blocks(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Block error handler of the batch sites' HighThroughputExecutors (doc/sites.md, "Lost nodes"):
+    Parsl's `~parsl.jobs.error_handlers.simple_error_handler` over the blocks
+    that never had workers, after `give_up_if_blocks_refused`; the worker pools
+    of a block that ended are held at once (else they get tasks until their heartbeats expire).
+
+    Parameters
+    ----------
+    executor : `parsl.executors.status_handling.BlockProviderExecutor`
+        The executor.
+    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
+        Status of each of its blocks.
     """
+    from parsl.jobs.error_handlers import simple_error_handler
+    from parsl.jobs.states import JobState
 
-    def _heartbeat_options(self, period: int | None = None, threshold: int | None = None) -> dict[str, int]:
-        """The keys ``heartbeat_period`` and ``heartbeat_threshold`` (defaults: the arguments, else 10 and 40)."""
-        period = self.get_positive("heartbeat_period", int, period or _HEARTBEAT_PERIOD)
-        threshold = self.get_positive("heartbeat_threshold", int, threshold or _HEARTBEAT_THRESHOLD)
-        if threshold <= period:
-            raise ConfigurationError(
-                f"'{self.where}.heartbeat_threshold' ({threshold}) must be greater than "
-                f"'{self.where}.heartbeat_period' ({period}): set it to a few periods, e.g. {4 * period}"
-            )
-        return {"heartbeat_period": period, "heartbeat_threshold": threshold}
+    held = _HELD_BLOCKS.setdefault(executor, set())
+    for block, block_status in status.items():
+        if block_status.terminal and block_status.state != JobState.SCALED_IN and block not in held:
+            held.add(block)
+            try:
+                hold_block(executor, block)
+            except Exception as exc:  # noqa: BLE001 (the interchange may be gone; the heartbeat still works)
+                _LOG.warning("Could not hold the worker pools of ended block %s: %s", block, exc)
+    if give_up_if_blocks_refused(executor, status):
+        return
+    lost = getattr(executor.provider, "lost_blocks", {})
+    kept = {
+        block: s
+        for block, s in status.items()
+        if s.state != JobState.FAILED and executor.blocks_to_job_id.get(block) not in lost
+    }
+    simple_error_handler(executor, kept)
+
+
+def give_up_if_blocks_refused(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> bool:
+    """Block error handler (Ccin2p3's): give the executor up (`BlockSubmitError`)
+    if the scheduler refused its last `BLOCK_SUBMIT_FAILURES` blocks and none is active.
+
+    Parameters
+    ----------
+    executor : `parsl.executors.status_handling.BlockProviderExecutor`
+        The executor.
+    status : `dict` [`str`, `parsl.jobs.states.JobStatus`]
+        Status of each of its blocks.
+
+    Returns
+    -------
+    gave_up : `bool`
+        Whether it gave the executor up.
+    """
+    from parsl.jobs.states import JobState
+
+    if any(s.state in (JobState.PENDING, JobState.RUNNING, JobState.HELD) for s in status.values()):
+        return False
+    recent = sorted(status, key=lambda block: int(block) if block.isdigit() else -1)[-BLOCK_SUBMIT_FAILURES:]
+    refused = [b for b in recent if status[b].state == JobState.FAILED and b not in executor.blocks_to_job_id]
+    if len(refused) < BLOCK_SUBMIT_FAILURES:
+        return False
+    said = " ".join(str(status[recent[-1]].message or "no error message").split())
+    provider = type(executor.provider).__name__
+    executor.set_bad_state_and_fail_all(
+        BlockSubmitError(
+            f"{provider} could not submit a block {BLOCK_SUBMIT_FAILURES} times in a row, giving up: {said}"
+        )
+    )
+    return True
+
+
+class BatchSite(SiteConfig):
+    """Base of the sites whose workers run elsewhere and call back (keys: doc/sites.md)."""
+
+    label: str
+    """The label of the site's executor, when it has one (each job goes to it)."""
+
+    def select_executor(self, job: ParslJob) -> str:
+        return self.label
 
     def _required_walltime(self, default: str | None) -> str:
         """The ``walltime`` key as ``HH:MM:SS``; required unless the class gives a ``default``."""
-        found, value = self.site.search("walltime", opt={"default": None})
-        if not found or value is None:
-            if default is None:
-                raise ConfigurationError(
-                    f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
-                )
-            value = default
+        value = self.site.search("walltime", opt={"default": None})[1]
+        value = default if value is None else value
+        if value is None:
+            raise ConfigurationError(
+                f"missing required key '{self.where}.walltime': add it, quoted, e.g. walltime: \"01:00:00\""
+            )
         return normalize_walltime(value, f"{self.where}.walltime")
 
     def get_address(self) -> str:
@@ -155,12 +228,17 @@ class BatchSite(SiteConfig):
         if address:
             return address
         if interface:
-            return _interface_address(interface, self.where)
-        cached = getattr(self, "_default_address", None)
-        if cached is None:
-            cached = self.default_address()
-            self._default_address = cached
-        return cached
+            addresses = _host_addresses()
+            if interface not in addresses:
+                raise ConfigurationError(
+                    f"'{self.where}.interface' is {interface!r}, which is not an interface of this host with an "
+                    f"IPv4 address that is up: use one of {', '.join(sorted(addresses)) or 'none'}, or set "
+                    f"'{self.where}.address'"
+                )
+            return addresses[interface][0]
+        if "_default_address" not in self.__dict__:
+            self._default_address = self.default_address()
+        return self._default_address
 
     def default_address(self) -> str:
         """The workers' address of this host without ``address`` or ``interface`` (`choose_address`).
@@ -170,17 +248,7 @@ class BatchSite(SiteConfig):
         address : `str`
             The address.
         """
-        return choose_address(self.address_targets(), self.where)
-
-    def address_targets(self) -> list[str]:
-        """Hosts the workers run on, or the batch system's controller (default: none known).
-
-        Returns
-        -------
-        targets : `list` [`str`]
-            Host names or addresses.
-        """
-        return []
+        return choose_address([], self.where)
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
         # A HighThroughputExecutor's: the priority only (lower first), unless the site has a resource_list.
@@ -194,72 +262,70 @@ class BatchSite(SiteConfig):
         return {key: f"use '{self.where}.{key}'" for key in ("heartbeat_period", "heartbeat_threshold")}
 
     def _htex_defaults(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-        """HighThroughputExecutor arguments every batch site sets (over the
-        class's ``defaults``): the heartbeats, and a block error handler that
-        does not give up on the executor for a lost block (`~.slurm_provider.tolerate_lost_blocks`).
+        """HTEX arguments every batch site sets over the class's ``defaults``: the keys
+        ``heartbeat_period`` and ``heartbeat_threshold`` (else 10 and 40), the block error handler.
         """
-        from .slurm_provider import tolerate_lost_blocks
-
         defaults = defaults or {}
-        options: dict[str, Any] = self._heartbeat_options(
-            defaults.get("heartbeat_period"), defaults.get("heartbeat_threshold")
+        period = self.get("heartbeat_period", int, defaults.get("heartbeat_period") or 10, positive=True)
+        threshold = self.get(
+            "heartbeat_threshold", int, defaults.get("heartbeat_threshold") or 40, positive=True
         )
-        options["block_error_handler"] = defaults.get("block_error_handler", tolerate_lost_blocks)
-        return options
+        if threshold <= period:
+            raise ConfigurationError(
+                f"'{self.where}.heartbeat_threshold' ({threshold}) must be greater than "
+                f"'{self.where}.heartbeat_period' ({period}): set it to a few periods, e.g. {4 * period}"
+            )
+        handler = defaults.get("block_error_handler", tolerate_lost_blocks)
+        return {"heartbeat_period": period, "heartbeat_threshold": threshold, "block_error_handler": handler}
 
     def _provider_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
-        """``options`` (the class's) with the site's block keys, then its
-        ``provider_options``, ``launcher`` and ``launcher_options`` applied.
-        """
+        """The class's ``options`` with the block, ``provider_options`` and launcher keys applied."""
         options = dict(options)
         for key, kind in _BLOCK_KEYS.items():
             value = self.get(key, kind, None)
             if value is None:
                 continue
             least = 1 if key in ("max_blocks", "cmd_timeout") else 0
-            if key != "parallelism" and value < least:
-                raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be {least} or more")
-            if key == "parallelism" and not 0 <= value <= 1:
-                raise ConfigurationError(
-                    f"'{self.where}.parallelism' is {value!r}: it must be between 0 and 1"
-                )
+            if value < least or (key == "parallelism" and value > 1):
+                bound = "between 0 and 1" if key == "parallelism" else f"{least} or more"
+                raise ConfigurationError(f"'{self.where}.{key}' is {value!r}: it must be {bound}")
             options[key] = value
-        found, raw = self.site.search("provider_options", opt={"default": None})
+        raw = self.site.search("provider_options", opt={"default": None})[1]
         reserved = {"launcher": "use the site's 'launcher' and 'launcher_options' keys"}
-        options.update(check_options(cls, raw, f"{self.where}.provider_options", reserved) if found else {})
+        options.update(check_options(cls, raw, f"{self.where}.provider_options", reserved))
         name = self.get("launcher", str, None)
         launcher_options = self.site.search("launcher_options", opt={"default": None})[1]
-        if name:
-            if name.lower() in ("srun", "srunlauncher") and launcher_options is None:
-                launcher_options = {"overrides": SRUN_OVERRIDES}
-            options["launcher"] = build_launcher(name, launcher_options, self.where)
-        elif launcher_options:
-            raise ConfigurationError(
-                f"'{self.where}.launcher_options' is set without '{self.where}.launcher': name the launcher, "
-                "e.g. 'launcher: srun'"
-            )
+        if name and name.lower() in ("srun", "srunlauncher") and launcher_options is None:
+            launcher_options = {"overrides": SRUN_OVERRIDES}
+        launcher = build_launcher(name, launcher_options, self.where)
+        if launcher is not None:
+            options["launcher"] = launcher
         return options
 
-    def _executor_options(self, cls: type, options: dict[str, Any]) -> dict[str, Any]:
-        """``options`` with the heartbeats and block error handler (`_htex_defaults`),
-        then the site's ``executor_options`` applied.
+    def _htex(self, label: str, provider: Any, mem_per_worker: float | None, options: dict[str, Any]) -> Any:
+        """A HighThroughputExecutor on ``provider``: the class's ``options``, `_htex_defaults`, then the
+        site's ``executor_options``.
         """
-        options.update(self._htex_defaults(options))
-        found, raw = self.site.search("executor_options", opt={"default": None})
-        if found and raw is not None:
+        from parsl.executors import HighThroughputExecutor
+
+        options = {**options, "label": label, "provider": provider, "mem_per_worker": mem_per_worker}
+        options.update(address=self.get_address(), **self._htex_defaults(options))
+        raw = self.site.search("executor_options", opt={"default": None})[1]
+        if raw is not None:
             reserved = {
                 "label": "the site names its executors",
                 "provider": "the site builds the provider from its keys",
                 "address": "use the site's 'address' key",
                 **self._heartbeat_reserved(),
             }
-            options.update(check_options(cls, raw, f"{self.where}.executor_options", reserved))
-        return options
+            where = f"{self.where}.executor_options"
+            options.update(check_options(HighThroughputExecutor, raw, where, reserved))
+        return build(HighThroughputExecutor, options, self.where)
 
     def validate(self) -> None:
         self.get("address", str, None)
         self.get("interface", str, None)
-        self._heartbeat_options()
+        self._htex_defaults()
         super().validate()
 
 
@@ -282,56 +348,21 @@ def require_work_queue(key: str, instead: str = "use an htex executor") -> None:
         )
 
 
-def _is_loopback(address: str) -> bool:
-    return ipaddress.ip_address(address).is_loopback
-
-
-def host_addresses() -> dict[str, list[str]]:
-    """IPv4 addresses of this host's interfaces that are up.
-
-    Returns
-    -------
-    addresses : `dict` [`str`, `list` [`str`]]
-        Addresses by interface name.
-    """
+def _host_addresses() -> dict[str, list[str]]:
+    """IPv4 addresses of this host's interfaces that are up, by interface name."""
     import psutil
 
     stats = psutil.net_if_stats()
-    found: dict[str, list[str]] = {}
-    for name, addrs in psutil.net_if_addrs().items():
-        if name in stats and not stats[name].isup:
-            continue
-        ipv4 = [a.address for a in addrs if a.family == socket.AF_INET]
-        if ipv4:
-            found[name] = ipv4
-    return found
+    found = {
+        name: [a.address for a in addrs if a.family == socket.AF_INET]
+        for name, addrs in psutil.net_if_addrs().items()
+        if name not in stats or stats[name].isup
+    }
+    return {name: ipv4 for name, ipv4 in found.items() if ipv4}
 
 
-def _interface_address(interface: str, where: str) -> str:
-    """The first IPv4 address of ``interface`` (key ``<where>.interface``)."""
-    addresses = host_addresses()
-    if interface not in addresses:
-        choices = ", ".join(sorted(addresses)) or "none"
-        raise ConfigurationError(
-            f"'{where}.interface' is {interface!r}, which is not an interface of this host with an IPv4 "
-            f"address that is up: use one of {choices}, or set '{where}.address'"
-        )
-    return addresses[interface][0]
-
-
-def route_source(target: str) -> str | None:
-    """The address this host would send from to reach ``target`` (no packet is sent).
-
-    Parameters
-    ----------
-    target : `str`
-        Host name or address.
-
-    Returns
-    -------
-    address : `str` or `None`
-        The source address; `None` if ``target`` cannot be resolved or routed.
-    """
+def _route_source(target: str) -> str | None:
+    """The address this host sends from to reach ``target`` (`None`: no route; no packet is sent)."""
     try:
         infos = socket.getaddrinfo(target, 9, socket.AF_INET, socket.SOCK_DGRAM)
     except (OSError, UnicodeError):
@@ -384,21 +415,12 @@ def slurm_node_addresses(partition: str | None = None, limit: int = 4) -> list[s
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
     except (OSError, subprocess.TimeoutExpired):
         res = None
-    nodes: list[str] = []
-    if res is not None and res.returncode == 0:
-        for addr in res.stdout.split():
-            if addr not in nodes:
-                nodes.append(addr)
-            if len(nodes) >= limit:
-                break
+    nodes = list(dict.fromkeys(res.stdout.split()))[:limit] if res is not None and res.returncode == 0 else []
     return nodes + _slurm_conf_controllers()
 
 
 def choose_address(targets: Iterable[str], where: str) -> str:
-    """The address workers on ``targets`` use to reach this host: the source
-    of the route to the first target reached through a real interface, else
-    this host's first address that is not loopback; loopback only when the
-    targets are this host and it has no other address.
+    """The address workers on ``targets`` use to reach this host (doc/sites.md, ``address``).
 
     Parameters
     ----------
@@ -415,17 +437,16 @@ def choose_address(targets: Iterable[str], where: str) -> str:
     targets = list(targets)
     local_only = bool(targets)
     for target in targets:
-        source = route_source(target)
+        source = _route_source(target)
         if source is None:
             local_only = False
             continue
-        if not _is_loopback(source):
+        if not ipaddress.ip_address(source).is_loopback:
             _LOG.debug("Workers reach this host at %s (route to %s)", source, target)
             return source
-    for addresses in host_addresses().values():
-        for address in addresses:
-            if not _is_loopback(address):
-                return address
+    for address in itertools.chain(*_host_addresses().values()):
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
     if local_only:
         return "127.0.0.1"
     raise ConfigurationError(

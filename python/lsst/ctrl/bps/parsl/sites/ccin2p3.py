@@ -29,12 +29,13 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from typing import TYPE_CHECKING, Any
 
-from ..configuration import ConfigurationError
+from ..configuration import ConfigurationError, get_bps_config_value
 from ..site import EXECUTOR_RESOURCES
-from .batchsite import BatchSite, normalize_walltime
+from .batchsite import BatchSite, give_up_if_blocks_refused, normalize_walltime
 from .options import build, plain
 
 if TYPE_CHECKING:
@@ -63,12 +64,7 @@ _PARTITIONS: dict[str, dict[str, str]] = {
 class Ccin2p3(BatchSite):
     """CC-IN2P3's Slurm farm: executors ``small``, ``medium``, ``large`` and
     ``xlarge``, each block one core with the slot's memory; a job goes to the
-    smallest slot that holds its (scaled) memory.
-
-    Keys (doc/sites.md): ``account``, ``partition``, ``walltime``,
-    ``scheduler_options`` (a list), ``strategy``, and per slot ``<slot>.memory``,
-    ``<slot>.max_blocks``, ``<slot>.partition``, ``<slot>.walltime``,
-    ``<slot>.scheduler_options``.
+    smallest slot that holds its (scaled) memory (keys: doc/sites.md).
     """
 
     default_resource_list = EXECUTOR_RESOURCES["HighThroughputExecutor"]
@@ -77,11 +73,11 @@ class Ccin2p3(BatchSite):
     DEFAULT_WALLTIME = "72:00:00"
     DEFAULT_SCHEDULER_OPTIONS = ("--licenses=sps",)
 
-    def _slot_value(self, slot: str, key: str) -> tuple[bool, Any]:
-        found, section = self.site.search(slot, opt={"default": None})
-        if not found or section is None:
-            return False, None
-        section = plain(section)
+    def _section(self, slot: str) -> dict[str, Any]:
+        """The slot's own settings that are set (``<slot>.<key>``), checked."""
+        section = plain(self.site.search(slot, opt={"default": None})[1])
+        if section is None:
+            return {}
         if not isinstance(section, dict):
             raise ConfigurationError(
                 f"'{self.where}.{slot}' is {section!r}: it must be a mapping of slot settings"
@@ -92,25 +88,9 @@ class Ccin2p3(BatchSite):
                 f"'{self.where}.{slot}.{sorted(unknown)[0]}' is not a slot setting: use memory, max_blocks, "
                 "partition, walltime or scheduler_options"
             )
-        return key in section and section[key] is not None, section.get(key)
-
-    def _typed(self, slot: str, key: str, kind: type, default: Any) -> Any:
-        found, value = self._slot_value(slot, key)
-        if not found:
-            return default
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise ConfigurationError(
-                f"'{self.where}.{slot}.{key}' is {value!r} ({type(value).__name__}): it must be a {kind.__name__}"
-            )
-        return value
-
-    @staticmethod
-    def _options_list(value: Any, name: str) -> list[str]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigurationError(f"'{name}' is {value!r}: it must be a list of sbatch options")
-        return list(value)
+        for key, kind in (("memory", int), ("max_blocks", int), ("partition", str), ("walltime", str)):
+            get_bps_config_value(section, key, kind, where=f"{self.where}.{slot}")
+        return {key: value for key, value in section.items() if value is not None}
 
     def slot(self, slot: str) -> dict[str, Any]:
         """Settings of one slot size, with the defaults applied.
@@ -126,46 +106,41 @@ class Ccin2p3(BatchSite):
             ``memory`` (GB), ``max_blocks``, ``partition``, ``walltime``, ``scheduler_options``.
         """
         arch = platform.machine()
-        default_partition = self.get("partition", str, _PARTITIONS.get(arch, {}).get(slot))
-        if default_partition is None and not self._slot_value(slot, "partition")[0]:
+        section = self._section(slot)
+        partition = section.get("partition", self.get("partition", str, _PARTITIONS.get(arch, {}).get(slot)))
+        if partition is None:
             raise ConfigurationError(
                 f"this host's architecture {arch} has no default partition at CC-IN2P3: set "
                 f"'{self.where}.partition'"
             )
-        found, raw = self.site.search("scheduler_options", opt={"default": None})
-        site_options = (
-            self._options_list(plain(raw), f"{self.where}.scheduler_options")
-            if found and raw is not None
-            else list(self.DEFAULT_SCHEDULER_OPTIONS)
+        key = f"{slot}.scheduler_options" if "scheduler_options" in section else "scheduler_options"
+        raw = section.get(
+            "scheduler_options", self.site.search("scheduler_options", opt={"default": None})[1]
         )
-        found, raw = self._slot_value(slot, "scheduler_options")
-        options = self._options_list(raw, f"{self.where}.{slot}.scheduler_options") if found else site_options
-        memory = self._typed(slot, "memory", int, _SLOTS[slot]["memory"])
-        max_blocks = self._typed(slot, "max_blocks", int, _SLOTS[slot]["max_blocks"])
-        for key, value in (("memory", memory), ("max_blocks", max_blocks)):
-            if value <= 0:
-                raise ConfigurationError(f"'{self.where}.{slot}.{key}' is {value}: it must be greater than 0")
-        walltime = self._typed(slot, "walltime", str, None) or self.get(
-            "walltime", str, self.DEFAULT_WALLTIME
-        )
-        return {
-            "memory": memory,
-            "max_blocks": max_blocks,
-            "partition": self._typed(slot, "partition", str, default_partition),
-            "walltime": normalize_walltime(walltime, f"{self.where}.{slot}.walltime"),
-            "scheduler_options": options,
-        }
+        options = list(self.DEFAULT_SCHEDULER_OPTIONS) if raw is None else plain(raw)
+        options = [options] if isinstance(options, str) else options
+        if not isinstance(options, list) or not all(isinstance(option, str) for option in options):
+            raise ConfigurationError(
+                f"'{self.where}.{key}' is {options!r}: it must be a list of sbatch options"
+            )
+        settings = {**_SLOTS[slot], **section, "partition": partition, "scheduler_options": options}
+        for key in ("memory", "max_blocks"):
+            if settings[key] <= 0:
+                raise ConfigurationError(
+                    f"'{self.where}.{slot}.{key}' is {settings[key]}: it must be greater than 0"
+                )
+        walltime = section.get("walltime") or self.get("walltime", str, self.DEFAULT_WALLTIME)
+        settings["walltime"] = normalize_walltime(walltime, f"{self.where}.{slot}.walltime")
+        return settings
 
-    def _memory(self, label: str) -> int:
-        cache = getattr(self, "_memories", None)
-        if cache is None:
-            cache = self._memories = {name: self.slot(name)["memory"] for name in _SLOTS}
-        return cache[label]
+    @functools.cached_property
+    def _memories(self) -> dict[str, int]:
+        return {name: self.slot(name)["memory"] for name in _SLOTS}
 
     def get_executors(self) -> list[ParslExecutor]:
         from parsl.executors import HighThroughputExecutor
 
-        from .slurm_provider import SlurmProvider, give_up_if_blocks_refused
+        from .slurm import SlurmProvider
 
         account = self.get("account", str, self.DEFAULT_ACCOUNT)
         executors = []
@@ -205,17 +180,16 @@ class Ccin2p3(BatchSite):
             )
         return executors
 
-    def address_targets(self) -> list[str]:
-        from .batchsite import slurm_node_addresses  # looked up when called: tests replace it
+    def default_address(self) -> str:
+        from . import batchsite  # its functions looked up when called: tests replace them
 
-        return slurm_node_addresses(self.slot("small")["partition"])
+        return batchsite.choose_address(
+            batchsite.slurm_node_addresses(self.slot("small")["partition"]), self.where
+        )
 
     def select_executor(self, job: ParslJob) -> str:
         memory = (job.request_memory or 0) / 1024  # GB
-        for label in ("small", "medium", "large"):
-            if memory <= self._memory(label):
-                return label
-        return "xlarge"
+        return next((label for label, most in self._memories.items() if memory <= most), "xlarge")
 
     def get_parsl_config(self) -> parsl.config.Config:
         config = super().get_parsl_config()

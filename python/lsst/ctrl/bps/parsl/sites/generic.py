@@ -25,10 +25,11 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A site built entirely from YAML: any Parsl provider, launcher and executor."""
+"""A site built from YAML alone: any Parsl provider, launcher and executor."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -84,45 +85,22 @@ class _ExecutorSpec:
 
     def fits(self, job: ParslJob) -> bool:
         """Whether the job's memory and cores are within this executor's limits."""
-        if self.max_memory is not None and (job.request_memory or 0) > self.max_memory:
-            return False
-        return not (self.max_cpus is not None and (job.request_cpus or 1) > self.max_cpus)
-
-
-def _positive_int(section: dict, key: str, where: str) -> int | None:
-    value = section.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"'{where}.{key}' is {value!r}: it must be an integer greater than 0")
-    return value
+        memory, cpus, _ = self.size
+        return (job.request_memory or 0) <= memory and (job.request_cpus or 1) <= cpus
 
 
 class Generic(BatchSite):
     """A site described in YAML: executors, each a Parsl executor with a
-    provider and a launcher, chosen per job by its label and resources.
-
-    Keys: ``executors`` (required; one section per executor label, whose
-    keys are ``executor``, ``executor_options``, ``provider``,
-    ``provider_options``, ``launcher``, ``launcher_options``,
-    ``max_memory``, ``max_cpus``, ``labels``, ``cores``, ``memory``),
-    ``address``, ``interface`` and the heartbeat keys. doc/sites.md says
-    what each means and how a job's executor is chosen.
+    provider and a launcher, chosen per job by its label and resources
+    (keys, and how a job's executor is chosen: doc/sites.md).
     """
 
-    @property
-    def specs(self) -> list[_ExecutorSpec]:
-        """The executors, as configured (parsed and checked once)."""
-        cached: list[_ExecutorSpec] | None = getattr(self, "_specs", None)
-        if cached is None:
-            cached = self._parse()
-            self._specs: list[_ExecutorSpec] | None = cached
-        return cached
-
-    def _parse(self) -> list[_ExecutorSpec]:
+    @functools.cached_property
+    def specs(self) -> dict[str, _ExecutorSpec]:
+        """The executors by label, as configured (parsed and checked once)."""
         where = f"{self.where}.executors"
-        found, raw = self.site.search("executors", opt={"default": None})
-        if not found or raw is None:
+        raw = self.site.search("executors", opt={"default": None})[1]
+        if raw is None:
             raise ConfigurationError(
                 f"missing required key '{where}': add one section per executor, e.g. "
                 f"'executors: {{main: {{provider: slurm, provider_options: {{partition: debug}}}}}}'"
@@ -132,11 +110,10 @@ class Generic(BatchSite):
             raise ConfigurationError(
                 f"'{where}' is {sections!r}: it must be a non-empty mapping label: settings"
             )
-        specs = []
+        specs = {}
         for order, (label, section) in enumerate(sections.items()):
             here = f"{where}.{label}"
-            if section is None:
-                section = {}
+            section = {} if section is None else section
             if not isinstance(section, dict):
                 raise ConfigurationError(
                     f"'{here}' is {section!r}: it must be a mapping of executor settings"
@@ -155,17 +132,16 @@ class Generic(BatchSite):
                 labels = (labels,)
             if not isinstance(labels, list | tuple) or not all(isinstance(x, str) for x in labels):
                 raise ConfigurationError(f"'{here}.labels' is {labels!r}: it must be a list of job labels")
+            numbers = {key: section.get(key) for key in ("max_memory", "max_cpus", "cores", "memory")}
+            for key, value in numbers.items():
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int) or value <= 0
+                ):
+                    raise ConfigurationError(
+                        f"'{here}.{key}' is {value!r}: it must be an integer greater than 0"
+                    )
             spec = _ExecutorSpec(
-                label=str(label),
-                kind=kind,
-                where=here,
-                section=section,
-                max_memory=_positive_int(section, "max_memory", here),
-                max_cpus=_positive_int(section, "max_cpus", here),
-                labels=tuple(labels),
-                cores=_positive_int(section, "cores", here),
-                memory=_positive_int(section, "memory", here),
-                order=order,
+                str(label), kind, here, section, labels=tuple(labels), order=order, **numbers
             )
             if kind == "threads":
                 for key in ("provider", "provider_options", "launcher", "launcher_options"):
@@ -181,14 +157,12 @@ class Generic(BatchSite):
                             f"'{here}.{key}' only applies to 'executor: threads': remove it (limit jobs "
                             "with max_cpus/max_memory, size workers with executor_options)"
                         )
-            specs.append(spec)
+            specs[spec.label] = spec
         return specs
 
     def validate(self) -> None:
-        self._specs = None
+        self.__dict__.pop("specs", None)
         super().validate()
-
-    # ---- building -------------------------------------------------------------
 
     def _provider(self, spec: _ExecutorSpec) -> Any:
         section = spec.section
@@ -206,15 +180,9 @@ class Generic(BatchSite):
             options["walltime"] = normalize_walltime(
                 options["walltime"], f"{spec.where}.provider_options.walltime"
             )
-        if "launcher" in section or "launcher_options" in section:
-            if "launcher" not in section:
-                raise ConfigurationError(
-                    f"'{spec.where}.launcher_options' is set without '{spec.where}.launcher': name the "
-                    "launcher, e.g. 'launcher: srun'"
-                )
-            options["launcher"] = build_launcher(
-                section["launcher"], section.get("launcher_options"), spec.where
-            )
+        launcher = build_launcher(section.get("launcher"), section.get("launcher_options"), spec.where)
+        if launcher is not None:
+            options["launcher"] = launcher
         return build(cls, options, f"{spec.where}.provider_options")
 
     def _executor(self, spec: _ExecutorSpec) -> ParslExecutor:
@@ -233,10 +201,8 @@ class Generic(BatchSite):
                     "memory": f"use '{spec.where}.memory'",
                 },
             )
-            capacity = self.capacity(spec.label)
-            assert capacity is not None, "a threads executor always has a capacity"
-            budget = {"label": spec.label, "cores": capacity.cores, "memory": capacity.memory}
-            return build(LocalPoolExecutor, {**budget, **options}, where)
+            budget = {"cores": spec.cores or usable_cores(), "memory": spec.memory or machine_memory_mb()}
+            return build(LocalPoolExecutor, {"label": spec.label, **budget, **options}, where)
         if spec.kind == "work_queue":
             require_work_queue(spec.where + ".executor")
         cls = load_class(EXECUTORS, spec.kind, f"{spec.where}.executor", "executor kind")
@@ -258,18 +224,10 @@ class Generic(BatchSite):
         return build(cls, base, where)
 
     def get_executors(self) -> list[ParslExecutor]:
-        return [self._executor(spec) for spec in self.specs]
-
-    # ---- per job ------------------------------------------------------------------
-
-    def _spec(self, label: str) -> _ExecutorSpec:
-        for spec in self.specs:
-            if spec.label == label:
-                return spec
-        raise KeyError(label)
+        return [self._executor(spec) for spec in self.specs.values()]
 
     def select_executor(self, job: ParslJob) -> str:
-        specs = self.specs
+        specs = self.specs.values()
         dedicated = [s for s in specs if job.label in s.labels]
         candidates = dedicated or [s for s in specs if not s.labels]
         if not candidates:
@@ -311,13 +269,13 @@ class Generic(BatchSite):
         )
 
     def capacity(self, label: str) -> ExecutorCapacity | None:
-        spec = self._spec(label)
+        spec = self.specs[label]
         if spec.kind != "threads":
             return None
         return ExecutorCapacity(cores=spec.cores or usable_cores(), memory=spec.memory or machine_memory_mb())
 
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
-        if self._resource_list is not None or (kind := self._spec(label).kind) == "htex":
+        if self._resource_list is not None or (kind := self.specs[label].kind) == "htex":
             return super().resource_specification(job, label)
         if kind == "work_queue":
             return work_queue_spec(job)

@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -44,14 +45,12 @@ if TYPE_CHECKING:
 __all__ = ("Local", "local_pool_spec")
 
 _LOG = logging.getLogger(__name__)
-_WARNED: set[str] = set()
-"""Warnings already given by this process (prepare validates the site twice)."""
 
 
+@functools.cache
 def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        _LOG.warning("%s", message)
+    """Log a warning once per process (prepare validates the site twice)."""
+    _LOG.warning("%s", message)
 
 
 def usable_cores() -> int:
@@ -85,10 +84,8 @@ def local_pool_spec(job: ParslJob, cores: int, memory: int | None) -> dict[str, 
     ----------
     job : `ParslJob`
         The job.
-    cores : `int`
-        Cores of the pool.
-    memory : `int` or `None`
-        Memory of the pool (MB); `None` for no limit.
+    cores, memory : `int`
+        Cores and memory (MB; `None`: no limit) of the pool.
 
     Returns
     -------
@@ -104,26 +101,22 @@ def local_pool_spec(job: ParslJob, cores: int, memory: int | None) -> dict[str, 
 class Local(SiteConfig):
     """Run every job on this machine, through the local pool
     (`~lsst.ctrl.bps.parsl.localpool.LocalPoolExecutor`), which starts a job
-    when its cores and memory fit.
-
-    Keys: ``cores`` (default: the usable cores; more is allowed, with a
-    warning), ``memory`` (MB; default and most: the machine's). ``walltime``
-    is ignored, with a warning. See doc/sites.md.
+    when its cores and memory fit (keys: doc/sites.md).
     """
 
     label = "local"
     default_resource_list = EXECUTOR_RESOURCES["LocalPoolExecutor"]
 
-    @property
+    @functools.cached_property
     def cores(self) -> int:
         """Cores given to jobs."""
-        return self.get_positive("cores", int, usable_cores())
+        return self.get("cores", int, usable_cores(), positive=True)
 
-    @property
+    @functools.cached_property
     def memory(self) -> int:
         """Memory given to jobs (MB)."""
         machine = machine_memory_mb()
-        memory = self.get_positive("memory", int, machine)
+        memory = self.get("memory", int, machine, positive=True)
         if memory > machine:
             raise ConfigurationError(
                 f"'{self.where}.memory' is {memory} MB but this machine has {machine} MB: lower it, or leave "
@@ -139,8 +132,8 @@ class Local(SiteConfig):
                 f"'{self.where}.cores' is {cores} but this process may use {usable} cores: jobs will share "
                 "cores (lower it, or leave it unset, unless the jobs mostly wait)"
             )
-        found, walltime = self.site.search("walltime", opt={"default": None})
-        if found and walltime is not None:
+        walltime = self.site.search("walltime", opt={"default": None})[1]
+        if walltime is not None:
             _warn_once(
                 f"'{self.where}.walltime' ({walltime!r}) is ignored by the Local site: a job's time limit is "
                 "its requestWalltime (minutes, or quoted HH:MM:SS); remove it"
@@ -169,7 +162,4 @@ class Local(SiteConfig):
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
         if self._resource_list is not None:
             return super().resource_specification(job, label)
-        budget = self.__dict__.get("_budget")
-        if budget is None:
-            budget = self.__dict__["_budget"] = (self.cores, self.memory)
-        return local_pool_spec(job, *budget)
+        return local_pool_spec(job, self.cores, self.memory)

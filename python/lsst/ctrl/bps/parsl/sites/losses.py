@@ -25,24 +25,34 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Infrastructure losses: attempts lost with their worker, worker pool,
-node, block, interchange or local pool, told apart from the job's own
-failures, and the separate budget of their reruns (doc/reliability.md, L1-L4).
+"""Infrastructure during a run: attempts lost with their worker, pool, node,
+block, interchange or local pool told apart from the job's own failures, their
+reruns' budget (reliability.md, L1-L4), and the blocks' walltime and idleness (W1, W2).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import os
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from lsst_ctrl_bps_parsl_worker.processes import KILL_GRACE
 
-from ..configuration import default_of
-from ..parslcompat import interchange_exit_code
+from ..configuration import ConfigurationError, default_of
+from ..job import parse_walltime
+from ..parslcompat import (
+    interchange_alive,
+    interchange_command,
+    interchange_exit_code,
+    mark_scaled_in,
+    outstanding_tasks,
+)
 
 __all__ = (
-    "INFRASTRUCTURE_RETRIES",
+    "BlockWatch",
     "InterchangeLostError",
     "LostAttempts",
     "fail_if_interchange_lost",
@@ -53,12 +63,8 @@ __all__ = (
 
 _LOG = logging.getLogger(__name__)
 
-INFRASTRUCTURE_RETRIES: int = default_of("infrastructureRetries")
-"""Default of the site key ``infrastructureRetries``."""
-
 _SETTLE_EXTRA = 2.0
-"""Seconds a lost attempt's rerun waits, beyond the executor's heartbeat
-period and the kill grace, for the worker side to kill its processes."""
+"""Seconds a lost attempt's rerun waits beyond the heartbeat period and the kill grace."""
 
 
 class InterchangeLostError(RuntimeError):
@@ -66,8 +72,7 @@ class InterchangeLostError(RuntimeError):
 
 
 def infrastructure_cause(error: BaseException | None) -> str | None:
-    """How the infrastructure lost an attempt, in one line; `None` if
-    ``error`` is no such loss.
+    """How the infrastructure lost an attempt, in one line; `None` if ``error`` is no such loss.
 
     Parameters
     ----------
@@ -122,8 +127,7 @@ def stops_run(error: BaseException | None) -> bool:
 
 
 def settle_seconds(executor: Any) -> float:
-    """Seconds the rerun of an attempt ``executor`` lost waits for its
-    processes to be gone (about one heartbeat period; reliability.md L4).
+    """Seconds the rerun of an attempt ``executor`` lost waits for its processes to go (reliability.md L4).
 
     Parameters
     ----------
@@ -139,8 +143,7 @@ def settle_seconds(executor: Any) -> float:
 
 
 def fail_if_interchange_lost(executor: Any) -> bool:
-    """Fail every task of ``executor`` with `InterchangeLostError` if its
-    interchange exited; whether it did.
+    """Fail every task of ``executor`` with `InterchangeLostError` if its interchange exited.
 
     Parameters
     ----------
@@ -164,8 +167,7 @@ def fail_if_interchange_lost(executor: Any) -> bool:
 
 
 class LostAttempts:
-    """Per job, the attempts the infrastructure lost in this driver session,
-    and the reruns waiting for their processes to be gone.
+    """Per job, the attempts the infrastructure lost in this driver session, and the held reruns.
 
     Parameters
     ----------
@@ -191,9 +193,8 @@ class LostAttempts:
         again : `bool`
             `True` while the job's losses are within the budget.
         """
-        count = self.counts.get(job, 0) + 1
-        self.counts[job] = count
-        return count <= self.budget
+        self.counts[job] = self.counts.get(job, 0) + 1
+        return self.counts[job] <= self.budget
 
     def hold(self, job: int, until: float) -> None:
         """Keep ``job``'s rerun back until ``until``.
@@ -235,17 +236,219 @@ class LostAttempts:
         """
         return self._delayed[0][0] if self._delayed else None
 
-    def drop(self) -> list[int]:
-        """Forget every held rerun (the run stops); returns their jobs.
+    def __len__(self) -> int:
+        return len(self._delayed)
+
+
+_MAX_IDLE_TIME: float = default_of("maxIdleTime")
+_WALLTIME_MARGIN = 30.0
+"""Seconds a block must have left beyond a job's ``requestWalltime`` to take
+it (the job's start-up, and the watch's own period)."""
+
+_COMMAND_TIMEOUT = 30.0
+_PERIOD = 1.0
+
+
+def _block_walltime(executor: Any) -> float | None:
+    """Walltime (s) of the blocks of an HTEX, if known."""
+    value = getattr(executor.provider, "walltime", None)
+    try:
+        return float(parse_walltime(value, "walltime")) if value else None
+    except (ConfigurationError, TypeError, ValueError):
+        return None
+
+
+class _Clock:
+    """The blocks of one executor and their remaining walltime (infinite if unknown)."""
+
+    def __init__(self, executor: Any, walltime: float | None):
+        self.executor = executor
+        self.walltime = walltime
+        self.seen: dict[str, float] = {}
+        self.held: set[str] = set()
+        self.warned = False
+
+    def _command(self, command: Any) -> Any:
+        return interchange_command(self.executor, command, _COMMAND_TIMEOUT)
+
+    def update(self, now: float) -> None:
+        for block in list(self.executor.blocks_to_job_id):
+            self.seen.setdefault(block, now)
+
+    def remaining(self, block: str, now: float) -> float:
+        if self.walltime is None:
+            return float("inf")
+        return self.walltime - (now - self.seen.get(block, now))
+
+    def _active_blocks(self) -> list[str]:
+        return [b for b, status in list(self.executor.status_facade.items()) if not status.terminal]
+
+    def drain_short(self, need: float, now: float) -> None:
+        """Hold every connected block with less than ``need`` seconds left."""
+        if not interchange_alive(self.executor):
+            return
+        self.update(now)
+        managers = self._command("MANAGERS")
+        for manager in managers:
+            block = manager["block_id"]
+            if not manager["active"] or self.remaining(block, now) >= need:
+                continue
+            self._command(["HOLD_MANAGER", manager["manager"]])
+            if block not in self.held:
+                self.held.add(block)
+                _LOG.info(
+                    "executor %s: block %s has %.0f s of walltime left, less than the %.0f s a waiting job "
+                    "needs: it takes no new job",
+                    self.executor.label,
+                    block,
+                    max(0.0, self.remaining(block, now)),
+                    need,
+                )
+
+    def release_held(self, waiting: bool, need: float, now: float) -> None:
+        """Cancel held blocks that run nothing; start a block if ``waiting`` jobs have none to take them."""
+        if not interchange_alive(self.executor):
+            return
+        executor = self.executor
+        if self.held:
+            busy = {manager["block_id"] for manager in self._command("MANAGERS") if manager["tasks"]}
+            for block in sorted(self.held - busy):
+                self.held.discard(block)
+                job_id = executor.blocks_to_job_id.get(block)
+                if job_id is not None:
+                    _LOG.info(
+                        "executor %s: block %s runs nothing and takes no new job: cancelled",
+                        executor.label,
+                        block,
+                    )
+                    executor.provider.cancel([job_id])
+                    # Parsl counts it scaled in, not failed.
+                    mark_scaled_in(executor, block, "released: it ran nothing")
+        if not waiting:
+            return
+        active = self._active_blocks()
+        usable = [b for b in active if b not in self.held and self.remaining(b, now) >= need]
+        if not usable and len(active) < executor.provider.max_blocks:
+            _LOG.info("executor %s: no block has %.0f s of walltime left: one more", executor.label, need)
+            executor.scale_out_facade(1)
+            self.update(now)
+
+    def release_idle(self, max_idle: float) -> None:
+        """Hold and cancel blocks idle ``max_idle`` s while others run and none waits (else: Parsl's scaling)."""
+        if not interchange_alive(self.executor):
+            return
+        executor = self.executor
+        managers = self._command("MANAGERS")
+        running = sum(manager["tasks"] for manager in managers)
+        if running == 0 or outstanding_tasks(executor) > running:
+            return
+        busy = {m["block_id"] for m in managers if m["tasks"] or m["idle_duration"] < max_idle}
+        idle = {m["block_id"] for m in managers} - busy - self.held
+        active = self._active_blocks()
+        spare = len(active) - (executor.provider.min_blocks or 0)
+        for block in sorted(b for b in active if b in idle)[: max(spare, 0)]:
+            for manager in managers:
+                if manager["block_id"] == block:
+                    self._command(["HOLD_MANAGER", manager["manager"]])
+            self.held.add(block)
+            _LOG.info(
+                "executor %s: block %s ran nothing for %.0f s while its other blocks finish: released",
+                executor.label,
+                block,
+                max_idle,
+            )
+        # A task sent to a pool between the two questions keeps its block held until it ends.
+        self.release_held(False, 0.0, time.monotonic())
+
+
+class BlockWatch:
+    """Keep jobs off blocks whose walltime ends before theirs could, and release idle blocks.
+
+    Parameters
+    ----------
+    executors : `~collections.abc.Mapping` [`str`, `object`]
+        The run's executors by label.
+    running_dir : `str`
+        Where a running attempt has its file ``<job>.<attempt>``.
+    max_idle : `float`, optional
+        The site key ``maxIdleTime``.
+    """
+
+    def __init__(self, executors: Mapping[str, Any], running_dir: str, max_idle: float = _MAX_IDLE_TIME):
+        self.clocks = {
+            label: _Clock(executor, _block_walltime(executor))
+            for label, executor in executors.items()
+            if type(executor).__name__ == "HighThroughputExecutor" and getattr(executor, "provider", None)
+        }
+        self.max_idle = max_idle
+        self.running_dir = running_dir
+        self.margin = _WALLTIME_MARGIN
+        self.waiting: dict[Any, tuple[str, float, Any]] = {}
+        """Attempts submitted with a walltime, not known to run: key -> (label, seconds, future)."""
+        self._next = 0.0
+
+    def before_submit(self, label: str, seconds: float | None) -> bool:
+        """Hold the blocks of ``label`` too short for a job of ``seconds``.
+
+        Parameters
+        ----------
+        label : `str`
+            Label of the executor.
+        seconds : `float` or `None`
+            The job's walltime in seconds.
 
         Returns
         -------
-        jobs : `list` [`int`]
-            Ids of the jobs that were held.
+        watch : `bool`
+            Whether to put the attempt in `waiting` once submitted.
         """
-        jobs = [job for _, job in self._delayed]
-        self._delayed.clear()
-        return jobs
+        clock = self.clocks.get(label)
+        if clock is None or clock.walltime is None or not seconds:
+            return False
+        need = seconds + self.margin
+        if need > clock.walltime:
+            if not clock.warned:
+                clock.warned = True
+                _LOG.warning(
+                    "executor %s: a job asks for %.0f s of walltime, more than its blocks' %.0f s less "
+                    "%.0f s: such jobs are sent anyway and may be cut off",
+                    label,
+                    seconds,
+                    clock.walltime,
+                    self.margin,
+                )
+            return False
+        self._guarded(clock.drain_short, need, time.monotonic())
+        return True
 
-    def __len__(self) -> int:
-        return len(self._delayed)
+    def tick(self) -> None:
+        """Hold, cancel, start and release blocks as needed (at most once a second)."""
+        now = time.monotonic()
+        if not self.clocks or now < self._next:
+            return
+        self._next = now + _PERIOD
+        if self.waiting:
+            try:
+                started = set(os.listdir(self.running_dir))
+            except OSError:
+                started = set()
+            for key, (_, _, future) in list(self.waiting.items()):
+                if future.done() or f"{key[0]}.{key[1]}" in started:
+                    del self.waiting[key]
+        needs: dict[str, float] = {}
+        for label, seconds, _ in self.waiting.values():
+            needs[label] = max(needs.get(label, 0.0), seconds + self.margin)
+        for label, clock in self.clocks.items():
+            need = needs.get(label)
+            if need is not None:
+                self._guarded(clock.drain_short, need, now)
+            if need is not None or clock.held:
+                self._guarded(clock.release_held, need is not None, need or 0.0, now)
+            self._guarded(clock.release_idle, self.max_idle)
+
+    def _guarded(self, step: Any, *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001
+            # The interchange went away meanwhile (`losses` notices) or did not answer in time.
+            _LOG.warning("block watch: %r", exc)

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from parsl.launchers import SrunLauncher
+
 from .slurm import TripleSlurm
 
 if TYPE_CHECKING:
@@ -53,8 +55,6 @@ class CoriKnl(TripleSlurm):
         large_options: Kwargs | None = None,
         **common_options: Any,
     ) -> list[ParslExecutor]:
-        from parsl.launchers import SrunLauncher
-
         defaults: Kwargs = {
             "nodes": 1,
             "constraint": "knl",

@@ -26,8 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Parsl classes from YAML: the tables of provider, launcher and executor
-names, and keyword options checked against the Parsl class's signature
-before anything is built.
+names, and keyword options checked against a class's signature before anything is built.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ __all__ = (
 )
 
 PROVIDERS: dict[str, tuple[str, str]] = {
-    "slurm": ("lsst.ctrl.bps.parsl.sites.slurm_provider", "SlurmProvider"),
+    "slurm": ("lsst.ctrl.bps.parsl.sites.slurm", "SlurmProvider"),
     "pbspro": ("parsl.providers", "PBSProProvider"),
     "torque": ("parsl.providers", "TorqueProvider"),
     "lsf": ("parsl.providers", "LSFProvider"),
@@ -67,7 +66,7 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "kubernetes": ("parsl.providers", "KubernetesProvider"),
     "local": ("parsl.providers", "LocalProvider"),
 }
-"""The Parsl class of each ``provider:`` name (``slurm``: the plugin's `~.slurm_provider.SlurmProvider`)."""
+"""The Parsl class of each ``provider:`` name (``slurm``: the plugin's `~.slurm.SlurmProvider`)."""
 
 LAUNCHERS: dict[str, tuple[str, str]] = {
     "single_node": ("parsl.launchers", "SingleNodeLauncher"),
@@ -122,10 +121,8 @@ def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: s
         (module, class name) by short name.
     name : `~typing.Any`
         The name from the YAML.
-    where : `str`
-        Full name of the key.
-    what : `str`
-        What kind of class it is (``provider``, ``launcher``, ...).
+    where, what : `str`
+        Full name of the key; what kind of class it is (``provider``, ``launcher``, ...).
 
     Returns
     -------
@@ -147,31 +144,25 @@ def load_class(table: dict[str, tuple[str, str]], name: Any, where: str, what: s
 
 
 _EMPTY = inspect.Parameter.empty
-_YAML_TYPES = (int, float, bool, str, list, tuple, dict)
+_YAML_TYPES = (bool, int, float, str, list, tuple, dict)  # bool first: a bool is an int too
 
 
 def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None:
-    """(types a YAML value may have for a type hint, None allowed, literal
-    values), or `None` when anything goes.
-    """
+    """(types a YAML value may have for ``hint``, None allowed, literal values); `None`: anything goes."""
     if hint is Any or hint is _EMPTY:
         return None
     origin = typing.get_origin(hint)
     if origin is typing.Union or origin is types.UnionType:
-        found: list[type] = []
-        allow_none = False
-        literals: list = []
-        for arg in typing.get_args(hint):
-            if arg is type(None):
-                allow_none = True
-                continue
-            sub = _hint_types(arg)
-            if sub is None:
-                return None
-            found.extend(sub[0])
-            allow_none = allow_none or sub[1]
-            literals.extend(sub[2] or ())
-        return tuple(found), allow_none, tuple(literals) or None
+        args = typing.get_args(hint)
+        subs = [_hint_types(arg) for arg in args if arg is not type(None)]
+        known = [sub for sub in subs if sub is not None]
+        if len(known) < len(subs):
+            return None
+        return (
+            tuple(kind for sub in known for kind in sub[0]),
+            type(None) in args or any(sub[1] for sub in known),
+            tuple(value for sub in known for value in sub[2] or ()) or None,
+        )
     if origin is typing.Literal:
         args = typing.get_args(hint)
         return tuple({type(a) for a in args}), None in args, args
@@ -182,30 +173,11 @@ def _hint_types(hint: Any) -> tuple[tuple[type, ...], bool, tuple | None] | None
         return (dict,), False, None
     if base is float:
         return (int, float), False, None
-    if base in (int, str, bool):
-        return (base,), False, None
     if base in (typing.Callable, collections.abc.Callable):
         return (), False, None
     if isinstance(base, type):
         return (base,), False, None
     return None
-
-
-_DEFAULT_KINDS: tuple[tuple[type | types.UnionType, tuple[type, ...]], ...] = (
-    (bool, (bool,)),
-    (int, (int,)),
-    (float, (int, float)),
-    (str, (str,)),
-    (list | tuple, (list, tuple)),
-    (dict, (dict,)),
-)
-
-
-def _default_types(default: Any) -> tuple[tuple[type, ...], bool, None] | None:
-    if default is _EMPTY or default is None:
-        return None
-    kinds = next((kinds for kind, kinds in _DEFAULT_KINDS if isinstance(default, kind)), (type(default),))
-    return kinds, False, None
 
 
 _KIND_NAMES: dict[type, str] = {list: "list", tuple: "list", dict: "mapping"}
@@ -264,8 +236,11 @@ def check_options(
             )
         param = params[key]
         spec = _hint_types(hints[key]) if key in hints else None
-        if spec is None and key not in hints:
-            spec = _default_types(param.default)
+        if key not in hints and param.default is not _EMPTY and param.default is not None:
+            # Unannotated: the type of its default.
+            spec = _hint_types(
+                next((k for k in _YAML_TYPES if isinstance(param.default, k)), type(param.default))
+            )
         if spec is not None:
             kinds, allow_none, literals = spec
             allow_none = allow_none or param.default is None
@@ -301,14 +276,8 @@ def check_options(
 
 
 def _wants_tuple(hint: Any) -> bool:
-    if hint is None:
-        return False
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return True
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_wants_tuple(a) for a in typing.get_args(hint))
-    return False
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(typing.get_origin(arg) is tuple for arg in args)
 
 
 def build(cls: type, options: dict[str, Any], where: str) -> Any:
@@ -338,7 +307,7 @@ def build(cls: type, options: dict[str, Any], where: str) -> Any:
 
 
 def build_launcher(name: Any, options: Any, where: str) -> Any:
-    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``).
+    """Return the Parsl launcher named ``name`` (key ``<where>.launcher``; none without a name).
 
     Parameters
     ----------
@@ -351,9 +320,16 @@ def build_launcher(name: Any, options: Any, where: str) -> Any:
 
     Returns
     -------
-    launcher : `parsl.launchers.base.Launcher`
+    launcher : `parsl.launchers.base.Launcher` or `None`
         The launcher.
     """
+    if not name:
+        if options:
+            raise ConfigurationError(
+                f"'{where}.launcher_options' is set without '{where}.launcher': name the launcher, "
+                "e.g. 'launcher: srun'"
+            )
+        return None
     cls = load_class(LAUNCHERS, name, f"{where}.launcher", "launcher")
     checked = check_options(cls, options, f"{where}.launcher_options")
     return build(cls, checked, f"{where}.launcher_options")

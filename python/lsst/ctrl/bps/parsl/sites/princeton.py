@@ -31,8 +31,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from parsl.launchers import SrunLauncher
+
 from ..configuration import ConfigurationError
-from .slurm import Slurm, environment_script
+from ..prepare.commands import environment_script
+from .slurm import Slurm
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -48,8 +51,6 @@ class Tiger(Slurm):
     label = "tiger"
 
     def get_executors(self) -> list[ParslExecutor]:
-        from parsl.launchers import SrunLauncher
-
         return [
             self.make_executor(
                 self.label,

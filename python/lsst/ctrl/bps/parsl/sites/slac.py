@@ -31,7 +31,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .slurm import Slurm, environment_script
+from parsl.launchers import SrunLauncher
+
+from ..prepare.commands import environment_script
+from .slurm import Slurm
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
@@ -47,8 +50,6 @@ class Sdf(Slurm):
     label = "sdf"
 
     def get_executors(self) -> list[ParslExecutor]:
-        from parsl.launchers import SrunLauncher
-
         return [
             self.make_executor(
                 self.label,

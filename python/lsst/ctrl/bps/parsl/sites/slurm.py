@@ -26,16 +26,24 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Slurm clusters: one HighThroughputExecutor (`Slurm`) or three sized by
-memory (`TripleSlurm`), each feeding on blocks from a SlurmProvider.
+memory (`TripleSlurm`), whose blocks come from the plugin's `SlurmProvider`,
+which sees blocks lost to node failure or requeue (doc/sites.md, "Lost nodes").
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import re
+import typing
 from typing import TYPE_CHECKING, Any
 
+from parsl.jobs.states import JobState, JobStatus
+from parsl.launchers import SingleNodeLauncher, SrunLauncher
+from parsl.providers import SlurmProvider as ParslSlurmProvider
+from parsl.providers.slurm.slurm import sacct_translate_table
+
 from ..configuration import ConfigurationError, get_workflow_name
-from ..prepare.commands import environment_script
 from ..site import EXECUTOR_RESOURCES
 from .batchsite import SRUN_OVERRIDES, BatchSite, normalize_walltime
 from .options import build
@@ -45,9 +53,152 @@ if TYPE_CHECKING:
 
     from ..job import ParslJob
 
-__all__ = ("Slurm", "TripleSlurm", "environment_script")
+__all__ = ("Slurm", "SlurmProvider", "TripleSlurm", "default_launcher")
+
+_LOG = logging.getLogger(__name__)
 
 Kwargs = dict[str, Any]
+
+_FAILED_STATES = ("FAILED", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT")
+_SLURM_STATES: dict[str, JobState] = {
+    # REQUEUE*: pending again, see SlurmProvider._read.
+    **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED"), JobState.PENDING),
+    **dict.fromkeys(("RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"), JobState.RUNNING),
+    **dict.fromkeys(("SUSPENDED", "STOPPED", "RESV_DEL_HOLD", "REQUEUE_HOLD"), JobState.HELD),
+    "COMPLETED": JobState.COMPLETED,
+    "CANCELLED": JobState.CANCELLED,
+    **dict.fromkeys(_FAILED_STATES, JobState.FAILED),
+    # Ended by the batch system, as Parsl's own tables: not a sign that
+    # blocks cannot run (Parsl's error handler counts FAILED only).
+    **dict.fromkeys(("TIMEOUT", "DEADLINE", "PREEMPTED"), JobState.TIMEOUT),
+}
+"""Parsl state of each Slurm job state (long names, as squeue, scontrol and sacct print them)."""
+
+
+class SlurmProvider(ParslSlurmProvider):
+    """Parsl's `~parsl.providers.SlurmProvider`, reading block states so
+    that lost blocks are seen.
+
+    Parameters
+    ----------
+    requeue : `bool`, optional
+        Let Slurm requeue a block after a node failure (default: ``--no-requeue``).
+    status_polling_interval : `int`, optional
+        Seconds between two reads of the block states.
+    *args, **kwargs
+        Arguments of Parsl's `~parsl.providers.SlurmProvider`.
+    """
+
+    def __init__(self, *args: Any, requeue: bool = False, status_polling_interval: int = 15, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if status_polling_interval <= 0:
+            raise ValueError(f"status_polling_interval is {status_polling_interval}: it must be above 0")
+        self._polling_interval = status_polling_interval
+        if not requeue:
+            self.scheduler_options += "#SBATCH --no-requeue\n"
+        self.accounting = self._translate_table is sacct_translate_table
+        """Whether ``sacct`` works here (Slurm accounting)."""
+        self._clusters = f" --clusters={self.clusters}" if self.clusters else ""
+        self.lost_blocks: dict[str, str] = {}
+        """Job ids of blocks lost with a node or to requeue, and why."""
+
+    @property
+    def status_polling_interval(self) -> int:
+        return self._polling_interval
+
+    def _write_submit_script(self, template: str, script_filename: str, job_name: str, configs: dict) -> bool:
+        # The sites name the Slurm job after the workflow (for 'singleton'), and Parsl's srun
+        # launchers write the worker pool's command to cmd_$SLURM_JOB_NAME.sh in the script
+        # directory: blocks starting together overwrote each other's and ran one block's pools.
+        worker_init = configs.get("worker_init") or ""
+        unique = 'SLURM_JOB_NAME="$SLURM_JOB_NAME.$SLURM_JOB_ID"  # one launcher command file per block'
+        configs = dict(configs, worker_init="\n".join(p for p in (worker_init.rstrip("\n"), unique) if p))
+        return super()._write_submit_script(template, script_filename, job_name, configs)
+
+    def _status(self) -> None:
+        active = [str(job_id) for job_id, job in self.resources.items() if not job["status"].terminal]
+        if not active:
+            return
+        found: dict[str, tuple[str, int, str]] = {}
+        size = max(1, self.status_batch_size)
+        for start in range(0, len(active), size):
+            retcode, stdout, stderr = self.execute_wait(
+                f"squeue{self._clusters} --noheader --states=all --Format='JobID:|,State:|,Reason:|,RestartCnt:' "
+                f"--job {','.join(active[start : start + size])}"
+            )
+            if retcode != 0 and not stdout.strip():
+                # squeue refuses the whole list when it knows none of them.
+                _LOG.debug("squeue failed (%s): %s", retcode, stderr.strip())
+            for line in stdout.splitlines():
+                parts = [part.strip() for part in line.split("|")]
+                if len(parts) == 4 and parts[0]:
+                    found[parts[0]] = (parts[1], _integer(parts[3]), parts[2])
+        for job_id in active:
+            record = found.get(job_id) or self._forgotten(job_id)
+            self.resources[job_id]["status"] = self._read(job_id, record)
+
+    def _forgotten(self, job_id: str) -> tuple[str, int, str] | None:
+        """State, restarts and reason of a job squeue did not list, from scontrol or sacct (`None`: unknown)."""
+        retcode, stdout, _ = self.execute_wait(f"scontrol{self._clusters} show job -o {job_id}")
+        if retcode == 0 and "JobState=" in stdout:
+            fields = dict(word.split("=", 1) for word in stdout.split() if "=" in word)
+            return fields["JobState"], _integer(fields.get("Restarts")), fields.get("Reason", "")
+        if self.accounting:
+            retcode, stdout, _ = self.execute_wait(
+                f"sacct{self._clusters} -X --noheader --parsable2 --format=JobID,State,Restart --job {job_id}"
+            )
+            for line in stdout.splitlines():
+                parts = line.split("|")
+                if retcode == 0 and len(parts) >= 2 and parts[0] == job_id:
+                    return parts[1].split()[0], _integer(parts[2] if len(parts) > 2 else None), ""
+        return None
+
+    def _read(self, job_id: str, record: tuple[str, int, str] | None) -> JobStatus:
+        """The Parsl status of a job from its Slurm record; a requeued block is cancelled here."""
+        job = self.resources[job_id]
+        paths = {"stdout_path": job["job_stdout_path"], "stderr_path": job["job_stderr_path"]}
+        if record is None:
+            # Ended more than MinJobAge ago without accounting: how is unknown.
+            return JobStatus(
+                JobState.COMPLETED, message=f"Slurm job {job_id} no longer known to Slurm", **paths
+            )
+        slurm_state, restarts, reason = record
+        slurm_state = slurm_state.rstrip("+")
+        state = _SLURM_STATES.get(slurm_state)
+        if state is None:
+            _LOG.warning("Slurm job %s is in state %s, which this plugin does not know", job_id, slurm_state)
+            return JobStatus(JobState.UNKNOWN, message=f"Slurm state {slurm_state}", **paths)
+        if state in (JobState.PENDING, JobState.HELD) and (restarts > 0 or slurm_state.startswith("REQUEUE")):
+            why = (
+                f"Slurm requeued block job {job_id} ({slurm_state}, reason {reason or 'none'}, "
+                f"{restarts} restart(s)): cancelled so that a new block replaces it"
+            )
+            if job_id not in self.lost_blocks:
+                _LOG.warning("%s", why)
+                self.execute_wait(f"scancel{self._clusters} {job_id}")
+                self.lost_blocks[job_id] = why
+            return JobStatus(JobState.FAILED, message=why, **paths)
+        if slurm_state == "NODE_FAIL":
+            why = f"Slurm job {job_id} lost a node ({slurm_state}, reason {reason or 'none'})"
+            if job_id not in self.lost_blocks:
+                _LOG.warning("Block %s", why)
+                self.lost_blocks[job_id] = why
+            return JobStatus(state, message=why, **paths)
+        message = None if state in (JobState.PENDING, JobState.RUNNING) else f"Slurm state {slurm_state}"
+        return JobStatus(state, message=message, **paths)
+
+
+def _own_signature() -> None:
+    """Give `SlurmProvider.__init__` Parsl's signature and hints plus its own (`options.check_options`)."""
+    init: Any = SlurmProvider.__init__
+    own = {"requeue": bool, "status_polling_interval": int}
+    parent = inspect.signature(ParslSlurmProvider.__init__)
+    extra = [inspect.signature(init).parameters[name].replace(annotation=hint) for name, hint in own.items()]
+    init.__signature__ = parent.replace(parameters=[*parent.parameters.values(), *extra])
+    init.__annotations__ = {**typing.get_type_hints(ParslSlurmProvider.__init__), **own, "return": None}
+
+
+_own_signature()
 
 
 def default_launcher(nodes: int = 2) -> Any:
@@ -64,8 +215,6 @@ def default_launcher(nodes: int = 2) -> Any:
     launcher : `parsl.launchers.base.Launcher`
         The launcher.
     """
-    from parsl.launchers import SingleNodeLauncher, SrunLauncher
-
     if nodes <= 1:
         return SingleNodeLauncher()
     return SrunLauncher(overrides=SRUN_OVERRIDES)
@@ -73,17 +222,8 @@ def default_launcher(nodes: int = 2) -> Any:
 
 class Slurm(BatchSite):
     """A Slurm cluster: a HighThroughputExecutor whose blocks are Slurm jobs
-    from the plugin's `~.slurm_provider.SlurmProvider`.
-
-    Keys (doc/sites.md): ``nodes`` and ``walltime`` (required),
-    ``cores_per_node``, ``mem_per_node``, ``qos``, ``constraint``,
-    ``account``, ``partition``, ``singleton``, ``exclusive``, ``no_kill``,
-    ``scheduler_options``, ``worker_init``, ``init_blocks``, ``min_blocks``,
-    ``max_blocks``, ``parallelism``, ``cmd_timeout``, ``launcher``,
-    ``launcher_options``, ``provider_options``, ``executor_options``,
-    ``address``, ``interface``, ``heartbeat_period``, ``heartbeat_threshold``.
-    A job's ``priority`` reaches the executor; its cores, memory and
-    walltime do not (workers are sized per block).
+    from the plugin's `SlurmProvider` (keys: doc/sites.md; a job's ``priority``
+    reaches the executor, its cores, memory and walltime do not).
     """
 
     label = "slurm"
@@ -129,16 +269,10 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         executor : `parsl.executors.HighThroughputExecutor`
             The executor.
         """
-        from parsl.executors import HighThroughputExecutor
-
-        from .slurm_provider import SlurmProvider
-
-        nodes = self.get("nodes", int, nodes, required=True)
-        if nodes <= 0:
-            raise ConfigurationError(f"'{self.where}.nodes' is {nodes}: it must be greater than 0")
-        cores_per_node = self.get_positive("cores_per_node", int, cores_per_node)
+        nodes = self.get("nodes", int, nodes, required=True, positive=True)
+        cores_per_node = self.get("cores_per_node", int, cores_per_node, positive=True)
         walltime = self._required_walltime(walltime)
-        mem_per_node = self.get_positive("mem_per_node", int, mem_per_node)
+        mem_per_node = self.get("mem_per_node", int, mem_per_node, positive=True)
         qos = self.get("qos", str, qos)
         constraint = self.get("constraint", str, constraint)
         singleton = self.get("singleton", bool, singleton)
@@ -167,34 +301,23 @@ singleton, exclusive, no_kill, scheduler_options, partition, account
         options.update(walltime=walltime, qos=qos, constraint=constraint, partition=partition)
         options.update(account=account, exclusive=exclusive, scheduler_options="\n".join(lines))
         options["worker_init"] = worker_init
-        options = self._provider_options(SlurmProvider, options)
-        provider = build(SlurmProvider, options, self.where)
+        provider = build(SlurmProvider, self._provider_options(SlurmProvider, options), self.where)
+        return self._htex(label, provider, mem_per_worker, executor_options or {})
 
-        htex: Kwargs = dict(executor_options or {})
-        htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
-        htex = self._executor_options(HighThroughputExecutor, htex)
-        return build(HighThroughputExecutor, htex, self.where)
+    def default_address(self) -> str:
+        from . import batchsite  # its functions looked up when called: tests replace them
 
-    def address_targets(self) -> list[str]:
-        from .batchsite import slurm_node_addresses  # looked up when called: tests replace it
-
-        return slurm_node_addresses(self.get("partition", str, None))
+        return batchsite.choose_address(
+            batchsite.slurm_node_addresses(self.get("partition", str, None)), self.where
+        )
 
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label)]
 
-    def select_executor(self, job: ParslJob) -> str:
-        return self.label
-
 
 class TripleSlurm(Slurm):
     """Three Slurm executors, ``small``, ``medium`` and ``large``; a job goes
-    to the smallest whose worker memory holds its (scaled) memory.
-
-    Keys: those of `Slurm` (``walltime`` optional: it replaces the three
-    below), ``small_memory``, ``medium_memory``, ``large_memory`` (GB per
-    worker; 2, 4, 8), ``small_walltime``, ``medium_walltime``,
-    ``large_walltime`` (10, 10 and 40 hours).
+    to the smallest whose worker memory holds its (scaled) memory (keys: doc/sites.md).
 
     Parameters
     ----------
@@ -206,9 +329,9 @@ class TripleSlurm(Slurm):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.small_memory = self.get_positive("small_memory", float, 2.0)
-        self.medium_memory = self.get_positive("medium_memory", float, 4.0)
-        self.large_memory = self.get_positive("large_memory", float, 8.0)
+        self.small_memory = self.get("small_memory", float, 2.0, positive=True)
+        self.medium_memory = self.get("medium_memory", float, 4.0, positive=True)
+        self.large_memory = self.get("large_memory", float, 8.0, positive=True)
         self.small_walltime = self.get("small_walltime", str, "10:00:00")
         self.medium_walltime = self.get("medium_walltime", str, "10:00:00")
         self.large_walltime = self.get("large_walltime", str, "40:00:00")
@@ -244,19 +367,27 @@ class TripleSlurm(Slurm):
         executors : `list` [`parsl.executors.base.ParslExecutor`]
             The ``small``, ``medium`` and ``large`` executors.
         """
-        executors = []
-        for size, options in zip(self.labels, (small_options, medium_options, large_options), strict=True):
-            kwargs = dict(common_options)
-            kwargs.update(options or {})
-            kwargs.setdefault("walltime", getattr(self, f"{size}_walltime"))
-            kwargs.setdefault("mem_per_worker", getattr(self, f"{size}_memory"))
-            executors.append(self.make_executor(size, **kwargs))
-        return executors
+        each = (small_options, medium_options, large_options)
+        return [
+            self.make_executor(
+                size,
+                **{
+                    "walltime": getattr(self, f"{size}_walltime"),
+                    "mem_per_worker": getattr(self, f"{size}_memory"),
+                    **common_options,
+                    **(options or {}),
+                },
+            )
+            for size, options in zip(self.labels, each, strict=True)
+        ]
 
     def select_executor(self, job: ParslJob) -> str:
         memory = (job.request_memory or 0) / 1024  # GB
-        if memory <= self.small_memory:
-            return "small"
-        if memory <= self.medium_memory:
-            return "medium"
-        return "large"
+        return next((size for size in self.labels[:2] if memory <= getattr(self, f"{size}_memory")), "large")
+
+
+def _integer(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0

@@ -33,15 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from parsl.providers import TorqueProvider
 
-from ..configuration import ConfigurationError, get_workflow_name
+from ..configuration import get_workflow_name
 from ..site import EXECUTOR_RESOURCES
 from .batchsite import BatchSite
 from .options import build
 
 if TYPE_CHECKING:
     from parsl.executors.base import ParslExecutor
-
-    from ..job import ParslJob
 
 __all__ = ("PbsTorqueProvider", "Torque")
 
@@ -70,14 +68,8 @@ class PbsTorqueProvider(TorqueProvider):
 
 
 class Torque(BatchSite):
-    """A Torque cluster: a HighThroughputExecutor whose blocks are PBS jobs.
-
-    Keys (doc/sites.md): ``nodes`` and ``walltime`` (required),
-    ``tasks_per_node``, ``queue``, ``account``, ``scheduler_options``,
-    ``worker_init``, and as for `Slurm` the block keys, ``launcher``,
-    ``launcher_options``, ``provider_options``, ``executor_options``,
-    ``address``, ``interface`` and the heartbeat keys. A job's ``priority``
-    reaches the executor; its cores, memory and walltime do not.
+    """A Torque cluster: a HighThroughputExecutor whose blocks are PBS jobs
+    (keys: doc/sites.md; a job's ``priority`` reaches the executor).
     """
 
     label = "torque"
@@ -115,16 +107,13 @@ class Torque(BatchSite):
         executor : `parsl.executors.HighThroughputExecutor`
             The executor.
         """
-        from parsl.executors import HighThroughputExecutor
         from parsl.launchers import MpiRunLauncher
 
-        nodes = self.get("nodes", int, nodes, required=True)
-        if nodes <= 0:
-            raise ConfigurationError(f"'{self.where}.nodes' is {nodes}: it must be greater than 0")
+        nodes = self.get("nodes", int, nodes, required=True, positive=True)
         walltime = self._required_walltime(walltime)
         queue = self.get("queue", str, queue)
         account = self.get("account", str, None)
-        tasks_per_node = self.get_positive("tasks_per_node", int, tasks_per_node) or 1
+        tasks_per_node = self.get("tasks_per_node", int, tasks_per_node, positive=True) or 1
         scheduler_options = self.get("scheduler_options", str, scheduler_options)
         worker_init = self.get("worker_init", str, worker_init) or ""
 
@@ -135,26 +124,19 @@ class Torque(BatchSite):
 
         options: Kwargs = {
             "launcher": MpiRunLauncher(overrides=f"--map-by core:{tasks_per_node}"),
+            **(provider_options or {}),
+            "nodes_per_block": nodes,
+            "queue": queue,
+            "account": account,
+            "walltime": walltime,
+            "scheduler_options": "\n".join(lines),
+            "worker_init": worker_init,
         }
-        options.update(provider_options or {})
-        options.update(
-            nodes_per_block=nodes,
-            queue=queue,
-            account=account,
-            walltime=walltime,
-            scheduler_options="\n".join(lines),
-            worker_init=worker_init,
-        )
         options = self._provider_options(TorqueProvider, options)
         provider = build(PbsTorqueProvider, {**options, "tasks_per_node": tasks_per_node}, self.where)
-        htex: Kwargs = {"max_workers_per_node": 1}
-        htex.update(executor_options or {})
-        htex.update(label=label, provider=provider, address=self.get_address(), mem_per_worker=mem_per_worker)
-        htex = self._executor_options(HighThroughputExecutor, htex)
-        return build(HighThroughputExecutor, htex, self.where)
+        return self._htex(
+            label, provider, mem_per_worker, {"max_workers_per_node": 1, **(executor_options or {})}
+        )
 
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label)]
-
-    def select_executor(self, job: ParslJob) -> str:
-        return self.label

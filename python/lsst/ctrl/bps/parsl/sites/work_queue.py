@@ -26,8 +26,7 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 """Work Queue sites: a WorkQueueExecutor, which schedules each job by its
-cores, memory, disk and walltime. Work Queue (``ndcctools``) is not a
-dependency: without it the site fails validation in one line.
+cores, memory, disk and walltime (``ndcctools`` is not a dependency).
 """
 
 from __future__ import annotations
@@ -48,12 +47,7 @@ __all__ = ("LocalSrunWorkQueue", "WorkQueue")
 
 
 class WorkQueue(BatchSite):
-    """Base of the Work Queue sites; subclasses provide `get_provider`.
-
-    Keys (doc/sites.md): ``port`` (9000), ``worker_options`` (e.g.
-    ``--memory=90000``), ``wq_max_retries`` (1; null: forever). Every job
-    is sent with its cores, memory, disk, walltime and priority.
-    """
+    """Base of the Work Queue sites; subclasses provide `get_provider` (keys: doc/sites.md)."""
 
     label = "work_queue"
     default_resource_list = EXECUTOR_RESOURCES["WorkQueueExecutor"]
@@ -96,9 +90,7 @@ class WorkQueue(BatchSite):
         if not 0 <= port <= 65535:
             raise ConfigurationError(f"'{self.where}.port' is {port}: it must be a TCP port, 0-65535")
         worker_options = self.get("worker_options", str, worker_options)
-        found, max_retries = self.site.search("wq_max_retries", opt={"default": None})
-        if not found:
-            max_retries = wq_max_retries
+        max_retries = self.site.search("wq_max_retries", opt={"default": wq_max_retries})[1]
         if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)):
             raise ConfigurationError(
                 f"'{self.where}.wq_max_retries' is {max_retries!r}: it must be an integer, or null to retry forever"
@@ -120,9 +112,6 @@ class WorkQueue(BatchSite):
     def get_executors(self) -> list[ParslExecutor]:
         return [self.make_executor(self.label, self.get_provider())]
 
-    def select_executor(self, job: ParslJob) -> str:
-        return self.label
-
     def resource_specification(self, job: ParslJob, label: str) -> dict[str, Any] | None:
         if self._resource_list is not None:
             return super().resource_specification(job, label)
@@ -131,16 +120,14 @@ class WorkQueue(BatchSite):
 
 class LocalSrunWorkQueue(WorkQueue):
     """Work Queue inside an allocation you hold: a LocalProvider starts the
-    workers, with ``srun`` when there are several nodes.
-
-    Keys: those of `WorkQueue`, and ``nodes_per_block`` (1).
+    workers, with ``srun`` when there are several nodes (keys: doc/sites.md).
     """
 
     def get_provider(self) -> Any:
         from parsl.launchers import SrunLauncher
         from parsl.providers import LocalProvider
 
-        nodes = self.get_positive("nodes_per_block", int, 1)
+        nodes = self.get("nodes_per_block", int, 1, positive=True)
         options: dict[str, Any] = {
             "nodes_per_block": nodes,
             "init_blocks": 0,

@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any
 from lsst_ctrl_bps_parsl_worker.exits import recorded_exits
 from lsst_ctrl_bps_parsl_worker.processes import append_note
 
-from ..files import safe_component, safe_subdir
-from ..oneline import shown
+from ..oneline import safe_component, safe_subdir, shown
 from ..records import AttemptResult, JobKind, JobRow, JobState
 from .runstore import RunStore
 

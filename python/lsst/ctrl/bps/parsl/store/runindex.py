@@ -38,7 +38,7 @@ import os
 import shlex
 from pathlib import Path
 
-from ..files import write_private
+from ..oneline import write_private
 from .runstore import DB_NAME, RunStore, StateStoreError
 
 __all__ = ("INDEX_SUBDIR", "add_run", "list_runs", "remove_run", "resolve_run")

@@ -38,8 +38,7 @@ import os
 import sqlite3
 import stat
 
-from ..files import open_private
-from ..oneline import ShownMessageError, one_line
+from ..oneline import ShownMessageError, one_line, open_private
 
 __all__ = (
     "READ_ERRORS",
