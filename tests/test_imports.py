@@ -180,3 +180,33 @@ def test_design_doc_names_every_module():
         and not (path.startswith("sites/") and "`sites/*.py`" in text)
     ]
     assert not missing, f"doc/design.md's module table lacks: {missing}"
+
+
+def _imported_package(path: Path, node: ast.ImportFrom, python_root: Path) -> Path:
+    """The package directory an ``from X import ...`` in ``path`` imports from."""
+    base = path.parent
+    for _ in range(node.level - 1):
+        base = base.parent
+    candidate = (base if node.level else python_root).joinpath(*(node.module or "").split("."))
+    return candidate if candidate.is_dir() else candidate.parent
+
+
+def test_private_names_stay_in_their_package():
+    """A leading underscore marks a name private to its package (design.md):
+    its sibling modules may import it, modules of other packages may not."""
+    python_root = ROOT.parents[3]
+    paths = [*ROOT.rglob("*.py"), *(python_root / "lsst_ctrl_bps_parsl_worker").glob("*.py")]
+    crossing = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                private = [
+                    a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+                if private and _imported_package(path, node, python_root) != path.parent:
+                    crossing.append(f"{path.relative_to(python_root)}: {node.module} {private}")
+    assert not crossing, crossing
+    # The check sees a crossing: ``from ..oneline import _x`` in ``run/`` imports from the parent package.
+    probe = ast.parse("from ..oneline import _x").body[0]
+    assert isinstance(probe, ast.ImportFrom)
+    assert _imported_package(ROOT / "run" / "driver.py", probe, python_root) == ROOT
