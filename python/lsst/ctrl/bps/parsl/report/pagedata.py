@@ -135,12 +135,8 @@ def read_run(store: RunStore, submit_path: str, this_driver: bool) -> RunData:
 
     Parameters
     ----------
-    store : `RunStore`
-        The run's store.
-    submit_path : `str`
-        Submit directory.
-    this_driver : `bool`
-        The caller is the run's driver (`reports.run_counts`).
+    store, submit_path, this_driver : `RunStore`, `str`, `bool`
+        The run's store; submit directory; the caller is the run's driver (`reports.run_counts`).
 
     Returns
     -------

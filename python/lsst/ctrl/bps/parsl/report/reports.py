@@ -78,10 +78,8 @@ def read_store(submit_path: str, read: Callable[[RunStore], _T]) -> _T:
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    read : `~collections.abc.Callable` [[`RunStore`], ``_T``]
-        Reads the store; called again on a retry.
+    submit_path, read : `str`, `~collections.abc.Callable` [[`RunStore`], ``_T``]
+        Submit directory; reads the store (called again on a retry).
 
     Returns
     -------
@@ -155,10 +153,8 @@ def run_counts(
 
     Parameters
     ----------
-    store : `RunStore`
-        The run's store, in a read transaction (`read_store`).
-    submit_path : `str`
-        Submit directory.
+    store, submit_path : `RunStore`, `str`
+        The run's store, in a read transaction (`read_store`); submit directory.
     this_driver : `bool`, optional
         The caller is the run's driver (holds its lock): the state follows its own session.
 
@@ -189,10 +185,8 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    detailed, return_exit_codes : `bool`
-        Include one `WmsJobReport` per job; include non-zero exit codes per label.
+    submit_path, detailed, return_exit_codes : `str`, `bool`, `bool`
+        Submit directory; include one `WmsJobReport` per job; include non-zero exit codes per label.
 
     Returns
     -------
@@ -374,10 +368,8 @@ def listed_reports(user: str | None, hist: float, return_exit_codes: bool) -> tu
     ----------
     user : `str` or `None`
         Only this operator's runs (read from their run index if another user).
-    hist : `float`
-        Days of history.
-    return_exit_codes : `bool`
-        Include non-zero exit codes per label.
+    hist, return_exit_codes : `float`, `bool`
+        Days of history; include non-zero exit codes per label.
 
     Returns
     -------
@@ -434,10 +426,8 @@ def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
 
     Parameters
     ----------
-    wms_id : `str` or `None`
-        One run's submit directory or id (none: this user's runs with a live driver).
-    user : `str` or `None`
-        Only runs whose ``operator`` is this user.
+    wms_id, user : `str` or `None`
+        A run's submit directory or id (none: this user's runs with a live driver); only this operator's.
 
     Returns
     -------

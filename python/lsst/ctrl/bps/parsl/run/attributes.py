@@ -51,10 +51,8 @@ class RetryPolicy:
     ----------
     rows : `~collections.abc.Sequence` [`JobRow`]
         The run's jobs, by id.
-    site : `SiteConfig`
-        The site that chooses executors.
-    submit_path : `str`
-        Submit directory (for the `ParslJob` views).
+    site, submit_path : `SiteConfig`, `str`
+        The site that chooses executors; submit directory (for the `ParslJob` views).
     """
 
     def __init__(self, rows: Sequence[JobRow], site: SiteConfig, submit_path: str):
@@ -80,10 +78,9 @@ class RetryPolicy:
 
         Returns
         -------
-        pjob : `ParslJob`
-            The attempt's job view (its memory scaled by ``memoryMultiplier`` per try).
-        label : `str`
-            Its executor: the one its ``computeSite`` or ``queue`` names, else ``select_executor``'s.
+        pjob, label : `ParslJob`, `str`
+            The attempt's job view (memory scaled by ``memoryMultiplier`` per try); its executor
+            (the one its ``computeSite`` or ``queue`` names, else ``select_executor``'s).
 
         Raises
         ------
@@ -115,14 +112,10 @@ class RetryPolicy:
 
         Parameters
         ----------
-        job, exit_code : `int`
-            Job id; exit status of the failed attempt.
-        timed_out : `bool`
-            Whether it was killed for its walltime (never retried).
-        tries : `int`
-            Attempts of the job in this session, the failed one included.
-        stopping : `bool`
-            Whether the run is stopping (nothing is retried).
+        job, exit_code, tries : `int`
+            Job id; exit status of the failed attempt; attempts of the job in this session, it included.
+        timed_out, stopping : `bool`
+            It was killed for its walltime; the run is stopping (neither is retried).
 
         Returns
         -------
@@ -141,10 +134,8 @@ def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:
     ----------
     row : `JobRow`
         The job.
-    exit_code : `int`
-        The attempt's exit status.
-    signal : `int` or `None`
-        The signal that ended it, if any.
+    exit_code, signal : `int`, `int` or `None`
+        The attempt's exit status; the signal that ended it, if any.
 
     Returns
     -------
@@ -161,10 +152,8 @@ class ConcurrencyGate:
 
     Parameters
     ----------
-    rows : `~collections.abc.Sequence` [`JobRow`]
-        The run's jobs, by id.
-    limits : `dict` [`str`, `float`]
-        Units of each limit (`concurrency_limits`).
+    rows, limits : `~collections.abc.Sequence` [`JobRow`], `dict` [`str`, `float`]
+        The run's jobs, by id; units of each limit (`concurrency_limits`).
     """
 
     def __init__(self, rows: Sequence[JobRow], limits: dict[str, float]):

@@ -136,16 +136,10 @@ class Driver(StopHandling):
 
     Parameters
     ----------
-    store : `RunStore`
-        The run's state database, open for writing.
-    site : `SiteConfig`
-        Site that builds the executors.
-    kind : `str`
-        ``submit`` or ``restart``.
-    settings : `RunSettings`, optional
-        The run's keys (read from the site's configuration if not given).
-    fence : `ClaimFence`, optional
-        The run's claim this driver holds, checked before every dispatch.
+    store, site, kind : `RunStore`, `SiteConfig`, `str`
+        The run's state database, open for writing; site that builds the executors; ``submit`` or ``restart``.
+    settings, fence : `RunSettings`, `ClaimFence`, optional
+        The run's keys (default: the site configuration's); the claim held, checked before each dispatch.
     """
 
     def __init__(

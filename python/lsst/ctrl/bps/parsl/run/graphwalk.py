@@ -62,10 +62,8 @@ def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) ->
 
     Parameters
     ----------
-    rows : `~collections.abc.Sequence` [`JobRow`]
-        The nodes, by id (topological order: one pass from the last).
-    children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
-        Child ids of each node.
+    rows, children : `~collections.abc.Sequence`
+        The nodes (`JobRow`), by id in topological order; child ids of each node.
 
     Returns
     -------
@@ -83,10 +81,8 @@ class ReadyQueue:
 
     Parameters
     ----------
-    rows : `~collections.abc.Sequence` [`JobRow`]
-        The nodes, by id.
-    children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
-        Children of each node.
+    rows, children : `~collections.abc.Sequence`
+        The nodes (`JobRow`), by id; child ids of each node.
     fifo : `bool`
         Hand nodes out first come, first served.
     """
@@ -134,10 +130,8 @@ class GraphWalk:
 
     Parameters
     ----------
-    rows : `~collections.abc.Sequence` [`JobRow`]
-        The nodes, by id.
-    edges : `~collections.abc.Iterable` [`tuple` [`int`, `int`]]
-        (parent, child) pairs.
+    rows, edges : `~collections.abc.Sequence` [`JobRow`], `~collections.abc.Iterable` [`tuple`]
+        The nodes, by id; (parent, child) id pairs.
     on_pruned : callable
         Called with the id of each node the walk prunes.
     fifo : `bool`
@@ -200,10 +194,8 @@ class GraphWalk:
 
         Parameters
         ----------
-        i : `int`
-            Node id.
-        state : `JobState`
-            The state it ended in.
+        i, state : `int`, `JobState`
+            Node id; the state it ended in.
         """
         self.state[i] = state
         for c in self.children[i]:
@@ -260,10 +252,8 @@ class GraphWalk:
 
         Parameters
         ----------
-        i : `int`
-            Node id.
-        future : `~typing.Any`
-            The future of its attempt.
+        i, future : `int`, `~typing.Any`
+            Node id; the future of its attempt.
         """
         if self.children[i]:
             self._waiting_children.setdefault(i, len(self.children[i]))
