@@ -54,9 +54,15 @@ from ..store.attemptlogs import log_paths
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from ..store.storefile import damaged
-from .attributes import ConcurrencyGate, ExecutorChoiceError, RetryPolicy, abort_status, walltime_seconds
 from .dispatch import Dispatch
-from .graphwalk import GraphWalk
+from .scheduling import (
+    ConcurrencyGate,
+    ExecutorChoiceError,
+    GraphWalk,
+    RetryPolicy,
+    abort_status,
+    walltime_seconds,
+)
 from .stopping import InFlight, StopHandling, StopWatchdog
 
 __all__ = ("Driver", "RunOutcome")

@@ -51,7 +51,7 @@ from ..store.diskspace import draining_message
 from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError
 from .dispatch import Dispatch
-from .graphwalk import GraphWalk
+from .scheduling import GraphWalk
 
 _LOG = logging.getLogger(__name__)
 

@@ -25,19 +25,264 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A job's BPS attributes at run time: retries, memory, executor, concurrency limits, abort, walltime (doc/configuration.md)."""
+
+"""What runs next, where, and again: the walk over a run's DAG (iterative, so any depth works; final
+nodes last), the order ready nodes go out, and the jobs' BPS attributes at run time: retries, memory,
+executor, concurrency limits, abort, walltime (doc/design.md, doc/configuration.md).
+"""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
-from collections.abc import Collection, Sequence
+from array import array
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
-from ..job import ParslJob, parse_walltime
+from ..configuration import ConfigurationError
+from ..job import ParslJob, parse_walltime, priority_number
 from ..prepare.jobattrs import parse_concurrency_limit
-from ..records import JobRow
+from ..records import ENDED, JobKind, JobRow, JobState
 from ..site import SiteConfig
 
-__all__ = ("ConcurrencyGate", "ExecutorChoiceError", "RetryPolicy", "abort_status", "walltime_seconds")
+__all__ = (
+    "ConcurrencyGate",
+    "ExecutorChoiceError",
+    "GraphWalk",
+    "ReadyQueue",
+    "RetryPolicy",
+    "abort_status",
+    "critical_paths",
+    "walltime_seconds",
+)
+
+_FAILED = frozenset({JobState.FAILED, JobState.PRUNED, JobState.DELETED})
+
+
+def _job_minutes(row: JobRow) -> float:
+    """A node's expected minutes: its ``requestWalltime``, 1 if unset or not valid, 0 if it runs no process."""
+    if row.kind != JobKind.PAYLOAD:
+        return 0.0
+    try:
+        seconds = walltime_seconds(row.request_walltime)
+    except ConfigurationError:
+        return 1.0
+    return seconds / 60.0 if seconds and 0 < seconds < float("inf") else 1.0
+
+
+def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) -> array:
+    """Minutes of the longest path of work from each node to the end, its own included.
+
+    Parameters
+    ----------
+    rows, children : `~collections.abc.Sequence`
+        The nodes (`JobRow`), by id in topological order; child ids of each node.
+
+    Returns
+    -------
+    paths : `array.array`
+        Minutes of work from each node to the end, by id.
+    """
+    path = array("d", bytes(8 * len(rows)))
+    for i in range(len(rows) - 1, -1, -1):
+        path[i] = _job_minutes(rows[i]) + max((path[c] for c in children[i]), default=0.0)
+    return path
+
+
+class ReadyQueue:
+    """Ready nodes, by priority, then longest path below, then first come (a deque's interface).
+
+    Parameters
+    ----------
+    rows, children : `~collections.abc.Sequence`
+        The nodes (`JobRow`), by id; child ids of each node.
+    fifo : `bool`
+        Hand nodes out first come, first served.
+    """
+
+    def __init__(self, rows: Sequence[JobRow], children: Sequence[Sequence[int]], fifo: bool = False):
+        self._heap: list[tuple[float, float, int, int]] = []
+        self._count = itertools.count()
+        # Negated, as the heap pops the smallest; arrays: 8 bytes a job.
+        if fifo:
+            self._priority = self._path = array("d", bytes(8 * len(rows)))
+        else:
+            self._priority = array("d", (-(priority_number(row.priority) or 0) for row in rows))
+            self._path = array("d", (-p for p in critical_paths(rows, children)))
+
+    def append(self, i: int) -> None:
+        """Add a ready node.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
+        """
+        heapq.heappush(self._heap, (self._priority[i], self._path[i], next(self._count), i))
+
+    def popleft(self) -> int:
+        """Remove and return the node to hand out next.
+
+        Returns
+        -------
+        i : `int`
+            Node id.
+        """
+        return heapq.heappop(self._heap)[3]
+
+    def clear(self) -> None:
+        """Forget every node."""
+        self._heap.clear()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+class GraphWalk:
+    """The DAG of one run and the state of each node.
+
+    Parameters
+    ----------
+    rows, edges : `~collections.abc.Sequence` [`JobRow`], `~collections.abc.Iterable` [`tuple`]
+        The nodes, by id; (parent, child) id pairs.
+    on_pruned : callable
+        Called with the id of each node the walk prunes.
+    fifo : `bool`
+        Hand ready nodes out first come, first served (`ReadyQueue`).
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[JobRow],
+        edges: Iterable[tuple[int, int]],
+        on_pruned: Callable[[int], None],
+        fifo: bool = False,
+    ):
+        n = len(rows)
+        self.rows = rows
+        self.children: list[list[int]] = [[] for _ in range(n)]
+        self.parents: list[list[int]] = [[] for _ in range(n)]
+        for parent, child in edges:
+            self.children[parent].append(child)
+            self.parents[child].append(parent)
+        self.state: list[JobState] = [JobState.UNREADY] * n
+        self.ready = ReadyQueue(rows, self.children, fifo)
+        self.remaining: dict[int, int] = {}
+        """Unfinished blocking parents of each waiting node."""
+        self.futures: dict[int, Any] = {}
+        """The future of each node's last attempt, while a child may still need it."""
+        self._waiting_children: dict[int, int] = {}
+        self._on_pruned = on_pruned
+
+    def _tolerant(self, i: int) -> bool:
+        return self.rows[i].kind == JobKind.TOLERANT_JOIN
+
+    def _blocking_parents(self, i: int) -> int:
+        if self._tolerant(i):
+            return sum(1 for p in self.parents[i] if self.state[p] not in ENDED)
+        return sum(1 for p in self.parents[i] if self.state[p] != JobState.SUCCEEDED)
+
+    def start_phase(self, final: bool) -> None:
+        """Find the ready, waiting and pruned nodes of a phase.
+
+        Parameters
+        ----------
+        final : `bool`
+            `True` for the phase of the final nodes.
+        """
+        self.ready.clear()
+        self.remaining = {}
+        for i, row in enumerate(self.rows):
+            if bool(row.final) != final or self.state[i] in ENDED:
+                continue
+            if not self._tolerant(i) and any(self.state[p] in _FAILED for p in self.parents[i]):
+                self._prune(i)
+            elif count := self._blocking_parents(i):
+                self.remaining[i] = count
+            else:
+                self.ready.append(i)
+
+    def finish(self, i: int, state: JobState) -> None:
+        """Mark a node ended and release or prune its children.
+
+        Parameters
+        ----------
+        i, state : `int`, `JobState`
+            Node id; the state it ended in.
+        """
+        self.state[i] = state
+        for c in self.children[i]:
+            if self.state[c] in ENDED:
+                continue
+            if state != JobState.SUCCEEDED and not self._tolerant(c):
+                self._prune(c)
+            else:
+                self._parent_ended(c)
+        self._release_parent_futures(i)
+
+    def _parent_ended(self, c: int) -> None:
+        left = self.remaining.get(c, 0) - 1
+        if left <= 0:
+            self.remaining.pop(c, None)
+            self.ready.append(c)
+        else:
+            self.remaining[c] = left
+
+    def _prune(self, start: int) -> None:
+        """Prune a node and its children, transitively (up to a non-blocking group's join)."""
+        stack = [start]
+        while stack:
+            i = stack.pop()
+            if self.state[i] in ENDED:
+                continue
+            self.state[i] = JobState.PRUNED
+            self.remaining.pop(i, None)
+            self._on_pruned(i)
+            self._release_parent_futures(i)
+            for c in self.children[i]:
+                if not self._tolerant(c):
+                    stack.append(c)
+                elif self.state[c] not in ENDED:
+                    self._parent_ended(c)
+
+    def parent_futures(self, i: int) -> list[Any]:
+        """The parents' futures of a node.
+
+        Parameters
+        ----------
+        i : `int`
+            Node id.
+
+        Returns
+        -------
+        futures : `list`
+            Those kept.
+        """
+        return [self.futures[p] for p in self.parents[i] if p in self.futures]
+
+    def keep_future(self, i: int, future: Any) -> None:
+        """Keep the future of a node's attempt for its children.
+
+        Parameters
+        ----------
+        i, future : `int`, `~typing.Any`
+            Node id; the future of its attempt.
+        """
+        if self.children[i]:
+            self._waiting_children.setdefault(i, len(self.children[i]))
+            self.futures[i] = future
+
+    def _release_parent_futures(self, i: int) -> None:
+        """Node ``i`` ended: drop its parents' futures no other child needs."""
+        for p in self.parents[i]:
+            left = self._waiting_children.get(p)
+            if left is not None:
+                if left <= 1:
+                    del self._waiting_children[p]
+                    self.futures.pop(p, None)
+                else:
+                    self._waiting_children[p] = left - 1
 
 
 class ExecutorChoiceError(RuntimeError):
