@@ -369,11 +369,9 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         return replies
 
     def _take_over(self, dead: subprocess.Popen) -> subprocess.Popen | None:
-        """Replace a spawner whose output ended (`None`: none expected or
-        possible); the new one gets every unanswered request (`spawner`).
-        At shutdown, one that exited by itself (status 0: it answered every
-        job it started) is not replaced; one that died is, so its running
-        jobs are followed to their end.
+        """Replace a spawner whose output ended (`None`: none expected or possible); the new one gets
+        every unanswered request. At shutdown, one that exited by itself (status 0: it answered every
+        job it started) is not replaced; one that died is, so its running jobs are followed to their end.
         """
         code, dead_pid = self._spawner_exit, self._spawner_pid or dead.pid
         if code is None:  # no keeper (see keeper.keep): the spawner was the process started

@@ -26,9 +26,8 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The run page's data, read from the run's store in one read transaction, its
-formatting and its timeline (SVG): a bar per attempt per host and slot, or
-occupancy for large runs.
+"""The run page's data, read from the run's store in one read transaction, its formatting and its
+timeline (SVG): a bar per attempt per host and slot, or occupancy for large runs.
 """
 
 from __future__ import annotations

@@ -206,13 +206,12 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     meta, state, message, running, by_label, codes, losses, unstarted = read_store(submit_path, snapshot)
     alive = state == WmsStates.RUNNING
     # Labels as shown (`_text`); two long labels shown alike add up.
-    totals: Counter = Counter()
     shown_states: dict[str, Counter] = {}
     exit_codes: dict[str, list[int]] = {}
     for label, states in by_label.items():
-        totals[_text(label)] += sum(states.values())
         shown_states.setdefault(_text(label), Counter()).update(states)
         exit_codes.setdefault(_text(label), [])
+    totals = {label: sum(states.values()) for label, states in shown_states.items()}
     for label, code in codes:
         if code != -1 and label in by_label:  # -1: no exit status
             exit_codes[_text(label)].append(code)
@@ -441,7 +440,14 @@ def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
         except (StateStoreError, OSError):
             return []
         try:
-            return [submit_path] if _cancellable(submit_path) else []
+            # A live driver, or a submitted run with unfinished jobs.
+            cancellable = driver_alive(submit_path) is not None or read_store(
+                submit_path,
+                lambda store: (
+                    store.sessions() != [] and any(row.state not in ENDED for row in store.statuses())
+                ),
+            )
+            return [submit_path] if cancellable else []
         except (StateStoreError, OSError):
             return [submit_path]  # unreadable or damaged: `cancel` says so in one line
     ids = []
@@ -477,13 +483,3 @@ def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
 
 def _is_owner(submit_path: str) -> bool:
     return os.stat(db_path(submit_path)).st_uid == os.getuid()
-
-
-def _cancellable(submit_path: str) -> bool:
-    """Whether the run has a live driver, or was submitted and has unfinished jobs."""
-    if driver_alive(submit_path) is not None:
-        return True
-    return read_store(
-        submit_path,
-        lambda store: store.sessions() != [] and any(row.state not in ENDED for row in store.statuses()),
-    )

@@ -34,6 +34,7 @@ import os
 import queue
 import threading
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
@@ -196,10 +197,8 @@ class Dispatch:
             for executor in self.dfk.executors.values():
                 proc = getattr(executor, "interchange_proc", None)
                 if proc is not None and hasattr(proc, "kill"):
-                    try:
+                    with suppress(OSError):
                         proc.kill()
-                    except OSError:
-                        pass
 
 
 class _QuietFileHandler(logging.FileHandler):

@@ -249,8 +249,7 @@ class Driver(StopHandling):
             self.prefix = self.site.get_command_prefix()
             self.shell = self.site.job_shell
             self.warm = self.site.warm_start
-            monitoring_db = self.site.monitoring_filename()
-            if monitoring_db:
+            if monitoring_db := self.site.monitoring_filename():
                 self.store.set_meta("monitoring_db", monitoring_db)
             self.dispatch.start()
         except BaseException as exc:
@@ -352,8 +351,7 @@ class Driver(StopHandling):
 
     def _dispatch_ready(self) -> None:
         """Hand ready jobs to Parsl, best first, within ``in_flight_cap`` and concurrency limits."""
-        ready = self.walk.ready
-        cap = self.in_flight_cap
+        ready, cap = self.walk.ready, self.in_flight_cap
         while ready and not self.stop_reason and not self.store.disk_full:
             if cap is not None and len(self.in_flight) >= cap:
                 return

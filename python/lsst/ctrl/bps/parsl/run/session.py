@@ -406,9 +406,8 @@ def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, st
     run_id = checked_run(submit_path)
     record = driver_alive(submit_path, run_id)
     how = ""
-    stale_after = STALE_AFTER
+    stale_after = STALE_AFTER if record is None else record.stale_after
     if record is not None:
-        stale_after = record.stale_after
         write_cancel_request(submit_path, record)
         local = record.host == HOST and holds_store(record.pid, submit_path)
         if local:
