@@ -96,12 +96,12 @@ def _counted(counts: Counter[int], states: Sequence[tuple[JobState, str]]) -> st
 
 
 class _ProgressLines:
-    """Print a run's job counts (as ``bps report``) every ``interval`` seconds (0: none, forced ones too)."""
+    """Print a run's job counts (as ``bps report``) every ``progress_interval`` s (0: none, forced ones too)."""
 
-    def __init__(self, run_id: str, interval: float, by_label: bool):
+    def __init__(self, run_id: str, settings: RunSettings):
         self.run_id = run_id
-        self.interval = interval
-        self.by_label = by_label
+        self.interval = settings.progress_interval
+        self.by_label = settings.progress_by_label
         self.last = time.monotonic()
 
     def print(self, rows: Sequence[JobRow], states: Sequence[int], force: bool = False) -> None:
@@ -187,9 +187,7 @@ class Driver(StopHandling):
         self.dispatch = Dispatch(site)
         self.in_flight: dict[int, InFlight] = {}
         self.page = PageWriter(self.submit_path)
-        self.progress = _ProgressLines(
-            self.run_id, self.settings.progress_interval, self.settings.progress_by_label
-        )
+        self.progress = _ProgressLines(self.run_id, self.settings)
         self.watchdog = StopWatchdog(self.run_id, self.submit_path)
 
     def _build_tables(self) -> None:
