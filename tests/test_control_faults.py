@@ -31,7 +31,6 @@ from cli import bps, wait_for  # noqa: E402
 from lsst.ctrl.bps import WmsStates  # noqa: E402
 from lsst.ctrl.bps.parsl import ParslService  # noqa: E402
 from lsst.ctrl.bps.parsl.control.liveness import HOST, driver_alive, process_start  # noqa: E402
-from lsst.ctrl.bps.parsl.run import cancel as cancelling  # noqa: E402
 from lsst.ctrl.bps.parsl.run import session as control  # noqa: E402
 from lsst.ctrl.bps.parsl.service import RunFailedError  # noqa: E402
 from lsst.ctrl.bps.parsl.site import SiteConfig  # noqa: E402
@@ -115,8 +114,8 @@ def test_crafted_lock_or_heartbeat_never_gets_a_process_signalled(finished, vict
     by a crafted claim ``parsl/driver.claim.<N>``, and then also by a heartbeat
     (right host, right start time, fresh), makes ``cancel`` and ``restart``
     refuse with one line; it never gets a signal."""
-    monkeypatch.setattr(cancelling, "_ACK_TIMEOUT", 1.0)
-    monkeypatch.setattr(cancelling, "_LOCK_WAIT", 1.0)
+    monkeypatch.setattr(control, "_ACK_TIMEOUT", 1.0)
+    monkeypatch.setattr(control, "_LOCK_WAIT", 1.0)
     submit = finished
     service = ParslService({})
     ok, message = service.cancel(str(submit))
@@ -567,8 +566,8 @@ def test_cancel_of_a_driver_that_never_runs_again_escalates_to_sigkill_and_sweep
     ``_ACK_TIMEOUT``, then SIGKILL ``_STOP_TIMEOUT`` later (2 s and 3 s
     here, 10 s and 60 s by default); cancel then kills the run's jobs by
     token and records them DELETED: the run ends within the bound."""
-    monkeypatch.setattr(cancelling, "_ACK_TIMEOUT", 2.0)
-    monkeypatch.setattr(cancelling, "_STOP_TIMEOUT", 3.0)
+    monkeypatch.setattr(control, "_ACK_TIMEOUT", 2.0)
+    monkeypatch.setattr(control, "_STOP_TIMEOUT", 3.0)
     log = tmp_path / "started"
     spec = {"jobs": [{"name": f"s{i}", "script": f"echo s{i} >> {log}; sleep 120"} for i in range(2)]}
     proc, submit = start_in_own_group(tmp_path, env, {**spec, "site": LOCAL2})

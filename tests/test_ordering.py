@@ -5,7 +5,7 @@ job, then first come (issue 15 item 2); real jobs on a 1-core local pool.
 from __future__ import annotations
 
 from lsst.ctrl.bps.parsl.records import JobKind, JobRow, JobState
-from lsst.ctrl.bps.parsl.run.graphwalk import ReadyQueue, critical_paths
+from lsst.ctrl.bps.parsl.run.scheduling import ReadyQueue, critical_paths
 from lsst.ctrl.bps.parsl.store.runstore import RunStore, db_path
 from synthetic import job, make_config, run, workflow
 

@@ -320,7 +320,7 @@ class ParslService(BaseWmsService):
         return cancellable_runs(wms_id, user)
 
     def cancel(self, wms_id: str, pass_thru: str | None = None) -> tuple[bool, str]:
-        from .run.cancel import DriverBusyError, cancel_run
+        from .run.session import DriverBusyError, cancel_run
 
         try:
             return cancel_run(resolve_run(wms_id))

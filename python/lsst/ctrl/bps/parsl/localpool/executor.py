@@ -92,16 +92,12 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
 
     Parameters
     ----------
-    label : `str`
-        Executor label.
-    cores : `int`
-        Cores tasks may use at once (each takes its ``cores``, default 1).
+    label, cores : `str`, `int`
+        Executor label; cores tasks may use at once (each takes its ``cores``, default 1).
     memory : `int` or `None`
         Memory (MB) tasks may use at once (each its ``memory``, default 0); `None`: no limit.
-    storage_access : `list`, optional
-        Parsl staging providers (Parsl's default ones if `None`).
-    working_dir : `str`, optional
-        Where Parsl's staging providers put staged files; `None`: each chooses.
+    storage_access, working_dir : `list`, `str`, optional
+        Parsl staging providers (`None`: Parsl's default ones) and where they put files (`None`: they choose).
     """
 
     RESOURCE_KEYS = frozenset({"cores", "memory", "running_time_min", "walltime"})  # the specification's
@@ -203,13 +199,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         super().shutdown()
 
     def monitor_resources(self) -> bool:
-        """`False`: Parsl's per-task sampling has no worker process here; `_finish` reports each try itself.
-
-        Returns
-        -------
-        monitor : `bool`
-            Always `False`.
-        """
+        # Parsl's per-task sampling has no worker process here: `_finish` reports each try itself.
         return False
 
     # ---- submitting ----
@@ -222,11 +212,9 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         Parameters
         ----------
         func : `~collections.abc.Callable`
-            The task's function: `run_job` (run by the spawner as a job) or any
-            other (run in a Python process of its own).
+            `run_job` (the spawner runs it as a job) or any other (run in a Python process of its own).
         resource_specification : `dict` [`str`, `~typing.Any`]
-            Parsl's resource specification of the task (`RESOURCE_KEYS`); a key not
-            given: 1 core, no memory, the ``time_limit`` of a `run_job` call.
+            The task's `RESOURCE_KEYS`; by default 1 core, no memory, a `run_job` call's ``time_limit``.
         *args, **kwargs : `~typing.Any`
             Arguments of ``func``.
 
@@ -238,8 +226,7 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         Raises
         ------
         parsl.executors.errors.InvalidResourceSpecification
-            A key other than `RESOURCE_KEYS`, a value that is not a positive
-            number, or more cores or memory than the pool has.
+            A key other than `RESOURCE_KEYS`, a value not a positive number, more than the pool has.
         parsl.serialize.errors.SerializationError
             The function or an argument of a Python task cannot be serialized.
         """
@@ -382,11 +369,9 @@ class LocalPoolExecutor(ParslExecutor, RepresentationMixin):
         return replies
 
     def _take_over(self, dead: subprocess.Popen) -> subprocess.Popen | None:
-        """Replace a spawner whose output ended (`None`: none expected or
-        possible); the new one gets every unanswered request (`spawner`).
-        At shutdown, one that exited by itself (status 0: it answered every
-        job it started) is not replaced; one that died is, so its running
-        jobs are followed to their end.
+        """Replace a spawner whose output ended (`None`: none expected or possible); the new one gets
+        every unanswered request. At shutdown, one that exited by itself (status 0: it answered every
+        job it started) is not replaced; one that died is, so its running jobs are followed to their end.
         """
         code, dead_pid = self._spawner_exit, self._spawner_pid or dead.pid
         if code is None:  # no keeper (see keeper.keep): the spawner was the process started

@@ -116,10 +116,8 @@ def parse_reply(line: bytes) -> tuple[int, AttemptResult | BaseException]:
 
     Returns
     -------
-    number : `int`
-        Id of the request.
-    result : `AttemptResult` or `BaseException`
-        How the job ended, or `NotStartedError`.
+    number, result : `int`, `AttemptResult` or `BaseException`
+        Id of the request; how the job ended, or `NotStartedError`.
     """
     number, code, sig, start, end, timed_out = line.split()
     if start == b"-":
@@ -153,17 +151,13 @@ class PythonTasks:
 
         Parameters
         ----------
-        number : `int`
-            The task's id in the executor.
-        func, args, kwargs : `~collections.abc.Callable`, `tuple`, `dict`
-            The task's function and its arguments.
+        number, func, args, kwargs : `int`, `~collections.abc.Callable`, `tuple`, `dict`
+            The task's id in the executor; its function and arguments.
 
         Returns
         -------
-        request : `dict` [`str`, `~typing.Any`]
-            The spawner request that runs the task.
-        base : `str`
-            Base path of the task's files.
+        request, base : `dict` [`str`, `~typing.Any`], `str`
+            The spawner request that runs the task; base path of the task's files.
 
         Raises
         ------
@@ -197,10 +191,8 @@ class PythonTasks:
 
         Parameters
         ----------
-        base : `str`
-            Base path of the task's files.
-        result : `AttemptResult` or `BaseException`
-            How the task's process ended, or why it never started.
+        base, result : `str`, `AttemptResult` or `BaseException`
+            Base path of the task's files; how its process ended, or why it never started.
 
         Returns
         -------

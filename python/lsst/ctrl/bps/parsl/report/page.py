@@ -309,10 +309,8 @@ def write_page(submit_path: str, out: str | None = None, this_driver: bool = Fal
 
     Parameters
     ----------
-    submit_path : `str`
-        The run's submit directory.
-    out : `str`, optional
-        Page file (default ``<submit_path>/report.html``).
+    submit_path, out : `str`
+        The run's submit directory; page file (default ``<submit_path>/report.html``).
     this_driver : `bool`
         The caller is the run's driver (`reports.run_counts`).
 

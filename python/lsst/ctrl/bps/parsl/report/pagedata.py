@@ -26,9 +26,8 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The run page's data, read from the run's store in one read transaction, its
-formatting and its timeline (SVG): a bar per attempt per host and slot, or
-occupancy for large runs.
+"""The run page's data, read from the run's store in one read transaction, its formatting and its
+timeline (SVG): a bar per attempt per host and slot, or occupancy for large runs.
 """
 
 from __future__ import annotations
@@ -135,12 +134,8 @@ def read_run(store: RunStore, submit_path: str, this_driver: bool) -> RunData:
 
     Parameters
     ----------
-    store : `RunStore`
-        The run's store.
-    submit_path : `str`
-        Submit directory.
-    this_driver : `bool`
-        The caller is the run's driver (`reports.run_counts`).
+    store, submit_path, this_driver : `RunStore`, `str`, `bool`
+        The run's store; submit directory; the caller is the run's driver (`reports.run_counts`).
 
     Returns
     -------

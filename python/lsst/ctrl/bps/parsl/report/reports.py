@@ -78,10 +78,8 @@ def read_store(submit_path: str, read: Callable[[RunStore], _T]) -> _T:
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    read : `~collections.abc.Callable` [[`RunStore`], ``_T``]
-        Reads the store; called again on a retry.
+    submit_path, read : `str`, `~collections.abc.Callable` [[`RunStore`], ``_T``]
+        Submit directory; reads the store (called again on a retry).
 
     Returns
     -------
@@ -155,10 +153,8 @@ def run_counts(
 
     Parameters
     ----------
-    store : `RunStore`
-        The run's store, in a read transaction (`read_store`).
-    submit_path : `str`
-        Submit directory.
+    store, submit_path : `RunStore`, `str`
+        The run's store, in a read transaction (`read_store`); submit directory.
     this_driver : `bool`, optional
         The caller is the run's driver (holds its lock): the state follows its own session.
 
@@ -189,10 +185,8 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
-    detailed, return_exit_codes : `bool`
-        Include one `WmsJobReport` per job; include non-zero exit codes per label.
+    submit_path, detailed, return_exit_codes : `str`, `bool`, `bool`
+        Submit directory; include one `WmsJobReport` per job; include non-zero exit codes per label.
 
     Returns
     -------
@@ -212,13 +206,12 @@ def run_report(submit_path: str, detailed: bool, return_exit_codes: bool) -> Wms
     meta, state, message, running, by_label, codes, losses, unstarted = read_store(submit_path, snapshot)
     alive = state == WmsStates.RUNNING
     # Labels as shown (`_text`); two long labels shown alike add up.
-    totals: Counter = Counter()
     shown_states: dict[str, Counter] = {}
     exit_codes: dict[str, list[int]] = {}
     for label, states in by_label.items():
-        totals[_text(label)] += sum(states.values())
         shown_states.setdefault(_text(label), Counter()).update(states)
         exit_codes.setdefault(_text(label), [])
+    totals = {label: sum(states.values()) for label, states in shown_states.items()}
     for label, code in codes:
         if code != -1 and label in by_label:  # -1: no exit status
             exit_codes[_text(label)].append(code)
@@ -374,10 +367,8 @@ def listed_reports(user: str | None, hist: float, return_exit_codes: bool) -> tu
     ----------
     user : `str` or `None`
         Only this operator's runs (read from their run index if another user).
-    hist : `float`
-        Days of history.
-    return_exit_codes : `bool`
-        Include non-zero exit codes per label.
+    hist, return_exit_codes : `float`, `bool`
+        Days of history; include non-zero exit codes per label.
 
     Returns
     -------
@@ -434,10 +425,8 @@ def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
 
     Parameters
     ----------
-    wms_id : `str` or `None`
-        One run's submit directory or id (none: this user's runs with a live driver).
-    user : `str` or `None`
-        Only runs whose ``operator`` is this user.
+    wms_id, user : `str` or `None`
+        A run's submit directory or id (none: this user's runs with a live driver); only this operator's.
 
     Returns
     -------
@@ -451,7 +440,14 @@ def cancellable_runs(wms_id: str | None, user: str | None) -> list[str]:
         except (StateStoreError, OSError):
             return []
         try:
-            return [submit_path] if _cancellable(submit_path) else []
+            # A live driver, or a submitted run with unfinished jobs.
+            cancellable = driver_alive(submit_path) is not None or read_store(
+                submit_path,
+                lambda store: (
+                    store.sessions() != [] and any(row.state not in ENDED for row in store.statuses())
+                ),
+            )
+            return [submit_path] if cancellable else []
         except (StateStoreError, OSError):
             return [submit_path]  # unreadable or damaged: `cancel` says so in one line
     ids = []
@@ -487,13 +483,3 @@ def _runs_of(user: str | None) -> tuple[list[str], list[str]]:
 
 def _is_owner(submit_path: str) -> bool:
     return os.stat(db_path(submit_path)).st_uid == os.getuid()
-
-
-def _cancellable(submit_path: str) -> bool:
-    """Whether the run has a live driver, or was submitted and has unfinished jobs."""
-    if driver_alive(submit_path) is not None:
-        return True
-    return read_store(
-        submit_path,
-        lambda store: store.sessions() != [] and any(row.state not in ENDED for row in store.statuses()),
-    )

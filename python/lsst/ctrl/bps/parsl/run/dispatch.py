@@ -34,6 +34,7 @@ import os
 import queue
 import threading
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from lsst.ctrl.bps import BpsConfig
@@ -105,14 +106,10 @@ class Dispatch:
 
         Parameters
         ----------
-        key : `~typing.Any`
-            What the end of the attempt is queued under (see `wait`).
-        label : `str`
-            Label of the executor.
-        args, kwargs : `tuple`, `dict` [`str`, `~typing.Any`]
-            Positional and keyword arguments of `run_job` (Parsl's ``parsl_resource_specification`` too).
-        inputs : `~collections.abc.Sequence`
-            Futures of the parents.
+        key, label : `~typing.Any`, `str`
+            What the end of the attempt is queued under (see `wait`); label of the executor.
+        args, kwargs, inputs : `tuple`, `dict`, `~collections.abc.Sequence`
+            Arguments of `run_job` (Parsl's ``parsl_resource_specification`` too); the parents' futures.
         walltime : `float`, optional
             The job's ``requestWalltime`` (s): blocks with less left take it last (`BlockWatch`).
 
@@ -199,10 +196,8 @@ class Dispatch:
             for executor in self.dfk.executors.values():
                 proc = getattr(executor, "interchange_proc", None)
                 if proc is not None and hasattr(proc, "kill"):
-                    try:
+                    with suppress(OSError):
                         proc.kill()
-                    except OSError:
-                        pass
 
 
 class _QuietFileHandler(logging.FileHandler):

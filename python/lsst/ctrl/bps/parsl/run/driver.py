@@ -52,9 +52,15 @@ from ..sites.losses import LostAttempts, infrastructure_cause
 from ..store.recorder import Recorder, log_paths
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError, StoreLostError
 from ..store.storefile import damaged
-from .attributes import ConcurrencyGate, ExecutorChoiceError, RetryPolicy, abort_status, walltime_seconds
 from .dispatch import Dispatch
-from .graphwalk import GraphWalk
+from .scheduling import (
+    ConcurrencyGate,
+    ExecutorChoiceError,
+    GraphWalk,
+    RetryPolicy,
+    abort_status,
+    walltime_seconds,
+)
 from .stopping import InFlight, StopHandling, StopWatchdog
 
 __all__ = ("Driver", "RunOutcome")
@@ -88,12 +94,12 @@ def _counted(counts: Counter[int], states: Sequence[tuple[JobState, str]]) -> st
 
 
 class _ProgressLines:
-    """Print a run's job counts (as ``bps report``) every ``interval`` seconds (0: none, forced ones too)."""
+    """Print a run's job counts (as ``bps report``) every ``progress_interval`` s (0: none, forced ones too)."""
 
-    def __init__(self, run_id: str, interval: float, by_label: bool):
+    def __init__(self, run_id: str, settings: RunSettings):
         self.run_id = run_id
-        self.interval = interval
-        self.by_label = by_label
+        self.interval = settings.progress_interval
+        self.by_label = settings.progress_by_label
         self.last = time.monotonic()
 
     def print(self, rows: Sequence[JobRow], states: Sequence[int], force: bool = False) -> None:
@@ -134,16 +140,10 @@ class Driver(StopHandling):
 
     Parameters
     ----------
-    store : `RunStore`
-        The run's state database, open for writing.
-    site : `SiteConfig`
-        Site that builds the executors.
-    kind : `str`
-        ``submit`` or ``restart``.
-    settings : `RunSettings`, optional
-        The run's keys (read from the site's configuration if not given).
-    fence : `ClaimFence`, optional
-        The run's claim this driver holds, checked before every dispatch.
+    store, site, kind : `RunStore`, `SiteConfig`, `str`
+        The run's state database, open for writing; site that builds the executors; ``submit`` or ``restart``.
+    settings, fence : `RunSettings`, `ClaimFence`, optional
+        The run's keys (default: the site configuration's); the claim held, checked before each dispatch.
     """
 
     def __init__(
@@ -185,9 +185,7 @@ class Driver(StopHandling):
         self.dispatch = Dispatch(site)
         self.in_flight: dict[int, InFlight] = {}
         self.page = PageWriter(self.submit_path)
-        self.progress = _ProgressLines(
-            self.run_id, self.settings.progress_interval, self.settings.progress_by_label
-        )
+        self.progress = _ProgressLines(self.run_id, self.settings)
         self.watchdog = StopWatchdog(self.run_id, self.submit_path)
 
     def _build_tables(self) -> None:
@@ -247,8 +245,7 @@ class Driver(StopHandling):
             self.prefix = self.site.get_command_prefix()
             self.shell = self.site.settings.job_shell
             self.warm = self.site.settings.warm_start
-            monitoring_db = self.site.monitoring_filename()
-            if monitoring_db:
+            if monitoring_db := self.site.monitoring_filename():
                 self.store.set_meta("monitoring_db", monitoring_db)
             self.dispatch.start()
         except BaseException as exc:
@@ -350,8 +347,7 @@ class Driver(StopHandling):
 
     def _dispatch_ready(self) -> None:
         """Hand ready jobs to Parsl, best first, within ``in_flight_cap`` and concurrency limits."""
-        ready = self.walk.ready
-        cap = self.in_flight_cap
+        ready, cap = self.walk.ready, self.in_flight_cap
         while ready and not self.stop_reason and not self.store.disk_full:
             if cap is not None and len(self.in_flight) >= cap:
                 return

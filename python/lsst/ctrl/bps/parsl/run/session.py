@@ -25,7 +25,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Start (here or in the background) and check a run's driver; its saved BPS configuration.
+"""Start (here or in the background), check and cancel (`cancel_run`) a run's driver; its saved BPS configuration.
 
 ``python -m lsst.ctrl.bps.parsl.run.session <submit dir> <kind>`` runs a background driver.
 """
@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from lsst.ctrl.bps import BpsConfig, BpsError
@@ -51,9 +52,13 @@ from ..control.liveness import (
     STALE_AFTER,
     DriverRecord,
     driver_alive,
+    holds_store,
     process_start,
+    write_cancel_request,
 )
+from ..control.running import kill_running_jobs
 from ..oneline import ShownMessageError, open_private, private_dir
+from ..records import ENDED, JobState
 from ..site import SiteConfig
 from ..store.runindex import remove_run
 from ..store.runstore import RunStore, StateStoreError, db_path
@@ -64,9 +69,9 @@ if TYPE_CHECKING:
 __all__ = (
     "DriverBusyError",
     "RunFailedError",
+    "cancel_run",
     "checked_run",
     "driver_alive",
-    "driver_claim",
     "load_config",
     "run_driver",
 )
@@ -93,28 +98,10 @@ def _busy(submit_path: str, record: DriverRecord | ClaimBusyError | None) -> Dri
 
 
 @contextmanager
-def driver_claim(
+def _driver_claim(
     submit_path: str, what: str, wait: float = 0.0, stale_after: float = STALE_AFTER
 ) -> Iterator[Claim]:
-    """Hold the run's claim (`claim.claim_run`).
-
-    Parameters
-    ----------
-    submit_path, what : `str`
-        Submit directory; what the holder does.
-    wait, stale_after : `float`
-        Seconds to keep trying while the run is held; age of a silent claim that counts as abandoned.
-
-    Yields
-    ------
-    claim : `Claim`
-        The claim, held while the context runs.
-
-    Raises
-    ------
-    DriverBusyError
-        If a live process holds the run.
-    """
+    """Hold the run's claim (`claim.claim_run`); `DriverBusyError` if a live process holds it."""
     try:
         with claim_run(submit_path, what, wait=wait, stale_after=stale_after) as claim:
             yield claim
@@ -135,10 +122,8 @@ def save_pending_config(config: BpsConfig, submit_path: str, run_id: str) -> str
 
     Parameters
     ----------
-    config : `lsst.ctrl.bps.BpsConfig`
-        The run's configuration.
-    submit_path, run_id : `str`
-        Submit directory; the run being created.
+    config, submit_path, run_id : `lsst.ctrl.bps.BpsConfig`, `str`, `str`
+        The run's configuration; submit directory; the run being created.
 
     Returns
     -------
@@ -166,10 +151,8 @@ def install_config(submit_path: str, run_id: str) -> None:
         if name.startswith(f"{_CONFIG_NAME}.") and name.endswith(".tmp"):
             # Its run was indexed before its store was to be linked: it never was.
             remove_run(name[len(_CONFIG_NAME) + 1 : -4], submit_path)
-            try:
+            with suppress(OSError):
                 os.unlink(os.path.join(parsl_dir, name))
-            except OSError:
-                pass
 
 
 def load_config(submit_path: str) -> BpsConfig:
@@ -183,20 +166,12 @@ def load_config(submit_path: str) -> BpsConfig:
     Returns
     -------
     config : `lsst.ctrl.bps.BpsConfig`
-        The configuration read from ``parsl/bps_config.yaml``.
-
-    Raises
-    ------
-    StateStoreError
-        If the run has no configuration.
+        The configuration read from ``parsl/bps_config.yaml`` (`StateStoreError` if there is none).
     """
     path = os.path.join(submit_path, "parsl", _CONFIG_NAME)
     if not os.path.exists(path):
-        store = RunStore(db_path(submit_path), readonly=True)
-        try:
+        with closing(RunStore(db_path(submit_path), readonly=True)) as store:
             run_id = store.meta().get("run_id")
-        finally:
-            store.close()
         if isinstance(run_id, str) and os.path.exists(_pending_config(submit_path, run_id)):
             install_config(submit_path, run_id)
         else:
@@ -211,12 +186,10 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
 
     Parameters
     ----------
-    submit_path : `str`
-        Submit directory.
+    submit_path, kind : `str`
+        Submit directory; ``submit`` or ``restart``.
     config : `lsst.ctrl.bps.BpsConfig` or `None`
         The run's configuration; `None` reads the one saved at prepare time.
-    kind : `str`
-        ``submit`` or ``restart``.
 
     Returns
     -------
@@ -225,12 +198,8 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
 
     Raises
     ------
-    RunFailedError
-        If a job did not succeed or the run stopped.
-    DriverBusyError
-        If another driver runs this run.
-    StateStoreError
-        If the store cannot be opened for writing.
+    RunFailedError, DriverBusyError, StateStoreError
+        If a job did not succeed or the run stopped; another driver runs it; the store is not writable.
     """
     from .driver import Driver
 
@@ -238,7 +207,7 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     site = SiteConfig.from_config(config)
     settings = RunSettings.read(config)
     stale_after = settings.driver_stale_after
-    with driver_claim(submit_path, kind, stale_after=stale_after) as claim:
+    with _driver_claim(submit_path, kind, stale_after=stale_after) as claim:
         store = RunStore(db_path(submit_path))
         try:
             run_id = _check_meta(store, submit_path)
@@ -281,22 +250,15 @@ def run_driver(submit_path: str, config: BpsConfig | None, kind: str) -> RunOutc
     return outcome
 
 
-def _same_directory(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _check_meta(store: RunStore, submit_path: str) -> str:
     """The store must say it is the run of ``submit_path``; returns its run id."""
     meta = store.meta()
     recorded, run_id = meta.get("submit_path"), meta.get("run_id")
-    if (
-        not isinstance(recorded, str)
-        or not isinstance(run_id, str)
-        or not _same_directory(recorded, submit_path)
-    ):
+    try:
+        same = isinstance(recorded, str) and os.path.samefile(recorded, submit_path)
+    except OSError:
+        same = False
+    if not same or not isinstance(run_id, str):
         store.check_integrity()  # a damaged store says so first
         raise StateStoreError(
             f"{store.path}: this database is the run in {recorded}, not in {submit_path} (a copied or moved "
@@ -316,12 +278,7 @@ def checked_run(submit_path: str) -> str:
     Returns
     -------
     run_id : `str`
-        The run's id.
-
-    Raises
-    ------
-    StateStoreError
-        With one line naming the path.
+        The run's id (else `StateStoreError`, one line naming the path).
     """
     path = db_path(submit_path)
     owner = os.stat(path).st_uid
@@ -338,11 +295,8 @@ def checked_run(submit_path: str) -> str:
     parsl_dir = os.path.join(submit_path, "parsl")
     if os.path.lexists(parsl_dir) and not stat.S_ISDIR(os.lstat(parsl_dir).st_mode):
         raise StateStoreError(f"{parsl_dir}: not a directory (a symbolic link?): refused")
-    store = RunStore(path, readonly=True)
-    try:
+    with closing(RunStore(path, readonly=True)) as store:
         return _check_meta(store, submit_path)
-    finally:
-        store.close()
 
 
 def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
@@ -358,12 +312,7 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
     Returns
     -------
     pid : `int`
-        The background driver's pid.
-
-    Raises
-    ------
-    RuntimeError
-        If the driver exits at once or does not beat within ``wait``.
+        The background driver's pid (`RuntimeError` if it exits at once or does not beat within ``wait``).
     """
     log = os.path.join(private_dir(os.path.join(submit_path, "parsl")), "driver.log")
     with os.fdopen(open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as stream:
@@ -388,6 +337,119 @@ def start_detached(submit_path: str, kind: str, wait: float = 60.0) -> int:
             return proc.pid
         time.sleep(0.05)
     raise RuntimeError(f"the background driver did not start within {wait:.0f} s: see {log}")
+
+
+_ACK_TIMEOUT = 10.0
+"""Seconds a driver has to answer a cancel request."""
+_STOP_TIMEOUT = 60.0
+"""Seconds a driver on this host has to end after it answered (or got SIGTERM) before SIGKILL."""
+_LOCK_WAIT = 10.0
+"""Seconds to wait for the claim of a driver that just ended."""
+
+
+def _wait_for_end(submit_path: str, record: DriverRecord, timeout: float, ack: bool = False) -> bool:
+    """Wait until the driver has ended (with ``ack``: says it stops); whether it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = driver_alive(submit_path, record.run_id)
+        if now is None or now.identity != record.identity or (ack and now.stopping):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _signal_driver(pid: int, started: int | None, sig: int) -> bool:
+    """Send ``sig`` and SIGCONT (a stopped driver acts on nothing) to a proven local driver; if it ran."""
+    if process_start(pid) is None or (started is not None and process_start(pid) != started):
+        return False
+    try:
+        group = os.getpgid(pid)
+        if sig != signal.SIGCONT:
+            os.kill(pid, sig)
+        if group > 1 and group != os.getpgrp():
+            os.killpg(group, signal.SIGCONT)
+        else:
+            os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cancel_run(submit_path: str, timeout: float | None = None) -> tuple[bool, str]:
+    """Stop a run's driver and every job from any process, within a bound (doc/operations.md).
+
+    Parameters
+    ----------
+    submit_path : `str`
+        Submit directory.
+    timeout : `float`, optional
+        Seconds a driver that answered has to end (default `_STOP_TIMEOUT`).
+
+    Returns
+    -------
+    cancelled, message : `bool`, `str`
+        Whether the driver and every job process here ended, all unfinished jobs DELETED; what happened.
+
+    Raises
+    ------
+    StateStoreError, DriverBusyError
+        If the directory is not a run this user may act on; another process holds the run meanwhile.
+    """
+    stop_timeout = _STOP_TIMEOUT if timeout is None else timeout
+    # A stopped driver may hold the store's lock: continue it before the store is read.
+    early = driver_alive(submit_path)
+    if early is not None and early.host == HOST and holds_store(early.pid, submit_path):
+        _signal_driver(early.pid, early.started, signal.SIGCONT)
+    run_id = checked_run(submit_path)
+    record = driver_alive(submit_path, run_id)
+    how = ""
+    stale_after = STALE_AFTER if record is None else record.stale_after
+    if record is not None:
+        write_cancel_request(submit_path, record)
+        local = record.host == HOST and holds_store(record.pid, submit_path)
+        if local:
+            _signal_driver(record.pid, record.started, signal.SIGCONT)
+        if not _wait_for_end(submit_path, record, _ACK_TIMEOUT, ack=True):
+            if local:
+                _signal_driver(record.pid, record.started, signal.SIGTERM)
+                how = f" (no answer within {_ACK_TIMEOUT:.0f} s: SIGTERM)"
+            elif record.host == HOST:
+                return False, (
+                    f"the driver ({record.describe()}) did not answer the cancel request within "
+                    f"{_ACK_TIMEOUT:.0f} s and its process does not hold this run's database: not signalled; "
+                    "it stops when it reads the request: try again later"
+                )
+            else:
+                # Another host: no signal reaches it. Silent past its stale_after, the run is taken over.
+                stop_timeout = record.stale_after + 2 * record.interval + 2.0
+        if not _wait_for_end(submit_path, record, stop_timeout):
+            if not local:
+                return False, (
+                    f"the driver ({record.describe()}) did not stop within {stop_timeout:.0f} s and its "
+                    "heartbeat still moves; try again"
+                )
+            if _signal_driver(record.pid, record.started, signal.SIGKILL):
+                how = f" (not ended {stop_timeout:.0f} s after the cancel request: SIGKILL)"
+                _wait_for_end(submit_path, record, 5.0)
+    with _driver_claim(submit_path, "cancel", wait=_LOCK_WAIT, stale_after=stale_after) as claim:
+        other = driver_alive(submit_path, run_id)
+        if other is not None:
+            raise _busy(submit_path, other)
+        store = RunStore(db_path(submit_path))
+        try:
+            store.take_fence(claim.number)
+            left = kill_running_jobs(os.path.join(submit_path, "parsl", "running"), run_id)
+            unfinished = [row for row in store.statuses() if row.state not in ENDED]
+            for row in unfinished:
+                store.set_state(row.job, JobState.DELETED, row.attempt)
+            store.flush()
+        finally:
+            store.close()
+    if record is None and not unfinished and not left:
+        return False, "the run had already ended; nothing to cancel"
+    what = f"driver {record.describe()} stopped{how}" if record else "no driver was running"
+    return True, f"{what}; {len(unfinished)} unfinished job(s) marked DELETED"
 
 
 def main(argv: list[str]) -> int:

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,7 @@ from ..store.recorder import Recorder
 from ..store.runstore import RunStore, RunTakenOverError, StateStoreError
 from ..store.storefile import draining_message
 from .dispatch import Dispatch
-from .graphwalk import GraphWalk
+from .scheduling import GraphWalk
 
 _LOG = logging.getLogger(__name__)
 
@@ -161,10 +162,9 @@ class StopHandling:
         self._old_handlers: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                self._old_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.request_stop(f"received {signal.Signals(signum).name}")
+                self._old_handlers[signum] = signal.signal(
+                    signum, lambda sig, _: self.request_stop(f"received {signal.Signals(sig).name}")
+                )
 
     def _restore_signals(self) -> None:
         for signum, old in self._old_handlers.items():
@@ -174,10 +174,8 @@ class StopHandling:
         """Record a lost attempt; its job runs again once its processes end (``infrastructureRetries``)."""
         self.session_tries[i] -= 1
         result = self.recorder.lost(i, attempt, error, time.time(), cause)
-        try:  # a lost worker did not remove its running-attempt file
+        with suppress(OSError):  # a lost worker did not remove its running-attempt file
             os.unlink(os.path.join(self.running_dir, f"{i}.{attempt}"))
-        except OSError:
-            pass
         if stops_run(error):
             self.request_stop(f"{self.site.where}: executor {flight.label} can run nothing more: {cause}")
         if self.stop_reason or self.losses.lost(i):

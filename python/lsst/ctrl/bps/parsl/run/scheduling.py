@@ -26,22 +26,36 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""The walk over a run's DAG, iterative so any depth works, final nodes last; the order ready nodes go out (doc/design.md)."""
+"""What runs next, where, and again: the walk over a run's DAG (iterative, so any depth works; final
+nodes last), the order ready nodes go out, and the jobs' BPS attributes at run time: retries, memory,
+executor, concurrency limits, abort, walltime (doc/design.md, doc/configuration.md).
+"""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from ..configuration import ConfigurationError
-from ..job import priority_number
+from ..job import ParslJob, parse_walltime, priority_number
+from ..prepare.jobattrs import parse_concurrency_limit
 from ..records import ENDED, JobKind, JobRow, JobState
-from .attributes import walltime_seconds
+from ..site import SiteConfig
 
-__all__ = ("GraphWalk", "ReadyQueue", "critical_paths")
+__all__ = (
+    "ConcurrencyGate",
+    "ExecutorChoiceError",
+    "GraphWalk",
+    "ReadyQueue",
+    "RetryPolicy",
+    "abort_status",
+    "critical_paths",
+    "walltime_seconds",
+)
 
 _FAILED = frozenset({JobState.FAILED, JobState.PRUNED, JobState.DELETED})
 
@@ -62,10 +76,8 @@ def critical_paths(rows: Sequence[JobRow], children: Sequence[Sequence[int]]) ->
 
     Parameters
     ----------
-    rows : `~collections.abc.Sequence` [`JobRow`]
-        The nodes, by id (topological order: one pass from the last).
-    children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
-        Child ids of each node.
+    rows, children : `~collections.abc.Sequence`
+        The nodes (`JobRow`), by id in topological order; child ids of each node.
 
     Returns
     -------
@@ -83,10 +95,8 @@ class ReadyQueue:
 
     Parameters
     ----------
-    rows : `~collections.abc.Sequence` [`JobRow`]
-        The nodes, by id.
-    children : `~collections.abc.Sequence` [`~collections.abc.Sequence` [`int`]]
-        Children of each node.
+    rows, children : `~collections.abc.Sequence`
+        The nodes (`JobRow`), by id; child ids of each node.
     fifo : `bool`
         Hand nodes out first come, first served.
     """
@@ -134,10 +144,8 @@ class GraphWalk:
 
     Parameters
     ----------
-    rows : `~collections.abc.Sequence` [`JobRow`]
-        The nodes, by id.
-    edges : `~collections.abc.Iterable` [`tuple` [`int`, `int`]]
-        (parent, child) pairs.
+    rows, edges : `~collections.abc.Sequence` [`JobRow`], `~collections.abc.Iterable` [`tuple`]
+        The nodes, by id; (parent, child) id pairs.
     on_pruned : callable
         Called with the id of each node the walk prunes.
     fifo : `bool`
@@ -200,10 +208,8 @@ class GraphWalk:
 
         Parameters
         ----------
-        i : `int`
-            Node id.
-        state : `JobState`
-            The state it ended in.
+        i, state : `int`, `JobState`
+            Node id; the state it ended in.
         """
         self.state[i] = state
         for c in self.children[i]:
@@ -260,10 +266,8 @@ class GraphWalk:
 
         Parameters
         ----------
-        i : `int`
-            Node id.
-        future : `~typing.Any`
-            The future of its attempt.
+        i, future : `int`, `~typing.Any`
+            Node id; the future of its attempt.
         """
         if self.children[i]:
             self._waiting_children.setdefault(i, len(self.children[i]))
@@ -279,3 +283,201 @@ class GraphWalk:
                     self.futures.pop(p, None)
                 else:
                     self._waiting_children[p] = left - 1
+
+
+class ExecutorChoiceError(RuntimeError):
+    """`SiteConfig.select_executor` failed or named an unknown executor."""
+
+
+class RetryPolicy:
+    """The plugin's retries (Parsl's own are 0; doc/design.md) and each attempt's memory and executor.
+
+    Parameters
+    ----------
+    rows : `~collections.abc.Sequence` [`JobRow`]
+        The run's jobs, by id.
+    site, submit_path : `SiteConfig`, `str`
+        The site that chooses executors; submit directory (for the `ParslJob` views).
+    """
+
+    def __init__(self, rows: Sequence[JobRow], site: SiteConfig, submit_path: str):
+        self.rows = rows
+        self.site = site
+        self.submit_path = submit_path
+        # Parsed once per distinct text: the jobs of a label share theirs.
+        texts = {row.retry_unless_exit for row in rows}
+        parsed = {text: frozenset(json.loads(text or "[]")) for text in texts}
+        self.retry_codes: list[frozenset[int]] = [parsed[row.retry_unless_exit] for row in rows]
+
+    def next_attempt(
+        self, job: int, attempt: int, tries: int, labels: Collection[str]
+    ) -> tuple[ParslJob, str]:
+        """The resources and executor of a job's next attempt.
+
+        Parameters
+        ----------
+        job, attempt, tries : `int`
+            Job id, attempt number, attempts of the job in this session so far.
+        labels : `~collections.abc.Collection` [`str`]
+            Labels of the executors in use.
+
+        Returns
+        -------
+        pjob, label : `ParslJob`, `str`
+            The attempt's job view (memory scaled by ``memoryMultiplier`` per try); its executor
+            (the one its ``computeSite`` or ``queue`` names, else ``select_executor``'s).
+
+        Raises
+        ------
+        ExecutorChoiceError
+            If ``select_executor`` fails or names none of ``labels``.
+        """
+        row = self.rows[job]
+        memory = row.request_memory
+        if memory is not None and row.memory_multiplier and tries:
+            memory = int(memory * row.memory_multiplier**tries)
+            if row.request_memory_max:
+                memory = min(memory, row.request_memory_max)
+        pjob = ParslJob.from_row(row, attempt, memory, self.site.config, self.submit_path)
+        site = type(self.site).__name__
+        try:
+            label = self.site.select_executor(pjob)
+        except Exception as exc:
+            raise ExecutorChoiceError(f"{site}.select_executor failed for this job: {exc}") from None
+        if label not in labels:
+            raise ExecutorChoiceError(
+                f"{site}.select_executor failed for this job: it returned '{label}', which is not one of "
+                f"the executors {sorted(labels)}"
+            )
+        routed = [value for value in (row.compute_site, row.queue) if value and value in labels]
+        return pjob, routed[0] if routed else label
+
+    def retry(self, job: int, exit_code: int, timed_out: bool, tries: int, stopping: bool) -> bool:
+        """Whether a failed attempt runs again.
+
+        Parameters
+        ----------
+        job, exit_code, tries : `int`
+            Job id; exit status of the failed attempt; attempts of the job in this session, it included.
+        timed_out, stopping : `bool`
+            It was killed for its walltime; the run is stopping (neither is retried).
+
+        Returns
+        -------
+        retry : `bool`
+            `True` if the job runs again.
+        """
+        if stopping or timed_out or exit_code in self.retry_codes[job]:
+            return False
+        return tries <= (self.rows[job].retries or 0)
+
+
+def abort_status(row: JobRow, exit_code: int, signal: int | None) -> int | None:
+    """The run's status if an attempt's exit aborts the run, else `None`.
+
+    Parameters
+    ----------
+    row : `JobRow`
+        The job.
+    exit_code, signal : `int`, `int` or `None`
+        The attempt's exit status; the signal that ended it, if any.
+
+    Returns
+    -------
+    status : `int` or `None`
+        The run's exit status (``abortReturnValue``, else the exit code), or `None`.
+    """
+    if row.abort_on_value is None or signal is not None or exit_code != row.abort_on_value:
+        return None
+    return exit_code if row.abort_return_value is None else row.abort_return_value
+
+
+class ConcurrencyGate:
+    """The units of each concurrency limit held by running jobs, and the ready jobs waiting for some.
+
+    Parameters
+    ----------
+    rows, limits : `~collections.abc.Sequence` [`JobRow`], `dict` [`str`, `float`]
+        The run's jobs, by id; units of each limit (`concurrency_limits`).
+    """
+
+    def __init__(self, rows: Sequence[JobRow], limits: dict[str, float]):
+        self.limits = limits
+        self.held: dict[str, float] = dict.fromkeys(limits, 0.0)
+        parsed: dict[str, tuple[tuple[str, float], ...]] = {}
+        self.needs: dict[int, tuple[tuple[str, float], ...]] = {}
+        for row in rows:
+            if text := row.concurrency_limit:
+                if text not in parsed:
+                    parsed[text] = parse_concurrency_limit(text, f"job '{row.name}'")
+                self.needs[row.id] = parsed[text]
+        self.waiting: list[int] = []
+        """Ready jobs that found a limit full, in the order they came."""
+        self._holding: set[int] = set()
+
+    def acquire(self, job: int) -> bool:
+        """Take a job's units; `False` (and the job waits) if a limit is full.
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+
+        Returns
+        -------
+        acquired : `bool`
+            `True` if the job may run now.
+        """
+        needs = self.needs.get(job)
+        if not needs:
+            return True
+        for name, units in needs:
+            if self.held.get(name, 0.0) + units > self.limits.get(name, float("inf")) + 1e-9:
+                self.waiting.append(job)
+                return False
+        for name, units in needs:
+            self.held[name] = self.held.get(name, 0.0) + units
+        self._holding.add(job)
+        return True
+
+    def release(self, job: int) -> list[int]:
+        """Give back a job's units (once per acquire).
+
+        Parameters
+        ----------
+        job : `int`
+            Job id.
+
+        Returns
+        -------
+        woken : `list` [`int`]
+            Ids of the jobs that waited for units (the caller makes them ready).
+        """
+        if job not in self._holding:
+            return []
+        self._holding.remove(job)
+        for name, units in self.needs[job]:
+            self.held[name] -= units
+        woken, self.waiting = self.waiting, []
+        return woken
+
+
+def walltime_seconds(value: str | None) -> float | None:
+    """A job's ``requestWalltime`` in seconds (a bare number is minutes).
+
+    Parameters
+    ----------
+    value : `str` or `None`
+        The job's ``requestWalltime``.
+
+    Returns
+    -------
+    seconds : `float` or `None`
+        The walltime in seconds.
+    """
+    if not value:
+        return None
+    try:
+        return float(value) * 60.0
+    except ValueError:
+        return float(parse_walltime(value, "requestWalltime"))
