@@ -53,7 +53,6 @@ __all__ = (
     "Launcher",
     "append_note",
     "attempt_processes",
-    "job_alive",
     "job_script",
     "kill_attempts",
     "live_jobs",
@@ -234,14 +233,14 @@ def transient_start_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.EAGAIN, errno.ENOMEM)
 
 
-def start_failure(err: str, error: BaseException, retries: int, pid_file: str, token: str) -> int:
+def start_failure(err: str, error: BaseException, retries: int, directory: str, token: str) -> int:
     """Say in a job attempt's stderr log why it could not be started,
     record its exit status (`exits.record_exit`), and return it.
 
     Parameters
     ----------
-    err, pid_file, token : `str`
-        The attempt's stderr log, pid file (its directory holds the exit records) and token.
+    err, directory, token : `str`
+        The attempt's stderr log, the directory of its exit record, its token.
     error : `BaseException`
         What starting the job raised.
     retries : `int`
@@ -258,7 +257,7 @@ def start_failure(err: str, error: BaseException, retries: int, pid_file: str, t
         reason = reason[:500] + "..."
     again = f" (tried {retries + 1} times)" if retries else ""
     append_note(err, f"[bps-parsl] the job could not be started{again}: {reason}\n")
-    record_exit(os.path.dirname(pid_file), token, code, err)
+    record_exit(directory, token, code, err)
     return code
 
 
@@ -452,27 +451,6 @@ def live_jobs() -> dict[str, int]:
         except (OSError, ValueError, IndexError):
             continue
     return jobs
-
-
-def job_alive(pid: int, token: str) -> bool:
-    """Whether process ``pid`` is still attempt ``token``'s live job.
-
-    Parameters
-    ----------
-    pid : `int`
-        Process id.
-    token : `str`
-        The attempt's token.
-
-    Returns
-    -------
-    alive : `bool`
-        Whether it is.
-    """
-    try:
-        return _token_of(pid) == token
-    except OSError:
-        return False
 
 
 def process_start_time(pid: int) -> float | None:
