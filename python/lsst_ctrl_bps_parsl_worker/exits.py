@@ -103,10 +103,8 @@ def _append_record(directory: str, line: bytes) -> None:
 def _forget(directory: str) -> None:
     pid, fd = _RECORDS.pop(directory, (0, -1))
     if pid == os.getpid():
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def recorded_exits(directory: str) -> dict[str, int]:
@@ -194,10 +192,8 @@ def reap(pid: int) -> None:
     pid : `int`
         Process id of the child.
     """
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def zombie_exit_code(pid: int) -> int | None:

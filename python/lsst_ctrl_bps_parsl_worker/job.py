@@ -32,6 +32,7 @@ design.md and reliability.md (J1, P2); on the local pool the spawner does it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -186,10 +187,8 @@ def run_job(
         _reap(pid)
         raise
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(pid_file)
-        except OSError:
-            pass
     end = time.time()
     if timed_out:
         append_note(err_path, f"[bps-parsl] killed after walltime of {time_limit:.0f} s\n")

@@ -32,6 +32,7 @@ P2), and stopped; what is said when a start fails. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -391,10 +392,8 @@ def signal_attempts(
 
 
 def _kill(how: Callable[[int, int], None], target: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         how(target, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def kill_attempts(

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     import subprocess
 
 from . import warmserver
+from .exits import ended_child, reap
 from .keeper import become_subreaper
 from .warmserver import SLOT_ENV, SLOT_SIZE, TOKEN_ENV
 
@@ -310,10 +312,8 @@ class _WarmProcess:
         """Close the connection (the warm process exits at its end) and reap it."""
         import subprocess
 
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -452,14 +452,9 @@ class WarmStarts:
         if not self._subreaper:
             return
         keep = {*keep, *(server.proc.pid for server in self._servers.values())}
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                if info is None or info.si_pid == 0 or info.si_pid in keep:
-                    return
-                os.waitpid(info.si_pid, 0)
-            except ChildProcessError:
-                return
+        with contextlib.suppress(ChildProcessError):
+            while (ended := ended_child()) is not None and ended[0] not in keep:
+                reap(ended[0])
 
     def close(self) -> None:
         """Stop every warm process, and say how many jobs started warm."""

@@ -31,6 +31,7 @@ into the ``pipetask`` script's Python, so standard library only and no package i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -65,10 +66,8 @@ def _memory() -> tuple[float, float]:
 def _python_signals() -> None:
     """Signal dispositions and mask of a fresh Python, whatever was inherited."""
     for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             signal.signal(signum, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -172,10 +171,8 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         if interrupted:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
@@ -296,10 +293,8 @@ def serve(fd: int, script_dir: str) -> None:
             tried.update(names)
         if pending:
             name = pending.pop(0)
-            try:
+            with contextlib.suppress(BaseException):  # noqa: BLE001 - what a job imported may not import here: skip it
                 importlib.import_module(name)
-            except BaseException:  # noqa: BLE001 - what a job imported may not import here: skip it
-                pass
             if threading.active_count() > 1:
                 say(fail=f"importing {name} started threads")
                 return

@@ -41,7 +41,6 @@ from lsst_ctrl_bps_parsl_worker.journal import (
     JOURNAL_PREFIX,
     JOURNAL_REFRESH,
     journal_jobs,
-    journal_snapshot,
 )
 from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
@@ -219,10 +218,9 @@ def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
     deadline = time.monotonic() + min(stale_after, 2 * JOURNAL_REFRESH + 1.0)
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        found = journal_snapshot(path)
-        if found is None:
+        now = journal_jobs(path).stat
+        if now is None:
             return False
-        now = found[2]
         if (now.st_ino, now.st_size, now.st_mtime_ns) != seen:
             return True
     return False
@@ -262,10 +260,10 @@ def spawners_elsewhere(running_dir: str, config: BpsConfig, recorder: Recorder) 
         if host == _HOST:
             continue
         path = os.path.join(running_dir, name)
-        found = journal_snapshot(path)
-        if found is None:
+        found = journal_jobs(path)
+        if found.stat is None:
             continue
-        running, _, info = found
+        running, info = found.running, found.stat
         attempts = sorted(filter(None, (_attempt_of(token, recorder) for token in running.values())))
         fresh = _journal_age(info, parsl_dir) <= max(stale_after, 2 * JOURNAL_REFRESH)
         if not fresh and not _journal_moves(path, info, stale_after):
