@@ -170,12 +170,8 @@ def ended_child(pid: int = 0, block: bool = False) -> tuple[int, int] | None:
     Returns
     -------
     ended : `tuple` [`int`, `int`] or `None`
-        ``(pid, exit code)``, ``128 + s`` for a signal ``s``; `None` if none ended.
-
-    Raises
-    ------
-    ChildProcessError
-        No such child.
+        ``(pid, exit code)``, ``128 + s`` for a signal ``s``; `None` if none ended
+        (`ChildProcessError` if there is no such child).
     """
     flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
     info = os.waitid(os.P_PID if pid else os.P_ALL, pid, flags)  # retried on EINTR (PEP 475)

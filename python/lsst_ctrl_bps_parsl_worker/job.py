@@ -53,7 +53,6 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     START_RETRY_DELAYS,
     Launcher,
     append_note,
-    job_script,
     kill_attempts,
     signal_attempts,
     start_failure,
@@ -62,7 +61,7 @@ from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
 )
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
-__all__ = ("JobResult", "NotStartedError", "job_script", "run_job", "worker_notes")
+__all__ = ("JobResult", "NotStartedError", "run_job", "worker_notes")
 
 _HOST = socket.gethostname()
 _NOTES: list[str] = []

@@ -168,15 +168,10 @@ def _to_devnull(*fds: int) -> None:
 def _read_dirs(fd: int) -> set[str]:
     """The journals' directories the spawner wrote to ``fd`` (closed)."""
     dirs = set()
-    try:
-        with open(fd, "rb") as stream:
-            for line in stream:
-                try:
-                    dirs.add(json.loads(line))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(fd, "rb") as stream:
+        for line in stream:
+            with contextlib.suppress(ValueError):
+                dirs.add(json.loads(line))
     return dirs
 
 

@@ -400,17 +400,14 @@ def kill_attempts(
     tokens: Collection[str] = (),
     run_prefix: str | None = None,
     groups: Collection[int] = (),
-    grace: float = KILL_GRACE,
     marks: Collection[str] = (),
 ) -> int:
-    """SIGTERM every process `signal_attempts` would signal, SIGKILL what is left after ``grace``.
+    """SIGTERM every process `signal_attempts` would signal, SIGKILL what is left after `KILL_GRACE`.
 
     Parameters
     ----------
     tokens, run_prefix, groups, marks
         As `signal_attempts`.
-    grace : `float`, optional
-        Seconds between SIGTERM and SIGKILL.
 
     Returns
     -------
@@ -419,7 +416,7 @@ def kill_attempts(
     """
     found = signal_attempts(signal.SIGTERM, tokens, run_prefix, groups, marks)
     if found or groups:
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + KILL_GRACE
         while time.monotonic() < deadline and attempt_processes(tokens, run_prefix, marks):
             time.sleep(0.05)
         signal_attempts(signal.SIGKILL, tokens, run_prefix, groups, marks)

@@ -211,11 +211,10 @@ def _pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] |
     words = lines[0][2:].split()
     python = None
     if len(words) == 2 and os.path.basename(words[0]) == "env":
-        for directory in environ.get("PATH", "").split(os.pathsep):
-            candidate = os.path.join(directory or ".", words[1])
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                python = os.path.abspath(candidate)
-                break
+        import shutil
+
+        found = shutil.which(words[1], path=environ.get("PATH", ""))
+        python = os.path.abspath(found) if found else None
     elif len(words) == 1:
         python = words[0]
     if not python or not os.path.isabs(python) or not os.access(python, os.X_OK):
