@@ -133,10 +133,8 @@ def recorded_exits(directory: str) -> dict[str, int]:
             continue
         for line in data.splitlines():
             token, _, code = line.partition(" ")
-            try:
+            with contextlib.suppress(ValueError):
                 found[token] = int(code)
-            except ValueError:
-                continue
     return found
 
 

@@ -112,7 +112,7 @@ def journal_jobs(path: str) -> JournalJobs:
     jobs = JournalJobs({}, set(), {}, {}, info)
     for line in data.decode(errors="replace").splitlines():
         fields = line.split(" ", 3)
-        try:
+        with contextlib.suppress(ValueError):
             if len(fields) >= 3 and fields[0] == "+":
                 jobs.starting.pop(fields[2], None)
                 pid = int(fields[1])
@@ -125,8 +125,6 @@ def journal_jobs(path: str) -> JournalJobs:
             elif len(fields) == 2 and fields[0] == "-":
                 jobs.running.pop(int(fields[1]), None)
                 jobs.logs.pop(int(fields[1]), None)
-        except ValueError:
-            continue
     return jobs
 
 

@@ -26,17 +26,9 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""What outlives a process that starts jobs, to look after them: the keeper
-of a local-pool spawner, and the orphan guard of a Parsl worker.
-
-The keeper is the spawner's parent, which records the exit status of a dead
-spawner's jobs (reliability.md, P1), adds ``exit <exit code>`` after the
-spawner's last reply, and exits when it has no children left.
-
-The guard kills a worker's jobs, which carry its mark (`WORKER_ENV`), when the
-worker or its pool dies (L3); its watcher is this file run as a script. Only
-a worker whose main thread runs the job is guarded: jobs of the driver's own
-threads end with the driver. Standard library only.
+"""What outlives a process that starts jobs, to look after them: the keeper of a
+local-pool spawner (reliability.md, P1) and the orphan guard of a Parsl worker
+(L3), whose watcher is this file run as a script. Standard library only.
 """
 
 from __future__ import annotations
@@ -285,7 +277,7 @@ def _settle(pid: int, logs: dict[int, Named], held: dict[int, float]) -> bool:
 
 
 class OrphanGuard:
-    """The watcher of this worker process's jobs (see the module's docstring)."""
+    """The watcher of this worker process's jobs (reliability.md, L3)."""
 
     def __init__(self) -> None:
         self.mark = f"{os.getpid()}.{time.time_ns()}"

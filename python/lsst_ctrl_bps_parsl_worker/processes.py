@@ -313,11 +313,9 @@ def _my_processes() -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != me:
-            try:
+            with contextlib.suppress(OSError):
                 if os.stat(f"/proc/{entry}").st_uid == uid:
                     pids.append(int(entry))
-            except OSError:
-                continue
     return pids
 
 
@@ -346,12 +344,10 @@ def attempt_processes(
     if not exact and env_prefix is None:
         return found
     for pid in _my_processes():
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):
             items = (item for item in _read(f"/proc/{pid}/environ").split(b"\0") if item.startswith(b"BPS_"))
             if any(item in exact or (env_prefix and item.startswith(env_prefix)) for item in items):
                 found[pid] = int(_stat_fields(pid)[2])
-        except (OSError, ValueError, IndexError):
-            continue
     return found
 
 
@@ -441,11 +437,9 @@ def live_jobs() -> dict[str, int]:
     """
     jobs: dict[str, int] = {}
     for pid in _my_processes():
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):
             if int(_stat_fields(pid)[3]) == pid and (token := _token_of(pid)) is not None:
                 jobs[token] = pid
-        except (OSError, ValueError, IndexError):
-            continue
     return jobs
 
 

@@ -261,10 +261,8 @@ class Spawner:
     # ---- the jobs of a spawner that died ----
 
     def _resume(self, dead_spawner: int, jobs: list[dict]) -> None:
-        """Take over the requests a spawner that died had not answered: a job
-        it had started (its journal says so, its process is alive, or its
-        stderr log exists) is followed to its end or answered at once
-        (`exits.orphan_exit_code`), never started again; the others are queued.
+        """Take over the requests a spawner that died had not answered
+        (reliability.md, P1): a job it started is followed or answered, never started again.
         """
         live = processes.live_jobs()
         started: set[str] = set()

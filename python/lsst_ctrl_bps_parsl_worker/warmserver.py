@@ -32,6 +32,7 @@ into the ``pipetask`` script's Python, so standard library only and no package i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -39,6 +40,7 @@ import select
 import signal
 import socket
 import sys
+import traceback
 
 __all__ = ("MEMORY_BOUND", "SLOT_ENV", "SLOT_SIZE", "SUBCOMMANDS", "TOKEN_ENV", "serve")
 
@@ -97,8 +99,6 @@ def _write_token(token: str) -> None:
     """Write ``BPS_PARSL_ATTEMPT=<token>`` over this process's slot in its
     environment block (what ``/proc/<pid>/environ`` shows).
     """
-    import ctypes
-
     with open("/proc/self/environ", "rb") as stream:
         block = stream.read()
     slot = f"{SLOT_ENV}={'_' * SLOT_SIZE}".encode()
@@ -128,12 +128,8 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         env = request["env"]
         _write_token(env.get(TOKEN_ENV, ""))
         argv = request["argv"]
-        try:
-            import ctypes
-
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).prctl(_PR_SET_NAME, os.path.basename(argv[0]).encode()[:15], 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(env)
@@ -160,11 +156,8 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         except BaseException:
             sys.excepthook(*sys.exc_info())
             code = 1
-        try:
-            new = sorted(set(sys.modules) - before)
-            report.send(" ".join(new).encode()[:60000])
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            report.send(" ".join(sorted(set(sys.modules) - before)).encode()[:60000])
         import atexit
         import threading
 
@@ -177,12 +170,8 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
     except BaseException:  # noqa: BLE001 - the job must end with a status, never return to the server
-        try:
-            import traceback
-
+        with contextlib.suppress(BaseException):
             traceback.print_exc()
-        except BaseException:  # noqa: BLE001
-            pass
         code = 1
     os._exit(code)
 
