@@ -226,7 +226,7 @@ def test_a_passing_fork_failure_is_tried_again_within_a_bound(tmp_path, monkeypa
     )
     assert result[0] == 0 and failures["left"] == 0
     # The spawner: same retries, without blocking its loop.
-    pool = spawner.Spawner(1, None, [])
+    pool = spawner.Spawner(1, None)
     pool.flush = lambda: None  # type: ignore[method-assign]  # keep the replies to read them here
     failures["left"] = 2
     pool.handle(_request(tmp_path, 1, "/bin/true"))
@@ -452,7 +452,7 @@ def test_walltime_deadlines_ignore_the_wall_clock(tmp_path, monkeypatch):
     """Promise J4: the spawner's walltime deadline does not move with the
     wall clock. Mocked: the spawner module's ``time.time`` jumps an hour
     forward (changing the machine's clock would change every process's)."""
-    pool = spawner.Spawner(1, None, [])
+    pool = spawner.Spawner(1, None)
     pool.flush = lambda: None  # type: ignore[method-assign]  # keep the replies to read them here
     pool.handle(_request(tmp_path, 1, "/bin/sleep 1", time_limit=30))
     pool.start_ready()

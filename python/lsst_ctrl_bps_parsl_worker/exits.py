@@ -36,20 +36,18 @@ decides its status (design.md). Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
 __all__ = (
     "EXITS_PREFIX",
     "EXIT_MARKER",
-    "append_note",
     "ended_child",
     "exit_code_of",
-    "orphan_exit_code",
     "record_exit",
     "recorded_exits",
     "reap",
-    "write_text",
     "zombie_exit_code",
 )
 
@@ -78,16 +76,9 @@ def record_exit(directory: str, token: str, code: int, err: str) -> None:
     """
     if directory:
         _append_record(directory, f"{token} {code}\n".encode())
-    try:
-        fd = os.open(err, os.O_WRONLY | os.O_APPEND)
-    except (OSError, ValueError):
-        return
-    try:
-        os.write(fd, f"{EXIT_MARKER}{code}\n".encode())
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError, ValueError):  # not made again: the run's logs may have been removed
+        with open(os.open(err, os.O_WRONLY | os.O_APPEND), "wb") as stream:
+            stream.write(f"{EXIT_MARKER}{code}\n".encode())
 
 
 def _append_record(directory: str, line: bytes) -> None:
@@ -112,10 +103,8 @@ def _append_record(directory: str, line: bytes) -> None:
 def _forget(directory: str) -> None:
     pid, fd = _RECORDS.pop(directory, (0, -1))
     if pid == os.getpid():
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def recorded_exits(directory: str) -> dict[str, int]:
@@ -144,15 +133,13 @@ def recorded_exits(directory: str) -> dict[str, int]:
             continue
         for line in data.splitlines():
             token, _, code = line.partition(" ")
-            try:
+            with contextlib.suppress(ValueError):
                 found[token] = int(code)
-            except ValueError:
-                continue
     return found
 
 
-def exit_code_of(status: int) -> tuple[int, int | None]:
-    """(exit code, signal) of a wait status; a signal ``s`` gives ``128 + s``.
+def exit_code_of(status: int) -> int:
+    """Exit code of a wait status; a signal ``s`` gives ``128 + s``.
 
     Parameters
     ----------
@@ -162,12 +149,9 @@ def exit_code_of(status: int) -> tuple[int, int | None]:
     Returns
     -------
     code : `int`
-        The exit code, ``128 + s`` for a signal ``s``.
-    signal : `int` or `None`
-        The signal that ended the process (or that its exit code names), if any.
+        The exit code.
     """
-    code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    return code, (code - 128 if 128 < code < 128 + 65 else None)
+    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def ended_child(pid: int = 0, block: bool = False) -> tuple[int, int] | None:
@@ -184,23 +168,14 @@ def ended_child(pid: int = 0, block: bool = False) -> tuple[int, int] | None:
     Returns
     -------
     ended : `tuple` [`int`, `int`] or `None`
-        ``(pid, exit code)``, ``128 + s`` for a signal ``s``; `None` if none ended.
-
-    Raises
-    ------
-    ChildProcessError
-        No such child.
+        ``(pid, exit code)``, ``128 + s`` for a signal ``s``; `None` if none ended
+        (`ChildProcessError` if there is no such child).
     """
     flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
-    while True:
-        try:
-            info = os.waitid(os.P_PID if pid else os.P_ALL, pid, flags)
-        except InterruptedError:
-            continue
-        if info is None or info.si_pid == 0:
-            return None
-        code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
-        return info.si_pid, code
+    info = os.waitid(os.P_PID if pid else os.P_ALL, pid, flags)  # retried on EINTR (PEP 475)
+    if info is None or info.si_pid == 0:
+        return None
+    return info.si_pid, info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
 
 
 def reap(pid: int) -> None:
@@ -211,10 +186,8 @@ def reap(pid: int) -> None:
     pid : `int`
         Process id of the child.
     """
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def zombie_exit_code(pid: int) -> int | None:
@@ -236,72 +209,6 @@ def zombie_exit_code(pid: int) -> int | None:
         fields = data[data.rindex(b")") + 2 :].split()
         if fields[0] != b"Z" or len(fields) < 50:
             return None
-        return exit_code_of(int(fields[49]))[0]
+        return exit_code_of(int(fields[49]))
     except (OSError, ValueError, IndexError):
         return None
-
-
-def orphan_exit_code(directory: str, token: str, err: str, pid: int | None) -> int:
-    """Exit code of an attempt whose spawner died: read from ``/proc`` while it
-    (process ``pid``) ended unreaped, and recorded; else from the exit records
-    (its spawner's or keeper's); else ``-1``, said in its stderr log.
-
-    Parameters
-    ----------
-    directory, token, err : `str`
-        Directory of the exit records; the attempt's token and stderr log.
-    pid : `int` or `None`
-        Its process, if known.
-
-    Returns
-    -------
-    code : `int`
-        Its exit code, ``-1`` if none was recorded.
-    """
-    code = zombie_exit_code(pid) if pid is not None else None
-    if code is not None:
-        record_exit(directory, token, code, err)
-    elif directory:
-        code = recorded_exits(directory).get(token)
-    if code is not None:
-        return code
-    append_note(
-        err,
-        "[bps-parsl] the job pool's spawner died while this job ran, and neither it nor its "
-        "keeper logged an exit status: counted as failed\n",
-    )
-    return -1
-
-
-def append_note(path: str, text: str) -> None:
-    """Append ``text`` to a log file (`write_text`).
-
-    Parameters
-    ----------
-    path, text : `str`
-        The log file and the text.
-    """
-    write_text(path, text, "a")
-
-
-def write_text(path: str, text: str, mode: str = "w") -> None:
-    """Write (``mode`` ``"w"``) or append (``"a"``) ``text`` to a file, making
-    its directory again if it vanished; errors are ignored (the file is a hint).
-
-    Parameters
-    ----------
-    path, text, mode : `str`
-        The file, the text and the mode.
-    """
-    for _ in range(2):
-        try:
-            with open(path, mode) as stream:
-                stream.write(text)
-            return
-        except FileNotFoundError:
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            except OSError:
-                return
-        except (OSError, ValueError):  # ValueError: a NUL in the path
-            return

@@ -32,6 +32,7 @@ design.md and reliability.md (J1, P2); on the local pool the spawner does it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -46,20 +47,21 @@ if __name__ == "__main__":
     # Run as a script (a Python task): the package is next to this file's directory.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lsst_ctrl_bps_parsl_worker.exits import append_note, exit_code_of, record_exit, write_text  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.exits import ended_child, exit_code_of, record_exit  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.keeper import orphan_guard  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
     START_RETRY_DELAYS,
     Launcher,
-    job_script,
+    append_note,
     kill_attempts,
     signal_attempts,
     start_failure,
     transient_start_error,
+    write_text,
 )
 from lsst_ctrl_bps_parsl_worker.warm import WarmStarts  # noqa: E402
 
-__all__ = ("JobResult", "NotStartedError", "job_script", "run_job", "worker_notes")
+__all__ = ("JobResult", "NotStartedError", "run_job", "worker_notes")
 
 _HOST = socket.gethostname()
 _NOTES: list[str] = []
@@ -159,7 +161,7 @@ def run_job(
             break
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's failure
             if delay is None or not transient_start_error(exc):
-                code = start_failure(err_path, exc, tries, pid_file, token)
+                code = start_failure(err_path, exc, tries, os.path.dirname(pid_file), token)
                 return _result((code, None, None, time.time(), _HOST, False))
             time.sleep(delay)
     write_text(pid_file, f"{_HOST} {pid} {token}\n")
@@ -168,7 +170,7 @@ def run_job(
         if not _ended(pid, time_limit):
             timed_out = True
             kill_attempts((token,), groups=(pid,))
-        returncode, sig = exit_code_of(_reap(pid))
+        returncode = exit_code_of(_reap(pid))
         record_exit(os.path.dirname(pid_file), token, returncode, err_path)
         # SIGKILL what it left outside its process group (``setsid``, double forks),
         # looked for again while some are found (they may fork meanwhile).
@@ -178,19 +180,18 @@ def run_job(
             time.sleep(0.02)
         if starts is not None:
             # A subreaper adopts what any job leaves behind: reap those that ended.
-            starts.reap_orphans(guard.pids() if guard is not None else ())
+            starts.reap_orphans(guard.pids if guard is not None else ())
     except BaseException:
         kill_attempts((token,), groups=(pid,))
         _reap(pid)
         raise
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(pid_file)
-        except OSError:
-            pass
     end = time.time()
     if timed_out:
         append_note(err_path, f"[bps-parsl] killed after walltime of {time_limit:.0f} s\n")
+    sig = returncode - 128 if 128 < returncode < 128 + 65 else None
     return _result((returncode, sig, start, end, _HOST, timed_out))
 
 
@@ -219,19 +220,17 @@ def _ended(pid: int, timeout: float | None) -> bool:
     process group (`_reap`).
     """
     if timeout is None:
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        ended_child(pid, block=True)
         return True
     try:
         pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
+    except (AttributeError, OSError):  # no pidfd (before Linux 5.3): poll
         deadline = time.monotonic() + timeout
-        while True:
-            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            if info is not None and info.si_pid:
-                return True
+        while ended_child(pid) is None:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+        return True
     try:
         return bool(select.select([pidfd], [], [], timeout)[0])
     finally:

@@ -33,6 +33,7 @@ keeper read it. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -46,7 +47,6 @@ __all__ = (
     "JournalJobs",
     "journal_jobs",
     "journal_name",
-    "journal_snapshot",
 )
 
 JOURNAL_PREFIX = "spawner."
@@ -69,6 +69,9 @@ class JournalJobs(NamedTuple):
     """Stderr log of each running job, by pid."""
     starting: dict[str, str]
     """Stderr log of the job being started (``>`` with no ``+`` after it), by token."""
+    stat: os.stat_result | None
+    """The file's status (`None`: unreadable), read through the same open file
+    (on NFS, that revalidates the cached attributes)."""
 
 
 def journal_name(pid: int) -> str:
@@ -98,43 +101,18 @@ def journal_jobs(path: str) -> JournalJobs:
     Returns
     -------
     jobs : `JournalJobs`
-        Its running, started and starting jobs.
-    """
-    try:
-        with open(path, "rb") as stream:
-            return _parse(stream.read())
-    except OSError:
-        return JournalJobs({}, set(), {}, {})
-
-
-def journal_snapshot(path: str) -> tuple[dict[int, str], set[str], os.stat_result] | None:
-    """`JournalJobs.running`, `JournalJobs.started` and the file's status,
-    through one open file (on NFS, that revalidates the cached attributes).
-
-    Parameters
-    ----------
-    path : `str`
-        Path of the journal.
-
-    Returns
-    -------
-    snapshot : `tuple` or `None`
-        ``(running, started, stat)``; `None` if unreadable.
+        Its running, started and starting jobs, and its status.
     """
     try:
         with open(path, "rb") as stream:
             info = os.fstat(stream.fileno())
-            jobs = _parse(stream.read())
+            data = stream.read()
     except OSError:
-        return None
-    return jobs.running, jobs.started, info
-
-
-def _parse(data: bytes) -> JournalJobs:
-    jobs = JournalJobs({}, set(), {}, {})
+        return JournalJobs({}, set(), {}, {}, None)
+    jobs = JournalJobs({}, set(), {}, {}, info)
     for line in data.decode(errors="replace").splitlines():
         fields = line.split(" ", 3)
-        try:
+        with contextlib.suppress(ValueError):
             if len(fields) >= 3 and fields[0] == "+":
                 jobs.starting.pop(fields[2], None)
                 pid = int(fields[1])
@@ -147,8 +125,6 @@ def _parse(data: bytes) -> JournalJobs:
             elif len(fields) == 2 and fields[0] == "-":
                 jobs.running.pop(int(fields[1]), None)
                 jobs.logs.pop(int(fields[1]), None)
-        except ValueError:
-            continue
     return jobs
 
 
@@ -211,10 +187,8 @@ class Journal:
         if now >= self.next_touch:
             self.next_touch = now + JOURNAL_REFRESH
             if not self._made_again():
-                try:
+                with contextlib.suppress(OSError):
                     os.utime(self.fd)
-                except OSError:
-                    pass
         return self.next_touch - now
 
     def starting(self, token: str, stderr: str) -> None:
@@ -276,7 +250,5 @@ class Journal:
     def close(self) -> None:
         """Close and remove the journal (every job has ended)."""
         os.close(self.fd)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass

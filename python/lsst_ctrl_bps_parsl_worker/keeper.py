@@ -26,21 +26,14 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
 
-"""What outlives a process that starts jobs, to look after them: the keeper
-of a local-pool spawner, and the orphan guard of a Parsl worker.
-
-The keeper is the spawner's parent, which records the exit status of a dead
-spawner's jobs (reliability.md, P1), adds ``exit <exit code>`` after the
-spawner's last reply, and exits when it has no children left.
-
-The guard kills a worker's jobs, which carry its mark (`WORKER_ENV`), when the
-worker or its pool dies (L3); its watcher is this file run as a script. Only
-a worker whose main thread runs the job is guarded: jobs of the driver's own
-threads end with the driver. Standard library only.
+"""What outlives a process that starts jobs, to look after them: the keeper of a
+local-pool spawner (reliability.md, P1) and the orphan guard of a Parsl worker
+(L3), whose watcher is this file run as a script. Standard library only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -58,7 +51,13 @@ if __name__ == "__main__":
 
 from lsst_ctrl_bps_parsl_worker.exits import ended_child, exit_code_of, reap, record_exit  # noqa: E402
 from lsst_ctrl_bps_parsl_worker.journal import journal_jobs, journal_name  # noqa: E402
-from lsst_ctrl_bps_parsl_worker.processes import kill_attempts, live_jobs  # noqa: E402
+from lsst_ctrl_bps_parsl_worker.processes import (  # noqa: E402
+    _kill,
+    _my_processes,
+    _stat_fields,
+    kill_attempts,
+    live_jobs,
+)
 
 __all__ = (
     "LEFTOVER_WAIT",
@@ -141,10 +140,8 @@ def keep(spawner_main: Callable[[int], int]) -> int:
     os.close(dirs_w)
     _to_devnull(0, 2)  # it may outlive the run (jobs left behind): it holds no terminal open
     code = _await_spawner(spawner)
-    try:
+    with contextlib.suppress(OSError):  # nobody reads the wire any more
         os.write(1, f"\nexit {code}\n".encode())
-    except OSError:
-        pass  # nobody reads the wire any more
     _to_devnull(1)
     if code == 0:
         # The spawner exited by itself: every child left is a process a job left behind.
@@ -163,15 +160,10 @@ def _to_devnull(*fds: int) -> None:
 def _read_dirs(fd: int) -> set[str]:
     """The journals' directories the spawner wrote to ``fd`` (closed)."""
     dirs = set()
-    try:
-        with open(fd, "rb") as stream:
-            for line in stream:
-                try:
-                    dirs.add(json.loads(line))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(fd, "rb") as stream:
+        for line in stream:
+            with contextlib.suppress(ValueError):
+                dirs.add(json.loads(line))
     return dirs
 
 
@@ -185,7 +177,7 @@ def _await_spawner(spawner: int) -> int:
         except ChildProcessError:
             return 255
         if pid == spawner:
-            return exit_code_of(status)[0]
+            return exit_code_of(status)
 
 
 def _end_leftovers() -> None:
@@ -197,13 +189,10 @@ def _end_leftovers() -> None:
         children = _children()
         if not children:
             return
-        for pid, fields in children.items():
-            if fields[0] != b"Z":
-                for kill, target in ((os.killpg, pid), (os.kill, pid)):
-                    try:
-                        kill(target, signal.SIGKILL)
-                    except OSError:
-                        pass
+        for pid, state in children.items():
+            if state != b"Z":
+                _kill(os.killpg, pid, signal.SIGKILL)
+                _kill(os.kill, pid, signal.SIGKILL)
         try:
             while os.waitpid(-1, os.WNOHANG)[0] != 0:
                 pass
@@ -232,7 +221,7 @@ def _keep_orphans(dirs: set[str], journal: str) -> None:
             info = ended_child(block=not held)
         except ChildProcessError:
             return
-        ended = {pid for pid, fields in _children().items() if fields[0] == b"Z"}
+        ended = {pid for pid, state in _children().items() if state == b"Z"}
         if info is not None:
             ended.add(info[0])
         for pid in ended:
@@ -252,21 +241,15 @@ def _name_starting(logs: dict[int, Named], starting: dict[str, Named]) -> None:
             logs.setdefault(pid, starting[token])
 
 
-def _children() -> dict[int, list[bytes]]:
-    """The fields of ``/proc/<pid>/stat`` after the command (state first) of this process's children."""
+def _children() -> dict[int, bytes]:
+    """The state (``/proc/<pid>/stat``) of each of this process's children."""
     me = str(os.getpid()).encode()
     found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stream:
-                data = stream.read()
-        except OSError:
-            continue
-        fields = data[data.rindex(b")") + 2 :].split()
-        if fields[1] == me:
-            found[int(entry)] = fields
+    for pid in _my_processes():
+        with contextlib.suppress(OSError, IndexError):
+            state, parent = _stat_fields(pid)[:2]
+            if parent == me:
+                found[pid] = state
     return found
 
 
@@ -294,11 +277,13 @@ def _settle(pid: int, logs: dict[int, Named], held: dict[int, float]) -> bool:
 
 
 class OrphanGuard:
-    """The watcher of this worker process's jobs (see the module's docstring)."""
+    """The watcher of this worker process's jobs (reliability.md, L3)."""
 
     def __init__(self) -> None:
         self.mark = f"{os.getpid()}.{time.time_ns()}"
         self._proc: subprocess.Popen | None = None
+        self.pids: tuple[int, ...] = ()
+        """The watcher's pid, once started (a child of this process)."""
         self._failed = False
 
     def watch(self) -> None:
@@ -327,16 +312,8 @@ class OrphanGuard:
         except OSError:
             # No watcher (no process left to start, say): the jobs still run, unguarded.
             self._failed = True
-
-    def pids(self) -> tuple[int, ...]:
-        """The watcher's pid, if it was started (a child of this process).
-
-        Returns
-        -------
-        pids : `tuple` [`int`, ...]
-            The watcher's pid, or empty if it was not started.
-        """
-        return (self._proc.pid,) if self._proc is not None else ()
+            return
+        self.pids = (self._proc.pid,)
 
 
 _GUARD: list[OrphanGuard] = []

@@ -32,6 +32,7 @@ P2), and stopped; what is said when a start fails. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -41,7 +42,7 @@ from collections.abc import Callable, Collection
 from shlex import quote
 from typing import TYPE_CHECKING
 
-from .exits import append_note, record_exit
+from .exits import record_exit
 
 if TYPE_CHECKING:
     from .warm import WarmStarts
@@ -51,8 +52,8 @@ __all__ = (
     "KILL_GRACE",
     "START_RETRY_DELAYS",
     "Launcher",
+    "append_note",
     "attempt_processes",
-    "job_alive",
     "job_script",
     "kill_attempts",
     "live_jobs",
@@ -60,6 +61,7 @@ __all__ = (
     "signal_attempts",
     "start_failure",
     "transient_start_error",
+    "write_text",
 )
 
 ATTEMPT_ENV = "BPS_PARSL_ATTEMPT"
@@ -232,14 +234,14 @@ def transient_start_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.EAGAIN, errno.ENOMEM)
 
 
-def start_failure(err: str, error: BaseException, retries: int, pid_file: str, token: str) -> int:
+def start_failure(err: str, error: BaseException, retries: int, directory: str, token: str) -> int:
     """Say in a job attempt's stderr log why it could not be started,
     record its exit status (`exits.record_exit`), and return it.
 
     Parameters
     ----------
-    err, pid_file, token : `str`
-        The attempt's stderr log, pid file (its directory holds the exit records) and token.
+    err, directory, token : `str`
+        The attempt's stderr log, the directory of its exit record, its token.
     error : `BaseException`
         What starting the job raised.
     retries : `int`
@@ -256,8 +258,42 @@ def start_failure(err: str, error: BaseException, retries: int, pid_file: str, t
         reason = reason[:500] + "..."
     again = f" (tried {retries + 1} times)" if retries else ""
     append_note(err, f"[bps-parsl] the job could not be started{again}: {reason}\n")
-    record_exit(os.path.dirname(pid_file), token, code, err)
+    record_exit(directory, token, code, err)
     return code
+
+
+def append_note(path: str, text: str) -> None:
+    """Append ``text`` to a log file (`write_text`).
+
+    Parameters
+    ----------
+    path, text : `str`
+        The log file and the text.
+    """
+    write_text(path, text, "a")
+
+
+def write_text(path: str, text: str, mode: str = "w") -> None:
+    """Write (``mode`` ``"w"``) or append (``"a"``) ``text`` to a file, making
+    its directory again if it vanished; errors are ignored (the file is a hint).
+
+    Parameters
+    ----------
+    path, text, mode : `str`
+        The file, the text and the mode.
+    """
+    for _ in range(2):
+        try:
+            with open(path, mode) as stream:
+                stream.write(text)
+            return
+        except FileNotFoundError:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError:
+                return
+        except (OSError, ValueError):  # ValueError: a NUL in the path
+            return
 
 
 def _read(path: str) -> bytes:
@@ -277,11 +313,9 @@ def _my_processes() -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != me:
-            try:
+            with contextlib.suppress(OSError):
                 if os.stat(f"/proc/{entry}").st_uid == uid:
                     pids.append(int(entry))
-            except OSError:
-                continue
     return pids
 
 
@@ -310,12 +344,10 @@ def attempt_processes(
     if not exact and env_prefix is None:
         return found
     for pid in _my_processes():
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):
             items = (item for item in _read(f"/proc/{pid}/environ").split(b"\0") if item.startswith(b"BPS_"))
             if any(item in exact or (env_prefix and item.startswith(env_prefix)) for item in items):
                 found[pid] = int(_stat_fields(pid)[2])
-        except (OSError, ValueError, IndexError):
-            continue
     return found
 
 
@@ -356,27 +388,22 @@ def signal_attempts(
 
 
 def _kill(how: Callable[[int, int], None], target: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         how(target, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def kill_attempts(
     tokens: Collection[str] = (),
     run_prefix: str | None = None,
     groups: Collection[int] = (),
-    grace: float = KILL_GRACE,
     marks: Collection[str] = (),
 ) -> int:
-    """SIGTERM every process `signal_attempts` would signal, SIGKILL what is left after ``grace``.
+    """SIGTERM every process `signal_attempts` would signal, SIGKILL what is left after `KILL_GRACE`.
 
     Parameters
     ----------
     tokens, run_prefix, groups, marks
         As `signal_attempts`.
-    grace : `float`, optional
-        Seconds between SIGTERM and SIGKILL.
 
     Returns
     -------
@@ -385,7 +412,7 @@ def kill_attempts(
     """
     found = signal_attempts(signal.SIGTERM, tokens, run_prefix, groups, marks)
     if found or groups:
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + KILL_GRACE
         while time.monotonic() < deadline and attempt_processes(tokens, run_prefix, marks):
             time.sleep(0.05)
         signal_attempts(signal.SIGKILL, tokens, run_prefix, groups, marks)
@@ -410,33 +437,10 @@ def live_jobs() -> dict[str, int]:
     """
     jobs: dict[str, int] = {}
     for pid in _my_processes():
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):
             if int(_stat_fields(pid)[3]) == pid and (token := _token_of(pid)) is not None:
                 jobs[token] = pid
-        except (OSError, ValueError, IndexError):
-            continue
     return jobs
-
-
-def job_alive(pid: int, token: str) -> bool:
-    """Whether process ``pid`` is still attempt ``token``'s live job.
-
-    Parameters
-    ----------
-    pid : `int`
-        Process id.
-    token : `str`
-        The attempt's token.
-
-    Returns
-    -------
-    alive : `bool`
-        Whether it is.
-    """
-    try:
-        return _token_of(pid) == token
-    except OSError:
-        return False
 
 
 def process_start_time(pid: int) -> float | None:

@@ -66,6 +66,7 @@ jobs are queued, replies may wait up to 20 ms to be written together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -97,6 +98,11 @@ _SWEEPS_PER_TOKEN = 2
 """Sweeps that must find nothing of an ended job before it is forgotten."""
 
 
+def _directory(job: dict) -> str:
+    """Directory of the job's pid file: of its journal and exit record (empty: none)."""
+    return os.path.dirname(job.get("pid_file") or "")
+
+
 class Spawner:
     """Queue, start and reap jobs within a core and memory budget.
 
@@ -104,17 +110,13 @@ class Spawner:
     ----------
     cores, memory : `int`
         Cores and memory (MB; `None`: no limit) of the budget.
-    out : `list` [`str`]
-        Reply lines waiting to be written; replies are appended.
     dirs_fd : `int`, optional
         Pipe to the keeper for the journals' directories (``-1``: no keeper).
     """
 
-    def __init__(self, cores: int, memory: int | None, out: list[str], dirs_fd: int = -1) -> None:
+    def __init__(self, cores: int, memory: int | None, dirs_fd: int = -1) -> None:
         self.cores = cores
         self.memory = math.inf if memory is None else memory
-        self.free_cores = cores
-        self.free_memory = self.memory
         self.queue: deque[dict] = deque()
         self.running: dict[int, dict] = {}
         self.adopted: dict[int, dict] = {}
@@ -127,7 +129,7 @@ class Spawner:
         """When (monotonic) the next sweep for leftover processes may run."""
         self.hold_until = 0.0
         """No job is started before then (monotonic): a start failed for a passing lack of resources."""
-        self.out = out
+        self.out: list[str] = []  # reply lines not yet written
         self.out_since = 0.0
         self.stopping = False
         self.journals: dict[str, Journal] = {}
@@ -137,29 +139,22 @@ class Spawner:
         self.launcher = processes.Launcher()
         self.warm = WarmStarts(self._note)
 
-    def _share(self, job: dict) -> tuple[int, float]:
-        """Cores and memory the job takes (at most the whole budget)."""
-        return min(int(job.get("cores") or 1), self.cores), min(int(job.get("memory") or 0), self.memory)
-
-    def _take(self, job: dict) -> None:
-        cores, memory = job["taken"] = self._share(job)
-        self.free_cores -= cores
-        self.free_memory -= memory
-
-    def _give_back(self, job: dict) -> None:
-        cores, memory = job.pop("taken", (0, 0))
-        self.free_cores += cores
-        self.free_memory += memory
+    def _fits(self, job: dict) -> bool:
+        """Whether the job's cores and memory (each at most the whole budget) are free."""
+        jobs = (job, *self.running.values(), *self.adopted.values())
+        cores = sum(min(int(j.get("cores") or 1), self.cores) for j in jobs)
+        memory = sum(min(int(j.get("memory") or 0), self.memory) for j in jobs)
+        return cores <= self.cores and memory <= self.memory
 
     def _send(self, line: str) -> None:
         if not self.out:
             self.out_since = time.monotonic()
         self.out.append(line)
 
-    def _reply(self, job: dict, code: int, start: str, timed_out: bool = False) -> None:
+    def _reply(self, job: dict, code: int, start: str) -> None:
         """Report an ended job (``start``: its start time, or ``-``, ``!``, ``?``: see the module docstring)."""
         sig = code - 128 if 128 < code < 128 + 65 else "-"
-        self._send(f"{job['id']} {code} {sig} {start} {time.time()!r} {int(timed_out)}\n")
+        self._send(f"{job['id']} {code} {sig} {start} {time.time()!r} {int(job.get('timed_out', False))}\n")
 
     def _note(self, text: str) -> None:
         """Send a line for the driver's log (`warm.WarmStarts`)."""
@@ -167,17 +162,15 @@ class Spawner:
 
     def _journal(self, job: dict) -> Journal | None:
         """The journal of the directory of the job's pid file, made on first use (`None`: none can be)."""
-        directory = os.path.dirname(job.get("pid_file") or "")
+        directory = _directory(job)
         if directory and directory not in self.journals:
             try:
                 self.journals[directory] = Journal(directory)
             except OSError:
                 return None
             if self.dirs_fd >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     os.write(self.dirs_fd, (json.dumps(directory) + "\n").encode())  # for the keeper
-                except OSError:
-                    pass
         return self.journals.get(directory)
 
     def start_ready(self) -> float | None:
@@ -190,27 +183,22 @@ class Spawner:
             Seconds until a start that failed for a passing reason is tried again (`None`: none).
         """
         while self.queue and not self.stopping:
-            cores, memory = self._share(self.queue[0])
-            if cores > self.free_cores or memory > self.free_memory:
+            if not self._fits(self.queue[0]):
                 break
             wait = self.hold_until - time.monotonic()
             if wait > 0:
                 return wait
             job = self.queue.popleft()
-            self._take(job)
             try:
                 self._spawn(job)
             except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's
-                self._give_back(job)
                 tries = job.get("start_tries", 0)
                 if processes.transient_start_error(exc) and tries < len(processes.START_RETRY_DELAYS):
                     job["start_tries"] = tries + 1
                     self.queue.appendleft(job)
                     self.hold_until = time.monotonic() + processes.START_RETRY_DELAYS[tries]
                     continue
-                code = processes.start_failure(
-                    job["err"], exc, tries, job.get("pid_file") or "", job["token"]
-                )
+                code = processes.start_failure(job["err"], exc, tries, _directory(job), job["token"])
                 self._reply(job, code, "!")
         return None
 
@@ -244,11 +232,11 @@ class Spawner:
         journal = self._journal(job)
         if journal is not None:
             journal.ended(pid)
-        self._give_back(job)
-        timed_out = job.get("timed_out", False)
-        if timed_out:
-            exits.append_note(job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n")
-        self._reply(job, code, job["start"], timed_out)
+        if job.get("timed_out"):
+            processes.append_note(
+                job["err"], f"[bps-parsl] killed after walltime of {job['time_limit']:.0f} s\n"
+            )
+        self._reply(job, code, job["start"])
 
     def reap(self) -> None:
         """Answer each ended job, record its exit status, then reap it."""
@@ -267,25 +255,19 @@ class Spawner:
                 self._ended(pid, job, code)
                 if self._flush_due() == 0.0:
                     self.flush()
-                exits.record_exit(os.path.dirname(job.get("pid_file") or ""), job["token"], code, job["err"])
+                exits.record_exit(_directory(job), job["token"], code, job["err"])
             exits.reap(pid)
 
     # ---- the jobs of a spawner that died ----
 
     def _resume(self, dead_spawner: int, jobs: list[dict]) -> None:
-        """Take over the requests a spawner that died had not answered: a job
-        it had started (its journal says so, its process is alive, or its
-        stderr log exists) is followed to its end or answered at once
-        (`exits.orphan_exit_code`), never started again; the others are queued.
+        """Take over the requests a spawner that died had not answered
+        (reliability.md, P1): a job it started is followed or answered, never started again.
         """
         live = processes.live_jobs()
         started: set[str] = set()
         journaled: dict[str, int] = {}
-        old_journals = {
-            os.path.join(directory, journal_name(dead_spawner))
-            for directory in {os.path.dirname(job.get("pid_file") or "") for job in jobs}
-            if directory
-        }
+        old_journals = {os.path.join(d, journal_name(dead_spawner)) for d in map(_directory, jobs) if d}
         for path in old_journals:
             old = journal_jobs(path)
             started |= old.started
@@ -302,13 +284,10 @@ class Spawner:
         for journal in self.journals.values():
             journal.write()
         for path in old_journals:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
 
     def _adopt(self, pid: int, job: dict) -> None:
-        self._take(job)
         start = processes.process_start_time(pid)
         job["start"] = repr(start) if start is not None else "?"
         limit = job.get("time_limit")
@@ -321,14 +300,29 @@ class Spawner:
 
     @staticmethod
     def _exit_code(job: dict, pid: int | None) -> int:
-        return exits.orphan_exit_code(
-            os.path.dirname(job.get("pid_file") or ""), job["token"], job["err"], pid
+        """Exit code of a job its dead spawner started: from ``/proc`` while it
+        ended unreaped (then recorded), else from the exit records, else ``-1``.
+        """
+        directory, token = _directory(job), job["token"]
+        code = exits.zombie_exit_code(pid) if pid is not None else None
+        if code is not None:
+            exits.record_exit(directory, token, code, job["err"])
+        elif directory:
+            code = exits.recorded_exits(directory).get(token)
+        if code is not None:
+            return code
+        processes.append_note(
+            job["err"],
+            "[bps-parsl] the job pool's spawner died while this job ran, and neither it nor its "
+            "keeper logged an exit status: counted as failed\n",
         )
+        return -1
 
     def _poll_adopted(self) -> None:
         """Answer the adopted jobs that ended."""
+        live = processes.live_jobs()
         for pid, job in list(self.adopted.items()):
-            if not processes.job_alive(pid, job["token"]):
+            if live.get(job["token"]) != pid:
                 del self.adopted[pid]
                 self._ended(pid, job, self._exit_code(job, pid))
 
@@ -413,11 +407,9 @@ class Spawner:
             data = "".join(self.out).encode()
             self.out.clear()
             view = memoryview(data)
-            try:
+            with contextlib.suppress(OSError):  # the driver is gone: nobody reads the replies
                 while view:
                     view = view[os.write(1, view) :]
-            except OSError:
-                pass  # the driver is gone: nobody reads the replies
 
     def handle(self, request: dict) -> None:
         """Act on one request line.
@@ -448,16 +440,16 @@ def _main(argv: list[str], dirs_fd: int) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    spawner = Spawner(int(argv[1]), memory, [f"spawner {os.getpid()}\n"], dirs_fd)
+    spawner = Spawner(int(argv[1]), memory, dirs_fd)
+    spawner._send(f"spawner {os.getpid()}\n")
     spawner.flush()
     stdin_fd = sys.stdin.fileno()
     buffer = b""
     open_input = True
     held: float | None = None
     while open_input or spawner.running or spawner.adopted:
-        dues = [spawner.check_deadlines(), spawner._flush_due(), spawner._sweep_leftovers(), held]
-        if spawner.adopted:
-            dues.append(_ADOPTED_POLL)
+        poll = _ADOPTED_POLL if spawner.adopted else None
+        dues = [spawner.check_deadlines(), spawner._flush_due(), spawner._sweep_leftovers(), held, poll]
         if spawner.running or spawner.adopted:
             dues.extend(journal.touch() for journal in spawner.journals.values())
         timeout = min((due for due in dues if due is not None), default=None)

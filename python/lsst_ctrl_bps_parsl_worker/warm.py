@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     import subprocess
 
 from . import warmserver
+from .exits import ended_child, reap
 from .keeper import become_subreaper
 from .warmserver import SLOT_ENV, SLOT_SIZE, TOKEN_ENV
 
@@ -209,11 +211,10 @@ def _pipetask_python(path: str, environ: Mapping[str, str]) -> tuple[str, str] |
     words = lines[0][2:].split()
     python = None
     if len(words) == 2 and os.path.basename(words[0]) == "env":
-        for directory in environ.get("PATH", "").split(os.pathsep):
-            candidate = os.path.join(directory or ".", words[1])
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                python = os.path.abspath(candidate)
-                break
+        import shutil
+
+        found = shutil.which(words[1], path=environ.get("PATH", ""))
+        python = os.path.abspath(found) if found else None
     elif len(words) == 1:
         python = words[0]
     if not python or not os.path.isabs(python) or not os.access(python, os.X_OK):
@@ -310,10 +311,8 @@ class _WarmProcess:
         """Close the connection (the warm process exits at its end) and reap it."""
         import subprocess
 
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -452,14 +451,9 @@ class WarmStarts:
         if not self._subreaper:
             return
         keep = {*keep, *(server.proc.pid for server in self._servers.values())}
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                if info is None or info.si_pid == 0 or info.si_pid in keep:
-                    return
-                os.waitpid(info.si_pid, 0)
-            except ChildProcessError:
-                return
+        with contextlib.suppress(ChildProcessError):
+            while (ended := ended_child()) is not None and ended[0] not in keep:
+                reap(ended[0])
 
     def close(self) -> None:
         """Stop every warm process, and say how many jobs started warm."""

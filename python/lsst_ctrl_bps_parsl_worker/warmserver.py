@@ -31,6 +31,8 @@ into the ``pipetask`` script's Python, so standard library only and no package i
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -38,6 +40,7 @@ import select
 import signal
 import socket
 import sys
+import traceback
 
 __all__ = ("MEMORY_BOUND", "SLOT_ENV", "SLOT_SIZE", "SUBCOMMANDS", "TOKEN_ENV", "serve")
 
@@ -65,10 +68,8 @@ def _memory() -> tuple[float, float]:
 def _python_signals() -> None:
     """Signal dispositions and mask of a fresh Python, whatever was inherited."""
     for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             signal.signal(signum, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -98,8 +99,6 @@ def _write_token(token: str) -> None:
     """Write ``BPS_PARSL_ATTEMPT=<token>`` over this process's slot in its
     environment block (what ``/proc/<pid>/environ`` shows).
     """
-    import ctypes
-
     with open("/proc/self/environ", "rb") as stream:
         block = stream.read()
     slot = f"{SLOT_ENV}={'_' * SLOT_SIZE}".encode()
@@ -129,12 +128,8 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         env = request["env"]
         _write_token(env.get(TOKEN_ENV, ""))
         argv = request["argv"]
-        try:
-            import ctypes
-
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).prctl(_PR_SET_NAME, os.path.basename(argv[0]).encode()[:15], 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(env)
@@ -161,31 +156,22 @@ def _run_job(request: dict, files: tuple[int, int], report: socket.socket, closi
         except BaseException:
             sys.excepthook(*sys.exc_info())
             code = 1
-        try:
-            new = sorted(set(sys.modules) - before)
-            report.send(" ".join(new).encode()[:60000])
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            report.send(" ".join(sorted(set(sys.modules) - before)).encode()[:60000])
         import atexit
         import threading
 
         threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         if interrupted:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
     except BaseException:  # noqa: BLE001 - the job must end with a status, never return to the server
-        try:
-            import traceback
-
+        with contextlib.suppress(BaseException):
             traceback.print_exc()
-        except BaseException:  # noqa: BLE001
-            pass
         code = 1
     os._exit(code)
 
@@ -296,10 +282,8 @@ def serve(fd: int, script_dir: str) -> None:
             tried.update(names)
         if pending:
             name = pending.pop(0)
-            try:
+            with contextlib.suppress(BaseException):  # noqa: BLE001 - what a job imported may not import here: skip it
                 importlib.import_module(name)
-            except BaseException:  # noqa: BLE001 - what a job imported may not import here: skip it
-                pass
             if threading.active_count() > 1:
                 say(fail=f"importing {name} started threads")
                 return

@@ -35,9 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lsst_ctrl_bps_parsl_worker.exits import append_note, zombie_exit_code
-from lsst_ctrl_bps_parsl_worker.journal import JOURNAL_PREFIX, JOURNAL_REFRESH, journal_jobs, journal_snapshot
-from lsst_ctrl_bps_parsl_worker.processes import kill_attempts
+from lsst_ctrl_bps_parsl_worker.exits import zombie_exit_code
+from lsst_ctrl_bps_parsl_worker.journal import JOURNAL_PREFIX, JOURNAL_REFRESH, journal_jobs
+from lsst_ctrl_bps_parsl_worker.processes import append_note, kill_attempts
 
 from .claim import DriverBusyError
 from .liveness import HOST, _file_age, _pid_exists, _unlink
@@ -144,10 +144,9 @@ def _journal_moves(path: str, info: os.stat_result, stale_after: float) -> bool:
     deadline = time.monotonic() + min(stale_after, 2 * JOURNAL_REFRESH + 1.0)
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        found = journal_snapshot(path)
-        if found is None:
+        now = journal_jobs(path).stat
+        if now is None:
             return False
-        now = found[2]
         if (now.st_ino, now.st_size, now.st_mtime_ns) != seen:
             return True
     return False
@@ -182,10 +181,10 @@ def spawners_elsewhere(running_dir: str, stale_after: float, recorder: Recorder)
         if host == HOST:
             continue
         path = os.path.join(running_dir, name)
-        found = journal_snapshot(path)
-        if found is None:
+        found = journal_jobs(path)
+        if found.stat is None:
             continue
-        running, _, info = found
+        running, info = found.running, found.stat
         attempts = sorted(a for a in map(_attempt_of, running.values()) if a and a[0] < len(recorder.rows))
         fresh = _file_age(parsl_dir, info.st_mtime, info.st_mtime) <= max(stale_after, 2 * JOURNAL_REFRESH)
         if not fresh and not _journal_moves(path, info, stale_after):
