@@ -98,8 +98,10 @@ conn.execute("COMMIT")
 def _hold_read(kind: str, path: str, seconds: float) -> subprocess.Popen:
     """A real reader process holding a read transaction (its shared lock) on the store."""
     if kind == "sqlite3-shell":
+        # Like any reader, it waits for a commit in progress (``.timeout``) rather than failing its SELECT.
         script = (
-            f"BEGIN;\nSELECT count(*) FROM status;\n.shell echo holding\n.shell sleep {seconds}\nCOMMIT;\n"
+            f".timeout 10000\nBEGIN;\nSELECT count(*) FROM status;\n.shell echo holding\n"
+            f".shell sleep {seconds}\nCOMMIT;\n"
         )
         reader = subprocess.Popen(["sqlite3", path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert reader.stdin is not None
